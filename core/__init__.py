@@ -1,0 +1,62 @@
+"""lineage-ledger: a provenance ledger for scientific workflows.
+
+``import lineage_ledger`` is light: no workflow engine, SQLAlchemy, mpi4py or gRPC is
+imported until a back-end or plugin that needs it is used.
+"""
+
+from ._canonical import canonical_bytes, format_time, parse_time, utcnow
+from ._chain import ChainSummary, build_block, verify_block, verify_chain
+from ._environment import current_environment
+from ._errors import (
+    AppendConflict,
+    ArtifactError,
+    ArtifactMismatch,
+    BackendError,
+    BackendUnavailable,
+    ChainBroken,
+    ConfigError,
+    CorruptStore,
+    LedgerError,
+    LineageBroken,
+    MerkleMismatch,
+    MissingExtra,
+    RecordTampered,
+    SpoolCorrupt,
+    SpoolError,
+    SpoolFull,
+    UnknownScheme,
+    VerificationError,
+)
+from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
+from ._ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
+from ._merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
+from ._model import Artifact, Block, BlockHeader, Record, StoredBlock, StoredRecord
+from ._recorder import Recorder
+from ._verify import (
+    ArtifactCheck,
+    ArtifactStatus,
+    Policy,
+    Report,
+    check_artifact,
+    check_before_run,
+    verify_artifact,
+    verify_chain_of,
+    verify_closure,
+    verify_lineage,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URL", "AppendConflict", "Artifact", "ArtifactCheck", "ArtifactError",
+    "ArtifactMismatch", "ArtifactStatus", "BackendError", "BackendUnavailable", "Block",
+    "BlockHeader", "ChainBroken", "ChainSummary", "ConfigError", "CorruptStore", "Hasher",
+    "Ledger", "LedgerError", "LedgerRecord", "LineageBroken", "LineageNode", "MerkleBuilder",
+    "MerkleMismatch", "MissingExtra", "Policy", "Record", "RecordTampered", "Recorder",
+    "Report", "SpoolCorrupt", "SpoolError", "SpoolFull", "StatCache", "StoredBlock",
+    "StoredRecord", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes",
+    "check_artifact", "check_before_run", "current_environment", "format_time", "hash_file",
+    "inclusion_proof", "merkle_root", "normalize_path", "open_ledger", "parse_time", "utcnow",
+    "verify_artifact", "verify_block", "verify_chain", "verify_chain_of", "verify_closure",
+    "verify_inclusion", "verify_lineage", "walk_files",
+]

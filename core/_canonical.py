@@ -1,0 +1,64 @@
+"""Canonical bytes: the one encoding every hash in the ledger is computed over.
+
+JSON with sorted keys, no insignificant whitespace, UTF-8, no NaN or infinities.
+Times are timezone-aware UTC written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` so that one
+instant has exactly one spelling.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["canonical_bytes", "format_time", "parse_time", "utcnow", "from_canonical"]
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """Encode ``obj`` (JSON types only) to its canonical UTF-8 bytes.
+
+    Raises ``ValueError`` for values with no canonical form (NaN, non-string keys that
+    JSON would coerce, strings holding lone surrogates from undecodable file names).
+    """
+    _reject_non_string_keys(obj)
+    try:
+        return _ENCODER.encode(obj).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid UTF-8 text: {exc.object[exc.start:exc.end]!r}") from exc
+
+
+def from_canonical(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
+
+
+def _reject_non_string_keys(obj: Any) -> None:
+    # json.dumps silently turns {1: x} into {"1": x}; two different values would then
+    # share one encoding, so refuse them instead.
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError(f"mapping keys must be strings, got {key!r}")
+            _reject_non_string_keys(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _reject_non_string_keys(value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: lineage-ledger stores timezone-aware UTC times only")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    if not text.endswith("Z"):
+        raise ValueError(f"not a canonical UTC time: {text!r}")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)

@@ -1,0 +1,302 @@
+"""The ``lineage-ledger`` and ``verify-lineage`` commands (a thin layer over the library).
+
+Exit status: 0 success or verified, 1 a verification failed, 2 a usage, configuration,
+input or back-end error. ``lineage-ledger run`` exits with its command's status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any, Callable
+
+import click
+
+from ._canonical import canonical_bytes, utcnow
+from ._environment import current_environment
+from ._errors import ArtifactError, LedgerError, VerificationError
+from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
+from ._ledger import DEFAULT_URL, Ledger, open_ledger
+from ._merkle import inclusion_proof
+from ._model import Record, digest_hex
+from ._render import derived_lines, describe_record, lineage_lines, report_json, report_lines
+from ._verify import verify_lineage
+
+__all__ = ["cli", "main", "verify_main"]
+
+ledger_option = click.option(
+    "--ledger", "ledger_url", envvar="LINEAGE_LEDGER_URL", default=DEFAULT_URL, show_default=True,
+    help="Ledger URL (sqlite:///path, postgresql://..., memory://) or a path to an SQLite file.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+class _Guarded(click.Group):
+    """Turn library errors into a one-line message and exit status 2 (or 1 for checks)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _guard(lambda: super(_Guarded, self).invoke(ctx))
+
+
+def _guard(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except VerificationError as err:
+        click.echo(f"verification failed: {err}", err=True)
+        sys.exit(1)
+    except LedgerError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+def _open(url: str) -> Ledger:
+    return open_ledger(url)
+
+
+@click.group(cls=_Guarded, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lineage-ledger")
+def cli() -> None:
+    """A provenance ledger for scientific workflows: record what ran on which bytes, verify it later."""
+
+
+# -- run -----------------------------------------------------------------------------------
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        params[key] = value
+    return params
+
+
+def _code_digest(command: tuple[str, ...], declared: set[str]) -> str:
+    """Commit to the command line and to any script file it names (not its data files)."""
+    scripts = {}
+    for arg in command:
+        if os.path.isfile(arg) and normalize_path(arg) not in declared:
+            scripts[normalize_path(arg)] = hash_file(arg).blake3
+    return digest_hex(canonical_bytes({"argv": list(command), "files": scripts}))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-i", "--input", "inputs", multiple=True, help="A file the command reads (repeatable).")
+@click.option("-o", "--output", "outputs", multiple=True, help="A file the command writes (repeatable).")
+@click.option("-n", "--name", help="Task name (default: the program's name).")
+@click.option("--run-id", envvar="LINEAGE_RUN_ID", help="Group tasks of one workflow run.")
+@click.option("-p", "--param", "params", multiple=True, help="A parameter KEY=VALUE to record.")
+@ledger_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
+    """Hash the inputs, run COMMAND, hash the outputs, record it all.
+
+    \b
+    Example:
+      lineage-ledger run -i data/raw.csv -o data/clean.csv -- python clean.py data/raw.csv
+    """
+    parameters = _parse_params(params)
+    ledger = _open(ledger_url)
+    in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
+    out_paths = [normalize_path(p) for p in outputs]
+    for path in out_paths:
+        if os.path.isdir(path):
+            raise ArtifactError(path, "is a directory, not a file")
+    code = _code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
+    started = utcnow()
+    try:
+        returncode = subprocess.run(list(command)).returncode
+    except FileNotFoundError:
+        click.echo(f"error: command not found: {command[0]}", err=True)
+        returncode = 127
+    except PermissionError:
+        click.echo(f"error: permission denied: {command[0]}", err=True)
+        returncode = 126
+    ended = utcnow()
+    problems: list[str] = []
+    out_artifacts = []
+    for path in out_paths:
+        try:
+            out_artifacts.append(hash_file(path))
+        except ArtifactError as err:
+            if returncode == 0:
+                problems.append(str(err))
+    status = "succeeded" if returncode == 0 and not problems else "failed"
+    extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
+    if problems:
+        extra["problems"] = problems
+    record = Record(
+        engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
+        task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
+        inputs=in_artifacts, outputs=out_artifacts, code_digest=code, parameters=parameters,
+        environment=current_environment(), extra=extra,
+    )
+    recorder = ledger.recorder()
+    record_id = recorder.record(record)
+    if not recorder.close(timeout=30):
+        click.echo(f"warning: the ledger is unreachable; record {record_id[:12]} waits in the spool", err=True)
+    ledger.close()
+    click.echo(f"recorded {record_id[:12]} ({status})", err=True)
+    if problems:
+        raise ArtifactError(problems[0].split(":")[0], "declared output was not produced: " + "; ".join(problems))
+    sys.exit(returncode)
+
+
+# -- reading -------------------------------------------------------------------------------
+@cli.command(name="log")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many records, newest last.")
+@click.option("--run", "run_id", help="Only the records of this run.")
+@ledger_option
+@json_option
+def log_command(limit, run_id, ledger_url, as_json) -> None:
+    """List recorded tasks."""
+    with _open(ledger_url) as ledger:
+        entries = ledger.run(run_id) if run_id else _latest(ledger, limit)
+        entries = entries[-limit:] if limit else entries
+        for entry in entries:
+            if as_json:
+                click.echo(json.dumps({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
+            else:
+                outs = ", ".join(os.path.relpath(p) for p in entry.record.outputs) or "-"
+                click.echo(f"{describe_record(entry)}  -> {outs}")
+
+
+def _latest(ledger: Ledger, limit: int):
+    head = ledger.backend.head()
+    if head is None:
+        return []
+    entries, stop = [], head.height + 1
+    while stop > 0 and len(entries) < limit:
+        start = max(0, stop - 8)
+        chunk = [
+            ledger._decode(_Located(b.height, i, r))
+            for b in ledger.blocks(start, stop) for i, r in enumerate(b.records)
+        ]
+        entries, stop = chunk + entries, start
+    return entries
+
+
+class _Located:
+    __slots__ = ("height", "position", "record")
+
+    def __init__(self, height, position, record):
+        self.height, self.position, self.record = height, position, record
+
+
+@cli.command()
+@click.argument("record_id")
+@ledger_option
+def show(record_id, ledger_url) -> None:
+    """Show one record (an id or a unique prefix) with its block and inclusion proof."""
+    with _open(ledger_url) as ledger:
+        entry = ledger.get(record_id)
+        block = next(ledger.blocks(entry.height, entry.height + 1))
+        ids = [r.id for r in block.records]
+        body = {
+            "id": entry.id,
+            "block": {"height": entry.height, "id": block.id, "position": entry.position,
+                      "inclusion_proof": inclusion_proof(ids, entry.position)},
+            "record": entry.record.to_dict(),
+        }
+        click.echo(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("path")
+@ledger_option
+@json_option
+def why(path, ledger_url, as_json) -> None:
+    """Show the lineage of PATH: the tasks and files it derives from, back to the sources."""
+    with _open(ledger_url) as ledger:
+        tree = ledger.lineage(normalize_path(path))
+        if as_json:
+            from ._render import _node_json
+
+            click.echo(json.dumps(_node_json(tree, {}, set()), indent=2))
+        elif tree.kind == "source" and not ledger.consumers(tree.path):
+            raise LedgerError(f"{path}: no record in the ledger read or wrote it")
+        else:
+            click.echo("\n".join(lineage_lines(tree)))
+
+
+@cli.command()
+@click.argument("path")
+@ledger_option
+def depends(path, ledger_url) -> None:
+    """Show what was derived from PATH: its consumers, their outputs, and so on."""
+    with _open(ledger_url) as ledger:
+        normal = normalize_path(path)
+        tree = ledger.derived(normal)
+        if not tree:
+            click.echo(f"{path}: nothing in the ledger was derived from it")
+            return
+        click.echo("\n".join(derived_lines(normal, tree)))
+
+
+@cli.command(name="hash")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--rehash", is_flag=True, help="Ignore the stat cache and read every file again.")
+@click.option("--cache", "cache_path", default=".lineage/statcache.db", show_default=True,
+              help="Stat cache file (digests keyed by size, mtime, ctime and inode).")
+@json_option
+def hash_command(paths, rehash, cache_path, as_json) -> None:
+    """Print the BLAKE3 digest and size of files (directories are walked)."""
+    files: list[str] = []
+    for path in paths:
+        normal = normalize_path(path)
+        files.extend(walk_files(normal) if os.path.isdir(normal) else [normal])
+    hasher = Hasher(StatCache(cache_path), rehash=rehash)
+    artifacts = _hash_with_progress(hasher, files)
+    for artifact in artifacts:
+        if as_json:
+            click.echo(json.dumps({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size}))
+        else:
+            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {os.path.relpath(artifact.path)}")
+
+
+def _hash_with_progress(hasher: Hasher, files: list[str]):
+    if not sys.stderr.isatty() or len(files) < 2:
+        return hasher.hash_many(files)
+    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    if total < (256 << 20) and len(files) < 2000:
+        return hasher.hash_many(files)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"hashing {len(files)} files", total=total)
+        return hasher.hash_many(files, on_done=lambda a: progress.advance(task, a.size))
+
+
+# -- verify --------------------------------------------------------------------------------
+@click.command(name="verify")
+@click.argument("targets", nargs=-1)
+@ledger_option
+@json_option
+def verify(targets, ledger_url, as_json) -> None:
+    """Verify the chain, TARGETS against the ledger, and their lineage back to the sources.
+
+    With no TARGET, audit the whole ledger. Exit 0 verified, 1 a check failed, 2 an error.
+    """
+    with _open(ledger_url) as ledger:
+        report = verify_lineage(ledger, targets)
+    if as_json:
+        click.echo(json.dumps(report_json(report), indent=2))
+    else:
+        click.echo("\n".join(report_lines(report)))
+    sys.exit(0 if report.ok else 1)
+
+
+cli.add_command(verify)
+
+
+def main() -> None:
+    cli(prog_name="lineage-ledger")
+
+
+def verify_main() -> None:
+    _guard(lambda: verify.main(prog_name="verify-lineage", standalone_mode=True))

@@ -1,0 +1,132 @@
+"""The exception tree of lineage-ledger.
+
+Every error the library raises on purpose derives from :class:`LedgerError`::
+
+    LedgerError
+    ├── ConfigError                 bad URL, settings or arguments (CLI exit 2)
+    │   ├── UnknownScheme           no back-end registered for the URL's scheme
+    │   └── MissingExtra            the back-end's optional dependencies are not installed
+    ├── ArtifactError               a file cannot be hashed: missing, a directory, a symlink
+    │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
+    ├── BackendError                the back-end failed (library errors are translated)
+    │   ├── BackendUnavailable      cannot reach or open the store
+    │   ├── CorruptStore            the store exists but is not a readable ledger
+    │   └── AppendConflict          another writer took the height first; rebuild and retry
+    ├── SpoolError                  the local write-behind journal
+    │   ├── SpoolFull               backpressure: too many records not yet shipped
+    │   └── SpoolCorrupt            a torn or unreadable journal was set aside (nothing dropped)
+    └── VerificationError           a check failed (CLI exit 1)
+        ├── ChainBroken             a block's id, height or previous-block link is wrong
+        ├── MerkleMismatch          a block's Merkle root does not match its records
+        ├── RecordTampered          a stored record's bytes do not hash to its id
+        ├── ArtifactMismatch        a file on disk differs from its last record
+        └── LineageBroken           an input was consumed in a state no recorded task produced
+
+Back-ends raise ``BackendError`` subclasses ``from`` their library's exception, so raw
+SQLAlchemy, MPI or gRPC errors never reach a user.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppendConflict",
+    "ArtifactError",
+    "ArtifactMismatch",
+    "BackendError",
+    "BackendUnavailable",
+    "ChainBroken",
+    "ConfigError",
+    "CorruptStore",
+    "LedgerError",
+    "LineageBroken",
+    "MerkleMismatch",
+    "MissingExtra",
+    "RecordTampered",
+    "SpoolCorrupt",
+    "SpoolError",
+    "SpoolFull",
+    "UnknownScheme",
+    "VerificationError",
+]
+
+
+class LedgerError(Exception):
+    """Root of every error lineage-ledger raises on purpose."""
+
+
+class ConfigError(LedgerError):
+    """Bad configuration: a malformed URL, an unknown option, an impossible setting."""
+
+
+class UnknownScheme(ConfigError):
+    """No back-end is registered for a URL scheme."""
+
+
+class MissingExtra(ConfigError):
+    """A back-end needs an optional dependency that is not installed."""
+
+
+class ArtifactError(LedgerError):
+    """A file named as an input or output cannot be hashed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BackendError(LedgerError):
+    """The storage back-end failed."""
+
+
+class BackendUnavailable(BackendError):
+    """The store cannot be reached or opened."""
+
+
+class CorruptStore(BackendError):
+    """The store exists but cannot be read as a ledger (corrupt or truncated file)."""
+
+
+class AppendConflict(BackendError):
+    """Another writer appended first: the block must be rebuilt on the new head."""
+
+
+class SpoolError(LedgerError):
+    """The local write-behind journal failed."""
+
+
+class SpoolFull(SpoolError):
+    """Too many records wait to be shipped; the caller must slow down or flush."""
+
+
+class SpoolCorrupt(SpoolError):
+    """A journal had a torn or unreadable part; it was moved aside, not deleted."""
+
+
+class VerificationError(LedgerError):
+    """A verification check failed. ``height`` names the first bad block where known."""
+
+    def __init__(self, message: str, *, height: int | None = None, path: str | None = None):
+        super().__init__(message)
+        self.height = height
+        self.path = path
+
+
+class ChainBroken(VerificationError):
+    """A block's id, height or link to its predecessor is wrong."""
+
+
+class MerkleMismatch(VerificationError):
+    """A block's Merkle root does not match the ids of its records."""
+
+
+class RecordTampered(VerificationError):
+    """A stored record's bytes do not hash to its id, or do not parse."""
+
+
+class ArtifactMismatch(VerificationError):
+    """A file on disk is modified, missing or unrecorded."""
+
+
+class LineageBroken(VerificationError):
+    """An input's recorded digest matches no output its producer recorded."""

@@ -1,0 +1,271 @@
+"""The ledger: the chain logic on top of any back-end, and the lineage queries.
+
+:func:`open_ledger` picks the back-end by URL, and replays records a crashed process
+left in the spool. Appends build blocks on the current head and retry on
+:class:`AppendConflict`, which is how concurrent writers interleave without a lock
+server. Query results are re-checked against the record bytes, so a tampered index can
+hide a record but never make the ledger claim something a record does not say.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from blake3 import blake3
+
+from ._chain import ChainSummary, build_block, verify_chain
+from ._errors import AppendConflict, LedgerError, RecordTampered
+from ._model import Record, StoredBlock, StoredRecord
+from ._spool import describe_quarantine, spool_directory, take_orphans
+
+__all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
+
+DEFAULT_URL = ".lineage/ledger.db"
+DEFAULT_SPOOL = ".lineage/spool"
+log = logging.getLogger("lineage_ledger")
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    """A record read back from the ledger, with its id and place."""
+
+    id: str
+    record: Record
+    height: int
+    position: int
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.height, self.position)
+
+
+@dataclass
+class LineageNode:
+    """One file version in a lineage tree.
+
+    ``kind`` is ``produced`` (a record output it), ``source`` (no record ever output the
+    path), or ``broken`` (records output the path, but none with this digest: the file
+    changed between being produced and being consumed).
+    """
+
+    path: str
+    digest: str | None
+    kind: str
+    producer: LedgerRecord | None = None
+    parents: list[LineageNode] = field(default_factory=list)
+
+
+class Ledger:
+    def __init__(self, backend: Any, *, spool_root: str = DEFAULT_SPOOL) -> None:
+        self.backend = backend
+        self.url: str = backend.url
+        self.spool_dir = spool_directory(spool_root, self.url)
+
+    # -- writing ------------------------------------------------------------------------
+    def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
+        """Append records not yet in the ledger as blocks; returns how many were new."""
+        unique = list({r.id: r for r in records}.values())
+        for attempt in range(200):
+            known = self.backend.known(r.id for r in unique)
+            fresh = [r for r in unique if r.id not in known]
+            if not fresh:
+                return 0
+            prev = self.backend.head()
+            blocks: list[StoredBlock] = []
+            for start in range(0, len(fresh), block_size):
+                block = build_block(fresh[start : start + block_size], prev)
+                blocks.append(block.stored())
+                prev = block.header
+            try:
+                self.backend.append(blocks)
+                return len(fresh)
+            except AppendConflict:
+                # Another writer took the head; rebuild on theirs after a short random pause.
+                time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
+        raise AppendConflict(f"{self.url}: gave up after 200 conflicting appends")
+
+    def record(self, record: Record) -> str:
+        """Append one record synchronously (no spool); for scripts and tests."""
+        stored = record.stored()
+        self.append_records([stored])
+        return stored.id
+
+    def recorder(self, **options: Any):
+        from ._recorder import Recorder
+
+        return Recorder(self, **options)
+
+    def replay_spool(self) -> int:
+        """Ship what crashed processes left in the spool; raise if damaged lines were set aside."""
+        segments, quarantined = take_orphans(self.spool_dir)
+        shipped = 0
+        try:
+            for segment in segments:
+                if segment.records:
+                    shipped += self.append_records(segment.records)
+                segment.delete()
+        finally:
+            for segment in segments:
+                if os.path.exists(segment.path):
+                    os.close(segment.fd)
+        if shipped:
+            log.info("lineage-ledger: replayed %d records from %s", shipped, self.spool_dir)
+        if quarantined:
+            raise describe_quarantine(quarantined)
+        return shipped
+
+    # -- reading ------------------------------------------------------------------------
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
+        return self.backend.blocks(start, stop)
+
+    def verify_chain(self) -> ChainSummary:
+        return verify_chain(self.backend.blocks())
+
+    def _decode(self, located) -> LedgerRecord:
+        stored = located.record
+        if blake3(stored.body).hexdigest() != stored.id:
+            raise RecordTampered(
+                f"record {stored.id[:16]} in block {located.height} does not hash to its id",
+                height=located.height,
+            )
+        try:
+            record = Record.decode(stored.body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}", height=located.height) from exc
+        return LedgerRecord(stored.id, record, located.height, located.position)
+
+    def get(self, id_or_prefix: str) -> LedgerRecord:
+        prefix = id_or_prefix.strip().lower()
+        if len(prefix) < 4:
+            raise LedgerError("give at least 4 hex digits of a record id")
+        matches = self.backend.by_id_prefix(prefix, limit=2)
+        if not matches:
+            raise LedgerError(f"no record with id {id_or_prefix!r}")
+        if len(matches) > 1:
+            raise LedgerError(f"id prefix {id_or_prefix!r} is ambiguous; give more digits")
+        return self._decode(matches[0])
+
+    def _find(self, role: str, path: str | None, digest: str | None) -> list[LedgerRecord]:
+        found = []
+        for located in self.backend.find(role, path=path, digest=digest):
+            entry = self._decode(located)
+            side = entry.record.inputs if role == "in" else entry.record.outputs
+            if any(
+                (path is None or p == path) and (digest is None or e["blake3"] == digest)
+                for p, e in side.items()
+            ):
+                found.append(entry)
+        return found
+
+    def producers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
+        """Records that output ``path`` (and/or ``digest``), oldest first."""
+        return self._find("out", path, digest)
+
+    def consumers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
+        """Records that read ``path`` (and/or ``digest``), oldest first."""
+        return self._find("in", path, digest)
+
+    def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
+        found = self.producers(path, digest)
+        return found[-1] if found else None
+
+    def last_seen(self, path: str) -> tuple[LedgerRecord, str, dict] | None:
+        """The latest record that read or wrote ``path``: (record, role, entry)."""
+        candidates = [(r, "out", r.record.outputs[path]) for r in self.producers(path)]
+        candidates += [(r, "in", r.record.inputs[path]) for r in self.consumers(path)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda c: (c[0].order, c[1] == "out"))
+
+    def run(self, run_id: str) -> list[LedgerRecord]:
+        return [self._decode(located) for located in self.backend.by_run(run_id)]
+
+    def all_records(self) -> Iterator[LedgerRecord]:
+        for block in self.backend.blocks():
+            for position, stored in enumerate(block.records):
+                yield LedgerRecord(stored.id, Record.decode(stored.body), block.height, position)
+
+    # -- lineage ------------------------------------------------------------------------
+    def lineage(self, path: str, digest: str | None = None) -> LineageNode:
+        """The tree of file versions ``path`` was derived from, back to the sources."""
+        memo: dict[tuple[str, str | None], LineageNode] = {}
+        return self._lineage(path, digest, None, memo)
+
+    def _lineage(self, path, digest, consumer, memo) -> LineageNode:
+        key = (path, digest)
+        if key in memo:
+            return memo[key]
+        if digest is None:
+            producer = self.producer(path)
+            if producer is None:
+                node = LineageNode(path, None, "source")
+                memo[key] = node
+                return node
+            digest = producer.record.outputs[path]["blake3"]
+        else:
+            candidates = self.producers(path, digest)
+            if consumer is not None:  # prefer the version made before it was consumed
+                earlier = [c for c in candidates if c.order < consumer.order]
+                candidates = earlier or candidates
+            producer = candidates[-1] if candidates else None
+            if producer is None:
+                kind = "broken" if self.producers(path) else "source"
+                node = LineageNode(path, digest, kind)
+                memo[key] = node
+                return node
+        node = LineageNode(path, digest, "produced", producer)
+        memo[key] = node
+        memo[(path, None)] = memo.get((path, None), node)
+        for input_path, entry in sorted(producer.record.inputs.items()):
+            node.parents.append(self._lineage(input_path, entry["blake3"], producer, memo))
+        return node
+
+    def derived(self, path: str, digest: str | None = None, _seen: set | None = None) -> list[tuple[LedgerRecord, list]]:
+        """What was derived from ``path``: [(consumer record, [(its outputs' subtrees)...])]."""
+        seen = set() if _seen is None else _seen
+        tree = []
+        for consumer in self.consumers(path, digest):
+            if consumer.id in seen:
+                continue
+            seen.add(consumer.id)
+            children = [
+                (out_path, self.derived(out_path, entry["blake3"], seen))
+                for out_path, entry in sorted(consumer.record.outputs.items())
+            ]
+            tree.append((consumer, children))
+        return tree
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_ledger(url: str | None = None, *, spool: str | None = None, replay: bool = True) -> Ledger:
+    """Open the ledger at ``url`` (default ``$LINEAGE_LEDGER_URL`` or ``.lineage/ledger.db``).
+
+    Records that a crashed process left in the spool are shipped first; if any lines were
+    damaged, :class:`SpoolCorrupt` is raised after the good ones are in the ledger.
+    """
+    from lineage_ledger.backends import open_backend
+
+    url = url or os.environ.get("LINEAGE_LEDGER_URL") or DEFAULT_URL
+    spool_root = spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
+    backend = open_backend(url)
+    ledger = Ledger(backend, spool_root=spool_root)
+    if replay:
+        try:
+            ledger.replay_spool()
+        except BaseException:
+            ledger.close()
+            raise
+    return ledger

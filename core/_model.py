@@ -1,0 +1,258 @@
+"""Records, artifacts and blocks, and the bytes they are stored as.
+
+A :class:`Record` is one task execution. Its id is the BLAKE3 of its canonical bytes, so
+the id commits to every field. A :class:`Block` batches records under a header that
+links to the previous block and commits to the records through a Merkle root.
+
+:class:`StoredRecord` and :class:`StoredBlock` are what back-ends keep: the exact bytes
+that were hashed plus the index keys the core extracted. Back-ends never compute a hash;
+verification recomputes every id from the stored bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+from blake3 import blake3
+
+from ._canonical import canonical_bytes, format_time, from_canonical, parse_time
+
+__all__ = [
+    "Artifact",
+    "Block",
+    "BlockHeader",
+    "Record",
+    "StoredBlock",
+    "StoredRecord",
+    "STATUSES",
+    "RECORD_VERSION",
+    "digest_hex",
+]
+
+RECORD_VERSION = 1
+STATUSES = frozenset({"succeeded", "failed", "cached"})
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def digest_hex(data: bytes) -> str:
+    return blake3(data).hexdigest()
+
+
+def _check_hex(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise ValueError(f"{what} must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A file as it was seen: its path and the BLAKE3 digest and size of its bytes."""
+
+    path: str
+    blake3: str
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_hex(self.blake3, f"digest of {self.path}")
+        if not isinstance(self.size, int) or self.size < 0:
+            raise ValueError(f"size of {self.path} must be a non-negative integer")
+
+    def entry(self) -> dict[str, Any]:
+        return {"blake3": self.blake3, "size": self.size}
+
+
+def _artifact_map(value: Mapping[str, Any] | list[Artifact] | tuple[Artifact, ...], what: str):
+    """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style)."""
+    if isinstance(value, (list, tuple)):
+        return {a.path: a.entry() for a in value}
+    result: dict[str, dict[str, Any]] = {}
+    for path, entry in value.items():
+        if isinstance(entry, Artifact):
+            result[path] = entry.entry()
+            continue
+        if not isinstance(entry, Mapping) or set(entry) != {"blake3", "size"}:
+            raise ValueError(f"{what}[{path!r}] must be {{'blake3': hex, 'size': n}}")
+        Artifact(path, entry["blake3"], entry["size"])  # validates
+        result[path] = {"blake3": entry["blake3"], "size": entry["size"]}
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One task execution, as an engine reported it."""
+
+    engine: str
+    run_id: str
+    task_id: str
+    task_name: str
+    status: str
+    started: datetime
+    ended: datetime
+    inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    code_digest: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}, got {self.status!r}")
+        for name in ("engine", "run_id", "task_id", "task_name"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string")
+        object.__setattr__(self, "inputs", _artifact_map(self.inputs, "inputs"))
+        object.__setattr__(self, "outputs", _artifact_map(self.outputs, "outputs"))
+        if self.code_digest is not None and not isinstance(self.code_digest, str):
+            raise ValueError("code_digest must be a string or None")
+        if not isinstance(self.attempt, int) or self.attempt < 1:
+            raise ValueError("attempt must be a positive integer")
+        format_time(self.started)  # rejects naive datetimes early, on the caller's line
+        format_time(self.ended)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "engine": self.engine,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "status": self.status,
+            "attempt": self.attempt,
+            "started": format_time(self.started),
+            "ended": format_time(self.ended),
+            "code_digest": self.code_digest,
+            "parameters": self.parameters,
+            "environment": self.environment,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "extra": self.extra,
+        }
+
+    def encode(self) -> bytes:
+        return canonical_bytes(self.to_dict())
+
+    @property
+    def id(self) -> str:
+        return digest_hex(self.encode())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        if data.get("v") != RECORD_VERSION:
+            raise ValueError(f"unsupported record version {data.get('v')!r}")
+        known = {f for f in cls.__dataclass_fields__} | {"v"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown record fields: {sorted(unknown)}")
+        fields = {k: v for k, v in data.items() if k != "v"}
+        fields["started"] = parse_time(fields["started"])
+        fields["ended"] = parse_time(fields["ended"])
+        return cls(**fields)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Record:
+        """Parse canonical bytes; raises ``ValueError`` if they are not canonical."""
+        record = cls.from_dict(from_canonical(data))
+        if record.encode() != data:
+            raise ValueError("record bytes are not in canonical form")
+        return record
+
+    def stored(self) -> StoredRecord:
+        body = self.encode()
+        return StoredRecord(
+            id=digest_hex(body),
+            body=body,
+            run_id=self.run_id,
+            inputs=tuple((p, e["blake3"]) for p, e in self.inputs.items()),
+            outputs=tuple((p, e["blake3"]) for p, e in self.outputs.items()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record's canonical bytes, its claimed id, and the keys back-ends index it by."""
+
+    id: str
+    body: bytes
+    run_id: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> StoredRecord:
+        return Record.decode(body).stored()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    height: int
+    prev: str | None
+    merkle_root: str
+    time: datetime
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "height": self.height,
+            "prev": self.prev,
+            "merkle_root": self.merkle_root,
+            "time": format_time(self.time),
+            "count": self.count,
+        }
+
+    def encode(self) -> bytes:
+        return canonical_bytes(self.to_dict())
+
+    @property
+    def id(self) -> str:
+        return digest_hex(self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> BlockHeader:
+        raw = from_canonical(data)
+        if not isinstance(raw, dict) or raw.get("v") != RECORD_VERSION:
+            raise ValueError("not a version-1 block header")
+        if set(raw) != {"v", "height", "prev", "merkle_root", "time", "count"}:
+            raise ValueError(f"unexpected header fields: {sorted(raw)}")
+        header = cls(
+            height=raw["height"],
+            prev=None if raw["prev"] is None else _check_hex(raw["prev"], "prev"),
+            merkle_root=_check_hex(raw["merkle_root"], "merkle_root"),
+            time=parse_time(raw["time"]),
+            count=raw["count"],
+        )
+        if header.encode() != data:
+            raise ValueError("header bytes are not in canonical form")
+        return header
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    """A block as back-ends keep it: header bytes, claimed id, and its records in order."""
+
+    height: int
+    id: str
+    header: bytes
+    records: tuple[StoredRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: BlockHeader
+    records: tuple[StoredRecord, ...]
+
+    @property
+    def id(self) -> str:
+        return self.header.id
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def stored(self) -> StoredBlock:
+        return StoredBlock(self.header.height, self.header.id, self.header.encode(), self.records)

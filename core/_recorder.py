@@ -1,0 +1,174 @@
+"""Write-behind recording: ``record()`` journals and enqueues; a worker ships blocks.
+
+``record()`` encodes the record, appends one line to this process's spool segment with a
+single ``write(2)`` (the bytes are in the kernel once it returns, so ``kill -9`` loses
+nothing) and puts it on an in-memory queue. A background thread wakes when a batch is
+full or ``max_age`` has passed, rotates the segment, fsyncs it, appends the batch to the
+ledger as blocks, and deletes the segment once the back-end has them. When the back-end
+is down, records wait in the spool; past ``max_pending`` unshipped records ``record()``
+raises :class:`SpoolFull` instead of letting memory grow. At interpreter exit the worker
+gets ``exit_timeout`` seconds to flush; whatever is left is replayed by the next open.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from ._errors import LedgerError, SpoolFull
+from ._model import Record, StoredRecord
+from ._spool import Segment, SpoolWriter
+
+if TYPE_CHECKING:
+    from ._ledger import Ledger
+
+__all__ = ["Recorder"]
+
+log = logging.getLogger("lineage_ledger.recorder")
+_LIVE: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+class Recorder:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        batch_size: int = 1000,
+        max_age: float = 1.0,
+        max_pending: int = 100_000,
+        exit_timeout: float = 10.0,
+    ) -> None:
+        if batch_size < 1 or max_pending < batch_size or max_age <= 0:
+            raise ValueError("need batch_size >= 1, max_pending >= batch_size, max_age > 0")
+        self.ledger = ledger
+        self.batch_size = batch_size
+        self.max_age = max_age
+        self.max_pending = max_pending
+        self.exit_timeout = exit_timeout
+        self._writer = SpoolWriter(ledger.spool_dir)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._shipped = threading.Condition(self._lock)
+        self._unshipped: list[Segment] = []  # rotated, waiting for the back-end
+        self._waiting = 0  # records in the current segment plus the unshipped ones
+        self._closing = False
+        self._closed = False
+        self.last_error: BaseException | None = None
+        self._worker = threading.Thread(target=self._run, name="lineage-ledger-recorder", daemon=True)
+        self._worker.start()
+        _LIVE.add(self)
+
+    # -- the task path ------------------------------------------------------------------
+    def record(self, record: Record) -> str:
+        """Journal ``record`` durably and queue it; returns its id. Never touches the back-end."""
+        stored = record.stored()
+        with self._lock:
+            if self._closing:
+                raise LedgerError("this recorder is closed")
+            if self._waiting >= self.max_pending:
+                raise SpoolFull(
+                    f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
+                    "it is down or slower than the workflow. Records so far are safe in the spool."
+                )
+            self._writer.append(stored)
+            self._waiting += 1
+            if len(self._writer.current.records) >= self.batch_size:
+                self._wake.set()
+        return stored.id
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._waiting
+
+    # -- shipping -----------------------------------------------------------------------
+    def _take_batch(self) -> None:
+        with self._lock:
+            if self._writer.current.records:
+                self._unshipped.append(self._writer.rotate())
+
+    def _ship_one(self) -> bool:
+        """Ship the oldest unshipped segment; False if the back-end refused."""
+        segment = self._unshipped[0]
+        try:
+            segment.sync()
+            self.ledger.append_records(segment.records, block_size=self.batch_size)
+        except LedgerError as err:
+            if self.last_error is None or str(err) != str(self.last_error):
+                log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment.records), err)
+            self.last_error = err
+            return False
+        self.last_error = None
+        segment.delete()
+        with self._lock:
+            self._unshipped.pop(0)
+            self._waiting -= len(segment.records)
+            self._shipped.notify_all()
+        return True
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            self._wake.wait(timeout=backoff or self.max_age)
+            self._wake.clear()
+            self._take_batch()
+            backoff = 0.0
+            while self._unshipped:
+                if not self._ship_one():
+                    backoff = min(max(backoff * 2, 0.2), 10.0)
+                    break
+            if self._closing and not self._unshipped:
+                with self._lock:
+                    if not self._writer.current.records:
+                        self._writer.current.delete()  # an empty segment needs no replay
+                        self._closed = True
+                        self._shipped.notify_all()
+                        return
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Ship everything recorded so far; True if the back-end has it all in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._waiting
+        self._wake.set()
+        with self._lock:
+            while self._waiting > 0 and target > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._shipped.wait(timeout=min(0.5, remaining) if remaining else 0.5)
+                self._wake.set()
+            return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush for at most ``timeout`` seconds and stop; unshipped records stay spooled."""
+        timeout = self.exit_timeout if timeout is None else timeout
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._worker.join(timeout)
+        done = not self._worker.is_alive()
+        if not done:
+            log.warning(
+                "lineage-ledger: %d records not shipped within %.1fs; they stay in %s "
+                "and are shipped when the ledger is next opened",
+                self.pending, timeout, self.ledger.spool_dir,
+            )
+        _LIVE.discard(self)
+        return done
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for recorder in list(_LIVE):
+        recorder.close()

@@ -1,0 +1,125 @@
+"""Plain-text rendering of lineage trees and verification reports (human and JSON)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._ledger import LedgerRecord, LineageNode
+from ._verify import ArtifactCheck, Report
+
+__all__ = ["describe_record", "lineage_lines", "derived_lines", "report_lines", "report_json"]
+
+
+def _short(path: str) -> str:
+    relative = os.path.relpath(path)
+    return path if relative.startswith("../..") else relative
+
+
+def describe_record(entry: LedgerRecord) -> str:
+    r = entry.record
+    when = r.ended.strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{entry.id[:12]} {r.engine}:{r.task_name} [{r.status}] run {r.run_id} at {when}"
+
+
+def _node_label(node: LineageNode, check: ArtifactCheck | None) -> str:
+    digest = node.digest[:12] if node.digest else "-"
+    status = f" {check.status.value}" if check is not None else ""
+    if node.kind == "produced" and node.producer is not None:
+        return f"{_short(node.path)} {digest}{status}  <- {describe_record(node.producer)}"
+    if node.kind == "broken":
+        return f"{_short(node.path)} {digest}{status}  BROKEN: no recorded task produced this version"
+    return f"{_short(node.path)} {digest}{status}  (source)"
+
+
+def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None) -> list[str]:
+    checks = checks or {}
+    lines: list[str] = []
+    shown: set[int] = set()
+
+    def walk(node: LineageNode, prefix: str, last: bool, top: bool) -> None:
+        connector = "" if top else ("└── " if last else "├── ")
+        repeat = id(node) in shown and node.parents
+        label = _node_label(node, checks.get(node.path))
+        lines.append(prefix + connector + label + ("  (see above)" if repeat else ""))
+        if repeat:
+            return
+        shown.add(id(node))
+        child_prefix = prefix + ("" if top else ("    " if last else "│   "))
+        for index, parent in enumerate(node.parents):
+            walk(parent, child_prefix, index == len(node.parents) - 1, False)
+
+    walk(root, "", True, True)
+    return lines
+
+
+def derived_lines(path: str, tree: list, prefix: str = "") -> list[str]:
+    lines = [_short(path)] if not prefix else []
+    for index, (consumer, outputs) in enumerate(tree):
+        last = index == len(tree) - 1
+        lines.append(prefix + ("└── " if last else "├── ") + describe_record(consumer))
+        inner = prefix + ("    " if last else "│   ")
+        for out_index, (out_path, subtree) in enumerate(outputs):
+            out_last = out_index == len(outputs) - 1
+            lines.append(inner + ("└── " if out_last else "├── ") + _short(out_path))
+            lines.extend(derived_lines(out_path, subtree, inner + ("    " if out_last else "│   ")))
+    return lines
+
+
+def report_lines(report: Report) -> list[str]:
+    lines: list[str] = []
+    if report.chain is not None:
+        c = report.chain
+        lines.append(f"chain: OK  {c.blocks} blocks, {c.records} records, log root {c.log_root[:16]}")
+    for target in report.targets:
+        lines.append("")
+        if target.tree is None:
+            lines.append(f"{_short(target.path)} {target.check.status.value}")
+            continue
+        checks = dict(target.files)
+        checks[target.path] = target.check
+        lines.extend(lineage_lines(target.tree, checks))
+    if report.audited_records:
+        lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
+    lines.append("")
+    if report.ok:
+        lines.append("verified")
+    else:
+        lines.append(f"FAILED: {len(report.failures)} problem(s)")
+        lines.extend(f"  {type(f).__name__}: {f}" for f in report.failures)
+    return lines
+
+
+def _node_json(node: LineageNode, checks: dict[str, ArtifactCheck], seen: set[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": node.path, "digest": node.digest, "kind": node.kind,
+        "record": node.producer.id if node.producer else None,
+        "status": checks[node.path].status.value if node.path in checks else None,
+    }
+    if id(node) not in seen:
+        seen.add(id(node))
+        out["inputs"] = [_node_json(p, checks, seen) for p in node.parents]
+    return out
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    targets = []
+    for target in report.targets:
+        checks = dict(target.files)
+        checks[target.path] = target.check
+        targets.append({
+            "path": target.path, "check": target.check.to_json(),
+            "lineage": _node_json(target.tree, checks, set()) if target.tree else None,
+        })
+    chain = report.chain
+    return {
+        "ok": report.ok,
+        "chain": None if chain is None else {
+            "blocks": chain.blocks, "records": chain.records, "head": chain.head, "log_root": chain.log_root,
+        },
+        "targets": targets,
+        "failures": [
+            {"error": type(f).__name__, "message": str(f), "height": f.height, "path": f.path}
+            for f in report.failures
+        ],
+    }

@@ -1,0 +1,250 @@
+"""verify-lineage: small checks, each raising one named error, and the report they make.
+
+* :func:`verify_chain_of` - ids, heights, links, Merkle roots (``ChainBroken``, ...).
+* :func:`verify_artifact` - a file against the last record that saw it (``ArtifactMismatch``).
+* :func:`verify_closure` - every input in a lineage tree was produced in exactly the
+  version that was consumed, back to the sources (``LineageBroken``).
+
+:func:`verify_lineage` runs them all and collects every failure into a :class:`Report`;
+:func:`check_before_run` is what the engine plugins call before a rerun. Files are always
+rehashed here: the stat cache serves ``hash`` only, so an edit that keeps a file's size
+and mtime is still caught.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+from ._chain import ChainSummary
+from ._errors import ArtifactError, ArtifactMismatch, LineageBroken, VerificationError
+from ._hashing import hash_file, normalize_path, walk_files
+from ._ledger import Ledger, LineageNode
+
+__all__ = [
+    "ArtifactCheck",
+    "ArtifactStatus",
+    "Policy",
+    "Report",
+    "check_artifact",
+    "check_before_run",
+    "verify_artifact",
+    "verify_chain_of",
+    "verify_closure",
+    "verify_lineage",
+]
+
+Policy = Literal["warn", "strict", "rerun"]
+
+
+class ArtifactStatus(str, enum.Enum):
+    OK = "OK"
+    MODIFIED = "MODIFIED"
+    MISSING = "MISSING"
+    UNRECORDED = "UNRECORDED"
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    path: str
+    status: ArtifactStatus
+    expected: str | None = None  # digest the ledger last saw
+    actual: str | None = None  # digest on disk now
+    record_id: str | None = None  # the record that last saw it
+    role: str | None = None  # whether that record read ("in") or wrote ("out") it
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path, "status": self.status.value, "expected": self.expected,
+            "actual": self.actual, "record": self.record_id, "role": self.role,
+        }
+
+
+def verify_chain_of(ledger: Ledger) -> ChainSummary:
+    """Raises ChainBroken, MerkleMismatch or RecordTampered at the first bad block."""
+    return ledger.verify_chain()
+
+
+def check_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
+    """Compare a file on disk with the last record that read or wrote it (always rehashes)."""
+    path = normalize_path(path)
+    seen = ledger.last_seen(path)
+    exists = os.path.lexists(path)
+    if seen is None:
+        actual = hash_file(path).blake3 if exists else None
+        return ArtifactCheck(path, ArtifactStatus.UNRECORDED if exists else ArtifactStatus.MISSING, None, actual)
+    entry, role, recorded = seen
+    if not exists:
+        return ArtifactCheck(path, ArtifactStatus.MISSING, recorded["blake3"], None, entry.id, role)
+    actual = hash_file(path).blake3
+    status = ArtifactStatus.OK if actual == recorded["blake3"] else ArtifactStatus.MODIFIED
+    return ArtifactCheck(path, status, recorded["blake3"], actual, entry.id, role)
+
+
+def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
+    check = check_artifact(ledger, path)
+    if check.status is not ArtifactStatus.OK:
+        raise ArtifactMismatch(_explain(check), path=check.path)
+    return check
+
+
+def _explain(check: ArtifactCheck) -> str:
+    if check.status is ArtifactStatus.MODIFIED:
+        verb = "written by" if check.role == "out" else "read by"
+        return (f"{check.path}: MODIFIED since it was last {verb} record {check.record_id[:12]} "
+                f"(ledger {check.expected[:12]}, disk {check.actual[:12]})")
+    if check.status is ArtifactStatus.MISSING:
+        return f"{check.path}: MISSING (the ledger last saw {check.expected[:12] if check.expected else 'nothing'})"
+    return f"{check.path}: UNRECORDED (no record in the ledger read or wrote it)"
+
+
+def verify_closure(node: LineageNode) -> None:
+    """Raise LineageBroken for the first input consumed in a version nobody produced."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.kind == "broken":
+            raise LineageBroken(
+                f"{current.path}: consumed as {current.digest[:12]}, but no recorded task "
+                "produced that version (changed between being written and being read)",
+                path=current.path,
+            )
+        stack.extend(current.parents)
+
+
+def _tree_nodes(node: LineageNode) -> Iterable[LineageNode]:
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            stack.extend(current.parents)
+
+
+@dataclass
+class TargetResult:
+    path: str
+    check: ArtifactCheck
+    tree: LineageNode | None
+    files: dict[str, ArtifactCheck] = field(default_factory=dict)  # other files of the tree
+
+
+@dataclass
+class Report:
+    chain: ChainSummary | None = None
+    targets: list[TargetResult] = field(default_factory=list)
+    failures: list[VerificationError] = field(default_factory=list)
+    audited_records: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, failure: VerificationError) -> None:
+        # Targets share lineage: report each problem once, however many trees show it.
+        key = (type(failure), failure.path, str(failure))
+        if all((type(f), f.path, str(f)) != key for f in self.failures):
+            self.failures.append(failure)
+
+
+def _expand(targets: Iterable[str]) -> list[str]:
+    paths: list[str] = []
+    for target in targets:
+        normal = normalize_path(target)
+        if os.path.isdir(normal):
+            paths.extend(walk_files(normal))
+        else:
+            paths.append(normal)
+    return paths
+
+
+def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool = True) -> Report:
+    """Verify the chain, then each target and its lineage; no targets audits the whole ledger.
+
+    Raises only for bad input (``ArtifactError``, ``ConfigError``) and back-end errors;
+    verification failures are collected in the report.
+    """
+    report = Report()
+    try:
+        report.chain = verify_chain_of(ledger)
+    except VerificationError as failure:
+        report.fail(failure)
+        return report  # nothing read from a broken chain can be trusted
+    paths = _expand(targets)
+    if not paths:
+        paths = _audit_paths(ledger, report)
+    for path in paths:
+        _verify_target(ledger, path, report, files=files, audit=not targets)
+    return report
+
+
+def _audit_paths(ledger: Ledger, report: Report) -> list[str]:
+    outputs: dict[str, None] = {}
+    for entry in ledger.all_records():
+        report.audited_records += 1
+        for path in entry.record.outputs:
+            outputs[path] = None
+    return list(outputs)
+
+
+def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
+    check = check_artifact(ledger, path) if files else ArtifactCheck(path, ArtifactStatus.OK)
+    # In an audit, a produced file that was cleaned up since is not a failure.
+    tolerated = audit and check.status is ArtifactStatus.MISSING
+    if check.status is not ArtifactStatus.OK and not tolerated:
+        report.fail(ArtifactMismatch(_explain(check), path=path))
+    tree = ledger.lineage(path) if check.status is not ArtifactStatus.UNRECORDED else None
+    result = TargetResult(path, check, tree)
+    report.targets.append(result)
+    if tree is None:
+        return
+    try:
+        verify_closure(tree)
+    except LineageBroken as failure:
+        report.fail(failure)
+    if not files:
+        return
+    for node in _tree_nodes(tree):
+        if node is tree or node.path in result.files:
+            continue
+        try:
+            other = check_artifact(ledger, node.path)
+        except ArtifactError as err:
+            report.fail(ArtifactMismatch(str(err), path=node.path))
+            continue
+        result.files[node.path] = other
+        # Intermediate files may be gone (temp files, clean-ups); changed ones may not.
+        if other.status is ArtifactStatus.MODIFIED:
+            report.fail(ArtifactMismatch(_explain(other), path=node.path))
+
+
+def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
+    """The plugins' pre-run check: files that exist and differ from the ledger.
+
+    Returns the MODIFIED files. With ``strict`` it raises ``ArtifactMismatch`` naming them
+    all; with ``warn`` and ``rerun`` the caller logs them or forces their producers to run.
+    """
+    if policy not in ("warn", "strict", "rerun"):
+        from ._errors import ConfigError
+
+        raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
+    tampered = []
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        check = check_artifact(ledger, path)
+        if check.status is ArtifactStatus.MODIFIED:
+            tampered.append(check)
+    if tampered and policy == "strict":
+        raise ArtifactMismatch(
+            "refusing to run on files changed outside the workflow:\n  "
+            + "\n  ".join(_explain(c) for c in tampered),
+            path=tampered[0].path,
+        )
+    return tampered

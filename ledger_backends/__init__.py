@@ -1,0 +1,72 @@
+"""Storage back-ends, chosen by URL scheme and imported only when used.
+
+Built in: ``sqlite:///path`` (and plain paths), ``postgresql://...``, ``memory://name``.
+Third parties register a :class:`Backend` subclass under the ``lineage_ledger.backends``
+entry-point group, named by the scheme they serve.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from lineage_ledger._errors import ConfigError, MissingExtra, UnknownScheme
+
+from ._base import Backend, ChainHead, Located, Role
+
+__all__ = ["Backend", "ChainHead", "Located", "Role", "backend_class", "open_backend", "split_url"]
+
+# scheme -> (module:class, extra that provides its dependencies or None)
+_BUILTIN: dict[str, tuple[str, str | None]] = {
+    "memory": ("lineage_ledger.backends.memory:MemoryBackend", None),
+    "sqlite": ("lineage_ledger.backends.sql:SQLBackend", None),
+    "postgresql": ("lineage_ledger.backends.sql:SQLBackend", "postgres"),
+}
+ENTRY_POINT_GROUP = "lineage_ledger.backends"
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(scheme, rest)``; a string with no ``://`` is a path to an SQLite file."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("empty ledger URL; give a path or a URL such as sqlite:///ledger.db")
+    if "://" not in url:
+        if ":" in url.split("/")[0] and not url.startswith((".", "/")):
+            raise ConfigError(
+                f"malformed ledger URL {url!r}: expected scheme://..., e.g. sqlite:///ledger.db"
+            )
+        return "sqlite", url
+    scheme, rest = url.split("://", 1)
+    base = scheme.split("+", 1)[0].lower()
+    if not base or not base.replace("-", "").replace(".", "").isalnum():
+        raise ConfigError(f"malformed ledger URL {url!r}: bad scheme {scheme!r}")
+    return base, rest
+
+
+def backend_class(scheme: str) -> type[Backend]:
+    if scheme in _BUILTIN:
+        target, extra = _BUILTIN[scheme]
+    else:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
+        if not found:
+            known = sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+            raise UnknownScheme(
+                f"no ledger back-end for scheme {scheme!r}; known schemes: {', '.join(known)}"
+            )
+        target, extra = found[0].value, None
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = f"pip install 'lineage-ledger[{extra}]'" if extra else f"install the package providing {module_name}"
+        raise MissingExtra(
+            f"the {scheme} back-end needs {exc.name!r}, which is not installed: {hint}"
+        ) from exc
+    cls = getattr(module, class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"{target} is not a lineage_ledger Backend")
+    return cls
+
+
+def open_backend(url: str) -> Backend:
+    scheme, _ = split_url(url)
+    return backend_class(scheme)(url)

@@ -1,0 +1,300 @@
+"""SQL storage through SQLAlchemy 2: SQLite (the embedded default) and PostgreSQL.
+
+Tables are prefixed ``ll_`` so a ledger can share a PostgreSQL database. The block
+height is the primary key: two writers building on the same head collide there, and the
+loser gets :class:`AppendConflict` and rebuilds. SQLite runs in WAL mode with a busy
+timeout and takes its write lock up front (``BEGIN IMMEDIATE``), because a read
+transaction that upgrades to a write fails at once instead of waiting for the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterable, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+from lineage_ledger._errors import (
+    AppendConflict,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    CorruptStore,
+)
+from lineage_ledger._model import StoredBlock, StoredRecord
+
+from ._base import Backend, ChainHead, Located, Role
+
+__all__ = ["SQLBackend"]
+
+SCHEMA_VERSION = "1"
+_CHUNK = 500  # blocks fetched per query while iterating
+_BUSY_TIMEOUT_S = 60
+
+metadata = sa.MetaData()
+meta_table = sa.Table(
+    "ll_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+blocks_table = sa.Table(
+    "ll_blocks", metadata,
+    sa.Column("height", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("header", sa.LargeBinary, nullable=False),
+)
+records_table = sa.Table(
+    "ll_records", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("height", sa.BigInteger, nullable=False),
+    sa.Column("pos", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("height", "pos", name="ll_records_place"),
+    sa.Index("ll_records_run", "run_id"),
+)
+artifacts_table = sa.Table(
+    "ll_artifacts", metadata,
+    sa.Column("record_id", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(3), primary_key=True),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Index("ll_artifacts_path", "path", "role"),
+    sa.Index("ll_artifacts_digest", "digest", "role"),
+)
+
+
+def _engine_url(url: str) -> str:
+    scheme, rest = url.split("://", 1) if "://" in url else ("sqlite", None)
+    if rest is None:  # a plain path
+        return "sqlite:///" + url
+    if scheme == "postgresql":  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
+        return "postgresql+psycopg://" + rest
+    return url
+
+
+def _sqlite_path(engine_url: sa.URL) -> str | None:
+    database = engine_url.database
+    return None if database in (None, "", ":memory:") else database
+
+
+@contextlib.contextmanager
+def _translated(what: str, url: str):
+    """Turn SQLAlchemy and driver errors into the library's own, with the cause attached."""
+    try:
+        yield
+    except exc.IntegrityError as err:
+        raise AppendConflict(f"{what}: another writer stored this height or record first") from err
+    except exc.DatabaseError as err:
+        text = str(err.orig if getattr(err, "orig", None) else err).strip()
+        lowered = text.lower()
+        if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
+            raise CorruptStore(
+                f"{url}: the ledger database is corrupt or truncated ({text}); "
+                "restore it from a copy, or verify a replica"
+            ) from err
+        if "no such table" in lowered or "does not exist" in lowered and "relation" in lowered:
+            raise CorruptStore(f"{url}: ledger tables are missing ({text})") from err
+        raise BackendUnavailable(f"{url}: {what} failed: {text}") from err
+    except exc.SQLAlchemyError as err:
+        raise BackendError(f"{url}: {what} failed: {err}") from err
+
+
+class SQLBackend(Backend):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        try:
+            engine_url = sa.make_url(_engine_url(url))
+        except exc.ArgumentError as err:
+            raise ConfigError(f"malformed ledger URL {url!r}: {err}") from err
+        self._sqlite = engine_url.get_backend_name() == "sqlite"
+        kwargs: dict = {}
+        if self._sqlite:
+            path = _sqlite_path(engine_url)
+            if path is None:
+                raise ConfigError(f"{url}: give a file path, e.g. sqlite:///ledger.db")
+            if os.path.isdir(path):
+                raise ConfigError(f"{url}: {path} is a directory, not a ledger file")
+            parent = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as err:
+                raise BackendUnavailable(f"{url}: cannot create {parent}: {err.strerror}") from err
+            kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self._engine = sa.create_engine(engine_url, **kwargs)
+        except ModuleNotFoundError:
+            raise  # the registry turns this into MissingExtra with an install hint
+        except exc.ArgumentError as err:
+            raise ConfigError(f"bad ledger URL {url!r}: {err}") from err
+        if self._sqlite:
+            self._setup_sqlite()
+        self._create_schema()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _setup_sqlite(self) -> None:
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_connection, _record):  # pragma: no cover - exercised via sqlite
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
+            cursor.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _on_begin(conn):  # pragma: no cover - exercised via sqlite
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+    def _create_schema(self) -> None:
+        with _translated("opening the ledger", self.url):
+            with self._write() as conn:
+                names = set(sa.inspect(conn).get_table_names())
+                if names and "ll_meta" not in names and self._sqlite:
+                    raise ConfigError(f"{self.url}: this database is not a lineage ledger")
+                metadata.create_all(conn, checkfirst=True)
+                version = conn.execute(
+                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema")
+                ).scalar()
+                if version is None:
+                    conn.execute(sa.insert(meta_table).values(key="schema", value=SCHEMA_VERSION))
+                elif version != SCHEMA_VERSION:
+                    raise ConfigError(f"{self.url}: ledger schema {version}, expected {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _write(self):
+        with self._engine.connect() as conn:
+            conn.info["write"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info["write"] = False
+
+    # -- writes ---------------------------------------------------------------------------
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
+        if not blocks:
+            return
+        with _translated("append", self.url), self._write() as conn:
+            existing = dict(
+                conn.execute(
+                    sa.select(blocks_table.c.height, blocks_table.c.id).where(
+                        blocks_table.c.height.in_([b.height for b in blocks])
+                    )
+                ).all()
+            )
+            fresh = []
+            for block in blocks:
+                if block.height in existing:
+                    if existing[block.height] != block.id:
+                        raise AppendConflict(f"height {block.height} is taken by another block")
+                else:
+                    fresh.append(block)
+            if not fresh:
+                return
+            conn.execute(
+                sa.insert(blocks_table),
+                [{"height": b.height, "id": b.id, "header": b.header} for b in fresh],
+            )
+            records, artifacts = [], []
+            for block in fresh:
+                for position, record in enumerate(block.records):
+                    records.append(
+                        {"id": record.id, "height": block.height, "pos": position,
+                         "run_id": record.run_id, "body": record.body}
+                    )
+                    artifacts.extend(
+                        {"record_id": record.id, "role": "in", "path": p, "digest": d}
+                        for p, d in record.inputs
+                    )
+                    artifacts.extend(
+                        {"record_id": record.id, "role": "out", "path": p, "digest": d}
+                        for p, d in record.outputs
+                    )
+            if records:
+                conn.execute(sa.insert(records_table), records)
+            if artifacts:
+                conn.execute(sa.insert(artifacts_table), artifacts)
+
+    # -- reads ----------------------------------------------------------------------------
+    def head(self) -> ChainHead | None:
+        with _translated("reading the head", self.url), self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(blocks_table.c.height, blocks_table.c.id)
+                .order_by(blocks_table.c.height.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else ChainHead(int(row[0]), row[1])
+
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
+        low = start
+        while stop is None or low < stop:
+            high = low + _CHUNK if stop is None else min(low + _CHUNK, stop)
+            with _translated("reading blocks", self.url), self._engine.connect() as conn:
+                headers = conn.execute(
+                    sa.select(blocks_table.c.height, blocks_table.c.id, blocks_table.c.header)
+                    .where(blocks_table.c.height >= low, blocks_table.c.height < high)
+                    .order_by(blocks_table.c.height)
+                ).all()
+                rows = conn.execute(
+                    sa.select(records_table.c.height, records_table.c.id, records_table.c.body)
+                    .where(records_table.c.height >= low, records_table.c.height < high)
+                    .order_by(records_table.c.height, records_table.c.pos)
+                ).all()
+            if not headers:
+                return
+            grouped: dict[int, list[StoredRecord]] = {}
+            for height, record_id, body in rows:
+                grouped.setdefault(height, []).append(StoredRecord(record_id, bytes(body)))
+            for height, block_id, header in headers:
+                yield StoredBlock(int(height), block_id, bytes(header), tuple(grouped.get(height, ())))
+            if len(headers) < high - low:
+                return
+            low = high
+
+    def known(self, record_ids: Iterable[str]) -> set[str]:
+        ids = list(record_ids)
+        found: set[str] = set()
+        with _translated("looking up records", self.url), self._engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                found.update(
+                    conn.execute(
+                        sa.select(records_table.c.id).where(records_table.c.id.in_(chunk))
+                    ).scalars()
+                )
+        return found
+
+    def _located(self, where) -> list[Located]:
+        query = (
+            sa.select(records_table.c.height, records_table.c.pos, records_table.c.id, records_table.c.body)
+            .where(where)
+            .order_by(records_table.c.height, records_table.c.pos)
+        )
+        with _translated("query", self.url), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [Located(int(h), int(p), StoredRecord(i, bytes(b))) for h, p, i, b in rows]
+
+    def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
+        condition = artifacts_table.c.role == role
+        if path is not None:
+            condition &= artifacts_table.c.path == path
+        if digest is not None:
+            condition &= artifacts_table.c.digest == digest
+        ids = sa.select(artifacts_table.c.record_id).where(condition)
+        return self._located(records_table.c.id.in_(ids))
+
+    def by_run(self, run_id: str) -> list[Located]:
+        return self._located(records_table.c.run_id == run_id)
+
+    def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        return self._located(records_table.c.id.like(prefix + "%"))[:limit]
+
+    def close(self) -> None:
+        self._engine.dispose()
