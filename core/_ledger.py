@@ -258,7 +258,8 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
     """
     from lineage_ledger.backends import open_backend
 
-    url = url or os.environ.get("LINEAGE_LEDGER_URL") or DEFAULT_URL
+    if url is None:
+        url = os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
     spool_root = spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
     backend = open_backend(url)
     ledger = Ledger(backend, spool_root=spool_root)

@@ -73,8 +73,9 @@ def check_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
     seen = ledger.last_seen(path)
     exists = os.path.lexists(path)
     if seen is None:
-        actual = hash_file(path).blake3 if exists else None
-        return ArtifactCheck(path, ArtifactStatus.UNRECORDED if exists else ArtifactStatus.MISSING, None, actual)
+        if not exists:  # most likely a typo: say so as bad input, not as a failed check
+            raise ArtifactError(path, "no such file, and no record in the ledger mentions it")
+        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, hash_file(path).blake3)
     entry, role, recorded = seen
     if not exists:
         return ArtifactCheck(path, ArtifactStatus.MISSING, recorded["blake3"], None, entry.id, role)

@@ -22,6 +22,7 @@ from lineage_ledger._errors import (
     BackendUnavailable,
     ConfigError,
     CorruptStore,
+    MissingExtra,
 )
 from lineage_ledger._model import StoredBlock, StoredRecord
 
@@ -73,6 +74,14 @@ def _engine_url(url: str) -> str:
     if scheme == "postgresql":  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
         return "postgresql+psycopg://" + rest
     return url
+
+
+def _as_bytes(value) -> bytes:
+    """Stored bytes as they are; a value someone rewrote as TEXT or a number still verifies
+    (and fails) instead of crashing the reader."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogateescape")
 
 
 def _sqlite_path(engine_url: sa.URL) -> str | None:
@@ -127,8 +136,11 @@ class SQLBackend(Backend):
             kwargs["pool_pre_ping"] = True
         try:
             self._engine = sa.create_engine(engine_url, **kwargs)
-        except ModuleNotFoundError:
-            raise  # the registry turns this into MissingExtra with an install hint
+        except ModuleNotFoundError as err:
+            raise MissingExtra(
+                f"the {engine_url.get_backend_name()} back-end needs {err.name!r}, which is not "
+                "installed: pip install 'lineage-ledger[postgres]'"
+            ) from err
         except exc.ArgumentError as err:
             raise ConfigError(f"bad ledger URL {url!r}: {err}") from err
         if self._sqlite:
@@ -249,9 +261,9 @@ class SQLBackend(Backend):
                 return
             grouped: dict[int, list[StoredRecord]] = {}
             for height, record_id, body in rows:
-                grouped.setdefault(height, []).append(StoredRecord(record_id, bytes(body)))
+                grouped.setdefault(height, []).append(StoredRecord(str(record_id), _as_bytes(body)))
             for height, block_id, header in headers:
-                yield StoredBlock(int(height), block_id, bytes(header), tuple(grouped.get(height, ())))
+                yield StoredBlock(int(height), str(block_id), _as_bytes(header), tuple(grouped.get(height, ())))
             if len(headers) < high - low:
                 return
             low = high
@@ -277,7 +289,7 @@ class SQLBackend(Backend):
         )
         with _translated("query", self.url), self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [Located(int(h), int(p), StoredRecord(i, bytes(b))) for h, p, i, b in rows]
+        return [Located(int(h), int(p), StoredRecord(str(i), _as_bytes(b))) for h, p, i, b in rows]
 
     def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         condition = artifacts_table.c.role == role

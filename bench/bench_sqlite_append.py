@@ -1,0 +1,147 @@
+"""Appending records to a SQLite ledger: our code vs raw stdlib sqlite3.
+
+100,000 records (5,000 with --quick), each with one input and one output artifact, are
+built and turned into ``StoredRecord`` objects before any timing. Each round, on a fresh
+database in a temporary directory:
+  ours          ledger.append_records(stored, block_size=1000) on
+                open_ledger("sqlite:///<tmp>/l.db", spool=<tmp>/spool) (open not timed)
+  raw/block     stdlib sqlite3, the same tables and indexes (DDL copied from a ledger our
+                code created), WAL, synchronous=FULL, the same block/record/artifact rows
+                (blocks pre-built with build_block) inserted with executemany in one
+                transaction per 1,000-record block: the ceiling the goal refers to
+  raw/one-tx    the same, but all blocks in one transaction, as append_records commits
+                them (information only)
+
+Goal (issue #2): ours >= 100,000 records/s and >= 0.5x the raw/block rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+
+from blake3 import blake3
+
+import lineage_ledger
+from lineage_ledger import Artifact, Record, build_block
+
+BLOCK = 1000
+
+
+def make_records(n: int) -> list[Record]:
+    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    out = []
+    for i in range(n):
+        d_in, d_out = blake3(b"in%d" % i).hexdigest(), blake3(b"out%d" % i).hexdigest()
+        out.append(Record(
+            engine="bench", run_id=f"run-{i // 10_000}", task_id=f"task-{i}", task_name="align",
+            status="succeeded", started=t0 + timedelta(seconds=i), ended=t0 + timedelta(seconds=i + 1),
+            inputs=[Artifact(f"/data/samples/s{i:07d}/reads.fastq", d_in, 1000 + i)],
+            outputs=[Artifact(f"/data/results/s{i:07d}/aligned.bam", d_out, 2000 + i)],
+            parameters={"threads": 4, "reference": "GRCh38"},
+        ))
+    return out
+
+
+def ledger_ddl(tmp: str) -> list[str]:
+    """The CREATE statements of a ledger our code made, so the raw baseline is identical."""
+    path = os.path.join(tmp, "schema.db")
+    lineage_ledger.open_ledger(f"sqlite:///{path}", spool=os.path.join(tmp, "spool0")).close()
+    with sqlite3.connect(path) as db:
+        ddl = [r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid")]
+    db.close()
+    return ddl
+
+
+def raw_rows(stored):
+    """Per block: (block row, record rows, artifact rows), from blocks built by our core."""
+    out, prev = [], None
+    for start in range(0, len(stored), BLOCK):
+        block = build_block(stored[start : start + BLOCK], prev)
+        prev = block.header
+        sb = block.stored()
+        recs = [(r.id, sb.height, pos, r.run_id, r.body) for pos, r in enumerate(sb.records)]
+        arts = [(r.id, role, p, d) for r in sb.records
+                for role, side in (("in", r.inputs), ("out", r.outputs)) for p, d in side]
+        out.append(((sb.height, sb.id, sb.header), recs, arts))
+    return out
+
+
+def run_raw(db_path: str, ddl: list[str], rows, one_tx: bool) -> float:
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    for statement in ddl:
+        db.execute(statement)
+    start = time.perf_counter()
+    if one_tx:
+        db.execute("BEGIN IMMEDIATE")
+    for block, recs, arts in rows:
+        if not one_tx:
+            db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO ll_blocks (height, id, header) VALUES (?, ?, ?)", block)
+        db.executemany("INSERT INTO ll_records (id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?)", recs)
+        db.executemany("INSERT INTO ll_artifacts (record_id, role, path, digest) VALUES (?, ?, ?, ?)", arts)
+        if not one_tx:
+            db.execute("COMMIT")
+    if one_tx:
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    count = db.execute("SELECT count(*) FROM ll_records").fetchone()[0]
+    db.close()
+    assert count == sum(len(r) for _, r, _ in rows), count
+    return elapsed
+
+
+def run_ours(tmp: str, stored) -> float:
+    ledger = lineage_ledger.open_ledger(f"sqlite:///{tmp}/l.db", spool=os.path.join(tmp, "spool"))
+    try:
+        start = time.perf_counter()
+        added = ledger.append_records(stored, block_size=BLOCK)
+        elapsed = time.perf_counter() - start
+    finally:
+        ledger.close()
+    assert added == len(stored), added
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5,000 records, 2 rounds")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    n = 5_000 if args.quick else 100_000
+    repeats = args.repeats or (2 if args.quick else 5)
+
+    stored = [r.stored() for r in make_records(n)]
+    rows = raw_rows(stored)
+    print(f"{n} records in blocks of {BLOCK}, {repeats} rounds, cpus: {os.cpu_count()}, "
+          f"SQLite {sqlite3.sqlite_version}")
+
+    times: dict[str, list[float]] = {"ours": [], "raw/block": [], "raw/one-tx": []}
+    with tempfile.TemporaryDirectory(prefix="ll-bench-append-") as tmp:
+        ddl = ledger_ddl(tmp)
+        for round_no in range(repeats):
+            work = tempfile.mkdtemp(prefix=f"r{round_no}-", dir=tmp)
+            times["ours"].append(run_ours(work, stored))
+            times["raw/block"].append(run_raw(os.path.join(work, "raw1.db"), ddl, rows, one_tx=False))
+            times["raw/one-tx"].append(run_raw(os.path.join(work, "raw2.db"), ddl, rows, one_tx=True))
+
+    rate = {name: n / statistics.median(t) for name, t in times.items()}
+    print(f"\n{'variant':<11} {'median s':>9} {'min s':>8} {'records/s':>10}")
+    for name, t in times.items():
+        print(f"{name:<11} {statistics.median(t):9.3f} {min(t):8.3f} {rate[name]:10,.0f}")
+    ratio = rate["ours"] / rate["raw/block"]
+    print(f"\nours / raw/block  = {ratio:.2f}x   (goal >= 0.50x)")
+    print(f"ours / raw/one-tx = {rate['ours'] / rate['raw/one-tx']:.2f}x   (information)")
+    print(f"ours rate {rate['ours']:,.0f} records/s   (goal >= 100,000 records/s)")
+    print("GOAL MET" if rate["ours"] >= 100_000 and ratio >= 0.5 else "GOAL MISSED")
+
+
+if __name__ == "__main__":
+    main()

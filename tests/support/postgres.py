@@ -1,0 +1,124 @@
+"""A real PostgreSQL server for the tests: initdb in a temp dir, a loopback port.
+
+Debian's server binaries live in /usr/lib/postgresql/<version>/bin. PostgreSQL refuses to
+run as root, so under root the server runs as the ``postgres`` user (or ``nobody``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+__all__ = ["PostgresServer", "find_server_binaries"]
+
+
+def find_server_binaries() -> str | None:
+    for directory in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(directory, "initdb")):
+            return directory
+    found = shutil.which("initdb")
+    return os.path.dirname(os.path.realpath(found)) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.base = tempfile.mkdtemp(prefix="ll-pg-")
+        os.chmod(self.base, 0o755)
+        self.data = os.path.join(self.base, "data")
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+        self._user = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    self._user = pwd.getpwnam(name)
+                    break
+                except KeyError:
+                    continue
+            os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
+
+    def _as_user(self, argv: list[str]) -> list[str]:
+        if self._user is None:
+            return argv
+        return ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups", *argv]
+
+    def start(self) -> PostgresServer:
+        if not os.path.exists(self.data):
+            subprocess.run(
+                self._as_user([os.path.join(self.bindir, "initdb"), "-D", self.data, "-A", "trust",
+                               "-U", "ledger", "--no-sync", "-E", "UTF8"]),
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base,
+            )
+        self.process = subprocess.Popen(
+            self._as_user([os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
+                           "-h", "127.0.0.1", "-k", self.base, "-c", "fsync=off"]),
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.base, "server.log"), "ab"),
+            cwd=self.base,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or (self.process and self.process.poll() is not None):
+                    raise RuntimeError(f"PostgreSQL did not start; see {self.base}/server.log") from None
+                time.sleep(0.1)
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://ledger@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as handle:
+                return int(handle.readline())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, *, immediate: bool = False) -> None:
+        pid = self._postmaster_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGQUIT if immediate else signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)

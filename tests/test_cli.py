@@ -1,0 +1,231 @@
+"""The command line as users meet it: real subprocesses, a real SQLite ledger, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _pipeline(cli, workdir):
+    (workdir / "raw.txt").write_text("pear\napple\nfig\n")
+    cli("run", "-i", "raw.txt", "-o", "sorted.txt", "-n", "sort", "--run-id", "r1", "-p", "order=asc",
+        "--", "sh", "-c", "sort raw.txt > sorted.txt", check_rc=0)
+    cli("run", "-i", "sorted.txt", "-o", "top.txt", "-n", "head", "--run-id", "r1",
+        "--", "sh", "-c", "head -n 1 sorted.txt > top.txt", check_rc=0)
+
+
+def test_run_records_and_verify_passes_with_the_tree(cli, workdir):
+    _pipeline(cli, workdir)
+    result = cli("top.txt", program="verify-lineage", check_rc=0)
+    assert "verified" in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("top.txt") and " OK " in line and "cli:head" in line for line in lines)
+    assert any("sorted.txt" in line and "cli:sort" in line for line in lines)
+    assert any("raw.txt" in line and "(source)" in line for line in lines)
+    # the same through `lineage-ledger verify`, as JSON
+    data = json.loads(cli("verify", "--json", "top.txt", check_rc=0).stdout)
+    assert data["ok"] and data["chain"]["records"] == 2
+    assert data["targets"][0]["lineage"]["inputs"][0]["inputs"][0]["kind"] == "source"
+
+
+def test_edit_keeping_mtime_and_size_is_caught(cli, workdir):
+    _pipeline(cli, workdir)
+    sorted_file = workdir / "sorted.txt"
+    before = os.stat(sorted_file)
+    sorted_file.write_text(sorted_file.read_text().replace("apple", "APPLE"))  # same size
+    os.utime(sorted_file, ns=(before.st_atime_ns, before.st_mtime_ns))  # like touch -r
+    assert os.stat(sorted_file).st_size == before.st_size
+    result = cli("top.txt", program="verify-lineage")
+    assert result.returncode == 1, result.stdout
+    assert "sorted.txt: MODIFIED" in result.stdout
+    data = json.loads(cli("verify", "--json", check_rc=1).stdout)  # the whole-ledger audit too
+    assert any(f["path"].endswith("sorted.txt") for f in data["failures"])
+
+
+def test_tampered_database_row_is_detected(cli, workdir):
+    _pipeline(cli, workdir)
+    db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
+    db.execute("UPDATE ll_records SET body = replace(body, 'asc', 'dsc')")
+    db.commit()
+    db.close()
+    result = cli("verify", check_rc=1)
+    assert "RecordTampered" in result.stdout or "does not hash" in result.stdout + result.stderr
+
+
+def test_failed_command_is_recorded_as_failed_with_its_exit_status(cli, workdir):
+    (workdir / "in.txt").write_text("x")
+    result = cli("run", "-i", "in.txt", "-o", "never.txt", "--", "sh", "-c", "exit 7")
+    assert result.returncode == 7
+    log = [json.loads(line) for line in cli("log", "--json", check_rc=0).stdout.splitlines()]
+    assert log[-1]["status"] == "failed" and log[-1]["extra"]["returncode"] == 7
+    assert log[-1]["outputs"] == {}
+
+
+def test_log_show_why_depends_hash(cli, workdir):
+    _pipeline(cli, workdir)
+    log = cli("log", check_rc=0).stdout.splitlines()
+    assert len(log) == 2 and "cli:sort" in log[0] and "cli:head" in log[1]
+    entries = [json.loads(line) for line in cli("log", "--json", "--run", "r1", check_rc=0).stdout.splitlines()]
+    assert [e["task_name"] for e in entries] == ["sort", "head"]
+    assert entries[0]["parameters"] == {"order": "asc"}
+    shown = json.loads(cli("show", entries[0]["id"][:10], check_rc=0).stdout)
+    assert shown["id"] == entries[0]["id"]
+    assert shown["record"]["outputs"][str(workdir / "sorted.txt")]["size"] == len("apple\nfig\npear\n")
+    why = cli("why", "top.txt", check_rc=0).stdout
+    assert "sorted.txt" in why and "raw.txt" in why
+    depends = cli("depends", "raw.txt", check_rc=0).stdout
+    assert "sorted.txt" in depends and "top.txt" in depends
+    hashed = cli("hash", "raw.txt", check_rc=0).stdout.split()
+    from lineage_ledger import hash_file
+
+    assert hashed[0] == hash_file(workdir / "raw.txt").blake3
+
+
+def test_hash_uses_the_stat_cache_and_rehash_forces(cli, workdir):
+    (workdir / "tree").mkdir()
+    for i in range(5):
+        (workdir / "tree" / f"f{i}").write_text(str(i))
+    first = cli("hash", "--json", "tree", check_rc=0).stdout
+    assert len(first.splitlines()) == 5
+    assert (workdir / ".lineage" / "statcache.db").exists()
+    assert cli("hash", "--json", "tree", check_rc=0).stdout == first
+    assert cli("hash", "--json", "--rehash", "tree", check_rc=0).stdout == first
+
+
+def test_ledger_url_from_environment(cli, workdir):
+    (workdir / "a").write_text("a")
+    cli("run", "-o", "a2", "--", "cp", "a", "a2", env={"LINEAGE_LEDGER_URL": f"sqlite:///{workdir}/env.db"}, check_rc=0)
+    assert (workdir / "env.db").exists() and not (workdir / ".lineage" / "ledger.db").exists()
+
+
+# -- bad input: a clear message, exit 2, nothing lost -----------------------------------------
+def _count(workdir) -> int:
+    db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
+    try:
+        return db.execute("SELECT count(*) FROM ll_records").fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("sqlite:/no-slashes.db", "malformed ledger URL"), ("nosuch://x", "no ledger back-end for scheme 'nosuch'"),
+     ("", "empty ledger URL")],
+)
+def test_bad_urls(cli, url, message):
+    result = cli("log", "--ledger", url)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_extra_gives_the_install_hint(workdir):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from lineage_ledger._cli import main; sys.argv = ['lineage-ledger', 'log', '--ledger',"
+            " 'postgresql://u@127.0.0.1:1/db']; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 2
+    assert "pip install 'lineage-ledger[postgres]'" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_or_truncated_database(cli, workdir, damage):
+    _pipeline(cli, workdir)
+    db = workdir / ".lineage" / "ledger.db"
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database at all" * 100)
+    else:
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 3])
+    result = cli("verify")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "corrupt or truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_spool_is_reported_and_nothing_is_lost(cli, workdir):
+    _pipeline(cli, workdir)
+    from lineage_ledger._spool import spool_directory
+
+    spool = spool_directory(str(workdir / ".lineage" / "spool"), ".lineage/ledger.db")
+    with open(os.path.join(spool, "4242-cafe0000-00000001.log"), "wb") as handle:
+        handle.write(b"0123456789abcdef truncated in the middle of a rec")
+    result = cli("verify")
+    assert result.returncode == 2 and "quarantine" in result.stderr
+    assert cli("verify", check_rc=0)
+    assert _count(workdir) == 2
+
+
+def _without_root_file_powers() -> dict:
+    """Root ignores file modes; without these two capabilities it must obey them."""
+    if os.geteuid() != 0:
+        return {}
+    return {"prefix": ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")}
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "symlink loop", "non-UTF-8 name", "permission denied"])
+def test_unhashable_inputs_stop_before_running(cli, workdir, case):
+    _pipeline(cli, workdir)
+    extra: dict = {}
+    if case == "missing":
+        target, expected = "nope.txt", "no such file"
+    elif case == "directory":
+        (workdir / "adir").mkdir()
+        target, expected = "adir", "is a directory"
+    elif case == "symlink loop":
+        os.symlink("loop-b", workdir / "loop-a")
+        os.symlink("loop-a", workdir / "loop-b")
+        target, expected = "loop-a", "symbolic link loop"
+    elif case == "non-UTF-8 name":
+        target = os.fsencode(str(workdir)) + b"/caf\xe9.txt"
+        with open(target, "wb") as handle:
+            handle.write(b"latin-1 named file")
+        expected = "not valid UTF-8"
+    else:
+        secret = workdir / "secret.txt"
+        secret.write_text("s")
+        secret.chmod(0)
+        target, expected = "secret.txt", "permission denied"
+        extra = _without_root_file_powers()
+    marker = workdir / "ran"
+    result = run_cli("run", "-i", target, "-o", "out", "--", "touch", str(marker), cwd=workdir, **extra)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()  # the command did not run on bad input
+    assert _count(workdir) == 2  # and nothing recorded before was lost
+    assert cli("top.txt", program="verify-lineage").returncode == 0
+
+
+def test_directory_given_as_ledger_file(cli, workdir):
+    (workdir / "dbdir").mkdir()
+    result = cli("log", "--ledger", "sqlite:///dbdir")
+    assert result.returncode == 2 and "is a directory" in result.stderr
+
+
+def test_unrecorded_target_fails_verification(cli, workdir):
+    _pipeline(cli, workdir)
+    (workdir / "stray.txt").write_text("nobody made me")
+    result = cli("stray.txt", program="verify-lineage")
+    assert result.returncode == 1 and "UNRECORDED" in result.stdout
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, lineage_ledger\n"
+            "heavy = [m for m in ('sqlalchemy', 'snakemake', 'parsl', 'airflow', 'mpi4py', 'grpc', 'psycopg')"
+            " if m in sys.modules]\nprint(heavy)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_unknown_missing_target_is_a_usage_error(cli, workdir):
+    _pipeline(cli, workdir)
+    result = cli("reslts/final.txt", program="verify-lineage")
+    assert result.returncode == 2 and "no record in the ledger mentions it" in result.stderr

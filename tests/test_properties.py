@@ -1,0 +1,172 @@
+"""Property tests of the core: encoding, tamper detection, Merkle trees."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lineage_ledger import (
+    Artifact,
+    MerkleBuilder,
+    Record,
+    StoredBlock,
+    StoredRecord,
+    VerificationError,
+    inclusion_proof,
+    merkle_root,
+    open_ledger,
+    verify_chain,
+    verify_inclusion,
+)
+from lineage_ledger.backends import open_backend
+from tests.backend_conformance import chain_of
+from tests.support.factories import make_records
+
+hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | text
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(text, children, max_size=3),
+    max_leaves=10,
+)
+times = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc)
+)
+artifacts = st.builds(
+    Artifact, path=text.map(lambda t: "/d/" + t), blake3=hex64, size=st.integers(0, 2**40)
+)
+records = st.builds(
+    Record,
+    engine=text, run_id=text, task_id=text, task_name=text,
+    status=st.sampled_from(["succeeded", "failed", "cached"]),
+    started=times, ended=times,
+    inputs=st.lists(artifacts, max_size=3), outputs=st.lists(artifacts, max_size=3),
+    code_digest=st.none() | hex64,
+    parameters=st.dictionaries(text, json_values, max_size=4),
+    environment=st.dictionaries(text, text, max_size=3),
+    attempt=st.integers(1, 5),
+    extra=st.dictionaries(text, json_values, max_size=2),
+)
+
+
+@given(records)
+def test_canonical_encoding_round_trips(record):
+    data = record.encode()
+    again = Record.decode(data)
+    assert again == record
+    assert again.encode() == data
+    assert again.id == record.id
+
+
+@given(records, st.data())
+def test_any_field_change_changes_the_id(record, data):
+    other = replace(record, task_id=record.task_id + data.draw(st.text(min_size=1, max_size=3)))
+    assert other.id != record.id
+
+
+def _ledger_blocks(n_records, block_size):
+    return chain_of(make_records(n_records), block_size)
+
+
+def _flip(data: bytes, index: int, mask: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ mask]) + data[index + 1 :]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_flipping_any_stored_byte_is_detected(data):
+    blocks = _ledger_blocks(data.draw(st.integers(1, 12), label="records"), data.draw(st.integers(1, 5)))
+    verify_chain(blocks)  # the untouched chain verifies
+    which = data.draw(st.integers(0, len(blocks) - 1), label="block")
+    block = blocks[which]
+    mask = data.draw(st.integers(1, 255), label="xor mask")
+    part = data.draw(st.sampled_from(["header", "block id", "record body", "record id"]), label="part")
+    if part == "header":
+        i = data.draw(st.integers(0, len(block.header) - 1))
+        tampered = replace(block, header=_flip(block.header, i, mask))
+    elif part == "block id":
+        raw = block.id.encode()
+        tampered = replace(block, id=_flip(raw, data.draw(st.integers(0, 63)), mask).decode("latin-1"))
+    else:
+        r = data.draw(st.integers(0, len(block.records) - 1))
+        record = block.records[r]
+        if part == "record body":
+            i = data.draw(st.integers(0, len(record.body) - 1))
+            changed = StoredRecord(record.id, _flip(record.body, i, mask))
+        else:
+            changed = StoredRecord(_flip(record.id.encode(), data.draw(st.integers(0, 63)), mask).decode("latin-1"), record.body)
+        tampered = replace(block, records=block.records[:r] + (changed,) + block.records[r + 1 :])
+    forged = blocks[:which] + [tampered] + blocks[which + 1 :]
+    with pytest.raises(VerificationError) as caught:
+        verify_chain(forged)
+    assert caught.value.height is not None and caught.value.height <= which + 1
+
+
+def test_dropping_reordering_or_inserting_records_is_detected():
+    blocks = _ledger_blocks(9, 3)
+    b = blocks[1]
+    for records in (b.records[:-1], b.records[::-1], b.records + (b.records[0],)):
+        with pytest.raises(VerificationError):
+            verify_chain(blocks[:1] + [StoredBlock(b.height, b.id, b.header, records)] + blocks[2:])
+    with pytest.raises(VerificationError):
+        verify_chain([blocks[0], blocks[2]])  # a block removed
+
+
+ids = st.lists(hex64, min_size=0, max_size=70)
+
+
+@given(ids, st.lists(st.integers(1, 9), max_size=30))
+def test_merkle_root_does_not_depend_on_batching(leaves, cuts):
+    builder, start = MerkleBuilder(), 0
+    for cut in cuts:
+        builder.extend(leaves[start : start + cut])
+        start += cut
+    builder.extend(leaves[start:])
+    assert builder.root() == merkle_root(leaves)
+    assert builder.size == len(leaves)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 25), st.integers(1, 25))
+def test_log_root_does_not_depend_on_block_size(n, size_a, size_b):
+    """The same records batched into blocks differently give the same log checkpoint."""
+    summaries = []
+    for size in (size_a, size_b):
+        ledger = open_ledger(f"memory://{uuid.uuid4().hex}", spool="/tmp/ll-prop-spool")
+        ledger.append_records([r.stored() for r in make_records(n)], block_size=size)
+        summaries.append(ledger.verify_chain())
+    assert summaries[0].log_root == summaries[1].log_root
+    assert summaries[0].records == summaries[1].records == n
+
+
+@given(st.lists(hex64, min_size=1, max_size=40), st.data())
+def test_inclusion_proofs_verify_and_bind_index_and_root(leaves, data):
+    index = data.draw(st.integers(0, len(leaves) - 1))
+    root = merkle_root(leaves)
+    proof = inclusion_proof(leaves, index)
+    assert verify_inclusion(leaves[index], index, len(leaves), proof, root)
+    if len(set(leaves)) == len(leaves) and len(leaves) > 1:
+        other = (index + 1) % len(leaves)
+        assert not verify_inclusion(leaves[other], index, len(leaves), proof, root)
+    assert not verify_inclusion(leaves[index], index, len(leaves), proof, "00" * 32)
+
+
+def test_known_merkle_shapes():
+    """RFC 6962 shape: three leaves hash as node(node(l0, l1), l2)."""
+    from lineage_ledger._merkle import leaf_hash, node_hash
+
+    a, b, c = ("%064x" % i for i in range(3))
+    assert merkle_root([a, b, c]) == node_hash(node_hash(leaf_hash(a), leaf_hash(b)), leaf_hash(c)).hex()
+    assert merkle_root([a]) == leaf_hash(a).hex()
+
+
+def test_backends_return_bytes_that_verify(tmp_path):
+    backend = open_backend(f"sqlite:///{tmp_path}/l.db")
+    backend.append(_ledger_blocks(30, 7))
+    assert verify_chain(backend.blocks()).records == 30

@@ -1,0 +1,136 @@
+"""Write-behind recording: spool, batching, backpressure, replay, and kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lineage_ledger import SpoolCorrupt, SpoolFull, open_ledger
+from tests.support.factories import make_record, make_records
+
+WRITER = Path(__file__).parent / "support" / "writer.py"
+
+
+def test_records_reach_the_backend_in_blocks(tmp_path):
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    recorder = ledger.recorder(batch_size=100, max_age=10)
+    for record in make_records(250):
+        recorder.record(record)
+    assert recorder.flush(timeout=30)
+    summary = ledger.verify_chain()
+    assert summary.records == 250
+    assert summary.blocks >= 3  # batches of at most 100
+    recorder.close()
+    assert [n for n in os.listdir(ledger.spool_dir) if n.endswith(".log")] == []  # spool trimmed
+
+
+def test_age_flushes_a_small_batch(tmp_path):
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    recorder = ledger.recorder(batch_size=1000, max_age=0.05)
+    recorder.record(make_record(1))
+    deadline = time.monotonic() + 10
+    while ledger.verify_chain().records == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ledger.verify_chain().records == 1
+    recorder.close()
+
+
+def test_full_queue_pushes_back_and_loses_nothing(tmp_path):
+    ledger = open_ledger("memory://pushback", spool=str(tmp_path / "spool"))
+    ledger.backend.head = lambda: (_ for _ in ()).throw(__import__("lineage_ledger").BackendUnavailable("down"))
+    recorder = ledger.recorder(batch_size=10, max_age=0.01, max_pending=50)
+    accepted = 0
+    with pytest.raises(SpoolFull):
+        for record in make_records(200):
+            recorder.record(record)
+            accepted += 1
+    assert accepted == 50
+    assert not recorder.close(timeout=0.3)
+    # Every accepted record is in the spool, ready for the next open to replay.
+    spooled = b"".join(
+        (Path(ledger.spool_dir) / n).read_bytes() for n in os.listdir(ledger.spool_dir) if n.endswith(".log")
+    )
+    assert spooled.count(b"\n") == 50
+
+
+def test_replay_after_backend_outage_ships_everything(tmp_path):
+    db = tmp_path / "l.db"
+    url, spool = f"sqlite:///{db}", str(tmp_path / "spool")
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from lineage_ledger import open_ledger, BackendUnavailable\n"
+        "from tests.support.factories import make_records\n"
+        "ledger = open_ledger(%r, spool=%r)\n"
+        "def down(*a, **k): raise BackendUnavailable('down for the test')\n"
+        "ledger.backend.append = down\n"
+        "r = ledger.recorder(batch_size=10, max_age=0.01)\n"
+        "[r.record(x) for x in make_records(75)]\n"
+        "r.close(timeout=0.5)\n"
+    ) % (str(Path(__file__).parent.parent), url, spool)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    ledger = open_ledger(url, spool=spool)  # replays at open
+    assert ledger.verify_chain().records == 75
+    ledger.close()
+
+
+def test_torn_spool_line_is_quarantined_and_the_rest_shipped(tmp_path):
+    url, spool = f"sqlite:///{tmp_path}/l.db", str(tmp_path / "spool")
+    ledger = open_ledger(url, spool=spool)
+    good = [r.stored() for r in make_records(3)]
+    segment = Path(ledger.spool_dir) / "99999-deadbeef-00000001.log"
+    lines = b"".join(r.id.encode() + b" " + r.body + b"\n" for r in good)
+    segment.write_bytes(lines + good[0].id.encode() + b" " + good[0].body[:20])  # torn write
+    ledger.close()
+    with pytest.raises(SpoolCorrupt, match="quarantine"):
+        open_ledger(url, spool=spool)
+    ledger = open_ledger(url, spool=spool)  # the second open is clean
+    assert ledger.verify_chain().records == 3
+    quarantined = list((Path(ledger.spool_dir) / "quarantine").iterdir())
+    assert len(quarantined) == 1 and good[0].body[:20] in quarantined[0].read_bytes()
+
+
+def test_a_live_process_segment_is_not_replayed(tmp_path):
+    url, spool = f"sqlite:///{tmp_path}/l.db", str(tmp_path / "spool")
+    ledger = open_ledger(url, spool=spool)
+    recorder = ledger.recorder(batch_size=1000, max_age=60)
+    recorder.record(make_record(1))
+    other = open_ledger(url, spool=spool)  # replay must leave the live segment alone
+    assert other.verify_chain().records == 0
+    assert recorder.flush(timeout=10)
+    assert other.verify_chain().records == 1
+    recorder.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_kill_9_while_recording_10000_loses_no_returned_record(tmp_path, attempt):
+    url, spool = f"sqlite:///{tmp_path}/l.db", str(tmp_path / "spool")
+    progress = tmp_path / "progress"
+    writer = subprocess.Popen([sys.executable, str(WRITER), url, spool, "killed", "10000", str(progress)])
+    target = random.Random(attempt).randint(500, 9000)
+    deadline = time.monotonic() + 120
+    returned = 0
+    while time.monotonic() < deadline and writer.poll() is None:
+        if progress.exists() and progress.stat().st_size == 8:
+            returned = struct.unpack("<Q", progress.read_bytes())[0]
+            if returned >= target:
+                break
+        time.sleep(0.001)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    returned = struct.unpack("<Q", progress.read_bytes())[0]  # calls that had returned before the kill
+    assert returned >= min(target, 10000) or writer.returncode == 0
+    ledger = open_ledger(url, spool=spool)
+    assert ledger.verify_chain().records >= returned
+    tasks = {entry.record.task_id for entry in ledger.run("killed")}
+    missing = [i for i in range(returned) if f"task-{i}" not in tasks]
+    assert missing == []
+    ledger.close()
