@@ -30,7 +30,7 @@ from ._errors import (
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
 from ._merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
-from ._model import Artifact, Block, BlockHeader, Record, StoredBlock, StoredRecord
+from ._model import Artifact, Block, BlockHeader, Record, StoredBlock, StoredRecord, artifact_map
 from ._recorder import Recorder
 from ._verify import (
     ArtifactCheck,
@@ -48,7 +48,7 @@ from ._verify import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_URL", "AppendConflict", "Artifact", "ArtifactCheck", "ArtifactError",
+    "DEFAULT_URL", "AppendConflict", "Artifact", "artifact_map", "ArtifactCheck", "ArtifactError",
     "ArtifactMismatch", "ArtifactStatus", "BackendError", "BackendUnavailable", "Block",
     "BlockHeader", "ChainBroken", "ChainSummary", "ConfigError", "CorruptStore", "Hasher",
     "Ledger", "LedgerError", "LedgerRecord", "LineageBroken", "LineageNode", "MerkleBuilder",

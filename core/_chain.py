@@ -6,9 +6,9 @@ produced and hand back the bytes for :func:`verify_chain` to recompute.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Sequence
 
 from blake3 import blake3
 

@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -21,7 +22,7 @@ from ._errors import ArtifactError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._merkle import inclusion_proof
-from ._model import Record, digest_hex
+from ._model import Record, artifact_map, digest_hex
 from ._render import derived_lines, describe_record, lineage_lines, report_json, report_lines
 from ._verify import verify_lineage
 
@@ -130,7 +131,7 @@ def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
     record = Record(
         engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
         task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
-        inputs=in_artifacts, outputs=out_artifacts, code_digest=code, parameters=parameters,
+        inputs=artifact_map(in_artifacts), outputs=artifact_map(out_artifacts), code_digest=code, parameters=parameters,
         environment=current_environment(), extra=extra,
     )
     recorder = ledger.recorder()
@@ -167,7 +168,8 @@ def _latest(ledger: Ledger, limit: int):
     head = ledger.backend.head()
     if head is None:
         return []
-    entries, stop = [], head.height + 1
+    entries: list = []
+    stop = head.height + 1
     while stop > 0 and len(entries) < limit:
         start = max(0, stop - 8)
         chunk = [

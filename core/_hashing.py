@@ -16,8 +16,8 @@ import os
 import sqlite3
 import stat as stat_module
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
 
 from blake3 import blake3
 
@@ -127,18 +127,24 @@ class StatCache:
         self._lock = threading.Lock()
         self._dirty: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         try:
-            with sqlite3.connect(path, timeout=30) as db:
+            self._entries = self._load()
+        except sqlite3.DatabaseError:
+            # A cache is disposable: a damaged one is set aside and rebuilt, never trusted.
+            os.replace(path, path + ".damaged")
+            self._entries = self._load()
+
+    def _load(self) -> dict[str, tuple[tuple[int, int, int, int], str]]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, size INTEGER,"
                     " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, digest TEXT)"
                 )
                 rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, ino, digest FROM stat_cache")
-                self._entries = {r[0]: ((r[1], r[2], r[3], r[4]), r[5]) for r in rows}
+                return {r[0]: ((r[1], r[2], r[3], r[4]), r[5]) for r in rows}
+        finally:
             db.close()
-        except sqlite3.DatabaseError:
-            # A cache is disposable: a damaged one is replaced, never trusted.
-            os.replace(path, path + ".damaged")
-            self._entries = {}
 
     def get(self, path: str, signature: tuple[int, int, int, int]) -> str | None:
         entry = self._entries.get(path)

@@ -13,8 +13,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from blake3 import blake3
 
@@ -174,7 +175,7 @@ class Ledger:
         found = self.producers(path, digest)
         return found[-1] if found else None
 
-    def last_seen(self, path: str) -> tuple[LedgerRecord, str, dict] | None:
+    def last_seen(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
         """The latest record that read or wrote ``path``: (record, role, entry)."""
         candidates = [(r, "out", r.record.outputs[path]) for r in self.producers(path)]
         candidates += [(r, "in", r.record.inputs[path]) for r in self.consumers(path)]

@@ -10,7 +10,7 @@ compact range of perfect subtrees), so a root never depends on how leaves were f
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from blake3 import blake3
 

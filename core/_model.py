@@ -12,9 +12,10 @@ verification recomputes every id from the stored bytes.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from blake3 import blake3
 
@@ -22,6 +23,7 @@ from ._canonical import canonical_bytes, format_time, from_canonical, parse_time
 
 __all__ = [
     "Artifact",
+    "artifact_map",
     "Block",
     "BlockHeader",
     "Record",
@@ -64,9 +66,9 @@ class Artifact:
         return {"blake3": self.blake3, "size": self.size}
 
 
-def _artifact_map(value: Mapping[str, Any] | list[Artifact] | tuple[Artifact, ...], what: str):
+def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "artifacts") -> dict[str, dict[str, Any]]:
     """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style)."""
-    if isinstance(value, (list, tuple)):
+    if not isinstance(value, Mapping):
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
     for path, entry in value.items():
@@ -91,6 +93,7 @@ class Record:
     status: str
     started: datetime
     ended: datetime
+    # A list of Artifacts is accepted too; both become {path: {"blake3": hex, "size": n}}.
     inputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     code_digest: str | None = None
@@ -105,8 +108,8 @@ class Record:
         for name in ("engine", "run_id", "task_id", "task_name"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string")
-        object.__setattr__(self, "inputs", _artifact_map(self.inputs, "inputs"))
-        object.__setattr__(self, "outputs", _artifact_map(self.outputs, "outputs"))
+        object.__setattr__(self, "inputs", artifact_map(self.inputs, "inputs"))
+        object.__setattr__(self, "outputs", artifact_map(self.outputs, "outputs"))
         if self.code_digest is not None and not isinstance(self.code_digest, str):
             raise ValueError("code_digest must be a string or None")
         if not isinstance(self.attempt, int) or self.attempt < 1:

@@ -20,7 +20,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ._errors import LedgerError, SpoolFull
-from ._model import Record, StoredRecord
+from ._model import Record
 from ._spool import Segment, SpoolWriter
 
 if TYPE_CHECKING:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 from ._chain import ChainSummary
 from ._errors import ArtifactError, ArtifactMismatch, LineageBroken, VerificationError
@@ -91,13 +92,17 @@ def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
     return check
 
 
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "-"
+
+
 def _explain(check: ArtifactCheck) -> str:
     if check.status is ArtifactStatus.MODIFIED:
         verb = "written by" if check.role == "out" else "read by"
-        return (f"{check.path}: MODIFIED since it was last {verb} record {check.record_id[:12]} "
-                f"(ledger {check.expected[:12]}, disk {check.actual[:12]})")
+        return (f"{check.path}: MODIFIED since it was last {verb} record {_short(check.record_id)} "
+                f"(ledger {_short(check.expected)}, disk {_short(check.actual)})")
     if check.status is ArtifactStatus.MISSING:
-        return f"{check.path}: MISSING (the ledger last saw {check.expected[:12] if check.expected else 'nothing'})"
+        return f"{check.path}: MISSING (the ledger last saw {_short(check.expected)})"
     return f"{check.path}: UNRECORDED (no record in the ledger read or wrote it)"
 
 
@@ -111,7 +116,7 @@ def verify_closure(node: LineageNode) -> None:
         seen.add(id(current))
         if current.kind == "broken":
             raise LineageBroken(
-                f"{current.path}: consumed as {current.digest[:12]}, but no recorded task "
+                f"{current.path}: consumed as {_short(current.digest)}, but no recorded task "
                 "produced that version (changed between being written and being read)",
                 path=current.path,
             )

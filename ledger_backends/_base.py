@@ -11,8 +11,9 @@ the core rebuilds its block on the new head.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Iterator, Literal, Sequence
+from typing import ClassVar, Literal
 
 from lineage_ledger._model import StoredBlock, StoredRecord
 
@@ -75,7 +76,7 @@ class Backend(ABC):
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
         """Records whose id starts with ``prefix`` (at most ``limit``)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the default has nothing to release."""
 
     def __enter__(self) -> Backend:

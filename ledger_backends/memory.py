@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from lineage_ledger._errors import AppendConflict
 from lineage_ledger._model import StoredBlock

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -212,7 +212,8 @@ class SQLBackend(Backend):
                 sa.insert(blocks_table),
                 [{"height": b.height, "id": b.id, "header": b.header} for b in fresh],
             )
-            records, artifacts = [], []
+            records: list[dict] = []
+            artifacts: list[dict] = []
             for block in fresh:
                 for position, record in enumerate(block.records):
                     records.append(

@@ -161,7 +161,7 @@ def test_known_merkle_shapes():
     """RFC 6962 shape: three leaves hash as node(node(l0, l1), l2)."""
     from lineage_ledger._merkle import leaf_hash, node_hash
 
-    a, b, c = ("%064x" % i for i in range(3))
+    a, b, c = (f"{i:064x}" for i in range(3))
     assert merkle_root([a, b, c]) == node_hash(node_hash(leaf_hash(a), leaf_hash(b)), leaf_hash(c)).hex()
     assert merkle_root([a]) == leaf_hash(a).hex()
 

@@ -65,16 +65,16 @@ def test_replay_after_backend_outage_ships_everything(tmp_path):
     db = tmp_path / "l.db"
     url, spool = f"sqlite:///{db}", str(tmp_path / "spool")
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
         "from lineage_ledger import open_ledger, BackendUnavailable\n"
         "from tests.support.factories import make_records\n"
-        "ledger = open_ledger(%r, spool=%r)\n"
+        f"ledger = open_ledger({url!r}, spool={spool!r})\n"
         "def down(*a, **k): raise BackendUnavailable('down for the test')\n"
         "ledger.backend.append = down\n"
         "r = ledger.recorder(batch_size=10, max_age=0.01)\n"
         "[r.record(x) for x in make_records(75)]\n"
         "r.close(timeout=0.5)\n"
-    ) % (str(Path(__file__).parent.parent), url, spool)
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     ledger = open_ledger(url, spool=spool)  # replays at open
     assert ledger.verify_chain().records == 75

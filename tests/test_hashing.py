@@ -1,0 +1,72 @@
+"""File hashing and the stat cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from blake3 import blake3
+
+from lineage_ledger import ArtifactError, Hasher, StatCache, _hashing, hash_file, walk_files
+
+
+def test_small_and_large_files_hash_like_blake3(tmp_path, monkeypatch):
+    small = tmp_path / "small"
+    small.write_bytes(b"abc" * 1000)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 << 20))
+    monkeypatch.setattr(_hashing, "MMAP_THRESHOLD", 1 << 20)  # send "big" through mmap + threads
+    assert hash_file(small).blake3 == blake3(small.read_bytes()).hexdigest()
+    assert hash_file(big).blake3 == blake3(big.read_bytes()).hexdigest()
+    assert hash_file(big).size == 3 << 20
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert hash_file(empty).blake3 == blake3(b"").hexdigest()
+
+
+def test_stat_cache_skips_unchanged_files_and_sees_edits(tmp_path, monkeypatch):
+    path = tmp_path / "f"
+    path.write_text("version 1")
+    cache_file = str(tmp_path / "cache.db")
+    first = Hasher(StatCache(cache_file)).hash_many([path])[0]
+    reads = []
+    original = _hashing._digest
+    monkeypatch.setattr(_hashing, "_digest", lambda p, s: reads.append(p) or original(p, s))
+    again = Hasher(StatCache(cache_file)).hash_many([path])[0]  # a new process would do this
+    assert again == first and reads == []
+    # An edit that keeps size and mtime (touch -r) still changes ctime: not served stale.
+    st = os.stat(path)
+    path.write_text("version 2")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = Hasher(StatCache(cache_file)).hash_many([path])[0]
+    assert edited.blake3 == blake3(b"version 2").hexdigest() and len(reads) == 1
+    forced = Hasher(StatCache(cache_file), rehash=True).hash_many([path])[0]
+    assert forced == edited and len(reads) == 2
+
+
+def test_damaged_cache_is_replaced_not_trusted(tmp_path):
+    cache_file = tmp_path / "cache.db"
+    cache_file.write_bytes(b"garbage" * 50)
+    (tmp_path / "f").write_text("x")
+    assert Hasher(StatCache(str(cache_file))).hash_many([tmp_path / "f"])[0].size == 1
+    assert (tmp_path / "cache.db.damaged").exists()
+
+
+def test_walk_files_is_sorted_and_follows_file_symlinks(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_text("z")
+    (tmp_path / "a").write_text("a")
+    os.symlink(tmp_path / "a", tmp_path / "c")
+    assert [os.path.relpath(p, tmp_path) for p in walk_files(str(tmp_path))] == ["a", "c", "b/z"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo"])
+def test_unhashable_paths_raise_artifact_error(tmp_path, kind):
+    path = tmp_path / "x"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(ArtifactError) as caught:
+        hash_file(path)
+    assert caught.value.path == str(path)
