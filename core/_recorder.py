@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -49,7 +50,12 @@ class Recorder:
         self.max_age = max_age
         self.max_pending = max_pending
         self.exit_timeout = exit_timeout
-        self._writer = SpoolWriter(ledger.spool_dir)
+        self.last_error: BaseException | None = None
+        self._start()
+        _LIVE.add(self)
+
+    def _start(self) -> None:
+        self._writer = SpoolWriter(self.ledger.spool_dir)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._shipped = threading.Condition(self._lock)
@@ -57,10 +63,21 @@ class Recorder:
         self._waiting = 0  # records in the current segment plus the unshipped ones
         self._closing = False
         self._closed = False
-        self.last_error: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="lineage-ledger-recorder", daemon=True)
         self._worker.start()
-        _LIVE.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The child inherited the parent's segment descriptors (and so its locks) but
+        # not its worker thread. Writing there would put lines into a file the parent
+        # deletes after shipping only its own records. Close our copies, which leaves
+        # the parent's locks alone, and start afresh with our own segment and worker.
+        for segment in [*self._unshipped, self._writer.current]:
+            try:
+                os.close(segment.fd)
+            except OSError:
+                pass
+        if not self._closing:
+            self._start()
 
     # -- the task path ------------------------------------------------------------------
     def record(self, record: Record) -> str:
@@ -172,3 +189,11 @@ class Recorder:
 def _flush_at_exit() -> None:
     for recorder in list(_LIVE):
         recorder.close()
+
+
+def _reset_after_fork() -> None:
+    for recorder in list(_LIVE):
+        recorder._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

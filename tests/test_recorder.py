@@ -134,3 +134,25 @@ def test_kill_9_while_recording_10000_loses_no_returned_record(tmp_path, attempt
     missing = [i for i in range(returned) if f"task-{i}" not in tasks]
     assert missing == []
     ledger.close()
+
+
+def test_forked_child_records_through_its_own_segment(tmp_path):
+    """Engines fork task processes; a child's records must not ride on the parent's segment."""
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    recorder = ledger.recorder(batch_size=1000, max_age=60)
+    recorder.record(make_record(0, run_id="parent"))
+    pid = os.fork()
+    if pid == 0:  # the child records and leaves abruptly, as Airflow's task runner does
+        try:
+            for i in range(1, 6):
+                recorder.record(make_record(i, run_id="child"))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    recorder.record(make_record(6, run_id="parent"))
+    assert recorder.flush(timeout=30)
+    recorder.close()
+    reopened = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))  # replays the child
+    assert len(reopened.run("parent")) == 2
+    assert len(reopened.run("child")) == 5
+    assert reopened.verify_chain().records == 7
