@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from blake3 import blake3
 
@@ -17,21 +18,22 @@ from ._errors import ChainBroken, MerkleMismatch, RecordTampered
 from ._merkle import MerkleBuilder, leaf_hash, merkle_root
 from ._model import Block, BlockHeader, StoredBlock, StoredRecord
 
-__all__ = ["ChainSummary", "build_block", "verify_block", "verify_chain"]
+__all__ = ["ChainSummary", "ChainTip", "build_block", "verify_block", "verify_chain"]
 
 
-def build_block(
-    records: Sequence[StoredRecord],
-    prev: StoredBlock | Block | BlockHeader | None,
-    time: datetime | None = None,
-) -> Block:
+class ChainTip(Protocol):
+    """Anything that names a block: a header, a stored block, a back-end's head."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+def build_block(records: Sequence[StoredRecord], prev: ChainTip | None, time: datetime | None = None) -> Block:
     """The block that follows ``prev`` (``None`` for the genesis block)."""
-    if prev is None:
-        height, prev_id = 0, None
-    elif isinstance(prev, BlockHeader):
-        height, prev_id = prev.height + 1, prev.id
-    else:
-        height, prev_id = prev.height + 1, prev.id
+    height, prev_id = (0, None) if prev is None else (prev.height + 1, prev.id)
     header = BlockHeader(
         height=height,
         prev=prev_id,

@@ -23,7 +23,7 @@ from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._merkle import inclusion_proof
 from ._model import Record, artifact_map, digest_hex
-from ._render import derived_lines, describe_record, lineage_lines, report_json, report_lines
+from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
 from ._verify import verify_lineage
 
 __all__ = ["cli", "main", "verify_main"]
@@ -154,7 +154,7 @@ def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
 def log_command(limit, run_id, ledger_url, as_json) -> None:
     """List recorded tasks."""
     with _open(ledger_url) as ledger:
-        entries = ledger.run(run_id) if run_id else _latest(ledger, limit)
+        entries = ledger.run(run_id) if run_id else ledger.recent(limit)
         entries = entries[-limit:] if limit else entries
         for entry in entries:
             if as_json:
@@ -162,29 +162,6 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
             else:
                 outs = ", ".join(os.path.relpath(p) for p in entry.record.outputs) or "-"
                 click.echo(f"{describe_record(entry)}  -> {outs}")
-
-
-def _latest(ledger: Ledger, limit: int):
-    head = ledger.backend.head()
-    if head is None:
-        return []
-    entries: list = []
-    stop = head.height + 1
-    while stop > 0 and len(entries) < limit:
-        start = max(0, stop - 8)
-        chunk = [
-            ledger._decode(_Located(b.height, i, r))
-            for b in ledger.blocks(start, stop) for i, r in enumerate(b.records)
-        ]
-        entries, stop = chunk + entries, start
-    return entries
-
-
-class _Located:
-    __slots__ = ("height", "position", "record")
-
-    def __init__(self, height, position, record):
-        self.height, self.position, self.record = height, position, record
 
 
 @cli.command()
@@ -214,9 +191,7 @@ def why(path, ledger_url, as_json) -> None:
     with _open(ledger_url) as ledger:
         tree = ledger.lineage(normalize_path(path))
         if as_json:
-            from ._render import _node_json
-
-            click.echo(json.dumps(_node_json(tree, {}, set()), indent=2))
+            click.echo(json.dumps(lineage_json(tree), indent=2))
         elif tree.kind == "source" and not ledger.consumers(tree.path):
             raise LedgerError(f"{path}: no record in the ledger read or wrote it")
         else:

@@ -15,14 +15,17 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from ._chain import ChainSummary, build_block, verify_chain
+from ._chain import ChainSummary, ChainTip, build_block, verify_chain
 from ._errors import AppendConflict, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, take_orphans
+
+if TYPE_CHECKING:
+    from lineage_ledger.backends import Backend, Located
 
 __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
 
@@ -62,7 +65,7 @@ class LineageNode:
 
 
 class Ledger:
-    def __init__(self, backend: Any, *, spool_root: str = DEFAULT_SPOOL) -> None:
+    def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL) -> None:
         self.backend = backend
         self.url: str = backend.url
         self.spool_dir = spool_directory(spool_root, self.url)
@@ -76,7 +79,7 @@ class Ledger:
             fresh = [r for r in unique if r.id not in known]
             if not fresh:
                 return 0
-            prev = self.backend.head()
+            prev: ChainTip | None = self.backend.head()
             blocks: list[StoredBlock] = []
             for start in range(0, len(fresh), block_size):
                 block = build_block(fresh[start : start + block_size], prev)
@@ -127,7 +130,7 @@ class Ledger:
     def verify_chain(self) -> ChainSummary:
         return verify_chain(self.backend.blocks())
 
-    def _decode(self, located) -> LedgerRecord:
+    def _decode(self, located: Located) -> LedgerRecord:
         stored = located.record
         if blake3(stored.body).hexdigest() != stored.id:
             raise RecordTampered(
@@ -151,7 +154,7 @@ class Ledger:
             raise LedgerError(f"id prefix {id_or_prefix!r} is ambiguous; give more digits")
         return self._decode(matches[0])
 
-    def _find(self, role: str, path: str | None, digest: str | None) -> list[LedgerRecord]:
+    def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None) -> list[LedgerRecord]:
         found = []
         for located in self.backend.find(role, path=path, digest=digest):
             entry = self._decode(located)
@@ -185,6 +188,23 @@ class Ledger:
 
     def run(self, run_id: str) -> list[LedgerRecord]:
         return [self._decode(located) for located in self.backend.by_run(run_id)]
+
+    def recent(self, limit: int) -> list[LedgerRecord]:
+        """The newest ``limit`` records, oldest first, reading only the last blocks."""
+        from lineage_ledger.backends import Located
+
+        head = self.backend.head()
+        entries: list[LedgerRecord] = []
+        stop = 0 if head is None else head.height + 1
+        while stop > 0 and len(entries) < limit:
+            start = max(0, stop - 8)
+            chunk = [
+                self._decode(Located(block.height, position, record))
+                for block in self.backend.blocks(start, stop)
+                for position, record in enumerate(block.records)
+            ]
+            entries, stop = chunk + entries, start
+        return entries[-limit:] if limit else entries
 
     def all_records(self) -> Iterator[LedgerRecord]:
         for block in self.backend.blocks():

@@ -8,7 +8,7 @@ from typing import Any
 from ._ledger import LedgerRecord, LineageNode
 from ._verify import ArtifactCheck, Report
 
-__all__ = ["describe_record", "lineage_lines", "derived_lines", "report_lines", "report_json"]
+__all__ = ["derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json", "report_lines"]
 
 
 def _short(path: str) -> str:
@@ -100,6 +100,10 @@ def _node_json(node: LineageNode, checks: dict[str, ArtifactCheck], seen: set[in
         seen.add(id(node))
         out["inputs"] = [_node_json(p, checks, seen) for p in node.parents]
     return out
+
+
+def lineage_json(root: LineageNode) -> dict[str, Any]:
+    return _node_json(root, {}, set())
 
 
 def report_json(report: Report) -> dict[str, Any]:

@@ -8,7 +8,6 @@ entry-point group, named by the scheme they serve.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from lineage_ledger._errors import ConfigError, MissingExtra, UnknownScheme
 
@@ -46,6 +45,8 @@ def backend_class(scheme: str) -> type[Backend]:
     if scheme in _BUILTIN:
         target, extra = _BUILTIN[scheme]
     else:
+        from importlib.metadata import entry_points
+
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
         if not found:
             known = sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
