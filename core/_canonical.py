@@ -11,20 +11,22 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["canonical_bytes", "format_time", "parse_time", "utcnow", "from_canonical"]
+__all__ = ["canonical_bytes", "format_time", "from_canonical", "parse_time", "reject_non_string_keys", "utcnow"]
 
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
 
 
-def canonical_bytes(obj: Any) -> bytes:
+def canonical_bytes(obj: Any, *, check_keys: bool = True) -> bytes:
     """Encode ``obj`` (JSON types only) to its canonical UTF-8 bytes.
 
     Raises ``ValueError`` for values with no canonical form (NaN, non-string keys that
     JSON would coerce, strings holding lone surrogates from undecodable file names).
+    ``check_keys=False`` skips the key scan for data validated when it was built.
     """
-    _reject_non_string_keys(obj)
+    if check_keys:
+        reject_non_string_keys(obj)
     try:
         return _ENCODER.encode(obj).encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -35,17 +37,17 @@ def from_canonical(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"))
 
 
-def _reject_non_string_keys(obj: Any) -> None:
+def reject_non_string_keys(obj: Any) -> None:
     # json.dumps silently turns {1: x} into {"1": x}; two different values would then
     # share one encoding, so refuse them instead.
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, str):
                 raise ValueError(f"mapping keys must be strings, got {key!r}")
-            _reject_non_string_keys(value)
+            reject_non_string_keys(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            _reject_non_string_keys(value)
+            reject_non_string_keys(value)
 
 
 def utcnow() -> datetime:
@@ -55,7 +57,10 @@ def utcnow() -> datetime:
 def format_time(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: lineage-ledger stores timezone-aware UTC times only")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    # isoformat is C code and, for a UTC time with fixed microseconds, has one spelling.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

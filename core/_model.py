@@ -19,7 +19,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from ._canonical import canonical_bytes, format_time, from_canonical, parse_time
+from ._canonical import canonical_bytes, format_time, from_canonical, parse_time, reject_non_string_keys
 
 __all__ = [
     "Artifact",
@@ -72,6 +72,8 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
     for path, entry in value.items():
+        if not isinstance(path, str):
+            raise ValueError(f"{what}: paths must be strings, got {path!r}")
         if isinstance(entry, Artifact):
             result[path] = entry.entry()
             continue
@@ -101,6 +103,9 @@ class Record:
     environment: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Computed once: encoding is most of what record() costs.
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _times: tuple[str, str] = field(default=("", ""), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -114,8 +119,13 @@ class Record:
             raise ValueError("code_digest must be a string or None")
         if not isinstance(self.attempt, int) or self.attempt < 1:
             raise ValueError("attempt must be a positive integer")
-        format_time(self.started)  # rejects naive datetimes early, on the caller's line
-        format_time(self.ended)
+        # Formatting rejects naive datetimes early, on the caller's line.
+        object.__setattr__(self, "_times", (format_time(self.started), format_time(self.ended)))
+        for name in ("parameters", "environment", "extra"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a mapping")
+            reject_non_string_keys(value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,8 +136,8 @@ class Record:
             "task_name": self.task_name,
             "status": self.status,
             "attempt": self.attempt,
-            "started": format_time(self.started),
-            "ended": format_time(self.ended),
+            "started": self._times[0],
+            "ended": self._times[1],
             "code_digest": self.code_digest,
             "parameters": self.parameters,
             "environment": self.environment,
@@ -137,7 +147,10 @@ class Record:
         }
 
     def encode(self) -> bytes:
-        return canonical_bytes(self.to_dict())
+        if self._canonical is None:
+            # Keys were checked in __post_init__; paths are strings by construction.
+            object.__setattr__(self, "_canonical", canonical_bytes(self.to_dict(), check_keys=False))
+        return self._canonical  # type: ignore[return-value]
 
     @property
     def id(self) -> str:
@@ -147,7 +160,7 @@ class Record:
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         if data.get("v") != RECORD_VERSION:
             raise ValueError(f"unsupported record version {data.get('v')!r}")
-        known = {f for f in cls.__dataclass_fields__} | {"v"}
+        known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")} | {"v"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown record fields: {sorted(unknown)}")
@@ -167,15 +180,17 @@ class Record:
     def stored(self) -> StoredRecord:
         body = self.encode()
         return StoredRecord(
-            id=digest_hex(body),
-            body=body,
-            run_id=self.run_id,
-            inputs=tuple((p, e["blake3"]) for p, e in self.inputs.items()),
-            outputs=tuple((p, e["blake3"]) for p, e in self.outputs.items()),
+            blake3(body).hexdigest(),
+            body,
+            self.run_id,
+            tuple([(p, e["blake3"]) for p, e in self.inputs.items()]),
+            tuple([(p, e["blake3"]) for p, e in self.outputs.items()]),
         )
 
 
-@dataclass(frozen=True, slots=True)
+# Not a frozen dataclass: one is built per record() call, and a frozen dataclass pays an
+# object.__setattr__ per field. Treat instances as immutable all the same.
+@dataclass(slots=True, eq=True)
 class StoredRecord:
     """A record's canonical bytes, its claimed id, and the keys back-ends index it by."""
 
