@@ -22,7 +22,7 @@ from ._errors import ArtifactError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._merkle import inclusion_proof
-from ._model import Record, artifact_map, digest_hex
+from ._model import Artifact, Record, artifact_map, digest_hex
 from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
 from ._verify import verify_lineage
 
@@ -239,14 +239,22 @@ def _hash_with_progress(hasher: Hasher, files: list[str]):
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
     if total < (256 << 20) and len(files) < 2000:
         return hasher.hash_many(files)
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
 
+    # Progress advances per file (a large file is one mmap call), so no speed column:
+    # threads finishing together would show absurd rates.
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeElapsedColumn(),
         transient=True,
     ) as progress:
-        task = progress.add_task(f"hashing {len(files)} files", total=total)
-        return hasher.hash_many(files, on_done=lambda a: progress.advance(task, a.size))
+        done = [0]
+        task = progress.add_task(f"hashing 0/{len(files)} files", total=total)
+
+        def advance(artifact: Artifact) -> None:
+            done[0] += 1
+            progress.update(task, advance=artifact.size, description=f"hashing {done[0]}/{len(files)} files")
+
+        return hasher.hash_many(files, on_done=advance)
 
 
 # -- verify --------------------------------------------------------------------------------

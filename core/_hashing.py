@@ -101,7 +101,11 @@ def _hash_stable(path: str) -> tuple[Artifact, tuple[int, int, int, int]]:
 
 
 def walk_files(root: str) -> Iterator[str]:
-    """Regular files below ``root`` (sorted, symlinks to files followed, loops refused)."""
+    """Regular files below ``root``, sorted; symlinks to files are followed.
+
+    lineage-ledger's own ``.lineage`` directories (ledger, spool, stat cache) are skipped:
+    they change while being walked and are not workflow data.
+    """
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -112,7 +116,8 @@ def walk_files(root: str) -> Iterator[str]:
         files = []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+                if entry.name != ".lineage":
+                    stack.append(entry.path)
             elif entry.is_file(follow_symlinks=True) or entry.is_symlink():
                 files.append(entry.path)
         yield from reversed(files)

@@ -57,6 +57,8 @@ def test_walk_files_is_sorted_and_follows_file_symlinks(tmp_path):
     (tmp_path / "b" / "z").write_text("z")
     (tmp_path / "a").write_text("a")
     os.symlink(tmp_path / "a", tmp_path / "c")
+    (tmp_path / ".lineage").mkdir()
+    (tmp_path / ".lineage" / "statcache.db").write_text("not data")
     assert [os.path.relpath(p, tmp_path) for p in walk_files(str(tmp_path))] == ["a", "c", "b/z"]
 
 
