@@ -8,6 +8,7 @@ instant has exactly one spelling.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -63,7 +64,11 @@ def format_time(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+
+
 def parse_time(text: str) -> datetime:
-    if not text.endswith("Z"):
+    if not isinstance(text, str) or not _TIME.match(text):
         raise ValueError(f"not a canonical UTC time: {text!r}")
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    # fromisoformat is C code; strptime costs ~20 us, which dominated decoding.
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)

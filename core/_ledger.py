@@ -9,6 +9,7 @@ hide a record but never make the ledger claim something a record does not say.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -31,6 +32,7 @@ __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
+_DECODE_CACHE = 50_000
 log = logging.getLogger("lineage_ledger")
 
 
@@ -68,7 +70,15 @@ class Ledger:
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL) -> None:
         self.backend = backend
         self.url: str = backend.url
-        self.spool_dir = spool_directory(spool_root, self.url)
+        self._spool_root = spool_root
+        # Decoded records by id. An entry exists only for bytes that hashed to the id,
+        # so a hit is as good as a fresh decode. Bounded; cleared when full.
+        self._decoded: dict[str, Record] = {}
+
+    @functools.cached_property
+    def spool_dir(self) -> str:
+        """Created on first use, so a ledger that is only read leaves no directory behind."""
+        return spool_directory(self._spool_root, self.url)
 
     # -- writing ------------------------------------------------------------------------
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
@@ -130,8 +140,34 @@ class Ledger:
     def verify_chain(self) -> ChainSummary:
         return verify_chain(self.backend.blocks())
 
+    def snapshot(self) -> tuple[Ledger, ChainSummary]:
+        """Read and verify the whole chain once; return an in-memory, indexed ledger of
+        exactly the verified blocks, and the verification summary.
+
+        Queries on the snapshot are dictionary look-ups, and they answer from the same
+        bytes that were verified, so nothing can change in the store between the two.
+        """
+        from lineage_ledger.backends.memory import MemoryBackend
+
+        read: list[StoredBlock] = []
+
+        def keep(blocks: Iterator[StoredBlock]) -> Iterator[StoredBlock]:
+            for block in blocks:
+                read.append(block)
+                yield block
+
+        summary = verify_chain(keep(self.backend.blocks()))
+        memory = MemoryBackend(f"snapshot+{self.url}", private=True)
+        for block in read:  # re-key with the index fields the SQL store does not return
+            records = tuple(StoredRecord.from_body(r.body) for r in block.records)
+            memory.append([StoredBlock(block.height, block.id, block.header, records)])
+        return Ledger(memory, spool_root=self._spool_root), summary
+
     def _decode(self, located: Located) -> LedgerRecord:
         stored = located.record
+        cached = self._decoded.get(stored.id)
+        if cached is not None:
+            return LedgerRecord(stored.id, cached, located.height, located.position)
         if blake3(stored.body).hexdigest() != stored.id:
             raise RecordTampered(
                 f"record {stored.id[:16]} in block {located.height} does not hash to its id",
@@ -141,6 +177,9 @@ class Ledger:
             record = Record.decode(stored.body)
         except (ValueError, KeyError, TypeError) as exc:
             raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}", height=located.height) from exc
+        if len(self._decoded) >= _DECODE_CACHE:
+            self._decoded.clear()
+        self._decoded[stored.id] = record
         return LedgerRecord(stored.id, record, located.height, located.position)
 
     def get(self, id_or_prefix: str) -> LedgerRecord:
@@ -179,12 +218,20 @@ class Ledger:
         return found[-1] if found else None
 
     def last_seen(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
-        """The latest record that read or wrote ``path``: (record, role, entry)."""
-        candidates = [(r, "out", r.record.outputs[path]) for r in self.producers(path)]
-        candidates += [(r, "in", r.record.inputs[path]) for r in self.consumers(path)]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda c: (c[0].order, c[1] == "out"))
+        """The latest record that read or wrote ``path``: (record, role, entry).
+
+        Decodes from the newest match backwards and stops at the first record that
+        really names the path, so a source read by thousands of tasks costs one decode.
+        """
+        candidates = [(located, "out") for located in self.backend.find("out", path=path)]
+        candidates += [(located, "in") for located in self.backend.find("in", path=path)]
+        candidates.sort(key=lambda c: (c[0].height, c[0].position, c[1] == "out"), reverse=True)
+        for located, role in candidates:
+            entry = self._decode(located)
+            side = entry.record.outputs if role == "out" else entry.record.inputs
+            if path in side:
+                return entry, role, side[path]
+        return None
 
     def run(self, run_id: str) -> list[LedgerRecord]:
         return [self._decode(located) for located in self.backend.by_run(run_id)]

@@ -147,6 +147,8 @@ class Report:
     targets: list[TargetResult] = field(default_factory=list)
     failures: list[VerificationError] = field(default_factory=list)
     audited_records: int = 0
+    # Files already hashed in this run: trees share sources, each is read once.
+    checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -177,30 +179,39 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     verification failures are collected in the report.
     """
     report = Report()
+    paths = _expand(targets)
+    audit = not paths
     try:
-        report.chain = verify_chain_of(ledger)
+        if audit:  # every record is read anyway: verify once, then query in memory
+            ledger, report.chain = ledger.snapshot()
+        else:
+            report.chain = verify_chain_of(ledger)
     except VerificationError as failure:
         report.fail(failure)
         return report  # nothing read from a broken chain can be trusted
-    paths = _expand(targets)
-    if not paths:
+    if audit:
         paths = _audit_paths(ledger, report)
     for path in paths:
-        _verify_target(ledger, path, report, files=files, audit=not targets)
+        _verify_target(ledger, path, report, files=files, audit=audit)
     return report
 
 
 def _audit_paths(ledger: Ledger, report: Report) -> list[str]:
     outputs: dict[str, None] = {}
-    for entry in ledger.all_records():
-        report.audited_records += 1
-        for path in entry.record.outputs:
-            outputs[path] = None
+    for block in ledger.blocks():
+        for record in block.records:
+            report.audited_records += 1
+            for path, _digest in record.outputs:
+                outputs[path] = None
     return list(outputs)
 
 
 def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
-    check = check_artifact(ledger, path) if files else ArtifactCheck(path, ArtifactStatus.OK)
+    if not files:
+        check = ArtifactCheck(path, ArtifactStatus.OK)
+    else:
+        check = report.checked.get(path) or check_artifact(ledger, path)
+        report.checked[path] = check
     # In an audit, a produced file that was cleaned up since is not a failure.
     tolerated = audit and check.status is ArtifactStatus.MISSING
     if check.status is not ArtifactStatus.OK and not tolerated:
@@ -220,11 +231,11 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
         if node is tree or node.path in result.files:
             continue
         try:
-            other = check_artifact(ledger, node.path)
+            other = report.checked.get(node.path) or check_artifact(ledger, node.path)
         except ArtifactError as err:
             report.fail(ArtifactMismatch(str(err), path=node.path))
             continue
-        result.files[node.path] = other
+        report.checked[node.path] = result.files[node.path] = other
         # Intermediate files may be gone (temp files, clean-ups); changed ones may not.
         if other.status is ArtifactStatus.MODIFIED:
             report.fail(ArtifactMismatch(_explain(other), path=node.path))

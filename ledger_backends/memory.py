@@ -1,8 +1,13 @@
-"""``memory://name``: an in-process store for tests; stores of one name are shared."""
+"""``memory://name``: an in-process store for tests; stores of one name are shared.
+
+Also the store behind :meth:`Ledger.snapshot`, which loads a verified chain once so that
+a whole-ledger audit answers its queries from dictionaries instead of the back-end.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 
 from lineage_ledger._errors import AppendConflict
@@ -18,6 +23,21 @@ class _Store:
         self.lock = threading.Lock()
         self.blocks: list[StoredBlock] = []
         self.where: dict[str, tuple[int, int]] = {}  # record id -> (height, position)
+        # (role, path) and (role, digest) -> places, in ledger order
+        self.by_path: defaultdict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+        self.by_digest: defaultdict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+        self.by_run: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+
+    def index(self, block: StoredBlock) -> None:
+        for position, record in enumerate(block.records):
+            place = (block.height, position)
+            self.where[record.id] = place
+            self.by_run[record.run_id].append(place)
+            for role, pairs in (("in", record.inputs), ("out", record.outputs)):
+                for path, digest in pairs:
+                    self.by_path[(role, path)].append(place)
+                    self.by_digest[(role, digest)].append(place)
+        self.blocks.append(block)
 
 
 _STORES: dict[str, _Store] = {}
@@ -27,8 +47,11 @@ _STORES_LOCK = threading.Lock()
 class MemoryBackend(Backend):
     shared_between_processes = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, private: bool = False) -> None:
         super().__init__(url)
+        if private:
+            self._store = _Store()
+            return
         name = url.split("://", 1)[1] if "://" in url else ""
         with _STORES_LOCK:
             self._store = _STORES.setdefault(name, _Store())
@@ -51,9 +74,7 @@ class MemoryBackend(Backend):
                     new_ids.add(record.id)
                 staged.append(block)
             for block in staged:
-                for position, record in enumerate(block.records):
-                    store.where[record.id] = (block.height, position)
-                store.blocks.append(block)
+                store.index(block)
 
     def head(self) -> ChainHead | None:
         with self._store.lock:
@@ -71,27 +92,28 @@ class MemoryBackend(Backend):
         where = self._store.where
         return {i for i in record_ids if i in where}
 
-    def _scan(self, keep) -> list[Located]:
-        with self._store.lock:
-            blocks = list(self._store.blocks)
-        return [
-            Located(block.height, position, record)
-            for block in blocks
-            for position, record in enumerate(block.records)
-            if keep(record)
-        ]
+    def _at(self, places: Iterable[tuple[int, int]]) -> list[Located]:
+        blocks = self._store.blocks
+        return [Located(h, p, blocks[h].records[p]) for h, p in sorted(set(places))]
 
     def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
-        def keep(record) -> bool:
-            pairs = record.inputs if role == "in" else record.outputs
-            return any(
-                (path is None or p == path) and (digest is None or d == digest) for p, d in pairs
-            )
-
-        return self._scan(keep)
+        store = self._store
+        with store.lock:
+            if path is not None:
+                places = store.by_path.get((role, path), [])
+                found = self._at(places)
+                if digest is not None:
+                    side = "inputs" if role == "in" else "outputs"
+                    found = [f for f in found if (path, digest) in getattr(f.record, side)]
+                return found
+            if digest is not None:
+                return self._at(store.by_digest.get((role, digest), []))
+            return self._at(p for (r, _), places in store.by_path.items() if r == role for p in places)
 
     def by_run(self, run_id: str) -> list[Located]:
-        return self._scan(lambda record: record.run_id == run_id)
+        with self._store.lock:
+            return self._at(self._store.by_run.get(run_id, []))
 
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
-        return self._scan(lambda record: record.id.startswith(prefix))[:limit]
+        with self._store.lock:
+            return self._at(p for i, p in self._store.where.items() if i.startswith(prefix))[:limit]
