@@ -121,6 +121,7 @@ def main() -> None:
     stored = [r.stored() for r in make_records(n)]
     rows = raw_rows(stored)
     print(f"{n} records in blocks of {BLOCK}, {repeats} rounds, cpus: {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.1f}, "
           f"SQLite {sqlite3.sqlite_version}")
 
     times: dict[str, list[float]] = {"ours": [], "raw/block": [], "raw/one-tx": []}

@@ -70,8 +70,8 @@ def main() -> None:
         cold = Hasher(StatCache(cache_file)).hash_many(walk_files(root))
         cold_s = time.perf_counter() - start
         assert len(cold) == count
-        print(f"{count} files, {repeats} rounds, cpus: {os.cpu_count()}; cold pass (hash + fill cache): "
-              f"{cold_s:.3f} s")
+        print(f"{count} files, {repeats} rounds, cpus: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; "
+              f"cold pass (hash + fill cache): {cold_s:.3f} s")
         cache_mtime = os.stat(cache_file).st_mtime_ns
 
         variants = {
@@ -98,7 +98,7 @@ def main() -> None:
             t2 = time.perf_counter()
             Hasher(cache).hash_many(paths)
             t3 = time.perf_counter()
-            for name, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+            for name, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                 parts[name].append(value)
 
     rate = {name: count / statistics.median(t) for name, t in times.items()}

@@ -82,7 +82,8 @@ def main() -> None:
                     batch = []
             if batch:
                 ledger.append_records(batch, block_size=BLOCK)
-            print(f"{n} records in blocks of {BLOCK}, {repeats} rounds, cpus: {os.cpu_count()}; "
+            print(f"{n} records in blocks of {BLOCK}, {repeats} rounds, cpus: {os.cpu_count()}, "
+                  f"load {os.getloadavg()[0]:.1f}; "
                   f"filled in {time.perf_counter() - start:.1f} s")
 
             in_memory = list(ledger.blocks())
