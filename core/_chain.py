@@ -15,7 +15,7 @@ from blake3 import blake3
 
 from ._canonical import utcnow
 from ._errors import ChainBroken, MerkleMismatch, RecordTampered
-from ._merkle import MerkleBuilder, leaf_hash, merkle_root
+from ._merkle import MerkleBuilder, merkle_root, root_of_leaf_hashes
 from ._model import Block, BlockHeader, StoredBlock, StoredRecord
 
 __all__ = ["ChainSummary", "ChainTip", "build_block", "verify_block", "verify_chain"]
@@ -79,20 +79,19 @@ def verify_block(
         )
     leaves = []
     for position, record in enumerate(block.records):
-        if blake3(record.body).hexdigest() != record.id:
+        digest = blake3(record.body).digest()
+        if digest.hex() != record.id:
             raise RecordTampered(
                 f"block {height}: record {position} ({record.id[:16]}) does not hash to its id",
                 height=height,
             )
-        leaves.append(leaf_hash(record.id))
-    builder = MerkleBuilder()
-    for leaf in leaves:
-        builder.add_leaf_hash(leaf)
-    if builder.root() != header.merkle_root:
+        leaves.append(blake3(b"\x00" + digest).digest())  # leaf_hash, without the hex round trip
+    if root_of_leaf_hashes(leaves).hex() != header.merkle_root:
         raise MerkleMismatch(f"block {height}: Merkle root does not match its records", height=height)
     if log is not None:
+        add = log.add_leaf_hash
         for leaf in leaves:
-            log.add_leaf_hash(leaf)
+            add(leaf)
     return header
 
 

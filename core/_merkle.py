@@ -20,6 +20,7 @@ __all__ = [
     "leaf_hash",
     "merkle_root",
     "node_hash",
+    "root_of_leaf_hashes",
     "verify_inclusion",
 ]
 
@@ -34,7 +35,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return blake3(b"\x01" + left + right).digest()
 
 
-def _root_of_leaves(level: list[bytes]) -> bytes:
+def root_of_leaf_hashes(level: list[bytes]) -> bytes:
     if not level:
         return _EMPTY
     while len(level) > 1:
@@ -46,7 +47,7 @@ def _root_of_leaves(level: list[bytes]) -> bytes:
 
 
 def merkle_root(record_ids: Iterable[str]) -> str:
-    return _root_of_leaves([leaf_hash(i) for i in record_ids]).hex()
+    return root_of_leaf_hashes([leaf_hash(i) for i in record_ids]).hex()
 
 
 class MerkleBuilder:
