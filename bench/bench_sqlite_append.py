@@ -60,15 +60,16 @@ def ledger_ddl(tmp: str) -> list[str]:
 
 def raw_rows(stored):
     """Per block: (block row, record rows, artifact rows), from blocks built by our core."""
-    out, prev = [], None
+    out, prev, seq = [], None, 0
     for start in range(0, len(stored), BLOCK):
         block = build_block(stored[start : start + BLOCK], prev)
         prev = block.header
         sb = block.stored()
-        recs = [(r.id, sb.height, pos, r.run_id, r.body) for pos, r in enumerate(sb.records)]
-        arts = [(r.id, role, p, d) for r in sb.records
-                for role, side in (("in", r.inputs), ("out", r.outputs)) for p, d in side]
-        out.append(((sb.height, sb.id, sb.header), recs, arts))
+        recs = [(seq + pos, r.id, sb.height, pos, r.run_id, r.body) for pos, r in enumerate(sb.records)]
+        arts = [(p, role, seq + pos, d) for pos, r in enumerate(sb.records)
+                for role, side in ((0, r.inputs), (1, r.outputs)) for p, d in side]
+        out.append(((sb.height, sb.id, seq, len(sb.records), sb.header), recs, arts))
+        seq += len(sb.records)
     return out
 
 
@@ -76,6 +77,7 @@ def run_raw(db_path: str, ddl: list[str], rows, one_tx: bool) -> float:
     db = sqlite3.connect(db_path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA cache_size = -65536")  # as the ledger sets it
     for statement in ddl:
         db.execute(statement)
     start = time.perf_counter()
@@ -84,9 +86,9 @@ def run_raw(db_path: str, ddl: list[str], rows, one_tx: bool) -> float:
     for block, recs, arts in rows:
         if not one_tx:
             db.execute("BEGIN IMMEDIATE")
-        db.execute("INSERT INTO ll_blocks (height, id, header) VALUES (?, ?, ?)", block)
-        db.executemany("INSERT INTO ll_records (id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?)", recs)
-        db.executemany("INSERT INTO ll_artifacts (record_id, role, path, digest) VALUES (?, ?, ?, ?)", arts)
+        db.execute("INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)", block)
+        db.executemany("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)", recs)
+        db.executemany("INSERT INTO ll_artifacts (path, role, seq, digest) VALUES (?, ?, ?, ?)", arts)
         if not one_tx:
             db.execute("COMMIT")
     if one_tx:
@@ -137,9 +139,11 @@ def main() -> None:
     print(f"\n{'variant':<11} {'median s':>9} {'min s':>8} {'records/s':>10}")
     for name, t in times.items():
         print(f"{name:<11} {statistics.median(t):9.3f} {min(t):8.3f} {rate[name]:10,.0f}")
-    ratio = rate["ours"] / rate["raw/block"]
-    print(f"\nours / raw/block  = {ratio:.2f}x   (goal >= 0.50x)")
-    print(f"ours / raw/one-tx = {rate['ours'] / rate['raw/one-tx']:.2f}x   (information)")
+    # append_records writes all its blocks in one transaction, so the fair ceiling is
+    # the raw load in one transaction; per-block commits are what a Recorder batch costs.
+    ratio = rate["ours"] / rate["raw/one-tx"]
+    print(f"\nours / raw/one-tx = {ratio:.2f}x   (goal >= 0.50x of the raw ceiling)")
+    print(f"ours / raw/block  = {rate['ours'] / rate['raw/block']:.2f}x   (information)")
     print(f"ours rate {rate['ours']:,.0f} records/s   (goal >= 100,000 records/s)")
     print("GOAL MET" if rate["ours"] >= 100_000 and ratio >= 0.5 else "GOAL MISSED")
 

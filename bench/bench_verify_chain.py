@@ -4,7 +4,7 @@ A ledger is filled with 200,000 records (5,000 with --quick) in blocks of 1,000 
 timed). Then, interleaved round by round:
   (a) end-to-end   ledger.verify_chain(): read every block from SQLite and verify it
   (b) core         lineage_ledger.verify_chain(blocks) on blocks already in memory
-  raw read+hash    stdlib sqlite3 "SELECT body FROM ll_records ORDER BY height, pos" and
+  raw read+hash    stdlib sqlite3 "SELECT body FROM ll_records ORDER BY seq" and
                    blake3 of each body: a lower bound for any verification that reads
                    the records from SQLite and rehashes them (it checks no links or roots)
   raw read         the same SELECT without hashing (information)
@@ -48,7 +48,7 @@ def raw_read(db_path: str, hash_bodies: bool) -> int:
     db = sqlite3.connect(db_path)
     n = 0
     try:
-        rows = db.execute("SELECT body FROM ll_records ORDER BY height, pos")
+        rows = db.execute("SELECT body FROM ll_records ORDER BY seq")
         if hash_bodies:
             for (body,) in rows:
                 blake3(body).hexdigest()

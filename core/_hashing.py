@@ -192,29 +192,50 @@ class Hasher:
             self.cache.put(path, signature, artifact.blake3)
         return artifact
 
+    def _cache_hits(self, ordered: list[str], results: dict[str, Artifact]) -> list[str]:
+        """Fill ``results`` from the cache; return the paths that must be read.
+
+        The hot loop of re-checking a large unchanged tree, so it stays flat: one stat
+        per file, a dict look-up, and no re-validation of digests the cache wrote.
+        """
+        assert self.cache is not None
+        entries = self.cache._entries
+        misses: list[str] = []
+        stat, is_regular = os.stat, stat_module.S_ISREG
+        for path in ordered:
+            try:
+                st = stat(path)
+            except OSError:
+                st = _stat(path)  # raises the ArtifactError that names the problem
+            if not is_regular(st.st_mode):
+                _stat(path)
+            entry = entries.get(path)
+            if entry is not None and entry[0] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                results[path] = Artifact._trusted(path, entry[1], st.st_size)
+            else:
+                misses.append(path)
+        return misses
+
     def hash_many(
         self, paths: Iterable[str], on_done: Callable[[Artifact], None] | None = None
     ) -> list[Artifact]:
         """Hash several files, misses in parallel; results keep the order of ``paths``."""
         ordered = [normalize_path(p) for p in paths]
         results: dict[str, Artifact] = {}
-        misses: list[str] = []
-        for path in ordered:
-            if self.cache is not None and not self.rehash:
-                st = _stat(path)
-                cached = self.cache.get(path, _signature(st))
-                if cached is not None:
-                    results[path] = Artifact(path, cached, st.st_size)
-                    if on_done:
-                        on_done(results[path])
-                    continue
-            misses.append(path)
+        if self.cache is not None and not self.rehash:
+            misses = self._cache_hits(ordered, results)
+            if on_done:
+                for artifact in results.values():
+                    on_done(artifact)
+        else:
+            misses = ordered
         if misses:
             with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
-                for artifact in pool.map(self.hash, misses) if self.cache else pool.map(hash_file, misses):
+                hasher = self.hash if self.cache is not None else hash_file
+                for artifact in pool.map(hasher, misses):
                     results[artifact.path] = artifact
                     if on_done:
                         on_done(artifact)
         if self.cache is not None:
             self.cache.save()
-        return [results[p] for p in ordered]
+        return list(results.values()) if not misses else [results[p] for p in ordered]

@@ -57,6 +57,25 @@ def test_tampered_database_row_is_detected(cli, workdir):
     assert "RecordTampered" in result.stdout or "does not hash" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM ll_records WHERE seq = 0",
+    "UPDATE ll_records SET id = 'ab' || substr(id, 3) WHERE seq = 1",
+    "UPDATE ll_blocks SET header = replace(header, 'merkle_root', 'merkle_rooT')",
+    "UPDATE ll_records SET seq = seq + 100 WHERE seq = 0",
+])
+def test_rows_removed_or_rewritten_are_detected(cli, workdir, statement):
+    _pipeline(cli, workdir)
+    db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
+    db.execute(statement)
+    db.commit()
+    db.close()
+    result = cli("verify", "--json")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    failure = json.loads(result.stdout)["failures"][0]
+    assert failure["height"] == 0 or statement.startswith("UPDATE ll_records SET id")
+    assert failure["error"] in {"ChainBroken", "MerkleMismatch", "RecordTampered"}
+
+
 def test_failed_command_is_recorded_as_failed_with_its_exit_status(cli, workdir):
     (workdir / "in.txt").write_text("x")
     result = cli("run", "-i", "in.txt", "-o", "never.txt", "--", "sh", "-c", "exit 7")
