@@ -120,8 +120,8 @@ class Ledger:
         shipped = 0
         try:
             for segment in segments:
-                if segment.records:
-                    shipped += self.append_records(segment.records)
+                if len(segment):
+                    shipped += self.append_records(segment.stored())
                 segment.delete()
         finally:
             for segment in segments:

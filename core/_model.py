@@ -186,10 +186,12 @@ class Record:
             raise ValueError("record bytes are not in canonical form")
         return record
 
-    def stored(self) -> StoredRecord:
-        body = self.encode()
+    def stored(self, body: bytes | None = None, record_id: str | None = None) -> StoredRecord:
+        """The stored form; ``body`` and ``record_id`` may be passed in when already computed."""
+        if body is None:
+            body = self.encode()
         return StoredRecord(
-            blake3(body).hexdigest(),
+            record_id or blake3(body).hexdigest(),
             body,
             self.run_id,
             tuple([(p, e["blake3"]) for p, e in self.inputs.items()]),

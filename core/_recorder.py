@@ -20,6 +20,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
+from blake3 import blake3
+
 from ._errors import LedgerError, SpoolFull
 from ._model import Record
 from ._spool import Segment, SpoolWriter
@@ -82,7 +84,8 @@ class Recorder:
     # -- the task path ------------------------------------------------------------------
     def record(self, record: Record) -> str:
         """Journal ``record`` durably and queue it; returns its id. Never touches the back-end."""
-        stored = record.stored()
+        body = record.encode()
+        record_id = blake3(body).hexdigest()  # the spool line carries it, for replay to check
         with self._lock:
             if self._closing:
                 raise LedgerError("this recorder is closed")
@@ -91,11 +94,11 @@ class Recorder:
                     f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
                     "it is down or slower than the workflow. Records so far are safe in the spool."
                 )
-            self._writer.append(stored)
+            self._writer.append(record, record_id, body)
             self._waiting += 1
-            if len(self._writer.current.records) >= self.batch_size:
+            if len(self._writer.current.fresh) >= self.batch_size:
                 self._wake.set()
-        return stored.id
+        return record_id
 
     @property
     def pending(self) -> int:
@@ -105,7 +108,7 @@ class Recorder:
     # -- shipping -----------------------------------------------------------------------
     def _take_batch(self) -> None:
         with self._lock:
-            if self._writer.current.records:
+            if len(self._writer.current):
                 self._unshipped.append(self._writer.rotate())
 
     def _ship_one(self) -> bool:
@@ -113,17 +116,17 @@ class Recorder:
         segment = self._unshipped[0]
         try:
             segment.sync()
-            self.ledger.append_records(segment.records, block_size=self.batch_size)
+            self.ledger.append_records(segment.stored(), block_size=self.batch_size)
         except LedgerError as err:
             if self.last_error is None or str(err) != str(self.last_error):
-                log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment.records), err)
+                log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
             return False
         self.last_error = None
         segment.delete()
         with self._lock:
             self._unshipped.pop(0)
-            self._waiting -= len(segment.records)
+            self._waiting -= len(segment)
             self._shipped.notify_all()
         return True
 
@@ -140,7 +143,7 @@ class Recorder:
                     break
             if self._closing and not self._unshipped:
                 with self._lock:
-                    if not self._writer.current.records:
+                    if not len(self._writer.current):
                         self._writer.current.delete()  # an empty segment needs no replay
                         self._closed = True
                         self._shipped.notify_all()

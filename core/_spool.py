@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from ._errors import SpoolCorrupt, SpoolError
-from ._model import StoredRecord
+from ._model import Record, StoredRecord
 
 __all__ = ["Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "take_orphans"]
 
@@ -39,11 +39,26 @@ def spool_directory(root: str, url: str) -> str:
 
 @dataclass
 class Segment:
-    """A locked segment file; ``delete`` after the back-end has its records."""
+    """A locked segment file; ``delete`` after the back-end has its records.
+
+    ``records`` holds what replay parsed; ``fresh`` holds what this process wrote, as
+    (record, id, bytes), so ``record()`` never builds the index keys: the worker does,
+    in :meth:`stored`.
+    """
 
     path: str
     fd: int
     records: list[StoredRecord] = field(default_factory=list)
+    fresh: list[tuple[Record, str, bytes]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.fresh)
+
+    def stored(self) -> list[StoredRecord]:
+        if self.fresh:
+            self.records.extend(record.stored(body, record_id) for record, record_id, body in self.fresh)
+            self.fresh.clear()
+        return self.records
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -79,13 +94,14 @@ class SpoolWriter:
             raise SpoolError(f"cannot create a spool segment in {self.directory}: {err}") from err
         return Segment(final, fd)
 
-    def append(self, record: StoredRecord) -> None:
-        line = b"".join((record.id.encode("ascii"), b" ", record.body, b"\n"))
-        view = memoryview(line)
-        while view:
-            written = os.write(self.current.fd, view)
-            view = view[written:]
-        self.current.records.append(record)
+    def append(self, record: Record, record_id: str, body: bytes) -> None:
+        line = b"".join((record_id.encode("ascii"), b" ", body, b"\n"))
+        written = os.write(self.current.fd, line)
+        if written != len(line):  # only a full disk or a signal cuts an append short
+            view = memoryview(line)[written:]
+            while view:
+                view = view[os.write(self.current.fd, view):]
+        self.current.fresh.append((record, record_id, body))
 
     def rotate(self) -> Segment:
         """Start a new segment; return the previous one with its records."""
