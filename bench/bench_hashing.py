@@ -16,7 +16,6 @@ A missed goal is reported, never turned into a non-zero exit status.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -25,6 +24,7 @@ import tempfile
 import time
 
 import blake3
+from _common import parse_args
 
 import lineage_ledger
 
@@ -67,12 +67,9 @@ def sha256sum(path: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 MiB file, 3 rounds")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "64 MiB file, 3 rounds", quick_rounds=3)
     size = (64 << 20) if args.quick else (1 << 30)
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.rounds
 
     variants = {"ours": ours, "b3-mmap": b3_mmap, "read": raw_read}
     if shutil.which("sha256sum"):

@@ -22,35 +22,21 @@ Goal (issue #2): median per-call time of record() <= 20 us. Mean and p99 are sho
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 
+from _common import parse_args, record_args, synthetic_record
 from blake3 import blake3
 
 import lineage_ledger
-from lineage_ledger import Artifact, Record
-
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-
-
-def record_args(i: int, tag: str) -> dict:
-    """Keyword arguments of one Record: what an engine has at hand when a task ends."""
-    return dict(
-        engine="bench", run_id=f"run-{tag}", task_id=f"task-{i}", task_name="align",
-        status="succeeded", started=T0 + timedelta(seconds=i), ended=T0 + timedelta(seconds=i + 1),
-        inputs=[Artifact(f"/data/samples/s{i:07d}/reads.fastq", blake3(b"in%d" % i).hexdigest(), 1000)],
-        outputs=[Artifact(f"/data/results/s{i:07d}/aligned.bam", blake3(b"out%d" % i).hexdigest(), 2000)],
-        parameters={"threads": 4, "reference": "GRCh38"},
-    )
+from lineage_ledger import Record
 
 
 def fresh(n: int, tag: str) -> list[Record]:
-    return [Record(**record_args(i, tag)) for i in range(n)]
+    return [synthetic_record(i, f"run-{tag}") for i in range(n)]
 
 
 def per_call(fn, items) -> tuple[list, list[int]]:
@@ -91,12 +77,9 @@ def run_os_write(tmp: str, lines: list[bytes]) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 records, 2 rounds")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "2,000 records, 2 rounds", quick_rounds=2)
     n = 2_000 if args.quick else 50_000
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.rounds
     print(f"{n} records per round, {repeats} rounds, cpus: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
 
     names = ("record()", "Record()", "os.write", "encode()", "stored()")
@@ -106,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ll-bench-record-") as tmp:
         for round_no in range(repeats):
             work = tempfile.mkdtemp(prefix=f"r{round_no}-", dir=tmp)
-            arguments = [record_args(i, f"a{round_no}") for i in range(n)]
+            arguments = [record_args(i, f"run-a{round_no}") for i in range(n)]
             for_record, built = per_call(lambda kw: Record(**kw), arguments)
             for_encode, for_stored = fresh(n, f"b{round_no}"), fresh(n, f"c{round_no}")
             calls, close_s = run_recorder(work, for_record)

@@ -17,35 +17,18 @@ Goal (issue #2): ours >= 100,000 records/s and >= 0.5x the raw/block rate.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 
-from blake3 import blake3
+from _common import parse_args, synthetic_record
 
 import lineage_ledger
-from lineage_ledger import Artifact, Record, build_block
+from lineage_ledger import build_block
 
 BLOCK = 1000
-
-
-def make_records(n: int) -> list[Record]:
-    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    out = []
-    for i in range(n):
-        d_in, d_out = blake3(b"in%d" % i).hexdigest(), blake3(b"out%d" % i).hexdigest()
-        out.append(Record(
-            engine="bench", run_id=f"run-{i // 10_000}", task_id=f"task-{i}", task_name="align",
-            status="succeeded", started=t0 + timedelta(seconds=i), ended=t0 + timedelta(seconds=i + 1),
-            inputs=[Artifact(f"/data/samples/s{i:07d}/reads.fastq", d_in, 1000 + i)],
-            outputs=[Artifact(f"/data/results/s{i:07d}/aligned.bam", d_out, 2000 + i)],
-            parameters={"threads": 4, "reference": "GRCh38"},
-        ))
-    return out
 
 
 def ledger_ddl(tmp: str) -> list[str]:
@@ -113,14 +96,11 @@ def run_ours(tmp: str, stored) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 records, 2 rounds")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "5,000 records, 2 rounds", quick_rounds=2)
     n = 5_000 if args.quick else 100_000
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.rounds
 
-    stored = [r.stored() for r in make_records(n)]
+    stored = [synthetic_record(i).stored() for i in range(n)]
     rows = raw_rows(stored)
     print(f"{n} records in blocks of {BLOCK}, {repeats} rounds, cpus: {os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.1f}, "

@@ -17,11 +17,12 @@ Goal (issue #2): the warm pass handles >= 200,000 files/s.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 import time
+
+from _common import parse_args
 
 from lineage_ledger import Hasher, StatCache, walk_files
 
@@ -54,12 +55,9 @@ def rehash(root: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 files, 3 rounds")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "1,000 files, 3 rounds", quick_rounds=3)
     count = 1_000 if args.quick else 10_000
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.rounds
 
     with tempfile.TemporaryDirectory(prefix="ll-bench-stat-") as tmp:
         root = os.path.join(tmp, "tree")

@@ -15,33 +15,19 @@ number.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
 
+from _common import parse_args, synthetic_record
 from blake3 import blake3
 
 import lineage_ledger
-from lineage_ledger import Artifact, Record
 
 BLOCK = 1000
 FILL_CHUNK = 20_000  # records per append_records call while filling
-
-
-def make_stored(n: int):
-    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    for i in range(n):
-        yield Record(
-            engine="bench", run_id=f"run-{i // 10_000}", task_id=f"task-{i}", task_name="align",
-            status="succeeded", started=t0 + timedelta(seconds=i), ended=t0 + timedelta(seconds=i + 1),
-            inputs=[Artifact(f"/data/samples/s{i:07d}/reads.fastq", blake3(b"in%d" % i).hexdigest(), 1000)],
-            outputs=[Artifact(f"/data/results/s{i:07d}/aligned.bam", blake3(b"out%d" % i).hexdigest(), 2000)],
-            parameters={"threads": 4, "reference": "GRCh38"},
-        ).stored()
 
 
 def raw_read(db_path: str, hash_bodies: bool) -> int:
@@ -62,12 +48,9 @@ def raw_read(db_path: str, hash_bodies: bool) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5,000 records, 2 rounds")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
+    args = parse_args(__doc__, "5,000 records, 2 rounds", quick_rounds=2)
     n = 5_000 if args.quick else 200_000
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.rounds
 
     with tempfile.TemporaryDirectory(prefix="ll-bench-verify-") as tmp:
         db_path = os.path.join(tmp, "l.db")
@@ -75,7 +58,7 @@ def main() -> None:
         try:
             start = time.perf_counter()
             batch = []
-            for stored in make_stored(n):
+            for stored in (synthetic_record(i).stored() for i in range(n)):
                 batch.append(stored)
                 if len(batch) == FILL_CHUNK:
                     ledger.append_records(batch, block_size=BLOCK)
