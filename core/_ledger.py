@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from blake3 import blake3
 
 from ._chain import ChainSummary, ChainTip, build_block, verify_chain
-from ._errors import AppendConflict, LedgerError, RecordTampered
+from ._errors import AppendConflict, ChainBroken, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, take_orphans
 
@@ -74,6 +74,7 @@ class Ledger:
         # Decoded records by id. An entry exists only for bytes that hashed to the id,
         # so a hit is as good as a fresh decode. Bounded; cleared when full.
         self._decoded: dict[str, Record] = {}
+        self._decode_limit: int | None = _DECODE_CACHE
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -138,7 +139,23 @@ class Ledger:
         return self.backend.blocks(start, stop)
 
     def verify_chain(self) -> ChainSummary:
-        return verify_chain(self.backend.blocks())
+        summary = verify_chain(self.backend.blocks())
+        self._check_totals(summary)
+        return summary
+
+    def _check_totals(self, summary: ChainSummary) -> None:
+        """The chain must end at the stored head and hold every stored record."""
+        head = self.backend.head()
+        if (head is None and summary.blocks) or (head is not None and head.id != summary.head):
+            height = summary.blocks
+            raise ChainBroken(f"block {height} is missing: the chain stops before the stored head", height=height)
+        stored = self.backend.record_count()
+        if stored != summary.records:
+            raise ChainBroken(
+                f"{stored} records are stored but the blocks hold {summary.records}: "
+                "records were added or removed outside the chain",
+                height=None,
+            )
 
     def snapshot(self) -> tuple[Ledger, ChainSummary]:
         """Read and verify the whole chain once; return an in-memory, indexed ledger of
@@ -157,11 +174,25 @@ class Ledger:
                 yield block
 
         summary = verify_chain(keep(self.backend.blocks()))
+        self._check_totals(summary)
         memory = MemoryBackend(f"snapshot+{self.url}", private=True)
+        view = Ledger(memory, spool_root=self._spool_root)
+        view._decode_limit = None  # everything is in memory already; keep every decode
         for block in read:  # re-key with the index fields the SQL store does not return
-            records = tuple(StoredRecord.from_body(r.body) for r in block.records)
-            memory.append([StoredBlock(block.height, block.id, block.header, records)])
-        return Ledger(memory, spool_root=self._spool_root), summary
+            records = []
+            for position, stored in enumerate(block.records):
+                try:
+                    record = Record.decode(stored.body)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise RecordTampered(
+                        f"block {block.height}: record {position} ({stored.id[:16]}) is not a readable "
+                        f"record: {exc}",
+                        height=block.height,
+                    ) from exc
+                view._decoded[stored.id] = record
+                records.append(record.stored(stored.body, stored.id))
+            memory.append([StoredBlock(block.height, block.id, block.header, tuple(records))])
+        return view, summary
 
     def _decode(self, located: Located) -> LedgerRecord:
         stored = located.record
@@ -175,9 +206,9 @@ class Ledger:
             )
         try:
             record = Record.decode(stored.body)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}", height=located.height) from exc
-        if len(self._decoded) >= _DECODE_CACHE:
+        if self._decode_limit is not None and len(self._decoded) >= self._decode_limit:
             self._decoded.clear()
         self._decoded[stored.id] = record
         return LedgerRecord(stored.id, record, located.height, located.position)

@@ -120,6 +120,12 @@ def verify_closure(node: LineageNode) -> None:
                 "produced that version (changed between being written and being read)",
                 path=current.path,
             )
+        if current.producer is not None and current.producer.record.status == "failed":
+            raise LineageBroken(
+                f"{current.path}: produced by a failed task (record {current.producer.id[:12]}); "
+                "its contents are not a result",
+                path=current.path,
+            )
         stack.extend(current.parents)
 
 
@@ -182,10 +188,10 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     paths = _expand(targets)
     audit = not paths
     try:
-        if audit:  # every record is read anyway: verify once, then query in memory
-            ledger, report.chain = ledger.snapshot()
-        else:
-            report.chain = verify_chain_of(ledger)
+        # Verifying the chain reads every block anyway. Answering the lineage queries from
+        # exactly what was verified means no row outside the chain (a forged record, an
+        # edited index) can speak for a file.
+        ledger, report.chain = ledger.snapshot()
     except VerificationError as failure:
         report.fail(failure)
         return report  # nothing read from a broken chain can be trusted
@@ -216,7 +222,9 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     tolerated = audit and check.status is ArtifactStatus.MISSING
     if check.status is not ArtifactStatus.OK and not tolerated:
         report.fail(ArtifactMismatch(_explain(check), path=path))
-    tree = ledger.lineage(path) if check.status is not ArtifactStatus.UNRECORDED else None
+    # The tree starts at the version the ledger last saw, which need not be the last one
+    # produced: a file edited and then read by a recorded task must show as broken.
+    tree = ledger.lineage(path, check.expected) if check.status is not ArtifactStatus.UNRECORDED else None
     result = TargetResult(path, check, tree)
     report.targets.append(result)
     if tree is None:
@@ -251,11 +259,12 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
         from ._errors import ConfigError
 
         raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
+    view, _ = ledger.snapshot()  # a broken chain raises: nothing in it can vouch for a file
     tampered = []
     for path in paths:
         if not os.path.exists(path):
             continue
-        check = check_artifact(ledger, path)
+        check = check_artifact(view, path)
         if check.status is ArtifactStatus.MODIFIED:
             tampered.append(check)
     if tampered and policy == "strict":

@@ -59,6 +59,10 @@ class Backend(ABC):
         """Blocks ``start <= height < stop`` in height order, records in block order."""
 
     @abstractmethod
+    def record_count(self) -> int:
+        """How many records are stored, in blocks or not (verification compares)."""
+
+    @abstractmethod
     def known(self, record_ids: Iterable[str]) -> set[str]:
         """The subset of ``record_ids`` already stored."""
 

@@ -88,6 +88,9 @@ class MemoryBackend(Backend):
             selected = self._store.blocks[start:stop]
         return iter(selected)
 
+    def record_count(self) -> int:
+        return len(self._store.where)
+
     def known(self, record_ids: Iterable[str]) -> set[str]:
         where = self._store.where
         return {i for i in record_ids if i in where}

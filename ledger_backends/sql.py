@@ -268,9 +268,14 @@ class SQLBackend(Backend):
         return None if row is None else ChainHead(int(row[0]), row[1])
 
     def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
+        # Read up to the head, not until a chunk comes back short: a deleted block row
+        # must show up as a gap for verification, not end the chain early.
+        if stop is None:
+            head = self.head()
+            stop = 0 if head is None else head.height + 1
         low = start
-        while stop is None or low < stop:
-            high = low + _CHUNK if stop is None else min(low + _CHUNK, stop)
+        while low < stop:
+            high = min(low + _CHUNK, stop)
             with _translated("reading blocks", self.url), self._engine.connect() as conn:
                 headers = conn.exec_driver_sql(
                     self._sql(
@@ -280,7 +285,8 @@ class SQLBackend(Backend):
                     (low, high),
                 ).fetchall()
                 if not headers:
-                    return
+                    low = high
+                    continue
                 first = int(headers[0][2])
                 last = int(headers[-1][2]) + int(headers[-1][3])
                 # The bulk read goes to the driver's own cursor: SQLAlchemy's row objects
@@ -313,9 +319,11 @@ class SQLBackend(Backend):
                     for _, record_id, body in chunk
                 )
                 yield StoredBlock(int(height), str(block_id), _as_bytes(header), records)
-            if len(headers) < high - low:
-                return
             low = high
+
+    def record_count(self) -> int:
+        with _translated("counting records", self.url), self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(records_table)).scalar() or 0)
 
     def known(self, record_ids: Iterable[str]) -> set[str]:
         ids = list(record_ids)

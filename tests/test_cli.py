@@ -248,3 +248,54 @@ def test_unknown_missing_target_is_a_usage_error(cli, workdir):
     _pipeline(cli, workdir)
     result = cli("reslts/final.txt", program="verify-lineage")
     assert result.returncode == 2 and "no record in the ledger mentions it" in result.stderr
+
+
+def test_forged_row_outside_any_block_cannot_vouch_for_an_edited_file(cli, workdir):
+    """A self-consistent record slipped into the tables, outside the chain, is not trusted."""
+    _pipeline(cli, workdir)
+    sorted_file = workdir / "sorted.txt"
+    sorted_file.write_text("forged\n")
+    from lineage_ledger import Record, hash_file, utcnow
+
+    forged = Record(engine="cli", run_id="x", task_id="x", task_name="sort", status="succeeded",
+                    started=utcnow(), ended=utcnow(), outputs=[hash_file(sorted_file)])
+    stored = forged.stored()
+    db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
+    db.execute("INSERT INTO ll_records VALUES (1000000000, ?, 99, 0, 'x', ?)", (stored.id, stored.body))
+    db.execute("INSERT INTO ll_artifacts VALUES (?, 1, 1000000000, ?)", (str(sorted_file), stored.outputs[0][1]))
+    db.commit()
+    db.close()
+    result = cli("verify", "--json", "sorted.txt")
+    assert result.returncode == 1, result.stdout
+    assert "outside the chain" in result.stdout
+
+
+def test_deleted_block_row_is_a_gap_not_the_end_of_the_chain(workdir):
+    from lineage_ledger import ChainBroken, open_ledger
+    from tests.support.factories import make_records
+
+    ledger = open_ledger(f"sqlite:///{workdir}/l.db", spool=str(workdir / "spool"))
+    ledger.append_records([r.stored() for r in make_records(600)], block_size=1)
+    db = sqlite3.connect(workdir / "l.db")
+    db.execute("DELETE FROM ll_blocks WHERE height = 499")
+    db.commit()
+    db.close()
+    with pytest.raises(ChainBroken) as caught:
+        ledger.verify_chain()
+    assert caught.value.height == 499
+
+
+def test_output_of_a_failed_task_does_not_verify(cli, workdir):
+    result = cli("run", "-o", "out.txt", "--", "sh", "-c", "echo partial > out.txt; exit 1")
+    assert result.returncode == 1
+    verify = cli("out.txt", program="verify-lineage")
+    assert verify.returncode == 1 and "produced by a failed task" in verify.stdout
+
+
+def test_file_edited_then_read_by_a_recorded_task_is_broken_lineage(cli, workdir):
+    _pipeline(cli, workdir)
+    (workdir / "sorted.txt").write_text("edited by hand\n")
+    cli("run", "-i", "sorted.txt", "-o", "copy.txt", "--", "cp", "sorted.txt", "copy.txt", check_rc=0)
+    result = cli("verify", "--json", "sorted.txt")
+    assert result.returncode == 1
+    assert any(f["error"] == "LineageBroken" for f in json.loads(result.stdout)["failures"])
