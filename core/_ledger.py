@@ -79,7 +79,7 @@ class Ledger:
     @functools.cached_property
     def spool_dir(self) -> str:
         """Created on first use, so a ledger that is only read leaves no directory behind."""
-        return spool_directory(self._spool_root, self.url)
+        return spool_directory(self._spool_root, self.backend.identity)
 
     # -- writing ------------------------------------------------------------------------
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:

@@ -58,6 +58,8 @@ class Artifact:
     size: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or "\x00" in self.path:
+            raise ValueError(f"artifact paths must be strings without NUL, got {self.path!r}")
         _check_hex(self.blake3, f"digest of {self.path}")
         if not isinstance(self.size, int) or self.size < 0:
             raise ValueError(f"size of {self.path} must be a non-negative integer")
@@ -81,8 +83,8 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
     for path, entry in value.items():
-        if not isinstance(path, str):
-            raise ValueError(f"{what}: paths must be strings, got {path!r}")
+        if not isinstance(path, str) or "\x00" in path:
+            raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
         if isinstance(entry, Artifact):
             result[path] = entry.entry()
             continue
@@ -120,8 +122,11 @@ class Record:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {sorted(STATUSES)}, got {self.status!r}")
         for name in ("engine", "run_id", "task_id", "task_name"):
-            if not isinstance(getattr(self, name), str):
+            value = getattr(self, name)
+            if not isinstance(value, str):
                 raise ValueError(f"{name} must be a string")
+            if "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here, not at ship time
+                raise ValueError(f"{name} contains a NUL character")
         object.__setattr__(self, "inputs", artifact_map(self.inputs, "inputs"))
         object.__setattr__(self, "outputs", artifact_map(self.outputs, "outputs"))
         if self.code_digest is not None and not isinstance(self.code_digest, str):

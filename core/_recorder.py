@@ -63,6 +63,8 @@ class Recorder:
         self._shipped = threading.Condition(self._lock)
         self._unshipped: list[Segment] = []  # rotated, waiting for the back-end
         self._waiting = 0  # records in the current segment plus the unshipped ones
+        self._accepted_total = 0  # record() calls that returned
+        self._shipped_total = 0  # of those, acknowledged by the back-end
         self._closing = False
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="lineage-ledger-recorder", daemon=True)
@@ -96,6 +98,7 @@ class Recorder:
                 )
             self._writer.append(record, record_id, body)
             self._waiting += 1
+            self._accepted_total += 1
             if len(self._writer.current.fresh) >= self.batch_size:
                 self._wake.set()
         return record_id
@@ -108,7 +111,9 @@ class Recorder:
     # -- shipping -----------------------------------------------------------------------
     def _take_batch(self) -> None:
         with self._lock:
-            if len(self._writer.current):
+            # While a backlog waits (back-end down), keep appending to the current segment
+            # instead of opening a new locked file on every wake: descriptors are finite.
+            if len(self._writer.current) and not self._unshipped:
                 self._unshipped.append(self._writer.rotate())
 
     def _ship_one(self) -> bool:
@@ -117,46 +122,59 @@ class Recorder:
         try:
             segment.sync()
             self.ledger.append_records(segment.stored(), block_size=self.batch_size)
-        except LedgerError as err:
+        except Exception as err:  # noqa: BLE001 - the worker must outlive any failure
             if self.last_error is None or str(err) != str(self.last_error):
                 log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
             return False
         self.last_error = None
-        segment.delete()
+        try:
+            segment.delete()
+        except OSError as err:  # shipped; a leftover file is replayed harmlessly later
+            log.warning("lineage-ledger: cannot remove spool segment %s: %s", segment.path, err)
         with self._lock:
             self._unshipped.pop(0)
             self._waiting -= len(segment)
+            self._shipped_total += len(segment)
             self._shipped.notify_all()
         return True
 
     def _run(self) -> None:
         backoff = 0.0
         while True:
-            self._wake.wait(timeout=backoff or self.max_age)
-            self._wake.clear()
-            self._take_batch()
-            backoff = 0.0
-            while self._unshipped:
-                if not self._ship_one():
-                    backoff = min(max(backoff * 2, 0.2), 10.0)
-                    break
-            if self._closing and not self._unshipped:
-                with self._lock:
-                    if not len(self._writer.current):
-                        self._writer.current.delete()  # an empty segment needs no replay
-                        self._closed = True
-                        self._shipped.notify_all()
-                        return
+            try:
+                backoff = self._cycle(backoff)
+            except Exception:  # noqa: BLE001 - never let the worker die silently
+                log.exception("lineage-ledger: recorder worker error; retrying")
+                backoff = 1.0
+            if self._closed:
+                return
+
+    def _cycle(self, backoff: float) -> float:
+        """One wake-up: take a batch, ship what waits; returns the next back-off."""
+        self._wake.wait(timeout=backoff or self.max_age)
+        self._wake.clear()
+        self._take_batch()
+        while self._unshipped:
+            if not self._ship_one():
+                return min(max(backoff * 2, 0.2), 10.0)
+        backoff = 0.0
+        if self._closing:
+            with self._lock:
+                if not len(self._writer.current):
+                    self._writer.current.delete()  # an empty segment needs no replay
+                    self._closed = True
+                    self._shipped.notify_all()
+        return backoff
 
     def flush(self, timeout: float | None = None) -> bool:
         """Ship everything recorded so far; True if the back-end has it all in time."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            target = self._waiting
+            target = self._accepted_total  # later records need not hold this call up
         self._wake.set()
         with self._lock:
-            while self._waiting > 0 and target > 0:
+            while self._shipped_total < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

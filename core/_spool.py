@@ -29,11 +29,14 @@ def spool_directory(root: str, url: str) -> str:
     """One sub-directory per ledger URL, so a crash never replays into the wrong ledger."""
     key = blake3(url.encode("utf-8")).hexdigest()[:16]
     directory = os.path.join(os.path.abspath(root), key)
-    os.makedirs(directory, exist_ok=True)
-    marker = os.path.join(directory, "URL")
-    if not os.path.exists(marker):
-        with open(marker, "w", encoding="utf-8") as handle:
-            handle.write(url + "\n")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        marker = os.path.join(directory, "URL")
+        if not os.path.exists(marker):
+            with open(marker, "w", encoding="utf-8") as handle:
+                handle.write(url + "\n")
+    except OSError as err:
+        raise SpoolError(f"cannot use the spool directory {directory}: {err.strerror or err}") from err
     return directory
 
 
@@ -96,11 +99,16 @@ class SpoolWriter:
 
     def append(self, record: Record, record_id: str, body: bytes) -> None:
         line = b"".join((record_id.encode("ascii"), b" ", body, b"\n"))
-        written = os.write(self.current.fd, line)
-        if written != len(line):  # only a full disk or a signal cuts an append short
-            view = memoryview(line)[written:]
-            while view:
-                view = view[os.write(self.current.fd, view):]
+        fd = self.current.fd
+        written = 0
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # only a full disk or a signal cuts an append short
+                written += os.write(fd, memoryview(line)[written:])
+        except OSError as err:
+            if written:  # take the partial line back, or the next line would be glued to it
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise SpoolError(f"cannot append to the spool {self.current.path}: {err.strerror or err}") from err
         self.current.fresh.append((record, record_id, body))
 
     def rotate(self) -> Segment:

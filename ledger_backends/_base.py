@@ -46,6 +46,20 @@ class Backend(ABC):
     def __init__(self, url: str) -> None:
         self.url = url
 
+    @property
+    def identity(self) -> str:
+        """What names this store, the same however its URL was spelled, with no secret in it.
+
+        The spool directory is keyed by it: records a crash leaves behind must be replayed
+        into the same store, never into another one opened from the same directory.
+        """
+        scheme, _, rest = self.url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        if "@" in netloc:  # drop a password: the key is written to disk
+            user, _, host = netloc.rpartition("@")
+            netloc = user.split(":", 1)[0] + "@" + host
+        return f"{scheme}://{netloc}{slash}{path}"
+
     @abstractmethod
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         """Store ``blocks`` (consecutive, on the current head) in one atomic step."""

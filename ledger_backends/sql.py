@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
@@ -123,6 +124,19 @@ def _translated(what: str, url: str):
         raise BackendError(f"{url}: {what} failed: {err}") from err
 
 
+_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    # A forked child must not use the parent's pooled connections (one socket or SQLite
+    # handle shared by two processes); dispose(close=False) leaves them to the parent.
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 class SQLBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -155,9 +169,16 @@ class SQLBackend(Backend):
             ) from err
         except exc.ArgumentError as err:
             raise ConfigError(f"bad ledger URL {url!r}: {err}") from err
+        _ENGINES.add(self._engine)
         if self._sqlite:
             self._setup_sqlite()
         self._create_schema()
+
+    @property
+    def identity(self) -> str:
+        if self._sqlite:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
+            return "sqlite:///" + os.path.realpath(str(self._engine.url.database))
+        return self._engine.url.render_as_string(hide_password=True)
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup_sqlite(self) -> None:

@@ -170,9 +170,12 @@ def test_corrupt_or_truncated_database(cli, workdir, damage):
 
 def test_truncated_spool_is_reported_and_nothing_is_lost(cli, workdir):
     _pipeline(cli, workdir)
-    from lineage_ledger._spool import spool_directory
+    from lineage_ledger import open_ledger
 
-    spool = spool_directory(str(workdir / ".lineage" / "spool"), ".lineage/ledger.db")
+    # Another spelling of the same file must find the same spool (keyed by the store's identity).
+    ledger = open_ledger(f"sqlite:///{workdir}/.lineage/../.lineage/ledger.db", spool=str(workdir / ".lineage" / "spool"))
+    spool = ledger.spool_dir
+    ledger.close()
     with open(os.path.join(spool, "4242-cafe0000-00000001.log"), "wb") as handle:
         handle.write(b"0123456789abcdef truncated in the middle of a rec")
     result = cli("verify")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import SpoolCorrupt, SpoolFull, open_ledger
-from tests.support.factories import make_record, make_records
+from tests.support.factories import artifact, make_record, make_records
 
 WRITER = Path(__file__).parent / "support" / "writer.py"
 
@@ -156,3 +156,51 @@ def test_forked_child_records_through_its_own_segment(tmp_path):
     assert len(reopened.run("parent")) == 2
     assert len(reopened.run("child")) == 5
     assert reopened.verify_chain().records == 7
+
+
+def test_worker_survives_any_error_and_ships_after_recovery(tmp_path):
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    real_append = ledger.append_records
+    failures = []
+
+    def flaky(records, **kw):
+        if len(failures) < 3:
+            failures.append(1)
+            raise OSError("disk hiccup")  # not a LedgerError
+        return real_append(records, **kw)
+
+    ledger.append_records = flaky
+    recorder = ledger.recorder(batch_size=10, max_age=0.01)
+    for record in make_records(35):
+        recorder.record(record)
+    assert recorder.flush(timeout=30)
+    recorder.close()
+    assert len(failures) == 3 and ledger.verify_chain().records == 35
+    # the outage did not leave a pile of segment files behind
+    assert [n for n in os.listdir(ledger.spool_dir) if n.endswith(".log")] == []
+
+
+def test_spool_is_keyed_by_the_store_not_the_url_spelling(tmp_path):
+    spool = str(tmp_path / "shared-spool")
+    a = open_ledger(f"sqlite:///{tmp_path}/a.db", spool=spool)
+    same_a = open_ledger(str(tmp_path / "x" / ".." / "a.db"), spool=spool)
+    b = open_ledger(f"sqlite:///{tmp_path}/b.db", spool=spool)
+    assert a.spool_dir == same_a.spool_dir != b.spool_dir
+    from lineage_ledger.backends import Backend
+
+    class Probe(Backend):  # identity of a URL with a password, without any server
+        def append(self, blocks): ...
+        def head(self): ...
+        def blocks(self, start=0, stop=None): ...
+        def record_count(self): ...
+        def known(self, ids): ...
+        def find(self, role, *, path=None, digest=None): ...
+        def by_run(self, run_id): ...
+        def by_id_prefix(self, prefix, limit=2): ...
+
+    assert Probe("fabric://alice:s3cret@host:7051/chan").identity == "fabric://alice@host:7051/chan"
+
+
+def test_nul_in_a_path_is_refused_when_the_record_is_built():
+    with pytest.raises(ValueError, match="NUL"):
+        make_record(1, outputs=[artifact("/a\x00b", "x")])
