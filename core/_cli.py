@@ -18,7 +18,7 @@ import click
 
 from ._canonical import canonical_bytes, utcnow
 from ._environment import current_environment
-from ._errors import ArtifactError, LedgerError, VerificationError
+from ._errors import ArtifactError, ConfigError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._merkle import inclusion_proof
@@ -51,6 +51,16 @@ def _guard(call: Callable[[], Any]) -> Any:
     except LedgerError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        raise
+    except RecursionError:
+        click.echo("error: the lineage is too deep to walk (over ~900 tasks in one chain)", err=True)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - exit 1 would claim a verification failed
+        if os.environ.get("LINEAGE_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(err).__name__}: {err} (LINEAGE_DEBUG=1 shows where)", err=True)
+        sys.exit(2)
 
 
 def _open(url: str) -> Ledger:
@@ -64,6 +74,12 @@ def cli() -> None:
 
 
 # -- run -----------------------------------------------------------------------------------
+def _build_record(**fields: Any) -> Record:
+    try:
+        return Record(**fields)
+    except ValueError as err:  # e.g. a parameter that is not valid text
+        raise ConfigError(f"cannot record this task: {err}") from err
+
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -99,6 +115,10 @@ def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
       lineage-ledger run -i data/raw.csv -o data/clean.csv -- python clean.py data/raw.csv
     """
     parameters = _parse_params(params)
+    try:
+        canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs
+    except ValueError as err:
+        raise ConfigError(f"--param: {err}") from err
     ledger = _open(ledger_url)
     in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]
@@ -128,7 +148,7 @@ def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
     extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
     if problems:
         extra["problems"] = problems
-    record = Record(
+    record = _build_record(
         engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
         task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
         inputs=artifact_map(in_artifacts), outputs=artifact_map(out_artifacts), code_digest=code, parameters=parameters,

@@ -101,7 +101,8 @@ def _hash_stable(path: str) -> tuple[Artifact, tuple[int, int, int, int]]:
 
 
 def walk_files(root: str) -> Iterator[str]:
-    """Regular files below ``root``, sorted; symlinks to files are followed.
+    """Regular files below ``root``, sorted; symlinks to files are followed, symlinks to
+    directories and dangling symlinks are skipped.
 
     lineage-ledger's own ``.lineage`` directories (ledger, spool, stat cache) are skipped:
     they change while being walked and are not workflow data.
@@ -118,8 +119,9 @@ def walk_files(root: str) -> Iterator[str]:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name != ".lineage":
                     stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=True) or entry.is_symlink():
+            elif entry.is_file(follow_symlinks=True):
                 files.append(entry.path)
+            # Links to directories (possible cycles) and dangling links are not files: skipped.
         yield from reversed(files)
 
 

@@ -251,18 +251,22 @@ class Ledger:
     def last_seen(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
         """The latest record that read or wrote ``path``: (record, role, entry).
 
-        Decodes from the newest match backwards and stops at the first record that
-        really names the path, so a source read by thousands of tasks costs one decode.
+        "Latest" is by the time the task ended, then by ledger order: a crashed process's
+        spool replayed days later lands late in the ledger but must not count as newer.
+        Decodes come from the ledger's cache, so a source read by thousands of tasks is
+        cheap on a snapshot.
         """
-        candidates = [(located, "out") for located in self.backend.find("out", path=path)]
-        candidates += [(located, "in") for located in self.backend.find("in", path=path)]
-        candidates.sort(key=lambda c: (c[0].height, c[0].position, c[1] == "out"), reverse=True)
-        for located, role in candidates:
-            entry = self._decode(located)
-            side = entry.record.outputs if role == "out" else entry.record.inputs
-            if path in side:
-                return entry, role, side[path]
-        return None
+        best: tuple[Any, ...] | None = None
+        for role in ("out", "in"):
+            for located in self.backend.find(role, path=path):
+                entry = self._decode(located)
+                side = entry.record.outputs if role == "out" else entry.record.inputs
+                if path not in side:  # the index claimed a record that does not name the path
+                    continue
+                key = (entry.record.ended, entry.order, role == "out")
+                if best is None or key > best[0]:
+                    best = (key, entry, role, side[path])
+        return None if best is None else (best[1], best[2], best[3])
 
     def run(self, run_id: str) -> list[LedgerRecord]:
         return [self._decode(located) for located in self.backend.by_run(run_id)]

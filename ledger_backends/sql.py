@@ -312,13 +312,14 @@ class SQLBackend(Backend):
                 last = int(headers[-1][2]) + int(headers[-1][3])
                 # The bulk read goes to the driver's own cursor: SQLAlchemy's row objects
                 # cost more per record than SQLite's read and verification together.
+                statement = self._sql("SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq")
                 cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                 try:
-                    cursor.execute(
-                        self._sql("SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq"),
-                        (first, last),
-                    )
+                    cursor.execute(statement, (first, last))
                     rows = cursor.fetchall()
+                except self._engine.dialect.loaded_dbapi.Error as err:
+                    # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
+                    raise exc.DBAPIError.instance(statement, (first, last), err, Exception) from err
                 finally:
                     cursor.close()
             position = 0

@@ -302,3 +302,39 @@ def test_file_edited_then_read_by_a_recorded_task_is_broken_lineage(cli, workdir
     result = cli("verify", "--json", "sorted.txt")
     assert result.returncode == 1
     assert any(f["error"] == "LineageBroken" for f in json.loads(result.stdout)["failures"])
+
+
+def test_unrecordable_parameter_is_refused_before_running(cli, workdir):
+    marker = workdir / "ran"
+    result = run_cli("run", "-p", b"k=\xff", "--", "touch", str(marker), cwd=workdir)
+    assert result.returncode == 2 and "--param" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_directory_target_skips_links_to_directories(cli, workdir):
+    _pipeline(cli, workdir)
+    os.symlink(workdir, workdir / "loop-to-self")
+    os.symlink(workdir / "gone", workdir / "dangling")
+    result = cli("verify", "--json", "raw.txt", "sorted.txt", "top.txt")
+    assert result.returncode == 0
+    (workdir / "out").mkdir()
+    os.symlink(workdir / "out", workdir / "out" / "again")
+    os.replace(workdir / "top.txt", workdir / "out" / "top.txt")
+    result = cli("verify", "out")
+    assert result.returncode == 1 and "UNRECORDED" in result.stdout  # a moved file is a new path
+
+
+def test_last_seen_goes_by_task_time_not_arrival(workdir):
+    from datetime import timedelta
+
+    from lineage_ledger import open_ledger
+    from tests.support.factories import BASE_TIME, artifact, make_record
+
+    ledger = open_ledger(f"sqlite:///{workdir}/l.db", spool=str(workdir / "spool"))
+    newer = make_record(2, outputs=[artifact("/data/f", "v2")])
+    older = make_record(1, outputs=[artifact("/data/f", "v1")])  # a stale spool, replayed late
+    ledger.record(newer)
+    ledger.record(older)
+    entry, role, seen = ledger.last_seen("/data/f")
+    assert entry.record.task_id == "task-2" and seen == artifact("/data/f", "v2").entry()
+    assert older.ended < newer.ended == BASE_TIME + timedelta(seconds=3)
