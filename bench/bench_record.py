@@ -15,7 +15,8 @@ Baselines and parts, in the same rounds:
   os.write     one os.write of the same spool line (id, space, body, newline) per record
                to an O_APPEND file: the floor of a journal that is in the kernel at return
   encode()     record.encode() alone (canonical JSON), first call on a fresh record
-  stored()     record.stored() alone (encode + BLAKE3 id + index keys), which record() calls
+  stored()     record.stored() alone (encode + BLAKE3 id + index keys); record() does the
+               encode and the id, and leaves the index keys to the worker
 
 Goal (issue #2): median per-call time of record() <= 20 us. Mean and p99 are shown too.
 """

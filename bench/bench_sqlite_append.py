@@ -5,14 +5,15 @@ built and turned into ``StoredRecord`` objects before any timing. Each round, on
 database in a temporary directory:
   ours          ledger.append_records(stored, block_size=1000) on
                 open_ledger("sqlite:///<tmp>/l.db", spool=<tmp>/spool) (open not timed)
-  raw/block     stdlib sqlite3, the same tables and indexes (DDL copied from a ledger our
-                code created), WAL, synchronous=FULL, the same block/record/artifact rows
-                (blocks pre-built with build_block) inserted with executemany in one
-                transaction per 1,000-record block: the ceiling the goal refers to
-  raw/one-tx    the same, but all blocks in one transaction, as append_records commits
-                them (information only)
+  raw/one-tx    stdlib sqlite3, the same tables and indexes (DDL copied from a ledger our
+                code created), WAL, synchronous=FULL, cache_size as the ledger sets it,
+                the same block/record/artifact rows (blocks pre-built with build_block)
+                inserted with executemany in one transaction, as append_records commits
+                them: the raw ceiling the goal ratio refers to
+  raw/block     the same with one transaction per 1,000-record block, as a Recorder ships
+                batches (information only)
 
-Goal (issue #2): ours >= 100,000 records/s and >= 0.5x the raw/block rate.
+Goal (issue #2): ours >= 100,000 records/s and >= 0.5x the raw/one-tx rate.
 """
 
 from __future__ import annotations

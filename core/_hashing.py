@@ -240,4 +240,4 @@ class Hasher:
                         on_done(artifact)
         if self.cache is not None:
             self.cache.save()
-        return list(results.values()) if not misses else [results[p] for p in ordered]
+        return [results[p] for p in ordered]

@@ -23,7 +23,7 @@ from blake3 import blake3
 from ._chain import ChainSummary, ChainTip, build_block, verify_chain
 from ._errors import AppendConflict, ChainBroken, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
-from ._spool import describe_quarantine, spool_directory, take_orphans
+from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend, Located
@@ -117,6 +117,8 @@ class Ledger:
 
     def replay_spool(self) -> int:
         """Ship what crashed processes left in the spool; raise if damaged lines were set aside."""
+        if not os.path.isdir(spool_path(self._spool_root, self.backend.identity)):
+            return 0  # nothing was ever spooled here; do not create directories to find out
         segments, quarantined = take_orphans(self.spool_dir)
         shipped = 0
         try:

@@ -20,15 +20,19 @@ from blake3 import blake3
 from ._errors import SpoolCorrupt, SpoolError
 from ._model import Record, StoredRecord
 
-__all__ = ["Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "take_orphans"]
+__all__ = ["Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans"]
 
 _SUFFIX = ".log"
 
 
+def spool_path(root: str, identity: str) -> str:
+    return os.path.join(os.path.abspath(root), blake3(identity.encode("utf-8")).hexdigest()[:16])
+
+
 def spool_directory(root: str, url: str) -> str:
-    """One sub-directory per ledger URL, so a crash never replays into the wrong ledger."""
-    key = blake3(url.encode("utf-8")).hexdigest()[:16]
-    directory = os.path.join(os.path.abspath(root), key)
+    """One sub-directory per ledger (by its identity), so a crash never replays into the
+    wrong ledger; created on first use."""
+    directory = spool_path(root, url)
     try:
         os.makedirs(directory, exist_ok=True)
         marker = os.path.join(directory, "URL")

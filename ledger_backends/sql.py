@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -145,6 +146,7 @@ class SQLBackend(Backend):
         except exc.ArgumentError as err:
             raise ConfigError(f"malformed ledger URL {url!r}: {err}") from err
         self._sqlite = engine_url.get_backend_name() == "sqlite"
+        self._read_only = False
         kwargs: dict = {}
         if self._sqlite:
             path = _sqlite_path(engine_url)
@@ -158,6 +160,18 @@ class SQLBackend(Backend):
             except OSError as err:
                 raise BackendUnavailable(f"{url}: cannot create {parent}: {err.strerror}") from err
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+            self._read_only = os.path.exists(path) and not (
+                os.access(path, os.W_OK) and os.access(parent, os.W_OK)
+            )
+            if self._read_only:
+                # An archived copy we may not write: SQLite could not even create the WAL
+                # index beside it, so open it immutable, for reading only.
+                import sqlite3
+
+                uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
+                kwargs["creator"] = lambda: sqlite3.connect(
+                    uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False
+                )
         else:
             kwargs["pool_pre_ping"] = True
         try:
@@ -187,7 +201,8 @@ class SQLBackend(Backend):
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            if not self._read_only:
+                cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
             cursor.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
             cursor.close()
@@ -196,8 +211,22 @@ class SQLBackend(Backend):
         def _on_begin(conn):  # pragma: no cover - exercised via sqlite
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
+    def _schema_version(self) -> str | None:
+        """The stored schema version, read without a write lock (read-only copies open)."""
+        with self._engine.connect() as conn:
+            if "ll_meta" not in set(sa.inspect(conn).get_table_names()):
+                return None
+            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema")).scalar()
+
     def _create_schema(self) -> None:
         with _translated("opening the ledger", self.url):
+            version = self._schema_version()
+            if version == SCHEMA_VERSION:
+                return
+            if version is not None:
+                raise ConfigError(f"{self.url}: ledger schema {version}, expected {SCHEMA_VERSION}")
+            if self._read_only:
+                raise ConfigError(f"{self.url}: read-only, and not a lineage ledger")
             with self._write() as conn:
                 names = set(sa.inspect(conn).get_table_names())
                 if names and "ll_meta" not in names and self._sqlite:

@@ -338,3 +338,22 @@ def test_last_seen_goes_by_task_time_not_arrival(workdir):
     entry, role, seen = ledger.last_seen("/data/f")
     assert entry.record.task_id == "task-2" and seen == artifact("/data/f", "v2").entry()
     assert older.ended < newer.ended == BASE_TIME + timedelta(seconds=3)
+
+
+def test_read_only_ledger_copy_verifies(cli, workdir, tmp_path_factory):
+    """An archived, read-only copy of a ledger (and a read-only directory) still verifies."""
+    import shutil
+
+    _pipeline(cli, workdir)
+    archive = tmp_path_factory.mktemp("archive")
+    shutil.copy(workdir / ".lineage" / "ledger.db", archive / "ledger.db")
+    os.chmod(archive / "ledger.db", 0o444)
+    os.chmod(archive, 0o555)
+    prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+    try:
+        result = run_cli(str(workdir / "top.txt"), "--ledger", f"sqlite:///{archive}/ledger.db", program="verify-lineage",
+                         cwd=archive, prefix=prefix)
+    finally:
+        os.chmod(archive, 0o755)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "verified" in result.stdout
