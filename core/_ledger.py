@@ -290,11 +290,6 @@ class Ledger:
             entries, stop = chunk + entries, start
         return entries[-limit:] if limit else entries
 
-    def all_records(self) -> Iterator[LedgerRecord]:
-        for block in self.backend.blocks():
-            for position, stored in enumerate(block.records):
-                yield LedgerRecord(stored.id, Record.decode(stored.body), block.height, position)
-
     # -- lineage ------------------------------------------------------------------------
     def lineage(self, path: str, digest: str | None = None) -> LineageNode:
         """The tree of file versions ``path`` was derived from, back to the sources."""

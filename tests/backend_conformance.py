@@ -33,7 +33,7 @@ class BackendConformance:
 
     @pytest.fixture
     def url(self):  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+        raise NotImplementedError("a BackendConformance subclass provides a `url` fixture: a fresh, empty ledger")
 
     @pytest.fixture
     def backend(self, url):
