@@ -99,7 +99,9 @@ class Recorder:
             self._writer.append(record, record_id, body)
             self._waiting += 1
             self._accepted_total += 1
-            if len(self._writer.current.fresh) >= self.batch_size:
+            # Wake the worker once when a batch fills, not on every later record: during
+            # an outage the segment grows past a batch, and the worker must keep its back-off.
+            if len(self._writer.current.fresh) == self.batch_size:
                 self._wake.set()
         return record_id
 

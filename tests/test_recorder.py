@@ -204,3 +204,22 @@ def test_spool_is_keyed_by_the_store_not_the_url_spelling(tmp_path):
 def test_nul_in_a_path_is_refused_when_the_record_is_built():
     with pytest.raises(ValueError, match="NUL"):
         make_record(1, outputs=[artifact("/a\x00b", "x")])
+
+
+def test_outage_does_not_make_the_worker_spin(tmp_path):
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    attempts = []
+
+    def down(records, **kw):
+        attempts.append(time.monotonic())
+        raise OSError("back-end down")
+
+    ledger.append_records = down
+    recorder = ledger.recorder(batch_size=10, max_age=0.01, max_pending=10_000)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:  # keep recording well past one batch for a second
+        recorder.record(make_record(len(attempts) * 1000 + int((time.monotonic() - start) * 1e6)))
+        time.sleep(0.0005)
+    # Back-off doubles from 0.2 s: a handful of attempts in a second, not thousands.
+    assert 1 <= len(attempts) <= 10, len(attempts)
+    recorder.close(timeout=0.2)
