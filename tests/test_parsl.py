@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
 pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
 
-from lineage_ledger import ArtifactMismatch, ConfigError, hash_file, open_ledger, verify_lineage  # noqa: E402
 from lineage_ledger_parsl import ParslLedger, WorkerHashingStaging  # noqa: E402
 from parsl.app.app import python_app  # noqa: E402
 from parsl.data_provider.files import File  # noqa: E402
@@ -22,6 +21,7 @@ from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor  # noqa: 
 from parsl.executors.status_handling import BlockProviderExecutor  # noqa: E402
 from parsl.providers import LocalProvider  # noqa: E402
 
+from lineage_ledger import ArtifactMismatch, ConfigError, hash_file, open_ledger, verify_lineage  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.support import parsl as support  # noqa: E402
 

@@ -17,9 +17,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from lineage_ledger import ConfigError, utcnow
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.executors.base import ParslExecutor
+
+from lineage_ledger import ConfigError, utcnow
 
 from ._session import ParslLedger
 from ._staging import WorkerDigests, worker_hashing_used
@@ -150,7 +151,7 @@ def wrap_executor(executor: ParslExecutor, ledger: ParslLedger) -> ParslExecutor
     if not isinstance(executor, ParslExecutor):
         raise ConfigError(f"not a Parsl executor: {executor!r}")
     cls = _wrapper_class(type(executor))
-    wrapped = cls.__new__(cls)
+    wrapped: Any = object.__new__(cls)
     wrapped.__dict__.update(executor.__dict__)
     wrapped._lineage_ledger = ledger
     return wrapped

@@ -21,10 +21,11 @@ from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from lineage_ledger import ArtifactMismatch, LedgerError, hash_file, utcnow, verify_before_run
 from parsl.data_provider.files import File
 from parsl.dataflow.memoization import BasicMemoizer, Memoizer
 from parsl.dataflow.taskrecord import TaskRecord
+
+from lineage_ledger import ArtifactMismatch, LedgerError, hash_file, utcnow, verify_before_run
 
 from ._session import ParslLedger
 from ._tasks import task_files
@@ -140,15 +141,15 @@ class LedgerMemoizer(Memoizer):
             return []
         tampered = [check.path for check in checks]
         if tampered and policy == "strict":
-            err = ArtifactMismatch(
+            refusal = ArtifactMismatch(
                 f"lineage-ledger refuses to run task {task['id']} ({task['func_name']}): "
                 "files changed outside the workflow: "
                 + "; ".join(f"{c.path} (ledger {(c.expected or '-')[:12]}, disk {(c.actual or '-')[:12]})" for c in checks),
                 path=tampered[0],
             )
-            log.error("%s", err)
-            self._record(task, "failed", {"error": str(err)[:2000], "refused_by": "strict"}, leave_out=tampered)
-            raise err
+            log.error("%s", refusal)
+            self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
+            raise refusal
         return tampered
 
     def _record(

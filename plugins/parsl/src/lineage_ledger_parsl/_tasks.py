@@ -13,10 +13,12 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
+from types import FrameType
 from typing import Any
 
-from lineage_ledger import code_digest, jsonable
 from parsl.data_provider.files import File
+
+from lineage_ledger import code_digest, jsonable
 
 # Keyword arguments that Parsl itself interprets: they are files or plumbing, not parameters.
 _RESERVED = frozenset({
@@ -135,7 +137,7 @@ def calling_task_record() -> dict[str, Any] | None:
     calls ``executor.submit`` directly with ``task_record`` as a local, so the wrapper reads
     it from there. None when an executor is driven some other way.
     """
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(6):
         if frame is None:
             return None
