@@ -41,7 +41,7 @@ def square(inputs: Any = (), outputs: Any = ()) -> int:
 
 
 def total(inputs: Any = (), outputs: Any = ()) -> str:
-    return f"awk '{{s += $1}} END {{print s}}' {inputs[0]} > {outputs[0]}"
+    return f"""awk '{{s += $1}} END {{printf "%.0f\\n", s}}' {inputs[0]} > {outputs[0]}"""
 
 
 def report(inputs: Any = (), outputs: Any = ()) -> dict:
@@ -69,7 +69,7 @@ def square_plain(src: str, dst: str, after: Any = None) -> int:
 
 
 def total_plain(src: str, dst: str, after: Any = None) -> str:
-    return f"awk '{{s += $1}} END {{print s}}' {src} > {dst}"
+    return f"""awk '{{s += $1}} END {{printf "%.0f\\n", s}}' {src} > {dst}"""
 
 
 def report_plain(raw: str, tot: str, dst: str, after: Any = None) -> dict:
