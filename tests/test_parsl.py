@@ -8,6 +8,7 @@ those processes outlives its run.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 
@@ -19,6 +20,7 @@ from parsl.app.app import python_app  # noqa: E402
 from parsl.data_provider.files import File  # noqa: E402
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor  # noqa: E402
 from parsl.executors.status_handling import BlockProviderExecutor  # noqa: E402
+from parsl.monitoring import MonitoringHub  # noqa: E402
 from parsl.providers import LocalProvider  # noqa: E402
 
 from lineage_ledger import ArtifactMismatch, ConfigError, hash_file, open_ledger, verify_lineage  # noqa: E402
@@ -65,6 +67,8 @@ def test_every_try_recorded_then_strict_refuses_and_rerun_recomputes(workdir, ki
     # Run 1: the pipeline, a failing app and an app that succeeds on its second try.
     ledger = ParslLedger(url, policy="strict")
     config = pipeline.make_config(str(workdir), kind, ledger, retries=1)
+    if kind == "htex":  # monitoring (with per-try resource monitoring) keeps working
+        config.monitoring = MonitoringHub(resource_monitoring_interval=1)
     flaky_app = python_app(support.flaky, executors=[kind])
     broken_app = python_app(support.broken, executors=[kind])
     with support.loaded(config) as dfk:
@@ -81,7 +85,11 @@ def test_every_try_recorded_then_strict_refuses_and_rerun_recomputes(workdir, ki
             broken.result()
         run1 = dfk.run_id
     assert summary == {"count": 50, "sum_of_squares": sum(i * i for i in range(1, 51))}
-    assert support.wait_no_descendants(before) == set(), "interchange or workers outlived cleanup"
+    assert support.wait_no_descendants(before) == {}, "interchange or workers outlived cleanup"
+    if kind == "htex":
+        with sqlite3.connect(workdir / "runinfo" / "monitoring.db") as db:
+            monitored = db.execute("SELECT count(*) FROM try WHERE run_id = ?", (run1,)).fetchone()[0]
+        assert monitored == 4 + 2 + 2  # the pipeline's, flaky's and broken's tries
 
     tries = records_of(url, run1)
     for stage in ("generate", "square", "total", "report"):
@@ -128,7 +136,7 @@ def test_every_try_recorded_then_strict_refuses_and_rerun_recomputes(workdir, ki
         assert futures["square"].task_record["from_memo"] is False
         assert futures["total"].task_record["from_memo"] is True  # same bytes again: a hit
         run3 = dfk.run_id
-    assert support.wait_no_descendants(before) == set()
+    assert support.wait_no_descendants(before) == {}
     tries = records_of(url, run3)
     (square,) = tries["square"]
     assert square.status == "succeeded"

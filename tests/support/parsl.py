@@ -56,14 +56,25 @@ def descendants(pid: int | None = None) -> set[int]:
     return found
 
 
-def wait_no_descendants(before: set[int], timeout: float = 20.0) -> set[int]:
-    """Descendants started since ``before`` that are still alive after ``timeout`` seconds."""
+def wait_no_descendants(before: set[int], timeout: float = 20.0) -> dict[int, str]:
+    """Descendants started since ``before`` still alive after ``timeout`` s: {pid: command line}."""
     deadline = time.monotonic() + timeout
     while True:
-        left = descendants() - before
+        # multiprocessing's resource tracker is one per interpreter (monitoring starts it)
+        # and lives until this process exits: not something a DataFlowKernel leaked.
+        left = {pid: _command(pid) for pid in descendants() - before}
+        left = {pid: cmd for pid, cmd in left.items() if "multiprocessing.resource_tracker" not in cmd}
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
 
 
 @contextlib.contextmanager
