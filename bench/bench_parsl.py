@@ -51,7 +51,7 @@ def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float]:
     executor = ThreadPoolExecutor(label="threads", max_threads=4)
     memoizer = BasicMemoizer()
     if variant != "plain":
-        ledger = ParslLedger(f"sqlite:///{tmp}/ledger.db")
+        ledger = ParslLedger(f"sqlite:///{tmp}/ledger.db", spool=f"{tmp}/spool")
         executor = ledger.wrap(executor)
         if variant == "+memo":
             memoizer = ledger.memoizer()
@@ -76,7 +76,7 @@ def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float]:
 
 
 def run_files(tmp: str, copies: int, lines: int, variant: str) -> float:
-    ledger = ParslLedger(f"sqlite:///{tmp}/ledger.db") if variant == "ledger" else None
+    ledger = ParslLedger(f"sqlite:///{tmp}/ledger.db", spool=f"{tmp}/spool") if variant == "ledger" else None
     executor = ThreadPoolExecutor(label="threads", max_threads=4)
     if ledger is None:
         config = Config(executors=[executor], memoizer=BasicMemoizer(memoize=False),

@@ -48,6 +48,7 @@ class ParslLedger:
         file_key: str = "content",
         capture: TaskCapture | None = None,
         threads: int = 2,
+        spool: str | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
@@ -55,7 +56,8 @@ class ParslLedger:
             raise ConfigError(f"unknown file_key {file_key!r}; choose path or content")
         self.policy = policy
         self.file_key = file_key
-        self.capture = capture or TaskCapture(url, engine="parsl", threads=threads)
+        # threads: the pool that hashes and journals; spool: None -> $LINEAGE_SPOOL or .lineage/spool
+        self.capture = capture or TaskCapture(url, engine="parsl", threads=threads, spool=spool)
         self._lock = threading.Lock()
         # Paths written by a successful try in this process: the ledger may not have their
         # records yet (write-behind), so the pre-launch check must not call them modified.
