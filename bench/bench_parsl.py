@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import parse_args
-
 import parsl
+from _common import parse_args
 from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.dataflow.memoization import BasicMemoizer
