@@ -44,8 +44,9 @@ def noop() -> None:
     return None
 
 
-def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float]:
-    """(seconds until all results, seconds until also all records are in the ledger)."""
+def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float, float, float]:
+    """Wall and CPU seconds (this process, all threads) until all results, and until also
+    every record is in the ledger: (wall, wall+flush, cpu, cpu+flush)."""
     ledger = None
     executor = ThreadPoolExecutor(label="threads", max_threads=4)
     memoizer = BasicMemoizer()
@@ -58,20 +59,20 @@ def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float]:
     dfk = parsl.load(config)
     try:
         app = python_app(noop, executors=["threads"])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         futures = [app() for _ in range(n)]
         for future in futures:
             future.result()
-        done = time.perf_counter() - start
+        done, cpu_done = time.perf_counter() - start, time.process_time() - cpu_start
         if ledger is not None:
             assert ledger.flush(timeout=120), "records did not reach the ledger in time"
-        flushed = time.perf_counter() - start
+        flushed, cpu_flushed = time.perf_counter() - start, time.process_time() - cpu_start
     finally:
         dfk.cleanup()
     if ledger is not None:
         ledger.close()
         assert ledger.capture.failures == 0
-    return done, flushed
+    return done, flushed, cpu_done, cpu_flushed
 
 
 def run_files(tmp: str, copies: int, lines: int, variant: str) -> float:
@@ -114,25 +115,35 @@ def main() -> int:
     variants = ["plain", "wrapped", "+memo"]
     done: dict[str, list[float]] = {v: [] for v in variants}
     flushed: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_flushed: dict[str, list[float]] = {v: [] for v in variants}
     files: dict[str, list[float]] = {"plain": [], "ledger": []}
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     for round_no in range(args.rounds):
         order = variants if round_no % 2 == 0 else variants[::-1]
         for variant in order:
             with tempfile.TemporaryDirectory() as tmp:
-                first, second = run_noops(tmp, n, variant)
-            done[variant].append(first)
-            flushed[variant].append(second)
+                wall, wall_flush, cpu_s, cpu_flush = run_noops(tmp, n, variant)
+            done[variant].append(wall)
+            flushed[variant].append(wall_flush)
+            cpu[variant].append(cpu_s)
+            cpu_flushed[variant].append(cpu_flush)
         for variant in (["plain", "ledger"] if round_no % 2 == 0 else ["ledger", "plain"]):
             with tempfile.TemporaryDirectory() as tmp:
                 files[variant].append(run_files(tmp, copies, lines, variant))
 
-    base = median(done["plain"])
+    base, cpu_base = median(done["plain"]), median(cpu["plain"])
     print(f"\nPart 1: {n} no-op python apps on ThreadPoolExecutor(max_threads=4), {args.rounds} rounds")
-    print(f"{'variant':<10} {'results s':>10} {'tasks/s':>9} {'ratio':>7} {'+flush s':>9} {'ratio':>7}")
+    print("wall: until every result / until every record is in the ledger too; cpu: process time, all threads")
+    print(f"{'variant':<10} {'wall s':>8} {'tasks/s':>8} {'ratio':>6} {'+flush':>7} {'ratio':>6}"
+          f" {'cpu s':>7} {'ratio':>6} {'+flush':>7} {'ratio':>6}")
     for variant in variants:
         d, f = median(done[variant]), median(flushed[variant])
-        print(f"{variant:<10} {d:>10.3f} {n / d:>9,.0f} {d / base:>7.3f} {f:>9.3f} {f / base:>7.3f}")
+        c, cf = median(cpu[variant]), median(cpu_flushed[variant])
+        print(f"{variant:<10} {d:>8.3f} {n / d:>8,.0f} {d / base:>6.3f} {f:>7.3f} {f / base:>6.3f}"
+              f" {c:>7.3f} {c / cpu_base:>6.3f} {cf:>7.3f} {cf / cpu_base:>6.3f}")
+    print("per-round wall ratios wrapped/plain:",
+          " ".join(f"{w / p:.2f}" for w, p in zip(done["wrapped"], done["plain"], strict=True)))
     ratio = median(done["wrapped"]) / base
     print(f"\nPart 2: {copies} pipelines x 4 stages ({lines}+ lines each), {args.rounds} rounds")
     plain_files = median(files["plain"])

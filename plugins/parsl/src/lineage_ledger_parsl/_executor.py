@@ -55,6 +55,15 @@ class LedgerExecutorMixin:
             log.exception("lineage-ledger: could not watch a task try; it runs unrecorded")
         return future
 
+    def start(self, *args: Any, **kwargs: Any) -> Any:
+        started = super().start(*args, **kwargs)  # type: ignore[misc]
+        # Open the ledger (and replay a crashed run's spool) now, not on the first result.
+        try:
+            self._lineage_ledger.capture.ledger
+        except Exception as err:  # noqa: BLE001 - each try will log why it is not recorded
+            log.error("lineage-ledger: cannot open the ledger; tries will not be recorded: %s", err)
+        return started
+
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().shutdown(*args, **kwargs)  # type: ignore[misc]
