@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 
 import pytest
 
@@ -220,6 +221,37 @@ def test_the_wrapper_stays_the_inner_executors_class():
         ParslLedger("memory://x", policy="sometimes")
     with pytest.raises(ConfigError, match="unknown file_key"):
         ParslLedger("memory://x", file_key="mtime")
+
+
+def test_files_are_hashed_on_the_captures_threads_not_parsls(workdir, monkeypatch):
+    import lineage_ledger._capture as capture_module
+
+    threads: list[str] = []
+    real_hash = capture_module.hash_file
+
+    def spy(path):
+        threads.append(threading.current_thread().name)
+        return real_hash(path)
+
+    monkeypatch.setattr(capture_module, "hash_file", spy)
+    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", file_key="path")
+    with support.loaded(pipeline.make_config(str(workdir), "threads", ledger)):
+        pipeline.run_pipeline(str(workdir), 5)
+    assert len(threads) == 4 + 4  # each stage's inputs and outputs (report reads two, others one)
+    assert all(name.startswith("lineage-capture") for name in threads), threads
+
+
+def test_one_parsl_ledger_for_two_runs_still_checks_the_first_runs_files(workdir):
+    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", policy="strict")
+    with support.loaded(pipeline.make_config(str(workdir), "threads", ledger)):
+        pipeline.run_pipeline(str(workdir), 5)
+    where = pipeline.paths(str(workdir))
+    with open(where["total.txt"], "w") as handle:
+        handle.write("999\n")
+    with support.loaded(pipeline.make_config(str(workdir), "threads", ledger)):
+        futures = pipeline.submit_pipeline(str(workdir), 5)
+        with pytest.raises(ArtifactMismatch, match="total.txt"):
+            futures["total"].result()
 
 
 def test_an_unusable_ledger_never_breaks_the_workflow(workdir, caplog):

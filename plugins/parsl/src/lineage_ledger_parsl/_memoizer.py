@@ -17,6 +17,7 @@ Everything else (lookup table, checkpoint files and modes) is ``BasicMemoizer``'
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -25,7 +26,15 @@ from parsl.data_provider.files import File
 from parsl.dataflow.memoization import BasicMemoizer, Memoizer
 from parsl.dataflow.taskrecord import TaskRecord
 
-from lineage_ledger import ArtifactMismatch, LedgerError, hash_file, utcnow, verify_before_run
+from lineage_ledger import (
+    ArtifactCheck,
+    ArtifactMismatch,
+    ChainBroken,
+    LedgerError,
+    hash_file,
+    utcnow,
+    verify_before_run,
+)
 
 from ._session import ParslLedger
 from ._tasks import task_files
@@ -35,6 +44,7 @@ __all__ = ["LedgerMemoizer"]
 log = logging.getLogger("lineage_ledger.parsl")
 
 _FILE_TAG = "lineage_ledger_parsl.File"
+_RACE_RETRIES = 5
 
 
 class LedgerMemoizer(Memoizer):
@@ -50,6 +60,7 @@ class LedgerMemoizer(Memoizer):
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
+        self.ledger.new_run()
         self.inner.start(run_dir=run_dir, config_run_dir=config_run_dir)
 
     def close(self) -> None:
@@ -130,10 +141,7 @@ class LedgerMemoizer(Memoizer):
         if not paths:
             return []
         try:
-            # strict is applied below, so that the refusal names the task as well as the files
-            checks = verify_before_run(
-                self.ledger.capture.ledger, paths, "warn" if policy == "strict" else policy  # type: ignore[arg-type]
-            )
+            checks = self._check(paths, policy)
         except LedgerError as err:  # the ledger cannot vouch for anything (broken chain, no back-end)
             if policy == "strict":
                 raise
@@ -151,6 +159,23 @@ class LedgerMemoizer(Memoizer):
             self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
             raise refusal
         return tampered
+
+    def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
+        # strict is applied by the caller, so that the refusal names the task as well as the files
+        mode = "warn" if policy == "strict" else policy
+        for attempt in range(_RACE_RETRIES):
+            try:
+                return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
+            except ChainBroken as err:
+                # The core's snapshot reads the blocks, then the head and the record count, in
+                # separate reads; our own recorder appending a block in between looks like a
+                # broken chain. A real break persists; a race does not.
+                if err.height is not None and "stops before the stored head" not in str(err):
+                    raise
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _record(
         self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = ()

@@ -88,6 +88,11 @@ class ParslLedger:
         with self._lock:
             self._produced.update(paths)
 
+    def new_run(self) -> None:
+        """A new DataFlowKernel starts: what the last one wrote is in the ledger by now."""
+        with self._lock:
+            self._produced.clear()
+
     def produced_here(self, path: str) -> bool:
         with self._lock:
             return path in self._produced
