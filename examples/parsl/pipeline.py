@@ -121,7 +121,8 @@ def run_pipeline(workdir: str, n: int = 100, *, plain: bool = False, executors: 
     return submit_pipeline(workdir, n, plain=plain, executors=executors)["report"].result()
 
 
-def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: bool = True, retries: int = 0) -> Config:
+def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: bool = True, retries: int = 0,
+                workers: int = 2) -> Config:
     """A config for ``executor`` ("threads" or "htex"), wrapped by ``ledger`` (a ParslLedger) if given."""
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
     from parsl.providers import LocalProvider
@@ -133,7 +134,7 @@ def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: 
 
             storage = [WorkerHashingStaging()]
         inner: Any = HighThroughputExecutor(
-            label="htex", address="127.0.0.1", max_workers_per_node=2, cores_per_worker=1,
+            label="htex", address="127.0.0.1", max_workers_per_node=workers, cores_per_worker=1,
             heartbeat_period=2, heartbeat_threshold=10, poll_period=100, encrypted=False,
             storage_access=storage,
             provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1),

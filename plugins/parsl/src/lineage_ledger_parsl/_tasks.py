@@ -111,12 +111,15 @@ _digests_lock = threading.Lock()
 
 
 def function_digest(func: Any) -> str | None:
-    """BLAKE3 of the app's source (for a bash app, its command template); cached per function."""
+    """BLAKE3 of the app's source (for a bash app, its command template); cached per function.
+
+    Staging wraps the app anew for every task, so the cache is keyed by the user's function.
+    """
+    user = app_function(func)
     try:
-        return _digests[func]
+        return _digests[user]
     except (KeyError, TypeError):
         pass
-    user = app_function(func)
     try:
         digest: str | None = code_digest(inspect.getsource(user))
     except (OSError, TypeError):  # built at runtime, no source file: name it instead
@@ -124,7 +127,7 @@ def function_digest(func: Any) -> str | None:
         digest = code_digest(name)
     try:
         with _digests_lock:
-            _digests[func] = digest
+            _digests[user] = digest
     except TypeError:  # unhashable callable
         pass
     return digest
