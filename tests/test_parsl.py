@@ -19,6 +19,7 @@ pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugin
 
 from lineage_ledger_parsl import ParslLedger, WorkerHashingStaging  # noqa: E402
 from parsl.app.app import python_app  # noqa: E402
+from parsl.config import Config  # noqa: E402
 from parsl.data_provider.files import File  # noqa: E402
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor  # noqa: E402
 from parsl.executors.status_handling import BlockProviderExecutor  # noqa: E402
@@ -249,6 +250,27 @@ def test_files_are_hashed_on_the_captures_threads_not_parsls(workdir, monkeypatc
         pipeline.run_pipeline(str(workdir), 5)
     assert len(threads) == 4 + 4  # each stage's inputs and outputs (report reads two, others one)
     assert all(name.startswith("lineage-capture") for name in threads), threads
+
+
+def test_worker_hashing_staging_sends_digests_back_with_the_result(workdir, monkeypatch):
+    import lineage_ledger._capture as capture_module
+
+    submit_side: list[str] = []
+    real_hash = capture_module.hash_file
+    monkeypatch.setattr(capture_module, "hash_file", lambda path: submit_side.append(path) or real_hash(path))
+    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", file_key="path")
+    threads = ThreadPoolExecutor(label="threads", max_threads=2, storage_access=[WorkerHashingStaging()])
+    config = Config(executors=[ledger.wrap(threads)], memoizer=ledger.memoizer(), run_dir=str(workdir / "runinfo"))
+    with support.loaded(config) as dfk:
+        summary = pipeline.run_pipeline(str(workdir), 7)
+        run_id = dfk.run_id
+    assert summary["count"] == 7
+    assert submit_side == []  # every digest came back from where the task ran
+    tries = records_of(f"sqlite:///{workdir / 'ledger.db'}", run_id)
+    for stage in ("generate", "square", "total", "report"):
+        (record,) = tries[stage]
+        assert record.extra["hashed_on"] == "worker"
+        assert_digests_match_disk(record)
 
 
 def test_one_parsl_ledger_for_two_runs_still_checks_the_first_runs_files(workdir):
