@@ -122,7 +122,7 @@ def run_pipeline(workdir: str, n: int = 100, *, plain: bool = False, executors: 
 
 
 def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: bool = True, retries: int = 0,
-                workers: int = 2) -> Config:
+                workers: int = 2, init_blocks: int = 1) -> Config:
     """A config for ``executor`` ("threads" or "htex"), wrapped by ``ledger`` (a ParslLedger) if given."""
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
     from parsl.providers import LocalProvider
@@ -137,7 +137,7 @@ def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: 
             label="htex", address="127.0.0.1", max_workers_per_node=workers, cores_per_worker=1,
             heartbeat_period=2, heartbeat_threshold=10, poll_period=100, encrypted=False,
             storage_access=storage,
-            provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1),
+            provider=LocalProvider(init_blocks=init_blocks, min_blocks=0, max_blocks=1),
         )
     else:
         inner = ThreadPoolExecutor(label="threads", max_threads=4)
@@ -147,9 +147,9 @@ def make_config(workdir: str, executor: str, ledger: Any = None, *, checkpoint: 
         from parsl.dataflow.memoization import BasicMemoizer
 
         return Config(executors=[inner], memoizer=BasicMemoizer(**options), run_dir=run_dir,
-                      retries=retries, usage_tracking=0)
+                      retries=retries, usage_tracking=0, strategy_period=1)
     return Config(executors=[ledger.wrap(inner)], memoizer=ledger.memoizer(**options), run_dir=run_dir,
-                  retries=retries, usage_tracking=0)
+                  retries=retries, usage_tracking=0, strategy_period=1)
 
 
 def main(argv: list[str] | None = None) -> int:
