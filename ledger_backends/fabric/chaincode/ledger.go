@@ -1,0 +1,237 @@
+package main
+
+// The provenance contract. State keys (simple keys, so that range scans work; every
+// component is hex, digits or a validated ledger name, and "/" sorts below every digit):
+//
+//	L/<ledger>/head                       height <TAB> block id <TAB> records so far
+//	L/<ledger>/b/<height:012>             block id <TAB> record count <TAB> header bytes
+//	L/<ledger>/bid/<block id>             height
+//	L/<ledger>/r/<height:012>/<pos:06>    record bytes
+//	L/<ledger>/id/<record id>             height <TAB> position
+//	L/<ledger>/x/<in|out>/p/<H(path)>/<height:012>/<pos:06>   the artifact's digest
+//	L/<ledger>/x/<in|out>/d/<digest>/<height:012>/<pos:06>    "1"
+//	L/<ledger>/run/<H(run id)>/<height:012>/<pos:06>           "1"
+//
+// Every append reads and rewrites the head key, so two transactions that build on the same
+// head cannot both commit: Fabric's MVCC validation marks the later one invalid
+// (MVCC_READ_CONFLICT), and the client rebuilds its block on the new head.
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
+)
+
+var ledgerName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,100}$`)
+var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// LedgerContract is the chaincode's one contract.
+type LedgerContract struct {
+	contractapi.Contract
+}
+
+type header struct {
+	V          int     `json:"v"`
+	Height     int64   `json:"height"`
+	Prev       *string `json:"prev"`
+	MerkleRoot string  `json:"merkle_root"`
+	Time       string  `json:"time"`
+	Count      int     `json:"count"`
+}
+
+type recordKeys struct {
+	V       int                       `json:"v"`
+	RunID   string                    `json:"run_id"`
+	Inputs  map[string]map[string]any `json:"inputs"`
+	Outputs map[string]map[string]any `json:"outputs"`
+}
+
+type chainHead struct {
+	Height  int64
+	ID      string
+	Records int64
+}
+
+func prefix(ledger string) (string, error) {
+	if !ledgerName.MatchString(ledger) {
+		return "", fmt.Errorf("bad ledger name %q: use letters, digits, '.', '_' and '-'", ledger)
+	}
+	return "L/" + ledger + "/", nil
+}
+
+func place(height int64, position int) string {
+	return fmt.Sprintf("%012d/%06d", height, position)
+}
+
+func conflict(format string, args ...any) error {
+	return fmt.Errorf("CONFLICT: "+format, args...)
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("INVALID: "+format, args...)
+}
+
+func readHead(ctx contractapi.TransactionContextInterface, p string) (*chainHead, error) {
+	raw, err := ctx.GetStub().GetState(p + "head")
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	fields := strings.Split(string(raw), "\t")
+	if len(fields) != 3 {
+		return nil, fmt.Errorf("corrupt head entry %q", raw)
+	}
+	height, _ := strconv.ParseInt(fields[0], 10, 64)
+	records, _ := strconv.ParseInt(fields[2], 10, 64)
+	return &chainHead{Height: height, ID: fields[1], Records: records}, nil
+}
+
+// Append stores consecutive blocks on the current head in one transaction, all or nothing.
+// Blocks already stored under the same id are skipped, so a retried append is harmless.
+func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, ledger string, payload string) (string, error) {
+	if _, err := mayWrite(ctx); err != nil {
+		return "", err
+	}
+	p, err := prefix(ledger)
+	if err != nil {
+		return "", err
+	}
+	blocks, err := decodeBlocks(payload)
+	if err != nil {
+		return "", invalid("%v", err)
+	}
+	stub := ctx.GetStub()
+	head, err := readHead(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	next, prevID, total := int64(0), "", int64(0)
+	if head != nil {
+		next, prevID, total = head.Height+1, head.ID, head.Records
+	}
+	seen := map[string]bool{}
+	stored := 0
+	for _, block := range blocks {
+		if block.Height < next {
+			existing, err := stub.GetState(p + "b/" + fmt.Sprintf("%012d", block.Height))
+			if err != nil {
+				return "", err
+			}
+			if existing != nil && strings.HasPrefix(string(existing), block.ID+"\t") {
+				continue // already stored: idempotent re-append
+			}
+			return "", conflict("height %d is taken by another block", block.Height)
+		}
+		if block.Height != next {
+			return "", conflict("block %d does not follow the head (next height is %d)", block.Height, next)
+		}
+		if err := checkBlock(block, prevID); err != nil {
+			return "", err
+		}
+		for position, record := range block.Records {
+			if seen[record.ID] {
+				return "", conflict("record %.16s appears twice in this append", record.ID)
+			}
+			seen[record.ID] = true
+			taken, err := stub.GetState(p + "id/" + record.ID)
+			if err != nil {
+				return "", err
+			}
+			if taken != nil {
+				return "", conflict("record %.16s is already stored", record.ID)
+			}
+			if err := storeRecord(ctx, p, block.Height, position, record); err != nil {
+				return "", err
+			}
+		}
+		h := fmt.Sprintf("%012d", block.Height)
+		if err := stub.PutState(p+"b/"+h, []byte(block.ID+"\t"+strconv.Itoa(len(block.Records))+"\t"+block.Header)); err != nil {
+			return "", err
+		}
+		if err := stub.PutState(p+"bid/"+block.ID, []byte(strconv.FormatInt(block.Height, 10))); err != nil {
+			return "", err
+		}
+		next, prevID, total = block.Height+1, block.ID, total+int64(len(block.Records))
+		stored++
+	}
+	if stored > 0 {
+		value := fmt.Sprintf("%d\t%s\t%d", next-1, prevID, total)
+		if err := stub.PutState(p+"head", []byte(value)); err != nil {
+			return "", err
+		}
+	}
+	return strconv.Itoa(stored), nil
+}
+
+// checkBlock recomputes what the core computed: the block id from the header bytes, each
+// record id from the record bytes, the Merkle root over the ids, the count and the link.
+func checkBlock(block wireBlock, prevID string) error {
+	if !hex64.MatchString(block.ID) || digestHex([]byte(block.Header)) != block.ID {
+		return invalid("block %d: header does not hash to the block id", block.Height)
+	}
+	var h header
+	if err := json.Unmarshal([]byte(block.Header), &h); err != nil {
+		return invalid("block %d: header is not JSON: %v", block.Height, err)
+	}
+	if h.V != 1 || h.Height != block.Height {
+		return invalid("block %d: header says version %d, height %d", block.Height, h.V, h.Height)
+	}
+	if (h.Prev == nil) != (prevID == "") || (h.Prev != nil && *h.Prev != prevID) {
+		return conflict("block %d: previous-block link does not name the head", block.Height)
+	}
+	if h.Count != len(block.Records) {
+		return invalid("block %d: header counts %d records, %d sent", block.Height, h.Count, len(block.Records))
+	}
+	ids := make([]string, len(block.Records))
+	for i, record := range block.Records {
+		if !hex64.MatchString(record.ID) || digestHex([]byte(record.Body)) != record.ID {
+			return invalid("block %d: record %d does not hash to its id %.16s", block.Height, i, record.ID)
+		}
+		ids[i] = record.ID
+	}
+	root, err := merkleRoot(ids)
+	if err != nil {
+		return invalid("block %d: %v", block.Height, err)
+	}
+	if root != h.MerkleRoot {
+		return invalid("block %d: Merkle root does not match its records", block.Height)
+	}
+	return nil
+}
+
+func storeRecord(ctx contractapi.TransactionContextInterface, p string, height int64, position int, record wireRecord) error {
+	var keys recordKeys
+	if err := json.Unmarshal([]byte(record.Body), &keys); err != nil {
+		return invalid("record %.16s is not JSON: %v", record.ID, err)
+	}
+	if keys.V != 1 {
+		return invalid("record %.16s has unsupported version %d", record.ID, keys.V)
+	}
+	stub := ctx.GetStub()
+	at := place(height, position)
+	puts := [][2]string{
+		{p + "r/" + at, record.Body},
+		{p + "id/" + record.ID, fmt.Sprintf("%d\t%d", height, position)},
+		{p + "run/" + digestHex([]byte(keys.RunID)) + "/" + at, "1"},
+	}
+	for role, artifacts := range map[string]map[string]map[string]any{"in": keys.Inputs, "out": keys.Outputs} {
+		for path, entry := range artifacts {
+			digest, _ := entry["blake3"].(string)
+			if !hex64.MatchString(digest) {
+				return invalid("record %.16s: %s artifact %q has no valid digest", record.ID, role, path)
+			}
+			puts = append(puts,
+				[2]string{p + "x/" + role + "/p/" + digestHex([]byte(path)) + "/" + at, digest},
+				[2]string{p + "x/" + role + "/d/" + digest + "/" + at, "1"})
+		}
+	}
+	for _, kv := range puts {
+		if err := stub.PutState(kv[0], []byte(kv[1])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
