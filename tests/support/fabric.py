@@ -380,6 +380,27 @@ class FabricNetwork:
         self._retry(lambda: self._run("peer", "lifecycle", "chaincode", "commit", *orderer, *definition, *peers,
                                       env=self.admin_env(self.orgs[0])))
 
+    # -- identities and connection profiles -------------------------------------------------
+    def profile_url(self, name: str, org: Org, certificate: Path, key: Path, ledger: str) -> str:
+        profile = {"endpoint": org.address, "tls_ca": str(org.tls_ca), "msp_id": org.msp_id,
+                   "certificate": str(certificate), "private_key": str(key), "channel": CHANNEL,
+                   "chaincode": CHAINCODE, "ledger": ledger, "timeout": 30}
+        path = self.base / "profiles" / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(profile, indent=1))
+        return f"fabric://{path}"
+
+    def cryptogen_url(self, org: Org, user: str, ledger: str) -> str:
+        """A profile for a user cryptogen made (``Admin`` is the MSP admin, ``User1`` a plain client)."""
+        msp = org.user_msp(user)
+        certificate = msp / "signcerts" / f"{user}@{org.domain}-cert.pem"
+        return self.profile_url(f"{user}-{org.name}", org, certificate, msp / "keystore" / "priv_sk", ledger)
+
+    def client_url(self, org: Org, name: str, role: str | None, ledger: str) -> str:
+        """A client enrolled by the org's CA with ``lineage.role`` = role (none if None)."""
+        certificate, key = issue_client_certificate(org, name, role, self.base / "clients")
+        return self.profile_url(f"{name}-{org.name}", org, certificate, key, ledger)
+
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
         for process in self.processes.values():
@@ -403,3 +424,44 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+
+
+def issue_client_certificate(org: Org, name: str, role: str | None, directory: Path) -> tuple[Path, Path]:
+    """Sign a client certificate with the org's CA, as Fabric CA would on enrolment.
+
+    The role travels in the attribute extension Fabric CA writes (OID 1.2.3.4.5.6.7.8.1, JSON
+    ``{"attrs": {...}}``), which the chaincode reads through Fabric's client identity library.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(org.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(org.ca_key.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"{name}@{org.domain}")])
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                              critical=False))
+    if role is not None:
+        attrs = json.dumps({"attrs": {"lineage.role": role}}).encode()
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4.5.6.7.8.1"), attrs), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}-{org.name}-cert.pem", directory / f"{name}-{org.name}-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
