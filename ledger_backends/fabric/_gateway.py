@@ -1,3 +1,5 @@
+# The generated *_pb2 modules ship py.typed without stubs, so mypy sees none of their classes.
+# mypy: disable-error-code="attr-defined,name-defined"
 """A small client for Fabric's Gateway gRPC service (Fabric 2.4+), from its protobufs.
 
 The Fabric SDK for Python is unmaintained; the Gateway service on every peer does the work
@@ -32,7 +34,7 @@ from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, transaction_pb2
 from google.protobuf import timestamp_pb2
 
-__all__ = ["GatewayCallError", "GatewayClient", "Signer", "TransactionInvalid"]
+__all__ = ["GatewayCallError", "GatewayClient", "Prepared", "Signer", "TransactionInvalid"]
 
 # Order of the P-256 group: a signature's S must be at most half of it.
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -80,6 +82,14 @@ class TransactionInvalid(Exception):
         self.transaction_id, self.code = transaction_id, code
         self.code_name = transaction_pb2.TxValidationCode.Name(code)
         super().__init__(f"transaction {transaction_id[:16]} was invalidated: {self.code_name}")
+
+
+@dataclass
+class Prepared:
+    """An endorsed transaction, signed by us, not yet handed to the orderer."""
+
+    transaction_id: str
+    envelope: common_pb2.Envelope
 
 
 @dataclass
@@ -143,7 +153,7 @@ class GatewayClient:
 
     def __init__(self, endpoint: str, tls_ca_pem: bytes, signer: Signer, channel: str, chaincode: str,
                  *, server_name: str | None = None, timeout: float = 60.0) -> None:
-        options = [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        options: list[tuple[str, object]] = [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE),
                    ("grpc.keepalive_time_ms", 60_000)]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -196,21 +206,30 @@ class GatewayClient:
             proposed_transaction=proposal.signed))
         return response.result.payload
 
-    def submit(self, function: str, *args: bytes) -> int:
-        """Endorse, order and wait until committed; returns the Fabric block number."""
+    def endorse(self, function: str, *args: bytes) -> Prepared:
+        """Collect the endorsements the chaincode's policy needs; nothing is ordered yet."""
         proposal = self._proposal(function, args)
         endorsed = self._call("Endorse", gateway_pb2.EndorseRequest(
             transaction_id=proposal.transaction_id, channel_id=self.channel,
             proposed_transaction=proposal.signed))
         envelope = endorsed.prepared_transaction
         envelope.signature = self.signer.sign(envelope.payload)
+        return Prepared(proposal.transaction_id, envelope)
+
+    def commit(self, prepared: Prepared) -> int:
+        """Order an endorsed transaction and wait for our peer's verdict; the block number."""
         self._call("Submit", gateway_pb2.SubmitRequest(
-            transaction_id=proposal.transaction_id, channel_id=self.channel, prepared_transaction=envelope))
+            transaction_id=prepared.transaction_id, channel_id=self.channel,
+            prepared_transaction=prepared.envelope))
         request = gateway_pb2.CommitStatusRequest(
-            transaction_id=proposal.transaction_id, channel_id=self.channel, identity=self.signer.creator
+            transaction_id=prepared.transaction_id, channel_id=self.channel, identity=self.signer.creator
         ).SerializeToString()
         status = self._call("CommitStatus", gateway_pb2.SignedCommitStatusRequest(
             request=request, signature=self.signer.sign(request)))
         if status.result != transaction_pb2.TxValidationCode.VALID:
-            raise TransactionInvalid(proposal.transaction_id, status.result)
+            raise TransactionInvalid(prepared.transaction_id, status.result)
         return status.block_number
+
+    def submit(self, function: str, *args: bytes) -> int:
+        """Endorse, order and wait until committed; returns the Fabric block number."""
+        return self.commit(self.endorse(function, *args))
