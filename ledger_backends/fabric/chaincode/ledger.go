@@ -1,16 +1,22 @@
 package main
 
 // The provenance contract. State keys (simple keys, so that range scans work; every
-// component is hex, digits or a validated ledger name, and "/" sorts below every digit):
+// component is hex, digits or a validated ledger name, and "/" sorts below all of them):
 //
-//	L/<ledger>/head                       height <TAB> block id <TAB> records so far
-//	L/<ledger>/b/<height:012>             block id <TAB> record count <TAB> header bytes
-//	L/<ledger>/bid/<block id>             height
-//	L/<ledger>/r/<height:012>/<pos:06>    record bytes
-//	L/<ledger>/id/<record id>             height <TAB> position
-//	L/<ledger>/x/<in|out>/p/<H(path)>/<height:012>/<pos:06>   the artifact's digest
-//	L/<ledger>/x/<in|out>/d/<digest>/<height:012>/<pos:06>    "1"
-//	L/<ledger>/run/<H(run id)>/<height:012>/<pos:06>           "1"
+//	L/<ledger>/head                      height <TAB> block id <TAB> records so far
+//	L/<ledger>/b/<height:012>            block id <TAB> count <TAB> header, then one line per record body
+//	L/<ledger>/bid/<block id>            height
+//	L/<ledger>/id/<record id>            height <TAB> position
+//	L/<ledger>/run/<H(run id)>/<height:012>                positions in that block, comma-separated
+//	L/<ledger>/xp/<in|out>/<bucket of H(path)>/<height:012>      lines: H(path) <TAB> position <TAB> digest
+//	L/<ledger>/xd/<in|out>/<digest[:1]>/<height:012>       lines: digest <TAB> position
+//
+// Every PutState and GetState is a round trip between this process and the peer (Fabric
+// 2.5 has no batched state calls), and that, not hashing, is what an append costs. So a
+// record costs two (its id key: read to refuse duplicates, then written); bodies travel in
+// the block's one key; artifact indexes are grouped per block into hash buckets, one key
+// per bucket touched. A path look-up reads one bucket per block; digest-only look-ups,
+// which the core rarely makes, read a 16th of the digest index.
 //
 // Every append reads and rewrites the head key, so two transactions that build on the same
 // head cannot both commit: Fabric's MVCC validation marks the later one invalid
@@ -20,6 +26,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -131,6 +138,9 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 		if err := checkBlock(block, prevID); err != nil {
 			return "", err
 		}
+		index := newBlockIndex()
+		var body strings.Builder
+		fmt.Fprintf(&body, "%s\t%d\t%s\n", block.ID, len(block.Records), block.Header)
 		for position, record := range block.Records {
 			if seen[record.ID] {
 				return "", conflict("record %.16s appears twice in this append", record.ID)
@@ -143,15 +153,23 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 			if taken != nil {
 				return "", conflict("record %.16s is already stored", record.ID)
 			}
-			if err := storeRecord(ctx, p, block.Height, position, record); err != nil {
+			if err := stub.PutState(p+"id/"+record.ID, []byte(fmt.Sprintf("%d\t%d", block.Height, position))); err != nil {
 				return "", err
 			}
+			if err := index.add(record, position); err != nil {
+				return "", err
+			}
+			body.WriteString(record.Body)
+			body.WriteByte('\n')
 		}
 		h := fmt.Sprintf("%012d", block.Height)
-		if err := stub.PutState(p+"b/"+h, []byte(block.ID+"\t"+strconv.Itoa(len(block.Records))+"\t"+block.Header)); err != nil {
+		if err := stub.PutState(p+"b/"+h, []byte(body.String())); err != nil {
 			return "", err
 		}
 		if err := stub.PutState(p+"bid/"+block.ID, []byte(strconv.FormatInt(block.Height, 10))); err != nil {
+			return "", err
+		}
+		if err := index.store(ctx, p, h); err != nil {
 			return "", err
 		}
 		next, prevID, total = block.Height+1, block.ID, total+int64(len(block.Records))
@@ -202,7 +220,38 @@ func checkBlock(block wireBlock, prevID string) error {
 	return nil
 }
 
-func storeRecord(ctx contractapi.TransactionContextInterface, p string, height int64, position int, record wireRecord) error {
+// pathBucket spreads paths over 64 buckets: one key per bucket touched per block, and a
+// path look-up reads one 64th of each block's path index.
+func pathBucket(pathHash string) string {
+	return fmt.Sprintf("%02x", (fromHex(pathHash[0])<<4|fromHex(pathHash[1]))&0x3f)
+}
+
+func fromHex(c byte) int {
+	if c >= 'a' {
+		return int(c-'a') + 10
+	}
+	return int(c - '0')
+}
+
+// blockIndex gathers one block's index entries by key, to write each key once.
+type blockIndex struct {
+	entries map[string]*strings.Builder // key suffix (before the height) -> value
+}
+
+func newBlockIndex() *blockIndex {
+	return &blockIndex{entries: map[string]*strings.Builder{}}
+}
+
+func (ix *blockIndex) line(key string, format string, args ...any) {
+	sb := ix.entries[key]
+	if sb == nil {
+		sb = &strings.Builder{}
+		ix.entries[key] = sb
+	}
+	fmt.Fprintf(sb, format, args...)
+}
+
+func (ix *blockIndex) add(record wireRecord, position int) error {
 	var keys recordKeys
 	if err := json.Unmarshal([]byte(record.Body), &keys); err != nil {
 		return invalid("record %.16s is not JSON: %v", record.ID, err)
@@ -210,26 +259,39 @@ func storeRecord(ctx contractapi.TransactionContextInterface, p string, height i
 	if keys.V != 1 {
 		return invalid("record %.16s has unsupported version %d", record.ID, keys.V)
 	}
-	stub := ctx.GetStub()
-	at := place(height, position)
-	puts := [][2]string{
-		{p + "r/" + at, record.Body},
-		{p + "id/" + record.ID, fmt.Sprintf("%d\t%d", height, position)},
-		{p + "run/" + digestHex([]byte(keys.RunID)) + "/" + at, "1"},
+	runKey := "run/" + digestHex([]byte(keys.RunID)) + "/"
+	if ix.entries[runKey] != nil {
+		ix.line(runKey, ",")
 	}
-	for role, artifacts := range map[string]map[string]map[string]any{"in": keys.Inputs, "out": keys.Outputs} {
-		for path, entry := range artifacts {
+	ix.line(runKey, "%d", position)
+	// Go randomises map order; both orgs' peers must write identical values, so sort.
+	for _, side := range []struct {
+		role      string
+		artifacts map[string]map[string]any
+	}{{"in", keys.Inputs}, {"out", keys.Outputs}} {
+		role, artifacts := side.role, side.artifacts
+		paths := make([]string, 0, len(artifacts))
+		for path := range artifacts {
+			paths = append(paths, path)
+		}
+		sort.Strings(paths)
+		for _, path := range paths {
+			entry := artifacts[path]
 			digest, _ := entry["blake3"].(string)
 			if !hex64.MatchString(digest) {
 				return invalid("record %.16s: %s artifact %q has no valid digest", record.ID, role, path)
 			}
-			puts = append(puts,
-				[2]string{p + "x/" + role + "/p/" + digestHex([]byte(path)) + "/" + at, digest},
-				[2]string{p + "x/" + role + "/d/" + digest + "/" + at, "1"})
+			pathHash := digestHex([]byte(path))
+			ix.line("xp/"+role+"/"+pathBucket(pathHash)+"/", "%s\t%d\t%s\n", pathHash, position, digest)
+			ix.line("xd/"+role+"/"+digest[:1]+"/", "%s\t%d\n", digest, position)
 		}
 	}
-	for _, kv := range puts {
-		if err := stub.PutState(kv[0], []byte(kv[1])); err != nil {
+	return nil
+}
+
+func (ix *blockIndex) store(ctx contractapi.TransactionContextInterface, p string, height string) error {
+	for key, value := range ix.entries {
+		if err := ctx.GetStub().PutState(p+key+height, []byte(value.String())); err != nil {
 			return err
 		}
 	}

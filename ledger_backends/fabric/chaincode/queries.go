@@ -55,37 +55,31 @@ func (c *LedgerContract) Blocks(ctx contractapi.TransactionContextInterface, led
 			return "", err
 		}
 		height, _ := strconv.ParseInt(kv.Key[strings.LastIndexByte(kv.Key, '/')+1:], 10, 64)
-		fields := strings.SplitN(string(kv.Value), "\t", 3)
-		if len(fields) != 3 {
-			return "", fmt.Errorf("corrupt block entry at height %d", height)
-		}
-		block := wireBlock{Height: height, ID: fields[0], Header: fields[2]}
-		records, err := blockRecords(ctx, p, height)
+		block, err := parseStoredBlock(height, kv.Value)
 		if err != nil {
 			return "", err
 		}
-		block.Records = records
 		encodeBlock(&sb, block)
 	}
 	return sb.String(), nil
 }
 
-func blockRecords(ctx contractapi.TransactionContextInterface, p string, height int64) ([]wireRecord, error) {
-	h := fmt.Sprintf("%012d/", height)
-	it, err := ctx.GetStub().GetStateByRange(p+"r/"+h, rangeEnd(p+"r/"+h))
-	if err != nil {
-		return nil, err
+// parseStoredBlock reads a "b/<height>" value: "id <TAB> count <TAB> header", then bodies.
+func parseStoredBlock(height int64, value []byte) (wireBlock, error) {
+	lines := strings.Split(strings.TrimSuffix(string(value), "\n"), "\n")
+	first := strings.SplitN(lines[0], "\t", 3)
+	if len(first) != 3 {
+		return wireBlock{}, fmt.Errorf("corrupt block entry at height %d", height)
 	}
-	defer it.Close()
-	var records []wireRecord
-	for it.HasNext() {
-		kv, err := it.Next()
-		if err != nil {
-			return nil, err
-		}
-		records = append(records, wireRecord{ID: digestHex(kv.Value), Body: string(kv.Value)})
+	count, _ := strconv.Atoi(first[1])
+	if len(lines)-1 != count {
+		return wireBlock{}, fmt.Errorf("block %d holds %d records, its entry says %d", height, len(lines)-1, count)
 	}
-	return records, nil
+	block := wireBlock{Height: height, ID: first[0], Header: first[2], Records: make([]wireRecord, count)}
+	for i, body := range lines[1:] {
+		block.Records[i] = wireRecord{ID: digestHex([]byte(body)), Body: body}
+	}
+	return block, nil
 }
 
 // BlockByID returns one block (wire format) by its id, or "" when there is none.
@@ -143,18 +137,23 @@ func (c *LedgerContract) Find(ctx contractapi.TransactionContextInterface, ledge
 	if role != "in" && role != "out" {
 		return "", invalid("role must be \"in\" or \"out\", got %q", role)
 	}
-	var scan string
+	var places []string
 	switch {
 	case path != "":
-		scan = p + "x/" + role + "/p/" + digestHex([]byte(path)) + "/"
+		pathHash := digestHex([]byte(path))
+		places, err = scanIndex(ctx, p+"xp/"+role+"/"+pathBucket(pathHash)+"/", func(fields []string) bool {
+			return len(fields) == 3 && fields[0] == pathHash && (digest == "" || fields[2] == digest)
+		})
 	case digest != "":
-		scan = p + "x/" + role + "/d/" + digest + "/"
+		if !hex64.MatchString(digest) {
+			return "", nil // no record has an artifact with a malformed digest
+		}
+		places, err = scanIndex(ctx, p+"xd/"+role+"/"+digest[:1]+"/", func(fields []string) bool {
+			return len(fields) == 2 && fields[0] == digest
+		})
 	default:
-		scan = p + "x/" + role + "/p/"
+		places, err = scanIndex(ctx, p+"xp/"+role+"/", func([]string) bool { return true })
 	}
-	places, err := scanPlaces(ctx, scan, func(value []byte) bool {
-		return path == "" || digest == "" || string(value) == digest
-	})
 	if err != nil {
 		return "", err
 	}
@@ -170,9 +169,23 @@ func (c *LedgerContract) ByRun(ctx contractapi.TransactionContextInterface, ledg
 	if err != nil {
 		return "", err
 	}
-	places, err := scanPlaces(ctx, p+"run/"+digestHex([]byte(runID))+"/", nil)
+	scan := p + "run/" + digestHex([]byte(runID)) + "/"
+	it, err := ctx.GetStub().GetStateByRange(scan, rangeEnd(scan))
 	if err != nil {
 		return "", err
+	}
+	defer it.Close()
+	var places []string
+	for it.HasNext() {
+		kv, err := it.Next()
+		if err != nil {
+			return "", err
+		}
+		height, _ := strconv.ParseInt(kv.Key[len(scan):], 10, 64)
+		for _, position := range strings.Split(string(kv.Value), ",") {
+			pos, _ := strconv.Atoi(position)
+			places = append(places, place(height, pos))
+		}
 	}
 	return locate(ctx, p, places)
 }
@@ -209,9 +222,10 @@ func (c *LedgerContract) ByIDPrefix(ctx contractapi.TransactionContextInterface,
 	return locate(ctx, p, places)
 }
 
-// scanPlaces collects the "<height>/<position>" tails of the keys under scan, keeping those
-// whose value passes keep (nil keeps all), de-duplicated and in ledger order.
-func scanPlaces(ctx contractapi.TransactionContextInterface, scan string, keep func([]byte) bool) ([]string, error) {
+// scanIndex reads every per-block bucket under scan (keys end in "/<height:012>"), keeps
+// the lines whose tab-separated fields pass keep (the position is the second field), and
+// returns "<height>/<position>" places, de-duplicated, in ledger order.
+func scanIndex(ctx contractapi.TransactionContextInterface, scan string, keep func([]string) bool) ([]string, error) {
 	it, err := ctx.GetStub().GetStateByRange(scan, rangeEnd(scan))
 	if err != nil {
 		return nil, err
@@ -223,10 +237,14 @@ func scanPlaces(ctx contractapi.TransactionContextInterface, scan string, keep f
 		if err != nil {
 			return nil, err
 		}
-		if keep != nil && !keep(kv.Value) {
-			continue
+		height, _ := strconv.ParseInt(kv.Key[strings.LastIndexByte(kv.Key, '/')+1:], 10, 64)
+		for _, line := range strings.Split(strings.TrimSuffix(string(kv.Value), "\n"), "\n") {
+			fields := strings.Split(line, "\t")
+			if len(fields) >= 2 && keep(fields) {
+				pos, _ := strconv.Atoi(fields[1])
+				unique[place(height, pos)] = true
+			}
 		}
-		unique[kv.Key[len(kv.Key)-len("000000000000/000000"):]] = true
 	}
 	places := make([]string, 0, len(unique))
 	for at := range unique {
@@ -236,19 +254,33 @@ func scanPlaces(ctx contractapi.TransactionContextInterface, scan string, keep f
 	return places, nil
 }
 
+// locate answers records at "<height:012>/<position:06>" places (sorted), reading each
+// block's entry once.
 func locate(ctx contractapi.TransactionContextInterface, p string, places []string) (string, error) {
 	items := make([]located, 0, len(places))
+	var current wireBlock
+	loaded := int64(-1)
 	for _, at := range places {
-		body, err := ctx.GetStub().GetState(p + "r/" + at)
-		if err != nil {
-			return "", err
-		}
-		if body == nil {
-			return "", fmt.Errorf("index names record %s, which is missing", at)
-		}
 		height, _ := strconv.ParseInt(at[:12], 10, 64)
 		position, _ := strconv.Atoi(at[13:])
-		items = append(items, located{Height: height, Position: position, ID: digestHex(body), Body: string(body)})
+		if height != loaded {
+			value, err := ctx.GetStub().GetState(p + "b/" + at[:12])
+			if err != nil {
+				return "", err
+			}
+			if value == nil {
+				return "", fmt.Errorf("index names block %d, which is missing", height)
+			}
+			if current, err = parseStoredBlock(height, value); err != nil {
+				return "", err
+			}
+			loaded = height
+		}
+		if position >= len(current.Records) {
+			return "", fmt.Errorf("index names record %s, outside its block", at)
+		}
+		record := current.Records[position]
+		items = append(items, located{Height: height, Position: position, ID: record.ID, Body: record.Body})
 	}
 	return encodeLocated(items), nil
 }
