@@ -7,7 +7,6 @@ provenance chaincode deployed as a service. Each test uses a ledger of its own n
 from __future__ import annotations
 
 import itertools
-import shutil
 import threading
 
 import pytest
@@ -16,7 +15,7 @@ from lineage_ledger import AppendConflict, BackendUnavailable, build_block, open
 from lineage_ledger.backends import open_backend
 from tests.backend_conformance import BackendConformance, chain_of
 from tests.conftest import run_cli
-from tests.support.fabric import FabricNetwork, fabric_binaries
+from tests.support.fabric import FabricNetwork, fabric_binaries, go_binary
 from tests.support.factories import make_records
 
 pytestmark = [pytest.mark.fabric, pytest.mark.timeout(600)]
@@ -29,7 +28,7 @@ def fabric_network(tmp_path_factory):
     bin_dir = fabric_binaries()
     if bin_dir is None:
         pytest.skip("no Fabric 2.5 binaries in the cache: run `make install-fabric` (Go module proxy build)")
-    if shutil.which("go") is None:
+    if go_binary() is None:
         pytest.skip("no Go toolchain to build the chaincode")
     network = FabricNetwork(tmp_path_factory.mktemp("fabric"), bin_dir)
     try:

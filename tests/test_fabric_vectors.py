@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from tests.support.fabric import CHAINCODE_SRC
+from tests.support.fabric import CHAINCODE_SRC, go_binary
 from tests.support.fabric_vectors import VECTORS, build_vectors, render
 
 
@@ -23,10 +22,11 @@ def test_vector_file_matches_the_core():
 
 @pytest.mark.fabric
 def test_chaincode_go_tests_pass_on_the_vectors():
-    if shutil.which("go") is None:
+    go = go_binary()
+    if go is None:
         pytest.skip("no Go toolchain")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
-    result = subprocess.run(["go", "test", "-count=1", "./..."], cwd=CHAINCODE_SRC, env=env,
+    result = subprocess.run([go, "test", "-count=1", "./..."], cwd=CHAINCODE_SRC, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok" in result.stdout

@@ -28,6 +28,7 @@ _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
 _KNOWN_CHUNK = 2000
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_UNREACHABLE_MESSAGES = ("connection refused", "failed to connect", "no combination of peers")
 _CONFLICT_CODES = {"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT", "DUPLICATE_TXID"}
 
 
@@ -111,7 +112,8 @@ class FabricBackend(Backend):
             return AppendConflict(f"{where}: {_chaincode_message(exc, 'CONFLICT:')}")
         if "INVALID:" in text:
             return InvalidBlock(f"{where}: {action} refused: {_chaincode_message(exc, 'INVALID:')}")
-        if exc.code in _UNREACHABLE or "connection refused" in text or "failed to connect" in text:
+        # "no combination of peers": the gateway cannot reach enough endorsers right now.
+        if exc.code in _UNREACHABLE or any(m in text for m in _UNREACHABLE_MESSAGES):
             return BackendUnavailable(f"{where} is unreachable ({exc.code.name}): {exc}")
         return BackendError(f"{where}: {action} failed: {exc}")
 

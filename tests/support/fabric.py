@@ -75,6 +75,13 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s; log:\n{log.read_text()[-3000:]}")
 
 
+def go_binary() -> str | None:
+    found = shutil.which("go")
+    if found is None and os.access("/usr/local/go/bin/go", os.X_OK):
+        found = "/usr/local/go/bin/go"
+    return found
+
+
 def build_chaincode() -> Path:
     """Compile the chaincode once per source version into the cache (Go caches stay outside)."""
     digest = hashlib.sha256()
@@ -86,7 +93,7 @@ def build_chaincode() -> Path:
         binary.parent.mkdir(parents=True, exist_ok=True)
         partial = binary.with_suffix(".partial")
         env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
-        subprocess.run(["go", "build", "-trimpath", "-o", str(partial), "."], cwd=CHAINCODE_SRC, env=env,
+        subprocess.run([go_binary() or "go", "build", "-trimpath", "-o", str(partial), "."], cwd=CHAINCODE_SRC, env=env,
                        check=True, capture_output=True, timeout=600)
         partial.rename(binary)
     return binary
@@ -314,12 +321,23 @@ class FabricNetwork:
             CORE_OPERATIONS_LISTENADDRESS=f"127.0.0.1:{org.operations_port}", CORE_METRICS_PROVIDER="disabled",
             CORE_VM_ENDPOINT="",  # no Docker: chaincode runs as a service
             CORE_PEER_GATEWAY_ENABLED="true",
+            # Gossip is how one org's gateway learns the other org's peer (needed for MAJORITY
+            # endorsement). Its defaults retry a failed connection after 25 s; on loopback,
+            # short intervals make the network ready in seconds and notice a restarted peer.
+            CORE_PEER_GOSSIP_RECONNECTINTERVAL="1s", CORE_PEER_GOSSIP_ALIVETIMEINTERVAL="1s",
+            CORE_PEER_GOSSIP_ALIVEEXPIRATIONTIMEOUT="5s",
+            # The chaincode keeps its own history (blocks are append-only); Fabric's per-key
+            # history index would only add a write for every key at every commit.
+            CORE_LEDGER_HISTORY_ENABLEHISTORYDATABASE="false",
         )
 
-    def start_peer(self, org: Org) -> None:
+    def start_peer(self, org: Org, *, ready: bool = False) -> None:
+        """Start ``org``'s peer; with ``ready``, wait until its gateway can get endorsements."""
         name = f"peer-{org.name}"
         process = self._spawn(name, [str(self.bin_dir / "peer"), "node", "start"], self.peer_env(org))
         wait_for_port(org.port, process, self.base / "logs" / f"{name}.log")
+        if ready:
+            self.wait_until_endorsing(org)
 
     def kill_peer(self, org: Org) -> None:
         """``kill -9`` the peer's process group, as a crash would."""
@@ -379,6 +397,30 @@ class FabricNetwork:
             peers += ["--peerAddresses", org.address, "--tlsRootCertFiles", str(org.tls_ca)]
         self._retry(lambda: self._run("peer", "lifecycle", "chaincode", "commit", *orderer, *definition, *peers,
                                       env=self.admin_env(self.orgs[0])))
+        for org in self.orgs:
+            self.wait_until_endorsing(org)
+
+    def wait_until_endorsing(self, org: Org, timeout: float = 90) -> None:
+        """Until gossip has told ``org``'s gateway about the other orgs' peers, it cannot
+        gather the endorsements the policy asks for; wait for a proposal to be endorsed."""
+        from lineage_ledger.backends.fabric._gateway import GatewayCallError, GatewayClient, Signer
+
+        msp = org.user_msp("Admin")
+        signer = Signer(org.msp_id, (msp / "signcerts" / f"Admin@{org.domain}-cert.pem").read_bytes(),
+                        (msp / "keystore" / "priv_sk").read_bytes())
+        client = GatewayClient(org.address, org.tls_ca.read_bytes(), signer, CHANNEL, CHAINCODE, timeout=10)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.endorse("lineage:WhoAmI")  # endorsed, never submitted
+                    return
+                except GatewayCallError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.3)
+        finally:
+            client.close()
 
     # -- identities and connection profiles -------------------------------------------------
     def profile_url(self, name: str, org: Org, certificate: Path, key: Path, ledger: str) -> str:
@@ -443,11 +485,14 @@ def issue_client_certificate(org: Org, name: str, role: str | None, directory: P
     ca_key = serialization.load_pem_private_key(org.ca_key.read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
+    # Fabric's MSP checks the chain as of the certificate's NotBefore, and cryptogen rounds
+    # its CA's NotBefore to the minute: never start before the CA does.
+    not_before = max(ca_cert.not_valid_before_utc, now - datetime.timedelta(minutes=1))
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "client"),
                          x509.NameAttribute(NameOID.COMMON_NAME, f"{name}@{org.domain}")])
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+               .not_valid_before(not_before).not_valid_after(now + datetime.timedelta(days=2))
                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                             data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)

@@ -32,6 +32,10 @@ if have_all; then
   exit 0
 fi
 
+# Go may be installed without being on PATH (the official tarball's place).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "install-fabric: no Go toolchain on PATH; cannot build Fabric $FABRIC_RELEASE" >&2
   exit 1
