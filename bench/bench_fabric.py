@@ -10,6 +10,9 @@ before any timing. Each round uses a fresh ledger name on the same channel:
   per-record   ledger.append_records([record]) for each record: one transaction each.
                Every block names the chain head, so a writer cannot have two in flight;
                this is the rate of recording without batching.
+  per-block/1-org  per-block on a second network whose chaincode policy is
+               OR(Org1, Org2): one peer endorses instead of both (information: what the
+               consortium's MAJORITY policy costs on this machine)
 20,000 per-block and 300 per-record records (2,000 and 30 with --quick).
 
 Goal (issue #7): per-block >= 1,000 records/s.
@@ -71,6 +74,7 @@ def main() -> None:
         return
     batched = [synthetic_record(i, "bench-block").stored() for i in range(n_block)]
     single = [synthetic_record(i, "bench-record").stored() for i in range(n_record)]
+    times: dict[str, list[float]] = {"per-block": [], "per-record": [], "per-block/1-org": []}
     with tempfile.TemporaryDirectory(prefix="ll-bench-fabric-") as tmp:
         network = FabricNetwork(Path(tmp) / "net", bin_dir)
         try:
@@ -79,7 +83,6 @@ def main() -> None:
             print(f"Fabric {bin_dir.parent.name}: network up in {network.startup_seconds:.1f}s; "
                   f"{n_block} records per-block, {n_record} per-record, {args.rounds} rounds, "
                   f"cpus: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-            times: dict[str, list[float]] = {"per-block": [], "per-record": []}
             for round_no in range(args.rounds):
                 url = network.client_url(org, "bench", "provider", f"bench-b{round_no}")
                 times["per-block"].append(run_per_block(url, f"{tmp}/spool-b{round_no}", batched))
@@ -87,11 +90,20 @@ def main() -> None:
                 times["per-record"].append(run_per_record(url, f"{tmp}/spool-r{round_no}", single))
         finally:
             network.stop()
-    sizes = {"per-block": n_block, "per-record": n_record}
+        network = FabricNetwork(Path(tmp) / "net1", bin_dir, signature_policy="OR('Org1MSP.peer','Org2MSP.peer')")
+        try:
+            network.start()
+            for round_no in range(args.rounds):
+                url = network.client_url(network.orgs[0], "bench", "provider", f"bench-o{round_no}")
+                times["per-block/1-org"].append(run_per_block(url, f"{tmp}/spool-o{round_no}", batched))
+        finally:
+            network.stop()
+    print(f"load at the end {os.getloadavg()[0]:.1f}")
+    sizes = {"per-block": n_block, "per-record": n_record, "per-block/1-org": n_block}
     rate = {name: sizes[name] / statistics.median(t) for name, t in times.items()}
-    print(f"\n{'variant':<11} {'records':>8} {'median s':>9} {'min s':>8} {'records/s':>10}")
+    print(f"\n{'variant':<15} {'records':>8} {'median s':>9} {'min s':>8} {'records/s':>10}")
     for name, t in times.items():
-        print(f"{name:<11} {sizes[name]:>8} {statistics.median(t):9.3f} {min(t):8.3f} {rate[name]:10,.0f}")
+        print(f"{name:<15} {sizes[name]:>8} {statistics.median(t):9.3f} {min(t):8.3f} {rate[name]:10,.0f}")
     print(f"\nper-block / per-record = {rate['per-block'] / rate['per-record']:.1f}x")
     print(f"per-block rate {rate['per-block']:,.0f} records/s   (goal >= 1,000 records/s)")
     print("GOAL MET" if rate["per-block"] >= 1_000 else "GOAL MISSED")

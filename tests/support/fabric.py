@@ -205,8 +205,11 @@ def _configtx(base: Path, orgs: list[Org], orderer_port: int) -> dict:
 class FabricNetwork:
     """Start with :meth:`start`; :meth:`stop` kills every process it started."""
 
-    def __init__(self, base: Path, bin_dir: Path) -> None:
+    def __init__(self, base: Path, bin_dir: Path, *, signature_policy: str | None = None) -> None:
+        """``signature_policy`` replaces the channel's default endorsement policy (MAJORITY of
+        the orgs, here both) for the chaincode, e.g. "OR('Org1MSP.peer','Org2MSP.peer')"."""
         self.base = base
+        self.signature_policy = signature_policy
         self.bin_dir = bin_dir
         ports = free_ports(12)
         self.orderer_port, self.orderer_admin_port, self.orderer_ops_port, self.chaincode_port = ports[:4]
@@ -386,6 +389,8 @@ class FabricNetwork:
         wait_for_port(self.chaincode_port, chaincode, self.base / "logs" / "chaincode.log")
         orderer = ["-o", f"127.0.0.1:{self.orderer_port}", "--tls", "--cafile", str(self.orderer_tls_ca)]
         definition = ["--channelID", CHANNEL, "--name", CHAINCODE, "--version", "1.0", "--sequence", "1"]
+        if self.signature_policy:
+            definition += ["--signature-policy", self.signature_policy]
         for org in self.orgs:
             self._run("peer", "lifecycle", "chaincode", "install", str(package), env=self.admin_env(org))
         for org in self.orgs:
