@@ -49,9 +49,6 @@ def provider_url(fabric_network, ledger_name):
 
 
 class TestFabricConformance(BackendConformance):
-    concurrent_writers = 3
-    records_per_writer = 200
-
     @pytest.fixture
     def url(self, provider_url):
         return provider_url

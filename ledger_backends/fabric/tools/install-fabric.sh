@@ -27,15 +27,23 @@ have_all() {
   [ -f "$bin_dir/../config/core.yaml" ] && [ -f "$bin_dir/../config/orderer.yaml" ]
 }
 
+# Go may be installed without being on PATH (the official tarball's place).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+
+# The chaincode's modules too, so that the tests build it without asking the proxy.
+chaincode_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../chaincode" && pwd)"
+if command -v go >/dev/null 2>&1; then
+  (cd "$chaincode_dir" && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go mod download) >&2 \
+    || echo "install-fabric: could not download the chaincode's modules" >&2
+fi
+
 if have_all; then
   echo "$bin_dir"
   exit 0
 fi
 
-# Go may be installed without being on PATH (the official tarball's place).
-if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
-  export PATH="/usr/local/go/bin:$PATH"
-fi
 if ! command -v go >/dev/null 2>&1; then
   echo "install-fabric: no Go toolchain on PATH; cannot build Fabric $FABRIC_RELEASE" >&2
   exit 1
