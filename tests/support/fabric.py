@@ -249,7 +249,7 @@ class FabricNetwork:
         with open(log, "ab") as out:
             # Own process group: teardown signals the group, never anything by name.
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=self.base, start_new_session=True)
+                                       cwd=self.base, start_new_session=True, preexec_fn=_die_with_parent)
         self.processes[name] = process
         return process
 
@@ -464,6 +464,16 @@ class FabricNetwork:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
         self.processes.clear()
+
+
+def _die_with_parent() -> None:
+    """In the child: if the test process dies without its teardown (kill -9), so do we."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
