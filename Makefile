@@ -42,3 +42,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .lineage .pytest_cache .hypothesis build *.egg-info
+
+# Hyperledger Fabric back-end: the `fabric` extra, and peer/orderer/... built once from the Go
+# module proxy into ~/.cache/lineage-ledger (reused afterwards). Without it, fabric tests skip.
+.PHONY: install-fabric
+install-fabric: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fabric]'
+	bash ledger_backends/fabric/tools/install-fabric.sh
