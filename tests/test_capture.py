@@ -82,6 +82,8 @@ def test_deleted_temp_input_takes_the_digest_its_producer_recorded(tmp_path, url
     final2 = write(tmp_path / "final2.txt", "again")
     with TaskCapture(url, engine="test", run_id="r2", spool=spool) as later:
         later.submit(task("consumer2", [tmp], [final2])).result(timeout=30)
+    assert capture.recorded_digest(tmp) == {"blake3": digest, "size": len("intermediate")}
+    assert capture.recorded_digest(str(tmp_path / "unknown.txt")) is None
     with open_ledger(url, spool=spool) as ledger:
         consumer = {e.record.task_id: e.record for e in ledger.run("r1")}["consumer"]
         assert consumer.inputs[tmp]["blake3"] == digest
