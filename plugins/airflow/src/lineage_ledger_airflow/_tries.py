@@ -60,13 +60,16 @@ class Details:
     parameters: dict[str, Any] | None = None
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The pre-run check refused to run: the task read nothing.
+    refused: bool = False
 
 
 _details: dict[tuple[str, int], Details] = {}
 
 
-def attach(key: tuple[str, int], details: Details) -> None:
-    _details[key] = details
+def details_for(ti: Any) -> Details:
+    """The details of this try, created on first use."""
+    return _details.setdefault(try_key(ti), Details())
 
 
 def listener_active() -> bool:
@@ -88,11 +91,12 @@ def capture() -> TaskCapture:
     global _capture, _capture_pid
     with _lock:
         if _capture is None or _capture_pid != os.getpid():
+            if _capture_pid not in (-1, os.getpid()):  # a forked child: the parent's tries are not ours
+                _claimed.clear()
+                _started.clear()
+                _details.clear()
             _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2)
             _capture_pid = os.getpid()
-            _claimed.clear()
-            _started.clear()
-            _details.clear()
         return _capture
 
 
@@ -221,6 +225,8 @@ def record_try(
 ) -> str | None:
     """Record this try once (None if another report already did, or if recording failed)."""
     key = try_key(ti)
+    if key[1] < 1:  # never started (e.g. an upstream-failed task marked failed by hand)
+        return None
     if not claim(key):
         log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
         return None
@@ -231,6 +237,12 @@ def record_try(
     all_known = dict(started.known) if started else {}
     all_known.update(details.known)
     all_known.update(known or {})
+    if details.refused:
+        # A try refused before it ran read nothing. Listing the changed files as its inputs
+        # would make the ledger's last view of them the changed version, and the next
+        # pre-run check would let them pass.
+        extra = {**(extra or {}), "refused_inputs": {p: all_known.get(p) for p in inputs}}
+        inputs = []
     code = code if code is not None else details.code
     parameters = parameters if parameters is not None else details.parameters
     extra = {**details.extra, **(extra or {})}
@@ -247,7 +259,7 @@ def record_try(
         known=all_known,
         code_digest=code if code is not None else describe_code(task),
         parameters=dict(parameters) if parameters is not None else {"operator": operator_path(task) if task else None},
-        attempt=max(1, key[1]),
+        attempt=key[1],
         extra={"airflow": airflow_facts(ti, state, error), **jsonable(extra)},
         run_id=f"{ti.dag_id}/{ti.run_id}",
     )

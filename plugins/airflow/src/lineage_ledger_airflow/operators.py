@@ -106,14 +106,11 @@ class LedgerOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         ti = context["ti"]
-        key = _tries.try_key(ti)
-        details = _tries.Details(
-            code=code_digest(self._code()),
-            parameters={"operator": _tries.operator_path(self), "kind": "bash" if self.bash_command is not None else "python",
-                        "op_args": self.op_args, "op_kwargs": self.op_kwargs},
-            extra={"ledger_operator": {"policy": self.policy or "default"}},
-        )
-        _tries.attach(key, details)
+        details = _tries.details_for(ti)
+        details.code = code_digest(self._code())
+        details.parameters = {"operator": _tries.operator_path(self), "op_args": self.op_args, "op_kwargs": self.op_kwargs,
+                              "kind": "bash" if self.bash_command is not None else "python"}
+        details.extra["ledger_operator"] = {"policy": self.policy or "default"}
         records_itself = not _tries.listener_active()
         if records_itself:
             _tries.note_start(ti)
@@ -131,12 +128,7 @@ class LedgerOperator(BaseOperator):
                 _tries.flush_before_exit()
 
     def _execute_verified(self, context: Any, details: _tries.Details) -> Any:
-        label = f"{context['ti'].dag_id}.{self.task_id}"
-        changed = check_inputs(self.inputs, self.policy, task=label)
-        if changed:
-            details.extra["modified_inputs"] = [c.path for c in changed]
-            log.warning("lineage-ledger: %s runs on inputs changed outside the workflow: %s",
-                        label, ", ".join(c.path for c in changed))
+        check_inputs(self.inputs, self.policy, ti=context["ti"])
         self._input_digests = {p: (hash_file(p).entry() if os.path.isfile(p) else None) for p in self.inputs}
         details.known.update({p: e for p, e in self._input_digests.items() if e})
         if self.bash_command is not None:

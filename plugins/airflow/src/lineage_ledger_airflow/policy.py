@@ -18,7 +18,6 @@ import functools
 import logging
 from typing import Any
 
-from . import _tries
 from ._assets import file_paths
 from ._checks import check_inputs
 
@@ -30,10 +29,7 @@ _WRAPPED = "_lineage_ledger_checked"
 def _verify_then(task: Any, original: Any) -> Any:
     @functools.wraps(original)
     def pre_execute(context: Any, *args: Any, **kwargs: Any) -> Any:
-        ti = context["ti"]
-        changed = check_inputs(file_paths(task.inlets), None, task=f"{ti.dag_id}.{task.task_id}")
-        if changed:
-            _tries.attach(_tries.try_key(ti), _tries.Details(extra={"modified_inputs": [c.path for c in changed]}))
+        check_inputs(file_paths(task.inlets), None, ti=context["ti"])
         return original(context, *args, **kwargs)
 
     setattr(pre_execute, _WRAPPED, True)
