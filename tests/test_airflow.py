@@ -13,7 +13,7 @@ import pytest
 
 from lineage_ledger import hash_file, open_ledger
 from tests.conftest import run_cli
-from tests.support.airflow import AirflowSite, airflow_installed, make_site, openlineage_events
+from tests.support.airflow_site import AirflowSite, airflow_installed, make_site, openlineage_events
 
 pytestmark = [
     pytest.mark.slow,
@@ -243,3 +243,26 @@ def test_retried_and_failed_tasks_recorded_once_per_try(site, run):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "reported 3" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
     assert tries() == expected
+
+
+def test_records_survive_os_exit_of_the_task_process(site, run):
+    """The task process ends with ``os._exit``: no thread is joined, no atexit handler runs.
+
+    A child runs the DAG and leaves with ``os._exit(0)`` right after; every try must still be
+    in the ledger once it is opened again (from the spool, if not shipped yet).
+    """
+    script = textwrap.dedent(f"""
+        import importlib.util, os
+        spec = importlib.util.spec_from_file_location("exit_dag", {str(site.dags / "lineage_example.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        state = module.dag.test().state
+        print("state", state, flush=True)
+        os._exit(0 if state == "success" else 1)
+    """)
+    # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
+    env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "state success" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
+    tasks = by_task(run.records("lineage_example."))
+    assert sorted(tasks) == sorted(TASKS) and all(len(v) == 1 for v in tasks.values())

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset
-
 from lineage_ledger_airflow import LedgerOperator
 
 DATA = Path(os.environ.get("LINEAGE_EXAMPLE_DATA", "/tmp/lineage-airflow-example")).resolve()

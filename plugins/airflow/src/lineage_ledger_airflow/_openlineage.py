@@ -57,7 +57,9 @@ def operator_lineage(inputs: Mapping[str, Mapping[str, Any] | None], outputs: Ma
     def datasets(files: Mapping[str, Mapping[str, Any] | None]) -> list[Any]:
         result = []
         for path, entry in files.items():
-            facets = {"version": DatasetVersionDatasetFacet(datasetVersion=version_of(entry))} if entry else {}
+            facets: dict[str, Any] = (
+                {"version": DatasetVersionDatasetFacet(datasetVersion=version_of(entry))} if entry else {}
+            )
             result.append(Dataset(namespace="file", name=path, facets=facets))
         return result
 

@@ -234,7 +234,7 @@ def record_try(
     started = _started.pop(key, None)
     details = _details.pop(key, None) or Details()
     inputs = started.inputs if started else file_paths(getattr(task, "inlets", None))
-    all_known = dict(started.known) if started else {}
+    all_known: dict[str, Mapping[str, Any]] = dict(started.known) if started else {}
     all_known.update(details.known)
     all_known.update(known or {})
     if details.refused:
