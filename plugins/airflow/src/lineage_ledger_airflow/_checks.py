@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from lineage_ledger import ArtifactCheck, LedgerError, verify_before_run
+from lineage_ledger import ArtifactCheck, ChainBroken, LedgerError, verify_before_run
 
 from . import _settings, _tries
 
@@ -34,7 +35,7 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
     if not existing:
         return []
     try:
-        changed = verify_before_run(_tries.capture().ledger, existing, policy)  # type: ignore[arg-type]
+        changed = _verify(existing, policy)
     except LedgerError as err:
         if policy == "strict":
             details.refused = True
@@ -47,3 +48,24 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
         log.warning("lineage-ledger: %s runs on inputs changed outside the workflow (policy %s): %s",
                     task, policy, ", ".join(c.path for c in changed))
     return changed
+
+
+def _verify(paths: list[str], policy: str) -> list[ArtifactCheck]:
+    """``verify_before_run`` on this process's ledger, read while no write of ours is in flight.
+
+    The core reads a chain's blocks and its stored head in separate queries, so a block
+    appended in between (by our own recorder thread, or by another task process writing to
+    the same ledger) reads as "block N is missing". A chain that is really broken stays
+    broken, so the check is tried again a few times before ChainBroken counts.
+    """
+    capture = _tries.capture()
+    ledger = capture.ledger
+    capture.flush(timeout=_settings.flush_timeout())
+    for attempt in range(3):
+        try:
+            return verify_before_run(ledger, paths, policy)  # type: ignore[arg-type]
+        except ChainBroken:
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
