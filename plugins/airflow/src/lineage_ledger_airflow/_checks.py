@@ -8,7 +8,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from lineage_ledger import ArtifactCheck, ChainBroken, LedgerError, verify_before_run
+from lineage_ledger import (
+    ArtifactCheck,
+    ArtifactStatus,
+    ChainBroken,
+    Ledger,
+    LedgerError,
+    check_before_run,
+    hash_file,
+    normalize_path,
+)
 
 from . import _settings, _tries
 
@@ -31,39 +40,76 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
     policy = (policy or _settings.default_policy()).lower()
     if policy not in _settings.POLICIES:
         raise AirflowFailException(f"lineage-ledger: unknown policy {policy!r}; choose warn, strict or rerun")
-    existing = [p for p in paths if os.path.exists(p)]
+    existing = [normalize_path(p) for p in paths if os.path.exists(p)]
     if not existing:
         return []
     try:
-        changed = _verify(existing, policy)
+        changed = _changed(existing)
     except LedgerError as err:
         if policy == "strict":
             details.refused = True
             raise AirflowFailException(f"lineage-ledger refused to run {task}: {err}") from err
         log.error("lineage-ledger: could not verify the inputs of %s: %s", task, err)
         return []
-    if changed:
-        details.extra["modified_inputs"] = [c.path for c in changed]
-        details.extra["policy"] = policy
-        log.warning("lineage-ledger: %s runs on inputs changed outside the workflow (policy %s): %s",
-                    task, policy, ", ".join(c.path for c in changed))
+    if not changed:
+        return []
+    explained = "\n  ".join(_explain(c) for c in changed)
+    if policy == "strict":
+        details.refused = True
+        raise AirflowFailException(
+            f"lineage-ledger refused to run {task} on files changed outside the workflow:\n  {explained}")
+    details.extra["modified_inputs"] = [c.path for c in changed]
+    details.extra["policy"] = policy
+    log.warning("lineage-ledger: %s runs on files changed outside the workflow (policy %s):\n  %s",
+                task, policy, explained)
     return changed
 
 
-def _verify(paths: list[str], policy: str) -> list[ArtifactCheck]:
-    """``verify_before_run`` on this process's ledger, read while no write of ours is in flight.
+def _explain(check: ArtifactCheck) -> str:
+    verb = "written" if check.role == "out" else "read"
+    return (f"{check.path}: MODIFIED since it was last {verb} by record {(check.record_id or '-')[:12]} "
+            f"(ledger {(check.expected or '-')[:12]}, disk {(check.actual or '-')[:12]})")
+
+
+def _changed(paths: list[str]) -> list[ArtifactCheck]:
+    """Files that differ from the ledger: the core's check, then the producers' versions.
+
+    The core compares a file with the last record that read *or* wrote it. A read is
+    not a vouch: once a task without the check (a plain operator, or ``warn``) has read
+    an edited file, its record would make the edited version look current, and in one
+    DAG run the order of parallel tasks would decide whether a strict task refuses. So a
+    file that a recorded task produced must also still be what its last producer wrote.
+    """
+    view = _snapshot()
+    found = {c.path: c for c in check_before_run(view, paths, "rerun")}
+    for path in paths:
+        if path in found:
+            continue
+        producer = view.producer(path)
+        if producer is None:
+            continue
+        expected = producer.record.outputs[path]["blake3"]
+        actual = hash_file(path).blake3
+        if actual != expected:
+            found[path] = ArtifactCheck(path, ArtifactStatus.MODIFIED, expected, actual, producer.id, "out")
+    return [found[p] for p in paths if p in found]
+
+
+def _snapshot() -> Ledger:
+    """The verified chain, read while no write of this process is in flight.
 
     The core reads a chain's blocks and its stored head in separate queries, so a block
-    appended in between (by our own recorder thread, or by another task process writing to
-    the same ledger) reads as "block N is missing". A chain that is really broken stays
-    broken, so the check is tried again a few times before ChainBroken counts.
+    appended in between (by our own recorder thread, or by another task process writing
+    to the same ledger) reads as "block N is missing". A chain that is really broken stays
+    broken, so the read is tried again a few times before ChainBroken counts.
     """
     capture = _tries.capture()
     ledger = capture.ledger
     capture.flush(timeout=_settings.flush_timeout())
     for attempt in range(3):
         try:
-            return verify_before_run(ledger, paths, policy)  # type: ignore[arg-type]
+            view, _summary = ledger.snapshot()
+            return view
         except ChainBroken:
             if attempt == 2:
                 raise
