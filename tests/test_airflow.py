@@ -251,23 +251,58 @@ def test_retried_and_failed_tasks_recorded_once_per_try(site, run):
 
 
 def test_records_survive_os_exit_of_the_task_process(site, run):
-    """The task process ends with ``os._exit``: no thread is joined, no atexit handler runs.
+    """Task processes end with ``os._exit``: no thread is joined, no atexit handler runs.
 
-    A child runs the DAG and leaves with ``os._exit(0)`` right after; every try must still be
-    in the ledger once it is opened again (from the spool, if not shipped yet).
+    A child process runs the DAG in-process (``dag.test()``), then queues one more try of
+    ``summarize`` and runs it through Airflow's own supervisor: a forked task process that
+    ends with ``os._exit``. Then the child itself leaves with ``os._exit(0)``.
+    The supervised try must be in the ledger already (shipped before its process ended);
+    the in-process tries must come back from the spool when the ledger is opened again.
     """
     script = textwrap.dedent(f"""
         import importlib.util, os
+        from sqlalchemy import select
         spec = importlib.util.spec_from_file_location("exit_dag", {str(site.dags / "lineage_example.py")!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        state = module.dag.test().state
-        print("state", state, flush=True)
-        os._exit(0 if state == "success" else 1)
+        dagrun = module.dag.test()
+        assert dagrun.state == "success", dagrun.state
+
+        from airflow.executors.workloads import BundleInfo
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.sdk.api.datamodels._generated import TaskInstance as WorkloadTI
+        from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        with create_session() as session:
+            ti = session.scalars(select(TaskInstance).where(
+                TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
+                TaskInstance.task_id == "summarize")).one()
+            ti.try_number += 1
+            ti.state = TaskInstanceState.QUEUED
+            session.commit()
+            workload_ti = WorkloadTI(id=ti.id, task_id=ti.task_id, dag_id=ti.dag_id, run_id=ti.run_id,
+                                     try_number=ti.try_number, map_index=ti.map_index,
+                                     dag_version_id=ti.dag_version_id)
+        # Airflow's in-process Execution API stands in for the API server (as in dag.test()).
+        client = InProcessTestSupervisor._api_client(module.dag)
+        code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
+                              dag_rel_path="lineage_example.py", token="", client=client)
+        print("supervised exit code", code, flush=True)
+        os._exit(code)
     """)
     # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
     env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0 and "state success" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
-    tasks = by_task(run.records("lineage_example."))
-    assert sorted(tasks) == sorted(TASKS) and all(len(v) == 1 for v in tasks.values())
+    assert result.returncode == 0 and "supervised exit code 0" in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-4000:]
+
+    spool = run.vars["AIRFLOW__LINEAGE_LEDGER__SPOOL"]
+    with open_ledger(run.url, spool=spool, replay=False) as ledger:  # before any replay
+        shipped = [r.record for r in ledger.recent(100) if r.record.task_name == "lineage_example.summarize"]
+    assert [(r.attempt, r.status, r.extra["airflow"]["reported_by"]) for r in shipped if r.attempt == 2] == [
+        (2, "succeeded", "task")]
+    tasks = by_task(run.records("lineage_example."))  # opens with replay: the spool comes back
+    assert sorted(tasks) == sorted(TASKS)
+    assert [r.attempt for r in tasks["summarize"]] == [1, 2]
+    assert all(len(tasks[name]) == 1 for name in ("extract", "report", "combine"))
