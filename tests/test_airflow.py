@@ -3,6 +3,7 @@ in this process and the ``airflow dags test`` command in a subprocess."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -23,10 +24,13 @@ pytestmark = [
 TASKS = ("extract", "summarize", "report", "combine")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(tmp_path_factory) -> AirflowSite:
+    """One migrated site for this module; the environment and logging are put back after it."""
     site = make_site(tmp_path_factory.mktemp("airflow-home"))
     saved = {k: os.environ.get(k) for k in site.env}
+    root = logging.getLogger()
+    saved_logging = (list(root.handlers), root.level)
     os.environ.update(site.env)  # for dag.test() in this process; Airflow reads them on import
     yield site
     for key, value in saved.items():
@@ -34,6 +38,10 @@ def site(tmp_path_factory) -> AirflowSite:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    # Airflow adds a stdout handler to the root logger and lowers its level; later tests
+    # of other modules should not inherit that.
+    root.handlers[:] = saved_logging[0]
+    root.setLevel(saved_logging[1])
 
 
 class Run:
