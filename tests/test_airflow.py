@@ -179,6 +179,43 @@ def test_tampered_intermediate_strict_ledger_operator_fails_before_running(site,
     assert "combine" not in tasks  # upstream failed: never ran, never recorded
 
 
+def test_warn_and_rerun_run_on_changed_inputs_and_say_so(site, run, monkeypatch):
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    raw = run.data / "raw.csv"
+    tamper(raw)
+    for policy in ("warn", "rerun"):
+        monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", policy)
+        assert site.load_dag("lineage_example").dag.test(mark_success_pattern="extract").state == "success"
+    _tries.reset()
+    runs = dag_runs(run, "lineage_example.")
+    assert len(runs) == 3
+    for entries, policy in zip(runs[1:], ("warn", "rerun"), strict=True):
+        (report,) = by_task(entries)["report"]
+        # It ran on the edited file, said so, and listed it as read.
+        assert report.status == "succeeded" and report.extra["policy"] == policy
+        assert report.extra["modified_inputs"] == [str(raw)]
+        assert report.inputs[str(raw)]["blake3"] == hash_file(raw).blake3
+    # verify-lineage still sees that the consumed version was never produced.
+    verified = run_cli("--ledger", run.url, run.data / "final.txt", program="verify-lineage", cwd=run.data)
+    assert verified.returncode == 1 and "raw.csv" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_ledger_operator_refuses_bad_arguments(site):
+    from lineage_ledger_airflow import LedgerOperator
+
+    with pytest.raises(ValueError, match="exactly one"):
+        LedgerOperator(task_id="neither", inputs=["/tmp/a"], outputs=["/tmp/b"])
+    with pytest.raises(ValueError, match="exactly one"):
+        LedgerOperator(task_id="both", python_callable=print, bash_command="true")
+    with pytest.raises(ValueError, match="policy"):
+        LedgerOperator(task_id="policy", bash_command="true", policy="lenient")
+    op = LedgerOperator(task_id="ok", inputs=["/data/in.csv"], outputs=["/data/out.csv"], bash_command="true")
+    assert [a.uri for a in op.inlets] == ["file:///data/in.csv"]
+    assert [a.uri for a in op.outlets] == ["file:///data/out.csv"]
+
+
 def test_tampered_intermediate_cluster_policy_fails_plain_bash_operator(site, run, tmp_path):
     from lineage_ledger_airflow import _tries
 
