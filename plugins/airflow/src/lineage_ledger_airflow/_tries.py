@@ -174,6 +174,12 @@ def note_start(ti: Any) -> None:
     _started[try_key(ti)] = Started(started, inputs, known)
 
 
+def started_digests(ti: Any) -> dict[str, dict[str, Any]]:
+    """The inlets' digests taken when this try started (empty if the start was not seen)."""
+    started = _started.get(try_key(ti))
+    return dict(started.known) if started else {}
+
+
 def operator_path(task: Any) -> str:
     cls = type(task)
     return f"{cls.__module__}.{cls.__qualname__}"

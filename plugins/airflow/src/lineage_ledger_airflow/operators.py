@@ -134,7 +134,11 @@ class LedgerOperator(BaseOperator):
 
     def _execute_verified(self, context: Any, details: _tries.Details) -> Any:
         check_inputs(self.inputs, self.policy, ti=context["ti"])
-        self._input_digests = {p: (hash_file(p).entry() if os.path.isfile(p) else None) for p in self.inputs}
+        # The start hook hashed the inputs already (they were just verified unchanged).
+        seen = _tries.started_digests(context["ti"])
+        self._input_digests = {
+            p: seen.get(p) or (hash_file(p).entry() if os.path.isfile(p) else None) for p in self.inputs
+        }
         details.known.update({p: e for p, e in self._input_digests.items() if e})
         result = self._run()
         self._hash_outputs(context, details)
