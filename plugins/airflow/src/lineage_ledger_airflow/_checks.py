@@ -14,8 +14,7 @@ from lineage_ledger import (
     ChainBroken,
     Ledger,
     LedgerError,
-    check_before_run,
-    hash_file,
+    check_artifact,
     normalize_path,
 )
 
@@ -74,25 +73,27 @@ def _explain(check: ArtifactCheck) -> str:
 def _changed(paths: list[str]) -> list[ArtifactCheck]:
     """Files that differ from the ledger: the core's check, then the producers' versions.
 
-    The core compares a file with the last record that read *or* wrote it. A read is
+    The core's ``check_before_run`` compares a file with the last record that read *or*
+    wrote it (``check_artifact``, done here per path so that each file is hashed once). A read is
     not a vouch: once a task without the check (a plain operator, or ``warn``) has read
     an edited file, its record would make the edited version look current, and in one
     DAG run the order of parallel tasks would decide whether a strict task refuses. So a
     file that a recorded task produced must also still be what its last producer wrote.
     """
     view = _snapshot()
-    found = {c.path: c for c in check_before_run(view, paths, "rerun")}
+    found = []
     for path in paths:
-        if path in found:
+        check = check_artifact(view, path)  # what check_before_run does for each path
+        if check.status is ArtifactStatus.MODIFIED:
+            found.append(check)
             continue
         producer = view.producer(path)
-        if producer is None:
+        if producer is None or check.actual is None:
             continue
         expected = producer.record.outputs[path]["blake3"]
-        actual = hash_file(path).blake3
-        if actual != expected:
-            found[path] = ArtifactCheck(path, ArtifactStatus.MODIFIED, expected, actual, producer.id, "out")
-    return [found[p] for p in paths if p in found]
+        if check.actual != expected:
+            found.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, expected, check.actual, producer.id, "out"))
+    return found
 
 
 def _snapshot() -> Ledger:
