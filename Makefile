@@ -49,3 +49,28 @@ clean:
 install-fabric: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[fabric]'
 	bash ledger_backends/fabric/tools/install-fabric.sh
+
+# --- Airflow plugin (issue #5) -------------------------------------------------------
+# Airflow 3.3 resolves together with the core (SQLAlchemy 2), Snakemake 9 and Parsl, so it
+# shares .venv. The plugin is its own distribution (src layout) installed editable; the
+# egg-info that setuptools leaves in src/ is removed, or Airflow would find the
+# `airflow.plugins` entry point twice (once per metadata directory on sys.path).
+AIRFLOW_STAMP := $(VENV)/.airflow-installed
+AIRFLOW_SRC := plugins/airflow/src
+
+$(AIRFLOW_STAMP): $(STAMP) plugins/airflow/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e 'plugins/airflow[openlineage]' 'apache-airflow>=3.3,<3.4'
+	rm -rf $(AIRFLOW_SRC)/*.egg-info
+	touch $@
+
+.PHONY: install-airflow lint-airflow bench-airflow
+install-airflow: $(AIRFLOW_STAMP)
+install test test-fast demo bench: $(AIRFLOW_STAMP)
+
+lint-airflow: $(AIRFLOW_STAMP)
+	$(BIN)/ruff check $(AIRFLOW_SRC) examples/airflow
+	$(BIN)/mypy $(AIRFLOW_SRC)/lineage_ledger_airflow
+lint: lint-airflow
+
+bench-airflow: $(AIRFLOW_STAMP)
+	$(BIN)/python bench/bench_airflow.py
