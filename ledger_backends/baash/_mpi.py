@@ -27,6 +27,7 @@ class Tag:
     LEDGER = 8       # gateway -> every rank: report your in-memory ledger
     SUMMARY = 9      # every rank -> gateway: the report
     STOP = 10
+    SYNC = 14        # gateway -> every rank: shared storage is ahead of you, reload from it
     PBFT_PREPREPARE = 11
     PBFT_PREPARE = 12
     PBFT_COMMIT = 13

@@ -37,7 +37,7 @@ def send_frame(sock: socket.socket, payload: bytes) -> None:
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while size:
         chunk = sock.recv(min(size, 1 << 20))
         if not chunk:

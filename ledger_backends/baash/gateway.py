@@ -90,7 +90,16 @@ class Gateway:
                 decisions[i] = self.coordinator._storage_decision(blocks, i, 0)
         return decisions
 
+    def catch_up(self) -> None:
+        """Storage ahead of the ranks (the daemon stored blocks while they were down): reload."""
+        self.store.refresh()
+        if self.store.height > self.state.head[0]:
+            self.state.extend(self.store.load(self.state.head[0]))
+            for rank in range(1, self.world.Get_size()):
+                self.world.send(None, dest=rank, tag=Tag.SYNC)
+
     def round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, ...]:
+        self.catch_up()
         started = time.perf_counter()
         decisions = self._decide(round_id, blocks) if blocks else {}
         decided = time.perf_counter()

@@ -170,7 +170,12 @@ class TransactionManager:
         self._round_id += 1
         self.active = members
         try:
-            if self.job.up:
+            outcomes = None
+            if not self.job.up:
+                with self.job.launch_lock:  # a job starting now restores from storage first
+                    if not self.job.up:
+                        outcomes = self._storage_round(blocks, groups)
+            if outcomes is None:
                 try:
                     outcomes, _info = self.job.run_round(self._round_id, blocks, groups)
                     self.stats["rounds"] += 1
@@ -181,11 +186,8 @@ class TransactionManager:
                         self.pending.extendleft(reversed(members))
                         self.stats["requeued"] += len(members)
                     return
-            else:
-                with self.job.launch_lock:
-                    outcomes = self._storage_round(blocks, groups)
             committed = 0
-            for (start, end), (status, _message) in zip(groups, outcomes, strict=True):
+            for (_start, end), (status, _message) in zip(groups, outcomes, strict=True):
                 if status == "committed":
                     committed = end
             self.index.append(blocks[:committed])

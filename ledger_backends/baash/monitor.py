@@ -30,6 +30,8 @@ from .manager import JobDown
 __all__ = ["JobMonitor"]
 
 log = logging.getLogger("lineage_ledger.baash")
+YIELD_SETTINGS = {"MPIR_CVAR_CH4_PROGRESS_THROTTLE": "1", "MPIR_CVAR_POLLS_BEFORE_YIELD": "100",
+                  "MPIR_CVAR_ENABLE_GPU": "0"}
 _BAD_PID = re.compile(r"PID (\d+) RUNNING AT")
 
 
@@ -55,6 +57,7 @@ class JobMonitor:
         self.generation = 0
         self._lock = threading.Lock()          # one request to the gateway at a time
         self._proc: subprocess.Popen[str] | None = None
+        self._pump_thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._stopping = False
         self._down_since: float | None = None
@@ -103,16 +106,21 @@ class JobMonitor:
                    "--storage", self.storage, "--control", self.control, *self.rank_args]
         self.generation += 1
         env = dict(os.environ)
-        env.setdefault("MPIR_CVAR_ENABLE_GPU", "0")  # no GPU probing on compute nodes without one
+        # MPICH spins in its progress loop; with more ranks than cores (4 on 2 in CI) a spinning
+        # rank takes the core from the one it waits for. The ranks already poll with sleeps;
+        # these make MPICH's own waits yield (usleep in progress, sched_yield after 100 polls).
+        for name, value in YIELD_SETTINGS.items():
+            env.setdefault(name, value)
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True, env=env)
-        threading.Thread(target=self._pump, args=(self._proc,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self._proc,), daemon=True)
+        self._pump_thread.start()
         self._listener.settimeout(1.0)
         while True:
             try:
                 sock, _ = self._listener.accept()
                 break
-            except socket.timeout:
+            except TimeoutError:
                 if self._proc.poll() is not None or self._stopping:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
         sock.settimeout(None)
@@ -133,6 +141,7 @@ class JobMonitor:
             try:
                 with self.launch_lock:
                     self._launch()
+                    self.up = True  # under the lock: no storage-validated round slips in between
             except (RuntimeError, OSError, EOFError, ConnectionError) as err:
                 log.error("baash: starting the MPI job failed: %s", err)
                 self._kill_job()
@@ -142,49 +151,96 @@ class JobMonitor:
                 down = self._down_since if self._down_since is not None else started
                 self.failures[-1]["restart_seconds"] = time.monotonic() - down
                 self.failures[-1]["ranks_after"] = self.info["size"]
-            self.up = True
             self._wait_for_failure()
             if self._stopping:
                 break
             self._note_failure()
 
+    @staticmethod
+    def _gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True
+
     def _wait_for_failure(self) -> None:
         proc = self._proc
         assert proc is not None
+        pids = list(self.info.get("pids", []))
+        self._first_gone: list[int] = []
         while not self._stopping:
+            # Liveness of every rank: MPICH tears the job down right after one rank dies and
+            # names some PID, not always the first to die; the first seen gone is the suspect.
+            gone = [pid for pid in pids if self._gone(pid)]
+            if gone:
+                self._first_gone = gone
+                break
             if proc.poll() is not None or self._sock is None:
                 break
             if not self._in_round and time.monotonic() - self._last_seen > self.heartbeat_timeout:
                 self.output.append("baash monitor: gateway heartbeat overdue")
                 break
-            self._wake.wait(0.05)
+            self._wake.wait(0.01)
             self._wake.clear()
 
     def _note_failure(self) -> None:
         self.up = False
         self._down_since = time.monotonic()
         in_round = self._in_round
+        proc, pump = self._proc, self._pump_thread
+        if proc is not None:  # MPICH's process manager names the dead rank as it tears down
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
         self._kill_job()
+        if pump is not None:
+            pump.join(timeout=2.0)
         pids = self.info.get("pids", [])
-        dead = [int(m.group(1)) for line in list(self.output)[-60:] if (m := _BAD_PID.search(line))]
-        rank = pids.index(dead[-1]) if dead and dead[-1] in pids else None
-        self.failures.append({"generation": self.generation, "rank": rank, "pid": dead[-1] if dead else None,
-                              "in_round": in_round, "at": time.time(), "restart_seconds": None})
+        tail = list(self.output)[-60:]
+        dead = [int(m.group(1)) for line in tail if (m := _BAD_PID.search(line))]
+        first = getattr(self, "_first_gone", [])
+        suspects = first if len(first) == 1 else [p for p in dead if p in first] or first or dead
+        pid = suspects[0] if suspects else None
+        rank = pids.index(pid) if pid in pids else None
+        self.failures.append({"generation": self.generation, "rank": rank, "pid": pid,
+                              "in_round": in_round, "at": time.time(), "restart_seconds": None,
+                              "output": [line for line in tail if line.strip(" =")][-6:]})
         self.excluded += 1
         log.warning("baash: MPI job generation %d died (rank %s); restarting without it", self.generation, rank)
 
     def _kill_job(self) -> None:
+        """Kill mpiexec and every rank, and wait until none is left: only then may the
+        daemon write to shared storage (a surviving gateway would be a second writer)."""
         proc, self._proc = self._proc, None
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        if proc is None:
-            return
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # mpiexec (hydra starts ranks in their own sessions)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        ranks = [pid for pid in self.info.get("pids", []) if self._is_rank(pid)]
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while any(not self._gone(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @staticmethod
+    def _is_rank(pid: int) -> bool:
+        """Still one of our ranks (not a recycled PID)?"""
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
-        except ProcessLookupError:
-            pass
-        proc.wait()
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                return b"lineage_ledger.backends.baash.rank" in cmdline.read()
+        except OSError:
+            return False
 
     # -- the control connection ------------------------------------------------------------
     def _read(self, sock: socket.socket) -> None:

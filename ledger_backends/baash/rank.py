@@ -43,8 +43,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 class Validator:
     """A rank that validates (Protocol 3), commits what the gateway says, and reports."""
 
-    def __init__(self, world: Any, cluster: Any, state: ChainState, args: argparse.Namespace) -> None:
-        self.world, self.cluster, self.state, self.args = world, cluster, state, args
+    def __init__(self, world: Any, cluster: Any, state: ChainState, store: SharedStore, args: argparse.Namespace) -> None:
+        self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
         self.faulty = world.Get_rank() in args.faulty_voter
         self.rounds: dict[int, list[Any]] = {}        # round id -> its blocks, until committed
         self.pbft: dict[tuple[int, int], dict[str, Any]] = {}
@@ -78,6 +78,8 @@ class Validator:
             comm.send((round_id, *self.state.head), dest=source, tag=Tag.ACK)
         elif tag == Tag.LEDGER:
             comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
+        elif tag == Tag.SYNC:
+            self.state.extend(self.store.load(self.state.head[0]))
         elif tag == Tag.STOP:
             return False
         return True
@@ -165,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             from .gateway import Gateway
 
-            Gateway(world, cluster, inbox, state, store, args, clusters).serve(pids)
+            Gateway(world, cluster, inbox, state, store, args, clusters).serve(pids or [])
         else:
             coordinator = None
             if cluster.Get_rank() == 0:
                 coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c, mode=args.mode,
                                                  vote_timeout=args.vote_timeout, tags=Tag)
-            validator = Validator(world, cluster, state, args)
+            validator = Validator(world, cluster, state, store, args)
             while True:
                 comm, source, tag, body = inbox.next()  # type: ignore[misc]
                 if tag == Tag.ROUND and coordinator is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 
 from lineage_ledger._errors import CorruptStore
@@ -37,10 +38,15 @@ class SharedStore:
         self._log_offset = 0
         self.lookups = 0                  # how often storage was asked for a hash
         self.writes_skipped = 0           # blocks found already stored by that look-up
+        self._lock = threading.Lock()     # the daemon's threads share one store
 
     # -- the chain's order ---------------------------------------------------------------
     def refresh(self) -> list[str]:
         """Read log lines appended since the last call; return the new block ids."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[str]:
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(self._log_offset)

@@ -1,0 +1,129 @@
+"""The BAASH back-end against a real service: ``lineage-ledger baash serve`` under ``mpiexec``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lineage_ledger import build_block, open_ledger
+from lineage_ledger.backends import open_backend
+from lineage_ledger.backends.baash import BlockRejected
+from tests.backend_conformance import BackendConformance, chain_of
+from tests.conftest import run_cli
+from tests.support.baash import BaashService
+from tests.support.factories import make_records
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture
+def service_factory(tmp_path):
+    services: list[BaashService] = []
+
+    def start(ranks: int = 4, *extra: str) -> BaashService:
+        workdir = tmp_path / f"svc{len(services)}"
+        workdir.mkdir()
+        services.append(BaashService(workdir, ranks, *extra))
+        return services[-1]
+
+    yield start
+    for service in services:
+        service.stop()
+
+
+class TestBaashBackend(BackendConformance):
+    concurrent_writers = 4
+    records_per_writer = 250
+
+    @pytest.fixture
+    def url(self, service_factory):
+        return service_factory(4).url
+
+
+def _identical(reports):
+    valid = [r for r in reports if r["valid"]]
+    heads = {(r["blocks"], r["head"], r.get("log_root")) for r in valid}
+    return len(valid) / len(reports), heads
+
+
+def test_all_ranks_hold_identical_valid_ledgers(service_factory, tmp_path):
+    service = service_factory(4)
+    ledger = open_ledger(service.url, spool=str(tmp_path / "spool"))
+    with ledger.recorder(batch_size=40, max_age=0.02) as recorder:
+        for record in make_records(600):
+            recorder.record(record)
+    summary = ledger.verify_chain()
+    reports = ledger.backend.ledgers()
+    fraction, heads = _identical(reports)
+    print(f"\nranks holding a valid ledger: {fraction:.0%} of {len(reports)}")
+    assert fraction == 1.0
+    assert heads == {(summary.blocks, summary.head, summary.log_root)}
+    # The shared-storage copy is the same chain, and a restarted service serves it.
+    ledger.close()
+    service.stop()
+    again = BaashService(tmp_path / "svc0", 3)
+    try:
+        assert open_ledger(again.url, spool=str(tmp_path / "spool2")).verify_chain() == summary
+        assert {r["head"] for r in open_backend(again.url).ledgers()} == {summary.head}
+    finally:
+        again.stop()
+
+
+def _tampered(block):
+    """The same block with one record's bytes changed: its id no longer recomputes."""
+    record = block.records[0]
+    forged = dataclasses.replace(record, body=record.body.replace(b"succeeded", b"failed\x20\x20\x20"))
+    return dataclasses.replace(block, records=(forged, *block.records[1:]))
+
+
+def test_wrong_voting_rank_does_not_get_a_bad_block_committed(service_factory):
+    # Rank 2 votes the opposite of what it finds: NULL on good blocks, "valid" on bad ones.
+    service = service_factory(4, "--f", "1", "--faulty-voter", "2")
+    backend = open_backend(service.url)
+    good = chain_of(make_records(30), 10)
+    backend.append(good[:2])
+    assert backend.head().height == 1  # two honest votes of three outvote the wrong one
+    bad = _tampered(good[2])
+    with pytest.raises(BlockRejected, match="does not hash to its id"):
+        backend.append([bad])
+    merkle_forgery = build_block([r.stored() for r in make_records(3, start=500)], backend.head()).stored()
+    merkle_forgery = dataclasses.replace(merkle_forgery, records=merkle_forgery.records[:2] + good[2].records[:1])
+    with pytest.raises(BlockRejected):
+        backend.append([merkle_forgery])
+    assert backend.head().height == 1
+    assert backend.known([r.id for r in bad.records]) == set()
+    backend.append(good[2:])  # the honest block still commits after the refusals
+    assert [b.id for b in backend.blocks()] == [b.id for b in good]
+    fraction, heads = _identical(backend.ledgers())
+    assert fraction == 1.0 and len(heads) == 1
+    assert backend.status()["job"]["subclusters"] == [[1, 2, 3]]
+
+
+def test_more_wrong_voters_than_f_cost_availability(service_factory):
+    """Beyond f the guarantee ends: two lying validators of three refuse a good block.
+
+    (They could as well pass a bad one; ``verify-lineage`` would then catch it, as it
+    recomputes every block. docs/baash.md says so.)
+    """
+    service = service_factory(4, "--f", "1", "--faulty-voter", "1", "--faulty-voter", "2")
+    backend = open_backend(service.url)
+    with pytest.raises(BlockRejected):
+        backend.append(chain_of(make_records(10), 10))
+    assert backend.head() is None
+
+
+def test_verify_lineage_against_the_service(service_factory, workdir):
+    service = service_factory(4)
+    env = {"LINEAGE_LEDGER_URL": service.url, "LINEAGE_SPOOL": str(workdir / "spool")}
+    (workdir / "raw.txt").write_text("raw data\n")
+    run_cli("run", "-i", "raw.txt", "-o", "clean.txt", "--", "cp", "raw.txt", "clean.txt",
+            cwd=workdir, env=env, check_rc=0)
+    run_cli("run", "-i", "clean.txt", "-o", "result.txt", "--", "sh", "-c", "wc -l clean.txt > result.txt",
+            cwd=workdir, env=env, check_rc=0)
+    ok = run_cli("result.txt", "--ledger", service.url, program="verify-lineage", cwd=workdir, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (workdir / "clean.txt").write_text("edited by hand\n")
+    broken = run_cli("result.txt", "--ledger", service.url, program="verify-lineage", cwd=workdir, env=env)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "clean.txt" in broken.stdout + broken.stderr
