@@ -13,6 +13,7 @@ import pytest
 
 from lineage_ledger import AppendConflict, BackendError, build_block, verify_chain
 from lineage_ledger.backends import open_backend
+from lineage_ledger.backends.baash.storage import SharedStore
 from tests.support.baash import BaashService
 from tests.support.factories import make_records
 
@@ -59,7 +60,15 @@ def _wait_for_generation(backend, generation: int, timeout: float = 60) -> dict:
 
 
 def test_kill_a_rank_mid_validation_ten_times(tmp_path):
+    """The service keeps accepting, loses no committed block, names the killed rank."""
     service = BaashService(tmp_path, 4, "--vote-timeout", "3")
+    try:
+        _kill_ten_times(service)
+    finally:
+        service.stop()
+
+
+def _kill_ten_times(service: BaashService) -> None:
     rng = random.Random(6)
     probe = open_backend(service.url)
     writer = Writer(service.url)
@@ -85,35 +94,29 @@ def test_kill_a_rank_mid_validation_ten_times(tmp_path):
     finally:
         writer.stop.set()
         writer.join(timeout=60)
-    try:
-        chain = list(probe.blocks())
-        summary = verify_chain(chain)
-        ids = [b.id for b in chain]
-        lost = [b.height for b in writer.committed if b.height >= len(ids) or ids[b.height] != b.id]
-        assert lost == [], f"committed blocks lost: {lost}"
-        assert summary.records == 8 * len(chain)
-        status = probe.status()
-        failures = status["failures"]
-        restarts = [f["restart_seconds"] for f in failures if f["restart_seconds"] is not None]
-        in_round = sum(1 for f in failures if f["in_round"])
-        reports = probe.ledgers()
-        valid = [r for r in reports if r["valid"] and r["head"] == summary.head]
-        print(f"\n{KILLS} kills (rank, ranks, rounds in flight): {killed}")
-        named = sum(1 for f, (rank, _, _) in zip(failures, killed, strict=True) if f["rank"] == rank)
-        print(f"detected with a round in flight: {in_round}/{len(failures)}; failed rank named right: "
-              f"{named}/{len(failures)} {[f['rank'] for f in failures]}")
-        print(f"restart seconds: median {statistics.median(restarts):.2f}, max {max(restarts):.2f} "
-              f"(4 ranks oversubscribed on {os.cpu_count()} cores)")
-        print(f"blocks committed: {len(chain)}; validated via shared storage while down: "
-              f"{status['stats']['storage_blocks']}; requeued requests: {status['stats']['requeued']}")
-        print(f"ranks holding the same valid ledger: {len(valid)}/{len(reports)}")
-        print(f"service chain: {len(chain)} blocks, head {summary.head}; ranks: "
-              f"{[(r['blocks'], r['head']) for r in reports]}")
-        assert len(failures) == KILLS and len(restarts) == KILLS
-        assert len(valid) == len(reports)
-        # Storage holds the same chain the service serves.
-        from lineage_ledger.backends.baash.storage import SharedStore
-
-        assert [b.id for b in SharedStore(str(service.storage)).load()] == ids
-    finally:
-        service.stop()
+    chain = list(probe.blocks())
+    summary = verify_chain(chain)
+    ids = [b.id for b in chain]
+    lost = [b.height for b in writer.committed if b.height >= len(ids) or ids[b.height] != b.id]
+    assert lost == [], f"committed blocks lost: {lost}"
+    assert summary.records == 8 * len(chain)
+    status = probe.status()
+    failures = status["failures"]
+    restarts = [f["restart_seconds"] for f in failures if f["restart_seconds"] is not None]
+    in_round = sum(1 for f in failures if f["in_round"])
+    reports = probe.ledgers()
+    valid = [r for r in reports if r["valid"] and r["head"] == summary.head]
+    print(f"\n{KILLS} kills (rank, ranks, rounds in flight): {killed}")
+    named = sum(1 for f, (rank, _, _) in zip(failures, killed, strict=True) if f["rank"] == rank)
+    print(f"detected with a round in flight: {in_round}/{len(failures)}; failed rank named right: "
+          f"{named}/{len(failures)} {[f['rank'] for f in failures]}")
+    print(f"restart seconds: median {statistics.median(restarts):.2f}, max {max(restarts):.2f} "
+          f"(4 ranks oversubscribed on {os.cpu_count()} cores)")
+    print(f"blocks committed: {len(chain)}; validated via shared storage while down: "
+          f"{status['stats']['storage_blocks']}; requeued requests: {status['stats']['requeued']}")
+    print(f"ranks holding the same valid ledger: {len(valid)}/{len(reports)}")
+    assert len(failures) == KILLS and len(restarts) == KILLS
+    assert named == KILLS, "the heartbeat connections name the rank that was killed"
+    assert len(valid) == len(reports)
+    # Storage holds the same chain the service serves.
+    assert [b.id for b in SharedStore(str(service.storage)).load()] == ids

@@ -1,11 +1,13 @@
 """The fault monitor: runs the MPI job under ``mpiexec``, notices when it dies, restarts it.
 
-Failures are seen three ways: ``mpiexec`` exits (MPICH's process manager tears the whole
-job down when one rank dies, and names the dead rank's PID), the gateway's control
-connection closes, or a round or heartbeat is overdue (a hung rank). The monitor then
-kills what is left of the job, excludes the failed rank's slot, and starts a job one rank
-smaller; ranks restore their chains from shared storage. On one machine there are no
-spare nodes, so once fewer than ``min_ranks`` would remain, the excluded slots are taken
+Failures are seen four ways: a rank's heartbeat connection closes (the kernel closes it
+the instant the process dies, so the first one to close names the failed rank; see
+:mod:`.liveness`), a rank's beats stop (hung or stopped), ``mpiexec`` exits (MPICH's
+process manager tears the whole job down when one rank dies), or a round is overdue. The
+monitor then kills what is left of the job, every rank included, excludes the failed
+rank's slot, and starts a job one rank smaller; ranks restore their chains from shared
+storage. On one machine there are no spare nodes, so once fewer than ``min_ranks`` would
+remain, the excluded slots are taken
 back (in a Slurm allocation they would be the replacement nodes).
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
@@ -25,6 +26,7 @@ from collections import deque
 from typing import Any
 
 from ._wire import recv_pickle, send_pickle
+from .liveness import RankWatch
 from .manager import JobDown
 
 __all__ = ["JobMonitor"]
@@ -32,7 +34,6 @@ __all__ = ["JobMonitor"]
 log = logging.getLogger("lineage_ledger.baash")
 YIELD_SETTINGS = {"MPIR_CVAR_CH4_PROGRESS_THROTTLE": "1", "MPIR_CVAR_POLLS_BEFORE_YIELD": "100",
                   "MPIR_CVAR_ENABLE_GPU": "0"}
-_BAD_PID = re.compile(r"PID (\d+) RUNNING AT")
 
 
 def mpiexec_command() -> list[str]:
@@ -58,6 +59,8 @@ class JobMonitor:
         self._lock = threading.Lock()          # one request to the gateway at a time
         self._proc: subprocess.Popen[str] | None = None
         self._pump_thread: threading.Thread | None = None
+        self.watch = RankWatch()
+        self._hung: int | None = None
         self._sock: socket.socket | None = None
         self._stopping = False
         self._down_since: float | None = None
@@ -116,15 +119,21 @@ class JobMonitor:
         self._pump_thread = threading.Thread(target=self._pump, args=(self._proc,), daemon=True)
         self._pump_thread.start()
         self._listener.settimeout(1.0)
-        while True:
+        self.watch = RankWatch(changed=self._wake)
+        while True:  # every rank's heartbeat connection, then the gateway's control connection
             try:
                 sock, _ = self._listener.accept()
-                break
             except TimeoutError:
                 if self._proc.poll() is not None or self._stopping:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
-        sock.settimeout(None)
-        hello = recv_pickle(sock)
+                continue
+            sock.settimeout(None)
+            first = recv_pickle(sock)
+            if first[0] == "rank":
+                self.watch.adopt(sock, first)
+                continue
+            hello = first
+            break
         self._sock = sock
         self.info = {**hello[1], "generation": self.generation, "size": size}
         self._last_seen = time.monotonic()
@@ -167,21 +176,18 @@ class JobMonitor:
     def _wait_for_failure(self) -> None:
         proc = self._proc
         assert proc is not None
-        pids = list(self.info.get("pids", []))
-        self._first_gone: list[int] = []
+        self._hung = None
         while not self._stopping:
-            # Liveness of every rank: MPICH tears the job down right after one rank dies and
-            # names some PID, not always the first to die; the first seen gone is the suspect.
-            gone = [pid for pid in pids if self._gone(pid)]
-            if gone:
-                self._first_gone = gone
+            if self.watch.ended or proc.poll() is not None or self._sock is None:
                 break
-            if proc.poll() is not None or self._sock is None:
+            self._hung = self.watch.overdue(self.heartbeat_timeout)
+            if self._hung is not None:
+                self.output.append(f"baash monitor: rank {self._hung} stopped beating")
                 break
             if not self._in_round and time.monotonic() - self._last_seen > self.heartbeat_timeout:
                 self.output.append("baash monitor: gateway heartbeat overdue")
                 break
-            self._wake.wait(0.01)
+            self._wake.wait(0.05)
             self._wake.clear()
 
     def _note_failure(self) -> None:
@@ -189,7 +195,7 @@ class JobMonitor:
         self._down_since = time.monotonic()
         in_round = self._in_round
         proc, pump = self._proc, self._pump_thread
-        if proc is not None:  # MPICH's process manager names the dead rank as it tears down
+        if proc is not None:  # let MPICH's process manager finish its own teardown first
             try:
                 proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
@@ -199,11 +205,9 @@ class JobMonitor:
             pump.join(timeout=2.0)
         pids = self.info.get("pids", [])
         tail = list(self.output)[-60:]
-        dead = [int(m.group(1)) for line in tail if (m := _BAD_PID.search(line))]
-        first = getattr(self, "_first_gone", [])
-        suspects = first if len(first) == 1 else [p for p in dead if p in first] or first or dead
-        pid = suspects[0] if suspects else None
-        rank = pids.index(pid) if pid in pids else None
+        rank = self.watch.first_dead() if self._hung is None else self._hung
+        pid = pids[rank] if rank is not None and rank < len(pids) else None
+        self.watch.close()
         self.failures.append({"generation": self.generation, "rank": rank, "pid": pid,
                               "in_round": in_round, "at": time.time(), "restart_seconds": None,
                               "output": [line for line in tail if line.strip(" =")][-6:]})

@@ -20,6 +20,7 @@ from mpi4py import MPI
 
 from ._mpi import Inbox, Tag
 from .consensus import ClusterCoordinator, quorum_of
+from .liveness import beat_forever
 from .storage import SharedStore
 from .validation import ChainState, vote_for
 
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     store = SharedStore(args.storage)
     started = time.monotonic()
     state = restore(store)
+    beat_forever(args.control, rank, os.getpid())  # before the gather: the daemon sees every rank first
     pids = world.gather((os.getpid(), time.monotonic() - started), root=0)
     inbox = Inbox([cluster, world])
     try:
