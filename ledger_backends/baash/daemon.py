@@ -32,9 +32,10 @@ def _located(items: list[Any]) -> list[Any]:
 
 class Service:
     def __init__(self, *, ranks: int, storage: str, host: str, port: int, rank_args: list[str],
-                 batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2) -> None:
+                 batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2,
+                 restart_delay: float = 0.0) -> None:
         self.store = SharedStore(storage)
-        self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks)
+        self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay)
         self.manager = TransactionManager(self.store, self.monitor, batch_blocks=batch_blocks, batch_time=batch_time)
         self.started = time.time()
         service = self
@@ -100,6 +101,7 @@ class Service:
         return {
             "job_up": self.monitor.up, "job": self.monitor.info, "failures": self.monitor.failures,
             "memory": self.monitor.rank_memory(), "stats": self.manager.stats,
+            "seconds": self.manager.seconds,
             "pending": len(self.manager.pending), "active": len(self.manager.active),
             "head": None if head is None else [head.height, head.id],
             "storage": {"root": self.store.root, "height": self.store.height, "lookups": self.store.lookups,

@@ -57,6 +57,7 @@ class TransactionManager:
         self.active: list[Request] = []
         self.cond = threading.Condition()
         self.stats = {"rounds": 0, "blocks": 0, "storage_rounds": 0, "storage_blocks": 0, "requeued": 0}
+        self.seconds: dict[str, float] = {}  # time per phase of the job's rounds, summed
         self._stopping = False
         self._round_id = 0
         self.resync()
@@ -177,8 +178,11 @@ class TransactionManager:
                         outcomes = self._storage_round(blocks, groups)
             if outcomes is None:
                 try:
-                    outcomes, _info = self.job.run_round(self._round_id, blocks, groups)
+                    sent = time.perf_counter()
+                    outcomes, info = self.job.run_round(self._round_id, blocks, groups)
                     self.stats["rounds"] += 1
+                    for phase, seconds in {**info["timing"], "round_trip": time.perf_counter() - sent}.items():
+                        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
                 except JobDown:
                     # Storage may hold part of the round already; precheck again from it.
                     self.resync()
