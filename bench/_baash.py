@@ -64,7 +64,8 @@ class Service:
         return time.perf_counter() - started
 
     def stop(self) -> None:
-        self.backend.close() if hasattr(self, "backend") else None
+        if hasattr(self, "backend"):
+            self.backend.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -82,4 +83,5 @@ class Service:
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"

@@ -64,12 +64,15 @@ class JobMonitor:
         self._hung: int | None = None
         self._sock: socket.socket | None = None
         self._stopping = False
+        self._stopped = threading.Event()
         self._down_since: float | None = None
         self._last_seen = time.monotonic()
         self._in_round = False
         self._replies: deque[Any] = deque()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.control = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        # Ranks on other nodes of an allocation reach the daemon at $BAASH_CONTROL_HOST.
+        control_host = os.environ.get("BAASH_CONTROL_HOST", "127.0.0.1")
+        self._listener = socket.create_server((control_host, 0))
+        self.control = f"{control_host}:{self._listener.getsockname()[1]}"
         self._wake = threading.Event()
         # Held while a job starts: its ranks restore from shared storage, so the daemon must
         # not write a storage-validated round there at the same moment.
@@ -87,6 +90,7 @@ class JobMonitor:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         with self._lock:
             if self._sock is not None:
@@ -166,7 +170,7 @@ class JobMonitor:
                 break
             self._note_failure()
             if self.restart_delay:
-                time.sleep(self.restart_delay)
+                self._stopped.wait(self.restart_delay)
 
     @staticmethod
     def _gone(pid: int) -> bool:

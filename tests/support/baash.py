@@ -60,17 +60,3 @@ class BaashService:
                 self.proc.wait()
         self.log.close()
 
-
-@pytest.fixture
-def baash_service(tmp_path):
-    services: list[BaashService] = []
-
-    def start(ranks: int = 4, *extra: str) -> BaashService:
-        (tmp_path / f"svc{len(services)}").mkdir()
-        service = BaashService(tmp_path / f"svc{len(services)}", ranks, *extra)
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        service.stop()
