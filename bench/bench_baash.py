@@ -22,14 +22,22 @@ from _common import parse_args
 PER_APPEND = 16
 
 
-def timed(ranks: int, mode: str, chain, rounds: int, *extra: str) -> tuple[float, list[int]]:
-    """Median seconds to commit ``chain`` on a fresh service, and the ranks' memory."""
-    times, memory = [], []
+def run_once(ranks: int, mode: str, chain, *extra: str) -> tuple[float, list[int]]:
+    """Seconds to commit ``chain`` on a fresh service, and the ranks' memory afterwards."""
+    with Service(ranks, "--mode", mode, *extra) as service:
+        seconds = service.send(chain, PER_APPEND)
+        return seconds, [m for m in service.backend.status()["memory"] if m]
+
+
+def compare(ranks: int, modes: tuple[str, ...], chain, rounds: int) -> dict[str, tuple[float, list[int]]]:
+    """Median seconds per mode; rounds interleave the modes so machine noise hits each alike."""
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    memory: dict[str, list[int]] = {}
     for _ in range(rounds):
-        with Service(ranks, "--mode", mode, *extra) as service:
-            times.append(service.send(chain, PER_APPEND))
-            memory = [m for m in service.backend.status()["memory"] if m]
-    return statistics.median(times), memory
+        for mode in modes:
+            seconds, memory[mode] = run_once(ranks, mode, chain)
+            times[mode].append(seconds)
+    return {mode: (statistics.median(times[mode]), memory[mode]) for mode in modes}
 
 
 def main() -> None:
@@ -41,18 +49,17 @@ def main() -> None:
     print("\n1. throughput against ranks (blocks/s)")
     chain = make_chain(sizes[0])
     for ranks in rank_counts:
-        ours, _ = timed(ranks, "baash", chain, args.rounds)
-        plain, _ = timed(ranks, "replicate", chain, args.rounds)
-        print(f"  {oversubscribed(ranks):32s} BAASH {len(chain) / ours:8.0f}   replication {len(chain) / plain:8.0f}"
-              f"   ratio {plain / ours:.2f}x")
+        result = compare(ranks, ("baash", "replicate"), chain, args.rounds)
+        ours, plain = result["baash"][0], result["replicate"][0]
+        print(f"  {oversubscribed(ranks):36s} BAASH {len(chain) / ours:6.0f}   replication {len(chain) / plain:6.0f}"
+              f"   BAASH/replication {plain / ours:.2f}")
 
     print("\n2. overhead against plain replication, 4 ranks")
     overheads = {}
-    memory: list[int] = []
+    memory: dict[str, list[int]] = {}
     for size in sizes:
-        chain = make_chain(size)
-        ours, memory = timed(4, "baash", chain, args.rounds)
-        plain, _ = timed(4, "replicate", chain, args.rounds)
+        result = compare(4, ("baash", "replicate"), make_chain(size), args.rounds)
+        (ours, memory["baash"]), (plain, memory["replicate"]) = result["baash"], result["replicate"]
         overheads[size] = ours / plain - 1
         print(f"  {size:6d} blocks: BAASH {ours:7.2f} s, replication {plain:7.2f} s, overhead {overheads[size]:+.0%}"
               f"  ({oversubscribed(4)})")
@@ -61,14 +68,15 @@ def main() -> None:
     chain = make_chain(sizes[0])
     speedups = []
     for ranks in rank_counts[1:]:
-        ours, _ = timed(ranks, "baash", chain, args.rounds)
-        pbft, _ = timed(ranks, "pbft", chain, args.rounds)
+        result = compare(ranks, ("baash", "pbft"), chain, args.rounds)
+        ours, pbft = result["baash"][0], result["pbft"][0]
         speedups.append(pbft / ours)
-        print(f"  {oversubscribed(ranks):32s} BAASH {len(chain) / ours:8.0f}/s   PBFT {len(chain) / pbft:8.0f}/s"
+        print(f"  {oversubscribed(ranks):36s} BAASH {len(chain) / ours:6.0f}/s   PBFT {len(chain) / pbft:6.0f}/s"
               f"   BAASH {pbft / ours:.2f}x faster")
 
-    print(f"\n4. memory per rank after {sizes[-1]} blocks ({sizes[-1] * 4} records): "
-          + ", ".join(f"{m / 2**20:.0f} MiB" for m in memory))
+    print(f"\n4. resident memory per rank after {sizes[-1]} blocks ({sizes[-1] * 4} records), 4 ranks:")
+    for mode in ("baash", "replicate"):
+        print(f"  {mode:10s} " + ", ".join(f"{m / 2**20:.0f} MiB" for m in memory[mode]))
 
     largest = sizes[-1]
     met = overheads[largest] <= 0.25 and min(speedups) >= 1.0

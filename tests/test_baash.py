@@ -127,3 +127,22 @@ def test_verify_lineage_against_the_service(service_factory, workdir):
     broken = run_cli("result.txt", "--ledger", service.url, program="verify-lineage", cwd=workdir, env=env)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "clean.txt" in broken.stdout + broken.stderr
+
+
+@pytest.mark.parametrize("options", [("--clusters", "2"), ("--mode", "pbft"), ("--f", "0")],
+                         ids=["two-clusters", "pbft-baseline", "f0-parallel-subclusters"])
+def test_other_layouts_commit_the_same_chain(service_factory, options):
+    """Two clusters (two coordinators), the PBFT baseline, and sub-clusters of one."""
+    service = service_factory(4, *options)
+    backend = open_backend(service.url)
+    chain = chain_of(make_records(60), 3)
+    for start in range(0, len(chain), 7):
+        backend.append(chain[start:start + 7])
+    assert [b.id for b in backend.blocks()] == [b.id for b in chain]
+    fraction, heads = _identical(backend.ledgers())
+    assert fraction == 1.0 and heads == {(20, chain[-1].id, heads.copy().pop()[2])}
+    with pytest.raises(BlockRejected):
+        backend.append([_tampered(build_block([r.stored() for r in make_records(2, start=900)],
+                                              backend.head()).stored())])
+    status = backend.status()
+    assert status["stats"]["blocks"] == 20 and status["failures"] == []

@@ -19,6 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from lineage_ledger._errors import CorruptStore
 from lineage_ledger._model import StoredBlock
@@ -86,21 +87,33 @@ class SharedStore:
         except (OSError, ValueError) as exc:
             raise CorruptStore(f"{path}: cannot read block {block_id[:16]}: {exc}") from exc
 
-    def _write_block(self, block: StoredBlock) -> None:
+    def _stage(self, block: StoredBlock) -> tuple[str, str] | None:
+        """Write a block to a temporary file beside its place; ``None`` if already stored."""
         path = self._path(block.id)
         if self.has(block.id):
             self.writes_skipped += 1
-            return
+            return None
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as handle:
             handle.write(json.dumps(block_to_wire(block), separators=(",", ":")).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        return tmp, path
+
+    @staticmethod
+    def _fsync(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def commit(self, blocks: Sequence[StoredBlock]) -> None:
-        """Store ``blocks`` (the next heights, in order) and append them to the chain log."""
+        """Store ``blocks`` (the next heights, in order) and append them to the chain log.
+
+        The block files of a round are fsync'd concurrently (the file system folds them
+        into one journal commit instead of one per block), renamed, and their directories
+        fsync'd; only then does the log line, which is what commits, get written.
+        """
         if not blocks:
             return
         self.refresh()
@@ -111,8 +124,16 @@ class SharedStore:
             blocks = [b for b in blocks if b.height >= len(self.ids)]
             if not blocks:
                 return
-        for block in blocks:
-            self._write_block(block)
+        staged = [s for s in (self._stage(b) for b in blocks) if s is not None]
+        if staged:
+            with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
+                list(pool.map(self._fsync, [tmp for tmp, _ in staged]))
+                for tmp, path in staged:
+                    os.replace(tmp, path)
+                directories = {os.path.dirname(path) for _, path in staged} | {self.blocks_dir}
+                if not os.path.exists(self.log_path):
+                    directories.add(self.root)  # the log is about to be created there
+                list(pool.map(self._fsync, sorted(directories)))
         lines = "".join(f"{b.height} {b.id}\n" for b in blocks).encode()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
