@@ -78,9 +78,10 @@ def record_to_wire(record: StoredRecord) -> list[Any]:
 def record_from_wire(item: Sequence[Any]) -> StoredRecord:
     try:
         rid, body, run_id, inputs, outputs = item
-        return StoredRecord(str(rid), str(body).encode("latin-1"), str(run_id),
-                            tuple((str(p), str(d)) for p, d in inputs),
-                            tuple((str(p), str(d)) for p, d in outputs))
+        if not (isinstance(rid, str) and isinstance(body, str) and isinstance(run_id, str)):
+            raise TypeError("id, body and run id must be text")
+        return StoredRecord(rid, body.encode("latin-1"), run_id,
+                            tuple([(p, d) for p, d in inputs]), tuple([(p, d) for p, d in outputs]))
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise ValueError(f"malformed record on the wire: {exc}") from exc
 

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from ._wire import block_from_wire, block_to_wire, record_to_wire, recv_json, send_json
+from ._wire import block_from_wire, record_to_wire, recv_json, send_frame, send_json
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
 from .storage import SharedStore
@@ -47,7 +47,11 @@ class Service:
                         request = recv_json(self.request)
                     except (ConnectionError, OSError, ValueError):
                         return
-                    send_json(self.request, service.answer(request))
+                    answer = service.answer(request)
+                    if isinstance(answer, bytes):  # already encoded (block pages)
+                        send_frame(self.request, answer)
+                    else:
+                        send_json(self.request, answer)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
@@ -56,7 +60,7 @@ class Service:
         self.server = Server((host, port), Handler)
         self.address = self.server.server_address
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any] | bytes:
         try:
             op = request.get("op")
             index = self.manager.index
@@ -71,7 +75,8 @@ class Service:
                 start = int(request.get("start", 0))
                 stop = request.get("stop")
                 stop = start + READ_PAGE if stop is None else min(int(stop), start + READ_PAGE)
-                return {"blocks": [block_to_wire(b) for b in index.blocks(start, stop)]}
+                page = self.manager.wire[start:stop]
+                return b'{"blocks":[' + ",".join(page).encode() + b"]}"
             if op == "record_count":
                 return {"count": index.record_count()}
             if op == "known":

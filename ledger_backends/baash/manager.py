@@ -15,6 +15,7 @@ itself and persists them there, so clients are answered throughout a restart.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any
 from lineage_ledger._model import StoredBlock
 from lineage_ledger.backends.memory import MemoryBackend
 
+from ._wire import block_to_wire
 from .storage import SharedStore
 from .validation import check_block
 
@@ -53,6 +55,7 @@ class TransactionManager:
         self.store, self.job = store, job
         self.batch_blocks, self.batch_time = batch_blocks, batch_time
         self.index = MemoryBackend("memory://baash-index", private=True)  # what reads are served from
+        self.wire: list[str] = []  # block by height, as the JSON text the `blocks` answer carries
         self.pending: deque[Request] = deque()
         self.active: list[Request] = []
         self.cond = threading.Condition()
@@ -78,9 +81,14 @@ class TransactionManager:
         start = 0 if head is None else head.height + 1
         added = 0
         for block in self.store.load(start):
-            self.index.append([block])
+            self._index([block])
             added += 1
         return added
+
+    def _index(self, blocks: list[StoredBlock]) -> None:
+        """Make committed blocks readable; their wire form is encoded once, here, not per read."""
+        self.index.append(blocks)
+        self.wire.extend(json.dumps(block_to_wire(b), separators=(",", ":")) for b in blocks)
 
     def submit(self, blocks: list[StoredBlock], timeout: float | None = None) -> tuple[str, str]:
         request = Request(blocks)
@@ -194,7 +202,7 @@ class TransactionManager:
             for (_start, end), (status, _message) in zip(groups, outcomes, strict=True):
                 if status == "committed":
                     committed = end
-            self.index.append(blocks[:committed])
+            self._index(blocks[:committed])
             self.stats["blocks"] += committed
             for request, (status, message) in zip(members, outcomes, strict=True):
                 request.finish(status, message)
