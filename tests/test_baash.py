@@ -146,3 +146,23 @@ def test_other_layouts_commit_the_same_chain(service_factory, options):
                                               backend.head()).stored())])
     status = backend.status()
     assert status["stats"]["blocks"] == 20 and status["failures"] == []
+
+
+@pytest.mark.parametrize(("extend", "fallback"), [("2", "extended"), ("0", "storage")])
+def test_a_silent_sub_cluster_is_extended_or_falls_back_to_storage(service_factory, extend, fallback):
+    """Sub-clusters of one (f=0); rank 2 never votes, so its sub-cluster has no majority.
+
+    With c=2 idle ranks join it and decide; with c=0 the shared-storage ledger decides.
+    """
+    service = service_factory(4, "--f", "0", "--c", extend, "--silent-voter", "2", "--vote-timeout", "1")
+    backend = open_backend(service.url)
+    chain = chain_of(make_records(27), 3)
+    backend.append(chain)  # one round of 9 blocks over the three sub-clusters [1], [2], [3]
+    bad = _tampered(build_block([r.stored() for r in make_records(3, start=700)], backend.head()).stored())
+    with pytest.raises(BlockRejected):
+        backend.append([bad])
+    assert [b.id for b in backend.blocks()] == [b.id for b in chain]
+    decided = backend.status()["decided_by"]
+    assert decided.get(fallback, 0) >= 1, decided
+    fraction, heads = _identical(backend.ledgers())
+    assert fraction == 1.0 and len(heads) == 1

@@ -40,10 +40,11 @@ def baash() -> None:
 @click.option("--batch-time", type=float, default=0.002, show_default=True, help="Seconds a round waits to fill.")
 @click.option("--vote-timeout", type=float, default=5.0, show_default=True, help="Seconds before a silent validator fails.")
 @click.option("--faulty-voter", type=int, multiple=True, help="Fault injection: this rank votes the opposite.")
+@click.option("--silent-voter", type=int, multiple=True, help="Fault injection: this rank never votes.")
 @click.option("--restart-delay", type=float, default=0.0, help="Fault injection: wait this long before a restart.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {host, port, pid} here once serving.")
 def serve(ranks, storage, listen, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
-          faulty_voter, restart_delay, ready_file) -> None:
+          faulty_voter, silent_voter, restart_delay, ready_file) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     try:
         import mpi4py  # noqa: F401 - the ranks need it; fail here with the hint, not in mpiexec
@@ -59,6 +60,8 @@ def serve(ranks, storage, listen, faults, extend, clusters, mode, batch_blocks, 
                  "--vote-timeout", str(vote_timeout)]
     for rank in faulty_voter:
         rank_args += ["--faulty-voter", str(rank)]
+    for rank in silent_voter:
+        rank_args += ["--silent-voter", str(rank)]
     service = Service(ranks=ranks, storage=storage, host=host, port=port, rank_args=rank_args,
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay)
 

@@ -106,7 +106,7 @@ class Service:
         return {
             "job_up": self.monitor.up, "job": self.monitor.info, "failures": self.monitor.failures,
             "memory": self.monitor.rank_memory(), "stats": self.manager.stats,
-            "seconds": self.manager.seconds,
+            "seconds": self.manager.seconds, "decided_by": self.manager.decided_by,
             "pending": len(self.manager.pending), "active": len(self.manager.active),
             "head": None if head is None else [head.height, head.id],
             "storage": {"root": self.store.root, "height": self.store.height, "lookups": self.store.lookups,

@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import time
+from collections import Counter
 from typing import Any
 
 from lineage_ledger._model import BlockHeader
@@ -137,10 +138,10 @@ class Gateway:
             if rid == round_id:
                 acks += 1
                 agreeing += (height, head) == self.state.head
-        ways = sorted({d.how for d in decisions.values()})
+        ways = Counter(d.how for d in decisions.values())
         timing = {"decide": decided - started, "persist": persisted - decided,
                   "commit": time.perf_counter() - persisted}
-        return round_id, outcomes, {"acks": acks, "agreeing": agreeing, "ways": ways, "timing": timing,
+        return round_id, outcomes, {"acks": acks, "agreeing": agreeing, "ways": dict(ways), "timing": timing,
                                     "failed_validators": sorted(self.coordinator.failed)}
 
     def ledgers(self) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ class TransactionManager:
         self.active: list[Request] = []
         self.cond = threading.Condition()
         self.stats = {"rounds": 0, "blocks": 0, "storage_rounds": 0, "storage_blocks": 0, "requeued": 0}
+        self.decided_by: dict[str, int] = {}  # blocks decided by quorum, extended quorum, storage
         self.seconds: dict[str, float] = {}  # time per phase of the job's rounds, summed
         self._stopping = False
         self._round_id = 0
@@ -191,6 +192,8 @@ class TransactionManager:
                     self.stats["rounds"] += 1
                     for phase, seconds in {**info["timing"], "round_trip": time.perf_counter() - sent}.items():
                         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+                    for how, count in info["ways"].items():  # quorum / extended / storage
+                        self.decided_by[how] = self.decided_by.get(how, 0) + count
                 except JobDown:
                     # Storage may hold part of the round already; precheck again from it.
                     self.resync()

@@ -38,6 +38,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vote-timeout", type=float, default=5.0)
     parser.add_argument("--faulty-voter", type=int, action="append", default=[],
                         help="world rank that votes the opposite of what it found (fault injection)")
+    parser.add_argument("--silent-voter", type=int, action="append", default=[],
+                        help="world rank that never votes, as if hung (fault injection)")
     return parser.parse_args(argv)
 
 
@@ -47,6 +49,7 @@ class Validator:
     def __init__(self, world: Any, cluster: Any, state: ChainState, store: SharedStore, args: argparse.Namespace) -> None:
         self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
         self.faulty = world.Get_rank() in args.faulty_voter
+        self.silent = world.Get_rank() in args.silent_voter
         self.rounds: dict[int, list[Any]] = {}        # round id -> its blocks, until committed
         self.pbft: dict[tuple[int, int], dict[str, Any]] = {}
 
@@ -63,9 +66,9 @@ class Validator:
             self.rounds[round_id] = blocks
             if mode == "pbft":
                 self._pbft_start(round_id, blocks, plan)
-            elif plan:
+            elif plan and not self.silent:
                 comm.send((round_id, self._vote(blocks, [i for i, _ in plan])), dest=source, tag=Tag.VOTE)
-        elif tag == Tag.EXTRA:
+        elif tag == Tag.EXTRA and not self.silent:
             _, round_id, i = body
             comm.send((round_id, self._vote(self.rounds[round_id], [i])), dest=source, tag=Tag.VOTE)
         elif tag in (Tag.PBFT_PREPREPARE, Tag.PBFT_PREPARE, Tag.PBFT_COMMIT):
