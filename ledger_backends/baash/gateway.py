@@ -96,8 +96,18 @@ class Gateway:
         self.store.refresh()
         if self.store.height > self.state.head[0]:
             self.state.extend(self.store.load(self.state.head[0]))
-            for rank in range(1, self.world.Get_size()):
+            size = self.world.Get_size()
+            for rank in range(1, size):
                 self.world.send(None, dest=rank, tag=Tag.SYNC)
+            # Wait until every rank has reloaded: a prepare on the cluster communicator could
+            # otherwise overtake the sync on the world communicator.
+            inbox, synced = Inbox([self.world], Tag.ACK), 0
+            deadline = time.monotonic() + 2 * self.args.vote_timeout
+            while synced < size - 1:
+                message = inbox.next(deadline)
+                if message is None:
+                    break
+                synced += message[3][0] == -1
 
     def round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, ...]:
         self.catch_up()

@@ -182,9 +182,9 @@ class TransactionManager:
         try:
             outcomes = None
             if not self.job.up:
-                with self.job.launch_lock:  # a job starting now restores from storage first
-                    if not self.job.up:
-                        outcomes = self._storage_round(blocks, groups)
+                # A job starting meanwhile may restore without these blocks; its gateway
+                # catches up from storage before its first round.
+                outcomes = self._storage_round(blocks, groups)
             if outcomes is None:
                 try:
                     sent = time.perf_counter()

@@ -51,6 +51,7 @@ class JobMonitor:
         self.ranks, self.storage, self.rank_args = ranks, storage, rank_args
         self.min_ranks, self.round_timeout, self.heartbeat_timeout = min_ranks, round_timeout, heartbeat_timeout
         self.restart_delay = restart_delay  # benchmarks hold the job down to measure storage validation
+        self.launch_timeout = 90.0
         self.excluded = 0
         self.up = False
         self.info: dict[str, Any] = {}
@@ -74,9 +75,6 @@ class JobMonitor:
         self._listener = socket.create_server((control_host, 0))
         self.control = f"{control_host}:{self._listener.getsockname()[1]}"
         self._wake = threading.Event()
-        # Held while a job starts: its ranks restore from shared storage, so the daemon must
-        # not write a storage-validated round there at the same moment.
-        self.launch_lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="baash-monitor", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -121,19 +119,23 @@ class JobMonitor:
             env.setdefault(name, value)
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True, env=env)
-        self._pump_thread = threading.Thread(target=self._pump, args=(self._proc,), daemon=True)
+        self._pump_thread = threading.Thread(target=self._pump, args=(self._proc, self.generation), daemon=True)
         self._pump_thread.start()
         self._listener.settimeout(1.0)
         self.watch = RankWatch(changed=self._wake)
+        deadline = time.monotonic() + self.launch_timeout
         while True:  # every rank's heartbeat connection, then the gateway's control connection
             try:
                 sock, _ = self._listener.accept()
             except TimeoutError:
                 if self._proc.poll() is not None or self._stopping:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the MPI job did not start within {self.launch_timeout:.0f} s") from None
                 continue
-            sock.settimeout(None)
+            sock.settimeout(self.launch_timeout)  # a first message that never comes must not hang us
             first = recv_pickle(sock)
+            sock.settimeout(None)
             if first[0] == "rank":
                 self.watch.adopt(sock, first)
                 continue
@@ -144,18 +146,22 @@ class JobMonitor:
         self._last_seen = time.monotonic()
         threading.Thread(target=self._read, args=(sock,), daemon=True).start()
 
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
+    def _pump(self, proc: subprocess.Popen[str], generation: int) -> None:
+        """Keep the job's output: the last lines in memory, all of it in DIR/logs/."""
         assert proc.stdout is not None
-        for line in proc.stdout:
-            self.output.append(line.rstrip())
+        os.makedirs(os.path.join(self.storage, "logs"), exist_ok=True)
+        with open(os.path.join(self.storage, "logs", f"mpiexec-{generation}.log"), "a") as log_file:
+            for line in proc.stdout:
+                self.output.append(line.rstrip())
+                log_file.write(line)
+                log_file.flush()
 
     def _supervise(self) -> None:
         while not self._stopping:
             started = time.monotonic()
             try:
-                with self.launch_lock:
-                    self._launch()
-                    self.up = True  # under the lock: no storage-validated round slips in between
+                self._launch()
+                self.up = True
             except (RuntimeError, OSError, EOFError, ConnectionError) as err:
                 log.error("baash: starting the MPI job failed: %s", err)
                 self._kill_job()

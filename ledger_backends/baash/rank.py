@@ -84,6 +84,7 @@ class Validator:
             comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
         elif tag == Tag.SYNC:
             self.state.extend(self.store.load(self.state.head[0]))
+            comm.send((-1, *self.state.head), dest=source, tag=Tag.ACK)
         elif tag == Tag.STOP:
             return False
         return True
