@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/parsl/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet -e '.[mpi]'  # BAASH: mpi4py + MPICH's mpiexec in the venv
+	$(BIN)/python -m pip install --quiet -e plugins/parsl
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,12 +31,22 @@ test-fast: $(STAMP)
 # so it checks a copy laid out as the installed package.
 lint: $(STAMP)
 	$(BIN)/ruff check core ledger_backends tests bench
+	$(BIN)/ruff check plugins/parsl/src examples/parsl
 	rm -rf build/typecheck && mkdir -p build/typecheck
 	cp -r core build/typecheck/lineage_ledger && cp -r ledger_backends build/typecheck/lineage_ledger/backends
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger
+	cp -r plugins/parsl/src/lineage_ledger_parsl build/typecheck/
+	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger_parsl
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) .lineage .pytest_cache .hypothesis build *.egg-info
+
+# Hyperledger Fabric back-end: the `fabric` extra, and peer/orderer/... built once from the Go
+# module proxy into ~/.cache/lineage-ledger (reused afterwards). Without it, fabric tests skip.
+.PHONY: install-fabric
+install-fabric: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[fabric]'
+	bash ledger_backends/fabric/tools/install-fabric.sh

@@ -5,6 +5,7 @@ imported until a back-end or plugin that needs it is used.
 """
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
+from ._capture import TaskCapture, TaskRun, code_digest, jsonable, verify_before_run
 from ._chain import ChainSummary, build_block, verify_block, verify_chain
 from ._environment import current_environment
 from ._errors import (
@@ -54,9 +55,9 @@ __all__ = [
     "Ledger", "LedgerError", "LedgerRecord", "LineageBroken", "LineageNode", "MerkleBuilder",
     "MerkleMismatch", "MissingExtra", "Policy", "Record", "RecordTampered", "Recorder",
     "Report", "SpoolCorrupt", "SpoolError", "SpoolFull", "StatCache", "StoredBlock",
-    "StoredRecord", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes",
+    "StoredRecord", "TaskCapture", "TaskRun", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes", "code_digest",
     "check_artifact", "check_before_run", "current_environment", "format_time", "hash_file",
-    "inclusion_proof", "merkle_root", "normalize_path", "open_ledger", "parse_time", "utcnow",
+    "inclusion_proof", "jsonable", "merkle_root", "normalize_path", "open_ledger", "parse_time", "utcnow",
     "verify_artifact", "verify_block", "verify_chain", "verify_chain_of", "verify_closure",
-    "verify_inclusion", "verify_lineage", "walk_files",
+    "verify_before_run", "verify_inclusion", "verify_lineage", "walk_files",
 ]
