@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml plugins/parsl/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[mpi]'  # BAASH: mpi4py + MPICH's mpiexec in the venv
 	$(BIN)/python -m pip install --quiet -e plugins/parsl
 	touch $(STAMP)
 
