@@ -14,25 +14,26 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
 from ._chain import ChainSummary, ChainTip, build_block, verify_chain
-from ._errors import AppendConflict, ChainBroken, LedgerError, RecordTampered
+from ._errors import AppendConflict, BackendError, ChainBroken, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
-    from lineage_ledger.backends import Backend, Located
+    from lineage_ledger.backends import Backend, ChainHead, Located
 
 __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
 _DECODE_CACHE = 50_000
+_STEADY_READS = 20  # reads of the chain before concurrent appends count as a failure
 log = logging.getLogger("lineage_ledger")
 
 
@@ -141,17 +142,35 @@ class Ledger:
         return self.backend.blocks(start, stop)
 
     def verify_chain(self) -> ChainSummary:
-        summary = verify_chain(self.backend.blocks())
-        self._check_totals(summary)
-        return summary
+        return self._read_steady(lambda: verify_chain(self.backend.blocks()))
 
-    def _check_totals(self, summary: ChainSummary) -> None:
+    def _read_steady(self, read: Callable[[], ChainSummary]) -> ChainSummary:
+        """Run ``read`` (which verifies the blocks) and check it against the stored totals.
+
+        The blocks, the head and the record count come from separate queries. An append
+        by another writer (or this process's own recorder) between them would look like a
+        missing block or a record outside the chain, so the whole read is repeated until
+        the head is the same before and after it. Appends are atomic and only add blocks,
+        so an unchanged head means the three reads saw one state of the store.
+        """
+        for _ in range(_STEADY_READS):
+            before = self.backend.head()
+            summary = read()
+            stored = self.backend.record_count()
+            after = self.backend.head()
+            if before == after:
+                self._check_totals(summary, after, stored)
+                return summary
+        raise BackendError(
+            f"{self.url}: the ledger kept growing during {_STEADY_READS} reads of the chain; "
+            "verify again when the writers are quieter"
+        )
+
+    def _check_totals(self, summary: ChainSummary, head: ChainHead | None, stored: int) -> None:
         """The chain must end at the stored head and hold every stored record."""
-        head = self.backend.head()
         if (head is None and summary.blocks) or (head is not None and head.id != summary.head):
             height = summary.blocks
             raise ChainBroken(f"block {height} is missing: the chain stops before the stored head", height=height)
-        stored = self.backend.record_count()
         if stored != summary.records:
             raise ChainBroken(
                 f"{stored} records are stored but the blocks hold {summary.records}: "
@@ -175,8 +194,11 @@ class Ledger:
                 read.append(block)
                 yield block
 
-        summary = verify_chain(keep(self.backend.blocks()))
-        self._check_totals(summary)
+        def verify_and_keep() -> ChainSummary:
+            read.clear()
+            return verify_chain(keep(self.backend.blocks()))
+
+        summary = self._read_steady(verify_and_keep)
         memory = MemoryBackend(f"snapshot+{self.url}", private=True)
         view = Ledger(memory, spool_root=self._spool_root)
         view._decode_limit = None  # everything is in memory already; keep every decode

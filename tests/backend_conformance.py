@@ -134,3 +134,24 @@ class BackendConformance:
             tasks = {entry.record.task_id for entry in ledger.run(f"w{i}")}
             assert len(tasks) == self.records_per_writer
         ledger.close()
+
+    def test_verification_while_another_process_appends(self, url, tmp_path):
+        """Reading the chain, the head and the count are separate queries: a block that lands
+        between them must not look like a missing block or a record outside the chain."""
+        if not open_backend(url).shared_between_processes:
+            pytest.skip("this back-end keeps one store per process")
+        ledger = open_ledger(url, spool=str(tmp_path / "check"))
+        writer = subprocess.Popen([sys.executable, str(WRITER), url, str(tmp_path / "spool"), "busy",
+                                   str(self.records_per_writer * 4)])
+        overlapping = 0
+        try:
+            while writer.poll() is None:
+                ledger.verify_chain()
+                view, summary = ledger.snapshot()
+                assert len(view.run("busy")) == summary.records
+                overlapping += writer.poll() is None
+        finally:
+            assert writer.wait(timeout=600) == 0
+        assert overlapping >= 1, "no verification ran while the writer was appending"
+        assert ledger.verify_chain().records == self.records_per_writer * 4
+        ledger.close()
