@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from ._chain import ChainSummary, ChainTip, build_block, verify_chain
+from ._chain import ChainSummary, ChainTip, _verify_columns, build_block, verify_chain
 from ._errors import AppendConflict, ChainBroken, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
@@ -141,7 +141,9 @@ class Ledger:
         return self.backend.blocks(start, stop)
 
     def verify_chain(self) -> ChainSummary:
-        summary = verify_chain(self.backend.blocks())
+        # Back-ends written before block_columns existed may not derive from Backend.
+        columns = getattr(self.backend, "block_columns", None)
+        summary = _verify_columns(columns()) if columns else verify_chain(self.backend.blocks())
         self._check_totals(summary)
         return summary
 
