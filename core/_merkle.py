@@ -91,7 +91,7 @@ def root_of_leaf_hashes(level: list[bytes]) -> bytes:
 
 
 def merkle_root(record_ids: Iterable[str]) -> str:
-    return root_of_leaf_hashes([leaf_hash(i) for i in record_ids]).hex()
+    return root_of_leaf_hashes(leaf_hashes(map(bytes.fromhex, record_ids))).hex()
 
 
 class MerkleBuilder:
