@@ -12,6 +12,8 @@ restore its ctime. Verification never uses the cache: it always rehashes.
 from __future__ import annotations
 
 import errno
+import marshal
+import operator
 import os
 import sqlite3
 import stat as stat_module
@@ -26,6 +28,8 @@ from ._model import Artifact
 
 __all__ = ["Hasher", "StatCache", "hash_file", "normalize_path", "walk_files"]
 
+_entry_name = operator.attrgetter("name")
+
 MMAP_THRESHOLD = 4 << 20
 _CHUNK = 1 << 20
 _RETRIES = 3
@@ -33,6 +37,13 @@ _RETRIES = 3
 
 def normalize_path(path: str | os.PathLike[str] | bytes) -> str:
     """Absolute, normalised, UTF-8-safe form of a path as records store it."""
+    if (
+        type(path) is str and path.isascii() and path[:1] == "/"
+        and "//" not in path and "/." not in path and path[-1:] != "/"
+    ):
+        # Already what abspath would return (no empty, "." or ".." component), and ASCII
+        # is valid UTF-8: the common case of paths from walk_files, without the rework.
+        return path
     raw = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
     try:
         raw.encode("utf-8")
@@ -111,28 +122,47 @@ def walk_files(root: str) -> Iterator[str]:
     while stack:
         directory = stack.pop()
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name, reverse=True)
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=_entry_name, reverse=True)
         except OSError as err:
             raise ArtifactError(directory, _describe(err)) from err
         files = []
         for entry in entries:
+            # d_type answers both questions without a stat for plain files and directories.
             if entry.is_dir(follow_symlinks=False):
                 if entry.name != ".lineage":
                     stack.append(entry.path)
             elif entry.is_file(follow_symlinks=True):
                 files.append(entry.path)
             # Links to directories (possible cycles) and dangling links are not files: skipped.
-        yield from reversed(files)
+        files.reverse()
+        yield from files
+
+
+# A cache entry: (path, size, mtime_ns, ctime_ns, inode, digest).
+_CacheRow = tuple[str, int, int, int, int, str]
+_MARSHAL_VERSION = 4
 
 
 class StatCache:
-    """Digests by file signature, kept in a small SQLite file (stdlib ``sqlite3``)."""
+    """Digests by file signature, kept in a small SQLite file (stdlib ``sqlite3``).
+
+    The entries are stored as one marshalled dictionary (table ``stat_snapshot``, one row
+    with a generation counter): loading it costs a third of reading one SQL row per file,
+    and loading is most of a warm pass over a large tree. Saving merges under SQLite's
+    write lock: if another process saved since this one loaded, its stored snapshot is
+    the base and only this process's new entries go over it, so concurrent savers keep
+    each other's entries (as the per-row ``INSERT OR REPLACE`` of old did). A snapshot that will not load (damaged, or written by
+    another Python's marshal format) is ignored and rebuilt. Caches from before the
+    snapshot (rows in ``stat_cache``) are read once and carried over on the next save.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
-        self._dirty: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._dirty: dict[str, _CacheRow] = {}
+        self._generation = 0
         try:
             self._entries = self._load()
         except sqlite3.DatabaseError:
@@ -140,38 +170,86 @@ class StatCache:
             os.replace(path, path + ".damaged")
             self._entries = self._load()
 
-    def _load(self) -> dict[str, tuple[tuple[int, int, int, int], str]]:
-        db = sqlite3.connect(self.path, timeout=30)
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db.execute("CREATE TABLE IF NOT EXISTS stat_snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
+                   " generation INTEGER NOT NULL, data BLOB NOT NULL)")
+        return db
+
+    def _load(self) -> dict[str, _CacheRow]:
+        db = self._connect(self.path)
         try:
-            with db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, size INTEGER,"
-                    " mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, digest TEXT)"
-                )
-                rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, ino, digest FROM stat_cache")
-                return {r[0]: ((r[1], r[2], r[3], r[4]), r[5]) for r in rows}
+            row = db.execute("SELECT generation, data FROM stat_snapshot WHERE id = 0").fetchone()
+            if row is not None:
+                self._generation = int(row[0])
+                return _unmarshal(row[1])
+            legacy = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'stat_cache'"
+            ).fetchone()
+            if legacy is None:
+                return {}
+            rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, ino, digest FROM stat_cache").fetchall()
+            entries = dict(zip(map(_first, rows), rows, strict=True))
+            self._dirty.update(entries)  # carried into a snapshot on the next save
+            return entries
         finally:
             db.close()
 
     def get(self, path: str, signature: tuple[int, int, int, int]) -> str | None:
         entry = self._entries.get(path)
-        return entry[1] if entry is not None and entry[0] == signature else None
+        return entry[5] if entry is not None and entry[1:5] == signature else None
 
     def put(self, path: str, signature: tuple[int, int, int, int], digest: str) -> None:
         with self._lock:
-            self._entries[path] = self._dirty[path] = (signature, digest)
+            self._entries[path] = self._dirty[path] = (path, *signature, digest)
 
     def save(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
+            entries = self._entries
         if not dirty:
             return
-        with sqlite3.connect(self.path, timeout=30) as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?)",
-                [(p, *sig, digest) for p, (sig, digest) in dirty.items()],
+        db = self._connect(self.path)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT generation, data FROM stat_snapshot WHERE id = 0").fetchone()
+            generation = 0 if row is None else int(row[0])
+            if generation != self._generation:
+                # Another process saved since we loaded: start from its entries.
+                entries = _unmarshal(row[1]) if row is not None else {}
+                entries.update(dirty)
+            db.execute(
+                "INSERT OR REPLACE INTO stat_snapshot (id, generation, data) VALUES (0, ?, ?)",
+                (generation + 1, marshal.dumps(entries, _MARSHAL_VERSION)),
             )
-        db.close()
+            db.execute("COMMIT")
+            self._generation = generation + 1
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+
+def _unmarshal(data: object) -> dict[str, _CacheRow]:
+    """The snapshot's entries, or none if it is not one this code wrote."""
+    try:
+        entries = marshal.loads(data)  # type: ignore[arg-type]
+    except (ValueError, EOFError, TypeError):
+        return {}
+    if type(entries) is not dict or not {tuple}.issuperset(map(type, entries.values())):
+        return {}
+    if not {6}.issuperset(map(len, entries.values())):
+        return {}
+    return entries
+
+
+_first = operator.itemgetter(0)
+# Slot descriptors: setting them directly skips the frozen dataclass's __setattr__ check,
+# as Artifact._trusted does, at half its cost (one per file on a warm pass).
+_set_path, _set_digest, _set_size = (vars(Artifact)[name].__set__ for name in ("path", "blake3", "size"))
 
 
 class Hasher:
@@ -194,50 +272,59 @@ class Hasher:
             self.cache.put(path, signature, artifact.blake3)
         return artifact
 
-    def _cache_hits(self, ordered: list[str], results: dict[str, Artifact]) -> list[str]:
-        """Fill ``results`` from the cache; return the paths that must be read.
+    def _cache_hits(self, ordered: list[str], results: list[Artifact | None]) -> list[int]:
+        """Fill ``results`` from the cache; return the positions of the files to read.
 
         The hot loop of re-checking a large unchanged tree, so it stays flat: one stat
         per file, a dict look-up, and no re-validation of digests the cache wrote.
         """
         assert self.cache is not None
-        entries = self.cache._entries
-        misses: list[str] = []
-        stat, is_regular = os.stat, stat_module.S_ISREG
-        for path in ordered:
+        get = self.cache._entries.get
+        misses: list[int] = []
+        stat, new = os.stat, object.__new__
+        regular, file_type = stat_module.S_IFREG, stat_module.S_IFMT(0o170000)
+        for index, path in enumerate(ordered):
             try:
                 st = stat(path)
             except OSError:
                 st = _stat(path)  # raises the ArtifactError that names the problem
-            if not is_regular(st.st_mode):
+            if st.st_mode & file_type != regular:
                 _stat(path)
-            entry = entries.get(path)
-            if entry is not None and entry[0] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-                results[path] = Artifact._trusted(path, entry[1], st.st_size)
+            entry = get(path)
+            if (
+                entry is not None and entry[1] == st.st_size and entry[2] == st.st_mtime_ns
+                and entry[3] == st.st_ctime_ns and entry[4] == st.st_ino
+            ):
+                artifact = new(Artifact)
+                _set_path(artifact, path)
+                _set_digest(artifact, entry[5])
+                _set_size(artifact, entry[1])
+                results[index] = artifact
             else:
-                misses.append(path)
+                misses.append(index)
         return misses
 
     def hash_many(
         self, paths: Iterable[str], on_done: Callable[[Artifact], None] | None = None
     ) -> list[Artifact]:
         """Hash several files, misses in parallel; results keep the order of ``paths``."""
-        ordered = [normalize_path(p) for p in paths]
-        results: dict[str, Artifact] = {}
+        ordered = list(map(normalize_path, paths))
+        results: list[Artifact | None] = [None] * len(ordered)
         if self.cache is not None and not self.rehash:
             misses = self._cache_hits(ordered, results)
             if on_done:
-                for artifact in results.values():
-                    on_done(artifact)
+                for artifact in results:
+                    if artifact is not None:
+                        on_done(artifact)
         else:
-            misses = ordered
+            misses = list(range(len(ordered)))
         if misses:
             with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
                 hasher = self.hash if self.cache is not None else hash_file
-                for artifact in pool.map(hasher, misses):
-                    results[artifact.path] = artifact
+                for index, artifact in zip(misses, pool.map(hasher, [ordered[i] for i in misses]), strict=True):
+                    results[index] = artifact
                     if on_done:
                         on_done(artifact)
         if self.cache is not None:
             self.cache.save()
-        return [results[p] for p in ordered]
+        return results  # type: ignore[return-value]  # every position is filled by now

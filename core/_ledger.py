@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from ._chain import ChainSummary, ChainTip, build_block, verify_chain
+from ._chain import ChainSummary, ChainTip, _verify_columns, build_block, verify_chain
 from ._errors import AppendConflict, BackendError, ChainBroken, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
@@ -142,6 +142,10 @@ class Ledger:
         return self.backend.blocks(start, stop)
 
     def verify_chain(self) -> ChainSummary:
+        # Back-ends written before block_columns existed may not derive from Backend.
+        columns = getattr(self.backend, "block_columns", None)
+        if columns is not None:
+            return self._read_steady(lambda: _verify_columns(columns()))
         return self._read_steady(lambda: verify_chain(self.backend.blocks()))
 
     def _read_steady(self, read: Callable[[], ChainSummary]) -> ChainSummary:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from blake3 import blake3
 
@@ -25,6 +25,7 @@ __all__ = [
     "Artifact",
     "artifact_map",
     "Block",
+    "BlockColumns",
     "BlockHeader",
     "Record",
     "StoredBlock",
@@ -273,6 +274,19 @@ class StoredBlock:
     id: str
     header: bytes
     records: tuple[StoredRecord, ...]
+
+
+class BlockColumns(NamedTuple):
+    """A stored block as verification reads it: no object per record, only two columns.
+
+    ``ids[i]`` and ``bodies[i]`` are record ``i``'s claimed id and stored bytes.
+    """
+
+    height: int
+    id: str
+    header: bytes
+    ids: Sequence[str]
+    bodies: Sequence[bytes]
 
 
 @dataclass(frozen=True, slots=True)

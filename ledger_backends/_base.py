@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from lineage_ledger._model import StoredBlock, StoredRecord
+from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
 __all__ = ["Backend", "ChainHead", "Located", "Role"]
 
@@ -71,6 +71,16 @@ class Backend(ABC):
     @abstractmethod
     def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
         """Blocks ``start <= height < stop`` in height order, records in block order."""
+
+    def block_columns(self, start: int = 0, stop: int | None = None) -> Iterator[BlockColumns]:
+        """The same blocks as :meth:`blocks`, each as (height, id, header, record ids, record
+        bodies): what chain verification reads. Back-ends may override it to skip building
+        an object per record; the bytes must be the stored ones, exactly as ``blocks`` gives."""
+        for block in self.blocks(start, stop):
+            records = block.records
+            yield BlockColumns(
+                block.height, block.id, block.header, [r.id for r in records], [r.body for r in records]
+            )
 
     @abstractmethod
     def record_count(self) -> int:

@@ -26,14 +26,17 @@ from lineage_ledger._errors import (
     CorruptStore,
     MissingExtra,
 )
-from lineage_ledger._model import StoredBlock, StoredRecord
+from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
 from ._base import Backend, ChainHead, Located, Role
 
 __all__ = ["SQLBackend"]
 
 SCHEMA_VERSION = "2"
-_CHUNK = 500  # blocks fetched per query while iterating
+_CHUNK = 500  # block headers fetched per query while iterating
+_ROWS_PER_READ = 20_000  # records fetched per query (at least one whole block)
+_ONLY_STR = frozenset({str})
+_ONLY_BYTES = frozenset({bytes})
 _BUSY_TIMEOUT_S = 60
 _IN, _OUT = 0, 1  # artifact roles as stored
 
@@ -318,6 +321,30 @@ class SQLBackend(Backend):
         return None if row is None else ChainHead(int(row[0]), row[1])
 
     def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
+        for height, block_id, header, rows in self._block_rows(start, stop):
+            records = tuple(
+                StoredRecord(record_id if type(record_id) is str else str(record_id),
+                             body if type(body) is bytes else _as_bytes(body))
+                for _, record_id, body in rows
+            )
+            yield StoredBlock(height, block_id, header, records)
+
+    def block_columns(self, start: int = 0, stop: int | None = None) -> Iterator[BlockColumns]:
+        for height, block_id, header, rows in self._block_rows(start, stop):
+            if rows:
+                _, ids, bodies = zip(*rows, strict=True)
+                # Anything but str ids and bytes bodies was rewritten behind our back:
+                # coerce it as blocks() does, so that verification reports it.
+                if not _ONLY_STR.issuperset(map(type, ids)):
+                    ids = tuple(i if type(i) is str else str(i) for i in ids)
+                if not _ONLY_BYTES.issuperset(map(type, bodies)):
+                    bodies = tuple(b if type(b) is bytes else _as_bytes(b) for b in bodies)
+            else:
+                ids = bodies = ()
+            yield BlockColumns(height, block_id, header, ids, bodies)
+
+    def _block_rows(self, start: int, stop: int | None) -> Iterator[tuple[int, str, bytes, Sequence]]:
+        """(height, id, header, [(seq, record id, body), ...]) per block, in height order."""
         # Read up to the head, not until a chunk comes back short: a deleted block row
         # must show up as a gap for verification, not end the chain early.
         if stop is None:
@@ -334,43 +361,48 @@ class SQLBackend(Backend):
                     ),
                     (low, high),
                 ).fetchall()
-                if not headers:
-                    low = high
-                    continue
-                first = int(headers[0][2])
-                last = int(headers[-1][2]) + int(headers[-1][3])
-                # The bulk read goes to the driver's own cursor: SQLAlchemy's row objects
-                # cost more per record than SQLite's read and verification together.
-                statement = self._sql("SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq")
-                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    cursor.execute(statement, (first, last))
-                    rows = cursor.fetchall()
-                except self._engine.dialect.loaded_dbapi.Error as err:
-                    # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
-                    raise exc.DBAPIError.instance(statement, (first, last), err, Exception) from err
-                finally:
-                    cursor.close()
-            position = 0
-            for height, block_id, first_seq, count, header in headers:
-                first_seq, count = int(first_seq), int(count)
-                # Rows come sorted by their unique seq, so a block is the next `count`
-                # rows when the first and last carry the seqs it owns.
-                chunk = rows[position : position + count]
-                if len(chunk) == count and (
-                    not chunk or (chunk[0][0] == first_seq and chunk[-1][0] == first_seq + count - 1)
-                ):
-                    position += count
-                else:  # rows missing or out of place: keep what is there, verify reports it
-                    chunk = [r for r in rows if first_seq <= r[0] < first_seq + count]
-                    position = next((i for i, r in enumerate(rows) if r[0] >= first_seq + count), len(rows))
-                records = tuple(
-                    StoredRecord(record_id if type(record_id) is str else str(record_id),
-                                 body if type(body) is bytes else _as_bytes(body))
-                    for _, record_id, body in chunk
-                )
-                yield StoredBlock(int(height), str(block_id), _as_bytes(header), records)
+            # Records are read a group of blocks at a time, a bounded number of rows per
+            # query, so that memory does not grow with the block size times _CHUNK.
+            group: list = []
+            grouped = 0
+            for index, header_row in enumerate(headers):
+                group.append(header_row)
+                grouped += max(0, int(header_row[3]))
+                if grouped >= _ROWS_PER_READ or index == len(headers) - 1:
+                    yield from self._read_group(group)
+                    group, grouped = [], 0
             low = high
+
+    def _read_group(self, headers: list) -> Iterator[tuple[int, str, bytes, Sequence]]:
+        first = int(headers[0][2])
+        last = int(headers[-1][2]) + int(headers[-1][3])
+        with _translated("reading blocks", self.url), self._engine.connect() as conn:
+            # The bulk read goes to the driver's own cursor: SQLAlchemy's row objects
+            # cost more per record than SQLite's read and verification together.
+            statement = self._sql("SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq")
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(statement, (first, last))
+                rows = cursor.fetchall()
+            except self._engine.dialect.loaded_dbapi.Error as err:
+                # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
+                raise exc.DBAPIError.instance(statement, (first, last), err, Exception) from err
+            finally:
+                cursor.close()
+        position = 0
+        for height, block_id, first_seq, count, header in headers:
+            first_seq, count = int(first_seq), int(count)
+            # Rows come sorted by their unique seq, so a block is the next `count`
+            # rows when the first and last carry the seqs it owns.
+            chunk = rows[position : position + count]
+            if len(chunk) == count and (
+                not chunk or (chunk[0][0] == first_seq and chunk[-1][0] == first_seq + count - 1)
+            ):
+                position += count
+            else:  # rows missing or out of place: keep what is there, verify reports it
+                chunk = [r for r in rows if first_seq <= r[0] < first_seq + count]
+                position = next((i for i, r in enumerate(rows) if r[0] >= first_seq + count), len(rows))
+            yield int(height), str(block_id), _as_bytes(header), chunk
 
     def record_count(self) -> int:
         with _translated("counting records", self.url), self._engine.connect() as conn:

@@ -172,3 +172,22 @@ def test_backends_return_bytes_that_verify(tmp_path):
     backend = open_backend(f"sqlite:///{tmp_path}/l.db")
     backend.append(_ledger_blocks(30, 7))
     assert verify_chain(backend.blocks()).records == 30
+
+
+@given(st.integers(0, 40), st.lists(st.integers(0, 40), max_size=6))
+def test_merkle_builder_reuses_block_subtrees_exactly(start, blocks):
+    """add_levels (whole blocks, subtrees reused) gives the state that leaf-by-leaf adding gives."""
+    from lineage_ledger._merkle import leaf_hash, merkle_levels
+
+    counter = iter(range(10_000))
+    by_levels, by_leaves = MerkleBuilder(), MerkleBuilder()
+    first = [f"{next(counter):064x}" for _ in range(start)]
+    by_levels.extend(first)
+    by_leaves.extend(first)
+    for size in blocks:
+        leaves = [leaf_hash(f"{next(counter):064x}") for _ in range(size)]
+        by_levels.add_levels(merkle_levels(leaves))
+        for leaf in leaves:
+            by_leaves.add_leaf_hash(leaf)
+        assert by_levels.size == by_leaves.size and by_levels.root() == by_leaves.root()
+    assert by_levels._stack == by_leaves._stack
