@@ -1,0 +1,259 @@
+"""Snakemake logger plugin: every job of a run becomes a lineage-ledger record.
+
+Turn it on with ``snakemake --logger ledger`` (settings ``--logger-ledger-*``), with
+``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger``, which also
+verifies the files a run will consume or keep before it starts.
+
+Snakemake calls :meth:`LogHandler.emit` on its logging thread for every log event. Only
+three events matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and
+for them ``emit`` only gathers what the event and the job object say, journals it and
+hands it to :class:`lineage_ledger.TaskCapture`, whose own pool hashes the files.
+"""
+
+# No `from __future__ import annotations`: Snakemake builds CLI flags from the real field types.
+import logging
+import os
+import threading
+from concurrent.futures import Future, wait
+
+from dataclasses import dataclass, field
+from typing import IO, Any, Optional
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+
+from lineage_ledger import TaskCapture, TaskRun
+
+from ._jobs import JobLookup, JobReport, job_details, parse_files
+from ._journal import PendingJournal, orphaned, unfinished
+
+__all__ = ["LogHandler", "LogHandlerSettings"]
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    url: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Ledger URL (sqlite:///path, postgresql://..., memory://). "
+            "Default: $LINEAGE_LEDGER_URL, else .lineage/ledger.db in the working directory.",
+            "env_var": True,
+            "type": str,
+        },
+    )
+    run_id: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Run id written into every record of this run (default: $LINEAGE_RUN_ID, else a new uuid).",
+            "env_var": True,
+            "type": str,
+        },
+    )
+    hash_threads: int = field(
+        default=4,
+        metadata={"help": "Threads that hash job files and write records, off Snakemake's logging thread.",
+                  "type": int},
+    )
+    flush_timeout: float = field(
+        default=300.0,
+        metadata={"help": "Seconds to wait at the end of the run for pending records; what is not "
+                  "written by then stays in the durable spool and ships at the next open.", "type": float},
+    )
+
+
+class LogHandler(LogHandlerBase):
+    """Records Snakemake jobs; never raises into Snakemake."""
+
+    settings: LogHandlerSettings
+
+    def __post_init__(self) -> None:
+        self.settings = self.settings or LogHandlerSettings()
+        self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
+        self.capture: TaskCapture | None = None
+        self.journal: PendingJournal | None = None
+        self._started = False
+        self._reports: dict[int, JobReport] = {}
+        self._attempts: dict[int, int] = {}
+        self._producers: dict[str, Future[str | None]] = {}  # output path -> its job's record
+        self._futures: set[Future[str | None]] = set()
+        self._lookup = JobLookup()
+        self._lock = threading.Lock()
+        self._broken = False
+
+    # -- the LogHandlerBase contract ----------------------------------------------------
+    @property
+    def writes_to_stream(self) -> bool:
+        return False
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return True  # sees every event, whatever Snakemake's quietness settings
+
+    @property
+    def has_formatter(self) -> bool:
+        return True
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.active or self._broken:
+            return
+        event = str(getattr(record, "event", "") or "")
+        if event not in ("job_info", "job_finished", "job_error"):
+            return
+        try:
+            self._start()
+            if event == "job_info":
+                report = JobReport.from_event(record)
+                self._reports[report.jobid] = report
+            elif event == "job_finished":
+                self._finished(int(record.__dict__["job_id"]), record.created)
+            else:
+                self._failed(record)
+        except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
+            log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
+            self._broken = True
+
+    def close(self) -> None:
+        try:
+            self._shutdown()
+        except Exception:  # noqa: BLE001
+            log.exception("lineage-ledger: error while flushing the ledger")
+        finally:
+            super().close()
+
+    # -- the events ---------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        # Snakemake has changed into the workflow's working directory by the first job event.
+        self.capture = TaskCapture(
+            self.settings.url, engine="snakemake", run_id=self.settings.run_id,
+            threads=self.settings.hash_threads,
+        )
+        directory = os.path.abspath(JOURNAL_DIR)
+        self.journal = PendingJournal(directory, self.capture.run_id)
+        self._recover(directory)
+
+    def _finished(self, jobid: int, ended: float) -> None:
+        report = self._reports.pop(jobid, None)
+        if report is None:
+            log.warning("lineage-ledger: job %s finished without a job_info event; not recorded", jobid)
+            return
+        report.details = job_details(self._lookup.find(jobid))
+        self._enqueue(report, report.task_run("succeeded", ended))
+
+    def _failed(self, record: logging.LogRecord) -> None:
+        get = record.__dict__.get
+        jobid = int(get("jobid"))  # type: ignore[arg-type]
+        report = self._reports.pop(jobid, None) or JobReport.from_event(record)
+        report.details = job_details(self._lookup.find(jobid))
+        error = {"message": get("rule_msg"), "aux": get("aux")}
+        if get("conda_env"):
+            report.details.setdefault("conda_env", get("conda_env"))
+        if get("container_img"):
+            report.details.setdefault("container", get("container_img"))
+        if get("log"):
+            report.logs = parse_files(get("log"))
+        self._enqueue(report, report.task_run("failed", record.created, error=error))
+
+    # -- recording ----------------------------------------------------------------------
+    def _enqueue(self, report: JobReport, run: TaskRun) -> None:
+        assert self.capture is not None and self.journal is not None
+        attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
+        run.attempt = attempt
+        key = f"{report.jobid}:{attempt}"
+        self.journal.add(key, run)
+        done: Future[str | None] = Future()
+        with self._lock:
+            self._futures.add(done)
+            # A temp() input may be deleted as soon as this job ends: its digest must come
+            # from its producer's record, so this record waits for that one to be taken.
+            waits = [self._producers[p] for p in run.inputs if p in self._producers]
+            if run.status == "succeeded":
+                for path in run.outputs:
+                    self._producers[path] = done
+        self._after(waits, lambda: self._submit(key, run, done))
+
+    def _submit(self, key: str, run: TaskRun, done: Future[str | None]) -> None:
+        assert self.capture is not None
+        future = self.capture.submit(run)
+
+        def taken(f: Future[str | None]) -> None:
+            record_id = f.result()
+            if record_id is not None and self.journal is not None:
+                self.journal.done(key)  # otherwise the next run retries it
+            done.set_result(record_id)
+
+        future.add_done_callback(taken)
+
+    @staticmethod
+    def _after(futures: list[Future[Any]], action: Any) -> None:
+        pending = [f for f in futures if not f.done()]
+        if not pending:
+            action()
+            return
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def one_done(_: Future[Any]) -> None:
+            with lock:
+                remaining[0] -= 1
+                go = remaining[0] == 0
+            if go:
+                action()
+
+        for future in pending:
+            future.add_done_callback(one_done)
+
+    def _recover(self, directory: str) -> None:
+        """Record the jobs a killed Snakemake had seen finish but not yet recorded."""
+        assert self.capture is not None
+        for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
+            runs = unfinished(handle)
+            if runs:
+                log.warning("lineage-ledger: recording %d job(s) left by an interrupted run (%s)",
+                            len(runs), os.path.basename(path))
+            futures = []
+            for run in runs:
+                run.extra = {**run.extra, "recovered_after_interruption": True}
+                futures.append(self.capture.submit(run))
+            with self._lock:
+                self._futures.update(futures)
+            self._after(futures, lambda p=path, h=handle, fs=futures: _retire(p, h, fs))
+
+    def _shutdown(self) -> None:
+        if self.capture is None:
+            return
+        with self._lock:
+            futures = list(self._futures)
+        done, not_done = wait(futures, timeout=self.settings.flush_timeout)
+        flushed = self.capture.close(timeout=self.settings.flush_timeout)
+        if not_done or not flushed:
+            log.warning("lineage-ledger: %d job record(s) not written at exit; the spool and the "
+                        "pending-jobs journal keep them for the next run", len(not_done))
+        if self.capture.failures:
+            log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above)",
+                        self.capture.failures)
+        if self.journal is not None:
+            self.journal.close()
+
+
+def _retire(path: str, handle: IO[str], futures: list[Future[str | None]]) -> None:
+    """Drop a recovered journal once all its jobs are in the spool; keep it otherwise."""
+    try:
+        if all(f.result() is not None for f in futures):
+            os.unlink(path)
+    finally:
+        handle.close()
