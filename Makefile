@@ -29,10 +29,11 @@ test-fast: $(STAMP)
 # mypy cannot follow setuptools' editable import hook for the core/ -> lineage_ledger mapping,
 # so it checks a copy laid out as the installed package.
 lint: $(STAMP)
-	$(BIN)/ruff check core ledger_backends tests bench
+	$(BIN)/ruff check core ledger_backends tests bench plugins/snakemake/src
 	rm -rf build/typecheck && mkdir -p build/typecheck
 	cp -r core build/typecheck/lineage_ledger && cp -r ledger_backends build/typecheck/lineage_ledger/backends
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger
+	MYPYPATH=build/typecheck $(BIN)/mypy plugins/snakemake/src/snakemake_logger_plugin_ledger
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash bench/run_all.sh

@@ -8,13 +8,18 @@ the order a user would meet these situations.
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
 from lineage_ledger import hash_file, open_ledger
-from tests.support.snakemake import clean_env, copy_example, require_snakemake, run
+from tests.support.snakemake import BIN, clean_env, copy_example, require_snakemake, run
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +197,101 @@ def test_an_unusable_ledger_never_breaks_the_workflow(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "a.txt").read_text() == "a\n"
     assert "could not record task a" in result.stderr and "nosuch" in result.stderr
+
+
+SLOW = """
+N = 40
+
+rule all:
+    input: expand("out/{i}.txt", i=range(N))
+
+rule make:
+    output: "out/{i}.txt"
+    shell: "sleep 0.3; echo {wildcards.i} > {output}"
+"""
+
+
+def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
+    """Every job Snakemake reported finished before ``kill -9`` is in the ledger afterwards."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SLOW)
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "killed"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    finished: list[str] = []  # outputs of the jobs Snakemake reported finished
+    output_of: dict[str, str] = {}
+    output = ""
+    deadline = time.monotonic() + 120
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.match(r"\s+output: (\S+)", line):
+            output = match.group(1)
+        elif match := re.match(r"\s+jobid: (\d+)", line):
+            output_of[match.group(1)] = output
+        elif match := re.match(r"Finished jobid: (\d+) ", line):
+            finished.append(str(tmp_path / output_of[match.group(1)]))
+            if len(finished) >= 8:
+                break
+        assert time.monotonic() < deadline, "snakemake did not finish 8 jobs in time"
+    os.killpg(process.pid, signal.SIGKILL)  # snakemake and its running jobs, no clean-up
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert len(finished) >= 8
+
+    # The next run (after the lock a killed Snakemake leaves is removed) recovers what the
+    # killed one had not written yet: from the core's spool, or from the plugin's journal.
+    assert run("snakemake", "--unlock", cwd=tmp_path).returncode == 0
+    resumed = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "resumed",
+                  "--rerun-incomplete", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Jobs whose events were still in Snakemake's log queue at the kill come back from
+    # Snakemake's own metadata, under the killed run's id.
+    recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "killed")}
+    assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))
+    sources = [r.extra.get("recovered_from", "journal" if r.extra.get("recovered_after_interruption")
+                           else "live") for r in recorded.values()]
+    print("records of the killed run by origin:", {s: sources.count(s) for s in set(sources)})
+    for path in finished:
+        assert recorded[path].status == "succeeded"
+        assert recorded[path].outputs[path]["blake3"] == hash_file(path).blake3
+    assert not any((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))
+    # Between both runs every job of the workflow is recorded exactly once as succeeded.
+    made = [r for rid in ("killed", "resumed") for r in records(tmp_path, rid) if r.task_name == "make"]
+    assert sorted(next(iter(r.outputs)) for r in made) == sorted(
+        str(tmp_path / "out" / f"{i}.txt") for i in range(40))
+
+
+JOURNAL_THEN_KILL = """
+import os, signal, sys
+from lineage_ledger import TaskRun, utcnow
+from snakemake_logger_plugin_ledger._journal import PendingJournal
+
+journal = PendingJournal(".lineage/snakemake-pending", "crashed", 0.0)
+now = utcnow()
+journal.add("7:1", TaskRun(task_id="7", task_name="make", status="succeeded", started=now, ended=now,
+                           inputs=[], outputs=[os.path.abspath("kept.txt")], run_id="crashed",
+                           extra={"snakemake_jobid": 7}))
+journal.add("8:1", TaskRun(task_id="8", task_name="make", status="succeeded", started=now, ended=now,
+                           outputs=[os.path.abspath("other.txt")], run_id="crashed"))
+journal.done("8:1")  # recorded before the kill: must not be recorded twice
+os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 would: the lock dies with the process
+"""
+
+
+def test_a_journal_left_by_a_killed_process_is_recorded_by_the_next_run(tmp_path):
+    """The window between Snakemake's job_finished and the spool, made deterministic."""
+    require_snakemake()
+    (tmp_path / "kept.txt").write_text("made before the crash\n")
+    killed = subprocess.run([sys.executable, "-c", JOURNAL_THEN_KILL], cwd=tmp_path, env=clean_env())
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))) == 1
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
+    result = run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "left by an interrupted run" in result.stderr
+    (rec,) = records(tmp_path, "crashed")
+    assert rec.task_id == "7" and rec.extra["recovered_after_interruption"] is True
+    assert rec.outputs[str(tmp_path / "kept.txt")]["blake3"] == blake3(b"made before the crash\n").hexdigest()
+    assert not list((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))

@@ -15,9 +15,8 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, wait
-
 from dataclasses import dataclass, field
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
@@ -25,7 +24,8 @@ from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 from lineage_ledger import TaskCapture, TaskRun
 
 from ._jobs import JobLookup, JobReport, job_details, parse_files
-from ._journal import PendingJournal, orphaned, unfinished
+from ._journal import PendingJournal, orphaned, read_journal
+from ._recovery import jobs_from_metadata
 
 __all__ = ["LogHandler", "LogHandlerSettings"]
 
@@ -36,7 +36,7 @@ JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
 
 @dataclass
 class LogHandlerSettings(LogHandlerSettingsBase):
-    url: Optional[str] = field(
+    url: str | None = field(
         default=None,
         metadata={
             "help": "Ledger URL (sqlite:///path, postgresql://..., memory://). "
@@ -45,7 +45,7 @@ class LogHandlerSettings(LogHandlerSettingsBase):
             "type": str,
         },
     )
-    run_id: Optional[str] = field(
+    run_id: str | None = field(
         default=None,
         metadata={
             "help": "Run id written into every record of this run (default: $LINEAGE_RUN_ID, else a new uuid).",
@@ -83,6 +83,7 @@ class LogHandler(LogHandlerBase):
         self._lookup = JobLookup()
         self._lock = threading.Lock()
         self._broken = False
+        self._closing = False
 
     # -- the LogHandlerBase contract ----------------------------------------------------
     @property
@@ -112,7 +113,7 @@ class LogHandler(LogHandlerBase):
         if event not in ("job_info", "job_finished", "job_error"):
             return
         try:
-            self._start()
+            self._start(record.created)
             if event == "job_info":
                 report = JobReport.from_event(record)
                 self._reports[report.jobid] = report
@@ -133,7 +134,7 @@ class LogHandler(LogHandlerBase):
             super().close()
 
     # -- the events ---------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, first_event: float) -> None:
         if self._started:
             return
         self._started = True
@@ -143,8 +144,8 @@ class LogHandler(LogHandlerBase):
             threads=self.settings.hash_threads,
         )
         directory = os.path.abspath(JOURNAL_DIR)
-        self.journal = PendingJournal(directory, self.capture.run_id)
-        self._recover(directory)
+        self.journal = PendingJournal(directory, self.capture.run_id, first_event)
+        self._recover(directory, first_event)
 
     def _finished(self, jobid: int, ended: float) -> None:
         report = self._reports.pop(jobid, None)
@@ -173,6 +174,7 @@ class LogHandler(LogHandlerBase):
         assert self.capture is not None and self.journal is not None
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
         run.attempt = attempt
+        run.run_id = self.capture.run_id  # journaled: a later run records it under this run's id
         key = f"{report.jobid}:{attempt}"
         self.journal.add(key, run)
         done: Future[str | None] = Future()
@@ -195,6 +197,8 @@ class LogHandler(LogHandlerBase):
             if record_id is not None and self.journal is not None:
                 self.journal.done(key)  # otherwise the next run retries it
             done.set_result(record_id)
+            with self._lock:
+                self._futures.discard(done)
 
         future.add_done_callback(taken)
 
@@ -217,35 +221,43 @@ class LogHandler(LogHandlerBase):
         for future in pending:
             future.add_done_callback(one_done)
 
-    def _recover(self, directory: str) -> None:
+    def _recover(self, directory: str, now: float) -> None:
         """Record the jobs a killed Snakemake had seen finish but not yet recorded."""
         assert self.capture is not None
         for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
-            runs = unfinished(handle)
+            left = read_journal(path, handle)
+            runs = list(left.pending)
+            if left.opened is not None:
+                runs += jobs_from_metadata(left.opened, now, left.outputs, left.run_id)
             if runs:
                 log.warning("lineage-ledger: recording %d job(s) left by an interrupted run (%s)",
-                            len(runs), os.path.basename(path))
+                            len(runs), left.run_id)
             futures = []
             for run in runs:
                 run.extra = {**run.extra, "recovered_after_interruption": True}
+                run.run_id = run.run_id or left.run_id
                 futures.append(self.capture.submit(run))
             with self._lock:
                 self._futures.update(futures)
             self._after(futures, lambda p=path, h=handle, fs=futures: _retire(p, h, fs))
 
     def _shutdown(self) -> None:
-        if self.capture is None:
+        # Snakemake may close a handler more than once; the first close does the work.
+        if self.capture is None or self._closing:
             return
+        self._closing = True
         with self._lock:
             futures = list(self._futures)
+        # Records chained behind their temp inputs' producers are submitted while we wait.
         done, not_done = wait(futures, timeout=self.settings.flush_timeout)
-        flushed = self.capture.close(timeout=self.settings.flush_timeout)
+        capture, self.capture = self.capture, None
+        flushed = capture.close(timeout=self.settings.flush_timeout)
         if not_done or not flushed:
             log.warning("lineage-ledger: %d job record(s) not written at exit; the spool and the "
                         "pending-jobs journal keep them for the next run", len(not_done))
-        if self.capture.failures:
+        if capture.failures:
             log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above)",
-                        self.capture.failures)
+                        capture.failures)
         if self.journal is not None:
             self.journal.close()
 

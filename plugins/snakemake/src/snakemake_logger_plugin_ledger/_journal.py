@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lineage_ledger import TaskRun, parse_time
@@ -46,14 +47,18 @@ def decode_run(data: dict[str, Any]) -> TaskRun:
 class PendingJournal:
     """``<dir>/<run id>.jsonl``: ``{"job": key, "run": {...}}`` lines and ``{"done": key}`` lines."""
 
-    def __init__(self, directory: str, run_id: str) -> None:
+    def __init__(self, directory: str, run_id: str, opened: float) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        self.run_id = run_id
         self.path = os.path.join(directory, f"{run_id}.jsonl")
         self._lock = threading.Lock()
         self._open = 0  # jobs written but not yet marked done
         self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # When the run began: after a crash, Snakemake's metadata newer than this names the
+        # jobs it saw finish whose events never reached this handler.
+        self._write(json.dumps({"opened": opened, "run_id": run_id}), 0)
 
     def add(self, key: str, run: TaskRun) -> None:
         line = json.dumps({"job": key, "run": encode_run(run)}, separators=(",", ":"), default=str)
@@ -102,8 +107,19 @@ def orphaned(directory: str, own_path: str) -> Iterator[tuple[str, IO[str]]]:
         yield path, handle
 
 
-def unfinished(handle: IO[str]) -> list[TaskRun]:
-    """The jobs of a journal never marked done; a torn last line (the kill) is skipped."""
+@dataclass
+class Leftover:
+    """What an interrupted run's journal says."""
+
+    run_id: str
+    opened: float | None = None
+    pending: list[TaskRun] = field(default_factory=list)  # seen finished, never recorded
+    outputs: set[str] = field(default_factory=set)  # every output the journal names
+
+
+def read_journal(path: str, handle: IO[str]) -> Leftover:
+    """Parse a journal; a torn last line (the kill) is skipped."""
+    state = Leftover(run_id=os.path.basename(path)[: -len(".jsonl")])
     runs: dict[str, TaskRun] = {}
     done: set[str] = set()
     handle.seek(0)
@@ -112,9 +128,14 @@ def unfinished(handle: IO[str]) -> list[TaskRun]:
             entry = json.loads(line)
             if "done" in entry:
                 done.add(entry["done"])
+            elif "opened" in entry:
+                state.opened = state.opened or float(entry["opened"])
+                state.run_id = str(entry.get("run_id") or state.run_id)
             else:
-                runs[entry["job"]] = decode_run(entry["run"])
+                run = decode_run(entry["run"])
+                runs[entry["job"]] = run
+                state.outputs.update(run.outputs)
         except (ValueError, KeyError, TypeError) as err:
-            log.warning("lineage-ledger: skipping a damaged line of %s: %s", handle.name, err)
-    return [run for key, run in runs.items() if key not in done]
-
+            log.warning("lineage-ledger: skipping a damaged line of %s: %s", path, err)
+    state.pending = [run for key, run in runs.items() if key not in done]
+    return state
