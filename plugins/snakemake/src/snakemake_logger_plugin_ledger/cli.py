@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lineage_ledger import ArtifactCheck, ArtifactMismatch, LedgerError, check_before_run, open_ledger
+from lineage_ledger import ArtifactCheck, LedgerError, VerificationError, check_before_run, open_ledger
 
 POLICIES = ("warn", "strict", "rerun")
 
@@ -38,6 +38,8 @@ class Plan:
     consumers: dict[str, list[str]] = field(default_factory=dict)  # abs source -> consumers' outputs
     tampered: list[ArtifactCheck] = field(default_factory=list)
     error: BaseException | None = None
+    inspected: bool = False  # the DAG was built and checked
+    snakemake_ok: bool = True  # what Snakemake's own argument handling returned
 
 
 def split_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -78,12 +80,15 @@ def inspect_run(snakemake_args: list[str], url: str | None, policy: str) -> Plan
             workflow._build_dag()
             _collect(workflow.dag, plan)
             plan.tampered = _check(url, plan.checked)
+            plan.inspected = True
         except BaseException as err:  # noqa: BLE001 - reported by main(), not by Snakemake
             plan.error = err
 
     Workflow.printfilegraph = collect  # type: ignore[method-assign]
     try:
-        cli.args_to_api(args, cli.get_argument_parser())
+        plan.snakemake_ok = bool(cli.args_to_api(args, cli.get_argument_parser()))
+    except Exception as err:  # noqa: BLE001 - Snakemake's own error (or its error printer's)
+        plan.error = plan.error or err
     finally:
         Workflow.printfilegraph = original  # type: ignore[method-assign]
     return plan
@@ -150,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = inspect_run(snakemake_args, url, policy)
     if plan.error is not None:
         kind = "lineage check failed" if isinstance(plan.error, LedgerError) else "could not inspect the run"
-        print(f"snakemake-ledger: {kind}: {plan.error}", file=sys.stderr)
-        sys.exit(1 if isinstance(plan.error, ArtifactMismatch) else 2)
+        print(f"snakemake-ledger: {kind}: {type(plan.error).__name__}: {plan.error}", file=sys.stderr)
+        sys.exit(1 if isinstance(plan.error, VerificationError) else 2)
+    if not plan.inspected:
+        if plan.snakemake_ok:
+            sys.exit(0)  # a mode that runs no jobs (--list-rules, --lint, ...): Snakemake has done it
+        print("snakemake-ledger: Snakemake could not build the DAG (see its message above)", file=sys.stderr)
+        sys.exit(2)
     forced: list[str] = []
     if plan.tampered:
         lines = "\n  ".join(describe(c) for c in plan.tampered)
