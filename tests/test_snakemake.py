@@ -127,8 +127,12 @@ class TestExampleRun:
     def test_an_edited_source_is_refused_by_strict(self, workflow):
         source = workflow / "data" / "gamma.txt"
         source.write_text(source.read_text() + "a new line\n")
-        strict = run("snakemake-ledger", "--cores", "1", "--ledger-policy", "strict", cwd=workflow)
-        assert strict.returncode == 1
+        # From the parent directory: --ledger is relative to where the command starts, the
+        # workflow's files to --directory.
+        strict = run("snakemake-ledger", "--cores", "1", "--directory", workflow.name,
+                     "--snakefile", f"{workflow.name}/Snakefile", "--ledger-policy", "strict",
+                     "--ledger", f"{workflow.name}/.lineage/ledger.db", cwd=workflow.parent)
+        assert strict.returncode == 1, strict.stderr[-3000:]
         assert f"{source}: changed since the last recorded run" in strict.stderr
         warn = run("snakemake-ledger", "--cores", "2", "--ledger-policy", "warn",
                    "--logger-ledger-run-id", "after-edit", cwd=workflow)
