@@ -190,7 +190,8 @@ def test_a_failing_job_is_recorded_as_failed_and_a_profile_turns_the_plugin_on(t
     assert broken.status == "failed"
     assert str(tmp_path / "ok.txt") in broken.inputs
     assert broken.outputs[str(tmp_path / "broken.log")]["blake3"] == blake3(b"about to fail\n").hexdigest()
-    assert broken.extra["missing_outputs"] == [str(tmp_path / "done.txt")]
+    assert broken.extra["declared_outputs"] == [str(tmp_path / "done.txt")]
+    assert list(broken.outputs) == [str(tmp_path / "broken.log")]  # a failed try vouches for its log only
 
 
 def test_an_unusable_ledger_never_breaks_the_workflow(tmp_path):
@@ -299,3 +300,17 @@ def test_a_journal_left_by_a_killed_process_is_recorded_by_the_next_run(tmp_path
     assert rec.task_id == "7" and rec.extra["recovered_after_interruption"] is True
     assert rec.outputs[str(tmp_path / "kept.txt")]["blake3"] == blake3(b"made before the crash\n").hexdigest()
     assert not list((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))
+
+
+def test_a_retried_job_gets_one_record_per_attempt(tmp_path):
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(
+        'rule a:\n    output: "a.txt"\n'
+        '    shell: "if [ -e tried ]; then echo ok > {output}; else touch tried; exit 1; fi"\n')
+    result = run("snakemake", "--cores", "1", "--retries", "1", "--logger", "ledger",
+                 "--logger-ledger-run-id", "retried", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tries = sorted(records(tmp_path, "retried"), key=lambda r: r.attempt)
+    assert [(r.attempt, r.status) for r in tries] == [(1, "failed"), (2, "succeeded")]
+    assert tries[0].outputs == {}  # the first try's output path holds the second try's file
+    assert tries[1].outputs[str(tmp_path / "a.txt")]["blake3"] == blake3(b"ok\n").hexdigest()

@@ -117,6 +117,13 @@ class JobReport:
             extra["streams"] = streams  # pipes: consumed as they were written, never on disk to hash
         if error:
             extra["error"] = dict(jsonable(error))
+        # Log files are outputs of the job: the record vouches for them like any product. A
+        # failed try vouches for its logs only; what is at its output paths by the time it is
+        # hashed is Snakemake's clean-up or a retry's work, not this try's product.
+        outputs = [r.path for r in (*self.outputs, *self.logs) if r.hashable]
+        if status == "failed":
+            extra["declared_outputs"] = [r.path for r in self.outputs]
+            outputs = [r.path for r in self.logs if r.hashable]
         return TaskRun(
             task_id=str(self.jobid),
             task_name=self.rule,
@@ -124,8 +131,7 @@ class JobReport:
             started=utc(self.started),
             ended=utc(max(ended, self.started)),
             inputs=[r.path for r in self.inputs if r.hashable],
-            # Log files are outputs of the job: the record vouches for them like any product.
-            outputs=[r.path for r in (*self.outputs, *self.logs) if r.hashable],
+            outputs=outputs,
             known=dict(known or {}),
             code_digest=code,
             parameters=dict(jsonable(details.get("params") or {})),
