@@ -63,7 +63,12 @@ class JobRecorder:
             threads=self.settings.hash_threads,
         )
         directory = os.path.abspath(JOURNAL_DIR)
-        self.journal = PendingJournal(directory, self.capture.run_id, first_event)
+        try:
+            self.journal = PendingJournal(directory, self.capture.run_id, first_event)
+        except OSError as err:  # e.g. a read-only working directory with a remote ledger
+            log.warning("lineage-ledger: no pending-jobs journal (%s); records still go to the "
+                        "ledger, but a kill -9 may lose the jobs not yet in the spool", err)
+            return
         self._recover(directory, first_event)
 
     def _finished(self, jobid: int, ended: float) -> None:
@@ -90,12 +95,13 @@ class JobRecorder:
 
     # -- recording ----------------------------------------------------------------------
     def _enqueue(self, report: JobReport, run: TaskRun) -> None:
-        assert self.capture is not None and self.journal is not None
+        assert self.capture is not None
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
         run.attempt = attempt
         run.run_id = self.capture.run_id  # journaled: a later run records it under this run's id
         key = f"{report.jobid}:{attempt}"
-        self.journal.add(key, run)
+        if self.journal is not None:
+            self.journal.add(key, run)
         done: Future[str | None] = Future()
         with self._lock:
             self._futures.add(done)
