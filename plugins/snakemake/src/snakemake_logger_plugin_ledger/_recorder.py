@@ -114,16 +114,25 @@ class JobRecorder:
         self._after(waits, lambda: self._submit(key, run, done))
 
     def _submit(self, key: str, run: TaskRun, done: Future[str | None]) -> None:
-        assert self.capture is not None
-        future = self.capture.submit(run)
+        capture = self.capture
+        if capture is None:  # closed after its wait timed out: the journal keeps the job
+            done.set_result(None)
+            return
+        future = capture.submit(run)
 
         def taken(f: Future[str | None]) -> None:
-            record_id = f.result()
-            if record_id is not None and self.journal is not None:
-                self.journal.done(key)  # otherwise the next run retries it
-            done.set_result(record_id)
-            with self._lock:
-                self._futures.discard(done)
+            record_id = None
+            try:
+                record_id = f.result()
+                if record_id is not None and self.journal is not None:
+                    self.journal.done(key)  # otherwise the next run retries it
+            except Exception:  # noqa: BLE001 - e.g. a full disk under the journal
+                log.exception("lineage-ledger: could not mark job %s recorded", key)
+            finally:
+                # Always resolved: jobs waiting on this one, and the exit, must not hang.
+                done.set_result(record_id)
+                with self._lock:
+                    self._futures.discard(done)
 
         future.add_done_callback(taken)
 
