@@ -314,3 +314,35 @@ def test_a_retried_job_gets_one_record_per_attempt(tmp_path):
     assert [(r.attempt, r.status) for r in tries] == [(1, "failed"), (2, "succeeded")]
     assert tries[0].outputs == {}  # the first try's output path holds the second try's file
     assert tries[1].outputs[str(tmp_path / "a.txt")]["blake3"] == blake3(b"ok\n").hexdigest()
+
+
+QUIET = """
+rule all:
+    input: "b.txt"
+
+rule a:
+    output: temp("t.txt")
+    shell: "echo t > {output}"
+
+rule b:
+    input: "t.txt"
+    output: "b.txt"
+    shell: "cat {input} > {output}"
+"""
+
+
+def test_quiet_progress_runs_are_recorded_from_snakemakes_metadata(tmp_path):
+    """``-q`` stops Snakemake logging finished jobs; the records come at the end instead."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(QUIET)
+    result = run("snakemake", "--cores", "1", "-q", "--logger", "ledger", "--logger-ledger-run-id", "quiet",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--quiet progress" in result.stderr  # the user is told what that costs
+    by_rule = {r.task_name: r for r in records(tmp_path, "quiet")}
+    assert set(by_rule) == {"a", "b"}  # `all` has no output whose metadata could vouch for it
+    assert all(r.extra["finished_from"] == "snakemake metadata" for r in by_rule.values())
+    assert by_rule["b"].outputs[str(tmp_path / "b.txt")]["blake3"] == blake3(b"t\n").hexdigest()
+    # The temp file was gone before the end of the run: named, not given a made-up digest.
+    assert by_rule["a"].extra["missing_outputs"] == [str(tmp_path / "t.txt")]
+    assert by_rule["b"].extra["unhashed_inputs"] == [str(tmp_path / "t.txt")]

@@ -65,6 +65,12 @@ class LogHandler(LogHandlerBase):
         self.settings = self.settings or LogHandlerSettings()
         self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
         self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
+        quiet = getattr(self.common_settings, "quiet", None) or ()
+        if self.active and any(getattr(q, "name", str(q)).lower() == "progress" for q in quiet):
+            log.warning(
+                "lineage-ledger: with --quiet progress (or -q) Snakemake reports no finished jobs to "
+                "logger plugins; their records are written at the end of the run from Snakemake's "
+                "metadata, and temp() files deleted by then are recorded without digests")
 
     # -- the LogHandlerBase contract ----------------------------------------------------
     @property

@@ -16,7 +16,7 @@ from lineage_ledger import TaskCapture, TaskRun
 
 from ._jobs import JobLookup, JobReport, job_details, parse_files
 from ._journal import PendingJournal, orphaned, read_journal
-from ._recovery import jobs_from_metadata
+from ._recovery import jobs_from_metadata, metadata_end
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -175,11 +175,28 @@ class JobRecorder:
                 self._futures.update(futures)
             self._after(futures, lambda p=path, h=handle, fs=futures: _retire(p, h, fs))
 
+    def _finish_unreported(self) -> None:
+        """Jobs that started and, by Snakemake's metadata, finished without a job_finished event."""
+        for jobid, report in list(self._reports.items()):
+            try:
+                job = self._lookup.find(jobid)
+                ended = metadata_end(job, report.started - 1.0)  # mtimes may be coarser than the clock
+                if ended is None:
+                    continue  # still running when Snakemake stopped, or killed: not a finished job
+                del self._reports[jobid]
+                report.details = job_details(job)
+                run = report.task_run("succeeded", ended)
+                run.extra = {**run.extra, "finished_from": "snakemake metadata"}
+                self._enqueue(report, run)
+            except Exception:  # noqa: BLE001
+                log.exception("lineage-ledger: could not record job %s from Snakemake's metadata", jobid)
+
     def _shutdown(self) -> None:
         # Snakemake may close a handler more than once; the first close does the work.
         if self.capture is None or self._closing:
             return
         self._closing = True
+        self._finish_unreported()
         with self._lock:
             futures = list(self._futures)
         # Records chained behind their temp inputs' producers are submitted while we wait.

@@ -75,3 +75,23 @@ def _from_job(job: Any, persistence: Any, window: tuple[float, float], skip: set
                "recovered_after_interruption": True},
         run_id=run_id,
     )
+
+
+def metadata_end(job: Any, since: float) -> float | None:
+    """When Snakemake's metadata says ``job`` finished, if after ``since``; else None.
+
+    Used at the end of a run for jobs that started but whose ``job_finished`` never came:
+    with ``--quiet progress`` (or ``-q``) Snakemake does not log finished jobs at all.
+    """
+    dag = _current_dag()
+    persistence = getattr(getattr(dag, "workflow", None), "persistence", None)
+    if job is None or persistence is None:
+        return None
+    outputs = [f for f in job.output if not f.is_storage and "pipe" not in f.flags]
+    # A temp() output may already be deleted; its metadata record outlives it.
+    if not outputs or not all(os.path.exists(f) for f in outputs if "temp" not in f.flags):
+        return None
+    meta = persistence.metadata(outputs[0])
+    if meta is None or meta.incomplete or meta.endtime is None or meta.endtime < since:
+        return None
+    return float(meta.endtime)

@@ -33,6 +33,7 @@ class Plan:
     """What the DAG says the run will touch, in the workflow's working directory."""
 
     workdir: str = ""
+    url: str | None = None  # the ledger both the check and the logger use
     checked: list[str] = field(default_factory=list)  # absolute paths of files to verify
     producers: dict[str, str] = field(default_factory=dict)  # abs path -> output as Snakemake names it
     consumers: dict[str, list[str]] = field(default_factory=dict)  # abs source -> consumers' outputs
@@ -69,6 +70,9 @@ def inspect_run(snakemake_args: list[str], url: str | None, policy: str) -> Plan
 
     plan = Plan()
     _, args = cli.parse_args(snakemake_args)
+    # Without --ledger, the logger's own setting (flag, profile or environment) names the
+    # ledger, so that the check reads the ledger the run will write to.
+    plan.url = url = url if url is not None else absolute_url(getattr(args, "logger_ledger_url", None))
     args.logger = [name for name in (args.logger or []) if name != "ledger"]
     args.filegraph = True  # routes args_to_api to the DAG API's printfilegraph(), replaced below
     original = Workflow.printfilegraph
@@ -173,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if policy == "rerun":
             forced = forced_targets(plan)
             print("snakemake-ledger: running again the jobs that produce: " + " ".join(forced), file=sys.stderr)
-    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *run_args(snakemake_args, url, forced)])
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *run_args(snakemake_args, plan.url, forced)])
 
 
 def run_args(snakemake_args: list[str], url: str | None, forced: list[str]) -> list[str]:
