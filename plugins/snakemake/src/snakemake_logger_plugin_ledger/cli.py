@@ -72,7 +72,8 @@ def inspect_run(snakemake_args: list[str], url: str | None, policy: str) -> Plan
     _, args = cli.parse_args(snakemake_args)
     # Without --ledger, the logger's own setting (flag, profile or environment) names the
     # ledger, so that the check reads the ledger the run will write to.
-    plan.url = url = url if url is not None else absolute_url(getattr(args, "logger_ledger_url", None))
+    configured = getattr(args, "logger_ledger_url", None)  # unset: a sentinel, not None
+    plan.url = url = url if url is not None else absolute_url(configured if isinstance(configured, str) else None)
     args.logger = [name for name in (args.logger or []) if name != "ledger"]
     args.filegraph = True  # routes args_to_api to the DAG API's printfilegraph(), replaced below
     original = Workflow.printfilegraph
