@@ -182,6 +182,16 @@ class TaskCapture:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def recorded_digest(self, path: str) -> dict[str, Any] | None:
+        """The entry this capture last recorded for ``path`` as an output, shipped or not.
+
+        A pre-run check consults the ledger, which may not have this run's latest records
+        yet; a plugin asks here first for files its own run rewrote.
+        """
+        with self._lock:
+            entry = self._outputs.get(normalize_path(path))
+        return dict(entry) if entry is not None else None
+
     @property
     def ledger(self) -> Ledger:
         """The ledger, opened on first use (replaying whatever a crash left in the spool)."""

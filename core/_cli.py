@@ -299,6 +299,34 @@ def verify(targets, ledger_url, as_json) -> None:
 cli.add_command(verify)
 
 
+class _LazyGroup(click.Group):
+    """A command group defined in a module imported only when the group is used."""
+
+    def __init__(self, name: str, target: str, help: str) -> None:
+        super().__init__(name=name, help=help)
+        self._target = target
+
+    def _load(self) -> click.Group:
+        import importlib
+
+        module, _, attr = self._target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            raise click.ClickException(f"{self.name} needs {exc.name!r}: pip install 'lineage-ledger[mpi]'") from exc
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._load().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load().get_command(ctx, cmd_name)
+
+
+# Lazy, so that the core never imports mpi4py (or the service) unless the command runs.
+cli.add_command(_LazyGroup("baash", "lineage_ledger.backends.baash.cli:baash",
+                           "The BAASH MPI ledger service (needs lineage-ledger[mpi])."))
+
+
 def main() -> None:
     cli(prog_name="lineage-ledger")
 

@@ -250,7 +250,9 @@ class Ledger:
         found = self.producers(path, digest)
         return found[-1] if found else None
 
-    def last_seen(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
+    def last_seen(
+        self, path: str, roles: tuple[Literal["in", "out"], ...] = ("out", "in")
+    ) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
         """The latest record that read or wrote ``path``: (record, role, entry).
 
         "Latest" is by the time the task ended, then by ledger order: a crashed process's
@@ -259,7 +261,7 @@ class Ledger:
         cheap on a snapshot.
         """
         best: tuple[Any, ...] | None = None
-        for role in ("out", "in"):
+        for role in roles:
             for located in self.backend.find(role, path=path):
                 entry = self._decode(located)
                 side = entry.record.outputs if role == "out" else entry.record.inputs

@@ -68,10 +68,16 @@ def verify_chain_of(ledger: Ledger) -> ChainSummary:
     return ledger.verify_chain()
 
 
-def check_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
-    """Compare a file on disk with the last record that read or wrote it (always rehashes)."""
+def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any") -> ArtifactCheck:
+    """Compare a file on disk with the last record that read or wrote it (always rehashes).
+
+    ``against="producer"`` compares a produced file with its last producer only: a task
+    that merely read an edited file (under ``warn``, or an unguarded operator) must not
+    make the edit look recorded. Sources, which nobody produced, still compare with the
+    last read.
+    """
     path = normalize_path(path)
-    seen = ledger.last_seen(path)
+    seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
     exists = os.path.lexists(path)
     if seen is None:
         if not exists:  # most likely a typo: say so as bad input, not as a failed check
@@ -252,6 +258,9 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
 def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
     """The plugins' pre-run check: files that exist and differ from the ledger.
 
+    A produced file must still hold what its last producer wrote, whoever read it since;
+    a source must still hold what was last read from it.
+
     Returns the MODIFIED files. With ``strict`` it raises ``ArtifactMismatch`` naming them
     all; with ``warn`` and ``rerun`` the caller logs them or forces their producers to run.
     """
@@ -264,7 +273,7 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     for path in paths:
         if not os.path.exists(path):
             continue
-        check = check_artifact(view, path)
+        check = check_artifact(view, path, against="producer")
         if check.status is ArtifactStatus.MODIFIED:
             tampered.append(check)
     if tampered and policy == "strict":

@@ -1,6 +1,7 @@
 """Storage back-ends, chosen by URL scheme and imported only when used.
 
-Built in: ``sqlite:///path`` (and plain paths), ``postgresql://...``, ``memory://name``.
+Built in: ``sqlite:///path`` (and plain paths), ``postgresql://...``, ``memory://name``,
+``baash://host:port``, ``fabric:///path/to/profile.json``.
 Third parties register a :class:`Backend` subclass under the ``lineage_ledger.backends``
 entry-point group, named by the scheme they serve.
 """
@@ -20,6 +21,8 @@ _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("lineage_ledger.backends.memory:MemoryBackend", None),
     "sqlite": ("lineage_ledger.backends.sql:SQLBackend", None),
     "postgresql": ("lineage_ledger.backends.sql:SQLBackend", "postgres"),
+    "baash": ("lineage_ledger.backends.baash:BaashBackend", "mpi"),
+    "fabric": ("lineage_ledger.backends.fabric:FabricBackend", "fabric"),
 }
 ENTRY_POINT_GROUP = "lineage_ledger.backends"
 

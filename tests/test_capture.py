@@ -82,6 +82,8 @@ def test_deleted_temp_input_takes_the_digest_its_producer_recorded(tmp_path, url
     final2 = write(tmp_path / "final2.txt", "again")
     with TaskCapture(url, engine="test", run_id="r2", spool=spool) as later:
         later.submit(task("consumer2", [tmp], [final2])).result(timeout=30)
+    assert capture.recorded_digest(tmp) == {"blake3": digest, "size": len("intermediate")}
+    assert capture.recorded_digest(str(tmp_path / "unknown.txt")) is None
     with open_ledger(url, spool=spool) as ledger:
         consumer = {e.record.task_id: e.record for e in ledger.run("r1")}["consumer"]
         assert consumer.inputs[tmp]["blake3"] == digest
@@ -165,3 +167,22 @@ def test_verify_before_run_applies_each_policy(tmp_path, url, spool, caplog):
 def test_jsonable_always_has_a_canonical_encoding(value):
     once = jsonable(value)
     assert canonical_bytes(once) == canonical_bytes(jsonable(once))  # stable: a fixed point
+
+
+def test_a_read_of_an_edited_file_does_not_vouch_for_the_edit(tmp_path, url, spool):
+    """Under `warn`, a consumer runs on an edited intermediate and records what it read.
+    The next strict check must still compare the file with what its producer wrote."""
+    src = write(tmp_path / "src.txt", "source")
+    mid = write(tmp_path / "mid.txt", "produced")
+    with TaskCapture(url, engine="test", spool=spool) as capture:
+        capture.record_now(task("produce", [src], [mid]))
+        assert capture.flush(timeout=30)
+        write(tmp_path / "mid.txt", "edited by hand")
+        assert [c.path for c in verify_before_run(capture.ledger, [src, mid], "warn")] == [mid]
+        capture.record_now(task("consume", [mid], [write(tmp_path / "out.txt", "derived")]))
+    with pytest.raises(ArtifactMismatch, match="mid.txt: MODIFIED since it was last written by"):
+        verify_before_run(url, [src, mid], "strict")
+    # A source nobody produced compares with its last read: edited sources are caught too.
+    write(tmp_path / "src.txt", "new source")
+    with pytest.raises(ArtifactMismatch, match="src.txt: MODIFIED since it was last read by"):
+        verify_before_run(url, [src], "strict")

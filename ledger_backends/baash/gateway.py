@@ -1,0 +1,169 @@
+"""World rank 0: the link to the daemon, the commit and acknowledge phases, Protocol 4.
+
+A round from the daemon is a list of blocks chained on the committed head, grouped by
+client request. The gateway sends each other cluster's coordinator its share, decides
+its own cluster's share as coordinator of cluster 0, and collects the other decisions.
+Then, in chain order, a request commits only if every block of it was decided valid
+(an append is atomic); the requests after a refused one were built on a block that will
+not exist, so they conflict. Committed blocks go to shared storage first (the durable
+copy: a crash after this point loses nothing), then every rank appends them to its
+in-memory chain and acknowledges its new head.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from lineage_ledger._model import BlockHeader
+
+from ._mpi import Inbox, Tag
+from ._wire import recv_pickle, send_pickle
+from .consensus import ClusterCoordinator, Decision
+
+__all__ = ["Gateway"]
+
+HEARTBEAT_EVERY = 0.5
+
+
+class Gateway:
+    def __init__(self, world: Any, cluster: Any, inbox: Inbox, state: Any, store: Any, args: Any, clusters: int) -> None:
+        self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
+        self.clusters = clusters
+        self.inbox = inbox
+        self.coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c,
+                                              mode=args.mode, vote_timeout=args.vote_timeout, tags=Tag)
+
+    def serve(self, pids: list[tuple[int, float]]) -> None:
+        host, _, port = self.args.control.rpartition(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        subs, idle = self.coordinator.layout()
+        send_pickle(sock, ("hello", {
+            "pids": [p for p, _ in pids], "restore_seconds": max(t for _, t in pids),
+            "size": self.world.Get_size(), "clusters": self.clusters, "mode": self.args.mode,
+            "subclusters": subs, "idle": idle, "head": self.state.head, "gateway_pid": os.getpid()}))
+        try:
+            while True:
+                ready, _, _ = select.select([sock], [], [], HEARTBEAT_EVERY)
+                if not ready:
+                    send_pickle(sock, ("heartbeat", time.time()))
+                    continue
+                request = recv_pickle(sock)
+                if request[0] == "round":
+                    send_pickle(sock, ("result", *self.round(*request[1:])))
+                elif request[0] == "ledgers":
+                    send_pickle(sock, ("ledgers", self.ledgers()))
+                elif request[0] == "stop":
+                    break
+        except (ConnectionError, EOFError):
+            pass  # the daemon went away; stop the job
+        finally:
+            for rank in range(1, self.world.Get_size()):
+                self.world.send(None, dest=rank, tag=Tag.STOP)
+            sock.close()
+
+    def _decide(self, round_id: int, blocks: list[Any]) -> dict[int, Decision]:
+        if self.args.mode == "replicate":  # the baseline: no validation at all
+            return {i: Decision(True, "replicated", 0, 0) for i in range(len(blocks))}
+        shares = {k: [i for i in range(len(blocks)) if i % self.clusters == k] for k in range(self.clusters)}
+        for k in range(1, self.clusters):
+            if shares[k]:
+                self.world.send((round_id, blocks, shares[k]), dest=k, tag=Tag.ROUND)
+        decisions = self.coordinator.decide(round_id, blocks, shares[0])
+        waiting = {k for k in range(1, self.clusters) if shares[k]}
+        deadline = time.monotonic() + 4 * self.args.vote_timeout
+        decision_inbox = Inbox([self.world], Tag.DECISION)
+        while waiting:
+            message = decision_inbox.next(deadline)
+            if message is None:
+                break  # a coordinator is gone: its blocks fall to shared storage below
+            _, source, _, (rid, theirs) = message
+            if rid == round_id:
+                decisions.update(theirs)
+                waiting.discard(source)
+        for k in waiting:
+            for i in shares[k]:
+                decisions[i] = self.coordinator._storage_decision(blocks, i, 0)
+        return decisions
+
+    def catch_up(self) -> None:
+        """Storage ahead of the ranks (the daemon stored blocks while they were down): reload."""
+        self.store.refresh()
+        if self.store.height > self.state.head[0]:
+            self.state.extend(self.store.load(self.state.head[0]))
+            size = self.world.Get_size()
+            for rank in range(1, size):
+                self.world.send(None, dest=rank, tag=Tag.SYNC)
+            # Wait until every rank has reloaded: a prepare on the cluster communicator could
+            # otherwise overtake the sync on the world communicator.
+            inbox, synced = Inbox([self.world], Tag.ACK), 0
+            deadline = time.monotonic() + 2 * self.args.vote_timeout
+            while synced < size - 1:
+                message = inbox.next(deadline)
+                if message is None:
+                    break
+                synced += message[3][0] == -1
+
+    def round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, ...]:
+        self.catch_up()
+        started = time.perf_counter()
+        decisions = self._decide(round_id, blocks) if blocks else {}
+        decided = time.perf_counter()
+        outcomes: list[tuple[str, str]] = []
+        count = 0
+        head_id = self.state.head[1]
+        for start, end in groups:
+            if count != start:
+                outcomes.append(("conflict", "built on a block that was refused in the same round"))
+                continue
+            first_prev = BlockHeader.decode(blocks[start].header).prev if self.args.mode == "replicate" else head_id
+            bad = [decisions[i] for i in range(start, end) if not decisions[i].valid]
+            if bad or first_prev != head_id:
+                outcomes.append(("rejected", bad[0].reason if bad else "does not follow the head"))
+                continue
+            count = end
+            head_id = blocks[end - 1].id
+            outcomes.append(("committed", ""))
+        committed = blocks[:count]
+        self.store.commit(committed)  # Protocol 4: shared storage, one look-up per block
+        persisted = time.perf_counter()
+        carried = committed if self.args.mode == "replicate" else None
+        size = self.world.Get_size()
+        for rank in range(1, size):  # phase: commit
+            self.world.send((round_id, count, carried), dest=rank, tag=Tag.COMMIT)
+        self.state.extend(committed)
+        acks, agreeing = 0, 0
+        ack_inbox = Inbox([self.world], Tag.ACK)
+        deadline = time.monotonic() + self.args.vote_timeout
+        while acks < size - 1:  # phase: acknowledge
+            message = ack_inbox.next(deadline)
+            if message is None:
+                break
+            rid, height, head = message[3]
+            if rid == round_id:
+                acks += 1
+                agreeing += (height, head) == self.state.head
+        ways = Counter(d.how for d in decisions.values())
+        timing = {"decide": decided - started, "persist": persisted - decided,
+                  "commit": time.perf_counter() - persisted}
+        return round_id, outcomes, {"acks": acks, "agreeing": agreeing, "ways": dict(ways), "timing": timing,
+                                    "failed_validators": sorted(self.coordinator.failed)}
+
+    def ledgers(self) -> list[dict[str, Any]]:
+        size = self.world.Get_size()
+        for rank in range(1, size):
+            self.world.send(None, dest=rank, tag=Tag.LEDGER)
+        reports: dict[int, dict[str, Any]] = {0: {**self.state.summary(), "rank": 0}}
+        inbox = Inbox([self.world], Tag.SUMMARY)
+        deadline = time.monotonic() + 30
+        while len(reports) < size:
+            message = inbox.next(deadline)
+            if message is None:
+                break
+            reports[message[1]] = {**message[3], "rank": message[1]}
+        return [reports.get(r, {"rank": r, "valid": False, "error": "no answer"}) for r in range(size)]

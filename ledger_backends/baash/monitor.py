@@ -1,0 +1,317 @@
+"""The fault monitor: runs the MPI job under ``mpiexec``, notices when it dies, restarts it.
+
+Failures are seen four ways: a rank's heartbeat connection closes (the kernel closes it
+the instant the process dies, so the first one to close names the failed rank; see
+:mod:`.liveness`), a rank's beats stop (hung or stopped), ``mpiexec`` exits (MPICH's
+process manager tears the whole job down when one rank dies), or a round is overdue. The
+monitor then kills what is left of the job, every rank included, excludes the failed
+rank's slot, and starts a job one rank smaller; ranks restore their chains from shared
+storage. On one machine there are no spare nodes, so once fewer than ``min_ranks`` would
+remain, the excluded slots are taken
+back (in a Slurm allocation they would be the replacement nodes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ._wire import recv_pickle, send_pickle
+from .liveness import RankWatch
+from .manager import JobDown
+
+__all__ = ["JobMonitor"]
+
+log = logging.getLogger("lineage_ledger.baash")
+YIELD_SETTINGS = {"MPIR_CVAR_CH4_PROGRESS_THROTTLE": "1", "MPIR_CVAR_POLLS_BEFORE_YIELD": "100",
+                  "MPIR_CVAR_ENABLE_GPU": "0"}
+
+
+def mpiexec_command() -> list[str]:
+    """``$BAASH_MPIEXEC`` if set (e.g. ``srun --mpi=pmi2``), else the ``mpiexec`` next to Python."""
+    configured = os.environ.get("BAASH_MPIEXEC")
+    if configured:
+        return shlex.split(configured)
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return [local if os.path.exists(local) else "mpiexec", "-launcher", "fork"]
+
+
+class JobMonitor:
+    def __init__(self, ranks: int, storage: str, rank_args: list[str], *, min_ranks: int = 2,
+                 round_timeout: float = 60.0, heartbeat_timeout: float = 20.0, restart_delay: float = 0.0) -> None:
+        self.ranks, self.storage, self.rank_args = ranks, storage, rank_args
+        self.min_ranks, self.round_timeout, self.heartbeat_timeout = min_ranks, round_timeout, heartbeat_timeout
+        self.restart_delay = restart_delay  # benchmarks hold the job down to measure storage validation
+        self.launch_timeout = 90.0
+        self.excluded = 0
+        self.up = False
+        self.info: dict[str, Any] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.output: deque[str] = deque(maxlen=400)
+        self.generation = 0
+        self._lock = threading.Lock()          # one request to the gateway at a time
+        self._proc: subprocess.Popen[str] | None = None
+        self._pump_thread: threading.Thread | None = None
+        self.watch = RankWatch()
+        self._hung: int | None = None
+        self._sock: socket.socket | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._down_since: float | None = None
+        self._last_seen = time.monotonic()
+        self._in_round = False
+        self._replies: deque[Any] = deque()
+        # Ranks on other nodes of an allocation reach the daemon at $BAASH_CONTROL_HOST.
+        control_host = os.environ.get("BAASH_CONTROL_HOST", "127.0.0.1")
+        self._listener = socket.create_server((control_host, 0))
+        self.control = f"{control_host}:{self._listener.getsockname()[1]}"
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="baash-monitor", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, wait: float = 120.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + wait
+        while not self.up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.up:
+            raise RuntimeError("the MPI job did not start: " + " | ".join(list(self.output)[-8:]))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    send_pickle(self._sock, ("stop",))
+                except OSError:
+                    pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._kill_job()
+        self._thread.join(timeout=15)
+        self._listener.close()
+
+    def _launch(self) -> None:
+        size = self.ranks - self.excluded
+        if size < self.min_ranks:
+            self.excluded, size = 0, self.ranks
+        command = [*mpiexec_command(), "-n", str(size), sys.executable, "-m", "lineage_ledger.backends.baash.rank",
+                   "--storage", self.storage, "--control", self.control, *self.rank_args]
+        self.generation += 1
+        env = dict(os.environ)
+        # MPICH spins in its progress loop; with more ranks than cores (4 on 2 in CI) a spinning
+        # rank takes the core from the one it waits for. The ranks already poll with sleeps;
+        # these make MPICH's own waits yield (usleep in progress, sched_yield after 100 polls).
+        for name, value in YIELD_SETTINGS.items():
+            env.setdefault(name, value)
+        self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True, env=env)
+        self._pump_thread = threading.Thread(target=self._pump, args=(self._proc, self.generation), daemon=True)
+        self._pump_thread.start()
+        self._listener.settimeout(1.0)
+        self.watch = RankWatch(changed=self._wake)
+        deadline = time.monotonic() + self.launch_timeout
+        while True:  # every rank's heartbeat connection, then the gateway's control connection
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                if self._proc.poll() is not None or self._stopping:
+                    raise RuntimeError("mpiexec exited before the gateway rank connected") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the MPI job did not start within {self.launch_timeout:.0f} s") from None
+                continue
+            sock.settimeout(self.launch_timeout)  # a first message that never comes must not hang us
+            first = recv_pickle(sock)
+            sock.settimeout(None)
+            if first[0] == "rank":
+                self.watch.adopt(sock, first)
+                continue
+            hello = first
+            break
+        self._sock = sock
+        self.info = {**hello[1], "generation": self.generation, "size": size}
+        self._last_seen = time.monotonic()
+        threading.Thread(target=self._read, args=(sock,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen[str], generation: int) -> None:
+        """Keep the job's output: the last lines in memory, all of it in DIR/logs/."""
+        assert proc.stdout is not None
+        os.makedirs(os.path.join(self.storage, "logs"), exist_ok=True)
+        with open(os.path.join(self.storage, "logs", f"mpiexec-{generation}.log"), "a") as log_file:
+            for line in proc.stdout:
+                self.output.append(line.rstrip())
+                log_file.write(line)
+                log_file.flush()
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                self._launch()
+                self.up = True
+            except (RuntimeError, OSError, EOFError, ConnectionError) as err:
+                log.error("baash: starting the MPI job failed: %s", err)
+                self._kill_job()
+                time.sleep(1.0)
+                continue
+            if self.failures and self.failures[-1].get("restart_seconds") is None:
+                down = self._down_since if self._down_since is not None else started
+                self.failures[-1]["restart_seconds"] = time.monotonic() - down
+                self.failures[-1]["ranks_after"] = self.info["size"]
+            self._wait_for_failure()
+            if self._stopping:
+                break
+            self._note_failure()
+            if self.restart_delay:
+                self._stopped.wait(self.restart_delay)
+
+    @staticmethod
+    def _gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True
+
+    def _wait_for_failure(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        self._hung = None
+        while not self._stopping:
+            if self.watch.ended or proc.poll() is not None or self._sock is None:
+                break
+            self._hung = self.watch.overdue(self.heartbeat_timeout)
+            if self._hung is not None:
+                self.output.append(f"baash monitor: rank {self._hung} stopped beating")
+                break
+            if not self._in_round and time.monotonic() - self._last_seen > self.heartbeat_timeout:
+                self.output.append("baash monitor: gateway heartbeat overdue")
+                break
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    def _note_failure(self) -> None:
+        self.up = False
+        self._down_since = time.monotonic()
+        in_round = self._in_round
+        proc, pump = self._proc, self._pump_thread
+        if proc is not None:  # let MPICH's process manager finish its own teardown first
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_job()
+        if pump is not None:
+            pump.join(timeout=2.0)
+        pids = self.info.get("pids", [])
+        tail = list(self.output)[-60:]
+        rank = self.watch.first_dead() if self._hung is None else self._hung
+        pid = pids[rank] if rank is not None and rank < len(pids) else None
+        self.watch.close()
+        self.failures.append({"generation": self.generation, "rank": rank, "pid": pid,
+                              "in_round": in_round, "at": time.time(), "restart_seconds": None,
+                              "output": [line for line in tail if line.strip(" =")][-6:]})
+        self.excluded += 1
+        log.warning("baash: MPI job generation %d died (rank %s); restarting without it", self.generation, rank)
+
+    def _kill_job(self) -> None:
+        """Kill mpiexec and every rank, and wait until none is left: only then may the
+        daemon write to shared storage (a surviving gateway would be a second writer)."""
+        proc, self._proc = self._proc, None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # mpiexec (hydra starts ranks in their own sessions)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        ranks = [pid for pid in self.info.get("pids", []) if self._is_rank(pid)]
+        for pid in ranks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while any(not self._gone(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    @staticmethod
+    def _is_rank(pid: int) -> bool:
+        """Still one of our ranks (not a recycled PID)?"""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                return b"lineage_ledger.backends.baash.rank" in cmdline.read()
+        except OSError:
+            return False
+
+    # -- the control connection ------------------------------------------------------------
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            while True:
+                message = recv_pickle(sock)
+                self._last_seen = time.monotonic()
+                if message[0] != "heartbeat":
+                    self._replies.append(message)
+                    self._wake.set()
+        except (OSError, EOFError, ConnectionError):
+            if self._sock is sock:
+                self._sock = None
+            self._wake.set()
+
+    def _ask(self, request: tuple[Any, ...], timeout: float) -> Any:
+        with self._lock:
+            sock = self._sock
+            if not self.up or sock is None:
+                raise JobDown("the MPI job is not running")
+            self._replies = deque()
+            self._in_round = True
+            try:
+                send_pickle(sock, request)
+                deadline = time.monotonic() + timeout
+                while not self._replies:
+                    if self._sock is not sock or not self.up:
+                        raise JobDown("the MPI job died during the request")
+                    if time.monotonic() > deadline:
+                        self._sock = None  # a hung job: the supervisor restarts it
+                        self._wake.set()
+                        raise JobDown("the MPI job did not answer in time")
+                    time.sleep(0.0005)
+                return self._replies.popleft()
+            except OSError as err:
+                raise JobDown(str(err)) from err
+            finally:
+                self._in_round = False
+
+    def run_round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, Any]:
+        reply = self._ask(("round", round_id, blocks, groups), self.round_timeout)
+        return reply[2], reply[3]
+
+    def ledgers(self) -> list[dict[str, Any]]:
+        return self._ask(("ledgers",), 60.0)[1]
+
+    def rank_memory(self) -> list[int | None]:
+        """Resident memory of each rank in bytes, from /proc (None where it cannot be read)."""
+        sizes: list[int | None] = []
+        for pid in self.info.get("pids", []):
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+                sizes.append(kb * 1024)
+            except (OSError, StopIteration, ValueError):
+                sizes.append(None)
+        return sizes

@@ -1,0 +1,199 @@
+"""The MPI program: ``mpiexec -n N python -m lineage_ledger.backends.baash.rank ...``.
+
+World rank 0 is the gateway (it talks to the daemon and commits); the first rank of each
+cluster is its coordinator; every other rank validates. Each rank restores its in-memory
+chain from shared storage when it starts, so a restarted job resumes where storage is.
+Errors are returned, not fatal (``MPI.ERRORS_RETURN``): a rank that sees one reports it
+and exits, and the daemon restarts the job without the rank that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from mpi4py import MPI
+
+from ._mpi import Inbox, Tag
+from .consensus import ClusterCoordinator, quorum_of
+from .liveness import beat_forever
+from .storage import SharedStore
+from .validation import ChainState, vote_for
+
+__all__ = ["main"]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="baash-rank")
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--control", required=True, help="HOST:PORT of the daemon's control listener")
+    parser.add_argument("--f", type=int, default=1)
+    parser.add_argument("--c", type=int, default=2)
+    parser.add_argument("--clusters", type=int, default=1)
+    parser.add_argument("--mode", choices=("baash", "pbft", "replicate"), default="baash")
+    parser.add_argument("--vote-timeout", type=float, default=5.0)
+    parser.add_argument("--faulty-voter", type=int, action="append", default=[],
+                        help="world rank that votes the opposite of what it found (fault injection)")
+    parser.add_argument("--silent-voter", type=int, action="append", default=[],
+                        help="world rank that never votes, as if hung (fault injection)")
+    return parser.parse_args(argv)
+
+
+class Validator:
+    """A rank that validates (Protocol 3), commits what the gateway says, and reports."""
+
+    def __init__(self, world: Any, cluster: Any, state: ChainState, store: SharedStore, args: argparse.Namespace) -> None:
+        self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
+        self.faulty = world.Get_rank() in args.faulty_voter
+        self.silent = world.Get_rank() in args.silent_voter
+        self.rounds: dict[int, list[Any]] = {}        # round id -> its blocks, until committed
+        self.pbft: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def _vote(self, blocks: list[Any], indices: list[int]) -> dict[int, tuple[str, str]]:
+        votes = {}
+        for i, verdict in self.state.check_round(blocks, indices).items():
+            valid = verdict.valid != self.faulty  # a faulty voter says the opposite
+            votes[i] = (vote_for(blocks[i].id, valid), "" if valid else (verdict.reason or "voted invalid"))
+        return votes
+
+    def handle(self, comm: Any, source: int, tag: int, body: Any) -> bool:
+        if tag == Tag.PREPARE:
+            _, round_id, blocks, plan, mode = body
+            self.rounds[round_id] = blocks
+            if mode == "pbft":
+                self._pbft_start(round_id, blocks, plan)
+            elif plan and not self.silent:
+                comm.send((round_id, self._vote(blocks, [i for i, _ in plan])), dest=source, tag=Tag.VOTE)
+        elif tag == Tag.EXTRA and not self.silent:
+            _, round_id, i = body
+            comm.send((round_id, self._vote(self.rounds[round_id], [i])), dest=source, tag=Tag.VOTE)
+        elif tag in (Tag.PBFT_PREPREPARE, Tag.PBFT_PREPARE, Tag.PBFT_COMMIT):
+            self._pbft_message(tag, source, body)
+        elif tag == Tag.COMMIT:
+            round_id, count, carried = body
+            blocks = carried if carried is not None else self.rounds.get(round_id, [])
+            self.state.extend(blocks[:count])
+            self.rounds.pop(round_id, None)
+            self.pbft = {k: v for k, v in self.pbft.items() if k[0] != round_id}
+            comm.send((round_id, *self.state.head), dest=source, tag=Tag.ACK)
+        elif tag == Tag.LEDGER:
+            comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
+        elif tag == Tag.SYNC:
+            self.state.extend(self.store.load(self.state.head[0]))
+            comm.send((-1, *self.state.head), dest=source, tag=Tag.ACK)
+        elif tag == Tag.STOP:
+            return False
+        return True
+
+    # -- the PBFT baseline over the same sub-clusters: all-to-all prepare and commit ----------
+    def _entry(self, round_id: int, i: int) -> dict[str, Any]:
+        return self.pbft.setdefault((round_id, i), {
+            "members": None, "vote": None, "prepares": Counter(), "commits": Counter(),
+            "committed": False, "replied": False, "coordinator": None})
+
+    def _pbft_start(self, round_id: int, blocks: list[Any], plan: list[tuple[int, list[int]]]) -> None:
+        me = self.cluster.Get_rank()
+        for i, members in plan:
+            entry = self._entry(round_id, i)
+            entry["members"], entry["coordinator"] = members, 0
+            if members[0] == me:  # the primary pre-prepares, then everyone validates
+                for m in members[1:]:
+                    self.cluster.send((round_id, i, blocks[i].id), dest=m, tag=Tag.PBFT_PREPREPARE)
+                self._pbft_validate(round_id, i)
+            elif entry.get("preprepared"):
+                self._pbft_validate(round_id, i)
+
+    def _pbft_validate(self, round_id: int, i: int) -> None:
+        entry = self._entry(round_id, i)
+        if entry["vote"] is not None or entry["members"] is None:
+            return
+        entry["vote"] = self._vote(self.rounds[round_id], [i])[i]
+        self._pbft_broadcast(entry, Tag.PBFT_PREPARE, (round_id, i, entry["vote"]))
+        entry["prepares"][entry["vote"]] += 1
+        self._pbft_progress(round_id, i)
+
+    def _pbft_broadcast(self, entry: dict[str, Any], tag: int, body: Any) -> None:
+        me = self.cluster.Get_rank()
+        for m in entry["members"]:
+            if m != me:
+                self.cluster.send(body, dest=m, tag=tag)
+
+    def _pbft_message(self, tag: int, source: int, body: Any) -> None:
+        round_id, i = body[0], body[1]
+        entry = self._entry(round_id, i)
+        if tag == Tag.PBFT_PREPREPARE:
+            entry["preprepared"] = True
+            self._pbft_validate(round_id, i)
+        elif tag == Tag.PBFT_PREPARE:
+            entry["prepares"][tuple(body[2])] += 1
+        else:
+            entry["commits"][tuple(body[2])] += 1
+        self._pbft_progress(round_id, i)
+
+    def _pbft_progress(self, round_id: int, i: int) -> None:
+        entry = self._entry(round_id, i)
+        if entry["vote"] is None or entry["members"] is None:
+            return
+        need = quorum_of(len(entry["members"]), "pbft")
+        vote = tuple(entry["vote"])
+        if not entry["committed"] and entry["prepares"][vote] >= need:
+            entry["committed"] = True
+            self._pbft_broadcast(entry, Tag.PBFT_COMMIT, (round_id, i, vote))
+            entry["commits"][vote] += 1
+        if entry["committed"] and not entry["replied"] and entry["commits"][vote] >= need:
+            entry["replied"] = True
+            self.cluster.send((round_id, {i: vote}), dest=entry["coordinator"], tag=Tag.VOTE)
+
+
+def restore(store: SharedStore) -> ChainState:
+    state = ChainState()
+    state.extend(store.load())
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    world = MPI.COMM_WORLD
+    world.Set_errhandler(MPI.ERRORS_RETURN)
+    rank, size = world.Get_rank(), world.Get_size()
+    clusters = max(1, min(args.clusters, size))
+    cluster = world.Split(color=rank % clusters, key=rank)  # coordinators: world ranks 0..clusters-1
+    cluster.Set_errhandler(MPI.ERRORS_RETURN)
+    store = SharedStore(args.storage)
+    started = time.monotonic()
+    state = restore(store)
+    beat_forever(args.control, rank, os.getpid())  # before the gather: the daemon sees every rank first
+    pids = world.gather((os.getpid(), time.monotonic() - started), root=0)
+    inbox = Inbox([cluster, world])
+    try:
+        if rank == 0:
+            from .gateway import Gateway
+
+            Gateway(world, cluster, inbox, state, store, args, clusters).serve(pids or [])
+        else:
+            coordinator = None
+            if cluster.Get_rank() == 0:
+                coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c, mode=args.mode,
+                                                 vote_timeout=args.vote_timeout, tags=Tag)
+            validator = Validator(world, cluster, state, store, args)
+            while True:
+                comm, source, tag, body = inbox.next()  # type: ignore[misc]
+                if tag == Tag.ROUND and coordinator is not None:
+                    round_id, blocks, indices = body
+                    validator.rounds[round_id] = blocks
+                    decisions = coordinator.decide(round_id, blocks, indices)
+                    world.send((round_id, decisions), dest=0, tag=Tag.DECISION)
+                elif not validator.handle(comm, source, tag, body):
+                    break
+    except MPI.Exception as exc:  # the fault monitor's first checkpoint: a failed exchange
+        print(f"baash rank {rank}: MPI error {exc}; leaving so the daemon restarts the job", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The shared-storage ledger (Protocol 4's remote copy): a directory on a parallel file system.
+
+Layout (a key-value store keyed by block hash, plus the order of the chain)::
+
+    DIR/blocks/ab/<block id>.json   one block: header and records, bytes kept as latin-1
+    DIR/chain.log                   "<height> <block id>" per line, in chain order
+
+A block file is written to a temporary name, fsync'd and renamed, so a reader never sees
+half a block. ``put`` first looks the hash up: a block already on storage is not written a
+second time (the paper's "one look-up"), which is what makes a retried commit after a
+crash harmless. The log line is what commits the block: a block file without its line is
+an orphan a later ``put`` reuses. Only one writer at a time: the MPI job's gateway rank
+while the job runs, the daemon while it is down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from lineage_ledger._errors import CorruptStore
+from lineage_ledger._model import StoredBlock
+
+from ._wire import block_from_wire, block_to_wire
+
+__all__ = ["SharedStore"]
+
+
+class SharedStore:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.blocks_dir = os.path.join(self.root, "blocks")
+        self.log_path = os.path.join(self.root, "chain.log")
+        os.makedirs(self.blocks_dir, exist_ok=True)
+        self.ids: list[str] = []          # block id by height, as far as read
+        self._log_offset = 0
+        self.lookups = 0                  # how often storage was asked for a hash
+        self.writes_skipped = 0           # blocks found already stored by that look-up
+        self._lock = threading.Lock()     # the daemon's threads share one store
+
+    # -- the chain's order ---------------------------------------------------------------
+    def refresh(self) -> list[str]:
+        """Read log lines appended since the last call; return the new block ids."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[str]:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                tail = log.read()
+        except FileNotFoundError:
+            return []
+        new: list[str] = []
+        consumed = 0
+        for line in tail.split(b"\n")[:-1]:  # an unterminated last line is a torn write
+            consumed += len(line) + 1
+            height_text, _, block_id = line.decode("ascii", "replace").partition(" ")
+            if not height_text.isdigit() or int(height_text) != len(self.ids) or len(block_id) != 64:
+                raise CorruptStore(f"{self.log_path}: line for height {len(self.ids)} is malformed: {line[:80]!r}")
+            self.ids.append(block_id)
+            new.append(block_id)
+        self._log_offset += consumed
+        return new
+
+    @property
+    def height(self) -> int:
+        """Blocks committed to storage (after the last ``refresh``)."""
+        return len(self.ids)
+
+    # -- blocks by hash --------------------------------------------------------------------
+    def _path(self, block_id: str) -> str:
+        return os.path.join(self.blocks_dir, block_id[:2], block_id + ".json")
+
+    def has(self, block_id: str) -> bool:
+        self.lookups += 1
+        return os.path.exists(self._path(block_id))
+
+    def get(self, block_id: str) -> StoredBlock:
+        path = self._path(block_id)
+        try:
+            with open(path, "rb") as handle:
+                return block_from_wire(json.loads(handle.read()))
+        except (OSError, ValueError) as exc:
+            raise CorruptStore(f"{path}: cannot read block {block_id[:16]}: {exc}") from exc
+
+    def _stage(self, block: StoredBlock) -> tuple[str, str] | None:
+        """Write a block to a temporary file beside its place; ``None`` if already stored."""
+        path = self._path(block.id)
+        if self.has(block.id):
+            self.writes_skipped += 1
+            return None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(json.dumps(block_to_wire(block), separators=(",", ":")).encode())
+        return tmp, path
+
+    @staticmethod
+    def _fsync(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self, blocks: Sequence[StoredBlock]) -> None:
+        """Store ``blocks`` (the next heights, in order) and append them to the chain log.
+
+        The block files of a round are fsync'd concurrently (the file system folds them
+        into one journal commit instead of one per block), renamed, and their directories
+        fsync'd; only then does the log line, which is what commits, get written.
+        """
+        if not blocks:
+            return
+        self.refresh()
+        if blocks[0].height != len(self.ids):
+            stored = [b for b in blocks if b.height < len(self.ids)]
+            if any(self.ids[b.height] != b.id for b in stored):
+                raise CorruptStore(f"storage already holds another block at height {blocks[0].height}")
+            blocks = [b for b in blocks if b.height >= len(self.ids)]
+            if not blocks:
+                return
+        staged = [s for s in (self._stage(b) for b in blocks) if s is not None]
+        if staged:
+            with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
+                list(pool.map(self._fsync, [tmp for tmp, _ in staged]))
+                for tmp, path in staged:
+                    os.replace(tmp, path)
+                directories = {os.path.dirname(path) for _, path in staged} | {self.blocks_dir}
+                if not os.path.exists(self.log_path):
+                    directories.add(self.root)  # the log is about to be created there
+                list(pool.map(self._fsync, sorted(directories)))
+        lines = "".join(f"{b.height} {b.id}\n" for b in blocks).encode()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.refresh()
+
+    def load(self, start: int = 0) -> Iterator[StoredBlock]:
+        """Blocks from height ``start`` on, as committed (for restoring a rank or the daemon)."""
+        self.refresh()
+        for block_id in self.ids[start:]:
+            yield self.get(block_id)

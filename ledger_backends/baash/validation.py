@@ -1,0 +1,104 @@
+"""Protocol 3: what a validator checks before it votes, and the vote itself.
+
+The chain checks are the core's own (:func:`lineage_ledger.verify_block`: header id,
+height, previous-block link, record ids, Merkle root); this module adds what a ledger
+service must refuse besides: records whose bytes do not parse as a record with
+well-formed digests, index keys that do not match the record, and record ids already in
+the ledger or earlier in the same consensus round.
+
+A vote is a digest over the block id and the verdict, so validators that agree cast the
+same vote and the coordinator counts equal digests. An invalid block gets the NULL vote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from lineage_ledger import LedgerError, StoredBlock, StoredRecord, verify_block, verify_chain
+from lineage_ledger._model import digest_hex
+
+__all__ = ["NULL_VOTE", "ChainState", "Verdict", "check_block", "vote_for"]
+
+NULL_VOTE = "null"
+
+
+def vote_for(block_id: str, valid: bool) -> str:
+    """The vote of a validator that found ``block_id`` valid (or the NULL vote)."""
+    return digest_hex(b"baash-vote-v1\x00" + block_id.encode()) if valid else NULL_VOTE
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    valid: bool
+    reason: str = ""
+
+
+def check_block(
+    block: StoredBlock,
+    expected_height: int,
+    expected_prev: str | None,
+    known: set[str] | frozenset[str],
+    earlier_in_round: Iterable[str] = (),
+) -> Verdict:
+    """Validate one block against a ledger state; never raises for a bad block."""
+    try:
+        verify_block(block, expected_height, expected_prev)
+    except LedgerError as err:
+        return Verdict(False, str(err))
+    seen: set[str] = set(earlier_in_round)
+    for position, record in enumerate(block.records):
+        if record.id in known or record.id in seen:
+            return Verdict(False, f"block {expected_height}: record {record.id[:16]} is already in the ledger")
+        seen.add(record.id)
+        try:
+            parsed = StoredRecord.from_body(record.body)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            return Verdict(False, f"block {expected_height}: record {position} is not a well-formed record: {err}")
+        if (parsed.run_id, parsed.inputs, parsed.outputs) != (record.run_id, record.inputs, record.outputs):
+            return Verdict(False, f"block {expected_height}: record {position}'s index keys do not match its body")
+    return Verdict(True)
+
+
+@dataclass
+class ChainState:
+    """A rank's in-memory ledger: the chain, and every record id for the duplicate check."""
+
+    blocks: list[StoredBlock] = field(default_factory=list)
+    record_ids: set[str] = field(default_factory=set)
+
+    @property
+    def head(self) -> tuple[int, str | None]:
+        """(height of the next block, id of the last block)."""
+        return len(self.blocks), (self.blocks[-1].id if self.blocks else None)
+
+    def add(self, block: StoredBlock) -> None:
+        if block.height != len(self.blocks):
+            raise ValueError(f"block {block.height} does not follow height {len(self.blocks) - 1}")
+        self.blocks.append(block)
+        self.record_ids.update(r.id for r in block.records)
+
+    def extend(self, blocks: Iterable[StoredBlock]) -> None:
+        for block in blocks:
+            if block.height >= len(self.blocks):
+                self.add(block)
+
+    def check_round(self, blocks: Sequence[StoredBlock], indices: Iterable[int]) -> dict[int, Verdict]:
+        """Validate ``blocks[i]`` for each i in ``indices``, the round chained on this state."""
+        verdicts = {}
+        base_height, base_prev = self.head
+        for i in indices:
+            prev = blocks[i - 1].id if i > 0 else base_prev
+            earlier = [r.id for b in blocks[:i] for r in b.records]
+            verdicts[i] = check_block(blocks[i], base_height + i, prev, self.record_ids, earlier)
+        return verdicts
+
+    def summary(self) -> dict[str, object]:
+        """What the identical-ledgers check compares: verified by the core, or the error."""
+        try:
+            checked = verify_chain(self.blocks)
+            return {"valid": True, "blocks": checked.blocks, "records": checked.records,
+                    "head": checked.head, "log_root": checked.log_root}
+        except LedgerError as err:
+            return {"valid": False, "blocks": len(self.blocks), "error": str(err),
+                    "head": self.blocks[-1].id if self.blocks else None}

@@ -1,0 +1,93 @@
+"""The connection profile behind a ``fabric://`` URL.
+
+``fabric:///etc/lineage/org1-provider.json?ledger=genomics`` reads a JSON file::
+
+    {
+      "endpoint":    "peer0.org1.example.com:7051",   // a peer with the Gateway service
+      "tls_ca":      "org1-tlsca.pem",                // CA of that peer's TLS certificate
+      "server_name": "peer0.org1.example.com",        // optional: TLS name, if not the host
+      "msp_id":      "Org1MSP",
+      "certificate": "provider1/cert.pem",            // this client's enrolment certificate
+      "private_key": "provider1/key.pem",             // and its P-256 key
+      "channel":     "lineage",                       // optional, default "lineage"
+      "chaincode":   "lineage",                       // optional, default "lineage"
+      "ledger":      "default",                       // optional: several ledgers share a chaincode
+      "timeout":     60                               // optional: seconds per Gateway call
+    }
+
+Relative paths are taken from the profile's directory. Query parameters of the URL
+(``ledger``, ``channel``, ``chaincode``, ``timeout``) override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote
+
+from lineage_ledger._errors import ConfigError
+
+__all__ = ["ConnectionProfile", "parse_fabric_url"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
+_REQUIRED = ("endpoint", "tls_ca", "msp_id", "certificate", "private_key")
+
+
+@dataclass(frozen=True)
+class ConnectionProfile:
+    endpoint: str
+    tls_ca: Path
+    msp_id: str
+    certificate: Path
+    private_key: Path
+    channel: str = "lineage"
+    chaincode: str = "lineage"
+    ledger: str = "default"
+    server_name: str | None = None
+    timeout: float = 60.0
+
+    def read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"fabric profile: cannot read {path}: {exc.strerror}") from exc
+
+
+def parse_fabric_url(url: str) -> ConnectionProfile:
+    rest = url.split("://", 1)[1]
+    location, _, query = rest.partition("?")
+    if not location:
+        raise ConfigError("fabric URL names no connection profile: use fabric:///path/to/profile.json")
+    path = Path(unquote(location)).expanduser()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"fabric profile {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"fabric profile {path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"fabric profile {path} must hold a JSON object")
+    overrides = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(overrides) - {"ledger", "channel", "chaincode", "timeout"}
+    if unknown:
+        raise ConfigError(f"fabric URL: unknown parameter(s) {', '.join(sorted(unknown))}")
+    raw.update(overrides)
+    missing = [key for key in _REQUIRED if not raw.get(key)]
+    if missing:
+        raise ConfigError(f"fabric profile {path} lacks {', '.join(missing)}")
+    for key in ("channel", "chaincode", "ledger"):
+        if key in raw and not _NAME.match(str(raw[key])):
+            raise ConfigError(f"fabric profile: bad {key} name {raw[key]!r} (letters, digits, '.', '_', '-')")
+    base = path.parent
+    try:
+        timeout = float(raw.get("timeout", 60.0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"fabric profile: timeout must be a number of seconds, got {raw['timeout']!r}") from exc
+    return ConnectionProfile(
+        endpoint=str(raw["endpoint"]), msp_id=str(raw["msp_id"]),
+        tls_ca=base / raw["tls_ca"], certificate=base / raw["certificate"], private_key=base / raw["private_key"],
+        channel=str(raw.get("channel", "lineage")), chaincode=str(raw.get("chaincode", "lineage")),
+        ledger=str(raw.get("ledger", "default")), server_name=raw.get("server_name"), timeout=timeout,
+    )

@@ -1,0 +1,299 @@
+"""One record per task-instance try, whoever reports it and however often.
+
+Airflow 3 reports a try's end from the task process (the task runner's ``finalize``) and,
+for some failures, again from the scheduler or the API server (``TaskInstance.handle_failure``,
+a task marked failed by hand). Retries share a task instance but not a try number. So every
+report is keyed by (task instance id, try number) and the first one to claim the key writes
+the record: in-process through a set, across processes through a marker file created with
+``O_EXCL`` beside the ledger's spool.
+
+The supervised task process ends with ``os._exit``, which joins no thread and runs no
+``atexit`` handler, so records are written with :meth:`TaskCapture.record_now` (hashed and
+journaled in the durable spool before it returns) and shipped before the process ends
+(see :func:`flush_before_exit`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from blake3 import blake3
+
+from lineage_ledger import TaskCapture, TaskRun, code_digest, hash_file, jsonable, utcnow
+
+from . import _settings
+from ._assets import file_paths
+
+log = logging.getLogger("lineage_ledger.airflow")
+
+ENGINE = "airflow"
+_lock = threading.Lock()
+_capture: TaskCapture | None = None
+_capture_pid = -1
+_claimed: set[tuple[str, int]] = set()
+
+
+@dataclass
+class Started:
+    """What the running hook saw: when, and the inputs' digests before the task touched them."""
+
+    at: datetime
+    inputs: list[str] = field(default_factory=list)
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_started: dict[tuple[str, int], Started] = {}
+
+
+@dataclass
+class Details:
+    """What an operator that knows more than the listener adds to its try's record."""
+
+    code: str | None = None
+    parameters: dict[str, Any] | None = None
+    known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: The pre-run check refused to run: the task read nothing.
+    refused: bool = False
+
+
+_details: dict[tuple[str, int], Details] = {}
+
+
+def details_for(ti: Any) -> Details:
+    """The details of this try, created on first use."""
+    return _details.setdefault(try_key(ti), Details())
+
+
+def listener_active() -> bool:
+    """Whether the plugin's listener will report this process's task ends."""
+    if not _settings.enabled():
+        return False
+    try:
+        from airflow.sdk.listener import get_listener_manager
+
+        from .listener import listener
+
+        return bool(get_listener_manager().pm.is_registered(listener))
+    except Exception:  # noqa: BLE001 - then the operator records for itself
+        return False
+
+
+def capture() -> TaskCapture:
+    """This process's capture (a forked task process gets its own)."""
+    global _capture, _capture_pid
+    with _lock:
+        if _capture is None or _capture_pid != os.getpid():
+            if _capture_pid not in (-1, os.getpid()):  # a forked child: the parent's tries are not ours
+                _claimed.clear()
+                _started.clear()
+                _details.clear()
+            _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2)
+            _capture_pid = os.getpid()
+        return _capture
+
+
+def reset() -> None:
+    """Forget the capture (tests and the benchmark switch ledgers between runs)."""
+    global _capture
+    with _lock:
+        old, _capture = _capture, None
+        _claimed.clear()
+        _started.clear()
+        _details.clear()
+    if old is not None:
+        old.close(timeout=30)
+
+
+def try_key(ti: Any) -> tuple[str, int]:
+    ident = getattr(ti, "id", None)
+    if ident is None:  # should not happen in Airflow 3; fall back on the natural key
+        ident = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+    return str(ident), int(getattr(ti, "try_number", 0) or 0)
+
+
+def _marker_dir(cap: TaskCapture) -> str:
+    directory = os.path.join(cap.ledger.spool_dir, "airflow-tries")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def claim(key: tuple[str, int]) -> bool:
+    """True for the first report of this try on this machine; False for every later one."""
+    with _lock:
+        if key in _claimed:
+            return False
+        _claimed.add(key)
+    name = blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+    try:
+        fd = os.open(os.path.join(_marker_dir(capture()), name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def unclaim(key: tuple[str, int]) -> None:
+    """Let a later report try again when this one could not be written."""
+    with _lock:
+        _claimed.discard(key)
+    name = blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+    try:
+        os.unlink(os.path.join(_marker_dir(capture()), name))
+    except OSError:
+        pass
+
+
+def _utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
+
+
+def note_start(ti: Any) -> None:
+    """Remember the start and hash the file inlets now, before the task can change them."""
+    task = getattr(ti, "task", None)
+    inputs = file_paths(getattr(task, "inlets", None))
+    known: dict[str, dict[str, Any]] = {}
+    for path in inputs:
+        if os.path.isfile(path):
+            try:
+                known[path] = hash_file(path).entry()
+            except Exception as err:  # noqa: BLE001 - the record will list it as unhashed
+                log.warning("lineage-ledger: cannot hash inlet %s: %s", path, err)
+    started = _utc(getattr(ti, "start_date", None)) or utcnow()
+    _started[try_key(ti)] = Started(started, inputs, known)
+
+
+def started_digests(ti: Any) -> dict[str, dict[str, Any]]:
+    """The inlets' digests taken when this try started (empty if the start was not seen)."""
+    started = _started.get(try_key(ti))
+    return dict(started.known) if started else {}
+
+
+def operator_path(task: Any) -> str:
+    cls = type(task)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_code(task: Any) -> str | None:
+    """A digest of what the task runs: the shell command, the callable's source, or the operator."""
+    if task is None:
+        return None
+    command = getattr(task, "bash_command", None)
+    if isinstance(command, str):
+        return code_digest(command)
+    func = getattr(task, "python_callable", None)
+    if callable(func):
+        try:
+            return code_digest(inspect.getsource(func))
+        except (OSError, TypeError):
+            return code_digest(f"{func.__module__}.{getattr(func, '__qualname__', repr(func))}")
+    return code_digest(operator_path(task))
+
+
+def airflow_facts(ti: Any, state: str, error: BaseException | str | None) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
+        "map_index": getattr(ti, "map_index", -1), "try_number": getattr(ti, "try_number", None),
+        "ti_id": str(getattr(ti, "id", "")), "state": state,
+        "hostname": getattr(ti, "hostname", None),
+    }
+    task = getattr(ti, "task", None)
+    if task is not None:
+        facts["operator"] = operator_path(task)
+    # Reports from outside the task process (scheduler, API server) carry the ORM TaskInstance.
+    facts["reported_by"] = "task" if type(ti).__name__ == "RuntimeTaskInstance" else "server"
+    if error is not None:
+        facts["error"] = f"{type(error).__name__}: {error}"[:2000] if isinstance(error, BaseException) else str(error)[:2000]
+    return facts
+
+
+def record_try(
+    ti: Any,
+    status: str,
+    *,
+    state: str,
+    error: BaseException | str | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
+    code: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Record this try once (None if another report already did, or if recording failed)."""
+    key = try_key(ti)
+    if key[1] < 1:  # never started (e.g. an upstream-failed task marked failed by hand)
+        return None
+    if not claim(key):
+        log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
+        return None
+    task = getattr(ti, "task", None)
+    started = _started.pop(key, None)
+    details = _details.pop(key, None) or Details()
+    inputs = started.inputs if started else file_paths(getattr(task, "inlets", None))
+    all_known: dict[str, Mapping[str, Any]] = dict(started.known) if started else {}
+    all_known.update(details.known)
+    all_known.update(known or {})
+    if details.refused:
+        # A try refused before it ran read nothing. Listing the changed files as its inputs
+        # would make the ledger's last view of them the changed version, and the next
+        # pre-run check would let them pass.
+        extra = {**(extra or {}), "refused_inputs": {p: all_known.get(p) for p in inputs}}
+        inputs = []
+    code = code if code is not None else details.code
+    parameters = parameters if parameters is not None else details.parameters
+    extra = {**details.extra, **(extra or {})}
+    map_index = getattr(ti, "map_index", -1)
+    suffix = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
+    run = TaskRun(
+        task_id=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}",
+        task_name=f"{ti.dag_id}.{ti.task_id}",
+        status=status,
+        started=started.at if started else (_utc(getattr(ti, "start_date", None)) or utcnow()),
+        ended=_utc(getattr(ti, "end_date", None)) or utcnow(),
+        inputs=inputs,
+        outputs=file_paths(getattr(task, "outlets", None)),
+        known=all_known,
+        code_digest=code if code is not None else describe_code(task),
+        parameters=dict(parameters) if parameters is not None else {"operator": operator_path(task) if task else None},
+        attempt=key[1],
+        extra={"airflow": airflow_facts(ti, state, error), **jsonable(extra)},
+        run_id=f"{ti.dag_id}/{ti.run_id}",
+    )
+    record_id = capture().record_now(run)
+    if record_id is None:
+        unclaim(key)
+    return record_id
+
+
+def in_process_runner() -> bool:
+    """True under ``dag.test()``: tasks run in this process, which outlives them."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # pragma: no cover
+        return False
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return type(comms).__name__ == "InProcessSupervisorComms"
+
+
+def flush_before_exit() -> None:
+    """Ship this process's records before a supervised task process ends with ``os._exit``.
+
+    They are in the durable spool already; shipping now means the ledger has them without
+    waiting for the next open to replay. Under ``dag.test()`` the process lives on and the
+    recorder ships in the background, so the task is not held up.
+    """
+    cap = _capture
+    if cap is None or _capture_pid != os.getpid() or in_process_runner():
+        return
+    if not cap.flush(timeout=_settings.flush_timeout()):
+        log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")

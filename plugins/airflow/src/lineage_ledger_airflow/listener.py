@@ -1,0 +1,64 @@
+"""The listener: every task instance of every operator, recorded once per try.
+
+Airflow calls these hooks in the task process (``RuntimeTaskInstance``) and, for failures it
+decides itself (heartbeat timeouts, a task marked failed in the UI), in the scheduler or the
+API server (the ORM ``TaskInstance``). Listeners cannot stop a task; refusing to run is the
+job of :class:`~lineage_ledger_airflow.operators.LedgerOperator` and of the optional
+:func:`~lineage_ledger_airflow.policy.task_policy`.
+
+Every hook catches its own errors: a ledger problem is logged and the task goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+from . import _settings, _tries
+
+log = logging.getLogger("lineage_ledger.airflow")
+
+
+def _state(value: Any, default: str) -> str:
+    return str(getattr(value, "value", value) or default)
+
+
+class LedgerListener:
+    """Registered by :class:`~lineage_ledger_airflow.plugin.LineageLedgerPlugin`."""
+
+    @hookimpl
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        try:
+            if _settings.enabled():
+                _tries.note_start(task_instance)
+        except Exception:  # noqa: BLE001 - never break the task
+            log.exception("lineage-ledger: could not note the start of %s", getattr(task_instance, "task_id", "?"))
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        self._record(task_instance, "succeeded", "success", None)
+
+    @hookimpl
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+        # UP_FOR_RETRY arrives here too: a failed try is a failed try, whatever comes next.
+        state = _state(getattr(task_instance, "state", None), "failed")
+        self._record(task_instance, "failed", state, error)
+
+    @hookimpl
+    def before_stopping(self, component: Any) -> None:
+        try:
+            _tries.flush_before_exit()
+        except Exception:  # noqa: BLE001
+            log.exception("lineage-ledger: could not flush before the process stops")
+
+    def _record(self, ti: Any, status: str, state: str, error: Any) -> None:
+        try:
+            if _settings.enabled():
+                _tries.record_try(ti, status, state=state, error=error)
+        except Exception:  # noqa: BLE001 - never break the task
+            log.exception("lineage-ledger: could not record %s", getattr(ti, "task_id", "?"))
+
+
+listener = LedgerListener()

@@ -1,0 +1,182 @@
+"""LedgerOperator: a Python callable or a shell command on declared files, verified first.
+
+Declared ``inputs`` and ``outputs`` become the task's ``file://`` inlets and outlets, so
+Airflow's asset graph, the listener and OpenLineage all see them. Before the task runs,
+its inputs are checked against the ledger (policy ``warn``, ``strict`` or ``rerun``);
+after it runs, its outputs are hashed, the digest goes into each output's asset event
+``extra``, and OpenLineage (when installed) gets a ``DatasetVersionDatasetFacet`` per file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from lineage_ledger import code_digest, hash_file, normalize_path
+
+from . import _openlineage, _settings, _tries
+from ._assets import file_uri
+from ._checks import check_inputs
+
+log = logging.getLogger("lineage_ledger.airflow")
+
+
+class LedgerOperator(BaseOperator):
+    """Run ``python_callable`` or ``bash_command`` with verified inputs and hashed outputs.
+
+    :param inputs: files the task reads (absolute paths; relative ones are resolved when
+        the DAG is parsed). They become ``file://`` inlets.
+    :param outputs: files the task writes. They become ``file://`` outlets; one that the
+        task did not produce fails it.
+    :param python_callable: called as ``python_callable(*op_args, **op_kwargs)``; its
+        return value is the task's XCom.
+    :param bash_command: run with ``bash -c`` (templated); a non-zero exit fails the task.
+    :param policy: ``warn``, ``strict`` or ``rerun``; default ``[lineage_ledger] policy``.
+        ``rerun`` runs the task on the changed inputs and records them as such: Airflow
+        gives a running task no way to rerun its upstream producers (``airflow tasks clear
+        --upstream`` does).
+    """
+
+    template_fields: Sequence[str] = ("bash_command", "op_args", "op_kwargs", "env")
+    template_ext: Sequence[str] = (".sh", ".bash")
+    ui_color = "#d9f2e6"
+
+    def __init__(
+        self,
+        *,
+        inputs: Collection[str | os.PathLike[str]] = (),
+        outputs: Collection[str | os.PathLike[str]] = (),
+        python_callable: Callable[..., Any] | None = None,
+        bash_command: str | None = None,
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        policy: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (python_callable is None) == (bash_command is None):
+            raise ValueError("LedgerOperator needs exactly one of python_callable and bash_command")
+        if python_callable is not None and not callable(python_callable):
+            raise TypeError("python_callable must be callable")
+        if policy is not None and policy not in ("warn", "strict", "rerun"):
+            raise ValueError(f"policy must be warn, strict or rerun, not {policy!r}")
+        self.inputs = [normalize_path(os.fspath(p)) for p in inputs]
+        self.outputs = [normalize_path(os.fspath(p)) for p in outputs]
+        kwargs["inlets"] = [*(Asset(uri=file_uri(p)) for p in self.inputs), *(kwargs.get("inlets") or [])]
+        kwargs["outlets"] = [*(Asset(uri=file_uri(p)) for p in self.outputs), *(kwargs.get("outlets") or [])]
+        super().__init__(**kwargs)
+        self.python_callable = python_callable
+        self.bash_command = bash_command
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.policy = policy
+        # Digests of this try, for the OpenLineage hooks that run after execute().
+        self._input_digests: dict[str, dict[str, Any] | None] = {}
+        self._output_digests: dict[str, dict[str, Any] | None] = {}
+
+    # -- what runs ----------------------------------------------------------------------
+    def _code(self) -> str:
+        if self.bash_command is not None:
+            return self.bash_command
+        try:
+            return inspect.getsource(self.python_callable)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            func = self.python_callable
+            return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+    def _run_command(self) -> None:
+        env = {**os.environ, **(self.env or {})}
+        log.info("Running: %s", self.bash_command)
+        result = subprocess.run(["bash", "-c", self.bash_command], cwd=self.cwd, env=env,  # type: ignore[list-item]
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        for line in result.stdout.splitlines():
+            log.info("%s", line)
+        if result.returncode != 0:
+            raise AirflowException(f"command exited with status {result.returncode}: {self.bash_command}")
+
+    def execute(self, context: Any) -> Any:
+        ti = context["ti"]
+        if not _settings.enabled():  # the ledger is switched off: run the task, nothing else
+            result = self._run()
+            if missing := [p for p in self.outputs if not os.path.isfile(p)]:
+                raise AirflowException(f"declared outputs not produced: {', '.join(missing)}")
+            return result
+        details = _tries.details_for(ti)
+        details.code = code_digest(self._code())
+        details.parameters = {"operator": _tries.operator_path(self), "op_args": self.op_args, "op_kwargs": self.op_kwargs,
+                              "kind": "bash" if self.bash_command is not None else "python"}
+        details.extra["ledger_operator"] = {"policy": self.policy or "default"}
+        records_itself = not _tries.listener_active()
+        if records_itself:
+            _tries.note_start(ti)
+        status, error = "failed", None
+        try:
+            result = self._execute_verified(context, details)
+            status = "succeeded"
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if records_itself:
+                _tries.record_try(ti, status, state="success" if status == "succeeded" else "failed", error=error)
+                _tries.flush_before_exit()
+
+    def _execute_verified(self, context: Any, details: _tries.Details) -> Any:
+        check_inputs(self.inputs, self.policy, ti=context["ti"])
+        # The start hook hashed the inputs already (they were just verified unchanged).
+        seen = _tries.started_digests(context["ti"])
+        self._input_digests = {
+            p: seen.get(p) or (hash_file(p).entry() if os.path.isfile(p) else None) for p in self.inputs
+        }
+        details.known.update({p: e for p, e in self._input_digests.items() if e})
+        result = self._run()
+        self._hash_outputs(context, details)
+        return result
+
+    def _run(self) -> Any:
+        if self.bash_command is not None:
+            self._run_command()
+            return None
+        return self.python_callable(*self.op_args, **self.op_kwargs)  # type: ignore[misc]
+
+    def _hash_outputs(self, context: Any, details: _tries.Details) -> None:
+        missing = [p for p in self.outputs if not os.path.isfile(p)]
+        for path in self.outputs:
+            if path in missing:
+                continue
+            entry = hash_file(path).entry()
+            self._output_digests[path] = entry
+            details.known[path] = entry
+            extra = context["outlet_events"][Asset(uri=file_uri(path))].extra
+            extra.update({"blake3": entry["blake3"], "size": entry["size"], "ledger": "lineage-ledger"})
+        if missing:
+            raise AirflowException(f"declared outputs not produced: {', '.join(missing)}")
+
+    # -- OpenLineage (called by its provider's DefaultExtractor when it is installed) ----
+    def _lineage(self, outputs: bool) -> Any:
+        if not _openlineage.available():
+            _openlineage.hint_once()
+            return None
+        inputs = self._input_digests or {p: None for p in self.inputs}
+        produced = self._output_digests if outputs else {}
+        return _openlineage.operator_lineage(inputs, {p: produced.get(p) for p in self.outputs})
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        return self._lineage(outputs=False)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self._lineage(outputs=True)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self._lineage(outputs=True)

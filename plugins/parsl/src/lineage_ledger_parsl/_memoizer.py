@@ -1,0 +1,192 @@
+"""The memoizer: Parsl's ``BasicMemoizer``, plus a look at the files before launch or reuse.
+
+The DataFlowKernel calls ``check_memo`` on its launch thread right before every try,
+whether a cached result will be reused or the task sent to an executor. That is where
+the task's ``File`` arguments are compared with the ledger:
+
+* ``warn``: a file changed outside the workflow is logged; the task proceeds as Parsl would.
+* ``strict``: the try fails with ``ArtifactMismatch`` naming the files (retries apply).
+* ``rerun``: a cached result is ignored and the task runs again, rewriting its outputs.
+
+A cache hit is recorded as a ``cached`` try. Parsl cannot memoize ``File`` arguments
+(``id_for_memo`` has no rule for them); here they are keyed by URL, or with
+``file_key="content"`` inputs by the BLAKE3 of their bytes, so an edited input is a miss.
+Everything else (lookup table, checkpoint files and modes) is ``BasicMemoizer``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from parsl.data_provider.files import File
+from parsl.dataflow.memoization import BasicMemoizer, Memoizer
+from parsl.dataflow.taskrecord import TaskRecord
+
+from lineage_ledger import (
+    ArtifactCheck,
+    ArtifactMismatch,
+    ChainBroken,
+    LedgerError,
+    hash_file,
+    utcnow,
+    verify_before_run,
+)
+
+from ._session import ParslLedger
+from ._tasks import task_files
+
+__all__ = ["LedgerMemoizer"]
+
+log = logging.getLogger("lineage_ledger.parsl")
+
+_FILE_TAG = "lineage_ledger_parsl.File"
+_RACE_RETRIES = 5
+
+
+class LedgerMemoizer(Memoizer):
+    """``Config(memoizer=LedgerMemoizer(ledger, checkpoint_mode=...))``."""
+
+    def __init__(self, ledger: ParslLedger, *, inner: BasicMemoizer | None = None, **options: Any) -> None:
+        if inner is not None and options:
+            raise TypeError("give either inner= or BasicMemoizer options, not both")
+        self.ledger = ledger
+        self.inner = inner if inner is not None else BasicMemoizer(**options)
+        self.cache_hits = 0
+        self.reruns = 0
+
+    # -- the Memoizer interface ------------------------------------------------------
+    def start(self, *, run_dir: str, config_run_dir: str) -> None:
+        self.ledger.new_run()
+        self.inner.start(run_dir=run_dir, config_run_dir=config_run_dir)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.ledger.flush(timeout=60)
+
+    def update_memo_result(self, task: TaskRecord, r: Any) -> None:
+        self.inner.update_memo_result(task, r)
+
+    def update_memo_exception(self, task: TaskRecord, e: BaseException) -> None:
+        self.inner.update_memo_exception(task, e)
+
+    def checkpoint(self) -> None:
+        """Parsl's manual checkpoint (``checkpoint_mode="manual"``)."""
+        self.inner.checkpoint()
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a caller reaches for (memo_lookup_table, checkpoint_queue, ...).
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def check_memo(self, task: TaskRecord) -> Future[Any] | None:
+        inputs, outputs = task_files(task["args"], task["kwargs"])
+        cached = self._inner_check(task, bool(inputs or outputs))
+        tampered: list[str] = []
+        if inputs or outputs:
+            tampered = self._verify(task, inputs + outputs)
+            if tampered and cached is not None and self.ledger.policy == "rerun":
+                log.warning(
+                    "lineage-ledger: task %s (%s) runs again instead of reusing its cached result",
+                    task["id"], task["func_name"],
+                )
+                task["lineage_ledger_rerun"] = tampered  # type: ignore[typeddict-unknown-key]
+                self.reruns += 1
+                cached = None
+        if cached is not None:
+            self.cache_hits += 1
+            self._record(task, "cached", {"from_memo": True}, leave_out=tampered)
+        return cached
+
+    # -- internals ---------------------------------------------------------------------
+    def _inner_check(self, task: TaskRecord, has_files: bool) -> Future[Any] | None:
+        if not has_files or not task["memoize"]:
+            return self.inner.check_memo(task)
+        # BasicMemoizer hashes what it is given: show it memoizable keys for the Files.
+        proxy: dict[str, Any] = dict(task)
+        proxy["args"] = tuple(self._key(v, output=False) for v in task["args"])
+        proxy["kwargs"] = {
+            k: self._key(v, output=(k == "outputs")) for k, v in task["kwargs"].items()
+        }
+        cached = self.inner.check_memo(proxy)  # type: ignore[arg-type]
+        task["hashsum"] = proxy.get("hashsum")
+        return cached
+
+    def _key(self, value: Any, *, output: bool) -> Any:
+        if isinstance(value, list):
+            return [self._key(v, output=output) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._key(v, output=output) for v in value)
+        if not isinstance(value, File):
+            return value
+        if output or self.ledger.file_key == "path" or value.scheme != "file":
+            return (_FILE_TAG, value.url)
+        try:
+            digest: str | None = hash_file(value.filepath).blake3
+        except LedgerError:  # not there yet: key by name; the task itself will report it
+            digest = None
+        return (_FILE_TAG, value.url, digest)
+
+    def _verify(self, task: Mapping[str, Any], paths: list[str]) -> list[str]:
+        """The policy applied to the task's files; returns the modified paths (warn, rerun)."""
+        policy = self.ledger.policy
+        # Files this process wrote in this run may not be in the ledger yet (write-behind).
+        paths = [p for p in dict.fromkeys(paths) if not self.ledger.produced_here(p)]
+        if not paths:
+            return []
+        try:
+            checks = self._check(paths, policy)
+        except LedgerError as err:  # the ledger cannot vouch for anything (broken chain, no back-end)
+            if policy == "strict":
+                raise
+            log.error("lineage-ledger: could not check the files of task %s: %s", task["id"], err)
+            return []
+        tampered = [check.path for check in checks]
+        if tampered and policy == "strict":
+            refusal = ArtifactMismatch(
+                f"lineage-ledger refuses to run task {task['id']} ({task['func_name']}): "
+                "files changed outside the workflow: "
+                + "; ".join(f"{c.path} (ledger {(c.expected or '-')[:12]}, disk {(c.actual or '-')[:12]})" for c in checks),
+                path=tampered[0],
+            )
+            log.error("%s", refusal)
+            self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
+            raise refusal
+        return tampered
+
+    def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
+        # strict is applied by the caller, so that the refusal names the task as well as the files
+        mode = "warn" if policy == "strict" else policy
+        for attempt in range(_RACE_RETRIES):
+            try:
+                return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
+            except ChainBroken as err:
+                # The core's snapshot reads the blocks, then the head and the record count, in
+                # separate reads; our own recorder appending a block in between looks like a
+                # broken chain. A real break persists; a race does not.
+                if err.height is not None and "stops before the stored head" not in str(err):
+                    raise
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _record(
+        self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = ()
+    ) -> None:
+        """Record a try that never reaches an executor: a cache hit, or a refusal under strict."""
+        try:
+            now = utcnow()
+            run = self.ledger.task_run(
+                task, task["func"], task["args"], task["kwargs"], status=status,
+                started=now, ended=now, run_id=task["dfk"].run_id, extra=extra, leave_out=set(leave_out),
+            )
+            self.ledger.submit(run)
+        except Exception:  # noqa: BLE001 - recording must never break the workflow
+            log.exception("lineage-ledger: could not record task %s", task.get("id"))

@@ -1,0 +1,157 @@
+"""One ledger connection shared by the executor wrappers and the memoizer of a Parsl config."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from lineage_ledger import ConfigError, TaskCapture, TaskRun, utcnow
+
+from ._tasks import function_digest, task_files, task_parameters
+
+if TYPE_CHECKING:
+    from parsl.dataflow.memoization import BasicMemoizer
+    from parsl.executors.base import ParslExecutor
+
+    from ._memoizer import LedgerMemoizer
+
+__all__ = ["ParslLedger"]
+
+log = logging.getLogger("lineage_ledger.parsl")
+
+POLICIES = ("warn", "strict", "rerun")
+FILE_KEYS = ("path", "content")
+
+
+class ParslLedger:
+    """Records a Parsl run in a ledger and checks files before launch or reuse.
+
+    >>> ledger = ParslLedger("sqlite:///lab.db", policy="strict")
+    >>> config = Config(executors=[ledger.wrap(HighThroughputExecutor(...))],
+    ...                 memoizer=ledger.memoizer(checkpoint_mode="task_exit"))
+
+    ``policy`` applies when a ``File`` a task will read or keep differs from the ledger's
+    last record of it: ``warn`` logs it, ``strict`` fails the task naming the file,
+    ``rerun`` ignores a cached result and runs the task again. ``file_key`` is how the
+    memoizer keys ``File`` arguments: by ``content`` (the default: inputs by their BLAKE3
+    digest, so a changed input is a cache miss) or by ``path`` (their URL only).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        policy: str = "warn",
+        file_key: str = "content",
+        capture: TaskCapture | None = None,
+        threads: int = 2,
+        spool: str | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
+        if file_key not in FILE_KEYS:
+            raise ConfigError(f"unknown file_key {file_key!r}; choose path or content")
+        self.policy = policy
+        self.file_key = file_key
+        # threads: the pool that hashes and journals; spool: None -> $LINEAGE_SPOOL or .lineage/spool
+        self.capture = capture or TaskCapture(url, engine="parsl", threads=threads, spool=spool)
+        self._lock = threading.Lock()
+        # Paths written by a successful try in this process: the ledger may not have their
+        # records yet (write-behind), so the pre-launch check must not call them modified.
+        self._produced: set[str] = set()
+
+    # -- building a config ----------------------------------------------------------
+    def wrap(self, executor: ParslExecutor) -> ParslExecutor:
+        """``executor`` made into one that records every try (see :func:`wrap_executor`)."""
+        from ._executor import wrap_executor
+
+        return wrap_executor(executor, self)
+
+    def memoizer(self, inner: BasicMemoizer | None = None, **basic_memoizer_options: Any) -> LedgerMemoizer:
+        """A memoizer for ``Config(memoizer=...)``; options go to Parsl's ``BasicMemoizer``."""
+        from ._memoizer import LedgerMemoizer
+
+        return LedgerMemoizer(self, inner=inner, **basic_memoizer_options)
+
+    def flush(self, timeout: float | None = 30) -> bool:
+        """Wait until every try recorded so far has reached the ledger."""
+        return self.capture.flush(timeout)
+
+    def close(self, timeout: float | None = 30) -> bool:
+        return self.capture.close(timeout)
+
+    # -- what the executor and the memoizer report ------------------------------------
+    def produced(self, paths: list[str]) -> None:
+        with self._lock:
+            self._produced.update(paths)
+
+    def new_run(self) -> None:
+        """A new DataFlowKernel starts: what the last one wrote is in the ledger by now."""
+        with self._lock:
+            self._produced.clear()
+
+    def produced_here(self, path: str) -> bool:
+        with self._lock:
+            return path in self._produced
+
+    def task_run(
+        self,
+        task: Mapping[str, Any] | None,
+        func: Any,
+        args: tuple,
+        kwargs: Mapping[str, Any],
+        *,
+        status: str,
+        started: datetime,
+        ended: datetime | None = None,
+        run_id: str | None = None,
+        known: Mapping[str, Mapping[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        leave_out: Collection[str] = (),
+    ) -> TaskRun:
+        """A :class:`TaskRun` for one try of ``task`` (its DataFlowKernel record, if known).
+
+        ``leave_out``: files changed outside the workflow that this try did not write; listing
+        them would make the ledger vouch for their current bytes.
+        """
+        inputs, outputs = task_files(args, kwargs)
+        details: dict[str, Any] = dict(extra or {})
+        if leave_out:
+            inputs = [p for p in inputs if p not in leave_out]
+            outputs = [p for p in outputs if p not in leave_out]
+            details["modified_outside_workflow"] = sorted(leave_out)
+        if task is not None:
+            task_id, name, attempt = str(task["id"]), str(task["func_name"]), int(task["try_id"]) + 1
+            details["parsl_try_id"] = task["try_id"]
+            details["executor"] = task.get("executor")
+            if task.get("hashsum"):
+                details["memo_hash"] = task["hashsum"]
+            rerun = task.get("lineage_ledger_rerun")
+            if rerun:
+                details["rerun_because_modified"] = list(rerun)
+        else:
+            task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
+        return TaskRun(
+            task_id=task_id,
+            task_name=name,
+            status=status,
+            started=started,
+            ended=ended or utcnow(),
+            inputs=inputs,
+            outputs=outputs,
+            known=dict(known or {}),
+            code_digest=function_digest(task["func"] if task is not None else func),
+            parameters=task_parameters(args, kwargs),
+            attempt=attempt,
+            extra=details,
+            run_id=run_id,
+        )
+
+    def submit(self, run: TaskRun) -> None:
+        """Hand a finished try to the capture's workers; successful outputs count as produced."""
+        if run.status == "succeeded":
+            self.produced(list(run.outputs))
+        self.capture.submit(run)

@@ -1,0 +1,153 @@
+"""What a Parsl task reads, writes and runs, as the ledger wants to see it.
+
+Parsl hands an executor only ``func, resource_specification, *args, **kwargs``; the
+task's id, try and name live in the DataFlowKernel's task record. Both the executor
+wrapper and the memoizer describe a task from that record with the helpers here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from types import FrameType
+from typing import Any
+
+from parsl.data_provider.files import File
+
+from lineage_ledger import code_digest, jsonable
+
+# Keyword arguments that Parsl itself interprets: they are files or plumbing, not parameters.
+_RESERVED = frozenset({
+    "inputs", "outputs", "stdout", "stderr", "walltime", "parsl_resource_specification",
+    "_parsl_staging_inhibit",
+})
+_PARAM_TEXT_LIMIT = 200
+
+
+def local_path(value: Any) -> str | None:
+    """The submit-side path of a ``File`` that lives on a POSIX file system, else None."""
+    if isinstance(value, File) and value.scheme == "file":
+        return value.filepath
+    return None
+
+
+def task_files(args: Iterable[Any], kwargs: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(inputs, outputs): every local ``File`` among the arguments.
+
+    Files in ``outputs=`` are outputs; every other ``File`` (positional, ``inputs=``, other
+    keywords) is an input. ``stdout``/``stderr`` are not: they are logs, not data.
+    """
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for value in args:
+        _collect(value, inputs)
+    for key, value in kwargs.items():
+        if key in ("stdout", "stderr"):
+            continue
+        _collect(value, outputs if key == "outputs" else inputs)
+    return inputs, outputs
+
+
+def _collect(value: Any, into: list[str]) -> None:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            path = local_path(item)
+            if path is not None:
+                into.append(os.path.abspath(path))
+        return
+    path = local_path(value)
+    if path is not None:
+        into.append(os.path.abspath(path))
+
+
+def task_parameters(args: Iterable[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-file arguments, each cut to a short stable spelling (arrays must not bloat records)."""
+    params: dict[str, Any] = {}
+    positional = [_param(v) for v in args if not isinstance(v, File)]
+    if positional:
+        params["args"] = positional
+    for key, value in kwargs.items():
+        if key in _RESERVED or isinstance(value, File):
+            continue
+        params[key] = _param(value)
+    return params
+
+
+def _param(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, str) and len(value) > _PARAM_TEXT_LIMIT:
+            return value[:_PARAM_TEXT_LIMIT] + "..."
+        return jsonable(value)
+    if isinstance(value, (list, tuple, dict)) and len(value) <= 32:
+        text = repr(value)
+        if len(text) <= _PARAM_TEXT_LIMIT:
+            return jsonable(value)
+    text = repr(value)
+    return text if len(text) <= _PARAM_TEXT_LIMIT else text[:_PARAM_TEXT_LIMIT] + "..."
+
+
+def app_function(func: Any) -> Any:
+    """The user's own function under Parsl's wrappers (``wrap_error``, the bash partial, staging)."""
+    seen = 0
+    while seen < 16:
+        seen += 1
+        if isinstance(func, functools.partial):
+            # A bash app is partial(remote_side_bash_executor, user_function).
+            func = func.args[0] if func.args and callable(func.args[0]) else func.func
+            continue
+        inner = getattr(func, "__wrapped__", None)
+        if inner is None:
+            return func
+        func = inner
+    return func
+
+
+_digests: dict[Any, str | None] = {}
+_digests_lock = threading.Lock()
+
+
+def function_digest(func: Any) -> str | None:
+    """BLAKE3 of the app's source (for a bash app, its command template); cached per function.
+
+    Staging wraps the app anew for every task, so the cache is keyed by the user's function.
+    """
+    user = app_function(func)
+    try:
+        return _digests[user]
+    except (KeyError, TypeError):
+        pass
+    try:
+        digest: str | None = code_digest(inspect.getsource(user))
+    except (OSError, TypeError):  # built at runtime, no source file: name it instead
+        name = f"{getattr(user, '__module__', '?')}.{getattr(user, '__qualname__', repr(user))}"
+        digest = code_digest(name)
+    try:
+        with _digests_lock:
+            _digests[user] = digest
+    except TypeError:  # unhashable callable
+        pass
+    return digest
+
+
+def calling_task_record() -> dict[str, Any] | None:
+    """The DataFlowKernel's record of the task being submitted, from the ``launch_task`` frame.
+
+    Parsl's executor interface does not pass the task id; ``DataFlowKernel.launch_task``
+    calls ``executor.submit`` directly with ``task_record`` as a local, so the wrapper reads
+    it from there. None when an executor is driven some other way.
+    """
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "launch_task":
+            record = frame.f_locals.get("task_record")
+            if isinstance(record, dict) and "id" in record and "try_id" in record:
+                return record
+            return None
+        frame = frame.f_back
+    return None

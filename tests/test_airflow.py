@@ -1,0 +1,353 @@
+"""Airflow 3 plugin against real Airflow: ``airflow db migrate`` on SQLite, ``dag.test()``
+in this process and the ``airflow dags test`` command in a subprocess."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lineage_ledger import hash_file, open_ledger
+from tests.conftest import run_cli
+from tests.support.airflow_site import AirflowSite, airflow_installed, make_site, openlineage_events
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not airflow_installed(), reason="apache-airflow is not installed (make install-airflow)"),
+]
+
+TASKS = ("extract", "summarize", "report", "combine")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> AirflowSite:
+    """One migrated site for this module; the environment and logging are put back after it."""
+    site = make_site(tmp_path_factory.mktemp("airflow-home"))
+    saved = {k: os.environ.get(k) for k in site.env}
+    root = logging.getLogger()
+    saved_logging = (list(root.handlers), root.level)
+    os.environ.update(site.env)  # for dag.test() in this process; Airflow reads them on import
+    yield site
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    # Airflow adds a stdout handler to the root logger and lowers its level; later tests
+    # of other modules should not inherit that.
+    root.handlers[:] = saved_logging[0]
+    root.setLevel(saved_logging[1])
+
+
+class Run:
+    """One test's ledger, spool and data directory, as [lineage_ledger] settings."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.url = f"sqlite:///{tmp_path}/ledger.db"
+        self.data = tmp_path / "data"
+        self.vars = {
+            "AIRFLOW__LINEAGE_LEDGER__URL": self.url,
+            "AIRFLOW__LINEAGE_LEDGER__SPOOL": str(tmp_path / "spool"),
+            "LINEAGE_EXAMPLE_DATA": str(self.data),
+        }
+
+    def records(self, task_prefix: str = "") -> list:
+        with open_ledger(self.url, spool=self.vars["AIRFLOW__LINEAGE_LEDGER__SPOOL"]) as ledger:
+            return [r for r in ledger.recent(10_000) if r.record.task_name.startswith(task_prefix)]
+
+
+@pytest.fixture
+def run(site, tmp_path, monkeypatch):
+    from lineage_ledger_airflow import _tries
+
+    current = Run(tmp_path)
+    for key, value in current.vars.items():
+        monkeypatch.setenv(key, value)
+    yield current
+    _tries.reset()  # ships what this process recorded and forgets the ledger
+
+
+def by_task(records) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for entry in sorted(records, key=lambda r: (r.record.task_name, r.record.attempt)):
+        grouped.setdefault(entry.record.task_name.split(".", 1)[1], []).append(entry.record)
+    return grouped
+
+
+def test_airflow_discovers_the_plugin_and_the_provider(site):
+    plugins = site.cli("plugins", "--output", "json")
+    assert plugins.returncode == 0, plugins.stderr
+    assert "lineage_ledger" in plugins.stdout and "LedgerListener" in plugins.stdout
+    assert plugins.stdout.count('"lineage_ledger"') == 1  # registered once, not once per metadata dir
+
+    from airflow.configuration import conf
+    from airflow.providers_manager import ProvidersManager
+
+    assert "lineage-ledger-airflow" in ProvidersManager().providers
+    assert conf.get("lineage_ledger", "policy") == "warn"  # the provider's config defaults
+    assert conf.getfloat("lineage_ledger", "flush_timeout") == 5.0
+
+
+def test_example_dag_every_task_recorded_with_digests(site, run):
+    from lineage_ledger_airflow import _tries
+
+    module = site.load_dag("lineage_example")
+    dagrun = module.dag.test()
+    assert dagrun.state == "success"
+    _tries.reset()
+
+    tasks = by_task(run.records("lineage_example."))
+    assert sorted(tasks) == sorted(TASKS)
+    files = {name: run.data / name for name in ("source.csv", "raw.csv", "counts.txt", "report.txt", "final.txt")}
+    digest = {name: hash_file(path).blake3 for name, path in files.items()}
+    for name in TASKS:
+        (record,) = tasks[name]
+        assert record.status == "succeeded" and record.attempt == 1
+        assert record.run_id == f"lineage_example/{dagrun.run_id}"
+        assert record.extra["airflow"]["dag_id"] == "lineage_example"
+        assert record.extra["airflow"]["task_id"] == name and record.extra["airflow"]["try_number"] == 1
+        assert record.started <= record.ended and record.code_digest
+    # The plain BashOperator: its file:// inlets and outlets hashed by the listener.
+    bash = tasks["summarize"][0]
+    assert bash.extra["airflow"]["operator"].endswith("BashOperator")
+    assert dict(bash.inputs) == {str(files["raw.csv"]): {"blake3": digest["raw.csv"], "size": files["raw.csv"].stat().st_size}}
+    assert bash.outputs[str(files["counts.txt"])]["blake3"] == digest["counts.txt"]
+    assert tasks["extract"][0].inputs[str(files["source.csv"])]["blake3"] == digest["source.csv"]
+    assert tasks["combine"][0].outputs[str(files["final.txt"])]["blake3"] == digest["final.txt"]
+
+    verified = run_cli("--ledger", run.url, files["final.txt"], program="verify-lineage", cwd=run.data)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "summarize" in verified.stdout and "extract" in verified.stdout
+
+    # LedgerOperator put the digest into its asset event's extra.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        extras = session.scalars(
+            select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == f"file://{files['report.txt']}", AssetEvent.source_run_id == dagrun.run_id)
+        ).all()
+    assert [e["blake3"] for e in extras] == [digest["report.txt"]]
+
+    # OpenLineage saw the content version of every file the LedgerOperator read and wrote.
+    complete = [e for e in openlineage_events(site)
+                if e.get("eventType") == "COMPLETE" and e["job"]["name"] == "lineage_example.report"
+                and e["run"]["facets"].get("airflow", {}).get("taskInstance", {}).get("dag_run_id", dagrun.run_id) == dagrun.run_id]
+    assert complete, "no OpenLineage COMPLETE event for the report task"
+    versions = {d["name"]: d["facets"]["version"]["datasetVersion"] for d in complete[-1]["outputs"] + complete[-1]["inputs"]}
+    assert versions[str(files["report.txt"])] == f"blake3:{digest['report.txt']}"
+    assert versions[str(files["raw.csv"])] == f"blake3:{digest['raw.csv']}"
+
+
+def tamper(path: Path) -> None:
+    with path.open("a") as handle:
+        handle.write("sample-999999,1\n")  # an edit outside the workflow
+
+
+def test_tampered_intermediate_strict_ledger_operator_fails_before_running(site, run, monkeypatch):
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    raw, report = run.data / "raw.csv", run.data / "report.txt"
+    report_before = report.stat().st_mtime_ns
+    tamper(raw)
+
+    # The next run reuses extract's output (marked success, not rerun): strict refuses.
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    second = site.load_dag("lineage_example").dag.test(mark_success_pattern="extract")
+    assert second.state == "failed"
+    assert report.stat().st_mtime_ns == report_before, "the strict LedgerOperator ran anyway"
+    _tries.reset()
+    runs = dag_runs(run, "lineage_example.")
+    assert len(runs) == 2
+    tasks = by_task(runs[1])
+    assert "extract" not in tasks  # marked success, not run: nothing to record
+    (refused,) = tasks["report"]
+    error = refused.extra["airflow"]["error"]
+    assert refused.status == "failed" and str(raw) in error and "MODIFIED" in error
+    assert refused.inputs == {} and str(raw) in refused.extra["refused_inputs"]  # it read nothing
+    # Without the policy the plain BashOperator cannot refuse: it ran on the edited file.
+    (ran,) = tasks["summarize"]
+    assert ran.status == "succeeded" and ran.inputs[str(raw)]["blake3"] == hash_file(raw).blake3
+    assert "combine" not in tasks  # upstream failed: never ran, never recorded
+
+
+def test_warn_and_rerun_run_on_changed_inputs_and_say_so(site, run, monkeypatch):
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    raw = run.data / "raw.csv"
+    tamper(raw)
+    for policy in ("warn", "rerun"):
+        monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", policy)
+        assert site.load_dag("lineage_example").dag.test(mark_success_pattern="extract").state == "success"
+    _tries.reset()
+    runs = dag_runs(run, "lineage_example.")
+    assert len(runs) == 3
+    for entries, policy in zip(runs[1:], ("warn", "rerun"), strict=True):
+        (report,) = by_task(entries)["report"]
+        # It ran on the edited file, said so, and listed it as read.
+        assert report.status == "succeeded" and report.extra["policy"] == policy
+        assert report.extra["modified_inputs"] == [str(raw)]
+        assert report.inputs[str(raw)]["blake3"] == hash_file(raw).blake3
+    # verify-lineage still sees that the consumed version was never produced.
+    verified = run_cli("--ledger", run.url, run.data / "final.txt", program="verify-lineage", cwd=run.data)
+    assert verified.returncode == 1 and "raw.csv" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_ledger_operator_refuses_bad_arguments(site):
+    from lineage_ledger_airflow import LedgerOperator
+
+    with pytest.raises(ValueError, match="exactly one"):
+        LedgerOperator(task_id="neither", inputs=["/tmp/a"], outputs=["/tmp/b"])
+    with pytest.raises(ValueError, match="exactly one"):
+        LedgerOperator(task_id="both", python_callable=print, bash_command="true")
+    with pytest.raises(ValueError, match="policy"):
+        LedgerOperator(task_id="policy", bash_command="true", policy="lenient")
+    op = LedgerOperator(task_id="ok", inputs=["/data/in.csv"], outputs=["/data/out.csv"], bash_command="true")
+    assert [a.uri for a in op.inlets] == ["file:///data/in.csv"]
+    assert [a.uri for a in op.outlets] == ["file:///data/out.csv"]
+
+
+def test_tampered_intermediate_cluster_policy_fails_plain_bash_operator(site, run, tmp_path):
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    _tries.reset()  # the command below is another process: let it find everything shipped
+    raw, counts, report = run.data / "raw.csv", run.data / "counts.txt", run.data / "report.txt"
+    before = {p: p.stat().st_mtime_ns for p in (counts, report)}
+    tamper(raw)
+
+    settings_dir = tmp_path / "local_settings"
+    settings_dir.mkdir()
+    (settings_dir / "airflow_local_settings.py").write_text(
+        "from lineage_ledger_airflow.policy import task_policy  # noqa: F401\n")
+    env = {**run.vars, "AIRFLOW__LINEAGE_LEDGER__POLICY": "strict", "PYTHONPATH": str(settings_dir)}
+    second = site.cli("dags", "test", "lineage_example", "--mark-success-pattern", "extract", env=env)
+    assert second.returncode != 0
+    assert str(raw) in second.stdout + second.stderr
+    assert {p: p.stat().st_mtime_ns for p in (counts, report)} == before, "a task ran on the edited file"
+    runs = dag_runs(run, "lineage_example.")
+    assert len(runs) == 2
+    tasks = by_task(runs[1])
+    for name in ("summarize", "report"):
+        (refused,) = tasks[name]
+        assert refused.status == "failed" and str(raw) in refused.extra["airflow"]["error"], name
+    assert tasks["summarize"][0].extra["airflow"]["operator"].endswith("BashOperator")
+
+
+def dag_runs(run: Run, prefix: str) -> list[list]:
+    """The records of each DAG run, oldest run first."""
+    grouped: dict[str, list] = {}
+    for entry in run.records(prefix):
+        grouped.setdefault(entry.record.run_id, []).append(entry)
+    return sorted(grouped.values(), key=lambda entries: min(e.record.started for e in entries))
+
+
+def test_retried_and_failed_tasks_recorded_once_per_try(site, run):
+    from lineage_ledger_airflow import _tries
+
+    module = site.load_dag("ledger_retries")
+    dagrun = module.dag.test()
+    assert dagrun.state == "failed"
+    _tries.flush_before_exit  # noqa: B018 - (kept importable for the subprocess below)
+    _tries.reset()
+
+    def tries() -> dict[str, list[tuple[int, str, str]]]:
+        return {name: [(r.attempt, r.status, r.extra["airflow"]["state"]) for r in records]
+                for name, records in by_task(run.records("ledger_retries.")).items()}
+
+    expected = {
+        "flaky": [(1, "failed", "up_for_retry"), (2, "succeeded", "success")],
+        "broken": [(1, "failed", "up_for_retry"), (2, "failed", "failed")],
+    }
+    assert tries() == expected
+    broken = by_task(run.records("ledger_retries."))["broken"]
+    assert all(r.outputs[str(run.data / "broken.txt")]["size"] == len("partial\n") for r in broken)
+    assert "exit code 7" in broken[0].extra["airflow"]["error"] or "7" in broken[0].extra["airflow"]["error"]
+
+    # The API server reports a failure again when a task instance is marked failed: in
+    # another process, through Airflow's own code path. Same tries: nothing new recorded.
+    script = textwrap.dedent(f"""
+        from airflow.api_fastapi.core_api.services.public.task_instances import _emit_state_listener_hooks
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+        with create_session() as session:
+            tis = session.scalars(select(TaskInstance).where(
+                TaskInstance.dag_id == "ledger_retries", TaskInstance.run_id == {dagrun.run_id!r})).all()
+            assert {{ti.task_id for ti in tis}} == {{"flaky", "broken", "after_broken"}}
+            _emit_state_listener_hooks(tis, "failed")
+        from lineage_ledger_airflow import _tries
+        _tries.reset()
+        print("reported", len(tis))
+    """)
+    env = {k: v for k, v in os.environ.items()}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "reported 3" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
+    assert tries() == expected
+
+
+def test_records_survive_os_exit_of_the_task_process(site, run):
+    """Task processes end with ``os._exit``: no thread is joined, no atexit handler runs.
+
+    A child process runs the DAG in-process (``dag.test()``), then queues one more try of
+    ``summarize`` and runs it through Airflow's own supervisor: a forked task process that
+    ends with ``os._exit``. Then the child itself leaves with ``os._exit(0)``.
+    The supervised try must be in the ledger already (shipped before its process ended);
+    the in-process tries must come back from the spool when the ledger is opened again.
+    """
+    script = textwrap.dedent(f"""
+        import importlib.util, os
+        from sqlalchemy import select
+        spec = importlib.util.spec_from_file_location("exit_dag", {str(site.dags / "lineage_example.py")!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        dagrun = module.dag.test()
+        assert dagrun.state == "success", dagrun.state
+
+        from airflow.executors.workloads import BundleInfo
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.sdk.api.datamodels._generated import TaskInstance as WorkloadTI
+        from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        with create_session() as session:
+            ti = session.scalars(select(TaskInstance).where(
+                TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
+                TaskInstance.task_id == "summarize")).one()
+            ti.try_number += 1
+            ti.state = TaskInstanceState.QUEUED
+            session.commit()
+            workload_ti = WorkloadTI(id=ti.id, task_id=ti.task_id, dag_id=ti.dag_id, run_id=ti.run_id,
+                                     try_number=ti.try_number, map_index=ti.map_index,
+                                     dag_version_id=ti.dag_version_id)
+        # Airflow's in-process Execution API stands in for the API server (as in dag.test()).
+        client = InProcessTestSupervisor._api_client(module.dag)
+        code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
+                              dag_rel_path="lineage_example.py", token="", client=client)
+        print("supervised exit code", code, flush=True)
+        os._exit(code)
+    """)
+    # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
+    env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "supervised exit code 0" in result.stdout, \
+        result.stdout[-2000:] + result.stderr[-4000:]
+
+    spool = run.vars["AIRFLOW__LINEAGE_LEDGER__SPOOL"]
+    with open_ledger(run.url, spool=spool, replay=False) as ledger:  # before any replay
+        shipped = [r.record for r in ledger.recent(100) if r.record.task_name == "lineage_example.summarize"]
+    assert [(r.attempt, r.status, r.extra["airflow"]["reported_by"]) for r in shipped if r.attempt == 2] == [
+        (2, "succeeded", "task")]
+    tasks = by_task(run.records("lineage_example."))  # opens with replay: the spool comes back
+    assert sorted(tasks) == sorted(TASKS)
+    assert [r.attempt for r in tasks["summarize"]] == [1, 2]
+    assert all(len(tasks[name]) == 1 for name in ("extract", "report", "combine"))

@@ -1,0 +1,113 @@
+"""The Fabric client's pieces that need no network: profiles, signatures, the wire format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lineage_ledger import ConfigError, MissingExtra
+from lineage_ledger.backends import backend_class
+from tests.backend_conformance import chain_of
+from tests.support.factories import make_records
+
+pytest.importorskip("fabric_protos", reason="the fabric extra is not installed: make install-fabric")
+
+
+def _identity(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.support.factories import BASE_TIME
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(BASE_TIME).not_valid_after(BASE_TIME.replace(year=2030))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key
+
+
+def _profile(tmp_path, **fields):
+    profile = {"endpoint": "127.0.0.1:1", "tls_ca": "ca.pem", "msp_id": "Org1MSP", "certificate": "cert.pem",
+               "private_key": "key.pem", **fields}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    return path
+
+
+def test_scheme_is_registered_with_its_extra():
+    from lineage_ledger.backends.fabric import FabricBackend
+
+    assert backend_class("fabric") is FabricBackend
+    assert issubclass(MissingExtra, ConfigError)  # what a missing grpc would raise, with the hint
+
+
+def test_profile_paths_are_relative_to_it_and_the_url_overrides(tmp_path):
+    from lineage_ledger.backends import open_backend
+
+    _identity(tmp_path)
+    path = _profile(tmp_path, ledger="a")
+    backend = open_backend(f"fabric://{path}?ledger=b&timeout=5")
+    assert backend.profile.certificate == tmp_path / "cert.pem"
+    assert (backend.profile.ledger, backend.profile.timeout) == ("b", 5.0)
+    assert backend.identity == "fabric://127.0.0.1:1/lineage/lineage/b"  # not the profile's path
+    backend.close()
+
+
+@pytest.mark.parametrize("problem, fields, url_tail, message", [
+    ("missing file", None, "", "No such file"),
+    ("missing keys", {"msp_id": ""}, "", "lacks msp_id"),
+    ("bad name", {"ledger": "a/b"}, "", "bad ledger name"),
+    ("unknown parameter", {}, "?ledgr=x", "unknown parameter"),
+    ("bad timeout", {"timeout": "soon"}, "", "timeout must be"),
+])
+def test_bad_profiles_are_config_errors(tmp_path, problem, fields, url_tail, message):
+    from lineage_ledger.backends.fabric import parse_fabric_url
+
+    path = tmp_path / "absent.json" if fields is None else _profile(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=message):
+        parse_fabric_url(f"fabric://{path}{url_tail}")
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(tmp_path):
+    from lineage_ledger.backends import open_backend
+
+    _identity(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _identity(other)
+    path = _profile(tmp_path, private_key="other/key.pem")
+    with pytest.raises(ConfigError, match="does not belong"):
+        open_backend(f"fabric://{path}")
+
+
+def test_signatures_are_low_s_and_verify(tmp_path):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from lineage_ledger.backends.fabric._gateway import _P256_ORDER, Signer
+
+    key = _identity(tmp_path)
+    signer = Signer("Org1MSP", (tmp_path / "cert.pem").read_bytes(), (tmp_path / "key.pem").read_bytes())
+    for i in range(64):  # about half of raw ECDSA signatures are high-S
+        message = b"proposal %d" % i
+        signature = signer.sign(message)
+        assert decode_dss_signature(signature)[1] <= _P256_ORDER // 2
+        key.public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
+def test_wire_format_round_trips_blocks():
+    from lineage_ledger.backends.fabric.backend import decode_blocks, encode_blocks
+
+    blocks = chain_of(make_records(7), 3)
+    decoded = decode_blocks(encode_blocks(blocks))
+    assert [(b.height, b.id, b.header) for b in decoded] == [(b.height, b.id, b.header) for b in blocks]
+    assert [[(r.id, r.body) for r in b.records] for b in decoded] == [[(r.id, r.body) for r in b.records] for b in blocks]
