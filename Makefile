@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml plugins/parsl/pyproject.toml
+$(STAMP): pyproject.toml plugins/parsl/pyproject.toml plugins/snakemake/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet -e '.[mpi]'  # BAASH: mpi4py + MPICH's mpiexec in the venv
 	$(BIN)/python -m pip install --quiet -e plugins/parsl
+	$(BIN)/python -m pip install --quiet -e '.[snakemake]' -e plugins/snakemake
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,11 +33,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check core ledger_backends tests bench
 	$(BIN)/ruff check plugins/parsl/src examples/parsl
+	$(BIN)/ruff check plugins/snakemake/src
 	rm -rf build/typecheck && mkdir -p build/typecheck
 	cp -r core build/typecheck/lineage_ledger && cp -r ledger_backends build/typecheck/lineage_ledger/backends
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger
 	cp -r plugins/parsl/src/lineage_ledger_parsl build/typecheck/
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger_parsl
+	MYPYPATH=build/typecheck $(BIN)/mypy plugins/snakemake/src/snakemake_logger_plugin_ledger
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash bench/run_all.sh

@@ -12,3 +12,8 @@ for name in hashing statcache sqlite_append verify_chain record parsl fabric air
     echo "=== bench/bench_$name.py $* ==="
     "$python" "bench/bench_$name.py" "$@"
 done
+
+# Issue #3: the Snakemake logger plugin (real snakemake runs, about 2.5 minutes).
+echo
+echo "=== bench/bench_snakemake.py $* ==="
+"$python" bench/bench_snakemake.py "$@"

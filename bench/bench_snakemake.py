@@ -1,0 +1,136 @@
+"""Wall time of a Snakemake workflow of small shell jobs, with and without the ledger logger.
+
+Each round makes two fresh copies of a generated workflow (200 jobs of
+``echo {i} > out/{i}.txt`` plus the ``all`` target; 20 with --quick) and runs the real
+``snakemake --cores 2 --quiet all`` command on each, once plain and once with ``--logger ledger``
+(SQLite ledger in the workflow's directory), alternating which goes first. The time is
+the whole command, start-up and the plugin's final flush included: what a user waits.
+
+A third variant, for information, runs with a do-nothing logger plugin (``--logger null``,
+a module written into the temporary directory): what Snakemake itself spends on having any
+logger plugin (its QueueHandler formats every log record for the plugins' listener thread).
+
+Goal (issue #3): median wall time with the plugin / median without <= 1.05.
+
+Wall time on a loaded 2-core machine is noisy, so the CPU time of the whole process tree
+(user + sys of snakemake and its jobs, from ``getrusage(RUSAGE_CHILDREN)``) is shown too:
+it is what the plugin adds to the machine's work, and it moves much less with the load.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import parse_args
+
+SNAKEFILE = """
+rule all:
+    input: expand("out/{{i}}.txt", i=range({n}))
+
+rule make:
+    output: "out/{{i}}.txt"
+    shell: "echo {{wildcards.i}} > {{output}}"
+"""
+
+
+NULL_PLUGIN = """
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+
+
+class LogHandler(LogHandlerBase):
+    writes_to_stream = writes_to_file = has_filter = has_formatter = needs_rulegraph = False
+
+    def emit(self, record):
+        pass
+"""
+
+VARIANTS = ("plain", "null", "ledger")
+
+
+def snakemake_command() -> str:
+    return str(Path(sys.executable).parent / "snakemake")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of one snakemake command."""
+    directory.mkdir(parents=True)
+    (directory / "Snakefile").write_text(SNAKEFILE.format(n=n))
+    # "--quiet all" prints nothing; the target is the first rule, `all`. (Plain -q would quiet
+    # progress, and Snakemake then logs no finished jobs for the plugin to record promptly.)
+    command = [snakemake_command(), "--cores", "2", "--quiet", "all"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LINEAGE_", "SNAKEMAKE_LOGGER_"))}
+    env["PYTHONPATH"] = str(plugins)  # the null plugin is found in every variant, used in one
+    if variant != "plain":
+        command += ["--logger", variant]
+    cpu_before, start = children_cpu(), time.perf_counter()
+    result = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
+    elapsed, cpu = time.perf_counter() - start, children_cpu() - cpu_before
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake failed ({variant}):\n" + result.stderr[-3000:])
+    made = len(list((directory / "out").iterdir()))
+    assert made == n, (made, n)
+    if variant == "ledger":
+        check_recorded(directory, n)
+    return elapsed, cpu
+
+
+def check_recorded(directory: Path, n: int) -> None:
+    from lineage_ledger import open_ledger
+
+    ledger = open_ledger(str(directory / ".lineage" / "ledger.db"))
+    try:
+        summary = ledger.verify_chain()
+    finally:
+        ledger.close()
+    assert summary.records == n + 1, (summary.records, n + 1)  # every job, and the all target
+
+
+def main() -> None:
+    args = parse_args(__doc__, "20 jobs, 1 round", quick_rounds=1)
+    n = 20 if args.quick else 200
+    print(f"{n} shell jobs + all, snakemake --cores 2, {args.rounds} rounds, cpus: {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="ll-bench-snakemake-") as tmp:
+        plugins = Path(tmp) / "plugins"
+        plugins.mkdir()
+        (plugins / "snakemake_logger_plugin_null").mkdir()  # Snakemake looks for packages
+        (plugins / "snakemake_logger_plugin_null" / "__init__.py").write_text(NULL_PLUGIN)
+        for round_no in range(args.rounds):
+            order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+            for variant in order:
+                wall, cpu = one_run(Path(tmp) / f"r{round_no}-{variant}", n, variant, plugins)
+                times[variant].append(wall)
+                cpus[variant].append(cpu)
+            print(f"round {round_no}: " + ", ".join(
+                f"{v} {times[v][-1]:.2f} s (cpu {cpus[v][-1]:.2f} s)" for v in VARIANTS)
+                + f", load {os.getloadavg()[0]:.1f}")
+    wall = {v: statistics.median(times[v]) for v in VARIANTS}
+    cpu = {v: statistics.median(cpus[v]) for v in VARIANTS}
+    print("\nmedian wall time: " + ", ".join(f"{v} {wall[v]:.2f} s" for v in VARIANTS))
+    print("median CPU time (snakemake + jobs): " + ", ".join(f"{v} {cpu[v]:.2f} s" for v in VARIANTS))
+    print(f"CPU with ledger / plain = {cpu['ledger'] / cpu['plain']:.3f}x, "
+          f"null plugin / plain = {cpu['null'] / cpu['plain']:.3f}x, "
+          f"ledger / null plugin = {cpu['ledger'] / cpu['null']:.3f}x")
+    print(f"wall: null plugin / plain = {wall['null'] / wall['plain']:.3f}, "
+          f"ledger / null plugin = {wall['ledger'] / wall['null']:.3f}")
+    ratio = wall["ledger"] / wall["plain"]
+    print(f"with / without = {ratio:.3f}   (goal <= 1.05; {(wall['ledger'] - wall['plain']) / n * 1e3:+.1f} ms per job)")
+    print("GOAL MET" if ratio <= 1.05 else "GOAL MISSED")
+
+
+if __name__ == "__main__":
+    main()

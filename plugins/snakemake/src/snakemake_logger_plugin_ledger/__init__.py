@@ -1,0 +1,119 @@
+"""Snakemake logger plugin: every job of a run becomes a lineage-ledger record.
+
+Turn it on with ``snakemake --logger ledger`` (settings ``--logger-ledger-*``), with
+``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger``, which also
+verifies the files a run will consume or keep before it starts.
+
+Snakemake calls :meth:`LogHandler.emit` on its logging thread for every log event. Only
+three events matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and
+for them ``emit`` only gathers what the event and the job object say, journals it and
+hands it to :class:`lineage_ledger.TaskCapture`, whose own pool hashes the files.
+"""
+
+# No `from __future__ import annotations`: Snakemake builds CLI flags from the real field types.
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+
+__all__ = ["LogHandler", "LogHandlerSettings"]
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+_EVENTS = frozenset({"job_info", "job_finished", "job_error"})
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ledger URL (sqlite:///path, postgresql://..., memory://). "
+            "Default: $LINEAGE_LEDGER_URL, else .lineage/ledger.db in the working directory.",
+            "env_var": True,
+            "type": str,
+        },
+    )
+    run_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run id written into every record of this run (default: $LINEAGE_RUN_ID, else a new uuid).",
+            "env_var": True,
+            "type": str,
+        },
+    )
+    hash_threads: int = field(
+        default=4,
+        metadata={"help": "Threads that hash job files and write records, off Snakemake's logging thread.",
+                  "type": int},
+    )
+    flush_timeout: float = field(
+        default=300.0,
+        metadata={"help": "Seconds to wait at the end of the run for pending records; what is not "
+                  "written by then stays in the durable spool and ships at the next open.", "type": float},
+    )
+
+
+class LogHandler(LogHandlerBase):
+    """Records Snakemake jobs; never raises into Snakemake."""
+
+    settings: LogHandlerSettings
+
+    def __post_init__(self) -> None:
+        self.settings = self.settings or LogHandlerSettings()
+        self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
+        self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
+        quiet = getattr(self.common_settings, "quiet", None) or ()
+        if self.active and any(getattr(q, "name", str(q)).lower() == "progress" for q in quiet):
+            log.warning(
+                "lineage-ledger: with --quiet progress (or -q) Snakemake reports no finished jobs to "
+                "logger plugins; their records are written at the end of the run from Snakemake's "
+                "metadata, and temp() files deleted by then are recorded without digests")
+
+    # -- the LogHandlerBase contract ----------------------------------------------------
+    @property
+    def writes_to_stream(self) -> bool:
+        return False
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return True  # sees every event, whatever Snakemake's quietness settings
+
+    @property
+    def has_formatter(self) -> bool:
+        return True
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.active:
+            return
+        event = str(getattr(record, "event", "") or "")
+        if event not in _EVENTS:
+            return
+        try:
+            if self.recorder is None:
+                from ._recorder import JobRecorder
+
+                self.recorder = JobRecorder(self.settings)
+            self.recorder.handle(event, record)
+        except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
+            log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
+            self.active = False
+
+    def close(self) -> None:
+        try:
+            if self.recorder is not None:
+                self.recorder.close()
+        except Exception:  # noqa: BLE001
+            log.exception("lineage-ledger: error while flushing the ledger")
+        finally:
+            super().close()

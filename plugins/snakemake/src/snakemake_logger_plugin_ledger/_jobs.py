@@ -1,0 +1,259 @@
+"""What a Snakemake job is, in the terms of a ledger record.
+
+Snakemake's ``job_info`` log event carries the rule, job id, files, wildcards, threads,
+resources and shell command; ``job_finished`` carries only the job id. Params, the code of
+``run:`` blocks and scripts, and the conda env or container come from the job object in
+the running workflow, looked up by job id. Nothing here hashes data files: this runs on
+Snakemake's logging thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from lineage_ledger import TaskRun, code_digest, jsonable
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+# Snakemake prints flags after a file name: "x.txt (temp)", "p (pipe)", "o (protected)".
+_ANNOTATION = re.compile(r"^(?P<path>.*?) \((?P<flags>[a-z_:, -]+)\)$")
+_NOT_FILES = {"<pipe>", "<service>"}
+
+
+@dataclass
+class FileRef:
+    path: str  # absolute
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def hashable(self) -> bool:
+        # A pipe or service is a stream, not a file with a version: there is nothing to hash.
+        return not ({"pipe", "service"} & self.flags)
+
+
+def parse_files(entries: Iterable[Any] | None) -> list[FileRef]:
+    """Snakemake's formatted file list -> absolute paths with their flags."""
+    refs: list[FileRef] = []
+    for entry in entries or ():
+        text = str(entry)
+        if text in _NOT_FILES:
+            continue
+        match = _ANNOTATION.match(text)
+        flags: frozenset[str] = frozenset()
+        # A real file named "a (b)" wins over reading "(b)" as Snakemake's annotation.
+        if match and not os.path.lexists(text):
+            text = match.group("path")
+            flags = frozenset(f.strip() for f in match.group("flags").split(","))
+        refs.append(FileRef(os.path.abspath(text), flags))
+    return refs
+
+
+def utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass
+class JobReport:
+    """A started job as the ``job_info`` event described it, completed when it ends."""
+
+    jobid: int
+    rule: str
+    started: float
+    inputs: list[FileRef]
+    outputs: list[FileRef]
+    logs: list[FileRef]
+    wildcards: dict[str, Any]
+    threads: Any
+    resources: dict[str, Any]
+    shellcmd: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_event(cls, record: logging.LogRecord) -> JobReport:
+        get = record.__dict__.get
+        return cls(
+            jobid=int(get("jobid")),  # type: ignore[arg-type]
+            rule=str(get("rule_name")),
+            started=record.created,
+            inputs=parse_files(get("input")),
+            outputs=parse_files(get("output")),
+            logs=parse_files(get("log")),
+            wildcards=dict(jsonable(get("wildcards") or {})),
+            threads=jsonable(get("threads")),
+            resources=_resources(get("resources")),
+            shellcmd=get("shellcmd"),
+        )
+
+    def task_run(self, status: str, ended: float, known: Mapping[str, Mapping[str, Any]] | None = None,
+                 error: Mapping[str, Any] | None = None) -> TaskRun:
+        details = self.details
+        code = details.get("code_digest") or (code_digest(self.shellcmd) if self.shellcmd else None)
+        environment: dict[str, Any] = {}
+        if details.get("conda_env"):
+            environment["conda_env"] = details["conda_env"]
+        if details.get("container"):
+            environment["container"] = details["container"]
+        extra: dict[str, Any] = {
+            "snakemake_jobid": self.jobid,
+            "wildcards": self.wildcards,
+            "threads": self.threads,
+            "resources": self.resources,
+            "code_kind": details.get("code_kind", "shell" if self.shellcmd else "unknown"),
+        }
+        if self.shellcmd:
+            extra["shellcmd"] = self.shellcmd
+        for key in ("script", "script_digest", "temp_files", "details_error"):
+            if details.get(key):
+                extra[key] = details[key]
+        streams = [r.path for r in (*self.inputs, *self.outputs) if not r.hashable]
+        if streams:
+            extra["streams"] = streams  # pipes: consumed as they were written, never on disk to hash
+        if error:
+            extra["error"] = dict(jsonable(error))
+        # Log files are outputs of the job: the record vouches for them like any product. A
+        # failed try vouches for its logs only; what is at its output paths by the time it is
+        # hashed is Snakemake's clean-up or a retry's work, not this try's product.
+        outputs = [r.path for r in (*self.outputs, *self.logs) if r.hashable]
+        if status == "failed":
+            extra["declared_outputs"] = [r.path for r in self.outputs]
+            outputs = [r.path for r in self.logs if r.hashable]
+        return TaskRun(
+            task_id=str(self.jobid),
+            task_name=self.rule,
+            status=status,
+            started=utc(self.started),
+            ended=utc(max(ended, self.started)),
+            inputs=[r.path for r in self.inputs if r.hashable],
+            outputs=outputs,
+            known=dict(known or {}),
+            code_digest=code,
+            parameters=dict(jsonable(details.get("params") or {})),
+            environment_extra=environment,
+            extra=extra,
+        )
+
+
+def _resources(resources: Any) -> dict[str, Any]:
+    if resources is None:
+        return {}
+    try:
+        items = resources.items() if hasattr(resources, "items") else resources._allitems()
+        return {str(k): jsonable(v) for k, v in items if not str(k).startswith("_")}
+    except Exception:  # noqa: BLE001 - resources are informational
+        return {"repr": str(resources)}
+
+
+# -- the job object behind a job id --------------------------------------------------------
+class JobLookup:
+    """Finds Snakemake's job object by job id in the running workflow's DAG."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Any] = {}
+        self._dag: Any = None
+
+    def find(self, jobid: int) -> Any:
+        dag = _current_dag()
+        if dag is None:
+            return None
+        if dag is not self._dag:
+            self._dag, self._by_id = dag, {}
+        job = self._by_id.get(jobid)
+        if job is None:
+            # The DAG's job -> id map grows (checkpoints); rebuilding on a miss keeps this
+            # O(1) per job on average.
+            ids = getattr(dag, "_jobid", None)
+            if isinstance(ids, dict):
+                self._by_id = {v: k for k, v in list(ids.items())}
+                job = self._by_id.get(jobid)
+        return job
+
+
+def _current_dag() -> Any:
+    try:
+        import snakemake.workflow as workflow_module
+    except ImportError:
+        return None
+    workflow = getattr(workflow_module, "workflow", None)
+    return getattr(workflow, "dag", None) if workflow is not None else None
+
+
+def job_details(job: Any) -> dict[str, Any]:
+    """Params, code digest and software environment of ``job`` (never raises)."""
+    details: dict[str, Any] = {}
+    if job is None:
+        details["details_error"] = "job not found in the workflow's DAG"
+        return details
+    try:
+        rule = job.rule
+        details["params"] = _params(job)
+        if rule.shellcmd:
+            details["code_kind"] = "shell"
+        elif getattr(rule, "script", None):
+            details["code_kind"] = "script"
+            script_path = _script_path(job, rule.script)
+            details["script"] = script_path
+            digest = _file_digest(script_path) if script_path else None
+            details["script_digest"] = digest
+            details["code_digest"] = digest or code_digest(str(rule.script))
+        elif getattr(rule, "run_func_src", None):
+            details["code_kind"] = "run"
+            details["code_digest"] = code_digest(rule.run_func_src)
+        elif getattr(rule, "wrapper", None) or getattr(rule, "notebook", None):
+            details["code_kind"] = "wrapper" if rule.wrapper else "notebook"
+            details["code_digest"] = code_digest(str(rule.wrapper or rule.notebook))
+        else:
+            details["code_kind"] = "none"
+        temp = [os.path.abspath(f) for f in (*job.input, *job.output) if getattr(f, "flags", {}).get("temp")]
+        if temp:
+            details["temp_files"] = sorted(set(temp))
+        conda = job.conda_env_spec
+        if conda:
+            details["conda_env"] = str(conda)
+        container = job.container_img_url
+        if container:
+            details["container"] = str(container)
+    except Exception as err:  # noqa: BLE001 - a detail we cannot read must not lose the job
+        details["details_error"] = f"{type(err).__name__}: {err}"
+    return details
+
+
+def _params(job: Any) -> dict[str, Any]:
+    params = job.params
+    named = dict(params._names.items()) if hasattr(params, "_names") else {}
+    out: dict[str, Any] = {}
+    for name, (start, end) in named.items():
+        value = params[start] if end is None else list(params[start:end])
+        out[name] = value if not callable(value) else f"<function {getattr(value, '__name__', '?')}>"
+    positional = [params[i] for i in range(len(params)) if not any(
+        (s == i if e is None else s <= i < e) for s, e in named.values())]
+    if positional:
+        out["_positional"] = positional
+    return out
+
+
+def _script_path(job: Any, script: str) -> str | None:
+    source = job._path_to_source_file(script)
+    path = source.get_path_or_uri(secret_free=True)
+    return os.path.abspath(path) if os.path.exists(path) else None
+
+
+@lru_cache(maxsize=256)
+def _script_digest(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as handle:
+        return code_digest(handle.read())
+
+
+def _file_digest(path: str) -> str | None:
+    # Scripts are small and shared by many jobs: read once per version, not once per job.
+    try:
+        st = os.stat(path)
+        return _script_digest(path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None

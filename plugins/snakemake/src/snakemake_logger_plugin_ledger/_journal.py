@@ -1,0 +1,141 @@
+"""A journal of finished jobs not yet recorded, so that ``kill -9`` of Snakemake loses none.
+
+Between Snakemake reporting a job finished and the capture's pool journaling its record in
+the core's durable spool, the job exists only in memory. Each finished job is therefore
+written here first as one JSON line (a small ``write``, no hashing, no fsync: a killed
+process leaves its written bytes to the kernel) and marked done once its record is in the
+spool. The file is held under an exclusive ``flock`` while Snakemake runs; the lock dies
+with the process, so the next run can tell a crashed journal from a live one and records
+the jobs it names that were never marked done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from lineage_ledger import TaskRun, parse_time
+from lineage_ledger import format_time as fmt
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+
+def encode_run(run: TaskRun) -> dict[str, Any]:
+    return {
+        "task_id": run.task_id, "task_name": run.task_name, "status": run.status,
+        "started": fmt(run.started), "ended": fmt(run.ended),
+        "inputs": list(run.inputs), "outputs": list(run.outputs), "known": dict(run.known),
+        "code_digest": run.code_digest, "parameters": dict(run.parameters),
+        "environment_extra": dict(run.environment_extra), "attempt": run.attempt,
+        "extra": dict(run.extra), "run_id": run.run_id,
+    }
+
+
+def decode_run(data: dict[str, Any]) -> TaskRun:
+    values = dict(data)
+    for key in ("started", "ended"):
+        values[key] = parse_time(values[key])
+    return TaskRun(**values)
+
+
+class PendingJournal:
+    """``<dir>/<run id>.jsonl``: ``{"job": key, "run": {...}}`` lines and ``{"done": key}`` lines."""
+
+    def __init__(self, directory: str, run_id: str, opened: float) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.run_id = run_id
+        self.path = os.path.join(directory, f"{run_id}.jsonl")
+        self._lock = threading.Lock()
+        self._open = 0  # jobs written but not yet marked done
+        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # When the run began: after a crash, Snakemake's metadata newer than this names the
+        # jobs it saw finish whose events never reached this handler.
+        self._write(json.dumps({"opened": opened, "run_id": run_id}), 0)
+
+    def add(self, key: str, run: TaskRun) -> None:
+        line = json.dumps({"job": key, "run": encode_run(run)}, separators=(",", ":"), default=str)
+        self._write(line, +1)
+
+    def done(self, key: str) -> None:
+        self._write(json.dumps({"done": key}), -1)
+
+    def _write(self, line: str, change: int) -> None:
+        with self._lock:
+            if self._file.closed:
+                return
+            self._file.write(line + "\n")
+            self._file.flush()  # into the kernel: survives kill -9 of this process
+            self._open += change
+
+    def close(self) -> None:
+        """Close; the file is removed when every job in it was recorded."""
+        with self._lock:
+            if self._file.closed:
+                return
+            if self._open <= 0:
+                os.unlink(self.path)
+            self._file.close()  # releases the lock
+
+
+def orphaned(directory: str, own_path: str) -> Iterator[tuple[str, IO[str]]]:
+    """Journals whose writer is gone, each yielded locked; the caller closes the handle."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if not name.endswith(".jsonl") or path == own_path:
+            continue
+        try:
+            handle = open(path, "r+", encoding="utf-8")  # noqa: SIM115 - handed to the caller
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()  # a live Snakemake holds it
+            continue
+        yield path, handle
+
+
+@dataclass
+class Leftover:
+    """What an interrupted run's journal says."""
+
+    run_id: str
+    opened: float | None = None
+    pending: list[TaskRun] = field(default_factory=list)  # seen finished, never recorded
+    outputs: set[str] = field(default_factory=set)  # every output the journal names
+
+
+def read_journal(path: str, handle: IO[str]) -> Leftover:
+    """Parse a journal; a torn last line (the kill) is skipped."""
+    state = Leftover(run_id=os.path.basename(path)[: -len(".jsonl")])
+    runs: dict[str, TaskRun] = {}
+    done: set[str] = set()
+    handle.seek(0)
+    for line in handle:
+        try:
+            entry = json.loads(line)
+            if "done" in entry:
+                done.add(entry["done"])
+            elif "opened" in entry:
+                state.opened = state.opened or float(entry["opened"])
+                state.run_id = str(entry.get("run_id") or state.run_id)
+            else:
+                run = decode_run(entry["run"])
+                runs[entry["job"]] = run
+                state.outputs.update(run.outputs)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("lineage-ledger: skipping a damaged line of %s: %s", path, err)
+    state.pending = [run for key, run in runs.items() if key not in done]
+    return state

@@ -1,0 +1,348 @@
+"""The Snakemake plugin through the real ``snakemake`` and ``snakemake-ledger`` commands.
+
+The example workflow (examples/snakemake: 12 jobs, wildcards, a temp() file, a run: block,
+a script with params, a log file) is recorded once per module and then tampered with, in
+the order a user would meet these situations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from lineage_ledger import hash_file, open_ledger
+from tests.support.snakemake import BIN, clean_env, copy_example, require_snakemake, run
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = ("alpha", "beta", "gamma")
+RULES = {"normalize": 3, "count": 3, "stats": 3, "merge": 1, "report": 1, "all": 1}
+
+
+def records(workflow: Path, run_id: str):
+    ledger = open_ledger(str(workflow / ".lineage" / "ledger.db"))
+    try:
+        return [r.record for r in ledger.run(run_id)]
+    finally:
+        ledger.close()
+
+
+def tamper_keep_mtime(path: Path, extra: str) -> None:
+    """Edit a file and put its old mtime back: Snakemake's own checks see nothing."""
+    stat = path.stat()
+    with open(path, "a") as handle:
+        handle.write(extra)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    require_snakemake()
+    directory = copy_example(tmp_path_factory.mktemp("snakemake") / "example")
+    result = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "first",
+                 cwd=directory)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return directory
+
+
+class TestExampleRun:
+    """Ordered: each test builds on the state the previous one left."""
+
+    def test_every_job_is_recorded_with_correct_digests(self, workflow):
+        recs = records(workflow, "first")
+        by_rule: dict[str, list] = {}
+        for rec in recs:
+            by_rule.setdefault(rec.task_name, []).append(rec)
+        assert {name: len(v) for name, v in by_rule.items()} == RULES
+        assert all(rec.status == "succeeded" and rec.engine == "snakemake" for rec in recs)
+        for rec in recs:
+            for path, entry in rec.outputs.items():
+                if os.path.exists(path):  # temp files are gone; checked through their consumers
+                    assert hash_file(path).blake3 == entry["blake3"], path
+        for sample in SAMPLES:
+            source = workflow / "data" / f"{sample}.txt"
+            temp = str(workflow / "work" / f"{sample}.norm.txt")
+            upper = source.read_bytes().upper()
+            normalize = next(r for r in by_rule["normalize"] if r.extra["wildcards"] == {"sample": sample})
+            count = next(r for r in by_rule["count"] if r.extra["wildcards"] == {"sample": sample})
+            # The temp() file was deleted before the count job's record was written: its
+            # digest comes from the normalize record, and both equal the real bytes.
+            assert not os.path.exists(temp)
+            assert normalize.outputs[temp]["blake3"] == blake3(upper).hexdigest()
+            assert count.inputs[temp] == normalize.outputs[temp]
+            assert "unhashed_inputs" not in count.extra
+            assert normalize.inputs[str(source)]["blake3"] == hash_file(source).blake3
+            assert temp in normalize.extra["temp_files"]
+            # The script rule: params, and the digest of the script's source as its code.
+            assert count.parameters == {"min_length": 3, "label": sample.upper()}
+            assert count.extra["code_kind"] == "script"
+            assert count.code_digest == blake3((workflow / "scripts" / "count.py").read_bytes()).hexdigest()
+            assert normalize.extra["shellcmd"].startswith("tr ")
+            assert normalize.code_digest == blake3(normalize.extra["shellcmd"].encode()).hexdigest()
+        stats = by_rule["stats"][0]
+        assert stats.extra["code_kind"] == "run" and len(stats.code_digest) == 64
+        merge = by_rule["merge"][0]
+        assert str(workflow / "logs" / "merge.log") in merge.outputs  # log files are recorded
+        assert merge.extra["threads"] == 1 and "tmpdir" in merge.extra["resources"]
+
+    def test_verify_lineage_prints_the_tree_back_to_the_sources(self, workflow):
+        result = run("verify-lineage", "--ledger", ".lineage/ledger.db", "results/report.txt", cwd=workflow)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for sample in SAMPLES:
+            assert f"data/{sample}.txt" in result.stdout
+            assert f"results/{sample}.counts.tsv" in result.stdout
+        assert "(source)" in result.stdout and "verified" in result.stdout
+
+    def test_an_edited_intermediate_is_caught_and_rerun(self, workflow):
+        counts = workflow / "results" / "beta.counts.tsv"
+        tamper_keep_mtime(counts, "EDITED\t1000\n")
+        edited = counts.read_bytes()
+
+        plain = run("snakemake", "--cores", "1", cwd=workflow)
+        assert plain.returncode == 0 and "Nothing to be done" in plain.stdout + plain.stderr
+
+        strict = run("snakemake-ledger", "--cores", "1", "--ledger-policy", "strict", cwd=workflow)
+        assert strict.returncode == 1, strict.stderr[-3000:]
+        assert str(counts) in strict.stderr and "refusing to run" in strict.stderr
+        assert counts.read_bytes() == edited  # nothing ran
+
+        rerun = run("snakemake-ledger", "--cores", "2", "--ledger-policy", "rerun",
+                    "--logger-ledger-run-id", "rerun", cwd=workflow)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert b"EDITED" not in counts.read_bytes()
+        rerun_rules = sorted(r.task_name for r in records(workflow, "rerun"))
+        # The producer of the edited file, its temp input's producer, and everything downstream.
+        assert rerun_rules == ["all", "count", "merge", "normalize", "report", "stats"]
+        verify = run("verify-lineage", "--ledger", ".lineage/ledger.db", cwd=workflow)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    def test_an_edited_source_is_refused_by_strict(self, workflow):
+        source = workflow / "data" / "gamma.txt"
+        source.write_text(source.read_text() + "a new line\n")
+        # From the parent directory: --ledger is relative to where the command starts, the
+        # workflow's files to --directory.
+        strict = run("snakemake-ledger", "--cores", "1", "--directory", workflow.name,
+                     "--snakefile", f"{workflow.name}/Snakefile", "--ledger-policy", "strict",
+                     "--ledger", f"{workflow.name}/.lineage/ledger.db", cwd=workflow.parent)
+        assert strict.returncode == 1, strict.stderr[-3000:]
+        assert f"{source}: changed since the last recorded run" in strict.stderr
+        warn = run("snakemake-ledger", "--cores", "2", "--ledger-policy", "warn",
+                   "--logger-ledger-run-id", "after-edit", cwd=workflow)
+        assert warn.returncode == 0, warn.stderr[-3000:]
+        assert str(source) in warn.stderr  # warned, then ran
+        consumer = next(r for r in records(workflow, "after-edit") if r.task_name == "normalize")
+        assert consumer.inputs[str(source)]["blake3"] == hash_file(source).blake3
+
+    def test_a_dry_run_records_nothing(self, workflow):
+        (workflow / "data" / "alpha.txt").write_text("changed so that jobs would run\n")
+        dry = run("snakemake", "-n", "--cores", "1", "--logger", "ledger",
+                  "--logger-ledger-run-id", "dry", cwd=workflow)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        assert "normalize" in dry.stdout + dry.stderr  # it would have run jobs
+        assert records(workflow, "dry") == []
+
+
+def test_snakemake_help_lists_the_ledger_logger(tmp_path):
+    require_snakemake()
+    result = run("snakemake", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "--logger {ledger}" in result.stdout or "ledger" in result.stdout.split("--logger ")[1][:60]
+    assert "--logger-ledger-url" in result.stdout and "SNAKEMAKE_LOGGER_LEDGER_URL" in result.stdout
+
+
+FAILING = """
+rule all:
+    input: "done.txt"
+
+rule ok:
+    output: "ok.txt"
+    shell: "echo fine > {output}"
+
+rule broken:
+    input: "ok.txt"
+    output: "done.txt"
+    log: "broken.log"
+    shell: "echo about to fail > {log}; exit 3"
+"""
+
+
+def test_a_failing_job_is_recorded_as_failed_and_a_profile_turns_the_plugin_on(tmp_path):
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(FAILING)
+    # A workflow profile next to the Snakefile is read by default: no --logger flag needed.
+    profile = tmp_path / "profiles" / "default"
+    profile.mkdir(parents=True)
+    (profile / "config.yaml").write_text("logger: [ledger]\nlogger-ledger-run-id: failing\n")
+    result = run("snakemake", "--cores", "2", cwd=tmp_path)
+    assert result.returncode != 0
+    by_rule = {r.task_name: r for r in records(tmp_path, "failing")}
+    assert set(by_rule) == {"ok", "broken"}
+    assert by_rule["ok"].status == "succeeded"
+    broken = by_rule["broken"]
+    assert broken.status == "failed"
+    assert str(tmp_path / "ok.txt") in broken.inputs
+    assert broken.outputs[str(tmp_path / "broken.log")]["blake3"] == blake3(b"about to fail\n").hexdigest()
+    assert broken.extra["declared_outputs"] == [str(tmp_path / "done.txt")]
+    assert list(broken.outputs) == [str(tmp_path / "broken.log")]  # a failed try vouches for its log only
+
+
+def test_an_unusable_ledger_never_breaks_the_workflow(tmp_path):
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
+    result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", "nosuch://x",
+                 cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "a.txt").read_text() == "a\n"
+    assert "could not record task a" in result.stderr and "nosuch" in result.stderr
+
+
+SLOW = """
+N = 40
+
+rule all:
+    input: expand("out/{i}.txt", i=range(N))
+
+rule make:
+    output: "out/{i}.txt"
+    shell: "sleep 0.3; echo {wildcards.i} > {output}"
+"""
+
+
+def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
+    """Every job Snakemake reported finished before ``kill -9`` is in the ledger afterwards."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SLOW)
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "killed"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    finished: list[str] = []  # outputs of the jobs Snakemake reported finished
+    output_of: dict[str, str] = {}
+    output = ""
+    deadline = time.monotonic() + 120
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.match(r"\s+output: (\S+)", line):
+            output = match.group(1)
+        elif match := re.match(r"\s+jobid: (\d+)", line):
+            output_of[match.group(1)] = output
+        elif match := re.match(r"Finished jobid: (\d+) ", line):
+            finished.append(str(tmp_path / output_of[match.group(1)]))
+            if len(finished) >= 8:
+                break
+        assert time.monotonic() < deadline, "snakemake did not finish 8 jobs in time"
+    os.killpg(process.pid, signal.SIGKILL)  # snakemake and its running jobs, no clean-up
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert len(finished) >= 8
+
+    # The next run (after the lock a killed Snakemake leaves is removed) recovers what the
+    # killed one had not written yet: from the core's spool, or from the plugin's journal.
+    assert run("snakemake", "--unlock", cwd=tmp_path).returncode == 0
+    resumed = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "resumed",
+                  "--rerun-incomplete", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Jobs whose events were still in Snakemake's log queue at the kill come back from
+    # Snakemake's own metadata, under the killed run's id.
+    recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "killed")}
+    assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))
+    sources = [r.extra.get("recovered_from", "journal" if r.extra.get("recovered_after_interruption")
+                           else "live") for r in recorded.values()]
+    print("records of the killed run by origin:", {s: sources.count(s) for s in set(sources)})
+    for path in finished:
+        assert recorded[path].status == "succeeded"
+        assert recorded[path].outputs[path]["blake3"] == hash_file(path).blake3
+    assert not any((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))
+    # Between both runs every job of the workflow is recorded exactly once as succeeded.
+    made = [r for rid in ("killed", "resumed") for r in records(tmp_path, rid) if r.task_name == "make"]
+    assert sorted(next(iter(r.outputs)) for r in made) == sorted(
+        str(tmp_path / "out" / f"{i}.txt") for i in range(40))
+
+
+JOURNAL_THEN_KILL = """
+import os, signal, sys
+from lineage_ledger import TaskRun, utcnow
+from snakemake_logger_plugin_ledger._journal import PendingJournal
+
+journal = PendingJournal(".lineage/snakemake-pending", "crashed", 0.0)
+now = utcnow()
+journal.add("7:1", TaskRun(task_id="7", task_name="make", status="succeeded", started=now, ended=now,
+                           inputs=[], outputs=[os.path.abspath("kept.txt")], run_id="crashed",
+                           extra={"snakemake_jobid": 7}))
+journal.add("8:1", TaskRun(task_id="8", task_name="make", status="succeeded", started=now, ended=now,
+                           outputs=[os.path.abspath("other.txt")], run_id="crashed"))
+journal.done("8:1")  # recorded before the kill: must not be recorded twice
+os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 would: the lock dies with the process
+"""
+
+
+def test_a_journal_left_by_a_killed_process_is_recorded_by_the_next_run(tmp_path):
+    """The window between Snakemake's job_finished and the spool, made deterministic."""
+    require_snakemake()
+    (tmp_path / "kept.txt").write_text("made before the crash\n")
+    killed = subprocess.run([sys.executable, "-c", JOURNAL_THEN_KILL], cwd=tmp_path, env=clean_env())
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))) == 1
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
+    result = run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "left by an interrupted run" in result.stderr
+    (rec,) = records(tmp_path, "crashed")
+    assert rec.task_id == "7" and rec.extra["recovered_after_interruption"] is True
+    assert rec.outputs[str(tmp_path / "kept.txt")]["blake3"] == blake3(b"made before the crash\n").hexdigest()
+    assert not list((tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl"))
+
+
+def test_a_retried_job_gets_one_record_per_attempt(tmp_path):
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(
+        'rule a:\n    output: "a.txt"\n'
+        '    shell: "if [ -e tried ]; then echo ok > {output}; else touch tried; exit 1; fi"\n')
+    result = run("snakemake", "--cores", "1", "--retries", "1", "--logger", "ledger",
+                 "--logger-ledger-run-id", "retried", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tries = sorted(records(tmp_path, "retried"), key=lambda r: r.attempt)
+    assert [(r.attempt, r.status) for r in tries] == [(1, "failed"), (2, "succeeded")]
+    assert tries[0].outputs == {}  # the first try's output path holds the second try's file
+    assert tries[1].outputs[str(tmp_path / "a.txt")]["blake3"] == blake3(b"ok\n").hexdigest()
+
+
+QUIET = """
+rule all:
+    input: "b.txt"
+
+rule a:
+    output: temp("t.txt")
+    shell: "echo t > {output}"
+
+rule b:
+    input: "t.txt"
+    output: "b.txt"
+    shell: "cat {input} > {output}"
+"""
+
+
+def test_quiet_progress_runs_are_recorded_from_snakemakes_metadata(tmp_path):
+    """``-q`` stops Snakemake logging finished jobs; the records come at the end instead."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(QUIET)
+    result = run("snakemake", "--cores", "1", "-q", "--logger", "ledger", "--logger-ledger-run-id", "quiet",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--quiet progress" in result.stderr  # the user is told what that costs
+    by_rule = {r.task_name: r for r in records(tmp_path, "quiet")}
+    assert set(by_rule) == {"a", "b"}  # `all` has no output whose metadata could vouch for it
+    assert all(r.extra["finished_from"] == "snakemake metadata" for r in by_rule.values())
+    assert by_rule["b"].outputs[str(tmp_path / "b.txt")]["blake3"] == blake3(b"t\n").hexdigest()
+    # The temp file was gone before the end of the run: named, not given a made-up digest.
+    assert by_rule["a"].extra["missing_outputs"] == [str(tmp_path / "t.txt")]
+    assert by_rule["b"].extra["unhashed_inputs"] == [str(tmp_path / "t.txt")]

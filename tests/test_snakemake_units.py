@@ -1,0 +1,84 @@
+"""The Snakemake plugin's pure parts: argument splitting, file lists, forced targets, journal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("snakemake_logger_plugin_ledger", reason="`make install` installs the Snakemake plugin")
+
+from snakemake_logger_plugin_ledger._jobs import parse_files  # noqa: E402
+from snakemake_logger_plugin_ledger._journal import PendingJournal, orphaned, read_journal  # noqa: E402
+from snakemake_logger_plugin_ledger.cli import Plan, absolute_url, forced_targets, split_args  # noqa: E402
+
+from lineage_ledger import ArtifactCheck, ArtifactStatus, TaskRun, utcnow  # noqa: E402
+
+
+def test_our_flags_come_out_and_the_rest_is_snakemakes():
+    ours, rest = split_args(["--cores", "2", "--ledger", "x.db", "--ledger-policy=strict", "target.txt"])
+    assert (ours.ledger, ours.ledger_policy) == ("x.db", "strict")
+    assert rest == ["--cores", "2", "target.txt"]
+    with pytest.raises(SystemExit):
+        split_args(["--ledger-policy", "sometimes"])
+
+
+def test_relative_ledger_paths_mean_the_invocation_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("l.db") == str(tmp_path / "l.db")
+    assert absolute_url("sqlite:///rel/l.db") == f"sqlite:///{tmp_path / 'rel' / 'l.db'}"
+    assert absolute_url("sqlite:////abs/l.db") == "sqlite:////abs/l.db"
+    assert absolute_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert absolute_url(None) is None
+
+
+def test_snakemake_file_annotations_are_read_but_a_real_name_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd (name)").write_text("x")
+    refs = parse_files(["a.txt", "p.fifo (pipe)", "odd (name)", "s3://b/k (retrieve from storage)", "<pipe>"])
+    assert [(os.path.basename(r.path), sorted(r.flags)) for r in refs] == [
+        ("a.txt", []), ("p.fifo", ["pipe"]), ("odd (name)", []), ("k", ["retrieve from storage"])]
+    assert [r.hashable for r in refs] == [True, False, True, True]
+
+
+def check(path: str) -> ArtifactCheck:
+    return ArtifactCheck(path=path, status=ArtifactStatus.MODIFIED, expected="a" * 64, actual="b" * 64)
+
+
+def test_rerun_forces_the_producer_or_for_a_source_its_readers():
+    plan = Plan(producers={"/w/results/x.tsv": "results/x.tsv"},
+                consumers={"/w/data/s.txt": ["work/s.norm.txt", "work/s.other.txt"]})
+    plan.tampered = [check("/w/results/x.tsv"), check("/w/data/s.txt")]
+    assert forced_targets(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
+
+
+def test_a_journal_is_removed_when_every_job_was_recorded(tmp_path):
+    now = utcnow()
+    journal = PendingJournal(str(tmp_path), "r1", 0.0)
+    run = TaskRun(task_id="1", task_name="a", status="succeeded", started=now, ended=now, outputs=["/x"])
+    journal.add("1:1", run)
+    journal.done("1:1")
+    journal.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
+    journal = PendingJournal(str(tmp_path), "live", 0.0)
+    assert list(orphaned(str(tmp_path), own_path="")) == []  # its owner holds the lock
+    journal.close()
+    script = (f"from snakemake_logger_plugin_ledger._journal import PendingJournal\n"
+              f"from lineage_ledger import TaskRun, utcnow\nimport os, signal\n"
+              f"j = PendingJournal({str(tmp_path)!r}, 'dead', 12.5)\nn = utcnow()\n"
+              f"j.add('3:1', TaskRun(task_id='3', task_name='b', status='failed', started=n, ended=n))\n"
+              f"os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    with open(tmp_path / "dead.jsonl", "a") as torn:
+        torn.write('{"job": "4:1", "ru')  # the kill landed mid-line
+    (path, handle), = orphaned(str(tmp_path), own_path="")
+    left = read_journal(path, handle)
+    handle.close()
+    assert (left.run_id, left.opened) == ("dead", 12.5)
+    assert [(r.task_id, r.status) for r in left.pending] == [("3", "failed")]
