@@ -3,19 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PLUGINS := plugins/snakemake plugins/parsl plugins/airflow
+PLUGIN_SRC := $(addsuffix /src,$(PLUGINS))
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-fabric demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml plugins/parsl/pyproject.toml plugins/snakemake/pyproject.toml
+# One resolve for the core, every back-end's extra, the three engines and their plugins, so
+# that pip sees every constraint at once (Airflow 3.3, Snakemake 9 and Parsl share this venv).
+# Plugins are their own src-layout distributions, installed editable: Snakemake finds its
+# logger plugin as a top-level module. setuptools leaves an egg-info in src/ beside the
+# package; Airflow would then see the plugin's entry point twice, so it is removed.
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet -e '.[mpi]'  # BAASH: mpi4py + MPICH's mpiexec in the venv
-	$(BIN)/python -m pip install --quiet -e plugins/parsl
-	$(BIN)/python -m pip install --quiet -e '.[snakemake]' -e plugins/snakemake
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]' \
+		-e plugins/snakemake -e plugins/parsl -e 'plugins/airflow[openlineage]'
+	rm -rf $(addsuffix /*.egg-info,$(PLUGIN_SRC))
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Hyperledger Fabric's peer, orderer and tools, built once from the Go module proxy into
+# ~/.cache/lineage-ledger and reused afterwards. Without them the fabric tests skip.
+install-fabric: $(STAMP)
+	bash ledger_backends/fabric/tools/install-fabric.sh
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/cli/demo.sh
@@ -26,55 +37,22 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not postgres" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not postgres and not mpi and not fabric" $(PYTEST_ARGS)
 
 # mypy cannot follow setuptools' editable import hook for the core/ -> lineage_ledger mapping,
-# so it checks a copy laid out as the installed package.
+# so it checks a copy laid out as the installed package, with the plugins beside it.
 lint: $(STAMP)
-	$(BIN)/ruff check core ledger_backends tests bench
-	$(BIN)/ruff check plugins/parsl/src examples/parsl
-	$(BIN)/ruff check plugins/snakemake/src
+	$(BIN)/ruff check core ledger_backends tests bench examples $(PLUGIN_SRC)
 	rm -rf build/typecheck && mkdir -p build/typecheck
 	cp -r core build/typecheck/lineage_ledger && cp -r ledger_backends build/typecheck/lineage_ledger/backends
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger
+	MYPYPATH=build/typecheck $(BIN)/mypy plugins/snakemake/src/snakemake_logger_plugin_ledger
 	cp -r plugins/parsl/src/lineage_ledger_parsl build/typecheck/
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger_parsl
-	MYPYPATH=build/typecheck $(BIN)/mypy plugins/snakemake/src/snakemake_logger_plugin_ledger
+	$(BIN)/mypy plugins/airflow/src/lineage_ledger_airflow
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) .lineage .pytest_cache .hypothesis build *.egg-info
-
-# Hyperledger Fabric back-end: the `fabric` extra, and peer/orderer/... built once from the Go
-# module proxy into ~/.cache/lineage-ledger (reused afterwards). Without it, fabric tests skip.
-.PHONY: install-fabric
-install-fabric: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[fabric]'
-	bash ledger_backends/fabric/tools/install-fabric.sh
-
-# --- Airflow plugin (issue #5) -------------------------------------------------------
-# Airflow 3.3 resolves together with the core (SQLAlchemy 2), Snakemake 9 and Parsl, so it
-# shares .venv. The plugin is its own distribution (src layout) installed editable; the
-# egg-info that setuptools leaves in src/ is removed, or Airflow would find the
-# `airflow.plugins` entry point twice (once per metadata directory on sys.path).
-AIRFLOW_STAMP := $(VENV)/.airflow-installed
-AIRFLOW_SRC := plugins/airflow/src
-
-$(AIRFLOW_STAMP): $(STAMP) plugins/airflow/pyproject.toml
-	$(BIN)/python -m pip install --quiet -e 'plugins/airflow[openlineage]' 'apache-airflow>=3.3,<3.4'
-	rm -rf $(AIRFLOW_SRC)/*.egg-info
-	touch $@
-
-.PHONY: install-airflow lint-airflow bench-airflow
-install-airflow: $(AIRFLOW_STAMP)
-install test test-fast demo bench: $(AIRFLOW_STAMP)
-
-lint-airflow: $(AIRFLOW_STAMP)
-	$(BIN)/ruff check $(AIRFLOW_SRC) examples/airflow
-	$(BIN)/mypy $(AIRFLOW_SRC)/lineage_ledger_airflow
-lint: lint-airflow
-
-bench-airflow: $(AIRFLOW_STAMP)
-	$(BIN)/python bench/bench_airflow.py

@@ -7,13 +7,9 @@ repo="$(dirname "$here")"
 python="${PYTHON:-$repo/.venv/bin/python}"
 cd "$repo"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-for name in hashing statcache sqlite_append verify_chain record parsl fabric airflow baash baash_reads; do
+for name in hashing statcache sqlite_append verify_chain record snakemake parsl airflow baash baash_reads fabric; do
     echo
     echo "=== bench/bench_$name.py $* ==="
     "$python" "bench/bench_$name.py" "$@"
 done
 
-# Issue #3: the Snakemake logger plugin (real snakemake runs, about 2.5 minutes).
-echo
-echo "=== bench/bench_snakemake.py $* ==="
-"$python" bench/bench_snakemake.py "$@"
