@@ -10,7 +10,8 @@ Every plugin meets the same problems, so they are solved once here:
   before it returns; the next open of the ledger ships what the process could not.
 * Inputs may be gone by the time a task is reported (Snakemake's ``temp()`` files and
   pipes). Their digests come from what the caller already knows, else from the last
-  output this capture recorded at that path, else from the ledger's own last record of it.
+  output this capture recorded at that path, else from the ledger's own last record of it;
+  ``extra["recalled_inputs"]`` names those inputs and where each digest came from.
 * Engine values are not always JSON (tuples, sets, paths, objects in Snakemake params):
   :func:`jsonable` gives them one stable spelling instead of failing the record.
 * A plugin must never break the host workflow by accident: errors are logged on the
@@ -237,17 +238,20 @@ class TaskCapture:
 
     def _failed(self, run: TaskRun, err: BaseException) -> str | None:
         """Log a task that could not be recorded; its future's result is None."""
-        self.failures += 1
+        with self._lock:
+            self.failures += 1
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
     def _record(self, run: TaskRun) -> str:
         recorder = self._ensure_open()
         extra = dict(jsonable(run.extra))
-        inputs, unhashed = self._hash_inputs(run.inputs, run.known)
+        inputs, unhashed, recalled = self._hash_inputs(run.inputs, run.known)
         outputs, missing = self._hash_outputs(run.outputs, run.known)
         if unhashed:
             extra["unhashed_inputs"] = unhashed
+        if recalled:  # digests of files already gone, taken from an earlier record: say so
+            extra["recalled_inputs"] = recalled
         if missing:
             extra["missing_outputs"] = missing
         record = Record(
@@ -296,17 +300,20 @@ class TaskCapture:
     def _hash_inputs(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
         entries, gone = self._hash_outputs(paths, known)
         unhashed: list[str] = []
+        recalled: dict[str, str] = {}  # path -> where its digest came from
         for path in gone:
             with self._lock:
                 remembered = self._outputs.get(path)
+            source = "capture"
             if remembered is None and self._ledger is not None:
                 seen = self._ledger.last_seen(path)
-                remembered = dict(seen[2]) if seen is not None else None
+                remembered, source = (dict(seen[2]) if seen is not None else None), "ledger"
             if remembered is None:
                 unhashed.append(path)
             else:
                 entries[path] = {"blake3": remembered["blake3"], "size": remembered["size"]}
-        return entries, unhashed
+                recalled[path] = source
+        return entries, unhashed, recalled
 
 
 def _unique(paths: Iterable[str]) -> list[str]:

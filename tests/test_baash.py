@@ -166,3 +166,10 @@ def test_a_silent_sub_cluster_is_extended_or_falls_back_to_storage(service_facto
     assert decided.get(fallback, 0) >= 1, decided
     fraction, heads = _identical(backend.ledgers())
     assert fraction == 1.0 and len(heads) == 1
+
+
+def test_parsl_example_records_into_the_service(service_factory, workdir):
+    from tests.support.engine_example import run_parsl_example_and_verify
+
+    summary = run_parsl_example_and_verify(service_factory(4).url, workdir)
+    assert summary == {"count": 50, "sum_of_squares": 42925}

@@ -87,8 +87,10 @@ def test_deleted_temp_input_takes_the_digest_its_producer_recorded(tmp_path, url
     with open_ledger(url, spool=spool) as ledger:
         consumer = {e.record.task_id: e.record for e in ledger.run("r1")}["consumer"]
         assert consumer.inputs[tmp]["blake3"] == digest
+        assert consumer.extra["recalled_inputs"] == {tmp: "capture"}
         [again] = ledger.run("r2")
         assert again.record.inputs[tmp]["blake3"] == digest
+        assert again.record.extra["recalled_inputs"] == {tmp: "ledger"}
         assert verify_lineage(ledger, [final]).ok
 
 

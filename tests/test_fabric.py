@@ -236,3 +236,10 @@ def test_killed_peer_records_wait_in_the_spool_and_arrive(fabric_network, provid
     assert summary.records == 60
     assert {e.record.task_id for e in ledger.run("outage")} == {r.task_id for r in records}
     ledger.close()
+
+
+def test_parsl_example_records_into_fabric(fabric_network, provider_url, workdir):
+    from tests.support.engine_example import run_parsl_example_and_verify
+
+    summary = run_parsl_example_and_verify(provider_url, workdir)
+    assert summary == {"count": 50, "sum_of_squares": 42925}
