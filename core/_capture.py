@@ -247,7 +247,7 @@ class TaskCapture:
         recorder = self._ensure_open()
         extra = dict(jsonable(run.extra))
         inputs, unhashed, recalled = self._hash_inputs(run.inputs, run.known)
-        outputs, missing = self._hash_outputs(run.outputs, run.known)
+        outputs, missing = self._hash_present(run.outputs, run.known)
         if unhashed:
             extra["unhashed_inputs"] = unhashed
         if recalled:  # digests of files already gone, taken from an earlier record: say so
@@ -279,7 +279,7 @@ class TaskCapture:
     def _known(self, known: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {normalize_path(p): {"blake3": e["blake3"], "size": int(e["size"])} for p, e in known.items()}
 
-    def _hash_outputs(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
+    def _hash_present(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
         given = self._known(known)
         entries: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
@@ -298,7 +298,7 @@ class TaskCapture:
         return entries, missing
 
     def _hash_inputs(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
-        entries, gone = self._hash_outputs(paths, known)
+        entries, gone = self._hash_present(paths, known)
         unhashed: list[str] = []
         recalled: dict[str, str] = {}  # path -> where its digest came from
         for path in gone:

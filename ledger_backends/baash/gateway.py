@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -60,8 +61,10 @@ class Gateway:
                     send_pickle(sock, ("ledgers", self.ledgers()))
                 elif request[0] == "stop":
                     break
-        except (ConnectionError, EOFError):
-            pass  # the daemon went away; stop the job
+        except (ConnectionError, EOFError) as exc:
+            # The daemon went away: stop the job rather than hold the storage with nobody
+            # to answer to. The line lands in DIR/logs/mpiexec-<generation>.log.
+            print(f"baash gateway: lost the daemon ({exc!r}); stopping the job", file=sys.stderr)
         finally:
             for rank in range(1, self.world.Get_size()):
                 self.world.send(None, dest=rank, tag=Tag.STOP)

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 
-from lineage_ledger import (
-    ArtifactCheck,
-    ArtifactStatus,
-    ChainBroken,
-    Ledger,
-    LedgerError,
-    check_artifact,
-    normalize_path,
-)
+from lineage_ledger import ArtifactCheck, LedgerError, check_before_run, normalize_path
 
 from . import _settings, _tries
 
@@ -71,48 +62,12 @@ def _explain(check: ArtifactCheck) -> str:
 
 
 def _changed(paths: list[str]) -> list[ArtifactCheck]:
-    """Files that differ from the ledger: the core's check, then the producers' versions.
+    """Files that differ from what the ledger vouches for (the core's pre-run check).
 
-    The core's ``check_before_run`` compares a file with the last record that read *or*
-    wrote it (``check_artifact``, done here per path so that each file is hashed once). A read is
-    not a vouch: once a task without the check (a plain operator, or ``warn``) has read
-    an edited file, its record would make the edited version look current, and in one
-    DAG run the order of parallel tasks would decide whether a strict task refuses. So a
-    file that a recorded task produced must also still be what its last producer wrote.
-    """
-    view = _snapshot()
-    found = []
-    for path in paths:
-        check = check_artifact(view, path)  # what check_before_run does for each path
-        if check.status is ArtifactStatus.MODIFIED:
-            found.append(check)
-            continue
-        producer = view.producer(path)
-        if producer is None or check.actual is None:
-            continue
-        expected = producer.record.outputs[path]["blake3"]
-        if check.actual != expected:
-            found.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, expected, check.actual, producer.id, "out"))
-    return found
-
-
-def _snapshot() -> Ledger:
-    """The verified chain, read while no write of this process is in flight.
-
-    The core reads a chain's blocks and its stored head in separate queries, so a block
-    appended in between (by our own recorder thread, or by another task process writing
-    to the same ledger) reads as "block N is missing". A chain that is really broken stays
-    broken, so the read is tried again a few times before ChainBroken counts.
+    This process's own records are flushed first: the listener journals every try, and a
+    file an upstream task wrote in this process must be checked against that task's record.
     """
     capture = _tries.capture()
     ledger = capture.ledger
     capture.flush(timeout=_settings.flush_timeout())
-    for attempt in range(3):
-        try:
-            view, _summary = ledger.snapshot()
-            return view
-        except ChainBroken:
-            if attempt == 2:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return check_before_run(ledger, paths, "rerun")  # the caller applies the policy

@@ -17,7 +17,6 @@ Everything else (lookup table, checkpoint files and modes) is ``BasicMemoizer``'
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -29,7 +28,6 @@ from parsl.dataflow.taskrecord import TaskRecord
 from lineage_ledger import (
     ArtifactCheck,
     ArtifactMismatch,
-    ChainBroken,
     LedgerError,
     hash_file,
     utcnow,
@@ -44,7 +42,6 @@ __all__ = ["LedgerMemoizer"]
 log = logging.getLogger("lineage_ledger.parsl")
 
 _FILE_TAG = "lineage_ledger_parsl.File"
-_RACE_RETRIES = 5
 
 
 class LedgerMemoizer(Memoizer):
@@ -163,19 +160,7 @@ class LedgerMemoizer(Memoizer):
     def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
         # strict is applied by the caller, so that the refusal names the task as well as the files
         mode = "warn" if policy == "strict" else policy
-        for attempt in range(_RACE_RETRIES):
-            try:
-                return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
-            except ChainBroken as err:
-                # The core's snapshot reads the blocks, then the head and the record count, in
-                # separate reads; our own recorder appending a block in between looks like a
-                # broken chain. A real break persists; a race does not.
-                if err.height is not None and "stops before the stored head" not in str(err):
-                    raise
-                if attempt == _RACE_RETRIES - 1:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
 
     def _record(
         self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = ()
