@@ -98,6 +98,9 @@ class TaskRun:
     attempt: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    #: Digests of the outputs, when the caller has them. Given (not None), ``known`` serves the
+    #: inputs only: a file a task updates in place was read with one digest and written with another.
+    known_outputs: Mapping[str, Mapping[str, Any]] | None = None
 
 
 class TaskCapture:
@@ -247,7 +250,8 @@ class TaskCapture:
         recorder = self._ensure_open()
         extra = dict(jsonable(run.extra))
         inputs, unhashed, recalled = self._hash_inputs(run.inputs, run.known)
-        outputs, missing = self._hash_present(run.outputs, run.known)
+        outputs, missing = self._hash_present(
+            run.outputs, run.known if run.known_outputs is None else run.known_outputs)
         if unhashed:
             extra["unhashed_inputs"] = unhashed
         if recalled:  # digests of files already gone, taken from an earlier record: say so

@@ -19,6 +19,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,10 +27,11 @@ from typing import Any
 
 from blake3 import blake3
 
-from lineage_ledger import TaskCapture, TaskRun, code_digest, hash_file, jsonable, utcnow
+from lineage_ledger import ArtifactError, TaskCapture, TaskRun, code_digest, jsonable, utcnow
 
 from . import _settings
 from ._assets import file_paths
+from ._digests import DigestMemo
 
 log = logging.getLogger("lineage_ledger.airflow")
 
@@ -37,6 +39,8 @@ ENGINE = "airflow"
 _lock = threading.Lock()
 _capture: TaskCapture | None = None
 _capture_pid = -1
+_memo: DigestMemo | None = None
+_memo_pid = -1
 _claimed: set[tuple[str, int]] = set()
 
 
@@ -58,7 +62,10 @@ class Details:
 
     code: str | None = None
     parameters: dict[str, Any] | None = None
+    #: Digests of the inputs as read, and of the outputs as written: two maps, since a file
+    #: updated in place is both, with a different digest each time.
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs_known: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     #: The pre-run check refused to run: the task read nothing.
     refused: bool = False
@@ -100,11 +107,27 @@ def capture() -> TaskCapture:
         return _capture
 
 
+def memo() -> DigestMemo:
+    """This process's memo of digests by file signature (see :mod:`._digests`)."""
+    global _memo, _memo_pid
+    with _lock:
+        if _memo is None or _memo_pid != os.getpid():
+            _memo = DigestMemo(os.path.join(_settings.spool_root(), "airflow-digests"))
+            _memo_pid = os.getpid()
+        return _memo
+
+
+def digest_of(path: str) -> dict[str, Any]:
+    """``{"blake3", "size"}`` of a file, reusing a digest taken while it had this very signature."""
+    return memo().hash(path)
+
+
 def reset() -> None:
     """Forget the capture (tests and the benchmark switch ledgers between runs)."""
-    global _capture
+    global _capture, _memo
     with _lock:
         old, _capture = _capture, None
+        _memo = None
         _claimed.clear()
         _started.clear()
         _details.clear()
@@ -119,10 +142,70 @@ def try_key(ti: Any) -> tuple[str, int]:
     return str(ident), int(getattr(ti, "try_number", 0) or 0)
 
 
+_marker_dirs: set[str] = set()
+#: A try's marker is kept this long: duplicate reports of a try (the server's failure
+#: callbacks, a task marked failed by hand) come minutes after it, not weeks.
+MARKER_DAYS = 7.0
+#: At most one sweep of old markers and digest memos an hour, whichever process does it.
+SWEEP_EVERY_S = 3600.0
+
+
 def _marker_dir(cap: TaskCapture) -> str:
     directory = os.path.join(cap.ledger.spool_dir, "airflow-tries")
-    os.makedirs(directory, exist_ok=True)
+    if directory not in _marker_dirs:
+        os.makedirs(directory, exist_ok=True)
+        _marker_dirs.add(directory)
+        _maybe_sweep(directory)
     return directory
+
+
+def _maybe_sweep(directory: str, now: float | None = None) -> None:
+    """Delete try markers and digest memos older than :data:`MARKER_DAYS`, once an hour at most.
+
+    A stamp file's mtime says when the last sweep was, so the check is one stat per process.
+    Only names this module writes (40 hex digits) are removed.
+    """
+    now = time.time() if now is None else now
+    stamp = os.path.join(directory, ".swept")
+    try:
+        if now - os.stat(stamp).st_mtime < SWEEP_EVERY_S:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        with open(stamp, "a"):
+            pass
+        os.utime(stamp, (now, now))
+    except OSError as err:
+        log.debug("lineage-ledger: cannot sweep %s: %s", directory, err)
+        return
+    cutoff = now - MARKER_DAYS * 86400
+    for folder in (directory, memo().directory):
+        removed = sweep(folder, cutoff)
+        if removed:
+            log.info("lineage-ledger: removed %d entries older than %g days from %s", removed, MARKER_DAYS, folder)
+
+
+def sweep(folder: str, cutoff: float) -> int:
+    """Remove this plugin's marker and memo files in ``folder`` last changed before ``cutoff``."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if len(name) != 40 or not all(c in "0123456789abcdef" for c in name):
+            continue  # not ours (the stamp, a memo being written)
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass  # gone already, or another process's sweep got there first
+    return removed
 
 
 def claim(key: tuple[str, int]) -> bool:
@@ -167,7 +250,7 @@ def note_start(ti: Any) -> None:
     for path in inputs:
         if os.path.isfile(path):
             try:
-                known[path] = hash_file(path).entry()
+                known[path] = digest_of(path)
             except Exception as err:  # noqa: BLE001 - the record will list it as unhashed
                 log.warning("lineage-ledger: cannot hash inlet %s: %s", path, err)
     started = _utc(getattr(ti, "start_date", None)) or utcnow()
@@ -243,6 +326,8 @@ def record_try(
     all_known: dict[str, Mapping[str, Any]] = dict(started.known) if started else {}
     all_known.update(details.known)
     all_known.update(known or {})
+    outputs = file_paths(getattr(task, "outlets", None))
+    outputs_known = _output_digests(outputs, details.outputs_known)
     if details.refused:
         # A try refused before it ran read nothing. Listing the changed files as its inputs
         # would make the ledger's last view of them the changed version, and the next
@@ -261,8 +346,9 @@ def record_try(
         started=started.at if started else (_utc(getattr(ti, "start_date", None)) or utcnow()),
         ended=_utc(getattr(ti, "end_date", None)) or utcnow(),
         inputs=inputs,
-        outputs=file_paths(getattr(task, "outlets", None)),
+        outputs=outputs,
         known=all_known,
+        known_outputs=outputs_known,
         code_digest=code if code is not None else describe_code(task),
         parameters=dict(parameters) if parameters is not None else {"operator": operator_path(task) if task else None},
         attempt=key[1],
@@ -273,6 +359,24 @@ def record_try(
     if record_id is None:
         unclaim(key)
     return record_id
+
+
+def _output_digests(outputs: list[str], given: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The outputs' digests as written: the operator's, else hashed now through the memo.
+
+    A missing or unreadable output is left out: the capture then lists it as missing, or
+    logs why it cannot be read.
+    """
+    digests: dict[str, dict[str, Any]] = {}
+    for path in outputs:
+        if path in given:
+            digests[path] = given[path]
+            continue
+        try:
+            digests[path] = digest_of(path)
+        except ArtifactError:
+            pass
+    return digests
 
 
 def in_process_runner() -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from lineage_ledger import code_digest, hash_file, normalize_path
+from lineage_ledger import code_digest, normalize_path
 
 from . import _openlineage, _settings, _tries
 from ._assets import file_uri
@@ -137,7 +137,7 @@ class LedgerOperator(BaseOperator):
         # The start hook hashed the inputs already (they were just verified unchanged).
         seen = _tries.started_digests(context["ti"])
         self._input_digests = {
-            p: seen.get(p) or (hash_file(p).entry() if os.path.isfile(p) else None) for p in self.inputs
+            p: seen.get(p) or (_tries.digest_of(p) if os.path.isfile(p) else None) for p in self.inputs
         }
         details.known.update({p: e for p, e in self._input_digests.items() if e})
         result = self._run()
@@ -155,9 +155,9 @@ class LedgerOperator(BaseOperator):
         for path in self.outputs:
             if path in missing:
                 continue
-            entry = hash_file(path).entry()
+            entry = _tries.digest_of(path)  # remembered: the consumers' start hooks reuse it
             self._output_digests[path] = entry
-            details.known[path] = entry
+            details.outputs_known[path] = entry
             extra = context["outlet_events"][Asset(uri=file_uri(path))].extra
             extra.update({"blake3": entry["blake3"], "size": entry["size"], "ledger": "lineage-ledger"})
         if missing:
