@@ -351,3 +351,58 @@ def test_records_survive_os_exit_of_the_task_process(site, run):
     assert sorted(tasks) == sorted(TASKS)
     assert [r.attempt for r in tasks["summarize"]] == [1, 2]
     assert all(len(tasks[name]) == 1 for name in ("extract", "report", "combine"))
+
+
+def test_touch_r_edit_is_hashed_again_not_taken_from_the_digest_memo(site, run, monkeypatch):
+    """A consumer reuses its producer's digest only while the file's signature is unchanged.
+
+    An in-place edit of the same size with the mtime put back (``touch -r``) keeps size,
+    mtime and inode but not ctime: the next run must hash the file again and record the
+    edited content, and a strict LedgerOperator must still refuse it.
+    """
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    assert _tries.memo().hits >= 2  # summarize and report took raw.csv's digest from extract
+    raw = run.data / "raw.csv"
+    before = raw.stat()
+    produced = hash_file(raw).blake3
+    content = raw.read_bytes()
+    flipped = b"9" if content[-2:-1] != b"9" else b"8"
+    with raw.open("r+b") as handle:  # same size, same inode
+        handle.seek(len(content) - 2)
+        handle.write(flipped)
+    os.utime(raw, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = raw.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    edited = hash_file(raw).blake3
+    assert edited != produced
+
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    second = site.load_dag("lineage_example").dag.test(mark_success_pattern="extract")
+    assert second.state == "failed"
+    _tries.reset()
+    tasks = by_task(dag_runs(run, "lineage_example.")[1])
+    (ran,) = tasks["summarize"]  # the plain BashOperator ran on the edit and recorded it
+    assert ran.inputs[str(raw)]["blake3"] == edited
+    (refused,) = tasks["report"]
+    assert refused.status == "failed" and str(raw) in refused.extra["airflow"]["error"]
+
+
+def test_file_updated_in_place_keeps_its_read_and_written_digests_apart(site, run):
+    from blake3 import blake3
+
+    from lineage_ledger_airflow import _tries
+
+    module = site.load_dag("ledger_in_place")
+    first = {name: (run.data / name).read_bytes() for name in ("bash.log", "python.log")}
+    assert module.dag.test().state == "success"
+    _tries.reset()
+    tasks = by_task(run.records("ledger_in_place."))
+    for task, name in (("append_bash", "bash.log"), ("append_python", "python.log")):
+        (record,) = tasks[task]
+        path = str(run.data / name)
+        assert record.inputs[path] == {"blake3": blake3(first[name]).hexdigest(), "size": len(first[name])}, task
+        assert record.outputs[path] == {"blake3": hash_file(path).blake3, "size": os.path.getsize(path)}, task
+        assert record.inputs[path] != record.outputs[path]
