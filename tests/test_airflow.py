@@ -392,7 +392,6 @@ def test_touch_r_edit_is_hashed_again_not_taken_from_the_digest_memo(site, run, 
 
 def test_file_updated_in_place_keeps_its_read_and_written_digests_apart(site, run):
     from blake3 import blake3
-
     from lineage_ledger_airflow import _tries
 
     module = site.load_dag("ledger_in_place")
