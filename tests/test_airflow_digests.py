@@ -104,3 +104,22 @@ def test_sweep_removes_only_old_markers_and_memos_at_most_hourly(tmp_path, monke
     _tries._maybe_sweep(str(markers), now=now + _tries.SWEEP_EVERY_S + 1)
     assert not (markers / ("c" * 40)).exists()
     _tries.reset()
+
+
+def test_claim_survives_a_removed_marker_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__URL", f"sqlite:///{tmp_path}/ledger.db")
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__SPOOL", str(tmp_path / "spool"))
+    _tries.reset()
+    try:
+        assert _tries.claim(("ti-1", 1)) is True
+        assert _tries.claim(("ti-1", 1)) is False  # in this process
+        directory = _tries._marker_dir(_tries.capture())
+        _tries._claimed.clear()  # as another process would see it: only the marker file
+        assert _tries.claim(("ti-1", 1)) is False
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+        assert _tries.claim(("ti-2", 1)) is True
+        assert len([n for n in os.listdir(directory) if len(n) == 40]) == 1
+    finally:
+        _tries.reset()

@@ -215,8 +215,14 @@ def claim(key: tuple[str, int]) -> bool:
             return False
         _claimed.add(key)
     name = blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+    directory = _marker_dir(capture())
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
     try:
-        fd = os.open(os.path.join(_marker_dir(capture()), name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            fd = os.open(os.path.join(directory, name), flags, 0o644)
+        except FileNotFoundError:  # the directory was removed since this process made it
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(os.path.join(directory, name), flags, 0o644)
     except FileExistsError:
         return False
     os.close(fd)
