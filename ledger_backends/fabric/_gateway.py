@@ -148,6 +148,18 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
+def _endorsing_msps(envelope: common_pb2.Envelope) -> list[str]:
+    """The MSP ids of the peers whose endorsements an endorsed transaction carries."""
+    payload = common_pb2.Payload.FromString(envelope.payload)
+    transaction = transaction_pb2.Transaction.FromString(payload.data)
+    msps: set[str] = set()
+    for action in transaction.actions:
+        chaincode_action = transaction_pb2.ChaincodeActionPayload.FromString(action.payload)
+        for endorsement in chaincode_action.action.endorsements:
+            msps.add(identities_pb2.SerializedIdentity.FromString(endorsement.endorser).mspid)
+    return sorted(msps)
+
+
 class GatewayClient:
     """Calls one chaincode on one channel through one peer's Gateway service."""
 
@@ -162,6 +174,7 @@ class GatewayClient:
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self.endpoint, self.signer, self.channel, self.chaincode, self.timeout = (
             endpoint, signer, channel, chaincode, timeout)
+        self._endorsing_organizations: list[str] | None = None
 
     def close(self) -> None:
         self._channel.close()
@@ -207,12 +220,32 @@ class GatewayClient:
         return response.result.payload
 
     def endorse(self, function: str, *args: bytes) -> Prepared:
-        """Collect the endorsements the chaincode's policy needs; nothing is ordered yet."""
+        """Collect the endorsements the chaincode's policy needs; nothing is ordered yet.
+
+        Left to plan alone, the gateway runs the proposal on its own org's peer first and only
+        then on the other orgs' peers, one after the other. Once a transaction shows which
+        orgs' endorsements satisfied the policy, later ones name those orgs and the gateway
+        asks their peers at the same time. The policy is still the chaincode's: naming orgs
+        only chooses whom to ask, and the peers' validation refuses a transaction whose
+        endorsements do not satisfy it. A named plan that fails (a peer down, one still
+        committing the previous block) is forgotten and the gateway plans again.
+        """
         proposal = self._proposal(function, args)
-        endorsed = self._call("Endorse", gateway_pb2.EndorseRequest(
-            transaction_id=proposal.transaction_id, channel_id=self.channel,
-            proposed_transaction=proposal.signed))
+        organizations = self._endorsing_organizations
+        request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
+                                             proposed_transaction=proposal.signed,
+                                             endorsing_organizations=organizations or ())
+        try:
+            endorsed = self._call("Endorse", request)
+        except GatewayCallError:
+            if not organizations:
+                raise
+            self._endorsing_organizations = None
+            del request.endorsing_organizations[:]
+            endorsed = self._call("Endorse", request)
         envelope = endorsed.prepared_transaction
+        if self._endorsing_organizations is None:
+            self._endorsing_organizations = _endorsing_msps(envelope)
         envelope.signature = self.signer.sign(envelope.payload)
         return Prepared(proposal.transaction_id, envelope)
 
@@ -232,4 +265,13 @@ class GatewayClient:
 
     def submit(self, function: str, *args: bytes) -> int:
         """Endorse, order and wait until committed; returns the Fabric block number."""
-        return self.commit(self.endorse(function, *args))
+        named = bool(self._endorsing_organizations)
+        try:
+            return self.commit(self.endorse(function, *args))
+        except TransactionInvalid as exc:
+            # The orgs learnt earlier no longer satisfy the policy (the chaincode's definition
+            # changed): nothing was written, so plan afresh and submit once more.
+            if not named or exc.code != transaction_pb2.TxValidationCode.ENDORSEMENT_POLICY_FAILURE:
+                raise
+            self._endorsing_organizations = None
+            return self.commit(self.endorse(function, *args))

@@ -11,7 +11,9 @@ core rebuilds its block on the new head, as with every other back-end.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -26,7 +28,8 @@ __all__ = ["AccessDenied", "FabricBackend", "InvalidBlock"]
 
 _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
-_KNOWN_CHUNK = 2000
+_KNOWN_CHUNK = 250
+_QUERY_THREADS = 4
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _UNREACHABLE_MESSAGES = ("connection refused", "failed to connect", "no combination of peers")
 _CONFLICT_CODES = {"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT", "DUPLICATE_TXID"}
@@ -89,6 +92,8 @@ class FabricBackend(Backend):
         self._client = GatewayClient(profile.endpoint, profile.read(profile.tls_ca), signer, profile.channel,
                                      profile.chaincode, server_name=profile.server_name, timeout=profile.timeout)
         self._ledger = profile.ledger.encode()
+        self._queries: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def identity(self) -> str:
@@ -162,12 +167,26 @@ class FabricBackend(Backend):
         return found[0] if found else None
 
     def known(self, record_ids: Iterable[str]) -> set[str]:
+        # One GetState per id, each a round trip between chaincode and peer: the chunks run
+        # as concurrent queries on the gateway's peer, so their round trips overlap. Only
+        # that peer is asked: it has committed our last transaction (the other orgs' peers
+        # may lag a moment behind).
         ids = list(record_ids)
+        chunks = [",".join(ids[start : start + _KNOWN_CHUNK]) for start in range(0, len(ids), _KNOWN_CHUNK)]
+        if len(chunks) > 1:
+            answers = list(self._pool().map(lambda chunk: self._evaluate("Known", chunk), chunks))
+        else:
+            answers = [self._evaluate("Known", chunk) for chunk in chunks]
         found: set[str] = set()
-        for start in range(0, len(ids), _KNOWN_CHUNK):
-            answer = self._evaluate("Known", ",".join(ids[start : start + _KNOWN_CHUNK]))
+        for answer in answers:
             found.update(answer.decode().split(",") if answer else ())
         return found
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._queries is None:
+                self._queries = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="fabric-query")
+            return self._queries
 
     def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         return decode_located(self._evaluate("Find", role, path or "", digest or ""))
@@ -195,6 +214,8 @@ class FabricBackend(Backend):
             raise self._fail(exc, "register") from exc
 
     def close(self) -> None:
+        if self._queries is not None:
+            self._queries.shutdown(wait=True)
         self._client.close()
 
 

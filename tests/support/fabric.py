@@ -187,7 +187,7 @@ def _configtx(base: Path, orgs: list[Org], orderer_port: int) -> dict:
                                          "ClientTLSCert": str(orderer_tls / "server.crt"),
                                          "ServerTLSCert": str(orderer_tls / "server.crt")}]},
             # Small batches cut quickly: a test or a recorder waits for each commit.
-            "BatchTimeout": "100ms",
+            "BatchTimeout": "10ms",
             "BatchSize": {"MaxMessageCount": 500, "AbsoluteMaxBytes": "64 MB", "PreferredMaxBytes": "8 MB"},
             "Organizations": [orderer_org],
             "Policies": {**standard, "BlockValidation": _implicit("ANY Writers")},
