@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ __all__ = ["GatewayCallError", "GatewayClient", "Prepared", "Signer", "Transacti
 # Order of the P-256 group: a signature's S must be at most half of it.
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAX_MESSAGE = 256 * 1024 * 1024
+# A peer of another org may not have committed the block that our gateway's peer has; an
+# endorsement that names it waits this long (times the attempt) before asking again.
+_LAGGING_RETRIES = 3
+_LAGGING_PAUSE = 0.02
 
 
 class Signer:
@@ -227,21 +232,31 @@ class GatewayClient:
         orgs' endorsements satisfied the policy, later ones name those orgs and the gateway
         asks their peers at the same time. The policy is still the chaincode's: naming orgs
         only chooses whom to ask, and the peers' validation refuses a transaction whose
-        endorsements do not satisfy it. A named plan that fails (a peer down, one still
-        committing the previous block) is forgotten and the gateway plans again.
+        endorsements do not satisfy it. When some of the named peers endorse and others
+        answer from an older state (still committing the block our last call waited for),
+        the request is repeated after a short pause; a named plan that keeps failing is
+        forgotten and the gateway plans again, one peer after the other.
         """
         proposal = self._proposal(function, args)
         organizations = self._endorsing_organizations
         request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
                                              proposed_transaction=proposal.signed,
                                              endorsing_organizations=organizations or ())
-        try:
-            endorsed = self._call("Endorse", request)
-        except GatewayCallError:
-            if not organizations:
-                raise
-            self._endorsing_organizations = None
-            del request.endorsing_organizations[:]
+        endorsed = None
+        for attempt in range(_LAGGING_RETRIES + 1 if organizations else 0):
+            try:
+                endorsed = self._call("Endorse", request)
+                break
+            except GatewayCallError as exc:
+                # Fewer failures than orgs asked: some peers endorsed, others answered from an
+                # older state (they are still committing the block our last call waited for).
+                if not organizations or len(exc.messages) >= len(organizations) or attempt == _LAGGING_RETRIES:
+                    break
+                time.sleep(_LAGGING_PAUSE * (attempt + 1))
+        if endorsed is None:
+            if organizations:
+                self._endorsing_organizations = None
+                del request.endorsing_organizations[:]
             endorsed = self._call("Endorse", request)
         envelope = endorsed.prepared_transaction
         if self._endorsing_organizations is None:

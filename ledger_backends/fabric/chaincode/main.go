@@ -22,6 +22,7 @@ func main() {
 		log.Fatalf("building the contract: %v", err)
 	}
 	cc.DefaultContract = contract.Name
+	cc.TransactionSerializer = new(plainSerializer)
 	id, address := os.Getenv("CHAINCODE_ID"), os.Getenv("CHAINCODE_SERVER_ADDRESS")
 	if id == "" || address == "" {
 		log.Fatal("set CHAINCODE_ID and CHAINCODE_SERVER_ADDRESS")
