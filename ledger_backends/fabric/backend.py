@@ -28,7 +28,7 @@ __all__ = ["AccessDenied", "FabricBackend", "InvalidBlock"]
 
 _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
-_KNOWN_CHUNK = 250
+_KNOWN_CHUNK = 1000
 _QUERY_THREADS = 4
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _UNREACHABLE_MESSAGES = ("connection refused", "failed to connect", "no combination of peers")
@@ -167,10 +167,9 @@ class FabricBackend(Backend):
         return found[0] if found else None
 
     def known(self, record_ids: Iterable[str]) -> set[str]:
-        # One GetState per id, each a round trip between chaincode and peer: the chunks run
-        # as concurrent queries on the gateway's peer, so their round trips overlap. Only
-        # that peer is asked: it has committed our last transaction (the other orgs' peers
-        # may lag a moment behind).
+        # The chaincode's id filter answers most ids without a state read; a long list still
+        # goes in chunks, as concurrent queries on the gateway's peer (only that peer: it
+        # has committed our last transaction, the other orgs' peers may lag a moment).
         ids = list(record_ids)
         chunks = [",".join(ids[start : start + _KNOWN_CHUNK]) for start in range(0, len(ids), _KNOWN_CHUNK)]
         if len(chunks) > 1:
