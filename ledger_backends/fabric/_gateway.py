@@ -216,13 +216,19 @@ class GatewayClient:
             message = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
             raise GatewayCallError(method, code, message or "", _error_details(exc)) from exc
 
-    def evaluate(self, function: str, *args: bytes) -> bytes:
-        """Run a query on a peer of the gateway's org; nothing is ordered or committed."""
+    def evaluate(self, function: str, *args: bytes, organization: str | None = None) -> bytes:
+        """Run a query on a peer of the gateway's org (or of ``organization``); nothing is
+        ordered or committed."""
         proposal = self._proposal(function, args)
         response = self._call("Evaluate", gateway_pb2.EvaluateRequest(
             transaction_id=proposal.transaction_id, channel_id=self.channel,
-            proposed_transaction=proposal.signed))
+            proposed_transaction=proposal.signed, target_organizations=[organization] if organization else ()))
         return response.result.payload
+
+    @property
+    def endorsing_organizations(self) -> list[str]:
+        """The orgs named in endorsements (learnt from the last planned one), or []."""
+        return list(self._endorsing_organizations or ())
 
     def endorse(self, function: str, *args: bytes) -> Prepared:
         """Collect the endorsements the chaincode's policy needs; nothing is ordered yet.

@@ -12,6 +12,7 @@ core rebuilds its block on the new head, as with every other back-end.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,7 @@ _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
 _KNOWN_CHUNK = 1000
 _QUERY_THREADS = 4
+_LAGGING_PEER_WAIT = 2.0  # seconds an append waits for another org's peer to catch up
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _UNREACHABLE_MESSAGES = ("connection refused", "failed to connect", "no combination of peers")
 _CONFLICT_CODES = {"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT", "DUPLICATE_TXID"}
@@ -133,10 +135,32 @@ class FabricBackend(Backend):
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         if not blocks:
             return
+        self._await_other_endorsers(blocks[0].height - 1)
         try:
             self._client.submit("lineage:Append", self._ledger, encode_blocks(blocks))
         except (GatewayCallError, TransactionInvalid) as exc:
             raise self._fail(exc, "append") from exc
+
+    def _await_other_endorsers(self, head_height: int) -> None:
+        """Wait (briefly) until the other orgs' endorsing peers hold the head we build on.
+
+        Our gateway's peer has committed our last append when ``append`` returned, the other
+        orgs' peers a moment later. Endorsed at once on a peer still behind, the block would
+        be refused there ("does not follow the head") after the up-to-date peer had done the
+        whole work; asking that peer for its head costs a few milliseconds instead.
+        """
+        others = [org for org in self._client.endorsing_organizations if org != self.profile.msp_id]
+        deadline = time.monotonic() + _LAGGING_PEER_WAIT
+        for org in others:
+            while True:
+                try:
+                    raw = self._client.evaluate("lineage:Head", self._ledger, organization=org)
+                except GatewayCallError:
+                    return  # the endorsement will say what is wrong
+                height = int(raw.split(b"\t", 1)[0]) if raw else -1
+                if height >= head_height or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
 
     def _head_fields(self) -> list[bytes] | None:
         raw = self._evaluate("Head")
