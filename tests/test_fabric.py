@@ -125,6 +125,28 @@ def test_chaincode_recomputes_ids_and_roots(fabric_network, ledger_name, provide
     backend.close()
 
 
+def test_id_filter_keeps_known_and_duplicate_checks_exact(fabric_network, ledger_name, provider_url):
+    """The chaincode skips id reads for records its Bloom filter has never seen: every
+    stored record must still be known and refused again, however many blocks ago it came."""
+    backend = open_backend(provider_url)
+    records = [r.stored() for r in make_records(600)]
+    stored, fresh = records[:500], records[500:]
+    ledger = open_ledger(provider_url)
+    for start in range(0, len(stored), 100):  # five blocks: the filter's shards fill up
+        assert ledger.append_records(stored[start : start + 100], block_size=100) == 100
+    asked = [r.id for r in stored[::7]] + [r.id for r in fresh] + ["not-a-record-id", "0" * 64]
+    assert backend.known(asked) == {r.id for r in stored[::7]}
+    for old in (stored[0], stored[250], stored[-1]):
+        duplicate = build_block([fresh[0], old], backend.head()).stored()
+        with pytest.raises(AppendConflict, match="already stored"):
+            backend.append([duplicate])
+    assert ledger.append_records(records) == len(fresh)  # only the new ones, in one more block
+    assert backend.record_count() == len(records)
+    assert backend.known(r.id for r in records) == {r.id for r in records}
+    ledger.close()
+    backend.close()
+
+
 def test_roles_after_table_1(fabric_network, ledger_name, provider_url):
     from lineage_ledger.backends.fabric import AccessDenied
 

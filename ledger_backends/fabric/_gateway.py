@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,10 @@ __all__ = ["GatewayCallError", "GatewayClient", "Prepared", "Signer", "Transacti
 # Order of the P-256 group: a signature's S must be at most half of it.
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _MAX_MESSAGE = 256 * 1024 * 1024
+# A peer of another org may not have committed the block that our gateway's peer has; an
+# endorsement that names it waits this long (times the attempt) before asking again.
+_LAGGING_RETRIES = 3
+_LAGGING_PAUSE = 0.02
 
 
 class Signer:
@@ -148,6 +153,18 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
+def _endorsing_msps(envelope: common_pb2.Envelope) -> list[str]:
+    """The MSP ids of the peers whose endorsements an endorsed transaction carries."""
+    payload = common_pb2.Payload.FromString(envelope.payload)
+    transaction = transaction_pb2.Transaction.FromString(payload.data)
+    msps: set[str] = set()
+    for action in transaction.actions:
+        chaincode_action = transaction_pb2.ChaincodeActionPayload.FromString(action.payload)
+        for endorsement in chaincode_action.action.endorsements:
+            msps.add(identities_pb2.SerializedIdentity.FromString(endorsement.endorser).mspid)
+    return sorted(msps)
+
+
 class GatewayClient:
     """Calls one chaincode on one channel through one peer's Gateway service."""
 
@@ -162,6 +179,7 @@ class GatewayClient:
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self.endpoint, self.signer, self.channel, self.chaincode, self.timeout = (
             endpoint, signer, channel, chaincode, timeout)
+        self._endorsing_organizations: list[str] | None = None
 
     def close(self) -> None:
         self._channel.close()
@@ -198,21 +216,57 @@ class GatewayClient:
             message = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
             raise GatewayCallError(method, code, message or "", _error_details(exc)) from exc
 
-    def evaluate(self, function: str, *args: bytes) -> bytes:
-        """Run a query on a peer of the gateway's org; nothing is ordered or committed."""
+    def evaluate(self, function: str, *args: bytes, organization: str | None = None) -> bytes:
+        """Run a query on a peer of the gateway's org (or of ``organization``); nothing is
+        ordered or committed."""
         proposal = self._proposal(function, args)
         response = self._call("Evaluate", gateway_pb2.EvaluateRequest(
             transaction_id=proposal.transaction_id, channel_id=self.channel,
-            proposed_transaction=proposal.signed))
+            proposed_transaction=proposal.signed, target_organizations=[organization] if organization else ()))
         return response.result.payload
 
+    @property
+    def endorsing_organizations(self) -> list[str]:
+        """The orgs named in endorsements (learnt from the last planned one), or []."""
+        return list(self._endorsing_organizations or ())
+
     def endorse(self, function: str, *args: bytes) -> Prepared:
-        """Collect the endorsements the chaincode's policy needs; nothing is ordered yet."""
+        """Collect the endorsements the chaincode's policy needs; nothing is ordered yet.
+
+        Left to plan alone, the gateway runs the proposal on its own org's peer first and only
+        then on the other orgs' peers, one after the other. Once a transaction shows which
+        orgs' endorsements satisfied the policy, later ones name those orgs and the gateway
+        asks their peers at the same time. The policy is still the chaincode's: naming orgs
+        only chooses whom to ask, and the peers' validation refuses a transaction whose
+        endorsements do not satisfy it. When some of the named peers endorse and others
+        answer from an older state (still committing the block our last call waited for),
+        the request is repeated after a short pause; a named plan that keeps failing is
+        forgotten and the gateway plans again, one peer after the other.
+        """
         proposal = self._proposal(function, args)
-        endorsed = self._call("Endorse", gateway_pb2.EndorseRequest(
-            transaction_id=proposal.transaction_id, channel_id=self.channel,
-            proposed_transaction=proposal.signed))
+        organizations = self._endorsing_organizations
+        request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
+                                             proposed_transaction=proposal.signed,
+                                             endorsing_organizations=organizations or ())
+        endorsed = None
+        for attempt in range(_LAGGING_RETRIES + 1 if organizations else 0):
+            try:
+                endorsed = self._call("Endorse", request)
+                break
+            except GatewayCallError as exc:
+                # Fewer failures than orgs asked: some peers endorsed, others answered from an
+                # older state (they are still committing the block our last call waited for).
+                if not organizations or len(exc.messages) >= len(organizations) or attempt == _LAGGING_RETRIES:
+                    break
+                time.sleep(_LAGGING_PAUSE * (attempt + 1))
+        if endorsed is None:
+            if organizations:
+                self._endorsing_organizations = None
+                del request.endorsing_organizations[:]
+            endorsed = self._call("Endorse", request)
         envelope = endorsed.prepared_transaction
+        if self._endorsing_organizations is None:
+            self._endorsing_organizations = _endorsing_msps(envelope)
         envelope.signature = self.signer.sign(envelope.payload)
         return Prepared(proposal.transaction_id, envelope)
 
@@ -232,4 +286,13 @@ class GatewayClient:
 
     def submit(self, function: str, *args: bytes) -> int:
         """Endorse, order and wait until committed; returns the Fabric block number."""
-        return self.commit(self.endorse(function, *args))
+        named = bool(self._endorsing_organizations)
+        try:
+            return self.commit(self.endorse(function, *args))
+        except TransactionInvalid as exc:
+            # The orgs learnt earlier no longer satisfy the policy (the chaincode's definition
+            # changed): nothing was written, so plan afresh and submit once more.
+            if not named or exc.code != transaction_pb2.TxValidationCode.ENDORSEMENT_POLICY_FAILURE:
+                raise
+            self._endorsing_organizations = None
+            return self.commit(self.endorse(function, *args))

@@ -11,7 +11,10 @@ core rebuilds its block on the new head, as with every other back-end.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -26,7 +29,9 @@ __all__ = ["AccessDenied", "FabricBackend", "InvalidBlock"]
 
 _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
-_KNOWN_CHUNK = 2000
+_KNOWN_CHUNK = 1000
+_QUERY_THREADS = 4
+_LAGGING_PEER_WAIT = 2.0  # seconds an append waits for another org's peer to catch up
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 _UNREACHABLE_MESSAGES = ("connection refused", "failed to connect", "no combination of peers")
 _CONFLICT_CODES = {"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT", "DUPLICATE_TXID"}
@@ -89,6 +94,8 @@ class FabricBackend(Backend):
         self._client = GatewayClient(profile.endpoint, profile.read(profile.tls_ca), signer, profile.channel,
                                      profile.chaincode, server_name=profile.server_name, timeout=profile.timeout)
         self._ledger = profile.ledger.encode()
+        self._queries: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def identity(self) -> str:
@@ -128,10 +135,32 @@ class FabricBackend(Backend):
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         if not blocks:
             return
+        self._await_other_endorsers(blocks[0].height - 1)
         try:
             self._client.submit("lineage:Append", self._ledger, encode_blocks(blocks))
         except (GatewayCallError, TransactionInvalid) as exc:
             raise self._fail(exc, "append") from exc
+
+    def _await_other_endorsers(self, head_height: int) -> None:
+        """Wait (briefly) until the other orgs' endorsing peers hold the head we build on.
+
+        Our gateway's peer has committed our last append when ``append`` returned, the other
+        orgs' peers a moment later. Endorsed at once on a peer still behind, the block would
+        be refused there ("does not follow the head") after the up-to-date peer had done the
+        whole work; asking that peer for its head costs a few milliseconds instead.
+        """
+        others = [org for org in self._client.endorsing_organizations if org != self.profile.msp_id]
+        deadline = time.monotonic() + _LAGGING_PEER_WAIT
+        for org in others:
+            while True:
+                try:
+                    raw = self._client.evaluate("lineage:Head", self._ledger, organization=org)
+                except GatewayCallError:
+                    return  # the endorsement will say what is wrong
+                height = int(raw.split(b"\t", 1)[0]) if raw else -1
+                if height >= head_height or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
 
     def _head_fields(self) -> list[bytes] | None:
         raw = self._evaluate("Head")
@@ -162,12 +191,25 @@ class FabricBackend(Backend):
         return found[0] if found else None
 
     def known(self, record_ids: Iterable[str]) -> set[str]:
+        # The chaincode's id filter answers most ids without a state read; a long list still
+        # goes in chunks, as concurrent queries on the gateway's peer (only that peer: it
+        # has committed our last transaction, the other orgs' peers may lag a moment).
         ids = list(record_ids)
+        chunks = [",".join(ids[start : start + _KNOWN_CHUNK]) for start in range(0, len(ids), _KNOWN_CHUNK)]
+        if len(chunks) > 1:
+            answers = list(self._pool().map(lambda chunk: self._evaluate("Known", chunk), chunks))
+        else:
+            answers = [self._evaluate("Known", chunk) for chunk in chunks]
         found: set[str] = set()
-        for start in range(0, len(ids), _KNOWN_CHUNK):
-            answer = self._evaluate("Known", ",".join(ids[start : start + _KNOWN_CHUNK]))
+        for answer in answers:
             found.update(answer.decode().split(",") if answer else ())
         return found
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._queries is None:
+                self._queries = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="fabric-query")
+            return self._queries
 
     def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         return decode_located(self._evaluate("Find", role, path or "", digest or ""))
@@ -195,6 +237,8 @@ class FabricBackend(Backend):
             raise self._fail(exc, "register") from exc
 
     def close(self) -> None:
+        if self._queries is not None:
+            self._queries.shutdown(wait=True)
         self._client.close()
 
 

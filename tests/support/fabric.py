@@ -3,8 +3,9 @@
 One Raft orderer (OrdererMSP) and one peer for each of two organisations (Org1MSP,
 Org2MSP), all on loopback ports with TLS; a channel created through the orderer's channel
 participation API (osnadmin, no system channel); the provenance chaincode running as a
-service (chaincode-as-a-service, our own ccaas builder scripts) and deployed with the full
-lifecycle: package, install on both peers, approve for both orgs, commit.
+service (chaincode-as-a-service, our own ccaas builder scripts), one server per org reached
+over mutually authenticated TLS, and deployed with the full lifecycle: package, install on
+both peers, approve for both orgs, commit.
 
 The binaries come from ``ledger_backends/fabric/tools/install-fabric.sh`` (``make
 install-fabric``); without them :func:`fabric_binaries` returns ``None`` and the tests skip.
@@ -105,9 +106,10 @@ class Org:
     msp_id: str  # Org1MSP
     domain: str  # org1.example.com
     port: int
-    chaincode_port: int
+    chaincode_port: int  # where the peer listens for chaincode (unused with ccaas)
     operations_port: int
     base: Path = field(default=Path())
+    chaincode_server_port: int = 0  # where this org's chaincode server listens
 
     @property
     def crypto(self) -> Path:
@@ -187,7 +189,7 @@ def _configtx(base: Path, orgs: list[Org], orderer_port: int) -> dict:
                                          "ClientTLSCert": str(orderer_tls / "server.crt"),
                                          "ServerTLSCert": str(orderer_tls / "server.crt")}]},
             # Small batches cut quickly: a test or a recorder waits for each commit.
-            "BatchTimeout": "100ms",
+            "BatchTimeout": "10ms",
             "BatchSize": {"MaxMessageCount": 500, "AbsoluteMaxBytes": "64 MB", "PreferredMaxBytes": "8 MB"},
             "Organizations": [orderer_org],
             "Policies": {**standard, "BlockValidation": _implicit("ANY Writers")},
@@ -212,14 +214,14 @@ class FabricNetwork:
         self.signature_policy = signature_policy
         self.bin_dir = bin_dir
         ports = free_ports(12)
-        self.orderer_port, self.orderer_admin_port, self.orderer_ops_port, self.chaincode_port = ports[:4]
+        self.orderer_port, self.orderer_admin_port, self.orderer_ops_port = ports[:3]
         self.orgs = [
-            Org("Org1", "Org1MSP", "org1.example.com", *ports[4:7], base=base),
-            Org("Org2", "Org2MSP", "org2.example.com", *ports[7:10], base=base),
+            Org("Org1", "Org1MSP", "org1.example.com", *ports[4:7], base=base, chaincode_server_port=ports[10]),
+            Org("Org2", "Org2MSP", "org2.example.com", *ports[7:10], base=base, chaincode_server_port=ports[11]),
         ]
         self.processes: dict[str, subprocess.Popen] = {}
         self.config_dir = base / "config"
-        self.package_id = ""
+        self.package_ids: dict[str, str] = {}  # org name -> its installed package
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -368,34 +370,54 @@ class FabricNetwork:
                 time.sleep(pause)
         return None
 
-    def _package(self) -> Path:
-        connection = {"address": f"127.0.0.1:{self.chaincode_port}", "dial_timeout": "10s", "tls_required": False}
+    def _package(self, org: Org) -> Path:
+        """The org's ccaas package: where its own chaincode server listens, and TLS. Peer and
+        chaincode server authenticate each other (the server's certificate from our own
+        chaincode CA, and the client certificate the peer presents)."""
+        tls = self.chaincode_tls
+        connection = {"address": f"127.0.0.1:{org.chaincode_server_port}", "dial_timeout": "10s",
+                      "tls_required": True, "client_auth_required": True,
+                      "root_cert": (tls / "ca.crt").read_text(), "client_cert": (tls / "client.crt").read_text(),
+                      "client_key": (tls / "client.key").read_text()}
         code = io.BytesIO()
         with tarfile.open(fileobj=code, mode="w:gz") as tar:
             _add_bytes(tar, "connection.json", json.dumps(connection).encode())
-        package = self.base / "lineage-ccaas.tgz"
+        package = self.base / f"lineage-ccaas-{org.name}.tgz"
         with tarfile.open(package, mode="w:gz") as tar:
             _add_bytes(tar, "metadata.json", json.dumps({"type": "ccaas", "label": "lineage_1"}).encode())
             _add_bytes(tar, "code.tar.gz", code.getvalue())
         return package
 
     def _deploy_chaincode(self) -> None:
-        package = self._package()
-        self.package_id = "lineage_1:" + hashlib.sha256(package.read_bytes()).hexdigest()
+        """Each org runs its own chaincode server, as each institution would, and installs a
+        package naming it; the orgs approve one definition with their own package ids."""
+        self.chaincode_tls = issue_chaincode_tls(self.base / "chaincode-tls")
         binary = build_chaincode()
-        chaincode = self._spawn("chaincode", [str(binary)], {
-            **os.environ, "CHAINCODE_ID": self.package_id,
-            "CHAINCODE_SERVER_ADDRESS": f"127.0.0.1:{self.chaincode_port}"})
-        wait_for_port(self.chaincode_port, chaincode, self.base / "logs" / "chaincode.log")
+        packages = {}
+        for org in self.orgs:
+            packages[org.name] = package = self._package(org)
+            self.package_ids[org.name] = package_id = "lineage_1:" + hashlib.sha256(package.read_bytes()).hexdigest()
+            name = f"chaincode-{org.name}"
+            chaincode = self._spawn(name, [str(binary)], {
+                **os.environ, "CHAINCODE_ID": package_id,
+                "CHAINCODE_SERVER_ADDRESS": f"127.0.0.1:{org.chaincode_server_port}",
+                "CHAINCODE_TLS_CERT_FILE": str(self.chaincode_tls / "server.crt"),
+                "CHAINCODE_TLS_KEY_FILE": str(self.chaincode_tls / "server.key"),
+                "CHAINCODE_TLS_CLIENT_CA_FILE": str(self.chaincode_tls / "ca.crt"),
+                # A transaction's state calls run one after the other, so more threads buy the
+                # chaincode nothing; on one, a message from the peer wakes no other OS thread.
+                # That saved about a third of its CPU on the 2-core test machine.
+                "GOMAXPROCS": os.environ.get("LINEAGE_LEDGER_CHAINCODE_GOMAXPROCS", "1")})
+            wait_for_port(org.chaincode_server_port, chaincode, self.base / "logs" / f"{name}.log")
         orderer = ["-o", f"127.0.0.1:{self.orderer_port}", "--tls", "--cafile", str(self.orderer_tls_ca)]
         definition = ["--channelID", CHANNEL, "--name", CHAINCODE, "--version", "1.0", "--sequence", "1"]
         if self.signature_policy:
             definition += ["--signature-policy", self.signature_policy]
         for org in self.orgs:
-            self._run("peer", "lifecycle", "chaincode", "install", str(package), env=self.admin_env(org))
+            self._run("peer", "lifecycle", "chaincode", "install", str(packages[org.name]), env=self.admin_env(org))
         for org in self.orgs:
             self._retry(lambda org=org: self._run("peer", "lifecycle", "chaincode", "approveformyorg", *orderer,
-                                                  *definition, "--package-id", self.package_id,
+                                                  *definition, "--package-id", self.package_ids[org.name],
                                                   env=self.admin_env(org)))
         peers: list[str] = []
         for org in self.orgs:
@@ -525,3 +547,48 @@ def issue_client_certificate(org: Org, name: str, role: str | None, directory: P
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def issue_chaincode_tls(directory: Path) -> Path:
+    """A CA, the chaincode server's certificate (127.0.0.1, localhost) and the client
+    certificate the peers present to it, as PEM files in ``directory``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        (directory / f"{name}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    def build(subject: str, key, issuer: x509.Name, *, ca: bool) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lineage chaincode TLS CA")])
+    ca = build("lineage chaincode TLS CA", ca_key, ca_name, ca=True).sign(ca_key, hashes.SHA256())
+    write("ca", ca, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (build("chaincode.lineage", server_key, ca_name, ca=False)
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    write("server", server, server_key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (build("peer.lineage", client_key, ca_name, ca=False)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    write("client", client, client_key)
+    return directory

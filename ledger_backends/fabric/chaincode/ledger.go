@@ -3,7 +3,8 @@ package main
 // The provenance contract. State keys (simple keys, so that range scans work; every
 // component is hex, digits or a validated ledger name, and "/" sorts below all of them):
 //
-//	L/<ledger>/head                      height <TAB> block id <TAB> records so far
+//	L/<ledger>/head                      height <TAB> block id <TAB> records so far [<TAB> f1]
+//	L/<ledger>/f/<hex digit>             Bloom filter shard over record ids (filter.go)
 //	L/<ledger>/b/<height:012>            block id <TAB> count <TAB> header, then one line per record body
 //	L/<ledger>/bid/<block id>            height
 //	L/<ledger>/id/<record id>            height <TAB> position
@@ -13,8 +14,9 @@ package main
 //
 // Every PutState and GetState is a round trip between this process and the peer (Fabric
 // 2.5 has no batched state calls), and that, not hashing, is what an append costs. So a
-// record costs two (its id key: read to refuse duplicates, then written); bodies travel in
-// the block's one key; artifact indexes are grouped per block into hash buckets, one key
+// record costs one (its id key, written); its duplicate check reads the id key only when
+// the ledger's Bloom filter says it may be stored (filter.go); bodies travel in the
+// block's one key; artifact indexes are grouped per block into hash buckets, one key
 // per bucket touched. A path look-up reads one bucket per block; digest-only look-ups,
 // which the core rarely makes, read a 16th of the digest index.
 //
@@ -30,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hyperledger/fabric-chaincode-go/v2/shim"
 	"github.com/hyperledger/fabric-contract-api-go/v2/contractapi"
 )
 
@@ -50,17 +53,33 @@ type header struct {
 	Count      int     `json:"count"`
 }
 
+// recordKeys is what the indexes need from a record. Artifact entries stay raw JSON (not
+// map[string]any): decoding builds no values for their other fields, and the "blake3" key
+// is matched exactly (a struct field would also match "BLAKE3").
 type recordKeys struct {
-	V       int                       `json:"v"`
-	RunID   string                    `json:"run_id"`
-	Inputs  map[string]map[string]any `json:"inputs"`
-	Outputs map[string]map[string]any `json:"outputs"`
+	V       int                      `json:"v"`
+	RunID   string                   `json:"run_id"`
+	Inputs  map[string]artifactEntry `json:"inputs"`
+	Outputs map[string]artifactEntry `json:"outputs"`
+}
+
+type artifactEntry map[string]json.RawMessage
+
+// digest is the entry's "blake3" value, or "" unless it is a plain string of 64 hex digits
+// (as canonical JSON writes a digest: no escapes).
+func (entry artifactEntry) digest() string {
+	raw := entry["blake3"]
+	if len(raw) != 66 || raw[0] != '"' || raw[65] != '"' || !isHex64(string(raw[1:65])) {
+		return ""
+	}
+	return string(raw[1:65])
 }
 
 type chainHead struct {
 	Height  int64
 	ID      string
 	Records int64
+	Filter  bool // the ledger keeps the id filter (every ledger begun by this chaincode)
 }
 
 func prefix(ledger string) (string, error) {
@@ -88,12 +107,12 @@ func readHead(ctx contractapi.TransactionContextInterface, p string) (*chainHead
 		return nil, err
 	}
 	fields := strings.Split(string(raw), "\t")
-	if len(fields) != 3 {
+	if len(fields) != 3 && (len(fields) != 4 || fields[3] != filterMark) {
 		return nil, fmt.Errorf("corrupt head entry %q", raw)
 	}
 	height, _ := strconv.ParseInt(fields[0], 10, 64)
 	records, _ := strconv.ParseInt(fields[2], 10, 64)
-	return &chainHead{Height: height, ID: fields[1], Records: records}, nil
+	return &chainHead{Height: height, ID: fields[1], Records: records, Filter: len(fields) == 4}, nil
 }
 
 // Append stores consecutive blocks on the current head in one transaction, all or nothing.
@@ -116,6 +135,10 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 		return "", err
 	}
 	next, prevID, total := int64(0), "", int64(0)
+	var filter *idFilter
+	if head == nil || head.Filter {
+		filter = newIDFilter(stub, p)
+	}
 	if head != nil {
 		next, prevID, total = head.Height+1, head.ID, head.Records
 	}
@@ -146,15 +169,16 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 				return "", conflict("record %.16s appears twice in this append", record.ID)
 			}
 			seen[record.ID] = true
-			taken, err := stub.GetState(p + "id/" + record.ID)
-			if err != nil {
+			if err := refuseStored(stub, p, filter, record.ID); err != nil {
 				return "", err
-			}
-			if taken != nil {
-				return "", conflict("record %.16s is already stored", record.ID)
 			}
 			if err := stub.PutState(p+"id/"+record.ID, []byte(fmt.Sprintf("%d\t%d", block.Height, position))); err != nil {
 				return "", err
+			}
+			if filter != nil {
+				if err := filter.add(record.ID); err != nil {
+					return "", err
+				}
 			}
 			if err := index.add(record, position); err != nil {
 				return "", err
@@ -177,6 +201,12 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 	}
 	if stored > 0 {
 		value := fmt.Sprintf("%d\t%s\t%d", next-1, prevID, total)
+		if filter != nil {
+			if err := filter.store(); err != nil {
+				return "", err
+			}
+			value += "\t" + filterMark
+		}
 		if err := stub.PutState(p+"head", []byte(value)); err != nil {
 			return "", err
 		}
@@ -184,10 +214,29 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 	return strconv.Itoa(stored), nil
 }
 
+// refuseStored fails when the record is already stored; the filter, when the ledger has
+// one, spares the id read for records it has certainly never seen.
+func refuseStored(stub shim.ChaincodeStubInterface, p string, filter *idFilter, recordID string) error {
+	if filter != nil {
+		maybe, err := filter.mayHold(recordID)
+		if err != nil || !maybe {
+			return err
+		}
+	}
+	taken, err := stub.GetState(p + "id/" + recordID)
+	if err != nil {
+		return err
+	}
+	if taken != nil {
+		return conflict("record %.16s is already stored", recordID)
+	}
+	return nil
+}
+
 // checkBlock recomputes what the core computed: the block id from the header bytes, each
 // record id from the record bytes, the Merkle root over the ids, the count and the link.
 func checkBlock(block wireBlock, prevID string) error {
-	if !hex64.MatchString(block.ID) || digestHex([]byte(block.Header)) != block.ID {
+	if !isHex64(block.ID) || digestHex([]byte(block.Header)) != block.ID {
 		return invalid("block %d: header does not hash to the block id", block.Height)
 	}
 	var h header
@@ -205,7 +254,7 @@ func checkBlock(block wireBlock, prevID string) error {
 	}
 	ids := make([]string, len(block.Records))
 	for i, record := range block.Records {
-		if !hex64.MatchString(record.ID) || digestHex([]byte(record.Body)) != record.ID {
+		if !isHex64(record.ID) || digestHex([]byte(record.Body)) != record.ID {
 			return invalid("block %d: record %d does not hash to its id %.16s", block.Height, i, record.ID)
 		}
 		ids[i] = record.ID
@@ -224,6 +273,19 @@ func checkBlock(block wireBlock, prevID string) error {
 // path look-up reads one 64th of each block's path index.
 func pathBucket(pathHash string) string {
 	return fmt.Sprintf("%02x", (fromHex(pathHash[0])<<4|fromHex(pathHash[1]))&0x3f)
+}
+
+// isHex64 is hex64.MatchString without the regexp machinery (it runs for every artifact).
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func fromHex(c byte) int {
@@ -267,7 +329,7 @@ func (ix *blockIndex) add(record wireRecord, position int) error {
 	// Go randomises map order; both orgs' peers must write identical values, so sort.
 	for _, side := range []struct {
 		role      string
-		artifacts map[string]map[string]any
+		artifacts map[string]artifactEntry
 	}{{"in", keys.Inputs}, {"out", keys.Outputs}} {
 		role, artifacts := side.role, side.artifacts
 		paths := make([]string, 0, len(artifacts))
@@ -276,9 +338,8 @@ func (ix *blockIndex) add(record wireRecord, position int) error {
 		}
 		sort.Strings(paths)
 		for _, path := range paths {
-			entry := artifacts[path]
-			digest, _ := entry["blake3"].(string)
-			if !hex64.MatchString(digest) {
+			digest := artifacts[path].digest()
+			if digest == "" {
 				return invalid("record %.16s: %s artifact %q has no valid digest", record.ID, role, path)
 			}
 			pathHash := digestHex([]byte(path))

@@ -108,12 +108,30 @@ func (c *LedgerContract) Known(ctx contractapi.TransactionContextInterface, ledg
 	if err != nil {
 		return "", err
 	}
+	stub := ctx.GetStub()
+	head, err := readHead(ctx, p)
+	if err != nil || head == nil {
+		return "", err // an empty ledger knows nothing
+	}
+	var filter *idFilter
+	if head.Filter {
+		filter = newIDFilter(stub, p)
+	}
 	var found []string
 	for _, id := range strings.Split(ids, ",") {
 		if id == "" {
 			continue
 		}
-		raw, err := ctx.GetStub().GetState(p + "id/" + id)
+		if filter != nil {
+			maybe, err := filter.mayHold(id)
+			if err != nil {
+				return "", err
+			}
+			if !maybe {
+				continue
+			}
+		}
+		raw, err := stub.GetState(p + "id/" + id)
 		if err != nil {
 			return "", err
 		}
