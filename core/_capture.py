@@ -4,7 +4,8 @@ Every plugin meets the same problems, so they are solved once here:
 
 * Engines report tasks on threads they need back quickly (Snakemake's logging thread,
   Parsl's result thread). :meth:`TaskCapture.submit` returns at once; hashing and
-  :meth:`Recorder.record` run on the capture's own small pool.
+  :meth:`Recorder.record` run on the capture's own worker (see :mod:`._drain`), which
+  hashes with up to ``threads`` threads when several tasks have files waiting.
 * Some engines end the task process with ``os._exit`` (Airflow), so no background thread
   is joined. :meth:`TaskCapture.record_now` hashes and journals in the durable spool
   before it returns; the next open of the ledger ships what the process could not.
@@ -24,15 +25,17 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from blake3 import blake3
 
+from ._drain import BatchWorker
 from ._environment import current_environment
 from ._errors import ArtifactError
 from ._hashing import hash_file, normalize_path
@@ -104,7 +107,13 @@ class TaskRun:
 
 
 class TaskCapture:
-    """Turns :class:`TaskRun` reports into ledger records without holding the engine up."""
+    """Turns :class:`TaskRun` reports into ledger records without holding the engine up.
+
+    ``submit`` only queues the report. One worker thread takes the queue in batches and
+    builds, journals and queues each record for the back-end, in the order submitted;
+    when a batch holds several tasks with files to hash, up to ``threads`` threads hash
+    them at once (hashing releases the GIL), and the records are still made in order.
+    """
 
     def __init__(
         self,
@@ -120,7 +129,7 @@ class TaskCapture:
         self.url = url
         self.engine = engine
         self.run_id = run_id or os.environ.get("LINEAGE_RUN_ID") or uuid.uuid4().hex
-        self.threads = max(1, threads)
+        self.threads = max(1, threads)  # threads that may hash files at the same time
         self.spool = spool
         self.raise_errors = raise_errors
         self.recorder_options = dict(recorder_options or {})
@@ -128,52 +137,59 @@ class TaskCapture:
         self._lock = threading.Lock()
         self._ledger: Ledger | None = None
         self._recorder: Recorder | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = -1
-        self._pending: set[Future[str | None]] = set()
+        self._worker: BatchWorker[tuple[TaskRun, Future[str | None] | None]] = BatchWorker(
+            self._record_batch, name="lineage-capture", on_error=self._worker_error,
+        )
+        self._hashers: ThreadPoolExecutor | None = None
+        self._environment: dict[str, Any] | None = None
         # The last digest this capture recorded for each output path: a temp() file
         # deleted before its consumer is reported may not have reached the ledger yet.
         self._outputs: dict[str, dict[str, Any]] = {}
 
     # -- the engine-facing calls --------------------------------------------------------
     def submit(self, run: TaskRun) -> Future[str | None]:
-        """Queue ``run``; hashing and journaling happen on the capture's pool."""
-        try:
-            future = self._executor().submit(self._record_logged, run)
-        except RuntimeError as err:  # the pool is shut down (interpreter exit)
-            future = Future()
-            future.set_result(self._failed(run, err))
-            return future
-        with self._lock:
-            self._pending.add(future)
-        future.add_done_callback(self._forget)
+        """Queue ``run``; hashing and journaling happen on the capture's worker."""
+        future: Future[str | None] = Future()
+        if not self._worker.put((run, future)):
+            # The interpreter is exiting and no worker will run: record it here instead.
+            self._record_batch([(run, future)])
         return future
+
+    def post(self, run: TaskRun) -> None:
+        """Queue ``run`` like :meth:`submit`, without a future, for callers that never wait
+        on one record (:meth:`flush` still waits for it); failures are logged as ever."""
+        if not self._worker.put((run, None)):
+            self._record_batch([(run, None)])
 
     def record_now(self, run: TaskRun) -> str | None:
         """Hash and journal ``run`` before returning: safe when the process ends with ``os._exit``."""
-        return self._record_logged(run)
+        try:
+            return self._commit(run, self._hash_files(run))
+        except Exception as err:  # noqa: BLE001 - never into the engine unless asked
+            if self.raise_errors:
+                raise
+            return self._failed(run, err)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for queued tasks, then for the back-end to have them; True if all in time."""
-        with self._lock:
-            pending = list(self._pending)
-        for future in pending:
-            try:
-                future.result(timeout=timeout)
-            except Exception:  # noqa: BLE001 - a timeout here is reported by the return value
-                return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._worker.wait(timeout):
+            return False
         recorder = self._recorder
-        return recorder.flush(timeout) if recorder is not None else True
+        if recorder is None:
+            return True
+        return recorder.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float | None = None) -> bool:
         """Finish queued tasks and stop; what the back-end has not taken stays spooled."""
         done = self.flush(timeout)
+        self._worker.stop()  # what was queued meanwhile is recorded too, as before
         with self._lock:
-            pool, self._pool = self._pool, None
+            hashers, self._hashers = self._hashers, None
             recorder, self._recorder = self._recorder, None
             ledger, self._ledger = self._ledger, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if hashers is not None:
+            hashers.shutdown(wait=True)
         if recorder is not None:
             done = recorder.close(timeout) and done
         if ledger is not None:
@@ -204,20 +220,10 @@ class TaskCapture:
         return self._ledger
 
     # -- internals ----------------------------------------------------------------------
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            # A forked child inherits the pool object but none of its threads.
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lineage-capture")
-                self._pool_pid = os.getpid()
-                self._pending = set()
-            return self._pool
-
-    def _forget(self, future: Future[str | None]) -> None:
-        with self._lock:
-            self._pending.discard(future)
-
     def _ensure_open(self) -> Recorder:
+        recorder = self._recorder
+        if recorder is not None:
+            return recorder
         with self._lock:
             if self._recorder is None:
                 from ._ledger import open_ledger
@@ -231,13 +237,25 @@ class TaskCapture:
                 self._ledger = ledger
             return self._recorder
 
-    def _record_logged(self, run: TaskRun) -> str | None:
-        try:
-            return self._record(run)
-        except Exception as err:  # noqa: BLE001 - never into the engine unless asked
-            if self.raise_errors:
-                raise
-            return self._failed(run, err)
+    def _record_batch(self, batch: list[tuple[TaskRun, Future[str | None] | None]]) -> None:
+        """The worker's job: hash what the batch needs, then record its tasks in order."""
+        hashed = self._hash_many([run for run, _ in batch])
+        for (run, future), files in zip(batch, hashed, strict=True):
+            record_id: str | None
+            try:
+                if isinstance(files, BaseException):
+                    raise files
+                record_id = self._commit(run, files)
+            except Exception as err:  # noqa: BLE001 - never into the engine unless asked
+                if self.raise_errors and future is not None:
+                    _settle(future, error=err)
+                    continue
+                record_id = self._failed(run, err)
+            if future is not None:
+                _settle(future, record_id)
+
+    def _worker_error(self, err: BaseException) -> None:
+        log.error("lineage-ledger: capture worker error: %s", err, exc_info=err)
 
     def _failed(self, run: TaskRun, err: BaseException) -> str | None:
         """Log a task that could not be recorded; its future's result is None."""
@@ -246,18 +264,65 @@ class TaskCapture:
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
-    def _record(self, run: TaskRun) -> str:
+    def _hash_many(self, runs: list[TaskRun]) -> list[_Files | BaseException | None]:
+        """Each run's files hashed (None: it names none), several runs at once when a pool helps."""
+        results: list[_Files | BaseException | None] = [None] * len(runs)
+        todo = [i for i, run in enumerate(runs) if run.inputs or run.outputs]
+        if len(todo) > 1 and self.threads > 1:
+            try:
+                pool = self._hash_pool()
+                futures = [(i, pool.submit(self._hash_files, runs[i])) for i in todo]
+            except RuntimeError:  # the pool is shut down (interpreter exit): hash here
+                futures = []
+            for i, future in futures:
+                try:
+                    results[i] = future.result()
+                except Exception as err:  # noqa: BLE001 - reported with its task
+                    results[i] = err
+            if futures:
+                return results
+        for i in todo:
+            try:
+                results[i] = self._hash_files(runs[i])
+            except Exception as err:  # noqa: BLE001 - reported with its task
+                results[i] = err
+        return results
+
+    def _hash_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._hashers is None:
+                self._hashers = ThreadPoolExecutor(self.threads, thread_name_prefix="lineage-capture-hash")
+            return self._hashers
+
+    def _hash_files(self, run: TaskRun) -> _Files | None:
+        """Digests of the files on disk; inputs already gone are recalled later, in order."""
+        if not (run.inputs or run.outputs):
+            return None
+        given = self._known(run.known) if run.known else {}
+        inputs, gone = self._hash_present(run.inputs, given)
+        # A file updated in place was read with one digest and written with another.
+        if run.known_outputs is not None:
+            given = self._known(run.known_outputs)
+        outputs, missing = self._hash_present(run.outputs, given)
+        return _Files(inputs, gone, outputs, missing)
+
+    def _commit(self, run: TaskRun, files: _Files | None) -> str:
+        """Build ``run``'s record and journal it; runs in submission order."""
         recorder = self._ensure_open()
-        extra = dict(jsonable(run.extra))
-        inputs, unhashed, recalled = self._hash_inputs(run.inputs, run.known)
-        outputs, missing = self._hash_present(
-            run.outputs, run.known if run.known_outputs is None else run.known_outputs)
-        if unhashed:
-            extra["unhashed_inputs"] = unhashed
-        if recalled:  # digests of files already gone, taken from an earlier record: say so
-            extra["recalled_inputs"] = recalled
-        if missing:
-            extra["missing_outputs"] = missing
+        extra = dict(jsonable(run.extra)) if run.extra else {}
+        if files is None:
+            inputs: dict[str, dict[str, Any]] = {}
+            outputs: dict[str, dict[str, Any]] = {}
+        else:
+            inputs, outputs = files.inputs, files.outputs
+            if files.gone:
+                unhashed, recalled = self._recall(files.gone, inputs)
+                if unhashed:
+                    extra["unhashed_inputs"] = unhashed
+                if recalled:  # digests of files already gone, taken from an earlier record: say so
+                    extra["recalled_inputs"] = recalled
+            if files.missing:
+                extra["missing_outputs"] = files.missing
         record = Record(
             engine=self.engine,
             run_id=run.run_id or self.run_id,
@@ -269,22 +334,32 @@ class TaskCapture:
             inputs=inputs,
             outputs=outputs,
             code_digest=run.code_digest,
-            parameters=jsonable(run.parameters),
-            environment=current_environment(**jsonable(run.environment_extra)),
+            parameters=jsonable(run.parameters) if run.parameters else {},
+            environment=self._environment_of(run),
             attempt=run.attempt,
             extra=extra,
         )
         record_id = recorder.record(record)
-        if run.status == "succeeded":
+        if outputs and run.status == "succeeded":
             with self._lock:
                 self._outputs.update(outputs)
         return record_id
 
+    def _environment_of(self, run: TaskRun) -> dict[str, Any]:
+        if run.environment_extra:
+            return current_environment(**jsonable(run.environment_extra))
+        # The process's environment does not change from task to task: build it once
+        # and share it (records never modify it).
+        environment = self._environment
+        if environment is None:
+            environment = self._environment = current_environment()
+        return environment
+
     def _known(self, known: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {normalize_path(p): {"blake3": e["blake3"], "size": int(e["size"])} for p, e in known.items()}
 
-    def _hash_present(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
-        given = self._known(known)
+    def _hash_present(self, paths: Iterable[str], given: Mapping[str, dict[str, Any]]):
+        """Digests of ``paths`` (``given`` ones win) and the paths that are not on disk."""
         entries: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
         for path in _unique(paths):
@@ -301,8 +376,8 @@ class TaskCapture:
             entries[path] = artifact.entry()
         return entries, missing
 
-    def _hash_inputs(self, paths: Iterable[str], known: Mapping[str, Mapping[str, Any]]):
-        entries, gone = self._hash_present(paths, known)
+    def _recall(self, gone: list[str], entries: dict[str, dict[str, Any]]):
+        """Digests of inputs already deleted: from this capture's outputs, else the ledger."""
         unhashed: list[str] = []
         recalled: dict[str, str] = {}  # path -> where its digest came from
         for path in gone:
@@ -317,7 +392,26 @@ class TaskCapture:
             else:
                 entries[path] = {"blake3": remembered["blake3"], "size": remembered["size"]}
                 recalled[path] = source
-        return entries, unhashed, recalled
+        return unhashed, recalled
+
+
+class _Files(NamedTuple):
+    """One task's files as found on disk."""
+
+    inputs: dict[str, dict[str, Any]]
+    gone: list[str]  # inputs not on disk: recalled in submission order
+    outputs: dict[str, dict[str, Any]]
+    missing: list[str]
+
+
+def _settle(future: Future[str | None], result: str | None = None, *, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled by the caller; the record is made all the same
+        pass
 
 
 def _unique(paths: Iterable[str]) -> list[str]:

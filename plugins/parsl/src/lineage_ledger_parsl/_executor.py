@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from parsl.app.errors import RemoteExceptionWrapper
@@ -128,12 +128,13 @@ def _settled(value: Any) -> Future:
 
 
 def _outcome(future: Future) -> tuple[str, dict[str, Any]]:
-    if future.cancelled():
+    # One result() call: each Future method takes the future's lock, on Parsl's thread.
+    try:
+        value = future.result()
+    except CancelledError:
         return "failed", {"error": "cancelled"}
-    error = future.exception()
-    if error is not None:
+    except BaseException as error:  # noqa: BLE001 - the app's failure, recorded as such
         return "failed", {"error": f"{type(error).__name__}: {error}"[:2000]}
-    value = future.result()
     if isinstance(value, RemoteExceptionWrapper):
         return "failed", {"error": f"{value.e_type.__name__}: {value.e_value}"[:2000]}
     return "succeeded", {}

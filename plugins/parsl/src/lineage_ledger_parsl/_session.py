@@ -117,8 +117,9 @@ class ParslLedger:
         ``leave_out``: files changed outside the workflow that this try did not write; listing
         them would make the ledger vouch for their current bytes.
         """
-        inputs, outputs = task_files(args, kwargs)
-        details: dict[str, Any] = dict(extra or {})
+        # A task with no arguments (common: many small apps) skips the argument walks.
+        inputs, outputs = task_files(args, kwargs) if args or kwargs else ([], [])
+        details: dict[str, Any] = dict(extra) if extra else {}
         if leave_out:
             inputs = [p for p in inputs if p not in leave_out]
             outputs = [p for p in outputs if p not in leave_out]
@@ -142,9 +143,9 @@ class ParslLedger:
             ended=ended or utcnow(),
             inputs=inputs,
             outputs=outputs,
-            known=dict(known or {}),
+            known=dict(known) if known else {},
             code_digest=function_digest(task["func"] if task is not None else func),
-            parameters=task_parameters(args, kwargs),
+            parameters=task_parameters(args, kwargs) if args or kwargs else {},
             attempt=attempt,
             extra=details,
             run_id=run_id,
@@ -152,6 +153,6 @@ class ParslLedger:
 
     def submit(self, run: TaskRun) -> None:
         """Hand a finished try to the capture's workers; successful outputs count as produced."""
-        if run.status == "succeeded":
+        if run.outputs and run.status == "succeeded":
             self.produced(list(run.outputs))
-        self.capture.submit(run)
+        self.capture.post(run)

@@ -12,6 +12,7 @@ import inspect
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
@@ -108,6 +109,10 @@ def app_function(func: Any) -> Any:
 
 _digests: dict[Any, str | None] = {}
 _digests_lock = threading.Lock()
+# The callable Parsl hands over (an app's error wrapper, the same object for every call of
+# a file-less app) -> its digest, without unwrapping it again; weak, because staging
+# wraps the app anew for every task that has files.
+_by_callable: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 
 def function_digest(func: Any) -> str | None:
@@ -115,6 +120,19 @@ def function_digest(func: Any) -> str | None:
 
     Staging wraps the app anew for every task, so the cache is keyed by the user's function.
     """
+    try:
+        return _by_callable[func]
+    except (KeyError, TypeError):  # TypeError: a callable that takes no weak reference
+        pass
+    digest = _user_function_digest(func)
+    try:
+        _by_callable[func] = digest
+    except TypeError:
+        pass
+    return digest
+
+
+def _user_function_digest(func: Any) -> str | None:
     user = app_function(func)
     try:
         return _digests[user]
