@@ -191,3 +191,20 @@ def test_merkle_builder_reuses_block_subtrees_exactly(start, blocks):
             by_leaves.add_leaf_hash(leaf)
         assert by_levels.size == by_leaves.size and by_levels.root() == by_leaves.root()
     assert by_levels._stack == by_leaves._stack
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from([timezone.utc, timezone.max, timezone.min]),
+)
+def test_one_instant_has_one_spelling(naive, zone):
+    """format_time's fast path for UTC agrees with the general path, and parsing inverts it."""
+    from lineage_ledger._canonical import format_time, parse_time
+
+    moment = naive.replace(tzinfo=zone)
+    text = format_time(moment)
+    assert len(text) == 27 and text.endswith("Z")
+    assert parse_time(text) == moment
+    assert format_time(moment.astimezone(timezone.utc)) == text
+    general = moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    assert text == general
