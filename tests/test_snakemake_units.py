@@ -13,7 +13,8 @@ pytest.importorskip("snakemake_logger_plugin_ledger", reason="`make install` ins
 
 from snakemake_logger_plugin_ledger._jobs import parse_files  # noqa: E402
 from snakemake_logger_plugin_ledger._journal import PendingJournal, orphaned, read_journal  # noqa: E402
-from snakemake_logger_plugin_ledger.cli import Plan, absolute_url, forced_targets, split_args  # noqa: E402
+from snakemake_logger_plugin_ledger._preflight import Plan, forced_outputs  # noqa: E402
+from snakemake_logger_plugin_ledger.cli import absolute_url, run_args, split_args  # noqa: E402
 
 from lineage_ledger import ArtifactCheck, ArtifactStatus, TaskRun, utcnow  # noqa: E402
 
@@ -22,8 +23,17 @@ def test_our_flags_come_out_and_the_rest_is_snakemakes():
     ours, rest = split_args(["--cores", "2", "--ledger", "x.db", "--ledger-policy=strict", "target.txt"])
     assert (ours.ledger, ours.ledger_policy) == ("x.db", "strict")
     assert rest == ["--cores", "2", "target.txt"]
+    assert split_args(["--cores", "1"])[0].ledger_policy is None  # the plugin's own setting applies
     with pytest.raises(SystemExit):
         split_args(["--ledger-policy", "sometimes"])
+
+
+def test_the_wrapper_turns_its_flags_into_the_plugins_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no workflow profile here
+    args = run_args(["--cores", "2", "--logger", "ledger"], "/l.db", "strict")
+    assert args == ["--cores", "2", "--logger", "ledger", "--logger", "ledger",
+                    "--logger-ledger-url", "/l.db", "--logger-ledger-policy", "strict"]
+    assert run_args(["--cores", "1"], None, None) == ["--cores", "1", "--logger", "ledger"]
 
 
 def test_relative_ledger_paths_mean_the_invocation_directory(tmp_path, monkeypatch):
@@ -52,7 +62,7 @@ def test_rerun_forces_the_producer_or_for_a_source_its_readers():
     plan = Plan(producers={"/w/results/x.tsv": "results/x.tsv"},
                 consumers={"/w/data/s.txt": ["work/s.norm.txt", "work/s.other.txt"]})
     plan.tampered = [check("/w/results/x.tsv"), check("/w/data/s.txt")]
-    assert forced_targets(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
+    assert forced_outputs(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
 
 
 def test_a_journal_is_removed_when_every_job_was_recorded(tmp_path):

@@ -36,6 +36,18 @@ class LogHandlerSettings(LogHandlerSettingsBase):
             "type": str,
         },
     )
+    policy: str = field(
+        default="warn",
+        metadata={
+            "help": "What to do when a file the run will consume or keep differs from the ledger's "
+            "last record of it, checked after Snakemake builds the DAG and before any job runs: "
+            "warn (log it and run), strict (refuse: name the files, exit 1, run nothing), rerun "
+            "(run again the jobs that produce them), off (no check).",
+            "env_var": True,
+            "type": str,
+            "choices": ["warn", "strict", "rerun", "off"],
+        },
+    )
     run_id: str | None = field(
         default=None,
         metadata={
@@ -65,6 +77,12 @@ class LogHandler(LogHandlerBase):
         self.settings = self.settings or LogHandlerSettings()
         self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
         self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
+        self.policy_hook: Any = None
+        if self.settings.policy != "off":
+            from ._preflight import PolicyHook
+
+            self.policy_hook = PolicyHook(self.settings.policy, self.settings.url)
+            self.policy_hook.attach()
         quiet = getattr(self.common_settings, "quiet", None) or ()
         if self.active and any(getattr(q, "name", str(q)).lower() == "progress" for q in quiet):
             log.warning(
@@ -91,7 +109,9 @@ class LogHandler(LogHandlerBase):
 
     @property
     def needs_rulegraph(self) -> bool:
-        return False
+        # Makes Snakemake log a rulegraph event between building the DAG and running it: the
+        # moment the policy hook acts (see _preflight).
+        return self.policy_hook is not None
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.active:
@@ -103,17 +123,34 @@ class LogHandler(LogHandlerBase):
             if self.recorder is None:
                 from ._recorder import JobRecorder
 
+                self._say_if_policy_not_applied()
                 self.recorder = JobRecorder(self.settings)
             self.recorder.handle(event, record)
         except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
             log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
             self.active = False
 
+    def _say_if_policy_not_applied(self) -> None:
+        hook = self.policy_hook
+        if hook is not None and not hook.applied:
+            log.warning(
+                "lineage-ledger: --logger-ledger-policy %s was NOT applied: jobs run, but Snakemake "
+                "did not log its rulegraph event between building the DAG and scheduling (a "
+                "Snakemake that moved that event, or a caller of its API that skips Workflow."
+                "execute's usual order); use `snakemake-ledger`, or check with `verify-lineage`",
+                self.settings.policy)
+
     def close(self) -> None:
         try:
+            self._release_policy_hook()
             if self.recorder is not None:
                 self.recorder.close()
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: error while flushing the ledger")
         finally:
             super().close()
+
+    def _release_policy_hook(self) -> None:
+        hook, self.policy_hook = self.policy_hook, None
+        if hook is not None:
+            hook.detach()
