@@ -346,3 +346,61 @@ def test_quiet_progress_runs_are_recorded_from_snakemakes_metadata(tmp_path):
     # The temp file was gone before the end of the run: named, not given a made-up digest.
     assert by_rule["a"].extra["missing_outputs"] == [str(tmp_path / "t.txt")]
     assert by_rule["b"].extra["unhashed_inputs"] == [str(tmp_path / "t.txt")]
+
+
+POLICY = """
+rule all:
+    input: "c.txt"
+
+rule a:
+    input: "src.txt"
+    output: temp("t.txt")
+    shell: "tr a-z A-Z < {input} > {output}"
+
+rule b:
+    input: "t.txt"
+    output: "b.txt"
+    shell: "cat {input} {input} > {output}"
+
+rule c:
+    input: "b.txt"
+    output: "c.txt"
+    shell: "wc -c < {input} > {output}"
+"""
+
+
+def test_the_policy_setting_acts_inside_a_plain_snakemake_run(tmp_path):
+    """``snakemake --logger ledger --logger-ledger-policy ...``: no wrapper, the plugin alone."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(POLICY)
+    (tmp_path / "src.txt").write_text("some text\n")
+    first = run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    b, c = tmp_path / "b.txt", tmp_path / "c.txt"
+    tamper_keep_mtime(b, "EDITED\n")
+    edited, c_before = b.read_bytes(), c.stat().st_mtime_ns
+
+    strict = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
+                 cwd=tmp_path)
+    assert strict.returncode == 1, strict.stderr[-3000:]
+    assert f"{b}: changed since the last recorded run" in strict.stderr
+    assert "refusing to run" in strict.stderr and "Traceback" not in strict.stderr
+    assert b.read_bytes() == edited and c.stat().st_mtime_ns == c_before  # nothing ran
+
+    warn = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "warn",
+               cwd=tmp_path)
+    assert warn.returncode == 0, warn.stderr[-3000:]
+    assert f"{b}: changed since the last recorded run" in warn.stderr
+    assert "Nothing to be done" in warn.stderr  # warned, then Snakemake went its own way
+
+    rerun = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "rerun",
+                "--logger-ledger-run-id", "policy-rerun", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert b.read_bytes() == b"SOME TEXT\n" * 2
+    # The producer, its temp() input's producer, and what is downstream ran again.
+    assert sorted(r.task_name for r in records(tmp_path, "policy-rerun")) == ["a", "all", "b", "c"]
+    verify = run("verify-lineage", "--ledger", ".lineage/ledger.db", "c.txt", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    again = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
+                cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
