@@ -404,3 +404,31 @@ def test_the_policy_setting_acts_inside_a_plain_snakemake_run(tmp_path):
     again = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
                 cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
+
+
+SCRATCH = """
+rule all:
+    input: expand("keep{i}.txt", i=range(6))
+
+rule make:
+    output: keep="keep{i}.txt", scratch=temp("scratch{i}.txt")
+    shell: "echo scratch {wildcards.i} > {output.scratch}; echo keep > {output.keep}"
+"""
+
+
+def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
+    """A temp() output nothing reads is deleted right after its job's ``job_finished`` event,
+    long before a queued record would hash it; it is hashed inside that event instead."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SCRATCH)
+    result = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "scratch",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = [r for r in records(tmp_path, "scratch") if r.task_name == "make"]
+    assert len(made) == 6
+    for rec in made:
+        i = rec.extra["wildcards"]["i"]
+        scratch = tmp_path / f"scratch{i}.txt"
+        assert not scratch.exists()  # Snakemake deleted it
+        assert "missing_outputs" not in rec.extra
+        assert rec.outputs[str(scratch)]["blake3"] == blake3(f"scratch {i}\n".encode()).hexdigest()

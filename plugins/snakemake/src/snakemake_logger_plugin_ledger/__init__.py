@@ -78,6 +78,12 @@ class LogHandler(LogHandlerBase):
         self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
         self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
         self.policy_hook: Any = None
+        self.temp_hook: Any = None
+        if self.active:
+            from ._eager import TempOutputHook
+
+            self.temp_hook = TempOutputHook()
+            self.temp_hook.attach()
         if self.settings.policy != "off":
             from ._preflight import PolicyHook
 
@@ -124,7 +130,7 @@ class LogHandler(LogHandlerBase):
                 from ._recorder import JobRecorder
 
                 self._say_if_policy_not_applied()
-                self.recorder = JobRecorder(self.settings)
+                self.recorder = JobRecorder(self.settings, self.temp_hook)
             self.recorder.handle(event, record)
         except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
             log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
@@ -142,7 +148,7 @@ class LogHandler(LogHandlerBase):
 
     def close(self) -> None:
         try:
-            self._release_policy_hook()
+            self._release_hooks()
             if self.recorder is not None:
                 self.recorder.close()
         except Exception:  # noqa: BLE001
@@ -150,7 +156,10 @@ class LogHandler(LogHandlerBase):
         finally:
             super().close()
 
-    def _release_policy_hook(self) -> None:
-        hook, self.policy_hook = self.policy_hook, None
-        if hook is not None:
-            hook.detach()
+    def _release_hooks(self) -> None:
+        # A later SnakemakeApi in this process makes its own handler: ours must not linger
+        # on Snakemake's logger.
+        for hook in (self.policy_hook, self.temp_hook):
+            if hook is not None:
+                hook.detach()
+        self.policy_hook = None

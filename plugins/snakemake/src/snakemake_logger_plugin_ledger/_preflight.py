@@ -74,6 +74,9 @@ def _local(f: Any) -> bool:
 
 def check(url: str | None, paths: list[str]) -> list[Any]:
     """The MODIFIED files among ``paths`` (the caller applies the policy, naming them all)."""
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        return []  # a missing file is not tampering: a fresh run does not even open the ledger
     from lineage_ledger import check_before_run, open_ledger
 
     ledger = open_ledger(url)

@@ -26,8 +26,9 @@ JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
 class JobRecorder:
     """Turns ``job_info`` / ``job_finished`` / ``job_error`` events into submitted records."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, temp_hook: Any = None) -> None:
         self.settings = settings
+        self.temp_hook = temp_hook  # a _eager.TempOutputHook: temp() digests taken at job_finished
         self.capture: TaskCapture | None = None
         self.journal: PendingJournal | None = None
         self._started = False
@@ -77,7 +78,12 @@ class JobRecorder:
             log.warning("lineage-ledger: job %s finished without a job_info event; not recorded", jobid)
             return
         report.details = job_details(self._lookup.find(jobid))
-        self._enqueue(report, report.task_run("succeeded", ended))
+        self._enqueue(report, report.task_run("succeeded", ended, known=self._early_digests(report)))
+
+    def _early_digests(self, report: JobReport) -> dict[str, dict[str, Any]]:
+        if self.temp_hook is None:
+            return {}
+        return dict(self.temp_hook.take([r.path for r in report.outputs]))
 
     def _failed(self, record: logging.LogRecord) -> None:
         get = record.__dict__.get
@@ -185,7 +191,7 @@ class JobRecorder:
                     continue  # still running when Snakemake stopped, or killed: not a finished job
                 del self._reports[jobid]
                 report.details = job_details(job)
-                run = report.task_run("succeeded", ended)
+                run = report.task_run("succeeded", ended, known=self._early_digests(report))
                 run.extra = {**run.extra, "finished_from": "snakemake metadata"}
                 self._enqueue(report, run)
             except Exception:  # noqa: BLE001
