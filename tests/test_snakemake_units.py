@@ -65,20 +65,63 @@ def test_rerun_forces_the_producer_or_for_a_source_its_readers():
     assert forced_outputs(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
 
 
-def test_a_journal_is_removed_when_every_job_was_recorded(tmp_path):
+def test_a_journal_is_removed_only_when_every_job_was_recorded(tmp_path):
     now = utcnow()
-    journal = PendingJournal(str(tmp_path), "r1", 0.0)
     run = TaskRun(task_id="1", task_name="a", status="succeeded", started=now, ended=now, outputs=["/x"])
+    kept = PendingJournal(str(tmp_path), "r0", 0.0)
+    kept.add("1:1", run)
+    kept.close(remove=False)
+    journal = PendingJournal(str(tmp_path), "r1", 0.0)
     journal.add("1:1", run)
     journal.done("1:1")
-    journal.close()
-    assert list(tmp_path.iterdir()) == []
+    journal.close(remove=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["r0.jsonl"]
+
+
+def test_the_recording_process_records_a_temp_input_from_its_producer_and_marks_jobs_done(tmp_path):
+    """``_sidecar.serve`` as the recording process runs it: job lines in, records and done lines out."""
+    import io
+    import json
+
+    from snakemake_logger_plugin_ledger._journal import encode_run
+    from snakemake_logger_plugin_ledger._sidecar import serve
+
+    from lineage_ledger import hash_file, open_ledger
+
+    temp, final = tmp_path / "t.txt", tmp_path / "f.txt"
+    temp.write_text("temp bytes\n")
+    now = utcnow()
+    produce = TaskRun(task_id="1", task_name="a", status="succeeded", started=now, ended=now,
+                      outputs=[str(temp)], known={str(temp): hash_file(temp).entry()}, run_id="side")
+    temp.unlink()  # deleted by Snakemake before either record is taken
+    final.write_text("final\n")
+    consume = TaskRun(task_id="2", task_name="b", status="succeeded", started=now, ended=now,
+                      inputs=[str(temp)], outputs=[str(final)], run_id="side")
+    journal = PendingJournal(str(tmp_path / "pending"), "side", 0.0)
+    lines = [json.dumps({"job": f"{r.task_id}:1", "run": encode_run(r)}, default=str) for r in (produce, consume)]
+    for line in lines:
+        journal.add_line(line)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    out = io.StringIO()
+    # Snakemake reports the producer first; the consumer's record waits for it on the pool.
+    summary = serve({"url": url, "run_id": "side", "journal_fd": journal.fileno()}, iter(lines), out)
+    assert summary["all_recorded"] and json.loads(out.getvalue()) == summary
+    journal.close(remove=False)
+    done = [json.loads(x)["done"] for x in open(journal.path) if '"done"' in x]
+    assert sorted(done) == ["1:1", "2:1"]
+    ledger = open_ledger(url)
+    try:
+        by_task = {r.record.task_id: r.record for r in ledger.run("side")}
+    finally:
+        ledger.close()
+    assert by_task["2"].inputs[str(temp)] == by_task["1"].outputs[str(temp)]
+    assert "unhashed_inputs" not in by_task["2"].extra
 
 
 def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
     journal = PendingJournal(str(tmp_path), "live", 0.0)
     assert list(orphaned(str(tmp_path), own_path="")) == []  # its owner holds the lock
-    journal.close()
+    journal.close(remove=True)
     script = (f"from snakemake_logger_plugin_ledger._journal import PendingJournal\n"
               f"from lineage_ledger import TaskRun, utcnow\nimport os, signal\n"
               f"j = PendingJournal({str(tmp_path)!r}, 'dead', 12.5)\nn = utcnow()\n"

@@ -82,7 +82,7 @@ class LogHandler(LogHandlerBase):
         if self.active:
             from ._eager import TempOutputHook
 
-            self.temp_hook = TempOutputHook()
+            self.temp_hook = TempOutputHook(self._workflow_started)
             self.temp_hook.attach()
         if self.settings.policy != "off":
             from ._preflight import PolicyHook
@@ -127,18 +127,28 @@ class LogHandler(LogHandlerBase):
             return
         try:
             if self.recorder is None:
-                from ._recorder import JobRecorder
-
-                self._say_if_policy_not_applied()
-                self.recorder = JobRecorder(self.settings, self.temp_hook)
+                self._make_recorder()
+            self._say_if_policy_not_applied()
             self.recorder.handle(event, record)
         except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
             log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
             self.active = False
 
+    def _make_recorder(self) -> None:
+        from ._recorder import JobRecorder
+
+        self.recorder = JobRecorder(self.settings, self.temp_hook)
+
+    def _workflow_started(self, now: float) -> None:
+        """On Snakemake's main thread, in its workdir, before the DAG is built."""
+        if self.recorder is None:
+            self._make_recorder()
+        self.recorder.start(now)
+
     def _say_if_policy_not_applied(self) -> None:
         hook = self.policy_hook
-        if hook is not None and not hook.applied:
+        if hook is not None and not hook.applied and not hook.warned_not_applied:
+            hook.warned_not_applied = True
             log.warning(
                 "lineage-ledger: --logger-ledger-policy %s was NOT applied: jobs run, but Snakemake "
                 "did not log its rulegraph event between building the DAG and scheduling (a "

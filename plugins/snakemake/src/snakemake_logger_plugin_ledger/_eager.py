@@ -11,12 +11,16 @@ backlog a temp output could be gone before its own record hashed it.
 that ``logger.info`` call, before ``DAG.finish``. It hashes only the job's ``temp()``
 outputs (usually few and small; every other file is hashed off Snakemake's threads as
 before) and keeps the digests for the job's record, which takes them as ``known``.
+
+The same filter tells the plugin when ``Workflow.execute`` begins (``workflow_started``), so
+that it starts its recording process while Snakemake builds the DAG.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ._jobs import JobLookup
@@ -26,8 +30,9 @@ log = logging.getLogger("lineage_ledger.snakemake")
 
 
 class TempOutputHook(logging.Filter):
-    def __init__(self) -> None:
+    def __init__(self, on_workflow_started: Callable[[float], None] | None = None) -> None:
         super().__init__()
+        self.on_workflow_started = on_workflow_started
         self.digests: dict[str, dict[str, Any]] = {}  # abs path -> {"blake3", "size"}; taken by records
         self._lookup = JobLookup()
         self._failed = False
@@ -39,7 +44,13 @@ class TempOutputHook(logging.Filter):
         logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "event", None) == "job_finished" and not self._failed:
+        event = getattr(record, "event", None)
+        if event == "workflow_started" and self.on_workflow_started is not None:
+            try:
+                self.on_workflow_started(record.created)
+            except Exception:  # noqa: BLE001 - the first job event tries again
+                log.exception("lineage-ledger: could not start recording at workflow start")
+        elif event == "job_finished" and not self._failed:
             try:
                 self._hash_temp_outputs(int(record.__dict__["job_id"]))
             except Exception:  # noqa: BLE001 - never into Snakemake; the pool still tries later

@@ -124,6 +124,7 @@ class PolicyHook(logging.Filter):
         self.applied = False  # the check ran for the current execute()
         self.started = False  # some execute() began while this hook was attached
         self.seconds = 0.0  # what the check cost, for the log
+        self.warned_not_applied = False
 
     def attach(self) -> None:
         logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
@@ -146,7 +147,7 @@ class PolicyHook(logging.Filter):
 
         import snakemake.workflow as workflow_module
 
-        workflow = getattr(workflow_module, "workflow", None)
+        workflow: Any = getattr(workflow_module, "workflow", None)
         dag = getattr(workflow, "dag", None)
         if dag is None:
             log.warning("lineage-ledger: no workflow DAG at the rulegraph event; --logger-ledger-policy "
