@@ -17,11 +17,16 @@ whole process tree (user + sys of snakemake and its jobs, ``getrusage(RUSAGE_CHI
 and that of the snakemake process alone (its own ``getrusage(RUSAGE_SELF)`` at exit, written
 to a file by an ``atexit`` hook of the launcher below). The second leaves out the jobs'
 shells, so ledger minus plain, per job, is what the plugin costs Snakemake's process: the
-least load-sensitive figure here.
+least load-sensitive figure here. The plugin also reports (``LINEAGE_SNAKEMAKE_COST_FILE``)
+the CPU time of its own code on Snakemake's threads, measured with ``time.thread_time()``
+(the listener thread's ``emit()``, and the main thread's hooks: the pre-run check, temp()
+hashing, starting the recording process), and its recording process's CPU: per job, these
+are the plugin's costs with the load's noise taken out.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
@@ -80,8 +85,9 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds of the process tree and of snakemake alone, of one command."""
+def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float, float, float, dict]:
+    """Wall seconds, CPU seconds of the process tree and of snakemake alone, and the plugin's
+    own account of its CPU (ledger variant), of one command."""
     directory.mkdir(parents=True)
     (directory / "Snakefile").write_text(SNAKEFILE.format(n=n))
     # "--quiet all" prints nothing; the target is the first rule, `all`. (Plain -q would quiet
@@ -91,6 +97,7 @@ def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float
     # The null plugin is found in every variant, used in one (a PYTHONPATH given goes after it).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
     env["BENCH_SELF_CPU"] = str(directory / "self-cpu.txt")
+    env["LINEAGE_SNAKEMAKE_COST_FILE"] = str(directory / "plugin-cost.json")
     if variant != "plain":
         command += ["--logger", variant]
     cpu_before, start = children_cpu(), time.perf_counter()
@@ -100,9 +107,11 @@ def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float
         raise SystemExit(f"snakemake failed ({variant}):\n" + result.stderr[-3000:])
     made = len(list((directory / "out").iterdir()))
     assert made == n, (made, n)
+    cost: dict = {}
     if variant == "ledger":
         check_recorded(directory, n)
-    return elapsed, cpu, float((directory / "self-cpu.txt").read_text())
+        cost = json.loads((directory / "plugin-cost.json").read_text())
+    return elapsed, cpu, float((directory / "self-cpu.txt").read_text()), cost
 
 
 def check_recorded(directory: Path, n: int) -> None:
@@ -124,6 +133,7 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
     selfs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    costs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ll-bench-snakemake-") as tmp:
         plugins = Path(tmp) / "plugins"
         plugins.mkdir()
@@ -132,7 +142,9 @@ def main() -> None:
         for round_no in range(args.rounds):
             order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
             for variant in order:
-                wall, cpu, own = one_run(Path(tmp) / f"r{round_no}-{variant}", n, variant, plugins)
+                wall, cpu, own, cost = one_run(Path(tmp) / f"r{round_no}-{variant}", n, variant, plugins)
+                if cost:
+                    costs.append(cost)
                 times[variant].append(wall)
                 cpus[variant].append(cpu)
                 selfs[variant].append(own)
@@ -151,6 +163,12 @@ def main() -> None:
     print("median CPU time of the snakemake process alone: " + ", ".join(f"{v} {own[v]:.2f} s" for v in VARIANTS))
     print(f"plugin CPU per job in snakemake's process: ledger - plain {(own['ledger'] - own['plain']) / n * 1e3:+.2f} ms, "
           f"ledger - null plugin {(own['ledger'] - own['null']) / n * 1e3:+.2f} ms")
+    in_snakemake = statistics.median((c["listener_cpu"] + c["main_thread_cpu"]) / (n + 1) for c in costs)
+    listener = statistics.median(c["listener_cpu"] / (n + 1) for c in costs)
+    sidecar = [c["recording_process_cpu"] for c in costs if c.get("recording_process_cpu") is not None]
+    print(f"plugin's own code on snakemake's threads: {in_snakemake * 1e3:.3f} ms CPU per job "
+          f"(emit on the listener thread {listener * 1e3:.3f} ms); recording process: "
+          + (f"{statistics.median(sidecar):.2f} s CPU per run" if sidecar else "not used"))
     print(f"wall: null plugin / plain = {wall['null'] / wall['plain']:.3f}, "
           f"ledger / null plugin = {wall['ledger'] / wall['null']:.3f}")
     ratio = wall["ledger"] / wall["plain"]

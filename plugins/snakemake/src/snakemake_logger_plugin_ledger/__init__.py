@@ -11,7 +11,10 @@ hands it to :class:`lineage_ledger.TaskCapture`, whose own pool hashes the files
 """
 
 # No `from __future__ import annotations`: Snakemake builds CLI flags from the real field types.
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +80,7 @@ class LogHandler(LogHandlerBase):
         self.settings = self.settings or LogHandlerSettings()
         self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
         self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
+        self.listener_cpu = 0.0  # CPU seconds of emit() on Snakemake's log listener thread
         self.policy_hook: Any = None
         self.temp_hook: Any = None
         if self.active:
@@ -125,6 +129,7 @@ class LogHandler(LogHandlerBase):
         event = str(getattr(record, "event", "") or "")
         if event not in _EVENTS:
             return
+        began = time.thread_time()
         try:
             if self.recorder is None:
                 self._make_recorder()
@@ -133,6 +138,8 @@ class LogHandler(LogHandlerBase):
         except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
             log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
             self.active = False
+        finally:
+            self.listener_cpu += time.thread_time() - began
 
     def _make_recorder(self) -> None:
         from ._recorder import JobRecorder
@@ -161,6 +168,7 @@ class LogHandler(LogHandlerBase):
             self._release_hooks()
             if self.recorder is not None:
                 self.recorder.close()
+            self._report_cost()
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: error while flushing the ledger")
         finally:
@@ -173,3 +181,19 @@ class LogHandler(LogHandlerBase):
             if hook is not None:
                 hook.detach()
         self.policy_hook = None
+
+    def _report_cost(self) -> None:
+        """What the plugin cost Snakemake's process, for bench/bench_snakemake.py."""
+        path = os.environ.get("LINEAGE_SNAKEMAKE_COST_FILE")
+        if not path:
+            return
+        recorder = self.recorder
+        cost = {
+            "listener_cpu": self.listener_cpu,
+            "main_thread_cpu": getattr(self.temp_hook, "cpu", 0.0) + getattr(self.policy_hook, "cpu", 0.0),
+            "policy_cpu": getattr(self.policy_hook, "cpu", 0.0),
+            "jobs": getattr(recorder, "jobs_sent", 0),
+            "recording_process_cpu": (getattr(recorder, "summary", None) or {}).get("cpu"),
+        }
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(cost, out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ class TempOutputHook(logging.Filter):
         self.digests: dict[str, dict[str, Any]] = {}  # abs path -> {"blake3", "size"}; taken by records
         self._lookup = JobLookup()
         self._failed = False
+        self.cpu = 0.0  # CPU seconds spent here, on Snakemake's main thread
 
     def attach(self) -> None:
         logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
@@ -45,6 +47,14 @@ class TempOutputHook(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         event = getattr(record, "event", None)
+        if event is None:
+            return True
+        began = time.thread_time()
+        self._on_event(event, record)
+        self.cpu += time.thread_time() - began
+        return True
+
+    def _on_event(self, event: Any, record: logging.LogRecord) -> None:
         if event == "workflow_started" and self.on_workflow_started is not None:
             try:
                 self.on_workflow_started(record.created)
@@ -57,7 +67,6 @@ class TempOutputHook(logging.Filter):
                 log.exception("lineage-ledger: could not hash temp() outputs at job_finished; "
                               "they are hashed later, if still there")
                 self._failed = True
-        return True
 
     def _hash_temp_outputs(self, jobid: int) -> None:
         job = self._lookup.find(jobid)

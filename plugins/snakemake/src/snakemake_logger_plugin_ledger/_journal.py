@@ -18,15 +18,17 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from lineage_ledger import TaskRun, parse_time
-from lineage_ledger import format_time as fmt
+if TYPE_CHECKING:  # imported where used: Snakemake's process need not import lineage_ledger
+    from lineage_ledger import TaskRun
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
 
 def encode_run(run: TaskRun) -> dict[str, Any]:
+    from lineage_ledger import format_time as fmt
+
     return {
         "task_id": run.task_id, "task_name": run.task_name, "status": run.status,
         "started": fmt(run.started), "ended": fmt(run.ended),
@@ -38,6 +40,8 @@ def encode_run(run: TaskRun) -> dict[str, Any]:
 
 
 def decode_run(data: dict[str, Any]) -> TaskRun:
+    from lineage_ledger import TaskRun, parse_time
+
     values = dict(data)
     for key in ("started", "ended"):
         values[key] = parse_time(values[key])

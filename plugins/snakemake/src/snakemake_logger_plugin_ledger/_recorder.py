@@ -3,9 +3,9 @@
 Imported only when a run with ``--logger ledger`` starts executing, so that a plain
 ``snakemake`` in an environment where the plugin is installed does not import the ledger.
 
-Here, in Snakemake's process, a job becomes a :class:`lineage_ledger.TaskRun` (no file is
-hashed), one journal line, and the same line sent to the recording process
-(:mod:`._sidecar`), which hashes and records it.
+Here, in Snakemake's process, a job becomes a ``TaskRun`` message (no file is hashed, and
+``lineage_ledger`` is not imported), one journal line, and the same line sent to the
+recording process (:mod:`._sidecar`), which hashes and records it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import os
 import uuid
 from typing import IO, Any
 
-from lineage_ledger import TaskRun
-
-from ._jobs import JobLookup, JobReport, job_details, parse_files
-from ._journal import PendingJournal, encode_run, orphaned, read_journal
-from ._recovery import jobs_from_metadata, metadata_end
+from ._jobs import JobLookup, JobReport, job_details, json_default, parse_files
+from ._journal import PendingJournal, orphaned
 from ._sinks import InProcessSink, SidecarSink
 
 log = logging.getLogger("lineage_ledger.snakemake")
@@ -44,6 +41,8 @@ class JobRecorder:
         self._orphan_handles: list[IO[str]] = []
         self._lookup = JobLookup()
         self._closing = False
+        self.jobs_sent = 0
+        self.summary: dict[str, Any] | None = None  # the recording process's, at close
 
     def start(self, now: float) -> None:
         """Open the journal and start the recording process (Snakemake is in its workdir by now).
@@ -115,15 +114,16 @@ class JobRecorder:
         self._enqueue(report, report.task_run("failed", record.created, error=error))
 
     # -- recording ----------------------------------------------------------------------
-    def _enqueue(self, report: JobReport, run: TaskRun) -> None:
+    def _enqueue(self, report: JobReport, run: dict[str, Any]) -> None:
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
-        run.attempt = attempt
-        run.run_id = self.run_id  # journaled: a later run records it under this run's id
+        run["attempt"] = attempt
+        run["run_id"] = self.run_id  # journaled: a later run records it under this run's id
         key = f"{report.jobid}:{attempt}"
-        line = json.dumps({"job": key, "run": encode_run(run)}, separators=(",", ":"), default=str)
+        line = json.dumps({"job": key, "run": run}, separators=(",", ":"), default=json_default)
         if self.journal is not None:
             self.journal.add_line(line)
         self._send(line)
+        self.jobs_sent += 1
 
     def _send(self, line: str) -> None:
         try:
@@ -138,6 +138,9 @@ class JobRecorder:
 
     def _recover(self, directory: str, now: float) -> None:
         """Record the jobs a killed Snakemake had seen finish but not yet recorded."""
+        from ._journal import encode_run, read_journal
+        from ._recovery import jobs_from_metadata
+
         for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
             self._orphan_handles.append(handle)  # locked until this run ends
             left = read_journal(path, handle)
@@ -157,6 +160,8 @@ class JobRecorder:
 
     def _finish_unreported(self) -> None:
         """Jobs that started and, by Snakemake's metadata, finished without a job_finished event."""
+        from ._recovery import metadata_end
+
         for jobid, report in list(self._reports.items()):
             try:
                 job = self._lookup.find(jobid)
@@ -166,7 +171,7 @@ class JobRecorder:
                 del self._reports[jobid]
                 report.details = job_details(job)
                 run = report.task_run("succeeded", ended, known=self._early_digests(report))
-                run.extra = {**run.extra, "finished_from": "snakemake metadata"}
+                run["extra"] = {**run["extra"], "finished_from": "snakemake metadata"}
                 self._enqueue(report, run)
             except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not record job %s from Snakemake's metadata", jobid)
@@ -177,7 +182,7 @@ class JobRecorder:
             return
         self._closing = True
         self._finish_unreported()
-        summary = self.sink.close()
+        summary = self.summary = self.sink.close()
         for handle in self._orphan_handles:
             handle.close()
         if summary.get("error"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 from collections.abc import Callable
@@ -166,6 +167,8 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
         return summary
     summary = queue.close(float(config.get("flush_timeout", 300.0)))
     orphans.retire()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary["cpu"] = usage.ru_utime + usage.ru_stime
     out.write(json.dumps(summary) + "\n")
     out.flush()
     return summary
