@@ -432,3 +432,37 @@ def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
         assert not scratch.exists()  # Snakemake deleted it
         assert "missing_outputs" not in rec.extra
         assert rec.outputs[str(scratch)]["blake3"] == blake3(f"scratch {i}\n".encode()).hexdigest()
+
+
+def test_ctrl_c_still_records_every_job_snakemake_saw_finish(tmp_path):
+    """SIGINT reaches the whole process group, the recording process included: it keeps
+    recording until Snakemake, stopping, closes its input."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SLOW)
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "interrupted"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    finished: list[str] = []
+    output_of: dict[str, str] = {}
+    output = ""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.match(r"\s+output: (\S+)", line):
+            output = match.group(1)
+        elif match := re.match(r"\s+jobid: (\d+)", line):
+            output_of[match.group(1)] = output
+        elif match := re.match(r"Finished jobid: (\d+) ", line):
+            finished.append(str(tmp_path / output_of[match.group(1)]))
+            if len(finished) >= 6:
+                break
+    os.killpg(process.pid, signal.SIGINT)
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    assert process.returncode != 0
+    finished += [str(tmp_path / output_of[m]) for m in re.findall(r"Finished jobid: (\d+) ", rest)]
+    recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "interrupted") if r.outputs}
+    assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))
+    for path in finished:
+        assert recorded[path].outputs[path]["blake3"] == hash_file(path).blake3

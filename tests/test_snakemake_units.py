@@ -135,3 +135,14 @@ def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
     handle.close()
     assert (left.run_id, left.opened) == ("dead", 12.5)
     assert [(r.task_id, r.status) for r in left.pending] == [("3", "failed")]
+
+
+@pytest.mark.slow
+def test_the_benchmarks_run_at_a_tiny_size():
+    """bench/bench_snakemake.py (which checks every record and the chain) and the check's bench."""
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
+    for script in ("bench_snakemake.py", "bench_snakemake_check.py"):
+        result = subprocess.run([sys.executable, script, "--quick"], cwd=bench, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "median" in result.stdout

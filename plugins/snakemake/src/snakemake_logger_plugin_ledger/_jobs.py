@@ -44,9 +44,14 @@ class FileRef:
         return not ({"pipe", "service"} & self.flags)
 
 
-def parse_files(entries: Iterable[Any] | None) -> list[FileRef]:
-    """Snakemake's formatted file list -> absolute paths with their flags."""
+def parse_files(entries: Iterable[Any] | None, cwd: str | None = None) -> list[FileRef]:
+    """Snakemake's formatted file list -> absolute paths with their flags.
+
+    ``cwd``: the working directory, if the caller knows it; ``os.path.abspath`` asks the
+    kernel for it once per path, and each such call may hand the GIL to another thread.
+    """
     refs: list[FileRef] = []
+    base = cwd or os.getcwd()
     for entry in entries or ():
         text = str(entry)
         if text in _NOT_FILES:
@@ -57,7 +62,7 @@ def parse_files(entries: Iterable[Any] | None) -> list[FileRef]:
         if match and not os.path.lexists(text):
             text = match.group("path")
             flags = frozenset(f.strip() for f in match.group("flags").split(","))
-        refs.append(FileRef(os.path.abspath(text), flags))
+        refs.append(FileRef(os.path.normpath(os.path.join(base, text)), flags))
     return refs
 
 
@@ -104,15 +109,16 @@ class JobReport:
     details: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_event(cls, record: logging.LogRecord) -> JobReport:
+    def from_event(cls, record: logging.LogRecord, cwd: str | None = None) -> JobReport:
         get = record.__dict__.get
+        cwd = cwd or os.getcwd()
         return cls(
             jobid=int(get("jobid")),  # type: ignore[arg-type]
             rule=str(get("rule_name")),
             started=record.created,
-            inputs=parse_files(get("input")),
-            outputs=parse_files(get("output")),
-            logs=parse_files(get("log")),
+            inputs=parse_files(get("input"), cwd),
+            outputs=parse_files(get("output"), cwd),
+            logs=parse_files(get("log"), cwd),
             wildcards={str(k): v for k, v in dict(get("wildcards") or {}).items()},
             threads=get("threads"),
             resources=_resources(get("resources")),

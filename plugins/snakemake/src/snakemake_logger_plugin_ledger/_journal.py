@@ -81,11 +81,16 @@ class PendingJournal:
         self._write(json.dumps({"done": key}))
 
     def _write(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
         with self._lock:
             if self._file.closed:
                 return
-            self._file.write(line + "\n")
-            self._file.flush()  # into the kernel: survives kill -9 of this process
+            # One write(2) on the O_APPEND descriptor, not through the text layer: in the
+            # kernel when it returns (survives kill -9 of this process), and a whole line
+            # even with the recording process appending done lines through the same file.
+            written = os.write(self._file.fileno(), data)
+            while written < len(data):
+                written += os.write(self._file.fileno(), data[written:])
 
     def close(self, remove: bool) -> None:
         """Close; ``remove`` when every job in it was recorded."""

@@ -41,6 +41,7 @@ class JobRecorder:
         self._orphan_handles: list[IO[str]] = []
         self._lookup = JobLookup()
         self._closing = False
+        self._cwd = ""  # the workflow's working directory, from start() on
         self.jobs_sent = 0
         self.summary: dict[str, Any] | None = None  # the recording process's, at close
 
@@ -53,7 +54,8 @@ class JobRecorder:
         if self._started:
             return
         self._started = True
-        directory = os.path.abspath(JOURNAL_DIR)
+        self._cwd = os.getcwd()  # Snakemake does not change directory while jobs run
+        directory = os.path.join(self._cwd, JOURNAL_DIR)
         try:
             self.journal = PendingJournal(directory, self.run_id, now)
         except OSError as err:  # e.g. a read-only working directory with a remote ledger
@@ -75,7 +77,7 @@ class JobRecorder:
             if self.journal is not None:
                 self._recover(os.path.dirname(self.journal.path), record.created)
         if event == "job_info":
-            report = JobReport.from_event(record)
+            report = JobReport.from_event(record, self._cwd)
             self._reports[report.jobid] = report
         elif event == "job_finished":
             self._finished(int(record.__dict__["job_id"]), record.created)
@@ -102,7 +104,7 @@ class JobRecorder:
     def _failed(self, record: logging.LogRecord) -> None:
         get = record.__dict__.get
         jobid = int(get("jobid"))  # type: ignore[arg-type]
-        report = self._reports.pop(jobid, None) or JobReport.from_event(record)
+        report = self._reports.pop(jobid, None) or JobReport.from_event(record, self._cwd)
         report.details = job_details(self._lookup.find(jobid))
         error = {"message": get("rule_msg"), "aux": get("aux")}
         if get("conda_env"):
@@ -110,7 +112,7 @@ class JobRecorder:
         if get("container_img"):
             report.details.setdefault("container", get("container_img"))
         if get("log"):
-            report.logs = parse_files(get("log"))
+            report.logs = parse_files(get("log"), self._cwd)
         self._enqueue(report, report.task_run("failed", record.created, error=error))
 
     # -- recording ----------------------------------------------------------------------
@@ -138,10 +140,11 @@ class JobRecorder:
 
     def _recover(self, directory: str, now: float) -> None:
         """Record the jobs a killed Snakemake had seen finish but not yet recorded."""
-        from ._journal import encode_run, read_journal
-        from ._recovery import jobs_from_metadata
-
         for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
+            # Imported only when there is an orphan: they import lineage_ledger.
+            from ._journal import encode_run, read_journal
+            from ._recovery import jobs_from_metadata
+
             self._orphan_handles.append(handle)  # locked until this run ends
             left = read_journal(path, handle)
             runs = list(left.pending)

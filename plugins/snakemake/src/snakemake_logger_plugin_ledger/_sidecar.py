@@ -12,7 +12,8 @@ The child inherits the pending-jobs journal's descriptor, and with it the ``floc
 journal: the journal counts as live while either process lives. The child appends a
 ``{"done": key}`` line once a job's record is in the durable spool. At end of input it
 flushes, prints one JSON line with what it could not record, and exits. If Snakemake is
-killed alone, the child still records what it was sent, since its input then ends.
+killed alone, the child still records what it was sent, since its input then ends; it
+ignores SIGINT and SIGTERM for the same reason (Ctrl-C reaches the whole process group).
 
 :class:`RecordingQueue` is also what the plugin uses in Snakemake's own process when the
 child cannot be started.
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -187,6 +189,10 @@ def _warm_up(url: str | None) -> None:
 
 
 def main() -> None:
+    # Ctrl-C and a polite kill reach the whole process group. Snakemake then stops and
+    # closes its handlers, which ends our input: finish recording what was sent, then exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = json.loads(sys.argv[1])
     threading.Thread(target=_warm_up, args=(config.get("url"),), daemon=True).start()
     summary = serve(config, sys.stdin, sys.stdout)

@@ -31,10 +31,14 @@ class SidecarSink:
         self.timeout = float(config.get("flush_timeout", 300.0))
         assert self.process.stdin is not None
         self._stdin: IO[str] = self.process.stdin
+        self._fd = self._stdin.fileno()
 
     def send(self, line: str) -> None:
-        self._stdin.write(line + "\n")
-        self._stdin.flush()  # raises BrokenPipeError if the process is gone
+        # One write(2) (raises BrokenPipeError if the process is gone); a job line is small.
+        data = (line + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
 
     def close(self) -> dict[str, Any]:
         try:
