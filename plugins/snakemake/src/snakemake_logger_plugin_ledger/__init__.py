@@ -165,13 +165,13 @@ class LogHandler(LogHandlerBase):
 
     def close(self) -> None:
         try:
-            self._release_hooks()
             if self.recorder is not None:
                 self.recorder.close()
             self._report_cost()
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: error while flushing the ledger")
         finally:
+            self._release_hooks()
             super().close()
 
     def _release_hooks(self) -> None:
@@ -180,13 +180,13 @@ class LogHandler(LogHandlerBase):
         for hook in (self.policy_hook, self.temp_hook):
             if hook is not None:
                 hook.detach()
-        self.policy_hook = None
+        self.policy_hook = self.temp_hook = None
 
     def _report_cost(self) -> None:
         """What the plugin cost Snakemake's process, for bench/bench_snakemake.py."""
         path = os.environ.get("LINEAGE_SNAKEMAKE_COST_FILE")
-        if not path:
-            return
+        if not path or self.policy_hook is None and self.temp_hook is None:
+            return  # not asked, or a second close(): the first one reported
         recorder = self.recorder
         cost = {
             "listener_cpu": self.listener_cpu,
@@ -194,6 +194,7 @@ class LogHandler(LogHandlerBase):
             "policy_cpu": getattr(self.policy_hook, "cpu", 0.0),
             "jobs": getattr(recorder, "jobs_sent", 0),
             "recording_process_cpu": (getattr(recorder, "summary", None) or {}).get("cpu"),
+            "close_wait": getattr(recorder, "close_wait", 0.0),
         }
         with open(path, "w", encoding="utf-8") as out:
             json.dump(cost, out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from typing import IO, Any
 
@@ -43,6 +44,7 @@ class JobRecorder:
         self._closing = False
         self._cwd = ""  # the workflow's working directory, from start() on
         self.jobs_sent = 0
+        self.close_wait = 0.0
         self.summary: dict[str, Any] | None = None  # the recording process's, at close
 
     def start(self, now: float) -> None:
@@ -185,7 +187,9 @@ class JobRecorder:
             return
         self._closing = True
         self._finish_unreported()
+        began = time.perf_counter()
         summary = self.summary = self.sink.close()
+        self.close_wait = time.perf_counter() - began  # how long Snakemake's exit waited for it
         for handle in self._orphan_handles:
             handle.close()
         if summary.get("error"):
