@@ -146,3 +146,34 @@ def test_the_benchmarks_run_at_a_tiny_size():
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert "median" in result.stdout
+
+
+def test_the_in_process_fallback_records_and_marks_done(tmp_path):
+    """What the plugin uses when the recording process cannot start or dies."""
+    import json
+
+    from snakemake_logger_plugin_ledger._journal import encode_run
+    from snakemake_logger_plugin_ledger._sinks import InProcessSink
+
+    from lineage_ledger import open_ledger
+
+    made = tmp_path / "m.txt"
+    made.write_text("made\n")
+    now = utcnow()
+    run = TaskRun(task_id="5", task_name="m", status="succeeded", started=now, ended=now,
+                  outputs=[str(made)], run_id="fallback")
+    journal = PendingJournal(str(tmp_path / "pending"), "fallback", 0.0)
+    line = json.dumps({"job": "5:1", "run": encode_run(run)}, default=str)
+    journal.add_line(line)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sink = InProcessSink({"url": url, "run_id": "fallback"}, journal)
+    sink.send(line)
+    assert sink.close()["all_recorded"]
+    journal.close(remove=False)
+    assert any(json.loads(x).get("done") == "5:1" for x in open(journal.path))
+    ledger = open_ledger(url)
+    try:
+        (rec,) = [r.record for r in ledger.run("fallback")]
+    finally:
+        ledger.close()
+    assert rec.outputs[str(made)]["size"] == 5
