@@ -1,13 +1,16 @@
 """Snakemake logger plugin: every job of a run becomes a lineage-ledger record.
 
 Turn it on with ``snakemake --logger ledger`` (settings ``--logger-ledger-*``), with
-``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger``, which also
-verifies the files a run will consume or keep before it starts.
+``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger`` (a shorthand).
+``--logger-ledger-policy`` (warn, strict, rerun, off) checks the files a run will consume
+or keep against the ledger before any job runs (:mod:`._preflight`).
 
-Snakemake calls :meth:`LogHandler.emit` on its logging thread for every log event. Only
-three events matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and
-for them ``emit`` only gathers what the event and the job object say, journals it and
-hands it to :class:`lineage_ledger.TaskCapture`, whose own pool hashes the files.
+Snakemake calls :meth:`LogHandler.emit` on its log listener thread. Only three events
+matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and for them
+``emit`` only gathers what the event and the job object say, journals it and sends it to
+the plugin's recording process (:mod:`._sidecar`), which hashes the files and writes the
+records. Two filters on Snakemake's logger act synchronously on its main thread: the
+policy check, and hashing ``temp()`` outputs before Snakemake deletes them (:mod:`._eager`).
 """
 
 # No `from __future__ import annotations`: Snakemake builds CLI flags from the real field types.
