@@ -156,6 +156,7 @@ def test_snakemake_help_lists_the_ledger_logger(tmp_path):
     assert result.returncode == 0
     assert "--logger {ledger}" in result.stdout or "ledger" in result.stdout.split("--logger ")[1][:60]
     assert "--logger-ledger-url" in result.stdout and "SNAKEMAKE_LOGGER_LEDGER_URL" in result.stdout
+    assert "--logger-ledger-policy" in result.stdout and "SNAKEMAKE_LOGGER_LEDGER_POLICY" in result.stdout
 
 
 FAILING = """
