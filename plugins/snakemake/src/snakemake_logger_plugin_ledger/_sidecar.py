@@ -193,6 +193,12 @@ def main() -> None:
     # closes its handlers, which ends our input: finish recording what was sent, then exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Below Snakemake and its jobs in the CPU scheduler's eyes: the records can wait a
+    # moment; the scheduler thread and the jobs are the run.
+    try:
+        os.nice(5)
+    except OSError:
+        pass
     config = json.loads(sys.argv[1])
     threading.Thread(target=_warm_up, args=(config.get("url"),), daemon=True).start()
     summary = serve(config, sys.stdin, sys.stdout)
