@@ -12,13 +12,21 @@ logger plugin (its QueueHandler formats every log record for the plugins' listen
 
 Goal (issue #3): median wall time with the plugin / median without <= 1.05.
 
-Wall time on a loaded 2-core machine is noisy, so the CPU time of the whole process tree
-(user + sys of snakemake and its jobs, from ``getrusage(RUSAGE_CHILDREN)``) is shown too:
-it is what the plugin adds to the machine's work, and it moves much less with the load.
+Wall time on a loaded 2-core machine is noisy, so two CPU times are shown too: that of the
+whole process tree (user + sys of snakemake and its jobs, ``getrusage(RUSAGE_CHILDREN)``),
+and that of the snakemake process alone (its own ``getrusage(RUSAGE_SELF)`` at exit, written
+to a file by an ``atexit`` hook of the launcher below). The second leaves out the jobs'
+shells, so ledger minus plain, per job, is what the plugin costs Snakemake's process: the
+least load-sensitive figure here. The plugin also reports (``LINEAGE_SNAKEMAKE_COST_FILE``)
+the CPU time of its own code on Snakemake's threads, measured with ``time.thread_time()``
+(the listener thread's ``emit()``, and the main thread's hooks: the pre-run check, temp()
+hashing, starting the recording process), and its recording process's CPU: per job, these
+are the plugin's costs with the load's noise taken out.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
@@ -53,9 +61,23 @@ class LogHandler(LogHandlerBase):
 
 VARIANTS = ("plain", "null", "ledger")
 
+# What the `snakemake` console script does (snakemake.cli.main), plus an atexit hook that
+# writes the process's own CPU seconds (not its children's) to $BENCH_SELF_CPU.
+LAUNCHER = """
+import atexit, os, resource, sys
+def _self_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open(os.environ["BENCH_SELF_CPU"], "w") as out:
+        out.write(repr(usage.ru_utime + usage.ru_stime))
+atexit.register(_self_cpu)
+from snakemake.cli import main
+sys.argv[0] = "snakemake"
+sys.exit(main())
+"""
 
-def snakemake_command() -> str:
-    return str(Path(sys.executable).parent / "snakemake")
+
+def snakemake_command() -> list[str]:
+    return [sys.executable, "-c", LAUNCHER]
 
 
 def children_cpu() -> float:
@@ -63,15 +85,19 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float, float]:
-    """Wall seconds and CPU seconds of one snakemake command."""
+def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float, float, float, dict]:
+    """Wall seconds, CPU seconds of the process tree and of snakemake alone, and the plugin's
+    own account of its CPU (ledger variant), of one command."""
     directory.mkdir(parents=True)
     (directory / "Snakefile").write_text(SNAKEFILE.format(n=n))
     # "--quiet all" prints nothing; the target is the first rule, `all`. (Plain -q would quiet
     # progress, and Snakemake then logs no finished jobs for the plugin to record promptly.)
-    command = [snakemake_command(), "--cores", "2", "--quiet", "all"]
+    command = [*snakemake_command(), "--cores", "2", "--quiet", "all"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINEAGE_", "SNAKEMAKE_LOGGER_"))}
-    env["PYTHONPATH"] = str(plugins)  # the null plugin is found in every variant, used in one
+    # The null plugin is found in every variant, used in one (a PYTHONPATH given goes after it).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
+    env["BENCH_SELF_CPU"] = str(directory / "self-cpu.txt")
+    env["LINEAGE_SNAKEMAKE_COST_FILE"] = str(directory / "plugin-cost.json")
     if variant != "plain":
         command += ["--logger", variant]
     cpu_before, start = children_cpu(), time.perf_counter()
@@ -81,9 +107,12 @@ def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float
         raise SystemExit(f"snakemake failed ({variant}):\n" + result.stderr[-3000:])
     made = len(list((directory / "out").iterdir()))
     assert made == n, (made, n)
+    cost: dict = {}
     if variant == "ledger":
         check_recorded(directory, n)
-    return elapsed, cpu
+        reported = directory / "plugin-cost.json"  # absent with a plugin that does not report
+        cost = json.loads(reported.read_text()) if reported.exists() else {"unreported": True}
+    return elapsed, cpu, float((directory / "self-cpu.txt").read_text()), cost
 
 
 def check_recorded(directory: Path, n: int) -> None:
@@ -104,6 +133,8 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}")
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    selfs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    costs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ll-bench-snakemake-") as tmp:
         plugins = Path(tmp) / "plugins"
         plugins.mkdir()
@@ -112,19 +143,35 @@ def main() -> None:
         for round_no in range(args.rounds):
             order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
             for variant in order:
-                wall, cpu = one_run(Path(tmp) / f"r{round_no}-{variant}", n, variant, plugins)
+                wall, cpu, own, cost = one_run(Path(tmp) / f"r{round_no}-{variant}", n, variant, plugins)
+                if cost:
+                    costs.append(cost)
                 times[variant].append(wall)
                 cpus[variant].append(cpu)
+                selfs[variant].append(own)
             print(f"round {round_no}: " + ", ".join(
-                f"{v} {times[v][-1]:.2f} s (cpu {cpus[v][-1]:.2f} s)" for v in VARIANTS)
+                f"{v} {times[v][-1]:.2f} s (cpu {cpus[v][-1]:.2f} s, snakemake {selfs[v][-1]:.2f} s)"
+                for v in VARIANTS)
                 + f", load {os.getloadavg()[0]:.1f}")
     wall = {v: statistics.median(times[v]) for v in VARIANTS}
     cpu = {v: statistics.median(cpus[v]) for v in VARIANTS}
+    own = {v: statistics.median(selfs[v]) for v in VARIANTS}
     print("\nmedian wall time: " + ", ".join(f"{v} {wall[v]:.2f} s" for v in VARIANTS))
     print("median CPU time (snakemake + jobs): " + ", ".join(f"{v} {cpu[v]:.2f} s" for v in VARIANTS))
     print(f"CPU with ledger / plain = {cpu['ledger'] / cpu['plain']:.3f}x, "
           f"null plugin / plain = {cpu['null'] / cpu['plain']:.3f}x, "
           f"ledger / null plugin = {cpu['ledger'] / cpu['null']:.3f}x")
+    print("median CPU time of the snakemake process alone: " + ", ".join(f"{v} {own[v]:.2f} s" for v in VARIANTS))
+    print(f"plugin CPU per job in snakemake's process: ledger - plain {(own['ledger'] - own['plain']) / n * 1e3:+.2f} ms, "
+          f"ledger - null plugin {(own['ledger'] - own['null']) / n * 1e3:+.2f} ms")
+    costs = [c for c in costs if "listener_cpu" in c]
+    if costs:
+        in_snakemake = statistics.median((c["listener_cpu"] + c["main_thread_cpu"]) / (n + 1) for c in costs)
+        listener = statistics.median(c["listener_cpu"] / (n + 1) for c in costs)
+        sidecar = [c["recording_process_cpu"] for c in costs if c.get("recording_process_cpu") is not None]
+        print(f"plugin's own code on snakemake's threads: {in_snakemake * 1e3:.3f} ms CPU per job "
+              f"(emit on the listener thread {listener * 1e3:.3f} ms); recording process: "
+              + (f"{statistics.median(sidecar):.2f} s CPU per run" if sidecar else "not used"))
     print(f"wall: null plugin / plain = {wall['null'] / wall['plain']:.3f}, "
           f"ledger / null plugin = {wall['ledger'] / wall['null']:.3f}")
     ratio = wall["ledger"] / wall["plain"]

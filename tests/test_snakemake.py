@@ -156,6 +156,7 @@ def test_snakemake_help_lists_the_ledger_logger(tmp_path):
     assert result.returncode == 0
     assert "--logger {ledger}" in result.stdout or "ledger" in result.stdout.split("--logger ")[1][:60]
     assert "--logger-ledger-url" in result.stdout and "SNAKEMAKE_LOGGER_LEDGER_URL" in result.stdout
+    assert "--logger-ledger-policy" in result.stdout and "SNAKEMAKE_LOGGER_LEDGER_POLICY" in result.stdout
 
 
 FAILING = """
@@ -346,3 +347,123 @@ def test_quiet_progress_runs_are_recorded_from_snakemakes_metadata(tmp_path):
     # The temp file was gone before the end of the run: named, not given a made-up digest.
     assert by_rule["a"].extra["missing_outputs"] == [str(tmp_path / "t.txt")]
     assert by_rule["b"].extra["unhashed_inputs"] == [str(tmp_path / "t.txt")]
+
+
+POLICY = """
+rule all:
+    input: "c.txt"
+
+rule a:
+    input: "src.txt"
+    output: temp("t.txt")
+    shell: "tr a-z A-Z < {input} > {output}"
+
+rule b:
+    input: "t.txt"
+    output: "b.txt"
+    shell: "cat {input} {input} > {output}"
+
+rule c:
+    input: "b.txt"
+    output: "c.txt"
+    shell: "wc -c < {input} > {output}"
+"""
+
+
+def test_the_policy_setting_acts_inside_a_plain_snakemake_run(tmp_path):
+    """``snakemake --logger ledger --logger-ledger-policy ...``: no wrapper, the plugin alone."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(POLICY)
+    (tmp_path / "src.txt").write_text("some text\n")
+    first = run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    b, c = tmp_path / "b.txt", tmp_path / "c.txt"
+    tamper_keep_mtime(b, "EDITED\n")
+    edited, c_before = b.read_bytes(), c.stat().st_mtime_ns
+
+    strict = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
+                 cwd=tmp_path)
+    assert strict.returncode == 1, strict.stderr[-3000:]
+    assert f"{b}: changed since the last recorded run" in strict.stderr
+    assert "refusing to run" in strict.stderr and "Traceback" not in strict.stderr
+    assert b.read_bytes() == edited and c.stat().st_mtime_ns == c_before  # nothing ran
+
+    warn = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "warn",
+               cwd=tmp_path)
+    assert warn.returncode == 0, warn.stderr[-3000:]
+    assert f"{b}: changed since the last recorded run" in warn.stderr
+    assert "Nothing to be done" in warn.stderr  # warned, then Snakemake went its own way
+
+    rerun = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "rerun",
+                "--logger-ledger-run-id", "policy-rerun", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert b.read_bytes() == b"SOME TEXT\n" * 2
+    # The producer, its temp() input's producer, and what is downstream ran again.
+    assert sorted(r.task_name for r in records(tmp_path, "policy-rerun")) == ["a", "all", "b", "c"]
+    verify = run("verify-lineage", "--ledger", ".lineage/ledger.db", "c.txt", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    again = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
+                cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-3000:]
+
+
+SCRATCH = """
+rule all:
+    input: expand("keep{i}.txt", i=range(6))
+
+rule make:
+    output: keep="keep{i}.txt", scratch=temp("scratch{i}.txt")
+    shell: "echo scratch {wildcards.i} > {output.scratch}; echo keep > {output.keep}"
+"""
+
+
+def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
+    """A temp() output nothing reads is deleted right after its job's ``job_finished`` event,
+    long before a queued record would hash it; it is hashed inside that event instead."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SCRATCH)
+    result = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "scratch",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = [r for r in records(tmp_path, "scratch") if r.task_name == "make"]
+    assert len(made) == 6
+    for rec in made:
+        i = rec.extra["wildcards"]["i"]
+        scratch = tmp_path / f"scratch{i}.txt"
+        assert not scratch.exists()  # Snakemake deleted it
+        assert "missing_outputs" not in rec.extra
+        assert rec.outputs[str(scratch)]["blake3"] == blake3(f"scratch {i}\n".encode()).hexdigest()
+
+
+def test_ctrl_c_still_records_every_job_snakemake_saw_finish(tmp_path):
+    """SIGINT reaches the whole process group, the recording process included: it keeps
+    recording until Snakemake, stopping, closes its input."""
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SLOW)
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "interrupted"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    finished: list[str] = []
+    output_of: dict[str, str] = {}
+    output = ""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if match := re.match(r"\s+output: (\S+)", line):
+            output = match.group(1)
+        elif match := re.match(r"\s+jobid: (\d+)", line):
+            output_of[match.group(1)] = output
+        elif match := re.match(r"Finished jobid: (\d+) ", line):
+            finished.append(str(tmp_path / output_of[match.group(1)]))
+            if len(finished) >= 6:
+                break
+    os.killpg(process.pid, signal.SIGINT)
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    assert process.returncode != 0
+    finished += [str(tmp_path / output_of[m]) for m in re.findall(r"Finished jobid: (\d+) ", rest)]
+    recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "interrupted") if r.outputs}
+    assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))
+    for path in finished:
+        assert recorded[path].outputs[path]["blake3"] == hash_file(path).blake3

@@ -13,7 +13,8 @@ pytest.importorskip("snakemake_logger_plugin_ledger", reason="`make install` ins
 
 from snakemake_logger_plugin_ledger._jobs import parse_files  # noqa: E402
 from snakemake_logger_plugin_ledger._journal import PendingJournal, orphaned, read_journal  # noqa: E402
-from snakemake_logger_plugin_ledger.cli import Plan, absolute_url, forced_targets, split_args  # noqa: E402
+from snakemake_logger_plugin_ledger._preflight import Plan, forced_outputs  # noqa: E402
+from snakemake_logger_plugin_ledger.cli import absolute_url, run_args, split_args  # noqa: E402
 
 from lineage_ledger import ArtifactCheck, ArtifactStatus, TaskRun, utcnow  # noqa: E402
 
@@ -22,8 +23,17 @@ def test_our_flags_come_out_and_the_rest_is_snakemakes():
     ours, rest = split_args(["--cores", "2", "--ledger", "x.db", "--ledger-policy=strict", "target.txt"])
     assert (ours.ledger, ours.ledger_policy) == ("x.db", "strict")
     assert rest == ["--cores", "2", "target.txt"]
+    assert split_args(["--cores", "1"])[0].ledger_policy is None  # the plugin's own setting applies
     with pytest.raises(SystemExit):
         split_args(["--ledger-policy", "sometimes"])
+
+
+def test_the_wrapper_turns_its_flags_into_the_plugins_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no workflow profile here
+    args = run_args(["--cores", "2", "--logger", "ledger"], "/l.db", "strict")
+    assert args == ["--cores", "2", "--logger", "ledger", "--logger", "ledger",
+                    "--logger-ledger-url", "/l.db", "--logger-ledger-policy", "strict"]
+    assert run_args(["--cores", "1"], None, None) == ["--cores", "1", "--logger", "ledger"]
 
 
 def test_relative_ledger_paths_mean_the_invocation_directory(tmp_path, monkeypatch):
@@ -52,23 +62,66 @@ def test_rerun_forces_the_producer_or_for_a_source_its_readers():
     plan = Plan(producers={"/w/results/x.tsv": "results/x.tsv"},
                 consumers={"/w/data/s.txt": ["work/s.norm.txt", "work/s.other.txt"]})
     plan.tampered = [check("/w/results/x.tsv"), check("/w/data/s.txt")]
-    assert forced_targets(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
+    assert forced_outputs(plan) == ["results/x.tsv", "work/s.norm.txt", "work/s.other.txt"]
 
 
-def test_a_journal_is_removed_when_every_job_was_recorded(tmp_path):
+def test_a_journal_is_removed_only_when_every_job_was_recorded(tmp_path):
     now = utcnow()
-    journal = PendingJournal(str(tmp_path), "r1", 0.0)
     run = TaskRun(task_id="1", task_name="a", status="succeeded", started=now, ended=now, outputs=["/x"])
+    kept = PendingJournal(str(tmp_path), "r0", 0.0)
+    kept.add("1:1", run)
+    kept.close(remove=False)
+    journal = PendingJournal(str(tmp_path), "r1", 0.0)
     journal.add("1:1", run)
     journal.done("1:1")
-    journal.close()
-    assert list(tmp_path.iterdir()) == []
+    journal.close(remove=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["r0.jsonl"]
+
+
+def test_the_recording_process_records_a_temp_input_from_its_producer_and_marks_jobs_done(tmp_path):
+    """``_sidecar.serve`` as the recording process runs it: job lines in, records and done lines out."""
+    import io
+    import json
+
+    from snakemake_logger_plugin_ledger._journal import encode_run
+    from snakemake_logger_plugin_ledger._sidecar import serve
+
+    from lineage_ledger import hash_file, open_ledger
+
+    temp, final = tmp_path / "t.txt", tmp_path / "f.txt"
+    temp.write_text("temp bytes\n")
+    now = utcnow()
+    produce = TaskRun(task_id="1", task_name="a", status="succeeded", started=now, ended=now,
+                      outputs=[str(temp)], known={str(temp): hash_file(temp).entry()}, run_id="side")
+    temp.unlink()  # deleted by Snakemake before either record is taken
+    final.write_text("final\n")
+    consume = TaskRun(task_id="2", task_name="b", status="succeeded", started=now, ended=now,
+                      inputs=[str(temp)], outputs=[str(final)], run_id="side")
+    journal = PendingJournal(str(tmp_path / "pending"), "side", 0.0)
+    lines = [json.dumps({"job": f"{r.task_id}:1", "run": encode_run(r)}, default=str) for r in (produce, consume)]
+    for line in lines:
+        journal.add_line(line)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    out = io.StringIO()
+    # Snakemake reports the producer first; the consumer's record waits for it on the pool.
+    summary = serve({"url": url, "run_id": "side", "journal_fd": journal.fileno()}, iter(lines), out)
+    assert summary["all_recorded"] and json.loads(out.getvalue()) == summary
+    journal.close(remove=False)
+    done = [json.loads(x)["done"] for x in open(journal.path) if '"done"' in x]
+    assert sorted(done) == ["1:1", "2:1"]
+    ledger = open_ledger(url)
+    try:
+        by_task = {r.record.task_id: r.record for r in ledger.run("side")}
+    finally:
+        ledger.close()
+    assert by_task["2"].inputs[str(temp)] == by_task["1"].outputs[str(temp)]
+    assert "unhashed_inputs" not in by_task["2"].extra
 
 
 def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
     journal = PendingJournal(str(tmp_path), "live", 0.0)
     assert list(orphaned(str(tmp_path), own_path="")) == []  # its owner holds the lock
-    journal.close()
+    journal.close(remove=True)
     script = (f"from snakemake_logger_plugin_ledger._journal import PendingJournal\n"
               f"from lineage_ledger import TaskRun, utcnow\nimport os, signal\n"
               f"j = PendingJournal({str(tmp_path)!r}, 'dead', 12.5)\nn = utcnow()\n"
@@ -82,3 +135,45 @@ def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
     handle.close()
     assert (left.run_id, left.opened) == ("dead", 12.5)
     assert [(r.task_id, r.status) for r in left.pending] == [("3", "failed")]
+
+
+@pytest.mark.slow
+def test_the_benchmarks_run_at_a_tiny_size():
+    """bench/bench_snakemake.py (which checks every record and the chain) and the check's bench."""
+    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
+    for script in ("bench_snakemake.py", "bench_snakemake_check.py"):
+        result = subprocess.run([sys.executable, script, "--quick"], cwd=bench, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "median" in result.stdout
+
+
+def test_the_in_process_fallback_records_and_marks_done(tmp_path):
+    """What the plugin uses when the recording process cannot start or dies."""
+    import json
+
+    from snakemake_logger_plugin_ledger._journal import encode_run
+    from snakemake_logger_plugin_ledger._sinks import InProcessSink
+
+    from lineage_ledger import open_ledger
+
+    made = tmp_path / "m.txt"
+    made.write_text("made\n")
+    now = utcnow()
+    run = TaskRun(task_id="5", task_name="m", status="succeeded", started=now, ended=now,
+                  outputs=[str(made)], run_id="fallback")
+    journal = PendingJournal(str(tmp_path / "pending"), "fallback", 0.0)
+    line = json.dumps({"job": "5:1", "run": encode_run(run)}, default=str)
+    journal.add_line(line)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sink = InProcessSink({"url": url, "run_id": "fallback"}, journal)
+    sink.send(line)
+    assert sink.close()["all_recorded"]
+    journal.close(remove=False)
+    assert any(json.loads(x).get("done") == "5:1" for x in open(journal.path))
+    ledger = open_ledger(url)
+    try:
+        (rec,) = [r.record for r in ledger.run("fallback")]
+    finally:
+        ledger.close()
+    assert rec.outputs[str(made)]["size"] == 5

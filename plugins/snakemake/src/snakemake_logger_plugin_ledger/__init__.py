@@ -1,17 +1,23 @@
 """Snakemake logger plugin: every job of a run becomes a lineage-ledger record.
 
 Turn it on with ``snakemake --logger ledger`` (settings ``--logger-ledger-*``), with
-``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger``, which also
-verifies the files a run will consume or keep before it starts.
+``logger: [ledger]`` in a workflow profile, or run ``snakemake-ledger`` (a shorthand).
+``--logger-ledger-policy`` (warn, strict, rerun, off) checks the files a run will consume
+or keep against the ledger before any job runs (:mod:`._preflight`).
 
-Snakemake calls :meth:`LogHandler.emit` on its logging thread for every log event. Only
-three events matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and
-for them ``emit`` only gathers what the event and the job object say, journals it and
-hands it to :class:`lineage_ledger.TaskCapture`, whose own pool hashes the files.
+Snakemake calls :meth:`LogHandler.emit` on its log listener thread. Only three events
+matter (``job_info`` when a job starts, ``job_finished``, ``job_error``) and for them
+``emit`` only gathers what the event and the job object say, journals it and sends it to
+the plugin's recording process (:mod:`._sidecar`), which hashes the files and writes the
+records. Two filters on Snakemake's logger act synchronously on its main thread: the
+policy check, and hashing ``temp()`` outputs before Snakemake deletes them (:mod:`._eager`).
 """
 
 # No `from __future__ import annotations`: Snakemake builds CLI flags from the real field types.
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,18 @@ class LogHandlerSettings(LogHandlerSettingsBase):
             "Default: $LINEAGE_LEDGER_URL, else .lineage/ledger.db in the working directory.",
             "env_var": True,
             "type": str,
+        },
+    )
+    policy: str = field(
+        default="warn",
+        metadata={
+            "help": "What to do when a file the run will consume or keep differs from the ledger's "
+            "last record of it, checked after Snakemake builds the DAG and before any job runs: "
+            "warn (log it and run), strict (refuse: name the files, exit 1, run nothing), rerun "
+            "(run again the jobs that produce them), off (no check).",
+            "env_var": True,
+            "type": str,
+            "choices": ["warn", "strict", "rerun", "off"],
         },
     )
     run_id: str | None = field(
@@ -65,6 +83,19 @@ class LogHandler(LogHandlerBase):
         self.settings = self.settings or LogHandlerSettings()
         self.active = not bool(getattr(self.common_settings, "dryrun", False))  # dry runs record nothing
         self.recorder: Any = None  # a _recorder.JobRecorder from the first job event on
+        self.listener_cpu = 0.0  # CPU seconds of emit() on Snakemake's log listener thread
+        self.policy_hook: Any = None
+        self.temp_hook: Any = None
+        if self.active:
+            from ._eager import TempOutputHook
+
+            self.temp_hook = TempOutputHook(self._workflow_started)
+            self.temp_hook.attach()
+        if self.settings.policy != "off":
+            from ._preflight import PolicyHook
+
+            self.policy_hook = PolicyHook(self.settings.policy, self.settings.url)
+            self.policy_hook.attach()
         quiet = getattr(self.common_settings, "quiet", None) or ()
         if self.active and any(getattr(q, "name", str(q)).lower() == "progress" for q in quiet):
             log.warning(
@@ -91,7 +122,9 @@ class LogHandler(LogHandlerBase):
 
     @property
     def needs_rulegraph(self) -> bool:
-        return False
+        # Makes Snakemake log a rulegraph event between building the DAG and running it: the
+        # moment the policy hook acts (see _preflight).
+        return self.policy_hook is not None
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.active:
@@ -99,21 +132,72 @@ class LogHandler(LogHandlerBase):
         event = str(getattr(record, "event", "") or "")
         if event not in _EVENTS:
             return
+        began = time.thread_time()
         try:
             if self.recorder is None:
-                from ._recorder import JobRecorder
-
-                self.recorder = JobRecorder(self.settings)
+                self._make_recorder()
+            self._say_if_policy_not_applied()
             self.recorder.handle(event, record)
         except Exception:  # noqa: BLE001 - the workflow must go on; say so once, loudly
             log.exception("lineage-ledger: could not handle Snakemake's %s event; recording stops", event)
             self.active = False
+        finally:
+            self.listener_cpu += time.thread_time() - began
+
+    def _make_recorder(self) -> None:
+        from ._recorder import JobRecorder
+
+        self.recorder = JobRecorder(self.settings, self.temp_hook)
+
+    def _workflow_started(self, now: float) -> None:
+        """On Snakemake's main thread, in its workdir, before the DAG is built."""
+        if self.recorder is None:
+            self._make_recorder()
+        self.recorder.start(now)
+
+    def _say_if_policy_not_applied(self) -> None:
+        hook = self.policy_hook
+        if hook is not None and not hook.applied and not hook.warned_not_applied:
+            hook.warned_not_applied = True
+            log.warning(
+                "lineage-ledger: --logger-ledger-policy %s was NOT applied: jobs run, but Snakemake "
+                "did not log its rulegraph event between building the DAG and scheduling (a "
+                "Snakemake that moved that event, or a caller of its API that skips Workflow."
+                "execute's usual order); use `snakemake-ledger`, or check with `verify-lineage`",
+                self.settings.policy)
 
     def close(self) -> None:
         try:
             if self.recorder is not None:
                 self.recorder.close()
+            self._report_cost()
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: error while flushing the ledger")
         finally:
+            self._release_hooks()
             super().close()
+
+    def _release_hooks(self) -> None:
+        # A later SnakemakeApi in this process makes its own handler: ours must not linger
+        # on Snakemake's logger.
+        for hook in (self.policy_hook, self.temp_hook):
+            if hook is not None:
+                hook.detach()
+        self.policy_hook = self.temp_hook = None
+
+    def _report_cost(self) -> None:
+        """What the plugin cost Snakemake's process, for bench/bench_snakemake.py."""
+        path = os.environ.get("LINEAGE_SNAKEMAKE_COST_FILE")
+        if not path or self.policy_hook is None and self.temp_hook is None:
+            return  # not asked, or a second close(): the first one reported
+        recorder = self.recorder
+        cost = {
+            "listener_cpu": self.listener_cpu,
+            "main_thread_cpu": getattr(self.temp_hook, "cpu", 0.0) + getattr(self.policy_hook, "cpu", 0.0),
+            "policy_cpu": getattr(self.policy_hook, "cpu", 0.0),
+            "jobs": getattr(recorder, "jobs_sent", 0),
+            "recording_process_cpu": (getattr(recorder, "summary", None) or {}).get("cpu"),
+            "close_wait": getattr(recorder, "close_wait", 0.0),
+        }
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(cost, out)

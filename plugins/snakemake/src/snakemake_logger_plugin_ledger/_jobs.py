@@ -5,6 +5,11 @@ resources and shell command; ``job_finished`` carries only the job id. Params, t
 ``run:`` blocks and scripts, and the conda env or container come from the job object in
 the running workflow, looked up by job id. Nothing here hashes data files: this runs on
 Snakemake's logging thread.
+
+Nor does anything here import ``lineage_ledger``: its import costs Snakemake's process
+about 0.1 s of CPU at start-up, and the recording process is the one that needs it. A job
+leaves here as the JSON message :func:`._journal.decode_run` turns into a ``TaskRun``;
+``TaskCapture`` gives its values their one JSON spelling (``jsonable``) there.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-from lineage_ledger import TaskRun, code_digest, jsonable
+from blake3 import blake3
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -38,9 +44,14 @@ class FileRef:
         return not ({"pipe", "service"} & self.flags)
 
 
-def parse_files(entries: Iterable[Any] | None) -> list[FileRef]:
-    """Snakemake's formatted file list -> absolute paths with their flags."""
+def parse_files(entries: Iterable[Any] | None, cwd: str | None = None) -> list[FileRef]:
+    """Snakemake's formatted file list -> absolute paths with their flags.
+
+    ``cwd``: the working directory, if the caller knows it; ``os.path.abspath`` asks the
+    kernel for it once per path, and each such call may hand the GIL to another thread.
+    """
     refs: list[FileRef] = []
+    base = cwd or os.getcwd()
     for entry in entries or ():
         text = str(entry)
         if text in _NOT_FILES:
@@ -51,12 +62,34 @@ def parse_files(entries: Iterable[Any] | None) -> list[FileRef]:
         if match and not os.path.lexists(text):
             text = match.group("path")
             flags = frozenset(f.strip() for f in match.group("flags").split(","))
-        refs.append(FileRef(os.path.abspath(text), flags))
+        refs.append(FileRef(os.path.normpath(os.path.join(base, text)), flags))
     return refs
 
 
 def utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def utc_text(timestamp: float) -> str:
+    """``lineage_ledger.format_time(utc(timestamp))``: its one spelling of a UTC time."""
+    return utc(timestamp).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def code_digest(code: str | bytes) -> str:
+    """``lineage_ledger.code_digest``: BLAKE3 of the code's UTF-8 bytes."""
+    return blake3(code.encode("utf-8") if isinstance(code, str) else code).hexdigest()
+
+
+def json_default(value: Any) -> Any:
+    """What ``json.dumps`` cannot encode: close to ``lineage_ledger.jsonable``, which the
+    recording process applies afterwards."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 @dataclass
@@ -76,23 +109,25 @@ class JobReport:
     details: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_event(cls, record: logging.LogRecord) -> JobReport:
+    def from_event(cls, record: logging.LogRecord, cwd: str | None = None) -> JobReport:
         get = record.__dict__.get
+        cwd = cwd or os.getcwd()
         return cls(
             jobid=int(get("jobid")),  # type: ignore[arg-type]
             rule=str(get("rule_name")),
             started=record.created,
-            inputs=parse_files(get("input")),
-            outputs=parse_files(get("output")),
-            logs=parse_files(get("log")),
-            wildcards=dict(jsonable(get("wildcards") or {})),
-            threads=jsonable(get("threads")),
+            inputs=parse_files(get("input"), cwd),
+            outputs=parse_files(get("output"), cwd),
+            logs=parse_files(get("log"), cwd),
+            wildcards={str(k): v for k, v in dict(get("wildcards") or {}).items()},
+            threads=get("threads"),
             resources=_resources(get("resources")),
             shellcmd=get("shellcmd"),
         )
 
     def task_run(self, status: str, ended: float, known: Mapping[str, Mapping[str, Any]] | None = None,
-                 error: Mapping[str, Any] | None = None) -> TaskRun:
+                 error: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job as a ``TaskRun`` message (the fields of ``_journal.encode_run``)."""
         details = self.details
         code = details.get("code_digest") or (code_digest(self.shellcmd) if self.shellcmd else None)
         environment: dict[str, Any] = {}
@@ -116,7 +151,7 @@ class JobReport:
         if streams:
             extra["streams"] = streams  # pipes: consumed as they were written, never on disk to hash
         if error:
-            extra["error"] = dict(jsonable(error))
+            extra["error"] = dict(error)
         # Log files are outputs of the job: the record vouches for them like any product. A
         # failed try vouches for its logs only; what is at its output paths by the time it is
         # hashed is Snakemake's clean-up or a retry's work, not this try's product.
@@ -124,20 +159,14 @@ class JobReport:
         if status == "failed":
             extra["declared_outputs"] = [r.path for r in self.outputs]
             outputs = [r.path for r in self.logs if r.hashable]
-        return TaskRun(
-            task_id=str(self.jobid),
-            task_name=self.rule,
-            status=status,
-            started=utc(self.started),
-            ended=utc(max(ended, self.started)),
-            inputs=[r.path for r in self.inputs if r.hashable],
-            outputs=outputs,
-            known=dict(known or {}),
-            code_digest=code,
-            parameters=dict(jsonable(details.get("params") or {})),
-            environment_extra=environment,
-            extra=extra,
-        )
+        return {
+            "task_id": str(self.jobid), "task_name": self.rule, "status": status,
+            "started": utc_text(self.started), "ended": utc_text(max(ended, self.started)),
+            "inputs": [r.path for r in self.inputs if r.hashable], "outputs": outputs,
+            "known": {path: dict(entry) for path, entry in (known or {}).items()},
+            "code_digest": code, "parameters": dict(details.get("params") or {}),
+            "environment_extra": environment, "attempt": 1, "extra": extra, "run_id": None,
+        }
 
 
 def _resources(resources: Any) -> dict[str, Any]:
@@ -145,7 +174,7 @@ def _resources(resources: Any) -> dict[str, Any]:
         return {}
     try:
         items = resources.items() if hasattr(resources, "items") else resources._allitems()
-        return {str(k): jsonable(v) for k, v in items if not str(k).startswith("_")}
+        return {str(k): v for k, v in items if not str(k).startswith("_")}
     except Exception:  # noqa: BLE001 - resources are informational
         return {"repr": str(resources)}
 
@@ -176,10 +205,8 @@ class JobLookup:
 
 
 def _current_dag() -> Any:
-    try:
-        import snakemake.workflow as workflow_module
-    except ImportError:
-        return None
+    # Looked up per job: sys.modules is cheaper than an import statement's module lock.
+    workflow_module = sys.modules.get("snakemake.workflow")
     workflow = getattr(workflow_module, "workflow", None)
     return getattr(workflow, "dag", None) if workflow is not None else None
 

@@ -18,15 +18,17 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from lineage_ledger import TaskRun, parse_time
-from lineage_ledger import format_time as fmt
+if TYPE_CHECKING:  # imported where used: Snakemake's process need not import lineage_ledger
+    from lineage_ledger import TaskRun
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
 
 def encode_run(run: TaskRun) -> dict[str, Any]:
+    from lineage_ledger import format_time as fmt
+
     return {
         "task_id": run.task_id, "task_name": run.task_name, "status": run.status,
         "started": fmt(run.started), "ended": fmt(run.ended),
@@ -38,6 +40,8 @@ def encode_run(run: TaskRun) -> dict[str, Any]:
 
 
 def decode_run(data: dict[str, Any]) -> TaskRun:
+    from lineage_ledger import TaskRun, parse_time
+
     values = dict(data)
     for key in ("started", "ended"):
         values[key] = parse_time(values[key])
@@ -45,7 +49,11 @@ def decode_run(data: dict[str, Any]) -> TaskRun:
 
 
 class PendingJournal:
-    """``<dir>/<run id>.jsonl``: ``{"job": key, "run": {...}}`` lines and ``{"done": key}`` lines."""
+    """``<dir>/<run id>.jsonl``: ``{"job": key, "run": {...}}`` lines and ``{"done": key}`` lines.
+
+    Job lines are written here, in Snakemake's process; done lines by whoever records the
+    job (the recording process, through the descriptor it inherits, or this process).
+    """
 
     def __init__(self, directory: str, run_id: str, opened: float) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -53,36 +61,45 @@ class PendingJournal:
         self.run_id = run_id
         self.path = os.path.join(directory, f"{run_id}.jsonl")
         self._lock = threading.Lock()
-        self._open = 0  # jobs written but not yet marked done
         self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         # When the run began: after a crash, Snakemake's metadata newer than this names the
         # jobs it saw finish whose events never reached this handler.
-        self._write(json.dumps({"opened": opened, "run_id": run_id}), 0)
+        self._write(json.dumps({"opened": opened, "run_id": run_id}))
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def add(self, key: str, run: TaskRun) -> None:
-        line = json.dumps({"job": key, "run": encode_run(run)}, separators=(",", ":"), default=str)
-        self._write(line, +1)
+        self.add_line(json.dumps({"job": key, "run": encode_run(run)}, separators=(",", ":"), default=str))
+
+    def add_line(self, line: str) -> None:
+        """A job line as :meth:`add` writes it, encoded by the caller (who sends it on too)."""
+        self._write(line)
 
     def done(self, key: str) -> None:
-        self._write(json.dumps({"done": key}), -1)
+        self._write(json.dumps({"done": key}))
 
-    def _write(self, line: str, change: int) -> None:
+    def _write(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
         with self._lock:
             if self._file.closed:
                 return
-            self._file.write(line + "\n")
-            self._file.flush()  # into the kernel: survives kill -9 of this process
-            self._open += change
+            # One write(2) on the O_APPEND descriptor, not through the text layer: in the
+            # kernel when it returns (survives kill -9 of this process), and a whole line
+            # even with the recording process appending done lines through the same file.
+            written = os.write(self._file.fileno(), data)
+            while written < len(data):
+                written += os.write(self._file.fileno(), data[written:])
 
-    def close(self) -> None:
-        """Close; the file is removed when every job in it was recorded."""
+    def close(self, remove: bool) -> None:
+        """Close; ``remove`` when every job in it was recorded."""
         with self._lock:
             if self._file.closed:
                 return
-            if self._open <= 0:
+            if remove:
                 os.unlink(self.path)
-            self._file.close()  # releases the lock
+            self._file.close()  # releases the lock (once the recording process is gone too)
 
 
 def orphaned(directory: str, own_path: str) -> Iterator[tuple[str, IO[str]]]:

@@ -1,22 +1,25 @@
 """The plugin's working part: Snakemake's job events in, ledger records out.
 
-Imported only when a run with ``--logger ledger`` reports its first job, so that a plain
+Imported only when a run with ``--logger ledger`` starts executing, so that a plain
 ``snakemake`` in an environment where the plugin is installed does not import the ledger.
+
+Here, in Snakemake's process, a job becomes a ``TaskRun`` message (no file is hashed, and
+``lineage_ledger`` is not imported), one journal line, and the same line sent to the
+recording process (:mod:`._sidecar`), which hashes and records it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import threading
-from concurrent.futures import Future, wait
+import time
+import uuid
 from typing import IO, Any
 
-from lineage_ledger import TaskCapture, TaskRun
-
-from ._jobs import JobLookup, JobReport, job_details, parse_files
-from ._journal import PendingJournal, orphaned, read_journal
-from ._recovery import jobs_from_metadata, metadata_end
+from ._jobs import JobLookup, JobReport, job_details, json_default, parse_files
+from ._journal import PendingJournal, orphaned
+from ._sinks import InProcessSink, SidecarSink
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -24,25 +27,59 @@ JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
 
 
 class JobRecorder:
-    """Turns ``job_info`` / ``job_finished`` / ``job_error`` events into submitted records."""
+    """Turns ``job_info`` / ``job_finished`` / ``job_error`` events into sent records."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, temp_hook: Any = None) -> None:
         self.settings = settings
-        self.capture: TaskCapture | None = None
+        self.temp_hook = temp_hook  # a _eager.TempOutputHook: temp() digests taken at job_finished
+        self.run_id = settings.run_id or os.environ.get("LINEAGE_RUN_ID") or uuid.uuid4().hex
         self.journal: PendingJournal | None = None
+        self.sink: Any = None  # SidecarSink, or InProcessSink if the recording process cannot start
         self._started = False
+        self._recovered = False
         self._reports: dict[int, JobReport] = {}
         self._attempts: dict[int, int] = {}
-        self._producers: dict[str, Future[str | None]] = {}  # output path -> its job's record
-        self._futures: set[Future[str | None]] = set()
+        self._orphan_handles: list[IO[str]] = []
         self._lookup = JobLookup()
-        self._lock = threading.Lock()
         self._closing = False
+        self._cwd = ""  # the workflow's working directory, from start() on
+        self.jobs_sent = 0
+        self.close_wait = 0.0
+        self.summary: dict[str, Any] | None = None  # the recording process's, at close
+
+    def start(self, now: float) -> None:
+        """Open the journal and start the recording process (Snakemake is in its workdir by now).
+
+        Called on Snakemake's main thread when the workflow starts executing, so that the
+        recording process starts up while Snakemake builds its DAG; else at the first job event.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._cwd = os.getcwd()  # Snakemake does not change directory while jobs run
+        directory = os.path.join(self._cwd, JOURNAL_DIR)
+        try:
+            self.journal = PendingJournal(directory, self.run_id, now)
+        except OSError as err:  # e.g. a read-only working directory with a remote ledger
+            log.warning("lineage-ledger: no pending-jobs journal (%s); records still go to the "
+                        "ledger, but a kill -9 may lose the jobs not yet in the spool", err)
+        config = {"url": self.settings.url, "run_id": self.run_id, "threads": self.settings.hash_threads,
+                  "flush_timeout": self.settings.flush_timeout}
+        try:
+            self.sink = SidecarSink(config, self.journal.fileno() if self.journal else None)
+        except OSError as err:
+            log.warning("lineage-ledger: could not start the recording process (%s); recording on "
+                        "Snakemake's own threads", err)
+            self.sink = InProcessSink(config, self.journal)
 
     def handle(self, event: str, record: logging.LogRecord) -> None:
-        self._start(record.created)
+        self.start(record.created)
+        if not self._recovered:
+            self._recovered = True  # the DAG exists by the first job event
+            if self.journal is not None:
+                self._recover(os.path.dirname(self.journal.path), record.created)
         if event == "job_info":
-            report = JobReport.from_event(record)
+            report = JobReport.from_event(record, self._cwd)
             self._reports[report.jobid] = report
         elif event == "job_finished":
             self._finished(int(record.__dict__["job_id"]), record.created)
@@ -53,36 +90,23 @@ class JobRecorder:
         self._shutdown()
 
     # -- the events ---------------------------------------------------------------------
-    def _start(self, first_event: float) -> None:
-        if self._started:
-            return
-        self._started = True
-        # Snakemake has changed into the workflow's working directory by the first job event.
-        self.capture = TaskCapture(
-            self.settings.url, engine="snakemake", run_id=self.settings.run_id,
-            threads=self.settings.hash_threads,
-        )
-        directory = os.path.abspath(JOURNAL_DIR)
-        try:
-            self.journal = PendingJournal(directory, self.capture.run_id, first_event)
-        except OSError as err:  # e.g. a read-only working directory with a remote ledger
-            log.warning("lineage-ledger: no pending-jobs journal (%s); records still go to the "
-                        "ledger, but a kill -9 may lose the jobs not yet in the spool", err)
-            return
-        self._recover(directory, first_event)
-
     def _finished(self, jobid: int, ended: float) -> None:
         report = self._reports.pop(jobid, None)
         if report is None:
             log.warning("lineage-ledger: job %s finished without a job_info event; not recorded", jobid)
             return
         report.details = job_details(self._lookup.find(jobid))
-        self._enqueue(report, report.task_run("succeeded", ended))
+        self._enqueue(report, report.task_run("succeeded", ended, known=self._early_digests(report)))
+
+    def _early_digests(self, report: JobReport) -> dict[str, dict[str, Any]]:
+        if self.temp_hook is None:
+            return {}
+        return dict(self.temp_hook.take([r.path for r in report.outputs]))
 
     def _failed(self, record: logging.LogRecord) -> None:
         get = record.__dict__.get
         jobid = int(get("jobid"))  # type: ignore[arg-type]
-        report = self._reports.pop(jobid, None) or JobReport.from_event(record)
+        report = self._reports.pop(jobid, None) or JobReport.from_event(record, self._cwd)
         report.details = job_details(self._lookup.find(jobid))
         error = {"message": get("rule_msg"), "aux": get("aux")}
         if get("conda_env"):
@@ -90,75 +114,40 @@ class JobRecorder:
         if get("container_img"):
             report.details.setdefault("container", get("container_img"))
         if get("log"):
-            report.logs = parse_files(get("log"))
+            report.logs = parse_files(get("log"), self._cwd)
         self._enqueue(report, report.task_run("failed", record.created, error=error))
 
     # -- recording ----------------------------------------------------------------------
-    def _enqueue(self, report: JobReport, run: TaskRun) -> None:
-        assert self.capture is not None
+    def _enqueue(self, report: JobReport, run: dict[str, Any]) -> None:
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
-        run.attempt = attempt
-        run.run_id = self.capture.run_id  # journaled: a later run records it under this run's id
+        run["attempt"] = attempt
+        run["run_id"] = self.run_id  # journaled: a later run records it under this run's id
         key = f"{report.jobid}:{attempt}"
+        line = json.dumps({"job": key, "run": run}, separators=(",", ":"), default=json_default)
         if self.journal is not None:
-            self.journal.add(key, run)
-        done: Future[str | None] = Future()
-        with self._lock:
-            self._futures.add(done)
-            # A temp() input may be deleted as soon as this job ends: its digest must come
-            # from its producer's record, so this record waits for that one to be taken.
-            waits = [self._producers[p] for p in run.inputs if p in self._producers]
-            if run.status == "succeeded":
-                for path in run.outputs:
-                    self._producers[path] = done
-        self._after(waits, lambda: self._submit(key, run, done))
+            self.journal.add_line(line)
+        self._send(line)
+        self.jobs_sent += 1
 
-    def _submit(self, key: str, run: TaskRun, done: Future[str | None]) -> None:
-        capture = self.capture
-        if capture is None:  # closed after its wait timed out: the journal keeps the job
-            done.set_result(None)
-            return
-        future = capture.submit(run)
-
-        def taken(f: Future[str | None]) -> None:
-            record_id = None
-            try:
-                record_id = f.result()
-                if record_id is not None and self.journal is not None:
-                    self.journal.done(key)  # otherwise the next run retries it
-            except Exception:  # noqa: BLE001 - e.g. a full disk under the journal
-                log.exception("lineage-ledger: could not mark job %s recorded", key)
-            finally:
-                # Always resolved: jobs waiting on this one, and the exit, must not hang.
-                done.set_result(record_id)
-                with self._lock:
-                    self._futures.discard(done)
-
-        future.add_done_callback(taken)
-
-    @staticmethod
-    def _after(futures: list[Future[Any]], action: Any) -> None:
-        pending = [f for f in futures if not f.done()]
-        if not pending:
-            action()
-            return
-        remaining = [len(pending)]
-        lock = threading.Lock()
-
-        def one_done(_: Future[Any]) -> None:
-            with lock:
-                remaining[0] -= 1
-                go = remaining[0] == 0
-            if go:
-                action()
-
-        for future in pending:
-            future.add_done_callback(one_done)
+    def _send(self, line: str) -> None:
+        try:
+            self.sink.send(line)
+        except OSError as err:  # the recording process is gone: go on here, nothing lost
+            log.warning("lineage-ledger: the recording process stopped (%s); recording on "
+                        "Snakemake's own threads from now on", err)
+            config = {"url": self.settings.url, "run_id": self.run_id,
+                      "threads": self.settings.hash_threads, "flush_timeout": self.settings.flush_timeout}
+            self.sink = InProcessSink(config, self.journal)
+            self.sink.send(line)
 
     def _recover(self, directory: str, now: float) -> None:
         """Record the jobs a killed Snakemake had seen finish but not yet recorded."""
-        assert self.capture is not None
         for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
+            # Imported only when there is an orphan: they import lineage_ledger.
+            from ._journal import encode_run, read_journal
+            from ._recovery import jobs_from_metadata
+
+            self._orphan_handles.append(handle)  # locked until this run ends
             left = read_journal(path, handle)
             runs = list(left.pending)
             if left.opened is not None:
@@ -166,17 +155,18 @@ class JobRecorder:
             if runs:
                 log.warning("lineage-ledger: recording %d job(s) left by an interrupted run (%s)",
                             len(runs), left.run_id)
-            futures = []
-            for run in runs:
+            for number, run in enumerate(runs):
                 run.extra = {**run.extra, "recovered_after_interruption": True}
                 run.run_id = run.run_id or left.run_id
-                futures.append(self.capture.submit(run))
-            with self._lock:
-                self._futures.update(futures)
-            self._after(futures, lambda p=path, h=handle, fs=futures: _retire(p, h, fs))
+                self._send(json.dumps({"job": f"orphan:{path}:{number}", "run": encode_run(run),
+                                       "orphan": path}, separators=(",", ":"), default=str))
+            if not runs:
+                os.unlink(path)
 
     def _finish_unreported(self) -> None:
         """Jobs that started and, by Snakemake's metadata, finished without a job_finished event."""
+        from ._recovery import metadata_end
+
         for jobid, report in list(self._reports.items()):
             try:
                 job = self._lookup.find(jobid)
@@ -185,38 +175,31 @@ class JobRecorder:
                     continue  # still running when Snakemake stopped, or killed: not a finished job
                 del self._reports[jobid]
                 report.details = job_details(job)
-                run = report.task_run("succeeded", ended)
-                run.extra = {**run.extra, "finished_from": "snakemake metadata"}
+                run = report.task_run("succeeded", ended, known=self._early_digests(report))
+                run["extra"] = {**run["extra"], "finished_from": "snakemake metadata"}
                 self._enqueue(report, run)
             except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not record job %s from Snakemake's metadata", jobid)
 
     def _shutdown(self) -> None:
         # Snakemake may close a handler more than once; the first close does the work.
-        if self.capture is None or self._closing:
+        if self.sink is None or self._closing:
             return
         self._closing = True
         self._finish_unreported()
-        with self._lock:
-            futures = list(self._futures)
-        # Records chained behind their temp inputs' producers are submitted while we wait.
-        done, not_done = wait(futures, timeout=self.settings.flush_timeout)
-        capture, self.capture = self.capture, None
-        flushed = capture.close(timeout=self.settings.flush_timeout)
-        if not_done or not flushed:
+        began = time.perf_counter()
+        summary = self.summary = self.sink.close()
+        self.close_wait = time.perf_counter() - began  # how long Snakemake's exit waited for it
+        for handle in self._orphan_handles:
+            handle.close()
+        if summary.get("error"):
+            log.warning("lineage-ledger: %s; the spool and the pending-jobs journal keep what was not "
+                        "recorded for the next run", summary["error"])
+        elif summary.get("not_done") or not summary.get("flushed", True):
             log.warning("lineage-ledger: %d job record(s) not written at exit; the spool and the "
-                        "pending-jobs journal keep them for the next run", len(not_done))
-        if capture.failures:
+                        "pending-jobs journal keep them for the next run", summary.get("not_done", 0))
+        if summary.get("failures"):
             log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above)",
-                        capture.failures)
+                        summary["failures"])
         if self.journal is not None:
-            self.journal.close()
-
-
-def _retire(path: str, handle: IO[str], futures: list[Future[str | None]]) -> None:
-    """Drop a recovered journal once all its jobs are in the spool; keep it otherwise."""
-    try:
-        if all(f.result() is not None for f in futures):
-            os.unlink(path)
-    finally:
-        handle.close()
+            self.journal.close(remove=bool(summary.get("all_recorded")))

@@ -1,0 +1,91 @@
+"""Hash a job's ``temp()`` outputs before Snakemake can delete them.
+
+Snakemake logs ``job_finished`` and then, in the same call on its main thread
+(``JobScheduler._finish_jobs`` -> ``DAG.finish`` -> ``DAG.handle_temp``), deletes the temp
+files no job still needs: the finished job's own unneeded temp outputs at once, its temp
+inputs once their last consumer is done. The plugin's handler hears ``job_finished`` later,
+through Snakemake's log queue, and hashes on the capture's threads later still; under a
+backlog a temp output could be gone before its own record hashed it.
+
+:class:`TempOutputHook` is a filter on Snakemake's logger, so it runs synchronously inside
+that ``logger.info`` call, before ``DAG.finish``. It hashes only the job's ``temp()``
+outputs (usually few and small; every other file is hashed off Snakemake's threads as
+before) and keeps the digests for the job's record, which takes them as ``known``.
+
+The same filter tells the plugin when ``Workflow.execute`` begins (``workflow_started``), so
+that it starts its recording process while Snakemake builds the DAG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._jobs import JobLookup
+from ._preflight import SNAKEMAKE_LOGGER
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+
+class TempOutputHook(logging.Filter):
+    def __init__(self, on_workflow_started: Callable[[float], None] | None = None) -> None:
+        super().__init__()
+        self.on_workflow_started = on_workflow_started
+        self.digests: dict[str, dict[str, Any]] = {}  # abs path -> {"blake3", "size"}; taken by records
+        self._lookup = JobLookup()
+        self._failed = False
+        self.cpu = 0.0  # CPU seconds spent here, on Snakemake's main thread
+
+    def attach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
+
+    def detach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = getattr(record, "event", None)
+        if event is None:
+            return True
+        began = time.thread_time()
+        self._on_event(event, record)
+        self.cpu += time.thread_time() - began
+        return True
+
+    def _on_event(self, event: Any, record: logging.LogRecord) -> None:
+        if event == "workflow_started" and self.on_workflow_started is not None:
+            try:
+                self.on_workflow_started(record.created)
+            except Exception:  # noqa: BLE001 - the first job event tries again
+                log.exception("lineage-ledger: could not start recording at workflow start")
+        elif event == "job_finished" and not self._failed:
+            try:
+                self._hash_temp_outputs(int(record.__dict__["job_id"]))
+            except Exception:  # noqa: BLE001 - never into Snakemake; the pool still tries later
+                log.exception("lineage-ledger: could not hash temp() outputs at job_finished; "
+                              "they are hashed later, if still there")
+                self._failed = True
+
+    def _hash_temp_outputs(self, jobid: int) -> None:
+        job = self._lookup.find(jobid)
+        if job is None:
+            return
+        temp = [f for f in job.output if (getattr(f, "flags", None) or {}).get("temp")]
+        if not temp:
+            return
+        from lineage_ledger import ArtifactError, hash_file
+
+        for f in temp:
+            path = os.path.abspath(f)
+            try:
+                self.digests[path] = hash_file(path).entry()
+            except ArtifactError:
+                continue  # missing or unreadable: the record says so when it hashes
+
+    def take(self, paths: list[str]) -> dict[str, dict[str, Any]]:
+        """The digests kept for ``paths``, removed from the hook."""
+        if not self.digests:
+            return {}
+        return {p: entry for p in paths if (entry := self.digests.pop(p, None)) is not None}

@@ -1,0 +1,190 @@
+"""The ledger policy applied inside Snakemake's own run, between building the DAG and scheduling.
+
+A logger plugin's handler hears events through a queue, after the fact: it cannot stop a run.
+Two things in Snakemake give it a synchronous moment instead:
+
+- a handler whose ``needs_rulegraph`` is true makes ``Workflow._build_dag`` log a
+  ``rulegraph`` event right after the DAG is built (needrun decided, jobs numbered), and
+  before ``execute`` takes the lock, decides "Nothing to be done" or schedules a job;
+- a filter on Snakemake's logger runs in the thread that logs, and what it raises
+  propagates to that logging call.
+
+So :class:`PolicyHook` is a filter on ``snakemake.logging``'s logger. On the
+``workflow_started`` event (logged only by ``Workflow.execute``) it arms; on the next
+``rulegraph`` event it checks every existing file the run will consume or keep against the
+ledger, in Snakemake's own DAG (no second DAG build), and applies the policy:
+
+- ``warn``: logs each changed file and lets the run go on;
+- ``strict``: raises ``LedgerPolicyRefusal`` (an ``ApiError``): Snakemake prints it, runs
+  nothing and exits with status 1;
+- ``rerun``: adds the outputs of the changed files' producers (for a changed source: of
+  the jobs that read it) to the DAG's forced files and recomputes which jobs need to run,
+  exactly as ``--forcerun`` on those files would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+POLICIES = ("off", "warn", "strict", "rerun")
+SNAKEMAKE_LOGGER = "snakemake.logging"
+
+
+@dataclass
+class Plan:
+    """What the DAG says the run will touch, as absolute paths, and what the ledger says of it."""
+
+    checked: list[str] = field(default_factory=list)  # existing files the run consumes or keeps
+    producers: dict[str, Any] = field(default_factory=dict)  # abs path -> the output as the DAG names it
+    consumers: dict[str, list[Any]] = field(default_factory=dict)  # abs input -> its readers' outputs
+    tampered: list[Any] = field(default_factory=list)  # lineage_ledger.ArtifactCheck, MODIFIED only
+
+
+def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
+    """Inputs of every job, and outputs of the jobs that will not run again."""
+    plan = Plan()
+    checked: dict[str, None] = {}
+    for job in jobs:
+        outputs = [f for f in job.output if _local(f)]
+        kept = not needrun(job)
+        for f in outputs:
+            path = os.path.abspath(f)
+            plan.producers[path] = f
+            if kept:
+                checked[path] = None  # the run builds on it
+        for f in job.input:
+            if _local(f):
+                path = os.path.abspath(f)
+                checked[path] = None
+                plan.consumers.setdefault(path, []).extend(outputs)
+    plan.checked = list(checked)
+    return plan
+
+
+def _local(f: Any) -> bool:
+    flags = getattr(f, "flags", {}) or {}
+    return not (getattr(f, "is_storage", False) or "pipe" in flags or "service" in flags)
+
+
+def check(url: str | None, paths: list[str]) -> list[Any]:
+    """The MODIFIED files among ``paths`` (the caller applies the policy, naming them all)."""
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        return []  # a missing file is not tampering: a fresh run does not even open the ledger
+    from lineage_ledger import check_before_run, open_ledger
+
+    ledger = open_ledger(url)
+    try:
+        return check_before_run(ledger, paths, "warn")
+    finally:
+        ledger.close()
+
+
+def forced_outputs(plan: Plan) -> list[Any]:
+    """The outputs to regenerate: each changed file's producer's, or a changed source's readers'."""
+    forced: dict[Any, None] = {}
+    for changed in plan.tampered:
+        produced = plan.producers.get(changed.path)
+        if produced is not None:
+            forced[produced] = None
+        else:
+            forced.update(dict.fromkeys(plan.consumers.get(changed.path, [])))
+    return list(forced)
+
+
+def describe(changed: Any) -> str:
+    return (f"{changed.path}: changed since the last recorded run "
+            f"(ledger {(changed.expected or '-')[:16]}, disk {(changed.actual or '-')[:16]})")
+
+
+def refusal_class() -> type[Exception]:
+    """An ``ApiError``: Snakemake prints it as ``Error: <message>`` (no traceback) and exits 1."""
+    from snakemake_interface_common.exceptions import ApiError
+
+    class LedgerPolicyRefusal(ApiError):
+        pass
+
+    return LedgerPolicyRefusal
+
+
+class PolicyHook(logging.Filter):
+    """Applies ``policy`` once per ``Workflow.execute``; see the module docstring."""
+
+    def __init__(self, policy: str, url: str | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.url = url
+        self.armed = False
+        self.applied = False  # the check ran for the current execute()
+        self.started = False  # some execute() began while this hook was attached
+        self.cpu = 0.0  # CPU seconds the check cost Snakemake's main thread
+        self.warned_not_applied = False
+
+    def attach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
+
+    def detach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = getattr(record, "event", None)
+        if event == "workflow_started":
+            self.armed = self.started = True
+            self.applied = False
+        elif event == "rulegraph" and self.armed:
+            self.armed = False
+            self.apply()  # a strict refusal propagates to Snakemake's logging call, by design
+        return True
+
+    def apply(self) -> None:
+        import time
+
+        import snakemake.workflow as workflow_module
+
+        workflow: Any = getattr(workflow_module, "workflow", None)
+        dag = getattr(workflow, "dag", None)
+        if dag is None:
+            log.warning("lineage-ledger: no workflow DAG at the rulegraph event; --logger-ledger-policy "
+                        "%s not applied", self.policy)
+            return
+        if not getattr(workflow, "is_main_process", True):
+            self.applied = True  # a job's own Snakemake process (group or remote job): the parent checked
+            return
+        began = time.thread_time()
+        try:
+            plan = collect(list(dag.jobs), dag.needrun)
+            plan.tampered = check(self.url, plan.checked)
+        except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
+            if self.policy == "strict":
+                raise refusal_class()(
+                    f"lineage-ledger: refusing to run (--logger-ledger-policy strict): the ledger "
+                    f"could not be checked: {type(err).__name__}: {err}") from err
+            log.error("lineage-ledger: could not check files against the ledger (%s: %s); running "
+                      "without the %s policy", type(err).__name__, err, self.policy)
+            self.applied = True
+            return
+        finally:
+            self.cpu += time.thread_time() - began
+        self.applied = True
+        log.debug("lineage-ledger: checked %d file(s) against the ledger (%.3f s CPU)",
+                  len(plan.checked), self.cpu)
+        if not plan.tampered:
+            return
+        lines = "\n  ".join(describe(c) for c in plan.tampered)
+        if self.policy == "strict":
+            raise refusal_class()(
+                f"lineage-ledger: refusing to run (--logger-ledger-policy strict); files changed "
+                f"outside the workflow:\n  {lines}")
+        log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
+        if self.policy == "rerun":
+            forced = forced_outputs(plan)
+            log.warning("lineage-ledger: running again the jobs that produce: %s",
+                        " ".join(str(f) for f in forced))
+            dag.forcefiles.update(forced)
+            workflow.async_run(dag.update_needrun())

@@ -1,0 +1,210 @@
+"""Recording in a process of its own, beside Snakemake.
+
+Snakemake's scheduler runs on one Python thread, and every thread of its process shares one
+GIL: hashing, building records, importing SQLAlchemy and writing the ledger on the plugin's
+threads all hold that thread up, however idle the machine's other cores are. So the plugin
+starts this module as a child process (``python -m snakemake_logger_plugin_ledger._sidecar``)
+and sends it each finished job as one JSON line on its standard input, the same line it
+journals. Here a :class:`RecordingQueue` hashes and records through
+:class:`lineage_ledger.TaskCapture`; the parent only parses events.
+
+The child inherits the pending-jobs journal's descriptor, and with it the ``flock`` on the
+journal: the journal counts as live while either process lives. The child appends a
+``{"done": key}`` line once a job's record is in the durable spool. At end of input it
+flushes, prints one JSON line with what it could not record, and exits. If Snakemake is
+killed alone, the child still records what it was sent, since its input then ends; it
+ignores SIGINT and SIGTERM for the same reason (Ctrl-C reaches the whole process group).
+
+:class:`RecordingQueue` is also what the plugin uses in Snakemake's own process when the
+child cannot be started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from typing import Any
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+
+class RecordingQueue:
+    """Submits runs to a capture; a run whose inputs another queued run produces waits for it.
+
+    A ``temp()`` input may be deleted as soon as its consumer ends: its digest must come from
+    its producer's record, so that record has to be taken first.
+    """
+
+    def __init__(self, capture: Any, on_done: Callable[[str, str | None], None]) -> None:
+        self.capture = capture
+        self.on_done = on_done  # (key, record id or None), on a capture thread
+        self._producers: dict[str, Future[str | None]] = {}  # output path -> its job's record
+        self._futures: set[Future[str | None]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def add(self, key: str, run: Any) -> Future[str | None]:
+        done: Future[str | None] = Future()
+        with self._lock:
+            self._futures.add(done)
+            waits = [self._producers[p] for p in run.inputs if p in self._producers]
+            if run.status == "succeeded":
+                for path in run.outputs:
+                    self._producers[path] = done
+        after(waits, lambda: self._submit(key, run, done))
+        return done
+
+    def _submit(self, key: str, run: Any, done: Future[str | None]) -> None:
+        if self._closed:  # closed after its wait timed out: the journal keeps the job
+            done.set_result(None)
+            return
+        future = self.capture.submit(run)
+
+        def taken(f: Future[str | None]) -> None:
+            record_id = None
+            try:
+                record_id = f.result()
+                self.on_done(key, record_id)
+            except Exception:  # noqa: BLE001 - e.g. a full disk under the journal
+                log.exception("lineage-ledger: could not mark job %s recorded", key)
+            finally:
+                # Always resolved: jobs waiting on this one, and the exit, must not hang.
+                done.set_result(record_id)
+                with self._lock:
+                    self._futures.discard(done)
+
+        future.add_done_callback(taken)
+
+    def close(self, timeout: float) -> dict[str, Any]:
+        """Wait for every run, then for the ledger; what is left stays spooled or journaled."""
+        with self._lock:
+            futures = list(self._futures)
+        # Runs chained behind their temp inputs' producers are submitted while we wait.
+        _, not_done = wait(futures, timeout=timeout)
+        self._closed = True
+        flushed = self.capture.close(timeout=timeout)
+        recorded = all(f.done() and f.result() is not None for f in futures)
+        return {"not_done": len(not_done), "flushed": bool(flushed), "failures": self.capture.failures,
+                "all_recorded": bool(recorded and flushed and not not_done)}
+
+
+def after(futures: list[Future[Any]], action: Callable[[], None]) -> None:
+    """Run ``action`` once every future is done (at once if they are)."""
+    pending = [f for f in futures if not f.done()]
+    if not pending:
+        action()
+        return
+    remaining = [len(pending)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            go = remaining[0] == 0
+        if go:
+            action()
+
+    for future in pending:
+        future.add_done_callback(one_done)
+
+
+class Orphans:
+    """Journals of interrupted runs: each is removed once all the jobs it was sent for are recorded."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, list[Future[str | None]]] = {}
+
+    def add(self, path: str, future: Future[str | None]) -> None:
+        self._futures.setdefault(path, []).append(future)
+
+    def retire(self) -> None:
+        for path, futures in self._futures.items():
+            if all(f.done() and f.result() is not None for f in futures):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
+    """Record every job line of ``lines``; print the summary to ``out``."""
+    from lineage_ledger import TaskCapture
+
+    from ._journal import decode_run
+
+    journal_fd = config.get("journal_fd")
+    write_lock = threading.Lock()
+
+    def mark_done(key: str, record_id: str | None) -> None:
+        if record_id is None or journal_fd is None or key.startswith("orphan:"):
+            return
+        with write_lock:  # O_APPEND: one write(2) per line, whole
+            os.write(journal_fd, (json.dumps({"done": key}) + "\n").encode())
+
+    capture = TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
+                          threads=int(config.get("threads", 4)))
+    queue = RecordingQueue(capture, mark_done)
+    orphans = Orphans()
+    jobs = 0
+    for line in lines:
+        jobs += 1
+        try:
+            message = json.loads(line)
+            future = queue.add(message["job"], decode_run(message["run"]))
+            if message.get("orphan"):
+                orphans.add(message["orphan"], future)
+        except (ValueError, KeyError, TypeError) as err:
+            log.error("lineage-ledger: recording process got a bad line (%s): %.200s", err, line)
+    if not jobs:  # "Nothing to be done", or a refused run: no ledger opened
+        summary: dict[str, Any] = {"not_done": 0, "flushed": True, "failures": 0, "all_recorded": True}
+        out.write(json.dumps(summary) + "\n")
+        out.flush()
+        return summary
+    summary = queue.close(float(config.get("flush_timeout", 300.0)))
+    orphans.retire()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary["cpu"] = usage.ru_utime + usage.ru_stime
+    out.write(json.dumps(summary) + "\n")
+    out.flush()
+    return summary
+
+
+def _warm_up(url: str | None) -> None:
+    """Import the ledger back-end (SQLAlchemy for SQLite) while Snakemake builds its DAG."""
+    try:
+        from lineage_ledger import DEFAULT_URL
+        from lineage_ledger.backends import backend_class, split_url
+
+        target = url or os.environ.get("LINEAGE_LEDGER_URL") or DEFAULT_URL
+        backend_class(split_url(target)[0] if "://" in target else "sqlite")
+    except Exception:  # noqa: BLE001 - opening the ledger later says what is wrong
+        pass
+
+
+def main() -> None:
+    # Ctrl-C and a polite kill reach the whole process group. Snakemake then stops and
+    # closes its handlers, which ends our input: finish recording what was sent, then exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Below Snakemake and its jobs in the CPU scheduler's eyes: the records can wait a
+    # moment; the scheduler thread and the jobs are the run.
+    try:
+        os.nice(5)
+    except OSError:
+        pass
+    config = json.loads(sys.argv[1])
+    threading.Thread(target=_warm_up, args=(config.get("url"),), daemon=True).start()
+    summary = serve(config, sys.stdin, sys.stdout)
+    if summary.get("all_recorded") and not summary.get("failures"):
+        os._exit(0)  # without waiting for the warm-up import, which nothing needs any more
+
+
+if __name__ == "__main__":
+    main()
