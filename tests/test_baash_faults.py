@@ -88,7 +88,10 @@ def _kill_ten_times(service: BaashService) -> None:
             deadline = time.monotonic() + 30
             while len(writer.committed) <= before and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert len(writer.committed) > before, "no append was accepted after the kill"
+            assert len(writer.committed) > before, (
+                f"no append was accepted after kill {kill + 1} (rank {rank}); the writer's last errors: "
+                f"{writer.errors[-3:]}; service status: {probe.status()}"
+            )
         status = _wait_for_generation(probe, KILLS + 1)
         time.sleep(0.3)
     finally:

@@ -19,4 +19,5 @@ def test_benchmark_runs_quick(script):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "GOAL MET" in result.stdout or "GOAL MISSED" in result.stdout, result.stdout
+    # Every script ends with its verdict; one that measures without a target says so.
+    assert any(v in result.stdout for v in ("GOAL MET", "GOAL MISSED", "NO GOAL")), result.stdout

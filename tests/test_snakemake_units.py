@@ -137,17 +137,6 @@ def test_a_live_journal_is_not_taken_a_dead_ones_is(tmp_path):
     assert [(r.task_id, r.status) for r in left.pending] == [("3", "failed")]
 
 
-@pytest.mark.slow
-def test_the_benchmarks_run_at_a_tiny_size():
-    """bench/bench_snakemake.py (which checks every record and the chain) and the check's bench."""
-    bench = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
-    for script in ("bench_snakemake.py", "bench_snakemake_check.py"):
-        result = subprocess.run([sys.executable, script, "--quick"], cwd=bench, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        assert "median" in result.stdout
-
-
 def test_the_in_process_fallback_records_and_marks_done(tmp_path):
     """What the plugin uses when the recording process cannot start or dies."""
     import json
