@@ -5,7 +5,7 @@ imported until a back-end or plugin that needs it is used.
 """
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
-from ._capture import TaskCapture, TaskRun, code_digest, jsonable, verify_before_run
+from ._capture import TaskCapture, TaskRun, code_digest, jsonable
 from ._chain import ChainSummary, build_block, verify_block, verify_chain
 from ._environment import current_environment
 from ._errors import (
@@ -41,6 +41,7 @@ from ._verify import (
     check_artifact,
     check_before_run,
     verify_artifact,
+    verify_before_run,
     verify_chain_of,
     verify_closure,
     verify_lineage,

@@ -44,9 +44,8 @@ from ._model import Record
 if TYPE_CHECKING:
     from ._ledger import Ledger
     from ._recorder import Recorder
-    from ._verify import ArtifactCheck, Policy
 
-__all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable", "verify_before_run"]
+__all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 
 log = logging.getLogger("lineage_ledger.capture")
 
@@ -416,31 +415,3 @@ def _settle(future: Future[str | None], result: str | None = None, *, error: Bas
 
 def _unique(paths: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(normalize_path(p) for p in paths))
-
-
-def verify_before_run(
-    ledger: Ledger | str | None, paths: Iterable[str], policy: Policy = "warn"
-) -> list[ArtifactCheck]:
-    """The plugins' pre-run check with the policy applied; returns the MODIFIED files.
-
-    ``strict`` raises :class:`ArtifactMismatch` naming every tampered file; ``warn`` logs
-    each one; ``rerun`` returns them for the caller to force their producers. A file that
-    is missing or that no record mentions is not tampering and is not reported.
-    """
-    from ._ledger import Ledger, open_ledger
-    from ._verify import check_before_run
-
-    opened = ledger if isinstance(ledger, Ledger) else open_ledger(ledger)
-    try:
-        tampered = check_before_run(opened, [normalize_path(p) for p in paths], policy)
-    finally:
-        if opened is not ledger:
-            opened.close()
-    for check in tampered:
-        log.warning(
-            "lineage-ledger: %s changed outside the workflow (ledger %s, disk %s)%s",
-            check.path, (check.expected or "-")[:12], (check.actual or "-")[:12],
-            "; its producer will run again" if policy == "rerun" else "",
-        )
-    return tampered
-

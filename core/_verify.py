@@ -14,6 +14,7 @@ and mtime is still caught.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Literal
 from ._chain import ChainSummary
 from ._errors import ArtifactError, ArtifactMismatch, LineageBroken, VerificationError
 from ._hashing import hash_file, normalize_path, walk_files
-from ._ledger import Ledger, LineageNode
+from ._ledger import Ledger, LineageNode, open_ledger
 
 __all__ = [
     "ArtifactCheck",
@@ -32,12 +33,16 @@ __all__ = [
     "check_artifact",
     "check_before_run",
     "verify_artifact",
+    "verify_before_run",
     "verify_chain_of",
     "verify_closure",
     "verify_lineage",
 ]
 
 Policy = Literal["warn", "strict", "rerun"]
+
+# The plugins' checks log where their captures do: one logger for what a workflow run says.
+_plugin_log = logging.getLogger("lineage_ledger.capture")
 
 
 class ArtifactStatus(str, enum.Enum):
@@ -281,5 +286,27 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
             "refusing to run on files changed outside the workflow:\n  "
             + "\n  ".join(_explain(c) for c in tampered),
             path=tampered[0].path,
+        )
+    return tampered
+
+
+def verify_before_run(ledger: Ledger | str | None, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
+    """The plugins' pre-run check with the policy applied; returns the MODIFIED files.
+
+    ``strict`` raises :class:`ArtifactMismatch` naming every tampered file; ``warn`` logs
+    each one; ``rerun`` returns them for the caller to force their producers. A file that
+    is missing or that no record mentions is not tampering and is not reported.
+    """
+    opened = ledger if isinstance(ledger, Ledger) else open_ledger(ledger)
+    try:
+        tampered = check_before_run(opened, [normalize_path(p) for p in paths], policy)
+    finally:
+        if opened is not ledger:
+            opened.close()
+    for check in tampered:
+        _plugin_log.warning(
+            "lineage-ledger: %s changed outside the workflow (ledger %s, disk %s)%s",
+            check.path, (check.expected or "-")[:12], (check.actual or "-")[:12],
+            "; its producer will run again" if policy == "rerun" else "",
         )
     return tampered

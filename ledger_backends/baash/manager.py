@@ -173,6 +173,22 @@ class TransactionManager:
                 next_height += len(fresh)
         return blocks, groups, members
 
+    def _storage_settled(self) -> bool:
+        """Wait until the failed job's ranks are gone, then read what they persisted.
+
+        A gateway killed mid-round may still write the round's blocks to storage after the
+        manager saw it die. True when storage held nothing new, so a precheck made before
+        still holds; False when it did, and the round must be prechecked again.
+        """
+        if not self.job.wait_storage_free(60.0):
+            log.warning("baash: the failed MPI job's ranks did not stop within 60 s; reading storage anyway")
+        return self.resync() == 0
+
+    def _requeue(self, members: list[Request]) -> None:
+        with self.cond:
+            self.pending.extendleft(reversed(members))
+            self.stats["requeued"] += len(members)
+
     def _round(self, requests: list[Request]) -> None:
         blocks, groups, members = self._precheck(requests)
         if not members:
@@ -184,6 +200,9 @@ class TransactionManager:
             if not self.job.up:
                 # A job starting meanwhile may restore without these blocks; its gateway
                 # catches up from storage before its first round.
+                if not self._storage_settled():
+                    self._requeue(members)
+                    return
                 outcomes = self._storage_round(blocks, groups)
             if outcomes is None:
                 try:
@@ -196,10 +215,8 @@ class TransactionManager:
                         self.decided_by[how] = self.decided_by.get(how, 0) + count
                 except JobDown:
                     # Storage may hold part of the round already; precheck again from it.
-                    self.resync()
-                    with self.cond:
-                        self.pending.extendleft(reversed(members))
-                        self.stats["requeued"] += len(members)
+                    self._storage_settled()
+                    self._requeue(members)
                     return
             committed = 0
             for (_start, end), (status, _message) in zip(groups, outcomes, strict=True):

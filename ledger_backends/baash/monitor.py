@@ -54,6 +54,12 @@ class JobMonitor:
         self.launch_timeout = 90.0
         self.excluded = 0
         self.up = False
+        # Set while no rank can write to shared storage: cleared when a job comes up (its
+        # gateway persists the rounds it decides), set again once every rank of it is gone.
+        # The manager validates from storage only then, or a dying gateway's last write
+        # would land after the manager read storage and two blocks would claim one height.
+        self.storage_free = threading.Event()
+        self.storage_free.set()
         self.info: dict[str, Any] = {}
         self.failures: list[dict[str, Any]] = []
         self.output: deque[str] = deque(maxlen=400)
@@ -161,6 +167,7 @@ class JobMonitor:
             started = time.monotonic()
             try:
                 self._launch()
+                self.storage_free.clear()
                 self.up = True
             except (RuntimeError, OSError, EOFError, ConnectionError) as err:
                 log.error("baash: starting the MPI job failed: %s", err)
@@ -249,6 +256,14 @@ class JobMonitor:
         deadline = time.monotonic() + 10
         while any(not self._gone(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.01)
+        left = [pid for pid in ranks if not self._gone(pid)]
+        if left:  # SIGKILL was delivered; a rank stuck in the kernel can only finish the write it is in
+            log.warning("baash: ranks %s were still present 10 s after SIGKILL", left)
+        self.storage_free.set()
+
+    def wait_storage_free(self, timeout: float) -> bool:
+        """Wait until no rank of the last job can write to shared storage; False on timeout."""
+        return self.storage_free.wait(timeout)
 
     @staticmethod
     def _is_rank(pid: int) -> bool:
