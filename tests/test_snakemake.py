@@ -217,16 +217,23 @@ rule make:
 """
 
 
-def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
-    """Every job Snakemake reported finished before ``kill -9`` is in the ledger afterwards."""
+def start_slow_run(tmp_path: Path, run_id: str) -> subprocess.Popen[str]:
+    """The SLOW workflow under the ledger logger, in its own process group, stderr piped."""
     require_snakemake()
     (tmp_path / "Snakefile").write_text(SLOW)
-    process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "killed"],
+    return subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", run_id],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
-    finished: list[str] = []  # outputs of the jobs Snakemake reported finished
+
+
+def wait_for_finished_jobs(
+    process: subprocess.Popen[str], tmp_path: Path, count: int
+) -> tuple[list[str], dict[str, str]]:
+    """Read Snakemake's log until it reports ``count`` jobs finished: their output paths, and
+    the output of every job id seen so far (for log lines read after this)."""
+    finished: list[str] = []
     output_of: dict[str, str] = {}
     output = ""
     deadline = time.monotonic() + 120
@@ -238,9 +245,16 @@ def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
             output_of[match.group(1)] = output
         elif match := re.match(r"Finished jobid: (\d+) ", line):
             finished.append(str(tmp_path / output_of[match.group(1)]))
-            if len(finished) >= 8:
+            if len(finished) >= count:
                 break
-        assert time.monotonic() < deadline, "snakemake did not finish 8 jobs in time"
+        assert time.monotonic() < deadline, f"snakemake did not finish {count} jobs in time"
+    return finished, output_of
+
+
+def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
+    """Every job Snakemake reported finished before ``kill -9`` is in the ledger afterwards."""
+    process = start_slow_run(tmp_path, "killed")
+    finished, _ = wait_for_finished_jobs(process, tmp_path, 8)  # outputs of the jobs reported finished
     os.killpg(process.pid, signal.SIGKILL)  # snakemake and its running jobs, no clean-up
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -438,26 +452,8 @@ def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
 def test_ctrl_c_still_records_every_job_snakemake_saw_finish(tmp_path):
     """SIGINT reaches the whole process group, the recording process included: it keeps
     recording until Snakemake, stopping, closes its input."""
-    require_snakemake()
-    (tmp_path / "Snakefile").write_text(SLOW)
-    process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "interrupted"],
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
-    finished: list[str] = []
-    output_of: dict[str, str] = {}
-    output = ""
-    assert process.stderr is not None
-    for line in process.stderr:
-        if match := re.match(r"\s+output: (\S+)", line):
-            output = match.group(1)
-        elif match := re.match(r"\s+jobid: (\d+)", line):
-            output_of[match.group(1)] = output
-        elif match := re.match(r"Finished jobid: (\d+) ", line):
-            finished.append(str(tmp_path / output_of[match.group(1)]))
-            if len(finished) >= 6:
-                break
+    process = start_slow_run(tmp_path, "interrupted")
+    finished, output_of = wait_for_finished_jobs(process, tmp_path, 6)
     os.killpg(process.pid, signal.SIGINT)
     rest = process.stderr.read()
     process.wait(timeout=120)

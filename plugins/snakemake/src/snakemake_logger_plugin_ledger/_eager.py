@@ -25,12 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ._jobs import JobLookup
-from ._preflight import SNAKEMAKE_LOGGER
+from ._preflight import SnakemakeLogHook
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
 
-class TempOutputHook(logging.Filter):
+class TempOutputHook(SnakemakeLogHook):
     def __init__(self, on_workflow_started: Callable[[float], None] | None = None) -> None:
         super().__init__()
         self.on_workflow_started = on_workflow_started
@@ -38,12 +38,6 @@ class TempOutputHook(logging.Filter):
         self._lookup = JobLookup()
         self._failed = False
         self.cpu = 0.0  # CPU seconds spent here, on Snakemake's main thread
-
-    def attach(self) -> None:
-        logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
-
-    def detach(self) -> None:
-        logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
         event = getattr(record, "event", None)

@@ -36,6 +36,17 @@ POLICIES = ("off", "warn", "strict", "rerun")
 SNAKEMAKE_LOGGER = "snakemake.logging"
 
 
+class SnakemakeLogHook(logging.Filter):
+    """A filter on Snakemake's logger: it runs inside the logging call, on Snakemake's thread,
+    before the call returns (unlike a handler, which hears the event later via a queue)."""
+
+    def attach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
+
+    def detach(self) -> None:
+        logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
+
+
 @dataclass
 class Plan:
     """What the DAG says the run will touch, as absolute paths, and what the ledger says of it."""
@@ -113,7 +124,7 @@ def refusal_class() -> type[Exception]:
     return LedgerPolicyRefusal
 
 
-class PolicyHook(logging.Filter):
+class PolicyHook(SnakemakeLogHook):
     """Applies ``policy`` once per ``Workflow.execute``; see the module docstring."""
 
     def __init__(self, policy: str, url: str | None) -> None:
@@ -125,12 +136,6 @@ class PolicyHook(logging.Filter):
         self.started = False  # some execute() began while this hook was attached
         self.cpu = 0.0  # CPU seconds the check cost Snakemake's main thread
         self.warned_not_applied = False
-
-    def attach(self) -> None:
-        logging.getLogger(SNAKEMAKE_LOGGER).addFilter(self)
-
-    def detach(self) -> None:
-        logging.getLogger(SNAKEMAKE_LOGGER).removeFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
         event = getattr(record, "event", None)
