@@ -166,3 +166,23 @@ def test_the_in_process_fallback_records_and_marks_done(tmp_path):
     finally:
         ledger.close()
     assert rec.outputs[str(made)]["size"] == 5
+
+
+def test_the_plugins_copies_of_core_helpers_agree_with_the_core():
+    """Snakemake's process does not import lineage_ledger (its start-up cost lands on every
+    run), so the plugin carries copies of three small helpers; they must not drift."""
+    import json
+    from pathlib import PurePosixPath
+
+    from snakemake_logger_plugin_ledger._jobs import code_digest as plugin_code_digest
+    from snakemake_logger_plugin_ledger._jobs import json_default, utc, utc_text
+
+    from lineage_ledger import code_digest, format_time, jsonable
+
+    for code in ("echo {input} > {output}", "print('é')\n", b"\x00raw"):
+        assert plugin_code_digest(code) == code_digest(code)
+    for stamp in (0.0, 1_795_449_262.765539, 1_795_449_262.0, 4_102_444_800.000001):
+        assert utc_text(stamp) == format_time(utc(stamp))
+    value = {"files": {"b", "a"}, "path": PurePosixPath("x/y"), "raw": b"\xffz", "other": object}
+    # The recording process applies jsonable to what the plugin serialised: same result.
+    assert jsonable(json.loads(json.dumps(value, default=json_default))) == jsonable(value)

@@ -93,6 +93,14 @@ func mayRead(ctx contractapi.TransactionContextInterface) (caller, error) {
 	return who, fmt.Errorf("ACCESS DENIED: %s may not read the ledger; ask an admin to register it", who.describe())
 }
 
+// readablePrefix: the state-key prefix of the ledger, once the caller may read it.
+func readablePrefix(ctx contractapi.TransactionContextInterface, ledger string) (string, error) {
+	if _, err := mayRead(ctx); err != nil {
+		return "", err
+	}
+	return prefix(ledger)
+}
+
 // mayWrite: providers and users write records; an admin's transactions are read-only.
 func mayWrite(ctx contractapi.TransactionContextInterface) (caller, error) {
 	who, err := identify(ctx)

@@ -17,10 +17,7 @@ func rangeEnd(p string) string { return p + "~" }
 
 // Head answers "height <TAB> block id <TAB> record count", or "" for an empty ledger.
 func (c *LedgerContract) Head(ctx contractapi.TransactionContextInterface, ledger string) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -34,10 +31,7 @@ func (c *LedgerContract) Head(ctx contractapi.TransactionContextInterface, ledge
 // Blocks returns blocks start <= height < stop in the wire format, stopping early (after at
 // least one block) once maxBytes are reached; the client asks again from where it stopped.
 func (c *LedgerContract) Blocks(ctx contractapi.TransactionContextInterface, ledger string, start int, stop int, maxBytes int) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -84,10 +78,7 @@ func parseStoredBlock(height int64, value []byte) (wireBlock, error) {
 
 // BlockByID returns one block (wire format) by its id, or "" when there is none.
 func (c *LedgerContract) BlockByID(ctx contractapi.TransactionContextInterface, ledger string, blockID string) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -101,10 +92,7 @@ func (c *LedgerContract) BlockByID(ctx contractapi.TransactionContextInterface, 
 
 // Known returns which of the comma-separated record ids are stored (comma-separated).
 func (c *LedgerContract) Known(ctx contractapi.TransactionContextInterface, ledger string, ids string) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -145,10 +133,7 @@ func (c *LedgerContract) Known(ctx contractapi.TransactionContextInterface, ledg
 // Find returns records with an input ("in") or output ("out") at path and/or with digest;
 // with neither, every record that has any artifact in that role. Ledger order.
 func (c *LedgerContract) Find(ctx contractapi.TransactionContextInterface, ledger string, role string, path string, digest string) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -180,10 +165,7 @@ func (c *LedgerContract) Find(ctx contractapi.TransactionContextInterface, ledge
 
 // ByRun returns the records of one workflow run, in ledger order.
 func (c *LedgerContract) ByRun(ctx contractapi.TransactionContextInterface, ledger string, runID string) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}
@@ -210,10 +192,7 @@ func (c *LedgerContract) ByRun(ctx contractapi.TransactionContextInterface, ledg
 
 // ByIDPrefix returns up to limit records whose id starts with the hex prefix.
 func (c *LedgerContract) ByIDPrefix(ctx contractapi.TransactionContextInterface, ledger string, idPrefix string, limit int) (string, error) {
-	if _, err := mayRead(ctx); err != nil {
-		return "", err
-	}
-	p, err := prefix(ledger)
+	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
 		return "", err
 	}

@@ -203,8 +203,10 @@ def sweep(folder: str, cutoff: float) -> int:
             if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                 os.unlink(entry.path)
                 removed += 1
-        except OSError:
-            pass  # gone already, or another process's sweep got there first
+        except FileNotFoundError:
+            continue  # another process's sweep got there first
+        except OSError as err:  # a sweep must never fail the task; the file stays for the next one
+            log.debug("lineage-ledger: cannot remove %s: %s", entry.path, err)
     return removed
 
 
