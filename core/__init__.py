@@ -6,6 +6,7 @@ imported until a back-end or plugin that needs it is used.
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
 from ._capture import TaskCapture, TaskRun, code_digest, jsonable
+from ._capture_process import ProcessCapture
 from ._chain import ChainSummary, build_block, verify_block, verify_chain
 from ._environment import current_environment
 from ._errors import (
@@ -54,7 +55,7 @@ __all__ = [
     "ArtifactMismatch", "ArtifactStatus", "BackendError", "BackendUnavailable", "Block",
     "BlockHeader", "ChainBroken", "ChainSummary", "ConfigError", "CorruptStore", "Hasher",
     "Ledger", "LedgerError", "LedgerRecord", "LineageBroken", "LineageNode", "MerkleBuilder",
-    "MerkleMismatch", "MissingExtra", "Policy", "Record", "RecordTampered", "Recorder",
+    "MerkleMismatch", "MissingExtra", "Policy", "ProcessCapture", "Record", "RecordTampered", "Recorder",
     "Report", "SpoolCorrupt", "SpoolError", "SpoolFull", "StatCache", "StoredBlock",
     "StoredRecord", "TaskCapture", "TaskRun", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes", "code_digest",
     "check_artifact", "check_before_run", "current_environment", "format_time", "hash_file",

@@ -41,14 +41,20 @@ def from_canonical(data: bytes) -> Any:
 def reject_non_string_keys(obj: Any) -> None:
     # json.dumps silently turns {1: x} into {"1": x}; two different values would then
     # share one encoding, so refuse them instead.
+    # Leaves are skipped without a call: this runs on every record a capture builds.
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, str):
                 raise ValueError(f"mapping keys must be strings, got {key!r}")
-            reject_non_string_keys(value)
-    elif isinstance(obj, (list, tuple)):
+            if isinstance(value, _CONTAINERS):
+                reject_non_string_keys(value)
+    elif isinstance(obj, _CONTAINERS):
         for value in obj:
-            reject_non_string_keys(value)
+            if isinstance(value, _CONTAINERS):
+                reject_non_string_keys(value)
+
+
+_CONTAINERS = (dict, list, tuple)
 
 
 def utcnow() -> datetime:

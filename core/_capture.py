@@ -132,7 +132,7 @@ class TaskCapture:
         self.spool = spool
         self.raise_errors = raise_errors
         self.recorder_options = dict(recorder_options or {})
-        self.failures = 0  # tasks that could not be recorded (each one logged)
+        self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._ledger: Ledger | None = None
         self._recorder: Recorder | None = None
@@ -145,7 +145,16 @@ class TaskCapture:
         # deleted before its consumer is reported may not have reached the ledger yet.
         self._outputs: dict[str, dict[str, Any]] = {}
 
+    @property
+    def failures(self) -> int:
+        """Tasks that could not be recorded; each one was logged."""
+        return self._failed_here
+
     # -- the engine-facing calls --------------------------------------------------------
+    def open(self) -> None:
+        """Open the ledger now (replaying a crashed run's spool) instead of on the first task."""
+        self._ensure_open()
+
     def submit(self, run: TaskRun) -> Future[str | None]:
         """Queue ``run``; hashing and journaling happen on the capture's worker."""
         future: Future[str | None] = Future()
@@ -183,6 +192,11 @@ class TaskCapture:
         """Finish queued tasks and stop; what the back-end has not taken stays spooled."""
         done = self.flush(timeout)
         self._worker.stop()  # what was queued meanwhile is recorded too, as before
+        return self._release(timeout) and done
+
+    def _release(self, timeout: float | None) -> bool:
+        """Close the hashing pool, the recorder and the ledger; True if the recorder shipped all."""
+        done = True
         with self._lock:
             hashers, self._hashers = self._hashers, None
             recorder, self._recorder = self._recorder, None
@@ -237,21 +251,36 @@ class TaskCapture:
             return self._recorder
 
     def _record_batch(self, batch: list[tuple[TaskRun, Future[str | None] | None]]) -> None:
-        """The worker's job: hash what the batch needs, then record its tasks in order."""
+        """The worker's job: hash what the batch needs, build its records in order, and
+        journal them with one write."""
         hashed = self._hash_many([run for run, _ in batch])
+        built: list[tuple[Record, TaskRun, Future[str | None] | None]] = []
         for (run, future), files in zip(batch, hashed, strict=True):
-            record_id: str | None
             try:
                 if isinstance(files, BaseException):
                     raise files
-                record_id = self._commit(run, files)
+                built.append((self._build(run, files), run, future))
             except Exception as err:  # noqa: BLE001 - never into the engine unless asked
-                if self.raise_errors and future is not None:
-                    _settle(future, error=err)
-                    continue
-                record_id = self._failed(run, err)
+                self._not_recorded(run, future, err)
+        if not built:
+            return
+        try:
+            record_ids = self._ensure_open().record_many([record for record, _, _ in built])
+        except Exception as err:  # noqa: BLE001 - e.g. the spool is full or its disk is
+            for _, run, future in built:
+                self._not_recorded(run, future, err)
+            return
+        for (_, _, future), record_id in zip(built, record_ids, strict=True):
             if future is not None:
                 _settle(future, record_id)
+
+    def _not_recorded(self, run: TaskRun, future: Future[str | None] | None, err: Exception) -> None:
+        if self.raise_errors and future is not None:
+            _settle(future, error=err)
+            return
+        self._failed(run, err)
+        if future is not None:
+            _settle(future, None)
 
     def _worker_error(self, err: BaseException) -> None:
         log.error("lineage-ledger: capture worker error: %s", err, exc_info=err)
@@ -259,7 +288,7 @@ class TaskCapture:
     def _failed(self, run: TaskRun, err: BaseException) -> str | None:
         """Log a task that could not be recorded; its future's result is None."""
         with self._lock:
-            self.failures += 1
+            self._failed_here += 1
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
@@ -306,8 +335,12 @@ class TaskCapture:
         return _Files(inputs, gone, outputs, missing)
 
     def _commit(self, run: TaskRun, files: _Files | None) -> str:
-        """Build ``run``'s record and journal it; runs in submission order."""
-        recorder = self._ensure_open()
+        """Build ``run``'s record and journal it."""
+        return self._ensure_open().record(self._build(run, files))
+
+    def _build(self, run: TaskRun, files: _Files | None) -> Record:
+        """``run``'s record; runs in submission order (a later task may recall these outputs)."""
+        self._ensure_open()  # recalling a deleted input may need the ledger
         extra = dict(jsonable(run.extra)) if run.extra else {}
         if files is None:
             inputs: dict[str, dict[str, Any]] = {}
@@ -338,11 +371,10 @@ class TaskCapture:
             attempt=run.attempt,
             extra=extra,
         )
-        record_id = recorder.record(record)
         if outputs and run.status == "succeeded":
             with self._lock:
                 self._outputs.update(outputs)
-        return record_id
+        return record
 
     def _environment_of(self, run: TaskRun) -> dict[str, Any]:
         if run.environment_extra:

@@ -86,24 +86,32 @@ class Recorder:
     # -- the task path ------------------------------------------------------------------
     def record(self, record: Record) -> str:
         """Journal ``record`` durably and queue it; returns its id. Never touches the back-end."""
-        body = record.encode()
-        record_id = blake3(body).hexdigest()  # the spool line carries it, for replay to check
+        return self.record_many([record])[0]
+
+    def record_many(self, records: list[Record]) -> list[str]:
+        """Journal several records with one write (all or none) and queue them; their ids."""
+        entries = []
+        for record in records:
+            body = record.encode()
+            # The spool line carries the id, for replay to check.
+            entries.append((record, blake3(body).hexdigest(), body))
         with self._lock:
             if self._closing:
                 raise LedgerError("this recorder is closed")
-            if self._waiting >= self.max_pending:
+            if self._waiting + len(entries) > max(self.max_pending, len(entries)):
                 raise SpoolFull(
                     f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
                     "it is down or slower than the workflow. Records so far are safe in the spool."
                 )
-            self._writer.append(record, record_id, body)
-            self._waiting += 1
-            self._accepted_total += 1
+            before = len(self._writer.current.fresh)
+            self._writer.append_many(entries)
+            self._waiting += len(entries)
+            self._accepted_total += len(entries)
             # Wake the worker once when a batch fills, not on every later record: during
             # an outage the segment grows past a batch, and the worker must keep its back-off.
-            if len(self._writer.current.fresh) == self.batch_size:
+            if before < self.batch_size <= len(self._writer.current.fresh):
                 self._wake.set()
-        return record_id
+        return [record_id for _, record_id, _ in entries]
 
     @property
     def pending(self) -> int:

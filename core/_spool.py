@@ -102,18 +102,22 @@ class SpoolWriter:
         return Segment(final, fd)
 
     def append(self, record: Record, record_id: str, body: bytes) -> None:
-        line = b"".join((record_id.encode("ascii"), b" ", body, b"\n"))
+        self.append_many([(record, record_id, body)])
+
+    def append_many(self, entries: list[tuple[Record, str, bytes]]) -> None:
+        """Journal several records with one ``write(2)``: all of them, or none."""
+        data = b"".join(b"".join((record_id.encode("ascii"), b" ", body, b"\n")) for _, record_id, body in entries)
         fd = self.current.fd
         written = 0
         try:
-            written = os.write(fd, line)
-            while written < len(line):  # only a full disk or a signal cuts an append short
-                written += os.write(fd, memoryview(line)[written:])
+            written = os.write(fd, data)
+            while written < len(data):  # only a full disk or a signal cuts an append short
+                written += os.write(fd, memoryview(data)[written:])
         except OSError as err:
-            if written:  # take the partial line back, or the next line would be glued to it
+            if written:  # take the partial lines back, or the next line would be glued to them
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
             raise SpoolError(f"cannot append to the spool {self.current.path}: {err.strerror or err}") from err
-        self.current.fresh.append((record, record_id, body))
+        self.current.fresh.extend(entries)
 
     def rotate(self) -> Segment:
         """Start a new segment; return the previous one with its records."""

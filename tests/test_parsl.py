@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sqlite3
 import threading
 
@@ -30,6 +31,7 @@ from lineage_ledger import (  # noqa: E402
     ArtifactMismatch,
     ConfigError,
     code_digest,
+    current_environment,
     hash_file,
     open_ledger,
     verify_lineage,
@@ -236,9 +238,13 @@ def test_the_wrapper_stays_the_inner_executors_class():
         ParslLedger("memory://x", policy="sometimes")
     with pytest.raises(ConfigError, match="unknown file_key"):
         ParslLedger("memory://x", file_key="mtime")
+    with pytest.raises(ConfigError, match="unknown record_in"):
+        ParslLedger("memory://x", record_in="gpu")
 
 
-def test_files_are_hashed_on_the_captures_threads_not_parsls(workdir, monkeypatch):
+@pytest.mark.parametrize("record_in", ["process", "thread"])
+def test_files_are_hashed_off_parsls_threads(workdir, monkeypatch, record_in):
+    """``thread``: on the capture's own threads; ``process`` (the default): not in Parsl's process at all."""
     import lineage_ledger._capture as capture_module
 
     threads: list[str] = []
@@ -249,11 +255,22 @@ def test_files_are_hashed_on_the_captures_threads_not_parsls(workdir, monkeypatc
         return real_hash(path)
 
     monkeypatch.setattr(capture_module, "hash_file", spy)
-    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", file_key="path")
-    with support.loaded(pipeline.make_config(str(workdir), "threads", ledger)):
+    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", file_key="path", record_in=record_in)
+    with support.loaded(pipeline.make_config(str(workdir), "threads", ledger)) as dfk:
         pipeline.run_pipeline(str(workdir), 5)
-    assert len(threads) == 4 + 4  # each stage's inputs and outputs (report reads two, others one)
-    assert all(name.startswith("lineage-capture") for name in threads), threads
+        run_id = dfk.run_id
+        child = ledger.capture.child_pid if record_in == "process" else None
+    if record_in == "thread":
+        assert len(threads) == 4 + 4  # each stage's inputs and outputs (report reads two, others one)
+        assert all(name.startswith("lineage-capture") for name in threads), threads
+    else:
+        assert child is not None and child != os.getpid()
+        assert threads == []  # the recording process hashed every file
+    tries = records_of(f"sqlite:///{workdir / 'ledger.db'}", run_id)
+    assert sorted(tries) == ["generate", "report", "square", "total"]
+    for (record,) in tries.values():
+        assert_digests_match_disk(record)
+        assert record.environment == current_environment()  # where the tasks ran
 
 
 def test_worker_hashing_staging_sends_digests_back_with_the_result(workdir, monkeypatch):

@@ -1,0 +1,376 @@
+"""Recording in a process of its own: the engine's process only pickles finished tasks.
+
+Every thread of a Python process shares one GIL. Building a record, its canonical bytes,
+the journal line and the SQL behind it cost a no-op task about as much as the engine's own
+bookkeeping, and on the capture's thread all of it holds the engine's threads up, however
+idle the other cores are. :class:`ProcessCapture` is a :class:`TaskCapture` whose worker
+sends each batch of reports down a pipe to ``python -m lineage_ledger._capture_child``,
+which hashes, builds, journals and ships them with an ordinary :class:`TaskCapture`.
+
+The two processes talk in length-prefixed pickles (``_channel``)::
+
+    parent -> child   ("runs", count, pickled [(run, wants_id), ...])
+                      ("flush", token, timeout)   ("digest", token, path)
+                      end of input: record the rest, flush, answer ("closed", ok, failures)
+    child -> parent   ("ready",)   ("done", upto, {seq: (ok, id or error)}, failures)
+                      ("unreadable", first, last)   ("flushed", token, ok)
+                      ("digest", token, entry)   ("log", level, logger name, message)
+
+What each side can count on:
+
+* The child acknowledges a batch once its records are journaled in the spool; until then
+  the parent keeps the reports. If the child dies, the parent records what was not
+  acknowledged, and every later task, itself. A record journaled by both has one id, and
+  the ledger keeps it once.
+* If the engine's process dies, even by ``kill -9``, the child's input ends: it records
+  everything that reached the pipe, flushes and exits. It ignores SIGINT and SIGTERM,
+  which reach the whole process group; the parent's end decides when it stops.
+* A process forked from the engine's records in itself: at the fork it closes its copies
+  of the pipe, so the child still sees its input end when the engine's process ends.
+* A batch the child cannot unpickle (a parameter whose class only the engine's process
+  can import) is sent back and recorded in the engine's process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+from ._capture import TaskCapture, TaskRun, _settle
+from ._channel import Channel
+from ._environment import current_environment
+from ._errors import LedgerError
+from ._hashing import normalize_path
+
+__all__ = ["ProcessCapture"]
+
+log = logging.getLogger("lineage_ledger.capture")
+_LIVE: weakref.WeakSet[ProcessCapture] = weakref.WeakSet()
+_exiting = False  # past the exit hook: no new recording process
+_Pending = tuple[int, TaskRun, "Future[str | None] | None"]
+
+
+class ProcessCapture(TaskCapture):
+    """A :class:`TaskCapture` that records in a child process; same calls, same guarantees.
+
+    ``start_timeout`` bounds how long :meth:`open` waits for the child to have opened the
+    ledger; ``exit_timeout`` how long the end of the engine's process waits for the child
+    to ship what it holds (what it has not shipped by then, it still ships on its own).
+    """
+
+    def __init__(self, url: str | None = None, *, engine: str, start_timeout: float = 60.0,
+                 exit_timeout: float = 15.0, linger: float = 0.02, **options: Any) -> None:
+        super().__init__(url, engine=engine, **options)
+        # Each batch costs a pickle, a write, an answer and two thread wake-ups in the
+        # engine's process whatever its size: gather for longer than the in-process
+        # capture does (flush() still cuts the wait short).
+        self._worker.linger = linger
+        self.start_timeout = start_timeout
+        self.exit_timeout = exit_timeout
+        self._owner = os.getpid()
+        self._start_lock = threading.Lock()
+        self._state = threading.Condition()  # guards everything below; replies wake it
+        self._reset_child_state()
+        _LIVE.add(self)
+
+    def _reset_child_state(self) -> None:
+        self._channel: Channel | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._ready = False
+        self._lost = False  # the child died or could not start: this process records
+        self._orphans_recorded = threading.Event()
+        self._closing = False
+        self._closed_reply: tuple[bool, int] | None = None
+        self._seq = 0
+        self._unacked: deque[_Pending] = deque()
+        self._replies: dict[int, Any] = {}
+        self._tokens = itertools.count(1)
+        self._failed_in_child = 0
+
+    @property
+    def failures(self) -> int:
+        return self._failed_here + self._failed_in_child
+
+    @property
+    def child_pid(self) -> int | None:
+        """The recording process's pid while one runs (for tests and diagnostics)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    # -- the engine-facing calls ----------------------------------------------------------
+    def open(self) -> None:
+        """Start the recording process and wait (``start_timeout``) until it has the ledger."""
+        if not self._child_running():
+            return
+        deadline = time.monotonic() + self.start_timeout
+        with self._state:
+            while not (self._ready or self._lost):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("lineage-ledger: the recording process is slow to open the ledger; "
+                                "tasks queue for it meanwhile")
+                    return
+                self._state.wait(remaining)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._worker.wait(timeout):
+            return False
+        done = True
+        if self._channel is not None and not self._lost:
+            answered, value = self._ask("flush", _left(deadline), deadline)
+            if answered:
+                done = bool(value)
+            elif not self._lost:
+                return False  # no answer in time
+        if self._lost and not self._orphans_recorded.wait(_left(deadline)):
+            return False
+        recorder = self._recorder  # records this process made itself, if any
+        if recorder is not None:
+            done = recorder.flush(_left(deadline)) and done
+        return done
+
+    def close(self, timeout: float | None = None) -> bool:
+        done = self.flush(timeout)
+        self._worker.stop()  # what was queued meanwhile goes to the child too
+        done = self._end_child(self.exit_timeout if timeout is None else timeout) and done
+        return self._release(timeout) and done
+
+    def recorded_digest(self, path: str) -> dict[str, Any] | None:
+        entry = super().recorded_digest(path)  # recorded here (fallback), if anything
+        if self._channel is not None and not self._lost and self._worker.wait(30):
+            answered, value = self._ask("digest", normalize_path(path), time.monotonic() + 30)
+            if answered and value is not None:
+                return dict(value)
+        return entry
+
+    # -- sending (the capture's worker thread) ----------------------------------------------
+    def _record_batch(self, batch: list[tuple[TaskRun, Future[str | None] | None]]) -> None:
+        if os.getpid() != self._owner or not self._child_running():
+            return super()._record_batch(batch)
+        try:
+            frame = ("runs", len(batch), pickle.dumps([(run, f is not None) for run, f in batch], protocol=5))
+        except Exception:  # noqa: BLE001 - something in a report does not pickle: record here
+            return super()._record_batch(batch)
+        with self._state:
+            here = self._lost
+            if not here:
+                for run, future in batch:
+                    self._seq += 1
+                    self._unacked.append((self._seq, run, future))
+        if here:
+            return super()._record_batch(batch)
+        channel = self._channel
+        try:
+            assert channel is not None
+            channel.send(frame)  # never under self._state: the reader needs it to drain replies
+        except (OSError, ValueError, AssertionError) as err:
+            self._child_lost(f"could not be written to ({err})")
+
+    def _child_running(self) -> bool:
+        """Start the child on first use; False if this process must record instead."""
+        if _exiting:
+            return self._channel is not None and not self._lost
+        if self._channel is not None or self._lost:
+            return not self._lost
+        with self._start_lock:
+            if self._channel is None and not self._lost:
+                self._spawn()
+        return not self._lost
+
+    def _spawn(self) -> None:
+        config = {
+            "url": self.url, "engine": self.engine, "run_id": self.run_id, "threads": self.threads,
+            "spool": self.spool, "raise_errors": self.raise_errors,
+            "recorder_options": self.recorder_options, "exit_timeout": self.exit_timeout,
+            # The engine's process is where tasks ran; the child only records them.
+            "environment": current_environment(),
+        }
+        try:
+            if not sys.executable:
+                raise OSError("no Python interpreter to start (sys.executable is empty)")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "lineage_ledger._capture_child", json.dumps(config)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
+            )
+        except (OSError, TypeError, ValueError) as err:
+            log.error("lineage-ledger: cannot start the recording process (%s); recording in this process", err)
+            self._lost = True
+            self._orphans_recorded.set()
+            return
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._channel = Channel(process.stdout, process.stdin)
+        self._reader = threading.Thread(target=self._read, args=(self._channel,),
+                                        name="lineage-capture-replies", daemon=True)
+        self._reader.start()
+
+    # -- replies (the reader thread) ----------------------------------------------------------
+    def _read(self, channel: Channel) -> None:
+        try:
+            while (message := channel.receive()) is not None:
+                self._handle(message)
+        except Exception as err:  # noqa: BLE001 - a garbled reply ends the child's service
+            log.error("lineage-ledger: bad reply from the recording process: %s", err)
+        with self._state:
+            clean = self._closing and not self._unacked and self._closed_reply is not None
+        if not clean:
+            status = self._process.poll() if self._process is not None else None
+            self._child_lost("ended" if status is None else f"ended with status {status}")
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "done":
+            _, upto, results, failures = message
+            settled: list[tuple[Future[str | None], Any]] = []
+            with self._state:
+                self._failed_in_child = failures
+                while self._unacked and self._unacked[0][0] <= upto:
+                    seq, _run, future = self._unacked.popleft()
+                    if future is not None:
+                        settled.append((future, results.get(seq, (True, None))))
+            for future, (ok, value) in settled:
+                if ok:
+                    _settle(future, value)
+                else:
+                    _settle(future, error=LedgerError(value))
+        elif kind == "unreadable":
+            _, first, last = message
+            with self._state:
+                back = [p for p in self._unacked if first <= p[0] <= last]
+                self._unacked = deque(p for p in self._unacked if not first <= p[0] <= last)
+            super()._record_batch([(run, future) for _, run, future in back])
+        elif kind == "log":
+            _, level, name, text = message
+            logging.getLogger(name).log(level, "%s", text)
+        else:
+            with self._state:
+                if kind == "ready":
+                    self._ready = True
+                elif kind == "closed":
+                    self._closed_reply = (bool(message[1]), int(message[2]))
+                    self._failed_in_child = int(message[2])
+                else:  # "flushed" and "digest" answer a token
+                    self._replies[message[1]] = message[2]
+                self._state.notify_all()
+
+    def _child_lost(self, how: str) -> None:
+        """Take back what the child had not journaled and record it, and what follows, here."""
+        with self._state:
+            if self._lost:
+                return
+            self._lost = True
+            orphans = list(self._unacked)
+            self._unacked.clear()
+            self._state.notify_all()
+        log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
+                  "all later ones are recorded in this process", how, len(orphans))
+        try:
+            super()._record_batch([(run, future) for _, run, future in orphans])
+        finally:
+            self._orphans_recorded.set()
+
+    # -- asking and ending ------------------------------------------------------------------
+    def _ask(self, kind: str, argument: Any, deadline: float | None) -> tuple[bool, Any]:
+        """Send a request and wait for its answer; (False, None) if none comes in time."""
+        token = next(self._tokens)
+        channel = self._channel
+        try:
+            assert channel is not None
+            channel.send((kind, token, argument))
+        except (OSError, ValueError, AssertionError) as err:
+            self._child_lost(f"could not be written to ({err})")
+            return False, None
+        with self._state:
+            while token not in self._replies:
+                remaining = _left(deadline)
+                if self._lost or (remaining is not None and remaining <= 0):
+                    return False, None
+                self._state.wait(remaining)
+            return True, self._replies.pop(token)
+
+    def _end_child(self, timeout: float) -> bool:
+        """Close the child's input, wait for its last answer, and forget it."""
+        process, channel, reader = self._process, self._channel, self._reader
+        if process is None or channel is None:
+            with self._start_lock:
+                self._reset_child_state()  # a child that could not start may start next time
+            return True
+        deadline = time.monotonic() + timeout
+        with self._state:
+            self._closing = True
+        channel.close_output()
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)
+        try:
+            process.wait(_left(deadline) or 0.1)
+        except subprocess.TimeoutExpired:
+            log.warning("lineage-ledger: the recording process (pid %d) still ships records; "
+                        "it finishes on its own", process.pid)
+        with self._state:
+            reply, lost = self._closed_reply, self._lost
+        if lost:
+            self._orphans_recorded.wait(_left(deadline))
+        if reader is None or not reader.is_alive():  # never under a thread still reading it
+            channel.close_input()
+        with self._start_lock:
+            self._failed_here += self._failed_in_child  # keep the count once the child is gone
+            self._reset_child_state()
+        return lost or (reply is not None and reply[0])
+
+    def _after_fork(self) -> None:
+        # The pipe belongs to the parent: a forked copy holding it open would keep the
+        # child from ever seeing its input end. Close our copies; record in this process.
+        channel = self._channel
+        if channel is not None:
+            channel.close_output()
+            channel.close_input()
+        self._channel, self._process, self._reader = None, None, None
+        self._state = threading.Condition()
+        self._start_lock = threading.Lock()
+        self._lost = True
+        self._orphans_recorded.set()
+        self._unacked = deque()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _end_children_at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for capture in list(_LIVE):
+        if capture._owner == os.getpid() and capture._channel is not None:
+            capture._worker.stop()
+            capture._end_child(capture.exit_timeout)
+
+
+def _after_fork_in_child() -> None:
+    for capture in list(_LIVE):
+        capture._after_fork()
+
+
+# threading runs its exit hooks in reverse order of registration, so this one runs before
+# the capture workers' drain (hence the worker.stop() above) and before atexit handlers.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_end_children_at_exit)
+else:  # pragma: no cover
+    import atexit
+
+    atexit.register(_end_children_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
