@@ -11,7 +11,7 @@ The two processes talk in length-prefixed pickles (``_channel``)::
 
     parent -> child   ("runs", count, pickled [(run, wants_id), ...])
                       ("flush", token, timeout)   ("digest", token, path)
-                      end of input: record the rest, flush, answer ("closed", ok, failures)
+                      end of input: record the rest, flush, answer ("closed", ok, failures, outputs)
     child -> parent   ("ready",)   ("done", upto, {seq: (ok, id or error)}, failures)
                       ("unreadable", first, last)   ("flushed", token, ok)
                       ("digest", token, entry)   ("log", level, logger name, message)
@@ -245,7 +245,7 @@ class ProcessCapture(TaskCapture):
                 if ok:
                     _settle(future, value)
                 else:
-                    _settle(future, error=LedgerError(value))
+                    _settle(future, error=value if isinstance(value, BaseException) else LedgerError(value))
         elif kind == "unreadable":
             _, first, last = message
             with self._state:
@@ -262,6 +262,8 @@ class ProcessCapture(TaskCapture):
                 elif kind == "closed":
                     self._closed_reply = (bool(message[1]), int(message[2]))
                     self._failed_in_child = int(message[2])
+                    with self._lock:
+                        self._outputs.update(message[3])
                 else:  # "flushed" and "digest" answer a token
                     self._replies[message[1]] = message[2]
                 self._state.notify_all()

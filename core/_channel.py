@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 import struct
 import threading
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 __all__ = ["Channel"]
 
@@ -21,7 +21,7 @@ _LIMIT = 1 << 31  # a frame is a batch of at most a few hundred reports: far bel
 class Channel:
     """Sends on ``output`` (from any thread, one whole frame at a time); receives on ``input``."""
 
-    def __init__(self, input: BinaryIO, output: BinaryIO) -> None:
+    def __init__(self, input: IO[bytes], output: IO[bytes]) -> None:
         self._input = input
         self._output = output
         self._send_lock = threading.Lock()

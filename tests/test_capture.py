@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from lineage_ledger import (
     ArtifactMismatch,
+    ProcessCapture,
     TaskCapture,
     TaskRun,
     canonical_bytes,
@@ -38,6 +39,12 @@ def spool(tmp_path):
     return str(tmp_path / "spool")
 
 
+@pytest.fixture(params=["thread", "process"])
+def Capture(request):  # noqa: N802 - stands for the class
+    """Both captures keep the same promises: on the capture's thread, or in a child process."""
+    return TaskCapture if request.param == "thread" else ProcessCapture
+
+
 def task(task_id, inputs=(), outputs=(), status="succeeded", **kw):
     now = utcnow()
     return TaskRun(task_id=task_id, task_name=f"step-{task_id}", status=status,
@@ -49,10 +56,10 @@ def write(path, text):
     return str(path)
 
 
-def test_submitted_tasks_land_with_digests_and_verify(tmp_path, url, spool):
+def test_submitted_tasks_land_with_digests_and_verify(Capture, tmp_path, url, spool):
     raw = write(tmp_path / "raw.txt", "1\n2\n")
     clean = write(tmp_path / "clean.txt", "1\n")
-    capture = TaskCapture(url, engine="test", run_id="r1", spool=spool)
+    capture = Capture(url, engine="test", run_id="r1", spool=spool)
     future = capture.submit(task("a", [raw], [clean], code_digest=code_digest("cut -f1"),
                                  parameters={"cols": (1, 2), "where": tmp_path}))
     assert future.result(timeout=30) is not None
@@ -68,11 +75,11 @@ def test_submitted_tasks_land_with_digests_and_verify(tmp_path, url, spool):
         assert verify_lineage(ledger, [clean]).ok
 
 
-def test_deleted_temp_input_takes_the_digest_its_producer_recorded(tmp_path, url, spool):
+def test_deleted_temp_input_takes_the_digest_its_producer_recorded(Capture, tmp_path, url, spool):
     tmp = write(tmp_path / "tmp.txt", "intermediate")
     final = write(tmp_path / "final.txt", "done")
     digest = hash_file(tmp).blake3
-    capture = TaskCapture(url, engine="test", run_id="r1", spool=spool,
+    capture = Capture(url, engine="test", run_id="r1", spool=spool,
                           recorder_options={"max_age": 30})  # nothing shipped before the consumer
     capture.submit(task("producer", [], [tmp])).result(timeout=30)
     os.remove(tmp)
@@ -94,10 +101,10 @@ def test_deleted_temp_input_takes_the_digest_its_producer_recorded(tmp_path, url
         assert verify_lineage(ledger, [final]).ok
 
 
-def test_known_digests_win_and_gone_files_are_listed(tmp_path, url, spool):
+def test_known_digests_win_and_gone_files_are_listed(Capture, tmp_path, url, spool):
     src = write(tmp_path / "src.txt", "now")
     known = {src: {"blake3": "ab" * 32, "size": 3}}
-    with TaskCapture(url, engine="test", run_id="r", spool=spool) as capture:
+    with Capture(url, engine="test", run_id="r", spool=spool) as capture:
         capture.submit(task("a", [src, str(tmp_path / "never.txt")], [str(tmp_path / "out.txt")],
                             status="failed", known=known)).result(timeout=30)
     with open_ledger(url, spool=spool) as ledger:
@@ -108,15 +115,15 @@ def test_known_digests_win_and_gone_files_are_listed(tmp_path, url, spool):
         assert entry.record.extra["missing_outputs"] == [str(tmp_path / "out.txt")]
 
 
-def test_errors_are_logged_not_raised_unless_asked(tmp_path, url, spool, caplog):
+def test_errors_are_logged_not_raised_unless_asked(Capture, tmp_path, url, spool, caplog):
     unreadable = tmp_path / "dir-not-file"
     unreadable.mkdir()
-    with TaskCapture(url, engine="test", spool=spool) as capture, caplog.at_level(logging.ERROR):
+    with Capture(url, engine="test", spool=spool) as capture, caplog.at_level(logging.ERROR):
         assert capture.submit(task("a", [], [str(unreadable)])).result(timeout=30) is None
         assert capture.submit(task("b", status="exploded")).result(timeout=30) is None
         assert capture.failures == 2
     assert "could not record task step-a (a)" in caplog.text and "is a directory" in caplog.text
-    strict = TaskCapture(url, engine="test", spool=spool, raise_errors=True)
+    strict = Capture(url, engine="test", spool=spool, raise_errors=True)
     with pytest.raises(ValueError, match="status must be one of"):
         strict.record_now(task("c", status="exploded"))
     strict.close()
@@ -171,12 +178,12 @@ def test_jsonable_always_has_a_canonical_encoding(value):
     assert canonical_bytes(once) == canonical_bytes(jsonable(once))  # stable: a fixed point
 
 
-def test_a_read_of_an_edited_file_does_not_vouch_for_the_edit(tmp_path, url, spool):
+def test_a_read_of_an_edited_file_does_not_vouch_for_the_edit(Capture, tmp_path, url, spool):
     """Under `warn`, a consumer runs on an edited intermediate and records what it read.
     The next strict check must still compare the file with what its producer wrote."""
     src = write(tmp_path / "src.txt", "source")
     mid = write(tmp_path / "mid.txt", "produced")
-    with TaskCapture(url, engine="test", spool=spool) as capture:
+    with Capture(url, engine="test", spool=spool) as capture:
         capture.record_now(task("produce", [src], [mid]))
         assert capture.flush(timeout=30)
         write(tmp_path / "mid.txt", "edited by hand")

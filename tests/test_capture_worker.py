@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from lineage_ledger import TaskCapture, TaskRun, open_ledger, utcnow
+from lineage_ledger import ProcessCapture, TaskCapture, TaskRun, open_ledger, utcnow
 
 
 def task(task_id, inputs=(), outputs=(), **kw):
@@ -42,8 +42,13 @@ def spool(tmp_path):
     return str(tmp_path / "spool")
 
 
-def test_posted_and_submitted_tasks_are_all_recorded_and_flush_waits_for_them(url, spool):
-    capture = TaskCapture(url, engine="test", run_id="r", spool=spool)
+@pytest.fixture(params=["thread", "process"])
+def Capture(request):  # noqa: N802 - stands for the class
+    return TaskCapture if request.param == "thread" else ProcessCapture
+
+
+def test_posted_and_submitted_tasks_are_all_recorded_and_flush_waits_for_them(Capture, url, spool):
+    capture = Capture(url, engine="test", run_id="r", spool=spool)
     futures = []
     for i in range(300):
         if i % 3:
@@ -57,11 +62,11 @@ def test_posted_and_submitted_tasks_are_all_recorded_and_flush_waits_for_them(ur
         assert sorted(int(e.record.task_id) for e in ledger.run("r")) == list(range(300))
 
 
-def test_a_gone_input_recalls_its_producer_from_the_same_batch(tmp_path, url, spool):
+def test_a_gone_input_recalls_its_producer_from_the_same_batch(Capture, tmp_path, url, spool):
     """A batch's files are hashed in parallel, but gone inputs are recalled in submission
     order: a consumer queued right behind its producer finds the producer's digest."""
     gate = threading.Event()
-    capture = TaskCapture(url, engine="test", run_id="r", spool=spool, threads=4)
+    capture = Capture(url, engine="test", run_id="r", spool=spool, threads=4)
     capture.post(task("gate", extra={"hold": Hold(gate)}))
     expected = {}
     for i in range(6):
@@ -119,12 +124,12 @@ def test_files_of_a_backlog_are_hashed_on_several_threads(tmp_path, url, spool, 
     assert seen == {"lineage-capture"}
 
 
-def test_a_normal_exit_records_everything_still_queued(tmp_path, url, spool):
+def test_a_normal_exit_records_everything_still_queued(Capture, tmp_path, url, spool):
     script = textwrap.dedent(f"""
         from datetime import timezone, datetime
-        from lineage_ledger import TaskCapture, TaskRun
+        from lineage_ledger import {Capture.__name__}, TaskRun
         now = datetime.now(timezone.utc)
-        capture = TaskCapture({url!r}, engine="test", run_id="exit", spool={spool!r})
+        capture = {Capture.__name__}({url!r}, engine="test", run_id="exit", spool={spool!r})
         for i in range(500):
             capture.post(TaskRun(str(i), "t", "succeeded", now, now))
         # no flush, no close: the interpreter's exit must drain the worker and the recorder
@@ -135,13 +140,13 @@ def test_a_normal_exit_records_everything_still_queued(tmp_path, url, spool):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_records_through_its_own_worker(tmp_path, url, spool):
+def test_a_forked_child_records_through_its_own_worker(Capture, tmp_path, url, spool):
     script = textwrap.dedent(f"""
         import os, sys
         from datetime import timezone, datetime
-        from lineage_ledger import TaskCapture, TaskRun
+        from lineage_ledger import {Capture.__name__}, TaskRun
         now = datetime.now(timezone.utc)
-        capture = TaskCapture({url!r}, engine="test", run_id="fork", spool={spool!r})
+        capture = {Capture.__name__}({url!r}, engine="test", run_id="fork", spool={spool!r})
         assert capture.submit(TaskRun("parent-1", "t", "succeeded", now, now)).result(timeout=30)
         pid = os.fork()
         if pid == 0:
@@ -158,8 +163,8 @@ def test_a_forked_child_records_through_its_own_worker(tmp_path, url, spool):
         assert sorted(e.record.task_id for e in ledger.run("fork")) == ["child", "parent-1", "parent-2"]
 
 
-def test_raise_errors_reaches_the_future_and_post_logs(tmp_path, url, spool, caplog):
-    capture = TaskCapture(url, engine="test", spool=spool, raise_errors=True)
+def test_raise_errors_reaches_the_future_and_post_logs(Capture, tmp_path, url, spool, caplog):
+    capture = Capture(url, engine="test", spool=spool, raise_errors=True)
     bad = task("x")
     bad.status = "exploded"
     with pytest.raises(ValueError, match="status must be one of"):

@@ -10,8 +10,13 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import pytest
 
@@ -314,3 +319,42 @@ def test_an_unusable_ledger_never_breaks_the_workflow(workdir, caplog):
     assert summary == {"count": 5, "sum_of_squares": 55}
     assert ledger.capture.failures >= 4  # every try was logged as unrecordable, none raised
     assert any("could not" in r.getMessage() for r in caplog.records)
+
+
+def test_kill_9_of_parsl_after_its_results_keeps_every_try(workdir):
+    """Each finished try reaches the recording process within the capture's batching window
+    (20 ms); from there a kill -9 of Parsl's process cannot lose it."""
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    script = workdir / "killed_run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, time
+        import parsl
+        from parsl.app.app import python_app
+        from parsl.config import Config
+        from parsl.executors import ThreadPoolExecutor
+        from lineage_ledger_parsl import ParslLedger
+
+        def double(x):
+            return 2 * x
+
+        ledger = ParslLedger({url!r})
+        config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="t", max_threads=2))],
+                        run_dir={str(workdir / "runinfo")!r}, usage_tracking=0)
+        dfk = parsl.load(config)
+        app = python_app(double, executors=["t"])
+        assert [f.result() for f in [app(i) for i in range(200)]] == [2 * i for i in range(200)]
+        print(dfk.run_id, ledger.capture.child_pid, flush=True)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit, no flush
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                            cwd=workdir)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    run_id, child = result.stdout.split()
+    deadline = time.monotonic() + 60
+    while support.alive(int(child)):
+        assert time.monotonic() < deadline, "the recording process did not finish after Parsl died"
+        time.sleep(0.05)
+    tries = records_of(url, run_id)["double"]
+    assert sorted(r.parameters["args"][0] for r in tries) == list(range(200))
+    assert all(r.status == "succeeded" for r in tries)

@@ -56,6 +56,15 @@ def descendants(pid: int | None = None) -> set[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody has reaped yet has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def wait_no_descendants(before: set[int], timeout: float = 20.0) -> dict[int, str]:
     """Descendants started since ``before`` still alive after ``timeout`` s: {pid: command line}."""
     deadline = time.monotonic() + timeout

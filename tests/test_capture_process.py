@@ -1,0 +1,192 @@
+"""ProcessCapture's own promises: what a dead recording process, a dead engine process, a fork
+or a report the child cannot read must not lose. (The promises it shares with TaskCapture are
+tested on both in test_capture.py and test_capture_worker.py.)"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+
+import pytest
+
+import lineage_ledger._capture_process as capture_process
+from lineage_ledger import ProcessCapture, TaskRun, open_ledger, utcnow
+from tests.support.parsl import alive
+
+
+def task(task_id, **kw):
+    now = utcnow()
+    return TaskRun(task_id=str(task_id), task_name="step", status="succeeded",
+                   started=now - timedelta(seconds=1), ended=now, **kw)
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path}/ledger.db"
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return str(tmp_path / "spool")
+
+
+def task_ids(url, spool, run_id):
+    """Every record of ``run_id`` by task id; a record stored twice would show up twice."""
+    with open_ledger(url, spool=spool) as ledger:
+        return sorted(int(e.record.task_id) for e in ledger.run(run_id))
+
+
+def test_records_in_another_process_with_this_processs_environment(url, spool, tmp_path, monkeypatch):
+    here = {"host": "submit-node", "user": "me", "python": "3.x", "platform": "test"}
+    monkeypatch.setattr(capture_process, "current_environment", lambda: dict(here))
+    out = tmp_path / "out.txt"
+    out.write_text("data")
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    capture.open()
+    assert capture.child_pid not in (None, os.getpid())
+    record_id = capture.submit(task(1, outputs=[str(out)])).result(timeout=30)
+    assert capture.recorded_digest(str(out))["size"] == 4
+    assert capture.close(timeout=30) and capture.failures == 0
+    with open_ledger(url, spool=spool) as ledger:
+        entry = ledger.get(record_id)
+        assert entry.record.environment == here
+    assert capture.recorded_digest(str(out))["size"] == 4  # still known once the child is gone
+
+
+def test_kill_9_of_the_recording_process_loses_nothing(url, spool, caplog):
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool, linger=0.001)
+    capture.open()
+    child = capture.child_pid
+    with caplog.at_level(logging.ERROR):
+        for i in range(400):
+            capture.post(task(i))
+        os.kill(child, signal.SIGKILL)  # some batches journaled, some in the pipe, some queued
+        for i in range(400, 800):
+            capture.post(task(i))
+        assert capture.close(timeout=60)
+    assert capture.failures == 0
+    assert "the recording process" in caplog.text and "recorded in this process" in caplog.text
+    # What the child had journaled but not acknowledged was recorded here again: same bytes,
+    # same id, stored once.
+    assert task_ids(url, spool, "r") == list(range(800))
+
+
+def test_kill_9_of_the_engine_process_keeps_what_reached_the_pipe(url, spool):
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from datetime import timezone, datetime
+        from lineage_ledger import ProcessCapture, TaskRun
+        now = datetime.now(timezone.utc)
+        capture = ProcessCapture({url!r}, engine="test", run_id="killed", spool={spool!r})
+        capture.open()
+        print(capture.child_pid, flush=True)
+        for i in range(1000):
+            capture.post(TaskRun(str(i), "t", "succeeded", now, now))
+        assert capture._worker.wait(60)  # every report is in the pipe now
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    child = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while alive(child):
+        assert time.monotonic() < deadline, "the recording process did not finish after its parent died"
+        time.sleep(0.05)
+    assert task_ids(url, spool, "killed") == list(range(1000))
+
+
+def test_a_normal_exit_waits_for_the_recording_process(url, spool):
+    script = textwrap.dedent(f"""
+        from datetime import timezone, datetime
+        from lineage_ledger import ProcessCapture, TaskRun
+        now = datetime.now(timezone.utc)
+        capture = ProcessCapture({url!r}, engine="test", run_id="exit", spool={spool!r})
+        for i in range(300):
+            capture.post(TaskRun(str(i), "t", "succeeded", now, now))
+        # no flush, no close
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    with open_ledger(url, spool=spool, replay=False) as ledger:  # shipped, not merely spooled
+        assert len(ledger.run("exit")) == 300
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_does_not_keep_the_recording_process_waiting(url, spool):
+    capture = ProcessCapture(url, engine="test", run_id="fork", spool=spool)
+    capture.submit(task(1)).result(timeout=30)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked process
+        try:
+            ok = capture.submit(task(2)).result(timeout=30) is not None and capture.close(timeout=30)
+            os.write(ready_w, b"1" if ok else b"0")
+            time.sleep(60)  # alive, holding whatever it inherited, while the parent closes
+        finally:
+            os._exit(0)
+    try:
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"1"
+        capture.post(task(3))
+        started = time.monotonic()
+        assert capture.close(timeout=30)
+        assert time.monotonic() - started < 15  # the child saw its input end
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+    assert task_ids(url, spool, "fork") == [1, 2, 3]
+
+
+def test_a_report_the_child_cannot_unpickle_is_recorded_here(url, spool, tmp_path, monkeypatch):
+    (tmp_path / "only_here.py").write_text(textwrap.dedent("""
+        class Knob:
+            def __str__(self):
+                return "knob-7"
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process can import it; the child cannot
+    import only_here
+
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    assert capture.submit(task(1, parameters={"knob": only_here.Knob()})).result(timeout=30)
+    assert capture.submit(task(2, parameters={"knob": "plain"})).result(timeout=30)
+    assert capture.close(timeout=30) and capture.failures == 0
+    with open_ledger(url, spool=spool) as ledger:
+        params = {e.record.task_id: e.record.parameters for e in ledger.run("r")}
+    assert params == {"1": {"knob": "knob-7"}, "2": {"knob": "plain"}}
+
+
+def test_without_a_recording_process_it_records_here(url, spool, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    with caplog.at_level(logging.ERROR):
+        capture.open()
+        ids = [capture.submit(task(i)).result(timeout=30) for i in range(3)]
+    assert all(ids) and capture.child_pid is None
+    assert "cannot start the recording process" in caplog.text
+    assert capture.close(timeout=30)
+    assert task_ids(url, spool, "r") == [0, 1, 2]
+
+
+def test_the_childs_errors_reach_this_processs_log_and_futures(url, spool, tmp_path, caplog):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    with caplog.at_level(logging.ERROR):
+        assert capture.submit(task(1, outputs=[str(folder)])).result(timeout=30) is None
+        assert capture.flush(timeout=30)
+    assert capture.failures == 1
+    assert any(r.name == "lineage_ledger.capture" and "could not record task step (1)" in r.getMessage()
+               for r in caplog.records)
+    assert capture.close(timeout=30)
+    strict = ProcessCapture(url, engine="test", spool=spool, raise_errors=True)
+    bad = task(2)
+    bad.status = "exploded"
+    with pytest.raises(ValueError, match="status must be one of"):
+        strict.submit(bad).result(timeout=30)
+    strict.close(timeout=30)
