@@ -158,16 +158,18 @@ class TaskCapture:
     def submit(self, run: TaskRun) -> Future[str | None]:
         """Queue ``run``; hashing and journaling happen on the capture's worker."""
         future: Future[str | None] = Future()
-        if not self._worker.put((run, future)):
-            # The interpreter is exiting and no worker will run: record it here instead.
-            self._record_batch([(run, future)])
+        self._record_or_queue(run, future)
         return future
 
     def post(self, run: TaskRun) -> None:
         """Queue ``run`` like :meth:`submit`, without a future, for callers that never wait
         on one record (:meth:`flush` still waits for it); failures are logged as ever."""
-        if not self._worker.put((run, None)):
-            self._record_batch([(run, None)])
+        self._record_or_queue(run, None)
+
+    def _record_or_queue(self, run: TaskRun, future: Future[str | None] | None) -> None:
+        if not self._worker.put((run, future)):
+            # The interpreter is exiting and no worker will run: record it here instead.
+            self._record_batch([(run, future)])
 
     def record_now(self, run: TaskRun) -> str | None:
         """Hash and journal ``run`` before returning: safe when the process ends with ``os._exit``."""

@@ -1,38 +1,46 @@
-"""Recording in a process of its own: the engine's process only pickles finished tasks.
+"""Recording in a process of its own: the engine's thread writes one small message per task.
 
-Every thread of a Python process shares one GIL. Building a record, its canonical bytes,
-the journal line and the SQL behind it cost a no-op task about as much as the engine's own
-bookkeeping, and on the capture's thread all of it holds the engine's threads up, however
-idle the other cores are. :class:`ProcessCapture` is a :class:`TaskCapture` whose worker
-sends each batch of reports down a pipe to ``python -m lineage_ledger._capture_child``,
-which hashes, builds, journals and ships them with an ordinary :class:`TaskCapture`.
+Every thread of a Python process shares one GIL. Building a record, its canonical bytes, the
+journal line and the SQL behind it cost a no-op task about as much as the engine's own
+bookkeeping, and on a thread of the engine's process all of it holds the engine's threads
+up. :class:`ProcessCapture` is a :class:`TaskCapture` whose :meth:`~TaskCapture.submit` and
+:meth:`~TaskCapture.post` encode the report (a tuple of its fields, pickled: about 2 us) and
+write it to a pipe read by ``python -m lineage_ledger._capture_child``, which hashes, builds,
+journals and ships the records with an ordinary :class:`TaskCapture`.
 
-The two processes talk in length-prefixed pickles (``_channel``)::
+Why a write per task rather than a batch from a worker thread: on the machines we measured,
+waking a thread costs hundreds of microseconds of CPU, far more than a ``write(2)``; and a
+report written by the engine's own thread is in the kernel when ``post`` returns, so a
+``kill -9`` of the engine's process right after cannot lose it.
 
-    parent -> child   ("runs", count, pickled [(run, wants_id), ...])
-                      ("flush", token, timeout)   ("digest", token, path)
+Frames (see :mod:`._channel`)::
+
+    parent -> child   R: a report   F: a report whose id the caller waits for
+                      M: ("flush", token, timeout)   M: ("digest", token, path)
                       end of input: record the rest, flush, answer ("closed", ok, failures, outputs)
-    child -> parent   ("ready",)   ("done", upto, {seq: (ok, id or error)}, failures)
-                      ("unreadable", first, last)   ("flushed", token, ok)
-                      ("digest", token, entry)   ("log", level, logger name, message)
+    child -> parent   M: ("ready",)   M: ("done", upto, {seq: (ok, id or error)}, failures)
+                      M: ("unreadable", first, last)   M: ("flushed", token, ok)
+                      M: ("digest", token, entry)   M: ("log", level, logger name, message)
 
 What each side can count on:
 
-* The child acknowledges a batch once its records are journaled in the spool; until then
-  the parent keeps the reports. If the child dies, the parent records what was not
-  acknowledged, and every later task, itself. A record journaled by both has one id, and
-  the ledger keeps it once.
+* The child acknowledges reports once their records are journaled; until then the parent
+  keeps them. If the child dies, the parent records what was not acknowledged, and every
+  later task, itself. A record journaled by both has one id, and the ledger keeps it once.
 * If the engine's process dies, even by ``kill -9``, the child's input ends: it records
-  everything that reached the pipe, flushes and exits. It ignores SIGINT and SIGTERM,
-  which reach the whole process group; the parent's end decides when it stops.
-* A process forked from the engine's records in itself: at the fork it closes its copies
-  of the pipe, so the child still sees its input end when the engine's process ends.
-* A batch the child cannot unpickle (a parameter whose class only the engine's process
-  can import) is sent back and recorded in the engine's process.
+  everything written, flushes and exits. It ignores SIGINT and SIGTERM, which reach the
+  whole process group; the parent's end decides when it stops.
+* The pipe holds about 1 MiB of reports. If the child falls that far behind, ``post``
+  waits for it: the queue pushes back instead of growing without bound.
+* A process forked from the engine's records in itself: at the fork it closes its copies of
+  the pipes, so the child still sees its input end when the engine's process ends.
+* A report the child cannot unpickle (a parameter whose class only the engine's process can
+  import) is sent back and recorded in the engine's process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import logging
@@ -45,20 +53,57 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
+from datetime import timezone
+from operator import attrgetter
 from typing import Any
 
 from ._capture import TaskCapture, TaskRun, _settle
-from ._channel import Channel
+from ._channel import MESSAGE, Channel
 from ._environment import current_environment
 from ._errors import LedgerError
 from ._hashing import normalize_path
 
-__all__ = ["ProcessCapture"]
+__all__ = ["ProcessCapture", "decode_report"]
 
 log = logging.getLogger("lineage_ledger.capture")
 _LIVE: weakref.WeakSet[ProcessCapture] = weakref.WeakSet()
 _exiting = False  # past the exit hook: no new recording process
 _Pending = tuple[int, TaskRun, "Future[str | None] | None"]
+
+REPORT, REPORT_WITH_ID = b"R", b"F"
+_FIELDS = ("task_id", "task_name", "status", "started", "ended", "inputs", "outputs", "known",
+           "code_digest", "parameters", "environment_extra", "attempt", "extra", "run_id", "known_outputs")
+_fields_of = attrgetter(*_FIELDS)
+_UTC = timezone.utc
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def encode_report(run: TaskRun) -> bytes | None:
+    """``run`` as the child decodes it; None if only this process can record it."""
+    started, ended = run.started, run.ended
+    # A UTC datetime pickles its tzinfo by reference, at twice the cost of the rest of the
+    # report: send it naive and put UTC back on the other side. Other zones go as they are;
+    # a naive time is an error that Record must raise here, where the caller sees it.
+    if started.tzinfo is None or ended.tzinfo is None:
+        return None
+    fields = list(_fields_of(run))
+    if started.tzinfo is _UTC:
+        fields[3] = started.replace(tzinfo=None)
+    if ended.tzinfo is _UTC:
+        fields[4] = ended.replace(tzinfo=None)
+    try:
+        return pickle.dumps(fields, protocol=5)
+    except Exception:  # noqa: BLE001 - something in the report does not pickle
+        return None
+
+
+def decode_report(payload: bytes) -> TaskRun:
+    fields = pickle.loads(payload)
+    for i in (3, 4):
+        if fields[i].tzinfo is None:
+            fields[i] = fields[i].replace(tzinfo=_UTC)
+    return TaskRun(*fields)
 
 
 class ProcessCapture(TaskCapture):
@@ -70,17 +115,13 @@ class ProcessCapture(TaskCapture):
     """
 
     def __init__(self, url: str | None = None, *, engine: str, start_timeout: float = 60.0,
-                 exit_timeout: float = 15.0, linger: float = 0.02, **options: Any) -> None:
+                 exit_timeout: float = 15.0, **options: Any) -> None:
         super().__init__(url, engine=engine, **options)
-        # Each batch costs a pickle, a write, an answer and two thread wake-ups in the
-        # engine's process whatever its size: gather for longer than the in-process
-        # capture does (flush() still cuts the wait short).
-        self._worker.linger = linger
         self.start_timeout = start_timeout
         self.exit_timeout = exit_timeout
         self._owner = os.getpid()
         self._start_lock = threading.Lock()
-        self._state = threading.Condition()  # guards everything below; replies wake it
+        self._state = threading.Condition()  # replies wake it
         self._reset_child_state()
         _LIVE.add(self)
 
@@ -93,7 +134,7 @@ class ProcessCapture(TaskCapture):
         self._orphans_recorded = threading.Event()
         self._closing = False
         self._closed_reply: tuple[bool, int] | None = None
-        self._seq = 0
+        self._seq = 0  # reports written; guarded by the channel's send lock
         self._unacked: deque[_Pending] = deque()
         self._replies: dict[int, Any] = {}
         self._tokens = itertools.count(1)
@@ -124,10 +165,18 @@ class ProcessCapture(TaskCapture):
                     return
                 self._state.wait(remaining)
 
+    def submit(self, run: TaskRun) -> Future[str | None]:
+        future: Future[str | None] = Future()
+        if not self._send(run, future):
+            super()._record_or_queue(run, future)
+        return future
+
+    def post(self, run: TaskRun) -> None:
+        if not self._send(run, None):
+            super()._record_or_queue(run, None)
+
     def flush(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._worker.wait(timeout):
-            return False
         done = True
         if self._channel is not None and not self._lost:
             answered, value = self._ask("flush", _left(deadline), deadline)
@@ -137,54 +186,54 @@ class ProcessCapture(TaskCapture):
                 return False  # no answer in time
         if self._lost and not self._orphans_recorded.wait(_left(deadline)):
             return False
-        recorder = self._recorder  # records this process made itself, if any
-        if recorder is not None:
-            done = recorder.flush(_left(deadline)) and done
-        return done
+        # Reports recorded in this process: the fallback, and what the child sent back.
+        return super().flush(_left(deadline)) and done
 
     def close(self, timeout: float | None = None) -> bool:
         done = self.flush(timeout)
-        self._worker.stop()  # what was queued meanwhile goes to the child too
         done = self._end_child(self.exit_timeout if timeout is None else timeout) and done
+        self._worker.stop()
         return self._release(timeout) and done
 
     def recorded_digest(self, path: str) -> dict[str, Any] | None:
         entry = super().recorded_digest(path)  # recorded here (fallback), if anything
-        if self._channel is not None and not self._lost and self._worker.wait(30):
+        if self._channel is not None and not self._lost:
             answered, value = self._ask("digest", normalize_path(path), time.monotonic() + 30)
             if answered and value is not None:
                 return dict(value)
         return entry
 
-    # -- sending (the capture's worker thread) ----------------------------------------------
-    def _record_batch(self, batch: list[tuple[TaskRun, Future[str | None] | None]]) -> None:
+    # -- sending (the engine's threads) -------------------------------------------------------
+    def _send(self, run: TaskRun, future: Future[str | None] | None) -> bool:
+        """Write ``run`` to the child; False if this process must record it instead."""
         if os.getpid() != self._owner or not self._child_running():
-            return super()._record_batch(batch)
-        try:
-            frame = ("runs", len(batch), pickle.dumps([(run, f is not None) for run, f in batch], protocol=5))
-        except Exception:  # noqa: BLE001 - something in a report does not pickle: record here
-            return super()._record_batch(batch)
-        with self._state:
-            here = self._lost
-            if not here:
-                for run, future in batch:
-                    self._seq += 1
-                    self._unacked.append((self._seq, run, future))
-        if here:
-            return super()._record_batch(batch)
+            return False
+        payload = encode_report(run)
+        if payload is None:
+            return False
         channel = self._channel
-        try:
-            assert channel is not None
-            channel.send(frame)  # never under self._state: the reader needs it to drain replies
-        except (OSError, ValueError, AssertionError) as err:
-            self._child_lost(f"could not be written to ({err})")
+        if channel is None:
+            return False
+        frame = Channel.frame(REPORT if future is None else REPORT_WITH_ID, payload)
+        with channel.send_lock:  # one order for sequence numbers and frames
+            if self._lost:
+                return False
+            self._seq += 1
+            self._unacked.append((self._seq, run, future))
+            try:
+                channel.write_locked(frame)
+                return True
+            except OSError as err:
+                failure = err
+        self._child_lost(f"could not be written to ({failure})")  # takes this report back too
+        return True
 
     def _child_running(self) -> bool:
         """Start the child on first use; False if this process must record instead."""
-        if _exiting:
-            return self._channel is not None and not self._lost
         if self._channel is not None or self._lost:
             return not self._lost
+        if _exiting:
+            return False
         with self._start_lock:
             if self._channel is None and not self._lost:
                 self._spawn()
@@ -211,19 +260,27 @@ class ProcessCapture(TaskCapture):
             self._orphans_recorded.set()
             return
         assert process.stdin is not None and process.stdout is not None
+        try:  # room for a burst of reports while the child catches up (Linux; else 64 KiB)
+            fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass
         self._process = process
-        self._channel = Channel(process.stdout, process.stdin)
-        self._reader = threading.Thread(target=self._read, args=(self._channel,),
+        channel = Channel(process.stdout.fileno(), process.stdin.fileno())
+        self._reader = threading.Thread(target=self._read, args=(channel,),
                                         name="lineage-capture-replies", daemon=True)
+        self._channel = channel
         self._reader.start()
 
     # -- replies (the reader thread) ----------------------------------------------------------
     def _read(self, channel: Channel) -> None:
         try:
-            while (message := channel.receive()) is not None:
-                self._handle(message)
+            while (frame := channel.receive()) is not None:
+                if frame[0] == MESSAGE:
+                    self._handle(Channel.message(frame[1]))
         except Exception as err:  # noqa: BLE001 - a garbled reply ends the child's service
             log.error("lineage-ledger: bad reply from the recording process: %s", err)
+            if self._process is not None:
+                self._process.kill()  # so that a writer blocked on its full pipe fails now
         with self._state:
             clean = self._closing and not self._unacked and self._closed_reply is not None
         if not clean:
@@ -234,23 +291,26 @@ class ProcessCapture(TaskCapture):
         kind = message[0]
         if kind == "done":
             _, upto, results, failures = message
-            settled: list[tuple[Future[str | None], Any]] = []
-            with self._state:
-                self._failed_in_child = failures
-                while self._unacked and self._unacked[0][0] <= upto:
-                    seq, _run, future = self._unacked.popleft()
-                    if future is not None:
-                        settled.append((future, results.get(seq, (True, None))))
-            for future, (ok, value) in settled:
-                if ok:
-                    _settle(future, value)
-                else:
-                    _settle(future, error=value if isinstance(value, BaseException) else LedgerError(value))
+            self._failed_in_child = failures
+            unacked = self._unacked
+            # Only this thread takes from the left, and the deque's own operations are
+            # atomic: no lock that a writer blocked on a full pipe might hold.
+            while unacked and unacked[0][0] <= upto:
+                seq, _run, future = unacked.popleft()
+                if future is not None:
+                    ok, value = results.get(seq, (True, None))
+                    if ok:
+                        _settle(future, value)
+                    else:
+                        _settle(future, error=value if isinstance(value, BaseException) else LedgerError(value))
         elif kind == "unreadable":
             _, first, last = message
-            with self._state:
-                back = [p for p in self._unacked if first <= p[0] <= last]
-                self._unacked = deque(p for p in self._unacked if not first <= p[0] <= last)
+            back = [p for p in list(self._unacked) if first <= p[0] <= last]
+            for pending in back:
+                try:
+                    self._unacked.remove(pending)
+                except ValueError:  # taken by a concurrent _child_lost: it records them
+                    return
             super()._record_batch([(run, future) for _, run, future in back])
         elif kind == "log":
             _, level, name, text = message
@@ -270,12 +330,16 @@ class ProcessCapture(TaskCapture):
 
     def _child_lost(self, how: str) -> None:
         """Take back what the child had not journaled and record it, and what follows, here."""
-        with self._state:
+        channel = self._channel
+        lock = channel.send_lock if channel is not None else threading.Lock()
+        # A writer holding the lock is in write(2) to a dead child: it fails at once (EPIPE).
+        with lock:
             if self._lost:
                 return
             self._lost = True
             orphans = list(self._unacked)
             self._unacked.clear()
+        with self._state:
             self._state.notify_all()
         log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
                   "all later ones are recorded in this process", how, len(orphans))
@@ -291,8 +355,8 @@ class ProcessCapture(TaskCapture):
         channel = self._channel
         try:
             assert channel is not None
-            channel.send((kind, token, argument))
-        except (OSError, ValueError, AssertionError) as err:
+            channel.send_message((kind, token, argument))
+        except (OSError, AssertionError) as err:
             self._child_lost(f"could not be written to ({err})")
             return False, None
         with self._state:
@@ -313,7 +377,8 @@ class ProcessCapture(TaskCapture):
         deadline = time.monotonic() + timeout
         with self._state:
             self._closing = True
-        channel.close_output()
+        with channel.send_lock:  # after any report being written
+            _close(process.stdin)
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout)
         try:
@@ -326,25 +391,33 @@ class ProcessCapture(TaskCapture):
         if lost:
             self._orphans_recorded.wait(_left(deadline))
         if reader is None or not reader.is_alive():  # never under a thread still reading it
-            channel.close_input()
+            _close(process.stdout)
         with self._start_lock:
             self._failed_here += self._failed_in_child  # keep the count once the child is gone
             self._reset_child_state()
         return lost or (reply is not None and reply[0])
 
     def _after_fork(self) -> None:
-        # The pipe belongs to the parent: a forked copy holding it open would keep the
+        # The pipes belong to the parent: a forked copy holding them open would keep the
         # child from ever seeing its input end. Close our copies; record in this process.
-        channel = self._channel
-        if channel is not None:
-            channel.close_output()
-            channel.close_input()
+        process = self._process
+        if process is not None:
+            _close(process.stdin)
+            _close(process.stdout)
         self._channel, self._process, self._reader = None, None, None
         self._state = threading.Condition()
         self._start_lock = threading.Lock()
         self._lost = True
         self._orphans_recorded.set()
         self._unacked = deque()
+
+
+def _close(stream: Any) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError:
+        pass
 
 
 def _left(deadline: float | None) -> float | None:
@@ -356,7 +429,6 @@ def _end_children_at_exit() -> None:
     _exiting = True
     for capture in list(_LIVE):
         if capture._owner == os.getpid() and capture._channel is not None:
-            capture._worker.stop()
             capture._end_child(capture.exit_timeout)
 
 
@@ -365,8 +437,7 @@ def _after_fork_in_child() -> None:
         capture._after_fork()
 
 
-# threading runs its exit hooks in reverse order of registration, so this one runs before
-# the capture workers' drain (hence the worker.stop() above) and before atexit handlers.
+# Before atexit handlers (the recorder's flush), like the capture workers' drain.
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
     _register(_end_children_at_exit)
@@ -375,4 +446,3 @@ else:  # pragma: no cover
 
     atexit.register(_end_children_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
-

@@ -1,79 +1,99 @@
-"""Length-prefixed pickles over a pair of pipes: how a capture talks to its recording process.
+"""Framed messages over a pair of pipes: how a capture talks to its recording process.
 
-Each message is a 4-byte big-endian length and a pickle. Both ends are our own code, started
-by the same user, so pickle's trust model holds; a frame that will not decode ends the
-conversation rather than being guessed at.
+A frame is one kind byte, a 4-byte big-endian length and the payload. Kind ``M`` carries a
+pickled control message; the capture's own kinds carry task reports in its compact encoding.
+Both ends are our own code, started by the same user, so pickle's trust model holds; a frame
+that will not decode ends the conversation rather than being guessed at.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import select
 import struct
 import threading
-from typing import IO, Any
+import time
+from typing import Any
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "MESSAGE", "NOTHING_YET"]
 
-_HEADER = struct.Struct(">I")
-_LIMIT = 1 << 31  # a frame is a batch of at most a few hundred reports: far below this
+_HEADER = struct.Struct(">cI")
+_LIMIT = 1 << 30  # a report is a few hundred bytes; anything near this is a garbled stream
+MESSAGE = b"M"
+NOTHING_YET = (b"", b"")  # receive(timeout) found no whole frame in time
 
 
 class Channel:
-    """Sends on ``output`` (from any thread, one whole frame at a time); receives on ``input``."""
+    """Sends whole frames on ``output`` (from any thread); receives from ``input`` (one thread)."""
 
-    def __init__(self, input: IO[bytes], output: IO[bytes]) -> None:
-        self._input = input
-        self._output = output
+    def __init__(self, input_fd: int, output_fd: int) -> None:
+        self.input_fd = input_fd
+        self.output_fd = output_fd
         self._send_lock = threading.Lock()
+        self._buffer = bytearray()
 
-    def send(self, message: Any) -> None:
-        data = pickle.dumps(message, protocol=5)
-        frame = _HEADER.pack(len(data)) + data
+    # -- sending ---------------------------------------------------------------------------
+    @staticmethod
+    def frame(kind: bytes, payload: bytes) -> bytes:
+        return _HEADER.pack(kind, len(payload)) + payload
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        self.send_frame(self.frame(kind, payload))
+
+    def send_message(self, message: Any) -> None:
+        self.send(MESSAGE, pickle.dumps(message, protocol=5))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write one whole frame; frames from several threads never interleave."""
         with self._send_lock:
-            view = memoryview(frame)
-            while view:  # a raw pipe may take part of a large frame per call
-                written = self._output.write(view)
-                if written is None:  # pragma: no cover - only for non-blocking pipes
-                    raise OSError("the pipe is non-blocking")
-                view = view[written:]
-            self._output.flush()
+            self.write_locked(frame)
 
-    def receive(self) -> Any | None:
-        """The next message, or None when the other end has closed."""
-        header = self._read(_HEADER.size)
-        if header is None:
-            return None
-        (size,) = _HEADER.unpack(header)
-        if size >= _LIMIT:
-            raise ValueError(f"frame of {size} bytes: the stream is garbled")
-        body = self._read(size)
-        if body is None:
-            raise EOFError("the stream ended inside a frame")
-        return pickle.loads(body)
+    def write_locked(self, frame: bytes) -> None:
+        """Write ``frame``; the caller holds :attr:`send_lock` (to order its own state with it)."""
+        written = os.write(self.output_fd, frame)
+        while written < len(frame):  # a pipe takes a large frame in parts
+            written += os.write(self.output_fd, memoryview(frame)[written:])
 
-    def _read(self, size: int) -> bytes | None:
-        chunks: list[bytes] = []
-        left = size
-        while left:
-            chunk = self._input.read(left)
+    @property
+    def send_lock(self) -> threading.Lock:
+        return self._send_lock
+
+    # -- receiving -------------------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> tuple[bytes, bytes] | None:
+        """The next frame as (kind, payload); None once the other end has closed.
+
+        With a ``timeout`` (0 polls), :data:`NOTHING_YET` if no whole frame came in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._take()
+            if frame is not None:
+                return frame
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self.input_fd], [], [], left)[0]:
+                    return NOTHING_YET
+            chunk = os.read(self.input_fd, 1 << 16)
             if not chunk:
-                if chunks:
+                if self._buffer:
                     raise EOFError("the stream ended inside a frame")
                 return None
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+            self._buffer += chunk
 
-    def close_output(self) -> None:
-        """End of input for the other side (it may still answer)."""
-        with self._send_lock:
-            try:
-                self._output.close()
-            except OSError:
-                pass
+    def _take(self) -> tuple[bytes, bytes] | None:
+        if len(self._buffer) < _HEADER.size:
+            return None
+        kind, size = _HEADER.unpack_from(self._buffer)
+        if size >= _LIMIT:
+            raise ValueError(f"frame of {size} bytes: the stream is garbled")
+        end = _HEADER.size + size
+        if len(self._buffer) < end:
+            return None
+        payload = bytes(self._buffer[_HEADER.size:end])
+        del self._buffer[:end]
+        return kind, payload
 
-    def close_input(self) -> None:
-        try:
-            self._input.close()
-        except OSError:
-            pass
+    @staticmethod
+    def message(payload: bytes) -> Any:
+        return pickle.loads(payload)
