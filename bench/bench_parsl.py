@@ -14,7 +14,7 @@ is this process's; the recording process's is reported apart ("rec cpu", includi
 start-up, about 0.4 s).
 
 Single rounds on a shared 2-core machine swing by 30% either way (plain Parsl's own time
-does), so the goal is judged on the median of 9 rounds.
+does), so the goal is judged on the median of 15 rounds.
 
 Part 2 (information): the example pipeline of examples/parsl (bash and python apps,
 four stages, Files of about 60 kB) 16 times side by side in one DFK, plain Parsl (no
@@ -125,7 +125,7 @@ def median(values: list[float]) -> float:
 
 
 def main() -> int:
-    args = parse_args(__doc__, "200 apps, 4 pipelines, one round", quick_rounds=1, full_rounds=9)
+    args = parse_args(__doc__, "200 apps, 4 pipelines, one round", quick_rounds=1, full_rounds=15)
     n = 200 if args.quick else 2000
     copies, lines = (4, 2000) if args.quick else (16, 10_000)
     variants = ["plain", "wrapped", "+memo", "in-thread"]

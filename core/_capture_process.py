@@ -206,7 +206,7 @@ class ProcessCapture(TaskCapture):
     # -- sending (the engine's threads) -------------------------------------------------------
     def _send(self, run: TaskRun, future: Future[str | None] | None) -> bool:
         """Write ``run`` to the child; False if this process must record it instead."""
-        if os.getpid() != self._owner or not self._child_running():
+        if not self._child_running():  # (a forked copy is marked lost at the fork)
             return False
         payload = encode_report(run)
         if payload is None:
