@@ -86,32 +86,44 @@ class Recorder:
     # -- the task path ------------------------------------------------------------------
     def record(self, record: Record) -> str:
         """Journal ``record`` durably and queue it; returns its id. Never touches the back-end."""
-        return self.record_many([record])[0]
+        body = record.encode()
+        record_id = blake3(body).hexdigest()  # the spool line carries it, for replay to check
+        with self._lock:
+            self._admit(1)
+            self._writer.append(record, record_id, body)
+            self._accepted(1)
+        return record_id
 
     def record_many(self, records: list[Record]) -> list[str]:
         """Journal several records with one write (all or none) and queue them; their ids."""
         entries = []
         for record in records:
             body = record.encode()
-            # The spool line carries the id, for replay to check.
             entries.append((record, blake3(body).hexdigest(), body))
         with self._lock:
-            if self._closing:
-                raise LedgerError("this recorder is closed")
-            if self._waiting + len(entries) > max(self.max_pending, len(entries)):
-                raise SpoolFull(
-                    f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
-                    "it is down or slower than the workflow. Records so far are safe in the spool."
-                )
-            before = len(self._writer.current.fresh)
+            self._admit(len(entries))
             self._writer.append_many(entries)
-            self._waiting += len(entries)
-            self._accepted_total += len(entries)
-            # Wake the worker once when a batch fills, not on every later record: during
-            # an outage the segment grows past a batch, and the worker must keep its back-off.
-            if before < self.batch_size <= len(self._writer.current.fresh):
-                self._wake.set()
+            self._accepted(len(entries))
         return [record_id for _, record_id, _ in entries]
+
+    def _admit(self, count: int) -> None:
+        """Refuse records a closed or overfull recorder cannot take; called under the lock."""
+        if self._closing:
+            raise LedgerError("this recorder is closed")
+        if self._waiting and self._waiting + count > self.max_pending:
+            raise SpoolFull(
+                f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
+                "it is down or slower than the workflow. Records so far are safe in the spool."
+            )
+
+    def _accepted(self, count: int) -> None:
+        self._waiting += count
+        self._accepted_total += count
+        # Wake the worker once when a batch fills, not on every later record: during an
+        # outage the segment grows past a batch, and the worker must keep its back-off.
+        fresh = len(self._writer.current.fresh)
+        if fresh >= self.batch_size > fresh - count:
+            self._wake.set()
 
     @property
     def pending(self) -> int:

@@ -102,11 +102,18 @@ class SpoolWriter:
         return Segment(final, fd)
 
     def append(self, record: Record, record_id: str, body: bytes) -> None:
-        self.append_many([(record, record_id, body)])
+        self._write(b"".join((record_id.encode("ascii"), b" ", body, b"\n")))
+        self.current.fresh.append((record, record_id, body))
 
     def append_many(self, entries: list[tuple[Record, str, bytes]]) -> None:
         """Journal several records with one ``write(2)``: all of them, or none."""
-        data = b"".join(b"".join((record_id.encode("ascii"), b" ", body, b"\n")) for _, record_id, body in entries)
+        parts: list[bytes] = []
+        for _, record_id, body in entries:
+            parts += (record_id.encode("ascii"), b" ", body, b"\n")
+        self._write(b"".join(parts))
+        self.current.fresh.extend(entries)
+
+    def _write(self, data: bytes) -> None:
         fd = self.current.fd
         written = 0
         try:
@@ -117,7 +124,6 @@ class SpoolWriter:
             if written:  # take the partial lines back, or the next line would be glued to them
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
             raise SpoolError(f"cannot append to the spool {self.current.path}: {err.strerror or err}") from err
-        self.current.fresh.extend(entries)
 
     def rotate(self) -> Segment:
         """Start a new segment; return the previous one with its records."""
