@@ -13,6 +13,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
+def url(tmp_path):
+    """A SQLite ledger of its own (the capture tests)."""
+    return f"sqlite:///{tmp_path}/ledger.db"
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return str(tmp_path / "spool")
+
+
+@pytest.fixture(params=["thread", "process"])
+def Capture(request):  # noqa: N802 - stands for the class
+    """Both captures keep the same promises: on the capture's thread, or in a child process."""
+    from lineage_ledger import ProcessCapture, TaskCapture
+
+    return TaskCapture if request.param == "thread" else ProcessCapture
+
+
+@pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own default ledger and spool."""
     monkeypatch.chdir(tmp_path)

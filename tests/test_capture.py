@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from lineage_ledger import (
     ArtifactMismatch,
-    ProcessCapture,
     TaskCapture,
     TaskRun,
     canonical_bytes,
@@ -27,22 +26,6 @@ from lineage_ledger import (
     verify_before_run,
     verify_lineage,
 )
-
-
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path}/ledger.db"
-
-
-@pytest.fixture
-def spool(tmp_path):
-    return str(tmp_path / "spool")
-
-
-@pytest.fixture(params=["thread", "process"])
-def Capture(request):  # noqa: N802 - stands for the class
-    """Both captures keep the same promises: on the capture's thread, or in a child process."""
-    return TaskCapture if request.param == "thread" else ProcessCapture
 
 
 def task(task_id, inputs=(), outputs=(), status="succeeded", **kw):

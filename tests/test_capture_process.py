@@ -26,16 +26,6 @@ def task(task_id, **kw):
                    started=now - timedelta(seconds=1), ended=now, **kw)
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path}/ledger.db"
-
-
-@pytest.fixture
-def spool(tmp_path):
-    return str(tmp_path / "spool")
-
-
 def task_ids(url, spool, run_id):
     """Every record of ``run_id`` by task id; a record stored twice would show up twice."""
     with open_ledger(url, spool=spool) as ledger:

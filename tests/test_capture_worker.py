@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from lineage_ledger import ProcessCapture, TaskCapture, TaskRun, open_ledger, utcnow
+from lineage_ledger import TaskCapture, TaskRun, open_ledger, utcnow
 
 
 def task(task_id, inputs=(), outputs=(), **kw):
@@ -30,21 +30,6 @@ class Hold:
     def __str__(self) -> str:
         self.gate.wait(10)
         return "held"
-
-
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path}/ledger.db"
-
-
-@pytest.fixture
-def spool(tmp_path):
-    return str(tmp_path / "spool")
-
-
-@pytest.fixture(params=["thread", "process"])
-def Capture(request):  # noqa: N802 - stands for the class
-    return TaskCapture if request.param == "thread" else ProcessCapture
 
 
 def test_posted_and_submitted_tasks_are_all_recorded_and_flush_waits_for_them(Capture, url, spool):
