@@ -1,8 +1,9 @@
 """The recording process behind :class:`ProcessCapture`: ``python -m lineage_ledger._capture_child``.
 
-It reads batches of task reports from its standard input, records each batch with an
-ordinary :class:`TaskCapture` (hashing, records, journal; a recorder thread ships to the
-back-end), and answers on its standard output once the batch is journaled. Its own warnings
+It reads task reports from its standard input, gathers them for up to ``LINGER`` seconds,
+records each batch with an ordinary :class:`TaskCapture` (hashing, records, journal; a
+recorder thread ships to the back-end), and answers on its standard output once the batch
+is journaled. Its own warnings
 and errors go back to the engine's process as ``("log", ...)`` messages, so they appear
 where the user looks. The protocol is described in :mod:`._capture_process`.
 """

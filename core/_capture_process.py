@@ -59,6 +59,7 @@ from typing import Any
 
 from ._capture import TaskCapture, TaskRun, _settle
 from ._channel import MESSAGE, Channel
+from ._drain import at_threading_exit
 from ._environment import current_environment
 from ._errors import LedgerError
 from ._hashing import normalize_path
@@ -119,7 +120,6 @@ class ProcessCapture(TaskCapture):
         super().__init__(url, engine=engine, **options)
         self.start_timeout = start_timeout
         self.exit_timeout = exit_timeout
-        self._owner = os.getpid()
         self._start_lock = threading.Lock()
         self._state = threading.Condition()  # replies wake it
         self._reset_child_state()
@@ -305,13 +305,14 @@ class ProcessCapture(TaskCapture):
                         _settle(future, error=value if isinstance(value, BaseException) else LedgerError(value))
         elif kind == "unreadable":
             _, first, last = message
-            back = [p for p in list(self._unacked) if first <= p[0] <= last]
-            for pending in back:
+            taken = []
+            for pending in [p for p in list(self._unacked) if first <= p[0] <= last]:
                 try:
                     self._unacked.remove(pending)
-                except ValueError:  # taken by a concurrent _child_lost: it records them
-                    return
-            super()._record_batch([(run, future) for _, run, future in back])
+                except ValueError:  # taken by a concurrent _child_lost, which records it
+                    continue
+                taken.append(pending)
+            super()._record_batch([(run, future) for _, run, future in taken])
         elif kind == "log":
             _, level, name, text = message
             logging.getLogger(name).log(level, "%s", text)
@@ -428,7 +429,7 @@ def _end_children_at_exit() -> None:
     global _exiting
     _exiting = True
     for capture in list(_LIVE):
-        if capture._owner == os.getpid() and capture._channel is not None:
+        if capture._channel is not None:  # (a forked copy dropped its channel at the fork)
             capture._end_child(capture.exit_timeout)
 
 
@@ -437,12 +438,7 @@ def _after_fork_in_child() -> None:
         capture._after_fork()
 
 
-# Before atexit handlers (the recorder's flush), like the capture workers' drain.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_end_children_at_exit)
-else:  # pragma: no cover
-    import atexit
-
-    atexit.register(_end_children_at_exit)
+# Registered after the capture workers' drain, so it runs before it: a report sent after
+# this falls back to a worker of this process, which the drain then empties.
+at_threading_exit(_end_children_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["BatchWorker"]
+__all__ = ["BatchWorker", "at_threading_exit"]
 
 Item = TypeVar("Item")
 
@@ -179,13 +179,18 @@ def _after_fork_in_child() -> None:
         worker._reset()
 
 
-# concurrent.futures uses this hook for its pools: it runs when the main thread ends,
-# before threads are joined and before atexit handlers (the recorder's flush) run.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_drain_all_at_exit)
-else:  # pragma: no cover - every CPython this project supports has it
-    import atexit
+def at_threading_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the main thread ends, before threads are joined and before
+    ``atexit`` handlers (the recorder's flush) run: the hook ``concurrent.futures`` uses for
+    its pools. Hooks run in reverse order of registration."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(hook)
+    else:  # pragma: no cover - every CPython this project supports has it
+        import atexit
 
-    atexit.register(_drain_all_at_exit)
+        atexit.register(hook)
+
+
+at_threading_exit(_drain_all_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
