@@ -83,7 +83,8 @@ class _Try:
 
     def finished(self, future: Future, known: dict | None = None) -> None:
         # Runs on Parsl's result thread (or the worker thread for ThreadPoolExecutor):
-        # only cheap bookkeeping here; hashing happens on the capture's pool.
+        # only cheap bookkeeping here; hashing happens in the recording process (or, with
+        # record_in="thread", on the capture's worker).
         try:
             status, extra = _outcome(future)
             if known:

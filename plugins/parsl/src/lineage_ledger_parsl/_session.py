@@ -162,7 +162,7 @@ class ParslLedger:
         )
 
     def submit(self, run: TaskRun) -> None:
-        """Hand a finished try to the capture's workers; successful outputs count as produced."""
+        """Hand a finished try to the capture; successful outputs count as produced."""
         if run.outputs and run.status == "succeeded":
             self.produced(list(run.outputs))
         self.capture.post(run)
