@@ -1,11 +1,13 @@
 """The recording process behind :class:`ProcessCapture`: ``python -m lineage_ledger._capture_child``.
 
-It reads task reports from its standard input, gathers them for up to ``LINGER`` seconds,
-records each batch with an ordinary :class:`TaskCapture` (hashing, records, journal; a
-recorder thread ships to the back-end), and answers on its standard output once the batch
-is journaled. Its own warnings
-and errors go back to the engine's process as ``("log", ...)`` messages, so they appear
-where the user looks. The protocol is described in :mod:`._capture_process`.
+Every ``LINGER`` seconds (at once when a request or a nudge comes on its standard input)
+it takes the task reports published in the shared :class:`~._ring.Ring`, records them as
+one batch with an ordinary :class:`TaskCapture` (hashing, records, journal; a recorder
+thread ships to the back-end), and answers on its standard output once the batch is
+journaled. When its input ends, it takes what is left in the ring, records, ships and
+exits. Its own warnings and errors go back to the engine's process as ``("log", ...)``
+messages, so they appear where the user looks. The protocol is described in
+:mod:`._capture_process`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import os
 import pickle
 import signal
 import sys
-import time
 from concurrent.futures import Future
 from typing import Any
 
 from ._capture import TaskCapture, TaskRun
-from ._capture_process import REPORT, REPORT_WITH_ID, decode_report
+from ._capture_process import REPORT_WITH_ID, decode_report
 from ._channel import NOTHING_YET, Channel
+from ._ring import Ring
 
 log = logging.getLogger("lineage_ledger.capture")
 
@@ -59,12 +61,15 @@ class _Relay(logging.Handler):
 
 
 #: How long a report may wait for others to share its batch (it is already safe in the
-#: pipe): each wake-up of this process costs more than recording a dozen reports.
+#: ring): each wake-up of this process costs more than recording a dozen reports.
 LINGER = 0.05
-BATCH = 512
+#: With nothing coming, the wait between looks at the ring grows to this (a report after a
+#: quiet spell waits up to this long; requests are answered at once all the same).
+IDLE = 1.0
+BATCH = 1024
 
 
-def serve(channel: Channel, replies: _Replies, config: dict[str, Any]) -> None:
+def serve(channel: Channel, ring: Ring, replies: _Replies, config: dict[str, Any]) -> None:
     capture = TaskCapture(
         config.get("url"), engine=config["engine"], run_id=config["run_id"],
         threads=int(config.get("threads", 4)), spool=config.get("spool"),
@@ -77,34 +82,29 @@ def serve(channel: Channel, replies: _Replies, config: dict[str, Any]) -> None:
         log.error("lineage-ledger: the recording process cannot open the ledger: %s", err)
     replies.send(("ready",))
     batch = _Batch(capture, replies)
+    wait = LINGER
     while True:
-        wait = batch.patience()
-        if wait:
-            # Sleep rather than wait on the pipe: a reader waiting on it is woken by every
-            # write, and on the machines we measured each wake-up cost both processes tens
-            # of microseconds. The reports are safe in the pipe meanwhile.
-            time.sleep(wait)
-            frame = channel.receive(0)
-        else:
-            frame = channel.receive(None if wait is None else 0)
+        frame = channel.receive(wait)  # a request, a nudge, the end of input, or time to look
+        # Reports put in the ring before a request was sent are recorded before it is answered.
+        taken, more = batch.record_from(ring, everything=frame is not NOTHING_YET)
+        wait = 0.0 if more else LINGER if taken else min(IDLE, max(wait, LINGER) * 2)
         if frame is NOTHING_YET:
-            batch.record()
             continue
         if frame is None:
             break
-        kind, payload = frame
-        if kind in (REPORT, REPORT_WITH_ID):
-            batch.add(payload, kind == REPORT_WITH_ID)
+        message = Channel.message(frame[1])
+        if message[0] == "nudge":  # a report someone waits for: recorded just above
             continue
-        batch.record()  # a request is answered after every report sent before it
-        message = Channel.message(payload)
         if message[0] == "flush":
             replies.send(("flushed", message[1], capture.flush(message[2])))
         elif message[0] == "digest":
             replies.send(("digest", message[1], capture.recorded_digest(message[2])))
         else:
             log.error("lineage-ledger: the recording process got an unknown request %r", message[0])
-    batch.record()
+    batch.record_from(ring, everything=True)  # the engine's process has ended: take the rest
+    if ring.left():
+        log.error("lineage-ledger: %d bytes of task reports in the shared ring could not be read; "
+                  "the engine's process records those it still holds", ring.left())
     done = capture.close(float(config.get("exit_timeout", 15.0)))
     # What it recorded as outputs: recorded_digest() still answers once this process is gone.
     with capture._lock:
@@ -120,28 +120,27 @@ class _Batch:
         self.replies = replies
         self.seq = 0
         self.items: list[tuple[int, bytes, bool]] = []
-        self.since = 0.0
-        self.waited_on = False  # someone holds a future for one of them: do not linger
 
-    def add(self, payload: bytes, wants_id: bool) -> None:
-        if not self.items:
-            self.since = time.monotonic()
-        self.seq += 1
-        self.items.append((self.seq, payload, wants_id))
-        self.waited_on = self.waited_on or wants_id
-
-    def patience(self) -> float | None:
-        """How long to wait for the next frame before recording what is here."""
-        if not self.items:
-            return None
-        if self.waited_on or len(self.items) >= BATCH:
-            return 0.0
-        return max(0.0, self.since + LINGER - time.monotonic())
+    def record_from(self, ring: Ring, everything: bool) -> tuple[int, bool]:
+        """Record the reports published in ``ring``, in batches of up to ``BATCH``: one
+        batch, or all of them. (How many were recorded, whether more may be waiting.)"""
+        taken = 0
+        while True:
+            frames = ring.take(BATCH)
+            for kind, payload in frames:
+                self.seq += 1
+                self.items.append((self.seq, payload, kind == REPORT_WITH_ID))
+            self.record()
+            taken += len(frames)
+            if len(frames) < BATCH:
+                return taken, False
+            if not everything:
+                return taken, True
 
     def record(self) -> None:
         if not self.items:
             return
-        items, self.items, self.waited_on = self.items, [], False
+        items, self.items = self.items, []
         runs: list[tuple[TaskRun, Future[str | None] | None]] = []
         numbered: list[tuple[int, Future[str | None] | None]] = []
         for seq, payload, wants_id in items:
@@ -178,7 +177,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Well below the engine and its tasks in the CPU scheduler's eyes: on a busy machine
     # every cycle taken here slows the workflow (measured: 15% of one core taken by any
-    # process slowed plain Parsl by about a tenth), while records can wait in the pipe.
+    # process slowed plain Parsl by about a tenth), while records can wait in the ring.
     try:
         os.nice(10)
     except OSError:
@@ -192,7 +191,8 @@ def main() -> None:
     root.addHandler(relay)
     root.setLevel(logging.WARNING)
     root.propagate = False
-    serve(channel, replies, config)
+    ring = Ring(int(config["ring"]["fd"]), int(config["ring"]["size"]))
+    serve(channel, ring, replies, config)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,26 @@
-"""Recording in a process of its own: the engine's thread writes one small message per task.
+"""Recording in a process of its own: the engine's thread puts one small frame in shared memory.
 
 Every thread of a Python process shares one GIL. Building a record, its canonical bytes, the
 journal line and the SQL behind it cost a no-op task about as much as the engine's own
 bookkeeping, and on a thread of the engine's process all of it holds the engine's threads
 up. :class:`ProcessCapture` is a :class:`TaskCapture` whose :meth:`~TaskCapture.submit` and
 :meth:`~TaskCapture.post` encode the report (a tuple of its fields, pickled: about 2 us) and
-write it to a pipe read by ``python -m lineage_ledger._capture_child``, which hashes, builds,
-journals and ships the records with an ordinary :class:`TaskCapture`.
+put it in a :class:`~._ring.Ring` shared with ``python -m lineage_ledger._capture_child``,
+which hashes, builds, journals and ships the records with an ordinary :class:`TaskCapture`.
 
-Why a write per task rather than a batch from a worker thread: on the machines we measured,
-waking a thread costs hundreds of microseconds of CPU, far more than a ``write(2)``; and a
-report written by the engine's own thread is in the kernel when ``post`` returns, so a
-``kill -9`` of the engine's process right after cannot lose it.
+Why a ring rather than a pipe or a worker thread: on the machines we measured, waking a
+thread costs hundreds of microseconds of CPU, and a ``write(2)`` per task, which releases
+the GIL, made the engine's threads wait to take it back. Putting a frame in the ring is a
+copy under the GIL, and the ring lives in a mapping that a ``kill -9`` of the engine's
+process right after ``post`` returns does not take away.
 
-Frames (see :mod:`._channel`)::
+Messages (see :mod:`._channel`) go over the child's standard input and output::
 
-    parent -> child   R: a report   F: a report whose id the caller waits for
-                      M: ("flush", token, timeout)   M: ("digest", token, path)
-                      end of input: record the rest, flush, answer ("closed", ok, failures, outputs)
+    parent -> child   ring: R a report, F a report whose id the caller waits for
+                      M: ("nudge",) after an F: record now   M: ("flush", token, timeout)
+                      M: ("digest", token, path)
+                      end of input: take the rest of the ring, record, flush,
+                      answer ("closed", ok, failures, outputs)
     child -> parent   M: ("ready",)   M: ("done", upto, {seq: (ok, id or error)}, failures)
                       M: ("unreadable", first, last)   M: ("flushed", token, ok)
                       M: ("digest", token, entry)   M: ("log", level, logger name, message)
@@ -27,20 +30,21 @@ What each side can count on:
 * The child acknowledges reports once their records are journaled; until then the parent
   keeps them. If the child dies, the parent records what was not acknowledged, and every
   later task, itself. A record journaled by both has one id, and the ledger keeps it once.
-* If the engine's process dies, even by ``kill -9``, the child's input ends: it records
-  everything written, flushes and exits. It ignores SIGINT and SIGTERM, which reach the
-  whole process group; the parent's end decides when it stops.
-* The pipe holds about 1 MiB of reports. If the child falls that far behind, ``post``
-  waits for it: the queue pushes back instead of growing without bound.
+* If the engine's process dies, even by ``kill -9``, the child's input ends: it takes
+  everything published in the ring, records it, flushes and exits. It ignores SIGINT and
+  SIGTERM, which reach the whole process group; the parent's end decides when it stops.
+* The ring holds 4 MiB of reports (about 16,000). If the child falls that far behind,
+  ``post`` waits for it: the queue pushes back instead of growing without bound. If the
+  child dies meanwhile, the waiting ``post`` records here.
 * A process forked from the engine's records in itself: at the fork it closes its copies of
-  the pipes, so the child still sees its input end when the engine's process ends.
+  the pipes and unmaps the ring, so the child still sees its input end when the engine's
+  process ends.
 * A report the child cannot unpickle (a parameter whose class only the engine's process can
   import) is sent back and recorded in the engine's process.
 """
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -63,6 +67,7 @@ from ._drain import at_threading_exit
 from ._environment import current_environment
 from ._errors import LedgerError
 from ._hashing import normalize_path
+from ._ring import Ring, RingFull
 
 __all__ = ["ProcessCapture", "decode_report"]
 
@@ -72,12 +77,13 @@ _exiting = False  # past the exit hook: no new recording process
 _Pending = tuple[int, TaskRun, "Future[str | None] | None"]
 
 REPORT, REPORT_WITH_ID = b"R", b"F"
+_RING_SIZE = 4 << 20  # about 16,000 reports
+_LARGEST_REPORT = 1 << 20  # larger reports (huge parameters) are recorded in this process
+_NUDGE = Channel.frame(MESSAGE, pickle.dumps(("nudge",), protocol=5))
 _FIELDS = ("task_id", "task_name", "status", "started", "ended", "inputs", "outputs", "known",
            "code_digest", "parameters", "environment_extra", "attempt", "extra", "run_id", "known_outputs")
 _fields_of = attrgetter(*_FIELDS)
 _UTC = timezone.utc
-_PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def encode_report(run: TaskRun) -> bytes | None:
@@ -127,6 +133,7 @@ class ProcessCapture(TaskCapture):
 
     def _reset_child_state(self) -> None:
         self._channel: Channel | None = None
+        self._ring: Ring | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = False
@@ -134,7 +141,7 @@ class ProcessCapture(TaskCapture):
         self._orphans_recorded = threading.Event()
         self._closing = False
         self._closed_reply: tuple[bool, int] | None = None
-        self._seq = 0  # reports written; guarded by the channel's send lock
+        self._seq = 0  # reports put in the ring; guarded by the channel's send lock
         self._unacked: deque[_Pending] = deque()
         self._replies: dict[int, Any] = {}
         self._tokens = itertools.count(1)
@@ -212,21 +219,37 @@ class ProcessCapture(TaskCapture):
         if payload is None:
             return False
         channel = self._channel
-        if channel is None:
+        if channel is None or len(payload) > _LARGEST_REPORT:
             return False
-        frame = Channel.frame(REPORT if future is None else REPORT_WITH_ID, payload)
         with channel.send_lock:  # one order for sequence numbers and frames
-            if self._lost:
+            ring = self._ring
+            if self._lost or ring is None:
                 return False
             self._seq += 1
             self._unacked.append((self._seq, run, future))
             try:
-                channel.write_locked(frame)
+                self._put(ring, REPORT if future is None else REPORT_WITH_ID, payload)
+                if future is not None:  # someone waits: the child must not linger
+                    channel.write_locked(_NUDGE)
                 return True
             except OSError as err:
                 failure = err
         self._child_lost(f"could not be written to ({failure})")  # takes this report back too
         return True
+
+    def _put(self, ring: Ring, kind: bytes, payload: bytes) -> None:
+        """Put a frame in the ring; while it is full, wait for the child (the pushback)."""
+        pause = 0.0005
+        while True:
+            try:
+                ring.put(kind, payload)
+                return
+            except RingFull:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    raise OSError("the recording process has ended") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
 
     def _child_running(self) -> bool:
         """Start the child on first use; False if this process must record instead."""
@@ -247,23 +270,26 @@ class ProcessCapture(TaskCapture):
             # The engine's process is where tasks ran; the child only records them.
             "environment": current_environment(),
         }
+        ring = None
         try:
             if not sys.executable:
                 raise OSError("no Python interpreter to start (sys.executable is empty)")
+            ring = Ring.create(_RING_SIZE)
+            config["ring"] = {"fd": ring.fd, "size": ring.size}
             process = subprocess.Popen(
                 [sys.executable, "-m", "lineage_ledger._capture_child", json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
+                pass_fds=(ring.fd,),
             )
         except (OSError, TypeError, ValueError) as err:
+            if ring is not None:
+                ring.close()
             log.error("lineage-ledger: cannot start the recording process (%s); recording in this process", err)
             self._lost = True
             self._orphans_recorded.set()
             return
         assert process.stdin is not None and process.stdout is not None
-        try:  # room for a burst of reports while the child catches up (Linux; else 64 KiB)
-            fcntl.fcntl(process.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
-            pass
+        self._ring = ring
         self._process = process
         channel = Channel(process.stdout.fileno(), process.stdin.fileno())
         self._reader = threading.Thread(target=self._read, args=(channel,),
@@ -280,7 +306,7 @@ class ProcessCapture(TaskCapture):
         except Exception as err:  # noqa: BLE001 - a garbled reply ends the child's service
             log.error("lineage-ledger: bad reply from the recording process: %s", err)
             if self._process is not None:
-                self._process.kill()  # so that a writer blocked on its full pipe fails now
+                self._process.kill()  # so that a writer waiting on a full ring gives up now
         with self._state:
             clean = self._closing and not self._unacked and self._closed_reply is not None
         if not clean:
@@ -294,7 +320,7 @@ class ProcessCapture(TaskCapture):
             self._failed_in_child = failures
             unacked = self._unacked
             # Only this thread takes from the left, and the deque's own operations are
-            # atomic: no lock that a writer blocked on a full pipe might hold.
+            # atomic: no lock that a writer waiting on a full ring might hold.
             while unacked and unacked[0][0] <= upto:
                 seq, _run, future = unacked.popleft()
                 if future is not None:
@@ -378,8 +404,11 @@ class ProcessCapture(TaskCapture):
         deadline = time.monotonic() + timeout
         with self._state:
             self._closing = True
-        with channel.send_lock:  # after any report being written
+        with channel.send_lock:  # after any report being put
             _close(process.stdin)
+            ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()  # the child's own mapping stays: it takes what is left
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout)
         try:
@@ -405,7 +434,9 @@ class ProcessCapture(TaskCapture):
         if process is not None:
             _close(process.stdin)
             _close(process.stdout)
-        self._channel, self._process, self._reader = None, None, None
+        if self._ring is not None:
+            self._ring.close()  # this copy's mapping only; the parent's stays
+        self._channel, self._ring, self._process, self._reader = None, None, None, None
         self._state = threading.Condition()
         self._start_lock = threading.Lock()
         self._lost = True

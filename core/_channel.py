@@ -1,7 +1,7 @@
 """Framed messages over a pair of pipes: how a capture talks to its recording process.
 
 A frame is one kind byte, a 4-byte big-endian length and the payload. Kind ``M`` carries a
-pickled control message; the capture's own kinds carry task reports in its compact encoding.
+pickled control message (task reports themselves go through the shared :mod:`._ring`).
 Both ends are our own code, started by the same user, so pickle's trust model holds; a frame
 that will not decode ends the conversation rather than being guessed at.
 """
@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["Channel", "MESSAGE", "NOTHING_YET"]
 
 _HEADER = struct.Struct(">cI")
-_LIMIT = 1 << 30  # a report is a few hundred bytes; anything near this is a garbled stream
+_LIMIT = 1 << 30  # a message is a few hundred bytes; anything near this is a garbled stream
 MESSAGE = b"M"
 NOTHING_YET = (b"", b"")  # receive(timeout) found no whole frame in time
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 
@@ -56,7 +57,7 @@ def test_kill_9_of_the_recording_process_loses_nothing(url, spool, caplog):
     with caplog.at_level(logging.ERROR):
         for i in range(400):
             capture.post(task(i))
-        os.kill(child, signal.SIGKILL)  # some reports journaled, some in the pipe
+        os.kill(child, signal.SIGKILL)  # some reports journaled, some in the ring
         for i in range(400, 800):
             capture.post(task(i))
         assert capture.close(timeout=60)
@@ -67,7 +68,52 @@ def test_kill_9_of_the_recording_process_loses_nothing(url, spool, caplog):
     assert task_ids(url, spool, "r") == list(range(800))
 
 
-def test_kill_9_of_the_engine_process_keeps_what_reached_the_pipe(url, spool):
+def test_a_stalled_recording_process_pushes_back_and_a_dead_one_releases(url, spool, monkeypatch):
+    """The ring is bounded: with the child stopped (SIGSTOP), post() blocks once the ring is
+    full instead of growing memory; once the child is killed, the blocked post() and
+    everything after it are recorded here, each report once."""
+    monkeypatch.setattr(capture_process, "_RING_SIZE", 1 << 16)  # about 250 reports
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    capture.open()
+    child = capture.child_pid
+    os.kill(child, signal.SIGSTOP)
+    posted: list[int] = []
+
+    def post_all() -> None:
+        for i in range(1000):
+            capture.post(task(i))
+            posted.append(i)
+
+    poster = threading.Thread(target=post_all)
+    poster.start()
+    time.sleep(1.0)
+    assert poster.is_alive() and 100 < len(posted) < 1000  # blocked on the full ring
+    os.kill(child, signal.SIGKILL)
+    poster.join(60)
+    assert not poster.is_alive() and len(posted) == 1000
+    assert capture.close(timeout=60) and capture.failures == 0
+    assert task_ids(url, spool, "r") == list(range(1000))
+
+
+def test_a_stalled_recording_process_that_resumes_takes_everything(url, spool, monkeypatch):
+    monkeypatch.setattr(capture_process, "_RING_SIZE", 1 << 16)
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    capture.open()
+    child = capture.child_pid
+    os.kill(child, signal.SIGSTOP)
+    poster = threading.Thread(target=lambda: [capture.post(task(i)) for i in range(1000)])
+    poster.start()
+    time.sleep(0.5)
+    assert poster.is_alive()
+    os.kill(child, signal.SIGCONT)
+    poster.join(60)
+    assert not poster.is_alive()
+    assert capture.flush(timeout=60) and capture.child_pid == child  # the same child did it all
+    assert capture.close(timeout=60) and capture.failures == 0
+    assert task_ids(url, spool, "r") == list(range(1000))
+
+
+def test_kill_9_of_the_engine_process_keeps_what_reached_the_ring(url, spool):
     script = textwrap.dedent(f"""
         import os, signal, sys
         from datetime import timezone, datetime
@@ -77,7 +123,7 @@ def test_kill_9_of_the_engine_process_keeps_what_reached_the_pipe(url, spool):
         capture.open()
         print(capture.child_pid, flush=True)
         for i in range(1000):
-            capture.post(TaskRun(str(i), "t", "succeeded", now, now))  # in the pipe once it returns
+            capture.post(TaskRun(str(i), "t", "succeeded", now, now))  # in the shared ring once it returns
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
