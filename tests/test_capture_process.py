@@ -12,9 +12,11 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lineage_ledger._capture_process as capture_process
 from lineage_ledger import ProcessCapture, TaskRun, open_ledger, utcnow
@@ -31,6 +33,26 @@ def task_ids(url, spool, run_id):
     """Every record of ``run_id`` by task id; a record stored twice would show up twice."""
     with open_ledger(url, spool=spool) as ledger:
         return sorted(int(e.record.task_id) for e in ledger.run(run_id))
+
+
+_moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                        timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=-5, minutes=-30))]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(started=_moments, ended=_moments, attempt=st.integers(1, 10**6),
+       extra=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3))
+def test_a_report_comes_out_of_the_wire_format_as_it_went_in(started, ended, attempt, extra):
+    """Times to the microsecond, in UTC (sent as integers) or another zone, and every field."""
+    run = TaskRun("7", "step", "failed", started, ended, inputs=["/a"], outputs=("/b",),
+                  known={"/a": {"blake3": "0" * 64, "size": 1}}, attempt=attempt, extra=extra, run_id="r")
+    payload = capture_process.encode_report(run)
+    assert payload is not None
+    back = capture_process.decode_report(payload)
+    assert back == run
+    assert back.started.utcoffset() == started.utcoffset()
+    naive = TaskRun("7", "step", "failed", started.replace(tzinfo=None), ended)
+    assert capture_process.encode_report(naive) is None  # recorded here, where Record raises
 
 
 def test_records_in_another_process_with_this_processs_environment(url, spool, tmp_path, monkeypatch):
