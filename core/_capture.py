@@ -357,7 +357,8 @@ class TaskCapture:
                     extra["recalled_inputs"] = recalled
             if files.missing:
                 extra["missing_outputs"] = files.missing
-        record = Record(
+        # parameters and extra went through jsonable, the environment is ours: no key scan.
+        record = Record._from_json_values(
             engine=self.engine,
             run_id=run.run_id or self.run_id,
             task_id=str(run.task_id),

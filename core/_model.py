@@ -120,6 +120,15 @@ class Record:
     _times: tuple[str, str] = field(default=("", ""), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        for name in ("parameters", "environment", "extra"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a mapping")
+            reject_non_string_keys(value)
+
+    def _check_fields(self) -> None:
+        """Every check but the key scan of ``parameters``, ``environment`` and ``extra``."""
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {sorted(STATUSES)}, got {self.status!r}")
         for name in ("engine", "run_id", "task_id", "task_name"):
@@ -136,11 +145,24 @@ class Record:
             raise ValueError("attempt must be a positive integer")
         # Formatting rejects naive datetimes early, on the caller's line.
         object.__setattr__(self, "_times", (format_time(self.started), format_time(self.ended)))
+
+    @classmethod
+    def _from_json_values(cls, **fields: Any) -> Record:
+        """A record whose ``parameters``, ``environment`` and ``extra`` are dicts already in
+        JSON form (what :func:`jsonable` returns: string keys throughout), so their key scan
+        is skipped; every other field is checked as usual. For :class:`TaskCapture`, which
+        builds every record this way: the scan was a tenth of its cost per record."""
+        if fields.keys() != _RECORD_FIELDS:
+            raise TypeError(f"record fields missing or unknown: {sorted(fields.keys() ^ _RECORD_FIELDS)}")
+        record = object.__new__(cls)
+        for name, value in fields.items():
+            object.__setattr__(record, name, value)
+        object.__setattr__(record, "_canonical", None)
+        record._check_fields()
         for name in ("parameters", "environment", "extra"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{name} must be a mapping")
-            reject_non_string_keys(value)
+            if type(fields[name]) is not dict:
+                raise ValueError(f"{name} must be a dict in JSON form")
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -304,3 +326,6 @@ class Block:
 
     def stored(self) -> StoredBlock:
         return StoredBlock(self.header.height, self.header.id, self.header.encode(), self.records)
+
+
+_RECORD_FIELDS = frozenset(f for f in Record.__dataclass_fields__ if not f.startswith("_"))

@@ -23,6 +23,7 @@ from lineage_ledger import (
     verify_chain,
     verify_inclusion,
 )
+from lineage_ledger._model import _RECORD_FIELDS
 from lineage_ledger.backends import open_backend
 from tests.backend_conformance import chain_of
 from tests.support.factories import make_records
@@ -64,6 +65,21 @@ def test_canonical_encoding_round_trips(record):
     assert again == record
     assert again.encode() == data
     assert again.id == record.id
+
+
+@given(records)
+def test_a_capture_built_record_is_the_same_record(record):
+    """TaskCapture builds records without re-scanning keys of JSON-form values: same bytes,
+    and the checks that remain still refuse what Record refuses."""
+    fields = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    built = Record._from_json_values(**fields)
+    assert built == record and built.encode() == record.encode()
+    with pytest.raises(TypeError, match="missing or unknown"):
+        Record._from_json_values(**{k: v for k, v in fields.items() if k != "attempt"})
+    with pytest.raises(ValueError, match="parameters must be a dict"):
+        Record._from_json_values(**{**fields, "parameters": [1]})
+    with pytest.raises(ValueError, match="status"):
+        Record._from_json_values(**{**fields, "status": "done"})
 
 
 @given(records, st.data())
