@@ -18,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -66,6 +67,11 @@ LINGER = 0.05
 #: With nothing coming, the wait between looks at the ring grows to this (a report after a
 #: quiet spell waits up to this long; requests are answered at once all the same).
 IDLE = 1.0
+#: How often, at most, journaled reports are acknowledged while reports keep coming. Each
+#: acknowledgement wakes a thread of the engine's process, which then competes with the
+#: engine for its GIL; the engine keeps each report until acknowledged, so this bounds its
+#: memory (and what it records again if this process dies), not what can be lost.
+ACK_EVERY = 0.5
 BATCH = 1024
 
 
@@ -89,11 +95,14 @@ def serve(channel: Channel, ring: Ring, replies: _Replies, config: dict[str, Any
         taken, more = batch.record_from(ring, everything=frame is not NOTHING_YET)
         wait = 0.0 if more else LINGER if taken else min(IDLE, max(wait, LINGER) * 2)
         if frame is NOTHING_YET:
+            if not taken:
+                batch.acknowledge()  # a quiet moment: no more reports to wait for
             continue
         if frame is None:
             break
+        batch.acknowledge()  # before any answer: the engine's process may be closing
         message = Channel.message(frame[1])
-        if message[0] == "nudge":  # a report someone waits for: recorded just above
+        if message[0] == "nudge":  # a report someone waits for: recorded and answered above
             continue
         if message[0] == "flush":
             replies.send(("flushed", message[1], capture.flush(message[2])))
@@ -102,6 +111,7 @@ def serve(channel: Channel, ring: Ring, replies: _Replies, config: dict[str, Any
         else:
             log.error("lineage-ledger: the recording process got an unknown request %r", message[0])
     batch.record_from(ring, everything=True)  # the engine's process has ended: take the rest
+    batch.acknowledge()
     if ring.left():
         log.error("lineage-ledger: %d bytes of task reports in the shared ring could not be read; "
                   "the engine's process records those it still holds", ring.left())
@@ -120,6 +130,8 @@ class _Batch:
         self.replies = replies
         self.seq = 0
         self.items: list[tuple[int, bytes, bool]] = []
+        self.acknowledged = 0
+        self.last_acknowledged = time.monotonic()
 
     def record_from(self, ring: Ring, everything: bool) -> tuple[int, bool]:
         """Record the reports published in ``ring``, in batches of up to ``BATCH``: one
@@ -155,7 +167,15 @@ class _Batch:
         if runs:
             self.capture._record_batch(runs)
         results = {seq: _outcome(f) for seq, f in numbered if f is not None}
-        self.replies.send(("done", self.seq, results, self.capture.failures))
+        if results or time.monotonic() - self.last_acknowledged >= ACK_EVERY:
+            self.acknowledge(results)
+
+    def acknowledge(self, results: dict[int, tuple[bool, Any]] | None = None) -> None:
+        """Tell the engine's process that every report up to ``self.seq`` is journaled."""
+        if self.seq == self.acknowledged and not results:
+            return
+        self.replies.send(("done", self.seq, results or {}, self.capture.failures))
+        self.acknowledged, self.last_acknowledged = self.seq, time.monotonic()
 
 
 def _outcome(future: Future[str | None]) -> tuple[bool, Any]:
