@@ -67,7 +67,7 @@ from ._drain import at_threading_exit
 from ._environment import current_environment
 from ._errors import LedgerError
 from ._hashing import normalize_path
-from ._ring import Ring, RingFull
+from ._ring import Ring
 
 __all__ = ["ProcessCapture", "decode_report"]
 
@@ -215,9 +215,9 @@ class ProcessCapture(TaskCapture):
 
     # -- sending (the engine's threads) -------------------------------------------------------
     def _send(self, run: TaskRun, future: Future[str | None] | None) -> bool:
-        """Write ``run`` to the child; False if this process must record it instead."""
-        if not self._child_running():  # (a forked copy is marked lost at the fork)
-            return False
+        """Put ``run`` in the child's ring; False if this process must record it instead."""
+        if self._lost or (self._channel is None and not self._child_running()):
+            return False  # (a forked copy is marked lost at the fork)
         payload = encode_report(run)
         if payload is None:
             return False
@@ -231,7 +231,8 @@ class ProcessCapture(TaskCapture):
             self._seq += 1
             self._unacked.append((self._seq, run, future))
             try:
-                self._put(ring, REPORT if future is None else REPORT_WITH_ID, payload)
+                if not ring.put(REPORT if future is None else REPORT_WITH_ID, payload):
+                    self._wait_for_room(ring, REPORT if future is None else REPORT_WITH_ID, payload)
                 if future is not None:  # someone waits: the child must not linger
                     channel.write_locked(_NUDGE)
                 return True
@@ -240,19 +241,15 @@ class ProcessCapture(TaskCapture):
         self._child_lost(f"could not be written to ({failure})")  # takes this report back too
         return True
 
-    def _put(self, ring: Ring, kind: bytes, payload: bytes) -> None:
-        """Put a frame in the ring; while it is full, wait for the child (the pushback)."""
+    def _wait_for_room(self, ring: Ring, kind: bytes, payload: bytes) -> None:
+        """The ring is full: wait for the child to take some (the pushback), unless it died."""
         pause = 0.0005
-        while True:
-            try:
-                ring.put(kind, payload)
-                return
-            except RingFull:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    raise OSError("the recording process has ended") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+        while not ring.put(kind, payload):
+            process = self._process
+            if process is None or process.poll() is not None:
+                raise OSError("the recording process has ended")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     def _child_running(self) -> bool:
         """Start the child on first use; False if this process must record instead."""

@@ -33,17 +33,13 @@ import struct
 import tempfile
 import zlib
 
-__all__ = ["Ring", "RingFull"]
+__all__ = ["Ring"]
 
 _HEADER_PAGE = 4096
 _TAIL, _HEAD = 0, 64
 _COUNTER = struct.Struct("Q")  # native: a single aligned 8-byte store or load
 _FRAME = struct.Struct("<cII")  # kind, payload length, CRC-32 of the payload
 _WRAP = b"W"
-
-
-class RingFull(Exception):
-    """The reader is a whole ring behind; try again once it has taken some."""
 
 
 class Ring:
@@ -55,6 +51,7 @@ class Ring:
         self._map = mmap.mmap(fd, _HEADER_PAGE + size)
         self._view = memoryview(self._map)
         self._tail = _COUNTER.unpack_from(self._map, _TAIL)[0]  # the writer's own copy
+        self._room_until = 0  # the writer's last view of where the reader lets it write to
         self._head = _COUNTER.unpack_from(self._map, _HEAD)[0]  # the reader's own copy
 
     @classmethod
@@ -76,8 +73,8 @@ class Ring:
             raise
 
     # -- writer --------------------------------------------------------------------------------
-    def put(self, kind: bytes, payload: bytes) -> None:
-        """Publish one frame; :class:`RingFull` if the reader has not made room for it."""
+    def put(self, kind: bytes, payload: bytes) -> bool:
+        """Publish one frame; False if the reader has not made room for it yet."""
         length = _FRAME.size + len(payload)
         if length > self.size // 2:
             raise ValueError(f"a frame of {length} bytes does not fit a ring of {self.size}")
@@ -85,18 +82,21 @@ class Ring:
         offset = tail % self.size
         left_in_lap = self.size - offset
         skip = left_in_lap if length > left_in_lap else 0
-        head = _COUNTER.unpack_from(self._map, _HEAD)[0]
-        if tail + skip + length - head > self.size:
-            raise RingFull()
+        if tail + skip + length > self._room_until:  # look at the reader's counter only then
+            self._room_until = _COUNTER.unpack_from(self._map, _HEAD)[0] + self.size
+            if tail + skip + length > self._room_until:
+                return False
         if skip:
             if left_in_lap >= _FRAME.size:
                 _FRAME.pack_into(self._map, _HEADER_PAGE + offset, _WRAP, 0, _seal(b"", tail))
             tail += skip
             offset = 0
         start = _HEADER_PAGE + offset
-        self._map[start:start + length] = _FRAME.pack(kind, len(payload), _seal(payload, tail)) + payload
+        _FRAME.pack_into(self._map, start, kind, len(payload), zlib.crc32(payload, tail & 0xFFFFFFFF))
+        self._map[start + _FRAME.size:start + length] = payload
         self._tail = tail + length
         _COUNTER.pack_into(self._map, _TAIL, self._tail)  # publish: after the frame's bytes
+        return True
 
     def pending(self) -> int:
         """Bytes published and not yet released by the reader (the writer's view)."""

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lineage_ledger._ring import _FRAME, Ring, RingFull
+from lineage_ledger._ring import _FRAME, Ring
 
 SIZE = 1 << 16
 
@@ -27,14 +27,11 @@ def test_frames_come_out_in_order_across_laps_whatever_the_readers_pace(steps):
         sent: list[bytes] = []
         got: list[bytes] = []
         for payload, takes in steps:
-            try:
-                ring.put(b"R", payload)
-                sent.append(payload)
-            except RingFull:
+            if not ring.put(b"R", payload):
                 assert ring.pending() > 0  # an empty ring takes any frame up to half its size
                 got.extend(p for _, p in ring.take())
-                ring.put(b"R", payload)  # room after the reader took everything
-                sent.append(payload)
+                assert ring.put(b"R", payload)  # room after the reader took everything
+            sent.append(payload)
             for _ in range(takes):
                 got.extend(p for _, p in ring.take(limit=2))
         got.extend(p for _, p in ring.take())
@@ -49,14 +46,13 @@ def test_a_full_ring_refuses_and_takes_again_once_read():
     try:
         payload = b"x" * 1000
         count = 0
-        with pytest.raises(RingFull):
-            while True:
-                ring.put(b"R", payload)
-                count += 1
+        while ring.put(b"R", payload):
+            count += 1
         assert count == SIZE // (1000 + _FRAME.size)
+        assert not ring.put(b"R", payload)  # still full: nothing was overwritten
         assert len(ring.take(limit=3)) == 3
         for _ in range(3):
-            ring.put(b"F", payload)
+            assert ring.put(b"F", payload)
         frames = ring.take()
         assert len(frames) == count and frames[-1] == (b"F", payload)
     finally:
@@ -82,7 +78,7 @@ def test_bytes_from_an_earlier_lap_are_never_taken_as_new():
         frame = 1024  # frames that tile the ring: the next lap starts where frame 0 is
         lap = [(b"%05d" % i).ljust(frame - _FRAME.size, b".") for i in range(SIZE // frame)]
         for payload in lap:
-            ring.put(b"R", payload)
+            assert ring.put(b"R", payload)
         assert [p for _, p in ring.take()] == lap
         # Publish the next frame's end without writing the frame: frame 0 is still there,
         # whole and with a CRC that matched at its old position.
@@ -90,7 +86,7 @@ def test_bytes_from_an_earlier_lap_are_never_taken_as_new():
         assert ring.take() == []
         assert ring.left() == frame
         ring._tail = SIZE  # the writer now writes it: the reader takes the new frame
-        ring.put(b"R", b"new")
+        assert ring.put(b"R", b"new")
         assert ring.take() == [(b"R", b"new")]
     finally:
         ring.close()
@@ -107,7 +103,7 @@ def test_another_process_reads_what_a_killed_writer_published(tmp_path):
                 from lineage_ledger._ring import Ring
                 ring = Ring({ring.fd}, {SIZE})
                 for i in range(500):
-                    ring.put(b"R", b"report %d" % i)
+                    assert ring.put(b"R", b"report %d" % i)
                 print("published", flush=True)
                 time.sleep(60)
             """)],
