@@ -56,11 +56,12 @@ class Ring:
 
     @classmethod
     def create(cls, size: int = 4 << 20) -> Ring:
-        """A new ring in memory that no other process maps yet; its fd is inheritable."""
+        """A new ring in memory that no other process maps yet. Its descriptor is closed on
+        exec: hand it to the reader with ``subprocess.Popen(..., pass_fds=[ring.fd])``."""
         if size < 1 << 16 or size % mmap.PAGESIZE:
             raise ValueError(f"ring size must be a multiple of the page size and >= 64 KiB, got {size}")
         if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("lineage-ledger-reports", 0)
+            fd = os.memfd_create("lineage-ledger-reports")
         else:  # other POSIX systems: an unlinked temporary file (in the page cache)
             handle, path = tempfile.mkstemp(prefix="lineage-ledger-reports-")
             os.unlink(path)
