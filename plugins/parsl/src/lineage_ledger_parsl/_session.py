@@ -41,8 +41,8 @@ class ParslLedger:
     digest, so a changed input is a cache miss) or by ``path`` (their URL only).
 
     ``record_in`` is where records are built: in a ``process`` of their own (the default;
-    Parsl's process only pickles each finished try to a pipe, so recording does not take
-    the GIL from Parsl's threads) or on a ``thread`` of Parsl's process (no extra process;
+    Parsl's process only pickles each finished try into memory shared with it, so recording
+    does not take the GIL from Parsl's threads) or on a ``thread`` of Parsl's process (no extra process;
     costs Parsl about a fifth more time per no-op task).
     """
 
