@@ -132,22 +132,40 @@ def verify_chain(blocks: Iterable[StoredBlock]) -> ChainSummary:
 
 def _verify_columns(blocks: Iterable[BlockColumns]) -> ChainSummary:
     """:func:`verify_chain` on blocks as (height, id, header, record ids, record bodies)."""
-    log = MerkleBuilder()
-    prev: str | None = None
-    expected = 0
-    seen: set[str] = set()
-    for height, block_id, header, ids, bodies in blocks:
-        _verify_parts(height, block_id, header, ids, bodies, expected, prev, log)
-        fresh = set(ids)
-        if len(fresh) != len(ids) or not seen.isdisjoint(fresh):
-            for record_id in ids:
-                if record_id in seen:
-                    raise ChainBroken(
-                        f"block {expected}: record {record_id[:16]} appears twice in the ledger",
-                        height=expected,
-                    )
-                seen.add(record_id)
-        seen |= fresh
-        prev = block_id
-        expected += 1
-    return ChainSummary(blocks=expected, records=log.size, head=prev, log_root=log.root())
+    verifier = ChainVerifier()
+    verifier.feed(blocks)
+    return verifier.summary()
+
+
+class ChainVerifier:
+    """:func:`verify_chain` that can be fed the blocks appended since (appends only add).
+
+    After a :meth:`feed` raises, the verifier is in an unknown state: start a new one.
+    """
+
+    def __init__(self) -> None:
+        self._log = MerkleBuilder()
+        self._prev: str | None = None
+        self._expected = 0
+        self._seen: set[str] = set()
+
+    def feed(self, blocks: Iterable[BlockColumns]) -> None:
+        log, seen = self._log, self._seen
+        for height, block_id, header, ids, bodies in blocks:
+            _verify_parts(height, block_id, header, ids, bodies, self._expected, self._prev, log)
+            fresh = set(ids)
+            if len(fresh) != len(ids) or not seen.isdisjoint(fresh):
+                for record_id in ids:
+                    if record_id in seen:
+                        raise ChainBroken(
+                            f"block {self._expected}: record {record_id[:16]} appears twice in the ledger",
+                            height=self._expected,
+                        )
+                    seen.add(record_id)
+            seen |= fresh
+            self._prev = block_id
+            self._expected += 1
+
+    def summary(self) -> ChainSummary:
+        return ChainSummary(blocks=self._expected, records=self._log.size, head=self._prev,
+                            log_root=self._log.root())

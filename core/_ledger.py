@@ -13,16 +13,17 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from ._chain import ChainSummary, ChainTip, _verify_columns, build_block, verify_chain
+from ._chain import ChainSummary, ChainTip, ChainVerifier, _verify_columns, build_block, verify_chain
 from ._errors import AppendConflict, BackendError, ChainBroken, LedgerError, RecordTampered
-from ._model import Record, StoredBlock, StoredRecord
+from ._model import BlockColumns, Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class Ledger:
         # so a hit is as good as a fresh decode. Bounded; cleared when full.
         self._decoded: dict[str, Record] = {}
         self._decode_limit: int | None = _DECODE_CACHE
+        # verified_view(): the view, its verifier, and the (height, id) it ends on.
+        self._verified: tuple[Ledger, ChainVerifier, tuple[int, str]] | None = None
+        self._verified_lock = threading.Lock()
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -203,24 +207,58 @@ class Ledger:
             return verify_chain(keep(self.backend.blocks()))
 
         summary = self._read_steady(verify_and_keep)
-        memory = MemoryBackend(f"snapshot+{self.url}", private=True)
-        view = Ledger(memory, spool_root=self._spool_root)
+        view = Ledger(MemoryBackend(f"snapshot+{self.url}", private=True), spool_root=self._spool_root)
         view._decode_limit = None  # everything is in memory already; keep every decode
-        for block in read:  # re-key with the index fields the SQL store does not return
-            records = []
-            for position, stored in enumerate(block.records):
-                try:
-                    record = Record.decode(stored.body)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise RecordTampered(
-                        f"block {block.height}: record {position} ({stored.id[:16]}) is not a readable "
-                        f"record: {exc}",
-                        height=block.height,
-                    ) from exc
-                view._decoded[stored.id] = record
-                records.append(record.stored(stored.body, stored.id))
-            memory.append([StoredBlock(block.height, block.id, block.header, tuple(records))])
+        _add_verified(view, read)
         return view, summary
+
+    def verified_view(self) -> Ledger:
+        """The view of :meth:`snapshot`, kept up to date for repeated pre-run checks.
+
+        The first call reads and verifies the whole chain. A later call reads and verifies
+        only the blocks appended since, after checking that the block the last call ended
+        on is still stored with the same id: an edit below it that keeps the chain valid
+        must rewrite it. (An edit that breaks the chain is for ``verify-lineage``, which
+        always reads everything; this view keeps answering from the bytes it verified.)
+        Any failure raises and forgets the view, so the next call starts again.
+        """
+        with self._verified_lock:  # plugins check from several threads
+            return self._verified_view()
+
+    def _verified_view(self) -> Ledger:
+        from lineage_ledger.backends.memory import MemoryBackend
+
+        kept = self._verified
+        if kept is not None:
+            view, verifier, tip = kept
+            head = self.backend.head()
+            if head is not None and (head.height, head.id) == tip:
+                return view
+            ended_on = next(iter(self.backend.blocks(tip[0], tip[0] + 1)), None)
+            if ended_on is None or ended_on.id != tip[1]:
+                kept = None  # the chain below changed: verify it all again
+        if kept is None:
+            view = Ledger(MemoryBackend(f"verified+{self.url}", private=True), spool_root=self._spool_root)
+            view._decode_limit = None
+            verifier, tip = ChainVerifier(), (-1, "")
+        self._verified = None
+        for _ in range(_STEADY_READS):  # see _read_steady: one state of the store
+            before = self.backend.head()
+            fresh = list(self.backend.blocks(tip[0] + 1))
+            stored = self.backend.record_count()
+            if self.backend.head() == before:
+                break
+        else:
+            raise BackendError(f"{self.url}: the ledger kept growing during {_STEADY_READS} reads of the chain")
+        verifier.feed(
+            BlockColumns(b.height, b.id, b.header, [r.id for r in b.records], [r.body for r in b.records])
+            for b in fresh
+        )
+        self._check_totals(verifier.summary(), before, stored)
+        _add_verified(view, fresh)
+        if before is not None:
+            self._verified = (view, verifier, (before.height, before.id))
+        return view
 
     def _decode(self, located: Located) -> LedgerRecord:
         stored = located.record
@@ -398,3 +436,22 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
             ledger.close()
             raise
     return ledger
+
+
+def _add_verified(view: Ledger, blocks: Iterable[StoredBlock]) -> None:
+    """Put verified blocks in ``view``'s memory store, keyed with the index fields (inputs,
+    outputs, run) that a SQL store does not return with the blocks."""
+    for block in blocks:
+        records = []
+        for position, stored in enumerate(block.records):
+            try:
+                record = Record.decode(stored.body)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise RecordTampered(
+                    f"block {block.height}: record {position} ({stored.id[:16]}) is not a readable "
+                    f"record: {exc}",
+                    height=block.height,
+                ) from exc
+            view._decoded[stored.id] = record
+            records.append(record.stored(stored.body, stored.id))
+        view.backend.append([StoredBlock(block.height, block.id, block.header, tuple(records))])

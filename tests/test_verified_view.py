@@ -1,0 +1,75 @@
+"""The pre-run check verifies the chain once, then only what was appended since.
+
+The engine plugins call ``check_before_run`` before every guarded task; reading and verifying
+the whole ledger each time made a run's checks grow with the square of its length.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lineage_ledger import LedgerError, check_before_run, open_ledger
+from tests.support.factories import artifact, make_record, make_records
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_later_check_reads_only_the_blocks_appended_since(tmp_path):
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        for start in range(0, 30, 10):
+            ledger.append_records([r.stored() for r in make_records(10, start=start)])
+        read: list[int] = []
+        real_blocks = ledger.backend.blocks
+
+        def counting(start=0, stop=None):  # the real store, counted
+            for block in real_blocks(start, stop):
+                read.append(block.height)
+                yield block
+
+        ledger.backend.blocks = counting  # type: ignore[method-assign]
+        first = ledger.verified_view()
+        assert read == [0, 1, 2]
+        read.clear()
+        assert ledger.verified_view() is first and read == []  # nothing new: nothing read
+
+        made = _write(tmp_path / "made.txt", "made")
+        ledger.append_records([make_record(99, outputs=[artifact(made, "made")]).stored()])
+        (tmp_path / "made.txt").write_text("edited by hand")
+        tampered = check_before_run(ledger, [made], "warn")
+        assert [c.path for c in tampered] == [made]  # the new block was read and used
+        assert read == [2, 3]  # the block the last check ended on (unchanged?), then the new one
+
+
+def test_a_tampered_block_appended_after_a_check_is_refused_every_time(tmp_path):
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([r.stored() for r in make_records(5)])
+        ledger.verified_view()
+        ledger.append_records([r.stored() for r in make_records(5, start=5)])
+        with sqlite3.connect(f"{tmp_path}/ledger.db") as db:
+            db.execute("UPDATE ll_records SET body = replace(body, 'step', 'stop') WHERE seq = 7")
+        for _ in range(2):  # forgotten after the failure, not half-kept
+            with pytest.raises(LedgerError):
+                check_before_run(ledger, [], "warn")
+
+
+def test_a_chain_rewritten_below_the_last_check_is_verified_again_in_full(tmp_path):
+    """Someone replaces the ledger with another valid chain: the block the last check ended
+    on has another id, so the check starts again and answers from the new chain."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    out = _write(tmp_path / "out.txt", "second")
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([make_record(1, outputs=[artifact(out, "first")]).stored()])
+        assert [c.path for c in check_before_run(ledger, [out], "warn")] == [out]
+        with sqlite3.connect(db) as conn:
+            for table in ("ll_artifacts", "ll_records", "ll_blocks"):
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
+        ledger.append_records([make_record(2, outputs=[artifact(out, "second")]).stored()])
+        assert check_before_run(ledger, [out], "warn") == []  # the new chain vouches for it
