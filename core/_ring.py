@@ -49,7 +49,6 @@ class Ring:
         self.fd = fd
         self.size = size
         self._map = mmap.mmap(fd, _HEADER_PAGE + size)
-        self._view = memoryview(self._map)
         self._tail = _COUNTER.unpack_from(self._map, _TAIL)[0]  # the writer's own copy
         self._room_until = 0  # the writer's last view of where the reader lets it write to
         self._head = _COUNTER.unpack_from(self._map, _HEAD)[0]  # the reader's own copy
@@ -140,11 +139,7 @@ class Ring:
 
     def close(self) -> None:
         """Unmap and close this process's descriptor; the other side's mapping stays valid."""
-        self._view.release()
-        try:
-            self._map.close()
-        except BufferError:  # a payload view still alive somewhere: leave it to the GC
-            pass
+        self._map.close()
         try:
             os.close(self.fd)
         except OSError:
