@@ -234,8 +234,8 @@ class Ledger:
             head = self.backend.head()
             if head is not None and (head.height, head.id) == tip:
                 return view
-            ended_on = next(iter(self.backend.blocks(tip[0], tip[0] + 1)), None)
-            if ended_on is None or ended_on.id != tip[1]:
+            ended_on = list(self.backend.blocks(tip[0], tip[0] + 1))  # (read to the end: closes the query)
+            if not ended_on or ended_on[0].id != tip[1]:
                 kept = None  # the chain below changed: verify it all again
         if kept is None:
             view = Ledger(MemoryBackend(f"verified+{self.url}", private=True), spool_root=self._spool_root)
