@@ -123,13 +123,13 @@ def serve(channel: Channel, ring: Ring, replies: _Replies, config: dict[str, Any
 
 
 class _Batch:
-    """Reports received and not yet recorded, numbered as the parent numbered them."""
+    """Records what the ring holds, numbering reports as the parent numbered them, and
+    acknowledges them."""
 
     def __init__(self, capture: TaskCapture, replies: _Replies) -> None:
         self.capture = capture
         self.replies = replies
-        self.seq = 0
-        self.items: list[tuple[int, bytes, bool]] = []
+        self.seq = 0  # reports taken from the ring
         self.acknowledged = 0
         self.last_acknowledged = time.monotonic()
 
@@ -139,29 +139,27 @@ class _Batch:
         taken = 0
         while True:
             frames = ring.take(BATCH)
-            for kind, payload in frames:
-                self.seq += 1
-                self.items.append((self.seq, payload, kind == REPORT_WITH_ID))
-            self.record()
+            self.record(frames)
             taken += len(frames)
             if len(frames) < BATCH:
                 return taken, False
             if not everything:
                 return taken, True
 
-    def record(self) -> None:
-        if not self.items:
+    def record(self, frames: list[tuple[bytes, bytes]]) -> None:
+        if not frames:
             return
-        items, self.items = self.items, []
         runs: list[tuple[TaskRun, Future[str | None] | None]] = []
         numbered: list[tuple[int, Future[str | None] | None]] = []
-        for seq, payload, wants_id in items:
+        for kind, payload in frames:
+            self.seq += 1
+            seq = self.seq
             try:
                 run = decode_report(payload)
             except Exception:  # noqa: BLE001 - a class only the engine's process can import
                 self.replies.send(("unreadable", seq, seq))  # before "done" covers it
                 continue
-            future: Future[str | None] | None = Future() if wants_id else None
+            future: Future[str | None] | None = Future() if kind == REPORT_WITH_ID else None
             runs.append((run, future))
             numbered.append((seq, future))
         if runs:

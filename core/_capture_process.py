@@ -230,9 +230,10 @@ class ProcessCapture(TaskCapture):
                 return False
             self._seq += 1
             self._unacked.append((self._seq, run, future))
+            kind = REPORT if future is None else REPORT_WITH_ID
             try:
-                if not ring.put(REPORT if future is None else REPORT_WITH_ID, payload):
-                    self._wait_for_room(ring, REPORT if future is None else REPORT_WITH_ID, payload)
+                if not ring.put(kind, payload):
+                    self._wait_for_room(ring, kind, payload)
                 if future is not None:  # someone waits: the child must not linger
                     channel.write_locked(_NUDGE)
                 return True

@@ -6,7 +6,7 @@ produced and hand back the bytes for :func:`verify_chain` to recompute.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -124,10 +124,13 @@ def _verify_parts(
 
 def verify_chain(blocks: Iterable[StoredBlock]) -> ChainSummary:
     """Verify ids, heights, links, Merkle roots and record hashes; stop at the first bad block."""
-    return _verify_columns(
-        BlockColumns(b.height, b.id, b.header, [r.id for r in b.records], [r.body for r in b.records])
-        for b in blocks
-    )
+    return _verify_columns(columns_of(blocks))
+
+
+def columns_of(blocks: Iterable[StoredBlock]) -> Iterator[BlockColumns]:
+    """Stored blocks as the (height, id, header, record ids, record bodies) the verifier reads."""
+    for b in blocks:
+        yield BlockColumns(b.height, b.id, b.header, [r.id for r in b.records], [r.body for r in b.records])
 
 
 def _verify_columns(blocks: Iterable[BlockColumns]) -> ChainSummary:

@@ -17,13 +17,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from blake3 import blake3
 
-from ._chain import ChainSummary, ChainTip, ChainVerifier, _verify_columns, build_block, verify_chain
+from ._chain import (
+    ChainSummary,
+    ChainTip,
+    ChainVerifier,
+    _verify_columns,
+    build_block,
+    columns_of,
+    verify_chain,
+)
 from ._errors import AppendConflict, BackendError, ChainBroken, LedgerError, RecordTampered
-from ._model import BlockColumns, Record, StoredBlock, StoredRecord
+from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
@@ -67,6 +75,8 @@ class LineageNode:
     producer: LedgerRecord | None = None
     parents: list[LineageNode] = field(default_factory=list)
 
+
+_T = TypeVar("_T")
 
 class Ledger:
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL) -> None:
@@ -161,14 +171,19 @@ class Ledger:
         the head is the same before and after it. Appends are atomic and only add blocks,
         so an unchanged head means the three reads saw one state of the store.
         """
+        summary, head, stored = self._steady(read)
+        self._check_totals(summary, head, stored)
+        return summary
+
+    def _steady(self, read: Callable[[], _T]) -> tuple[_T, ChainHead | None, int]:
+        """``read()``, the head and the record count, from one state of the store (see
+        :meth:`_read_steady`)."""
         for _ in range(_STEADY_READS):
             before = self.backend.head()
-            summary = read()
+            value = read()
             stored = self.backend.record_count()
-            after = self.backend.head()
-            if before == after:
-                self._check_totals(summary, after, stored)
-                return summary
+            if self.backend.head() == before:
+                return value, before, stored
         raise BackendError(
             f"{self.url}: the ledger kept growing during {_STEADY_READS} reads of the chain; "
             "verify again when the writers are quieter"
@@ -242,22 +257,12 @@ class Ledger:
             view._decode_limit = None
             verifier, tip = ChainVerifier(), (-1, "")
         self._verified = None
-        for _ in range(_STEADY_READS):  # see _read_steady: one state of the store
-            before = self.backend.head()
-            fresh = list(self.backend.blocks(tip[0] + 1))
-            stored = self.backend.record_count()
-            if self.backend.head() == before:
-                break
-        else:
-            raise BackendError(f"{self.url}: the ledger kept growing during {_STEADY_READS} reads of the chain")
-        verifier.feed(
-            BlockColumns(b.height, b.id, b.header, [r.id for r in b.records], [r.body for r in b.records])
-            for b in fresh
-        )
-        self._check_totals(verifier.summary(), before, stored)
+        fresh, head, stored = self._steady(lambda: list(self.backend.blocks(tip[0] + 1)))
+        verifier.feed(columns_of(fresh))
+        self._check_totals(verifier.summary(), head, stored)
         _add_verified(view, fresh)
-        if before is not None:
-            self._verified = (view, verifier, (before.height, before.id))
+        if head is not None:
+            self._verified = (view, verifier, (head.height, head.id))
         return view
 
     def _decode(self, located: Located) -> LedgerRecord:

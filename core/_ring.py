@@ -38,12 +38,13 @@ __all__ = ["Ring"]
 _HEADER_PAGE = 4096
 _TAIL, _HEAD = 0, 64
 _COUNTER = struct.Struct("Q")  # native: a single aligned 8-byte store or load
-_FRAME = struct.Struct("<cII")  # kind, payload length, CRC-32 of the payload
+_FRAME = struct.Struct("<cII")  # kind, payload length, CRC-32 of the payload (see _seal)
 _WRAP = b"W"
 
 
 class Ring:
-    """A shared ring of frames over the file ``fd``, mapped by ``create`` or ``attach``."""
+    """A shared ring of frames over the file ``fd``: made by :meth:`create`; the reader
+    maps the same descriptor, passed to it, with ``Ring(fd, size)``."""
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -92,7 +93,8 @@ class Ring:
             tail += skip
             offset = 0
         start = _HEADER_PAGE + offset
-        _FRAME.pack_into(self._map, start, kind, len(payload), zlib.crc32(payload, tail & 0xFFFFFFFF))
+        seal = zlib.crc32(payload, tail & 0xFFFFFFFF)  # _seal(payload, tail), without the call
+        _FRAME.pack_into(self._map, start, kind, len(payload), seal)
         self._map[start + _FRAME.size:start + length] = payload
         self._tail = tail + length
         _COUNTER.pack_into(self._map, _TAIL, self._tail)  # publish: after the frame's bytes
