@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import faulthandler
 import os
 import subprocess
 import sys
@@ -10,6 +11,15 @@ import pytest
 from tests.support.postgres import PostgresServer, find_server_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
+#: After the last test, how long the interpreter may take to exit before the run is ended.
+EXIT_GRACE = 240
+
+
+def pytest_unconfigure(config):
+    """A test run whose interpreter never exits (a thread that is joined at exit and never
+    ends, say) would hold CI until its time limit. Past ``EXIT_GRACE`` seconds, print every
+    thread's stack and exit with status 1."""
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture

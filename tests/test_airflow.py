@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,13 @@ import pytest
 
 from lineage_ledger import hash_file, open_ledger
 from tests.conftest import run_cli
-from tests.support.airflow_site import AirflowSite, airflow_installed, make_site, openlineage_events
+from tests.support.airflow_site import (
+    AirflowSite,
+    airflow_installed,
+    end_in_process_airflow,
+    make_site,
+    openlineage_events,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,8 +38,10 @@ def site(tmp_path_factory) -> AirflowSite:
     saved = {k: os.environ.get(k) for k in site.env}
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)
+    saved_signals = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     os.environ.update(site.env)  # for dag.test() in this process; Airflow reads them on import
     yield site
+    end_in_process_airflow(saved_signals)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def test_an_unusable_ledger_never_breaks_the_workflow(tmp_path):
 
 
 SLOW = """
-N = 40
+N = config.get("jobs", 40)
 
 rule all:
     input: expand("out/{i}.txt", i=range(N))
@@ -217,12 +218,14 @@ rule make:
 """
 
 
-def start_slow_run(tmp_path: Path, run_id: str) -> subprocess.Popen[str]:
-    """The SLOW workflow under the ledger logger, in its own process group, stderr piped."""
+def start_slow_run(tmp_path: Path, run_id: str, jobs: int = 40) -> subprocess.Popen[str]:
+    """The SLOW workflow (``jobs`` jobs of 0.3 s) under the ledger logger, in its own process
+    group, stderr piped."""
     require_snakemake()
     (tmp_path / "Snakefile").write_text(SLOW)
     return subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", run_id],
+        [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", run_id,
+         "--config", f"jobs={jobs}"],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
@@ -452,21 +455,26 @@ def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
 def test_ctrl_c_still_records_every_job_snakemake_saw_finish(tmp_path):
     """SIGINT reaches the whole process group, the recording process included: it keeps
     recording until Snakemake, stopping, closes its input."""
-    process = start_slow_run(tmp_path, "interrupted")
+    # Enough jobs (a minute's worth) that the run cannot finish while Ctrl-C is pressed.
+    process = start_slow_run(tmp_path, "interrupted", jobs=400)
     finished, output_of = wait_for_finished_jobs(process, tmp_path, 6)
+    assert process.stderr is not None
+    rest_lines: list[str] = []  # read meanwhile, so that a full pipe never blocks Snakemake
+    reader = threading.Thread(target=lambda: rest_lines.extend(process.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         os.killpg(process.pid, signal.SIGINT)
         try:
-            process.wait(timeout=3)
+            process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             # Snakemake's stream handler swallows a KeyboardInterrupt raised while it writes
             # (logging.py: ``except (KeyboardInterrupt, SystemExit): pass``): press again.
             pass
-    assert process.stderr is not None
-    rest = process.stderr.read()
     process.wait(timeout=10)
-    assert process.returncode != 0
+    reader.join(10)
+    rest = "".join(rest_lines)
+    assert process.returncode != 0, rest[-3000:]
     finished += [str(tmp_path / output_of[m]) for m in re.findall(r"Finished jobid: (\d+) ", rest)]
     recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "interrupted") if r.outputs}
     assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))

@@ -83,3 +83,38 @@ def openlineage_events(site: AirflowSite) -> Iterator[dict]:
         for line in site.openlineage_events.read_text().splitlines():
             if line.strip():
                 yield json.loads(line)
+
+
+def end_in_process_airflow(saved_signals: dict[int, object]) -> None:
+    """Undo what ``dag.test()`` left in this process that would outlive the Airflow tests.
+
+    * Airflow's task runner installs a SIGTERM handler that calls the last task's
+      ``on_kill()`` and does not exit: a SIGTERM meant for pytest would be swallowed.
+    * OpenLineage's listener emits DAG-run events from a ``ProcessPoolExecutor`` forked
+      from this process, and ``concurrent.futures`` joins its manager thread when the
+      interpreter exits. A worker forked while another thread held a lock may never read
+      its stop sentinel, and pytest then hangs after printing its summary. (This stopped
+      a CI run for 90 minutes.) The pool is shut down here, and a worker that does not
+      leave within a few seconds is killed, so the manager thread ends.
+    """
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    for signum, handler in saved_signals.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]
+    try:
+        from airflow.listeners.listener import get_listener_manager
+    except ImportError:
+        return
+    for listener in get_listener_manager().pm.get_plugins():
+        pool = getattr(listener, "_executor", None)  # OpenLineageListener's DAG-run pool
+        if not isinstance(pool, ProcessPoolExecutor):
+            continue
+        listener._executor = None  # a later event would start a fresh pool
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(10)
