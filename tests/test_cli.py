@@ -59,7 +59,8 @@ def test_tampered_database_row_is_detected(cli, workdir):
 
 @pytest.mark.parametrize("statement", [
     "DELETE FROM ll_records WHERE seq = 0",
-    "UPDATE ll_records SET id = 'ab' || substr(id, 3) WHERE seq = 1",
+    # (an id that already starts with "ab" gets "cd": the statement must change the row)
+    "UPDATE ll_records SET id = (CASE WHEN id LIKE 'ab%' THEN 'cd' ELSE 'ab' END) || substr(id, 3) WHERE seq = 1",
     "UPDATE ll_blocks SET header = replace(header, 'merkle_root', 'merkle_rooT')",
     "UPDATE ll_records SET seq = seq + 100 WHERE seq = 0",
 ])

@@ -227,8 +227,15 @@ def start_slow_run(tmp_path: Path, run_id: str, jobs: int = 40) -> subprocess.Po
         [str(BIN / "snakemake"), "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", run_id,
          "--config", f"jobs={jobs}"],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_ctrl_c_as_at_a_terminal,
     )
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background
+    (``nohup make test &``) ignores it, Snakemake would inherit that, and Ctrl-C would not
+    reach it as it does at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_finished_jobs(
