@@ -57,7 +57,13 @@ class Recorder:
         _LIVE.add(self)
 
     def _start(self) -> None:
-        self._writer = SpoolWriter(self.ledger.spool_dir)
+        self._reset()
+        self._begin()
+
+    def _reset(self) -> None:
+        """Fresh locks and counters, and no segment or worker yet."""
+        self._writer: SpoolWriter | None = None
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._shipped = threading.Condition(self._lock)
@@ -67,21 +73,31 @@ class Recorder:
         self._shipped_total = 0  # of those, acknowledged by the back-end
         self._closing = False
         self._closed = False
+
+    def _begin(self) -> SpoolWriter:
+        """Open this process's segment and start the worker: at construction, or (under the
+        lock) at a forked child's first record."""
+        writer = self._writer = SpoolWriter(self.ledger.spool_dir)
         self._worker = threading.Thread(target=self._run, name="lineage-ledger-recorder", daemon=True)
         self._worker.start()
+        return writer
 
     def _after_fork_in_child(self) -> None:
         # The child inherited the parent's segment descriptors (and so its locks) but
         # not its worker thread. Writing there would put lines into a file the parent
         # deletes after shipping only its own records. Close our copies, which leaves
-        # the parent's locks alone, and start afresh with our own segment and worker.
-        for segment in [*self._unshipped, self._writer.current]:
+        # the parent's locks alone. Most forked children never record (OpenLineage forks
+        # the task process to emit each event), so the child's own segment and worker
+        # start with its first record, not here: no empty segment per fork, no thread.
+        segments = [*self._unshipped, *([self._writer.current] if self._writer is not None else [])]
+        for segment in segments:
             try:
                 os.close(segment.fd)
             except OSError:
                 pass
-        if not self._closing:
-            self._start()
+        closing = self._closing
+        self._reset()
+        self._closing = self._closed = closing
 
     # -- the task path ------------------------------------------------------------------
     def record(self, record: Record) -> str:
@@ -90,7 +106,7 @@ class Recorder:
         record_id = blake3(body).hexdigest()  # the spool line carries it, for replay to check
         with self._lock:
             self._admit(1)
-            self._writer.append(record, record_id, body)
+            (self._writer or self._begin()).append(record, record_id, body)
             self._accepted(1)
         return record_id
 
@@ -102,7 +118,7 @@ class Recorder:
             entries.append((record, blake3(body).hexdigest(), body))
         with self._lock:
             self._admit(len(entries))
-            self._writer.append_many(entries)
+            (self._writer or self._begin()).append_many(entries)
             self._accepted(len(entries))
         return [record_id for _, record_id, _ in entries]
 
@@ -121,6 +137,7 @@ class Recorder:
         self._accepted_total += count
         # Wake the worker once when a batch fills, not on every later record: during an
         # outage the segment grows past a batch, and the worker must keep its back-off.
+        assert self._writer is not None
         fresh = len(self._writer.current.fresh)
         if fresh >= self.batch_size > fresh - count:
             self._wake.set()
@@ -133,6 +150,7 @@ class Recorder:
     # -- shipping -----------------------------------------------------------------------
     def _take_batch(self) -> None:
         with self._lock:
+            assert self._writer is not None  # the worker runs only once there is one
             # While a backlog waits (back-end down), keep appending to the current segment
             # instead of opening a new locked file on every wake: descriptors are finite.
             if len(self._writer.current) and not self._unshipped:
@@ -183,6 +201,7 @@ class Recorder:
         backoff = 0.0
         if self._closing:
             with self._lock:
+                assert self._writer is not None
                 if not len(self._writer.current):
                     self._writer.current.delete()  # an empty segment needs no replay
                     self._closed = True
@@ -209,9 +228,13 @@ class Recorder:
         timeout = self.exit_timeout if timeout is None else timeout
         with self._lock:
             self._closing = True
+            worker = self._worker
         self._wake.set()
-        self._worker.join(timeout)
-        done = not self._worker.is_alive()
+        if worker is None:  # a forked child that recorded nothing: nothing to ship
+            _LIVE.discard(self)
+            return True
+        worker.join(timeout)
+        done = not worker.is_alive()
         if not done:
             log.warning(
                 "lineage-ledger: %d records not shipped within %.1fs; they stay in %s "

@@ -8,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -156,6 +157,32 @@ def test_forked_child_records_through_its_own_segment(tmp_path):
     assert len(reopened.run("parent")) == 2
     assert len(reopened.run("child")) == 5
     assert reopened.verify_chain().records == 7
+
+
+def test_forked_child_that_records_nothing_leaves_no_segment_and_no_thread(tmp_path):
+    """OpenLineage forks the task process to emit each event: such children never record,
+    and must not each leave an empty spool segment (and start a thread) behind."""
+    ledger = open_ledger(f"sqlite:///{tmp_path}/l.db", spool=str(tmp_path / "spool"))
+    recorder = ledger.recorder(batch_size=1000, max_age=60)
+    recorder.record(make_record(0, run_id="parent"))
+    parent_segments = set(os.listdir(ledger.spool_dir))
+    report = tmp_path / "child.txt"
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the forked process
+            try:
+                threads = sorted(t.name for t in threading.enumerate())
+                report.write_text(f"{threads} {recorder.flush(timeout=5)} {recorder.close(timeout=5)}")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert report.read_text() == f"{['MainThread']} True True"
+    assert set(os.listdir(ledger.spool_dir)) == parent_segments
+    recorder.record(make_record(1, run_id="parent"))
+    assert recorder.flush(timeout=30)
+    recorder.close()
+    assert len(ledger.run("parent")) == 2
+    ledger.close()
 
 
 def test_worker_survives_any_error_and_ships_after_recovery(tmp_path):
