@@ -94,8 +94,8 @@ def end_in_process_airflow(saved_signals: dict[int, object]) -> None:
       from this process, and ``concurrent.futures`` joins its manager thread when the
       interpreter exits. A worker forked while another thread held a lock may never read
       its stop sentinel, and pytest then hangs after printing its summary. (This stopped
-      a CI run for 90 minutes.) The pool is shut down here, and a worker that does not
-      leave within a few seconds is killed, so the manager thread ends.
+      a CI run for 90 minutes.) The pool is shut down here, and a worker that has not
+      left within 10 s is killed, so the manager thread ends.
     """
     import signal
     from concurrent.futures import ProcessPoolExecutor
