@@ -12,6 +12,7 @@ messages, so they appear where the user looks. The protocol is described in
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -86,6 +87,12 @@ def serve(channel: Channel, ring: Ring, replies: _Replies, config: dict[str, Any
         capture.open()
     except Exception as err:  # noqa: BLE001 - every task will say it too; keep serving
         log.error("lineage-ledger: the recording process cannot open the ledger: %s", err)
+    # Everything alive now (modules, the engine, the ledger) lives as long as this process:
+    # out of the collector's sight. Records are freed by reference counting; the young
+    # generation is collected less often, since nearly every object dies young here.
+    # (Measured: 54 -> 46 us of CPU per record, the same as with collection off.)
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     replies.send(("ready",))
     batch = _Batch(capture, replies)
     wait = LINGER

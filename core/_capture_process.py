@@ -74,7 +74,10 @@ __all__ = ["ProcessCapture", "decode_report"]
 log = logging.getLogger("lineage_ledger.capture")
 _LIVE: weakref.WeakSet[ProcessCapture] = weakref.WeakSet()
 _exiting = False  # past the exit hook: no new recording process
-_Pending = tuple[int, TaskRun, "Future[str | None] | None"]
+# (sequence number, the encoded report, its future). The report is kept encoded: a bytes
+# object is no work for the engine's garbage collector, while a TaskRun and its dicts, kept
+# until acknowledged, would outlive two collections and add to the full ones.
+_Pending = tuple[int, bytes, "Future[str | None] | None"]
 
 REPORT, REPORT_WITH_ID = b"R", b"F"
 _RING_SIZE = 4 << 20  # about 16,000 reports
@@ -229,7 +232,7 @@ class ProcessCapture(TaskCapture):
             if self._lost or ring is None:
                 return False
             self._seq += 1
-            self._unacked.append((self._seq, run, future))
+            self._unacked.append((self._seq, payload, future))
             kind = REPORT if future is None else REPORT_WITH_ID
             try:
                 if not ring.put(kind, payload):
@@ -323,7 +326,7 @@ class ProcessCapture(TaskCapture):
             # Only this thread takes from the left, and the deque's own operations are
             # atomic: no lock that a writer waiting on a full ring might hold.
             while unacked and unacked[0][0] <= upto:
-                seq, _run, future = unacked.popleft()
+                seq, _payload, future = unacked.popleft()
                 if future is not None:
                     ok, value = results.get(seq, (True, None))
                     if ok:
@@ -339,7 +342,7 @@ class ProcessCapture(TaskCapture):
                 except ValueError:  # taken by a concurrent _child_lost, which records it
                     continue
                 taken.append(pending)
-            super()._record_batch([(run, future) for _, run, future in taken])
+            super()._record_batch(_decoded(taken))
         elif kind == "log":
             _, level, name, text = message
             logging.getLogger(name).log(level, "%s", text)
@@ -372,7 +375,7 @@ class ProcessCapture(TaskCapture):
         log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
                   "all later ones are recorded in this process", how, len(orphans))
         try:
-            super()._record_batch([(run, future) for _, run, future in orphans])
+            super()._record_batch(_decoded(orphans))
         finally:
             self._orphans_recorded.set()
 
@@ -443,6 +446,12 @@ class ProcessCapture(TaskCapture):
         self._lost = True
         self._orphans_recorded.set()
         self._unacked = deque()
+
+
+def _decoded(pending: list[_Pending]) -> list[tuple[TaskRun, Future[str | None] | None]]:
+    """The reports this process takes back, to record itself (they were encoded here, so
+    they decode here)."""
+    return [(decode_report(payload), future) for _, payload, future in pending]
 
 
 def _close(stream: Any) -> None:
