@@ -53,12 +53,9 @@ class Recorder:
         self.max_pending = max_pending
         self.exit_timeout = exit_timeout
         self.last_error: BaseException | None = None
-        self._start()
-        _LIVE.add(self)
-
-    def _start(self) -> None:
         self._reset()
         self._begin()
+        _LIVE.add(self)
 
     def _reset(self) -> None:
         """Fresh locks and counters, and no segment or worker yet."""
@@ -106,8 +103,9 @@ class Recorder:
         record_id = blake3(body).hexdigest()  # the spool line carries it, for replay to check
         with self._lock:
             self._admit(1)
-            (self._writer or self._begin()).append(record, record_id, body)
-            self._accepted(1)
+            writer = self._writer or self._begin()
+            writer.append(record, record_id, body)
+            self._accepted(1, writer)
         return record_id
 
     def record_many(self, records: list[Record]) -> list[str]:
@@ -118,8 +116,9 @@ class Recorder:
             entries.append((record, blake3(body).hexdigest(), body))
         with self._lock:
             self._admit(len(entries))
-            (self._writer or self._begin()).append_many(entries)
-            self._accepted(len(entries))
+            writer = self._writer or self._begin()
+            writer.append_many(entries)
+            self._accepted(len(entries), writer)
         return [record_id for _, record_id, _ in entries]
 
     def _admit(self, count: int) -> None:
@@ -132,13 +131,12 @@ class Recorder:
                 "it is down or slower than the workflow. Records so far are safe in the spool."
             )
 
-    def _accepted(self, count: int) -> None:
+    def _accepted(self, count: int, writer: SpoolWriter) -> None:
         self._waiting += count
         self._accepted_total += count
         # Wake the worker once when a batch fills, not on every later record: during an
         # outage the segment grows past a batch, and the worker must keep its back-off.
-        assert self._writer is not None
-        fresh = len(self._writer.current.fresh)
+        fresh = len(writer.current.fresh)
         if fresh >= self.batch_size > fresh - count:
             self._wake.set()
 

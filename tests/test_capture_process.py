@@ -218,6 +218,30 @@ def test_a_report_the_child_cannot_unpickle_is_recorded_here(url, spool, tmp_pat
     assert params == {"1": {"knob": "knob-7"}, "2": {"knob": "plain"}}
 
 
+def test_a_report_that_unpickles_nowhere_is_counted_and_the_rest_recorded(url, spool, tmp_path, monkeypatch,
+                                                                          caplog):
+    """Pickled fine, refused by both processes: logged and counted, never silently lost."""
+    (tmp_path / "no_round_trip.py").write_text(textwrap.dedent("""
+        def refuse():
+            raise ValueError("this object does not come back from a pickle")
+
+        class OneWay:
+            def __reduce__(self):
+                return (refuse, ())
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import no_round_trip
+
+    capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
+    with caplog.at_level(logging.ERROR):
+        assert capture.submit(task(1, parameters={"x": no_round_trip.OneWay()})).result(timeout=30) is None
+        assert capture.submit(task(2)).result(timeout=30)
+        assert capture.close(timeout=30)
+    assert capture.failures == 1
+    assert "does not unpickle in this process either" in caplog.text
+    assert task_ids(url, spool, "r") == [2]
+
+
 def test_without_a_recording_process_it_records_here(url, spool, monkeypatch, caplog):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
     capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)

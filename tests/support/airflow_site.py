@@ -10,9 +10,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -97,9 +99,6 @@ def end_in_process_airflow(saved_signals: dict[int, object]) -> None:
       a CI run for 90 minutes.) The pool is shut down here, and a worker that has not
       left within 10 s is killed, so the manager thread ends.
     """
-    import signal
-    from concurrent.futures import ProcessPoolExecutor
-
     for signum, handler in saved_signals.items():
         signal.signal(signum, handler)  # type: ignore[arg-type]
     try:
