@@ -5,7 +5,8 @@ Every error the library raises on purpose derives from :class:`LedgerError`::
     LedgerError
     ├── ConfigError                 bad URL, settings or arguments (CLI exit 2)
     │   ├── UnknownScheme           no back-end registered for the URL's scheme
-    │   └── MissingExtra            the back-end's optional dependencies are not installed
+    │   ├── MissingExtra            the back-end's optional dependencies are not installed
+    │   └── NoLedger                a read found no ledger at the URL (nothing is created)
     ├── ArtifactError               a file cannot be hashed: missing, a directory, a symlink
     │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
     ├── BackendError                the back-end failed (library errors are translated)
@@ -20,7 +21,12 @@ Every error the library raises on purpose derives from :class:`LedgerError`::
         ├── MerkleMismatch          a block's Merkle root does not match its records
         ├── RecordTampered          a stored record's bytes do not hash to its id
         ├── ArtifactMismatch        a file on disk differs from its last record
-        └── LineageBroken           an input was consumed in a state no recorded task produced
+        ├── LineageBroken           an input was consumed in a state no recorded task produced
+        ├── IndexTampered           an index row disagrees with the record it points at
+        ├── ProofFailed             an inclusion or consistency proof does not verify
+        ├── HistoryRewritten        the ledger is not an append-only extension of a tree head
+        │                           it was verified at (it shrank, or forked)
+        └── CheckpointInvalid       a checkpoint is unreadable, or its signature fails
 
 Back-ends raise ``BackendError`` subclasses ``from`` their library's exception, so raw
 SQLAlchemy, MPI or gRPC errors never reach a user.
@@ -41,6 +47,11 @@ __all__ = [
     "LineageBroken",
     "MerkleMismatch",
     "MissingExtra",
+    "NoLedger",
+    "IndexTampered",
+    "ProofFailed",
+    "HistoryRewritten",
+    "CheckpointInvalid",
     "RecordTampered",
     "SpoolCorrupt",
     "SpoolError",
@@ -64,6 +75,10 @@ class UnknownScheme(ConfigError):
 
 class MissingExtra(ConfigError):
     """A back-end needs an optional dependency that is not installed."""
+
+
+class NoLedger(ConfigError):
+    """A command that only reads found no ledger (a missing or empty file); it creates none."""
 
 
 class ArtifactError(LedgerError):
@@ -130,3 +145,19 @@ class ArtifactMismatch(VerificationError):
 
 class LineageBroken(VerificationError):
     """An input's recorded digest matches no output its producer recorded."""
+
+
+class IndexTampered(VerificationError):
+    """An index row (path, digest, role, run, place) disagrees with the record it names."""
+
+
+class ProofFailed(VerificationError):
+    """An inclusion or consistency proof does not verify against its tree head."""
+
+
+class HistoryRewritten(VerificationError):
+    """The ledger is not an append-only extension of a tree head verified before."""
+
+
+class CheckpointInvalid(VerificationError):
+    """A checkpoint note cannot be parsed, or no trusted signature on it verifies."""
