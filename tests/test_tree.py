@@ -353,9 +353,9 @@ def _vector_records() -> list[bytes]:
     return records + [odd.encode()]
 
 
-def build_blake3_vectors() -> dict:
+def build_blake3_vectors(canonical: list[bytes] | None = None) -> dict:
     """The vector file's content, computed by the naive reference (not by ``_tree``)."""
-    canonical = _vector_records()
+    canonical = _vector_records() if canonical is None else canonical
     ids = [blake3(data).hexdigest() for data in canonical]  # record id = BLAKE3(canonical bytes)
     leaves = [BLAKE3.leaf(bytes.fromhex(i)) for i in ids]
     hexes = lambda hashes: [h.hex() for h in hashes]  # noqa: E731
@@ -386,7 +386,7 @@ def build_blake3_vectors() -> dict:
 
 def test_blake3_vectors_are_current_and_verify():
     stored = json.loads((VECTORS / "tree_blake3.json").read_text(encoding="utf-8"))
-    assert stored == build_blake3_vectors()
+    assert stored == build_blake3_vectors([r["canonical"].encode("utf-8") for r in stored["records"]])
     leaves = []
     for record in stored["records"]:
         data = record["canonical"].encode("utf-8")
@@ -407,6 +407,15 @@ def test_blake3_vectors_are_current_and_verify():
         proof = [H(p) for p in v["proof"]]
         assert consistency_proof(source, v["old_size"], v["new_size"], BLAKE3) == proof
         verify_consistency(BLAKE3, v["old_size"], v["new_size"], roots[v["old_size"]], roots[v["new_size"]], proof)
+
+
+def test_vector_records_are_ledger_records():
+    stored = json.loads((VECTORS / "tree_blake3.json").read_text(encoding="utf-8"))
+    for record in stored["records"]:
+        data = record["canonical"].encode("utf-8")
+        assert Record.decode(data).id == record["id"], (
+            "the record format changed: regenerate with python -m tests.test_tree --write-vectors"
+        )
 
 
 if __name__ == "__main__" and "--write-vectors" in sys.argv:
