@@ -20,7 +20,7 @@ from ._model import Block, BlockColumns, BlockHeader, StoredBlock, StoredRecord
 
 _EMPTY_ROOT = blake3(b"").digest()
 
-__all__ = ["ChainSummary", "ChainTip", "build_block", "verify_block", "verify_chain"]
+__all__ = ["ChainSummary", "ChainTip", "build_block", "verify_block", "verify_block_columns", "verify_chain"]
 
 
 class ChainTip(Protocol):
@@ -64,7 +64,7 @@ def verify_block(
     return _verify_parts(
         block.height, block.id, block.header, [r.id for r in records], [r.body for r in records],
         expected_height, expected_prev, log,
-    )
+    )[0]
 
 
 _digest = blake3.digest
@@ -79,8 +79,9 @@ def _verify_parts(
     expected_height: int,
     expected_prev: str | None,
     log: MerkleBuilder | None,
-) -> BlockHeader:
-    """:func:`verify_block` on a block given as columns (record ids, record bodies)."""
+) -> tuple[BlockHeader, list[bytes]]:
+    """:func:`verify_block` on a block given as columns (record ids, record bodies); also
+    returns the records' leaf hashes, which the log tree is built from."""
     height = expected_height
     try:
         header = BlockHeader.decode(header_bytes)
@@ -119,7 +120,14 @@ def _verify_parts(
         raise MerkleMismatch(f"block {height}: Merkle root does not match its records", height=height)
     if log is not None:
         log.add_levels(levels)
-    return header
+    return header, levels[0]
+
+
+def verify_block_columns(
+    block: BlockColumns, expected_height: int, expected_prev: str | None
+) -> tuple[BlockHeader, list[bytes]]:
+    """:func:`verify_block` on columns; returns the header and the records' leaf hashes."""
+    return _verify_parts(*block, expected_height, expected_prev, None)
 
 
 def verify_chain(blocks: Iterable[StoredBlock]) -> ChainSummary:

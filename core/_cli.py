@@ -21,10 +21,9 @@ from ._environment import current_environment
 from ._errors import ArtifactError, ConfigError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
-from ._merkle import inclusion_proof
 from ._model import Artifact, Record, artifact_map, digest_hex
 from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
-from ._verify import verify_lineage
+from ._verify import verify_against, verify_lineage
 
 __all__ = ["cli", "main", "verify_main"]
 
@@ -64,7 +63,8 @@ def _guard(call: Callable[[], Any]) -> Any:
 
 
 def _open(url: str) -> Ledger:
-    return open_ledger(url)
+    """For commands that only read: nothing is created, replayed or written to the ledger."""
+    return open_ledger(url, read_only=True)
 
 
 @click.group(cls=_Guarded, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,7 +119,7 @@ def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
         canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs
     except ValueError as err:
         raise ConfigError(f"--param: {err}") from err
-    ledger = _open(ledger_url)
+    ledger = open_ledger(ledger_url)
     in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]
     for path in out_paths:
@@ -188,18 +188,18 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
 @click.argument("record_id")
 @ledger_option
 def show(record_id, ledger_url) -> None:
-    """Show one record (an id or a unique prefix) with its block and inclusion proof."""
+    """Show one record (an id or a unique prefix), its place and its inclusion proof."""
     with _open(ledger_url) as ledger:
         entry = ledger.get(record_id)
-        block = next(ledger.blocks(entry.height, entry.height + 1))
-        ids = [r.id for r in block.records]
+        head, index, proof = ledger.inclusion_proof(entry)
         body = {
             "id": entry.id,
-            "block": {"height": entry.height, "id": block.id, "position": entry.position,
-                      "inclusion_proof": inclusion_proof(ids, entry.position)},
+            "block": {"height": entry.height, "position": entry.position},
+            "tree": {"origin": head.origin, "size": head.size, "root": head.root, "leaf_index": index,
+                     "inclusion_proof": proof},
             "record": entry.record.to_dict(),
         }
-        click.echo(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False))
+        click.echo(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 @cli.command()
@@ -220,12 +220,15 @@ def why(path, ledger_url, as_json) -> None:
 
 @cli.command()
 @click.argument("path")
+@click.option("-n", "--limit", default=50, show_default=True,
+              help="At most this many consumers of each file (the oldest); 0 lists them all.")
+@click.option("--all", "show_all", is_flag=True, help="List every consumer (same as --limit 0).")
 @ledger_option
-def depends(path, ledger_url) -> None:
+def depends(path, limit, show_all, ledger_url) -> None:
     """Show what was derived from PATH: its consumers, their outputs, and so on."""
     with _open(ledger_url) as ledger:
         normal = normalize_path(path)
-        tree = ledger.derived(normal)
+        tree = ledger.derived(normal, limit=None if show_all or limit <= 0 else limit)
         if not tree:
             click.echo(f"{path}: nothing in the ledger was derived from it")
             return
@@ -280,23 +283,125 @@ def _hash_with_progress(hasher: Hasher, files: list[str]):
 # -- verify --------------------------------------------------------------------------------
 @click.command(name="verify")
 @click.argument("targets", nargs=-1)
+@click.option("--against", "checkpoint_file", type=click.Path(dir_okay=False),
+              help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
+@click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False),
+              help="A public key the checkpoint must be signed by (repeatable; needs --against).")
 @ledger_option
 @json_option
-def verify(targets, ledger_url, as_json) -> None:
-    """Verify the chain, TARGETS against the ledger, and their lineage back to the sources.
+def verify(targets, checkpoint_file, pubkeys, ledger_url, as_json) -> None:
+    """Verify the ledger, TARGETS against it, and their lineage back to the sources.
 
-    With no TARGET, audit the whole ledger. Exit 0 verified, 1 a check failed, 2 an error.
+    With no TARGET, audit the whole ledger (every block, record and index row, and every
+    recorded output still on disk). With TARGETS, bring the tree head verified before up to
+    date and prove every record used. Exit 0 verified, 1 a check failed, 2 an error.
     """
+    checkpoint = _read_checkpoint(checkpoint_file, pubkeys) if checkpoint_file else None
+    if pubkeys and not checkpoint_file:
+        raise click.UsageError("--pubkey needs --against CHECKPOINT")
     with _open(ledger_url) as ledger:
         report = verify_lineage(ledger, targets)
+        if checkpoint is not None and report.ok:
+            try:
+                report.against = verify_against(ledger, checkpoint)
+            except VerificationError as failure:
+                report.fail(failure)
     if as_json:
-        click.echo(json.dumps(report_json(report), indent=2))
+        click.echo(json.dumps(report_json(report), indent=2, ensure_ascii=True))
     else:
         click.echo("\n".join(report_lines(report)))
     sys.exit(0 if report.ok else 1)
 
 
+def _read_checkpoint(path: str, pubkeys: tuple[str, ...]):
+    from ._checkpoint import load_verifier, parse
+
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(1 << 16)
+    except OSError as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {err.strerror}") from err
+    return parse(text, [load_verifier(key) for key in pubkeys])
+
+
 cli.add_command(verify)
+
+
+# -- tree heads ------------------------------------------------------------------------------
+@cli.command()
+@click.argument("keyfile", type=click.Path(dir_okay=False))
+@click.option("--name", help="The key's name in signatures (default: lineage-ledger/USER@HOST).")
+def keygen(keyfile, name) -> None:
+    """Write an ed25519 key pair for signing checkpoints: KEYFILE (private, 0600) and KEYFILE.pub."""
+    import getpass
+    import socket
+
+    from ._checkpoint import write_keypair
+
+    write_keypair(keyfile, name or f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
+    click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
+
+
+@cli.command()
+@click.option("--key", "keyfile", type=click.Path(dir_okay=False), help="Sign with this private key.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@ledger_option
+def checkpoint(keyfile, output, ledger_url) -> None:
+    """Write a checkpoint of the verified tree head: origin, size, root and time, signed with --key.
+
+    Publish it anywhere (a git repository, a paper's supplement); later,
+    `verify-lineage --against FILE` proves the ledger only grew since.
+    """
+    from ._checkpoint import Checkpoint, load_signer, sign
+
+    signer = load_signer(keyfile) if keyfile else None
+    with _open(ledger_url) as ledger:
+        head = ledger.tree_head()
+    note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
+    text = sign(note, signer) if signer else note.body()
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"checkpoint of {head.size} records, root {head.root}, written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command(name="reset-trust")
+@ledger_option
+def reset_trust(ledger_url) -> None:
+    """Forget the tree head remembered for this ledger (after restoring it from a backup on
+    purpose); the next command audits it again."""
+    import shutil
+
+    from lineage_ledger.backends import open_backend
+
+    from ._trust import TreeHead, TrustStore
+
+    with open_backend(ledger_url, create=False) as backend:
+        directory = TrustStore.directory_for(backend.identity)
+    try:
+        with open(os.path.join(directory, "head.json"), "rb") as handle:
+            old: TreeHead | None = TreeHead.from_json(handle.read())
+    except (OSError, ValueError, KeyError, TypeError):
+        old = None
+    shutil.rmtree(directory, ignore_errors=True)
+    if old is None:
+        click.echo("nothing was remembered for this ledger", err=True)
+    else:
+        click.echo(f"forgot the tree head of {old.size} records (root {old.root}) verified on {old.verified}",
+                   err=True)
+
+
+@cli.command()
+@ledger_option
+def migrate(ledger_url) -> None:
+    """Bring a ledger written by an older lineage-ledger to the current layout (once)."""
+    from lineage_ledger.backends import open_backend
+
+    with open_backend(ledger_url) as backend:
+        changed = backend.migrate() if hasattr(backend, "migrate") else False
+    click.echo("migrated" if changed else "already current", err=True)
 
 
 class _LazyGroup(click.Group):

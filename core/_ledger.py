@@ -3,8 +3,9 @@
 :func:`open_ledger` picks the back-end by URL, and replays records a crashed process
 left in the spool. Appends build blocks on the current head and retry on
 :class:`AppendConflict`, which is how concurrent writers interleave without a lock
-server. Query results are re-checked against the record bytes, so a tampered index can
-hide a record but never make the ledger claim something a record does not say.
+server. Every answer is proved before it is given (``_verified``): the index row names a
+record, the record's bytes hash to its id, and the id is the leaf the verified tree holds
+at that place; a row that disagrees with its record raises :class:`IndexTampered`.
 """
 
 from __future__ import annotations
@@ -13,36 +14,29 @@ import functools
 import logging
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from blake3 import blake3
-
-from ._chain import (
-    ChainSummary,
-    ChainTip,
-    ChainVerifier,
-    _verify_columns,
-    build_block,
-    columns_of,
-    verify_chain,
-)
-from ._errors import AppendConflict, BackendError, ChainBroken, LedgerError, RecordTampered
+from ._chain import ChainSummary, ChainTip, build_block
+from ._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
+from ._trust import TreeHead, TrustStore
+from ._verified import AuditResult, Verifier
 
 if TYPE_CHECKING:
-    from lineage_ledger.backends import Backend, ChainHead, Located
+    from lineage_ledger.backends import Backend, Located
 
 __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
 _DECODE_CACHE = 50_000
-_STEADY_READS = 20  # reads of the chain before concurrent appends count as a failure
 log = logging.getLogger("lineage_ledger")
 
 
@@ -76,20 +70,18 @@ class LineageNode:
     parents: list[LineageNode] = field(default_factory=list)
 
 
-_T = TypeVar("_T")
-
 class Ledger:
-    def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL) -> None:
+    def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL, state_dir: str | None = None) -> None:
         self.backend = backend
         self.url: str = backend.url
         self._spool_root = spool_root
-        # Decoded records by id. An entry exists only for bytes that hashed to the id,
-        # so a hit is as good as a fresh decode. Bounded; cleared when full.
+        # Decoded records by id. An entry exists only for bytes that hashed to the id and
+        # were proved in the tree, so a hit is as good as a fresh check. Bounded.
         self._decoded: dict[str, Record] = {}
-        self._decode_limit: int | None = _DECODE_CACHE
-        # verified_view(): the view, its verifier, and the (height, id) it ends on.
-        self._verified: tuple[Ledger, ChainVerifier, tuple[int, str]] | None = None
-        self._verified_lock = threading.Lock()
+        self._state_dir = state_dir
+        self._private_state: str | None = None
+        self._verifier: Verifier | None = None
+        self._verified_lock = threading.RLock()  # plugins check from several threads
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -151,169 +143,117 @@ class Ledger:
             raise describe_quarantine(quarantined)
         return shipped
 
-    # -- reading ------------------------------------------------------------------------
-    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
-        return self.backend.blocks(start, stop)
+    # -- verification ---------------------------------------------------------------------
+    @property
+    def verifier(self) -> Verifier:
+        """The trusted tree head of this ledger for this user, and the checks against it."""
+        with self._verified_lock:
+            if self._verifier is None:
+                self._verifier = Verifier(self.backend, self._trust_store())
+            return self._verifier
+
+    def _trust_store(self) -> TrustStore:
+        identity = self.backend.identity
+        origin = getattr(self.backend, "origin", identity)
+        if self.backend.shared_between_processes:
+            return TrustStore(identity, origin, self._state_dir)
+        # A store of this process only (memory://): its tree lives and dies with the process.
+        self._private_state = tempfile.mkdtemp(prefix="lineage-trust-")
+        return TrustStore(identity, origin, self._private_state)
+
+    def tree_head(self) -> TreeHead:
+        """The verified tree head, brought up to the stored head (only new blocks are read)."""
+        verifier = self.verifier
+        with self._verified_lock:
+            return verifier.refresh()
+
+    def audit(self, *, files: bool = False) -> AuditResult:
+        """Read and verify the whole ledger, index included, in bounded memory."""
+        verifier = self.verifier
+        with self._verified_lock:
+            return verifier.audit(files=files)
 
     def verify_chain(self) -> ChainSummary:
-        # Back-ends written before block_columns existed may not derive from Backend.
-        columns = getattr(self.backend, "block_columns", None)
-        if columns is not None:
-            return self._read_steady(lambda: _verify_columns(columns()))
-        return self._read_steady(lambda: verify_chain(self.backend.blocks()))
+        return self.audit().summary
 
-    def _read_steady(self, read: Callable[[], ChainSummary]) -> ChainSummary:
-        """Run ``read`` (which verifies the blocks) and check it against the stored totals.
+    # -- reading (every answer proved against the verified tree) ----------------------------
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
+        """Stored blocks as the back-end returns them, unverified (see :meth:`audit`)."""
+        return self.backend.blocks(start, stop)
 
-        The blocks, the head and the record count come from separate queries. An append
-        by another writer (or this process's own recorder) between them would look like a
-        missing block or a record outside the chain, so the whole read is repeated until
-        the head is the same before and after it. Appends are atomic and only add blocks,
-        so an unchanged head means the three reads saw one state of the store.
-        """
-        summary, head, stored = self._steady(read)
-        self._check_totals(summary, head, stored)
-        return summary
-
-    def _steady(self, read: Callable[[], _T]) -> tuple[_T, ChainHead | None, int]:
-        """``read()``, the head and the record count, from one state of the store (see
-        :meth:`_read_steady`)."""
-        for _ in range(_STEADY_READS):
-            before = self.backend.head()
-            value = read()
-            stored = self.backend.record_count()
-            if self.backend.head() == before:
-                return value, before, stored
-        raise BackendError(
-            f"{self.url}: the ledger kept growing during {_STEADY_READS} reads of the chain; "
-            "verify again when the writers are quieter"
-        )
-
-    def _check_totals(self, summary: ChainSummary, head: ChainHead | None, stored: int) -> None:
-        """The chain must end at the stored head and hold every stored record."""
-        if (head is None and summary.blocks) or (head is not None and head.id != summary.head):
-            height = summary.blocks
-            raise ChainBroken(f"block {height} is missing: the chain stops before the stored head", height=height)
-        if stored != summary.records:
-            raise ChainBroken(
-                f"{stored} records are stored but the blocks hold {summary.records}: "
-                "records were added or removed outside the chain",
-                height=None,
-            )
-
-    def snapshot(self) -> tuple[Ledger, ChainSummary]:
-        """Read and verify the whole chain once; return an in-memory, indexed ledger of
-        exactly the verified blocks, and the verification summary.
-
-        Queries on the snapshot are dictionary look-ups, and they answer from the same
-        bytes that were verified, so nothing can change in the store between the two.
-        """
-        from lineage_ledger.backends.memory import MemoryBackend
-
-        read: list[StoredBlock] = []
-
-        def keep(blocks: Iterator[StoredBlock]) -> Iterator[StoredBlock]:
-            for block in blocks:
-                read.append(block)
-                yield block
-
-        def verify_and_keep() -> ChainSummary:
-            read.clear()
-            return verify_chain(keep(self.backend.blocks()))
-
-        summary = self._read_steady(verify_and_keep)
-        view = Ledger(MemoryBackend(f"snapshot+{self.url}", private=True), spool_root=self._spool_root)
-        view._decode_limit = None  # everything is in memory already; keep every decode
-        _add_verified(view, read)
-        return view, summary
-
-    def verified_view(self) -> Ledger:
-        """The view of :meth:`snapshot`, kept up to date for repeated pre-run checks.
-
-        The first call reads and verifies the whole chain. A later call reads and verifies
-        only the blocks appended since, after checking that the block the last call ended
-        on is still stored with the same id: an edit below it that keeps the chain valid
-        must rewrite it. (An edit that breaks the chain is for ``verify-lineage``, which
-        always reads everything; this view keeps answering from the bytes it verified.)
-        Any failure raises and forgets the view, so the next call starts again.
-        """
-        with self._verified_lock:  # plugins check from several threads
-            return self._verified_view()
-
-    def _verified_view(self) -> Ledger:
-        from lineage_ledger.backends.memory import MemoryBackend
-
-        kept = self._verified
-        if kept is not None:
-            view, verifier, tip = kept
-            head = self.backend.head()
-            if head is not None and (head.height, head.id) == tip:
-                return view
-            ended_on = list(self.backend.blocks(tip[0], tip[0] + 1))  # (read to the end: closes the query)
-            if not ended_on or ended_on[0].id != tip[1]:
-                kept = None  # the chain below changed: verify it all again
-        if kept is None:
-            view = Ledger(MemoryBackend(f"verified+{self.url}", private=True), spool_root=self._spool_root)
-            view._decode_limit = None
-            verifier, tip = ChainVerifier(), (-1, "")
-        self._verified = None
-        fresh, head, stored = self._steady(lambda: list(self.backend.blocks(tip[0] + 1)))
-        verifier.feed(columns_of(fresh))
-        self._check_totals(verifier.summary(), head, stored)
-        _add_verified(view, fresh)
-        if head is not None:
-            self._verified = (view, verifier, (head.height, head.id))
-        return view
-
-    def _decode(self, located: Located) -> LedgerRecord:
+    def _proved(self, located: Located) -> LedgerRecord | None:
+        """The record an index row names, once its bytes and place are proved; None for a
+        row appended after the verified head."""
+        if self.verifier.check(located) is None:
+            return None
         stored = located.record
-        cached = self._decoded.get(stored.id)
-        if cached is not None:
-            return LedgerRecord(stored.id, cached, located.height, located.position)
-        if blake3(stored.body).hexdigest() != stored.id:
-            raise RecordTampered(
-                f"record {stored.id[:16]} in block {located.height} does not hash to its id",
-                height=located.height,
-            )
-        try:
-            record = Record.decode(stored.body)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}", height=located.height) from exc
-        if self._decode_limit is not None and len(self._decoded) >= self._decode_limit:
-            self._decoded.clear()
-        self._decoded[stored.id] = record
+        record = self._decoded.get(stored.id)
+        if record is None:
+            try:
+                record = Record.decode(stored.body)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}",
+                                     height=located.height) from exc
+            if len(self._decoded) >= _DECODE_CACHE:
+                self._decoded.clear()
+            self._decoded[stored.id] = record
         return LedgerRecord(stored.id, record, located.height, located.position)
+
+    def _proved_all(self, rows: Iterable[Located]) -> list[LedgerRecord]:
+        self.tree_head()
+        return [entry for entry in map(self._proved, rows) if entry is not None]
 
     def get(self, id_or_prefix: str) -> LedgerRecord:
         prefix = id_or_prefix.strip().lower()
         if len(prefix) < 4:
             raise LedgerError("give at least 4 hex digits of a record id")
-        matches = self.backend.by_id_prefix(prefix, limit=2)
+        matches = self._proved_all(self.backend.by_id_prefix(prefix, limit=2))
+        for entry in matches:
+            if not entry.id.startswith(prefix):
+                raise IndexTampered(f"the index answers record {entry.id[:16]} for the prefix {prefix!r}")
         if not matches:
             raise LedgerError(f"no record with id {id_or_prefix!r}")
         if len(matches) > 1:
             raise LedgerError(f"id prefix {id_or_prefix!r} is ambiguous; give more digits")
-        return self._decode(matches[0])
+        return matches[0]
 
-    def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None) -> list[LedgerRecord]:
-        found = []
-        for located in self.backend.find(role, path=path, digest=digest):
-            entry = self._decode(located)
+    def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
+              rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
+        if rows is None:
+            rows = self.backend.find(role, path=path, digest=digest)
+        found = self._proved_all(rows)
+        for entry in found:
             side = entry.record.inputs if role == "in" else entry.record.outputs
-            if any(
-                (path is None or p == path) and (digest is None or e["blake3"] == digest)
-                for p, e in side.items()
-            ):
-                found.append(entry)
+            if path is not None:
+                named = side.get(path)
+                agrees = named is not None and (digest is None or named["blake3"] == digest)
+            else:
+                agrees = any(e["blake3"] == digest for e in side.values())
+            if not agrees:
+                verb = "reading" if role == "in" else "writing"
+                raise IndexTampered(
+                    f"the index lists record {entry.id[:16]} (block {entry.height}) as {verb} "
+                    f"{path if path is not None else digest}, but the record does not say so",
+                    height=entry.height, path=path,
+                )
         return found
 
     def producers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
         """Records that output ``path`` (and/or ``digest``), oldest first."""
         return self._find("out", path, digest)
 
-    def consumers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
-        """Records that read ``path`` (and/or ``digest``), oldest first."""
+    def consumers(self, path: str | None = None, digest: str | None = None, *,
+                  offset: int = 0, limit: int | None = None) -> list[LedgerRecord]:
+        """Records that read ``path`` (and/or ``digest``), oldest first; a page of them with
+        ``offset``/``limit`` (a file every task read has as many consumers as tasks)."""
+        if offset or limit is not None:
+            rows = self.backend.find_page("in", path=path, digest=digest, offset=offset, limit=limit)
+            return self._find("in", path, digest, rows)
         return self._find("in", path, digest)
+
+    def count_consumers(self, path: str | None = None, digest: str | None = None) -> int:
+        """How many records the index says read ``path`` (a count, not a verified answer)."""
+        return self.backend.count_found("in", path=path, digest=digest)
 
     def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
         found = self.producers(path, digest)
@@ -326,40 +266,50 @@ class Ledger:
 
         "Latest" is by the time the task ended, then by ledger order: a crashed process's
         spool replayed days later lands late in the ledger but must not count as newer.
-        Decodes come from the ledger's cache, so a source read by thousands of tasks is
-        cheap on a snapshot.
         """
         best: tuple[Any, ...] | None = None
         for role in roles:
-            for located in self.backend.find(role, path=path):
-                entry = self._decode(located)
+            for entry in self._find(role, path, None):
                 side = entry.record.outputs if role == "out" else entry.record.inputs
-                if path not in side:  # the index claimed a record that does not name the path
-                    continue
                 key = (entry.record.ended, entry.order, role == "out")
                 if best is None or key > best[0]:
                     best = (key, entry, role, side[path])
         return None if best is None else (best[1], best[2], best[3])
 
     def run(self, run_id: str) -> list[LedgerRecord]:
-        return [self._decode(located) for located in self.backend.by_run(run_id)]
+        found = self._proved_all(self.backend.by_run(run_id))
+        for entry in found:
+            if entry.record.run_id != run_id:
+                raise IndexTampered(f"the index lists record {entry.id[:16]} in run {run_id!r}, "
+                                    f"but it belongs to run {entry.record.run_id!r}", height=entry.height)
+        return found
 
     def recent(self, limit: int) -> list[LedgerRecord]:
-        """The newest ``limit`` records, oldest first, reading only the last blocks."""
+        """The newest ``limit`` records of the verified head, oldest first."""
         from lineage_ledger.backends import Located
 
-        head = self.backend.head()
+        head = self.tree_head()
         entries: list[LedgerRecord] = []
-        stop = 0 if head is None else head.height + 1
-        while stop > 0 and len(entries) < limit:
+        stop = head.blocks
+        while stop > 0 and (not limit or len(entries) < limit):
             start = max(0, stop - 8)
             chunk = [
-                self._decode(Located(block.height, position, record))
+                self._proved(Located(block.height, position, record))
                 for block in self.backend.blocks(start, stop)
                 for position, record in enumerate(block.records)
             ]
-            entries, stop = chunk + entries, start
+            entries, stop = [e for e in chunk if e is not None] + entries, start
         return entries[-limit:] if limit else entries
+
+    def inclusion_proof(self, entry: LedgerRecord) -> tuple[TreeHead, int, list[str]]:
+        """(tree head, leaf index, RFC 9162 audit path) for a record read from this ledger."""
+        from ._tree import BLAKE3
+        from ._tree import inclusion_proof as path_of
+
+        store = self.verifier.store
+        head = self.tree_head()
+        index = store.block_start(entry.height) + entry.position
+        return head, index, [node.hex() for node in path_of(store.node, index, head.size, BLAKE3)]
 
     # -- lineage ------------------------------------------------------------------------
     def lineage(self, path: str, digest: str | None = None) -> LineageNode:
@@ -396,23 +346,36 @@ class Ledger:
             node.parents.append(self._lineage(input_path, entry["blake3"], producer, memo))
         return node
 
-    def derived(self, path: str, digest: str | None = None, _seen: set | None = None) -> list[tuple[LedgerRecord, list]]:
-        """What was derived from ``path``: [(consumer record, [(its outputs' subtrees)...])]."""
+    def derived(self, path: str, digest: str | None = None, _seen: set | None = None, *,
+                limit: int | None = None) -> list[tuple[LedgerRecord, list]]:
+        """What was derived from ``path``: [(consumer record, [(its outputs' subtrees)...])].
+
+        With ``limit``, at most that many consumers of each file (oldest first), and a last
+        item ``(None, n)`` where ``n`` more were left out.
+        """
         seen = set() if _seen is None else _seen
-        tree = []
-        for consumer in self.consumers(path, digest):
+        tree: list[tuple[Any, Any]] = []
+        consumers = self.consumers(path, digest, limit=limit) if limit else self.consumers(path, digest)
+        for consumer in consumers:
             if consumer.id in seen:
                 continue
             seen.add(consumer.id)
             children = [
-                (out_path, self.derived(out_path, entry["blake3"], seen))
+                (out_path, self.derived(out_path, entry["blake3"], seen, limit=limit))
                 for out_path, entry in sorted(consumer.record.outputs.items())
             ]
             tree.append((consumer, children))
+        if limit and len(consumers) == limit:
+            more = self.count_consumers(path, digest) - limit
+            if more > 0:
+                tree.append((None, more))
         return tree
 
     def close(self) -> None:
         self.backend.close()
+        if self._private_state is not None:
+            shutil.rmtree(self._private_state, ignore_errors=True)
+            self._private_state = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -421,42 +384,27 @@ class Ledger:
         self.close()
 
 
-def open_ledger(url: str | None = None, *, spool: str | None = None, replay: bool = True) -> Ledger:
+def open_ledger(url: str | None = None, *, spool: str | None = None, replay: bool = True,
+                read_only: bool = False, state_dir: str | None = None) -> Ledger:
     """Open the ledger at ``url`` (default ``$LINEAGE_LEDGER_URL`` or ``.lineage/ledger.db``).
 
     Records that a crashed process left in the spool are shipped first; if any lines were
     damaged, :class:`SpoolCorrupt` is raised after the good ones are in the ledger.
+    ``read_only`` opens an existing ledger without writing anything to it (no spool replay,
+    no schema): a missing or empty one raises :class:`NoLedger`. ``state_dir`` is where the
+    verified tree head is kept (default: see :func:`lineage_ledger._trust.state_root`).
     """
     from lineage_ledger.backends import open_backend
 
     if url is None:
         url = os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
     spool_root = spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
-    backend = open_backend(url)
-    ledger = Ledger(backend, spool_root=spool_root)
-    if replay:
+    backend = open_backend(url, create=not read_only)
+    ledger = Ledger(backend, spool_root=spool_root, state_dir=state_dir)
+    if replay and not read_only:
         try:
             ledger.replay_spool()
         except BaseException:
             ledger.close()
             raise
     return ledger
-
-
-def _add_verified(view: Ledger, blocks: Iterable[StoredBlock]) -> None:
-    """Put verified blocks in ``view``'s memory store, keyed with the index fields (inputs,
-    outputs, run) that a SQL store does not return with the blocks."""
-    for block in blocks:
-        records = []
-        for position, stored in enumerate(block.records):
-            try:
-                record = Record.decode(stored.body)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise RecordTampered(
-                    f"block {block.height}: record {position} ({stored.id[:16]}) is not a readable "
-                    f"record: {exc}",
-                    height=block.height,
-                ) from exc
-            view._decoded[stored.id] = record
-            records.append(record.stored(stored.body, stored.id))
-        view.backend.append([StoredBlock(block.height, block.id, block.header, tuple(records))])

@@ -57,6 +57,9 @@ def derived_lines(path: str, tree: list, prefix: str = "") -> list[str]:
     lines = [_short(path)] if not prefix else []
     for index, (consumer, outputs) in enumerate(tree):
         last = index == len(tree) - 1
+        if consumer is None:  # the page ended: ``outputs`` is how many more there are
+            lines.append(prefix + "└── " + f"... and {outputs} more (--all lists them)")
+            continue
         lines.append(prefix + ("└── " if last else "├── ") + describe_record(consumer))
         inner = prefix + ("    " if last else "│   ")
         for out_index, (out_path, subtree) in enumerate(outputs):
@@ -70,7 +73,14 @@ def report_lines(report: Report) -> list[str]:
     lines: list[str] = []
     if report.chain is not None:
         c = report.chain
-        lines.append(f"chain: OK  {c.blocks} blocks, {c.records} records, log root {c.log_root[:16]}")
+        lines.append(f"ledger: OK  {c.blocks} blocks, {c.records} records")
+        lines.append(f"tree head: size {c.records}, root {c.log_root}")
+        if report.index_rows is not None:
+            lines.append(f"index: {report.index_rows} rows agree with their records")
+        if report.first_audit:
+            lines.append("(nothing was remembered for this ledger: it was audited in full first)")
+    if report.against is not None:
+        lines.append(f"extends checkpoint: {report.against.origin} size {report.against.size}")
     for target in report.targets:
         lines.append("")
         if target.tree is None:
@@ -120,6 +130,11 @@ def report_json(report: Report) -> dict[str, Any]:
         "ok": report.ok,
         "chain": None if chain is None else {
             "blocks": chain.blocks, "records": chain.records, "head": chain.head, "log_root": chain.log_root,
+        },
+        "tree_head": None if chain is None else {"size": chain.records, "root": chain.log_root},
+        "index_rows": report.index_rows,
+        "against": None if report.against is None else {
+            "origin": report.against.origin, "size": report.against.size, "root": report.against.root.hex(),
         },
         "targets": targets,
         "failures": [

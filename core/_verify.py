@@ -18,12 +18,15 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ._chain import ChainSummary
-from ._errors import ArtifactError, ArtifactMismatch, LineageBroken, VerificationError
+from ._errors import ArtifactError, ArtifactMismatch, HistoryRewritten, LineageBroken, VerificationError
 from ._hashing import hash_file, normalize_path, walk_files
 from ._ledger import Ledger, LineageNode, open_ledger
+
+if TYPE_CHECKING:
+    from ._checkpoint import Checkpoint
 
 __all__ = [
     "ArtifactCheck",
@@ -33,6 +36,7 @@ __all__ = [
     "check_artifact",
     "check_before_run",
     "verify_artifact",
+    "verify_against",
     "verify_before_run",
     "verify_chain_of",
     "verify_closure",
@@ -69,7 +73,8 @@ class ArtifactCheck:
 
 
 def verify_chain_of(ledger: Ledger) -> ChainSummary:
-    """Raises ChainBroken, MerkleMismatch or RecordTampered at the first bad block."""
+    """The full audit: raises ChainBroken, MerkleMismatch, RecordTampered, IndexTampered or
+    HistoryRewritten at the first problem."""
     return ledger.verify_chain()
 
 
@@ -164,6 +169,9 @@ class Report:
     targets: list[TargetResult] = field(default_factory=list)
     failures: list[VerificationError] = field(default_factory=list)
     audited_records: int = 0
+    index_rows: int | None = None  # index rows compared with their records in an audit
+    first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
+    against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
     # Files already hashed in this run: trees share sources, each is read once.
     checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
 
@@ -190,7 +198,12 @@ def _expand(targets: Iterable[str]) -> list[str]:
 
 
 def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool = True) -> Report:
-    """Verify the chain, then each target and its lineage; no targets audits the whole ledger.
+    """Verify the ledger, then each target and its lineage; no targets audits the whole ledger.
+
+    With targets, the ledger check is the trusted tree head brought up to date (only blocks
+    appended since the last verification are read) and every record used is proved in it.
+    Without, the whole ledger is read and checked, index included, in bounded memory, and
+    every recorded output still on disk is checked with its lineage.
 
     Raises only for bad input (``ArtifactError``, ``ConfigError``) and back-end errors;
     verification failures are collected in the report.
@@ -199,28 +212,23 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     paths = _expand(targets)
     audit = not paths
     try:
-        # Verifying the chain reads every block anyway. Answering the lineage queries from
-        # exactly what was verified means no row outside the chain (a forged record, an
-        # edited index) can speak for a file.
-        ledger, report.chain = ledger.snapshot()
+        if audit:
+            result = ledger.audit(files=files)
+            report.chain, report.audited_records, report.index_rows = result.summary, result.summary.records, result.index_rows
+            paths = result.outputs
+        else:
+            head = ledger.tree_head()
+            report.chain = ChainSummary(head.blocks, head.size, head.block_id, head.root)
+        report.first_audit = ledger.verifier.audited_now and not audit
     except VerificationError as failure:
         report.fail(failure)
-        return report  # nothing read from a broken chain can be trusted
-    if audit:
-        paths = _audit_paths(ledger, report)
+        return report  # nothing read from a broken ledger can be trusted
     for path in paths:
-        _verify_target(ledger, path, report, files=files, audit=audit)
+        try:
+            _verify_target(ledger, path, report, files=files, audit=audit)
+        except VerificationError as failure:  # an index row that disagrees with its record
+            report.fail(failure)
     return report
-
-
-def _audit_paths(ledger: Ledger, report: Report) -> list[str]:
-    outputs: dict[str, None] = {}
-    for block in ledger.blocks():
-        for record in block.records:
-            report.audited_records += 1
-            for path, _digest in record.outputs:
-                outputs[path] = None
-    return list(outputs)
 
 
 def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
@@ -260,6 +268,26 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
             report.fail(ArtifactMismatch(_explain(other), path=node.path))
 
 
+def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
+    """Raise :class:`HistoryRewritten` unless the ledger is an append-only extension of
+    ``checkpoint`` (same origin, at least as many records, the same root over its first
+    ``checkpoint.size`` records). The root at that size comes from O(log n) verified nodes."""
+    head = ledger.tree_head()
+    if checkpoint.origin != head.origin:
+        raise HistoryRewritten(f"the checkpoint is of ledger {checkpoint.origin!r}; this ledger is {head.origin!r}")
+    if checkpoint.size > head.size:
+        raise HistoryRewritten(
+            f"the checkpoint covers {checkpoint.size} records, the ledger holds {head.size}: it shrank "
+            f"(records {head.size} to {checkpoint.size - 1} are gone)")
+    root = ledger.verifier.store.root_at(checkpoint.size)
+    if root != checkpoint.root.hex():
+        raise HistoryRewritten(
+            f"the ledger is not an extension of the checkpoint: its first {checkpoint.size} records hash "
+            f"to {root}, the checkpoint says {checkpoint.root.hex()}; one or more of records 0 to "
+            f"{checkpoint.size - 1} were changed, reordered or removed")
+    return checkpoint
+
+
 def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
     """The plugins' pre-run check: files that exist and differ from the ledger.
 
@@ -273,14 +301,14 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
         from ._errors import ConfigError
 
         raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
-    # A broken chain raises: nothing in it can vouch for a file. Plugins check before every
-    # task: after the first check only the blocks appended since are read and verified.
-    view = ledger.verified_view()
+    # A broken or rewritten ledger raises: nothing in it can vouch for a file. Only the
+    # blocks appended since the last verification are read; each record used is proved.
+    ledger.tree_head()
     tampered = []
     for path in paths:
         if not os.path.exists(path):
             continue
-        check = check_artifact(view, path, against="producer")
+        check = check_artifact(ledger, path, against="producer")
         if check.status is ArtifactStatus.MODIFIED:
             tampered.append(check)
     if tampered and policy == "strict":

@@ -1,0 +1,352 @@
+"""The tree head this user last verified for a ledger, and that tree's nodes, kept locally.
+
+The Go checksum-database client keeps the last tree head it verified and the tiles it
+fetched outside the log; this is the same idea for a ledger whose whole body can be read.
+After a verification, the user's own state directory holds, per ledger:
+
+* ``head.json``: origin, tree size and root, how many blocks and the id of the last one;
+* ``level-KK.bin``: every complete perfect subtree of the log tree at level ``KK`` (level 0
+  is the leaf hashes), 32 bytes each, in order: 64 bytes per record in all;
+* ``starts.bin``: the leaf index of each block's first record (8 bytes, little-endian).
+
+Nothing in it comes from the ledger unverified: the leaves are hashed from record ids
+whose bodies were hashed, in blocks whose headers, links and Merkle roots were checked.
+So a reader proves a record is in the verified tree by comparing one leaf, and the root at
+any earlier size (a checkpoint) comes from O(log n) stored nodes. Files only grow; the head
+names how much of them is valid, and is replaced atomically, so readers need no lock.
+Writers take ``lock`` (``flock``). The directory is private to its user (0700, files 0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from blake3 import blake3
+
+from ._canonical import format_time, utcnow
+from ._errors import ConfigError, HistoryRewritten
+
+__all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
+
+_NODE = 32
+_EMPTY = blake3(b"").digest()
+_STARTS = struct.Struct("<Q")
+
+
+def state_root() -> str:
+    """``$LINEAGE_STATE_DIR``, else ``$XDG_STATE_HOME/lineage-ledger``, else ``~/.local/state/lineage-ledger``."""
+    explicit = os.environ.get("LINEAGE_STATE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "lineage-ledger")
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    """A verified tree head and the chain position it was read at."""
+
+    origin: str
+    size: int  # records (leaves)
+    root: str  # hex
+    blocks: int  # blocks verified (heights 0 .. blocks - 1)
+    block_id: str | None  # id of block ``blocks - 1``
+    verified: str = ""  # when (UTC, canonical spelling)
+    audited: str = ""  # when the whole ledger was last read and checked
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TreeHead:
+        raw = json.loads(data)
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+
+
+def _pair(nodes: list[bytes]) -> list[bytes]:
+    """Parents of consecutive pairs (``nodes`` has even length)."""
+    hasher = blake3()
+    reset, update, digest = hasher.reset, hasher.update, hasher.digest
+    out: list[bytes] = []
+    append = out.append
+    for left, right in zip(nodes[0::2], nodes[1::2], strict=True):
+        reset()
+        update(b"\x01" + left + right)
+        append(digest())
+    return out
+
+
+class TreeWriter:
+    """Extends the stored tree by whole blocks; ``commit`` publishes the new head.
+
+    Holds the right edge of every level in memory (the node of each level not yet paired,
+    the compact range), so an extension reads O(log n) nodes once and writes each new node
+    once, whatever the batch sizes.
+    """
+
+    def __init__(self, directory: str, head: TreeHead | None, origin: str) -> None:
+        self.directory = directory
+        self.origin = origin
+        self.size = head.size if head else 0
+        self.blocks = head.blocks if head else 0
+        self.block_id = head.block_id if head else None
+        self.audited = head.audited if head else ""
+        self._files: list = []
+        self._carry: list[bytes | None] = []
+        size = self.size
+        level = 0
+        while size >> level:
+            count = size >> level
+            self._file(level)
+            if count & 1:
+                with open(_level_path(directory, level), "rb") as reader:
+                    reader.seek((count - 1) * _NODE)
+                    self._carry[level] = reader.read(_NODE)
+            level += 1
+        self._starts = _open_private(os.path.join(directory, "starts.bin"))
+        self._starts.truncate(self.blocks * _STARTS.size)
+        self._starts.seek(self.blocks * _STARTS.size)
+
+    def _file(self, level: int):
+        while len(self._files) <= level:
+            handle = _open_private(_level_path(self.directory, len(self._files)))
+            # A crashed writer may have left nodes past the head: the head says what is valid.
+            valid = (self.size >> len(self._files)) * _NODE
+            handle.truncate(valid)
+            handle.seek(valid)
+            self._files.append(handle)
+            self._carry.append(None)
+        return self._files[level]
+
+    def add_block(self, block_id: str, leaves: list[bytes]) -> None:
+        """Append one verified block's leaf hashes (in order) to the tree."""
+        self._starts.write(_STARTS.pack(self.size))
+        count = len(leaves)
+        nodes, level = leaves, 0
+        while nodes:
+            self._file(level).write(b"".join(nodes))
+            carry = self._carry[level]
+            if carry is not None:
+                nodes = [carry, *nodes]
+            if len(nodes) & 1:
+                self._carry[level] = nodes[-1]
+                nodes = nodes[:-1]
+            else:
+                self._carry[level] = None
+            nodes = _pair(nodes) if nodes else nodes
+            level += 1
+        self.blocks += 1
+        self.block_id = block_id
+        self.size += count
+
+    def root(self) -> str:
+        digest: bytes | None = None
+        for carry in self._carry:  # lowest level first: the rightmost, smallest subtree
+            if carry is not None:
+                digest = carry if digest is None else blake3(b"\x01" + carry + digest).digest()
+        return (digest or _EMPTY).hex()
+
+    def head(self, *, audited: bool = False) -> TreeHead:
+        now = format_time(utcnow())
+        return TreeHead(self.origin, self.size, self.root(), self.blocks, self.block_id, now,
+                        now if audited else self.audited)
+
+    def close(self) -> None:
+        for handle in [*self._files, self._starts]:
+            handle.close()
+        self._files = []
+
+    def commit(self, *, audited: bool = False) -> TreeHead:
+        """Flush the nodes, then replace ``head.json``: readers never see a head whose nodes are not written."""
+        head = self.head(audited=audited)
+        for handle in [*self._files, self._starts]:
+            handle.flush()
+        _write_atomic(os.path.join(self.directory, "head.json"), head.to_json())
+        return head
+
+
+def _level_path(directory: str, level: int) -> str:
+    return os.path.join(directory, f"level-{level:02d}.bin")
+
+
+def _open_private(path: str):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "r+b", buffering=1 << 20)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".head-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class TrustStore:
+    """The state directory of one ledger (by its identity) for the current user."""
+
+    def __init__(self, identity: str, origin: str, root: str | None = None) -> None:
+        self.identity = identity
+        self.origin = origin
+        base = root or state_root()
+        self.directory = self.directory_for(identity, base)
+        self._maps: dict[str, tuple[int, mmap.mmap | bytes]] = {}
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            st = os.lstat(self.directory)
+        except OSError as err:
+            raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
+                              "(set LINEAGE_STATE_DIR to a private directory)") from err
+        if not os.path.isdir(self.directory) or os.path.islink(self.directory) or st.st_uid != os.getuid():
+            raise ConfigError(f"{self.directory}: not a directory of this user; refusing to trust it")
+        if st.st_mode & 0o077:
+            os.chmod(self.directory, 0o700)
+        self.head = self._read_head()
+
+    def _read_head(self) -> TreeHead | None:
+        try:
+            with open(os.path.join(self.directory, "head.json"), "rb") as handle:
+                head = TreeHead.from_json(handle.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{self.directory}/head.json is unreadable ({err}); "
+                              "run `lineage-ledger reset-trust` and verify again") from err
+        if head.origin != self.origin:
+            raise HistoryRewritten(
+                f"{self.identity}: this ledger's origin is {self.origin!r}, but the ledger verified "
+                f"here before was {head.origin!r}: it was replaced. If that was deliberate, run "
+                "`lineage-ledger reset-trust` and verify it again"
+            )
+        return head
+
+    @staticmethod
+    def directory_for(identity: str, base: str | None = None) -> str:
+        return os.path.join(base or state_root(), blake3(identity.encode()).hexdigest()[:32])
+
+    @classmethod
+    def at(cls, directory: str, origin: str, head: TreeHead) -> TrustStore:
+        """Read-only view of a tree being built in ``directory`` (its head not yet written)."""
+        view = cls.__new__(cls)
+        view.identity, view.origin, view.directory = "", origin, directory
+        view._maps = {}
+        view.head = head
+        return view
+
+    def reload(self) -> TreeHead | None:
+        self._maps.clear()
+        self.head = self._read_head()
+        return self.head
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive while a writer extends or replaces the tree (readers need no lock)."""
+        fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def writer(self) -> TreeWriter:
+        return TreeWriter(self.directory, self.head, self.origin)
+
+    def fresh_writer(self) -> TreeWriter:
+        """A writer into an empty directory beside this one; :meth:`adopt` swaps it in."""
+        fresh = tempfile.mkdtemp(dir=os.path.dirname(self.directory), prefix=".audit-")
+        return TreeWriter(fresh, None, self.origin)
+
+    def adopt(self, writer: TreeWriter) -> None:
+        """Replace this ledger's state with what ``writer`` built (call under :meth:`locked`)."""
+        old = self.directory + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.directory, old)
+        os.rename(writer.directory, self.directory)
+        with contextlib.suppress(OSError):
+            os.rename(os.path.join(old, "lock"), os.path.join(self.directory, "lock"))
+        shutil.rmtree(old, ignore_errors=True)
+        self.reload()
+
+    def forget(self) -> TreeHead | None:
+        """Drop the remembered head (after a deliberate restore); returns what was dropped."""
+        head = self.head
+        with self.locked():
+            for name in os.listdir(self.directory):
+                if name != "lock":
+                    os.unlink(os.path.join(self.directory, name))
+        self.reload()
+        return head
+
+    # -- reading nodes (no lock: files only grow, the head bounds what is valid) -------------
+    def _map(self, name: str) -> mmap.mmap | bytes:
+        cached = self._maps.get(name)
+        if cached is None:
+            with open(os.path.join(self.directory, name), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                data: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            cached = (size, data)
+            self._maps[name] = cached
+        return cached[1]
+
+    def node(self, level: int, index: int) -> bytes:
+        """The hash of the perfect subtree at ``level`` covering leaves ``index << level`` on."""
+        head = self.head
+        if head is None or index < 0 or (index + 1) << level > head.size:
+            raise IndexError(f"no complete node ({level}, {index}) in a tree of {head.size if head else 0}")
+        data = self._map(f"level-{level:02d}.bin")
+        start = index * _NODE
+        return bytes(data[start : start + _NODE])
+
+    def leaf(self, index: int) -> bytes:
+        return self.node(0, index)
+
+    def block_start(self, height: int) -> int:
+        """The leaf index of block ``height``'s first record (``size`` for ``height == blocks``)."""
+        head = self.head
+        assert head is not None
+        if height == head.blocks:
+            return head.size
+        if not 0 <= height < head.blocks:
+            raise IndexError(f"block {height} is not in the verified tree ({head.blocks} blocks)")
+        data = self._map("starts.bin")
+        return _STARTS.unpack_from(data, height * _STARTS.size)[0]
+
+    def place(self, index: int) -> tuple[int, int]:
+        """(block height, position) of leaf ``index``: a binary search of the block starts."""
+        head = self.head
+        assert head is not None and 0 <= index < head.size
+        low, high = 0, head.blocks - 1
+        data = self._map("starts.bin")
+        unpack = _STARTS.unpack_from
+        while low < high:  # the last block whose start is <= index
+            middle = (low + high + 1) // 2
+            if unpack(data, middle * _STARTS.size)[0] <= index:
+                low = middle
+            else:
+                high = middle - 1
+        return low, index - unpack(data, low * _STARTS.size)[0]
+
+    def root_at(self, size: int) -> str:
+        """The root of the first ``size`` leaves, from O(log n) stored nodes."""
+        digest: bytes | None = None
+        level = 0
+        while size >> level:
+            if (size >> level) & 1:
+                node = self.node(level, (size >> level) - 1)
+                digest = node if digest is None else blake3(b"\x01" + node + digest).digest()
+            level += 1
+        return (digest or _EMPTY).hex()

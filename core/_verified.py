@@ -1,0 +1,347 @@
+"""Verified reads: the trusted tree head brought up to date, and every row checked against it.
+
+Three operations, after RFC 9162 and the Go checksum-database client:
+
+* :meth:`Verifier.audit` streams the whole ledger at the head it read first: every block's
+  id, height, link, Merkle root and record hashes; every index row against the record it
+  names; duplicate record ids. Memory stays bounded (a block at a time, a few bytes per
+  record for the duplicate filter). It builds the log tree beside the remembered one and
+  replaces it only if the new tree extends the old (else :class:`HistoryRewritten`).
+* :meth:`Verifier.refresh` proves the ledger still holds the block the remembered head
+  ended on, then verifies and adds only the blocks appended since; with nothing remembered
+  it audits once.
+* :meth:`Verifier.check` takes a row a back-end's index returned (block height, position,
+  record id and body) and proves it: the body hashes to the id, and that id is the leaf the
+  verified tree holds at that place. Callers then check that the record says what the index
+  claimed (path, digest, role, run): a row that disagrees raises :class:`IndexTampered`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blake3 import blake3
+
+from ._chain import ChainSummary, verify_block_columns
+from ._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
+from ._trust import TreeHead, TreeWriter, TrustStore
+
+if TYPE_CHECKING:
+    from lineage_ledger.backends import Backend, Located
+
+__all__ = ["AuditResult", "Verifier"]
+
+
+@dataclass
+class AuditResult:
+    summary: ChainSummary
+    head: TreeHead
+    index_rows: int | None  # rows compared, or None where the back-end keeps no separate index
+    outputs: list[str] = field(default_factory=list)  # output paths that exist on disk
+
+
+class _Dedup:
+    """A Bloom filter over leaf hashes (64 bits a record, two probes): memory stays a few
+    bytes a record; the rare suspects are looked up exactly at the end."""
+
+    def __init__(self, expected: int) -> None:
+        self.bits = max(1 << 23, expected * 64)
+        self.table = bytearray(self.bits // 8 + 1)
+        self.suspects: list[str] = []  # record ids
+
+    def add(self, ids, leaves: list[bytes]) -> None:
+        table, bits, suspects = self.table, self.bits, self.suspects
+        from_bytes = int.from_bytes
+        for record_id, leaf in zip(ids, leaves, strict=True):
+            a = from_bytes(leaf[:8], "little") % bits
+            b = from_bytes(leaf[8:16], "little") % bits
+            ma, mb = 1 << (a & 7), 1 << (b & 7)
+            if table[a >> 3] & ma and table[b >> 3] & mb:
+                suspects.append(record_id)
+            table[a >> 3] |= ma
+            table[b >> 3] |= mb
+
+
+def _index_view():
+    """A decoder that reads only what the index holds from a record body (fast)."""
+    import msgspec
+
+    class Digest(msgspec.Struct):
+        blake3: str
+
+    class IndexView(msgspec.Struct):
+        run_id: str
+        inputs: dict[str, Digest]
+        outputs: dict[str, Digest]
+
+    return msgspec.json.Decoder(IndexView), msgspec.DecodeError
+
+
+class Verifier:
+    """Keeps one ledger's trusted tree head current and checks rows against it."""
+
+    def __init__(self, backend: Backend, store: TrustStore) -> None:
+        self.backend = backend
+        self.store = store
+        self.audited_now = False  # set when this process had to audit the whole ledger
+
+    # -- keeping the head current ------------------------------------------------------------
+    def refresh(self) -> TreeHead:
+        store, backend = self.store, self.backend
+        for _ in range(50):
+            head = store.reload()
+            if head is None:
+                return self.audit().head
+            tip = backend.head()
+            have = -1 if tip is None else tip.height
+            if have < head.blocks - 1:
+                raise HistoryRewritten(
+                    f"{backend.identity}: the ledger shrank: {head.blocks} blocks ({head.size} records) "
+                    f"were verified on {head.verified}, {have + 1} are stored now. If it was restored "
+                    "from a backup on purpose, run `lineage-ledger reset-trust` and verify it again"
+                )
+            if tip is None or (tip.height, tip.id) == (head.blocks - 1, head.block_id):
+                return head
+            if head.blocks:
+                kept = next(iter(backend.block_columns(head.blocks - 1, head.blocks)), None)
+                if kept is None or kept.id != head.block_id:
+                    raise self._forked(head)
+            with store.locked():
+                if store.reload() != head:
+                    continue  # another process extended it meanwhile: look again
+                writer = store.writer()
+                try:
+                    self._extend(writer, head.blocks, tip.height + 1, head.block_id)
+                    writer.commit()
+                finally:
+                    writer.close()
+        raise ChainBroken(f"{backend.identity}: the verified head kept changing under this process")
+
+    def _extend(self, writer: TreeWriter, start: int, stop: int, prev: str | None,
+                on_block=None) -> None:
+        expected = start
+        for block in self.backend.block_columns(start, stop):
+            _header, leaves = verify_block_columns(block, expected, prev)
+            if on_block is not None:
+                on_block(block, writer.size, leaves)
+            writer.add_block(block.id, leaves)
+            prev = block.id
+            expected += 1
+        if expected != stop:
+            raise ChainBroken(f"block {expected} is missing: the chain stops before the stored head",
+                              height=expected)
+
+    def _forked(self, head: TreeHead) -> HistoryRewritten:
+        return HistoryRewritten(
+            f"{self.backend.identity}: block {head.blocks - 1}, where the tree verified on "
+            f"{head.verified} ended ({head.size} records, root {head.root}), is no longer stored as it "
+            "was: history was rewritten. Run `verify-lineage` (a full audit names the first changed "
+            "record); if the ledger was restored on purpose, run `lineage-ledger reset-trust`"
+        )
+
+    # -- the full audit -------------------------------------------------------------------------
+    def audit(self, *, files: bool = False) -> AuditResult:
+        """Verify everything up to the head read now; replace the remembered tree with it."""
+        store, backend = self.store, self.backend
+        tip = backend.head()
+        stop = 0 if tip is None else tip.height + 1
+        dedup = _Dedup(backend.record_count() if stop else 0)
+        rows = backend.index_rows(1 << 62) if hasattr(backend, "index_rows") else None
+        checker = _IndexChecker(rows) if rows is not None else None
+        outputs = _ExistingFiles() if files else None
+
+        def on_block(block, first: int, leaves: list[bytes]) -> None:
+            dedup.add(block.ids, leaves)
+            if checker is not None or outputs is not None:
+                views = _decode_views(block)
+                if checker is not None:
+                    checker.block(block, first, views)
+                if outputs is not None:
+                    for view in views:
+                        outputs.add(view.outputs)
+
+        with store.locked():
+            old = store.reload()
+            writer = store.fresh_writer()
+            try:
+                self._extend(writer, 0, stop, None, on_block)
+                if checker is not None:
+                    checker.finish(writer.size)
+                if dedup.suspects:
+                    self._check_duplicates(dedup.suspects)
+                writer.commit(audited=True)  # into the new directory, not yet adopted
+                if old is not None:
+                    self._check_extends(old, writer)
+                writer.close()
+                store.adopt(writer)
+            except BaseException:
+                writer.close()
+                shutil.rmtree(writer.directory, ignore_errors=True)
+                raise
+        self.audited_now = True
+        head = store.head
+        assert head is not None
+        summary = ChainSummary(blocks=head.blocks, records=head.size, head=head.block_id, log_root=head.root)
+        return AuditResult(summary, head, checker.compared if checker else None,
+                           outputs.found if outputs else [])
+
+    def _check_duplicates(self, suspects: list[str]) -> None:
+        for record_id in suspects:
+            if len(self.backend.by_id_prefix(record_id, limit=2)) > 1:
+                raise ChainBroken(f"record {record_id[:16]} appears twice in the ledger")
+
+    def _check_extends(self, old: TreeHead, writer: TreeWriter) -> None:
+        """The new tree must hold the remembered one as its prefix (a consistency check done
+        with every leaf in hand, so the first rewritten record can be named)."""
+        if old.size > writer.size:
+            raise HistoryRewritten(
+                f"{self.backend.identity}: the ledger shrank: {old.size} records were verified on "
+                f"{old.verified}, {writer.size} are stored now"
+            )
+        fresh = TrustStore.at(writer.directory, self.store.origin, writer.head())
+        if fresh.root_at(old.size) == old.root:
+            return
+        first = _first_difference(self.store, fresh, old.size)
+        height, position = fresh.place(first)
+        raise HistoryRewritten(
+            f"{self.backend.identity}: record {first} (block {height}, position {position}) is not the "
+            f"record verified there on {old.verified}: history was rewritten from there on. If the "
+            "ledger was restored on purpose, run `lineage-ledger reset-trust`",
+            height=height,
+        )
+
+    # -- targeted reads --------------------------------------------------------------------------
+    def check(self, located: Located) -> int | None:
+        """Prove an index row: returns the record's leaf index, or None for a row newer than
+        the verified head (appended since; the caller's answer is as of that head)."""
+        store = self.store
+        head = store.head
+        assert head is not None
+        height, position, stored = located.height, located.position, located.record
+        if height >= head.blocks:
+            return None
+        if height < 0 or position < 0:
+            raise IndexTampered(f"an index row places record {stored.id[:16]} at block {height}, "
+                                f"position {position}, which does not exist", height=height)
+        first = store.block_start(height)
+        if position >= store.block_start(height + 1) - first:
+            raise IndexTampered(f"an index row places record {stored.id[:16]} at block {height}, "
+                                f"position {position}, past the end of that block", height=height)
+        index = first + position
+        if blake3(stored.body).hexdigest() != stored.id:
+            raise RecordTampered(f"record {stored.id[:16]} in block {height} does not hash to its id",
+                                 height=height)
+        try:
+            leaf = blake3(b"\x00" + bytes.fromhex(stored.id)).digest()
+        except ValueError:
+            leaf = b""
+        if leaf != store.leaf(index):
+            raise IndexTampered(
+                f"an index row places record {stored.id[:16]} at block {height}, position {position}, "
+                "but the verified tree holds another record there", height=height)
+        return index
+
+
+def _decode_views(block) -> list[Any]:
+    decoder, error = _DECODER or _load_decoder()
+    try:
+        return [decoder.decode(body) for body in block.bodies]
+    except error as err:
+        raise RecordTampered(f"block {block.height}: a record is not readable ({err})",
+                             height=block.height) from err
+
+
+_DECODER: tuple[Any, Any] | None = None
+
+
+def _load_decoder() -> tuple[Any, Any]:
+    global _DECODER
+    _DECODER = _index_view()
+    return _DECODER
+
+
+class _IndexChecker:
+    """Walks the back-end's index rows beside the verified blocks, in ledger order."""
+
+    def __init__(self, rows: Iterator[Any]) -> None:
+        self.rows = iter(rows)
+        self.pending = next(self.rows, None)
+        self.compared = 0
+
+    def block(self, block, first: int, views: list[Any]) -> None:
+        for position, (record_id, view) in enumerate(zip(block.ids, views, strict=True)):
+            seq = first + position
+            row = self.pending
+            if row is not None and row.seq < seq:
+                raise IndexTampered(f"an index row at sequence {row.seq} names no record of the chain "
+                                    f"(claims {str(row.id)[:16] or 'nothing'})", height=block.height)
+            if row is None or row.seq > seq:
+                raise IndexTampered(f"record {record_id[:16]} (block {block.height}, position {position}) "
+                                    "has no index row", height=block.height)
+            inputs = tuple((p, d.blake3) for p, d in view.inputs.items())
+            outputs = tuple((p, d.blake3) for p, d in view.outputs.items())
+            if (row.id, row.height, row.pos, row.run_id) != (record_id, block.height, position, view.run_id) \
+                    or (row.inputs != inputs and sorted(row.inputs) != sorted(inputs)) \
+                    or (row.outputs != outputs and sorted(row.outputs) != sorted(outputs)):
+                raise IndexTampered(
+                    f"the index row of record {record_id[:16]} (block {block.height}, position {position}) "
+                    f"disagrees with the record: {_difference(row, record_id, block.height, position, view)}",
+                    height=block.height)
+            self.compared += 1
+            self.pending = next(self.rows, None)
+
+    def finish(self, size: int) -> None:
+        row = self.pending
+        if row is not None and row.seq < size:
+            raise IndexTampered(f"an index row at sequence {row.seq} names no record of the chain")
+        close = getattr(self.rows, "close", None)
+        if close is not None:
+            close()
+
+
+def _difference(row, record_id: str, height: int, position: int, view) -> str:
+    if row.id != record_id:
+        return "another record id"
+    if (row.height, row.pos) != (height, position):
+        return f"place (block {row.height}, position {row.pos})"
+    if row.run_id != view.run_id:
+        return "run id"
+    return "artifact paths, digests or roles"
+
+
+class _ExistingFiles:
+    """Output paths that exist on disk, collected while the audit streams (one stat per
+    directory for the many paths whose directory is gone)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self._seen: set[str] = set()
+        self._dirs: dict[str, bool] = {}
+
+    def add(self, outputs) -> None:
+        dirs, seen = self._dirs, self._seen
+        for path in outputs:
+            if path in seen:
+                continue
+            directory = os.path.dirname(path)
+            present = dirs.get(directory)
+            if present is None:
+                present = dirs[directory] = os.path.isdir(directory)
+            if present and os.path.lexists(path):
+                seen.add(path)
+                self.found.append(path)
+
+
+def _first_difference(old: TrustStore, new: TrustStore, size: int) -> int:
+    """The first leaf index below ``size`` where two trees differ, in O(log n) node reads:
+    skip each whole subtree that is the same, descend into the first that is not."""
+    start = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        width = 1 << level
+        if start + width <= size and old.node(level, start >> level) == new.node(level, start >> level):
+            start += width
+    return start
