@@ -12,7 +12,7 @@ import pytest
 from lineage_ledger import BackendUnavailable, ConfigError
 from lineage_ledger.backends import backend_class, open_backend
 from lineage_ledger.backends.baash import BaashBackend
-from lineage_ledger.backends.baash._wire import block_from_wire, block_to_wire
+from lineage_ledger.backends.baash._wire import WireError, block_from_wire, block_to_wire
 from tests.backend_conformance import chain_of
 from tests.conftest import run_cli
 from tests.support.factories import make_records
@@ -20,18 +20,23 @@ from tests.support.factories import make_records
 
 def test_scheme_is_registered_and_malformed_urls_are_config_errors():
     assert backend_class("baash") is BaashBackend
-    for url in ("baash://nohost", "baash://host:port", "baash://:7411"):
-        with pytest.raises(ConfigError):
+    for url in ("baash://nohost", "baash://relative/path.sock", "baash://"):
+        with pytest.raises(ConfigError, match="baash:///path/to/baash.sock"):
             open_backend(url)
-    assert open_backend("baash://127.0.0.1:7411/ignored").identity == "baash://127.0.0.1:7411"
+    for url in ("baash://127.0.0.1:7411", "baash://[::1]:7411/x"):  # TCP is gone: it had no authentication
+        with pytest.raises(ConfigError, match="no longer listens on TCP"):
+            open_backend(url)
+    assert open_backend("baash:///run/ledger/../ledger/baash.sock").identity == "baash:///run/ledger/baash.sock"
+    assert open_backend("baash+unix:///run/ledger/baash.sock").identity == "baash:///run/ledger/baash.sock"
 
 
-def test_unreachable_service_is_backend_unavailable():
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_unreachable_service_is_backend_unavailable(tmp_path):
     with pytest.raises(BackendUnavailable, match="cannot reach the BAASH service"):
-        open_backend(f"baash://127.0.0.1:{port}").head()
+        open_backend(f"baash://{tmp_path}/nobody-listens.sock").head()
+    with socket.socket(socket.AF_UNIX) as bound:  # bound, never listening: refused
+        bound.bind(str(tmp_path / "bound.sock"))
+        with pytest.raises(BackendUnavailable, match="cannot reach the BAASH service"):
+            open_backend(f"baash://{tmp_path}/bound.sock").head()
 
 
 def test_blocks_cross_the_wire_byte_for_byte():
@@ -43,11 +48,14 @@ def test_blocks_cross_the_wire_byte_for_byte():
     assert [block_from_wire(json.loads(json.dumps(block_to_wire(b)))) for b in blocks] == blocks
     with pytest.raises(ValueError, match="malformed block"):
         block_from_wire([0, "id", "header", [["only two", "fields"]]])
+    with pytest.raises(WireError, match="malformed block"):
+        block_from_wire([0, "id", "h\u20ac", []])  # not latin-1: not bytes we sent
 
 
 def test_cli_lists_the_service_without_importing_mpi(workdir):
     result = run_cli("baash", "serve", "--help", cwd=workdir, check_rc=0)
-    assert "--ranks" in result.stdout and "--storage" in result.stdout
+    assert "--ranks" in result.stdout and "--storage" in result.stdout and "--socket" in result.stdout
+    assert "--listen" not in result.stdout
     code = ("import sys, lineage_ledger._cli\nfrom lineage_ledger.backends import open_backend\n"
-            "open_backend('baash://127.0.0.1:1')\nprint('mpi4py' in sys.modules)")
+            "open_backend('baash:///tmp/none.sock')\nprint('mpi4py' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,11 +1,11 @@
 """BAASH: the MPI-parallel ledger service of the SC'21 paper, rebuilt on our blocks.
 
-``baash://host:port`` reaches a service started with
-``lineage-ledger baash serve --ranks N --storage DIR --listen HOST:PORT``. The client
+``baash:///path/to/baash.sock`` reaches a service started on this machine with
+``lineage-ledger baash serve --ranks N --storage DIR --socket /path/to/baash.sock``. The client
 needs nothing beyond the core; the service needs the ``mpi`` extra (mpi4py, MPICH).
 See ``docs/baash.md``.
 """
 
-from .client import BaashBackend, BlockRejected
+from .client import AccessDenied, BaashBackend, BlockRejected
 
-__all__ = ["BaashBackend", "BlockRejected"]
+__all__ = ["AccessDenied", "BaashBackend", "BlockRejected"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
+import os
 import sys
 
 import click
@@ -13,11 +15,34 @@ from lineage_ledger._errors import ConfigError, MissingExtra
 __all__ = ["baash"]
 
 
-def _address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint="--listen")
-    return host or "127.0.0.1", int(port)
+def default_socket() -> str:
+    """``$XDG_RUNTIME_DIR/lineage-ledger-baash/baash.sock``, else ``/tmp/lineage-ledger-baash-<uid>/...``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = os.path.join(runtime, "lineage-ledger-baash") if runtime else f"/tmp/lineage-ledger-baash-{os.getuid()}"
+    return os.path.join(base, "baash.sock")
+
+
+def _group(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise click.BadParameter(f"no group named {value!r}", param_hint="--socket-group") from None
+
+
+def _client(ledger: str | None):
+    from lineage_ledger.backends import open_backend
+
+    url = ledger or os.environ.get("LINEAGE_LEDGER_URL")
+    if not url:
+        raise ConfigError("no service given: --ledger baash:///path/to/baash.sock or LINEAGE_LEDGER_URL")
+    backend = open_backend(url)
+    if not hasattr(backend, "register"):
+        raise ConfigError(f"{url} is not a BAASH service")
+    return backend
 
 
 @click.group(name="baash")
@@ -28,7 +53,14 @@ def baash() -> None:
 @baash.command()
 @click.option("--ranks", type=click.IntRange(2), default=4, show_default=True, help="MPI ranks (gateway + validators).")
 @click.option("--storage", required=True, type=click.Path(file_okay=False), help="Shared-storage ledger directory.")
-@click.option("--listen", default="127.0.0.1:7411", show_default=True, help="HOST:PORT for clients (port 0: any).")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+              help="Unix socket for clients, in a directory the service makes 0700 (0710 with --socket-group). "
+                   "Default: $XDG_RUNTIME_DIR/lineage-ledger-baash/baash.sock, else "
+                   "/tmp/lineage-ledger-baash-<uid>/baash.sock.")
+@click.option("--socket-group", help="Group whose members may reach the socket (the allow-list still decides).")
+@click.option("--allow", multiple=True, metavar="USER:ROLE[,ROLE]",
+              help="Put USER (name or uid) on the allow-list with roles admin, provider, user; repeatable. "
+                   "The service's own user is admin,provider unless named here.")
 @click.option("--f", "faults", type=click.IntRange(0), default=1, show_default=True,
               help="Faulty validators a sub-cluster tolerates: sub-clusters of 3f+1.")
 @click.option("--c", "extend", type=click.IntRange(0), default=2, show_default=True,
@@ -42,8 +74,8 @@ def baash() -> None:
 @click.option("--faulty-voter", type=int, multiple=True, help="Fault injection: this rank votes the opposite.")
 @click.option("--silent-voter", type=int, multiple=True, help="Fault injection: this rank never votes.")
 @click.option("--restart-delay", type=float, default=0.0, help="Fault injection: wait this long before a restart.")
-@click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {host, port, pid} here once serving.")
-def serve(ranks, storage, listen, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
+@click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {url, socket, pid} here once serving.")
+def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
           faulty_voter, silent_voter, restart_delay, ready_file) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     try:
@@ -55,28 +87,65 @@ def serve(ranks, storage, listen, faults, extend, clusters, mode, batch_blocks, 
     if clusters > ranks:
         raise ConfigError(f"--clusters {clusters} is more than --ranks {ranks}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host, port = _address(listen)
+    from .access import parse_allow
+
+    socket_path = os.path.abspath(socket_path or default_socket())
+    allowed = parse_allow(allow)
     rank_args = ["--f", str(faults), "--c", str(extend), "--clusters", str(clusters), "--mode", mode,
                  "--vote-timeout", str(vote_timeout)]
     for rank in faulty_voter:
         rank_args += ["--faulty-voter", str(rank)]
     for rank in silent_voter:
         rank_args += ["--silent-voter", str(rank)]
-    service = Service(ranks=ranks, storage=storage, host=host, port=port, rank_args=rank_args,
+    service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
+                      allow=allowed, rank_args=rank_args,
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay)
 
     def ready(svc) -> None:
-        import os
-
-        bound_host, bound_port = svc.address[:2]
-        line = json.dumps({"host": bound_host, "port": bound_port, "pid": os.getpid(), "job": svc.monitor.info})
+        line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info})
         if ready_file:
-            tmp = ready_file + ".tmp"
-            with open(tmp, "w") as handle:
+            tmp = f"{ready_file}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as handle:
                 handle.write(line)
             os.replace(tmp, ready_file)
-        click.echo(f"BAASH serving baash://{bound_host}:{bound_port} with {svc.monitor.info.get('size')} ranks",
-                   err=True)
+        click.echo(f"BAASH serving {svc.url} with {svc.monitor.info.get('size')} ranks", err=True)
         sys.stderr.flush()
 
     service.run_until_signalled(ready)
+
+
+_LEDGER = click.option("--ledger", help="The service: baash:///path/to/baash.sock (default: $LINEAGE_LEDGER_URL).")
+
+
+@baash.command()
+@_LEDGER
+@click.argument("user")
+@click.argument("roles", nargs=-1, required=True, type=click.Choice(["admin", "provider", "user"]))
+def register(ledger, user, roles) -> None:
+    """Give USER (a name or a uid) ROLES on the service's allow-list (needs the admin role)."""
+    from .access import resolve_user
+
+    uid = resolve_user(user)
+    granted = _client(ledger).register(uid, roles)
+    click.echo(f"uid {uid}: {','.join(granted)}")
+
+
+@baash.command()
+@_LEDGER
+@click.argument("user")
+def revoke(ledger, user) -> None:
+    """Take every role from USER (needs the admin role)."""
+    from .access import resolve_user
+
+    uid = resolve_user(user)
+    _client(ledger).revoke(uid)
+    click.echo(f"uid {uid}: no roles")
+
+
+@baash.command()
+@_LEDGER
+def whoami(ledger) -> None:
+    """The uid the service sees for you, and your roles there."""
+    identity = _client(ledger).whoami()
+    click.echo(f"uid {identity['uid']}: {','.join(identity['roles']) or 'no roles'}")

@@ -1,21 +1,26 @@
-"""The daemon: the service's front door on loopback TCP, in front of the MPI job.
+"""The daemon: the service's front door on a Unix socket, in front of the MPI job.
 
 Threads, not asyncio: every request either reads the in-memory index (microseconds, under
 its lock) or waits for a consensus round, and a thread per client connection keeps both
-simple; the number of clients of one ledger service is small. The protocol is a
-length-prefixed JSON frame per request and per answer (:mod:`._wire`).
+simple; the number of clients of one ledger service is small. The protocol is one
+schema-checked JSON frame per request and per answer (:mod:`._wire`); who may send what
+is :mod:`.access`'s: the peer's uid, from the kernel, against the allow-list.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import socket
 import socketserver
 import threading
 import time
 from typing import Any
 
-from ._wire import block_from_wire, record_to_wire, recv_json, send_frame, send_json
+from ._wire import CLIENT_REQUESTS, WireError, encode, receive, record_to_wire, send_frame
+from .access import NEEDS, AccessList, bind_unix, needed_roles, peer_uid
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
 from .storage import SharedStore
@@ -24,81 +29,146 @@ __all__ = ["Service"]
 
 log = logging.getLogger("lineage_ledger.baash")
 READ_PAGE = 256  # blocks per `blocks` answer; the client pages
+REFUSED_DRAIN = 1 << 20  # bytes read (and dropped) from a refused peer before closing
 
 
 def _located(items: list[Any]) -> list[Any]:
     return [[x.height, x.position, record_to_wire(x.record)] for x in items]
 
 
+def _error(status: str, message: str) -> bytes:
+    return encode("error", status=status, message=message)
+
+
+def refusal(uid: int, op: str | None, permission: str | None) -> str:
+    roles = needed_roles(permission)
+    what = f"{op!r}" if op else "this service"
+    who = f"uid {uid}"
+    return (f"{who} may not use {what}: it needs the role {' or '.join(roles)} on this BAASH service's "
+            f"allow-list (an admin adds it: lineage-ledger baash register --ledger URL USER ROLE)")
+
+
 class Service:
-    def __init__(self, *, ranks: int, storage: str, host: str, port: int, rank_args: list[str],
+    def __init__(self, *, ranks: int, storage: str, socket_path: str, rank_args: list[str],
+                 socket_group: int | None = None, allow: dict[int, set[str]] | None = None,
                  batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2,
                  restart_delay: float = 0.0) -> None:
         self.store = SharedStore(storage)
+        self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
         self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay)
         self.manager = TransactionManager(self.store, self.monitor, batch_blocks=batch_blocks, batch_time=batch_time)
         self.started = time.time()
+        self.refused = 0
+        self.malformed = 0
         service = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                sock: socket.socket = self.request
+                uid = peer_uid(sock)
+                if not service.access.allows(uid, None):
+                    service.refuse(sock, uid)
+                    return
                 while True:
                     try:
-                        request = recv_json(self.request)
-                    except (ConnectionError, OSError, ValueError):
+                        request = receive(sock, CLIENT_REQUESTS)
+                    except WireError as err:
+                        # Frame boundaries may be lost: answer once, then hang up.
+                        service.malformed += 1
+                        with contextlib.suppress(OSError):
+                            send_frame(sock, _error("bad_request", f"malformed request: {err}"))
                         return
-                    answer = service.answer(request)
-                    if isinstance(answer, bytes):  # already encoded (block pages)
-                        send_frame(self.request, answer)
-                    else:
-                        send_json(self.request, answer)
+                    except (ConnectionError, OSError):
+                        return
+                    try:
+                        send_frame(sock, service.answer(request, uid))
+                    except OSError:
+                        return
 
-        class Server(socketserver.ThreadingTCPServer):
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
-            allow_reuse_address = True
 
-        self.server = Server((host, port), Handler)
-        self.address = self.server.server_address
+            def server_bind(self) -> None:
+                self.socket.close()
+                self.socket = bind_unix(self.server_address, group=socket_group)  # type: ignore[arg-type]
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any] | bytes:
+            def server_activate(self) -> None:
+                pass  # bind_unix listens
+
+        self.server = Server(socket_path, Handler)
+        self.socket_path = socket_path
+        self.url = f"baash://{socket_path}"
+
+    def refuse(self, sock: socket.socket, uid: int) -> None:
+        """A peer not on the allow-list: say why, read nothing it sends, hang up."""
+        self.refused += 1
+        log.warning("baash: refused a connection from uid %d (not on the allow-list)", uid)
         try:
-            op = request.get("op")
+            send_frame(sock, _error("forbidden", refusal(uid, None, "read")))
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(2.0)
+            drained = 0
+            while drained < REFUSED_DRAIN:  # let its request land, so it reads our answer, not a reset
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def answer(self, request: dict[str, Any], uid: int) -> bytes:
+        op = request["kind"]
+        permission = NEEDS[op]
+        if not self.access.allows(uid, permission):
+            return _error("forbidden", refusal(uid, op, permission))
+        try:
             index = self.manager.index
             if op == "append":
-                blocks = [block_from_wire(b) for b in request["blocks"]]
-                status, message = self.manager.submit(blocks, timeout=request.get("timeout", 300))
-                return {"status": status, "message": message}
+                status, message = self.manager.submit(request["blocks"], timeout=request["timeout"] or 300)
+                return encode("committed") if status == "committed" else _error(status, message)
             if op == "head":
                 head = index.head()
-                return {"head": None if head is None else [head.height, head.id]}
+                return encode("head", head=None if head is None else [head.height, head.id])
             if op == "blocks":
-                start = int(request.get("start", 0))
-                stop = request.get("stop")
-                stop = start + READ_PAGE if stop is None else min(int(stop), start + READ_PAGE)
+                start, stop = request["start"], request["stop"]
+                stop = start + READ_PAGE if stop is None else min(stop, start + READ_PAGE)
                 page = self.manager.wire[start:stop]
-                return b'{"blocks":[' + ",".join(page).encode() + b"]}"
+                return b'{"blocks":[' + ",".join(page).encode() + b'],"kind":"blocks","v":1}'
             if op == "record_count":
-                return {"count": index.record_count()}
+                return encode("count", count=index.record_count())
             if op == "known":
-                return {"known": sorted(index.known(request["ids"]))}
+                return encode("known", known=sorted(index.known(request["ids"])))
             if op == "find":
-                return {"found": _located(index.find(request["role"], path=request.get("path"),
-                                                     digest=request.get("digest")))}
+                return encode("found", found=_located(index.find(request["role"], path=request["path"],
+                                                                digest=request["digest"])))
             if op == "by_run":
-                return {"found": _located(index.by_run(request["run_id"]))}
+                return encode("found", found=_located(index.by_run(request["run_id"])))
             if op == "by_id_prefix":
-                return {"found": _located(index.by_id_prefix(request["prefix"], int(request.get("limit", 2))))}
+                return encode("found", found=_located(index.by_id_prefix(request["prefix"], request["limit"])))
             if op == "status":
-                return {"status": self.status()}
+                return encode("status", status=self.status())
             if op == "ledgers":
-                return {"ledgers": self.monitor.ledgers()}
+                return encode("ledgers", ledgers=self.monitor.ledgers())
             if op == "ping":
-                return {"pong": True}
-            return {"status": "bad_request", "message": f"unknown operation {op!r}"}
+                return encode("pong")
+            if op == "whoami":
+                return encode("identity", uid=uid, roles=sorted(self.access.of(uid)))
+            if op == "register":
+                roles = self.access.register(request["uid"], request["roles"])
+                log.info("baash: uid %d registered uid %d as %s", uid, request["uid"], ",".join(sorted(roles)) or "-")
+                return encode("registered", uid=request["uid"], roles=sorted(roles))
+            if op == "revoke":
+                self.access.revoke(request["uid"])
+                log.info("baash: uid %d revoked uid %d", uid, request["uid"])
+                return encode("registered", uid=request["uid"], roles=[])
+            return _error("bad_request", f"unknown operation {op!r}")
         except JobDown as err:
-            return {"status": "unavailable", "message": str(err)}
+            return _error("unavailable", str(err))
         except (KeyError, TypeError, ValueError) as err:
-            return {"status": "bad_request", "message": f"malformed request: {err}"}
+            return _error("bad_request", f"malformed request: {err}")
+        except Exception as err:  # noqa: BLE001 - the front door keeps answering
+            log.exception("baash: %s failed", op)
+            return _error("failed", f"{op} failed in the service: {type(err).__name__}: {err}")
 
     def status(self) -> dict[str, Any]:
         head = self.manager.index.head()
@@ -111,7 +181,8 @@ class Service:
             "head": None if head is None else [head.height, head.id],
             "storage": {"root": self.store.root, "height": self.store.height, "lookups": self.store.lookups,
                         "writes_skipped": self.store.writes_skipped},
-            "uptime": time.time() - self.started,
+            "uptime": time.time() - self.started, "refused_connections": self.refused,
+            "malformed_requests": self.malformed, "control": self.monitor.control,
         }
 
     def start(self) -> None:
@@ -122,6 +193,10 @@ class Service:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
         self.manager.stop()
         self.monitor.stop()
 

@@ -23,7 +23,7 @@ from typing import Any
 from lineage_ledger._model import BlockHeader
 
 from ._mpi import Inbox, Tag
-from ._wire import recv_pickle, send_pickle
+from ._wire import TO_GATEWAY, WireError, receive, send
 from .consensus import ClusterCoordinator, Decision
 
 __all__ = ["Gateway"]
@@ -40,28 +40,28 @@ class Gateway:
                                               mode=args.mode, vote_timeout=args.vote_timeout, tags=Tag)
 
     def serve(self, pids: list[tuple[int, float]]) -> None:
-        host, _, port = self.args.control.rpartition(":")
-        sock = socket.create_connection((host, int(port)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.args.control)
         subs, idle = self.coordinator.layout()
-        send_pickle(sock, ("hello", {
-            "pids": [p for p, _ in pids], "restore_seconds": max(t for _, t in pids),
-            "size": self.world.Get_size(), "clusters": self.clusters, "mode": self.args.mode,
-            "subclusters": subs, "idle": idle, "head": self.state.head, "gateway_pid": os.getpid()}))
+        send(sock, "hello", pids=[p for p, _ in pids], restore_seconds=max(t for _, t in pids),
+             size=self.world.Get_size(), clusters=self.clusters, mode=self.args.mode,
+             subclusters=subs, idle=idle, head=list(self.state.head), gateway_pid=os.getpid())
         try:
             while True:
                 ready, _, _ = select.select([sock], [], [], HEARTBEAT_EVERY)
                 if not ready:
-                    send_pickle(sock, ("heartbeat", time.time()))
+                    send(sock, "heartbeat", at=time.time())
                     continue
-                request = recv_pickle(sock)
-                if request[0] == "round":
-                    send_pickle(sock, ("result", *self.round(*request[1:])))
-                elif request[0] == "ledgers":
-                    send_pickle(sock, ("ledgers", self.ledgers()))
-                elif request[0] == "stop":
+                request = receive(sock, TO_GATEWAY)
+                if request["kind"] == "round":
+                    round_id, outcomes, info = self.round(request["round_id"], request["blocks"],
+                                                          [tuple(g) for g in request["groups"]])
+                    send(sock, "result", round_id=round_id, outcomes=[list(o) for o in outcomes], info=info)
+                elif request["kind"] == "ledgers":
+                    send(sock, "ledgers", ledgers=self.ledgers())
+                elif request["kind"] == "stop":
                     break
-        except (ConnectionError, EOFError) as exc:
+        except (ConnectionError, OSError, WireError) as exc:
             # The daemon went away: stop the job rather than hold the storage with nobody
             # to answer to. The line lands in DIR/logs/mpiexec-<generation>.log.
             print(f"baash gateway: lost the daemon ({exc!r}); stopping the job", file=sys.stderr)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._wire import recv_pickle, send_pickle
+from ._wire import TO_DAEMON, WireError, receive, send
 
 __all__ = ["RankWatch", "beat_forever"]
 
@@ -24,15 +24,15 @@ BEAT_EVERY = 0.5
 
 def beat_forever(control: str, rank: int, pid: int) -> threading.Thread:
     """In a rank: connect to the daemon and beat from a thread that never touches MPI."""
-    host, _, port = control.rpartition(":")
-    sock = socket.create_connection((host, int(port)))
-    send_pickle(sock, ("rank", rank, pid))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(control)
+    send(sock, "rank", rank=rank, pid=pid)
 
     def run() -> None:
         try:
             while True:
                 time.sleep(BEAT_EVERY)
-                send_pickle(sock, ("beat",))
+                send(sock, "beat")
         except OSError:
             # The daemon is gone: nobody can restart or stop this job, so leave now
             # rather than linger as an orphan that still holds the shared storage.
@@ -52,18 +52,18 @@ class RankWatch:
     sockets: list[socket.socket] = field(default_factory=list)
     changed: threading.Event = field(default_factory=threading.Event)
 
-    def adopt(self, sock: socket.socket, first: Any) -> None:
-        """Take over a rank's connection, whose first message was ``first``."""
-        _, rank, _pid = first
+    def adopt(self, sock: socket.socket, first: dict[str, Any]) -> None:
+        """Take over a rank's connection, whose first message was ``first`` (kind "rank")."""
+        rank = first["rank"]
         self.last_beat[rank] = time.monotonic()
         self.sockets.append(sock)
         threading.Thread(target=self._read, args=(sock, rank), daemon=True).start()
 
     def _read(self, sock: socket.socket, rank: int) -> None:
         try:
-            while recv_pickle(sock):
+            while receive(sock, TO_DAEMON, limit=4096)["kind"] == "beat":
                 self.last_beat[rank] = time.monotonic()
-        except (OSError, EOFError, ConnectionError):
+        except (OSError, ConnectionError, WireError):
             pass
         self.ended.setdefault(rank, time.monotonic_ns())
         self.changed.set()

@@ -16,16 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from ._wire import recv_pickle, send_pickle
+from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
+from .access import bind_unix, peer_uid
 from .liveness import RankWatch
 from .manager import JobDown
 
@@ -76,10 +79,11 @@ class JobMonitor:
         self._last_seen = time.monotonic()
         self._in_round = False
         self._replies: deque[Any] = deque()
-        # Ranks on other nodes of an allocation reach the daemon at $BAASH_CONTROL_HOST.
-        control_host = os.environ.get("BAASH_CONTROL_HOST", "127.0.0.1")
-        self._listener = socket.create_server((control_host, 0))
-        self.control = f"{control_host}:{self._listener.getsockname()[1]}"
+        # The control channel: a Unix socket in a fresh 0700 directory, which no other user
+        # can enter; a peer of another uid (root aside, who is trusted anyway) is dropped too.
+        self._control_dir = tempfile.mkdtemp(prefix="baash-control-")
+        self.control = os.path.join(self._control_dir, "control.sock")
+        self._listener = bind_unix(self.control)
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="baash-monitor", daemon=True)
 
@@ -99,7 +103,7 @@ class JobMonitor:
         with self._lock:
             if self._sock is not None:
                 try:
-                    send_pickle(self._sock, ("stop",))
+                    send(self._sock, "stop")
                 except OSError:
                     pass
         if self._proc is not None:
@@ -109,6 +113,7 @@ class JobMonitor:
                 self._kill_job()
         self._thread.join(timeout=15)
         self._listener.close()
+        shutil.rmtree(self._control_dir, ignore_errors=True)
 
     def _launch(self) -> None:
         size = self.ranks - self.excluded
@@ -139,16 +144,29 @@ class JobMonitor:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the MPI job did not start within {self.launch_timeout:.0f} s") from None
                 continue
+            if peer_uid(sock) != os.getuid():
+                log.warning("baash: dropped a control connection from uid %d", peer_uid(sock))
+                sock.close()
+                continue
             sock.settimeout(self.launch_timeout)  # a first message that never comes must not hang us
-            first = recv_pickle(sock)
+            try:
+                first = receive(sock, TO_DAEMON, limit=1 << 20)
+            except WireError as err:
+                log.warning("baash: dropped a control connection that sent a malformed first message: %s", err)
+                sock.close()
+                continue
             sock.settimeout(None)
-            if first[0] == "rank":
+            if first["kind"] == "rank":
                 self.watch.adopt(sock, first)
+                continue
+            if first["kind"] != "hello":
+                log.warning("baash: dropped a control connection that opened with %r", first["kind"])
+                sock.close()
                 continue
             hello = first
             break
         self._sock = sock
-        self.info = {**hello[1], "generation": self.generation, "size": size}
+        self.info = {**{k: v for k, v in hello.items() if k != "kind"}, "generation": self.generation, "size": size}
         self._last_seen = time.monotonic()
         threading.Thread(target=self._read, args=(sock,), daemon=True).start()
 
@@ -278,17 +296,19 @@ class JobMonitor:
     def _read(self, sock: socket.socket) -> None:
         try:
             while True:
-                message = recv_pickle(sock)
+                message = receive(sock, TO_DAEMON)
                 self._last_seen = time.monotonic()
-                if message[0] != "heartbeat":
+                if message["kind"] in ("result", "ledgers"):
                     self._replies.append(message)
                     self._wake.set()
-        except (OSError, EOFError, ConnectionError):
+        except (OSError, ConnectionError, WireError) as err:
+            if isinstance(err, WireError) and not isinstance(err, TruncatedFrame):
+                log.error("baash: the gateway sent a malformed message (%s); restarting the job", err)
             if self._sock is sock:
                 self._sock = None
             self._wake.set()
 
-    def _ask(self, request: tuple[Any, ...], timeout: float) -> Any:
+    def _ask(self, kind: str, timeout: float, **fields: Any) -> dict[str, Any]:
         with self._lock:
             sock = self._sock
             if not self.up or sock is None:
@@ -296,7 +316,7 @@ class JobMonitor:
             self._replies = deque()
             self._in_round = True
             try:
-                send_pickle(sock, request)
+                send(sock, kind, **fields)
                 deadline = time.monotonic() + timeout
                 while not self._replies:
                     if self._sock is not sock or not self.up:
@@ -313,11 +333,19 @@ class JobMonitor:
                 self._in_round = False
 
     def run_round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, Any]:
-        reply = self._ask(("round", round_id, blocks, groups), self.round_timeout)
-        return reply[2], reply[3]
+        reply = self._ask("round", self.round_timeout, round_id=round_id, blocks=[block_to_wire(b) for b in blocks],
+                          groups=[list(g) for g in groups])
+        if reply["kind"] != "result" or reply["round_id"] != round_id or len(reply["outcomes"]) != len(groups):
+            self._sock = None  # out of step with the job: restart it
+            self._wake.set()
+            raise JobDown("the MPI job answered a round with something else")
+        return reply["outcomes"], reply["info"]
 
     def ledgers(self) -> list[dict[str, Any]]:
-        return self._ask(("ledgers",), 60.0)[1]
+        reply = self._ask("ledgers", 60.0)
+        if reply["kind"] != "ledgers":
+            raise JobDown("the MPI job answered a ledger request with something else")
+        return reply["ledgers"]
 
     def rank_memory(self) -> list[int | None]:
         """Resident memory of each rank in bytes, from /proc (None where it cannot be read)."""

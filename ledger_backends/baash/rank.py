@@ -19,6 +19,7 @@ from typing import Any
 from mpi4py import MPI
 
 from ._mpi import Inbox, Tag
+from ._wire import install_mpi_codec
 from .consensus import ClusterCoordinator, quorum_of
 from .liveness import beat_forever
 from .storage import SharedStore
@@ -30,7 +31,7 @@ __all__ = ["main"]
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="baash-rank")
     parser.add_argument("--storage", required=True)
-    parser.add_argument("--control", required=True, help="HOST:PORT of the daemon's control listener")
+    parser.add_argument("--control", required=True, help="path of the daemon's control socket")
     parser.add_argument("--f", type=int, default=1)
     parser.add_argument("--c", type=int, default=2)
     parser.add_argument("--clusters", type=int, default=1)
@@ -157,6 +158,7 @@ def restore(store: SharedStore) -> ChainState:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    install_mpi_codec()  # schema-checked JSON between ranks, never pickle
     world = MPI.COMM_WORLD
     world.Set_errhandler(MPI.ERRORS_RETURN)
     rank, size = world.Get_rank(), world.Get_size()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lineage_ledger._errors import CorruptStore
 from lineage_ledger._model import StoredBlock
 
-from ._wire import block_from_wire, block_to_wire
+from ._wire import block_from_wire, block_to_wire, parse_json
 
 __all__ = ["SharedStore"]
 
@@ -83,7 +83,7 @@ class SharedStore:
         path = self._path(block_id)
         try:
             with open(path, "rb") as handle:
-                return block_from_wire(json.loads(handle.read()))
+                return block_from_wire(parse_json(handle.read()))
         except (OSError, ValueError) as exc:
             raise CorruptStore(f"{path}: cannot read block {block_id[:16]}: {exc}") from exc
 
