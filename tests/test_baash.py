@@ -30,21 +30,20 @@ class BaashService(support.BaashService):
     keeps its ``output`` and ``stop`` and starts the service as it runs now.)
     """
 
-    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, socket: Path | None = None) -> None:
         support.require_mpi()
         self.workdir = workdir
         self.storage = workdir / "shared-storage"
-        self.socket = workdir / "run" / "baash.sock"
+        self.socket = socket or workdir / "run" / "baash.sock"
         self.ready = workdir / "ready.json"
         self.ready.unlink(missing_ok=True)  # a service restarted on the same storage writes it anew
         self.log = open(workdir / "service.log", "w")  # noqa: SIM115 - closed in stop()
         script = Path(sys.executable).parent / "lineage-ledger"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
-        full_env.update(env or {})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
         self.proc = subprocess.Popen(
             [str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
              "--socket", str(self.socket), "--ready-file", str(self.ready), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 120
         while not self.ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
