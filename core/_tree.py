@@ -122,6 +122,16 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+def _parts(nodes: NodeSource, lo: int, n: int) -> list[tuple[int, bytes]]:
+    """The aligned perfect subtrees covering ``n`` leaves from ``lo``, largest first."""
+    out: list[tuple[int, bytes]] = []
+    for level in range(n.bit_length() - 1, -1, -1):
+        if n >> level & 1:
+            out.append((level, nodes(level, lo >> level)))
+            lo += 1 << level
+    return out
+
+
 def compact_range(nodes: NodeSource, size: int) -> list[tuple[int, bytes]]:
     """The perfect subtrees that make up a tree of ``size`` leaves, largest first.
 
@@ -130,13 +140,7 @@ def compact_range(nodes: NodeSource, size: int) -> list[tuple[int, bytes]]:
     """
     if size < 0:
         raise ValueError(f"negative tree size {size}")
-    out: list[tuple[int, bytes]] = []
-    start = 0
-    for level in range(size.bit_length() - 1, -1, -1):
-        if size >> level & 1:
-            out.append((level, nodes(level, start >> level)))
-            start += 1 << level
-    return out
+    return _parts(nodes, 0, size)
 
 
 def root_of_compact_range(compact: Sequence[tuple[int, bytes]], hasher: TreeHasher) -> bytes:
@@ -171,17 +175,7 @@ def subtree_root(nodes: NodeSource, lo: int, hi: int, hasher: TreeHasher) -> byt
         raise ValueError(f"leaves [{lo}, {hi}) are not a subtree of a tree of the RFC 9162 shape")
     if n == 1 << top:
         return nodes(top, lo >> top)
-    parts: list[bytes] = []
-    start = lo
-    for level in range(top, -1, -1):
-        if n >> level & 1:
-            parts.append(nodes(level, start >> level))
-            start += 1 << level
-    node = hasher.node
-    digest = parts[-1]
-    for i in range(len(parts) - 2, -1, -1):
-        digest = node(parts[i], digest)
-    return digest
+    return root_of_compact_range(_parts(nodes, lo, n), hasher)
 
 
 def root(nodes: NodeSource, size: int, hasher: TreeHasher) -> bytes:
