@@ -5,8 +5,6 @@ imported until a back-end or plugin that needs it is used.
 """
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
-from ._capture import TaskCapture, TaskRun, code_digest, jsonable
-from ._capture_process import ProcessCapture
 from ._chain import ChainSummary, build_block, verify_block, verify_chain
 from ._environment import current_environment
 from ._errors import (
@@ -38,7 +36,6 @@ from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
 from ._merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
 from ._model import Artifact, Block, BlockHeader, Record, StoredBlock, StoredRecord, artifact_map
-from ._recorder import Recorder
 from ._verify import (
     ArtifactCheck,
     ArtifactStatus,
@@ -54,6 +51,25 @@ from ._verify import (
 )
 
 __version__ = "0.1.0"
+
+# The capture machinery (threads, shared memory, the recording process) is for engines'
+# processes; a command that only reads (verify-lineage in a fresh process) does not pay
+# for importing it. Imported on first use of one of these names.
+_LAZY = {
+    "TaskCapture": "._capture", "TaskRun": "._capture", "code_digest": "._capture", "jsonable": "._capture",
+    "ProcessCapture": "._capture_process", "Recorder": "._recorder",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lineage_ledger' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "DEFAULT_URL", "AppendConflict", "Artifact", "artifact_map", "ArtifactCheck", "ArtifactError",

@@ -399,7 +399,7 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
     if url is None:
         url = os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
     spool_root = spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
-    backend = open_backend(url, create=not read_only)
+    backend = open_backend(url, create=False) if read_only else open_backend(url)
     ledger = Ledger(backend, spool_root=spool_root, state_dir=state_dir)
     if replay and not read_only:
         try:

@@ -146,9 +146,9 @@ class BackendConformance:
         overlapping = 0
         try:
             while writer.poll() is None:
-                ledger.verify_chain()
-                view, summary = ledger.snapshot()
-                assert len(view.run("busy")) == summary.records
+                summary = ledger.verify_chain()  # the head read first, whatever lands meanwhile
+                entries = ledger.run("busy")  # proved against a head at least as new
+                assert summary.records <= len(entries) <= ledger.tree_head().size
                 overlapping += writer.poll() is None
         finally:
             assert writer.wait(timeout=600) == 0

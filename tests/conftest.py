@@ -22,6 +22,16 @@ def pytest_unconfigure(config):
     faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=sys.__stderr__)
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory, monkeypatch):
+    """Each test remembers verified tree heads in a directory of its own, never in the real
+    home (subprocesses inherit it: XDG_STATE_HOME is not stripped by ``run_cli``)."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("LINEAGE_STATE_DIR", raising=False)
+    return state
+
+
 @pytest.fixture
 def url(tmp_path):
     """A SQLite ledger of its own (the capture tests)."""

@@ -1,7 +1,8 @@
-"""The pre-run check verifies the chain once, then only what was appended since.
+"""The pre-run check reads only what was appended since the last verification, and a ledger
+rewritten below the verified head is refused, not silently adopted.
 
 The engine plugins call ``check_before_run`` before every guarded task; reading and verifying
-the whole ledger each time made a run's checks grow with the square of its length.
+the whole ledger each time made a run's checks grow with the length of the ledger.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import sqlite3
 
 import pytest
 
-from lineage_ledger import LedgerError, check_before_run, open_ledger
+from lineage_ledger import HistoryRewritten, LedgerError, check_before_run, open_ledger
+from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record, make_records
 
 
@@ -25,18 +27,18 @@ def test_a_later_check_reads_only_the_blocks_appended_since(tmp_path):
         for start in range(0, 30, 10):
             ledger.append_records([r.stored() for r in make_records(10, start=start)])
         read: list[int] = []
-        real_blocks = ledger.backend.blocks
+        real_columns = ledger.backend.block_columns
 
         def counting(start=0, stop=None):  # the real store, counted
-            for block in real_blocks(start, stop):
+            for block in real_columns(start, stop):
                 read.append(block.height)
                 yield block
 
-        ledger.backend.blocks = counting  # type: ignore[method-assign]
-        first = ledger.verified_view()
-        assert read == [0, 1, 2]
+        ledger.backend.block_columns = counting  # type: ignore[method-assign]
+        first = ledger.tree_head()
+        assert read == [0, 1, 2]  # nothing remembered: the whole ledger, once
         read.clear()
-        assert ledger.verified_view() is first and read == []  # nothing new: nothing read
+        assert ledger.tree_head() == first and read == []  # nothing new: nothing read
 
         made = _write(tmp_path / "made.txt", "made")
         ledger.append_records([make_record(99, outputs=[artifact(made, "made")]).stored()])
@@ -50,18 +52,19 @@ def test_a_tampered_block_appended_after_a_check_is_refused_every_time(tmp_path)
     url = f"sqlite:///{tmp_path}/ledger.db"
     with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
         ledger.append_records([r.stored() for r in make_records(5)])
-        ledger.verified_view()
+        ledger.tree_head()
         ledger.append_records([r.stored() for r in make_records(5, start=5)])
         with sqlite3.connect(f"{tmp_path}/ledger.db") as db:
             db.execute("UPDATE ll_records SET body = replace(body, 'step', 'stop') WHERE seq = 7")
-        for _ in range(2):  # forgotten after the failure, not half-kept
+        for _ in range(2):  # nothing of the bad block is kept after the failure
             with pytest.raises(LedgerError):
                 check_before_run(ledger, [], "warn")
 
 
-def test_a_chain_rewritten_below_the_last_check_is_verified_again_in_full(tmp_path):
-    """Someone replaces the ledger with another valid chain: the block the last check ended
-    on has another id, so the check starts again and answers from the new chain."""
+def test_a_chain_rewritten_below_the_verified_head_is_refused_until_trust_is_reset(tmp_path):
+    """Someone replaces the ledger's contents with another valid chain: the block the last
+    check ended on is gone, so every command refuses, until the user says the restore was
+    deliberate (``reset-trust``); then the new chain is audited and vouches for files."""
     db = tmp_path / "ledger.db"
     url = f"sqlite:///{db}"
     out = _write(tmp_path / "out.txt", "second")
@@ -72,4 +75,11 @@ def test_a_chain_rewritten_below_the_last_check_is_verified_again_in_full(tmp_pa
             for table in ("ll_artifacts", "ll_records", "ll_blocks"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our own table names
         ledger.append_records([make_record(2, outputs=[artifact(out, "second")]).stored()])
+        for _ in range(2):
+            with pytest.raises(HistoryRewritten, match="reset-trust"):
+                check_before_run(ledger, [out], "warn")
+    result = run_cli(out, "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 1 and "HistoryRewritten" in result.stdout, result
+    run_cli("reset-trust", "--ledger", url, cwd=tmp_path, check_rc=0)
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
         assert check_before_run(ledger, [out], "warn") == []  # the new chain vouches for it

@@ -1,0 +1,197 @@
+"""How verification grows with the ledger: 10k, 100k and 1M task-shaped records.
+
+Every figure is what a user runs, in a fresh process (imports included), on a SQLite ledger
+whose tree head this account verified before (the state a workstation is in after its first
+check), unless the line says otherwise:
+
+* ``verify TARGET``   ``verify-lineage FINAL`` of a 3-task lineage with real files on disk;
+* ``pre-run check``   ``verify_before_run(url, [3 inputs], "strict")``, what the plugins call;
+* ``why``             ``lineage-ledger why FINAL``;
+* ``depends``         ``lineage-ledger depends REF`` of the reference every task read (first page);
+* ``audit``           ``verify-lineage`` with no target: every block, record and index row,
+                      with its peak RSS (records/s = records / seconds);
+* ``checkpoint``      ``lineage-ledger checkpoint``; ``consistency proof`` (the Python API,
+                      an internal path: ``consistency_proof`` from the 10% head to the head).
+
+The baseline is the same operation on the smallest ledger, in the same run: the ratio
+column is time(size) / time(10k); the goal at 1M is <= 2 for targeted operations.
+
+Records: per sample, a chain of 4 tasks, each reading the shared reference, its sample's
+previous output and 0-2 more inputs (2-5 inputs) and writing 1-3 outputs. The 3 records of
+the target lineage sit in the middle of the ledger, so half of the ledger is newer than them.
+Ledgers are built once with the Python API in batches of 5,000 and kept in ``--cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from blake3 import blake3
+
+from lineage_ledger import Record, hash_file, open_ledger
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+BIN = Path(sys.executable).parent
+
+
+def _digest(text: str) -> str:
+    return blake3(text.encode()).hexdigest()
+
+
+def _task(i: int, ref: dict) -> Record:
+    sample, step = divmod(i, 4)
+    base = f"/nonexistent/bench/s{sample:07d}"
+    inputs = {ref["path"]: ref["entry"], f"{base}/step{step - 1}.out" if step else f"{base}/reads.fq":
+              {"blake3": _digest(f"{i}-prev"), "size": 100}}
+    for extra in range(i % 3):
+        inputs[f"{base}/aux{extra}.txt"] = {"blake3": _digest(f"{i}-aux{extra}"), "size": 10}
+    outputs = {f"{base}/step{step}.out": {"blake3": _digest(f"{i + 1}-prev"), "size": 100}}
+    for extra in range(i % 3):
+        outputs[f"{base}/step{step}.log{extra}"] = {"blake3": _digest(f"{i}-log{extra}"), "size": 10}
+    return Record(engine="bench", run_id=f"run-{i // 10_000}", task_id=f"t{i}", task_name=f"step{step}",
+                  status="succeeded", started=T0 + timedelta(seconds=i), ended=T0 + timedelta(seconds=i + 1),
+                  inputs=inputs, outputs=outputs, parameters={"threads": 4, "reference": "GRCh38"},
+                  environment={"host": "bench", "python": "3.11"})
+
+
+def _real_lineage(files: Path) -> tuple[list[Record], list[str]]:
+    """Three recorded tasks over real files: raw + ref -> a.bam -> b.bam, stats -> final.vcf."""
+    files.mkdir(parents=True, exist_ok=True)
+    contents = {"ref.fa": "ACGT" * 1000, "raw.fq": "@r1\nACGT\n+\nIIII\n", "a.bam": "aligned", "b.bam": "sorted",
+                "stats.txt": "n=1", "final.vcf": "##fileformat=VCFv4.2"}
+    for name, text in contents.items():
+        (files / name).write_text(text)
+    art = {name: hash_file(str(files / name)) for name in contents}
+
+    def side(*names):
+        return {art[n].path: art[n].entry() for n in names}
+
+    def task(i, name, ins, outs):
+        return Record(engine="bench", run_id="real", task_id=f"real-{i}", task_name=name, status="succeeded",
+                      started=T0 + timedelta(days=400, seconds=i), ended=T0 + timedelta(days=400, seconds=i + 1),
+                      inputs=side(*ins), outputs=side(*outs), parameters={}, environment={"host": "bench"})
+
+    records = [task(0, "align", ["ref.fa", "raw.fq"], ["a.bam"]),
+               task(1, "sort", ["a.bam", "ref.fa"], ["b.bam", "stats.txt"]),
+               task(2, "call", ["b.bam", "stats.txt", "ref.fa"], ["final.vcf"])]
+    return records, [art["b.bam"].path, art["stats.txt"].path, art["ref.fa"].path]
+
+
+def build(cache: Path, size: int) -> tuple[str, Path]:
+    directory = cache / f"ledger-{size}"
+    url = f"sqlite:///{directory}/ledger.db"
+    if (directory / "done").exists():
+        return url, directory
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    real, _ = _real_lineage(directory / "files")
+    ref_path = str(directory / "files" / "ref.fa")
+    ref = {"path": ref_path, "entry": real[0].inputs[ref_path]}
+    started = time.perf_counter()
+    with open_ledger(url, spool=str(directory / "spool"), state_dir=str(directory / "unused-state")) as ledger:
+        for start in range(0, size, 5000):
+            batch = [_task(i, ref).stored() for i in range(start, min(size, start + 5000))]
+            if start <= size // 2 < start + 5000:
+                batch[len(batch) // 2 : len(batch) // 2] = [r.stored() for r in real]
+            ledger.append_records(batch, block_size=1000)
+    (directory / "done").write_text(f"{time.perf_counter() - started:.1f} s to build\n")
+    return url, directory
+
+
+def timed(command: list[str], env: dict, cwd: Path) -> tuple[float, int, int]:
+    """Wall seconds, exit status and peak RSS (KiB) of one fresh process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0,):
+        sys.stderr.write(process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else "")
+    return elapsed, process.returncode, usage.ru_maxrss
+
+
+def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, float]]:
+    _, inputs = _real_lineage(directory / "files")
+    final = str(directory / "files" / "final.vcf")
+    state = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    env["LINEAGE_STATE_DIR"] = str(state)
+    check = (f"from lineage_ledger import verify_before_run; "
+             f"assert verify_before_run({url!r}, {inputs!r}, 'strict') == []")
+    commands = {
+        "audit (first, remembered)": [str(BIN / "verify-lineage"), "--ledger", url],
+        "verify TARGET": [str(BIN / "verify-lineage"), "--ledger", url, final],
+        "pre-run check (3 inputs)": [sys.executable, "-c", check],
+        "why": [str(BIN / "lineage-ledger"), "why", "--ledger", url, final],
+        "depends (first page)": [str(BIN / "lineage-ledger"), "depends", "--ledger", url, inputs[2]],
+        "checkpoint": [str(BIN / "lineage-ledger"), "checkpoint", "--ledger", url],
+        "audit": [str(BIN / "verify-lineage"), "--ledger", url],
+    }
+    results: dict[str, tuple[float, float]] = {}
+    try:
+        for name, command in commands.items():
+            times, peaks = [], []
+            for _ in range(1 if name.startswith("audit (first") else rounds):
+                elapsed, rc, peak = timed(command, env, directory)
+                if rc != 0:
+                    raise SystemExit(f"{name} exited {rc}: {' '.join(command)}")
+                times.append(elapsed)
+                peaks.append(peak)
+            results[name] = (statistics.median(times), max(peaks) / 1024)
+        results["consistency proof (API)"] = (_consistency(url, state), 0.0)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return results
+
+
+def _consistency(url: str, state: Path) -> float:
+    from lineage_ledger._tree import BLAKE3, consistency_proof, verify_consistency
+
+    with open_ledger(url, read_only=True, state_dir=str(state)) as ledger:
+        head = ledger.tree_head()
+        store = ledger.verifier.store
+        old = max(1, head.size // 10)
+        started = time.perf_counter()
+        proof = consistency_proof(store.node, old, head.size, BLAKE3)
+        verify_consistency(BLAKE3, old, head.size, bytes.fromhex(store.root_at(old)), bytes.fromhex(head.root), proof)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--rounds", type=int, default=5, help="fresh processes per figure (median)")
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
+    parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 2 rounds")
+    args = parser.parse_args()
+    sizes = [2000, 10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    rounds = 2 if args.quick else args.rounds
+    cache = Path(args.cache)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; {rounds} rounds, medians", flush=True)
+    table: dict[int, dict[str, tuple[float, float]]] = {}
+    for size in sizes:
+        url, directory = build(cache, size)
+        print(f"ledger of {size:,} records: {(directory / 'done').read_text().strip()}", flush=True)
+        table[size] = measure(url, directory, rounds)
+    base = sizes[0]
+    print(f"\n{'operation':28}" + "".join(f"{s:>12,}" for s in sizes) + f"   ratio {sizes[-1]:,}/{base:,}")
+    for name in table[base]:
+        cells = "".join(f"{table[s][name][0]:>11.3f}s" for s in sizes)
+        ratio = table[sizes[-1]][name][0] / table[base][name][0] if table[base][name][0] else float("nan")
+        print(f"{name:28}{cells}   {ratio:.2f}")
+    print(f"{'audit peak RSS (MiB)':28}" + "".join(f"{table[s]['audit'][1]:>11.0f} " for s in sizes))
+    print(f"{'audit records/s':28}" + "".join(f"{s / table[s]['audit'][0]:>12,.0f}" for s in sizes))
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The verification model end to end: any stored byte changed is caught, readers answer
+only from proved rows, a rewritten history fails against what was verified before or
+against a checkpoint, and read commands never create or write a ledger."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lineage_ledger import LedgerError, VerificationError, open_ledger
+from tests.conftest import run_cli
+from tests.support.factories import artifact, make_record
+
+TABLES = {  # table -> (its columns, a key that names one row)
+    "ll_meta": (("key", "value"), ("key",)),
+    "ll_blocks": (("height", "id", "first_seq", "count", "header"), ("height",)),
+    "ll_records": (("seq", "id", "height", "pos", "run_id", "body"), ("seq",)),
+    "ll_artifacts": (("path", "role", "seq", "digest"), ("seq", "role", "path")),
+}
+
+
+def _pipeline_records():
+    """Three blocks of task-shaped records: each reads a shared source and its predecessor."""
+    records, previous = [], artifact("/data/raw", "raw")
+    for i in range(9):
+        out = artifact(f"/data/step-{i}", f"out{i}")
+        records.append(make_record(i, run_id=f"run-{i % 2}", inputs=[artifact("/data/ref", "ref"), previous],
+                                   outputs=[out]))
+        previous = out
+    return records
+
+
+def _build(db) -> str:
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(db.parent / "spool")) as ledger:
+        records = _pipeline_records()
+        for start in range(0, 9, 3):
+            ledger.append_records([r.stored() for r in records[start : start + 3]])
+        ledger.audit()  # remembered: later checks are against this tree head
+    return url
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A ledger and the state that remembers its verified head, copied for each example."""
+    base = tmp_path_factory.mktemp("pristine")
+    state = base / "state"
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    try:
+        _build(base / "ledger.db")
+    finally:
+        if old is None:
+            os.environ.pop("XDG_STATE_HOME")
+        else:
+            os.environ["XDG_STATE_HOME"] = old
+    return base
+
+
+def _mutations(draw_table, conn):
+    columns, _key = TABLES[draw_table]
+    return conn.execute(f"SELECT {', '.join(columns)} FROM {draw_table}").fetchall()  # noqa: S608
+
+
+def _mutate(value, where: int):
+    if isinstance(value, bytes):
+        if not value:
+            return b"x"
+        i = where % len(value)
+        return value[:i] + bytes([value[i] ^ 0x01]) + value[i + 1 :]
+    if isinstance(value, str):
+        if not value:
+            return "x"
+        i = where % len(value)
+        return value[:i] + chr(ord(value[i]) ^ 0x01) + value[i + 1 :]
+    return value + (1 if where % 2 else -1)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=st.sampled_from(sorted(TABLES)), row=st.integers(0, 10_000), column=st.integers(0, 10),
+       where=st.integers(0, 10_000), delete=st.booleans())
+def test_any_changed_or_deleted_row_fails_the_audit(pristine, tmp_path_factory, monkeypatch,
+                                                     table, row, column, where, delete):
+    work = tmp_path_factory.mktemp("tamper")
+    db, state = work / "ledger.db", work / "state"
+    shutil.copy(pristine / "ledger.db", db)
+    # The remembered head is keyed by the ledger's path: move it to the copy's key.
+    from lineage_ledger._trust import TrustStore
+
+    shutil.copytree(TrustStore.directory_for(f"sqlite:///{os.path.realpath(pristine / 'ledger.db')}",
+                                             str(pristine / "state" / "lineage-ledger")),
+                    TrustStore.directory_for(f"sqlite:///{os.path.realpath(db)}", str(state / "lineage-ledger")))
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    columns, key = TABLES[table]
+    with sqlite3.connect(db) as conn:
+        rows = _mutations(table, conn)
+        old = rows[row % len(rows)]
+        named = dict(zip(columns, old, strict=True))
+        condition = " AND ".join(f"{k} = ?" for k in key)
+        if delete:
+            conn.execute(f"DELETE FROM {table} WHERE {condition}", [named[k] for k in key])  # noqa: S608
+        else:
+            name = columns[column % len(columns)]
+            new = _mutate(named[name], where)
+            try:
+                conn.execute(f"UPDATE {table} SET {name} = ? WHERE {condition}",  # noqa: S608
+                             [new, *[named[k] for k in key]])
+            except sqlite3.IntegrityError:
+                return  # the store itself refused the change
+    with pytest.raises(LedgerError):  # VerificationError, or the store refused as unreadable
+        with open_ledger(f"sqlite:///{db}", read_only=True) as ledger:
+            ledger.audit()
+
+
+def _index_edit(db, statement, *args):
+    with sqlite3.connect(db) as conn:
+        changed = conn.execute(statement, args).rowcount
+    assert changed, statement
+
+
+@pytest.mark.parametrize(("statement", "command"), [
+    # an artifact row that says record 3 wrote another file than it did
+    ("UPDATE ll_artifacts SET path = '/data/step-5' WHERE path = '/data/step-3' AND role = 1",
+     ("why", "/data/step-5")),
+    ("UPDATE ll_artifacts SET digest = (SELECT digest FROM ll_artifacts WHERE path = '/data/step-1' AND role = 1)"
+     " WHERE path = '/data/step-2' AND role = 1", ("why", "/data/step-2")),
+    ("UPDATE ll_artifacts SET role = 0 WHERE path = '/data/step-4' AND role = 1", ("depends", "/data/step-4")),
+    # a record row moved to another place in the chain, or to another run
+    ("UPDATE ll_records SET pos = 0 WHERE seq = 4", ("why", "/data/step-4")),
+    ("UPDATE ll_records SET height = 2 WHERE seq = 1", ("why", "/data/step-1")),
+    ("UPDATE ll_records SET run_id = 'run-0' WHERE seq = 3", ("log", "--run", "run-0")),
+])
+def test_readers_refuse_an_index_row_that_disagrees_with_its_record(tmp_path, statement, command):
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    _index_edit(db, statement)
+    result = run_cli(*command, "--ledger", url, cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert "IndexTampered" in result.stderr or "index" in result.stderr, result.stderr
+    audit = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert audit.returncode == 1 and "IndexTampered" in audit.stdout, audit
+
+
+def test_readers_refuse_a_broken_ledger(tmp_path):
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    _index_edit(db, "UPDATE ll_records SET body = replace(body, 'step', 'stop') WHERE seq = 2")
+    for command in (("why", "/data/step-2"), ("depends", "/data/step-1"), ("log",), ("show", "0000")):
+        result = run_cli(*command, "--ledger", url, cwd=tmp_path)
+        assert result.returncode == 1, (command, result)
+
+
+def _rewrite_last_block(db, url):
+    """What a careful attacker does: replace the last block with one whose ids, Merkle root and
+    block id are all recomputed, so that the chain verifies on its own."""
+    with sqlite3.connect(db) as conn:
+        last, first = conn.execute("SELECT height, first_seq FROM ll_blocks ORDER BY height DESC LIMIT 1").fetchone()
+        conn.execute("DELETE FROM ll_artifacts WHERE seq >= ?", (first,))
+        conn.execute("DELETE FROM ll_records WHERE seq >= ?", (first,))
+        conn.execute("DELETE FROM ll_blocks WHERE height = ?", (last,))
+    forged = _pipeline_records()[6:]
+    forged[0] = make_record(6, run_id="run-0", inputs=[artifact("/data/ref", "ref")],
+                            outputs=[artifact("/data/step-6", "forged")])
+    with open_ledger(url, spool=str(db.parent / "spool2")) as ledger:
+        ledger.append_records([r.stored() for r in forged])
+
+
+def test_a_consistent_rewrite_of_the_tail_fails_against_what_was_verified(tmp_path):
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    checkpoint = tmp_path / "checkpoint"
+    run_cli("checkpoint", "--ledger", url, "-o", checkpoint, cwd=tmp_path, check_rc=0)
+    _rewrite_last_block(db, url)
+    result = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 1 and "HistoryRewritten" in result.stdout, result
+    assert "record 6 (block 2, position 0)" in result.stdout  # the first rewritten record, named
+    # Another account, which never verified this ledger, has only the checkpoint to go by.
+    fresh = {"XDG_STATE_HOME": str(tmp_path / "other-user-state")}
+    alone = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=fresh)
+    assert alone.returncode == 0, alone  # a rewritten chain is internally consistent
+    against = run_cli("--ledger", url, "--against", checkpoint, cwd=tmp_path, program="verify-lineage", env=fresh)
+    assert against.returncode == 1 and "not an extension of the checkpoint" in against.stdout, against
+
+
+def test_signed_checkpoints(tmp_path):
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    run_cli("keygen", tmp_path / "key", "--name", "lab.example/ledger", cwd=tmp_path, check_rc=0)
+    run_cli("keygen", tmp_path / "other", cwd=tmp_path, check_rc=0)
+    assert oct(os.stat(tmp_path / "key").st_mode & 0o777) == "0o600"
+    note = tmp_path / "cp"
+    run_cli("checkpoint", "--ledger", url, "--key", tmp_path / "key", "-o", note, cwd=tmp_path, check_rc=0)
+    text = note.read_text()
+    assert text.splitlines()[1] == "9" and "\u2014 lab.example/ledger " in text
+    assert "PRIVATE" not in text
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:  # the ledger grows: still an extension
+        ledger.append_records([make_record(50).stored()])
+    ok = run_cli("--ledger", url, "--against", note, "--pubkey", tmp_path / "key.pub", cwd=tmp_path,
+                 program="verify-lineage", check_rc=0)
+    assert "extends checkpoint" in ok.stdout
+    wrong_key = run_cli("--ledger", url, "--against", note, "--pubkey", tmp_path / "other.pub", cwd=tmp_path,
+                        program="verify-lineage")
+    assert wrong_key.returncode == 1 and "CheckpointInvalid" in wrong_key.stderr + wrong_key.stdout, wrong_key
+    note.write_text(text.replace("\n9\n", "\n8\n"))  # an edited size breaks the signature
+    edited = run_cli("--ledger", url, "--against", note, "--pubkey", tmp_path / "key.pub", cwd=tmp_path,
+                     program="verify-lineage")
+    assert edited.returncode == 1, edited
+
+
+@pytest.mark.parametrize("command", [("verify-lineage",), ("verify-lineage", "x.txt"), ("log",), ("why", "x"),
+                                     ("depends", "x"), ("show", "abcd"), ("checkpoint",)])
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_read_commands_never_create_a_ledger(tmp_path, command, kind):
+    path = tmp_path / "typo" / "ledger.db" if kind == "missing" else tmp_path / "empty.db"
+    if kind == "empty":
+        path.write_bytes(b"")
+    (tmp_path / "x.txt").write_text("x")
+    program, args = (command[0], command[1:]) if command[0] == "verify-lineage" else ("lineage-ledger", command)
+    result = run_cli(*args, "--ledger", path, cwd=tmp_path, program=program)
+    assert result.returncode == 2, result
+    assert f"no ledger at {path}" in result.stderr, result.stderr
+    assert (not path.parent.exists()) if kind == "missing" else path.stat().st_size == 0
+
+
+def test_read_only_copy_with_its_wal_verifies_every_record(tmp_path):
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    keep = sqlite3.connect(db)  # keeps the WAL from being checkpointed into the file on close
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        keep.execute("PRAGMA wal_autocheckpoint = 0")
+        for start in range(0, 9, 3):
+            ledger.append_records([r.stored() for r in _pipeline_records()[start : start + 3]])
+    copy = tmp_path / "archive"
+    copy.mkdir()
+    for name in os.listdir(tmp_path):
+        if name.startswith("ledger.db"):
+            shutil.copy(tmp_path / name, copy / name)
+    keep.close()
+    assert (copy / "ledger.db-wal").stat().st_size > 0
+    for name in os.listdir(copy):
+        os.chmod(copy / name, 0o444)
+    os.chmod(copy, 0o555)
+    try:
+        before = sorted((n, (copy / n).stat().st_mtime_ns) for n in os.listdir(copy))
+        result = run_cli("--ledger", copy / "ledger.db", cwd=tmp_path, program="verify-lineage", check_rc=0)
+        assert "9 records" in result.stdout
+        assert sorted((n, (copy / n).stat().st_mtime_ns) for n in os.listdir(copy)) == before
+    finally:
+        os.chmod(copy, 0o755)
+
+
+WRITER = """
+import sys
+from lineage_ledger import open_ledger
+from tests.support.factories import make_records
+with open_ledger(sys.argv[1], spool=sys.argv[2]) as ledger:
+    for start in range(0, 600, 20):
+        ledger.append_records([r.stored() for r in make_records(20, run_id="busy", start=start)])
+"""
+
+
+def test_verification_while_another_process_appends(tmp_path):
+    url = _build(tmp_path / "ledger.db")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, url, str(tmp_path / "spool-w")], cwd=root)
+    runs = []
+    try:
+        while writer.poll() is None or not runs:
+            audit = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage")
+            targeted = run_cli("/data/step-8", "--ledger", url, cwd=tmp_path, program="verify-lineage")
+            runs.append((audit.returncode, targeted.returncode, audit.stdout + audit.stderr))
+    finally:
+        assert writer.wait(timeout=300) == 0
+    for audit_rc, targeted_rc, text in runs:
+        assert audit_rc == 0 and targeted_rc in (0, 1), text  # 1: /data/step-8 is not on disk
+    with open_ledger(url, read_only=True) as ledger:
+        assert ledger.audit().summary.records == 9 + 600
+
+
+def test_verification_errors_name_their_kind(tmp_path):
+    """A reader's failure is a VerificationError (exit 1), not a crash or an answer."""
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    _index_edit(db, "UPDATE ll_artifacts SET path = '/data/elsewhere' WHERE path = '/data/step-0' AND role = 1")
+    with open_ledger(url, read_only=True) as ledger, pytest.raises(VerificationError):
+        ledger.producers("/data/elsewhere")
