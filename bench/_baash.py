@@ -42,10 +42,11 @@ class Service:
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-baash-")
         self.storage = Path(self.tmp.name) / "storage"
         ready = Path(self.tmp.name) / "ready.json"
+        sock = Path(self.tmp.name) / "run" / "baash.sock"
         script = Path(sys.executable).parent / "lineage-ledger"
         self.proc = subprocess.Popen(
             [str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
-             "--listen", "127.0.0.1:0", "--ready-file", str(ready), *extra],
+             "--socket", str(sock), "--ready-file", str(ready), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -53,7 +54,7 @@ class Service:
                 self.stop()
                 raise RuntimeError("the BAASH service did not start")
             time.sleep(0.05)
-        self.url = f"baash://127.0.0.1:{json.loads(ready.read_text())['port']}"
+        self.url = json.loads(ready.read_text())["url"]
         self.backend = open_backend(self.url)
 
     def send(self, chain: list[StoredBlock], per_append: int) -> float:
