@@ -19,7 +19,7 @@ from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavaila
 from lineage_ledger._model import StoredBlock
 from lineage_ledger.backends._base import Backend, ChainHead, Located, Role
 
-from ._wire import ANSWERS, WireError, block_to_wire, encode, receive, send_frame
+from ._wire import ANSWERS, MAX_FRAME, WireError, block_to_wire, encode, receive, send_frame
 
 __all__ = ["AccessDenied", "BaashBackend", "BlockRejected", "parse_address"]
 
@@ -94,6 +94,9 @@ class BaashBackend(Backend):
 
     def _call(self, op: str, expect: str, **fields: Any) -> dict[str, Any]:
         payload = encode(op, **fields)
+        if len(payload) > MAX_FRAME:
+            raise BackendError(f"a BAASH {op} of {len(payload)} bytes is over the {MAX_FRAME}-byte frame limit; "
+                               f"send fewer or smaller blocks at a time")
         with self._lock:
             for attempt in (1, 2):
                 if self._sock is None:

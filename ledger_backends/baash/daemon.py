@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from ._wire import CLIENT_REQUESTS, WireError, encode, receive, record_to_wire, send_frame
+from ._wire import CLIENT_REQUESTS, MAX_FRAME, WireError, encode, receive, record_to_wire, send_frame
 from .access import NEEDS, AccessList, bind_unix, needed_roles, peer_uid
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
@@ -132,7 +132,12 @@ class Service:
             if op == "blocks":
                 start, stop = request["start"], request["stop"]
                 stop = start + READ_PAGE if stop is None else min(stop, start + READ_PAGE)
-                page = self.manager.wire[start:stop]
+                page, size = [], 0
+                for text in self.manager.wire[start:stop]:  # at least one block, then up to half a frame
+                    size += len(text) + 1
+                    if page and size > MAX_FRAME // 2:
+                        break
+                    page.append(text)
                 return b'{"blocks":[' + ",".join(page).encode() + b'],"kind":"blocks","v":1}'
             if op == "record_count":
                 return encode("count", count=index.record_count())
