@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from ._canonical import canonical_bytes, utcnow
-from ._environment import current_environment
-from ._errors import ArtifactError, ConfigError, LedgerError, VerificationError
+from ._errors import ConfigError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
-from ._model import Artifact, Record, artifact_map, digest_hex
+from ._model import Artifact, digest_hex
 from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
 from ._verify import verify_against, verify_lineage
 
@@ -74,12 +71,6 @@ def cli() -> None:
 
 
 # -- run -----------------------------------------------------------------------------------
-def _build_record(**fields: Any) -> Record:
-    try:
-        return Record(**fields)
-    except ValueError as err:  # e.g. a parameter that is not valid text
-        raise ConfigError(f"cannot record this task: {err}") from err
-
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -105,64 +96,101 @@ def _code_digest(command: tuple[str, ...], declared: set[str]) -> str:
 @click.option("-n", "--name", help="Task name (default: the program's name).")
 @click.option("--run-id", envvar="LINEAGE_RUN_ID", help="Group tasks of one workflow run.")
 @click.option("-p", "--param", "params", multiple=True, help="A parameter KEY=VALUE to record.")
+@click.option("--ship-wait", "wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              envvar="LINEAGE_SHIP_WAIT",
+              help="Seconds to wait for the ledger to take the record; after that it waits in the spool.")
 @ledger_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(inputs, outputs, name, run_id, params, ledger_url, command) -> None:
+def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> None:
     """Hash the inputs, run COMMAND, hash the outputs, record it all.
+
+    The record is made durable in the local spool first; a locked or unreachable ledger
+    leaves it there (see `lineage-ledger spool`). SIGINT, SIGTERM and SIGHUP are passed on
+    to COMMAND. Exit status: COMMAND's, 128+N if a signal N ended or interrupted it, 2 if
+    nothing ran (bad configuration or input, a spool that cannot be written).
 
     \b
     Example:
       lineage-ledger run -i data/raw.csv -o data/clean.csv -- python clean.py data/raw.csv
     """
+    from ._run import run_and_record
+
     parameters = _parse_params(params)
     try:
         canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs
     except ValueError as err:
         raise ConfigError(f"--param: {err}") from err
-    ledger = open_ledger(ledger_url)
-    in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
-    out_paths = [normalize_path(p) for p in outputs]
-    for path in out_paths:
-        if os.path.isdir(path):
-            raise ArtifactError(path, "is a directory, not a file")
-    code = _code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
-    started = utcnow()
+    sys.exit(run_and_record(command, inputs=inputs, outputs=outputs, name=name, run_id=run_id,
+                            parameters=parameters, ledger_url=ledger_url, wait=wait, code_digest=_code_digest))
+
+
+# -- the spool -----------------------------------------------------------------------------
+spool_option = click.option(
+    "--spool", "spool_root", envvar="LINEAGE_SPOOL", default=".lineage/spool", show_default=True,
+    help="The spool directory (records journaled here and not yet in a ledger).",
+)
+
+
+@cli.group()
+def spool() -> None:
+    """Records journaled in the local spool and not yet in the ledger."""
+
+
+@spool.command(name="status")
+@spool_option
+@json_option
+def spool_status(spool_root, as_json) -> None:
+    """Show what waits in the spool, per ledger: how many records, and the oldest one's age."""
+    from ._deferred import backlog
+
+    now = utcnow()
+    found = [entry for entry in backlog(spool_root) if entry.records or entry.quarantined]
+    if as_json:
+        click.echo(json.dumps([entry.to_json(now) for entry in found], indent=2, ensure_ascii=True))
+        return
+    if not found:
+        click.echo("nothing waits in the spool")
+    for entry in found:
+        line = f"{entry.records} record(s) wait for {entry.url}"
+        if entry.oldest is not None:
+            line += f", the oldest ended {_age(now, entry.oldest)} ago"
+        if entry.live:
+            line += f" ({entry.live} held by running processes, which ship them)"
+        if entry.quarantined:
+            line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {entry.directory}/quarantine"
+        click.echo(line)
+
+
+def _age(now, then) -> str:
+    seconds = max(0.0, (now - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+@spool.command(name="ship")
+@ledger_option
+@spool_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for the ledger to take the records.")
+def spool_ship(ledger_url, spool_root, timeout) -> None:
+    """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
+    the ledger did not take them (they keep waiting)."""
+    from ._deferred import WaitingInSpool, ship
+
     try:
-        returncode = subprocess.run(list(command)).returncode
-    except FileNotFoundError:
-        click.echo(f"error: command not found: {command[0]}", err=True)
-        returncode = 127
-    except PermissionError:
-        click.echo(f"error: permission denied: {command[0]}", err=True)
-        returncode = 126
-    ended = utcnow()
-    problems: list[str] = []
-    out_artifacts = []
-    for path in out_paths:
-        try:
-            out_artifacts.append(hash_file(path))
-        except ArtifactError as err:
-            if returncode == 0:
-                problems.append(str(err))
-    status = "succeeded" if returncode == 0 and not problems else "failed"
-    extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
-    if problems:
-        extra["problems"] = problems
-    record = _build_record(
-        engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
-        task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
-        inputs=artifact_map(in_artifacts), outputs=artifact_map(out_artifacts), code_digest=code, parameters=parameters,
-        environment=current_environment(), extra=extra,
-    )
-    recorder = ledger.recorder()
-    record_id = recorder.record(record)
-    if not recorder.close(timeout=30):
-        click.echo(f"warning: the ledger is unreachable; record {record_id[:12]} waits in the spool", err=True)
-    ledger.close()
-    click.echo(f"recorded {record_id[:12]} ({status})", err=True)
-    if problems:
-        raise ArtifactError(problems[0].split(":")[0], "declared output was not produced: " + "; ".join(problems))
-    sys.exit(returncode)
+        shipped, left = ship(ledger_url, spool=spool_root, timeout=timeout)
+    except WaitingInSpool as err:
+        click.echo(f"error: {err}; {err.left.records} record(s) wait in the spool {err.left.directory}", err=True)
+        sys.exit(2)
+    click.echo(f"shipped {shipped} record(s)", err=True)
+    if left.live:
+        click.echo(f"{left.live} record(s) are held by running processes, which ship them", err=True)
+    waiting = left.records - left.live
+    if waiting:
+        click.echo(f"error: {waiting} record(s) still wait in the spool {left.directory}", err=True)
+        sys.exit(2)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from ._errors import LedgerError, SpoolFull
+from ._errors import LedgerError, SpoolError, SpoolFull
 from ._model import Record
 from ._spool import Segment, SpoolWriter
 
@@ -139,6 +139,22 @@ class Recorder:
         fresh = len(writer.current.fresh)
         if fresh >= self.batch_size > fresh - count:
             self._wake.set()
+
+    def sync(self) -> None:
+        """fsync what this process journaled so far (``record()`` leaves it in the kernel,
+        which a power cut can still lose); the back-end is not touched."""
+        with self._lock:
+            for segment in list(self._unshipped):
+                try:
+                    segment.sync()
+                except OSError:
+                    pass  # shipped and closed by the worker meanwhile (it syncs before shipping)
+            if self._writer is not None:
+                segment = self._writer.current
+                try:
+                    segment.sync()
+                except OSError as err:
+                    raise SpoolError(f"cannot sync the spool {segment.path}: {err.strerror or err}") from err
 
     @property
     def pending(self) -> int:

@@ -1,0 +1,345 @@
+"""Spool first: a ledger the task path can record into before the back-end is reached.
+
+:func:`open_ledger` connects to the back-end, creates its schema and replays the spool
+before it returns; a locked SQLite file, a database that is down or a slow network would
+hold the task path up, and an error there would lose the record. :func:`spool_first`
+instead checks only the configuration (an unparsable URL, an unknown scheme, a missing
+extra raise :class:`ConfigError` at once), works out which spool directory belongs to
+the ledger without connecting to it, and returns a :class:`DeferredLedger`: a
+:class:`~._recorder.Recorder` journals into its spool at once and its worker ships
+through it, opening the real ledger on the first shipment (and retrying, with the
+recorder's back-off, while the back-end is unreachable). Once its own records are in,
+it replays what dead processes left in the same spool, best effort.
+
+:func:`backlog` and :func:`ship` are what ``lineage-ledger spool status`` and
+``lineage-ledger spool ship`` show and do.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError
+from ._spool import spool_directory
+
+if TYPE_CHECKING:
+    from lineage_ledger.backends import Backend
+
+    from ._ledger import Ledger
+    from ._model import StoredRecord
+
+__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity", "spool_first"]
+
+log = logging.getLogger("lineage_ledger.recorder")
+
+_SQL_SCHEMES = frozenset({"sqlite", "postgresql"})
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (``scheme://user:password@host``) replaced by ``***``."""
+    match = re.match(r"^[^:/?#]+://[^:/@?#]*:([^@/?#]+)@", url)
+    return text.replace(match.group(1), "***") if match else text
+
+
+def _default_url(url: str | None) -> str:
+    from ._ledger import DEFAULT_URL
+
+    return url if url is not None else os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
+
+
+def _default_spool(spool: str | None) -> str:
+    from ._ledger import DEFAULT_SPOOL
+
+    return spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
+
+
+def ledger_identity(url: str) -> tuple[str, Backend | None]:
+    """``(identity, backend or None)`` for ``url`` without connecting to the back-end.
+
+    Raises :class:`ConfigError` (``UnknownScheme``, ``MissingExtra``, a malformed URL) for
+    what no retry can fix. The SQL back-end connects when constructed, so its identity is
+    worked out here the way it works it out (and compared when it opens); the other
+    back-ends connect only when used, so one is constructed and returned for shipping.
+    """
+    from lineage_ledger.backends import backend_class, split_url
+
+    scheme, _ = split_url(url)
+    cls = backend_class(scheme)  # unknown scheme, missing extra
+    if scheme not in _SQL_SCHEMES:
+        backend = cls(url)
+        return backend.identity, backend
+    return _sql_identity(url), None
+
+
+def _sql_identity(url: str) -> str:
+    import sqlalchemy as sa
+    from sqlalchemy import exc
+
+    from lineage_ledger.backends.sql import _engine_url, _sqlite_path
+
+    shown = redact(url, url)
+    try:
+        engine_url = sa.make_url(_engine_url(url))
+    except exc.ArgumentError as err:
+        raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from None
+    if engine_url.get_backend_name() == "sqlite":
+        path = _sqlite_path(engine_url)
+        if path is None:
+            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
+        if os.path.isdir(path):
+            raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
+        return "sqlite:///" + os.path.realpath(path)
+    try:
+        engine = sa.create_engine(engine_url)  # imports the driver; connects to nothing
+    except ModuleNotFoundError as err:
+        from ._errors import MissingExtra
+
+        raise MissingExtra(
+            f"the {engine_url.get_backend_name()} back-end needs {err.name!r}, which is not "
+            "installed: pip install 'lineage-ledger[postgres]'"
+        ) from None
+    except exc.ArgumentError as err:
+        raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from None
+    try:
+        return engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
+
+
+class DeferredLedger:
+    """What a :class:`~._recorder.Recorder` needs of a ledger (``url``, ``spool_dir``,
+    ``append_records``), with the back-end opened only when records are shipped."""
+
+    def __init__(self, url: str, identity: str, spool_root: str, backend: Backend | None = None) -> None:
+        self.url = redact(url, url)  # what messages show
+        self._url = url
+        self.identity = identity
+        self.spool_root = spool_root
+        self._backend = backend
+        self._ledger: Ledger | None = None
+        self._lock = threading.Lock()
+        self._replayed = False
+        self._spool_dir: str | None = None
+
+    @property
+    def spool_dir(self) -> str:
+        if self._spool_dir is None:
+            self._spool_dir = spool_directory(self.spool_root, self.identity)
+        return self._spool_dir
+
+    @property
+    def opened(self) -> Ledger | None:
+        """The real ledger if it has been opened, else None (never connects)."""
+        return self._ledger
+
+    def ledger(self) -> Ledger:
+        """The real ledger, opened on first use (no replay here: see :meth:`append_records`)."""
+        with self._lock:
+            if self._ledger is None:
+                from ._ledger import Ledger, open_ledger
+
+                if self._backend is not None:
+                    self._ledger = Ledger(self._backend, spool_root=self.spool_root)
+                else:
+                    self._ledger = open_ledger(self._url, spool=self.spool_root, replay=False)
+                if self._ledger.backend.identity != self.identity:  # pragma: no cover - a back-end changed
+                    log.warning("lineage-ledger: %s names itself %r, its spool was keyed %r; records spooled "
+                                "for it are shipped by this process, or by `lineage-ledger spool ship`",
+                                self.url, self._ledger.backend.identity, self.identity)
+            return self._ledger
+
+    def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
+        ledger = self.ledger()
+        count = ledger.append_records(records, block_size=block_size)
+        if not self._replayed:
+            self._replayed = True
+            self._replay(ledger)
+        return count
+
+    def _replay(self, ledger: Ledger) -> None:
+        """Ship what dead processes left in this spool, once our own records are in."""
+        try:
+            ledger.replay_spool()
+        except SpoolCorrupt as err:
+            log.warning("lineage-ledger: %s", err)
+        except Exception as err:  # noqa: BLE001 - their records wait for the next shipper
+            log.warning("lineage-ledger: could not ship records other processes left in the spool yet: %s", err)
+
+    def close(self) -> None:
+        with self._lock:
+            ledger, self._ledger = self._ledger, None
+        if ledger is not None:
+            ledger.close()
+        elif self._backend is not None:
+            self._backend.close()
+
+
+def spool_first(url: str | None = None, *, spool: str | None = None) -> DeferredLedger:
+    """A :class:`DeferredLedger` for ``url``; raises :class:`ConfigError` for a bad configuration."""
+    url = _default_url(url)
+    identity, backend = ledger_identity(url)
+    return DeferredLedger(url, identity, _default_spool(spool), backend)
+
+
+def check_spool_writable(directory: str, reserve: int = 64 << 10) -> None:
+    """Raise :class:`SpoolError` unless ``reserve`` bytes can be written and synced in ``directory``.
+
+    Creating a file succeeds on a full disk; writing to it does not.
+    """
+    path = os.path.join(directory, f".probe-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        raise SpoolError(f"cannot write to the spool {directory}: {err.strerror or err}") from None
+    try:
+        block = b"\0" * min(reserve, 1 << 16)
+        written = 0
+        while written < reserve:
+            written += os.write(fd, block[: reserve - written])
+        os.fsync(fd)
+    except OSError as err:
+        raise SpoolError(f"cannot write to the spool {directory}: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+# -- the backlog -------------------------------------------------------------------------------
+@dataclass
+class SpoolBacklog:
+    """What waits in one ledger's spool directory."""
+
+    directory: str
+    url: str  # the ledger's identity, as the directory's URL file says
+    records: int = 0  # complete record lines waiting
+    live: int = 0  # of those, in segments a running process still holds (it ships them)
+    oldest: datetime | None = None  # the oldest waiting record's end time
+    quarantined: int = 0  # files of damaged lines set aside
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {"url": self.url, "directory": self.directory, "records": self.records, "live": self.live,
+                "oldest": self.oldest.isoformat() if self.oldest else None,
+                "oldest_age_s": round((now - self.oldest).total_seconds(), 3) if self.oldest else None,
+                "quarantined": self.quarantined}
+
+
+def _held_by_another(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (a shared lock taken is released with the descriptor)
+    return False
+
+
+def _scan(directory: str) -> SpoolBacklog:
+    from ._canonical import parse_time
+
+    try:
+        with open(os.path.join(directory, "URL"), encoding="utf-8") as handle:
+            url = handle.read().strip()
+    except OSError:
+        url = "?"
+    found = SpoolBacklog(directory, url)
+    quarantine = os.path.join(directory, "quarantine")
+    if os.path.isdir(quarantine):
+        found.quarantined = len(os.listdir(quarantine))
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not name.endswith(".log") or os.path.islink(path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        lines = data.split(b"\n")[:-1]  # a torn last line is no record yet
+        if not lines:
+            continue
+        found.records += len(lines)
+        if _held_by_another(path):
+            found.live += len(lines)
+        for line in lines:
+            try:
+                ended = parse_time(json.loads(line.partition(b" ")[2])["ended"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if found.oldest is None or ended < found.oldest:
+                found.oldest = ended
+    return found
+
+
+def backlog(spool: str | None = None) -> list[SpoolBacklog]:
+    """What waits in each ledger's directory under the spool root ``spool``."""
+    root = os.path.abspath(_default_spool(spool))
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise SpoolError(f"cannot read the spool {root}: {err.strerror or err}") from None
+    found = []
+    for name in names:
+        directory = os.path.join(root, name)
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            found.append(_scan(directory))
+    return found
+
+
+def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) -> tuple[int, SpoolBacklog]:
+    """Ship what dead processes left in ``url``'s spool; ``(shipped, what still waits)``.
+
+    Raises :class:`LedgerError` (the back-end's, or a timeout) when the back-end does not
+    take them; the records stay in the spool.
+    """
+    deferred = spool_first(url, spool=spool)
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["shipped"] = deferred.ledger().replay_spool()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            result["error"] = err
+
+    worker = threading.Thread(target=work, name="lineage-ledger-ship", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    directory = deferred.spool_dir
+    if worker.is_alive():  # a locked ledger: the worker stays blocked; we leave
+        raise WaitingInSpool(f"{deferred.url} did not take the records within {timeout:g}s (locked or slow?)",
+                       _scan(directory))
+    deferred.close()
+    error = result.get("error")
+    if isinstance(error, SpoolCorrupt):
+        raise error
+    if isinstance(error, LedgerError):
+        raise WaitingInSpool(str(error), _scan(directory)) from error
+    if error is not None:
+        raise error
+    return int(result.get("shipped", 0)), _scan(directory)
+
+
+class WaitingInSpool(LedgerError):
+    """The back-end did not take the spooled records; ``left`` says what waits."""
+
+    def __init__(self, message: str, left: SpoolBacklog) -> None:
+        super().__init__(message)
+        self.left = left

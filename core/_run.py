@@ -1,0 +1,213 @@
+"""``lineage-ledger run``: record one command, spool first.
+
+In order: the configuration is checked (a bad ledger URL is refused), the inputs are
+hashed, the spool is opened and a write to it is tried, and only then does the command
+start. SIGINT, SIGTERM and SIGHUP received meanwhile are passed on to the command. When it
+ends, its record is journaled and synced in the local spool; shipping it to the ledger
+gets a short bounded wait, and a locked, read-only or unreachable ledger only leaves it
+waiting in the spool (``lineage-ledger spool ship``, or the next run, ships it). The exit
+status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ._canonical import utcnow
+from ._deferred import check_spool_writable, spool_first
+from ._environment import current_environment
+from ._errors import ArtifactError, ConfigError, LedgerError
+from ._hashing import hash_file, normalize_path
+from ._model import Record, artifact_map
+from ._recorder import Recorder
+
+__all__ = ["run_and_record"]
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stat_key(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is created, replaced or written (ctime moves on any write)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _sent_by_terminal() -> bool:
+    """A Ctrl-C at a terminal reaches the whole foreground process group, the command too."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class _Forwarder:
+    """Passes SIGINT, SIGTERM and SIGHUP on to the command; remembers the first one."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in FORWARDED:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        if self.process is not None:
+            self.forward(signum)
+
+    def forward(self, signum: int) -> None:
+        assert self.process is not None
+        if signum == signal.SIGINT and _sent_by_terminal():
+            return  # the command got it from the terminal already
+        try:
+            self.process.send_signal(signum)
+        except (ProcessLookupError, OSError):
+            pass
+
+
+def _run(command: list[str], forwarder: _Forwarder) -> int:
+    try:
+        process = subprocess.Popen(command)
+    except FileNotFoundError:
+        click.echo(f"error: command not found: {command[0]}", err=True)
+        return 127
+    except PermissionError:
+        click.echo(f"error: permission denied: {command[0]}", err=True)
+        return 126
+    forwarder.process = process
+    if forwarder.received is not None:  # arrived between the handlers and the start
+        forwarder.forward(forwarder.received)
+    return process.wait()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def run_and_record(
+    command: tuple[str, ...], *, inputs: tuple[str, ...], outputs: tuple[str, ...], name: str | None,
+    run_id: str | None, parameters: dict[str, str], ledger_url: str, wait: float,
+    code_digest: Callable[[tuple[str, ...], set[str]], str],
+) -> int:
+    """Run ``command`` and record it; returns the exit status ``run`` ends with."""
+    # What could not ship is said once, below, with the reason; not again by the recorder.
+    logging.getLogger("lineage_ledger.recorder").setLevel(logging.ERROR)
+    deferred = spool_first(ledger_url)  # a bad URL, scheme or extra: refused before anything runs
+    in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
+    out_paths = [normalize_path(p) for p in outputs]
+    for path in out_paths:
+        if os.path.isdir(path):
+            raise ArtifactError(path, "is a directory, not a file")
+    code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
+    # The spool must take the record before the command may run: its directory, a segment
+    # of this process, and room on the disk.
+    recorder = Recorder(deferred, exit_timeout=wait)  # type: ignore[arg-type]
+    try:
+        check_spool_writable(deferred.spool_dir)
+    except LedgerError:
+        recorder.close(0)
+        raise
+    before = {path: _stat_key(path) for path in out_paths}
+
+    forwarder = _Forwarder()
+    forwarder.install()
+    started = utcnow()
+    try:
+        returncode = _run(list(command), forwarder)
+    finally:
+        ended = utcnow()
+    interrupted = forwarder.received
+    killed_by = -returncode if returncode < 0 else None
+
+    problems: list[str] = []
+    out_artifacts = []
+    unchanged = []
+    failed = returncode != 0 or interrupted is not None
+    for path in out_paths:
+        if failed and _stat_key(path) == before[path]:
+            # A failed try vouches only for what it wrote: an old file, or none, is not its output.
+            if before[path] is not None:
+                unchanged.append(path)
+            continue
+        try:
+            out_artifacts.append(hash_file(path))
+        except ArtifactError as err:
+            if not failed:
+                problems.append(str(err))
+    status = "succeeded" if not failed and not problems else "failed"
+    extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
+    if killed_by is not None:
+        extra["killed_by_signal"] = _signal_name(killed_by)
+    if interrupted is not None:
+        extra["signal"] = _signal_name(interrupted)
+        extra["signal_number"] = interrupted
+        extra["interrupted"] = True
+    if unchanged:
+        extra["outputs_not_written"] = unchanged
+    if problems:
+        extra["problems"] = problems
+    try:
+        record = Record(
+            engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
+            task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
+            inputs=artifact_map(in_artifacts), outputs=artifact_map(out_artifacts), code_digest=code,
+            parameters=parameters, environment=current_environment(), extra=extra,
+        )
+    except ValueError as err:
+        recorder.close(0)
+        raise ConfigError(f"cannot record this task: {err}") from err
+    record_id = recorder.record(record)  # journaled: the kernel has it
+    recorder.sync()  # and the disk
+    shipped = recorder.close(timeout=wait)
+    if shipped:
+        deferred.close()
+        click.echo(f"recorded {record_id[:12]} ({status})", err=True)
+    else:
+        why = f" ({recorder.last_error})" if recorder.last_error is not None else " (locked or slow?)"
+        click.echo(
+            f"recorded {record_id[:12]} ({status}) in the spool {deferred.spool_dir}; the ledger "
+            f"{deferred.url} did not take it within {wait:g}s{why}. It waits there: "
+            "`lineage-ledger spool ship` (or the next run) ships it", err=True)
+    forwarder.restore()
+    if interrupted is not None:
+        code_out = 128 + interrupted
+    elif killed_by is not None:
+        code_out = 128 + killed_by
+    elif problems:
+        click.echo(f"error: declared output was not produced: {'; '.join(problems)}", err=True)
+        code_out = 2
+    else:
+        code_out = returncode
+    if not shipped:
+        # The recorder's worker may be blocked in the back-end (a lock held elsewhere): leave
+        # without letting interpreter shutdown wait on it. The record is synced in the spool.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code_out)
+    return code_out
