@@ -1,0 +1,234 @@
+"""`lineage-ledger run` and `lineage-ledger spool` in real deployments (issue 16): the record is
+durable in the spool before the back-end is touched, a locked, read-only or unreachable ledger
+only delays shipping, signals reach the command and end `run` as a shell would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+def _records(workdir, db=".lineage/ledger.db") -> list[dict]:
+    """The records in the SQLite ledger, oldest first, read with sqlite3 (no lineage-ledger code)."""
+    conn = sqlite3.connect(Path(workdir) / db)
+    try:
+        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
+
+
+def _status(cli) -> list[dict]:
+    return json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+
+
+def _without_root_file_powers() -> tuple[str, ...]:
+    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
+
+
+# -- the spool must take the record before the command starts ---------------------------------
+@pytest.fixture
+def full_disk(tmp_path):
+    """A directory on a full 64 KiB tmpfs (root only), else skip."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (mount / "spool").mkdir()
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:  # ENOSPC: the disk is full
+            pass
+        finally:
+            os.close(fd)
+        yield mount / "spool"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_run_with_the_spool_on_a_full_disk_refuses_before_running(cli, workdir, full_disk):
+    marker = workdir / "ran"
+    result = cli("run", "--", "touch", str(marker), env={"LINEAGE_SPOOL": str(full_disk)})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "spool" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_run_with_an_unwritable_spool_refuses_before_running(workdir, tmp_path):
+    locked = tmp_path / "readonly"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    marker = workdir / "ran"
+    try:
+        result = run_cli("run", "--", "touch", str(marker), cwd=workdir, prefix=_without_root_file_powers(),
+                         env={"LINEAGE_SPOOL": str(locked / "spool")})
+    finally:
+        os.chmod(locked, 0o755)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "spool" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+# -- a locked, read-only or unreachable ledger only delays shipping -----------------------------
+def _hold_write_lock(db: Path) -> subprocess.Popen:
+    code = ("import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_run_on_a_locked_ledger_leaves_the_record_in_the_spool_and_exits_at_once(cli, workdir):
+    cli("run", "--", "true", check_rc=0)  # the ledger exists
+    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        began = time.monotonic()
+        result = cli("run", "--", "sh", "-c", "exit 3")
+        took = time.monotonic() - began
+        assert result.returncode == 3, (result.stdout, result.stderr)
+        assert took < 15, took  # a short bounded wait, never the back-end's 30 s or more
+        assert "waits" in result.stderr and "spool ship" in result.stderr
+        waiting, = _status(cli)
+        assert waiting["records"] == 1 and waiting["live"] == 0 and waiting["oldest_age_s"] >= 0
+        assert waiting["url"] == f"sqlite:///{os.path.realpath(workdir)}/.lineage/ledger.db"
+        shipped = cli("spool", "ship", "--timeout", "2")
+        assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr
+    finally:
+        holder.communicate("")
+    cli("spool", "ship", check_rc=0)
+    assert _status(cli) == []
+    records = _records(workdir)
+    assert len(records) == 2 and records[1]["status"] == "failed" and records[1]["extra"]["returncode"] == 3
+
+
+def test_run_on_a_read_only_ledger_keeps_the_record_for_later(cli, workdir):
+    cli("run", "--", "true", check_rc=0)
+    db = workdir / ".lineage" / "ledger.db"
+    os.chmod(db, 0o444)
+    try:
+        began = time.monotonic()
+        result = run_cli("run", "--", "true", cwd=workdir, prefix=_without_root_file_powers())
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert time.monotonic() - began < 15
+        assert "waits" in result.stderr
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_without_root_file_powers())
+        assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr
+    finally:
+        os.chmod(db, 0o644)
+    cli("spool", "ship", check_rc=0)
+    assert len(_records(workdir)) == 2
+
+
+def test_run_against_an_unreachable_ledger_runs_and_spools(cli, workdir):
+    url = "postgresql://nobody@127.0.0.1:1/ledger"  # nothing listens on port 1
+    marker = workdir / "ran"
+    result = cli("run", "--ledger", url, "--", "touch", str(marker))
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert marker.exists() and "waits" in result.stderr
+    waiting, = _status(cli)
+    assert waiting["records"] == 1 and "127.0.0.1:1/ledger" in waiting["url"]
+    shipped = cli("spool", "ship", "--ledger", url)
+    assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr and "Traceback" not in shipped.stderr
+
+
+@pytest.mark.parametrize("url, message", [
+    ("sqlite:/no-slashes.db", "malformed ledger URL"),
+    ("nosuch://x", "no ledger back-end for scheme 'nosuch'"),
+])
+def test_run_refuses_a_bad_ledger_configuration_before_running(cli, workdir, url, message):
+    marker = workdir / "ran"
+    result = cli("run", "--ledger", url, "--", "touch", str(marker))
+    assert result.returncode == 2 and message in result.stderr
+    assert not marker.exists()
+
+
+def test_run_refuses_a_missing_extra_before_running(workdir):
+    marker = workdir / "ran"
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from lineage_ledger._cli import main; sys.argv = ['lineage-ledger', 'run', '--ledger',"
+            f" 'postgresql://u@127.0.0.1:1/db', '--', 'touch', {str(marker)!r}]; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 2 and "pip install 'lineage-ledger[postgres]'" in result.stderr
+    assert not marker.exists()
+
+
+# -- signals ------------------------------------------------------------------------------------
+_SLEEPER = """
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signals_reach_the_command_and_the_interrupted_run_is_recorded(workdir, signum):
+    started = workdir / "started"
+    script = Path(sys.executable).parent / "lineage-ledger"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    run = subprocess.Popen([str(script), "run", "-n", "sleeper", "--", sys.executable, "-c", _SLEEPER, str(started)],
+                           cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # no terminal: the signal reaches `run` alone
+    try:
+        deadline = time.monotonic() + 30
+        while not (started.exists() and started.read_text()):
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.05)
+        child = int(started.read_text())
+        run.send_signal(signum)
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 128 + signum, (run.returncode, err)
+    assert "Aborted" not in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the command got the signal; nothing is left running
+    record, = _records(workdir)
+    assert record["status"] == "failed" and record["task_name"] == "sleeper"
+    assert record["extra"]["signal"] == signal.Signals(signum).name
+    assert record["extra"]["signal_number"] == signum
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM])
+def test_a_command_killed_by_a_signal_exits_128_plus_n(cli, workdir, signum):
+    result = cli("run", "--", "sh", "-c", f"kill -{signum} $$")
+    assert result.returncode == 128 + signum, (result.returncode, result.stderr)
+    record, = _records(workdir)
+    assert record["status"] == "failed" and record["extra"]["killed_by_signal"] == signal.Signals(signum).name
+
+
+# -- a failed try vouches only for what it wrote --------------------------------------------------
+def test_a_failed_try_records_only_outputs_it_wrote(cli, workdir):
+    cli("run", "-o", "kept.txt", "-o", "other.txt", "--", "sh", "-c", "echo v1 > kept.txt; echo o > other.txt",
+        check_rc=0)
+    result = cli("run", "-o", "kept.txt", "-o", "other.txt", "-o", "new.txt",
+                 "--", "sh", "-c", "echo partial > new.txt; exit 1")
+    assert result.returncode == 1
+    first, failed = _records(workdir)
+    assert set(first["outputs"]) == {str(workdir / "kept.txt"), str(workdir / "other.txt")}
+    assert failed["status"] == "failed"
+    assert set(failed["outputs"]) == {str(workdir / "new.txt")}  # created by the try
+    assert sorted(failed["extra"]["outputs_not_written"]) == [str(workdir / "kept.txt"), str(workdir / "other.txt")]
+    # and a try that rewrote a file does list it
+    cli("run", "-o", "kept.txt", "--", "sh", "-c", "echo v2 > kept.txt; exit 1")
+    assert set(_records(workdir)[-1]["outputs"]) == {str(workdir / "kept.txt")}
