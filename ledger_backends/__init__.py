@@ -9,12 +9,15 @@ entry-point group, named by the scheme they serve.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from lineage_ledger._errors import ConfigError, MissingExtra, UnknownScheme
 
-from ._base import Backend, ChainHead, Located, Role
+from ._base import Backend, ChainHead, IndexRow, Located, Role, redact
 
-__all__ = ["Backend", "ChainHead", "Located", "Role", "backend_class", "open_backend", "split_url"]
+__all__ = [
+    "Backend", "ChainHead", "IndexRow", "Located", "Role", "backend_class", "open_backend", "redact", "split_url",
+]
 
 # scheme -> (module:class, extra that provides its dependencies or None)
 _BUILTIN: dict[str, tuple[str, str | None]] = {
@@ -71,6 +74,23 @@ def backend_class(scheme: str) -> type[Backend]:
     return cls
 
 
-def open_backend(url: str) -> Backend:
+def _accepts_create(cls: type[Backend]) -> bool:
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == "create" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+def open_backend(url: str, *, create: bool = True) -> Backend:
+    """The back-end for ``url``. ``create=False`` (for commands that only read) asks it not
+    to create, migrate or write anything: a missing ledger is :class:`NoLedger`. Back-ends
+    whose constructor takes no ``create`` argument ignore it."""
     scheme, _ = split_url(url)
-    return backend_class(scheme)(url)
+    cls = backend_class(scheme)
+    if _accepts_create(cls):
+        return cls(url, create=create)
+    return cls(url)

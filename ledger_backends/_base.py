@@ -10,6 +10,8 @@ the core rebuilds its block on the new head.
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import ClassVar, Literal
 
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-__all__ = ["Backend", "ChainHead", "Located", "Role"]
+__all__ = ["Backend", "ChainHead", "IndexRow", "Located", "Role", "redact"]
 
 Role = Literal["in", "out"]
 
@@ -37,6 +39,71 @@ class Located:
     record: StoredRecord
 
 
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One record's index entries exactly as a back-end stores them, for the audit to compare
+    with what the verified record body says.
+
+    ``inputs`` and ``outputs`` are ``(path, digest)`` pairs sorted by path. Index rows whose
+    sequence number has no record row come out with ``id=""`` and ``height=pos=-1``.
+    """
+
+    seq: int
+    id: str
+    height: int
+    pos: int
+    run_id: str
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
+
+
+_SCHEME_USER_PASSWORD = re.compile(r"^[^:/?#]+://(?P<user>[^:/@?#]*):(?P<password>.*)@")
+
+
+def _url_passwords(url: str) -> set[str]:
+    """Every spelling of the password in ``url`` a message could carry: as written and
+    percent-decoded, read the way SQLAlchemy does (up to the first ``@``) and the way a
+    browser does (up to the last ``@`` of the authority)."""
+    found: set[str] = set()
+    if not isinstance(url, str) or "://" not in url:
+        return found
+    rest = url.split("://", 1)[1]
+    user_info = rest.split("@", 1)[0] if "@" in rest else None
+    candidates = []
+    if user_info is not None and ":" in user_info:
+        candidates.append(user_info.split(":", 1)[1])  # SQLAlchemy: the password ends at the first '@'
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        info = authority.rpartition("@")[0]
+        if ":" in info:
+            candidates.append(info.split(":", 1)[1])
+    match = _SCHEME_USER_PASSWORD.match(url)
+    if match:  # the widest reading: everything up to the last '@' before the host
+        candidates.append(match.group("password"))
+    for candidate in candidates:
+        for spelling in (candidate, urllib.parse.unquote(candidate), urllib.parse.unquote_plus(candidate)):
+            if spelling:
+                found.add(spelling)
+    return found
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***`` wherever it appears (as
+    written in the URL and percent-decoded), and ``user:anything@`` forms of the URL's user
+    written ``user:***@``. For messages and logs: a driver's error text may quote the DSN."""
+    text = str(text)
+    passwords = _url_passwords(url)
+    # Longest first, so that a password containing another spelling is replaced whole.
+    for password in sorted(passwords, key=len, reverse=True):
+        text = text.replace(password, "***")
+    if passwords:
+        users = {urllib.parse.unquote(u) for u in re.findall(r"^[^:/?#]+://([^:/@?#]*):", url)} - {""}
+        for user in users:
+            text = re.sub(re.escape(user) + r":(?!\*\*\*@)[^\s@]*@", lambda _m, u=user: u + ":***@", text)
+        text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+    return text
+
+
 class Backend(ABC):
     """Base class of storage drivers; subclasses are chosen by URL scheme."""
 
@@ -45,6 +112,17 @@ class Backend(ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password replaced by ``***``: what messages and logs show."""
+        return redact(self.url, self.url)
+
+    @property
+    def origin(self) -> str:
+        """The ledger's name across copies (checkpoints carry it). Back-ends that store one
+        return it; the default is :attr:`identity`."""
+        return self.identity
 
     @property
     def identity(self) -> str:
@@ -96,6 +174,32 @@ class Backend(ABC):
     ) -> list[Located]:
         """Records with an input (``in``) or output (``out``) matching path and/or digest."""
 
+    def find_page(
+        self, role: Role, *, path: str | None = None, digest: str | None = None,
+        offset: int = 0, limit: int | None = None,
+    ) -> list[Located]:
+        """One page of :meth:`find`'s answer, in the same (ledger) order: ``limit`` records
+        from ``offset`` on (all of them when ``limit`` is ``None``). The default slices
+        ``find``; back-ends with an index override it to read only the page."""
+        offset = max(0, int(offset))
+        found = self.find(role, path=path, digest=digest)
+        return found[offset:] if limit is None else found[offset : offset + max(0, int(limit))]
+
+    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
+        """How many records :meth:`find` would return. Back-ends with an index count its rows
+        (which differs from ``len(find(...))`` only on an index edited behind their back)."""
+        return len(self.find(role, path=path, digest=digest))
+
+    def index_rows(self, stop_seq: int) -> Iterator[IndexRow] | None:
+        """Every stored index row with ``seq < stop_seq``, one :class:`IndexRow` per sequence
+        number, in sequence order, exactly as stored (rows a tamperer added included), read
+        in bounded memory; rows at or past ``stop_seq`` (appended meanwhile) are left out.
+
+        ``None`` means this back-end keeps no index that can be written apart from the
+        records (its look-ups are computed from the record bodies), so there is nothing to
+        compare: the default."""
+        return None
+
     @abstractmethod
     def by_run(self, run_id: str) -> list[Located]:
         """Records of one workflow run, in ledger order."""
@@ -114,4 +218,4 @@ class Backend(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
+        return f"{type(self).__name__}({self.display_url!r})"

@@ -5,13 +5,30 @@ height is the primary key: two writers building on the same head collide there, 
 loser gets :class:`AppendConflict` and rebuilds. SQLite runs in WAL mode with a busy
 timeout and takes its write lock up front (``BEGIN IMMEDIATE``), because a read
 transaction that upgrades to a write fails at once instead of waiting for the lock.
+
+Opened with ``create=False`` (what read commands do) the store is only read: a missing or
+empty file is :class:`NoLedger`, nothing is created, migrated or switched to WAL, and a
+ledger we may not write is read completely, the committed transactions still in its
+``-wal`` file included (see :func:`_read_only_uri`).
+
+A new SQLite file is created 0600 (its ``-wal`` and ``-shm`` get the same mode from
+SQLite) and a directory this code creates for it 0700, whatever the umask. To share a
+ledger with a group, give the file and its directory to the group afterwards:
+``chgrp -R lab DIR; chmod 2770 DIR; chmod 0660 DIR/ledger.db*`` (the setgid directory
+makes the ``-wal``/``-shm`` files SQLite creates later belong to the group as well).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
+import sqlite3
+import tempfile
+import time
 import urllib.parse
+import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -25,14 +42,21 @@ from lineage_ledger._errors import (
     ConfigError,
     CorruptStore,
     MissingExtra,
+    NoLedger,
 )
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-from ._base import Backend, ChainHead, Located, Role
+from ._base import Backend, ChainHead, IndexRow, Located, Role, redact
 
 __all__ = ["SQLBackend"]
 
-SCHEMA_VERSION = "2"
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "3"
+ORIGIN_PREFIX = "lineage-ledger:"
+_INDEX_ROWS_PER_READ = 20_000  # index rows fetched per query by index_rows()
+# Serialises schema creation and migration between processes on PostgreSQL.
+_PG_SCHEMA_LOCK = 0x6C6C_7363_6865_6D61 & 0x7FFF_FFFF_FFFF_FFFF
 _CHUNK = 500  # block headers fetched per query while iterating
 _ROWS_PER_READ = 20_000  # records fetched per query (at least one whole block)
 _ONLY_STR = frozenset({str})
@@ -43,10 +67,13 @@ _IN, _OUT = 0, 1  # artifact roles as stored
 # Every record gets a sequence number, its place in the whole ledger. Sequence numbers
 # are the records table's integer key, so appends go to the end of the B-tree and a
 # block's records are one range scan (a block owns first_seq .. first_seq + count - 1).
-# Artifacts live in one table clustered by (path, role, seq): the look-ups lineage does
-# most ("who wrote this path") read adjacent rows. Only the record id and the digest
-# index take random-key inserts. This layout appends about 1.45x faster than one with
-# text keys everywhere (docs/benchmarks.md).
+# Artifacts live in one table clustered by (seq, role, path) (schema 3): appends go to
+# the end of it too, and the audit reads it once in ledger order beside ll_records. The
+# index on (path, role, seq) keeps "who wrote / read this path" one index range, already
+# in ledger order, and so does the one on (digest, role, seq). (On SQLite a WITHOUT
+# ROWID table's index carries the whole primary key anyway; naming seq makes PostgreSQL
+# keep it in the index too.) Paths compare byte-wise on both databases ("C" collation
+# on PostgreSQL), so that ordering and paging agree with Python's.
 # SQLite makes only "INTEGER PRIMARY KEY" an alias of the rowid (no separate index).
 _INT64 = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 metadata = sa.MetaData()
@@ -73,13 +100,16 @@ records_table = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Index("ll_records_run", "run_id"),
 )
+_PATH = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 artifacts_table = sa.Table(
     "ll_artifacts", metadata,
-    sa.Column("path", sa.Text, primary_key=True),
-    sa.Column("role", sa.SmallInteger, primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("role", sa.SmallInteger, nullable=False),
+    sa.Column("path", _PATH, nullable=False),
     sa.Column("digest", sa.String(64), nullable=False),
-    sa.Index("ll_artifacts_digest", "digest"),
+    sa.PrimaryKeyConstraint("seq", "role", "path", name="ll_artifacts_pkey"),
+    sa.Index("ll_artifacts_path", "path", "role", "seq"),
+    sa.Index("ll_artifacts_digest", "digest", "role", "seq"),
     sqlite_with_rowid=False,
 )
 
@@ -106,26 +136,181 @@ def _sqlite_path(engine_url: sa.URL) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
+def _as_text(value) -> str:
+    """A stored text column as ``str``; a value rewritten as bytes or a number still comes out."""
+    if type(value) is str:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _as_int(value, default: int = -1) -> int:
+    """A stored integer column as ``int``; anything a tamperer wrote there that is no whole
+    number comes out as ``default``, for verification to report."""
+    if type(value) is int:
+        return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if number == value or isinstance(value, (str, bytes)) else default
+
+
+class RedactedError(Exception):
+    """Stands in, as the cause of an error this back-end raises, for a library error whose
+    text held the URL's password (the password replaced by ``***``)."""
+
+
+def _safe_cause(err: BaseException, url: str) -> BaseException:
+    text = str(err)
+    clean = redact(text, url)
+    if clean == text:
+        return err
+    return RedactedError(f"{type(err).__module__}.{type(err).__qualname__}: {clean}")
+
+
 @contextlib.contextmanager
 def _translated(what: str, url: str):
-    """Turn SQLAlchemy and driver errors into the library's own, with the cause attached."""
+    """Turn SQLAlchemy and driver errors into the library's own, with the cause attached;
+    the URL's password never appears in the message or the cause."""
+    shown = redact(url, url)
     try:
         yield
     except exc.IntegrityError as err:
-        raise AppendConflict(f"{what}: another writer stored this height or record first") from err
+        raise AppendConflict(f"{what}: another writer stored this height or record first") from _safe_cause(
+            err, url
+        )
     except exc.DatabaseError as err:
-        text = str(err.orig if getattr(err, "orig", None) else err).strip()
+        text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
+        cause = _safe_cause(err, url)
         lowered = text.lower()
         if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
             raise CorruptStore(
-                f"{url}: the ledger database is corrupt or truncated ({text}); "
+                f"{shown}: the ledger database is corrupt or truncated ({text}); "
                 "restore it from a copy, or verify a replica"
-            ) from err
+            ) from cause
         if "no such table" in lowered or "does not exist" in lowered and "relation" in lowered:
-            raise CorruptStore(f"{url}: ledger tables are missing ({text})") from err
-        raise BackendUnavailable(f"{url}: {what} failed: {text}") from err
+            raise CorruptStore(f"{shown}: ledger tables are missing ({text})") from cause
+        raise BackendUnavailable(f"{shown}: {what} failed: {text}") from cause
     except exc.SQLAlchemyError as err:
-        raise BackendError(f"{url}: {what} failed: {err}") from err
+        raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from _safe_cause(err, url)
+
+
+def _make_private_dirs(directory: str, shown: str) -> None:
+    """Create ``directory`` and any missing parents 0700 (whatever the umask); directories
+    that exist, or that another process creates meanwhile, keep their mode."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
+        os.chmod(path, 0o700)
+
+
+def _create_private_file(path: str, shown: str) -> None:
+    """Create the ledger file 0600 before SQLite opens it (SQLite gives its -wal and -shm
+    files the database file's mode). An existing file is left as it is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return
+    except OSError as err:
+        raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _sqlite_uri(path: str, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?" + query if query else "")
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+
+
+def _probe(uri: str) -> sqlite3.Error | None:
+    """The error a read through ``uri`` gets, or None when it reads."""
+    try:
+        conn = _connect(uri)
+    except sqlite3.Error as err:
+        return err
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return None
+    except sqlite3.Error as err:
+        return err
+    finally:
+        conn.close()
+
+
+def _cannot_open_read_only(err: sqlite3.Error) -> bool:
+    """Errors of a read-only WAL database that needs a -shm it may not create."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+    text = str(err).lower()
+    return "unable to open" in text or "readonly" in text or "read-only" in text
+
+
+def _file_state(path: str) -> tuple:
+    state = []
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            state.append(None)
+        else:
+            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def _copy_private(source: str, target: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    with open(source, "rb") as src:
+        fd = os.open(target, flags, 0o600)
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _private_copy(path: str, shown: str) -> str:
+    """Copy the database and its -wal into a new 0700 directory; returns the directory.
+    The copy is taken again if either file changed while it was read."""
+    directory = tempfile.mkdtemp(prefix="lineage-ledger-ro-")
+    try:
+        os.chmod(directory, 0o700)
+        target = os.path.join(directory, "ledger.db")
+        for _attempt in range(10):
+            before = _file_state(path)
+            _copy_private(path, target)
+            if before[1] is not None:
+                _copy_private(path + "-wal", target + "-wal")
+            elif os.path.exists(target + "-wal"):
+                os.unlink(target + "-wal")
+            if _file_state(path) == before:
+                return directory
+            time.sleep(0.05)
+        raise BackendUnavailable(f"{shown}: the ledger kept changing while a private copy was taken")
+    except OSError as err:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
@@ -142,54 +327,87 @@ os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 class SQLBackend(Backend):
-    def __init__(self, url: str) -> None:
+    """SQLite or PostgreSQL through SQLAlchemy.
+
+    ``create=False`` opens an existing ledger for reading only: see the module docstring.
+    Attributes: ``read_only`` (nothing can be appended through this object),
+    ``read_strategy`` (SQLite read-only opens: ``"ro"`` reads the file in place with
+    SQLite's ``mode=ro``, its WAL included; ``"immutable"`` when there is no WAL to read
+    and no ``-shm`` can be created; ``"copy"`` reads a private copy of the file and its
+    WAL), ``migrated_from`` (the schema version this object migrated the ledger from).
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__(url)
+        self.read_only = not create
+        self.read_strategy: str | None = None
+        self.migrated_from: str | None = None
+        self._origin: str | None = None
+        self._copy_cleanup: weakref.finalize | None = None
+        shown = self.display_url
         try:
             engine_url = sa.make_url(_engine_url(url))
         except exc.ArgumentError as err:
-            raise ConfigError(f"malformed ledger URL {url!r}: {err}") from err
+            raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from _safe_cause(
+                err, url
+            )
         self._sqlite = engine_url.get_backend_name() == "sqlite"
-        self._read_only = False
         kwargs: dict = {}
         if self._sqlite:
             path = _sqlite_path(engine_url)
             if path is None:
-                raise ConfigError(f"{url}: give a file path, e.g. sqlite:///ledger.db")
+                raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
             if os.path.isdir(path):
-                raise ConfigError(f"{url}: {path} is a directory, not a ledger file")
-            parent = os.path.dirname(os.path.abspath(path))
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except OSError as err:
-                raise BackendUnavailable(f"{url}: cannot create {parent}: {err.strerror}") from err
+                raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
-            self._read_only = os.path.exists(path) and not (
-                os.access(path, os.W_OK) and os.access(parent, os.W_OK)
-            )
-            if self._read_only:
-                # An archived copy we may not write: SQLite could not even create the WAL
-                # index beside it, so open it immutable, for reading only.
-                import sqlite3
-
-                uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
-                kwargs["creator"] = lambda: sqlite3.connect(
-                    uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False
-                )
+            if not create:
+                try:
+                    empty = os.path.getsize(path) == 0
+                except FileNotFoundError:
+                    empty = True
+                except OSError as err:
+                    raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
+                if empty:
+                    raise NoLedger(f"no ledger at {path}")
+            else:
+                parent = os.path.dirname(os.path.abspath(path))
+                _make_private_dirs(parent, shown)
+                if os.path.exists(path):
+                    # A copy we may not write (or whose directory cannot take the WAL
+                    # files): read it, as with create=False.
+                    self.read_only = not (os.access(path, os.W_OK) and os.access(parent, os.W_OK))
+                else:
+                    _create_private_file(path, shown)
+            if self.read_only:
+                uri = self._read_only_uri(path, shown)
+                kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
+            if self.read_only:
+                options = engine_url.query.get("options")
+                options = (options if isinstance(options, str) else " ".join(options or ())).strip()
+                kwargs["connect_args"] = {
+                    "options": (options + " -c default_transaction_read_only=on").strip()
+                }
         try:
             self._engine = sa.create_engine(engine_url, **kwargs)
         except ModuleNotFoundError as err:
+            self._remove_copy()
             raise MissingExtra(
                 f"the {engine_url.get_backend_name()} back-end needs {err.name!r}, which is not "
                 "installed: pip install 'lineage-ledger[postgres]'"
             ) from err
         except exc.ArgumentError as err:
-            raise ConfigError(f"bad ledger URL {url!r}: {err}") from err
+            self._remove_copy()
+            raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from _safe_cause(err, url)
         _ENGINES.add(self._engine)
-        if self._sqlite:
-            self._setup_sqlite()
-        self._create_schema()
+        try:
+            if self._sqlite:
+                self._setup_sqlite()
+            self._open_schema()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def identity(self) -> str:
@@ -197,16 +415,52 @@ class SQLBackend(Backend):
             return "sqlite:///" + os.path.realpath(str(self._engine.url.database))
         return self._engine.url.render_as_string(hide_password=True)
 
+    @property
+    def origin(self) -> str:
+        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed: it
+        names the ledger across copies and URLs (checkpoints carry it)."""
+        assert self._origin is not None
+        return self._origin
+
     # -- set-up ---------------------------------------------------------------------------
+    def _read_only_uri(self, path: str, shown: str) -> str:
+        """How to read a ledger without writing it, WAL included.
+
+        SQLite's ``mode=ro`` reads a WAL database in place when its ``-shm`` exists (even
+        read-only) or can be created. Where it cannot (a copy with its ``-wal`` in a
+        directory we may not write) the file and its WAL are copied into a private
+        directory, removed on close. With no WAL at all, ``immutable=1`` loses nothing.
+        (``immutable=1`` alone, as before, ignored the WAL and lost committed records.)
+        """
+        uri = _sqlite_uri(path, mode="ro")
+        error = _probe(uri)
+        if error is None or not _cannot_open_read_only(error):
+            self.read_strategy = "ro"  # a real error shows up, translated, on the first read
+            return uri
+        wal = path + "-wal"
+        if not os.path.exists(wal) or os.path.getsize(wal) == 0:
+            self.read_strategy = "immutable"
+            return _sqlite_uri(path, mode="ro", immutable="1")
+        directory = _private_copy(path, shown)
+        self._copy_cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
+        self.read_strategy = "copy"
+        return _sqlite_uri(os.path.join(directory, "ledger.db"), mode="ro")
+
+    def _remove_copy(self) -> None:
+        if self._copy_cleanup is not None:
+            self._copy_cleanup()
+
     def _setup_sqlite(self) -> None:
+        read_only = self.read_only
+
         @event.listens_for(self._engine, "connect")
         def _on_connect(dbapi_connection, _record):  # pragma: no cover - exercised via sqlite
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            if not self._read_only:
+            if not read_only:
                 cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
+                cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
             cursor.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
             cursor.close()
 
@@ -214,37 +468,109 @@ class SQLBackend(Backend):
         def _on_begin(conn):  # pragma: no cover - exercised via sqlite
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
-    def _schema_version(self) -> str | None:
-        """The stored schema version, read without a write lock (read-only copies open)."""
-        with self._engine.connect() as conn:
-            if "ll_meta" not in set(sa.inspect(conn).get_table_names()):
-                return None
-            return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema")).scalar()
+    def _stored_meta(self, conn) -> tuple[set[str], str | None, str | None]:
+        """(table names, schema version, origin) as stored."""
+        names = set(sa.inspect(conn).get_table_names())
+        if "ll_meta" not in names:
+            return names, None, None
+        meta = dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).all())
+        return names, meta.get("schema"), meta.get("origin")
 
-    def _create_schema(self) -> None:
+    def _open_schema(self) -> None:
         with _translated("opening the ledger", self.url):
-            version = self._schema_version()
-            if version == SCHEMA_VERSION:
+            with self._engine.connect() as conn:  # no write lock: read-only copies open
+                names, version, origin = self._stored_meta(conn)
+            if version == SCHEMA_VERSION and origin:
+                self._origin = origin
                 return
-            if version is not None:
-                raise ConfigError(f"{self.url}: ledger schema {version}, expected {SCHEMA_VERSION}")
-            if self._read_only:
-                raise ConfigError(f"{self.url}: read-only, and not a lineage ledger")
-            with self._write() as conn:
-                names = set(sa.inspect(conn).get_table_names())
-                if names and "ll_meta" not in names and self._sqlite:
-                    raise ConfigError(f"{self.url}: this database is not a lineage ledger")
+            if self.read_only:
+                self._refuse(names, version)
+            self._prepare_schema()
+
+    def _refuse(self, names: set[str], version: str | None) -> None:
+        """Why a ledger opened for reading cannot be read."""
+        shown = self.display_url
+        if version is None:
+            if self._sqlite and names:
+                raise ConfigError(f"{shown}: this database is not a lineage ledger")
+            raise NoLedger(f"no ledger at {self._engine.url.database if self._sqlite else shown}")
+        if version == "2":
+            raise ConfigError(
+                f"{shown}: this ledger has schema 2 and must be migrated to schema {SCHEMA_VERSION} once: "
+                f"run `lineage-ledger migrate --ledger {shown}` (with write access to it)"
+            )
+        if version == SCHEMA_VERSION:
+            raise CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
+        raise ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
+
+    def _prepare_schema(self) -> None:
+        """Create, or migrate, the schema in one write transaction, then keep the origin."""
+        shown = self.display_url
+        with self._write() as conn:
+            if not self._sqlite:  # two processes creating one ledger take turns
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+            names, version, origin = self._stored_meta(conn)
+            if version is None:
+                if names and self._sqlite:
+                    raise ConfigError(f"{shown}: this database is not a lineage ledger")
                 metadata.create_all(conn, checkfirst=True)
-                version = conn.execute(
-                    sa.select(meta_table.c.value).where(meta_table.c.key == "schema")
-                ).scalar()
-                if version is None:
-                    conn.execute(sa.insert(meta_table).values(key="schema", value=SCHEMA_VERSION))
-                elif version != SCHEMA_VERSION:
-                    raise ConfigError(f"{self.url}: ledger schema {version}, expected {SCHEMA_VERSION}")
+                origin = ORIGIN_PREFIX + uuid.uuid4().hex
+                conn.execute(
+                    sa.insert(meta_table),
+                    [{"key": "schema", "value": SCHEMA_VERSION}, {"key": "origin", "value": origin}],
+                )
+            elif version == "2":
+                origin = self._migrate_from_2(conn)
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
+            if not origin:
+                raise CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
+        self._origin = origin
+
+    def _migrate_from_2(self, conn) -> str:
+        """Schema 2 -> 3 inside the caller's write transaction: the artifacts table, clustered
+        by (path, role, seq) before, is rebuilt clustered by (seq, role, path) with its
+        indexes, and the ledger gets its origin."""
+        started = time.monotonic()
+        conn.exec_driver_sql("ALTER TABLE ll_artifacts RENAME TO ll_artifacts_v2")
+        if not self._sqlite:  # PostgreSQL names constraints per schema: free the name
+            conn.exec_driver_sql("ALTER TABLE ll_artifacts_v2 RENAME CONSTRAINT ll_artifacts_pkey TO ll_artifacts_v2_pkey")
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ll_artifacts_digest")
+        conn.execute(sa.schema.CreateTable(artifacts_table))
+        moved = conn.exec_driver_sql(
+            "INSERT INTO ll_artifacts (seq, role, path, digest)"
+            " SELECT seq, role, path, digest FROM ll_artifacts_v2 ORDER BY seq, role, path"
+        ).rowcount
+        for index in sorted(artifacts_table.indexes, key=lambda i: i.name):
+            index.create(conn)
+        conn.exec_driver_sql("DROP TABLE ll_artifacts_v2")
+        origin = ORIGIN_PREFIX + uuid.uuid4().hex
+        conn.execute(sa.update(meta_table).where(meta_table.c.key == "schema").values(value=SCHEMA_VERSION))
+        conn.execute(sa.delete(meta_table).where(meta_table.c.key == "origin"))
+        conn.execute(sa.insert(meta_table).values(key="origin", value=origin))
+        self.migrated_from = "2"
+        logger.info(
+            "migrated the ledger at %s from schema 2 to %s (%d index rows rebuilt) in %.1f s",
+            self.display_url, SCHEMA_VERSION, moved, time.monotonic() - started,
+        )
+        return origin
+
+    def migrate(self) -> str | None:
+        """Bring the ledger to the current schema (what ``lineage-ledger migrate`` runs), in
+        one write transaction. A writable open already does this, so this is idempotent.
+        Returns the schema version this object migrated the ledger from (now or when it
+        opened it), or ``None`` when it found it current."""
+        if self.read_only:
+            raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
+        if self.migrated_from is None:
+            with _translated("migrating the ledger", self.url):
+                self._prepare_schema()
+        return self.migrated_from
 
     @contextlib.contextmanager
     def _write(self):
+        if self.read_only:
+            raise BackendUnavailable(f"{self.display_url}: opened for reading only")
         with self._engine.connect() as conn:
             conn.info["write"] = True
             try:
@@ -373,22 +699,28 @@ class SQLBackend(Backend):
                     group, grouped = [], 0
             low = high
 
+    def _fetch(self, what: str, statement: str, params: tuple) -> list:
+        """All rows of one query, read through the driver's own cursor: SQLAlchemy's row
+        objects cost more per row than SQLite's read and verification together."""
+        statement = self._sql(statement)
+        with _translated(what, self.url), self._engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(statement, params)
+                return cursor.fetchall()
+            except self._engine.dialect.loaded_dbapi.Error as err:
+                # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
+                raise exc.DBAPIError.instance(statement, params, err, Exception) from err
+            finally:
+                cursor.close()
+
     def _read_group(self, headers: list) -> Iterator[tuple[int, str, bytes, Sequence]]:
         first = int(headers[0][2])
         last = int(headers[-1][2]) + int(headers[-1][3])
-        with _translated("reading blocks", self.url), self._engine.connect() as conn:
-            # The bulk read goes to the driver's own cursor: SQLAlchemy's row objects
-            # cost more per record than SQLite's read and verification together.
-            statement = self._sql("SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq")
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(statement, (first, last))
-                rows = cursor.fetchall()
-            except self._engine.dialect.loaded_dbapi.Error as err:
-                # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
-                raise exc.DBAPIError.instance(statement, (first, last), err, Exception) from err
-            finally:
-                cursor.close()
+        rows = self._fetch(
+            "reading blocks", "SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq",
+            (first, last),
+        )
         position = 0
         for height, block_id, first_seq, count, header in headers:
             first_seq, count = int(first_seq), int(count)
@@ -431,14 +763,134 @@ class SQLBackend(Backend):
             rows = conn.execute(query).all()
         return [Located(int(h), int(p), StoredRecord(str(i), _as_bytes(b))) for h, p, i, b in rows]
 
-    def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
+    @staticmethod
+    def _artifact_condition(role: Role, path: str | None, digest: str | None):
         condition = artifacts_table.c.role == (_IN if role == "in" else _OUT)
         if path is not None:
             condition &= artifacts_table.c.path == path
         if digest is not None:
             condition &= artifacts_table.c.digest == digest
-        seqs = sa.select(artifacts_table.c.seq).where(condition)
+        return condition
+
+    def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
+        seqs = sa.select(artifacts_table.c.seq).where(self._artifact_condition(role, path, digest))
         return self._located(records_table.c.seq.in_(seqs))
+
+    def find_page(
+        self, role: Role, *, path: str | None = None, digest: str | None = None,
+        offset: int = 0, limit: int | None = None,
+    ) -> list[Located]:
+        """One page of :meth:`find`, read as one range of the path (or digest) index, which
+        is in ledger order already, then only that page's records."""
+        offset = max(0, int(offset))
+        if limit is not None and int(limit) <= 0:
+            return []
+        seqs = sa.select(artifacts_table.c.seq).where(self._artifact_condition(role, path, digest))
+        if path is None:  # one record may hold a digest (or a role) under several paths
+            seqs = seqs.distinct()
+        seqs = seqs.order_by(artifacts_table.c.seq).offset(offset)
+        if limit is not None:
+            seqs = seqs.limit(int(limit))
+        return self._located(records_table.c.seq.in_(seqs))
+
+    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
+        """Counted on the artifacts index alone: the records it names. (A row whose record
+        was deleted behind our back still counts; readers verify what they read.)"""
+        seq = artifacts_table.c.seq
+        counted = sa.func.count() if path is not None else sa.func.count(sa.distinct(seq))
+        query = sa.select(counted).select_from(artifacts_table).where(self._artifact_condition(role, path, digest))
+        with _translated("counting", self.url), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    # -- the audit's stream ---------------------------------------------------------------
+    def index_rows(self, stop_seq: int) -> Iterator[IndexRow]:
+        """Both index tables read once in ledger order, ``_INDEX_ROWS_PER_READ`` rows per
+        query, merged by sequence number: a range scan of ``ll_records`` and one of
+        ``ll_artifacts``' primary key. Roles other than in (0) come out among the outputs,
+        so that a row a tamperer gave another role still shows up."""
+        return self._merged_index_rows(int(stop_seq))
+
+    def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:
+        records = self._record_rows(stop)
+        artifacts = self._artifact_rows(stop)
+        record = next(records, None)
+        artifact = next(artifacts, None)
+        while record is not None or artifact is not None:
+            if artifact is None or (record is not None and record[0] <= artifact[0]):
+                seq = record[0]
+            else:
+                seq = artifact[0]
+            inputs: list[tuple[str, str]] = []
+            outputs: list[tuple[str, str]] = []
+            while artifact is not None and artifact[0] == seq:
+                (inputs if artifact[1] == _IN else outputs).append((_as_text(artifact[2]), _as_text(artifact[3])))
+                artifact = next(artifacts, None)
+            if record is not None and record[0] == seq:
+                _, record_id, height, pos, run_id = record
+                record = next(records, None)
+                yield IndexRow(seq, _as_text(record_id), _as_int(height), _as_int(pos), _as_text(run_id),
+                               tuple(sorted(inputs)), tuple(sorted(outputs)))
+            else:  # index rows that point at no record
+                yield IndexRow(seq, "", -1, -1, "", tuple(sorted(inputs)), tuple(sorted(outputs)))
+
+    def _record_rows(self, stop: int) -> Iterator[tuple]:
+        columns = "SELECT seq, id, height, pos, run_id FROM ll_records"
+        limit = _INDEX_ROWS_PER_READ
+        rows = self._fetch("reading the index", columns + " WHERE seq < ? ORDER BY seq LIMIT ?", (stop, limit))
+        while True:
+            yield from rows
+            if len(rows) < limit:
+                return
+            rows = self._fetch(
+                "reading the index", columns + " WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (rows[-1][0], stop, limit),
+            )
+
+    def _artifact_rows(self, stop: int) -> Iterator[tuple]:
+        """(seq, role, path, digest) in primary-key order. A read that ends inside one
+        sequence number's rows is cut before them and they are read again with the next
+        range; one sequence number with more rows than a read is paged by (role, path)."""
+        columns = "SELECT seq, role, path, digest FROM ll_artifacts"
+        limit = _INDEX_ROWS_PER_READ
+        after: int | None = None
+        while True:
+            if after is None:
+                rows = self._fetch("reading the index", columns + " WHERE seq < ? ORDER BY seq, role, path LIMIT ?",
+                                   (stop, limit))
+            else:
+                rows = self._fetch(
+                    "reading the index", columns + " WHERE seq > ? AND seq < ? ORDER BY seq, role, path LIMIT ?",
+                    (after, stop, limit),
+                )
+            # A seq that is no integer (text written into the column) sorts after every
+            # number and no reader's look-up reaches it: leave it out.
+            if len(rows) < limit:
+                yield from (row for row in rows if type(row[0]) is int)
+                return
+            last = rows[-1][0]
+            if type(last) is not int:
+                yield from (row for row in rows if type(row[0]) is int)
+                return
+            if rows[0][0] != last:
+                cut = len(rows) - 1
+                while rows[cut - 1][0] == last:
+                    cut -= 1
+                yield from rows[:cut]
+                after = rows[cut - 1][0]
+                continue
+            yield from rows  # one seq fills a whole read
+            role, path = rows[-1][1], rows[-1][2]
+            while True:
+                more = self._fetch(
+                    "reading the index",
+                    columns + " WHERE seq = ? AND (role > ? OR (role = ? AND path > ?)) ORDER BY role, path LIMIT ?",
+                    (last, role, role, path, limit),
+                )
+                yield from more
+                if len(more) < limit:
+                    break
+                role, path = more[-1][1], more[-1][2]
+            after = last
 
     def by_run(self, run_id: str) -> list[Located]:
         return self._located(records_table.c.run_id == run_id)
@@ -449,4 +901,7 @@ class SQLBackend(Backend):
         return self._located(records_table.c.id.like(prefix + "%"))[:limit]
 
     def close(self) -> None:
-        self._engine.dispose()
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.dispose()
+        self._remove_copy()
