@@ -344,10 +344,11 @@ class SQLBackend(Backend):
         self.migrated_from: str | None = None
         self._origin: str | None = None
         self._copy_cleanup: weakref.finalize | None = None
+        self._copy_dir: str | None = None  # the private copy a read-only open reads, if any
         shown = self.display_url
         try:
             engine_url = sa.make_url(_engine_url(url))
-        except exc.ArgumentError as err:
+        except (exc.ArgumentError, ValueError) as err:
             raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from _safe_cause(
                 err, url
             )
@@ -442,6 +443,7 @@ class SQLBackend(Backend):
             self.read_strategy = "immutable"
             return _sqlite_uri(path, mode="ro", immutable="1")
         directory = _private_copy(path, shown)
+        self._copy_dir = directory
         self._copy_cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
         self.read_strategy = "copy"
         return _sqlite_uri(os.path.join(directory, "ledger.db"), mode="ro")
