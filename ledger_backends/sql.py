@@ -103,9 +103,11 @@ records_table = sa.Table(
 _PATH = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 artifacts_table = sa.Table(
     "ll_artifacts", metadata,
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("role", sa.SmallInteger, nullable=False),
+    # Declared in schema 2's column order (what a positional INSERT expects); stored in
+    # primary-key order all the same (WITHOUT ROWID on SQLite, the key's index on PostgreSQL).
     sa.Column("path", _PATH, nullable=False),
+    sa.Column("role", sa.SmallInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("digest", sa.String(64), nullable=False),
     sa.PrimaryKeyConstraint("seq", "role", "path", name="ll_artifacts_pkey"),
     sa.Index("ll_artifacts_path", "path", "role", "seq"),
@@ -232,6 +234,16 @@ def _create_private_file(path: str, shown: str) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def _writable(path: str) -> bool:
+    """Whether we may write ``path``, by its mode as well: root may write anything, but a
+    file or directory whose mode grants nobody write access is a read-only copy to it too."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and bool(mode & 0o222)
 
 
 def _sqlite_uri(path: str, **params: str) -> str:
@@ -376,7 +388,7 @@ class SQLBackend(Backend):
                 if os.path.exists(path):
                     # A copy we may not write (or whose directory cannot take the WAL
                     # files): read it, as with create=False.
-                    self.read_only = not (os.access(path, os.W_OK) and os.access(parent, os.W_OK))
+                    self.read_only = not (_writable(path) and _writable(parent))
                 else:
                     _create_private_file(path, shown)
             if self.read_only:
@@ -427,19 +439,31 @@ class SQLBackend(Backend):
     def _read_only_uri(self, path: str, shown: str) -> str:
         """How to read a ledger without writing it, WAL included.
 
-        SQLite's ``mode=ro`` reads a WAL database in place when its ``-shm`` exists (even
-        read-only) or can be created. Where it cannot (a copy with its ``-wal`` in a
-        directory we may not write) the file and its WAL are copied into a private
-        directory, removed on close. With no WAL at all, ``immutable=1`` loses nothing.
-        (``immutable=1`` alone, as before, ignored the WAL and lost committed records.)
+        A ledger we may write (its file, directory and any ``-shm``) is read in place with
+        SQLite's ``mode=ro``, which takes part in the WAL's locking (other processes may
+        append meanwhile). One we may not write (by its modes: root too leaves a 0444
+        copy alone) is read with ``mode=ro&readonly_shm=1`` when its ``-shm`` exists (the
+        WAL index is then rebuilt in private memory, nothing is written); with no ``-shm``
+        but a ``-wal``, the file and its WAL are copied into a private 0700 directory,
+        removed on close; with no WAL at all, ``immutable=1`` loses nothing. (``immutable=1``
+        alone, as before, ignored the WAL and lost committed records.)
         """
-        uri = _sqlite_uri(path, mode="ro")
-        error = _probe(uri)
-        if error is None or not _cannot_open_read_only(error):
-            self.read_strategy = "ro"  # a real error shows up, translated, on the first read
-            return uri
-        wal = path + "-wal"
-        if not os.path.exists(wal) or os.path.getsize(wal) == 0:
+        wal, shm = path + "-wal", path + "-shm"
+        has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
+        writable = _writable(path) and _writable(os.path.dirname(os.path.abspath(path)))
+        if writable and (not os.path.exists(shm) or _writable(shm)):
+            uri = _sqlite_uri(path, mode="ro")
+            error = _probe(uri)
+            if error is None or not _cannot_open_read_only(error):
+                self.read_strategy = "ro"  # a real error shows up, translated, on the first read
+                return uri
+        elif os.path.exists(shm):
+            uri = _sqlite_uri(path, mode="ro", readonly_shm="1")
+            error = _probe(uri)
+            if error is None or not _cannot_open_read_only(error):
+                self.read_strategy = "ro"
+                return uri
+        if not has_wal:
             self.read_strategy = "immutable"
             return _sqlite_uri(path, mode="ro", immutable="1")
         directory = _private_copy(path, shown)
@@ -808,8 +832,9 @@ class SQLBackend(Backend):
     def index_rows(self, stop_seq: int) -> Iterator[IndexRow]:
         """Both index tables read once in ledger order, ``_INDEX_ROWS_PER_READ`` rows per
         query, merged by sequence number: a range scan of ``ll_records`` and one of
-        ``ll_artifacts``' primary key. Roles other than in (0) come out among the outputs,
-        so that a row a tamperer gave another role still shows up."""
+        ``ll_artifacts``' primary key. A row whose role is neither in (0) nor out (1) is
+        left out: no look-up reads it, and the row it was is then missing from the
+        record's inputs or outputs, which the audit reports."""
         return self._merged_index_rows(int(stop_seq))
 
     def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:
@@ -825,7 +850,9 @@ class SQLBackend(Backend):
             inputs: list[tuple[str, str]] = []
             outputs: list[tuple[str, str]] = []
             while artifact is not None and artifact[0] == seq:
-                (inputs if artifact[1] == _IN else outputs).append((_as_text(artifact[2]), _as_text(artifact[3])))
+                role = artifact[1]
+                if role == _IN or role == _OUT:
+                    (inputs if role == _IN else outputs).append((_as_text(artifact[2]), _as_text(artifact[3])))
                 artifact = next(artifacts, None)
             if record is not None and record[0] == seq:
                 _, record_id, height, pos, run_id = record

@@ -311,15 +311,11 @@ def test_read_only_copy_with_wal_reads_every_record(wal_only):
     url = f"sqlite:///{directory}/ledger.db"
     for create in (False, True):  # a writable open of a file it may not write reads it too
         with open_backend(url, create=create) as backend:
-            assert backend.read_only == (create is False or not IS_ROOT)
+            assert backend.read_only  # root too: the modes say read-only
             assert record_ids(backend) == expected_ids
             assert backend.record_count() == 60
-            if not IS_ROOT:  # root may create the -shm in a 0555 directory; others may not
-                assert backend.read_strategy == "copy"
-                assert sorted(os.listdir(directory)) == listing
-    if IS_ROOT:
-        pytest.skip("root creates the -shm in a read-only directory: "
-                    "test_read_only_without_dac_override and the forced copy test cover the rest")
+            assert backend.read_strategy == "copy"
+            assert sorted(os.listdir(directory)) == listing
 
 
 def test_the_private_copy_explicitly(wal_only, monkeypatch):
@@ -373,6 +369,11 @@ def test_read_only_without_dac_override(tmp_path, wal_only, files):
         with SQLBackend(f"sqlite:///{directory}/ledger.db", create=False) as backend:  # makes the -shm
             assert backend.read_strategy == "ro"
         assert (directory / "ledger.db-shm").exists()
+        make_read_only(directory)
+        stamps = {n: (directory / n).stat().st_mtime_ns for n in os.listdir(directory)}
+        with SQLBackend(f"sqlite:///{directory}/ledger.db", create=False) as backend:  # as root
+            assert backend.read_strategy == "ro" and record_ids(backend) == expected
+        assert {n: (directory / n).stat().st_mtime_ns for n in os.listdir(directory)} == stamps
     elif files == "db":
         with SQLBackend(f"sqlite:///{directory}/ledger.db") as backend:  # checkpoints the WAL at close
             backend.record_count()
@@ -417,8 +418,9 @@ def test_index_rows_report_what_a_tamperer_added(tmp_path, monkeypatch):
     with SQLBackend(url) as backend:
         backend.append(blocks := chain_of(records, 7))
     conn = sqlite3.connect(tmp_path / "ledger.db")
-    conn.execute("INSERT INTO ll_artifacts VALUES (3, 2, '/odd-role', 'aa')")
-    conn.execute("INSERT INTO ll_artifacts VALUES (500, 1, '/orphan', 'bb')")
+    conn.execute("INSERT INTO ll_artifacts (seq, role, path, digest) VALUES (3, 2, '/odd-role', 'aa')")
+    conn.execute("UPDATE ll_artifacts SET role = 2 WHERE seq = 5 AND role = 1")
+    conn.execute("INSERT INTO ll_artifacts (seq, role, path, digest) VALUES (500, 1, '/orphan', 'bb')")
     conn.execute("UPDATE ll_records SET height = 'x' WHERE seq = 4")
     conn.commit()
     conn.close()
@@ -428,8 +430,9 @@ def test_index_rows_report_what_a_tamperer_added(tmp_path, monkeypatch):
         assert list(backend.index_rows(5)) == rows[:5]
     expected = expected_rows(blocks)
     assert [r.seq for r in rows] == [r.seq for r in expected] + [500]
-    assert ("/odd-role", "aa") in rows[3].outputs
+    assert rows[3] == expected[3]  # a role no look-up reads is left out
     assert rows[4].height == -1
+    assert rows[5].outputs == () and expected[5].outputs  # an output row given role 2 is missing
     assert rows[-1] == IndexRow(500, "", -1, -1, "", (), (("/orphan", "bb"),))
 
 
