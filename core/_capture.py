@@ -42,6 +42,7 @@ from ._hashing import hash_file, normalize_path
 from ._model import Record
 
 if TYPE_CHECKING:
+    from ._deferred import DeferredLedger
     from ._ledger import Ledger
     from ._recorder import Recorder
 
@@ -134,7 +135,7 @@ class TaskCapture:
         self.recorder_options = dict(recorder_options or {})
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
-        self._ledger: Ledger | None = None
+        self._deferred: DeferredLedger | None = None
         self._recorder: Recorder | None = None
         self._worker: BatchWorker[tuple[TaskRun, Future[str | None] | None]] = BatchWorker(
             self._record_batch, name="lineage-capture", on_error=self._worker_error,
@@ -190,6 +191,13 @@ class TaskCapture:
             return True
         return recorder.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
+    def sync(self) -> None:
+        """fsync the spool: every record journaled so far survives a power cut (the back-end
+        is not touched)."""
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.sync()
+
     def close(self, timeout: float | None = None) -> bool:
         """Finish queued tasks and stop; what the back-end has not taken stays spooled."""
         done = self.flush(timeout)
@@ -202,7 +210,7 @@ class TaskCapture:
         with self._lock:
             hashers, self._hashers = self._hashers, None
             recorder, self._recorder = self._recorder, None
-            ledger, self._ledger = self._ledger, None
+            ledger, self._deferred = self._deferred, None
         if hashers is not None:
             hashers.shutdown(wait=True)
         if recorder is not None:
@@ -229,28 +237,41 @@ class TaskCapture:
 
     @property
     def ledger(self) -> Ledger:
-        """The ledger, opened on first use (replaying whatever a crash left in the spool)."""
+        """The ledger, opened on first use (this connects to the back-end; recording does not
+        wait for it: its records are shipped, and what a crash left in the spool replayed,
+        by the recorder's worker)."""
         self._ensure_open()
-        assert self._ledger is not None
-        return self._ledger
+        assert self._deferred is not None
+        return self._deferred.ledger()
 
     # -- internals ----------------------------------------------------------------------
     def _ensure_open(self) -> Recorder:
+        """The recorder, journaling into the ledger's spool; the back-end is not touched here
+        (spool first: :mod:`._deferred`). A bad configuration raises :class:`ConfigError`."""
         recorder = self._recorder
         if recorder is not None:
             return recorder
         with self._lock:
             if self._recorder is None:
-                from ._ledger import open_ledger
+                from ._deferred import spool_first
+                from ._recorder import Recorder
 
-                ledger = open_ledger(self.url, spool=self.spool)
+                deferred = spool_first(self.url, spool=self.spool)
                 try:
-                    self._recorder = ledger.recorder(**self.recorder_options)
+                    self._recorder = Recorder(deferred, **self.recorder_options)  # type: ignore[arg-type]
                 except BaseException:
-                    ledger.close()
+                    deferred.close()
                     raise
-                self._ledger = ledger
+                self._deferred = deferred
             return self._recorder
+
+    def _reader(self) -> Ledger | None:
+        """The ledger for a lookup that may do without it (recalling a deleted input's digest)."""
+        try:
+            return self.ledger
+        except Exception as err:  # noqa: BLE001 - the record is made without the lookup
+            log.warning("lineage-ledger: cannot read the ledger (%s)", err)
+            return None
 
     def _record_batch(self, batch: list[tuple[TaskRun, Future[str | None] | None]]) -> None:
         """The worker's job: hash what the batch needs, build its records in order, and
@@ -418,8 +439,9 @@ class TaskCapture:
             with self._lock:
                 remembered = self._outputs.get(path)
             source = "capture"
-            if remembered is None and self._ledger is not None:
-                seen = self._ledger.last_seen(path)
+            if remembered is None:
+                ledger = self._reader()
+                seen = ledger.last_seen(path) if ledger is not None else None
                 remembered, source = (dict(seen[2]) if seen is not None else None), "ledger"
             if remembered is None:
                 unhashed.append(path)

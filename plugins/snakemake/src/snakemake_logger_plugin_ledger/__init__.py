@@ -17,7 +17,9 @@ policy check, and hashing ``temp()`` outputs before Snakemake deletes them (:mod
 import json
 import logging
 import os
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,28 @@ class LogHandlerSettings(LogHandlerSettingsBase):
     )
 
 
+def _refuse_a_bad_configuration(url: str | None) -> None:
+    """Stop Snakemake before it runs anything when no retry can make the ledger URL work (it
+    cannot be parsed, names an unknown scheme, or needs an extra that is not installed): the
+    records of the whole run would be lost. An unreachable or locked ledger is no reason:
+    records wait in the spool until it takes them."""
+    try:
+        from lineage_ledger._deferred import _default_url, ledger_identity
+        from lineage_ledger._errors import ConfigError
+
+        try:
+            ledger_identity(_default_url(url))
+        except ConfigError as err:
+            message = (f"lineage-ledger: refusing to run: the ledger URL cannot be used "
+                       f"(--logger-ledger-url / $LINEAGE_LEDGER_URL): {err}")
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(2) from err
+    except SystemExit:
+        raise
+    except Exception:  # noqa: BLE001 - a check that fails by itself must not stop the workflow
+        log.exception("lineage-ledger: could not check the ledger URL")
+
+
 class LogHandler(LogHandlerBase):
     """Records Snakemake jobs; never raises into Snakemake."""
 
@@ -86,7 +110,9 @@ class LogHandler(LogHandlerBase):
         self.listener_cpu = 0.0  # CPU seconds of emit() on Snakemake's log listener thread
         self.policy_hook: Any = None
         self.temp_hook: Any = None
+        self.recent_errors: deque[tuple[float, str]] = deque(maxlen=32)  # Snakemake's error texts
         if self.active:
+            _refuse_a_bad_configuration(self.settings.url)
             from ._eager import TempOutputHook
 
             self.temp_hook = TempOutputHook(self._workflow_started)
@@ -131,6 +157,8 @@ class LogHandler(LogHandlerBase):
             return
         event = str(getattr(record, "event", "") or "")
         if event not in _EVENTS:
+            if event == "error":  # the text of a job's exception comes just before its job_error
+                self.recent_errors.append((record.created, str(record.msg)))
             return
         began = time.thread_time()
         try:
@@ -147,7 +175,7 @@ class LogHandler(LogHandlerBase):
     def _make_recorder(self) -> None:
         from ._recorder import JobRecorder
 
-        self.recorder = JobRecorder(self.settings, self.temp_hook)
+        self.recorder = JobRecorder(self.settings, self.temp_hook, self.recent_errors)
 
     def _workflow_started(self, now: float) -> None:
         """On Snakemake's main thread, in its workdir, before the DAG is built."""

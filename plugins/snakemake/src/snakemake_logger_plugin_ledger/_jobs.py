@@ -158,7 +158,11 @@ class JobReport:
         outputs = [r.path for r in (*self.outputs, *self.logs) if r.hashable]
         if status == "failed":
             extra["declared_outputs"] = [r.path for r in self.outputs]
-            outputs = [r.path for r in self.logs if r.hashable]
+            # ... and only the logs this try wrote: an older one left at the path is not its product.
+            logs = [r.path for r in self.logs if r.hashable]
+            outputs = [p for p in logs if written_since(p, self.started)]
+            if len(outputs) < len(logs):
+                extra["outputs_not_written"] = [p for p in logs if p not in outputs]
         return {
             "task_id": str(self.jobid), "task_name": self.rule, "status": status,
             "started": utc_text(self.started), "ended": utc_text(max(ended, self.started)),
@@ -167,6 +171,80 @@ class JobReport:
             "code_digest": code, "parameters": dict(details.get("params") or {}),
             "environment_extra": environment, "attempt": 1, "extra": extra, "run_id": None,
         }
+
+
+# -- what a failed job leaves to say why ------------------------------------------------------
+#: How much of an error text, and of each log file's end, a failed job's record keeps.
+ERROR_TAIL = 2048
+_EXIT_STATUS = re.compile(r"returned non-zero exit status (-?\d+)")
+_DIED = re.compile(r"died with <Signals\.(SIG\w+): (\d+)>")
+_RECENT = 30.0  # seconds: an error text older than this belongs to another job
+
+
+def written_since(path: str, started: float) -> bool:
+    """Whether ``path`` was created or changed since ``started`` (a second's slack for coarse
+    file-system clocks)."""
+    try:
+        return os.stat(path).st_mtime >= started - 1.0
+    except OSError:
+        return False
+
+
+def _tail_text(text: str) -> str:
+    data = text.encode("utf-8", "backslashreplace")
+    return data[-ERROR_TAIL:].decode("utf-8", "ignore")
+
+
+def _tail_file(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - ERROR_TAIL))
+            return handle.read(ERROR_TAIL).decode("utf-8", "backslashreplace")
+    except OSError:
+        return None
+
+
+def _take_error(recent: Any, shellcmd: str | None, rule: str, now: float) -> str | None:
+    """The text of the ``error`` event Snakemake logged for this job, taken out of ``recent``:
+    the one that quotes its shell command, else one naming its rule, else the latest."""
+    candidates = [(i, text) for i, (when, text) in enumerate(recent) if now - when <= _RECENT]
+    if not candidates:
+        return None
+    command = (shellcmd or "").strip()
+    chosen = None
+    if command:
+        chosen = next((c for c in reversed(candidates) if command in c[1]), None)
+    if chosen is None:
+        chosen = next((c for c in reversed(candidates) if f"rule {rule}" in c[1]), None)
+    if chosen is None:
+        chosen = candidates[-1]
+    del recent[chosen[0]]
+    return chosen[1]
+
+
+def error_details(report: JobReport, shellcmd: str | None, recent: Any, now: float) -> dict[str, Any]:
+    """What a failed try's record keeps of why it failed: the exit status and the tail of the
+    error text, where Snakemake gives them, and the tail of each log the try wrote."""
+    details: dict[str, Any] = {}
+    text = _take_error(recent, shellcmd or report.shellcmd, report.rule, now)
+    if text:
+        details["text_tail"] = _tail_text(text)
+        if match := _DIED.search(text):
+            details["signal"] = match.group(1)
+            details["exit_status"] = 128 + int(match.group(2))
+        elif match := _EXIT_STATUS.search(text):
+            status = int(match.group(1))
+            details["exit_status"] = 128 - status if status < 0 else status
+    tails = {}
+    for ref in report.logs:
+        if ref.hashable and written_since(ref.path, report.started):
+            tail = _tail_file(ref.path)
+            if tail is not None:
+                tails[ref.path] = tail
+    if tails:
+        details["log_tails"] = tails
+    return details
 
 
 def _resources(resources: Any) -> dict[str, Any]:

@@ -15,9 +15,10 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from typing import IO, Any
 
-from ._jobs import JobLookup, JobReport, job_details, json_default, parse_files
+from ._jobs import JobLookup, JobReport, error_details, job_details, json_default, parse_files
 from ._journal import PendingJournal, orphaned
 from ._sinks import InProcessSink, SidecarSink
 
@@ -29,8 +30,10 @@ JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
 class JobRecorder:
     """Turns ``job_info`` / ``job_finished`` / ``job_error`` events into sent records."""
 
-    def __init__(self, settings: Any, temp_hook: Any = None) -> None:
+    def __init__(self, settings: Any, temp_hook: Any = None, recent_errors: Any = None) -> None:
         self.settings = settings
+        # (time, text) of Snakemake's recent "error" events: a failed job's exception text
+        self.recent_errors: Any = recent_errors if recent_errors is not None else deque(maxlen=32)
         self.temp_hook = temp_hook  # a _eager.TempOutputHook: temp() digests taken at job_finished
         self.run_id = settings.run_id or os.environ.get("LINEAGE_RUN_ID") or uuid.uuid4().hex
         self.journal: PendingJournal | None = None
@@ -108,13 +111,14 @@ class JobRecorder:
         jobid = int(get("jobid"))  # type: ignore[arg-type]
         report = self._reports.pop(jobid, None) or JobReport.from_event(record, self._cwd)
         report.details = job_details(self._lookup.find(jobid))
-        error = {"message": get("rule_msg"), "aux": get("aux")}
         if get("conda_env"):
             report.details.setdefault("conda_env", get("conda_env"))
         if get("container_img"):
             report.details.setdefault("container", get("container_img"))
         if get("log"):
             report.logs = parse_files(get("log"), self._cwd)
+        error = {"message": get("rule_msg"), "aux": get("aux"),
+                 **error_details(report, get("shellcmd"), self.recent_errors, record.created)}
         self._enqueue(report, report.task_run("failed", record.created, error=error))
 
     # -- recording ----------------------------------------------------------------------
@@ -195,9 +199,13 @@ class JobRecorder:
         if summary.get("error"):
             log.warning("lineage-ledger: %s; the spool and the pending-jobs journal keep what was not "
                         "recorded for the next run", summary["error"])
-        elif summary.get("not_done") or not summary.get("flushed", True):
+        elif summary.get("not_done") or not summary.get("all_recorded", True):
             log.warning("lineage-ledger: %d job record(s) not written at exit; the spool and the "
                         "pending-jobs journal keep them for the next run", summary.get("not_done", 0))
+        elif not summary.get("flushed", True):
+            log.warning("lineage-ledger: the ledger did not take this run's last records in time (locked "
+                        "or unreachable?); they wait in the spool, and `lineage-ledger spool ship` or "
+                        "the next run ships them")
         if summary.get("failures"):
             log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above)",
                         summary["failures"])

@@ -35,6 +35,10 @@ from typing import Any
 log = logging.getLogger("lineage_ledger.snakemake")
 
 
+#: Seconds the end of a run waits for the ledger to take the records already in the spool.
+SHIP_WAIT = 5.0
+
+
 class RecordingQueue:
     """Submits runs to a capture; a run whose inputs another queued run produces waits for it.
 
@@ -89,10 +93,18 @@ class RecordingQueue:
         # Runs chained behind their temp inputs' producers are submitted while we wait.
         _, not_done = wait(futures, timeout=timeout)
         self._closed = True
-        flushed = self.capture.close(timeout=timeout)
         recorded = all(f.done() and f.result() is not None for f in futures)
+        if recorded and not not_done:
+            try:
+                self.capture.sync()  # the spool has every record, on disk: the journal may go
+            except Exception as err:  # noqa: BLE001 - then the journal keeps the jobs
+                log.error("lineage-ledger: cannot sync the spool: %s", err)
+                recorded = False
+        # Spool first: a locked or unreachable ledger gets a short wait, not the whole timeout;
+        # what it has not taken by then waits in the spool (`lineage-ledger spool ship`).
+        flushed = self.capture.close(timeout=min(timeout, SHIP_WAIT))
         return {"not_done": len(not_done), "flushed": bool(flushed), "failures": self.capture.failures,
-                "all_recorded": bool(recorded and flushed and not not_done)}
+                "all_recorded": bool(recorded and not not_done)}
 
 
 def after(futures: list[Future[Any]], action: Callable[[], None]) -> None:
