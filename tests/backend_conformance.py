@@ -155,3 +155,33 @@ class BackendConformance:
         assert overlapping >= 1, "no verification ran while the writer was appending"
         assert ledger.verify_chain().records == self.records_per_writer * 4
         ledger.close()
+
+    def test_audit_stream_pages_and_origin(self, url, backend):
+        """What the verification model reads: index rows as stored (None where a back-end
+        keeps no separate index), pages of find() in ledger order, counts, a stable origin."""
+        records = make_records(20, run_id="a") + make_records(5, run_id="b", start=20)
+        blocks = chain_of(records, 7)
+        backend.append(blocks)
+        rows = backend.index_rows(10**9)
+        if rows is not None:
+            expected, seq = [], 0
+            for block in blocks:
+                for pos, record in enumerate(block.records):
+                    expected.append((seq, record.id, block.height, pos, record.run_id,
+                                     tuple(sorted(record.inputs)), tuple(sorted(record.outputs))))
+                    seq += 1
+            assert [(r.seq, r.id, r.height, r.pos, r.run_id, r.inputs, r.outputs) for r in rows] == expected
+            assert len(list(backend.index_rows(9))) == 9
+        for role, keys in (("in", {"path": "/data/in-3"}), ("out", {}), ("in", {"digest": records[2].stored().inputs[0][1]})):
+            found = backend.find(role, **keys)
+            assert backend.count_found(role, **keys) == len(found)
+            assert backend.find_page(role, offset=1, limit=2, **keys) == found[1:3]
+            assert backend.find_page(role, offset=2, **keys) == found[2:]
+        origin = backend.origin
+        assert isinstance(origin, str) and origin
+        again = open_backend(url, create=False)
+        try:
+            assert again.origin == origin
+        finally:
+            again.close()
+

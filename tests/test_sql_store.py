@@ -229,6 +229,27 @@ def test_migrate_explicitly_as_the_cli_does(tmp_path):
     check_migrated(url, blocks, old)
 
 
+MIGRATOR = textwrap.dedent("""
+    import sys
+    from lineage_ledger.backends import open_backend
+    with open_backend(sys.argv[1]) as backend:
+        print(backend.origin, backend.migrated_from)
+""")
+
+
+def test_processes_opening_a_schema_2_ledger_at_once_migrate_it_once(tmp_path):
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    blocks = chain_of(make_records(40), 7)
+    old = build_schema_2(url, blocks)
+    openers = [subprocess.Popen([sys.executable, "-c", MIGRATOR, url], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+               for _ in range(4)]
+    outputs = [o.communicate(timeout=120)[0].split() for o in openers]
+    assert [o.returncode for o in openers] == [0] * 4
+    assert len({origin for origin, _ in outputs}) == 1
+    assert sorted(migrated for _, migrated in outputs) == ["2", "None", "None", "None"]
+    check_migrated(url, blocks, old)
+
+
 # -- reads that create nothing ----------------------------------------------------------------
 def test_missing_or_empty_ledger_is_no_ledger(tmp_path):
     missing = tmp_path / "nowhere" / "ledger.db"
