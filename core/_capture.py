@@ -136,6 +136,7 @@ class TaskCapture:
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._deferred: DeferredLedger | None = None
+        self._spool_dir: str | None = None
         self._recorder: Recorder | None = None
         self._worker: BatchWorker[tuple[TaskRun, Future[str | None] | None]] = BatchWorker(
             self._record_batch, name="lineage-capture", on_error=self._worker_error,
@@ -234,6 +235,23 @@ class TaskCapture:
         with self._lock:
             entry = self._outputs.get(normalize_path(path))
         return dict(entry) if entry is not None else None
+
+    @property
+    def spool_dir(self) -> str:
+        """The spool directory of this capture's ledger (the back-end is not touched)."""
+        directory = self._spool_dir
+        if directory is None:
+            deferred = self._deferred
+            if deferred is None:
+                from ._deferred import spool_first
+
+                deferred = spool_first(self.url, spool=self.spool)
+                directory = deferred.spool_dir
+                deferred.close()
+            else:
+                directory = deferred.spool_dir
+            self._spool_dir = directory
+        return directory
 
     @property
     def ledger(self) -> Ledger:

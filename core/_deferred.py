@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -236,46 +237,53 @@ class SpoolBacklog:
                 "quarantined": self.quarantined}
 
 
-def _held_by_another(path: str) -> bool:
+def _read_own(path: str) -> tuple[bytes, bool] | None:
+    """(contents, held by a running process) of a regular file of this user with one link,
+    opened without following a link; None for anything else, which is left alone (the spool
+    belongs to one user)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
-        return False
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (released with the descriptor)
+            held = False
+        except BlockingIOError:
+            held = True
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), held
+    except OSError:
+        return None
     finally:
-        os.close(fd)  # (a shared lock taken is released with the descriptor)
-    return False
+        os.close(fd)
 
 
 def _scan(directory: str) -> SpoolBacklog:
     from ._canonical import parse_time
 
-    try:
-        with open(os.path.join(directory, "URL"), encoding="utf-8") as handle:
-            url = handle.read().strip()
-    except OSError:
-        url = "?"
-    found = SpoolBacklog(directory, url)
+    marker = _read_own(os.path.join(directory, "URL"))
+    found = SpoolBacklog(directory, marker[0].decode("utf-8", "replace").strip() if marker else "?")
     quarantine = os.path.join(directory, "quarantine")
-    if os.path.isdir(quarantine):
+    if os.path.isdir(quarantine) and not os.path.islink(quarantine):
         found.quarantined = len(os.listdir(quarantine))
     for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if not name.endswith(".log") or os.path.islink(path):
+        if not name.endswith(".log"):
             continue
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError:
+        read = _read_own(os.path.join(directory, name))
+        if read is None:
             continue
+        data, held = read
         lines = data.split(b"\n")[:-1]  # a torn last line is no record yet
         if not lines:
             continue
         found.records += len(lines)
-        if _held_by_another(path):
+        if held:
             found.live += len(lines)
         for line in lines:
             try:

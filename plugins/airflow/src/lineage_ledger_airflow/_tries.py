@@ -151,7 +151,7 @@ SWEEP_EVERY_S = 3600.0
 
 
 def _marker_dir(cap: TaskCapture) -> str:
-    directory = os.path.join(cap.ledger.spool_dir, "airflow-tries")
+    directory = os.path.join(cap.spool_dir, "airflow-tries")  # spool first: no back-end
     if directory not in _marker_dirs:
         os.makedirs(directory, exist_ok=True)
         _marker_dirs.add(directory)
