@@ -373,6 +373,7 @@ class SQLBackend(Backend):
             if os.path.isdir(path):
                 raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
+            given, path = path, os.path.abspath(path)  # "x/../a.db" is a.db to SQLite, x or not
             if not create:
                 try:
                     empty = os.path.getsize(path) == 0
@@ -381,7 +382,7 @@ class SQLBackend(Backend):
                 except OSError as err:
                     raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
                 if empty:
-                    raise NoLedger(f"no ledger at {path}")
+                    raise NoLedger(f"no ledger at {given}")
             else:
                 parent = os.path.dirname(os.path.abspath(path))
                 _make_private_dirs(parent, shown)
