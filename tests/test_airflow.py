@@ -182,6 +182,7 @@ def test_tampered_intermediate_strict_ledger_operator_fails_before_running(site,
     error = refused.extra["airflow"]["error"]
     assert refused.status == "failed" and str(raw) in error and "MODIFIED" in error
     assert refused.inputs == {} and str(raw) in refused.extra["refused_inputs"]  # it read nothing
+    assert refused.outputs == {} and str(report) in refused.extra["outputs_not_written"]  # nor wrote
     # Without the policy the plain BashOperator cannot refuse: it ran on the edited file.
     (ran,) = tasks["summarize"]
     assert ran.status == "succeeded" and ran.inputs[str(raw)]["blake3"] == hash_file(raw).blake3
@@ -302,6 +303,25 @@ def test_retried_and_failed_tasks_recorded_once_per_try(site, run):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "reported 3" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
     assert tries() == expected
+
+
+def test_a_failed_try_lists_only_the_outlets_it_wrote(site, run):
+    """An outlet an earlier run left is not a failed try's product (issue 16): listed, it would
+    make verify-lineage call an intact file "produced by a failed task"."""
+    from lineage_ledger_airflow import _tries
+
+    run.data.mkdir(parents=True, exist_ok=True)
+    stale = run.data / "stale.txt"
+    stale.write_text("made by an earlier run\n")
+    module = site.load_dag("ledger_stale_outputs")
+    assert module.dag.test().state == "failed"
+    _tries.reset()
+    tasks = by_task(run.records("ledger_stale_outputs."))
+    (quiet,), (noisy,) = tasks["fails_quietly"], tasks["fails_after_writing"]
+    assert quiet.status == noisy.status == "failed"
+    assert quiet.outputs == {} and quiet.extra["outputs_not_written"] == [str(stale)]
+    assert noisy.outputs[str(run.data / "fresh.txt")]["size"] == len("partial\n")
+    assert "outputs_not_written" not in noisy.extra
 
 
 def test_records_survive_os_exit_of_the_task_process(site, run):

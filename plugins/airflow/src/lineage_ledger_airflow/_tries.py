@@ -51,6 +51,29 @@ class Started:
     at: datetime
     inputs: list[str] = field(default_factory=list)
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The outlets' stat signatures at the start (None: absent), to tell what a failed try wrote.
+    outputs_before: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+
+
+def stat_key(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is created, replaced or written (ctime moves on any write)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def written_by_try(path: str, started: Started | None, since: datetime) -> bool:
+    """Whether this try created or changed ``path``: against the signature taken at its start,
+    else (a try whose start this process did not see, e.g. reported by the scheduler) by mtime."""
+    if started is not None and path in started.outputs_before:
+        now = stat_key(path)
+        return now is not None and now != started.outputs_before[path]
+    try:
+        return os.stat(path).st_mtime >= since.timestamp() - 1.0
+    except OSError:
+        return False
 
 
 _started: dict[tuple[str, int], Started] = {}
@@ -262,7 +285,8 @@ def note_start(ti: Any) -> None:
             except Exception as err:  # noqa: BLE001 - the record will list it as unhashed
                 log.warning("lineage-ledger: cannot hash inlet %s: %s", path, err)
     started = _utc(getattr(ti, "start_date", None)) or utcnow()
-    _started[try_key(ti)] = Started(started, inputs, known)
+    outputs = file_paths(getattr(task, "outlets", None))
+    _started[try_key(ti)] = Started(started, inputs, known, {path: stat_key(path) for path in outputs})
 
 
 def started_digests(ti: Any) -> dict[str, dict[str, Any]]:
@@ -335,6 +359,15 @@ def record_try(
     all_known.update(details.known)
     all_known.update(known or {})
     outputs = file_paths(getattr(task, "outlets", None))
+    began = started.at if started else (_utc(getattr(ti, "start_date", None)) or utcnow())
+    if details.refused or status == "failed":
+        # A failed try vouches only for what it wrote, a refused one for nothing: a file left
+        # at an outlet by an earlier run listed here would read as "produced by a failed task".
+        wrote = [] if details.refused else [
+            p for p in outputs if p in details.outputs_known or written_by_try(p, started, began)]
+        if len(wrote) < len(outputs):
+            extra = {**(extra or {}), "outputs_not_written": [p for p in outputs if p not in wrote]}
+        outputs = wrote
     outputs_known = _output_digests(outputs, details.outputs_known)
     if details.refused:
         # A try refused before it ran read nothing. Listing the changed files as its inputs
@@ -351,7 +384,7 @@ def record_try(
         task_id=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}",
         task_name=f"{ti.dag_id}.{ti.task_id}",
         status=status,
-        started=started.at if started else (_utc(getattr(ti, "start_date", None)) or utcnow()),
+        started=began,
         ended=_utc(getattr(ti, "end_date", None)) or utcnow(),
         inputs=inputs,
         outputs=outputs,
