@@ -6,12 +6,21 @@ exclusive ``flock`` on every segment it owns until the back-end has acknowledged
 a segment whose lock can be taken belongs to a dead process: that is what replay ships.
 A torn last line (a kill in the middle of a write) or a line whose bytes do not hash to
 its id is moved to ``quarantine/``, never dropped silently.
+
+The spool belongs to one user: its directories are 0700 and its files 0600 whatever the
+umask. Replay opens segments with ``O_NOFOLLOW`` and takes only regular files of this
+user with one link (checked with ``fstat`` on the open descriptor, not before opening);
+it never follows a link in ``quarantine/``, whose files it creates with ``O_EXCL``.
+Anything else is reported (a warning naming the path and why, and in the list that
+:func:`take_orphans` returns) and left alone: never read, copied or deleted.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 import uuid
 from dataclasses import dataclass, field
 
@@ -20,9 +29,16 @@ from blake3 import blake3
 from ._errors import SpoolCorrupt, SpoolError
 from ._model import Record, StoredRecord
 
-__all__ = ["Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans"]
+__all__ = [
+    "Refused", "Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans",
+]
+
+log = logging.getLogger("lineage_ledger")
 
 _SUFFIX = ".log"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
 def spool_path(root: str, identity: str) -> str:
@@ -31,17 +47,57 @@ def spool_path(root: str, identity: str) -> str:
 
 def spool_directory(root: str, url: str) -> str:
     """One sub-directory per ledger (by its identity), so a crash never replays into the
-    wrong ledger; created on first use."""
+    wrong ledger; created on first use, 0700 whatever the umask.
+
+    A directory of another user, or a link in its place, is refused (another user could
+    read, plant or remove segments there); one of this user that others may enter is
+    made 0700 again.
+    """
     directory = spool_path(root, url)
     try:
-        os.makedirs(directory, exist_ok=True)
+        _make_private_dir(os.path.dirname(directory), parents=True)
+        _make_private_dir(directory)
+        _check_private_dir(directory)
         marker = os.path.join(directory, "URL")
-        if not os.path.exists(marker):
-            with open(marker, "w", encoding="utf-8") as handle:
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _FILE_MODE)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(fd, _FILE_MODE)
                 handle.write(url + "\n")
     except OSError as err:
         raise SpoolError(f"cannot use the spool directory {directory}: {err.strerror or err}") from err
     return directory
+
+
+def _make_private_dir(path: str, *, parents: bool = False) -> None:
+    """Create ``path`` 0700 (its missing parents too with ``parents``; those get the usual
+    mode: they are not the spool's). An existing directory is left as it is here."""
+    if parents:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, _DIR_MODE, follow_symlinks=False)  # the umask may have taken bits away
+
+
+def _check_private_dir(path: str) -> None:
+    """``path`` must be a directory of this user, not a link; make it 0700 if others may enter."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"the spool directory {path} is not a directory (a link?); refusing to use it")
+    if info.st_uid != os.geteuid():
+        raise SpoolError(f"the spool directory {path} belongs to uid {info.st_uid}, not to this user "
+                         f"(uid {os.geteuid()}); refusing to use it")
+    if stat.S_IMODE(info.st_mode) != _DIR_MODE:
+        log.warning("lineage-ledger: the spool directory %s was mode %04o; made it 0700 (a spool belongs "
+                    "to one user)", path, stat.S_IMODE(info.st_mode))
+        os.chmod(path, _DIR_MODE, follow_symlinks=False)
 
 
 @dataclass
@@ -91,7 +147,8 @@ class SpoolWriter:
         name = f"{self._prefix}-{self._sequence:08d}"
         temporary = os.path.join(self.directory, name + ".new")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
+            os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits away
             # Lock before the file gets the name replay looks for, so no replayer can
             # mistake a segment being born for one whose owner died.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,50 +210,204 @@ def _parse(path: str, data: bytes) -> tuple[list[StoredRecord], list[bytes]]:
     return good, bad
 
 
+class Refused(str):
+    """A path replay left alone (never read, copied or deleted), and why."""
+
+    reason: str
+
+    def __new__(cls, path: str, reason: str) -> Refused:
+        self = super().__new__(cls, path)
+        self.reason = reason
+        return self
+
+
+def _refuse(path: str, reason: str) -> Refused:
+    log.warning("lineage-ledger: left %s alone in the spool: %s", path, reason)
+    return Refused(path, reason)
+
+
+def _foreign(info: os.stat_result) -> str | None:
+    """Why the file behind ``info`` is not a segment replay may take; None if it is."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
+    if info.st_nlink != 1:
+        return f"it has {info.st_nlink} hard links (a segment has one)"
+    return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def take_orphans(directory: str) -> tuple[list[Segment], list[str]]:
     """Lock and read every segment whose owner is gone.
 
-    Returns the segments (with records to ship) and the quarantine files written for
-    damaged lines. The caller ships the records, then deletes the segments.
+    Returns the segments (with records to ship) and what the caller must report: the
+    quarantine files written for damaged lines, and the paths replay refused (as
+    :class:`Refused`, with the reason; already logged as warnings). The caller ships the
+    records, then deletes the segments. A refused path is left where it is.
     """
     segments: list[Segment] = []
-    quarantined: list[str] = []
+    reported: list[str] = []
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(_SUFFIX))
     except FileNotFoundError:
-        return segments, quarantined
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # shipped and removed by its owner meanwhile
+        return segments, reported
+    quarantine: _Quarantine | None = None
+    try:
+        for name in names:
+            path = os.path.join(directory, name)
+            fd = _open_orphan(path, reported)
+            if fd is None:
+                continue
+            try:
+                data = _read_all(fd)
+                good, bad = _parse(path, data)
+                if bad:
+                    if quarantine is None:
+                        quarantine = _Quarantine(directory)
+                    target = quarantine.keep(name, b"\n".join(bad) + b"\n")
+                    reported.append(target)
+                    if isinstance(target, Refused):
+                        os.close(fd)  # its good lines wait until their damaged ones can be kept
+                        continue
+            except BaseException:
+                os.close(fd)
+                raise
+            segments.append(Segment(path, fd, good))
+    except BaseException:
+        for segment in segments:
+            os.close(segment.fd)
+        raise
+    finally:
+        if quarantine is not None:
+            quarantine.close()
+    return segments, reported
+
+
+def _open_orphan(path: str, reported: list[str]) -> int | None:
+    """A descriptor, locked, of the segment at ``path`` if replay may take it; None if not
+    (a live owner holds it, it is gone, or it is refused: then it is added to ``reported``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    except FileNotFoundError:
+        return None  # shipped and removed by its owner meanwhile
+    except OSError as err:
+        if os.path.islink(path):
+            reported.append(_refuse(path, "a symbolic link (a segment is a regular file)"))
+        else:
+            reported.append(_refuse(path, f"cannot open it: {err.strerror or err}"))
+        return None
+    try:
+        why = _foreign(os.fstat(fd))
+        if why is not None:
+            os.close(fd)
+            reported.append(_refuse(path, why))
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            continue  # a live process owns it
-        if not os.path.exists(path):
+            return None  # a live process owns it
+        opened = os.fstat(fd)
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) or opened.st_nlink != 1:
+            os.close(fd)  # shipped and removed (or replaced) meanwhile
+            return None
+    except BaseException:
+        try:
             os.close(fd)
-            continue
-        with open(path, "rb") as handle:
-            data = handle.read()
-        good, bad = _parse(path, data)
-        if bad:
-            quarantine = os.path.join(directory, "quarantine")
-            os.makedirs(quarantine, exist_ok=True)
-            target = os.path.join(quarantine, name + ".damaged")
-            with open(target, "ab") as handle:
-                handle.write(b"\n".join(bad) + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            quarantined.append(target)
-        segments.append(Segment(path, fd, good))
-    return segments, quarantined
+        except OSError:
+            pass
+        raise
+    return fd
+
+
+class _Quarantine:
+    """``quarantine/`` in a spool directory, used through a descriptor of the directory
+    itself: never a link, files created with ``O_EXCL|O_NOFOLLOW``, 0600."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "quarantine")
+        self.fd: int | None = None
+        self.refused: str | None = None
+        try:
+            _make_private_dir(self.path)
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+        except OSError as err:
+            if os.path.islink(self.path):
+                self.refused = f"{self.path} is a symbolic link"
+            else:
+                self.refused = f"cannot use {self.path}: {err.strerror or err}"
+            return
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            os.close(fd)
+            self.refused = f"{self.path} belongs to uid {info.st_uid}, not to this user"
+            return
+        if stat.S_IMODE(info.st_mode) != _DIR_MODE:
+            os.fchmod(fd, _DIR_MODE)
+        self.fd = fd
+
+    def keep(self, name: str, data: bytes) -> str:
+        """Write ``data`` to a new file for segment ``name``; its path, or a :class:`Refused`
+        naming the segment (left alone) when the damaged lines cannot be kept."""
+        segment = os.path.join(os.path.dirname(self.path), name)
+        if self.fd is None:
+            return _refuse(segment, f"it has damaged lines and the quarantine cannot take them: {self.refused}")
+        candidates = [name + ".damaged"] + [f"{name}.{uuid.uuid4().hex[:8]}.damaged" for _ in range(8)]
+        for candidate in candidates:
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _FILE_MODE,
+                             dir_fd=self.fd)
+            except FileExistsError:
+                continue  # kept before (a replay cut short), or planted: never appended to
+            except OSError as err:
+                return _refuse(segment, f"it has damaged lines and {self.path} cannot take them: "
+                                        f"{err.strerror or err}")
+            try:
+                os.fchmod(fd, _FILE_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as err:
+                return _refuse(segment, f"it has damaged lines and {self.path} cannot take them: "
+                                        f"{err.strerror or err}")
+            finally:
+                os.close(fd)
+            return os.path.join(self.path, candidate)
+        return _refuse(segment, f"it has damaged lines and {self.path} has no free name for them")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def describe_quarantine(paths: list[str]) -> SpoolCorrupt:
-    return SpoolCorrupt(
-        "the spool held damaged or torn lines (a write cut short by a crash, or an edited "
-        f"file); every complete record was shipped and the damaged bytes were kept in: {', '.join(paths)}"
-    )
+    """The error to raise for what :func:`take_orphans` reported: quarantine files of
+    damaged lines, and paths left alone (:class:`Refused`)."""
+    kept = [p for p in paths if not isinstance(p, Refused)]
+    refused = [p for p in paths if isinstance(p, Refused)]
+    parts = []
+    if kept:
+        parts.append(
+            "the spool held damaged or torn lines (a write cut short by a crash, or an edited "
+            f"file); every complete record was shipped and the damaged bytes were kept in: {', '.join(kept)}"
+        )
+    if refused:
+        parts.append(
+            "the spool held files replay does not take (it takes only regular files of this user, never "
+            "links); they were left alone, not shipped: "
+            + "; ".join(f"{p} ({p.reason})" for p in refused)
+        )
+    return SpoolCorrupt("; ".join(parts) if parts else "the spool held nothing to report")
