@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity", "spool_first"]
 
-log = logging.getLogger("lineage_ledger.recorder")
+log = logging.getLogger("lineage_ledger.spool")
 
 _SQL_SCHEMES = frozenset({"sqlite", "postgresql"})
 
@@ -160,18 +160,18 @@ class DeferredLedger:
             return self._ledger
 
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
-        ledger = self.ledger()
-        count = ledger.append_records(records, block_size=block_size)
-        if not self._replayed:
-            self._replayed = True
-            self._replay(ledger)
-        return count
+        return self.ledger().append_records(records, block_size=block_size)
 
-    def _replay(self, ledger: Ledger) -> None:
-        """Ship what dead processes left in this spool, once our own records are in."""
+    def after_shipped(self) -> None:
+        """Called by the recorder's worker once its records are acknowledged: ship what dead
+        processes left in this spool, once per process (after ours, never before)."""
+        if self._replayed:
+            return
         try:
-            ledger.replay_spool()
-        except SpoolCorrupt as err:
+            self.ledger().replay_spool()
+            self._replayed = True
+        except SpoolCorrupt as err:  # the good records are in; the damaged lines set aside
+            self._replayed = True
             log.warning("lineage-ledger: %s", err)
         except Exception as err:  # noqa: BLE001 - their records wait for the next shipper
             log.warning("lineage-ledger: could not ship records other processes left in the spool yet: %s", err)

@@ -191,6 +191,9 @@ class Recorder:
             self._waiting -= len(segment)
             self._shipped_total += len(segment)
             self._shipped.notify_all()
+        after = getattr(self.ledger, "after_shipped", None)
+        if after is not None:  # e.g. a DeferredLedger ships what dead processes left, once
+            after()
         return True
 
     def _run(self) -> None:

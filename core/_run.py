@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -184,9 +185,13 @@ def run_and_record(
         raise ConfigError(f"cannot record this task: {err}") from err
     record_id = recorder.record(record)  # journaled: the kernel has it
     recorder.sync()  # and the disk
-    shipped = recorder.close(timeout=wait)
-    if shipped:
+    deadline = time.monotonic() + wait
+    shipped = recorder.flush(timeout=wait)
+    # Then what dead processes left in the spool is shipped, in what is left of the wait.
+    finished = recorder.close(timeout=max(0.0, deadline - time.monotonic()) if shipped else 0.0)
+    if finished:
         deferred.close()
+    if shipped:
         click.echo(f"recorded {record_id[:12]} ({status})", err=True)
     else:
         why = f" ({recorder.last_error})" if recorder.last_error is not None else " (locked or slow?)"
@@ -204,7 +209,7 @@ def run_and_record(
         code_out = 2
     else:
         code_out = returncode
-    if not shipped:
+    if not finished:
         # The recorder's worker may be blocked in the back-end (a lock held elsewhere): leave
         # without letting interpreter shutdown wait on it. The record is synced in the spool.
         sys.stdout.flush()
