@@ -234,3 +234,31 @@ def test_a_failed_try_records_only_outputs_it_wrote(cli, workdir):
     # and a try that rewrote a file does list it
     cli("run", "-o", "kept.txt", "--", "sh", "-c", "echo v2 > kept.txt; exit 1")
     assert set(_records(workdir)[-1]["outputs"]) == {str(workdir / "kept.txt")}
+
+
+# -- the spool is keyed as the back-end names itself, without connecting to it -------------------
+@pytest.mark.parametrize("spelling", ["{d}/l.db", "sqlite:///{d}/l.db", "sqlite:///{d}/x/../l.db"])
+def test_the_spool_key_is_the_identity_the_back_end_gives(tmp_path, spelling):
+    from lineage_ledger._deferred import ledger_identity
+    from lineage_ledger.backends import open_backend
+
+    (tmp_path / "x").mkdir()
+    url = spelling.format(d=tmp_path)
+    identity, backend = ledger_identity(url)
+    assert backend is None and not (tmp_path / "l.db").exists()  # nothing was opened or created
+    opened = open_backend(url)
+    try:
+        assert identity == opened.identity
+    finally:
+        opened.close()
+
+
+def test_the_spool_key_of_a_postgresql_ledger(postgres_url):
+    from lineage_ledger._deferred import ledger_identity
+    from lineage_ledger.backends import open_backend
+
+    opened = open_backend(postgres_url)
+    try:
+        assert ledger_identity(postgres_url)[0] == opened.identity
+    finally:
+        opened.close()
