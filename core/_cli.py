@@ -20,6 +20,7 @@ from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._model import Artifact, digest_hex
 from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
+from ._terminal import printable
 from ._verify import verify_against, verify_lineage
 
 __all__ = ["cli", "main", "verify_main"]
@@ -42,10 +43,10 @@ def _guard(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except VerificationError as err:
-        click.echo(f"verification failed: {err}", err=True)
+        click.echo(f"verification failed: {printable(str(err))}", err=True)
         sys.exit(1)
     except LedgerError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {printable(str(err))}", err=True)
         sys.exit(2)
     except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
         raise
@@ -55,7 +56,8 @@ def _guard(call: Callable[[], Any]) -> Any:
     except Exception as err:  # noqa: BLE001 - exit 1 would claim a verification failed
         if os.environ.get("LINEAGE_DEBUG"):
             raise
-        click.echo(f"error: unexpected {type(err).__name__}: {err} (LINEAGE_DEBUG=1 shows where)", err=True)
+        click.echo(f"error: unexpected {type(err).__name__}: {printable(str(err))} (LINEAGE_DEBUG=1 shows where)",
+                   err=True)
         sys.exit(2)
 
 
@@ -151,13 +153,13 @@ def spool_status(spool_root, as_json) -> None:
     if not found:
         click.echo("nothing waits in the spool")
     for entry in found:
-        line = f"{entry.records} record(s) wait for {entry.url}"
+        line = f"{entry.records} record(s) wait for {printable(entry.url)}"
         if entry.oldest is not None:
             line += f", the oldest ended {_age(now, entry.oldest)} ago"
         if entry.live:
             line += f" ({entry.live} held by running processes, which ship them)"
         if entry.quarantined:
-            line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {entry.directory}/quarantine"
+            line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {printable(entry.directory)}/quarantine"
         click.echo(line)
 
 
@@ -182,14 +184,15 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
     try:
         shipped, left = ship(ledger_url, spool=spool_root, timeout=timeout)
     except WaitingInSpool as err:
-        click.echo(f"error: {err}; {err.left.records} record(s) wait in the spool {err.left.directory}", err=True)
+        click.echo(f"error: {printable(str(err))}; {err.left.records} record(s) wait in the spool "
+                   f"{printable(err.left.directory)}", err=True)
         sys.exit(2)
     click.echo(f"shipped {shipped} record(s)", err=True)
     if left.live:
         click.echo(f"{left.live} record(s) are held by running processes, which ship them", err=True)
     waiting = left.records - left.live
     if waiting:
-        click.echo(f"error: {waiting} record(s) still wait in the spool {left.directory}", err=True)
+        click.echo(f"error: {waiting} record(s) still wait in the spool {printable(left.directory)}", err=True)
         sys.exit(2)
 
 
@@ -208,7 +211,7 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
             if as_json:
                 click.echo(json.dumps({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
             else:
-                outs = ", ".join(os.path.relpath(p) for p in entry.record.outputs) or "-"
+                outs = ", ".join(printable(os.path.relpath(p)) for p in entry.record.outputs) or "-"
                 click.echo(f"{describe_record(entry)}  -> {outs}")
 
 
@@ -258,7 +261,7 @@ def depends(path, limit, show_all, ledger_url) -> None:
         normal = normalize_path(path)
         tree = ledger.derived(normal, limit=None if show_all or limit <= 0 else limit)
         if not tree:
-            click.echo(f"{path}: nothing in the ledger was derived from it")
+            click.echo(f"{printable(path)}: nothing in the ledger was derived from it")
             return
         click.echo("\n".join(derived_lines(normal, tree)))
 
@@ -281,7 +284,7 @@ def hash_command(paths, rehash, cache_path, as_json) -> None:
         if as_json:
             click.echo(json.dumps({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size}))
         else:
-            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {os.path.relpath(artifact.path)}")
+            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {printable(os.path.relpath(artifact.path))}")
 
 
 def _hash_with_progress(hasher: Hasher, files: list[str]):

@@ -1,4 +1,8 @@
-"""Plain-text rendering of lineage trees and verification reports (human and JSON)."""
+"""Plain-text rendering of lineage trees and verification reports (human and JSON).
+
+Every value that comes from a record, a path or an error message quoting them goes
+through :func:`printable` before it reaches a line for the terminal (issue 15).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,27 @@ import os
 from typing import Any
 
 from ._ledger import LedgerRecord, LineageNode
+from ._terminal import printable
 from ._verify import ArtifactCheck, Report
 
 __all__ = ["derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json", "report_lines"]
 
 
 def _short(path: str) -> str:
+    """The path as shown (relative when near), escaped for the terminal."""
     relative = os.path.relpath(path)
-    return path if relative.startswith("../..") else relative
+    return printable(path if relative.startswith("../..") else relative)
 
 
 def describe_record(entry: LedgerRecord) -> str:
     r = entry.record
     when = r.ended.strftime("%Y-%m-%d %H:%M:%SZ")
-    return f"{entry.id[:12]} {r.engine}:{r.task_name} [{r.status}] run {r.run_id} at {when}"
+    return (f"{printable(entry.id[:12])} {printable(r.engine)}:{printable(r.task_name)} "
+            f"[{printable(r.status)}] run {printable(r.run_id)} at {when}")
 
 
 def _node_label(node: LineageNode, check: ArtifactCheck | None) -> str:
-    digest = node.digest[:12] if node.digest else "-"
+    digest = printable(node.digest[:12]) if node.digest else "-"
     status = f" {check.status.value}" if check is not None else ""
     if node.kind == "produced" and node.producer is not None:
         return f"{_short(node.path)} {digest}{status}  <- {describe_record(node.producer)}"
@@ -74,13 +81,13 @@ def report_lines(report: Report) -> list[str]:
     if report.chain is not None:
         c = report.chain
         lines.append(f"ledger: OK  {c.blocks} blocks, {c.records} records")
-        lines.append(f"tree head: size {c.records}, root {c.log_root}")
+        lines.append(f"tree head: size {c.records}, root {printable(c.log_root)}")
         if report.index_rows is not None:
             lines.append(f"index: {report.index_rows} rows agree with their records")
         if report.first_audit:
             lines.append("(nothing was remembered for this ledger: it was audited in full first)")
     if report.against is not None:
-        lines.append(f"extends checkpoint: {report.against.origin} size {report.against.size}")
+        lines.append(f"extends checkpoint: {printable(report.against.origin)} size {report.against.size}")
     for target in report.targets:
         lines.append("")
         if target.tree is None:
@@ -96,7 +103,7 @@ def report_lines(report: Report) -> list[str]:
         lines.append("verified")
     else:
         lines.append(f"FAILED: {len(report.failures)} problem(s)")
-        lines.extend(f"  {type(f).__name__}: {f}" for f in report.failures)
+        lines.extend(f"  {type(f).__name__}: {printable(str(f))}" for f in report.failures)
     return lines
 
 
