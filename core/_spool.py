@@ -28,6 +28,7 @@ from blake3 import blake3
 
 from ._errors import SpoolCorrupt, SpoolError
 from ._model import Record, StoredRecord
+from ._terminal import printable
 
 __all__ = [
     "Refused", "Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans",
@@ -96,7 +97,7 @@ def _check_private_dir(path: str) -> None:
                          f"(uid {os.geteuid()}); refusing to use it")
     if stat.S_IMODE(info.st_mode) != _DIR_MODE:
         log.warning("lineage-ledger: the spool directory %s was mode %04o; made it 0700 (a spool belongs "
-                    "to one user)", path, stat.S_IMODE(info.st_mode))
+                    "to one user)", printable(path), stat.S_IMODE(info.st_mode))
         os.chmod(path, _DIR_MODE, follow_symlinks=False)
 
 
@@ -222,7 +223,7 @@ class Refused(str):
 
 
 def _refuse(path: str, reason: str) -> Refused:
-    log.warning("lineage-ledger: left %s alone in the spool: %s", path, reason)
+    log.warning("lineage-ledger: left %s alone in the spool: %s", printable(path), printable(reason))
     return Refused(path, reason)
 
 
