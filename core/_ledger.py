@@ -220,15 +220,22 @@ class Ledger:
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
               rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
         if rows is None:
-            rows = self.backend.find(role, path=path, digest=digest)
+            # With a path, the digest is matched against the proved record, not the index:
+            # an edited digest column can then change no answer (the audit reports it).
+            rows = self.backend.find(role, path=path, digest=digest if path is None else None)
         found = self._proved_all(rows)
+        matching = []
         for entry in found:
             side = entry.record.inputs if role == "in" else entry.record.outputs
             if path is not None:
                 named = side.get(path)
-                agrees = named is not None and (digest is None or named["blake3"] == digest)
+                agrees = named is not None
+                if agrees and (digest is None or named["blake3"] == digest):
+                    matching.append(entry)
             else:
                 agrees = any(e["blake3"] == digest for e in side.values())
+                if agrees:
+                    matching.append(entry)
             if not agrees:
                 verb = "reading" if role == "in" else "writing"
                 raise IndexTampered(
@@ -236,7 +243,7 @@ class Ledger:
                     f"{path if path is not None else digest}, but the record does not say so",
                     height=entry.height, path=path,
                 )
-        return found
+        return matching
 
     def producers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
         """Records that output ``path`` (and/or ``digest``), oldest first."""

@@ -67,18 +67,16 @@ class _Dedup:
 
 
 def _index_view():
-    """A decoder that reads only what the index holds from a record body (fast)."""
+    """A decoder that reads only what the index holds from a record body (5x ``json``).
+
+    The structs are built with ``defstruct`` here, not declared at module level, so that
+    importing this module does not import msgspec (only an audit needs it)."""
     import msgspec
 
-    class Digest(msgspec.Struct):
-        blake3: str
-
-    class IndexView(msgspec.Struct):
-        run_id: str
-        inputs: dict[str, Digest]
-        outputs: dict[str, Digest]
-
-    return msgspec.json.Decoder(IndexView), msgspec.DecodeError
+    digest = msgspec.defstruct("Digest", [("blake3", str)])
+    view = msgspec.defstruct("IndexView", [("run_id", str), ("inputs", dict[str, digest]),
+                                           ("outputs", dict[str, digest])])
+    return msgspec.json.Decoder(view), msgspec.DecodeError
 
 
 class Verifier:
@@ -150,8 +148,7 @@ class Verifier:
         tip = backend.head()
         stop = 0 if tip is None else tip.height + 1
         dedup = _Dedup(backend.record_count() if stop else 0)
-        rows = backend.index_rows(1 << 62) if hasattr(backend, "index_rows") else None
-        checker = _IndexChecker(rows) if rows is not None else None
+        checker = _IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
         outputs = _ExistingFiles() if files else None
 
         def on_block(block, first: int, leaves: list[bytes]) -> None:
@@ -223,7 +220,13 @@ class Verifier:
         assert head is not None
         height, position, stored = located.height, located.position, located.record
         if height >= head.blocks:
-            return None
+            # Appended after the head was read, or a row outside the chain: the head read
+            # now covers every row the look-up could have seen, so one past it is forged.
+            head = self.refresh()
+            if height >= head.blocks:
+                raise IndexTampered(f"an index row places record {stored.id[:16]} in block {height}, "
+                                    f"past the chain's head (block {head.blocks - 1}): a row outside the chain",
+                                    height=height)
         if height < 0 or position < 0:
             raise IndexTampered(f"an index row places record {stored.id[:16]} at block {height}, "
                                 f"position {position}, which does not exist", height=height)
@@ -265,42 +268,58 @@ def _load_decoder() -> tuple[Any, Any]:
 
 
 class _IndexChecker:
-    """Walks the back-end's index rows beside the verified blocks, in ledger order."""
+    """Compares the back-end's index, a range of records at a time, with the verified
+    records: each record's row (id, place, run) and its artifact rows, folded into one text
+    by the database, against the same fold of what the record body says. Artifact rows that
+    belong to no record show in the final count."""
 
-    def __init__(self, rows: Iterator[Any]) -> None:
-        self.rows = iter(rows)
-        self.pending = next(self.rows, None)
+    _CHUNK = 5000
+
+    def __init__(self, backend: Backend) -> None:
+        from lineage_ledger.backends._base import fold_artifacts
+
+        self.backend = backend
+        self.fold = fold_artifacts
+        self.rows: list[Any] = []
+        self.at = 0  # index into rows
+        self.loaded = 0  # rows cover sequence numbers below this
         self.compared = 0
+        self.artifacts = 0
+
+    def _row(self, seq: int) -> Any:
+        if seq >= self.loaded:
+            self.rows = self.backend.index_summaries(seq, seq + self._CHUNK) or []
+            self.at, self.loaded = 0, seq + self._CHUNK
+        if self.at < len(self.rows) and self.rows[self.at].seq == seq:
+            self.at += 1
+            return self.rows[self.at - 1]
+        return None
 
     def block(self, block, first: int, views: list[Any]) -> None:
+        fold, height = self.fold, block.height
         for position, (record_id, view) in enumerate(zip(block.ids, views, strict=True)):
-            seq = first + position
-            row = self.pending
-            if row is not None and row.seq < seq:
-                raise IndexTampered(f"an index row at sequence {row.seq} names no record of the chain "
-                                    f"(claims {str(row.id)[:16] or 'nothing'})", height=block.height)
-            if row is None or row.seq > seq:
-                raise IndexTampered(f"record {record_id[:16]} (block {block.height}, position {position}) "
-                                    "has no index row", height=block.height)
-            inputs = tuple((p, d.blake3) for p, d in view.inputs.items())
-            outputs = tuple((p, d.blake3) for p, d in view.outputs.items())
-            if (row.id, row.height, row.pos, row.run_id) != (record_id, block.height, position, view.run_id) \
-                    or (row.inputs != inputs and sorted(row.inputs) != sorted(inputs)) \
-                    or (row.outputs != outputs and sorted(row.outputs) != sorted(outputs)):
+            row = self._row(first + position)
+            if row is None:
+                raise IndexTampered(f"record {record_id[:16]} (block {height}, position {position}) "
+                                    "has no index row", height=height)
+            inputs = [(p, d.blake3) for p, d in view.inputs.items()]
+            outputs = [(p, d.blake3) for p, d in view.outputs.items()]
+            self.artifacts += len(inputs) + len(outputs)
+            expected = fold(inputs, outputs)
+            if (row.id, row.height, row.pos, row.run_id) != (record_id, height, position, view.run_id) or (
+                    row.artifacts != expected and sorted((row.artifacts or "").split("\n"))
+                    != sorted(fold(sorted(inputs), sorted(outputs)).split("\n") if expected else [""])):
                 raise IndexTampered(
-                    f"the index row of record {record_id[:16]} (block {block.height}, position {position}) "
-                    f"disagrees with the record: {_difference(row, record_id, block.height, position, view)}",
-                    height=block.height)
+                    f"the index row of record {record_id[:16]} (block {height}, position {position}) "
+                    f"disagrees with the record: {_difference(row, record_id, height, position, view)}",
+                    height=height)
             self.compared += 1
-            self.pending = next(self.rows, None)
 
     def finish(self, size: int) -> None:
-        row = self.pending
-        if row is not None and row.seq < size:
-            raise IndexTampered(f"an index row at sequence {row.seq} names no record of the chain")
-        close = getattr(self.rows, "close", None)
-        if close is not None:
-            close()
+        stored = self.backend.artifact_count(size)
+        if stored != self.artifacts:
+            raise IndexTampered(f"the index holds {stored} artifact rows for the first {size} records, "
+                                f"which name {self.artifacts}: rows were added or moved outside any record")
 
 
 def _difference(row, record_id: str, height: int, position: int, view) -> str:

@@ -15,11 +15,11 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-__all__ = ["Backend", "ChainHead", "IndexRow", "Located", "Role", "redact"]
+__all__ = ["Backend", "ChainHead", "IndexRow", "IndexSummary", "Located", "Role", "fold_artifacts", "redact"]
 
 Role = Literal["in", "out"]
 
@@ -55,6 +55,25 @@ class IndexRow:
     run_id: str
     inputs: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...]
+
+
+class IndexSummary(NamedTuple):
+    """One record's index row with its artifact rows folded into one text by
+    :func:`fold_artifacts`, for an audit to compare with the record in one string compare."""
+
+    seq: int
+    id: str
+    height: int
+    pos: int
+    run_id: str
+    artifacts: str | None  # None: the record has no artifact rows
+
+
+def fold_artifacts(inputs: Iterable[tuple[str, str]], outputs: Iterable[tuple[str, str]]) -> str | None:
+    """``ROLE:LEN:PATHDIGEST`` per artifact row (role 0 inputs, then 1 outputs, each by path;
+    the path's length in characters makes the text unambiguous), joined by newlines."""
+    parts = [f"0:{len(p)}:{p}{d}" for p, d in inputs] + [f"1:{len(p)}:{p}{d}" for p, d in outputs]
+    return "\n".join(parts) if parts else None
 
 
 _SCHEME_USER_PASSWORD = re.compile(r"^[^:/?#]+://(?P<user>[^:/@?#]*):(?P<password>.*)@")
@@ -199,6 +218,22 @@ class Backend(ABC):
         records (its look-ups are computed from the record bodies), so there is nothing to
         compare: the default."""
         return None
+
+    def index_summaries(self, start_seq: int, stop_seq: int) -> list[IndexSummary] | None:
+        """The records with ``start_seq <= seq < stop_seq`` as :class:`IndexSummary` rows, in
+        sequence order: what the audit compares, a range at a time. The default folds
+        :meth:`index_rows` (reading from the start each call: back-ends that keep an index
+        override this; the SQL back-end folds in the database). ``None``: no index."""
+        rows = self.index_rows(stop_seq)
+        if rows is None:
+            return None
+        return [IndexSummary(r.seq, r.id, r.height, r.pos, r.run_id, fold_artifacts(r.inputs, r.outputs))
+                for r in rows if r.seq >= start_seq and r.id]
+
+    def artifact_count(self, stop_seq: int) -> int:
+        """How many artifact rows are stored with ``seq < stop_seq`` (orphans included)."""
+        rows = self.index_rows(stop_seq)
+        return 0 if rows is None else sum(len(r.inputs) + len(r.outputs) for r in rows)
 
     @abstractmethod
     def by_run(self, run_id: str) -> list[Located]:

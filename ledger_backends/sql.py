@@ -46,7 +46,7 @@ from lineage_ledger._errors import (
 )
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-from ._base import Backend, ChainHead, IndexRow, Located, Role, redact
+from ._base import Backend, ChainHead, IndexRow, IndexSummary, Located, Role, redact
 
 __all__ = ["SQLBackend"]
 
@@ -837,6 +837,28 @@ class SQLBackend(Backend):
         left out: no look-up reads it, and the row it was is then missing from the
         record's inputs or outputs, which the audit reports."""
         return self._merged_index_rows(int(stop_seq))
+
+    def index_summaries(self, start_seq: int, stop_seq: int) -> list[IndexSummary]:
+        """One row per record with ``start_seq <= seq < stop_seq``: its columns and its
+        artifact rows folded by the database into one text (see :class:`IndexSummary`), so
+        that the audit's comparison costs one string per record, not a Python object per
+        artifact. A row of unexpected type is folded as ``?`` and can never match."""
+        if self._sqlite:
+            fold = ("CASE WHEN typeof(a.role) = 'integer' AND typeof(a.path) = 'text' AND typeof(a.digest) = 'text'"
+                    " THEN a.role || ':' || length(a.path) || ':' || a.path || a.digest ELSE '?' END")
+            artifacts = (f"(SELECT group_concat(x, char(10)) FROM (SELECT {fold} AS x FROM ll_artifacts a"
+                         " WHERE a.seq = r.seq ORDER BY a.role, a.path))")
+        else:
+            artifacts = ("(SELECT string_agg(a.role || ':' || length(a.path) || ':' || a.path || a.digest, E'\\n'"
+                         " ORDER BY a.role, a.path COLLATE \"C\") FROM ll_artifacts a WHERE a.seq = r.seq)")
+        statement = (f"SELECT r.seq, r.id, r.height, r.pos, r.run_id, {artifacts} FROM ll_records r"
+                     " WHERE r.seq >= ? AND r.seq < ? ORDER BY r.seq")
+        return [IndexSummary(*row) for row in self._fetch("reading the index", statement,
+                                                            (int(start_seq), int(stop_seq)))]
+
+    def artifact_count(self, stop_seq: int) -> int:
+        rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq < ?", (int(stop_seq),))
+        return int(rows[0][0])
 
     def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:
         records = self._record_rows(stop)
