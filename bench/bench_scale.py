@@ -169,12 +169,12 @@ def _consistency(url: str, state: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--rounds", type=int, default=5, help="fresh processes per figure (median)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=5, help="fresh processes per figure (median)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 2 rounds")
     args = parser.parse_args()
     sizes = [2000, 10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    rounds = 2 if args.quick else args.rounds
+    rounds = args.rounds if args.quick and args.rounds != 5 else (2 if args.quick else args.rounds)
     cache = Path(args.cache)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {rounds} rounds, medians", flush=True)
     table: dict[int, dict[str, tuple[float, float]]] = {}

@@ -65,7 +65,7 @@ def one_run(base: Path, url: str, env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", "--repeats", type=int, default=5)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="a 10,000-record ledger, 2 rounds")
     args = parser.parse_args()

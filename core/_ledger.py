@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._canonical import format_time
 from ._chain import ChainSummary, ChainTip, build_block
 from ._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
 from ._model import Record, StoredBlock, StoredRecord
@@ -276,12 +277,29 @@ class Ledger:
         """
         best: tuple[Any, ...] | None = None
         for role in roles:
-            for entry in self._find(role, path, None):
+            for entry in self._latest(role, path):
                 side = entry.record.outputs if role == "out" else entry.record.inputs
                 key = (entry.record.ended, entry.order, role == "out")
                 if best is None or key > best[0]:
                     best = (key, entry, role, side[path])
         return None if best is None else (best[1], best[2], best[3])
+
+    def _latest(self, role: Literal["in", "out"], path: str) -> list[LedgerRecord]:
+        """The record with ``path`` in ``role`` that ended last: one index step where the
+        back-end indexes end times (the record is proved, and must have ended when the
+        index says), else every such record."""
+        if not self.backend.keeps_end_times:
+            return self._find(role, path, None)
+        found = self.backend.find_latest(role, path)
+        if found is None:
+            return []
+        located, ended = found
+        entries = self._find(role, path, None, [located])
+        for entry in entries:
+            if format_time(entry.record.ended) != ended:
+                raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended at "
+                                    f"{format_time(entry.record.ended)}", height=entry.height, path=path)
+        return entries
 
     def run(self, run_id: str) -> list[LedgerRecord]:
         found = self._proved_all(self.backend.by_run(run_id))

@@ -224,6 +224,7 @@ class Record:
             self.run_id,
             tuple([(p, e["blake3"]) for p, e in self.inputs.items()]),
             tuple([(p, e["blake3"]) for p, e in self.outputs.items()]),
+            self._times[1],
         )
 
 
@@ -238,6 +239,7 @@ class StoredRecord:
     run_id: str = ""
     inputs: tuple[tuple[str, str], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
+    ended: str = ""  # the task's end, canonical UTC text: "which record saw this path last"
 
     @classmethod
     def from_body(cls, body: bytes) -> StoredRecord:

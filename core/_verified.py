@@ -74,7 +74,7 @@ def _index_view():
     import msgspec
 
     digest = msgspec.defstruct("Digest", [("blake3", str)])
-    view = msgspec.defstruct("IndexView", [("run_id", str), ("inputs", dict[str, digest]),
+    view = msgspec.defstruct("IndexView", [("run_id", str), ("ended", str), ("inputs", dict[str, digest]),
                                            ("outputs", dict[str, digest])])
     return msgspec.json.Decoder(view), msgspec.DecodeError
 
@@ -305,10 +305,10 @@ class _IndexChecker:
             inputs = [(p, d.blake3) for p, d in view.inputs.items()]
             outputs = [(p, d.blake3) for p, d in view.outputs.items()]
             self.artifacts += len(inputs) + len(outputs)
-            expected = fold(inputs, outputs)
+            expected = fold(inputs, outputs, view.ended)
             if (row.id, row.height, row.pos, row.run_id) != (record_id, height, position, view.run_id) or (
                     row.artifacts != expected and sorted((row.artifacts or "").split("\n"))
-                    != sorted(fold(sorted(inputs), sorted(outputs)).split("\n") if expected else [""])):
+                    != sorted((expected or "").split("\n"))):
                 raise IndexTampered(
                     f"the index row of record {record_id[:16]} (block {height}, position {position}) "
                     f"disagrees with the record: {_difference(row, record_id, height, position, view)}",

@@ -69,10 +69,12 @@ class IndexSummary(NamedTuple):
     artifacts: str | None  # None: the record has no artifact rows
 
 
-def fold_artifacts(inputs: Iterable[tuple[str, str]], outputs: Iterable[tuple[str, str]]) -> str | None:
-    """``ROLE:LEN:PATHDIGEST`` per artifact row (role 0 inputs, then 1 outputs, each by path;
-    the path's length in characters makes the text unambiguous), joined by newlines."""
-    parts = [f"0:{len(p)}:{p}{d}" for p, d in inputs] + [f"1:{len(p)}:{p}{d}" for p, d in outputs]
+def fold_artifacts(inputs: Iterable[tuple[str, str]], outputs: Iterable[tuple[str, str]],
+                   ended: str) -> str | None:
+    """``ROLE:LEN:PATH DIGEST ENDED`` (no spaces) per artifact row: role 0 inputs, then 1
+    outputs, each by path; the path's length in characters makes the text unambiguous
+    (digest and time have fixed forms). Rows joined by newlines."""
+    parts = [f"0:{len(p)}:{p}{d}{ended}" for p, d in inputs] + [f"1:{len(p)}:{p}{d}{ended}" for p, d in outputs]
     return "\n".join(parts) if parts else None
 
 
@@ -126,6 +128,8 @@ def redact(text: str, url: str) -> str:
 class Backend(ABC):
     """Base class of storage drivers; subclasses are chosen by URL scheme."""
 
+    #: True where :meth:`find_latest` answers from an index of the records' end times.
+    keeps_end_times: ClassVar[bool] = False
     #: False where every process has its own store (``memory://``).
     shared_between_processes: ClassVar[bool] = True
 
@@ -220,20 +224,23 @@ class Backend(ABC):
         return None
 
     def index_summaries(self, start_seq: int, stop_seq: int) -> list[IndexSummary] | None:
-        """The records with ``start_seq <= seq < stop_seq`` as :class:`IndexSummary` rows, in
-        sequence order: what the audit compares, a range at a time. The default folds
-        :meth:`index_rows` (reading from the start each call: back-ends that keep an index
-        override this; the SQL back-end folds in the database). ``None``: no index."""
-        rows = self.index_rows(stop_seq)
-        if rows is None:
-            return None
-        return [IndexSummary(r.seq, r.id, r.height, r.pos, r.run_id, fold_artifacts(r.inputs, r.outputs))
-                for r in rows if r.seq >= start_seq and r.id]
+        """The records with ``start_seq <= seq < stop_seq`` as :class:`IndexSummary` rows
+        (artifact rows folded by :func:`fold_artifacts`), in sequence order: what the audit
+        compares with the verified records, a range at a time. ``None`` (the default): this
+        back-end keeps no index that can be written apart from the records."""
+        return None
 
     def artifact_count(self, stop_seq: int) -> int:
-        """How many artifact rows are stored with ``seq < stop_seq`` (orphans included)."""
-        rows = self.index_rows(stop_seq)
-        return 0 if rows is None else sum(len(r.inputs) + len(r.outputs) for r in rows)
+        """How many artifact rows are stored with ``seq < stop_seq``, orphans included
+        (asked only where :meth:`index_summaries` answers)."""
+        return 0
+
+    def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
+        """The record that read or wrote ``path`` with the latest end time (then the latest
+        in ledger order), and the end time the index claims; ``None`` where none did.
+        Asked only where :attr:`keeps_end_times` is true; the core otherwise reads every
+        record :meth:`find` returns."""
+        return None
 
     @abstractmethod
     def by_run(self, run_id: str) -> list[Located]:

@@ -109,11 +109,27 @@ artifacts_table = sa.Table(
     sa.Column("role", sa.SmallInteger, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("digest", sa.String(64), nullable=False),
+    # When the record's task ended (canonical UTC text, which sorts as time): "the record
+    # that saw this path last" is then one step down ll_artifacts_latest, not a scan of
+    # every record that ever read a file every task reads.
+    sa.Column("ended", sa.String(32), nullable=False, server_default=""),
     sa.PrimaryKeyConstraint("seq", "role", "path", name="ll_artifacts_pkey"),
     sa.Index("ll_artifacts_path", "path", "role", "seq"),
     sa.Index("ll_artifacts_digest", "digest", "role", "seq"),
+    sa.Index("ll_artifacts_latest", "path", "role", "ended", "seq"),
     sqlite_with_rowid=False,
 )
+
+
+def _ended_of(body: bytes) -> str:
+    """The ``ended`` field of a record body (for records stored without it extracted)."""
+    import json
+
+    try:
+        value = json.loads(body).get("ended", "")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def _engine_url(url: str) -> str:
@@ -339,6 +355,7 @@ os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 class SQLBackend(Backend):
+    keeps_end_times = True
     """SQLite or PostgreSQL through SQLAlchemy.
 
     ``create=False`` opens an existing ledger for reading only: see the module docstring.
@@ -564,9 +581,12 @@ class SQLBackend(Backend):
             conn.exec_driver_sql("ALTER TABLE ll_artifacts_v2 RENAME CONSTRAINT ll_artifacts_pkey TO ll_artifacts_v2_pkey")
         conn.exec_driver_sql("DROP INDEX IF EXISTS ll_artifacts_digest")
         conn.execute(sa.schema.CreateTable(artifacts_table))
+        ended = ("json_extract(CAST(r.body AS TEXT), '$.ended')" if self._sqlite
+                 else "convert_from(r.body, 'UTF8')::json->>'ended'")
         moved = conn.exec_driver_sql(
-            "INSERT INTO ll_artifacts (seq, role, path, digest)"
-            " SELECT seq, role, path, digest FROM ll_artifacts_v2 ORDER BY seq, role, path"
+            "INSERT INTO ll_artifacts (seq, role, path, digest, ended)"
+            f" SELECT a.seq, a.role, a.path, a.digest, coalesce({ended}, '') FROM ll_artifacts_v2 a"
+            " LEFT JOIN ll_records r ON r.seq = a.seq ORDER BY a.seq, a.role, a.path"
         ).rowcount
         for index in sorted(artifacts_table.indexes, key=lambda i: i.name):
             index.create(conn)
@@ -641,10 +661,11 @@ class SQLBackend(Backend):
                 block_rows.append((block.height, block.id, seq, len(block.records), block.header))
                 for position, record in enumerate(block.records):
                     record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
+                    ended = record.ended or _ended_of(record.body)
                     for path, digest in record.inputs:
-                        artifact_rows.append((path, _IN, seq, digest))
+                        artifact_rows.append((path, _IN, seq, digest, ended))
                     for path, digest in record.outputs:
-                        artifact_rows.append((path, _OUT, seq, digest))
+                        artifact_rows.append((path, _OUT, seq, digest, ended))
                     seq += 1
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost
             # more than SQLite's own work here.
@@ -659,7 +680,7 @@ class SQLBackend(Backend):
                 )
             if artifact_rows:
                 conn.exec_driver_sql(
-                    self._sql("INSERT INTO ll_artifacts (path, role, seq, digest) VALUES (?, ?, ?, ?)"),
+                    self._sql("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"),
                     artifact_rows,
                 )
 
@@ -820,6 +841,23 @@ class SQLBackend(Backend):
             seqs = seqs.limit(int(limit))
         return self._located(records_table.c.seq.in_(seqs))
 
+    def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
+        """The record that read (``in``) or wrote (``out``) ``path`` with the latest end
+        time (then the latest in ledger order), and the end time the index claims for it:
+        one step down ``ll_artifacts_latest``."""
+        rows = self._fetch(
+            "query",
+            "SELECT r.height, r.pos, r.id, r.body, a.ended FROM ll_records r JOIN"
+            " (SELECT seq, ended FROM ll_artifacts WHERE path = ? AND role = ?"
+            " ORDER BY ended DESC, seq DESC LIMIT 1) a ON r.seq = a.seq",
+            (path, _IN if role == "in" else _OUT),
+        )
+        if not rows:
+            return None
+        height, pos, record_id, body, ended = rows[0]
+        return Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), _as_bytes(body))), \
+            _as_text(ended)
+
     def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
         """Counted on the artifacts index alone: the records it names. (A row whose record
         was deleted behind our back still counts; readers verify what they read.)"""
@@ -845,11 +883,13 @@ class SQLBackend(Backend):
         artifact. A row of unexpected type is folded as ``?`` and can never match."""
         if self._sqlite:
             fold = ("CASE WHEN typeof(a.role) = 'integer' AND typeof(a.path) = 'text' AND typeof(a.digest) = 'text'"
-                    " THEN a.role || ':' || length(a.path) || ':' || a.path || a.digest ELSE '?' END")
+                    " AND typeof(a.ended) = 'text'"
+                    " THEN a.role || ':' || length(a.path) || ':' || a.path || a.digest || a.ended ELSE '?' END")
             artifacts = (f"(SELECT group_concat(x, char(10)) FROM (SELECT {fold} AS x FROM ll_artifacts a"
                          " WHERE a.seq = r.seq ORDER BY a.role, a.path))")
         else:
-            artifacts = ("(SELECT string_agg(a.role || ':' || length(a.path) || ':' || a.path || a.digest, E'\\n'"
+            artifacts = ("(SELECT string_agg(a.role || ':' || length(a.path) || ':' || a.path || a.digest || a.ended,"
+                         " E'\\n'"
                          " ORDER BY a.role, a.path COLLATE \"C\") FROM ll_artifacts a WHERE a.seq = r.seq)")
         statement = (f"SELECT r.seq, r.id, r.height, r.pos, r.run_id, {artifacts} FROM ll_records r"
                      " WHERE r.seq >= ? AND r.seq < ? ORDER BY r.seq")

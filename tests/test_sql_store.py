@@ -162,7 +162,8 @@ def test_schema_3_layout_and_origin(tmp_path):
     indexes = {name: [c[2] for c in conn.execute(f"PRAGMA index_info({name})")]
                for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
                                            "AND tbl_name = 'll_artifacts' AND sql IS NOT NULL")}
-    assert indexes == {"ll_artifacts_path": ["path", "role", "seq"], "ll_artifacts_digest": ["digest", "role", "seq"]}
+    assert indexes == {"ll_artifacts_path": ["path", "role", "seq"], "ll_artifacts_digest": ["digest", "role", "seq"],
+                       "ll_artifacts_latest": ["path", "role", "ended", "seq"]}
     plan = " ".join(r[3] for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT seq FROM ll_artifacts WHERE role = 0 AND path = 'x' ORDER BY seq"))
     assert "ll_artifacts_path" in plan and "TEMP B-TREE" not in plan

@@ -22,7 +22,7 @@ TABLES = {  # table -> (its columns, a key that names one row)
     "ll_meta": (("key", "value"), ("key",)),
     "ll_blocks": (("height", "id", "first_seq", "count", "header"), ("height",)),
     "ll_records": (("seq", "id", "height", "pos", "run_id", "body"), ("seq",)),
-    "ll_artifacts": (("path", "role", "seq", "digest"), ("seq", "role", "path")),
+    "ll_artifacts": (("path", "role", "seq", "digest", "ended"), ("seq", "role", "path")),
 }
 
 
