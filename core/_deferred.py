@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError
 from ._spool import spool_directory
+from ._terminal import printable
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
@@ -172,9 +173,10 @@ class DeferredLedger:
             self._replayed = True
         except SpoolCorrupt as err:  # the good records are in; the damaged lines set aside
             self._replayed = True
-            log.warning("lineage-ledger: %s", err)
+            log.warning("lineage-ledger: %s", printable(str(err)))
         except Exception as err:  # noqa: BLE001 - their records wait for the next shipper
-            log.warning("lineage-ledger: could not ship records other processes left in the spool yet: %s", err)
+            log.warning("lineage-ledger: could not ship records other processes left in the spool yet: %s",
+                        printable(str(err)))
 
     def close(self) -> None:
         with self._lock:

@@ -23,6 +23,8 @@ from typing import Any
 
 import click
 
+from lineage_ledger.backends._base import redact
+
 from ._canonical import utcnow
 from ._deferred import check_spool_writable, spool_first
 from ._environment import current_environment
@@ -30,6 +32,7 @@ from ._errors import ArtifactError, ConfigError, LedgerError
 from ._hashing import hash_file, normalize_path
 from ._model import Record, artifact_map
 from ._recorder import Recorder
+from ._terminal import printable
 
 __all__ = ["run_and_record"]
 
@@ -93,10 +96,10 @@ def _run(command: list[str], forwarder: _Forwarder) -> int:
     try:
         process = subprocess.Popen(command)
     except FileNotFoundError:
-        click.echo(f"error: command not found: {command[0]}", err=True)
+        click.echo(f"error: command not found: {printable(command[0])}", err=True)
         return 127
     except PermissionError:
-        click.echo(f"error: permission denied: {command[0]}", err=True)
+        click.echo(f"error: permission denied: {printable(command[0])}", err=True)
         return 126
     forwarder.process = process
     if forwarder.received is not None:  # arrived between the handlers and the start
@@ -194,10 +197,11 @@ def run_and_record(
     if shipped:
         click.echo(f"recorded {record_id[:12]} ({status})", err=True)
     else:
-        why = f" ({recorder.last_error})" if recorder.last_error is not None else " (locked or slow?)"
+        why = (f" ({printable(redact(str(recorder.last_error), deferred.url))})"
+               if recorder.last_error is not None else " (locked or slow?)")
         click.echo(
-            f"recorded {record_id[:12]} ({status}) in the spool {deferred.spool_dir}; the ledger "
-            f"{deferred.url} did not take it within {wait:g}s{why}. It waits there: "
+            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; the ledger "
+            f"{printable(redact(deferred.url, deferred.url))} did not take it within {wait:g}s{why}. It waits there: "
             "`lineage-ledger spool ship` (or the next run) ships it", err=True)
     forwarder.restore()
     if interrupted is not None:
@@ -205,7 +209,7 @@ def run_and_record(
     elif killed_by is not None:
         code_out = 128 + killed_by
     elif problems:
-        click.echo(f"error: declared output was not produced: {'; '.join(problems)}", err=True)
+        click.echo(f"error: declared output was not produced: {printable('; '.join(problems))}", err=True)
         code_out = 2
     else:
         code_out = returncode
