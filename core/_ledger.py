@@ -82,6 +82,7 @@ class Ledger:
         self._state_dir = state_dir
         self._private_state: str | None = None
         self._verifier: Verifier | None = None
+        self._head_current = False  # the verified head was brought up to date in this process
         self._verified_lock = threading.RLock()  # plugins check from several threads
 
     @functools.cached_property
@@ -166,7 +167,9 @@ class Ledger:
         """The verified tree head, brought up to the stored head (only new blocks are read)."""
         verifier = self.verifier
         with self._verified_lock:
-            return verifier.refresh()
+            head = verifier.refresh()
+            self._head_current = True
+            return head
 
     def audit(self, *, files: bool = False) -> AuditResult:
         """Read and verify the whole ledger, index included, in bounded memory."""
@@ -185,10 +188,13 @@ class Ledger:
     def _proved(self, located: Located) -> LedgerRecord | None:
         """The record an index row names, once its bytes and place are proved; None for a
         row appended after the verified head."""
-        if self.verifier.check(located) is None:
-            return None
         stored = located.record
         record = self._decoded.get(stored.id)
+        # A record decoded before was proved from its bytes then: the answer comes from those,
+        # so only the row's place is proved again (a record naming 10,000 outputs is not
+        # hashed once per output).
+        if self.verifier.check(located, hash_body=record is None) is None:
+            return None
         if record is None:
             try:
                 record = Record.decode(stored.body)
@@ -200,8 +206,28 @@ class Ledger:
             self._decoded[stored.id] = record
         return LedgerRecord(stored.id, record, located.height, located.position)
 
+    def _with_bodies(self, rows: Iterable[Located]) -> list[Located]:
+        """Rows a back-end returned without bodies (``find_places``), with the bodies of the
+        records not proved before fetched in one call; the others are answered from the
+        bytes proved then."""
+        rows = list(rows)
+        missing = {r.record.id for r in rows if not r.record.body and r.record.id not in self._decoded}
+        if not missing:
+            return rows
+        bodies = self.backend.bodies(sorted(missing))
+        filled = []
+        for row in rows:
+            body = bodies.get(row.record.id) if row.record.id in missing else None
+            if body is not None:
+                row = type(row)(row.height, row.position, StoredRecord(row.record.id, body))
+            filled.append(row)
+        return filled
+
     def _proved_all(self, rows: Iterable[Located]) -> list[LedgerRecord]:
-        self.tree_head()
+        # The head is brought up to date once (then by tree_head(), which the pre-run checks
+        # call each time); a row past it makes Verifier.check look again.
+        if not self._head_current:
+            self.tree_head()
         return [entry for entry in map(self._proved, rows) if entry is not None]
 
     def get(self, id_or_prefix: str) -> LedgerRecord:
@@ -223,8 +249,8 @@ class Ledger:
         if rows is None:
             # With a path, the digest is matched against the proved record, not the index:
             # an edited digest column can then change no answer (the audit reports it).
-            rows = self.backend.find(role, path=path, digest=digest if path is None else None)
-        found = self._proved_all(rows)
+            rows = self.backend.find_places(role, path=path, digest=digest if path is None else None)
+        found = self._proved_all(self._with_bodies(rows))
         matching = []
         for entry in found:
             side = entry.record.inputs if role == "in" else entry.record.outputs
@@ -337,10 +363,13 @@ class Ledger:
         return head, index, [node.hex() for node in path_of(store.node, index, head.size, BLAKE3)]
 
     # -- lineage ------------------------------------------------------------------------
-    def lineage(self, path: str, digest: str | None = None) -> LineageNode:
-        """The tree of file versions ``path`` was derived from, back to the sources."""
-        memo: dict[tuple[str, str | None], LineageNode] = {}
-        return self._lineage(path, digest, None, memo)
+    def lineage(self, path: str, digest: str | None = None, *,
+                memo: dict[tuple[str, str | None], LineageNode] | None = None) -> LineageNode:
+        """The tree of file versions ``path`` was derived from, back to the sources.
+
+        Trees of several targets share their nodes through one ``memo`` (a verification of
+        10,000 outputs of one task walks their common input once)."""
+        return self._lineage(path, digest, None, {} if memo is None else memo)
 
     def _lineage(self, path, digest, consumer, memo) -> LineageNode:
         key = (path, digest)

@@ -248,9 +248,11 @@ class TrustStore:
         return view
 
     def reload(self) -> TreeHead | None:
-        self._maps.clear()
-        self.head = self._read_head()
-        return self.head
+        head = self._read_head()
+        if head != self.head:
+            self._maps.clear()  # files grew: map them again when next read
+        self.head = head
+        return head
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -172,6 +172,8 @@ class Report:
     index_rows: int | None = None  # index rows compared with their records in an audit
     first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
     against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
+    # Lineage nodes by (path, digest), shared by the targets' trees: each walked once.
+    lineage_memo: dict = field(default_factory=dict, repr=False)
     # Files already hashed in this run: trees share sources, each is read once.
     checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
 
@@ -243,7 +245,8 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
         report.fail(ArtifactMismatch(_explain(check), path=path))
     # The tree starts at the version the ledger last saw, which need not be the last one
     # produced: a file edited and then read by a recorded task must show as broken.
-    tree = ledger.lineage(path, check.expected) if check.status is not ArtifactStatus.UNRECORDED else None
+    tree = (ledger.lineage(path, check.expected, memo=report.lineage_memo)
+            if check.status is not ArtifactStatus.UNRECORDED else None)
     result = TargetResult(path, check, tree)
     report.targets.append(result)
     if tree is None:

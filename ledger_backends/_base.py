@@ -197,6 +197,22 @@ class Backend(ABC):
     ) -> list[Located]:
         """Records with an input (``in``) or output (``out``) matching path and/or digest."""
 
+    def find_places(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
+        """:meth:`find` where a record may come without its body (``b""``): the core asks
+        :meth:`bodies` for those of records it has not proved before. The default is
+        :meth:`find`; back-ends whose bodies are costly to move (a record naming 10,000
+        outputs, asked once per output) override both."""
+        return self.find(role, path=path, digest=digest)
+
+    def bodies(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored bodies of ``record_ids`` (those found), as stored."""
+        found: dict[str, bytes] = {}
+        for record_id in record_ids:
+            for located in self.by_id_prefix(record_id, limit=2):
+                if located.record.id == record_id:
+                    found[record_id] = located.record.body
+        return found
+
     def find_page(
         self, role: Role, *, path: str | None = None, digest: str | None = None,
         offset: int = 0, limit: int | None = None,

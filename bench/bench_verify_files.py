@@ -1,0 +1,82 @@
+"""``verify-lineage DIR`` of the N outputs of one task against ``lineage-ledger hash --rehash DIR``.
+
+Both read every file of DIR (N files of 4 KiB, written by one recorded task whose record names
+all N); verification also proves the record and checks each file's lineage. The baseline,
+``hash --rehash``, is the cost of reading and hashing the files alone. Each round runs both
+commands as fresh processes, alternating which goes first; medians are printed.
+
+Goal (issue #14): verify-lineage / hash --rehash <= 1.5 at N = 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lineage_ledger import Hasher, Record, open_ledger
+
+BIN = Path(sys.executable).parent
+
+
+def build(base: Path, n: int) -> str:
+    out = base / "out"
+    out.mkdir()
+    for i in range(n):
+        (out / f"part-{i:06d}.txt").write_bytes(os.urandom(2048).hex().encode())
+    (base / "input.txt").write_text("source")
+    files = Hasher().hash_many([str(p) for p in sorted(out.iterdir())] + [str(base / "input.txt")])
+    now = datetime.now(timezone.utc)
+    record = Record(engine="bench", run_id="r", task_id="split", task_name="split", status="succeeded",
+                    started=now, ended=now, inputs=files[-1:], outputs=files[:-1])
+    url = f"sqlite:///{base}/ledger.db"
+    with open_ledger(url, spool=str(base / "spool")) as ledger:
+        ledger.record(record)
+    return url
+
+
+def timed(command: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:3])} exited {result.returncode}: {result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--rounds", "--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="500 files, 2 rounds")
+    args = parser.parse_args()
+    n, rounds = (500, min(args.rounds, 2)) if args.quick else (args.files, args.rounds)
+    base = Path(tempfile.mkdtemp(prefix="bench-verify-files-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    env["LINEAGE_STATE_DIR"] = str(base / "state")
+    try:
+        url = build(base, n)
+        verify = [str(BIN / "verify-lineage"), "--ledger", url, str(base / "out")]
+        rehash = [str(BIN / "lineage-ledger"), "hash", "--rehash", "--cache", str(base / "cache.db"), str(base / "out")]
+        timed(verify, env)  # the first verification on this account audits the (one-record) ledger
+        print(f"{n:,} files; load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds")
+        times: dict[str, list[float]] = {"verify": [], "hash": []}
+        for i in range(rounds):
+            for which in (("verify", "hash") if i % 2 == 0 else ("hash", "verify")):
+                times[which].append(timed(verify if which == "verify" else rehash, env))
+        v, h = statistics.median(times["verify"]), statistics.median(times["hash"])
+        print(f"verify-lineage DIR: median {v:.3f} s  {[round(t, 3) for t in times['verify']]}")
+        print(f"hash --rehash DIR:  median {h:.3f} s  {[round(t, 3) for t in times['hash']]}")
+        print(f"ratio {v / h:.3f} (goal <= 1.5); load average at end {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
