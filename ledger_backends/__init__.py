@@ -90,6 +90,11 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
     to create, migrate or write anything: a missing ledger is :class:`NoLedger`. Back-ends
     whose constructor takes no ``create`` argument ignore it."""
     scheme, _ = split_url(url)
+    if scheme == "sqlite" and not create:
+        # Read-only SQLite without importing SQLAlchemy (most of a fresh reader's time).
+        from ._sql_reads import SQLiteReader
+
+        return SQLiteReader(url)
     cls = backend_class(scheme)
     if _accepts_create(cls):
         return cls(url, create=create)

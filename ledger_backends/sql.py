@@ -9,7 +9,10 @@ transaction that upgrades to a write fails at once instead of waiting for the lo
 Opened with ``create=False`` (what read commands do) the store is only read: a missing or
 empty file is :class:`NoLedger`, nothing is created, migrated or switched to WAL, and a
 ledger we may not write is read completely, the committed transactions still in its
-``-wal`` file included (see :func:`_read_only_uri`).
+``-wal`` file included (see :func:`~._sql_reads.read_only_uri`). An SQLite ledger opened so
+is a :class:`~._sql_reads.SQLiteReader`, which reads through :mod:`sqlite3` and never
+imports SQLAlchemy (what a fresh read-only process would otherwise spend most of its time
+on); the queries of both are in :class:`~._sql_reads._SQLReads`.
 
 A new SQLite file is created 0600 (its ``-wal`` and ``-shm`` get the same mode from
 SQLite) and a directory this code creates for it 0700, whatever the umask. To share a
@@ -24,13 +27,10 @@ import contextlib
 import logging
 import os
 import shutil
-import sqlite3
-import tempfile
 import time
-import urllib.parse
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -44,25 +44,31 @@ from lineage_ledger._errors import (
     MissingExtra,
     NoLedger,
 )
-from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
+from lineage_ledger._model import StoredBlock
 
-from ._base import Backend, ChainHead, IndexRow, IndexSummary, Located, Role, redact
+from ._base import Backend, redact
+from ._sql_reads import (
+    _BUSY_TIMEOUT_S,
+    _IN,
+    _OUT,
+    SCHEMA_VERSION,
+    SQLiteReader,
+    _connect,
+    _SQLReads,
+    _writable,
+    database_error,
+    is_sqlite_url,
+    read_only_uri,
+    refusal,
+)
 
 __all__ = ["SQLBackend"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
 ORIGIN_PREFIX = "lineage-ledger:"
-_INDEX_ROWS_PER_READ = 20_000  # index rows fetched per query by index_rows()
 # Serialises schema creation and migration between processes on PostgreSQL.
 _PG_SCHEMA_LOCK = 0x6C6C_7363_6865_6D61 & 0x7FFF_FFFF_FFFF_FFFF
-_CHUNK = 500  # block headers fetched per query while iterating
-_ROWS_PER_READ = 20_000  # records fetched per query (at least one whole block)
-_ONLY_STR = frozenset({str})
-_ONLY_BYTES = frozenset({bytes})
-_BUSY_TIMEOUT_S = 60
-_IN, _OUT = 0, 1  # artifact roles as stored
 
 # Every record gets a sequence number, its place in the whole ledger. Sequence numbers
 # are the records table's integer key, so appends go to the end of the B-tree and a
@@ -141,38 +147,9 @@ def _engine_url(url: str) -> str:
     return url
 
 
-def _as_bytes(value) -> bytes:
-    """Stored bytes as they are; a value someone rewrote as TEXT or a number still verifies
-    (and fails) instead of crashing the reader."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    return str(value).encode("utf-8", "surrogateescape")
-
-
 def _sqlite_path(engine_url: sa.URL) -> str | None:
     database = engine_url.database
     return None if database in (None, "", ":memory:") else database
-
-
-def _as_text(value) -> str:
-    """A stored text column as ``str``; a value rewritten as bytes or a number still comes out."""
-    if type(value) is str:
-        return value
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "surrogateescape")
-    return str(value)
-
-
-def _as_int(value, default: int = -1) -> int:
-    """A stored integer column as ``int``; anything a tamperer wrote there that is no whole
-    number comes out as ``default``, for verification to report."""
-    if type(value) is int:
-        return value
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return default
-    return number if number == value or isinstance(value, (str, bytes)) else default
 
 
 class RedactedError(Exception):
@@ -201,16 +178,7 @@ def _translated(what: str, url: str):
         )
     except exc.DatabaseError as err:
         text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
-        cause = _safe_cause(err, url)
-        lowered = text.lower()
-        if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
-            raise CorruptStore(
-                f"{shown}: the ledger database is corrupt or truncated ({text}); "
-                "restore it from a copy, or verify a replica"
-            ) from cause
-        if "no such table" in lowered or "does not exist" in lowered and "relation" in lowered:
-            raise CorruptStore(f"{shown}: ledger tables are missing ({text})") from cause
-        raise BackendUnavailable(f"{shown}: {what} failed: {text}") from cause
+        raise database_error(what, shown, text) from _safe_cause(err, url)
     except exc.SQLAlchemyError as err:
         raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from _safe_cause(err, url)
 
@@ -252,95 +220,6 @@ def _create_private_file(path: str, shown: str) -> None:
         os.close(fd)
 
 
-def _writable(path: str) -> bool:
-    """Whether we may write ``path``, by its mode as well: root may write anything, but a
-    file or directory whose mode grants nobody write access is a read-only copy to it too."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return os.access(path, os.W_OK) and bool(mode & 0o222)
-
-
-def _sqlite_uri(path: str, **params: str) -> str:
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?" + query if query else "")
-
-
-def _connect(uri: str) -> sqlite3.Connection:
-    return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
-
-
-def _probe(uri: str) -> sqlite3.Error | None:
-    """The error a read through ``uri`` gets, or None when it reads."""
-    try:
-        conn = _connect(uri)
-    except sqlite3.Error as err:
-        return err
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return None
-    except sqlite3.Error as err:
-        return err
-    finally:
-        conn.close()
-
-
-def _cannot_open_read_only(err: sqlite3.Error) -> bool:
-    """Errors of a read-only WAL database that needs a -shm it may not create."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
-    text = str(err).lower()
-    return "unable to open" in text or "readonly" in text or "read-only" in text
-
-
-def _file_state(path: str) -> tuple:
-    state = []
-    for name in (path, path + "-wal"):
-        try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            state.append(None)
-        else:
-            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(state)
-
-
-def _copy_private(source: str, target: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    with open(source, "rb") as src:
-        fd = os.open(target, flags, 0o600)
-        with os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _private_copy(path: str, shown: str) -> str:
-    """Copy the database and its -wal into a new 0700 directory; returns the directory.
-    The copy is taken again if either file changed while it was read."""
-    directory = tempfile.mkdtemp(prefix="lineage-ledger-ro-")
-    try:
-        os.chmod(directory, 0o700)
-        target = os.path.join(directory, "ledger.db")
-        for _attempt in range(10):
-            before = _file_state(path)
-            _copy_private(path, target)
-            if before[1] is not None:
-                _copy_private(path + "-wal", target + "-wal")
-            elif os.path.exists(target + "-wal"):
-                os.unlink(target + "-wal")
-            if _file_state(path) == before:
-                return directory
-            time.sleep(0.05)
-        raise BackendUnavailable(f"{shown}: the ledger kept changing while a private copy was taken")
-    except OSError as err:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
 _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
@@ -354,7 +233,7 @@ def _forget_connections_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-class SQLBackend(Backend):
+class SQLBackend(_SQLReads, Backend):
     keeps_end_times = True
     """SQLite or PostgreSQL through SQLAlchemy.
 
@@ -365,6 +244,11 @@ class SQLBackend(Backend):
     and no ``-shm`` can be created; ``"copy"`` reads a private copy of the file and its
     WAL), ``migrated_from`` (the schema version this object migrated the ledger from).
     """
+
+    def __new__(cls, url: str, *, create: bool = True):
+        if not create and cls is SQLBackend and isinstance(url, str) and is_sqlite_url(url):
+            return SQLiteReader(url)  # the one read-only SQLite path (no __init__ here)
+        return super().__new__(cls)
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__(url)
@@ -410,7 +294,9 @@ class SQLBackend(Backend):
                 else:
                     _create_private_file(path, shown)
             if self.read_only:
-                uri = self._read_only_uri(path, shown)
+                uri, self.read_strategy, self._copy_dir = read_only_uri(path, shown)
+                if self._copy_dir is not None:
+                    self._copy_cleanup = weakref.finalize(self, shutil.rmtree, self._copy_dir, True)
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
@@ -454,42 +340,6 @@ class SQLBackend(Backend):
         return self._origin
 
     # -- set-up ---------------------------------------------------------------------------
-    def _read_only_uri(self, path: str, shown: str) -> str:
-        """How to read a ledger without writing it, WAL included.
-
-        A ledger we may write (its file, directory and any ``-shm``) is read in place with
-        SQLite's ``mode=ro``, which takes part in the WAL's locking (other processes may
-        append meanwhile). One we may not write (by its modes: root too leaves a 0444
-        copy alone) is read with ``mode=ro&readonly_shm=1`` when its ``-shm`` exists (the
-        WAL index is then rebuilt in private memory, nothing is written); with no ``-shm``
-        but a ``-wal``, the file and its WAL are copied into a private 0700 directory,
-        removed on close; with no WAL at all, ``immutable=1`` loses nothing. (``immutable=1``
-        alone, as before, ignored the WAL and lost committed records.)
-        """
-        wal, shm = path + "-wal", path + "-shm"
-        has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
-        writable = _writable(path) and _writable(os.path.dirname(os.path.abspath(path)))
-        if writable and (not os.path.exists(shm) or _writable(shm)):
-            uri = _sqlite_uri(path, mode="ro")
-            error = _probe(uri)
-            if error is None or not _cannot_open_read_only(error):
-                self.read_strategy = "ro"  # a real error shows up, translated, on the first read
-                return uri
-        elif os.path.exists(shm):
-            uri = _sqlite_uri(path, mode="ro", readonly_shm="1")
-            error = _probe(uri)
-            if error is None or not _cannot_open_read_only(error):
-                self.read_strategy = "ro"
-                return uri
-        if not has_wal:
-            self.read_strategy = "immutable"
-            return _sqlite_uri(path, mode="ro", immutable="1")
-        directory = _private_copy(path, shown)
-        self._copy_dir = directory
-        self._copy_cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
-        self.read_strategy = "copy"
-        return _sqlite_uri(os.path.join(directory, "ledger.db"), mode="ro")
-
     def _remove_copy(self) -> None:
         if self._copy_cleanup is not None:
             self._copy_cleanup()
@@ -533,19 +383,8 @@ class SQLBackend(Backend):
 
     def _refuse(self, names: set[str], version: str | None) -> None:
         """Why a ledger opened for reading cannot be read."""
-        shown = self.display_url
-        if version is None:
-            if self._sqlite and names:
-                raise ConfigError(f"{shown}: this database is not a lineage ledger")
-            raise NoLedger(f"no ledger at {self._engine.url.database if self._sqlite else shown}")
-        if version == "2":
-            raise ConfigError(
-                f"{shown}: this ledger has schema 2 and must be migrated to schema {SCHEMA_VERSION} once: "
-                f"run `lineage-ledger migrate --ledger {shown}` (with write access to it)"
-            )
-        if version == SCHEMA_VERSION:
-            raise CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
-        raise ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
+        where = self._engine.url.database if self._sqlite else self.display_url
+        raise refusal(self.display_url, sqlite=self._sqlite, tables=names, version=version, where=str(where))
 
     def _prepare_schema(self) -> None:
         """Create, or migrate, the schema in one write transaction, then keep the origin."""
@@ -684,69 +523,7 @@ class SQLBackend(Backend):
                     artifact_rows,
                 )
 
-    # -- reads ----------------------------------------------------------------------------
-    def head(self) -> ChainHead | None:
-        with _translated("reading the head", self.url), self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(blocks_table.c.height, blocks_table.c.id)
-                .order_by(blocks_table.c.height.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else ChainHead(int(row[0]), row[1])
-
-    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
-        for height, block_id, header, rows in self._block_rows(start, stop):
-            records = tuple(
-                StoredRecord(record_id if type(record_id) is str else str(record_id),
-                             body if type(body) is bytes else _as_bytes(body))
-                for _, record_id, body in rows
-            )
-            yield StoredBlock(height, block_id, header, records)
-
-    def block_columns(self, start: int = 0, stop: int | None = None) -> Iterator[BlockColumns]:
-        for height, block_id, header, rows in self._block_rows(start, stop):
-            if rows:
-                _, ids, bodies = zip(*rows, strict=True)
-                # Anything but str ids and bytes bodies was rewritten behind our back:
-                # coerce it as blocks() does, so that verification reports it.
-                if not _ONLY_STR.issuperset(map(type, ids)):
-                    ids = tuple(i if type(i) is str else str(i) for i in ids)
-                if not _ONLY_BYTES.issuperset(map(type, bodies)):
-                    bodies = tuple(b if type(b) is bytes else _as_bytes(b) for b in bodies)
-            else:
-                ids = bodies = ()
-            yield BlockColumns(height, block_id, header, ids, bodies)
-
-    def _block_rows(self, start: int, stop: int | None) -> Iterator[tuple[int, str, bytes, Sequence]]:
-        """(height, id, header, [(seq, record id, body), ...]) per block, in height order."""
-        # Read up to the head, not until a chunk comes back short: a deleted block row
-        # must show up as a gap for verification, not end the chain early.
-        if stop is None:
-            head = self.head()
-            stop = 0 if head is None else head.height + 1
-        low = start
-        while low < stop:
-            high = min(low + _CHUNK, stop)
-            with _translated("reading blocks", self.url), self._engine.connect() as conn:
-                headers = conn.exec_driver_sql(
-                    self._sql(
-                        "SELECT height, id, first_seq, count, header FROM ll_blocks"
-                        " WHERE height >= ? AND height < ? ORDER BY height"
-                    ),
-                    (low, high),
-                ).fetchall()
-            # Records are read a group of blocks at a time, a bounded number of rows per
-            # query, so that memory does not grow with the block size times _CHUNK.
-            group: list = []
-            grouped = 0
-            for index, header_row in enumerate(headers):
-                group.append(header_row)
-                grouped += max(0, int(header_row[3]))
-                if grouped >= _ROWS_PER_READ or index == len(headers) - 1:
-                    yield from self._read_group(group)
-                    group, grouped = [], 0
-            low = high
-
+    # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
         """All rows of one query, read through the driver's own cursor: SQLAlchemy's row
         objects cost more per row than SQLite's read and verification together."""
@@ -761,236 +538,6 @@ class SQLBackend(Backend):
                 raise exc.DBAPIError.instance(statement, params, err, Exception) from err
             finally:
                 cursor.close()
-
-    def _read_group(self, headers: list) -> Iterator[tuple[int, str, bytes, Sequence]]:
-        first = int(headers[0][2])
-        last = int(headers[-1][2]) + int(headers[-1][3])
-        rows = self._fetch(
-            "reading blocks", "SELECT seq, id, body FROM ll_records WHERE seq >= ? AND seq < ? ORDER BY seq",
-            (first, last),
-        )
-        position = 0
-        for height, block_id, first_seq, count, header in headers:
-            first_seq, count = int(first_seq), int(count)
-            # Rows come sorted by their unique seq, so a block is the next `count`
-            # rows when the first and last carry the seqs it owns.
-            chunk = rows[position : position + count]
-            if len(chunk) == count and (
-                not chunk or (chunk[0][0] == first_seq and chunk[-1][0] == first_seq + count - 1)
-            ):
-                position += count
-            else:  # rows missing or out of place: keep what is there, verify reports it
-                chunk = [r for r in rows if first_seq <= r[0] < first_seq + count]
-                position = next((i for i, r in enumerate(rows) if r[0] >= first_seq + count), len(rows))
-            yield int(height), str(block_id), _as_bytes(header), chunk
-
-    def record_count(self) -> int:
-        with _translated("counting records", self.url), self._engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(records_table)).scalar() or 0)
-
-    def known(self, record_ids: Iterable[str]) -> set[str]:
-        ids = list(record_ids)
-        found: set[str] = set()
-        with _translated("looking up records", self.url), self._engine.connect() as conn:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                # Straight to the driver: SQLAlchemy coerced and rendered each id of the IN
-                # list, which cost more than the lookup (this runs before every append).
-                marks = ",".join("?" * len(chunk))
-                rows = conn.exec_driver_sql(self._sql(f"SELECT id FROM ll_records WHERE id IN ({marks})"), tuple(chunk))
-                found.update(row[0] for row in rows)
-        return found
-
-    def _located(self, where) -> list[Located]:
-        query = (
-            sa.select(records_table.c.height, records_table.c.pos, records_table.c.id, records_table.c.body)
-            .where(where)
-            .order_by(records_table.c.seq)
-        )
-        with _translated("query", self.url), self._engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [Located(int(h), int(p), StoredRecord(str(i), _as_bytes(b))) for h, p, i, b in rows]
-
-    @staticmethod
-    def _artifact_condition(role: Role, path: str | None, digest: str | None):
-        condition = artifacts_table.c.role == (_IN if role == "in" else _OUT)
-        if path is not None:
-            condition &= artifacts_table.c.path == path
-        if digest is not None:
-            condition &= artifacts_table.c.digest == digest
-        return condition
-
-    def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
-        seqs = sa.select(artifacts_table.c.seq).where(self._artifact_condition(role, path, digest))
-        return self._located(records_table.c.seq.in_(seqs))
-
-    def find_page(
-        self, role: Role, *, path: str | None = None, digest: str | None = None,
-        offset: int = 0, limit: int | None = None,
-    ) -> list[Located]:
-        """One page of :meth:`find`, read as one range of the path (or digest) index, which
-        is in ledger order already, then only that page's records."""
-        offset = max(0, int(offset))
-        if limit is not None and int(limit) <= 0:
-            return []
-        seqs = sa.select(artifacts_table.c.seq).where(self._artifact_condition(role, path, digest))
-        if path is None:  # one record may hold a digest (or a role) under several paths
-            seqs = seqs.distinct()
-        seqs = seqs.order_by(artifacts_table.c.seq).offset(offset)
-        if limit is not None:
-            seqs = seqs.limit(int(limit))
-        return self._located(records_table.c.seq.in_(seqs))
-
-    def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
-        """The record that read (``in``) or wrote (``out``) ``path`` with the latest end
-        time (then the latest in ledger order), and the end time the index claims for it:
-        one step down ``ll_artifacts_latest``."""
-        rows = self._fetch(
-            "query",
-            "SELECT r.height, r.pos, r.id, r.body, a.ended FROM ll_records r JOIN"
-            " (SELECT seq, ended FROM ll_artifacts WHERE path = ? AND role = ?"
-            " ORDER BY ended DESC, seq DESC LIMIT 1) a ON r.seq = a.seq",
-            (path, _IN if role == "in" else _OUT),
-        )
-        if not rows:
-            return None
-        height, pos, record_id, body, ended = rows[0]
-        return Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), _as_bytes(body))), \
-            _as_text(ended)
-
-    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
-        """Counted on the artifacts index alone: the records it names. (A row whose record
-        was deleted behind our back still counts; readers verify what they read.)"""
-        seq = artifacts_table.c.seq
-        counted = sa.func.count() if path is not None else sa.func.count(sa.distinct(seq))
-        query = sa.select(counted).select_from(artifacts_table).where(self._artifact_condition(role, path, digest))
-        with _translated("counting", self.url), self._engine.connect() as conn:
-            return int(conn.execute(query).scalar() or 0)
-
-    # -- the audit's stream ---------------------------------------------------------------
-    def index_rows(self, stop_seq: int) -> Iterator[IndexRow]:
-        """Both index tables read once in ledger order, ``_INDEX_ROWS_PER_READ`` rows per
-        query, merged by sequence number: a range scan of ``ll_records`` and one of
-        ``ll_artifacts``' primary key. A row whose role is neither in (0) nor out (1) is
-        left out: no look-up reads it, and the row it was is then missing from the
-        record's inputs or outputs, which the audit reports."""
-        return self._merged_index_rows(int(stop_seq))
-
-    def index_summaries(self, start_seq: int, stop_seq: int) -> list[IndexSummary]:
-        """One row per record with ``start_seq <= seq < stop_seq``: its columns and its
-        artifact rows folded by the database into one text (see :class:`IndexSummary`), so
-        that the audit's comparison costs one string per record, not a Python object per
-        artifact. A row of unexpected type is folded as ``?`` and can never match."""
-        if self._sqlite:
-            fold = ("CASE WHEN typeof(a.role) = 'integer' AND typeof(a.path) = 'text' AND typeof(a.digest) = 'text'"
-                    " AND typeof(a.ended) = 'text'"
-                    " THEN a.role || ':' || length(a.path) || ':' || a.path || a.digest || a.ended ELSE '?' END")
-            artifacts = (f"(SELECT group_concat(x, char(10)) FROM (SELECT {fold} AS x FROM ll_artifacts a"
-                         " WHERE a.seq = r.seq ORDER BY a.role, a.path))")
-        else:
-            artifacts = ("(SELECT string_agg(a.role || ':' || length(a.path) || ':' || a.path || a.digest || a.ended,"
-                         " E'\\n'"
-                         " ORDER BY a.role, a.path COLLATE \"C\") FROM ll_artifacts a WHERE a.seq = r.seq)")
-        statement = (f"SELECT r.seq, r.id, r.height, r.pos, r.run_id, {artifacts} FROM ll_records r"
-                     " WHERE r.seq >= ? AND r.seq < ? ORDER BY r.seq")
-        return [IndexSummary(*row) for row in self._fetch("reading the index", statement,
-                                                            (int(start_seq), int(stop_seq)))]
-
-    def artifact_count(self, stop_seq: int) -> int:
-        rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq < ?", (int(stop_seq),))
-        return int(rows[0][0])
-
-    def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:
-        records = self._record_rows(stop)
-        artifacts = self._artifact_rows(stop)
-        record = next(records, None)
-        artifact = next(artifacts, None)
-        while record is not None or artifact is not None:
-            if artifact is None or (record is not None and record[0] <= artifact[0]):
-                seq = record[0]
-            else:
-                seq = artifact[0]
-            inputs: list[tuple[str, str]] = []
-            outputs: list[tuple[str, str]] = []
-            while artifact is not None and artifact[0] == seq:
-                role = artifact[1]
-                if role == _IN or role == _OUT:
-                    (inputs if role == _IN else outputs).append((_as_text(artifact[2]), _as_text(artifact[3])))
-                artifact = next(artifacts, None)
-            if record is not None and record[0] == seq:
-                _, record_id, height, pos, run_id = record
-                record = next(records, None)
-                yield IndexRow(seq, _as_text(record_id), _as_int(height), _as_int(pos), _as_text(run_id),
-                               tuple(sorted(inputs)), tuple(sorted(outputs)))
-            else:  # index rows that point at no record
-                yield IndexRow(seq, "", -1, -1, "", tuple(sorted(inputs)), tuple(sorted(outputs)))
-
-    def _record_rows(self, stop: int) -> Iterator[tuple]:
-        columns = "SELECT seq, id, height, pos, run_id FROM ll_records"
-        limit = _INDEX_ROWS_PER_READ
-        rows = self._fetch("reading the index", columns + " WHERE seq < ? ORDER BY seq LIMIT ?", (stop, limit))
-        while True:
-            yield from rows
-            if len(rows) < limit:
-                return
-            rows = self._fetch(
-                "reading the index", columns + " WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-                (rows[-1][0], stop, limit),
-            )
-
-    def _artifact_rows(self, stop: int) -> Iterator[tuple]:
-        """(seq, role, path, digest) in primary-key order. A read that ends inside one
-        sequence number's rows is cut before them and they are read again with the next
-        range; one sequence number with more rows than a read is paged by (role, path)."""
-        columns = "SELECT seq, role, path, digest FROM ll_artifacts"
-        limit = _INDEX_ROWS_PER_READ
-        after: int | None = None
-        while True:
-            if after is None:
-                rows = self._fetch("reading the index", columns + " WHERE seq < ? ORDER BY seq, role, path LIMIT ?",
-                                   (stop, limit))
-            else:
-                rows = self._fetch(
-                    "reading the index", columns + " WHERE seq > ? AND seq < ? ORDER BY seq, role, path LIMIT ?",
-                    (after, stop, limit),
-                )
-            # A seq that is no integer (text written into the column) sorts after every
-            # number and no reader's look-up reaches it: leave it out.
-            if len(rows) < limit:
-                yield from (row for row in rows if type(row[0]) is int)
-                return
-            last = rows[-1][0]
-            if type(last) is not int:
-                yield from (row for row in rows if type(row[0]) is int)
-                return
-            if rows[0][0] != last:
-                cut = len(rows) - 1
-                while rows[cut - 1][0] == last:
-                    cut -= 1
-                yield from rows[:cut]
-                after = rows[cut - 1][0]
-                continue
-            yield from rows  # one seq fills a whole read
-            role, path = rows[-1][1], rows[-1][2]
-            while True:
-                more = self._fetch(
-                    "reading the index",
-                    columns + " WHERE seq = ? AND (role > ? OR (role = ? AND path > ?)) ORDER BY role, path LIMIT ?",
-                    (last, role, role, path, limit),
-                )
-                yield from more
-                if len(more) < limit:
-                    break
-                role, path = more[-1][1], more[-1][2]
-            after = last
-
-    def by_run(self, run_id: str) -> list[Located]:
-        return self._located(records_table.c.run_id == run_id)
-
-    def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
-        return self._located(records_table.c.id.like(prefix + "%"))[:limit]
 
     def close(self) -> None:
         engine = getattr(self, "_engine", None)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from lineage_ledger import BackendUnavailable, ConfigError, NoLedger, build_block
 from lineage_ledger.backends import IndexRow, open_backend, redact
+from lineage_ledger.backends import _sql_reads as sql_reads
 from lineage_ledger.backends import sql as sqlmod
 from lineage_ledger.backends.sql import SQLBackend
 from tests.backend_conformance import chain_of
@@ -286,6 +287,35 @@ def test_read_only_open_writes_nothing(tmp_path):
     assert before[18:20] == b"\x01\x01"
 
 
+NO_SQLALCHEMY = textwrap.dedent("""
+    import json, sys
+    from lineage_ledger.backends import open_backend
+    with open_backend(sys.argv[1], create=False) as backend:
+        head = backend.head()
+        found = backend.find("in", path="/data/in-1")
+        prefix = backend.by_id_prefix(found[0].record.id[:6])
+        latest = backend.find_latest("out", "/data/twin-1")
+        print(json.dumps({"type": type(backend).__name__, "height": head.height, "found": len(found),
+                          "prefix": len(prefix), "latest": latest is not None,
+                          "sqlalchemy": sorted(m for m in sys.modules if m.split(".")[0] == "sqlalchemy")}))
+""")
+
+
+def test_a_read_only_process_never_imports_sqlalchemy(tmp_path):
+    """What read commands start: SQLAlchemy's import alone took most of their time."""
+    path = tmp_path / "ledger.db"
+    with SQLBackend(str(path)) as backend:
+        backend.append(blocks := chain_of(mixed_records(), 7))
+        expected = len(backend.find("in", path="/data/in-1"))
+    for url in (str(path), f"sqlite:///{path}"):
+        result = subprocess.run([sys.executable, "-c", NO_SQLALCHEMY, url], capture_output=True, text=True,
+                                timeout=120, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        seen = json.loads(result.stdout)
+        assert seen == {"type": "SQLiteReader", "height": blocks[-1].height, "found": expected, "prefix": 1,
+                        "latest": True, "sqlalchemy": []}
+
+
 @pytest.fixture
 def wal_only(tmp_path):
     """(directory, blocks): a copy of a ledger and its -wal, where the last records are
@@ -346,7 +376,7 @@ def test_the_private_copy_explicitly(wal_only, monkeypatch):
     listing = make_read_only(directory)
     refused = sqlite3.OperationalError("unable to open database file")
     refused.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
-    monkeypatch.setattr(sqlmod, "_probe", lambda uri: refused)
+    monkeypatch.setattr(sql_reads, "_probe", lambda uri: refused)
     backend = SQLBackend(f"sqlite:///{directory}/ledger.db", create=False)
     assert backend.read_strategy == "copy"
     private = backend._copy_dir
@@ -446,7 +476,7 @@ def test_index_rows_report_what_a_tamperer_added(tmp_path, monkeypatch):
     conn.execute("UPDATE ll_records SET height = 'x' WHERE seq = 4")
     conn.commit()
     conn.close()
-    monkeypatch.setattr(sqlmod, "_INDEX_ROWS_PER_READ", 2)
+    monkeypatch.setattr(sql_reads, "_INDEX_ROWS_PER_READ", 2)
     with SQLBackend(url, create=False) as backend:
         rows = list(backend.index_rows(10**9))
         assert list(backend.index_rows(5)) == rows[:5]
@@ -464,7 +494,7 @@ def test_one_record_with_more_artifacts_than_a_read(tmp_path, monkeypatch):
     records = make_records(3) + [many] + make_records(3, start=10)
     with SQLBackend(f"sqlite:///{tmp_path}/l.db") as backend:
         backend.append(blocks := chain_of(records, 7))
-        monkeypatch.setattr(sqlmod, "_INDEX_ROWS_PER_READ", 4)
+        monkeypatch.setattr(sql_reads, "_INDEX_ROWS_PER_READ", 4)
         assert list(backend.index_rows(100)) == expected_rows(blocks)
         assert list(backend.index_rows(3)) == expected_rows(blocks)[:3]
 
@@ -505,7 +535,7 @@ def test_index_rows_property(tmp_path_factory, monkeypatch, shapes, chunk, stop)
                            outputs=[artifact(p, c) for p, c in outs.items()])
                for i, (ins, outs) in enumerate(shapes)]
     directory = tmp_path_factory.mktemp("prop")
-    monkeypatch.setattr(sqlmod, "_INDEX_ROWS_PER_READ", chunk)
+    monkeypatch.setattr(sql_reads, "_INDEX_ROWS_PER_READ", chunk)
     with SQLBackend(f"sqlite:///{directory}/l.db") as backend:
         backend.append(blocks := chain_of(records, 7))
         expected = expected_rows(blocks)
@@ -525,7 +555,7 @@ def test_postgres_index_rows_pages_and_read_only(postgres_url, monkeypatch):
     with open_backend(postgres_url) as backend:
         backend.append(blocks := chain_of(records, 7))
         origin = backend.origin
-    monkeypatch.setattr(sqlmod, "_INDEX_ROWS_PER_READ", 3)
+    monkeypatch.setattr(sql_reads, "_INDEX_ROWS_PER_READ", 3)
     with open_backend(postgres_url, create=False) as reader:
         assert reader.read_only and reader.origin == origin
         assert list(reader.index_rows(10**9)) == expected_rows(blocks)  # paths in code point order
