@@ -253,7 +253,8 @@ class Backend(ABC):
 
     def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
         """The record that read or wrote ``path`` with the latest end time (then the latest
-        in ledger order), and the end time the index claims; ``None`` where none did.
+        in ledger order), and the end time the index claims; ``None`` where none did. The
+        record may come without its body (``b""``), as from :meth:`find_places`.
         Asked only where :attr:`keeps_end_times` is true; the core otherwise reads every
         record :meth:`find` returns."""
         return None
