@@ -283,7 +283,7 @@ class TaskCapture:
                 self._deferred = deferred
             return self._recorder
 
-    def _reader(self) -> Ledger | None:
+    def _ledger_for_lookup(self) -> Ledger | None:
         """The ledger for a lookup that may do without it (recalling a deleted input's digest)."""
         try:
             return self.ledger
@@ -458,7 +458,7 @@ class TaskCapture:
                 remembered = self._outputs.get(path)
             source = "capture"
             if remembered is None:
-                ledger = self._reader()
+                ledger = self._ledger_for_lookup()
                 seen = ledger.last_seen(path) if ledger is not None else None
                 remembered, source = (dict(seen[2]) if seen is not None else None), "ledger"
             if remembered is None:

@@ -149,9 +149,9 @@ def _parse_body(body: str) -> Checkpoint:
         match = _TIME.match(extensions[0])
         if not match or match.group(7) == "000000":
             raise CheckpointInvalid("the checkpoint's extension line is not 'time YYYY-MM-DDTHH:MM:SS[.ffffff]Z'")
-        parts = [int(g) for g in match.groups(default="0")]
+        year, month, day, hour, minute, second, micro = (int(g) for g in match.groups(default="0"))
         try:
-            time = datetime(*parts, tzinfo=timezone.utc)
+            time = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone.utc)
         except ValueError as exc:
             raise CheckpointInvalid(f"the checkpoint's time is not a real date: {exc}") from None
     try:

@@ -257,7 +257,7 @@ class Ledger:
             if path is not None:
                 named = side.get(path)
                 agrees = named is not None
-                if agrees and (digest is None or named["blake3"] == digest):
+                if named is not None and (digest is None or named["blake3"] == digest):
                     matching.append(entry)
             else:
                 agrees = any(e["blake3"] == digest for e in side.values())

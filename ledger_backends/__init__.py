@@ -97,5 +97,5 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
         return SQLiteReader(url)
     cls = backend_class(scheme)
     if _accepts_create(cls):
-        return cls(url, create=create)
+        return cls(url, create=create)  # type: ignore[call-arg]
     return cls(url)

@@ -120,7 +120,8 @@ def redact(text: str, url: str) -> str:
     if passwords:
         users = {urllib.parse.unquote(u) for u in re.findall(r"^[^:/?#]+://([^:/@?#]*):", url)} - {""}
         for user in users:
-            text = re.sub(re.escape(user) + r":(?!\*\*\*@)[^\s@]*@", lambda _m, u=user: u + ":***@", text)
+            replacement = user.replace("\\", "\\\\") + ":***@"  # a literal for re.sub
+            text = re.sub(re.escape(user) + r":(?!\*\*\*@)[^\s@]*@", replacement, text)
         text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
     return text
 

@@ -185,7 +185,7 @@ def _cannot_open_read_only(err: sqlite3.Error) -> bool:
 
 
 def _file_state(path: str) -> tuple:
-    state = []
+    state: list[tuple[int, int, int] | None] = []
     for name in (path, path + "-wal"):
         try:
             st = os.stat(name)
@@ -393,7 +393,8 @@ class _SQLReads:
     @staticmethod
     def _artifact_condition(role: Role, path: str | None, digest: str | None) -> tuple[str, tuple]:
         """The WHERE clause on ``ll_artifacts`` and its parameters."""
-        condition, params = "role = ?", [_IN if role == "in" else _OUT]
+        condition = "role = ?"
+        params: list[object] = [_IN if role == "in" else _OUT]
         if path is not None:
             condition += " AND path = ?"
             params.append(path)
@@ -505,6 +506,7 @@ class _SQLReads:
         artifact = next(artifacts, None)
         while record is not None or artifact is not None:
             if artifact is None or (record is not None and record[0] <= artifact[0]):
+                assert record is not None
                 seq = record[0]
             else:
                 seq = artifact[0]

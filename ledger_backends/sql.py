@@ -427,7 +427,7 @@ class SQLBackend(_SQLReads, Backend):
             f" SELECT a.seq, a.role, a.path, a.digest, coalesce({ended}, '') FROM ll_artifacts_v2 a"
             " LEFT JOIN ll_records r ON r.seq = a.seq ORDER BY a.seq, a.role, a.path"
         ).rowcount
-        for index in sorted(artifacts_table.indexes, key=lambda i: i.name):
+        for index in sorted(artifacts_table.indexes, key=lambda i: str(i.name)):
             index.create(conn)
         conn.exec_driver_sql("DROP TABLE ll_artifacts_v2")
         origin = ORIGIN_PREFIX + uuid.uuid4().hex
@@ -532,7 +532,7 @@ class SQLBackend(_SQLReads, Backend):
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
                 cursor.execute(statement, params)
-                return cursor.fetchall()
+                return list(cursor.fetchall())
             except self._engine.dialect.loaded_dbapi.Error as err:
                 # Give the driver's error to SQLAlchemy's wrapper, which _translated maps.
                 raise exc.DBAPIError.instance(statement, params, err, Exception) from err

@@ -441,5 +441,5 @@ def install_mpi_codec() -> None:
     """Make mpi4py's object send/recv use :func:`mpi_dumps`/:func:`mpi_loads`, not pickle."""
     from mpi4py import MPI
 
-    MPI.pickle.__init__(mpi_dumps, mpi_loads)
+    MPI.pickle.__init__(mpi_dumps, mpi_loads)  # type: ignore[misc]  # mpi4py's documented way
 

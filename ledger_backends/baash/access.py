@@ -137,7 +137,7 @@ class AccessList:
         finally:
             os.close(fd)
         try:
-            entries = decode(data, _ACCESS_FILE)["entries"]
+            entries = decode(data, _ACCESS_FILE)["entries"]  # type: ignore[arg-type]
         except WireError as exc:
             raise ConfigError(f"the BAASH allow-list {path} is malformed: {exc}") from exc
         return {uid: frozenset(roles) for uid, roles in entries if roles}

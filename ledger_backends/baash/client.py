@@ -110,7 +110,8 @@ class BaashBackend(Backend):
                     if attempt == 2 or isinstance(exc, WireError):
                         raise BackendUnavailable(f"BAASH service at {self.path}: {exc}") from exc
             if answer["kind"] == "error" and answer["status"] in ("forbidden", "bad_request"):
-                self._sock.close()  # the service may have hung up
+                if self._sock is not None:
+                    self._sock.close()  # the service may have hung up
                 self._sock = None
         if answer["kind"] == "error":
             status, message = answer["status"], answer["message"]

@@ -132,7 +132,8 @@ class Service:
             if op == "blocks":
                 start, stop = request["start"], request["stop"]
                 stop = start + READ_PAGE if stop is None else min(stop, start + READ_PAGE)
-                page, size = [], 0
+                page: list[Any] = []
+                size = 0
                 for text in self.manager.wire[start:stop]:  # at least one block, then up to half a frame
                     size += len(text) + 1
                     if page and size > MAX_FRAME // 2:
