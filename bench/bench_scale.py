@@ -191,6 +191,16 @@ def main() -> None:
     print(f"{'audit peak RSS (MiB)':28}" + "".join(f"{table[s]['audit'][1]:>11.0f} " for s in sizes))
     print(f"{'audit records/s':28}" + "".join(f"{s / table[s]['audit'][0]:>12,.0f}" for s in sizes))
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    big = sizes[-1]
+    for name in ("verify TARGET", "pre-run check (3 inputs)"):
+        seconds, ratio = table[big][name][0], table[big][name][0] / table[base][name][0]
+        verdict = "GOAL MET" if ratio <= 2 and seconds < 0.3 else "GOAL MISSED"
+        print(f"{verdict}: {name} at {big:,} records {seconds:.3f} s, {ratio:.2f}x the {base:,} figure "
+              "(goal: within 2x and under 0.3 s)")
+    rate, peak = big / table[big]["audit"][0], table[big]["audit"][1]
+    verdict = "GOAL MET" if rate >= 300_000 and peak <= 512 else "GOAL MISSED"
+    print(f"{verdict}: audit at {big:,} records {rate:,.0f} records/s, peak RSS {peak:.0f} MiB "
+          "(goal: >= 300,000 records/s, <= 512 MiB)")
 
 
 if __name__ == "__main__":

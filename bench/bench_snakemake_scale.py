@@ -90,6 +90,7 @@ def main() -> None:
         print(f"empty ledger: median {empty:.3f} s  {[round(t, 3) for t in times['empty']]}")
         print(f"{size:,} records: median {big:.3f} s  {[round(t, 3) for t in times['big']]}")
         print(f"ratio {big / empty:.3f} (goal <= 1.2); load average at end {os.getloadavg()[0]:.2f}")
+        print(f"{'GOAL MET' if big / empty <= 1.2 else 'GOAL MISSED'}: {size:,} records / empty = {big / empty:.3f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

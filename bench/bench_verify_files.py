@@ -74,6 +74,7 @@ def main() -> None:
         print(f"verify-lineage DIR: median {v:.3f} s  {[round(t, 3) for t in times['verify']]}")
         print(f"hash --rehash DIR:  median {h:.3f} s  {[round(t, 3) for t in times['hash']]}")
         print(f"ratio {v / h:.3f} (goal <= 1.5); load average at end {os.getloadavg()[0]:.2f}")
+        print(f"{'GOAL MET' if v / h <= 1.5 else 'GOAL MISSED'}: verify-lineage / hash --rehash = {v / h:.3f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -110,6 +110,9 @@ def _verify_parts(
         intact = False
     if not intact:
         for position, (record_id, body) in enumerate(zip(ids, bodies, strict=True)):
+            if record_id == "" and body == b"":  # what a store hands back for a row it lacks
+                raise MerkleMismatch(f"block {height}: record {position} of {len(ids)} is missing from the store",
+                                     height=height)
             if blake3(body).hexdigest() != record_id:
                 raise RecordTampered(
                     f"block {height}: record {position} ({str(record_id)[:16]}) does not hash to its id",

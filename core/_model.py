@@ -239,7 +239,9 @@ class StoredRecord:
     run_id: str = ""
     inputs: tuple[tuple[str, str], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
-    ended: str = ""  # the task's end, canonical UTC text: "which record saw this path last"
+    # The task's end, canonical UTC text, for "which record saw this path last". Derived
+    # from the body like the index keys; not compared (a store may not hand it back).
+    ended: str = field(default="", compare=False)
 
     @classmethod
     def from_body(cls, body: bytes) -> StoredRecord:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ._chain import ChainSummary
-from ._errors import ArtifactError, ArtifactMismatch, HistoryRewritten, LineageBroken, VerificationError
+from ._errors import ArtifactError, ArtifactMismatch, HistoryRewritten, LineageBroken, NoLedger, VerificationError
 from ._hashing import hash_file, normalize_path, walk_files
 from ._ledger import Ledger, LineageNode, open_ledger
 
@@ -330,7 +330,10 @@ def verify_before_run(ledger: Ledger | str | None, paths: Iterable[str], policy:
     each one; ``rerun`` returns them for the caller to force their producers. A file that
     is missing or that no record mentions is not tampering and is not reported.
     """
-    opened = ledger if isinstance(ledger, Ledger) else open_ledger(ledger)
+    try:  # the check only reads: open it so (nothing created, nothing replayed)
+        opened = ledger if isinstance(ledger, Ledger) else open_ledger(ledger, read_only=True)
+    except NoLedger:
+        return []  # no ledger yet: nothing was recorded that could vouch for or against a file
     try:
         tampered = check_before_run(opened, [normalize_path(p) for p in paths], policy)
     finally:

@@ -88,9 +88,12 @@ def check(url: str | None, paths: list[str]) -> list[Any]:
     paths = [p for p in paths if os.path.exists(p)]
     if not paths:
         return []  # a missing file is not tampering: a fresh run does not even open the ledger
-    from lineage_ledger import check_before_run, open_ledger
+    from lineage_ledger import NoLedger, check_before_run, open_ledger
 
-    ledger = open_ledger(url)
+    try:  # the check only reads: no ledger is created, no spool replayed, no SQLAlchemy imported
+        ledger = open_ledger(url, read_only=True)
+    except NoLedger:
+        return []  # nothing was ever recorded there: nothing can vouch for, or against, a file
     try:
         return check_before_run(ledger, paths, "warn")
     finally:
