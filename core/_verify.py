@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ._chain import ChainSummary
-from ._errors import ArtifactError, ArtifactMismatch, HistoryRewritten, LineageBroken, NoLedger, VerificationError
+from ._errors import (
+    ArtifactError,
+    ArtifactMismatch,
+    HistoryRewritten,
+    LineageBroken,
+    NoLedger,
+    VerificationError,
+)
 from ._hashing import hash_file, normalize_path, walk_files
 from ._ledger import Ledger, LineageNode, open_ledger
 
