@@ -6,7 +6,6 @@ input or back-end error. ``lineage-ledger run`` exits with its command's status.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._model import Artifact, digest_hex
 from ._render import derived_lines, describe_record, lineage_json, lineage_lines, report_json, report_lines
-from ._terminal import printable
+from ._terminal import json_text, printable
 from ._verify import verify_against, verify_lineage
 
 __all__ = ["cli", "main", "verify_main"]
@@ -148,7 +147,7 @@ def spool_status(spool_root, as_json) -> None:
     now = utcnow()
     found = [entry for entry in backlog(spool_root) if entry.records or entry.quarantined]
     if as_json:
-        click.echo(json.dumps([entry.to_json(now) for entry in found], indent=2, ensure_ascii=True))
+        click.echo(json_text([entry.to_json(now) for entry in found], indent=2))
         return
     if not found:
         click.echo("nothing waits in the spool")
@@ -209,7 +208,7 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
         entries = entries[-limit:] if limit else entries
         for entry in entries:
             if as_json:
-                click.echo(json.dumps({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
+                click.echo(json_text({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
             else:
                 outs = ", ".join(printable(os.path.relpath(p)) for p in entry.record.outputs) or "-"
                 click.echo(f"{describe_record(entry)}  -> {outs}")
@@ -230,7 +229,7 @@ def show(record_id, ledger_url) -> None:
                      "inclusion_proof": proof},
             "record": entry.record.to_dict(),
         }
-        click.echo(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=True))
+        click.echo(json_text(body, indent=2, sort_keys=True))
 
 
 @cli.command()
@@ -242,7 +241,7 @@ def why(path, ledger_url, as_json) -> None:
     with _open(ledger_url) as ledger:
         tree = ledger.lineage(normalize_path(path))
         if as_json:
-            click.echo(json.dumps(lineage_json(tree), indent=2))
+            click.echo(json_text(lineage_json(tree), indent=2))
         elif tree.kind == "source" and not ledger.consumers(tree.path):
             raise LedgerError(f"{path}: no record in the ledger read or wrote it")
         else:
@@ -282,7 +281,7 @@ def hash_command(paths, rehash, cache_path, as_json) -> None:
     artifacts = _hash_with_progress(hasher, files)
     for artifact in artifacts:
         if as_json:
-            click.echo(json.dumps({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size}))
+            click.echo(json_text({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size}))
         else:
             click.echo(f"{artifact.blake3}  {artifact.size:>12}  {printable(os.path.relpath(artifact.path))}")
 
@@ -328,6 +327,9 @@ def verify(targets, checkpoint_file, pubkeys, ledger_url, as_json) -> None:
     date and prove every record used. Exit 0 verified, 1 a check failed, 2 an error.
     """
     checkpoint = _read_checkpoint(checkpoint_file, pubkeys) if checkpoint_file else None
+    if checkpoint is not None and not pubkeys:
+        click.echo("note: no --pubkey given: the checkpoint's signature is not checked, so it vouches only "
+                   "as far as the file itself can be trusted", err=True)
     if pubkeys and not checkpoint_file:
         raise click.UsageError("--pubkey needs --against CHECKPOINT")
     with _open(ledger_url) as ledger:
@@ -338,7 +340,7 @@ def verify(targets, checkpoint_file, pubkeys, ledger_url, as_json) -> None:
             except VerificationError as failure:
                 report.fail(failure)
     if as_json:
-        click.echo(json.dumps(report_json(report), indent=2, ensure_ascii=True))
+        click.echo(json_text(report_json(report), indent=2))
     else:
         click.echo("\n".join(report_lines(report)))
     sys.exit(0 if report.ok else 1)

@@ -34,7 +34,12 @@ class SharedStore:
         self.root = os.path.abspath(root)
         self.blocks_dir = os.path.join(self.root, "blocks")
         self.log_path = os.path.join(self.root, "chain.log")
-        os.makedirs(self.blocks_dir, exist_ok=True)
+        # Private whatever the umask: the blocks hold every record, parameters included, and
+        # only the service's own uid reads them (clients go through the allow-listed socket).
+        for directory in (self.root, self.blocks_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            if os.stat(directory).st_uid == os.getuid():
+                os.chmod(directory, 0o700)
         self.ids: list[str] = []          # block id by height, as far as read
         self._log_offset = 0
         self.lookups = 0                  # how often storage was asked for a hash
