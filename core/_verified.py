@@ -286,14 +286,20 @@ class _IndexChecker:
         self.compared = 0
         self.artifacts = 0
 
+
     def _row(self, seq: int) -> Any:
         if seq >= self.loaded:
-            self.rows = self.backend.index_summaries(seq, seq + self._CHUNK) or []
+            self.rows = self._fetch(seq)
             self.at, self.loaded = 0, seq + self._CHUNK
         if self.at < len(self.rows) and self.rows[self.at].seq == seq:
             self.at += 1
             return self.rows[self.at - 1]
         return None
+
+    def _fetch(self, seq: int) -> list[Any]:
+        # Read on this thread: a second thread reading ahead made it slower (the reader
+        # thread needs the GIL for every row it builds; measured 1.04 s alone, 1.24 s waited).
+        return self.backend.index_summaries(seq, seq + self._CHUNK) or []
 
     def block(self, block, first: int, views: list[Any]) -> None:
         fold, height = self.fold, block.height
@@ -346,7 +352,7 @@ class _ExistingFiles:
         for path in outputs:
             if path in seen:
                 continue
-            directory = os.path.dirname(path)
+            directory = path.rpartition("/")[0] or "/"  # absolute, normal paths (C speed)
             present = dirs.get(directory)
             if present is None:
                 present = dirs[directory] = os.path.isdir(directory)

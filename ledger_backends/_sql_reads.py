@@ -619,9 +619,11 @@ class SQLiteReader(_SQLReads, Backend):
         self._origin: str | None = None
         self._copy_dir: str | None = None  # the private copy read, if any
         self._copy_cleanup: weakref.finalize | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # One connection per thread (an audit reads the index on a second thread while the
+        # first verifies blocks: SQLite releases the GIL while it steps), per process.
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._opened_lock = threading.Lock()
         shown = self.display_url
         given = sqlite_file(url)
         if given is None:
@@ -664,17 +666,21 @@ class SQLiteReader(_SQLReads, Backend):
         raise refusal(self.display_url, sqlite=True, tables=tables, version=version, where=given)
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
             # A forked child opens its own: the parent's handle is the parent's to use.
             conn = _connect(self._uri)
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+            local.conn, local.pid = conn, os.getpid()
+            with self._opened_lock:
+                self._opened.append((os.getpid(), conn))
+        return conn
 
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
-        with _translated(what, self.display_url), self._lock:
+        with _translated(what, self.display_url):
             return self._connection().execute(statement, params).fetchall()
 
     @property
@@ -694,8 +700,11 @@ class SQLiteReader(_SQLReads, Backend):
         raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
-            conn.close()
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for pid, conn in opened:
+            if pid == os.getpid():
+                conn.close()
+        self._local = threading.local()
         if self._copy_cleanup is not None:
             self._copy_cleanup()
