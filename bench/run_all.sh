@@ -7,7 +7,7 @@ repo="$(dirname "$here")"
 python="${PYTHON:-$repo/.venv/bin/python}"
 cd "$repo"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-for name in hashing statcache sqlite_append verify_chain record snakemake parsl airflow baash baash_reads fabric; do
+for name in hashing statcache sqlite_append verify_chain scale snakemake_scale verify_files record snakemake parsl airflow baash baash_reads fabric; do
     echo
     echo "=== bench/bench_$name.py $* ==="
     "$python" "bench/bench_$name.py" "$@"
