@@ -7,6 +7,9 @@ root="$(cd "$here/../.." && pwd)"
 demo="$root/.demo"
 rm -rf "$demo" && mkdir -p "$demo/data" "$demo/results" && cd "$demo"
 export LINEAGE_RUN_ID="demo-$(date -u +%Y%m%dT%H%M%SZ)"
+# The demo's ledger is made anew each time: it keeps its verified tree head beside it, not in
+# ~/.local/state, where a new ledger at the same path would read as a replaced one.
+export LINEAGE_STATE_DIR="$demo/.state"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "1. Run a pipeline, recording every step (engine: cli, ledger: sqlite at .lineage/ledger.db)"
@@ -25,8 +28,10 @@ say "2. What ran, and where the report comes from"
 lineage-ledger log
 lineage-ledger why results/report.txt
 
-say "3. verify-lineage: the chain, the files on disk, the lineage back to the sources"
+say "3. verify-lineage: the ledger, the files on disk, the lineage back to the sources"
 verify-lineage results/report.txt
+lineage-ledger checkpoint -o checkpoint.txt   # the verified tree head, to publish
+cat checkpoint.txt
 
 say "4. Someone 'fixes' a reading in data/clean.csv by hand, keeping size and mtime"
 cp -p data/clean.csv /tmp/ll-demo-ref.$$
