@@ -34,6 +34,7 @@ from blake3 import blake3
 
 from ._canonical import format_time, utcnow
 from ._errors import ConfigError, HistoryRewritten
+from ._merkle import _next_level
 
 __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 
@@ -70,19 +71,6 @@ class TreeHead:
     def from_json(cls, data: bytes) -> TreeHead:
         raw = json.loads(data)
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
-
-
-def _pair(nodes: list[bytes]) -> list[bytes]:
-    """Parents of consecutive pairs (``nodes`` has even length)."""
-    hasher = blake3()
-    reset, update, digest = hasher.reset, hasher.update, hasher.digest
-    out: list[bytes] = []
-    append = out.append
-    for left, right in zip(nodes[0::2], nodes[1::2], strict=True):
-        reset()
-        update(b"\x01" + left + right)
-        append(digest())
-    return out
 
 
 class TreeWriter:
@@ -142,7 +130,7 @@ class TreeWriter:
                 nodes = nodes[:-1]
             else:
                 self._carry[level] = None
-            nodes = _pair(nodes) if nodes else nodes
+            nodes = _next_level(nodes) if nodes else nodes  # even length here: pairs only
             level += 1
         self.blocks += 1
         self.block_id = block_id

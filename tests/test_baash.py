@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -17,41 +11,10 @@ from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.baash import BlockRejected
 from tests.backend_conformance import BackendConformance, chain_of
 from tests.conftest import run_cli
-from tests.support import baash as support
+from tests.support.baash import BaashService
 from tests.support.factories import make_records
 
 pytestmark = pytest.mark.mpi
-
-
-class BaashService(support.BaashService):
-    """``lineage-ledger baash serve`` on a Unix socket in the test's directory.
-
-    (tests/support/baash.py still starts it with ``--listen`` and builds a TCP URL; this
-    keeps its ``output`` and ``stop`` and starts the service as it runs now.)
-    """
-
-    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, socket: Path | None = None) -> None:
-        support.require_mpi()
-        self.workdir = workdir
-        self.storage = workdir / "shared-storage"
-        self.socket = socket or workdir / "run" / "baash.sock"
-        self.ready = workdir / "ready.json"
-        self.ready.unlink(missing_ok=True)  # a service restarted on the same storage writes it anew
-        self.log = open(workdir / "service.log", "w")  # noqa: SIM115 - closed in stop()
-        script = Path(sys.executable).parent / "lineage-ledger"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
-        self.proc = subprocess.Popen(
-            [str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
-             "--socket", str(self.socket), "--ready-file", str(self.ready), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the BAASH service did not start:\n" + self.output())
-            time.sleep(0.05)
-        self.info = json.loads(self.ready.read_text())
-        self.url = self.info["url"]
 
 
 @pytest.fixture

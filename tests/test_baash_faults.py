@@ -14,8 +14,8 @@ import pytest
 from lineage_ledger import AppendConflict, BackendError, build_block, verify_chain
 from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.baash.storage import SharedStore
+from tests.support.baash import BaashService
 from tests.support.factories import make_records
-from tests.test_baash import BaashService
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 

@@ -319,7 +319,7 @@ def public_dir():
 
 @pytest.fixture
 def group_service(tmp_path, public_dir):
-    from tests.test_baash import BaashService
+    from tests.support.baash import BaashService
 
     service = BaashService(tmp_path, 3, "--socket-group", str(NOBODY), socket=public_dir / "run" / "baash.sock")
     yield service
@@ -462,7 +462,7 @@ def test_pickles_sent_to_every_channel_run_nothing(group_service, tmp_path):
 
 @pytest.mark.mpi
 def test_a_malformed_request_changes_nothing(tmp_path):
-    from tests.test_baash import BaashService
+    from tests.support.baash import BaashService
 
     service = BaashService(tmp_path, 2)
     try:

@@ -24,10 +24,13 @@ def require_mpi() -> None:
 
 
 class BaashService:
-    def __init__(self, workdir: Path, ranks: int = 4, *extra: str) -> None:
+    """``lineage-ledger baash serve`` on a Unix socket in the test's directory."""
+
+    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, socket: Path | None = None) -> None:
         require_mpi()
         self.workdir = workdir
         self.storage = workdir / "shared-storage"
+        self.socket = socket or workdir / "run" / "baash.sock"
         self.ready = workdir / "ready.json"
         self.ready.unlink(missing_ok=True)  # a service restarted on the same storage writes it anew
         self.log = open(workdir / "service.log", "w")  # noqa: SIM115 - closed in stop()
@@ -35,7 +38,7 @@ class BaashService:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
         self.proc = subprocess.Popen(
             [str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
-             "--listen", "127.0.0.1:0", "--ready-file", str(self.ready), *extra],
+             "--socket", str(self.socket), "--ready-file", str(self.ready), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 120
         while not self.ready.exists():
@@ -44,7 +47,7 @@ class BaashService:
                 raise RuntimeError("the BAASH service did not start:\n" + self.output())
             time.sleep(0.05)
         self.info = json.loads(self.ready.read_text())
-        self.url = f"baash://127.0.0.1:{self.info['port']}"
+        self.url = self.info["url"]
 
     def output(self) -> str:
         self.log.flush()
