@@ -297,6 +297,28 @@ def _scan(directory: str) -> SpoolBacklog:
     return found
 
 
+def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:
+    """(records waiting in this ledger's spool, which of ``paths`` they read or write): what a
+    verification must not pass over in silence. Reads only files of this user; creates nothing."""
+    from ._spool import spool_path
+
+    directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return 0, []
+    wanted, named, count = set(paths), set(), 0
+    for name in sorted(os.listdir(directory)):
+        read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+        for line in (read[0].split(b"\n")[:-1] if read else ()):
+            count += 1
+            try:
+                body = json.loads(line.partition(b" ")[2])
+                named.update(wanted.intersection(body.get("inputs", {})).union(
+                    wanted.intersection(body.get("outputs", {}))))
+            except (ValueError, AttributeError, TypeError):
+                continue
+    return count, sorted(named)
+
+
 def backlog(spool: str | None = None) -> list[SpoolBacklog]:
     """What waits in each ledger's directory under the spool root ``spool``."""
     root = os.path.abspath(_default_spool(spool))

@@ -98,6 +98,10 @@ def report_lines(report: Report) -> list[str]:
         lines.extend(lineage_lines(target.tree, checks))
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
+    if report.waiting:
+        named = f", naming {', '.join(_short(p) for p in report.waiting_named)}" if report.waiting_named else ""
+        lines.append(f"\nnote: {report.waiting} record(s) of this ledger wait in the spool, not yet in the ledger"
+                     f"{named}: `lineage-ledger spool ship`, then verify again")
     lines.append("")
     if report.ok:
         lines.append("verified")
@@ -140,6 +144,7 @@ def report_json(report: Report) -> dict[str, Any]:
         },
         "tree_head": None if chain is None else {"size": chain.records, "root": chain.log_root},
         "index_rows": report.index_rows,
+        "waiting_in_spool": {"records": report.waiting, "naming": report.waiting_named},
         "against": None if report.against is None else {
             "origin": report.against.origin, "size": report.against.size, "root": report.against.root.hex(),
         },

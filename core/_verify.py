@@ -178,6 +178,8 @@ class Report:
     audited_records: int = 0
     index_rows: int | None = None  # index rows compared with their records in an audit
     first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
+    waiting: int = 0  # records of this ledger waiting in this user's spool, not yet in the ledger
+    waiting_named: list[str] = field(default_factory=list)  # the targets' files they name
     against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
     # Lineage nodes by (path, digest), shared by the targets' trees: each walked once.
     lineage_memo: dict = field(default_factory=dict, repr=False)
@@ -237,6 +239,10 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
             _verify_target(ledger, path, report, files=files, audit=audit)
         except VerificationError as failure:  # an index row that disagrees with its record
             report.fail(failure)
+    from ._deferred import waiting_for
+
+    checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
+    report.waiting, report.waiting_named = waiting_for(ledger._spool_root, ledger.backend.identity, checked)
     return report
 
 

@@ -350,3 +350,26 @@ def test_verification_errors_name_their_kind(tmp_path):
     _index_edit(db, "UPDATE ll_artifacts SET path = '/data/elsewhere' WHERE path = '/data/step-0' AND role = 1")
     with open_ledger(url, read_only=True) as ledger, pytest.raises(VerificationError):
         ledger.producers("/data/elsewhere")
+
+
+def test_a_record_waiting_in_the_spool_is_reported_not_passed_over(tmp_path):
+    """#16: verification never says "verified" in silence while a record of a target waits."""
+    (tmp_path / "in.txt").write_text("in")
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    run_cli("run", "-i", "in.txt", "-o", "a.txt", "--ledger", url, "--", "cp", "in.txt", "a.txt",
+            cwd=tmp_path, check_rc=0)
+    locker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the ledger as the next task ends
+    try:
+        result = run_cli("run", "-i", "a.txt", "-o", "b.txt", "--ledger", url, "--ship-wait", "0.5", "--",
+                         "cp", "a.txt", "b.txt", cwd=tmp_path)
+        assert result.returncode == 0 and "waits" in result.stderr, result
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    verified = run_cli("a.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert verified.returncode == 0, verified
+    assert "1 record(s) of this ledger wait in the spool" in verified.stdout and "a.txt" in verified.stdout
+    run_cli("spool", "ship", "--ledger", url, cwd=tmp_path, check_rc=0)
+    again = run_cli("b.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+    assert "wait in the spool" not in again.stdout
