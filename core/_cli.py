@@ -49,6 +49,9 @@ def _guard(call: Callable[[], Any]) -> Any:
         sys.exit(2)
     except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
         raise
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except RecursionError:
         click.echo("error: the lineage is too deep to walk (over ~900 tasks in one chain)", err=True)
         sys.exit(2)
@@ -258,11 +261,37 @@ def depends(path, limit, show_all, ledger_url) -> None:
     """Show what was derived from PATH: its consumers, their outputs, and so on."""
     with _open(ledger_url) as ledger:
         normal = normalize_path(path)
-        tree = ledger.derived(normal, limit=None if show_all or limit <= 0 else limit)
+        if show_all or limit <= 0:
+            _depends_streamed(ledger, normal, path)
+            return
+        tree = ledger.derived(normal, limit=limit)
         if not tree:
             click.echo(f"{printable(path)}: nothing in the ledger was derived from it")
             return
         click.echo("\n".join(derived_lines(normal, tree)))
+
+
+def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) -> None:
+    """Every consumer, a page at a time, printed as it is proved: memory stays bounded for a
+    file a million tasks read."""
+    seen: set[str] = set()
+    offset, printed = 0, False
+    while True:
+        consumers = ledger.consumers(normal, offset=offset, limit=page)
+        for consumer in consumers:
+            if consumer.id in seen:
+                continue
+            children = [(out, ledger.derived(out, entry["blake3"], seen)) for out, entry in
+                        sorted(consumer.record.outputs.items())]
+            seen.add(consumer.id)
+            lines = derived_lines(normal, [(consumer, children)])
+            click.echo("\n".join(lines if not printed else lines[1:]))
+            printed = True
+        if len(consumers) < page:
+            break
+        offset += page
+    if not printed:
+        click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
 
 
 @cli.command(name="hash")

@@ -373,3 +373,11 @@ def test_a_record_waiting_in_the_spool_is_reported_not_passed_over(tmp_path):
     run_cli("spool", "ship", "--ledger", url, cwd=tmp_path, check_rc=0)
     again = run_cli("b.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
     assert "wait in the spool" not in again.stdout
+
+
+def test_depends_pages_a_file_every_task_read_and_streams_all(tmp_path):
+    url = _build(tmp_path / "ledger.db")
+    paged = run_cli("depends", "-n", "2", "/data/ref", "--ledger", url, cwd=tmp_path, check_rc=0).stdout
+    assert "... and 7 more (--all lists them)" in paged
+    every = run_cli("depends", "--all", "/data/ref", "--ledger", url, cwd=tmp_path, check_rc=0).stdout
+    assert sum("test:step" in line for line in every.splitlines()) == 9  # each consumer once
