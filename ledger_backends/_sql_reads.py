@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from lineage_ledger._errors import (
     BackendError,
@@ -269,9 +269,8 @@ class _SQLReads:
     ``self._sqlite`` says which dialect (SQLite, or else PostgreSQL)."""
 
     _sqlite: bool
-
-    def _fetch(self, what: str, statement: str, params: tuple) -> list:
-        raise NotImplementedError
+    #: ``_fetch(what, statement, params) -> rows``: each class reads through its own driver.
+    _fetch: Callable[[str, str, tuple], list]
 
     def head(self) -> ChainHead | None:
         rows = self._fetch("reading the head", "SELECT height, id FROM ll_blocks ORDER BY height DESC LIMIT 1", ())

@@ -42,7 +42,6 @@ from lineage_ledger._errors import (
     ConfigError,
     CorruptStore,
     MissingExtra,
-    NoLedger,
 )
 from lineage_ledger._model import StoredBlock
 
@@ -274,25 +273,16 @@ class SQLBackend(_SQLReads, Backend):
             if os.path.isdir(path):
                 raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
             kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S}
-            given, path = path, os.path.abspath(path)  # "x/../a.db" is a.db to SQLite, x or not
-            if not create:
-                try:
-                    empty = os.path.getsize(path) == 0
-                except FileNotFoundError:
-                    empty = True
-                except OSError as err:
-                    raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
-                if empty:
-                    raise NoLedger(f"no ledger at {given}")
+            # (create=False never gets here for SQLite: __new__ hands it to SQLiteReader.)
+            path = os.path.abspath(path)  # "x/../a.db" is a.db to SQLite, x or not
+            parent = os.path.dirname(path)
+            _make_private_dirs(parent, shown)
+            if os.path.exists(path):
+                # A copy we may not write (or whose directory cannot take the WAL files):
+                # read it, as a read-only open would.
+                self.read_only = not (_writable(path) and _writable(parent))
             else:
-                parent = os.path.dirname(os.path.abspath(path))
-                _make_private_dirs(parent, shown)
-                if os.path.exists(path):
-                    # A copy we may not write (or whose directory cannot take the WAL
-                    # files): read it, as with create=False.
-                    self.read_only = not (_writable(path) and _writable(parent))
-                else:
-                    _create_private_file(path, shown)
+                _create_private_file(path, shown)
             if self.read_only:
                 uri, self.read_strategy, self._copy_dir = read_only_uri(path, shown)
                 if self._copy_dir is not None:
