@@ -13,6 +13,7 @@ gets ``exit_timeout`` seconds to flush; whatever is left is replayed by the next
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import threading
@@ -147,8 +148,11 @@ class Recorder:
             for segment in list(self._unshipped):
                 try:
                     segment.sync()
-                except OSError:
-                    pass  # shipped and closed by the worker meanwhile (it syncs before shipping)
+                except OSError as err:
+                    # EBADF: shipped and closed by the worker meanwhile (it syncs before it
+                    # ships). Anything else (EIO, ENOSPC) means the record may not be on disk.
+                    if err.errno != errno.EBADF:
+                        raise SpoolError(f"cannot sync the spool segment {segment.path}: {err.strerror}") from err
             if self._writer is not None:
                 segment = self._writer.current
                 try:
