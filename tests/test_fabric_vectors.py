@@ -20,6 +20,19 @@ def test_vector_file_matches_the_core():
     assert any("\\n" in r["body"] for r in vectors["records"])  # an escaped newline is covered
 
 
+def test_log_tree_vectors_are_the_cores_rfc9162_roots():
+    """What the chaincode's log tree is tested against (tree_test.go) is what the core's tree
+    computes from the same record ids, at every size."""
+    from lineage_ledger._tree import BLAKE3, levels_of, memory_source, root
+
+    log_tree = build_vectors()["log_tree"]
+    leaves = [BLAKE3.leaf(bytes.fromhex(record_id)) for record_id in log_tree["ids"]]
+    nodes = memory_source(levels_of(leaves, BLAKE3))
+    assert len(log_tree["roots"]) == len(leaves) + 1 >= 9
+    for size, expected in enumerate(log_tree["roots"]):
+        assert root(nodes, size, BLAKE3).hex() == expected, size
+
+
 @pytest.mark.fabric
 def test_chaincode_go_tests_pass_on_the_vectors():
     go = go_binary()

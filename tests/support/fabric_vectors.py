@@ -3,7 +3,9 @@
 ``python -m tests.support.fabric_vectors`` rewrites
 ``ledger_backends/fabric/chaincode/testdata/vectors.json``; ``tests/test_fabric_vectors.py``
 checks that the file still equals what the core computes and runs the chaincode's
-``go test`` against it.
+``go test`` against it. Its ``log_tree`` section is the repository's shared tree vectors
+(``tests/vectors/tree_blake3.json``: record ids and the root of every size), copied so that
+the chaincode's module tests need nothing outside it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 from lineage_ledger import Record, build_block, merkle_root
 from tests.support.factories import BASE_TIME, artifact
 
-VECTORS = Path(__file__).resolve().parents[2] / "ledger_backends" / "fabric" / "chaincode" / "testdata" / "vectors.json"
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "ledger_backends" / "fabric" / "chaincode" / "testdata" / "vectors.json"
+TREE_VECTORS = ROOT / "tests" / "vectors" / "tree_blake3.json"
 
 
 def vector_records() -> list[Record]:
@@ -43,7 +47,16 @@ def build_vectors() -> dict:
         "records": [{"id": s.id, "body": s.body.decode("utf-8")} for s in stored],
         "merkle": [{"ids": ids[:n], "root": merkle_root(ids[:n])} for n in range(len(ids) + 1)],
         "block": {"height": block.height, "id": block.id, "header": block.header.decode("utf-8")},
+        "log_tree": log_tree_vectors(),
     }
+
+
+def log_tree_vectors() -> dict:
+    """The shared vectors' record ids and the root of every tree size, for the chaincode's
+    log tree (tree.go); the tests check them against ``lineage_ledger._tree`` too."""
+    shared = json.loads(TREE_VECTORS.read_text(encoding="utf-8"))
+    return {"source": "tests/vectors/tree_blake3.json", "ids": [r["id"] for r in shared["records"]],
+            "roots": [shared["roots"][str(n)] for n in range(len(shared["records"]) + 1)]}
 
 
 def render() -> str:

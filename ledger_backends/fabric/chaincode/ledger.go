@@ -3,8 +3,9 @@ package main
 // The provenance contract. State keys (simple keys, so that range scans work; every
 // component is hex, digits or a validated ledger name, and "/" sorts below all of them):
 //
-//	L/<ledger>/head                      height <TAB> block id <TAB> records so far [<TAB> f1]
+//	L/<ledger>/head                      height <TAB> block id <TAB> records so far [<TAB> f1] [<TAB> t1]
 //	L/<ledger>/f/<hex digit>             Bloom filter shard over record ids (filter.go)
+//	L/<ledger>/tree                      the log tree's compact range (tree.go), when the head says t1
 //	L/<ledger>/b/<height:012>            block id <TAB> count <TAB> header, then one line per record body
 //	L/<ledger>/bid/<block id>            height
 //	L/<ledger>/id/<record id>            height <TAB> position
@@ -80,6 +81,18 @@ type chainHead struct {
 	ID      string
 	Records int64
 	Filter  bool // the ledger keeps the id filter (every ledger begun by this chaincode)
+	Tree    bool // the ledger keeps the log tree, current with the head (tree.go)
+}
+
+func (h *chainHead) encode() string {
+	value := fmt.Sprintf("%d\t%s\t%d", h.Height, h.ID, h.Records)
+	if h.Filter {
+		value += "\t" + filterMark
+	}
+	if h.Tree {
+		value += "\t" + treeMark
+	}
+	return value
 }
 
 func prefix(ledger string) (string, error) {
@@ -106,13 +119,28 @@ func readHead(ctx contractapi.TransactionContextInterface, p string) (*chainHead
 	if err != nil || raw == nil {
 		return nil, err
 	}
+	return parseHead(raw)
+}
+
+func parseHead(raw []byte) (*chainHead, error) {
 	fields := strings.Split(string(raw), "\t")
-	if len(fields) != 3 && (len(fields) != 4 || fields[3] != filterMark) {
+	if len(fields) < 3 || len(fields) > 5 {
 		return nil, fmt.Errorf("corrupt head entry %q", raw)
 	}
 	height, _ := strconv.ParseInt(fields[0], 10, 64)
 	records, _ := strconv.ParseInt(fields[2], 10, 64)
-	return &chainHead{Height: height, ID: fields[1], Records: records, Filter: len(fields) == 4}, nil
+	head := &chainHead{Height: height, ID: fields[1], Records: records}
+	for _, mark := range fields[3:] { // each mark once, in this order
+		switch {
+		case mark == filterMark && !head.Filter && !head.Tree:
+			head.Filter = true
+		case mark == treeMark && !head.Tree:
+			head.Tree = true
+		default:
+			return nil, fmt.Errorf("corrupt head entry %q", raw)
+		}
+	}
+	return head, nil
 }
 
 // Append stores consecutive blocks on the current head in one transaction, all or nothing.
@@ -138,6 +166,17 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 	var filter *idFilter
 	if head == nil || head.Filter {
 		filter = newIDFilter(stub, p)
+	}
+	var tree *logTree // nil: a ledger begun by an older chaincode, until BuildTree has run
+	if head == nil {
+		tree = &logTree{}
+	} else if head.Tree {
+		if tree, err = readTree(ctx, p); err != nil {
+			return "", err
+		}
+		if tree == nil || tree.Blocks != head.Height+1 || tree.Size != head.Records {
+			return "", fmt.Errorf("the log tree does not cover the head (block %d)", head.Height)
+		}
 	}
 	if head != nil {
 		next, prevID, total = head.Height+1, head.ID, head.Records
@@ -196,18 +235,32 @@ func (c *LedgerContract) Append(ctx contractapi.TransactionContextInterface, led
 		if err := index.store(ctx, p, h); err != nil {
 			return "", err
 		}
+		if tree != nil {
+			ids := make([]string, len(block.Records))
+			for i, record := range block.Records {
+				ids[i] = record.ID
+			}
+			if err := tree.appendIDs(ids); err != nil {
+				return "", invalid("block %d: %v", block.Height, err)
+			}
+			tree.Blocks++
+		}
 		next, prevID, total = block.Height+1, block.ID, total+int64(len(block.Records))
 		stored++
 	}
 	if stored > 0 {
-		value := fmt.Sprintf("%d\t%s\t%d", next-1, prevID, total)
+		value := chainHead{Height: next - 1, ID: prevID, Records: total, Filter: filter != nil, Tree: tree != nil}
 		if filter != nil {
 			if err := filter.store(); err != nil {
 				return "", err
 			}
-			value += "\t" + filterMark
 		}
-		if err := stub.PutState(p+"head", []byte(value)); err != nil {
+		if tree != nil {
+			if err := stub.PutState(p+"tree", []byte(tree.encode())); err != nil {
+				return "", err
+			}
+		}
+		if err := stub.PutState(p+"head", []byte(value.encode())); err != nil {
 			return "", err
 		}
 	}
