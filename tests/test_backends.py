@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import pytest
 
 from lineage_ledger import open_ledger
-from tests.backend_conformance import BackendConformance
-from tests.support.factories import make_records
+from lineage_ledger.testing import BackendConformance, make_records
 
 
 class TestMemoryBackend(BackendConformance):
@@ -56,3 +57,32 @@ def test_postgres_server_stopped_mid_write_loses_nothing(postgres_server, tmp_pa
     assert ledger.verify_chain().records == 600
     assert {e.record.task_id for e in ledger.run("run-1")} == {r.task_id for r in records}
     ledger.close()
+
+
+def test_import_lineage_ledger_leaves_pytest_and_the_suite_alone():
+    """The conformance suite ships in the package, yet ``import lineage_ledger`` (what every
+    command and plugin does) imports neither it nor pytest."""
+    probe = ("import sys, lineage_ledger, lineage_ledger.backends; "
+             "print(sorted(m for m in sys.modules if m == 'pytest' or m.startswith(('_pytest', 'lineage_ledger.testing'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_third_party_subclass_in_its_own_file_runs_the_suite(tmp_path):
+    """What docs/backends.md tells a back-end author to write, outside this test tree:
+    a subclass with a ``url`` fixture, run by pytest, passes every check of the suite."""
+    (tmp_path / "test_my_backend.py").write_text(
+        "import uuid\n"
+        "import pytest\n"
+        "from lineage_ledger.testing import BackendConformance\n\n"
+        "class TestMyBackend(BackendConformance):\n"
+        "    @pytest.fixture\n"
+        "    def url(self):\n"
+        "        return f'memory://{uuid.uuid4().hex}'\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+                             "--rootdir", str(tmp_path), "test_my_backend.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "9 passed, 2 skipped" in result.stdout, result.stdout[-1000:]
