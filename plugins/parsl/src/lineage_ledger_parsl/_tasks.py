@@ -7,10 +7,12 @@ wrapper and the memoizer describe a task from that record with the helpers here.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import os
 import sys
+import textwrap
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -139,7 +141,7 @@ def _user_function_digest(func: Any) -> str | None:
     except (KeyError, TypeError):
         pass
     try:
-        digest: str | None = code_digest(inspect.getsource(user))
+        digest: str | None = code_digest(app_source(user))
     except (OSError, TypeError):  # built at runtime, no source file: name it instead
         name = f"{getattr(user, '__module__', '?')}.{getattr(user, '__qualname__', repr(user))}"
         digest = code_digest(name)
@@ -149,6 +151,25 @@ def _user_function_digest(func: Any) -> str | None:
     except TypeError:  # unhashable callable
         pass
     return digest
+
+
+def app_source(func: Any) -> str:
+    """The app's own source, from its ``def`` line: the code, and only the code.
+
+    ``inspect.getsource`` starts at the decorators, and ``@python_app(executors=[...],
+    cache=True)`` says where and how the app runs, not what it computes: moving an app to
+    another executor must not give it another code digest. The source is dedented first, so
+    that an app defined inside a function digests like the same app at module level.
+    """
+    source = textwrap.dedent(inspect.getsource(func))
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a lambda's line, or source inspect cut oddly: keep it whole
+        return source
+    node = tree.body[0] if tree.body else None
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
+        return "".join(source.splitlines(keepends=True)[node.lineno - 1:])
+    return source
 
 
 def calling_task_record() -> dict[str, Any] | None:
