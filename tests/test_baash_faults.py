@@ -123,3 +123,42 @@ def _kill_ten_times(service: BaashService) -> None:
     assert len(valid) == len(reports)
     # Storage holds the same chain the service serves.
     assert [b.id for b in SharedStore(str(service.storage)).load()] == ids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def test_the_killed_rank_is_named_when_the_daemon_was_descheduled(tmp_path):
+    """Issue 18: under load the daemon named the wrong rank for one kill in ten.
+
+    The daemon timed each heartbeat connection's end when its reader thread got to run,
+    so a daemon that was off the CPU while MPICH tore the job down saw every connection
+    closed at once and named whichever thread ran first. Here the daemon is stopped
+    (SIGSTOP) while rank 3 is killed and MPICH kills the rest, then resumed: it must still
+    name rank 3, the one that died first, which only the kernel's order of the hang-ups says.
+    """
+    service = BaashService(tmp_path, 4)
+    try:
+        probe = open_backend(service.url)
+        for generation, victim in ((1, 3), (2, 2)):
+            pids = _wait_for_generation(probe, generation)["job"]["pids"]
+            assert len(pids) == 5 - generation
+            os.kill(service.proc.pid, signal.SIGSTOP)
+            try:
+                os.kill(pids[victim], signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # MPICH's process manager kills the other ranks
+                assert all(_gone(pid) for pid in pids), "MPICH did not tear the job down"
+            finally:
+                os.kill(service.proc.pid, signal.SIGCONT)
+            failure = _wait_for_generation(probe, generation + 1)["failures"][-1]
+            assert failure["rank"] == victim, f"the daemon named rank {failure['rank']}, rank {victim} was killed"
+            assert failure["pid"] == pids[victim]
+    finally:
+        service.stop()

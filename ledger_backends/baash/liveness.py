@@ -1,14 +1,24 @@
 """Per-rank heartbeats: each rank holds a socket to the daemon and beats on it.
 
 The kernel closes a process's sockets the moment it dies, ``kill -9`` included, so the
-first rank whose connection reaches end-of-file is the one that failed: MPICH's process
-manager only tears the other ranks down after it has noticed that death itself. A rank
-whose beats stop while its connection stays open is hung; the monitor treats it as failed.
+first rank whose connection hung up is the one that failed: MPICH's process manager only
+tears the other ranks down after it has noticed that death itself. A rank whose beats stop
+while its connection stays open is hung; the monitor treats it as failed.
+
+*Which* connection hung up first must come from the kernel, not from when a thread of the
+daemon got to run: a daemon that is off the CPU for a few milliseconds (a loaded machine)
+finds every connection closed at once, and its reader threads then run in any order
+(issue 18: the wrong rank named for one kill in ten under load). So every connection is
+also registered, for hang-ups only (``EPOLLRDHUP``, not ``EPOLLIN``: beats do not wake it),
+in one epoll set. The kernel appends a file to the set's ready list when its event
+happens, and ``epoll_wait`` returns the list in that order, however late it is called;
+``EPOLLONESHOT`` reports each hang-up once, so the order is kept across calls.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -48,15 +58,22 @@ class RankWatch:
     """The daemon's view of one job's ranks: last beat and time of death per rank."""
 
     last_beat: dict[int, float] = field(default_factory=dict)
-    ended: dict[int, int] = field(default_factory=dict)  # rank -> monotonic_ns of EOF
+    ended: dict[int, int] = field(default_factory=dict)  # rank -> monotonic_ns its reader saw EOF
     sockets: list[socket.socket] = field(default_factory=list)
     changed: threading.Event = field(default_factory=threading.Event)
+    hangups: list[int] = field(default_factory=list)  # ranks in the kernel's order of hang-up
+    _ranks_by_fd: dict[int, int] = field(default_factory=dict)
+    _hangup_set: Any = field(default_factory=select.epoll)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def adopt(self, sock: socket.socket, first: dict[str, Any]) -> None:
         """Take over a rank's connection, whose first message was ``first`` (kind "rank")."""
         rank = first["rank"]
         self.last_beat[rank] = time.monotonic()
         self.sockets.append(sock)
+        with self._lock:
+            self._ranks_by_fd[sock.fileno()] = rank
+            self._hangup_set.register(sock.fileno(), select.EPOLLRDHUP | select.EPOLLONESHOT)
         threading.Thread(target=self._read, args=(sock, rank), daemon=True).start()
 
     def _read(self, sock: socket.socket, rank: int) -> None:
@@ -68,7 +85,21 @@ class RankWatch:
         self.ended.setdefault(rank, time.monotonic_ns())
         self.changed.set()
 
+    def hung_up(self) -> list[int]:
+        """Ranks whose connections have hung up, first first (the kernel's order)."""
+        with self._lock:
+            if not self._hangup_set.closed:
+                for fd, _events in self._hangup_set.poll(0, max(1, len(self._ranks_by_fd))):
+                    rank = self._ranks_by_fd.get(fd)
+                    if rank is not None and rank not in self.hangups:
+                        self.hangups.append(rank)
+            return list(self.hangups)
+
     def first_dead(self) -> int | None:
+        """The rank that died first: the first hang-up the kernel saw, else the first EOF read."""
+        order = self.hung_up()
+        if order:
+            return order[0]
         return min(self.ended, key=self.ended.__getitem__) if self.ended else None
 
     def overdue(self, limit: float) -> int | None:
@@ -77,5 +108,7 @@ class RankWatch:
         return late[0] if late else None
 
     def close(self) -> None:
+        with self._lock:
+            self._hangup_set.close()
         for sock in self.sockets:
             sock.close()

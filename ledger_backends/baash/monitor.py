@@ -1,8 +1,8 @@
 """The fault monitor: runs the MPI job under ``mpiexec``, notices when it dies, restarts it.
 
 Failures are seen four ways: a rank's heartbeat connection closes (the kernel closes it
-the instant the process dies, so the first one to close names the failed rank; see
-:mod:`.liveness`), a rank's beats stop (hung or stopped), ``mpiexec`` exits (MPICH's
+the instant the process dies, so the first one to close names the failed rank, in the
+order the kernel saw the hang-ups; see :mod:`.liveness`), a rank's beats stop (hung or stopped), ``mpiexec`` exits (MPICH's
 process manager tears the whole job down when one rank dies), or a round is overdue. The
 monitor then kills what is left of the job, every rank included, excludes the failed
 rank's slot, and starts a job one rank smaller; ranks restore their chains from shared
@@ -133,6 +133,7 @@ class JobMonitor:
         self._pump_thread = threading.Thread(target=self._pump, args=(self._proc, self.generation), daemon=True)
         self._pump_thread.start()
         self._listener.settimeout(1.0)
+        self.watch.close()  # the last job's connections (and its epoll set), if a launch failed
         self.watch = RankWatch(changed=self._wake)
         deadline = time.monotonic() + self.launch_timeout
         while True:  # every rank's heartbeat connection, then the gateway's control connection
