@@ -184,7 +184,8 @@ class GatewayClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _proposal(self, function: str, args: Sequence[bytes]) -> _Proposal:
+    def _proposal(self, function: str, args: Sequence[bytes], chaincode: str | None = None) -> _Proposal:
+        chaincode = chaincode or self.chaincode
         nonce = os.urandom(24)
         transaction_id = hashlib.sha256(nonce + self.signer.creator).hexdigest()
         timestamp = timestamp_pb2.Timestamp()
@@ -193,11 +194,11 @@ class GatewayClient:
             type=common_pb2.HeaderType.ENDORSER_TRANSACTION, timestamp=timestamp, channel_id=self.channel,
             tx_id=transaction_id,
             extension=proposal_pb2.ChaincodeHeaderExtension(
-                chaincode_id=chaincode_pb2.ChaincodeID(name=self.chaincode)).SerializeToString(),
+                chaincode_id=chaincode_pb2.ChaincodeID(name=chaincode)).SerializeToString(),
         )
         signature_header = common_pb2.SignatureHeader(creator=self.signer.creator, nonce=nonce)
         invocation = chaincode_pb2.ChaincodeInvocationSpec(chaincode_spec=chaincode_pb2.ChaincodeSpec(
-            type=chaincode_pb2.ChaincodeSpec.Type.GOLANG, chaincode_id=chaincode_pb2.ChaincodeID(name=self.chaincode),
+            type=chaincode_pb2.ChaincodeSpec.Type.GOLANG, chaincode_id=chaincode_pb2.ChaincodeID(name=chaincode),
             input=chaincode_pb2.ChaincodeInput(args=[function.encode(), *args])))
         proposal = proposal_pb2.Proposal(
             header=common_pb2.Header(channel_header=channel_header.SerializeToString(),
@@ -225,6 +226,13 @@ class GatewayClient:
             proposed_transaction=proposal.signed, target_organizations=[organization] if organization else ()))
         return response.result.payload
 
+    def evaluate_system(self, chaincode: str, function: str, *args: bytes) -> bytes:
+        """Query a system chaincode of the channel (e.g. ``cscc``) on the gateway's peer."""
+        proposal = self._proposal(function, args, chaincode)
+        response = self._call("Evaluate", gateway_pb2.EvaluateRequest(
+            transaction_id=proposal.transaction_id, channel_id=self.channel, proposed_transaction=proposal.signed))
+        return response.result.payload
+
     @property
     def endorsing_organizations(self) -> list[str]:
         """The orgs named in endorsements (learnt from the last planned one), or []."""
@@ -244,6 +252,20 @@ class GatewayClient:
         forgotten and the gateway plans again, one peer after the other.
         """
         proposal = self._proposal(function, args)
+        envelope = self._endorse(proposal)
+        envelope.signature = self.signer.sign(envelope.payload)
+        return Prepared(proposal.transaction_id, envelope)
+
+    def endorsed_answer(self, function: str, *args: bytes) -> tuple[bytes, common_pb2.Envelope]:
+        """Have the endorsing peers run ``function`` and sign its answer; nothing is ordered.
+
+        Returns the proposal's bytes (what the answer's ``proposal_hash`` must match: this
+        request, its nonce and arguments) and the endorsed, unsigned transaction envelope,
+        whose endorsements the caller verifies (``_endorsement.py``)."""
+        proposal = self._proposal(function, args)
+        return proposal.signed.proposal_bytes, self._endorse(proposal)
+
+    def _endorse(self, proposal: _Proposal) -> common_pb2.Envelope:
         organizations = self._endorsing_organizations
         request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
                                              proposed_transaction=proposal.signed,
@@ -267,8 +289,7 @@ class GatewayClient:
         envelope = endorsed.prepared_transaction
         if self._endorsing_organizations is None:
             self._endorsing_organizations = _endorsing_msps(envelope)
-        envelope.signature = self.signer.sign(envelope.payload)
-        return Prepared(proposal.transaction_id, envelope)
+        return envelope
 
     def commit(self, prepared: Prepared) -> int:
         """Order an endorsed transaction and wait for our peer's verdict; the block number."""

@@ -12,8 +12,11 @@
       "channel":     "lineage",                       // optional, default "lineage"
       "chaincode":   "lineage",                       // optional, default "lineage"
       "ledger":      "default",                       // optional: several ledgers share a chaincode
-      "timeout":     60                               // optional: seconds per Gateway call
-    }
+      "timeout":     60,                              // optional: seconds per Gateway call
+      "endorsers":   {"Org1MSP": "org1-ca.pem",       // optional: the member orgs' MSP root CAs,
+                      "Org2MSP": "org2-ca.pem"},      // trusted for endorsed tree heads
+      "endorsement_quorum": 2                         // optional: orgs that must sign (default:
+    }                                                 // a majority of the endorsers)
 
 Relative paths are taken from the profile's directory. Query parameters of the URL
 (``ledger``, ``channel``, ``chaincode``, ``timeout``) override the file.
@@ -47,6 +50,9 @@ class ConnectionProfile:
     ledger: str = "default"
     server_name: str | None = None
     timeout: float = 60.0
+    #: MSP id -> PEM files of that org's root CAs (``endorsers``); empty: read the channel's.
+    endorsers: tuple[tuple[str, tuple[Path, ...]], ...] = ()
+    endorsement_quorum: int | None = None
 
     def read(self, path: Path) -> bytes:
         try:
@@ -85,9 +91,30 @@ def parse_fabric_url(url: str) -> ConnectionProfile:
         timeout = float(raw.get("timeout", 60.0))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"fabric profile: timeout must be a number of seconds, got {raw['timeout']!r}") from exc
+    endorsers, quorum = _endorsement_settings(raw, base)
     return ConnectionProfile(
+        endorsers=endorsers, endorsement_quorum=quorum,
         endpoint=str(raw["endpoint"]), msp_id=str(raw["msp_id"]),
         tls_ca=base / raw["tls_ca"], certificate=base / raw["certificate"], private_key=base / raw["private_key"],
         channel=str(raw.get("channel", "lineage")), chaincode=str(raw.get("chaincode", "lineage")),
         ledger=str(raw.get("ledger", "default")), server_name=raw.get("server_name"), timeout=timeout,
     )
+
+
+def _endorsement_settings(raw: dict, base: Path) -> tuple[tuple[tuple[str, tuple[Path, ...]], ...], int | None]:
+    """``endorsers`` ({MSP id: PEM path or [paths]}) and ``endorsement_quorum`` (an int)."""
+    given = raw.get("endorsers", {})
+    if not isinstance(given, dict) or not all(isinstance(k, str) and k for k in given):
+        raise ConfigError("fabric profile: endorsers must map MSP ids to CA certificate files")
+    endorsers = []
+    for msp_id, paths in sorted(given.items()):
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ConfigError(f"fabric profile: endorsers[{msp_id!r}] must name one or more CA certificate files")
+        endorsers.append((msp_id, tuple(base / p for p in paths)))
+    quorum = raw.get("endorsement_quorum")
+    if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1):
+        raise ConfigError(f"fabric profile: endorsement_quorum must be a whole number >= 1, got {quorum!r}")
+    if quorum is not None and endorsers and quorum > len(endorsers):
+        raise ConfigError(f"fabric profile: endorsement_quorum {quorum} exceeds the {len(endorsers)} endorsers named")
+    return tuple(endorsers), quorum

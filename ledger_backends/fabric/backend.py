@@ -24,8 +24,9 @@ from lineage_ledger.backends._base import Backend, ChainHead, Located, Role
 
 from ._gateway import GatewayCallError, GatewayClient, Signer, TransactionInvalid
 from ._profile import ConnectionProfile, parse_fabric_url
+from ._tree_head import EndorsedTreeHead, TreeHeadsMixin
 
-__all__ = ["AccessDenied", "FabricBackend", "InvalidBlock"]
+__all__ = ["AccessDenied", "EndorsedTreeHead", "FabricBackend", "InvalidBlock"]
 
 _MAGIC = b"LLB1"
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
@@ -82,7 +83,7 @@ def decode_located(payload: bytes) -> list[Located]:
     return found
 
 
-class FabricBackend(Backend):
+class FabricBackend(TreeHeadsMixin, Backend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.profile: ConnectionProfile = parse_fabric_url(url)
