@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
+from . import _audit_parallel as _parallel
 from ._chain import ChainSummary, verify_block_columns
 from ._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
 from ._trust import TreeHead, TreeWriter, TrustStore
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from lineage_ledger.backends import Backend, Located
 
 __all__ = ["AuditResult", "Verifier"]
+
+
+class _Disagreement(Exception):
+    """The workers' ranges do not join up (or one found a problem): audit sequentially."""
 
 
 @dataclass
@@ -55,12 +60,13 @@ class _Dedup:
     def add(self, ids, leaves: list[bytes]) -> None:
         table, bits, suspects = self.table, self.bits, self.suspects
         from_bytes = int.from_bytes
-        for record_id, leaf in zip(ids, leaves, strict=True):
+        # ``ids`` is indexed only for a suspect (the parallel audit makes hex ids on demand).
+        for i, leaf in enumerate(leaves):
             a = from_bytes(leaf[:8], "little") % bits
             b = from_bytes(leaf[8:16], "little") % bits
             ma, mb = 1 << (a & 7), 1 << (b & 7)
             if table[a >> 3] & ma and table[b >> 3] & mb:
-                suspects.append(record_id)
+                suspects.append(ids[i])
             table[a >> 3] |= ma
             table[b >> 3] |= mb
 
@@ -146,7 +152,33 @@ class Verifier:
         store, backend = self.store, self.backend
         tip = backend.head()
         stop = 0 if tip is None else tip.height + 1
-        dedup = _Dedup(backend.record_count() if stop else 0)
+        records = backend.record_count() if stop else 0
+        with store.locked():
+            old = store.reload()
+            tasks = _parallel.plan(backend, records, stop) if stop else None
+            done = self._audit_parallel(tasks, stop, records, files) if tasks else None
+            if done is None:
+                done = self._audit_here(stop, records, files)
+            writer, compared, found = done
+            try:
+                if old is not None:
+                    self._check_extends(old, writer)
+                writer.close()
+                store.adopt(writer)
+            except BaseException:
+                writer.close()
+                shutil.rmtree(writer.directory, ignore_errors=True)
+                raise
+        self.audited_now = True
+        head = store.head
+        assert head is not None
+        summary = ChainSummary(blocks=head.blocks, records=head.size, head=head.block_id, log_root=head.root)
+        return AuditResult(summary, head, compared, found)
+
+    def _audit_here(self, stop: int, records: int, files: bool) -> tuple[TreeWriter, int | None, list[str]]:
+        """The audit in this process; raises the error that names the first problem."""
+        backend = self.backend
+        dedup = _Dedup(records)
         checker = _IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
         outputs = _ExistingFiles() if files else None
 
@@ -160,30 +192,62 @@ class Verifier:
                     for view in views:
                         outputs.add(view.outputs)
 
-        with store.locked():
-            old = store.reload()
-            writer = store.fresh_writer()
-            try:
-                self._extend(writer, 0, stop, None, on_block)
-                if checker is not None:
-                    checker.finish(writer.size)
-                if dedup.suspects:
-                    self._check_duplicates(dedup.suspects)
-                writer.commit(audited=True)  # into the new directory, not yet adopted
-                if old is not None:
-                    self._check_extends(old, writer)
-                writer.close()
-                store.adopt(writer)
-            except BaseException:
-                writer.close()
-                shutil.rmtree(writer.directory, ignore_errors=True)
-                raise
-        self.audited_now = True
-        head = store.head
-        assert head is not None
-        summary = ChainSummary(blocks=head.blocks, records=head.size, head=head.block_id, log_root=head.root)
-        return AuditResult(summary, head, checker.compared if checker else None,
-                           outputs.found if outputs else [])
+        writer = self.store.fresh_writer()
+        try:
+            self._extend(writer, 0, stop, None, on_block)
+            if checker is not None:
+                checker.finish(writer.size)
+            if dedup.suspects:
+                self._check_duplicates(dedup.suspects)
+            writer.commit(audited=True)  # into the new directory, not yet adopted
+        except BaseException:
+            writer.close()
+            shutil.rmtree(writer.directory, ignore_errors=True)
+            raise
+        return writer, checker.compared if checker else None, outputs.found if outputs else []
+
+    def _audit_parallel(self, tasks: list[_parallel.Task], stop: int, records: int,
+                        files: bool) -> tuple[TreeWriter, int | None, list[str]] | None:
+        """The audit by worker processes (see :mod:`._audit_parallel`); None where anything
+        disagrees, so that the sequential audit runs and names the problem."""
+        backend = self.backend
+        dedup = _Dedup(records)
+        writer = self.store.fresh_writer()
+        compared = artifacts = 0
+        found: list[str] = []
+        seen: set[str] = set()
+        prev: str | None = None
+        try:
+            for task, result in _parallel.results(backend, tasks, files=files):
+                if result is None or result.first_prev != prev or task.first_index != writer.size:
+                    raise _Disagreement
+                leaves, at = result.leaves, 0
+                for block_id, count in zip(result.block_ids, result.counts, strict=True):
+                    block_leaves = [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)]
+                    dedup.add(_parallel.RecordIds(result.ids, at), block_leaves)
+                    writer.add_block(block_id, block_leaves)
+                    at += count
+                prev = result.block_ids[-1] if result.block_ids else prev
+                compared += result.compared
+                artifacts += result.artifacts
+                for path in result.outputs:
+                    if path not in seen:
+                        seen.add(path)
+                        found.append(path)
+            if writer.blocks != stop or backend.artifact_count(writer.size) != artifacts:
+                raise _Disagreement
+            if dedup.suspects:
+                self._check_duplicates(dedup.suspects)
+            writer.commit(audited=True)
+        except _Disagreement:
+            writer.close()
+            shutil.rmtree(writer.directory, ignore_errors=True)
+            return None
+        except BaseException:
+            writer.close()
+            shutil.rmtree(writer.directory, ignore_errors=True)
+            raise
+        return writer, compared, found
 
     def _check_duplicates(self, suspects: list[str]) -> None:
         for record_id in suspects:

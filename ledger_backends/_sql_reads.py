@@ -612,7 +612,7 @@ class SQLiteReader(_SQLReads, Backend):
     migrated_from: str | None = None
     _sqlite = True
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, _uri: str | None = None) -> None:
         super().__init__(url)
         self.read_strategy: str | None = None
         self._origin: str | None = None
@@ -639,7 +639,10 @@ class SQLiteReader(_SQLReads, Backend):
         if empty:
             raise NoLedger(f"no ledger at {given}")
         self._path = path
-        self._uri, self.read_strategy, self._copy_dir = read_only_uri(path, shown)
+        if _uri is not None:  # a worker of the process that chose how to read it (worker_spec)
+            self._uri, self.read_strategy = _uri, "worker"
+        else:
+            self._uri, self.read_strategy, self._copy_dir = read_only_uri(path, shown)
         if self._copy_dir is not None:
             self._copy_cleanup = weakref.finalize(self, shutil.rmtree, self._copy_dir, True)
         try:
@@ -691,6 +694,16 @@ class SQLiteReader(_SQLReads, Backend):
         """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
         assert self._origin is not None
         return self._origin
+
+    def worker_spec(self) -> tuple[str, str]:
+        """What another process needs to read the same file the same way, the private copy
+        included (it lives as long as this object): ``SQLiteReader(url, _uri=uri)``."""
+        return self.url, self._uri
+
+    def block_counts(self) -> list[tuple[int, int]]:
+        """(height, record count) of every block row, unverified: for planning work only."""
+        return [(int(h), int(c)) for h, c in self._fetch(
+            "planning the audit", "SELECT height, count FROM ll_blocks ORDER BY height", ())]
 
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         raise BackendUnavailable(f"{self.display_url}: opened for reading only")

@@ -1,0 +1,255 @@
+"""A full audit spread over worker processes, for ledgers big enough to pay for them.
+
+Each worker opens the same SQLite file the way the parent chose (``worker_spec``), verifies
+a range of blocks exactly as the sequential audit does (ids, heights, links inside the range,
+Merkle roots, record hashes, the index rows of those records, the outputs on disk) and sends
+back each block's id and leaf hashes and the record ids. The parent joins the ranges (the
+first block of each range must link to the last block of the one before, and start at the
+leaf the ones before ended on), builds the tree and runs the duplicate filter, as the
+sequential audit does.
+
+Trust does not depend on the workers agreeing with anything the parent did not check: the
+parent only ever adds leaves a worker derived from bodies that hashed to their ids. When a
+worker finds anything wrong, or the ranges do not join, the parent discards its work and
+runs the sequential audit, whose error names the problem exactly: the parallel path only has
+to be fast on a ledger that is intact.
+
+Why processes: the audit is CPU-bound Python (decoding and comparing each record), so
+threads share one core; a worker costs one interpreter start (about 0.2 s), paid only above
+:data:`MIN_RECORDS` records. ``LINEAGE_AUDIT_WORKERS`` sets the number (``1``: sequential);
+``LINEAGE_AUDIT_PARALLEL_MIN`` and ``LINEAGE_AUDIT_TASK_RECORDS`` move the threshold and the
+range size (the tests use them to run small ledgers through this path).
+Workers are ``python -m lineage_ledger._audit_parallel`` on pipes, not :mod:`multiprocessing`:
+nothing is pickled, and a caller's unguarded ``__main__`` script is never run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+__all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
+
+MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
+RECORDS_PER_TASK = 25_000  # a task's leaves and ids are about 2 MB in transit
+
+
+@dataclass(frozen=True)
+class Task:
+    start: int  # first block height
+    stop: int  # one past the last
+    first_index: int  # the leaf index of the first record, as the block rows claim
+
+
+@dataclass
+class RangeResult:
+    first_prev: str | None  # the first block's link, for the parent to join ranges
+    block_ids: list[str]
+    counts: list[int]  # records per block
+    leaves: bytes  # 32 bytes a record
+    ids: bytes  # 32 bytes a record
+    compared: int  # index rows compared
+    artifacts: int  # artifact rows the records name
+    outputs: list[str]  # output paths found on disk
+
+
+class RecordIds:
+    """Record ids as hex, from 32 raw bytes each, made only when asked (duplicate suspects)."""
+
+    def __init__(self, raw: bytes, offset: int = 0) -> None:
+        self.raw, self.offset = raw, offset
+
+    def __getitem__(self, i: int) -> str:
+        at = (self.offset + i) * 32
+        return self.raw[at : at + 32].hex()
+
+
+def workers() -> int:
+    """How many worker processes an audit may start (0 where it should not)."""
+    configured = os.environ.get("LINEAGE_AUDIT_WORKERS", "").strip()
+    if configured:
+        try:
+            count = int(configured)
+        except ValueError:
+            count = 1
+    else:
+        try:
+            count = min(8, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            count = min(8, os.cpu_count() or 1)
+    return count if count > 1 else 0
+
+
+def plan(backend: Any, records: int, stop: int) -> list[Task] | None:
+    """Ranges of blocks for the workers, or None where the audit should run in this process.
+    The block rows' counts only place the ranges; the workers check what they claim."""
+    minimum = int(os.environ.get("LINEAGE_AUDIT_PARALLEL_MIN", MIN_RECORDS))
+    if records < minimum or not workers() or not hasattr(backend, "worker_spec"):
+        return None
+    per_task = int(os.environ.get("LINEAGE_AUDIT_TASK_RECORDS", RECORDS_PER_TASK))
+    tasks: list[Task] = []
+    start = first = taken = index = 0
+    height = -1
+    for height, count in backend.block_counts():
+        if height >= stop:  # appended after the audit read the head: not part of it
+            height = stop - 1
+            break
+        taken += max(0, count)
+        index += max(0, count)
+        if taken >= per_task:
+            tasks.append(Task(start, height + 1, first))
+            start, first, taken = height + 1, index, 0
+    if height + 1 > start:
+        tasks.append(Task(start, height + 1, first))
+    return tasks if len(tasks) > 1 else None
+
+
+def results(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[Task, RangeResult | None]]:
+    """Each task's result in order (None where its worker found something wrong or died).
+
+    Task ``i`` goes to worker ``i % n``, which answers its tasks in order on its own pipe, so
+    reading the pipes round-robin gives the results in ledger order; a worker blocks on a full
+    pipe until its turn comes, which bounds memory whatever the ledger's size."""
+    count = min(workers(), len(tasks))
+    url, uri = backend.worker_spec()
+    procs = []
+    try:
+        for w in range(count):
+            mine = [{"start": t.start, "stop": t.stop, "first_index": t.first_index}
+                    for t in tasks[w::count]]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lineage_ledger._audit_parallel"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({"url": url, "uri": uri, "files": files, "tasks": mine}).encode())
+            proc.stdin.close()
+        for i, task in enumerate(tasks):
+            stream = procs[i % count].stdout
+            assert stream is not None
+            result = _read_result(stream)
+            yield task, result
+            if result is None:
+                return
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+_FRAME = struct.Struct("<III")  # header length, leaves length, ids length
+
+
+def _write_result(stream: IO[bytes], result: RangeResult | None) -> None:
+    if result is None:
+        stream.write(_FRAME.pack(0, 0, 0))
+        return
+    header = json.dumps({"first_prev": result.first_prev, "block_ids": result.block_ids,
+                         "counts": result.counts, "compared": result.compared,
+                         "artifacts": result.artifacts, "outputs": result.outputs}).encode()
+    stream.write(_FRAME.pack(len(header), len(result.leaves), len(result.ids)))
+    stream.write(header)
+    stream.write(result.leaves)
+    stream.write(result.ids)
+    stream.flush()
+
+
+def _read_result(stream: IO[bytes]) -> RangeResult | None:
+    """One worker's answer; None for a refusal, a dead worker or a malformed frame."""
+    try:
+        head = _read_exactly(stream, _FRAME.size)
+        sizes = _FRAME.unpack(head)
+        if sizes[0] == 0:
+            return None
+        header = json.loads(_read_exactly(stream, sizes[0]))
+        leaves = _read_exactly(stream, sizes[1])
+        ids = _read_exactly(stream, sizes[2])
+        result = RangeResult(header["first_prev"], header["block_ids"], header["counts"], leaves, ids,
+                             header["compared"], header["artifacts"], header["outputs"])
+    except (EOFError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    if sum(result.counts) * 32 != len(leaves) or len(ids) != len(leaves) or \
+            len(result.counts) != len(result.block_ids):
+        return None
+    return result
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError("the audit worker ended early")
+    return data
+
+
+def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
+    """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong."""
+    from ._chain import verify_block_columns
+    from ._model import BlockHeader
+    from ._verified import _decode_views, _ExistingFiles, _IndexChecker
+
+    try:
+        checker = _IndexChecker(backend)
+        found = _ExistingFiles() if files else None
+        block_ids: list[str] = []
+        counts: list[int] = []
+        leaves: list[bytes] = []
+        ids: list[str] = []
+        first_prev: str | None = None
+        prev: str | None = None
+        index = task.first_index
+        expected = task.start
+        for block in backend.block_columns(task.start, task.stop):
+            if expected == task.start:
+                first_prev = prev = BlockHeader.decode(block.header).prev
+            _header, block_leaves = verify_block_columns(block, expected, prev)
+            views = _decode_views(block)
+            checker.block(block, index, views)
+            if found is not None:
+                for view in views:
+                    found.add(view.outputs)
+            block_ids.append(block.id)
+            counts.append(len(block_leaves))
+            leaves.extend(block_leaves)
+            ids.extend(block.ids)
+            index += len(block_leaves)
+            prev = block.id
+            expected += 1
+        if expected != task.stop:
+            return None
+        return RangeResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)),
+                           checker.compared, checker.artifacts, found.found if found else [])
+    except Exception:  # noqa: BLE001 - the sequential audit in the parent names it exactly
+        return None
+
+
+def _worker_main() -> None:
+    """``python -m lineage_ledger._audit_parallel``: read the job (JSON) from standard input,
+    write one frame a task to standard output. Only the parent process holds these pipes."""
+    from lineage_ledger.backends._sql_reads import SQLiteReader
+
+    job = json.loads(sys.stdin.buffer.read())
+    out = sys.stdout.buffer
+    backend = SQLiteReader(job["url"], _uri=job["uri"])
+    try:
+        for raw in job["tasks"]:
+            task = Task(int(raw["start"]), int(raw["stop"]), int(raw["first_index"]))
+            _write_result(out, audit_range(backend, task, bool(job["files"])))
+        out.flush()
+    finally:
+        backend.close()
+
+
+if __name__ == "__main__":
+    try:
+        _worker_main()
+    except BrokenPipeError:  # the parent stopped reading: it has what it needs
+        pass

@@ -1,0 +1,139 @@
+"""The audit spread over worker processes gives the sequential audit's answer: the same tree
+head on an intact ledger, and on a tampered one the same error (it falls back to the
+sequential audit, whose message names the problem)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from lineage_ledger import LedgerError, open_ledger
+from lineage_ledger import _audit_parallel as parallel
+from tests.conftest import run_cli
+from tests.support.factories import artifact, make_record
+
+PARALLEL = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "8", "LINEAGE_AUDIT_WORKERS": "2"}
+
+
+def _build(db) -> str:
+    """Ten blocks of four task-shaped records: five ranges of eight records for the workers."""
+    url = f"sqlite:///{db}"
+    previous = artifact("/data/raw", "raw")
+    records = []
+    for i in range(40):
+        out = artifact(f"/data/step-{i}", f"out{i}")
+        records.append(make_record(i, run_id=f"run-{i % 3}", inputs=[artifact("/data/ref", "ref"), previous],
+                                   outputs=[out]))
+        previous = out
+    with open_ledger(url, spool=str(db.parent / "spool")) as ledger:
+        for start in range(0, 40, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    return url
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pristine")
+    _build(base / "ledger.db")
+    return base / "ledger.db"
+
+
+def _audit(db, monkeypatch, *, workers: bool, state):
+    """(tree root, index rows) or the error, with a fresh remembered state each time."""
+    for name, value in PARALLEL.items():
+        if workers:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    if not workers:
+        monkeypatch.setenv("LINEAGE_AUDIT_WORKERS", "1")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    try:
+        with open_ledger(f"sqlite:///{db}", read_only=True) as ledger:
+            result = ledger.audit()
+        return result.head.root, result.index_rows, result.head.size
+    except LedgerError as err:
+        return type(err).__name__, str(err)
+
+
+def test_the_plan_covers_every_block_once(pristine):
+    with open_ledger(f"sqlite:///{pristine}", read_only=True) as ledger:
+        os.environ.update(PARALLEL)
+        try:
+            tasks = parallel.plan(ledger.backend, 40, 10)
+        finally:
+            for name in PARALLEL:
+                os.environ.pop(name)
+    assert tasks is not None and len(tasks) == 5
+    assert [t.start for t in tasks] == [0, 2, 4, 6, 8] and tasks[-1].stop == 10
+    assert [t.first_index for t in tasks] == [0, 8, 16, 24, 32]
+
+
+def test_workers_build_the_same_tree(pristine, tmp_path, monkeypatch):
+    here = _audit(pristine, monkeypatch, workers=False, state=tmp_path / "a")
+    there = _audit(pristine, monkeypatch, workers=True, state=tmp_path / "b")
+    assert here == there and here[2] == 40 and here[1] == 40
+
+
+def test_the_workers_really_answer(pristine):
+    """The control for the equality above: the ranges come from the workers, not from a
+    silent fall back to the sequential audit."""
+    with open_ledger(f"sqlite:///{pristine}", read_only=True) as ledger:
+        tasks = [parallel.Task(0, 2, 0), parallel.Task(2, 10, 8)]
+        os.environ["LINEAGE_AUDIT_WORKERS"] = "2"
+        try:
+            answers = list(parallel.results(ledger.backend, tasks, files=False))
+        finally:
+            os.environ.pop("LINEAGE_AUDIT_WORKERS")
+    assert [r is not None for _, r in answers] == [True, True]
+    first, second = answers[0][1], answers[1][1]
+    assert first.first_prev is None and second.first_prev == first.block_ids[-1]
+    assert sum(first.counts) == 8 and sum(second.counts) == 32 and second.compared == 32
+
+
+@pytest.mark.parametrize(("statement", "what"), [
+    ("UPDATE ll_artifacts SET digest = ? WHERE seq = 21 AND role = 1", "an index row in a middle range"),
+    ("UPDATE ll_records SET run_id = 'run-9' WHERE seq = 39", "the last record's run id"),
+    ("UPDATE ll_records SET body = CAST(? AS BLOB) WHERE seq = 17", "a record body"),
+    ("UPDATE ll_blocks SET count = count + 1 WHERE height = 3", "a block's count (the plan's hint)"),
+    ("DELETE FROM ll_blocks WHERE height = 4", "a block at a range boundary"),
+    ("DELETE FROM ll_artifacts WHERE seq = 8 AND role = 0 AND path = '/data/ref'", "a deleted index row"),
+    ("UPDATE ll_blocks SET id = ? WHERE height = 5", "a block id (the link the next range checks)"),
+])
+def test_a_tampered_ledger_fails_with_the_sequential_error(pristine, tmp_path, monkeypatch, statement, what):
+    db = tmp_path / "ledger.db"
+    shutil.copy(pristine, db)
+    with sqlite3.connect(db) as conn:
+        args = ("ab" * 32,) if "?" in statement else ()
+        if "body" in statement:
+            args = ('{"not": "the record"}',)
+        assert conn.execute(statement, args).rowcount == 1, what
+    here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
+    there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert len(here) == 2, (what, here)  # the sequential audit fails ...
+    assert there == here, what  # ... and the parallel one with the same error
+
+
+def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
+    db = tmp_path / "ledger.db"
+    shutil.copy(pristine, db)
+    env = {**PARALLEL}
+    result = run_cli("--ledger", f"sqlite:///{db}", cwd=tmp_path, env=env, program="verify-lineage")
+    assert result.returncode == 0 and "40 records" in result.stdout, result
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ll_artifacts SET digest = ? WHERE seq = 30 AND role = 1", ("cd" * 32,))
+    result = run_cli("--ledger", f"sqlite:///{db}", cwd=tmp_path, env=env, program="verify-lineage")
+    assert result.returncode == 1 and "IndexTampered" in result.stdout, result
+
+
+@pytest.mark.parametrize("frame", [
+    b"", b"\x05\x00\x00\x00", parallel._FRAME.pack(3, 0, 0) + b"{}x",
+    parallel._FRAME.pack(2, 32, 0) + b"{}" + b"\x00" * 32,
+    parallel._FRAME.pack(10, 0, 0) + b"not json!!",
+])
+def test_a_malformed_worker_answer_is_a_refusal(frame):
+    assert parallel._read_result(io.BytesIO(frame)) is None
