@@ -1,0 +1,116 @@
+"""The command line of ``nextflow-ledger``: Nextflow's own, plus ``--ledger`` and ``--ledger-policy``.
+
+    nextflow-ledger [NEXTFLOW OPTIONS] run PIPELINE [RUN OPTIONS] [--ledger URL] [--ledger-policy P]
+
+Our two flags may stand anywhere; everything else goes to ``nextflow`` unchanged, with the
+wrapper's own ``-c`` (its trace file) and ``-trace nextflow.processor.PublishDir`` (the
+published files) added to Nextflow's options before ``run``. Pipeline parameters named
+``--ledger`` or ``--ledger-policy`` are taken by the wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+POLICIES = ("warn", "strict", "rerun", "off")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Nextflow's options before `run` that take a value (so that the value is not taken for `run`).
+_TOP_WITH_VALUE = {"-c", "-config", "-C", "-log", "-trace", "-D", "-bg-log", "-remote-debug"}
+
+
+class UsageError(Exception):
+    """Bad command line: exit status 2."""
+
+
+@dataclass
+class Command:
+    top: list[str]  # Nextflow's options before `run`
+    run: list[str]  # `run`'s arguments: the pipeline and its options
+    ledger: str | None = None
+    policy: str = "warn"
+    resume: bool = False
+    resume_session: str | None = None
+    log_file: str | None = None  # -log, if the user gave one
+    params: dict[str, str] = field(default_factory=dict)  # --name value pairs for the records
+
+
+def parse(argv: list[str]) -> Command:
+    rest: list[str] = []
+    ledger = None
+    policy = os.environ.get("NEXTFLOW_LEDGER_POLICY", "warn")
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--ledger", "--ledger-policy"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                value = argv[i + 1]
+                i += 1
+            if name == "--ledger":
+                ledger = value
+            else:
+                policy = value
+        else:
+            rest.append(arg)
+        i += 1
+    if policy not in POLICIES:
+        raise UsageError(f"--ledger-policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    position = _run_position(rest)
+    if position is None:
+        raise UsageError("no `run PIPELINE` in the command line (nextflow-ledger records `nextflow run`)")
+    top, run = rest[:position], rest[position + 1:]
+    if not run or run[0].startswith("-"):
+        raise UsageError("`run` needs the pipeline (a main.nf or a directory) first")
+    command = Command(top=top, run=run, ledger=ledger, policy=policy)
+    for j, arg in enumerate(top):
+        if arg == "-log" and j + 1 < len(top):
+            command.log_file = top[j + 1]
+    for j, arg in enumerate(run[1:], start=1):
+        if arg == "-resume" or arg.startswith("-resume="):
+            command.resume = True
+            value = arg.partition("=")[2] or (run[j + 1] if j + 1 < len(run) else "")
+            if _UUID.match(value):
+                command.resume_session = value
+        elif arg.startswith("--") and len(arg) > 2:
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                following = run[j + 1] if j + 1 < len(run) else None
+                value = following if following is not None and not following.startswith("-") else "true"
+            command.params[key] = value
+    return command
+
+
+def _run_position(args: list[str]) -> int | None:
+    i = 0
+    while i < len(args):
+        if args[i] == "run":
+            return i
+        i += 2 if args[i] in _TOP_WITH_VALUE else 1
+    return None
+
+
+def nextflow_args(command: Command, config: str, publish_trace: str) -> list[str]:
+    """The arguments for ``nextflow``: the user's, with the wrapper's config and log level."""
+    top = list(command.top)
+    for j, arg in enumerate(top):
+        if arg == "-trace" and j + 1 < len(top):
+            top[j + 1] = f"{top[j + 1]},{publish_trace}"
+            break
+    else:
+        top += ["-trace", publish_trace]
+    return [*top, "-c", config, "run", *command.run]
+
+
+def absolute_url(url: str | None, launch_dir: str) -> str:
+    """A relative ledger path means the launch directory (as for the other plugins)."""
+    if url is None:
+        url = os.environ.get("LINEAGE_LEDGER_URL") or os.path.join(".lineage", "ledger.db")
+    if "://" not in url:
+        return os.path.join(launch_dir, url) if not os.path.isabs(url) else url
+    if url.startswith("sqlite:///") and not url[len("sqlite:///"):].startswith("/"):
+        return "sqlite:///" + os.path.join(launch_dir, url[len("sqlite:///"):])
+    return url

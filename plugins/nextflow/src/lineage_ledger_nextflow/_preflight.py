@@ -1,0 +1,127 @@
+"""The check before ``-resume``: the files the resumed run would build on, against the ledger.
+
+Nextflow decides whether to reuse a task from its cache by the task's hash, which (in its
+default ``cache`` mode) covers each input file's path, size and modification time, and
+then only checks that the declared outputs exist. An output in a work directory, or a
+published file, edited with its size kept and its mtime put back (``touch -r``) is reused
+as if nothing happened. So before a ``-resume`` the wrapper rehashes, for every task of the
+resumed session that ended well and whose work directory is still there:
+
+- its outputs in the work directory (what a cached task hands downstream),
+- the files it published,
+- the real files behind its staged inputs (a source edited the same way),
+
+and compares each with the ledger's last record of it (``lineage_ledger.check_before_run``:
+a produced file with its last producer, a source with its last read). It cannot know which
+of these tasks Nextflow will really reuse (that needs Nextflow's hash), so it checks them all.
+
+Policies on a changed file: ``warn`` names it and runs; ``strict`` refuses (exit status 1,
+nothing run); ``rerun`` moves aside the work directory of each task that made a changed file
+(or read a changed source), and the files that task published, into
+``.lineage/nextflow/quarantine/<time>/``. Nextflow then finds no cache entry it can use for
+that task and runs it again, in the same place; its downstream tasks follow because their
+inputs changed. That is Nextflow's own documented way to force one task again (remove its
+work directory); moving keeps the changed files for inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import _state
+
+log = logging.getLogger("lineage_ledger.nextflow")
+
+
+@dataclass
+class Plan:
+    checked: list[str] = field(default_factory=list)
+    producers: dict[str, str] = field(default_factory=dict)  # output or published path -> task key
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # input path -> reader task keys
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the candidates for the cache
+    tampered: list[Any] = field(default_factory=list)  # lineage_ledger.ArtifactCheck (MODIFIED)
+
+
+def plan(launch_dir: str, session: str) -> Plan:
+    """Every file the tasks of ``session`` that Nextflow may reuse consist of."""
+    result = Plan()
+    checked: dict[str, None] = {}
+    for key, task in _state.load(launch_dir, session).items():
+        workdir = task.get("workdir")
+        if task.get("status") != "succeeded" or not workdir or not os.path.isfile(os.path.join(workdir, ".exitcode")):
+            continue  # Nextflow reruns it anyway: its files are about to be replaced
+        result.tasks[key] = task
+        for path in task.get("outputs", []):
+            result.producers[path] = key
+            checked[path] = None
+        for _source, target in task.get("published", []):
+            result.producers[target] = key
+            checked[target] = None
+        for path in task.get("inputs", []):
+            result.consumers.setdefault(path, []).append(key)
+            checked[path] = None
+    result.checked = list(checked)
+    return result
+
+
+def check(url: str, paths: list[str]) -> list[Any]:
+    """The MODIFIED files among ``paths``; no ledger yet means nothing to vouch against."""
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
+        return []
+    from lineage_ledger import NoLedger, check_before_run, open_ledger
+
+    try:  # the check only reads: nothing created, no spool replayed
+        ledger = open_ledger(url, read_only=True)
+    except NoLedger:
+        return []
+    try:
+        return check_before_run(ledger, paths, "warn")
+    finally:
+        ledger.close()
+
+
+def to_rerun(result: Plan) -> list[str]:
+    """Keys of the tasks to run again: each changed file's maker, or a changed source's readers."""
+    keys: dict[str, None] = {}
+    for changed in result.tampered:
+        producer = result.producers.get(changed.path)
+        if producer is not None:
+            keys[producer] = None
+        else:
+            keys.update(dict.fromkeys(result.consumers.get(changed.path, [])))
+    return list(keys)
+
+
+def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:
+    """Move the work directories and published files of ``keys`` aside; returns where."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    place = os.path.join(launch_dir, _state.STATE_DIR, "quarantine", stamp)
+    os.makedirs(place, mode=0o700, exist_ok=True)
+    for key in keys:
+        task = result.tasks[key]
+        workdir = task["workdir"]
+        shutil.move(workdir, os.path.join(place, "work", key[:2], key[2:]))
+        for _source, target in task.get("published", []):
+            if os.path.lexists(target):
+                # Resumed runs do not overwrite published files by default: a stale or changed
+                # copy would stay. Moved aside, the rerun task publishes afresh.
+                relative = os.path.relpath(target, launch_dir)
+                if relative.startswith(".."):
+                    relative = os.path.join("_abs", target.lstrip(os.sep))
+                dest = os.path.join(place, "published", relative)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.move(target, dest)
+        log.warning("lineage-ledger: task %s (%s) will run again; its work directory is now in %s",
+                    task.get("name") or task.get("process"), workdir, place)
+    return place
+
+
+def describe(changed: Any) -> str:
+    return (f"{changed.path}: changed since the last recorded run "
+            f"(ledger {(changed.expected or '-')[:16]}, disk {(changed.actual or '-')[:16]})")

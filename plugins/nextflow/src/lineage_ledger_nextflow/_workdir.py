@@ -1,0 +1,143 @@
+"""What a task's work directory says about it, read from the files Nextflow writes there.
+
+Nextflow runs each task in a directory of its own (``work/ab/cdef...``) and writes there:
+
+* ``.command.sh``: the task's script, as run (parameters substituted): its digest is the
+  record's ``code_digest``;
+* ``.command.run``: the wrapper, whose ``nxf_stage`` function stages every input file into
+  the directory (``ln -s SRC NAME`` by default; ``ln``, ``cp -fRL`` or ``rsync`` for the
+  other ``stageInMode`` settings); a conda environment appears as an ``activate`` line;
+* ``.exitcode``, ``.command.err``, ``.command.out``, ``.command.log``;
+* the task's own files.
+
+Inputs are recorded as the real files behind what was staged (a symbolic link is followed
+to its target, so an upstream task's output keeps the path its producer recorded); outputs
+are the files the task wrote itself: everything else in the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+
+#: Files Nextflow's wrapper writes in every work directory; not the task's outputs.
+WRAPPER_FILES = frozenset({".exitcode", ".command.sh", ".command.run", ".command.err", ".command.out",
+                           ".command.log", ".command.begin", ".command.trace", ".command.env",
+                           ".command.stub", ".command.in", ".command.ps"})
+_STAGE_START = re.compile(r"^\s*nxf_stage\(\)\s*\{\s*$")
+_CONDA = re.compile(r"(?:conda|mamba|micromamba)\s+activate\s+(\S+)|source\s+\S*activate\s+(\S+)")
+#: The staging commands of each stageInMode, and the tail of their argument lists (SRC DST).
+_STAGE_COMMANDS = ("ln", "cp", "rsync")
+
+
+@dataclass
+class WorkDir:
+    """One task's work directory as found after the task ended."""
+
+    path: str
+    script: bytes | None = None  # .command.sh
+    staged: dict[str, str] = field(default_factory=dict)  # name in the directory -> source as given
+    inputs: list[str] = field(default_factory=list)  # the real files behind the staged ones
+    outputs: list[str] = field(default_factory=list)  # files the task wrote
+    conda: str | None = None
+    exit_code: int | None = None  # from .exitcode
+    problems: list[str] = field(default_factory=list)  # what could not be read (kept in the record)
+
+
+def read_workdir(path: str) -> WorkDir:
+    """Read ``path``; a missing or unreadable part is noted in ``problems``, never raised."""
+    work = WorkDir(path)
+    try:
+        with open(os.path.join(path, ".command.sh"), "rb") as handle:
+            work.script = handle.read()
+    except OSError as err:
+        work.problems.append(f".command.sh: {err.strerror or err}")
+    try:
+        with open(os.path.join(path, ".command.run"), encoding="utf-8", errors="replace") as handle:
+            wrapper = handle.read()
+    except OSError as err:
+        wrapper = ""
+        work.problems.append(f".command.run: {err.strerror or err}")
+    work.staged = staged_files(wrapper)
+    work.conda = conda_env(wrapper)
+    try:
+        with open(os.path.join(path, ".exitcode"), encoding="ascii", errors="replace") as handle:
+            text = handle.read().strip()
+        work.exit_code = int(text) if text.lstrip("-").isdigit() else None
+    except OSError:
+        pass  # a task killed before it ended writes none
+    work.inputs = _input_files(path, work.staged)
+    work.outputs = _written_files(path, work.staged)
+    return work
+
+
+def staged_files(wrapper: str) -> dict[str, str]:
+    """``{name: source}`` from the ``nxf_stage`` function of a ``.command.run``."""
+    staged: dict[str, str] = {}
+    inside = False
+    for line in wrapper.splitlines():
+        if not inside:
+            inside = bool(_STAGE_START.match(line))
+            continue
+        if line.strip() == "}":
+            break
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        if len(words) >= 3 and words[0] in _STAGE_COMMANDS:
+            staged[os.path.normpath(words[-1])] = words[-2]
+    return staged
+
+
+def conda_env(wrapper: str) -> str | None:
+    match = _CONDA.search(wrapper)
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
+
+
+def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:
+    """The real files behind each staged input; a staged directory gives every file in it."""
+    files: dict[str, None] = {}
+    for name, source in staged.items():
+        target = source if os.path.isabs(source) else os.path.join(workdir, source)
+        real = os.path.realpath(target)
+        if os.path.isdir(real):
+            files.update(dict.fromkeys(_files_below(real, follow=True)))
+        else:
+            files[real] = None  # a source that is gone is recalled from the ledger, or listed unhashed
+    return list(files)
+
+
+def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
+    """Regular files below ``workdir`` that are neither Nextflow's nor staged inputs."""
+    skip = {os.path.join(workdir, name) for name in staged}
+    written = []
+    for root, dirs, files in os.walk(workdir):
+        dirs[:] = sorted(d for d in dirs if os.path.join(root, d) not in skip)
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if full in skip or (root == workdir and name in WRAPPER_FILES):
+                continue
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue  # a link the task made points at someone else's file
+            written.append(full)
+    return written
+
+
+def _files_below(directory: str, *, follow: bool) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(directory, followlinks=follow):
+        dirs.sort()
+        found.extend(os.path.join(root, name) for name in sorted(files)
+                     if os.path.isfile(os.path.join(root, name)))
+    return found
+
+
+def task_key(workdir: str) -> str:
+    """The task's full hash, as its work directory spells it (``ab/cdef...`` -> ``abcdef...``)."""
+    parent, leaf = os.path.split(os.path.normpath(workdir))
+    return os.path.basename(parent) + leaf

@@ -1,0 +1,177 @@
+"""``nextflow-ledger``: run ``nextflow run`` and record every task in a lineage-ledger.
+
+    nextflow-ledger [NEXTFLOW OPTIONS] run PIPELINE [RUN OPTIONS] --ledger URL --ledger-policy warn|strict|rerun|off
+
+1. With ``-resume``: check the files of the resumed session's tasks against the ledger and
+   apply the policy (``_preflight``): ``strict`` refuses with exit status 1 before Nextflow
+   starts, ``rerun`` moves the changed tasks' work directories aside, ``warn`` names them.
+2. Run the real ``nextflow`` with the wrapper's trace file, following it: each task that ends
+   is read from its work directory and handed to :class:`lineage_ledger.TaskCapture`, which
+   hashes and spools it while the pipeline goes on (``_trace``, ``_tasks``).
+3. After Nextflow exits: the published files from its log (``_log``), one record per task
+   that published; the session's task list for the next ``-resume`` (``_state``).
+
+Exit status: Nextflow's; 1 when ``strict`` refuses; 2 for a bad command line or ledger URL.
+The ledger is ``--ledger``, else ``$LINEAGE_LEDGER_URL``, else ``.lineage/ledger.db`` in the
+launch directory. Nextflow is ``$LINEAGE_NEXTFLOW``, else ``nextflow`` on ``PATH``, else the
+one ``plugins/nextflow/tools/install-nextflow.sh`` built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, wait
+
+from . import _args, _log, _preflight, _state
+from ._tasks import TaskRecorder
+from ._trace import TraceFollower, config_text
+
+log = logging.getLogger("lineage_ledger.nextflow")
+
+NXF_RELEASE = "25.04.4"
+FLUSH_TIMEOUT = 300.0  # seconds to wait for the records to reach the spool at the end
+SHIP_WAIT = 5.0  # then for the ledger; what it has not taken stays spooled
+
+
+def find_nextflow() -> str | None:
+    given = os.environ.get("LINEAGE_NEXTFLOW")
+    if given:
+        return given
+    found = shutil.which("nextflow")
+    if found:
+        return found
+    cache = os.environ.get("LINEAGE_LEDGER_NEXTFLOW_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lineage-ledger")
+    built = os.path.join(cache, f"nextflow-{NXF_RELEASE}", "bin", "nextflow")
+    return built if os.access(built, os.X_OK) else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv[:1]) or not argv:
+        print(__doc__)
+        return 0 if argv else 2
+    try:
+        command = _args.parse(argv)
+    except _args.UsageError as err:
+        print(f"nextflow-ledger: {err}", file=sys.stderr)
+        return 2
+    nextflow = find_nextflow()
+    if nextflow is None:
+        print("nextflow-ledger: no `nextflow` found (set LINEAGE_NEXTFLOW, put it on PATH, or run "
+              "plugins/nextflow/tools/install-nextflow.sh)", file=sys.stderr)
+        return 2
+    launch_dir = os.getcwd()
+    url = _args.absolute_url(command.ledger, launch_dir)
+    if command.resume and command.policy != "off":
+        refused = _check_resume(command, launch_dir, url)
+        if refused is not None:
+            return refused
+    return _run_recorded(command, nextflow, launch_dir, url)
+
+
+def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | None:
+    """Apply the policy before a ``-resume``; an exit status when the run must not start."""
+    session = command.resume_session or _log.last_session(launch_dir)
+    if session is None:
+        return None  # Nextflow will say there is nothing to resume
+    try:
+        plan = _preflight.plan(launch_dir, session)
+        if not plan.tasks:
+            log.warning("lineage-ledger: no recorded task of session %s here; nothing checked before -resume",
+                        session)
+            return None
+        plan.tampered = _preflight.check(url, plan.checked)
+    except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
+        if command.policy == "strict":
+            print(f"nextflow-ledger: refusing to run (--ledger-policy strict): the ledger could not be "
+                  f"checked: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
+                  "the %s policy", type(err).__name__, err, command.policy)
+        return None
+    if not plan.tampered:
+        return None
+    lines = "\n  ".join(_preflight.describe(c) for c in plan.tampered)
+    if command.policy == "strict":
+        print(f"nextflow-ledger: refusing to run (--ledger-policy strict); files changed outside the "
+              f"workflow:\n  {lines}", file=sys.stderr)
+        return 1
+    log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
+    if command.policy == "rerun":
+        _preflight.quarantine(launch_dir, plan, _preflight.to_rerun(plan))
+    return None
+
+
+def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str) -> int:
+    from lineage_ledger import ConfigError, TaskCapture
+
+    own = os.path.join(launch_dir, _state.STATE_DIR, "runs", uuid.uuid4().hex)
+    os.makedirs(own, mode=0o700)
+    trace_file = os.path.join(own, "trace.tsv")
+    config = os.path.join(own, "ledger.config")
+    with open(config, "w", encoding="utf-8") as handle:
+        handle.write(config_text(trace_file))
+    capture = TaskCapture(url, engine="nextflow")
+    futures: list[Future[str | None]] = []
+    recorder = TaskRecorder(_Poster(capture, futures), command.params)
+    follower = TraceFollower(trace_file, recorder.on_row)
+    args = _args.nextflow_args(command, config, _log.PUBLISH_LOGGER)
+    process = subprocess.Popen([nextflow, *args])
+    # Ctrl-C reaches Nextflow too (same process group): the wrapper waits for it and records
+    # what ended. A TERM sent to the wrapper alone is passed on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    try:
+        capture.open()  # while the JVM starts: a URL no retry can fix stops the run now
+    except ConfigError as err:
+        process.terminate()
+        process.wait()
+        print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
+        shutil.rmtree(own, ignore_errors=True)
+        return 2
+    follower.start()
+    status = process.wait()
+    follower.stop()
+    facts = _log.read_log(command.log_file or os.path.join(launch_dir, ".nextflow.log"))
+    published = recorder.on_published(facts.published)
+    _, late = wait(list(futures), timeout=FLUSH_TIMEOUT)
+    try:
+        capture.sync()
+    except Exception as err:  # noqa: BLE001 - the ledger's own replay then covers it
+        log.error("lineage-ledger: cannot sync the spool: %s", err)
+    shipped = capture.close(timeout=SHIP_WAIT)
+    if facts.session is not None and recorder.tasks:
+        try:
+            _state.save(launch_dir, facts.session, recorder.tasks)
+        except OSError as err:
+            log.error("lineage-ledger: cannot save the session's tasks (the next -resume is not checked): %s", err)
+    shutil.rmtree(own, ignore_errors=True)
+    lost = capture.failures + len(late)
+    print(f"lineage-ledger: recorded {recorder.recorded - lost} task(s) and {published} publication(s)"
+          f"{f', {recorder.cached} cached task(s) recorded by earlier runs' if recorder.cached else ''}"
+          f"{'' if shipped else '; some wait in the spool (lineage-ledger spool ship)'}"
+          f"{f'; {lost} could NOT be recorded (see above)' if lost else ''}", file=sys.stderr)
+    return status
+
+
+class _Poster:
+    """``capture.submit`` with the futures kept, so that the end waits for the spool only."""
+
+    def __init__(self, capture: object, futures: list[Future[str | None]]) -> None:
+        self._capture = capture
+        self._futures = futures
+
+    def post(self, run: object) -> None:
+        self._futures.append(self._capture.submit(run))  # type: ignore[attr-defined]
