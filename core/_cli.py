@@ -200,20 +200,37 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
 
 # -- reading -------------------------------------------------------------------------------
 @cli.command(name="log")
-@click.option("-n", "--limit", default=20, show_default=True, help="How many records, newest last.")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many records, newest last; 0 for all.")
 @click.option("--run", "run_id", help="Only the records of this run.")
 @ledger_option
 @json_option
 def log_command(limit, run_id, ledger_url, as_json) -> None:
-    """List recorded tasks."""
+    """List recorded tasks (the last 20 unless -n says otherwise)."""
+    from ._manifest import is_manifest_record
+
     with _open(ledger_url) as ledger:
-        entries = ledger.run(run_id) if run_id else ledger.recent(limit)
+        if run_id:
+            entries = ledger.run(run_id)
+            total, truncated = len(entries), bool(limit) and len(entries) > limit
+        else:
+            # Directory manifests are records too, but no task: they are not listed.
+            total, want = ledger.tree_head().size, limit
+            while True:
+                fetched = ledger.recent(want)
+                entries = [e for e in fetched if not is_manifest_record(e.record)]
+                if not limit or len(entries) >= limit or len(fetched) < want:
+                    break
+                want *= 2
+            truncated = bool(limit) and total > len(fetched)
         entries = entries[-limit:] if limit else entries
+        if truncated:  # say so: a listing that stops at 20 reads like the whole ledger
+            click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
         for entry in entries:
             if as_json:
                 click.echo(json_text({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
             else:
-                outs = ", ".join(printable(os.path.relpath(p)) for p in entry.record.outputs) or "-"
+                outs = ", ".join(printable(os.path.relpath(p)) for p, e in entry.record.outputs.items()
+                                 if "alias_of" not in e) or "-"
                 click.echo(f"{describe_record(entry)}  -> {outs}")
 
 
@@ -242,11 +259,21 @@ def show(record_id, ledger_url) -> None:
 def why(path, ledger_url, as_json) -> None:
     """Show the lineage of PATH: the tasks and files it derives from, back to the sources."""
     with _open(ledger_url) as ledger:
-        tree = ledger.lineage(normalize_path(path))
+        tree = ledger.lineage(path)
+        if tree.kind == "source" and not ledger.consumers(tree.path):
+            # A file no record names may lie in a recorded directory: its lineage is the directory's.
+            inside = ledger.container_of(tree.path)
+            if inside is None:
+                raise LedgerError(f"{path}: no record in the ledger read or wrote it")
+            directory, _, _, entry = inside
+            tree = ledger.lineage(directory, entry["blake3"])
+            if as_json:
+                click.echo(json_text({"path": normalize_path(path), "within": directory,
+                                      "lineage": lineage_json(tree)}, indent=2))
+                return
+            click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(directory))}:")
         if as_json:
             click.echo(json_text(lineage_json(tree), indent=2))
-        elif tree.kind == "source" and not ledger.consumers(tree.path):
-            raise LedgerError(f"{path}: no record in the ledger read or wrote it")
         else:
             click.echo("\n".join(lineage_lines(tree)))
 
@@ -260,7 +287,12 @@ def why(path, ledger_url, as_json) -> None:
 def depends(path, limit, show_all, ledger_url) -> None:
     """Show what was derived from PATH: its consumers, their outputs, and so on."""
     with _open(ledger_url) as ledger:
-        normal = normalize_path(path)
+        normal = ledger.query_path(path)
+        if not ledger.count_consumers(normal):
+            inside = ledger.container_of(normal)
+            if inside is not None:  # what was derived from the recorded directory it lies in
+                click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(inside[0]))}:")
+                normal = path = inside[0]
         if show_all or limit <= 0:
             _depends_streamed(ledger, normal, path)
             return
@@ -301,11 +333,16 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
               help="Stat cache file (digests keyed by size, mtime, ctime and inode).")
 @json_option
 def hash_command(paths, rehash, cache_path, as_json) -> None:
-    """Print the BLAKE3 digest and size of files (directories are walked)."""
+    """Print the BLAKE3 digest and size of files (directories are walked; an entry that
+    cannot be read, such as a symbolic link loop, is reported and skipped)."""
     files: list[str] = []
+
+    def skipped(entry: str, reason: str) -> None:
+        click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
+
     for path in paths:
         normal = normalize_path(path)
-        files.extend(walk_files(normal) if os.path.isdir(normal) else [normal])
+        files.extend(walk_files(normal, on_skip=skipped) if os.path.isdir(normal) else [normal])
     hasher = Hasher(StatCache(cache_path), rehash=rehash)
     artifacts = _hash_with_progress(hasher, files)
     for artifact in artifacts:
@@ -346,15 +383,24 @@ def _hash_with_progress(hasher: Hasher, files: list[str]):
               help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
 @click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False),
               help="A public key the checkpoint must be signed by (repeatable; needs --against).")
+@click.option("--crate", "crate_path", type=click.Path(),
+              help="Verify an RO-Crate written by `lineage-ledger export --format ro-crate`, offline, "
+                   "without the ledger (with --pubkey: its checkpoint's signature too).")
 @ledger_option
 @json_option
-def verify(targets, checkpoint_file, pubkeys, ledger_url, as_json) -> None:
+def verify(targets, checkpoint_file, pubkeys, crate_path, ledger_url, as_json) -> None:
     """Verify the ledger, TARGETS against it, and their lineage back to the sources.
 
     With no TARGET, audit the whole ledger (every block, record and index row, and every
     recorded output still on disk). With TARGETS, bring the tree head verified before up to
     date and prove every record used. Exit 0 verified, 1 a check failed, 2 an error.
     """
+    if crate_path is not None:
+        if targets or checkpoint_file:
+            raise click.UsageError("--crate takes no TARGET and no --against")
+        from .exports._crate_verify import verify_crate_command
+
+        sys.exit(verify_crate_command(crate_path, pubkeys, as_json))
     checkpoint = _read_checkpoint(checkpoint_file, pubkeys) if checkpoint_file else None
     if checkpoint is not None and not pubkeys:
         click.echo("note: no --pubkey given: the checkpoint's signature is not checked, so it vouches only "
@@ -368,8 +414,13 @@ def verify(targets, checkpoint_file, pubkeys, ledger_url, as_json) -> None:
                 report.against = verify_against(ledger, checkpoint)
             except VerificationError as failure:
                 report.fail(failure)
+    for entry, reason in report.skipped:  # entries of the trees given that could not be read
+        click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
     if as_json:
-        click.echo(json_text(report_json(report), indent=2))
+        data = report_json(report)
+        if report.skipped:
+            data["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
+        click.echo(json_text(data, indent=2))
     else:
         click.echo("\n".join(report_lines(report)))
     sys.exit(0 if report.ok else 1)
@@ -500,3 +551,10 @@ def main() -> None:
 
 def verify_main() -> None:
     _guard(lambda: verify.main(prog_name="verify-lineage", standalone_mode=True))
+
+
+# Standard exports and the lineage picture (issue 19): their formats load only when they run.
+from ._cli_export import export, graph  # noqa: E402
+
+cli.add_command(export)
+cli.add_command(graph)

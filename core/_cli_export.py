@@ -1,0 +1,99 @@
+"""``lineage-ledger export`` and ``lineage-ledger graph``: standard exports and a picture.
+
+The formats live in :mod:`lineage_ledger.exports`, imported only when a command runs, so
+``lineage-ledger --help`` and ``import lineage_ledger`` stay light.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ._cli import _open, ledger_option
+from ._errors import ConfigError
+
+__all__ = ["export", "graph"]
+
+EXPORT_FORMATS = ("prov-json", "prov-n", "ro-crate", "openlineage")
+GRAPH_FORMATS = ("html", "svg", "dot")
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--run", "run_id", help="Export the records of this run (with TARGETs: only those of it).")
+@click.option("-f", "--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True, help="What to write.")
+@click.option("-o", "--output", type=click.Path(), help="The file (a directory for ro-crate) to write.")
+@click.option("--key", "keyfile", type=click.Path(dir_okay=False),
+              help="ro-crate: sign the crate's checkpoint with this private key (lineage-ledger keygen).")
+@click.option("--license", "license_", help="ro-crate: the data's license (a URL such as an SPDX one, or text).")
+@click.option("--no-data", is_flag=True, help="ro-crate: describe the files without copying them into the crate.")
+@click.option("--emit", "emit_url", help="openlineage: also POST the events to this Marquez-compatible URL.")
+@click.option("--namespace", default="lineage-ledger", show_default=True,
+              help="openlineage: the namespace of jobs and datasets.")
+@ledger_option
+def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, namespace, ledger_url) -> None:
+    """Export the lineage of TARGETs (or the records of --run RUN) as W3C PROV, a Workflow Run
+    RO-Crate (Provenance Run Crate, verifiable offline with `verify-lineage --crate`) or
+    OpenLineage run events.
+
+    \b
+    Examples:
+      lineage-ledger export results/summary.csv --format prov-json -o summary.prov.json
+      lineage-ledger export --run 2026-01-05 --format ro-crate -o crate/ --key lab.key
+      lineage-ledger export --run 2026-01-05 --format openlineage --emit http://marquez:5000
+    """
+    from .exports._select import select
+
+    if output is None and not (fmt == "openlineage" and emit_url):
+        raise click.UsageError("give -o PATH" + (" or --emit URL" if fmt == "openlineage" else ""))
+    if emit_url and fmt != "openlineage":
+        raise click.UsageError("--emit is for --format openlineage")
+    if (keyfile or no_data or license_) and fmt != "ro-crate":
+        raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
+    with _open(ledger_url) as ledger:
+        selection = select(ledger, targets, run_id)
+        if fmt in ("prov-json", "prov-n"):
+            from .exports._prov import write_prov
+
+            write_prov(selection, output, fmt)
+            what = f"{len(selection.entries)} task(s)"
+        elif fmt == "ro-crate":
+            from .exports._rocrate import write_crate
+
+            crate = write_crate(ledger, selection, output, keyfile=keyfile, with_data=not no_data,
+                                license=license_)
+            what = f"{len(selection.entries)} task(s), {crate.files_copied} file(s) copied"
+        else:
+            from .exports._openlineage import emit, events_for, write_events
+
+            events = events_for(selection, namespace)
+            if output:
+                write_events(events, output)
+            if emit_url:
+                emit(events, emit_url)
+            what = f"{len(events)} event(s)"
+    click.echo(f"exported {what} as {fmt}" + (f" to {output}" if output else "")
+               + (f", posted to {emit_url}" if emit_url else ""), err=True)
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--run", "run_id", help="Draw the records of this run (with TARGETs: only those of it).")
+@click.option("-f", "--format", "fmt", type=click.Choice(GRAPH_FORMATS), default="html", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The file to write.")
+@click.option("--group", type=click.Choice(["auto", "rule", "run", "none"]), default="auto", show_default=True,
+              help="html: fold the tasks of one rule (or run) into one box; auto folds past 300 nodes.")
+@ledger_option
+def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
+    """Draw tasks and file versions as a DAG, each file coloured by its verification status
+    (OK, MODIFIED, MISSING, broken). The HTML page is self-contained: open it offline, click
+    a node to read its record."""
+    from .exports._graph import build_graph, write_graph
+    from .exports._select import select
+
+    if not targets and run_id is None:
+        raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")
+    with _open(ledger_url) as ledger:
+        selection = select(ledger, targets, run_id)
+        model = build_graph(ledger, selection)
+    write_graph(model, output, fmt, group=group)
+    click.echo(f"drew {len(model.nodes)} node(s) and {len(model.edges)} edge(s) to {output}", err=True)

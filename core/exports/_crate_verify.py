@@ -1,0 +1,278 @@
+"""``verify-lineage --crate PATH``: check an exported RO-Crate offline, without the ledger.
+
+What is checked (the algorithms are docs/verification.md's; nothing here trusts the
+crate's own claims about itself):
+
+1. ``lineage-ledger/checkpoint.txt`` parses as a checkpoint (signed by a ``--pubkey`` key
+   when one is given);
+2. each record file hashes (BLAKE3) to the id ``proofs.json`` gives it, is a canonical
+   record, and its inclusion proof leads from its leaf to the checkpoint's root;
+3. each task ``CreateAction`` names a proved record and says what the record says: the
+   files it used and made (path, BLAKE3 digest, size), its times and status;
+4. each ``File`` whose bytes are in the crate hashes to the digest it is described with
+   (which step 3 tied to a proved record);
+5. every proved record is described by an action, and every record the metadata points
+   to is proved.
+
+Exit status: 0 every check passed, 1 one failed (each failure is named), 2 the crate
+cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from .._errors import CheckpointInvalid, ConfigError, LedgerError, ProofFailed
+from .._hashing import hash_file
+from .._model import Record
+from .._terminal import json_text, printable
+from .._tree import BLAKE3, verify_inclusion
+
+__all__ = ["CrateReport", "verify_crate", "verify_crate_command"]
+
+_CHECKPOINT = "lineage-ledger/checkpoint.txt"
+_PROOFS = "lineage-ledger/proofs.json"
+_MAX_JSON = 1 << 30
+
+
+@dataclass
+class CrateReport:
+    path: str
+    checkpoint: Any = None
+    records: int = 0
+    files_checked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        head = self.checkpoint
+        return {"crate": self.path, "ok": self.ok, "records_proved": self.records,
+                "files_checked": self.files_checked, "failures": self.failures,
+                "checkpoint": None if head is None else {"origin": head.origin, "size": head.size,
+                                                         "root": head.root.hex()}}
+
+
+def _inside(crate: str, relative: str) -> str:
+    """The path of a crate member; refuses ids that leave the crate (``../``, absolute)."""
+    full = os.path.realpath(os.path.join(crate, relative))
+    if os.path.isabs(relative) or not full.startswith(os.path.realpath(crate) + os.sep):
+        raise ConfigError(f"{relative!r} is not a path inside the crate")
+    return full
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_JSON + 1)
+        return json.loads(data)
+    except OSError as err:
+        raise ConfigError(f"cannot read the crate's {what}: {err.strerror}") from err
+    except ValueError as err:
+        raise ConfigError(f"the crate's {what} is not JSON: {err}") from err
+
+
+def _ids(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    return [item["@id"] for item in items if isinstance(item, dict) and isinstance(item.get("@id"), str)]
+
+
+def _types(entity: dict) -> set[str]:
+    value = entity.get("@type", [])
+    return set(value if isinstance(value, list) else [value])
+
+
+def _same_time(text: Any, moment: datetime) -> bool:
+    """The crate writes times to the millisecond (the profiles' form); the record has them
+    to the microsecond."""
+    try:
+        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if parsed.tzinfo is None:
+        return False
+    exact = moment.astimezone(timezone.utc)
+    return parsed.astimezone(timezone.utc) == exact.replace(microsecond=exact.microsecond // 1000 * 1000)
+
+
+def verify_crate(crate: str, pubkeys: tuple[str, ...] = ()) -> CrateReport:
+    """Check the crate directory ``crate``; see the module's docstring for what is checked."""
+    from .._checkpoint import load_verifier, parse
+
+    if not os.path.isdir(crate):
+        raise ConfigError(f"{crate}: not a crate directory")
+    report = CrateReport(crate)
+    metadata = _read_json(_inside(crate, "ro-crate-metadata.json"), "ro-crate-metadata.json")
+    graph = metadata.get("@graph") if isinstance(metadata, dict) else None
+    if not isinstance(graph, list):
+        raise ConfigError("ro-crate-metadata.json has no @graph")
+    entities = {e["@id"]: e for e in graph if isinstance(e, dict) and isinstance(e.get("@id"), str)}
+    proofs = _read_json(_inside(crate, _PROOFS), "proofs.json")
+    try:
+        with open(_inside(crate, _CHECKPOINT), "rb") as handle:
+            note = handle.read((1 << 16) + 1)
+        report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
+    except OSError as err:
+        raise ConfigError(f"cannot read the crate's checkpoint: {err.strerror}") from err
+    except CheckpointInvalid as err:
+        report.failures.append(f"checkpoint: {err}")
+        return report  # nothing can be proved against a checkpoint that does not hold
+    proved = _check_records(crate, proofs, head, report)
+    described = _check_actions(entities, proved, report)
+    for record_id in sorted(set(proved) - described):
+        report.failures.append(f"record {record_id[:16]}: proved, but no action in the metadata describes it")
+    _check_payloads(crate, entities, report)
+    return report
+
+
+def _check_records(crate: str, proofs: Any, head: Any, report: CrateReport) -> dict[str, Record]:
+    listed = proofs.get("records") if isinstance(proofs, dict) else None
+    if not isinstance(listed, list):
+        raise ConfigError("proofs.json lists no records")
+    if proofs.get("tree_size") != head.size or proofs.get("origin") != head.origin:
+        report.failures.append(f"proofs.json is for tree {proofs.get('origin')!r} of size {proofs.get('tree_size')}, "
+                               f"the checkpoint for {head.origin!r} of size {head.size}")
+    proved: dict[str, Record] = {}
+    for item in listed:
+        try:
+            record_id, index = str(item["id"]), item["leaf_index"]
+            path = _inside(crate, str(item["file"]))
+            proof = [bytes.fromhex(node) for node in item["inclusion_proof"]]
+        except (KeyError, TypeError, ValueError) as err:
+            report.failures.append(f"proofs.json: an entry is malformed ({type(err).__name__}: {err})")
+            continue
+        try:
+            with open(path, "rb") as handle:
+                body = handle.read()
+        except OSError as err:
+            report.failures.append(f"record {record_id[:16]}: its file {item['file']} cannot be read ({err.strerror})")
+            continue
+        actual = _blake3(body)
+        if actual != record_id:
+            report.failures.append(f"record {record_id[:16]}: {item['file']} was altered (its bytes hash to "
+                                   f"{actual[:16]}, not to the record id)")
+            continue
+        try:
+            record = Record.decode(body)
+        except (ValueError, KeyError, TypeError) as err:
+            report.failures.append(f"record {record_id[:16]}: not a canonical record ({err})")
+            continue
+        try:
+            verify_inclusion(BLAKE3, index, head.size, BLAKE3.leaf(bytes.fromhex(record_id)), proof, head.root)
+        except ProofFailed as err:
+            report.failures.append(f"record {record_id[:16]}: not in the checkpoint's tree: {err}")
+            continue
+        proved[record_id] = record
+    report.records = len(proved)
+    return proved
+
+
+def _blake3(data: bytes) -> str:
+    from blake3 import blake3
+
+    return blake3(data).hexdigest()
+
+
+def _files_of(entities: dict[str, dict], refs: Any, what: str, failures: list[str]) -> dict[str, tuple[str, int]]:
+    """{recorded path: (digest, size)} of the File entities ``refs`` points to."""
+    found: dict[str, tuple[str, int]] = {}
+    for ident in _ids(refs):
+        entity = entities.get(ident)
+        if entity is None:
+            failures.append(f"{what}: refers to {ident!r}, which the metadata does not describe")
+            continue
+        if "File" not in _types(entity):
+            continue  # parameters (PropertyValue) sit beside the files
+        try:
+            found[str(entity["ledgerPath"])] = (str(entity["blake3"]), int(entity["contentSize"]))
+        except (KeyError, TypeError, ValueError):
+            failures.append(f"{what}: file entity {ident!r} lacks its ledgerPath, blake3 or contentSize")
+    return found
+
+
+def _check_actions(entities: dict[str, dict], proved: dict[str, Record], report: CrateReport) -> set[str]:
+    described: set[str] = set()
+    for ident, entity in entities.items():
+        if "CreateAction" not in _types(entity) or "identifier" not in entity:
+            continue  # the workflow run's actions summarise; the tasks' carry the records
+        record_id = str(entity["identifier"])
+        record = proved.get(record_id)
+        if record is None:
+            report.failures.append(f"action {ident}: describes record {record_id[:16]}, which is not proved")
+            continue
+        described.add(record_id)
+        what = f"action {ident[:24]}"
+        expected_in = {p: (a["blake3"], a["size"]) for p, a in record.inputs.items()}
+        expected_out = {p: (a["blake3"], a["size"]) for p, a in record.outputs.items()}
+        used = _files_of(entities, entity.get("object"), what, report.failures)
+        made = _files_of(entities, entity.get("result"), what, report.failures)
+        for side, claimed, expected in (("input", used, expected_in), ("output", made, expected_out)):
+            if record.status == "failed" and side == "output" and not claimed:
+                continue
+            for path in sorted(set(claimed) | set(expected)):
+                if claimed.get(path) != expected.get(path):
+                    report.failures.append(
+                        f"{what}: {side} {printable(path)} is described as {_show(claimed.get(path))}, "
+                        f"the proved record {record_id[:16]} says {_show(expected.get(path))}")
+        if not _same_time(entity.get("startTime"), record.started) or not _same_time(entity.get("endTime"),
+                                                                                      record.ended):
+            report.failures.append(f"{what}: its times differ from the proved record {record_id[:16]}")
+        status = str(entity.get("actionStatus", ""))
+        if status.endswith("FailedActionStatus") != (record.status == "failed"):
+            report.failures.append(f"{what}: its status differs from the proved record ({record.status})")
+    return described
+
+
+def _show(entry: tuple[str, int] | None) -> str:
+    return "absent" if entry is None else f"{entry[0][:16]} ({entry[1]} bytes)"
+
+
+def _check_payloads(crate: str, entities: dict[str, dict], report: CrateReport) -> None:
+    for ident, entity in entities.items():
+        if "File" not in _types(entity) or "blake3" not in entity or ident.startswith("#"):
+            continue
+        if "://" in ident:
+            continue  # described by digest only, not carried
+        try:
+            path = _inside(crate, ident)
+        except ConfigError as err:
+            report.failures.append(f"file {ident}: {err}")
+            continue
+        if not os.path.isfile(path):
+            report.failures.append(f"file {ident}: described as in the crate, but missing")
+            continue
+        actual = hash_file(path).blake3
+        report.files_checked += 1
+        if actual != entity["blake3"]:
+            report.failures.append(f"file {ident}: MODIFIED (described as {str(entity['blake3'])[:16]}, "
+                                   f"its bytes hash to {actual[:16]})")
+
+
+def verify_crate_command(crate: str, pubkeys: tuple[str, ...], as_json: bool) -> int:
+    """The CLI's side: print the report, return the exit status."""
+    try:
+        report = verify_crate(crate, pubkeys)
+    except LedgerError as err:
+        click.echo(f"error: {printable(str(err))}", err=True)
+        return 2
+    if as_json:
+        click.echo(json_text(report.to_json(), indent=2))
+    else:
+        head = report.checkpoint
+        if head is not None:
+            signed = "signature checked" if pubkeys else "signature not checked (no --pubkey)"
+            click.echo(f"checkpoint: {printable(head.origin)}, {head.size} records, root {head.root.hex()[:16]} "
+                       f"({signed})")
+        click.echo(f"records proved: {report.records}; files in the crate checked: {report.files_checked}")
+        for failure in report.failures:
+            click.echo(f"FAILED: {printable(failure)}")
+        click.echo("crate verified" if report.ok else f"crate verification failed ({len(report.failures)} problem(s))")
+    return 0 if report.ok else 1

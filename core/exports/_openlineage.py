@@ -1,0 +1,160 @@
+"""OpenLineage run events through ``openlineage-python``.
+
+Each task is one OpenLineage run (START at its start, COMPLETE or FAIL at its end) of a
+job named ``<engine>.<task name>``, with the files it read and wrote as input and output
+datasets (namespace ``file``, name the absolute path: OpenLineage's naming for local
+files). Every dataset carries the standard ``version`` facet (the BLAKE3 digest) and the
+custom ``lineageLedger_blake3`` facet (digest, size and the record that saw it), whose
+JSON schema is ``schemas/blake3-facet.json``. Tasks point at their workflow run through
+the ``parent`` run facet; the workflow run has its own START and COMPLETE/FAIL events.
+
+Run ids are UUIDs derived from the record id (or the run id) and its time, so exporting
+the same records twice gives the same events, and a receiver de-duplicates them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+from typing import Any
+
+from .._canonical import format_time
+from .._errors import ConfigError
+from . import require
+from ._select import Selection
+
+__all__ = ["FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
+
+FACET = "lineageLedger_blake3"
+SCHEMA_URL = "https://lineage-ledger.invalid/spec/facets/1-0-0/Blake3DatasetFacet.json#/$defs/Blake3DatasetFacet"
+PRODUCER = "https://lineage-ledger.invalid/lineage-ledger"
+
+
+@functools.lru_cache(maxsize=1)
+def facet_class() -> type:
+    """The custom dataset facet as an OpenLineage facet class (defined on first use, so
+    that openlineage is imported only by this export)."""
+    attr = require("attr", "openlineage-python")
+    base = require("openlineage.client.generated.base", "openlineage-python")
+
+    @attr.define
+    class Blake3DatasetFacet(base.DatasetFacet):
+        blake3: str
+        size: int
+        record: str
+
+        @staticmethod
+        def _get_schema() -> str:
+            return SCHEMA_URL
+
+    return Blake3DatasetFacet
+
+
+def _time(moment: datetime) -> str:
+    return format_time(moment)  # RFC 3339, UTC, microseconds
+
+
+def _run_uuid(instant: datetime, key: str) -> str:
+    uuid = require("openlineage.client.uuid", "openlineage-python")
+    return str(uuid.generate_static_uuid(instant, key.encode("utf-8")))
+
+
+def events_for(selection: Selection, namespace: str) -> list[Any]:
+    """START and COMPLETE/FAIL events for every selected task and for each workflow run."""
+    base = require("openlineage.client.generated.base", "openlineage-python")
+    facets = require("openlineage.client.facet_v2", "openlineage-python")
+    blake3_facet = facet_class()
+    by_run: dict[str, list] = {}
+    for entry in selection.entries:
+        by_run.setdefault(entry.record.run_id, []).append(entry)
+    parents = {}
+    events: list[Any] = []
+    for run_id, entries in by_run.items():
+        started = min(e.record.started for e in entries)
+        ended = max(e.record.ended for e in entries)
+        engine = entries[0].record.engine
+        run_uuid = _run_uuid(started, f"run:{run_id}")
+        job = base.Job(namespace=namespace, name=f"{engine}.run", facets={
+            "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
+                                                          jobType="DAG")})
+        parents[run_id] = facets.parent_run.ParentRunFacet(
+            run=facets.parent_run.Run(runId=run_uuid), job=facets.parent_run.Job(namespace=namespace, name=job.name))
+        failed = any(e.record.status == "failed" for e in entries)
+        run_facets = {"lineageLedger_run": _run_facet(base, {"run_id": run_id})}
+        events.append(base.RunEvent(eventType=base.EventType.START, eventTime=_time(started), producer=PRODUCER,
+                                    run=base.Run(runId=run_uuid, facets=run_facets), job=job))
+        events.append(base.RunEvent(eventType=base.EventType.FAIL if failed else base.EventType.COMPLETE,
+                                    eventTime=_time(ended), producer=PRODUCER,
+                                    run=base.Run(runId=run_uuid, facets=run_facets), job=job))
+    for entry in selection.entries:
+        record = entry.record
+        run_uuid = _run_uuid(record.started, f"record:{entry.id}")
+        job = base.Job(namespace=namespace, name=f"{record.engine}.{record.task_name}", facets={
+            "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
+                                                          jobType="TASK")})
+        run_facets: dict[str, Any] = {
+            "parent": parents[record.run_id],
+            "processing_engine": facets.processing_engine_run.ProcessingEngineRunFacet(
+                version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine),
+            "lineageLedger_run": _run_facet(base, {"record": entry.id, "task_id": record.task_id,
+                                                   "attempt": record.attempt, "status": record.status}),
+        }
+        inputs = [
+            base.InputDataset(namespace="file", name=path, facets={
+                "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"]),
+                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=entry.id),
+            }) for path, art in sorted(record.inputs.items())
+        ]
+        outputs = [
+            base.OutputDataset(namespace="file", name=path, facets={
+                "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"]),
+                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=entry.id),
+            }, outputFacets={
+                "outputStatistics": facets.output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
+                    size=art["size"], fileCount=1),
+            }) for path, art in sorted(record.outputs.items())
+        ]
+        start = base.RunEvent(eventType=base.EventType.START, eventTime=_time(record.started), producer=PRODUCER,
+                              run=base.Run(runId=run_uuid, facets=run_facets), job=job, inputs=inputs)
+        end_facets = dict(run_facets)
+        if record.status == "failed":
+            end_facets["errorMessage"] = facets.error_message_run.ErrorMessageRunFacet(
+                message=f"{record.task_name} failed (recorded by lineage-ledger as record {entry.id})",
+                programmingLanguage="unknown")
+        end = base.RunEvent(
+            eventType=base.EventType.FAIL if record.status == "failed" else base.EventType.COMPLETE,
+            eventTime=_time(record.ended), producer=PRODUCER,
+            run=base.Run(runId=run_uuid, facets=end_facets), job=job, inputs=inputs,
+            outputs=[] if record.status == "failed" else outputs)
+        events.extend([start, end])
+    return events
+
+
+def _run_facet(base: Any, fields: dict[str, Any]) -> Any:
+    """A run facet naming the ledger's record or run (additional properties of RunFacet)."""
+    facet = base.RunFacet()
+    return facet.with_additional_properties(**fields)
+
+
+def to_json(event: Any) -> str:
+    serde = require("openlineage.client.serde", "openlineage-python")
+    return serde.Serde.to_json(event)
+
+
+def write_events(events: list[Any], path: str) -> None:
+    """One event per line (JSON Lines), in the order a receiver should get them."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for event in events:
+            handle.write(json.dumps(json.loads(to_json(event)), sort_keys=True) + "\n")
+
+
+def emit(events: list[Any], url: str) -> None:
+    """POST every event to a Marquez-compatible endpoint (``URL/api/v1/lineage``)."""
+    http = require("openlineage.client.transport.http", "openlineage-python")
+    transport = http.HttpTransport(http.HttpConfig(url=url, timeout=10.0, retry={"total": 2}))
+    for event in events:
+        try:
+            transport.emit(event)
+        except Exception as exc:  # noqa: BLE001 - requests' and HTTP errors become one message
+            raise ConfigError(f"{url} did not take the OpenLineage events: {exc}") from exc

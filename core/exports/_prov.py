@@ -1,0 +1,94 @@
+"""W3C PROV (PROV-JSON and PROV-N) through the ``prov`` package.
+
+Tasks are activities, file versions are entities (path, BLAKE3 digest, size), with
+``used``, ``wasGeneratedBy`` and ``wasDerivedFrom`` (each output from each input of the
+task that made it). Agents: the user and the host a task ran as and on, and the engine
+that ran it (a software agent acting for the user).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import require
+from ._names import file_key, task_label
+from ._select import Selection
+
+__all__ = ["NAMESPACE", "prov_document", "write_prov"]
+
+NAMESPACE = "https://lineage-ledger.invalid/ns#"  # a vocabulary name, never fetched
+_SIMPLE = (str, int, float, bool)
+
+
+def _attribute(value: Any) -> Any:
+    """PROV attribute values are literals: nested values are kept as JSON text."""
+    return value if isinstance(value, _SIMPLE) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def prov_document(selection: Selection) -> Any:
+    """A ``prov.model.ProvDocument`` describing the selected records."""
+    model = require("prov.model", "prov")
+    doc = model.ProvDocument()
+    doc.add_namespace("ll", NAMESPACE)
+    doc.add_namespace("task", "urn:lineage-ledger:record:")
+    doc.add_namespace("file", "urn:lineage-ledger:file:")
+    doc.add_namespace("agent", "urn:lineage-ledger:agent:")
+    doc.add_namespace("tree", "urn:lineage-ledger:tree:")
+    head = selection.head
+    doc.entity("tree:head", {"prov:type": "ll:TreeHead", "ll:origin": head.origin, "ll:size": head.size,
+                             "ll:root": head.root})
+    entities: dict[tuple[str, str], Any] = {}
+    for version in selection.versions().values():
+        entities[(version.path, version.digest)] = doc.entity(
+            f"file:{file_key(version.path, version.digest)}",
+            {"prov:label": version.path, "ll:path": version.path, "ll:blake3": version.digest,
+             "ll:size": version.size, "prov:type": "ll:FileVersion"},
+        )
+    agents: dict[str, Any] = {}
+
+    def agent(kind: str, name: str, prov_type: str) -> Any:
+        key = f"{kind}/{name}"
+        if key not in agents:
+            agents[key] = doc.agent(f"agent:{key}", {"prov:label": name, "prov:type": prov_type})
+        return agents[key]
+
+    for entry in selection.entries:
+        record = entry.record
+        attributes = {
+            "prov:label": task_label(record.engine, record.task_name), "prov:type": "ll:Task",
+            "ll:record": entry.id, "ll:engine": record.engine, "ll:run_id": record.run_id,
+            "ll:task_id": record.task_id, "ll:task_name": record.task_name, "ll:status": record.status,
+            "ll:attempt": record.attempt, "ll:block_height": entry.height, "ll:block_position": entry.position,
+        }
+        if record.code_digest:
+            attributes["ll:code_digest"] = record.code_digest
+        if record.parameters:
+            attributes["ll:parameters"] = _attribute(record.parameters)
+        activity = doc.activity(f"task:{entry.id}", record.started, record.ended, attributes)
+        engine = agent("engine", record.engine, "prov:SoftwareAgent")
+        doc.wasAssociatedWith(activity, engine)
+        user_name = record.environment.get("user")
+        if isinstance(user_name, str) and user_name:
+            user = agent("user", user_name, "prov:Person")
+            doc.wasAssociatedWith(activity, user)
+            doc.actedOnBehalfOf(engine, user, activity)
+        host_name = record.environment.get("host")
+        if isinstance(host_name, str) and host_name:
+            doc.wasAssociatedWith(activity, agent("host", host_name, "ll:Host"))
+        for path, art in record.inputs.items():
+            doc.used(activity, entities[(path, art["blake3"])], record.started)
+        for path, art in record.outputs.items():
+            output = entities[(path, art["blake3"])]
+            doc.wasGeneratedBy(output, activity, record.ended)
+            for in_path, in_art in record.inputs.items():
+                doc.wasDerivedFrom(output, entities[(in_path, in_art["blake3"])], activity)
+    return doc
+
+
+def write_prov(selection: Selection, path: str, fmt: str) -> None:
+    """Write PROV-JSON (``fmt="prov-json"``) or PROV-N (``fmt="prov-n"``) to ``path``."""
+    doc = prov_document(selection)
+    text = doc.serialize(format="json", indent=2) if fmt == "prov-json" else doc.get_provn()
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text if text.endswith("\n") else text + "\n")

@@ -1,0 +1,332 @@
+"""Workflow Run RO-Crate (Provenance Run Crate profile 0.5) through ``rocrate``, verifiable offline.
+
+The crate describes the selected records the way the profile asks: the workflow as the
+ledger saw it (``lineage-ledger/workflow.json``, the main entity: its tools and steps), one
+``CreateAction`` per task (instrument its tool, objects its input files and parameters,
+results its output files, times and status), a ``ControlAction`` per task linking it to
+its step, and per run an ``OrganizeAction`` (the engine) and the run's ``CreateAction``.
+Every file version is a ``File`` entity with its BLAKE3 digest (``blake3``), size and the
+path the ledger recorded (``ledgerPath``); the versions still on disk with those bytes are
+copied under ``data/`` unless ``--no-data``.
+
+Beyond the profile, ``lineage-ledger/`` holds what lets a recipient check the crate with no
+access to the ledger (``verify-lineage --crate``, :mod:`._crate_verify`):
+
+* ``checkpoint.txt``: the ledger's tree head as a checkpoint note (signed with ``--key``),
+* ``records/<id>.json``: each record's canonical bytes (its id is their BLAKE3),
+* ``proofs.json``: each record's leaf index and RFC 9162 inclusion proof in that tree.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .._canonical import utcnow
+from .._errors import ConfigError
+from .._hashing import hash_file
+from .._ledger import Ledger, LedgerRecord
+from . import require
+from ._names import display_path, file_key
+from ._select import FileVersion, Selection
+
+__all__ = ["CRATE_DIR", "PROFILES", "TERMS", "WrittenCrate", "write_crate"]
+
+CRATE_DIR = "lineage-ledger"
+PROOFS = f"{CRATE_DIR}/proofs.json"
+CHECKPOINT = f"{CRATE_DIR}/checkpoint.txt"
+WORKFLOW = f"{CRATE_DIR}/workflow.json"
+PROOFS_FORMAT = "lineage-ledger-crate-proofs/1"
+VOCAB = "https://lineage-ledger.invalid/ns#"  # a vocabulary name, never fetched
+TERMS = {"blake3": f"{VOCAB}blake3", "ledgerPath": f"{VOCAB}ledgerPath", "treeSize": f"{VOCAB}treeSize",
+         "leafIndex": f"{VOCAB}leafIndex"}
+PROFILES = [
+    "https://w3id.org/ro/wfrun/process/0.5",
+    "https://w3id.org/ro/wfrun/workflow/0.5",
+    "https://w3id.org/ro/wfrun/provenance/0.5",
+    "https://w3id.org/workflowhub/workflow-ro-crate/1.0",
+]
+_PROFILE_NAMES = ["Process Run Crate", "Workflow Run Crate", "Provenance Run Crate", "Workflow RO-Crate"]
+_FP_PROFILE = "https://bioschemas.org/profiles/FormalParameter/1.0-RELEASE"
+_WF_PROFILE = "https://bioschemas.org/profiles/ComputationalWorkflow/1.0-RELEASE"
+
+
+@dataclass
+class WrittenCrate:
+    path: str
+    files_copied: int
+    records: int
+
+
+def _iso(moment: datetime) -> str:
+    """The profiles' time form: ISO 8601 with milliseconds and a numeric offset."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _compact(crate: Any) -> None:
+    """RO-Crate 1.1 prefers single values to one-element lists, and no empty lists."""
+    for entity in crate.get_entities():
+        for key, value in list(entity._jsonld.items()):
+            if isinstance(value, list) and len(value) <= 1 and key != "@type":
+                if value:
+                    entity._jsonld[key] = value[0]
+                else:
+                    del entity._jsonld[key]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:80] or "x"
+
+
+def _prepare_dir(path: str) -> None:
+    if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ConfigError(f"{path}: exists and is not an empty directory; the crate needs a new one")
+    os.makedirs(os.path.join(path, CRATE_DIR, "records"), exist_ok=True)
+
+
+def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
+    """Copy the file into the crate if it still holds the recorded bytes; the copy is hashed,
+    so a file changed during the copy is left out, not described wrongly."""
+    if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
+        return False
+    target = os.path.join(crate_dir, relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(version.path, target)
+    if hash_file(target).blake3 != version.digest:
+        os.unlink(target)
+        return False
+    return True
+
+
+def _data_path(version: FileVersion) -> str:
+    shown = display_path(version.path)
+    if os.path.isabs(shown):
+        shown = shown.lstrip(os.sep)
+    return "data/" + "/".join(_slug(part) for part in shown.split(os.sep))
+
+
+def _proofs(ledger: Ledger, selection: Selection) -> tuple[Any, list[dict[str, Any]]]:
+    entries = []
+    head = None
+    for entry in selection.entries:
+        head, index, proof = ledger.inclusion_proof(entry)
+        entries.append({"id": entry.id, "file": f"{CRATE_DIR}/records/{entry.id}.json", "leaf_index": index,
+                        "inclusion_proof": proof})
+    return head, entries
+
+
+def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str | None = None,
+                with_data: bool = True, license: str | None = None) -> WrittenCrate:
+    """Write the crate directory ``path`` (new or empty)."""
+    rocrate = require("rocrate.rocrate", "rocrate")
+    model = require("rocrate.model", "rocrate")
+    from .._checkpoint import Checkpoint, load_signer, sign
+
+    signer = load_signer(keyfile) if keyfile else None
+    _prepare_dir(path)
+    head, proofs = _proofs(ledger, selection)
+    note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
+    with open(os.path.join(path, CHECKPOINT), "w", encoding="utf-8") as handle:
+        handle.write(sign(note, signer) if signer else note.body())
+    for entry in selection.entries:
+        with open(os.path.join(path, CRATE_DIR, "records", f"{entry.id}.json"), "wb") as handle:
+            handle.write(entry.record.encode())
+    with open(os.path.join(path, PROOFS), "w", encoding="utf-8") as handle:
+        json.dump({"format": PROOFS_FORMAT, "checkpoint": CHECKPOINT, "origin": head.origin, "tree_size": head.size,
+                   "records": proofs}, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+
+    crate = rocrate.ROCrate(version="1.1")  # the Workflow Run Crate profiles 0.5 build on RO-Crate 1.1
+    crate.metadata.extra_terms.update(TERMS)
+    builder = _Builder(crate, model, path, with_data)
+    builder.describe(selection, head)
+    # The profiles require a license; the exporter cannot know the data's, so unless one is
+    # given the crate says so in words (a string is allowed).
+    crate.root_dataset["license"] = (
+        {"@id": license} if license and "://" in license else license
+        or "not stated by the exporter: ask the owner of the data before reusing it")
+    _compact(crate)
+    with warnings.catch_warnings():
+        # The files were written into the crate above (each checked as it was copied); rocrate
+        # warns that it has no source to copy them from.
+        warnings.filterwarnings("ignore", message="No source for", category=UserWarning)
+        crate.write(path)
+    return WrittenCrate(path, builder.copied, len(selection.entries))
+
+
+class _Builder:
+    """Adds the Provenance Run Crate entities for a selection to a ``rocrate`` crate."""
+
+    def __init__(self, crate: Any, model: Any, crate_dir: str, with_data: bool) -> None:
+        self.crate, self.model, self.dir, self.with_data = crate, model, crate_dir, with_data
+        self.copied = 0
+        self.files: dict[tuple[str, str], Any] = {}
+        self.tools: dict[tuple[str, str], Any] = {}
+        self.params: dict[str, Any] = {}
+
+    def entity(self, ident: str, props: dict[str, Any]) -> Any:
+        return self.crate.add(self.model.ContextEntity(self.crate, ident, properties=props))
+
+    def file(self, version: FileVersion) -> Any:
+        key = (version.path, version.digest)
+        if key in self.files:
+            return self.files[key]
+        props = {"@type": "File", "name": display_path(version.path), "blake3": version.digest,
+                 "contentSize": str(version.size), "ledgerPath": version.path,
+                 "encodingFormat": mimetypes.guess_type(version.path)[0] or "application/octet-stream"}
+        relative = _data_path(version)
+        if self.with_data and self.crate.dereference(relative) is None and \
+                _copy_version(version, self.dir, relative):
+            self.copied += 1
+            entity = self.crate.add_file(None, dest_path=relative, properties=props)
+        else:  # not in the crate: described by its digest only
+            props["description"] = "not included in the crate; identified by its BLAKE3 digest"
+            entity = self.entity(f"#file-{file_key(version.path, version.digest)}", props)
+        self.files[key] = entity
+        return entity
+
+    def person(self, name: str) -> Any:
+        return self.crate.dereference(f"#user-{_slug(name)}") or self.entity(
+            f"#user-{_slug(name)}", {"@type": "Person", "name": name})
+
+    def formal(self, tool_id: str, role: str, slot: str, kind: str) -> Any:
+        ident = f"{tool_id}/{role}/{_slug(slot)}"
+        if ident not in self.params:
+            self.params[ident] = self.entity(ident, {
+                "@type": "FormalParameter", "name": f"{role} {slot}", "additionalType": kind,
+                "conformsTo": {"@id": _FP_PROFILE}, "workExample": []})
+            tool = self.crate.dereference(tool_id)
+            tool.append_to("input" if role in ("in", "param") else "output", self.params[ident])
+        return self.params[ident]
+
+    def example(self, parameter: Any, entity: Any) -> None:
+        parameter.append_to("workExample", entity)
+        entity.append_to("exampleOfWork", parameter)
+
+    def tool(self, engine: str, name: str) -> Any:
+        key = (engine, name)
+        if key not in self.tools:
+            self.tools[key] = self.entity(f"#tool-{_slug(engine)}-{_slug(name)}", {
+                "@type": "SoftwareApplication", "name": f"{engine}:{name}", "input": [], "output": []})
+        return self.tools[key]
+
+    def describe(self, selection: Selection, head: Any) -> None:
+        crate = self.crate
+        workflow_props = {
+            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+            "name": "workflow as recorded by lineage-ledger",
+            "conformsTo": {"@id": _WF_PROFILE}, "hasPart": [], "step": [], "input": [], "output": [],
+            "programmingLanguage": {"@id": "#lineage-ledger"}, "encodingFormat": "application/json",
+        }
+        self.entity("#lineage-ledger", {"@type": ["ComputerLanguage", "SoftwareApplication"],
+                                        "name": "lineage-ledger", "url": {"@id": "https://pypi.org/project/lineage-ledger/"}})
+        self._write_workflow_file(selection)
+        workflow = crate.add_file(None, dest_path=WORKFLOW, properties=workflow_props)
+        crate.mainEntity = workflow
+        crate.root_dataset["conformsTo"] = [
+            self.entity(uri, {"@type": "CreativeWork", "name": name, "version": uri.rsplit("/", 1)[1]})
+            for uri, name in zip(PROFILES, _PROFILE_NAMES, strict=True)]
+        crate.root_dataset["name"] = f"lineage-ledger export of {len(selection.entries)} task(s)"
+        crate.root_dataset["description"] = (
+            "Tasks and files recorded by lineage-ledger; verify offline with verify-lineage --crate")
+        crate.root_dataset["datePublished"] = _iso(utcnow())
+        crate.add_file(None, dest_path=CHECKPOINT, properties={
+            "name": "the ledger's tree head (checkpoint note)", "encodingFormat": "text/plain",
+            "treeSize": head.size, "about": {"@id": "./"}})
+        crate.add_file(None, dest_path=PROOFS, properties={
+            "name": "leaf index and inclusion proof of every record", "encodingFormat": "application/json"})
+        steps: dict[tuple[str, str], Any] = {}
+        runs: dict[str, list] = {}
+        for entry in selection.entries:
+            record = entry.record
+            tool = self.tool(record.engine, record.task_name)
+            if (record.engine, record.task_name) not in steps:
+                steps[(record.engine, record.task_name)] = step = self.entity(f"#step-{tool.id[1:]}", {
+                    "@type": "HowToStep", "name": tool["name"], "position": str(len(steps)), "workExample": tool})
+                workflow.append_to("hasPart", tool)
+                workflow.append_to("step", step)
+            action = self._task_action(entry, tool)
+            control = self.entity(f"#control-{entry.id}", {
+                "@type": "ControlAction", "name": f"orchestrate {tool['name']}",
+                "instrument": steps[(record.engine, record.task_name)], "object": action,
+                "actionStatus": action["actionStatus"]})
+            runs.setdefault(record.run_id, []).append((entry, control))
+            crate.root_dataset.append_to("mentions", action)
+        root = crate.root_dataset
+        for run_id, members in runs.items():
+            entries = [e for e, _ in members]
+            failed = any(e.record.status == "failed" for e in entries)
+            consumed = {(p, a["blake3"]) for e in entries for p, a in e.record.inputs.items()}
+            produced = {(p, a["blake3"]) for e in entries for p, a in e.record.outputs.items()}
+            run = self.entity(f"#run-{_slug(run_id)}", {
+                "@type": "CreateAction", "name": f"run {run_id}", "instrument": workflow,
+                "description": f"workflow run {run_id}: {len(entries)} recorded task(s)",
+                "startTime": _iso(min(e.record.started for e in entries)),
+                "endTime": _iso(max(e.record.ended for e in entries)),
+                "object": [self.files[k] for k in self.files if k in consumed - produced],
+                "result": [self.files[k] for k in self.files if k in produced - consumed],
+                "actionStatus": "http://schema.org/" + ("FailedActionStatus" if failed else "CompletedActionStatus")})
+            users = {e.record.environment.get("user") for e in entries} - {None, ""}
+            if len(users) == 1:
+                run["agent"] = self.person(users.pop())
+            engine = entries[0].record.engine
+            app = self.entity(f"#engine-{_slug(engine)}", {"@type": "SoftwareApplication", "name": engine})
+            self.entity(f"#organize-{_slug(run_id)}", {
+                "@type": "OrganizeAction", "name": f"{engine} orchestrating run {run_id}", "instrument": app,
+                "object": [c for _, c in members], "result": run,
+                "startTime": run["startTime"], "endTime": run["endTime"]})
+            root.append_to("mentions", run)
+
+    def _task_action(self, entry: LedgerRecord, tool: Any) -> Any:
+        record = entry.record
+        objects, results = [], []
+        for index, (path, art) in enumerate(sorted(record.inputs.items())):
+            entity = self.file(FileVersion(path, art["blake3"], art["size"]))
+            self.example(self.formal(tool.id, "in", str(index), "File"), entity)
+            objects.append(entity)
+        for key, value in sorted(record.parameters.items()):
+            parameter = self.formal(tool.id, "param", key, "Text")
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            pv = self.entity(f"#param-{entry.id[:16]}-{_slug(key)}", {
+                "@type": "PropertyValue", "name": key, "value": text})
+            self.example(parameter, pv)
+            objects.append(pv)
+        for index, (path, art) in enumerate(sorted(record.outputs.items())):
+            entity = self.file(FileVersion(path, art["blake3"], art["size"]))
+            self.example(self.formal(tool.id, "out", str(index), "File"), entity)
+            results.append(entity)
+        record_file = self.crate.add_file(None, dest_path=f"{CRATE_DIR}/records/{entry.id}.json", properties={
+            "name": f"ledger record {entry.id[:12]}", "encodingFormat": "application/json", "blake3": entry.id})
+        props: dict[str, Any] = {
+            "@type": "CreateAction", "name": f"{record.engine}:{record.task_name} ({record.task_id})",
+            "instrument": tool, "object": objects, "result": results, "identifier": entry.id,
+            "subjectOf": record_file,
+            "description": f"task {record.task_id} of run {record.run_id}, attempt {record.attempt}, "
+                           f"{record.status}; ledger record {entry.id}", "startTime": _iso(record.started), "endTime": _iso(record.ended),
+            "actionStatus": "http://schema.org/" + ("FailedActionStatus" if record.status == "failed"
+                                                     else "CompletedActionStatus"),
+        }
+        if record.status == "failed":
+            props["error"] = f"the task failed (attempt {record.attempt})"
+        user = record.environment.get("user")
+        if isinstance(user, str) and user:
+            props["agent"] = self.person(user)
+        return self.entity(f"#task-{entry.id}", props)
+
+    def _write_workflow_file(self, selection: Selection) -> None:
+        steps: dict[str, dict[str, Any]] = {}
+        for entry in selection.entries:
+            record = entry.record
+            step = steps.setdefault(f"{record.engine}:{record.task_name}", {"engine": record.engine,
+                                                                          "name": record.task_name, "tasks": 0})
+            step["tasks"] += 1
+        with open(os.path.join(self.dir, WORKFLOW), "w", encoding="utf-8") as handle:
+            json.dump({"recorded_by": "lineage-ledger", "runs": selection.runs, "steps": list(steps.values())},
+                      handle, indent=1, sort_keys=True)
+            handle.write("\n")
