@@ -1,0 +1,127 @@
+"""nextflow-ledger with real Nextflow 25.04.4 runs (skipped, with the reason, where it is not built).
+
+A JVM start costs seconds on a small machine, so the runs are few: one recorded example run
+shared by the read-only checks, one directory for the tamper-and-resume sequence, one for a
+failing pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from tests.support import nextflow as nf
+
+pytestmark = pytest.mark.slow
+
+
+def _by_name(records):
+    named: dict[str, list[dict]] = {}
+    for record in records:
+        named.setdefault(record["task_name"], []).append(record)
+    return named
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    nf.require_nextflow()
+    here = nf.copy_example(tmp_path_factory.mktemp("nf") / "example")
+    result = nf.run("nextflow-ledger", "run", "main.nf", "--title", "counted", cwd=here)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return here, result
+
+
+def test_every_task_and_publication_is_recorded(example_run):
+    here, result = example_run
+    assert "recorded 5 task(s) and 3 publication(s)" in result.stderr
+    named = _by_name(nf.records(here))
+    assert sorted((name, len(rs)) for name, rs in named.items()) == [
+        ("COUNT", 2), ("COUNT:publish", 2), ("REPORT", 1), ("REPORT:publish", 1), ("SPLIT", 2)]
+    for task in named["SPLIT"] + named["COUNT"] + named["REPORT"]:
+        workdir = Path(task["extra"]["workdir"])
+        assert task["engine"] == "nextflow" and task["status"] == "succeeded"
+        assert task["extra"]["exit_status"] == 0
+        assert task["code_digest"] == blake3((workdir / ".command.sh").read_bytes()).hexdigest()
+        assert task["parameters"]["params"] == {"title": "counted"}
+        for path in task["outputs"]:
+            assert Path(path).parent == workdir and not Path(path).is_symlink()
+        for path in task["inputs"]:  # the real files behind the staged links
+            assert not Path(path).is_symlink() and not Path(path).parent.samefile(workdir)
+    split_inputs = sorted(p for t in named["SPLIT"] for p in t["inputs"])
+    assert split_inputs == [str(here / "data" / "alpha.txt"), str(here / "data" / "beta.txt")]
+    # COUNT read SPLIT's output in SPLIT's work directory: the lineage links up.
+    split_outputs = {p for t in named["SPLIT"] for p in t["outputs"]}
+    assert {p for t in named["COUNT"] for p in t["inputs"]} == split_outputs
+    report = named["REPORT"][0]
+    assert "sort" in report["extra"]["script"] and "# counted" in (here / "results" / "report.txt").read_text()
+    published = named["REPORT:publish"][0]
+    assert published["outputs"] == {str(here / "results" / "report.txt"): report["outputs"][
+        str(Path(report["extra"]["workdir"]) / "report.txt")]}
+
+
+def test_published_report_verifies_back_to_the_sources(example_run):
+    here, _ = example_run
+    result = nf.run("verify-lineage", "results/report.txt", "results/counts/alpha.count", cwd=here)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified" in result.stdout and "data/alpha.txt" in result.stdout and "REPORT:publish" in result.stdout
+
+
+def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
+    here = nf.copy_example(tmp_path / "example")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
+    reference = tmp_path / "mtime"
+    shutil.copy2(count, reference)
+    size = count.stat().st_size
+    count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
+    shutil.copystat(reference, count)
+    assert count.stat().st_size == size
+
+    plain = nf.run("nextflow", "run", "main.nf", "-resume", cwd=here)  # Nextflow alone: the cache is reused
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "Cached process > COUNT (alpha)" in plain.stdout and "Submitted process" not in plain.stdout
+
+    report_before = (here / "results" / "report.txt").read_bytes()
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "refusing to run" in strict.stderr and str(count) in strict.stderr
+    assert "Launching" not in strict.stdout  # nothing ran
+    assert (here / "results" / "report.txt").read_bytes() == report_before
+
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "Submitted process > COUNT (alpha)" in rerun.stdout
+    assert "Cached process > COUNT (beta)" in rerun.stdout and "Cached process > SPLIT (alpha)" in rerun.stdout
+    assert "alpha\t9" in count.read_text()  # recomputed in place
+    kept = list((here / ".lineage" / "nextflow" / "quarantine").glob("*/work/*/*/alpha.count"))
+    assert len(kept) == 1 and "alpha\t8" in kept[0].read_text()  # the changed file is kept aside
+    verified = nf.run("verify-lineage", "results/report.txt", str(count), cwd=here)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    again = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Submitted process" not in again.stdout
+
+
+def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
+    nf.require_nextflow()
+    (tmp_path / "main.nf").write_text(nf.FAILING_PIPELINE)
+    result = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr  # 'ignore' lets the run finish
+    named = _by_name(nf.records(tmp_path))
+    [broken] = named["BROKEN"]
+    assert broken["status"] == "failed" and broken["extra"]["exit_status"] == 7
+    assert "broken on purpose" in broken["extra"]["stderr_tail"]
+    assert broken["extra"]["error_action"] == "IGNORE" and broken["outputs"] == {}
+    tries = sorted(named["FLAKY"], key=lambda r: r["attempt"])
+    assert [(t["attempt"], t["status"], t["extra"]["exit_status"]) for t in tries] == [
+        (1, "failed", 3), (2, "succeeded", 0)]
+    assert tries[0]["extra"]["error_action"] == "RETRY"
+    assert tries[0]["extra"]["workdir"] != tries[1]["extra"]["workdir"]
+    [(path, entry)] = tries[1]["outputs"].items()
+    assert path.endswith("flaky.txt") and entry["blake3"] == blake3(b"second try works\n").hexdigest()
+    assert os.path.isfile(path)
