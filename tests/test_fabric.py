@@ -15,7 +15,7 @@ from lineage_ledger import AppendConflict, BackendUnavailable, build_block, open
 from lineage_ledger.backends import open_backend
 from tests.backend_conformance import BackendConformance, chain_of
 from tests.conftest import run_cli
-from tests.support.fabric import FabricNetwork, fabric_binaries, go_binary
+from tests.support.fabric import shared_network
 from tests.support.factories import make_records
 
 pytestmark = [pytest.mark.fabric, pytest.mark.timeout(600)]
@@ -23,19 +23,8 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def fabric_network(tmp_path_factory):
-    pytest.importorskip("fabric_protos", reason="the fabric extra is not installed: make install-fabric")
-    bin_dir = fabric_binaries()
-    if bin_dir is None:
-        pytest.skip("no Fabric 2.5 binaries in the cache: run `make install-fabric` (Go module proxy build)")
-    if go_binary() is None:
-        pytest.skip("no Go toolchain to build the chaincode")
-    network = FabricNetwork(tmp_path_factory.mktemp("fabric"), bin_dir)
-    try:
-        network.start()
-        yield network
-    finally:
-        network.stop()
+def fabric_network(request, tmp_path_factory):
+    return shared_network(request, tmp_path_factory)  # one network for every fabric test module
 
 
 @pytest.fixture

@@ -83,10 +83,10 @@ def go_binary() -> str | None:
     return found
 
 
-def build_chaincode() -> Path:
+def build_chaincode(source: Path = CHAINCODE_SRC) -> Path:
     """Compile the chaincode once per source version into the cache (Go caches stay outside)."""
     digest = hashlib.sha256()
-    for path in sorted(CHAINCODE_SRC.glob("*.go")) + [CHAINCODE_SRC / "go.mod", CHAINCODE_SRC / "go.sum"]:
+    for path in sorted(source.glob("*.go")) + [source / "go.mod", source / "go.sum"]:
         if not path.name.endswith("_test.go"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     binary = cache_root() / "chaincode" / digest.hexdigest()[:16] / "lineage-chaincode"
@@ -94,7 +94,7 @@ def build_chaincode() -> Path:
         binary.parent.mkdir(parents=True, exist_ok=True)
         partial = binary.with_suffix(".partial")
         env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
-        subprocess.run([go_binary() or "go", "build", "-trimpath", "-o", str(partial), "."], cwd=CHAINCODE_SRC, env=env,
+        subprocess.run([go_binary() or "go", "build", "-trimpath", "-o", str(partial), "."], cwd=source, env=env,
                        check=True, capture_output=True, timeout=600)
         partial.rename(binary)
     return binary
@@ -202,6 +202,30 @@ def _configtx(base: Path, orgs: list[Org], orderer_port: int) -> dict:
             "Capabilities": {"V2_5": True},
         },
     }}}
+
+
+_SHARED: FabricNetwork | None = None
+
+
+def shared_network(request, tmp_path_factory) -> FabricNetwork:
+    """One network for the whole test session, whichever test module asks first (each
+    module's ``fabric_network`` fixture calls this); it stops when the session ends.
+    Skips, saying what to install, without the extra, the binaries or Go."""
+    import pytest
+
+    global _SHARED
+    if _SHARED is None:
+        pytest.importorskip("fabric_protos", reason="the fabric extra is not installed: make install-fabric")
+        bin_dir = fabric_binaries()
+        if bin_dir is None:
+            pytest.skip("no Fabric 2.5 binaries in the cache: run `make install-fabric` (Go module proxy build)")
+        if go_binary() is None:
+            pytest.skip("no Go toolchain to build the chaincode")
+        network = FabricNetwork(tmp_path_factory.mktemp("fabric"), bin_dir)
+        request.session.addfinalizer(network.stop)
+        network.start()
+        _SHARED = network
+    return _SHARED
 
 
 class FabricNetwork:
@@ -370,37 +394,45 @@ class FabricNetwork:
                 time.sleep(pause)
         return None
 
-    def _package(self, org: Org) -> Path:
+    def _package(self, org: Org, label: str, port: int) -> Path:
         """The org's ccaas package: where its own chaincode server listens, and TLS. Peer and
         chaincode server authenticate each other (the server's certificate from our own
         chaincode CA, and the client certificate the peer presents)."""
         tls = self.chaincode_tls
-        connection = {"address": f"127.0.0.1:{org.chaincode_server_port}", "dial_timeout": "10s",
+        connection = {"address": f"127.0.0.1:{port}", "dial_timeout": "10s",
                       "tls_required": True, "client_auth_required": True,
                       "root_cert": (tls / "ca.crt").read_text(), "client_cert": (tls / "client.crt").read_text(),
                       "client_key": (tls / "client.key").read_text()}
         code = io.BytesIO()
         with tarfile.open(fileobj=code, mode="w:gz") as tar:
             _add_bytes(tar, "connection.json", json.dumps(connection).encode())
-        package = self.base / f"lineage-ccaas-{org.name}.tgz"
+        package = self.base / f"{label}-ccaas-{org.name}.tgz"
         with tarfile.open(package, mode="w:gz") as tar:
-            _add_bytes(tar, "metadata.json", json.dumps({"type": "ccaas", "label": "lineage_1"}).encode())
+            _add_bytes(tar, "metadata.json", json.dumps({"type": "ccaas", "label": label}).encode())
             _add_bytes(tar, "code.tar.gz", code.getvalue())
         return package
 
     def _deploy_chaincode(self) -> None:
-        """Each org runs its own chaincode server, as each institution would, and installs a
-        package naming it; the orgs approve one definition with their own package ids."""
         self.chaincode_tls = issue_chaincode_tls(self.base / "chaincode-tls")
-        binary = build_chaincode()
-        packages = {}
+        self.package_ids = self.deploy_chaincode(
+            CHAINCODE, build_chaincode(), ports={org.name: org.chaincode_server_port for org in self.orgs})
+
+    def deploy_chaincode(self, name: str, binary: Path, *, sequence: int = 1,
+                         ports: dict[str, int] | None = None) -> dict[str, str]:
+        """Each org runs its own chaincode server, as each institution would, and installs a
+        package naming it; the orgs approve one definition with their own package ids, and it
+        is committed. A later ``sequence`` of the same name upgrades the chaincode: the peers
+        switch to the new servers, the world state stays. Returns org name -> package id."""
+        label = "lineage_1" if name == CHAINCODE and sequence == 1 else f"{name}_{sequence}"
+        ports = ports or dict(zip([org.name for org in self.orgs], free_ports(len(self.orgs)), strict=True))
+        packages, package_ids = {}, {}
         for org in self.orgs:
-            packages[org.name] = package = self._package(org)
-            self.package_ids[org.name] = package_id = "lineage_1:" + hashlib.sha256(package.read_bytes()).hexdigest()
-            name = f"chaincode-{org.name}"
-            chaincode = self._spawn(name, [str(binary)], {
+            packages[org.name] = package = self._package(org, label, ports[org.name])
+            package_ids[org.name] = package_id = f"{label}:" + hashlib.sha256(package.read_bytes()).hexdigest()
+            server = "chaincode-" + org.name if label == "lineage_1" else f"chaincode-{label}-{org.name}"
+            chaincode = self._spawn(server, [str(binary)], {
                 **os.environ, "CHAINCODE_ID": package_id,
-                "CHAINCODE_SERVER_ADDRESS": f"127.0.0.1:{org.chaincode_server_port}",
+                "CHAINCODE_SERVER_ADDRESS": f"127.0.0.1:{ports[org.name]}",
                 "CHAINCODE_TLS_CERT_FILE": str(self.chaincode_tls / "server.crt"),
                 "CHAINCODE_TLS_KEY_FILE": str(self.chaincode_tls / "server.key"),
                 "CHAINCODE_TLS_CLIENT_CA_FILE": str(self.chaincode_tls / "ca.crt"),
@@ -408,16 +440,17 @@ class FabricNetwork:
                 # chaincode nothing; on one, a message from the peer wakes no other OS thread.
                 # That saved about a third of its CPU on the 2-core test machine.
                 "GOMAXPROCS": os.environ.get("LINEAGE_LEDGER_CHAINCODE_GOMAXPROCS", "1")})
-            wait_for_port(org.chaincode_server_port, chaincode, self.base / "logs" / f"{name}.log")
+            wait_for_port(ports[org.name], chaincode, self.base / "logs" / f"{server}.log")
         orderer = ["-o", f"127.0.0.1:{self.orderer_port}", "--tls", "--cafile", str(self.orderer_tls_ca)]
-        definition = ["--channelID", CHANNEL, "--name", CHAINCODE, "--version", "1.0", "--sequence", "1"]
+        definition = ["--channelID", CHANNEL, "--name", name, "--version", f"{sequence}.0",
+                      "--sequence", str(sequence)]
         if self.signature_policy:
             definition += ["--signature-policy", self.signature_policy]
         for org in self.orgs:
             self._run("peer", "lifecycle", "chaincode", "install", str(packages[org.name]), env=self.admin_env(org))
         for org in self.orgs:
             self._retry(lambda org=org: self._run("peer", "lifecycle", "chaincode", "approveformyorg", *orderer,
-                                                  *definition, "--package-id", self.package_ids[org.name],
+                                                  *definition, "--package-id", package_ids[org.name],
                                                   env=self.admin_env(org)))
         peers: list[str] = []
         for org in self.orgs:
@@ -425,9 +458,10 @@ class FabricNetwork:
         self._retry(lambda: self._run("peer", "lifecycle", "chaincode", "commit", *orderer, *definition, *peers,
                                       env=self.admin_env(self.orgs[0])))
         for org in self.orgs:
-            self.wait_until_endorsing(org)
+            self.wait_until_endorsing(org, chaincode=name)
+        return package_ids
 
-    def wait_until_endorsing(self, org: Org, timeout: float = 90) -> None:
+    def wait_until_endorsing(self, org: Org, timeout: float = 90, *, chaincode: str = CHAINCODE) -> None:
         """Until gossip has told ``org``'s gateway about the other orgs' peers, it cannot
         gather the endorsements the policy asks for; wait for a proposal to be endorsed."""
         from lineage_ledger.backends.fabric._gateway import GatewayCallError, GatewayClient, Signer
@@ -435,7 +469,7 @@ class FabricNetwork:
         msp = org.user_msp("Admin")
         signer = Signer(org.msp_id, (msp / "signcerts" / f"Admin@{org.domain}-cert.pem").read_bytes(),
                         (msp / "keystore" / "priv_sk").read_bytes())
-        client = GatewayClient(org.address, org.tls_ca.read_bytes(), signer, CHANNEL, CHAINCODE, timeout=10)
+        client = GatewayClient(org.address, org.tls_ca.read_bytes(), signer, CHANNEL, chaincode, timeout=10)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -450,10 +484,11 @@ class FabricNetwork:
             client.close()
 
     # -- identities and connection profiles -------------------------------------------------
-    def profile_url(self, name: str, org: Org, certificate: Path, key: Path, ledger: str) -> str:
+    def profile_url(self, name: str, org: Org, certificate: Path, key: Path, ledger: str, **extra: object) -> str:
+        """A connection profile's URL; ``extra`` adds or replaces fields (``endorsers``, ...)."""
         profile = {"endpoint": org.address, "tls_ca": str(org.tls_ca), "msp_id": org.msp_id,
                    "certificate": str(certificate), "private_key": str(key), "channel": CHANNEL,
-                   "chaincode": CHAINCODE, "ledger": ledger, "timeout": 30}
+                   "chaincode": CHAINCODE, "ledger": ledger, "timeout": 30, **extra}
         path = self.base / "profiles" / f"{name}.json"
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(profile, indent=1))
@@ -465,10 +500,14 @@ class FabricNetwork:
         certificate = msp / "signcerts" / f"{user}@{org.domain}-cert.pem"
         return self.profile_url(f"{user}-{org.name}", org, certificate, msp / "keystore" / "priv_sk", ledger)
 
-    def client_url(self, org: Org, name: str, role: str | None, ledger: str) -> str:
+    def client_url(self, org: Org, name: str, role: str | None, ledger: str, **extra: object) -> str:
         """A client enrolled by the org's CA with ``lineage.role`` = role (none if None)."""
         certificate, key = issue_client_certificate(org, name, role, self.base / "clients")
-        return self.profile_url(f"{name}-{org.name}", org, certificate, key, ledger)
+        return self.profile_url(f"{name}-{org.name}", org, certificate, key, ledger, **extra)
+
+    def endorsers(self) -> dict[str, str]:
+        """The profile field that pins each member org's root CA for endorsed answers."""
+        return {org.msp_id: str(org.ca_cert) for org in self.orgs}
 
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
