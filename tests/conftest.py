@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,23 +14,64 @@ import pytest
 from tests.support.postgres import PostgresServer, find_server_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
+_SESSION_HOME = pytest.StashKey[str]()
 #: After the last test, how long the interpreter may take to exit before the run is ended.
 EXIT_GRACE = 240
+
+
+def _caches_kept_from_the_real_home() -> dict[str, str]:
+    """Where the tools the tests reuse across runs live in the real home: the Fabric and
+    Nextflow builds (``make install-fabric``, ``make install-nextflow``) and Go's module and
+    build caches (the Fabric tests build the chaincode). Read before HOME changes, pinned by
+    environment variable (an existing setting wins), so they are found, and nothing else is."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lineage-ledger"
+    kept = {"LINEAGE_LEDGER_FABRIC_CACHE": str(cache), "LINEAGE_LEDGER_NEXTFLOW_CACHE": str(cache)}
+    go = shutil.which("go")
+    if go:  # `go env`, not $HOME/go: a `go env -w` setting in the real home's go/env counts too
+        names = ["GOPATH", "GOMODCACHE", "GOCACHE", "GOENV"]
+        try:
+            found = json.loads(subprocess.run([go, "env", "-json", *names], capture_output=True, text=True,
+                                              timeout=60, check=True).stdout)
+            kept.update({name: found[name] for name in names if found.get(name)})
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return {name: value for name, value in kept.items() if name not in os.environ}
+
+
+def pytest_configure(config):
+    """No test, engine or subprocess writes to the real home directory (Airflow's
+    ``~/airflow``, Snakemake's caches, the trusted tree heads): HOME and the XDG base
+    directories point into a temporary directory for the whole run, and each test gets
+    a home of its own below (``private_state``)."""
+    os.environ.update(_caches_kept_from_the_real_home())
+    home = tempfile.mkdtemp(prefix="lineage-ledger-tests-home-")
+    config.stash[_SESSION_HOME] = home
+    os.environ["HOME"] = home
+    for name, below in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share")):
+        os.environ[name] = os.path.join(home, below)
 
 
 def pytest_unconfigure(config):
     """A test run whose interpreter never exits (a thread that is joined at exit and never
     ends, say) would hold CI until its time limit. Past ``EXIT_GRACE`` seconds, print every
     thread's stack and exit with status 1."""
+    home = config.stash.get(_SESSION_HOME, None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
     faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(autouse=True)
 def private_state(tmp_path_factory, monkeypatch):
     """Each test remembers verified tree heads in a directory of its own, never in the real
-    home (subprocesses inherit it: XDG_STATE_HOME is not stripped by ``run_cli``)."""
+    home (subprocesses inherit it: XDG_STATE_HOME is not stripped by ``run_cli``), and has
+    a HOME of its own, so nothing a test leaves in ``~`` is seen by another."""
     state = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for name, below in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share")):
+        monkeypatch.setenv(name, str(home / below))
     monkeypatch.delenv("LINEAGE_STATE_DIR", raising=False)
     return state
 
