@@ -72,8 +72,8 @@ class TestExampleRun:
             source = workflow / "data" / f"{sample}.txt"
             temp = str(workflow / "work" / f"{sample}.norm.txt")
             upper = source.read_bytes().upper()
-            normalize = next(r for r in by_rule["normalize"] if r.extra["wildcards"] == {"sample": sample})
-            count = next(r for r in by_rule["count"] if r.extra["wildcards"] == {"sample": sample})
+            normalize = next(r for r in by_rule["normalize"] if r.parameters["_wildcards"] == {"sample": sample})
+            count = next(r for r in by_rule["count"] if r.parameters["_wildcards"] == {"sample": sample})
             # The temp() file was deleted before the count job's record was written: its
             # digest comes from the normalize record, and both equal the real bytes.
             assert not os.path.exists(temp)
@@ -83,16 +83,18 @@ class TestExampleRun:
             assert normalize.inputs[str(source)]["blake3"] == hash_file(source).blake3
             assert temp in normalize.extra["temp_files"]
             # The script rule: params, and the digest of the script's source as its code.
-            assert count.parameters == {"min_length": 3, "label": sample.upper()}
+            assert {k: v for k, v in count.parameters.items() if not k.startswith("_")} == {
+                "min_length": 3, "label": sample.upper()}
             assert count.extra["code_kind"] == "script"
             assert count.code_digest == blake3((workflow / "scripts" / "count.py").read_bytes()).hexdigest()
             assert normalize.extra["shellcmd"].startswith("tr ")
-            assert normalize.code_digest == blake3(normalize.extra["shellcmd"].encode()).hexdigest()
+            # The rule's command as written: the same for every sample (issue 17).
+            assert normalize.code_digest == blake3(b"tr '[:lower:]' '[:upper:]' < {input} > {output}").hexdigest()
         stats = by_rule["stats"][0]
         assert stats.extra["code_kind"] == "run" and len(stats.code_digest) == 64
         merge = by_rule["merge"][0]
         assert str(workflow / "logs" / "merge.log") in merge.outputs  # log files are recorded
-        assert merge.extra["threads"] == 1 and "tmpdir" in merge.extra["resources"]
+        assert merge.parameters["_threads"] == 1 and "tmpdir" in merge.parameters["_resources"]
 
     def test_verify_lineage_prints_the_tree_back_to_the_sources(self, workflow):
         result = run("verify-lineage", "--ledger", ".lineage/ledger.db", "results/report.txt", cwd=workflow)
@@ -454,7 +456,7 @@ def test_temp_outputs_are_hashed_before_snakemake_deletes_them(tmp_path):
     made = [r for r in records(tmp_path, "scratch") if r.task_name == "make"]
     assert len(made) == 6
     for rec in made:
-        i = rec.extra["wildcards"]["i"]
+        i = rec.parameters["_wildcards"]["i"]
         scratch = tmp_path / f"scratch{i}.txt"
         assert not scratch.exists()  # Snakemake deleted it
         assert "missing_outputs" not in rec.extra

@@ -125,11 +125,28 @@ class JobReport:
             shellcmd=get("shellcmd"),
         )
 
+    def parameters(self) -> dict[str, Any]:
+        """What the rule's code ran with: its ``params:``, and (under ``_``-names, like
+        ``_positional``, so that no ``params:`` name is taken) the job's wildcards, threads
+        and resources. They are the job's parameters, never part of its code digest: the
+        same rule keeps one code digest across samples, thread counts, retries (a resource
+        that grows with ``attempt``) and executors."""
+        params: dict[str, Any] = dict(self.details.get("params") or {})
+        params["_wildcards"] = self.wildcards
+        params["_threads"] = self.threads
+        params["_resources"] = self.resources
+        return params
+
     def task_run(self, status: str, ended: float, known: Mapping[str, Mapping[str, Any]] | None = None,
                  error: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The job as a ``TaskRun`` message (the fields of ``_journal.encode_run``)."""
         details = self.details
-        code = details.get("code_digest") or (code_digest(self.shellcmd) if self.shellcmd else None)
+        code = details.get("code_digest")
+        code_of = "rule" if code else None
+        if code is None and self.shellcmd:
+            # The job object was not found: the command as run is all there is. It is marked,
+            # so that the pre-run check never compares it with a rule's code.
+            code, code_of = code_digest(self.shellcmd), "command"
         environment: dict[str, Any] = {}
         if details.get("conda_env"):
             environment["conda_env"] = details["conda_env"]
@@ -137,11 +154,10 @@ class JobReport:
             environment["container"] = details["container"]
         extra: dict[str, Any] = {
             "snakemake_jobid": self.jobid,
-            "wildcards": self.wildcards,
-            "threads": self.threads,
-            "resources": self.resources,
             "code_kind": details.get("code_kind", "shell" if self.shellcmd else "unknown"),
         }
+        if code_of:
+            extra["code_of"] = code_of
         if self.shellcmd:
             extra["shellcmd"] = self.shellcmd
         for key in ("script", "script_digest", "temp_files", "details_error"):
@@ -168,7 +184,7 @@ class JobReport:
             "started": utc_text(self.started), "ended": utc_text(max(ended, self.started)),
             "inputs": [r.path for r in self.inputs if r.hashable], "outputs": outputs,
             "known": {path: dict(entry) for path, entry in (known or {}).items()},
-            "code_digest": code, "parameters": dict(details.get("params") or {}),
+            "code_digest": code, "parameters": self.parameters(),
             "environment_extra": environment, "attempt": 1, "extra": extra, "run_id": None,
         }
 
@@ -296,25 +312,8 @@ def job_details(job: Any) -> dict[str, Any]:
         details["details_error"] = "job not found in the workflow's DAG"
         return details
     try:
-        rule = job.rule
         details["params"] = _params(job)
-        if rule.shellcmd:
-            details["code_kind"] = "shell"
-        elif getattr(rule, "script", None):
-            details["code_kind"] = "script"
-            script_path = _script_path(job, rule.script)
-            details["script"] = script_path
-            digest = _file_digest(script_path) if script_path else None
-            details["script_digest"] = digest
-            details["code_digest"] = digest or code_digest(str(rule.script))
-        elif getattr(rule, "run_func_src", None):
-            details["code_kind"] = "run"
-            details["code_digest"] = code_digest(rule.run_func_src)
-        elif getattr(rule, "wrapper", None) or getattr(rule, "notebook", None):
-            details["code_kind"] = "wrapper" if rule.wrapper else "notebook"
-            details["code_digest"] = code_digest(str(rule.wrapper or rule.notebook))
-        else:
-            details["code_kind"] = "none"
+        details.update(rule_code(job))
         temp = [os.path.abspath(f) for f in (*job.input, *job.output) if getattr(f, "flags", {}).get("temp")]
         if temp:
             details["temp_files"] = sorted(set(temp))
@@ -326,6 +325,38 @@ def job_details(job: Any) -> dict[str, Any]:
             details["container"] = str(container)
     except Exception as err:  # noqa: BLE001 - a detail we cannot read must not lose the job
         details["details_error"] = f"{type(err).__name__}: {err}"
+    return details
+
+
+def rule_code(job: Any) -> dict[str, Any]:
+    """The code of ``job``'s rule, and nothing else: ``code_kind`` and ``code_digest``.
+
+    For ``shell:`` the digest is of the rule's command *template* (``rule.shellcmd``, as
+    written, before ``{threads}``, ``{wildcards}``, ``{resources}`` or ``{input}`` are filled
+    in); for ``script:`` of the script file's bytes; for ``run:`` of the block's source. What
+    the template is filled with is a parameter (:meth:`JobReport.parameters`). The pre-run
+    check calls this too, to compare a kept output's producer with the rule as it is now.
+    """
+    rule = job.rule
+    details: dict[str, Any] = {}
+    if rule.shellcmd:
+        details["code_kind"] = "shell"
+        details["code_digest"] = code_digest(rule.shellcmd)
+    elif getattr(rule, "script", None):
+        details["code_kind"] = "script"
+        script_path = _script_path(job, rule.script)
+        details["script"] = script_path
+        digest = _file_digest(script_path) if script_path else None
+        details["script_digest"] = digest
+        details["code_digest"] = digest or code_digest(str(rule.script))
+    elif getattr(rule, "run_func_src", None):
+        details["code_kind"] = "run"
+        details["code_digest"] = code_digest(rule.run_func_src)
+    elif getattr(rule, "wrapper", None) or getattr(rule, "notebook", None):
+        details["code_kind"] = "wrapper" if rule.wrapper else "notebook"
+        details["code_digest"] = code_digest(str(rule.wrapper or rule.notebook))
+    else:
+        details["code_kind"] = "none"
     return details
 
 

@@ -55,6 +55,20 @@ class Plan:
     producers: dict[str, Any] = field(default_factory=dict)  # abs path -> the output as the DAG names it
     consumers: dict[str, list[Any]] = field(default_factory=dict)  # abs input -> its readers' outputs
     tampered: list[Any] = field(default_factory=list)  # lineage_ledger.ArtifactCheck, MODIFIED only
+    # a kept job's first output (abs path) -> (rule, the rule's code digest now, the output)
+    kept_code: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
+    code_changed: list[CodeChange] = field(default_factory=list)
+
+
+@dataclass
+class CodeChange:
+    """A kept output whose producer ran other code than its rule has now."""
+
+    path: str
+    rule: str
+    recorded: str  # the code digest in the producer's record
+    current: str  # the rule's code digest now
+    output: Any  # the output as the DAG names it (for rerun)
 
 
 def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
@@ -69,6 +83,11 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
             plan.producers[path] = f
             if kept:
                 checked[path] = None  # the run builds on it
+        if kept and outputs:
+            # Snakemake's --rerun-triggers may leave code out; the plugin compares it anyway.
+            digest = _code_now(job)
+            if digest:
+                plan.kept_code[os.path.abspath(outputs[0])] = (str(job.rule.name), digest, outputs[0])
         for f in job.input:
             if _local(f):
                 path = os.path.abspath(f)
@@ -83,26 +102,60 @@ def _local(f: Any) -> bool:
     return not (getattr(f, "is_storage", False) or "pipe" in flags or "service" in flags)
 
 
-def check(url: str | None, paths: list[str]) -> list[Any]:
-    """The MODIFIED files among ``paths`` (the caller applies the policy, naming them all)."""
-    paths = [p for p in paths if os.path.exists(p)]
+def _code_now(job: Any) -> str | None:
+    from ._jobs import rule_code
+
+    try:
+        return rule_code(job).get("code_digest")
+    except Exception:  # noqa: BLE001 - a rule we cannot read is not a code change
+        return None
+
+
+def check(url: str | None, plan: Plan) -> None:
+    """Fill ``plan.tampered`` (MODIFIED files among ``plan.checked``) and ``plan.code_changed``
+    (kept outputs made by other code than their rule's now); the caller applies the policy."""
+    paths = [p for p in plan.checked if os.path.exists(p)]
     if not paths:
-        return []  # a missing file is not tampering: a fresh run does not even open the ledger
+        return  # a missing file is not tampering: a fresh run does not even open the ledger
     from lineage_ledger import NoLedger, check_before_run, open_ledger
 
     try:  # the check only reads: no ledger is created, no spool replayed, no SQLAlchemy imported
         ledger = open_ledger(url, read_only=True)
     except NoLedger:
-        return []  # nothing was ever recorded there: nothing can vouch for, or against, a file
+        return  # nothing was ever recorded there: nothing can vouch for, or against, a file
     try:
-        return check_before_run(ledger, paths, "warn")
+        plan.tampered = check_before_run(ledger, paths, "warn")
+        plan.code_changed = code_changes(ledger, plan.kept_code)
     finally:
         ledger.close()
 
 
+def code_changes(ledger: Any, kept_code: dict[str, tuple[str, str, Any]]) -> list[CodeChange]:
+    """Kept outputs whose last producer's record names other code than the rule has now.
+
+    Only records that say their digest is the rule's code (``extra.code_of == "rule"``) are
+    compared: older records digested the command as run, and recovered ones Snakemake's
+    metadata; comparing those would call every kept job changed.
+    """
+    changed = []
+    for path, (rule, current, output) in kept_code.items():
+        if not os.path.exists(path):
+            continue
+        seen = ledger.last_seen(path, ("out",))
+        if seen is None:
+            continue
+        record = seen[0].record
+        if (record.extra or {}).get("code_of") != "rule" or record.task_name != rule:
+            continue
+        if record.code_digest and record.code_digest != current:
+            changed.append(CodeChange(path, rule, record.code_digest, current, output))
+    return changed
+
+
 def forced_outputs(plan: Plan) -> list[Any]:
-    """The outputs to regenerate: each changed file's producer's, or a changed source's readers'."""
-    forced: dict[Any, None] = {}
+    """The outputs to regenerate: each changed file's producer's, or a changed source's readers',
+    and those of each job whose rule's code changed."""
+    forced: dict[Any, None] = {change.output: None for change in plan.code_changed}
     for changed in plan.tampered:
         produced = plan.producers.get(changed.path)
         if produced is not None:
@@ -115,6 +168,12 @@ def forced_outputs(plan: Plan) -> list[Any]:
 def describe(changed: Any) -> str:
     return (f"{changed.path}: changed since the last recorded run "
             f"(ledger {(changed.expected or '-')[:16]}, disk {(changed.actual or '-')[:16]})")
+
+
+def describe_code(change: CodeChange) -> str:
+    return (f"{change.path}: made by other code than rule {change.rule} has now (recorded code "
+            f"{change.recorded[:16]}, rule now {change.current[:16]}); Snakemake keeps it because "
+            f"--rerun-triggers leaves code out")
 
 
 def refusal_class() -> type[Exception]:
@@ -167,7 +226,7 @@ class PolicyHook(SnakemakeLogHook):
         began = time.thread_time()
         try:
             plan = collect(list(dag.jobs), dag.needrun)
-            plan.tampered = check(self.url, plan.checked)
+            check(self.url, plan)
         except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
             if self.policy == "strict":
                 raise refusal_class()(
@@ -182,14 +241,19 @@ class PolicyHook(SnakemakeLogHook):
         self.applied = True
         log.debug("lineage-ledger: checked %d file(s) against the ledger (%.3f s CPU)",
                   len(plan.checked), self.cpu)
-        if not plan.tampered:
+        if not plan.tampered and not plan.code_changed:
             return
-        lines = "\n  ".join(describe(c) for c in plan.tampered)
+        reasons = []
+        if plan.tampered:
+            reasons.append("files changed outside the workflow:\n  "
+                           + "\n  ".join(describe(c) for c in plan.tampered))
+        if plan.code_changed:
+            reasons.append("outputs kept although their rule's code changed:\n  "
+                           + "\n  ".join(describe_code(c) for c in plan.code_changed))
+        text = "\n".join(reasons)
         if self.policy == "strict":
-            raise refusal_class()(
-                f"lineage-ledger: refusing to run (--logger-ledger-policy strict); files changed "
-                f"outside the workflow:\n  {lines}")
-        log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
+            raise refusal_class()(f"lineage-ledger: refusing to run (--logger-ledger-policy strict); {text}")
+        log.warning("lineage-ledger: %s", text)
         if self.policy == "rerun":
             forced = forced_outputs(plan)
             log.warning("lineage-ledger: running again the jobs that produce: %s",
