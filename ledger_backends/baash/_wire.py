@@ -285,7 +285,7 @@ ANSWERS: dict[str, dict[str, Check]] = {
     "found": {"found": _LOCATED},
     "status": {"status": Json},
     "ledgers": {"ledgers": List(Json, 1 << 16)},
-    "identity": {"uid": Int(0, (1 << 32) - 1), "roles": List(Enum(*ROLES), len(ROLES))},
+    "identity": {"uid": Opt(Int(0, (1 << 32) - 1)), "subject": Opt(Str(1024)), "roles": List(Enum(*ROLES), len(ROLES))},
     "registered": {"uid": Int(0, (1 << 32) - 2), "roles": List(Enum(*ROLES), len(ROLES))},
 }
 _MODE = Enum("baash", "pbft", "replicate")

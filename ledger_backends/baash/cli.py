@@ -75,8 +75,14 @@ def baash() -> None:
 @click.option("--silent-voter", type=int, multiple=True, help="Fault injection: this rank never votes.")
 @click.option("--restart-delay", type=float, default=0.0, help="Fault injection: wait this long before a restart.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {url, socket, pid} here once serving.")
+@click.option("--listen", metavar="[HOST:]PORT",
+              help="Also take clients of other nodes over TCP, with mutual TLS only (needs --tls-ca, --tls-cert, "
+                   "--tls-key). Without HOST: loopback (127.0.0.1). Port 0 picks a free port.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA (PEM) whose client certificates are admitted.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="The service's certificate (PEM), for --listen.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="The service's private key (PEM), for --listen.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
-          faulty_voter, silent_voter, restart_delay, ready_file) -> None:
+          faulty_voter, silent_voter, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     try:
         import mpi4py  # noqa: F401 - the ranks need it; fail here with the hint, not in mpiexec
@@ -98,11 +104,12 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
     for rank in silent_voter:
         rank_args += ["--silent-voter", str(rank)]
     service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
-                      allow=allowed, rank_args=rank_args,
+                      allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay)
 
     def ready(svc) -> None:
-        line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info})
+        line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info,
+                           "tls": None if svc.tls is None else svc.tls.endpoint})
         if ready_file:
             tmp = f"{ready_file}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -113,6 +120,23 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
         sys.stderr.flush()
 
     service.run_until_signalled(ready)
+
+
+def _tls(listen: str | None, ca: str | None, cert: str | None, key: str | None):
+    """(host, port, server context) for --listen, which never goes without mutual TLS."""
+    given = {"--tls-ca": ca, "--tls-cert": cert, "--tls-key": key}
+    if listen is None:
+        if any(given.values()):
+            raise ConfigError("--tls-ca, --tls-cert and --tls-key are for --listen, which was not given")
+        return None
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ConfigError(f"--listen takes TCP clients only with mutual TLS: give {', '.join(missing)} too "
+                          f"(a CA, and the service's certificate and key; see docs/baash.md)")
+    from .tls import parse_listen, server_context
+
+    host, port = parse_listen(listen)
+    return host, port, server_context(ca, cert, key)
 
 
 _LEDGER = click.option("--ledger", help="The service: baash:///path/to/baash.sock (default: $LINEAGE_LEDGER_URL).")
@@ -148,4 +172,7 @@ def revoke(ledger, user) -> None:
 def whoami(ledger) -> None:
     """The uid the service sees for you, and your roles there."""
     identity = _client(ledger).whoami()
-    click.echo(f"uid {identity['uid']}: {','.join(identity['roles']) or 'no roles'}")
+    from lineage_ledger._terminal import printable  # a certificate's subject is someone else's text
+
+    who = f"certificate {printable(identity['subject'])}" if identity["subject"] is not None else f"uid {identity['uid']}"
+    click.echo(f"{who}: {','.join(identity['roles']) or 'no roles'}")

@@ -1,8 +1,10 @@
 """``baash:///path/to/baash.sock``: the back-end a Recorder or ``open_ledger`` uses to reach a service.
 
 The service listens on a Unix socket (``lineage-ledger baash serve --socket PATH``); the
-kernel tells it who we are, and its allow-list says what we may do (docs/baash.md). One
-connection per back-end object, shared under a lock and reopened when it breaks.
+kernel tells it who we are, and its allow-list says what we may do (docs/baash.md). From
+another node, ``baash+tls://host:port?ca=CA.pem&cert=CLIENT.pem&key=CLIENT.key`` reaches its
+TLS listener (``--listen``): our certificate says who we are and, in its OUs, our roles.
+One connection per back-end object, shared under a lock and reopened when it breaks.
 Re-sending after a broken connection is safe: an append the service already committed
 is an idempotent no-op the second time, and reads have no effect.
 """
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError
@@ -21,9 +26,11 @@ from lineage_ledger.backends._base import Backend, ChainHead, Located, Role
 
 from ._wire import ANSWERS, MAX_FRAME, WireError, block_to_wire, encode, receive, send_frame
 
-__all__ = ["AccessDenied", "BaashBackend", "BlockRejected", "parse_address"]
+__all__ = ["AccessDenied", "Address", "BaashBackend", "BlockRejected", "parse_address", "parse_url"]
 
 SCHEMES = ("baash", "baash+unix")
+TLS_SCHEME = "baash+tls"
+_TLS_FORM = "baash+tls://host:port?ca=/path/ca.pem&cert=/path/client.pem&key=/path/client.key"
 
 
 class BlockRejected(BackendError):
@@ -34,35 +41,103 @@ class AccessDenied(BackendError):
     """The service does not let this user do that: not on its allow-list, or not in the role needed."""
 
 
+@dataclass(frozen=True)
+class Address:
+    """Where a service is: a Unix socket ``path``, or ``host:port`` with the TLS files."""
+
+    path: str | None = None
+    host: str = ""
+    port: int = 0
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str | None = None
+
+    @property
+    def where(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 def parse_address(url: str) -> str:
     """The socket path of ``baash:///path/to/baash.sock`` (or ``baash+unix:///...``)."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in SCHEMES:
-        raise ConfigError(f"malformed BAASH URL {url!r}: expected baash:///path/to/baash.sock")
+        raise ConfigError(f"malformed BAASH URL {url!r}: expected baash:///path/to/baash.sock or {_TLS_FORM}")
     path = rest.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
         host = path.split("/", 1)[0]
         if ":" in host:
             raise ConfigError(
-                f"BAASH URL {url!r} names a TCP address; the service no longer listens on TCP (it had no "
-                f"authentication). Use the Unix socket of a service on this machine: baash:///path/to/baash.sock")
+                f"BAASH URL {url!r} names a TCP address without TLS; the service takes TCP clients only "
+                f"with mutual TLS: {_TLS_FORM}")
         raise ConfigError(f"malformed BAASH URL {url!r}: expected baash:///path/to/baash.sock (an absolute path)")
     return os.path.normpath(path)
+
+
+def parse_url(url: str) -> Address:
+    """A ``baash://`` / ``baash+unix://`` socket path, or a ``baash+tls://`` address and its files."""
+    scheme, sep, _ = url.partition("://")
+    if scheme.lower() != TLS_SCHEME:
+        return Address(path=parse_address(url))
+    parts = urllib.parse.urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigError(f"malformed BAASH URL {url!r}: {exc}; expected {_TLS_FORM}") from None
+    if not host or port is None or parts.path not in ("", "/") or parts.username or parts.fragment:
+        raise ConfigError(f"malformed BAASH URL {url!r}: expected {_TLS_FORM}")
+    try:
+        query = urllib.parse.parse_qs(parts.query, strict_parsing=bool(parts.query), max_num_fields=8)
+    except ValueError as exc:
+        raise ConfigError(f"malformed BAASH URL {url!r}: {exc}") from None
+    unknown = set(query) - {"ca", "cert", "key", "server_name"}
+    repeated = [name for name, values in query.items() if len(values) > 1]
+    missing = [name for name in ("ca", "cert", "key") if name not in query]
+    if unknown or repeated or missing:
+        problem = (f"unknown parameter {sorted(unknown)[0]!r}" if unknown else
+                   f"{repeated[0]!r} given twice" if repeated else f"missing {', '.join(missing)}")
+        raise ConfigError(f"BAASH URL {url!r}: {problem}; expected {_TLS_FORM} (and optionally &server_name=NAME)")
+    files = {name: os.path.abspath(query[name][0]) for name in ("ca", "cert", "key")}
+    server_name = query["server_name"][0] if "server_name" in query else None
+    return Address(host=host, port=port, server_name=server_name, **files)
 
 
 class BaashBackend(Backend):
     def __init__(self, url: str, *, timeout: float = 330.0) -> None:
         super().__init__(url)
-        self.path = parse_address(url)
+        self.address = parse_url(url)
+        self.path = self.address.where
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+        if self.address.path is None:
+            from .tls import check_private_key, client_context
+
+            check_private_key(self.address.key)
+            self._tls = client_context(self.address.ca, self.address.cert, self.address.key)
 
     @property
     def identity(self) -> str:
+        if self.address.path is None:
+            return f"{TLS_SCHEME}://{self.address.where}"
         return f"baash://{self.path}"
 
+    def _refused_tls(self, exc: ssl.SSLError) -> AccessDenied:
+        reason = getattr(exc, "reason", None) or str(exc)
+        for prefix in ("TLSV13_ALERT_", "TLSV1_ALERT_", "SSLV3_ALERT_"):  # OpenSSL's name of the alert
+            if reason.startswith(prefix):
+                reason = "TLS alert: " + reason[len(prefix):].lower().replace("_", " ")
+        return AccessDenied(
+            f"the BAASH service at {self.path} refused this client's TLS certificate ({reason}): it admits "
+            f"only certificates its CA issued, within their validity dates, with a role OU "
+            f"(OU=admin, OU=provider or OU=user); this client presents {self.address.cert}")
+
     def _connect(self) -> socket.socket:
+        if self._tls is not None:
+            return self._connect_tls(self._tls)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -77,6 +152,25 @@ class BaashBackend(Backend):
             sock.close()
             raise BackendUnavailable(f"cannot reach the BAASH service at {self.path}: {exc}") from exc
         return sock
+
+    def _connect_tls(self, context: ssl.SSLContext) -> socket.socket:
+        address = self.address
+        try:
+            raw = socket.create_connection((address.host, address.port), timeout=self.timeout)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot reach the BAASH service at {self.path}: {exc}") from exc
+        try:
+            return context.wrap_socket(raw, server_hostname=address.server_name or address.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise BackendError(
+                f"the BAASH service at {self.path} is not who it should be: its certificate does not verify "
+                f"against {address.ca} ({exc.verify_message}); nothing was sent") from exc
+        except ssl.SSLError as exc:  # TLS 1.2: the service refused our certificate during the handshake
+            raise self._refused_tls(exc) from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot reach the BAASH service at {self.path}: {exc}") from exc
+        finally:
+            raw.close()  # wrap_socket took over its descriptor, or failed
 
     def _exchange(self, sock: socket.socket, payload: bytes) -> dict[str, Any]:
         try:
@@ -104,6 +198,10 @@ class BaashBackend(Backend):
                 try:
                     answer = self._exchange(self._sock, payload)
                     break
+                except ssl.SSLError as exc:  # TLS 1.3: the refusal of our certificate comes as an alert
+                    self._sock.close()
+                    self._sock = None
+                    raise self._refused_tls(exc) from exc
                 except (OSError, ConnectionError, WireError) as exc:
                     self._sock.close()
                     self._sock = None
@@ -175,9 +273,9 @@ class BaashBackend(Backend):
         return self._call("ledgers", "ledgers")["ledgers"]
 
     def whoami(self) -> dict[str, Any]:
-        """The uid the service sees for this process and its roles there."""
+        """Who the service sees (a uid, or a certificate's subject over TLS) and its roles there."""
         answer = self._call("whoami", "identity")
-        return {"uid": answer["uid"], "roles": answer["roles"]}
+        return {"uid": answer["uid"], "subject": answer["subject"], "roles": answer["roles"]}
 
     def register(self, uid: int, roles: Iterable[str]) -> list[str]:
         """Give ``uid`` these roles (admin, provider, user); an admin's call."""

@@ -4,7 +4,9 @@ Threads, not asyncio: every request either reads the in-memory index (microsecon
 its lock) or waits for a consensus round, and a thread per client connection keeps both
 simple; the number of clients of one ledger service is small. The protocol is one
 schema-checked JSON frame per request and per answer (:mod:`._wire`); who may send what
-is :mod:`.access`'s: the peer's uid, from the kernel, against the allow-list.
+is :mod:`.access`'s: the peer's uid, from the kernel, against the allow-list. Clients on
+other nodes come through :mod:`.tls`'s listener (mutual TLS; roles from the certificate)
+to the same request loop.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ import time
 from typing import Any
 
 from ._wire import CLIENT_REQUESTS, MAX_FRAME, WireError, encode, receive, record_to_wire, send_frame
-from .access import NEEDS, AccessList, bind_unix, needed_roles, peer_uid
+from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
 from .storage import SharedStore
+from .tls import Peer, TLSListener, drain_and_close, uid_peer
 
 __all__ = ["Service"]
 
 log = logging.getLogger("lineage_ledger.baash")
 READ_PAGE = 256  # blocks per `blocks` answer; the client pages
-REFUSED_DRAIN = 1 << 20  # bytes read (and dropped) from a refused peer before closing
 
 
 def _located(items: list[Any]) -> list[Any]:
@@ -40,19 +42,17 @@ def _error(status: str, message: str) -> bytes:
     return encode("error", status=status, message=message)
 
 
-def refusal(uid: int, op: str | None, permission: str | None) -> str:
+def refusal(peer: Peer, op: str | None, permission: str | None) -> str:
     roles = needed_roles(permission)
     what = f"{op!r}" if op else "this service"
-    who = f"uid {uid}"
-    return (f"{who} may not use {what}: it needs the role {' or '.join(roles)} on this BAASH service's "
-            f"allow-list (an admin adds it: lineage-ledger baash register --ledger URL USER ROLE)")
+    return f"{peer.name} may not use {what}: it needs the role {' or '.join(roles)} {peer.how_to_gain}"
 
 
 class Service:
     def __init__(self, *, ranks: int, storage: str, socket_path: str, rank_args: list[str],
                  socket_group: int | None = None, allow: dict[int, set[str]] | None = None,
                  batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2,
-                 restart_delay: float = 0.0) -> None:
+                 restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None) -> None:
         self.store = SharedStore(storage)
         self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
         self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay)
@@ -65,25 +65,7 @@ class Service:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock: socket.socket = self.request
-                uid = peer_uid(sock)
-                if not service.access.allows(uid, None):
-                    service.refuse(sock, uid)
-                    return
-                while True:
-                    try:
-                        request = receive(sock, CLIENT_REQUESTS)
-                    except WireError as err:
-                        # Frame boundaries may be lost: answer once, then hang up.
-                        service.malformed += 1
-                        with contextlib.suppress(OSError):
-                            send_frame(sock, _error("bad_request", f"malformed request: {err}"))
-                        return
-                    except (ConnectionError, OSError):
-                        return
-                    try:
-                        send_frame(sock, service.answer(request, uid))
-                    except OSError:
-                        return
+                service.serve_connection(sock, uid_peer(peer_uid(sock)))
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
@@ -98,29 +80,60 @@ class Service:
         self.server = Server(socket_path, Handler)
         self.socket_path = socket_path
         self.url = f"baash://{socket_path}"
+        self.tls: TLSListener | None = None
+        if tls is not None:
+            host, port, context = tls
+            self.tls = TLSListener((host, port), context, self.serve_connection, self._refused_handshake)
 
-    def refuse(self, sock: socket.socket, uid: int) -> None:
-        """A peer not on the allow-list: say why, read nothing it sends, hang up."""
+    def roles(self, peer: Peer) -> frozenset[str]:
+        """A certificate's roles are fixed; a uid's are read from the allow-list at each request."""
+        if peer.roles is not None:
+            return peer.roles
+        return self.access.of(peer.uid) if peer.uid is not None else frozenset()
+
+    def allows(self, peer: Peer, permission: str | None) -> bool:
+        roles = self.roles(peer)
+        return bool(roles) and (permission is None or any(permission in PERMITS[r] for r in roles))
+
+    def serve_connection(self, sock: socket.socket, peer: Peer) -> None:
+        """One client connection, Unix or TLS: refuse a peer without a role, else answer
+        one request after another until it hangs up or sends something malformed."""
+        if not self.allows(peer, None):
+            self.refuse(sock, peer)
+            return
+        while True:
+            try:
+                request = receive(sock, CLIENT_REQUESTS)
+            except WireError as err:
+                # Frame boundaries may be lost: answer once, then hang up.
+                self.malformed += 1
+                with contextlib.suppress(OSError):
+                    send_frame(sock, _error("bad_request", f"malformed request: {err}"))
+                return
+            except (ConnectionError, OSError):
+                return
+            try:
+                send_frame(sock, self.answer(request, peer))
+            except OSError:
+                return
+
+    def _refused_handshake(self, why: str) -> None:
         self.refused += 1
-        log.warning("baash: refused a connection from uid %d (not on the allow-list)", uid)
-        try:
-            send_frame(sock, _error("forbidden", refusal(uid, None, "read")))
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(2.0)
-            drained = 0
-            while drained < REFUSED_DRAIN:  # let its request land, so it reads our answer, not a reset
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:
-            pass
+        log.warning("baash: %s", why)
 
-    def answer(self, request: dict[str, Any], uid: int) -> bytes:
+    def refuse(self, sock: socket.socket, peer: Peer) -> None:
+        """A peer without a role: say why, read nothing it sends, hang up."""
+        self.refused += 1
+        log.warning("baash: refused a connection from %s (no role here)", peer.name)
+        with contextlib.suppress(OSError):
+            send_frame(sock, _error("forbidden", refusal(peer, None, "read")))
+        drain_and_close(sock)  # let its request land, so it reads our answer, not a reset
+
+    def answer(self, request: dict[str, Any], peer: Peer) -> bytes:
         op = request["kind"]
         permission = NEEDS[op]
-        if not self.access.allows(uid, permission):
-            return _error("forbidden", refusal(uid, op, permission))
+        if not self.allows(peer, permission):
+            return _error("forbidden", refusal(peer, op, permission))
         try:
             index = self.manager.index
             if op == "append":
@@ -158,14 +171,14 @@ class Service:
             if op == "ping":
                 return encode("pong")
             if op == "whoami":
-                return encode("identity", uid=uid, roles=sorted(self.access.of(uid)))
+                return encode("identity", uid=peer.uid, subject=peer.subject, roles=sorted(self.roles(peer)))
             if op == "register":
                 roles = self.access.register(request["uid"], request["roles"])
-                log.info("baash: uid %d registered uid %d as %s", uid, request["uid"], ",".join(sorted(roles)) or "-")
+                log.info("baash: %s registered uid %d as %s", peer.name, request["uid"], ",".join(sorted(roles)) or "-")
                 return encode("registered", uid=request["uid"], roles=sorted(roles))
             if op == "revoke":
                 self.access.revoke(request["uid"])
-                log.info("baash: uid %d revoked uid %d", uid, request["uid"])
+                log.info("baash: %s revoked uid %d", peer.name, request["uid"])
                 return encode("registered", uid=request["uid"], roles=[])
             return _error("bad_request", f"unknown operation {op!r}")
         except JobDown as err:
@@ -189,14 +202,19 @@ class Service:
                         "writes_skipped": self.store.writes_skipped},
             "uptime": time.time() - self.started, "refused_connections": self.refused,
             "malformed_requests": self.malformed, "control": self.monitor.control,
+            "tls": None if self.tls is None else self.tls.endpoint,
         }
 
     def start(self) -> None:
         self.monitor.start()
         self.manager.start()
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        if self.tls is not None:
+            self.tls.start()
 
     def stop(self) -> None:
+        if self.tls is not None:
+            self.tls.stop()
         self.server.shutdown()
         self.server.server_close()
         try:

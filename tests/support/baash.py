@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -63,3 +65,70 @@ class BaashService:
                 self.proc.wait()
         self.log.close()
 
+
+
+class Pki:
+    """Real X.509 material for the TLS listener, made with ``cryptography`` (P-256 keys):
+    a CA, the service's certificate (localhost, 127.0.0.1), and client certificates whose
+    OUs name their roles. Files are written 0600 under ``directory``."""
+
+    def __init__(self, directory: Path, name: str = "lineage test CA") -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.ca = self._write(f"{directory.name}-ca.pem", self._pem(self.cert))
+
+    @staticmethod
+    def _pem(cert) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return cert.public_bytes(Encoding.PEM)
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return path
+
+    def issue(self, name: str, *, units: tuple[str, ...] = (), server: bool = False,
+              days: tuple[int, int] = (-1, 30)) -> tuple[Path, Path]:
+        """(certificate, key) for common name ``name`` with these OUs, valid for ``days``
+        (from, to) around now; ``server``: for localhost and 127.0.0.1."""
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+        x509, oid = self._x509, self._oid
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(oid.COMMON_NAME, name),
+                             *(x509.NameAttribute(oid.ORGANIZATIONAL_UNIT_NAME, unit) for unit in units)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(self.name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=days[0]))
+                   .not_valid_after(now + datetime.timedelta(days=days[1]))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if server:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.key, self._hashes.SHA256())
+        key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        return self._write(f"{name}.pem", self._pem(cert)), self._write(f"{name}.key", key_pem)
+
+
+def tls_url(endpoint: str, ca: Path, cert: Path, key: Path) -> str:
+    """``baash+tls://`` for a service's TLS endpoint and a client's files."""
+    return f"baash+tls://{endpoint}?ca={ca}&cert={cert}&key={key}"
