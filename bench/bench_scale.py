@@ -9,7 +9,9 @@ check), unless the line says otherwise:
 * ``why``             ``lineage-ledger why FINAL``;
 * ``depends``         ``lineage-ledger depends REF`` of the reference every task read (first page);
 * ``audit``           ``verify-lineage`` with no target: every block, record and index row,
-                      with its peak RSS (records/s = records / seconds);
+                      with its peak RSS (records/s = records / seconds); from 200,000 records it
+                      runs in worker processes, and ``audit, one process`` (``LINEAGE_AUDIT_WORKERS=1``)
+                      is the baseline for them (peak RSS is the largest one process's);
 * ``checkpoint``      ``lineage-ledger checkpoint``; ``consistency proof`` (the Python API,
                       an internal path: ``consistency_proof`` from the 10% head to the head).
 
@@ -135,13 +137,16 @@ def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, fl
         "depends (first page)": [str(BIN / "lineage-ledger"), "depends", "--ledger", url, inputs[2]],
         "checkpoint": [str(BIN / "lineage-ledger"), "checkpoint", "--ledger", url],
         "audit": [str(BIN / "verify-lineage"), "--ledger", url],
+        # The baseline for the worker processes: the same audit in one process.
+        "audit, one process": [str(BIN / "verify-lineage"), "--ledger", url],
     }
+    own_env = {"audit, one process": {**env, "LINEAGE_AUDIT_WORKERS": "1"}}
     results: dict[str, tuple[float, float]] = {}
     try:
         for name, command in commands.items():
             times, peaks = [], []
             for _ in range(1 if name.startswith("audit (first") else rounds):
-                elapsed, rc, peak = timed(command, env, directory)
+                elapsed, rc, peak = timed(command, own_env.get(name, env), directory)
                 if rc != 0:
                     raise SystemExit(f"{name} exited {rc}: {' '.join(command)}")
                 times.append(elapsed)
@@ -151,6 +156,12 @@ def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, fl
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return results
+
+
+def _parallel_workers() -> int:
+    from lineage_ledger._audit_parallel import workers
+
+    return workers()
 
 
 def _consistency(url: str, state: Path) -> float:
@@ -190,6 +201,11 @@ def main() -> None:
         print(f"{name:28}{cells}   {ratio:.2f}")
     print(f"{'audit peak RSS (MiB)':28}" + "".join(f"{table[s]['audit'][1]:>11.0f} " for s in sizes))
     print(f"{'audit records/s':28}" + "".join(f"{s / table[s]['audit'][0]:>12,.0f}" for s in sizes))
+    print(f"{'  one process, records/s':28}"
+          + "".join(f"{s / table[s]['audit, one process'][0]:>12,.0f}" for s in sizes))
+    print(f"{'  workers vs one process':28}"
+          + "".join(f"{table[s]['audit, one process'][0] / table[s]['audit'][0]:>11.2f}x" for s in sizes)
+          + f"   ({_parallel_workers()} workers from 200,000 records)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     big = sizes[-1]
     for name in ("verify TARGET", "pre-run check (3 inputs)"):

@@ -675,7 +675,8 @@ class SQLiteReader(_SQLReads, Backend):
             conn = _connect(self._uri)
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
+            # 64 MiB: index pages stay in memory; an audit worker reads one range once (8 MiB).
+            conn.execute("PRAGMA cache_size = -8192" if self.read_strategy == "worker" else "PRAGMA cache_size = -65536")
             local.conn, local.pid = conn, os.getpid()
             with self._opened_lock:
                 self._opened.append((os.getpid(), conn))
