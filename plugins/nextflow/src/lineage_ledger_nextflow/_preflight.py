@@ -102,7 +102,7 @@ def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:
     """Move the work directories and published files of ``keys`` aside; returns where."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     place = os.path.join(launch_dir, _state.STATE_DIR, "quarantine", stamp)
-    os.makedirs(place, mode=0o700, exist_ok=True)
+    _state.private_dirs(place)
     for key in keys:
         task = result.tasks[key]
         workdir = task["workdir"]

@@ -20,6 +20,17 @@ from typing import Any
 STATE_DIR = os.path.join(".lineage", "nextflow")
 
 
+def private_dirs(path: str) -> None:
+    """Create ``path`` and its missing parents readable by the user only (paths of the
+    user's data live there)."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+
 def session_file(launch_dir: str, session: str) -> str:
     return os.path.join(launch_dir, STATE_DIR, "sessions", f"{session}.json")
 
@@ -40,7 +51,7 @@ def load(launch_dir: str, session: str) -> dict[str, dict[str, Any]]:
 def save(launch_dir: str, session: str, tasks: dict[str, dict[str, Any]]) -> None:
     """Merge ``tasks`` into the session's file (a rerun task replaces its entry), atomically."""
     path = session_file(launch_dir, session)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    private_dirs(os.path.dirname(path))
     try:
         merged = load(launch_dir, session)
     except ValueError:

@@ -104,7 +104,7 @@ class TraceFollower:
             if self._header is None:
                 self._header = cells
                 continue
-            row = dict(zip(self._header, cells))
+            row = dict(zip(self._header, cells, strict=False))  # a short row keeps what it has
             if row.get("status") in ENDED:
                 self.rows += 1
                 self.on_row(row)

@@ -102,7 +102,7 @@ def conda_env(wrapper: str) -> str | None:
 def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:
     """The real files behind each staged input; a staged directory gives every file in it."""
     files: dict[str, None] = {}
-    for name, source in staged.items():
+    for source in staged.values():
         target = source if os.path.isabs(source) else os.path.join(workdir, source)
         real = os.path.realpath(target)
         if os.path.isdir(real):
@@ -129,7 +129,7 @@ def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
 
 
 def _files_below(directory: str, *, follow: bool) -> list[str]:
-    found = []
+    found: list[str] = []
     for root, dirs, files in os.walk(directory, followlinks=follow):
         dirs.sort()
         found.extend(os.path.join(root, name) for name in sorted(files)

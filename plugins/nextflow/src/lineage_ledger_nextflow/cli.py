@@ -118,7 +118,7 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     from lineage_ledger import ConfigError, TaskCapture
 
     own = os.path.join(launch_dir, _state.STATE_DIR, "runs", uuid.uuid4().hex)
-    os.makedirs(own, mode=0o700)
+    _state.private_dirs(own)
     trace_file = os.path.join(own, "trace.tsv")
     config = os.path.join(own, "ledger.config")
     with open(config, "w", encoding="utf-8") as handle:
