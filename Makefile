@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PLUGINS := plugins/snakemake plugins/parsl plugins/airflow
+PLUGINS := plugins/snakemake plugins/parsl plugins/airflow plugins/nextflow
 PLUGIN_SRC := $(addsuffix /src,$(PLUGINS))
 
-.PHONY: install install-airflow install-fabric demo test test-fast lint bench bench-airflow clean
+.PHONY: install install-airflow install-fabric install-nextflow demo test test-fast lint bench bench-airflow clean
 
 # One resolve for the core, every back-end's extra, the three engines and their plugins, so
 # that pip sees every constraint at once (Airflow 3.3, Snakemake 9 and Parsl share this venv).
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet -e '.[all,dev]' \
-		-e plugins/snakemake -e plugins/parsl -e 'plugins/airflow[openlineage]'
+		-e plugins/snakemake -e plugins/parsl -e 'plugins/airflow[openlineage]' -e plugins/nextflow
 	rm -rf $(addsuffix /*.egg-info,$(PLUGIN_SRC))
 	touch $(STAMP)
 
@@ -36,6 +36,11 @@ install-airflow: $(STAMP)
 # ~/.cache/lineage-ledger and reused afterwards. Without them the fabric tests skip.
 install-fabric: $(STAMP)
 	bash ledger_backends/fabric/tools/install-fabric.sh
+
+# Nextflow 25.04.4 assembled from Maven Central (mvn, Java 17..24) into ~/.cache/lineage-ledger
+# and reused afterwards. Without it the Nextflow runs in the tests skip.
+install-nextflow:
+	bash plugins/nextflow/tools/install-nextflow.sh
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/cli/demo.sh
@@ -59,6 +64,7 @@ lint: $(STAMP)
 	cp -r plugins/parsl/src/lineage_ledger_parsl build/typecheck/
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger_parsl
 	$(BIN)/mypy plugins/airflow/src/lineage_ledger_airflow
+	MYPYPATH=build/typecheck $(BIN)/mypy plugins/nextflow/src/lineage_ledger_nextflow
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash bench/run_all.sh
