@@ -1,0 +1,213 @@
+"""``lineage-ledger graph``: tasks and file versions as a DAG, coloured by verification status.
+
+The model is built once from the selected (proved) records: a node per task (its engine,
+run, status and whole record) and per file version (path, digest, size and its status on
+disk: ``OK``, ``MODIFIED``, ``MISSING``, ``broken`` when consumed in a version nobody
+produced, ``superseded`` for an older version). Three views are laid out in Python
+(:mod:`._layout`): every node, tasks folded by rule, and tasks folded by run, each folded box
+coloured by the worst status inside it. The HTML page embeds the views and draws them with a
+small inlined script (no network: its Content-Security-Policy forbids any fetch); SVG and DOT
+show one view.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from .._canonical import format_time, utcnow
+from .._ledger import Ledger
+from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
+from ._names import display_path, file_key
+from ._select import Selection, file_statuses
+
+__all__ = ["COLOURS", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "write_graph"]
+
+COLOURS = {
+    "OK": "#2e7d32", "MODIFIED": "#ef6c00", "MISSING": "#6d4c41", "broken": "#c62828",
+    "superseded": "#9e9e9e", "UNRECORDED": "#9e9e9e",
+    "succeeded": "#1565c0", "cached": "#5e35b1", "failed": "#c62828",
+}
+# Worst first: a folded box takes the colour of its worst member.
+_SEVERITY = ["broken", "MODIFIED", "failed", "MISSING", "superseded", "UNRECORDED", "cached", "OK", "succeeded"]
+AUTO_GROUP_OVER = 300
+
+
+@dataclass
+class GraphModel:
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    title: str = ""
+    head: dict[str, Any] = field(default_factory=dict)
+
+
+def _worst(statuses: list[str]) -> str:
+    return min(statuses, key=lambda s: _SEVERITY.index(s) if s in _SEVERITY else len(_SEVERITY))
+
+
+def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
+    statuses = file_statuses(ledger, selection)
+    model = GraphModel(head={"origin": selection.head.origin, "size": selection.head.size,
+                             "root": selection.head.root})
+    made = selection.producer_of()
+    for (path, digest), version in selection.versions().items():
+        producer = made.get((path, digest))
+        model.nodes[f"f:{file_key(path, digest)}"] = {
+            "kind": "file", "label": display_path(path), "path": path, "digest": digest, "size": version.size,
+            "status": statuses[(path, digest)], "producer": f"t:{producer.id}" if producer else None,
+            "rule": f"{producer.record.engine}:{producer.record.task_name}" if producer else None,
+            "run": producer.record.run_id if producer else None,
+        }
+    for entry in selection.entries:
+        record = entry.record
+        task = f"t:{entry.id}"
+        model.nodes[task] = {
+            "kind": "task", "label": f"{record.engine}:{record.task_name}", "status": record.status,
+            "engine": record.engine, "run": record.run_id, "rule": f"{record.engine}:{record.task_name}",
+            "record": {"id": entry.id, "block": entry.height, "position": entry.position, **record.to_dict()},
+        }
+        for path, art in record.inputs.items():
+            model.edges.append((f"f:{file_key(path, art['blake3'])}", task))
+        for path, art in record.outputs.items():
+            model.edges.append((task, f"f:{file_key(path, art['blake3'])}"))
+    for node in model.nodes.values():  # sources take the rule (run) of their first reader
+        if node["kind"] == "file" and node["rule"] is None:
+            reader = next((model.nodes[d] for s, d in model.edges if model.nodes.get(s) is node), None)
+            node["rule"] = f"inputs of {reader['rule']}" if reader else "sources"
+            node["run"] = reader["run"] if reader else None
+    runs = selection.runs
+    model.title = f"lineage of {len(selection.entries)} task(s) in run(s) {', '.join(runs[:3])}" + (
+        " ..." if len(runs) > 3 else "")
+    return model
+
+
+def _group_key(node: dict[str, Any], by: str) -> str:
+    if by == "rule":
+        return ("t|" if node["kind"] == "task" else "f|") + str(node["rule"])
+    if node["kind"] == "task":
+        return f"t|{node['run']}"
+    return f"f|{'outputs' if node.get('producer') else 'sources'} of run {node['run']}"
+
+
+def _view(model: GraphModel, by: str | None) -> dict[str, Any]:
+    """Nodes with coordinates and edges with counts, every node or folded ``by`` rule or run."""
+    if by is None:
+        nodes = {k: {"id": k, **{f: v for f, v in n.items() if f != "record"}} for k, n in model.nodes.items()}
+        edges = [(s, d, 1) for s, d in model.edges]
+    else:
+        nodes, members = {}, {}
+        for key, node in model.nodes.items():
+            group = "g:" + _group_key(node, by)
+            members.setdefault(group, []).append(key)
+        for group, keys in members.items():
+            first = model.nodes[keys[0]]
+            if len(keys) == 1:
+                nodes[group] = {"id": group, **{f: v for f, v in first.items() if f != "record"}, "members": keys}
+                continue
+            kind = first["kind"]
+            name = group.split("|", 1)[1]
+            label = f"{name} ×{len(keys)}" if kind == "task" else f"{len(keys)} files: {name}"
+            nodes[group] = {"id": group, "kind": "group", "of": kind, "label": label, "members": keys,
+                            "status": _worst([model.nodes[k]["status"] for k in keys]),
+                            "engine": first.get("engine"), "rule": first.get("rule"), "run": first.get("run")}
+        of = {k: "g:" + _group_key(n, by) for k, n in model.nodes.items()}
+        counted: dict[tuple[str, str], int] = {}
+        for s, d in model.edges:
+            counted[(of[s], of[d])] = counted.get((of[s], of[d]), 0) + 1
+        edges = [(s, d, c) for (s, d), c in counted.items() if s != d]
+    coordinates = layout(list(nodes), [(s, d) for s, d, _ in edges])
+    for key, (x, y) in coordinates.items():
+        nodes[key]["x"], nodes[key]["y"] = x, y
+    return {"nodes": list(nodes.values()), "edges": [{"from": s, "to": d, "count": c} for s, d, c in edges]}
+
+
+def _views(model: GraphModel, group: str) -> tuple[dict[str, Any], str]:
+    views = {"all": _view(model, None), "rule": _view(model, "rule"), "run": _view(model, "run")}
+    if group == "auto":
+        default = "rule" if len(model.nodes) > AUTO_GROUP_OVER else "all"
+    else:
+        default = {"none": "all"}.get(group, group)
+    return views, default
+
+
+def _template(name: str) -> str:
+    return resources.files("lineage_ledger.exports").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def render_html(model: GraphModel, group: str = "auto") -> str:
+    views, default = _views(model, group)
+    data = {
+        "title": model.title, "head": model.head, "generated": format_time(utcnow()), "colours": COLOURS,
+        "views": views, "defaultView": default,
+        "records": {k[2:]: n["record"] for k, n in model.nodes.items() if n["kind"] == "task"},
+        "nodeWidth": NODE_WIDTH, "nodeHeight": NODE_HEIGHT,
+    }
+    # Inside <script type="application/json"> only "</" could end the element: escape every "<".
+    payload = json.dumps(data, ensure_ascii=False, sort_keys=True).replace("<", "\\u003c")
+    page = _template("graph.html")
+    return (page.replace("/*STYLE*/", _template("graph.css")).replace("/*SCRIPT*/", _template("graph.js"))
+            .replace("__TITLE__", html.escape(model.title)).replace("__DATA__", payload))
+
+
+def render_svg(model: GraphModel, group: str = "auto") -> str:
+    views, default = _views(model, group)
+    view = views[default]
+    width = max((n["x"] for n in view["nodes"]), default=0) + NODE_WIDTH + 20
+    height = max((n["y"] for n in view["nodes"]), default=0) + NODE_HEIGHT + 20
+    where = {n["id"]: n for n in view["nodes"]}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="-10 -10 {width} {height}" font-family="sans-serif" font-size="12">',
+             f"<title>{html.escape(model.title)}</title>"]
+    for edge in view["edges"]:
+        a, b = where[edge["from"]], where[edge["to"]]
+        x1, y1 = a["x"] + NODE_WIDTH, a["y"] + NODE_HEIGHT // 2
+        x2, y2 = b["x"], b["y"] + NODE_HEIGHT // 2
+        mid = (x1 + x2) // 2
+        parts.append(f'<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" stroke="#90a4ae"/>')
+    for node in view["nodes"]:
+        colour = COLOURS.get(node["status"], "#607d8b")
+        shape = 'rx="4"' if node["kind"] != "file" else 'rx="14"'
+        label = node["label"] if len(node["label"]) <= 34 else "…" + node["label"][-33:]
+        parts.append(
+            f'<g class="node {node["kind"]}"><title>{html.escape(node["label"])} [{html.escape(node["status"])}]'
+            f'</title><rect x="{node["x"]}" y="{node["y"]}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" {shape} '
+            f'fill="{colour}" fill-opacity="0.15" stroke="{colour}" stroke-width="2"/>'
+            f'<text x="{node["x"] + 8}" y="{node["y"] + 21}">{html.escape(label)} · {html.escape(node["status"])}'
+            f"</text></g>")
+    parts.append("</svg>\n")
+    return "\n".join(parts)
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def render_dot(model: GraphModel) -> str:
+    """Every node (Graphviz lays it out; `dot -Tsvg`), coloured as in the HTML page."""
+    lines = ["digraph lineage {", "  rankdir=LR;", '  node [fontname="sans-serif", fontsize=10];',
+             f"  label={_dot_id(model.title)};"]
+    for key, node in model.nodes.items():
+        colour = COLOURS.get(node["status"], "#607d8b")
+        shape = "box" if node["kind"] == "task" else "note"
+        label = f"{node['label']}\n{node['status']}"
+        if node["kind"] == "file":
+            label += f" {node['digest'][:12]}"
+        lines.append(f"  {_dot_id(key)} [shape={shape}, color={_dot_id(colour)}, penwidth=2, "
+                     f"label={_dot_id(label)}];")
+    for s, d in model.edges:
+        lines.append(f"  {_dot_id(s)} -> {_dot_id(d)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_graph(model: GraphModel, path: str, fmt: str, *, group: str = "auto") -> None:
+    text = render_html(model, group) if fmt == "html" else render_svg(model, group) if fmt == "svg" \
+        else render_dot(model)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
