@@ -23,8 +23,8 @@ def test_scheme_is_registered_and_malformed_urls_are_config_errors():
     for url in ("baash://nohost", "baash://relative/path.sock", "baash://"):
         with pytest.raises(ConfigError, match="baash:///path/to/baash.sock"):
             open_backend(url)
-    for url in ("baash://127.0.0.1:7411", "baash://[::1]:7411/x"):  # TCP is gone: it had no authentication
-        with pytest.raises(ConfigError, match="no longer listens on TCP"):
+    for url in ("baash://127.0.0.1:7411", "baash://[::1]:7411/x"):  # TCP only with mutual TLS (baash+tls://)
+        with pytest.raises(ConfigError, match="takes TCP clients only with mutual TLS: baash\\+tls://host:port"):
             open_backend(url)
     assert open_backend("baash:///run/ledger/../ledger/baash.sock").identity == "baash:///run/ledger/baash.sock"
     assert open_backend("baash+unix:///run/ledger/baash.sock").identity == "baash:///run/ledger/baash.sock"
@@ -55,7 +55,7 @@ def test_blocks_cross_the_wire_byte_for_byte():
 def test_cli_lists_the_service_without_importing_mpi(workdir):
     result = run_cli("baash", "serve", "--help", cwd=workdir, check_rc=0)
     assert "--ranks" in result.stdout and "--storage" in result.stdout and "--socket" in result.stdout
-    assert "--listen" not in result.stdout
+    assert "with mutual TLS only" in result.stdout and "loopback" in result.stdout  # --listen never goes bare
     code = ("import sys, lineage_ledger._cli\nfrom lineage_ledger.backends import open_backend\n"
             "open_backend('baash:///tmp/none.sock')\nprint('mpi4py' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

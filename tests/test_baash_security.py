@@ -384,7 +384,7 @@ def test_another_user_can_neither_read_nor_append(group_service, tmp_path):
         return {"connect": _attempt(lambda: probe.connect(control))}
 
     assert as_user(NOBODY, NOBODY, [NOBODY], reach_control)["connect"][0] == "PermissionError"
-    # Nothing in the daemon listens on TCP.
+    # Without --listen nothing in the daemon listens on TCP (test_baash_tls.py: with it, only mutual TLS).
     assert _tcp_listeners(service.info["pid"]) == []
 
 
