@@ -67,6 +67,12 @@ def test_profile_paths_are_relative_to_it_and_the_url_overrides(tmp_path):
     ("bad name", {"ledger": "a/b"}, "", "bad ledger name"),
     ("unknown parameter", {}, "?ledgr=x", "unknown parameter"),
     ("bad timeout", {"timeout": "soon"}, "", "timeout must be"),
+    ("endorsers not a map", {"endorsers": ["ca.pem"]}, "", "endorsers must map MSP ids"),
+    ("endorser without a CA", {"endorsers": {"Org1MSP": []}}, "", "must name one or more"),
+    ("quorum of zero", {"endorsers": {"Org1MSP": "ca.pem"}, "endorsement_quorum": 0}, "", "whole number >= 1"),
+    ("quorum as a flag", {"endorsement_quorum": True}, "", "whole number >= 1"),
+    ("quorum above the endorsers", {"endorsers": {"Org1MSP": "ca.pem"}, "endorsement_quorum": 2}, "",
+     "exceeds the 1 endorsers"),
 ])
 def test_bad_profiles_are_config_errors(tmp_path, problem, fields, url_tail, message):
     from lineage_ledger.backends.fabric import parse_fabric_url
@@ -111,3 +117,39 @@ def test_wire_format_round_trips_blocks():
     decoded = decode_blocks(encode_blocks(blocks))
     assert [(b.height, b.id, b.header) for b in decoded] == [(b.height, b.id, b.header) for b in blocks]
     assert [[(r.id, r.body) for r in b.records] for b in decoded] == [[(r.id, r.body) for r in b.records] for b in blocks]
+
+
+def test_endorsers_are_pinned_relative_to_the_profile(tmp_path):
+    from lineage_ledger.backends import open_backend
+
+    _identity(tmp_path)
+    path = _profile(tmp_path, endorsers={"Org2MSP": ["ca.pem", "ca.pem"], "Org1MSP": "ca.pem"},
+                    endorsement_quorum=2)
+    backend = open_backend(f"fabric://{path}")
+    assert backend.profile.endorsers == (("Org1MSP", (tmp_path / "ca.pem",)),
+                                         ("Org2MSP", (tmp_path / "ca.pem", tmp_path / "ca.pem")))
+    roots = backend.endorsement_roots()  # read from the files, no network
+    assert sorted(roots) == ["Org1MSP", "Org2MSP"] and len(roots["Org2MSP"]) == 2
+    backend.close()
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    backend = open_backend(f"fabric://{path}")
+    with pytest.raises(ConfigError, match="holds no PEM certificate"):
+        backend.endorsement_roots()
+    backend.close()
+
+
+def test_unreadable_endorsed_answers_and_channel_configs_are_errors():
+    from fabric_protos.common import common_pb2
+
+    from lineage_ledger import BackendError, VerificationError
+    from lineage_ledger.backends.fabric._channel import application_msp_roots
+    from lineage_ledger.backends.fabric._endorsement import EndorsementRefused, verify_endorsed_answer
+
+    assert issubclass(EndorsementRefused, VerificationError)  # exit 1, as a failed verification
+    with pytest.raises(EndorsementRefused, match="not a Fabric transaction"):
+        verify_endorsed_answer(b"", common_pb2.Envelope(payload=b"\xff\xff"), roots={}, quorum=1, chaincode="lineage")
+    with pytest.raises(EndorsementRefused, match="holds 0 actions"):
+        verify_endorsed_answer(b"", common_pb2.Envelope(payload=b""), roots={}, quorum=1, chaincode="lineage")
+    for garbage in (b"\xff\xff\xff", b""):
+        with pytest.raises(BackendError, match="channel configuration"):
+            application_msp_roots(garbage)

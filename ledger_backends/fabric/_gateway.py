@@ -44,6 +44,7 @@ _MAX_MESSAGE = 256 * 1024 * 1024
 # endorsement that names it waits this long (times the attempt) before asking again.
 _LAGGING_RETRIES = 3
 _LAGGING_PAUSE = 0.02
+_ANSWER_RETRIES = 12  # about 1.5 s in all for an endorsed query's peers to agree
 
 
 class Signer:
@@ -256,14 +257,32 @@ class GatewayClient:
         envelope.signature = self.signer.sign(envelope.payload)
         return Prepared(proposal.transaction_id, envelope)
 
-    def endorsed_answer(self, function: str, *args: bytes) -> tuple[bytes, common_pb2.Envelope]:
-        """Have the endorsing peers run ``function`` and sign its answer; nothing is ordered.
+    def endorsed_answer(self, function: str, *args: bytes,
+                        organizations: Sequence[str] = ()) -> tuple[bytes, common_pb2.Envelope]:
+        """Have peers run ``function`` and sign its answer; nothing is ordered.
 
-        Returns the proposal's bytes (what the answer's ``proposal_hash`` must match: this
-        request, its nonce and arguments) and the endorsed, unsigned transaction envelope,
-        whose endorsements the caller verifies (``_endorsement.py``)."""
+        With ``organizations``, a peer of each of them is asked (whatever the chaincode's
+        policy would need); without, the peers the policy needs. Returns the proposal's bytes
+        (what the answer's ``proposal_hash`` must match: this request, its nonce and
+        arguments) and the endorsed, unsigned transaction envelope, whose endorsements the
+        caller verifies (``_endorsement.py``)."""
         proposal = self._proposal(function, args)
-        return proposal.signed.proposal_bytes, self._endorse(proposal)
+        if not organizations:
+            return proposal.signed.proposal_bytes, self._endorse(proposal)
+        request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
+                                             proposed_transaction=proposal.signed,
+                                             endorsing_organizations=organizations)
+        for attempt in range(_ANSWER_RETRIES + 1):
+            try:
+                return proposal.signed.proposal_bytes, self._call("Endorse", request).prepared_transaction
+            except GatewayCallError as exc:
+                # Peers that answered from different states (one still committing the last
+                # block) make the gateway refuse: ask again once it has caught up. The
+                # chaincode's own refusal ("chaincode response 500, ...") would only repeat.
+                if attempt == _ANSWER_RETRIES or "chaincode response" in exc.text:
+                    raise
+                time.sleep(_LAGGING_PAUSE * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _endorse(self, proposal: _Proposal) -> common_pb2.Envelope:
         organizations = self._endorsing_organizations

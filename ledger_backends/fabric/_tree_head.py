@@ -11,7 +11,6 @@ records it read and verified: equal at the endorsed size, or :class:`EndorsedHea
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["EndorsedHeadMismatch", "EndorsedTreeHead", "TreeHeadsMixin", "TreeNotBuilt", "check_endorsed_head"]
 
 _BUILD_STEP_BLOCKS = 200  # blocks per BuildTree transaction: a bounded read set each
-_ENDORSE_ATTEMPTS = 6  # another org's peer may still be committing the last block
 
 
 class TreeNotBuilt(BackendError):
@@ -72,24 +70,34 @@ class TreeHeadsMixin:
         """
         roots = self.endorsement_roots()
         quorum = self.profile.endorsement_quorum or len(roots) // 2 + 1
-        for attempt in range(_ENDORSE_ATTEMPTS):
+        try:
+            # Every trusted org is asked, whatever the chaincode's policy needs (an OR policy
+            # would gather one signature); if one cannot answer, the policy's own plan.
+            proposal, envelope = self._client.endorsed_answer("lineage:TreeHead", self._ledger,
+                                                              organizations=sorted(roots))
+        except GatewayCallError as exc:
+            self._refuse_tree_head(exc)
             try:
                 proposal, envelope = self._client.endorsed_answer("lineage:TreeHead", self._ledger)
-                break
-            except GatewayCallError as exc:
-                if "NO TREE" in exc.text:
-                    raise TreeNotBuilt(f"fabric ledger {self.profile.ledger!r} has no log tree yet (begun by an "
-                                       "older chaincode): run `python -m lineage_ledger.backends.fabric build-tree "
-                                       "--ledger URL` once") from exc
-                # Peers that answered from different states (one still committing a block)
-                # make the gateway refuse the endorsement; ask again once it has caught up.
-                if attempt == _ENDORSE_ATTEMPTS - 1 or "ACCESS DENIED" in exc.text:
-                    raise self._fail(exc, "TreeHead") from exc
-                time.sleep(0.05 * (attempt + 1))
+            except GatewayCallError as again:
+                self._refuse_tree_head(again)
+                raise self._fail(again, "TreeHead") from again
         answer, endorsers = verify_endorsed_answer(proposal, envelope, roots=roots, quorum=quorum,
                                                    chaincode=self.profile.chaincode)
         size, root, blocks, block_id = _parse_tree_head(answer)
         return EndorsedTreeHead(size, root, blocks, block_id, tuple(endorsers))
+
+    def _refuse_tree_head(self, exc: GatewayCallError) -> None:
+        """Errors that asking another way would not cure."""
+        where = f"fabric ledger {self.profile.ledger!r}"
+        if "NO TREE" in exc.text:
+            raise TreeNotBuilt(f"{where} has no log tree yet (begun by an older chaincode): run "
+                               "`python -m lineage_ledger.backends.fabric build-tree --ledger URL` once") from exc
+        if "TreeHead" in exc.text and "not found" in exc.text:
+            raise TreeNotBuilt(f"{where}: chaincode {self.profile.chaincode!r} predates the endorsed tree head; "
+                               "upgrade it (docs/fabric.md, \"Endorsed tree head\")") from exc
+        if "ACCESS DENIED" in exc.text:
+            raise self._fail(exc, "TreeHead") from exc
 
     def endorsement_roots(self) -> dict[str, list[x509.Certificate]]:
         """MSP id -> trusted root CA certificates: the profile's ``endorsers``, else the
