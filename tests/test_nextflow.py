@@ -102,9 +102,20 @@ def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
     assert len(kept) == 1 and "alpha\t8" in kept[0].read_text()  # the changed file is kept aside
     verified = nf.run("verify-lineage", "results/report.txt", str(count), cwd=here)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    again = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "Submitted process" not in again.stdout
+
+    # A published copy edited the same way: strict names it; rerun runs its task and publishes afresh.
+    published = here / "results" / "counts" / "beta.count"
+    shutil.copy2(published, reference)
+    published.write_text(published.read_text().replace("15", "51"))
+    shutil.copystat(reference, published)
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1 and str(published) in strict.stderr and str(count) not in strict.stderr
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "Submitted process > COUNT (beta)" in rerun.stdout and "Cached process > COUNT (alpha)" in rerun.stdout
+    assert published.read_text() == "beta\t15\n"
+    verified = nf.run("verify-lineage", "results/report.txt", str(published), cwd=here)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):

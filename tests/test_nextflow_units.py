@@ -46,6 +46,7 @@ def never(tmp_path):
     (["run"], "needs the pipeline"),
     (["run", "main.nf", "--ledger-policy", "maybe"], "--ledger-policy must be one of"),
     (["run", "main.nf", "--ledger"], "--ledger needs a value"),
+    (["-bg", "run", "main.nf"], "-bg is not supported"),
 ])
 def test_bad_command_lines_exit_2(tmp_path, never, argv, message):
     result = ledger_cmd(*argv, cwd=tmp_path, nextflow=never)

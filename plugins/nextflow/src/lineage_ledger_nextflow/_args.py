@@ -65,6 +65,9 @@ def parse(argv: list[str]) -> Command:
     top, run = rest[:position], rest[position + 1:]
     if not run or run[0].startswith("-"):
         raise UsageError("`run` needs the pipeline (a main.nf or a directory) first")
+    if "-bg" in top or "-bg" in run:
+        raise UsageError("-bg is not supported: the wrapper follows the run until Nextflow exits "
+                         "(run nextflow-ledger itself in the background instead)")
     command = Command(top=top, run=run, ledger=ledger, policy=policy)
     for j, arg in enumerate(top):
         if arg == "-log" and j + 1 < len(top):

@@ -68,7 +68,7 @@ class TaskRecorder:
             "workdir": workdir, "hash": key, "nextflow_task_id": _value(row, "task_id"),
             "native_id": _value(row, "native_id"), "name": _value(row, "name"), "tag": _value(row, "tag"),
             "nextflow_status": status, "exit_status": exit_status, "error_action": _value(row, "error_action"),
-            "staged": work.staged,
+            "staged": work.staged, "container": _value(row, "container"), "conda_env": work.conda,
         }
         if work.script is not None:
             extra["script"] = work.script[:SCRIPT_KEPT].decode("utf-8", "replace")

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
@@ -115,20 +116,21 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
 
 
 def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str) -> int:
-    from lineage_ledger import ConfigError, TaskCapture
-
     own = os.path.join(launch_dir, _state.STATE_DIR, "runs", uuid.uuid4().hex)
     _state.private_dirs(own)
     trace_file = os.path.join(own, "trace.tsv")
     config = os.path.join(own, "ledger.config")
     with open(config, "w", encoding="utf-8") as handle:
         handle.write(config_text(trace_file))
+    args = _args.nextflow_args(command, config, _log.PUBLISH_LOGGER)
+    process = subprocess.Popen([nextflow, *args])
+    # The JVM takes seconds to start: the capture is imported and opened meanwhile.
+    from lineage_ledger import ConfigError, TaskCapture
+
     capture = TaskCapture(url, engine="nextflow")
     futures: list[Future[str | None]] = []
     recorder = TaskRecorder(_Poster(capture, futures), command.params)
     follower = TraceFollower(trace_file, recorder.on_row)
-    args = _args.nextflow_args(command, config, _log.PUBLISH_LOGGER)
-    process = subprocess.Popen([nextflow, *args])
     # Ctrl-C reaches Nextflow too (same process group): the wrapper waits for it and records
     # what ended. A TERM sent to the wrapper alone is passed on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -143,6 +145,7 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
         return 2
     follower.start()
     status = process.wait()
+    exited = time.monotonic()
     follower.stop()
     facts = _log.read_log(command.log_file or os.path.join(launch_dir, ".nextflow.log"))
     published = recorder.on_published(facts.published)
@@ -162,7 +165,8 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     print(f"lineage-ledger: recorded {recorder.recorded - lost} task(s) and {published} publication(s)"
           f"{f', {recorder.cached} cached task(s) recorded by earlier runs' if recorder.cached else ''}"
           f"{'' if shipped else '; some wait in the spool (lineage-ledger spool ship)'}"
-          f"{f'; {lost} could NOT be recorded (see above)' if lost else ''}", file=sys.stderr)
+          f"{f'; {lost} could NOT be recorded (see above)' if lost else ''}"
+          f" ({time.monotonic() - exited:.2f} s after Nextflow exited)", file=sys.stderr)
     return status
 
 
