@@ -166,8 +166,18 @@ def forced_outputs(plan: Plan) -> list[Any]:
 
 
 def describe(changed: Any) -> str:
-    return (f"{changed.path}: changed since the last recorded run "
+    """One line for a file the check reports: a directory names the files inside that differ."""
+    reason = getattr(changed, "reason", None)
+    if getattr(getattr(changed, "status", None), "value", None) == "UNREADABLE":
+        return f"{changed.path}: could not be checked ({reason})"
+    text = (f"{changed.path}: changed since the last recorded run "
             f"(ledger {(changed.expected or '-')[:16]}, disk {(changed.actual or '-')[:16]})")
+    changes = getattr(changed, "changes", None)  # a directory's: changed, appeared, disappeared
+    if changes:
+        text += f"; inside it, {changes.describe()}"
+    if reason:
+        text += f"; {reason}"
+    return text
 
 
 def describe_code(change: CodeChange) -> str:
