@@ -72,7 +72,7 @@ def test_a_rule_keeps_its_code_digest_across_threads_wildcards_retries_and_execu
         (tmp_path / "submit.sh").write_text(SUBMIT)
         (tmp_path / "submit.sh").chmod(0o755)
         runs["cluster"] = ["--executor", "cluster-generic", "--cluster-generic-submit-cmd", "./submit.sh",
-                           "--jobs", "2", "--latency-wait", "10"]
+                           "--jobs", "2", "--latency-wait", "10", "--seconds-between-status-checks", "1"]
     for run_id, options in runs.items():
         clean_outputs(tmp_path)
         result = run("snakemake", *options, "--logger", "ledger", "--logger-ledger-run-id", run_id,
