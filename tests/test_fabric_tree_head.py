@@ -302,3 +302,63 @@ def test_a_ledger_of_the_previous_chaincode_gets_its_tree_after_the_upgrade(fabr
     again = run_cli("-m", "lineage_ledger.backends.fabric", "build-tree", "--ledger", url, program="python",
                     cwd=workdir)
     assert again.returncode == 0 and "keeps its log tree already" in again.stdout
+
+
+def _lying_gateway(url: str, *, rewrite=None, withhold: int = 0):
+    """What a compromised gateway peer can answer to queries it alone evaluates: a consistent
+    rewrite (record ids, Merkle roots, block ids and links all recomputed), or the chain
+    without its last ``withhold`` blocks. Endorsed answers still come from every org's peer."""
+    from lineage_ledger import StoredRecord, build_block
+    from lineage_ledger.backends import ChainHead
+    from lineage_ledger.backends.fabric import FabricBackend
+    from tests.support.factories import BASE_TIME
+
+    class LyingGateway(FabricBackend):
+        def _chain(self):
+            real_head = FabricBackend.head(self)
+            stop = 0 if real_head is None else real_head.height + 1
+            real = list(FabricBackend.blocks(self, 0, stop))[: -withhold or None]
+            if rewrite is None:
+                return real
+            chain, tip = [], None
+            for block in real:
+                records = [StoredRecord.from_body(rewrite(r.body)) for r in block.records]
+                chain.append(build_block(records, tip, time=BASE_TIME).stored())
+                tip = ChainHead(chain[-1].height, chain[-1].id)
+            return chain
+
+        def head(self):
+            chain = self._chain()
+            return ChainHead(chain[-1].height, chain[-1].id) if chain else None
+
+        def record_count(self):
+            return sum(len(block.records) for block in self._chain())
+
+        def blocks(self, start=0, stop=None):
+            return iter(self._chain()[start:stop])
+
+    return LyingGateway(url)
+
+
+def test_a_lying_gateway_cannot_pass_off_another_history(fabric_network, tmp_path):
+    """A first verification trusts any consistent history (docs/verification.md, "Limits");
+    the endorsed head is what tells a rewritten or truncated one from the ledger."""
+    from lineage_ledger import Ledger
+    from lineage_ledger.backends.fabric import EndorsedHeadMismatch, check_endorsed_head
+
+    url = fabric_network.client_url(fabric_network.orgs[0], "p1", "provider", "lying",
+                                     endorsers=fabric_network.endorsers())
+    _append(url, tmp_path / "spool", make_records(8, run_id="true"), 3)
+    cases = {"rewritten": (_lying_gateway(url, rewrite=lambda body: body.replace(b'"task-5"', b'"task-X"')),
+                           "is not the tree verified from the records read here"),
+             "withheld": (_lying_gateway(url, withhold=1), "the view verified here holds 6: records are withheld")}
+    for name, (backend, message) in cases.items():
+        ledger = Ledger(backend, spool_root=str(tmp_path / name), state_dir=str(tmp_path / f"state-{name}"))
+        assert ledger.audit().head.size == (8 if name == "rewritten" else 6)  # the core alone accepts it
+        with pytest.raises(EndorsedHeadMismatch, match=message):
+            check_endorsed_head(ledger)
+        ledger.close()
+    honest = Ledger(_lying_gateway(url), spool_root=str(tmp_path / "h"), state_dir=str(tmp_path / "state-honest"))
+    endorsed, verified_root = check_endorsed_head(honest)  # the same class, telling the truth
+    assert (endorsed.size, endorsed.root) == (8, verified_root) == _log_root(url)
+    honest.close()
