@@ -17,6 +17,10 @@ Every plugin meets the same problems, so they are solved once here:
   :func:`jsonable` gives them one stable spelling instead of failing the record.
 * A plugin must never break the host workflow by accident: errors are logged on the
   ``lineage_ledger.capture`` logger, unless ``raise_errors`` asks for them.
+* A path may name a directory: it is recorded by its manifest's digest (``_manifest``),
+  and the manifest's own record is journaled with the task's (once per capture). Paths
+  are recorded by their real path; a path given through a symbolic link is recorded too,
+  as an alias of the real one, so that either finds the record after the link moves.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from blake3 import blake3
 from ._drain import BatchWorker
 from ._environment import current_environment
 from ._errors import ArtifactError
-from ._hashing import hash_file, normalize_path
-from ._model import Record
+from ._hashing import Hasher, hash_file, normalize_path
+from ._manifest import Manifest, manifest_record, recall
+from ._model import DirectoryArtifact, Record
 
 if TYPE_CHECKING:
     from ._deferred import DeferredLedger
@@ -146,6 +151,8 @@ class TaskCapture:
         # The last digest this capture recorded for each output path: a temp() file
         # deleted before its consumer is reported may not have reached the ledger yet.
         self._outputs: dict[str, dict[str, Any]] = {}
+        self._journaled_manifests: set[str] = set()  # manifest records this capture wrote
+        self._dir_hasher: Hasher | None = None
 
     @property
     def failures(self) -> int:
@@ -296,24 +303,49 @@ class TaskCapture:
         journal them with one write."""
         hashed = self._hash_many([run for run, _ in batch])
         built: list[tuple[Record, TaskRun, Future[str | None] | None]] = []
+        records: list[Record] = []  # the manifests the tasks' directories need come first
         for (run, future), files in zip(batch, hashed, strict=True):
             try:
                 if isinstance(files, BaseException):
                     raise files
-                built.append((self._build(run, files), run, future))
+                record = self._build(run, files)
             except Exception as err:  # noqa: BLE001 - never into the engine unless asked
                 self._not_recorded(run, future, err)
+                continue
+            records.extend(self._manifest_records(files))
+            records.append(record)
+            built.append((record, run, future))
         if not built:
             return
         try:
-            record_ids = self._ensure_open().record_many([record for record, _, _ in built])
+            record_ids = self._ensure_open().record_many(records)
         except Exception as err:  # noqa: BLE001 - e.g. the spool is full or its disk is
+            self._forget_manifests(records)
             for _, run, future in built:
                 self._not_recorded(run, future, err)
             return
-        for (_, _, future), record_id in zip(built, record_ids, strict=True):
+        ids = dict(zip(map(id, records), record_ids, strict=True))
+        for record, _, future in built:
             if future is not None:
-                _settle(future, record_id)
+                _settle(future, ids[id(record)])
+
+    def _manifest_records(self, files: _Files | None) -> list[Record]:
+        """Records of the manifests of ``files``' directories not journaled by this capture yet."""
+        if files is None or not files.manifests:
+            return []
+        fresh = []
+        with self._lock:
+            for digest, manifest in files.manifests.items():
+                if digest not in self._journaled_manifests:
+                    self._journaled_manifests.add(digest)
+                    fresh.append(manifest_record(manifest))
+        return fresh
+
+    def _forget_manifests(self, records: list[Record]) -> None:
+        with self._lock:
+            for record in records:
+                if record.engine == "lineage-ledger" and record.task_name == "directory manifest":
+                    self._journaled_manifests.discard(record.task_id)
 
     def _not_recorded(self, run: TaskRun, future: Future[str | None] | None, err: Exception) -> None:
         if self.raise_errors and future is not None:
@@ -368,16 +400,23 @@ class TaskCapture:
         if not (run.inputs or run.outputs):
             return None
         given = self._known(run.known) if run.known else {}
-        inputs, gone = self._hash_present(run.inputs, given)
+        manifests: dict[str, Manifest] = {}
+        inputs, gone = self._hash_present(run.inputs, given, manifests)
         # A file updated in place was read with one digest and written with another.
         if run.known_outputs is not None:
             given = self._known(run.known_outputs)
-        outputs, missing = self._hash_present(run.outputs, given)
-        return _Files(inputs, gone, outputs, missing)
+        outputs, missing = self._hash_present(run.outputs, given, manifests)
+        return _Files(inputs, gone, outputs, missing, manifests)
 
     def _commit(self, run: TaskRun, files: _Files | None) -> str:
-        """Build ``run``'s record and journal it."""
-        return self._ensure_open().record(self._build(run, files))
+        """Build ``run``'s record and journal it (after the manifests it needs)."""
+        record = self._build(run, files)
+        manifests = self._manifest_records(files)
+        try:
+            return self._ensure_open().record_many([*manifests, record])[-1]
+        except BaseException:
+            self._forget_manifests(manifests)
+            raise
 
     def _build(self, run: TaskRun, files: _Files | None) -> Record:
         """``run``'s record; runs in submission order (a later task may recall these outputs)."""
@@ -429,25 +468,59 @@ class TaskCapture:
         return environment
 
     def _known(self, known: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {normalize_path(p): {"blake3": e["blake3"], "size": int(e["size"])} for p, e in known.items()}
+        return {normalize_path(p): _plain(e) for p, e in known.items()}
 
-    def _hash_present(self, paths: Iterable[str], given: Mapping[str, dict[str, Any]]):
-        """Digests of ``paths`` (``given`` ones win) and the paths that are not on disk."""
+    def _hash_present(self, paths: Iterable[str], given: Mapping[str, dict[str, Any]],
+                      manifests: dict[str, Manifest]):
+        """Digests of ``paths`` (``given`` ones win) and the paths that are not on disk.
+
+        Each path is recorded by its real path; one given through a symbolic link is
+        recorded as well, as an alias of it. A directory's manifest goes into ``manifests``."""
         entries: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
         for path in _unique(paths):
-            if path in given:
-                entries[path] = given[path]
-                continue
-            try:
-                artifact = hash_file(path)
-            except ArtifactError:
-                if os.path.lexists(path):
-                    raise  # there but unreadable: a real problem, not a clean-up
-                missing.append(path)
-                continue
-            entries[path] = artifact.entry()
+            real = os.path.realpath(path)
+            entry = given.get(path) or given.get(real)
+            if entry is None or (entry.get("type") == "dir" and not self._have_manifest(entry, real, manifests)):
+                try:
+                    artifact = self._hash_path(path)
+                except ArtifactError:
+                    if os.path.lexists(path):
+                        raise  # there but unreadable: a real problem, not a clean-up
+                    missing.append(path)
+                    continue
+                entry = artifact.entry()
+                if isinstance(artifact, DirectoryArtifact):
+                    manifests[artifact.blake3] = artifact.manifest
+            entries[real] = _plain(entry)
+            if real != path:
+                entries[path] = {**entries[real], "alias_of": real}
         return entries, missing
+
+    def _have_manifest(self, entry: Mapping[str, Any], path: str, manifests: dict[str, Manifest]) -> bool:
+        """Whether the manifest of a directory a caller gave the digest of is at hand (hashed
+        by this process lately, or journaled by this capture)."""
+        digest = entry["blake3"]
+        if digest in manifests or digest in self._journaled_manifests:
+            return True
+        manifest = recall(digest)
+        if manifest is None:
+            return False
+        manifests[digest] = manifest
+        return True
+
+    def _hash_path(self, path: str):
+        """A file's digest now; a directory's through this user's stat cache (a large input
+        directory that did not change costs a stat per file, not a read)."""
+        if not os.path.isdir(path):
+            return hash_file(path)
+        with self._lock:
+            if self._dir_hasher is None:
+                from ._manifest import cached_hasher
+
+                self._dir_hasher = cached_hasher()
+            hasher = self._dir_hasher
+        return hasher.hash(path)
 
     def _recall(self, gone: list[str], entries: dict[str, dict[str, Any]]):
         """Digests of inputs already deleted: from this capture's outputs, else the ledger."""
@@ -464,7 +537,7 @@ class TaskCapture:
             if remembered is None:
                 unhashed.append(path)
             else:
-                entries[path] = {"blake3": remembered["blake3"], "size": remembered["size"]}
+                entries[path] = _plain(remembered)
                 recalled[path] = source
         return unhashed, recalled
 
@@ -476,6 +549,7 @@ class _Files(NamedTuple):
     gone: list[str]  # inputs not on disk: recalled in submission order
     outputs: dict[str, dict[str, Any]]
     missing: list[str]
+    manifests: dict[str, Manifest] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
 
 
 def _settle(future: Future[str | None], result: str | None = None, *, error: BaseException | None = None) -> None:
@@ -488,5 +562,31 @@ def _settle(future: Future[str | None], result: str | None = None, *, error: Bas
         pass
 
 
+def _plain(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A digest entry as a record keeps it: blake3, size, and ``"type": "dir"`` for a directory."""
+    plain = {"blake3": entry["blake3"], "size": int(entry["size"])}
+    if entry.get("type") == "dir":
+        plain["type"] = "dir"
+    return plain
+
+
 def _unique(paths: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(normalize_path(p) for p in paths))
+
+
+def entries_of(artifacts: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Record entries of hashed paths: each by its real path, and, where the path as hashed
+    went through a symbolic link, by that path too, as an alias (for `run` and `adopt`)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for artifact in artifacts:
+        real = os.path.realpath(artifact.path)
+        entries[real] = artifact.entry()
+        if real != artifact.path:
+            entries[artifact.path] = {**artifact.entry(), "alias_of": real}
+    return entries
+
+
+def manifest_records_of(artifacts: Iterable[Any]) -> list[Record]:
+    """The manifest records of the directories among ``artifacts`` (each once)."""
+    found = {a.blake3: a.manifest for a in artifacts if isinstance(a, DirectoryArtifact)}
+    return [manifest_record(m) for m in found.values()]

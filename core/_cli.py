@@ -235,6 +235,28 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
 
 
 @cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--note", help="Why the change is accepted (kept in the record).")
+@ledger_option
+def adopt(paths, note, ledger_url) -> None:
+    """Accept the current content of PATHS (files or directories) as a new recorded version.
+
+    Records who adopted what, when and why, so that `strict` pre-run checks accept the
+    files from then on, a later edit is still caught, and `why PATH` shows the adoption.
+    """
+    from ._adopt import adopt as adopt_paths
+
+    with open_ledger(ledger_url) as ledger:
+        entry, previous = adopt_paths(ledger, paths, note)
+    for path, digest in previous.items():
+        now = entry.record.outputs[path]["blake3"]
+        before = "no record named it" if digest is None else (
+            "unchanged" if digest == now else f"was {digest[:12]}")
+        click.echo(f"adopted {printable(os.path.relpath(path))} {now[:12]} ({before})")
+    click.echo(f"recorded {entry.id[:12]} (adopt by {printable(entry.record.extra['adopted_by'])})", err=True)
+
+
+@cli.command()
 @click.argument("record_id")
 @ledger_option
 def show(record_id, ledger_url) -> None:
@@ -276,6 +298,19 @@ def why(path, ledger_url, as_json) -> None:
             click.echo(json_text(lineage_json(tree), indent=2))
         else:
             click.echo("\n".join(lineage_lines(tree)))
+            _say_adopted(tree)
+
+
+def _say_adopted(tree) -> None:
+    """Who accepted this version, and why, where an adoption produced it."""
+    from ._ledger import is_adoption
+
+    producer = tree.producer
+    if producer is not None and is_adoption(producer.record):
+        extra = producer.record.extra
+        note = f": {printable(str(extra['note']))}" if extra.get("note") else ""
+        click.echo(f"adopted by {printable(str(extra.get('adopted_by', '?')))} at "
+                   f"{producer.record.ended:%Y-%m-%d %H:%M:%SZ}{note}")
 
 
 @cli.command()

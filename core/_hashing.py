@@ -7,6 +7,10 @@ before and after hashing, and rehashed if it changed meanwhile.
 The stat cache keys a digest by (path, size, mtime_ns, ctime_ns, inode). ctime is in the
 key because ``touch -r`` can restore an edited file's mtime but nothing a user runs can
 restore its ctime. Verification never uses the cache: it always rehashes.
+
+A directory is hashed as its manifest (:mod:`._manifest`): :meth:`Hasher.hash` and
+:func:`hash_file` return a :class:`DirectoryArtifact` for one, so every caller that hashes
+"a path" records a directory without knowing it is one.
 """
 
 from __future__ import annotations
@@ -24,11 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from blake3 import blake3
 
 from ._errors import ArtifactError
-from ._model import Artifact
+from ._model import Artifact, DirectoryArtifact
 
-__all__ = ["Hasher", "StatCache", "hash_file", "normalize_path", "walk_files"]
-
-_entry_name = operator.attrgetter("name")
+__all__ = ["Hasher", "StatCache", "hash_file", "lookup_paths", "normalize_path", "real_path", "walk_files"]
 
 MMAP_THRESHOLD = 4 << 20
 _CHUNK = 1 << 20
@@ -51,6 +53,20 @@ def normalize_path(path: str | os.PathLike[str] | bytes) -> str:
         shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise ArtifactError(shown, "the file name is not valid UTF-8; rename it to record it") from None
     return os.path.abspath(raw)
+
+
+def real_path(path: str | os.PathLike[str] | bytes) -> str:
+    """The path records key an artifact by: absolute, with every symbolic link resolved
+    (what exists of it; a missing tail is kept as given)."""
+    return os.path.realpath(normalize_path(path))
+
+
+def lookup_paths(path: str | os.PathLike[str] | bytes) -> list[str]:
+    """Where the ledger may know ``path`` from: as given (made absolute, as records of old
+    and the aliases of symlinked paths name it), then resolved, where that differs."""
+    given = normalize_path(path)
+    real = os.path.realpath(given)
+    return [given] if real == given else [given, real]
 
 
 def _stat(path: str) -> os.stat_result:
@@ -97,8 +113,18 @@ def _digest(path: str, size: int) -> str:
 
 
 def hash_file(path: str | os.PathLike[str]) -> Artifact:
-    """Hash one file now, without any cache."""
-    return _hash_stable(normalize_path(path))[0]
+    """Hash one file (or directory: a :class:`DirectoryArtifact`) now, without any cache."""
+    path = normalize_path(path)
+    if os.path.isdir(path):
+        return _hash_directory(path, Hasher())
+    return _hash_stable(path)[0]
+
+
+def _hash_directory(path: str, hasher: Hasher) -> DirectoryArtifact:
+    from ._manifest import scan_directory
+
+    manifest = scan_directory(path, hasher)
+    return DirectoryArtifact(path, manifest.digest, manifest.size, manifest)
 
 
 def _hash_stable(path: str) -> tuple[Artifact, tuple[int, int, int, int]]:
@@ -111,32 +137,18 @@ def _hash_stable(path: str) -> tuple[Artifact, tuple[int, int, int, int]]:
     raise ArtifactError(path, "the file kept changing while it was hashed")
 
 
-def walk_files(root: str) -> Iterator[str]:
+def walk_files(root: str, on_skip: Callable[[str, str], None] | None = None) -> Iterator[str]:
     """Regular files below ``root``, sorted; symlinks to files are followed, symlinks to
     directories and dangling symlinks are skipped.
 
     lineage-ledger's own ``.lineage`` directories (ledger, spool, stat cache) are skipped:
-    they change while being walked and are not workflow data.
+    they change while being walked and are not workflow data. An entry that cannot be read
+    (a symbolic link loop, a directory without permission) raises :class:`ArtifactError`,
+    or with ``on_skip`` is reported to it and skipped (see :func:`._manifest.walk_tree`).
     """
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        try:
-            with os.scandir(directory) as scan:
-                entries = sorted(scan, key=_entry_name, reverse=True)
-        except OSError as err:
-            raise ArtifactError(directory, _describe(err)) from err
-        files = []
-        for entry in entries:
-            # d_type answers both questions without a stat for plain files and directories.
-            if entry.is_dir(follow_symlinks=False):
-                if entry.name != ".lineage":
-                    stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=True):
-                files.append(entry.path)
-            # Links to directories (possible cycles) and dangling links are not files: skipped.
-        files.reverse()
-        yield from files
+    from ._manifest import walk_tree
+
+    return walk_tree(root, on_skip=on_skip)
 
 
 # A cache entry: (path, size, mtime_ns, ctime_ns, inode, digest).
@@ -261,7 +273,11 @@ class Hasher:
         self.threads = threads
 
     def hash(self, path: str | os.PathLike[str]) -> Artifact:
+        """A file's digest, or a directory's (a :class:`DirectoryArtifact`, its files
+        through the same cache)."""
         path = normalize_path(path)
+        if os.path.isdir(path):
+            return _hash_directory(path, self)
         if self.cache is not None and not self.rehash:
             st = _stat(path)
             cached = self.cache.get(path, _signature(st))
@@ -289,6 +305,9 @@ class Hasher:
             except OSError:
                 st = _stat(path)  # raises the ArtifactError that names the problem
             if st.st_mode & file_type != regular:
+                if stat_module.S_ISDIR(st.st_mode):
+                    misses.append(index)  # a directory: hashed as its manifest by self.hash
+                    continue
                 _stat(path)
             entry = get(path)
             if (
@@ -320,7 +339,7 @@ class Hasher:
             misses = list(range(len(ordered)))
         if misses:
             with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
-                hasher = self.hash if self.cache is not None else hash_file
+                hasher = self.hash
                 for index, artifact in zip(misses, pool.map(hasher, [ordered[i] for i in misses]), strict=True):
                     results[index] = artifact
                     if on_done:

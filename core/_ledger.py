@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._canonical import format_time
 from ._chain import ChainSummary, ChainTip, build_block
 from ._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
-from ._model import Record, StoredBlock, StoredRecord
+from ._hashing import lookup_paths
+from ._manifest import MANIFEST_RUN_PREFIX, Manifest
+from ._model import Record, StoredBlock, StoredRecord, is_alias
 from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
 from ._trust import TreeHead, TrustStore
 from ._verified import AuditResult, Verifier
@@ -84,6 +86,7 @@ class Ledger:
         self._verifier: Verifier | None = None
         self._head_current = False  # the verified head was brought up to date in this process
         self._verified_lock = threading.RLock()  # plugins check from several threads
+        self._manifests: dict[str, Manifest] = {}  # proved and hashed: a hit needs no new check
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -272,14 +275,29 @@ class Ledger:
                 )
         return matching
 
+    def query_path(self, path: str) -> str:
+        """The key the ledger knows ``path`` by, normalised as the CLI does: made absolute
+        (relative to the working directory); where symbolic links make its real path
+        differ, the spelling some record names (the path as given, else the real one)."""
+        keys = lookup_paths(path)
+        if len(keys) > 1:
+            for key in keys:
+                if self.backend.find_page("out", path=key, limit=1) or self.backend.find_page("in", path=key, limit=1):
+                    return key
+        return keys[0]
+
+    def _query(self, path: str | None) -> str | None:
+        return None if path is None else self.query_path(path)
+
     def producers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
         """Records that output ``path`` (and/or ``digest``), oldest first."""
-        return self._find("out", path, digest)
+        return self._find("out", self._query(path), digest)
 
     def consumers(self, path: str | None = None, digest: str | None = None, *,
                   offset: int = 0, limit: int | None = None) -> list[LedgerRecord]:
         """Records that read ``path`` (and/or ``digest``), oldest first; a page of them with
         ``offset``/``limit`` (a file every task read has as many consumers as tasks)."""
+        path = self._query(path)
         if offset or limit is not None:
             rows = self.backend.find_page("in", path=path, digest=digest, offset=offset, limit=limit)
             return self._find("in", path, digest, rows)
@@ -287,7 +305,7 @@ class Ledger:
 
     def count_consumers(self, path: str | None = None, digest: str | None = None) -> int:
         """How many records the index says read ``path`` (a count, not a verified answer)."""
-        return self.backend.count_found("in", path=path, digest=digest)
+        return self.backend.count_found("in", path=self._query(path), digest=digest)
 
     def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
         found = self.producers(path, digest)
@@ -301,6 +319,7 @@ class Ledger:
         "Latest" is by the time the task ended, then by ledger order: a crashed process's
         spool replayed days later lands late in the ledger but must not count as newer.
         """
+        path = self.query_path(path)
         best: tuple[Any, ...] | None = None
         for role in roles:
             for entry in self._latest(role, path):
@@ -369,36 +388,91 @@ class Ledger:
 
         Trees of several targets share their nodes through one ``memo`` (a verification of
         10,000 outputs of one task walks their common input once)."""
-        return self._lineage(path, digest, None, {} if memo is None else memo)
+        return self._lineage(self.query_path(path), digest, None, {} if memo is None else memo)
 
     def _lineage(self, path, digest, consumer, memo) -> LineageNode:
         key = (path, digest)
         if key in memo:
             return memo[key]
         if digest is None:
-            producer = self.producer(path)
+            found = self._find("out", path, None)
+            producer = found[-1] if found else None
             if producer is None:
                 node = LineageNode(path, None, "source")
                 memo[key] = node
                 return node
             digest = producer.record.outputs[path]["blake3"]
         else:
-            candidates = self.producers(path, digest)
+            candidates = self._find("out", path, digest)
+            if not candidates and consumer is not None:
+                # The producer may name the file by another spelling the consumer's record
+                # also has (its real path, or the path as given): try those.
+                for other in _spellings(consumer.record.inputs, path):
+                    candidates = self._find("out", other, digest)
+                    if candidates:
+                        break
             if consumer is not None:  # prefer the version made before it was consumed
                 earlier = [c for c in candidates if c.order < consumer.order]
                 candidates = earlier or candidates
             producer = candidates[-1] if candidates else None
             if producer is None:
-                kind = "broken" if self.producers(path) else "source"
+                kind = "broken" if self._produced_before(path, consumer) else "source"
                 node = LineageNode(path, digest, kind)
                 memo[key] = node
                 return node
         node = LineageNode(path, digest, "produced", producer)
         memo[key] = node
         memo[(path, None)] = memo.get((path, None), node)
-        for input_path, entry in sorted(producer.record.inputs.items()):
+        inputs = producer.record.inputs
+        for input_path, entry in sorted(inputs.items()):
+            if is_alias(entry):
+                continue  # the same file as its real path's entry
+            if not os.path.lexists(input_path):
+                # Read through a symbolic link whose target has moved since: the path the task
+                # was given still leads to the file.
+                input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)
             node.parents.append(self._lineage(input_path, entry["blake3"], producer, memo))
         return node
+
+    def _produced_before(self, path: str, consumer: LedgerRecord | None) -> bool:
+        """Whether a version of ``path`` other than the one consumed was produced: the
+        consumed one then changed after it was written (a broken lineage). An adoption
+        recorded after the consumer read the file does not count: what it read was a source."""
+        return any(
+            not (consumer is not None and p.order > consumer.order and is_adoption(p.record))
+            for p in self._find("out", path, None)
+        )
+
+    # -- directories ------------------------------------------------------------------------
+    def manifest(self, digest: str) -> Manifest | None:
+        """The manifest of the directory whose digest is ``digest``, as a manifest record
+        keeps it (proved in the tree, and hashed to ``digest``); None if none does."""
+        cached = self._manifests.get(digest)
+        if cached is not None:
+            return cached
+        for entry in self.run(MANIFEST_RUN_PREFIX + digest):
+            try:
+                manifest = Manifest.from_json(entry.record.extra.get("manifest"))
+            except ValueError:
+                continue
+            if manifest.digest == digest:
+                self._manifests[digest] = manifest
+                return manifest
+        return None
+
+    def container_of(self, path: str) -> tuple[str, LedgerRecord, str, Mapping[str, Any]] | None:
+        """The nearest recorded directory ``path`` lies in, for a file no record names itself:
+        (directory, the record that last saw it, its role, its entry)."""
+        for key in lookup_paths(path):
+            parent = os.path.dirname(key)
+            while parent and parent != key:
+                seen = self.last_seen(parent, ("out",)) or self.last_seen(parent)
+                if seen is not None:
+                    entry, role, recorded = seen
+                    if recorded.get("type") == "dir":
+                        return parent, entry, role, recorded
+                key, parent = parent, os.path.dirname(parent)
+        return None
 
     def derived(self, path: str, digest: str | None = None, _seen: set | None = None, *,
                 limit: int | None = None) -> list[tuple[LedgerRecord, list]]:
@@ -408,6 +482,8 @@ class Ledger:
         item ``(None, n)`` where ``n`` more were left out.
         """
         seen = set() if _seen is None else _seen
+        if _seen is None:
+            path = self.query_path(path)
         tree: list[tuple[Any, Any]] = []
         consumers = self.consumers(path, digest, limit=limit) if limit else self.consumers(path, digest)
         for consumer in consumers:
@@ -416,7 +492,7 @@ class Ledger:
             seen.add(consumer.id)
             children = [
                 (out_path, self.derived(out_path, entry["blake3"], seen, limit=limit))
-                for out_path, entry in sorted(consumer.record.outputs.items())
+                for out_path, entry in sorted(consumer.record.outputs.items()) if not is_alias(entry)
             ]
             tree.append((consumer, children))
         if limit and len(consumers) == limit:
@@ -436,6 +512,22 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _aliases_of(side: Mapping[str, Mapping[str, Any]], real: str) -> list[str]:
+    return [path for path, entry in side.items() if entry.get("alias_of") == real]
+
+
+def _spellings(side: Mapping[str, Mapping[str, Any]], path: str) -> list[str]:
+    """The other paths a record names the file ``path`` by (its aliases, or its real path)."""
+    entry = side.get(path)
+    real = entry.get("alias_of", path) if entry is not None else path
+    return [p for p in [real, *_aliases_of(side, real)] if p != path]
+
+
+def is_adoption(record: Record) -> bool:
+    """A record of `lineage-ledger adopt`: a user accepted files' current content."""
+    return record.engine == "lineage-ledger" and record.task_name == "adopt"
 
 
 def open_ledger(url: str | None = None, *, spool: str | None = None, replay: bool = True,

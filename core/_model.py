@@ -23,6 +23,7 @@ from ._canonical import canonical_bytes, format_time, from_canonical, parse_time
 
 __all__ = [
     "Artifact",
+    "DirectoryArtifact",
     "artifact_map",
     "Block",
     "BlockColumns",
@@ -33,6 +34,7 @@ __all__ = [
     "STATUSES",
     "RECORD_VERSION",
     "digest_hex",
+    "is_alias",
 ]
 
 RECORD_VERSION = 1
@@ -68,6 +70,10 @@ class Artifact:
     def entry(self) -> dict[str, Any]:
         return {"blake3": self.blake3, "size": self.size}
 
+    @property
+    def is_dir(self) -> bool:
+        return False
+
     @classmethod
     def _trusted(cls, path: str, digest: str, size: int) -> Artifact:
         """Build without validation, for digests this library itself computed and stored."""
@@ -78,22 +84,67 @@ class Artifact:
         return artifact
 
 
+@dataclass(frozen=True, slots=True)
+class DirectoryArtifact(Artifact):
+    """A directory as it was seen: ``blake3`` is the digest of its manifest (``_manifest``),
+    ``size`` the bytes of its files. Its record entry says ``"type": "dir"``."""
+
+    manifest: Any = field(default=None, compare=False, repr=False)  # a _manifest.Manifest
+
+    def entry(self) -> dict[str, Any]:
+        return {"blake3": self.blake3, "size": self.size, "type": "dir"}
+
+    @property
+    def is_dir(self) -> bool:
+        return True
+
+
+# An entry is {"blake3", "size"} (a file, as records always had it), with "type": "dir" for a
+# directory, and "alias_of": PATH where the path is how a task named a file whose real path
+# (every symbolic link resolved) is the entry PATH of the same map.
+_ENTRY_KEYS = frozenset({"blake3", "size"})
+_OPTIONAL_KEYS = frozenset({"type", "alias_of"})
+
+
 def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "artifacts") -> dict[str, dict[str, Any]]:
-    """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style)."""
+    """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style);
+    a directory's entry adds ``"type": "dir"``, a path as given that is the alias of a real
+    path adds ``"alias_of": real path``."""
     if not isinstance(value, Mapping):
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
+    aliases = False
     for path, entry in value.items():
         if not isinstance(path, str) or "\x00" in path:
             raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
         if isinstance(entry, Artifact):
             result[path] = entry.entry()
             continue
-        if not isinstance(entry, Mapping) or set(entry) != {"blake3", "size"}:
+        if not isinstance(entry, Mapping) or not _ENTRY_KEYS <= set(entry) <= _ENTRY_KEYS | _OPTIONAL_KEYS:
             raise ValueError(f"{what}[{path!r}] must be {{'blake3': hex, 'size': n}}")
         Artifact(path, entry["blake3"], entry["size"])  # validates
-        result[path] = {"blake3": entry["blake3"], "size": entry["size"]}
+        normal = {"blake3": entry["blake3"], "size": entry["size"]}
+        if "type" in entry:
+            if entry["type"] != "dir":
+                raise ValueError(f"{what}[{path!r}]: type must be 'dir' (a file has none), got {entry['type']!r}")
+            normal["type"] = "dir"
+        if "alias_of" in entry:
+            target = entry["alias_of"]
+            if not isinstance(target, str) or target == path or "\x00" in target:
+                raise ValueError(f"{what}[{path!r}]: alias_of must name another path")
+            normal["alias_of"] = target
+            aliases = True
+        result[path] = normal
+    for path, entry in result.items() if aliases else ():
+        target = entry.get("alias_of")
+        if target is not None and (target not in result or "alias_of" in result[target]):
+            raise ValueError(f"{what}[{path!r}]: alias_of {target!r} is not a real path of the same record")
     return result
+
+
+def is_alias(entry: Mapping[str, Any]) -> bool:
+    """True for the entry of a path as given that repeats the entry of its real path."""
+    return "alias_of" in entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,12 @@ import click
 from lineage_ledger.backends._base import redact
 
 from ._canonical import utcnow
+from ._capture import entries_of, manifest_records_of
 from ._deferred import check_spool_writable, spool_first
 from ._environment import current_environment
 from ._errors import ArtifactError, ConfigError, LedgerError
 from ._hashing import hash_file, normalize_path
-from ._model import Record, artifact_map
+from ._model import Record
 from ._recorder import Recorder
 from ._terminal import printable
 
@@ -124,10 +125,7 @@ def run_and_record(
     logging.getLogger("lineage_ledger.recorder").setLevel(logging.ERROR)
     deferred = spool_first(ledger_url)  # a bad URL, scheme or extra: refused before anything runs
     in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
-    out_paths = [normalize_path(p) for p in outputs]
-    for path in out_paths:
-        if os.path.isdir(path):
-            raise ArtifactError(path, "is a directory, not a file")
+    out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
     # The spool must take the record before the command may run: its directory, a segment
     # of this process, and room on the disk.
@@ -180,13 +178,14 @@ def run_and_record(
         record = Record(
             engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
             task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
-            inputs=artifact_map(in_artifacts), outputs=artifact_map(out_artifacts), code_digest=code,
+            inputs=entries_of(in_artifacts), outputs=entries_of(out_artifacts), code_digest=code,
             parameters=parameters, environment=current_environment(), extra=extra,
         )
     except ValueError as err:
         recorder.close(0)
         raise ConfigError(f"cannot record this task: {err}") from err
-    record_id = recorder.record(record)  # journaled: the kernel has it
+    # Journaled (the kernel has it) after the manifests of its directories, in one write.
+    record_id = recorder.record_many([*manifest_records_of(in_artifacts + out_artifacts), record])[-1]
     recorder.sync()  # and the disk
     deadline = time.monotonic() + wait
     shipped = recorder.flush(timeout=wait)

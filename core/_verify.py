@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._chain import ChainSummary
 from ._errors import (
@@ -29,8 +29,10 @@ from ._errors import (
     NoLedger,
     VerificationError,
 )
-from ._hashing import hash_file, normalize_path, walk_files
+from ._hashing import Hasher, hash_file, normalize_path
 from ._ledger import Ledger, LineageNode, open_ledger
+from ._manifest import Changes, walk_tree
+from ._model import Artifact
 
 if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
@@ -61,6 +63,7 @@ class ArtifactStatus(str, enum.Enum):
     MODIFIED = "MODIFIED"
     MISSING = "MISSING"
     UNRECORDED = "UNRECORDED"
+    UNREADABLE = "UNREADABLE"  # there, but it cannot be hashed (permission denied, vanished...)
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,22 @@ class ArtifactCheck:
     actual: str | None = None  # digest on disk now
     record_id: str | None = None  # the record that last saw it
     role: str | None = None  # whether that record read ("in") or wrote ("out") it
+    changes: Changes | None = None  # a directory: the files inside that differ
+    within: tuple[str, str] | None = None  # a file no record names, inside a recorded directory: (dir, digest)
+    reason: str | None = None  # UNREADABLE: why it could not be hashed; MODIFIED: a change of type
 
     def to_json(self) -> dict:
-        return {
+        data: dict[str, Any] = {
             "path": self.path, "status": self.status.value, "expected": self.expected,
             "actual": self.actual, "record": self.record_id, "role": self.role,
         }
+        if self.changes is not None:
+            data["changes"] = self.changes.to_json()
+        if self.within is not None:
+            data["within"] = self.within[0]
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
 
 
 def verify_chain_of(ledger: Ledger) -> ChainSummary:
@@ -85,27 +98,78 @@ def verify_chain_of(ledger: Ledger) -> ChainSummary:
     return ledger.verify_chain()
 
 
-def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any") -> ArtifactCheck:
-    """Compare a file on disk with the last record that read or wrote it (always rehashes).
+def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any",
+                   hasher: Hasher | None = None) -> ArtifactCheck:
+    """Compare a file or directory on disk with the last record that read or wrote it
+    (always rehashes, unless a ``hasher`` with a stat cache is given for directories).
 
     ``against="producer"`` compares a produced file with its last producer only: a task
     that merely read an edited file (under ``warn``, or an unguarded operator) must not
     make the edit look recorded. Sources, which nobody produced, still compare with the
-    last read.
+    last read. A directory that differs names the files inside that changed, appeared or
+    disappeared; a file no record names but that lies in a recorded directory is compared
+    with that directory's manifest.
     """
-    path = normalize_path(path)
+    path = ledger.query_path(path)
     seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
     exists = os.path.lexists(path)
     if seen is None:
+        inside = _check_inside(ledger, path, exists)
+        if inside is not None:
+            return inside
         if not exists:  # most likely a typo: say so as bad input, not as a failed check
             raise ArtifactError(path, "no such file, and no record in the ledger mentions it")
-        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, hash_file(path).blake3)
+        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, _hash(path, hasher).blake3)
     entry, role, recorded = seen
     if not exists:
         return ArtifactCheck(path, ArtifactStatus.MISSING, recorded["blake3"], None, entry.id, role)
-    actual = hash_file(path).blake3
-    status = ArtifactStatus.OK if actual == recorded["blake3"] else ArtifactStatus.MODIFIED
-    return ArtifactCheck(path, status, recorded["blake3"], actual, entry.id, role)
+    actual = _hash(path, hasher)
+    was_dir = recorded.get("type") == "dir"
+    if actual.blake3 == recorded["blake3"] and actual.is_dir == was_dir:
+        return ArtifactCheck(path, ArtifactStatus.OK, recorded["blake3"], actual.blake3, entry.id, role)
+    reason = None
+    if was_dir != actual.is_dir:
+        reason = ("it was recorded as a directory; a file is there now" if was_dir
+                  else "it was recorded as a file; a directory is there now")
+    return ArtifactCheck(path, ArtifactStatus.MODIFIED, recorded["blake3"], actual.blake3, entry.id, role,
+                         changes=_changes(ledger, recorded, actual), reason=reason)
+
+
+def _hash(path: str, hasher: Hasher | None) -> Artifact:
+    return hasher.hash(path) if hasher is not None and os.path.isdir(path) else hash_file(path)
+
+
+def _changes(ledger: Ledger, recorded, actual: Artifact) -> Changes | None:
+    """What differs inside a directory (None where there is no manifest to compare)."""
+    was_dir = recorded.get("type") == "dir"
+    if not (was_dir and actual.is_dir):
+        return None  # a file became a directory or the other way: _explain says so
+    before = ledger.manifest(recorded["blake3"])
+    return before.diff(actual.manifest) if before is not None else None  # type: ignore[attr-defined]
+
+
+def _check_inside(ledger: Ledger, path: str, exists: bool) -> ArtifactCheck | None:
+    """A file no record names, checked against the manifest of the recorded directory it
+    lies in (None where it lies in none, or the manifest is not in the ledger)."""
+    found = ledger.container_of(path)
+    if found is None:
+        return None
+    directory, entry, role, recorded = found
+    manifest = ledger.manifest(recorded["blake3"])
+    if manifest is None:
+        return None
+    within = (directory, recorded["blake3"])
+    listed = manifest.lookup(os.path.relpath(path, directory).replace(os.sep, "/"))
+    expected = listed[2] if listed is not None and listed[1] == "file" else None
+    if not exists:
+        if listed is None:
+            raise ArtifactError(path, f"no such file, and the recorded directory {directory} held none")
+        return ArtifactCheck(path, ArtifactStatus.MISSING, expected, None, entry.id, role, within=within)
+    actual = hash_file(path)
+    if listed is None:
+        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, actual.blake3, within=within)
+    status = ArtifactStatus.OK if expected == actual.blake3 and not actual.is_dir else ArtifactStatus.MODIFIED
+    return ArtifactCheck(path, status, expected, actual.blake3, entry.id, role, within=within)
 
 
 def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
@@ -120,13 +184,22 @@ def _short(digest: str | None) -> str:
 
 
 def _explain(check: ArtifactCheck) -> str:
+    inside = f" (in the recorded directory {check.within[0]})" if check.within else ""
     if check.status is ArtifactStatus.MODIFIED:
         verb = "written by" if check.role == "out" else "read by"
-        return (f"{check.path}: MODIFIED since it was last {verb} record {_short(check.record_id)} "
+        text = (f"{check.path}: MODIFIED since it was last {verb} record {_short(check.record_id)}{inside} "
                 f"(ledger {_short(check.expected)}, disk {_short(check.actual)})")
+        if check.changes:
+            text += f"; inside it, {check.changes.describe()}"
+        if check.reason:
+            text += f"; {check.reason}"
+        return text
     if check.status is ArtifactStatus.MISSING:
-        return f"{check.path}: MISSING (the ledger last saw {_short(check.expected)})"
-    return f"{check.path}: UNRECORDED (no record in the ledger read or wrote it)"
+        return f"{check.path}: MISSING{inside} (the ledger last saw {_short(check.expected)})"
+    if check.status is ArtifactStatus.UNREADABLE:
+        return f"{check.path}: UNREADABLE ({check.reason}); it cannot be checked"
+    return f"{check.path}: UNRECORDED{inside} (no record in the ledger read or wrote it)"
+
 
 
 def verify_closure(node: LineageNode) -> None:
@@ -185,6 +258,8 @@ class Report:
     lineage_memo: dict = field(default_factory=dict, repr=False)
     # Files already hashed in this run: trees share sources, each is read once.
     checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
+    # Entries of the trees given that could not be read (a symbolic link loop...): (path, why).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -197,12 +272,22 @@ class Report:
             self.failures.append(failure)
 
 
-def _expand(targets: Iterable[str]) -> list[str]:
+def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]:
+    """The targets, with each directory no record names walked: its files, and the
+    directories inside it that a record names (checked whole, as directory artifacts).
+    Entries that cannot be read are noted in the report and skipped."""
     paths: list[str] = []
+
+    def recorded(path: str) -> bool:
+        return ledger.last_seen(path) is not None
+
+    def skip(path: str, reason: str) -> None:
+        report.skipped.append((path, reason))
+
     for target in targets:
-        normal = normalize_path(target)
-        if os.path.isdir(normal):
-            paths.extend(walk_files(normal))
+        normal = ledger.query_path(target)
+        if os.path.isdir(normal) and not recorded(normal):
+            paths.extend(walk_tree(normal, is_artifact=recorded, on_skip=skip))
         else:
             paths.append(normal)
     return paths
@@ -220,8 +305,9 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     verification failures are collected in the report.
     """
     report = Report()
-    paths = _expand(targets)
-    audit = not paths
+    targets = list(targets)
+    audit = not targets
+    paths: list[str] = []
     try:
         if audit:
             result = ledger.audit(files=files)
@@ -231,6 +317,8 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
             head = ledger.tree_head()
             report.chain = ChainSummary(head.blocks, head.size, head.block_id, head.root)
         report.first_audit = ledger.verifier.audited_now and not audit
+        if not audit:
+            paths = _expand(ledger, targets, report)
     except VerificationError as failure:
         report.fail(failure)
         return report  # nothing read from a broken ledger can be trusted
@@ -239,6 +327,11 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
             _verify_target(ledger, path, report, files=files, audit=audit)
         except VerificationError as failure:  # an index row that disagrees with its record
             report.fail(failure)
+        except ArtifactError as err:
+            if not os.path.lexists(path):
+                raise  # a target that is not there and that no record names: bad input
+            # There but unreadable (permission denied, a loop): that one cannot be checked.
+            report.fail(ArtifactMismatch(_explain(_unreadable(path, err)), path=path))
     from ._deferred import waiting_for
 
     checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
@@ -257,9 +350,14 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     if check.status is not ArtifactStatus.OK and not tolerated:
         report.fail(ArtifactMismatch(_explain(check), path=path))
     # The tree starts at the version the ledger last saw, which need not be the last one
-    # produced: a file edited and then read by a recorded task must show as broken.
-    tree = (ledger.lineage(path, check.expected, memo=report.lineage_memo)
-            if check.status is not ArtifactStatus.UNRECORDED else None)
+    # produced: a file edited and then read by a recorded task must show as broken. A file
+    # inside a recorded directory has that directory's lineage.
+    if check.within is not None:
+        tree = ledger.lineage(check.within[0], check.within[1], memo=report.lineage_memo)
+    elif check.status is not ArtifactStatus.UNRECORDED:
+        tree = ledger.lineage(path, check.expected, memo=report.lineage_memo)
+    else:
+        tree = None
     result = TargetResult(path, check, tree)
     report.targets.append(result)
     if tree is None:
@@ -304,14 +402,23 @@ def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
     return checkpoint
 
 
+def _unreadable(path: str, err: ArtifactError) -> ArtifactCheck:
+    return ArtifactCheck(path, ArtifactStatus.UNREADABLE, reason=err.reason)
+
+
 def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
-    """The plugins' pre-run check: files that exist and differ from the ledger.
+    """The plugins' pre-run check: files and directories that exist and differ from the ledger.
 
     A produced file must still hold what its last producer wrote, whoever read it since;
-    a source must still hold what was last read from it.
+    a source must still hold what was last read from it. A directory is compared through
+    its manifest (its files through the stat cache, whose key holds the ctime an edit
+    cannot restore), and a changed one names the files inside that differ.
 
-    Returns the MODIFIED files. With ``strict`` it raises ``ArtifactMismatch`` naming them
-    all; with ``warn`` and ``rerun`` the caller logs them or forces their producers to run.
+    Returns the MODIFIED files, and the UNREADABLE ones: recorded files that are there but
+    cannot be hashed (permission denied, say), each reported alone while the others are
+    checked. With ``strict`` it raises ``ArtifactMismatch`` naming them all; with ``warn``
+    and ``rerun`` the caller logs them or forces their producers to run. A file that
+    vanishes while it is checked counts as missing, which is not tampering.
     """
     if policy not in ("warn", "strict", "rerun"):
         from ._errors import ConfigError
@@ -320,12 +427,22 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     # A broken or rewritten ledger raises: nothing in it can vouch for a file. Only the
     # blocks appended since the last verification are read; each record used is proved.
     ledger.tree_head()
+    from ._manifest import cached_hasher
+
     tampered = []
+    hasher: Hasher | None = None
     for path in paths:
         if not os.path.exists(path):
             continue
-        check = check_artifact(ledger, path, against="producer")
-        if check.status is ArtifactStatus.MODIFIED:
+        try:
+            if hasher is None and os.path.isdir(path):
+                hasher = cached_hasher()
+            check = check_artifact(ledger, path, against="producer", hasher=hasher)
+        except ArtifactError as err:
+            if not os.path.lexists(path) or ledger.last_seen(path) is None:
+                continue  # vanished meanwhile, or nothing recorded could vouch for it anyway
+            check = _unreadable(ledger.query_path(path), err)
+        if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
             tampered.append(check)
     if tampered and policy == "strict":
         raise ArtifactMismatch(
@@ -353,6 +470,10 @@ def verify_before_run(ledger: Ledger | str | None, paths: Iterable[str], policy:
         if opened is not ledger:
             opened.close()
     for check in tampered:
+        if check.status is ArtifactStatus.UNREADABLE:
+            _plugin_log.warning("lineage-ledger: %s cannot be checked (%s)%s", check.path, check.reason,
+                                "; its producer will run again" if policy == "rerun" else "")
+            continue
         _plugin_log.warning(
             "lineage-ledger: %s changed outside the workflow (ledger %s, disk %s)%s",
             check.path, (check.expected or "-")[:12], (check.actual or "-")[:12],

@@ -99,13 +99,13 @@ def test_known_digests_win_and_gone_files_are_listed(Capture, tmp_path, url, spo
 
 
 def test_errors_are_logged_not_raised_unless_asked(Capture, tmp_path, url, spool, caplog):
-    unreadable = tmp_path / "dir-not-file"
-    unreadable.mkdir()
+    unreadable = tmp_path / "fifo-not-file"  # a directory is recorded now (tests/test_directories.py)
+    os.mkfifo(unreadable)
     with Capture(url, engine="test", spool=spool) as capture, caplog.at_level(logging.ERROR):
         assert capture.submit(task("a", [], [str(unreadable)])).result(timeout=30) is None
         assert capture.submit(task("b", status="exploded")).result(timeout=30) is None
         assert capture.failures == 2
-    assert "could not record task step-a (a)" in caplog.text and "is a directory" in caplog.text
+    assert "could not record task step-a (a)" in caplog.text and "is not a regular file" in caplog.text
     strict = Capture(url, engine="test", spool=spool, raise_errors=True)
     with pytest.raises(ValueError, match="status must be one of"):
         strict.record_now(task("c", status="exploded"))

@@ -1,0 +1,96 @@
+"""Paths as users have them (issue #17): relative paths in the Python API, symbolic links.
+
+Records key a file by its real path and keep the path as given as an alias where it
+differs; the API normalises paths as the CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lineage_ledger import open_ledger
+
+
+def verify(cli, *args, **kw):
+    return cli(*args, program="verify-lineage", **kw)
+
+
+def test_the_python_api_takes_relative_paths_as_the_cli_does(cli, workdir):
+    (workdir / "data").mkdir()
+    (workdir / "data" / "raw.csv").write_text("a,b\n1,2\n")
+    cli("run", "-i", "data/raw.csv", "-o", "data/clean.csv", "--", "sh", "-c",
+        "cp data/raw.csv data/clean.csv", check_rc=0)
+    with open_ledger() as ledger:
+        producer = ledger.producer("data/clean.csv")
+        assert producer is not None and producer.record.task_name == "sh"
+        assert len(ledger.consumers("data/raw.csv")) == 1
+        assert len(ledger.consumers("./data/../data/raw.csv")) == 1
+        tree = ledger.lineage("data/clean.csv")
+        assert tree.kind == "produced" and [p.path for p in tree.parents] == [str(workdir / "data" / "raw.csv")]
+        assert ledger.last_seen("data/raw.csv") is not None
+        assert ledger.derived("data/raw.csv")
+
+
+def _linked_project(cli, workdir):
+    """project/data -> store/v1 (an absolute link, as to a shared store); one task run through it."""
+    store = workdir / "store"
+    (store / "v1").mkdir(parents=True)
+    (store / "v1" / "raw.csv").write_text("raw\n")
+    project = workdir / "project"
+    project.mkdir()
+    os.symlink(store / "v1", project / "data")
+    cli("run", "-i", "data/raw.csv", "-o", "data/clean.csv", "--", "sh", "-c",
+        "cp data/raw.csv data/clean.csv", cwd=project, check_rc=0)
+    return store, project
+
+
+def _verifies(cli, project, *targets):
+    for target in targets:
+        result = verify(cli, "--ledger", project / ".lineage" / "ledger.db", target, cwd=project, check_rc=0)
+        assert "UNRECORDED" not in result.stdout and "MISSING" not in result.stdout, result.stdout
+
+
+def test_a_symlinked_path_is_recorded_by_its_real_path_and_as_given(cli, workdir):
+    store, project = _linked_project(cli, workdir)
+    with open_ledger(str(project / ".lineage" / "ledger.db")) as ledger:
+        entry = ledger.producer(str(store / "v1" / "clean.csv"))
+        assert entry is not None
+        outputs = entry.record.outputs
+        assert outputs[str(store / "v1" / "clean.csv")].keys() == {"blake3", "size"}
+        assert outputs[str(project / "data" / "clean.csv")]["alias_of"] == str(store / "v1" / "clean.csv")
+        assert ledger.producer(str(project / "data" / "clean.csv")).id == entry.id
+
+
+def test_files_verify_after_the_project_and_its_link_move(cli, workdir):
+    store, project = _linked_project(cli, workdir)
+    os.rename(project, workdir / "moved")  # the link moves with it; the paths as given are gone
+    _verifies(cli, workdir / "moved", "data/clean.csv", "data/raw.csv", str(store / "v1" / "clean.csv"))
+
+
+def test_files_verify_after_the_data_moves_and_the_link_follows(cli, workdir):
+    store, project = _linked_project(cli, workdir)
+    os.rename(store / "v1", store / "v2")  # the real paths are gone
+    os.unlink(project / "data")
+    os.symlink(store / "v2", project / "data")
+    _verifies(cli, project, "data/clean.csv", "data/raw.csv")
+    (store / "v2" / "clean.csv").write_text("tampered\n")
+    verify(cli, "--ledger", project / ".lineage" / "ledger.db", "data/clean.csv", cwd=project, check_rc=1)
+
+
+def test_lineage_through_a_moved_link_finds_the_producer(cli, workdir):
+    store = workdir / "store"
+    (store / "v1").mkdir(parents=True)
+    (workdir / "seed.txt").write_text("seed\n")
+    os.symlink(store / "v1", workdir / "data")
+    cli("run", "-i", "seed.txt", "-o", "data/mid.txt", "--", "sh", "-c", "cp seed.txt data/mid.txt", check_rc=0)
+    os.rename(store / "v1", store / "v2")
+    os.unlink(workdir / "data")
+    os.symlink(store / "v2", workdir / "data")
+    cli("run", "-i", "data/mid.txt", "-o", "final.txt", "--", "sh", "-c", "cp data/mid.txt final.txt", check_rc=0)
+    with open_ledger() as ledger:
+        tree = ledger.lineage("final.txt")
+        [mid] = tree.parents
+        assert mid.kind == "produced", mid
+        assert [p.path for p in mid.parents] == [str(workdir / "seed.txt")]
+    result = verify(cli, "final.txt", check_rc=0)
+    assert "BROKEN" not in result.stdout and "MISSING" not in result.stdout
