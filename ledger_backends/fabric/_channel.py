@@ -1,3 +1,5 @@
+# The generated *_pb2 modules ship py.typed without stubs, so mypy sees none of their classes.
+# mypy: disable-error-code="attr-defined,name-defined"
 """The member organisations' root CAs, from the channel's configuration.
 
 The channel configuration (``cscc GetChannelConfig``: a ``common.Config``) names each

@@ -1,3 +1,5 @@
+# The generated *_pb2 modules ship py.typed without stubs, so mypy sees none of their classes.
+# mypy: disable-error-code="attr-defined,name-defined"
 """Endorsed answers: a chaincode result that the endorsing peers signed, checked here.
 
 A Fabric query answered through ``Evaluate`` is one peer's word. An *endorsed* answer is the

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from lineage_ledger import Ledger
 
+    from ._gateway import GatewayClient
+    from ._profile import ConnectionProfile
+
 __all__ = ["EndorsedHeadMismatch", "EndorsedTreeHead", "TreeHeadsMixin", "TreeNotBuilt", "check_endorsed_head"]
 
 _BUILD_STEP_BLOCKS = 200  # blocks per BuildTree transaction: a bounded read set each
@@ -61,6 +64,12 @@ class TreeHeadsMixin:
     """FabricBackend's endorsed tree head (needs its ``_client``, ``profile``, ``_ledger``)."""
 
     _trust_roots: dict[str, list[x509.Certificate]] | None = None
+    if TYPE_CHECKING:  # provided by FabricBackend
+        profile: ConnectionProfile
+        _client: GatewayClient
+        _ledger: bytes
+
+        def _fail(self, exc: Exception, action: str) -> BackendError: ...
 
     def endorsed_tree_head(self) -> EndorsedTreeHead:
         """The log tree head (size, root) as the endorsing peers sign it, signatures proved.
