@@ -1,23 +1,28 @@
-"""Issue 15, item 2 across nodes: BAASH clients over TCP with mutual TLS, roles from the certificate.
+"""What a client on another node gets from BAASH: mutual TLS (issue 15, item 2) and tree
+heads endorsed by a quorum of the ranks (issue 14, item 8).
 
 One real service (``lineage-ledger baash serve --listen 0 --tls-...``) for the module, with
 real certificates made here: a client certificate from the service's CA with a role OU
 is served in that role; no certificate, another CA's, an expired one, or one without a
 role is refused with a clear ``AccessDenied`` and nothing it sent is committed. The Unix
-socket keeps working beside the listener.
+socket keeps working beside the listener. A client fetches the tree head the ranks signed
+and checks it against their public keys.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 
 import pytest
 
-from lineage_ledger import BackendError, ConfigError, build_block
+from lineage_ledger import BackendError, CheckpointInvalid, ConfigError, build_block
+from lineage_ledger._checkpoint import generate_key, parse
 from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.baash import AccessDenied
 from lineage_ledger.backends.baash._wire import ANSWERS, encode, receive, send_frame
+from lineage_ledger.backends.baash.endorse import load_verifiers, verify_endorsed
 from tests.conftest import run_cli
 from tests.support.baash import BaashService, Pki, tls_url
 from tests.support.factories import make_records
@@ -139,3 +144,47 @@ def test_the_client_checks_the_service_certificate_and_the_url(tls_service):
 def test_listen_needs_the_tls_files(tmp_path):
     result = run_cli("baash", "serve", "--storage", str(tmp_path / "s"), "--listen", "0", cwd=tmp_path, check_rc=2)
     assert "--listen takes TCP clients only with mutual TLS: give --tls-ca, --tls-cert, --tls-key" in result.stderr
+
+
+def test_the_ranks_endorse_the_tree_head_and_a_remote_client_checks_it(tls_service, tmp_path):
+    service, pki = tls_service
+    url = _url(service, pki, *pki.issue("auditor", units=("admin",)))
+    writer = open_backend(_url(service, pki, *pki.issue("carol", units=("user",))))
+    for run in ("endorsed-1", "endorsed-2"):
+        writer.append([_block(writer, run, 3)])
+    keys = service.storage / "keys" / "ranks.pub"
+    assert len(load_verifiers(str(keys))) == 4, "one key per rank slot, published in shared storage"
+
+    endorsed = tmp_path / "endorsed.checkpoint"
+    run_cli("baash", "checkpoint", "--ledger", url, "--keys", keys, "-o", endorsed, cwd=tmp_path, check_rc=0)
+    note = endorsed.read_text()
+    assert len([line for line in note.splitlines() if line.startswith("\u2014 baash-rank-")]) == 4
+    checkpoint = verify_endorsed(note, load_verifiers(str(keys)))
+    # The head the ranks signed is the core's own tree head of this ledger, under the service's origin.
+    core = run_cli("checkpoint", "--ledger", url, cwd=tmp_path, check_rc=0).stdout
+    assert parse(core).origin == checkpoint.origin == writer.origin
+    assert (parse(core).size, parse(core).root) == (checkpoint.size, checkpoint.root)
+    assert checkpoint.size == writer.record_count()
+    run_cli("--ledger", url, "--against", endorsed, "--pubkey", service.storage / "keys" / "rank-2.pub",
+            cwd=tmp_path, program="verify-lineage", check_rc=0)
+
+    # A changed root fails every rank's signature; two signatures are not a quorum of four.
+    body, _, signatures = note.partition("\n\n")
+    lines = body.split("\n")
+    forged = "\n".join([*lines[:2], lines[2][:-6] + ("AAAAA=" if lines[2][-6:] != "AAAAA=" else "BBBBB=")])
+    tampered = tmp_path / "tampered.checkpoint"
+    tampered.write_text(forged + "\n\n" + signatures)
+    with pytest.raises(CheckpointInvalid, match="does not verify"):
+        verify_endorsed(tampered.read_text(), load_verifiers(str(keys)))
+    run_cli("--ledger", url, "--against", tampered, "--pubkey", service.storage / "keys" / "rank-2.pub",
+            cwd=tmp_path, program="verify-lineage", check_rc=1)
+    two = body + "\n\n" + "".join(line + "\n" for line in signatures.splitlines()[:2])
+    with pytest.raises(CheckpointInvalid, match="signed by 2 of the 4 ranks' keys"):
+        verify_endorsed(two, load_verifiers(str(keys)))
+
+    # Through the CLI: seven trusted keys (the four ranks' and three others) need five signatures.
+    more = tmp_path / "seven.pub"
+    more.write_text(keys.read_text() + "".join(generate_key(f"other-{i}")[1] + "\n" for i in range(3)))
+    result = run_cli("baash", "checkpoint", "--ledger", url, "--keys", more, cwd=tmp_path, check_rc=1)
+    assert "signed by 4 of the 7 ranks' keys" in result.stderr and "a quorum is 5" in result.stderr
+    assert os.path.getsize(endorsed) == len(note.encode())

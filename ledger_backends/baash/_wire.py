@@ -264,7 +264,7 @@ _LOCATED = List(Tup(Int(), Int(), RECORD))
 #: client -> daemon
 CLIENT_REQUESTS: dict[str, dict[str, Check]] = {
     "append": {"blocks": List(BLOCK, 1 << 16), "timeout": Opt(Num(0, 3600))},
-    "head": {}, "record_count": {}, "status": {}, "ledgers": {}, "ping": {}, "whoami": {},
+    "head": {}, "record_count": {}, "status": {}, "ledgers": {}, "ping": {}, "whoami": {}, "checkpoint": {},
     "blocks": {"start": Int(), "stop": Opt(Int())},
     "known": {"ids": List(_ID)},
     "find": {"role": Enum("in", "out"), "path": Opt(Str()), "digest": Opt(Str(256))},
@@ -287,6 +287,7 @@ ANSWERS: dict[str, dict[str, Check]] = {
     "ledgers": {"ledgers": List(Json, 1 << 16)},
     "identity": {"uid": Opt(Int(0, (1 << 32) - 1)), "subject": Opt(Str(1024)), "roles": List(Enum(*ROLES), len(ROLES))},
     "registered": {"uid": Int(0, (1 << 32) - 2), "roles": List(Enum(*ROLES), len(ROLES))},
+    "checkpoint": {"origin": Str(256), "note": Opt(Str(64 << 10)), "keys": List(Str(512), 1 << 12)},
 }
 _MODE = Enum("baash", "pbft", "replicate")
 #: MPI ranks -> daemon (heartbeat connections and the gateway's control connection)
@@ -299,7 +300,8 @@ TO_DAEMON: dict[str, dict[str, Check]] = {
     "heartbeat": {"at": Num(0, 1e11)},
     "result": {"round_id": Int(), "outcomes": List(Tup(Enum("committed", "rejected", "conflict"), Str(64 << 10))),
                "info": Obj(acks=Int(), agreeing=Int(), ways=Map(Int()), timing=Map(Num()),
-                           failed_validators=List(Int()))},
+                           failed_validators=List(Int())),
+               "checkpoint": Str(64 << 10)},
     "ledgers": {"ledgers": List(Json, 1 << 24)},
 }
 #: daemon -> the gateway rank

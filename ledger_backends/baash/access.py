@@ -45,7 +45,7 @@ PERMITS: dict[str, frozenset[str]] = {
 NEEDS: dict[str, str | None] = {
     "append": "append", "register": "register", "revoke": "register",
     "head": "read", "blocks": "read", "record_count": "read", "known": "read", "find": "read",
-    "by_run": "read", "by_id_prefix": "read", "status": "read", "ledgers": "read",
+    "by_run": "read", "by_id_prefix": "read", "status": "read", "ledgers": "read", "checkpoint": "read",
     "ping": None, "whoami": None,
 }
 _ENTRY_ROLES = List(Enum(*ROLES), len(ROLES))

@@ -176,3 +176,34 @@ def whoami(ledger) -> None:
 
     who = f"certificate {printable(identity['subject'])}" if identity["subject"] is not None else f"uid {identity['uid']}"
     click.echo(f"{who}: {','.join(identity['roles']) or 'no roles'}")
+
+
+@baash.command()
+@_LEDGER
+@click.option("--keys", "keys_file", required=True, type=click.Path(dir_okay=False),
+              help="The ranks' public keys, one a line (the service writes them to DIR/keys/ranks.pub).")
+@click.option("--quorum", type=click.IntRange(1), help="Signatures needed (default: more than two thirds of the keys).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the checkpoint here, not to standard output.")
+def checkpoint(ledger, keys_file, quorum, output) -> None:
+    """The last tree head the service's ranks endorsed, checked against KEYS: exit 0 and the
+    signed note if a quorum of them signed it, exit 1 if not.
+
+    The note works with `verify-lineage --against FILE --pubkey RANK.pub`.
+    """
+    from lineage_ledger._errors import CheckpointInvalid
+
+    from .endorse import load_verifiers, quorum_of, verify_endorsed
+
+    verifiers = load_verifiers(keys_file)
+    note = _client(ledger).checkpoint()["note"]
+    if note is None:
+        raise CheckpointInvalid("the service has no endorsed tree head yet: its ranks sign after a commit")
+    endorsed = verify_endorsed(note, verifiers, quorum)
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(note)
+        click.echo(f"tree head of {endorsed.size} records, root {endorsed.root.hex()}, endorsed by a quorum of "
+                   f"{quorum or quorum_of(len(verifiers))} of {len(verifiers)} ranks; "
+                   f"written to {output}", err=True)
+    else:
+        click.echo(note, nl=False)

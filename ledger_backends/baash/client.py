@@ -113,6 +113,7 @@ class BaashBackend(Backend):
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._origin: str | None = None
         if self.address.path is None:
             from .tls import check_private_key, client_context
 
@@ -271,6 +272,21 @@ class BaashBackend(Backend):
     def ledgers(self) -> list[dict[str, Any]]:
         """Every rank's in-memory ledger, each verified by the core on its rank."""
         return self._call("ledgers", "ledgers")["ledgers"]
+
+    @property
+    def origin(self) -> str:
+        """The ledger's name in its checkpoints, kept by the service (the same over every socket)."""
+        if self._origin is None:
+            self._origin = self.checkpoint()["origin"]
+        return self._origin
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The last tree head the ranks endorsed: ``note`` (a signed note, None before the
+        first commit of this daemon's job), ``origin``, and ``keys``, the public keys the
+        service says its ranks use. Check the note with keys you got another way
+        (``DIR/keys/ranks.pub``): :func:`lineage_ledger.backends.baash.endorse.verify_endorsed`."""
+        answer = self._call("checkpoint", "checkpoint")
+        return {"origin": answer["origin"], "note": answer["note"], "keys": answer["keys"]}
 
     def whoami(self) -> dict[str, Any]:
         """Who the service sees (a uid, or a certificate's subject over TLS) and its roles there."""

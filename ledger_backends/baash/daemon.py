@@ -23,6 +23,7 @@ from typing import Any
 
 from ._wire import CLIENT_REQUESTS, MAX_FRAME, WireError, encode, receive, record_to_wire, send_frame
 from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
+from .endorse import ensure_keys, ensure_origin
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
 from .storage import SharedStore
@@ -55,6 +56,8 @@ class Service:
                  restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None) -> None:
         self.store = SharedStore(storage)
         self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
+        self.origin = ensure_origin(self.store.root)  # before the job starts: its ranks sign with these
+        self.rank_keys = [key.text() for key in ensure_keys(self.store.root, ranks)]
         self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay)
         self.manager = TransactionManager(self.store, self.monitor, batch_blocks=batch_blocks, batch_time=batch_time)
         self.started = time.time()
@@ -170,6 +173,8 @@ class Service:
                 return encode("ledgers", ledgers=self.monitor.ledgers())
             if op == "ping":
                 return encode("pong")
+            if op == "checkpoint":
+                return encode("checkpoint", origin=self.origin, note=self.monitor.endorsed, keys=self.rank_keys)
             if op == "whoami":
                 return encode("identity", uid=peer.uid, subject=peer.subject, roles=sorted(self.roles(peer)))
             if op == "register":

@@ -7,7 +7,9 @@ Then, in chain order, a request commits only if every block of it was decided va
 (an append is atomic); the requests after a refused one were built on a block that will
 not exist, so they conflict. Committed blocks go to shared storage first (the durable
 copy: a crash after this point loses nothing), then every rank appends them to its
-in-memory chain and acknowledges its new head.
+in-memory chain and acknowledges its new head, with its signature of the tree head it
+holds; the gateway puts the signatures of the ranks that agree with its own under one
+note, the endorsed checkpoint (:mod:`.endorse`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lineage_ledger._model import BlockHeader
 from ._mpi import Inbox, Tag
 from ._wire import TO_GATEWAY, WireError, receive, send
 from .consensus import ClusterCoordinator, Decision
+from .endorse import Endorser, assemble
 
 __all__ = ["Gateway"]
 
@@ -32,8 +35,10 @@ HEARTBEAT_EVERY = 0.5
 
 
 class Gateway:
-    def __init__(self, world: Any, cluster: Any, inbox: Inbox, state: Any, store: Any, args: Any, clusters: int) -> None:
+    def __init__(self, world: Any, cluster: Any, inbox: Inbox, state: Any, store: Any, args: Any, clusters: int,
+                 endorser: Endorser | None = None) -> None:
         self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
+        self.endorser = endorser
         self.clusters = clusters
         self.inbox = inbox
         self.coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c,
@@ -54,9 +59,10 @@ class Gateway:
                     continue
                 request = receive(sock, TO_GATEWAY)
                 if request["kind"] == "round":
-                    round_id, outcomes, info = self.round(request["round_id"], request["blocks"],
-                                                          [tuple(g) for g in request["groups"]])
-                    send(sock, "result", round_id=round_id, outcomes=[list(o) for o in outcomes], info=info)
+                    round_id, outcomes, info, endorsed = self.round(request["round_id"], request["blocks"],
+                                                                    [tuple(g) for g in request["groups"]])
+                    send(sock, "result", round_id=round_id, outcomes=[list(o) for o in outcomes], info=info,
+                         checkpoint=endorsed)
                 elif request["kind"] == "ledgers":
                     send(sock, "ledgers", ledgers=self.ledgers())
                 elif request["kind"] == "stop":
@@ -140,6 +146,8 @@ class Gateway:
         for rank in range(1, size):  # phase: commit
             self.world.send((round_id, count, carried), dest=rank, tag=Tag.COMMIT)
         self.state.extend(committed)
+        mine = self.endorser.sign(self.state.tree) if self.endorser is not None and count else None
+        signatures = [] if mine is None else [mine[2]]
         acks, agreeing = 0, 0
         ack_inbox = Inbox([self.world], Tag.ACK)
         deadline = time.monotonic() + self.args.vote_timeout
@@ -147,15 +155,18 @@ class Gateway:
             message = ack_inbox.next(deadline)
             if message is None:
                 break
-            rid, height, head = message[3]
+            rid, height, head, *endorsement = message[3]
             if rid == round_id:
                 acks += 1
                 agreeing += (height, head) == self.state.head
+                if mine is not None and len(endorsement) == 3 and tuple(endorsement[:2]) == mine[:2]:
+                    signatures.append(endorsement[2])  # only for the tree head the gateway holds too
         ways = Counter(d.how for d in decisions.values())
         timing = {"decide": decided - started, "persist": persisted - decided,
                   "commit": time.perf_counter() - persisted}
+        endorsed = "" if mine is None else assemble(self.endorser.body(self.state.tree), signatures)  # type: ignore[union-attr]
         return round_id, outcomes, {"acks": acks, "agreeing": agreeing, "ways": dict(ways), "timing": timing,
-                                    "failed_validators": sorted(self.coordinator.failed)}
+                                    "failed_validators": sorted(self.coordinator.failed)}, endorsed
 
     def ledgers(self) -> list[dict[str, Any]]:
         size = self.world.Get_size()

@@ -64,6 +64,7 @@ class JobMonitor:
         self.storage_free = threading.Event()
         self.storage_free.set()
         self.info: dict[str, Any] = {}
+        self.endorsed: str | None = None  # the last tree head the ranks signed, as a signed note
         self.failures: list[dict[str, Any]] = []
         self.output: deque[str] = deque(maxlen=400)
         self.generation = 0
@@ -340,6 +341,8 @@ class JobMonitor:
             self._sock = None  # out of step with the job: restart it
             self._wake.set()
             raise JobDown("the MPI job answered a round with something else")
+        if reply["checkpoint"]:
+            self.endorsed = reply["checkpoint"]
         return reply["outcomes"], reply["info"]
 
     def ledgers(self) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from mpi4py import MPI
 from ._mpi import Inbox, Tag
 from ._wire import install_mpi_codec
 from .consensus import ClusterCoordinator, quorum_of
+from .endorse import Endorser
 from .liveness import beat_forever
 from .storage import SharedStore
 from .validation import ChainState, vote_for
@@ -47,8 +48,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 class Validator:
     """A rank that validates (Protocol 3), commits what the gateway says, and reports."""
 
-    def __init__(self, world: Any, cluster: Any, state: ChainState, store: SharedStore, args: argparse.Namespace) -> None:
+    def __init__(self, world: Any, cluster: Any, state: ChainState, store: SharedStore, args: argparse.Namespace,
+                 endorser: Endorser | None = None) -> None:
         self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
+        self.endorser = endorser  # signs the tree head after each commit (endorse.py)
         self.faulty = world.Get_rank() in args.faulty_voter
         self.silent = world.Get_rank() in args.silent_voter
         self.rounds: dict[int, list[Any]] = {}        # round id -> its blocks, until committed
@@ -80,7 +83,9 @@ class Validator:
             self.state.extend(blocks[:count])
             self.rounds.pop(round_id, None)
             self.pbft = {k: v for k, v in self.pbft.items() if k[0] != round_id}
-            comm.send((round_id, *self.state.head), dest=source, tag=Tag.ACK)
+            # The acknowledgement carries this rank's signature of the tree head it now holds.
+            endorsement = self.endorser.sign(self.state.tree) if self.endorser is not None and count else ()
+            comm.send((round_id, *self.state.head, *endorsement), dest=source, tag=Tag.ACK)
         elif tag == Tag.LEDGER:
             comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
         elif tag == Tag.SYNC:
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     store = SharedStore(args.storage)
     started = time.monotonic()
     state = restore(store)
+    endorser = Endorser.load(args.storage, rank)
     beat_forever(args.control, rank, os.getpid())  # before the gather: the daemon sees every rank first
     pids = world.gather((os.getpid(), time.monotonic() - started), root=0)
     inbox = Inbox([cluster, world])
@@ -175,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             from .gateway import Gateway
 
-            Gateway(world, cluster, inbox, state, store, args, clusters).serve(pids or [])
+            Gateway(world, cluster, inbox, state, store, args, clusters, endorser).serve(pids or [])
         else:
             coordinator = None
             if cluster.Get_rank() == 0:
                 coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c, mode=args.mode,
                                                  vote_timeout=args.vote_timeout, tags=Tag)
-            validator = Validator(world, cluster, state, store, args)
+            validator = Validator(world, cluster, state, store, args, endorser)
             while True:
                 comm, source, tag, body = inbox.next()  # type: ignore[misc]
                 if tag == Tag.ROUND and coordinator is not None:

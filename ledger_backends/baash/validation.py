@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from lineage_ledger import LedgerError, StoredBlock, StoredRecord, verify_block, verify_chain
 from lineage_ledger._model import digest_hex
 
+from .endorse import TreeTracker
+
 __all__ = ["NULL_VOTE", "ChainState", "Verdict", "check_block", "vote_for"]
 
 NULL_VOTE = "null"
@@ -66,6 +68,7 @@ class ChainState:
 
     blocks: list[StoredBlock] = field(default_factory=list)
     record_ids: set[str] = field(default_factory=set)
+    tree: TreeTracker = field(default_factory=TreeTracker)  # the tree head a rank endorses
 
     @property
     def head(self) -> tuple[int, str | None]:
@@ -77,6 +80,7 @@ class ChainState:
             raise ValueError(f"block {block.height} does not follow height {len(self.blocks) - 1}")
         self.blocks.append(block)
         self.record_ids.update(r.id for r in block.records)
+        self.tree.extend([block])
 
     def extend(self, blocks: Iterable[StoredBlock]) -> None:
         for block in blocks:

@@ -1,0 +1,199 @@
+"""Tree heads endorsed by the quorum: every rank signs the ledger's tree head after a commit.
+
+Each rank keeps the RFC 9162 tree over every record of its in-memory chain (the core's
+tree: BLAKE3, a leaf is a record id's 32 bytes, records in ledger order), so after a round
+commits it knows the tree size and root of what it holds itself. It signs the checkpoint
+body (the core's :class:`~lineage_ledger._checkpoint.Checkpoint`: origin, size, root; no
+time line, so every rank signs the same text) with its own ed25519 key, and the gateway
+puts the signatures of every rank that holds the same head under one note, a C2SP signed
+note with several signature lines. A client that knows the ranks' public keys accepts
+that tree head once a quorum of them signed it (:func:`verify_endorsed`).
+
+Keys live in shared storage: ``DIR/keys/rank-<slot>`` (0600) and ``rank-<slot>.pub``, one per
+world-rank slot, made by the daemon at its first start; ``DIR/keys/ranks.pub`` lists the
+public keys, one a line, for users to copy. ``DIR/origin`` names the ledger
+(``lineage-ledger:`` and 32 hex digits), the same whichever socket or address a client
+uses, so endorsed checkpoints work with ``verify-lineage --against``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+
+from lineage_ledger._checkpoint import (
+    Checkpoint,
+    Signer,
+    Verifier,
+    load_signer,
+    load_verifier,
+    open_note,
+    parse,
+    parse_verifier,
+    sign_note,
+    write_keypair,
+)
+from lineage_ledger._errors import CheckpointInvalid, ConfigError
+from lineage_ledger._model import StoredBlock
+from lineage_ledger._tree import BLAKE3
+
+__all__ = ["Endorser", "TreeTracker", "assemble", "ensure_keys", "ensure_origin", "load_verifiers", "quorum_of",
+           "verify_endorsed"]
+
+_ORIGIN = re.compile(r"lineage-ledger:[0-9a-f]{32}\Z")
+
+
+def quorum_of(keys: int) -> int:
+    """Signatures needed out of ``keys`` ranks: more than two thirds (2f+1 of 3f+1), so two
+    endorsed heads that disagree would need more than f ranks to have signed both."""
+    return keys - (keys - 1) // 3
+
+
+class TreeTracker:
+    """The tree head over records appended so far, in O(log n) memory (a compact range)."""
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (perfect subtree size, hash), sizes decreasing
+        self.size = 0
+
+    def extend(self, blocks: Iterable[StoredBlock]) -> None:
+        leaf, node, stack = BLAKE3.leaf, BLAKE3.node, self._stack
+        for block in blocks:
+            for record in block.records:
+                size, digest = 1, leaf(bytes.fromhex(record.id))
+                while stack and stack[-1][0] == size:
+                    left_size, left = stack.pop()
+                    size, digest = left_size + size, node(left, digest)
+                stack.append((size, digest))
+                self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return BLAKE3.empty_root()
+        digest = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            digest = BLAKE3.node(left, digest)
+        return digest
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.path.islink(path) or os.stat(path).st_uid != os.getuid():
+        raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}, not a link")
+    os.chmod(path, 0o700)
+
+
+def _write_replace(path: str, text: str, mode: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_origin(storage: str) -> str:
+    """``DIR/origin``, made once: the ledger's name in its checkpoints."""
+    path = os.path.join(storage, "origin")
+    if not os.path.lexists(path):
+        _write_replace(path, f"lineage-ledger:{secrets.token_hex(16)}\n", 0o600)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        text = os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not _ORIGIN.match(text):
+        raise ConfigError(f"{path} does not hold a ledger origin (lineage-ledger: and 32 hex digits)")
+    return text
+
+
+def key_path(storage: str, slot: int) -> str:
+    return os.path.join(storage, "keys", f"rank-{slot}")  # and rank-<slot>.pub, as ssh names keys
+
+
+def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
+    """A key pair per rank slot (made where missing) and ``DIR/keys/ranks.pub``; the public keys."""
+    _private_dir(os.path.join(storage, "keys"))
+    verifiers = []
+    for slot in range(ranks):
+        path = key_path(storage, slot)
+        if not os.path.exists(path):
+            write_keypair(path, f"baash-rank-{slot}")
+        verifiers.append(load_verifier(path + ".pub"))
+    _write_replace(os.path.join(storage, "keys", "ranks.pub"), "".join(v.text() + "\n" for v in verifiers), 0o644)
+    return verifiers
+
+
+def load_verifiers(path: str) -> list[Verifier]:
+    """Public keys, one a line (``ranks.pub``); ``ConfigError`` if unreadable or malformed."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle.read(1 << 20).splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read public keys from {path}: {exc}") from None
+    if not lines:
+        raise ConfigError(f"{path} holds no public key")
+    try:
+        return [parse_verifier(line) for line in lines]
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+class Endorser:
+    """A rank's key: signs the checkpoint body of the tree head it holds."""
+
+    def __init__(self, origin: str, signer: Signer) -> None:
+        self.origin, self.signer = origin, signer
+
+    @classmethod
+    def load(cls, storage: str, slot: int) -> Endorser | None:
+        """This slot's key, or None where the storage has none (a rank then does not sign)."""
+        path = key_path(storage, slot)
+        if not os.path.exists(path) or not os.path.exists(os.path.join(storage, "origin")):
+            return None
+        return cls(ensure_origin(storage), load_signer(path))
+
+    def body(self, tracker: TreeTracker) -> str:
+        return Checkpoint(self.origin, tracker.size, tracker.root()).body()
+
+    def sign(self, tracker: TreeTracker) -> tuple[int, str, str]:
+        """(size, root hex, signature line) of the tree head this rank holds."""
+        body = self.body(tracker)
+        return tracker.size, tracker.root().hex(), sign_note(body, self.signer)[len(body) + 1:]
+
+
+def assemble(body: str, lines: Sequence[str]) -> str:
+    """One signed note: ``body``, a blank line, the signature lines (each once, sorted)."""
+    return body + "\n" + "".join(sorted(set(lines)))
+
+
+def verify_endorsed(note: str | bytes, verifiers: Sequence[Verifier], quorum: int | None = None) -> Checkpoint:
+    """The checkpoint in ``note`` if at least ``quorum`` of ``verifiers`` (default: more than
+    two thirds of them) signed it; :class:`CheckpointInvalid` otherwise, or if any of their
+    signatures fails (a changed size or root), as the signed-note rules say."""
+    keys = {(v.name, v.key_id): v for v in verifiers}
+    if not keys:
+        raise CheckpointInvalid("no public keys of the ranks were given")
+    need = quorum_of(len(keys)) if quorum is None else quorum
+    if not 1 <= need <= len(keys):
+        raise CheckpointInvalid(f"a quorum of {need} out of {len(keys)} rank keys is impossible")
+    checkpoint = parse(note)  # strict: the body and the signature lines' form
+    open_note(note, list(keys.values()))  # any failing signature by a known key rejects the note
+    signed = []
+    for key in keys.values():
+        try:
+            open_note(note, [key])
+        except CheckpointInvalid:  # no signature by this key (a bad one was refused above)
+            continue
+        signed.append(key.name)
+    if len(signed) < need:
+        raise CheckpointInvalid(
+            f"the tree head of {checkpoint.size} records is signed by {len(signed)} of the {len(keys)} ranks' keys "
+            f"({', '.join(sorted(signed)) or 'none'}); a quorum is {need}")
+    return checkpoint
