@@ -11,7 +11,6 @@ import base64
 import datetime
 import json
 import re
-import subprocess
 
 import pytest
 from blake3 import blake3
@@ -19,12 +18,15 @@ from blake3 import blake3
 from lineage_ledger import open_ledger
 from lineage_ledger._tree import BLAKE3, levels_of, memory_source, root
 from tests.conftest import run_cli
-from tests.support.fabric import ROOT, build_chaincode, shared_network
+from tests.support.fabric import (
+    PRE_TREE_CHAINCODE_COMMIT,
+    build_chaincode,
+    chaincode_source_at,
+    shared_network,
+)
 from tests.support.factories import make_records
 
 pytestmark = [pytest.mark.fabric, pytest.mark.timeout(600)]
-# The last commit whose chaincode kept no log tree: the upgrade test deploys it first.
-LEGACY_CHAINCODE_COMMIT = "6dbf6a9"
 _EMPTY_ROOT = blake3(b"").hexdigest()
 
 
@@ -259,15 +261,11 @@ def test_forged_altered_and_replayed_answers_are_refused(fabric_network, tmp_pat
 
 def _legacy_chaincode_source(tmp_path):
     """The chaincode as it was before the log tree, from this repository's history."""
-    target = tmp_path / "legacy"
-    target.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", LEGACY_CHAINCODE_COMMIT,
-                              "ledger_backends/fabric/chaincode"], capture_output=True, timeout=60)
-    if archive.returncode != 0:
-        pytest.skip(f"commit {LEGACY_CHAINCODE_COMMIT} (the chaincode before the log tree) is not in this "
-                    f"checkout's history (a shallow clone?): {archive.stderr.decode(errors='replace')[:200]}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True, timeout=60)
-    return target / "ledger_backends" / "fabric" / "chaincode"
+    source, why_not = chaincode_source_at(PRE_TREE_CHAINCODE_COMMIT, tmp_path / "legacy")
+    if source is None:
+        pytest.skip(f"commit {PRE_TREE_CHAINCODE_COMMIT} (the chaincode before the log tree) is not in this "
+                    f"checkout's history (a shallow clone?): {why_not}")
+    return source
 
 
 def test_a_ledger_of_the_previous_chaincode_gets_its_tree_after_the_upgrade(fabric_network, workdir, tmp_path):

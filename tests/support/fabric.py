@@ -100,6 +100,23 @@ def build_chaincode(source: Path = CHAINCODE_SRC) -> Path:
     return binary
 
 
+#: The last commit whose chaincode kept no log tree (the tests and the benchmark deploy it
+#: to show the upgrade of an existing ledger and what the tree costs an append).
+PRE_TREE_CHAINCODE_COMMIT = "6dbf6a9"
+
+
+def chaincode_source_at(commit: str, directory: Path) -> tuple[Path | None, str]:
+    """The chaincode's sources as of ``commit``, from this repository's history, extracted
+    under ``directory``: (path, "") or (None, why not: e.g. a shallow clone without it)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "ledger_backends/fabric/chaincode"],
+                             capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        return None, archive.stderr.decode(errors="replace").strip()[:200]
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True, timeout=60)
+    return directory / "ledger_backends" / "fabric" / "chaincode", ""
+
+
 @dataclass
 class Org:
     name: str  # Org1
