@@ -251,3 +251,19 @@ def test_a_symlink_loop_in_a_tree_is_reported_and_skipped(cli, workdir):
     verified = verify(cli, "data", check_rc=0)
     assert "data/a.txt OK" in verified.stdout or "a.txt" in verified.stdout
     assert "skipped data/loop2: symbolic link loop" in verified.stderr
+
+
+def test_log_says_it_shows_the_last_records_and_lists_no_manifests(cli, workdir):
+    write(workdir / "in" / "a.txt", "a")
+    directory = hash_file(workdir / "in")
+    now = datetime.now(timezone.utc)
+    tasks = [Record(engine="test", run_id="r", task_id=str(i), task_name=f"t{i}", status="succeeded",
+                    started=now, ended=now, inputs=entries_of([directory])) for i in range(22)]
+    with open_ledger() as ledger:
+        ledger.append_records([r.stored() for r in [*manifest_records_of([directory]), *tasks]])
+    shown = cli("log", check_rc=0)
+    assert len(shown.stdout.splitlines()) == 20
+    assert "showing the last 20 of 23 records; -n 0 shows all" in shown.stderr
+    everything = cli("log", "-n", "0", check_rc=0)
+    assert len(everything.stdout.splitlines()) == 22 and "showing" not in everything.stderr
+    assert "directory manifest" not in everything.stdout
