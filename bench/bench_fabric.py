@@ -136,11 +136,12 @@ def main() -> None:
             else:
                 print(f"per-block/no-tree not measured: {why_not}")
             for round_no in range(args.rounds):
-                url = network.client_url(org, "bench", "provider", f"bench-b{round_no}")
-                times["per-block"].append(run_per_block(url, f"{tmp}/spool-b{round_no}", batched))
-                if source is not None:
-                    url = network.client_url(org, "bench", "provider", f"bench-n{round_no}", chaincode="pretree")
-                    times["per-block/no-tree"].append(run_per_block(url, f"{tmp}/spool-n{round_no}", batched))
+                variants = [("per-block", f"bench-b{round_no}", "lineage")]
+                if source is not None:  # alternately first and second, so warming up favours neither
+                    variants.insert(round_no % 2, ("per-block/no-tree", f"bench-n{round_no}", "pretree"))
+                for name, ledger_name, chaincode in variants:
+                    url = network.client_url(org, "bench", "provider", ledger_name, chaincode=chaincode)
+                    times[name].append(run_per_block(url, f"{tmp}/spool-{ledger_name}", batched))
                 url = network.client_url(org, "bench", "provider", f"bench-r{round_no}")
                 times["per-record"].append(run_per_record(url, f"{tmp}/spool-r{round_no}", single))
             url = network.client_url(org, "bench", "provider", "bench-b0", endorsers=network.endorsers())

@@ -27,7 +27,10 @@ import (
 	"github.com/zeebo/blake3"
 )
 
-const treeMark = "t1"
+const (
+	treeMark       = "t1"
+	buildStepBytes = 16 << 20 // BuildTree reads at most about this much per transaction
+)
 
 // logTree is the compact range of the tree over the first size records (blocks blocks).
 type logTree struct {
@@ -154,8 +157,8 @@ func (c *LedgerContract) TreeHead(ctx contractapi.TransactionContextInterface, l
 }
 
 // BuildTree builds the log tree of a ledger begun by an older chaincode, at most maxBlocks
-// blocks per transaction (each is a bounded read set; the client calls it until it answers
-// "done"). When the tree reaches the head, the head gets the mark and every later Append
+// blocks (and about 16 MiB of them) per transaction, so each is small; the client calls it
+// until it answers "done". When the tree reaches the head, the head gets the mark and every later Append
 // keeps the tree current. It reads the head, so an Append committed meanwhile makes this
 // transaction fail validation (MVCC) and the client calls again: the tree never skips a block.
 // Answers "blocks <TAB> size <TAB> done|more".
@@ -185,22 +188,21 @@ func (c *LedgerContract) BuildTree(ctx contractapi.TransactionContextInterface, 
 	if stop > head.Height+1 {
 		stop = head.Height + 1
 	}
+	// One GetState per block, not a range scan: a scan's pages hold up to 100 values, and
+	// 100 blocks of 1,000 records would not fit in one message between peer and chaincode.
+	// A step also ends after buildStepBytes of blocks, so that every transaction stays small.
 	stub := ctx.GetStub()
-	blocks, err := stub.GetStateByRange(p+"b/"+fmt.Sprintf("%012d", tree.Blocks), p+"b/"+fmt.Sprintf("%012d", stop))
-	if err != nil {
-		return "", err
-	}
-	defer blocks.Close()
-	for blocks.HasNext() {
-		kv, err := blocks.Next()
+	read := 0
+	for tree.Blocks < stop && (read < buildStepBytes || read == 0) {
+		height := tree.Blocks
+		value, err := stub.GetState(p + "b/" + fmt.Sprintf("%012d", height))
 		if err != nil {
 			return "", err
 		}
-		height, _ := strconv.ParseInt(kv.Key[strings.LastIndexByte(kv.Key, '/')+1:], 10, 64)
-		if height != tree.Blocks {
-			return "", fmt.Errorf("block %d is missing from the ledger's state", tree.Blocks)
+		if value == nil {
+			return "", fmt.Errorf("block %d is missing from the ledger's state", height)
 		}
-		block, err := parseStoredBlock(height, kv.Value)
+		block, err := parseStoredBlock(height, value)
 		if err != nil {
 			return "", err
 		}
@@ -212,9 +214,7 @@ func (c *LedgerContract) BuildTree(ctx contractapi.TransactionContextInterface, 
 			return "", err
 		}
 		tree.Blocks++
-	}
-	if tree.Blocks != stop {
-		return "", fmt.Errorf("block %d is missing from the ledger's state", tree.Blocks)
+		read += len(value)
 	}
 	if err := stub.PutState(p+"tree", []byte(tree.encode())); err != nil {
 		return "", err
