@@ -159,10 +159,38 @@ def reset() -> None:
 
 
 def try_key(ti: Any) -> tuple[str, int]:
+    """(dag id, run id, task id, map index) and the try number: what names one try.
+
+    Not the task-instance id: Airflow 3 gives a task instance a new id for its next try
+    (``prepare_db_for_next_try``) before the scheduler reports the failed one, so the
+    scheduler's report of try 1 would carry try 2's id and miss the task's own report.
+    """
+    map_index = getattr(ti, "map_index", -1)
+    natural = f"{ti.dag_id}\0{ti.run_id}\0{ti.task_id}\0{-1 if map_index is None else int(map_index)}"
+    return natural, int(getattr(ti, "try_number", 0) or 0)
+
+
+def own_ti_id(ti: Any) -> str:
+    """The task-instance id of the try being reported.
+
+    When the scheduler fails a try that may be retried, it has already given the ORM
+    object the next try's id when it calls the listener; the try's own id is the value
+    SQLAlchemy still holds as the attribute's history (not yet flushed), the id under
+    which ``task_instance_history`` keeps the try.
+    """
     ident = getattr(ti, "id", None)
-    if ident is None:  # should not happen in Airflow 3; fall back on the natural key
-        ident = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
-    return str(ident), int(getattr(ti, "try_number", 0) or 0)
+    if type(ti).__name__ == "TaskInstance":  # the ORM object: only outside task processes
+        try:
+            from sqlalchemy import inspect as orm_state
+
+            state = orm_state(ti, raiseerr=False)
+            if state is not None:
+                replaced = state.attrs.id.history.deleted
+                if replaced:
+                    ident = replaced[0]
+        except Exception:  # noqa: BLE001 - then the id it has now
+            log.debug("lineage-ledger: cannot read the previous id of %s", ti, exc_info=True)
+    return "" if ident is None else str(ident)
 
 
 _marker_dirs: set[str] = set()
@@ -233,13 +261,25 @@ def sweep(folder: str, cutoff: float) -> int:
     return removed
 
 
+def _marker_name(key: tuple[str, int]) -> str:
+    return blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+
+
+def claimed(key: tuple[str, int]) -> bool:
+    """Whether some process on this machine has recorded (or is recording) this try."""
+    with _lock:
+        if key in _claimed:
+            return True
+    return os.path.exists(os.path.join(_marker_dir(capture()), _marker_name(key)))
+
+
 def claim(key: tuple[str, int]) -> bool:
     """True for the first report of this try on this machine; False for every later one."""
     with _lock:
         if key in _claimed:
             return False
         _claimed.add(key)
-    name = blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+    name = _marker_name(key)
     directory = _marker_dir(capture())
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
     try:
@@ -258,7 +298,7 @@ def unclaim(key: tuple[str, int]) -> None:
     """Let a later report try again when this one could not be written."""
     with _lock:
         _claimed.discard(key)
-    name = blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
+    name = _marker_name(key)
     try:
         os.unlink(os.path.join(_marker_dir(capture()), name))
     except OSError:
@@ -320,14 +360,16 @@ def airflow_facts(ti: Any, state: str, error: BaseException | str | None) -> dic
     facts: dict[str, Any] = {
         "dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
         "map_index": getattr(ti, "map_index", -1), "try_number": getattr(ti, "try_number", None),
-        "ti_id": str(getattr(ti, "id", "")), "state": state,
+        "ti_id": own_ti_id(ti), "state": state,
         "hostname": getattr(ti, "hostname", None),
     }
     task = getattr(ti, "task", None)
     if task is not None:
         facts["operator"] = operator_path(task)
-    # Reports from outside the task process (scheduler, API server) carry the ORM TaskInstance.
-    facts["reported_by"] = "task" if type(ti).__name__ == "RuntimeTaskInstance" else "server"
+    # Reports from outside the task process (scheduler, API server) carry the ORM TaskInstance;
+    # the scheduler's own sweep at the end of a DAG run says so (see _reconcile).
+    facts["reported_by"] = getattr(ti, "reported_by", None) or (
+        "task" if type(ti).__name__ == "RuntimeTaskInstance" else "server")
     if error is not None:
         facts["error"] = f"{type(error).__name__}: {error}"[:2000] if isinstance(error, BaseException) else str(error)[:2000]
     return facts

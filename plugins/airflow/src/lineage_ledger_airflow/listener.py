@@ -2,7 +2,8 @@
 
 Airflow calls these hooks in the task process (``RuntimeTaskInstance``) and, for failures it
 decides itself (heartbeat timeouts, a task marked failed in the UI), in the scheduler or the
-API server (the ORM ``TaskInstance``). Listeners cannot stop a task; refusing to run is the
+API server (the ORM ``TaskInstance``). When a DAG run ends, the scheduler's hooks record the
+tries that no task process reported (:mod:`._reconcile`). Listeners cannot stop a task; refusing to run is the
 job of :class:`~lineage_ledger_airflow.operators.LedgerOperator` and of the optional
 :func:`~lineage_ledger_airflow.policy.task_policy`.
 
@@ -47,11 +48,30 @@ class LedgerListener:
         self._record(task_instance, "failed", state, error)
 
     @hookimpl
+    def on_dag_run_success(self, dag_run: Any, msg: str) -> None:
+        self._sweep(dag_run)
+
+    @hookimpl
+    def on_dag_run_failed(self, dag_run: Any, msg: str) -> None:
+        self._sweep(dag_run)
+
+    @hookimpl
     def before_stopping(self, component: Any) -> None:
         try:
             _tries.flush_before_exit()
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: could not flush before the process stops")
+
+    def _sweep(self, dag_run: Any) -> None:
+        """In the scheduler, at the end of a run: record the tries no task process recorded
+        (EmptyOperator, a killed task process); see :mod:`._reconcile`."""
+        try:
+            if _settings.enabled() and not _tries.in_process_runner():
+                from ._reconcile import record_unreported
+
+                record_unreported(dag_run)
+        except Exception:  # noqa: BLE001 - never break the scheduler
+            log.exception("lineage-ledger: could not sweep the tries of %s", getattr(dag_run, "run_id", "?"))
 
     def _record(self, ti: Any, status: str, state: str, error: Any) -> None:
         try:

@@ -1,0 +1,136 @@
+"""The scheduler's sweep at the end of a DAG run: tries no task process recorded.
+
+Two kinds of try never reach a task process's listener:
+
+* tasks the scheduler completes itself: an ``EmptyOperator`` without callbacks, inlets or
+  outlets is set to ``success`` by ``DagRun.schedule_tis`` and never runs anywhere;
+* tries whose task process died without reporting (``kill -9``, the OOM killer, a machine
+  gone); the supervisor marks them failed through the Execution API, which calls no listener.
+
+When a DAG run ends, the scheduler calls ``on_dag_run_success`` / ``on_dag_run_failed``.
+The listener then walks the run's tries in the metadata database (``task_instance`` and
+``task_instance_history``) and records, as ``reported_by = "scheduler"``, each try that no
+process on this machine has claimed and whose task process is gone. A try whose process is
+still alive is left to it: a task reports its state to Airflow before its listener records
+it, so the run can end while the last task is still writing its record.
+
+A try run on another machine (a remote executor) is left alone: its markers live on that
+machine, and this machine cannot tell whether its process is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+from typing import Any
+
+from . import _tries
+
+log = logging.getLogger("lineage_ledger.airflow")
+
+#: Final states of a try worth a record (skipped, upstream_failed, removed never ran).
+RECORDED_STATES = {"success": "succeeded", "failed": "failed", "up_for_retry": "failed"}
+
+
+def _value(state: Any) -> str:
+    return str(getattr(state, "value", state) or "")
+
+
+def _this_host() -> str:
+    try:
+        from airflow.utils.net import get_hostname
+
+        return str(get_hostname())
+    except Exception:  # noqa: BLE001
+        import socket
+
+        return socket.getfqdn()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _tries_of(dag_run: Any) -> list[Any]:
+    """The run's task instances and archived tries, read in the scheduler's own session
+    (it sees what the scheduler changed in this transaction)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
+
+    def read(session: Any) -> list[Any]:
+        rows: list[Any] = []
+        for model in (TaskInstanceHistory, TaskInstance):
+            rows.extend(session.scalars(
+                select(model).where(model.dag_id == dag_run.dag_id, model.run_id == dag_run.run_id)))
+        return rows
+
+    session = object_session(dag_run)
+    if session is not None:
+        return read(session)
+    from airflow.utils.session import create_session
+
+    with create_session() as new_session:
+        return read(new_session)
+
+
+def _stand_in(row: Any, task: Any) -> SimpleNamespace:
+    """What :func:`_tries.record_try` reads of a task instance, from a database row."""
+    ident = getattr(row, "task_instance_id", None) or getattr(row, "id", None)
+    return SimpleNamespace(
+        dag_id=row.dag_id, run_id=row.run_id, task_id=row.task_id, map_index=row.map_index,
+        try_number=row.try_number, id=ident, start_date=row.start_date, end_date=row.end_date,
+        hostname=row.hostname or None, task=task, reported_by="scheduler",
+    )
+
+
+def record_unreported(dag_run: Any) -> int:
+    """Record the run's finished tries that no process recorded; how many were recorded."""
+    dag = getattr(dag_run, "dag", None)
+    host = _this_host()
+    recorded = 0
+    for row in _tries_of(dag_run):
+        state = _value(row.state)
+        if (row.try_number or 0) < 1 or state not in RECORDED_STATES:
+            continue
+        key = (_tries.try_key(row)[0], int(row.try_number))
+        if _tries.claimed(key):
+            continue
+        if row.hostname and row.hostname != host:
+            continue  # another machine's try: its markers are there
+        if row.hostname and row.pid and process_alive(int(row.pid)):
+            continue  # still in its overtime: it records itself
+        task = None
+        if dag is not None:
+            try:
+                task = dag.get_task(row.task_id)
+            except Exception:  # noqa: BLE001 - a task removed from the DAG since
+                task = None
+        if row.hostname or row.pid:
+            error = "the task process ended without reporting this try (killed?)"
+        else:
+            error = None  # completed by the scheduler (EmptyOperator): no process ever ran
+        status = RECORDED_STATES[state]
+        record_id = _tries.record_try(
+            _stand_in(row, task), status, state=state, error=error if status == "failed" else None,
+            extra={"completed_by_scheduler": True} if not (row.hostname or row.pid) else None,
+        )
+        if record_id is not None:
+            recorded += 1
+    if recorded:
+        log.info("lineage-ledger: recorded %d tries of %s/%s that no task process recorded",
+                 recorded, dag_run.dag_id, dag_run.run_id)
+    return recorded

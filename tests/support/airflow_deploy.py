@@ -1,0 +1,255 @@
+"""A real Airflow 3 deployment on loopback, as users run one: ``airflow scheduler``,
+``airflow dag-processor`` and ``airflow api-server`` as separate processes, LocalExecutor,
+a PostgreSQL metadata database. Everything lives under one temporary ``AIRFLOW_HOME``.
+
+Intervals are short (scheduler loop, DAG-folder scan, heartbeats) so a DAG run takes
+seconds. The tests read Airflow's own view of what ran from the metadata database
+(``task_instance`` and ``task_instance_history``) and compare it with the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TEST_DAGS = Path(__file__).resolve().parent / "airflow_dags" / "deploy"
+TERMINAL_RUN_STATES = ("success", "failed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Try:
+    """One try of a task instance as the metadata database has it."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+    ti_id: str
+    state: str | None
+    operator: str | None
+
+    @property
+    def key(self) -> tuple[str, str, str, int, int]:
+        return (self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number)
+
+
+@dataclass
+class Deployment:
+    home: Path
+    metadata_dsn: str  # postgresql://… of the metadata database
+    ledger_url: str
+    spool: Path
+    data: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: Process groups started, killed with everything left in them at the end.
+    groups: list[int] = field(default_factory=list)
+    api_port: int = 0
+
+    # -- set-up ----------------------------------------------------------------------
+    def configure(self, extra: dict[str, str] | None = None) -> None:
+        dags = self.home / "dags"
+        dags.mkdir(parents=True, exist_ok=True)
+        for dag_file in TEST_DAGS.glob("*.py"):
+            shutil.copy(dag_file, dags / dag_file.name)
+        self.api_port = free_port()
+        sa_url = self.metadata_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+        self.env = {
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            "AIRFLOW__CORE__FERNET_KEY": "",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sa_url,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": sa_url,  # psycopg 3 does both; no asyncpg
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": "lineage-ledger-tests-secret",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "lineage-ledger-tests-jwt-secret-0123456789",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "8",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__LINEAGE_LEDGER__URL": self.ledger_url,
+            "AIRFLOW__LINEAGE_LEDGER__SPOOL": str(self.spool),
+            "LINEAGE_EXAMPLE_DATA": str(self.data),
+            "HOME": str(self.home),  # nothing of Airflow's may land in the real home
+            **(extra or {}),
+        }
+
+    def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LINEAGE_"))}
+        full.update(self.env)
+        full.update(extra or {})
+        return full
+
+    def cli(self, *args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(BIN / "airflow"), *args], env=self.environ(), capture_output=True,
+                                text=True, timeout=timeout, cwd=self.home)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def start(self, *components: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``scheduler``, ``dag-processor`` and/or ``api-server`` (all three by default)."""
+        for name in components or ("api-server", "dag-processor", "scheduler"):
+            log = open(self.home / f"{name}.log", "ab")
+            args = [str(BIN / "airflow"), name]
+            if name == "api-server":
+                args += ["--port", str(self.api_port), "--host", "127.0.0.1"]
+            self.processes[name] = subprocess.Popen(
+                args, env=self.environ(extra_env), stdout=log, stderr=subprocess.STDOUT, cwd=self.home,
+                start_new_session=True,  # its own process group: its workers die with it
+            )
+            log.close()
+            self.groups.append(self.processes[name].pid)
+            if name == "api-server":
+                self.wait_for_api()
+
+    def wait_for_api(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=3) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            process = self.processes["api-server"]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the api-server did not come up:\n{self.log_tail('api-server')}")
+            time.sleep(0.5)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
+        """Signal a component: its whole process group, or (``group=False``) its main process
+        alone, as ``kill -9 PID`` does; its LocalExecutor workers then live on as orphans."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        try:
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        for name in ("scheduler", "dag-processor", "api-server"):
+            self.kill(name, signal.SIGKILL)  # nothing to keep: a graceful stop takes 20 s
+        for pgid in self.groups:  # orphans of a component killed alone
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, name: str, chars: int = 4000) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    # -- the metadata database -------------------------------------------------------
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.metadata_dsn, autocommit=True) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 180.0) -> None:
+        """Wait until the dag-processor has serialized these DAGs."""
+        wanted = set(dag_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                have = {row[0] for row in self.query("SELECT dag_id FROM serialized_dag")}
+            except Exception:  # noqa: BLE001 - the table appears with the migration
+                have = set()
+            if wanted <= have:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"DAGs {sorted(wanted - have)} were not parsed:\n{self.log_tail('dag-processor')}")
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, run_id: str) -> None:
+        self.cli("dags", "trigger", dag_id, "--run-id", run_id, timeout=180)
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        rows = self.query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", dag_id, run_id)
+        return rows[0][0] if rows else None
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 180.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run_state(dag_id, run_id)
+            if state in TERMINAL_RUN_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{dag_id}/{run_id} still {state} after {timeout} s:\n{self.log_tail('scheduler')}")
+            time.sleep(1)
+
+    def wait_for(self, predicate, what: str, timeout: float = 120.0, every: float = 0.5):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.log_tail('scheduler')}")
+            time.sleep(every)
+
+    def tries(self, dag_id: str, run_id: str) -> list[Try]:
+        """Every try of the run that started (try_number >= 1): the finished ones archived in
+        ``task_instance_history``, the last one in ``task_instance``."""
+        rows = self.query(
+            "SELECT dag_id, run_id, task_id, map_index, try_number, CAST(task_instance_id AS text), state, operator"
+            " FROM task_instance_history WHERE dag_id = %s AND run_id = %s"
+            " UNION ALL SELECT dag_id, run_id, task_id, map_index, try_number, CAST(id AS text), state, operator"
+            " FROM task_instance WHERE dag_id = %s AND run_id = %s",
+            dag_id, run_id, dag_id, run_id,
+        )
+        return sorted((Try(*row) for row in rows if row[4] >= 1), key=lambda t: t.key)
+
+    def task_pid(self, dag_id: str, run_id: str, task_id: str) -> int | None:
+        rows = self.query(
+            "SELECT pid FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s AND state = 'running'",
+            dag_id, run_id, task_id)
+        return rows[0][0] if rows and rows[0][0] else None
+
+
+def airflow_key(record) -> tuple[str, str, str, int, int]:
+    facts = record.extra["airflow"]
+    return (facts["dag_id"], facts["run_id"], facts["task_id"], int(facts["map_index"]), int(facts["try_number"]))

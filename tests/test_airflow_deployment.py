@@ -1,0 +1,238 @@
+"""The Airflow plugin under a real deployment: ``airflow scheduler``, ``airflow dag-processor``
+and ``airflow api-server`` as separate processes on loopback, LocalExecutor, a PostgreSQL
+metadata database started by the tests, and a PostgreSQL ledger the tests stop and start.
+
+Airflow's own account of what ran (``task_instance`` and ``task_instance_history`` in the
+metadata database) is compared with the ledger: every try has exactly one record, under its
+own try's ids. One deployment serves the module (starting one takes about 40 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from lineage_ledger import open_ledger
+from tests.conftest import run_cli
+from tests.support.airflow_deploy import Deployment, airflow_key
+from tests.support.airflow_site import airflow_installed
+from tests.support.postgres import PostgresServer, find_server_binaries
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.skipif(not airflow_installed(), reason="apache-airflow is not installed (make install-airflow)"),
+]
+
+
+@pytest.fixture(scope="module")
+def ledger_server():
+    bindir = find_server_binaries()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (initdb) on this machine; .ci/run installs Debian's postgresql")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, postgres_server, ledger_server):
+    base = tmp_path_factory.mktemp("airflow-deployment")
+    site = Deployment(home=base / "home", metadata_dsn=postgres_server.create_database(),
+                      ledger_url=ledger_server.create_database(), spool=base / "spool", data=base / "data")
+    site.data.mkdir(parents=True)
+    (site.data / "seed.txt").write_text("seed\n")
+    site.configure({"XDG_STATE_HOME": str(base / "state")})
+    site.cli("db", "migrate")
+    site.start()
+    try:
+        site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many"])
+        yield site
+    finally:
+        site.stop()
+
+
+def ledger_records(site: Deployment, dag_id: str, run_id: str, url: str | None = None) -> list[dict]:
+    """The run's records as ``lineage-ledger log --json`` gives them, one JSON object a line
+    (it reads; it ships nothing)."""
+    result = run_cli("log", "--ledger", url or site.ledger_url, "--run", f"{dag_id}/{run_id}", "--json",
+                     "-n", "1000", cwd=site.home, check_rc=0)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def ship(site: Deployment, url: str | None = None) -> None:
+    run_cli("spool", "ship", "--ledger", url or site.ledger_url, "--spool", site.spool, "--timeout", "60",
+            cwd=site.home, check_rc=0)
+
+
+class Rec:
+    def __init__(self, entry: dict) -> None:
+        self.entry = entry
+        self.extra = entry.get("extra") or {}
+        self.airflow = self.extra["airflow"]
+
+    def __getattr__(self, name: str):
+        return self.entry[name]
+
+
+def by_try(records: list[dict]) -> dict[tuple, list[Rec]]:
+    grouped: dict[tuple, list[Rec]] = {}
+    for entry in records:
+        rec = Rec(entry)
+        grouped.setdefault(airflow_key(rec), []).append(rec)
+    return grouped
+
+
+def assert_every_try_recorded_once(site: Deployment, dag_id: str, run_id: str, url: str | None = None) -> dict:
+    """Every try in the metadata database has exactly one record, carrying its own try's id."""
+    tries = site.tries(dag_id, run_id)
+    assert tries, f"no tries of {dag_id}/{run_id} in the metadata database"
+    deadline = time.monotonic() + 30
+    while True:  # the scheduler's records of a run's end are shipped in the background
+        records = by_try(ledger_records(site, dag_id, run_id, url))
+        if {t.key for t in tries} <= set(records) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    missing = [t.key for t in tries if t.key not in records]
+    assert not missing, f"tries without a record: {missing}"
+    duplicated = {key: len(recs) for key, recs in records.items() if len(recs) > 1}
+    assert not duplicated, f"tries recorded more than once: {duplicated}"
+    assert set(records) == {t.key for t in tries}, "records of tries the metadata database does not have"
+    for t in tries:
+        (rec,) = records[t.key]
+        assert rec.airflow["ti_id"] == t.ti_id, (t, rec.airflow)
+        assert rec.attempt == t.try_number
+        assert rec.status == ("succeeded" if t.state == "success" else "failed"), (t, rec.status)
+    return {key: recs[0] for key, recs in records.items()}
+
+
+def test_every_try_retries_mapped_empty_and_failed(deployment):
+    site = deployment
+    doomed = site.data / "doomed.txt"
+    doomed.write_text("left by an earlier run\n")  # the failing task never writes it
+    site.trigger("deploy_tries", "tries-1")
+    assert site.wait_for_run("deploy_tries", "tries-1") == "failed"  # doomed fails
+    records = assert_every_try_recorded_once(site, "deploy_tries", "tries-1")
+
+    key = ("deploy_tries", "tries-1")
+    assert [records[(*key, "flaky", -1, n)].status for n in (1, 2)] == ["failed", "succeeded"]
+    assert records[(*key, "flaky", -1, 1)].airflow["state"] == "up_for_retry"
+    assert {records[(*key, "mapped", i, 1)].task_id for i in range(3)} == {
+        f"deploy_tries/tries-1/mapped[{i}]" for i in range(3)}
+    # The EmptyOperator never had a task process: the scheduler's sweep recorded it.
+    join = records[(*key, "join", -1, 1)]
+    assert join.status == "succeeded" and join.airflow["reported_by"] == "scheduler"
+    assert join.extra.get("completed_by_scheduler") is True
+    # A failed try lists as outputs only what it wrote: not the earlier run's file.
+    failed = records[(*key, "doomed", -1, 1)]
+    assert failed.status == "failed" and failed.outputs == {}
+    assert failed.extra["outputs_not_written"] == [str(doomed)]
+    produced = site.data / "produced.txt"
+    assert str(produced) in records[(*key, "produce", -1, 1)].outputs
+    verified = run_cli("--ledger", site.ledger_url, produced, program="verify-lineage", cwd=site.home)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_kill_9_of_a_task_process(deployment):
+    site = deployment
+    site.trigger("deploy_kill", "kill-1")
+    pid = site.wait_for(lambda: site.task_pid("deploy_kill", "kill-1", "victim"), "the task process's pid")
+    time.sleep(1)  # past its start hook
+    os.kill(pid, signal.SIGKILL)
+    assert site.wait_for_run("deploy_kill", "kill-1") == "success"  # try 2 succeeds
+    records = assert_every_try_recorded_once(site, "deploy_kill", "kill-1")
+    killed = records[("deploy_kill", "kill-1", "victim", -1, 1)]
+    # Its process died: the scheduler reported it (the executor's event, or its end-of-run sweep),
+    # with try 1's own task-instance id (checked above), not the retry's.
+    assert killed.status == "failed" and killed.airflow["reported_by"] in ("server", "scheduler")
+    assert records[("deploy_kill", "kill-1", "victim", -1, 2)].airflow["reported_by"] == "task"
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_heartbeat_timeout_one_record_under_its_own_ids(deployment):
+    site = deployment
+    site.trigger("deploy_heartbeat", "hb-1")
+    pid = site.wait_for(lambda: site.task_pid("deploy_heartbeat", "hb-1", "silent"), "the task process's pid")
+    supervisor = _parent_of(pid)
+    try:
+        # The task stops its supervisor: no heartbeats. The scheduler fails the try after
+        # the timeout (8 s here) and archives it for the retry.
+        site.wait_for(lambda: site.query(
+            "SELECT 1 FROM task_instance_history WHERE dag_id = 'deploy_heartbeat' AND run_id = 'hb-1'"),
+            "the scheduler to fail try 1", timeout=90)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)  # the task process may now report try 1 too
+    assert site.wait_for_run("deploy_heartbeat", "hb-1") == "success"
+    time.sleep(3)  # give try 1's own process time to report as well (its report must be dropped)
+    records = assert_every_try_recorded_once(site, "deploy_heartbeat", "hb-1")
+    first = records[("deploy_heartbeat", "hb-1", "silent", -1, 1)]
+    assert first.status == "failed" and first.airflow["state"] == "up_for_retry"
+    (history_id,) = site.query(
+        "SELECT CAST(task_instance_id AS text) FROM task_instance_history WHERE dag_id = 'deploy_heartbeat'"
+        " AND run_id = 'hb-1' AND try_number = 1")[0]
+    assert first.airflow["ti_id"] == history_id  # not try 2's id
+
+
+def test_ledger_down_while_tasks_finish_records_wait_in_the_spool(deployment, ledger_server):
+    site = deployment
+    ledger_server.stop()
+    try:
+        site.trigger("deploy_many", "down-1")
+        assert site.wait_for_run("deploy_many", "down-1") == "success"
+        # Nothing was killed for overtime, and every try waits in the spool.
+        assert [t.state for t in site.tries("deploy_many", "down-1")] == ["success"] * 4
+        status = run_cli("spool", "status", "--spool", site.spool, "--json", cwd=site.home, check_rc=0)
+        assert sum(item.get("records", 0) for item in json.loads(status.stdout)) >= 4, status.stdout
+    finally:
+        ledger_server.start()
+    ship(site)
+    assert_every_try_recorded_once(site, "deploy_many", "down-1")
+
+
+def test_kill_9_of_the_scheduler(deployment):
+    site = deployment
+    site.trigger("deploy_tries", "sched-1")
+    site.wait_for(lambda: site.query(
+        "SELECT 1 FROM task_instance WHERE dag_id = 'deploy_tries' AND run_id = 'sched-1'"
+        " AND task_id = 'produce' AND state = 'success'"), "the first task")
+    site.kill("scheduler", signal.SIGKILL, group=False)  # kill -9 of the scheduler alone
+    time.sleep(2)
+    site.start("scheduler")
+    assert site.wait_for_run("deploy_tries", "sched-1") == "failed"  # doomed fails, as ever
+    assert_every_try_recorded_once(site, "deploy_tries", "sched-1")
+
+
+def test_locked_sqlite_ledger_while_tasks_finish(deployment, tmp_path):
+    site = deployment
+    sqlite_url = f"sqlite:///{tmp_path}/ledger.db"
+    open_ledger(sqlite_url, spool=str(tmp_path / "empty-spool")).close()  # the schema, before the lock
+    lock = sqlite3.connect(tmp_path / "ledger.db", timeout=5, check_same_thread=False)
+    # The task processes inherit the scheduler's settings: a scheduler on the SQLite ledger.
+    site.kill("scheduler", signal.SIGKILL)
+    site.start("scheduler", extra_env={"AIRFLOW__LINEAGE_LEDGER__URL": sqlite_url})
+    lock.execute("BEGIN EXCLUSIVE")  # the write lock, held until every task has finished
+    try:
+        site.trigger("deploy_many", "locked-1")
+        assert site.wait_for_run("deploy_many", "locked-1") == "success"
+        # None waited for the lock: none was killed after task_success_overtime (20 s).
+        rows = site.query("SELECT state, duration FROM task_instance WHERE dag_id = 'deploy_many'"
+                          " AND run_id = 'locked-1'")
+        assert [state for state, _ in rows] == ["success"] * 4
+        assert max(duration for _, duration in rows) < 15, rows
+        assert ledger_records(site, "deploy_many", "locked-1", sqlite_url) == []  # all in the spool
+    finally:
+        lock.rollback()
+        lock.close()
+        site.kill("scheduler", signal.SIGKILL)
+        site.start("scheduler")  # back on the PostgreSQL ledger for the other tests
+    ship(site, sqlite_url)
+    assert_every_try_recorded_once(site, "deploy_many", "locked-1", sqlite_url)
