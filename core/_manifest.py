@@ -28,7 +28,7 @@ import stat as stat_module
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -88,14 +88,14 @@ class Manifest:
     """A directory's entries, sorted by relative path (see the module's docstring)."""
 
     entries: tuple[tuple[Any, ...], ...]
+    digest: str = field(default="", compare=False)  # computed from the entries when not given
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            object.__setattr__(self, "digest", blake3(self.encode()).hexdigest())
 
     def encode(self) -> bytes:
-        return canonical_bytes({"directory": MANIFEST_VERSION, "entries": [list(e) for e in self.entries]},
-                               check_keys=False)
-
-    @property
-    def digest(self) -> str:
-        return blake3(self.encode()).hexdigest()
+        return canonical_bytes({"directory": MANIFEST_VERSION, "entries": self.entries}, check_keys=False)
 
     @property
     def size(self) -> int:
