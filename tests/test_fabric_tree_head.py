@@ -286,6 +286,10 @@ def test_a_ledger_of_the_previous_chaincode_gets_its_tree_after_the_upgrade(fabr
     result = endorsed_head(url, workdir)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "has no log tree yet" in result.stderr and "build-tree" in result.stderr
+    from lineage_ledger.backends import open_backend
+
+    with open_backend(url) as backend:
+        assert backend.endorsed_head() is None  # a verifier's hook: nothing to compare yet, no failure
     built = run_cli("-m", "lineage_ledger.backends.fabric", "build-tree", "--ledger", url,
                     "--blocks-per-transaction", "2", program="python", cwd=workdir)  # in two steps
     assert built.returncode == 0, built.stderr
@@ -293,6 +297,8 @@ def test_a_ledger_of_the_previous_chaincode_gets_its_tree_after_the_upgrade(fabr
     result = endorsed_head(url, workdir)
     assert result.returncode == 0, result.stderr
     assert (json.loads(result.stdout)["size"], json.loads(result.stdout)["root"]) == _log_root(url)
+    with open_backend(url) as backend:
+        assert backend.endorsed_head() == _log_root(url)
     _append(url, tmp_path / "s3", make_records(3, start=80, run_id="after"), 3)  # appends now extend it
     result = endorsed_head(url, workdir)
     assert result.returncode == 0, result.stderr

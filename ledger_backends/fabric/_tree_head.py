@@ -96,6 +96,16 @@ class TreeHeadsMixin:
         size, root, blocks, block_id = _parse_tree_head(answer)
         return EndorsedTreeHead(size, root, blocks, block_id, tuple(endorsers))
 
+    def endorsed_head(self) -> tuple[int, str] | None:
+        """(size, root hex) of the endorsed tree head, signatures proved; None for a ledger
+        that has no tree yet. The hook a verifier calls to compare with its own tree (the
+        core does not yet; see :func:`check_endorsed_head`). Raises ``EndorsementRefused``."""
+        try:
+            endorsed = self.endorsed_tree_head()
+        except TreeNotBuilt:
+            return None
+        return endorsed.size, endorsed.root
+
     def _refuse_tree_head(self, exc: GatewayCallError) -> None:
         """Errors that asking another way would not cure."""
         where = f"fabric ledger {self.profile.ledger!r}"
