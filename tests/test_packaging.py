@@ -1,0 +1,115 @@
+"""What each distribution ships: the licence, py.typed, metadata that PyPI and the Snakemake
+plugin catalog read, and ``twine check``. The core and every plugin (each
+``plugins/*/pyproject.toml``) are built, from a copy of the checkout, as a wheel and an sdist."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LICENSE = (ROOT / "LICENSE").read_bytes()
+PLUGINS = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
+NOT_SOURCES = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".lineage",
+                                     ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", ".demo", "tour")
+
+
+def test_the_licence_is_apache_2_in_the_repository_and_beside_every_plugin():
+    assert b"Apache License" in LICENSE and b"Version 2.0, January 2004" in LICENSE
+    for plugin in PLUGINS:  # license-files cannot reach above a project's own directory
+        assert (plugin / "LICENSE").read_bytes() == LICENSE, plugin
+
+
+@pytest.fixture(scope="module")
+def distributions(tmp_path_factory):
+    """Wheels and sdists of the core and every plugin, built with setuptools >= 77 as pip
+    would build them (one isolated environment for all, so it stays quick)."""
+    base = tmp_path_factory.mktemp("packaging")
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCES, symlinks=True)
+    tools = base / "tools"
+    subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True, timeout=300)
+    pip = subprocess.run([tools / "bin" / "python", "-m", "pip", "install", "--quiet", "setuptools>=77", "build>=1.2"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"could not install setuptools>=77 and build into a scratch venv (no package index?): {pip.stderr[-500:]}")
+    dist = base / "dist"
+    for project in [source, *(source / "plugins" / p.name for p in PLUGINS)]:
+        built = subprocess.run([tools / "bin" / "python", "-m", "build", "--no-isolation", "--outdir", str(dist), str(project)],
+                               capture_output=True, text=True, timeout=600)
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        warnings = [line for line in (built.stdout + built.stderr).splitlines()
+                    if "warning" in line.lower() and "byte-compiling is disabled" not in line]
+        assert warnings == [], (project.name, warnings)  # e.g. a deprecated licence form
+    return dist
+
+
+@pytest.mark.slow
+def test_every_wheel_and_sdist_carries_the_licence_and_metadata(distributions):
+    wheels = sorted(distributions.glob("*.whl"))
+    sdists = sorted(distributions.glob("*.tar.gz"))
+    assert len(wheels) == len(sdists) == 1 + len(PLUGINS)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            licences = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+            assert licences and archive.read(licences[0]) == LICENSE, wheel.name
+            assert any(n.endswith("/py.typed") for n in names), wheel.name
+            meta = email.message_from_bytes(archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
+        assert meta["License-Expression"] == "Apache-2.0", wheel.name
+        urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
+        assert {"Homepage", "Repository", "Documentation", "Issues"} <= set(urls), wheel.name
+        assert meta.get_all("Classifier") and meta["Description-Content-Type"] == "text/markdown", wheel.name
+        assert "../" not in meta.get_payload(), f"{wheel.name}: a relative link is dead on PyPI"
+    core = next(w for w in wheels if w.name.startswith("lineage_ledger-"))
+    assert "lineage_ledger/testing/conformance.py" in zipfile.ZipFile(core).namelist()
+    for sdist in sdists:
+        with tarfile.open(sdist) as archive:
+            top = archive.getnames()[0].split("/")[0]
+            member = archive.extractfile(f"{top}/LICENSE")
+            assert member is not None and member.read() == LICENSE, sdist.name
+
+
+@pytest.mark.slow
+def test_twine_check_passes_for_every_distribution(distributions):
+    pytest.importorskip("twine", reason="twine comes with the dev extra")
+    files = sorted(str(p) for p in distributions.iterdir())
+    result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *files],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASSED") == len(files)
+
+
+@pytest.mark.slow
+def test_fabric_extra_after_airflow_keeps_protobuf_consistent(tmp_path):
+    """Issue 18: with Airflow's OpenTelemetry exporter installed, googleapis-common-protos 1.76
+    (code generated for protobuf >= 6.33.5) came along; installing the `fabric` extra then put
+    protobuf 5 under it, and the exporter's import failed with a protobuf VersionError. pip's
+    plan for the extra must now bring googleapis-common-protos down with protobuf."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    before = subprocess.run([python, "-m", "pip", "install", "--quiet", "googleapis-common-protos==1.76.0"],
+                            capture_output=True, text=True, timeout=600)
+    if before.returncode != 0:
+        pytest.skip(f"no package index reachable: {before.stderr[-300:]}")
+    project = tmp_path / "project"  # pip writes an egg-info beside the pyproject it reads
+    shutil.copytree(ROOT, project, ignore=NOT_SOURCES)
+    report = tmp_path / "plan.json"
+    plan = subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report),
+                           f"lineage-ledger[fabric] @ file://{project}"], capture_output=True, text=True, timeout=600)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    versions = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    assert versions["protobuf"].split(".")[0] == "5"
+    assert "googleapis-common-protos" in versions, "the plan leaves googleapis-common-protos 1.76 on protobuf 5"
+    assert tuple(int(x) for x in versions["googleapis-common-protos"].split(".")[:2]) < (1, 76)
