@@ -1,35 +1,9 @@
 """The exception tree of lineage-ledger.
 
-Every error the library raises on purpose derives from :class:`LedgerError`::
-
-    LedgerError
-    ├── ConfigError                 bad URL, settings or arguments (CLI exit 2)
-    │   ├── UnknownScheme           no back-end registered for the URL's scheme
-    │   ├── MissingExtra            the back-end's optional dependencies are not installed
-    │   └── NoLedger                a read found no ledger at the URL (nothing is created)
-    ├── ArtifactError               a file cannot be hashed: missing, a directory, a symlink
-    │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
-    ├── BackendError                the back-end failed (library errors are translated)
-    │   ├── BackendUnavailable      cannot reach or open the store
-    │   ├── CorruptStore            the store exists but is not a readable ledger
-    │   └── AppendConflict          another writer took the height first; rebuild and retry
-    ├── SpoolError                  the local write-behind journal
-    │   ├── SpoolFull               backpressure: too many records not yet shipped
-    │   └── SpoolCorrupt            a torn or unreadable journal was set aside (nothing dropped)
-    └── VerificationError           a check failed (CLI exit 1)
-        ├── ChainBroken             a block's id, height or previous-block link is wrong
-        ├── MerkleMismatch          a block's Merkle root does not match its records
-        ├── RecordTampered          a stored record's bytes do not hash to its id
-        ├── ArtifactMismatch        a file on disk differs from its last record
-        ├── LineageBroken           an input was consumed in a state no recorded task produced
-        ├── IndexTampered           an index row disagrees with the record it points at
-        ├── ProofFailed             an inclusion or consistency proof does not verify
-        ├── HistoryRewritten        the ledger is not an append-only extension of a tree head
-        │                           it was verified at (it shrank, or forked)
-        └── CheckpointInvalid       a checkpoint is unreadable, or its signature fails
-
-Back-ends raise ``BackendError`` subclasses ``from`` their library's exception, so raw
-SQLAlchemy, MPI or gRPC errors never reach a user.
+Every error the library raises on purpose derives from :class:`LedgerError`; its docstring
+draws the tree (``help(lineage_ledger.LedgerError)``). Back-ends raise ``BackendError``
+subclasses ``from`` their library's exception, so raw SQLAlchemy, MPI or gRPC errors never
+reach a user.
 """
 
 from __future__ import annotations
@@ -62,7 +36,43 @@ __all__ = [
 
 
 class LedgerError(Exception):
-    """Root of every error lineage-ledger raises on purpose."""
+    """Root of every error lineage-ledger raises on purpose: ``except LedgerError`` catches
+    them all. CLI exit status: 1 for a ``VerificationError``, 2 for the others. Those marked
+    (baash) or (fabric) are defined by that back-end's module::
+
+        LedgerError
+        ├── ConfigError                 bad URL, settings or arguments (CLI exit 2)
+        │   ├── UnknownScheme           no back-end registered for the URL's scheme
+        │   ├── MissingExtra            the back-end's optional dependencies are not installed
+        │   └── NoLedger                a read found no ledger at the URL (nothing is created)
+        ├── ArtifactError               a file cannot be hashed: missing, a directory, a symlink
+        │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
+        ├── BackendError                the back-end failed (library errors are translated)
+        │   ├── BackendUnavailable      cannot reach or open the store
+        │   ├── CorruptStore            the store exists but is not a readable ledger
+        │   ├── AppendConflict          another writer took the height first; rebuild and retry
+        │   ├── AccessDenied            (baash, fabric) this identity may not do that
+        │   ├── BlockRejected           (baash) the service's validators found a block invalid
+        │   ├── InvalidBlock            (fabric) the chaincode refused a block that does not check out
+        │   └── TreeNotBuilt            (fabric) the ledger predates the chaincode's log tree
+        ├── SpoolError                  the local write-behind journal
+        │   ├── SpoolFull               backpressure: too many records not yet shipped
+        │   └── SpoolCorrupt            a torn or unreadable journal was set aside (nothing dropped)
+        ├── WaitingInSpool              the back-end did not take the spooled records (spool ship)
+        └── VerificationError           a check failed (CLI exit 1)
+            ├── ChainBroken             a block's id, height or previous-block link is wrong
+            ├── MerkleMismatch          a block's Merkle root does not match its records
+            ├── RecordTampered          a stored record's bytes do not hash to its id
+            ├── ArtifactMismatch        a file on disk differs from its last record
+            ├── LineageBroken           an input was consumed in a state no recorded task produced
+            ├── IndexTampered           an index row disagrees with the record it points at
+            ├── ProofFailed             an inclusion or consistency proof does not verify
+            ├── HistoryRewritten        the ledger is not an append-only extension of a tree head
+            │   │                       it was verified at (it shrank, or forked)
+            │   └── EndorsedHeadMismatch  (fabric) the endorsed head is not the one verified
+            ├── EndorsementRefused      (fabric) an endorsed answer does not prove itself
+            └── CheckpointInvalid       a checkpoint is unreadable, or its signature fails
+    """
 
 
 class ConfigError(LedgerError):
