@@ -46,6 +46,8 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/cli/demo.sh
 
 # pytest exits 5 when it collects nothing; say so plainly instead of a bare make error.
+# pytest-randomly (dev extra) runs the tests in a random order and prints the seed first:
+# PYTEST_ARGS="--randomly-seed=N" (or =last) repeats an order; PYTEST_ARGS="-p no:randomly" turns it off.
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
