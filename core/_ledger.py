@@ -460,17 +460,21 @@ class Ledger:
                 return manifest
         return None
 
-    def container_of(self, path: str) -> tuple[str, LedgerRecord, str, Mapping[str, Any]] | None:
+    def container_of(self, path: str, memo: dict[str, Any] | None = None,
+                     ) -> tuple[str, LedgerRecord, str, Mapping[str, Any]] | None:
         """The nearest recorded directory ``path`` lies in, for a file no record names itself:
-        (directory, the record that last saw it, its role, its entry)."""
+        (directory, the record that last saw it, its role, its entry). ``memo`` keeps what
+        was found for each directory across calls (files of one tree share their parents)."""
+        memo = {} if memo is None else memo
         for key in lookup_paths(path):
             parent = os.path.dirname(key)
             while parent and parent != key:
-                seen = self.last_seen(parent, ("out",)) or self.last_seen(parent)
-                if seen is not None:
-                    entry, role, recorded = seen
-                    if recorded.get("type") == "dir":
-                        return parent, entry, role, recorded
+                if parent not in memo:
+                    seen = self.last_seen(parent, ("out",)) or self.last_seen(parent, ("in",))
+                    memo[parent] = seen if seen is not None and seen[2].get("type") == "dir" else None
+                if memo[parent] is not None:
+                    entry, role, recorded = memo[parent]
+                    return parent, entry, role, recorded
                 key, parent = parent, os.path.dirname(parent)
         return None
 

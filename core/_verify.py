@@ -99,7 +99,7 @@ def verify_chain_of(ledger: Ledger) -> ChainSummary:
 
 
 def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any",
-                   hasher: Hasher | None = None) -> ArtifactCheck:
+                   hasher: Hasher | None = None, containers: dict | None = None) -> ArtifactCheck:
     """Compare a file or directory on disk with the last record that read or wrote it
     (always rehashes, unless a ``hasher`` with a stat cache is given for directories).
 
@@ -108,13 +108,14 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
     make the edit look recorded. Sources, which nobody produced, still compare with the
     last read. A directory that differs names the files inside that changed, appeared or
     disappeared; a file no record names but that lies in a recorded directory is compared
-    with that directory's manifest.
+    with that directory's manifest (``containers``: what :meth:`Ledger.container_of` found
+    for each directory so far, shared by the files of one tree).
     """
     path = ledger.query_path(path)
     seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
     exists = os.path.lexists(path)
     if seen is None:
-        inside = _check_inside(ledger, path, exists)
+        inside = _check_inside(ledger, path, exists, containers)
         if inside is not None:
             return inside
         if not exists:  # most likely a typo: say so as bad input, not as a failed check
@@ -148,10 +149,10 @@ def _changes(ledger: Ledger, recorded, actual: Artifact) -> Changes | None:
     return before.diff(actual.manifest) if before is not None else None  # type: ignore[attr-defined]
 
 
-def _check_inside(ledger: Ledger, path: str, exists: bool) -> ArtifactCheck | None:
+def _check_inside(ledger: Ledger, path: str, exists: bool, containers: dict | None) -> ArtifactCheck | None:
     """A file no record names, checked against the manifest of the recorded directory it
     lies in (None where it lies in none, or the manifest is not in the ledger)."""
-    found = ledger.container_of(path)
+    found = ledger.container_of(path, containers)
     if found is None:
         return None
     directory, entry, role, recorded = found
@@ -260,6 +261,8 @@ class Report:
     checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
     # Entries of the trees given that could not be read (a symbolic link loop...): (path, why).
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Recorded directories found above files no record names, by directory (or None).
+    containers: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -343,7 +346,7 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     if not files:
         check = ArtifactCheck(path, ArtifactStatus.OK)
     else:
-        check = report.checked.get(path) or check_artifact(ledger, path)
+        check = report.checked.get(path) or check_artifact(ledger, path, containers=report.containers)
         report.checked[path] = check
     # In an audit, a produced file that was cleaned up since is not a failure.
     tolerated = audit and check.status is ArtifactStatus.MISSING
@@ -431,13 +434,14 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
 
     tampered = []
     hasher: Hasher | None = None
+    containers: dict = {}
     for path in paths:
         if not os.path.exists(path):
             continue
         try:
             if hasher is None and os.path.isdir(path):
                 hasher = cached_hasher()
-            check = check_artifact(ledger, path, against="producer", hasher=hasher)
+            check = check_artifact(ledger, path, against="producer", hasher=hasher, containers=containers)
         except ArtifactError as err:
             if not os.path.lexists(path) or ledger.last_seen(path) is None:
                 continue  # vanished meanwhile, or nothing recorded could vouch for it anyway

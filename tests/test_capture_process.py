@@ -255,8 +255,8 @@ def test_without_a_recording_process_it_records_here(url, spool, monkeypatch, ca
 
 
 def test_the_childs_errors_reach_this_processs_log_and_futures(url, spool, tmp_path, caplog):
-    folder = tmp_path / "a-folder"
-    folder.mkdir()
+    folder = tmp_path / "a-fifo"  # not a file it can hash (a directory is recorded now)
+    os.mkfifo(folder)
     capture = ProcessCapture(url, engine="test", run_id="r", spool=spool)
     with caplog.at_level(logging.ERROR):
         assert capture.submit(task(1, outputs=[str(folder)])).result(timeout=30) is None
