@@ -37,7 +37,9 @@ def _warm_validator_cache(cache: Path) -> None:
 
     body = CONTEXT.read_bytes()
     url = json.loads(body)["@id"]
-    requester = HttpRequester(cache_path=str(cache), offline=True)  # a process-wide singleton
+    # A process-wide singleton, configured again by every validation's settings: the same
+    # cache path here and there keeps what is saved now.
+    requester = HttpRequester.initialize_cache(cache_max_age=-1, cache_path=str(cache), offline=True)
     import requests
 
     for accept in ("application/ld+json, application/json", "application/ld+json, application/json, */*;q=0.1"):
