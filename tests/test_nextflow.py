@@ -37,7 +37,7 @@ def example_run(tmp_path_factory):
 
 def test_every_task_and_publication_is_recorded(example_run):
     here, result = example_run
-    assert "recorded 5 task(s) and 3 publication(s)" in result.stderr
+    assert "recorded 5 task try(s) and 3 publication(s)" in result.stderr
     named = _by_name(nf.records(here))
     assert sorted((name, len(rs)) for name, rs in named.items()) == [
         ("COUNT", 2), ("COUNT:publish", 2), ("REPORT", 1), ("REPORT:publish", 1), ("SPLIT", 2)]

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 from lineage_ledger_nextflow import _args
-from lineage_ledger_nextflow._log import last_session, read_log
-from lineage_ledger_nextflow._trace import TraceFollower
+from lineage_ledger_nextflow._log import Handlers, LogFollower, last_session
 from lineage_ledger_nextflow._workdir import read_workdir, staged_files
 
 BIN = Path(sys.executable).parent
@@ -59,11 +58,10 @@ def test_arguments_split_between_the_wrapper_and_nextflow():
                            "--title", "t", "--flag", "--ledger-policy=rerun"])
     assert (command.ledger, command.policy, command.resume, command.resume_session) == ("x.db", "rerun", True, SESSION)
     assert command.log_file == "my.log" and command.params == {"title": "t", "flag": "true"}
-    assert _args.nextflow_args(command, "own.config", "P") == [
-        "-log", "my.log", "-trace", "P", "-c", "own.config", "run", "main.nf", "-resume", SESSION,
-        "--title", "t", "--flag"]
+    assert _args.nextflow_args(command, "P") == [
+        "-log", "my.log", "-trace", "P", "run", "main.nf", "-resume", SESSION, "--title", "t", "--flag"]
     user_trace = _args.parse(["-trace", "nextflow.Session", "run", "main.nf"])
-    assert _args.nextflow_args(user_trace, "c", "P")[:2] == ["-trace", "nextflow.Session,P"]
+    assert _args.nextflow_args(user_trace, "P")[:2] == ["-trace", "nextflow.Session,P"]
     assert _args.absolute_url("sqlite:///rel/l.db", "/launch") == "sqlite:////launch/rel/l.db"
     assert _args.absolute_url("rel/l.db", "/launch") == "/launch/rel/l.db"
 
@@ -96,39 +94,73 @@ def test_work_directory_inputs_are_the_real_files_and_outputs_what_the_task_wrot
     assert staged_files("no stage function") == {}
 
 
-def test_log_gives_the_session_and_each_published_file_once(tmp_path):
+class Collected(Handlers):
+    def __init__(self):
+        self.events = []
+
+    def session(self, session):
+        self.events.append(("session", session))
+
+    def completed(self, event):
+        self.events.append(("completed", event.name, event.exit, event.workdir))
+
+    def note(self, event):
+        self.events.append(("note", event.short_hash, event.action, event.retry))
+
+    def cached(self, short_hash, name):
+        self.events.append(("cached", short_hash, name))
+
+    def published(self, event):
+        self.events.append(("published", event.source, event.mode, event.target))
+
+
+LOG_LINES = [
+    f"Dec-04 09:30:06.380 [main] DEBUG nextflow.Session - Session UUID: {SESSION}",
+    "Dec-04 09:48:31.881 [Task submitter] INFO  nextflow.Session - [df/1c15d7] Submitted process > FLAKY",
+    "Dec-04 09:48:32.466 [Task monitor] DEBUG n.processor.TaskPollingMonitor - Task completed > TaskHandler[id: 2; "
+    "name: FLAKY (a b); status: COMPLETED; exit: 3; error: -; workDir: /w/df/1c15d77a6d396cd6747f7a1ca8c2ae]",
+    "Dec-04 09:48:32.507 [TaskFinalizer-1] INFO  nextflow.processor.TaskProcessor - [df/1c15d7] NOTE: Process "
+    "`FLAKY (a b)` terminated with an error exit status (3) -- Execution is retried (1)",
+    "Dec-04 09:48:32.500 [TaskFinalizer-2] INFO  nextflow.processor.TaskProcessor - [71/17e3c8] NOTE: Process "
+    "`BROKEN` terminated with an error exit status (7) -- Error is ignored",
+    "Dec-04 09:30:37.263 [Actor Thread 3] INFO  nextflow.Session - [47/40cbef] Cached process > SPLIT (b)",
+    "Dec-04 09:30:09.201 [PublishDir-1] TRACE nextflow.processor.PublishDir - publishing file: "
+    "/w/31/38/b.count -[COPY]-> /r/counts/b.count",
+]
+
+
+def test_log_follower_reads_only_the_new_log_and_only_whole_lines(tmp_path):
     log = tmp_path / ".nextflow.log"
-    log.write_text(
-        f"Dec-04 09:30:06.380 [main] DEBUG nextflow.Session - Session UUID: {SESSION}\n"
-        "Dec-04 09:30:09.201 [PublishDir-1] TRACE nextflow.processor.PublishDir - publishing file: "
-        "/w/31/38/b.count -[COPY]-> /r/counts/b.count\n"
-        "Dec-04 09:30:09.202 [PublishDir-1] TRACE nextflow.processor.PublishDir - publishing file: "
-        "/w/31/38/b.count -[COPY]-> /r/counts/b.count\n"
-        "Dec-04 09:30:09.301 [PublishDir-2] TRACE nextflow.processor.PublishDir - publishing file: "
-        "/w/8f/d2/report.txt -[SYMLINK]-> /r/report.txt\n")
-    facts = read_log(str(log))
-    assert facts.session == SESSION
-    assert [(p.source, p.mode, p.target) for p in facts.published] == [
-        ("/w/31/38/b.count", "COPY", "/r/counts/b.count"), ("/w/8f/d2/report.txt", "SYMLINK", "/r/report.txt")]
+    log.write_text(LOG_LINES[2] + "\n")  # the previous run's log: never read
+    handlers = Collected()
+    follower = LogFollower(str(log), handlers)
+    follower.start()
+    log.rename(tmp_path / ".nextflow.log.1")  # what Nextflow does when it starts
+    with open(log, "w") as out:
+        out.write("\n".join(LOG_LINES) + "\nDec-04 09:30:09.201 [PublishDir-2] TRACE nextflow.processor.PublishDir"
+                  " - publishing file: /w/8f/d2/report.txt -[SYMLINK]-> /r/rep")
+        out.flush()
+        time.sleep(0.7)
+        assert handlers.events[-1][0] == "published" and handlers.events[-1][1] == "/w/31/38/b.count"
+        out.write("ort.txt")  # the last line, without its newline: read once Nextflow has exited
+    follower.stop()
+    assert handlers.events == [
+        ("session", SESSION),
+        ("completed", "FLAKY (a b)", 3, "/w/df/1c15d77a6d396cd6747f7a1ca8c2ae"),
+        ("note", "df/1c15d7", "RETRY", 1),
+        ("note", "71/17e3c8", "IGNORE", None),
+        ("cached", "47/40cbef", "SPLIT (b)"),
+        ("published", "/w/31/38/b.count", "COPY", "/r/counts/b.count"),
+        ("published", "/w/8f/d2/report.txt", "SYMLINK", "/r/report.txt"),
+    ]
+
+
+def test_history_names_the_session_resume_takes(tmp_path):
     (tmp_path / ".nextflow").mkdir()
     (tmp_path / ".nextflow" / "history").write_text(
         f"2026-12-04 09:30:06\t3.8s\tdesperate_elion\tOK\t20b6d35df6\t{SESSION}\tnextflow run main.nf\n")
     assert last_session(str(tmp_path)) == SESSION
-
-
-def test_trace_follower_waits_for_whole_rows(tmp_path):
-    trace = tmp_path / "trace.tsv"
-    rows: list[dict[str, str]] = []
-    follower = TraceFollower(str(trace), rows.append)
-    follower.start()
-    with open(trace, "w") as out:
-        out.write("task_id\tstatus\tname\n1\tCOMPLETED\tA (1)\n2\tSUBMITTED\tB\n3\tFAIL")
-        out.flush()
-        time.sleep(0.6)
-        assert [r["name"] for r in rows] == ["A (1)"]
-        out.write("ED\tC\n")
-    follower.stop()
-    assert [(r["task_id"], r["status"]) for r in rows] == [("1", "COMPLETED"), ("3", "FAILED")]
+    assert last_session(str(tmp_path / "nowhere")) is None
 
 
 def _recorded_session(tmp_path: Path) -> Path:

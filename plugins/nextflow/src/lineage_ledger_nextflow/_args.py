@@ -2,9 +2,9 @@
 
     nextflow-ledger [NEXTFLOW OPTIONS] run PIPELINE [RUN OPTIONS] [--ledger URL] [--ledger-policy P]
 
-Our two flags may stand anywhere; everything else goes to ``nextflow`` unchanged, with the
-wrapper's own ``-c`` (its trace file) and ``-trace nextflow.processor.PublishDir`` (the
-published files) added to Nextflow's options before ``run``. Pipeline parameters named
+Our two flags may stand anywhere; everything else goes to ``nextflow`` unchanged, with
+``-trace nextflow.processor.PublishDir`` (the published files, see ``_log``) added to
+Nextflow's options before ``run``. Pipeline parameters named
 ``--ledger`` or ``--ledger-policy`` are taken by the wrapper.
 """
 
@@ -96,8 +96,8 @@ def _run_position(args: list[str]) -> int | None:
     return None
 
 
-def nextflow_args(command: Command, config: str, publish_trace: str) -> list[str]:
-    """The arguments for ``nextflow``: the user's, with the wrapper's config and log level."""
+def nextflow_args(command: Command, publish_trace: str) -> list[str]:
+    """The arguments for ``nextflow``: the user's, with the publishing logger at TRACE level."""
     top = list(command.top)
     for j, arg in enumerate(top):
         if arg == "-trace" and j + 1 < len(top):
@@ -105,7 +105,7 @@ def nextflow_args(command: Command, config: str, publish_trace: str) -> list[str
             break
     else:
         top += ["-trace", publish_trace]
-    return [*top, "-c", config, "run", *command.run]
+    return [*top, "run", *command.run]
 
 
 def absolute_url(url: str | None, launch_dir: str) -> str:

@@ -1,8 +1,12 @@
-"""Trace rows and published files turned into :class:`lineage_ledger.TaskRun` records.
+"""Nextflow's log events turned into :class:`lineage_ledger.TaskRun` records.
 
-One record per task try that ran (``COMPLETED``, ``FAILED`` or ``ABORTED`` in the trace;
-a retried task's tries each have a row, a work directory and an attempt number of their
-own). Tasks taken from the cache (``CACHED``) ran in an earlier run, which recorded them.
+One record per task try that ran. A try that exited 0 is recorded when the task monitor logs
+it. A failed try waits for Nextflow's ``NOTE`` line about it (``Error is ignored``,
+``Execution is retried (N)``), which gives its error action; tries still waiting at the end
+(``terminate``, ``finish``) are recorded then, without one. A retried task's tries each have a
+work directory and a record; the attempt number counts the retries Nextflow announced for
+that task name. Tasks taken from the cache ran in an earlier run, which recorded them.
+
 The files a task's ``publishDir`` published get a second record once Nextflow has exited
 (publishing runs after the task ends, on a thread pool): ``PROCESS:publish``, reading the
 files in the work directory and writing the published copies or links. ``verify-lineage``
@@ -21,8 +25,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ._log import Published
-from ._trace import parse_time
+from ._log import Completed, Handlers, Note, Published
 from ._workdir import read_workdir, task_key
 
 log = logging.getLogger("lineage_ledger.nextflow")
@@ -31,85 +34,126 @@ SCRIPT_KEPT = 8 << 10  # bytes of a task's script kept in the record (its digest
 TAIL = 2 << 10  # bytes of a failed task's .command.err kept
 
 
-class TaskRecorder:
-    """Receives trace rows (on the trace thread) and published files (at the end)."""
+class TaskRecorder(Handlers):
+    """Receives the log's events on the follower's thread; ``finish`` after Nextflow exited."""
 
     def __init__(self, capture: Any, params: Mapping[str, Any]) -> None:
         self.capture = capture
         self.params = dict(params)
-        self.session: str | None = None
+        self.session_id: str | None = None
         self.tasks: dict[str, dict[str, Any]] = {}  # key -> what the session file keeps
-        self.cached = 0
+        self.cached_count = 0
         self.recorded = 0
+        self.publications = 0
+        self._published: list[Published] = []
+        self._failed: dict[str, tuple[Completed, int]] = {}  # short hash -> try waiting for its NOTE
+        self._notes: dict[str, Note] = {}  # a NOTE that came first
+        self._retries: dict[str, int] = {}  # task name -> retries announced
         self._lock = threading.Lock()
 
-    def on_row(self, row: dict[str, str]) -> None:
-        try:
-            self._row(row)
-        except Exception:  # noqa: BLE001 - one task's record, never the pipeline
-            log.exception("lineage-ledger: could not record task %s", row.get("name"))
+    # -- the log's events ---------------------------------------------------------------
+    def session(self, session: str) -> None:
+        self.session_id = session
 
-    def _row(self, row: dict[str, str]) -> None:
-        status = row.get("status", "")
-        workdir = _value(row, "workdir")
-        if status == "CACHED" or workdir is None:
-            with self._lock:
-                self.cached += status == "CACHED"
+    def cached(self, short_hash: str, name: str) -> None:
+        self.cached_count += 1
+
+    def published(self, event: Published) -> None:
+        self._published.append(event)
+
+    def completed(self, event: Completed) -> None:
+        attempt = self._retries.get(event.name, 0) + 1
+        if event.exit == 0 and event.status == "COMPLETED" and event.error is None:
+            self._record(event, attempt, None)
             return
+        short = _short_hash(event.workdir)
+        note = self._notes.pop(short, None)
+        if note is None:
+            self._failed[short] = (event, attempt)
+        else:
+            self._failed_with(event, attempt, note)
+
+    def note(self, event: Note) -> None:
+        waiting = self._failed.pop(event.short_hash, None)
+        if waiting is None:
+            self._notes[event.short_hash] = event
+        else:
+            self._failed_with(waiting[0], waiting[1], event)
+
+    def _failed_with(self, event: Completed, attempt: int, note: Note) -> None:
+        if note.retry is not None:
+            self._retries[event.name] = note.retry
+        self._record(event, attempt, note.action)
+
+    # -- at the end ---------------------------------------------------------------------
+    def finish(self) -> None:
+        """Failed tries Nextflow said nothing more about, then one publish record per task."""
+        for event, attempt in list(self._failed.values()):
+            self._record(event, attempt, None)
+        self._failed.clear()
+        self._publish()
+
+    # -- records ------------------------------------------------------------------------
+    def _record(self, event: Completed, attempt: int, error_action: str | None) -> None:
+        try:
+            self._record_try(event, attempt, error_action)
+        except Exception:  # noqa: BLE001 - one task's record, never the pipeline
+            log.exception("lineage-ledger: could not record task %s (%s)", event.name, event.workdir)
+
+    def _record_try(self, event: Completed, attempt: int, error_action: str | None) -> None:
         from lineage_ledger import TaskRun, code_digest
 
-        work = read_workdir(workdir)
-        key = task_key(workdir)
-        exit_status = _int(_value(row, "exit"))
-        if exit_status is None:
-            exit_status = work.exit_code
-        succeeded = status == "COMPLETED"
+        work = read_workdir(event.workdir)
+        key = task_key(event.workdir)
+        process, tag = _split_name(event.name)
+        exit_status = event.exit if event.exit is not None else work.exit_code
+        succeeded = event.exit == 0 and event.status == "COMPLETED" and event.error is None
         extra: dict[str, Any] = {
-            "workdir": workdir, "hash": key, "nextflow_task_id": _value(row, "task_id"),
-            "native_id": _value(row, "native_id"), "name": _value(row, "name"), "tag": _value(row, "tag"),
-            "nextflow_status": status, "exit_status": exit_status, "error_action": _value(row, "error_action"),
-            "staged": work.staged, "container": _value(row, "container"), "conda_env": work.conda,
+            "workdir": event.workdir, "hash": key, "nextflow_task_id": event.nextflow_id, "name": event.name,
+            "tag": tag, "nextflow_status": event.status, "exit_status": exit_status,
+            "error_action": error_action, "staged": work.staged, "container": work.container,
+            "conda_env": work.conda,
         }
+        if event.error is not None:
+            extra["error"] = event.error
         if work.script is not None:
             extra["script"] = work.script[:SCRIPT_KEPT].decode("utf-8", "replace")
         if not succeeded:
-            extra["stderr_tail"] = _tail(os.path.join(workdir, ".command.err"))
+            extra["stderr_tail"] = _tail(os.path.join(event.workdir, ".command.err"))
         if work.problems:
             extra["workdir_problems"] = work.problems
-        environment = {"container": _value(row, "container"), "conda_env": work.conda}
+        environment = {"container": work.container, "conda_env": work.conda}
         now = datetime.now(timezone.utc)
-        started = parse_time(row.get("start")) or parse_time(row.get("submit")) or now
         run = TaskRun(
-            task_id=key, task_name=row.get("process") or "?", status="succeeded" if succeeded else "failed",
-            started=started, ended=parse_time(row.get("complete")) or now,
+            task_id=key, task_name=process, status="succeeded" if succeeded else "failed",
+            started=_utc(work.started) or now, ended=_utc(work.ended) or now,
             inputs=work.inputs, outputs=work.outputs,
             code_digest=code_digest(work.script) if work.script is not None else None,
-            parameters={"params": self.params, "tag": _value(row, "tag")},
+            parameters={"params": self.params, "tag": tag},
             environment_extra={k: v for k, v in environment.items() if v is not None},
-            attempt=_int(_value(row, "attempt")) or 1, extra=extra,
+            attempt=attempt, extra=extra,
         )
         self.capture.post(run)
         with self._lock:
             self.recorded += 1
             self.tasks[key] = {
-                "process": run.task_name, "name": extra["name"], "workdir": workdir,
-                "status": run.status, "inputs": list(work.inputs), "outputs": list(work.outputs),
-                "published": [],
+                "process": process, "name": event.name, "workdir": event.workdir, "status": run.status,
+                "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
             }
 
-    def on_published(self, published: list[Published]) -> int:
-        """One ``PROCESS:publish`` record per task of this run that published files."""
+    def _publish(self) -> None:
         from lineage_ledger import TaskRun
 
-        by_task: dict[str, list[Published]] = {}
-        for item in published:
+        by_task: dict[str, dict[tuple[str, str], Published]] = {}
+        for item in self._published:
             key = task_key(os.path.dirname(item.source))
             task = self.tasks.get(key)
             if task is None or not item.source.startswith(task["workdir"] + os.sep):
                 continue  # a cached task's files, published (again) from what an earlier run recorded
-            by_task.setdefault(key, []).append(item)
+            by_task.setdefault(key, {})[(item.source, item.target)] = item  # logged twice at times
         now = datetime.now(timezone.utc)
-        for key, items in by_task.items():
+        for key, found in by_task.items():
+            items = list(found.values())
             task = self.tasks[key]
             task["published"] = [[i.source, i.target] for i in items]
             self.capture.post(TaskRun(
@@ -118,19 +162,22 @@ class TaskRecorder:
                 extra={"workdir": task["workdir"], "hash": key, "published": {i.target: i.mode for i in items},
                        "nextflow_status": "PUBLISHED"},
             ))
-        return len(by_task)
+        self.publications = len(by_task)
 
 
-def _value(row: Mapping[str, str], name: str) -> str | None:
-    value = row.get(name)
-    return None if value in (None, "", "-") else value
+def _split_name(name: str) -> tuple[str, str | None]:
+    """``COUNT (alpha)`` -> (``COUNT``, ``alpha``): process names have no spaces."""
+    process, _, rest = name.partition(" (")
+    return process, (rest[:-1] if rest.endswith(")") else rest or None)
 
 
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
+def _short_hash(workdir: str) -> str:
+    key = task_key(workdir)
+    return f"{key[:2]}/{key[2:8]}"
+
+
+def _utc(stamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(stamp, timezone.utc) if stamp is not None else None
 
 
 def _tail(path: str) -> str | None:

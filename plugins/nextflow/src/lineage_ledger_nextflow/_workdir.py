@@ -28,6 +28,10 @@ WRAPPER_FILES = frozenset({".exitcode", ".command.sh", ".command.run", ".command
                            ".command.stub", ".command.in", ".command.ps"})
 _STAGE_START = re.compile(r"^\s*nxf_stage\(\)\s*\{\s*$")
 _CONDA = re.compile(r"(?:conda|mamba|micromamba)\s+activate\s+(\S+)|source\s+\S*activate\s+(\S+)")
+# The image on the container engine's command line (docker/podman: after `--name $NXF_BOXID`;
+# singularity/apptainer: the word before the shell it starts).
+_CONTAINER = re.compile(r"(?:docker|podman)\s+run\s.*?--name\s+\$NXF_BOXID\s+(\S+)"
+                        r"|(?:singularity|apptainer)\s+(?:exec|run)\s.*?\s(\S+)\s+/bin/(?:ba)?sh\b")
 #: The staging commands of each stageInMode, and the tail of their argument lists (SRC DST).
 _STAGE_COMMANDS = ("ln", "cp", "rsync")
 
@@ -42,6 +46,9 @@ class WorkDir:
     inputs: list[str] = field(default_factory=list)  # the real files behind the staged ones
     outputs: list[str] = field(default_factory=list)  # files the task wrote
     conda: str | None = None
+    container: str | None = None
+    started: float | None = None  # mtime of .command.begin (the task's script began)
+    ended: float | None = None  # mtime of .exitcode
     exit_code: int | None = None  # from .exitcode
     problems: list[str] = field(default_factory=list)  # what could not be read (kept in the record)
 
@@ -62,6 +69,10 @@ def read_workdir(path: str) -> WorkDir:
         work.problems.append(f".command.run: {err.strerror or err}")
     work.staged = staged_files(wrapper)
     work.conda = conda_env(wrapper)
+    found = _CONTAINER.search(wrapper)
+    work.container = (found.group(1) or found.group(2)) if found else None
+    work.started = _mtime(os.path.join(path, ".command.begin"))
+    work.ended = _mtime(os.path.join(path, ".exitcode"))
     try:
         with open(os.path.join(path, ".exitcode"), encoding="ascii", errors="replace") as handle:
             text = handle.read().strip()
@@ -97,6 +108,13 @@ def conda_env(wrapper: str) -> str | None:
     if match is None:
         return None
     return match.group(1) or match.group(2)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:

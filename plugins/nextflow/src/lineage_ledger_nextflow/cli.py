@@ -5,11 +5,11 @@
 1. With ``-resume``: check the files of the resumed session's tasks against the ledger and
    apply the policy (``_preflight``): ``strict`` refuses with exit status 1 before Nextflow
    starts, ``rerun`` moves the changed tasks' work directories aside, ``warn`` names them.
-2. Run the real ``nextflow`` with the wrapper's trace file, following it: each task that ends
-   is read from its work directory and handed to :class:`lineage_ledger.TaskCapture`, which
-   hashes and spools it while the pipeline goes on (``_trace``, ``_tasks``).
-3. After Nextflow exits: the published files from its log (``_log``), one record per task
-   that published; the session's task list for the next ``-resume`` (``_state``).
+2. Run the real ``nextflow``, following its log (``_log``): each task that ends is read from
+   its work directory and handed to :class:`lineage_ledger.TaskCapture`, which hashes and
+   spools it while the pipeline goes on (``_tasks``).
+3. After Nextflow exits: one record per task that published files (from the same log); the
+   session's task list for the next ``-resume`` (``_state``).
 
 Exit status: Nextflow's; 1 when ``strict`` refuses; 2 for a bad command line or ledger URL.
 The ledger is ``--ledger``, else ``$LINEAGE_LEDGER_URL``, else ``.lineage/ledger.db`` in the
@@ -26,13 +26,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 
 from . import _args, _log, _preflight, _state
 from ._tasks import TaskRecorder
-from ._trace import TraceFollower, config_text
 
 log = logging.getLogger("lineage_ledger.nextflow")
 
@@ -116,13 +114,9 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
 
 
 def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str) -> int:
-    own = os.path.join(launch_dir, _state.STATE_DIR, "runs", uuid.uuid4().hex)
-    _state.private_dirs(own)
-    trace_file = os.path.join(own, "trace.tsv")
-    config = os.path.join(own, "ledger.config")
-    with open(config, "w", encoding="utf-8") as handle:
-        handle.write(config_text(trace_file))
-    args = _args.nextflow_args(command, config, _log.PUBLISH_LOGGER)
+    args = _args.nextflow_args(command, _log.PUBLISH_LOGGER)
+    log_file = os.path.join(launch_dir, command.log_file or ".nextflow.log")
+    follower = _log.LogFollower(log_file)  # before Nextflow starts: it notes the previous run's log
     process = subprocess.Popen([nextflow, *args])
     # The JVM takes seconds to start: the capture is imported and opened meanwhile.
     from lineage_ledger import ConfigError, TaskCapture
@@ -130,7 +124,7 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     capture = TaskCapture(url, engine="nextflow")
     futures: list[Future[str | None]] = []
     recorder = TaskRecorder(_Poster(capture, futures), command.params)
-    follower = TraceFollower(trace_file, recorder.on_row)
+    follower.handlers = recorder
     # Ctrl-C reaches Nextflow too (same process group): the wrapper waits for it and records
     # what ended. A TERM sent to the wrapper alone is passed on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -141,31 +135,28 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
         process.terminate()
         process.wait()
         print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
-        shutil.rmtree(own, ignore_errors=True)
         return 2
     follower.start()
     status = process.wait()
     exited = time.monotonic()
     follower.stop()
-    facts = _log.read_log(command.log_file or os.path.join(launch_dir, ".nextflow.log"))
-    published = recorder.on_published(facts.published)
+    recorder.finish()
     _, late = wait(list(futures), timeout=FLUSH_TIMEOUT)
     try:
         capture.sync()
     except Exception as err:  # noqa: BLE001 - the ledger's own replay then covers it
         log.error("lineage-ledger: cannot sync the spool: %s", err)
     shipped = capture.close(timeout=SHIP_WAIT)
-    if facts.session is not None and recorder.tasks:
+    if recorder.session_id is not None and recorder.tasks:
         try:
-            _state.save(launch_dir, facts.session, recorder.tasks)
+            _state.save(launch_dir, recorder.session_id, recorder.tasks)
         except OSError as err:
             log.error("lineage-ledger: cannot save the session's tasks (the next -resume is not checked): %s", err)
-    shutil.rmtree(own, ignore_errors=True)
     lost = capture.failures + len(late)
-    print(f"lineage-ledger: recorded {recorder.recorded - lost} task(s) and {published} publication(s)"
-          f"{f', {recorder.cached} cached task(s) recorded by earlier runs' if recorder.cached else ''}"
+    print(f"lineage-ledger: recorded {recorder.recorded} task try(s) and {recorder.publications} publication(s)"
+          f"{f', {recorder.cached_count} cached task(s) recorded by earlier runs' if recorder.cached_count else ''}"
           f"{'' if shipped else '; some wait in the spool (lineage-ledger spool ship)'}"
-          f"{f'; {lost} could NOT be recorded (see above)' if lost else ''}"
+          f"{f'; {lost} record(s) could NOT be made (see above)' if lost else ''}"
           f" ({time.monotonic() - exited:.2f} s after Nextflow exited)", file=sys.stderr)
     return status
 
