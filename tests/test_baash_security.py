@@ -73,7 +73,10 @@ def _valid_messages() -> list[tuple[str, bytes]]:
                              subclusters=[[1]], idle=[], head=[0, None], gateway_pid=10)),
         ("to_daemon", encode("result", round_id=1, outcomes=[["committed", ""]],
                              info={"acks": 1, "agreeing": 1, "ways": {"quorum": 1}, "timing": {"decide": 0.1},
-                                   "failed_validators": []})),
+                                   "failed_validators": []},
+                             checkpoint="lineage-ledger:00\n1\nAAAA\n\n\u2014 baash-rank-0 AAAA\n")),
+        ("answers", encode("identity", uid=None, subject="OU=user,CN=alice", roles=["user"])),
+        ("answers", encode("checkpoint", origin="lineage-ledger:00", note=None, keys=["baash-rank-0+00+AA"])),
         ("to_gateway", encode("round", round_id=1, blocks=[block], groups=[[0, 1]])),
     ]
 
@@ -481,7 +484,8 @@ def test_a_malformed_request_changes_nothing(tmp_path):
             answer = json.loads(_send_raw(path, json.dumps(message).encode())[4:])
             assert answer["kind"] == "error" and answer["status"] == "bad_request", answer
         backend = open_backend(service.url)
-        assert backend.head() is None and backend.whoami() == {"uid": os.getuid(), "roles": ["admin", "provider"]}
+        assert backend.head() is None and backend.whoami() == {"uid": os.getuid(), "subject": None,
+                                                               "roles": ["admin", "provider"]}
         assert json.loads((service.storage / "access.json").read_text())["entries"] == [
             [os.getuid(), ["admin", "provider"]]]
     finally:
