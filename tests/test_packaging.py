@@ -12,6 +12,11 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
@@ -29,22 +34,31 @@ def test_the_licence_is_apache_2_in_the_repository_and_beside_every_plugin():
         assert (plugin / "LICENSE").read_bytes() == LICENSE, plugin
 
 
-@pytest.fixture(scope="module")
-def distributions(tmp_path_factory):
-    """Wheels and sdists of the core and every plugin, built with setuptools >= 77 as pip
-    would build them (one isolated environment for all, so it stays quick)."""
-    base = tmp_path_factory.mktemp("packaging")
-    source = base / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCES, symlinks=True)
-    tools = base / "tools"
-    subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True, timeout=300)
-    pip = subprocess.run([tools / "bin" / "python", "-m", "pip", "install", "--quiet", "setuptools>=77", "build>=1.2"],
+def builder(scratch: Path) -> str:
+    """An interpreter with setuptools >= 77 and build: this one (the dev extra has both), or
+    else a scratch venv that gets them from the package index."""
+    probe = "import build, setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode == 0:
+        return sys.executable
+    subprocess.run([sys.executable, "-m", "venv", str(scratch)], check=True, timeout=300)
+    pip = subprocess.run([scratch / "bin" / "python", "-m", "pip", "install", "--quiet", "setuptools>=77", "build>=1.2"],
                          capture_output=True, text=True, timeout=600)
     if pip.returncode != 0:
         pytest.skip(f"could not install setuptools>=77 and build into a scratch venv (no package index?): {pip.stderr[-500:]}")
+    return str(scratch / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def distributions(tmp_path_factory):
+    """Wheels and sdists of the core and every plugin, built with setuptools >= 77 from a
+    copy of the checkout (one build environment for all, so it stays quick)."""
+    base = tmp_path_factory.mktemp("packaging")
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCES, symlinks=True)
+    python = builder(base / "tools")
     dist = base / "dist"
     for project in [source, *(source / "plugins" / p.name for p in PLUGINS)]:
-        built = subprocess.run([tools / "bin" / "python", "-m", "build", "--no-isolation", "--outdir", str(dist), str(project)],
+        built = subprocess.run([python, "-m", "build", "--no-isolation", "--outdir", str(dist), str(project)],
                                capture_output=True, text=True, timeout=600)
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         warnings = [line for line in (built.stdout + built.stderr).splitlines()
@@ -102,11 +116,11 @@ def test_fabric_extra_after_airflow_keeps_protobuf_consistent(tmp_path):
                             capture_output=True, text=True, timeout=600)
     if before.returncode != 0:
         pytest.skip(f"no package index reachable: {before.stderr[-300:]}")
-    project = tmp_path / "project"  # pip writes an egg-info beside the pyproject it reads
-    shutil.copytree(ROOT, project, ignore=NOT_SOURCES)
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        extra = tomllib.load(handle)["project"]["optional-dependencies"]["fabric"]
     report = tmp_path / "plan.json"
-    plan = subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report),
-                           f"lineage-ledger[fabric] @ file://{project}"], capture_output=True, text=True, timeout=600)
+    plan = subprocess.run([python, "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report), *extra],
+                          capture_output=True, text=True, timeout=600)
     assert plan.returncode == 0, plan.stderr[-3000:]
     versions = {item["metadata"]["name"].lower(): item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
