@@ -2,6 +2,11 @@
 
 ``import lineage_ledger`` is light: no workflow engine, SQLAlchemy, mpi4py or gRPC is
 imported until a back-end or plugin that needs it is used.
+
+Start with :func:`open_ledger`, :class:`Record`, :func:`hash_file` and :func:`verify_lineage`
+(``docs/guide.md``). Every error raised on purpose derives from :class:`LedgerError`, whose
+help draws the tree. ``lineage_ledger.testing`` holds the back-end conformance suite (pytest;
+not imported here).
 """
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
