@@ -21,7 +21,10 @@ from tests.support.airflow_site import (
     end_in_process_airflow,
     make_site,
     openlineage_events,
+    private_airflow_home,
 )
+
+private_airflow_home()  # before anything imports Airflow (issue 18: any test order, never ~/airflow)
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,9 +35,9 @@ TASKS = ("extract", "summarize", "report", "combine")
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> AirflowSite:
+def site() -> AirflowSite:
     """One migrated site for this module; the environment and logging are put back after it."""
-    site = make_site(tmp_path_factory.mktemp("airflow-home"))
+    site = make_site(private_airflow_home())
     saved = {k: os.environ.get(k) for k in site.env}
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)

@@ -13,7 +13,9 @@ import time
 import pytest
 
 from lineage_ledger import hash_file
+from tests.support.airflow_site import private_airflow_home
 
+private_airflow_home()  # the sweep reads Airflow's configuration: never with ~/airflow (issue 18)
 pytest.importorskip("lineage_ledger_airflow", reason="the Airflow plugin is not installed (make install)")
 
 from lineage_ledger_airflow import _tries  # noqa: E402

@@ -6,6 +6,7 @@ test gets its own ledger, spool and data directory through ``[lineage_ledger]`` 
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +25,28 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXAMPLE_DAG = ROOT / "examples" / "airflow" / "lineage_example.py"
 TEST_DAGS = Path(__file__).resolve().parent / "airflow_dags"
+
+
+def private_airflow_home() -> Path:
+    """This test session's AIRFLOW_HOME, set in the environment before anything imports Airflow.
+
+    Airflow fixes its home (and the SQLite metadata database in it) when it is first imported;
+    without AIRFLOW_HOME that is ``~/airflow`` in the real home. Every Airflow test module
+    calls this at import time, so whichever module pytest collects or runs first, Airflow
+    starts in the same private directory and ``make_site`` migrates the database there.
+    """
+    home = os.environ.get("LINEAGE_TESTS_AIRFLOW_HOME")
+    if not home:
+        home = tempfile.mkdtemp(prefix="ll-airflow-home-")
+        os.environ["LINEAGE_TESTS_AIRFLOW_HOME"] = home
+        atexit.register(shutil.rmtree, home, True)
+    os.environ["AIRFLOW_HOME"] = home
+    if "airflow" in sys.modules:
+        from airflow.configuration import AIRFLOW_HOME
+
+        if os.path.realpath(AIRFLOW_HOME) != os.path.realpath(home):
+            raise RuntimeError(f"Airflow was imported with AIRFLOW_HOME={AIRFLOW_HOME} before the tests set theirs")
+    return Path(home)
 
 
 def airflow_installed() -> bool:
@@ -59,7 +83,7 @@ class AirflowSite:
 
 def make_site(home: Path) -> AirflowSite:
     dags = home / "dags"
-    dags.mkdir(parents=True)
+    dags.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXAMPLE_DAG, dags / EXAMPLE_DAG.name)
     for dag_file in TEST_DAGS.glob("*.py"):
         shutil.copy(dag_file, dags / dag_file.name)

@@ -97,6 +97,15 @@ def _stand_in(row: Any, task: Any) -> SimpleNamespace:
     )
 
 
+def _completed_by_scheduler(row: Any, task: Any) -> bool:
+    """An EmptyOperator that the scheduler set to success without running it."""
+    if _value(row.state) != "success":
+        return False
+    if task is not None and getattr(task, "inherits_from_empty_operator", False):
+        return True
+    return getattr(row, "operator", None) == "EmptyOperator"
+
+
 def record_unreported(dag_run: Any) -> int:
     """Record the run's finished tries that no process recorded; how many were recorded."""
     dag = getattr(dag_run, "dag", None)
@@ -119,14 +128,17 @@ def record_unreported(dag_run: Any) -> int:
                 task = dag.get_task(row.task_id)
             except Exception:  # noqa: BLE001 - a task removed from the DAG since
                 task = None
-        if row.hostname or row.pid:
+        ran = bool(row.hostname or row.pid)
+        if not ran and not _completed_by_scheduler(row, task):
+            continue  # marked success or failed by hand: it never ran (not recorded, as documented)
+        if ran:
             error = "the task process ended without reporting this try (killed?)"
         else:
             error = None  # completed by the scheduler (EmptyOperator): no process ever ran
         status = RECORDED_STATES[state]
         record_id = _tries.record_try(
             _stand_in(row, task), status, state=state, error=error if status == "failed" else None,
-            extra={"completed_by_scheduler": True} if not (row.hostname or row.pid) else None,
+            extra=None if ran else {"completed_by_scheduler": True},
         )
         if record_id is not None:
             recorded += 1

@@ -66,7 +66,7 @@ class LedgerListener:
         """In the scheduler, at the end of a run: record the tries no task process recorded
         (EmptyOperator, a killed task process); see :mod:`._reconcile`."""
         try:
-            if _settings.enabled() and not _tries.in_process_runner():
+            if _settings.enabled():
                 from ._reconcile import record_unreported
 
                 record_unreported(dag_run)

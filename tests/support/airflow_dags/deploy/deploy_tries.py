@@ -66,3 +66,11 @@ with DAG(dag_id="deploy_many", schedule=None, catchup=False) as many:
     for index in range(4):
         out = DATA / f"many-{index}.txt"
         BashOperator(task_id=f"step{index}", bash_command=f"echo {index} > '{out}'", outlets=[_file(out)])
+
+
+with DAG(dag_id="deploy_bench", schedule=None, catchup=False) as bench:
+    # bench/bench_airflow.py: short tasks, each reading one file and writing another.
+    for index in range(8):
+        out = DATA / f"bench-{index}.txt"
+        BashOperator(task_id=f"t{index}", bash_command=f"cat '{SEED}' > '{out}'",
+                     inlets=[_file(SEED)], outlets=[_file(out)])

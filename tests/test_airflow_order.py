@@ -1,0 +1,41 @@
+"""Issue 18: the Airflow tests pass in any order and never write to the real home directory.
+
+The digest tests used to read Airflow's configuration before any AIRFLOW_HOME was set, so
+Airflow settled on ``~/airflow`` (and created ``~/airflow/airflow.db`` there) and the
+``dag.test()`` tests that followed found no tables. Here pytest runs that order in a
+subprocess whose HOME is a temporary directory, which must stay free of ``airflow/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.airflow_site import airflow_installed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not airflow_installed(), reason="apache-airflow is not installed (make install-airflow)"),
+]
+
+
+def test_digest_tests_then_dag_tests_in_a_fresh_home(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LINEAGE_", "PYTEST_"))}
+    env["HOME"] = str(home)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "tests/test_airflow_digests.py", "tests/test_airflow.py",
+         "-k", "sweep or claim or example_dag_every_task"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "3 passed" in result.stdout, result.stdout[-2000:]
+    assert not (home / "airflow").exists(), sorted(p.name for p in (home / "airflow").iterdir())
