@@ -11,6 +11,7 @@ records it read and verified: equal at the endorsed size, or :class:`EndorsedHea
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EndorsedHeadMismatch", "EndorsedTreeHead", "TreeHeadsMixin", "TreeNotBuilt", "check_endorsed_head"]
 
-_BUILD_STEP_BLOCKS = 200  # blocks per BuildTree transaction: a bounded read set each
+_BUILD_STEP_BLOCKS = 200  # blocks per BuildTree transaction (the chaincode also stops at ~16 MiB)
+_MVCC_CODES = {"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT"}
+_CATCH_UP_SECONDS = 2.0  # for our gateway's peer to commit what the endorsers had
 
 
 class TreeNotBuilt(BackendError):
@@ -151,11 +154,11 @@ class TreeHeadsMixin:
                 self._client.commit(prepared)
             except GatewayCallError as exc:
                 raise self._fail(exc, "BuildTree") from exc
-            except TransactionInvalid as exc:  # an append committed meanwhile: build that step again
+            except TransactionInvalid as exc:
                 conflicts += 1
-                if conflicts > 20:
+                if exc.code_name not in _MVCC_CODES or conflicts > 20:
                     raise self._fail(exc, "BuildTree") from exc
-                continue
+                continue  # an append committed meanwhile: build that step again
             if state == "done":
                 return int(blocks), int(records)
 
@@ -186,6 +189,10 @@ def check_endorsed_head(ledger: Ledger) -> tuple[EndorsedTreeHead, str]:
         raise ConfigError(f"{backend.display_url}: only a fabric:// ledger has an endorsed tree head")
     endorsed = backend.endorsed_tree_head()
     verified = ledger.tree_head()
+    deadline = time.monotonic() + _CATCH_UP_SECONDS
+    while verified.size < endorsed.size and time.monotonic() < deadline:
+        time.sleep(0.05)  # our gateway's peer may not have committed the endorsers' last block yet
+        verified = ledger.tree_head()
     if verified.size < endorsed.size:
         raise EndorsedHeadMismatch(
             f"{backend.identity}: the consortium endorsed a tree of {endorsed.size} records, but the view "
