@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from blake3 import blake3
 
 from .._chain import ChainTip, build_block
-from .._model import Artifact, Record, StoredBlock
+from .._model import Artifact, Record, StoredBlock, artifact_map
 
 #: The start time of record 0; record ``i`` starts ``i`` seconds later and lasts one second.
 BASE_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -27,7 +27,8 @@ def make_record(i: int, *, run_id: str = "run-1", inputs: Iterable[Artifact] = (
     return Record(
         engine=engine, run_id=run_id, task_id=f"task-{i}", task_name=name or f"step{i % 7}",
         status=status, started=BASE_TIME + timedelta(seconds=i), ended=BASE_TIME + timedelta(seconds=i + 1),
-        inputs=list(inputs), outputs=list(outputs), parameters={"i": i},
+        inputs=artifact_map(list(inputs), "inputs"), outputs=artifact_map(list(outputs), "outputs"),
+        parameters={"i": i},
         environment={"host": "test"},
     )
 
