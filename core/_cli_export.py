@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import click
 
-from ._cli import _open, ledger_option
 from ._errors import ConfigError
+from ._ledger import DEFAULT_URL, Ledger
+
+# The same option as the other commands' (._cli imports this module at its end, so it is
+# not imported from there).
+ledger_option = click.option(
+    "--ledger", "ledger_url", envvar="LINEAGE_LEDGER_URL", default=DEFAULT_URL, show_default=True,
+    help="Ledger URL (sqlite:///path, postgresql://..., memory://) or a path to an SQLite file.",
+)
+
+
+def _open(url: str) -> Ledger:
+    """Read only: nothing is created, replayed or written to the ledger."""
+    from ._ledger import open_ledger
+
+    return open_ledger(url, read_only=True)
 
 __all__ = ["export", "graph"]
 

@@ -95,11 +95,12 @@ def _group_key(node: dict[str, Any], by: str) -> str:
 
 def _view(model: GraphModel, by: str | None) -> dict[str, Any]:
     """Nodes with coordinates and edges with counts, every node or folded ``by`` rule or run."""
+    nodes: dict[str, dict[str, Any]] = {}
     if by is None:
         nodes = {k: {"id": k, **{f: v for f, v in n.items() if f != "record"}} for k, n in model.nodes.items()}
         edges = [(s, d, 1) for s, d in model.edges]
     else:
-        nodes, members = {}, {}
+        members: dict[str, list[str]] = {}
         for key, node in model.nodes.items():
             group = "g:" + _group_key(node, by)
             members.setdefault(group, []).append(key)

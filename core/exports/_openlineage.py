@@ -38,8 +38,10 @@ def facet_class() -> type:
     attr = require("attr", "openlineage-python")
     base = require("openlineage.client.generated.base", "openlineage-python")
 
+    facet_base: Any = base.DatasetFacet
+
     @attr.define
-    class Blake3DatasetFacet(base.DatasetFacet):
+    class Blake3DatasetFacet(facet_base):
         blake3: str
         size: int
         record: str
@@ -93,7 +95,7 @@ def events_for(selection: Selection, namespace: str) -> list[Any]:
         job = base.Job(namespace=namespace, name=f"{record.engine}.{record.task_name}", facets={
             "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
                                                           jobType="TASK")})
-        run_facets: dict[str, Any] = {
+        task_facets: dict[str, Any] = {
             "parent": parents[record.run_id],
             "processing_engine": facets.processing_engine_run.ProcessingEngineRunFacet(
                 version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine),
@@ -116,8 +118,8 @@ def events_for(selection: Selection, namespace: str) -> list[Any]:
             }) for path, art in sorted(record.outputs.items())
         ]
         start = base.RunEvent(eventType=base.EventType.START, eventTime=_time(record.started), producer=PRODUCER,
-                              run=base.Run(runId=run_uuid, facets=run_facets), job=job, inputs=inputs)
-        end_facets = dict(run_facets)
+                              run=base.Run(runId=run_uuid, facets=task_facets), job=job, inputs=inputs)
+        end_facets = dict(task_facets)
         if record.status == "failed":
             end_facets["errorMessage"] = facets.error_message_run.ErrorMessageRunFacet(
                 message=f"{record.task_name} failed (recorded by lineage-ledger as record {entry.id})",
