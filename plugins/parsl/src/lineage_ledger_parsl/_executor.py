@@ -59,7 +59,7 @@ class LedgerExecutorMixin:
         started = super().start(*args, **kwargs)  # type: ignore[misc]
         # Open the ledger (and replay a crashed run's spool) now, not on the first result.
         try:
-            self._lineage_ledger.capture.open()
+            self._lineage_ledger.open()
         except Exception as err:  # noqa: BLE001 - each try will log why it is not recorded
             log.error("lineage-ledger: cannot open the ledger; tries will not be recorded: %s", err)
         return started

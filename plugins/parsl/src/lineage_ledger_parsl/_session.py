@@ -8,8 +8,9 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lineage_ledger import ConfigError, ProcessCapture, TaskCapture, TaskRun, utcnow
+from lineage_ledger import ConfigError, TaskCapture, TaskRun, utcnow
 
+from . import _shared
 from ._tasks import function_digest, task_files, task_parameters
 
 if TYPE_CHECKING:
@@ -66,8 +67,18 @@ class ParslLedger:
         self.policy = policy
         self.file_key = file_key
         # threads: the pool that hashes and journals; spool: None -> $LINEAGE_SPOOL or .lineage/spool
-        capture_class = ProcessCapture if record_in == "process" else TaskCapture
-        self.capture = capture or capture_class(url, engine="parsl", threads=threads, spool=spool)
+        # One recording process for every ParslLedger of this process that records to the
+        # same place (see _shared): a DataFlowKernel per test module must not start one each.
+        self._shared = capture is None and record_in == "process"
+        self._where = (url, threads, spool)
+        self._borrowed: tuple | None = None  # the shared capture's key while this ledger uses it
+        self.capture: TaskCapture
+        if capture is not None:
+            self.capture = capture
+        elif self._shared:
+            self._borrow()
+        else:
+            self.capture = TaskCapture(url, engine="parsl", threads=threads, spool=spool)
         self._lock = threading.Lock()
         # Paths written by a successful try in this process: the ledger may not have their
         # records yet (write-behind), so the pre-launch check must not call them modified.
@@ -90,8 +101,25 @@ class ParslLedger:
         """Wait until every try recorded so far has reached the ledger."""
         return self.capture.flush(timeout)
 
+    def open(self) -> None:
+        """An executor starts: record (again) through the shared process, and open the ledger."""
+        self._borrow()
+        self.capture.open()
+
     def close(self, timeout: float | None = 30) -> bool:
-        return self.capture.close(timeout)
+        """Flush. A recording process of its own ends here; a shared one when no ParslLedger
+        has used it for a moment (``_shared.IDLE_SECONDS``), at the latest when this process
+        exits. Each wrapped executor's shutdown calls this: the later calls only flush."""
+        if not self._shared:
+            return self.capture.close(timeout)
+        key, self._borrowed = self._borrowed, None
+        if key is None:
+            return self.capture.flush(timeout)
+        return _shared.release(key, self.capture, timeout)
+
+    def _borrow(self) -> None:
+        if self._shared and self._borrowed is None:
+            self._borrowed, self.capture = _shared.acquire(*self._where)
 
     # -- what the executor and the memoizer report ------------------------------------
     def produced(self, paths: list[str]) -> None:

@@ -1,0 +1,89 @@
+"""One recording process for all the ``ParslLedger``s of a process that record to the same place.
+
+Starting a recording process costs about 0.4 s of CPU (Python, the ledger's imports, opening
+the ledger), and the first DataFlowKernel's tasks wait for it. A program that loads one
+DataFlowKernel pays that once. Parsl's own test suite, and any program that loads a fresh
+DFK per step, loads dozens: with a process per ``ParslLedger``, 50 short DFKs ran many
+times slower than plain Parsl (``bench/bench_parsl_dfks.py``).
+
+So a ``ParslLedger`` with ``record_in="process"`` borrows the process of a live one that
+records to the same ledger, spool and state directory, from the same working directory (a
+relative URL or spool means another file elsewhere), with the same number of threads. When
+the last borrower closes (executor shutdown: ``dfk.cleanup()``), its records are flushed
+as before, and the process is kept for ``IDLE_SECONDS`` in case another DFK comes; then it
+is ended, flushing and shipping what it holds. At the latest it ends when this process
+exits (the core ends recording processes at exit).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from lineage_ledger import ProcessCapture
+
+#: How long an unused recording process waits for the next ParslLedger before it is ended.
+IDLE_SECONDS = 2.0
+
+_lock = threading.Lock()
+_captures: dict[tuple, ProcessCapture] = {}
+_users: dict[tuple, int] = {}
+_timers: dict[tuple, threading.Timer] = {}
+
+
+def _key(url: str | None, threads: int, spool: str | None) -> tuple:
+    environment = tuple(sorted((k, v) for k, v in os.environ.items()
+                               if k.startswith("LINEAGE_") or k in ("XDG_STATE_HOME", "HOME")))
+    return (url, threads, spool, os.getcwd(), environment)
+
+
+def _usable(capture: ProcessCapture) -> bool:
+    # A capture closed by a caller of its own close() cannot record any more.
+    return not getattr(capture, "_closing", False)
+
+
+def acquire(url: str | None, threads: int, spool: str | None) -> tuple[tuple, ProcessCapture]:
+    key = _key(url, threads, spool)
+    with _lock:
+        timer = _timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        capture = _captures.get(key)
+        if capture is None or not _usable(capture):
+            capture = ProcessCapture(url, engine="parsl", threads=threads, spool=spool)
+            _captures[key] = capture
+            _users[key] = 0
+        _users[key] += 1
+        return key, capture
+
+
+def release(key: tuple, capture: ProcessCapture, timeout: float | None) -> bool:
+    """Flush ``capture`` for a borrower that is done; end it once nobody has used it for a while."""
+    flushed = capture.flush(timeout)
+    with _lock:
+        if _captures.get(key) is not capture:
+            return flushed  # replaced meanwhile (it had been closed): nothing to count
+        _users[key] -= 1
+        if _users[key] > 0:
+            return flushed
+        timer = threading.Timer(IDLE_SECONDS, _end_if_unused, args=(key, capture))
+        timer.daemon = True
+        _timers[key] = timer
+        timer.start()
+    return flushed
+
+
+def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
+    with _lock:
+        if _captures.get(key) is not capture or _users.get(key, 0) > 0:
+            return
+        del _captures[key], _users[key]
+        _timers.pop(key, None)
+    capture.close(timeout=60)
+
+
+def live() -> dict[tuple, Any]:
+    """The shared captures now kept (for tests and diagnostics)."""
+    with _lock:
+        return dict(_captures)
