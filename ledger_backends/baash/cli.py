@@ -130,7 +130,7 @@ def _tls(listen: str | None, ca: str | None, cert: str | None, key: str | None):
             raise ConfigError("--tls-ca, --tls-cert and --tls-key are for --listen, which was not given")
         return None
     missing = [name for name, value in given.items() if not value]
-    if missing:
+    if missing or ca is None or cert is None or key is None:
         raise ConfigError(f"--listen takes TCP clients only with mutual TLS: give {', '.join(missing)} too "
                           f"(a CA, and the service's certificate and key; see docs/baash.md)")
     from .tls import parse_listen, server_context

@@ -161,7 +161,8 @@ class TLSListener:
             address_family = family
 
         self.server = Server(address, Handler)
-        self.address = self.server.server_address[:2]
+        bound = self.server.server_address
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
 
     @property
     def endpoint(self) -> str:
