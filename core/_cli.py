@@ -303,7 +303,7 @@ def why(path, ledger_url, as_json) -> None:
 
 def _say_adopted(tree) -> None:
     """Who accepted this version, and why, where an adoption produced it."""
-    from ._ledger import is_adoption
+    from ._lineage import is_adoption
 
     producer = tree.producer
     if producer is not None and is_adoption(producer.record):

@@ -1,0 +1,201 @@
+"""Lineage queries of the ledger: the tree of versions a file derives from, what was derived
+from it, and directories (their manifests, the recorded directory a file lies in).
+
+A mixin of :class:`~._ledger.Ledger`: every answer comes from its proved look-ups
+(``_find``, ``run``, ``last_seen``), so nothing here reads the store directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._hashing import lookup_paths
+from ._manifest import MANIFEST_RUN_PREFIX, Manifest
+from ._model import Record, is_alias
+
+__all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption"]
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    """A record read back from the ledger, with its id and place."""
+
+    id: str
+    record: Record
+    height: int
+    position: int
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.height, self.position)
+
+
+@dataclass
+class LineageNode:
+    """One file version in a lineage tree.
+
+    ``kind`` is ``produced`` (a record output it), ``source`` (no record ever output the
+    path), or ``broken`` (records output the path, but none with this digest: the file
+    changed between being produced and being consumed).
+    """
+
+    path: str
+    digest: str | None
+    kind: str
+    producer: LedgerRecord | None = None
+    parents: list[LineageNode] = field(default_factory=list)
+
+
+class LineageQueries:
+    """Lineage and directory queries, answered from the ledger's proved look-ups."""
+
+    _manifests: dict[str, Manifest]
+    if TYPE_CHECKING:  # the look-ups of Ledger this builds on
+        _find: Callable[..., list[LedgerRecord]]
+        run: Callable[[str], list[LedgerRecord]]
+        last_seen: Callable[..., tuple[LedgerRecord, str, Mapping[str, Any]] | None]
+        query_path: Callable[[str], str]
+        consumers: Callable[..., list[LedgerRecord]]
+        count_consumers: Callable[..., int]
+
+    def lineage(self, path: str, digest: str | None = None, *,
+                memo: dict[tuple[str, str | None], LineageNode] | None = None) -> LineageNode:
+        """The tree of file versions ``path`` was derived from, back to the sources.
+
+        Trees of several targets share their nodes through one ``memo`` (a verification of
+        10,000 outputs of one task walks their common input once)."""
+        return self._lineage(self.query_path(path), digest, None, {} if memo is None else memo)
+
+    def _lineage(self, path, digest, consumer, memo) -> LineageNode:
+        key = (path, digest)
+        if key in memo:
+            return memo[key]
+        if digest is None:
+            found = self._find("out", path, None)
+            producer = found[-1] if found else None
+            if producer is None:
+                node = LineageNode(path, None, "source")
+                memo[key] = node
+                return node
+            digest = producer.record.outputs[path]["blake3"]
+        else:
+            candidates = self._find("out", path, digest)
+            if not candidates and consumer is not None:
+                # The producer may name the file by another spelling the consumer's record
+                # also has (its real path, or the path as given): try those.
+                for other in _spellings(consumer.record.inputs, path):
+                    candidates = self._find("out", other, digest)
+                    if candidates:
+                        break
+            if consumer is not None:  # prefer the version made before it was consumed
+                earlier = [c for c in candidates if c.order < consumer.order]
+                candidates = earlier or candidates
+            producer = candidates[-1] if candidates else None
+            if producer is None:
+                kind = "broken" if self._produced_before(path, consumer) else "source"
+                node = LineageNode(path, digest, kind)
+                memo[key] = node
+                return node
+        node = LineageNode(path, digest, "produced", producer)
+        memo[key] = node
+        memo[(path, None)] = memo.get((path, None), node)
+        inputs = producer.record.inputs
+        for input_path, entry in sorted(inputs.items()):
+            if is_alias(entry):
+                continue  # the same file as its real path's entry
+            if not os.path.lexists(input_path):
+                # Read through a symbolic link whose target has moved since: the path the task
+                # was given still leads to the file.
+                input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)
+            node.parents.append(self._lineage(input_path, entry["blake3"], producer, memo))
+        return node
+
+    def _produced_before(self, path: str, consumer: LedgerRecord | None) -> bool:
+        """Whether a version of ``path`` other than the one consumed was produced: the
+        consumed one then changed after it was written (a broken lineage). An adoption
+        recorded after the consumer read the file does not count: what it read was a source."""
+        return any(
+            not (consumer is not None and p.order > consumer.order and is_adoption(p.record))
+            for p in self._find("out", path, None)
+        )
+
+    # -- directories ------------------------------------------------------------------------
+    def manifest(self, digest: str) -> Manifest | None:
+        """The manifest of the directory whose digest is ``digest``, as a manifest record
+        keeps it (proved in the tree, and hashed to ``digest``); None if none does."""
+        cached = self._manifests.get(digest)
+        if cached is not None:
+            return cached
+        for entry in self.run(MANIFEST_RUN_PREFIX + digest):
+            try:
+                manifest = Manifest.from_json(entry.record.extra.get("manifest"))
+            except ValueError:
+                continue
+            if manifest.digest == digest:
+                self._manifests[digest] = manifest
+                return manifest
+        return None
+
+    def container_of(self, path: str, memo: dict[str, Any] | None = None,
+                     ) -> tuple[str, LedgerRecord, str, Mapping[str, Any]] | None:
+        """The nearest recorded directory ``path`` lies in, for a file no record names itself:
+        (directory, the record that last saw it, its role, its entry). ``memo`` keeps what
+        was found for each directory across calls (files of one tree share their parents)."""
+        memo = {} if memo is None else memo
+        for key in lookup_paths(path):
+            parent = os.path.dirname(key)
+            while parent and parent != key:
+                if parent not in memo:
+                    seen = self.last_seen(parent, ("out",)) or self.last_seen(parent, ("in",))
+                    memo[parent] = seen if seen is not None and seen[2].get("type") == "dir" else None
+                if memo[parent] is not None:
+                    entry, role, recorded = memo[parent]
+                    return parent, entry, role, recorded
+                key, parent = parent, os.path.dirname(parent)
+        return None
+
+    def derived(self, path: str, digest: str | None = None, _seen: set | None = None, *,
+                limit: int | None = None) -> list[tuple[LedgerRecord, list]]:
+        """What was derived from ``path``: [(consumer record, [(its outputs' subtrees)...])].
+
+        With ``limit``, at most that many consumers of each file (oldest first), and a last
+        item ``(None, n)`` where ``n`` more were left out.
+        """
+        seen = set() if _seen is None else _seen
+        if _seen is None:
+            path = self.query_path(path)
+        tree: list[tuple[Any, Any]] = []
+        consumers = self.consumers(path, digest, limit=limit) if limit else self.consumers(path, digest)
+        for consumer in consumers:
+            if consumer.id in seen:
+                continue
+            seen.add(consumer.id)
+            children = [
+                (out_path, self.derived(out_path, entry["blake3"], seen, limit=limit))
+                for out_path, entry in sorted(consumer.record.outputs.items()) if not is_alias(entry)
+            ]
+            tree.append((consumer, children))
+        if limit and len(consumers) == limit:
+            more = self.count_consumers(path, digest) - limit
+            if more > 0:
+                tree.append((None, more))
+        return tree
+
+
+def _aliases_of(side: Mapping[str, Mapping[str, Any]], real: str) -> list[str]:
+    return [path for path, entry in side.items() if entry.get("alias_of") == real]
+
+
+def _spellings(side: Mapping[str, Mapping[str, Any]], path: str) -> list[str]:
+    """The other paths a record names the file ``path`` by (its aliases, or its real path)."""
+    entry = side.get(path)
+    real = entry.get("alias_of", path) if entry is not None else path
+    return [p for p in [real, *_aliases_of(side, real)] if p != path]
+
+
+def is_adoption(record: Record) -> bool:
+    """A record of `lineage-ledger adopt`: a user accepted files' current content."""
+    return record.engine == "lineage-ledger" and record.task_name == "adopt"
