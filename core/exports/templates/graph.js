@@ -62,7 +62,11 @@
     var maxX = 0, maxY = 0;
     nodes.forEach(function (n) { maxX = Math.max(maxX, n.x + W); maxY = Math.max(maxY, n.y + H); });
     var box = svg.getBoundingClientRect();
-    var k = Math.min((box.width - 40) / maxX, (box.height - 40) / maxY, 1.5);
+    var byWidth = (box.width - 40) / maxX, byHeight = (box.height - 40) / maxY;
+    var k = Math.min(byWidth, byHeight, 1.5);
+    // A long, shallow chain would shrink to unreadable text to fit the width: fit its
+    // height instead and let the reader pan along it.
+    if (k < 0.7 && byHeight >= 0.7) k = Math.min(byHeight, 1);
     transform = { x: 20, y: 20, k: Math.max(k, 0.02) };
     applyTransform();
   }
