@@ -153,7 +153,10 @@ class TLSListener:
                     on_refused(f"a TLS client from {self.client_address[0]} sent no certificate")
                     drain_and_close(tls)
                     return
-                serve(tls, certificate_peer(der))
+                try:
+                    serve(tls, certificate_peer(der))
+                finally:
+                    tls.close()
 
         class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             daemon_threads = True
