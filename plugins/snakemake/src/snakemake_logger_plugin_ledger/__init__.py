@@ -81,6 +81,10 @@ def _refuse_a_bad_configuration(url: str | None) -> None:
     cannot be parsed, names an unknown scheme, or needs an extra that is not installed): the
     records of the whole run would be lost. An unreachable or locked ledger is no reason:
     records wait in the spool until it takes them."""
+    from ._urls import surely_usable
+
+    if surely_usable(url):
+        return  # an SQLite file path: nothing to import to know it (see _urls)
     try:
         from lineage_ledger._deferred import _default_url, ledger_identity
         from lineage_ledger._errors import ConfigError

@@ -20,14 +20,52 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import Any
+
+from blake3 import blake3
 
 from ._jobs import JobLookup
 from ._preflight import SnakemakeLogHook
 
 log = logging.getLogger("lineage_ledger.snakemake")
+
+
+def file_entry(path: str) -> dict[str, Any] | None:
+    """``lineage_ledger.hash_file(path).entry()`` for a regular file reached by no symbolic
+    link, without importing ``lineage_ledger`` on Snakemake's main thread (about 0.1 s of
+    CPU; a temp() output is often the first thing a run hashes). None for anything else.
+
+    The same bytes as the core's entry for a file: ``{"blake3": hex digest, "size": bytes}``,
+    the file read whole while its size and mtime stay put.
+    """
+    try:
+        if os.path.realpath(path) != path:
+            return None
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        hasher = blake3()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(chunk)
+        after = os.stat(path)
+    except OSError:
+        return None  # missing or unreadable: the record says so when it hashes
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        return None  # changing while read: the core's hashing retries it
+    return {"blake3": hasher.hexdigest(), "size": after.st_size}
+
+
+def _core_entry(path: str) -> dict[str, Any] | None:
+    from lineage_ledger import ArtifactError, hash_file
+
+    try:
+        return hash_file(path).entry()
+    except ArtifactError:
+        return None  # missing or unreadable: the record says so when it hashes
 
 
 class TempOutputHook(SnakemakeLogHook):
@@ -67,16 +105,13 @@ class TempOutputHook(SnakemakeLogHook):
         if job is None:
             return
         temp = [f for f in job.output if (getattr(f, "flags", None) or {}).get("temp")]
-        if not temp:
-            return
-        from lineage_ledger import ArtifactError, hash_file
-
         for f in temp:
             path = os.path.abspath(f)
-            try:
-                self.digests[path] = hash_file(path).entry()
-            except ArtifactError:
-                continue  # missing or unreadable: the record says so when it hashes
+            entry = file_entry(path)
+            if entry is None:
+                entry = _core_entry(path)  # a directory, or a path through a symbolic link
+            if entry is not None:
+                self.digests[path] = entry
 
     def take(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         """The digests kept for ``paths``, removed from the hook."""

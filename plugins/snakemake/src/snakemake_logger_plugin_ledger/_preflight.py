@@ -117,6 +117,10 @@ def check(url: str | None, plan: Plan) -> None:
     paths = [p for p in plan.checked if os.path.exists(p)]
     if not paths:
         return  # a missing file is not tampering: a fresh run does not even open the ledger
+    from ._urls import surely_no_ledger
+
+    if surely_no_ledger(url):
+        return  # no ledger file yet: nothing to check against, and nothing to import (see _urls)
     from lineage_ledger import NoLedger, check_before_run, open_ledger
 
     try:  # the check only reads: no ledger is created, no spool replayed, no SQLAlchemy imported

@@ -169,6 +169,8 @@ class JobRecorder:
 
     def _finish_unreported(self) -> None:
         """Jobs that started and, by Snakemake's metadata, finished without a job_finished event."""
+        if not self._reports:
+            return  # the usual case; _recovery imports lineage_ledger, which Snakemake's process never needs
         from ._recovery import metadata_end
 
         for jobid, report in list(self._reports.items()):
