@@ -112,6 +112,30 @@ class BackendConformance:
         assert ledger.producer("/data/out-run-1-7").record.task_id == "task-7"
         ledger.close()
 
+    def test_directory_artifacts_and_their_manifest_kept_once(self, url, tmp_path):
+        """A directory is recorded by its manifest's digest; the manifest record (a large body:
+        300 entries) is stored once however many tasks name the directory, and read back whole."""
+        from .. import Record, hash_file, utcnow, verify_lineage
+        from .._capture import entries_of, manifest_records_of
+
+        root = tmp_path / "index"
+        for i in range(300):
+            (root / f"part{i // 100}").mkdir(parents=True, exist_ok=True)
+            (root / f"part{i // 100}" / f"chunk{i:03d}.bin").write_bytes(b"%d" % i * 50)
+        directory = hash_file(root)
+        ledger = open_ledger(url, spool=str(tmp_path / "spool"))
+        for task in ("index", "align"):
+            now = utcnow()
+            record = Record(engine="conformance", run_id="dirs", task_id=task, task_name=task, status="succeeded",
+                            started=now, ended=now, **{"outputs" if task == "index" else "inputs": entries_of([directory])})
+            ledger.append_records([r.stored() for r in [*manifest_records_of([directory]), record]])
+        assert len(ledger.run("manifest:" + directory.blake3)) == 1
+        assert ledger.manifest(directory.blake3) == directory.manifest
+        assert ledger.producer(str(root)).record.outputs[str(root)]["type"] == "dir"
+        assert ledger.verify_chain().records == 3
+        assert verify_lineage(ledger, [str(root)]).ok
+        ledger.close()
+
     def test_concurrent_writers_from_several_processes(self, url, tmp_path):
         if not open_backend(url).shared_between_processes:
             pytest.skip("this back-end keeps one store per process")
