@@ -60,6 +60,8 @@ def test_arguments_split_between_the_wrapper_and_nextflow():
     assert command.log_file == "my.log" and command.params == {"title": "t", "flag": "true"}
     assert _args.nextflow_args(command, "P") == [
         "-log", "my.log", "-trace", "P", "run", "main.nf", "-resume", SESSION, "--title", "t", "--flag"]
+    with_file = _args.parse(["run", "main.nf", "-params-file", "p.yaml"])
+    assert with_file.params == {"-params-file": os.path.abspath("p.yaml")}
     user_trace = _args.parse(["-trace", "nextflow.Session", "run", "main.nf"])
     assert _args.nextflow_args(user_trace, "P")[:2] == ["-trace", "nextflow.Session,P"]
     assert _args.absolute_url("sqlite:///rel/l.db", "/launch") == "sqlite:////launch/rel/l.db"

@@ -78,6 +78,8 @@ def parse(argv: list[str]) -> Command:
             value = arg.partition("=")[2] or (run[j + 1] if j + 1 < len(run) else "")
             if _UUID.match(value):
                 command.resume_session = value
+        elif arg == "-params-file" and j + 1 < len(run):
+            command.params["-params-file"] = os.path.abspath(run[j + 1])  # its values are not read
         elif arg.startswith("--") and len(arg) > 2:
             key, eq, value = arg[2:].partition("=")
             if not eq:
