@@ -129,7 +129,7 @@ def test_endorsers_are_pinned_relative_to_the_profile(tmp_path):
     assert backend.profile.endorsers == (("Org1MSP", (tmp_path / "ca.pem",)),
                                          ("Org2MSP", (tmp_path / "ca.pem", tmp_path / "ca.pem")))
     roots = backend.endorsement_roots()  # read from the files, no network
-    assert sorted(roots) == ["Org1MSP", "Org2MSP"] and len(roots["Org2MSP"]) == 2
+    assert sorted(roots) == ["Org1MSP", "Org2MSP"] and len(roots["Org2MSP"].roots) == 2
     backend.close()
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     backend = open_backend(f"fabric://{path}")
@@ -153,3 +153,76 @@ def test_unreadable_endorsed_answers_and_channel_configs_are_errors():
     for garbage in (b"\xff\xff\xff", b""):
         with pytest.raises(BackendError, match="channel configuration"):
             application_msp_roots(garbage)
+
+
+def _ca_tree():
+    """A root CA, an intermediate it issued, two peers under the intermediate and the
+    intermediate's CRL revoking the second; a stranger CA and its peer."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(name, unit, issuer=None, *, ca=False):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+                             x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        signer_cert, signer_key = issuer or (None, key)
+        cert = (x509.CertificateBuilder().subject_name(subject)
+                .issuer_name(signer_cert.subject if signer_cert else subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                .sign(signer_key, hashes.SHA256()))
+        return cert, key
+
+    root = issue("ca.org1", "ca", ca=True)
+    middle = issue("ica.org1", "ca", root, ca=True)
+    good, revoked = issue("peer0.org1", "peer", middle), issue("peer1.org1", "peer", middle)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(middle[0].subject).last_update(now)
+           .next_update(now + datetime.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(revoked[0].serial_number)
+                                    .revocation_date(now).build())
+           .sign(middle[1], hashes.SHA256()))
+    stranger_ca = issue("ca.org1", "ca", ca=True)  # the same name, another key
+    stranger = issue("peer0.org1", "peer", stranger_ca)
+    return root[0], middle[0], crl, good[0], revoked[0], stranger[0], now
+
+
+def test_channel_msps_bring_intermediate_cas_and_revocations():
+    """The channel's MSP definition is all of it: roots, intermediates and CRLs."""
+    from cryptography.hazmat.primitives import serialization
+    from fabric_protos.common import configtx_pb2
+    from fabric_protos.msp import identities_pb2, msp_config_pb2
+
+    from lineage_ledger.backends.fabric._channel import application_msp_roots
+    from lineage_ledger.backends.fabric._endorsement import EndorsementRefused, MSPTrust, _check_endorser
+
+    root, middle, crl, good, revoked, stranger, now = _ca_tree()
+    pem = serialization.Encoding.PEM
+    fabric = msp_config_pb2.FabricMSPConfig(name="Org1MSP", root_certs=[root.public_bytes(pem)],
+                                            intermediate_certs=[middle.public_bytes(pem)],
+                                            revocation_list=[crl.public_bytes(pem)])
+    config = configtx_pb2.Config()
+    org = config.channel_group.groups["Application"].groups["Org1MSP"]
+    org.values["MSP"].value = msp_config_pb2.MSPConfig(type=0, config=fabric.SerializeToString()).SerializeToString()
+    trust = application_msp_roots(config.SerializeToString())
+    assert list(trust) == ["Org1MSP"] and len(trust["Org1MSP"].crls) == 1
+
+    def identity(cert, msp="Org1MSP"):
+        return identities_pb2.SerializedIdentity(mspid=msp, id_bytes=cert.public_bytes(pem))
+
+    assert _check_endorser(identity(good), trust, now) == good  # via the intermediate
+    with pytest.raises(EndorsementRefused, match="is revoked"):
+        _check_endorser(identity(revoked), trust, now)
+    with pytest.raises(EndorsementRefused, match="no root CA of that MSP issued it"):
+        _check_endorser(identity(stranger), trust, now)
+    roots_only = {"Org1MSP": MSPTrust((root,))}  # the intermediate not in the MSP: no path to the root
+    with pytest.raises(EndorsementRefused, match="no root CA of that MSP issued it"):
+        _check_endorser(identity(good), roots_only, now)
+    unrevoked = {"Org1MSP": MSPTrust((root,), (middle,))}  # no CRL: the same certificate passes
+    assert _check_endorser(identity(revoked), unrevoked, now) == revoked

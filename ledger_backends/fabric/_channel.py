@@ -5,8 +5,9 @@
 The channel configuration (``cscc GetChannelConfig``: a ``common.Config``) names each
 application organisation under ``Application``, with its MSP definition as the value
 ``MSP``: an ``MSPConfig`` of type 0 (X.509) whose ``config`` is a ``FabricMSPConfig`` holding
-``name`` (the MSP id) and ``root_certs`` (PEM). Those roots are what endorsement
-signatures are checked against when the connection profile pins none.
+``name`` (the MSP id), ``root_certs``, ``intermediate_certs`` and ``revocation_list`` (PEM
+certificates and CRLs). They are what endorsement signatures are checked against when the
+connection profile pins none.
 
 This trusts the gateway's peer to report the channel's configuration truthfully; a profile
 that names ``endorsers`` does not (docs/fabric.md, "Endorsed tree head").
@@ -20,17 +21,19 @@ from fabric_protos.msp import msp_config_pb2
 
 from lineage_ledger._errors import BackendError
 
+from ._endorsement import MSPTrust
+
 __all__ = ["application_msp_roots"]
 
 _X509_MSP = 0
 
 
-def application_msp_roots(config_bytes: bytes) -> dict[str, list[x509.Certificate]]:
-    """MSP id -> root CA certificates of every application organisation of the channel."""
+def application_msp_roots(config_bytes: bytes) -> dict[str, MSPTrust]:
+    """MSP id -> root and intermediate CAs and CRLs of every application organisation."""
     try:
         config = configtx_pb2.Config.FromString(config_bytes)
         application = config.channel_group.groups["Application"]
-        roots: dict[str, list[x509.Certificate]] = {}
+        roots: dict[str, MSPTrust] = {}
         for group in application.groups.values():
             if "MSP" not in group.values:
                 continue
@@ -38,7 +41,10 @@ def application_msp_roots(config_bytes: bytes) -> dict[str, list[x509.Certificat
             if msp.type != _X509_MSP:
                 continue
             fabric = msp_config_pb2.FabricMSPConfig.FromString(msp.config)
-            roots[fabric.name] = [x509.load_pem_x509_certificate(pem) for pem in fabric.root_certs]
+            roots[fabric.name] = MSPTrust(
+                roots=tuple(x509.load_pem_x509_certificate(pem) for pem in fabric.root_certs),
+                intermediates=tuple(x509.load_pem_x509_certificate(pem) for pem in fabric.intermediate_certs),
+                crls=tuple(x509.load_pem_x509_crl(pem) for pem in fabric.revocation_list))
     except Exception as exc:  # protobuf or certificate parsing: a configuration we cannot read
         raise BackendError(f"the channel configuration is unreadable: {exc}") from exc
     if not roots:

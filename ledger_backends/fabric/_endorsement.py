@@ -40,7 +40,7 @@ from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_
 
 from lineage_ledger._errors import VerificationError
 
-__all__ = ["EndorsementRefused", "Endorser", "response_of", "verify_endorsed_answer"]
+__all__ = ["EndorsementRefused", "Endorser", "MSPTrust", "response_of", "verify_endorsed_answer"]
 
 
 class EndorsementRefused(VerificationError):
@@ -54,6 +54,48 @@ class Endorser:
 
     msp_id: str
     subject: str  # the peer certificate's subject, RFC 4514
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+@dataclass(frozen=True)
+class MSPTrust:
+    """Who belongs to one MSP, as its definition says: certificates issued by a root CA, or
+    by an intermediate CA that a root issued, and not revoked by a CRL of their issuer."""
+
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...] = ()
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+
+    def issuer_of(self, certificate: x509.Certificate) -> x509.Certificate | None:
+        for root in self.roots:
+            if _issued_by(certificate, root):
+                return root
+        for ca in self.intermediates:
+            if _issued_by(certificate, ca) and any(_issued_by(ca, root) for root in self.roots):
+                return ca
+        return None
+
+    def revoked(self, certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+        """A CRL of ``issuer``, signed by it, lists the certificate's serial number."""
+        key = issuer.public_key()
+        for crl in self.crls:
+            if crl.issuer != issuer.subject or not isinstance(key, ec.EllipticCurvePublicKey):
+                continue
+            if crl.is_signature_valid(key) and crl.get_revoked_certificate_by_serial_number(
+                    certificate.serial_number) is not None:
+                return True
+        return False
+
+
+def _trust(value: MSPTrust | Sequence[x509.Certificate]) -> MSPTrust:
+    return value if isinstance(value, MSPTrust) else MSPTrust(tuple(value))
 
 
 def proposal_hash(proposal_bytes: bytes) -> bytes:
@@ -81,24 +123,22 @@ def _is_peer(certificate: x509.Certificate) -> bool:
     return any(unit.value == "peer" for unit in units)
 
 
-def _check_endorser(identity: identities_pb2.SerializedIdentity, roots: Mapping[str, Sequence[x509.Certificate]],
+def _check_endorser(identity: identities_pb2.SerializedIdentity, roots: Mapping[str, MSPTrust | Sequence[x509.Certificate]],
                     now: datetime.datetime) -> x509.Certificate:
-    trusted = roots.get(identity.mspid)
-    if not trusted:
+    given = roots.get(identity.mspid)
+    if not given:
         raise EndorsementRefused(f"an endorsement is signed by MSP {identity.mspid!r}, which is not a trusted member")
+    trusted = _trust(given)
     try:
         certificate = x509.load_pem_x509_certificate(identity.id_bytes)
     except ValueError as exc:
         raise EndorsementRefused(f"an endorser of {identity.mspid} has an unreadable certificate: {exc}") from exc
     subject = certificate.subject.rfc4514_string()
-    for root in trusted:
-        try:
-            certificate.verify_directly_issued_by(root)
-            break
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-    else:
+    issuer = trusted.issuer_of(certificate)
+    if issuer is None:
         raise EndorsementRefused(f"endorser {subject} claims {identity.mspid}, but no root CA of that MSP issued it")
+    if trusted.revoked(certificate, issuer):
+        raise EndorsementRefused(f"endorser {subject} ({identity.mspid}): the certificate is revoked")
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise EndorsementRefused(f"endorser {subject} ({identity.mspid}): the certificate is not valid now")
     if not _is_peer(certificate):
@@ -109,11 +149,12 @@ def _check_endorser(identity: identities_pb2.SerializedIdentity, roots: Mapping[
 
 
 def verify_endorsed_answer(proposal_bytes: bytes, envelope: common_pb2.Envelope, *,
-                           roots: Mapping[str, Sequence[x509.Certificate]], quorum: int, chaincode: str,
+                           roots: Mapping[str, MSPTrust | Sequence[x509.Certificate]], quorum: int, chaincode: str,
                            now: datetime.datetime | None = None) -> tuple[bytes, list[Endorser]]:
     """The answer (the chaincode response's payload) and who endorsed it, once proved.
 
-    ``roots`` maps each trusted MSP id to its root CA certificates; ``quorum`` is how many
+    ``roots`` maps each trusted MSP id to its :class:`MSPTrust` (or just its root CA
+    certificates); ``quorum`` is how many
     distinct MSPs must have signed. Raises :class:`EndorsementRefused`.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)

@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+
 from lineage_ledger._errors import BackendError, ConfigError, HistoryRewritten
 
-from ._endorsement import Endorser, response_of, verify_endorsed_answer
+from ._endorsement import Endorser, MSPTrust, response_of, verify_endorsed_answer
 from ._gateway import GatewayCallError, TransactionInvalid
 
 if TYPE_CHECKING:
-    from cryptography import x509
-
     from lineage_ledger import Ledger
 
     from ._gateway import GatewayClient
@@ -66,7 +66,7 @@ def _parse_tree_head(answer: bytes) -> tuple[int, str, int, str | None]:
 class TreeHeadsMixin:
     """FabricBackend's endorsed tree head (needs its ``_client``, ``profile``, ``_ledger``)."""
 
-    _trust_roots: dict[str, list[x509.Certificate]] | None = None
+    _trust_roots: dict[str, MSPTrust] | None = None
     if TYPE_CHECKING:  # provided by FabricBackend
         profile: ConnectionProfile
         _client: GatewayClient
@@ -121,9 +121,10 @@ class TreeHeadsMixin:
         if "ACCESS DENIED" in exc.text:
             raise self._fail(exc, "TreeHead") from exc
 
-    def endorsement_roots(self) -> dict[str, list[x509.Certificate]]:
-        """MSP id -> trusted root CA certificates: the profile's ``endorsers``, else the
-        channel configuration's member organisations (as this gateway's peer reports it)."""
+    def endorsement_roots(self) -> dict[str, MSPTrust]:
+        """MSP id -> who belongs to it: the root CAs the profile's ``endorsers`` pin, else the
+        channel configuration's member organisations (root and intermediate CAs, CRLs; as
+        this gateway's peer reports it)."""
         if self._trust_roots is None:
             if self.profile.endorsers:
                 self._trust_roots = _pinned_roots(self.profile)
@@ -131,7 +132,7 @@ class TreeHeadsMixin:
                 self._trust_roots = self._channel_roots()
         return self._trust_roots
 
-    def _channel_roots(self) -> dict[str, list[x509.Certificate]]:
+    def _channel_roots(self) -> dict[str, MSPTrust]:
         from ._channel import application_msp_roots
 
         try:
@@ -163,16 +164,16 @@ class TreeHeadsMixin:
                 return int(blocks), int(records)
 
 
-def _pinned_roots(profile) -> dict[str, list[x509.Certificate]]:
-    from cryptography import x509
-
-    roots: dict[str, list[x509.Certificate]] = {}
+def _pinned_roots(profile) -> dict[str, MSPTrust]:
+    roots: dict[str, MSPTrust] = {}
     for msp_id, paths in profile.endorsers:
+        certificates: list[x509.Certificate] = []
         for path in paths:
             try:
-                roots.setdefault(msp_id, []).extend(x509.load_pem_x509_certificates(profile.read(path)))
+                certificates.extend(x509.load_pem_x509_certificates(profile.read(path)))
             except ValueError as exc:
                 raise ConfigError(f"fabric profile: endorsers[{msp_id!r}]: {path} holds no PEM certificate") from exc
+        roots[msp_id] = MSPTrust(tuple(certificates))
     return roots
 
 
