@@ -50,9 +50,9 @@ def closes(line: str, fence: str) -> bool:
     return len(line) - len(line.lstrip(" ")) <= 3 and set(mark) == {fence[0]} and len(mark) >= len(fence)
 
 
-def runnable_blocks(path: Path) -> list[Block]:
-    """The fenced blocks of a Markdown file whose info string has the word ``runnable``."""
-    blocks: list[Block] = []
+def fenced_blocks(path: Path) -> list[tuple[Block, list[str]]]:
+    """Every fenced block of a Markdown file, with the words of its info string."""
+    blocks: list[tuple[Block, list[str]]] = []
     lines = path.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
@@ -65,12 +65,20 @@ def runnable_blocks(path: Path) -> list[Block]:
         while j < len(lines) and not closes(lines[j], fence):
             body.append(lines[j])
             j += 1
-        if "runnable" in words[1:]:
-            language = words[0]
-            if language not in SHELLS | {"python"}:
-                raise ValueError(f"{path}:{i + 1}: a runnable block must be sh, bash or python, not {language!r}")
-            blocks.append(Block(path, i + 1, language, "\n".join(body) + "\n"))
+        blocks.append((Block(path, i + 1, words[0] if words else "", "\n".join(body) + "\n"), words))
         i = j + 1
+    return blocks
+
+
+def runnable_blocks(path: Path) -> list[Block]:
+    """The fenced blocks of a Markdown file whose info string has the word ``runnable``."""
+    blocks: list[Block] = []
+    for block, words in fenced_blocks(path):
+        if "runnable" in words[1:]:
+            if block.language not in SHELLS | {"python"}:
+                raise ValueError(f"{path}:{block.line}: a runnable block must be sh, bash or python, "
+                                 f"not {block.language!r}")
+            blocks.append(block)
     return blocks
 
 
@@ -157,3 +165,22 @@ def test_a_failing_block_fails_with_its_place_and_output(tmp_path):
     with pytest.raises(pytest.fail.Exception, match=r"README.md:6 \(sh\) exited 1\n--- stdout \(end\)\n/\n") as failed:
         run_block(doc_block, cwd, tmp_path)
     assert "never" not in str(failed.value)  # set -e: the block stopped at the failure
+
+
+def test_every_make_target_the_docs_name_exists():
+    """`make install-airflow` and `make bench-airflow` were named in the docs long before
+    they existed. Every `make TARGET` in backticks, and every `make` line of a code block,
+    must be a target of the Makefile."""
+    targets = set(re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    named: dict[str, str] = {}
+    for path in [*DOCUMENTS, *sorted((ROOT / "plugins").glob("*/README.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"`make ([\w-]+)", text):
+            named.setdefault(match[1], f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}")
+        for block, _ in fenced_blocks(path):
+            if block.language in SHELLS | {""}:
+                for target in re.findall(r"^\s*make ([\w-]+)", block.code, flags=re.MULTILINE):
+                    named.setdefault(target, block.where())
+    assert "install-airflow" in named and "test" in named
+    missing = {target: where for target, where in named.items() if target not in targets}
+    assert missing == {}
