@@ -95,8 +95,10 @@ class LineageQueries:
                 candidates = earlier or candidates
             producer = candidates[-1] if candidates else None
             if producer is None:
-                kind = "broken" if self._produced_before(path, consumer) else "source"
-                node = LineageNode(path, digest, kind)
+                if self._produced_before(path, consumer):
+                    node = LineageNode(path, digest, "broken")
+                else:
+                    node = self._inside_directory(path, digest, consumer, memo) or LineageNode(path, digest, "source")
                 memo[key] = node
                 return node
         node = LineageNode(path, digest, "produced", producer)
@@ -112,6 +114,24 @@ class LineageQueries:
                 input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)
             node.parents.append(self._lineage(input_path, entry["blake3"], producer, memo))
         return node
+
+    def _inside_directory(self, path: str, digest: str, consumer, memo) -> LineageNode | None:
+        """A file no task produced by itself, read in the version a recorded directory it lies
+        in holds: produced by that directory's producer. Its node has the directory's node
+        as its one parent, so the lineage goes on through the directory."""
+        containers = memo.setdefault(("containers", None), {})  # directory -> what container_of found
+        found = self.container_of(path, containers)
+        if found is None or found[2] != "out":
+            return None
+        directory, _entry, _role, recorded = found
+        manifest = self.manifest(recorded["blake3"])
+        listed = manifest.lookup(os.path.relpath(path, directory).replace(os.sep, "/")) if manifest else None
+        if listed is None or listed[1] != "file" or listed[2] != digest:
+            return None
+        parent = self._lineage(directory, recorded["blake3"], consumer, memo)
+        if parent.producer is None:
+            return None
+        return LineageNode(path, digest, "produced", parent.producer, [parent])
 
     def _produced_before(self, path: str, consumer: LedgerRecord | None) -> bool:
         """Whether a version of ``path`` other than the one consumed was produced: the

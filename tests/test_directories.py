@@ -267,3 +267,15 @@ def test_log_says_it_shows_the_last_records_and_lists_no_manifests(cli, workdir)
     everything = cli("log", "-n", "0", check_rc=0)
     assert len(everything.stdout.splitlines()) == 22 and "showing" not in everything.stderr
     assert "directory manifest" not in everything.stdout
+
+
+def test_a_file_read_from_inside_a_produced_directory_has_the_directorys_lineage(cli, workdir):
+    write(workdir / "genome.fa", ">chr1\nACGT\n")
+    cli("run", "-i", "genome.fa", "-o", "index", "--", "sh", "-c",
+        "mkdir index && cp genome.fa index/genome.idx", check_rc=0)
+    cli("run", "-i", "index/genome.idx", "-o", "aligned.txt", "--", "sh", "-c",
+        "cat index/genome.idx > aligned.txt", check_rc=0)
+    why = cli("why", "aligned.txt", check_rc=0).stdout
+    assert "index/genome.idx" in why and "genome.fa" in why and "(source)" in why.splitlines()[-1]
+    assert "genome.idx" not in why.splitlines()[-1]  # the directory's input is the source, not the file
+    assert "BROKEN" not in verify(cli, "aligned.txt", check_rc=0).stdout
