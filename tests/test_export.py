@@ -311,3 +311,21 @@ def test_import_lineage_ledger_loads_no_export_dependency():
             "or m.startswith('lineage_ledger.exports')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_missing_extra_is_named_with_its_install_hint(pipeline, tmp_path):
+    """Without the exports extra (its modules made unimportable here), a clear error, exit 2."""
+    code = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('prov', 'rocrate', 'openlineage'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from lineage_ledger._cli import main\n"
+        "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, "export", "--run", "r1", "--format", "ro-crate", "-o",
+                           str(tmp_path / "crate")], cwd=pipeline, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'lineage-ledger[exports]'" in done.stderr and "'rocrate'" in done.stderr, done.stderr
+    assert not (tmp_path / "crate").exists()  # refused before anything was written
