@@ -208,5 +208,57 @@ def test_strict_refuses_when_the_ledger_cannot_be_read(tmp_path, never):
     (tmp_path / ".lineage" / "ledger.db").write_bytes(b"not a database at all" * 100)
     refused = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "strict", cwd=tmp_path,
                          nextflow=never)
-    assert refused.returncode == 1 and "the ledger could not be checked" in refused.stderr
+    assert refused.returncode == 1 and "could not be checked against the ledger" in refused.stderr
     assert not (tmp_path / "NEXTFLOW_STARTED").exists()
+
+
+def test_bad_ledger_url_exits_2_before_resume_check_and_before_recording(tmp_path, never):
+    _recorded_session(tmp_path)
+    resumed = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger", "nosuch://x", cwd=tmp_path, nextflow=never)
+    assert resumed.returncode == 2 and "nosuch" in resumed.stderr
+    assert not (tmp_path / "NEXTFLOW_STARTED").exists()
+    fresh = ledger_cmd("run", "main.nf", "--ledger", "nosuch://x", cwd=tmp_path, nextflow=never)
+    assert fresh.returncode == 2 and "refusing to run" in fresh.stderr
+
+
+def test_rerun_moves_the_changed_task_aside_and_keeps_its_files(tmp_path, never):
+    out = _recorded_session(tmp_path)
+    out.write_text("tampered\n")
+    result = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "rerun", cwd=tmp_path,
+                        nextflow=never)
+    assert result.returncode == 0, result.stderr
+    assert not out.parent.exists()  # Nextflow finds no work directory to reuse: it runs the task again
+    [kept] = (tmp_path / ".lineage" / "nextflow" / "quarantine").glob("*/work/ab/cdef/out.txt")
+    assert kept.read_text() == "tampered\n" and (tmp_path / "NEXTFLOW_STARTED").exists()
+
+
+def test_failed_tries_wait_for_nextflows_note_in_either_order(tmp_path):
+    from lineage_ledger_nextflow._log import Completed, Note
+    from lineage_ledger_nextflow._tasks import TaskRecorder
+
+    from lineage_ledger import TaskCapture
+
+    def workdir(key: str, code: int) -> str:
+        path = tmp_path / "work" / key[:2] / key[2:]
+        path.mkdir(parents=True)
+        (path / ".command.sh").write_text(f"exit {code}\n")
+        (path / ".exitcode").write_text(str(code))
+        return str(path)
+
+    url = str(tmp_path / "ledger.db")
+    with TaskCapture(url, engine="nextflow", raise_errors=True) as capture:
+        recorder = TaskRecorder(capture, {})
+        first = workdir("aa111111", 3)
+        recorder.note(Note("aa/111111", "FLAKY", "RETRY", 1))  # the note first, this time
+        recorder.completed(Completed("1", "FLAKY", "COMPLETED", 3, None, first))
+        recorder.completed(Completed("2", "FLAKY", "COMPLETED", 0, None, workdir("bb222222", 0)))
+        recorder.completed(Completed("3", "STOP", "COMPLETED", 1, None, workdir("cc333333", 1)))  # no note
+        assert recorder.recorded == 2
+        recorder.finish()
+        assert recorder.recorded == 3
+    listed = subprocess.run([str(BIN / "lineage-ledger"), "log", "-n", "0", "--json", "--ledger", url],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    found = {(r["task_name"], r["attempt"], r["status"], r["extra"]["error_action"], r["extra"]["exit_status"])
+             for r in map(json.loads, listed.splitlines())}
+    assert found == {("FLAKY", 1, "failed", "RETRY", 3), ("FLAKY", 2, "succeeded", None, 0),
+                     ("STOP", 1, "failed", None, 1)}

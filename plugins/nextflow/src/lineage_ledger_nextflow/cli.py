@@ -82,6 +82,8 @@ def run(argv: list[str]) -> int:
 
 def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | None:
     """Apply the policy before a ``-resume``; an exit status when the run must not start."""
+    from lineage_ledger import ConfigError
+
     session = command.resume_session or _log.last_session(launch_dir)
     if session is None:
         return None  # Nextflow will say there is nothing to resume
@@ -92,10 +94,13 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
                         session)
             return None
         plan.tampered = _preflight.check(url, plan.checked)
+    except ConfigError as err:  # a URL no retry can fix: every record of the run would be lost too
+        print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
+        return 2
     except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
         if command.policy == "strict":
-            print(f"nextflow-ledger: refusing to run (--ledger-policy strict): the ledger could not be "
-                  f"checked: {type(err).__name__}: {err}", file=sys.stderr)
+            print(f"nextflow-ledger: refusing to run (--ledger-policy strict): the files could not be "
+                  f"checked against the ledger: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
         log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
                   "the %s policy", type(err).__name__, err, command.policy)
@@ -109,7 +114,12 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
         return 1
     log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
     if command.policy == "rerun":
-        _preflight.quarantine(launch_dir, plan, _preflight.to_rerun(plan))
+        try:
+            _preflight.quarantine(launch_dir, plan, _preflight.to_rerun(plan))
+        except OSError as err:  # the promised rerun cannot happen: do not run on the changed files
+            print(f"nextflow-ledger: refusing to run (--ledger-policy rerun): cannot move a changed task's "
+                  f"files aside: {err}", file=sys.stderr)
+            return 1
     return None
 
 
