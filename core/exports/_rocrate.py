@@ -262,7 +262,8 @@ class _Builder:
         for run_id, members in runs.items():
             entries = [e for e, _ in members]
             failed = any(e.record.status == "failed" for e in entries)
-            consumed = {(p, a["blake3"]) for e in entries for p, a in e.record.inputs.items()}
+            # A target rule that only reads (Snakemake's `all`) does not make its inputs intermediate.
+            consumed = {(p, a["blake3"]) for e in entries if e.record.outputs for p, a in e.record.inputs.items()}
             produced = {(p, a["blake3"]) for e in entries for p, a in e.record.outputs.items()}
             run = self.entity(f"#run-{_slug(run_id)}", {
                 "@type": "CreateAction", "name": f"run {run_id}", "instrument": workflow,
