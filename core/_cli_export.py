@@ -63,28 +63,31 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         raise click.UsageError("--emit is for --format openlineage")
     if (keyfile or no_data or license_) and fmt != "ro-crate":
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
-    with _open(ledger_url) as ledger:
-        selection = select(ledger, targets, run_id)
-        if fmt in ("prov-json", "prov-n"):
-            from .exports._prov import write_prov
+    try:
+        with _open(ledger_url) as ledger:
+            selection = select(ledger, targets, run_id)
+            if fmt in ("prov-json", "prov-n"):
+                from .exports._prov import write_prov
 
-            write_prov(selection, output, fmt)
-            what = f"{len(selection.entries)} task(s)"
-        elif fmt == "ro-crate":
-            from .exports._rocrate import write_crate
+                write_prov(selection, output, fmt)
+                what = f"{len(selection.entries)} task(s)"
+            elif fmt == "ro-crate":
+                from .exports._rocrate import write_crate
 
-            crate = write_crate(ledger, selection, output, keyfile=keyfile, with_data=not no_data,
-                                license=license_)
-            what = f"{len(selection.entries)} task(s), {crate.files_copied} file(s) copied"
-        else:
-            from .exports._openlineage import emit, events_for, write_events
+                crate = write_crate(ledger, selection, output, keyfile=keyfile, with_data=not no_data,
+                                    license=license_)
+                what = f"{len(selection.entries)} task(s), {crate.files_copied} file(s) copied"
+            else:
+                from .exports._openlineage import emit, events_for, write_events
 
-            events = events_for(selection, namespace)
-            if output:
-                write_events(events, output)
-            if emit_url:
-                emit(events, emit_url)
-            what = f"{len(events)} event(s)"
+                events = events_for(selection, namespace)
+                if output:
+                    write_events(events, output)
+                if emit_url:
+                    emit(events, emit_url)
+                what = f"{len(events)} event(s)"
+    except OSError as err:  # an output that cannot be written, a file that cannot be read
+        raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"exported {what} as {fmt}" + (f" to {output}" if output else "")
                + (f", posted to {emit_url}" if emit_url else ""), err=True)
 
@@ -109,5 +112,8 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
     with _open(ledger_url) as ledger:
         selection = select(ledger, targets, run_id)
         model = build_graph(ledger, selection)
-    write_graph(model, output, fmt, group=group)
+    try:
+        write_graph(model, output, fmt, group=group)
+    except OSError as err:
+        raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"drew {len(model.nodes)} node(s) and {len(model.edges)} edge(s) to {output}", err=True)

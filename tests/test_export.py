@@ -265,6 +265,8 @@ def test_crate_without_data_and_bad_input(at, cli, workdir):
     assert "no record" in at("export", "--run", "nope", "--format", "prov-json", "-o", workdir / "x.json",
                              check_rc=2).stderr
     assert at("export", "top.txt", "--format", "prov-json").returncode == 2  # no -o
+    unwritable = at("export", "top.txt", "--format", "prov-json", "-o", workdir / "no" / "such" / "dir.json")
+    assert unwritable.returncode == 2 and "No such file or directory" in unwritable.stderr
     cli("--crate", "missing-dir", program="verify-lineage", check_rc=2)
     (workdir / "junk").mkdir()
     (workdir / "junk" / "ro-crate-metadata.json").write_text("{not json")
