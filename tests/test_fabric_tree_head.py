@@ -366,3 +366,40 @@ def test_a_lying_gateway_cannot_pass_off_another_history(fabric_network, tmp_pat
     endorsed, verified_root = check_endorsed_head(honest)  # the same class, telling the truth
     assert (endorsed.size, endorsed.root) == (8, verified_root) == _log_root(url)
     honest.close()
+
+
+def test_a_saved_endorsement_verifies_offline_and_becomes_a_checkpoint(fabric_network, workdir, tmp_path):
+    """What the peers signed, kept with `--save`, proves the head again with no network, and
+    the checkpoint it yields is one `verify-lineage --against` holds the ledger to."""
+    org1, org2 = fabric_network.orgs
+    url = fabric_network.client_url(org1, "p1", "provider", "saved")
+    _append(url, tmp_path / "s1", make_records(5, run_id="kept"), 2)
+    saved = run_cli("-m", "lineage_ledger.backends.fabric", "endorsed-head", "--ledger", url, "--save",
+                    "evidence.json", program="python", cwd=workdir)
+    assert saved.returncode == 0, saved.stderr
+    cas = ("--ca", f"Org1MSP={org1.ca_cert}", "--ca", f"Org2MSP={org2.ca_cert}")
+
+    def verify(path, *options):
+        return run_cli("-m", "lineage_ledger.backends.fabric", "verify-endorsement", path, *options,
+                       program="python", cwd=workdir)
+
+    result = verify("evidence.json", *cas, "-o", "endorsed.checkpoint")
+    assert result.returncode == 0, result.stderr
+    assert "endorsed by Org1MSP, Org2MSP" in result.stdout and "5 records" in result.stdout
+    _append(url, tmp_path / "s2", make_records(3, start=10, run_id="later"), 3)
+    against = run_cli("--ledger", url, "--against", "endorsed.checkpoint", program="verify-lineage", cwd=workdir)
+    assert against.returncode == 0, against.stdout + against.stderr
+
+    data = json.loads((workdir / "evidence.json").read_text())
+    edits = {"root": {"root": "00" * 32}, "ledger": {"ledger": "other"}, "channel": {"channel": "elsewhere"}}
+    messages = {"root": "the file claims", "ledger": "does not ask the tree head of ledger 'other'",
+                "channel": "made on channel 'lineage'"}
+    for name, edit in edits.items():
+        (workdir / f"{name}.json").write_text(json.dumps({**data, **edit}))
+        result = verify(f"{name}.json", *cas)
+        assert result.returncode == 1 and messages[name] in result.stderr, (name, result.stderr)
+    result = verify("evidence.json", "--ca", f"Org1MSP={org1.ca_cert}")  # Org2 is no member to this verifier
+    assert result.returncode == 1 and "'Org2MSP', which is not a trusted member" in result.stderr
+    (workdir / "not.json").write_text('{"format": "something else"}')
+    result = verify("not.json", *cas)
+    assert result.returncode == 2 and "not an endorsed tree head" in result.stderr

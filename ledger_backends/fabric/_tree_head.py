@@ -12,7 +12,7 @@ records it read and verified: equal at the endorsed size, or :class:`EndorsedHea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -50,6 +50,10 @@ class EndorsedTreeHead:
     blocks: int
     block_id: str | None  # the last block's id, None for an empty ledger
     endorsers: tuple[Endorser, ...]
+    # What the peers signed, kept as evidence (``_evidence.py``): our proposal and the
+    # endorsed transaction, protobuf bytes.
+    proposal: bytes = field(default=b"", repr=False)
+    endorsed: bytes = field(default=b"", repr=False)
 
 
 def _parse_tree_head(answer: bytes) -> tuple[int, str, int, str | None]:
@@ -97,7 +101,8 @@ class TreeHeadsMixin:
         answer, endorsers = verify_endorsed_answer(proposal, envelope, roots=roots, quorum=quorum,
                                                    chaincode=self.profile.chaincode)
         size, root, blocks, block_id = _parse_tree_head(answer)
-        return EndorsedTreeHead(size, root, blocks, block_id, tuple(endorsers))
+        return EndorsedTreeHead(size, root, blocks, block_id, tuple(endorsers), proposal,
+                                envelope.SerializeToString())
 
     def endorsed_head(self) -> tuple[int, str] | None:
         """(size, root hex) of the endorsed tree head, signatures proved; None for a ledger
