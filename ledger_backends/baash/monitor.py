@@ -240,12 +240,14 @@ class JobMonitor:
                 proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
                 pass
+        # Which rank died is read before the daemon kills the rest: those hang-ups are ours, and
+        # a failure no rank caused (a round past its timeout) then names none.
+        rank = self.watch.first_dead() if self._hung is None else self._hung
         self._kill_job()
         if pump is not None:
             pump.join(timeout=2.0)
         pids = self.info.get("pids", [])
         tail = list(self.output)[-60:]
-        rank = self.watch.first_dead() if self._hung is None else self._hung
         pid = pids[rank] if rank is not None and rank < len(pids) else None
         self.watch.close()
         self.failures.append({"generation": self.generation, "rank": rank, "pid": pid,
