@@ -136,6 +136,11 @@ class Manifest:
             return self.entries[index]
         return None
 
+    def below(self, directory: str) -> Manifest:
+        """The manifest of the subdirectory ``directory`` (a relative path), from this one."""
+        prefix = directory + "/"
+        return Manifest(tuple((e[0][len(prefix):], *e[1:]) for e in self.entries if e[0].startswith(prefix)))
+
     def diff(self, now: Manifest) -> Changes:
         """How ``now`` differs from this (the recorded) manifest."""
         old = {e[0]: e for e in self.entries}

@@ -13,14 +13,14 @@ and mtime is still caught.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ._chain import ChainSummary
+from ._checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
 from ._errors import (
     ArtifactError,
     ArtifactMismatch,
@@ -29,10 +29,9 @@ from ._errors import (
     NoLedger,
     VerificationError,
 )
-from ._hashing import Hasher, hash_file, normalize_path
+from ._hashing import Hasher, normalize_path
 from ._ledger import Ledger, LineageNode, open_ledger
-from ._manifest import Changes, walk_tree
-from ._model import Artifact
+from ._manifest import walk_tree
 
 if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
@@ -58,119 +57,10 @@ Policy = Literal["warn", "strict", "rerun"]
 _plugin_log = logging.getLogger("lineage_ledger.capture")
 
 
-class ArtifactStatus(str, enum.Enum):
-    OK = "OK"
-    MODIFIED = "MODIFIED"
-    MISSING = "MISSING"
-    UNRECORDED = "UNRECORDED"
-    UNREADABLE = "UNREADABLE"  # there, but it cannot be hashed (permission denied, vanished...)
-
-
-@dataclass(frozen=True)
-class ArtifactCheck:
-    path: str
-    status: ArtifactStatus
-    expected: str | None = None  # digest the ledger last saw
-    actual: str | None = None  # digest on disk now
-    record_id: str | None = None  # the record that last saw it
-    role: str | None = None  # whether that record read ("in") or wrote ("out") it
-    changes: Changes | None = None  # a directory: the files inside that differ
-    within: tuple[str, str] | None = None  # a file no record names, inside a recorded directory: (dir, digest)
-    reason: str | None = None  # UNREADABLE: why it could not be hashed; MODIFIED: a change of type
-
-    def to_json(self) -> dict:
-        data: dict[str, Any] = {
-            "path": self.path, "status": self.status.value, "expected": self.expected,
-            "actual": self.actual, "record": self.record_id, "role": self.role,
-        }
-        if self.changes is not None:
-            data["changes"] = self.changes.to_json()
-        if self.within is not None:
-            data["within"] = self.within[0]
-        if self.reason is not None:
-            data["reason"] = self.reason
-        return data
-
-
 def verify_chain_of(ledger: Ledger) -> ChainSummary:
     """The full audit: raises ChainBroken, MerkleMismatch, RecordTampered, IndexTampered or
     HistoryRewritten at the first problem."""
     return ledger.verify_chain()
-
-
-def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any",
-                   hasher: Hasher | None = None, containers: dict | None = None) -> ArtifactCheck:
-    """Compare a file or directory on disk with the last record that read or wrote it
-    (always rehashes, unless a ``hasher`` with a stat cache is given for directories).
-
-    ``against="producer"`` compares a produced file with its last producer only: a task
-    that merely read an edited file (under ``warn``, or an unguarded operator) must not
-    make the edit look recorded. Sources, which nobody produced, still compare with the
-    last read. A directory that differs names the files inside that changed, appeared or
-    disappeared; a file no record names but that lies in a recorded directory is compared
-    with that directory's manifest (``containers``: what :meth:`Ledger.container_of` found
-    for each directory so far, shared by the files of one tree).
-    """
-    path = ledger.query_path(path)
-    seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
-    exists = os.path.lexists(path)
-    if seen is None:
-        inside = _check_inside(ledger, path, exists, containers)
-        if inside is not None:
-            return inside
-        if not exists:  # most likely a typo: say so as bad input, not as a failed check
-            raise ArtifactError(path, "no such file, and no record in the ledger mentions it")
-        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, _hash(path, hasher).blake3)
-    entry, role, recorded = seen
-    if not exists:
-        return ArtifactCheck(path, ArtifactStatus.MISSING, recorded["blake3"], None, entry.id, role)
-    actual = _hash(path, hasher)
-    was_dir = recorded.get("type") == "dir"
-    if actual.blake3 == recorded["blake3"] and actual.is_dir == was_dir:
-        return ArtifactCheck(path, ArtifactStatus.OK, recorded["blake3"], actual.blake3, entry.id, role)
-    reason = None
-    if was_dir != actual.is_dir:
-        reason = ("it was recorded as a directory; a file is there now" if was_dir
-                  else "it was recorded as a file; a directory is there now")
-    return ArtifactCheck(path, ArtifactStatus.MODIFIED, recorded["blake3"], actual.blake3, entry.id, role,
-                         changes=_changes(ledger, recorded, actual), reason=reason)
-
-
-def _hash(path: str, hasher: Hasher | None) -> Artifact:
-    return hasher.hash(path) if hasher is not None and os.path.isdir(path) else hash_file(path)
-
-
-def _changes(ledger: Ledger, recorded, actual: Artifact) -> Changes | None:
-    """What differs inside a directory (None where there is no manifest to compare)."""
-    was_dir = recorded.get("type") == "dir"
-    if not (was_dir and actual.is_dir):
-        return None  # a file became a directory or the other way: _explain says so
-    before = ledger.manifest(recorded["blake3"])
-    return before.diff(actual.manifest) if before is not None else None  # type: ignore[attr-defined]
-
-
-def _check_inside(ledger: Ledger, path: str, exists: bool, containers: dict | None) -> ArtifactCheck | None:
-    """A file no record names, checked against the manifest of the recorded directory it
-    lies in (None where it lies in none, or the manifest is not in the ledger)."""
-    found = ledger.container_of(path, containers)
-    if found is None:
-        return None
-    directory, entry, role, recorded = found
-    manifest = ledger.manifest(recorded["blake3"])
-    if manifest is None:
-        return None
-    within = (directory, recorded["blake3"])
-    listed = manifest.lookup(os.path.relpath(path, directory).replace(os.sep, "/"))
-    expected = listed[2] if listed is not None and listed[1] == "file" else None
-    if not exists:
-        if listed is None:
-            raise ArtifactError(path, f"no such file, and the recorded directory {directory} held none")
-        return ArtifactCheck(path, ArtifactStatus.MISSING, expected, None, entry.id, role, within=within)
-    actual = hash_file(path)
-    if listed is None:
-        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, actual.blake3, within=within)
-    status = ArtifactStatus.OK if expected == actual.blake3 and not actual.is_dir else ArtifactStatus.MODIFIED
-    return ArtifactCheck(path, status, expected, actual.blake3, entry.id, role, within=within)
 
 
 def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
@@ -178,29 +68,6 @@ def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
     if check.status is not ArtifactStatus.OK:
         raise ArtifactMismatch(_explain(check), path=check.path)
     return check
-
-
-def _short(digest: str | None) -> str:
-    return digest[:12] if digest else "-"
-
-
-def _explain(check: ArtifactCheck) -> str:
-    inside = f" (in the recorded directory {check.within[0]})" if check.within else ""
-    if check.status is ArtifactStatus.MODIFIED:
-        verb = "written by" if check.role == "out" else "read by"
-        text = (f"{check.path}: MODIFIED since it was last {verb} record {_short(check.record_id)}{inside} "
-                f"(ledger {_short(check.expected)}, disk {_short(check.actual)})")
-        if check.changes:
-            text += f"; inside it, {check.changes.describe()}"
-        if check.reason:
-            text += f"; {check.reason}"
-        return text
-    if check.status is ArtifactStatus.MISSING:
-        return f"{check.path}: MISSING{inside} (the ledger last saw {_short(check.expected)})"
-    if check.status is ArtifactStatus.UNREADABLE:
-        return f"{check.path}: UNREADABLE ({check.reason}); it cannot be checked"
-    return f"{check.path}: UNRECORDED{inside} (no record in the ledger read or wrote it)"
-
 
 
 def verify_closure(node: LineageNode) -> None:
@@ -289,7 +156,8 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]
 
     for target in targets:
         normal = ledger.query_path(target)
-        if os.path.isdir(normal) and not recorded(normal):
+        # A directory a record names, or that lies in one, is checked whole (by its manifest).
+        if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
             paths.extend(walk_tree(normal, is_artifact=recorded, on_skip=skip))
         else:
             paths.append(normal)
@@ -403,10 +271,6 @@ def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
             f"to {root}, the checkpoint says {checkpoint.root.hex()}; one or more of records 0 to "
             f"{checkpoint.size - 1} were changed, reordered or removed")
     return checkpoint
-
-
-def _unreadable(path: str, err: ArtifactError) -> ArtifactCheck:
-    return ArtifactCheck(path, ArtifactStatus.UNREADABLE, reason=err.reason)
 
 
 def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:

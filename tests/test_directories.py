@@ -136,6 +136,7 @@ def test_cli_run_records_directories_and_verify_names_the_files_inside(cli, work
         "mkdir -p qc/A && cp reads/A.fq qc/A/report.txt && echo ok > qc/summary.txt", check_rc=0)
     ok = verify(cli, "qc", check_rc=0)
     assert "qc" in ok.stdout and "MODIFIED" not in ok.stdout
+    assert "OK" in verify(cli, "qc/A", check_rc=0).stdout  # a subdirectory of a recorded one
 
     edit_keeping_mtime(workdir / "qc" / "A" / "report.txt", "ACGG")  # same size, same mtime
     write(workdir / "qc" / "extra.txt", "new")
@@ -144,9 +145,10 @@ def test_cli_run_records_directories_and_verify_names_the_files_inside(cli, work
     assert "changed: A/report.txt" in failed.stdout
     assert "appeared: extra.txt" in failed.stdout and "disappeared: summary.txt" in failed.stdout
 
-    # A file inside the recorded directory, named by itself.
+    # A file, and a subdirectory, inside the recorded directory, named by themselves.
     inside = verify(cli, "qc/A/report.txt", check_rc=1)
     assert "in the recorded directory" in inside.stdout and "MODIFIED" in inside.stdout
+    assert "changed: report.txt" in verify(cli, "qc/A", check_rc=1).stdout
     reads = verify(cli, "reads/A.fq", check_rc=0)
     assert "UNRECORDED" not in reads.stdout
 
