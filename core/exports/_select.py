@@ -119,12 +119,13 @@ def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = Non
 
 def _broken_inputs(ledger: Ledger, selection: Selection) -> set[tuple[str, str]]:
     made = selection.producer_of()
-    broken = set()
+    broken, looked = set(), set()
     for entry in selection.entries:
         for path, art in entry.record.inputs.items():
             key = (path, art["blake3"])
-            if key in made or key in broken:
+            if key in made or key in looked:
                 continue
+            looked.add(key)  # a reference file read by every task is looked up once
             if not ledger.producers(path, art["blake3"]) and ledger.producers(path):
                 broken.add(key)
     return broken
