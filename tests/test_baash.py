@@ -9,6 +9,7 @@ import pytest
 from lineage_ledger import build_block, open_ledger
 from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.baash import BlockRejected
+from lineage_ledger.backends.baash.endorse import load_verifiers, verify_endorsed
 from tests.backend_conformance import BackendConformance, chain_of
 from tests.conftest import run_cli
 from tests.support.baash import BaashService
@@ -59,6 +60,9 @@ def test_all_ranks_hold_identical_valid_ledgers(service_factory, tmp_path):
     print(f"\nranks holding a valid ledger: {fraction:.0%} of {len(reports)}")
     assert fraction == 1.0
     assert heads == {(summary.blocks, summary.head, summary.log_root)}
+    keys = load_verifiers(str(service.storage / "keys" / "ranks.pub"))
+    endorsed = verify_endorsed(ledger.backend.checkpoint()["note"], keys)  # the 4 ranks signed the head
+    assert (endorsed.size, endorsed.root.hex()) == (summary.records, summary.log_root)
     # The shared-storage copy is the same chain, and a restarted service serves it.
     ledger.close()
     service.stop()
@@ -66,6 +70,11 @@ def test_all_ranks_hold_identical_valid_ledgers(service_factory, tmp_path):
     try:
         assert open_ledger(again.url, spool=str(tmp_path / "spool2")).verify_chain() == summary
         assert {r["head"] for r in open_backend(again.url).ledgers()} == {summary.head}
+        # It serves the endorsed head it kept, and its 3 ranks (3 of the 4 keys) endorse the next.
+        backend = open_backend(again.url)
+        assert verify_endorsed(backend.checkpoint()["note"], keys) == endorsed
+        backend.append([build_block([r.stored() for r in make_records(3, run_id="after")], backend.head()).stored()])
+        assert verify_endorsed(backend.checkpoint()["note"], keys).size == summary.records + 3
     finally:
         again.stop()
 

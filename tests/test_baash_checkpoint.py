@@ -22,6 +22,8 @@ from lineage_ledger.backends.baash.endorse import (
     ensure_origin,
     load_verifiers,
     quorum_of,
+    read_endorsed,
+    save_endorsed,
     verify_endorsed,
 )
 from tests.backend_conformance import chain_of
@@ -106,3 +108,25 @@ def test_keys_and_origin_are_made_once_and_private(tmp_path):
     (tmp_path / "origin").write_text("not an origin\n")
     with pytest.raises(ConfigError, match="does not hold a ledger origin"):
         ensure_origin(root)
+
+
+def test_a_rank_endorses_a_restored_chain_only_if_it_extends_the_last_endorsed_head(storage):
+    """After a restart each rank restores its chain from shared storage; it signs nothing
+    for a chain that fails verification or rewrote the history the ranks endorsed last."""
+    body, endorsements = _endorsements(storage, CHAIN[:3])
+    save_endorsed(storage, assemble(body, [line for _, _, line in endorsements]))
+    endorser = Endorser.load(storage, 1)
+    assert read_endorsed(storage) is not None
+    assert endorser.check_restored(storage, CHAIN) is None  # the same history, grown since
+    assert endorser.check_restored(storage, CHAIN[:3]) is None
+
+    rewritten = chain_of(make_records(11, run_id="rewritten"), 4)  # a consistent rewrite: it verifies
+    assert verify_chain(rewritten).records == 11
+    assert "not an extension of the tree head the ranks endorsed last" in endorser.check_restored(storage, rewritten)
+    shrunk = CHAIN[:2]
+    assert "not an extension" in endorser.check_restored(storage, shrunk)
+    broken = [CHAIN[0], CHAIN[2]]
+    assert "does not verify" in endorser.check_restored(storage, broken)
+
+    save_endorsed(storage, assemble(body, [line for _, _, line in endorsements][:2]))  # no quorum
+    assert "does not verify" in endorser.check_restored(storage, CHAIN)

@@ -158,6 +158,7 @@ def test_the_ranks_endorse_the_tree_head_and_a_remote_client_checks_it(tls_servi
     endorsed = tmp_path / "endorsed.checkpoint"
     run_cli("baash", "checkpoint", "--ledger", url, "--keys", keys, "-o", endorsed, cwd=tmp_path, check_rc=0)
     note = endorsed.read_text()
+    assert (service.storage / "checkpoint").read_text() == note  # kept for a restarted daemon and its ranks
     assert len([line for line in note.splitlines() if line.startswith("\u2014 baash-rank-")]) == 4
     checkpoint = verify_endorsed(note, load_verifiers(str(keys)))
     # The head the ranks signed is the core's own tree head of this ledger, under the service's origin.

@@ -11,7 +11,10 @@ that tree head once a quorum of them signed it (:func:`verify_endorsed`).
 
 Keys live in shared storage: ``DIR/keys/rank-<slot>`` (0600) and ``rank-<slot>.pub``, one per
 world-rank slot, made by the daemon at its first start; ``DIR/keys/ranks.pub`` lists the
-public keys, one a line, for users to copy. ``DIR/origin`` names the ledger
+public keys, one a line, for users to copy. The daemon keeps the last endorsed note in
+``DIR/checkpoint``: it serves it after a restart, and a rank that restores its chain from
+storage endorses nothing unless that chain verifies (the core's ``verify_chain``) and
+extends that note's tree head. ``DIR/origin`` names the ledger
 (``lineage-ledger:`` and 32 hex digits), the same whichever socket or address a client
 uses, so endorsed checkpoints work with ``verify-lineage --against``.
 """
@@ -23,6 +26,7 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 
+from lineage_ledger import LedgerError, verify_chain
 from lineage_ledger._checkpoint import (
     Checkpoint,
     Signer,
@@ -40,7 +44,7 @@ from lineage_ledger._model import StoredBlock
 from lineage_ledger._tree import BLAKE3
 
 __all__ = ["Endorser", "TreeTracker", "assemble", "ensure_keys", "ensure_origin", "load_verifiers", "quorum_of",
-           "verify_endorsed"]
+           "read_endorsed", "save_endorsed", "verify_endorsed"]
 
 _ORIGIN = re.compile(r"lineage-ledger:[0-9a-f]{32}\Z")
 
@@ -113,6 +117,24 @@ def ensure_origin(storage: str) -> str:
     return text
 
 
+def save_endorsed(storage: str, note: str) -> None:
+    """Keep the last endorsed note in ``DIR/checkpoint`` (replaced atomically; losing the
+    newest in a crash leaves an older one, which the chain still extends)."""
+    _write_replace(os.path.join(storage, "checkpoint"), note, 0o600)
+
+
+def read_endorsed(storage: str) -> str | None:
+    try:
+        fd = os.open(os.path.join(storage, "checkpoint"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, 64 << 10)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace")
+
+
 def key_path(storage: str, slot: int) -> str:
     return os.path.join(storage, "keys", f"rank-{slot}")  # and rank-<slot>.pub, as ssh names keys
 
@@ -158,6 +180,30 @@ class Endorser:
         if not os.path.exists(path) or not os.path.exists(os.path.join(storage, "origin")):
             return None
         return cls(ensure_origin(storage), load_signer(path))
+
+    def check_restored(self, storage: str, blocks: Sequence[StoredBlock]) -> str | None:
+        """Why this rank must not endorse the chain it restored from storage, or None: the
+        chain must verify, and extend the last endorsed tree head (``DIR/checkpoint``)."""
+        try:
+            verify_chain(blocks)
+        except LedgerError as exc:
+            return f"the chain in shared storage does not verify: {exc}"
+        note = read_endorsed(storage)
+        if note is None:
+            return None
+        try:
+            endorsed = verify_endorsed(note, load_verifiers(os.path.join(storage, "keys", "ranks.pub")))
+        except (CheckpointInvalid, ConfigError) as exc:
+            return f"the last endorsed tree head in {storage}/checkpoint does not verify: {exc}"
+        tracker = TreeTracker()
+        for block in blocks:
+            if tracker.size >= endorsed.size:
+                break
+            tracker.extend([block])
+        if endorsed.origin != self.origin or tracker.size != endorsed.size or tracker.root() != endorsed.root:
+            return (f"shared storage is not an extension of the tree head the ranks endorsed last "
+                    f"({endorsed.size} records, root {endorsed.root.hex()}): its history was rewritten")
+        return None
 
     def body(self, tracker: TreeTracker) -> str:
         return Checkpoint(self.origin, tracker.size, tracker.root()).body()

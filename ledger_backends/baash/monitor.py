@@ -29,6 +29,7 @@ from typing import Any
 
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
+from .endorse import read_endorsed, save_endorsed
 from .liveness import RankWatch
 from .manager import JobDown
 
@@ -64,7 +65,7 @@ class JobMonitor:
         self.storage_free = threading.Event()
         self.storage_free.set()
         self.info: dict[str, Any] = {}
-        self.endorsed: str | None = None  # the last tree head the ranks signed, as a signed note
+        self.endorsed: str | None = read_endorsed(storage)  # the last tree head the ranks signed
         self.failures: list[dict[str, Any]] = []
         self.output: deque[str] = deque(maxlen=400)
         self.generation = 0
@@ -345,6 +346,7 @@ class JobMonitor:
             raise JobDown("the MPI job answered a round with something else")
         if reply["checkpoint"]:
             self.endorsed = reply["checkpoint"]
+            save_endorsed(self.storage, self.endorsed)
         return reply["outcomes"], reply["info"]
 
     def ledgers(self) -> list[dict[str, Any]]:

@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     state = restore(store)
     endorser = Endorser.load(args.storage, rank)
+    refusal = endorser.check_restored(args.storage, state.blocks) if endorser is not None else None
+    if refusal is not None:  # keep serving, but sign no tree head of this chain
+        print(f"baash rank {rank}: endorsing no tree head: {refusal}", file=sys.stderr)
+        endorser = None
     beat_forever(args.control, rank, os.getpid())  # before the gather: the daemon sees every rank first
     pids = world.gather((os.getpid(), time.monotonic() - started), root=0)
     inbox = Inbox([cluster, world])
