@@ -44,20 +44,34 @@ def tamper_keep_mtime(path: Path, extra: str) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-@pytest.fixture(scope="module")
-def workflow(tmp_path_factory):
+def recorded_example(directory: Path) -> Path:
+    """A fresh copy of the example, run once with the ledger (run id ``first``)."""
     require_snakemake()
-    directory = copy_example(tmp_path_factory.mktemp("snakemake") / "example")
+    copy_example(directory)
     result = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "first",
                  cwd=directory)
     assert result.returncode == 0, result.stderr[-3000:]
     return directory
 
 
-class TestExampleRun:
-    """Ordered: each test builds on the state the previous one left."""
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Recorded once per module, for the tests that only read it."""
+    return recorded_example(tmp_path_factory.mktemp("snakemake") / "example")
 
-    def test_every_job_is_recorded_with_correct_digests(self, workflow):
+
+@pytest.fixture
+def workflow(tmp_path):
+    """Recorded for this test alone: it may edit files and run again."""
+    return recorded_example(tmp_path / "example")
+
+
+class TestExampleRun:
+    """Each test stands alone, in any order: the two that only read share one recorded run
+    (``recorded``); those that edit files or run again record their own (``workflow``)."""
+
+    def test_every_job_is_recorded_with_correct_digests(self, recorded):
+        workflow = recorded
         recs = records(workflow, "first")
         by_rule: dict[str, list] = {}
         for rec in recs:
@@ -96,8 +110,8 @@ class TestExampleRun:
         assert str(workflow / "logs" / "merge.log") in merge.outputs  # log files are recorded
         assert merge.parameters["_threads"] == 1 and "tmpdir" in merge.parameters["_resources"]
 
-    def test_verify_lineage_prints_the_tree_back_to_the_sources(self, workflow):
-        result = run("verify-lineage", "--ledger", ".lineage/ledger.db", "results/report.txt", cwd=workflow)
+    def test_verify_lineage_prints_the_tree_back_to_the_sources(self, recorded):
+        result = run("verify-lineage", "--ledger", ".lineage/ledger.db", "results/report.txt", cwd=recorded)
         assert result.returncode == 0, result.stdout + result.stderr
         for sample in SAMPLES:
             assert f"data/{sample}.txt" in result.stdout
@@ -144,13 +158,15 @@ class TestExampleRun:
         consumer = next(r for r in records(workflow, "after-edit") if r.task_name == "normalize")
         assert consumer.inputs[str(source)]["blake3"] == hash_file(source).blake3
 
-    def test_a_dry_run_records_nothing(self, workflow):
-        (workflow / "data" / "alpha.txt").write_text("changed so that jobs would run\n")
+    def test_a_dry_run_records_nothing(self, tmp_path):
+        require_snakemake()
+        workflow = copy_example(tmp_path / "example")  # never run: every job would run
         dry = run("snakemake", "-n", "--cores", "1", "--logger", "ledger",
                   "--logger-ledger-run-id", "dry", cwd=workflow)
         assert dry.returncode == 0, dry.stderr[-2000:]
         assert "normalize" in dry.stdout + dry.stderr  # it would have run jobs
-        assert records(workflow, "dry") == []
+        assert not (workflow / ".lineage" / "ledger.db").exists()  # not even a ledger was made
+        assert not (workflow / "results").exists()
 
 
 def test_snakemake_help_lists_the_ledger_logger(tmp_path):
