@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,27 @@ def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
     [(path, entry)] = tries[1]["outputs"].items()
     assert path.endswith("flaky.txt") and entry["blake3"] == blake3(b"second try works\n").hexdigest()
     assert os.path.isfile(path)
+
+
+INSTALL = nf.ROOT / "plugins" / "nextflow" / "tools" / "install-nextflow.sh"
+
+
+def test_install_script_reuses_the_cached_build():
+    launcher = nf.require_nextflow()
+    result = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == str(launcher)
+    assert "fetching" not in result.stderr  # nothing downloaded or rebuilt
+
+
+def test_install_script_without_maven_says_so(tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("bash", "sed", "head", "dirname", "mktemp", "date", "cat"):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, bare / tool)
+    env = {"PATH": str(bare), "HOME": str(tmp_path), "LINEAGE_LEDGER_NEXTFLOW_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([str(bare / "bash"), str(INSTALL)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "no Maven" in result.stderr or "no Java 17..24" in result.stderr, result.stderr
+    assert not (tmp_path / "cache" / "nextflow-25.04.4").exists()
