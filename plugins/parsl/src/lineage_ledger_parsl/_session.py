@@ -83,6 +83,7 @@ class ParslLedger:
         # Paths written by a successful try in this process: the ledger may not have their
         # records yet (write-behind), so the pre-launch check must not call them modified.
         self._produced: set[str] = set()
+        self._posted = self._flushed = 0  # tries handed to the capture; of those, known flushed
 
     # -- building a config ----------------------------------------------------------
     def wrap(self, executor: ParslExecutor) -> ParslExecutor:
@@ -98,13 +99,29 @@ class ParslLedger:
         return LedgerMemoizer(self, inner=inner, **basic_memoizer_options)
 
     def flush(self, timeout: float | None = 30) -> bool:
-        """Wait until every try recorded so far has reached the ledger."""
-        return self.capture.flush(timeout)
+        """Wait until every try recorded so far has reached the ledger.
+
+        A flush with nothing posted since the last one returns at once: a DataFlowKernel's
+        cleanup flushes twice (memoizer, then each executor), and each flush is a round trip
+        to the recording process, which runs below Parsl's priority."""
+        with self._lock:
+            posted = self._posted
+        if posted == self._flushed:
+            return True
+        done = self.capture.flush(timeout)
+        if done:
+            with self._lock:
+                self._flushed = max(self._flushed, posted)
+        return done
 
     def open(self) -> None:
-        """An executor starts: record (again) through the shared process, and open the ledger."""
+        """An executor starts: record (again) through the shared process, and open the ledger.
+
+        A shared recording process is not waited for here: it starts with the first try
+        (the ring keeps reports until it is ready), while the DataFlowKernel gets going."""
         self._borrow()
-        self.capture.open()
+        if not self._shared:
+            self.capture.open()
 
     def close(self, timeout: float | None = 30) -> bool:
         """Flush. A recording process of its own ends here; a shared one when no ParslLedger
@@ -112,10 +129,11 @@ class ParslLedger:
         exits. Each wrapped executor's shutdown calls this: the later calls only flush."""
         if not self._shared:
             return self.capture.close(timeout)
+        flushed = self.flush(timeout)
         key, self._borrowed = self._borrowed, None
-        if key is None:
-            return self.capture.flush(timeout)
-        return _shared.release(key, self.capture, timeout)
+        if key is not None:
+            _shared.release(key, self.capture)
+        return flushed
 
     def _borrow(self) -> None:
         if self._shared and self._borrowed is None:
@@ -193,4 +211,6 @@ class ParslLedger:
         """Hand a finished try to the capture; successful outputs count as produced."""
         if run.outputs and run.status == "succeeded":
             self.produced(list(run.outputs))
+        with self._lock:
+            self._posted += 1
         self.capture.post(run)

@@ -58,20 +58,18 @@ def acquire(url: str | None, threads: int, spool: str | None) -> tuple[tuple, Pr
         return key, capture
 
 
-def release(key: tuple, capture: ProcessCapture, timeout: float | None) -> bool:
-    """Flush ``capture`` for a borrower that is done; end it once nobody has used it for a while."""
-    flushed = capture.flush(timeout)
+def release(key: tuple, capture: ProcessCapture) -> None:
+    """A borrower is done (it flushed first); end ``capture`` once nobody has used it for a while."""
     with _lock:
         if _captures.get(key) is not capture:
-            return flushed  # replaced meanwhile (it had been closed): nothing to count
+            return  # replaced meanwhile (it had been closed): nothing to count
         _users[key] -= 1
         if _users[key] > 0:
-            return flushed
+            return
         timer = threading.Timer(IDLE_SECONDS, _end_if_unused, args=(key, capture))
         timer.daemon = True
         _timers[key] = timer
         timer.start()
-    return flushed
 
 
 def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
