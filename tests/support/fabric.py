@@ -100,6 +100,17 @@ def build_chaincode(source: Path = CHAINCODE_SRC) -> Path:
     return binary
 
 
+def append_to(url: str, spool: Path, records, block_size: int) -> None:
+    """Append ``records`` (Record objects) to the ledger at ``url`` in blocks of ``block_size``."""
+    from lineage_ledger import open_ledger
+
+    ledger = open_ledger(url, spool=str(spool))
+    try:
+        ledger.append_records([r.stored() for r in records], block_size=block_size)
+    finally:
+        ledger.close()
+
+
 #: The last commit whose chaincode kept no log tree (the tests and the benchmark deploy it
 #: to show the upgrade of an existing ledger and what the tree costs an append).
 PRE_TREE_CHAINCODE_COMMIT = "6dbf6a9"
