@@ -41,6 +41,7 @@ def never(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
+    ([], "nextflow-ledger [NEXTFLOW OPTIONS] run PIPELINE"),
     (["main.nf"], "no `run PIPELINE`"),
     (["run"], "needs the pipeline"),
     (["run", "main.nf", "--ledger-policy", "maybe"], "--ledger-policy must be one of"),

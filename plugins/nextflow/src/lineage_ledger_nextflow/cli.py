@@ -58,9 +58,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv[:1]) or not argv:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if argv else 2
+        return 0
     try:
         command = _args.parse(argv)
     except _args.UsageError as err:
@@ -150,7 +153,10 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     status = process.wait()
     exited = time.monotonic()
     follower.stop()
-    recorder.finish()
+    try:
+        recorder.finish()
+    except Exception:  # noqa: BLE001 - Nextflow's exit status must reach the caller whatever happens
+        log.exception("lineage-ledger: could not record the last tasks or the published files")
     _, late = wait(list(futures), timeout=FLUSH_TIMEOUT)
     try:
         capture.sync()
