@@ -112,10 +112,17 @@ def _data_path(version: FileVersion) -> str:
 
 
 def _proofs(ledger: Ledger, selection: Selection) -> tuple[Any, list[dict[str, Any]]]:
+    """Every record's inclusion proof in one tree head, read once: records appended while the
+    crate is written must not leave some proofs for one size and the checkpoint for another.
+    (A perfect subtree never changes as the tree grows, so proofs for a fixed size are stable.)"""
+    from .._tree import BLAKE3, inclusion_proof
+
+    head = ledger.tree_head()  # every selected record was proved in this head or an earlier one
+    store = ledger.verifier.store
     entries = []
-    head = None
     for entry in selection.entries:
-        head, index, proof = ledger.inclusion_proof(entry)
+        index = store.block_start(entry.height) + entry.position
+        proof = [node.hex() for node in inclusion_proof(store.node, index, head.size, BLAKE3)]
         entries.append({"id": entry.id, "file": f"{CRATE_DIR}/records/{entry.id}.json", "leaf_index": index,
                         "inclusion_proof": proof})
     return head, entries
