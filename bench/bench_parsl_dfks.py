@@ -5,9 +5,10 @@ a few short apps and cleans up: 52 of them. With the plugin each DFK's ``ParslLe
 to start a recording process of its own (about 0.4 s of CPU to start: Python and the
 ledger's imports), which made that suite 1.45x slower.
 
-Each round runs, in one variant after the other (order alternating), ``--dfks`` (50)
-DataFlowKernels one after another, each: ``parsl.load`` a config with a ThreadPoolExecutor
-(2 threads), 4 python apps (two of them passing a ``File``), ``dfk.cleanup()``:
+Each round runs, in one variant after the other (order alternating), 50 DataFlowKernels
+one after another, each: ``parsl.load`` a config with a ThreadPoolExecutor (2 threads),
+``--apps`` python apps (default 20: two passing a ``File``, the others sleeping ``--sleep``
+seconds, default 0.04, like the short apps of a Parsl test module), ``dfk.cleanup()``:
 
   plain    Config(executors=[ThreadPoolExecutor(...)])
   ledger   a new ParslLedger(sqlite) per DFK: ledger.wrap(executor), ledger.memoizer()
@@ -16,11 +17,14 @@ Timed: the whole sequence, from the first ``parsl.load`` to the last cleanup (th
 flush at shutdown included). After the ledger variant, every try is checked to be in the
 ledger. Load is printed: on a shared machine single rounds swing; the median decides.
 
-Goal (issue 16): median ledger / plain <= 1.10.
+Goal (issue 16): median ledger / plain <= 1.10. ``--apps 4 --sleep 0`` (near-empty DFKs of
+about 20 ms each) shows the worst case: there the cleanup's flush, a round trip to the
+recording process, costs as much as a whole plain DFK.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import os
@@ -42,10 +46,13 @@ from parsl.executors import ThreadPoolExecutor
 from lineage_ledger import open_ledger
 
 GOAL = 1.10
-APPS_PER_DFK = 4
 
 
-def double(x: int) -> int:
+def double(x: int, pause: float = 0.0) -> int:
+    if pause:
+        import time
+
+        time.sleep(pause)
     return 2 * x
 
 
@@ -60,7 +67,7 @@ def read(inputs=()) -> int:
         return int(handle.read())
 
 
-def one_dfk(tmp: Path, number: int, variant: str) -> str:
+def one_dfk(tmp: Path, number: int, variant: str, apps: int, pause: float) -> str:
     executor = ThreadPoolExecutor(label="threads", max_threads=2)
     run_dir = str(tmp / "runinfo")
     if variant == "plain":
@@ -73,22 +80,22 @@ def one_dfk(tmp: Path, number: int, variant: str) -> str:
     try:
         target = File(str(tmp / f"out{number}.txt"))
         written = python_app(write)(number, outputs=[target])
-        futures = [python_app(double)(number), python_app(double)(number + 1), written,
-                   python_app(read)(inputs=[written.outputs[0]])]
-        assert [f.result() for f in futures] == [2 * number, 2 * number + 2, number, number]
+        doubled = [python_app(double)(number + i, pause) for i in range(apps - 2)]
+        futures = [*doubled, written, python_app(read)(inputs=[written.outputs[0]])]
+        assert [f.result() for f in futures] == [2 * (number + i) for i in range(apps - 2)] + [number, number]
         return dfk.run_id
     finally:
         dfk.cleanup()
 
 
-def one_round(dfks: int, variant: str) -> tuple[float, float]:
+def one_round(dfks: int, variant: str, apps: int, pause: float) -> tuple[float, float]:
     """Wall and CPU seconds (this process and its children) of ``dfks`` DFKs."""
     with tempfile.TemporaryDirectory(prefix=f"ll-bench-dfks-{variant}-") as name:
         tmp = Path(name)
         gc.collect()
         cpu_before = _cpu()
         start = time.perf_counter()
-        run_ids = [one_dfk(tmp, i, variant) for i in range(dfks)]
+        run_ids = [one_dfk(tmp, i, variant, apps, pause) for i in range(dfks)]
         elapsed = time.perf_counter() - start
         if variant == "ledger":
             _wait_for_children(30)  # the recording process's CPU counts once it has exited
@@ -96,7 +103,7 @@ def one_round(dfks: int, variant: str) -> tuple[float, float]:
         if variant == "ledger":
             with open_ledger(f"sqlite:///{tmp}/ledger.db") as ledger:
                 recorded = sum(len(ledger.run(run_id)) for run_id in run_ids)
-            assert recorded == dfks * APPS_PER_DFK, (recorded, dfks * APPS_PER_DFK)
+            assert recorded == dfks * apps, (recorded, dfks * apps)
     return elapsed, cpu
 
 
@@ -117,17 +124,24 @@ def _wait_for_children(timeout: float) -> None:
 
 
 def main() -> int:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--apps", type=int, default=20)
+    extra.add_argument("--sleep", type=float, default=0.04)
+    options, rest = extra.parse_known_args()
+    sys.argv[1:] = rest
     args = parse_args(__doc__, "10 DFKs, 2 rounds", quick_rounds=2, full_rounds=7)
     dfks = 10 if args.quick else 50
+    apps, pause = max(options.apps, 3), options.sleep
     logging.getLogger("parsl").setLevel(logging.WARNING)
-    print(f"{dfks} DataFlowKernels x {APPS_PER_DFK} apps, {args.rounds} rounds, cpus {os.cpu_count()}, "
+    print(f"{dfks} DataFlowKernels x {apps} apps ({apps - 2} sleeping {pause} s), {args.rounds} rounds, "
+          f"cpus {os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.1f}")
     walls: dict[str, list[float]] = {"plain": [], "ledger": []}
     cpus: dict[str, list[float]] = {"plain": [], "ledger": []}
     for round_no in range(args.rounds):
         order = ("plain", "ledger") if round_no % 2 == 0 else ("ledger", "plain")
         for variant in order:
-            wall, cpu = one_round(dfks, variant)
+            wall, cpu = one_round(dfks, variant, apps, pause)
             walls[variant].append(wall)
             cpus[variant].append(cpu)
         print(f"round {round_no}: plain {walls['plain'][-1]:.2f} s (cpu {cpus['plain'][-1]:.2f}), "
