@@ -137,6 +137,14 @@ def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
     [(path, entry)] = tries[1]["outputs"].items()
     assert path.endswith("flaky.txt") and entry["blake3"] == blake3(b"second try works\n").hexdigest()
     assert os.path.isfile(path)
+    [published] = named["FLAKY:publish"]  # from the try that worked
+    target = str(tmp_path / "results" / "flaky.txt")
+    assert Path(target).is_symlink() and published["inputs"] == {path: entry}
+    link = published["outputs"][target]  # the core notes what a symbolic link stands for
+    assert (link["blake3"], link["size"], link.get("alias_of")) == (entry["blake3"], entry["size"], path)
+    assert published["extra"]["published"] == {target: "SYMLINK"}
+    verified = nf.run("verify-lineage", "results/flaky.txt", cwd=tmp_path)
+    assert verified.returncode == 0 and "FLAKY:publish" in verified.stdout, verified.stdout + verified.stderr
 
 
 INSTALL = nf.ROOT / "plugins" / "nextflow" / "tools" / "install-nextflow.sh"

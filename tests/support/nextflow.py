@@ -23,7 +23,8 @@ BIN = Path(sys.executable).parent
 NXF_RELEASE = "25.04.4"
 
 #: A pipeline with a task that fails for good (errorStrategy 'ignore', so the run goes on)
-#: and one that fails on its first attempt and succeeds on its retry.
+#: and one that fails on its first attempt and succeeds on its retry, whose output is published
+#: in publishDir's default mode (a symbolic link into the work directory).
 FAILING_PIPELINE = """
 process BROKEN {
   errorStrategy 'ignore'
@@ -33,6 +34,7 @@ process BROKEN {
 process FLAKY {
   errorStrategy 'retry'
   maxRetries 1
+  publishDir 'results'
   output: path 'flaky.txt'
   script:
   \"\"\"
