@@ -35,7 +35,7 @@ GRAPH_FORMATS = ("html", "svg", "dot")
 @click.argument("targets", nargs=-1)
 @click.option("--run", "run_id", help="Export the records of this run (with TARGETs: only those of it).")
 @click.option("-f", "--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True, help="What to write.")
-@click.option("-o", "--output", type=click.Path(), help="The file (a directory for ro-crate) to write.")
+@click.option("-o", "--output", type=click.Path(), help="The file to write (for ro-crate a new directory, or a .zip file).")
 @click.option("--key", "keyfile", type=click.Path(dir_okay=False),
               help="ro-crate: sign the crate's checkpoint with this private key (lineage-ledger keygen).")
 @click.option("--license", "license_", help="ro-crate: the data's license (a URL such as an SPDX one, or text).")

@@ -331,3 +331,28 @@ def test_a_missing_extra_is_named_with_its_install_hint(pipeline, tmp_path):
     assert done.returncode == 2, done.stderr
     assert "pip install 'lineage-ledger[exports]'" in done.stderr and "'rocrate'" in done.stderr, done.stderr
     assert not (tmp_path / "crate").exists()  # refused before anything was written
+
+
+def test_zipped_crate_is_verified_and_its_alterations_caught(at, cli, workdir, tmp_path):
+    import zipfile
+
+    packed = workdir / "crate.zip"
+    at("export", "--run", "r1", "--format", "ro-crate", "-o", packed, check_rc=0)
+    assert "crate verified" in cli("--crate", packed, program="verify-lineage", check_rc=0).stdout
+    assert "exists" in at("export", "--run", "r1", "--format", "ro-crate", "-o", packed, check_rc=2).stderr
+    altered = workdir / "altered.zip"
+    with zipfile.ZipFile(packed) as source, zipfile.ZipFile(altered, "w") as target:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename == "data/top.txt":
+                data = b"pear\n"  # the bytes of another version: not the ones described
+            target.writestr(member, data)
+    assert "data/top.txt: MODIFIED" in cli("--crate", altered, program="verify-lineage", check_rc=1).stdout
+    # a member that would land outside the directory it is unpacked in is refused
+    escaping = workdir / "escaping.zip"
+    with zipfile.ZipFile(packed) as source, zipfile.ZipFile(escaping, "w") as target:
+        for member in source.infolist():
+            target.writestr(member, source.read(member))
+        target.writestr("../outside.txt", b"x")
+    assert "refusing the zip member" in cli("--crate", escaping, program="verify-lineage", check_rc=2).stderr
+    assert not (tmp_path.parent / "outside.txt").exists()

@@ -23,7 +23,9 @@ import json
 import mimetypes
 import os
 import shutil
+import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -130,7 +132,10 @@ def _proofs(ledger: Ledger, selection: Selection) -> tuple[Any, list[dict[str, A
 
 def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str | None = None,
                 with_data: bool = True, license: str | None = None) -> WrittenCrate:
-    """Write the crate directory ``path`` (new or empty)."""
+    """Write the crate directory ``path`` (new or empty), or the zip file ``path`` when it
+    ends in ``.zip`` (RO-Crate's packaging for sharing; a new file, never overwritten)."""
+    if path.lower().endswith(".zip"):
+        return _write_zip(ledger, selection, path, keyfile=keyfile, with_data=with_data, license=license)
     rocrate = require("rocrate.rocrate", "rocrate")
     model = require("rocrate.model", "rocrate")
     from .._checkpoint import Checkpoint, load_signer, sign
@@ -165,6 +170,19 @@ def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str
         warnings.filterwarnings("ignore", message="No source for", category=UserWarning)
         crate.write(path)
     return WrittenCrate(path, builder.copied, len(selection.entries))
+
+
+def _write_zip(ledger: Ledger, selection: Selection, path: str, **options: Any) -> WrittenCrate:
+    if os.path.lexists(path):
+        raise ConfigError(f"{path}: exists; the crate needs a new file")
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path)) or None) as scratch:
+        built = write_crate(ledger, selection, os.path.join(scratch, "crate"), **options)
+        with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_DEFLATED) as archive:
+            for folder, _dirs, files in sorted(os.walk(built.path)):
+                for name in sorted(files):
+                    full = os.path.join(folder, name)
+                    archive.write(full, os.path.relpath(full, built.path))
+    return WrittenCrate(path, built.files_copied, built.records)
 
 
 class _Builder:
