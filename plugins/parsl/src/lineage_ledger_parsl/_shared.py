@@ -74,11 +74,12 @@ def release(key: tuple, capture: ProcessCapture) -> None:
 
 def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
     with _lock:
-        if _captures.get(key) is not capture or _users.get(key, 0) > 0:
-            return
+        kept = _captures.get(key)
+        if kept is None or kept is not capture or _users.get(key, 0) > 0:
+            return  # replaced, or borrowed again meanwhile
         del _captures[key], _users[key]
         _timers.pop(key, None)
-    capture.close(timeout=60)
+    kept.close(timeout=60)
 
 
 def live() -> dict[tuple, Any]:
