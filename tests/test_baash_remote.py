@@ -188,4 +188,6 @@ def test_the_ranks_endorse_the_tree_head_and_a_remote_client_checks_it(tls_servi
     more.write_text(keys.read_text() + "".join(generate_key(f"other-{i}")[1] + "\n" for i in range(3)))
     result = run_cli("baash", "checkpoint", "--ledger", url, "--keys", more, cwd=tmp_path, check_rc=1)
     assert "signed by 4 of the 7 ranks' keys" in result.stderr and "a quorum is 5" in result.stderr
+    result = run_cli("baash", "checkpoint", "--ledger", url, "--keys", keys, "--quorum", "5", cwd=tmp_path, check_rc=2)
+    assert "--quorum 5 is more than the 4 keys" in result.stderr
     assert os.path.getsize(endorsed) == len(note.encode())

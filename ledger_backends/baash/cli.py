@@ -195,6 +195,8 @@ def checkpoint(ledger, keys_file, quorum, output) -> None:
     from .endorse import load_verifiers, quorum_of, verify_endorsed
 
     verifiers = load_verifiers(keys_file)
+    if quorum is not None and quorum > len(verifiers):
+        raise ConfigError(f"--quorum {quorum} is more than the {len(verifiers)} keys in {keys_file}")
     note = _client(ledger).checkpoint()["note"]
     if note is None:
         raise CheckpointInvalid("the service has no endorsed tree head yet: its ranks sign after a commit")
