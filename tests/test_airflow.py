@@ -437,3 +437,41 @@ def test_file_updated_in_place_keeps_its_read_and_written_digests_apart(site, ru
         assert record.inputs[path] == {"blake3": blake3(first[name]).hexdigest(), "size": len(first[name])}, task
         assert record.outputs[path] == {"blake3": hash_file(path).blake3, "size": os.path.getsize(path)}, task
         assert record.inputs[path] != record.outputs[path]
+
+
+def test_file_assets_naming_directories_recorded_and_checked(site, run, monkeypatch):
+    """Issue 17: a file:// Asset may name a directory. Its record holds the manifest's digest;
+    a file edited inside it (mtime put back) is named by verify-lineage and refused by strict."""
+    from lineage_ledger_airflow import _tries
+
+    module = site.load_dag("ledger_directories")
+    assert module.dag.test().state == "success"
+    _tries.reset()
+    qc, summary = run.data / "qc", run.data / "summary.txt"
+    tasks = by_task(run.records("ledger_directories."))
+    (producer,), (consumer,) = tasks["qc"], tasks["report"]
+    whole = hash_file(qc)
+    assert producer.outputs[str(qc)]["blake3"] == whole.blake3 and producer.outputs[str(qc)].get("type") == "dir"
+    assert consumer.inputs[str(qc)]["blake3"] == whole.blake3
+    (indexer,) = tasks["index"]
+    index = run.data / "index"
+    assert indexer.outputs[str(index)] == hash_file(index).entry() and sorted(os.listdir(index)) == ["A.txt", "B.txt", "C.txt"]
+    verified = run_cli("--ledger", run.url, summary, program="verify-lineage", cwd=run.data)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    edited = qc / "B.txt"
+    before = edited.stat()
+    edited.write_text("reads=X\n")  # same size
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    failed = run_cli("--ledger", run.url, qc, program="verify-lineage", cwd=run.data)
+    assert failed.returncode == 1 and "B.txt" in failed.stdout, failed.stdout + failed.stderr
+
+    summary_before = summary.stat().st_mtime_ns
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    refused = site.load_dag("ledger_directories").dag.test(mark_success_pattern="qc")
+    assert refused.state == "failed"
+    assert summary.stat().st_mtime_ns == summary_before, "the strict LedgerOperator ran on the edited directory"
+    _tries.reset()
+    runs = dag_runs(run, "ledger_directories.")
+    (refusal,) = by_task(runs[-1])["report"]
+    assert str(qc) in refusal.extra["airflow"]["error"] and refusal.inputs == {}

@@ -125,3 +125,19 @@ def test_claim_survives_a_removed_marker_directory(tmp_path, monkeypatch):
         assert len([n for n in os.listdir(directory) if len(n) == 40]) == 1
     finally:
         _tries.reset()
+
+
+def test_memo_rehashes_a_directory_whose_file_changed(tmp_path):
+    """A directory's own stat does not move when a file in it is rewritten: never reused."""
+    folder = tmp_path / "qc"
+    folder.mkdir()
+    write(folder / "A.txt", 100)
+    write(folder / "big.bin", MEMO_MIN_SIZE + 10)
+    memo = DigestMemo(str(tmp_path / "memo"))
+    first = memo.hash(str(folder))
+    assert first == hash_file(folder).entry() and first.get("type") == "dir"
+    dir_before = folder.stat()
+    write(folder / "A.txt", 100, b"b")  # same size, same directory entries
+    assert folder.stat().st_mtime_ns == dir_before.st_mtime_ns  # the directory looks unchanged
+    for fresh in (memo, DigestMemo(str(tmp_path / "memo"))):
+        assert fresh.hash(str(folder))["blake3"] == hash_file(folder).blake3 != first["blake3"]

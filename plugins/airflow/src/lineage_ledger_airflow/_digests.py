@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 from typing import Any
 
@@ -79,6 +80,10 @@ class DigestMemo:
             before = os.stat(path)
         except OSError:
             return hash_file(path).entry()  # raises the ArtifactError that names the problem
+        if stat.S_ISDIR(before.st_mode):
+            # A directory's own stat does not change when a file in it is rewritten: its
+            # manifest is hashed every time (the core's stat cache keeps that cheap).
+            return hash_file(path).entry()
         digest = self.lookup(path, before)
         if digest is not None:
             return {"blake3": digest, "size": before.st_size}

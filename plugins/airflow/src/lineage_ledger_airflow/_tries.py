@@ -319,7 +319,7 @@ def note_start(ti: Any) -> None:
     inputs = file_paths(getattr(task, "inlets", None))
     known: dict[str, dict[str, Any]] = {}
     for path in inputs:
-        if os.path.isfile(path):
+        if os.path.exists(path):  # a file, or a directory (its manifest's digest)
             try:
                 known[path] = digest_of(path)
             except Exception as err:  # noqa: BLE001 - the record will list it as unhashed

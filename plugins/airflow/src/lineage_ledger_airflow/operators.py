@@ -108,7 +108,7 @@ class LedgerOperator(BaseOperator):
         ti = context["ti"]
         if not _settings.enabled():  # the ledger is switched off: run the task, nothing else
             result = self._run()
-            if missing := [p for p in self.outputs if not os.path.isfile(p)]:
+            if missing := [p for p in self.outputs if not os.path.exists(p)]:
                 raise AirflowException(f"declared outputs not produced: {', '.join(missing)}")
             return result
         details = _tries.details_for(ti)
@@ -137,7 +137,7 @@ class LedgerOperator(BaseOperator):
         # The start hook hashed the inputs already (they were just verified unchanged).
         seen = _tries.started_digests(context["ti"])
         self._input_digests = {
-            p: seen.get(p) or (_tries.digest_of(p) if os.path.isfile(p) else None) for p in self.inputs
+            p: seen.get(p) or (_tries.digest_of(p) if os.path.exists(p) else None) for p in self.inputs
         }
         details.known.update({p: e for p, e in self._input_digests.items() if e})
         result = self._run()
@@ -151,7 +151,7 @@ class LedgerOperator(BaseOperator):
         return self.python_callable(*self.op_args, **self.op_kwargs)  # type: ignore[misc]
 
     def _hash_outputs(self, context: Any, details: _tries.Details) -> None:
-        missing = [p for p in self.outputs if not os.path.isfile(p)]
+        missing = [p for p in self.outputs if not os.path.exists(p)]
         for path in self.outputs:
             if path in missing:
                 continue
