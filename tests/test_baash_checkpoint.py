@@ -61,6 +61,14 @@ def test_the_tree_a_rank_signs_is_the_cores_tree(storage):
     assert checkpoint.origin == ensure_origin(storage) and checkpoint.origin.startswith("lineage-ledger:")
     assert {(size, root) for size, root, _ in endorsements} == {(11, summary.log_root)}
     assert TreeTracker().root().hex() == verify_chain([]).log_root
+    records = make_records(37)
+    for count in range(1, 38, 3):  # every shape of the right edge, blocks of any size, fed in any batches
+        for blocks in (1, 2, 5):
+            chain = chain_of(records[:count], min(blocks, count))
+            tracker = TreeTracker()
+            for block in chain:
+                tracker.extend([block])
+            assert (tracker.size, tracker.root().hex()) == (count, verify_chain(chain).log_root), (count, blocks)
 
 
 def test_a_quorum_verifies_and_too_few_or_a_changed_head_fails(storage):

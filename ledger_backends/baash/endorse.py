@@ -26,6 +26,8 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 
+from blake3 import blake3
+
 from lineage_ledger import LedgerError, verify_chain
 from lineage_ledger._checkpoint import (
     Checkpoint,
@@ -56,22 +58,33 @@ def quorum_of(keys: int) -> int:
 
 
 class TreeTracker:
-    """The tree head over records appended so far, in O(log n) memory (a compact range)."""
+    """The tree head over records appended so far, in O(log n) memory (a compact range).
 
-    __slots__ = ("_stack", "size")
+    The hashes are :data:`lineage_ledger._tree.BLAKE3`'s (leaf ``H(0x00 || id)``, node
+    ``H(0x01 || left || right)``) from one reused hasher: building a hasher per hash cost
+    half the time (2.3 against 1.15 µs a record), on every rank after every commit.
+    """
+
+    __slots__ = ("_hasher", "_stack", "size")
 
     def __init__(self) -> None:
         self._stack: list[tuple[int, bytes]] = []  # (perfect subtree size, hash), sizes decreasing
+        self._hasher = blake3()  # a tracker belongs to one rank's thread
         self.size = 0
 
     def extend(self, blocks: Iterable[StoredBlock]) -> None:
-        leaf, node, stack = BLAKE3.leaf, BLAKE3.node, self._stack
+        reset, update, digest_of = self._hasher.reset, self._hasher.update, self._hasher.digest
+        stack = self._stack
         for block in blocks:
             for record in block.records:
-                size, digest = 1, leaf(bytes.fromhex(record.id))
+                reset()
+                update(b"\x00" + bytes.fromhex(record.id))
+                size, digest = 1, digest_of()
                 while stack and stack[-1][0] == size:
                     left_size, left = stack.pop()
-                    size, digest = left_size + size, node(left, digest)
+                    reset()
+                    update(b"\x01" + left + digest)
+                    size, digest = left_size + size, digest_of()
                 stack.append((size, digest))
                 self.size += 1
 
