@@ -325,3 +325,12 @@ def cached_hasher() -> Hasher:
     root = state_root()
     os.makedirs(root, mode=0o700, exist_ok=True)
     return Hasher(StatCache(os.path.join(root, "statcache.db")))
+
+
+def hash_for_record(path: str):
+    """A file's digest read now, or a directory's through :func:`cached_hasher` (what
+    `lineage-ledger run` records its -i and -o paths with)."""
+    from ._hashing import hash_file, normalize_path
+
+    normal = normalize_path(path)
+    return cached_hasher().hash(normal) if os.path.isdir(normal) else hash_file(normal)

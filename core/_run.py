@@ -30,7 +30,8 @@ from ._capture import entries_of, manifest_records_of
 from ._deferred import check_spool_writable, spool_first
 from ._environment import current_environment
 from ._errors import ArtifactError, ConfigError, LedgerError
-from ._hashing import hash_file, normalize_path
+from ._hashing import normalize_path
+from ._manifest import hash_for_record
 from ._model import Record
 from ._recorder import Recorder
 from ._terminal import printable
@@ -124,7 +125,7 @@ def run_and_record(
     # What could not ship is said once, below, with the reason; not again by the recorder.
     logging.getLogger("lineage_ledger.recorder").setLevel(logging.ERROR)
     deferred = spool_first(ledger_url)  # a bad URL, scheme or extra: refused before anything runs
-    in_artifacts = [hash_file(p) for p in inputs]  # bad inputs stop us before anything runs
+    in_artifacts = [hash_for_record(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
     # The spool must take the record before the command may run: its directory, a segment
@@ -158,7 +159,7 @@ def run_and_record(
                 unchanged.append(path)
             continue
         try:
-            out_artifacts.append(hash_file(path))
+            out_artifacts.append(hash_for_record(path))
         except ArtifactError as err:
             if not failed:
                 problems.append(str(err))
