@@ -366,8 +366,10 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
 @click.option("--rehash", is_flag=True, help="Ignore the stat cache and read every file again.")
 @click.option("--cache", "cache_path", default=".lineage/statcache.db", show_default=True,
               help="Stat cache file (digests keyed by size, mtime, ctime and inode).")
+@click.option("--dir", "as_dirs", is_flag=True,
+              help="Print one digest per directory, of its manifest, as records name it (docs/directories.md).")
 @json_option
-def hash_command(paths, rehash, cache_path, as_json) -> None:
+def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
     """Print the BLAKE3 digest and size of files (directories are walked; an entry that
     cannot be read, such as a symbolic link loop, is reported and skipped)."""
     files: list[str] = []
@@ -377,14 +379,18 @@ def hash_command(paths, rehash, cache_path, as_json) -> None:
 
     for path in paths:
         normal = normalize_path(path)
-        files.extend(walk_files(normal, on_skip=skipped) if os.path.isdir(normal) else [normal])
+        files.extend(walk_files(normal, on_skip=skipped) if os.path.isdir(normal) and not as_dirs else [normal])
     hasher = Hasher(StatCache(cache_path), rehash=rehash)
-    artifacts = _hash_with_progress(hasher, files)
+    artifacts = [hasher.hash(f) for f in files] if as_dirs else _hash_with_progress(hasher, files)
+    if as_dirs:
+        hasher.cache.save()  # type: ignore[union-attr]  # a cache is always given here
     for artifact in artifacts:
         if as_json:
-            click.echo(json_text({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size}))
+            kind = {"type": "dir"} if artifact.is_dir else {}
+            click.echo(json_text({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size, **kind}))
         else:
-            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {printable(os.path.relpath(artifact.path))}")
+            shown = printable(os.path.relpath(artifact.path)) + ("/" if artifact.is_dir else "")
+            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {shown}")
 
 
 def _hash_with_progress(hasher: Hasher, files: list[str]):

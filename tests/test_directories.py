@@ -134,6 +134,9 @@ def test_cli_run_records_directories_and_verify_names_the_files_inside(cli, work
     write(workdir / "reads" / "B.fq", "TTGA")
     cli("run", "-i", "reads", "-o", "qc", "--", "sh", "-c",
         "mkdir -p qc/A && cp reads/A.fq qc/A/report.txt && echo ok > qc/summary.txt", check_rc=0)
+    digest = cli("hash", "--dir", "qc", check_rc=0).stdout.split()[0]  # as records name it
+    with open_ledger() as ledger:
+        assert ledger.producer("qc").record.outputs[str(workdir / "qc")]["blake3"] == digest
     ok = verify(cli, "qc", check_rc=0)
     assert "qc" in ok.stdout and "MODIFIED" not in ok.stdout
     assert "OK" in verify(cli, "qc/A", check_rc=0).stdout  # a subdirectory of a recorded one
