@@ -39,8 +39,18 @@ from ._errors import (
 )
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
+from ._manifest import Manifest
 from ._merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
-from ._model import Artifact, Block, BlockHeader, Record, StoredBlock, StoredRecord, artifact_map
+from ._model import (
+    Artifact,
+    Block,
+    BlockHeader,
+    DirectoryArtifact,
+    Record,
+    StoredBlock,
+    StoredRecord,
+    artifact_map,
+)
 from ._verify import (
     ArtifactCheck,
     ArtifactStatus,
@@ -77,7 +87,7 @@ def __getattr__(name: str):
     return value
 
 __all__ = [
-    "DEFAULT_URL", "AppendConflict", "Artifact", "artifact_map", "ArtifactCheck", "ArtifactError",
+    "DEFAULT_URL", "AppendConflict", "Artifact", "DirectoryArtifact", "Manifest", "artifact_map", "ArtifactCheck", "ArtifactError",
     "ArtifactMismatch", "ArtifactStatus", "BackendError", "BackendUnavailable", "Block",
     "BlockHeader", "ChainBroken", "CheckpointInvalid", "HistoryRewritten", "IndexTampered",
     "NoLedger", "ProofFailed", "ChainSummary", "ConfigError", "CorruptStore", "Hasher",
