@@ -59,3 +59,22 @@ def test_cli_lists_the_service_without_importing_mpi(workdir):
     code = ("import sys, lineage_ledger._cli\nfrom lineage_ledger.backends import open_backend\n"
             "open_backend('baash:///tmp/none.sock')\nprint('mpi4py' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_listen_addresses_and_tls_urls_parse():
+    from lineage_ledger.backends.baash.client import parse_url
+    from lineage_ledger.backends.baash.tls import parse_listen
+
+    assert parse_listen("7411") == ("127.0.0.1", 7411)  # loopback unless a host is named
+    assert parse_listen("0.0.0.0:7411") == ("0.0.0.0", 7411)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("ledger01:http", "70000", ":-1"):
+        with pytest.raises(ConfigError, match="expected PORT or HOST:PORT"):
+            parse_listen(bad)
+    address = parse_url("baash+tls://[::1]:7411?ca=ca.pem&cert=/c/me.pem&key=/c/me.key&server_name=ledger01")
+    assert (address.host, address.port, address.where, address.server_name) == ("::1", 7411, "[::1]:7411", "ledger01")
+    assert address.cert == "/c/me.pem" and address.ca.endswith("/ca.pem") and address.ca.startswith("/")
+    for bad in ("baash+tls://ledger01?ca=a&cert=b&key=c", "baash+tls://ledger01:7411/x?ca=a&cert=b&key=c",
+                "baash+tls://ledger01:7411?ca=a&ca=b&cert=b&key=c"):
+        with pytest.raises(ConfigError, match="expected baash\\+tls://host:port"):
+            parse_url(bad)
