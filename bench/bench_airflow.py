@@ -1,6 +1,22 @@
-"""Wall time of the example Airflow DAG with and without the lineage-ledger listener.
+"""Airflow: time added per task process by the plugin under the real scheduler (default), or
+the example DAG under ``dag.test()`` (``--dag-test``).
 
-Sets up its own AIRFLOW_HOME (SQLite, ``airflow db migrate`` once), loads
+Default (issue 16): a deployment on loopback as in ``tests/test_airflow_deployment.py``
+(scheduler, dag-processor, api-server, LocalExecutor, PostgreSQL metadata database started
+here) runs ``deploy_bench`` (8 BashOperator tasks, each reading one file inlet and writing
+one file outlet), alternating rounds:
+
+  with      the plugin installed, recording every task into a SQLite ledger
+  without   the scheduler started with the plugin's package shadowed on PYTHONPATH by one
+            with the same provider metadata and a plugin without a listener: Airflow finds
+            the same entry points, and nothing of the ledger is imported or called
+
+Per task process, the supervisor's own "Workload finished ... duration" (fork to exit, so
+the listener's hooks and the flush before ``os._exit`` are in it) and the task's duration
+in the metadata database. Goal: median(with) - median(without) <= 30 ms per task process.
+One warm-up run per variant is not counted.
+
+``--dag-test``: sets up its own AIRFLOW_HOME (SQLite, ``airflow db migrate`` once), loads
 ``examples/airflow/lineage_example.py`` with LINEAGE_EXAMPLE_ROWS rows of source data
 (200,000 by default: a 4.5 MB CSV; 2,000 with --quick), warms up with one ``dag.test()``,
 then times ``dag.test()`` in alternating rounds in one process:
@@ -22,6 +38,7 @@ hooks (in "without" that is the LedgerOperator tasks recording themselves).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +71,112 @@ def setup(tmp: Path, rows: int) -> None:
 
 
 def main() -> None:
+    if "--dag-test" in sys.argv:
+        sys.argv.remove("--dag-test")
+        main_dag_test()
+    else:
+        main_scheduler(parse_args(__doc__, "1 round of each variant", quick_rounds=1, full_rounds=5))
+
+
+WORKLOAD = re.compile(r"Workload finished.*?duration=([0-9.]+).*?workload_id=([0-9a-f-]+)")
+
+
+def main_scheduler(args) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.support.airflow_deploy import Deployment
+    from tests.support.postgres import PostgresServer, find_server_binaries
+
+    bindir = find_server_binaries()
+    if bindir is None:
+        print("no PostgreSQL server binaries (initdb): the scheduler benchmark needs them; NO GOAL measured")
+        return
+    metadata = PostgresServer(bindir).start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-airflow-"))
+    try:
+        site = Deployment(home=tmp / "home", metadata_dsn=metadata.create_database(),
+                          ledger_url=f"sqlite:///{tmp}/ledger.db", spool=tmp / "spool", data=tmp / "data")
+        site.data.mkdir(parents=True)
+        (site.data / "seed.txt").write_text("sample,value\n" + "".join(f"s{i},{i}\n" for i in range(1000)))
+        site.configure({"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "XDG_STATE_HOME": str(tmp / "state")})
+        shadow = _shadow_package(tmp / "without-plugin")
+        variants = {"with": {}, "without": {"PYTHONPATH": str(shadow.parent)}}
+        site.cli("db", "migrate")
+        site.start("api-server", "dag-processor")
+        site.wait_for_dags(["deploy_bench"])
+        process_s: dict[str, list[float]] = {v: [] for v in variants}
+        task_s: dict[str, list[float]] = {v: [] for v in variants}
+        loads = [os.getloadavg()[0]]
+        runs = 0
+
+        def one_run(variant: str, keep: bool) -> None:
+            nonlocal runs
+            runs += 1
+            site.kill("scheduler")
+            site.start("scheduler", extra_env=variants[variant])
+            run_id = f"{variant}-{runs}"
+            site.trigger("deploy_bench", run_id)
+            if site.wait_for_run("deploy_bench", run_id, timeout=600) != "success":
+                raise SystemExit(f"deploy_bench {run_id} failed:\n{site.log_tail('scheduler')}")
+            rows = site.query("SELECT CAST(id AS text), duration FROM task_instance"
+                              " WHERE dag_id = 'deploy_bench' AND run_id = %s", run_id)
+            ids = {ti_id for ti_id, _ in rows}
+            finished = site.wait_for(lambda: _workloads(site, ids), "every task process's end")
+            loads.append(os.getloadavg()[0])
+            if keep:
+                process_s[variant].extend(finished)
+                task_s[variant].extend(duration for _, duration in rows)
+
+        for variant in variants:
+            one_run(variant, keep=False)  # warm-up: first imports, DAG parse in the task process
+        order = list(variants)
+        for round_no in range(args.rounds):
+            for variant in order if round_no % 2 == 0 else order[::-1]:
+                one_run(variant, keep=True)
+        site.stop()
+        with_records = _count_records(site.ledger_url, site.spool)
+    finally:
+        metadata.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"deploy_bench under airflow scheduler (LocalExecutor, PostgreSQL metadata DB), 8 tasks a run, "
+          f"{args.rounds} rounds; load average {min(loads):.2f} to {max(loads):.2f}")
+    for variant in variants:
+        print(f"  {variant:<8} task process median {statistics.median(process_s[variant]) * 1000:7.1f} ms "
+              f"(n={len(process_s[variant])}, min {min(process_s[variant]) * 1000:.1f}, "
+              f"max {max(process_s[variant]) * 1000:.1f})   task duration median "
+              f"{statistics.median(task_s[variant]) * 1000:7.1f} ms")
+    added = (statistics.median(process_s["with"]) - statistics.median(process_s["without"])) * 1000
+    ratio = statistics.median(process_s["with"]) / statistics.median(process_s["without"])
+    added_task = (statistics.median(task_s["with"]) - statistics.median(task_s["without"])) * 1000
+    print(f"  records in the ledger: {with_records} (8 per run with the plugin)")
+    print(f"  task duration added: {added_task:+.1f} ms")
+    print(f"added per task process: {added:+.1f} ms (ratio {ratio:.3f})  (goal <= +30 ms)  -> "
+          f"{'GOAL MET' if added <= 30 else 'GOAL MISSED'}")
+
+
+def _shadow_package(parent: Path) -> Path:
+    """A ``lineage_ledger_airflow`` without the listener: same metadata, an empty plugin."""
+    package = parent / "lineage_ledger_airflow"
+    package.mkdir(parents=True)
+    real = ROOT / "plugins" / "airflow" / "src" / "lineage_ledger_airflow"
+    for name in ("__init__.py", "provider.py"):  # metadata only: no import of the core
+        shutil.copy(real / name, package / name)
+    (package / "plugin.py").write_text(
+        "from airflow.plugins_manager import AirflowPlugin\n\n\n"
+        "class LineageLedgerPlugin(AirflowPlugin):\n    name = 'lineage_ledger'\n")
+    return package
+
+
+def _workloads(site, ids: set[str]) -> list[float] | None:
+    """The supervisor's durations of these task instances' processes, once all have ended."""
+    found: dict[str, float] = {}
+    for match in WORKLOAD.finditer(site.log_tail("scheduler", chars=10_000_000)):
+        if match.group(2) in ids:
+            found[match.group(2)] = float(match.group(1))
+    return list(found.values()) if len(found) == len(ids) else None
+
+
+def main_dag_test() -> None:
     args = parse_args(__doc__, "2,000 rows, 2 rounds", quick_rounds=2, full_rounds=7)
     rows = 2_000 if args.quick else int(os.environ.get("LINEAGE_EXAMPLE_ROWS", "200000"))
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -117,7 +240,7 @@ def main() -> None:
             for variant in order if round_no % 2 == 0 else order[::-1]:
                 times[variant].append(timed(variant))
         _tries.reset()
-        records = sum(1 for _ in _count_records(os.environ["AIRFLOW__LINEAGE_LEDGER__URL"], tmp / "spool"))
+        records = _count_records(os.environ["AIRFLOW__LINEAGE_LEDGER__URL"], tmp / "spool")
 
     load = os.getloadavg()[0]
     print(f"example DAG (4 tasks, {rows:,} rows), {args.rounds} rounds, load average {load:.2f}")
@@ -138,11 +261,11 @@ def main() -> None:
     print(f"ratio with listener / ledger off: {whole:.3f}  (the whole ledger's cost; no goal)")
 
 
-def _count_records(url: str, spool: Path):
+def _count_records(url: str, spool: Path) -> int:
     from lineage_ledger import open_ledger
 
     with open_ledger(url, spool=str(spool)) as ledger:
-        yield from ledger.recent(1_000_000)
+        return sum(1 for _ in ledger.recent(1_000_000))
 
 
 if __name__ == "__main__":

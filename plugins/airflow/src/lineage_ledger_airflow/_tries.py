@@ -9,8 +9,9 @@ the record: in-process through a set, across processes through a marker file cre
 
 The supervised task process ends with ``os._exit``, which joins no thread and runs no
 ``atexit`` handler, so records are written with :meth:`TaskCapture.record_now` (hashed and
-journaled in the durable spool before it returns) and shipped before the process ends
-(see :func:`flush_before_exit`).
+journaled in the durable spool before it returns). A shipper in the machine's scheduler
+(or another Airflow job process) ships them after the process ends; without one, the task
+process ships them itself before it ends (see :func:`flush_before_exit`, :mod:`._shipper`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from blake3 import blake3
 
 from lineage_ledger import ArtifactError, TaskCapture, TaskRun, code_digest, jsonable, utcnow
 
-from . import _settings
+from . import _settings, _shipper
 from ._assets import file_paths
 from ._digests import DigestMemo
 
@@ -125,7 +126,11 @@ def capture() -> TaskCapture:
                 _claimed.clear()
                 _started.clear()
                 _details.clear()
-            _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2)
+            options = {}
+            if _shipper.alive():  # a job process ships this spool: journal only, never wait here
+                options = {"max_age": 3600.0, "exit_timeout": 0.0}
+            _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
+                                   recorder_options=options)
             _capture_pid = os.getpid()
         return _capture
 
@@ -473,14 +478,20 @@ def in_process_runner() -> bool:
 
 
 def flush_before_exit() -> None:
-    """Ship this process's records before a supervised task process ends with ``os._exit``.
+    """Make this process's records durable before a supervised task process ends with
+    ``os._exit``, and ship them unless the machine's shipper will (:mod:`._shipper`).
 
-    They are in the durable spool already; shipping now means the ledger has them without
-    waiting for the next open to replay. Under ``dag.test()`` the process lives on and the
+    They are in the spool already; without a shipper, shipping now means the ledger has
+    them without waiting for the next open to replay. Under ``dag.test()`` the process lives on and the
     recorder ships in the background, so the task is not held up.
     """
     cap = _capture
     if cap is None or _capture_pid != os.getpid() or in_process_runner():
+        return
+    if _shipper.alive():
+        # The machine's shipper (in the scheduler or another Airflow job process) ships it
+        # once this process has ended: make it survive a power cut, and go.
+        cap.sync()
         return
     if not cap.flush(timeout=_settings.flush_timeout()):
         log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")

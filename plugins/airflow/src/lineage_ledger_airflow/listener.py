@@ -48,6 +48,18 @@ class LedgerListener:
         self._record(task_instance, "failed", state, error)
 
     @hookimpl
+    def on_starting(self, component: Any) -> None:
+        """A scheduler, DAG processor or triggerer starts: ship the machine's spool from here
+        (task processes then only journal; see :mod:`._shipper`)."""
+        try:
+            if _settings.enabled() and type(component).__name__ == "Job":
+                from . import _shipper
+
+                _shipper.start()
+        except Exception:  # noqa: BLE001 - never break the component
+            log.exception("lineage-ledger: could not start the spool shipper")
+
+    @hookimpl
     def on_dag_run_success(self, dag_run: Any, msg: str) -> None:
         self._sweep(dag_run)
 

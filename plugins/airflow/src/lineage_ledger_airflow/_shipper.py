@@ -1,0 +1,116 @@
+"""One long-lived process per machine ships the spool; task processes only journal.
+
+Opening the ledger and appending to it is the expensive part of recording: connecting,
+checking the tree head, a write transaction that other task processes wait for (SQLite's
+lock). A task process that shipped its own record before ``os._exit`` paid for all of it,
+and for the others' waits, on every try (issue 16: +90 to +177 ms per task, seconds under
+load). So when an Airflow job process (the scheduler, the DAG processor, the triggerer)
+starts, the listener's ``on_starting`` hook starts a shipper thread in it:
+
+* it takes an exclusive ``flock`` on ``<spool>/.airflow-shipper`` (one shipper per machine
+  and spool; another process takes over when the holder dies, since the kernel drops the
+  lock with it);
+* while it holds the lease, it touches the file every :data:`INTERVAL` seconds and ships
+  what finished processes left in the spool, as ``lineage-ledger spool ship`` does, one
+  shipping at a time (a locked or unreachable ledger leaves records waiting, nothing else).
+
+A task process that sees a fresh lease file (:func:`alive`) only journals its record and
+fsyncs the spool before it ends. Without one (a worker machine with no Airflow job
+process, ``airflow dags test``) it ships its own records at its end as before, waiting at
+most ``flush_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+
+from . import _settings
+
+log = logging.getLogger("lineage_ledger.airflow")
+
+LEASE = ".airflow-shipper"
+#: Seconds between two rounds of the shipper (and two touches of the lease file).
+INTERVAL = 2.0
+#: A lease file touched within this many seconds means a shipper is alive.
+FRESH_S = 10.0
+
+_started_pid = -1
+_lock = threading.Lock()
+
+
+def lease_path() -> str:
+    return os.path.join(_settings.spool_root(), LEASE)
+
+
+def alive(now: float | None = None) -> bool:
+    """Whether some process on this machine ships this spool (its lease file is fresh)."""
+    if _started_pid == os.getpid():
+        return False  # the shipper's own process records and ships through its recorder
+    try:
+        age = (time.time() if now is None else now) - os.stat(lease_path()).st_mtime
+    except OSError:
+        return False
+    return -FRESH_S < age < FRESH_S
+
+
+def start() -> bool:
+    """Start this process's shipper thread (once); True if started now."""
+    global _started_pid
+    with _lock:
+        if _started_pid == os.getpid():
+            return False
+        _started_pid = os.getpid()
+    thread = threading.Thread(target=_run, name="lineage-ledger-airflow-shipper", daemon=True)
+    thread.start()
+    return True
+
+
+def _run() -> None:
+    fd = -1
+    held = False
+    shipping: threading.Thread | None = None
+    while True:
+        try:
+            if fd < 0:
+                root = _settings.spool_root()
+                os.makedirs(root, mode=0o700, exist_ok=True)
+                fd = os.open(lease_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if not held:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                    log.info("lineage-ledger: this process (pid %d) ships the spool %s", os.getpid(),
+                             _settings.spool_root())
+                except BlockingIOError:
+                    pass  # another process ships; take over if it dies
+            if held:
+                os.utime(lease_path())
+                if shipping is None or not shipping.is_alive():
+                    shipping = threading.Thread(target=_ship_once, name="lineage-ledger-airflow-ship", daemon=True)
+                    shipping.start()
+        except Exception:  # noqa: BLE001 - the shipper must outlive any failure
+            log.exception("lineage-ledger: the spool shipper failed; retrying")
+        time.sleep(INTERVAL)
+
+
+def _ship_once() -> None:
+    """Ship what finished processes left; a locked or unreachable ledger only delays it."""
+    if not _settings.enabled():
+        return
+    from lineage_ledger import LedgerError
+    from lineage_ledger._deferred import ship
+
+    try:
+        shipped, _ = ship(_settings.ledger_url(), spool=_settings.spool_root(), timeout=3600.0)
+    except LedgerError as err:
+        log.debug("lineage-ledger: records wait in the spool: %s", err)
+        return
+    except Exception:  # noqa: BLE001 - logged; the next round tries again
+        log.exception("lineage-ledger: could not ship the spool")
+        return
+    if shipped:
+        log.info("lineage-ledger: shipped %d records from the spool", shipped)
