@@ -29,12 +29,17 @@ def _caches_kept_from_the_real_home() -> dict[str, str]:
     go = shutil.which("go")
     if go:  # `go env`, not $HOME/go: a `go env -w` setting in the real home's go/env counts too
         names = ["GOPATH", "GOMODCACHE", "GOCACHE", "GOENV"]
-        try:
-            found = json.loads(subprocess.run([go, "env", "-json", *names], capture_output=True, text=True,
-                                              timeout=60, check=True).stdout)
-            kept.update({name: found[name] for name in names if found.get(name)})
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+        config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        with tempfile.TemporaryDirectory() as elsewhere:
+            # the go command counts its own use in $XDG_CONFIG_HOME/go/telemetry: not in the real home
+            env = {**os.environ, "GOENV": os.environ.get("GOENV") or os.path.join(config, "go", "env"),
+                   "XDG_CONFIG_HOME": elsewhere}
+            try:
+                found = json.loads(subprocess.run([go, "env", "-json", *names], capture_output=True, text=True,
+                                                  env=env, timeout=60, check=True).stdout)
+                kept.update({name: found[name] for name in names if found.get(name)})
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass
     return {name: value for name, value in kept.items() if name not in os.environ}
 
 

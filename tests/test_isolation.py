@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fabric import FABRIC_RELEASE, cache_root, fabric_binaries
+ROOT = Path(__file__).resolve().parent.parent
 
 REAL_HOME = Path(pwd.getpwuid(os.getuid()).pw_dir)
 
@@ -36,10 +36,31 @@ def test_each_test_has_a_home_of_its_own(turn):
     (Path.home() / f"left-by-{turn}").write_text("a test wrote this")
 
 
-def test_tool_caches_of_the_real_home_are_still_found():
-    """`make install-fabric` builds into the real ~/.cache/lineage-ledger; the tests find it
-    there although HOME moved (without that, every fabric test would skip)."""
-    home = Path(os.environ["HOME"])
-    assert home not in cache_root().parents
-    if (REAL_HOME / ".cache" / "lineage-ledger" / f"fabric-{FABRIC_RELEASE}" / "bin" / "peer").exists():
-        assert fabric_binaries() is not None
+INNER_TEST = """
+import os, subprocess, sys
+from pathlib import Path
+
+def test_writes_to_its_home():
+    Path.home().joinpath("by-the-test").write_text("x")
+    subprocess.run([sys.executable, "-c", "import os; open(os.path.expanduser('~/by-a-child'), 'w').write('x')"],
+                   check=True)
+    print("FABRIC_CACHE=" + os.environ["LINEAGE_LEDGER_FABRIC_CACHE"])
+"""
+
+
+def test_a_session_leaves_the_real_home_untouched_and_keeps_its_tool_caches(tmp_path):
+    """A pytest session with this conftest, under a stand-in for the real home: a test and its
+    subprocess write to `~`, and the stand-in stays empty (the conftest's own `go env` included),
+    while the Fabric cache is still looked for in the stand-in's ~/.cache/lineage-ledger."""
+    real = tmp_path / "real-home"
+    real.mkdir()
+    (tmp_path / "test_inner.py").write_text(INNER_TEST)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XDG_", "LINEAGE_", "GO")) and k not in ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST")}
+    env["HOME"] = str(real)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "tests.conftest", "-p", "no:randomly",
+                             "-p", "no:cacheprovider", str(tmp_path / "test_inner.py")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"FABRIC_CACHE={real / '.cache' / 'lineage-ledger'}" in result.stdout
+    assert sorted(str(p.relative_to(real)) for p in real.rglob("*")) == []
