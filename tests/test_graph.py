@@ -177,6 +177,13 @@ def test_html_graph_in_headless_chromium(browser, statuses, cli, tmp_path):
     details = _click(browser, "g.node[data-status=MODIFIED]")
     assert "top.txt" in details and "made by" in details
     browser.screenshot(tmp_path / "graph.png", ARTIFACTS / "graph-statuses.png")
+    # Folded by rule: every box (a group of one is its member) opens without an error.
+    browser.eval("const v = document.getElementById('view'); v.value = 'rule'; v.dispatchEvent(new Event('change'))")
+    boxes = browser.eval("document.querySelectorAll('g.node').length")
+    assert boxes == 10  # each rule ran once here: every box is a group of one
+    for index in range(boxes):
+        shown = _click(browser, f"g.node:nth-of-type({index + 1})")
+        assert shown.strip() and "status:" in shown, shown
     assert browser.errors() == []
 
     # The same model as SVG (one view, laid out here) and DOT (for Graphviz).

@@ -74,9 +74,12 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
             model.edges.append((f"f:{file_key(path, art['blake3'])}", task))
         for path, art in record.outputs.items():
             model.edges.append((task, f"f:{file_key(path, art['blake3'])}"))
-    for node in model.nodes.values():  # sources take the rule (run) of their first reader
+    first_reader: dict[str, str] = {}
+    for source, target in model.edges:
+        first_reader.setdefault(source, target)
+    for key, node in model.nodes.items():  # sources take the rule (run) of their first reader
         if node["kind"] == "file" and node["rule"] is None:
-            reader = next((model.nodes[d] for s, d in model.edges if model.nodes.get(s) is node), None)
+            reader = model.nodes[first_reader[key]] if key in first_reader else None
             node["rule"] = f"inputs of {reader['rule']}" if reader else "sources"
             node["run"] = reader["run"] if reader else None
     runs = selection.runs
@@ -104,18 +107,21 @@ def _view(model: GraphModel, by: str | None) -> dict[str, Any]:
         for key, node in model.nodes.items():
             group = "g:" + _group_key(node, by)
             members.setdefault(group, []).append(key)
+        final: dict[str, str] = {}  # a group of one is drawn as its member, under the member's id
         for group, keys in members.items():
             first = model.nodes[keys[0]]
             if len(keys) == 1:
-                nodes[group] = {"id": group, **{f: v for f, v in first.items() if f != "record"}, "members": keys}
+                final[group] = keys[0]
+                nodes[keys[0]] = {"id": keys[0], **{f: v for f, v in first.items() if f != "record"}}
                 continue
+            final[group] = group
             kind = first["kind"]
             name = group.split("|", 1)[1]
             label = f"{name} ×{len(keys)}" if kind == "task" else f"{len(keys)} files: {name}"
             nodes[group] = {"id": group, "kind": "group", "of": kind, "label": label, "members": keys,
                             "status": _worst([model.nodes[k]["status"] for k in keys]),
                             "engine": first.get("engine"), "rule": first.get("rule"), "run": first.get("run")}
-        of = {k: "g:" + _group_key(n, by) for k, n in model.nodes.items()}
+        of = {k: final["g:" + _group_key(n, by)] for k, n in model.nodes.items()}
         counted: dict[tuple[str, str], int] = {}
         for s, d in model.edges:
             counted[(of[s], of[d])] = counted.get((of[s], of[d]), 0) + 1
