@@ -85,4 +85,6 @@ def test_third_party_subclass_in_its_own_file_runs_the_suite(tmp_path):
                              "--rootdir", str(tmp_path), "test_my_backend.py"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "9 passed, 2 skipped" in result.stdout, result.stdout[-1000:]
+    checks = len([name for name in dir(BackendConformance) if name.startswith("test_")])
+    # the two multi-process checks skip: a memory:// ledger lives in one process
+    assert f"{checks - 2} passed, 2 skipped in" in result.stdout, result.stdout[-1000:]
