@@ -263,3 +263,40 @@ def test_failed_tries_wait_for_nextflows_note_in_either_order(tmp_path):
              for r in map(json.loads, listed.splitlines())}
     assert found == {("FLAKY", 1, "failed", "RETRY", 3), ("FLAKY", 2, "succeeded", None, 0),
                      ("STOP", 1, "failed", None, 1)}
+
+
+def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never):
+    from lineage_ledger import TaskCapture, TaskRun
+
+    source = tmp_path / "data" / "in.txt"
+    source.parent.mkdir()
+    source.write_text("source v1\n")
+    readers = {}
+    now = datetime.now(timezone.utc)
+    with TaskCapture(str(tmp_path / ".lineage" / "ledger.db"), engine="nextflow", raise_errors=True) as capture:
+        for key in ("ab1111", "cd2222"):
+            work = tmp_path / "work" / key[:2] / key[2:]
+            work.mkdir(parents=True)
+            (work / ".exitcode").write_text("0")
+            (work / "out.txt").write_text(f"made by {key}\n")
+            capture.submit(TaskRun(key, "READ", "succeeded", now, now, inputs=[str(source)],
+                                   outputs=[str(work / "out.txt")])).result()
+            readers[key] = {"process": "READ", "name": f"READ ({key})", "workdir": str(work),
+                            "status": "succeeded", "inputs": [str(source)], "outputs": [str(work / "out.txt")],
+                            "published": []}
+    sessions = tmp_path / ".lineage" / "nextflow" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / f"{SESSION}.json").write_text(json.dumps({"session": SESSION, "tasks": readers}))
+    stat = source.stat()
+    source.write_text("source v2\n")  # same size, mtime put back
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    strict = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "strict", cwd=tmp_path,
+                        nextflow=never)
+    assert strict.returncode == 1 and f"{source}: changed since the last recorded run" in strict.stderr
+    rerun = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "rerun", cwd=tmp_path,
+                       nextflow=never)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not (tmp_path / "work" / "ab" / "1111").exists() and not (tmp_path / "work" / "cd" / "2222").exists()
+    assert len(list((tmp_path / ".lineage" / "nextflow" / "quarantine").glob("*/work/*/*/out.txt"))) == 2
+    assert source.read_text() == "source v2\n"  # a source is the user's: never moved
