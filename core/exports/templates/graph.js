@@ -12,7 +12,7 @@
   var details = document.getElementById("details");
   var select = document.getElementById("view");
   var search = document.getElementById("search");
-  var current = null, byId = {}, transform = { x: 20, y: 20, k: 1 };
+  var current = null, byId = {}, everyNode = null, transform = { x: 20, y: 20, k: 1 };
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(SVG, name);
@@ -94,7 +94,7 @@
       text.textContent = shorten(n.label, 34);
       var sub = el("text", { x: 12, y: 28, "font-size": 10, fill: "#57606a" }, g);
       sub.textContent = n.status + (n.kind === "file" ? " \u00b7 " + n.digest.slice(0, 12) : "")
-        + (n.kind === "task" ? " \u00b7 run " + n.run : "") + (n.members && n.members.length > 1 ? " \u00b7 click to list" : "");
+        + (n.kind === "task" ? " \u00b7 run " + n.run : "") + (n.kind === "group" ? " \u00b7 click to list" : "");
       var title = el("title", {}, g);
       title.textContent = n.label + " [" + n.status + "]";
       g.addEventListener("click", function (event) { event.stopPropagation(); show(n); });
@@ -143,16 +143,17 @@
     } else {
       field(list, "members", n.members.length + " " + (n.of === "task" ? "tasks" : "files"));
       html("p", "Open one in the full view:", details);
+      if (!everyNode) {
+        everyNode = {};
+        data.views.all.nodes.forEach(function (m) { everyNode[m.id] = m; });
+      }
       n.members.slice(0, 500).forEach(function (id) {
-        var full = data.views.all.nodes.filter(function (m) { return m.id === id; })[0];
+        var full = everyNode[id];
         var button = html("button", full ? full.label + " [" + full.status + "]" : id, details, "member");
         button.type = "button";
         button.addEventListener("click", function () { draw("all"); focus(id); });
       });
       if (n.members.length > 500) html("p", (n.members.length - 500) + " more", details);
-    }
-    if (n.members && n.members.length === 1 && n.kind !== "group") {
-      // a single-member box of a grouped view: its record is shown above
     }
   }
 
