@@ -229,6 +229,12 @@ def test_locked_sqlite_ledger_while_tasks_finish(deployment, tmp_path):
         assert [state for state, _ in rows] == ["success"] * 4
         assert max(duration for _, duration in rows) < 15, rows
         assert ledger_records(site, "deploy_many", "locked-1", sqlite_url) == []  # all in the spool
+        # The task processes left shipping to the machine's shipper: none waited for the
+        # locked ledger at its end ("records not shipped in time" is what waiting logs).
+        logs = list((site.home / "logs").glob("dag_id=deploy_many/run_id=locked-1/task_id=*/attempt=1.log"))
+        assert len(logs) == 4
+        assert not [p for p in logs if "not shipped in time" in p.read_text(errors="replace")]
+        assert (site.spool / ".airflow-shipper").exists()
     finally:
         lock.rollback()
         lock.close()

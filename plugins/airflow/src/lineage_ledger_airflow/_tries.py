@@ -477,6 +477,22 @@ def in_process_runner() -> bool:
     return type(comms).__name__ == "InProcessSupervisorComms"
 
 
+def _leave_to_shipper(cap: TaskCapture) -> None:
+    """Keep the core's exit handler from trying to ship this process's records.
+
+    Airflow's task process may end through ``atexit``, where the core closes every live
+    recorder, waiting up to its ``exit_timeout`` for the back-end and warning about what is
+    left. Here the records are synced and the shipper takes them once this process has
+    ended (its segment's lock goes with the process), so neither the wait nor the warning
+    applies.
+    """
+    from lineage_ledger._recorder import _LIVE
+
+    recorder = cap._recorder
+    if recorder is not None:
+        _LIVE.discard(recorder)
+
+
 def flush_before_exit() -> None:
     """Make this process's records durable before a supervised task process ends with
     ``os._exit``, and ship them unless the machine's shipper will (:mod:`._shipper`).
@@ -492,6 +508,7 @@ def flush_before_exit() -> None:
         # The machine's shipper (in the scheduler or another Airflow job process) ships it
         # once this process has ended: make it survive a power cut, and go.
         cap.sync()
+        _leave_to_shipper(cap)
         return
     if not cap.flush(timeout=_settings.flush_timeout()):
         log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")
