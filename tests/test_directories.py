@@ -147,6 +147,7 @@ def test_cli_run_records_directories_and_verify_names_the_files_inside(cli, work
     failed = verify(cli, "qc", check_rc=1)
     assert "changed: A/report.txt" in failed.stdout
     assert "appeared: extra.txt" in failed.stdout and "disappeared: summary.txt" in failed.stdout
+    assert "changed: A/report.txt" in verify(cli, check_rc=1).stdout  # the full audit says it too
 
     # A file, and a subdirectory, inside the recorded directory, named by themselves.
     inside = verify(cli, "qc/A/report.txt", check_rc=1)
