@@ -303,8 +303,8 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
             try:
                 mode = os.stat(entry.path).st_mode if entry.is_symlink() else None
             except OSError as err:
-                if err.errno == errno.ELOOP:
-                    skip(entry.path, err)
+                if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    skip(entry.path, err)  # a loop, or a target it may not look at
                 continue  # a dangling link: not a file
             if mode is not None:
                 if stat_module.S_ISREG(mode):
