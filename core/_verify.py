@@ -307,9 +307,13 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
                 hasher = cached_hasher()
             check = check_artifact(ledger, path, against="producer", hasher=hasher, containers=containers)
         except ArtifactError as err:
-            if not os.path.lexists(path) or ledger.last_seen(path) is None:
+            try:
+                recorded = os.path.lexists(path) and ledger.last_seen(path) is not None
+            except ArtifactError:  # a name no record can hold (not UTF-8)
+                recorded = False
+            if not recorded:
                 continue  # vanished meanwhile, or nothing recorded could vouch for it anyway
-            check = _unreadable(ledger.query_path(path), err)
+            check = _unreadable(normalize_path(path), err)
         if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
             tampered.append(check)
     if tampered and policy == "strict":
