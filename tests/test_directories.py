@@ -236,8 +236,12 @@ def test_pre_run_check_reports_an_unhashable_file_alone_and_goes_on(url, spool, 
     os.unlink(was_file)
     os.mkdir(was_file)  # a directory where a file was
     write(other, "tampered")
+    latin1 = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.txt")  # a name no record can hold
+    with open(os.fsencode(latin1), "wb") as handle:
+        handle.write(b"x")
     with open_ledger(url) as ledger:
-        checks = {c.path: c for c in check_before_run(ledger, [raw, was_file, other], "rerun")}
+        checks = {c.path: c for c in check_before_run(ledger, [raw, was_file, latin1, other], "rerun")}
+        assert latin1 not in checks
         assert checks[raw].status is ArtifactStatus.UNREADABLE and "regular file" in checks[raw].reason
         assert checks[was_file].status is ArtifactStatus.MODIFIED and "directory" in checks[was_file].reason
         assert checks[other].status is ArtifactStatus.MODIFIED
