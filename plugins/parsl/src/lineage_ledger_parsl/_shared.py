@@ -54,8 +54,19 @@ def acquire(url: str | None, threads: int, spool: str | None) -> tuple[tuple, Pr
             capture = ProcessCapture(url, engine="parsl", threads=threads, spool=spool)
             _captures[key] = capture
             _users[key] = 0
+            # Start it now, on a thread of its own: it imports and opens the ledger while the
+            # DataFlowKernel loads and runs its first tasks, instead of when the first try ends
+            # (the first cleanup would wait for it). Nothing waits for this thread.
+            threading.Thread(target=_start, args=(capture,), name="lineage-ledger-start", daemon=True).start()
         _users[key] += 1
         return key, capture
+
+
+def _start(capture: ProcessCapture) -> None:
+    try:
+        capture.open()
+    except Exception:  # noqa: BLE001 - the first try starts it again, or records here, and says why
+        pass
 
 
 def release(key: tuple, capture: ProcessCapture) -> None:
