@@ -53,7 +53,20 @@ def test_consecutive_dataflowkernels_share_one_recording_process_and_each_cleanu
     assert other is not None and other != seen[0]
     # Unused for IDLE_SECONDS, both end: nothing outlives the DFKs for long.
     assert support.wait_no_descendants(before, timeout=_shared.IDLE_SECONDS + 30) == {}
-    assert _shared.live() == {}
+    assert not {seen[0], other} & {c.child_pid for c in _shared.live().values()}
+
+
+def test_a_parsl_ledger_no_executor_uses_starts_early_and_ends_when_idle(workdir):
+    """The recording process starts with the ParslLedger (ready by the first try); one that
+    no DataFlowKernel ever uses must not live on until the interpreter exits."""
+    before = support.descendants()
+    ledger = ParslLedger(f"sqlite:///{workdir / 'unused.db'}")
+    deadline = time.monotonic() + 30
+    while ledger.capture.child_pid is None:  # started on a thread of its own
+        assert time.monotonic() < deadline, "the recording process did not start"
+        time.sleep(0.05)
+    assert support.wait_no_descendants(before, timeout=_shared.IDLE_SECONDS + 30) == {}
+    assert ledger.capture not in _shared.live().values()
 
 
 def test_a_ledger_in_another_working_directory_does_not_share(workdir, monkeypatch, tmp_path_factory):
@@ -66,6 +79,6 @@ def test_a_ledger_in_another_working_directory_does_not_share(workdir, monkeypat
     with open_ledger(str(elsewhere / ".lineage" / "ledger.db")) as ledger:
         assert len(ledger.run(run_id)) == 3
     deadline = time.monotonic() + _shared.IDLE_SECONDS + 30
-    while _shared.live() and time.monotonic() < deadline:
+    while {first, second} & {c.child_pid for c in _shared.live().values()} and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _shared.live() == {}
+    assert not {first, second} & {c.child_pid for c in _shared.live().values()}

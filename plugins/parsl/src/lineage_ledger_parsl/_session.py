@@ -76,7 +76,7 @@ class ParslLedger:
         if capture is not None:
             self.capture = capture
         elif self._shared:
-            self._borrow()
+            self.capture = _shared.acquire(url, threads, spool, use=False)[1]  # started early
         else:
             self.capture = TaskCapture(url, engine="parsl", threads=threads, spool=spool)
         self._lock = threading.Lock()
@@ -137,7 +137,7 @@ class ParslLedger:
 
     def _borrow(self) -> None:
         if self._shared and self._borrowed is None:
-            self._borrowed, self.capture = _shared.acquire(*self._where)
+            self._borrowed, self.capture = _shared.acquire(*self._where, use=True)
 
     # -- what the executor and the memoizer report ------------------------------------
     def produced(self, paths: list[str]) -> None:

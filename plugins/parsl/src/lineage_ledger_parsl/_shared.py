@@ -43,14 +43,17 @@ def _usable(capture: ProcessCapture) -> bool:
     return not getattr(capture, "_closing", False)
 
 
-def acquire(url: str | None, threads: int, spool: str | None) -> tuple[tuple, ProcessCapture]:
+def acquire(url: str | None, threads: int, spool: str | None, *, use: bool) -> tuple[tuple, ProcessCapture]:
+    """The recording process for this place, started if there is none. ``use``: an executor
+    starts recording through it (count it until :func:`release`); without, a ``ParslLedger``
+    is only being made: it starts early, and ends after ``IDLE_SECONDS`` if no executor uses it."""
     key = _key(url, threads, spool)
     with _lock:
-        timer = _timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
         capture = _captures.get(key)
         if capture is None or not _usable(capture):
+            stale = _timers.pop(key, None)  # the closed one's: it must not keep the new one's slot
+            if stale is not None:
+                stale.cancel()
             capture = ProcessCapture(url, engine="parsl", threads=threads, spool=spool)
             _captures[key] = capture
             _users[key] = 0
@@ -58,8 +61,22 @@ def acquire(url: str | None, threads: int, spool: str | None) -> tuple[tuple, Pr
             # DataFlowKernel loads and runs its first tasks, instead of when the first try ends
             # (the first cleanup would wait for it). Nothing waits for this thread.
             threading.Thread(target=_start, args=(capture,), name="lineage-ledger-start", daemon=True).start()
-        _users[key] += 1
+        if use:
+            timer = _timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            _users[key] += 1
+        elif _users[key] == 0 and key not in _timers:
+            _arm(key, capture)
         return key, capture
+
+
+def _arm(key: tuple, capture: ProcessCapture) -> None:
+    """End ``capture`` in ``IDLE_SECONDS`` unless it is used meanwhile (called under ``_lock``)."""
+    timer = threading.Timer(IDLE_SECONDS, _end_if_unused, args=(key, capture))
+    timer.daemon = True
+    _timers[key] = timer
+    timer.start()
 
 
 def _start(capture: ProcessCapture) -> None:
@@ -75,12 +92,8 @@ def release(key: tuple, capture: ProcessCapture) -> None:
         if _captures.get(key) is not capture:
             return  # replaced meanwhile (it had been closed): nothing to count
         _users[key] -= 1
-        if _users[key] > 0:
-            return
-        timer = threading.Timer(IDLE_SECONDS, _end_if_unused, args=(key, capture))
-        timer.daemon = True
-        _timers[key] = timer
-        timer.start()
+        if _users[key] == 0 and key not in _timers:
+            _arm(key, capture)
 
 
 def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
