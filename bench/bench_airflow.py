@@ -105,6 +105,7 @@ def main_scheduler(args) -> None:
         site.wait_for_dags(["deploy_bench"])
         process_s: dict[str, list[float]] = {v: [] for v in variants}
         task_s: dict[str, list[float]] = {v: [] for v in variants}
+        span_s: dict[str, list[float]] = {v: [] for v in variants}
         loads = [os.getloadavg()[0]]
         runs = 0
 
@@ -125,6 +126,7 @@ def main_scheduler(args) -> None:
             if keep:
                 process_s[variant].extend(finished)
                 task_s[variant].extend(duration for _, duration in rows)
+                span_s[variant].extend(_spans(site.home / "logs" / "dag_id=deploy_bench" / f"run_id={run_id}"))
 
         for variant in variants:
             one_run(variant, keep=False)  # warm-up: first imports, DAG parse in the task process
@@ -143,15 +145,35 @@ def main_scheduler(args) -> None:
     for variant in variants:
         print(f"  {variant:<8} task process median {statistics.median(process_s[variant]) * 1000:7.1f} ms "
               f"(n={len(process_s[variant])}, min {min(process_s[variant]) * 1000:.1f}, "
-              f"max {max(process_s[variant]) * 1000:.1f})   task duration median "
+              f"max {max(process_s[variant]) * 1000:.1f})   inside it, first to last log line "
+              f"{statistics.median(span_s[variant]) * 1000:7.1f} ms   task duration median "
               f"{statistics.median(task_s[variant]) * 1000:7.1f} ms")
     added = (statistics.median(process_s["with"]) - statistics.median(process_s["without"])) * 1000
     ratio = statistics.median(process_s["with"]) / statistics.median(process_s["without"])
+    added_span = (statistics.median(span_s["with"]) - statistics.median(span_s["without"])) * 1000
     added_task = (statistics.median(task_s["with"]) - statistics.median(task_s["without"])) * 1000
     print(f"  records in the ledger: {with_records} (8 per run with the plugin)")
-    print(f"  task duration added: {added_task:+.1f} ms")
-    print(f"added per task process: {added:+.1f} ms (ratio {ratio:.3f})  (goal <= +30 ms)  -> "
-          f"{'GOAL MET' if added <= 30 else 'GOAL MISSED'}")
+    print(f"  added: supervisor's workload duration {added:+.1f} ms (ratio {ratio:.3f}; it notices a "
+          f"process's exit on a 1 s poll, so single tasks differ by 0 or 1 s); task duration {added_task:+.1f} ms")
+    print(f"added per task process, first to last log line (the hooks run last): {added_span:+.1f} ms  "
+          f"(goal <= +30 ms)  -> {'GOAL MET' if added_span <= 30 else 'GOAL MISSED'}")
+
+
+def _spans(run_logs: Path) -> list[float]:
+    """Seconds from each task log's first line to its last: the task process from its start
+    to the end of its ``before_stopping`` hooks (the supervisor's 1 s exit poll left out)."""
+    from datetime import datetime
+
+    spans = []
+    for log_file in run_logs.glob("task_id=*/attempt=1.log"):
+        stamps = []
+        for line in log_file.read_text(errors="replace").splitlines():
+            match = re.search(r'"timestamp":\s*"([^"]+)"', line)
+            if match:
+                stamps.append(datetime.fromisoformat(match.group(1).replace("Z", "+00:00")))
+        if len(stamps) >= 2:
+            spans.append((max(stamps) - min(stamps)).total_seconds())
+    return spans
 
 
 def _shadow_package(parent: Path) -> Path:

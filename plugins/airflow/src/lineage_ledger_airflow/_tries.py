@@ -467,6 +467,24 @@ def _output_digests(outputs: list[str], given: Mapping[str, dict[str, Any]]) -> 
     return digests
 
 
+def preload() -> None:
+    """Import now what recording a try needs later.
+
+    The plugin is imported in the scheduler, whose LocalExecutor workers and their task
+    processes are forks: a module imported here is inherited by every task process, while
+    one imported at the first record is imported again in each of them (the recorder and
+    the back-end's URL parsing cost 20 to 40 ms a task process that way, more than all
+    the rest of the listener's work).
+    """
+    try:
+        from lineage_ledger import _deferred, _recorder, _spool  # noqa: F401
+        from lineage_ledger.backends import backend_class, split_url
+
+        backend_class(split_url(_settings.ledger_url())[0])
+    except Exception as err:  # noqa: BLE001 - a bad URL is reported when a try is recorded
+        log.debug("lineage-ledger: nothing preloaded: %s", err)
+
+
 def in_process_runner() -> bool:
     """True under ``dag.test()``: tasks run in this process, which outlives them."""
     try:

@@ -94,3 +94,4 @@ class LedgerListener:
 
 
 listener = LedgerListener()
+_tries.preload()  # inherited by forked task processes instead of imported in each
