@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from . import _settings
 
@@ -72,6 +73,7 @@ def start() -> bool:
 def _run() -> None:
     fd = -1
     held = False
+    shipper = _Shipper()
     shipping: threading.Thread | None = None
     while True:
         try:
@@ -89,28 +91,64 @@ def _run() -> None:
                     pass  # another process ships; take over if it dies
             if held:
                 os.utime(lease_path())
-                if shipping is None or not shipping.is_alive():
-                    shipping = threading.Thread(target=_ship_once, name="lineage-ledger-airflow-ship", daemon=True)
+                if (shipping is None or not shipping.is_alive()) and shipper.waiting():
+                    shipping = threading.Thread(target=shipper.ship, name="lineage-ledger-airflow-ship", daemon=True)
                     shipping.start()
         except Exception:  # noqa: BLE001 - the shipper must outlive any failure
             log.exception("lineage-ledger: the spool shipper failed; retrying")
         time.sleep(INTERVAL)
 
 
-def _ship_once() -> None:
-    """Ship what finished processes left; a locked or unreachable ledger only delays it."""
-    if not _settings.enabled():
-        return
-    from lineage_ledger import LedgerError
-    from lineage_ledger._deferred import ship
+class _Shipper:
+    """Ships the ledger's spool directory from one ledger kept open between rounds.
 
-    try:
-        shipped, _ = ship(_settings.ledger_url(), spool=_settings.spool_root(), timeout=3600.0)
-    except LedgerError as err:
-        log.debug("lineage-ledger: records wait in the spool: %s", err)
-        return
-    except Exception:  # noqa: BLE001 - logged; the next round tries again
-        log.exception("lineage-ledger: could not ship the spool")
-        return
-    if shipped:
-        log.info("lineage-ledger: shipped %d records from the spool", shipped)
+    A round with no segment file in the directory costs one ``scandir``: the ledger is
+    opened only when there is something to ship, and kept open for the next round (opening
+    it, with its schema and tree-head checks, is the expensive part).
+    """
+
+    def __init__(self) -> None:
+        self._deferred: Any = None
+
+    def _ledger(self) -> Any:
+        if self._deferred is None:
+            from lineage_ledger._deferred import spool_first
+
+            self._deferred = spool_first(_settings.ledger_url(), spool=_settings.spool_root())
+        return self._deferred
+
+    def waiting(self) -> bool:
+        """Whether the ledger's spool directory holds a segment (a finished process's, or a
+        live one's: replay takes only those whose lock is free)."""
+        if not _settings.enabled():
+            return False
+        try:
+            with os.scandir(self._ledger().spool_dir) as entries:
+                return any(entry.name.endswith(".log") for entry in entries)
+        except OSError:
+            return False
+
+    def ship(self) -> None:
+        """Ship what finished processes left; a locked or unreachable ledger only delays it."""
+        from lineage_ledger import LedgerError
+
+        try:
+            shipped = self._ledger().ledger().replay_spool()
+        except LedgerError as err:
+            log.debug("lineage-ledger: records wait in the spool: %s", err)
+            self._reopen()
+            return
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("lineage-ledger: could not ship the spool")
+            self._reopen()
+            return
+        if shipped:
+            log.info("lineage-ledger: shipped %d records from the spool", shipped)
+
+    def _reopen(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            try:
+                deferred.close()
+            except Exception:  # noqa: BLE001
+                log.debug("lineage-ledger: closing the ledger failed", exc_info=True)
