@@ -584,6 +584,8 @@ class _LazyGroup(click.Group):
 # Lazy, so that the core never imports mpi4py (or the service) unless the command runs.
 cli.add_command(_LazyGroup("baash", "lineage_ledger.backends.baash.cli:baash",
                            "The BAASH MPI ledger service (needs lineage-ledger[mpi])."))
+cli.add_command(_LazyGroup("fabric", "lineage_ledger.backends.fabric.cli:fabric",
+                           "The Hyperledger Fabric back-end: its endorsed tree head (needs lineage-ledger[fabric])."))
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from lineage_ledger.backends import Backend, Located
 
 __all__ = ["AuditResult", "Verifier"]
+
+_CATCH_UP_SECONDS = 5.0  # how long an endorsed head may be ahead of what our peer serves
 
 
 class _Disagreement(Exception):
@@ -93,12 +96,42 @@ class Verifier:
         self.audited_now = False  # set when this process had to audit the whole ledger
 
     # -- keeping the head current ------------------------------------------------------------
-    def refresh(self) -> TreeHead:
+    def refresh(self, *, endorsed: bool = True) -> TreeHead:
+        """Bring the verified head up to date; where the back-end's other parties sign a tree
+        head (Fabric's peers), it must be this tree's at that size (``endorsed=False``: the
+        caller compares it itself)."""
+        if not endorsed:
+            return self._refresh(endorsed=False)
+        # Read first, so that the verified head read after it covers at least its size.
+        claim = self.backend.endorsed_head()
+        head = self._refresh()
+        if claim is not None:
+            head = self._check_endorsed(head, *claim)
+        return head
+
+    def _check_endorsed(self, head: TreeHead, size: int, root: str) -> TreeHead:
+        """The tree head the back-end's other parties sign must be this tree's at that size."""
+        deadline = time.monotonic() + _CATCH_UP_SECONDS
+        while size > head.size and time.monotonic() < deadline:
+            time.sleep(0.05)  # the endorsers committed a block our own peer has not yet
+            head = self._refresh()
+        if size > head.size:
+            raise HistoryRewritten(
+                f"{self.backend.identity}: its endorsers sign a tree of {size} records, {head.size} were "
+                "read and verified here: records are withheld from this client")
+        if self.store.root_at(size) != root:
+            raise HistoryRewritten(
+                f"{self.backend.identity}: the tree head its endorsers sign (size {size}, root {root}) is "
+                f"not the tree verified here (root {self.store.root_at(size)} at that size): the records "
+                "read, or the tree remembered here, differ from the ledger they hold")
+        return head
+
+    def _refresh(self, *, endorsed: bool = True) -> TreeHead:
         store, backend = self.store, self.backend
         for _ in range(50):
             head = store.reload()
             if head is None:
-                return self.audit().head
+                return self.audit(endorsed=endorsed).head
             tip = backend.head()
             have = -1 if tip is None else tip.height
             if have < head.blocks - 1:
@@ -147,9 +180,10 @@ class Verifier:
         )
 
     # -- the full audit -------------------------------------------------------------------------
-    def audit(self, *, files: bool = False) -> AuditResult:
+    def audit(self, *, files: bool = False, endorsed: bool = True) -> AuditResult:
         """Verify everything up to the head read now; replace the remembered tree with it."""
         store, backend = self.store, self.backend
+        claim = backend.endorsed_head() if endorsed else None  # before the head, as in refresh()
         tip = backend.head()
         stop = 0 if tip is None else tip.height + 1
         records = backend.record_count() if stop else 0
@@ -172,6 +206,8 @@ class Verifier:
         self.audited_now = True
         head = store.head
         assert head is not None
+        if claim is not None:
+            head = self._check_endorsed(head, *claim)
         summary = ChainSummary(blocks=head.blocks, records=head.size, head=head.block_id, log_root=head.root)
         return AuditResult(summary, head, compared, found)
 

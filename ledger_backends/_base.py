@@ -260,6 +260,12 @@ class Backend(ABC):
         record :meth:`find` returns."""
         return None
 
+    def endorsed_head(self) -> tuple[int, str] | None:
+        """(tree size, root hex) that parties other than this client vouch for (Fabric: the
+        endorsing peers' signed tree head, signatures proved; BAASH: its quorum), or None
+        (the default): nothing to compare. Raises a VerificationError for a forged answer."""
+        return None
+
     @abstractmethod
     def by_run(self, run_id: str) -> list[Located]:
         """Records of one workflow run, in ledger order."""

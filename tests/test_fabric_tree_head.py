@@ -7,7 +7,6 @@ compares the head with the tree the core verified from the records it read.
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -97,12 +96,15 @@ def test_a_rewritten_local_view_fails_against_the_endorsed_head(fabric_network, 
         writer.close()
         store.adopt(writer)
     ledger.close()
-    # The rewritten view is this client's to publish: a checkpoint of it is written, exit 0 ...
-    published = run_cli("checkpoint", "--ledger", url, cwd=workdir)
-    assert published.returncode == 0, published.stderr
-    forged_root = base64.b64decode(published.stdout.splitlines()[2]).hex()
-    assert forged_root == store.root_at(6) != _log_root(url)[1]
-    # ... but the peers' endorsement is not the client's to make.
+    # Every command compares the verified tree with the peers' endorsed head: the rewritten
+    # view can neither be published as a checkpoint nor answer a read ...
+    for command in (("checkpoint",), ("log",)):
+        refused = run_cli(*command, "--ledger", url, cwd=workdir)
+        assert refused.returncode == 1, (command, refused.stdout, refused.stderr)
+        assert "verification failed" in refused.stderr and "endorsers sign" in refused.stderr, refused.stderr
+    forged_root = store.root_at(6)
+    assert forged_root != _log_root(url)[1]
+    # ... and the peers' endorsement is not the client's to make.
     result = endorsed_head(url, workdir)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "verification failed" in result.stderr and "is not the tree verified" in result.stderr
@@ -197,7 +199,7 @@ def _lying_gateway(url: str, *, rewrite=None, withhold: int = 0):
 def test_a_lying_gateway_cannot_pass_off_another_history(fabric_network, tmp_path):
     """A first verification trusts any consistent history (docs/verification.md, "Limits");
     the endorsed head is what tells a rewritten or truncated one from the ledger."""
-    from lineage_ledger import Ledger
+    from lineage_ledger import HistoryRewritten, Ledger
     from lineage_ledger.backends.fabric import EndorsedHeadMismatch, check_endorsed_head
 
     url = fabric_network.client_url(fabric_network.orgs[0], "p1", "provider", "lying",
@@ -208,8 +210,10 @@ def test_a_lying_gateway_cannot_pass_off_another_history(fabric_network, tmp_pat
              "withheld": (_lying_gateway(url, withhold=1), "the view verified here holds 6: records are withheld")}
     for name, (backend, message) in cases.items():
         ledger = Ledger(backend, spool_root=str(tmp_path / name), state_dir=str(tmp_path / f"state-{name}"))
-        assert ledger.audit().head.size == (8 if name == "rewritten" else 6)  # the core alone accepts it
-        with pytest.raises(EndorsedHeadMismatch, match=message):
+        # The audit itself compares its tree with the endorsed head (the core's hook) ...
+        with pytest.raises(HistoryRewritten, match="endorsers sign"):
+            ledger.audit()
+        with pytest.raises(EndorsedHeadMismatch, match=message):  # ... and so does the explicit check
             check_endorsed_head(ledger)
         ledger.close()
     honest = Ledger(_lying_gateway(url), spool_root=str(tmp_path / "h"), state_dir=str(tmp_path / "state-honest"))
