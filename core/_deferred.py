@@ -76,11 +76,27 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     from lineage_ledger.backends import backend_class, split_url
 
     scheme, _ = split_url(url)
+    if scheme == "sqlite" and "%" not in url:
+        # The embedded default, worked out as SQLAlchemy would without importing it (a third
+        # of a second that every short engine task would otherwise pay before its first record).
+        return _sqlite_identity(url), None
     cls = backend_class(scheme)  # unknown scheme, missing extra
     if scheme not in _SQL_SCHEMES:
         backend = cls(url)
         return backend.identity, backend
     return _sql_identity(url), None
+
+
+def _sqlite_identity(url: str) -> str:
+    from lineage_ledger.backends._sql_reads import sqlite_file
+
+    shown = redact(url, url)
+    path = sqlite_file(url)
+    if path is None:
+        raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
+    if os.path.isdir(path):
+        raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
+    return "sqlite:///" + os.path.realpath(path)
 
 
 def _sql_identity(url: str) -> str:
