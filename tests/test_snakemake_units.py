@@ -186,3 +186,32 @@ def test_the_plugins_copies_of_core_helpers_agree_with_the_core():
     value = {"files": {"b", "a"}, "path": PurePosixPath("x/y"), "raw": b"\xffz", "other": object}
     # The recording process applies jsonable to what the plugin serialised: same result.
     assert jsonable(json.loads(json.dumps(value, default=json_default))) == jsonable(value)
+
+
+def test_an_sqlite_url_is_judged_without_the_core_and_every_other_url_goes_to_it(tmp_path, monkeypatch):
+    """The fast path of the URL check (_urls) accepts only what the core would accept too."""
+    from snakemake_logger_plugin_ledger import _refuse_a_bad_configuration
+    from snakemake_logger_plugin_ledger._urls import plain_sqlite_path, surely_no_ledger, surely_usable
+
+    monkeypatch.delenv("LINEAGE_LEDGER_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert plain_sqlite_path(None) == ".lineage/ledger.db"  # the core's default
+    assert plain_sqlite_path(f"sqlite:///{tmp_path}/l.db") == f"{tmp_path}/l.db"
+    assert plain_sqlite_path("lab/ledger.db") == "lab/ledger.db"
+    for other in ("postgresql://u@h/db", "sqlite:///x.db?mode=ro", "sqlite://", "memory://x", "c:ledger"):
+        assert plain_sqlite_path(other) is None, other  # the core decides these
+    monkeypatch.setenv("LINEAGE_LEDGER_URL", "postgresql://u@h/db")
+    assert plain_sqlite_path(None) is None
+    monkeypatch.delenv("LINEAGE_LEDGER_URL")
+
+    (tmp_path / "adir").mkdir()
+    assert surely_usable("l.db") and not surely_usable("adir") and not surely_usable("nosuch://x")
+    assert surely_no_ledger("l.db")
+    (tmp_path / "l.db").write_bytes(b"")
+    assert not surely_no_ledger("l.db")
+    # What the fast path leaves alone is refused by the core, as before: exit 2.
+    for bad in ("adir", "nosuch://x"):
+        with pytest.raises(SystemExit) as stopped:
+            _refuse_a_bad_configuration(bad)
+        assert stopped.value.code == 2
+    assert _refuse_a_bad_configuration("l.db") is None
