@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -134,6 +135,8 @@ class Ledger(LineageQueries):
             return TrustStore(identity, origin, self._state_dir)
         # A store of this process only (memory://): its tree lives and dies with the process.
         self._private_state = tempfile.mkdtemp(prefix="lineage-trust-")
+        # Removed with the ledger object too, for callers that never close it.
+        weakref.finalize(self, shutil.rmtree, self._private_state, True)
         return TrustStore(identity, origin, self._private_state)
 
     def tree_head(self) -> TreeHead:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -27,6 +29,8 @@ from lineage_ledger._model import _RECORD_FIELDS
 from lineage_ledger.backends import open_backend
 from tests.backend_conformance import chain_of
 from tests.support.factories import make_records
+
+_SCRATCH = tempfile.mkdtemp(prefix="ll-prop-")  # hypothesis examples cannot take tmp_path
 
 hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -156,9 +160,10 @@ def test_log_root_does_not_depend_on_block_size(n, size_a, size_b):
     """The same records batched into blocks differently give the same log checkpoint."""
     summaries = []
     for size in (size_a, size_b):
-        ledger = open_ledger(f"memory://{uuid.uuid4().hex}", spool="/tmp/ll-prop-spool")
-        ledger.append_records([r.stored() for r in make_records(n)], block_size=size)
-        summaries.append(ledger.verify_chain())
+        # A memory ledger never writes its spool: the path only has to be private to this test.
+        with open_ledger(f"memory://{uuid.uuid4().hex}", spool=os.path.join(_SCRATCH, "spool")) as ledger:
+            ledger.append_records([r.stored() for r in make_records(n)], block_size=size)
+            summaries.append(ledger.verify_chain())
     assert summaries[0].log_root == summaries[1].log_root
     assert summaries[0].records == summaries[1].records == n
 

@@ -92,3 +92,21 @@ def test_the_state_directory_is_private(tmp_path):
     assert os.stat(store.directory).st_mode & 0o777 == 0o700
     for name in os.listdir(store.directory):
         assert os.stat(os.path.join(store.directory, name)).st_mode & 0o077 == 0, name
+
+
+def test_a_memory_ledgers_private_tree_goes_with_it_even_unclosed(tmp_path):
+    """A process-local ledger keeps its tree in a temporary directory, removed when the
+    ledger is closed or, for a caller that never closes it, collected."""
+    import gc
+
+    from lineage_ledger import open_ledger
+    from tests.support.factories import make_records
+
+    ledger = open_ledger("memory://unclosed", spool=str(tmp_path / "spool"))
+    ledger.append_records([r.stored() for r in make_records(3)])
+    ledger.tree_head()
+    directory = ledger._private_state
+    assert directory and os.path.isdir(directory)
+    del ledger
+    gc.collect()
+    assert not os.path.exists(directory)
