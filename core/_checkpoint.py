@@ -354,6 +354,35 @@ def load_verifier(path: str | os.PathLike[str]) -> Verifier:
         raise ConfigError(f"{os.fspath(path)}: {exc}") from None
 
 
+def load_verifiers(path: str | os.PathLike[str]) -> list[Verifier]:
+    """Every public key in ``path``: one a line (a ``.pub`` file holds one; a list such as
+    BAASH's ``ranks.pub`` holds several). ``ConfigError`` if unreadable or malformed."""
+    text = _read_key_file(path)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{os.fspath(path)} holds no public key")
+    if any(line.startswith("PRIVATE+KEY+") for line in lines):
+        raise ConfigError(f"{os.fspath(path)} holds a private key; give the public key (.pub) file")
+    try:
+        return [parse_verifier(line) for line in lines]
+    except ConfigError as exc:
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+
+
+def signed_by(note: str | bytes, verifiers: list[Verifier]) -> list[Verifier]:
+    """The distinct keys among ``verifiers`` whose signature on ``note`` verifies (after
+    :func:`parse` with them has refused any failing one)."""
+    text, signatures = _split_note(note)
+    message = text.encode("utf-8")
+    known = {(v.name, v.key_id): v for v in verifiers}
+    found: dict[tuple[str, bytes], Verifier] = {}
+    for name, key_id, signature in signatures:
+        verifier = known.get((name, key_id))
+        if verifier is not None and verifier.verify(message, signature):
+            found[(name, key_id)] = verifier
+    return list(found.values())
+
+
 # --- signed notes ---------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ._canonical import canonical_bytes, utcnow
-from ._errors import ConfigError, LedgerError, VerificationError
+from ._errors import CheckpointInvalid, ConfigError, LedgerError, VerificationError
 from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from ._ledger import DEFAULT_URL, Ledger, open_ledger
 from ._model import Artifact, digest_hex
@@ -424,12 +424,15 @@ def _hash_with_progress(hasher: Hasher, files: list[str]):
               help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
 @click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False),
               help="A public key the checkpoint must be signed by (repeatable; needs --against).")
+@click.option("--quorum", type=click.IntRange(min=1), default=None,
+              help="How many distinct keys of those given must have signed the checkpoint (default 1; "
+                   "a BAASH checkpoint: more than two thirds of its ranks.pub).")
 @click.option("--crate", "crate_path", type=click.Path(),
               help="Verify an RO-Crate written by `lineage-ledger export --format ro-crate`, offline, "
                    "without the ledger (with --pubkey: its checkpoint's signature too).")
 @ledger_option
 @json_option
-def verify(targets, checkpoint_file, pubkeys, crate_path, ledger_url, as_json) -> None:
+def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as_json) -> None:
     """Verify the ledger, TARGETS against it, and their lineage back to the sources.
 
     With no TARGET, audit the whole ledger (every block, record and index row, and every
@@ -442,7 +445,9 @@ def verify(targets, checkpoint_file, pubkeys, crate_path, ledger_url, as_json) -
         from .exports._crate_verify import verify_crate_command
 
         sys.exit(verify_crate_command(crate_path, pubkeys, as_json))
-    checkpoint = _read_checkpoint(checkpoint_file, pubkeys) if checkpoint_file else None
+    if quorum is not None and not pubkeys:
+        raise click.UsageError("--quorum needs --pubkey (the keys whose signatures count)")
+    checkpoint = _read_checkpoint(checkpoint_file, pubkeys, quorum) if checkpoint_file else None
     if checkpoint is not None and not pubkeys:
         click.echo("note: no --pubkey given: the checkpoint's signature is not checked, so it vouches only "
                    "as far as the file itself can be trusted", err=True)
@@ -467,15 +472,26 @@ def verify(targets, checkpoint_file, pubkeys, crate_path, ledger_url, as_json) -
     sys.exit(0 if report.ok else 1)
 
 
-def _read_checkpoint(path: str, pubkeys: tuple[str, ...]):
-    from ._checkpoint import load_verifier, parse
+def _read_checkpoint(path: str, pubkeys: tuple[str, ...], quorum: int | None = None):
+    from ._checkpoint import load_verifiers, parse, signed_by
 
     try:
         with open(path, "rb") as handle:
             text = handle.read((1 << 16) + 1)  # one byte over the limit: parse refuses it
     except OSError as err:
         raise ConfigError(f"cannot read checkpoint {path}: {err.strerror}") from err
-    return parse(text, [load_verifier(key) for key in pubkeys])
+    verifiers = [v for key in pubkeys for v in load_verifiers(key)]
+    checkpoint = parse(text, verifiers)
+    if quorum is not None:
+        distinct = len({(v.name, v.key_id) for v in verifiers})
+        if quorum > distinct:
+            raise ConfigError(f"--quorum {quorum}: only {distinct} distinct public keys were given")
+        signed = signed_by(text, verifiers)
+        if len(signed) < quorum:
+            names = ", ".join(sorted(v.name for v in signed)) or "none"
+            raise CheckpointInvalid(f"{path} is signed by {len(signed)} of the {distinct} keys given ({names}); "
+                                    f"--quorum asks for {quorum}")
+    return checkpoint
 
 
 cli.add_command(verify)

@@ -321,3 +321,35 @@ if __name__ == "__main__" and "--write-vectors" in sys.argv:
     path = VECTORS / "checkpoint_ed25519.json"
     path.write_text(json.dumps(build_vector(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def test_verify_against_a_quorum_of_keys(tmp_path):
+    """`verify-lineage --against CP --pubkey KEYS --quorum N` counts distinct keys that signed
+    (a file may list several keys, one a line, as BAASH's ranks.pub does)."""
+    from lineage_ledger._checkpoint import _split_note
+    from tests.conftest import run_cli
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "in.txt").write_text("data\n")
+    run_cli("run", "--ledger", url, "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt",
+            cwd=tmp_path, check_rc=0)
+    for name in ("k1", "k2", "k3"):
+        run_cli("keygen", name, "--name", f"lab/{name}", cwd=tmp_path, check_rc=0)
+    (tmp_path / "ranks.pub").write_text("".join((tmp_path / f"k{i}.pub").read_text() for i in (1, 2, 3)))
+    one = run_cli("checkpoint", "--ledger", url, "--key", "k1", cwd=tmp_path, check_rc=0).stdout
+    body, _ = _split_note(one)
+    two = one + sign_note(body, load_signer(tmp_path / "k2")).split("\n\n", 1)[1]
+    (tmp_path / "one.cp").write_text(one)
+    (tmp_path / "two.cp").write_text(two)
+
+    def verify(note, *extra):
+        return run_cli("--ledger", url, "--against", note, *extra, cwd=tmp_path, program="verify-lineage")
+
+    assert verify("one.cp", "--pubkey", "ranks.pub").returncode == 0  # one trusted signature suffices
+    short = verify("one.cp", "--pubkey", "ranks.pub", "--quorum", "2")
+    assert short.returncode == 1 and "signed by 1 of the 3 keys given (lab/k1)" in short.stdout + short.stderr, short
+    assert verify("two.cp", "--pubkey", "ranks.pub", "--quorum", "2").returncode == 0
+    # The same key given twice is one key; a quorum beyond the keys given is bad input.
+    twice = verify("one.cp", "--pubkey", "k1.pub", "--pubkey", "k1.pub", "--quorum", "2")
+    assert twice.returncode == 2 and "only 1 distinct public keys" in twice.stderr, twice
+    assert verify("two.cp", "--quorum", "2").returncode == 2  # --quorum needs --pubkey
