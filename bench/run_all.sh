@@ -7,9 +7,9 @@ repo="$(dirname "$here")"
 python="${PYTHON:-$repo/.venv/bin/python}"
 cd "$repo"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-for name in hashing statcache sqlite_append verify_chain scale snakemake_scale verify_files record snakemake parsl airflow baash baash_reads fabric; do
+for script in bench/bench_*.py; do  # every benchmark, so a new one is never left out
     echo
-    echo "=== bench/bench_$name.py $* ==="
-    "$python" "bench/bench_$name.py" "$@"
+    echo "=== $script $* ==="
+    "$python" "$script" "$@"
 done
 
