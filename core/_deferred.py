@@ -335,6 +335,30 @@ def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple
     return count, sorted(named)
 
 
+def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, dict[str, set[str]]]:
+    """(records waiting in this ledger's spool, {path: digests those records wrote to it})
+    for the outputs among ``paths``. Reads only files of this user; creates nothing."""
+    from ._spool import spool_path
+
+    directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return 0, {}
+    wanted, written, count = set(paths), {}, 0
+    for name in sorted(os.listdir(directory)):
+        read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+        for line in (read[0].split(b"\n")[:-1] if read else ()):
+            count += 1
+            try:
+                outputs = json.loads(line.partition(b" ")[2]).get("outputs", {})
+                for path in wanted.intersection(outputs):
+                    digest = outputs[path].get("blake3")
+                    if isinstance(digest, str):
+                        written.setdefault(path, set()).add(digest)
+            except (ValueError, AttributeError, TypeError):
+                continue
+    return count, written
+
+
 def backlog(spool: str | None = None) -> list[SpoolBacklog]:
     """What waits in each ledger's directory under the spool root ``spool``."""
     root = os.path.abspath(_default_spool(spool))

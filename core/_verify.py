@@ -316,6 +316,8 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
             check = _unreadable(normalize_path(path), err)
         if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
             tampered.append(check)
+    if tampered:
+        tampered = _not_yet_shipped(ledger, tampered)
     if tampered and policy == "strict":
         raise ArtifactMismatch(
             "refusing to run on files changed outside the workflow:\n  "
@@ -323,6 +325,23 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
             path=tampered[0].path,
         )
     return tampered
+
+
+def _not_yet_shipped(ledger: Ledger, changed: list[ArtifactCheck]) -> list[ArtifactCheck]:
+    """``changed`` less the files whose content a record still waiting in this user's spool
+    wrote: a task of this workflow made them while the back-end was down, locked or slow,
+    and its record is on its way (a false alarm otherwise, refused under ``strict``). Only
+    read when something differs, so a clean check never scans the spool."""
+    from ._deferred import waiting_digests
+
+    try:
+        count, written = waiting_digests(ledger._spool_root, ledger.backend.identity, [c.path for c in changed])
+    except OSError:
+        return changed
+    if count:
+        _plugin_log.warning("lineage-ledger: %d record(s) of this ledger wait in the spool (run "
+                            "`lineage-ledger spool ship`); files they wrote are checked against them", count)
+    return [c for c in changed if not (c.actual and c.actual in written.get(c.path, ()))]
 
 
 def verify_before_run(ledger: Ledger | str | None, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:

@@ -262,3 +262,25 @@ def test_the_spool_key_of_a_postgresql_ledger(postgres_url):
         assert ledger_identity(postgres_url)[0] == opened.identity
     finally:
         opened.close()
+
+
+def test_a_pre_run_check_takes_an_output_whose_record_waits_in_the_spool(cli, workdir):
+    """A task rewrote its output while the ledger was locked: its record waits in the spool,
+    and the next run's strict check must not call the task's own output tampered (issue 16).
+    An edit by hand afterwards is still refused."""
+    from lineage_ledger import ArtifactMismatch, verify_before_run
+
+    (workdir / "in.txt").write_text("v1\n")
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        (workdir / "in.txt").write_text("v2\n")
+        late = cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt")
+        assert late.returncode == 0 and "spool ship" in late.stderr, late
+        url = f"sqlite:///{workdir}/.lineage/ledger.db"
+        assert verify_before_run(url, ["out.txt"], "strict") == []  # was: ArtifactMismatch
+        (workdir / "out.txt").write_text("edited by hand\n")
+        with pytest.raises(ArtifactMismatch, match="out.txt"):
+            verify_before_run(url, ["out.txt"], "strict")
+    finally:
+        holder.communicate("")
