@@ -343,7 +343,8 @@ def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> t
     directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
     if not os.path.isdir(directory) or os.path.islink(directory):
         return 0, {}
-    wanted, written, count = set(paths), {}, 0
+    wanted, count = set(paths), 0
+    written: dict[str, set[str]] = {}
     for name in sorted(os.listdir(directory)):
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
         for line in (read[0].split(b"\n")[:-1] if read else ()):
