@@ -10,7 +10,8 @@ crate's own claims about itself):
 3. each task ``CreateAction`` names a proved record and says what the record says: the
    files it used and made (path, BLAKE3 digest, size), its times and status;
 4. each ``File`` whose bytes are in the crate hashes to the digest it is described with
-   (which step 3 tied to a proved record);
+   (which step 3 tied to a proved record), and each ``Dataset`` (a directory artifact) in
+   the crate to its manifest digest, as the core hashes a directory (docs/directories.md);
 5. every proved record is described by an action, and every record the metadata points
    to is proved.
 
@@ -33,7 +34,7 @@ import click
 
 from .._errors import CheckpointInvalid, ConfigError, LedgerError, ProofFailed
 from .._hashing import hash_file
-from .._model import Record
+from .._model import Record, is_alias
 from .._terminal import json_text, printable
 from .._tree import BLAKE3, verify_inclusion
 
@@ -210,14 +211,15 @@ def _blake3(data: bytes) -> str:
 
 
 def _files_of(entities: dict[str, dict], refs: Any, what: str, failures: list[str]) -> dict[str, tuple[str, int]]:
-    """{recorded path: (digest, size)} of the File entities ``refs`` points to."""
+    """{recorded path: (digest, size)} of the File and Dataset (directory) entities ``refs``
+    points to."""
     found: dict[str, tuple[str, int]] = {}
     for ident in _ids(refs):
         entity = entities.get(ident)
         if entity is None:
             failures.append(f"{what}: refers to {ident!r}, which the metadata does not describe")
             continue
-        if "File" not in _types(entity):
+        if not _types(entity) & {"File", "Dataset"}:
             continue  # parameters (PropertyValue) sit beside the files
         try:
             found[str(entity["ledgerPath"])] = (str(entity["blake3"]), int(entity["contentSize"]))
@@ -238,8 +240,9 @@ def _check_actions(entities: dict[str, dict], proved: dict[str, Record], report:
             continue
         described.add(record_id)
         what = f"action {ident[:24]}"
-        expected_in = {p: (a["blake3"], a["size"]) for p, a in record.inputs.items()}
-        expected_out = {p: (a["blake3"], a["size"]) for p, a in record.outputs.items()}
+        # An alias entry repeats its real path's; the crate describes it as an alternateName.
+        expected_in = {p: (a["blake3"], a["size"]) for p, a in record.inputs.items() if not is_alias(a)}
+        expected_out = {p: (a["blake3"], a["size"]) for p, a in record.outputs.items() if not is_alias(a)}
         used = _files_of(entities, entity.get("object"), what, report.failures)
         made = _files_of(entities, entity.get("result"), what, report.failures)
         for side, claimed, expected in (("input", used, expected_in), ("output", made, expected_out)):
@@ -265,7 +268,9 @@ def _show(entry: tuple[str, int] | None) -> str:
 
 def _check_payloads(crate: str, entities: dict[str, dict], report: CrateReport) -> None:
     for ident, entity in entities.items():
-        if "File" not in _types(entity) or "blake3" not in entity or ident.startswith("#"):
+        is_dir = "Dataset" in _types(entity)
+        if not (is_dir or "File" in _types(entity)) or "blake3" not in entity or ident.startswith("#") \
+                or ident in ("./", ""):
             continue
         if "://" in ident:
             continue  # described by digest only, not carried
@@ -274,14 +279,21 @@ def _check_payloads(crate: str, entities: dict[str, dict], report: CrateReport) 
         except ConfigError as err:
             report.failures.append(f"file {ident}: {err}")
             continue
-        if not os.path.isfile(path):
-            report.failures.append(f"file {ident}: described as in the crate, but missing")
+        if not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+            report.failures.append(f"{'directory' if is_dir else 'file'} {ident}: described as in the crate, "
+                                   "but missing")
             continue
-        actual = hash_file(path).blake3
+        try:
+            actual = hash_file(path).blake3  # a directory: the digest of its manifest, now
+        except LedgerError as err:
+            report.failures.append(f"{'directory' if is_dir else 'file'} {ident}: cannot be hashed ({err})")
+            continue
         report.files_checked += 1
         if actual != entity["blake3"]:
-            report.failures.append(f"file {ident}: MODIFIED (described as {str(entity['blake3'])[:16]}, "
-                                   f"its bytes hash to {actual[:16]})")
+            what = "directory" if is_dir else "file"
+            report.failures.append(f"{what} {ident}: MODIFIED (described as {str(entity['blake3'])[:16]}, "
+                                   f"its {'manifest' if is_dir else 'bytes'} hash{'es' if is_dir else ''} to "
+                                   f"{actual[:16]})")
 
 
 def verify_crate_command(crate: str, pubkeys: tuple[str, ...], as_json: bool) -> int:

@@ -3,7 +3,9 @@
 The model is built once from the selected (proved) records: a node per task (its engine,
 run, status and whole record) and per file version (path, digest, size and its status on
 disk: ``OK``, ``MODIFIED``, ``MISSING``, ``broken`` when consumed in a version nobody
-produced, ``superseded`` for an older version). Three views are laid out in Python
+produced, ``superseded`` for an older version); a directory artifact is one node of type
+``dir`` (label ending in ``/``, digest of its manifest), and paths through symbolic links
+that name the same version are its ``aliases``, not nodes. Three views are laid out in Python
 (:mod:`._layout`): every node, tasks folded by rule, and tasks folded by run, each folded box
 coloured by the worst status inside it. The HTML page embeds the views and draws them with a
 small inlined script (no network: its Content-Security-Policy forbids any fetch); SVG and DOT
@@ -23,7 +25,7 @@ from .._canonical import format_time, utcnow
 from .._ledger import Ledger
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
-from ._select import Selection, file_statuses
+from ._select import Selection, artifacts, file_statuses
 
 __all__ = ["COLOURS", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "write_graph"]
 
@@ -57,7 +59,9 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
     for (path, digest), version in selection.versions().items():
         producer = made.get((path, digest))
         model.nodes[f"f:{file_key(path, digest)}"] = {
-            "kind": "file", "label": display_path(path), "path": path, "digest": digest, "size": version.size,
+            "kind": "file", "type": "dir" if version.is_dir else "file",
+            "label": display_path(path) + ("/" if version.is_dir else ""), "path": path, "digest": digest,
+            "size": version.size, "aliases": [display_path(alias) for alias in version.aliases],
             "status": statuses[(path, digest)], "producer": f"t:{producer.id}" if producer else None,
             "rule": f"{producer.record.engine}:{producer.record.task_name}" if producer else None,
             "run": producer.record.run_id if producer else None,
@@ -70,9 +74,9 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
             "engine": record.engine, "run": record.run_id, "rule": f"{record.engine}:{record.task_name}",
             "record": {"id": entry.id, "block": entry.height, "position": entry.position, **record.to_dict()},
         }
-        for path, art in record.inputs.items():
+        for path, art in artifacts(record.inputs):
             model.edges.append((f"f:{file_key(path, art['blake3'])}", task))
-        for path, art in record.outputs.items():
+        for path, art in artifacts(record.outputs):
             model.edges.append((task, f"f:{file_key(path, art['blake3'])}"))
     first_reader: dict[str, str] = {}
     for source, target in model.edges:
@@ -180,7 +184,7 @@ def render_svg(model: GraphModel, group: str = "auto") -> str:
         shape = 'rx="4"' if node["kind"] != "file" else 'rx="14"'
         label = node["label"] if len(node["label"]) <= 34 else "…" + node["label"][-33:]
         parts.append(
-            f'<g class="node {node["kind"]}"><title>{html.escape(node["label"])} [{html.escape(node["status"])}]'
+            f'<g class="node {node["kind"]}{" dir" if node.get("type") == "dir" else ""}"><title>{html.escape(node["label"])} [{html.escape(node["status"])}]'
             f'</title><rect x="{node["x"]}" y="{node["y"]}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" {shape} '
             f'fill="{colour}" fill-opacity="0.15" stroke="{colour}" stroke-width="2"/>'
             f'<text x="{node["x"] + 8}" y="{node["y"] + 21}">{html.escape(label)} · {html.escape(node["status"])}'
@@ -199,7 +203,7 @@ def render_dot(model: GraphModel) -> str:
              f"  label={_dot_id(model.title)};"]
     for key, node in model.nodes.items():
         colour = COLOURS.get(node["status"], "#607d8b")
-        shape = "box" if node["kind"] == "task" else "note"
+        shape = "box" if node["kind"] == "task" else "folder" if node.get("type") == "dir" else "note"
         label = f"{node['label']}\n{node['status']}"
         if node["kind"] == "file":
             label += f" {node['digest'][:12]}"

@@ -8,6 +8,11 @@ custom ``lineageLedger_blake3`` facet (digest, size and the record that saw it),
 JSON schema is ``schemas/blake3-facet.json``. Tasks point at their workflow run through
 the ``parent`` run facet; the workflow run has its own START and COMPLETE/FAIL events.
 
+A directory artifact is one dataset (its digest is the manifest's, docs/directories.md) with
+the standard ``datasetType`` facet ``DIRECTORY``; a path through a symbolic link that names
+the same version (an alias entry) is not a dataset of its own but an identifier of type
+``SYMLINK`` in the standard ``symlinks`` facet of its real path's dataset.
+
 Run ids are UUIDs derived from the record id (or the run id) and its time, so exporting
 the same records twice gives the same events, and a receiver de-duplicates them.
 """
@@ -22,7 +27,7 @@ from typing import Any
 from .._canonical import format_time
 from .._errors import ConfigError
 from . import require
-from ._select import Selection
+from ._select import Selection, aliases_in, artifacts
 
 __all__ = ["FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
 
@@ -102,20 +107,28 @@ def events_for(selection: Selection, namespace: str) -> list[Any]:
             "lineageLedger_run": _run_facet(base, {"record": entry.id, "task_id": record.task_id,
                                                    "attempt": record.attempt, "status": record.status}),
         }
-        inputs = [
-            base.InputDataset(namespace="file", name=path, facets={
+        def dataset_facets(path: str, art: Any, given: dict[str, list[str]], record_id: str = entry.id) -> dict:
+            found: dict[str, Any] = {
                 "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"]),
-                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=entry.id),
-            }) for path, art in sorted(record.inputs.items())
-        ]
+                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=record_id),
+            }
+            if art.get("type") == "dir":
+                found["datasetType"] = facets.dataset_type_dataset.DatasetTypeDatasetFacet(datasetType="DIRECTORY")
+            if given.get(path):
+                found["symlinks"] = facets.symlinks_dataset.SymlinksDatasetFacet(identifiers=[
+                    facets.symlinks_dataset.Identifier(namespace="file", name=alias, type="SYMLINK")
+                    for alias in given[path]])
+            return found
+
+        given_in, given_out = aliases_in(record.inputs), aliases_in(record.outputs)
+        inputs = [base.InputDataset(namespace="file", name=path, facets=dataset_facets(path, art, given_in))
+                  for path, art in sorted(artifacts(record.inputs))]
         outputs = [
-            base.OutputDataset(namespace="file", name=path, facets={
-                "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"]),
-                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=entry.id),
-            }, outputFacets={
+            base.OutputDataset(namespace="file", name=path, facets=dataset_facets(path, art, given_out), outputFacets={
                 "outputStatistics": facets.output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-                    size=art["size"], fileCount=1),
-            }) for path, art in sorted(record.outputs.items())
+                    # a directory's file count is in its manifest record, not in this one
+                    size=art["size"], fileCount=None if art.get("type") == "dir" else 1),
+            }) for path, art in sorted(artifacts(record.outputs))
         ]
         start = base.RunEvent(eventType=base.EventType.START, eventTime=_time(record.started), producer=PRODUCER,
                               run=base.Run(runId=run_uuid, facets=task_facets), job=job, inputs=inputs)

@@ -4,6 +4,10 @@ Tasks are activities, file versions are entities (path, BLAKE3 digest, size), wi
 ``used``, ``wasGeneratedBy`` and ``wasDerivedFrom`` (each output from each input of the
 task that made it). Agents: the user and the host a task ran as and on, and the engine
 that ran it (a software agent acting for the user).
+
+A directory artifact is one entity of types ``ll:DirectoryVersion`` and ``prov:Collection``
+(its BLAKE3 is the manifest digest, docs/directories.md); paths through symbolic links that
+name the same version are its ``ll:alias`` attributes, not entities of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from . import require
 from ._names import file_key, task_label
-from ._select import Selection
+from ._select import Selection, artifacts
 
 __all__ = ["NAMESPACE", "prov_document", "write_prov"]
 
@@ -40,11 +44,16 @@ def prov_document(selection: Selection) -> Any:
                              "ll:root": head.root})
     entities: dict[tuple[str, str], Any] = {}
     for version in selection.versions().values():
+        attributes: list[tuple[str, Any]] = [
+            ("prov:label", version.path), ("ll:path", version.path), ("ll:blake3", version.digest),
+            ("ll:size", version.size)]
+        if version.is_dir:
+            attributes += [("prov:type", "ll:DirectoryVersion"), ("prov:type", "prov:Collection")]
+        else:
+            attributes.append(("prov:type", "ll:FileVersion"))
+        attributes += [("ll:alias", alias) for alias in version.aliases]
         entities[(version.path, version.digest)] = doc.entity(
-            f"file:{file_key(version.path, version.digest)}",
-            {"prov:label": version.path, "ll:path": version.path, "ll:blake3": version.digest,
-             "ll:size": version.size, "prov:type": "ll:FileVersion"},
-        )
+            f"file:{file_key(version.path, version.digest)}", attributes)
     agents: dict[str, Any] = {}
 
     def agent(kind: str, name: str, prov_type: str) -> Any:
@@ -76,12 +85,13 @@ def prov_document(selection: Selection) -> Any:
         host_name = record.environment.get("host")
         if isinstance(host_name, str) and host_name:
             doc.wasAssociatedWith(activity, agent("host", host_name, "ll:Host"))
-        for path, art in record.inputs.items():
+        inputs = artifacts(record.inputs)
+        for path, art in inputs:
             doc.used(activity, entities[(path, art["blake3"])], record.started)
-        for path, art in record.outputs.items():
+        for path, art in artifacts(record.outputs):
             output = entities[(path, art["blake3"])]
             doc.wasGeneratedBy(output, activity, record.ended)
-            for in_path, in_art in record.inputs.items():
+            for in_path, in_art in inputs:
                 doc.wasDerivedFrom(output, entities[(in_path, in_art["blake3"])], activity)
     return doc
 

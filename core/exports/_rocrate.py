@@ -7,7 +7,11 @@ results its output files, times and status), a ``ControlAction`` per task linkin
 its step, and per run an ``OrganizeAction`` (the engine) and the run's ``CreateAction``.
 Every file version is a ``File`` entity with its BLAKE3 digest (``blake3``), size and the
 path the ledger recorded (``ledgerPath``); the versions still on disk with those bytes are
-copied under ``data/`` unless ``--no-data``.
+copied under ``data/`` unless ``--no-data``. A directory artifact is a ``Dataset`` entity
+instead, with the manifest digest (docs/directories.md) as its ``blake3`` and the bytes of its
+files as its ``contentSize``; copied whole when it still holds the recorded manifest and has
+no symbolic links (a zip cannot carry them). Paths through symbolic links that name the same
+version (alias entries) are its ``alternateName``, not entities of their own.
 
 Beyond the profile, ``lineage-ledger/`` holds what lets a recipient check the crate with no
 access to the ledger (``verify-lineage --crate``, :mod:`._crate_verify`):
@@ -36,7 +40,7 @@ from .._hashing import hash_file
 from .._ledger import Ledger, LedgerRecord
 from . import require
 from ._names import display_path, file_key
-from ._select import FileVersion, Selection
+from ._select import FileVersion, Selection, artifacts
 
 __all__ = ["CRATE_DIR", "PROFILES", "TERMS", "WrittenCrate", "write_crate"]
 
@@ -92,16 +96,30 @@ def _prepare_dir(path: str) -> None:
     os.makedirs(os.path.join(path, CRATE_DIR, "records"), exist_ok=True)
 
 
+def _has_links(directory: str) -> bool:
+    for folder, dirs, files in os.walk(directory):
+        if any(os.path.islink(os.path.join(folder, name)) for name in dirs + files):
+            return True
+    return False
+
+
 def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
-    """Copy the file into the crate if it still holds the recorded bytes; the copy is hashed,
-    so a file changed during the copy is left out, not described wrongly."""
-    if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
-        return False
+    """Copy the file (directory) into the crate if it still holds the recorded bytes
+    (manifest); the copy is hashed, so one changed during the copy is left out, not
+    described wrongly."""
     target = os.path.join(crate_dir, relative)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.copyfile(version.path, target)
+    if version.is_dir:
+        if not os.path.isdir(version.path) or os.path.islink(version.path) or _has_links(version.path):
+            return False
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copytree(version.path, target, symlinks=True, ignore=shutil.ignore_patterns(".lineage"))
+    else:
+        if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
+            return False
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(version.path, target)
     if hash_file(target).blake3 != version.digest:
-        os.unlink(target)
+        shutil.rmtree(target) if version.is_dir else os.unlink(target)
         return False
     return True
 
@@ -185,6 +203,10 @@ def _write_zip(ledger: Ledger, selection: Selection, path: str, **options: Any) 
     return WrittenCrate(path, built.files_copied, built.records)
 
 
+def _kind(art: Any) -> str:
+    return "Dataset" if art.get("type") == "dir" else "File"
+
+
 class _Builder:
     """Adds the Provenance Run Crate entities for a selection to a ``rocrate`` crate."""
 
@@ -192,27 +214,36 @@ class _Builder:
         self.crate, self.model, self.dir, self.with_data = crate, model, crate_dir, with_data
         self.copied = 0
         self.files: dict[tuple[str, str], Any] = {}
+        self.versions: dict[tuple[str, str], FileVersion] = {}
         self.tools: dict[tuple[str, str], Any] = {}
         self.params: dict[str, Any] = {}
 
     def entity(self, ident: str, props: dict[str, Any]) -> Any:
         return self.crate.add(self.model.ContextEntity(self.crate, ident, properties=props))
 
-    def file(self, version: FileVersion) -> Any:
-        key = (version.path, version.digest)
+    def file(self, path: str, art: Any) -> Any:
+        """The File (or, for a directory, Dataset) entity of the version ``art`` of ``path``."""
+        key = (path, art["blake3"])
         if key in self.files:
             return self.files[key]
-        props = {"@type": "File", "name": display_path(version.path), "blake3": version.digest,
-                 "contentSize": str(version.size), "ledgerPath": version.path,
-                 "encodingFormat": mimetypes.guess_type(version.path)[0] or "application/octet-stream"}
+        version = self.versions.get(key) or FileVersion(path, art["blake3"], art["size"], art.get("type") == "dir")
+        props: dict[str, Any] = {"@type": "Dataset" if version.is_dir else "File", "name": display_path(version.path),
+                                 "blake3": version.digest, "contentSize": str(version.size), "ledgerPath": version.path}
+        if not version.is_dir:
+            props["encodingFormat"] = mimetypes.guess_type(version.path)[0] or "application/octet-stream"
+        if version.aliases:
+            props["alternateName"] = [display_path(alias) for alias in version.aliases]
         relative = _data_path(version)
         if self.with_data and self.crate.dereference(relative) is None and \
-                _copy_version(version, self.dir, relative):
+                self.crate.dereference(relative + "/") is None and _copy_version(version, self.dir, relative):
             self.copied += 1
-            entity = self.crate.add_file(None, dest_path=relative, properties=props)
+            add = self.crate.add_dataset if version.is_dir else self.crate.add_file
+            entity = add(None, dest_path=relative, properties=props)
         else:  # not in the crate: described by its digest only
-            props["description"] = "not included in the crate; identified by its BLAKE3 digest"
-            entity = self.entity(f"#file-{file_key(version.path, version.digest)}", props)
+            props["description"] = "not included in the crate; identified by its BLAKE3 digest" + (
+                " (of its manifest, docs/directories.md)" if version.is_dir else "")
+            kind = "dir" if version.is_dir else "file"
+            entity = self.entity(f"#{kind}-{file_key(version.path, version.digest)}", props)
         self.files[key] = entity
         return entity
 
@@ -243,6 +274,7 @@ class _Builder:
 
     def describe(self, selection: Selection, head: Any) -> None:
         crate = self.crate
+        self.versions = selection.versions()
         workflow_props = {
             "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
             "name": "workflow as recorded by lineage-ledger",
@@ -288,8 +320,8 @@ class _Builder:
             entries = [e for e, _ in members]
             failed = any(e.record.status == "failed" for e in entries)
             # A target rule that only reads (Snakemake's `all`) does not make its inputs intermediate.
-            consumed = {(p, a["blake3"]) for e in entries if e.record.outputs for p, a in e.record.inputs.items()}
-            produced = {(p, a["blake3"]) for e in entries for p, a in e.record.outputs.items()}
+            consumed = {(p, a["blake3"]) for e in entries if e.record.outputs for p, a in artifacts(e.record.inputs)}
+            produced = {(p, a["blake3"]) for e in entries for p, a in artifacts(e.record.outputs)}
             run = self.entity(f"#run-{_slug(run_id)}", {
                 "@type": "CreateAction", "name": f"run {run_id}", "instrument": workflow,
                 "description": f"workflow run {run_id}: {len(entries)} recorded task(s)",
@@ -312,9 +344,9 @@ class _Builder:
     def _task_action(self, entry: LedgerRecord, tool: Any) -> Any:
         record = entry.record
         objects, results = [], []
-        for index, (path, art) in enumerate(sorted(record.inputs.items())):
-            entity = self.file(FileVersion(path, art["blake3"], art["size"]))
-            self.example(self.formal(tool.id, "in", str(index), "File"), entity)
+        for index, (path, art) in enumerate(sorted(artifacts(record.inputs))):
+            entity = self.file(path, art)
+            self.example(self.formal(tool.id, "in", str(index), _kind(art)), entity)
             objects.append(entity)
         for key, value in sorted(record.parameters.items()):
             parameter = self.formal(tool.id, "param", key, "Text")
@@ -323,9 +355,9 @@ class _Builder:
                 "@type": "PropertyValue", "name": key, "value": text})
             self.example(parameter, pv)
             objects.append(pv)
-        for index, (path, art) in enumerate(sorted(record.outputs.items())):
-            entity = self.file(FileVersion(path, art["blake3"], art["size"]))
-            self.example(self.formal(tool.id, "out", str(index), "File"), entity)
+        for index, (path, art) in enumerate(sorted(artifacts(record.outputs))):
+            entity = self.file(path, art)
+            self.example(self.formal(tool.id, "out", str(index), _kind(art)), entity)
             results.append(entity)
         record_file = self.crate.add_file(None, dest_path=f"{CRATE_DIR}/records/{entry.id}.json", properties={
             "name": f"ledger record {entry.id[:12]}", "encodingFormat": "application/json", "blake3": entry.id})

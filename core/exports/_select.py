@@ -8,24 +8,46 @@ ledger verified its bytes and its place in the tree before answering.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._errors import ConfigError
 from .._hashing import normalize_path, walk_files
 from .._ledger import Ledger, LedgerRecord, LineageNode
+from .._manifest import is_manifest_record
+from .._model import is_alias
 from .._trust import TreeHead
 
-__all__ = ["FileVersion", "Selection", "file_statuses", "select"]
+__all__ = ["FileVersion", "Selection", "aliases_in", "artifacts", "file_statuses", "select"]
 
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One version of a file: a path with the digest a record read or wrote."""
+    """One version of a file or directory: a path with the digest a record read or wrote
+    (a directory's is its manifest digest, docs/directories.md), and the other spellings
+    (paths through symbolic links) the records gave it."""
 
     path: str
     digest: str
     size: int
+    is_dir: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+def artifacts(side: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    """A record's inputs or outputs less the alias entries: an alias repeats the entry of its
+    real path (docs/directories.md), so it is one more name of that version, not another."""
+    return [(path, art) for path, art in side.items() if not is_alias(art)]
+
+
+def aliases_in(side: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """{real path: [the paths as given that lead to it]} of a record's inputs or outputs."""
+    found: dict[str, list[str]] = {}
+    for path, art in side.items():
+        if is_alias(art):
+            found.setdefault(art["alias_of"], []).append(path)
+    return found
 
 
 @dataclass
@@ -43,29 +65,38 @@ class Selection:
         return list(dict.fromkeys(e.record.run_id for e in self.entries))
 
     def versions(self) -> dict[tuple[str, str], FileVersion]:
-        """Every file version the records read or wrote, in order of first mention."""
+        """Every file (and directory) version the records read or wrote, in order of first
+        mention, each with every alias any record gave it."""
         found: dict[tuple[str, str], FileVersion] = {}
+        names: dict[tuple[str, str], dict[str, None]] = {}
         for entry in self.entries:
             for side in (entry.record.inputs, entry.record.outputs):
-                for path, art in side.items():
-                    found.setdefault((path, art["blake3"]), FileVersion(path, art["blake3"], art["size"]))
-        return found
+                given = aliases_in(side)
+                for path, art in artifacts(side):
+                    key = (path, art["blake3"])
+                    found.setdefault(key, FileVersion(path, art["blake3"], art["size"], art.get("type") == "dir"))
+                    names.setdefault(key, {}).update(dict.fromkeys(given.get(path, ())))
+        return {key: FileVersion(v.path, v.digest, v.size, v.is_dir, tuple(names[key])) if names[key] else v
+                for key, v in found.items()}
 
     def producer_of(self) -> dict[tuple[str, str], LedgerRecord]:
         """The last selected record that wrote each version (a rerun that wrote the same bytes
         again is a later producer of the same version)."""
         made: dict[tuple[str, str], LedgerRecord] = {}
         for entry in self.entries:
-            for path, art in entry.record.outputs.items():
+            for path, art in artifacts(entry.record.outputs):
                 made[(path, art["blake3"])] = entry
         return made
 
 
-def _expand(targets: Iterable[str]) -> list[str]:
+def _expand(ledger: Ledger, targets: Iterable[str]) -> list[str]:
+    """The paths to export: a directory some record names is one artifact; any other
+    directory stands for the files below it."""
     paths: list[str] = []
     for target in targets:
         normal = normalize_path(target)
-        paths.extend(walk_files(normal) if os.path.isdir(normal) else [normal])
+        recorded = os.path.isdir(normal) and ledger.last_seen(normal) is not None
+        paths.extend(walk_files(normal) if os.path.isdir(normal) and not recorded else [normal])
     return paths
 
 
@@ -86,7 +117,7 @@ def _walk(node: LineageNode, found: dict[str, LedgerRecord], broken: set[tuple[s
 def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = None) -> Selection:
     """The records describing ``targets``' lineage, or run ``run_id``, or both (the lineage's
     records of that run). Raises ConfigError when nothing is named or nothing is found."""
-    paths = _expand(targets)
+    paths = _expand(ledger, targets)
     if not paths and run_id is None:
         raise ConfigError("name the files to export (TARGET...) or a run (--run RUN)")
     head = ledger.tree_head()
@@ -110,7 +141,10 @@ def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = Non
     if not found:
         what = f"run {run_id!r}" if run_id is not None else "these targets"
         raise ConfigError(f"no record in the ledger describes {what}")
-    entries = sorted(found.values(), key=lambda e: e.order)
+    # Manifest records keep directory listings; they are no tasks.
+    entries = sorted((e for e in found.values() if not is_manifest_record(e.record)), key=lambda e: e.order)
+    if not entries:
+        raise ConfigError(f"no task record in the ledger describes {run_id or 'these targets'!r}")
     selection = Selection(entries, head, broken)
     if not paths:
         selection.broken = _broken_inputs(ledger, selection)
@@ -121,7 +155,7 @@ def _broken_inputs(ledger: Ledger, selection: Selection) -> set[tuple[str, str]]
     made = selection.producer_of()
     broken, looked = set(), set()
     for entry in selection.entries:
-        for path, art in entry.record.inputs.items():
+        for path, art in artifacts(entry.record.inputs):
             key = (path, art["blake3"])
             if key in made or key in looked:
                 continue

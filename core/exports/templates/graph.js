@@ -128,7 +128,10 @@
     var s = html("span", n.status, status, "status"); s.style.color = colour(n.status);
     var list = html("dl", null, details);
     if (n.kind === "file") {
-      field(list, "path", n.path); field(list, "BLAKE3", n.digest); field(list, "size", n.size + " bytes");
+      field(list, "path", n.path);
+      if (n.type === "dir") field(list, "type", "directory (BLAKE3 of its manifest)");
+      if (n.aliases && n.aliases.length) field(list, "also named", n.aliases.join(", "));
+      field(list, "BLAKE3", n.digest); field(list, "size", n.size + " bytes");
       if (n.producer) {
         var record = data.records[n.producer.slice(2)];
         field(list, "made by", record.engine + ":" + record.task_name + " (record " + record.id.slice(0, 12) + ")");
