@@ -35,6 +35,7 @@ def dir_ledger(cli, workdir):
     (workdir / "in" / "sub").mkdir(parents=True)
     (workdir / "in" / "a.txt").write_text("alpha\n")
     (workdir / "in" / "sub" / "b.txt").write_text("beta\n")
+    (workdir / "in" / "empty").mkdir()  # part of the digest; a zipped crate must keep it
     cli("run", "-i", "in", "-o", "out", "-n", "copy-dir", "--run-id", "d1", "--",
         "sh", "-c", "mkdir -p out && cp -R in/. out/ && echo gamma > out/c.txt", check_rc=0)
     digests = {name: json.loads(cli("hash", "--dir", "--json", name, check_rc=0).stdout) for name in ("in", "out")}
@@ -72,6 +73,10 @@ def test_directory_artifacts_export_as_directories_and_verify(cli, workdir, dir_
     cli("graph", "--run", "d1", "--format", "dot", "-o", exported / "g.dot", check_rc=0)
     dot = (exported / "g.dot").read_text()
     assert dot.count("shape=folder") == 2 and "manifest" not in dot
+
+    cli("export", "--run", "d1", "--format", "ro-crate", "-o", exported / "crate.zip", check_rc=0)
+    zipped = cli("--crate", exported / "crate.zip", program="verify-lineage", check_rc=0)
+    assert "crate verified" in zipped.stdout
 
     # An edit inside the carried directory fails the crate's check, naming the directory.
     (crate / carried / "sub" / "b.txt").write_text("tampered\n")

@@ -196,7 +196,10 @@ def _write_zip(ledger: Ledger, selection: Selection, path: str, **options: Any) 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path)) or None) as scratch:
         built = write_crate(ledger, selection, os.path.join(scratch, "crate"), **options)
         with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_DEFLATED) as archive:
-            for folder, _dirs, files in sorted(os.walk(built.path)):
+            for folder, dirs, files in sorted(os.walk(built.path)):
+                for name in sorted(dirs):  # an empty directory inside a carried directory counts in its digest
+                    full = os.path.join(folder, name)
+                    archive.write(full, os.path.relpath(full, built.path) + "/")
                 for name in sorted(files):
                     full = os.path.join(folder, name)
                     archive.write(full, os.path.relpath(full, built.path))
