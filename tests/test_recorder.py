@@ -17,7 +17,7 @@ import pytest
 from lineage_ledger import SpoolCorrupt, SpoolFull, open_ledger
 from tests.support.factories import artifact, make_record, make_records
 
-WRITER = Path(__file__).parent / "support" / "writer.py"
+WRITER = ["-m", "lineage_ledger.testing.writer"]  # the recording process the shipped suite uses
 
 
 def test_records_reach_the_backend_in_blocks(tmp_path):
@@ -115,7 +115,7 @@ def test_a_live_process_segment_is_not_replayed(tmp_path):
 def test_kill_9_while_recording_10000_loses_no_returned_record(tmp_path, attempt):
     url, spool = f"sqlite:///{tmp_path}/l.db", str(tmp_path / "spool")
     progress = tmp_path / "progress"
-    writer = subprocess.Popen([sys.executable, str(WRITER), url, spool, "killed", "10000", str(progress)])
+    writer = subprocess.Popen([sys.executable, *WRITER, url, spool, "killed", "10000", str(progress)])
     target = random.Random(attempt).randint(500, 9000)
     deadline = time.monotonic() + 120
     returned = 0
