@@ -79,7 +79,9 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     if scheme == "sqlite" and "%" not in url:
         # The embedded default, worked out as SQLAlchemy would without importing it (a third
         # of a second that every short engine task would otherwise pay before its first record).
-        return _sqlite_identity(url), None
+        from lineage_ledger.backends._sql_reads import sqlite_file
+
+        return _sqlite_identity(url, sqlite_file(url)), None
     cls = backend_class(scheme)  # unknown scheme, missing extra
     if scheme not in _SQL_SCHEMES:
         backend = cls(url)
@@ -87,11 +89,9 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     return _sql_identity(url), None
 
 
-def _sqlite_identity(url: str) -> str:
-    from lineage_ledger.backends._sql_reads import sqlite_file
-
+def _sqlite_identity(url: str, path: str | None) -> str:
+    """The identity of the SQLite file ``path`` that ``url`` names (None: it names none)."""
     shown = redact(url, url)
-    path = sqlite_file(url)
     if path is None:
         raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
     if os.path.isdir(path):
@@ -111,12 +111,7 @@ def _sql_identity(url: str) -> str:
     except exc.ArgumentError as err:
         raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from None
     if engine_url.get_backend_name() == "sqlite":
-        path = _sqlite_path(engine_url)
-        if path is None:
-            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
-        if os.path.isdir(path):
-            raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
-        return "sqlite:///" + os.path.realpath(path)
+        return _sqlite_identity(url, _sqlite_path(engine_url))
     try:
         engine = sa.create_engine(engine_url)  # imports the driver; connects to nothing
     except ModuleNotFoundError as err:
