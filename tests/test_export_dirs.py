@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_export import export_everything
+from tests.test_export import export_everything, validate_crate
 
 
 def _metadata(crate: Path) -> dict[str, dict]:
@@ -65,6 +65,18 @@ def test_directory_artifacts_export_as_directories_and_verify(cli, workdir, dir_
     outputs = [d for e in events if e["eventType"] == "COMPLETE" for d in e["outputs"]]
     assert [(d["name"], d["facets"]["datasetType"]["datasetType"]) for d in outputs] == [(out_real, "DIRECTORY")]
     assert outputs[0]["facets"]["lineageLedger_blake3"]["blake3"] == dir_ledger["out"]
+
+    # Without data the directory is a Dataset described by its digest, and still valid and verified.
+    cli("export", "--run", "d1", "--format", "ro-crate", "--no-data", "-o", exported / "bare", check_rc=0)
+    validate_crate(exported / "bare", exported)
+    bare = [e for e in _metadata(exported / "bare").values() if e.get("ledgerPath") == out_real]
+    assert bare[0]["@id"].startswith("#dir-") and bare[0]["blake3"] == dir_ledger["out"]
+    cli("--crate", exported / "bare", program="verify-lineage", check_rc=0)
+
+    # A manifest record's run is no workflow run: nothing to export, exit 2.
+    refused = cli("export", "--run", f"manifest:{dir_ledger['out']}", "--format", "prov-json",
+                  "-o", exported / "m.json", check_rc=2)
+    assert "no task record" in refused.stderr and not (exported / "m.json").exists()
 
     # A target that names the recorded directory exports it (not the files below it).
     cli("export", "out", "--format", "prov-json", "-o", exported / "target.json", check_rc=0)

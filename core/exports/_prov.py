@@ -44,16 +44,16 @@ def prov_document(selection: Selection) -> Any:
                              "ll:root": head.root})
     entities: dict[tuple[str, str], Any] = {}
     for version in selection.versions().values():
-        attributes: list[tuple[str, Any]] = [
+        described: list[tuple[str, Any]] = [
             ("prov:label", version.path), ("ll:path", version.path), ("ll:blake3", version.digest),
             ("ll:size", version.size)]
         if version.is_dir:
-            attributes += [("prov:type", "ll:DirectoryVersion"), ("prov:type", "prov:Collection")]
+            described += [("prov:type", "ll:DirectoryVersion"), ("prov:type", "prov:Collection")]
         else:
-            attributes.append(("prov:type", "ll:FileVersion"))
-        attributes += [("ll:alias", alias) for alias in version.aliases]
+            described.append(("prov:type", "ll:FileVersion"))
+        described += [("ll:alias", alias) for alias in version.aliases]
         entities[(version.path, version.digest)] = doc.entity(
-            f"file:{file_key(version.path, version.digest)}", attributes)
+            f"file:{file_key(version.path, version.digest)}", described)
     agents: dict[str, Any] = {}
 
     def agent(kind: str, name: str, prov_type: str) -> Any:
