@@ -68,8 +68,9 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
             selection = select(ledger, targets, run_id)
             if fmt in ("prov-json", "prov-n"):
                 from .exports._prov import write_prov
+                from .exports._select import members
 
-                write_prov(selection, output, fmt)
+                write_prov(selection, output, fmt, members(ledger, selection))
                 what = f"{len(selection.entries)} task(s)"
             elif fmt == "ro-crate":
                 from .exports._rocrate import write_crate

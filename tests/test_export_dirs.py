@@ -90,6 +90,18 @@ def test_directory_artifacts_export_as_directories_and_verify(cli, workdir, dir_
     zipped = cli("--crate", exported / "crate.zip", program="verify-lineage", check_rc=0)
     assert "crate verified" in zipped.stdout
 
+    # A task reading one file from inside out/ is linked to the directory that holds it.
+    cli("run", "-i", "out/c.txt", "-o", "final.txt", "-n", "upper", "--run-id", "d2", "--",
+        "sh", "-c", "tr a-z A-Z < out/c.txt > final.txt", check_rc=0)
+    cli("export", "final.txt", "--format", "prov-json", "-o", exported / "final.json", check_rc=0)
+    document = json.loads((exported / "final.json").read_text())
+    members = [(document["entity"][m["prov:collection"]]["ll:path"], document["entity"][m["prov:entity"]]["ll:path"])
+               for m in document.get("hadMember", {}).values()]
+    assert members == [(out_real, os.path.join(out_real, "c.txt"))]
+    cli("graph", "final.txt", "--format", "dot", "-o", exported / "final.dot", check_rc=0)
+    final_dot = (exported / "final.dot").read_text()
+    assert final_dot.count(" -> ") == 5, final_dot  # in -> copy -> out -> out/c.txt -> upper -> final
+
     # An edit inside the carried directory fails the crate's check, naming the directory.
     (crate / carried / "sub" / "b.txt").write_text("tampered\n")
     failed = cli("--crate", crate, program="verify-lineage", check_rc=1)

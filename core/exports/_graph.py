@@ -25,7 +25,7 @@ from .._canonical import format_time, utcnow
 from .._ledger import Ledger
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
-from ._select import Selection, artifacts, file_statuses
+from ._select import Selection, artifacts, file_statuses, members
 
 __all__ = ["COLOURS", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "write_graph"]
 
@@ -86,6 +86,10 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
             reader = model.nodes[first_reader[key]] if key in first_reader else None
             node["rule"] = f"inputs of {reader['rule']}" if reader else "sources"
             node["run"] = reader["run"] if reader else None
+    for (path, digest), (dir_path, dir_digest) in members(ledger, selection).items():
+        # The directory holds the file a task read from it (added after the sources took
+        # their readers' rules, so a source directory takes a task's, not a file's).
+        model.edges.append((f"f:{file_key(dir_path, dir_digest)}", f"f:{file_key(path, digest)}"))
     runs = selection.runs
     model.title = f"lineage of {len(selection.entries)} task(s) in run(s) {', '.join(runs[:3])}" + (
         " ..." if len(runs) > 3 else "")

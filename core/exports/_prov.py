@@ -30,8 +30,9 @@ def _attribute(value: Any) -> Any:
     return value if isinstance(value, _SIMPLE) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def prov_document(selection: Selection) -> Any:
-    """A ``prov.model.ProvDocument`` describing the selected records."""
+def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> Any:
+    """A ``prov.model.ProvDocument`` describing the selected records; ``contains`` ({file
+    version: directory version}, :func:`._select.members`) adds ``hadMember`` statements."""
     model = require("prov.model", "prov")
     doc = model.ProvDocument()
     doc.add_namespace("ll", NAMESPACE)
@@ -54,6 +55,8 @@ def prov_document(selection: Selection) -> Any:
         described += [("ll:alias", alias) for alias in version.aliases]
         entities[(version.path, version.digest)] = doc.entity(
             f"file:{file_key(version.path, version.digest)}", described)
+    for member, directory in (contains or {}).items():
+        doc.hadMember(entities[directory], entities[member])
     agents: dict[str, Any] = {}
 
     def agent(kind: str, name: str, prov_type: str) -> Any:
@@ -96,9 +99,10 @@ def prov_document(selection: Selection) -> Any:
     return doc
 
 
-def write_prov(selection: Selection, path: str, fmt: str) -> None:
+def write_prov(selection: Selection, path: str, fmt: str,
+               contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
     """Write PROV-JSON (``fmt="prov-json"``) or PROV-N (``fmt="prov-n"``) to ``path``."""
-    doc = prov_document(selection)
+    doc = prov_document(selection, contains)
     text = doc.serialize(format="json", indent=2) if fmt == "prov-json" else doc.get_provn()
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text if text.endswith("\n") else text + "\n")

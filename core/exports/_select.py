@@ -19,7 +19,7 @@ from .._manifest import is_manifest_record
 from .._model import is_alias
 from .._trust import TreeHead
 
-__all__ = ["FileVersion", "Selection", "aliases_in", "artifacts", "file_statuses", "select"]
+__all__ = ["FileVersion", "Selection", "aliases_in", "artifacts", "file_statuses", "members", "select"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,26 @@ class Selection:
             for path, art in artifacts(entry.record.outputs):
                 made[(path, art["blake3"])] = entry
         return made
+
+
+def members(ledger: Ledger, selection: Selection) -> dict[tuple[str, str], tuple[str, str]]:
+    """{file version: the selected directory version it lies in}: a task that read one file
+    from a directory another task wrote (docs/directories.md) is linked to that directory
+    through the directory's manifest (proved, and hashed to the directory's digest), which
+    must list the file with the digest the task read."""
+    versions = selection.versions()
+    directories = [v for v in versions.values() if v.is_dir]
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for key, version in versions.items() if directories else ():
+        for directory in directories:
+            if version.is_dir or not version.path.startswith(directory.path.rstrip(os.sep) + os.sep):
+                continue
+            manifest = ledger.manifest(directory.digest)
+            relative = os.path.relpath(version.path, directory.path).replace(os.sep, "/")
+            if manifest is not None and any(e[0] == relative and e[1] == "file" and e[2] == version.digest
+                                            for e in manifest.entries):
+                found[key] = (directory.path, directory.digest)
+    return found
 
 
 def _expand(ledger: Ledger, targets: Iterable[str]) -> list[str]:
