@@ -97,14 +97,17 @@ def members(ledger: Ledger, selection: Selection) -> dict[tuple[str, str], tuple
     versions = selection.versions()
     directories = [v for v in versions.values() if v.is_dir]
     found: dict[tuple[str, str], tuple[str, str]] = {}
+    listed: dict[str, dict[str, str]] = {}  # per directory digest: {relative path: file digest}
     for key, version in versions.items() if directories else ():
         for directory in directories:
             if version.is_dir or not version.path.startswith(directory.path.rstrip(os.sep) + os.sep):
                 continue
-            manifest = ledger.manifest(directory.digest)
+            if directory.digest not in listed:
+                manifest = ledger.manifest(directory.digest)
+                listed[directory.digest] = {} if manifest is None else {
+                    e[0]: e[2] for e in manifest.entries if e[1] == "file"}
             relative = os.path.relpath(version.path, directory.path).replace(os.sep, "/")
-            if manifest is not None and any(e[0] == relative and e[1] == "file" and e[2] == version.digest
-                                            for e in manifest.entries):
+            if listed[directory.digest].get(relative) == version.digest:
                 found[key] = (directory.path, directory.digest)
     return found
 
