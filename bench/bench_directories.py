@@ -29,9 +29,9 @@ from _common import parse_args
 from bench_statcache import make_tree
 
 from lineage_ledger import Record, check_before_run, hash_file, open_ledger
-from lineage_ledger._capture import entries_of, manifest_records_of
-from lineage_ledger._manifest import cached_hasher
-from lineage_ledger._verify import ArtifactStatus, check_artifact
+from lineage_ledger._capture.task import entries_of, manifest_records_of
+from lineage_ledger._files.hashing import cached_hasher
+from lineage_ledger._verification.verify import ArtifactStatus, check_artifact
 
 BIN = os.path.dirname(sys.executable)
 

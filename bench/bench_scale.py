@@ -159,13 +159,13 @@ def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, fl
 
 
 def _parallel_workers() -> int:
-    from lineage_ledger._audit_parallel import workers
+    from lineage_ledger._log.audit_parallel import workers
 
     return workers()
 
 
 def _consistency(url: str, state: Path) -> float:
-    from lineage_ledger._tree import BLAKE3, consistency_proof, verify_consistency
+    from lineage_ledger._log.tree import BLAKE3, consistency_proof, verify_consistency
 
     with open_ledger(url, read_only=True, state_dir=str(state)) as ledger:
         head = ledger.tree_head()

@@ -10,7 +10,6 @@ not imported here).
 """
 
 from ._canonical import canonical_bytes, format_time, parse_time, utcnow
-from ._chain import ChainSummary, build_block, verify_block, verify_chain
 from ._environment import current_environment
 from ._errors import (
     AppendConflict,
@@ -37,10 +36,11 @@ from ._errors import (
     UnknownScheme,
     VerificationError,
 )
-from ._hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
-from ._ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
-from ._manifest import Manifest
-from ._merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
+from ._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
+from ._files.manifest import Manifest
+from ._ledger.ledger import DEFAULT_URL, Ledger, LedgerRecord, LineageNode, open_ledger
+from ._log.chain import ChainSummary, build_block, verify_block, verify_chain
+from ._log.merkle import MerkleBuilder, inclusion_proof, merkle_root, verify_inclusion
 from ._model import (
     Artifact,
     Block,
@@ -51,7 +51,7 @@ from ._model import (
     StoredRecord,
     artifact_map,
 )
-from ._verify import (
+from ._verification.verify import (
     ArtifactCheck,
     ArtifactStatus,
     Policy,
@@ -71,8 +71,8 @@ __version__ = "0.1.0"
 # processes; a command that only reads (verify-lineage in a fresh process) does not pay
 # for importing it. Imported on first use of one of these names.
 _LAZY = {
-    "TaskCapture": "._capture", "TaskRun": "._capture", "code_digest": "._capture", "jsonable": "._capture",
-    "ProcessCapture": "._capture_process", "Recorder": "._recorder",
+    "TaskCapture": "._capture.task", "TaskRun": "._capture.task", "code_digest": "._capture.task",
+    "jsonable": "._capture.task", "ProcessCapture": "._capture.process", "Recorder": "._ledger.recorder",
 }
 
 

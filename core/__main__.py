@@ -1,5 +1,5 @@
 """``python -m lineage_ledger`` runs the ``lineage-ledger`` command."""
 
-from ._cli import main
+from ._cli.main import main
 
 main()

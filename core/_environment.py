@@ -10,7 +10,7 @@ import socket
 import sys
 from typing import Any
 
-__all__ = ["current_environment"]
+__all__ = ["current_environment", "state_root"]
 
 
 def _container() -> str | None:
@@ -53,3 +53,12 @@ def current_environment(**extra: Any) -> dict[str, Any]:
     environment = dict(_static())
     environment.update({k: v for k, v in extra.items() if v is not None})
     return environment
+
+
+def state_root() -> str:
+    """``$LINEAGE_STATE_DIR``, else ``$XDG_STATE_HOME/lineage-ledger``, else ``~/.local/state/lineage-ledger``."""
+    explicit = os.environ.get("LINEAGE_STATE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "lineage-ledger")

@@ -8,6 +8,8 @@ reach a user.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "AppendConflict",
     "ArtifactError",
@@ -171,3 +173,16 @@ class HistoryRewritten(VerificationError):
 
 class CheckpointInvalid(VerificationError):
     """A checkpoint note cannot be parsed, or no trusted signature on it verifies."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """A short reason for a failed file operation, for messages that name the path."""
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if err.errno == errno.ENOENT:
+        return "no such file"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.EISDIR:
+        return "is a directory, not a file"
+    return err.strerror or str(err)

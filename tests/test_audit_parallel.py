@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from lineage_ledger import LedgerError, open_ledger
-from lineage_ledger import _audit_parallel as parallel
+from lineage_ledger._log import audit_parallel as parallel
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
 

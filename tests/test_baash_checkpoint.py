@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from lineage_ledger import CheckpointInvalid, ConfigError, verify_chain
-from lineage_ledger._checkpoint import load_signer, parse, write_keypair
+from lineage_ledger._log.checkpoint import load_signer, parse, write_keypair
 from lineage_ledger.backends.baash.endorse import (
     Endorser,
     TreeTracker,

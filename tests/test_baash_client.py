@@ -56,7 +56,7 @@ def test_cli_lists_the_service_without_importing_mpi(workdir):
     result = run_cli("baash", "serve", "--help", cwd=workdir, check_rc=0)
     assert "--ranks" in result.stdout and "--storage" in result.stdout and "--socket" in result.stdout
     assert "with mutual TLS only" in result.stdout and "loopback" in result.stdout  # --listen never goes bare
-    code = ("import sys, lineage_ledger._cli\nfrom lineage_ledger.backends import open_backend\n"
+    code = ("import sys, lineage_ledger._cli.main\nfrom lineage_ledger.backends import open_backend\n"
             "open_backend('baash:///tmp/none.sock')\nprint('mpi4py' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 

@@ -18,7 +18,7 @@ import ssl
 import pytest
 
 from lineage_ledger import BackendError, CheckpointInvalid, ConfigError, build_block
-from lineage_ledger._checkpoint import generate_key, parse
+from lineage_ledger._log.checkpoint import generate_key, parse
 from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.baash import AccessDenied
 from lineage_ledger.backends.baash._wire import ANSWERS, encode, receive, send_frame

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lineage_ledger._capture_process as capture_process
+import lineage_ledger._capture.process as capture_process
 from lineage_ledger import ProcessCapture, TaskRun, open_ledger, utcnow
 from tests.support.parsl import alive
 

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lineage_ledger._checkpoint import (
+from lineage_ledger._errors import CheckpointInvalid, ConfigError
+from lineage_ledger._log.checkpoint import (
     Checkpoint,
     generate_key,
     load_signer,
@@ -31,7 +32,6 @@ from lineage_ledger._checkpoint import (
     sign_note,
     write_keypair,
 )
-from lineage_ledger._errors import CheckpointInvalid, ConfigError
 
 VECTORS = Path(__file__).parent / "vectors"
 VECTOR = json.loads((VECTORS / "checkpoint_ed25519.json").read_text(encoding="utf-8"))
@@ -310,7 +310,7 @@ def test_key_file_errors_are_clear_and_never_show_key_material(tmp_path):
 
 def test_core_import_does_not_load_cryptography():
     code = (
-        "import sys, lineage_ledger, lineage_ledger._checkpoint as c, lineage_ledger._tree\n"
+        "import sys, lineage_ledger, lineage_ledger._log.checkpoint as c, lineage_ledger._log.tree\n"
         f"c.parse({GOOD_BODY!r})\n"
         "assert 'cryptography' not in sys.modules, 'cryptography imported'\n"
     )
@@ -326,7 +326,7 @@ if __name__ == "__main__" and "--write-vectors" in sys.argv:
 def test_verify_against_a_quorum_of_keys(tmp_path):
     """`verify-lineage --against CP --pubkey KEYS --quorum N` counts distinct keys that signed
     (a file may list several keys, one a line, as BAASH's ranks.pub does)."""
-    from lineage_ledger._checkpoint import _split_note
+    from lineage_ledger._log.checkpoint import _split_note
     from tests.conftest import run_cli
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"

@@ -148,7 +148,7 @@ def test_missing_extra_gives_the_install_hint(workdir):
     import sys
 
     code = ("import sys; sys.modules['psycopg'] = None\n"
-            "from lineage_ledger._cli import main; sys.argv = ['lineage-ledger', 'log', '--ledger',"
+            "from lineage_ledger._cli.main import main; sys.argv = ['lineage-ledger', 'log', '--ledger',"
             " 'postgresql://u@127.0.0.1:1/db']; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 2

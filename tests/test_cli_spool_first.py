@@ -167,7 +167,7 @@ def test_run_refuses_a_bad_ledger_configuration_before_running(cli, workdir, url
 def test_run_refuses_a_missing_extra_before_running(workdir):
     marker = workdir / "ran"
     code = ("import sys; sys.modules['psycopg'] = None\n"
-            "from lineage_ledger._cli import main; sys.argv = ['lineage-ledger', 'run', '--ledger',"
+            "from lineage_ledger._cli.main import main; sys.argv = ['lineage-ledger', 'run', '--ledger',"
             f" 'postgresql://u@127.0.0.1:1/db', '--', 'touch', {str(marker)!r}]; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 2 and "pip install 'lineage-ledger[postgres]'" in result.stderr
@@ -239,7 +239,7 @@ def test_a_failed_try_records_only_outputs_it_wrote(cli, workdir):
 # -- the spool is keyed as the back-end names itself, without connecting to it -------------------
 @pytest.mark.parametrize("spelling", ["{d}/l.db", "sqlite:///{d}/l.db", "sqlite:///{d}/x/../l.db"])
 def test_the_spool_key_is_the_identity_the_back_end_gives(tmp_path, spelling):
-    from lineage_ledger._deferred import ledger_identity
+    from lineage_ledger._ledger.deferred import ledger_identity
     from lineage_ledger.backends import open_backend
 
     (tmp_path / "x").mkdir()
@@ -254,7 +254,7 @@ def test_the_spool_key_is_the_identity_the_back_end_gives(tmp_path, spelling):
 
 
 def test_the_spool_key_of_a_postgresql_ledger(postgres_url):
-    from lineage_ledger._deferred import ledger_identity
+    from lineage_ledger._ledger.deferred import ledger_identity
     from lineage_ledger.backends import open_backend
 
     opened = open_backend(postgres_url)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lineage_ledger import ConfigError
-from lineage_ledger._deferred import _sql_identity, ledger_identity
+from lineage_ledger._ledger.deferred import _sql_identity, ledger_identity
 
 URLS = ["sqlite:///x.db", "sqlite:///./sub/../y.db?timeout=3", "sqlite:///../z.db", "sqlite:////abs/w.db"]
 
@@ -31,7 +31,7 @@ def test_a_url_without_a_ledger_file_is_refused_alike(url, tmp_path, monkeypatch
 
 
 def test_no_sqlalchemy_is_imported(tmp_path):
-    code = ("import sys; from lineage_ledger._deferred import ledger_identity; "
+    code = ("import sys; from lineage_ledger._ledger.deferred import ledger_identity; "
             "print(ledger_identity('sqlite:///l.db')[0]); print('sqlalchemy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["sqlite:///" + str(tmp_path.resolve() / "l.db"), "False"], out

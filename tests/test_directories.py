@@ -23,10 +23,10 @@ from lineage_ledger import (
     hash_file,
     open_ledger,
 )
-from lineage_ledger._capture import entries_of, manifest_records_of
-from lineage_ledger._manifest import MANIFEST_RUN_PREFIX, Manifest
+from lineage_ledger._capture.task import entries_of, manifest_records_of
+from lineage_ledger._files.manifest import MANIFEST_RUN_PREFIX, Manifest
 from lineage_ledger._model import Record
-from lineage_ledger._verify import ArtifactStatus, check_artifact
+from lineage_ledger._verification.verify import ArtifactStatus, check_artifact
 
 
 def write(path, text: str | bytes) -> str:

@@ -15,7 +15,7 @@ import lineage_ledger
 from lineage_ledger import LedgerError
 
 # Modules that define errors of their own; importing them registers their subclasses.
-ERROR_MODULES = ["lineage_ledger._deferred", "lineage_ledger.backends.baash.client",
+ERROR_MODULES = ["lineage_ledger._ledger.deferred", "lineage_ledger.backends.baash.client",
                  "lineage_ledger.backends.fabric.backend", "lineage_ledger.backends.fabric._tree_head",
                  "lineage_ledger.backends.fabric._endorsement"]
 BRANCH = re.compile(r"^(?P<lead>[│ ]*)[├└]── (?P<name>\w+)")

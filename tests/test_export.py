@@ -311,7 +311,7 @@ def test_openlineage_emit_posts_every_event_to_a_marquez_style_endpoint(at, work
 
 
 def test_import_lineage_ledger_loads_no_export_dependency():
-    code = ("import sys, lineage_ledger, lineage_ledger._cli; "
+    code = ("import sys, lineage_ledger, lineage_ledger._cli.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prov', 'rocrate', 'openlineage', 'rdflib') "
             "or m.startswith('lineage_ledger.exports')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -327,7 +327,7 @@ def test_a_missing_extra_is_named_with_its_install_hint(pipeline, tmp_path):
         "        if name.split('.')[0] in ('prov', 'rocrate', 'openlineage'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Absent())\n"
-        "from lineage_ledger._cli import main\n"
+        "from lineage_ledger._cli.main import main\n"
         "main()\n")
     done = subprocess.run([sys.executable, "-c", code, "export", "--run", "r1", "--format", "ro-crate", "-o",
                            str(tmp_path / "crate")], cwd=pipeline, capture_output=True, text=True)

@@ -13,7 +13,7 @@ import pytest
 from blake3 import blake3
 
 from lineage_ledger import open_ledger
-from lineage_ledger._tree import BLAKE3, levels_of, memory_source, root
+from lineage_ledger._log.tree import BLAKE3, levels_of, memory_source, root
 from tests.conftest import run_cli
 from tests.support.fabric import (
     PRE_TREE_CHAINCODE_COMMIT,

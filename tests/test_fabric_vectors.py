@@ -23,7 +23,7 @@ def test_vector_file_matches_the_core():
 def test_log_tree_vectors_are_the_cores_rfc9162_roots():
     """What the chaincode's log tree is tested against (tree_test.go) is what the core's tree
     computes from the same record ids, at every size."""
-    from lineage_ledger._tree import BLAKE3, levels_of, memory_source, root
+    from lineage_ledger._log.tree import BLAKE3, levels_of, memory_source, root
 
     log_tree = build_vectors()["log_tree"]
     leaves = [BLAKE3.leaf(bytes.fromhex(record_id)) for record_id in log_tree["ids"]]

@@ -7,7 +7,8 @@ import os
 import pytest
 from blake3 import blake3
 
-from lineage_ledger import ArtifactError, Hasher, StatCache, _hashing, hash_file, walk_files
+from lineage_ledger import ArtifactError, Hasher, StatCache, hash_file, walk_files
+from lineage_ledger._files import hashing as _hashing
 
 
 def test_small_and_large_files_hash_like_blake3(tmp_path, monkeypatch):

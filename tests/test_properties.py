@@ -182,7 +182,7 @@ def test_inclusion_proofs_verify_and_bind_index_and_root(leaves, data):
 
 def test_known_merkle_shapes():
     """RFC 6962 shape: three leaves hash as node(node(l0, l1), l2)."""
-    from lineage_ledger._merkle import leaf_hash, node_hash
+    from lineage_ledger._log.merkle import leaf_hash, node_hash
 
     a, b, c = (f"{i:064x}" for i in range(3))
     assert merkle_root([a, b, c]) == node_hash(node_hash(leaf_hash(a), leaf_hash(b)), leaf_hash(c)).hex()
@@ -198,7 +198,7 @@ def test_backends_return_bytes_that_verify(tmp_path):
 @given(st.integers(0, 40), st.lists(st.integers(0, 40), max_size=6))
 def test_merkle_builder_reuses_block_subtrees_exactly(start, blocks):
     """add_levels (whole blocks, subtrees reused) gives the state that leaf-by-leaf adding gives."""
-    from lineage_ledger._merkle import leaf_hash, merkle_levels
+    from lineage_ledger._log.merkle import leaf_hash, merkle_levels
 
     counter = iter(range(10_000))
     by_levels, by_leaves = MerkleBuilder(), MerkleBuilder()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lineage_ledger._ring import _FRAME, Ring
+from lineage_ledger._capture.ring import _FRAME, Ring
 
 SIZE = 1 << 16
 
@@ -100,7 +100,7 @@ def test_another_process_reads_what_a_killed_writer_published(tmp_path):
         writer = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(f"""
                 import os, sys, time
-                from lineage_ledger._ring import Ring
+                from lineage_ledger._capture.ring import Ring
                 ring = Ring({ring.fd}, {SIZE})
                 for i in range(500):
                     assert ring.put(b"R", b"report %d" % i)
@@ -115,7 +115,7 @@ def test_another_process_reads_what_a_killed_writer_published(tmp_path):
         writer.wait(10)
         reader = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(f"""
-                from lineage_ledger._ring import Ring
+                from lineage_ledger._capture.ring import Ring
                 ring = Ring({ring.fd}, {SIZE})
                 frames = ring.take()
                 print(len(frames), frames[0][1].decode(), frames[-1][1].decode(), ring.left())

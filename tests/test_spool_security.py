@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import SpoolCorrupt, open_ledger
-from lineage_ledger._hashing import hash_file
+from lineage_ledger._files.hashing import hash_file
+from lineage_ledger._ledger.spool import Refused, SpoolWriter, spool_directory, take_orphans
 from lineage_ledger._model import Record
-from lineage_ledger._spool import Refused, SpoolWriter, spool_directory, take_orphans
 from tests.conftest import run_cli
 
 NOBODY = 65534
@@ -117,7 +117,7 @@ def test_an_existing_spool_directory_that_others_may_enter_is_made_private(tmp_p
 
 def test_a_link_in_place_of_the_spool_directory_is_refused(tmp_path):
     from lineage_ledger import SpoolError
-    from lineage_ledger._spool import spool_path
+    from lineage_ledger._ledger.spool import spool_path
 
     root = tmp_path / "spool"
     root.mkdir(mode=0o700)
@@ -132,7 +132,7 @@ def test_a_link_in_place_of_the_spool_directory_is_refused(tmp_path):
 @needs_root
 def test_a_spool_directory_of_another_user_is_refused(tmp_path):
     from lineage_ledger import SpoolError
-    from lineage_ledger._spool import spool_path
+    from lineage_ledger._ledger.spool import spool_path
 
     root = tmp_path / "spool"
     root.mkdir(mode=0o700)

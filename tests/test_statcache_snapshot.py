@@ -7,7 +7,8 @@ import sqlite3
 
 from blake3 import blake3
 
-from lineage_ledger import Hasher, StatCache, _hashing
+from lineage_ledger import Hasher, StatCache
+from lineage_ledger._files import hashing as _hashing
 
 
 def _files(tmp_path, names):

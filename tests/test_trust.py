@@ -1,4 +1,4 @@
-"""The remembered tree (core/_trust.py): built by blocks of any sizes, it holds the same tree
+"""The remembered tree (core/_log/trust.py): built by blocks of any sizes, it holds the same tree
 as the RFC 9162 reference, its nodes prove inclusion and consistency, and a writer that died
 mid-extension leaves nothing a reader could mistake for verified."""
 
@@ -10,8 +10,8 @@ from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lineage_ledger._merkle import merkle_root
-from lineage_ledger._tree import (
+from lineage_ledger._log.merkle import merkle_root
+from lineage_ledger._log.tree import (
     BLAKE3,
     consistency_proof,
     inclusion_proof,
@@ -19,7 +19,7 @@ from lineage_ledger._tree import (
     verify_consistency,
     verify_inclusion,
 )
-from lineage_ledger._trust import TrustStore
+from lineage_ledger._log.trust import TrustStore
 
 
 def _ids(n: int, salt: int) -> list[str]:

@@ -85,7 +85,7 @@ def _mutate(value, where: int):
 
 def _copy(pristine, work, monkeypatch):
     """The pristine ledger and its remembered head, as if this copy had been verified."""
-    from lineage_ledger._trust import TrustStore
+    from lineage_ledger._log.trust import TrustStore
 
     db, state = work / "ledger.db", work / "state"
     shutil.copy(pristine / "ledger.db", db)

@@ -33,10 +33,10 @@ from typing import Any
 import click
 
 from .._errors import CheckpointInvalid, ConfigError, LedgerError, ProofFailed
-from .._hashing import hash_file
+from .._files.hashing import hash_file
+from .._log.tree import BLAKE3, verify_inclusion
 from .._model import Record, is_alias
 from .._terminal import json_text, printable
-from .._tree import BLAKE3, verify_inclusion
 
 __all__ = ["CrateReport", "verify_crate", "verify_crate_command"]
 
@@ -136,7 +136,7 @@ def _extract(archive_path: str, target: str) -> None:
 
 
 def _verify_directory(crate: str, pubkeys: tuple[str, ...]) -> CrateReport:
-    from .._checkpoint import load_verifier, parse
+    from .._log.checkpoint import load_verifier, parse
 
     report = CrateReport(crate)
     metadata = _read_json(_inside(crate, "ro-crate-metadata.json"), "ro-crate-metadata.json")

@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from .._canonical import format_time, utcnow
-from .._ledger import Ledger
+from .._ledger.ledger import Ledger
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
 from ._select import Selection, artifacts, file_statuses, members

@@ -36,8 +36,8 @@ from typing import Any
 
 from .._canonical import utcnow
 from .._errors import ConfigError
-from .._hashing import hash_file
-from .._ledger import Ledger, LedgerRecord
+from .._files.hashing import hash_file
+from .._ledger.ledger import Ledger, LedgerRecord
 from . import require
 from ._names import display_path, file_key
 from ._select import FileVersion, Selection, artifacts
@@ -135,7 +135,7 @@ def _proofs(ledger: Ledger, selection: Selection) -> tuple[Any, list[dict[str, A
     """Every record's inclusion proof in one tree head, read once: records appended while the
     crate is written must not leave some proofs for one size and the checkpoint for another.
     (A perfect subtree never changes as the tree grows, so proofs for a fixed size are stable.)"""
-    from .._tree import BLAKE3, inclusion_proof
+    from .._log.tree import BLAKE3, inclusion_proof
 
     head = ledger.tree_head()  # every selected record was proved in this head or an earlier one
     store = ledger.verifier.store
@@ -156,7 +156,7 @@ def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str
         return _write_zip(ledger, selection, path, keyfile=keyfile, with_data=with_data, license=license)
     rocrate = require("rocrate.rocrate", "rocrate")
     model = require("rocrate.model", "rocrate")
-    from .._checkpoint import Checkpoint, load_signer, sign
+    from .._log.checkpoint import Checkpoint, load_signer, sign
 
     signer = load_signer(keyfile) if keyfile else None
     _prepare_dir(path)

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError
-from .._hashing import normalize_path, walk_files
-from .._ledger import Ledger, LedgerRecord, LineageNode
-from .._manifest import is_manifest_record
+from .._files.hashing import normalize_path, walk_files
+from .._files.manifest import is_manifest_record
+from .._ledger.ledger import Ledger, LedgerRecord, LineageNode
+from .._ledger.lineage import walk_lineage
+from .._log.trust import TreeHead
 from .._model import is_alias
-from .._trust import TreeHead
 
 __all__ = ["FileVersion", "Selection", "aliases_in", "artifacts", "file_statuses", "members", "select"]
 
@@ -124,17 +125,11 @@ def _expand(ledger: Ledger, targets: Iterable[str]) -> list[str]:
 
 
 def _walk(node: LineageNode, found: dict[str, LedgerRecord], broken: set[tuple[str, str]]) -> None:
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in walk_lineage(node):
         if current.producer is not None:
             found[current.producer.id] = current.producer
         if current.kind == "broken" and current.digest is not None:
             broken.add((current.path, current.digest))
-        stack.extend(current.parents)
 
 
 def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = None) -> Selection:
@@ -192,7 +187,7 @@ def file_statuses(ledger: Ledger, selection: Selection) -> dict[tuple[str, str],
     """The verification status of each file version: the version the ledger last saw of a
     path is compared with the disk (``OK``, ``MODIFIED``, ``MISSING``); a version consumed
     that nobody produced is ``broken``; an older version is ``superseded``."""
-    from .._verify import check_artifact
+    from .._verification.verify import check_artifact
 
     checks = {}
     statuses: dict[tuple[str, str], str] = {}

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from blake3 import blake3
 
-from .._chain import ChainTip, build_block
+from .._log.chain import ChainTip, build_block
 from .._model import Artifact, Record, StoredBlock, artifact_map
 
 #: The start time of record 0; record ``i`` starts ``i`` seconds later and lasts one second.

@@ -3,7 +3,7 @@
 Each rank keeps the RFC 9162 tree over every record of its in-memory chain (the core's
 tree: BLAKE3, a leaf is a record id's 32 bytes, records in ledger order), so after a round
 commits it knows the tree size and root of what it holds itself. It signs the checkpoint
-body (the core's :class:`~lineage_ledger._checkpoint.Checkpoint`: origin, size, root; no
+body (the core's :class:`~lineage_ledger._log.checkpoint.Checkpoint`: origin, size, root; no
 time line, so every rank signs the same text) with its own ed25519 key, and the gateway
 puts the signatures of every rank that holds the same head under one note, a C2SP signed
 note with several signature lines. A client that knows the ranks' public keys accepts
@@ -29,7 +29,8 @@ from collections.abc import Iterable, Sequence
 from blake3 import blake3
 
 from lineage_ledger import LedgerError, verify_chain
-from lineage_ledger._checkpoint import (
+from lineage_ledger._errors import CheckpointInvalid, ConfigError
+from lineage_ledger._log.checkpoint import (
     Checkpoint,
     Signer,
     Verifier,
@@ -41,9 +42,8 @@ from lineage_ledger._checkpoint import (
     sign_note,
     write_keypair,
 )
-from lineage_ledger._errors import CheckpointInvalid, ConfigError
+from lineage_ledger._log.tree import BLAKE3
 from lineage_ledger._model import StoredBlock
-from lineage_ledger._tree import BLAKE3
 
 __all__ = ["Endorser", "TreeTracker", "assemble", "ensure_keys", "ensure_origin", "load_verifiers", "quorum_of",
            "read_endorsed", "save_endorsed", "verify_endorsed"]
@@ -60,7 +60,7 @@ def quorum_of(keys: int) -> int:
 class TreeTracker:
     """The tree head over records appended so far, in O(log n) memory (a compact range).
 
-    The hashes are :data:`lineage_ledger._tree.BLAKE3`'s (leaf ``H(0x00 || id)``, node
+    The hashes are :data:`lineage_ledger._log.tree.BLAKE3`'s (leaf ``H(0x00 || id)``, node
     ``H(0x01 || left || right)``) from one reused hasher: building a hasher per hash cost
     half the time (2.3 against 1.15 µs a record), on every rank after every commit.
     """

@@ -25,8 +25,8 @@ from cryptography import x509
 from fabric_protos.common import common_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2
 
-from lineage_ledger._checkpoint import Checkpoint
 from lineage_ledger._errors import ConfigError
+from lineage_ledger._log.checkpoint import Checkpoint
 
 from ._endorsement import EndorsementRefused, MSPTrust, verify_endorsed_answer
 

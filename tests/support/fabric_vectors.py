@@ -53,7 +53,7 @@ def build_vectors() -> dict:
 
 def log_tree_vectors() -> dict:
     """The shared vectors' record ids and the root of every tree size, for the chaincode's
-    log tree (tree.go); the tests check them against ``lineage_ledger._tree`` too."""
+    log tree (tree.go); the tests check them against ``lineage_ledger._log.tree`` too."""
     shared = json.loads(TREE_VECTORS.read_text(encoding="utf-8"))
     return {"source": "tests/vectors/tree_blake3.json", "ids": [r["id"] for r in shared["records"]],
             "roots": [shared["roots"][str(n)] for n in range(len(shared["records"]) + 1)]}

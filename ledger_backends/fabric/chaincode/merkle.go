@@ -1,6 +1,6 @@
 package main
 
-// Hashes exactly as lineage_ledger computes them (core/_merkle.py, core/_model.py):
+// Hashes exactly as lineage_ledger computes them (core/_log/merkle.py, core/_model.py):
 // record id = BLAKE3(canonical record bytes), block id = BLAKE3(canonical header bytes),
 // Merkle root of the RFC 6962 / 9162 shape with BLAKE3: leaf = H(0x00 || id bytes),
 // node = H(0x01 || left || right), an odd last node is promoted unchanged, and the empty

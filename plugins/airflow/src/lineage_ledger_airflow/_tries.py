@@ -477,7 +477,7 @@ def preload() -> None:
     the rest of the listener's work).
     """
     try:
-        from lineage_ledger import _deferred, _recorder, _spool  # noqa: F401
+        from lineage_ledger._ledger import deferred, recorder, spool  # noqa: F401
         from lineage_ledger.backends import backend_class, split_url
 
         backend_class(split_url(_settings.ledger_url())[0])
@@ -504,7 +504,7 @@ def _leave_to_shipper(cap: TaskCapture) -> None:
     ended (its segment's lock goes with the process), so neither the wait nor the warning
     applies.
     """
-    from lineage_ledger._recorder import _LIVE
+    from lineage_ledger._ledger.recorder import _LIVE
 
     recorder = cap._recorder
     if recorder is not None:

@@ -86,8 +86,8 @@ def _refuse_a_bad_configuration(url: str | None) -> None:
     if surely_usable(url):
         return  # an SQLite file path: nothing to import to know it (see _urls)
     try:
-        from lineage_ledger._deferred import _default_url, ledger_identity
         from lineage_ledger._errors import ConfigError
+        from lineage_ledger._ledger.deferred import _default_url, ledger_identity
 
         try:
             ledger_identity(_default_url(url))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-#: lineage_ledger.DEFAULT_URL (core/_ledger.py), spelled here so that reading it imports nothing.
+#: lineage_ledger.DEFAULT_URL (core/_ledger/ledger.py), spelled here so that reading it imports nothing.
 DEFAULT_URL = ".lineage/ledger.db"
 _PLAIN_SQLITE = re.compile(r"^sqlite:///(?P<path>[^?#]+)$")
 
@@ -41,7 +41,7 @@ def plain_sqlite_path(url: str | None) -> str | None:
 
 def surely_usable(url: str | None) -> bool:
     """True where the URL is a plain SQLite file path that is not a directory: no retry could
-    make it fail the core's configuration check (``lineage_ledger._deferred.ledger_identity``)."""
+    make it fail the core's configuration check (``lineage_ledger._ledger.deferred.ledger_identity``)."""
     path = plain_sqlite_path(url)
     return path is not None and not os.path.isdir(path)
 

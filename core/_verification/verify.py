@@ -19,9 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ._chain import ChainSummary
-from ._checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
-from ._errors import (
+from .._errors import (
     ArtifactError,
     ArtifactMismatch,
     HistoryRewritten,
@@ -29,12 +27,15 @@ from ._errors import (
     NoLedger,
     VerificationError,
 )
-from ._hashing import Hasher, normalize_path
-from ._ledger import Ledger, LineageNode, open_ledger
-from ._manifest import walk_tree
+from .._files.hashing import Hasher, normalize_path
+from .._files.manifest import walk_tree
+from .._ledger.ledger import Ledger, LineageNode, open_ledger
+from .._ledger.lineage import walk_lineage
+from .._log.chain import ChainSummary
+from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
 
 if TYPE_CHECKING:
-    from ._checkpoint import Checkpoint
+    from .._log.checkpoint import Checkpoint
 
 __all__ = [
     "ArtifactCheck",
@@ -72,12 +73,7 @@ def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
 
 def verify_closure(node: LineageNode) -> None:
     """Raise LineageBroken for the first input consumed in a version nobody produced."""
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in walk_lineage(node):
         if current.kind == "broken":
             raise LineageBroken(
                 f"{current.path}: consumed as {_short(current.digest)}, but no recorded task "
@@ -90,17 +86,6 @@ def verify_closure(node: LineageNode) -> None:
                 "its contents are not a result",
                 path=current.path,
             )
-        stack.extend(current.parents)
-
-
-def _tree_nodes(node: LineageNode) -> Iterable[LineageNode]:
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        if id(current) not in seen:
-            seen.add(id(current))
-            yield current
-            stack.extend(current.parents)
 
 
 @dataclass
@@ -203,7 +188,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
                 raise  # a target that is not there and that no record names: bad input
             # There but unreadable (permission denied, a loop): that one cannot be checked.
             report.fail(ArtifactMismatch(_explain(_unreadable(path, err)), path=path))
-    from ._deferred import waiting_for
+    from .._ledger.deferred import waiting_for
 
     checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
     report.waiting, report.waiting_named = waiting_for(ledger._spool_root, ledger.backend.identity, checked)
@@ -239,7 +224,7 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
         report.fail(failure)
     if not files:
         return
-    for node in _tree_nodes(tree):
+    for node in walk_lineage(tree):
         if node is tree or node.path in result.files:
             continue
         try:
@@ -288,13 +273,13 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     vanishes while it is checked counts as missing, which is not tampering.
     """
     if policy not in ("warn", "strict", "rerun"):
-        from ._errors import ConfigError
+        from .._errors import ConfigError
 
         raise ConfigError(f"unknown policy {policy!r}; choose warn, strict or rerun")
     # A broken or rewritten ledger raises: nothing in it can vouch for a file. Only the
     # blocks appended since the last verification are read; each record used is proved.
     ledger.tree_head()
-    from ._manifest import cached_hasher
+    from .._files.hashing import cached_hasher
 
     tampered = []
     hasher: Hasher | None = None
@@ -332,7 +317,7 @@ def _not_yet_shipped(ledger: Ledger, changed: list[ArtifactCheck]) -> list[Artif
     wrote: a task of this workflow made them while the back-end was down, locked or slow,
     and its record is on its way (a false alarm otherwise, refused under ``strict``). Only
     read when something differs, so a clean check never scans the spool."""
-    from ._deferred import waiting_digests
+    from .._ledger.deferred import waiting_digests
 
     try:
         count, written = waiting_digests(ledger._spool_root, ledger.backend.identity, [c.path for c in changed])

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError
-from ._spool import spool_directory
-from ._terminal import printable
+from .._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError
+from .._terminal import printable
+from .spool import spool_directory
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
-    from ._ledger import Ledger
-    from ._model import StoredRecord
+    from .._model import StoredRecord
+    from .ledger import Ledger
 
 __all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity", "spool_first"]
 
@@ -54,13 +54,13 @@ def redact(text: str, url: str) -> str:
 
 
 def _default_url(url: str | None) -> str:
-    from ._ledger import DEFAULT_URL
+    from .ledger import DEFAULT_URL
 
     return url if url is not None else os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
 
 
 def _default_spool(spool: str | None) -> str:
-    from ._ledger import DEFAULT_SPOOL
+    from .ledger import DEFAULT_SPOOL
 
     return spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
 
@@ -115,7 +115,7 @@ def _sql_identity(url: str) -> str:
     try:
         engine = sa.create_engine(engine_url)  # imports the driver; connects to nothing
     except ModuleNotFoundError as err:
-        from ._errors import MissingExtra
+        from .._errors import MissingExtra
 
         raise MissingExtra(
             f"the {engine_url.get_backend_name()} back-end needs {err.name!r}, which is not "
@@ -159,7 +159,7 @@ class DeferredLedger:
         """The real ledger, opened on first use (no replay here: see :meth:`append_records`)."""
         with self._lock:
             if self._ledger is None:
-                from ._ledger import Ledger, open_ledger
+                from .ledger import Ledger, open_ledger
 
                 if self._backend is not None:
                     self._ledger = Ledger(self._backend, spool_root=self.spool_root)
@@ -278,7 +278,7 @@ def _read_own(path: str) -> tuple[bytes, bool] | None:
 
 
 def _scan(directory: str) -> SpoolBacklog:
-    from ._canonical import parse_time
+    from .._canonical import parse_time
 
     marker = _read_own(os.path.join(directory, "URL"))
     found = SpoolBacklog(directory, marker[0].decode("utf-8", "replace").strip() if marker else "?")
@@ -311,7 +311,7 @@ def _scan(directory: str) -> SpoolBacklog:
 def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:
     """(records waiting in this ledger's spool, which of ``paths`` they read or write): what a
     verification must not pass over in silence. Reads only files of this user; creates nothing."""
-    from ._spool import spool_path
+    from .spool import spool_path
 
     directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
     if not os.path.isdir(directory) or os.path.islink(directory):
@@ -333,7 +333,7 @@ def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple
 def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, dict[str, set[str]]]:
     """(records waiting in this ledger's spool, {path: digests those records wrote to it})
     for the outputs among ``paths``. Reads only files of this user; creates nothing."""
-    from ._spool import spool_path
+    from .spool import spool_path
 
     directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
     if not os.path.isdir(directory) or os.path.islink(directory):

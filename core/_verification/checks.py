@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import ArtifactError
-from ._hashing import Hasher, hash_file
-from ._ledger import Ledger
-from ._manifest import Changes
-from ._model import Artifact
+from .._errors import ArtifactError
+from .._files.hashing import Hasher, hash_file
+from .._files.manifest import Changes
+from .._ledger.ledger import Ledger
+from .._model import Artifact
 
 __all__ = ["ArtifactCheck", "ArtifactStatus", "check_artifact"]
 

@@ -5,7 +5,7 @@ journal line and the SQL behind it cost a no-op task about as much as the engine
 bookkeeping, and on a thread of the engine's process all of it holds the engine's threads
 up. :class:`ProcessCapture` is a :class:`TaskCapture` whose :meth:`~TaskCapture.submit` and
 :meth:`~TaskCapture.post` encode the report (a tuple of its fields, pickled: about 2 us) and
-put it in a :class:`~._ring.Ring` shared with ``python -m lineage_ledger._capture_child``,
+put it in a :class:`~._ring.Ring` shared with ``python -m lineage_ledger._capture.child``,
 which hashes, builds, journals and ships the records with an ordinary :class:`TaskCapture`.
 
 Why a ring rather than a pipe or a worker thread: on the machines we measured, waking a
@@ -61,13 +61,13 @@ from datetime import datetime, timedelta, timezone
 from operator import attrgetter
 from typing import Any
 
-from ._capture import TaskCapture, TaskRun, _settle
-from ._channel import MESSAGE, Channel
-from ._drain import at_threading_exit
-from ._environment import current_environment
-from ._errors import LedgerError
-from ._hashing import normalize_path
-from ._ring import Ring
+from .._environment import current_environment
+from .._errors import LedgerError
+from .._files.hashing import normalize_path
+from .channel import MESSAGE, Channel
+from .drain import at_threading_exit
+from .ring import Ring
+from .task import TaskCapture, TaskRun, _settle
 
 __all__ = ["ProcessCapture", "decode_report"]
 
@@ -282,7 +282,7 @@ class ProcessCapture(TaskCapture):
             ring = Ring.create(_RING_SIZE)
             config["ring"] = {"fd": ring.fd, "size": ring.size}
             process = subprocess.Popen(
-                [sys.executable, "-m", "lineage_ledger._capture_child", json.dumps(config)],
+                [sys.executable, "-m", "lineage_ledger._capture.child", json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
                 pass_fds=(ring.fd,),
             )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from blake3 import blake3
 
-from ._errors import ProofFailed
+from .._errors import ProofFailed
 
 __all__ = [
     "BLAKE3",

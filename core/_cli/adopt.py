@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ._canonical import utcnow
-from ._capture import entries_of, manifest_records_of
-from ._environment import current_environment
-from ._hashing import hash_file
-from ._ledger import Ledger, LedgerRecord
-from ._model import Record
+from .._canonical import utcnow
+from .._capture.task import entries_of, manifest_records_of
+from .._environment import current_environment
+from .._files.hashing import hash_file
+from .._ledger.ledger import Ledger, LedgerRecord
+from .._model import Record
 
 __all__ = ["adopt"]
 

@@ -25,16 +25,15 @@ import click
 
 from lineage_ledger.backends._base import redact
 
-from ._canonical import utcnow
-from ._capture import entries_of, manifest_records_of
-from ._deferred import check_spool_writable, spool_first
-from ._environment import current_environment
-from ._errors import ArtifactError, ConfigError, LedgerError
-from ._hashing import normalize_path
-from ._manifest import hash_for_record
-from ._model import Record
-from ._recorder import Recorder
-from ._terminal import printable
+from .._canonical import utcnow
+from .._capture.task import entries_of, manifest_records_of
+from .._environment import current_environment
+from .._errors import ArtifactError, ConfigError, LedgerError
+from .._files.hashing import hash_for_record, normalize_path
+from .._ledger.deferred import check_spool_writable, spool_first
+from .._ledger.recorder import Recorder
+from .._model import Record
+from .._terminal import printable
 
 __all__ = ["run_and_record"]
 

@@ -8,15 +8,15 @@ A mixin of :class:`~._ledger.Ledger`: every answer comes from its proved look-up
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._hashing import lookup_paths
-from ._manifest import MANIFEST_RUN_PREFIX, Manifest
-from ._model import Record, is_alias
+from .._files.hashing import lookup_paths
+from .._files.manifest import MANIFEST_RUN_PREFIX, Manifest
+from .._model import Record, is_alias
 
-__all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption"]
+__all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "walk_lineage"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,19 @@ class LineageNode:
     kind: str
     producer: LedgerRecord | None = None
     parents: list[LineageNode] = field(default_factory=list)
+
+
+def walk_lineage(node: LineageNode) -> Iterator[LineageNode]:
+    """Every node of a lineage tree once, depth first. Iterative: a lineage thousands of
+    tasks deep must not exhaust Python's recursion limit, and a node shared by several
+    branches (one input read by two tasks) is visited once."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            yield current
+            stack.extend(current.parents)
 
 
 class LineageQueries:

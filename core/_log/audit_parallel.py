@@ -19,7 +19,7 @@ threads share one core; a worker costs one interpreter start (about 0.2 s), paid
 :data:`MIN_RECORDS` records. ``LINEAGE_AUDIT_WORKERS`` sets the number (``1``: sequential);
 ``LINEAGE_AUDIT_PARALLEL_MIN`` and ``LINEAGE_AUDIT_TASK_RECORDS`` move the threshold and the
 range size (the tests use them to run small ledgers through this path).
-Workers are ``python -m lineage_ledger._audit_parallel`` on pipes, not :mod:`multiprocessing`:
+Workers are ``python -m lineage_ledger._log.audit_parallel`` on pipes, not :mod:`multiprocessing`:
 nothing is pickled, and a caller's unguarded ``__main__`` script is never run again.
 """
 
@@ -128,7 +128,7 @@ def results(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[T
             mine = [{"start": t.start, "stop": t.stop, "first_index": t.first_index}
                     for t in tasks[w::count]]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lineage_ledger._audit_parallel"],
+                [sys.executable, "-m", "lineage_ledger._log.audit_parallel"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
             procs.append(proc)
             assert proc.stdin is not None
@@ -196,13 +196,13 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
     """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong."""
-    from ._chain import verify_block_columns
-    from ._model import BlockHeader
-    from ._verified import _decode_views, _ExistingFiles, _IndexChecker
+    from .._model import BlockHeader
+    from .audit_rows import ExistingFiles, IndexChecker, decode_views
+    from .chain import verify_block_columns
 
     try:
-        checker = _IndexChecker(backend)
-        found = _ExistingFiles() if files else None
+        checker = IndexChecker(backend)
+        found = ExistingFiles() if files else None
         block_ids: list[str] = []
         counts: list[int] = []
         leaves: list[bytes] = []
@@ -215,7 +215,7 @@ def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
             if expected == task.start:
                 first_prev = prev = BlockHeader.decode(block.header).prev
             _header, block_leaves = verify_block_columns(block, expected, prev)
-            views = _decode_views(block)
+            views = decode_views(block)
             checker.block(block, index, views)
             if found is not None:
                 for view in views:
@@ -236,7 +236,7 @@ def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
 
 
 def _worker_main() -> None:
-    """``python -m lineage_ledger._audit_parallel``: read the job (JSON) from standard input,
+    """``python -m lineage_ledger._log.audit_parallel``: read the job (JSON) from standard input,
     write one frame a task to standard output. Only the parent process holds these pipes."""
     from lineage_ledger.backends._sql_reads import SQLiteReader
 

@@ -19,18 +19,29 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from blake3 import blake3
 
-from ._errors import LedgerError, SpoolError, SpoolFull
-from ._model import Record
-from ._spool import Segment, SpoolWriter
+from .._errors import LedgerError, SpoolError, SpoolFull
+from .._model import Record, StoredRecord
+from .spool import Segment, SpoolWriter
 
-if TYPE_CHECKING:
-    from ._ledger import Ledger
 
-__all__ = ["Recorder"]
+class Shipper(Protocol):
+    """What a :class:`Recorder` ships into: a :class:`~lineage_ledger.Ledger`, or the spool-first
+    stand-in that opens one on first use (:mod:`.deferred`). A protocol, so that this module
+    needs nothing from the ledger that uses it."""
+
+    url: str
+
+    @property
+    def spool_dir(self) -> str: ...
+
+    def append_records(self, records: Sequence[StoredRecord], *, block_size: int = ...) -> int: ...
+
+__all__ = ["Recorder", "Shipper"]
 
 log = logging.getLogger("lineage_ledger.recorder")
 _LIVE: weakref.WeakSet[Recorder] = weakref.WeakSet()
@@ -39,7 +50,7 @@ _LIVE: weakref.WeakSet[Recorder] = weakref.WeakSet()
 class Recorder:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Shipper,
         *,
         batch_size: int = 1000,
         max_age: float = 1.0,

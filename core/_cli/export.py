@@ -8,22 +8,9 @@ from __future__ import annotations
 
 import click
 
-from ._errors import ConfigError
-from ._ledger import DEFAULT_URL, Ledger
-
-# The same option as the other commands' (._cli imports this module at its end, so it is
-# not imported from there).
-ledger_option = click.option(
-    "--ledger", "ledger_url", envvar="LINEAGE_LEDGER_URL", default=DEFAULT_URL, show_default=True,
-    help="Ledger URL (sqlite:///path, postgresql://..., memory://) or a path to an SQLite file.",
-)
-
-
-def _open(url: str) -> Ledger:
-    """Read only: nothing is created, replayed or written to the ledger."""
-    from ._ledger import open_ledger
-
-    return open_ledger(url, read_only=True)
+from .._errors import ConfigError
+from .common import ledger_option
+from .common import open_read_only as _open
 
 __all__ = ["export", "graph"]
 
@@ -55,7 +42,7 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
       lineage-ledger export --run 2026-01-05 --format ro-crate -o crate/ --key lab.key
       lineage-ledger export --run 2026-01-05 --format openlineage --emit http://marquez:5000
     """
-    from .exports._select import select
+    from ..exports._select import select
 
     if output is None and not (fmt == "openlineage" and emit_url):
         raise click.UsageError("give -o PATH" + (" or --emit URL" if fmt == "openlineage" else ""))
@@ -67,19 +54,19 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         with _open(ledger_url) as ledger:
             selection = select(ledger, targets, run_id)
             if fmt in ("prov-json", "prov-n"):
-                from .exports._prov import write_prov
-                from .exports._select import members
+                from ..exports._prov import write_prov
+                from ..exports._select import members
 
                 write_prov(selection, output, fmt, members(ledger, selection))
                 what = f"{len(selection.entries)} task(s)"
             elif fmt == "ro-crate":
-                from .exports._rocrate import write_crate
+                from ..exports._rocrate import write_crate
 
                 crate = write_crate(ledger, selection, output, keyfile=keyfile, with_data=not no_data,
                                     license=license_)
                 what = f"{len(selection.entries)} task(s), {crate.files_copied} file(s) copied"
             else:
-                from .exports._openlineage import emit, events_for, write_events
+                from ..exports._openlineage import emit, events_for, write_events
 
                 events = events_for(selection, namespace)
                 if output:
@@ -105,8 +92,8 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
     """Draw tasks and file versions as a DAG, each file coloured by its verification status
     (OK, MODIFIED, MISSING, broken). The HTML page is self-contained: open it offline, click
     a node to read its record."""
-    from .exports._graph import build_graph, write_graph
-    from .exports._select import select
+    from ..exports._graph import build_graph, write_graph
+    from ..exports._select import select
 
     if not targets and run_id is None:
         raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")

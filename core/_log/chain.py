@@ -13,10 +13,10 @@ from typing import Protocol
 
 from blake3 import blake3
 
-from ._canonical import utcnow
-from ._errors import ChainBroken, MerkleMismatch, RecordTampered
-from ._merkle import MerkleBuilder, leaf_hashes, merkle_levels, merkle_root
-from ._model import Block, BlockColumns, BlockHeader, StoredBlock, StoredRecord
+from .._canonical import utcnow
+from .._errors import ChainBroken, MerkleMismatch, RecordTampered
+from .._model import Block, BlockColumns, BlockHeader, StoredBlock, StoredRecord
+from .merkle import MerkleBuilder, leaf_hashes, merkle_levels, merkle_root
 
 _EMPTY_ROOT = blake3(b"").digest()
 

@@ -15,7 +15,6 @@ A directory is hashed as its manifest (:mod:`._manifest`): :meth:`Hasher.hash` a
 
 from __future__ import annotations
 
-import errno
 import marshal
 import operator
 import os
@@ -27,10 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from blake3 import blake3
 
-from ._errors import ArtifactError
-from ._model import Artifact, DirectoryArtifact
+from .._errors import ArtifactError, describe_os_error
+from .._model import Artifact, DirectoryArtifact
 
-__all__ = ["Hasher", "StatCache", "hash_file", "lookup_paths", "normalize_path", "real_path", "walk_files"]
+__all__ = [
+    "Hasher", "StatCache", "cached_hasher", "hash_file", "hash_for_record", "lookup_paths", "normalize_path",
+    "real_path", "walk_files",
+]
 
 MMAP_THRESHOLD = 4 << 20
 _CHUNK = 1 << 20
@@ -73,24 +75,12 @@ def _stat(path: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except OSError as err:
-        raise ArtifactError(path, _describe(err)) from err
+        raise ArtifactError(path, describe_os_error(err)) from err
     if stat_module.S_ISDIR(st.st_mode):
         raise ArtifactError(path, "is a directory, not a file")
     if not stat_module.S_ISREG(st.st_mode):
         raise ArtifactError(path, "is not a regular file")
     return st
-
-
-def _describe(err: OSError) -> str:
-    if err.errno == errno.ELOOP:
-        return "symbolic link loop"
-    if err.errno == errno.ENOENT:
-        return "no such file"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if err.errno == errno.EISDIR:
-        return "is a directory, not a file"
-    return err.strerror or str(err)
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -109,7 +99,7 @@ def _digest(path: str, size: int) -> str:
                 hasher.update(chunk)
         return hasher.hexdigest()
     except OSError as err:
-        raise ArtifactError(path, _describe(err)) from err
+        raise ArtifactError(path, describe_os_error(err)) from err
 
 
 def hash_file(path: str | os.PathLike[str]) -> Artifact:
@@ -121,7 +111,7 @@ def hash_file(path: str | os.PathLike[str]) -> Artifact:
 
 
 def _hash_directory(path: str, hasher: Hasher) -> DirectoryArtifact:
-    from ._manifest import scan_directory
+    from .manifest import scan_directory
 
     manifest = scan_directory(path, hasher)
     return DirectoryArtifact(path, manifest.digest, manifest.size, manifest)
@@ -146,7 +136,7 @@ def walk_files(root: str, on_skip: Callable[[str, str], None] | None = None) -> 
     (a symbolic link loop, a directory without permission) raises :class:`ArtifactError`,
     or with ``on_skip`` is reported to it and skipped (see :func:`._manifest.walk_tree`).
     """
-    from ._manifest import walk_tree
+    from .manifest import walk_tree
 
     return walk_tree(root, on_skip=on_skip)
 
@@ -347,3 +337,21 @@ class Hasher:
         if self.cache is not None:
             self.cache.save()
         return results  # type: ignore[return-value]  # every position is filled by now
+
+
+def cached_hasher() -> Hasher:
+    """A hasher whose stat cache lives in this user's state directory (private, outside the
+    working tree): what pre-run checks and captures hash directories with, so an unchanged
+    large directory costs a stat per file."""
+    from .._environment import state_root
+
+    root = state_root()
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    return Hasher(StatCache(os.path.join(root, "statcache.db")))
+
+
+def hash_for_record(path: str):
+    """A file's digest read now, or a directory's through :func:`cached_hasher` (what
+    `lineage-ledger run` records its -i and -o paths with)."""
+    normal = normalize_path(path)
+    return cached_hasher().hash(normal) if os.path.isdir(normal) else hash_file(normal)

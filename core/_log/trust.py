@@ -32,24 +32,16 @@ from dataclasses import asdict, dataclass
 
 from blake3 import blake3
 
-from ._canonical import format_time, utcnow
-from ._errors import ConfigError, HistoryRewritten
-from ._merkle import _next_level
+from .._canonical import format_time, utcnow
+from .._environment import state_root
+from .._errors import ConfigError, HistoryRewritten
+from .merkle import _next_level
 
 __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 
 _NODE = 32
 _EMPTY = blake3(b"").digest()
 _STARTS = struct.Struct("<Q")
-
-
-def state_root() -> str:
-    """``$LINEAGE_STATE_DIR``, else ``$XDG_STATE_HOME/lineage-ledger``, else ``~/.local/state/lineage-ledger``."""
-    explicit = os.environ.get("LINEAGE_STATE_DIR")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "lineage-ledger")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The recording process behind :class:`ProcessCapture`: ``python -m lineage_ledger._capture_child``.
+"""The recording process behind :class:`ProcessCapture`: ``python -m lineage_ledger._capture.child``.
 
 Every ``LINGER`` seconds (at once when a request or a nudge comes on its standard input)
 it takes the task reports published in the shared :class:`~._ring.Ring`, records them as
@@ -23,10 +23,10 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
-from ._capture import TaskCapture, TaskRun
-from ._capture_process import REPORT_WITH_ID, decode_report
-from ._channel import NOTHING_YET, Channel
-from ._ring import Ring
+from .channel import NOTHING_YET, Channel
+from .process import REPORT_WITH_ID, decode_report
+from .ring import Ring
+from .task import TaskCapture, TaskRun
 
 log = logging.getLogger("lineage_ledger.capture")
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from blake3 import blake3
 
-from ._errors import SpoolCorrupt, SpoolError
-from ._model import Record, StoredRecord
-from ._terminal import printable
+from .._errors import SpoolCorrupt, SpoolError
+from .._model import Record, StoredRecord
+from .._terminal import printable
 
 __all__ = [
     "Refused", "Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans",

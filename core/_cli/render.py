@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._ledger import LedgerRecord, LineageNode
-from ._terminal import printable
-from ._verify import ArtifactCheck, Report
+from .._ledger.ledger import LedgerRecord, LineageNode
+from .._terminal import printable
+from .._verification.verify import ArtifactCheck, Report
 
 __all__ = ["derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json", "report_lines"]
 

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from blake3 import blake3
 
-from ._canonical import canonical_bytes
-from ._errors import ArtifactError
+from .._canonical import canonical_bytes
+from .._errors import ArtifactError, describe_os_error
 
 if TYPE_CHECKING:
-    from ._hashing import Hasher
-    from ._model import Record
+    from .._model import Record
+    from .hashing import Hasher
 
 __all__ = [
     "MANIFEST_ENGINE",
@@ -153,7 +153,7 @@ class Manifest:
 
 def manifest_record(manifest: Manifest) -> Record:
     """The record that keeps ``manifest`` in the ledger (same manifest, same record id)."""
-    from ._model import Record
+    from .._model import Record
 
     digest = manifest.digest
     return Record(
@@ -239,9 +239,7 @@ def _entries(root: str) -> Iterator[tuple[str, str, str]]:
 
 
 def _reason(err: OSError) -> str:
-    from ._hashing import _describe
-
-    return _describe(err)
+    return describe_os_error(err)
 
 
 # Manifests this process computed lately, by digest: a plugin that hashed a directory
@@ -313,24 +311,3 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
                 files.append(entry.path)
         files.reverse()
         yield from files
-
-
-def cached_hasher() -> Hasher:
-    """A hasher whose stat cache lives in this user's state directory (private, outside the
-    working tree): what pre-run checks and captures hash directories with, so an unchanged
-    large directory costs a stat per file."""
-    from ._hashing import Hasher, StatCache
-    from ._trust import state_root
-
-    root = state_root()
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    return Hasher(StatCache(os.path.join(root, "statcache.db")))
-
-
-def hash_for_record(path: str):
-    """A file's digest read now, or a directory's through :func:`cached_hasher` (what
-    `lineage-ledger run` records its -i and -o paths with)."""
-    from ._hashing import hash_file, normalize_path
-
-    normal = normalize_path(path)
-    return cached_hasher().hash(normal) if os.path.isdir(normal) else hash_file(normal)

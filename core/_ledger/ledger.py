@@ -22,16 +22,16 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._canonical import format_time
-from ._chain import ChainSummary, ChainTip, build_block
-from ._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
-from ._hashing import lookup_paths
-from ._lineage import LedgerRecord, LineageNode, LineageQueries
-from ._manifest import Manifest
-from ._model import Record, StoredBlock, StoredRecord
-from ._spool import describe_quarantine, spool_directory, spool_path, take_orphans
-from ._trust import TreeHead, TrustStore
-from ._verified import AuditResult, Verifier
+from .._canonical import format_time
+from .._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
+from .._files.hashing import lookup_paths
+from .._files.manifest import Manifest
+from .._log.chain import ChainSummary, ChainTip, build_block
+from .._log.trust import TreeHead, TrustStore
+from .._log.verified import AuditResult, Verifier
+from .._model import Record, StoredBlock, StoredRecord
+from .lineage import LedgerRecord, LineageNode, LineageQueries
+from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend, Located
@@ -94,7 +94,7 @@ class Ledger(LineageQueries):
         return stored.id
 
     def recorder(self, **options: Any):
-        from ._recorder import Recorder
+        from .recorder import Recorder
 
         return Recorder(self, **options)
 
@@ -346,8 +346,8 @@ class Ledger(LineageQueries):
 
     def inclusion_proof(self, entry: LedgerRecord) -> tuple[TreeHead, int, list[str]]:
         """(tree head, leaf index, RFC 9162 audit path) for a record read from this ledger."""
-        from ._tree import BLAKE3
-        from ._tree import inclusion_proof as path_of
+        from .._log.tree import BLAKE3
+        from .._log.tree import inclusion_proof as path_of
 
         store = self.verifier.store
         head = self.tree_head()
@@ -375,7 +375,7 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
     damaged, :class:`SpoolCorrupt` is raised after the good ones are in the ledger.
     ``read_only`` opens an existing ledger without writing anything to it (no spool replay,
     no schema): a missing or empty one raises :class:`NoLedger`. ``state_dir`` is where the
-    verified tree head is kept (default: see :func:`lineage_ledger._trust.state_root`).
+    verified tree head is kept (default: see :func:`lineage_ledger._log.trust.state_root`).
     """
     from lineage_ledger.backends import open_backend
 

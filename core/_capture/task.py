@@ -39,17 +39,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from blake3 import blake3
 
-from ._drain import BatchWorker
-from ._environment import current_environment
-from ._errors import ArtifactError
-from ._hashing import Hasher, hash_file, normalize_path
-from ._manifest import Manifest, manifest_record, recall
-from ._model import DirectoryArtifact, Record
+from .._environment import current_environment
+from .._errors import ArtifactError
+from .._files.hashing import Hasher, hash_file, normalize_path
+from .._files.manifest import Manifest, manifest_record, recall
+from .._model import DirectoryArtifact, Record
+from .drain import BatchWorker
 
 if TYPE_CHECKING:
-    from ._deferred import DeferredLedger
-    from ._ledger import Ledger
-    from ._recorder import Recorder
+    from .._ledger.deferred import DeferredLedger
+    from .._ledger.ledger import Ledger
+    from .._ledger.recorder import Recorder
 
 __all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 
@@ -250,7 +250,7 @@ class TaskCapture:
         if directory is None:
             deferred = self._deferred
             if deferred is None:
-                from ._deferred import spool_first
+                from .._ledger.deferred import spool_first
 
                 deferred = spool_first(self.url, spool=self.spool)
                 directory = deferred.spool_dir
@@ -278,8 +278,8 @@ class TaskCapture:
             return recorder
         with self._lock:
             if self._recorder is None:
-                from ._deferred import spool_first
-                from ._recorder import Recorder
+                from .._ledger.deferred import spool_first
+                from .._ledger.recorder import Recorder
 
                 deferred = spool_first(self.url, spool=self.spool)
                 try:
@@ -516,7 +516,7 @@ class TaskCapture:
             return hash_file(path)
         with self._lock:
             if self._dir_hasher is None:
-                from ._manifest import cached_hasher
+                from .._files.hashing import cached_hasher
 
                 self._dir_hasher = cached_hasher()
             hasher = self._dir_hasher

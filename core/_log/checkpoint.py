@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ._errors import CheckpointInvalid, ConfigError
+from .._errors import CheckpointInvalid, ConfigError
 
 __all__ = [
     "Checkpoint",

@@ -18,18 +18,18 @@ Three operations, after RFC 9162 and the Go checksum-database client:
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from . import _audit_parallel as _parallel
-from ._chain import ChainSummary, verify_block_columns
-from ._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
-from ._trust import TreeHead, TreeWriter, TrustStore
+from .._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
+from . import audit_parallel as _parallel
+from .audit_rows import ExistingFiles, IndexChecker, decode_views
+from .chain import ChainSummary, verify_block_columns
+from .trust import TreeHead, TreeWriter, TrustStore
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend, Located
@@ -72,19 +72,6 @@ class _Dedup:
                 suspects.append(ids[i])
             table[a >> 3] |= ma
             table[b >> 3] |= mb
-
-
-def _index_view():
-    """A decoder that reads only what the index holds from a record body (5x ``json``).
-
-    The structs are built with ``defstruct`` here, not declared at module level, so that
-    importing this module does not import msgspec (only an audit needs it)."""
-    import msgspec
-
-    digest = msgspec.defstruct("Digest", [("blake3", str)])
-    view = msgspec.defstruct("IndexView", [("run_id", str), ("ended", str), ("inputs", dict[str, digest]),
-                                           ("outputs", dict[str, digest])])
-    return msgspec.json.Decoder(view), msgspec.DecodeError
 
 
 class Verifier:
@@ -215,13 +202,13 @@ class Verifier:
         """The audit in this process; raises the error that names the first problem."""
         backend = self.backend
         dedup = _Dedup(records)
-        checker = _IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
-        outputs = _ExistingFiles() if files else None
+        checker = IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
+        outputs = ExistingFiles() if files else None
 
         def on_block(block, first: int, leaves: list[bytes]) -> None:
             dedup.add(block.ids, leaves)
             if checker is not None or outputs is not None:
-                views = _decode_views(block)
+                views = decode_views(block)
                 if checker is not None:
                     checker.block(block, first, views)
                 if outputs is not None:
@@ -347,118 +334,6 @@ class Verifier:
                 f"an index row places record {stored.id[:16]} at block {height}, position {position}, "
                 "but the verified tree holds another record there", height=height)
         return index
-
-
-def _decode_views(block) -> list[Any]:
-    decoder, error = _DECODER or _load_decoder()
-    try:
-        return [decoder.decode(body) for body in block.bodies]
-    except error as err:
-        raise RecordTampered(f"block {block.height}: a record is not readable ({err})",
-                             height=block.height) from err
-
-
-_DECODER: tuple[Any, Any] | None = None
-
-
-def _load_decoder() -> tuple[Any, Any]:
-    global _DECODER
-    _DECODER = _index_view()
-    return _DECODER
-
-
-class _IndexChecker:
-    """Compares the back-end's index, a range of records at a time, with the verified
-    records: each record's row (id, place, run) and its artifact rows, folded into one text
-    by the database, against the same fold of what the record body says. Artifact rows that
-    belong to no record show in the final count."""
-
-    _CHUNK = 5000
-
-    def __init__(self, backend: Backend) -> None:
-        from lineage_ledger.backends._base import fold_artifacts
-
-        self.backend = backend
-        self.fold = fold_artifacts
-        self.rows: list[Any] = []
-        self.at = 0  # index into rows
-        self.loaded = 0  # rows cover sequence numbers below this
-        self.compared = 0
-        self.artifacts = 0
-
-
-    def _row(self, seq: int) -> Any:
-        if seq >= self.loaded:
-            self.rows = self._fetch(seq)
-            self.at, self.loaded = 0, seq + self._CHUNK
-        if self.at < len(self.rows) and self.rows[self.at].seq == seq:
-            self.at += 1
-            return self.rows[self.at - 1]
-        return None
-
-    def _fetch(self, seq: int) -> list[Any]:
-        # Read on this thread: a second thread reading ahead made it slower (the reader
-        # thread needs the GIL for every row it builds; measured 1.04 s alone, 1.24 s waited).
-        return self.backend.index_summaries(seq, seq + self._CHUNK) or []
-
-    def block(self, block, first: int, views: list[Any]) -> None:
-        fold, height = self.fold, block.height
-        for position, (record_id, view) in enumerate(zip(block.ids, views, strict=True)):
-            row = self._row(first + position)
-            if row is None:
-                raise IndexTampered(f"record {record_id[:16]} (block {height}, position {position}) "
-                                    "has no index row", height=height)
-            inputs = [(p, d.blake3) for p, d in view.inputs.items()]
-            outputs = [(p, d.blake3) for p, d in view.outputs.items()]
-            self.artifacts += len(inputs) + len(outputs)
-            expected = fold(inputs, outputs, view.ended)
-            if (row.id, row.height, row.pos, row.run_id) != (record_id, height, position, view.run_id) or (
-                    row.artifacts != expected and sorted((row.artifacts or "").split("\n"))
-                    != sorted((expected or "").split("\n"))):
-                raise IndexTampered(
-                    f"the index row of record {record_id[:16]} (block {height}, position {position}) "
-                    f"disagrees with the record: {_difference(row, record_id, height, position, view)}",
-                    height=height)
-            self.compared += 1
-
-    def finish(self, size: int) -> None:
-        stored = self.backend.artifact_count(size)
-        if stored != self.artifacts:
-            raise IndexTampered(f"the index holds {stored} artifact rows for the first {size} records, "
-                                f"which name {self.artifacts}: rows were added or moved outside any record")
-
-
-def _difference(row, record_id: str, height: int, position: int, view) -> str:
-    if row.id != record_id:
-        return "another record id"
-    if (row.height, row.pos) != (height, position):
-        return f"place (block {row.height}, position {row.pos})"
-    if row.run_id != view.run_id:
-        return "run id"
-    return "artifact paths, digests or roles"
-
-
-class _ExistingFiles:
-    """Output paths that exist on disk, collected while the audit streams (one stat per
-    directory for the many paths whose directory is gone)."""
-
-    def __init__(self) -> None:
-        self.found: list[str] = []
-        self._seen: set[str] = set()
-        self._dirs: dict[str, bool] = {}
-
-    def add(self, outputs) -> None:
-        dirs, seen = self._dirs, self._seen
-        for path in outputs:
-            if path in seen:
-                continue
-            directory = path.rpartition("/")[0] or "/"  # absolute, normal paths (C speed)
-            present = dirs.get(directory)
-            if present is None:
-                present = dirs[directory] = os.path.isdir(directory)
-            if present and os.path.lexists(path):
-                seen.add(path)
-                self.found.append(path)
 
 
 def _first_difference(old: TrustStore, new: TrustStore, size: int) -> int:

@@ -1,0 +1,165 @@
+"""Commands that answer from the ledger: ``log``, ``show``, ``why`` and ``depends``.
+
+Each opens the ledger read-only and answers only from rows it has proved against the
+verified tree head (docs/verification.md)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .._errors import LedgerError
+from .._files.hashing import normalize_path
+from .._ledger.ledger import Ledger
+from .._terminal import json_text, printable
+from .common import json_option, ledger_option, open_read_only
+from .render import derived_lines, describe_record, lineage_json, lineage_lines
+
+__all__ = ['depends', 'log_command', 'show', 'why']
+
+
+@click.command(name="log")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many records, newest last; 0 for all.")
+@click.option("--run", "run_id", help="Only the records of this run.")
+@ledger_option
+@json_option
+def log_command(limit, run_id, ledger_url, as_json) -> None:
+    """List recorded tasks (the last 20 unless -n says otherwise)."""
+    from .._files.manifest import is_manifest_record
+
+    with open_read_only(ledger_url) as ledger:
+        if run_id:
+            entries = ledger.run(run_id)
+            total, truncated = len(entries), bool(limit) and len(entries) > limit
+        else:
+            # Directory manifests are records too, but no task: they are not listed.
+            total, want = ledger.tree_head().size, limit
+            while True:
+                fetched = ledger.recent(want)
+                entries = [e for e in fetched if not is_manifest_record(e.record)]
+                if not limit or len(entries) >= limit or len(fetched) < want:
+                    break
+                want *= 2
+            truncated = bool(limit) and total > len(fetched)
+        entries = entries[-limit:] if limit else entries
+        if truncated:  # say so: a listing that stops at 20 reads like the whole ledger
+            click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
+        for entry in entries:
+            if as_json:
+                click.echo(json_text({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
+            else:
+                outs = ", ".join(printable(os.path.relpath(p)) for p, e in entry.record.outputs.items()
+                                 if "alias_of" not in e) or "-"
+                click.echo(f"{describe_record(entry)}  -> {outs}")
+
+
+
+@click.command()
+@click.argument("record_id")
+@ledger_option
+def show(record_id, ledger_url) -> None:
+    """Show one record (an id or a unique prefix), its place and its inclusion proof."""
+    with open_read_only(ledger_url) as ledger:
+        entry = ledger.get(record_id)
+        head, index, proof = ledger.inclusion_proof(entry)
+        body = {
+            "id": entry.id,
+            "block": {"height": entry.height, "position": entry.position},
+            "tree": {"origin": head.origin, "size": head.size, "root": head.root, "leaf_index": index,
+                     "inclusion_proof": proof},
+            "record": entry.record.to_dict(),
+        }
+        click.echo(json_text(body, indent=2, sort_keys=True))
+
+
+
+@click.command()
+@click.argument("path")
+@ledger_option
+@json_option
+def why(path, ledger_url, as_json) -> None:
+    """Show the lineage of PATH: the tasks and files it derives from, back to the sources."""
+    with open_read_only(ledger_url) as ledger:
+        tree = ledger.lineage(path)
+        if tree.kind == "source" and not ledger.consumers(tree.path):
+            # A file no record names may lie in a recorded directory: its lineage is the directory's.
+            inside = ledger.container_of(tree.path)
+            if inside is None:
+                raise LedgerError(f"{path}: no record in the ledger read or wrote it")
+            directory, _, _, entry = inside
+            tree = ledger.lineage(directory, entry["blake3"])
+            if as_json:
+                click.echo(json_text({"path": normalize_path(path), "within": directory,
+                                      "lineage": lineage_json(tree)}, indent=2))
+                return
+            click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(directory))}:")
+        if as_json:
+            click.echo(json_text(lineage_json(tree), indent=2))
+        else:
+            click.echo("\n".join(lineage_lines(tree)))
+            _say_adopted(tree)
+
+
+
+def _say_adopted(tree) -> None:
+    """Who accepted this version, and why, where an adoption produced it."""
+    from .._ledger.lineage import is_adoption
+
+    producer = tree.producer
+    if producer is not None and is_adoption(producer.record):
+        extra = producer.record.extra
+        note = f": {printable(str(extra['note']))}" if extra.get("note") else ""
+        click.echo(f"adopted by {printable(str(extra.get('adopted_by', '?')))} at "
+                   f"{producer.record.ended:%Y-%m-%d %H:%M:%SZ}{note}")
+
+
+
+@click.command()
+@click.argument("path")
+@click.option("-n", "--limit", default=50, show_default=True,
+              help="At most this many consumers of each file (the oldest); 0 lists them all.")
+@click.option("--all", "show_all", is_flag=True, help="List every consumer (same as --limit 0).")
+@ledger_option
+def depends(path, limit, show_all, ledger_url) -> None:
+    """Show what was derived from PATH: its consumers, their outputs, and so on."""
+    with open_read_only(ledger_url) as ledger:
+        normal = ledger.query_path(path)
+        if not ledger.count_consumers(normal):
+            inside = ledger.container_of(normal)
+            if inside is not None:  # what was derived from the recorded directory it lies in
+                click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(inside[0]))}:")
+                normal = path = inside[0]
+        if show_all or limit <= 0:
+            _depends_streamed(ledger, normal, path)
+            return
+        tree = ledger.derived(normal, limit=limit)
+        if not tree:
+            click.echo(f"{printable(path)}: nothing in the ledger was derived from it")
+            return
+        click.echo("\n".join(derived_lines(normal, tree)))
+
+
+
+def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) -> None:
+    """Every consumer, a page at a time, printed as it is proved: memory stays bounded for a
+    file a million tasks read."""
+    seen: set[str] = set()
+    offset, printed = 0, False
+    while True:
+        consumers = ledger.consumers(normal, offset=offset, limit=page)
+        for consumer in consumers:
+            if consumer.id in seen:
+                continue
+            children = [(out, ledger.derived(out, entry["blake3"], seen)) for out, entry in
+                        sorted(consumer.record.outputs.items())]
+            seen.add(consumer.id)
+            lines = derived_lines(normal, [(consumer, children)])
+            click.echo("\n".join(lines if not printed else lines[1:]))
+            printed = True
+        if len(consumers) < page:
+            break
+        offset += page
+    if not printed:
+        click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
+

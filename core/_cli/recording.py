@@ -1,0 +1,230 @@
+"""Commands that record: ``run``, ``adopt``, ``hash`` (what a record would say of files),
+and the ``spool`` group (records journaled locally and not yet in the ledger)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .._canonical import canonical_bytes, utcnow
+from .._errors import ConfigError
+from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
+from .._ledger.ledger import open_ledger
+from .._model import Artifact, digest_hex
+from .._terminal import json_text, printable
+from .common import json_option, ledger_option
+
+__all__ = ['adopt', 'hash_command', 'run', 'spool']
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        params[key] = value
+    return params
+
+
+
+def _code_digest(command: tuple[str, ...], declared: set[str]) -> str:
+    """Commit to the command line and to any script file it names (not its data files)."""
+    scripts = {}
+    for arg in command:
+        if os.path.isfile(arg) and normalize_path(arg) not in declared:
+            scripts[normalize_path(arg)] = hash_file(arg).blake3
+    return digest_hex(canonical_bytes({"argv": list(command), "files": scripts}))
+
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-i", "--input", "inputs", multiple=True, help="A file the command reads (repeatable).")
+@click.option("-o", "--output", "outputs", multiple=True, help="A file the command writes (repeatable).")
+@click.option("-n", "--name", help="Task name (default: the program's name).")
+@click.option("--run-id", envvar="LINEAGE_RUN_ID", help="Group tasks of one workflow run.")
+@click.option("-p", "--param", "params", multiple=True, help="A parameter KEY=VALUE to record.")
+@click.option("--ship-wait", "wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              envvar="LINEAGE_SHIP_WAIT",
+              help="Seconds to wait for the ledger to take the record; after that it waits in the spool.")
+@ledger_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> None:
+    """Hash the inputs, run COMMAND, hash the outputs, record it all.
+
+    The record is made durable in the local spool first; a locked or unreachable ledger
+    leaves it there (see `lineage-ledger spool`). SIGINT, SIGTERM and SIGHUP are passed on
+    to COMMAND. Exit status: COMMAND's, 128+N if a signal N ended or interrupted it, 2 if
+    nothing ran (bad configuration or input, a spool that cannot be written).
+
+    \b
+    Example:
+      lineage-ledger run -i data/raw.csv -o data/clean.csv -- python clean.py data/raw.csv
+    """
+    from .run import run_and_record
+
+    parameters = _parse_params(params)
+    try:
+        canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs
+    except ValueError as err:
+        raise ConfigError(f"--param: {err}") from err
+    sys.exit(run_and_record(command, inputs=inputs, outputs=outputs, name=name, run_id=run_id,
+                            parameters=parameters, ledger_url=ledger_url, wait=wait, code_digest=_code_digest))
+
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--note", help="Why the change is accepted (kept in the record).")
+@ledger_option
+def adopt(paths, note, ledger_url) -> None:
+    """Accept the current content of PATHS (files or directories) as a new recorded version.
+
+    Records who adopted what, when and why, so that `strict` pre-run checks accept the
+    files from then on, a later edit is still caught, and `why PATH` shows the adoption.
+    """
+    from .adopt import adopt as adopt_paths
+
+    with open_ledger(ledger_url) as ledger:
+        entry, previous = adopt_paths(ledger, paths, note)
+    for path, digest in previous.items():
+        now = entry.record.outputs[path]["blake3"]
+        before = "no record named it" if digest is None else (
+            "unchanged" if digest == now else f"was {digest[:12]}")
+        click.echo(f"adopted {printable(os.path.relpath(path))} {now[:12]} ({before})")
+    click.echo(f"recorded {entry.id[:12]} (adopt by {printable(entry.record.extra['adopted_by'])})", err=True)
+
+
+
+@click.command(name="hash")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--rehash", is_flag=True, help="Ignore the stat cache and read every file again.")
+@click.option("--cache", "cache_path", default=".lineage/statcache.db", show_default=True,
+              help="Stat cache file (digests keyed by size, mtime, ctime and inode).")
+@click.option("--dir", "as_dirs", is_flag=True,
+              help="Print one digest per directory, of its manifest, as records name it (docs/directories.md).")
+@json_option
+def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
+    """Print the BLAKE3 digest and size of files (directories are walked; an entry that
+    cannot be read, such as a symbolic link loop, is reported and skipped)."""
+    files: list[str] = []
+
+    def skipped(entry: str, reason: str) -> None:
+        click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
+
+    for path in paths:
+        normal = normalize_path(path)
+        files.extend(walk_files(normal, on_skip=skipped) if os.path.isdir(normal) and not as_dirs else [normal])
+    hasher = Hasher(StatCache(cache_path), rehash=rehash)
+    artifacts = [hasher.hash(f) for f in files] if as_dirs else _hash_with_progress(hasher, files)
+    if as_dirs:
+        hasher.cache.save()  # type: ignore[union-attr]  # a cache is always given here
+    for artifact in artifacts:
+        if as_json:
+            kind = {"type": "dir"} if artifact.is_dir else {}
+            click.echo(json_text({"path": artifact.path, "blake3": artifact.blake3, "size": artifact.size, **kind}))
+        else:
+            shown = printable(os.path.relpath(artifact.path)) + ("/" if artifact.is_dir else "")
+            click.echo(f"{artifact.blake3}  {artifact.size:>12}  {shown}")
+
+
+
+def _hash_with_progress(hasher: Hasher, files: list[str]):
+    if not sys.stderr.isatty() or len(files) < 2:
+        return hasher.hash_many(files)
+    total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+    if total < (256 << 20) and len(files) < 2000:
+        return hasher.hash_many(files)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
+
+    # Progress advances per file (a large file is one mmap call), so no speed column:
+    # threads finishing together would show absurd rates.
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        done = [0]
+        task = progress.add_task(f"hashing 0/{len(files)} files", total=total)
+
+        def advance(artifact: Artifact) -> None:
+            done[0] += 1
+            progress.update(task, advance=artifact.size, description=f"hashing {done[0]}/{len(files)} files")
+
+        return hasher.hash_many(files, on_done=advance)
+
+
+
+spool_option = click.option(
+    "--spool", "spool_root", envvar="LINEAGE_SPOOL", default=".lineage/spool", show_default=True,
+    help="The spool directory (records journaled here and not yet in a ledger).",
+)
+
+
+
+@click.group()
+def spool() -> None:
+    """Records journaled in the local spool and not yet in the ledger."""
+
+
+
+@spool.command(name="status")
+@spool_option
+@json_option
+def spool_status(spool_root, as_json) -> None:
+    """Show what waits in the spool, per ledger: how many records, and the oldest one's age."""
+    from .._ledger.deferred import backlog
+
+    now = utcnow()
+    found = [entry for entry in backlog(spool_root) if entry.records or entry.quarantined]
+    if as_json:
+        click.echo(json_text([entry.to_json(now) for entry in found], indent=2))
+        return
+    if not found:
+        click.echo("nothing waits in the spool")
+    for entry in found:
+        line = f"{entry.records} record(s) wait for {printable(entry.url)}"
+        if entry.oldest is not None:
+            line += f", the oldest ended {_age(now, entry.oldest)} ago"
+        if entry.live:
+            line += f" ({entry.live} held by running processes, which ship them)"
+        if entry.quarantined:
+            line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {printable(entry.directory)}/quarantine"
+        click.echo(line)
+
+
+
+def _age(now, then) -> str:
+    seconds = max(0.0, (now - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+
+@spool.command(name="ship")
+@ledger_option
+@spool_option
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for the ledger to take the records.")
+def spool_ship(ledger_url, spool_root, timeout) -> None:
+    """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
+    the ledger did not take them (they keep waiting)."""
+    from .._ledger.deferred import WaitingInSpool, ship
+
+    try:
+        shipped, left = ship(ledger_url, spool=spool_root, timeout=timeout)
+    except WaitingInSpool as err:
+        click.echo(f"error: {printable(str(err))}; {err.left.records} record(s) wait in the spool "
+                   f"{printable(err.left.directory)}", err=True)
+        sys.exit(2)
+    click.echo(f"shipped {shipped} record(s)", err=True)
+    if left.live:
+        click.echo(f"{left.live} record(s) are held by running processes, which ship them", err=True)
+    waiting = left.records - left.live
+    if waiting:
+        click.echo(f"error: {waiting} record(s) still wait in the spool {printable(left.directory)}", err=True)
+        sys.exit(2)
+

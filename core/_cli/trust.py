@@ -1,0 +1,176 @@
+"""Commands about trust: ``verify`` (the ``verify-lineage`` command), ``keygen``,
+``checkpoint``, ``reset-trust`` and ``migrate``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .._canonical import utcnow
+from .._errors import CheckpointInvalid, ConfigError, VerificationError
+from .._terminal import json_text, printable
+from .._verification.verify import verify_against, verify_lineage
+from .common import json_option, ledger_option, open_read_only
+from .render import report_json, report_lines
+
+__all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
+
+
+@click.command(name="verify")
+@click.argument("targets", nargs=-1)
+@click.option("--against", "checkpoint_file", type=click.Path(dir_okay=False),
+              help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
+@click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False),
+              help="A public key the checkpoint must be signed by (repeatable; needs --against).")
+@click.option("--quorum", type=click.IntRange(min=1), default=None,
+              help="How many distinct keys of those given must have signed the checkpoint (default 1; "
+                   "a BAASH checkpoint: more than two thirds of its ranks.pub).")
+@click.option("--crate", "crate_path", type=click.Path(),
+              help="Verify an RO-Crate written by `lineage-ledger export --format ro-crate`, offline, "
+                   "without the ledger (with --pubkey: its checkpoint's signature too).")
+@ledger_option
+@json_option
+def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as_json) -> None:
+    """Verify the ledger, TARGETS against it, and their lineage back to the sources.
+
+    With no TARGET, audit the whole ledger (every block, record and index row, and every
+    recorded output still on disk). With TARGETS, bring the tree head verified before up to
+    date and prove every record used. Exit 0 verified, 1 a check failed, 2 an error.
+    """
+    if crate_path is not None:
+        if targets or checkpoint_file:
+            raise click.UsageError("--crate takes no TARGET and no --against")
+        from ..exports._crate_verify import verify_crate_command
+
+        sys.exit(verify_crate_command(crate_path, pubkeys, as_json))
+    if quorum is not None and not pubkeys:
+        raise click.UsageError("--quorum needs --pubkey (the keys whose signatures count)")
+    checkpoint = _read_checkpoint(checkpoint_file, pubkeys, quorum) if checkpoint_file else None
+    if checkpoint is not None and not pubkeys:
+        click.echo("note: no --pubkey given: the checkpoint's signature is not checked, so it vouches only "
+                   "as far as the file itself can be trusted", err=True)
+    if pubkeys and not checkpoint_file:
+        raise click.UsageError("--pubkey needs --against CHECKPOINT")
+    with open_read_only(ledger_url) as ledger:
+        report = verify_lineage(ledger, targets)
+        if checkpoint is not None and report.ok:
+            try:
+                report.against = verify_against(ledger, checkpoint)
+            except VerificationError as failure:
+                report.fail(failure)
+    for entry, reason in report.skipped:  # entries of the trees given that could not be read
+        click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
+    if as_json:
+        data = report_json(report)
+        if report.skipped:
+            data["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
+        click.echo(json_text(data, indent=2))
+    else:
+        click.echo("\n".join(report_lines(report)))
+    sys.exit(0 if report.ok else 1)
+
+
+
+def _read_checkpoint(path: str, pubkeys: tuple[str, ...], quorum: int | None = None):
+    from .._log.checkpoint import load_verifiers, parse, signed_by
+
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read((1 << 16) + 1)  # one byte over the limit: parse refuses it
+    except OSError as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {err.strerror}") from err
+    verifiers = [v for key in pubkeys for v in load_verifiers(key)]
+    checkpoint = parse(text, verifiers)
+    if quorum is not None:
+        distinct = len({(v.name, v.key_id) for v in verifiers})
+        if quorum > distinct:
+            raise ConfigError(f"--quorum {quorum}: only {distinct} distinct public keys were given")
+        signed = signed_by(text, verifiers)
+        if len(signed) < quorum:
+            names = ", ".join(sorted(v.name for v in signed)) or "none"
+            raise CheckpointInvalid(f"{path} is signed by {len(signed)} of the {distinct} keys given ({names}); "
+                                    f"--quorum asks for {quorum}")
+    return checkpoint
+
+
+
+@click.command()
+@click.argument("keyfile", type=click.Path(dir_okay=False))
+@click.option("--name", help="The key's name in signatures (default: lineage-ledger/USER@HOST).")
+def keygen(keyfile, name) -> None:
+    """Write an ed25519 key pair for signing checkpoints: KEYFILE (private, 0600) and KEYFILE.pub."""
+    import getpass
+    import socket
+
+    from .._log.checkpoint import write_keypair
+
+    write_keypair(keyfile, name or f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
+    click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
+
+
+
+@click.command()
+@click.option("--key", "keyfile", type=click.Path(dir_okay=False), help="Sign with this private key.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of standard output.")
+@ledger_option
+def checkpoint(keyfile, output, ledger_url) -> None:
+    """Write a checkpoint of the verified tree head: origin, size, root and time, signed with --key.
+
+    Publish it anywhere (a git repository, a paper's supplement); later,
+    `verify-lineage --against FILE` proves the ledger only grew since.
+    """
+    from .._log.checkpoint import Checkpoint, load_signer, sign
+
+    signer = load_signer(keyfile) if keyfile else None
+    with open_read_only(ledger_url) as ledger:
+        head = ledger.tree_head()
+    note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
+    text = sign(note, signer) if signer else note.body()
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"checkpoint of {head.size} records, root {head.root}, written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+
+@click.command(name="reset-trust")
+@ledger_option
+def reset_trust(ledger_url) -> None:
+    """Forget the tree head remembered for this ledger (after restoring it from a backup on
+    purpose); the next command audits it again."""
+    import shutil
+
+    from lineage_ledger.backends import open_backend
+
+    from .._log.trust import TreeHead, TrustStore
+
+    with open_backend(ledger_url, create=False) as backend:
+        directory = TrustStore.directory_for(backend.identity)
+    try:
+        with open(os.path.join(directory, "head.json"), "rb") as handle:
+            old: TreeHead | None = TreeHead.from_json(handle.read())
+    except (OSError, ValueError, KeyError, TypeError):
+        old = None
+    shutil.rmtree(directory, ignore_errors=True)
+    if old is None:
+        click.echo("nothing was remembered for this ledger", err=True)
+    else:
+        click.echo(f"forgot the tree head of {old.size} records (root {old.root}) verified on {old.verified}",
+                   err=True)
+
+
+
+@click.command()
+@ledger_option
+def migrate(ledger_url) -> None:
+    """Bring a ledger written by an older lineage-ledger to the current layout (once)."""
+    from lineage_ledger.backends import open_backend
+
+    with open_backend(ledger_url) as backend:
+        changed = backend.migrate() if hasattr(backend, "migrate") else False
+    click.echo("migrated" if changed else "already current", err=True)
+
