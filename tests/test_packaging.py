@@ -127,3 +127,14 @@ def test_fabric_extra_after_airflow_keeps_protobuf_consistent(tmp_path):
     assert versions["protobuf"].split(".")[0] == "5"
     assert "googleapis-common-protos" in versions, "the plan leaves googleapis-common-protos 1.76 on protobuf 5"
     assert tuple(int(x) for x in versions["googleapis-common-protos"].split(".")[:2]) < (1, 76)
+
+
+def test_the_snakemake_catalog_finds_the_plugins_docs_where_it_looks():
+    # The catalog (snakemake-plugin-catalog, collect_plugins.py) fetches
+    # {Repository}/blob/{main|master}/docs/intro.md: the root of the repository that the
+    # plugin's metadata names, not the plugin's own folder in it.
+    meta = tomllib.loads((ROOT / "plugins" / "snakemake" / "pyproject.toml").read_text())
+    repository = meta["project"]["urls"]["Repository"]
+    assert repository.startswith("https://github.com/") and repository.rstrip("/").count("/") == 4, repository
+    intro = (ROOT / "docs" / "intro.md").read_text()
+    assert "--logger ledger" in intro and "--logger-ledger-policy" in intro
