@@ -22,7 +22,8 @@ __all__ = [
 # scheme -> (module:class, extra that provides its dependencies or None)
 _BUILTIN: dict[str, tuple[str, str | None]] = {
     "memory": ("lineage_ledger.backends.memory:MemoryBackend", None),
-    "sqlite": ("lineage_ledger.backends.sql:SQLBackend", None),
+    # A writable SQLite ledger is appended to through sqlite3 (SQLAlchemy only to migrate).
+    "sqlite": ("lineage_ledger.backends.sqlite:SQLiteBackend", None),
     "postgresql": ("lineage_ledger.backends.sql:SQLBackend", "postgres"),
     "baash": ("lineage_ledger.backends.baash:BaashBackend", "mpi"),
     "fabric": ("lineage_ledger.backends.fabric:FabricBackend", "fabric"),

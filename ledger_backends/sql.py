@@ -12,7 +12,9 @@ ledger we may not write is read completely, the committed transactions still in 
 ``-wal`` file included (see :func:`~._sql_reads.read_only_uri`). An SQLite ledger opened so
 is a :class:`~._sql_reads.SQLiteReader`, which reads through :mod:`sqlite3` and never
 imports SQLAlchemy (what a fresh read-only process would otherwise spend most of its time
-on); the queries of both are in :class:`~._sql_reads._SQLReads`.
+on); the queries of both are in :class:`~._sql_reads._SQLReads`. An SQLite ledger opened
+for writing through ``open_backend`` is a :class:`~.sqlite.SQLiteBackend`, which appends
+through :mod:`sqlite3` as well and comes here only to migrate an old schema.
 
 A new SQLite file is created 0600 (its ``-wal`` and ``-shm`` get the same mode from
 SQLite) and a directory this code creates for it 0700, whatever the umask. To share a
@@ -60,12 +62,15 @@ from ._sql_reads import (
     read_only_uri,
     refusal,
 )
+from .sqlite import ORIGIN_PREFIX
+from .sqlite import create_private_file as _create_private_file
+from .sqlite import ended_of as _ended_of
+from .sqlite import make_private_dirs as _make_private_dirs
 
 __all__ = ["SQLBackend"]
 
 logger = logging.getLogger(__name__)
 
-ORIGIN_PREFIX = "lineage-ledger:"
 # Serialises schema creation and migration between processes on PostgreSQL.
 _PG_SCHEMA_LOCK = 0x6C6C_7363_6865_6D61 & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -126,17 +131,6 @@ artifacts_table = sa.Table(
 )
 
 
-def _ended_of(body: bytes) -> str:
-    """The ``ended`` field of a record body (for records stored without it extracted)."""
-    import json
-
-    try:
-        value = json.loads(body).get("ended", "")
-    except (ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""
-
-
 def _engine_url(url: str) -> str:
     scheme, rest = url.split("://", 1) if "://" in url else ("sqlite", None)
     if rest is None:  # a plain path
@@ -180,43 +174,6 @@ def _translated(what: str, url: str):
         raise database_error(what, shown, text) from _safe_cause(err, url)
     except exc.SQLAlchemyError as err:
         raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from _safe_cause(err, url)
-
-
-def _make_private_dirs(directory: str, shown: str) -> None:
-    """Create ``directory`` and any missing parents 0700 (whatever the umask); directories
-    that exist, or that another process creates meanwhile, keep their mode."""
-    missing = []
-    current = os.path.abspath(directory)
-    while not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
-        os.chmod(path, 0o700)
-
-
-def _create_private_file(path: str, shown: str) -> None:
-    """Create the ledger file 0600 before SQLite opens it (SQLite gives its -wal and -shm
-    files the database file's mode). An existing file is left as it is."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return
-    except OSError as err:
-        raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()

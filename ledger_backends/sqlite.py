@@ -1,0 +1,347 @@
+"""SQLite ledgers read and appended through the standard library's :mod:`sqlite3`.
+
+Recording processes are short: ``lineage-ledger run``, ``lineage-ledger spool ship``, the
+engines' recording processes and shippers each open the default SQLite ledger, append a
+few records and exit. ``import sqlalchemy`` alone cost such a process 0.15-0.33 s of CPU,
+several times what the append itself costs, so :class:`SQLiteBackend` (what
+``open_backend`` gives for a writable ``sqlite:`` URL) does the append, the reads it
+needs and the creation of a new ledger with :mod:`sqlite3`; the reads are
+:class:`~._sql_reads._SQLReads`', shared with ``SQLBackend`` and ``SQLiteReader``.
+
+It writes exactly what :class:`~.sql.SQLBackend` writes: the same statements, in one
+``BEGIN IMMEDIATE`` transaction, on a connection in WAL mode with ``synchronous = FULL``
+and the same busy timeout; a new ledger gets the same DDL text, so that its schema is
+byte for byte the one SQLAlchemy creates (a test compares them). SQLAlchemy is imported
+only where it is still needed: to migrate an old schema, to report on a database that is
+no current ledger, and for URL spellings this module does not parse itself (a query
+string, a percent sign, another driver); those are handed to ``SQLBackend`` whole. A
+ledger this process may not write is read as ``SQLBackend`` reads it, by
+:class:`~._sql_reads.SQLiteReader`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+
+from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError
+from lineage_ledger._model import StoredBlock
+
+from ._base import Backend
+from ._sql_reads import (
+    _BUSY_TIMEOUT_S,
+    _IN,
+    _OUT,
+    SCHEMA_VERSION,
+    SQLiteReader,
+    _connect,
+    _sqlite_uri,
+    _SQLReads,
+    _translated,
+    _writable,
+    database_error,
+    sqlite_file,
+)
+
+__all__ = ["SQLiteBackend"]
+
+ORIGIN_PREFIX = "lineage-ledger:"
+
+# The schema, as SQLAlchemy's ``metadata.create_all`` emits it for SQLite from the tables
+# in sql.py, statement for statement: SQLite keeps each statement's text in sqlite_master,
+# so a ledger created here has the schema of one created there, byte for byte. (SQLAlchemy
+# creates a table's indexes in no fixed order, so only their order in the file may differ,
+# as it does between two of its own ledgers.) tests/test_sqlite_writer.py compares both:
+# a change to the tables in sql.py fails it until this list follows.
+SCHEMA_DDL = (
+    '\nCREATE TABLE ll_meta (\n\t"key" VARCHAR(64) NOT NULL, \n\tvalue TEXT NOT NULL, \n\tPRIMARY KEY ("key")\n)\n\n',
+    "\nCREATE TABLE ll_blocks (\n\theight INTEGER NOT NULL, \n\tid VARCHAR(64) NOT NULL, \n\tfirst_seq BIGINT NOT NULL,"
+    " \n\tcount INTEGER NOT NULL, \n\theader BLOB NOT NULL, \n\tPRIMARY KEY (height), \n\tUNIQUE (id)\n)\n\n",
+    "\nCREATE TABLE ll_records (\n\tseq INTEGER NOT NULL, \n\tid VARCHAR(64) NOT NULL, \n\theight BIGINT NOT NULL,"
+    " \n\tpos INTEGER NOT NULL, \n\trun_id TEXT NOT NULL, \n\tbody BLOB NOT NULL, \n\tPRIMARY KEY (seq),"
+    " \n\tUNIQUE (id)\n)\n\n",
+    "CREATE INDEX ll_records_run ON ll_records (run_id)",
+    "\nCREATE TABLE ll_artifacts (\n\tpath TEXT NOT NULL, \n\trole SMALLINT NOT NULL, \n\tseq BIGINT NOT NULL,"
+    " \n\tdigest VARCHAR(64) NOT NULL, \n\tended VARCHAR(32) DEFAULT '' NOT NULL,"
+    " \n\tCONSTRAINT ll_artifacts_pkey PRIMARY KEY (seq, role, path)\n)\n WITHOUT ROWID\n\n",
+    "CREATE INDEX ll_artifacts_path ON ll_artifacts (path, role, seq)",
+    "CREATE INDEX ll_artifacts_digest ON ll_artifacts (digest, role, seq)",
+    "CREATE INDEX ll_artifacts_latest ON ll_artifacts (path, role, ended, seq)",
+)
+_TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'"
+_INSERT_BLOCKS = "INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)"
+_INSERT_RECORDS = "INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"
+
+
+# -- helpers SQLBackend shares (no SQLAlchemy here) ------------------------------------------
+def ended_of(body: bytes) -> str:
+    """The ``ended`` field of a record body (for records stored without it extracted)."""
+    try:
+        value = json.loads(body).get("ended", "")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def make_private_dirs(directory: str, shown: str) -> None:
+    """Create ``directory`` and any missing parents 0700 (whatever the umask); directories
+    that exist, or that another process creates meanwhile, keep their mode."""
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
+        os.chmod(path, 0o700)
+
+
+def create_private_file(path: str, shown: str) -> None:
+    """Create the ledger file 0600 before SQLite opens it (SQLite gives its -wal and -shm
+    files the database file's mode). An existing file is left as it is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return
+    except OSError as err:
+        raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def plain_sqlite_file(url: str) -> str | None:
+    """The file a ``sqlite:`` URL or plain path names, where this module reads the URL
+    exactly as SQLAlchemy would; ``None`` for every other spelling (left to SQLBackend)."""
+    if "?" in url or "%" in url:  # connect arguments, percent-escapes: SQLAlchemy's reading
+        return None
+    if "://" in url and url.split("://", 1)[0].lower() not in ("sqlite", "sqlite+pysqlite"):
+        return None
+    return sqlite_file(url)
+
+
+@contextlib.contextmanager
+def _translated_write(what: str, shown: str) -> Iterator[None]:
+    """As ``SQLBackend`` translates a failed write: a taken height or record id is an
+    :class:`AppendConflict`, a locked, read-only or damaged file the database's error."""
+    try:
+        yield
+    except sqlite3.IntegrityError as err:
+        raise AppendConflict(f"{what}: another writer stored this height or record first") from err
+    except sqlite3.DatabaseError as err:
+        raise database_error(what, shown, str(err).strip()) from err
+    except sqlite3.Error as err:
+        raise BackendError(f"{shown}: {what} failed: {err}") from err
+
+
+class SQLiteBackend(_SQLReads, Backend):
+    """A writable SQLite ledger through :mod:`sqlite3`: see the module docstring.
+
+    Attributes as ``SQLBackend``'s: ``read_only`` (false: a ledger this process may not
+    write opens as a :class:`SQLiteReader`), ``read_strategy`` (``None``),
+    ``migrated_from`` (the schema version the ledger was migrated from when opened).
+    """
+
+    keeps_end_times = True
+    read_only = False
+    read_strategy: str | None = None
+    _sqlite = True
+
+    def __new__(cls, url: str, *, create: bool = True):
+        if cls is SQLiteBackend and isinstance(url, str):
+            given = plain_sqlite_file(url)
+            if given is None:  # a spelling only SQLAlchemy reads (or refuses) as it should
+                from .sql import SQLBackend
+
+                return SQLBackend(url, create=create)
+            if not create:
+                return SQLiteReader(url)
+            path = os.path.abspath(given)
+            if os.path.exists(path) and not (_writable(path) and _writable(os.path.dirname(path))):
+                # A copy we may not write (or whose directory cannot take the WAL files):
+                # read it, as SQLBackend does.
+                return SQLiteReader(url)
+        return super().__new__(cls)
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        super().__init__(url)
+        self.migrated_from: str | None = None
+        self._origin: str | None = None
+        # One connection per thread and process, as SQLiteReader keeps them (the recorder
+        # ships from its worker thread; a forked child opens its own).
+        self._local = threading.local()
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        self._opened_lock = threading.Lock()
+        shown = self.display_url
+        given = plain_sqlite_file(url)
+        if given is None:
+            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
+        if os.path.isdir(given):
+            raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
+        path = os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
+        make_private_dirs(os.path.dirname(path), shown)
+        create_private_file(path, shown)
+        self._path = path
+        self._uri = _sqlite_uri(path)
+        try:
+            self._open_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = _connect(self._uri)
+            try:
+                conn.isolation_level = None  # we issue BEGIN ourselves
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
+                conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
+            except BaseException:
+                conn.close()
+                raise
+            local.conn, local.pid = conn, os.getpid()
+            with self._opened_lock:
+                self._opened.append((os.getpid(), conn))
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """``begin`` (``BEGIN`` or ``BEGIN IMMEDIATE``) ... ``COMMIT``, rolled back on error."""
+        conn = self._connection()
+        conn.execute(begin)
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # a failed COMMIT too: the connection is used again
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _stored_meta(conn: sqlite3.Connection) -> tuple[set[str], str | None, str | None]:
+        """(table names, schema version, origin) as stored."""
+        names = {row[0] for row in conn.execute(_TABLE_NAMES)}
+        if "ll_meta" not in names:
+            return names, None, None
+        meta = dict(conn.execute("SELECT key, value FROM ll_meta").fetchall())
+        return names, meta.get("schema"), meta.get("origin")
+
+    def _open_schema(self) -> None:
+        shown = self.display_url
+        with _translated("opening the ledger", shown), self._transaction("BEGIN") as conn:
+            names, version, origin = self._stored_meta(conn)
+        if version == SCHEMA_VERSION and origin:
+            self._origin = origin
+            return
+        if version is None and not names:
+            with _translated_write("opening the ledger", shown), self._transaction("BEGIN IMMEDIATE") as conn:
+                names, version, origin = self._stored_meta(conn)  # another process may have made it
+                if version is None and not names:
+                    origin = ORIGIN_PREFIX + uuid.uuid4().hex
+                    for statement in SCHEMA_DDL:
+                        conn.execute(statement)
+                    conn.executemany('INSERT INTO ll_meta ("key", value) VALUES (?, ?)',
+                                     [("schema", SCHEMA_VERSION), ("origin", origin)])
+                    version = SCHEMA_VERSION
+            if version == SCHEMA_VERSION and origin:
+                self._origin = origin
+                return
+        self._through_sqlalchemy()
+
+    def _through_sqlalchemy(self) -> None:
+        """An old schema is migrated, and anything else refused, by SQLBackend (the one
+        place that knows every schema); then this object writes the migrated file."""
+        from .sql import SQLBackend
+
+        with SQLBackend(self.url) as migrating:
+            self.migrated_from = migrating.migrated_from
+            self._origin = migrating.origin
+
+    @property
+    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
+        return "sqlite:///" + os.path.realpath(self._path)
+
+    @property
+    def origin(self) -> str:
+        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
+        assert self._origin is not None
+        return self._origin
+
+    def migrate(self) -> str | None:
+        """As ``SQLBackend.migrate``: opening brought the ledger to the current schema already;
+        returns the version it was migrated from then, or ``None``."""
+        return self.migrated_from
+
+    # -- writes ---------------------------------------------------------------------------
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
+        """``SQLBackend.append``, statement for statement, through :mod:`sqlite3`."""
+        if not blocks:
+            return
+        with _translated_write("append", self.display_url), self._transaction("BEGIN IMMEDIATE") as conn:
+            heights = [b.height for b in blocks]
+            marks = ",".join("?" * len(heights))
+            existing = dict(conn.execute(f"SELECT height, id FROM ll_blocks WHERE height IN ({marks})",
+                                         heights).fetchall())
+            fresh = []
+            for block in blocks:
+                if block.height in existing:
+                    if existing[block.height] != block.id:
+                        raise AppendConflict(f"height {block.height} is taken by another block")
+                else:
+                    fresh.append(block)
+            if not fresh:
+                return
+            below = conn.execute("SELECT first_seq + count FROM ll_blocks WHERE height = ?",
+                                 (fresh[0].height - 1,)).fetchone()
+            seq = 0 if below is None or below[0] is None else int(below[0])
+            block_rows, record_rows, artifact_rows = [], [], []
+            for block in fresh:
+                block_rows.append((block.height, block.id, seq, len(block.records), block.header))
+                for position, record in enumerate(block.records):
+                    record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
+                    ended = record.ended or ended_of(record.body)
+                    for path, digest in record.inputs:
+                        artifact_rows.append((path, _IN, seq, digest, ended))
+                    for path, digest in record.outputs:
+                        artifact_rows.append((path, _OUT, seq, digest, ended))
+                    seq += 1
+            conn.executemany(_INSERT_BLOCKS, block_rows)
+            if record_rows:
+                conn.executemany(_INSERT_RECORDS, record_rows)
+            if artifact_rows:
+                conn.executemany(_INSERT_ARTIFACTS, artifact_rows)
+
+    # -- reads (the queries are _SQLReads') --------------------------------------------
+    def _fetch(self, what: str, statement: str, params: tuple) -> list:
+        with _translated(what, self.display_url):
+            return self._connection().execute(statement, params).fetchall()
+
+    def close(self) -> None:
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for pid, conn in opened:
+            if pid == os.getpid():
+                conn.close()
+        self._local = threading.local()
