@@ -183,11 +183,13 @@ class SQLiteBackend(_SQLReads, Backend):
         super().__init__(url)
         self.migrated_from: str | None = None
         self._origin: str | None = None
-        # One connection per thread and process, as SQLiteReader keeps them (the recorder
-        # ships from its worker thread; a forked child opens its own).
-        self._local = threading.local()
-        self._opened: list[tuple[int, sqlite3.Connection]] = []
-        self._opened_lock = threading.Lock()
+        # A small pool, as SQLAlchemy's: a connection serves one thread at a time and goes
+        # back for the next, so that threads started per shipment (the Airflow shipper's)
+        # reuse one instead of leaving one open each. A forked child opens its own.
+        self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
+        self._idle: list[sqlite3.Connection] = []
+        self._opened: list[sqlite3.Connection] = []
         shown = self.display_url
         given = plain_sqlite_file(url)
         if given is None:
@@ -206,38 +208,52 @@ class SQLiteBackend(_SQLReads, Backend):
             raise
 
     # -- set-up ---------------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = _connect(self._uri)
-            try:
-                conn.isolation_level = None  # we issue BEGIN ourselves
-                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
-                conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
-            except BaseException:
-                conn.close()
-                raise
-            local.conn, local.pid = conn, os.getpid()
-            with self._opened_lock:
-                self._opened.append((os.getpid(), conn))
+    def _open_connection(self) -> sqlite3.Connection:
+        conn = _connect(self._uri)
+        try:
+            conn.isolation_level = None  # we issue BEGIN ourselves
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this process that no other thread is using, for one statement
+        or transaction."""
+        pid = os.getpid()
+        with self._pool_lock:
+            if self._pool_pid != pid:  # forked: the parent's handles are the parent's to use
+                self._pool_pid, self._idle, self._opened = pid, [], []
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open_connection()
+            with self._pool_lock:
+                self._opened.append(conn)
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                if self._pool_pid == pid and any(c is conn for c in self._opened):  # not closed meanwhile
+                    self._idle.append(conn)
 
     @contextlib.contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         """``begin`` (``BEGIN`` or ``BEGIN IMMEDIATE``) ... ``COMMIT``, rolled back on error."""
-        conn = self._connection()
-        conn.execute(begin)
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT too: the connection is used again
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+        with self._connection() as conn:
+            conn.execute(begin)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT too: the connection is used again
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
 
     @staticmethod
     def _stored_meta(conn: sqlite3.Connection) -> tuple[set[str], str | None, str | None]:
@@ -275,9 +291,12 @@ class SQLiteBackend(_SQLReads, Backend):
         place that knows every schema); then this object writes the migrated file."""
         from .sql import SQLBackend
 
-        with SQLBackend(self.url) as migrating:
+        migrating = SQLBackend(self.url)
+        try:
             self.migrated_from = migrating.migrated_from
             self._origin = migrating.origin
+        finally:
+            migrating.close()
 
     @property
     def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
@@ -336,12 +355,12 @@ class SQLiteBackend(_SQLReads, Backend):
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
         with _translated(what, self.display_url):
-            return self._connection().execute(statement, params).fetchall()
+            with self._connection() as conn:
+                return conn.execute(statement, params).fetchall()
 
     def close(self) -> None:
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for pid, conn in opened:
-            if pid == os.getpid():
-                conn.close()
-        self._local = threading.local()
+        with self._pool_lock:
+            opened = self._opened if self._pool_pid == os.getpid() else []
+            self._idle, self._opened = [], []
+        for conn in opened:
+            conn.close()

@@ -8,13 +8,16 @@ schema text, the same rows, the same errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -283,6 +286,32 @@ def test_new_ledger_files_are_private_whatever_the_umask(tmp_path):
         assert {stat.S_IMODE((tmp_path / d).stat().st_mode) for d in ("a", "a/b")} == {0o700}
     finally:
         os.umask(old)
+
+
+def open_handles(path) -> int:
+    """How many file descriptors of this process have ``path`` open."""
+    fds = Path("/proc/self/fd")
+    found = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            found += os.readlink(fd) == str(path)
+    return found
+
+
+def test_threads_started_per_shipment_share_connections(tmp_path):
+    """A long-lived process that ships from a new thread each round (the Airflow shipper)
+    keeps one connection, not one per thread it ever started; closing closes it."""
+    db = tmp_path / "ledger.db"
+    ledger = open_ledger(str(db), spool=str(tmp_path / "spool"))
+    records = make_records(20)
+    for record in records:
+        shipper = threading.Thread(target=ledger.append_records, args=([record.stored()],))
+        shipper.start()
+        shipper.join()
+    assert ledger.backend.record_count() == 20
+    assert open_handles(db) == 1
+    ledger.close()
+    assert open_handles(db) == 0
 
 
 def test_both_writers_append_to_one_file_at_once(tmp_path):
