@@ -38,6 +38,7 @@ from lineage_ledger._errors import (
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
 from ._base import Backend, ChainHead, IndexRow, IndexSummary, Located, Role
+from ._sqlite_audit import SQLiteAuditReads
 
 __all__ = ["SQLiteReader", "read_only_uri", "sqlite_file"]
 
@@ -596,7 +597,7 @@ def _translated(what: str, shown: str):
         raise BackendError(f"{shown}: {what} failed: {err}") from err
 
 
-class SQLiteReader(_SQLReads, Backend):
+class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
     """An SQLite ledger opened for reading only, through :mod:`sqlite3` (no SQLAlchemy):
     what ``open_backend(url, create=False)`` gives for SQLite. Nothing is created, migrated,
     switched to WAL or written; a missing or empty file is :class:`NoLedger`.

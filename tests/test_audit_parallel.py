@@ -12,7 +12,9 @@ import sqlite3
 import pytest
 
 from lineage_ledger import LedgerError, open_ledger
+from lineage_ledger._log import audit_bulk
 from lineage_ledger._log import audit_parallel as parallel
+from lineage_ledger.backends._sql_reads import SQLiteReader
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
 
@@ -112,10 +114,93 @@ def test_a_tampered_ledger_fails_with_the_sequential_error(pristine, tmp_path, m
         if "body" in statement:
             args = ('{"not": "the record"}',)
         assert conn.execute(statement, args).rowcount == 1, what
+    assert not _bulk_accepts(db), what
     here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
     there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
     assert len(here) == 2, (what, here)  # the sequential audit fails ...
     assert there == here, what  # ... and the parallel one with the same error
+
+
+def _bulk_accepts(db, start: int = 0, stop: int = 10, first: int = 0) -> bool:
+    """Whether the workers' bulk check (not the row-by-row one) accepts blocks start..stop."""
+    reader = SQLiteReader(f"sqlite:///{db}")
+    try:
+        return audit_bulk.audit_range(reader, start, stop, first, False) is not None
+    except LedgerError:
+        return False
+    finally:
+        reader.close()
+
+
+def test_the_bulk_check_gives_the_row_by_row_answer(pristine):
+    """The control for every refusal below: on an intact ledger the bulk check answers, with
+    the same leaves, ids and counts as the check of each row."""
+    reader = SQLiteReader(f"sqlite:///{pristine}")
+    try:
+        for task in (parallel.Task(0, 10, 0), parallel.Task(3, 7, 12)):
+            bulk = audit_bulk.audit_range(reader, task.start, task.stop, task.first_index, True)
+            assert bulk is not None and bulk == parallel._audit_rows(reader, task, True)
+        assert bulk.compared == 16 and bulk.artifacts == 48 and len(bulk.leaves) == 16 * 32
+    finally:
+        reader.close()
+
+
+# Someone with write access to the file can store any value of any type in any column, and
+# rows the primary key would refuse: the artifact table rebuilt without types or key.
+_RETYPE = """ALTER TABLE ll_artifacts RENAME TO old_artifacts;
+CREATE TABLE ll_artifacts (path, role, seq, digest, ended);
+INSERT INTO ll_artifacts SELECT path, role, seq, digest, ended FROM old_artifacts ORDER BY seq, role, path;
+DROP TABLE old_artifacts;"""
+_ROW = "seq = 13 AND role = 0 AND path = '/data/ref'"
+
+
+@pytest.mark.parametrize(("statement", "what"), [
+    (f"UPDATE ll_artifacts SET role = 0.0 WHERE {_ROW}", "a role that is a real number equal to 0"),
+    (f"UPDATE ll_artifacts SET role = '0' WHERE {_ROW}", "a role that is the text 0"),
+    (f"UPDATE ll_artifacts SET digest = CAST(digest AS BLOB) WHERE {_ROW}", "a digest stored as bytes"),
+    (f"UPDATE ll_artifacts SET ended = CAST(ended AS BLOB) WHERE {_ROW}", "an end time stored as bytes"),
+    (f"UPDATE ll_artifacts SET ended = '2026-01-01T00:00:00.000000Z' WHERE {_ROW}", "one row's end time"),
+    (f"UPDATE ll_artifacts SET seq = '13' WHERE {_ROW}", "a sequence number stored as text"),
+    (f"UPDATE ll_artifacts SET seq = 13.5 WHERE {_ROW}", "a fractional sequence number"),
+    (f"INSERT INTO ll_artifacts SELECT * FROM ll_artifacts WHERE {_ROW}", "a duplicated index row"),
+    (f"UPDATE ll_artifacts SET role = 2 WHERE {_ROW}", "a role that is neither in nor out"),
+    (f"UPDATE ll_artifacts SET seq = 14 WHERE {_ROW}", "a row moved to the next record"),
+    ("UPDATE ll_records SET height = '3' WHERE seq = 13", "a height stored as text"),
+    ("UPDATE ll_records SET pos = 0 WHERE seq = 13", "a record's position"),
+    ("UPDATE ll_records SET run_id = NULL WHERE seq = 13", "a run id that is NULL"),
+])
+def test_the_bulk_check_refuses_what_the_rows_refuse(pristine, tmp_path, monkeypatch, statement, what):
+    db = tmp_path / "ledger.db"
+    shutil.copy(pristine, db)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_RETYPE if "ll_artifacts" in statement else "")
+        if "ll_records" in statement:  # NULL and text where the declared columns refuse them
+            conn.executescript("PRAGMA writable_schema = ON; UPDATE sqlite_master SET sql = replace(replace(sql,"
+                               " 'run_id TEXT NOT NULL', 'run_id'), 'height BIGINT NOT NULL', 'height')"
+                               " WHERE name = 'll_records'; PRAGMA writable_schema = OFF;")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(statement).rowcount == 1, what
+    assert not _bulk_accepts(db), what
+    here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
+    there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert len(here) == 2, (what, here)
+    assert there == here, what
+
+
+def test_paths_that_need_escaping_take_the_bulk_check(tmp_path, monkeypatch):
+    """SQLite's json_quote() and msgspec escape alike, so such paths cost no speed; and
+    either way both audits agree."""
+    db = tmp_path / "ledger.db"
+    odd = ['/d/quo"te', "/d/back\\slash", "/d/new\nline", "/d/tab\tx", "/d/\x01ctl", "/d/ünï", "/d/😀",
+           "/d/},{", "/d/\x7f"]
+    records = [make_record(i, inputs=[artifact(p, p) for p in odd[i % 3 :: 2]], outputs=[artifact(odd[i % 9] + "-out", "x")])
+               for i in range(24)]
+    with open_ledger(f"sqlite:///{db}", spool=str(tmp_path / "spool")) as ledger:
+        for start in range(0, 24, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    assert _bulk_accepts(db, 0, 6, 0)
+    here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
+    assert here == _audit(db, monkeypatch, workers=True, state=tmp_path / "b") and here[2] == 24
 
 
 def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):

@@ -25,6 +25,7 @@ nothing is pickled, and a caller's unguarded ``__main__`` script is never run ag
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import struct
@@ -195,7 +196,23 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
-    """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong."""
+    """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong.
+    The bulk check (:mod:`.audit_bulk`) first; where it does not find everything equal,
+    the row-by-row check, which decides."""
+    if hasattr(backend, "audit_chunk"):
+        from .audit_bulk import audit_range as bulk
+
+        try:
+            result = bulk(backend, task.start, task.stop, task.first_index, files)
+        except Exception:  # noqa: BLE001 - the row-by-row check below decides
+            result = None
+        if result is not None:
+            return result
+    return _audit_rows(backend, task, files)
+
+
+def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
+    """:func:`audit_range` record by record, exactly as the sequential audit checks."""
     from .._model import BlockHeader
     from .audit_rows import ExistingFiles, IndexChecker, decode_views
     from .chain import verify_block_columns
@@ -240,6 +257,8 @@ def _worker_main() -> None:
     write one frame a task to standard output. Only the parent process holds these pipes."""
     from lineage_ledger.backends._sql_reads import SQLiteReader
 
+    # No cyclic garbage is made here: the collector would only rescan every decoded record.
+    gc.disable()
     job = json.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
     backend = SQLiteReader(job["url"], _uri=job["uri"])

@@ -1,0 +1,79 @@
+"""The reads of an audit worker's bulk check of a range of records (SQLite only).
+
+An audit worker (``lineage_ledger._log.audit_bulk``) checks a range of blocks with a few
+comparisons of whole columns instead of a Python comparison per index row. These reads
+hand it the stored values untouched (no coercion: a value of an unexpected type simply
+fails to compare equal, and the worker then runs the row-by-row check) and one text that
+SQLite folds from the artifact index, in C, in the exact form ``msgspec`` encodes the
+same facts read from the record bodies (see :meth:`SQLiteAuditReads.audit_index_text`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["SQLiteAuditReads"]
+
+_MAP_BYTES = 1 << 40  # map the whole file (SQLite caps it at its compiled maximum, 2 GiB by default)
+
+# One artifact row as a JSON member, ``"PATH":{"blake3":"DIGEST"}``. json_quote() makes a
+# string only of a text value: a path or digest stored as a number, NULL or anything but
+# text comes out bare and can never equal the encoding of a record's strings (a BLOB
+# makes json_quote() fail, and the worker falls back to the row-by-row check).
+_MEMBER = "json_quote(path) || ':{\"blake3\":' || json_quote(digest) || '}'"
+
+# One record's artifact rows as ``[SEQ,"ENDED",{INPUTS},{OUTPUTS}]``, each object's members
+# in primary-key order (role, then path: the order of a record body's sorted keys). The
+# end time is given only when every row carries the same one (min = max: all text, or all
+# the same non-text value, which json_quote() leaves bare) and every role is an integer;
+# otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
+# neither object; the parent's count of artifact rows then disagrees.
+_INDEX_TEXT = f"""SELECT '[' || coalesce(group_concat(folded, ','), '') || ']' FROM (
+  SELECT '[' || seq || ','
+      || iif(min(ended) = max(ended) AND sum(typeof(role) = 'integer') = count(*), json_quote(min(ended)), 'null')
+      || ',{{' || coalesce(group_concat(iif(role = 0, {_MEMBER}, NULL), ','), '')
+      || '}},{{' || coalesce(group_concat(iif(role = 1, {_MEMBER}, NULL), ','), '') || '}}]' AS folded
+  FROM ll_artifacts WHERE seq >= ? AND seq < ? GROUP BY seq)"""
+
+
+class SQLiteAuditReads:
+    """Mixed into :class:`~lineage_ledger.backends._sql_reads.SQLiteReader`."""
+
+    _fetch: Callable[[str, str, tuple], list]
+    _uri: str
+    display_url: str
+
+    def audit_blocks(self, start: int, stop: int) -> list[tuple]:
+        """``(height, id, first_seq, count, header)`` of blocks ``start`` to ``stop``, as stored."""
+        return self._fetch("reading blocks", "SELECT height, id, first_seq, count, header FROM ll_blocks"
+                           " WHERE height >= ? AND height < ? ORDER BY height", (int(start), int(stop)))
+
+    def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], str]:
+        """The record rows of sequence numbers ``start_seq`` to ``stop_seq``, as stored
+        (``(seq, id, height, pos, run_id, body)``: each record with its own index columns),
+        and their artifact rows folded into one JSON text: both from one snapshot.
+
+        The text is ``[[SEQ,"ENDED",{"PATH":{"blake3":"DIGEST"},...},{...}],...]``, one entry
+        per sequence number that has rows, inputs (role 0) then outputs (role 1); a record
+        whose body names the same facts encodes (``msgspec``) to the same bytes.
+
+        Read through a connection of its own that maps the file into memory (half the CPU
+        of reading pages through SQLite's cache) and is closed before returning, so that
+        the mapped pages leave the resident set again: a worker's peak grows by one
+        chunk's pages, not by the part of the ledger it has read."""
+        from ._sql_reads import _connect, _translated
+
+        with _translated("reading records", self.display_url):
+            conn = _connect(self._uri)
+            try:
+                conn.isolation_level = None
+                conn.execute(f"PRAGMA mmap_size = {_MAP_BYTES}")
+                conn.execute("BEGIN")
+                records = conn.execute("SELECT seq, id, height, pos, run_id, body FROM ll_records"
+                                       " WHERE seq >= ? AND seq < ? ORDER BY seq",
+                                       (int(start_seq), int(stop_seq))).fetchall()
+                text = conn.execute(_INDEX_TEXT, (int(start_seq), int(stop_seq))).fetchone()[0]
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+        return records, text
