@@ -27,6 +27,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 
 from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError
@@ -150,6 +151,19 @@ def _translated_write(what: str, shown: str) -> Iterator[None]:
         raise BackendError(f"{shown}: {what} failed: {err}") from err
 
 
+_OPEN: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+
+
+def _forget_connections_after_fork() -> None:
+    # A forked child must not use the parent's connections (one SQLite handle in two
+    # processes), nor a pool lock another thread of the parent held at the fork.
+    for backend in list(_OPEN):
+        backend._reset_pool()
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 class SQLiteBackend(_SQLReads, Backend):
     """A writable SQLite ledger through :mod:`sqlite3`: see the module docstring.
 
@@ -186,10 +200,8 @@ class SQLiteBackend(_SQLReads, Backend):
         # A small pool, as SQLAlchemy's: a connection serves one thread at a time and goes
         # back for the next, so that threads started per shipment (the Airflow shipper's)
         # reuse one instead of leaving one open each. A forked child opens its own.
-        self._pool_lock = threading.Lock()
-        self._pool_pid = os.getpid()
-        self._idle: list[sqlite3.Connection] = []
-        self._opened: list[sqlite3.Connection] = []
+        self._reset_pool()
+        _OPEN.add(self)
         shown = self.display_url
         given = plain_sqlite_file(url)
         if given is None:
@@ -208,6 +220,13 @@ class SQLiteBackend(_SQLReads, Backend):
             raise
 
     # -- set-up ---------------------------------------------------------------------------
+    def _reset_pool(self) -> None:
+        """An empty pool of this process (the parent's connections are left to the parent)."""
+        self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
+        self._idle: list[sqlite3.Connection] = []
+        self._opened: list[sqlite3.Connection] = []
+
     def _open_connection(self) -> sqlite3.Connection:
         conn = _connect(self._uri)
         try:
@@ -226,9 +245,9 @@ class SQLiteBackend(_SQLReads, Backend):
         """A connection of this process that no other thread is using, for one statement
         or transaction."""
         pid = os.getpid()
+        if self._pool_pid != pid:  # forked by code that runs no Python fork hook
+            self._reset_pool()
         with self._pool_lock:
-            if self._pool_pid != pid:  # forked: the parent's handles are the parent's to use
-                self._pool_pid, self._idle, self._opened = pid, [], []
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._open_connection()
