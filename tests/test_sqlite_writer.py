@@ -128,8 +128,8 @@ batches = st.lists(st.tuples(st.lists(a_record, min_size=1, max_size=6), st.inte
 def append_outcome(backend, blocks) -> str:
     try:
         backend.append(blocks)
-    except AppendConflict:
-        return "conflict"
+    except AppendConflict as err:
+        return f"conflict: {err}"
     return "ok"
 
 
