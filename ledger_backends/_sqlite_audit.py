@@ -28,7 +28,7 @@ _MEMBER = "json_quote(path) || ':{\"blake3\":' || json_quote(digest) || '}'"
 # the same non-text value, which json_quote() leaves bare) and every role is an integer;
 # otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
 # neither object; the parent's count of artifact rows then disagrees.
-_INDEX_TEXT = f"""SELECT '[' || coalesce(group_concat(folded, ','), '') || ']' FROM (
+_INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || ']' AS BLOB) FROM (
   SELECT '[' || seq || ','
       || iif(min(ended) = max(ended) AND sum(typeof(role) = 'integer') = count(*), json_quote(min(ended)), 'null')
       || ',{{' || coalesce(group_concat(iif(role = 0, {_MEMBER}, NULL), ','), '')
@@ -48,10 +48,10 @@ class SQLiteAuditReads:
         return self._fetch("reading blocks", "SELECT height, id, first_seq, count, header FROM ll_blocks"
                            " WHERE height >= ? AND height < ? ORDER BY height", (int(start), int(stop)))
 
-    def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], str]:
+    def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], bytes]:
         """The record rows of sequence numbers ``start_seq`` to ``stop_seq``, as stored
         (``(seq, id, height, pos, run_id, body)``: each record with its own index columns),
-        and their artifact rows folded into one JSON text: both from one snapshot.
+        and their artifact rows folded into one JSON text (UTF-8 bytes): both from one snapshot.
 
         The text is ``[[SEQ,"ENDED",{"PATH":{"blake3":"DIGEST"},...},{...}],...]``, one entry
         per sequence number that has rows, inputs (role 0) then outputs (role 1); a record

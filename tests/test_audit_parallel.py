@@ -132,9 +132,12 @@ def _bulk_accepts(db, start: int = 0, stop: int = 10, first: int = 0) -> bool:
         reader.close()
 
 
-def test_the_bulk_check_gives_the_row_by_row_answer(pristine):
+@pytest.mark.parametrize("chunk", [audit_bulk.CHUNK_RECORDS, 6])
+def test_the_bulk_check_gives_the_row_by_row_answer(pristine, monkeypatch, chunk):
     """The control for every refusal below: on an intact ledger the bulk check answers, with
-    the same leaves, ids and counts as the check of each row."""
+    the same leaves, ids and counts as the check of each row (in one chunk, and in chunks of
+    two blocks)."""
+    monkeypatch.setattr(audit_bulk, "CHUNK_RECORDS", chunk)
     reader = SQLiteReader(f"sqlite:///{pristine}")
     try:
         for task in (parallel.Task(0, 10, 0), parallel.Task(3, 7, 12)):
