@@ -257,8 +257,11 @@ class SQLiteBackend(_SQLReads, Backend):
             yield conn
         finally:
             with self._pool_lock:
-                if self._pool_pid == pid and any(c is conn for c in self._opened):  # not closed meanwhile
+                returned = any(c is conn for c in self._opened)
+                if returned:
                     self._idle.append(conn)
+            if not returned and os.getpid() == pid:  # the pool was closed while we used it
+                conn.close()
 
     @contextlib.contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
@@ -378,8 +381,11 @@ class SQLiteBackend(_SQLReads, Backend):
                 return conn.execute(statement, params).fetchall()
 
     def close(self) -> None:
+        """Close the idle connections, and each one in use when its thread is done with it,
+        as SQLAlchemy's ``dispose`` does: a thread blocked in the busy timeout (a ledger
+        locked elsewhere) holds its connection, and closing it here would wait that long."""
         with self._pool_lock:
-            opened = self._opened if self._pool_pid == os.getpid() else []
+            idle = self._idle if self._pool_pid == os.getpid() else []
             self._idle, self._opened = [], []
-        for conn in opened:
+        for conn in idle:
             conn.close()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -225,6 +226,16 @@ def test_a_schema_2_ledger_is_migrated_once_then_appended_without_sqlalchemy(tmp
     assert open_ledger(url, read_only=True).verify_chain().records == 10
 
 
+def hold_write_lock(db) -> subprocess.Popen:
+    """Another process holding the ledger's write lock until its stdin closes."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
+                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_locked_ledger_times_out_as_before_and_keeps_nothing_half_written(tmp_path, monkeypatch):
     """Another process holds the write lock: both writers wait the busy timeout (shortened
     here), then raise BackendUnavailable naming the lock, and store nothing."""
@@ -235,12 +246,8 @@ def test_a_locked_ledger_times_out_as_before_and_keeps_nothing_half_written(tmp_
     monkeypatch.setattr(sqlite_module, "_BUSY_TIMEOUT_S", 1)
     db = tmp_path / "ledger.db"
     open_backend(str(db)).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
-                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
-                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = hold_write_lock(db)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         blocks = chain_of(make_records(3), 3)
         messages = []
         for opener in (open_backend, SQLBackend):
@@ -312,6 +319,30 @@ def test_threads_started_per_shipment_share_connections(tmp_path):
     assert open_handles(db) == 1
     ledger.close()
     assert open_handles(db) == 0
+
+
+def test_closing_does_not_wait_for_an_append_blocked_on_the_lock(tmp_path):
+    """A shipper thread waits in the busy timeout on a ledger locked elsewhere; the process
+    closes the ledger and goes on (what `run` and the engines' recording processes do at
+    their end) without waiting out that timeout. The blocked append still lands later."""
+    db = tmp_path / "ledger.db"
+    backend = open_backend(str(db))
+    holder = hold_write_lock(db)
+    try:
+        blocks = chain_of(make_records(3), 3)
+        shipper = threading.Thread(target=backend.append, args=(blocks,), daemon=True)
+        shipper.start()
+        time.sleep(0.5)  # blocked in BEGIN IMMEDIATE
+        began = time.monotonic()
+        backend.close()
+        assert time.monotonic() - began < 5
+        assert shipper.is_alive()
+    finally:
+        holder.communicate("")
+    shipper.join(timeout=60)
+    assert not shipper.is_alive() and open_handles(db) == 0  # landed, then its connection closed
+    with open_ledger(str(db), read_only=True) as ledger:
+        assert ledger.verify_chain().records == 3
 
 
 def test_a_forked_child_appends_through_its_own_connection(tmp_path):
