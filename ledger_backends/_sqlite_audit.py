@@ -24,13 +24,14 @@ _MEMBER = "json_quote(path) || ':{\"blake3\":' || json_quote(digest) || '}'"
 
 # One record's artifact rows as ``[SEQ,"ENDED",{INPUTS},{OUTPUTS}]``, each object's members
 # in primary-key order (role, then path: the order of a record body's sorted keys). The
-# end time is given only when every row carries the same one (min = max: all text, or all
-# the same non-text value, which json_quote() leaves bare) and every role is an integer;
-# otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
+# end time is given only when every row carries the same one (none NULL, which min() and
+# max() would skip; min = max: all text, or all the same non-text value, which json_quote()
+# leaves bare) and every role is an integer; otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
 # neither object; the parent's count of artifact rows then disagrees.
 _INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || ']' AS BLOB) FROM (
   SELECT '[' || seq || ','
-      || iif(min(ended) = max(ended) AND sum(typeof(role) = 'integer') = count(*), json_quote(min(ended)), 'null')
+      || iif(min(ended) = max(ended) AND count(ended) = count(*) AND sum(typeof(role) = 'integer') = count(*),
+             json_quote(min(ended)), 'null')
       || ',{{' || coalesce(group_concat(iif(role = 0, {_MEMBER}, NULL), ','), '')
       || '}},{{' || coalesce(group_concat(iif(role = 1, {_MEMBER}, NULL), ','), '') || '}}]' AS folded
   FROM ll_artifacts WHERE seq >= ? AND seq < ? GROUP BY seq)"""

@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lineage_ledger import LedgerError, open_ledger
 from lineage_ledger._log import audit_bulk
@@ -126,7 +128,7 @@ def _bulk_accepts(db, start: int = 0, stop: int = 10, first: int = 0) -> bool:
     reader = SQLiteReader(f"sqlite:///{db}")
     try:
         return audit_bulk.audit_range(reader, start, stop, first, False) is not None
-    except LedgerError:
+    except Exception:  # noqa: BLE001 - a refusal, as the worker takes it (audit_parallel.audit_range)
         return False
     finally:
         reader.close()
@@ -163,6 +165,9 @@ _ROW = "seq = 13 AND role = 0 AND path = '/data/ref'"
     (f"UPDATE ll_artifacts SET digest = CAST(digest AS BLOB) WHERE {_ROW}", "a digest stored as bytes"),
     (f"UPDATE ll_artifacts SET ended = CAST(ended AS BLOB) WHERE {_ROW}", "an end time stored as bytes"),
     (f"UPDATE ll_artifacts SET ended = '2026-01-01T00:00:00.000000Z' WHERE {_ROW}", "one row's end time"),
+    (f"UPDATE ll_artifacts SET ended = NULL WHERE {_ROW}", "an end time that is NULL (min and max skip it)"),
+    (f"UPDATE ll_artifacts SET role = NULL WHERE {_ROW}", "a role that is NULL"),
+    (f"UPDATE ll_artifacts SET digest = NULL WHERE {_ROW}", "a digest that is NULL"),
     (f"UPDATE ll_artifacts SET seq = '13' WHERE {_ROW}", "a sequence number stored as text"),
     (f"UPDATE ll_artifacts SET seq = 13.5 WHERE {_ROW}", "a fractional sequence number"),
     (f"INSERT INTO ll_artifacts SELECT * FROM ll_artifacts WHERE {_ROW}", "a duplicated index row"),
@@ -225,3 +230,79 @@ def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
 ])
 def test_a_malformed_worker_answer_is_a_refusal(frame):
     assert parallel._read_result(io.BytesIO(frame)) is None
+
+
+# The three tables rebuilt without column types or NOT NULL (keys kept, so that an untouched
+# copy still takes the bulk check): any value of any type can then be stored in any cell.
+_LOOSE = """ALTER TABLE ll_artifacts RENAME TO old_artifacts;
+CREATE TABLE ll_artifacts (path, role, seq, digest, ended, PRIMARY KEY (seq, role, path)) WITHOUT ROWID;
+INSERT INTO ll_artifacts SELECT path, role, seq, digest, ended FROM old_artifacts;
+DROP TABLE old_artifacts;
+ALTER TABLE ll_records RENAME TO old_records;
+CREATE TABLE ll_records (seq INTEGER PRIMARY KEY, id, height, pos, run_id, body);
+INSERT INTO ll_records SELECT seq, id, height, pos, run_id, body FROM old_records;
+DROP TABLE old_records;
+ALTER TABLE ll_blocks RENAME TO old_blocks;
+CREATE TABLE ll_blocks (height INTEGER PRIMARY KEY, id, first_seq, count, header);
+INSERT INTO ll_blocks SELECT height, id, first_seq, count, header FROM old_blocks;
+DROP TABLE old_blocks;"""
+_CELLS = {"ll_artifacts": ("path", "role", "seq", "digest", "ended"),
+          "ll_records": ("id", "height", "pos", "run_id", "body"),
+          "ll_blocks": ("id", "first_seq", "count", "header")}
+
+
+@pytest.fixture(scope="module")
+def loose(pristine, tmp_path_factory):
+    db = tmp_path_factory.mktemp("loose") / "ledger.db"
+    shutil.copy(pristine, db)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_LOOSE)
+    assert _bulk_accepts(db)  # the control: only the change below can make it refuse
+    return db
+
+
+def _changed(value, how: int, where: int):
+    """Another value: one character or byte flipped, a number moved by one, or the same
+    value as another type (text for a number, bytes for text, a real for an integer), NULL."""
+    if how == 0:  # the same value in another type
+        if isinstance(value, int):
+            return [str(value), float(value)][where % 2]
+        if isinstance(value, str):
+            return value.encode()
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if how == 1:
+        return None
+    if isinstance(value, bytes | str) and value:
+        i = where % len(value)
+        flipped = (value[i] ^ 1) if isinstance(value, bytes) else chr(ord(value[i]) ^ 1)
+        return value[:i] + (bytes([flipped]) if isinstance(value, bytes) else flipped) + value[i + 1 :]
+    return value + (1 if where % 2 else -1) if isinstance(value, int | float) else "x"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=st.sampled_from(sorted(_CELLS)), row=st.integers(0, 200), column=st.integers(0, 4),
+       how=st.integers(0, 3), where=st.integers(0, 10_000))
+def test_the_bulk_check_accepts_only_what_the_rows_accept(loose, tmp_path_factory, table, row, column, how, where):
+    """Property: any one stored cell changed (in value or only in type), the bulk check
+    either refuses the range or gives exactly the row-by-row check's answer."""
+    db = tmp_path_factory.mktemp("cell") / "ledger.db"
+    shutil.copy(loose, db)
+    name = _CELLS[table][column % len(_CELLS[table])]
+    with sqlite3.connect(db) as conn:
+        rowids = [r[0] for r in conn.execute(f"SELECT rowid FROM {table}" if table != "ll_artifacts" else
+                                             "SELECT seq || '/' || role || '/' || path FROM ll_artifacts")]
+        key = rowids[row % len(rowids)]
+        where_key = "rowid = ?" if table != "ll_artifacts" else "seq || '/' || role || '/' || path = ?"
+        (value,) = conn.execute(f"SELECT {name} FROM {table} WHERE {where_key}", (key,)).fetchone()  # noqa: S608
+        conn.execute(f"UPDATE OR IGNORE {table} SET {name} = ? WHERE {where_key}",  # noqa: S608
+                     (_changed(value, how, where), key))
+    reader = SQLiteReader(f"sqlite:///{db}")
+    try:
+        task = parallel.Task(0, 10, 0)
+        try:
+            bulk = audit_bulk.audit_range(reader, 0, 10, 0, False)
+        except Exception:  # noqa: BLE001 - a refusal, as the worker takes it (audit_parallel.audit_range)
+            bulk = None
+        assert bulk is None or bulk == parallel._audit_rows(reader, task, False), (table, name, value)
+    finally:
+        reader.close()
