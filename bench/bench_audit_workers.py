@@ -1,9 +1,12 @@
 """The full audit in worker processes against the same audit in one process.
 
-Both are ``verify-lineage --ledger URL`` in a fresh process with nothing remembered (a full
+All are ``verify-lineage --ledger URL`` in a fresh process with nothing remembered (a full
 audit each time), on the same ledger, alternated round by round so that the machine's load
-falls on both alike; the baseline sets ``LINEAGE_AUDIT_WORKERS=1``. Prints the medians, the
-ratio, records/s, the CPU time of the whole process tree and the load before and after.
+falls on all alike; the baseline sets ``LINEAGE_AUDIT_WORKERS=1``, and the workers' previous,
+row-by-row check (``LINEAGE_AUDIT_BULK=0``) runs too. Prints the medians, the ratios,
+records/s, the CPU time of the whole process tree (and how much of it the workers used), the
+peak resident set of the parent and of each worker (VmHWM, sampled every 20 ms) and their
+sum, and the load.
 
     python bench/bench_audit_workers.py --size 1000000 --rounds 3
 
@@ -131,15 +134,22 @@ def main() -> None:
     if args.quick:  # below the threshold the workers never start: lower it for the smoke test
         extra = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "500"}
     one: list[Run] = []
+    rows: list[Run] = []
     ours: list[Run] = []
     for _ in range(rounds):
         one.append(run(url, directory, "1", extra))
+        rows.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_BULK": "0"}))
         ours.append(run(url, directory, env_workers, extra))
-        print(f"  one process {one[-1].wall:.2f} s, workers {ours[-1].wall:.2f} s "
-              f"(load {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"  one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s), workers row by row {rows[-1].wall:.2f} s "
+              f"(CPU {rows[-1].cpu:.1f} s), workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s); "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
     base, mine = statistics.median(r.wall for r in one), statistics.median(r.wall for r in ours)
     print(f"one process: {base:.2f} s ({size / base:,.0f} records/s), CPU {statistics.median(r.cpu for r in one):.1f} s, "
           f"peak RSS {max(r.parent_peak for r in one) / 1024:.0f} MiB")
+    before = statistics.median(r.wall for r in rows)
+    before_cpu = statistics.median(r.cpu for r in rows)
+    print(f"workers, row by row (LINEAGE_AUDIT_BULK=0, the previous workers): {before:.2f} s "
+          f"({size / before:,.0f} records/s), CPU {before_cpu:.1f} s in all ({before_cpu * 1e6 / size:.1f} us a record)")
     cpu = statistics.median(r.cpu for r in ours)
     worker_cpu = statistics.median(r.worker_cpu for r in ours)
     print(f"workers:     {mine:.2f} s ({size / mine:,.0f} records/s), CPU {cpu:.1f} s in all "
@@ -152,7 +162,8 @@ def main() -> None:
           f"{max(r.total_peak for r in ours) / 1024:.0f} MiB (goal <= {GOAL_RSS_MIB} MiB)")
     print(f"  CPU-bound rate: {size / (cpu / len(os.sched_getaffinity(0))):,.0f} records/s "
           f"(records / (CPU seconds / cores): what these cores would do with nothing else running and the work split evenly)")
-    print(f"ratio one process / workers: {base / mine:.2f}x")
+    print(f"ratio one process / workers: {base / mine:.2f}x; workers row by row / workers: {before / mine:.2f}x wall, "
+          f"{before_cpu / cpu:.2f}x CPU")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     verdict = "GOAL MET" if size / mine >= GOAL_RATE and worst.peaks_sum <= GOAL_RSS_MIB * 1024 else "GOAL MISSED"
     print(f"{verdict}: audit at {size:,} records {size / mine:,.0f} records/s (goal >= {GOAL_RATE:,}), "

@@ -18,7 +18,8 @@ Why processes: the audit is CPU-bound Python (decoding and comparing each record
 threads share one core; a worker costs one interpreter start (about 0.2 s), paid only above
 :data:`MIN_RECORDS` records. ``LINEAGE_AUDIT_WORKERS`` sets the number (``1``: sequential);
 ``LINEAGE_AUDIT_PARALLEL_MIN`` and ``LINEAGE_AUDIT_TASK_RECORDS`` move the threshold and the
-range size (the tests use them to run small ledgers through this path).
+range size (the tests use them to run small ledgers through this path); ``LINEAGE_AUDIT_BULK=0``
+makes the workers check row by row only (the benchmark's comparison).
 Workers are ``python -m lineage_ledger._log.audit_parallel`` on pipes, not :mod:`multiprocessing`:
 nothing is pickled, and a caller's unguarded ``__main__`` script is never run again.
 """
@@ -199,7 +200,7 @@ def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
     """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong.
     The bulk check (:mod:`.audit_bulk`) first; where it does not find everything equal,
     the row-by-row check, which decides."""
-    if hasattr(backend, "audit_chunk"):
+    if hasattr(backend, "audit_chunk") and os.environ.get("LINEAGE_AUDIT_BULK", "").strip() != "0":
         from .audit_bulk import audit_range as bulk
 
         try:
