@@ -73,6 +73,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "TaskCapture": "._capture.task", "TaskRun": "._capture.task", "code_digest": "._capture.task",
     "jsonable": "._capture.task", "ProcessCapture": "._capture.process", "Recorder": "._ledger.recorder",
+    "spool_first": "._ledger.deferred",
 }
 
 
@@ -95,7 +96,7 @@ __all__ = [
     "MerkleMismatch", "MissingExtra", "Policy", "ProcessCapture", "Record", "RecordTampered", "Recorder",
     "Report", "SpoolCorrupt", "SpoolError", "SpoolFull", "StatCache", "StoredBlock",
     "StoredRecord", "TaskCapture", "TaskRun", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes", "code_digest",
-    "check_artifact", "check_before_run", "current_environment", "format_time", "hash_file",
+    "check_artifact", "check_before_run", "current_environment", "spool_first", "format_time", "hash_file",
     "inclusion_proof", "jsonable", "merkle_root", "normalize_path", "open_ledger", "parse_time", "utcnow",
     "verify_artifact", "verify_block", "verify_chain", "verify_chain_of", "verify_closure",
     "verify_before_run", "verify_inclusion", "verify_lineage", "walk_files",

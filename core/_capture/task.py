@@ -9,6 +9,9 @@ Every plugin meets the same problems, so they are solved once here:
 * Some engines end the task process with ``os._exit`` (Airflow), so no background thread
   is joined. :meth:`TaskCapture.record_now` hashes and journals in the durable spool
   before it returns; the next open of the ledger ships what the process could not.
+  Where another process ships the spool (an engine's long-lived shipper), ``ship=False``
+  makes the capture journal only: no shipping thread, and :meth:`TaskCapture.flush` and
+  :meth:`TaskCapture.close` only fsync the spool, never waiting for the back-end.
 * Inputs may be gone by the time a task is reported (Snakemake's ``temp()`` files and
   pipes). Their digests come from what the caller already knows, else from the last
   output this capture recorded at that path, else from the ledger's own last record of it;
@@ -118,6 +121,7 @@ class TaskCapture:
     builds, journals and queues each record for the back-end, in the order submitted;
     when a batch holds several tasks with files to hash, up to ``threads`` threads hash
     them at once (hashing releases the GIL), and the records are still made in order.
+    ``ship=False`` journals only, for a process whose spool another process ships.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class TaskCapture:
         spool: str | None = None,
         raise_errors: bool = False,
         recorder_options: Mapping[str, Any] | None = None,
+        ship: bool = True,
     ) -> None:
         self.url = url
         self.engine = engine
@@ -138,6 +143,9 @@ class TaskCapture:
         self.spool = spool
         self.raise_errors = raise_errors
         self.recorder_options = dict(recorder_options or {})
+        self.recorder_options.setdefault("ship", ship)
+        #: False: journal only; another process ships the spool (:class:`~.Recorder`'s ``ship``).
+        self.ship = bool(self.recorder_options["ship"])
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._deferred: DeferredLedger | None = None
@@ -190,7 +198,9 @@ class TaskCapture:
             return self._failed(run, err)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for queued tasks, then for the back-end to have them; True if all in time."""
+        """Wait for queued tasks, then for the back-end to have them; True if all in time.
+
+        Journal only (``ship=False``): wait for queued tasks and fsync the spool."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._worker.wait(timeout):
             return False

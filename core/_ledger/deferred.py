@@ -199,7 +199,13 @@ class DeferredLedger:
 
 
 def spool_first(url: str | None = None, *, spool: str | None = None) -> DeferredLedger:
-    """A :class:`DeferredLedger` for ``url``; raises :class:`ConfigError` for a bad configuration."""
+    """A :class:`DeferredLedger` for ``url``; raises :class:`ConfigError` for a bad configuration.
+
+    Public as ``lineage_ledger.spool_first``: what a process that ships others' spooled
+    records needs. ``.spool_dir`` names the ledger's spool directory without connecting;
+    ``.ledger()`` opens the ledger on first use (``.ledger().replay_spool()`` ships what
+    finished processes left there); ``.close()`` closes it.
+    """
     url = _default_url(url)
     identity, backend = ledger_identity(url)
     return DeferredLedger(url, identity, _default_spool(spool), backend)

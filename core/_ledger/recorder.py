@@ -8,6 +8,13 @@ ledger as blocks, and deletes the segment once the back-end has them. When the b
 is down, records wait in the spool; past ``max_pending`` unshipped records ``record()``
 raises :class:`SpoolFull` instead of letting memory grow. At interpreter exit the worker
 gets ``exit_timeout`` seconds to flush; whatever is left is replayed by the next open.
+
+``ship=False`` makes a journal-only recorder, for a process that must not wait for the
+back-end at all and whose records another process ships (``lineage-ledger spool ship``,
+an engine's long-lived shipper, or the next open of the ledger): no worker thread, and
+:meth:`Recorder.flush`, :meth:`Recorder.close` and interpreter exit only fsync the
+segment and leave it for that process (closing it releases its lock, so a replay can
+take it).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class Recorder:
         max_age: float = 1.0,
         max_pending: int = 100_000,
         exit_timeout: float = 10.0,
+        ship: bool = True,
     ) -> None:
         if batch_size < 1 or max_pending < batch_size or max_age <= 0:
             raise ValueError("need batch_size >= 1, max_pending >= batch_size, max_age > 0")
@@ -64,6 +72,8 @@ class Recorder:
         self.max_age = max_age
         self.max_pending = max_pending
         self.exit_timeout = exit_timeout
+        #: False: journal only; another process ships this spool (see the module's docstring).
+        self.ship = ship
         self.last_error: BaseException | None = None
         self._reset()
         self._begin()
@@ -87,6 +97,8 @@ class Recorder:
         """Open this process's segment and start the worker: at construction, or (under the
         lock) at a forked child's first record."""
         writer = self._writer = SpoolWriter(self.ledger.spool_dir)
+        if not self.ship:  # journal only: nothing here ships, so no thread to start
+            return writer
         self._worker = threading.Thread(target=self._run, name="lineage-ledger-recorder", daemon=True)
         self._worker.start()
         return writer
@@ -241,7 +253,13 @@ class Recorder:
         return backoff
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Ship everything recorded so far; True if the back-end has it all in time."""
+        """Ship everything recorded so far; True if the back-end has it all in time.
+
+        Journal only (``ship=False``): fsync the spool and return True at once; the
+        records are another process's to ship."""
+        if not self.ship:
+            self.sync()
+            return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             target = self._accepted_total  # later records need not hold this call up
@@ -258,6 +276,8 @@ class Recorder:
     def close(self, timeout: float | None = None) -> bool:
         """Flush for at most ``timeout`` seconds and stop; unshipped records stay spooled."""
         timeout = self.exit_timeout if timeout is None else timeout
+        if not self.ship:
+            return self._close_journal()
         with self._lock:
             self._closing = True
             worker = self._worker
@@ -275,6 +295,29 @@ class Recorder:
             )
         _LIVE.discard(self)
         return done
+
+    def _close_journal(self) -> bool:
+        """Close a journal-only recorder: fsync its segment and let go of it (and of its
+        lock), leaving the file for whichever process ships this spool."""
+        with self._lock:
+            if self._closing:
+                return True
+            self._closing = self._closed = True
+            writer, self._writer = self._writer, None
+        _LIVE.discard(self)
+        if writer is None:  # a forked child that recorded nothing
+            return True
+        segment = writer.current
+        try:
+            if len(segment):
+                segment.sync()
+            else:
+                os.unlink(segment.path)  # an empty segment needs no replay
+        except OSError as err:
+            log.warning("lineage-ledger: cannot sync or remove the spool segment %s: %s", segment.path, err)
+        finally:
+            os.close(segment.fd)
+        return True
 
     def __enter__(self) -> Recorder:
         return self

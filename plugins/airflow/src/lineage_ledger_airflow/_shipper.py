@@ -112,7 +112,7 @@ class _Shipper:
 
     def _ledger(self) -> Any:
         if self._deferred is None:
-            from lineage_ledger._ledger.deferred import spool_first
+            from lineage_ledger import spool_first
 
             self._deferred = spool_first(_settings.ledger_url(), spool=_settings.spool_root())
         return self._deferred

@@ -126,11 +126,9 @@ def capture() -> TaskCapture:
                 _claimed.clear()
                 _started.clear()
                 _details.clear()
-            options = {}
-            if _shipper.alive():  # a job process ships this spool: journal only, never wait here
-                options = {"max_age": 3600.0, "exit_timeout": 0.0}
+            # A job process ships this spool: journal only (no shipping thread, never wait here).
             _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
-                                   recorder_options=options)
+                                   ship=not _shipper.alive())
             _capture_pid = os.getpid()
         return _capture
 
@@ -477,7 +475,7 @@ def preload() -> None:
     the rest of the listener's work).
     """
     try:
-        from lineage_ledger._ledger import deferred, recorder, spool  # noqa: F401
+        from lineage_ledger import Recorder, spool_first  # noqa: F401 - their modules, imported now
         from lineage_ledger.backends import backend_class, split_url
 
         backend_class(split_url(_settings.ledger_url())[0])
@@ -495,22 +493,6 @@ def in_process_runner() -> bool:
     return type(comms).__name__ == "InProcessSupervisorComms"
 
 
-def _leave_to_shipper(cap: TaskCapture) -> None:
-    """Keep the core's exit handler from trying to ship this process's records.
-
-    Airflow's task process may end through ``atexit``, where the core closes every live
-    recorder, waiting up to its ``exit_timeout`` for the back-end and warning about what is
-    left. Here the records are synced and the shipper takes them once this process has
-    ended (its segment's lock goes with the process), so neither the wait nor the warning
-    applies.
-    """
-    from lineage_ledger._ledger.recorder import _LIVE
-
-    recorder = cap._recorder
-    if recorder is not None:
-        _LIVE.discard(recorder)
-
-
 def flush_before_exit() -> None:
     """Make this process's records durable before a supervised task process ends with
     ``os._exit``, and ship them unless the machine's shipper will (:mod:`._shipper`).
@@ -522,11 +504,11 @@ def flush_before_exit() -> None:
     cap = _capture
     if cap is None or _capture_pid != os.getpid() or in_process_runner():
         return
-    if _shipper.alive():
+    if not cap.ship:
         # The machine's shipper (in the scheduler or another Airflow job process) ships it
-        # once this process has ended: make it survive a power cut, and go.
+        # once this process has ended: make it survive a power cut, and go. (An exit
+        # through ``atexit`` only fsyncs a journal-only capture too; it never waits.)
         cap.sync()
-        _leave_to_shipper(cap)
         return
     if not cap.flush(timeout=_settings.flush_timeout()):
         log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")
