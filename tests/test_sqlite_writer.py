@@ -59,7 +59,8 @@ def dump(path) -> dict:
             name: conn.execute(f"SELECT * FROM {name} ORDER BY {order}").fetchall()
             for name, order in (("ll_blocks", "height"), ("ll_records", "seq"), ("ll_artifacts", "seq, role, path"))
         }
-        tables["ll_meta"] = conn.execute("SELECT rowid, key, key = 'origin' OR value FROM ll_meta").fetchall()
+        tables["ll_meta"] = conn.execute("SELECT rowid, key, CASE key WHEN 'origin' THEN length(value) ELSE value END"
+                                         " FROM ll_meta").fetchall()
         # By name: SQLAlchemy creates a table's indexes in no fixed order (it keeps them in a
         # set), so their order and page numbers differ from one of its own ledgers to the next.
         tables["schema"] = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
