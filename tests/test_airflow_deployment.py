@@ -14,6 +14,7 @@ import os
 import signal
 import sqlite3
 import time
+from datetime import datetime
 
 import pytest
 
@@ -211,34 +212,64 @@ def test_kill_9_of_the_scheduler(deployment):
     assert_every_try_recorded_once(site, "deploy_tries", "sched-1")
 
 
+def end_of_hooks(log_path) -> float | None:
+    """Seconds from the task's "Post Execute" group to the last line its finalize logs
+    (after the listener's success hook and ``before_stopping``, just before the process
+    exits); None while that line is not in the log (still waiting, or killed)."""
+    begun = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        event = entry.get("event")
+        if event == "::group::Post Execute":
+            begun = datetime.fromisoformat(entry["timestamp"])
+        elif event == "::endgroup::" and begun is not None and entry.get("logger") == "task":
+            return (datetime.fromisoformat(entry["timestamp"]) - begun).total_seconds()
+    return None
+
+
 def test_locked_sqlite_ledger_while_tasks_finish(deployment, tmp_path):
     site = deployment
     sqlite_url = f"sqlite:///{tmp_path}/ledger.db"
     open_ledger(sqlite_url, spool=str(tmp_path / "empty-spool")).close()  # the schema, before the lock
     lock = sqlite3.connect(tmp_path / "ledger.db", timeout=5, check_same_thread=False)
-    # The task processes inherit the scheduler's settings: a scheduler on the SQLite ledger.
-    site.kill("scheduler", signal.SIGKILL)
-    site.start("scheduler", extra_env={"AIRFLOW__LINEAGE_LEDGER__URL": sqlite_url})
-    lock.execute("BEGIN EXCLUSIVE")  # the write lock, held until every task has finished
+    # The task processes inherit the scheduler's settings; the DAG processor is restarted on
+    # the same ledger so that whichever of the two holds the shipper's lease ships it. A task
+    # process that waited for the ledger at its end would wait up to flush_timeout (60 s),
+    # and Airflow kills it after task_success_overtime (20 s).
+    on_sqlite = {"AIRFLOW__LINEAGE_LEDGER__URL": sqlite_url, "AIRFLOW__LINEAGE_LEDGER__FLUSH_TIMEOUT": "60"}
+    for name in ("scheduler", "dag-processor"):
+        site.kill(name, signal.SIGKILL)
+    site.start("dag-processor", "scheduler", extra_env=on_sqlite)
+    lock.execute("BEGIN EXCLUSIVE")  # the write lock, held until every task process has ended
     try:
         site.trigger("deploy_many", "locked-1")
         assert site.wait_for_run("deploy_many", "locked-1") == "success"
-        # None waited for the lock: none was killed after task_success_overtime (20 s).
-        rows = site.query("SELECT state, duration FROM task_instance WHERE dag_id = 'deploy_many'"
-                          " AND run_id = 'locked-1'")
-        assert [state for state, _ in rows] == ["success"] * 4
-        assert max(duration for _, duration in rows) < 15, rows
-        assert ledger_records(site, "deploy_many", "locked-1", sqlite_url) == []  # all in the spool
-        # The task processes left shipping to the machine's shipper: none waited for the
-        # locked ledger at its end ("records not shipped in time" is what waiting logs).
-        logs = list((site.home / "logs").glob("dag_id=deploy_many/run_id=locked-1/task_id=*/attempt=1.log"))
+        assert [t.state for t in site.tries("deploy_many", "locked-1")] == ["success"] * 4
+        # Airflow's task duration ends before the listener's hooks run (the task runner
+        # reports success first), so the task logs tell whether a task process waited for
+        # the ledger: each one's hooks must end, and its process with them, under the lock.
+        logs = sorted((site.home / "logs").glob("dag_id=deploy_many/run_id=locked-1/task_id=*/attempt=1.log"))
         assert len(logs) == 4
-        assert not [p for p in logs if "not shipped in time" in p.read_text(errors="replace")]
+        def all_ended():
+            spans = [end_of_hooks(path) for path in logs]
+            return None if None in spans else spans
+
+        spans = site.wait_for(all_ended, "every task process to end while the ledger is locked", timeout=60)
+        assert max(spans) < 10, spans  # a task that waited for the ledger is killed at 20 s
+        texts = [p.read_text(errors="replace") for p in logs]
+        assert not [t for t in texts if "not shipped in time" in t or "overtime" in t]
+        assert ledger_records(site, "deploy_many", "locked-1", sqlite_url) == []  # all in the spool
         assert (site.spool / ".airflow-shipper").exists()
     finally:
         lock.rollback()
         lock.close()
-        site.kill("scheduler", signal.SIGKILL)
-        site.start("scheduler")  # back on the PostgreSQL ledger for the other tests
-    ship(site, sqlite_url)
-    assert_every_try_recorded_once(site, "deploy_many", "locked-1", sqlite_url)
+    try:
+        # The machine's shipper delivers them once the lock is gone (no `spool ship` here).
+        assert_every_try_recorded_once(site, "deploy_many", "locked-1", sqlite_url)
+    finally:
+        for name in ("scheduler", "dag-processor"):
+            site.kill(name, signal.SIGKILL)
+        site.start("dag-processor", "scheduler")  # back on the PostgreSQL ledger for the other tests

@@ -205,6 +205,9 @@ SWEEP_EVERY_S = 3600.0
 
 
 def _marker_dir(cap: TaskCapture) -> str:
+    # Open the capture's recorder first (it journals into the spool; the back-end is not
+    # touched): its spool directory is then worked out once, not again for the markers.
+    cap.open()
     directory = os.path.join(cap.spool_dir, "airflow-tries")  # spool first: no back-end
     if directory not in _marker_dirs:
         os.makedirs(directory, exist_ok=True)
