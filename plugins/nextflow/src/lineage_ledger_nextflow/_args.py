@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 
 POLICIES = ("warn", "strict", "rerun", "off")
+#: The logger whose TRACE lines name each published file (``_log``); turned on with ``-trace``.
+PUBLISH_LOGGER = "nextflow.processor.PublishDir"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Nextflow's options before `run` that take a value (so that the value is not taken for `run`).
 _TOP_WITH_VALUE = {"-c", "-config", "-C", "-log", "-trace", "-D", "-bg-log", "-remote-debug"}
@@ -24,16 +25,19 @@ class UsageError(Exception):
     """Bad command line: exit status 2."""
 
 
-@dataclass
 class Command:
-    top: list[str]  # Nextflow's options before `run`
-    run: list[str]  # `run`'s arguments: the pipeline and its options
-    ledger: str | None = None
-    policy: str = "warn"
-    resume: bool = False
-    resume_session: str | None = None
-    log_file: str | None = None  # -log, if the user gave one
-    params: dict[str, str] = field(default_factory=dict)  # --name value pairs for the records
+    """The parsed command line. A plain class, not a dataclass: this module is imported before
+    Nextflow starts, and ``dataclasses`` (with ``inspect``) would delay the JVM's start."""
+
+    def __init__(self, top: list[str], run: list[str], ledger: str | None = None, policy: str = "warn") -> None:
+        self.top = top  # Nextflow's options before `run`
+        self.run = run  # `run`'s arguments: the pipeline and its options
+        self.ledger = ledger
+        self.policy = policy
+        self.resume = False
+        self.resume_session: str | None = None
+        self.log_file: str | None = None  # -log, if the user gave one
+        self.params: dict[str, str] = {}  # --name value pairs for the records
 
 
 def parse(argv: list[str]) -> Command:

@@ -33,9 +33,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._args import PUBLISH_LOGGER
+
+__all__ = ["PUBLISH_LOGGER", "Completed", "Handlers", "LogFollower", "Note", "Published", "last_session",
+           "log_inode", "parse_line"]
 log = logging.getLogger("lineage_ledger.nextflow")
 
-PUBLISH_LOGGER = "nextflow.processor.PublishDir"
 POLL_SECONDS = 0.2
 _SESSION = re.compile(r"nextflow\.Session - Session UUID: (?P<id>[0-9a-fA-F-]{36})")
 _COMPLETED = re.compile(r"Task completed > TaskHandler\[id: (?P<id>[^;]*); name: (?P<name>.*); status: "
@@ -120,14 +123,14 @@ class LogFollower:
     """Reads the lines Nextflow appends to its log, on a thread of its own."""
 
     def __init__(self, path: str, handlers: Handlers | None = None,
-                 on_line: Callable[[str, Handlers], None] = parse_line) -> None:
+                 on_line: Callable[[str, Handlers], None] = parse_line, *, stale: int | None = -1) -> None:
+        """``stale``: the inode of the previous run's log, which Nextflow is about to rename
+        (:func:`log_inode`, taken before Nextflow started; None: there was none); by default
+        it is taken now."""
         self.path = path
         self.handlers = handlers or Handlers()
         self.on_line = on_line
-        try:
-            self._stale: int | None = os.stat(path).st_ino  # the previous run's log, about to be renamed
-        except OSError:
-            self._stale = None
+        self._stale: int | None = log_inode(path) if stale == -1 else stale
         self._inode: int | None = None
         self._offset = 0
         self._partial = b""
@@ -168,6 +171,14 @@ class LogFollower:
         for raw in lines:
             if raw:
                 self.on_line(raw.decode("utf-8", "replace").rstrip("\r"), self.handlers)
+
+
+def log_inode(path: str) -> int | None:
+    """The inode of the log at ``path`` now (None: there is none)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def last_session(launch_dir: str) -> str | None:

@@ -19,20 +19,19 @@ one ``plugins/nextflow/tools/install-nextflow.sh`` built.
 
 from __future__ import annotations
 
-import logging
+# Only what starting Nextflow needs is imported here: the JVM takes seconds to start, and the
+# wrapper's own imports (logging, the core, the log's patterns) happen while it does, not before.
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
-from concurrent.futures import Future, wait
 
-from . import _args, _log, _preflight, _state
-from ._tasks import TaskRecorder
+from . import _args
 
-log = logging.getLogger("lineage_ledger.nextflow")
+TYPE_CHECKING = False  # `typing` itself costs milliseconds before Nextflow starts
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Future
+    from typing import Any
 
 NXF_RELEASE = "25.04.4"
 FLUSH_TIMEOUT = 300.0  # seconds to wait for the records to reach the spool at the end
@@ -40,6 +39,8 @@ SHIP_WAIT = 5.0  # then for the ledger; what it has not taken stays spooled
 
 
 def find_nextflow() -> str | None:
+    import shutil
+
     given = os.environ.get("LINEAGE_NEXTFLOW")
     if given:
         return given
@@ -52,9 +53,22 @@ def find_nextflow() -> str | None:
     return built if os.access(built, os.X_OK) else None
 
 
+_as_command = False  # run by main(): the wrapper's (and the core's) warnings go to stderr
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    global _as_command
+    _as_command = True
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _logger() -> Any:
+    """The wrapper's logger, set up on first use: ``logging`` is imported once Nextflow started."""
+    import logging
+
+    if _as_command:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")  # no-op once configured
+    return logging.getLogger("lineage_ledger.nextflow")
 
 
 def run(argv: list[str]) -> int:
@@ -77,6 +91,7 @@ def run(argv: list[str]) -> int:
     launch_dir = os.getcwd()
     url = _args.absolute_url(command.ledger, launch_dir)
     if command.resume and command.policy != "off":
+        _logger()
         refused = _check_resume(command, launch_dir, url)
         if refused is not None:
             return refused
@@ -87,6 +102,9 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
     """Apply the policy before a ``-resume``; an exit status when the run must not start."""
     from lineage_ledger import ConfigError
 
+    from . import _log, _preflight
+
+    log = _logger()
     session = command.resume_session or _log.last_session(launch_dir)
     if session is None:
         return None  # Nextflow will say there is nothing to resume
@@ -127,21 +145,32 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
 
 
 def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str) -> int:
-    args = _args.nextflow_args(command, _log.PUBLISH_LOGGER)
     log_file = os.path.join(launch_dir, command.log_file or ".nextflow.log")
-    follower = _log.LogFollower(log_file)  # before Nextflow starts: it notes the previous run's log
-    process = subprocess.Popen([nextflow, *args])
-    # The JVM takes seconds to start: the capture is imported and opened meanwhile.
-    from lineage_ledger import ConfigError, TaskCapture
+    try:  # before Nextflow starts: it renames the previous run's log, which the follower skips
+        stale_log: int | None = os.stat(log_file).st_ino
+    except OSError:
+        stale_log = None
+    process = subprocess.Popen([nextflow, *_args.nextflow_args(command, _args.PUBLISH_LOGGER)])
+    # The JVM takes seconds to start: everything else is imported and opened meanwhile.
+    import signal
 
-    capture = TaskCapture(url, engine="nextflow")
-    futures: list[Future[str | None]] = []
-    recorder = TaskRecorder(_Poster(capture, futures), command.params)
-    follower.handlers = recorder
     # Ctrl-C reaches Nextflow too (same process group): the wrapper waits for it and records
     # what ended. A TERM sent to the wrapper alone is passed on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    import time
+    from concurrent.futures import wait
+
+    from lineage_ledger import ConfigError, TaskCapture
+
+    from . import _log, _state
+    from ._tasks import TaskRecorder
+
+    log = _logger()
+    capture = TaskCapture(url, engine="nextflow")
+    futures: list[Future[str | None]] = []
+    recorder = TaskRecorder(_Poster(capture, futures), command.params)
+    follower = _log.LogFollower(log_file, recorder, stale=stale_log)
     try:
         capture.open()  # while the JVM starts: a URL no retry can fix stops the run now
     except ConfigError as err:
