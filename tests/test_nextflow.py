@@ -7,9 +7,11 @@ failing pipeline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,44 @@ def test_published_report_verifies_back_to_the_sources(example_run):
     result = nf.run("verify-lineage", "results/report.txt", "results/counts/alpha.count", cwd=here)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verified" in result.stdout and "data/alpha.txt" in result.stdout and "REPORT:publish" in result.stdout
+
+
+#: The console script's own two lines, behind an audit hook that notes which of these modules
+#: the wrapper had imported when it started Nextflow, and an exit hook for the whole run.
+PROBE = """
+import atexit, json, sys
+WATCHED = ("lineage_ledger", "logging", "concurrent.futures", "dataclasses", "typing", "blake3", "sqlite3",
+           "lineage_ledger_nextflow._log", "lineage_ledger_nextflow._tasks", "lineage_ledger_nextflow._preflight")
+seen = {}
+def hook(event, args):
+    if event == "subprocess.Popen" and "at_start" not in seen:
+        seen["at_start"] = [m for m in WATCHED if m in sys.modules]
+sys.addaudithook(hook)
+def done():
+    seen["sqlalchemy"] = sorted(m for m in sys.modules if m.split(".")[0] == "sqlalchemy")
+    seen["lineage_ledger"] = "lineage_ledger" in sys.modules
+    with open("probe.json", "w") as out:
+        json.dump(seen, out)
+atexit.register(done)
+from lineage_ledger_nextflow.cli import main
+sys.argv[0] = "nextflow-ledger"
+main()
+"""
+
+
+def test_nextflow_starts_before_the_wrapper_imports_and_sqlite_needs_no_sqlalchemy(tmp_path):
+    """The JVM's start (seconds) overlaps the wrapper's imports instead of waiting for them, and
+    recording into an SQLite ledger does not import SQLAlchemy (#20's overhead)."""
+    (tmp_path / "main.nf").write_text("process ONE {\n  output: path 'one.txt'\n  script: 'echo 1 > one.txt'\n}\n"
+                                      "workflow {\n  ONE()\n}\n")
+    result = subprocess.run([sys.executable, "-c", PROBE, "run", "main.nf"], cwd=tmp_path, env=nf.env(tmp_path),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "recorded 1 task try(s)" in result.stderr
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["at_start"] == [] and probe["lineage_ledger"] is True
+    assert probe["sqlalchemy"] == []
+    assert [r["task_name"] for r in nf.records(tmp_path)] == ["ONE"]
 
 
 def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
