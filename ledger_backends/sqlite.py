@@ -152,13 +152,35 @@ def _translated_write(what: str, shown: str) -> Iterator[None]:
 
 
 _OPEN: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+# Files (device, inode) a forked child must not append to: see _forget_connections_after_fork.
+_FORKED_MID_USE: set[tuple[int, int]] = set()
+# The parent's connections that were in use at the fork, kept from the child's garbage
+# collector: closing one in the child would roll back the parent's transaction in shared memory.
+_PINNED: list[sqlite3.Connection] = []
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _forget_connections_after_fork() -> None:
     # A forked child must not use the parent's connections (one SQLite handle in two
-    # processes), nor a pool lock another thread of the parent held at the fork.
+    # processes), nor a pool lock another thread of the parent held at the fork. It must
+    # close them, too: SQLite keeps one record per file of the locks its process holds,
+    # and the child inherits the parent's, so a connection the child opens while one of
+    # the parent's is still open in it takes no lock of its own; the parent, closing its
+    # last connection, then sees no other process, checkpoints and deletes the -wal, and
+    # every append the child commits after that goes into a deleted file (lost). An idle
+    # connection holds no transaction: closing it in the child changes nothing for the
+    # parent. One another thread was using at the fork may be inside a write, which
+    # closing would undo in the shared WAL index: it is kept open (pinned), and this
+    # child appends nothing to that file (its records wait in the spool).
     for backend in list(_OPEN):
-        backend._reset_pool()
+        backend._leave_parents_connections()
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
@@ -220,6 +242,23 @@ class SQLiteBackend(_SQLReads, Backend):
             raise
 
     # -- set-up ---------------------------------------------------------------------------
+    def _leave_parents_connections(self) -> None:
+        """In a forked child: close the parent's idle connections, pin those in use at the
+        fork (see _forget_connections_after_fork), and start an empty pool."""
+        if self._pool_pid == os.getpid():
+            return
+        idle = {id(conn) for conn in self._idle}
+        for conn in self._opened:
+            if id(conn) in idle:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            else:
+                _PINNED.append(conn)
+                key = _file_key(self._path) if hasattr(self, "_path") else None
+                if key is not None:
+                    _FORKED_MID_USE.add(key)
+        self._reset_pool()
+
     def _reset_pool(self) -> None:
         """An empty pool of this process (the parent's connections are left to the parent)."""
         self._pool_lock = threading.Lock()
@@ -246,7 +285,7 @@ class SQLiteBackend(_SQLReads, Backend):
         or transaction."""
         pid = os.getpid()
         if self._pool_pid != pid:  # forked by code that runs no Python fork hook
-            self._reset_pool()
+            self._leave_parents_connections()
         with self._pool_lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
@@ -256,6 +295,9 @@ class SQLiteBackend(_SQLReads, Backend):
         try:
             yield conn
         finally:
+            if conn.in_transaction and not self._rolled_back(conn):
+                with self._pool_lock:  # unusable: dropped from the pool (and closed below)
+                    self._opened = [c for c in self._opened if c is not conn]
             with self._pool_lock:
                 returned = any(c is conn for c in self._opened)
                 if returned:
@@ -263,12 +305,22 @@ class SQLiteBackend(_SQLReads, Backend):
             if not returned and os.getpid() == pid:  # the pool was closed while we used it
                 conn.close()
 
+    @staticmethod
+    def _rolled_back(conn: sqlite3.Connection) -> bool:
+        """Roll back a transaction left open (an exception between BEGIN and the ``try``
+        that guards it: a signal handler's, say Airflow's task timeout): a connection goes
+        back to the pool with no transaction, else it would keep the write lock from every
+        other process and refuse every later BEGIN of this one."""
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        return not conn.in_transaction
+
     @contextlib.contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         """``begin`` (``BEGIN`` or ``BEGIN IMMEDIATE``) ... ``COMMIT``, rolled back on error."""
         with self._connection() as conn:
-            conn.execute(begin)
             try:
+                conn.execute(begin)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
@@ -340,6 +392,11 @@ class SQLiteBackend(_SQLReads, Backend):
         """``SQLBackend.append``, statement for statement, through :mod:`sqlite3`."""
         if not blocks:
             return
+        if _FORKED_MID_USE and _file_key(self._path) in _FORKED_MID_USE:
+            raise BackendUnavailable(
+                f"{self.display_url}: this process was forked while another thread was using the ledger;"
+                " it appends nothing to it (its records wait in the spool for `lineage-ledger spool ship`)"
+            )
         with _translated_write("append", self.display_url), self._transaction("BEGIN IMMEDIATE") as conn:
             heights = [b.height for b in blocks]
             marks = ",".join("?" * len(heights))

@@ -1,0 +1,152 @@
+"""Faults around the stdlib SQLite writer (``SQLiteBackend``): exceptions in the middle of a
+transaction, forked children, and the file's lock state after them. Real files, real
+processes; a record a writer acknowledged must be in the file, whatever else happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from lineage_ledger import BackendUnavailable, build_block, open_ledger
+from lineage_ledger.backends import open_backend
+from lineage_ledger.backends.sqlite import SQLiteBackend
+from lineage_ledger.testing import chain_of, make_record, make_records
+
+
+def hold_write_lock(db, seconds: float | None = None) -> subprocess.Popen:
+    """Another process holding the ledger's write lock, for ``seconds`` or until its stdin
+    closes."""
+    release = f"time.sleep({seconds})\nc.execute('ROLLBACK')\n" if seconds else ""
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\n"
+                               f"{release}sys.stdin.read()\n", str(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def another_process_can_write(db) -> bool:
+    conn = sqlite3.connect(db, timeout=2, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+class TaskTimeout(Exception):
+    """What a signal handler raises in the middle of an append (Airflow's task timeout)."""
+
+
+def test_an_exception_while_waiting_for_the_lock_leaves_no_transaction_open(tmp_path):
+    """A SIGALRM handler raises while the append waits for the write lock: once SQLite has
+    granted it, the exception comes out of BEGIN IMMEDIATE itself. The connection must not go
+    back to the pool holding that transaction: it kept the write lock from every other
+    process, and this process's next append failed with 'cannot start a transaction within
+    a transaction'."""
+    db = tmp_path / "ledger.db"
+    ledger = open_ledger(str(db), spool=str(tmp_path / "spool"))
+    assert type(ledger.backend) is SQLiteBackend
+    holder = hold_write_lock(db, seconds=1.0)
+
+    def timeout(*_):
+        raise TaskTimeout()
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # fires while BEGIN IMMEDIATE waits
+        with pytest.raises(TaskTimeout):
+            ledger.append_records([make_record(1).stored()])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        holder.communicate("")
+    assert another_process_can_write(db)
+    assert ledger.append_records([make_record(2).stored()]) == 1
+    ledger.close()
+    with open_ledger(str(db), read_only=True) as reader:
+        assert reader.verify_chain().records == 1
+
+
+def append_one(backend, number: int) -> None:
+    backend.append([build_block([make_record(number).stored()], backend.head()).stored()])
+
+
+def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path):
+    """The parent has the ledger open when it forks (Airflow's LocalExecutor forking a task),
+    the child appends, the parent closes the ledger (or exits), the child appends again and
+    is killed. Both of the child's acknowledged appends are in the file: the parent's close
+    did not take itself for the last connection and delete the -wal the child was writing."""
+    db = tmp_path / "ledger.db"
+    backend = open_backend(str(db))
+    backend.append(chain_of(make_records(2), 2))
+    first_done, parent_closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: appends, waits for the parent's close, appends, dies by SIGKILL
+        try:
+            append_one(backend, 7)
+            os.write(first_done[1], b"1")
+            os.read(parent_closed[0], 1)
+            append_one(backend, 8)
+            os.write(first_done[1], b"2")
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    assert os.read(first_done[0], 1) == b"1"
+    backend.close()
+    os.write(parent_closed[1], b"1")
+    acknowledged = os.read(first_done[0], 1)
+    _, status = os.waitpid(pid, 0)
+    assert acknowledged == b"2" and os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+    with open_ledger(str(db), read_only=True) as ledger:
+        assert ledger.verify_chain().records == 4
+
+
+def test_a_child_forked_while_a_thread_appends_appends_nothing_and_the_parent_loses_nothing(tmp_path):
+    """A shipper thread of the parent is inside an append (waiting for the lock another
+    process holds) when the parent forks. The child must neither close that connection (that
+    would undo the parent's write in the shared WAL index) nor write the file beside it
+    (its locks would be the parent's): its appends are refused, through a new ledger object
+    too. The parent's append lands once the lock is free."""
+    db = tmp_path / "ledger.db"
+    backend = open_backend(str(db))
+    backend.append(chain_of(make_records(2), 2))
+    holder = hold_write_lock(db)
+    try:
+        shipper = threading.Thread(target=append_one, args=(backend, 5))
+        shipper.start()
+        time.sleep(0.5)  # the shipper's connection is in use, blocked in BEGIN IMMEDIATE
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                refused = 0
+                for opener in (lambda: backend, lambda: open_backend(str(db))):
+                    try:
+                        append_one(opener(), 9)
+                    except BackendUnavailable as err:
+                        refused += "forked" in str(err)
+                code = 0 if refused == 2 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        holder.communicate("")
+    shipper.join(timeout=60)
+    assert not shipper.is_alive()
+    append_one(backend, 6)
+    backend.close()
+    with open_ledger(str(db), read_only=True) as ledger:
+        assert ledger.verify_chain().records == 4
