@@ -441,8 +441,8 @@ class SQLiteBackend(_SQLReads, Backend):
         """Close the idle connections, and each one in use when its thread is done with it,
         as SQLAlchemy's ``dispose`` does: a thread blocked in the busy timeout (a ledger
         locked elsewhere) holds its connection, and closing it here would wait that long."""
+        self._leave_parents_connections()  # a child forked with no Python fork hook run
         with self._pool_lock:
-            idle = self._idle if self._pool_pid == os.getpid() else []
-            self._idle, self._opened = [], []
+            idle, self._idle, self._opened = self._idle, [], []
         for conn in idle:
             conn.close()

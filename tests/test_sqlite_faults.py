@@ -4,6 +4,7 @@ processes; a record a writer acknowledged must be in the file, whatever else hap
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sqlite3
@@ -83,18 +84,31 @@ def append_one(backend, number: int) -> None:
     backend.append([build_block([make_record(number).stored()], backend.head()).stored()])
 
 
-def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path):
+def libc_fork() -> int:
+    """fork(2) straight from the C library, as an extension module forks: Python's
+    at-fork hooks do not run in the child."""
+    return ctypes.CDLL(None, use_errno=True).fork()
+
+
+@pytest.mark.parametrize("fork, reopen", [(os.fork, False), (libc_fork, False), (libc_fork, True)],
+                         ids=["os.fork", "no-fork-hooks", "no-fork-hooks-closed-first"])
+def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path, fork, reopen):
     """The parent has the ledger open when it forks (Airflow's LocalExecutor forking a task),
     the child appends, the parent closes the ledger (or exits), the child appends again and
     is killed. Both of the child's acknowledged appends are in the file: the parent's close
-    did not take itself for the last connection and delete the -wal the child was writing."""
+    did not take itself for the last connection and delete the -wal the child was writing.
+    The same for a child forked by C code (no at-fork hook), which may close the ledger it
+    inherited and open it again first."""
     db = tmp_path / "ledger.db"
     backend = open_backend(str(db))
     backend.append(chain_of(make_records(2), 2))
     first_done, parent_closed = os.pipe(), os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: appends, waits for the parent's close, appends, dies by SIGKILL
         try:
+            if reopen:
+                backend.close()
+                backend = open_backend(str(db))
             append_one(backend, 7)
             os.write(first_done[1], b"1")
             os.read(parent_closed[0], 1)
