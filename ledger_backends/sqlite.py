@@ -179,8 +179,19 @@ def _forget_connections_after_fork() -> None:
     # parent. One another thread was using at the fork may be inside a write, which
     # closing would undo in the shared WAL index: it is kept open (pinned), and this
     # child appends nothing to that file (its records wait in the spool).
+    _PROCESS[0] = os.getpid()
     for backend in list(_OPEN):
         backend._leave_parents_connections()
+
+
+_PROCESS = [os.getpid()]  # the process whose connections the pools hold
+
+
+def _check_forked() -> None:
+    """The fork hook's work, in a child forked by C code (no Python fork hook ran): every
+    ledger object's, not only the one in hand (a new one beside an old one is as unsafe)."""
+    if _PROCESS[0] != os.getpid():
+        _forget_connections_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
@@ -284,8 +295,7 @@ class SQLiteBackend(_SQLReads, Backend):
         """A connection of this process that no other thread is using, for one statement
         or transaction."""
         pid = os.getpid()
-        if self._pool_pid != pid:  # forked by code that runs no Python fork hook
-            self._leave_parents_connections()
+        _check_forked()
         with self._pool_lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
@@ -441,7 +451,7 @@ class SQLiteBackend(_SQLReads, Backend):
         """Close the idle connections, and each one in use when its thread is done with it,
         as SQLAlchemy's ``dispose`` does: a thread blocked in the busy timeout (a ledger
         locked elsewhere) holds its connection, and closing it here would wait that long."""
-        self._leave_parents_connections()  # a child forked with no Python fork hook run
+        _check_forked()
         with self._pool_lock:
             idle, self._idle, self._opened = self._idle, [], []
         for conn in idle:

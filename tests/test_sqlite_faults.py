@@ -90,15 +90,16 @@ def libc_fork() -> int:
     return ctypes.CDLL(None, use_errno=True).fork()
 
 
-@pytest.mark.parametrize("fork, reopen", [(os.fork, False), (libc_fork, False), (libc_fork, True)],
-                         ids=["os.fork", "no-fork-hooks", "no-fork-hooks-closed-first"])
+@pytest.mark.parametrize("fork, reopen", [(os.fork, None), (libc_fork, None), (libc_fork, "close"),
+                                          (libc_fork, "new")],
+                         ids=["os.fork", "no-fork-hooks", "no-fork-hooks-closed-first", "no-fork-hooks-new-object"])
 def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path, fork, reopen):
     """The parent has the ledger open when it forks (Airflow's LocalExecutor forking a task),
     the child appends, the parent closes the ledger (or exits), the child appends again and
     is killed. Both of the child's acknowledged appends are in the file: the parent's close
     did not take itself for the last connection and delete the -wal the child was writing.
     The same for a child forked by C code (no at-fork hook), which may close the ledger it
-    inherited and open it again first."""
+    inherited, or not, and open it again."""
     db = tmp_path / "ledger.db"
     backend = open_backend(str(db))
     backend.append(chain_of(make_records(2), 2))
@@ -106,8 +107,9 @@ def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path,
     pid = fork()
     if pid == 0:  # the child: appends, waits for the parent's close, appends, dies by SIGKILL
         try:
-            if reopen:
+            if reopen == "close":
                 backend.close()
+            if reopen:  # the inherited object left alone beside the new one
                 backend = open_backend(str(db))
             append_one(backend, 7)
             os.write(first_done[1], b"1")
