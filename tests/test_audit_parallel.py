@@ -144,7 +144,7 @@ def test_the_bulk_check_gives_the_row_by_row_answer(pristine, monkeypatch, chunk
     try:
         for task in (parallel.Task(0, 10, 0), parallel.Task(3, 7, 12)):
             bulk = audit_bulk.audit_range(reader, task.start, task.stop, task.first_index, True)
-            assert bulk is not None and bulk == parallel._audit_rows(reader, task, True)
+            assert bulk is not None and parallel.RangeResult(*bulk) == parallel._audit_rows(reader, task, True)
         assert bulk.compared == 16 and bulk.artifacts == 48 and len(bulk.leaves) == 16 * 32
     finally:
         reader.close()
@@ -303,6 +303,6 @@ def test_the_bulk_check_accepts_only_what_the_rows_accept(loose, tmp_path_factor
             bulk = audit_bulk.audit_range(reader, 0, 10, 0, False)
         except Exception:  # noqa: BLE001 - a refusal, as the worker takes it (audit_parallel.audit_range)
             bulk = None
-        assert bulk is None or bulk == parallel._audit_rows(reader, task, False), (table, name, value)
+        assert bulk is None or parallel.RangeResult(*bulk) == parallel._audit_rows(reader, task, False), (table, name, value)
     finally:
         reader.close()

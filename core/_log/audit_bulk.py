@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import attrgetter, or_
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._model import BlockColumns, BlockHeader
 from .audit_rows import ExistingFiles, decode_views
 from .chain import verify_block_columns
 
-__all__ = ["CHUNK_RECORDS", "audit_range"]
+__all__ = ["CHUNK_RECORDS", "BulkResult", "audit_range"]
 
 CHUNK_RECORDS = 2_500  # records compared at once: about 15 MB of a worker's peak (5,000: 30 MB, no faster)
 
@@ -51,11 +51,22 @@ def _encode(value: Any) -> bytes:
     return _ENCODER.encode(value)
 
 
-def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool):
-    """Verify blocks ``start`` to ``stop`` whose first record is leaf ``first_index``: a
-    :class:`~.audit_parallel.RangeResult`, or None where anything did not compare equal."""
-    from .audit_parallel import RangeResult
+class BulkResult(NamedTuple):
+    """What a range proved, in the order of :class:`~.audit_parallel.RangeResult`'s fields."""
 
+    first_prev: str | None
+    block_ids: list[str]
+    counts: list[int]
+    leaves: bytes
+    ids: bytes
+    compared: int
+    artifacts: int
+    outputs: list[str]
+
+
+def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool) -> BulkResult | None:
+    """Verify blocks ``start`` to ``stop`` whose first record is leaf ``first_index``; None
+    where anything did not compare equal."""
     headers = backend.audit_blocks(start, stop)
     if len(headers) != stop - start:
         return None
@@ -68,11 +79,14 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         placed.append((start + offset, block_id, index, count, header))
         index += count
     headers = placed
-    result = RangeResult(BlockHeader.decode(headers[0][4]).prev if headers else None, [], [], b"", b"", 0, 0, [])
+    first_prev = BlockHeader.decode(headers[0][4]).prev if headers else None
     found = ExistingFiles() if files else None
+    block_ids: list[str] = []
+    counts: list[int] = []
     leaves: list[bytes] = []
     ids: list[str] = []
-    prev = result.first_prev
+    compared = artifacts = 0
+    prev = first_prev
     at = 0
     while at < len(headers):
         chunk = [headers[at]]
@@ -81,19 +95,16 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         checked = _check_chunk(backend, chunk, prev, found)
         if checked is None:
             return None
-        compared, artifacts, chunk_leaves, chunk_ids = checked
-        result.compared += compared
-        result.artifacts += artifacts
-        leaves.extend(chunk_leaves)
-        ids.extend(chunk_ids)
-        for _height, block_id, _first, count, _header in chunk:
-            result.block_ids.append(block_id)
-            result.counts.append(count)
+        compared += checked[0]
+        artifacts += checked[1]
+        leaves.extend(checked[2])
+        ids.extend(checked[3])
+        block_ids.extend(h[1] for h in chunk)
+        counts.extend(h[3] for h in chunk)
         prev = chunk[-1][1]
         at += len(chunk)
-    result.leaves, result.ids = b"".join(leaves), bytes.fromhex("".join(ids))
-    result.outputs = found.found if found is not None else []
-    return result
+    return BulkResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)), compared,
+                      artifacts, found.found if found is not None else [])
 
 
 def _check_chunk(backend: Any, headers: list[tuple], prev: str | None,

@@ -210,7 +210,7 @@ def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
         except Exception:  # noqa: BLE001 - the row-by-row check below decides
             result = None
         if result is not None:
-            return result
+            return RangeResult(*result)
     return _audit_rows(backend, task, files)
 
 
