@@ -142,7 +142,10 @@ def test_a_child_forked_while_a_thread_appends_appends_nothing_and_the_parent_lo
     try:
         shipper = threading.Thread(target=append_one, args=(backend, 5))
         shipper.start()
-        time.sleep(0.5)  # the shipper's connection is in use, blocked in BEGIN IMMEDIATE
+        deadline = time.monotonic() + 30
+        while backend._idle and time.monotonic() < deadline:  # until the shipper has the connection
+            time.sleep(0.01)
+        time.sleep(0.2)  # in BEGIN IMMEDIATE, waiting for the lock
         pid = os.fork()
         if pid == 0:
             code = 1
