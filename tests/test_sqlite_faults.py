@@ -21,15 +21,12 @@ from lineage_ledger.backends.sqlite import SQLiteBackend
 from lineage_ledger.testing import chain_of, make_record, make_records
 
 
-def hold_write_lock(db, seconds: float | None = None) -> subprocess.Popen:
-    """Another process holding the ledger's write lock, for ``seconds`` or until its stdin
-    closes."""
-    release = f"time.sleep({seconds})\nc.execute('ROLLBACK')\n" if seconds else ""
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+def hold_write_lock(db) -> subprocess.Popen:
+    """Another process holding the ledger's write lock until its stdin closes."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
                                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\n"
-                               f"{release}sys.stdin.read()\n", str(db)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
+                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -59,7 +56,9 @@ def test_an_exception_while_waiting_for_the_lock_leaves_no_transaction_open(tmp_
     db = tmp_path / "ledger.db"
     ledger = open_ledger(str(db), spool=str(tmp_path / "spool"))
     assert type(ledger.backend) is SQLiteBackend
-    holder = hold_write_lock(db, seconds=1.0)
+    holder = hold_write_lock(db)
+    assert holder.stdin is not None
+    release = threading.Timer(1.0, holder.stdin.close)  # after the alarm: BEGIN IMMEDIATE then returns
 
     def timeout(*_):
         raise TaskTimeout()
@@ -67,12 +66,14 @@ def test_an_exception_while_waiting_for_the_lock_leaves_no_transaction_open(tmp_
     previous = signal.signal(signal.SIGALRM, timeout)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)  # fires while BEGIN IMMEDIATE waits
+        release.start()
         with pytest.raises(TaskTimeout):
             ledger.append_records([make_record(1).stored()])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        holder.communicate("")
+        release.join()
+        holder.wait(timeout=60)
     assert another_process_can_write(db)
     assert ledger.append_records([make_record(2).stored()]) == 1
     ledger.close()
