@@ -187,6 +187,54 @@ def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
     assert verified.returncode == 0 and "FLAKY:publish" in verified.stdout, verified.stdout + verified.stderr
 
 
+#: A container and a conda environment, both left to Nextflow's own wrapper (.command.run).
+ENVIRONMENTS_PIPELINE = """
+process BOXED {
+  container 'quay.io/biocontainers/samtools:1.17--h00cdaf9_0'
+  errorStrategy 'ignore'
+  script: 'echo boxed'
+}
+process ENV {
+  conda "${projectDir}/envs/tools"
+  errorStrategy 'ignore'
+  script: 'echo env'
+}
+workflow {
+  BOXED()
+  ENV()
+}
+"""
+ENVIRONMENTS_CONFIG = """
+docker.enabled = true
+conda.enabled = true
+trace.enabled = true
+trace.file = 'trace.tsv'
+trace.fields = 'task_id,hash,name,status,exit,container'
+"""
+
+
+def test_container_and_conda_env_as_nextflow_wrote_them(tmp_path):
+    """The image and the environment come from the wrapper script the real Nextflow writes; the
+    image must be what Nextflow's own trace file says. No docker daemon or conda is needed: a try
+    that cannot start its container or environment fails (ignored), its wrapper is the same.
+    (A task really running in a container is not tested here.)"""
+    (tmp_path / "main.nf").write_text(ENVIRONMENTS_PIPELINE)
+    (tmp_path / "nextflow.config").write_text(ENVIRONMENTS_CONFIG)
+    env_dir = tmp_path / "envs" / "tools"  # a prebuilt environment's path: Nextflow builds nothing
+    env_dir.mkdir(parents=True)
+    result = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = (tmp_path / "trace.tsv").read_text().splitlines()
+    trace = {row["name"]: row for row in (dict(zip(rows[0].split("\t"), line.split("\t"), strict=True)) for line in rows[1:])}
+    named = _by_name(nf.records(tmp_path))
+    [boxed], [conda] = named["BOXED"], named["ENV"]
+    assert trace["BOXED"]["container"] == "quay.io/biocontainers/samtools:1.17--h00cdaf9_0"
+    assert boxed["extra"]["container"] == boxed["environment"]["container"] == trace["BOXED"]["container"]
+    assert boxed["extra"]["conda_env"] is None
+    assert conda["extra"]["conda_env"] == conda["environment"]["conda_env"] == str(env_dir)
+    assert conda["extra"]["container"] is None and trace["ENV"]["container"] == "-"
+
+
 INSTALL = nf.ROOT / "plugins" / "nextflow" / "tools" / "install-nextflow.sh"
 
 

@@ -27,7 +27,9 @@ WRAPPER_FILES = frozenset({".exitcode", ".command.sh", ".command.run", ".command
                            ".command.log", ".command.begin", ".command.trace", ".command.env",
                            ".command.stub", ".command.in", ".command.ps"})
 _STAGE_START = re.compile(r"^\s*nxf_stage\(\)\s*\{\s*$")
-_CONDA = re.compile(r"(?:conda|mamba|micromamba)\s+activate\s+(\S+)|source\s+\S*activate\s+(\S+)")
+# Nextflow 25.04 writes `source $(conda info --json | awk ...)/bin/activate ENV`: the words
+# between `source` and `activate` may hold spaces.
+_CONDA = re.compile(r"(?:conda|mamba|micromamba)\s+activate\s+(\S+)|\bsource\s+(?:.*?/)?activate\s+(\S+)")
 # The image on the container engine's command line (docker/podman: after `--name $NXF_BOXID`;
 # singularity/apptainer: the word before the shell it starts).
 _CONTAINER = re.compile(r"(?:docker|podman)\s+run\s.*?--name\s+\$NXF_BOXID\s+(\S+)"
