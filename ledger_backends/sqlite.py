@@ -404,8 +404,8 @@ class SQLiteBackend(_SQLReads, Backend):
             return
         if _FORKED_MID_USE and _file_key(self._path) in _FORKED_MID_USE:
             raise BackendUnavailable(
-                f"{self.display_url}: this process was forked while another thread was using the ledger;"
-                " it appends nothing to it (its records wait in the spool for `lineage-ledger spool ship`)"
+                f"{self.display_url}: this process was forked while another thread was using the ledger, and"
+                " an append from it could be lost: it appends nothing (a recorder's records wait in its spool)"
             )
         with _translated_write("append", self.display_url), self._transaction("BEGIN IMMEDIATE") as conn:
             heights = [b.height for b in blocks]
