@@ -597,6 +597,23 @@ def _translated(what: str, shown: str):
         raise BackendError(f"{shown}: {what} failed: {err}") from err
 
 
+_READERS: weakref.WeakSet[SQLiteReader] = weakref.WeakSet()
+
+
+def _close_parents_readers_after_fork() -> None:
+    # A forked child must close the read connections it inherited, not only stop using
+    # them: while one is open in the child, SQLite counts the parent's locks on that file
+    # as the child's, so a writer the child opens takes no lock of its own, the parent's
+    # last close deletes the -wal under it, and the child's acknowledged appends are lost
+    # (tests/test_sqlite_faults.py). They are read-only (mode=ro, immutable or a private
+    # copy): closing one in the child never writes or checkpoints the parent's file.
+    for reader in list(_READERS):
+        reader._close_inherited()
+
+
+os.register_at_fork(after_in_child=_close_parents_readers_after_fork)
+
+
 class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
     """An SQLite ledger opened for reading only, through :mod:`sqlite3` (no SQLAlchemy):
     what ``open_backend(url, create=False)`` gives for SQLite. Nothing is created, migrated,
@@ -624,6 +641,7 @@ class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
         self._local = threading.local()
         self._opened: list[tuple[int, sqlite3.Connection]] = []
         self._opened_lock = threading.Lock()
+        _READERS.add(self)
         shown = self.display_url
         given = sqlite_file(url)
         if given is None:
@@ -712,6 +730,18 @@ class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
 
     def migrate(self) -> str | None:
         raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
+
+    def _close_inherited(self) -> None:
+        """In a forked child: close the parent's connections (see the fork hook above).
+        The lock may have been held by a parent thread at the fork: a fresh one."""
+        self._opened_lock = threading.Lock()
+        opened, self._opened = self._opened, []
+        self._local = threading.local()
+        for _, conn in opened:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass  # a statement of another parent thread was running: nothing to undo
 
     def close(self) -> None:
         with self._opened_lock:

@@ -181,9 +181,16 @@ _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 def _forget_connections_after_fork() -> None:
     # A forked child must not use the parent's pooled connections (one socket or SQLite
-    # handle shared by two processes); dispose(close=False) leaves them to the parent.
+    # handle shared by two processes). A PostgreSQL socket is left to the parent
+    # (dispose(close=False)): closing it here would end the parent's session. An SQLite
+    # handle must be closed here, though: SQLite keeps one record per file of the locks
+    # its process holds, the child inherits the parent's, and while an inherited handle
+    # is open the child's own connections take no lock; the parent, closing its last
+    # connection, then deletes the -wal under the child, and the child's acknowledged
+    # appends are lost (tests/test_sqlite_faults.py). An idle pooled handle holds no
+    # transaction, so closing it in the child changes nothing for the parent.
     for engine in list(_ENGINES):
-        engine.dispose(close=False)
+        engine.dispose(close=engine.dialect.name == "sqlite")
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)

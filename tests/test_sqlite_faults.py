@@ -172,8 +172,6 @@ def test_a_child_forked_while_a_thread_appends_appends_nothing_and_the_parent_lo
         assert ledger.verify_chain().records == 4
 
 
-@pytest.mark.xfail(strict=True, reason="SQLiteReader (_sql_reads.py) leaves its connections open in a forked child:"
-                   " the child's writer then holds no lock of its own and the parent's last close deletes its -wal")
 def test_a_forked_childs_append_survives_a_reader_the_parent_had_open(tmp_path):
     """As above, with a read-only ledger object open in the parent at the fork (a check
     before a run) and a writer the parent opens after it: the child's acknowledged appends
@@ -209,8 +207,6 @@ def test_a_forked_childs_append_survives_a_reader_the_parent_had_open(tmp_path):
         assert ledger.verify_chain().records == 5
 
 
-@pytest.mark.xfail(strict=True, reason="SQLBackend (sql.py) disposes of its engines' connections in a forked child"
-                   " without closing them: the child's new connection holds no lock of its own")
 def test_a_forked_childs_append_through_sqlalchemy_survives_the_parent_closing_its_ledger(tmp_path):
     """The first fork test, for a URL only SQLAlchemy opens (a connect argument)."""
     url = f"sqlite:///{tmp_path}/ledger.db?timeout=60"
