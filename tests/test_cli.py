@@ -362,3 +362,15 @@ def test_read_only_ledger_copy_verifies(cli, workdir, tmp_path_factory):
         os.chmod(archive, 0o755)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "verified" in result.stdout
+
+
+def test_migrate_of_a_mistyped_path_creates_nothing(cli, workdir):
+    result = cli("migrate", "--ledger", "sqlite:///no/such/lejer.db")
+    assert result.returncode == 2, result.stderr
+    assert "no ledger at" in result.stderr
+    assert not (workdir / "no").exists()
+    empty = workdir / "empty.db"
+    empty.touch()
+    result = cli("migrate", "--ledger", str(empty))
+    assert result.returncode == 2 and "no ledger at" in result.stderr, result.stderr
+    assert empty.stat().st_size == 0

@@ -170,6 +170,8 @@ def migrate(ledger_url) -> None:
     """Bring a ledger written by an older lineage-ledger to the current layout (once)."""
     from lineage_ledger.backends import open_backend
 
+    with open_backend(ledger_url, create=False):  # a mistyped path: "no ledger at PATH", nothing created
+        pass
     with open_backend(ledger_url) as backend:
         changed = backend.migrate() if hasattr(backend, "migrate") else False
     click.echo("migrated" if changed else "already current", err=True)
