@@ -7,21 +7,28 @@ and for the others' waits, on every try (issue 16: +90 to +177 ms per task, seco
 load). So when an Airflow job process (the scheduler, the DAG processor, the triggerer)
 starts, the listener's ``on_starting`` hook starts a shipper thread in it:
 
-* it takes an exclusive ``flock`` on ``<spool>/.airflow-shipper`` (one shipper per machine
-  and spool; another process takes over when the holder dies, since the kernel drops the
-  lock with it);
-* while it holds the lease, it touches the file every :data:`INTERVAL` seconds and ships
-  what finished processes left in the spool, as ``lineage-ledger spool ship`` does, one
-  shipping at a time (a locked or unreachable ledger leaves records waiting, nothing else).
+* it takes an exclusive POSIX record lock (``lockf``) on ``<spool>/.airflow-shipper`` (one
+  shipper per machine and spool; another process takes over when the holder dies, since
+  the kernel drops the lock with it). Not ``flock``: that lock belongs to the open file,
+  which the holder's forks share (the scheduler's LocalExecutor workers and their task
+  processes), so after ``kill -9`` of the scheduler alone its orphaned workers kept the
+  lease, nobody shipped and no other process could take over;
+* while it holds the lease, it touches the file every :data:`INTERVAL` seconds, fsyncs the
+  segments task processes journaled since the last round, and ships what finished
+  processes left in the spool, as ``lineage-ledger spool ship`` does, one shipping at a
+  time (a locked or unreachable ledger leaves records waiting, nothing else).
 
-A task process that sees a fresh lease file (:func:`alive`) only journals its record and
-fsyncs the spool before it ends. Without one (a worker machine with no Airflow job
+A task process that sees a fresh lease file (:func:`alive`) only journals its record (one
+``write(2)``: in the kernel, so ``kill -9`` of the task loses nothing) and ends; the
+shipper's fsync makes it survive a power cut within a round (:data:`INTERVAL`), much as
+the task's own output files, which nobody fsyncs, survive one after the kernel's writeback. Without one (a worker machine with no Airflow job
 process, ``airflow dags test``) it ships its own records at its end as before, waiting at
 most ``flush_timeout`` seconds.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -83,15 +90,19 @@ def _run() -> None:
                 fd = os.open(lease_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if not held:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    # A process's own lock (forks do not inherit it); this process never opens
+                    # the file elsewhere, whose close would drop it (alive() only stats it).
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     held = True
                     log.info("lineage-ledger: this process (pid %d) ships the spool %s", os.getpid(),
                              _settings.spool_root())
-                except BlockingIOError:
-                    pass  # another process ships; take over if it dies
+                except OSError as err:  # EAGAIN or EACCES: another process ships; take over if it dies
+                    if err.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
             if held:
                 os.utime(lease_path())
-                if (shipping is None or not shipping.is_alive()) and shipper.waiting():
+                waiting = shipper.sync_waiting()  # every round, even while a shipment is blocked
+                if waiting and (shipping is None or not shipping.is_alive()):
                     shipping = threading.Thread(target=shipper.ship, name="lineage-ledger-airflow-ship", daemon=True)
                     shipping.start()
         except Exception:  # noqa: BLE001 - the shipper must outlive any failure
@@ -109,6 +120,11 @@ class _Shipper:
 
     def __init__(self) -> None:
         self._deferred: Any = None
+        self._spool_dir: str | None = None
+        #: The size at which each waiting segment was last fsynced: one that has not grown
+        #: since is not synced again.
+        self._synced: dict[str, int] = {}
+        self.synced_total = 0  # fsyncs done, for the tests
 
     def _ledger(self) -> Any:
         if self._deferred is None:
@@ -117,16 +133,41 @@ class _Shipper:
             self._deferred = spool_first(_settings.ledger_url(), spool=_settings.spool_root())
         return self._deferred
 
-    def waiting(self) -> bool:
-        """Whether the ledger's spool directory holds a segment (a finished process's, or a
-        live one's: replay takes only those whose lock is free)."""
+    def sync_waiting(self) -> int:
+        """How many segments the ledger's spool directory holds (finished processes', or live
+        ones': replay takes only those whose lock is free), after fsyncing each that is new
+        or has grown since the last round (task processes leave that to this shipper)."""
         if not _settings.enabled():
-            return False
+            return 0
         try:
-            with os.scandir(self._ledger().spool_dir) as entries:
-                return any(entry.name.endswith(".log") for entry in entries)
+            if self._spool_dir is None:  # worked out once (the shipping thread may reopen the ledger)
+                self._spool_dir = self._ledger().spool_dir
+            directory = self._spool_dir
+            with os.scandir(directory) as entries:
+                names = [entry.name for entry in entries if entry.name.endswith(".log")]
         except OSError:
-            return False
+            return 0
+        for name in names:
+            self._sync(os.path.join(directory, name), name)
+        for gone in set(self._synced).difference(names):  # shipped: forget it
+            del self._synced[gone]
+        return len(names)
+
+    def _sync(self, path: str, name: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return  # shipped and removed meanwhile
+        try:
+            size = os.fstat(fd).st_size
+            if self._synced.get(name) != size:
+                os.fsync(fd)
+                self._synced[name] = size
+                self.synced_total += 1
+        except OSError as err:  # the next round tries again
+            log.debug("lineage-ledger: cannot sync the spool segment %s: %s", path, err)
+        finally:
+            os.close(fd)
 
     def ship(self) -> None:
         """Ship what finished processes left; a locked or unreachable ledger only delays it."""
