@@ -12,7 +12,8 @@ Python's bytecode: an installed package has its modules compiled (``pip install`
 but this checkout is installed in development mode and may run with PYTHONDONTWRITEBYTECODE
 set, and then every run compiles the wrapper's and the core's ~40 modules from source again
 (0.14 s of CPU). The runs get a private ``PYTHONPYCACHEPREFIX`` instead, filled by one untimed
-run of each variant before the rounds (which also warms the disk cache for Nextflow's jars).
+run of each variant before the rounds (which also warms the disk cache for Nextflow's jars;
+``--quick`` skips it, to stay quick).
 
 Goal (issue #20): median wall time with the plugin / median without <= 1.05.
 
@@ -107,14 +108,14 @@ def main() -> None:
                if not k.startswith(("LINEAGE_", "NXF_")) and k != "PYTHONDONTWRITEBYTECODE"}
         env.update(LINEAGE_NEXTFLOW=launcher, NXF_HOME=str(Path(tmp) / "nxf-home"), NXF_ANSI_LOG="false",
                    NXF_OFFLINE="true", PYTHONPYCACHEPREFIX=str(Path(tmp) / "pycache"))
-        for variant in VARIANTS:  # untimed: compiles the wrapper's modules once, as an install would
+        for variant in () if args.quick else VARIANTS:  # untimed: compiles the wrapper's modules once
             warm = Path(tmp) / f"warm-{variant}"
             warm.mkdir()
             (warm / "main.nf").write_text(PIPELINE.format(n=2))
             one_run(warm, variant, env)
         print(f"{n}-task Nextflow pipeline (local executor, publishDir copy), {args.rounds} rounds, "
-              f"cpus: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; Python bytecode compiled once "
-              f"(PYTHONPYCACHEPREFIX)")
+              f"cpus: {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; Python bytecode "
+              + ("compiled by the first round (--quick)" if args.quick else "compiled once (PYTHONPYCACHEPREFIX)"))
         walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
         cpus: dict[str, list[float]] = {v: [] for v in VARIANTS}
         wrapper: list[float] = []
