@@ -116,3 +116,18 @@ def test_an_empty_journal_only_capture_leaves_no_segment(tmp_path, url, spool):
     capture.record_now(TaskRun(task_id="t", task_name="n", status="succeeded", started=now, ended=now))
     assert capture.close(timeout=0) is True
     assert len(list((tmp_path / "spool").glob("*/*.log"))) == 1
+
+
+def test_a_journal_only_recorder_keeps_no_records_in_memory_and_has_no_pending_limit(tmp_path, url, spool):
+    """A long-lived journal-only process (its records shipped by another) never hits
+    max_pending, which bounds what a shipping recorder holds while its back-end is away."""
+    ledger = open_ledger(url, spool=spool)
+    recorder = ledger.recorder(ship=False, batch_size=1, max_pending=2)
+    ids = [recorder.record(make_record(i, run_id="journal-run")) for i in range(5)]
+    assert recorder.pending == 5
+    assert recorder.close() is True
+    ledger.close()
+    (segment,) = (tmp_path / "spool").glob("*/*.log")
+    assert len(segment.read_bytes().splitlines()) == 5
+    with open_ledger(url, spool=spool) as reopened:
+        assert [r.id for r in reopened.run("journal-run")] == ids

@@ -149,7 +149,8 @@ class Recorder:
         """Refuse records a closed or overfull recorder cannot take; called under the lock."""
         if self._closing:
             raise LedgerError("this recorder is closed")
-        if self._waiting and self._waiting + count > self.max_pending:
+        # A journal-only recorder keeps nothing in memory and waits for no back-end: no limit.
+        if self.ship and self._waiting and self._waiting + count > self.max_pending:
             raise SpoolFull(
                 f"{self._waiting} records wait for the back-end ({self.ledger.url}); "
                 "it is down or slower than the workflow. Records so far are safe in the spool."
@@ -158,6 +159,9 @@ class Recorder:
     def _accepted(self, count: int, writer: SpoolWriter) -> None:
         self._waiting += count
         self._accepted_total += count
+        if not self.ship:  # the lines are in the segment file, for another process to ship
+            writer.current.fresh.clear()
+            return
         # Wake the worker once when a batch fills, not on every later record: during an
         # outage the segment grows past a batch, and the worker must keep its back-off.
         fresh = len(writer.current.fresh)
@@ -309,7 +313,7 @@ class Recorder:
             return True
         segment = writer.current
         try:
-            if len(segment):
+            if self._accepted_total:
                 segment.sync()
             else:
                 os.unlink(segment.path)  # an empty segment needs no replay
