@@ -597,6 +597,23 @@ def _translated(what: str, shown: str):
         raise BackendError(f"{shown}: {what} failed: {err}") from err
 
 
+class SQLiteFile:
+    """What both SQLite classes (this reader, ``sqlite.SQLiteBackend``) say of their file."""
+
+    _path: str
+    _origin: str | None
+
+    @property
+    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
+        return "sqlite:///" + os.path.realpath(self._path)
+
+    @property
+    def origin(self) -> str:
+        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
+        assert self._origin is not None
+        return self._origin
+
+
 _READERS: weakref.WeakSet[SQLiteReader] = weakref.WeakSet()
 
 
@@ -614,7 +631,7 @@ def _close_parents_readers_after_fork() -> None:
 os.register_at_fork(after_in_child=_close_parents_readers_after_fork)
 
 
-class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
+class SQLiteReader(SQLiteFile, _SQLReads, SQLiteAuditReads, Backend):
     """An SQLite ledger opened for reading only, through :mod:`sqlite3` (no SQLAlchemy):
     what ``open_backend(url, create=False)`` gives for SQLite. Nothing is created, migrated,
     switched to WAL or written; a missing or empty file is :class:`NoLedger`.
@@ -704,16 +721,6 @@ class SQLiteReader(_SQLReads, SQLiteAuditReads, Backend):
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
         with _translated(what, self.display_url):
             return self._connection().execute(statement, params).fetchall()
-
-    @property
-    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
-        return "sqlite:///" + os.path.realpath(self._path)
-
-    @property
-    def origin(self) -> str:
-        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
-        assert self._origin is not None
-        return self._origin
 
     def worker_spec(self) -> tuple[str, str]:
         """What another process needs to read the same file the same way, the private copy

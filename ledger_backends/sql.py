@@ -50,8 +50,6 @@ from lineage_ledger._model import StoredBlock
 from ._base import Backend, redact
 from ._sql_reads import (
     _BUSY_TIMEOUT_S,
-    _IN,
-    _OUT,
     SCHEMA_VERSION,
     SQLiteReader,
     _connect,
@@ -62,9 +60,8 @@ from ._sql_reads import (
     read_only_uri,
     refusal,
 )
-from .sqlite import ORIGIN_PREFIX
+from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, ORIGIN_PREFIX, append_rows
 from .sqlite import create_private_file as _create_private_file
-from .sqlite import ended_of as _ended_of
 from .sqlite import make_private_dirs as _make_private_dirs
 
 __all__ = ["SQLBackend"]
@@ -449,33 +446,14 @@ class SQLBackend(_SQLReads, Backend):
                 )
             ).scalar()
             seq = 0 if below is None else int(below)
-            block_rows, record_rows, artifact_rows = [], [], []
-            for block in fresh:
-                block_rows.append((block.height, block.id, seq, len(block.records), block.header))
-                for position, record in enumerate(block.records):
-                    record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
-                    ended = record.ended or _ended_of(record.body)
-                    for path, digest in record.inputs:
-                        artifact_rows.append((path, _IN, seq, digest, ended))
-                    for path, digest in record.outputs:
-                        artifact_rows.append((path, _OUT, seq, digest, ended))
-                    seq += 1
+            block_rows, record_rows, artifact_rows = append_rows(fresh, seq)
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost
             # more than SQLite's own work here.
-            conn.exec_driver_sql(
-                self._sql("INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)"),
-                block_rows,
-            )
+            conn.exec_driver_sql(self._sql(INSERT_BLOCKS), block_rows)
             if record_rows:
-                conn.exec_driver_sql(
-                    self._sql("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)"),
-                    record_rows,
-                )
+                conn.exec_driver_sql(self._sql(INSERT_RECORDS), record_rows)
             if artifact_rows:
-                conn.exec_driver_sql(
-                    self._sql("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"),
-                    artifact_rows,
-                )
+                conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:

@@ -39,6 +39,7 @@ from ._sql_reads import (
     _IN,
     _OUT,
     SCHEMA_VERSION,
+    SQLiteFile,
     SQLiteReader,
     _connect,
     _sqlite_uri,
@@ -75,12 +76,29 @@ SCHEMA_DDL = (
     "CREATE INDEX ll_artifacts_latest ON ll_artifacts (path, role, ended, seq)",
 )
 _TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'"
-_INSERT_BLOCKS = "INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)"
-_INSERT_RECORDS = "INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)"
-_INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"
+INSERT_BLOCKS = "INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)"
+INSERT_RECORDS = "INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"
 
 
 # -- helpers SQLBackend shares (no SQLAlchemy here) ------------------------------------------
+def append_rows(blocks: Sequence[StoredBlock], seq: int) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The rows of ``blocks`` for INSERT_BLOCKS, INSERT_RECORDS and INSERT_ARTIFACTS, the
+    first record at ``seq``: what both writers insert, so both write the same rows."""
+    block_rows, record_rows, artifact_rows = [], [], []
+    for block in blocks:
+        block_rows.append((block.height, block.id, seq, len(block.records), block.header))
+        for position, record in enumerate(block.records):
+            record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
+            ended = record.ended or ended_of(record.body)
+            for path, digest in record.inputs:
+                artifact_rows.append((path, _IN, seq, digest, ended))
+            for path, digest in record.outputs:
+                artifact_rows.append((path, _OUT, seq, digest, ended))
+            seq += 1
+    return block_rows, record_rows, artifact_rows
+
+
 def ended_of(body: bytes) -> str:
     """The ``ended`` field of a record body (for records stored without it extracted)."""
     try:
@@ -197,7 +215,7 @@ def _check_forked() -> None:
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
-class SQLiteBackend(_SQLReads, Backend):
+class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
     """A writable SQLite ledger through :mod:`sqlite3`: see the module docstring.
 
     Attributes as ``SQLBackend``'s: ``read_only`` (false: a ledger this process may not
@@ -382,16 +400,6 @@ class SQLiteBackend(_SQLReads, Backend):
         finally:
             migrating.close()
 
-    @property
-    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
-        return "sqlite:///" + os.path.realpath(self._path)
-
-    @property
-    def origin(self) -> str:
-        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
-        assert self._origin is not None
-        return self._origin
-
     def migrate(self) -> str | None:
         """As ``SQLBackend.migrate``: opening brought the ledger to the current schema already;
         returns the version it was migrated from then, or ``None``."""
@@ -424,22 +432,12 @@ class SQLiteBackend(_SQLReads, Backend):
             below = conn.execute("SELECT first_seq + count FROM ll_blocks WHERE height = ?",
                                  (fresh[0].height - 1,)).fetchone()
             seq = 0 if below is None or below[0] is None else int(below[0])
-            block_rows, record_rows, artifact_rows = [], [], []
-            for block in fresh:
-                block_rows.append((block.height, block.id, seq, len(block.records), block.header))
-                for position, record in enumerate(block.records):
-                    record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
-                    ended = record.ended or ended_of(record.body)
-                    for path, digest in record.inputs:
-                        artifact_rows.append((path, _IN, seq, digest, ended))
-                    for path, digest in record.outputs:
-                        artifact_rows.append((path, _OUT, seq, digest, ended))
-                    seq += 1
-            conn.executemany(_INSERT_BLOCKS, block_rows)
+            block_rows, record_rows, artifact_rows = append_rows(fresh, seq)
+            conn.executemany(INSERT_BLOCKS, block_rows)
             if record_rows:
-                conn.executemany(_INSERT_RECORDS, record_rows)
+                conn.executemany(INSERT_RECORDS, record_rows)
             if artifact_rows:
-                conn.executemany(_INSERT_ARTIFACTS, artifact_rows)
+                conn.executemany(INSERT_ARTIFACTS, artifact_rows)
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
