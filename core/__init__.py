@@ -71,8 +71,8 @@ __version__ = "0.1.0"
 # processes; a command that only reads (verify-lineage in a fresh process) does not pay
 # for importing it. Imported on first use of one of these names.
 _LAZY = {
-    "TaskCapture": "._capture.task", "TaskRun": "._capture.task", "code_digest": "._capture.task",
-    "jsonable": "._capture.task", "ProcessCapture": "._capture.process", "Recorder": "._ledger.recorder",
+    "TaskCapture": "._capture.task", "TaskRun": "._capture.report", "code_digest": "._capture.report",
+    "jsonable": "._capture.report", "ProcessCapture": "._capture.process", "Recorder": "._ledger.recorder",
     "spool_first": "._ledger.deferred",
 }
 

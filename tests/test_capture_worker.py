@@ -72,7 +72,7 @@ def test_a_gone_input_recalls_its_producer_from_the_same_batch(Capture, tmp_path
 
 
 def test_files_of_a_backlog_are_hashed_on_several_threads(tmp_path, url, spool, monkeypatch):
-    import lineage_ledger._capture.task as capture_module
+    import lineage_ledger._capture.files as capture_module
 
     seen: set[str] = set()
     real = capture_module.hash_file

@@ -23,7 +23,7 @@ from lineage_ledger import (
     hash_file,
     open_ledger,
 )
-from lineage_ledger._capture.task import entries_of, manifest_records_of
+from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._files.manifest import MANIFEST_RUN_PREFIX, Manifest
 from lineage_ledger._model import Record
 from lineage_ledger._verification.verify import ArtifactStatus, check_artifact

@@ -250,7 +250,7 @@ def test_the_wrapper_stays_the_inner_executors_class():
 @pytest.mark.parametrize("record_in", ["process", "thread"])
 def test_files_are_hashed_off_parsls_threads(workdir, monkeypatch, record_in):
     """``thread``: on the capture's own threads; ``process`` (the default): not in Parsl's process at all."""
-    import lineage_ledger._capture.task as capture_module
+    import lineage_ledger._capture.files as capture_module
 
     threads: list[str] = []
     real_hash = capture_module.hash_file
@@ -279,7 +279,7 @@ def test_files_are_hashed_off_parsls_threads(workdir, monkeypatch, record_in):
 
 
 def test_worker_hashing_staging_sends_digests_back_with_the_result(workdir, monkeypatch):
-    import lineage_ledger._capture.task as capture_module
+    import lineage_ledger._capture.files as capture_module
 
     submit_side: list[str] = []
     real_hash = capture_module.hash_file

@@ -29,25 +29,21 @@ Every plugin meets the same problems, so they are solved once here:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-from blake3 import blake3
+from typing import TYPE_CHECKING, Any
 
 from .._environment import current_environment
-from .._errors import ArtifactError
-from .._files.hashing import Hasher, hash_file, normalize_path
-from .._files.manifest import Manifest, manifest_record, recall
-from .._model import DirectoryArtifact, Record
+from .._files.hashing import Hasher, normalize_path
+from .._files.manifest import manifest_record
+from .._model import Record
 from .drain import BatchWorker
+from .files import FoundFiles, TaskFiles
+from .report import TaskRun, code_digest, jsonable
 
 if TYPE_CHECKING:
     from .._ledger.deferred import DeferredLedger
@@ -59,62 +55,7 @@ __all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 log = logging.getLogger("lineage_ledger.capture")
 
 
-def code_digest(code: str | bytes) -> str:
-    """BLAKE3 of a task's code (a shell command, a script's source, a function's source)."""
-    return blake3(code.encode("utf-8") if isinstance(code, str) else code).hexdigest()
-
-
-def jsonable(value: Any, _depth: int = 0) -> Any:
-    """A JSON value with one spelling for ``value``: what engines hand over is not always JSON.
-
-    Tuples become lists, sets sorted lists, non-finite floats and unknown objects their
-    ``str``; mapping keys become strings. Deep structures are cut at 32 levels.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if _depth >= 32:
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, _depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
-        items = [jsonable(v, _depth + 1) for v in value]
-        return sorted(items, key=repr)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
-
-
-@dataclass
-class TaskRun:
-    """One finished task try as an engine saw it; paths are hashed by the capture."""
-
-    task_id: str
-    task_name: str
-    status: str  # succeeded, failed or cached
-    started: datetime
-    ended: datetime
-    inputs: Sequence[str] = ()
-    outputs: Sequence[str] = ()
-    #: Digests the caller already has ({path: {"blake3": hex, "size": n}}); they win over disk.
-    known: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    code_digest: str | None = None
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    environment_extra: Mapping[str, Any] = field(default_factory=dict)
-    attempt: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    run_id: str | None = None
-    #: Digests of the outputs, when the caller has them. Given (not None), ``known`` serves the
-    #: inputs only: a file a task updates in place was read with one digest and written with another.
-    known_outputs: Mapping[str, Mapping[str, Any]] | None = None
-
-
-class TaskCapture:
+class TaskCapture(TaskFiles):
     """Turns :class:`TaskRun` reports into ledger records without holding the engine up.
 
     ``submit`` only queues the report. One worker thread takes the queue in batches and
@@ -339,7 +280,7 @@ class TaskCapture:
             if future is not None:
                 _settle(future, ids[id(record)])
 
-    def _manifest_records(self, files: _Files | None) -> list[Record]:
+    def _manifest_records(self, files: FoundFiles | None) -> list[Record]:
         """Records of the manifests of ``files``' directories not journaled by this capture yet."""
         if files is None or not files.manifests:
             return []
@@ -375,50 +316,7 @@ class TaskCapture:
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
-    def _hash_many(self, runs: list[TaskRun]) -> list[_Files | BaseException | None]:
-        """Each run's files hashed (None: it names none), several runs at once when a pool helps."""
-        results: list[_Files | BaseException | None] = [None] * len(runs)
-        todo = [i for i, run in enumerate(runs) if run.inputs or run.outputs]
-        if len(todo) > 1 and self.threads > 1:
-            try:
-                pool = self._hash_pool()
-                futures = [(i, pool.submit(self._hash_files, runs[i])) for i in todo]
-            except RuntimeError:  # the pool is shut down (interpreter exit): hash here
-                futures = []
-            for i, future in futures:
-                try:
-                    results[i] = future.result()
-                except Exception as err:  # noqa: BLE001 - reported with its task
-                    results[i] = err
-            if futures:
-                return results
-        for i in todo:
-            try:
-                results[i] = self._hash_files(runs[i])
-            except Exception as err:  # noqa: BLE001 - reported with its task
-                results[i] = err
-        return results
-
-    def _hash_pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._hashers is None:
-                self._hashers = ThreadPoolExecutor(self.threads, thread_name_prefix="lineage-capture-hash")
-            return self._hashers
-
-    def _hash_files(self, run: TaskRun) -> _Files | None:
-        """Digests of the files on disk; inputs already gone are recalled later, in order."""
-        if not (run.inputs or run.outputs):
-            return None
-        given = self._known(run.known) if run.known else {}
-        manifests: dict[str, Manifest] = {}
-        inputs, gone = self._hash_present(run.inputs, given, manifests)
-        # A file updated in place was read with one digest and written with another.
-        if run.known_outputs is not None:
-            given = self._known(run.known_outputs)
-        outputs, missing = self._hash_present(run.outputs, given, manifests)
-        return _Files(inputs, gone, outputs, missing, manifests)
-
-    def _commit(self, run: TaskRun, files: _Files | None) -> str:
+    def _commit(self, run: TaskRun, files: FoundFiles | None) -> str:
         """Build ``run``'s record and journal it (after the manifests it needs)."""
         record = self._build(run, files)
         manifests = self._manifest_records(files)
@@ -428,7 +326,7 @@ class TaskCapture:
             self._forget_manifests(manifests)
             raise
 
-    def _build(self, run: TaskRun, files: _Files | None) -> Record:
+    def _build(self, run: TaskRun, files: FoundFiles | None) -> Record:
         """``run``'s record; runs in submission order (a later task may recall these outputs)."""
         self._ensure_open()  # recalling a deleted input may need the ledger
         extra = dict(jsonable(run.extra)) if run.extra else {}
@@ -477,91 +375,6 @@ class TaskCapture:
             environment = self._environment = current_environment()
         return environment
 
-    def _known(self, known: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {normalize_path(p): _plain(e) for p, e in known.items()}
-
-    def _hash_present(self, paths: Iterable[str], given: Mapping[str, dict[str, Any]],
-                      manifests: dict[str, Manifest]):
-        """Digests of ``paths`` (``given`` ones win) and the paths that are not on disk.
-
-        Each path is recorded by its real path; one given through a symbolic link is
-        recorded as well, as an alias of it. A directory's manifest goes into ``manifests``."""
-        entries: dict[str, dict[str, Any]] = {}
-        missing: list[str] = []
-        for path in _unique(paths):
-            real = os.path.realpath(path)
-            entry = given.get(path) or given.get(real)
-            if entry is None or (entry.get("type") == "dir" and not self._have_manifest(entry, real, manifests)):
-                try:
-                    artifact = self._hash_path(path)
-                except ArtifactError:
-                    if os.path.lexists(path):
-                        raise  # there but unreadable: a real problem, not a clean-up
-                    missing.append(path)
-                    continue
-                entry = artifact.entry()
-                if isinstance(artifact, DirectoryArtifact):
-                    manifests[artifact.blake3] = artifact.manifest
-            entries[real] = _plain(entry)
-            if real != path:
-                entries[path] = {**entries[real], "alias_of": real}
-        return entries, missing
-
-    def _have_manifest(self, entry: Mapping[str, Any], path: str, manifests: dict[str, Manifest]) -> bool:
-        """Whether the manifest of a directory a caller gave the digest of is at hand (hashed
-        by this process lately, or journaled by this capture)."""
-        digest = entry["blake3"]
-        if digest in manifests or digest in self._journaled_manifests:
-            return True
-        manifest = recall(digest)
-        if manifest is None:
-            return False
-        manifests[digest] = manifest
-        return True
-
-    def _hash_path(self, path: str):
-        """A file's digest now; a directory's through this user's stat cache (a large input
-        directory that did not change costs a stat per file, not a read)."""
-        if not os.path.isdir(path):
-            return hash_file(path)
-        with self._lock:
-            if self._dir_hasher is None:
-                from .._files.hashing import cached_hasher
-
-                self._dir_hasher = cached_hasher()
-            hasher = self._dir_hasher
-        return hasher.hash(path)
-
-    def _recall(self, gone: list[str], entries: dict[str, dict[str, Any]]):
-        """Digests of inputs already deleted: from this capture's outputs, else the ledger."""
-        unhashed: list[str] = []
-        recalled: dict[str, str] = {}  # path -> where its digest came from
-        for path in gone:
-            with self._lock:
-                remembered = self._outputs.get(path)
-            source = "capture"
-            if remembered is None:
-                ledger = self._ledger_for_lookup()
-                seen = ledger.last_seen(path) if ledger is not None else None
-                remembered, source = (dict(seen[2]) if seen is not None else None), "ledger"
-            if remembered is None:
-                unhashed.append(path)
-            else:
-                entries[path] = _plain(remembered)
-                recalled[path] = source
-        return unhashed, recalled
-
-
-class _Files(NamedTuple):
-    """One task's files as found on disk."""
-
-    inputs: dict[str, dict[str, Any]]
-    gone: list[str]  # inputs not on disk: recalled in submission order
-    outputs: dict[str, dict[str, Any]]
-    missing: list[str]
-    manifests: dict[str, Manifest] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
-
-
 def _settle(future: Future[str | None], result: str | None = None, *, error: BaseException | None = None) -> None:
     try:
         if error is not None:
@@ -570,33 +383,3 @@ def _settle(future: Future[str | None], result: str | None = None, *, error: Bas
             future.set_result(result)
     except InvalidStateError:  # cancelled by the caller; the record is made all the same
         pass
-
-
-def _plain(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A digest entry as a record keeps it: blake3, size, and ``"type": "dir"`` for a directory."""
-    plain = {"blake3": entry["blake3"], "size": int(entry["size"])}
-    if entry.get("type") == "dir":
-        plain["type"] = "dir"
-    return plain
-
-
-def _unique(paths: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(normalize_path(p) for p in paths))
-
-
-def entries_of(artifacts: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """Record entries of hashed paths: each by its real path, and, where the path as hashed
-    went through a symbolic link, by that path too, as an alias (for `run` and `adopt`)."""
-    entries: dict[str, dict[str, Any]] = {}
-    for artifact in artifacts:
-        real = os.path.realpath(artifact.path)
-        entries[real] = artifact.entry()
-        if real != artifact.path:
-            entries[artifact.path] = {**artifact.entry(), "alias_of": real}
-    return entries
-
-
-def manifest_records_of(artifacts: Iterable[Any]) -> list[Record]:
-    """The manifest records of the directories among ``artifacts`` (each once)."""
-    found = {a.blake3: a.manifest for a in artifacts if isinstance(a, DirectoryArtifact)}
-    return [manifest_record(m) for m in found.values()]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._canonical import utcnow
-from .._capture.task import entries_of, manifest_records_of
+from .._capture.files import entries_of, manifest_records_of
 from .._environment import current_environment
 from .._files.hashing import hash_file
 from .._ledger.ledger import Ledger, LedgerRecord

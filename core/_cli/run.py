@@ -26,7 +26,7 @@ import click
 from lineage_ledger.backends._base import redact
 
 from .._canonical import utcnow
-from .._capture.task import entries_of, manifest_records_of
+from .._capture.files import entries_of, manifest_records_of
 from .._environment import current_environment
 from .._errors import ArtifactError, ConfigError, LedgerError
 from .._files.hashing import hash_for_record, normalize_path

@@ -116,7 +116,7 @@ class BackendConformance:
         """A directory is recorded by its manifest's digest; the manifest record (a large body:
         300 entries) is stored once however many tasks name the directory, and read back whole."""
         from .. import Record, hash_file, utcnow, verify_lineage
-        from .._capture.task import entries_of, manifest_records_of
+        from .._capture.files import entries_of, manifest_records_of
 
         root = tmp_path / "index"
         for i in range(300):
