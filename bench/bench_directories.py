@@ -29,7 +29,7 @@ from _common import parse_args
 from bench_statcache import make_tree
 
 from lineage_ledger import Record, check_before_run, hash_file, open_ledger
-from lineage_ledger._capture.task import entries_of, manifest_records_of
+from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._files.hashing import cached_hasher
 from lineage_ledger._verification.verify import ArtifactStatus, check_artifact
 
