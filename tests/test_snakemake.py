@@ -265,20 +265,27 @@ def wait_for_finished_jobs(
     the output of every job id seen so far (for log lines read after this)."""
     finished: list[str] = []
     output_of: dict[str, str] = {}
-    output = ""
     deadline = time.monotonic() + 120
     assert process.stderr is not None
     for line in process.stderr:
-        if match := re.match(r"\s+output: (\S+)", line):
-            output = match.group(1)
-        elif match := re.match(r"\s+jobid: (\d+)", line):
-            output_of[match.group(1)] = output
-        elif match := re.match(r"Finished jobid: (\d+) ", line):
-            finished.append(str(tmp_path / output_of[match.group(1)]))
-            if len(finished) >= count:
-                break
+        if finished_job(line, tmp_path, output_of, finished) and len(finished) >= count:
+            break
         assert time.monotonic() < deadline, f"snakemake did not finish {count} jobs in time"
     return finished, output_of
+
+
+def finished_job(line: str, tmp_path: Path, output_of: dict[str, str], finished: list[str]) -> bool:
+    """Follow one line of Snakemake's log: a job's output and id (kept in ``output_of``, the
+    output under the key ``""`` until its id comes), or a finished job's output appended to
+    ``finished`` (True)."""
+    if match := re.match(r"\s+output: (\S+)", line):
+        output_of[""] = match.group(1)
+    elif match := re.match(r"\s+jobid: (\d+)", line):
+        output_of[match.group(1)] = output_of.get("", "")
+    elif match := re.match(r"Finished jobid: (\d+) ", line):
+        finished.append(str(tmp_path / output_of[match.group(1)]))
+        return True
+    return False
 
 
 def test_kill_9_mid_run_loses_no_finished_job(tmp_path):
@@ -502,7 +509,8 @@ def test_ctrl_c_still_records_every_job_snakemake_saw_finish(tmp_path):
     reader.join(10)
     rest = "".join(rest_lines)
     assert process.returncode != 0, rest[-3000:]
-    finished += [str(tmp_path / output_of[m]) for m in re.findall(r"Finished jobid: (\d+) ", rest)]
+    for line in rest.splitlines():  # jobs started after the first six finished are named here too
+        finished_job(line, tmp_path, output_of, finished)
     recorded = {next(iter(r.outputs)): r for r in records(tmp_path, "interrupted") if r.outputs}
     assert set(finished) <= set(recorded), sorted(set(finished) - set(recorded))
     for path in finished:
