@@ -30,16 +30,20 @@ def _caches_kept_from_the_real_home() -> dict[str, str]:
     if go:  # `go env`, not $HOME/go: a `go env -w` setting in the real home's go/env counts too
         names = ["GOPATH", "GOMODCACHE", "GOCACHE", "GOENV"]
         config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        with tempfile.TemporaryDirectory() as elsewhere:
-            # the go command counts its own use in $XDG_CONFIG_HOME/go/telemetry: not in the real home
-            env = {**os.environ, "GOENV": os.environ.get("GOENV") or os.path.join(config, "go", "env"),
-                   "XDG_CONFIG_HOME": elsewhere}
-            try:
-                found = json.loads(subprocess.run([go, "env", "-json", *names], capture_output=True, text=True,
-                                                  env=env, timeout=60, check=True).stdout)
-                kept.update({name: found[name] for name in names if found.get(name)})
-            except (OSError, subprocess.SubprocessError, ValueError):
-                pass
+        # the go command counts its own use in $XDG_CONFIG_HOME/go/telemetry: not in the real home.
+        # It may still be writing there when `go env` has returned (CI failed once removing it
+        # with "Directory not empty"), so the directory is removed without minding what is late.
+        elsewhere = tempfile.mkdtemp(prefix="lineage-ledger-tests-go-")
+        env = {**os.environ, "GOENV": os.environ.get("GOENV") or os.path.join(config, "go", "env"),
+               "XDG_CONFIG_HOME": elsewhere}
+        try:
+            found = json.loads(subprocess.run([go, "env", "-json", *names], capture_output=True, text=True,
+                                              env=env, timeout=60, check=True).stdout)
+            kept.update({name: found[name] for name in names if found.get(name)})
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        finally:
+            shutil.rmtree(elsewhere, ignore_errors=True)
     return {name: value for name, value in kept.items() if name not in os.environ}
 
 

@@ -93,12 +93,20 @@ class Deployment:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "8",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            # A scheduler killed with -9 leaves tasks it had queued; its successor resets them
+            # once the dead one misses heartbeats for this long and the orphan check runs. The
+            # defaults (30 s, then every 300 s) would outlast the tests' 180 s wait for a run.
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__OPENLINEAGE__DISABLED": "True",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # the log server a killed scheduler leaves behind keeps its port: one per deployment,
+            # never the shared default 8793
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LINEAGE_LEDGER__URL": self.ledger_url,
             "AIRFLOW__LINEAGE_LEDGER__SPOOL": str(self.spool),
             "LINEAGE_EXAMPLE_DATA": str(self.data),
