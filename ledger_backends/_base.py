@@ -247,9 +247,10 @@ class Backend(ABC):
         back-end keeps no index that can be written apart from the records."""
         return None
 
-    def artifact_count(self, stop_seq: int) -> int:
-        """How many artifact rows are stored with ``seq < stop_seq``, orphans included
-        (asked only where :meth:`index_summaries` answers)."""
+    def artifact_count(self, stop_seq: int, start_seq: int | None = None) -> int:
+        """How many artifact rows are stored with ``start_seq <= seq < stop_seq`` (no lower
+        bound where ``start_seq`` is None), orphans included (asked only where
+        :meth:`index_summaries` answers)."""
         return 0
 
     def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:

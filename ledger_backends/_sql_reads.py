@@ -495,8 +495,13 @@ class _SQLReads:
         return [IndexSummary(*row) for row in self._fetch("reading the index", statement,
                                                             (int(start_seq), int(stop_seq)))]
 
-    def artifact_count(self, stop_seq: int) -> int:
-        rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq < ?", (int(stop_seq),))
+    def artifact_count(self, stop_seq: int, start_seq: int | None = None) -> int:
+        if start_seq is None:
+            rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq < ?",
+                               (int(stop_seq),))
+        else:
+            rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq >= ? AND seq < ?",
+                               (int(start_seq), int(stop_seq)))
         return int(rows[0][0])
 
     def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:

@@ -28,12 +28,15 @@ _MEMBER = "json_quote(path) || ':{\"blake3\":' || json_quote(digest) || '}'"
 # max() would skip; min = max: all text, or all the same non-text value, which json_quote()
 # leaves bare) and every role is an integer; otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
 # neither object; the parent's count of artifact rows then disagrees.
-_INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || ']' AS BLOB) FROM (
-  SELECT '[' || seq || ','
+# The second column counts every row of the range, whatever its role: the worker compares it
+# with the artifacts the bodies name, so no row is added to a record unseen.
+_INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || ']' AS BLOB), coalesce(sum(rows), 0)
+  FROM (SELECT '[' || seq || ','
       || iif(min(ended) = max(ended) AND count(ended) = count(*) AND sum(typeof(role) = 'integer') = count(*),
              json_quote(min(ended)), 'null')
       || ',{{' || coalesce(group_concat(iif(role = 0, {_MEMBER}, NULL), ','), '')
-      || '}},{{' || coalesce(group_concat(iif(role = 1, {_MEMBER}, NULL), ','), '') || '}}]' AS folded
+      || '}},{{' || coalesce(group_concat(iif(role = 1, {_MEMBER}, NULL), ','), '') || '}}]' AS folded,
+      count(*) AS rows
   FROM ll_artifacts WHERE seq >= ? AND seq < ? GROUP BY seq)"""
 
 
@@ -49,10 +52,11 @@ class SQLiteAuditReads:
         return self._fetch("reading blocks", "SELECT height, id, first_seq, count, header FROM ll_blocks"
                            " WHERE height >= ? AND height < ? ORDER BY height", (int(start), int(stop)))
 
-    def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], bytes]:
+    def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], bytes, int]:
         """The record rows of sequence numbers ``start_seq`` to ``stop_seq``, as stored
         (``(seq, id, height, pos, run_id, body)``: each record with its own index columns),
-        and their artifact rows folded into one JSON text (UTF-8 bytes): both from one snapshot.
+        their artifact rows folded into one JSON text (UTF-8 bytes), and how many artifact
+        rows the range holds: all from one snapshot.
 
         The text is ``[[SEQ,"ENDED",{"PATH":{"blake3":"DIGEST"},...},{...}],...]``, one entry
         per sequence number that has rows, inputs (role 0) then outputs (role 1); a record
@@ -73,8 +77,8 @@ class SQLiteAuditReads:
                 records = conn.execute("SELECT seq, id, height, pos, run_id, body FROM ll_records"
                                        " WHERE seq >= ? AND seq < ? ORDER BY seq",
                                        (int(start_seq), int(stop_seq))).fetchall()
-                text = conn.execute(_INDEX_TEXT, (int(start_seq), int(stop_seq))).fetchone()[0]
+                text, rows = conn.execute(_INDEX_TEXT, (int(start_seq), int(stop_seq))).fetchone()
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-        return records, text
+        return records, text, rows

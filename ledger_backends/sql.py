@@ -60,7 +60,7 @@ from ._sql_reads import (
     read_only_uri,
     refusal,
 )
-from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, ORIGIN_PREFIX, append_rows
+from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, ORIGIN_PREFIX, append_rows, new_blocks
 from .sqlite import create_private_file as _create_private_file
 from .sqlite import make_private_dirs as _make_private_dirs
 
@@ -431,13 +431,7 @@ class SQLBackend(_SQLReads, Backend):
                     sa.select(blocks_table.c.height, blocks_table.c.id).where(blocks_table.c.height.in_(heights))
                 ).all()
             )
-            fresh = []
-            for block in blocks:
-                if block.height in existing:
-                    if existing[block.height] != block.id:
-                        raise AppendConflict(f"height {block.height} is taken by another block")
-                else:
-                    fresh.append(block)
+            fresh = new_blocks(blocks, existing)
             if not fresh:
                 return
             below = conn.execute(

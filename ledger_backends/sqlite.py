@@ -82,6 +82,20 @@ INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VA
 
 
 # -- helpers SQLBackend shares (no SQLAlchemy here) ------------------------------------------
+def new_blocks(blocks: Sequence[StoredBlock], existing: dict[int, str]) -> list[StoredBlock]:
+    """The blocks not stored yet, given the ids ``existing`` holds by height: a block already
+    stored with its id is a repeat (a shipment retried) and is skipped; another id at its
+    height is :class:`AppendConflict`. What both writers check before they insert."""
+    fresh = []
+    for block in blocks:
+        if block.height in existing:
+            if existing[block.height] != block.id:
+                raise AppendConflict(f"height {block.height} is taken by another block")
+        else:
+            fresh.append(block)
+    return fresh
+
+
 def append_rows(blocks: Sequence[StoredBlock], seq: int) -> tuple[list[tuple], list[tuple], list[tuple]]:
     """The rows of ``blocks`` for INSERT_BLOCKS, INSERT_RECORDS and INSERT_ARTIFACTS, the
     first record at ``seq``: what both writers insert, so both write the same rows."""
@@ -420,13 +434,7 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
             marks = ",".join("?" * len(heights))
             existing = dict(conn.execute(f"SELECT height, id FROM ll_blocks WHERE height IN ({marks})",
                                          heights).fetchall())
-            fresh = []
-            for block in blocks:
-                if block.height in existing:
-                    if existing[block.height] != block.id:
-                        raise AppendConflict(f"height {block.height} is taken by another block")
-                else:
-                    fresh.append(block)
+            fresh = new_blocks(blocks, existing)
             if not fresh:
                 return
             below = conn.execute("SELECT first_seq + count FROM ll_blocks WHERE height = ?",
