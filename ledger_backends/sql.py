@@ -60,7 +60,15 @@ from ._sql_reads import (
     read_only_uri,
     refusal,
 )
-from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, ORIGIN_PREFIX, append_rows, new_blocks
+from .sqlite import (
+    INSERT_ARTIFACTS,
+    INSERT_BLOCKS,
+    INSERT_RECORDS,
+    ORIGIN_PREFIX,
+    append_rows,
+    enter_wal,
+    new_blocks,
+)
 from .sqlite import create_private_file as _create_private_file
 from .sqlite import make_private_dirs as _make_private_dirs
 
@@ -304,7 +312,7 @@ class SQLBackend(_SQLReads, Backend):
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
             if not read_only:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                enter_wal(dbapi_connection, _BUSY_TIMEOUT_S)
                 cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
             cursor.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
             cursor.close()

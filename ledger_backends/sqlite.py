@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
@@ -82,6 +83,26 @@ INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VA
 
 
 # -- helpers SQLBackend shares (no SQLAlchemy here) ------------------------------------------
+def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting up to ``timeout`` seconds for the file.
+
+    Leaving a rollback journal needs the file to itself, and SQLite answers "database is
+    locked" at once, without its busy handler, while another connection holds a write
+    transaction (waiting could deadlock): four processes opening a schema-2 ledger together
+    failed that way. The statement is repeated until it succeeds or the time is up."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def new_blocks(blocks: Sequence[StoredBlock], existing: dict[int, str]) -> list[StoredBlock]:
     """The blocks not stored yet, given the ids ``existing`` holds by height: a block already
     stored with its id is a repeat (a shipment retried) and is skipped; another id at its
@@ -314,7 +335,7 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
         try:
             conn.isolation_level = None  # we issue BEGIN ourselves
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            enter_wal(conn, _BUSY_TIMEOUT_S)
             conn.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
             conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
         except BaseException:

@@ -233,3 +233,47 @@ def test_a_forked_childs_append_through_sqlalchemy_survives_the_parent_closing_i
     assert acknowledged == b"2"
     with open_ledger(str(tmp_path / "ledger.db"), read_only=True) as ledger:
         assert ledger.verify_chain().records == 4
+
+
+# -- a ledger not yet in WAL mode, opened while another process writes -----------------------------
+_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE ll_meta SET value = value WHERE key = 'origin'")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+@pytest.mark.parametrize("writer", ["sqlite3", "sqlalchemy"])
+def test_opening_a_rollback_journal_ledger_while_another_process_writes_waits(tmp_path, writer):
+    """Switching a ledger to WAL needs the file to itself: while another process held a
+    write transaction (as a migrating opener does), ``PRAGMA journal_mode = WAL`` failed at
+    once with "database is locked" (SQLite does not wait there: waiting could deadlock), and
+    one of four processes opening a schema-2 ledger together failed in CI. Opening waits."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([r.stored() for r in make_records(3)])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+        assert conn.execute("SELECT count(*) FROM ll_meta WHERE key = 'origin'").fetchone() == (1,)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        if writer == "sqlite3":
+            backend = SQLiteBackend(url)
+        else:
+            from lineage_ledger.backends.sql import SQLBackend
+
+            backend = SQLBackend(url)
+        with backend:
+            assert backend.record_count() == 3
+            backend.append([build_block([r.stored() for r in make_records(2, start=10)], backend.head()).stored()])
+    finally:
+        assert holder.wait(timeout=60) == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT count(*) FROM ll_records").fetchone() == (5,)
