@@ -27,7 +27,7 @@ _MEMBER = "json_quote(path) || ':{\"blake3\":' || json_quote(digest) || '}'"
 # end time is given only when every row carries the same one (none NULL, which min() and
 # max() would skip; min = max: all text, or all the same non-text value, which json_quote()
 # leaves bare) and every role is an integer; otherwise ``null``, which never matches. Rows whose role is neither 0 nor 1 are in
-# neither object; the parent's count of artifact rows then disagrees.
+# neither object; the count in the second column then disagrees.
 # The second column counts every row of the range, whatever its role: the worker compares it
 # with the artifacts the bodies name, so no row is added to a record unseen.
 _INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || ']' AS BLOB), coalesce(sum(rows), 0)
