@@ -121,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--rounds", "--repeats", type=int, default=3)
-    parser.add_argument("--workers", default=None, help="LINEAGE_AUDIT_WORKERS for ours (default: one per core, at most 5)")
+    parser.add_argument("--workers", default=None, help="LINEAGE_AUDIT_WORKERS for ours (default: one per core, at most 10)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="a 2,000-record ledger, 1 round (smoke test)")
     args = parser.parse_args()
