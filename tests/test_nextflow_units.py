@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from lineage_ledger_nextflow import _args
-from lineage_ledger_nextflow._log import Handlers, LogFollower, last_session
+from lineage_ledger_nextflow._log import POLL_SECONDS, Handlers, LogFollower, last_session
 from lineage_ledger_nextflow._workdir import read_workdir, staged_files
 
 BIN = Path(sys.executable).parent
@@ -143,7 +143,14 @@ def test_log_follower_reads_only_the_new_log_and_only_whole_lines(tmp_path):
         out.write("\n".join(LOG_LINES) + "\nDec-04 09:30:09.201 [PublishDir-2] TRACE nextflow.processor.PublishDir"
                   " - publishing file: /w/8f/d2/report.txt -[SYMLINK]-> /r/rep")
         out.flush()
-        time.sleep(0.7)
+        # The follower's thread reads every POLL_SECONDS, late on a busy machine: wait until it
+        # has taken the whole lines, then let it poll a few more times with the unfinished
+        # line in place, which must go on waiting for its end.
+        deadline = time.monotonic() + 60
+        while len(handlers.events) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3 * POLL_SECONDS)
+        assert len(handlers.events) == 6, handlers.events
         assert handlers.events[-1][0] == "published" and handlers.events[-1][1] == "/w/31/38/b.count"
         out.write("ort.txt")  # the last line, without its newline: read once Nextflow has exited
     follower.stop()
