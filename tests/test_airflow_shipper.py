@@ -67,6 +67,7 @@ if sys.argv[1] == "fork":  # a LocalExecutor worker, forked once the shipper hol
     if os.fork() == 0:
         time.sleep(120)
         os._exit(0)
+    print("forked its child", flush=True)
 time.sleep(120)
 """
 
@@ -97,7 +98,7 @@ def test_a_killed_shippers_forked_children_do_not_keep_its_lease(tmp_path, url, 
     successor = None
     try:
         assert _wait_for_text(tmp_path / "first.log", "ships the spool", 60), (tmp_path / "first.log").read_text()
-        time.sleep(1)  # its child is forked now
+        assert _wait_for_text(tmp_path / "first.log", "forked its child", 60), (tmp_path / "first.log").read_text()
         first.kill()  # the holder alone; its child lives on, as the orphaned workers do
         first.wait()
         successor = _start_holder("plain", tmp_path / "successor.log", env)
