@@ -93,7 +93,7 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
     scheme, _ = split_url(url)
     if scheme == "sqlite" and not create:
         # Read-only SQLite without importing SQLAlchemy (most of a fresh reader's time).
-        from ._sql_reads import SQLiteReader
+        from ._sqlite_reader import SQLiteReader
 
         return SQLiteReader(url)
     cls = backend_class(scheme)

@@ -1,46 +1,24 @@
-"""The SQL store's reads, and SQLite opened for reading only, without SQLAlchemy.
+"""The SQL store's reads, written once as plain SQL.
 
-A command that only reads an SQLite ledger (``verify-lineage FILE``, ``lineage-ledger
-why``, the plugins' checks before a run) starts a fresh process, and ``import sqlalchemy``
-alone cost it about 0.15 s (0.14-0.19 s measured with ``python -X importtime``), while its
-reading took about 0.02 s. So every read the core asks of the SQL store is written here as
-plain SQL through one primitive, ``self._fetch(what, statement, params) -> list[tuple]``
-(``?`` placeholders; :class:`~lineage_ledger.backends.sql.SQLBackend` turns them into
-``%s`` for psycopg), shared by two classes: ``SQLBackend`` (writers, PostgreSQL, through
-SQLAlchemy) and :class:`SQLiteReader` here, which opens an SQLite ledger read-only with the
-standard library's :mod:`sqlite3` (what ``open_backend(url, create=False)`` gives for SQLite).
-
-A ledger is read completely, the committed transactions still in its ``-wal`` file
-included, and nothing is written: see :func:`read_only_uri`.
+Every read the core asks of the SQL store is written here through one primitive,
+``self._fetch(what, statement, params) -> list[tuple]`` (``?`` placeholders;
+:class:`~lineage_ledger.backends.sql.SQLBackend` turns them into ``%s`` for psycopg), shared
+by ``SQLBackend`` (writers, PostgreSQL, through SQLAlchemy), the stdlib SQLite writer and
+:class:`~._sqlite_reader.SQLiteReader`, which opens an SQLite ledger read-only with the
+standard library's :mod:`sqlite3` without importing SQLAlchemy (about 0.15 s of a fresh
+process's start).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import sqlite3
-import tempfile
-import threading
-import time
-import urllib.parse
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from lineage_ledger._errors import (
-    BackendError,
-    BackendUnavailable,
-    ConfigError,
-    CorruptStore,
-    LedgerError,
-    NoLedger,
-)
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-from ._base import Backend, ChainHead, IndexRow, IndexSummary, Located, Role
-from ._sqlite_audit import SQLiteAuditReads
+from ._base import ChainHead, IndexRow, IndexSummary, Located, Role
 
-__all__ = ["SQLiteReader", "read_only_uri", "sqlite_file"]
+__all__ = ["SCHEMA_VERSION"]
+
 
 SCHEMA_VERSION = "3"
 _INDEX_ROWS_PER_READ = 20_000  # index rows fetched per query by index_rows()
@@ -49,7 +27,6 @@ _ROWS_PER_READ = 20_000  # records fetched per query (at least one whole block)
 _ID_CHUNK = 500  # record ids per IN list in known()
 _ONLY_STR = frozenset({str})
 _ONLY_BYTES = frozenset({bytes})
-_BUSY_TIMEOUT_S = 60
 _IN, _OUT = 0, 1  # artifact roles as stored
 _HEX = "0123456789abcdef"
 
@@ -90,178 +67,6 @@ def _successor(prefix: str) -> str | None:
     if not stripped:
         return None
     return stripped[:-1] + _HEX[_HEX.index(stripped[-1]) + 1]
-
-
-# -- errors -----------------------------------------------------------------------------------
-def database_error(what: str, shown: str, text: str) -> LedgerError:
-    """The library's error for a database error whose (redacted) message is ``text``."""
-    lowered = text.lower()
-    if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
-        return CorruptStore(
-            f"{shown}: the ledger database is corrupt or truncated ({text}); "
-            "restore it from a copy, or verify a replica"
-        )
-    if "no such table" in lowered or "does not exist" in lowered and "relation" in lowered:
-        return CorruptStore(f"{shown}: ledger tables are missing ({text})")
-    return BackendUnavailable(f"{shown}: {what} failed: {text}")
-
-
-def refusal(shown: str, *, sqlite: bool, tables: set[str], version: str | None, where: str) -> LedgerError:
-    """Why a ledger opened for reading cannot be read (``where``: what a missing one is called)."""
-    if version is None:
-        if sqlite and tables:
-            return ConfigError(f"{shown}: this database is not a lineage ledger")
-        return NoLedger(f"no ledger at {where}")
-    if version == "2":
-        return ConfigError(
-            f"{shown}: this ledger has schema 2 and must be migrated to schema {SCHEMA_VERSION} once: "
-            f"run `lineage-ledger migrate --ledger {shown}` (with write access to it)"
-        )
-    if version == SCHEMA_VERSION:
-        return CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
-    return ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
-
-
-# -- SQLite files ------------------------------------------------------------------------------
-def sqlite_file(url: str) -> str | None:
-    """The file an SQLite URL (or plain path) names, as SQLAlchemy reads it: ``None`` for
-    ``sqlite://`` and ``:memory:``. ``None`` too for a URL of another database."""
-    if "://" not in url:
-        url = "sqlite:///" + url
-    scheme, rest = url.split("://", 1)
-    if scheme.split("+", 1)[0].lower() != "sqlite":
-        return None
-    rest = rest.split("?", 1)[0]
-    if "/" not in rest:
-        return None
-    database = rest.split("/", 1)[1]
-    return None if database in ("", ":memory:") else database
-
-
-def is_sqlite_url(url: str) -> bool:
-    return "://" not in url or url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite"
-
-
-def _writable(path: str) -> bool:
-    """Whether we may write ``path``, by its mode as well: root may write anything, but a
-    file or directory whose mode grants nobody write access is a read-only copy to it too."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return os.access(path, os.W_OK) and bool(mode & 0o222)
-
-
-def _sqlite_uri(path: str, **params: str) -> str:
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?" + query if query else "")
-
-
-def _connect(uri: str) -> sqlite3.Connection:
-    return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
-
-
-def _probe(uri: str) -> sqlite3.Error | None:
-    """The error a read through ``uri`` gets, or None when it reads."""
-    try:
-        conn = _connect(uri)
-    except sqlite3.Error as err:
-        return err
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return None
-    except sqlite3.Error as err:
-        return err
-    finally:
-        conn.close()
-
-
-def _cannot_open_read_only(err: sqlite3.Error) -> bool:
-    """Errors of a read-only WAL database that needs a -shm it may not create."""
-    code = getattr(err, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
-    text = str(err).lower()
-    return "unable to open" in text or "readonly" in text or "read-only" in text
-
-
-def _file_state(path: str) -> tuple:
-    state: list[tuple[int, int, int] | None] = []
-    for name in (path, path + "-wal"):
-        try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            state.append(None)
-        else:
-            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(state)
-
-
-def _copy_private(source: str, target: str) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    with open(source, "rb") as src:
-        fd = os.open(target, flags, 0o600)
-        with os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _private_copy(path: str, shown: str) -> str:
-    """Copy the database and its -wal into a new 0700 directory; returns the directory.
-    The copy is taken again if either file changed while it was read."""
-    directory = tempfile.mkdtemp(prefix="lineage-ledger-ro-")
-    try:
-        os.chmod(directory, 0o700)
-        target = os.path.join(directory, "ledger.db")
-        for _attempt in range(10):
-            before = _file_state(path)
-            _copy_private(path, target)
-            if before[1] is not None:
-                _copy_private(path + "-wal", target + "-wal")
-            elif os.path.exists(target + "-wal"):
-                os.unlink(target + "-wal")
-            if _file_state(path) == before:
-                return directory
-            time.sleep(0.05)
-        raise BackendUnavailable(f"{shown}: the ledger kept changing while a private copy was taken")
-    except OSError as err:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
-def read_only_uri(path: str, shown: str) -> tuple[str, str, str | None]:
-    """How to read a ledger without writing it, WAL included: (SQLite URI, strategy, the
-    private copy's directory or None; the caller removes it when done).
-
-    A ledger we may write (its file, directory and any ``-shm``) is read in place with
-    SQLite's ``mode=ro``, which takes part in the WAL's locking (other processes may
-    append meanwhile): strategy ``"ro"``. One we may not write (by its modes: root too
-    leaves a 0444 copy alone) is read with ``mode=ro&readonly_shm=1`` when its ``-shm``
-    exists (the WAL index is then rebuilt in private memory, nothing is written; ``"ro"``);
-    with no ``-shm`` but a ``-wal``, the file and its WAL are copied into a private 0700
-    directory (``"copy"``); with no WAL at all, ``immutable=1`` loses nothing
-    (``"immutable"``). (``immutable=1`` alone, as before, ignored the WAL and lost
-    committed records.)
-    """
-    wal, shm = path + "-wal", path + "-shm"
-    has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
-    writable = _writable(path) and _writable(os.path.dirname(os.path.abspath(path)))
-    if writable and (not os.path.exists(shm) or _writable(shm)):
-        uri = _sqlite_uri(path, mode="ro")
-        error = _probe(uri)
-        if error is None or not _cannot_open_read_only(error):
-            return uri, "ro", None  # a real error shows up, translated, on the first read
-    elif os.path.exists(shm):
-        uri = _sqlite_uri(path, mode="ro", readonly_shm="1")
-        error = _probe(uri)
-        if error is None or not _cannot_open_read_only(error):
-            return uri, "ro", None
-    if not has_wal:
-        return _sqlite_uri(path, mode="ro", immutable="1"), "immutable", None
-    directory = _private_copy(path, shown)
-    return _sqlite_uri(os.path.join(directory, "ledger.db"), mode="ro"), "copy", directory
 
 
 # -- the reads ---------------------------------------------------------------------------------
@@ -590,177 +395,3 @@ class _SQLReads:
             after = last
 
 
-# -- SQLite, read-only -------------------------------------------------------------------------
-@contextlib.contextmanager
-def _translated(what: str, shown: str):
-    """:mod:`sqlite3` errors as the library's own, with the cause attached."""
-    try:
-        yield
-    except sqlite3.DatabaseError as err:
-        raise database_error(what, shown, str(err).strip()) from err
-    except sqlite3.Error as err:
-        raise BackendError(f"{shown}: {what} failed: {err}") from err
-
-
-class SQLiteFile:
-    """What both SQLite classes (this reader, ``sqlite.SQLiteBackend``) say of their file."""
-
-    _path: str
-    _origin: str | None
-
-    @property
-    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
-        return "sqlite:///" + os.path.realpath(self._path)
-
-    @property
-    def origin(self) -> str:
-        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
-        assert self._origin is not None
-        return self._origin
-
-
-_READERS: weakref.WeakSet[SQLiteReader] = weakref.WeakSet()
-
-
-def _close_parents_readers_after_fork() -> None:
-    # A forked child must close the read connections it inherited, not only stop using
-    # them: while one is open in the child, SQLite counts the parent's locks on that file
-    # as the child's, so a writer the child opens takes no lock of its own, the parent's
-    # last close deletes the -wal under it, and the child's acknowledged appends are lost
-    # (tests/test_sqlite_faults.py). They are read-only (mode=ro, immutable or a private
-    # copy): closing one in the child never writes or checkpoints the parent's file.
-    for reader in list(_READERS):
-        reader._close_inherited()
-
-
-os.register_at_fork(after_in_child=_close_parents_readers_after_fork)
-
-
-class SQLiteReader(SQLiteFile, _SQLReads, SQLiteAuditReads, Backend):
-    """An SQLite ledger opened for reading only, through :mod:`sqlite3` (no SQLAlchemy):
-    what ``open_backend(url, create=False)`` gives for SQLite. Nothing is created, migrated,
-    switched to WAL or written; a missing or empty file is :class:`NoLedger`.
-
-    Attributes: ``read_only`` (always true), ``read_strategy`` (``"ro"`` reads the file in
-    place with SQLite's ``mode=ro``, its WAL included; ``"immutable"`` when there is no WAL
-    to read and no ``-shm`` can be created; ``"copy"`` reads a private copy of the file and
-    its WAL, removed on close), ``migrated_from`` (always ``None``).
-    """
-
-    keeps_end_times = True
-    read_only = True
-    migrated_from: str | None = None
-    _sqlite = True
-
-    def __init__(self, url: str, *, _uri: str | None = None) -> None:
-        super().__init__(url)
-        self.read_strategy: str | None = None
-        self._origin: str | None = None
-        self._copy_dir: str | None = None  # the private copy read, if any
-        self._copy_cleanup: weakref.finalize | None = None
-        # One connection per thread (an audit reads the index on a second thread while the
-        # first verifies blocks: SQLite releases the GIL while it steps), per process.
-        self._local = threading.local()
-        self._opened: list[tuple[int, sqlite3.Connection]] = []
-        self._opened_lock = threading.Lock()
-        _READERS.add(self)
-        shown = self.display_url
-        given = sqlite_file(url)
-        if given is None:
-            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
-        if os.path.isdir(given):
-            raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
-        path = os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
-        try:
-            empty = os.path.getsize(path) == 0
-        except FileNotFoundError:
-            empty = True
-        except OSError as err:
-            raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
-        if empty:
-            raise NoLedger(f"no ledger at {given}")
-        self._path = path
-        if _uri is not None:  # a worker of the process that chose how to read it (worker_spec)
-            self._uri, self.read_strategy = _uri, "worker"
-        else:
-            self._uri, self.read_strategy, self._copy_dir = read_only_uri(path, shown)
-        if self._copy_dir is not None:
-            self._copy_cleanup = weakref.finalize(self, shutil.rmtree, self._copy_dir, True)
-        try:
-            self._open_schema(given)
-        except BaseException:
-            self.close()
-            raise
-
-    def _open_schema(self, given: str) -> None:
-        tables = {
-            row[0] for row in self._fetch(
-                "opening the ledger",
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'", (),
-            )
-        }
-        version = origin = None
-        if "ll_meta" in tables:
-            meta = dict(self._fetch("opening the ledger", "SELECT key, value FROM ll_meta", ()))
-            version, origin = meta.get("schema"), meta.get("origin")
-        if version == SCHEMA_VERSION and origin:
-            self._origin = origin
-            return
-        raise refusal(self.display_url, sqlite=True, tables=tables, version=version, where=given)
-
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            # A forked child opens its own: the parent's handle is the parent's to use.
-            conn = _connect(self._uri)
-            conn.isolation_level = None
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            # 64 MiB: index pages stay in memory; an audit worker reads one range once (8 MiB).
-            conn.execute("PRAGMA cache_size = -8192" if self.read_strategy == "worker" else "PRAGMA cache_size = -65536")
-            local.conn, local.pid = conn, os.getpid()
-            with self._opened_lock:
-                self._opened.append((os.getpid(), conn))
-        return conn
-
-    def _fetch(self, what: str, statement: str, params: tuple) -> list:
-        with _translated(what, self.display_url):
-            return self._connection().execute(statement, params).fetchall()
-
-    def worker_spec(self) -> tuple[str, str]:
-        """What another process needs to read the same file the same way, the private copy
-        included (it lives as long as this object): ``SQLiteReader(url, _uri=uri)``."""
-        return self.url, self._uri
-
-    def block_counts(self) -> list[tuple[int, int]]:
-        """(height, record count) of every block row, unverified: for planning work only."""
-        return [(int(h), int(c)) for h, c in self._fetch(
-            "planning the audit", "SELECT height, count FROM ll_blocks ORDER BY height", ())]
-
-    def append(self, blocks: Sequence[StoredBlock]) -> None:
-        raise BackendUnavailable(f"{self.display_url}: opened for reading only")
-
-    def migrate(self) -> str | None:
-        raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
-
-    def _close_inherited(self) -> None:
-        """In a forked child: close the parent's connections (see the fork hook above).
-        The lock may have been held by a parent thread at the fork: a fresh one."""
-        self._opened_lock = threading.Lock()
-        opened, self._opened = self._opened, []
-        self._local = threading.local()
-        for _, conn in opened:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass  # a statement of another parent thread was running: nothing to undo
-
-    def close(self) -> None:
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for pid, conn in opened:
-            if pid == os.getpid():
-                conn.close()
-        self._local = threading.local()
-        if self._copy_cleanup is not None:
-            self._copy_cleanup()

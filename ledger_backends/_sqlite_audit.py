@@ -41,7 +41,7 @@ _INDEX_TEXT = f"""SELECT CAST('[' || coalesce(group_concat(folded, ','), '') || 
 
 
 class SQLiteAuditReads:
-    """Mixed into :class:`~lineage_ledger.backends._sql_reads.SQLiteReader`."""
+    """Mixed into :class:`~lineage_ledger.backends._sqlite_reader.SQLiteReader`."""
 
     _fetch: Callable[[str, str, tuple], list]
     _uri: str
@@ -66,7 +66,7 @@ class SQLiteAuditReads:
         of reading pages through SQLite's cache) and is closed before returning, so that
         the mapped pages leave the resident set again: a worker's peak grows by one
         chunk's pages, not by the part of the ledger it has read."""
-        from ._sql_reads import _connect, _translated
+        from ._sqlite_files import _connect, _translated
 
         with _translated("reading records", self.display_url):
             conn = _connect(self._uri)

@@ -9,8 +9,8 @@ transaction that upgrades to a write fails at once instead of waiting for the lo
 Opened with ``create=False`` (what read commands do) the store is only read: a missing or
 empty file is :class:`NoLedger`, nothing is created, migrated or switched to WAL, and a
 ledger we may not write is read completely, the committed transactions still in its
-``-wal`` file included (see :func:`~._sql_reads.read_only_uri`). An SQLite ledger opened so
-is a :class:`~._sql_reads.SQLiteReader`, which reads through :mod:`sqlite3` and never
+``-wal`` file included (see :func:`~._sqlite_files.read_only_uri`). An SQLite ledger opened so
+is a :class:`~._sqlite_reader.SQLiteReader`, which reads through :mod:`sqlite3` and never
 imports SQLAlchemy (what a fresh read-only process would otherwise spend most of its time
 on); the queries of both are in :class:`~._sql_reads._SQLReads`. An SQLite ledger opened
 for writing through ``open_backend`` is a :class:`~.sqlite.SQLiteBackend`, which appends
@@ -48,18 +48,17 @@ from lineage_ledger._errors import (
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend, redact
-from ._sql_reads import (
+from ._sql_reads import SCHEMA_VERSION, _SQLReads
+from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
-    SCHEMA_VERSION,
-    SQLiteReader,
     _connect,
-    _SQLReads,
     _writable,
     database_error,
     is_sqlite_url,
     read_only_uri,
     refusal,
 )
+from ._sqlite_reader import SQLiteReader
 from .sqlite import (
     INSERT_ARTIFACTS,
     INSERT_BLOCKS,

@@ -16,7 +16,7 @@ only where it is still needed: to migrate an old schema, to report on a database
 no current ledger, and for URL spellings this module does not parse itself (a query
 string, a percent sign, another driver); those are handed to ``SQLBackend`` whole. A
 ledger this process may not write is read as ``SQLBackend`` reads it, by
-:class:`~._sql_reads.SQLiteReader`.
+:class:`~._sqlite_reader.SQLiteReader`.
 """
 
 from __future__ import annotations
@@ -35,21 +35,18 @@ from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavaila
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend
-from ._sql_reads import (
+from ._sql_reads import _IN, _OUT, SCHEMA_VERSION, _SQLReads
+from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
-    _IN,
-    _OUT,
-    SCHEMA_VERSION,
     SQLiteFile,
-    SQLiteReader,
     _connect,
     _sqlite_uri,
-    _SQLReads,
     _translated,
     _writable,
     database_error,
     sqlite_file,
 )
+from ._sqlite_reader import SQLiteReader
 
 __all__ = ["SQLiteBackend"]
 

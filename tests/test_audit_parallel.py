@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lineage_ledger import LedgerError, open_ledger
 from lineage_ledger._log import audit_bulk
 from lineage_ledger._log import audit_parallel as parallel
-from lineage_ledger.backends._sql_reads import SQLiteReader
+from lineage_ledger.backends._sqlite_reader import SQLiteReader
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
 

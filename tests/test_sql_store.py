@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from lineage_ledger import BackendUnavailable, ConfigError, NoLedger, build_block
 from lineage_ledger.backends import IndexRow, open_backend, redact
 from lineage_ledger.backends import _sql_reads as sql_reads
+from lineage_ledger.backends import _sqlite_files as sqlite_files
 from lineage_ledger.backends import sql as sqlmod
 from lineage_ledger.backends.sql import SQLBackend
 from tests.backend_conformance import chain_of
@@ -376,7 +377,7 @@ def test_the_private_copy_explicitly(wal_only, monkeypatch):
     listing = make_read_only(directory)
     refused = sqlite3.OperationalError("unable to open database file")
     refused.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
-    monkeypatch.setattr(sql_reads, "_probe", lambda uri: refused)
+    monkeypatch.setattr(sqlite_files, "_probe", lambda uri: refused)
     backend = SQLBackend(f"sqlite:///{directory}/ledger.db", create=False)
     assert backend.read_strategy == "copy"
     private = backend._copy_dir

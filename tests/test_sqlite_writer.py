@@ -35,7 +35,7 @@ from lineage_ledger import (
     open_ledger,
 )
 from lineage_ledger.backends import open_backend
-from lineage_ledger.backends._sql_reads import SQLiteReader
+from lineage_ledger.backends._sqlite_reader import SQLiteReader
 from lineage_ledger.backends.sql import SQLBackend
 from lineage_ledger.backends.sqlite import SQLiteBackend
 from lineage_ledger.testing import BackendConformance, artifact, chain_of, make_record, make_records

@@ -79,7 +79,7 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     if scheme == "sqlite" and "%" not in url:
         # The embedded default, worked out as SQLAlchemy would without importing it (a third
         # of a second that every short engine task would otherwise pay before its first record).
-        from lineage_ledger.backends._sql_reads import sqlite_file
+        from lineage_ledger.backends._sqlite_files import sqlite_file
 
         return _sqlite_identity(url, sqlite_file(url)), None
     cls = backend_class(scheme)  # unknown scheme, missing extra

@@ -259,7 +259,7 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
 def _worker_main() -> None:
     """``python -m lineage_ledger._log.audit_parallel``: read the job (JSON) from standard input,
     write one frame a task to standard output. Only the parent process holds these pipes."""
-    from lineage_ledger.backends._sql_reads import SQLiteReader
+    from lineage_ledger.backends._sqlite_reader import SQLiteReader
 
     # No cyclic garbage is made here: the collector would only rescan every decoded record.
     gc.disable()

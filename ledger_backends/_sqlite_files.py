@@ -1,0 +1,235 @@
+"""An SQLite ledger file: how it is found, opened without writing, and how its errors read.
+
+Shared by the three classes that open one: the read-only :class:`~._sqlite_reader.SQLiteReader`,
+the stdlib writer :class:`~.sqlite.SQLiteBackend` and SQLAlchemy's :class:`~.sql.SQLBackend`.
+A ledger is read completely, the committed transactions still in its ``-wal`` file
+included, and nothing is written: see :func:`read_only_uri`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+import urllib.parse
+
+from lineage_ledger._errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    CorruptStore,
+    LedgerError,
+    NoLedger,
+)
+
+from ._sql_reads import SCHEMA_VERSION
+
+__all__ = ["SQLiteFile", "database_error", "is_sqlite_url", "read_only_uri", "refusal", "sqlite_file"]
+
+_BUSY_TIMEOUT_S = 60
+
+
+# -- errors -----------------------------------------------------------------------------------
+def database_error(what: str, shown: str, text: str) -> LedgerError:
+    """The library's error for a database error whose (redacted) message is ``text``."""
+    lowered = text.lower()
+    if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
+        return CorruptStore(
+            f"{shown}: the ledger database is corrupt or truncated ({text}); "
+            "restore it from a copy, or verify a replica"
+        )
+    if "no such table" in lowered or "does not exist" in lowered and "relation" in lowered:
+        return CorruptStore(f"{shown}: ledger tables are missing ({text})")
+    return BackendUnavailable(f"{shown}: {what} failed: {text}")
+
+
+def refusal(shown: str, *, sqlite: bool, tables: set[str], version: str | None, where: str) -> LedgerError:
+    """Why a ledger opened for reading cannot be read (``where``: what a missing one is called)."""
+    if version is None:
+        if sqlite and tables:
+            return ConfigError(f"{shown}: this database is not a lineage ledger")
+        return NoLedger(f"no ledger at {where}")
+    if version == "2":
+        return ConfigError(
+            f"{shown}: this ledger has schema 2 and must be migrated to schema {SCHEMA_VERSION} once: "
+            f"run `lineage-ledger migrate --ledger {shown}` (with write access to it)"
+        )
+    if version == SCHEMA_VERSION:
+        return CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
+    return ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
+
+
+# -- SQLite files ------------------------------------------------------------------------------
+def sqlite_file(url: str) -> str | None:
+    """The file an SQLite URL (or plain path) names, as SQLAlchemy reads it: ``None`` for
+    ``sqlite://`` and ``:memory:``. ``None`` too for a URL of another database."""
+    if "://" not in url:
+        url = "sqlite:///" + url
+    scheme, rest = url.split("://", 1)
+    if scheme.split("+", 1)[0].lower() != "sqlite":
+        return None
+    rest = rest.split("?", 1)[0]
+    if "/" not in rest:
+        return None
+    database = rest.split("/", 1)[1]
+    return None if database in ("", ":memory:") else database
+
+
+def is_sqlite_url(url: str) -> bool:
+    return "://" not in url or url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite"
+
+
+def _writable(path: str) -> bool:
+    """Whether we may write ``path``, by its mode as well: root may write anything, but a
+    file or directory whose mode grants nobody write access is a read-only copy to it too."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and bool(mode & 0o222)
+
+
+def _sqlite_uri(path: str, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?" + query if query else "")
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    return sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+
+
+def _probe(uri: str) -> sqlite3.Error | None:
+    """The error a read through ``uri`` gets, or None when it reads."""
+    try:
+        conn = _connect(uri)
+    except sqlite3.Error as err:
+        return err
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return None
+    except sqlite3.Error as err:
+        return err
+    finally:
+        conn.close()
+
+
+def _cannot_open_read_only(err: sqlite3.Error) -> bool:
+    """Errors of a read-only WAL database that needs a -shm it may not create."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+    text = str(err).lower()
+    return "unable to open" in text or "readonly" in text or "read-only" in text
+
+
+def _file_state(path: str) -> tuple:
+    state: list[tuple[int, int, int] | None] = []
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            state.append(None)
+        else:
+            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def _copy_private(source: str, target: str) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    with open(source, "rb") as src:
+        fd = os.open(target, flags, 0o600)
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _private_copy(path: str, shown: str) -> str:
+    """Copy the database and its -wal into a new 0700 directory; returns the directory.
+    The copy is taken again if either file changed while it was read."""
+    directory = tempfile.mkdtemp(prefix="lineage-ledger-ro-")
+    try:
+        os.chmod(directory, 0o700)
+        target = os.path.join(directory, "ledger.db")
+        for _attempt in range(10):
+            before = _file_state(path)
+            _copy_private(path, target)
+            if before[1] is not None:
+                _copy_private(path + "-wal", target + "-wal")
+            elif os.path.exists(target + "-wal"):
+                os.unlink(target + "-wal")
+            if _file_state(path) == before:
+                return directory
+            time.sleep(0.05)
+        raise BackendUnavailable(f"{shown}: the ledger kept changing while a private copy was taken")
+    except OSError as err:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BackendUnavailable(f"{shown}: cannot read {path}: {err.strerror}") from err
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def read_only_uri(path: str, shown: str) -> tuple[str, str, str | None]:
+    """How to read a ledger without writing it, WAL included: (SQLite URI, strategy, the
+    private copy's directory or None; the caller removes it when done).
+
+    A ledger we may write (its file, directory and any ``-shm``) is read in place with
+    SQLite's ``mode=ro``, which takes part in the WAL's locking (other processes may
+    append meanwhile): strategy ``"ro"``. One we may not write (by its modes: root too
+    leaves a 0444 copy alone) is read with ``mode=ro&readonly_shm=1`` when its ``-shm``
+    exists (the WAL index is then rebuilt in private memory, nothing is written; ``"ro"``);
+    with no ``-shm`` but a ``-wal``, the file and its WAL are copied into a private 0700
+    directory (``"copy"``); with no WAL at all, ``immutable=1`` loses nothing
+    (``"immutable"``). (``immutable=1`` alone, as before, ignored the WAL and lost
+    committed records.)
+    """
+    wal, shm = path + "-wal", path + "-shm"
+    has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
+    writable = _writable(path) and _writable(os.path.dirname(os.path.abspath(path)))
+    if writable and (not os.path.exists(shm) or _writable(shm)):
+        uri = _sqlite_uri(path, mode="ro")
+        error = _probe(uri)
+        if error is None or not _cannot_open_read_only(error):
+            return uri, "ro", None  # a real error shows up, translated, on the first read
+    elif os.path.exists(shm):
+        uri = _sqlite_uri(path, mode="ro", readonly_shm="1")
+        error = _probe(uri)
+        if error is None or not _cannot_open_read_only(error):
+            return uri, "ro", None
+    if not has_wal:
+        return _sqlite_uri(path, mode="ro", immutable="1"), "immutable", None
+    directory = _private_copy(path, shown)
+    return _sqlite_uri(os.path.join(directory, "ledger.db"), mode="ro"), "copy", directory
+
+
+
+@contextlib.contextmanager
+def _translated(what: str, shown: str):
+    """:mod:`sqlite3` errors as the library's own, with the cause attached."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise database_error(what, shown, str(err).strip()) from err
+    except sqlite3.Error as err:
+        raise BackendError(f"{shown}: {what} failed: {err}") from err
+
+
+class SQLiteFile:
+    """What both SQLite classes (this reader, ``sqlite.SQLiteBackend``) say of their file."""
+
+    _path: str
+    _origin: str | None
+
+    @property
+    def identity(self) -> str:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
+        return "sqlite:///" + os.path.realpath(self._path)
+
+    @property
+    def origin(self) -> str:
+        """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
+        assert self._origin is not None
+        return self._origin
+
+
