@@ -147,6 +147,42 @@ def test_rows_that_no_record_names_fail_the_parallel_audit(pristine, tmp_path, m
     assert there == here, what
 
 
+# A record stored twice: possible only once the table's UNIQUE (id) is gone (a file rebuilt
+# by someone with write access), then appended in a block of its own with a valid chain.
+_WITHOUT_UNIQUE_IDS = """ALTER TABLE ll_records RENAME TO old_records;
+CREATE TABLE ll_records (seq INTEGER NOT NULL PRIMARY KEY, id VARCHAR(64) NOT NULL, height BIGINT NOT NULL,
+  pos INTEGER NOT NULL, run_id TEXT NOT NULL, body BLOB NOT NULL);
+INSERT INTO ll_records SELECT * FROM old_records;
+DROP TABLE old_records;
+CREATE INDEX ll_records_id ON ll_records (id);
+CREATE INDEX ll_records_run ON ll_records (run_id);"""
+
+
+@pytest.mark.parametrize("copy", [5, 37])
+def test_a_record_stored_twice_fails_both_audits(pristine, tmp_path, monkeypatch, copy):
+    """The duplicate filter (a Bloom filter in the parent, fed from each worker's leaves in
+    one buffer) finds a record appended a second time, in another worker's range or in the
+    same one, and the exact look-up confirms it."""
+    from lineage_ledger import build_block
+    from lineage_ledger.backends import open_backend
+
+    db = tmp_path / "ledger.db"
+    shutil.copy(pristine, db)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_WITHOUT_UNIQUE_IDS)
+    previous = artifact(f"/data/step-{copy - 1}", f"out{copy - 1}")
+    again = make_record(copy, run_id=f"run-{copy % 3}", inputs=[artifact("/data/ref", "ref"), previous],
+                        outputs=[artifact(f"/data/step-{copy}", f"out{copy}")]).stored()
+    with open_backend(f"sqlite:///{db}") as backend:
+        assert len(backend.by_id_prefix(again.id, limit=2)) == 1  # the same record as stored
+        backend.append([build_block([again], backend.head()).stored()])
+        assert len(backend.by_id_prefix(again.id, limit=2)) == 2
+    here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
+    there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert here == ("ChainBroken", f"record {again.id[:16]} appears twice in the ledger"), here
+    assert there == here
+
+
 def _bulk_accepts(db, start: int = 0, stop: int = 10, first: int = 0) -> bool:
     """Whether the workers' bulk check (not the row-by-row one) accepts blocks start..stop."""
     reader = SQLiteReader(f"sqlite:///{db}")

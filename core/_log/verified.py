@@ -61,17 +61,25 @@ class _Dedup:
         self.suspects: list[str] = []  # record ids
 
     def add(self, ids, leaves: list[bytes]) -> None:
+        self.add_packed(ids, b"".join(leaves))
+
+    def add_packed(self, ids, leaves: bytes) -> None:
+        """Leaves as one buffer, 32 bytes each (as a worker sends them). ``ids`` is indexed
+        only for a suspect (the parallel audit makes hex ids on demand)."""
         table, bits, suspects = self.table, self.bits, self.suspects
-        from_bytes = int.from_bytes
-        # ``ids`` is indexed only for a suspect (the parallel audit makes hex ids on demand).
-        for i, leaf in enumerate(leaves):
-            a = from_bytes(leaf[:8], "little") % bits
-            b = from_bytes(leaf[8:16], "little") % bits
+        # The probes are a leaf's first two 8-byte words, read in C for the whole buffer:
+        # half the parent's time of slicing and converting each leaf.
+        words = memoryview(leaves).cast("Q")
+        for i, (a, b) in enumerate(zip(words[0::4].tolist(), words[1::4].tolist(), strict=True)):
+            a %= bits
+            b %= bits
             ma, mb = 1 << (a & 7), 1 << (b & 7)
-            if table[a >> 3] & ma and table[b >> 3] & mb:
+            a >>= 3
+            b >>= 3
+            if table[a] & ma and table[b] & mb:
                 suspects.append(ids[i])
-            table[a >> 3] |= ma
-            table[b >> 3] |= mb
+            table[a] |= ma
+            table[b] |= mb
 
 
 class Verifier:
@@ -245,10 +253,9 @@ class Verifier:
                 if result is None or result.first_prev != prev or task.first_index != writer.size:
                     raise _Disagreement
                 leaves, at = result.leaves, 0
+                dedup.add_packed(_parallel.RecordIds(result.ids), leaves)
                 for block_id, count in zip(result.block_ids, result.counts, strict=True):
-                    block_leaves = [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)]
-                    dedup.add(_parallel.RecordIds(result.ids, at), block_leaves)
-                    writer.add_block(block_id, block_leaves)
+                    writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
                     at += count
                 prev = result.block_ids[-1] if result.block_ids else prev
                 compared += result.compared
