@@ -42,9 +42,10 @@ __all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
 MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
 # A worker's peak is about 40 MiB (the interpreter, a chunk of 1,000 bodies and its folded
 # index, up to 8 MiB of SQLite cache) and the parent's about 55 MiB: ten workers measured
-# 436 MiB summed over all eleven processes at 1M records, under the audit's 512 MiB goal.
-# The CPU per record is about 13-16 us in a worker (bulk check; 23 row by row) and 2.5 us in
-# the parent, so the parent keeps up with ten busy workers (about 400k records/s).
+# 436-444 MiB summed over all eleven processes at 1M records, under the audit's 512 MiB goal.
+# The CPU per record is about 13-16 us in a worker (bulk check; 23 row by row) and about
+# 1.5 us in the parent (duplicate filter, log tree, pipes), so the parent keeps up with ten
+# busy workers.
 MAX_WORKERS = 10
 RECORDS_PER_TASK = 25_000  # a task's leaves and ids are about 2 MB in transit
 
