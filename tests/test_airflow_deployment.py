@@ -159,6 +159,15 @@ def _parent_of(pid: int) -> int:
         return int(handle.read().rsplit(")", 1)[1].split()[1])
 
 
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def test_heartbeat_timeout_one_record_under_its_own_ids(deployment):
     site = deployment
     site.trigger("deploy_heartbeat", "hb-1")
@@ -173,7 +182,10 @@ def test_heartbeat_timeout_one_record_under_its_own_ids(deployment):
     finally:
         os.kill(supervisor, signal.SIGCONT)  # the task process may now report try 1 too
     assert site.wait_for_run("deploy_heartbeat", "hb-1") == "success"
-    time.sleep(3)  # give try 1's own process time to report as well (its report must be dropped)
+    # Try 1's own task process may report it as well once resumed (that report must be
+    # dropped): once it has ended, whatever it left is shipped before the records are counted.
+    site.wait_for(lambda: not _running(pid), "try 1's task process to end", timeout=120)
+    ship(site)
     records = assert_every_try_recorded_once(site, "deploy_heartbeat", "hb-1")
     first = records[("deploy_heartbeat", "hb-1", "silent", -1, 1)]
     assert first.status == "failed" and first.airflow["state"] == "up_for_retry"
