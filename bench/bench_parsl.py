@@ -46,7 +46,7 @@ from parsl.executors import ThreadPoolExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "parsl"))
 import pipeline  # noqa: E402
-from lineage_ledger_parsl import ParslLedger  # noqa: E402
+from lineage_ledger_parsl import ParslLedger, _shared  # noqa: E402
 
 GOAL = 1.10
 
@@ -88,9 +88,22 @@ def run_noops(tmp: str, n: int, variant: str) -> tuple[float, float, float, floa
     finally:
         dfk.cleanup()
     if ledger is not None:
-        ledger.close()  # waits for the recording process to end
+        ledger.close()
+        _wait_for_recording_process(ledger)
         assert ledger.capture.failures == 0
     return done, flushed, cpu_done, cpu_flushed, _children_cpu() - children_before
+
+
+def _wait_for_recording_process(ledger: ParslLedger) -> None:
+    """A shared recording process ends ``_shared.IDLE_SECONDS`` after its last user, not
+    at ``close()``: the temporary directory it spools into is removed only after that (it
+    once went first: "Directory not empty", and the process lost its spool segment)."""
+    capture = ledger.capture
+    deadline = time.monotonic() + _shared.IDLE_SECONDS + 60
+    while capture in _shared.live().values() or getattr(capture, "child_pid", None) is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the shared recording process did not end")
+        time.sleep(0.05)
 
 
 def _children_cpu() -> float:
@@ -124,6 +137,7 @@ def run_files(tmp: str, copies: int, lines: int, variant: str) -> float:
         dfk.cleanup()
     if ledger is not None:
         ledger.close()
+        _wait_for_recording_process(ledger)
     return elapsed
 
 
