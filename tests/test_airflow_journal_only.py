@@ -90,7 +90,8 @@ def test_a_journal_only_recorder_never_ships_and_leaves_its_segment_for_replay(t
     before = {t.ident for t in threading.enumerate()}
     recorder = ledger.recorder(ship=False)
     record_id = recorder.record(make_record(7, run_id="journal-run"))
-    assert {t.ident for t in threading.enumerate()} == before  # no worker thread
+    # no worker thread (<=: a thread an earlier test left may end meanwhile)
+    assert {t.ident for t in threading.enumerate()} <= before
     assert recorder.flush(timeout=0) is True  # synced; nothing of its own to wait for
     assert recorder.pending == 1
     time.sleep(0.3)
