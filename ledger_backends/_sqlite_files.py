@@ -78,6 +78,17 @@ def sqlite_file(url: str) -> str | None:
     return None if database in ("", ":memory:") else database
 
 
+def ledger_path(given: str | None, shown: str) -> tuple[str, str]:
+    """The ledger file a URL names (``given``, from :func:`sqlite_file` or the writer's
+    parser), as given and as an absolute path: :class:`ConfigError` for a URL that names
+    no file, or a directory."""
+    if given is None:
+        raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
+    if os.path.isdir(given):
+        raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
+    return given, os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
+
+
 def is_sqlite_url(url: str) -> bool:
     return "://" not in url or url.split("://", 1)[0].split("+", 1)[0].lower() == "sqlite"
 

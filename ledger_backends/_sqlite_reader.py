@@ -26,6 +26,7 @@ from ._sqlite_files import (
     SQLiteFile,
     _connect,
     _translated,
+    ledger_path,
     read_only_uri,
     refusal,
     sqlite_file,
@@ -80,12 +81,7 @@ class SQLiteReader(SQLiteFile, _SQLReads, SQLiteAuditReads, Backend):
         self._opened_lock = threading.Lock()
         _READERS.add(self)
         shown = self.display_url
-        given = sqlite_file(url)
-        if given is None:
-            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
-        if os.path.isdir(given):
-            raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
-        path = os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
+        given, path = ledger_path(sqlite_file(url), shown)
         try:
             empty = os.path.getsize(path) == 0
         except FileNotFoundError:

@@ -31,7 +31,7 @@ import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 
-from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError
+from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend
@@ -44,6 +44,7 @@ from ._sqlite_files import (
     _translated,
     _writable,
     database_error,
+    ledger_path,
     sqlite_file,
 )
 from ._sqlite_reader import SQLiteReader
@@ -286,12 +287,7 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
         self._reset_pool()
         _OPEN.add(self)
         shown = self.display_url
-        given = plain_sqlite_file(url)
-        if given is None:
-            raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
-        if os.path.isdir(given):
-            raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
-        path = os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
+        _, path = ledger_path(plain_sqlite_file(url), shown)
         make_private_dirs(os.path.dirname(path), shown)
         create_private_file(path, shown)
         self._path = path
