@@ -67,6 +67,7 @@ class Deployment:
 
     # -- set-up ----------------------------------------------------------------------
     def configure(self, extra: dict[str, str] | None = None) -> None:
+        self._end_transactions_left_open()
         dags = self.home / "dags"
         dags.mkdir(parents=True, exist_ok=True)
         for dag_file in TEST_DAGS.glob("*.py"):
@@ -93,10 +94,12 @@ class Deployment:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "8",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            # A scheduler killed with -9 leaves tasks it had queued; its successor resets them
-            # once the dead one misses heartbeats for this long and the orphan check runs. The
-            # defaults (30 s, then every 300 s) would outlast the tests' 180 s wait for a run.
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+            # A scheduler killed with -9 may leave tasks it had queued that no worker took; its
+            # successor resets them once the dead one has missed heartbeats for this long and
+            # the orphan check runs. The defaults (30 s, then every 300 s) would outlast the
+            # tests' 180 s wait for a run; 20 s leaves a loaded scheduler (heartbeat every
+            # second) room before it could be taken for dead.
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "20",
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
@@ -113,6 +116,22 @@ class Deployment:
             "HOME": str(self.home),  # nothing of Airflow's may land in the real home
             **(extra or {}),
         }
+
+    def _end_transactions_left_open(self) -> None:
+        """The metadata database ends a session left idle inside a transaction for 30 s.
+
+        LocalExecutor forks its workers with the scheduler's database connections still open
+        in them (Airflow's fork hook disposes the pool with ``close=False``). When the
+        scheduler alone is killed with -9 inside a transaction, its orphaned workers keep
+        that connection's socket open, so PostgreSQL never sees it end, and the row locks it
+        held stay: the next scheduler skips that DAG run (``FOR UPDATE SKIP LOCKED``) for
+        good. That failed CI twice, a run "still running after 180 s". A server setting
+        operators use for exactly this; Airflow itself never idles in a transaction that long."""
+        import psycopg
+
+        with psycopg.connect(self.metadata_dsn, autocommit=True) as conn:
+            name = conn.execute("SELECT current_database()").fetchone()[0]
+            conn.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = \'30s\'')
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         full = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LINEAGE_"))}
