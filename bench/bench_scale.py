@@ -36,6 +36,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from blake3 import blake3
 
@@ -88,11 +89,19 @@ def _real_lineage(files: Path) -> tuple[list[Record], list[str]]:
     return records, [art["b.bam"].path, art["stats.txt"].path, art["ref.fa"].path]
 
 
-def build(cache: Path, size: int) -> tuple[str, Path]:
-    directory = cache / f"ledger-{size}"
-    url = f"sqlite:///{directory}/ledger.db"
+def build(cache: Path, size: int, server: Any = None) -> tuple[str, Path]:
+    """The ledger of ``size`` records (built once): a SQLite file in ``cache``, or a database
+    of the PostgreSQL ``server``, whose data directory is kept in ``cache`` too."""
+    directory = cache / (f"pg-ledger-{size}" if server is not None else f"ledger-{size}")
+    url = server.dsn(f"ledger_{size}") if server is not None else f"sqlite:///{directory}/ledger.db"
     if (directory / "done").exists():
         return url, directory
+    if server is not None:
+        import psycopg
+
+        with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS ledger_{size}")
+            conn.execute(f"CREATE DATABASE ledger_{size}")
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     real, _ = _real_lineage(directory / "files")
@@ -183,14 +192,45 @@ def main() -> None:
     parser.add_argument("--rounds", "--repeats", type=int, default=5, help="fresh processes per figure (median)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 2 rounds")
+    parser.add_argument("--postgres", action="store_true",
+                        help="ledgers in a PostgreSQL server this script starts (its data kept in --cache)")
     args = parser.parse_args()
     sizes = [2000, 10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     rounds = args.rounds if args.quick and args.rounds != 5 else (2 if args.quick else args.rounds)
     cache = Path(args.cache)
+    server = _postgres(cache) if args.postgres else None
+    try:
+        _run(sizes, rounds, cache, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _postgres(cache: Path) -> Any:
+    """A PostgreSQL server (the tests' helper) whose data directory stays in ``cache``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.support.postgres import PostgresServer, find_server_binaries
+
+    bindir = find_server_binaries()
+    if bindir is None:
+        raise SystemExit("no PostgreSQL server binary (initdb); install Debian's postgresql")
+    server = PostgresServer(bindir)
+    shutil.rmtree(server.base, ignore_errors=True)
+    server.base = str(cache / "pg")  # kept: the ledgers take minutes to build
+    server.data = os.path.join(server.base, "data")
+    os.makedirs(server.base, exist_ok=True)
+    os.chmod(cache, 0o755)
+    os.chmod(server.base, 0o700)
+    if server._user is not None:
+        os.chown(server.base, server._user.pw_uid, server._user.pw_gid)
+    return server.start()
+
+
+def _run(sizes: list[int], rounds: int, cache: Path, server: Any) -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {rounds} rounds, medians", flush=True)
     table: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sizes:
-        url, directory = build(cache, size)
+        url, directory = build(cache, size, server)
         print(f"ledger of {size:,} records: {(directory / 'done').read_text().strip()}", flush=True)
         table[size] = measure(url, directory, rounds)
     base = sizes[0]

@@ -15,6 +15,8 @@ from lineage_ledger._errors import ConfigError, MissingExtra, UnknownScheme
 
 from ._base import Backend, ChainHead, IndexRow, Located, Role, redact
 
+READABLE_SCHEMES = ("postgresql", "postgresql+psycopg")  # read without SQLAlchemy (psycopg 3)
+
 __all__ = [
     "Backend", "ChainHead", "IndexRow", "Located", "Role", "backend_class", "open_backend", "redact", "split_url",
 ]
@@ -96,6 +98,11 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
         from ._sqlite_reader import SQLiteReader
 
         return SQLiteReader(url)
+    if scheme == "postgresql" and not create and url.split("://", 1)[0].lower() in READABLE_SCHEMES:
+        # Read-only PostgreSQL through psycopg alone, for the same reason.
+        from ._pg_reader import PostgresReader
+
+        return PostgresReader(url)
     cls = backend_class(scheme)
     if _accepts_create(cls):
         return cls(url, create=create)  # type: ignore[call-arg]

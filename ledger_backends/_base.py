@@ -19,7 +19,8 @@ from typing import ClassVar, Literal, NamedTuple
 
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
-__all__ = ["Backend", "ChainHead", "IndexRow", "IndexSummary", "Located", "Role", "fold_artifacts", "redact"]
+__all__ = ["Backend", "ChainHead", "IndexRow", "IndexSummary", "Located", "RedactedError", "Role", "fold_artifacts", "redact",
+           "safe_cause"]
 
 Role = Literal["in", "out"]
 
@@ -124,6 +125,19 @@ def redact(text: str, url: str) -> str:
             text = re.sub(re.escape(user) + r":(?!\*\*\*@)[^\s@]*@", replacement, text)
         text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
     return text
+
+
+class RedactedError(Exception):
+    """Stands in, as the cause of an error this back-end raises, for a library error whose
+    text held the URL's password (the password replaced by ``***``)."""
+
+
+def safe_cause(err: BaseException, url: str) -> BaseException:
+    text = str(err)
+    clean = redact(text, url)
+    if clean == text:
+        return err
+    return RedactedError(f"{type(err).__module__}.{type(err).__qualname__}: {clean}")
 
 
 class Backend(ABC):

@@ -47,7 +47,8 @@ from lineage_ledger._errors import (
 )
 from lineage_ledger._model import StoredBlock
 
-from ._base import Backend, redact
+from . import READABLE_SCHEMES
+from ._base import Backend, redact, safe_cause
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -58,6 +59,7 @@ from ._sqlite_files import (
     read_only_uri,
     refusal,
 )
+from ._pg_reader import PostgresReader, identity_of
 from ._sqlite_reader import SQLiteReader
 from .sqlite import (
     INSERT_ARTIFACTS,
@@ -149,19 +151,6 @@ def _sqlite_path(engine_url: sa.URL) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
-class RedactedError(Exception):
-    """Stands in, as the cause of an error this back-end raises, for a library error whose
-    text held the URL's password (the password replaced by ``***``)."""
-
-
-def _safe_cause(err: BaseException, url: str) -> BaseException:
-    text = str(err)
-    clean = redact(text, url)
-    if clean == text:
-        return err
-    return RedactedError(f"{type(err).__module__}.{type(err).__qualname__}: {clean}")
-
-
 @contextlib.contextmanager
 def _translated(what: str, url: str):
     """Turn SQLAlchemy and driver errors into the library's own, with the cause attached;
@@ -170,14 +159,14 @@ def _translated(what: str, url: str):
     try:
         yield
     except exc.IntegrityError as err:
-        raise AppendConflict(f"{what}: another writer stored this height or record first") from _safe_cause(
+        raise AppendConflict(f"{what}: another writer stored this height or record first") from safe_cause(
             err, url
         )
     except exc.DatabaseError as err:
         text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
-        raise database_error(what, shown, text) from _safe_cause(err, url)
+        raise database_error(what, shown, text) from safe_cause(err, url)
     except exc.SQLAlchemyError as err:
-        raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from _safe_cause(err, url)
+        raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from safe_cause(err, url)
 
 
 _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
@@ -215,6 +204,9 @@ class SQLBackend(_SQLReads, Backend):
     def __new__(cls, url: str, *, create: bool = True):
         if not create and cls is SQLBackend and isinstance(url, str) and is_sqlite_url(url):
             return SQLiteReader(url)  # the one read-only SQLite path (no __init__ here)
+        if not create and cls is SQLBackend and isinstance(url, str) and \
+                url.split("://", 1)[0].lower() in READABLE_SCHEMES:
+            return PostgresReader(url)  # and the one read-only PostgreSQL path
         return super().__new__(cls)
 
     def __init__(self, url: str, *, create: bool = True) -> None:
@@ -229,7 +221,7 @@ class SQLBackend(_SQLReads, Backend):
         try:
             engine_url = sa.make_url(_engine_url(url))
         except (exc.ArgumentError, ValueError) as err:
-            raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from _safe_cause(
+            raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from safe_cause(
                 err, url
             )
         self._sqlite = engine_url.get_backend_name() == "sqlite"
@@ -274,7 +266,7 @@ class SQLBackend(_SQLReads, Backend):
             ) from err
         except exc.ArgumentError as err:
             self._remove_copy()
-            raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from _safe_cause(err, url)
+            raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from safe_cause(err, url)
         _ENGINES.add(self._engine)
         try:
             if self._sqlite:
@@ -288,7 +280,7 @@ class SQLBackend(_SQLReads, Backend):
     def identity(self) -> str:
         if self._sqlite:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
             return "sqlite:///" + os.path.realpath(str(self._engine.url.database))
-        return self._engine.url.render_as_string(hide_password=True)
+        return identity_of(self.url)  # what PostgresReader says too (SQLAlchemy's rendering)
 
     @property
     def origin(self) -> str:

@@ -1,0 +1,157 @@
+"""Read-only PostgreSQL ledgers through psycopg alone (``PostgresReader``): what read commands
+open, against a real server. The writer and the reader must name the ledger alike (its
+trusted state is kept under that name), the reader's session must not be able to write, and
+a read command must not pay for importing SQLAlchemy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import urllib.parse
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lineage_ledger import BackendUnavailable, open_ledger
+from lineage_ledger.backends import open_backend
+from lineage_ledger.backends._pg_reader import PostgresReader, identity_of
+from lineage_ledger.backends.sql import SQLBackend, _engine_url
+from tests.backend_conformance import chain_of
+from tests.support.factories import artifact, make_record, make_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sqlalchemy_identity(url: str) -> str:
+    """How the writer named a PostgreSQL ledger before the reader existed."""
+    return sa.make_url(_engine_url(url)).render_as_string(hide_password=True)
+
+
+plain = st.text(alphabet="abcXYZ019_.~-", min_size=1, max_size=8)
+odd = st.text(alphabet="ab:/@?#%+ é=&[]'\"", min_size=1, max_size=8).map(lambda s: urllib.parse.quote(s, safe=""))
+parts = st.one_of(plain, odd)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scheme=st.sampled_from(["postgresql", "postgresql+psycopg"]), user=st.none() | parts,
+       password=st.none() | parts | st.just(""), host=st.one_of(plain, st.just("[::1]"), st.just("db.example.org")),
+       port=st.none() | st.sampled_from(["5432", "05432", "1"]), database=parts,
+       query=st.lists(st.tuples(st.sampled_from(["sslmode", "application_name", "b", "a", "a%20b"]), parts | st.just("")),
+                      max_size=3))
+def test_the_reader_names_a_ledger_as_the_writer_does(scheme, user, password, host, port, database, query):
+    url = f"{scheme}://"
+    if user is not None:
+        url += user + (f":{password}" if password is not None else "") + "@"
+    url += host + (f":{port}" if port else "") + "/" + database
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query)
+    assert identity_of(url) == sqlalchemy_identity(url)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://ledger@127.0.0.1:5432/lab",
+    "postgresql://ledger:s3cret@127.0.0.1/lab?sslmode=require&application_name=x",
+    "postgresql+psycopg://u:p%40ss@h:05432/db?b=2&a=1&a=0",
+    "postgresql:///lab?host=/var/run/postgresql",
+])
+def test_identity_examples(url):
+    assert identity_of(url) == sqlalchemy_identity(url)
+    assert "s3cret" not in identity_of(url) and "p%40ss" not in identity_of(url)
+
+
+READER = textwrap.dedent("""
+    import json, sys
+    from lineage_ledger.backends import open_backend
+    with open_backend(sys.argv[1], create=False) as backend:
+        head = backend.head()
+        found = backend.find("in", path="/data/in-1")
+        latest = backend.find_latest("out", "/data/out-1")
+        print(json.dumps({"type": type(backend).__name__, "height": head.height, "found": len(found),
+                          "latest": latest is not None, "identity": backend.identity,
+                          "sqlalchemy": sorted(m for m in sys.modules if m.split(".")[0] == "sqlalchemy")}))
+""")
+
+
+def some_blocks():
+    records = make_records(12) + [make_record(50, inputs=[artifact("/data/in-1", "x")],
+                                              outputs=[artifact("/data/out-1", "y")])]
+    return chain_of(records, 5)
+
+
+@pytest.mark.postgres
+def test_a_read_only_postgres_process_never_imports_sqlalchemy(postgres_url):
+    with open_backend(postgres_url) as writer:
+        writer.append(blocks := some_blocks())
+        identity, found = writer.identity, len(writer.find("in", path="/data/in-1"))
+    result = subprocess.run([sys.executable, "-c", READER, postgres_url], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"type": "PostgresReader", "height": blocks[-1].height, "found": found,
+                                         "latest": True, "identity": identity, "sqlalchemy": []}
+    # SQLBackend(url, create=False), the writer's class asked to read, gives the same reader.
+    with SQLBackend(postgres_url, create=False) as reader:
+        assert type(reader) is PostgresReader and reader.identity == identity
+
+
+@pytest.mark.postgres
+def test_the_readers_session_cannot_write(postgres_url):
+    with open_backend(postgres_url) as writer:
+        writer.append(some_blocks())
+    with open_backend(postgres_url, create=False) as reader:
+        count = reader.record_count()
+        with pytest.raises(BackendUnavailable, match="read-only transaction"):
+            reader._fetch("writing", "DELETE FROM ll_records WHERE seq = ?", (0,))
+        with pytest.raises(BackendUnavailable, match="reading only"):
+            reader.append(chain_of(make_records(3, start=900), 3))
+        assert reader.record_count() == count
+
+
+@pytest.mark.postgres
+def test_a_forked_child_reads_through_a_session_of_its_own(postgres_url):
+    with open_backend(postgres_url) as writer:
+        writer.append(blocks := some_blocks())
+    with open_backend(postgres_url, create=False) as reader:
+        assert reader.head().height == blocks[-1].height
+        pid = os.fork()
+        if pid == 0:  # the child: reads, then closes what it opened (never the parent's session)
+            try:
+                ok = reader.head().height == blocks[-1].height and reader.record_count() == 13
+                reader.close()
+                os._exit(0 if ok else 3)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's session survived the child's use and close.
+        assert reader.head().height == blocks[-1].height and reader.record_count() == 13
+
+
+@pytest.mark.postgres
+def test_read_commands_keep_the_writers_trusted_state(postgres_url, tmp_path):
+    """The CLI reads through the reader and the recorder writes through SQLAlchemy: one ledger,
+    one remembered tree head, so a rewrite of what the reader verified fails it."""
+    state = tmp_path / "state"
+    env = {**os.environ, "LINEAGE_STATE_DIR": str(state)}
+    with open_ledger(postgres_url, state_dir=str(state), spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([r.stored() for r in make_records(30)], block_size=10)
+        writer_state = ledger.verifier.store.directory
+    verify = [os.path.join(os.path.dirname(sys.executable), "verify-lineage"), "--ledger", postgres_url]
+    first = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert os.listdir(state) == [os.path.basename(writer_state)]
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the tail, rewritten and re-chained
+        conn.execute("DELETE FROM ll_artifacts WHERE seq >= 20")
+        conn.execute("DELETE FROM ll_records WHERE seq >= 20")
+        conn.execute("DELETE FROM ll_blocks WHERE height = 2")
+    with open_ledger(postgres_url, state_dir=str(tmp_path / "other-state")) as rewriter:
+        rewriter.append_records([r.stored() for r in make_records(10, start=500)], block_size=10)
+    second = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "HistoryRewritten" in second.stdout and "record 20 (block 2, position 0)" in second.stdout, second.stdout
