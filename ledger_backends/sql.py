@@ -49,6 +49,7 @@ from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
+from ._pg_reader import PostgresReader, identity_of
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -59,7 +60,6 @@ from ._sqlite_files import (
     read_only_uri,
     refusal,
 )
-from ._pg_reader import PostgresReader, identity_of
 from ._sqlite_reader import SQLiteReader
 from .sqlite import (
     INSERT_ARTIFACTS,
