@@ -177,6 +177,10 @@ class PostgresReader(_SQLReads, Backend):
         with self._translated(what):
             return self._connection().execute(statement.replace("?", "%s"), params).fetchall()
 
+    def worker_spec(self) -> tuple[str, str]:
+        """What an audit worker needs to read the same ledger: the URL (no SQLite URI)."""
+        return self.url, ""
+
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         raise BackendUnavailable(f"{self.display_url}: opened for reading only")
 

@@ -158,6 +158,11 @@ class _SQLReads:
                 chunk += [(None, "", b"")] * max(0, count - len(chunk))
             yield int(height), str(block_id), _as_bytes(header), chunk
 
+    def block_counts(self) -> list[tuple[int, int]]:
+        """(height, record count) of every block row, unverified: for planning work only."""
+        return [(int(h), int(c)) for h, c in self._fetch(
+            "planning the audit", "SELECT height, count FROM ll_blocks ORDER BY height", ())]
+
     def record_count(self) -> int:
         return int(self._fetch("counting records", "SELECT count(*) FROM ll_records", ())[0][0] or 0)
 

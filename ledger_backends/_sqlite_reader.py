@@ -143,11 +143,6 @@ class SQLiteReader(SQLiteFile, _SQLReads, SQLiteAuditReads, Backend):
         included (it lives as long as this object): ``SQLiteReader(url, _uri=uri)``."""
         return self.url, self._uri
 
-    def block_counts(self) -> list[tuple[int, int]]:
-        """(height, record count) of every block row, unverified: for planning work only."""
-        return [(int(h), int(c)) for h, c in self._fetch(
-            "planning the audit", "SELECT height, count FROM ll_blocks ORDER BY height", ())]
-
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         raise BackendUnavailable(f"{self.display_url}: opened for reading only")
 

@@ -155,3 +155,50 @@ def test_read_commands_keep_the_writers_trusted_state(postgres_url, tmp_path):
     second = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 1, second.stdout + second.stderr
     assert "HistoryRewritten" in second.stdout and "record 20 (block 2, position 0)" in second.stdout, second.stdout
+
+
+PARALLEL = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "8", "LINEAGE_AUDIT_WORKERS": "2"}
+
+
+def _audit(url: str, state, env: dict[str, str], monkeypatch):
+    """(tree root, index rows, size) or (error type, message), remembering nothing from before."""
+    from lineage_ledger import LedgerError
+
+    for name in PARALLEL:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        with open_ledger(url, read_only=True, state_dir=str(state)) as ledger:
+            result = ledger.audit()
+        return result.head.root, result.index_rows, result.head.size
+    except LedgerError as err:
+        return type(err).__name__, str(err)
+
+
+@pytest.mark.postgres
+def test_audit_workers_read_postgres_too(postgres_url, tmp_path, monkeypatch):
+    """Each worker opens a read-only session of its own; the answer is the sequential one,
+    on an intact ledger and on one with a tampered index row in a middle range."""
+    from lineage_ledger._log import audit_parallel as parallel
+
+    records = [make_record(i, run_id=f"run-{i % 3}", inputs=[artifact("/data/ref", "ref")],
+                           outputs=[artifact(f"/data/out-{i}", f"o{i}")]) for i in range(40)]
+    with open_ledger(postgres_url, state_dir=str(tmp_path / "w"), spool=str(tmp_path / "spool")) as ledger:
+        for start in range(0, 40, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    with open_backend(postgres_url, create=False) as reader:
+        monkeypatch.setenv("LINEAGE_AUDIT_WORKERS", "2")
+        answers = list(parallel.results(reader, [parallel.Task(0, 2, 0), parallel.Task(2, 10, 8)], files=False))
+    assert [r is not None and r.compared for _, r in answers] == [8, 32]  # the workers answered
+    here = _audit(postgres_url, tmp_path / "a", {"LINEAGE_AUDIT_WORKERS": "1"}, monkeypatch)
+    there = _audit(postgres_url, tmp_path / "b", PARALLEL, monkeypatch)
+    assert here == there and here[1:] == (40, 40)
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("UPDATE ll_artifacts SET digest = %s WHERE seq = 21 AND role = 1",
+                            ("ab" * 32,)).rowcount == 1
+    here = _audit(postgres_url, tmp_path / "c", {"LINEAGE_AUDIT_WORKERS": "1"}, monkeypatch)
+    there = _audit(postgres_url, tmp_path / "d", PARALLEL, monkeypatch)
+    assert here[0] == "IndexTampered" and there == here

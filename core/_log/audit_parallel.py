@@ -1,6 +1,7 @@
 """A full audit spread over worker processes, for ledgers big enough to pay for them.
 
-Each worker opens the same SQLite file the way the parent chose (``worker_spec``), verifies
+Each worker opens the same SQLite file the way the parent chose (``worker_spec``), or a
+read-only session of the same PostgreSQL database, verifies
 a range of blocks as the sequential audit does (ids, heights, links inside the range, Merkle
 roots, record hashes, the index rows of those records, the outputs on disk: by whole columns
 in :mod:`.audit_bulk`, row by row where those disagree) and sends back each block's id and
@@ -260,13 +261,19 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
 def _worker_main() -> None:
     """``python -m lineage_ledger._log.audit_parallel``: read the job (JSON) from standard input,
     write one frame a task to standard output. Only the parent process holds these pipes."""
-    from lineage_ledger.backends._sqlite_reader import SQLiteReader
-
     # No cyclic garbage is made here: the collector would only rescan every decoded record.
     gc.disable()
     job = json.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
-    backend = SQLiteReader(job["url"], _uri=job["uri"])
+    backend: Any
+    if job["uri"]:  # SQLite: the file, read the way the parent chose
+        from lineage_ledger.backends._sqlite_reader import SQLiteReader
+
+        backend = SQLiteReader(job["url"], _uri=job["uri"])
+    else:  # PostgreSQL: a read-only session of its own
+        from lineage_ledger.backends import open_backend
+
+        backend = open_backend(job["url"], create=False)
     try:
         for raw in job["tasks"]:
             task = Task(int(raw["start"]), int(raw["stop"]), int(raw["first_index"]))
