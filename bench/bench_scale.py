@@ -130,7 +130,7 @@ def timed(command: list[str], env: dict, cwd: Path) -> tuple[float, int, int]:
     return elapsed, process.returncode, usage.ru_maxrss
 
 
-def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, float]]:
+def measure(url: str, directory: Path, rounds: int, audit_rounds: int | None = None) -> dict[str, tuple[float, float]]:
     _, inputs = _real_lineage(directory / "files")
     final = str(directory / "files" / "final.vcf")
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
@@ -154,7 +154,8 @@ def measure(url: str, directory: Path, rounds: int) -> dict[str, tuple[float, fl
     try:
         for name, command in commands.items():
             times, peaks = [], []
-            for _ in range(1 if name.startswith("audit (first") else rounds):
+            repeat = rounds if not name.startswith("audit") else audit_rounds or rounds
+            for _ in range(1 if name.startswith("audit (first") else repeat):
                 elapsed, rc, peak = timed(command, own_env.get(name, env), directory)
                 if rc != 0:
                     raise SystemExit(f"{name} exited {rc}: {' '.join(command)}")
@@ -192,6 +193,8 @@ def main() -> None:
     parser.add_argument("--rounds", "--repeats", type=int, default=5, help="fresh processes per figure (median)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 2 rounds")
+    parser.add_argument("--audit-rounds", type=int, default=None,
+                        help="rounds of each full audit (default: --rounds; one is minutes at 10M records)")
     parser.add_argument("--postgres", action="store_true",
                         help="ledgers in a PostgreSQL server this script starts (its data kept in --cache)")
     args = parser.parse_args()
@@ -200,7 +203,7 @@ def main() -> None:
     cache = Path(args.cache)
     server = _postgres(cache) if args.postgres else None
     try:
-        _run(sizes, rounds, cache, server)
+        _run(sizes, rounds, cache, server, args.audit_rounds)
     finally:
         if server is not None:
             server.stop()
@@ -226,13 +229,13 @@ def _postgres(cache: Path) -> Any:
     return server.start()
 
 
-def _run(sizes: list[int], rounds: int, cache: Path, server: Any) -> None:
+def _run(sizes: list[int], rounds: int, cache: Path, server: Any, audit_rounds: int | None) -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f}; {rounds} rounds, medians", flush=True)
     table: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sizes:
         url, directory = build(cache, size, server)
         print(f"ledger of {size:,} records: {(directory / 'done').read_text().strip()}", flush=True)
-        table[size] = measure(url, directory, rounds)
+        table[size] = measure(url, directory, rounds, audit_rounds)
     base = sizes[0]
     print(f"\n{'operation':28}" + "".join(f"{s:>12,}" for s in sizes) + f"   ratio {sizes[-1]:,}/{base:,}")
     for name in table[base]:

@@ -49,7 +49,7 @@ from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
-from ._pg_reader import PostgresReader, identity_of
+from ._pg_reader import SESSION_OPTIONS, PostgresReader, identity_of
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -250,12 +250,12 @@ class SQLBackend(_SQLReads, Backend):
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
+            options = engine_url.query.get("options")
+            options = (options if isinstance(options, str) else " ".join(options or ())).strip()
+            options += " " + SESSION_OPTIONS  # no JIT for look-ups (see _pg_reader)
             if self.read_only:
-                options = engine_url.query.get("options")
-                options = (options if isinstance(options, str) else " ".join(options or ())).strip()
-                kwargs["connect_args"] = {
-                    "options": (options + " -c default_transaction_read_only=on").strip()
-                }
+                options += " -c default_transaction_read_only=on"
+            kwargs["connect_args"] = {"options": options.strip()}
         try:
             self._engine = sa.create_engine(engine_url, **kwargs)
         except ModuleNotFoundError as err:

@@ -125,7 +125,7 @@ def depends(path, limit, show_all, ledger_url) -> None:
     """Show what was derived from PATH: its consumers, their outputs, and so on."""
     with open_read_only(ledger_url) as ledger:
         normal = ledger.query_path(path)
-        if not ledger.count_consumers(normal):
+        if not ledger.has_consumers(normal):
             inside = ledger.container_of(normal)
             if inside is not None:  # what was derived from the recorded directory it lies in
                 click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(inside[0]))}:")

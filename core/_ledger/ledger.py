@@ -276,6 +276,11 @@ class Ledger(LineageQueries):
             return self._find("in", path, digest, rows)
         return self._find("in", path, digest)
 
+    def has_consumers(self, path: str) -> bool:
+        """Whether the index names any record that read ``path`` (one step down its index,
+        where counting them all is a scan of a million rows for a file every task read)."""
+        return bool(self.backend.find_page("in", path=self._query(path), limit=1))
+
     def count_consumers(self, path: str | None = None, digest: str | None = None) -> int:
         """How many records the index says read ``path`` (a count, not a verified answer)."""
         return self.backend.count_found("in", path=self._query(path), digest=digest)
