@@ -38,6 +38,10 @@ def printable(text: Any) -> str:
     control and backslash shown as a visible escape; printable text is unchanged."""
     if not isinstance(text, str):
         text = str(text)
+    # Every character the table escapes but the backslash is one str.isprintable() refuses
+    # (categories Cc, Cf, Cs, Zl, Zp): most text passes this test and is returned as it is.
+    if text.isprintable() and "\\" not in text:
+        return text
     return text.translate(_TABLE)
 
 

@@ -153,8 +153,12 @@ class Backend(ABC):
 
     @property
     def display_url(self) -> str:
-        """The URL with its password replaced by ``***``: what messages and logs show."""
-        return redact(self.url, self.url)
+        """The URL with its password replaced by ``***``: what messages and logs show.
+        (Made once per URL: every read names it, in case it fails.)"""
+        shown = self.__dict__.get("_display")
+        if shown is None or shown[0] is not self.url:
+            shown = self.__dict__["_display"] = (self.url, redact(self.url, self.url))
+        return shown[1]
 
     @property
     def origin(self) -> str:
@@ -266,6 +270,26 @@ class Backend(ABC):
         bound where ``start_seq`` is None), orphans included (asked only where
         :meth:`index_summaries` answers)."""
         return 0
+
+    def find_latest_many(self, role: Role, paths: Sequence[str]) -> dict[str, tuple[Located, str]]:
+        """:meth:`find_latest` of each of ``paths`` (those with an answer): what a
+        verification of many files asks at once. The default asks each path."""
+        found = {}
+        for path in paths:
+            answer = self.find_latest(role, path)
+            if answer is not None:
+                found[path] = answer
+        return found
+
+    def find_places_many(self, role: Role, paths: Sequence[str]) -> dict[str, list[Located]]:
+        """:meth:`find_places` by path for each of ``paths`` (those with rows). The default
+        asks each path."""
+        found = {}
+        for path in paths:
+            rows = self.find_places(role, path=path)
+            if rows:
+                found[path] = rows
+        return found
 
     def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
         """The record that read or wrote ``path`` with the latest end time (then the latest

@@ -31,6 +31,13 @@ _IN, _OUT = 0, 1  # artifact roles as stored
 _HEX = "0123456789abcdef"
 
 
+def _chunks(items: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """Distinct items, ``_ID_CHUNK`` at a time (one statement's parameters)."""
+    unique = list(dict.fromkeys(items))
+    for start in range(0, len(unique), _ID_CHUNK):
+        yield tuple(unique[start : start + _ID_CHUNK])
+
+
 # -- stored values --------------------------------------------------------------------------
 def _as_bytes(value) -> bytes:
     """Stored bytes as they are; a value someone rewrote as TEXT or a number still verifies
@@ -251,6 +258,46 @@ class _SQLReads:
             return None
         height, pos, record_id, _no_body, ended = rows[0]  # the core asks bodies() if it needs it
         return Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b"")), _as_text(ended)
+
+    def find_latest_many(self, role: Role, paths: Sequence[str]) -> dict[str, tuple[Located, str]]:
+        """:meth:`find_latest` of many paths, ``_ID_CHUNK`` a statement: each path one step
+        down ``ll_artifacts_latest``, inside the database."""
+        found: dict[str, tuple[Located, str]] = {}
+        code = _IN if role == "in" else _OUT
+        # PostgreSQL compares the given paths in the column's "C" collation (byte order).
+        given = "p.path" if self._sqlite else 'p.path COLLATE "C"'
+        for chunk in _chunks(paths):
+            rows = self._fetch(
+                "query",
+                f"WITH p(path) AS (VALUES {','.join(['(?)'] * len(chunk))}),"
+                f" l(path, seq) AS (SELECT p.path, (SELECT a.seq FROM ll_artifacts a WHERE a.path = {given}"
+                "  AND a.role = ? ORDER BY a.ended DESC, a.seq DESC LIMIT 1) FROM p)"
+                " SELECT l.path, r.height, r.pos, r.id, a.ended FROM l"
+                " JOIN ll_artifacts a ON a.seq = l.seq AND a.role = ? AND a.path = l.path"
+                " JOIN ll_records r ON r.seq = l.seq",
+                (*chunk, code, code),
+            )
+            for path, height, pos, record_id, ended in rows:
+                located = Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b""))
+                found[_as_text(path)] = (located, _as_text(ended))
+        return found
+
+    def find_places_many(self, role: Role, paths: Sequence[str]) -> dict[str, list[Located]]:
+        """:meth:`find_places` by path for many paths: one range of ``ll_artifacts_path``
+        per path, ``_ID_CHUNK`` paths a statement, in ledger order per path."""
+        found: dict[str, list[Located]] = {}
+        code = _IN if role == "in" else _OUT
+        for chunk in _chunks(paths):
+            rows = self._fetch(
+                "query",
+                "SELECT a.path, r.height, r.pos, r.id FROM ll_artifacts a JOIN ll_records r ON r.seq = a.seq"
+                f" WHERE a.role = ? AND a.path IN ({','.join('?' * len(chunk))}) ORDER BY a.path, a.seq",
+                (code, *chunk),
+            )
+            for path, height, pos, record_id in rows:
+                found.setdefault(_as_text(path), []).append(
+                    Located(int(height), int(pos), StoredRecord(str(record_id), b"")))
+        return found
 
     def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
         """Counted on the artifacts index alone: the records it names. (A row whose record

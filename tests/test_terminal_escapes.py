@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lineage_ledger._terminal import json_text, printable
 
@@ -65,6 +67,17 @@ def test_printable_escapes_controls_bidi_and_backslashes_and_nothing_else():
     assert printable("\\x1b") == "\\\\x1b"  # a typed backslash cannot pass for an escape
     assert printable("\udcff") == "\\udcff"  # a non-UTF-8 byte of a file name
     assert not _raw_controls(printable("".join(chr(c) for c in range(0x3000))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x3000) | st.sampled_from(
+    [chr(c) for c in (0x061C, 0x200E, 0x2028, 0x2029, 0x202E, 0x2066, 0xDC80, 0x5C, 0x7F, 0x9B)])))
+def test_the_fast_path_escapes_exactly_what_the_table_does(text):
+    """Text that str.isprintable() accepts and that holds no backslash is returned as it is:
+    the same answer as translating it through the table."""
+    from lineage_ledger._terminal import _TABLE
+
+    assert printable(text) == text.translate(_TABLE)
 
 
 def test_json_text_escapes_c1_bidi_and_del():

@@ -16,8 +16,14 @@ from .._verification.verify import ArtifactCheck, Report
 __all__ = ["derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json", "report_lines"]
 
 
-def _short(path: str) -> str:
-    """The path as shown (relative when near), escaped for the terminal."""
+def _short(path: str, here: str | None = None) -> str:
+    """The path as shown (relative to ``here``, the working directory, when near), escaped
+    for the terminal."""
+    here = os.getcwd() if here is None else here
+    if path.startswith(here) and path[len(here) : len(here) + 1] == "/" and here != "/":
+        relative = path[len(here) + 1 :]  # under the working directory: what relpath gives
+        if relative and "/." not in path and "//" not in path and path[-1] != "/":
+            return printable(relative)
     relative = os.path.relpath(path)
     return printable(path if relative.startswith("../..") else relative)
 
@@ -29,25 +35,34 @@ def describe_record(entry: LedgerRecord) -> str:
             f"[{printable(r.status)}] run {printable(r.run_id)} at {when}")
 
 
-def _node_label(node: LineageNode, check: ArtifactCheck | None) -> str:
+def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
+                described: dict[str, str]) -> str:
     digest = printable(node.digest[:12]) if node.digest else "-"
     status = f" {check.status.value}" if check is not None else ""
     if node.kind == "produced" and node.producer is not None:
-        return f"{_short(node.path)} {digest}{status}  <- {describe_record(node.producer)}"
+        producer = described.get(node.producer.id)
+        if producer is None:  # the 10,000 outputs of one task name it 10,000 times
+            producer = described[node.producer.id] = describe_record(node.producer)
+        return f"{_short(node.path, here)} {digest}{status}  <- {producer}"
     if node.kind == "broken":
-        return f"{_short(node.path)} {digest}{status}  BROKEN: no recorded task produced this version"
-    return f"{_short(node.path)} {digest}{status}  (source)"
+        return f"{_short(node.path, here)} {digest}{status}  BROKEN: no recorded task produced this version"
+    return f"{_short(node.path, here)} {digest}{status}  (source)"
 
 
-def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None) -> list[str]:
+def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None, *,
+                  described: dict[str, str] | None = None) -> list[str]:
+    """The tree as lines; ``described``: records' descriptions by id, shared by the trees
+    of one report."""
     checks = checks or {}
     lines: list[str] = []
     shown: set[int] = set()
+    here = os.getcwd()
+    described = {} if described is None else described
 
     def walk(node: LineageNode, prefix: str, last: bool, top: bool) -> None:
         connector = "" if top else ("└── " if last else "├── ")
         repeat = id(node) in shown and node.parents
-        label = _node_label(node, checks.get(node.path))
+        label = _node_label(node, checks.get(node.path), here, described)
         lines.append(prefix + connector + label + ("  (see above)" if repeat else ""))
         if repeat:
             return
@@ -88,6 +103,7 @@ def report_lines(report: Report) -> list[str]:
             lines.append("(nothing was remembered for this ledger: it was audited in full first)")
     if report.against is not None:
         lines.append(f"extends checkpoint: {printable(report.against.origin)} size {report.against.size}")
+    described: dict[str, str] = {}
     for target in report.targets:
         lines.append("")
         if target.tree is None:
@@ -95,7 +111,7 @@ def report_lines(report: Report) -> list[str]:
             continue
         checks = dict(target.files)
         checks[target.path] = target.check
-        lines.extend(lineage_lines(target.tree, checks))
+        lines.extend(lineage_lines(target.tree, checks, described=described))
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
     if report.waiting:

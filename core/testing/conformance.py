@@ -102,6 +102,29 @@ class BackendConformance:
         assert backend.by_id_prefix(target.id[:10])[0].record.id == target.id
         assert backend.known([target.id, "ab" * 32]) == {target.id}
 
+    def test_many_path_reads_answer_as_one_path_reads_do(self, backend):
+        """``find_latest_many`` and ``find_places_many`` (what a verification of many files
+        reads ahead) give each path what ``find_latest`` and ``find_places`` give it."""
+        records = make_records(20, run_id="a") + make_records(5, run_id="b", start=20)
+        backend.append(chain_of(records, 7))
+        paths = sorted({p for r in records for p in (*r.inputs, *r.outputs)})
+        paths += ["/nowhere", paths[0]]  # one no record names, one twice
+
+        def place(found):
+            return (found.height, found.position, found.record.id)
+
+        for role in ("in", "out"):
+            latest = backend.find_latest_many(role, paths)
+            places = backend.find_places_many(role, paths)
+            for path in paths:
+                one = backend.find_latest(role, path)
+                many = latest.get(path)
+                assert (None if one is None else (place(one[0]), one[1])) == (
+                    None if many is None else (place(many[0]), many[1])), (role, path)
+                assert [place(f) for f in backend.find_places(role, path=path)] == [
+                    place(f) for f in places.get(path, [])], (role, path)
+        assert backend.find_latest_many("in", []) == {} and backend.find_places_many("out", []) == {}
+
     def test_ledger_on_backend_verifies(self, url, tmp_path):
         ledger = open_ledger(url, spool=str(tmp_path / "spool"))
         with ledger.recorder(batch_size=50, max_age=0.05) as recorder:
