@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from lineage_ledger._errors import BackendError, BackendUnavailable, ConfigError, MissingExtra
+from lineage_ledger._errors import BackendError, BackendUnavailable, ConfigError, CorruptStore, MissingExtra
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend, redact, safe_cause
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import database_error, refusal
 
-__all__ = ["SESSION_OPTIONS", "PostgresReader", "identity_of"]
+__all__ = ["SESSION_SETUP", "PostgresReader", "identity_of", "set_up_session"]
 
 # postgresql[+psycopg]://[user[:password]@]host[:port]/database[?key=value&...], every part
 # in characters that SQLAlchemy neither decodes nor quotes differently.
@@ -43,33 +44,80 @@ _SIMPLE_URL = re.compile(
 )
 
 
-def identity_of(url: str) -> str:
-    """The URL as :class:`~.sql.SQLBackend` names its ledger: SQLAlchemy's rendering of it,
-    driver ``+psycopg``, password hidden, query keys sorted."""
+def _parsed(url: str) -> tuple[str, dict[str, Any]]:
+    """``(identity, connection arguments)`` exactly as the writer's SQLAlchemy reads ``url``:
+    SQLAlchemy's rendering (driver ``+psycopg``, password hidden, query keys sorted), and the
+    keyword arguments its psycopg dialect connects with (``user``, ``password``, ``host``,
+    ``port``, ``dbname`` and the query's own, percent-decoded). Plain URLs are read here;
+    anything else by SQLAlchemy (whose import only such URLs pay): never by libpq's own URI
+    parser, which reads some passwords differently."""
     match = _SIMPLE_URL.match(url)
     if match is None:
-        import sqlalchemy as sa
-
-        from .sql import _engine_url
-
-        return sa.make_url(_engine_url(url)).render_as_string(hide_password=True)
+        return _parsed_by_sqlalchemy(url)
     shown = "postgresql+psycopg://"
+    args: dict[str, Any] = {"host": match["host"], "dbname": match["database"]}
     if match["user"] is not None:
         shown += match["user"] + (":***" if match["password"] is not None else "") + "@"
+        args["user"] = match["user"]
+        if match["password"]:  # an empty one is no argument to SQLAlchemy either
+            args["password"] = urllib.parse.unquote(match["password"])
     shown += match["host"]
     if match["port"] is not None:
         shown += ":" + str(int(match["port"]))
+        args["port"] = int(match["port"])
     shown += "/" + match["database"]
     if match["query"]:
-        pairs = [pair.partition("=") for pair in match["query"].split("&")]
-        shown += "?" + "&".join(f"{key}={value}" for key, _, value in sorted(pairs, key=lambda p: p[0]))
-    return shown
+        pairs = sorted((pair.partition("=") for pair in match["query"].split("&")), key=lambda p: p[0])
+        shown += "?" + "&".join(f"{key}={value}" for key, _, value in pairs)
+        for key, _, value in pairs:
+            args[key] = value if key not in args else (*_as_tuple(args[key]), value)
+    return shown, args
+
+
+def _as_tuple(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _parsed_by_sqlalchemy(url: str) -> tuple[str, dict[str, Any]]:
+    import sqlalchemy as sa
+
+    from .sql import _engine_url
+
+    problem = None
+    try:
+        parsed = sa.make_url(_engine_url(url))
+        args = parsed.translate_connect_args(username="user", database="dbname")
+        args.update({key: (tuple(value) if isinstance(value, (list, tuple)) else value)
+                     for key, value in parsed.query.items()})
+        return parsed.render_as_string(hide_password=True), args
+    except (sa.exc.ArgumentError, ValueError) as err:
+        problem = redact(str(err), url)
+    # Raised outside the handler, so that the parser's error (which may quote the password)
+    # is not kept as this one's context.
+    raise ConfigError(f"malformed ledger URL {redact(url, url)!r}: {problem}")
+
+
+def identity_of(url: str) -> str:
+    """The URL as :class:`~.sql.SQLBackend` names its ledger: SQLAlchemy's rendering of it."""
+    return _parsed(url)[0]
 
 
 # Every query here is a short index look-up or a range scan, which PostgreSQL's JIT would
 # compile first: the planner's estimate for a path every task read (a million rows, the role
-# asked for none) passed jit_above_cost, and compiling took 5-25 ms of a 1 ms query.
-SESSION_OPTIONS = "-c jit=off"
+# asked for none) passed jit_above_cost, and compiling took 5-25 ms of a 1 ms query. Set once
+# a session, by a statement (a server without the setting, before PostgreSQL 11, or a pooler
+# that refuses startup options, keeps working).
+SESSION_SETUP = "SET jit = off"
+_IDLE = 4  # sessions kept open for the next read; a thread's read borrows one
+
+
+def set_up_session(cursor: Any) -> None:
+    """Run :data:`SESSION_SETUP` on a new session (autocommit), ignoring a refusal."""
+    try:
+        cursor.execute(SESSION_SETUP)
+    except Exception:  # noqa: BLE001 - an older server: its plans are only slower
+        pass
+
 
 _READERS: weakref.WeakSet[PostgresReader] = weakref.WeakSet()
 
@@ -79,7 +127,7 @@ def _forget_parents_connections_after_fork() -> None:
     # not end it either: closing would end the parent's session. psycopg never finishes a
     # connection that another process opened when it is collected, so forgetting is enough.
     for reader in list(_READERS):
-        reader._local = threading.local()
+        reader._idle = []
 
 
 os.register_at_fork(after_in_child=_forget_parents_connections_after_fork)
@@ -106,10 +154,15 @@ class PostgresReader(_SQLReads, Backend):
             raise MissingExtra(f"the postgresql back-end needs {err.name!r}, which is not installed: "
                                "pip install 'lineage-ledger[postgres]'") from err
         self._psycopg = psycopg
-        self._params = self._connection_params(url)
-        self._local = threading.local()
-        self._opened: list[tuple[int, Any]] = []
-        self._opened_lock = threading.Lock()
+        self._identity, params = _parsed(url)
+        options = " ".join(_as_tuple(params.get("options") or ()))
+        params["options"] = (options + " -c default_transaction_read_only=on").strip()
+        self._params = {**params, "autocommit": True}
+        # Idle sessions of this process, lent to one read at a time: threads come and go in
+        # the plugins, and a session per thread would stay open until close().
+        self._idle: list[tuple[int, Any]] = []
+        self._lock = threading.Lock()
+        self._closed = False
         self._origin: str | None = None
         _READERS.add(self)
         try:
@@ -118,23 +171,9 @@ class PostgresReader(_SQLReads, Backend):
             self.close()
             raise
 
-    def _connection_params(self, url: str) -> dict[str, Any]:
-        from psycopg.conninfo import conninfo_to_dict
-
-        scheme, _, rest = url.partition("://")
-        try:
-            params = conninfo_to_dict("postgresql://" + rest)
-        except self._psycopg.Error as err:
-            raise ConfigError(f"malformed ledger URL {self.display_url!r}: "
-                              f"{redact(str(err).strip(), url)}") from None
-        options = str(params.get("options") or "")
-        params["options"] = (options + " " + SESSION_OPTIONS + " -c default_transaction_read_only=on").strip()
-        params["autocommit"] = True
-        return params
-
     @property
     def identity(self) -> str:
-        return identity_of(self.url)
+        return self._identity
 
     @property
     def origin(self) -> str:
@@ -143,11 +182,12 @@ class PostgresReader(_SQLReads, Backend):
         return self._origin
 
     def _open_schema(self) -> None:
-        with self._translated("opening the ledger"):
-            try:
-                meta = dict(self._connection().execute("SELECT key, value FROM ll_meta").fetchall())
-            except self._psycopg.errors.UndefinedTable:
-                meta = {}  # a database without a ledger
+        try:
+            meta = dict(self._fetch("opening the ledger", "SELECT key, value FROM ll_meta", ()))
+        except CorruptStore as err:  # ll_meta does not exist: a database without a ledger
+            if not isinstance(err.__cause__, self._psycopg.errors.UndefinedTable):
+                raise
+            meta = {}
         version, origin = meta.get("schema"), meta.get("origin")
         if version == SCHEMA_VERSION and origin:
             self._origin = origin
@@ -168,19 +208,31 @@ class PostgresReader(_SQLReads, Backend):
             text = redact(str(err).strip(), self.url)
             raise BackendError(f"{self.display_url}: {what} failed: {text}") from safe_cause(err, self.url)
 
-    def _connection(self) -> Any:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._psycopg.connect(**self._params)
-            local.conn = conn
-            with self._opened_lock:
-                self._opened.append((os.getpid(), conn))
+    def _borrow(self) -> Any:
+        pid = os.getpid()
+        with self._lock:
+            while self._idle:
+                owner, conn = self._idle.pop()
+                if owner == pid and not conn.closed:
+                    return conn
+        conn = self._psycopg.connect(**self._params)
+        set_up_session(conn.cursor())
         return conn
+
+    def _give_back(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < _IDLE:
+                self._idle.append((os.getpid(), conn))
+                return
+        conn.close()
 
     def _fetch(self, what: str, statement: str, params: tuple) -> list:
         with self._translated(what):
-            return self._connection().execute(statement.replace("?", "%s"), params).fetchall()
+            conn = self._borrow()
+            try:
+                return conn.execute(statement.replace("?", "%s"), params).fetchall()
+            finally:
+                self._give_back(conn)
 
     def worker_spec(self) -> tuple[str, str]:
         """What an audit worker needs to read the same ledger: the URL (no SQLite URI)."""
@@ -193,9 +245,9 @@ class PostgresReader(_SQLReads, Backend):
         raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
 
     def close(self) -> None:
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for pid, conn in opened:
-            if pid == os.getpid():
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for pid, conn in idle:
+            if pid == os.getpid():  # never a parent's session, which closing would end
                 conn.close()
-        self._local = threading.local()

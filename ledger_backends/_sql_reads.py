@@ -266,15 +266,16 @@ class _SQLReads:
         code = _IN if role == "in" else _OUT
         # PostgreSQL compares the given paths in the column's "C" collation (byte order).
         given = "p.path" if self._sqlite else 'p.path COLLATE "C"'
+        # The seq and the end time come from the same first row of one order (as find_latest
+        # reads them), never from a second look-up that duplicated rows could answer otherwise.
+        latest = (f"FROM ll_artifacts a WHERE a.path = {given} AND a.role = ?"
+                  " ORDER BY a.ended DESC, a.seq DESC LIMIT 1")
         for chunk in _chunks(paths):
             rows = self._fetch(
                 "query",
                 f"WITH p(path) AS (VALUES {','.join(['(?)'] * len(chunk))}),"
-                f" l(path, seq) AS (SELECT p.path, (SELECT a.seq FROM ll_artifacts a WHERE a.path = {given}"
-                "  AND a.role = ? ORDER BY a.ended DESC, a.seq DESC LIMIT 1) FROM p)"
-                " SELECT l.path, r.height, r.pos, r.id, a.ended FROM l"
-                " JOIN ll_artifacts a ON a.seq = l.seq AND a.role = ? AND a.path = l.path"
-                " JOIN ll_records r ON r.seq = l.seq",
+                f" l(path, seq, ended) AS (SELECT p.path, (SELECT a.seq {latest}), (SELECT a.ended {latest}) FROM p)"
+                " SELECT l.path, r.height, r.pos, r.id, l.ended FROM l JOIN ll_records r ON r.seq = l.seq",
                 (*chunk, code, code),
             )
             for path, height, pos, record_id, ended in rows:
@@ -290,11 +291,14 @@ class _SQLReads:
         for chunk in _chunks(paths):
             rows = self._fetch(
                 "query",
-                "SELECT a.path, r.height, r.pos, r.id FROM ll_artifacts a JOIN ll_records r ON r.seq = a.seq"
+                # DISTINCT: one row a record, as find_places' "seq IN (...)" gives, even where a
+                # tamperer stored a (seq, role, path) twice.
+                "SELECT DISTINCT a.path, a.seq, r.height, r.pos, r.id FROM ll_artifacts a"
+                " JOIN ll_records r ON r.seq = a.seq"
                 f" WHERE a.role = ? AND a.path IN ({','.join('?' * len(chunk))}) ORDER BY a.path, a.seq",
                 (code, *chunk),
             )
-            for path, height, pos, record_id in rows:
+            for path, _seq, height, pos, record_id in rows:
                 found.setdefault(_as_text(path), []).append(
                     Located(int(height), int(pos), StoredRecord(str(record_id), b"")))
         return found

@@ -49,7 +49,7 @@ from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
-from ._pg_reader import SESSION_OPTIONS, PostgresReader, identity_of
+from ._pg_reader import PostgresReader, identity_of, set_up_session
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -250,12 +250,12 @@ class SQLBackend(_SQLReads, Backend):
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
-            options = engine_url.query.get("options")
-            options = (options if isinstance(options, str) else " ".join(options or ())).strip()
-            options += " " + SESSION_OPTIONS  # no JIT for look-ups (see _pg_reader)
             if self.read_only:
-                options += " -c default_transaction_read_only=on"
-            kwargs["connect_args"] = {"options": options.strip()}
+                options = engine_url.query.get("options")
+                options = (options if isinstance(options, str) else " ".join(options or ())).strip()
+                kwargs["connect_args"] = {
+                    "options": (options + " -c default_transaction_read_only=on").strip()
+                }
         try:
             self._engine = sa.create_engine(engine_url, **kwargs)
         except ModuleNotFoundError as err:
@@ -271,6 +271,8 @@ class SQLBackend(_SQLReads, Backend):
         try:
             if self._sqlite:
                 self._setup_sqlite()
+            else:
+                self._setup_postgres()
             self._open_schema()
         except BaseException:
             self.close()
@@ -293,6 +295,17 @@ class SQLBackend(_SQLReads, Backend):
     def _remove_copy(self) -> None:
         if self._copy_cleanup is not None:
             self._copy_cleanup()
+
+    def _setup_postgres(self) -> None:
+        @event.listens_for(self._engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            # No JIT for look-ups (see _pg_reader), set outside any transaction of ours.
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            try:
+                set_up_session(dbapi_connection.cursor())
+            finally:
+                dbapi_connection.autocommit = autocommit
 
     def _setup_sqlite(self) -> None:
         read_only = self.read_only

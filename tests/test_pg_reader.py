@@ -22,6 +22,7 @@ from lineage_ledger.backends import open_backend
 from lineage_ledger.backends._pg_reader import PostgresReader, identity_of
 from lineage_ledger.backends.sql import SQLBackend, _engine_url
 from tests.backend_conformance import chain_of
+from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record, make_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,3 +215,104 @@ def test_audit_workers_read_postgres_too(postgres_url, tmp_path, monkeypatch):
     here = _audit(postgres_url, tmp_path / "c", {"LINEAGE_AUDIT_WORKERS": "1"}, monkeypatch)
     there = _audit(postgres_url, tmp_path / "d", PARALLEL, monkeypatch)
     assert here[0] == "IndexTampered" and there == here
+
+
+# -- the reader reads a URL as the writer does -------------------------------------------------
+ODD_URLS = [
+    "postgresql://ledger:a/b@db.example/lab",  # a raw slash in the password
+    "postgresql://bob:hunter2/Tr0ub4dor%zz@db.example/ledger",  # and a bad percent escape
+    "postgresql://bob:50%off @db.example:5433/ledger",  # a raw space and a bare %
+    "postgresql://bob:p%40ss%2Fw@db.example/ledger?options=-c+statement_timeout%3D5s&sslmode=require",
+    "postgresql:///lab?host=/var/run/postgresql&user=ledger",
+    "postgresql://u@h/db?a=1&a=2&b=",
+]
+
+
+def writer_connect_args(url: str) -> dict:
+    engine = sa.create_engine(sa.make_url(_engine_url(url)))
+    try:
+        args = engine.dialect.create_connect_args(sa.make_url(_engine_url(url)))[1]
+    finally:
+        engine.dispose()
+    args.pop("context", None)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize("url", ODD_URLS)
+def test_odd_urls_connect_as_the_writer_would(url):
+    from lineage_ledger.backends._pg_reader import _parsed
+
+    identity, args = _parsed(url)
+    assert identity == sqlalchemy_identity(url) and args == writer_connect_args(url)
+
+
+@settings(max_examples=200, deadline=None)
+@given(user=parts, password=st.none() | parts | st.text(alphabet="a/ %+", max_size=6),
+       port=st.none() | st.sampled_from(["5432", "07"]), database=parts,
+       query=st.lists(st.tuples(st.sampled_from(["sslmode", "options", "a"]), parts), max_size=2))
+def test_the_reader_connects_as_the_writer_does(user, password, port, database, query):
+    from lineage_ledger.backends._pg_reader import _parsed
+
+    url = f"postgresql://{user}" + (f":{password}" if password is not None else "") + "@db.example"
+    url += (f":{port}" if port else "") + "/" + database
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query)
+    assert _parsed(url)[1] == writer_connect_args(url)
+
+
+def test_a_url_the_writer_cannot_read_is_bad_input_without_the_password(tmp_path):
+    url = "postgresql://bob:s3cret@h:1,h:2/db"  # a host list: libpq takes it, SQLAlchemy does not
+    result = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 2 and "malformed ledger URL" in result.stderr, result
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.postgres
+def test_threads_share_a_few_sessions(postgres_url):
+    """A plugin checks from many short-lived threads: sessions are lent, not kept per thread."""
+    import threading
+
+    import psycopg
+
+    from lineage_ledger.backends._pg_reader import _IDLE
+
+    with open_backend(postgres_url) as writer:
+        writer.append(some_blocks())
+    database = postgres_url.rsplit("/", 1)[1]
+    with open_backend(postgres_url, create=False) as reader, psycopg.connect(postgres_url, autocommit=True) as watch:
+        counts = []
+        for _ in range(30):
+            thread = threading.Thread(target=lambda: counts.append(reader.record_count()))
+            thread.start()
+            thread.join()
+        assert counts == [13] * 30
+        sessions = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]
+        assert sessions <= _IDLE + 1  # the reader's idle ones, and this one
+    after = None
+    with psycopg.connect(postgres_url, autocommit=True) as watch:
+        after = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]
+    assert after <= 1  # close() ended the reader's sessions
+
+
+@pytest.mark.postgres
+def test_many_path_reads_agree_with_one_path_reads_on_duplicated_rows(postgres_url):
+    """Rows a tamperer stored twice (the primary key dropped), with different end times."""
+    import psycopg
+
+    with open_backend(postgres_url) as writer:
+        writer.append(some_blocks())
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ll_artifacts DROP CONSTRAINT ll_artifacts_pkey")
+        conn.execute("INSERT INTO ll_artifacts SELECT path, role, seq, digest, '2000-01-01T00:00:00.000000Z'"
+                     " FROM ll_artifacts WHERE path = '/data/out-1'")
+        conn.execute("INSERT INTO ll_artifacts SELECT path, role, seq, digest, '2999-01-01T00:00:00.000000Z'"
+                     " FROM ll_artifacts WHERE path = '/data/in-1'")
+    with open_backend(postgres_url, create=False) as reader:
+        for role in ("in", "out"):
+            for path in ("/data/out-1", "/data/in-1"):
+                one, many = reader.find_latest(role, path), reader.find_latest_many(role, [path]).get(path)
+                assert (one is None and many is None) or (
+                    (one[0].height, one[0].position, one[0].record.id, one[1])
+                    == (many[0].height, many[0].position, many[0].record.id, many[1]))
+                assert [(f.height, f.position) for f in reader.find_places(role, path=path)] == [
+                    (f.height, f.position) for f in reader.find_places_many(role, [path]).get(path, [])]

@@ -641,6 +641,18 @@ def test_postgres_password_never_shown(password_server, caplog):
         assert again.record_count() == 5
 
 
+@pytest.mark.postgres
+def test_the_reader_opens_what_the_writer_opens(password_server):
+    """A password with a raw slash and space in the URL, as SQLAlchemy reads it (libpq's own
+    URI parser reads another host and database from it)."""
+    raw = f"postgresql://secretive:{urllib.parse.quote(PASSWORD, safe='/ ')}@127.0.0.1:{password_server.port}/secretdb"
+    assert "w/rd" in raw and "%3D %27" in raw  # a raw slash and a raw space
+    with open_backend(raw) as writer:
+        count = writer.record_count()
+    with open_backend(raw, create=False) as reader:
+        assert type(reader).__name__ == "PostgresReader" and reader.record_count() == count
+
+
 def test_driver_text_that_quotes_the_dsn_is_redacted():
     url = f"postgresql://bob:{urllib.parse.quote(PASSWORD, safe='')}@db.example:5432/ledger"
     driver_error = Exception(f"could not connect with {url} (password={PASSWORD}, user bob:{PASSWORD}@db)")
