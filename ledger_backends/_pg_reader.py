@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
