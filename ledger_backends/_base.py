@@ -243,10 +243,13 @@ class Backend(ABC):
         found = self.find(role, path=path, digest=digest)
         return found[offset:] if limit is None else found[offset : offset + max(0, int(limit))]
 
-    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
-        """How many records :meth:`find` would return. Back-ends with an index count its rows
-        (which differs from ``len(find(...))`` only on an index edited behind their back)."""
-        return len(self.find(role, path=path, digest=digest))
+    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None,
+                    at_most: int | None = None) -> int:
+        """How many records :meth:`find` would return, or ``at_most`` where there are more.
+        Back-ends with an index count its rows (which differs from ``len(find(...))`` only on
+        an index edited behind their back)."""
+        found = len(self.find(role, path=path, digest=digest))
+        return found if at_most is None else min(found, max(0, at_most))
 
     def index_rows(self, stop_seq: int) -> Iterator[IndexRow] | None:
         """Every stored index row with ``seq < stop_seq``, one :class:`IndexRow` per sequence

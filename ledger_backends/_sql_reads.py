@@ -303,12 +303,19 @@ class _SQLReads:
                     Located(int(height), int(pos), StoredRecord(str(record_id), b"")))
         return found
 
-    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None) -> int:
+    def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None,
+                    at_most: int | None = None) -> int:
         """Counted on the artifacts index alone: the records it names. (A row whose record
-        was deleted behind our back still counts; readers verify what they read.)"""
+        was deleted behind our back still counts; readers verify what they read.) With
+        ``at_most``, the count stops there: a file ten million tasks read costs no more."""
         condition, params = self._artifact_condition(role, path, digest)
-        counted = "count(*)" if path is not None else "count(DISTINCT seq)"
-        rows = self._fetch("counting", f"SELECT {counted} FROM ll_artifacts WHERE {condition}", params)
+        distinct = "" if path is not None else "DISTINCT "
+        if at_most is None:
+            statement = f"SELECT count({distinct}seq) FROM ll_artifacts WHERE {condition}"
+        else:
+            statement = f"SELECT count(*) FROM (SELECT {distinct}seq FROM ll_artifacts WHERE {condition} LIMIT ?) c"
+            params = (*params, max(0, int(at_most)))
+        rows = self._fetch("counting", statement, params)
         return int(rows[0][0] or 0)
 
     def by_run(self, run_id: str) -> list[Located]:

@@ -381,3 +381,19 @@ def test_depends_pages_a_file_every_task_read_and_streams_all(tmp_path):
     assert "... and 7 more (--all lists them)" in paged
     every = run_cli("depends", "--all", "/data/ref", "--ledger", url, cwd=tmp_path, check_rc=0).stdout
     assert sum("test:step" in line for line in every.splitlines()) == 9  # each consumer once
+
+
+def test_the_consumers_left_out_are_counted_only_so_far(tmp_path, monkeypatch):
+    """A file ten million tasks read: the count of the rest stops at MORE_COUNTED."""
+    from lineage_ledger._ledger import lineage
+
+    url = _build(tmp_path / "ledger.db")
+    with open_ledger(url, read_only=True) as ledger:
+        exact = ledger.derived("/data/ref", limit=2)[-1]
+        monkeypatch.setattr(lineage, "MORE_COUNTED", 3)
+        capped = ledger.derived("/data/ref", limit=2)[-1]
+        monkeypatch.setattr(lineage, "MORE_COUNTED", 7)
+        just = ledger.derived("/data/ref", limit=2)[-1]
+    assert exact[0] is None and exact[1] == 7 and exact[1].exact and str(exact[1]) == "7"
+    assert capped[0] is None and not capped[1].exact and str(capped[1]) == "more than 3"
+    assert just[1] == 7 and just[1].exact

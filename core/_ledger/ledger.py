@@ -336,9 +336,13 @@ class Ledger(LineageQueries):
         where counting them all is a scan of a million rows for a file every task read)."""
         return bool(self.backend.find_page("in", path=self._query(path), limit=1))
 
-    def count_consumers(self, path: str | None = None, digest: str | None = None) -> int:
-        """How many records the index says read ``path`` (a count, not a verified answer)."""
-        return self.backend.count_found("in", path=self._query(path), digest=digest)
+    def count_consumers(self, path: str | None = None, digest: str | None = None, *,
+                        at_most: int | None = None) -> int:
+        """How many records the index says read ``path`` (a count, not a verified answer),
+        counting no further than ``at_most``."""
+        if at_most is None:
+            return self.backend.count_found("in", path=self._query(path), digest=digest)
+        return self.backend.count_found("in", path=self._query(path), digest=digest, at_most=at_most)
 
     def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
         found = self.producers(path, digest)

@@ -62,6 +62,24 @@ def walk_lineage(node: LineageNode) -> Iterator[LineageNode]:
             stack.extend(current.parents)
 
 
+MORE_COUNTED = 100_000  # consumers left out of a page that derived() counts exactly
+
+
+class More(int):
+    """How many consumers a page of :meth:`LineageQueries.derived` left out; ``exact`` is
+    False where there are more than that (it counted :data:`MORE_COUNTED` and stopped)."""
+
+    exact: bool
+
+    def __new__(cls, value: int, *, exact: bool = True) -> More:
+        more = super().__new__(cls, value)
+        more.exact = exact
+        return more
+
+    def __str__(self) -> str:
+        return f"{int(self)}" if self.exact else f"more than {int(self) - 1}"
+
+
 class LineageQueries:
     """Lineage and directory queries, answered from the ledger's proved look-ups."""
 
@@ -195,7 +213,8 @@ class LineageQueries:
         """What was derived from ``path``: [(consumer record, [(its outputs' subtrees)...])].
 
         With ``limit``, at most that many consumers of each file (oldest first), and a last
-        item ``(None, n)`` where ``n`` more were left out.
+        item ``(None, n)`` where ``n`` more were left out (a :class:`More`: ``n.exact`` is
+        False where there are more than :data:`MORE_COUNTED`, and ``n`` says one more).
         """
         seen = set() if _seen is None else _seen
         if _seen is None:
@@ -212,9 +231,11 @@ class LineageQueries:
             ]
             tree.append((consumer, children))
         if limit and len(consumers) == limit:
-            more = self.count_consumers(path, digest) - limit
-            if more > 0:
-                tree.append((None, more))
+            # Counted only so far: counting the ten million readers of a reference genome
+            # took 0.7 s of a 0.85 s `depends`.
+            counted = self.count_consumers(path, digest, at_most=limit + MORE_COUNTED + 1)
+            if counted > limit:
+                tree.append((None, More(counted - limit, exact=counted <= limit + MORE_COUNTED)))
         return tree
 
 

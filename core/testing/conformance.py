@@ -216,6 +216,7 @@ class BackendConformance:
         for role, keys in (("in", {"path": "/data/in-3"}), ("out", {}), ("in", {"digest": records[2].stored().inputs[0][1]})):
             found = backend.find(role, **keys)
             assert backend.count_found(role, **keys) == len(found)
+            assert backend.count_found(role, at_most=2, **keys) == min(2, len(found))
             assert backend.find_page(role, offset=1, limit=2, **keys) == found[1:3]
             assert backend.find_page(role, offset=2, **keys) == found[2:]
         origin = backend.origin
