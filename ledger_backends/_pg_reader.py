@@ -128,6 +128,7 @@ def _forget_parents_connections_after_fork() -> None:
     # connection that another process opened when it is collected, so forgetting is enough.
     for reader in list(_READERS):
         reader._idle = []
+        reader._lock = threading.Lock()  # a parent thread may have held it at the fork
 
 
 os.register_at_fork(after_in_child=_forget_parents_connections_after_fork)
@@ -137,8 +138,8 @@ class PostgresReader(_SQLReads, Backend):
     """A PostgreSQL ledger opened for reading only, through psycopg: what
     ``open_backend(url, create=False)`` gives for ``postgresql://``. Nothing is created or
     migrated; a database without a ledger is :class:`~lineage_ledger.NoLedger`.
-    One connection per thread and process, in autocommit: each read sees what is committed
-    when it runs, as with the writer."""
+    Each read borrows one of a few idle sessions of this process (in autocommit: it sees
+    what is committed when it runs, as with the writer) and gives it back."""
 
     keeps_end_times = True
     read_only = True
