@@ -274,6 +274,16 @@ class Backend(ABC):
         :meth:`index_summaries` answers)."""
         return 0
 
+    def rows_outside_the_chain(self, size: int, blocks: int) -> int:
+        """How many index rows lie where no chain of ``blocks`` blocks and ``size`` records
+        puts them, and no append since can have put them: record rows before the first
+        record, or past ``size`` in a block at or below the audited ones or in no block at
+        all; artifact rows past ``size`` that name no stored record; block rows below 0.
+        (A writer stores a block, its records and their artifact rows in one transaction, so
+        in one snapshot a row appended since always has its record and its block.) Asked
+        only where :meth:`index_summaries` answers."""
+        return 0
+
     def find_latest_many(self, role: Role, paths: Sequence[str]) -> dict[str, tuple[Located, str]]:
         """:meth:`find_latest` of each of ``paths`` (those with an answer): what a
         verification of many files asks at once. The default asks each path."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from lineage_ledger._errors import IndexTampered
 from lineage_ledger._model import BlockColumns, StoredBlock, StoredRecord
 
 from ._base import ChainHead, IndexRow, IndexSummary, Located, Role
@@ -66,6 +67,11 @@ def _as_int(value, default: int = -1) -> int:
     except (TypeError, ValueError, OverflowError):
         return default
     return number if number == value or isinstance(value, (str, bytes)) else default
+
+
+def _dangling(seq) -> IndexTampered:
+    return IndexTampered(f"an index row names record number {seq}, which the ledger does not hold:"
+                         " a row outside the chain")
 
 
 def _successor(prefix: str) -> str | None:
@@ -191,10 +197,32 @@ class _SQLReads:
         return [Located(int(h), int(p), StoredRecord(str(i), b"" if b is None else _as_bytes(b)))
                 for h, p, i, b in rows]
 
+    def _named(self, seqs: str, params: tuple, *, bodies: bool = True) -> list[Located]:
+        """The records that the sequence numbers ``seqs`` (a query on ``ll_artifacts``) name,
+        in ledger order, once each; an index row that names no stored record raises.
+
+        Read from the index side (a left join): a forged row that names a record the ledger
+        does not hold would otherwise vanish from the answer, and take a place of a page
+        with it, so that a paged reader stopped early and left real readers out."""
+        body = "r.body" if bodies else "NULL"
+        rows = self._fetch(
+            "query",
+            f"SELECT a.seq, r.height, r.pos, r.id, {body} FROM (SELECT DISTINCT seq FROM ({seqs}) s) a"
+            " LEFT JOIN ll_records r ON r.seq = a.seq ORDER BY a.seq",
+            params,
+        )
+        found = []
+        for seq, height, pos, record_id, stored in rows:
+            if record_id is None:
+                raise _dangling(seq)
+            found.append(Located(int(height), int(pos),
+                                 StoredRecord(str(record_id), b"" if stored is None else _as_bytes(stored))))
+        return found
+
     def find_places(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         """:meth:`find` without the bodies (the core has most of them proved already)."""
         condition, params = self._artifact_condition(role, path, digest)
-        return self._located(f"seq IN (SELECT seq FROM ll_artifacts WHERE {condition})", params, bodies=False)
+        return self._named(f"SELECT seq FROM ll_artifacts WHERE {condition}", params, bodies=False)
 
     def bodies(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -238,8 +266,8 @@ class _SQLReads:
         distinct = "DISTINCT " if path is None else ""
         # No limit: -1 to SQLite, NULL to PostgreSQL (which refuses a negative one).
         bound = int(limit) if limit is not None else (-1 if self._sqlite else None)
-        return self._located(
-            f"seq IN (SELECT {distinct}seq FROM ll_artifacts WHERE {condition} ORDER BY seq LIMIT ? OFFSET ?)",
+        return self._named(
+            f"SELECT {distinct}seq FROM ll_artifacts WHERE {condition} ORDER BY seq LIMIT ? OFFSET ?",
             (*params, bound, offset),
         )
 
@@ -249,14 +277,16 @@ class _SQLReads:
         one step down ``ll_artifacts_latest``."""
         rows = self._fetch(
             "query",
-            "SELECT r.height, r.pos, r.id, NULL, a.ended FROM ll_records r JOIN"
+            "SELECT a.seq, r.height, r.pos, r.id, a.ended FROM"
             " (SELECT seq, ended FROM ll_artifacts WHERE path = ? AND role = ?"
-            " ORDER BY ended DESC, seq DESC LIMIT 1) a ON r.seq = a.seq",
+            " ORDER BY ended DESC, seq DESC LIMIT 1) a LEFT JOIN ll_records r ON r.seq = a.seq",
             (path, _IN if role == "in" else _OUT),
         )
         if not rows:
             return None
-        height, pos, record_id, _no_body, ended = rows[0]  # the core asks bodies() if it needs it
+        seq, height, pos, record_id, ended = rows[0]  # the core asks bodies() if it needs it
+        if record_id is None:
+            raise _dangling(seq)
         return Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b"")), _as_text(ended)
 
     def find_latest_many(self, role: Role, paths: Sequence[str]) -> dict[str, tuple[Located, str]]:
@@ -275,10 +305,13 @@ class _SQLReads:
                 "query",
                 f"WITH p(path) AS (VALUES {','.join(['(?)'] * len(chunk))}),"
                 f" l(path, seq, ended) AS (SELECT p.path, (SELECT a.seq {latest}), (SELECT a.ended {latest}) FROM p)"
-                " SELECT l.path, r.height, r.pos, r.id, l.ended FROM l JOIN ll_records r ON r.seq = l.seq",
+                " SELECT l.path, l.seq, r.height, r.pos, r.id, l.ended FROM l LEFT JOIN ll_records r ON r.seq = l.seq"
+                " WHERE l.seq IS NOT NULL",
                 (*chunk, code, code),
             )
-            for path, height, pos, record_id, ended in rows:
+            for path, seq, height, pos, record_id, ended in rows:
+                if record_id is None:
+                    raise _dangling(seq)
                 located = Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b""))
                 found[_as_text(path)] = (located, _as_text(ended))
         return found
@@ -294,11 +327,13 @@ class _SQLReads:
                 # DISTINCT: one row a record, as find_places' "seq IN (...)" gives, even where a
                 # tamperer stored a (seq, role, path) twice.
                 "SELECT DISTINCT a.path, a.seq, r.height, r.pos, r.id FROM ll_artifacts a"
-                " JOIN ll_records r ON r.seq = a.seq"
+                " LEFT JOIN ll_records r ON r.seq = a.seq"
                 f" WHERE a.role = ? AND a.path IN ({','.join('?' * len(chunk))}) ORDER BY a.path, a.seq",
                 (code, *chunk),
             )
-            for path, _seq, height, pos, record_id in rows:
+            for path, seq, height, pos, record_id in rows:
+                if record_id is None:
+                    raise _dangling(seq)
                 found.setdefault(_as_text(path), []).append(
                     Located(int(height), int(pos), StoredRecord(str(record_id), b"")))
         return found
@@ -371,6 +406,20 @@ class _SQLReads:
             rows = self._fetch("counting the index", "SELECT count(*) FROM ll_artifacts WHERE seq >= ? AND seq < ?",
                                (int(start_seq), int(stop_seq)))
         return int(rows[0][0])
+
+    def rows_outside_the_chain(self, size: int, blocks: int) -> int:
+        size, blocks = int(size), int(blocks)
+        rows = self._fetch(
+            "counting the index",
+            "SELECT (SELECT count(*) FROM ll_records WHERE seq < 0)"
+            " + (SELECT count(*) FROM ll_records r WHERE r.seq >= ? AND (r.height < ?"
+            "    OR NOT EXISTS (SELECT 1 FROM ll_blocks b WHERE b.height = r.height)))"
+            " + (SELECT count(*) FROM ll_artifacts a WHERE a.seq >= ?"
+            "    AND NOT EXISTS (SELECT 1 FROM ll_records r WHERE r.seq = a.seq))"
+            " + (SELECT count(*) FROM ll_blocks WHERE height < 0)",
+            (size, blocks, size),
+        )
+        return int(rows[0][0] or 0)
 
     def _merged_index_rows(self, stop: int) -> Iterator[IndexRow]:
         records = self._record_rows(stop)

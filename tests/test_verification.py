@@ -164,6 +164,33 @@ def test_any_changed_or_deleted_row_fails_the_audit(pristine, tmp_path_factory, 
             ledger.audit()
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=st.sampled_from(["ll_artifacts", "ll_blocks", "ll_records"]), row=st.integers(0, 10_000),
+       column=st.integers(0, 10), where=st.integers(0, 10_000),
+       place=st.sampled_from(["before", "inside", "past", "far past"]))
+def test_any_added_row_fails_the_audit(pristine, tmp_path_factory, monkeypatch, table, row, column, where, place):
+    """A row added to any table, anywhere (before the first record, among them, past the head
+    where an append would put it), a copy of a stored row with one column changed."""
+    db = _copy(pristine, tmp_path_factory.mktemp("added"), monkeypatch)
+    columns, _key = TABLES[table]
+    number = {"ll_blocks": "height"}.get(table, "seq")
+    with sqlite3.connect(db) as conn:
+        rows = _mutations(table, conn)
+        named = dict(zip(columns, rows[row % len(rows)], strict=True))
+        top = conn.execute(f"SELECT max({number}) FROM {table}").fetchone()[0]  # noqa: S608
+        named[number] = {"before": -1, "inside": named[number], "past": top + 1, "far past": top + 1000}[place]
+        name = columns[column % len(columns)]
+        if name != number:
+            named[name] = _mutate(named[name], where)
+        try:
+            conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608
+                         [named[c] for c in columns])
+        except sqlite3.IntegrityError:
+            return  # the store itself refused the row
+    with pytest.raises(LedgerError), open_ledger(f"sqlite:///{db}", read_only=True) as ledger:
+        ledger.audit()
+
+
 def _index_edit(db, statement, *args):
     with sqlite3.connect(db) as conn:
         changed = conn.execute(statement, args).rowcount
@@ -179,6 +206,15 @@ def _index_edit(db, statement, *args):
     ("UPDATE ll_records SET pos = 0 WHERE seq = 4", ("why", "/data/step-4")),
     ("UPDATE ll_records SET height = 2 WHERE seq = 1", ("why", "/data/step-1")),
     ("UPDATE ll_records SET run_id = 'run-0' WHERE seq = 3", ("log", "--run", "run-0")),
+    # a row that names no stored record: it took the first page's only place (the answer was
+    # "nothing was derived from it", exit 0), was left out of every answer, and a row past the
+    # head passed the audit
+    ("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/data/ref', 0, -1, 'x', '')",
+     ("depends", "-n", "1", "/data/ref")),
+    ("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/data/ref', 0, 99, 'x', '')",
+     ("depends", "--all", "/data/ref")),
+    ("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/data/step-3', 1, 99, 'x', '9999')",
+     ("why", "/data/step-3")),
 ])
 def test_readers_refuse_an_index_row_that_disagrees_with_its_record(tmp_path, statement, command):
     db = tmp_path / "ledger.db"

@@ -15,7 +15,7 @@ from .._errors import IndexTampered, RecordTampered
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
-__all__ = ["ExistingFiles", "IndexChecker", "decode_views"]
+__all__ = ["ExistingFiles", "IndexChecker", "check_outside", "decode_views"]
 
 
 def _index_view():
@@ -103,11 +103,22 @@ class IndexChecker:
                     height=height)
             self.compared += 1
 
-    def finish(self, size: int) -> None:
+    def finish(self, size: int, blocks: int) -> None:
         stored = self.backend.artifact_count(size)
         if stored != self.artifacts:
             raise IndexTampered(f"the index holds {stored} artifact rows for the first {size} records, "
                                 f"which name {self.artifacts}: rows were added or moved outside any record")
+        check_outside(self.backend, size, blocks)
+
+
+def check_outside(backend: Backend, size: int, blocks: int) -> None:
+    """No index row past the audited records may lie outside the chain (see
+    :meth:`~lineage_ledger.backends.Backend.rows_outside_the_chain`): such a row is seen by
+    no range the audit compares, yet a look-up could read it."""
+    outside = backend.rows_outside_the_chain(size, blocks)
+    if outside:
+        raise IndexTampered(f"the index holds {outside} row(s) outside the chain of {size} records: rows that "
+                            "name no stored record, or records placed where the chain has none")
 
 
 def _difference(row, record_id: str, height: int, position: int, view) -> str:

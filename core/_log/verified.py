@@ -227,7 +227,7 @@ class Verifier:
         try:
             self._extend(writer, 0, stop, None, on_block)
             if checker is not None:
-                checker.finish(writer.size)
+                checker.finish(writer.size, writer.blocks)
             if dedup.suspects:
                 self._check_duplicates(dedup.suspects)
             writer.commit(audited=True)  # into the new directory, not yet adopted
@@ -267,7 +267,8 @@ class Verifier:
             # Each worker counted the artifact rows of its own range (all roles) against what its
             # records name; the ranges cover every sequence number from 0, so only rows below 0
             # remain to be counted here (an index seek, not a scan of millions of rows).
-            if writer.blocks != stop or backend.artifact_count(0) != 0:
+            if writer.blocks != stop or backend.artifact_count(0) != 0 or \
+                    backend.rows_outside_the_chain(writer.size, writer.blocks):
                 raise _Disagreement
             if dedup.suspects:
                 self._check_duplicates(dedup.suspects)
