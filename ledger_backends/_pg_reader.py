@@ -27,6 +27,7 @@ from lineage_ledger._errors import BackendError, BackendUnavailable, ConfigError
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend, redact, safe_cause
+from ._pg_audit import PostgresAuditReads
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import database_error, refusal
 
@@ -134,12 +135,13 @@ def _forget_parents_connections_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_parents_connections_after_fork)
 
 
-class PostgresReader(_SQLReads, Backend):
+class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
     """A PostgreSQL ledger opened for reading only, through psycopg: what
     ``open_backend(url, create=False)`` gives for ``postgresql://``. Nothing is created or
     migrated; a database without a ledger is :class:`~lineage_ledger.NoLedger`.
     Each read borrows one of a few idle sessions of this process (in autocommit: it sees
-    what is committed when it runs, as with the writer) and gives it back."""
+    what is committed when it runs, as with the writer) and gives it back; an audit worker's
+    bulk reads (:class:`~._pg_audit.PostgresAuditReads`) take one snapshot for a chunk."""
 
     keeps_end_times = True
     read_only = True

@@ -316,3 +316,112 @@ def test_many_path_reads_agree_with_one_path_reads_on_duplicated_rows(postgres_u
                     == (many[0].height, many[0].position, many[0].record.id, many[1]))
                 assert [(f.height, f.position) for f in reader.find_places(role, path=path)] == [
                     (f.height, f.position) for f in reader.find_places_many(role, [path]).get(path, [])]
+
+
+# -- an audit worker's bulk check reads PostgreSQL too (PostgresAuditReads) --------------------
+# Paths whose JSON needs escapes, and ones whose order differs by byte and by language.
+ODD_PATHS = ['/d/quo"te', "/d/back\\slash", "/d/new\nline", "/d/\x01ctl", "/d/é", "/d/Z", "/d/a", "/d/\u2028",
+             "/d/😀", "/d/\x7f", "/d/ B", "/d/},{"]
+
+
+def odd_blocks():
+    """30 records in 8 blocks: inputs named by odd paths, outputs by some records only."""
+    records = [make_record(i, run_id=f"run-{i % 2}",
+                           inputs=[artifact(f"{p}{i % 3}", p) for p in ODD_PATHS[: i % len(ODD_PATHS) + 1]],
+                           outputs=[artifact(f"/out/{i}{p[2:]}", "y") for p in ODD_PATHS[i % 4 :]] if i % 5 else [])
+               for i in range(30)]
+    return chain_of(records, 4)
+
+
+def bulk_and_rows(url: str) -> tuple:
+    """What the worker's bulk check and its row-by-row check make of the whole ledger (an
+    error of the bulk check is a refusal: ``audit_parallel.audit_range`` then checks row by row)."""
+    from lineage_ledger import LedgerError
+    from lineage_ledger._log import audit_bulk
+    from lineage_ledger._log import audit_parallel as parallel
+
+    with open_backend(url, create=False) as reader:
+        assert type(reader) is PostgresReader
+        try:
+            bulk = audit_bulk.audit_range(reader, 0, 8, 0, False)
+        except LedgerError:  # a statement the retyped column fails
+            bulk = None
+        rows = parallel._audit_rows(reader, parallel.Task(0, 8, 0), False)
+    return bulk, rows
+
+
+# One index row changed, moved, removed, duplicated or added; a record's own index columns;
+# a column retyped so that its values print as the same JSON.
+ONE_ROW = "(SELECT ctid FROM ll_artifacts WHERE seq = 6 AND role = 0 ORDER BY path COLLATE \"C\" LIMIT 1)"
+TAMPERED = {
+    "digest": f"UPDATE ll_artifacts SET digest = repeat('ab', 32) WHERE ctid = {ONE_ROW}",
+    "deleted": f"DELETE FROM ll_artifacts WHERE ctid = {ONE_ROW}",
+    "input made output": f"UPDATE ll_artifacts SET role = 1 WHERE ctid = {ONE_ROW}",
+    "another role": f"UPDATE ll_artifacts SET role = 2 WHERE ctid = {ONE_ROW}",
+    "path": f"UPDATE ll_artifacts SET path = path || '-x' WHERE ctid = {ONE_ROW}",
+    "another record": f"UPDATE ll_artifacts SET seq = 7 WHERE ctid = {ONE_ROW}",
+    "ended": f"UPDATE ll_artifacts SET ended = '2030-01-01T00:00:00.000000Z' WHERE ctid = {ONE_ROW}",
+    "ended of a record": "UPDATE ll_artifacts SET ended = '2030-01-01T00:00:00.000000Z' WHERE seq = 6",
+    "added": "INSERT INTO ll_artifacts SELECT path, 2, seq, digest, ended FROM ll_artifacts WHERE seq = 6 AND role = 0",
+    "twice": ("ALTER TABLE ll_artifacts DROP CONSTRAINT ll_artifacts_pkey;"
+              f" INSERT INTO ll_artifacts SELECT * FROM ll_artifacts WHERE ctid = {ONE_ROW}"),
+    "height": "UPDATE ll_records SET height = height + 1 WHERE seq = 6",
+    "pos": "UPDATE ll_records SET pos = pos + 1 WHERE seq = 6",
+    "run id": "UPDATE ll_records SET run_id = 'run-x' WHERE seq = 6",
+    "digest as jsonb": "ALTER TABLE ll_artifacts ALTER COLUMN digest TYPE jsonb USING to_jsonb(digest)",
+    "ended as jsonb": ("ALTER TABLE ll_artifacts ALTER COLUMN ended DROP DEFAULT;"
+                       " ALTER TABLE ll_artifacts ALTER COLUMN ended TYPE jsonb USING to_jsonb(ended)"),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("what", sorted(TAMPERED))
+def test_the_bulk_check_accepts_an_intact_range_and_no_tampered_one(postgres_url, what):
+    """The reader folds the index into the text msgspec encodes from the bodies (odd paths
+    included), so a worker takes the bulk check on an intact ledger and reaches the row-by-row
+    check's answer; after any change of an index row the texts differ, and the row-by-row
+    check, which decides, refuses the range."""
+    import psycopg
+
+    with open_backend(postgres_url) as writer:
+        writer.append(odd_blocks())
+    bulk, rows = bulk_and_rows(postgres_url)
+    assert bulk is not None and rows is not None and tuple(bulk) == tuple(vars(rows).values())
+    assert bulk.compared == 30 and bulk.artifacts > 200
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(TAMPERED[what])
+    assert bulk_and_rows(postgres_url) == (None, None)
+
+
+@pytest.mark.postgres
+def test_the_bulk_check_orders_paths_by_byte_whatever_the_columns_collation(postgres_url):
+    import psycopg
+
+    with open_backend(postgres_url) as writer:
+        writer.append(odd_blocks())
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").fetchall():
+            pytest.skip("this PostgreSQL has no ICU collations")
+        conn.execute('ALTER TABLE ll_artifacts ALTER COLUMN path TYPE text COLLATE "und-x-icu"')
+        # In that language's order "/d/a0" < "/d/Z0" (byte order: "Z" first), as a body does not.
+        assert conn.execute("SELECT '/d/a0' < '/d/Z0' COLLATE \"und-x-icu\"").fetchone() == (True,)
+    bulk, rows = bulk_and_rows(postgres_url)
+    assert bulk is not None and tuple(bulk) == tuple(vars(rows).values())
+
+
+@pytest.mark.postgres
+def test_verify_lineage_audits_postgres_through_the_workers(postgres_url, tmp_path):
+    """The CLI's full audit on PostgreSQL through worker processes: clean when intact, exit 1
+    naming IndexTampered after one index row is rewritten."""
+    import psycopg
+
+    with open_backend(postgres_url) as writer:
+        writer.append(odd_blocks())
+    assert bulk_and_rows(postgres_url)[0] is not None  # what each worker's range takes
+    env = {**PARALLEL, "LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    result = run_cli("--ledger", postgres_url, cwd=tmp_path, env=env, program="verify-lineage")
+    assert result.returncode == 0 and "30 records" in result.stdout, result
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(TAMPERED["digest"])
+    result = run_cli("--ledger", postgres_url, cwd=tmp_path, env=env, program="verify-lineage")
+    assert result.returncode == 1 and "IndexTampered" in result.stdout, result
