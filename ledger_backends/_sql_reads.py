@@ -30,6 +30,7 @@ _ONLY_STR = frozenset({str})
 _ONLY_BYTES = frozenset({bytes})
 _IN, _OUT = 0, 1  # artifact roles as stored
 _HEX = "0123456789abcdef"
+_PAGE_CURSORS = 64  # pages' last sequence numbers remembered, for the next page of each
 
 
 def _chunks(items: Sequence[str]) -> Iterator[tuple[str, ...]]:
@@ -199,7 +200,11 @@ class _SQLReads:
 
     def _named(self, seqs: str, params: tuple, *, bodies: bool = True) -> list[Located]:
         """The records that the sequence numbers ``seqs`` (a query on ``ll_artifacts``) name,
-        in ledger order, once each; an index row that names no stored record raises.
+        in ledger order, once each; an index row that names no stored record raises."""
+        return self._named_seqs(seqs, params, bodies=bodies)[0]
+
+    def _named_seqs(self, seqs: str, params: tuple, *, bodies: bool = True) -> tuple[list[Located], object]:
+        """:meth:`_named`, and the last sequence number (None where there was none).
 
         Read from the index side (a left join): a forged row that names a record the ledger
         does not hold would otherwise vanish from the answer, and take a place of a page
@@ -217,7 +222,7 @@ class _SQLReads:
                 raise _dangling(seq)
             found.append(Located(int(height), int(pos),
                                  StoredRecord(str(record_id), b"" if stored is None else _as_bytes(stored))))
-        return found
+        return found, (rows[-1][0] if rows else None)
 
     def find_places(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         """:meth:`find` without the bodies (the core has most of them proved already)."""
@@ -258,18 +263,32 @@ class _SQLReads:
     ) -> list[Located]:
         """One page of :meth:`find`, read as one range of the path (or digest) index, which
         is in ledger order already, then only that page's records."""
-        offset = max(0, int(offset))
+        offset = start = max(0, int(offset))
         if limit is not None and int(limit) <= 0:
             return []
         condition, params = self._artifact_condition(role, path, digest)
+        # The page after one read before starts past its last sequence number (one step down
+        # the index) instead of skipping ``offset`` rows: paging through the million readers
+        # of a file is then linear, not quadratic. Appends only add higher numbers, so the
+        # answer is the one ``offset`` gives.
+        cursors: dict = self.__dict__.setdefault("_page_cursors", {})
+        query = (role, path, digest)
+        after = cursors.get((*query, offset)) if offset else None
+        if after is not None:
+            condition, params, offset = condition + " AND seq > ?", (*params, after), 0
         # One record may hold a digest (or a role) under several paths: count it once.
         distinct = "DISTINCT " if path is None else ""
         # No limit: -1 to SQLite, NULL to PostgreSQL (which refuses a negative one).
         bound = int(limit) if limit is not None else (-1 if self._sqlite else None)
-        return self._named(
+        found, last = self._named_seqs(
             f"SELECT {distinct}seq FROM ll_artifacts WHERE {condition} ORDER BY seq LIMIT ? OFFSET ?",
             (*params, bound, offset),
         )
+        if last is not None and limit is not None and len(found) == int(limit):
+            if len(cursors) >= _PAGE_CURSORS:
+                cursors.clear()
+            cursors[(*query, max(0, int(start)) + len(found))] = last
+        return found
 
     def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
         """The record that read (``in``) or wrote (``out``) ``path`` with the latest end

@@ -419,6 +419,25 @@ def test_depends_pages_a_file_every_task_read_and_streams_all(tmp_path):
     assert sum("test:step" in line for line in every.splitlines()) == 9  # each consumer once
 
 
+def test_pages_of_consumers_join_up_to_every_consumer_once(tmp_path):
+    """Each next page starts past the last record of the one before (a step down the index,
+    not a scan of the rows before it): the pages join up even when an earlier page's row
+    goes away meanwhile, and a record appended meanwhile comes last."""
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        every = [c.id for c in ledger.consumers("/data/ref")]
+        pages = [c.id for c in ledger.consumers("/data/ref", offset=0, limit=2)]
+        with sqlite3.connect(db) as conn:  # a row of the first page, gone before the next
+            conn.execute("DELETE FROM ll_artifacts WHERE path = '/data/ref' AND seq = 0")
+        ledger.append_records([make_record(9, inputs=[artifact("/data/ref", "ref")],
+                                           outputs=[artifact("/data/extra", "x")]).stored()])
+        for offset in range(2, 12, 2):
+            pages += [c.id for c in ledger.consumers("/data/ref", offset=offset, limit=2)]
+        appended = ledger.consumers("/data/ref")[-1].id
+    assert len(every) == 9 and pages == [*every, appended]
+
+
 def test_the_consumers_left_out_are_counted_only_so_far(tmp_path, monkeypatch):
     """A file ten million tasks read: the count of the rest stops at MORE_COUNTED."""
     from lineage_ledger._ledger import lineage
