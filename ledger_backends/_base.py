@@ -274,6 +274,12 @@ class Backend(ABC):
         :meth:`index_summaries` answers)."""
         return 0
 
+    def paths_under(self, directory: str, after: str = "", limit: int = 10_000) -> list[str] | None:
+        """The paths the index names (any role) that lie below ``directory`` (a normal,
+        absolute path), in byte order, each once: at most ``limit`` of them, those after
+        ``after``. ``None`` (the default): this back-end keeps no index to ask."""
+        return None
+
     def rows_outside_the_chain(self, size: int, blocks: int) -> int:
         """How many index rows lie where no chain of ``blocks`` blocks and ``size`` records
         puts them, and no append since can have put them: record rows before the first

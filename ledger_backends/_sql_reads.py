@@ -426,6 +426,15 @@ class _SQLReads:
                                (int(start_seq), int(stop_seq)))
         return int(rows[0][0])
 
+    def paths_under(self, directory: str, after: str = "", limit: int = 10_000) -> list[str] | None:
+        """One range of ``ll_artifacts_path`` (byte order: the "C" collation on PostgreSQL):
+        every path that starts with ``directory/`` lies in ``[directory/, directory0)``."""
+        base = directory.rstrip("/")
+        low, high = base + "/", base + "0"  # "0" follows "/" in byte order
+        rows = self._fetch("query", "SELECT DISTINCT path FROM ll_artifacts WHERE path > ? AND path >= ? AND path < ?"
+                                    " ORDER BY path LIMIT ?", (after, low, high, max(1, int(limit))))
+        return [_as_text(row[0]) for row in rows]
+
     def rows_outside_the_chain(self, size: int, blocks: int) -> int:
         size, blocks = int(size), int(blocks)
         rows = self._fetch(

@@ -452,3 +452,33 @@ def test_the_consumers_left_out_are_counted_only_so_far(tmp_path, monkeypatch):
     assert exact[0] is None and exact[1] == 7 and exact[1].exact and str(exact[1]) == "7"
     assert capped[0] is None and not capped[1].exact and str(capped[1]) == "more than 3"
     assert just[1] == 7 and just[1].exact
+
+
+def test_a_directory_given_names_the_recorded_files_gone_from_it(tmp_path):
+    """`verify-lineage DIR` walks the files on disk; the files records name below DIR that are
+    gone (a temp() file, a result deleted by hand) are listed, each proved, and, as in an
+    audit, are no failure. An index row that makes one up is refused."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "res" / "sub").mkdir(parents=True)
+    (tmp_path / "raw.txt").write_text("raw\n")
+    run_cli("run", "-i", "raw.txt", "-o", "res/kept.txt", "-o", "res/sub/tmp.sam", "--ledger", url, "--",
+            "sh", "-c", "cat raw.txt > res/kept.txt; echo sam > res/sub/tmp.sam", cwd=tmp_path, check_rc=0)
+    run_cli("run", "-i", "res/sub/tmp.sam", "-o", "res/final.txt", "--ledger", url, "--",
+            "sh", "-c", "cat res/sub/tmp.sam > res/final.txt", cwd=tmp_path, check_rc=0)
+    intact = run_cli("res", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+    assert "not on disk" not in intact.stdout
+    (tmp_path / "res" / "sub" / "tmp.sam").unlink()
+    (tmp_path / "res" / "final.txt").unlink()
+    gone = run_cli("res", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+    assert "note: 2 file(s) that records name under res are not on disk" in gone.stdout, gone.stdout
+    assert "  res/final.txt\n  res/sub/tmp.sam\n" in gone.stdout and "verified" in gone.stdout
+    data = run_cli("--json", "res", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0).stdout
+    import json
+
+    assert json.loads(data)["absent"] == [{"directory": str(tmp_path / "res"), "more": 0, "paths": [
+        str(tmp_path / "res" / "final.txt"), str(tmp_path / "res" / "sub" / "tmp.sam")]}]
+    _index_edit(tmp_path / "ledger.db", "INSERT INTO ll_artifacts (path, role, seq, digest, ended)"
+                " SELECT ?, role, seq, digest, ended FROM ll_artifacts WHERE seq = 0 AND role = 1 LIMIT 1",
+                str(tmp_path / "res" / "made-up.txt"))
+    forged = run_cli("res", "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert forged.returncode == 1 and "IndexTampered" in forged.stdout + forged.stderr, forged

@@ -112,6 +112,13 @@ def report_lines(report: Report) -> list[str]:
         checks = dict(target.files)
         checks[target.path] = target.check
         lines.extend(lineage_lines(target.tree, checks, described=described))
+    for absent in report.absent:
+        count = len(absent.paths) + absent.more
+        lines.append(f"\nnote: {count} file(s) that records name under {_short(absent.directory)} are not on disk "
+                     "(deleted or moved since; not a failure):")
+        lines.extend(f"  {_short(path)}" for path in absent.paths)
+        if absent.more:
+            lines.append(f"  ... and {absent.more} more that the index names")
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
     if report.waiting:
@@ -165,6 +172,7 @@ def report_json(report: Report) -> dict[str, Any]:
             "origin": report.against.origin, "size": report.against.size, "root": report.against.root.hex(),
         },
         "targets": targets,
+        "absent": [{"directory": a.directory, "paths": a.paths, "more": a.more} for a in report.absent],
         "failures": [
             {"error": type(f).__name__, "message": str(f), "height": f.height, "path": f.path}
             for f in report.failures

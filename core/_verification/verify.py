@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .._log.checkpoint import Checkpoint
 
 __all__ = [
+    "Absent",
     "ArtifactCheck",
     "ArtifactStatus",
     "Policy",
@@ -98,6 +99,47 @@ class TargetResult:
 
 
 @dataclass
+class Absent:
+    """Files that records name below a directory given as a target and that are no longer
+    on disk. Like an audit, which passes over outputs cleaned up since (``temp()`` files),
+    this is no failure; it is said, so that a deleted result does not go unnoticed."""
+
+    directory: str
+    paths: list[str]  # the first few, each named by a record proved in the verified tree
+    more: int  # how many more the index names (not proved one by one)
+
+
+# Absent files listed by name (each proved); the rest are counted.
+_ABSENT_LISTED = 10
+_PATHS_PER_READ = 10_000
+
+
+def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent | None:
+    """The recorded files below ``directory`` that neither the walk found nor exist (the
+    walk does not descend into recorded directories), read from the index in pages."""
+    listed: list[str] = []
+    more = 0
+    after = ""
+    while True:
+        page = ledger.backend.paths_under(directory, after, _PATHS_PER_READ)
+        if page is None:  # a back-end without an index to ask
+            return None
+        for path in page:
+            if path in present or os.path.lexists(path):
+                continue
+            # last_seen proves the record that names the path (an index row that names no
+            # record, or another path, raises IndexTampered here).
+            if len(listed) < _ABSENT_LISTED and ledger.last_seen(path) is not None:
+                listed.append(path)
+            else:
+                more += 1
+        if len(page) < _PATHS_PER_READ:
+            break
+        after = page[-1]
+    return Absent(directory, listed, more) if listed or more else None
+
+
+@dataclass
 class Report:
     chain: ChainSummary | None = None
     targets: list[TargetResult] = field(default_factory=list)
@@ -116,6 +158,8 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     # Recorded directories found above files no record names, by directory (or None).
     containers: dict = field(default_factory=dict, repr=False)
+    # Per directory given: the files records name below it that are no longer on disk.
+    absent: list[Absent] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -144,7 +188,11 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]
         normal = ledger.query_path(target)
         # A directory a record names, or that lies in one, is checked whole (by its manifest).
         if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
-            paths.extend(walk_tree(normal, is_artifact=recorded, on_skip=skip))
+            walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip))
+            paths.extend(walked)
+            absent = _absent_under(ledger, normal, set(walked))
+            if absent is not None:
+                report.absent.append(absent)
         else:
             paths.append(normal)
     return paths

@@ -125,6 +125,26 @@ class BackendConformance:
                     place(f) for f in places.get(path, [])], (role, path)
         assert backend.find_latest_many("in", []) == {} and backend.find_places_many("out", []) == {}
 
+    def test_paths_under_a_directory_are_listed_once_in_byte_order(self, backend):
+        """``paths_under`` (where the back-end keeps an index): every path an index row names
+        below the directory, each once, in byte order, paged by ``after``; none outside it."""
+        records = make_records(12, run_id="a")
+        backend.append(chain_of(records, 5))
+        named = {p for r in records for p in (*r.inputs, *r.outputs)}
+        directory = "/data"
+        first = backend.paths_under(directory, "", 5)
+        if first is None:  # no index to list paths from: it says so for every directory
+            assert backend.paths_under("/nowhere") is None and backend.paths_under(directory, "/data/in-0") is None
+            return
+        listed, page = list(first), first
+        while len(page) == 5:
+            page = backend.paths_under(directory + "/", listed[-1], 5)
+            listed += page
+        expected = sorted((p for p in named if p.startswith(directory + "/")), key=lambda p: p.encode())
+        assert listed == expected and expected
+        assert backend.paths_under("/dat", "", 100) == []  # a name's prefix is not a directory
+        assert backend.paths_under("/nowhere", "", 100) == []
+
     def test_ledger_on_backend_verifies(self, url, tmp_path):
         ledger = open_ledger(url, spool=str(tmp_path / "spool"))
         with ledger.recorder(batch_size=50, max_age=0.05) as recorder:
