@@ -158,3 +158,25 @@ def test_hash(recorded):
     code, out, _ = _cli("hash", "--json", OUTPUT, cwd=recorded)
     assert code == 0 and _escaped(out, IN_JSON)
     assert json.loads(out)["path"].endswith(OUTPUT)
+
+
+_NAMES = st.sampled_from(["a", "b", "ab", "a.b", ".x", "..", ".", "c d", "é"])
+_PATHS = st.lists(_NAMES, max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=_PATHS, here=_PATHS)
+def test_paths_are_shown_as_relpath_shows_them(path, here):
+    """The shortcuts of ``_short`` (a path under the working directory, or outside its
+    parent) show what ``os.path.relpath`` would: relative when near, whole when "../.." away."""
+    from lineage_ledger._cli.render import _short
+
+    here = os.path.normpath(here)
+    relative = os.path.relpath(path, here)
+    expected = printable(path if relative.startswith("../..") else relative)
+    real_getcwd = os.getcwd
+    os.getcwd = lambda: here  # relpath's own reference point, for the path not taking a shortcut
+    try:
+        assert _short(path, here) == expected
+    finally:
+        os.getcwd = real_getcwd

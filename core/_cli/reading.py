@@ -147,7 +147,7 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
     seen: set[str] = set()
     offset, printed = 0, False
     while True:
-        consumers = ledger.consumers(normal, offset=offset, limit=page)
+        consumers = ledger.consumers(normal, offset=offset, limit=page, as_key=True)
         for consumer in consumers:
             if consumer.id in seen:
                 continue

@@ -24,6 +24,12 @@ def _short(path: str, here: str | None = None) -> str:
         relative = path[len(here) + 1 :]  # under the working directory: what relpath gives
         if relative and "/." not in path and "//" not in path and path[-1] != "/":
             return printable(relative)
+    parent = here.rpartition("/")[0]
+    if parent and path[:1] == "/" and not path.startswith(parent + "/") and path != parent \
+            and "/." not in path and "//" not in path and "/." not in here and "//" not in here:
+        # Outside the working directory's parent: relpath would begin "../..", so the path
+        # is shown whole (without relpath's two abspath calls, most of `depends --all`'s rendering).
+        return printable(path)
     relative = os.path.relpath(path)
     return printable(path if relative.startswith("../..") else relative)
 

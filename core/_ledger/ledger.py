@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
-_DECODE_CACHE = 50_000
+_DECODE_CACHE = 10_000  # decoded records kept (about 5 KiB each: 50,000 held 250 MiB in `depends --all`)
 log = logging.getLogger("lineage_ledger")
 
 
@@ -322,10 +322,12 @@ class Ledger(LineageQueries):
         return self._find("out", self._query(path), digest)
 
     def consumers(self, path: str | None = None, digest: str | None = None, *,
-                  offset: int = 0, limit: int | None = None) -> list[LedgerRecord]:
+                  offset: int = 0, limit: int | None = None, as_key: bool = False) -> list[LedgerRecord]:
         """Records that read ``path`` (and/or ``digest``), oldest first; a page of them with
-        ``offset``/``limit`` (a file every task read has as many consumers as tasks)."""
-        path = self._query(path)
+        ``offset``/``limit`` (a file every task read has as many consumers as tasks).
+        ``as_key``: ``path`` is a key already (as :meth:`query_path` gives it, or as a record
+        names it), not to be resolved on disk again."""
+        path = path if as_key else self._query(path)
         if offset or limit is not None:
             rows = self.backend.find_page("in", path=path, digest=digest, offset=offset, limit=limit)
             return self._find("in", path, digest, rows)
@@ -337,12 +339,13 @@ class Ledger(LineageQueries):
         return bool(self.backend.find_page("in", path=self._query(path), limit=1))
 
     def count_consumers(self, path: str | None = None, digest: str | None = None, *,
-                        at_most: int | None = None) -> int:
+                        at_most: int | None = None, as_key: bool = False) -> int:
         """How many records the index says read ``path`` (a count, not a verified answer),
         counting no further than ``at_most``."""
+        key = path if as_key else self._query(path)
         if at_most is None:
-            return self.backend.count_found("in", path=self._query(path), digest=digest)
-        return self.backend.count_found("in", path=self._query(path), digest=digest, at_most=at_most)
+            return self.backend.count_found("in", path=key, digest=digest)
+        return self.backend.count_found("in", path=key, digest=digest, at_most=at_most)
 
     def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
         found = self.producers(path, digest)

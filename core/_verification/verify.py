@@ -190,7 +190,11 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]
         if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
             walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip))
             paths.extend(walked)
-            absent = _absent_under(ledger, normal, set(walked))
+            try:
+                absent = _absent_under(ledger, normal, set(walked))
+            except VerificationError as failure:  # an index row that names a path no record does
+                report.fail(failure)
+                absent = None
             if absent is not None:
                 report.absent.append(absent)
         else:
