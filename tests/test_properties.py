@@ -229,3 +229,27 @@ def test_one_instant_has_one_spelling(naive, zone):
     assert format_time(moment.astimezone(timezone.utc)) == text
     general = moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     assert text == general
+
+
+@settings(max_examples=200, deadline=None)
+@given(digest=st.one_of(st.text(max_size=70), st.integers(), st.none()),
+       size=st.one_of(st.integers(-5, 5), st.text(max_size=3), st.floats(allow_nan=False), st.none()))
+def test_a_record_body_reads_back_only_with_valid_entries(digest, size):
+    """Reading a record body checks each entry as building an Artifact does: 64 lower-case
+    hex digits and a non-negative whole size; anything else is refused as unreadable."""
+    import json
+
+    body = json.loads(make_records(1)[0].encode())
+    path = next(iter(body["outputs"]))
+    body["outputs"][path] = {"blake3": digest, "size": size}
+    data = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        Artifact(path, digest, size)  # type: ignore[arg-type]
+        valid = True
+    except ValueError:
+        valid = False
+    if valid:
+        assert Record.decode(data).outputs[path] == {"blake3": digest, "size": size}
+    else:
+        with pytest.raises(ValueError):
+            Record.decode(data)
