@@ -431,8 +431,20 @@ class _SQLReads:
         every path that starts with ``directory/`` lies in ``[directory/, directory0)``."""
         base = directory.rstrip("/")
         low, high = base + "/", base + "0"  # "0" follows "/" in byte order
-        rows = self._fetch("query", "SELECT DISTINCT path FROM ll_artifacts WHERE path > ? AND path >= ? AND path < ?"
-                                    " ORDER BY path LIMIT ?", (after, low, high, max(1, int(limit))))
+        # One lower bound: given two, SQLite starts the range at the first and filters on the
+        # second, reading every entry below the directory (6 s cold at 1M records).
+        start = "path > ?" if after >= low else "path >= ?"  # str order is UTF-8 byte order
+        # Each next path is one step down the index (the least one past the last), not a scan
+        # of every row of each path: a file a million tasks read is one step, not a million.
+        rows = self._fetch(
+            "query",
+            "WITH RECURSIVE p(path, n) AS ("
+            f" SELECT (SELECT min(path) FROM ll_artifacts WHERE {start} AND path < ?), 1"
+            " UNION ALL SELECT (SELECT min(a.path) FROM ll_artifacts a WHERE a.path > p.path AND a.path < ?), p.n + 1"
+            " FROM p WHERE p.path IS NOT NULL AND p.n < ?)"
+            " SELECT path FROM p WHERE path IS NOT NULL",
+            (max(after, low), high, high, max(1, int(limit))),
+        )
         return [_as_text(row[0]) for row in rows]
 
     def rows_outside_the_chain(self, size: int, blocks: int) -> int:

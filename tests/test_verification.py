@@ -482,3 +482,29 @@ def test_a_directory_given_names_the_recorded_files_gone_from_it(tmp_path):
                 str(tmp_path / "res" / "made-up.txt"))
     forged = run_cli("res", "--ledger", url, cwd=tmp_path, program="verify-lineage")
     assert forged.returncode == 1 and "IndexTampered" in forged.stdout + forged.stderr, forged
+
+
+def test_gone_files_are_found_under_every_spelling_and_each_one_proved(tmp_path):
+    """A directory given through a symbolic link: the files records name under its real
+    path count too (once each). Past the ten listed, every file counted is proved as well:
+    a made-up row among the rest is refused, not counted."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "real" / "res").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "raw.txt").write_text("raw\n")
+    outputs = [f"res/out-{i:02d}.txt" for i in range(12)]
+    for where, names in (("real", outputs[:6]), ("link", outputs[6:])):
+        flags = [arg for name in names for arg in ("-o", f"{where}/{name}")]
+        script = "; ".join(f"echo {name} > {where}/{name}" for name in names)
+        run_cli("run", "-i", "raw.txt", *flags, "--ledger", url, "--", "sh", "-c", script, cwd=tmp_path, check_rc=0)
+    for name in outputs:
+        (tmp_path / "real" / name).unlink()
+    for shown in ("real/res", "link/res"):
+        gone = run_cli(shown, "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+        assert f"note: 12 file(s) that records name under {shown} are not on disk" in gone.stdout, gone.stdout
+        assert "  ... and 2 more\n" in gone.stdout
+    _index_edit(tmp_path / "ledger.db", "INSERT INTO ll_artifacts (path, role, seq, digest, ended)"
+                " SELECT ?, role, seq, digest, ended FROM ll_artifacts WHERE seq = 0 AND role = 1 LIMIT 1",
+                str(tmp_path / "real" / "res" / "zz-made-up.txt"))
+    forged = run_cli("real/res", "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert forged.returncode == 1 and "IndexTampered" in forged.stdout, forged

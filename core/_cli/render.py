@@ -24,11 +24,14 @@ def _short(path: str, here: str | None = None) -> str:
         relative = path[len(here) + 1 :]  # under the working directory: what relpath gives
         if relative and "/." not in path and "//" not in path and path[-1] != "/":
             return printable(relative)
-    parent = here.rpartition("/")[0]
-    if parent and path[:1] == "/" and not path.startswith(parent + "/") and path != parent \
+    # Normal absolute paths elsewhere, without relpath's two abspath calls (most of the
+    # rendering of `depends --all`): relative to the parent, or whole where "../.." away.
+    parent = here.rpartition("/")[0]  # "" for a directory just below the root
+    if path[:1] == "/" and here[:1] == "/" and here != "/" and path != here and path != parent \
+            and path[-1] != "/" and not path.startswith(here + "/") \
             and "/." not in path and "//" not in path and "/." not in here and "//" not in here:
-        # Outside the working directory's parent: relpath would begin "../..", so the path
-        # is shown whole (without relpath's two abspath calls, most of `depends --all`'s rendering).
+        if path.startswith(parent + "/"):
+            return printable("../" + path[len(parent) + 1 :])
         return printable(path)
     relative = os.path.relpath(path)
     return printable(path if relative.startswith("../..") else relative)
@@ -124,7 +127,7 @@ def report_lines(report: Report) -> list[str]:
                      "(deleted or moved since; not a failure):")
         lines.extend(f"  {_short(path)}" for path in absent.paths)
         if absent.more:
-            lines.append(f"  ... and {absent.more} more that the index names")
+            lines.append(f"  ... and {absent.more} more")
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
     if report.waiting:

@@ -28,7 +28,7 @@ from .._errors import (
     NoLedger,
     VerificationError,
 )
-from .._files.hashing import Hasher, normalize_path
+from .._files.hashing import Hasher, lookup_paths, normalize_path
 from .._files.manifest import walk_tree
 from .._ledger.ledger import Ledger, LineageNode, open_ledger
 from .._ledger.lineage import walk_lineage
@@ -105,37 +105,45 @@ class Absent:
     this is no failure; it is said, so that a deleted result does not go unnoticed."""
 
     directory: str
-    paths: list[str]  # the first few, each named by a record proved in the verified tree
-    more: int  # how many more the index names (not proved one by one)
+    paths: list[str]  # the first few
+    more: int  # how many more (each proved, as the listed ones are)
 
 
-# Absent files listed by name (each proved); the rest are counted.
+# Absent files listed by name; the rest are counted.
 _ABSENT_LISTED = 10
 _PATHS_PER_READ = 10_000
 
 
 def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent | None:
     """The recorded files below ``directory`` that neither the walk found nor exist (the
-    walk does not descend into recorded directories), read from the index in pages."""
+    walk does not descend into recorded directories), read from the index a page at a time
+    under each spelling of the directory (as given, and resolved: a record names a file by
+    both), each proved by the record that last saw it: an index row that names a path no
+    record does raises ``IndexTampered``, never counts."""
     listed: list[str] = []
     more = 0
-    after = ""
-    while True:
-        page = ledger.backend.paths_under(directory, after, _PATHS_PER_READ)
-        if page is None:  # a back-end without an index to ask
-            return None
-        for path in page:
-            if path in present or os.path.lexists(path):
-                continue
-            # last_seen proves the record that names the path (an index row that names no
-            # record, or another path, raises IndexTampered here).
-            if len(listed) < _ABSENT_LISTED and ledger.last_seen(path) is not None:
-                listed.append(path)
-            else:
-                more += 1
-        if len(page) < _PATHS_PER_READ:
-            break
-        after = page[-1]
+    counted: set[str] = set()  # below the directory: a file under both spellings counts once
+    for base in lookup_paths(directory):
+        after = ""
+        while True:
+            page = ledger.backend.paths_under(base, after, _PATHS_PER_READ)
+            if page is None:  # a back-end without an index to ask
+                return None
+            gone = [p for p in page if p not in present and p[len(base):] not in counted and not os.path.lexists(p)]
+            for start in range(0, len(gone), _WINDOW):
+                window = gone[start : start + _WINDOW]
+                with ledger.looking_ahead(window) if len(window) >= _LOOK_AHEAD else contextlib.nullcontext():
+                    for path in window:
+                        if ledger.last_seen(path) is None:
+                            continue
+                        counted.add(path[len(base):])
+                        if len(listed) < _ABSENT_LISTED:
+                            listed.append(path)
+                        else:
+                            more += 1
+            if len(page) < _PATHS_PER_READ:
+                break
+            after = page[-1]
     return Absent(directory, listed, more) if listed or more else None
 
 
