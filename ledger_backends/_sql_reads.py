@@ -255,7 +255,7 @@ class _SQLReads:
 
     def find(self, role: Role, *, path: str | None = None, digest: str | None = None) -> list[Located]:
         condition, params = self._artifact_condition(role, path, digest)
-        return self._located(f"seq IN (SELECT seq FROM ll_artifacts WHERE {condition})", params)
+        return self._named(f"SELECT seq FROM ll_artifacts WHERE {condition}", params)
 
     def find_page(
         self, role: Role, *, path: str | None = None, digest: str | None = None,

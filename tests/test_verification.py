@@ -508,3 +508,27 @@ def test_gone_files_are_found_under_every_spelling_and_each_one_proved(tmp_path)
                 str(tmp_path / "real" / "res" / "zz-made-up.txt"))
     forged = run_cli("real/res", "--ledger", url, cwd=tmp_path, program="verify-lineage")
     assert forged.returncode == 1 and "IndexTampered" in forged.stdout, forged
+
+
+@pytest.mark.parametrize("read", ["find", "find_places", "find_page", "find_latest", "find_latest_many",
+                                  "find_places_many"])
+def test_every_index_read_refuses_a_row_that_names_no_record(tmp_path, read):
+    """The back-end's reads themselves: a row naming no stored record is an error, never a gap."""
+    from lineage_ledger import IndexTampered
+    from lineage_ledger.backends import open_backend
+
+    db = tmp_path / "ledger.db"
+    url = _build(db)
+    _index_edit(db, "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/data/ref', 0, 99, 'x', '9')")
+    backend = open_backend(url, create=False)
+    calls = {"find": lambda: backend.find("in", path="/data/ref"),
+             "find_places": lambda: backend.find_places("in", path="/data/ref"),
+             "find_page": lambda: backend.find_page("in", path="/data/ref", offset=8, limit=5),
+             "find_latest": lambda: backend.find_latest("in", "/data/ref"),
+             "find_latest_many": lambda: backend.find_latest_many("in", ["/data/ref", "/data/raw"]),
+             "find_places_many": lambda: backend.find_places_many("in", ["/data/ref"])}
+    try:
+        with pytest.raises(IndexTampered, match="record number 99"):
+            calls[read]()
+    finally:
+        backend.close()
