@@ -328,6 +328,13 @@ class Backend(ABC):
     def by_run(self, run_id: str) -> list[Located]:
         """Records of one workflow run, in ledger order."""
 
+    def by_run_last(self, run_id: str, limit: int) -> tuple[list[Located], int]:
+        """The last ``limit`` records of one run, in ledger order, and how many the run has
+        (as the index says): what `log --run RUN -n N` shows. The default slices
+        :meth:`by_run`; back-ends with an index read only those."""
+        found = self.by_run(run_id)
+        return found[-max(0, int(limit)):] if limit > 0 else [], len(found)
+
     @abstractmethod
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
         """Records whose id starts with ``prefix`` (at most ``limit``)."""

@@ -375,6 +375,15 @@ class _SQLReads:
     def by_run(self, run_id: str) -> list[Located]:
         return self._located("run_id = ?", (run_id,))
 
+    def by_run_last(self, run_id: str, limit: int) -> tuple[list[Located], int]:
+        """The run's last records from the end of its index range, not the whole run."""
+        count = int(self._fetch("counting", "SELECT count(*) FROM ll_records WHERE run_id = ?", (run_id,))[0][0] or 0)
+        if int(limit) <= 0:
+            return [], count
+        last = self._located("seq IN (SELECT seq FROM ll_records WHERE run_id = ? ORDER BY seq DESC LIMIT ?)",
+                             (run_id, int(limit)))
+        return last, count
+
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
         """Records whose id starts with ``prefix`` (lower-case hex): one range of the ids'
         unique index, ``prefix <= id < successor``. (The check in Python keeps a collation

@@ -532,3 +532,21 @@ def test_every_index_read_refuses_a_row_that_names_no_record(tmp_path, read):
             calls[read]()
     finally:
         backend.close()
+
+
+def test_log_of_a_run_proves_only_the_records_it_shows(tmp_path):
+    """`log --run RUN -n N` reads the run's last N records from the end of its index range (a
+    run of 100,000 tasks is not proved whole to show 20), says how many there are, and
+    refuses a shown record whose run the index misstates."""
+    db = tmp_path / "ledger.db"
+    url = _build(db)  # run-0: records 0, 2, 4, 6, 8
+    shown = run_cli("log", "--run", "run-0", "-n", "2", "--json", "--ledger", url, cwd=tmp_path, check_rc=0)
+    import json
+
+    assert [json.loads(line)["task_id"] for line in shown.stdout.splitlines()] == ["task-6", "task-8"]
+    assert "showing the last 2 of 5 records" in shown.stderr
+    every = run_cli("log", "--run", "run-0", "-n", "0", "--json", "--ledger", url, cwd=tmp_path, check_rc=0)
+    assert len(every.stdout.splitlines()) == 5 and "showing" not in every.stderr
+    _index_edit(db, "UPDATE ll_records SET run_id = 'run-0' WHERE seq = 7")
+    refused = run_cli("log", "--run", "run-0", "-n", "2", "--ledger", url, cwd=tmp_path)
+    assert refused.returncode == 1 and "belongs to run 'run-1'" in refused.stderr, refused

@@ -29,9 +29,12 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
     from .._files.manifest import is_manifest_record
 
     with open_read_only(ledger_url) as ledger:
-        if run_id:
+        if run_id and limit:
+            entries, total = ledger.run_last(run_id, limit)
+            truncated = total > len(entries)
+        elif run_id:
             entries = ledger.run(run_id)
-            total, truncated = len(entries), bool(limit) and len(entries) > limit
+            total, truncated = len(entries), False
         else:
             # Directory manifests are records too, but no task: they are not listed.
             total, want = ledger.tree_head().size, limit

@@ -391,7 +391,17 @@ class Ledger(LineageQueries):
         return entries
 
     def run(self, run_id: str) -> list[LedgerRecord]:
-        found = self._proved_all(self.backend.by_run(run_id))
+        return self._of_run(run_id, self.backend.by_run(run_id))
+
+    def run_last(self, run_id: str, limit: int) -> tuple[list[LedgerRecord], int]:
+        """The last ``limit`` records of a run, each proved, and how many records the index
+        says the run has (a count, not a verified answer): a run of 100,000 tasks is not
+        proved whole to show its last twenty."""
+        rows, count = self.backend.by_run_last(run_id, limit)
+        return self._of_run(run_id, rows), count
+
+    def _of_run(self, run_id: str, rows: list[Located]) -> list[LedgerRecord]:
+        found = self._proved_all(rows)
         for entry in found:
             if entry.record.run_id != run_id:
                 raise IndexTampered(f"the index lists record {entry.id[:16]} in run {run_id!r}, "

@@ -145,6 +145,22 @@ class BackendConformance:
         assert backend.paths_under("/dat", "", 100) == []  # a name's prefix is not a directory
         assert backend.paths_under("/nowhere", "", 100) == []
 
+    def test_the_last_records_of_a_run_are_the_end_of_the_whole_run(self, backend):
+        records = make_records(9, run_id="a") + make_records(4, run_id="b", start=9) + make_records(3, run_id="a",
+                                                                                               start=13)
+        backend.append(chain_of(records, 5))
+
+        def place(found):
+            return (found.height, found.position, found.record.id, found.record.body)
+
+        whole = [place(f) for f in backend.by_run("a")]
+        assert len(whole) == 12
+        for limit in (1, 5, 12, 50):
+            last, count = backend.by_run_last("a", limit)
+            assert [place(f) for f in last] == whole[-limit:] and count == 12, limit
+        assert backend.by_run_last("a", 0) == ([], 12)
+        assert backend.by_run_last("nothing", 3) == ([], 0)
+
     def test_ledger_on_backend_verifies(self, url, tmp_path):
         ledger = open_ledger(url, spool=str(tmp_path / "spool"))
         with ledger.recorder(batch_size=50, max_age=0.05) as recorder:
