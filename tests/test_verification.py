@@ -215,6 +215,9 @@ def _index_edit(db, statement, *args):
      ("depends", "--all", "/data/ref")),
     ("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/data/step-3', 1, 99, 'x', '9999')",
      ("why", "/data/step-3")),
+    # a reader row of an output moved to a record that did not read it, met where `depends --all`
+    # reads a page's outputs' readers ahead
+    ("UPDATE ll_artifacts SET seq = 7 WHERE role = 0 AND path = '/data/step-4'", ("depends", "--all", "/data/ref")),
 ])
 def test_readers_refuse_an_index_row_that_disagrees_with_its_record(tmp_path, statement, command):
     db = tmp_path / "ledger.db"

@@ -151,15 +151,19 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
     offset, printed = 0, False
     while True:
         consumers = ledger.consumers(normal, offset=offset, limit=page, as_key=True)
-        for consumer in consumers:
-            if consumer.id in seen:
-                continue
-            children = [(out, ledger.derived(out, entry["blake3"], seen)) for out, entry in
-                        sorted(consumer.record.outputs.items())]
-            seen.add(consumer.id)
-            lines = derived_lines(normal, [(consumer, children)])
-            click.echo("\n".join(lines if not printed else lines[1:]))
-            printed = True
+        # The page's outputs and their readers read ahead in a few statements, not one each.
+        outputs = [out for consumer in consumers if consumer.id not in seen
+                   for out in consumer.record.outputs]
+        with ledger.consumers_ahead(outputs):
+            for consumer in consumers:
+                if consumer.id in seen:
+                    continue
+                children = [(out, ledger.derived(out, entry["blake3"], seen)) for out, entry in
+                            sorted(consumer.record.outputs.items())]
+                seen.add(consumer.id)
+                lines = derived_lines(normal, [(consumer, children)])
+                click.echo("\n".join(lines if not printed else lines[1:]))
+                printed = True
         if len(consumers) < page:
             break
         offset += page

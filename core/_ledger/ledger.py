@@ -314,6 +314,23 @@ class Ledger(LineageQueries):
         finally:
             self._batch.current = previous
 
+    @contextlib.contextmanager
+    def consumers_ahead(self, keys: Sequence[str]) -> Iterator[None]:
+        """Within the block, this thread's :meth:`consumers` of ``keys`` (keys as records
+        name them, not resolved again) are answered from their index rows, read for all of
+        them in a few statements: what `depends --all` asks of each page's outputs. Every
+        record an answer uses is proved as before."""
+        batch = LookAhead()
+        previous = getattr(self._batch, "current", None)
+        self._batch.current = batch
+        try:
+            unique = list(dict.fromkeys(keys))
+            readers = self.backend.find_places_many("in", unique)
+            batch.places.update({("in", k): readers.get(k, []) for k in unique})
+            yield
+        finally:
+            self._batch.current = previous
+
     def _query(self, path: str | None) -> str | None:
         return None if path is None else self.query_path(path)
 
