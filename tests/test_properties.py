@@ -253,3 +253,26 @@ def test_a_record_body_reads_back_only_with_valid_entries(digest, size):
     else:
         with pytest.raises(ValueError):
             Record.decode(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 40)), max_size=60))
+def test_record_bits_hold_exactly_the_records_added(places):
+    """`depends` remembers the records it listed a bit each, by leaf index (a block's first
+    leaf plus the position): it holds exactly what was added, as a set of places would."""
+    from lineage_ledger._ledger.lineage import LedgerRecord, RecordBits
+
+    def start(height: int) -> int:
+        return height * 41  # blocks of 41 records: every (height, position) here is one leaf
+
+    bits, added = RecordBits(start), set()
+    record = make_records(1)[0]
+    for height, position in places:
+        entry = LedgerRecord("x", record, height, position)
+        assert (entry in bits) == ((height, position) in added)
+        bits.add(entry)
+        added.add((height, position))
+        assert entry in bits
+    for height in range(52):
+        for position in range(41):
+            assert (LedgerRecord("x", record, height, position) in bits) == ((height, position) in added)

@@ -147,20 +147,20 @@ def depends(path, limit, show_all, ledger_url) -> None:
 def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) -> None:
     """Every consumer, a page at a time, printed as it is proved: memory stays bounded for a
     file a million tasks read."""
-    seen: set[str] = set()
+    seen = ledger.record_bits()
     offset, printed = 0, False
     while True:
         consumers = ledger.consumers(normal, offset=offset, limit=page, as_key=True)
         # The page's outputs and their readers read ahead in a few statements, not one each.
-        outputs = [out for consumer in consumers if consumer.id not in seen
+        outputs = [out for consumer in consumers if consumer not in seen
                    for out in consumer.record.outputs]
         with ledger.consumers_ahead(outputs):
             for consumer in consumers:
-                if consumer.id in seen:
+                if consumer in seen:
                     continue
                 children = [(out, ledger.derived(out, entry["blake3"], seen)) for out, entry in
                             sorted(consumer.record.outputs.items())]
-                seen.add(consumer.id)
+                seen.add(consumer)
                 lines = derived_lines(normal, [(consumer, children)])
                 click.echo("\n".join(lines if not printed else lines[1:]))
                 printed = True

@@ -32,7 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
-from .lineage import LedgerRecord, LineageNode, LineageQueries
+from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
@@ -313,6 +313,10 @@ class Ledger(LineageQueries):
             yield
         finally:
             self._batch.current = previous
+
+    def record_bits(self) -> RecordBits:
+        """An empty set of proved records (of this ledger's verified tree), a bit each."""
+        return RecordBits(self.verifier.store.block_start)
 
     @contextlib.contextmanager
     def consumers_ahead(self, keys: Sequence[str]) -> Iterator[None]:
