@@ -220,6 +220,10 @@ class _Builder:
         self.versions: dict[tuple[str, str], FileVersion] = {}
         self.tools: dict[tuple[str, str], Any] = {}
         self.params: dict[str, Any] = {}
+        # What this builder added, kept here: rocrate's dereference() of an id it does not hold
+        # scans every entity (for sub-crates), which made a 10,000-task export quadratic.
+        self.data_paths: set[str] = set()
+        self.people: dict[str, Any] = {}
 
     def entity(self, ident: str, props: dict[str, Any]) -> Any:
         return self.crate.add(self.model.ContextEntity(self.crate, ident, properties=props))
@@ -237,8 +241,8 @@ class _Builder:
         if version.aliases:
             props["alternateName"] = [display_path(alias) for alias in version.aliases]
         relative = _data_path(version)
-        if self.with_data and self.crate.dereference(relative) is None and \
-                self.crate.dereference(relative + "/") is None and _copy_version(version, self.dir, relative):
+        if self.with_data and relative not in self.data_paths and _copy_version(version, self.dir, relative):
+            self.data_paths.add(relative)
             self.copied += 1
             add = self.crate.add_dataset if version.is_dir else self.crate.add_file
             entity = add(None, dest_path=relative, properties=props)
@@ -251,8 +255,10 @@ class _Builder:
         return entity
 
     def person(self, name: str) -> Any:
-        return self.crate.dereference(f"#user-{_slug(name)}") or self.entity(
-            f"#user-{_slug(name)}", {"@type": "Person", "name": name})
+        ident = f"#user-{_slug(name)}"
+        if ident not in self.people:
+            self.people[ident] = self.entity(ident, {"@type": "Person", "name": name})
+        return self.people[ident]
 
     def formal(self, tool_id: str, role: str, slot: str, kind: str) -> Any:
         ident = f"{tool_id}/{role}/{_slug(slot)}"
@@ -325,13 +331,14 @@ class _Builder:
             # A target rule that only reads (Snakemake's `all`) does not make its inputs intermediate.
             consumed = {(p, a["blake3"]) for e in entries if e.record.outputs for p, a in artifacts(e.record.inputs)}
             produced = {(p, a["blake3"]) for e in entries for p, a in artifacts(e.record.outputs)}
+            sources, results = consumed - produced, produced - consumed  # once, not per file
             run = self.entity(f"#run-{_slug(run_id)}", {
                 "@type": "CreateAction", "name": f"run {run_id}", "instrument": workflow,
                 "description": f"workflow run {run_id}: {len(entries)} recorded task(s)",
                 "startTime": _iso(min(e.record.started for e in entries)),
                 "endTime": _iso(max(e.record.ended for e in entries)),
-                "object": [self.files[k] for k in self.files if k in consumed - produced],
-                "result": [self.files[k] for k in self.files if k in produced - consumed],
+                "object": [self.files[k] for k in self.files if k in sources],
+                "result": [self.files[k] for k in self.files if k in results],
                 "actionStatus": "http://schema.org/" + ("FailedActionStatus" if failed else "CompletedActionStatus")})
             users = {e.record.environment.get("user") for e in entries} - {None, ""}
             if len(users) == 1:
