@@ -35,7 +35,7 @@ class LedgerRecord:
 
 class RecordBits:
     """Proved records, a bit each by their leaf index: the million consumers `depends --all`
-    has listed of a file every task read take 125 KB, where their ids took 170 MB."""
+    has listed of a file every task read take 125 KB, where their ids took about 150 MiB."""
 
     __slots__ = ("_bits", "_start")
 
