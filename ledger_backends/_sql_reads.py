@@ -287,7 +287,7 @@ class _SQLReads:
         if last is not None and limit is not None and len(found) == int(limit):
             if len(cursors) >= _PAGE_CURSORS:
                 cursors.clear()
-            cursors[(*query, max(0, int(start)) + len(found))] = last
+            cursors[(*query, start + len(found))] = last
         return found
 
     def find_latest(self, role: Role, path: str) -> tuple[Located, str] | None:
