@@ -232,6 +232,13 @@ class Backend(ABC):
                     found[record_id] = located.record.body
         return found
 
+    def records_at(self, seqs: Sequence[int]) -> dict[int, StoredRecord] | None:
+        """The stored records at ledger positions ``seqs`` (0 for the first record ever
+        appended), those found, by position: what a reader fetches where the names kept
+        beside its verified tree point and the index did not. ``None`` (the default): ask
+        for the blocks holding them instead."""
+        return None
+
     def find_page(
         self, role: Role, *, path: str | None = None, digest: str | None = None,
         offset: int = 0, limit: int | None = None,

@@ -240,6 +240,17 @@ class _SQLReads:
                 found[_as_text(record_id)] = _as_bytes(body)
         return found
 
+    def records_at(self, seqs: Sequence[int]) -> dict[int, StoredRecord]:
+        found: dict[int, StoredRecord] = {}
+        wanted = sorted({int(s) for s in seqs})
+        for start in range(0, len(wanted), _ID_CHUNK):
+            chunk = tuple(wanted[start : start + _ID_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for seq, record_id, body in self._fetch(
+                    "query", f"SELECT seq, id, body FROM ll_records WHERE seq IN ({marks})", chunk):
+                found[_as_int(seq)] = StoredRecord(_as_text(record_id), _as_bytes(body))
+        return found
+
     @staticmethod
     def _artifact_condition(role: Role, path: str | None, digest: str | None) -> tuple[str, tuple]:
         """The WHERE clause on ``ll_artifacts`` and its parameters."""

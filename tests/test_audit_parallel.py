@@ -5,6 +5,7 @@ sequential audit, whose message names the problem)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import sqlite3
@@ -283,10 +284,21 @@ def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
     assert result.returncode == 1 and "IndexTampered" in result.stdout, result
 
 
+_GOOD_HEADER = json.dumps({"first_prev": None, "block_ids": [], "counts": [], "compared": 0, "artifacts": 0,
+                           "outputs": [], "name_counts": [0] * 256}).encode()
+
+
+def test_a_well_formed_empty_worker_answer_is_read():
+    frame = parallel._FRAME.pack(len(_GOOD_HEADER), 0, 0, 0) + _GOOD_HEADER
+    assert parallel._read_result(io.BytesIO(frame)) is not None  # so the malformed cases below fail for their fault
+
+
 @pytest.mark.parametrize("frame", [
-    b"", b"\x05\x00\x00\x00", parallel._FRAME.pack(3, 0, 0) + b"{}x",
-    parallel._FRAME.pack(2, 32, 0) + b"{}" + b"\x00" * 32,
-    parallel._FRAME.pack(10, 0, 0) + b"not json!!",
+    b"", b"\x05\x00\x00\x00", parallel._FRAME.pack(3, 0, 0, 0) + b"{}x",
+    parallel._FRAME.pack(2, 32, 0, 0) + b"{}" + b"\x00" * 32,
+    parallel._FRAME.pack(10, 0, 0, 0) + b"not json!!",
+    # names whose counts do not add up to the entries sent
+    parallel._FRAME.pack(len(_GOOD_HEADER), 0, 0, 5) + _GOOD_HEADER + b"12345",
 ])
 def test_a_malformed_worker_answer_is_a_refusal(frame):
     assert parallel._read_result(io.BytesIO(frame)) is None

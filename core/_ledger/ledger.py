@@ -32,6 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
+from .complete import check_latest, check_listing
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
@@ -72,6 +73,9 @@ class Ledger(LineageQueries):
         self._verified_lock = threading.RLock()  # plugins check from several threads
         self._manifests: dict[str, Manifest] = {}  # proved and hashed: a hit needs no new check
         self._batch = threading.local()  # index rows fetched ahead for one thread's many files
+        # Candidates of the names kept beside the verified tree, by (path, tree size): see
+        # complete.py. A plain dict: threads racing on it at worst look a path up twice.
+        self._names_cache: dict[tuple[str, int], list] = {}
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -243,6 +247,7 @@ class Ledger(LineageQueries):
 
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
               rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
+        whole = rows is None  # every record the index names with path in role (not one row, a page)
         if rows is None:
             batch: LookAhead | None = getattr(self._batch, "current", None)
             if batch is not None and path is not None:
@@ -271,6 +276,8 @@ class Ledger(LineageQueries):
                     f"{path if path is not None else digest}, but the record does not say so",
                     height=entry.height, path=path,
                 )
+        if whole and path is not None:
+            check_listing(self, role, path, found)
         return matching
 
     def query_path(self, path: str) -> str:
@@ -395,13 +402,16 @@ class Ledger(LineageQueries):
         back-end indexes end times (the record is proved, and must have ended when the
         index says), else every such record."""
         if not self.backend.keeps_end_times:
-            return self._find(role, path, None)
+            return self._find(role, path, None)  # every one, its list checked complete
         batch: LookAhead | None = getattr(self._batch, "current", None)
         if batch is not None and (role, path) in batch.latest:
             found = batch.latest[(role, path)]
         else:
             found = self.backend.find_latest(role, path)
         if found is None:
+            if not self._head_current:
+                self.tree_head()
+            check_latest(self, role, path, None)
             return []
         located, ended = found
         entries = self._find(role, path, None, [located])
@@ -409,6 +419,8 @@ class Ledger(LineageQueries):
             if format_time(entry.record.ended) != ended:
                 raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended at "
                                     f"{format_time(entry.record.ended)}", height=entry.height, path=path)
+        if entries:
+            check_latest(self, role, path, entries[-1])
         return entries
 
     def run(self, run_id: str) -> list[LedgerRecord]:

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from .._model import BlockColumns, BlockHeader
 from .audit_rows import ExistingFiles, decode_views
 from .chain import verify_block_columns
+from .names import NamesBatch
 
 __all__ = ["CHUNK_RECORDS", "BulkResult", "audit_range"]
 
@@ -63,6 +64,8 @@ class BulkResult(NamedTuple):
     compared: int
     artifacts: int
     outputs: list[str]
+    name_counts: list[int]
+    names: bytes
 
 
 def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool) -> BulkResult | None:
@@ -82,6 +85,7 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
     headers = placed
     first_prev = BlockHeader.decode(headers[0][4]).prev if headers else None
     found = ExistingFiles() if files else None
+    batch = NamesBatch()
     block_ids: list[str] = []
     counts: list[int] = []
     leaves: list[bytes] = []
@@ -93,7 +97,7 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         chunk = [headers[at]]
         while sum(h[3] for h in chunk) < CHUNK_RECORDS and at + len(chunk) < len(headers):
             chunk.append(headers[at + len(chunk)])
-        checked = _check_chunk(backend, chunk, prev, found)
+        checked = _check_chunk(backend, chunk, prev, found, batch)
         if checked is None:
             return None
         compared += checked[0]
@@ -105,11 +109,11 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         prev = chunk[-1][1]
         at += len(chunk)
     return BulkResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)), compared,
-                      artifacts, found.found if found is not None else [])
+                      artifacts, found.found if found is not None else [], *batch.packed())
 
 
-def _check_chunk(backend: Any, headers: list[tuple], prev: str | None,
-                 found: ExistingFiles | None) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
+def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: ExistingFiles | None,
+                 batch: NamesBatch) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
     """Check consecutive blocks; (records, artifact rows they name, leaves, ids) or None."""
     first = headers[0][2]
     stop = first + sum(h[3] for h in headers)
@@ -149,4 +153,5 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None,
     if found is not None:
         for paths in outputs:
             found.add(paths)
+    batch.add(first, views)
     return len(views), artifacts, leaves, ids

@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from .names import BUCKETS, ENTRY_SIZE
+
 __all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
 
 MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
@@ -68,6 +70,8 @@ class RangeResult:
     compared: int  # index rows compared
     artifacts: int  # artifact rows the records name
     outputs: list[str]  # output paths found on disk
+    name_counts: list[int]  # the records' names (:mod:`.names`): entries per bucket
+    names: bytes  # and the entries, packed
 
 
 class RecordIds:
@@ -157,20 +161,22 @@ def results(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[T
                 proc.stdout.close()
 
 
-_FRAME = struct.Struct("<III")  # header length, leaves length, ids length
+_FRAME = struct.Struct("<IIII")  # header length, leaves length, ids length, names length
 
 
 def _write_result(stream: IO[bytes], result: RangeResult | None) -> None:
     if result is None:
-        stream.write(_FRAME.pack(0, 0, 0))
+        stream.write(_FRAME.pack(0, 0, 0, 0))
         return
     header = json.dumps({"first_prev": result.first_prev, "block_ids": result.block_ids,
                          "counts": result.counts, "compared": result.compared,
-                         "artifacts": result.artifacts, "outputs": result.outputs}).encode()
-    stream.write(_FRAME.pack(len(header), len(result.leaves), len(result.ids)))
+                         "artifacts": result.artifacts, "outputs": result.outputs,
+                         "name_counts": result.name_counts}).encode()
+    stream.write(_FRAME.pack(len(header), len(result.leaves), len(result.ids), len(result.names)))
     stream.write(header)
     stream.write(result.leaves)
     stream.write(result.ids)
+    stream.write(result.names)
     stream.flush()
 
 
@@ -184,12 +190,15 @@ def _read_result(stream: IO[bytes]) -> RangeResult | None:
         header = json.loads(_read_exactly(stream, sizes[0]))
         leaves = _read_exactly(stream, sizes[1])
         ids = _read_exactly(stream, sizes[2])
+        names = _read_exactly(stream, sizes[3])
         result = RangeResult(header["first_prev"], header["block_ids"], header["counts"], leaves, ids,
-                             header["compared"], header["artifacts"], header["outputs"])
+                             header["compared"], header["artifacts"], header["outputs"],
+                             header["name_counts"], names)
     except (EOFError, ValueError, KeyError, TypeError, struct.error):
         return None
     if sum(result.counts) * 32 != len(leaves) or len(ids) != len(leaves) or \
-            len(result.counts) != len(result.block_ids):
+            len(result.counts) != len(result.block_ids) or len(result.name_counts) != BUCKETS or \
+            sum(result.name_counts) * ENTRY_SIZE != len(names):
         return None
     return result
 
@@ -222,9 +231,11 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
     from .._model import BlockHeader
     from .audit_rows import ExistingFiles, IndexChecker, decode_views
     from .chain import verify_block_columns
+    from .names import NamesBatch
 
     try:
         checker = IndexChecker(backend)
+        batch = NamesBatch()
         found = ExistingFiles() if files else None
         block_ids: list[str] = []
         counts: list[int] = []
@@ -240,6 +251,7 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
             _header, block_leaves = verify_block_columns(block, expected, prev)
             views = decode_views(block)
             checker.block(block, index, views)
+            batch.add(index, views)
             if found is not None:
                 for view in views:
                     found.add(view.outputs)
@@ -253,7 +265,7 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
         if expected != task.stop or backend.artifact_count(index, task.first_index) != checker.artifacts:
             return None
         return RangeResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)),
-                           checker.compared, checker.artifacts, found.found if found else [])
+                           checker.compared, checker.artifacts, found.found if found else [], *batch.packed())
     except Exception:  # noqa: BLE001 - the sequential audit in the parent names it exactly
         return None
 

@@ -7,7 +7,9 @@ After a verification, the user's own state directory holds, per ledger:
 * ``head.json``: origin, tree size and root, how many blocks and the id of the last one;
 * ``level-KK.bin``: every complete perfect subtree of the log tree at level ``KK`` (level 0
   is the leaf hashes), 32 bytes each, in order: 64 bytes per record in all;
-* ``starts.bin``: the leaf index of each block's first record (8 bytes, little-endian).
+* ``starts.bin``: the leaf index of each block's first record (8 bytes, little-endian);
+* ``names-KK.bin``: which verified records name each path (:mod:`.names`), so that readers
+  notice an index row that was deleted.
 
 Nothing in it comes from the ledger unverified: the leaves are hashed from record ids
 whose bodies were hashed, in blocks whose headers, links and Merkle roots were checked.
@@ -36,6 +38,8 @@ from .._canonical import format_time, utcnow
 from .._environment import state_root
 from .._errors import ConfigError, HistoryRewritten
 from .merkle import _next_level
+from .names import FORMAT as NAMES_FORMAT
+from .names import Candidate, NamesBatch, NamesWriter, bucket_name, bucket_of, candidates, path_key
 
 __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 
@@ -55,6 +59,7 @@ class TreeHead:
     block_id: str | None  # id of block ``blocks - 1``
     verified: str = ""  # when (UTC, canonical spelling)
     audited: str = ""  # when the whole ledger was last read and checked
+    names: int = 0  # the format of the names kept for every verified record (0: none)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -62,7 +67,8 @@ class TreeHead:
     @classmethod
     def from_json(cls, data: bytes) -> TreeHead:
         raw = json.loads(data)
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+        # A head written before names were kept has no "names": 0, so it is audited once.
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
 class TreeWriter:
@@ -80,6 +86,12 @@ class TreeWriter:
         self.blocks = head.blocks if head else 0
         self.block_id = head.block_id if head else None
         self.audited = head.audited if head else ""
+        # Names are complete only where the tree extended had them for every record, and
+        # every record added since gets them (checked at commit).
+        self.names_format = head.names if head else NAMES_FORMAT
+        self._names = NamesWriter(directory)
+        self._batch = NamesBatch()
+        self._named = self.size  # records below this have their names written or batched
         self._files: list = []
         self._carry: list[bytes | None] = []
         size = self.size
@@ -131,6 +143,27 @@ class TreeWriter:
         self.block_id = block_id
         self.size += count
 
+    _BATCH = 25_000  # records of names gathered before they are written (one entry a batch per input)
+
+    def add_names(self, first_leaf: int, views) -> None:
+        """The names of the verified records ``first_leaf`` on (decoded by
+        :func:`.audit_rows.decode_views`); call for every block added, in order."""
+        if first_leaf != self._named:
+            self.names_format = 0  # a gap: these names can no longer vouch for completeness
+        self._batch.add(first_leaf, views)
+        self._named = first_leaf + len(views)
+        if self._batch.records >= self._BATCH:
+            self._names.write(*self._batch.packed())
+
+    def add_packed_names(self, first_leaf: int, records: int, counts, data: bytes) -> None:
+        """Names an audit worker gathered and packed for ``records`` records from ``first_leaf``."""
+        if first_leaf != self._named:
+            self.names_format = 0
+        if self._batch.records:
+            self._names.write(*self._batch.packed())
+        self._names.write(counts, data)
+        self._named = first_leaf + records
+
     def root(self) -> str:
         digest: bytes | None = None
         for carry in self._carry:  # lowest level first: the rightmost, smallest subtree
@@ -140,16 +173,21 @@ class TreeWriter:
 
     def head(self, *, audited: bool = False) -> TreeHead:
         now = format_time(utcnow())
+        names = self.names_format if self._named == self.size else 0
         return TreeHead(self.origin, self.size, self.root(), self.blocks, self.block_id, now,
-                        now if audited else self.audited)
+                        now if audited else self.audited, names)
 
     def close(self) -> None:
         for handle in [*self._files, self._starts]:
             handle.close()
         self._files = []
+        self._names.close()
 
     def commit(self, *, audited: bool = False) -> TreeHead:
-        """Flush the nodes, then replace ``head.json``: readers never see a head whose nodes are not written."""
+        """Flush the nodes and names, then replace ``head.json``: readers never see a head
+        whose nodes or names are not written."""
+        if self._batch.records:
+            self._names.write(*self._batch.packed())
         head = self.head(audited=audited)
         for handle in [*self._files, self._starts]:
             handle.flush()
@@ -324,6 +362,20 @@ class TrustStore:
             else:
                 high = middle - 1
         return low, index - unpack(data, low * _STARTS.size)[0]
+
+    def names(self, path: str) -> list[Candidate]:
+        """The verified records that may name ``path`` (see :mod:`.names`): every one that
+        does is among them (outputs all, inputs the latest of each batch); some may not
+        (a hash collision), so callers prove and read each before believing it."""
+        head = self.head
+        if head is None or not head.names:
+            raise IndexError("no names are kept for this tree")  # refresh() audits first
+        key = path_key(path)
+        try:
+            data = self._map(bucket_name(bucket_of(key)))
+        except FileNotFoundError:
+            return []
+        return candidates(data, key, head.size)
 
     def root_at(self, size: int) -> str:
         """The root of the first ``size`` leaves, from O(log n) stored nodes."""

@@ -125,7 +125,9 @@ class Verifier:
         store, backend = self.store, self.backend
         for _ in range(50):
             head = store.reload()
-            if head is None:
+            if head is None or not head.names:
+                # Nothing remembered, or a tree remembered before names were kept beside it
+                # (readers need them to notice deleted index rows): read everything once.
                 return self.audit(endorsed=endorsed).head
             tip = backend.head()
             have = -1 if tip is None else tip.height
@@ -157,8 +159,10 @@ class Verifier:
         expected = start
         for block in self.backend.block_columns(start, stop):
             _header, leaves = verify_block_columns(block, expected, prev)
+            views = decode_views(block)
             if on_block is not None:
-                on_block(block, writer.size, leaves)
+                on_block(block, writer.size, leaves, views)
+            writer.add_names(writer.size, views)
             writer.add_block(block.id, leaves)
             prev = block.id
             expected += 1
@@ -213,10 +217,9 @@ class Verifier:
         checker = IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
         outputs = ExistingFiles() if files else None
 
-        def on_block(block, first: int, leaves: list[bytes]) -> None:
+        def on_block(block, first: int, leaves: list[bytes], views) -> None:
             dedup.add(block.ids, leaves)
             if checker is not None or outputs is not None:
-                views = decode_views(block)
                 if checker is not None:
                     checker.block(block, first, views)
                 if outputs is not None:
@@ -254,6 +257,7 @@ class Verifier:
                     raise _Disagreement
                 leaves, at = result.leaves, 0
                 dedup.add_packed(_parallel.RecordIds(result.ids), leaves)
+                writer.add_packed_names(writer.size, len(leaves) // 32, result.name_counts, result.names)
                 for block_id, count in zip(result.block_ids, result.counts, strict=True):
                     writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
                     at += count

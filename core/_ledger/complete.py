@@ -1,0 +1,133 @@
+"""Completeness of a targeted answer: no record the verified tree holds was left out of it.
+
+Every row a back-end's index returns is proved (:meth:`Ledger._proved`), but a row that was
+*deleted* returns nothing to prove. The names kept beside the verified tree
+(:mod:`lineage_ledger._log.names`) list, for each path, the verified records that may name
+it. After the index answered, the candidates it did not return are fetched by their place
+in the ledger, proved like any row, and read: one that does name the path, and should have
+been in the answer, means the index hid it, and the read fails with
+:class:`~lineage_ledger.IndexTampered`. (A candidate that does not name the path is a hash
+collision, and is passed over.)
+
+Two questions are checked this way:
+
+* the latest record to read or write a path (pre-run checks, ``verify-lineage``): a
+  candidate that ended later than the answer, or at the same time and later in the ledger,
+  must not name the path. Candidates that ended strictly earlier are skipped unread;
+* every record that wrote a path (``producers``, ``why``): each candidate naming it must be
+  in the answer. Readers of a path are kept one per batch of records, so a full list of
+  them (``consumers``) is checked for those only; pages of a list are not checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from .._canonical import format_time
+from .._errors import IndexTampered, RecordTampered
+from .._log.names import Candidate, ended_key
+
+if TYPE_CHECKING:
+    from .ledger import Ledger, LedgerRecord
+
+__all__ = ["check_latest", "check_listing"]
+
+_CACHED = 4096  # paths whose candidates a ledger object keeps, for one verified head
+
+
+def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str) -> list[Candidate]:
+    store = ledger.verifier.store
+    head = store.head
+    cache = ledger._names_cache
+    key = (path, head.size if head else -1)
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _CACHED:
+            cache.clear()
+        found = cache[key] = store.names(path)
+    output = role == "out"
+    return [c for c in found if c.output is output]
+
+
+def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
+    return ledger.verifier.store.block_start(entry.height) + entry.position
+
+
+def _fetch(ledger: Ledger, leaves: Sequence[int]) -> list[tuple[int, LedgerRecord]]:
+    """The records at ``leaves`` of the verified tree, each proved."""
+    from lineage_ledger.backends import Located
+
+    store = ledger.verifier.store
+    places = {leaf: store.place(leaf) for leaf in leaves}
+    stored = ledger.backend.records_at(list(places))
+    if stored is None:  # a back-end without positions: the blocks that hold them
+        stored = {}
+        wanted: dict[int, list[int]] = {}
+        for leaf, (height, _pos) in places.items():
+            wanted.setdefault(height, []).append(leaf)
+        for height, group in sorted(wanted.items()):
+            for block in ledger.backend.block_columns(height, height + 1):
+                for leaf in group:
+                    position = places[leaf][1]
+                    if block.height == height and position < len(block.ids):
+                        from .._model import StoredRecord
+
+                        stored[leaf] = StoredRecord(block.ids[position], block.bodies[position])
+    proved = []
+    for leaf in sorted(places):
+        height, position = places[leaf]
+        record = stored.get(leaf)
+        if record is None:
+            raise RecordTampered(f"record {leaf} (block {height}, position {position}), which was verified, "
+                                 "is no longer stored", height=height)
+        entry = ledger._proved(Located(height, position, record))
+        if entry is not None:
+            proved.append((leaf, entry))
+    return proved
+
+
+def _hidden(entry: LedgerRecord, role: str, path: str, answered: str) -> IndexTampered:
+    verb = "wrote" if role == "out" else "read"
+    return IndexTampered(
+        f"the index left out record {entry.id[:16]} (block {entry.height}, position {entry.position}), "
+        f"which {verb} {path}: {answered}. Index rows were deleted or edited; run verify-lineage "
+        "for a full audit", height=entry.height, path=path)
+
+
+def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: LedgerRecord | None) -> None:
+    """``answer`` (None: no record) must be the latest record with ``path`` in ``role``."""
+    candidates = _candidates(ledger, role, path)
+    if not candidates:
+        return
+    if answer is not None:
+        ended = format_time(answer.record.ended)
+        at = _leaf(ledger, answer)
+        floor = ended_key(ended)
+        candidates = [c for c in candidates if c.leaf != at and c.ended >= floor]
+        if not candidates:
+            return
+    for leaf, entry in _fetch(ledger, [c.leaf for c in candidates]):
+        side = entry.record.outputs if role == "out" else entry.record.inputs
+        if path not in side:
+            continue  # another path with the same key
+        if answer is None:
+            raise _hidden(entry, role, path, "the index answered that no record did")
+        if (format_time(entry.record.ended), leaf) > (ended, at):
+            raise _hidden(entry, role, path, f"it ended after record {answer.id[:16]}, which the index "
+                                             "answered as the latest")
+
+
+def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord]) -> None:
+    """Every verified record kept as naming ``path`` in ``role`` must be in ``listed``."""
+    candidates = _candidates(ledger, role, path)
+    if not candidates:
+        return
+    have = {_leaf(ledger, entry) for entry in listed}
+    missing = [c.leaf for c in candidates if c.leaf not in have]
+    if not missing:
+        return
+    for _leaf_index, entry in _fetch(ledger, missing):
+        side = entry.record.outputs if role == "out" else entry.record.inputs
+        if path in side:
+            raise _hidden(entry, role, path, "the index's list of them does not hold it")

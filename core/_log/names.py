@@ -1,0 +1,198 @@
+"""Which verified records name each path, kept beside the verified tree, so that a reader
+notices an index row that was deleted.
+
+A targeted read asks the back-end's index which records name a path, and proves each row
+it gets. A row that was *deleted* is never returned, so nothing proves it: a pre-run check
+would see an edited file's producer vanish and treat the file as a source, or answer from
+an older record. Only the full audit noticed. This file set closes that gap without
+trusting the database for completeness: while records are verified (the audit, and each
+refresh of the head), the names they carry are written here, in the user's own state
+directory, and a reader compares what the index returned with what is kept here.
+
+What is kept, per verified record and path it names (three big-endian 64-bit words an
+entry, see ``_ENTRY``):
+
+* ``key``: the CRC-32 of the path (UTF-8). Collisions are harmless: an entry is only ever
+  a *candidate*, whose record the reader fetches and proves before believing it names the
+  path; only missing entries would be harmful, and a hash never makes one go missing.
+* ``leaf << 1 | role``: the record's leaf index, and 1 for an output, 0 for an input.
+* ``ended``: when the task ended, as the integer of its digits ``YYYYMMDDhhmmss``. Any
+  non-decreasing function of the end time lets a reader skip a candidate that ended
+  strictly before its answer; a time that does not parse is kept as the largest value
+  (never skipped).
+
+Every output is kept. Inputs are kept once per batch of records (a task of the audit, a
+refresh): the one that ended last, then the latest in ledger order, which is what the
+readers' "last record that read this file" needs, at one entry per batch for a reference
+file that every task reads. A batch's entries are appended to one of 256 files by the
+key's low byte (``names-KK.bin``), so a look-up reads one file, a 256th of the whole, and
+finds its key in C (:meth:`bytes.find`). Files only grow; entries past the verified head
+(a writer that crashed before committing it) are ignored, and appended again if those
+records are verified later.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, lshift, or_, rshift
+from typing import Any, NamedTuple
+
+__all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
+           "candidates", "ended_key", "path_key"]
+
+FORMAT = 1  # the version of these files a head records (0: none kept)
+BUCKETS = 256
+_ENTRY = struct.Struct(">QQQ")  # key, leaf << 1 | role, ended (big-endian: one integer's bytes)
+ENTRY_SIZE = _ENTRY.size
+_NEVER_SKIP = (1 << 64) - 1
+_ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
+_second = itemgetter(1)
+
+
+def _encode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogatepass")
+
+
+class Candidate(NamedTuple):
+    leaf: int
+    output: bool
+    ended: int  # see ended_key()
+
+
+def path_key(path: str) -> int:
+    return zlib.crc32(_encode(path))
+
+
+def ended_key(ended: str) -> int:
+    """``2026-12-04T22:57:44.123456Z`` → ``20261204225744``: the seconds, in an order that
+    agrees with the canonical spelling's (the only one records are written in)."""
+    try:
+        value = int(ended.encode()[:19].translate(None, b"-T:"))
+    except (ValueError, TypeError, AttributeError, UnicodeError):
+        return _NEVER_SKIP
+    return value if 0 <= value < _NEVER_SKIP else _NEVER_SKIP
+
+
+def bucket_of(key: int) -> int:
+    return key >> 24
+
+
+def bucket_name(bucket: int) -> str:
+    return f"names-{bucket:02x}.bin"
+
+
+class NamesBatch:
+    """The names of a run of consecutive verified records, until :meth:`packed`. An audit
+    pays this for every record it reads, so the work is kept to a few C-level steps a
+    record and one Python step a path kept."""
+
+    def __init__(self) -> None:
+        self._records: list[tuple[int, str, Any, Any]] = []  # (leaf, ended, outputs, inputs)
+        self.records = 0
+
+    def add(self, first_leaf: int, views: Sequence[Any]) -> None:
+        """Records ``first_leaf`` on, as :func:`.audit_rows.decode_views` reads them."""
+        self._records.extend(zip(range(first_leaf, first_leaf + len(views)), map(_ended, views),
+                                 map(_outputs, views), map(_inputs, views), strict=True))
+        self.records += len(views)
+
+    @staticmethod
+    def _latest_inputs(records) -> dict[str, tuple[int, str]]:
+        """Input path -> (leaf, end time) of the record that read it and ended last, then
+        the latest in ledger order: each record's paths overwrite those of the records
+        before it in that order (a stable sort by end time keeps ledger order among equals)."""
+        latest: dict[str, tuple[int, str]] = {}
+        fromkeys, update = dict.fromkeys, latest.update
+        for leaf, ended, _outputs, inputs in sorted(records, key=_second):
+            update(fromkeys(inputs, (leaf, ended)))
+        return latest
+
+    def packed(self) -> tuple[list[int], bytes]:
+        """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
+
+        Column by column, in C where it can be: each entry is one integer (key, then leaf
+        and role, then time, as the 24 bytes it is written as), so one sort of plain
+        integers groups them by bucket (the key's high byte). Sorting tuples instead cost
+        three times as much."""
+        records = self._records
+        self._records, self.records = [], 0
+        if not records:
+            return [0] * BUCKETS, b""
+        leaves, endeds, outputs, _inputs = zip(*records, strict=True)
+        whens = dict(zip(endeds, map(ended_key, endeds), strict=True))
+        paths = list(chain.from_iterable(outputs))
+        written = [leaf << 65 | 1 << 64 | whens[ended] for leaf, ended in zip(leaves, endeds, strict=True)]
+        low = list(chain.from_iterable(map(repeat, written, map(len, outputs))))
+        latest = self._latest_inputs(records)
+        paths += latest
+        low += [leaf << 65 | whens[ended] for leaf, ended in latest.values()]
+        keys = list(map(zlib.crc32, map(_encode, paths)))
+        entries = list(map(or_, map(lshift, keys, repeat(128)), low))
+        entries.sort()
+        per_bucket = [0] * BUCKETS
+        for bucket, count in Counter(map(rshift, keys, repeat(24))).items():
+            per_bucket[bucket] = count
+        return per_bucket, b"".join(map(int.to_bytes, entries, repeat(_ENTRY.size)))
+
+
+class NamesWriter:
+    """Appends packed batches to the bucket files of one state directory (private files)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._fds: dict[int, int] = {}
+
+    def write(self, counts: Sequence[int], data: bytes) -> None:
+        if len(counts) != BUCKETS or sum(counts) * _ENTRY.size != len(data):
+            raise ValueError("a names batch whose counts do not match its entries")
+        view = memoryview(data)
+        at = 0
+        for bucket, count in enumerate(counts):
+            if not count:
+                continue
+            size = count * _ENTRY.size
+            fd = self._fds.get(bucket)
+            if fd is None:
+                fd = self._fds[bucket] = os.open(
+                    os.path.join(self.directory, bucket_name(bucket)),
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                # A writer killed mid-entry left a part of one: cut it, or every entry
+                # appended after it would sit off the 24-byte grid, where readers skip it.
+                tail = os.fstat(fd).st_size % _ENTRY.size
+                if tail:
+                    os.ftruncate(fd, os.fstat(fd).st_size - tail)
+            chunk = view[at : at + size]
+            while chunk:
+                written = os.write(fd, chunk)
+                chunk = chunk[written:]
+            at += size
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
+    """The entries of ``key`` in one bucket file's bytes whose leaf is below ``size``."""
+    needle = _ENTRY.pack(key, 0, 0)[:8]
+    unpack, width = _ENTRY.unpack_from, _ENTRY.size
+    found: list[Candidate] = []
+    at = data.find(needle)
+    while at >= 0:
+        if at % width:  # the bytes of a leaf or a time, not of a key
+            at = data.find(needle, at + 1)
+            continue
+        if at + width > len(data):
+            break  # part of an entry a killed writer left (the next writer cuts it)
+        _key, leaf_role, ended = unpack(data, at)
+        leaf = leaf_role >> 1
+        if leaf < size:
+            found.append(Candidate(leaf, bool(leaf_role & 1), ended))
+        at = data.find(needle, at + width)
+    return found

@@ -1,0 +1,201 @@
+"""Index rows deleted behind the ledger's back: targeted reads notice, from the names kept
+beside the verified tree, instead of answering from what is left (before, only a full
+audit did: an edited file whose producer's rows were deleted passed as a source)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lineage_ledger import IndexTampered, open_ledger
+from lineage_ledger._log.trust import TrustStore
+from tests.conftest import run_cli
+from tests.support.factories import artifact, make_record
+
+
+def _edit(db, statement, *args):
+    with sqlite3.connect(db) as conn:
+        changed = conn.execute(statement, args).rowcount
+    assert changed, statement
+
+
+def _two_tasks(tmp_path):
+    """raw.txt -> mid.txt -> final.txt, recorded with the CLI, then audited once."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    (tmp_path / "raw.txt").write_text("raw\n")
+    run_cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", url, "--", "sh", "-c", "cat raw.txt > mid.txt",
+            cwd=tmp_path, check_rc=0)
+    run_cli("run", "-i", "mid.txt", "-o", "final.txt", "--ledger", url, "--", "sh", "-c",
+            "cat mid.txt > final.txt", cwd=tmp_path, check_rc=0)
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+    return url
+
+
+@pytest.mark.parametrize("name", ["mid.txt", "raw.txt"])
+def test_an_edited_file_whose_rows_were_deleted_is_not_taken_for_a_source(tmp_path, name):
+    """The worst case: edit a file, then delete every index row that names it, so that no
+    record seems to know it. An output (mid.txt) and a source only ever read (raw.txt)."""
+    url = _two_tasks(tmp_path)
+    (tmp_path / name).write_text("edited by hand\n")
+    changed = run_cli(name, "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert changed.returncode == 1  # caught from the rows, before any were deleted
+    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ?", str(tmp_path / name))
+    hidden = run_cli(name, "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert hidden.returncode == 1, hidden
+    assert "IndexTampered" in hidden.stdout + hidden.stderr and "left out record" in hidden.stdout + hidden.stderr
+    why = run_cli("why", name, "--ledger", url, cwd=tmp_path)
+    assert why.returncode == 1 and "left out record" in why.stderr, why
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM ll_artifacts WHERE seq = 1",
+                                       "UPDATE ll_artifacts SET ended = '2000-01-01T00:00:00.000000Z' WHERE seq = 1"])
+def test_a_hidden_newer_version_is_not_answered_by_an_older_one(tmp_path, statement):
+    """A file written twice; its first content put back and the second writer's rows deleted
+    (or its end time in the index moved back): the older record must not vouch for it."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    for text in ("first", "second"):
+        run_cli("run", "-o", "out.txt", "--ledger", url, "--", "sh", "-c", f"echo {text} > out.txt",
+                cwd=tmp_path, check_rc=0)
+    run_cli("out.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
+    (tmp_path / "out.txt").write_text("first\n")
+    assert run_cli("out.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage").returncode == 1
+    _edit(tmp_path / "ledger.db", statement)
+    result = run_cli("out.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 1 and "left out record" in result.stdout + result.stderr, result
+
+
+def test_the_pre_run_check_refuses_under_strict(tmp_path):
+    """What the plugins call before a task runs, with the strict policy."""
+    from lineage_ledger import check_before_run
+
+    url = _two_tasks(tmp_path)
+    (tmp_path / "mid.txt").write_text("edited by hand\n")
+    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(tmp_path / "mid.txt"))
+    with open_ledger(url, spool=str(tmp_path / "spool"), replay=False) as ledger, pytest.raises(IndexTampered):
+        check_before_run(ledger, [str(tmp_path / "mid.txt")], policy="strict")
+
+
+def test_a_state_kept_before_names_audits_once_then_checks(tmp_path):
+    """A head remembered by an earlier version (no names kept): the next command reads the
+    ledger once and keeps the names, then deleted rows are noticed as for any other head."""
+    url = _two_tasks(tmp_path)
+    with open_ledger(url, spool=str(tmp_path / "spool"), replay=False) as ledger:
+        ledger.tree_head()
+        directory = ledger.verifier.store.directory
+    head_file = os.path.join(directory, "head.json")
+    with open(head_file) as handle:
+        raw = json.load(handle)
+    assert raw["names"] == 1
+    del raw["names"]
+    for name in os.listdir(directory):
+        if name.startswith("names-"):
+            os.unlink(os.path.join(directory, name))
+    with open(head_file, "w") as handle:
+        json.dump(raw, handle)
+    run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path, check_rc=0)
+    with open(head_file) as handle:
+        assert json.load(handle)["names"] == 1
+    assert any(name.startswith("names-") for name in os.listdir(directory))
+    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(tmp_path / "mid.txt"))
+    result = run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path)
+    assert result.returncode == 1 and "left out record" in result.stderr, result
+
+
+# -- the property: any set of deleted rows is noticed, or changes no answer ------------------
+
+def _pipeline():
+    records, previous = [], artifact("/data/raw", "raw")
+    for i in range(12):
+        out = artifact(f"/data/step-{i % 5}", f"out{i}")  # five files, each rewritten
+        records.append(make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref"), previous], outputs=[out]))
+        previous = out
+    return records
+
+
+PATHS = ["/data/raw", "/data/ref", *[f"/data/step-{i}" for i in range(5)]]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pristine")
+    url = f"sqlite:///{base / 'ledger.db'}"
+    state = str(base / "state")
+    with open_ledger(url, spool=str(base / "spool")) as ledger:
+        records = _pipeline()
+        for start in range(0, len(records), 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    with open_ledger(url, spool=str(base / "spool"), state_dir=state) as ledger:
+        ledger.audit()
+        answers = _answers(ledger)
+    with sqlite3.connect(base / "ledger.db") as conn:
+        rows = conn.execute("SELECT seq, role, path FROM ll_artifacts ORDER BY seq, role, path").fetchall()
+    return base, answers, rows
+
+
+def _answers(ledger):
+    found = {}
+    for path in PATHS:
+        seen = ledger.last_seen(path)
+        found[path] = (None if seen is None else (seen[0].id, seen[1]),
+                       [e.id for e in ledger.producers(path)])
+    return found
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_deleted_rows_are_noticed_or_change_no_answer(pristine, tmp_path_factory, data):
+    base, answers, rows = pristine
+    work = tmp_path_factory.mktemp("work")
+    shutil.copy(base / "ledger.db", work / "ledger.db")
+    # The remembered head is keyed by the ledger's path: move it to the copy's key.
+    shutil.copytree(TrustStore.directory_for(f"sqlite:///{os.path.realpath(base / 'ledger.db')}", str(base / "state")),
+                    TrustStore.directory_for(f"sqlite:///{os.path.realpath(work / 'ledger.db')}", str(work / "state")))
+    gone = data.draw(st.lists(st.sampled_from(rows), min_size=1, max_size=6, unique=True))
+    with sqlite3.connect(work / "ledger.db") as conn:
+        for seq, role, path in gone:
+            conn.execute("DELETE FROM ll_artifacts WHERE seq = ? AND role = ? AND path = ?", (seq, role, path))
+    url = f"sqlite:///{work / 'ledger.db'}"
+    with open_ledger(url, spool=str(work / "spool"), state_dir=str(work / "state"), replay=False) as ledger:
+        for path in PATHS:
+            try:
+                seen = ledger.last_seen(path)
+                latest = None if seen is None else (seen[0].id, seen[1])
+                assert latest == answers[path][0], (path, gone)
+            except IndexTampered:
+                pass
+            try:
+                assert [e.id for e in ledger.producers(path)] == answers[path][1], (path, gone)
+            except IndexTampered:
+                pass
+        assert not ledger.verifier.audited_now  # answered from the copied head, not by an audit
+
+
+def test_names_the_audit_workers_gather_serve_the_readers(tmp_path):
+    """The audit in worker processes (five ranges of eight records) keeps the names too."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        records = [make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                               outputs=[artifact(f"/data/step-{i % 5}", f"out{i}")]) for i in range(40)]
+        for start in range(0, 40, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    state = tmp_path / "state"
+    parallel = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "8", "LINEAGE_AUDIT_WORKERS": "2",
+                "XDG_STATE_HOME": str(state)}
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=parallel, check_rc=0)
+    with open_ledger(url, read_only=True, state_dir=str(state / "lineage-ledger")) as ledger:
+        ledger.tree_head()
+        assert not ledger.verifier.audited_now
+        readers = [c for c in ledger.verifier.store.names("/data/ref") if not c.output]
+        producers = [c.leaf for c in ledger.verifier.store.names("/data/step-3") if c.output]
+    assert sorted(c.leaf for c in readers) == [7, 15, 23, 31, 39]  # the last reader of each range
+    assert producers == [3, 8, 13, 18, 23, 28, 33, 38]
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 38 AND role = 1")
+    result = run_cli("why", "/data/step-3", "--ledger", url, cwd=tmp_path, env={"XDG_STATE_HOME": str(state)})
+    assert result.returncode == 1 and "left out record" in result.stderr, result
