@@ -199,3 +199,60 @@ def test_names_the_audit_workers_gather_serve_the_readers(tmp_path):
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 38 AND role = 1")
     result = run_cli("why", "/data/step-3", "--ledger", url, cwd=tmp_path, env={"XDG_STATE_HOME": str(state)})
     assert result.returncode == 1 and "left out record" in result.stderr, result
+
+
+def test_a_file_every_task_reads_keeps_a_bounded_number_of_reader_entries(tmp_path):
+    """Each refresh keeps the latest reader of what its records read: a reference file read
+    by every task, one task a refresh, would gain an entry a task. The older ones, proved to
+    name it, are dropped past sixteen; the latest stays, and still catches a hidden reader."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    state = str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        for i in range(40):
+            ledger.append_records([make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                                               outputs=[artifact(f"/data/out-{i}", f"out{i}")]).stored()])
+            ledger.tree_head()
+        readers = sorted(c.leaf for c in ledger.verifier.store.names("/data/ref") if not c.output)
+    assert len(readers) <= 17 and readers[-1] == 39, readers
+    assert len(readers) < 40  # the control: without the upkeep there would be one a task
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 39 AND role = 0")
+    with open_ledger(url, read_only=True, state_dir=state) as ledger, pytest.raises(IndexTampered,
+                                                                                     match="left out record"):
+        ledger.last_seen("/data/ref")
+
+
+APPENDER = """
+import sys
+from lineage_ledger import open_ledger
+from tests.support.factories import artifact, make_record
+with open_ledger(sys.argv[1], spool=sys.argv[2]) as ledger:
+    for i in range(100, 400):
+        ledger.append_records([make_record(i, run_id="busy", inputs=[artifact("/data/ref", "ref")],
+                                           outputs=[artifact("/data/step-0", f"busy{i}")]).stored()])
+"""
+
+
+def test_records_appended_while_a_reader_looks_are_not_taken_for_hidden_ones(tmp_path):
+    """A record appended after the index answered, and verified by the refresh that proves
+    the answer, is newer than the answer without the index having hidden anything."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([r.stored() for r in _pipeline()])
+        ledger.audit()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, url, str(tmp_path / "spool-w")], cwd=root)
+    answers = 0
+    try:
+        while writer.poll() is None or not answers:
+            with open_ledger(url, read_only=True) as ledger:
+                assert ledger.last_seen("/data/ref") is not None
+                assert ledger.producers("/data/step-0")
+            answers += 1
+    finally:
+        assert writer.wait(timeout=300) == 0
+    assert answers > 1

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from .._canonical import format_time
-from .._errors import IndexTampered, RecordTampered
+from .._errors import IndexTampered
 from .._log.names import Candidate, ended_key
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ __all__ = ["check_latest", "check_listing"]
 _CACHED = 4096  # paths whose candidates a ledger object keeps, for one verified head
 
 
-def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str) -> list[Candidate]:
+def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: int) -> list[Candidate]:
+    """Those below ``bound``: records verified after the index was asked need not be in its answer."""
     store = ledger.verifier.store
     head = store.head
     cache = ledger._names_cache
@@ -47,7 +48,7 @@ def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str) -> list[C
             cache.clear()
         found = cache[key] = store.names(path)
     output = role == "out"
-    return [c for c in found if c.output is output]
+    return [c for c in found if c.output is output and c.leaf < bound]
 
 
 def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
@@ -56,32 +57,9 @@ def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
 
 def _fetch(ledger: Ledger, leaves: Sequence[int]) -> list[tuple[int, LedgerRecord]]:
     """The records at ``leaves`` of the verified tree, each proved."""
-    from lineage_ledger.backends import Located
-
-    store = ledger.verifier.store
-    places = {leaf: store.place(leaf) for leaf in leaves}
-    stored = ledger.backend.records_at(list(places))
-    if stored is None:  # a back-end without positions: the blocks that hold them
-        stored = {}
-        wanted: dict[int, list[int]] = {}
-        for leaf, (height, _pos) in places.items():
-            wanted.setdefault(height, []).append(leaf)
-        for height, group in sorted(wanted.items()):
-            for block in ledger.backend.block_columns(height, height + 1):
-                for leaf in group:
-                    position = places[leaf][1]
-                    if block.height == height and position < len(block.ids):
-                        from .._model import StoredRecord
-
-                        stored[leaf] = StoredRecord(block.ids[position], block.bodies[position])
     proved = []
-    for leaf in sorted(places):
-        height, position = places[leaf]
-        record = stored.get(leaf)
-        if record is None:
-            raise RecordTampered(f"record {leaf} (block {height}, position {position}), which was verified, "
-                                 "is no longer stored", height=height)
-        entry = ledger._proved(Located(height, position, record))
+    for leaf, located in sorted(ledger.verifier.located_at(list(leaves)).items()):
+        entry = ledger._proved(located)
         if entry is not None:
             proved.append((leaf, entry))
     return proved
@@ -95,9 +73,11 @@ def _hidden(entry: LedgerRecord, role: str, path: str, answered: str) -> IndexTa
         "for a full audit", height=entry.height, path=path)
 
 
-def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: LedgerRecord | None) -> None:
-    """``answer`` (None: no record) must be the latest record with ``path`` in ``role``."""
-    candidates = _candidates(ledger, role, path)
+def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: LedgerRecord | None,
+                 bound: int) -> None:
+    """``answer`` (None: no record) must be the latest record with ``path`` in ``role``
+    among the first ``bound`` records (those stored before the index was asked)."""
+    candidates = _candidates(ledger, role, path, bound)
     if not candidates:
         return
     if answer is not None:
@@ -118,9 +98,10 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
                                              "answered as the latest")
 
 
-def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord]) -> None:
-    """Every verified record kept as naming ``path`` in ``role`` must be in ``listed``."""
-    candidates = _candidates(ledger, role, path)
+def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord],
+                  bound: int) -> None:
+    """Every verified record below ``bound`` kept as naming ``path`` in ``role`` must be in ``listed``."""
+    candidates = _candidates(ledger, role, path, bound)
     if not candidates:
         return
     have = {_leaf(ledger, entry) for entry in listed}

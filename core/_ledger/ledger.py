@@ -55,6 +55,7 @@ class LookAhead:
     latest: dict[tuple[str, str], tuple[Located, str] | None] = field(default_factory=dict)
     places: dict[tuple[str, str], list[Located]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
 
 
 class Ledger(LineageQueries):
@@ -248,11 +249,14 @@ class Ledger(LineageQueries):
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
               rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
         whole = rows is None  # every record the index names with path in role (not one row, a page)
+        bound = 0
         if rows is None:
             batch: LookAhead | None = getattr(self._batch, "current", None)
             if batch is not None and path is not None:
                 rows = batch.places.get((role, path))
+                bound = batch.bound
         if rows is None:
+            bound = self._bound()
             # With a path, the digest is matched against the proved record, not the index:
             # an edited digest column can then change no answer (the audit reports it).
             rows = self.backend.find_places(role, path=path, digest=digest if path is None else None)
@@ -277,8 +281,17 @@ class Ledger(LineageQueries):
                     height=entry.height, path=path,
                 )
         if whole and path is not None:
-            check_listing(self, role, path, found)
+            check_listing(self, role, path, found, bound)
         return matching
+
+    def _bound(self) -> int:
+        """The verified tree's size, brought up to date, read before an index query: each
+        record below it was stored before the query, so the index must name it where it
+        names the path; one verified after (appended meanwhile) need not be in the answer."""
+        if not self._head_current:
+            self.tree_head()
+        head = self.verifier.store.head
+        return head.size if head is not None else 0
 
     def query_path(self, path: str) -> str:
         """The key the ledger knows ``path`` by, normalised as the CLI does: made absolute
@@ -311,6 +324,7 @@ class Ledger(LineageQueries):
         self._batch.current = batch
         try:
             keys = list(dict.fromkeys(self.query_path(p) for p in paths))
+            batch.bound = self._bound()
             backend = self.backend
             for role in ("out", "in"):
                 found = backend.find_latest_many(role, keys)
@@ -336,6 +350,7 @@ class Ledger(LineageQueries):
         self._batch.current = batch
         try:
             unique = list(dict.fromkeys(keys))
+            batch.bound = self._bound()
             readers = self.backend.find_places_many("in", unique)
             batch.places.update({("in", k): readers.get(k, []) for k in unique})
             yield
@@ -405,13 +420,12 @@ class Ledger(LineageQueries):
             return self._find(role, path, None)  # every one, its list checked complete
         batch: LookAhead | None = getattr(self._batch, "current", None)
         if batch is not None and (role, path) in batch.latest:
-            found = batch.latest[(role, path)]
+            found, bound = batch.latest[(role, path)], batch.bound
         else:
+            bound = self._bound()
             found = self.backend.find_latest(role, path)
         if found is None:
-            if not self._head_current:
-                self.tree_head()
-            check_latest(self, role, path, None)
+            check_latest(self, role, path, None, bound)
             return []
         located, ended = found
         entries = self._find(role, path, None, [located])
@@ -420,7 +434,7 @@ class Ledger(LineageQueries):
                 raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended at "
                                     f"{format_time(entry.record.ended)}", height=entry.height, path=path)
         if entries:
-            check_latest(self, role, path, entries[-1])
+            check_latest(self, role, path, entries[-1], bound)
         return entries
 
     def run(self, run_id: str) -> list[LedgerRecord]:

@@ -33,8 +33,10 @@ records are verified later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -43,7 +45,7 @@ from operator import attrgetter, itemgetter, lshift, or_, rshift
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "ended_key", "path_key"]
+           "candidates", "drop_entries", "ended_key", "path_key"]
 
 FORMAT = 1  # the version of these files a head records (0: none kept)
 BUCKETS = 256
@@ -196,3 +198,26 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
             found.append(Candidate(leaf, bool(leaf_role & 1), ended))
         at = data.find(needle, at + width)
     return found
+
+
+def drop_entries(directory: str, bucket: int, key: int, leaves: set[int]) -> None:
+    """Rewrite one bucket file without the input entries of ``key`` at ``leaves`` (replaced
+    atomically: a reader that mapped the old file keeps reading it, whole). The caller holds
+    the state's lock and has proved that newer entries stand for those dropped."""
+    path = os.path.join(directory, bucket_name(bucket))
+    with open(path, "rb") as handle:
+        data = handle.read()
+    width = _ENTRY.size
+    data = data[: len(data) - len(data) % width]
+    dropped = {_ENTRY.pack(key, leaf << 1, 0)[:16] for leaf in leaves}
+    kept = [data[at : at + width] for at in range(0, len(data), width) if data[at : at + 16] not in dropped]
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"".join(kept))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+

@@ -325,6 +325,10 @@ class TrustStore:
             self._maps[name] = cached
         return cached[1]
 
+    def forget_map(self, name: str) -> None:
+        """``name`` was replaced (not grown): map it again when next read."""
+        self._maps.pop(name, None)
+
     def node(self, level: int, index: int) -> bytes:
         """The hash of the perfect subtree at ``level`` covering leaves ``index << level`` on."""
         head = self.head

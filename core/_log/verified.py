@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING
 from blake3 import blake3
 
 from .._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
+from .._model import BlockColumns, StoredRecord
 from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
+from .names import bucket_name, bucket_of, drop_entries, path_key
 from .trust import TreeHead, TreeWriter, TrustStore
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["AuditResult", "Verifier"]
 
 _CATCH_UP_SECONDS = 5.0  # how long an endorsed head may be ahead of what our peer serves
+_READERS_KEPT = 16  # entries of one path's readers kept beside the tree before older ones go
+_COMPACT_PATHS = 10_000  # paths a refresh looks at for that (a bigger refresh keeps one a batch)
 
 
 class _Disagreement(Exception):
@@ -147,21 +151,31 @@ class Verifier:
                 if store.reload() != head:
                     continue  # another process extended it meanwhile: look again
                 writer = store.writer()
+                read: set[str] = set()
                 try:
-                    self._extend(writer, head.blocks, tip.height + 1, head.block_id)
+                    self._extend(writer, head.blocks, tip.height + 1, head.block_id, read=read)
                     writer.commit()
                 finally:
                     writer.close()
+                head = store.reload()
+                self._compact_names(read)
+                # Up to the tip read above: a writer appending faster than this process
+                # verifies must not keep it here (it gave up after 50 rounds, ChainBroken).
+                assert head is not None
+                return head
         raise ChainBroken(f"{backend.identity}: the verified head kept changing under this process")
 
     def _extend(self, writer: TreeWriter, start: int, stop: int, prev: str | None,
-                on_block=None) -> None:
+                on_block=None, read: set[str] | None = None) -> None:
         expected = start
         for block in self.backend.block_columns(start, stop):
             _header, leaves = verify_block_columns(block, expected, prev)
             views = decode_views(block)
             if on_block is not None:
                 on_block(block, writer.size, leaves, views)
+            if read is not None and len(read) < _COMPACT_PATHS:
+                for view in views:
+                    read.update(view.inputs)
             writer.add_names(writer.size, views)
             writer.add_block(block.id, leaves)
             prev = block.id
@@ -169,6 +183,53 @@ class Verifier:
         if expected != stop:
             raise ChainBroken(f"block {expected} is missing: the chain stops before the stored head",
                               height=expected)
+
+    def _compact_names(self, paths: set[str]) -> None:
+        """Each refresh keeps the latest reader of every path its records read (see
+        :mod:`.names`), so a file every task reads gains an entry a task. Past
+        ``_READERS_KEPT`` of them, the older ones that do name the path (each proved) are
+        dropped: readers need only the latest. (Under the state's lock, after the commit.)"""
+        store = self.store
+        for path in paths:
+            readers = [c.leaf for c in store.names(path) if not c.output]
+            if len(readers) <= _READERS_KEPT:
+                continue
+            naming = []
+            for leaf, located in self.located_at(readers).items():
+                self.check(located)
+                view = decode_views(BlockColumns(located.height, "", b"", [located.record.id],
+                                                 [located.record.body]))[0]
+                if path in view.inputs:
+                    naming.append((view.ended, leaf))
+            if len(naming) > 1:
+                keep = max(naming)[1]
+                key = path_key(path)
+                drop_entries(store.directory, bucket_of(key), key, {leaf for _e, leaf in naming if leaf != keep})
+                store.forget_map(bucket_name(bucket_of(key)))
+
+    def located_at(self, leaves: list[int]) -> dict[int, Located]:
+        """The stored records at these leaves of the verified tree, with their places (not
+        yet proved: :meth:`check` them)."""
+        from lineage_ledger.backends import Located
+
+        store = self.store
+        places = {leaf: store.place(leaf) for leaf in leaves}
+        stored = self.backend.records_at(list(places))
+        if stored is None:  # a back-end without positions: the blocks that hold them
+            stored = {}
+            for height in sorted({h for h, _p in places.values()}):
+                for block in self.backend.block_columns(height, height + 1):
+                    for leaf, (at, position) in places.items():
+                        if at == block.height and position < len(block.ids):
+                            stored[leaf] = StoredRecord(block.ids[position], block.bodies[position])
+        found = {}
+        for leaf, (height, position) in places.items():
+            record = stored.get(leaf)
+            if record is None:
+                raise RecordTampered(f"record {leaf} (block {height}, position {position}), which was verified, "
+                                     "is no longer stored", height=height)
+            found[leaf] = Located(height, position, record)
+        return found
 
     def _forked(self, head: TreeHead) -> HistoryRewritten:
         return HistoryRewritten(
