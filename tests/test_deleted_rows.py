@@ -256,3 +256,28 @@ def test_records_appended_while_a_reader_looks_are_not_taken_for_hidden_ones(tmp
     finally:
         assert writer.wait(timeout=300) == 0
     assert answers > 1
+
+
+@pytest.mark.slow
+def test_snakemake_strict_refuses_an_edited_intermediate_whose_rows_were_deleted(tmp_path):
+    """As deployed: a workflow recorded and verified once; then b.txt is edited (its mtime
+    kept, so Snakemake sees nothing) and every index row naming it deleted. The plugin's
+    pre-run check must not take it for a source file it never saw."""
+    from tests.support.snakemake import require_snakemake
+    from tests.support.snakemake import run as snakemake_run
+    from tests.test_snakemake import POLICY, tamper_keep_mtime
+
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(POLICY)
+    (tmp_path / "src.txt").write_text("some text\n")
+    first = snakemake_run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    verified = snakemake_run("verify-lineage", "--ledger", ".lineage/ledger.db", cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    b = tmp_path / "b.txt"
+    tamper_keep_mtime(b, "EDITED\n")
+    _edit(tmp_path / ".lineage" / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ?", str(b))
+    strict = snakemake_run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
+                           cwd=tmp_path)
+    assert strict.returncode == 1, strict.stderr[-3000:]
+    assert "left out record" in strict.stderr and "refusing to run" in strict.stderr, strict.stderr[-3000:]
