@@ -18,15 +18,16 @@ entry, see ``_ENTRY``):
 * ``leaf << 1 | role``: the record's leaf index, and 1 for an output, 0 for an input.
 * ``ended``: when the task ended, as the integer of its digits ``YYYYMMDDhhmmss``. Any
   non-decreasing function of the end time lets a reader skip a candidate that ended
-  strictly before its answer; a time that does not parse is kept as the largest value
-  (never skipped).
+  strictly before its answer; a time not in the canonical spelling (which readers refuse
+  anyway) is kept as the largest value, never skipped.
 
 Every output is kept. Inputs are kept once per batch of records (a task of the audit, a
 refresh): the one that ended last, then the latest in ledger order, which is what the
 readers' "last record that read this file" needs, at one entry per batch for a reference
-file that every task reads. A batch's entries are appended to one of 256 files by the
-key's low byte (``names-KK.bin``), so a look-up reads one file, a 256th of the whole, and
-finds its key in C (:meth:`bytes.find`). Files only grow; entries past the verified head
+file that every task reads (and a refresh that leaves more than a few drops the older ones,
+see :meth:`.verified.Verifier._compact_names`). A batch's entries are appended to one of 256
+files by the key's high byte (``names-KK.bin``), so a look-up reads one file, a 256th of the
+whole, and finds its key in C (:meth:`bytes.find`). Files only grow; entries past the verified head
 (a writer that crashed before committing it) are ignored, and appended again if those
 records are verified later.
 """
@@ -43,6 +44,8 @@ from collections.abc import Sequence
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter, lshift, or_, rshift
 from typing import Any, NamedTuple
+
+from .._canonical import _TIME
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
            "candidates", "drop_entries", "ended_key", "path_key"]
@@ -73,11 +76,12 @@ def path_key(path: str) -> int:
 def ended_key(ended: str) -> int:
     """``2026-12-04T22:57:44.123456Z`` → ``20261204225744``: the seconds, in an order that
     agrees with the canonical spelling's (the only one records are written in)."""
+    if type(ended) is not str or not _TIME.match(ended):
+        return _NEVER_SKIP  # a record readers refuse as unreadable: never skipped unread
     try:
-        value = int(ended.encode()[:19].translate(None, b"-T:"))
-    except (ValueError, TypeError, AttributeError, UnicodeError):
+        return int(ended.encode()[:19].translate(None, b"-T:"))
+    except ValueError:  # digits that are not ASCII match the pattern's \d
         return _NEVER_SKIP
-    return value if 0 <= value < _NEVER_SKIP else _NEVER_SKIP
 
 
 def bucket_of(key: int) -> int:

@@ -1,0 +1,97 @@
+"""The names kept beside the verified tree (``_log/names.py``): what a batch of records packs
+is what a reader finds, for any paths, times and batch boundaries."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lineage_ledger._log.names import (
+    BUCKETS,
+    ENTRY_SIZE,
+    NamesBatch,
+    NamesWriter,
+    bucket_name,
+    bucket_of,
+    candidates,
+    ended_key,
+    path_key,
+)
+
+PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/x/" + "long" * 50])
+TIMES = st.integers(0, 5).map(lambda s: f"2026-01-01T00:00:0{s}.{s:06d}Z")
+RECORD = st.tuples(TIMES, st.lists(PATHS, max_size=3, unique=True), st.lists(PATHS, max_size=3, unique=True))
+
+
+def _view(ended, inputs, outputs):
+    return SimpleNamespace(ended=ended, inputs=dict.fromkeys(inputs), outputs=dict.fromkeys(outputs))
+
+
+def _found(directory, path, size):
+    key = path_key(path)
+    try:
+        with open(os.path.join(directory, bucket_name(bucket_of(key))), "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    return candidates(data, key, size)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records=st.lists(RECORD, max_size=30), cut=st.integers(0, 30))
+def test_every_output_and_the_latest_reader_of_each_batch_are_found(tmp_path_factory, records, cut):
+    directory = str(tmp_path_factory.mktemp("names"))
+    writer = NamesWriter(directory)
+    cut = min(cut, len(records))
+    for first, batch_records in ((0, records[:cut]), (cut, records[cut:])):  # two batches, as two refreshes
+        batch = NamesBatch()
+        batch.add(first, [_view(*r) for r in batch_records])
+        counts, data = batch.packed()
+        assert len(counts) == BUCKETS and sum(counts) * ENTRY_SIZE == len(data)
+        writer.write(counts, data)
+    writer.close()
+    size = len(records)
+    for path in {p for _e, ins, outs in records for p in (*ins, *outs)}:
+        found = _found(directory, path, size)
+        outputs = sorted(c.leaf for c in found if c.output)
+        assert outputs == [leaf for leaf, (_e, _i, outs) in enumerate(records) if path in outs]
+        readers = {c.leaf: c.ended for c in found if not c.output}
+        for first, stop in ((0, cut), (cut, size)):
+            named = [(records[leaf][0], leaf) for leaf in range(first, stop) if path in records[leaf][1]]
+            if named:
+                ended, leaf = max(named)
+                assert readers.get(leaf) == ended_key(ended), (path, first, readers)
+    for path in {p for _e, ins, outs in records for p in (*ins, *outs)}:  # a smaller head hides the rest
+        assert all(c.leaf < cut for c in _found(directory, path, cut))
+
+
+def test_a_part_entry_left_by_a_killed_writer_is_cut_before_the_next_append(tmp_path):
+    key = path_key("/d/a")
+    batch = NamesBatch()
+    batch.add(0, [_view("2026-01-01T00:00:00.000000Z", [], ["/d/a"])])
+    name = os.path.join(tmp_path, bucket_name(bucket_of(key)))
+    writer = NamesWriter(str(tmp_path))
+    writer.write(*batch.packed())
+    writer.close()
+    with open(name, "ab") as handle:
+        handle.write(b"\x01" * 7)  # a killed writer's part of an entry
+    with open(name, "rb") as handle:
+        assert [c.leaf for c in candidates(handle.read(), key, 10)] == [0]
+    batch.add(1, [_view("2026-01-01T00:00:01.000000Z", [], ["/d/a"])])
+    writer = NamesWriter(str(tmp_path))
+    writer.write(*batch.packed())
+    writer.close()
+    with open(name, "rb") as handle:
+        data = handle.read()
+    assert len(data) == 2 * ENTRY_SIZE and [c.leaf for c in candidates(data, key, 10)] == [0, 1]
+
+
+def test_end_times_order_as_their_canonical_spelling_and_others_are_never_skipped():
+    times = ["2025-12-31T23:59:59.999999Z", "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.500000Z"]
+    keys = [ended_key(t) for t in times]
+    assert keys == sorted(keys) and keys[1] == keys[2]
+    never = ended_key("2026-01-01T00:00:00+00:00")
+    assert never == ended_key("") == ended_key(None) == (1 << 64) - 1 > keys[-1]  # type: ignore[arg-type]
