@@ -13,7 +13,7 @@ Two questions are checked this way:
 
 * the latest record to read or write a path (pre-run checks, ``verify-lineage``): a
   candidate that ended later than the answer, or at the same time and later in the ledger,
-  must not name the path. Candidates that ended strictly earlier are skipped unread;
+  must not name the path;
 * every record that wrote a path (``producers``, ``why``): each candidate naming it must be
   in the answer. Readers of a path are kept one per batch of records, so a full list of
   them (``consumers``) is checked for those only; pages of a list are not checked.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .._canonical import format_time
 from .._errors import IndexTampered
-from .._log.names import Candidate, ended_key
+from .._log.names import Candidate
 
 if TYPE_CHECKING:
     from .ledger import Ledger, LedgerRecord
@@ -83,8 +83,7 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
     if answer is not None:
         ended = format_time(answer.record.ended)
         at = _leaf(ledger, answer)
-        floor = ended_key(ended)
-        candidates = [c for c in candidates if c.leaf != at and c.ended >= floor]
+        candidates = [c for c in candidates if c.leaf != at]
         if not candidates:
             return
     for leaf, entry in _fetch(ledger, [c.leaf for c in candidates]):

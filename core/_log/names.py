@@ -9,17 +9,17 @@ trusting the database for completeness: while records are verified (the audit, a
 refresh of the head), the names they carry are written here, in the user's own state
 directory, and a reader compares what the index returned with what is kept here.
 
-What is kept, per verified record and path it names (three big-endian 64-bit words an
-entry, see ``_ENTRY``):
+What is kept, per verified record and path it names (two big-endian 64-bit words an entry,
+see ``_ENTRY``):
 
 * ``key``: the CRC-32 of the path (UTF-8). Collisions are harmless: an entry is only ever
   a *candidate*, whose record the reader fetches and proves before believing it names the
   path; only missing entries would be harmful, and a hash never makes one go missing.
 * ``leaf << 1 | role``: the record's leaf index, and 1 for an output, 0 for an input.
-* ``ended``: when the task ended, as the integer of its digits ``YYYYMMDDhhmmss``. Any
-  non-decreasing function of the end time lets a reader skip a candidate that ended
-  strictly before its answer; a time not in the canonical spelling (which readers refuse
-  anyway) is kept as the largest value, never skipped.
+
+(An end time per entry, to let readers skip candidates that ended before their answer,
+cost the audit a microsecond a record to compute: the few candidates a path has are
+read instead.)
 
 Every output is kept. Inputs are kept once per batch of records (a task of the audit, a
 refresh): the one that ended last, then the latest in ledger order, which is what the
@@ -42,46 +42,29 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain, repeat
-from operator import attrgetter, itemgetter, lshift, or_, rshift
+from operator import attrgetter, itemgetter, lshift, methodcaller, or_, rshift
 from typing import Any, NamedTuple
 
-from .._canonical import _TIME
-
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "drop_entries", "ended_key", "path_key"]
+           "candidates", "drop_entries", "path_key"]
 
 FORMAT = 1  # the version of these files a head records (0: none kept)
 BUCKETS = 256
-_ENTRY = struct.Struct(">QQQ")  # key, leaf << 1 | role, ended (big-endian: one integer's bytes)
+_ENTRY = struct.Struct(">QQ")  # key, leaf << 1 | role (big-endian: one integer's bytes)
 ENTRY_SIZE = _ENTRY.size
 _NEVER_SKIP = (1 << 64) - 1
 _ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
 _second = itemgetter(1)
-
-
-def _encode(path: str) -> bytes:
-    return path.encode("utf-8", "surrogatepass")
+_encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
 
 
 class Candidate(NamedTuple):
     leaf: int
     output: bool
-    ended: int  # see ended_key()
 
 
 def path_key(path: str) -> int:
     return zlib.crc32(_encode(path))
-
-
-def ended_key(ended: str) -> int:
-    """``2026-12-04T22:57:44.123456Z`` → ``20261204225744``: the seconds, in an order that
-    agrees with the canonical spelling's (the only one records are written in)."""
-    if type(ended) is not str or not _TIME.match(ended):
-        return _NEVER_SKIP  # a record readers refuse as unreadable: never skipped unread
-    try:
-        return int(ended.encode()[:19].translate(None, b"-T:"))
-    except ValueError:  # digits that are not ASCII match the pattern's \d
-        return _NEVER_SKIP
 
 
 def bucket_of(key: int) -> int:
@@ -103,42 +86,40 @@ class NamesBatch:
 
     def add(self, first_leaf: int, views: Sequence[Any]) -> None:
         """Records ``first_leaf`` on, as :func:`.audit_rows.decode_views` reads them."""
+        # The paths only, not the decoded records: a task's 25,000 of those were 50 MB.
         self._records.extend(zip(range(first_leaf, first_leaf + len(views)), map(_ended, views),
-                                 map(_outputs, views), map(_inputs, views), strict=True))
+                                 map(tuple, map(_outputs, views)), map(tuple, map(_inputs, views)), strict=True))
         self.records += len(views)
 
     @staticmethod
-    def _latest_inputs(records) -> dict[str, tuple[int, str]]:
-        """Input path -> (leaf, end time) of the record that read it and ended last, then
-        the latest in ledger order: each record's paths overwrite those of the records
-        before it in that order (a stable sort by end time keeps ledger order among equals)."""
-        latest: dict[str, tuple[int, str]] = {}
+    def _latest_inputs(records) -> dict[str, int]:
+        """Input path -> the leaf of the record that read it and ended last, then the
+        latest in ledger order: each record's paths overwrite those of the records before
+        it in that order (a stable sort by end time keeps ledger order among equals)."""
+        latest: dict[str, int] = {}
         fromkeys, update = dict.fromkeys, latest.update
-        for leaf, ended, _outputs, inputs in sorted(records, key=_second):
-            update(fromkeys(inputs, (leaf, ended)))
+        for leaf, _ended, _outputs, inputs in sorted(records, key=_second):
+            update(fromkeys(inputs, leaf))
         return latest
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
 
         Column by column, in C where it can be: each entry is one integer (key, then leaf
-        and role, then time, as the 24 bytes it is written as), so one sort of plain
-        integers groups them by bucket (the key's high byte). Sorting tuples instead cost
-        three times as much."""
+        and role, as the 16 bytes it is written as), so one sort of plain integers groups
+        them by bucket (the key's high byte). Sorting tuples instead cost three times as much."""
         records = self._records
         self._records, self.records = [], 0
         if not records:
             return [0] * BUCKETS, b""
-        leaves, endeds, outputs, _inputs = zip(*records, strict=True)
-        whens = dict(zip(endeds, map(ended_key, endeds), strict=True))
+        leaves, _endeds, outputs, _inputs = zip(*records, strict=True)
         paths = list(chain.from_iterable(outputs))
-        written = [leaf << 65 | 1 << 64 | whens[ended] for leaf, ended in zip(leaves, endeds, strict=True)]
-        low = list(chain.from_iterable(map(repeat, written, map(len, outputs))))
+        low = list(chain.from_iterable(map(repeat, [leaf << 1 | 1 for leaf in leaves], map(len, outputs))))
         latest = self._latest_inputs(records)
         paths += latest
-        low += [leaf << 65 | whens[ended] for leaf, ended in latest.values()]
+        low += [leaf << 1 for leaf in latest.values()]
         keys = list(map(zlib.crc32, map(_encode, paths)))
-        entries = list(map(or_, map(lshift, keys, repeat(128)), low))
+        entries = list(map(or_, map(lshift, keys, repeat(64)), low))
         entries.sort()
         per_bucket = [0] * BUCKETS
         for bucket, count in Counter(map(rshift, keys, repeat(24))).items():
@@ -168,7 +149,7 @@ class NamesWriter:
                     os.path.join(self.directory, bucket_name(bucket)),
                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 # A writer killed mid-entry left a part of one: cut it, or every entry
-                # appended after it would sit off the 24-byte grid, where readers skip it.
+                # appended after it would sit off the 16-byte grid, where readers skip it.
                 tail = os.fstat(fd).st_size % _ENTRY.size
                 if tail:
                     os.ftruncate(fd, os.fstat(fd).st_size - tail)
@@ -186,7 +167,7 @@ class NamesWriter:
 
 def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
     """The entries of ``key`` in one bucket file's bytes whose leaf is below ``size``."""
-    needle = _ENTRY.pack(key, 0, 0)[:8]
+    needle = _ENTRY.pack(key, 0)[:8]
     unpack, width = _ENTRY.unpack_from, _ENTRY.size
     found: list[Candidate] = []
     at = data.find(needle)
@@ -196,10 +177,10 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
             continue
         if at + width > len(data):
             break  # part of an entry a killed writer left (the next writer cuts it)
-        _key, leaf_role, ended = unpack(data, at)
+        _key, leaf_role = unpack(data, at)
         leaf = leaf_role >> 1
         if leaf < size:
-            found.append(Candidate(leaf, bool(leaf_role & 1), ended))
+            found.append(Candidate(leaf, bool(leaf_role & 1)))
         at = data.find(needle, at + width)
     return found
 
@@ -213,8 +194,8 @@ def drop_entries(directory: str, bucket: int, key: int, leaves: set[int]) -> Non
         data = handle.read()
     width = _ENTRY.size
     data = data[: len(data) - len(data) % width]
-    dropped = {_ENTRY.pack(key, leaf << 1, 0)[:16] for leaf in leaves}
-    kept = [data[at : at + width] for at in range(0, len(data), width) if data[at : at + 16] not in dropped]
+    dropped = {_ENTRY.pack(key, leaf << 1) for leaf in leaves}
+    kept = [data[at : at + width] for at in range(0, len(data), width) if data[at : at + width] not in dropped]
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
     try:
         with os.fdopen(fd, "wb") as handle:
