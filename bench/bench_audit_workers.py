@@ -3,7 +3,8 @@
 All are ``verify-lineage --ledger URL`` in a fresh process with nothing remembered (a full
 audit each time), on the same ledger, alternated round by round so that the machine's load
 falls on all alike; the baseline sets ``LINEAGE_AUDIT_WORKERS=1``, and the workers' previous,
-row-by-row check (``LINEAGE_AUDIT_BULK=0``) runs too. Prints the medians, the ratios,
+row-by-row check (``LINEAGE_AUDIT_BULK=0``) runs too, and the workers keeping no names beside
+the tree (``LINEAGE_AUDIT_NAMES=0``: what those cost). Prints the medians, the ratios,
 records/s, the CPU time of the whole process tree (and how much of it the workers used), the
 peak resident set of the parent and of each worker (VmHWM, sampled every 20 ms) and their
 sum, and the load.
@@ -135,14 +136,16 @@ def main() -> None:
         extra = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "500"}
     one: list[Run] = []
     rows: list[Run] = []
+    bare: list[Run] = []
     ours: list[Run] = []
     for _ in range(rounds):
         one.append(run(url, directory, "1", extra))
         rows.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_BULK": "0"}))
+        bare.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_NAMES": "0"}))
         ours.append(run(url, directory, env_workers, extra))
         print(f"  one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s), workers row by row {rows[-1].wall:.2f} s "
-              f"(CPU {rows[-1].cpu:.1f} s), workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s); "
-              f"load {os.getloadavg()[0]:.2f}", flush=True)
+              f"(CPU {rows[-1].cpu:.1f} s), workers without names {bare[-1].wall:.2f} s (CPU {bare[-1].cpu:.1f} s), "
+              f"workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s); load {os.getloadavg()[0]:.2f}", flush=True)
     base, mine = statistics.median(r.wall for r in one), statistics.median(r.wall for r in ours)
     print(f"one process: {base:.2f} s ({size / base:,.0f} records/s), CPU {statistics.median(r.cpu for r in one):.1f} s, "
           f"peak RSS {max(r.parent_peak for r in one) / 1024:.0f} MiB")
@@ -150,6 +153,9 @@ def main() -> None:
     before_cpu = statistics.median(r.cpu for r in rows)
     print(f"workers, row by row (LINEAGE_AUDIT_BULK=0, the previous workers): {before:.2f} s "
           f"({size / before:,.0f} records/s), CPU {before_cpu:.1f} s in all ({before_cpu * 1e6 / size:.1f} us a record)")
+    bare_wall, bare_cpu = statistics.median(r.wall for r in bare), statistics.median(r.cpu for r in bare)
+    print(f"workers keeping no names (LINEAGE_AUDIT_NAMES=0): {bare_wall:.2f} s ({size / bare_wall:,.0f} records/s), "
+          f"CPU {bare_cpu:.1f} s in all ({bare_cpu * 1e6 / size:.1f} us a record)")
     cpu = statistics.median(r.cpu for r in ours)
     worker_cpu = statistics.median(r.worker_cpu for r in ours)
     print(f"workers:     {mine:.2f} s ({size / mine:,.0f} records/s), CPU {cpu:.1f} s in all "
@@ -163,7 +169,8 @@ def main() -> None:
     print(f"  CPU-bound rate: {size / (cpu / len(os.sched_getaffinity(0))):,.0f} records/s "
           f"(records / (CPU seconds / cores): what these cores would do with nothing else running and the work split evenly)")
     print(f"ratio one process / workers: {base / mine:.2f}x; workers row by row / workers: {before / mine:.2f}x wall, "
-          f"{before_cpu / cpu:.2f}x CPU")
+          f"{before_cpu / cpu:.2f}x CPU; workers / workers without names: {mine / bare_wall:.2f}x wall, "
+          f"{cpu / bare_cpu:.2f}x CPU ({(cpu - bare_cpu) * 1e6 / size:.1f} us a record for the names)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     verdict = "GOAL MET" if size / mine >= GOAL_RATE and worst.peaks_sum <= GOAL_RSS_MIB * 1024 else "GOAL MISSED"
     print(f"{verdict}: audit at {size:,} records {size / mine:,.0f} records/s (goal >= {GOAL_RATE:,}), "

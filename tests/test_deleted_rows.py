@@ -192,8 +192,8 @@ def test_names_the_audit_workers_gather_serve_the_readers(tmp_path):
     with open_ledger(url, read_only=True, state_dir=str(state / "lineage-ledger")) as ledger:
         ledger.tree_head()
         assert not ledger.verifier.audited_now
-        readers = [c for c in ledger.verifier.store.names("/data/ref") if not c.output]
-        producers = [c.leaf for c in ledger.verifier.store.names("/data/step-3") if c.output]
+        readers = [c for c in (ledger.verifier.store.names("/data/ref") or []) if not c.output]
+        producers = [c.leaf for c in (ledger.verifier.store.names("/data/step-3") or []) if c.output]
     assert sorted(c.leaf for c in readers) == [7, 15, 23, 31, 39]  # the last reader of each range
     assert producers == [3, 8, 13, 18, 23, 28, 33, 38]
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 38 AND role = 1")
@@ -213,7 +213,7 @@ def test_a_file_every_task_reads_keeps_a_bounded_number_of_reader_entries(tmp_pa
             ledger.append_records([make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
                                                outputs=[artifact(f"/data/out-{i}", f"out{i}")]).stored()])
             ledger.tree_head()
-        readers = sorted(c.leaf for c in ledger.verifier.store.names("/data/ref") if not c.output)
+        readers = sorted(c.leaf for c in (ledger.verifier.store.names("/data/ref") or []) if not c.output)
     assert len(readers) <= 17 and readers[-1] == 39, readers
     assert len(readers) < 40  # the control: without the upkeep there would be one a task
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 39 AND role = 0")

@@ -46,7 +46,7 @@ def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: in
     if found is None:
         if len(cache) >= _CACHED:
             cache.clear()
-        found = cache[key] = store.names(path)
+        found = cache[key] = store.names(path) or []
     output = role == "out"
     return [c for c in found if c.output is output and c.leaf < bound]
 

@@ -40,6 +40,7 @@ from .._errors import ConfigError, HistoryRewritten
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
 from .names import Candidate, NamesBatch, NamesWriter, bucket_name, bucket_of, candidates, path_key
+from .names import kept as names_kept
 
 __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 
@@ -88,7 +89,7 @@ class TreeWriter:
         self.audited = head.audited if head else ""
         # Names are complete only where the tree extended had them for every record, and
         # every record added since gets them (checked at commit).
-        self.names_format = head.names if head else NAMES_FORMAT
+        self.names_format = (head.names if head else NAMES_FORMAT) if names_kept() else 0
         self._names = NamesWriter(directory)
         self._batch = NamesBatch()
         self._named = self.size  # records below this have their names written or batched
@@ -367,13 +368,15 @@ class TrustStore:
                 high = middle - 1
         return low, index - unpack(data, low * _STARTS.size)[0]
 
-    def names(self, path: str) -> list[Candidate]:
+    def names(self, path: str) -> list[Candidate] | None:
         """The verified records that may name ``path`` (see :mod:`.names`): every one that
         does is among them (outputs all, inputs the latest of each batch); some may not
-        (a hash collision), so callers prove and read each before believing it."""
+        (a hash collision), so callers prove and read each before believing it. None where
+        this tree keeps no names: refresh() audits such a tree first, so only a tree verified
+        under ``LINEAGE_AUDIT_NAMES=0`` (a benchmark's) is read without them."""
         head = self.head
         if head is None or not head.names:
-            raise IndexError("no names are kept for this tree")  # refresh() audits first
+            return None
         key = path_key(path)
         try:
             data = self._map(bucket_name(bucket_of(key)))

@@ -31,6 +31,7 @@ from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
 from .names import bucket_name, bucket_of, drop_entries, path_key
+from .names import kept as names_kept
 from .trust import TreeHead, TreeWriter, TrustStore
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class Verifier:
         store, backend = self.store, self.backend
         for _ in range(50):
             head = store.reload()
-            if head is None or not head.names:
+            if head is None or not (head.names or not names_kept()):
                 # Nothing remembered, or a tree remembered before names were kept beside it
                 # (readers need them to notice deleted index rows): read everything once.
                 return self.audit(endorsed=endorsed).head
@@ -191,7 +192,7 @@ class Verifier:
         dropped: readers need only the latest. (Under the state's lock, after the commit.)"""
         store = self.store
         for path in paths:
-            readers = [c.leaf for c in store.names(path) if not c.output]
+            readers = [c.leaf for c in store.names(path) or () if not c.output]
             if len(readers) <= _READERS_KEPT:
                 continue
             naming = []
