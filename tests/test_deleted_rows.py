@@ -281,3 +281,23 @@ def test_snakemake_strict_refuses_an_edited_intermediate_whose_rows_were_deleted
                            cwd=tmp_path)
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "left out record" in strict.stderr and "refusing to run" in strict.stderr, strict.stderr[-3000:]
+
+
+@pytest.mark.postgres
+def test_postgresql_workers_keep_the_names_and_its_reader_notices(postgres_url, tmp_path):
+    """PostgreSQL: the audit's workers (each a read-only session, the bulk check) keep the
+    names; the CLI's psycopg-only reader fetches the records the index left out."""
+    import psycopg
+
+    with open_ledger(postgres_url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "unused")) as ledger:
+        records = [make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                               outputs=[artifact(f"/data/step-{i % 5}", f"out{i}")]) for i in range(40)]
+        ledger.append_records([r.stored() for r in records], block_size=4)
+    env = {"LINEAGE_STATE_DIR": str(tmp_path / "state"), "LINEAGE_AUDIT_PARALLEL_MIN": "0",
+           "LINEAGE_AUDIT_TASK_RECORDS": "8", "LINEAGE_AUDIT_WORKERS": "2"}
+    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    run_cli("why", "/data/step-3", "--ledger", postgres_url, cwd=tmp_path, env=env, check_rc=0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("DELETE FROM ll_artifacts WHERE seq = 38 AND role = 1").rowcount == 1
+    result = run_cli("why", "/data/step-3", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "left out record" in result.stderr, result
