@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from lineage_ledger import LedgerError, open_ledger
 from lineage_ledger._log import audit_bulk
 from lineage_ledger._log import audit_parallel as parallel
+from lineage_ledger._log.names import BUCKETS
 from lineage_ledger.backends._sqlite_reader import SQLiteReader
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
@@ -285,7 +286,7 @@ def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
 
 
 _GOOD_HEADER = json.dumps({"first_prev": None, "block_ids": [], "counts": [], "compared": 0, "artifacts": 0,
-                           "outputs": [], "name_counts": [0] * 256}).encode()
+                           "outputs": [], "name_counts": [0] * BUCKETS}).encode()
 
 
 def test_a_well_formed_empty_worker_answer_is_read():

@@ -41,7 +41,7 @@ def _found(directory, path, size):
 
 @settings(max_examples=60, deadline=None)
 @given(records=st.lists(RECORD, max_size=30), cut=st.integers(0, 30))
-def test_every_output_and_the_latest_reader_of_each_batch_are_found(tmp_path_factory, records, cut):
+def test_the_latest_writer_and_reader_of_each_batch_are_found(tmp_path_factory, records, cut):
     directory = str(tmp_path_factory.mktemp("names"))
     writer = NamesWriter(directory)
     cut = min(cut, len(records))
@@ -51,37 +51,34 @@ def test_every_output_and_the_latest_reader_of_each_batch_are_found(tmp_path_fac
         counts, data = batch.packed()
         assert len(counts) == BUCKETS and sum(counts) * ENTRY_SIZE == len(data)
         writer.write(counts, data)
-    writer.close()
     size = len(records)
     for path in {p for _e, ins, outs in records for p in (*ins, *outs)}:
         found = _found(directory, path, size)
-        outputs = sorted(c.leaf for c in found if c.output)
-        assert outputs == [leaf for leaf, (_e, _i, outs) in enumerate(records) if path in outs]
-        readers = {c.leaf for c in found if not c.output}
-        for first, stop in ((0, cut), (cut, size)):
-            named = [(records[leaf][0], leaf) for leaf in range(first, stop) if path in records[leaf][1]]
-            if named:
-                assert max(named)[1] in readers, (path, first, readers)  # the latest by end time, then order
+        for side, output in ((2, True), (1, False)):
+            kept = {c.leaf for c in found if c.output is output}
+            for first, stop in ((0, cut), (cut, size)):
+                named = [(records[leaf][0], leaf) for leaf in range(first, stop) if path in records[leaf][side]]
+                if named:  # the latest of each batch by end time, then ledger order
+                    assert max(named)[1] in kept, (path, output, first, kept)
+            assert all(path in records[leaf][side] for leaf in kept)  # and nothing else (no collision here)
     for path in {p for _e, ins, outs in records for p in (*ins, *outs)}:  # a smaller head hides the rest
         assert all(c.leaf < cut for c in _found(directory, path, cut))
 
 
-def test_a_part_entry_left_by_a_killed_writer_is_cut_before_the_next_append(tmp_path):
+def test_a_part_entry_left_by_a_killed_writer_is_filled_before_the_next_append(tmp_path):
     key = path_key("/d/a")
     batch = NamesBatch()
     batch.add(0, [_view("2026-01-01T00:00:00.000000Z", [], ["/d/a"])])
     name = os.path.join(tmp_path, bucket_name(bucket_of(key)))
-    writer = NamesWriter(str(tmp_path))
-    writer.write(*batch.packed())
-    writer.close()
+    NamesWriter(str(tmp_path)).write(*batch.packed())
     with open(name, "ab") as handle:
         handle.write(b"\x01" * 7)  # a killed writer's part of an entry
     with open(name, "rb") as handle:
         assert [c.leaf for c in candidates(handle.read(), key, 10)] == [0]
     batch.add(1, [_view("2026-01-01T00:00:01.000000Z", [], ["/d/a"])])
-    writer = NamesWriter(str(tmp_path))
-    writer.write(*batch.packed())
-    writer.close()
+    NamesWriter(str(tmp_path)).write(*batch.packed())
     with open(name, "rb") as handle:
         data = handle.read()
-    assert len(data) == 2 * ENTRY_SIZE and [c.leaf for c in candidates(data, key, 10)] == [0, 1]
+    # The part was filled up to a whole entry (cutting it could take a page from under a
+    # reader's map); what follows is on the grid again.
+    assert len(data) == 3 * ENTRY_SIZE and [c.leaf for c in candidates(data, key, 10)] == [0, 1]

@@ -31,24 +31,27 @@ from .._log.names import Candidate
 if TYPE_CHECKING:
     from .ledger import Ledger, LedgerRecord
 
-__all__ = ["check_latest", "check_listing"]
-
-_CACHED = 4096  # paths whose candidates a ledger object keeps, for one verified head
+__all__ = ["StaleNames", "check_latest", "check_listing", "named_by_a_verified_record"]
 
 
-def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: int) -> list[Candidate]:
-    """Those below ``bound``: records verified after the index was asked need not be in its answer."""
-    store = ledger.verifier.store
-    head = store.head
-    cache = ledger._names_cache
-    key = (path, head.size if head else -1)
-    found = cache.get(key)
-    if found is None:
-        if len(cache) >= _CACHED:
-            cache.clear()
-        found = cache[key] = store.names(path) or []
+class StaleNames(Exception):  # noqa: N818 - a signal to look again, not an error
+    """Names are kept for records past the bound: another process verified them (and may
+    have dropped older entries this answer needs, see ``Verifier._compact_names``) since the
+    bound was read. The caller reads the head again and asks again."""
+
+
+def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: int,
+                final: bool) -> list[Candidate]:
+    """Those below ``bound``: records verified after the index was asked need not be in its
+    answer. Any past it (unless ``final``) raise :class:`StaleNames`."""
+    # Not cached: another process may append or compact between two look-ups, and a stat
+    # and a find over a 1,024th of the entries cost about as much as a cache's upkeep.
+    found = ledger.verifier.store.names(path) or []
     output = role == "out"
-    return [c for c in found if c.output is output and c.leaf < bound]
+    mine = [c for c in found if c.output is output]
+    if not final and any(c.leaf >= bound for c in mine):
+        raise StaleNames
+    return [c for c in mine if c.leaf < bound]
 
 
 def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
@@ -74,10 +77,10 @@ def _hidden(entry: LedgerRecord, role: str, path: str, answered: str) -> IndexTa
 
 
 def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: LedgerRecord | None,
-                 bound: int) -> None:
+                 bound: int, *, final: bool = False) -> None:
     """``answer`` (None: no record) must be the latest record with ``path`` in ``role``
     among the first ``bound`` records (those stored before the index was asked)."""
-    candidates = _candidates(ledger, role, path, bound)
+    candidates = _candidates(ledger, role, path, bound, final)
     if not candidates:
         return
     if answer is not None:
@@ -98,9 +101,9 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
 
 
 def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord],
-                  bound: int) -> None:
+                  bound: int, *, final: bool = False) -> None:
     """Every verified record below ``bound`` kept as naming ``path`` in ``role`` must be in ``listed``."""
-    candidates = _candidates(ledger, role, path, bound)
+    candidates = _candidates(ledger, role, path, bound, final)
     if not candidates:
         return
     have = {_leaf(ledger, entry) for entry in listed}
@@ -111,3 +114,15 @@ def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed:
         side = entry.record.outputs if role == "out" else entry.record.inputs
         if path in side:
             raise _hidden(entry, role, path, "the index's list of them does not hold it")
+
+
+def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:
+    """Whether a verified record names ``path`` (either role), from the names kept and the
+    records proved, not from the index: which spelling of a path behind a symbolic link the
+    ledger knows must not be the index's to say (with a spelling's rows deleted, the look-up
+    fell back to another spelling, for which nothing was ever kept)."""
+    bound = ledger._bound()
+    leaves = [c.leaf for c in ledger.verifier.store.names(path) or () if c.leaf < bound]
+    return any(path in entry.record.outputs or path in entry.record.inputs
+               for _leaf, entry in _fetch(ledger, leaves))
+

@@ -32,7 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
-from .complete import check_latest, check_listing
+from .complete import StaleNames, check_latest, check_listing, named_by_a_verified_record
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
@@ -74,9 +74,6 @@ class Ledger(LineageQueries):
         self._verified_lock = threading.RLock()  # plugins check from several threads
         self._manifests: dict[str, Manifest] = {}  # proved and hashed: a hit needs no new check
         self._batch = threading.local()  # index rows fetched ahead for one thread's many files
-        # Candidates of the names kept beside the verified tree, by (path, tree size): see
-        # complete.py. A plain dict: threads racing on it at worst look a path up twice.
-        self._names_cache: dict[tuple[str, int], list] = {}
 
     @functools.cached_property
     def spool_dir(self) -> str:
@@ -248,19 +245,32 @@ class Ledger(LineageQueries):
 
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
               rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
-        whole = rows is None  # every record the index names with path in role (not one row, a page)
-        bound = 0
-        if rows is None:
-            batch: LookAhead | None = getattr(self._batch, "current", None)
-            if batch is not None and path is not None:
-                rows = batch.places.get((role, path))
-                bound = batch.bound
-        if rows is None:
-            bound = self._bound()
-            # With a path, the digest is matched against the proved record, not the index:
-            # an edited digest column can then change no answer (the audit reports it).
-            rows = self.backend.find_places(role, path=path, digest=digest if path is None else None)
-        found = self._proved_all(self._with_bodies(rows))
+        if rows is not None or path is None:  # one row, a page, or by digest: no list to complete
+            return self._matching(role, path, digest, self._proved_all(self._with_bodies(rows if rows is not None
+                                  else self.backend.find_places(role, path=None, digest=digest))))
+        for final in (False, True):
+            rows, bound = None, 0
+            batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
+            if batch is not None:
+                rows, bound = batch.places.get((role, path)), batch.bound
+            if rows is None:
+                bound = self._bound(refresh=final)
+                # The digest is matched against the proved record, not the index: an edited
+                # digest column can then change no answer (the audit reports it).
+                rows = self.backend.find_places(role, path=path)
+            found = self._proved_all(self._with_bodies(rows))
+            matching = self._matching(role, path, digest, found)
+            try:
+                check_listing(self, role, path, found, bound, final=final)
+            except StaleNames:
+                continue  # names kept past the bound: look again from a head read now
+            return matching
+        raise AssertionError("unreachable: the final look is never stale")
+
+    def _matching(self, role: Literal["in", "out"], path: str | None, digest: str | None,
+                  found: list[LedgerRecord]) -> list[LedgerRecord]:
+        """The proved records that name ``path`` (and/or ``digest``) in ``role``; a record the
+        index listed that does not raises :class:`IndexTampered`."""
         matching = []
         for entry in found:
             side = entry.record.inputs if role == "in" else entry.record.outputs
@@ -280,15 +290,13 @@ class Ledger(LineageQueries):
                     f"{path if path is not None else digest}, but the record does not say so",
                     height=entry.height, path=path,
                 )
-        if whole and path is not None:
-            check_listing(self, role, path, found, bound)
         return matching
 
-    def _bound(self) -> int:
+    def _bound(self, *, refresh: bool = False) -> int:
         """The verified tree's size, brought up to date, read before an index query: each
         record below it was stored before the query, so the index must name it where it
         names the path; one verified after (appended meanwhile) need not be in the answer."""
-        if not self._head_current:
+        if refresh or not self._head_current:
             self.tree_head()
         head = self.verifier.store.head
         return head.size if head is not None else 0
@@ -304,7 +312,8 @@ class Ledger(LineageQueries):
         key = keys[0]
         if len(keys) > 1:
             for candidate in keys:
-                if (self.backend.find_page("out", path=candidate, limit=1)
+                if (named_by_a_verified_record(self, candidate)
+                        or self.backend.find_page("out", path=candidate, limit=1)
                         or self.backend.find_page("in", path=candidate, limit=1)):
                     key = candidate
                     break
@@ -418,24 +427,28 @@ class Ledger(LineageQueries):
         index says), else every such record."""
         if not self.backend.keeps_end_times:
             return self._find(role, path, None)  # every one, its list checked complete
-        batch: LookAhead | None = getattr(self._batch, "current", None)
-        if batch is not None and (role, path) in batch.latest:
-            found, bound = batch.latest[(role, path)], batch.bound
-        else:
-            bound = self._bound()
-            found = self.backend.find_latest(role, path)
-        if found is None:
-            check_latest(self, role, path, None, bound)
-            return []
-        located, ended = found
-        entries = self._find(role, path, None, [located])
-        for entry in entries:
-            if format_time(entry.record.ended) != ended:
-                raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended at "
-                                    f"{format_time(entry.record.ended)}", height=entry.height, path=path)
-        if entries:
-            check_latest(self, role, path, entries[-1], bound)
-        return entries
+        for final in (False, True):
+            batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
+            if batch is not None and (role, path) in batch.latest:
+                found, bound = batch.latest[(role, path)], batch.bound
+            else:
+                bound = self._bound(refresh=final)
+                found = self.backend.find_latest(role, path)
+            entries: list[LedgerRecord] = []
+            if found is not None:
+                located, ended = found
+                entries = self._find(role, path, None, [located])
+                for entry in entries:
+                    if format_time(entry.record.ended) != ended:
+                        raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended "
+                                            f"at {format_time(entry.record.ended)}", height=entry.height, path=path)
+            try:
+                if found is None or entries:
+                    check_latest(self, role, path, entries[-1] if entries else None, bound, final=final)
+            except StaleNames:
+                continue  # names kept past the bound: look again from a head read now
+            return entries
+        raise AssertionError("unreachable: the final look is never stale")
 
     def run(self, run_id: str) -> list[LedgerRecord]:
         return self._of_run(run_id, self.backend.by_run(run_id))

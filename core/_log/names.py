@@ -21,15 +21,17 @@ see ``_ENTRY``):
 cost the audit a microsecond a record to compute: the few candidates a path has are
 read instead.)
 
-Every output is kept. Inputs are kept once per batch of records (a task of the audit, a
-refresh): the one that ended last, then the latest in ledger order, which is what the
-readers' "last record that read this file" needs, at one entry per batch for a reference
-file that every task reads (and a refresh that leaves more than a few drops the older ones,
-see :meth:`.verified.Verifier._compact_names`). A batch's entries are appended to one of 256
-files by the key's high byte (``names-KK.bin``), so a look-up reads one file, a 256th of the
-whole, and finds its key in C (:meth:`bytes.find`). Files only grow; entries past the verified head
-(a writer that crashed before committing it) are ignored, and appended again if those
-records are verified later.
+Each batch of records verified together (a task of the audit, a refresh) keeps, per path
+and role, the record that named it and ended last (then the latest in ledger order): what a
+reader's "last record to write / to read this file" needs, at one entry a batch for a file
+that every task reads or rewrites. A refresh that leaves more than a few entries for a path
+it touched proves the records behind them and drops the older ones
+(:meth:`.verified.Verifier._compact_names`). A batch's entries are appended to one of 1,024
+files by the key's high bits (``names-KKK.bin``), so a look-up reads one file, a 1,024th
+of the whole, and finds its key in C (:meth:`bytes.find`). Files only grow between
+compactions, which replace a file whole; entries past the verified head (a writer that
+crashed before committing it) are ignored, and appended again if those records are verified
+later.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from itertools import chain, repeat
+from itertools import repeat
 from operator import attrgetter, itemgetter, lshift, methodcaller, or_, rshift
 from typing import Any, NamedTuple
 
@@ -49,7 +51,8 @@ __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesW
            "candidates", "drop_entries", "kept", "path_key"]
 
 FORMAT = 1  # the version of these files a head records (0: none kept)
-BUCKETS = 256
+_BUCKET_BITS = 10
+BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB at 1M records
 _ENTRY = struct.Struct(">QQ")  # key, leaf << 1 | role (big-endian: one integer's bytes)
 ENTRY_SIZE = _ENTRY.size
 _NEVER_SKIP = (1 << 64) - 1
@@ -75,11 +78,11 @@ def kept() -> bool:
 
 
 def bucket_of(key: int) -> int:
-    return key >> 24
+    return key >> (32 - _BUCKET_BITS)
 
 
 def bucket_name(bucket: int) -> str:
-    return f"names-{bucket:02x}.bin"
+    return f"names-{bucket:03x}.bin"
 
 
 class NamesBatch:
@@ -102,14 +105,15 @@ class NamesBatch:
         self.records += len(views)
 
     @staticmethod
-    def _latest_inputs(records) -> dict[str, int]:
-        """Input path -> the leaf of the record that read it and ended last, then the
-        latest in ledger order: each record's paths overwrite those of the records before
-        it in that order (a stable sort by end time keeps ledger order among equals)."""
+    def _latest(records, side: int) -> dict[str, int]:
+        """Path -> the leaf of the record that named it (``side`` 2: as an output, 3: as
+        an input) and ended last, then the latest in ledger order: each record's paths
+        overwrite those of the records before it in that order (a stable sort by end time
+        keeps ledger order among equals)."""
         latest: dict[str, int] = {}
         fromkeys, update = dict.fromkeys, latest.update
-        for leaf, _ended, _outputs, inputs in sorted(records, key=_second):
-            update(fromkeys(inputs, leaf))
+        for record in sorted(records, key=_second):
+            update(fromkeys(record[side], record[0]))
         return latest
 
     def packed(self) -> tuple[list[int], bytes]:
@@ -117,32 +121,29 @@ class NamesBatch:
 
         Column by column, in C where it can be: each entry is one integer (key, then leaf
         and role, as the 16 bytes it is written as), so one sort of plain integers groups
-        them by bucket (the key's high byte). Sorting tuples instead cost three times as much."""
+        them by bucket (the key's high bits). Sorting tuples instead cost three times as much."""
         records = self._records
         self._records, self.records = [], 0
         if not records:
             return [0] * BUCKETS, b""
-        leaves, _endeds, outputs, _inputs = zip(*records, strict=True)
-        paths = list(chain.from_iterable(outputs))
-        low = list(chain.from_iterable(map(repeat, [leaf << 1 | 1 for leaf in leaves], map(len, outputs))))
-        latest = self._latest_inputs(records)
-        paths += latest
-        low += [leaf << 1 for leaf in latest.values()]
+        written, read = self._latest(records, 2), self._latest(records, 3)
+        paths = [*written, *read]
+        low = [*(leaf << 1 | 1 for leaf in written.values()), *(leaf << 1 for leaf in read.values())]
         keys = list(map(zlib.crc32, map(_encode, paths)))
         entries = list(map(or_, map(lshift, keys, repeat(64)), low))
         entries.sort()
         per_bucket = [0] * BUCKETS
-        for bucket, count in Counter(map(rshift, keys, repeat(24))).items():
+        for bucket, count in Counter(map(rshift, keys, repeat(32 - _BUCKET_BITS))).items():
             per_bucket[bucket] = count
-        return per_bucket, b"".join(map(int.to_bytes, entries, repeat(_ENTRY.size)))
+        return per_bucket, b"".join(map(int.to_bytes, entries, repeat(_ENTRY.size), repeat("big")))
 
 
 class NamesWriter:
-    """Appends packed batches to the bucket files of one state directory (private files)."""
+    """Appends packed batches to the bucket files of one state directory (private files).
+    Each file is opened for its write only: a batch touches most of the 1,024."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self._fds: dict[int, int] = {}
 
     def write(self, counts: Sequence[int], data: bytes) -> None:
         if len(counts) != BUCKETS or sum(counts) * _ENTRY.size != len(data):
@@ -153,26 +154,23 @@ class NamesWriter:
             if not count:
                 continue
             size = count * _ENTRY.size
-            fd = self._fds.get(bucket)
-            if fd is None:
-                fd = self._fds[bucket] = os.open(
-                    os.path.join(self.directory, bucket_name(bucket)),
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                # A writer killed mid-entry left a part of one: cut it, or every entry
+            fd = os.open(os.path.join(self.directory, bucket_name(bucket)),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                # A writer killed mid-entry left a part of one: fill it up to a whole entry
+                # (a candidate like any other, proved before it is believed), or every entry
                 # appended after it would sit off the 16-byte grid, where readers skip it.
+                # Cutting it instead could take a page from under a reader's map (SIGBUS).
                 tail = os.fstat(fd).st_size % _ENTRY.size
+                chunk = view[at : at + size]
                 if tail:
-                    os.ftruncate(fd, os.fstat(fd).st_size - tail)
-            chunk = view[at : at + size]
-            while chunk:
-                written = os.write(fd, chunk)
-                chunk = chunk[written:]
+                    chunk = memoryview(bytes(_ENTRY.size - tail) + bytes(chunk))
+                while chunk:
+                    written = os.write(fd, chunk)
+                    chunk = chunk[written:]
+            finally:
+                os.close(fd)
             at += size
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
 
 
 def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
@@ -195,24 +193,23 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
     return found
 
 
-def drop_entries(directory: str, bucket: int, key: int, leaves: set[int]) -> None:
-    """Rewrite one bucket file without the input entries of ``key`` at ``leaves`` (replaced
-    atomically: a reader that mapped the old file keeps reading it, whole). The caller holds
-    the state's lock and has proved that newer entries stand for those dropped."""
+def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int]]) -> None:
+    """Rewrite one bucket file without the entries ``(key, leaf << 1 | role)`` in
+    ``dropped``, replaced atomically: a reader that mapped the old file keeps reading it,
+    whole. The caller holds the state's lock and has proved that newer entries stand for
+    those dropped."""
     path = os.path.join(directory, bucket_name(bucket))
     with open(path, "rb") as handle:
         data = handle.read()
     width = _ENTRY.size
-    data = data[: len(data) - len(data) % width]
-    dropped = {_ENTRY.pack(key, leaf << 1) for leaf in leaves}
-    kept = [data[at : at + width] for at in range(0, len(data), width) if data[at : at + width] not in dropped]
+    gone = {_ENTRY.pack(*entry) for entry in dropped}
+    kept = [data[at : at + width] for at in range(0, len(data) - width + 1, width)]
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(kept))
+            handle.write(b"".join(entry for entry in kept if entry not in gone))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-

@@ -47,6 +47,7 @@ __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 _NODE = 32
 _EMPTY = blake3(b"").digest()
 _STARTS = struct.Struct("<Q")
+_NAMES_MAPPED = 256  # name files a process keeps mapped
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,6 @@ class TreeWriter:
         for handle in [*self._files, self._starts]:
             handle.close()
         self._files = []
-        self._names.close()
 
     def commit(self, *, audited: bool = False) -> TreeHead:
         """Flush the nodes and names, then replace ``head.json``: readers never see a head
@@ -226,6 +226,7 @@ class TrustStore:
         base = root or state_root()
         self.directory = self.directory_for(identity, base)
         self._maps: dict[str, tuple[int, mmap.mmap | bytes]] = {}
+        self._names_maps: dict[str, tuple[tuple[int, int], mmap.mmap | bytes]] = {}
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -266,6 +267,7 @@ class TrustStore:
         view = cls.__new__(cls)
         view.identity, view.origin, view.directory = "", origin, directory
         view._maps = {}
+        view._names_maps = {}
         view.head = head
         return view
 
@@ -320,15 +322,12 @@ class TrustStore:
         cached = self._maps.get(name)
         if cached is None:
             with open(os.path.join(self.directory, name), "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
+                opened = os.fstat(handle.fileno())
+                size = opened.st_size
                 data: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             cached = (size, data)
             self._maps[name] = cached
         return cached[1]
-
-    def forget_map(self, name: str) -> None:
-        """``name`` was replaced (not grown): map it again when next read."""
-        self._maps.pop(name, None)
 
     def node(self, level: int, index: int) -> bytes:
         """The hash of the perfect subtree at ``level`` covering leaves ``index << level`` on."""
@@ -369,20 +368,38 @@ class TrustStore:
         return low, index - unpack(data, low * _STARTS.size)[0]
 
     def names(self, path: str) -> list[Candidate] | None:
-        """The verified records that may name ``path`` (see :mod:`.names`): every one that
-        does is among them (outputs all, inputs the latest of each batch); some may not
-        (a hash collision), so callers prove and read each before believing it. None where
-        this tree keeps no names: refresh() audits such a tree first, so only a tree verified
-        under ``LINEAGE_AUDIT_NAMES=0`` (a benchmark's) is read without them."""
+        """The records that may name ``path`` (see :mod:`.names`), past this head too: for
+        each role, the latest verified record that names it is among them, or a later one
+        that does. Some may not name it (a hash collision): callers prove and read each
+        before believing it. None where this tree keeps no names: refresh() audits such a
+        tree first, so only a tree verified under ``LINEAGE_AUDIT_NAMES=0`` (a benchmark's)
+        is read without them."""
         head = self.head
         if head is None or not head.names:
             return None
         key = path_key(path)
+        name = bucket_name(bucket_of(key))
+        # Checked against the file on every look-up, not only when the head changes: another
+        # process may have appended to it or replaced it (a compaction) since it was mapped,
+        # and a map kept from before would lack what this head's records named.
         try:
-            data = self._map(bucket_name(bucket_of(key)))
+            st = os.stat(os.path.join(self.directory, name))
         except FileNotFoundError:
             return []
-        return candidates(data, key, head.size)
+        cached = self._names_maps.get(name)
+        if cached is None or cached[0] != (st.st_ino, st.st_size):
+            if len(self._names_maps) >= _NAMES_MAPPED:
+                self._names_maps.clear()
+            with open(os.path.join(self.directory, name), "rb") as handle:
+                opened = os.fstat(handle.fileno())
+                size = opened.st_size
+                # Mapped, not read: a verification of thousands of files touches every file.
+                # (Files are never cut short: a compaction replaces one whole, under a new inode.)
+                data: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            cached = self._names_maps[name] = ((opened.st_ino, size), data)
+        # Past the head too: a reader that finds entries there knows its head is behind
+        # what another process kept (see complete.StaleNames).
+        return candidates(cached[1], key, 1 << 62)
 
     def root_at(self, size: int) -> str:
         """The root of the first ``size`` leaves, from O(log n) stored nodes."""

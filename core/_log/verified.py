@@ -30,7 +30,7 @@ from .._model import BlockColumns, StoredRecord
 from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
-from .names import bucket_name, bucket_of, drop_entries, path_key
+from .names import bucket_of, drop_entries, path_key
 from .names import kept as names_kept
 from .trust import TreeHead, TreeWriter, TrustStore
 
@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["AuditResult", "Verifier"]
 
 _CATCH_UP_SECONDS = 5.0  # how long an endorsed head may be ahead of what our peer serves
-_READERS_KEPT = 16  # entries of one path's readers kept beside the tree before older ones go
-_COMPACT_PATHS = 10_000  # paths a refresh looks at for that (a bigger refresh keeps one a batch)
+_NAMES_KEPT = 16  # entries of one path and role kept beside the tree before older ones go
+_COMPACT_RECORDS = 1_000  # a refresh of more records leaves them (it keeps one entry a path)
+_COMPACT_PATHS = 256  # paths a refresh looks at for that
 
 
 class _Disagreement(Exception):
@@ -152,14 +153,14 @@ class Verifier:
                 if store.reload() != head:
                     continue  # another process extended it meanwhile: look again
                 writer = store.writer()
-                read: set[str] = set()
+                touched: set[tuple[str, bool]] = set()
                 try:
-                    self._extend(writer, head.blocks, tip.height + 1, head.block_id, read=read)
+                    self._extend(writer, head.blocks, tip.height + 1, head.block_id, touched=touched)
                     writer.commit()
                 finally:
                     writer.close()
                 head = store.reload()
-                self._compact_names(read)
+                self._compact_names(touched)
                 # Up to the tip read above: a writer appending faster than this process
                 # verifies must not keep it here (it gave up after 50 rounds, ChainBroken).
                 assert head is not None
@@ -167,16 +168,21 @@ class Verifier:
         raise ChainBroken(f"{backend.identity}: the verified head kept changing under this process")
 
     def _extend(self, writer: TreeWriter, start: int, stop: int, prev: str | None,
-                on_block=None, read: set[str] | None = None) -> None:
-        expected = start
+                on_block=None, touched: set[tuple[str, bool]] | None = None) -> None:
+        expected, first = start, writer.size
         for block in self.backend.block_columns(start, stop):
             _header, leaves = verify_block_columns(block, expected, prev)
             views = decode_views(block)
             if on_block is not None:
                 on_block(block, writer.size, leaves, views)
-            if read is not None and len(read) < _COMPACT_PATHS:
-                for view in views:
-                    read.update(view.inputs)
+            if touched is not None:
+                if writer.size + len(views) - first > _COMPACT_RECORDS:
+                    touched.clear()
+                    touched = None
+                elif len(touched) < _COMPACT_PATHS:
+                    for view in views:
+                        touched.update((path, True) for path in view.outputs)
+                        touched.update((path, False) for path in view.inputs)
             writer.add_names(writer.size, views)
             writer.add_block(block.id, leaves)
             prev = block.id
@@ -185,28 +191,36 @@ class Verifier:
             raise ChainBroken(f"block {expected} is missing: the chain stops before the stored head",
                               height=expected)
 
-    def _compact_names(self, paths: set[str]) -> None:
-        """Each refresh keeps the latest reader of every path its records read (see
-        :mod:`.names`), so a file every task reads gains an entry a task. Past
-        ``_READERS_KEPT`` of them, the older ones that do name the path (each proved) are
-        dropped: readers need only the latest. (Under the state's lock, after the commit.)"""
+    def _compact_names(self, touched: set[tuple[str, bool]]) -> None:
+        """Each refresh keeps the last writer and the last reader of every path its records
+        name (see :mod:`.names`), so a file every task reads or rewrites gains an entry a
+        task. Past ``_NAMES_KEPT`` of them, the records behind them are proved and read, and
+        the older ones that name the path are dropped: readers need only the latest. An entry
+        whose record also names another path with the same key stays (it may be that path's
+        latest). (Under the state's lock, after the commit.)"""
         store = self.store
-        for path in paths:
-            readers = [c.leaf for c in store.names(path) or () if not c.output]
-            if len(readers) <= _READERS_KEPT:
+        dropped: dict[int, set[tuple[int, int]]] = {}
+        for path, output in touched:
+            size = store.head.size if store.head else 0
+            found = [c.leaf for c in store.names(path) or () if c.output is output and c.leaf < size]
+            if len(found) <= _NAMES_KEPT:
                 continue
+            key = path_key(path)
             naming = []
-            for leaf, located in self.located_at(readers).items():
+            for leaf, located in self.located_at(found).items():
                 self.check(located)
                 view = decode_views(BlockColumns(located.height, "", b"", [located.record.id],
                                                  [located.record.body]))[0]
-                if path in view.inputs:
-                    naming.append((view.ended, leaf))
+                side = view.outputs if output else view.inputs
+                if path in side:
+                    shared = any(other != path and path_key(other) == key for other in side)
+                    naming.append((view.ended, leaf, shared))
             if len(naming) > 1:
-                keep = max(naming)[1]
-                key = path_key(path)
-                drop_entries(store.directory, bucket_of(key), key, {leaf for _e, leaf in naming if leaf != keep})
-                store.forget_map(bucket_name(bucket_of(key)))
+                keep = max(naming)[:2]
+                dropped.setdefault(bucket_of(key), set()).update(
+                    (key, leaf << 1 | output) for ended, leaf, shared in naming if (ended, leaf) != keep and not shared)
+        for bucket, entries in dropped.items():
+            drop_entries(store.directory, bucket, entries)
 
     def located_at(self, leaves: list[int]) -> dict[int, Located]:
         """The stored records at these leaves of the verified tree, with their places (not
