@@ -349,6 +349,13 @@ def test_a_newer_writer_under_the_other_spelling_is_not_hidden(tmp_path):
         ledger.last_seen(str(tmp_path / "link" / "f.txt"))
 
 
+def _one_by_one(ledger, records) -> None:
+    """Each record appended, then verified: a refresh each, as a plugin's pre-run checks do."""
+    for record in records:
+        ledger.append_records([record.stored()])
+        ledger.tree_head()
+
+
 def test_dropping_old_entries_keeps_another_paths_entry_under_the_same_key(tmp_path):
     """Two paths with one CRC-32: the upkeep that drops P's older readers must not drop the
     record that is Q's only reader."""
@@ -360,13 +367,10 @@ def test_dropping_old_entries_keeps_another_paths_entry_under_the_same_key(tmp_p
     url = f"sqlite:///{db}"
     state = str(tmp_path / "state")
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
-        ledger.append_records([make_record(0, outputs=[artifact("/data/x", "x")]).stored()])
-        ledger.tree_head()
-        ledger.append_records([make_record(1, inputs=[artifact(p, "p"), artifact(q, "q")]).stored()])
-        ledger.tree_head()
-        for i in range(2, 22):  # later readers of p, a refresh each: the upkeep runs
-            ledger.append_records([make_record(i, inputs=[artifact(p, "p")]).stored()])
-            ledger.tree_head()
+        _one_by_one(ledger, [make_record(0, outputs=[artifact("/data/x", "x")]),
+                             make_record(1, inputs=[artifact(p, "p"), artifact(q, "q")]),
+                             # later readers of p, a refresh each: the upkeep runs
+                             *(make_record(i, inputs=[artifact(p, "p")]) for i in range(2, 22))])
         kept = sorted(c.leaf for c in ledger.verifier.store.names(q) or [] if not c.output)
     assert 1 in kept and len(kept) <= 18, kept
     _edit(db, "DELETE FROM ll_artifacts WHERE path = ?", q)
@@ -382,18 +386,13 @@ def test_a_reader_whose_head_is_behind_another_process_upkeep_looks_again(tmp_pa
     url = f"sqlite:///{db}"
     state = str(tmp_path / "state")
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as writer:
-        writer.append_records([make_record(0, outputs=[artifact("/x", "x")]).stored()])
-        writer.tree_head()
-        for i in range(1, 6):
-            writer.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored()])
-            writer.tree_head()
+        _one_by_one(writer, [make_record(0, outputs=[artifact("/x", "x")]),
+                             *(make_record(i, inputs=[artifact("/data/ref", "r")]) for i in range(1, 6))])
     reader = open_ledger(url, state_dir=state, read_only=True)
     try:
         assert reader.tree_head().size == 6
         with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as writer:
-            for i in range(6, 30):
-                writer.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored()])
-                writer.tree_head()
+            _one_by_one(writer, [make_record(i, inputs=[artifact("/data/ref", "r")]) for i in range(6, 30)])
         _edit(db, "DELETE FROM ll_artifacts WHERE path = '/data/ref' AND role = 0 AND seq >= 5")
         with pytest.raises(IndexTampered):
             reader.last_seen("/data/ref")

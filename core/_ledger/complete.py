@@ -44,9 +44,12 @@ def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: in
                 final: bool) -> list[Candidate]:
     """Those below ``bound``: records verified after the index was asked need not be in its
     answer. Any past it (unless ``final``) raise :class:`StaleNames`."""
-    # Not cached: another process may append or compact between two look-ups, and a stat
-    # and a find over a 1,024th of the entries cost about as much as a cache's upkeep.
-    found = ledger.verifier.store.names(path) or []
+    # Read with the index rows where many files are looked up at once (a final look reads
+    # them again); else now: another process may append or compact between two look-ups.
+    batch = None if final else getattr(ledger._batch, "current", None)
+    found = batch.names.get(path) if batch is not None else None
+    if found is None:
+        found = ledger.verifier.store.names(path) or []
     output = role == "out"
     mine = [c for c in found if c.output is output]
     if not final and any(c.leaf >= bound for c in mine):

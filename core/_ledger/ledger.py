@@ -56,6 +56,7 @@ class LookAhead:
     places: dict[tuple[str, str], list[Located]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
+    names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
 
 
 class Ledger(LineageQueries):
@@ -334,6 +335,7 @@ class Ledger(LineageQueries):
         try:
             keys = list(dict.fromkeys(self.query_path(p) for p in paths))
             batch.bound = self._bound()
+            batch.names = self.verifier.store.names_many(keys) or {}
             backend = self.backend
             for role in ("out", "in"):
                 found = backend.find_latest_many(role, keys)

@@ -59,6 +59,7 @@ _NEVER_SKIP = (1 << 64) - 1
 _ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
 _second = itemgetter(1)
 _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
+_to_bytes = methodcaller("to_bytes", 16, "big")  # an entry's two words (byteorder: 3.10 has no default)
 
 
 class Candidate(NamedTuple):
@@ -105,16 +106,18 @@ class NamesBatch:
         self.records += len(views)
 
     @staticmethod
-    def _latest(records, side: int) -> dict[str, int]:
-        """Path -> the leaf of the record that named it (``side`` 2: as an output, 3: as
-        an input) and ended last, then the latest in ledger order: each record's paths
-        overwrite those of the records before it in that order (a stable sort by end time
-        keeps ledger order among equals)."""
-        latest: dict[str, int] = {}
-        fromkeys, update = dict.fromkeys, latest.update
-        for record in sorted(records, key=_second):
-            update(fromkeys(record[side], record[0]))
-        return latest
+    def _latest(records) -> tuple[dict[str, int], dict[str, int]]:
+        """(written, read): path -> the leaf of the record that named it in that role and
+        ended last, then the latest in ledger order: each record's paths overwrite those of
+        the records before it in that order (a stable sort by end time keeps ledger order
+        among equals)."""
+        written: dict[str, int] = {}
+        read: dict[str, int] = {}
+        fromkeys, write, reading = dict.fromkeys, written.update, read.update
+        for leaf, _ended, outputs, inputs in sorted(records, key=_second):
+            write(fromkeys(outputs, leaf))
+            reading(fromkeys(inputs, leaf))
+        return written, read
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
@@ -126,7 +129,7 @@ class NamesBatch:
         self._records, self.records = [], 0
         if not records:
             return [0] * BUCKETS, b""
-        written, read = self._latest(records, 2), self._latest(records, 3)
+        written, read = self._latest(records)
         paths = [*written, *read]
         low = [*(leaf << 1 | 1 for leaf in written.values()), *(leaf << 1 for leaf in read.values())]
         keys = list(map(zlib.crc32, map(_encode, paths)))
@@ -135,7 +138,7 @@ class NamesBatch:
         per_bucket = [0] * BUCKETS
         for bucket, count in Counter(map(rshift, keys, repeat(32 - _BUCKET_BITS))).items():
             per_bucket[bucket] = count
-        return per_bucket, b"".join(map(int.to_bytes, entries, repeat(_ENTRY.size), repeat("big")))
+        return per_bucket, b"".join(map(_to_bytes, entries))
 
 
 class NamesWriter:

@@ -29,7 +29,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 from blake3 import blake3
@@ -47,7 +47,7 @@ __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 _NODE = 32
 _EMPTY = blake3(b"").digest()
 _STARTS = struct.Struct("<Q")
-_NAMES_MAPPED = 256  # name files a process keeps mapped
+_NAMES_HELD = 64 << 20  # bytes of name files a process keeps read
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,8 @@ class TrustStore:
         base = root or state_root()
         self.directory = self.directory_for(identity, base)
         self._maps: dict[str, tuple[int, mmap.mmap | bytes]] = {}
-        self._names_maps: dict[str, tuple[tuple[int, int], mmap.mmap | bytes]] = {}
+        self._names_maps: dict[str, tuple[tuple[int, int], bytes]] = {}
+        self._names_held = 0
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -268,6 +269,7 @@ class TrustStore:
         view.identity, view.origin, view.directory = "", origin, directory
         view._maps = {}
         view._names_maps = {}
+        view._names_held = 0
         view.head = head
         return view
 
@@ -374,32 +376,48 @@ class TrustStore:
         before believing it. None where this tree keeps no names: refresh() audits such a
         tree first, so only a tree verified under ``LINEAGE_AUDIT_NAMES=0`` (a benchmark's)
         is read without them."""
+        found = self.names_many([path])
+        return None if found is None else found[path]
+
+    def names_many(self, paths: Sequence[str]) -> dict[str, list[Candidate]] | None:
+        """:meth:`names` of each of ``paths``, each file they fall in looked at once."""
         head = self.head
         if head is None or not head.names:
             return None
-        key = path_key(path)
-        name = bucket_name(bucket_of(key))
+        by_file: dict[int, list[tuple[str, int]]] = {}
+        for path in paths:
+            key = path_key(path)
+            by_file.setdefault(bucket_of(key), []).append((path, key))
+        found: dict[str, list[Candidate]] = {}
+        for bucket, wanted in by_file.items():
+            data = self._names_file(bucket_name(bucket))
+            for path, key in wanted:
+                # Past the head too: a reader that finds entries there knows its head is
+                # behind what another process kept (see complete.StaleNames).
+                found[path] = candidates(data, key, 1 << 62) if data else []
+        return found
+
+    def _names_file(self, name: str) -> bytes:
         # Checked against the file on every look-up, not only when the head changes: another
         # process may have appended to it or replaced it (a compaction) since it was mapped,
         # and a map kept from before would lack what this head's records named.
         try:
             st = os.stat(os.path.join(self.directory, name))
         except FileNotFoundError:
-            return []
+            return b""
         cached = self._names_maps.get(name)
         if cached is None or cached[0] != (st.st_ino, st.st_size):
-            if len(self._names_maps) >= _NAMES_MAPPED:
-                self._names_maps.clear()
             with open(os.path.join(self.directory, name), "rb") as handle:
                 opened = os.fstat(handle.fileno())
-                size = opened.st_size
-                # Mapped, not read: a verification of thousands of files touches every file.
-                # (Files are never cut short: a compaction replaces one whole, under a new inode.)
-                data: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            cached = self._names_maps[name] = ((opened.st_ino, size), data)
-        # Past the head too: a reader that finds entries there knows its head is behind
-        # what another process kept (see complete.StaleNames).
-        return candidates(cached[1], key, 1 << 62)
+                data = handle.read()
+            # Read, not mapped (a map holds a file descriptor, and a verification of thousands
+            # of files touches all 1,024 files), and kept up to a budget: 50 KB a file at 1M records.
+            self._names_held += len(data) - (len(cached[1]) if cached else 0)
+            if self._names_held > _NAMES_HELD:
+                self._names_maps.clear()
+                self._names_held = len(data)
+            cached = self._names_maps[name] = ((opened.st_ino, opened.st_size), data)
+        return cached[1]
 
     def root_at(self, size: int) -> str:
         """The root of the first ``size`` leaves, from O(log n) stored nodes."""
