@@ -14,9 +14,10 @@ Two questions are checked this way:
 * the latest record to read or write a path (pre-run checks, ``verify-lineage``): a
   candidate that ended later than the answer, or at the same time and later in the ledger,
   must not name the path;
-* every record that wrote a path (``producers``, ``why``): each candidate naming it must be
-  in the answer. Readers of a path are kept one per batch of records, so a full list of
-  them (``consumers``) is checked for those only; pages of a list are not checked.
+* the records that wrote or read a path (``producers`` for ``why``, ``consumers``): each
+  candidate naming it must be in the answer. Only the latest writer and reader of each
+  batch of records are kept, so a full list is checked for those; pages of a list are not
+  checked.
 """
 
 from __future__ import annotations

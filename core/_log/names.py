@@ -55,7 +55,6 @@ _BUCKET_BITS = 10
 BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB at 1M records
 _ENTRY = struct.Struct(">QQ")  # key, leaf << 1 | role (big-endian: one integer's bytes)
 ENTRY_SIZE = _ENTRY.size
-_NEVER_SKIP = (1 << 64) - 1
 _ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
 _second = itemgetter(1)
 _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
@@ -73,8 +72,8 @@ def path_key(path: str) -> int:
 
 def kept() -> bool:
     """False only where ``LINEAGE_AUDIT_NAMES=0``: what ``bench_audit_workers.py`` sets to
-    measure what the names cost an audit. A head verified that way says it has none, so the
-    next command audits again."""
+    measure what the names cost an audit. A head verified that way says it has none: its
+    readers check no deleted rows, and a command run without the setting audits it again."""
     return os.environ.get("LINEAGE_AUDIT_NAMES", "").strip() != "0"
 
 
@@ -183,11 +182,11 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
     found: list[Candidate] = []
     at = data.find(needle)
     while at >= 0:
-        if at % width:  # the bytes of a leaf or a time, not of a key
+        if at % width:  # the bytes of a leaf, not of a key
             at = data.find(needle, at + 1)
             continue
         if at + width > len(data):
-            break  # part of an entry a killed writer left (the next writer cuts it)
+            break  # part of an entry a killed writer left (the next writer fills it up)
         _key, leaf_role = unpack(data, at)
         leaf = leaf_role >> 1
         if leaf < size:
@@ -198,7 +197,7 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
 
 def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int]]) -> None:
     """Rewrite one bucket file without the entries ``(key, leaf << 1 | role)`` in
-    ``dropped``, replaced atomically: a reader that mapped the old file keeps reading it,
+    ``dropped``, replaced atomically: a reader holding the old file's bytes keeps them,
     whole. The caller holds the state's lock and has proved that newer entries stand for
     those dropped."""
     path = os.path.join(directory, bucket_name(bucket))
@@ -206,11 +205,11 @@ def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int]]) -> 
         data = handle.read()
     width = _ENTRY.size
     gone = {_ENTRY.pack(*entry) for entry in dropped}
-    kept = [data[at : at + width] for at in range(0, len(data) - width + 1, width)]
+    entries = [data[at : at + width] for at in range(0, len(data) - width + 1, width)]
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(entry for entry in kept if entry not in gone))
+            handle.write(b"".join(entry for entry in entries if entry not in gone))
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -8,7 +8,7 @@ After a verification, the user's own state directory holds, per ledger:
 * ``level-KK.bin``: every complete perfect subtree of the log tree at level ``KK`` (level 0
   is the leaf hashes), 32 bytes each, in order: 64 bytes per record in all;
 * ``starts.bin``: the leaf index of each block's first record (8 bytes, little-endian);
-* ``names-KK.bin``: which verified records name each path (:mod:`.names`), so that readers
+* ``names-KKK.bin``: which verified records name each path (:mod:`.names`), so that readers
   notice an index row that was deleted.
 
 Nothing in it comes from the ledger unverified: the leaves are hashed from record ids
@@ -145,7 +145,7 @@ class TreeWriter:
         self.block_id = block_id
         self.size += count
 
-    _BATCH = 25_000  # records of names gathered before they are written (one entry a batch per input)
+    _BATCH = 25_000  # records whose names are gathered before they are written (an entry a batch per path and role)
 
     def add_names(self, first_leaf: int, views) -> None:
         """The names of the verified records ``first_leaf`` on (decoded by
@@ -324,8 +324,7 @@ class TrustStore:
         cached = self._maps.get(name)
         if cached is None:
             with open(os.path.join(self.directory, name), "rb") as handle:
-                opened = os.fstat(handle.fileno())
-                size = opened.st_size
+                size = os.fstat(handle.fileno()).st_size
                 data: mmap.mmap | bytes = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             cached = (size, data)
             self._maps[name] = cached
@@ -399,8 +398,8 @@ class TrustStore:
 
     def _names_file(self, name: str) -> bytes:
         # Checked against the file on every look-up, not only when the head changes: another
-        # process may have appended to it or replaced it (a compaction) since it was mapped,
-        # and a map kept from before would lack what this head's records named.
+        # process may have appended to it or replaced it (a compaction) since it was read,
+        # and bytes kept from before would lack what this head's records named.
         try:
             st = os.stat(os.path.join(self.directory, name))
         except FileNotFoundError:

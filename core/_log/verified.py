@@ -131,7 +131,7 @@ class Verifier:
         store, backend = self.store, self.backend
         for _ in range(50):
             head = store.reload()
-            if head is None or not (head.names or not names_kept()):
+            if head is None or (not head.names and names_kept()):
                 # Nothing remembered, or a tree remembered before names were kept beside it
                 # (readers need them to notice deleted index rows): read everything once.
                 return self.audit(endorsed=endorsed).head
