@@ -20,7 +20,7 @@ from lineage_ledger._log.names import (
     path_key,
 )
 
-PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/x/" + "long" * 50])
+PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/d/nul\0x", "/x/" + "long" * 50])
 TIMES = st.integers(0, 5).map(lambda s: f"2026-01-01T00:00:0{s}.{s:06d}Z")
 RECORD = st.tuples(TIMES, st.lists(PATHS, max_size=3, unique=True), st.lists(PATHS, max_size=3, unique=True))
 
@@ -82,3 +82,37 @@ def test_a_part_entry_left_by_a_killed_writer_is_filled_before_the_next_append(t
     # The part was filled up to a whole entry (cutting it could take a page from under a
     # reader's map); what follows is on the grid again.
     assert len(data) == 3 * ENTRY_SIZE and [c.leaf for c in candidates(data, key, 10)] == [0, 1]
+
+
+def _reference(first_leaf, records):
+    """What a batch must keep, computed the plain way: per path and role, the record that
+    ended last, then the latest in ledger order."""
+    latest: dict[tuple[str, int], tuple[str, int]] = {}
+    for leaf, (ended, inputs, outputs) in enumerate(records, first_leaf):
+        for role, paths in ((0, inputs), (1, outputs)):
+            for path in paths:
+                if (path, role) not in latest or (ended, leaf) >= latest[path, role]:
+                    latest[path, role] = (ended, leaf)
+    return sorted((path_key(path), leaf << 1 | role) for (path, role), (_e, leaf) in latest.items())
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(RECORD, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4),
+       first=st.integers(0, 2**40))
+def test_a_batch_keeps_exactly_the_latest_of_each_path_and_role(records, cuts, first):
+    # Added a block at a time, as the audit and a refresh add them; end times in any order
+    # (records end out of ledger order when tasks run in parallel) and paths with lone
+    # surrogates or NUL-free text alike.
+    batch = NamesBatch()
+    at = 0
+    for cut in sorted({min(c, len(records)) for c in cuts} | {len(records)}):
+        batch.add(first + at, [_view(*r) for r in records[at:cut]])
+        at = cut
+    counts, data = batch.packed()
+    entries = [tuple(int.from_bytes(data[i : i + 8], "big") for i in (at, at + 8)) for at in range(0, len(data), ENTRY_SIZE)]
+    assert sorted(entries) == _reference(first, records)
+    at = 0
+    for bucket, count in enumerate(counts):  # each entry in the bucket its key names
+        assert all(bucket_of(key) == bucket for key, _low in entries[at : at + count])
+        at += count
+    assert batch.packed() == ([0] * BUCKETS, b"")  # and the batch is empty again

@@ -41,10 +41,9 @@ import os
 import struct
 import tempfile
 import zlib
-from collections import Counter
-from collections.abc import Sequence
-from itertools import repeat
-from operator import attrgetter, itemgetter, lshift, methodcaller, or_, rshift
+from collections.abc import Iterator, Sequence
+from itertools import accumulate, chain, islice, repeat
+from operator import attrgetter, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
@@ -56,9 +55,8 @@ BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB a
 _ENTRY = struct.Struct(">QQ")  # key, leaf << 1 | role (big-endian: one integer's bytes)
 ENTRY_SIZE = _ENTRY.size
 _ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
-_second = itemgetter(1)
+_flat = chain.from_iterable
 _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
-_to_bytes = methodcaller("to_bytes", 16, "big")  # an entry's two words (byteorder: 3.10 has no default)
 
 
 class Candidate(NamedTuple):
@@ -86,93 +84,137 @@ def bucket_name(bucket: int) -> str:
 
 
 class NamesBatch:
-    """The names of a run of consecutive verified records, until :meth:`packed`. An audit
-    pays this for every record it reads, so the work is kept to a few C-level steps a
-    record and one Python step a path kept."""
+    """The names of the verified records of one batch, until :meth:`packed`. An audit pays
+    this for every record it reads, so the work is done by whole columns, in C where it can
+    be (``map``, ``dict``, :mod:`itertools`), with one Python step per entry kept: about
+    2 us a record where the packing of the previous version, record by record and then one
+    sort of 128-bit integers, cost 4.8 (``bench/bench_audit_workers.py``)."""
 
     def __init__(self) -> None:
-        self._records: list[tuple[int, str, Any, Any]] = []  # (leaf, ended, outputs, inputs)
-        self.records = 0
+        self._clear()
         self._keep = kept()
+
+    def _clear(self) -> None:
+        # One row per record: its leaf, end time, and how many paths it writes and reads;
+        # the paths themselves, not the decoded records (a task's 25,000 of those were 50 MB),
+        # flat, in ledger order.
+        self._leaves: list[int] = []
+        self._ended: list[str] = []
+        self._writes: list[int] = []
+        self._reads: list[int] = []
+        self._written: list[str] = []
+        self._read: list[str] = []
+        self.records = 0
 
     def add(self, first_leaf: int, views: Sequence[Any]) -> None:
         """Records ``first_leaf`` on, as :func:`.audit_rows.decode_views` reads them."""
         if not self._keep:
             return
-        # The paths only, not the decoded records: a task's 25,000 of those were 50 MB.
-        self._records.extend(zip(range(first_leaf, first_leaf + len(views)), map(_ended, views),
-                                 map(tuple, map(_outputs, views)), map(tuple, map(_inputs, views)), strict=True))
+        outputs, inputs = list(map(_outputs, views)), list(map(_inputs, views))
+        self._leaves.extend(range(first_leaf, first_leaf + len(views)))
+        self._ended.extend(map(_ended, views))
+        self._writes.extend(map(len, outputs))
+        self._reads.extend(map(len, inputs))
+        self._written.extend(_flat(outputs))  # a dict iterates over its keys: the paths
+        self._read.extend(_flat(inputs))
         self.records += len(views)
 
-    @staticmethod
-    def _latest(records) -> tuple[dict[str, int], dict[str, int]]:
-        """(written, read): path -> the leaf of the record that named it in that role and
-        ended last, then the latest in ledger order: each record's paths overwrite those of
-        the records before it in that order (a stable sort by end time keeps ledger order
-        among equals)."""
-        written: dict[str, int] = {}
-        read: dict[str, int] = {}
-        fromkeys, write, reading = dict.fromkeys, written.update, read.update
-        for leaf, _ended, outputs, inputs in sorted(records, key=_second):
-            write(fromkeys(outputs, leaf))
-            reading(fromkeys(inputs, leaf))
-        return written, read
+    def _latest(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(written, read): path -> ``leaf << 1 | role`` of the record that named it in that
+        role and ended last, then the latest in ledger order. A dict built from the pairs in
+        that order keeps the last value of each path; the order is ledger order where the end
+        times never go back (the usual case, checked in one pass), else a stable sort of the
+        records by end time (ledger order among equals), applied to the flat columns by slices."""
+        leaves, ended, writes, reads = self._leaves, self._ended, self._writes, self._reads
+        written, read = self._written, self._read
+        if not all(map(le, ended, islice(ended, 1, None))):
+            order = sorted(range(len(ended)), key=ended.__getitem__)
+            written = list(_flat(map(written.__getitem__, _slices(writes, order))))
+            read = list(_flat(map(read.__getitem__, _slices(reads, order))))
+            leaves, writes, reads = ([column[i] for i in order] for column in (leaves, writes, reads))
+        as_output = map(or_, map(lshift, leaves, repeat(1)), repeat(1))
+        as_input = map(lshift, leaves, repeat(1))
+        return (dict(zip(written, _flat(map(repeat, as_output, writes)), strict=True)),
+                dict(zip(read, _flat(map(repeat, as_input, reads)), strict=True)))
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
-
-        Column by column, in C where it can be: each entry is one integer (key, then leaf
-        and role, as the 16 bytes it is written as), so one sort of plain integers groups
-        them by bucket (the key's high bits). Sorting tuples instead cost three times as much."""
-        records = self._records
-        self._records, self.records = [], 0
-        if not records:
+        Inside a bucket the order is of no meaning: a reader searches the whole file."""
+        if not self._leaves:
             return [0] * BUCKETS, b""
-        written, read = self._latest(records)
-        paths = [*written, *read]
-        low = [*(leaf << 1 | 1 for leaf in written.values()), *(leaf << 1 for leaf in read.values())]
-        keys = list(map(zlib.crc32, map(_encode, paths)))
-        entries = list(map(or_, map(lshift, keys, repeat(64)), low))
-        entries.sort()
-        per_bucket = [0] * BUCKETS
-        for bucket, count in Counter(map(rshift, keys, repeat(32 - _BUCKET_BITS))).items():
-            per_bucket[bucket] = count
-        return per_bucket, b"".join(map(_to_bytes, entries))
+        written, read = self._latest()
+        self._clear()
+        keys = list(map(zlib.crc32, _encoded([*written, *read])))
+        shift = 32 - _BUCKET_BITS
+        buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
+        for key, low in zip(keys, [*written.values(), *read.values()], strict=True):  # the one Python step an entry
+            bucket = buckets[key >> shift]
+            bucket.append(key)
+            bucket.append(low)
+        words = list(_flat(buckets))
+        return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(words)}Q", *words)
+
+
+def _slices(counts: list[int], order: list[int]) -> Iterator[slice]:
+    """The slices of a flat column (``counts[i]`` items for record ``i``) in ``order``."""
+    starts = [0, *accumulate(counts)]
+    return map(slice, map(starts.__getitem__, order), map(starts.__getitem__, map((1).__add__, order)))
+
+
+def _encoded(paths: list[str]) -> Iterator[bytes] | list[bytes]:
+    """The paths in UTF-8 (lone surrogates, from undecodable file names, kept as they are):
+    one encoding of them all, split at NUL, which no path holds (one per path where one does)."""
+    parts = "\0".join(paths).encode("utf-8", "surrogatepass").split(b"\0")
+    return parts if len(parts) == len(paths) else map(_encode, paths)
 
 
 class NamesWriter:
     """Appends packed batches to the bucket files of one state directory (private files).
-    Each file is opened for its write only: a batch touches most of the 1,024."""
+    Batches queued together are written with one open of each file they touch: an audit's
+    parent queues several workers' ranges, so that it opens each of the 1,024 files once per
+    few ranges, not once per range (the parent is the audit's serial part)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self._queued: list[tuple[Sequence[int], bytes]] = []
+        self.queued_bytes = 0
 
     def write(self, counts: Sequence[int], data: bytes) -> None:
+        self.queue(counts, data)
+        self.flush()
+
+    def queue(self, counts: Sequence[int], data: bytes) -> None:
         if len(counts) != BUCKETS or sum(counts) * _ENTRY.size != len(data):
             raise ValueError("a names batch whose counts do not match its entries")
-        view = memoryview(data)
-        at = 0
-        for bucket, count in enumerate(counts):
-            if not count:
-                continue
-            size = count * _ENTRY.size
-            fd = os.open(os.path.join(self.directory, bucket_name(bucket)),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                # A writer killed mid-entry left a part of one: fill it up to a whole entry
-                # (a candidate like any other, proved before it is believed), or every entry
-                # appended after it would sit off the 16-byte grid, where readers skip it.
-                # Cutting it instead could take a page from under a reader's map (SIGBUS).
-                tail = os.fstat(fd).st_size % _ENTRY.size
-                chunk = view[at : at + size]
-                if tail:
-                    chunk = memoryview(bytes(_ENTRY.size - tail) + bytes(chunk))
-                while chunk:
-                    written = os.write(fd, chunk)
-                    chunk = chunk[written:]
-            finally:
-                os.close(fd)
-            at += size
+        self._queued.append((counts, data))
+        self.queued_bytes += len(data)
+
+    def flush(self) -> None:
+        batches, self._queued, self.queued_bytes = self._queued, [], 0
+        starts = [[0, *accumulate(count * _ENTRY.size for count in counts)] for counts, _data in batches]
+        views = [memoryview(data) for _counts, data in batches]
+        for bucket in range(BUCKETS):
+            parts = [view[at[bucket] : at[bucket + 1]] for view, at in zip(views, starts, strict=True)
+                     if at[bucket + 1] > at[bucket]]
+            if parts:
+                self._append(bucket, parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
+
+    def _append(self, bucket: int, chunk: memoryview) -> None:
+        fd = os.open(os.path.join(self.directory, bucket_name(bucket)),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            # A writer killed mid-entry left a part of one: fill it up to a whole entry
+            # (a candidate like any other, proved before it is believed), or every entry
+            # appended after it would sit off the 16-byte grid, where readers skip it.
+            # Cutting it instead could take a page from under a reader's map (SIGBUS).
+            tail = os.fstat(fd).st_size % _ENTRY.size
+            if tail:
+                chunk = memoryview(bytes(_ENTRY.size - tail) + bytes(chunk))
+            while chunk:
+                written = os.write(fd, chunk)
+                chunk = chunk[written:]
+        finally:
+            os.close(fd)
 
 
 def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:

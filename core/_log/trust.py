@@ -155,16 +155,23 @@ class TreeWriter:
         self._batch.add(first_leaf, views)
         self._named = first_leaf + len(views)
         if self._batch.records >= self._BATCH:
-            self._names.write(*self._batch.packed())
+            self._queue_names(*self._batch.packed())
 
     def add_packed_names(self, first_leaf: int, records: int, counts, data: bytes) -> None:
         """Names an audit worker gathered and packed for ``records`` records from ``first_leaf``."""
         if first_leaf != self._named:
             self.names_format = 0
         if self._batch.records:
-            self._names.write(*self._batch.packed())
-        self._names.write(counts, data)
+            self._queue_names(*self._batch.packed())
+        self._queue_names(counts, data)
         self._named = first_leaf + records
+
+    _QUEUED = 8 << 20  # bytes of names held before they are written: about 6 of an audit's ranges
+
+    def _queue_names(self, counts, data: bytes) -> None:
+        self._names.queue(counts, data)
+        if self._names.queued_bytes >= self._QUEUED:
+            self._names.flush()
 
     def root(self) -> str:
         digest: bytes | None = None
@@ -188,7 +195,8 @@ class TreeWriter:
         """Flush the nodes and names, then replace ``head.json``: readers never see a head
         whose nodes or names are not written."""
         if self._batch.records:
-            self._names.write(*self._batch.packed())
+            self._names.queue(*self._batch.packed())
+        self._names.flush()
         head = self.head(audited=audited)
         for handle in [*self._files, self._starts]:
             handle.flush()
