@@ -388,13 +388,30 @@ class FabricNetwork:
             CORE_LEDGER_HISTORY_ENABLEHISTORYDATABASE="false",
         )
 
-    def start_peer(self, org: Org, *, ready: bool = False) -> None:
-        """Start ``org``'s peer; with ``ready``, wait until its gateway can get endorsements."""
+    def start_peer(self, org: Org, *, ready: bool = False, settings: dict[str, str] | None = None) -> None:
+        """Start ``org``'s peer; with ``ready``, wait until its gateway can get endorsements.
+        ``settings`` are core.yaml overrides as environment (``CORE_LEDGER_STATE_...``)."""
         name = f"peer-{org.name}"
-        process = self._spawn(name, [str(self.bin_dir / "peer"), "node", "start"], self.peer_env(org))
+        env = self.peer_env(org)
+        env.update(settings or {})
+        process = self._spawn(name, [str(self.bin_dir / "peer"), "node", "start"], env)
         wait_for_port(org.port, process, self.base / "logs" / f"{name}.log")
         if ready:
             self.wait_until_endorsing(org)
+
+    def restart_peer(self, org: Org, settings: dict[str, str] | None = None) -> None:
+        """Stop ``org``'s peer as an operator would (SIGTERM) and start it again with
+        ``settings`` (none: as :meth:`start` did), ready to endorse. A peer that is not
+        running (a restart that failed) is only started."""
+        process = self.processes.pop(f"peer-{org.name}", None)
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        self.start_peer(org, ready=True, settings=settings)
 
     def kill_peer(self, org: Org) -> None:
         """``kill -9`` the peer's process group, as a crash would."""

@@ -30,6 +30,7 @@ func (c *LedgerContract) Head(ctx contractapi.TransactionContextInterface, ledge
 
 // Blocks returns blocks start <= height < stop in the wire format, stopping early (after at
 // least one block) once maxBytes are reached; the client asks again from where it stopped.
+// So it needs no pages (ranges.go): a peer's query limit only stops it early as well.
 func (c *LedgerContract) Blocks(ctx contractapi.TransactionContextInterface, ledger string, start int, stop int, maxBytes int) (string, error) {
 	p, err := readablePrefix(ctx, ledger)
 	if err != nil {
@@ -170,22 +171,17 @@ func (c *LedgerContract) ByRun(ctx contractapi.TransactionContextInterface, ledg
 		return "", err
 	}
 	scan := p + "run/" + digestHex([]byte(runID)) + "/"
-	it, err := ctx.GetStub().GetStateByRange(scan, rangeEnd(scan))
-	if err != nil {
-		return "", err
-	}
-	defer it.Close()
 	var places []string
-	for it.HasNext() {
-		kv, err := it.Next()
-		if err != nil {
-			return "", err
-		}
-		height, _ := strconv.ParseInt(kv.Key[len(scan):], 10, 64)
-		for _, position := range strings.Split(string(kv.Value), ",") {
+	err = eachInRange(ctx, scan, rangeEnd(scan), func(key string, value []byte) (bool, error) {
+		height, _ := strconv.ParseInt(key[len(scan):], 10, 64)
+		for _, position := range strings.Split(string(value), ",") {
 			pos, _ := strconv.Atoi(position)
 			places = append(places, place(height, pos))
 		}
+		return true, nil
+	})
+	if err != nil {
+		return "", err
 	}
 	return locate(ctx, p, places)
 }
@@ -199,21 +195,19 @@ func (c *LedgerContract) ByIDPrefix(ctx contractapi.TransactionContextInterface,
 	if strings.ContainsAny(idPrefix, "/~") {
 		return "", invalid("record id prefixes are hex digits")
 	}
-	it, err := ctx.GetStub().GetStateByRange(p+"id/"+idPrefix, rangeEnd(p+"id/"+idPrefix))
-	if err != nil {
-		return "", err
-	}
-	defer it.Close()
 	var places []string
-	for it.HasNext() && len(places) < limit {
-		kv, err := it.Next()
-		if err != nil {
-			return "", err
+	err = eachInRange(ctx, p+"id/"+idPrefix, rangeEnd(p+"id/"+idPrefix), func(_ string, value []byte) (bool, error) {
+		if len(places) >= limit {
+			return false, nil
 		}
-		fields := strings.Split(string(kv.Value), "\t")
+		fields := strings.Split(string(value), "\t")
 		h, _ := strconv.ParseInt(fields[0], 10, 64)
 		pos, _ := strconv.Atoi(fields[1])
 		places = append(places, place(h, pos))
+		return len(places) < limit, nil
+	})
+	if err != nil {
+		return "", err
 	}
 	sort.Strings(places)
 	return locate(ctx, p, places)
@@ -223,25 +217,20 @@ func (c *LedgerContract) ByIDPrefix(ctx contractapi.TransactionContextInterface,
 // the lines whose tab-separated fields pass keep (the position is the second field), and
 // returns "<height>/<position>" places, de-duplicated, in ledger order.
 func scanIndex(ctx contractapi.TransactionContextInterface, scan string, keep func([]string) bool) ([]string, error) {
-	it, err := ctx.GetStub().GetStateByRange(scan, rangeEnd(scan))
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
 	unique := map[string]bool{}
-	for it.HasNext() {
-		kv, err := it.Next()
-		if err != nil {
-			return nil, err
-		}
-		height, _ := strconv.ParseInt(kv.Key[strings.LastIndexByte(kv.Key, '/')+1:], 10, 64)
-		for _, line := range strings.Split(strings.TrimSuffix(string(kv.Value), "\n"), "\n") {
+	err := eachInRange(ctx, scan, rangeEnd(scan), func(key string, value []byte) (bool, error) {
+		height, _ := strconv.ParseInt(key[strings.LastIndexByte(key, '/')+1:], 10, 64)
+		for _, line := range strings.Split(strings.TrimSuffix(string(value), "\n"), "\n") {
 			fields := strings.Split(line, "\t")
 			if len(fields) >= 2 && keep(fields) {
 				pos, _ := strconv.Atoi(fields[1])
 				unique[place(height, pos)] = true
 			}
 		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	places := make([]string, 0, len(unique))
 	for at := range unique {
