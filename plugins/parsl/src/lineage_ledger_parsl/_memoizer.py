@@ -8,6 +8,12 @@ the task's ``File`` arguments are compared with the ledger:
 * ``strict``: the try fails with ``ArtifactMismatch`` naming the files (retries apply).
 * ``rerun``: a cached result is ignored and the task runs again, rewriting its outputs.
 
+A check that finds the ledger itself tampered with (an index row that disagrees with its
+record, a deleted row, a broken chain) fails the try under ``strict``; under ``warn`` and
+``rerun`` it is logged and the task goes on, but the try recorded for a cache hit then
+lists none of the task's files: nothing vouched for their bytes, and a record naming them
+would give an edit hidden that way a producer that later checks would trust.
+
 A cache hit is recorded as a ``cached`` try. Parsl cannot memoize ``File`` arguments
 (``id_for_memo`` has no rule for them); here they are keyed by URL, or with
 ``file_key="content"`` inputs by the BLAKE3 of their bytes, so an edited input is a miss.
@@ -29,6 +35,7 @@ from lineage_ledger import (
     ArtifactCheck,
     ArtifactMismatch,
     LedgerError,
+    VerificationError,
     hash_file,
     utcnow,
     verify_before_run,
@@ -86,8 +93,9 @@ class LedgerMemoizer(Memoizer):
         inputs, outputs = task_files(task["args"], task["kwargs"])
         cached = self._inner_check(task, bool(inputs or outputs))
         tampered: list[str] = []
+        unverified: dict[str, Any] = {}
         if inputs or outputs:
-            tampered = self._verify(task, inputs + outputs)
+            tampered, unverified = self._verify(task, inputs + outputs)
             if tampered and cached is not None and self.ledger.policy == "rerun":
                 log.warning(
                     "lineage-ledger: task %s (%s) runs again instead of reusing its cached result",
@@ -98,7 +106,11 @@ class LedgerMemoizer(Memoizer):
                 cached = None
         if cached is not None:
             self.cache_hits += 1
-            self._record(task, "cached", {"from_memo": True}, leave_out=tampered)
+            if unverified:
+                self._record(task, "cached", {"from_memo": True, **unverified},
+                             leave_out=unverified["not_verified"], left_out_as="not_verified")
+            else:
+                self._record(task, "cached", {"from_memo": True}, leave_out=tampered)
         return cached
 
     # -- internals ---------------------------------------------------------------------
@@ -130,20 +142,24 @@ class LedgerMemoizer(Memoizer):
             digest = None
         return (_FILE_TAG, value.url, digest)
 
-    def _verify(self, task: Mapping[str, Any], paths: list[str]) -> list[str]:
-        """The policy applied to the task's files; returns the modified paths (warn, rerun)."""
+    def _verify(self, task: Mapping[str, Any], paths: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """The policy applied to the task's files. Returns the modified paths (warn, rerun),
+        and where the ledger failed its own verification, what a record of the task should
+        say instead of listing the files (``not_verified``: all of them; ``check_failed``)."""
         policy = self.ledger.policy
         # Files this process wrote in this run may not be in the ledger yet (write-behind).
         paths = [p for p in dict.fromkeys(paths) if not self.ledger.produced_here(p)]
         if not paths:
-            return []
+            return [], {}
         try:
             checks = self._check(paths, policy)
         except LedgerError as err:  # the ledger cannot vouch for anything (broken chain, no back-end)
             if policy == "strict":
                 raise
             log.error("lineage-ledger: could not check the files of task %s: %s", task["id"], err)
-            return []
+            if isinstance(err, VerificationError):  # tampered with, not merely out of reach
+                return [], {"not_verified": paths, "check_failed": f"{type(err).__name__}: {err}"[:2000]}
+            return [], {}
         tampered = [check.path for check in checks]
         if tampered and policy == "strict":
             refusal = ArtifactMismatch(
@@ -155,7 +171,7 @@ class LedgerMemoizer(Memoizer):
             log.error("%s", refusal)
             self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
             raise refusal
-        return tampered
+        return tampered, {}
 
     def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
         # strict is applied by the caller, so that the refusal names the task as well as the files
@@ -163,7 +179,8 @@ class LedgerMemoizer(Memoizer):
         return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
 
     def _record(
-        self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = ()
+        self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = (),
+        left_out_as: str = "modified_outside_workflow",
     ) -> None:
         """Record a try that never reaches an executor: a cache hit, or a refusal under strict."""
         try:
@@ -171,6 +188,7 @@ class LedgerMemoizer(Memoizer):
             run = self.ledger.task_run(
                 task, task["func"], task["args"], task["kwargs"], status=status,
                 started=now, ended=now, run_id=task["dfk"].run_id, extra=extra, leave_out=set(leave_out),
+                left_out_as=left_out_as,
             )
             self.ledger.submit(run)
         except Exception:  # noqa: BLE001 - recording must never break the workflow

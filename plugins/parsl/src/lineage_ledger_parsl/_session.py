@@ -167,11 +167,13 @@ class ParslLedger:
         known: Mapping[str, Mapping[str, Any]] | None = None,
         extra: Mapping[str, Any] | None = None,
         leave_out: Collection[str] = (),
+        left_out_as: str = "modified_outside_workflow",
     ) -> TaskRun:
         """A :class:`TaskRun` for one try of ``task`` (its DataFlowKernel record, if known).
 
-        ``leave_out``: files changed outside the workflow that this try did not write; listing
-        them would make the ledger vouch for their current bytes.
+        ``leave_out``: files changed outside the workflow (or that the ledger could not
+        check) that this try did not write; listing them would make the ledger vouch for
+        their current bytes. They are named in ``extra[left_out_as]`` instead.
         """
         # A task with no arguments (common: many small apps) skips the argument walks.
         inputs, outputs = task_files(args, kwargs) if args or kwargs else ([], [])
@@ -179,7 +181,7 @@ class ParslLedger:
         if leave_out:
             inputs = [p for p in inputs if p not in leave_out]
             outputs = [p for p in outputs if p not in leave_out]
-            details["modified_outside_workflow"] = sorted(leave_out)
+            details[left_out_as] = sorted(leave_out)
         if task is not None:
             task_id, name, attempt = str(task["id"]), str(task["func_name"]), int(task["try_id"]) + 1
             details["parsl_try_id"] = task["try_id"]

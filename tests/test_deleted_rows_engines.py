@@ -1,0 +1,207 @@
+"""Index rows deleted behind the ledger's back, met by each engine's own pre-run check as
+deployed: Parsl's memoizer, ``nextflow-ledger run -resume`` and Airflow's LedgerOperator.
+
+The same shape each time (as ``tests/test_deleted_rows.py`` does for Snakemake): a two-step
+chain is recorded; a run with nothing changed reuses its results as before; then the
+intermediate file is edited with its mtime put back (the engine's own cache sees nothing)
+and every ``ll_artifacts`` row naming it deleted, so that no record seems to know it. The
+strict policy must refuse it as tampered, not take it for a source it never saw and reuse or
+build on it. What notices is the names kept beside the verified tree (``core/_log/names.py``):
+run this file with ``LINEAGE_AUDIT_NAMES=0`` and each engine case fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import test_airflow as airflow_tests  # sets a private AIRFLOW_HOME before Airflow is imported
+from tests.support.airflow_site import airflow_installed
+
+#: The names switch, passed on to the engines' subprocesses (the helpers that start them drop
+#: every LINEAGE_ setting of the caller), so that the whole run can be made without names.
+NAMES_SWITCH = {k: v for k, v in os.environ.items() if k == "LINEAGE_AUDIT_NAMES"}
+
+
+def tamper_keep_size_and_mtime(path: Path) -> None:
+    """Change the last character before the final newline, in place, and put the mtime back:
+    an engine that keys on a file's path, size or mtime sees nothing."""
+    stat = path.stat()
+    content = bytearray(path.read_bytes())
+    content[-2] = ord("8") if content[-2] != ord("8") else ord("9")
+    with open(path, "r+b") as handle:
+        handle.write(content)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+
+
+def delete_rows(db: Path, path: Path) -> int:
+    """Delete every index row naming ``path``; how many there were (at least one)."""
+    with sqlite3.connect(db) as conn:
+        deleted = conn.execute("DELETE FROM ll_artifacts WHERE path = ?", (str(path),)).rowcount
+    assert deleted, f"no index row named {path}: nothing to hide"
+    return deleted
+
+
+# -- Parsl: the memoizer's check before reuse or launch ----------------------------------------
+
+def _parsl_chain(workdir: Path, url: str, policy: str = "strict"):
+    """generate (bash: seq > raw.txt) -> square (python: raw.txt -> squares.txt), the example's
+    first two stages, with checkpoints and the strict policy; their AppFutures and run id."""
+    from lineage_ledger_parsl import ParslLedger
+    from parsl.data_provider.files import File
+
+    from tests.support import parsl as support
+
+    pipeline = support.load_pipeline()
+    where = pipeline.paths(str(workdir))
+    apps = pipeline.make_apps()
+    config = pipeline.make_config(str(workdir), "threads", ParslLedger(url, policy=policy))
+    with support.loaded(config) as dfk:  # cleanup flushes the capture: the records are in
+        raw = apps.generate(20, outputs=[File(where["raw.txt"])])
+        squares = apps.square(inputs=[raw.outputs[0]], outputs=[File(where["squares.txt"])])
+        for future in (raw, squares):
+            future.exception()  # wait; each test asserts what it expects of the outcome
+        return raw, squares, dfk.run_id
+
+
+def _statuses(url: str, run_id: str) -> dict[str, list[str]]:
+    from lineage_ledger import open_ledger
+
+    found: dict[str, list[str]] = {}
+    with open_ledger(url) as ledger:
+        for entry in ledger.run(run_id):
+            found.setdefault(entry.record.task_name, []).append(entry.record.status)
+    return found
+
+
+def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(workdir):
+    pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
+    pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+    from lineage_ledger import IndexTampered
+
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    raw_txt, squares_txt = workdir / "raw.txt", workdir / "squares.txt"
+    generate, square, first = _parsl_chain(workdir, url)
+    assert square.result() == 20
+    assert _statuses(url, first) == {"generate": ["succeeded"], "square": ["succeeded"]}
+
+    # The control: nothing changed, both results come from the checkpoint as before.
+    generate, square, control = _parsl_chain(workdir, url)
+    assert square.result() == 20
+    assert generate.task_record["from_memo"] and square.task_record["from_memo"]
+    assert _statuses(url, control) == {"generate": ["cached"], "square": ["cached"]}
+
+    tamper_keep_size_and_mtime(raw_txt)
+    delete_rows(workdir / "ledger.db", raw_txt)
+    squares_before = squares_txt.stat().st_mtime_ns
+    generate, square, third = _parsl_chain(workdir, url)
+    # Without the names, raw.txt looked like a source nobody recorded: generate's result was
+    # reused from the checkpoint and square ran on the edited file (a miss: its digest changed).
+    with pytest.raises(IndexTampered, match="left out record"):
+        generate.result()
+    assert square.exception() is not None  # its dependency failed: it never ran
+    assert squares_txt.stat().st_mtime_ns == squares_before
+    assert "cached" not in _statuses(url, third).get("generate", [])
+
+
+def test_parsl_warn_reuses_but_its_cached_record_does_not_vouch_for_the_hidden_edit(workdir, caplog):
+    """Under warn, a check that finds the index tampered is logged and the cached result
+    reused; the ``cached`` try it records must not list the files it could not check, or
+    their edited bytes would get a producer, and the next strict run would pass them."""
+    pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
+    pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+    from lineage_ledger import IndexTampered, open_ledger
+
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    raw_txt = workdir / "raw.txt"
+    assert _parsl_chain(workdir, url, "warn")[1].result() == 20
+    tamper_keep_size_and_mtime(raw_txt)
+    delete_rows(workdir / "ledger.db", raw_txt)
+    generate, _, second = _parsl_chain(workdir, url, "warn")
+    assert generate.result() == 0 and generate.task_record["from_memo"]  # warn: reused, and said so
+    assert any("left out record" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    with open_ledger(url) as ledger:
+        (cached,) = [e.record for e in ledger.run(second) if e.record.task_name == "generate"]
+    assert cached.status == "cached" and str(raw_txt) not in cached.outputs, cached.outputs
+    assert cached.extra["not_verified"] == [str(raw_txt)] and "IndexTampered" in cached.extra["check_failed"]
+    generate, _, _ = _parsl_chain(workdir, url, "strict")
+    with pytest.raises(IndexTampered, match="left out record"):
+        generate.result()
+
+
+# -- Nextflow: nextflow-ledger's check before -resume ------------------------------------------
+
+def _nextflow(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """As ``tests.support.nextflow.run``, with the names switch passed on."""
+    from tests.support import nextflow as nf
+
+    command = str(nf.require_nextflow()) if program == "nextflow" else str(nf.BIN / program)
+    return subprocess.run([command, *args], cwd=cwd, env=nf.env(cwd, **NAMES_SWITCH), capture_output=True,
+                          text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_nextflow_strict_resume_refuses_a_work_output_whose_rows_were_deleted(tmp_path):
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    here = nf.copy_example(tmp_path / "example")
+    first = _nextflow("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    # The control: a strict -resume with nothing changed reuses every task.
+    control = _nextflow("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert control.returncode == 0, control.stdout + control.stderr
+    assert "Cached process > SPLIT (alpha)" in control.stdout and "Submitted process" not in control.stdout
+
+    # SPLIT's output in its work directory, which COUNT (alpha) reads through a staged link.
+    words = next(p for p in (here / "work").glob("*/*/alpha.words") if not p.is_symlink())
+    tamper_keep_size_and_mtime(words)
+    delete_rows(here / ".lineage" / "ledger.db", words)
+    report_before = (here / "results" / "report.txt").read_bytes()
+    strict = _nextflow("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    # Without the names, alpha.words passed as a source nobody recorded, and Nextflow reused
+    # SPLIT and COUNT (their cache keys hold the inputs' path, size and mtime) on the edit.
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "refusing to run" in strict.stderr and "left out record" in strict.stderr, strict.stderr
+    assert "Launching" not in strict.stdout  # Nextflow never started
+    assert (here / "results" / "report.txt").read_bytes() == report_before
+
+
+# -- Airflow: LedgerOperator's check (_checks.check_inputs) under dag.test() ----------------------
+
+# The module-wide Airflow site (its metadata database migrated once) and a ledger, spool and
+# data directory of each test's own: tests/test_airflow.py's fixtures, used here as they are.
+site = airflow_tests.site
+run = airflow_tests.run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not airflow_installed(), reason="apache-airflow is not installed (make install-airflow)")
+def test_airflow_strict_ledger_operator_refuses_an_input_whose_rows_were_deleted(site, run, monkeypatch):
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    raw, report = run.data / "raw.csv", run.data / "report.txt"
+
+    # The control: strict, nothing changed; extract's output reused (marked success), all ran.
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    assert site.load_dag("lineage_example").dag.test(mark_success_pattern="extract").state == "success"
+
+    tamper_keep_size_and_mtime(raw)
+    delete_rows(Path(run.url.removeprefix("sqlite:///")), raw)
+    report_before = report.stat().st_mtime_ns
+    third = site.load_dag("lineage_example").dag.test(mark_success_pattern="extract")
+    _tries.reset()
+    assert third.state == "failed"
+    assert report.stat().st_mtime_ns == report_before, "the strict LedgerOperator ran on the edited file"
+    runs = airflow_tests.dag_runs(run, "lineage_example.")
+    assert len(runs) == 3
+    (refused,) = airflow_tests.by_task(runs[2])["report"]
+    error = refused.extra["airflow"]["error"]
+    assert refused.status == "failed" and "left out record" in error, error
