@@ -82,7 +82,7 @@ def _statuses(url: str, run_id: str) -> dict[str, list[str]]:
 def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(workdir):
     pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
     pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
-    from lineage_ledger import IndexTampered
+    from lineage_ledger import IndexTampered, open_ledger
 
     url = f"sqlite:///{workdir / 'ledger.db'}"
     raw_txt, squares_txt = workdir / "raw.txt", workdir / "squares.txt"
@@ -106,7 +106,11 @@ def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(w
         generate.result()
     assert square.exception() is not None  # its dependency failed: it never ran
     assert squares_txt.stat().st_mtime_ns == squares_before
-    assert "cached" not in _statuses(url, third).get("generate", [])
+    assert _statuses(url, third) == {"generate": ["failed"]}  # the refused try, recorded as such
+    with open_ledger(url) as ledger:
+        (refused,) = [e.record for e in ledger.run(third)]
+    assert refused.extra["refused_by"] == "strict" and "IndexTampered" in refused.extra["check_failed"]
+    assert refused.outputs == {} and refused.extra["not_verified"] == [str(raw_txt)]  # vouches for nothing
 
 
 def test_parsl_warn_reuses_but_its_cached_record_does_not_vouch_for_the_hidden_edit(workdir, caplog):

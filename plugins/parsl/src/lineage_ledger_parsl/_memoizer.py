@@ -9,10 +9,11 @@ the task's ``File`` arguments are compared with the ledger:
 * ``rerun``: a cached result is ignored and the task runs again, rewriting its outputs.
 
 A check that finds the ledger itself tampered with (an index row that disagrees with its
-record, a deleted row, a broken chain) fails the try under ``strict``; under ``warn`` and
-``rerun`` it is logged and the task goes on, but the try recorded for a cache hit then
-lists none of the task's files: nothing vouched for their bytes, and a record naming them
-would give an edit hidden that way a producer that later checks would trust.
+record, a deleted row, a broken chain) fails the try under ``strict``, recorded as refused;
+under ``warn`` and ``rerun`` it is logged and the task goes on, but the try recorded for a
+cache hit then lists none of the task's files (``extra["not_verified"]``): nothing vouched
+for their bytes, and a record naming them would give an edit hidden that way a producer
+that later checks would trust.
 
 A cache hit is recorded as a ``cached`` try. Parsl cannot memoize ``File`` arguments
 (``id_for_memo`` has no rule for them); here they are keyed by URL, or with
@@ -154,12 +155,14 @@ class LedgerMemoizer(Memoizer):
         try:
             checks = self._check(paths, policy)
         except LedgerError as err:  # the ledger cannot vouch for anything (broken chain, no back-end)
-            if policy == "strict":
-                raise
             log.error("lineage-ledger: could not check the files of task %s: %s", task["id"], err)
-            if isinstance(err, VerificationError):  # tampered with, not merely out of reach
-                return [], {"not_verified": paths, "check_failed": f"{type(err).__name__}: {err}"[:2000]}
-            return [], {}
+            unverified = {"not_verified": paths, "check_failed": f"{type(err).__name__}: {err}"[:2000]}
+            if policy == "strict":  # refused, and recorded as refused, like a changed file
+                self._record(task, "failed", {"error": unverified["check_failed"], "refused_by": "strict",
+                                              **unverified}, leave_out=paths, left_out_as="not_verified")
+                raise
+            # Tampered with, not merely out of reach: a cache hit's record lists none of the files.
+            return [], unverified if isinstance(err, VerificationError) else {}
         tampered = [check.path for check in checks]
         if tampered and policy == "strict":
             refusal = ArtifactMismatch(
