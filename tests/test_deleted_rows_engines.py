@@ -7,7 +7,10 @@ intermediate file is edited with its mtime put back (the engine's own cache sees
 and every ``ll_artifacts`` row naming it deleted, so that no record seems to know it. The
 strict policy must refuse it as tampered, not take it for a source it never saw and reuse or
 build on it. What notices is the names kept beside the verified tree (``core/_log/names.py``):
-run this file with ``LINEAGE_AUDIT_NAMES=0`` and each engine case fails.
+run this file with ``LINEAGE_AUDIT_NAMES=0`` and each case fails.
+
+Parsl also under ``warn``: the hidden edit is reused and logged, and the ``cached`` try then
+recorded must not vouch for it, or the next strict run would pass it (a bug found here).
 """
 
 from __future__ import annotations
