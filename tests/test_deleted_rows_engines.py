@@ -15,6 +15,7 @@ recorded must not vouch for it, or the next strict run would pass it (a bug foun
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -48,6 +49,14 @@ def delete_rows(db: Path, path: Path) -> int:
         deleted = conn.execute("DELETE FROM ll_artifacts WHERE path = ?", (str(path),)).rowcount
     assert deleted, f"no index row named {path}: nothing to hide"
     return deleted
+
+
+def recorded(db: Path) -> list[dict]:
+    """Every record body in ledger order, read straight from the table: opening the ledger
+    afresh would audit it, and the deleted rows fail that audit."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
+    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
 
 
 # -- Parsl: the memoizer's check before reuse or launch ----------------------------------------
@@ -141,6 +150,36 @@ def test_parsl_warn_reuses_but_its_cached_record_does_not_vouch_for_the_hidden_e
         generate.result()
 
 
+def test_parsl_rerun_runs_again_a_task_whose_files_a_tampered_ledger_cannot_vouch_for(workdir, caplog):
+    """Under rerun, a ledger that fails its own check cannot vouch for the task's files, so
+    they count as changed: the cached result is ignored and the task runs again, rewriting
+    the hidden edit; its record then lists its files, as after any real run."""
+    pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
+    pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+    from lineage_ledger import hash_file, open_ledger
+
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    raw_txt = workdir / "raw.txt"
+    assert _parsl_chain(workdir, url, "rerun")[1].result() == 20
+    made = raw_txt.read_bytes()
+    tamper_keep_size_and_mtime(raw_txt)
+    delete_rows(workdir / "ledger.db", raw_txt)
+    generate, square, second = _parsl_chain(workdir, url, "rerun")
+    # Before: the error was logged and generate's checkpointed result reused on the edit.
+    assert generate.result() == 0 and not generate.task_record["from_memo"]
+    assert square.result() == 20
+    assert raw_txt.read_bytes() == made  # regenerated
+    assert any("left out record" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    with open_ledger(url) as ledger:
+        (ran,) = [e.record for e in ledger.run(second) if e.record.task_name == "generate"]
+    assert ran.status == "succeeded", ran.status
+    assert ran.outputs[str(raw_txt)]["blake3"] == hash_file(str(raw_txt)).blake3, ran.outputs
+    assert ran.extra["rerun_because_not_verified"] == [str(raw_txt)]
+    assert "IndexTampered" in ran.extra["check_failed"]
+    generate, square, _ = _parsl_chain(workdir, url, "strict")  # the rerun's record is one a check trusts
+    assert generate.result() == 0 and generate.task_record["from_memo"] and square.result() == 20
+
+
 # -- Nextflow: nextflow-ledger's check before -resume ------------------------------------------
 
 def _nextflow(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -178,6 +217,97 @@ def test_nextflow_strict_resume_refuses_a_work_output_whose_rows_were_deleted(tm
     assert "refusing to run" in strict.stderr and "left out record" in strict.stderr, strict.stderr
     assert "Launching" not in strict.stdout  # Nextflow never started
     assert (here / "results" / "report.txt").read_bytes() == report_before
+
+
+@pytest.mark.slow
+def test_nextflow_rerun_resume_runs_again_the_tasks_a_tampered_ledger_cannot_vouch_for(tmp_path):
+    """Under rerun, the files the ledger was asked about count as changed when it fails its
+    own check: the tasks that made them (or read them, for a source) have their work
+    directories moved aside and run again, so the hidden edit is rewritten."""
+    from lineage_ledger import hash_file
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    here = nf.copy_example(tmp_path / "example")
+    first = _nextflow("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    db = here / ".lineage" / "ledger.db"
+    first_records = len(recorded(db))
+
+    words = next(p for p in (here / "work").glob("*/*/alpha.words") if not p.is_symlink())
+    made = words.read_bytes()
+    tamper_keep_size_and_mtime(words)
+    delete_rows(here / ".lineage" / "ledger.db", words)
+    rerun = _nextflow("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    # Before: logged, and Nextflow reused SPLIT (alpha) and everything after it on the edit.
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "IndexTampered" in rerun.stderr, rerun.stderr
+    assert "Submitted process > SPLIT (alpha)" in rerun.stdout, rerun.stdout
+    assert words.read_bytes() == made  # run again in the same place
+    quarantine = here / ".lineage" / "nextflow" / "quarantine"
+    kept = [p for p in quarantine.glob("*/work/*/*/alpha.words") if not p.is_symlink()]  # not COUNT's link
+    assert len(kept) == 1 and kept[0].read_bytes() != made  # the edited file, kept aside
+    new = recorded(db)[first_records:]
+    split = [r for r in new if str(words) in r["outputs"]]
+    assert split and split[-1]["status"] == "succeeded", [(r["task_name"], r["status"]) for r in new]
+    assert split[-1]["outputs"][str(words)]["blake3"] == hash_file(str(words)).blake3
+
+
+# -- Snakemake: the policy hook's check between building the DAG and scheduling ------------------
+
+@pytest.mark.slow
+def test_snakemake_rerun_regenerates_an_intermediate_whose_rows_were_deleted(tmp_path):
+    """``--logger-ledger-policy rerun``: the ledger fails its own check, so every file it was
+    asked about counts as changed and Snakemake's DAG (not the ledger) names their producers
+    (for sources: their readers), which are forced as for a changed file."""
+    from lineage_ledger import hash_file
+    from tests.support.snakemake import require_snakemake
+    from tests.support.snakemake import run as snakemake_run
+    from tests.test_snakemake import POLICY
+
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(POLICY)
+    (tmp_path / "src.txt").write_text("some text\n")
+    first = snakemake_run("snakemake", "--cores", "1", "--logger", "ledger", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    b = tmp_path / "b.txt"
+    made = b.read_bytes()
+    tamper_keep_size_and_mtime(b)
+    delete_rows(tmp_path / ".lineage" / "ledger.db", b)
+    rerun = snakemake_run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "rerun",
+                          "--logger-ledger-run-id", "again", cwd=tmp_path)
+    # Before: logged ("running without the rerun policy") and "Nothing to be done" on the edit.
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "IndexTampered" in rerun.stderr, rerun.stderr[-3000:]
+    assert b.read_bytes() == made  # regenerated
+    again = {r["task_name"]: r for r in recorded(tmp_path / ".lineage" / "ledger.db") if r["run_id"] == "again"}
+    assert again["b"]["status"] == "succeeded", again
+    assert again["b"]["outputs"][str(b)]["blake3"] == hash_file(str(b)).blake3
+    assert str(tmp_path / "c.txt") in again["c"]["outputs"]  # and what was built on it
+
+
+@pytest.mark.slow
+def test_snakemake_rerun_with_a_ledger_out_of_reach_still_only_logs(tmp_path):
+    """The control: a back-end that cannot be reached has not failed a check; under rerun
+    the run goes on as before, forcing nothing (its records wait in the spool)."""
+    from tests.support.snakemake import require_snakemake
+    from tests.support.snakemake import run as snakemake_run
+    from tests.test_snakemake import POLICY
+
+    require_snakemake()
+    pytest.importorskip("psycopg", reason="a PostgreSQL URL needs lineage-ledger[postgres]")
+    (tmp_path / "Snakefile").write_text(POLICY)
+    (tmp_path / "src.txt").write_text("some text\n")
+    first = snakemake_run("snakemake", "--cores", "1", cwd=tmp_path)  # no ledger: Snakemake alone
+    assert first.returncode == 0, first.stderr[-3000:]
+    c = tmp_path / "c.txt"
+    c_before = c.stat().st_mtime_ns
+    rerun = snakemake_run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "rerun",
+                          "--logger-ledger-url", "postgresql://nobody@127.0.0.1:1/ledger", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "could not check files against the ledger" in rerun.stderr, rerun.stderr[-3000:]
+    assert "Nothing to be done" in rerun.stderr, rerun.stderr[-3000:]
+    assert c.stat().st_mtime_ns == c_before
 
 
 # -- Airflow: LedgerOperator's check (_checks.check_inputs) under dag.test() ----------------------

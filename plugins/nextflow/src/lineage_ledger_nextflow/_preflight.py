@@ -22,6 +22,13 @@ nothing run); ``rerun`` moves aside the work directory of each task that made a 
 that task and runs it again, in the same place; its downstream tasks follow because their
 inputs changed. That is Nextflow's own documented way to force one task again (remove its
 work directory); moving keeps the changed files for inspection.
+
+A ledger that fails its own verification (a ``VerificationError``: an index row that
+disagrees with its record, a deleted row, a broken chain, a fork from the remembered head)
+cannot vouch for any file it was asked about: ``strict`` refuses, and ``rerun`` counts every
+one of them as changed, so the tasks that made them (or read them, for sources), as the
+wrapper's own record of the session names them, are moved aside and run again. A ledger
+merely out of reach (back-end down, locked) is logged and the run goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -45,6 +53,7 @@ class Plan:
     consumers: dict[str, list[str]] = field(default_factory=dict)  # input path -> reader task keys
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the candidates for the cache
     tampered: list[Any] = field(default_factory=list)  # lineage_ledger.ArtifactCheck (MODIFIED)
+    unverified: list[str] = field(default_factory=list)  # asked about, but the ledger failed its own check
 
 
 def plan(launch_dir: str, session: str) -> Plan:
@@ -87,15 +96,23 @@ def check(url: str, paths: list[str]) -> list[Any]:
 
 
 def to_rerun(result: Plan) -> list[str]:
-    """Keys of the tasks to run again: each changed file's maker, or a changed source's readers."""
+    """Keys of the tasks to run again: each changed (or unverified) file's maker, or a changed
+    source's readers."""
     keys: dict[str, None] = {}
-    for changed in result.tampered:
-        producer = result.producers.get(changed.path)
+    for path in [changed.path for changed in result.tampered] + result.unverified:
+        producer = result.producers.get(path)
         if producer is not None:
             keys[producer] = None
         else:
-            keys.update(dict.fromkeys(result.consumers.get(changed.path, [])))
+            keys.update(dict.fromkeys(result.consumers.get(path, [])))
     return list(keys)
+
+
+def failed_its_own_check(err: BaseException) -> bool:
+    """A ``VerificationError``: the ledger was read and found tampered with, not out of reach.
+    (Not imported here: an error raised before the core was imported cannot be one.)"""
+    core = sys.modules.get("lineage_ledger")
+    return core is not None and isinstance(err, core.VerificationError)
 
 
 def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import Any
 
+    from ._preflight import Plan
+
 NXF_RELEASE = "25.04.4"
 FLUSH_TIMEOUT = 300.0  # seconds to wait for the records to reach the spool at the end
 SHIP_WAIT = 5.0  # then for the ledger; what it has not taken stays spooled
@@ -129,6 +131,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
     session = command.resume_session or _log.last_session(launch_dir)
     if session is None:
         return None  # Nextflow will say there is nothing to resume
+    plan = _preflight.Plan()
     try:
         plan = _preflight.plan(launch_dir, session)
         if not plan.tasks:
@@ -144,9 +147,16 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
             print(f"nextflow-ledger: refusing to run (--ledger-policy strict): the files could not be "
                   f"checked against the ledger: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
-        log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
-                  "the %s policy", type(err).__name__, err, command.policy)
-        return None
+        if command.policy != "rerun" or not _preflight.failed_its_own_check(err):  # out of reach: go on
+            log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
+                      "the %s policy", type(err).__name__, err, command.policy)
+            return None
+        # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
+        plan.unverified = [p for p in plan.checked if os.path.exists(p)]
+        log.error("lineage-ledger: the ledger failed its own check (%s: %s); it cannot vouch for the %d "
+                  "file(s) the resumed run builds on, so under rerun they count as changed",
+                  type(err).__name__, err, len(plan.unverified))
+        return _rerun(launch_dir, plan)
     if not plan.tampered:
         return None
     lines = "\n  ".join(_preflight.describe(c) for c in plan.tampered)
@@ -156,12 +166,20 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
         return 1
     log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
     if command.policy == "rerun":
-        try:
-            _preflight.quarantine(launch_dir, plan, _preflight.to_rerun(plan))
-        except OSError as err:  # the promised rerun cannot happen: do not run on the changed files
-            print(f"nextflow-ledger: refusing to run (--ledger-policy rerun): cannot move a changed task's "
-                  f"files aside: {err}", file=sys.stderr)
-            return 1
+        return _rerun(launch_dir, plan)
+    return None
+
+
+def _rerun(launch_dir: str, plan: Plan) -> int | None:
+    """Move aside the tasks :func:`_preflight.to_rerun` names; exit status 1 if that fails."""
+    from . import _preflight
+
+    try:
+        _preflight.quarantine(launch_dir, plan, _preflight.to_rerun(plan))
+    except OSError as err:  # the promised rerun cannot happen: do not run on the changed files
+        print(f"nextflow-ledger: refusing to run (--ledger-policy rerun): cannot move a changed task's "
+              f"files aside: {err}", file=sys.stderr)
+        return 1
     return None
 
 

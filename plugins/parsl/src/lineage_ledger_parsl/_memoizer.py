@@ -9,11 +9,15 @@ the task's ``File`` arguments are compared with the ledger:
 * ``rerun``: a cached result is ignored and the task runs again, rewriting its outputs.
 
 A check that finds the ledger itself tampered with (an index row that disagrees with its
-record, a deleted row, a broken chain) fails the try under ``strict``, recorded as refused;
-under ``warn`` and ``rerun`` it is logged and the task goes on, but the try recorded for a
-cache hit then lists none of the task's files (``extra["not_verified"]``): nothing vouched
-for their bytes, and a record naming them would give an edit hidden that way a producer
-that later checks would trust.
+record, a deleted row, a broken chain: a ``VerificationError``) fails the try under
+``strict``, recorded as refused. Under ``rerun`` the task's files count as changed, since
+nothing vouched for them: a cached result is ignored and the task runs again (its record,
+after the real run, lists its files; ``extra["rerun_because_not_verified"]`` names them).
+Under ``warn`` it is logged and the cached result reused, but the try recorded for the
+cache hit lists none of the task's files (``extra["not_verified"]``): a record naming them
+would give an edit hidden that way a producer that later checks would trust. A ledger
+merely out of reach (no back-end, locked) is logged under ``warn`` and ``rerun``, and the
+task goes on as Parsl decides.
 
 A cache hit is recorded as a ``cached`` try. Parsl cannot memoize ``File`` arguments
 (``id_for_memo`` has no rule for them); here they are keyed by URL, or with
@@ -97,12 +101,16 @@ class LedgerMemoizer(Memoizer):
         unverified: dict[str, Any] = {}
         if inputs or outputs:
             tampered, unverified = self._verify(task, inputs + outputs)
-            if tampered and cached is not None and self.ledger.policy == "rerun":
+            # Files a tampered ledger could not vouch for count as changed under rerun.
+            if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
                 log.warning(
                     "lineage-ledger: task %s (%s) runs again instead of reusing its cached result",
                     task["id"], task["func_name"],
                 )
-                task["lineage_ledger_rerun"] = tampered  # type: ignore[typeddict-unknown-key]
+                if tampered:
+                    task["lineage_ledger_rerun"] = tampered  # type: ignore[typeddict-unknown-key]
+                else:
+                    task["lineage_ledger_unverified"] = unverified  # type: ignore[typeddict-unknown-key]
                 self.reruns += 1
                 cached = None
         if cached is not None:

@@ -191,6 +191,10 @@ class ParslLedger:
             rerun = task.get("lineage_ledger_rerun")
             if rerun:
                 details["rerun_because_modified"] = list(rerun)
+            unverified = task.get("lineage_ledger_unverified")
+            if unverified:  # run again because the ledger failed its own check of these files
+                details["rerun_because_not_verified"] = list(unverified["not_verified"])
+                details["check_failed"] = unverified["check_failed"]
         else:
             task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
         return TaskRun(

@@ -20,12 +20,20 @@ ledger, in Snakemake's own DAG (no second DAG build), and applies the policy:
 - ``rerun``: adds the outputs of the changed files' producers (for a changed source: of
   the jobs that read it) to the DAG's forced files and recomputes which jobs need to run,
   exactly as ``--forcerun`` on those files would have.
+
+A ledger that fails its own verification (a ``VerificationError``: an index row that
+disagrees with its record, a deleted row, a broken chain, a fork from the remembered head)
+cannot vouch for any file it was asked about. ``strict`` refuses; under ``rerun`` every such
+file counts as changed, and their producers (readers, for sources) are forced as above:
+they come from Snakemake's DAG, not from the ledger that failed. A ledger merely out of reach
+(back-end down, locked) is logged and the run goes on, under ``warn`` and ``rerun`` alike.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +63,7 @@ class Plan:
     producers: dict[str, Any] = field(default_factory=dict)  # abs path -> the output as the DAG names it
     consumers: dict[str, list[Any]] = field(default_factory=dict)  # abs input -> its readers' outputs
     tampered: list[Any] = field(default_factory=list)  # lineage_ledger.ArtifactCheck, MODIFIED only
+    unverified: list[str] = field(default_factory=list)  # asked about, but the ledger failed its own check
     # a kept job's first output (abs path) -> (rule, the rule's code digest now, the output)
     kept_code: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
     code_changed: list[CodeChange] = field(default_factory=list)
@@ -160,13 +169,20 @@ def forced_outputs(plan: Plan) -> list[Any]:
     """The outputs to regenerate: each changed file's producer's, or a changed source's readers',
     and those of each job whose rule's code changed."""
     forced: dict[Any, None] = {change.output: None for change in plan.code_changed}
-    for changed in plan.tampered:
-        produced = plan.producers.get(changed.path)
+    for path in [changed.path for changed in plan.tampered] + plan.unverified:
+        produced = plan.producers.get(path)
         if produced is not None:
             forced[produced] = None
         else:
-            forced.update(dict.fromkeys(plan.consumers.get(changed.path, [])))
+            forced.update(dict.fromkeys(plan.consumers.get(path, [])))
     return list(forced)
+
+
+def failed_its_own_check(err: BaseException) -> bool:
+    """A ``VerificationError``: the ledger was read and found tampered with, not out of reach.
+    (Not imported here: an error raised before the core was imported cannot be one.)"""
+    core = sys.modules.get("lineage_ledger")
+    return core is not None and isinstance(err, core.VerificationError)
 
 
 def describe(changed: Any) -> str:
@@ -238,6 +254,7 @@ class PolicyHook(SnakemakeLogHook):
             self.applied = True  # a job's own Snakemake process (group or remote job): the parent checked
             return
         began = time.thread_time()
+        plan = Plan()
         try:
             plan = collect(list(dag.jobs), dag.needrun)
             check(self.url, plan)
@@ -246,9 +263,17 @@ class PolicyHook(SnakemakeLogHook):
                 raise refusal_class()(
                     f"lineage-ledger: refusing to run (--logger-ledger-policy strict): the ledger "
                     f"could not be checked: {type(err).__name__}: {err}") from err
-            log.error("lineage-ledger: could not check files against the ledger (%s: %s); running "
-                      "without the %s policy", type(err).__name__, err, self.policy)
             self.applied = True
+            if not (self.policy == "rerun" and failed_its_own_check(err)):
+                log.error("lineage-ledger: could not check files against the ledger (%s: %s); running "
+                          "without the %s policy", type(err).__name__, err, self.policy)
+                return
+            # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
+            plan.unverified = [p for p in plan.checked if os.path.exists(p)]
+            log.error("lineage-ledger: the ledger failed its own check (%s: %s); it cannot vouch for the "
+                      "%d file(s) the run builds on, so under rerun they count as changed",
+                      type(err).__name__, err, len(plan.unverified))
+            self.force(workflow, dag, plan)
             return
         finally:
             self.cpu += time.thread_time() - began
@@ -269,8 +294,15 @@ class PolicyHook(SnakemakeLogHook):
             raise refusal_class()(f"lineage-ledger: refusing to run (--logger-ledger-policy strict); {text}")
         log.warning("lineage-ledger: %s", text)
         if self.policy == "rerun":
-            forced = forced_outputs(plan)
-            log.warning("lineage-ledger: running again the jobs that produce: %s",
-                        " ".join(str(f) for f in forced))
-            dag.forcefiles.update(forced)
-            workflow.async_run(dag.update_needrun())
+            self.force(workflow, dag, plan)
+
+    @staticmethod
+    def force(workflow: Any, dag: Any, plan: Plan) -> None:
+        """As ``--forcerun`` on the outputs :func:`forced_outputs` names, in this DAG."""
+        forced = forced_outputs(plan)
+        if not forced:
+            return
+        log.warning("lineage-ledger: running again the jobs that produce: %s",
+                    " ".join(str(f) for f in forced))
+        dag.forcefiles.update(forced)
+        workflow.async_run(dag.update_needrun())
