@@ -48,13 +48,20 @@ def pristine(tmp_path_factory):
     return base / "ledger.db"
 
 
-def _audit(db, monkeypatch, *, workers: bool, state):
-    """(tree root, index rows) or the error, with a fresh remembered state each time."""
+def _audit(db, monkeypatch, *, workers: bool, state, bulk_here: bool = False):
+    """(tree root, index rows) or the error, with a fresh remembered state each time: by the
+    workers, by the sequential audit (``workers=False``), or by the workers' bulk check run
+    in this process, in ranges of 8 records (``bulk_here``, what a machine with one core or
+    a small ledger gets)."""
     for name, value in PARALLEL.items():
-        if workers:
+        if workers or bulk_here:
             monkeypatch.setenv(name, value)
         else:
             monkeypatch.delenv(name, raising=False)
+    if workers or bulk_here:
+        monkeypatch.delenv("LINEAGE_AUDIT_BULK", raising=False)
+    else:
+        monkeypatch.setenv("LINEAGE_AUDIT_BULK", "0")
     if not workers:
         monkeypatch.setenv("LINEAGE_AUDIT_WORKERS", "1")
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
@@ -82,6 +89,7 @@ def test_the_plan_covers_every_block_once(pristine):
 def test_workers_build_the_same_tree(pristine, tmp_path, monkeypatch):
     here = _audit(pristine, monkeypatch, workers=False, state=tmp_path / "a")
     there = _audit(pristine, monkeypatch, workers=True, state=tmp_path / "b")
+    assert _audit(pristine, monkeypatch, workers=False, bulk_here=True, state=tmp_path / "c") == here
     assert here == there and here[2] == 40 and here[1] == 40
 
 
@@ -99,6 +107,23 @@ def test_the_workers_really_answer(pristine):
     first, second = answers[0][1], answers[1][1]
     assert first.first_prev is None and second.first_prev == first.block_ids[-1]
     assert sum(first.counts) == 8 and sum(second.counts) == 32 and second.compared == 32
+
+
+def test_the_bulk_check_in_this_process_really_answers(pristine):
+    """The control for the in-process equality: with no workers, the ranges are checked here
+    by the bulk check and all of them compare equal on an intact ledger (not a silent fall
+    back to the sequential audit)."""
+    with open_ledger(f"sqlite:///{pristine}", read_only=True) as ledger:
+        os.environ.update(PARALLEL)
+        try:
+            tasks = parallel.plan_here(ledger.backend, 10)
+            assert tasks is not None and len(tasks) == 5
+            answers = list(parallel.results_here(ledger.backend, tasks, files=False))
+        finally:
+            for name in PARALLEL:
+                os.environ.pop(name)
+    assert [r is not None and r.compared for _, r in answers] == [8] * 5
+    assert [r.first_prev for _, r in answers][1:] == [r.block_ids[-1] for _, r in answers][:-1]
 
 
 @pytest.mark.parametrize(("statement", "what"), [
@@ -121,6 +146,7 @@ def test_a_tampered_ledger_fails_with_the_sequential_error(pristine, tmp_path, m
     assert not _bulk_accepts(db), what
     here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
     there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert _audit(db, monkeypatch, workers=False, bulk_here=True, state=tmp_path / "c") == here
     assert len(here) == 2, (what, here)  # the sequential audit fails ...
     assert there == here, what  # ... and the parallel one with the same error
 
@@ -145,6 +171,7 @@ def test_rows_that_no_record_names_fail_the_parallel_audit(pristine, tmp_path, m
         assert not _bulk_accepts(db), what  # its worker's count, not the parent's
     here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
     there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert _audit(db, monkeypatch, workers=False, bulk_here=True, state=tmp_path / "c") == here
     assert here[0] == "IndexTampered" and message in here[1], (what, here)
     assert there == here, what
 
@@ -181,6 +208,7 @@ def test_a_record_stored_twice_fails_both_audits(pristine, tmp_path, monkeypatch
         assert len(backend.by_id_prefix(again.id, limit=2)) == 2
     here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
     there = _audit(db, monkeypatch, workers=True, state=tmp_path / "b")
+    assert _audit(db, monkeypatch, workers=False, bulk_here=True, state=tmp_path / "c") == here
     assert here == ("ChainBroken", f"record {again.id[:16]} appears twice in the ledger"), here
     assert there == here
 
@@ -271,6 +299,7 @@ def test_paths_that_need_escaping_take_the_bulk_check(tmp_path, monkeypatch):
     assert _bulk_accepts(db, 0, 6, 0)
     here = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
     assert here == _audit(db, monkeypatch, workers=True, state=tmp_path / "b") and here[2] == 24
+    assert _audit(db, monkeypatch, workers=False, bulk_here=True, state=tmp_path / "c") == here
 
 
 def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):

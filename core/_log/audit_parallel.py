@@ -18,10 +18,12 @@ to be fast on a ledger that is intact.
 
 Why processes: the audit is CPU-bound Python (decoding and comparing each record), so
 threads share one core; a worker costs one interpreter start (about 0.2 s), paid only above
-:data:`MIN_RECORDS` records. ``LINEAGE_AUDIT_WORKERS`` sets the number (``1``: sequential);
+:data:`MIN_RECORDS` records. ``LINEAGE_AUDIT_WORKERS`` sets the number (``1``: none);
 ``LINEAGE_AUDIT_PARALLEL_MIN`` and ``LINEAGE_AUDIT_TASK_RECORDS`` move the threshold and the
 range size (the tests use them to run small ledgers through this path); ``LINEAGE_AUDIT_BULK=0``
-makes the workers check row by row only (the benchmark's comparison).
+makes the workers check row by row only (the benchmark's comparison). Where no workers start,
+the same ranges are checked in this process (:func:`results_here`), by the bulk check only:
+where it finds anything unequal, the sequential audit runs.
 Workers are ``python -m lineage_ledger._log.audit_parallel`` on pipes, not :mod:`multiprocessing`:
 nothing is pickled, and a caller's unguarded ``__main__`` script is never run again.
 """
@@ -107,6 +109,23 @@ def plan(backend: Any, records: int, stop: int) -> list[Task] | None:
     minimum = int(os.environ.get("LINEAGE_AUDIT_PARALLEL_MIN", MIN_RECORDS))
     if records < minimum or not workers() or not hasattr(backend, "worker_spec"):
         return None
+    tasks = _ranges(backend, stop)
+    return tasks if len(tasks) > 1 else None
+
+
+def plan_here(backend: Any, stop: int) -> list[Task] | None:
+    """Ranges for :func:`results_here`, or None where the back-end has no bulk check (or
+    ``LINEAGE_AUDIT_BULK=0``): then the sequential audit runs."""
+    if not hasattr(backend, "audit_chunk") or not _bulk():
+        return None
+    return _ranges(backend, stop) or None
+
+
+def _bulk() -> bool:
+    return os.environ.get("LINEAGE_AUDIT_BULK", "").strip() != "0"
+
+
+def _ranges(backend: Any, stop: int) -> list[Task]:
     per_task = int(os.environ.get("LINEAGE_AUDIT_TASK_RECORDS", RECORDS_PER_TASK))
     tasks: list[Task] = []
     start = first = taken = index = 0
@@ -122,7 +141,7 @@ def plan(backend: Any, records: int, stop: int) -> list[Task] | None:
             start, first, taken = height + 1, index, 0
     if height + 1 > start:
         tasks.append(Task(start, height + 1, first))
-    return tasks if len(tasks) > 1 else None
+    return tasks
 
 
 def results(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[Task, RangeResult | None]]:
@@ -159,6 +178,18 @@ def results(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[T
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+def results_here(backend: Any, tasks: list[Task], *, files: bool) -> Iterator[tuple[Task, RangeResult | None]]:
+    """:func:`results` computed in this process, one range after another: the bulk check of a
+    worker, for a ledger too small to pay for workers or a machine with one core (about
+    two thirds of the CPU of the sequential audit's record-by-record check). None, and
+    nothing after it, where a range did not compare equal; the sequential audit then runs."""
+    for task in tasks:
+        result = audit_range(backend, task, files, rows=False)
+        yield task, result
+        if result is None:
+            return
 
 
 _FRAME = struct.Struct("<IIII")  # header length, leaves length, ids length, names length
@@ -210,11 +241,12 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
+def audit_range(backend: Any, task: Task, files: bool, *, rows: bool = True) -> RangeResult | None:
     """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong.
     The bulk check (:mod:`.audit_bulk`) first; where it does not find everything equal,
-    the row-by-row check, which decides."""
-    if hasattr(backend, "audit_chunk") and os.environ.get("LINEAGE_AUDIT_BULK", "").strip() != "0":
+    the row-by-row check, which decides (``rows=False``: None, for a caller that runs the
+    sequential audit then)."""
+    if hasattr(backend, "audit_chunk") and _bulk():
         from .audit_bulk import audit_range as bulk
 
         try:
@@ -223,7 +255,7 @@ def audit_range(backend: Any, task: Task, files: bool) -> RangeResult | None:
             result = None
         if result is not None:
             return RangeResult(*result)
-    return _audit_rows(backend, task, files)
+    return _audit_rows(backend, task, files) if rows else None
 
 
 def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:

@@ -266,6 +266,9 @@ class Verifier:
             old = store.reload()
             tasks = _parallel.plan(backend, records, stop) if stop else None
             done = self._audit_parallel(tasks, stop, records, files) if tasks else None
+            if done is None and tasks is None:  # no workers: their bulk check, in this process
+                here = _parallel.plan_here(backend, stop) if stop else None
+                done = self._audit_parallel(here, stop, records, files, in_process=True) if here else None
             if done is None:
                 done = self._audit_here(stop, records, files)
             writer, compared, found = done
@@ -316,10 +319,11 @@ class Verifier:
             raise
         return writer, checker.compared if checker else None, outputs.found if outputs else []
 
-    def _audit_parallel(self, tasks: list[_parallel.Task], stop: int, records: int,
-                        files: bool) -> tuple[TreeWriter, int | None, list[str]] | None:
-        """The audit by worker processes (see :mod:`._audit_parallel`); None where anything
-        disagrees, so that the sequential audit runs and names the problem."""
+    def _audit_parallel(self, tasks: list[_parallel.Task], stop: int, records: int, files: bool,
+                        in_process: bool = False) -> tuple[TreeWriter, int | None, list[str]] | None:
+        """The audit by worker processes (see :mod:`._audit_parallel`), or by their bulk check
+        run here (``in_process``); None where anything disagrees, so that the sequential
+        audit runs and names the problem."""
         backend = self.backend
         dedup = _Dedup(records)
         writer = self.store.fresh_writer()
@@ -328,7 +332,8 @@ class Verifier:
         seen: set[str] = set()
         prev: str | None = None
         try:
-            for task, result in _parallel.results(backend, tasks, files=files):
+            answers = (_parallel.results_here if in_process else _parallel.results)(backend, tasks, files=files)
+            for task, result in answers:
                 if result is None or result.first_prev != prev or task.first_index != writer.size:
                     raise _Disagreement
                 leaves, at = result.leaves, 0
