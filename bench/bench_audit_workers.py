@@ -2,7 +2,10 @@
 
 All are ``verify-lineage --ledger URL`` in a fresh process with nothing remembered (a full
 audit each time), on the same ledger, alternated round by round so that the machine's load
-falls on all alike; the baseline sets ``LINEAGE_AUDIT_WORKERS=1``, and the workers' previous,
+falls on all alike; the baseline sets ``LINEAGE_AUDIT_WORKERS=1`` (one process: the workers'
+bulk check, range by range, since the sixth stop), the sequential record-by-record audit
+(``LINEAGE_AUDIT_WORKERS=1 LINEAGE_AUDIT_BULK=0``, what one process ran before) runs too, as
+do the workers' previous,
 row-by-row check (``LINEAGE_AUDIT_BULK=0``) runs too, and the workers keeping no names beside
 the tree (``LINEAGE_AUDIT_NAMES=0``: what those cost). Prints the medians, the ratios,
 records/s, the CPU time of the whole process tree (and how much of it the workers used), the
@@ -135,20 +138,28 @@ def main() -> None:
     if args.quick:  # below the threshold the workers never start: lower it for the smoke test
         extra = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "500"}
     one: list[Run] = []
+    sequential: list[Run] = []
     rows: list[Run] = []
     bare: list[Run] = []
     ours: list[Run] = []
     for _ in range(rounds):
         one.append(run(url, directory, "1", extra))
+        sequential.append(run(url, directory, "1", {**extra, "LINEAGE_AUDIT_BULK": "0"}))
         rows.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_BULK": "0"}))
         bare.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_NAMES": "0"}))
         ours.append(run(url, directory, env_workers, extra))
-        print(f"  one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s), workers row by row {rows[-1].wall:.2f} s "
+        print(f"  one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s), one process record by record "
+              f"{sequential[-1].wall:.2f} s (CPU {sequential[-1].cpu:.1f} s), workers row by row {rows[-1].wall:.2f} s "
               f"(CPU {rows[-1].cpu:.1f} s), workers without names {bare[-1].wall:.2f} s (CPU {bare[-1].cpu:.1f} s), "
               f"workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s); load {os.getloadavg()[0]:.2f}", flush=True)
     base, mine = statistics.median(r.wall for r in one), statistics.median(r.wall for r in ours)
     print(f"one process: {base:.2f} s ({size / base:,.0f} records/s), CPU {statistics.median(r.cpu for r in one):.1f} s, "
           f"peak RSS {max(r.parent_peak for r in one) / 1024:.0f} MiB")
+    seq_wall = statistics.median(r.wall for r in sequential)
+    print(f"one process, record by record (LINEAGE_AUDIT_BULK=0, what one process ran before): {seq_wall:.2f} s "
+          f"({size / seq_wall:,.0f} records/s), CPU {statistics.median(r.cpu for r in sequential):.1f} s, "
+          f"peak RSS {max(r.parent_peak for r in sequential) / 1024:.0f} MiB; time of one process now / then: "
+          f"{base / seq_wall:.2f}x")
     before = statistics.median(r.wall for r in rows)
     before_cpu = statistics.median(r.cpu for r in rows)
     print(f"workers, row by row (LINEAGE_AUDIT_BULK=0, the previous workers): {before:.2f} s "
