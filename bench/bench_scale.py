@@ -10,8 +10,9 @@ check), unless the line says otherwise:
 * ``depends``         ``lineage-ledger depends REF`` of the reference every task read (first page);
 * ``audit``           ``verify-lineage`` with no target: every block, record and index row,
                       with its peak RSS (records/s = records / seconds); from 200,000 records it
-                      runs in worker processes, and ``audit, one process`` (``LINEAGE_AUDIT_WORKERS=1``)
-                      is the baseline for them (peak RSS is the largest one process's);
+                      runs in worker processes (below, their bulk check runs in the one process),
+                      and ``audit, one process`` (``LINEAGE_AUDIT_WORKERS=1``) is the baseline for
+                      them (peak RSS is the largest one process's);
 * ``checkpoint``      ``lineage-ledger checkpoint``; ``consistency proof`` (the Python API,
                       an internal path: ``consistency_proof`` from the 10% head to the head).
 
