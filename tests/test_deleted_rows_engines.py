@@ -7,10 +7,18 @@ intermediate file is edited with its mtime put back (the engine's own cache sees
 and every ``ll_artifacts`` row naming it deleted, so that no record seems to know it. The
 strict policy must refuse it as tampered, not take it for a source it never saw and reuse or
 build on it. What notices is the names kept beside the verified tree (``core/_log/names.py``):
-run this file with ``LINEAGE_AUDIT_NAMES=0`` and each case fails.
+run this file with ``LINEAGE_AUDIT_NAMES=0`` and each of these cases fails.
 
 Parsl also under ``warn``: the hidden edit is reused and logged, and the ``cached`` try then
 recorded must not vouch for it, or the next strict run would pass it (a bug found here).
+
+Under ``rerun`` a ledger that fails its own check cannot vouch for the files it was asked
+about, so they count as changed: Parsl, Snakemake and nextflow-ledger run again the work
+that made them, and the hidden edit is rewritten (before, each logged the error and reused
+the edit). A back-end merely out of reach is not a failed check: under ``rerun`` it is only
+logged (the Snakemake control). The Snakemake and Nextflow rerun cases tamper before any
+check has remembered the ledger's head, so the first use's full audit catches the deleted
+rows even without the names; the Parsl one needs the names, like the cases above.
 """
 
 from __future__ import annotations
