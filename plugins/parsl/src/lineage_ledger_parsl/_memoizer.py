@@ -76,7 +76,7 @@ class LedgerMemoizer(Memoizer):
         try:
             self.inner.close()
         finally:
-            self.ledger.flush(timeout=60)
+            self.ledger.finish()  # a bounded wait: the records are in the spool already
 
     def update_memo_result(self, task: TaskRecord, r: Any) -> None:
         self.inner.update_memo_result(task, r)

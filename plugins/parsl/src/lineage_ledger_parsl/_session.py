@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lineage_ledger import ConfigError, TaskCapture, TaskRun, utcnow
+from lineage_ledger import ConfigError, TaskCapture, TaskRun, spool_first, utcnow
 
 from . import _shared
 from ._tasks import function_digest, task_files, task_parameters
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 __all__ = ["ParslLedger"]
 
 log = logging.getLogger("lineage_ledger.parsl")
+
+#: How long the end of a run (``dfk.cleanup()``) waits for the back-end to take the run's
+#: records. By then they are journaled in the durable local spool (the recording process
+#: journals what Parsl's process posted before it answers a flush), so a back-end that is
+#: down or hangs only delays shipping: it must not hold every run up. (Each flush waited
+#: 60 s, the memoizer's and each executor's: 120 s per run.) What is left ships later.
+SHIP_WAIT = 5.0
 
 POLICIES = ("warn", "strict", "rerun")
 FILE_KEYS = ("path", "content")
@@ -84,6 +92,9 @@ class ParslLedger:
         # records yet (write-behind), so the pre-launch check must not call them modified.
         self._produced: set[str] = set()
         self._posted = self._flushed = 0  # tries handed to the capture; of those, known flushed
+        # _posted when a bounded wait at the end of a run gave up: the run's next waits
+        # (the memoizer's, then each executor's) do not wait for the same back-end again.
+        self._gave_up_at = -1
 
     # -- building a config ----------------------------------------------------------
     def wrap(self, executor: ParslExecutor) -> ParslExecutor:
@@ -123,17 +134,56 @@ class ParslLedger:
         if not self._shared:
             self.capture.open()
 
-    def close(self, timeout: float | None = 30) -> bool:
+    def close(self, timeout: float | None = SHIP_WAIT) -> bool:
         """Flush. A recording process of its own ends here; a shared one when no ParslLedger
         has used it for a moment (``_shared.IDLE_SECONDS``), at the latest when this process
         exits. Each wrapped executor's shutdown calls this: the later calls only flush."""
         if not self._shared:
-            return self.capture.close(timeout)
-        flushed = self.flush(timeout)
+            flushed = self.capture.close(0 if self._gave_up() else timeout)
+            if not flushed:
+                self._tell_waiting()
+            return flushed
+        flushed = self.finish(timeout)
         key, self._borrowed = self._borrowed, None
         if key is not None:
             _shared.release(key, self.capture)
         return flushed
+
+    def finish(self, timeout: float | None = SHIP_WAIT) -> bool:
+        """The end of a run (the memoizer's close, each executor's shutdown): wait at most
+        ``timeout`` for the back-end to take what was recorded; True if it has it all.
+
+        The records are in the spool already; if the back-end does not take them in time,
+        say once where they wait and how they ship, and do not wait for it again unless
+        more tries come."""
+        if self._gave_up():
+            return False
+        with self._lock:
+            posted = self._posted
+        if self.flush(timeout):
+            return True
+        with self._lock:
+            self._gave_up_at = posted
+        self._tell_waiting()
+        return False
+
+    def _gave_up(self) -> bool:
+        with self._lock:
+            return self._posted == self._gave_up_at
+
+    def _tell_waiting(self) -> None:
+        try:  # names the ledger (password hidden) and its spool; does not touch the back-end
+            place = spool_first(self.capture.url, spool=self.capture.spool)
+            ledger, root, where = place.url, place.spool_root, place.spool_dir
+            place.close()
+        except Exception as err:  # noqa: BLE001 - the message must not fail the cleanup
+            ledger, root, where = "URL", "DIR", f"(unknown: {err})"
+        log.warning(
+            "lineage-ledger: the ledger did not take this run's records in time; they wait in the "
+            "spool %s and ship at the next open of the ledger (the next run), or now with: "
+            "lineage-ledger spool ship --ledger %s --spool %s",
+            where, shlex.quote(ledger), shlex.quote(root),
+        )
 
     def _borrow(self) -> None:
         if self._shared and self._borrowed is None:

@@ -13,6 +13,13 @@ the last borrower closes (executor shutdown: ``dfk.cleanup()``), its records are
 as before, and the process is kept for ``IDLE_SECONDS`` in case another DFK comes; then it
 is ended, flushing and shipping what it holds. At the latest it ends when this process
 exits (the core ends recording processes at exit).
+
+A back-end that is down must not keep the process waiting: every wait here is bounded
+(``END_WAIT``; the recording process's own last wait is ``EXIT_WAIT``), and what the
+back-end has not taken stays in the durable spool. This process's exit first ends the
+recording processes that wait for their idle timer, and waits for an idle end under way,
+so that the core's exit hook does not close the pipe that end is writing to ("Bad file
+descriptor"), and no recording process outlives this one, still writing to its spool.
 """
 
 from __future__ import annotations
@@ -22,14 +29,24 @@ import threading
 from typing import Any
 
 from lineage_ledger import ProcessCapture
+from lineage_ledger._capture.drain import at_threading_exit
 
 #: How long an unused recording process waits for the next ParslLedger before it is ended.
 IDLE_SECONDS = 2.0
+#: How long the recording process, once its input ends, waits for the back-end (it waits
+#: up to twice this: to flush, then to stop its shipping thread) before it exits, leaving
+#: the rest in the spool. Each run's end has already waited for shipping (``SHIP_WAIT``).
+EXIT_WAIT = 1.0
+#: How long ending a recording process may take here. More than twice ``EXIT_WAIT``, so
+#: that it exits before this process stops waiting for it.
+END_WAIT = 3.0
 
 _lock = threading.Lock()
 _captures: dict[tuple, ProcessCapture] = {}
 _users: dict[tuple, int] = {}
 _timers: dict[tuple, threading.Timer] = {}
+_ending: set[threading.Thread] = set()  # idle ends under way
+_exiting = False
 
 
 def _key(url: str | None, threads: int, spool: str | None) -> tuple:
@@ -54,7 +71,7 @@ def acquire(url: str | None, threads: int, spool: str | None, *, use: bool) -> t
             stale = _timers.pop(key, None)  # the closed one's: it must not keep the new one's slot
             if stale is not None:
                 stale.cancel()
-            capture = ProcessCapture(url, engine="parsl", threads=threads, spool=spool)
+            capture = ProcessCapture(url, engine="parsl", threads=threads, spool=spool, exit_timeout=EXIT_WAIT)
             _captures[key] = capture
             _users[key] = 0
             # Start it now, on a thread of its own: it imports and opens the ledger while the
@@ -73,6 +90,8 @@ def acquire(url: str | None, threads: int, spool: str | None, *, use: bool) -> t
 
 def _arm(key: tuple, capture: ProcessCapture) -> None:
     """End ``capture`` in ``IDLE_SECONDS`` unless it is used meanwhile (called under ``_lock``)."""
+    if _exiting:
+        return  # the exit hook has ended the idle ones; the core ends the rest
     timer = threading.Timer(IDLE_SECONDS, _end_if_unused, args=(key, capture))
     timer.daemon = True
     _timers[key] = timer
@@ -99,11 +118,56 @@ def release(key: tuple, capture: ProcessCapture) -> None:
 def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
     with _lock:
         kept = _captures.get(key)
-        if kept is None or kept is not capture or _users.get(key, 0) > 0:
-            return  # replaced, or borrowed again meanwhile
+        if _exiting or kept is None or kept is not capture or _users.get(key, 0) > 0:
+            return  # the exit hook ends it; or replaced, or borrowed again meanwhile
         del _captures[key], _users[key]
         _timers.pop(key, None)
-    kept.close(timeout=60)
+        _ending.add(threading.current_thread())
+    try:
+        _end(kept)
+    finally:
+        with _lock:
+            _ending.discard(threading.current_thread())
+
+
+def _end(capture: ProcessCapture) -> None:
+    """End the recording process: it journals what is left, tries to ship for ``EXIT_WAIT``
+    and exits; what the back-end did not take stays spooled.
+
+    Not ``close()``: that flushes first, for up to its timeout, and the last borrower's
+    cleanup has just flushed (or given up on a back-end that is down): a second wait for
+    the same back-end is what made the end of a run slow. ``close`` afterwards only
+    closes what this process's side holds (the child is gone by then; this side has
+    records of its own only if the child died, and waits as long for those)."""
+    try:
+        capture._end_child(END_WAIT)
+        capture.close(EXIT_WAIT)
+    except Exception:  # noqa: BLE001 - the core logs what went wrong; the records stay spooled
+        pass
+
+
+def _end_idle_at_exit() -> None:
+    """Before the core's exit hook: end the recording processes nobody uses, and wait for
+    the idle ends under way (bounded), instead of racing them."""
+    global _exiting
+    with _lock:
+        _exiting = True
+        idle = []
+        for key, timer in list(_timers.items()):
+            timer.cancel()
+            if _users.get(key, 0) == 0 and key in _captures:
+                idle.append(_captures.pop(key))
+                del _users[key]
+        _timers.clear()
+        ending = list(_ending)
+    for capture in idle:
+        _end(capture)
+    for thread in ending:
+        thread.join(END_WAIT + 1)
+
+
+# Registered after the core's hook (this module imports the core first): it runs before it.
+at_threading_exit(_end_idle_at_exit)
 
 
 def live() -> dict[tuple, Any]:
