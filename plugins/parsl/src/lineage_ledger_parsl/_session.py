@@ -139,8 +139,9 @@ class ParslLedger:
         has used it for a moment (``_shared.IDLE_SECONDS``), at the latest when this process
         exits. Each wrapped executor's shutdown calls this: the later calls only flush."""
         if not self._shared:
-            flushed = self.capture.close(0 if self._gave_up() else timeout)
-            if not flushed:
+            told = self._gave_up()  # the memoizer's close waited already, and said so
+            flushed = self.capture.close(0 if told else timeout)
+            if not flushed and not told:
                 self._tell_waiting()
             return flushed
         flushed = self.finish(timeout)
