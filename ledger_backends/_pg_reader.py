@@ -33,6 +33,11 @@ from ._sqlite_files import database_error, refusal
 
 __all__ = ["SESSION_SETUP", "PostgresReader", "identity_of", "set_up_session"]
 
+# libpq waits for ever by default on a server that takes the connection and never answers
+# (a hung host, a proxy): a pre-run check would then hang the workflow. A URL's own
+# ``connect_timeout`` wins.
+PG_CONNECT_TIMEOUT_S = 10
+
 # postgresql[+psycopg]://[user[:password]@]host[:port]/database[?key=value&...], every part
 # in characters that SQLAlchemy neither decodes nor quotes differently.
 _PLAIN = r"[A-Za-z0-9_.~-]"
@@ -160,6 +165,7 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
         self._identity, params = _parsed(url)
         options = " ".join(_as_tuple(params.get("options") or ()))
         params["options"] = (options + " -c default_transaction_read_only=on").strip()
+        params.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
         self._params = {**params, "autocommit": True}
         # Idle sessions of this process, lent to one read at a time: threads come and go in
         # the plugins, and a session per thread would stay open until close().

@@ -33,6 +33,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -49,7 +50,7 @@ from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
-from ._pg_reader import PostgresReader, identity_of, set_up_session
+from ._pg_reader import PG_CONNECT_TIMEOUT_S, PostgresReader, identity_of, set_up_session
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -250,12 +251,14 @@ class SQLBackend(_SQLReads, Backend):
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
+            connect_args: dict[str, Any] = {}
+            if "connect_timeout" not in engine_url.query:
+                connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
             if self.read_only:
                 options = engine_url.query.get("options")
                 options = (options if isinstance(options, str) else " ".join(options or ())).strip()
-                kwargs["connect_args"] = {
-                    "options": (options + " -c default_transaction_read_only=on").strip()
-                }
+                connect_args["options"] = (options + " -c default_transaction_read_only=on").strip()
+            kwargs["connect_args"] = connect_args
         try:
             self._engine = sa.create_engine(engine_url, **kwargs)
         except ModuleNotFoundError as err:

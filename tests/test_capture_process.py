@@ -271,3 +271,66 @@ def test_the_childs_errors_reach_this_processs_log_and_futures(url, spool, tmp_p
     with pytest.raises(ValueError, match="status must be one of"):
         strict.submit(bad).result(timeout=30)
     strict.close(timeout=30)
+
+
+_DOWN = "postgresql://u@127.0.0.1:1/x"  # nothing listens on port 1: every connection is refused
+
+
+def _waiting_in_spool(spool) -> int:
+    out = subprocess.run([sys.executable, "-m", "lineage_ledger", "spool", "status", "--spool", str(spool), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    import json
+
+    return sum(entry["records"] for entry in json.loads(out))
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_close_with_the_back_end_down_keeps_to_its_limit_and_loses_nothing(tmp_path, kind):
+    """``close(timeout)`` bounds the whole close. It gave the full limit to the flush, then
+    again to the recording process's end and to the recorder's release, so with the back-end
+    down a close of 8 s took 16 s or more (a Parsl run's end waited two minutes that way). The
+    bound asserted is loose on purpose: not a speed goal, only the line the old code crossed."""
+    from lineage_ledger import TaskCapture
+
+    spool = tmp_path / "spool"
+    make = ProcessCapture if kind == "process" else TaskCapture
+    # The recording process's own close, once its input ends, keeps to ``exit_timeout``.
+    ends = {"exit_timeout": 2.0} if kind == "process" else {}
+    capture = make(_DOWN, engine="test", run_id="down", spool=str(spool), **ends)
+    for i in range(3):
+        capture.post(task(i))
+    child = getattr(capture, "_process", None)  # the recording process, where there is one
+    started = time.monotonic()
+    shipped = capture.close(timeout=8)
+    took = time.monotonic() - started
+    assert not shipped  # nothing could reach the ledger ...
+    assert took < 13, took  # ... and the close kept (about) to its limit (the old one: 16 s)
+    # A recording process that was late (a busy machine) takes what is left in the ring and
+    # ends on its own: wait for it, then every record waits in the spool for the next ship.
+    deadline = time.monotonic() + 90
+    while child is not None and child.poll() is None:
+        assert time.monotonic() < deadline, "the recording process did not end"
+        time.sleep(0.1)
+    assert _waiting_in_spool(spool) == 3
+
+
+def test_a_frame_sent_after_the_output_closed_goes_nowhere(tmp_path):
+    """Ending the recording process closes the pipe while another thread may be about to ask
+    it something. The descriptor's number can be reused at once by a file this process opens;
+    a write to the closed channel must fail, never land in that file."""
+    from lineage_ledger._capture.channel import Channel
+
+    read_end, write_end = os.pipe()
+    channel = Channel(read_end, write_end)
+    with channel.send_lock:
+        channel.output_closing()
+        os.close(write_end)
+    reused = os.open(tmp_path / "unrelated.txt", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert reused == write_end  # the lowest free number: the pipe's old one
+        with pytest.raises(BrokenPipeError):
+            channel.send_message(("flush", 1, None))
+    finally:
+        os.close(reused)
+        os.close(read_end)
+    assert (tmp_path / "unrelated.txt").read_bytes() == b""

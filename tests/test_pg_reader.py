@@ -425,3 +425,41 @@ def test_verify_lineage_audits_postgres_through_the_workers(postgres_url, tmp_pa
         conn.execute(TAMPERED["digest"])
     result = run_cli("--ledger", postgres_url, cwd=tmp_path, env=env, program="verify-lineage")
     assert result.returncode == 1 and "IndexTampered" in result.stdout, result
+
+
+def test_a_server_that_never_answers_is_an_error_not_a_hang(tmp_path):
+    """A host that takes the connection and never answers (hung, or a proxy with nothing
+    behind it): libpq waits for ever unless told otherwise, and a plugin's pre-run check hung
+    the workflow with it. The reader and the writer now give up after PG_CONNECT_TIMEOUT_S
+    (a URL's own ``connect_timeout`` wins): a clear error and exit status 2."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    taken: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                taken.append(silent.accept()[0])  # and never a byte back
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        url = f"postgresql://u:s3cret@127.0.0.1:{silent.getsockname()[1]}/x"
+        result = run_cli("log", "--ledger", url, cwd=tmp_path)  # (a hang: killed at 120 s, an error)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in taken:
+            conn.close()
+        silent.close()
+    assert taken, "the command never connected"
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "timeout" in result.stderr.lower() and "s3cret" not in result.stdout + result.stderr

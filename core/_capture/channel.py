@@ -8,6 +8,7 @@ that will not decode ends the conversation rather than being guessed at.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import select
@@ -32,6 +33,7 @@ class Channel:
         self.output_fd = output_fd
         self._send_lock = threading.Lock()
         self._buffer = bytearray()
+        self._output_closed = False
 
     # -- sending ---------------------------------------------------------------------------
     @staticmethod
@@ -51,6 +53,10 @@ class Channel:
 
     def write_locked(self, frame: bytes) -> None:
         """Write ``frame``; the caller holds :attr:`send_lock` (to order its own state with it)."""
+        if self._output_closed:
+            # The descriptor's number may already belong to a file opened since: a write
+            # would land in it. Fail as a write to a closed pipe does.
+            raise BrokenPipeError(errno.EPIPE, "the channel's output is closed")
         written = os.write(self.output_fd, frame)
         while written < len(frame):  # a pipe takes a large frame in parts
             written += os.write(self.output_fd, memoryview(frame)[written:])
@@ -58,6 +64,11 @@ class Channel:
     @property
     def send_lock(self) -> threading.Lock:
         return self._send_lock
+
+    def output_closing(self) -> None:
+        """Called under :attr:`send_lock` just before the output's descriptor is closed: no
+        frame is written to that number again."""
+        self._output_closed = True
 
     # -- receiving -------------------------------------------------------------------------
     def receive(self, timeout: float | None = None) -> tuple[bytes, bytes] | None:

@@ -204,10 +204,13 @@ class ProcessCapture(TaskCapture):
         return super().flush(_left(deadline)) and done
 
     def close(self, timeout: float | None = None) -> bool:
+        # One deadline for the whole close: the flush, the child's end and the release each
+        # given the full limit made a close with the back-end down wait up to three times it.
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = self.flush(timeout)
-        done = self._end_child(self.exit_timeout if timeout is None else timeout) and done
+        done = self._end_child(self.exit_timeout if deadline is None else _left(deadline) or 0.0) and done
         self._worker.stop()
-        return self._release(timeout) and done
+        return self._release(_left(deadline)) and done
 
     def recorded_digest(self, path: str) -> dict[str, Any] | None:
         entry = super().recorded_digest(path)  # recorded here (fallback), if anything
@@ -389,6 +392,8 @@ class ProcessCapture(TaskCapture):
             assert channel is not None
             channel.send_message((kind, token, argument))
         except (OSError, AssertionError) as err:
+            if self._closing:  # asked while another thread ends the child: no answer, no alarm
+                return False, None
             self._child_lost(f"could not be written to ({err})")
             return False, None
         with self._state:
@@ -410,6 +415,7 @@ class ProcessCapture(TaskCapture):
         with self._state:
             self._closing = True
         with channel.send_lock:  # after any report being put
+            channel.output_closing()
             _close(process.stdin)
             ring, self._ring = self._ring, None
         if ring is not None:

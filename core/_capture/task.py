@@ -158,10 +158,12 @@ class TaskCapture(TaskFiles):
             recorder.sync()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Finish queued tasks and stop; what the back-end has not taken stays spooled."""
+        """Finish queued tasks and stop; what the back-end has not taken stays spooled.
+        ``timeout`` bounds the whole close, not each of its steps."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = self.flush(timeout)
         self._worker.stop()  # what was queued meanwhile is recorded too, as before
-        return self._release(timeout) and done
+        return self._release(None if deadline is None else max(0.0, deadline - time.monotonic())) and done
 
     def _release(self, timeout: float | None) -> bool:
         """Close the hashing pool, the recorder and the ledger; True if the recorder shipped all."""
