@@ -152,8 +152,6 @@ class _HoldLaunch(logging.Handler):
             self.steps.recording.wait(30)
 
 
-@pytest.mark.xfail(strict=True, reason="calling_task_record (lineage_ledger_parsl._tasks) hands the executor "
-                   "wrapper the DFK's live task record, read when the try ends: a retry may have moved it on")
 def test_a_failed_try_is_recorded_as_its_own_try_when_parsl_retries_first(workdir):
     """A try's record says which try it was, even when Parsl has started the next one by the
     time the try's record is made (the cause of a rare failure of the test above: a failed

@@ -178,6 +178,12 @@ def calling_task_record() -> dict[str, Any] | None:
     Parsl's executor interface does not pass the task id; ``DataFlowKernel.launch_task``
     calls ``executor.submit`` directly with ``task_record`` as a local, so the wrapper reads
     it from there. None when an executor is driven some other way.
+
+    A copy, as it is at submission: the try's record is made when the try ends, and by then
+    the DataFlowKernel may have moved its own record on to the next try (``try_id``). Its
+    done callback, which does that for a retry, is not always called after ours: when the
+    try ends before the DataFlowKernel adds it, it is called at once on the launch thread,
+    while ours still runs on the executor's.
     """
     frame: FrameType | None = sys._getframe(2)
     for _ in range(6):
@@ -186,7 +192,7 @@ def calling_task_record() -> dict[str, Any] | None:
         if frame.f_code.co_name == "launch_task":
             record = frame.f_locals.get("task_record")
             if isinstance(record, dict) and "id" in record and "try_id" in record:
-                return record
+                return dict(record)
             return None
         frame = frame.f_back
     return None
