@@ -33,12 +33,14 @@ from lineage_ledger._capture.drain import at_threading_exit
 
 #: How long an unused recording process waits for the next ParslLedger before it is ended.
 IDLE_SECONDS = 2.0
-#: How long the recording process, once its input ends, waits for the back-end (it waits
-#: up to twice this: to flush, then to stop its shipping thread) before it exits, leaving
-#: the rest in the spool. Each run's end has already waited for shipping (``SHIP_WAIT``).
+#: How long the recording process, once its input ends, waits for the back-end (its close
+#: keeps to one limit for the flush and the stop of its shipping thread together) before it
+#: exits, leaving the rest in the spool. Each run's end has already waited for shipping
+#: (``SHIP_WAIT``).
 EXIT_WAIT = 1.0
-#: How long ending a recording process may take here. More than twice ``EXIT_WAIT``, so
-#: that it exits before this process stops waiting for it.
+#: How long ending a recording process may take here. Well above ``EXIT_WAIT`` (the
+#: process's start-up and journaling come on top), so that it exits before this process
+#: stops waiting for it.
 END_WAIT = 3.0
 
 _lock = threading.Lock()
