@@ -81,9 +81,13 @@ def test_the_pre_run_check_refuses_under_strict(tmp_path):
         check_before_run(ledger, [str(tmp_path / "mid.txt")], policy="strict")
 
 
-def test_a_state_kept_before_names_audits_once_then_checks(tmp_path):
-    """A head remembered by an earlier version (no names kept): the next command reads the
-    ledger once and keeps the names, then deleted rows are noticed as for any other head."""
+@pytest.mark.parametrize("earlier", [None, 1])
+def test_a_state_kept_before_names_audits_once_then_checks(tmp_path, earlier):
+    """A head remembered by an earlier version (no names kept, or names without counts): the
+    next command reads the ledger once and keeps the names, then deleted rows are noticed as
+    for any other head."""
+    from lineage_ledger._log.names import FORMAT
+
     url = _two_tasks(tmp_path)
     with open_ledger(url, spool=str(tmp_path / "spool"), replay=False) as ledger:
         ledger.tree_head()
@@ -91,16 +95,21 @@ def test_a_state_kept_before_names_audits_once_then_checks(tmp_path):
     head_file = os.path.join(directory, "head.json")
     with open(head_file) as handle:
         raw = json.load(handle)
-    assert raw["names"] == 1
-    del raw["names"]
-    for name in os.listdir(directory):
-        if name.startswith("names-"):
-            os.unlink(os.path.join(directory, name))
+    assert raw["names"] == FORMAT == 2
+    if earlier is None:
+        del raw["names"]
+        for name in os.listdir(directory):
+            if name.startswith("names-"):
+                os.unlink(os.path.join(directory, name))
+    else:
+        raw["names"] = earlier
     with open(head_file, "w") as handle:
         json.dump(raw, handle)
+    verified = raw["verified"]
     run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path, check_rc=0)
     with open(head_file) as handle:
-        assert json.load(handle)["names"] == 1
+        again = json.load(handle)
+    assert again["names"] == FORMAT and again["audited"] > verified  # read once more, whole
     assert any(name.startswith("names-") for name in os.listdir(directory))
     _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(tmp_path / "mid.txt"))
     result = run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path)
@@ -143,7 +152,7 @@ def _answers(ledger):
     for path in PATHS:
         seen = ledger.last_seen(path)
         found[path] = (None if seen is None else (seen[0].id, seen[1]),
-                       [e.id for e in ledger.producers(path)][-1:])
+                       [e.id for e in ledger.producers(path)], [e.id for e in ledger.consumers(path)])
     return found
 
 
@@ -169,10 +178,14 @@ def test_any_deleted_rows_are_noticed_or_change_no_answer(pristine, tmp_path_fac
                 assert latest == answers[path][0], (path, gone)
             except IndexTampered:
                 pass
+            # Every writer and every reader, as `why` and `depends --all` list them: a row
+            # deleted anywhere in the list is noticed, not only the latest of a batch's.
             try:
-                # The last writer, which `why` and the checks use (older writers of a path are
-                # kept one a batch, so deleting one of them is left to the audit).
-                assert [e.id for e in ledger.producers(path)][-1:] == answers[path][1], (path, gone)
+                assert [e.id for e in ledger.producers(path)] == answers[path][1], (path, gone)
+            except IndexTampered:
+                pass
+            try:
+                assert [e.id for e in ledger.consumers(path)] == answers[path][2], (path, gone)
             except IndexTampered:
                 pass
         assert not ledger.verifier.audited_now  # answered from the copied head, not by an audit
@@ -222,6 +235,14 @@ def test_a_file_every_task_reads_or_rewrites_keeps_a_bounded_number_of_entries(t
     assert len(readers) <= 17 and readers[-1] == 39, readers
     assert len(readers) < 40  # the control: without the upkeep there would be one a task
     assert len(writers) <= 17 and writers[-1] == 39, writers  # a file every task rewrites, likewise
+    with open_ledger(url, read_only=True, state_dir=state) as ledger:
+        for path, output in (("/data/ref", False), ("/data/summary.txt", True)):
+            # The dropped entries' counts went to the ones kept: they still add up to 40.
+            assert sum(c.count for c in ledger.verifier.store.names(path) or [] if c.output is output) == 40
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 10 AND path = '/data/ref'")  # an entry long dropped
+    with open_ledger(url, read_only=True, state_dir=state) as ledger, pytest.raises(IndexTampered,
+                                                                                     match="left out 1"):
+        ledger.consumers("/data/ref")
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 39")
     for path in ("/data/ref", "/data/summary.txt"):
         with open_ledger(url, read_only=True, state_dir=state) as ledger, pytest.raises(IndexTampered,
@@ -398,3 +419,87 @@ def test_a_reader_whose_head_is_behind_another_process_upkeep_looks_again(tmp_pa
             reader.last_seen("/data/ref")
     finally:
         reader.close()
+
+
+def test_a_row_deleted_from_the_middle_of_a_list_is_noticed_by_why_and_depends(tmp_path):
+    """Ten tasks of one batch read a reference and rewrite a summary: the names keep one
+    entry for each (the latest), with how many records named it. A row deleted from the
+    middle of the list (not the latest's) used to pass `depends` and `why` with exit 0,
+    one record short; the count catches it, whether the list is read whole, as one short
+    page (`depends`'s default) or page by page (`depends --all`)."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                                           outputs=[artifact(f"/data/out-{i}", f"out{i}"),
+                                                    artifact("/data/summary.txt", f"sum{i}")]).stored()
+                               for i in range(10)])
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=state, check_rc=0)
+    for args in (["depends", "/data/ref", "--all"], ["depends", "/data/ref"], ["why", "/data/summary.txt"]):
+        clean = run_cli(*args, "--ledger", url, cwd=tmp_path, env=state)
+        assert clean.returncode == 0, clean
+    assert run_cli("depends", "/data/ref", "--all", "--ledger", url, cwd=tmp_path, env=state).stdout.count("out-") == 10
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 4 AND role = 0")
+    for args in (["depends", "/data/ref", "--all"], ["depends", "/data/ref"]):
+        hidden = run_cli(*args, "--ledger", url, cwd=tmp_path, env=state)
+        assert hidden.returncode == 1 and "lists 9 records that read /data/ref, but 10" in hidden.stderr, hidden
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 2 AND role = 1 AND path = '/data/summary.txt'")
+    why = run_cli("why", "/data/summary.txt", "--ledger", url, cwd=tmp_path, env=state)
+    assert why.returncode == 1 and "lists 9 records that wrote /data/summary.txt, but 10" in why.stderr, why
+
+
+def test_counts_a_killed_refresh_had_written_are_not_kept_twice(tmp_path):
+    """A refresh killed (SIGKILL) after appending its names, before its head: the next
+    writer cuts them back, so the records it had named are counted once when verified
+    again, and the honest list still adds up (a count kept twice would fail it)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    state = str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        ledger.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored() for i in range(3)])
+        ledger.tree_head()
+        ledger.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored() for i in range(3, 6)])
+        directory = ledger.verifier.store.directory
+    before = _names_files(directory)
+    killed = subprocess.run([sys.executable, "-c", KILLED_REFRESH, url, state], cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    grown = [name for name, data in _names_files(directory).items() if data != before.get(name, b"")]
+    assert grown and os.path.exists(os.path.join(directory, "names-pending"))  # the control: it did append
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        assert len(ledger.consumers("/data/ref")) == 6  # refreshed (after the cut), then counted
+        assert not os.path.exists(os.path.join(directory, "names-pending"))
+        counts = sum(c.count for c in ledger.verifier.store.names("/data/ref") or [])
+    assert counts == 6
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 4")
+    with open_ledger(url, state_dir=state, read_only=True) as ledger, pytest.raises(IndexTampered, match="left out 1"):
+        ledger.consumers("/data/ref")
+
+
+def _names_files(directory):
+    found = {}
+    for name in os.listdir(directory):
+        if name.startswith("names-") and name.endswith(".bin"):
+            with open(os.path.join(directory, name), "rb") as handle:
+                found[name] = handle.read()
+    return found
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILLED_REFRESH = """
+import os, signal, sys
+from lineage_ledger import open_ledger
+from lineage_ledger._log import trust
+
+def die(self, *args, **kwargs):  # after the names are appended, before head.json
+    self._names.queue(*self._batch.packed())
+    self._names.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+trust.TreeWriter.commit = die
+with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
+    ledger.tree_head()
+"""

@@ -149,8 +149,11 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
     file a million tasks read."""
     seen = ledger.record_bits()
     offset, printed = 0, False
+    counted = ledger.listing("in", normal)  # every reader, counted against the names kept
     while True:
         consumers = ledger.consumers(normal, offset=offset, limit=page, as_key=True)
+        if counted is not None:
+            counted.add(consumers)
         # The page's outputs and their readers read ahead in a few statements, not one each.
         outputs = [out for consumer in consumers if consumer not in seen
                    for out in consumer.record.outputs]
@@ -167,6 +170,8 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
         if len(consumers) < page:
             break
         offset += page
+    if counted is not None:
+        counted.finish()
     if not printed:
         click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
 

@@ -15,24 +15,25 @@ Two questions are checked this way:
   candidate that ended later than the answer, or at the same time and later in the ledger,
   must not name the path;
 * the records that wrote or read a path (``producers`` for ``why``, ``consumers``): each
-  candidate naming it must be in the answer. Only the latest writer and reader of each
-  batch of records are kept, so a full list is checked for those; pages of a list are not
-  checked.
+  candidate naming it must be in the answer, and the answer must hold as many records as
+  the counts kept with the candidates add up to, so a row deleted anywhere in the list is
+  noticed. Pages of a list are not checked (``depends`` without ``--all``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from .._canonical import format_time
-from .._errors import IndexTampered
-from .._log.names import Candidate
+from .._errors import IndexTampered, VerificationError
+from .._log.names import Candidate, path_key
 
 if TYPE_CHECKING:
     from .ledger import Ledger, LedgerRecord
 
-__all__ = ["StaleNames", "check_latest", "check_listing", "named_by_a_verified_record"]
+__all__ = ["Listing", "StaleNames", "check_latest", "check_listing", "listing", "named_by_a_verified_record"]
 
 
 class StaleNames(Exception):  # noqa: N818 - a signal to look again, not an error
@@ -45,17 +46,25 @@ def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: in
                 final: bool) -> list[Candidate]:
     """Those below ``bound``: records verified after the index was asked need not be in its
     answer. Any past it (unless ``final``) raise :class:`StaleNames`."""
+    mine = _kept(ledger, role, path, final) or []
+    if not final and any(c.leaf >= bound for c in mine):
+        raise StaleNames
+    return [c for c in mine if c.leaf < bound]
+
+
+def _kept(ledger: Ledger, role: Literal["in", "out"], path: str, final: bool) -> list[Candidate] | None:
+    """Every entry kept for ``path`` in ``role``, past any bound too; None where the tree keeps
+    no names (one verified under ``LINEAGE_AUDIT_NAMES=0``)."""
     # Read with the index rows where many files are looked up at once (a final look reads
     # them again); else now: another process may append or compact between two look-ups.
     batch = None if final else getattr(ledger._batch, "current", None)
     found = batch.names.get(path) if batch is not None else None
     if found is None:
-        found = ledger.verifier.store.names(path) or []
+        found = ledger.verifier.store.names(path)
+        if found is None:
+            return None
     output = role == "out"
-    mine = [c for c in found if c.output is output]
-    if not final and any(c.leaf >= bound for c in mine):
-        raise StaleNames
-    return [c for c in mine if c.leaf < bound]
+    return [c for c in found if c.output is output]
 
 
 def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
@@ -106,18 +115,89 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
 
 def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord],
                   bound: int, *, final: bool = False) -> None:
-    """Every verified record below ``bound`` kept as naming ``path`` in ``role`` must be in ``listed``."""
-    candidates = _candidates(ledger, role, path, bound, final)
-    if not candidates:
+    """``listed`` (proved records, each naming ``path`` in ``role``) must hold every verified
+    record below ``bound`` that names it: each kept candidate that names it, and as many
+    records as the kept counts add up to."""
+    kept = _kept(ledger, role, path, final)
+    if kept is None:
         return
-    have = {_leaf(ledger, entry) for entry in listed}
-    missing = [c.leaf for c in candidates if c.leaf not in have]
-    if not missing:
-        return
-    for _leaf_index, entry in _fetch(ledger, missing):
-        side = entry.record.outputs if role == "out" else entry.record.inputs
-        if path in side:
-            raise _hidden(entry, role, path, "the index's list of them does not hold it")
+    if not final and any(c.leaf >= bound for c in kept):
+        raise StaleNames
+    listing = Listing(ledger, role, path, kept, bound)
+    listing.add(listed)
+    listing.finish()
+
+
+def listing(ledger: Ledger, role: Literal["in", "out"], path: str) -> Listing | None:
+    """A :class:`Listing` for a list read page by page after this call (``depends --all``);
+    None where the tree keeps no names. The bound is the verified head read now, brought
+    past every entry kept (another process may be verifying: a few looks)."""
+    for attempt in range(5):
+        bound = ledger._bound(refresh=attempt > 0)
+        kept = _kept(ledger, role, path, final=True)
+        if kept is None:
+            return None
+        if all(c.leaf < bound for c in kept) or attempt == 4:
+            return Listing(ledger, role, path, kept, bound)
+        time.sleep(0.05 * attempt)  # names written, their head not yet: a writer commits
+    raise AssertionError("unreachable")
+
+
+class Listing:
+    """Counts a list of proved records naming ``path`` in ``role`` (given whole or a page at
+    a time, in any order, each record once) against the names kept, as of ``bound``."""
+
+    def __init__(self, ledger: Ledger, role: Literal["in", "out"], path: str, kept: list[Candidate],
+                 bound: int) -> None:
+        self.ledger, self.role, self.path, self.bound = ledger, role, path, bound
+        self.candidates = [c for c in kept if c.leaf < bound]
+        # Entries past the bound (a final look, or a writer still at work): an upkeep may have
+        # added older records' counts to one of them, so the counts below cannot be summed.
+        self.summable = len(self.candidates) == len(kept)
+        self._wanted = {c.leaf for c in self.candidates}
+        self.named: dict[int, LedgerRecord] = {}  # the candidates' records, as listed
+        self.found = 0  # records listed below the bound
+
+    def add(self, entries: Sequence[LedgerRecord]) -> None:
+        for entry in entries:
+            leaf = _leaf(self.ledger, entry)
+            if leaf < self.bound:
+                self.found += 1
+                if leaf in self._wanted:
+                    self.named[leaf] = entry
+
+    def finish(self) -> None:
+        """Raise :class:`IndexTampered` where the list left out a record the names keep."""
+        role, path = self.role, self.path
+        missing = [c.leaf for c in self.candidates if c.leaf not in self.named]
+        for _leaf_index, entry in _fetch(self.ledger, missing):
+            side = entry.record.outputs if role == "out" else entry.record.inputs
+            if path in side:
+                raise _hidden(entry, role, path, "the index's list of them does not hold it")
+        if not self.summable:
+            return
+        key = path_key(path)
+        expected = 0
+        for candidate in self.candidates:
+            entry = self.named.get(candidate.leaf)
+            if entry is None:
+                continue  # another path's entry under the same key (its record was read above)
+            side = entry.record.outputs if role == "out" else entry.record.inputs
+            if any(other != path and path_key(other) == key for other in side):
+                return  # that record names another path with the same key: whose count it is is unknown
+            expected += candidate.count
+        if self.found == expected:
+            return
+        verb = "wrote" if role == "out" else "read"
+        if self.found < expected:
+            raise IndexTampered(
+                f"the index lists {self.found} records that {verb} {path}, but {expected} verified records "
+                f"did: it left out {expected - self.found}. Index rows were deleted or edited; run "
+                "verify-lineage for a full audit", path=path)
+        raise VerificationError(
+            f"the index lists {self.found} verified records that {verb} {path}, but the names kept beside "
+            f"the verified tree ({self.ledger.verifier.store.directory}) count {expected}: that directory was "
+            "changed. Run `lineage-ledger reset-trust`, then verify-lineage")
 
 
 def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:

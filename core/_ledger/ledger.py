@@ -32,7 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
-from .complete import StaleNames, check_latest, check_listing, named_by_a_verified_record
+from .complete import Listing, StaleNames, check_latest, check_listing, listing, named_by_a_verified_record
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
@@ -383,9 +383,23 @@ class Ledger(LineageQueries):
         names it), not to be resolved on disk again."""
         path = path if as_key else self._query(path)
         if offset or limit is not None:
+            # A first page shorter than asked is the whole list: counted against the names
+            # kept, as a whole list is (a row deleted from it is noticed).
+            counted = self.listing("in", path) if not offset and digest is None and path is not None else None
             rows = self.backend.find_page("in", path=path, digest=digest, offset=offset, limit=limit)
-            return self._find("in", path, digest, rows)
+            found = self._find("in", path, digest, rows)
+            if counted is not None and limit is not None and len(found) < limit:
+                counted.add(found)
+                counted.finish()
+            return found
         return self._find("in", path, digest)
+
+    def listing(self, role: Literal["in", "out"], path: str) -> Listing | None:
+        """A count of the records naming ``path`` in ``role`` that a caller then lists page
+        by page: :meth:`Listing.add` each page's records, :meth:`Listing.finish` at the end
+        raises :class:`IndexTampered` where the index left any out. None where the verified
+        tree keeps no names."""
+        return listing(self, role, path)
 
     def has_consumers(self, path: str) -> bool:
         """Whether the index names any record that read ``path`` (one step down its index,

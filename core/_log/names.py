@@ -9,13 +9,20 @@ trusting the database for completeness: while records are verified (the audit, a
 refresh of the head), the names they carry are written here, in the user's own state
 directory, and a reader compares what the index returned with what is kept here.
 
-What is kept, per verified record and path it names (two big-endian 64-bit words an entry,
-see ``_ENTRY``):
+What is kept, per batch of verified records and path and role they name (two big-endian
+64-bit words an entry, see ``_ENTRY``):
 
-* ``key``: the CRC-32 of the path (UTF-8). Collisions are harmless: an entry is only ever
-  a *candidate*, whose record the reader fetches and proves before believing it names the
-  path; only missing entries would be harmful, and a hash never makes one go missing.
-* ``leaf << 1 | role``: the record's leaf index, and 1 for an output, 0 for an input.
+* ``count << 32 | key``: ``key`` is the CRC-32 of the path (UTF-8), ``count`` how many
+  records of the batch name the path in that role. Key collisions are harmless: an entry is
+  only ever a *candidate*, whose record the reader fetches and proves before believing it
+  names the path; only missing entries would be harmful, and a hash never makes one go missing.
+* ``leaf << 1 | role``: the leaf index of the latest of those records (below), and 1 for an
+  output, 0 for an input.
+
+The counts make a whole list checkable (format 2): the records a back-end's index lists as
+reading or writing a path must be as many as the counts of the path's entries add up to, so
+a deleted row in the middle of a list is noticed, not only the latest of a batch
+(:func:`lineage_ledger._ledger.complete.check_listing`).
 
 (An end time per entry, to let readers skip candidates that ended before their answer,
 cost the audit a microsecond a record to compute: the few candidates a path has are
@@ -29,9 +36,11 @@ it touched proves the records behind them and drops the older ones
 (:meth:`.verified.Verifier._compact_names`). A batch's entries are appended to one of 1,024
 files by the key's high bits (``names-KKK.bin``), so a look-up reads one file, a 1,024th
 of the whole, and finds its key in C (:meth:`bytes.find`). Files only grow between
-compactions, which replace a file whole; entries past the verified head (a writer that
-crashed before committing it) are ignored, and appended again if those records are verified
-later.
+compactions, which replace a file whole (adding the counts of the entries they drop to the
+entry they keep). Entries past the verified head (a writer that crashed before committing
+it) are ignored by readers; before the next writer appends, it cuts the files back to what
+they held before the crashed batch (``names-pending``, written ahead of each append), so
+that those records' counts are not kept twice when they are verified again.
 """
 
 from __future__ import annotations
@@ -41,18 +50,21 @@ import os
 import struct
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, chain, islice, repeat
-from operator import attrgetter, le, lshift, methodcaller, or_
+from operator import attrgetter, le, lshift, methodcaller, or_, rshift
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "drop_entries", "kept", "path_key"]
+           "candidates", "drop_entries", "kept", "path_key", "recover"]
 
-FORMAT = 1  # the version of these files a head records (0: none kept)
+FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
 BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB at 1M records
-_ENTRY = struct.Struct(">QQ")  # key, leaf << 1 | role (big-endian: one integer's bytes)
+_ENTRY = struct.Struct(">QQ")  # count << 32 | key, leaf << 1 | role (big-endian: one integer's bytes)
+_KEY = struct.Struct(">I")
+_PENDING = "names-pending"  # bucket files' sizes before an append not yet covered by a head
 ENTRY_SIZE = _ENTRY.size
 _ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
 _flat = chain.from_iterable
@@ -62,6 +74,7 @@ _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path,
 class Candidate(NamedTuple):
     leaf: int
     output: bool
+    count: int = 1  # records of its batch naming the path in this role (the leaf the latest)
 
 
 def path_key(path: str) -> int:
@@ -143,16 +156,21 @@ class NamesBatch:
         if not self._leaves:
             return [0] * BUCKETS, b""
         written, read = self._latest()
+        # How many records named each path in each role (Counter counts in C).
+        times_written, times_read = Counter(self._written), Counter(self._read)
         self._clear()
-        keys = list(map(zlib.crc32, _encoded([*written, *read])))
+        crcs = list(map(zlib.crc32, _encoded([*written, *read])))
+        counts = [*map(times_written.__getitem__, written), *map(times_read.__getitem__, read)]
+        words = map(or_, map(lshift, counts, repeat(32)), crcs)
         shift = 32 - _BUCKET_BITS
         buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
-        for key, low in zip(keys, [*written.values(), *read.values()], strict=True):  # the one Python step an entry
-            bucket = buckets[key >> shift]
-            bucket.append(key)
+        for at, word, low in zip(map(rshift, crcs, repeat(shift)), words,  # the one Python step an entry
+                                 [*written.values(), *read.values()], strict=True):
+            bucket = buckets[at]
+            bucket.append(word)
             bucket.append(low)
-        words = list(_flat(buckets))
-        return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(words)}Q", *words)
+        flat = list(_flat(buckets))
+        return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(flat)}Q", *flat)
 
 
 def _slices(counts: list[int], order: list[int]) -> Iterator[slice]:
@@ -172,12 +190,19 @@ class NamesWriter:
     """Appends packed batches to the bucket files of one state directory (private files).
     Batches queued together are written with one open of each file they touch: an audit's
     parent queues several workers' ranges, so that it opens each of the 1,024 files once per
-    few ranges, not once per range (the parent is the audit's serial part)."""
+    few ranges, not once per range (the parent is the audit's serial part).
 
-    def __init__(self, directory: str) -> None:
+    Before a file first grows, its size is noted in ``names-pending`` with the size of the
+    head the batches extend; :meth:`committed` (after the new head is written) removes the
+    note, and :func:`recover` (the next writer, under the state's lock) cuts back the files a
+    writer that died in between had grown."""
+
+    def __init__(self, directory: str, extends: int = 0) -> None:
         self.directory = directory
+        self.extends = extends  # the size of the head these names extend
         self._queued: list[tuple[Sequence[int], bytes]] = []
         self.queued_bytes = 0
+        self._noted: set[int] = set()
 
     def write(self, counts: Sequence[int], data: bytes) -> None:
         self.queue(counts, data)
@@ -193,20 +218,50 @@ class NamesWriter:
         batches, self._queued, self.queued_bytes = self._queued, [], 0
         starts = [[0, *accumulate(count * _ENTRY.size for count in counts)] for counts, _data in batches]
         views = [memoryview(data) for _counts, data in batches]
+        chunks = {}
         for bucket in range(BUCKETS):
             parts = [view[at[bucket] : at[bucket + 1]] for view, at in zip(views, starts, strict=True)
                      if at[bucket + 1] > at[bucket]]
             if parts:
-                self._append(bucket, parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
+                chunks[bucket] = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+        self._note(sorted(set(chunks) - self._noted))
+        for bucket, chunk in chunks.items():
+            self._append(bucket, chunk)
+
+    def _note(self, buckets: list[int]) -> None:
+        """Write down the sizes of files about to grow for the first time in this batch."""
+        if not buckets:
+            return
+        lines = [] if self._noted else [f"extends {self.extends}"]
+        for bucket in buckets:
+            try:
+                size = os.stat(os.path.join(self.directory, bucket_name(bucket))).st_size
+            except FileNotFoundError:
+                size = 0
+            lines.append(f"{bucket} {size}")
+        fd = os.open(os.path.join(self.directory, _PENDING),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, ("\n".join(lines) + "\n").encode())
+        finally:
+            os.close(fd)
+        self._noted.update(buckets)
+
+    def committed(self) -> None:
+        """The head that covers every batch written is in place: nothing is pending."""
+        if self._noted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, _PENDING))
+            self._noted.clear()
 
     def _append(self, bucket: int, chunk: memoryview) -> None:
         fd = os.open(os.path.join(self.directory, bucket_name(bucket)),
                      os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            # A writer killed mid-entry left a part of one: fill it up to a whole entry
-            # (a candidate like any other, proved before it is believed), or every entry
-            # appended after it would sit off the 16-byte grid, where readers skip it.
-            # Cutting it instead could take a page from under a reader's map (SIGBUS).
+            # A part of an entry (a writer killed mid-entry whose note was lost): fill it up
+            # to a whole entry (a candidate like any other, proved before it is believed), or
+            # every entry appended after it would sit off the 16-byte grid, where readers
+            # skip it. Cutting it instead could take a page from under a reader's map (SIGBUS).
             tail = os.fstat(fd).st_size % _ENTRY.size
             if tail:
                 chunk = memoryview(bytes(_ENTRY.size - tail) + bytes(chunk))
@@ -217,43 +272,96 @@ class NamesWriter:
             os.close(fd)
 
 
-def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
-    """The entries of ``key`` in one bucket file's bytes whose leaf is below ``size``."""
-    needle = _ENTRY.pack(key, 0)[:8]
-    unpack, width = _ENTRY.unpack_from, _ENTRY.size
-    found: list[Candidate] = []
-    at = data.find(needle)
-    while at >= 0:
-        if at % width:  # the bytes of a leaf, not of a key
-            at = data.find(needle, at + 1)
-            continue
-        if at + width > len(data):
-            break  # part of an entry a killed writer left (the next writer fills it up)
-        _key, leaf_role = unpack(data, at)
-        leaf = leaf_role >> 1
-        if leaf < size:
-            found.append(Candidate(leaf, bool(leaf_role & 1)))
-        at = data.find(needle, at + width)
-    return found
+def recover(directory: str, size: int) -> None:
+    """Under the state's lock, before appending names to a head of ``size`` records: where a
+    writer died after growing the files and before committing its head (``names-pending``
+    names a head of ``size`` or more), put each file back as it was, whole (replaced, never
+    cut in place), so the records it had named are counted once when verified again."""
+    path = os.path.join(directory, _PENDING)
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().decode("ascii", "replace").split("\n")
+    except FileNotFoundError:
+        return
+    first, *rest = lines
+    extends = int(first.split()[1]) if first.startswith("extends ") and first.split()[1].isdigit() else -1
+    if extends >= size or extends < 0:
+        # A part of a line: the writer died writing the note, before any file grew past it.
+        sizes = [line.split() for line in rest]
+        for bucket_size in sizes:
+            if len(bucket_size) == 2 and all(word.isdigit() for word in bucket_size):
+                _cut(directory, int(bucket_size[0]), int(bucket_size[1]))
+    os.unlink(path)
 
 
-def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int]]) -> None:
-    """Rewrite one bucket file without the entries ``(key, leaf << 1 | role)`` in
-    ``dropped``, replaced atomically: a reader holding the old file's bytes keeps them,
-    whole. The caller holds the state's lock and has proved that newer entries stand for
-    those dropped."""
+def _cut(directory: str, bucket: int, size: int) -> None:
+    """Replace one bucket file by its first ``size`` bytes (whole entries: they were)."""
+    if not 0 <= bucket < BUCKETS:
+        return
     path = os.path.join(directory, bucket_name(bucket))
-    with open(path, "rb") as handle:
-        data = handle.read()
-    width = _ENTRY.size
-    gone = {_ENTRY.pack(*entry) for entry in dropped}
-    entries = [data[at : at + width] for at in range(0, len(data) - width + 1, width)]
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return
+    if len(data) > size:
+        _replace(directory, path, data[:size])
+
+
+def _replace(directory: str, path: str, data: bytes) -> None:
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(b"".join(entry for entry in entries if entry not in gone))
+            handle.write(data)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
+    """The entries of ``key`` in one bucket file's bytes whose leaf is below ``size``."""
+    needle = _KEY.pack(key)  # the low half of an entry's first word
+    unpack, width = _ENTRY.unpack_from, _ENTRY.size
+    found: list[Candidate] = []
+    at = data.find(needle, 4)
+    while at >= 0:
+        if at % width != 4:  # the bytes of a count or a leaf, not of a key
+            at = data.find(needle, at + 1)
+            continue
+        if at - 4 + width > len(data):
+            break  # part of an entry a killed writer left (the next writer cuts it back)
+        word, leaf_role = unpack(data, at - 4)
+        leaf = leaf_role >> 1
+        if leaf < size:
+            found.append(Candidate(leaf, bool(leaf_role & 1), word >> 32))
+        at = data.find(needle, at - 4 + width)
+    return found
+
+
+def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int, int]],
+                 counted: dict[tuple[int, int], int]) -> None:
+    """Rewrite one bucket file without the entries ``(key, leaf << 1 | role, count)`` in
+    ``dropped``, adding their counts to the entries ``(key, leaf << 1 | role)`` that stand
+    for them in ``counted`` (how many to add); replaced atomically, so a reader holding the
+    old file's bytes keeps them, whole, and either file adds up to the same counts. The
+    caller holds the state's lock and has proved that the entries kept stand for those
+    dropped."""
+    path = os.path.join(directory, bucket_name(bucket))
+    with open(path, "rb") as handle:
+        data = handle.read()
+    width = _ENTRY.size
+    gone = {_ENTRY.pack(count << 32 | key, low) for key, low, count in dropped}
+    kept = []
+    for at in range(0, len(data) - width + 1, width):
+        entry = data[at : at + width]
+        if entry in gone:
+            gone.discard(entry)  # once: two equal entries are two batches' counts
+            continue
+        word, low = _ENTRY.unpack(entry)
+        added = counted.pop((word & 0xFFFFFFFF, low), 0)
+        kept.append(_ENTRY.pack(word + (added << 32), low) if added else entry)
+    if gone or counted:
+        raise ValueError("the names to drop or to add to are not all in the file")
+    _replace(directory, path, b"".join(kept))

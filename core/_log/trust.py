@@ -41,6 +41,7 @@ from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
 from .names import Candidate, NamesBatch, NamesWriter, bucket_name, bucket_of, candidates, path_key
 from .names import kept as names_kept
+from .names import recover as recover_names
 
 __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 
@@ -90,8 +91,11 @@ class TreeWriter:
         self.audited = head.audited if head else ""
         # Names are complete only where the tree extended had them for every record, and
         # every record added since gets them (checked at commit).
-        self.names_format = (head.names if head else NAMES_FORMAT) if names_kept() else 0
-        self._names = NamesWriter(directory)
+        self.names_format = NAMES_FORMAT if names_kept() and (head is None or head.names == NAMES_FORMAT) else 0
+        # Names a writer that died before its commit appended are cut back first (this
+        # writer holds the state's lock), or its records would be counted twice.
+        recover_names(directory, self.size)
+        self._names = NamesWriter(directory, self.size)
         self._batch = NamesBatch()
         self._named = self.size  # records below this have their names written or batched
         self._files: list = []
@@ -201,6 +205,7 @@ class TreeWriter:
         for handle in [*self._files, self._starts]:
             handle.flush()
         _write_atomic(os.path.join(self.directory, "head.json"), head.to_json())
+        self._names.committed()
         return head
 
 
@@ -389,7 +394,7 @@ class TrustStore:
     def names_many(self, paths: Sequence[str]) -> dict[str, list[Candidate]] | None:
         """:meth:`names` of each of ``paths``, each file they fall in looked at once."""
         head = self.head
-        if head is None or not head.names:
+        if head is None or head.names != NAMES_FORMAT:
             return None
         by_file: dict[int, list[tuple[str, int]]] = {}
         for path in paths:

@@ -30,6 +30,7 @@ from .._model import BlockColumns, StoredRecord
 from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
+from .names import FORMAT as NAMES_FORMAT
 from .names import bucket_of, drop_entries, path_key
 from .names import kept as names_kept
 from .trust import TreeHead, TreeWriter, TrustStore
@@ -131,9 +132,10 @@ class Verifier:
         store, backend = self.store, self.backend
         for _ in range(50):
             head = store.reload()
-            if head is None or (not head.names and names_kept()):
-                # Nothing remembered, or a tree remembered before names were kept beside it
-                # (readers need them to notice deleted index rows): read everything once.
+            if head is None or (head.names != NAMES_FORMAT and names_kept()):
+                # Nothing remembered, or a tree remembered before names (or their counts) were
+                # kept beside it (readers need them to notice deleted index rows): read
+                # everything once.
                 return self.audit(endorsed=endorsed).head
             tip = backend.head()
             have = -1 if tip is None else tip.height
@@ -195,19 +197,22 @@ class Verifier:
         """Each refresh keeps the last writer and the last reader of every path its records
         name (see :mod:`.names`), so a file every task reads or rewrites gains an entry a
         task. Past ``_NAMES_KEPT`` of them, the records behind them are proved and read, and
-        the older ones that name the path are dropped: readers need only the latest. An entry
-        whose record also names another path with the same key stays (it may be that path's
-        latest). (Under the state's lock, after the commit.)"""
+        the older ones that name the path are dropped, their counts added to the latest's:
+        readers need only the latest, and the sum. An entry whose record also names another
+        path with the same key stays (it may be that path's, with that path's count), and
+        where the latest is such an entry, the path is left as it is. (Under the state's
+        lock, after the commit.)"""
         store = self.store
-        dropped: dict[int, set[tuple[int, int]]] = {}
+        dropped: dict[int, set[tuple[int, int, int]]] = {}
+        counted: dict[int, dict[tuple[int, int], int]] = {}
         for path, output in touched:
             size = store.head.size if store.head else 0
-            found = [c.leaf for c in store.names(path) or () if c.output is output and c.leaf < size]
+            found = {c.leaf: c.count for c in store.names(path) or () if c.output is output and c.leaf < size}
             if len(found) <= _NAMES_KEPT:
                 continue
             key = path_key(path)
             naming = []
-            for leaf, located in self.located_at(found).items():
+            for leaf, located in self.located_at(list(found)).items():
                 self.check(located)
                 view = decode_views(BlockColumns(located.height, "", b"", [located.record.id],
                                                  [located.record.body]))[0]
@@ -215,12 +220,16 @@ class Verifier:
                 if path in side:
                     shared = any(other != path and path_key(other) == key for other in side)
                     naming.append((view.ended, leaf, shared))
-            if len(naming) > 1:
-                keep = max(naming)[:2]
-                dropped.setdefault(bucket_of(key), set()).update(
-                    (key, leaf << 1 | output) for ended, leaf, shared in naming if (ended, leaf) != keep and not shared)
+            if len(naming) < 2 or max(naming)[2]:
+                continue
+            _ended, keep, _shared = max(naming)
+            gone = {(key, leaf << 1 | output, found[leaf]) for ended, leaf, shared in naming
+                    if leaf != keep and not shared}
+            if gone:
+                dropped.setdefault(bucket_of(key), set()).update(gone)
+                counted.setdefault(bucket_of(key), {})[key, keep << 1 | output] = sum(count for *_k, count in gone)
         for bucket, entries in dropped.items():
-            drop_entries(store.directory, bucket, entries)
+            drop_entries(store.directory, bucket, entries, counted[bucket])
 
     def located_at(self, leaves: list[int]) -> dict[int, Located]:
         """The stored records at these leaves of the verified tree, with their places (not
