@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lineage_ledger import LedgerError, VerificationError, open_ledger
+from lineage_ledger import IndexTampered, LedgerError, VerificationError, open_ledger
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
 
@@ -433,12 +433,14 @@ def test_pages_of_consumers_join_up_to_every_consumer_once(tmp_path):
         pages = [c.id for c in ledger.consumers("/data/ref", offset=0, limit=2)]
         with sqlite3.connect(db) as conn:  # a row of the first page, gone before the next
             conn.execute("DELETE FROM ll_artifacts WHERE path = '/data/ref' AND seq = 0")
-        ledger.append_records([make_record(9, inputs=[artifact("/data/ref", "ref")],
-                                           outputs=[artifact("/data/extra", "x")]).stored()])
+        extra = make_record(9, inputs=[artifact("/data/ref", "ref")], outputs=[artifact("/data/extra", "x")]).stored()
+        ledger.append_records([extra])
         for offset in range(2, 12, 2):
             pages += [c.id for c in ledger.consumers("/data/ref", offset=offset, limit=2)]
-        appended = ledger.consumers("/data/ref")[-1].id
-    assert len(every) == 9 and pages == [*every, appended]
+        # The whole list, counted against the names kept, tells of the row deleted.
+        with pytest.raises(IndexTampered, match="left out 1"):
+            ledger.consumers("/data/ref")
+    assert len(every) == 9 and pages == [*every, extra.id]
 
 
 def test_the_consumers_left_out_are_counted_only_so_far(tmp_path, monkeypatch):
