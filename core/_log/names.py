@@ -53,7 +53,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, chain, islice, repeat
-from operator import attrgetter, le, lshift, methodcaller, or_, rshift
+from operator import attrgetter, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
@@ -132,12 +132,15 @@ class NamesBatch:
         self._read.extend(_flat(inputs))
         self.records += len(views)
 
-    def _latest(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(written, read): path -> ``leaf << 1 | role`` of the record that named it in that
-        role and ended last, then the latest in ledger order. A dict built from the pairs in
-        that order keeps the last value of each path; the order is ledger order where the end
-        times never go back (the usual case, checked in one pass), else a stable sort of the
-        records by end time (ledger order among equals), applied to the flat columns by slices."""
+    def _latest(self) -> tuple[dict[str, int], dict[str, int], Counter[str], Counter[str]]:
+        """(written, read, times written, times read): path -> ``leaf << 1 | role`` of the
+        record that named it in that role and ended last, then the latest in ledger order,
+        and path -> how many records named it so, each in the dict's order. A dict built from
+        the pairs in that order keeps the last value of each path; the order is ledger order
+        where the end times never go back (the usual case, checked in one pass), else a stable
+        sort of the records by end time (ledger order among equals), applied to the flat
+        columns by slices. Counts come from :class:`~collections.Counter` (counted in C) on
+        the same column, so that its keys are in the dict's order (first seen)."""
         leaves, ended, writes, reads = self._leaves, self._ended, self._writes, self._reads
         written, read = self._written, self._read
         if not all(map(le, ended, islice(ended, 1, None))):
@@ -148,26 +151,23 @@ class NamesBatch:
         as_output = map(or_, map(lshift, leaves, repeat(1)), repeat(1))
         as_input = map(lshift, leaves, repeat(1))
         return (dict(zip(written, _flat(map(repeat, as_output, writes)), strict=True)),
-                dict(zip(read, _flat(map(repeat, as_input, reads)), strict=True)))
+                dict(zip(read, _flat(map(repeat, as_input, reads)), strict=True)),
+                Counter(written), Counter(read))
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
         Inside a bucket the order is of no meaning: a reader searches the whole file."""
         if not self._leaves:
             return [0] * BUCKETS, b""
-        written, read = self._latest()
-        # How many records named each path in each role (Counter counts in C).
-        times_written, times_read = Counter(self._written), Counter(self._read)
+        written, read, times_written, times_read = self._latest()
         self._clear()
         crcs = list(map(zlib.crc32, _encoded([*written, *read])))
-        counts = [*map(times_written.__getitem__, written), *map(times_read.__getitem__, read)]
-        words = map(or_, map(lshift, counts, repeat(32)), crcs)
         shift = 32 - _BUCKET_BITS
         buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
-        for at, word, low in zip(map(rshift, crcs, repeat(shift)), words,  # the one Python step an entry
-                                 [*written.values(), *read.values()], strict=True):
-            bucket = buckets[at]
-            bucket.append(word)
+        for crc, count, low in zip(crcs, [*times_written.values(), *times_read.values()],  # the one Python step
+                                   [*written.values(), *read.values()], strict=True):  # an entry
+            bucket = buckets[crc >> shift]
+            bucket.append(count << 32 | crc)
             bucket.append(low)
         flat = list(_flat(buckets))
         return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(flat)}Q", *flat)
