@@ -124,20 +124,31 @@ def ledger_query(site: Deployment, sql: str, *params) -> list[tuple]:
         return list(conn.execute(sql, params).fetchall())
 
 
-def ledger_records(site: Deployment, dag_id: str, run_id: str) -> dict[str, dict]:
-    """The records of one DAG run by task id (the last one of each task)."""
+def ledger_records(site: Deployment, dag_id: str, run_id: str) -> dict[str, list[dict]]:
+    """The records of one DAG run by task id, in ledger order."""
     rows = ledger_query(site, "SELECT body FROM ll_records WHERE run_id = %s ORDER BY seq", f"{dag_id}/{run_id}")
-    found: dict[str, dict] = {}
+    found: dict[str, list[dict]] = {}
     for (body,) in rows:
         record = json.loads(bytes(body))
-        found[record["extra"]["airflow"]["task_id"]] = record
+        found.setdefault(record["extra"]["airflow"]["task_id"], []).append(record)
     return found
 
 
 def wait_for_records(site: Deployment, dag_id: str, run_id: str, tasks: set[str]) -> dict[str, dict]:
-    """The shipper in the scheduler ships the task processes' records every 2 s."""
-    return site.wait_for(lambda: (found := ledger_records(site, dag_id, run_id)) and set(found) >= tasks and found,
-                         f"the records of {dag_id}/{run_id}", timeout=90)
+    """The one record of each of ``tasks`` (the shipper in the scheduler ships the task
+    processes' records every 2 s)."""
+    found = site.wait_for(lambda: (have := ledger_records(site, dag_id, run_id)) and set(have) >= tasks and have,
+                          f"the records of {dag_id}/{run_id}", timeout=90)
+    assert {task: len(found[task]) for task in tasks} == dict.fromkeys(tasks, 1), found
+    return {task: found[task][0] for task in tasks}
+
+
+def assert_refused(record: dict, path: Path, because: str) -> None:
+    """A try refused before it ran: failed, the reason given, and it vouches for no version
+    of the file (it read nothing and wrote nothing; the file is named as refused)."""
+    assert record["status"] == "failed" and because in record["extra"]["airflow"]["error"], record["extra"]
+    assert record["inputs"] == {} and record["outputs"] == {}, record
+    assert list(record["extra"]["refused_inputs"]) == [str(path)], record["extra"]
 
 
 def run_all(site: Deployment, run_id: str, conf: dict) -> dict[str, str]:
@@ -190,10 +201,13 @@ def test_strict_refuses_under_the_scheduler_an_edit_whose_rows_were_deleted(site
     assert [records[t]["status"] for t in CONSUMERS] == ["succeeded"] * 2
 
     # The edit alone: the rows name its producer, whose digest it no longer has.
+    assert [p.stat().st_mtime_ns for p in outs["edited"]] == written["edited"], "a consumer ran on the edit"
+    records = wait_for_records(site, "rows_edited", "second", set(CONSUMERS))
     for task in CONSUMERS:
         text = task_log(site, "rows_edited", "second", task)
         assert "lineage-ledger refused to run rows_edited." + task in text, text[-3000:]
         assert f"{mids['edited']}: MODIFIED since it was last written" in text, text[-3000:]
+        assert_refused(records[task], mids["edited"], "MODIFIED since it was last written")
 
     # The edit with its rows deleted: no row names the file any more, and only the names kept
     # beside the verified tree say which records did. Without them it passed as a source.
@@ -203,9 +217,7 @@ def test_strict_refuses_under_the_scheduler_an_edit_whose_rows_were_deleted(site
         text = task_log(site, "rows_deleted", "second", task)
         assert "lineage-ledger refused to run rows_deleted." + task in text, text[-3000:]
         assert "left out record" in text and str(mids["deleted"]) in text, text[-3000:]
-        record = records[task]
-        assert record["status"] == "failed" and "left out record" in record["extra"]["airflow"]["error"]
-        # Refused: it read nothing and wrote nothing, so it vouches for no version of the file.
-        assert record["inputs"] == {} and record["outputs"] == {}, record
-        assert list(record["extra"]["refused_inputs"]) == [str(mids["deleted"])], record["extra"]
+        assert "IndexTampered" in text, text[-3000:]  # the check's own error, chained
+        assert_refused(records[task], mids["deleted"], "left out record")
+    # Nor did the refusals give the file an index row again, with its edited digest.
     assert not ledger_query(site, "SELECT 1 FROM ll_artifacts WHERE path = %s", str(mids["deleted"]))
