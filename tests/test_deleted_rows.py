@@ -238,7 +238,7 @@ def test_a_file_every_task_reads_or_rewrites_keeps_a_bounded_number_of_entries(t
     with open_ledger(url, read_only=True, state_dir=state) as ledger:
         for path, output in (("/data/ref", False), ("/data/summary.txt", True)):
             # The dropped entries' counts went to the ones kept: they still add up to 40.
-            assert sum(c.count for c in ledger.verifier.store.names(path) or [] if c.output is output) == 40
+            assert sum(c.records for c in ledger.verifier.store.names(path) or [] if c.output is output) == 40
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 10 AND path = '/data/ref'")  # an entry long dropped
     with open_ledger(url, read_only=True, state_dir=state) as ledger, pytest.raises(IndexTampered,
                                                                                      match="left out 1"):
@@ -443,10 +443,10 @@ def test_a_row_deleted_from_the_middle_of_a_list_is_noticed_by_why_and_depends(t
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 4 AND role = 0")
     for args in (["depends", "/data/ref", "--all"], ["depends", "/data/ref"]):
         hidden = run_cli(*args, "--ledger", url, cwd=tmp_path, env=state)
-        assert hidden.returncode == 1 and "lists 9 records that read /data/ref, but 10" in hidden.stderr, hidden
+        assert hidden.returncode == 1 and "lists 9 of the 10 verified records that read /data/ref" in hidden.stderr, hidden
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 2 AND role = 1 AND path = '/data/summary.txt'")
     why = run_cli("why", "/data/summary.txt", "--ledger", url, cwd=tmp_path, env=state)
-    assert why.returncode == 1 and "lists 9 records that wrote /data/summary.txt, but 10" in why.stderr, why
+    assert why.returncode == 1 and "lists 9 of the 10 verified records that wrote /data/summary.txt" in why.stderr, why
 
 
 def test_counts_a_killed_refresh_had_written_are_not_kept_twice(tmp_path):
@@ -472,7 +472,7 @@ def test_counts_a_killed_refresh_had_written_are_not_kept_twice(tmp_path):
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
         assert len(ledger.consumers("/data/ref")) == 6  # refreshed (after the cut), then counted
         assert not os.path.exists(os.path.join(directory, "names-pending"))
-        counts = sum(c.count for c in ledger.verifier.store.names("/data/ref") or [])
+        counts = sum(c.records for c in ledger.verifier.store.names("/data/ref") or [])
     assert counts == 6
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 4")
     with open_ledger(url, state_dir=state, read_only=True) as ledger, pytest.raises(IndexTampered, match="left out 1"):
@@ -503,3 +503,31 @@ trust.TreeWriter.commit = die
 with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
     ledger.tree_head()
 """
+
+
+def test_a_record_row_whose_run_id_was_edited_is_not_left_out_of_its_run(tmp_path):
+    """`log --run R` reads the records' run-id column. A row moved to another run by an edit
+    of that column used to vanish from its run's list, exit 0. The names keep a count per
+    run as per path: the whole list (`-n 0`) and the last page (`-n 3`, whose total comes
+    from the index) both notice, and a record hidden among the last shown does too."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([make_record(i, run_id="run-a" if i % 4 else "run-b",
+                                           outputs=[artifact(f"/data/out-{i}", f"out{i}")]).stored()
+                               for i in range(12)])
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=state, check_rc=0)
+    for limit in ("0", "3"):
+        clean = run_cli("log", "--run", "run-a", "-n", limit, "--ledger", url, cwd=tmp_path, env=state)
+        assert clean.returncode == 0 and clean.stdout.count("out-") == (9 if limit == "0" else 3), clean
+    _edit(db, "UPDATE ll_records SET run_id = 'run-z' WHERE seq = 2")  # an old record of run-a
+    for limit in ("0", "3"):
+        moved = run_cli("log", "--run", "run-a", "-n", limit, "--ledger", url, cwd=tmp_path, env=state)
+        assert moved.returncode == 1 and "lists 8 of the 9 verified records that belong to run run-a" in moved.stderr, \
+            (limit, moved)
+    _edit(db, "UPDATE ll_records SET run_id = 'run-a' WHERE seq = 2")
+    _edit(db, "UPDATE ll_records SET run_id = 'run-z' WHERE seq = 11")  # the latest: hidden from the last page
+    latest = run_cli("log", "--run", "run-a", "-n", "3", "--ledger", url, cwd=tmp_path, env=state)
+    assert latest.returncode == 1 and "left out record" in latest.stderr and "belongs to run run-a" in latest.stderr, \
+        latest

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from lineage_ledger._log.names import (
     BUCKETS,
     ENTRY_SIZE,
+    INPUT,
+    OUTPUT,
+    RUN,
     NamesBatch,
     NamesWriter,
     bucket_name,
@@ -25,8 +28,8 @@ TIMES = st.integers(0, 5).map(lambda s: f"2026-01-01T00:00:0{s}.{s:06d}Z")
 RECORD = st.tuples(TIMES, st.lists(PATHS, max_size=3, unique=True), st.lists(PATHS, max_size=3, unique=True))
 
 
-def _view(ended, inputs, outputs):
-    return SimpleNamespace(ended=ended, inputs=dict.fromkeys(inputs), outputs=dict.fromkeys(outputs))
+def _view(ended, inputs, outputs, run_id="run"):
+    return SimpleNamespace(ended=ended, inputs=dict.fromkeys(inputs), outputs=dict.fromkeys(outputs), run_id=run_id)
 
 
 def _found(directory, path, size):
@@ -62,7 +65,7 @@ def test_the_latest_writer_and_reader_of_each_batch_are_found(tmp_path_factory, 
                     assert max(named)[1] in kept, (path, output, first, kept)
             assert all(path in records[leaf][side] for leaf in kept)  # and nothing else (no collision here)
             # and the counts add up to every record that named it so, whatever the cut
-            assert sum(c.count for c in found if c.output is output) == sum(path in r[side] for r in records)
+            assert sum(c.records for c in found if c.output is output) == sum(path in r[side] for r in records)
     for path in {p for _e, ins, outs in records for p in (*ins, *outs)}:  # a smaller head hides the rest
         assert all(c.leaf < cut for c in _found(directory, path, cut))
 
@@ -86,36 +89,37 @@ def test_a_part_entry_left_by_a_killed_writer_is_filled_before_the_next_append(t
     assert len(data) == 3 * ENTRY_SIZE and [c.leaf for c in candidates(data, key, 10)] == [0, 1]
 
 
-def _reference(first_leaf, records):
-    """What a batch must keep, computed the plain way: per path and role, the record that
-    ended last, then the latest in ledger order, and how many records named it so."""
+def _reference(first_leaf, records, runs):
+    """What a batch must keep, computed the plain way: per path and role, and per run, the
+    record that ended last, then the latest in ledger order, and how many records named it so."""
     latest: dict[tuple[str, int], tuple[str, int]] = {}
     times: dict[tuple[str, int], int] = {}
-    for leaf, (ended, inputs, outputs) in enumerate(records, first_leaf):
-        for role, paths in ((0, inputs), (1, outputs)):
-            for path in paths:
-                times[path, role] = times.get((path, role), 0) + 1
-                if (path, role) not in latest or (ended, leaf) >= latest[path, role]:
-                    latest[path, role] = (ended, leaf)
-    return sorted((times[path, role] << 32 | path_key(path), leaf << 1 | role)
-                  for (path, role), (_e, leaf) in latest.items())
+    for leaf, ((ended, inputs, outputs), run) in enumerate(zip(records, runs), first_leaf):
+        for role, names in ((INPUT, inputs), (OUTPUT, outputs), (RUN, [run])):
+            for name in names:
+                times[name, role] = times.get((name, role), 0) + 1
+                if (name, role) not in latest or (ended, leaf) >= latest[name, role]:
+                    latest[name, role] = (ended, leaf)
+    return sorted((times[name, role] << 32 | path_key(name), leaf << 2 | role)
+                  for (name, role), (_e, leaf) in latest.items())
 
 
 @settings(max_examples=100, deadline=None)
 @given(records=st.lists(RECORD, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4),
-       first=st.integers(0, 2**40))
-def test_a_batch_keeps_exactly_the_latest_of_each_path_and_role(records, cuts, first):
+       first=st.integers(0, 2**40), runs=st.lists(st.sampled_from(["run-a", "run-b", "", "r\0n", "é"]), min_size=40,
+                                                  max_size=40))
+def test_a_batch_keeps_exactly_the_latest_of_each_path_and_role(records, cuts, first, runs):
     # Added a block at a time, as the audit and a refresh add them; end times in any order
     # (records end out of ledger order when tasks run in parallel) and paths with lone
     # surrogates or NUL-free text alike.
     batch = NamesBatch()
     at = 0
     for cut in sorted({min(c, len(records)) for c in cuts} | {len(records)}):
-        batch.add(first + at, [_view(*r) for r in records[at:cut]])
+        batch.add(first + at, [_view(*r, run) for r, run in zip(records[at:cut], runs[at:cut])])
         at = cut
     counts, data = batch.packed()
     entries = [tuple(int.from_bytes(data[i : i + 8], "big") for i in (at, at + 8)) for at in range(0, len(data), ENTRY_SIZE)]
-    assert sorted(entries) == _reference(first, records)
+    assert sorted(entries) == _reference(first, records, runs[: len(records)])
     at = 0
     for bucket, count in enumerate(counts):  # each entry in the bucket its key names
         assert all(bucket_of(word & 0xFFFFFFFF) == bucket for word, _low in entries[at : at + count])

@@ -23,17 +23,21 @@ Two questions are checked this way:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from .._canonical import format_time
 from .._errors import IndexTampered, VerificationError
-from .._log.names import Candidate, path_key
+from .._log.names import INPUT, OUTPUT, RUN, Candidate, path_key
 
 if TYPE_CHECKING:
     from .ledger import Ledger, LedgerRecord
 
 __all__ = ["Listing", "StaleNames", "check_latest", "check_listing", "listing", "named_by_a_verified_record"]
+
+
+Role = Literal["in", "out", "run"]
+_ROLES = {"in": INPUT, "out": OUTPUT, "run": RUN}
 
 
 class StaleNames(Exception):  # noqa: N818 - a signal to look again, not an error
@@ -42,7 +46,7 @@ class StaleNames(Exception):  # noqa: N818 - a signal to look again, not an erro
     bound was read. The caller reads the head again and asks again."""
 
 
-def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: int,
+def _candidates(ledger: Ledger, role: Role, path: str, bound: int,
                 final: bool) -> list[Candidate]:
     """Those below ``bound``: records verified after the index was asked need not be in its
     answer. Any past it (unless ``final``) raise :class:`StaleNames`."""
@@ -52,7 +56,7 @@ def _candidates(ledger: Ledger, role: Literal["in", "out"], path: str, bound: in
     return [c for c in mine if c.leaf < bound]
 
 
-def _kept(ledger: Ledger, role: Literal["in", "out"], path: str, final: bool) -> list[Candidate] | None:
+def _kept(ledger: Ledger, role: Role, path: str, final: bool) -> list[Candidate] | None:
     """Every entry kept for ``path`` in ``role``, past any bound too; None where the tree keeps
     no names (one verified under ``LINEAGE_AUDIT_NAMES=0``)."""
     # Read with the index rows where many files are looked up at once (a final look reads
@@ -63,8 +67,8 @@ def _kept(ledger: Ledger, role: Literal["in", "out"], path: str, final: bool) ->
         found = ledger.verifier.store.names(path)
         if found is None:
             return None
-    output = role == "out"
-    return [c for c in found if c.output is output]
+    code = _ROLES[role]
+    return [c for c in found if c.role == code]
 
 
 def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
@@ -81,15 +85,24 @@ def _fetch(ledger: Ledger, leaves: Sequence[int]) -> list[tuple[int, LedgerRecor
     return proved
 
 
-def _hidden(entry: LedgerRecord, role: str, path: str, answered: str) -> IndexTampered:
-    verb = "wrote" if role == "out" else "read"
+def _side(entry: LedgerRecord, role: Role) -> Mapping[str, object]:
+    """What ``entry`` names in ``role``: its outputs, its inputs, or its run id."""
+    record = entry.record
+    return record.outputs if role == "out" else record.inputs if role == "in" else {record.run_id: None}
+
+
+_HIDDEN_VERBS = {"out": "wrote", "in": "read", "run": "belongs to run"}
+_VERBS = {"out": "wrote", "in": "read", "run": "belong to run"}
+
+
+def _hidden(entry: LedgerRecord, role: Role, path: str, answered: str) -> IndexTampered:
     return IndexTampered(
         f"the index left out record {entry.id[:16]} (block {entry.height}, position {entry.position}), "
-        f"which {verb} {path}: {answered}. Index rows were deleted or edited; run verify-lineage "
-        "for a full audit", height=entry.height, path=path)
+        f"which {_HIDDEN_VERBS[role]} {path}: {answered}. Index rows were deleted or edited; run verify-lineage "
+        "for a full audit", height=entry.height, path=None if role == "run" else path)
 
 
-def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: LedgerRecord | None,
+def check_latest(ledger: Ledger, role: Role, path: str, answer: LedgerRecord | None,
                  bound: int, *, final: bool = False) -> None:
     """``answer`` (None: no record) must be the latest record with ``path`` in ``role``
     among the first ``bound`` records (those stored before the index was asked)."""
@@ -103,7 +116,7 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
         if not candidates:
             return
     for leaf, entry in _fetch(ledger, [c.leaf for c in candidates]):
-        side = entry.record.outputs if role == "out" else entry.record.inputs
+        side = _side(entry, role)
         if path not in side:
             continue  # another path with the same key
         if answer is None:
@@ -113,7 +126,7 @@ def check_latest(ledger: Ledger, role: Literal["in", "out"], path: str, answer: 
                                              "answered as the latest")
 
 
-def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed: Sequence[LedgerRecord],
+def check_listing(ledger: Ledger, role: Role, path: str, listed: Sequence[LedgerRecord],
                   bound: int, *, final: bool = False) -> None:
     """``listed`` (proved records, each naming ``path`` in ``role``) must hold every verified
     record below ``bound`` that names it: each kept candidate that names it, and as many
@@ -128,7 +141,7 @@ def check_listing(ledger: Ledger, role: Literal["in", "out"], path: str, listed:
     listing.finish()
 
 
-def listing(ledger: Ledger, role: Literal["in", "out"], path: str) -> Listing | None:
+def listing(ledger: Ledger, role: Role, path: str) -> Listing | None:
     """A :class:`Listing` for a list read page by page after this call (``depends --all``);
     None where the tree keeps no names. The bound is the verified head read now, brought
     past every entry kept (another process may be verifying: a few looks)."""
@@ -147,8 +160,7 @@ class Listing:
     """Counts a list of proved records naming ``path`` in ``role`` (given whole or a page at
     a time, in any order, each record once) against the names kept, as of ``bound``."""
 
-    def __init__(self, ledger: Ledger, role: Literal["in", "out"], path: str, kept: list[Candidate],
-                 bound: int) -> None:
+    def __init__(self, ledger: Ledger, role: Role, path: str, kept: list[Candidate], bound: int) -> None:
         self.ledger, self.role, self.path, self.bound = ledger, role, path, bound
         self.candidates = [c for c in kept if c.leaf < bound]
         # Entries past the bound (a final look, or a writer still at work): an upkeep may have
@@ -157,47 +169,73 @@ class Listing:
         self._wanted = {c.leaf for c in self.candidates}
         self.named: dict[int, LedgerRecord] = {}  # the candidates' records, as listed
         self.found = 0  # records listed below the bound
+        self.lowest: int | None = None  # the oldest record listed
 
     def add(self, entries: Sequence[LedgerRecord]) -> None:
         for entry in entries:
             leaf = _leaf(self.ledger, entry)
+            self.lowest = leaf if self.lowest is None else min(self.lowest, leaf)
             if leaf < self.bound:
                 self.found += 1
                 if leaf in self._wanted:
                     self.named[leaf] = entry
 
     def finish(self) -> None:
-        """Raise :class:`IndexTampered` where the list left out a record the names keep."""
-        role, path = self.role, self.path
-        missing = [c.leaf for c in self.candidates if c.leaf not in self.named]
-        for _leaf_index, entry in _fetch(self.ledger, missing):
-            side = entry.record.outputs if role == "out" else entry.record.inputs
-            if path in side:
-                raise _hidden(entry, role, path, "the index's list of them does not hold it")
-        if not self.summable:
+        """The whole list was added: raise :class:`IndexTampered` where it left out a record
+        the names keep, or holds fewer records than their counts add up to."""
+        expected = self._expected(self._ours(lambda _leaf: True))
+        if expected is None or self.found == expected:
             return
-        key = path_key(path)
+        if self.found < expected:
+            raise self._short(self.found, expected)
+        raise VerificationError(
+            f"the index lists {self.found} verified records that {_VERBS[self.role]} {self.path}, but the names "
+            f"kept beside the verified tree ({self.ledger.verifier.store.directory}) count {expected}: that "
+            "directory was changed. Run `lineage-ledger reset-trust`, then verify-lineage")
+
+    def finish_page(self, total: int) -> None:
+        """The last page of a list was added (``log --run`` shows the last twenty), and the
+        index counted ``total`` for the whole: no candidate newer than the page's oldest
+        record may be missing from it, and ``total`` may not fall short of the counts kept
+        (records appended after the bound may add to it)."""
+        lowest = self.lowest
+        expected = self._expected(self._ours(lambda leaf: lowest is None or leaf > lowest))
+        if expected is not None and total < expected:
+            raise self._short(total, expected)
+
+    def _ours(self, must_list: Callable[[int], bool]) -> dict[int, LedgerRecord]:
+        """The candidates' records that name the path, by leaf: those listed, and the others
+        fetched and proved; one of those that ``must_list`` says belonged in the list raises."""
+        ours = dict(self.named)
+        missing = [c.leaf for c in self.candidates if c.leaf not in self.named]
+        for leaf, entry in _fetch(self.ledger, missing):
+            if self.path in _side(entry, self.role):
+                if must_list(leaf):
+                    raise _hidden(entry, self.role, self.path, "the index's list of them does not hold it")
+                ours[leaf] = entry
+        return ours
+
+    def _expected(self, ours: dict[int, LedgerRecord]) -> int | None:
+        """How many records below the bound name the path, by the counts kept; None where
+        that cannot be summed."""
+        if not self.summable:
+            return None
+        key = path_key(self.path)
         expected = 0
         for candidate in self.candidates:
-            entry = self.named.get(candidate.leaf)
+            entry = ours.get(candidate.leaf)
             if entry is None:
-                continue  # another path's entry under the same key (its record was read above)
-            side = entry.record.outputs if role == "out" else entry.record.inputs
-            if any(other != path and path_key(other) == key for other in side):
-                return  # that record names another path with the same key: whose count it is is unknown
-            expected += candidate.count
-        if self.found == expected:
-            return
-        verb = "wrote" if role == "out" else "read"
-        if self.found < expected:
-            raise IndexTampered(
-                f"the index lists {self.found} records that {verb} {path}, but {expected} verified records "
-                f"did: it left out {expected - self.found}. Index rows were deleted or edited; run "
-                "verify-lineage for a full audit", path=path)
-        raise VerificationError(
-            f"the index lists {self.found} verified records that {verb} {path}, but the names kept beside "
-            f"the verified tree ({self.ledger.verifier.store.directory}) count {expected}: that directory was "
-            "changed. Run `lineage-ledger reset-trust`, then verify-lineage")
+                continue  # another path's entry under the same key (its record was read)
+            if any(other != self.path and path_key(other) == key for other in _side(entry, self.role)):
+                return None  # the record names another path with the same key: whose count it is is unknown
+            expected += candidate.records
+        return expected
+
+    def _short(self, found: int, expected: int) -> IndexTampered:
+        return IndexTampered(
+            f"the index lists {found} of the {expected} verified records that {_VERBS[self.role]} {self.path}: "
+            f"it left out {expected - found}. Index rows were deleted or edited; run verify-lineage for a full "
+            "audit", path=None if self.role == "run" else self.path)
 
 
 def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:
@@ -206,7 +244,7 @@ def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:
     ledger knows must not be the index's to say (with a spelling's rows deleted, the look-up
     fell back to another spelling, for which nothing was ever kept)."""
     bound = ledger._bound()
-    leaves = [c.leaf for c in ledger.verifier.store.names(path) or () if c.leaf < bound]
+    leaves = [c.leaf for c in ledger.verifier.store.names(path) or () if c.leaf < bound and c.role != RUN]
     return any(path in entry.record.outputs or path in entry.record.inputs
                for _leaf, entry in _fetch(ledger, leaves))
 

@@ -394,7 +394,7 @@ class Ledger(LineageQueries):
             return found
         return self._find("in", path, digest)
 
-    def listing(self, role: Literal["in", "out"], path: str) -> Listing | None:
+    def listing(self, role: Literal["in", "out", "run"], path: str) -> Listing | None:
         """A count of the records naming ``path`` in ``role`` that a caller then lists page
         by page: :meth:`Listing.add` each page's records, :meth:`Listing.finish` at the end
         raises :class:`IndexTampered` where the index left any out. None where the verified
@@ -467,14 +467,27 @@ class Ledger(LineageQueries):
         raise AssertionError("unreachable: the final look is never stale")
 
     def run(self, run_id: str) -> list[LedgerRecord]:
-        return self._of_run(run_id, self.backend.by_run(run_id))
+        """Every record of a run, each proved, and counted against the names kept: a record
+        row whose run id was edited (or deleted) is noticed, not left out."""
+        counted = self.listing("run", run_id)  # the bound and the counts, before the index is asked
+        found = self._of_run(run_id, self.backend.by_run(run_id))
+        if counted is not None:
+            counted.add(found)
+            counted.finish()
+        return found
 
     def run_last(self, run_id: str, limit: int) -> tuple[list[LedgerRecord], int]:
         """The last ``limit`` records of a run, each proved, and how many records the index
-        says the run has (a count, not a verified answer): a run of 100,000 tasks is not
-        proved whole to show its last twenty."""
+        says the run has: a run of 100,000 tasks is not proved whole to show its last
+        twenty. The count is the index's, but no smaller than the names kept say, and the
+        latest record of the run kept must be among those shown where it is newer."""
+        counted = self.listing("run", run_id)
         rows, count = self.backend.by_run_last(run_id, limit)
-        return self._of_run(run_id, rows), count
+        found = self._of_run(run_id, rows)
+        if counted is not None:
+            counted.add(found)
+            counted.finish_page(count)
+        return found, count
 
     def _of_run(self, run_id: str, rows: list[Located]) -> list[LedgerRecord]:
         found = self._proved_all(rows)

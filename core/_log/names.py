@@ -9,20 +9,20 @@ trusting the database for completeness: while records are verified (the audit, a
 refresh of the head), the names they carry are written here, in the user's own state
 directory, and a reader compares what the index returned with what is kept here.
 
-What is kept, per batch of verified records and path and role they name (two big-endian
-64-bit words an entry, see ``_ENTRY``):
+What is kept, per batch of verified records and path and role they name, and per run they
+belong to (two big-endian 64-bit words an entry, see ``_ENTRY``):
 
-* ``count << 32 | key``: ``key`` is the CRC-32 of the path (UTF-8), ``count`` how many
-  records of the batch name the path in that role. Key collisions are harmless: an entry is
+* ``count << 32 | key``: ``key`` is the CRC-32 of the path or run id (UTF-8), ``count`` how
+  many records of the batch name the path in that role (belong to the run). Key collisions are harmless: an entry is
   only ever a *candidate*, whose record the reader fetches and proves before believing it
   names the path; only missing entries would be harmful, and a hash never makes one go missing.
-* ``leaf << 1 | role``: the leaf index of the latest of those records (below), and 1 for an
-  output, 0 for an input.
+* ``leaf << 2 | role``: the leaf index of the latest of those records (below), and the role:
+  ``INPUT``, ``OUTPUT`` or ``RUN``.
 
 The counts make a whole list checkable (format 2): the records a back-end's index lists as
-reading or writing a path must be as many as the counts of the path's entries add up to, so
-a deleted row in the middle of a list is noticed, not only the latest of a batch
-(:func:`lineage_ledger._ledger.complete.check_listing`).
+reading or writing a path, or as a run's, must be as many as the counts of the entries add
+up to, so a deleted or edited row in the middle of a list is noticed, not only the latest of
+a batch (:class:`lineage_ledger._ledger.complete.Listing`).
 
 (An end time per entry, to let readers skip candidates that ended before their answer,
 cost the audit a microsecond a record to compute: the few candidates a path has are
@@ -56,25 +56,30 @@ from itertools import accumulate, chain, islice, repeat
 from operator import attrgetter, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
-__all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
+__all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
            "candidates", "drop_entries", "kept", "path_key", "recover"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
 BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB at 1M records
-_ENTRY = struct.Struct(">QQ")  # count << 32 | key, leaf << 1 | role (big-endian: one integer's bytes)
+_ENTRY = struct.Struct(">QQ")  # count << 32 | key, leaf << 2 | role (big-endian: one integer's bytes)
+INPUT, OUTPUT, RUN = 0, 1, 2  # roles: a path read, a path written, the run a record belongs to
 _KEY = struct.Struct(">I")
 _PENDING = "names-pending"  # bucket files' sizes before an append not yet covered by a head
 ENTRY_SIZE = _ENTRY.size
-_ended, _outputs, _inputs = (attrgetter(name) for name in ("ended", "outputs", "inputs"))
+_ended, _outputs, _inputs, _run_id = (attrgetter(name) for name in ("ended", "outputs", "inputs", "run_id"))
 _flat = chain.from_iterable
 _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
 
 
 class Candidate(NamedTuple):
     leaf: int
-    output: bool
-    count: int = 1  # records of its batch naming the path in this role (the leaf the latest)
+    role: int  # INPUT, OUTPUT or RUN
+    records: int = 1  # records of its batch naming the path in this role (the leaf the latest)
+
+    @property
+    def output(self) -> bool:
+        return self.role == OUTPUT
 
 
 def path_key(path: str) -> int:
@@ -117,6 +122,7 @@ class NamesBatch:
         self._reads: list[int] = []
         self._written: list[str] = []
         self._read: list[str] = []
+        self._runs: list[str] = []  # one a record
         self.records = 0
 
     def add(self, first_leaf: int, views: Sequence[Any]) -> None:
@@ -130,42 +136,46 @@ class NamesBatch:
         self._reads.extend(map(len, inputs))
         self._written.extend(_flat(outputs))  # a dict iterates over its keys: the paths
         self._read.extend(_flat(inputs))
+        self._runs.extend(map(_run_id, views))
         self.records += len(views)
 
-    def _latest(self) -> tuple[dict[str, int], dict[str, int], Counter[str], Counter[str]]:
-        """(written, read, times written, times read): path -> ``leaf << 1 | role`` of the
-        record that named it in that role and ended last, then the latest in ledger order,
-        and path -> how many records named it so, each in the dict's order. A dict built from
-        the pairs in that order keeps the last value of each path; the order is ledger order
-        where the end times never go back (the usual case, checked in one pass), else a stable
-        sort of the records by end time (ledger order among equals), applied to the flat
-        columns by slices. Counts come from :class:`~collections.Counter` (counted in C) on
-        the same column, so that its keys are in the dict's order (first seen)."""
+    def _latest(self) -> list[tuple[dict[str, int], Counter[str]]]:
+        """For each role (``INPUT``, ``OUTPUT``, ``RUN``): path (run id) -> ``leaf << 2 | role``
+        of the record that named it in that role and ended last, then the latest in ledger
+        order, and path -> how many records named it so, in the dict's order. A dict built
+        from the pairs in that order keeps the last value of each path; the order is ledger
+        order where the end times never go back (the usual case, checked in one pass), else a
+        stable sort of the records by end time (ledger order among equals), applied to the
+        flat columns by slices. Counts come from :class:`~collections.Counter` (counted in C)
+        on the same column, so that its keys are in the dict's order (first seen)."""
         leaves, ended, writes, reads = self._leaves, self._ended, self._writes, self._reads
-        written, read = self._written, self._read
+        written, read, runs = self._written, self._read, self._runs
         if not all(map(le, ended, islice(ended, 1, None))):
             order = sorted(range(len(ended)), key=ended.__getitem__)
             written = list(_flat(map(written.__getitem__, _slices(writes, order))))
             read = list(_flat(map(read.__getitem__, _slices(reads, order))))
             leaves, writes, reads = ([column[i] for i in order] for column in (leaves, writes, reads))
-        as_output = map(or_, map(lshift, leaves, repeat(1)), repeat(1))
-        as_input = map(lshift, leaves, repeat(1))
-        return (dict(zip(written, _flat(map(repeat, as_output, writes)), strict=True)),
-                dict(zip(read, _flat(map(repeat, as_input, reads)), strict=True)),
-                Counter(written), Counter(read))
+            runs = list(map(runs.__getitem__, order))
+        shifted = list(map(lshift, leaves, repeat(2)))
+        as_output = map(or_, shifted, repeat(OUTPUT))
+        as_run = map(or_, shifted, repeat(RUN))
+        return [(dict(zip(read, _flat(map(repeat, shifted, reads)), strict=True)), Counter(read)),
+                (dict(zip(written, _flat(map(repeat, as_output, writes)), strict=True)), Counter(written)),
+                (dict(zip(runs, as_run, strict=True)), Counter(runs))]
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
         Inside a bucket the order is of no meaning: a reader searches the whole file."""
         if not self._leaves:
             return [0] * BUCKETS, b""
-        written, read, times_written, times_read = self._latest()
+        roles = self._latest()
         self._clear()
-        crcs = list(map(zlib.crc32, _encoded([*written, *read])))
+        crcs = list(map(zlib.crc32, _encoded([name for latest, _times in roles for name in latest])))
+        counts = [count for _latest, times in roles for count in times.values()]
+        lows = [low for latest, _times in roles for low in latest.values()]
         shift = 32 - _BUCKET_BITS
         buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
-        for crc, count, low in zip(crcs, [*times_written.values(), *times_read.values()],  # the one Python step
-                                   [*written.values(), *read.values()], strict=True):  # an entry
+        for crc, count, low in zip(crcs, counts, lows, strict=True):  # the one Python step an entry
             bucket = buckets[crc >> shift]
             bucket.append(count << 32 | crc)
             bucket.append(low)
@@ -333,17 +343,17 @@ def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:
         if at - 4 + width > len(data):
             break  # part of an entry a killed writer left (the next writer cuts it back)
         word, leaf_role = unpack(data, at - 4)
-        leaf = leaf_role >> 1
+        leaf = leaf_role >> 2
         if leaf < size:
-            found.append(Candidate(leaf, bool(leaf_role & 1), word >> 32))
+            found.append(Candidate(leaf, leaf_role & 3, word >> 32))
         at = data.find(needle, at - 4 + width)
     return found
 
 
 def drop_entries(directory: str, bucket: int, dropped: set[tuple[int, int, int]],
                  counted: dict[tuple[int, int], int]) -> None:
-    """Rewrite one bucket file without the entries ``(key, leaf << 1 | role, count)`` in
-    ``dropped``, adding their counts to the entries ``(key, leaf << 1 | role)`` that stand
+    """Rewrite one bucket file without the entries ``(key, leaf << 2 | role, count)`` in
+    ``dropped``, adding their counts to the entries ``(key, leaf << 2 | role)`` that stand
     for them in ``counted`` (how many to add); replaced atomically, so a reader holding the
     old file's bytes keeps them, whole, and either file adds up to the same counts. The
     caller holds the state's lock and has proved that the entries kept stand for those

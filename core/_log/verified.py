@@ -31,7 +31,7 @@ from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
 from .names import FORMAT as NAMES_FORMAT
-from .names import bucket_of, drop_entries, path_key
+from .names import INPUT, OUTPUT, RUN, bucket_of, drop_entries, path_key
 from .names import kept as names_kept
 from .trust import TreeHead, TreeWriter, TrustStore
 
@@ -155,7 +155,7 @@ class Verifier:
                 if store.reload() != head:
                     continue  # another process extended it meanwhile: look again
                 writer = store.writer()
-                touched: set[tuple[str, bool]] = set()
+                touched: set[tuple[str, int]] = set()
                 try:
                     self._extend(writer, head.blocks, tip.height + 1, head.block_id, touched=touched)
                     writer.commit()
@@ -170,7 +170,7 @@ class Verifier:
         raise ChainBroken(f"{backend.identity}: the verified head kept changing under this process")
 
     def _extend(self, writer: TreeWriter, start: int, stop: int, prev: str | None,
-                on_block=None, touched: set[tuple[str, bool]] | None = None) -> None:
+                on_block=None, touched: set[tuple[str, int]] | None = None) -> None:
         expected, first = start, writer.size
         for block in self.backend.block_columns(start, stop):
             _header, leaves = verify_block_columns(block, expected, prev)
@@ -183,8 +183,9 @@ class Verifier:
                     touched = None
                 elif len(touched) < _COMPACT_PATHS:
                     for view in views:
-                        touched.update((path, True) for path in view.outputs)
-                        touched.update((path, False) for path in view.inputs)
+                        touched.update((path, OUTPUT) for path in view.outputs)
+                        touched.update((path, INPUT) for path in view.inputs)
+                        touched.add((view.run_id, RUN))
             writer.add_names(writer.size, views)
             writer.add_block(block.id, leaves)
             prev = block.id
@@ -193,41 +194,41 @@ class Verifier:
             raise ChainBroken(f"block {expected} is missing: the chain stops before the stored head",
                               height=expected)
 
-    def _compact_names(self, touched: set[tuple[str, bool]]) -> None:
+    def _compact_names(self, touched: set[tuple[str, int]]) -> None:
         """Each refresh keeps the last writer and the last reader of every path its records
-        name (see :mod:`.names`), so a file every task reads or rewrites gains an entry a
-        task. Past ``_NAMES_KEPT`` of them, the records behind them are proved and read, and
-        the older ones that name the path are dropped, their counts added to the latest's:
-        readers need only the latest, and the sum. An entry whose record also names another
-        path with the same key stays (it may be that path's, with that path's count), and
-        where the latest is such an entry, the path is left as it is. (Under the state's
-        lock, after the commit.)"""
+        name, and the last record of each run (see :mod:`.names`), so a file every task
+        reads or rewrites, or a long run, gains an entry a task. Past ``_NAMES_KEPT`` of
+        them, the records behind them are proved and read, and the older ones that name the
+        path are dropped, their counts added to the latest's: readers need only the latest,
+        and the sum. An entry whose record also names another path with the same key stays
+        (it may be that path's, with that path's count), and where the latest is such an
+        entry, the path is left as it is. (Under the state's lock, after the commit.)"""
         store = self.store
         dropped: dict[int, set[tuple[int, int, int]]] = {}
         counted: dict[int, dict[tuple[int, int], int]] = {}
-        for path, output in touched:
+        for name, role in touched:
             size = store.head.size if store.head else 0
-            found = {c.leaf: c.count for c in store.names(path) or () if c.output is output and c.leaf < size}
+            found = {c.leaf: c.records for c in store.names(name) or () if c.role == role and c.leaf < size}
             if len(found) <= _NAMES_KEPT:
                 continue
-            key = path_key(path)
+            key = path_key(name)
             naming = []
             for leaf, located in self.located_at(list(found)).items():
                 self.check(located)
                 view = decode_views(BlockColumns(located.height, "", b"", [located.record.id],
                                                  [located.record.body]))[0]
-                side = view.outputs if output else view.inputs
-                if path in side:
-                    shared = any(other != path and path_key(other) == key for other in side)
+                side = {view.run_id: None} if role == RUN else view.outputs if role == OUTPUT else view.inputs
+                if name in side:
+                    shared = any(other != name and path_key(other) == key for other in side)
                     naming.append((view.ended, leaf, shared))
             if len(naming) < 2 or max(naming)[2]:
                 continue
             _ended, keep, _shared = max(naming)
-            gone = {(key, leaf << 1 | output, found[leaf]) for ended, leaf, shared in naming
+            gone = {(key, leaf << 2 | role, found[leaf]) for ended, leaf, shared in naming
                     if leaf != keep and not shared}
             if gone:
                 dropped.setdefault(bucket_of(key), set()).update(gone)
-                counted.setdefault(bucket_of(key), {})[key, keep << 1 | output] = sum(count for *_k, count in gone)
+                counted.setdefault(bucket_of(key), {})[key, keep << 2 | role] = sum(count for *_k, count in gone)
         for bucket, entries in dropped.items():
             drop_entries(store.directory, bucket, entries, counted[bucket])
 
