@@ -94,7 +94,7 @@ def _reference(first_leaf, records, runs):
     record that ended last, then the latest in ledger order, and how many records named it so."""
     latest: dict[tuple[str, int], tuple[str, int]] = {}
     times: dict[tuple[str, int], int] = {}
-    for leaf, ((ended, inputs, outputs), run) in enumerate(zip(records, runs), first_leaf):
+    for leaf, ((ended, inputs, outputs), run) in enumerate(zip(records, runs, strict=True), first_leaf):
         for role, names in ((INPUT, inputs), (OUTPUT, outputs), (RUN, [run])):
             for name in names:
                 times[name, role] = times.get((name, role), 0) + 1
@@ -115,7 +115,7 @@ def test_a_batch_keeps_exactly_the_latest_of_each_path_and_role(records, cuts, f
     batch = NamesBatch()
     at = 0
     for cut in sorted({min(c, len(records)) for c in cuts} | {len(records)}):
-        batch.add(first + at, [_view(*r, run) for r, run in zip(records[at:cut], runs[at:cut])])
+        batch.add(first + at, [_view(*r, run) for r, run in zip(records[at:cut], runs[at:cut], strict=True)])
         at = cut
     counts, data = batch.packed()
     entries = [tuple(int.from_bytes(data[i : i + 8], "big") for i in (at, at + 8)) for at in range(0, len(data), ENTRY_SIZE)]
