@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lineage_ledger import IndexTampered, open_ledger
+from lineage_ledger._log.names import RUN
 from lineage_ledger._log.trust import TrustStore
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
@@ -239,6 +240,8 @@ def test_a_file_every_task_reads_or_rewrites_keeps_a_bounded_number_of_entries(t
         for path, output in (("/data/ref", False), ("/data/summary.txt", True)):
             # The dropped entries' counts went to the ones kept: they still add up to 40.
             assert sum(c.records for c in ledger.verifier.store.names(path) or [] if c.output is output) == 40
+        run = [c for c in ledger.verifier.store.names("run") or [] if c.role == RUN]  # a run, likewise
+        assert len(run) <= 17 and sum(c.records for c in run) == 40 and len(ledger.run("run")) == 40, run
     _edit(db, "DELETE FROM ll_artifacts WHERE seq = 10 AND path = '/data/ref'")  # an entry long dropped
     with open_ledger(url, read_only=True, state_dir=state) as ledger, pytest.raises(IndexTampered,
                                                                                      match="left out 1"):
