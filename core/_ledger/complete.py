@@ -1,23 +1,29 @@
 """Completeness of a targeted answer: no record the verified tree holds was left out of it.
 
 Every row a back-end's index returns is proved (:meth:`Ledger._proved`), but a row that was
-*deleted* returns nothing to prove. The names kept beside the verified tree
-(:mod:`lineage_ledger._log.names`) list, for each path, the verified records that may name
-it. After the index answered, the candidates it did not return are fetched by their place
-in the ledger, proved like any row, and read: one that does name the path, and should have
-been in the answer, means the index hid it, and the read fails with
-:class:`~lineage_ledger.IndexTampered`. (A candidate that does not name the path is a hash
-collision, and is passed over.)
+*deleted*, or edited to point elsewhere, returns nothing to prove. The names kept beside the
+verified tree (:mod:`lineage_ledger._log.names`) list, for each path and each run, the
+verified records that may name it, with how many records each entry stands for. After the
+index answered, the candidates it did not return are fetched by their place in the ledger,
+proved like any row, and read: one that does name the path, and should have been in the
+answer, means the index hid it, and the read fails with :class:`~lineage_ledger.IndexTampered`.
+(A candidate that does not name the path is a hash collision, and is passed over.)
 
-Two questions are checked this way:
+Three questions are checked this way:
 
 * the latest record to read or write a path (pre-run checks, ``verify-lineage``): a
   candidate that ended later than the answer, or at the same time and later in the ledger,
   must not name the path;
-* the records that wrote or read a path (``producers`` for ``why``, ``consumers``): each
-  candidate naming it must be in the answer, and the answer must hold as many records as
-  the counts kept with the candidates add up to, so a row deleted anywhere in the list is
-  noticed. Pages of a list are not checked (``depends`` without ``--all``).
+* the records that wrote or read a path, or belong to a run (``producers`` for ``why``,
+  ``consumers`` for ``depends``, ``run`` for ``log --run``): each candidate naming it must be
+  in the answer, and the answer must hold as many records as the candidates' counts add up
+  to (:class:`Listing`), so a row deleted anywhere in the list is noticed; a list read page
+  by page is counted as its pages come;
+* the last page of a run (``log --run -n N``): the candidates newer than the page's oldest
+  record must be on it, and the index's count of the run may not fall short of the counts.
+
+Pages of a list other than its last (``depends -n N`` where more than N records read the
+file) are not checked.
 """
 
 from __future__ import annotations
