@@ -10,6 +10,12 @@ Every task with ``file://`` inlets then verifies them before it runs, under
 files, ``rerun`` runs it and records the changed inputs). The check runs as a wrapper around
 the task's ``pre_execute``, so the operator's own ``pre_execute`` still runs after it.
 LedgerOperator tasks are left alone: they check their inputs themselves.
+
+A mapped task (``.partial(...).expand(...)``) is a ``MappedOperator`` until a task process
+unmaps it, and has no ``pre_execute`` to wrap (reading it raised, and Airflow then refused
+the whole DAG file: every DAG with a mapped task broke once the policy was installed). Its
+check goes into the ``pre_execute`` hook argument of its partial arguments instead, which
+each unmapped operator receives and the task runner calls before ``pre_execute``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,44 @@ def _verify_then(task: Any, original: Any) -> Any:
     return pre_execute
 
 
-def task_policy(task: Any) -> None:
-    """Wrap ``task.pre_execute`` with the ledger check (idempotent; DAG files are parsed often)."""
+def _checked_hook(hook: Any) -> Any:
+    """A ``pre_execute`` hook (called with the context) that checks the running task's file
+    inlets, then calls ``hook``, the one the DAG gave, if any. The running task is the
+    unmapped operator (the task runner puts it on ``ti.task`` before this is called)."""
+
+    def pre_execute(context: Any) -> Any:
+        ti = context["ti"]
+        check_inputs(file_paths(getattr(ti.task, "inlets", None)), None, ti=ti)
+        return hook(context) if hook is not None else None
+
+    setattr(pre_execute, _WRAPPED, True)
+    if hook is not None:
+        pre_execute.__wrapped__ = hook  # type: ignore[attr-defined]  # what it adds the check to
+    return pre_execute
+
+
+def _mapped_policy(task: Any) -> None:
     from .operators import LedgerOperator
 
+    operator_class = getattr(task, "operator_class", None)
+    if isinstance(operator_class, type) and issubclass(operator_class, LedgerOperator):
+        return
+    partial = task.partial_kwargs
+    # Inlets cannot be mapped (Airflow refuses them in expand()): the partial ones are all.
+    if not file_paths(partial.get("inlets")) or getattr(partial.get("pre_execute"), _WRAPPED, False):
+        return
+    partial["pre_execute"] = _checked_hook(partial.get("pre_execute"))
+
+
+def task_policy(task: Any) -> None:
+    """Wrap ``task.pre_execute`` with the ledger check (idempotent; DAG files are parsed often)."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    from .operators import LedgerOperator
+
+    if isinstance(task, MappedOperator):
+        _mapped_policy(task)
+        return
     if isinstance(task, LedgerOperator) or getattr(task.pre_execute, _WRAPPED, False):
         return
     if not file_paths(getattr(task, "inlets", None)):
