@@ -8,10 +8,10 @@ processes, PostgreSQL metadata database) runs three copies of one DAG, ``produce
 consumers of its file: ``checked`` (a strict ``LedgerOperator``), ``plain`` (a
 ``BashOperator`` with ``file://`` inlets) and ``mapped`` (the same, mapped over two commands),
 the last two checked by the cluster policy under the deployment's ``[lineage_ledger] policy =
-strict``. After a first run and a
-``verify-lineage`` (which remembers the ledger's head and its names in the deployment's
-state directory, as any reader there would), each copy runs again without ``produce``
-(it exits 99: skipped, so it neither rewrites nor vouches for the file):
+strict``. After a first run and a ``verify-lineage`` (which remembers the ledger's head and
+its names in the deployment's state directory, as any reader there would), each copy runs
+again without ``produce`` (it exits 99: skipped, so it neither rewrites nor vouches for the
+file):
 
 * ``rows_clean``: nothing changed; every consumer runs (the strict check passes a good file);
 * ``rows_edited``: the file edited; every consumer refuses it as MODIFIED (the rows name its
