@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable
 from lineage_ledger._model import StoredBlock
@@ -460,6 +460,25 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
                 conn.executemany(INSERT_RECORDS, record_rows)
             if artifact_rows:
                 conn.executemany(INSERT_ARTIFACTS, artifact_rows)
+
+    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> tuple[int, int]:
+        """``lineage-ledger repair-index``: in one transaction, under the write lock (no
+        append can come between), replace every artifact row and the index columns of every
+        record row with ``rows(stop)``, the blocks below ``stop`` as verified by
+        :func:`lineage_ledger._log.reindex.verified_index`. An error from it rolls back,
+        changing nothing. Returns (records, artifact rows)."""
+        records = artifacts = 0
+        with _translated_write("rebuilding the index", self.display_url), \
+                self._transaction("BEGIN IMMEDIATE") as conn:
+            top = conn.execute("SELECT max(height) FROM ll_blocks").fetchone()[0]
+            conn.execute("DELETE FROM ll_artifacts")
+            for record_rows, artifact_rows in rows(0 if top is None else int(top) + 1):
+                conn.executemany("UPDATE ll_records SET height = ?, pos = ?, run_id = ? WHERE seq = ?",
+                                 record_rows)
+                conn.executemany(INSERT_ARTIFACTS, artifact_rows)
+                records += len(record_rows)
+                artifacts += len(artifact_rows)
+        return records, artifacts
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:

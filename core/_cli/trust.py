@@ -176,3 +176,30 @@ def migrate(ledger_url) -> None:
         changed = backend.migrate() if hasattr(backend, "migrate") else False
     click.echo("migrated" if changed else "already current", err=True)
 
+
+
+@click.command(name="repair-index")
+@ledger_option
+def repair_index(ledger_url) -> None:
+    """Rebuild the index from the verified records, after verify-lineage reported index rows
+    deleted or edited (SQLite ledgers); then audit the whole ledger."""
+    from lineage_ledger import open_ledger
+    from lineage_ledger.backends import open_backend
+
+    from .._log.reindex import verified_index
+
+    with open_backend(ledger_url, create=False):  # a mistyped path: "no ledger at PATH", nothing created
+        pass
+    with open_backend(ledger_url) as backend:
+        if not hasattr(backend, "rebuild_index"):
+            raise ConfigError(f"{backend.display_url}: repair-index rebuilds the index of SQLite ledgers only; "
+                              "this back-end keeps its index itself")
+        try:
+            records, rows = backend.rebuild_index(lambda stop: verified_index(backend, stop))
+        except VerificationError as err:
+            raise type(err)(f"{err} -- the records themselves do not verify, so the index was left as it was: "
+                            "restore the ledger from a backup", height=err.height, path=err.path) from err
+    click.echo(f"rebuilt the index of {records} records ({rows} artifact rows) from the verified records", err=True)
+    with open_ledger(ledger_url, read_only=True) as ledger:
+        result = ledger.audit()
+    click.echo(f"verified: {result.head.size} records, root {result.head.root}", err=True)

@@ -1,0 +1,81 @@
+"""`lineage-ledger repair-index`: after an audit named index rows deleted or edited, the
+index is derived again from the verified records, so reads answer again (before, a path
+whose rows were deleted was refused for good); the records themselves are never changed,
+and a ledger whose records do not verify is left as it was."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _edit(db, statement, *args):
+    with sqlite3.connect(db) as conn:
+        changed = conn.execute(statement, args).rowcount
+    assert changed, statement
+
+
+def _rows(db):
+    with sqlite3.connect(db) as conn:
+        return (conn.execute("SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY seq, role, path").fetchall(),
+                conn.execute("SELECT seq, id, height, pos, run_id, body FROM ll_records ORDER BY seq").fetchall())
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    """raw.txt -> mid.txt -> final.txt in run "run-a", recorded with the CLI, then audited."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
+    (tmp_path / "raw.txt").write_text("raw\n")
+    for source, target in (("raw.txt", "mid.txt"), ("mid.txt", "final.txt")):
+        run_cli("run", "-i", source, "-o", target, "--ledger", url, "--", "sh", "-c", f"cat {source} > {target}",
+                cwd=tmp_path, env=env, check_rc=0)
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    return tmp_path, url, env
+
+
+def test_deleted_and_edited_index_rows_are_rebuilt_and_reads_answer_again(ledger):
+    tmp_path, url, env = ledger
+    db = tmp_path / "ledger.db"
+    pristine = _rows(db)
+    run_id = pristine[1][0][4]
+    _edit(db, "DELETE FROM ll_artifacts WHERE path = ?", str(tmp_path / "mid.txt"))
+    _edit(db, "UPDATE ll_records SET run_id = 'elsewhere' WHERE seq = 0")
+    _edit(db, "UPDATE ll_records SET pos = 7 WHERE seq = 1")
+    _edit(db, "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 1, 'ab', '')")
+    broken = [run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path, env=env),
+              run_cli("log", "--run", run_id, "--ledger", url, cwd=tmp_path, env=env),
+              run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env)]
+    assert [r.returncode for r in broken] == [1, 1, 1], broken
+    repaired = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env)
+    assert repaired.returncode == 0 and "rebuilt the index of 2 records (4 artifact rows)" in repaired.stderr, repaired
+    assert _rows(db) == pristine  # exactly what the writer had stored, planted row gone
+    for args in (["why", "mid.txt"], ["log", "--run", run_id]):
+        run_cli(*args, "--ledger", url, cwd=tmp_path, env=env, check_rc=0)
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    # Nothing is laundered: an edited file is still caught against the records.
+    (tmp_path / "mid.txt").write_text("edited by hand\n")
+    assert run_cli("mid.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
+
+
+def test_records_that_do_not_verify_leave_the_index_as_it_was(ledger):
+    tmp_path, url, env = ledger
+    db = tmp_path / "ledger.db"
+    _edit(db, "DELETE FROM ll_artifacts WHERE path = ?", str(tmp_path / "mid.txt"))
+    _edit(db, "UPDATE ll_records SET body = CAST(replace(CAST(body AS TEXT), 'cat', 'dog') AS BLOB) WHERE seq = 1")
+    before = _rows(db)
+    refused = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "restore the ledger from a backup" in refused.stderr, refused
+    assert "Traceback" not in refused.stderr
+    assert _rows(db) == before  # rolled back whole
+
+
+def test_no_ledger_and_other_back_ends_are_refused_with_exit_2(tmp_path):
+    missing = run_cli("repair-index", "--ledger", f"sqlite:///{tmp_path / 'nope.db'}", cwd=tmp_path)
+    assert missing.returncode == 2 and "no ledger at" in missing.stderr, missing
+    assert not (tmp_path / "nope.db").exists()
+    other = run_cli("repair-index", "--ledger", "memory://", cwd=tmp_path)
+    assert other.returncode == 2 and "SQLite ledgers only" in other.stderr, other
