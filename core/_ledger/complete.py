@@ -97,6 +97,8 @@ def _side(entry: LedgerRecord, role: Role) -> Mapping[str, object]:
     return record.outputs if role == "out" else record.inputs if role == "in" else {record.run_id: None}
 
 
+_REMEDY = ("Index rows were deleted or edited; run verify-lineage for a full audit, then `lineage-ledger "
+           "repair-index` (SQLite) to rebuild the index from the verified records")
 _HIDDEN_VERBS = {"out": "wrote", "in": "read", "run": "belongs to run"}
 _VERBS = {"out": "wrote", "in": "read", "run": "belong to run"}
 
@@ -104,8 +106,8 @@ _VERBS = {"out": "wrote", "in": "read", "run": "belong to run"}
 def _hidden(entry: LedgerRecord, role: Role, path: str, answered: str) -> IndexTampered:
     return IndexTampered(
         f"the index left out record {entry.id[:16]} (block {entry.height}, position {entry.position}), "
-        f"which {_HIDDEN_VERBS[role]} {path}: {answered}. Index rows were deleted or edited; run verify-lineage "
-        "for a full audit", height=entry.height, path=None if role == "run" else path)
+        f"which {_HIDDEN_VERBS[role]} {path}: {answered}. {_REMEDY}", height=entry.height,
+        path=None if role == "run" else path)
 
 
 def check_latest(ledger: Ledger, role: Role, path: str, answer: LedgerRecord | None,
@@ -240,8 +242,7 @@ class Listing:
     def _short(self, found: int, expected: int) -> IndexTampered:
         return IndexTampered(
             f"the index lists {found} of the {expected} verified records that {_VERBS[self.role]} {self.path}: "
-            f"it left out {expected - found}. Index rows were deleted or edited; run verify-lineage for a full "
-            "audit", path=None if self.role == "run" else self.path)
+            f"it left out {expected - found}. {_REMEDY}", path=None if self.role == "run" else self.path)
 
 
 def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:
