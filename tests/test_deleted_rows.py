@@ -289,6 +289,46 @@ def test_records_appended_while_a_reader_looks_are_not_taken_for_hidden_ones(tmp
     assert answers > 1
 
 
+VERIFYING_APPENDER = APPENDER.replace("outputs=[artifact(\"/data/step-0\", f\"busy{i}\")]).stored()])",
+                                      "outputs=[artifact(\"/data/step-0\", f\"busy{i}\")]).stored()])\n"
+                                      "        ledger.tree_head()")
+
+
+def test_whole_lists_read_while_another_process_verifies_and_tidies_add_up(tmp_path):
+    """Another process appends a reader of /data/ref and a record of run "busy" at a time and
+    verifies each (its refresh keeps their names and tidies them past sixteen entries, adding
+    counts to the latest): lists read meanwhile, whole, must add up every time, never be taken
+    for an index that left records out, and only grow."""
+    import subprocess
+    import sys
+
+    assert "ledger.tree_head()" in VERIFYING_APPENDER
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    state = str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        ledger.append_records([r.stored() for r in _pipeline()])
+        ledger.audit()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    os.makedirs(tmp_path / "xdg", exist_ok=True)
+    os.symlink(state, tmp_path / "xdg" / "lineage-ledger")
+    writer = subprocess.Popen([sys.executable, "-c", VERIFYING_APPENDER, url, str(tmp_path / "spool-w")], cwd=root,
+                              env=env)
+    seen = [0, 0]
+    try:
+        while writer.poll() is None or not seen[1]:
+            with open_ledger(url, read_only=True, state_dir=state) as ledger:
+                readers, busy = len(ledger.consumers("/data/ref")), len(ledger.run("busy"))
+            assert readers >= seen[0] and busy >= seen[1], (readers, busy, seen)
+            seen = [readers, busy]
+    finally:
+        assert writer.wait(timeout=300) == 0
+    with open_ledger(url, read_only=True, state_dir=state) as ledger:
+        assert len(ledger.consumers("/data/ref")) == 12 + 300 and len(ledger.run("busy")) == 300
+        assert len([c for c in ledger.verifier.store.names("busy") or [] if c.role == RUN]) <= 17  # tidied
+
+
 @pytest.mark.slow
 def test_snakemake_strict_refuses_an_edited_intermediate_whose_rows_were_deleted(tmp_path):
     """As deployed: a workflow recorded and verified once; then b.txt is edited (its mtime
