@@ -28,6 +28,7 @@ from lineage_ledger._model import StoredBlock
 
 from ._base import Backend, redact, safe_cause
 from ._pg_audit import PostgresAuditReads
+from ._pg_watch import HANG_TIMEOUT_KEY, forget_watches_after_fork, guarded_connect, hang_limit
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import database_error, refusal
 
@@ -129,6 +130,7 @@ _READERS: weakref.WeakSet[PostgresReader] = weakref.WeakSet()
 
 
 def _forget_parents_connections_after_fork() -> None:
+    forget_watches_after_fork()
     # A forked child must not use the parent's session (one socket, two processes) and must
     # not end it either: closing would end the parent's session. psycopg never finishes a
     # connection that another process opened when it is collected, so forgetting is enough.
@@ -166,6 +168,7 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
         options = " ".join(_as_tuple(params.get("options") or ()))
         params["options"] = (options + " -c default_transaction_read_only=on").strip()
         params.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+        self._hang_limit = hang_limit(params.pop(HANG_TIMEOUT_KEY, None), self.display_url)
         self._params = {**params, "autocommit": True}
         # Idle sessions of this process, lent to one read at a time: threads come and go in
         # the plugins, and a session per thread would stay open until close().
@@ -224,7 +227,7 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
                 owner, conn = self._idle.pop()
                 if owner == pid and not conn.closed:
                     return conn
-        conn = self._psycopg.connect(**self._params)
+        conn = guarded_connect(self._hang_limit, **self._params)
         set_up_session(conn.cursor())
         return conn
 

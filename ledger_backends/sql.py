@@ -51,6 +51,7 @@ from lineage_ledger._model import StoredBlock
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
 from ._pg_reader import PG_CONNECT_TIMEOUT_S, PostgresReader, identity_of, set_up_session
+from ._pg_watch import HANG_TIMEOUT_KEY, guarded_connect, hang_limit
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -251,6 +252,9 @@ class SQLBackend(_SQLReads, Backend):
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
+            # Ours (see _pg_watch): libpq would refuse the key. It stays in the identity.
+            self._hang_limit = hang_limit(engine_url.query.get(HANG_TIMEOUT_KEY), shown)
+            engine_url = engine_url.difference_update_query([HANG_TIMEOUT_KEY])
             connect_args: dict[str, Any] = {}
             if "connect_timeout" not in engine_url.query:
                 connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
@@ -300,6 +304,14 @@ class SQLBackend(_SQLReads, Backend):
             self._copy_cleanup()
 
     def _setup_postgres(self) -> None:
+        limit = self._hang_limit
+
+        @event.listens_for(self._engine, "do_connect")
+        def _connect_guarded(_dialect, _record, cargs, cparams):
+            # Every wait of the session (the pool's ping, appends, reads) is watched for a
+            # server that stopped answering: an error then, as the reader's, not a hang.
+            return guarded_connect(limit, *cargs, **cparams)
+
         @event.listens_for(self._engine, "connect")
         def _on_connect(dbapi_connection, _record):
             # No JIT for look-ups (see _pg_reader), set outside any transaction of ours.
@@ -429,7 +441,10 @@ class SQLBackend(_SQLReads, Backend):
                 with conn.begin():
                     yield conn
             finally:
-                conn.info["write"] = False
+                # An invalidated connection (the server went away mid-append) would reconnect
+                # to reach its info, and that attempt's error would replace the real one.
+                if not conn.invalidated:
+                    conn.info["write"] = False
 
     # -- writes ---------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
