@@ -183,7 +183,6 @@ def migrate(ledger_url) -> None:
 def repair_index(ledger_url) -> None:
     """Rebuild the index from the verified records, after verify-lineage reported index rows
     deleted or edited (SQLite ledgers); then audit the whole ledger."""
-    from lineage_ledger import open_ledger
     from lineage_ledger.backends import open_backend
 
     from .._log.reindex import verified_index
@@ -200,6 +199,6 @@ def repair_index(ledger_url) -> None:
             raise type(err)(f"{err} -- the records themselves do not verify, so the index was left as it was: "
                             "restore the ledger from a backup", height=err.height, path=err.path) from err
     click.echo(f"rebuilt the index of {records} records ({rows} artifact rows) from the verified records", err=True)
-    with open_ledger(ledger_url, read_only=True) as ledger:
+    with open_read_only(ledger_url) as ledger:
         result = ledger.audit()
     click.echo(f"verified: {result.head.size} records, root {result.head.root}", err=True)
