@@ -32,7 +32,7 @@ import shutil
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -478,6 +478,25 @@ class SQLBackend(_SQLReads, Backend):
                 conn.exec_driver_sql(self._sql(INSERT_RECORDS), record_rows)
             if artifact_rows:
                 conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
+
+    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> tuple[int, int]:
+        """As ``SQLiteBackend.rebuild_index``: one transaction; on PostgreSQL, a lock on the
+        block table that lets readers in and keeps appenders out until it commits."""
+        records = artifacts = 0
+        with _translated("rebuilding the index", self.url), self._write() as conn:
+            if not self._sqlite:
+                conn.exec_driver_sql("LOCK TABLE ll_blocks IN SHARE ROW EXCLUSIVE MODE")
+            top = conn.execute(sa.select(sa.func.max(blocks_table.c.height))).scalar()
+            conn.exec_driver_sql("DELETE FROM ll_artifacts")
+            update = self._sql("UPDATE ll_records SET height = ?, pos = ?, run_id = ? WHERE seq = ?")
+            for record_rows, artifact_rows in rows(0 if top is None else int(top) + 1):
+                if record_rows:
+                    conn.exec_driver_sql(update, record_rows)
+                if artifact_rows:
+                    conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
+                records += len(record_rows)
+                artifacts += len(artifact_rows)
+        return records, artifacts
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:

@@ -78,4 +78,30 @@ def test_no_ledger_and_other_back_ends_are_refused_with_exit_2(tmp_path):
     assert missing.returncode == 2 and "no ledger at" in missing.stderr, missing
     assert not (tmp_path / "nope.db").exists()
     other = run_cli("repair-index", "--ledger", "memory://", cwd=tmp_path)
-    assert other.returncode == 2 and "SQLite ledgers only" in other.stderr, other
+    assert other.returncode == 2 and "SQLite and PostgreSQL ledgers only" in other.stderr, other
+
+
+@pytest.mark.postgres
+def test_a_postgresql_ledger_is_repaired_the_same_way(postgres_url, tmp_path):
+    """The same repair through SQLAlchemy on a real PostgreSQL server, while the block table
+    is locked against appends."""
+    import psycopg
+
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
+    (tmp_path / "raw.txt").write_text("raw\n")
+    run_cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", postgres_url, "--", "sh", "-c",
+            "cat raw.txt > mid.txt", cwd=tmp_path, env=env, check_rc=0)
+    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = conn.execute("SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY path, role").fetchall()
+        conn.execute("DELETE FROM ll_artifacts WHERE path = %s", (str(tmp_path / "mid.txt"),))
+        conn.execute("UPDATE ll_records SET run_id = 'elsewhere'")
+    assert run_cli("why", "mid.txt", "--ledger", postgres_url, cwd=tmp_path, env=env).returncode == 1
+    repaired = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert repaired.returncode == 0 and "rebuilt the index of 1 records (2 artifact rows)" in repaired.stderr, repaired
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY path, role").fetchall() \
+            == before
+        assert conn.execute("SELECT run_id FROM ll_records").fetchall() == [("run-a",)]
+    run_cli("why", "mid.txt", "--ledger", postgres_url, cwd=tmp_path, env=env, check_rc=0)

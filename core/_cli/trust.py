@@ -182,7 +182,7 @@ def migrate(ledger_url) -> None:
 @ledger_option
 def repair_index(ledger_url) -> None:
     """Rebuild the index from the verified records, after verify-lineage reported index rows
-    deleted or edited (SQLite ledgers); then audit the whole ledger."""
+    deleted or edited (SQLite and PostgreSQL ledgers); then audit the whole ledger."""
     from lineage_ledger.backends import open_backend
 
     from .._log.reindex import verified_index
@@ -191,8 +191,8 @@ def repair_index(ledger_url) -> None:
         pass
     with open_backend(ledger_url) as backend:
         if not hasattr(backend, "rebuild_index"):
-            raise ConfigError(f"{backend.display_url}: repair-index rebuilds the index of SQLite ledgers only; "
-                              "this back-end keeps its index itself")
+            raise ConfigError(f"{backend.display_url}: repair-index rebuilds the index of SQLite and PostgreSQL "
+                              "ledgers only; this back-end keeps its index itself")
         try:
             records, rows = backend.rebuild_index(lambda stop: verified_index(backend, stop))
         except VerificationError as err:
