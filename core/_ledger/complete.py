@@ -98,7 +98,7 @@ def _side(entry: LedgerRecord, role: Role) -> Mapping[str, object]:
 
 
 _REMEDY = ("Index rows were deleted or edited; run verify-lineage for a full audit, then `lineage-ledger "
-           "repair-index` (SQLite) to rebuild the index from the verified records")
+           "repair-index` to rebuild the index from the verified records")
 _HIDDEN_VERBS = {"out": "wrote", "in": "read", "run": "belongs to run"}
 _VERBS = {"out": "wrote", "in": "read", "run": "belong to run"}
 
