@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from lineage_ledger import ArtifactCheck, LedgerError, check_before_run, normalize_path
+from lineage_ledger import ArtifactCheck, LedgerError, VerificationError, check_before_run, normalize_path
 
 from . import _settings, _tries
 
@@ -22,6 +22,11 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
     tampering does not go away by trying again), and so does a ledger that cannot vouch
     for anything (a broken chain, an unreachable back-end). Under the other policies those
     are logged and the task runs.
+
+    What the check found goes into the try's record in the fields the Parsl plugin uses:
+    ``refused_by`` (strict), ``check_failed`` and ``not_verified`` (the ledger failed its
+    own check), ``rerun_because_not_verified`` (the same, under ``rerun``), and
+    ``modified_inputs`` (files changed outside the workflow).
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -36,16 +41,27 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
     try:
         changed = _changed(existing)
     except LedgerError as err:
+        failed = f"{type(err).__name__}: {err}"[:2000]
         if policy == "strict":
             details.refused = True
+            details.extra.update(refused_by="strict", check_failed=failed, not_verified=sorted(existing))
             raise AirflowFailException(f"lineage-ledger refused to run {task}: {err}") from err
         log.error("lineage-ledger: could not verify the inputs of %s: %s", task, err)
+        if isinstance(err, VerificationError):
+            # Tampered with, not merely out of reach: nothing vouches for these files, and
+            # the try's record must not either (record_try leaves them and what the task
+            # writes from them out). An unreachable back-end is only logged, as in Parsl.
+            details.unverified = set(existing)
+            details.extra.update(policy=policy, check_failed=failed)
+            if policy == "rerun":  # counted as changed inputs; their producers are not rerun
+                details.extra["rerun_because_not_verified"] = sorted(existing)
         return []
     if not changed:
         return []
     explained = "\n  ".join(_explain(c) for c in changed)
     if policy == "strict":
         details.refused = True
+        details.extra.update(refused_by="strict", modified_inputs=[c.path for c in changed])
         raise AirflowFailException(
             f"lineage-ledger refused to run {task} on files changed outside the workflow:\n  {explained}")
     details.extra["modified_inputs"] = [c.path for c in changed]

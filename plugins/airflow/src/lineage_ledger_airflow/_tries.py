@@ -93,6 +93,9 @@ class Details:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The pre-run check refused to run: the task read nothing.
     refused: bool = False
+    #: Inputs the pre-run check could not vouch for (the ledger failed its own check) that
+    #: the task ran on anyway (warn, rerun): its record lists neither them nor its outputs.
+    unverified: set[str] = field(default_factory=set)
 
 
 _details: dict[tuple[str, int], Details] = {}
@@ -417,6 +420,17 @@ def record_try(
             extra = {**(extra or {}), "outputs_not_written": [p for p in outputs if p not in wrote]}
         outputs = wrote
     outputs_known = _output_digests(outputs, details.outputs_known)
+    if details.unverified and not details.refused:
+        # The task ran on files a tampered ledger could not vouch for. Listing them as read
+        # with their digests now would give a hidden edit the record a later check trusts
+        # (the next strict run would pass it), and its outputs were made from it: the record
+        # names both in extra["not_verified"] instead, their digests kept apart.
+        read = {p: all_known.get(p) for p in inputs if p in details.unverified}
+        made = {p: outputs_known.get(p) for p in outputs}
+        inputs = [p for p in inputs if p not in read]
+        outputs, outputs_known = [], {}
+        extra = {**(extra or {}), "not_verified": sorted({*read, *made}),
+                 "not_verified_digests": {"inputs": read, "outputs": made}}
     if details.refused:
         # A try refused before it ran read nothing. Listing the changed files as its inputs
         # would make the ledger's last view of them the changed version, and the next
