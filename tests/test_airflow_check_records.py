@@ -59,6 +59,7 @@ def _example(site, run):
 #: read made it the version the next check compares with, and the strict run after a warn
 #: run passed it (the example's raw.csv has a producer, whose record the names still miss).
 SOURCES_DAG = """
+import os
 from pathlib import Path
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -71,13 +72,15 @@ with DAG(dag_id="check_records", schedule=None, catchup=False) as dag:
     BashOperator(task_id="plain", bash_command=f"cp '{src}' '{plain}'",
                  inlets=[Asset(uri=f"file://{src}")], outlets=[Asset(uri=f"file://{plain}")])
     LedgerOperator(task_id="ledgered", inputs=[src], outputs=[ledgered], bash_command=f"cp '{src}' '{ledgered}'")
+    BashOperator.partial(task_id="mapped", inlets=[Asset(uri=f"file://{src}")]).expand(
+        bash_command=[f"cp '{src}' '{DATA}/mapped-{i}.txt'" for i in range(2)])
 """
 
 
 def _sources(site, run):
     """The DAG above, written into the site's DAG folder (dag.test() runs serialized DAGs)."""
     dag_file = site.dags / "check_records.py"
-    if not dag_file.exists():
+    if not dag_file.exists() or dag_file.read_text() != SOURCES_DAG:  # the site may outlive a session
         dag_file.write_text(SOURCES_DAG)
     src = run.data / "src.txt"
     if not src.exists():
@@ -92,6 +95,9 @@ CASES = {
     "example": (_example, "extract", "raw.csv", {"summarize": "counts.txt", "report": "report.txt"}),
     "sources": (_sources, None, "src.txt", {"plain": "plain.txt", "ledgered": "ledgered.txt"}),
 }
+#: The sources DAG's mapped task (checked through its partial ``pre_execute`` hook): the files
+#: its two instances write, undeclared (mapped outlets would be the same for every instance).
+MAPPED = ("mapped-0.txt", "mapped-1.txt")
 
 
 def _tries_of(run, dag_id: str, dag_run: int) -> dict:
@@ -133,6 +139,9 @@ def test_a_failed_check_is_recorded_and_launders_nothing(site, run, monkeypatch,
     after = {task: path.stat().st_mtime_ns for task, path in outputs.items()}
     for task in outputs:  # strict refused; warn and rerun ran on the edited file, as they say
         assert (after[task] == before[task]) == (policy == "strict"), task
+    if dag_name == "sources":
+        copies = [(run.data / name).read_bytes() == edited.read_bytes() for name in MAPPED]
+        assert copies == [policy != "strict"] * len(MAPPED)
 
     # A later strict run still refuses the hidden edit: the run above laundered nothing.
     monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
@@ -142,6 +151,18 @@ def test_a_failed_check_is_recorded_and_launders_nothing(site, run, monkeypatch,
     for task, out in outputs.items():
         assert out.stat().st_mtime_ns == after[task], f"{task} ran on the hidden edit after {policy}"
         _assert_refused_unverified(_tries_of(run, dag_id, 3)[task][0], edited)
+    if dag_name == "sources":
+        mapped = _tries_of(run, dag_id, 3)["mapped"]
+        assert len(mapped) == len(MAPPED)
+        for record in mapped:
+            _assert_refused_unverified(record, edited)
+        # The mapped instances under the policy: no outlets, so only the input is named.
+        for record in _tries_of(run, dag_id, 2)["mapped"]:
+            if policy == "strict":
+                _assert_refused_unverified(record, edited)
+            else:
+                assert record.status == "succeeded" and record.inputs == {} and record.outputs == {}
+                assert record.extra["not_verified"] == [str(edited)] and record.extra["policy"] == policy
 
     # What the records of the run under the policy say.
     tries = _tries_of(run, dag_id, 2)
