@@ -57,7 +57,7 @@ from operator import attrgetter, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "drop_entries", "kept", "path_key", "recover"]
+           "candidates", "drop_entries", "kept", "path_key", "recover", "write_atomic"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
@@ -319,7 +319,12 @@ def _cut(directory: str, bucket: int, size: int) -> None:
 
 
 def _replace(directory: str, path: str, data: bytes) -> None:
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".names-")
+    write_atomic(path, data, ".names-")
+
+
+def write_atomic(path: str, data: bytes, prefix: str) -> None:
+    """Replace ``path`` by ``data`` whole: a reader sees the old file or the new one."""
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

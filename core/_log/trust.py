@@ -39,7 +39,16 @@ from .._environment import state_root
 from .._errors import ConfigError, HistoryRewritten
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
-from .names import Candidate, NamesBatch, NamesWriter, bucket_name, bucket_of, candidates, path_key
+from .names import (
+    Candidate,
+    NamesBatch,
+    NamesWriter,
+    bucket_name,
+    bucket_of,
+    candidates,
+    path_key,
+    write_atomic,
+)
 from .names import kept as names_kept
 from .names import recover as recover_names
 
@@ -219,15 +228,7 @@ def _open_private(path: str, buffering: int = 1 << 20):
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".head-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, ".head-")
 
 
 class TrustStore:
