@@ -574,3 +574,26 @@ def test_a_record_row_whose_run_id_was_edited_is_not_left_out_of_its_run(tmp_pat
     latest = run_cli("log", "--run", "run-a", "-n", "3", "--ledger", url, cwd=tmp_path, env=state)
     assert latest.returncode == 1 and "left out record" in latest.stderr and "belongs to run run-a" in latest.stderr, \
         latest
+
+
+def test_a_first_page_of_readers_notices_a_row_deleted_on_it_or_after_it(tmp_path):
+    """`depends -n 3` of a file ten tasks of one batch read shows the oldest three and counts
+    the rest from the index: a row deleted among those shown, or among the rest, used to
+    pass with exit 0 (a page was never checked)."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                                           outputs=[artifact(f"/data/out-{i}", f"out{i}")]).stored()
+                               for i in range(10)])
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=state, check_rc=0)
+    clean = run_cli("depends", "/data/ref", "-n", "3", "--ledger", url, cwd=tmp_path, env=state, check_rc=0)
+    assert clean.stdout.count("out-") == 3 and "7 more" in clean.stdout + clean.stderr, clean
+    pristine = tmp_path / "pristine.db"
+    shutil.copy(db, pristine)
+    for seq, said in ((7, "lists 9 of the 10 verified records that read /data/ref"), (1, "left out")):
+        shutil.copy(pristine, db)
+        _edit(db, "DELETE FROM ll_artifacts WHERE seq = ? AND role = 0", seq)
+        hidden = run_cli("depends", "/data/ref", "-n", "3", "--ledger", url, cwd=tmp_path, env=state)
+        assert hidden.returncode == 1 and said in hidden.stderr, (seq, hidden)

@@ -19,11 +19,12 @@ Three questions are checked this way:
   in the answer, and the answer must hold as many records as the candidates' counts add up
   to (:class:`Listing`), so a row deleted anywhere in the list is noticed; a list read page
   by page is counted as its pages come;
-* the last page of a run (``log --run -n N``): the candidates newer than the page's oldest
-  record must be on it, and the index's count of the run may not fall short of the counts.
+* the last page of a run (``log --run -n N``) and the first page of a file's readers
+  (``depends``, the oldest fifty): the candidates between the page's ends must be on it, and
+  the index's count of the whole list may not fall short of the counts.
 
-Pages of a list other than its last (``depends -n N`` where more than N records read the
-file) are not checked.
+Pages in the middle of a list (``depends --all`` counts them all at its end) are not
+checked on their own.
 """
 
 from __future__ import annotations
@@ -178,11 +179,13 @@ class Listing:
         self.named: dict[int, LedgerRecord] = {}  # the candidates' records, as listed
         self.found = 0  # records listed below the bound
         self.lowest: int | None = None  # the oldest record listed
+        self.highest: int | None = None  # and the newest
 
     def add(self, entries: Sequence[LedgerRecord]) -> None:
         for entry in entries:
             leaf = _leaf(self.ledger, entry)
             self.lowest = leaf if self.lowest is None else min(self.lowest, leaf)
+            self.highest = leaf if self.highest is None else max(self.highest, leaf)
             if leaf < self.bound:
                 self.found += 1
                 if leaf in self._wanted:
@@ -209,6 +212,16 @@ class Listing:
         lowest = self.lowest
         expected = self._expected(self._ours(lambda leaf: lowest is None or leaf > lowest))
         if expected is not None and total < expected:
+            raise self._short(total, expected)
+
+    def finish_first_page(self, total: int, *, exact: bool) -> None:
+        """The first page of a list was added (``depends`` shows the oldest fifty readers of
+        each file), and the index counted ``total`` for the whole (``exact``: not stopped
+        short): no candidate older than the page's newest record may be missing from it,
+        and an exact ``total`` may not fall short of the counts kept."""
+        highest = self.highest
+        expected = self._expected(self._ours(lambda leaf: highest is not None and leaf < highest))
+        if exact and expected is not None and total < expected:
             raise self._short(total, expected)
 
     def _ours(self, must_list: Callable[[int], bool]) -> dict[int, LedgerRecord]:

@@ -115,6 +115,7 @@ class LineageQueries:
         query_path: Callable[[str], str]
         consumers: Callable[..., list[LedgerRecord]]
         count_consumers: Callable[..., int]
+        listing: Callable[..., Any]
         record_bits: Callable[[], RecordBits]
 
     def lineage(self, path: str, digest: str | None = None, *,
@@ -247,6 +248,9 @@ class LineageQueries:
         # Below the top, each path is a key as its producer's record names it: resolving it on
         # disk again was a fifth of `depends --all`.
         tree: list[tuple[Any, Any]] = []
+        # A first page that is not the whole list is checked against the names kept too
+        # (the counts, before the index is asked), with the index's count of the rest.
+        listing = self.listing("in", path) if limit and digest is None else None
         consumers = self.consumers(path, digest, limit=limit or None, as_key=True)
         for consumer in consumers:
             if consumer in seen:
@@ -261,6 +265,9 @@ class LineageQueries:
             # Counted only so far: counting the ten million readers of a reference genome
             # took 0.7 s of a 0.85 s `depends`.
             counted = self.count_consumers(path, digest, at_most=limit + MORE_COUNTED + 1, as_key=True)
+            if listing is not None:
+                listing.add(consumers)
+                listing.finish_first_page(counted, exact=counted <= limit + MORE_COUNTED)
             if counted > limit:
                 tree.append((None, More(counted - limit, exact=counted <= limit + MORE_COUNTED)))
         return tree
