@@ -12,10 +12,15 @@ A check that finds the ledger itself tampered with (an index row that disagrees 
 record, a deleted row, a broken chain: a ``VerificationError``) fails the try under
 ``strict``, recorded as refused. Under ``rerun`` the task's files count as changed, since
 nothing vouched for them: a cached result is ignored and the task runs again (its record,
-after the real run, lists its files; ``extra["rerun_because_not_verified"]`` names them).
+after the real run, lists the outputs it rewrote, unless it read files the ledger could not
+vouch for, see below; ``extra["rerun_because_not_verified"]`` names them).
 Under ``warn`` it is logged and the cached result reused, but the try recorded for the
 cache hit lists none of the task's files (``extra["not_verified"]``): a record naming them
-would give an edit hidden that way a producer that later checks would trust. A ledger
+would give an edit hidden that way a producer that later checks would trust. A task that
+runs on such files (a cache miss under ``warn`` or ``rerun``: an edited input changes its
+content key, so a hidden edit of a source file is always a miss) is recorded with
+``check_failed``; its record lists neither the inputs the ledger could not vouch for nor its
+outputs, which were made from them (``not_verified``, ``not_verified_digests``). A ledger
 merely out of reach (no back-end, locked) is logged under ``warn`` and ``rerun``, and the
 task goes on as Parsl decides.
 
@@ -47,7 +52,7 @@ from lineage_ledger import (
 )
 
 from ._session import ParslLedger
-from ._tasks import task_files
+from ._tasks import file_digest, task_files
 
 __all__ = ["LedgerMemoizer"]
 
@@ -95,6 +100,11 @@ class LedgerMemoizer(Memoizer):
         return getattr(self.inner, name)
 
     def check_memo(self, task: TaskRecord) -> Future[Any] | None:
+        # What this check tells the try's record; the DataFlowKernel keeps one record for
+        # every try of a task, so a mark left by the last try's check must not stick.
+        marks: dict[str, Any] = task  # type: ignore[assignment]
+        marks.pop("lineage_ledger_rerun", None)
+        marks.pop("lineage_ledger_unverified", None)
         inputs, outputs = task_files(task["args"], task["kwargs"])
         cached = self._inner_check(task, bool(inputs or outputs))
         tampered: list[str] = []
@@ -108,11 +118,19 @@ class LedgerMemoizer(Memoizer):
                     task["id"], task["func_name"],
                 )
                 if tampered:
-                    task["lineage_ledger_rerun"] = tampered  # type: ignore[typeddict-unknown-key]
+                    marks["lineage_ledger_rerun"] = tampered
                 else:
-                    task["lineage_ledger_unverified"] = unverified  # type: ignore[typeddict-unknown-key]
+                    unverified = {**unverified, "reran": True}
                 self.reruns += 1
                 cached = None
+        if unverified and cached is None:
+            # The task runs (a miss: an edited input changes its content key, so a hidden edit
+            # of a source is always one) on files the ledger could not vouch for. Its record
+            # must not list those it reads, nor what it makes of them (see ParslLedger.task_run):
+            # their digests are taken now, as the task is handed them.
+            checked = set(unverified["not_verified"])
+            read = [p for p in dict.fromkeys(inputs) if p in checked]
+            marks["lineage_ledger_unverified"] = {**unverified, "read": {p: file_digest(p) for p in read}}
         if cached is not None:
             self.cache_hits += 1
             if unverified:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lineage_ledger import ConfigError, TaskCapture, TaskRun, spool_first, utcnow
 
 from . import _shared
-from ._tasks import function_digest, task_files, task_parameters
+from ._tasks import file_digest, function_digest, task_files, task_parameters
 
 if TYPE_CHECKING:
     from parsl.dataflow.memoization import BasicMemoizer
@@ -224,7 +224,9 @@ class ParslLedger:
 
         ``leave_out``: files changed outside the workflow (or that the ledger could not
         check) that this try did not write; listing them would make the ledger vouch for
-        their current bytes. They are named in ``extra[left_out_as]`` instead.
+        their current bytes. They are named in ``extra[left_out_as]`` instead. A try that
+        ran on inputs the ledger could not vouch for (the memoizer's mark on ``task``)
+        lists neither them nor its outputs (see :func:`_leave_out_unverified`).
         """
         # A task with no arguments (common: many small apps) skips the argument walks.
         inputs, outputs = task_files(args, kwargs) if args or kwargs else ([], [])
@@ -243,9 +245,11 @@ class ParslLedger:
             if rerun:
                 details["rerun_because_modified"] = list(rerun)
             unverified = task.get("lineage_ledger_unverified")
-            if unverified:  # run again because the ledger failed its own check of these files
-                details["rerun_because_not_verified"] = list(unverified["not_verified"])
+            if unverified:  # the try ran although the ledger failed its own check of its files
                 details["check_failed"] = unverified["check_failed"]
+                if unverified.get("reran"):  # a cached result was ignored for it (rerun)
+                    details["rerun_because_not_verified"] = list(unverified["not_verified"])
+                inputs, outputs = _leave_out_unverified(unverified["read"], inputs, outputs, known, details)
         else:
             task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
         return TaskRun(
@@ -271,3 +275,26 @@ class ParslLedger:
         with self._lock:
             self._posted += 1
         self.capture.post(run)
+
+
+def _leave_out_unverified(
+    read: Mapping[str, Any], inputs: list[str], outputs: list[str],
+    known: Mapping[str, Mapping[str, Any]] | None, details: dict[str, Any],
+) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of a try that ran on ``read``: inputs a tampered ledger could not
+    vouch for, with their digests when the check handed them over.
+
+    Listed as read with their current digests, they would give a hidden edit the record the
+    next check compares with (for a source file nobody produced, the next ``strict`` run
+    passed the edit), and the outputs were made from that edit. So neither is listed: both
+    are named in ``details["not_verified"]`` and their digests kept apart, in
+    ``details["not_verified_digests"] = {"inputs": {path: digest}, "outputs": {...}}``. The
+    outputs are hashed here, on the thread that completes the try, unless the worker did.
+    """
+    read = {p: d for p, d in read.items() if p in inputs}
+    if not read:  # only the outputs went unverified: this try rewrote them from verified inputs
+        return inputs, outputs
+    made = {p: dict(known[p]) if known and p in known else file_digest(p) for p in dict.fromkeys(outputs)}
+    details["not_verified"] = sorted({*read, *made, *details.get("not_verified", ())})
+    details["not_verified_digests"] = {"inputs": dict(read), "outputs": made}
+    return [p for p in inputs if p not in read], []

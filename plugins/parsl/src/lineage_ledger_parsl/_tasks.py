@@ -21,7 +21,7 @@ from typing import Any
 
 from parsl.data_provider.files import File
 
-from lineage_ledger import code_digest, jsonable
+from lineage_ledger import LedgerError, code_digest, hash_file, jsonable
 
 # Keyword arguments that Parsl itself interprets: they are files or plumbing, not parameters.
 _RESERVED = frozenset({
@@ -65,6 +65,17 @@ def _collect(value: Any, into: list[str]) -> None:
     path = local_path(value)
     if path is not None:
         into.append(os.path.abspath(path))
+
+
+def file_digest(path: str) -> dict[str, Any] | None:
+    """``{"blake3", "size"}`` of a file as it is now (None if it cannot be hashed), in the
+    shape of a record's digests. Only for files a record names outside its inputs and
+    outputs (``not_verified_digests``): the capture hashes those."""
+    try:
+        found = hash_file(path)
+    except LedgerError:  # gone, or unreadable: named without a digest
+        return None
+    return {"blake3": found.blake3, "size": found.size}
 
 
 def task_parameters(args: Iterable[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""What a Parsl try's record says when the memoizer's check could not vouch for its inputs.
+
+The shape of ``tests/test_deleted_rows_engines.py``: a python app copies a source file (one
+no task produced) to an output; the run is recorded, and a strict run with nothing changed
+checks it (a cache hit). Then the source is edited with its size and mtime put back and every
+index row naming it deleted, so the ledger fails its own check (``IndexTampered``). The edit
+changes the source's content key, so the next run is a cache MISS under every policy (keyed
+by path instead, it is a hit, reused under ``warn`` and ignored under ``rerun``):
+
+* ``strict``: the try is refused (``refused_by``, ``check_failed``, ``not_verified``).
+* ``warn`` and ``rerun``: the app runs on the edited source. Its record must list neither
+  the unverified input nor the output made from it (both are named in ``not_verified``,
+  their digests under ``not_verified_digests``), and say ``check_failed``. A record naming
+  the source as read, with its current digest, gave the hidden edit the record the next
+  check compares with: the strict run after a warn or rerun run passed it (the three such
+  cases failed so before; a cache HIT under warn was already handled).
+
+Each case then runs under ``strict`` again, which must still refuse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_deleted_rows_engines import delete_rows, recorded, tamper_keep_size_and_mtime
+
+pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
+pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+
+
+def copy_text(inputs: Any = (), outputs: Any = ()) -> int:
+    """Copies its input to its output; the number of lines."""
+    with open(inputs[0]) as src, open(outputs[0], "w") as dst:
+        text = src.read()
+        dst.write(text)
+    return text.count("\n")
+
+
+def _run(workdir: Path, policy: str, file_key: str = "content") -> tuple[Any, str]:
+    """One DataFlowKernel (threads, checkpoints at task exit) running ``copy_text`` once."""
+    from lineage_ledger_parsl import ParslLedger
+    from parsl.app.app import python_app
+    from parsl.data_provider.files import File
+
+    from tests.support import parsl as support
+
+    pipeline = support.load_pipeline()
+    config = pipeline.make_config(str(workdir), "threads", ParslLedger(f"sqlite:///{workdir / 'ledger.db'}",
+                                                                       policy=policy, file_key=file_key))
+    app = python_app(copy_text, cache=True)
+    with support.loaded(config) as dfk:  # cleanup flushes the capture: the records are in
+        future = app(inputs=[File(str(workdir / "src.txt"))], outputs=[File(str(workdir / "out.txt"))])
+        future.exception()  # wait; the test asserts what it expects of the outcome
+        return future, dfk.run_id
+
+
+def _records_of(workdir: Path, run_id: str) -> list[dict]:
+    return [r for r in recorded(workdir / "ledger.db") if r.get("run_id") == run_id]
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    from lineage_ledger import hash_file
+
+    found = hash_file(str(path))
+    return {"blake3": found.blake3, "size": found.size}
+
+
+@pytest.mark.parametrize("file_key", ["content", "path"])
+@pytest.mark.parametrize("policy", ["strict", "warn", "rerun"])
+def test_a_failed_check_is_recorded_and_launders_nothing(workdir, caplog, policy, file_key):
+    from lineage_ledger import IndexTampered
+
+    src, out = workdir / "src.txt", workdir / "out.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(50)))
+    first, _ = _run(workdir, "warn", file_key)
+    assert first.result() == 50 and not first.task_record["from_memo"]
+    control, _ = _run(workdir, "strict", file_key)  # nothing changed: the check passes, the result is reused
+    assert control.result() == 50 and control.task_record["from_memo"]
+
+    tamper_keep_size_and_mtime(src)
+    delete_rows(workdir / "ledger.db", src)
+    out_before = out.read_bytes()
+    third, run_id = _run(workdir, policy, file_key)
+    (record,) = _records_of(workdir, run_id)
+    assert "IndexTampered" in record["extra"]["check_failed"], record["extra"]
+    if policy == "strict":
+        with pytest.raises(IndexTampered, match="left out record"):
+            third.result()
+        assert out.read_bytes() == out_before  # refused: it never ran
+        assert record["status"] == "failed" and record["extra"]["refused_by"] == "strict"
+    elif policy == "warn" and file_key == "path":
+        # Keyed by path, the edit is a hit: reused, and the cached try vouches for nothing.
+        assert third.result() == 50 and third.task_record["from_memo"]
+        assert out.read_bytes() == out_before
+        assert record["status"] == "cached" and record["inputs"] == {} and record["outputs"] == {}
+        assert record["extra"]["not_verified"] == sorted([str(src), str(out)])
+    else:
+        # A miss (the edit changed the content key), or under rerun a hit ignored (keyed by
+        # path): the app ran on the edited source.
+        assert third.result() == 50 and not third.task_record["from_memo"]
+        assert out.read_bytes() == src.read_bytes() != out_before
+        assert any("left out record" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+        assert record["status"] == "succeeded", record
+        # Neither the unverified input nor what was made of it is vouched for; both named.
+        assert record["inputs"] == {} and record["outputs"] == {}, record
+        assert record["extra"]["not_verified"] == sorted([str(src), str(out)])
+        assert record["extra"]["not_verified_digests"] == {
+            "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}
+        assert "refused_by" not in record["extra"]
+        if file_key == "path":  # rerun: the cached result was ignored for the failed check
+            assert sorted(record["extra"]["rerun_because_not_verified"]) == sorted([str(src), str(out)])
+        else:  # a miss: no cached result was ignored
+            assert "rerun_because_not_verified" not in record["extra"]
+
+    # A later strict run still refuses the hidden edit: the run above laundered nothing.
+    fourth, run_id = _run(workdir, "strict", file_key)
+    assert fourth.exception() is not None, f"the strict run after {policy} passed the hidden edit"
+    with pytest.raises(IndexTampered):
+        fourth.result()
+    (refused,) = _records_of(workdir, run_id)
+    assert refused["status"] == "failed" and refused["extra"]["refused_by"] == "strict"
+    assert refused["inputs"] == {} and refused["outputs"] == {}
+    assert str(src) in refused["extra"]["not_verified"]
