@@ -179,7 +179,7 @@ class LogHandler(LogHandlerBase):
     def _make_recorder(self) -> None:
         from ._recorder import JobRecorder
 
-        self.recorder = JobRecorder(self.settings, self.temp_hook, self.recent_errors)
+        self.recorder = JobRecorder(self.settings, self.temp_hook, self.recent_errors, self.policy_hook)
 
     def _workflow_started(self, now: float) -> None:
         """On Snakemake's main thread, in its workdir, before the DAG is built."""

@@ -27,6 +27,9 @@ cannot vouch for any file it was asked about. ``strict`` refuses; under ``rerun`
 file counts as changed, and their producers (readers, for sources) are forced as above:
 they come from Snakemake's DAG, not from the ledger that failed. A ledger merely out of reach
 (back-end down, locked) is logged and the run goes on, under ``warn`` and ``rerun`` alike.
+Under ``warn`` a ledger that failed its own check is logged too, and the run goes on, but the
+records of the jobs that read the files it could not vouch for do not list them, nor what
+those jobs wrote (:mod:`._unverified`): else the next ``strict`` run would pass a hidden edit.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._unverified import Unverified
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -228,12 +234,16 @@ class PolicyHook(SnakemakeLogHook):
         self.started = False  # some execute() began while this hook was attached
         self.cpu = 0.0  # CPU seconds the check cost Snakemake's main thread
         self.warned_not_applied = False
+        #: Under warn, the files a ledger that failed its own check could not vouch for: the
+        #: recorder leaves them, and what jobs make from them, out of the records' lists.
+        self.unverified: Unverified | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         event = getattr(record, "event", None)
         if event == "workflow_started":
             self.armed = self.started = True
             self.applied = False
+            self.unverified = None
         elif event == "rulegraph" and self.armed:
             self.armed = False
             self.apply()  # a strict refusal propagates to Snakemake's logging call, by design
@@ -264,9 +274,11 @@ class PolicyHook(SnakemakeLogHook):
                     f"lineage-ledger: refusing to run (--logger-ledger-policy strict): the ledger "
                     f"could not be checked: {type(err).__name__}: {err}") from err
             self.applied = True
-            if not (self.policy == "rerun" and failed_its_own_check(err)):
+            if not failed_its_own_check(err) or self.policy != "rerun":
                 log.error("lineage-ledger: could not check files against the ledger (%s: %s); running "
                           "without the %s policy", type(err).__name__, err, self.policy)
+                if failed_its_own_check(err):  # warn: run, but let no record vouch for these files
+                    self.not_vouched_for(plan, err)
                 return
             # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
             plan.unverified = [p for p in plan.checked if os.path.exists(p)]
@@ -295,6 +307,17 @@ class PolicyHook(SnakemakeLogHook):
         log.warning("lineage-ledger: %s", text)
         if self.policy == "rerun":
             self.force(workflow, dag, plan)
+
+    def not_vouched_for(self, plan: Plan, err: BaseException) -> None:
+        """Under warn, after the ledger failed its own check: the files it was asked about are
+        recorded as ``not_verified`` by the jobs that read them (see :mod:`._unverified`)."""
+        from ._unverified import Unverified
+
+        existing = [p for p in plan.checked if os.path.exists(p)]
+        self.unverified = Unverified(existing, f"{type(err).__name__}: {err}")
+        log.error("lineage-ledger: the ledger cannot vouch for the %d file(s) the run builds on; the "
+                  "records of the jobs that read them list them, and what they write, as not_verified",
+                  len(existing))
 
     @staticmethod
     def force(workflow: Any, dag: Any, plan: Plan) -> None:

@@ -30,8 +30,11 @@ JOURNAL_DIR = os.path.join(".lineage", "snakemake-pending")
 class JobRecorder:
     """Turns ``job_info`` / ``job_finished`` / ``job_error`` events into sent records."""
 
-    def __init__(self, settings: Any, temp_hook: Any = None, recent_errors: Any = None) -> None:
+    def __init__(self, settings: Any, temp_hook: Any = None, recent_errors: Any = None,
+                 policy_hook: Any = None) -> None:
         self.settings = settings
+        # a _preflight.PolicyHook: under warn, the files a tampered ledger could not vouch for
+        self.policy_hook = policy_hook
         # (time, text) of Snakemake's recent "error" events: a failed job's exception text
         self.recent_errors: Any = recent_errors if recent_errors is not None else deque(maxlen=32)
         self.temp_hook = temp_hook  # a _eager.TempOutputHook: temp() digests taken at job_finished
@@ -123,6 +126,9 @@ class JobRecorder:
 
     # -- recording ----------------------------------------------------------------------
     def _enqueue(self, report: JobReport, run: dict[str, Any]) -> None:
+        unverified = getattr(self.policy_hook, "unverified", None)
+        if unverified is not None:  # a job that read a file the ledger could not vouch for lists neither
+            unverified.apply(run)
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
         run["attempt"] = attempt
         run["run_id"] = self.run_id  # journaled: a later run records it under this run's id

@@ -150,6 +150,7 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
     from lineage_ledger import TaskCapture
 
     from ._journal import decode_run
+    from ._unverified import fill_digests
 
     journal_fd = config.get("journal_fd")
     write_lock = threading.Lock()
@@ -169,6 +170,7 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
         jobs += 1
         try:
             message = json.loads(line)
+            fill_digests(message["run"])
             future = queue.add(message["job"], decode_run(message["run"]))
             if message.get("orphan"):
                 orphans.add(message["orphan"], future)
