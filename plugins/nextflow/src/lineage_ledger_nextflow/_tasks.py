@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._log import Completed, Handlers, Note, Published
+from ._unverified import Unverified
 from ._workdir import read_workdir, task_key
 
 log = logging.getLogger("lineage_ledger.nextflow")
@@ -37,9 +38,11 @@ TAIL = 2 << 10  # bytes of a failed task's .command.err kept
 class TaskRecorder(Handlers):
     """Receives the log's events on the follower's thread; ``finish`` after Nextflow exited."""
 
-    def __init__(self, capture: Any, params: Mapping[str, Any]) -> None:
+    def __init__(self, capture: Any, params: Mapping[str, Any], unverified: Unverified | None = None) -> None:
         self.capture = capture
         self.params = dict(params)
+        #: Under warn, the files a tampered ledger could not vouch for (see ``_unverified``).
+        self.unverified = unverified
         self.session_id: str | None = None
         self.tasks: dict[str, dict[str, Any]] = {}  # key -> what the session file keeps
         self.cached_count = 0
@@ -123,11 +126,12 @@ class TaskRecorder(Handlers):
         if work.problems:
             extra["workdir_problems"] = work.problems
         environment = {"container": work.container, "conda_env": work.conda}
+        inputs, outputs = self._vouched(work.inputs, work.outputs, extra)
         now = datetime.now(timezone.utc)
         run = TaskRun(
             task_id=key, task_name=process, status="succeeded" if succeeded else "failed",
             started=_utc(work.started) or now, ended=_utc(work.ended) or now,
-            inputs=work.inputs, outputs=work.outputs,
+            inputs=inputs, outputs=outputs,
             code_digest=code_digest(work.script) if work.script is not None else None,
             parameters={"params": self.params, "tag": tag},
             environment_extra={k: v for k, v in environment.items() if v is not None},
@@ -156,13 +160,22 @@ class TaskRecorder(Handlers):
             items = list(found.values())
             task = self.tasks[key]
             task["published"] = [[i.source, i.target] for i in items]
+            extra = {"workdir": task["workdir"], "hash": key, "published": {i.target: i.mode for i in items},
+                     "nextflow_status": "PUBLISHED"}
+            inputs, outputs = self._vouched([i.source for i in items], [i.target for i in items], extra)
             self.capture.post(TaskRun(
                 task_id=f"{key}/publish", task_name=f"{task['process']}:publish", status="succeeded",
-                started=now, ended=now, inputs=[i.source for i in items], outputs=[i.target for i in items],
-                extra={"workdir": task["workdir"], "hash": key, "published": {i.target: i.mode for i in items},
-                       "nextflow_status": "PUBLISHED"},
+                started=now, ended=now, inputs=inputs, outputs=outputs, extra=extra,
             ))
         self.publications = len(by_task)
+
+
+    def _vouched(self, inputs: list[str], outputs: list[str], extra: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The files a record may list: all of them, unless the ledger failed its pre-run check
+        under warn and the task read a file it could not vouch for (then ``extra`` names them)."""
+        if self.unverified is None:
+            return inputs, outputs
+        return self.unverified.apply(inputs, outputs, extra)
 
 
 def _split_name(name: str) -> tuple[str, str | None]:

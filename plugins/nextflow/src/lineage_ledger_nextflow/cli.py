@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._preflight import Plan
+    from ._unverified import Unverified
 
 NXF_RELEASE = "25.04.4"
 FLUSH_TIMEOUT = 300.0  # seconds to wait for the records to reach the spool at the end
@@ -113,16 +114,20 @@ def run(argv: list[str]) -> int:
         return 2
     launch_dir = os.getcwd()
     url = _args.absolute_url(command.ledger, launch_dir)
+    unverified: list[Unverified] = []
     if command.resume and command.policy != "off":
         _logger()
-        refused = _check_resume(command, launch_dir, url)
+        refused = _check_resume(command, launch_dir, url, unverified)
         if refused is not None:
             return refused
-    return _run_recorded(command, nextflow, launch_dir, url)
+    return _run_recorded(command, nextflow, launch_dir, url, unverified[0] if unverified else None)
 
 
-def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | None:
-    """Apply the policy before a ``-resume``; an exit status when the run must not start."""
+def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified: list[Unverified]) -> int | None:
+    """Apply the policy before a ``-resume``; an exit status when the run must not start.
+
+    Under ``warn``, a ledger that failed its own check adds to ``unverified`` the files it
+    could not vouch for: the run's records list them as ``not_verified`` (``_unverified``)."""
     from lineage_ledger import ConfigError
 
     from . import _log, _preflight
@@ -150,6 +155,14 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str) -> int | No
         if command.policy != "rerun" or not _preflight.failed_its_own_check(err):  # out of reach: go on
             log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
                       "the %s policy", type(err).__name__, err, command.policy)
+            if _preflight.failed_its_own_check(err):  # warn: run, but let no record vouch for them
+                from ._unverified import Unverified
+
+                existing = [p for p in plan.checked if os.path.exists(p)]
+                unverified.append(Unverified(existing, f"{type(err).__name__}: {err}"))
+                log.error("lineage-ledger: the ledger cannot vouch for the %d file(s) the resumed run builds "
+                          "on; the records of the tasks that read them list them, and what they write, as "
+                          "not_verified", len(existing))
             return None
         # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
         plan.unverified = [p for p in plan.checked if os.path.exists(p)]
@@ -183,7 +196,8 @@ def _rerun(launch_dir: str, plan: Plan) -> int | None:
     return None
 
 
-def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str) -> int:
+def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str,
+                  unverified: Unverified | None = None) -> int:
     log_file = os.path.join(launch_dir, command.log_file or ".nextflow.log")
     try:  # before Nextflow starts: it renames the previous run's log, which the follower skips
         stale_log: int | None = os.stat(log_file).st_ino
@@ -208,7 +222,7 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     log = _logger()
     capture = TaskCapture(url, engine="nextflow")
     futures: list[Future[str | None]] = []
-    recorder = TaskRecorder(_Poster(capture, futures), command.params)
+    recorder = TaskRecorder(_Poster(capture, futures), command.params, unverified)
     follower = _log.LogFollower(log_file, recorder, stale=stale_log)
     try:
         capture.open()  # while the JVM starts: a URL no retry can fix stops the run now

@@ -1,0 +1,255 @@
+"""A ``warn`` run on a ledger that fails its own check must not vouch for what it could not check.
+
+The shape, for Snakemake (``--logger-ledger-policy warn``) and ``nextflow-ledger`` (``-resume
+--ledger-policy warn``): a workflow is recorded and audited (``verify-lineage``); a file it
+reads is edited by hand with its size and mtime kept (the engine sees nothing) and every
+``ll_artifacts`` row naming it deleted, so the ledger's pre-run check fails with
+``IndexTampered``. The ``warn`` run logs that and runs the consumer again (forced: Snakemake's
+``--forcerun``, Nextflow a changed parameter of the consumer's script). Its record must not
+list the edited file with its current digest, nor what was made from it: a record naming
+them would become the ledger's latest view of the file, and the next ``strict`` run would
+pass the edit (before the fix, it did, for a source and for an intermediate file, in both
+engines). The record names them in ``extra["not_verified"]`` (digests under
+``not_verified_digests``) with ``check_failed``, as Airflow's and Parsl's do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def tamper_keep_size_and_mtime(path: Path) -> None:
+    """Change the last character before the final newline, in place, mtime put back."""
+    stat = path.stat()
+    content = bytearray(path.read_bytes())
+    content[-2] = ord("8") if content[-2] != ord("8") else ord("9")
+    with open(path, "r+b") as handle:
+        handle.write(content)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+
+
+def delete_rows(db: Path, path: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        deleted = conn.execute("DELETE FROM ll_artifacts WHERE path = ?", (str(path),)).rowcount
+    assert deleted, f"no index row named {path}: nothing to hide"
+
+
+def recorded(db: Path) -> list[dict]:
+    """Record bodies straight from the table: opening the ledger would audit it, and fail."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
+    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
+
+
+def assert_not_vouched(record: dict, read: list[Path], made: list[Path]) -> None:
+    """``record`` lists neither the unverified files it read nor what it made, and says so."""
+    from lineage_ledger import hash_file
+
+    names = {str(p) for p in (*read, *made)}
+    assert not names & set(record["inputs"]), record["inputs"]
+    assert not names & set(record["outputs"]), record["outputs"]
+    extra = record["extra"]
+    assert extra["not_verified"] == sorted(names), extra
+    assert "IndexTampered" in extra["check_failed"], extra
+    digests = extra["not_verified_digests"]
+    assert set(digests["inputs"]) == {str(p) for p in read}, digests
+    assert set(digests["outputs"]) == {str(p) for p in made}, digests
+    for path in read:  # what the task really read: the edit
+        assert digests["inputs"][str(path)]["blake3"] == hash_file(str(path)).blake3
+
+
+# -- Snakemake ----------------------------------------------------------------------------------
+
+SNAKEFILE = """
+rule all:
+    input: "c.txt"
+
+rule b:
+    input: "src.txt"
+    output: "b.txt"
+    shell: "cat {input} {input} > {output}"
+
+rule c:
+    input: "b.txt"
+    output: "c.txt"
+    shell: "cat {input} > {output}; echo done >> {output}"
+"""
+
+
+def _snakemake(tmp_path: Path, *args: str):
+    from tests.support.snakemake import run
+
+    return run("snakemake", "--cores", "1", "--logger", "ledger", *args, cwd=tmp_path)
+
+
+def _snakemake_recorded_and_audited(tmp_path: Path) -> Path:
+    from tests.support.snakemake import require_snakemake
+    from tests.support.snakemake import run as snakemake_run
+
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "src.txt").write_text("some text 1\n")
+    first = _snakemake(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    audit = snakemake_run("verify-lineage", "c.txt", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    return tmp_path / ".lineage" / "ledger.db"
+
+
+def _by_rule(db: Path, run_id: str) -> dict[str, dict]:
+    return {r["task_name"]: r for r in recorded(db) if r["run_id"] == run_id}
+
+
+def test_snakemake_warn_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_path):
+    db = _snakemake_recorded_and_audited(tmp_path)
+    src, b, c = tmp_path / "src.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    tamper_keep_size_and_mtime(src)
+    delete_rows(db, src)
+    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "b",
+                        "--logger-ledger-run-id", "warned")
+    assert warned.returncode == 0, warned.stderr[-3000:]
+    assert "IndexTampered" in warned.stderr, warned.stderr[-3000:]
+    rules = _by_rule(db, "warned")
+    assert rules["b"]["status"] == "succeeded" and rules["c"]["status"] == "succeeded", rules
+    # Before the fix b's record listed src.txt with the edit's digest (and b.txt as its output).
+    assert_not_vouched(rules["b"], [src], [b])
+    assert_not_vouched(rules["c"], [b], [c])  # built on what was made from the edit
+    c_before = c.stat().st_mtime_ns
+    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "b")
+    # Before the fix the strict run passed the edit: the warn run's record vouched for it.
+    assert strict.returncode == 1, strict.stderr[-3000:]
+    assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
+    assert c.stat().st_mtime_ns == c_before
+
+
+def test_snakemake_warn_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(tmp_path):
+    db = _snakemake_recorded_and_audited(tmp_path)
+    b, c = tmp_path / "b.txt", tmp_path / "c.txt"
+    tamper_keep_size_and_mtime(b)
+    delete_rows(db, b)
+    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "c",
+                        "--logger-ledger-run-id", "warned")
+    assert warned.returncode == 0, warned.stderr[-3000:]
+    assert "IndexTampered" in warned.stderr, warned.stderr[-3000:]
+    rules = _by_rule(db, "warned")
+    assert "b" not in rules and rules["c"]["status"] == "succeeded", rules
+    assert_not_vouched(rules["c"], [b], [c])
+    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "c")
+    assert strict.returncode == 1, strict.stderr[-3000:]
+    assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
+
+
+# -- Nextflow -----------------------------------------------------------------------------------
+
+PIPELINE = """
+params.a = 1
+params.b = 1
+process P {
+  input:
+  path src
+  output:
+  path 'p.txt'
+  script:
+  \"\"\"
+  cat ${src} > p.txt
+  echo ${params.a} >> p.txt
+  \"\"\"
+}
+process Q {
+  publishDir 'results', mode: 'copy'
+  input:
+  path p
+  output:
+  path 'q.txt'
+  script:
+  \"\"\"
+  cat ${p} > q.txt
+  echo ${params.b} >> q.txt
+  \"\"\"
+}
+workflow {
+  P(channel.fromPath("${projectDir}/src.txt")) | Q
+}
+"""
+
+
+def _nextflow_recorded_and_audited(tmp_path: Path) -> Path:
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    (tmp_path / "main.nf").write_text(PIPELINE)
+    (tmp_path / "src.txt").write_text("some text 1\n")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    q = next(p for p in (tmp_path / "work").glob("*/*/q.txt") if not p.is_symlink())
+    audit = nf.run("verify-lineage", str(q), cwd=tmp_path)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    return tmp_path / ".lineage" / "ledger.db"
+
+
+def _made(tmp_path: Path, name: str, seen: int) -> list[dict]:
+    """The records of ``name`` after the first ``seen``."""
+    return [r for r in recorded(tmp_path / ".lineage" / "ledger.db")[seen:] if r["task_name"] == name]
+
+
+def _output(record: dict, name: str) -> Path:
+    (path,) = [Path(p) for p in record["extra"]["not_verified"] if p.endswith(name)]
+    return path
+
+
+def test_nextflow_warn_resume_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_path):
+    from tests.support import nextflow as nf
+
+    db = _nextflow_recorded_and_audited(tmp_path)
+    seen = len(recorded(db))
+    src = tmp_path / "src.txt"
+    tamper_keep_size_and_mtime(src)
+    delete_rows(db, src)
+    # A new params.a changes P's script: Nextflow runs P (and Q, its input changed) again.
+    warned = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "warn", "--a", "2",
+                    cwd=tmp_path)
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert "IndexTampered" in warned.stderr and "Submitted process > P" in warned.stdout, warned.stdout + warned.stderr
+    (p_run,), (q_run,) = _made(tmp_path, "P", seen), _made(tmp_path, "Q", seen)
+    # Before the fix P's record listed src.txt with the edit's digest.
+    p_txt = _output(p_run, "p.txt")
+    assert_not_vouched(p_run, [src], [p_txt])
+    q_txt = _output(q_run, "q.txt")
+    assert_not_vouched(q_run, [p_txt], [q_txt])
+    (published,) = _made(tmp_path, "Q:publish", seen)  # the copy in results/ is made from it too
+    assert_not_vouched(published, [q_txt], [tmp_path / "results" / "q.txt"])
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--a", "2",
+                    cwd=tmp_path)
+    # Before the fix the strict -resume passed the edit and reused P.
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
+
+
+def test_nextflow_warn_resume_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(tmp_path):
+    from tests.support import nextflow as nf
+
+    db = _nextflow_recorded_and_audited(tmp_path)
+    seen = len(recorded(db))
+    p_txt = next(p for p in (tmp_path / "work").glob("*/*/p.txt") if not p.is_symlink())
+    tamper_keep_size_and_mtime(p_txt)
+    delete_rows(db, p_txt)
+    # A new params.b changes Q's script only: P is reused, Q runs again on the edited p.txt.
+    warned = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "warn", "--b", "2",
+                    cwd=tmp_path)
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert "IndexTampered" in warned.stderr and "Cached process > P" in warned.stdout, warned.stdout + warned.stderr
+    assert not _made(tmp_path, "P", seen)
+    (q_run,) = _made(tmp_path, "Q", seen)
+    assert_not_vouched(q_run, [p_txt], [_output(q_run, "q.txt")])
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--b", "2",
+                    cwd=tmp_path)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
