@@ -253,3 +253,35 @@ def test_nextflow_warn_resume_on_a_hidden_edit_of_an_intermediate_does_not_vouch
                     cwd=tmp_path)
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
+
+
+# -- rerun: the same laundering, not fixed here ---------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="under rerun the forced readers of a source record its hidden edit as "
+                   "read; fixing it changes rerun's records (tests/test_deleted_rows_engines.py) - left to the lead")
+def test_snakemake_rerun_on_a_hidden_edit_of_a_source_leaves_the_next_strict_run_refusing(tmp_path):
+    """Under rerun the ledger's failed check makes the jobs that read a source run again, but
+    they read the same edit: their records, listing it, make the next strict run pass it."""
+    db = _snakemake_recorded_and_audited(tmp_path)
+    src = tmp_path / "src.txt"
+    tamper_keep_size_and_mtime(src)
+    delete_rows(db, src)
+    rerun = _snakemake(tmp_path, "--logger-ledger-policy", "rerun")
+    assert rerun.returncode == 0 and "IndexTampered" in rerun.stderr, rerun.stderr[-3000:]
+    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "b")
+    assert strict.returncode == 1, strict.stderr[-3000:]
+
+
+@pytest.mark.xfail(strict=True, reason="as for Snakemake: the rerun task reads the same edited source and "
+                   "its record lists it - left to the lead")
+def test_nextflow_rerun_resume_on_a_hidden_edit_of_a_source_leaves_the_next_strict_resume_refusing(tmp_path):
+    from tests.support import nextflow as nf
+
+    db = _nextflow_recorded_and_audited(tmp_path)
+    src = tmp_path / "src.txt"
+    tamper_keep_size_and_mtime(src)
+    delete_rows(db, src)
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=tmp_path)
+    assert rerun.returncode == 0 and "Submitted process > P" in rerun.stdout, rerun.stdout + rerun.stderr
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=tmp_path)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
