@@ -70,7 +70,16 @@ def assert_not_vouched(record: dict, read: list[Path], made: list[Path]) -> None
 
 SNAKEFILE = """
 rule all:
-    input: "c.txt"
+    input: "c.txt", "e.txt"
+
+rule d:
+    output: "d.txt"
+    shell: "echo made > {output}"
+
+rule e:
+    input: "d.txt"
+    output: "e.txt"
+    shell: "cat {input} > {output}"
 
 rule b:
     input: "src.txt"
@@ -145,6 +154,23 @@ def test_snakemake_warn_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_i
     strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "c")
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
+
+
+def test_snakemake_warn_vouches_for_what_it_made_afresh_from_verified_files(tmp_path):
+    """A file the failed check could not vouch for, rewritten in the run by a job that read
+    nothing unverified (d: no inputs), is that job's product: its reader (e) lists it."""
+    db = _snakemake_recorded_and_audited(tmp_path)
+    src, d, e = tmp_path / "src.txt", tmp_path / "d.txt", tmp_path / "e.txt"
+    tamper_keep_size_and_mtime(src)
+    delete_rows(db, src)
+    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "d",
+                        "--logger-ledger-run-id", "warned")
+    assert warned.returncode == 0 and "IndexTampered" in warned.stderr, warned.stderr[-3000:]
+    rules = _by_rule(db, "warned")
+    assert set(rules) >= {"d", "e"} and "b" not in rules, rules
+    assert str(d) in rules["d"]["outputs"] and "not_verified" not in rules["d"]["extra"], rules["d"]
+    assert str(d) in rules["e"]["inputs"] and str(e) in rules["e"]["outputs"], rules["e"]
+    assert "not_verified" not in rules["e"]["extra"], rules["e"]
 
 
 # -- Nextflow -----------------------------------------------------------------------------------

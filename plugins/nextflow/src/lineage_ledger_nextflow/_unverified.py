@@ -37,7 +37,10 @@ class Unverified:
         with self._lock:
             read = [p for p in inputs if p in self.tainted]
             if not read:
-                return list(inputs), list(outputs)  # made from verified files only
+                # Made from verified files only: an ordinary record, and what it wrote (a published
+                # file the check could not vouch for, overwritten) is this run's product.
+                self.tainted.difference_update(outputs)
+                return list(inputs), list(outputs)
             made = list(outputs)
             self.tainted.update(made)  # what reads them later was made from the edit too
         extra.update(

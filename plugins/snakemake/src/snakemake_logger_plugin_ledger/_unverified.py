@@ -37,7 +37,10 @@ class Unverified:
         with self._lock:
             read = [p for p in run["inputs"] if p in self.tainted]
             if not read:
-                return  # made from verified files only: an ordinary record
+                # Made from verified files only: an ordinary record, and what it wrote (a file the
+                # check could not vouch for, rewritten) is this run's product, which it vouches for.
+                self.tainted.difference_update(run["outputs"])
+                return
             made = list(run["outputs"])
             self.tainted.update(made)  # what reads them later was made from the edit too
         known = run.get("known") or {}
