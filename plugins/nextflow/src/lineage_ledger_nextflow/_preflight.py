@@ -23,12 +23,15 @@ that task and runs it again, in the same place; its downstream tasks follow beca
 inputs changed. That is Nextflow's own documented way to force one task again (remove its
 work directory); moving keeps the changed files for inspection.
 
-A ledger that fails its own verification (a ``VerificationError``: an index row that
-disagrees with its record, a deleted row, a broken chain, a fork from the remembered head)
-cannot vouch for any file it was asked about: ``strict`` refuses, and ``rerun`` counts every
-one of them as changed, so the tasks that made them (or read them, for sources), as the
-wrapper's own record of the session names them, are moved aside and run again. A ledger
-merely out of reach (back-end down, locked) is logged and the run goes on.
+When the batch check fails the ledger's own verification (a ``VerificationError``: an index
+row that disagrees with its record, a deleted row, a broken chain, a fork from the remembered
+head), ``strict`` refuses; ``warn`` and ``rerun`` check each file again on its own
+(:func:`one_by_one`), and only those whose own check fails are unverified (all of them when
+the ledger fails as a whole). ``rerun`` counts them as changed, so the tasks that made them
+(or read them, for sources), as the wrapper's own record of the session names them, are
+moved aside and run again; the records of the readers of an unverified source leave it out
+as under ``warn`` (``_unverified``), since they read the same edit. A ledger merely out of
+reach (back-end down, locked) is logged and the run goes on.
 """
 
 from __future__ import annotations
@@ -91,6 +94,40 @@ def check(url: str, paths: list[str]) -> list[Any]:
         return []
     try:
         return check_before_run(ledger, paths, "warn")
+    finally:
+        ledger.close()
+
+
+def one_by_one(url: str, paths: list[str]) -> tuple[list[Any], list[str], bool]:
+    """After the batch check raised a ``VerificationError``: each of ``paths`` checked on its own.
+
+    Returns the MODIFIED (or unreadable) files among those whose own check passed, the files
+    whose own check fails, and whether the ledger failed as a whole: a tree that fails its own
+    audit (a broken chain, a fork from the remembered head, or a first use's full audit that
+    meets a deleted index row) can vouch for none of them, so all are returned as failing,
+    without a check per file (each would repeat the same failing audit). That failure stays
+    until the ledger is repaired: the next strict run meets it again.
+    """
+    from lineage_ledger import check_before_run, open_ledger
+
+    ledger = open_ledger(url, read_only=True)
+    try:
+        try:
+            ledger.tree_head()
+        except Exception as err:
+            if failed_its_own_check(err):
+                return [], list(paths), True
+            raise
+        tampered: list[Any] = []
+        failing: list[str] = []
+        for path in paths:
+            try:
+                tampered.extend(check_before_run(ledger, [path], "warn"))
+            except Exception as err:
+                if not failed_its_own_check(err):
+                    raise
+                failing.append(path)
+        return tampered, failing, False
     finally:
         ledger.close()
 

@@ -11,6 +11,8 @@ so, in turn, are the files of the tasks (and publications) that read those. The 
 them in ``extra["not_verified"]``, with their digests under ``extra["not_verified_digests"] =
 {"inputs": {path: digest}, "outputs": {path: digest}}`` and the error under
 ``extra["check_failed"]``: the key names Airflow's and Parsl's records use.
+Under ``rerun`` the same is done for the sources whose own check failed (``extra.policy``
+is then ``"rerun"``): their readers run again, but on the same file.
 
 The session file still lists what each task really read and wrote, so the next ``-resume``
 checks those files again.
@@ -26,9 +28,10 @@ from typing import Any
 class Unverified:
     """The files a failed check could not vouch for, and those this run made from them."""
 
-    def __init__(self, paths: Iterable[str], check_failed: str) -> None:
+    def __init__(self, paths: Iterable[str], check_failed: str, policy: str = "warn") -> None:
         self.tainted = set(paths)
         self.check_failed = check_failed[:2000]
+        self.policy = policy  # rerun: only the sources whose own check failed (see _preflight)
         self._lock = threading.Lock()  # tasks end on the log follower's thread; publications later
 
     def apply(self, inputs: Sequence[str], outputs: Sequence[str],
@@ -44,7 +47,7 @@ class Unverified:
             made = list(outputs)
             self.tainted.update(made)  # what reads them later was made from the edit too
         extra.update(
-            policy="warn", check_failed=self.check_failed, not_verified=sorted({*read, *made}),
+            policy=self.policy, check_failed=self.check_failed, not_verified=sorted({*read, *made}),
             not_verified_digests={"inputs": {p: _digest(p) for p in read}, "outputs": {p: _digest(p) for p in made}},
         )
         return [p for p in inputs if p not in read], []

@@ -152,24 +152,11 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
             print(f"nextflow-ledger: refusing to run (--ledger-policy strict): the files could not be "
                   f"checked against the ledger: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
-        if command.policy != "rerun" or not _preflight.failed_its_own_check(err):  # out of reach: go on
+        if not _preflight.failed_its_own_check(err):  # out of reach: go on
             log.error("lineage-ledger: could not check files against the ledger (%s: %s); running without "
                       "the %s policy", type(err).__name__, err, command.policy)
-            if _preflight.failed_its_own_check(err):  # warn: run, but let no record vouch for them
-                from ._unverified import Unverified
-
-                existing = [p for p in plan.checked if os.path.exists(p)]
-                unverified.append(Unverified(existing, f"{type(err).__name__}: {err}"))
-                log.error("lineage-ledger: the ledger cannot vouch for the %d file(s) the resumed run builds "
-                          "on; the records of the tasks that read them list them, and what they write, as "
-                          "not_verified", len(existing))
             return None
-        # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
-        plan.unverified = [p for p in plan.checked if os.path.exists(p)]
-        log.error("lineage-ledger: the ledger failed its own check (%s: %s); it cannot vouch for the %d "
-                  "file(s) the resumed run builds on, so under rerun they count as changed",
-                  type(err).__name__, err, len(plan.unverified))
-        return _rerun(launch_dir, plan)
+        return _after_failed_check(command, launch_dir, url, plan, err, unverified)
     if not plan.tampered:
         return None
     lines = "\n  ".join(_preflight.describe(c) for c in plan.tampered)
@@ -180,6 +167,49 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
     log.warning("lineage-ledger: files changed outside the workflow:\n  %s", lines)
     if command.policy == "rerun":
         return _rerun(launch_dir, plan)
+    return None
+
+
+def _after_failed_check(command: _args.Command, launch_dir: str, url: str, plan: Plan, err: BaseException,
+                        unverified: list[Unverified]) -> int | None:
+    """Under warn or rerun, after the batch check failed the ledger's own verification: each
+    file checked on its own (``_preflight.one_by_one``); only those whose own check fails are
+    unverified. Under rerun they count as changed (their makers, or a source's readers, run
+    again) and a source among them (no task of the session made it) is left out of its
+    readers' records as under warn: they read the same edit, and records listing it would make
+    the next strict ``-resume`` pass it. Under warn every task that reads one of them lists
+    it, and what it writes, as ``not_verified`` (``_unverified``)."""
+    from . import _preflight
+    from ._unverified import Unverified
+
+    log = _logger()
+    failed = f"{type(err).__name__}: {err}"
+    existing = [p for p in plan.checked if os.path.exists(p)]
+    whole = True
+    try:
+        plan.tampered, plan.unverified, whole = _preflight.one_by_one(url, existing)
+    except Exception as again:  # noqa: BLE001 - out of reach now: nothing vouches for any of them
+        log.error("lineage-ledger: could not check the files one by one either (%s: %s)", type(again).__name__, again)
+        plan.tampered, plan.unverified, whole = [], existing, False  # each one singled out: the safe side
+    shown = " ".join(plan.unverified[:20]) + (" ..." if len(plan.unverified) > 20 else "")
+    log.error("lineage-ledger: the ledger failed its own check (%s); checked one by one, it cannot vouch for "
+              "%d of the %d file(s) the resumed run builds on: %s", failed, len(plan.unverified), len(existing), shown)
+    if plan.tampered:
+        log.warning("lineage-ledger: files changed outside the workflow:\n  %s",
+                    "\n  ".join(_preflight.describe(c) for c in plan.tampered))
+    if command.policy == "rerun":
+        # A ledger failed as a whole names no file: every one is rerun, none singled out (that
+        # failure persists, so the next strict -resume refuses whatever these records list).
+        sources = [] if whole else [p for p in plan.unverified if p not in plan.producers]
+        if sources:
+            unverified.append(Unverified(sources, failed, "rerun"))
+            log.error("lineage-ledger: under rerun the tasks that read the %d source(s) the ledger cannot vouch "
+                      "for run again, and their records list them, and what they write, as not_verified",
+                      len(sources))
+        return _rerun(launch_dir, plan)
+    unverified.append(Unverified(plan.unverified, failed))
+    log.error("lineage-ledger: the records of the tasks that read them list them, and what they write, as "
+              "not_verified")
     return None
 
 

@@ -21,15 +21,18 @@ ledger, in Snakemake's own DAG (no second DAG build), and applies the policy:
   the jobs that read it) to the DAG's forced files and recomputes which jobs need to run,
   exactly as ``--forcerun`` on those files would have.
 
-A ledger that fails its own verification (a ``VerificationError``: an index row that
-disagrees with its record, a deleted row, a broken chain, a fork from the remembered head)
-cannot vouch for any file it was asked about. ``strict`` refuses; under ``rerun`` every such
-file counts as changed, and their producers (readers, for sources) are forced as above:
-they come from Snakemake's DAG, not from the ledger that failed. A ledger merely out of reach
-(back-end down, locked) is logged and the run goes on, under ``warn`` and ``rerun`` alike.
-Under ``warn`` a ledger that failed its own check is logged too, and the run goes on, but the
-records of the jobs that read the files it could not vouch for do not list them, nor what
-those jobs wrote (:mod:`._unverified`): else the next ``strict`` run would pass a hidden edit.
+When the batch check fails the ledger's own verification (a ``VerificationError``: an index
+row that disagrees with its record, a deleted row, a broken chain, a fork from the remembered
+head), ``strict`` refuses; ``warn`` and ``rerun`` check each file again on its own
+(:func:`one_by_one`), and only those whose own check fails are unverified (all of them when
+the ledger fails as a whole). Under ``rerun`` they count as changed, and their producers
+(readers, for sources) are forced as above: they come from Snakemake's DAG, not from the
+ledger that failed. A ledger merely out of reach (back-end down, locked) is logged and the
+run goes on, under ``warn`` and ``rerun`` alike. Under ``warn`` the records of the jobs that
+read an unverified file do not list it, nor what those jobs wrote (:mod:`._unverified`): else
+the next ``strict`` run would pass a hidden edit. Under ``rerun`` the same holds for an
+unverified source (the forced readers read the same edit); other unverified files are
+rewritten by their forced producers.
 """
 
 from __future__ import annotations
@@ -145,6 +148,40 @@ def check(url: str | None, plan: Plan) -> None:
     try:
         plan.tampered = check_before_run(ledger, paths, "warn")
         plan.code_changed = code_changes(ledger, plan.kept_code)
+    finally:
+        ledger.close()
+
+
+def one_by_one(url: str | None, paths: list[str]) -> tuple[list[Any], list[str], bool]:
+    """After the batch check raised a ``VerificationError``: each of ``paths`` checked on its own.
+
+    Returns the MODIFIED (or unreadable) files among those whose own check passed, the files
+    whose own check fails, and whether the ledger failed as a whole: a tree that fails its own
+    audit (a broken chain, a fork from the remembered head, or a first use's full audit that
+    meets a deleted index row) can vouch for none of them, so all are returned as failing,
+    without a check per file (each would repeat the same failing audit). That failure stays
+    until the ledger is repaired: the next strict run meets it again.
+    """
+    from lineage_ledger import check_before_run, open_ledger
+
+    ledger = open_ledger(url, read_only=True)
+    try:
+        try:
+            ledger.tree_head()
+        except Exception as err:
+            if failed_its_own_check(err):
+                return [], list(paths), True
+            raise
+        tampered: list[Any] = []
+        failing: list[str] = []
+        for path in paths:
+            try:
+                tampered.extend(check_before_run(ledger, [path], "warn"))
+            except Exception as err:
+                if not failed_its_own_check(err):
+                    raise
+                failing.append(path)
+        return tampered, failing, False
     finally:
         ledger.close()
 
@@ -274,18 +311,11 @@ class PolicyHook(SnakemakeLogHook):
                     f"lineage-ledger: refusing to run (--logger-ledger-policy strict): the ledger "
                     f"could not be checked: {type(err).__name__}: {err}") from err
             self.applied = True
-            if not failed_its_own_check(err) or self.policy != "rerun":
+            if not failed_its_own_check(err):
                 log.error("lineage-ledger: could not check files against the ledger (%s: %s); running "
                           "without the %s policy", type(err).__name__, err, self.policy)
-                if failed_its_own_check(err):  # warn: run, but let no record vouch for these files
-                    self.not_vouched_for(plan, err)
                 return
-            # Tampered with: nothing vouches for the files it was asked about, so they count as changed.
-            plan.unverified = [p for p in plan.checked if os.path.exists(p)]
-            log.error("lineage-ledger: the ledger failed its own check (%s: %s); it cannot vouch for the "
-                      "%d file(s) the run builds on, so under rerun they count as changed",
-                      type(err).__name__, err, len(plan.unverified))
-            self.force(workflow, dag, plan)
+            self.after_failed_check(workflow, dag, plan, err)
             return
         finally:
             self.cpu += time.thread_time() - began
@@ -308,16 +338,45 @@ class PolicyHook(SnakemakeLogHook):
         if self.policy == "rerun":
             self.force(workflow, dag, plan)
 
-    def not_vouched_for(self, plan: Plan, err: BaseException) -> None:
-        """Under warn, after the ledger failed its own check: the files it was asked about are
-        recorded as ``not_verified`` by the jobs that read them (see :mod:`._unverified`)."""
+    def after_failed_check(self, workflow: Any, dag: Any, plan: Plan, err: BaseException) -> None:
+        """Under warn or rerun, after the batch check failed the ledger's own verification: each
+        file is checked on its own (:func:`one_by_one`), and only those whose own check fails are
+        unverified. Under rerun they count as changed (their producers, or a source's readers,
+        run again), and a source among them (no rule makes it) is left out of its readers'
+        records as under warn (:mod:`._unverified`): they read the same edit, and records listing
+        it would make the next strict run pass it. Under warn the jobs that read any of them
+        list them, and what they write, as ``not_verified``."""
         from ._unverified import Unverified
 
+        failed = f"{type(err).__name__}: {err}"
         existing = [p for p in plan.checked if os.path.exists(p)]
-        self.unverified = Unverified(existing, f"{type(err).__name__}: {err}")
-        log.error("lineage-ledger: the ledger cannot vouch for the %d file(s) the run builds on; the "
-                  "records of the jobs that read them list them, and what they write, as not_verified",
-                  len(existing))
+        whole = True
+        try:
+            plan.tampered, plan.unverified, whole = one_by_one(self.url, existing)
+        except Exception as again:  # noqa: BLE001 - out of reach now: nothing vouches for any of them
+            log.error("lineage-ledger: could not check the files one by one either (%s: %s)",
+                      type(again).__name__, again)
+            plan.tampered, plan.unverified, whole = [], existing, False  # each one singled out: the safe side
+        log.error("lineage-ledger: the ledger failed its own check (%s); checked one by one, it cannot vouch "
+                  "for %d of the %d file(s) the run builds on: %s", failed, len(plan.unverified),
+                  len(existing), " ".join(plan.unverified[:20]) + (" ..." if len(plan.unverified) > 20 else ""))
+        if plan.tampered:
+            log.warning("lineage-ledger: files changed outside the workflow:\n  %s",
+                        "\n  ".join(describe(c) for c in plan.tampered))
+        if self.policy == "rerun":
+            # A ledger failed as a whole names no file: every one is rerun, none singled out (that
+            # failure persists, so the next strict run refuses whatever these records list).
+            sources = [] if whole else [p for p in plan.unverified if p not in plan.producers]
+            if sources:
+                self.unverified = Unverified(sources, failed, "rerun")
+                log.error("lineage-ledger: under rerun the jobs that read the %d source(s) the ledger cannot "
+                          "vouch for run again, and their records list them, and what they write, as "
+                          "not_verified", len(sources))
+            self.force(workflow, dag, plan)
+            return
+        self.unverified = Unverified(plan.unverified, failed)
+        log.error("lineage-ledger: the records of the jobs that read them list them, and what they write, "
+                  "as not_verified")
 
     @staticmethod
     def force(workflow: Any, dag: Any, plan: Plan) -> None:

@@ -10,6 +10,8 @@ outputs are left out too, and so, in turn, are the inputs and outputs of the job
 those. The record names all of them in ``extra["not_verified"]``, with their digests under
 ``extra["not_verified_digests"] = {"inputs": {path: digest}, "outputs": {path: digest}}`` and
 the error under ``extra["check_failed"]``: the key names Airflow's and Parsl's records use.
+Under ``rerun`` the same is done for the sources whose own check failed (``extra.policy``
+is then ``"rerun"``): their readers run again, but on the same file.
 
 :class:`Unverified` rewrites a job's message in Snakemake's process (no hashing there: this
 runs on its logging thread); :func:`fill_digests` hashes in the recording process, just
@@ -26,9 +28,10 @@ from typing import Any
 class Unverified:
     """The files a failed check could not vouch for, and those this run made from them."""
 
-    def __init__(self, paths: Iterable[str], check_failed: str) -> None:
+    def __init__(self, paths: Iterable[str], check_failed: str, policy: str = "warn") -> None:
         self.tainted = set(paths)
         self.check_failed = check_failed[:2000]
+        self.policy = policy  # rerun: only the sources whose own check failed (see _preflight)
         self._lock = threading.Lock()  # jobs end on the listener thread; the end of a run on another
 
     def apply(self, run: dict[str, Any]) -> None:
@@ -50,7 +53,7 @@ class Unverified:
         # the others (None) are taken by the recording process (fill_digests).
         run["known"] = {p: entry for p, entry in known.items() if p not in read and p not in made}
         run["extra"] = {
-            **run["extra"], "policy": "warn", "check_failed": self.check_failed,
+            **run["extra"], "policy": self.policy, "check_failed": self.check_failed,
             "not_verified": sorted({*read, *made}),
             "not_verified_digests": {"inputs": {p: known.get(p) for p in read},
                                      "outputs": {p: known.get(p) for p in made}},
