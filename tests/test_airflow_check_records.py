@@ -29,7 +29,7 @@ import pytest
 
 from tests import test_airflow as airflow_tests  # sets a private AIRFLOW_HOME before Airflow is imported
 from tests.support.airflow_site import airflow_installed
-from tests.test_deleted_rows_engines import delete_rows, tamper_keep_size_and_mtime
+from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
 
 pytestmark = [
     pytest.mark.slow,

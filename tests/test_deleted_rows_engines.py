@@ -33,30 +33,11 @@ import pytest
 
 from tests import test_airflow as airflow_tests  # sets a private AIRFLOW_HOME before Airflow is imported
 from tests.support.airflow_site import airflow_installed
+from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
 
 #: The names switch, passed on to the engines' subprocesses (the helpers that start them drop
 #: every LINEAGE_ setting of the caller), so that the whole run can be made without names.
 NAMES_SWITCH = {k: v for k, v in os.environ.items() if k == "LINEAGE_AUDIT_NAMES"}
-
-
-def tamper_keep_size_and_mtime(path: Path) -> None:
-    """Change the last character before the final newline, in place, and put the mtime back:
-    an engine that keys on a file's path, size or mtime sees nothing."""
-    stat = path.stat()
-    content = bytearray(path.read_bytes())
-    content[-2] = ord("8") if content[-2] != ord("8") else ord("9")
-    with open(path, "r+b") as handle:
-        handle.write(content)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.stat().st_size == stat.st_size
-
-
-def delete_rows(db: Path, path: Path) -> int:
-    """Delete every index row naming ``path``; how many there were (at least one)."""
-    with sqlite3.connect(db) as conn:
-        deleted = conn.execute("DELETE FROM ll_artifacts WHERE path = ?", (str(path),)).rowcount
-    assert deleted, f"no index row named {path}: nothing to hide"
-    return deleted
 
 
 def recorded(db: Path) -> list[dict]:

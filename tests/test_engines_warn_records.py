@@ -21,30 +21,14 @@ counted as changed, and the readers' records listed the edit: the next strict ru
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
+
 pytestmark = pytest.mark.slow
-
-
-def tamper_keep_size_and_mtime(path: Path) -> None:
-    """Change the last character before the final newline, in place, mtime put back."""
-    stat = path.stat()
-    content = bytearray(path.read_bytes())
-    content[-2] = ord("8") if content[-2] != ord("8") else ord("9")
-    with open(path, "r+b") as handle:
-        handle.write(content)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.stat().st_size == stat.st_size
-
-
-def delete_rows(db: Path, path: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        deleted = conn.execute("DELETE FROM ll_artifacts WHERE path = ?", (str(path),)).rowcount
-    assert deleted, f"no index row named {path}: nothing to hide"
 
 
 def recorded(db: Path) -> list[dict]:

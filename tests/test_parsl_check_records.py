@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_deleted_rows_engines import delete_rows, recorded, tamper_keep_size_and_mtime
+from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
+from tests.test_deleted_rows_engines import recorded
 
 pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
 pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")

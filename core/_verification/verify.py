@@ -46,6 +46,7 @@ __all__ = [
     "Report",
     "check_artifact",
     "check_before_run",
+    "check_each",
     "verify_artifact",
     "verify_against",
     "verify_before_run",
@@ -332,6 +333,32 @@ def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
             f"to {root}, the checkpoint says {checkpoint.root.hex()}; one or more of records 0 to "
             f"{checkpoint.size - 1} were changed, reordered or removed")
     return checkpoint
+
+
+def check_each(ledger: Ledger, paths: Iterable[str]) -> tuple[list[ArtifactCheck], list[str], bool]:
+    """After :func:`check_before_run` raised a :class:`VerificationError` for a batch (the
+    ledger failed its own check): each path checked on its own, so that a plugin treats as
+    unverified only the files whose own check fails, not the whole batch.
+
+    Returns the MODIFIED (or unreadable) files among those whose own check passed, the paths
+    whose own check fails, and whether the ledger failed as a whole: a tree that fails its
+    own audit (a broken chain, a fork from the remembered head, a first use's full audit that
+    meets a deleted index row) can vouch for none of them, so all are returned as failing
+    without a check each (each would repeat the same failing audit). That failure stays until
+    the ledger is repaired: the next strict run meets it again."""
+    paths = list(paths)
+    try:
+        ledger.tree_head()
+    except VerificationError:
+        return [], paths, True
+    changed: list[ArtifactCheck] = []
+    failing: list[str] = []
+    for path in paths:
+        try:
+            changed.extend(check_before_run(ledger, [path], "warn"))
+        except VerificationError:
+            failing.append(path)
+    return changed, failing, False
 
 
 def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:

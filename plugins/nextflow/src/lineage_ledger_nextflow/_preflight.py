@@ -99,35 +99,14 @@ def check(url: str, paths: list[str]) -> list[Any]:
 
 
 def one_by_one(url: str, paths: list[str]) -> tuple[list[Any], list[str], bool]:
-    """After the batch check raised a ``VerificationError``: each of ``paths`` checked on its own.
-
-    Returns the MODIFIED (or unreadable) files among those whose own check passed, the files
-    whose own check fails, and whether the ledger failed as a whole: a tree that fails its own
-    audit (a broken chain, a fork from the remembered head, or a first use's full audit that
-    meets a deleted index row) can vouch for none of them, so all are returned as failing,
-    without a check per file (each would repeat the same failing audit). That failure stays
-    until the ledger is repaired: the next strict run meets it again.
-    """
-    from lineage_ledger import check_before_run, open_ledger
+    """After the batch check raised a ``VerificationError``: each of ``paths`` checked on its
+    own (``lineage_ledger.check_each``): (the MODIFIED or unreadable files among those whose own
+    check passed, the files whose own check fails, whether the ledger failed as a whole)."""
+    from lineage_ledger import check_each, open_ledger
 
     ledger = open_ledger(url, read_only=True)
     try:
-        try:
-            ledger.tree_head()
-        except Exception as err:
-            if failed_its_own_check(err):
-                return [], list(paths), True
-            raise
-        tampered: list[Any] = []
-        failing: list[str] = []
-        for path in paths:
-            try:
-                tampered.extend(check_before_run(ledger, [path], "warn"))
-            except Exception as err:
-                if not failed_its_own_check(err):
-                    raise
-                failing.append(path)
-        return tampered, failing, False
+        return check_each(ledger, paths)
     finally:
         ledger.close()
 
