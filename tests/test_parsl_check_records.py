@@ -13,9 +13,11 @@ by path instead, it is a hit, reused under ``warn`` and ignored under ``rerun``)
   their digests under ``not_verified_digests``), and say ``check_failed``. A record naming
   the source as read, with its current digest, gave the hidden edit the record the next
   check compares with: the strict run after a warn or rerun run passed it (the three such
-  cases failed so before; a cache HIT under warn was already handled).
+  cases failed so before).
 
-Each case then runs under ``strict`` again, which must still refuse.
+Each case then runs under ``strict`` again, which must still refuse. A cache HIT under
+``warn`` (the source edited and keyed by path, or the output edited) lists none of the files
+and keeps their digests under ``not_verified_digests`` too (it kept only their names before).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def test_a_failed_check_is_recorded_and_launders_nothing(workdir, caplog, policy
         assert out.read_bytes() == out_before
         assert record["status"] == "cached" and record["inputs"] == {} and record["outputs"] == {}
         assert record["extra"]["not_verified"] == sorted([str(src), str(out)])
+        assert record["extra"]["not_verified_digests"] == {
+            "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}
     else:
         # A miss (the edit changed the content key), or under rerun a hit ignored (keyed by
         # path): the app ran on the edited source.
@@ -125,3 +129,54 @@ def test_a_failed_check_is_recorded_and_launders_nothing(workdir, caplog, policy
     assert refused["status"] == "failed" and refused["extra"]["refused_by"] == "strict"
     assert refused["inputs"] == {} and refused["outputs"] == {}
     assert str(src) in refused["extra"]["not_verified"]
+
+
+def _digests_listed(workdir: Path) -> set[str]:
+    """Every digest the index holds, read straight from the table (opening the ledger would
+    audit it, and the deleted rows fail that audit)."""
+    import sqlite3
+
+    with sqlite3.connect(workdir / "ledger.db") as conn:
+        return {digest for (digest,) in conn.execute("SELECT digest FROM ll_artifacts")}
+
+
+@pytest.mark.parametrize(("edited", "file_key"), [("src.txt", "path"), ("out.txt", "content"), ("out.txt", "path")])
+def test_a_cache_hit_under_warn_keeps_the_digests_apart(workdir, edited, file_key):
+    """A cache hit under ``warn`` on a ledger that fails its own check: the ``cached`` try
+    lists none of the task's files, and keeps their digests under ``not_verified_digests``
+    like the record of a try that ran on them. Keyed by path, a hidden edit of the source is
+    a hit; an edit of the output is a hit under either key (outputs are keyed by URL)."""
+    src, out = workdir / "src.txt", workdir / "out.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(50)))
+    first, _ = _run(workdir, "warn", file_key)
+    assert first.result() == 50 and not first.task_record["from_memo"]
+
+    target = workdir / edited
+    tamper_keep_size_and_mtime(target)
+    delete_rows(workdir / "ledger.db", target)
+    tampered = _digest(target)
+    out_before = out.read_bytes()
+    hit, run_id = _run(workdir, "warn", file_key)
+    assert hit.result() == 50 and hit.task_record["from_memo"]  # reused: nothing ran
+    assert out.read_bytes() == out_before
+
+    (record,) = _records_of(workdir, run_id)
+    extra = record["extra"]
+    assert record["status"] == "cached" and extra["from_memo"] is True, record
+    assert "IndexTampered" in extra["check_failed"], extra
+    assert record["inputs"] == {} and record["outputs"] == {}, record
+    assert extra["not_verified"] == sorted([str(src), str(out)])
+    assert extra.get("not_verified_digests") == {
+        "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}, extra
+    assert "modified_outside_workflow" not in extra
+    # Kept apart, the edited bytes' digest is in no index row: nothing vouches for it.
+    assert tampered["blake3"] not in _digests_listed(workdir)
+
+    # The next strict run still refuses the hidden edit.
+    refused_run, run_id = _run(workdir, "strict", file_key)
+    assert refused_run.exception() is not None, "the strict run after a warn cache hit passed the hidden edit"
+    (refused,) = _records_of(workdir, run_id)
+    assert refused["status"] == "failed" and refused["extra"]["refused_by"] == "strict"
+    assert refused["inputs"] == {} and refused["outputs"] == {}
+    assert str(target) in refused["extra"]["not_verified"]
+    assert tampered["blake3"] not in _digests_listed(workdir)

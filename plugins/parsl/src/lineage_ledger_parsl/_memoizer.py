@@ -15,8 +15,9 @@ nothing vouched for them: a cached result is ignored and the task runs again (it
 after the real run, lists the outputs it rewrote, unless it read files the ledger could not
 vouch for, see below; ``extra["rerun_because_not_verified"]`` names them).
 Under ``warn`` it is logged and the cached result reused, but the try recorded for the
-cache hit lists none of the task's files (``extra["not_verified"]``): a record naming them
-would give an edit hidden that way a producer that later checks would trust. A task that
+cache hit lists none of the task's files (``extra["not_verified"]``, their digests as they
+are on disk under ``extra["not_verified_digests"]``): a record naming them would give an
+edit hidden that way a producer that later checks would trust. A task that
 runs on such files (a cache miss under ``warn`` or ``rerun``: an edited input changes its
 content key, so a hidden edit of a source file is always a miss) is recorded with
 ``check_failed``; its record lists neither the inputs the ledger could not vouch for nor its
@@ -52,7 +53,7 @@ from lineage_ledger import (
 )
 
 from ._session import ParslLedger
-from ._tasks import file_digest, task_files
+from ._tasks import file_digest, task_files, unverified_digests
 
 __all__ = ["LedgerMemoizer"]
 
@@ -134,7 +135,10 @@ class LedgerMemoizer(Memoizer):
         if cached is not None:
             self.cache_hits += 1
             if unverified:
-                self._record(task, "cached", {"from_memo": True, **unverified},
+                # Reused, not rerun: the files are what is on disk now. Their digests are kept
+                # apart like those of a try that ran on such files, never listed as read or written.
+                digests = unverified_digests(inputs, outputs, unverified["not_verified"])
+                self._record(task, "cached", {"from_memo": True, **unverified, "not_verified_digests": digests},
                              leave_out=unverified["not_verified"], left_out_as="not_verified")
             else:
                 self._record(task, "cached", {"from_memo": True}, leave_out=tampered)

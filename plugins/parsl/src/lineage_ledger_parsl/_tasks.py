@@ -78,6 +78,16 @@ def file_digest(path: str) -> dict[str, Any] | None:
     return {"blake3": found.blake3, "size": found.size}
 
 
+def unverified_digests(inputs: list[str], outputs: list[str], unverified: Iterable[str]) -> dict[str, Any]:
+    """``not_verified_digests`` of a try that lists none of ``unverified``: ``{"inputs": {path:
+    digest}, "outputs": {...}}`` for those among ``inputs`` and ``outputs``, as they are now
+    (each file hashed once, whatever its roles)."""
+    left_out = set(unverified)
+    found = {p: file_digest(p) for p in dict.fromkeys([*inputs, *outputs]) if p in left_out}
+    return {"inputs": {p: found[p] for p in inputs if p in found},
+            "outputs": {p: found[p] for p in outputs if p in found}}
+
+
 def task_parameters(args: Iterable[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The non-file arguments, each cut to a short stable spelling (arrays must not bloat records)."""
     params: dict[str, Any] = {}
