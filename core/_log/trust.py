@@ -27,6 +27,7 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -231,6 +232,42 @@ def _write_atomic(path: str, data: bytes) -> None:
     write_atomic(path, data, ".head-")
 
 
+def _others_control(base: str) -> str | None:
+    """Why another user could rename, replace or write the state root ``base`` (None if none
+    can). Each directory and link on the way is looked at as the kernel resolves the path:
+    each must be this user's or root's, and a directory writable by others must be sticky
+    (as /tmp is) and not the root itself. Otherwise they could move this user's state aside,
+    so that the next command trusts whatever it finds, or point the path elsewhere."""
+    uid = os.getuid()
+    absolute = base if os.path.isabs(base) else os.path.join(os.getcwd(), base)
+    pending = [part for part in reversed(absolute.split("/")) if part]
+    current, hops = "/", 0
+    while True:
+        st = os.lstat(current)  # a directory, resolved: checked with what is still to come
+        if st.st_uid not in (0, uid) or (not pending and st.st_uid != uid):
+            return f"{current} belongs to uid {st.st_uid}"
+        if st.st_mode & 0o022 and not (pending and st.st_mode & stat.S_ISVTX):
+            return f"{current} is writable by other users"
+        if not pending:
+            return None
+        part = pending.pop()
+        if part == "..":
+            current = os.path.dirname(current)
+        elif part != ".":
+            here = os.path.join(current, part)
+            link = os.lstat(here)
+            if not stat.S_ISLNK(link.st_mode):
+                current = here
+            elif link.st_uid not in (0, uid):
+                return f"{here} is a link of uid {link.st_uid}"
+            elif (hops := hops + 1) > 40:
+                return f"{here}: too many levels of symbolic links"
+            else:
+                target = os.readlink(here)
+                pending.extend(reversed([p for p in target.split("/") if p]))
+                current = "/" if target.startswith("/") else current
+
+
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
@@ -244,15 +281,25 @@ class TrustStore:
         self._names_held = 0
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            st = os.lstat(self.directory)
+            unsafe = _others_control(base)
+            if unsafe is None:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                st = os.lstat(self.directory)
         except OSError as err:
             raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
                               "(set LINEAGE_STATE_DIR to a private directory)") from err
+        if unsafe is not None:
+            raise ConfigError(f"refusing to keep the verified tree head in {base}: {unsafe}, so another user "
+                              "could move it aside or replace it (set LINEAGE_STATE_DIR to a private directory)")
         if not os.path.isdir(self.directory) or os.path.islink(self.directory) or st.st_uid != os.getuid():
             raise ConfigError(f"{self.directory}: not a directory of this user; refusing to trust it")
+        if st.st_mode & 0o022:
+            # Others could have removed or replaced what it holds: made private, it would be
+            # trusted as it is now. Left as found, for the user to look at.
+            raise ConfigError(f"{self.directory}: other users could write it, so what it holds is not trusted; "
+                              "run `lineage-ledger reset-trust` and verify again")
         if st.st_mode & 0o077:
-            os.chmod(self.directory, 0o700)
+            os.chmod(self.directory, 0o700)  # read access given away: private again, nothing lost
         self.head = self._read_head()
 
     def _read_head(self) -> TreeHead | None:
