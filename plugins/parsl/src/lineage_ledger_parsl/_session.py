@@ -25,10 +25,16 @@ __all__ = ["ParslLedger"]
 log = logging.getLogger("lineage_ledger.parsl")
 
 #: How long the end of a run (``dfk.cleanup()``) waits for the back-end to take the run's
-#: records. By then they are journaled in the durable local spool (the recording process
-#: journals what Parsl's process posted before it answers a flush), so a back-end that is
-#: down or hangs only delays shipping: it must not hold every run up. (Each flush waited
-#: 60 s, the memoizer's and each executor's: 120 s per run.) What is left ships later.
+#: records; a try's end never waits (its report goes into memory shared with the recording
+#: process). Once journaled in the durable local spool (the recording process journals what
+#: Parsl's process posted before it answers a flush), a back-end that is down or hangs only
+#: delays shipping: it must not hold every run up. (Each flush waited 60 s, the memoizer's
+#: and each executor's: 120 s per run.) What is left ships later. The wait is not cut to
+#: "journaled": that would end the promise that the ledger has the run's tries when
+#: cleanup returns (verify-lineage right after a run) whenever the back-end takes a moment.
+#: Nor is it skipped while the recording process is slow: its tries are not in the spool
+#: yet, and until Parsl's process ends the recording process, it takes back and records
+#: whatever that process had not journaled if it dies (tests/test_parsl_slow_recorder.py).
 SHIP_WAIT = 5.0
 
 POLICIES = ("warn", "strict", "rerun")
@@ -179,6 +185,21 @@ class ParslLedger:
             place.close()
         except Exception as err:  # noqa: BLE001 - the message must not fail the cleanup
             ledger, root, where = "URL", "DIR", f"(unknown: {err})"
+        # A recording process that is slow (or stopped) has not even journaled them: they are
+        # in memory shared with it, and shipping the spool now would ship none of them. (The
+        # reports it has not acknowledged as journaled: the core has no public count of them.)
+        unjournaled = getattr(self.capture, "_unacked", ())
+        child = getattr(self.capture, "child_pid", None)
+        if unjournaled and child is not None:
+            log.warning(
+                "lineage-ledger: the ledger did not take this run's records in time: the recording "
+                "process (pid %d) has not journaled %d tries yet (it is slow, or stopped). "
+                "They are in memory shared with it, not yet in the spool %s; it journals and ships them "
+                "on its own, and what the ledger does not take then waits in that spool for the next "
+                "open of the ledger, or for: lineage-ledger spool ship --ledger %s --spool %s",
+                child, len(unjournaled), where, shlex.quote(ledger), shlex.quote(root),
+            )
+            return
         log.warning(
             "lineage-ledger: the ledger did not take this run's records in time; they wait in the "
             "spool %s and ship at the next open of the ledger (the next run), or now with: "

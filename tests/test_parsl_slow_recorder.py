@@ -1,0 +1,122 @@
+"""A Parsl run whose recording process is slow: here stopped outright (SIGSTOP), a real one.
+
+A try's end never waits for the recording process: the result callback puts the try's
+report in memory shared with it and returns. Only the end of the run (``dfk.cleanup()``)
+waits, at most ``SHIP_WAIT``, for the reports to be journaled and shipped. That wait is
+not for nothing: until the recording process journals a report it is in that shared memory
+only, not in the durable spool, and the engine's process is what takes the reports back and
+records them if the recording process dies. So when the wait gives up, what the run says
+must be true: it used to say that the tries "wait in the spool" and could be shipped now
+with ``lineage-ledger spool ship``, while the spool held none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
+pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+
+import parsl  # noqa: E402
+from lineage_ledger_parsl import ParslLedger  # noqa: E402
+from lineage_ledger_parsl._session import SHIP_WAIT  # noqa: E402
+from parsl.app.app import python_app  # noqa: E402
+from parsl.config import Config  # noqa: E402
+from parsl.executors import ThreadPoolExecutor  # noqa: E402
+
+TRIES = 20
+#: How long the resumed recording process may take to journal and ship the tries: only
+#: a limit for a hang, on a busy 2-core machine; it takes well under a second here.
+RESUMED_BOUND_S = 60
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def records_of(db: Path, run_id: str) -> int:
+    """This run's records in the ledger, read straight from its table."""
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM ll_records WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+
+def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_tries_are(workdir, caplog):
+    db = workdir / "ledger.db"
+    ledger = ParslLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
+    config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
+                    memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
+    app = python_app(double)
+    dfk = parsl.load(config)
+    child = None
+    try:
+        assert app(0).result() == 0
+        assert ledger.flush(RESUMED_BOUND_S)  # the recording process is up and has the first try
+        child = ledger.capture.child_pid
+        assert child is not None
+        os.kill(child, signal.SIGSTOP)
+        started = time.monotonic()
+        assert [app(i).result() for i in range(1, TRIES + 1)] == [2 * i for i in range(1, TRIES + 1)]
+        tries_s = time.monotonic() - started
+        run_id = dfk.run_id
+    finally:
+        try:
+            dfk.cleanup()  # gives up on the stopped recording process after SHIP_WAIT
+            before = records_of(db, dfk.run_id) if child is not None else None
+        finally:
+            if child is not None:
+                os.kill(child, signal.SIGCONT)
+    # One after another, each try ended while nothing recorded: none waited for the
+    # recording process (a wait of SHIP_WAIT / TRIES each would already cross this line).
+    assert tries_s < SHIP_WAIT, f"{TRIES} tries took {tries_s:.1f}s with the recording process stopped"
+
+    told = [r.getMessage() for r in caplog.records
+            if r.name == "lineage_ledger.parsl" and r.levelname == "WARNING" and "in time" in r.getMessage()]
+    assert len(told) == 1, told  # said once, though the memoizer and the executor both waited
+    # It names the recording process and how many tries it has not journaled, and does not
+    # send anyone to ship a spool that holds none of them.
+    assert f"recording process (pid {child})" in told[0], told[0]
+    found = re.search(r"has not journaled (\d+) tries", told[0])
+    assert found and int(found.group(1)) == TRIES, told[0]
+    assert "wait in the spool" not in told[0], told[0]
+    assert before == 1  # only the try before the stop
+
+    # Resumed, the recording process journals and ships every try on its own: none lost.
+    deadline = time.monotonic() + RESUMED_BOUND_S
+    while records_of(db, run_id) < TRIES + 1:
+        assert time.monotonic() < deadline, f"{records_of(db, run_id)} of {TRIES + 1} tries reached the ledger"
+        time.sleep(0.1)
+    assert records_of(db, run_id) == TRIES + 1
+
+
+def test_tries_the_recording_process_had_not_journaled_when_it_died_are_recorded_by_the_end_of_the_run(workdir, caplog):
+    """Why the end of the run waits for the recording process rather than for the spool alone:
+    until then Parsl's process keeps every report not journaled, and records it itself if the
+    recording process dies (here: stopped, then killed with SIGKILL, 20 tries unjournaled)."""
+    db = workdir / "ledger.db"
+    ledger = ParslLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
+    config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
+                    memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
+    app = python_app(double)
+    dfk = parsl.load(config)
+    try:
+        assert app(0).result() == 0
+        assert ledger.flush(RESUMED_BOUND_S)
+        child = ledger.capture.child_pid
+        assert child is not None
+        os.kill(child, signal.SIGSTOP)
+        try:
+            assert [app(i).result() for i in range(1, TRIES + 1)] == [2 * i for i in range(1, TRIES + 1)]
+        finally:
+            os.kill(child, signal.SIGKILL)  # a stopped process dies of it too
+    finally:
+        dfk.cleanup()
+    assert records_of(db, dfk.run_id) == TRIES + 1  # in the ledger when cleanup returns
+    lost = [r.getMessage() for r in caplog.records if "had not journaled" in r.getMessage()]
+    assert lost and f" {TRIES} task(s)" in lost[0], lost
