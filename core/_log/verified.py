@@ -89,6 +89,32 @@ class _Dedup:
             table[b] |= mb
 
 
+def _audit_source(backend: Backend) -> Backend | None:
+    """A read-only view of the same ledger for the audit's workers and bulk check, where
+    ``backend`` was opened for writing and so has neither (SQLite's and PostgreSQL's
+    read-only back-ends have both); None where none is needed or none can be opened.
+
+    A ledger opened for writing (a plugin's, ``lineage-ledger repair-index``'s) audited
+    record by record in this process: at a million records 66 s and 208 MiB against 19 s
+    and 76 MiB through the view. The view is the same ledger (its identity is checked), and
+    the audit trusts only what it proves: a view that fails makes the sequential audit run."""
+    if hasattr(backend, "worker_spec") or hasattr(backend, "audit_chunk"):
+        return None
+    url = getattr(backend, "url", None)
+    if not isinstance(url, str) or url.split("://", 1)[0].lower().split("+", 1)[0] not in ("sqlite", "postgresql"):
+        return None
+    from lineage_ledger.backends import open_backend
+
+    try:
+        view = open_backend(url, create=False)
+    except Exception:  # noqa: BLE001 - the audit runs in this process, as before
+        return None
+    if view.identity != backend.identity or not hasattr(view, "audit_chunk"):
+        view.close()
+        return None
+    return view
+
+
 class Verifier:
     """Keeps one ledger's trusted tree head current and checks rows against it."""
 
@@ -274,11 +300,17 @@ class Verifier:
         records = backend.record_count() if stop else 0
         with store.locked():
             old = store.reload()
-            tasks = _parallel.plan(backend, records, stop) if stop else None
-            done = self._audit_parallel(tasks, stop, records, files) if tasks else None
-            if done is None and tasks is None:  # no workers: their bulk check, in this process
-                here = _parallel.plan_here(backend, stop) if stop else None
-                done = self._audit_parallel(here, stop, records, files, in_process=True) if here else None
+            source = _audit_source(backend) if stop else None
+            try:
+                reads = source or backend
+                tasks = _parallel.plan(reads, records, stop) if stop else None
+                done = self._audit_parallel(tasks, stop, records, files, reads) if tasks else None
+                if done is None and tasks is None:  # no workers: their bulk check, in this process
+                    here = _parallel.plan_here(reads, stop) if stop else None
+                    done = self._audit_parallel(here, stop, records, files, reads, in_process=True) if here else None
+            finally:
+                if source is not None:
+                    source.close()
             if done is None:
                 done = self._audit_here(stop, records, files)
             writer, compared, found = done
@@ -330,11 +362,11 @@ class Verifier:
         return writer, checker.compared if checker else None, outputs.found if outputs else []
 
     def _audit_parallel(self, tasks: list[_parallel.Task], stop: int, records: int, files: bool,
-                        in_process: bool = False) -> tuple[TreeWriter, int | None, list[str]] | None:
+                        backend: Backend, in_process: bool = False) -> tuple[TreeWriter, int | None, list[str]] | None:
         """The audit by worker processes (see :mod:`._audit_parallel`), or by their bulk check
-        run here (``in_process``); None where anything disagrees, so that the sequential
-        audit runs and names the problem."""
-        backend = self.backend
+        run here (``in_process``), reading through ``backend`` (this ledger's, or a read-only
+        view of it); None where anything disagrees, so that the sequential audit runs and
+        names the problem."""
         dedup = _Dedup(records)
         writer = self.store.fresh_writer()
         compared = artifacts = 0
