@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -43,7 +42,6 @@ from lineage_ledger._errors import (
     BackendError,
     BackendUnavailable,
     ConfigError,
-    CorruptStore,
     MissingExtra,
 )
 from lineage_ledger._model import StoredBlock
@@ -53,6 +51,8 @@ from ._base import Backend, redact, safe_cause
 from ._pg_reader import PG_CONNECT_TIMEOUT_S, PostgresReader, identity_of, set_up_session
 from ._pg_watch import HANG_TIMEOUT_KEY, guarded_connect, hang_limit
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
+from ._sql_rebuild import Rebuilt, rebuild
+from ._sql_schema import blocks_table, prepare_schema, stored_meta
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
     _connect,
@@ -67,7 +67,6 @@ from .sqlite import (
     INSERT_ARTIFACTS,
     INSERT_BLOCKS,
     INSERT_RECORDS,
-    ORIGIN_PREFIX,
     append_rows,
     enter_wal,
     new_blocks,
@@ -81,62 +80,6 @@ logger = logging.getLogger(__name__)
 
 # Serialises schema creation and migration between processes on PostgreSQL.
 _PG_SCHEMA_LOCK = 0x6C6C_7363_6865_6D61 & 0x7FFF_FFFF_FFFF_FFFF
-
-# Every record gets a sequence number, its place in the whole ledger. Sequence numbers
-# are the records table's integer key, so appends go to the end of the B-tree and a
-# block's records are one range scan (a block owns first_seq .. first_seq + count - 1).
-# Artifacts live in one table clustered by (seq, role, path) (schema 3): appends go to
-# the end of it too, and the audit reads it once in ledger order beside ll_records. The
-# index on (path, role, seq) keeps "who wrote / read this path" one index range, already
-# in ledger order, and so does the one on (digest, role, seq). (On SQLite a WITHOUT
-# ROWID table's index carries the whole primary key anyway; naming seq makes PostgreSQL
-# keep it in the index too.) Paths compare byte-wise on both databases ("C" collation
-# on PostgreSQL), so that ordering and paging agree with Python's.
-# SQLite makes only "INTEGER PRIMARY KEY" an alias of the rowid (no separate index).
-_INT64 = sa.BigInteger().with_variant(sa.Integer, "sqlite")
-metadata = sa.MetaData()
-meta_table = sa.Table(
-    "ll_meta", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-blocks_table = sa.Table(
-    "ll_blocks", metadata,
-    sa.Column("height", _INT64, primary_key=True, autoincrement=False),
-    sa.Column("id", sa.String(64), nullable=False, unique=True),
-    sa.Column("first_seq", sa.BigInteger, nullable=False),
-    sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("header", sa.LargeBinary, nullable=False),
-)
-records_table = sa.Table(
-    "ll_records", metadata,
-    sa.Column("seq", _INT64, primary_key=True, autoincrement=False),
-    sa.Column("id", sa.String(64), nullable=False, unique=True),
-    sa.Column("height", sa.BigInteger, nullable=False),
-    sa.Column("pos", sa.Integer, nullable=False),
-    sa.Column("run_id", sa.Text, nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Index("ll_records_run", "run_id"),
-)
-_PATH = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
-artifacts_table = sa.Table(
-    "ll_artifacts", metadata,
-    # Declared in schema 2's column order (what a positional INSERT expects); stored in
-    # primary-key order all the same (WITHOUT ROWID on SQLite, the key's index on PostgreSQL).
-    sa.Column("path", _PATH, nullable=False),
-    sa.Column("role", sa.SmallInteger, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("digest", sa.String(64), nullable=False),
-    # When the record's task ended (canonical UTC text, which sorts as time): "the record
-    # that saw this path last" is then one step down ll_artifacts_latest, not a scan of
-    # every record that ever read a file every task reads.
-    sa.Column("ended", sa.String(32), nullable=False, server_default=""),
-    sa.PrimaryKeyConstraint("seq", "role", "path", name="ll_artifacts_pkey"),
-    sa.Index("ll_artifacts_path", "path", "role", "seq"),
-    sa.Index("ll_artifacts_digest", "digest", "role", "seq"),
-    sa.Index("ll_artifacts_latest", "path", "role", "ended", "seq"),
-    sqlite_with_rowid=False,
-)
 
 
 def _engine_url(url: str) -> str:
@@ -340,18 +283,10 @@ class SQLBackend(_SQLReads, Backend):
         def _on_begin(conn):  # pragma: no cover - exercised via sqlite
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
-    def _stored_meta(self, conn) -> tuple[set[str], str | None, str | None]:
-        """(table names, schema version, origin) as stored."""
-        names = set(sa.inspect(conn).get_table_names())
-        if "ll_meta" not in names:
-            return names, None, None
-        meta = dict(conn.execute(sa.select(meta_table.c.key, meta_table.c.value)).all())
-        return names, meta.get("schema"), meta.get("origin")
-
     def _open_schema(self) -> None:
         with _translated("opening the ledger", self.url):
             with self._engine.connect() as conn:  # no write lock: read-only copies open
-                names, version, origin = self._stored_meta(conn)
+                names, version, origin = stored_meta(conn)
             if version == SCHEMA_VERSION and origin:
                 self._origin = origin
                 return
@@ -366,58 +301,18 @@ class SQLBackend(_SQLReads, Backend):
 
     def _prepare_schema(self) -> None:
         """Create, or migrate, the schema in one write transaction, then keep the origin."""
-        shown = self.display_url
         with self._write() as conn:
             if not self._sqlite:  # two processes creating one ledger take turns
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-            names, version, origin = self._stored_meta(conn)
-            if version is None:
-                if names and self._sqlite:
-                    raise ConfigError(f"{shown}: this database is not a lineage ledger")
-                metadata.create_all(conn, checkfirst=True)
-                origin = ORIGIN_PREFIX + uuid.uuid4().hex
-                conn.execute(
-                    sa.insert(meta_table),
-                    [{"key": "schema", "value": SCHEMA_VERSION}, {"key": "origin", "value": origin}],
+            started = time.monotonic()
+            origin, moved = prepare_schema(conn, sqlite=self._sqlite, shown=self.display_url)
+            if moved is not None:
+                self.migrated_from = "2"
+                logger.info(
+                    "migrated the ledger at %s from schema 2 to %s (%d index rows rebuilt) in %.1f s",
+                    self.display_url, SCHEMA_VERSION, moved, time.monotonic() - started,
                 )
-            elif version == "2":
-                origin = self._migrate_from_2(conn)
-            elif version != SCHEMA_VERSION:
-                raise ConfigError(f"{shown}: ledger schema {version}, expected {SCHEMA_VERSION}")
-            if not origin:
-                raise CorruptStore(f"{shown}: the ledger's origin is missing from ll_meta")
         self._origin = origin
-
-    def _migrate_from_2(self, conn) -> str:
-        """Schema 2 -> 3 inside the caller's write transaction: the artifacts table, clustered
-        by (path, role, seq) before, is rebuilt clustered by (seq, role, path) with its
-        indexes, and the ledger gets its origin."""
-        started = time.monotonic()
-        conn.exec_driver_sql("ALTER TABLE ll_artifacts RENAME TO ll_artifacts_v2")
-        if not self._sqlite:  # PostgreSQL names constraints per schema: free the name
-            conn.exec_driver_sql("ALTER TABLE ll_artifacts_v2 RENAME CONSTRAINT ll_artifacts_pkey TO ll_artifacts_v2_pkey")
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ll_artifacts_digest")
-        conn.execute(sa.schema.CreateTable(artifacts_table))
-        ended = ("json_extract(CAST(r.body AS TEXT), '$.ended')" if self._sqlite
-                 else "convert_from(r.body, 'UTF8')::json->>'ended'")
-        moved = conn.exec_driver_sql(
-            "INSERT INTO ll_artifacts (seq, role, path, digest, ended)"
-            f" SELECT a.seq, a.role, a.path, a.digest, coalesce({ended}, '') FROM ll_artifacts_v2 a"
-            " LEFT JOIN ll_records r ON r.seq = a.seq ORDER BY a.seq, a.role, a.path"
-        ).rowcount
-        for index in sorted(artifacts_table.indexes, key=lambda i: str(i.name)):
-            index.create(conn)
-        conn.exec_driver_sql("DROP TABLE ll_artifacts_v2")
-        origin = ORIGIN_PREFIX + uuid.uuid4().hex
-        conn.execute(sa.update(meta_table).where(meta_table.c.key == "schema").values(value=SCHEMA_VERSION))
-        conn.execute(sa.delete(meta_table).where(meta_table.c.key == "origin"))
-        conn.execute(sa.insert(meta_table).values(key="origin", value=origin))
-        self.migrated_from = "2"
-        logger.info(
-            "migrated the ledger at %s from schema 2 to %s (%d index rows rebuilt) in %.1f s",
-            self.display_url, SCHEMA_VERSION, moved, time.monotonic() - started,
-        )
-        return origin
 
     def migrate(self) -> str | None:
         """Bring the ledger to the current schema (what ``lineage-ledger migrate`` runs), in
@@ -479,24 +374,13 @@ class SQLBackend(_SQLReads, Backend):
             if artifact_rows:
                 conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
 
-    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> tuple[int, int]:
+    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> Rebuilt:
         """As ``SQLiteBackend.rebuild_index``: one transaction; on PostgreSQL, a lock on the
         block table that lets readers in and keeps appenders out until it commits."""
-        records = artifacts = 0
         with _translated("rebuilding the index", self.url), self._write() as conn:
             if not self._sqlite:
                 conn.exec_driver_sql("LOCK TABLE ll_blocks IN SHARE ROW EXCLUSIVE MODE")
-            top = conn.execute(sa.select(sa.func.max(blocks_table.c.height))).scalar()
-            conn.exec_driver_sql("DELETE FROM ll_artifacts")
-            update = self._sql("UPDATE ll_records SET height = ?, pos = ?, run_id = ? WHERE seq = ?")
-            for record_rows, artifact_rows in rows(0 if top is None else int(top) + 1):
-                if record_rows:
-                    conn.exec_driver_sql(update, record_rows)
-                if artifact_rows:
-                    conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
-                records += len(record_rows)
-                artifacts += len(artifact_rows)
-        return records, artifacts
+            return rebuild(conn.exec_driver_sql, conn.exec_driver_sql, rows, self._sql)
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:

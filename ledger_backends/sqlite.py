@@ -36,6 +36,7 @@ from lineage_ledger._model import StoredBlock
 
 from ._base import Backend
 from ._sql_reads import _IN, _OUT, SCHEMA_VERSION, _SQLReads
+from ._sql_rebuild import Rebuilt, rebuild
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
     SQLiteFile,
@@ -461,24 +462,15 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
             if artifact_rows:
                 conn.executemany(INSERT_ARTIFACTS, artifact_rows)
 
-    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> tuple[int, int]:
+    def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> Rebuilt:
         """``lineage-ledger repair-index``: in one transaction, under the write lock (no
-        append can come between), replace every artifact row and the index columns of every
-        record row with ``rows(stop)``, the blocks below ``stop`` as verified by
-        :func:`lineage_ledger._log.reindex.verified_index`. An error from it rolls back,
-        changing nothing. Returns (records, artifact rows)."""
-        records = artifacts = 0
+        append can come between), make the index what ``rows(stop)`` derives, the blocks
+        below ``stop`` as verified by :func:`lineage_ledger._log.reindex.verified_index`,
+        and delete the rows no verified block places (see :mod:`._sql_rebuild`). An error
+        from it rolls back, changing nothing."""
         with _translated_write("rebuilding the index", self.display_url), \
                 self._transaction("BEGIN IMMEDIATE") as conn:
-            top = conn.execute("SELECT max(height) FROM ll_blocks").fetchone()[0]
-            conn.execute("DELETE FROM ll_artifacts")
-            for record_rows, artifact_rows in rows(0 if top is None else int(top) + 1):
-                conn.executemany("UPDATE ll_records SET height = ?, pos = ?, run_id = ? WHERE seq = ?",
-                                 record_rows)
-                conn.executemany(INSERT_ARTIFACTS, artifact_rows)
-                records += len(record_rows)
-                artifacts += len(artifact_rows)
-        return records, artifacts
+            return rebuild(conn.execute, conn.executemany, rows)
 
     # -- reads (the queries are _SQLReads') --------------------------------------------
     def _fetch(self, what: str, statement: str, params: tuple) -> list:

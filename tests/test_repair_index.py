@@ -105,3 +105,89 @@ def test_a_postgresql_ledger_is_repaired_the_same_way(postgres_url, tmp_path):
             == before
         assert conn.execute("SELECT run_id FROM ll_records").fetchall() == [("run-a",)]
     run_cli("why", "mid.txt", "--ledger", postgres_url, cwd=tmp_path, env=env, check_rc=0)
+
+
+def _plant_records(db):
+    """Record rows no block places: past the chain's 2 records (in block 1 and in no block
+    at all), before its first, and an artifact row naming one of them."""
+    with sqlite3.connect(db) as conn:
+        body = conn.execute("SELECT body FROM ll_records WHERE seq = 1").fetchone()[0]
+        conn.executemany("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)",
+                         [(2, "a" * 64, 1, 1, "run-a", body), (50, "b" * 64, 7, 0, "run-a", body),
+                          (-1, "c" * 64, 0, 1, "run-a", body)])
+        conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 2, 'ab', '')")
+
+
+def test_record_rows_no_block_places_are_removed_and_counted(ledger):
+    tmp_path, url, env = ledger
+    db = tmp_path / "ledger.db"
+    pristine = _rows(db)
+    _plant_records(db)
+    assert run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
+    repaired = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env)
+    assert repaired.returncode == 0, repaired
+    assert "rebuilt the index of 2 records (4 artifact rows)" in repaired.stderr, repaired
+    assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
+    assert _rows(db) == pristine
+    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    again = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env, check_rc=0)
+    assert "removed 0 record rows" in again.stderr, again
+
+
+def test_records_stored_out_of_place_are_refused_and_never_deleted(ledger):
+    """Block 1's record moved to sequence number 9 with the block row pointing there: the
+    chain still verifies (the block reads its record where its row says), but the record is
+    not where the chain places it. Deleting rows past the chain would delete that record;
+    the repair refuses instead and changes nothing."""
+    tmp_path, url, env = ledger
+    db = tmp_path / "ledger.db"
+    _edit(db, "UPDATE ll_records SET seq = 9 WHERE seq = 1")
+    _edit(db, "UPDATE ll_artifacts SET seq = 9 WHERE seq = 1")
+    _edit(db, "UPDATE ll_blocks SET first_seq = 9 WHERE height = 1")
+    before = _rows(db)
+    refused = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env)
+    assert refused.returncode == 1, refused
+    assert "block 1" in refused.stderr and "restore the ledger from a backup" in refused.stderr, refused
+    assert "Traceback" not in refused.stderr
+    assert _rows(db) == before
+
+
+@pytest.mark.postgres
+def test_a_postgresql_ledger_loses_the_record_rows_no_block_places(postgres_url, tmp_path):
+    """The same on PostgreSQL: planted record rows (past the chain, before it, in no block)
+    are removed and counted, the index is what the writer stored, and the audit passes."""
+    import psycopg
+
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
+    (tmp_path / "raw.txt").write_text("raw\n")
+    run_cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", postgres_url, "--", "sh", "-c",
+            "cat raw.txt > mid.txt", cwd=tmp_path, env=env, check_rc=0)
+    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    select = ("SELECT seq, id, height, pos, run_id FROM ll_records ORDER BY seq",
+              "SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY seq, role, path")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pristine = [conn.execute(s).fetchall() for s in select]
+        body = conn.execute("SELECT body FROM ll_records WHERE seq = 0").fetchone()[0]
+        for seq, char, height in ((1, "a", 0), (40, "b", 5), (-3, "c", 0)):
+            conn.execute("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (%s, %s, %s, 1, 'x', %s)",
+                         (seq, char * 64, height, body))
+        conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 1, 'ab', '')")
+    assert run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
+    repaired = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert repaired.returncode == 0, repaired
+    assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert [conn.execute(s).fetchall() for s in select] == pristine
+    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    # Then the only record moved to sequence number 5, its block row pointing there: refused,
+    # and nothing changed (deleting rows past the chain would delete that record).
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("ll_records", "ll_artifacts"):
+            conn.execute(f"UPDATE {table} SET seq = 5 WHERE seq = 0")  # noqa: S608
+        conn.execute("UPDATE ll_blocks SET first_seq = 5 WHERE height = 0")
+        moved = [conn.execute(s).fetchall() for s in select]
+    refused = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "block 0" in refused.stderr and "from a backup" in refused.stderr, refused
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert [conn.execute(s).fetchall() for s in select] == moved

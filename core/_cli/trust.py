@@ -194,11 +194,17 @@ def repair_index(ledger_url) -> None:
             raise ConfigError(f"{backend.display_url}: repair-index rebuilds the index of SQLite and PostgreSQL "
                               "ledgers only; this back-end keeps its index itself")
         try:
-            records, rows = backend.rebuild_index(lambda stop: verified_index(backend, stop))
+            done = backend.rebuild_index(lambda stop: verified_index(backend, stop))
         except VerificationError as err:
             raise type(err)(f"{err} -- the records themselves do not verify, so the index was left as it was: "
                             "restore the ledger from a backup", height=err.height, path=err.path) from err
-    click.echo(f"rebuilt the index of {records} records ({rows} artifact rows) from the verified records", err=True)
+    click.echo(f"rebuilt the index of {done.records} records ({done.artifacts} artifact rows) from the verified "
+               f"records: {done.records_corrected} record rows corrected, {done.artifacts_deleted} artifact rows "
+               f"deleted and {done.artifacts_written} written where they differed", err=True)
+    # Rows no verified block places are gone for good: say how many, so that a row someone
+    # planted (or an append cut short by hand) does not vanish unnoticed.
+    click.echo(f"removed {done.records_removed} record rows that no verified block places "
+               f"(and {done.artifacts_removed} artifact rows past the chain)", err=True)
     with open_read_only(ledger_url) as ledger:
         result = ledger.audit()
     click.echo(f"verified: {result.head.size} records, root {result.head.root}", err=True)

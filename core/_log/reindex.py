@@ -8,6 +8,10 @@ follows from the record bodies and their places in the chain. So it can be deriv
 from records verified here first, exactly as the audit verifies the chain (ids, heights,
 links, Merkle roots, record hashes). Where the records themselves do not verify, nothing is
 rebuilt: that is a matter for a backup, not for the index.
+
+The back-ends write only the rows that differ from what this derives, and delete the record
+rows no verified block places (past the chain's last record, before its first): after a
+repair, every index row is one derived here (``ledger_backends/_sql_rebuild.py``).
 """
 
 from __future__ import annotations
