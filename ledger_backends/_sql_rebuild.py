@@ -15,8 +15,8 @@ their range of sequence numbers, so a row whose key columns were edited to anoth
 goes too. Memory is one block's rows at a time, whatever the ledger's size.
 
 Then nothing stays that no verified block placed: record and artifact rows before the
-first sequence number or past the last (a row inserted by hand, or left past the chain)
-are deleted, and counted. Before that, the block rows must place each block's records
+first sequence number or past the last (a row inserted by hand, or left past the chain),
+and block rows below height 0, are deleted, and counted. Before that, the block rows must place each block's records
 right after the previous block's, as every reader assumes: where they do not, records
 are stored out of place, and deleting "rows past the chain" would delete records. That
 is refused (``ChainBroken``, everything rolled back): moving records is a matter for a
@@ -50,6 +50,8 @@ _MISPLACED = (
 # number, so it is past the chain here too.)
 _RECORDS_OUTSIDE = "DELETE FROM ll_records WHERE seq < 0 OR seq >= ?"
 _ARTIFACTS_OUTSIDE = "DELETE FROM ll_artifacts WHERE seq < 0 OR seq >= ?"
+# Block rows below height 0: no chain starts there (the derivation reads from 0 to the top).
+_BLOCKS_OUTSIDE = "DELETE FROM ll_blocks WHERE height < 0"
 
 Derived = Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]
 
@@ -65,6 +67,7 @@ class Rebuilt:
     artifacts_written: int = 0  # artifact rows written there
     records_removed: int = 0  # record rows no verified block places, deleted
     artifacts_removed: int = 0  # artifact rows past the chain, deleted
+    blocks_removed: int = 0  # block rows below height 0, deleted
 
 
 def rebuild(execute: Callable[[str, Sequence], Any], executemany: Callable[[str, list[tuple]], Any],
@@ -90,6 +93,7 @@ def rebuild(execute: Callable[[str, Sequence], Any], executemany: Callable[[str,
                           "repair-index", height=int(height))
     done.records_removed = _count(execute(sql(_RECORDS_OUTSIDE), (done.records,)))
     done.artifacts_removed = _count(execute(sql(_ARTIFACTS_OUTSIDE), (done.records,)))
+    done.blocks_removed = _count(execute(sql(_BLOCKS_OUTSIDE), ()))
     return done
 
 

@@ -109,13 +109,17 @@ def test_a_postgresql_ledger_is_repaired_the_same_way(postgres_url, tmp_path):
 
 def _plant_records(db):
     """Record rows no block places: past the chain's 2 records (in block 1 and in no block
-    at all), before its first, and an artifact row naming one of them."""
+    at all), before its first, an artifact row naming one of them, and a block row below
+    height 0 placing the one before the first."""
     with sqlite3.connect(db) as conn:
         body = conn.execute("SELECT body FROM ll_records WHERE seq = 1").fetchone()[0]
         conn.executemany("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)",
                          [(2, "a" * 64, 1, 1, "run-a", body), (50, "b" * 64, 7, 0, "run-a", body),
                           (-1, "c" * 64, 0, 1, "run-a", body)])
         conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 2, 'ab', '')")
+        header = conn.execute("SELECT header FROM ll_blocks WHERE height = 0").fetchone()[0]
+        conn.execute("INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (-1, ?, -1, 1, ?)",
+                     ("d" * 64, header))
 
 
 def test_record_rows_no_block_places_are_removed_and_counted(ledger):
@@ -128,7 +132,10 @@ def test_record_rows_no_block_places_are_removed_and_counted(ledger):
     assert repaired.returncode == 0, repaired
     assert "rebuilt the index of 2 records (4 artifact rows)" in repaired.stderr, repaired
     assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
+    assert "1 block rows below height 0" in repaired.stderr, repaired
     assert _rows(db) == pristine
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT min(height) FROM ll_blocks").fetchone()[0] == 0
     run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
     again = run_cli("repair-index", "--ledger", url, cwd=tmp_path, env=env, check_rc=0)
     assert "removed 0 record rows" in again.stderr, again
@@ -155,7 +162,7 @@ def test_records_stored_out_of_place_are_refused_and_never_deleted(ledger):
 @pytest.mark.postgres
 def test_a_postgresql_ledger_loses_the_record_rows_no_block_places(postgres_url, tmp_path):
     """The same on PostgreSQL: planted record rows (past the chain, before it, in no block)
-    are removed and counted, the index is what the writer stored, and the audit passes."""
+    and a block row below height 0 are removed and counted, the index is what the writer stored, and the audit passes."""
     import psycopg
 
     env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
@@ -173,12 +180,16 @@ def test_a_postgresql_ledger_loses_the_record_rows_no_block_places(postgres_url,
             conn.execute("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (%s, %s, %s, 1, 'x', %s)",
                          (seq, char * 64, height, body))
         conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 1, 'ab', '')")
+        conn.execute("INSERT INTO ll_blocks (height, id, first_seq, count, header)"
+                     " SELECT -1, %s, -3, 1, header FROM ll_blocks WHERE height = 0", ("d" * 64,))
     assert run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
     repaired = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
     assert repaired.returncode == 0, repaired
     assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
+    assert "1 block rows below height 0" in repaired.stderr, repaired
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert [conn.execute(s).fetchall() for s in select] == pristine
+        assert conn.execute("SELECT min(height) FROM ll_blocks").fetchone()[0] == 0
     run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
     # Then the only record moved to sequence number 5, its block row pointing there: refused,
     # and nothing changed (deleting rows past the chain would delete that record).
@@ -191,3 +202,24 @@ def test_a_postgresql_ledger_loses_the_record_rows_no_block_places(postgres_url,
     assert refused.returncode == 1 and "block 0" in refused.stderr and "from a backup" in refused.stderr, refused
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert [conn.execute(s).fetchall() for s in select] == moved
+
+
+def test_the_sqlalchemy_back_end_on_sqlite_repairs_the_same_rows(ledger):
+    """SQLBackend (what SQLite URLs with a query string or another driver open) shares the
+    rebuild with SQLiteBackend through SQLAlchemy's driver calls: the same rows come out."""
+    from lineage_ledger._log.reindex import verified_index
+    from lineage_ledger.backends.sql import SQLBackend
+
+    tmp_path, url, env = ledger
+    db = tmp_path / "ledger.db"
+    pristine = _rows(db)
+    _plant_records(db)
+    _edit(db, "DELETE FROM ll_artifacts WHERE seq = 0")
+    _edit(db, "UPDATE ll_records SET height = 5 WHERE seq = 1")
+    with SQLBackend(url) as backend:
+        done = backend.rebuild_index(lambda stop: verified_index(backend, stop))
+    assert (done.records, done.artifacts, done.records_corrected, done.records_removed) == (2, 4, 1, 3)
+    # Block 0's two rows written again (none left to delete), block 1's untouched; the row
+    # planted at sequence number 2 is past the chain.
+    assert (done.artifacts_deleted, done.artifacts_written, done.artifacts_removed) == (0, 2, 1)
+    assert _rows(db) == pristine

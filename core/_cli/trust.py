@@ -204,7 +204,8 @@ def repair_index(ledger_url) -> None:
     # Rows no verified block places are gone for good: say how many, so that a row someone
     # planted (or an append cut short by hand) does not vanish unnoticed.
     click.echo(f"removed {done.records_removed} record rows that no verified block places "
-               f"(and {done.artifacts_removed} artifact rows past the chain)", err=True)
+               f"(and {done.artifacts_removed} artifact rows past the chain, {done.blocks_removed} block rows below "
+               "height 0)", err=True)
     with open_read_only(ledger_url) as ledger:
         result = ledger.audit()
     click.echo(f"verified: {result.head.size} records, root {result.head.root}", err=True)
