@@ -42,8 +42,9 @@ def copy_text(inputs: Any = (), outputs: Any = ()) -> int:
     return text.count("\n")
 
 
-def _run(workdir: Path, policy: str, file_key: str = "content") -> tuple[Any, str]:
-    """One DataFlowKernel (threads, checkpoints at task exit) running ``copy_text`` once."""
+def _run(workdir: Path, policy: str, file_key: str = "content", also_read: tuple[str, ...] = ()) -> tuple[Any, str]:
+    """One DataFlowKernel (threads, checkpoints at task exit) running ``copy_text`` once
+    (``also_read``: more input files, after the source)."""
     from lineage_ledger_parsl import ParslLedger
     from parsl.app.app import python_app
     from parsl.data_provider.files import File
@@ -55,7 +56,8 @@ def _run(workdir: Path, policy: str, file_key: str = "content") -> tuple[Any, st
                                                                        policy=policy, file_key=file_key))
     app = python_app(copy_text, cache=True)
     with support.loaded(config) as dfk:  # cleanup flushes the capture: the records are in
-        future = app(inputs=[File(str(workdir / "src.txt"))], outputs=[File(str(workdir / "out.txt"))])
+        inputs = [File(str(workdir / name)) for name in ("src.txt", *also_read)]
+        future = app(inputs=inputs, outputs=[File(str(workdir / "out.txt"))])
         future.exception()  # wait; the test asserts what it expects of the outcome
         return future, dfk.run_id
 
@@ -116,7 +118,8 @@ def test_a_failed_check_is_recorded_and_launders_nothing(workdir, caplog, policy
             "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}
         assert "refused_by" not in record["extra"]
         if file_key == "path":  # rerun: the cached result was ignored for the failed check
-            assert sorted(record["extra"]["rerun_because_not_verified"]) == sorted([str(src), str(out)])
+            # of the source (the output's own check passes: check_each).
+            assert record["extra"]["rerun_because_not_verified"] == [str(src)]
         else:  # a miss: no cached result was ignored
             assert "rerun_because_not_verified" not in record["extra"]
 
@@ -143,8 +146,9 @@ def _digests_listed(workdir: Path) -> set[str]:
 @pytest.mark.parametrize(("edited", "file_key"), [("src.txt", "path"), ("out.txt", "content"), ("out.txt", "path")])
 def test_a_cache_hit_under_warn_keeps_the_digests_apart(workdir, edited, file_key):
     """A cache hit under ``warn`` on a ledger that fails its own check: the ``cached`` try
-    lists none of the task's files, and keeps their digests under ``not_verified_digests``
-    like the record of a try that ran on them. Keyed by path, a hidden edit of the source is
+    lists none of the files whose own check fails, nor the outputs when an input is among
+    them, and keeps their digests under ``not_verified_digests`` like the record of a try
+    that ran on them. Keyed by path, a hidden edit of the source is
     a hit; an edit of the output is a hit under either key (outputs are keyed by URL)."""
     src, out = workdir / "src.txt", workdir / "out.txt"
     src.write_text("".join(f"line {i}\n" for i in range(50)))
@@ -164,10 +168,16 @@ def test_a_cache_hit_under_warn_keeps_the_digests_apart(workdir, edited, file_ke
     extra = record["extra"]
     assert record["status"] == "cached" and extra["from_memo"] is True, record
     assert "IndexTampered" in extra["check_failed"], extra
-    assert record["inputs"] == {} and record["outputs"] == {}, record
-    assert extra["not_verified"] == sorted([str(src), str(out)])
-    assert extra.get("not_verified_digests") == {
-        "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}, extra
+    assert record["outputs"] == {}, record
+    if edited == "src.txt":  # the result was made from the unverified source: neither listed
+        assert record["inputs"] == {}, record
+        assert extra["not_verified"] == sorted([str(src), str(out)])
+        assert extra.get("not_verified_digests") == {
+            "inputs": {str(src): _digest(src)}, "outputs": {str(out): _digest(out)}}, extra
+    else:  # the source's own check passes (check_each): listed as read; the output left out
+        assert list(record["inputs"]) == [str(src)], record
+        assert extra["not_verified"] == [str(out)]
+        assert extra.get("not_verified_digests") == {"inputs": {}, "outputs": {str(out): _digest(out)}}, extra
     assert "modified_outside_workflow" not in extra
     # Kept apart, the edited bytes' digest is in no index row: nothing vouches for it.
     assert tampered["blake3"] not in _digests_listed(workdir)
@@ -179,4 +189,99 @@ def test_a_cache_hit_under_warn_keeps_the_digests_apart(workdir, edited, file_ke
     assert refused["status"] == "failed" and refused["extra"]["refused_by"] == "strict"
     assert refused["inputs"] == {} and refused["outputs"] == {}
     assert str(target) in refused["extra"]["not_verified"]
+    assert tampered["blake3"] not in _digests_listed(workdir)
+
+
+@pytest.mark.parametrize("file_key", ["content", "path"])
+@pytest.mark.parametrize("policy", ["warn", "rerun"])
+def test_only_the_files_whose_own_check_fails_are_unverified(workdir, caplog, policy, file_key):
+    """Only the output is edited and its index rows deleted: the check of the task's files as
+    one batch fails (``IndexTampered``), and each file is then checked on its own
+    (``lineage_ledger.check_each``, as Snakemake and Nextflow do). The source's own check
+    passes: it is not unverified, and the try lists it as read. (Before, every file of the
+    batch was unverified: the source too, and the records left it out.)
+
+    Under ``warn`` the result is reused (outputs are keyed by URL: a hit under either key),
+    and the ``cached`` try lists the source and leaves the output out. Under ``rerun`` the
+    hit is ignored and the task rewrites the output from the verified source: its record
+    lists both, the output with its new digest. Either way the edited bytes' digest is in no
+    index row. The next strict run still refuses the edited output under ``warn``; under
+    ``rerun`` the edit is gone (overwritten from the verified source, which that run's record
+    vouches for), and the strict run passes the output as rewritten."""
+    src, out = workdir / "src.txt", workdir / "out.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(50)))
+    first, _ = _run(workdir, "warn", file_key)
+    assert first.result() == 50 and not first.task_record["from_memo"]
+
+    tamper_keep_size_and_mtime(out)
+    delete_rows(workdir / "ledger.db", out)
+    tampered = _digest(out)
+    third, run_id = _run(workdir, policy, file_key)
+    (record,) = _records_of(workdir, run_id)
+    extra = record["extra"]
+    assert "IndexTampered" in extra["check_failed"], extra
+    assert str(src) not in extra.get("not_verified", []), extra
+    assert str(src) not in extra.get("rerun_because_not_verified", []), extra
+    # The source, whose own check passed, is listed as read, with the digest it has.
+    assert list(record["inputs"]) == [str(src)], record
+    assert record["inputs"][str(src)]["blake3"] == _digest(src)["blake3"]
+    if policy == "warn":
+        assert third.result() == 50 and third.task_record["from_memo"]
+        assert record["status"] == "cached" and record["outputs"] == {}, record
+        assert extra["not_verified"] == [str(out)], extra
+        assert extra["not_verified_digests"] == {"inputs": {}, "outputs": {str(out): tampered}}, extra
+    else:
+        assert third.result() == 50 and not third.task_record["from_memo"]
+        assert out.read_bytes() == src.read_bytes()  # rewritten from the verified source
+        assert record["status"] == "succeeded", record
+        assert extra["rerun_because_not_verified"] == [str(out)], extra
+        assert "not_verified" not in extra, extra
+        assert record["outputs"][str(out)]["blake3"] == _digest(out)["blake3"] != tampered["blake3"]
+    assert tampered["blake3"] not in _digests_listed(workdir)
+
+    strict, run_id = _run(workdir, "strict", file_key)
+    (checked,) = _records_of(workdir, run_id)
+    if policy == "warn":
+        assert strict.exception() is not None, "the strict run after warn passed the hidden edit"
+        assert checked["status"] == "failed" and checked["extra"]["refused_by"] == "strict"
+        assert str(out) in checked["extra"]["not_verified"], checked
+    else:
+        assert strict.result() == 50, "the strict run refused an output rewritten from a verified source"
+        assert checked["extra"].get("check_failed") is None, checked
+    assert tampered["blake3"] not in _digests_listed(workdir)
+
+
+@pytest.mark.parametrize("policy", ["warn", "rerun"])
+def test_a_modified_file_and_an_unverified_one_in_the_same_task(workdir, policy):
+    """One input plainly edited (its index rows intact: its own check finds it MODIFIED) and
+    the output edited with its rows deleted (its own check fails), keyed by path: a hit.
+    Under ``warn`` the ``cached`` try names each as what it is (``modified_outside_workflow``,
+    ``not_verified``) and lists only the source. Under ``rerun`` both reasons to run again
+    are named (before, an unverified file beside a modified one was dropped from the record)."""
+    src, note, out = workdir / "src.txt", workdir / "note.txt", workdir / "out.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(50)))
+    note.write_text("a note\n")
+    first, _ = _run(workdir, "warn", "path", also_read=("note.txt",))
+    assert first.result() == 50
+
+    note.write_text("a note, edited\n")
+    tamper_keep_size_and_mtime(out)
+    delete_rows(workdir / "ledger.db", out)
+    tampered = _digest(out)
+    third, run_id = _run(workdir, policy, "path", also_read=("note.txt",))
+    assert third.result() == 50
+    (record,) = _records_of(workdir, run_id)
+    extra = record["extra"]
+    assert "IndexTampered" in extra["check_failed"], extra
+    if policy == "warn":
+        assert third.task_record["from_memo"] and record["status"] == "cached"
+        assert list(record["inputs"]) == [str(src)] and record["outputs"] == {}, record
+        assert extra["modified_outside_workflow"] == [str(note)], extra
+        assert extra["not_verified"] == [str(out)], extra
+        assert extra["not_verified_digests"] == {"inputs": {}, "outputs": {str(out): tampered}}, extra
+    else:
+        assert not third.task_record["from_memo"] and record["status"] == "succeeded"
+        assert extra["rerun_because_modified"] == [str(note)], extra
+        assert extra["rerun_because_not_verified"] == [str(out)], extra
+        assert record["outputs"][str(out)]["blake3"] == _digest(out)["blake3"] != tampered["blake3"]
     assert tampered["blake3"] not in _digests_listed(workdir)

@@ -47,7 +47,9 @@ from lineage_ledger import (
     ArtifactMismatch,
     LedgerError,
     VerificationError,
+    check_each,
     hash_file,
+    normalize_path,
     utcnow,
     verify_before_run,
 )
@@ -120,7 +122,7 @@ class LedgerMemoizer(Memoizer):
                 )
                 if tampered:
                     marks["lineage_ledger_rerun"] = tampered
-                else:
+                if unverified:
                     unverified = {**unverified, "reran": True}
                 self.reruns += 1
                 cached = None
@@ -136,10 +138,13 @@ class LedgerMemoizer(Memoizer):
             self.cache_hits += 1
             if unverified:
                 # Reused, not rerun: the files are what is on disk now. Their digests are kept
-                # apart like those of a try that ran on such files, never listed as read or written.
-                digests = unverified_digests(inputs, outputs, unverified["not_verified"])
+                # apart like those of a try that ran on such files, never listed as read or
+                # written. An unverified input casts doubt on every output (made from it, like a
+                # try that ran on it); unverified outputs alone leave the verified inputs listed.
+                left_out = _cached_left_out(inputs, outputs, unverified["not_verified"])
+                digests = unverified_digests(inputs, outputs, left_out)
                 self._record(task, "cached", {"from_memo": True, **unverified, "not_verified_digests": digests},
-                             leave_out=unverified["not_verified"], left_out_as="not_verified")
+                             leave_out={"not_verified": left_out, "modified_outside_workflow": tampered})
             else:
                 self._record(task, "cached", {"from_memo": True}, leave_out=tampered)
         return cached
@@ -176,7 +181,8 @@ class LedgerMemoizer(Memoizer):
     def _verify(self, task: Mapping[str, Any], paths: list[str]) -> tuple[list[str], dict[str, Any]]:
         """The policy applied to the task's files. Returns the modified paths (warn, rerun),
         and where the ledger failed its own verification, what a record of the task should
-        say instead of listing the files (``not_verified``: all of them; ``check_failed``)."""
+        say instead of listing the files (``not_verified``: those whose own check fails, see
+        :meth:`_one_by_one`; ``check_failed``)."""
         policy = self.ledger.policy
         # Files this process wrote in this run may not be in the ledger yet (write-behind).
         paths = [p for p in dict.fromkeys(paths) if not self.ledger.produced_here(p)]
@@ -186,13 +192,17 @@ class LedgerMemoizer(Memoizer):
             checks = self._check(paths, policy)
         except LedgerError as err:  # the ledger cannot vouch for anything (broken chain, no back-end)
             log.error("lineage-ledger: could not check the files of task %s: %s", task["id"], err)
-            unverified = {"not_verified": paths, "check_failed": f"{type(err).__name__}: {err}"[:2000]}
+            failed = f"{type(err).__name__}: {err}"[:2000]
             if policy == "strict":  # refused, and recorded as refused, like a changed file
-                self._record(task, "failed", {"error": unverified["check_failed"], "refused_by": "strict",
-                                              **unverified}, leave_out=paths, left_out_as="not_verified")
+                unverified = {"not_verified": paths, "check_failed": failed}
+                self._record(task, "failed", {"error": failed, "refused_by": "strict", **unverified},
+                             leave_out=paths, left_out_as="not_verified")
                 raise
-            # Tampered with, not merely out of reach: a cache hit's record lists none of the files.
-            return [], unverified if isinstance(err, VerificationError) else {}
+            if not isinstance(err, VerificationError):
+                return [], {}  # out of reach, not tampered with: the task goes on as Parsl decides
+            checks, failing = self._one_by_one(task, paths, failed)
+            tampered = [check.path for check in checks]
+            return tampered, {"not_verified": failing, "check_failed": failed} if failing else {}
         tampered = [check.path for check in checks]
         if tampered and policy == "strict":
             refusal = ArtifactMismatch(
@@ -206,13 +216,38 @@ class LedgerMemoizer(Memoizer):
             raise refusal
         return tampered, {}
 
+    def _one_by_one(self, task: Mapping[str, Any], paths: list[str], failed: str) -> tuple[list[ArtifactCheck], list[str]]:
+        """Under warn or rerun, after the check of ``paths`` as one batch failed the ledger's
+        own verification: each file checked on its own (``check_each``). Returns the modified
+        files among those whose own check passed, and the files whose own check fails (all of
+        them when the ledger fails as a whole, or cannot be read now: the safe side). One
+        file with deleted index rows no longer makes every file of the task unverified: a
+        source that checks out is listed as read, an output rewritten from it as written."""
+        by_name = {normalize_path(p): p for p in paths}
+        try:
+            changed, failing, whole = check_each(self.ledger.capture.ledger, list(by_name))
+        except Exception as again:  # noqa: BLE001 - out of reach now: nothing vouches for any of them
+            log.error("lineage-ledger: could not check the files of task %s one by one either (%s: %s)",
+                      task["id"], type(again).__name__, again)
+            return [], paths
+        unverified = [by_name.get(p, p) for p in failing]
+        log.error("lineage-ledger: the ledger failed its own check (%s); %s, it cannot vouch for %d of the "
+                  "%d file(s) of task %s: %s", failed, "it fails as a whole" if whole else "checked one by one",
+                  len(unverified), len(paths), task["id"], " ".join(unverified))
+        for check in changed:  # what verify_before_run logs of a batch that passes
+            log.warning("lineage-ledger: %s changed outside the workflow (ledger %s, disk %s)%s",
+                        check.path, (check.expected or "-")[:12], (check.actual or "-")[:12],
+                        "; its task will run again" if self.ledger.policy == "rerun" else "")
+        return changed, unverified
+
     def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
         # strict is applied by the caller, so that the refusal names the task as well as the files
         mode = "warn" if policy == "strict" else policy
         return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
 
     def _record(
-        self, task: Mapping[str, Any], status: str, extra: dict[str, Any], leave_out: Collection[str] = (),
+        self, task: Mapping[str, Any], status: str, extra: dict[str, Any],
+        leave_out: Collection[str] | Mapping[str, Collection[str]] = (),
         left_out_as: str = "modified_outside_workflow",
     ) -> None:
         """Record a try that never reaches an executor: a cache hit, or a refusal under strict."""
@@ -220,9 +255,18 @@ class LedgerMemoizer(Memoizer):
             now = utcnow()
             run = self.ledger.task_run(
                 task, task["func"], task["args"], task["kwargs"], status=status,
-                started=now, ended=now, run_id=task["dfk"].run_id, extra=extra, leave_out=set(leave_out),
+                started=now, ended=now, run_id=task["dfk"].run_id, extra=extra, leave_out=leave_out,
                 left_out_as=left_out_as,
             )
             self.ledger.submit(run)
         except Exception:  # noqa: BLE001 - recording must never break the workflow
             log.exception("lineage-ledger: could not record task %s", task.get("id"))
+
+
+def _cached_left_out(inputs: list[str], outputs: list[str], unverified: Collection[str]) -> list[str]:
+    """What a cache hit's record leaves out as ``not_verified``: the unverified files, and
+    every output as well when an input is among them (the result was made from it)."""
+    doubtful = set(unverified)
+    if any(p in doubtful for p in inputs):
+        doubtful.update(outputs)
+    return sorted(doubtful)

@@ -238,24 +238,27 @@ class ParslLedger:
         run_id: str | None = None,
         known: Mapping[str, Mapping[str, Any]] | None = None,
         extra: Mapping[str, Any] | None = None,
-        leave_out: Collection[str] = (),
+        leave_out: Collection[str] | Mapping[str, Collection[str]] = (),
         left_out_as: str = "modified_outside_workflow",
     ) -> TaskRun:
         """A :class:`TaskRun` for one try of ``task`` (its DataFlowKernel record, if known).
 
         ``leave_out``: files changed outside the workflow (or that the ledger could not
         check) that this try did not write; listing them would make the ledger vouch for
-        their current bytes. They are named in ``extra[left_out_as]`` instead. A try that
+        their current bytes. They are named in ``extra[left_out_as]`` instead (or, given as
+        ``{name: paths}``, each group under its own name: a cache hit may have both). A try that
         ran on inputs the ledger could not vouch for (the memoizer's mark on ``task``)
         lists neither them nor its outputs (see :func:`_leave_out_unverified`).
         """
         # A task with no arguments (common: many small apps) skips the argument walks.
         inputs, outputs = task_files(args, kwargs) if args or kwargs else ([], [])
         details: dict[str, Any] = dict(extra) if extra else {}
-        if leave_out:
-            inputs = [p for p in inputs if p not in leave_out]
-            outputs = [p for p in outputs if p not in leave_out]
-            details[left_out_as] = sorted(leave_out)
+        groups = leave_out if isinstance(leave_out, Mapping) else {left_out_as: leave_out}
+        dropped = {p for paths in groups.values() for p in paths}
+        if dropped:
+            inputs = [p for p in inputs if p not in dropped]
+            outputs = [p for p in outputs if p not in dropped]
+            details.update({name: sorted(set(paths)) for name, paths in groups.items() if paths})
         if task is not None:
             task_id, name, attempt = str(task["id"]), str(task["func_name"]), int(task["try_id"]) + 1
             details["parsl_try_id"] = task["try_id"]
