@@ -16,23 +16,25 @@ process ships them itself before it ends (see :func:`flush_before_exit`, :mod:`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from blake3 import blake3
 
-from lineage_ledger import ArtifactError, TaskCapture, TaskRun, code_digest, jsonable, utcnow
+from lineage_ledger import TaskCapture, utcnow
 
 from . import _settings, _shipper
 from ._assets import file_paths
 from ._digests import DigestMemo
+
+# What a try's record says. The operators and the checks use Details, operator_path and
+# try_key through this module, as before they moved.
+from ._try_record import Details, Started, as_utc, stat_key, try_key, try_run
+from ._try_record import operator_path as operator_path
 
 log = logging.getLogger("lineage_ledger.airflow")
 
@@ -45,57 +47,7 @@ _memo_pid = -1
 _claimed: set[tuple[str, int]] = set()
 
 
-@dataclass
-class Started:
-    """What the running hook saw: when, and the inputs' digests before the task touched them."""
-
-    at: datetime
-    inputs: list[str] = field(default_factory=list)
-    known: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: The outlets' stat signatures at the start (None: absent), to tell what a failed try wrote.
-    outputs_before: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
-
-
-def stat_key(path: str) -> tuple[int, ...] | None:
-    """What changes when a file is created, replaced or written (ctime moves on any write)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def written_by_try(path: str, started: Started | None, since: datetime) -> bool:
-    """Whether this try created or changed ``path``: against the signature taken at its start,
-    else (a try whose start this process did not see, e.g. reported by the scheduler) by mtime."""
-    if started is not None and path in started.outputs_before:
-        now = stat_key(path)
-        return now is not None and now != started.outputs_before[path]
-    try:
-        return os.stat(path).st_mtime >= since.timestamp() - 1.0
-    except OSError:
-        return False
-
-
 _started: dict[tuple[str, int], Started] = {}
-
-
-@dataclass
-class Details:
-    """What an operator that knows more than the listener adds to its try's record."""
-
-    code: str | None = None
-    parameters: dict[str, Any] | None = None
-    #: Digests of the inputs as read, and of the outputs as written: two maps, since a file
-    #: updated in place is both, with a different digest each time.
-    known: dict[str, dict[str, Any]] = field(default_factory=dict)
-    outputs_known: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: The pre-run check refused to run: the task read nothing.
-    refused: bool = False
-    #: Inputs the pre-run check could not vouch for (the ledger failed its own check) that
-    #: the task ran on anyway (warn, rerun): its record lists neither them nor its outputs.
-    unverified: set[str] = field(default_factory=set)
 
 
 _details: dict[tuple[str, int], Details] = {}
@@ -162,41 +114,6 @@ def reset() -> None:
         _details.clear()
     if old is not None:
         old.close(timeout=30)
-
-
-def try_key(ti: Any) -> tuple[str, int]:
-    """(dag id, run id, task id, map index) and the try number: what names one try.
-
-    Not the task-instance id: Airflow 3 gives a task instance a new id for its next try
-    (``prepare_db_for_next_try``) before the scheduler reports the failed one, so the
-    scheduler's report of try 1 would carry try 2's id and miss the task's own report.
-    """
-    map_index = getattr(ti, "map_index", -1)
-    natural = f"{ti.dag_id}\0{ti.run_id}\0{ti.task_id}\0{-1 if map_index is None else int(map_index)}"
-    return natural, int(getattr(ti, "try_number", 0) or 0)
-
-
-def own_ti_id(ti: Any) -> str:
-    """The task-instance id of the try being reported.
-
-    When the scheduler fails a try that may be retried, it has already given the ORM
-    object the next try's id when it calls the listener; the try's own id is the value
-    SQLAlchemy still holds as the attribute's history (not yet flushed), the id under
-    which ``task_instance_history`` keeps the try.
-    """
-    ident = getattr(ti, "id", None)
-    if type(ti).__name__ == "TaskInstance":  # the ORM object: only outside task processes
-        try:
-            from sqlalchemy import inspect as orm_state
-
-            state = orm_state(ti, raiseerr=False)
-            if state is not None:
-                replaced = state.attrs.id.history.deleted
-                if replaced:
-                    ident = replaced[0]
-        except Exception:  # noqa: BLE001 - then the id it has now
-            log.debug("lineage-ledger: cannot read the previous id of %s", ti, exc_info=True)
-    return "" if ident is None else str(ident)
 
 
 _marker_dirs: set[str] = set()
@@ -314,14 +231,6 @@ def unclaim(key: tuple[str, int]) -> None:
         pass
 
 
-def _utc(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(value.timestamp(), tz=timezone.utc)
-
-
 def note_start(ti: Any) -> None:
     """Remember the start and hash the file inlets now, before the task can change them."""
     task = getattr(ti, "task", None)
@@ -333,7 +242,7 @@ def note_start(ti: Any) -> None:
                 known[path] = digest_of(path)
             except Exception as err:  # noqa: BLE001 - the record will list it as unhashed
                 log.warning("lineage-ledger: cannot hash inlet %s: %s", path, err)
-    started = _utc(getattr(ti, "start_date", None)) or utcnow()
+    started = as_utc(getattr(ti, "start_date", None)) or utcnow()
     outputs = file_paths(getattr(task, "outlets", None))
     _started[try_key(ti)] = Started(started, inputs, known, {path: stat_key(path) for path in outputs})
 
@@ -342,46 +251,6 @@ def started_digests(ti: Any) -> dict[str, dict[str, Any]]:
     """The inlets' digests taken when this try started (empty if the start was not seen)."""
     started = _started.get(try_key(ti))
     return dict(started.known) if started else {}
-
-
-def operator_path(task: Any) -> str:
-    cls = type(task)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def describe_code(task: Any) -> str | None:
-    """A digest of what the task runs: the shell command, the callable's source, or the operator."""
-    if task is None:
-        return None
-    command = getattr(task, "bash_command", None)
-    if isinstance(command, str):
-        return code_digest(command)
-    func = getattr(task, "python_callable", None)
-    if callable(func):
-        try:
-            return code_digest(inspect.getsource(func))
-        except (OSError, TypeError):
-            return code_digest(f"{func.__module__}.{getattr(func, '__qualname__', repr(func))}")
-    return code_digest(operator_path(task))
-
-
-def airflow_facts(ti: Any, state: str, error: BaseException | str | None) -> dict[str, Any]:
-    facts: dict[str, Any] = {
-        "dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id,
-        "map_index": getattr(ti, "map_index", -1), "try_number": getattr(ti, "try_number", None),
-        "ti_id": own_ti_id(ti), "state": state,
-        "hostname": getattr(ti, "hostname", None),
-    }
-    task = getattr(ti, "task", None)
-    if task is not None:
-        facts["operator"] = operator_path(task)
-    # Reports from outside the task process (scheduler, API server) carry the ORM TaskInstance;
-    # the scheduler's own sweep at the end of a DAG run says so (see _reconcile).
-    facts["reported_by"] = getattr(ti, "reported_by", None) or (
-        "task" if type(ti).__name__ == "RuntimeTaskInstance" else "server")
-    if error is not None:
-        facts["error"] = f"{type(error).__name__}: {error}"[:2000] if isinstance(error, BaseException) else str(error)[:2000]
-    return facts
 
 
 def record_try(
@@ -402,84 +271,14 @@ def record_try(
     if not claim(key):
         log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
         return None
-    task = getattr(ti, "task", None)
     started = _started.pop(key, None)
     details = _details.pop(key, None) or Details()
-    inputs = started.inputs if started else file_paths(getattr(task, "inlets", None))
-    all_known: dict[str, Mapping[str, Any]] = dict(started.known) if started else {}
-    all_known.update(details.known)
-    all_known.update(known or {})
-    outputs = file_paths(getattr(task, "outlets", None))
-    began = started.at if started else (_utc(getattr(ti, "start_date", None)) or utcnow())
-    if details.refused or status == "failed":
-        # A failed try vouches only for what it wrote, a refused one for nothing: a file left
-        # at an outlet by an earlier run listed here would read as "produced by a failed task".
-        wrote = [] if details.refused else [
-            p for p in outputs if p in details.outputs_known or written_by_try(p, started, began)]
-        if len(wrote) < len(outputs):
-            extra = {**(extra or {}), "outputs_not_written": [p for p in outputs if p not in wrote]}
-        outputs = wrote
-    outputs_known = _output_digests(outputs, details.outputs_known)
-    if details.unverified and not details.refused:
-        # The task ran on files a tampered ledger could not vouch for. Listing them as read
-        # with their digests now would give a hidden edit the record a later check trusts
-        # (the next strict run would pass it), and its outputs were made from it: the record
-        # names both in extra["not_verified"] instead, their digests kept apart.
-        read = {p: all_known.get(p) for p in inputs if p in details.unverified}
-        made = {p: outputs_known.get(p) for p in outputs}
-        inputs = [p for p in inputs if p not in read]
-        outputs, outputs_known = [], {}
-        extra = {**(extra or {}), "not_verified": sorted({*read, *made}),
-                 "not_verified_digests": {"inputs": read, "outputs": made}}
-    if details.refused:
-        # A try refused before it ran read nothing. Listing the changed files as its inputs
-        # would make the ledger's last view of them the changed version, and the next
-        # pre-run check would let them pass.
-        extra = {**(extra or {}), "refused_inputs": {p: all_known.get(p) for p in inputs}}
-        inputs = []
-    code = code if code is not None else details.code
-    parameters = parameters if parameters is not None else details.parameters
-    extra = {**details.extra, **(extra or {})}
-    map_index = getattr(ti, "map_index", -1)
-    suffix = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
-    run = TaskRun(
-        task_id=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}{suffix}",
-        task_name=f"{ti.dag_id}.{ti.task_id}",
-        status=status,
-        started=began,
-        ended=_utc(getattr(ti, "end_date", None)) or utcnow(),
-        inputs=inputs,
-        outputs=outputs,
-        known=all_known,
-        known_outputs=outputs_known,
-        code_digest=code if code is not None else describe_code(task),
-        parameters=dict(parameters) if parameters is not None else {"operator": operator_path(task) if task else None},
-        attempt=key[1],
-        extra={"airflow": airflow_facts(ti, state, error), **jsonable(extra)},
-        run_id=f"{ti.dag_id}/{ti.run_id}",
-    )
+    run = try_run(ti, status, state=state, error=error, known=known, code=code, parameters=parameters,
+                  extra=extra, started=started, details=details, digest=digest_of)
     record_id = capture().record_now(run)
     if record_id is None:
         unclaim(key)
     return record_id
-
-
-def _output_digests(outputs: list[str], given: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The outputs' digests as written: the operator's, else hashed now through the memo.
-
-    A missing or unreadable output is left out: the capture then lists it as missing, or
-    logs why it cannot be read.
-    """
-    digests: dict[str, dict[str, Any]] = {}
-    for path in outputs:
-        if path in given:
-            digests[path] = given[path]
-            continue
-        try:
-            digests[path] = digest_of(path)
-        except ArtifactError:
-            pass
-    return digests
 
 
 def preload() -> None:
