@@ -8,6 +8,12 @@ only, not in the durable spool, and the engine's process is what takes the repor
 records them if the recording process dies. So when the wait gives up, what the run says
 must be true: it used to say that the tries "wait in the spool" and could be shipped now
 with ``lineage-ledger spool ship``, while the spool held none of them.
+
+The recording process's own end (once no DataFlowKernel has used it for ``IDLE_SECONDS``,
+or at exit) gives up on it after ``END_WAIT`` too, and lets it go. Parsl's process then
+journals the tries it had not journaled itself: killed afterwards, it lost every one of
+them before (the last two tests); resumed, it records them again, and the ledger keeps
+each once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +127,120 @@ def test_tries_the_recording_process_had_not_journaled_when_it_died_are_recorded
     assert records_of(db, dfk.run_id) == TRIES + 1  # in the ledger when cleanup returns
     lost = [r.getMessage() for r in caplog.records if "had not journaled" in r.getMessage()]
     assert lost and f" {TRIES} task(s)" in lost[0], lost
+
+
+def write_double(x: int, outputs: Any = ()) -> int:
+    with open(outputs[0].filepath, "w") as out:
+        out.write(f"{2 * x}\n")
+    return 2 * x
+
+
+def _stopped_run(workdir: Path) -> tuple[ParslLedger, int, str]:
+    """A run whose recording process is stopped after its first try; TRIES tries follow, and
+    one more that writes a file (its record holds the file's digest, hashed in whichever
+    process records it), and ``dfk.cleanup()`` gives up on it after SHIP_WAIT. (The ledger,
+    the stopped pid, the run.)"""
+    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", spool=str(workdir / "spool"))
+    config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
+                    memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
+    app = python_app(double)
+    dfk = parsl.load(config)
+    try:
+        assert app(0).result() == 0
+        assert ledger.flush(RESUMED_BOUND_S)
+        child = ledger.capture.child_pid
+        assert child is not None
+        os.kill(child, signal.SIGSTOP)
+        assert [app(i).result() for i in range(1, TRIES + 1)] == [2 * i for i in range(1, TRIES + 1)]
+        from parsl.data_provider.files import File
+
+        assert python_app(write_double)(21, outputs=[File(str(workdir / "out.txt"))]).result() == 42
+    finally:
+        dfk.cleanup()
+    return ledger, child, dfk.run_id
+
+
+#: The task ids of every try of a stopped run.
+ALL_TRIES = sorted(str(i) for i in range(TRIES + 2))
+
+
+def _wait_for_the_end_of(capture: object) -> None:
+    """The shared recording process is ended once no DataFlowKernel has used it for
+    IDLE_SECONDS; that end waits END_WAIT for it, gives up, and closes Parsl's side."""
+    from lineage_ledger_parsl import _shared
+
+    deadline = time.monotonic() + RESUMED_BOUND_S
+    while True:
+        with _shared._lock:
+            ended = capture not in _shared._captures.values() and not _shared._ending
+        if ended:
+            return
+        assert time.monotonic() < deadline, "the idle recording process was never ended"
+        time.sleep(0.1)
+
+
+def _ship(workdir: Path) -> None:
+    """``lineage-ledger spool ship``, as the warning says; it takes what dead processes left."""
+    import subprocess
+    import sys
+
+    shipped = subprocess.run(
+        [sys.executable, "-m", "lineage_ledger", "spool", "ship", "--ledger", f"sqlite:///{workdir / 'ledger.db'}",
+         "--spool", str(workdir / "spool")], capture_output=True, text=True, timeout=120)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+
+
+def tries_of(db: Path, run_id: str) -> list[str]:
+    """The task ids of this run's records, one per record, sorted."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT body FROM ll_records WHERE run_id = ?", (run_id,)).fetchall()
+    import json
+
+    return sorted(json.loads(bytes(body) if not isinstance(body, str) else body)["task_id"] for (body,) in rows)
+
+
+def test_tries_are_not_lost_when_the_end_gives_up_on_a_recording_process_that_then_dies(workdir, caplog):
+    """The end of the recording process gives up on it (stopped: it journals nothing), and
+    it is then killed. Its tries must still reach the ledger, each once: before, Parsl's
+    process forgot the reports it had not journaled when it gave up, and the kill lost all
+    TRIES of them (only the try before the stop was recorded)."""
+    ledger, child, run_id = _stopped_run(workdir)
+    capture = ledger.capture
+    try:
+        _wait_for_the_end_of(capture)
+        assert ledger.capture.child_pid is None  # Parsl's process has let it go
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)  # our child: reaped, so it is gone for sure
+    (told,) = _journaled_here(caplog)
+    assert f"the {TRIES + 1} task(s)" in told, told
+    _ship(workdir)
+    assert tries_of(workdir / "ledger.db", run_id) == ALL_TRIES
+    # The kill, after the end let it go, is no loss to report, and nothing was reported lost.
+    assert not [r for r in caplog.records if "had not journaled and all later" in r.getMessage()]
+    assert not [r for r in caplog.records if "not recorded" in r.getMessage()]
+
+
+def _journaled_here(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if "it had not journaled are journaled here as well" in r.getMessage()]
+
+
+def test_tries_journaled_by_both_processes_are_in_the_ledger_once(workdir, caplog):
+    """Given up on, the stopped recording process is resumed instead of killed: Parsl's
+    process has journaled its tries (they are in the ledger before it resumes), and it
+    journals and ships the same tries again. A record is built the same from the same
+    report in either process, so it has one id, and the ledger keeps each try once."""
+    ledger, child, run_id = _stopped_run(workdir)
+    try:
+        _wait_for_the_end_of(ledger.capture)
+        (told,) = _journaled_here(caplog)
+        assert f"the {TRIES + 1} task(s)" in told, told
+        _ship(workdir)  # whatever Parsl's process had not shipped yet; the stopped one ships nothing
+        assert tries_of(workdir / "ledger.db", run_id) == ALL_TRIES
+    finally:
+        os.kill(child, signal.SIGCONT)
+    _, status = os.waitpid(child, 0)  # it takes the rest of its ring, records, ships and exits
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    _ship(workdir)  # what it left in the spool, if anything
+    assert tries_of(workdir / "ledger.db", run_id) == ALL_TRIES

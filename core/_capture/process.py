@@ -29,7 +29,11 @@ What each side can count on:
 
 * The child acknowledges reports once their records are journaled; until then the parent
   keeps them. If the child dies, the parent records what was not acknowledged, and every
-  later task, itself. A record journaled by both has one id, and the ledger keeps it once.
+  later task, itself. If the end of recording gives up on a child still running (slow, or
+  stopped), the parent journals what was not acknowledged itself before it lets the child
+  go: the child may still die before it journals them. A record journaled by both is built
+  from the same report, so it has one id, and the ledger keeps it once (``append_records``
+  skips the ids it holds).
 * If the engine's process dies, even by ``kill -9``, the child's input ends: it takes
   everything published in the ring, records it, flushes and exits. It ignores SIGINT and
   SIGTERM, which reach the whole process group; the parent's end decides when it stops.
@@ -157,6 +161,12 @@ class ProcessCapture(TaskCapture):
     @property
     def failures(self) -> int:
         return self._failed_here + self._failed_in_child
+
+    @property
+    def unjournaled(self) -> int:
+        """Reports handed to the recording process that it has not acknowledged as journaled
+        yet: until it does, only this process and memory shared with it hold them."""
+        return len(self._unacked)
 
     @property
     def child_pid(self) -> int | None:
@@ -310,11 +320,17 @@ class ProcessCapture(TaskCapture):
         try:
             while (frame := channel.receive()) is not None:
                 if frame[0] == MESSAGE:
-                    self._handle(Channel.message(frame[1]))
+                    message = Channel.message(frame[1])
+                    # A child let go by _end_child (still running when it gave up) speaks to a
+                    # state that is no longer its own: only its log lines are still passed on.
+                    if self._channel is channel or message[0] == "log":
+                        self._handle(message)
         except Exception as err:  # noqa: BLE001 - a garbled reply ends the child's service
             log.error("lineage-ledger: bad reply from the recording process: %s", err)
-            if self._process is not None:
+            if self._process is not None and self._channel is channel:
                 self._process.kill()  # so that a writer waiting on a full ring gives up now
+        if self._channel is not channel:
+            return  # let go: what it had not journaled was taken back then (_end_child)
         with self._state:
             clean = self._closing and not self._unacked and self._closed_reply is not None
         if not clean:
@@ -365,21 +381,33 @@ class ProcessCapture(TaskCapture):
 
     def _child_lost(self, how: str) -> None:
         """Take back what the child had not journaled and record it, and what follows, here."""
+        orphans = self._take_back()
+        if orphans is None:
+            return
+        log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
+                  "all later ones are recorded in this process", how, len(orphans))
+        self._record_taken(orphans)
+
+    def _take_back(self) -> list[_Pending] | None:
+        """From now on this process records: the reports the child has not acknowledged, taken
+        from it; None if they were taken already (the child was lost before)."""
         channel = self._channel
         lock = channel.send_lock if channel is not None else threading.Lock()
         # A writer holding the lock is in write(2) to a dead child: it fails at once (EPIPE).
         with lock:
             if self._lost:
-                return
+                return None
             self._lost = True
-            orphans = list(self._unacked)
+            taken = list(self._unacked)
             self._unacked.clear()
         with self._state:
             self._state.notify_all()
-        log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
-                  "all later ones are recorded in this process", how, len(orphans))
+        return taken
+
+    def _record_taken(self, taken: list[_Pending]) -> None:
+        """Record (journal, then ship) reports taken back from the child, here and now."""
         try:
-            super()._record_batch(self._decoded(orphans))
+            super()._record_batch(self._decoded(taken))
         finally:
             self._orphans_recorded.set()
 
@@ -422,13 +450,24 @@ class ProcessCapture(TaskCapture):
             ring.close()  # the child's own mapping stays: it takes what is left
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout)
+        taken: list[_Pending] | None = None  # what this process took back when it gave up
         try:
             process.wait(_left(deadline) or 0.1)
         except subprocess.TimeoutExpired:
-            log.warning("lineage-ledger: the recording process (pid %d) still ships records; "
-                        "it finishes on its own", process.pid)
+            # Slow or stopped, it may still die before it journals what it has not acknowledged,
+            # and once let go nobody would record those: journal them here first. If it lives,
+            # it records them too, from the same reports: the ledger keeps each record once.
+            taken = self._take_back()
+            log.warning("lineage-ledger: the recording process (pid %d) still ships records; it finishes "
+                        "on its own%s", process.pid,
+                        f" (the {len(taken)} task(s) it had not journaled are journaled here as well)"
+                        if taken else "")
+            if taken:
+                self._record_taken(taken)
+            elif taken is not None:
+                self._orphans_recorded.set()
         with self._state:
-            reply, lost = self._closed_reply, self._lost
+            reply, lost = self._closed_reply, self._lost and taken is None  # (lost: it died)
         if lost:
             self._orphans_recorded.wait(_left(deadline))
         if reader is None or not reader.is_alive():  # never under a thread still reading it

@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lineage_ledger import ConfigError, TaskCapture, TaskRun, spool_first, utcnow
+from lineage_ledger import ConfigError, ProcessCapture, TaskCapture, TaskRun, spool_first, utcnow
 
 from . import _shared
 from ._tasks import file_digest, function_digest, task_files, task_parameters
@@ -34,7 +34,8 @@ log = logging.getLogger("lineage_ledger.parsl")
 #: cleanup returns (verify-lineage right after a run) whenever the back-end takes a moment.
 #: Nor is it skipped while the recording process is slow: its tries are not in the spool
 #: yet, and until Parsl's process ends the recording process, it takes back and records
-#: whatever that process had not journaled if it dies (tests/test_parsl_slow_recorder.py).
+#: whatever that process had not journaled if it dies; when it ends one that is still
+#: running, it journals those itself first (tests/test_parsl_slow_recorder.py).
 SHIP_WAIT = 5.0
 
 POLICIES = ("warn", "strict", "rerun")
@@ -186,18 +187,18 @@ class ParslLedger:
         except Exception as err:  # noqa: BLE001 - the message must not fail the cleanup
             ledger, root, where = "URL", "DIR", f"(unknown: {err})"
         # A recording process that is slow (or stopped) has not even journaled them: they are
-        # in memory shared with it, and shipping the spool now would ship none of them. (The
-        # reports it has not acknowledged as journaled: the core has no public count of them.)
-        unjournaled = getattr(self.capture, "_unacked", ())
-        child = getattr(self.capture, "child_pid", None)
-        if unjournaled and child is not None:
+        # in memory shared with it, and shipping the spool now would ship none of them.
+        capture = self.capture
+        if isinstance(capture, ProcessCapture) and capture.unjournaled and capture.child_pid is not None:
             log.warning(
                 "lineage-ledger: the ledger did not take this run's records in time: the recording "
                 "process (pid %d) has not journaled %d tries yet (it is slow, or stopped). "
                 "They are in memory shared with it, not yet in the spool %s; it journals and ships them "
-                "on its own, and what the ledger does not take then waits in that spool for the next "
-                "open of the ledger, or for: lineage-ledger spool ship --ledger %s --spool %s",
-                child, len(unjournaled), where, shlex.quote(ledger), shlex.quote(root),
+                "on its own. If it still has not when this process ends it (once no run uses it, or at "
+                "exit), this process journals them there itself. What the ledger does not take waits in "
+                "that spool for the next open of the ledger, or for: lineage-ledger spool ship --ledger %s "
+                "--spool %s",
+                capture.child_pid, capture.unjournaled, where, shlex.quote(ledger), shlex.quote(root),
             )
             return
         log.warning(

@@ -134,7 +134,10 @@ def _end_if_unused(key: tuple, capture: ProcessCapture) -> None:
 
 def _end(capture: ProcessCapture) -> None:
     """End the recording process: it journals what is left, tries to ship for ``EXIT_WAIT``
-    and exits; what the back-end did not take stays spooled.
+    and exits; what the back-end did not take stays spooled. One that does not end within
+    ``END_WAIT`` (slow, or stopped) is let go, and finishes on its own; the tries it has
+    not journaled are journaled by this process first (the core's ``_end_child``), since
+    it may yet die before it journals them (``tests/test_parsl_slow_recorder.py``).
 
     Not ``close()``: that flushes first, for up to its timeout, and the last borrower's
     cleanup has just flushed (or given up on a back-end that is down): a second wait for
