@@ -315,7 +315,7 @@ def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
 
 
 _GOOD_HEADER = json.dumps({"first_prev": None, "block_ids": [], "counts": [], "compared": 0, "artifacts": 0,
-                           "outputs": [], "name_counts": [0] * BUCKETS}).encode()
+                           "outputs": [], "name_counts": [0] * BUCKETS, "hot": []}).encode()
 
 
 def test_a_well_formed_empty_worker_answer_is_read():
@@ -329,6 +329,11 @@ def test_a_well_formed_empty_worker_answer_is_read():
     parallel._FRAME.pack(10, 0, 0, 0) + b"not json!!",
     # names whose counts do not add up to the entries sent
     parallel._FRAME.pack(len(_GOOD_HEADER), 0, 0, 5) + _GOOD_HEADER + b"12345",
+    # names kept apart that are not (role, name, leaf << 2 | role, records, end time)
+    *(parallel._FRAME.pack(len(header), 0, 0, 0) + header for header in (
+        _GOOD_HEADER.replace(b'"hot": []', hot) for hot in (
+            b'"hot": [[0, "/a", 5, 1, "t"]]', b'"hot": [[3, "/a", 7, 1, "t"]]', b'"hot": [[0, "/a", 4, 0, "t"]]',
+            b'"hot": [[0, 1, 4, 1, "t"]]', b'"hot": [[0, "/a", 4, 1]]', b'"hot": [[0, "/a", 4, 1, null]]'))),
 ])
 def test_a_malformed_worker_answer_is_a_refusal(frame):
     assert parallel._read_result(io.BytesIO(frame)) is None
@@ -445,3 +450,44 @@ def test_a_ledger_opened_for_writing_is_audited_through_a_read_only_view(pristin
     assert answer == expected
     assert len(given) == 1 and isinstance(given[0], SQLiteReader)
     assert (answer[0] == "IndexTampered") == tamper
+
+
+def test_a_file_every_task_reads_has_one_entry_after_the_workers_audit(tmp_path, monkeypatch):
+    """Each range keeps apart the names many of its records name, and the parent joins them:
+    a file that every task reads has one entry (the latest reader, and how many read it), not
+    one a range, which a reader of its latest reader would prove one by one. Lists stay
+    checked: a deleted row of it is still noticed."""
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    records = [make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                           outputs=[artifact(f"/data/out-{i}", f"out{i}")]) for i in range(120)]
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        for start in range(0, 120, 10):
+            ledger.append_records([r.stored() for r in records[start : start + 10]])
+    env = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "40", "LINEAGE_AUDIT_WORKERS": "2"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    given: list[object] = []
+    real = parallel.results
+
+    def spied(backend, tasks, *, files):
+        given.append(len(tasks))
+        return real(backend, tasks, files=files)
+
+    monkeypatch.setattr(parallel, "results", spied)
+    with open_ledger(url, read_only=True) as ledger:
+        ledger.audit()
+        kept = ledger.verifier.store.names("/data/ref")
+        assert given == [3]  # three ranges, by the workers
+        assert [(c.role, c.records, c.leaf) for c in kept] == [(0, 120, 119)]
+        assert [(c.role, c.records) for c in ledger.verifier.store.names("/data/out-7")] == [(1, 1)]
+        assert len(ledger.consumers("/data/ref")) == 120
+    result = run_cli("depends", "--ledger", url, "/data/ref", "--all", cwd=tmp_path,
+                     env={**env, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert result.returncode == 0 and result.stdout.count("/data/out-") == 120, result
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM ll_artifacts WHERE seq = 57 AND role = 0")
+    result = run_cli("depends", "--ledger", url, "/data/ref", "--all", cwd=tmp_path,
+                     env={**env, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert result.returncode == 1 and "the index lists 119 of the 120 verified records that read /data/ref" in result.stderr, result

@@ -15,6 +15,7 @@ from lineage_ledger._log.names import (
     INPUT,
     OUTPUT,
     RUN,
+    HotNames,
     NamesBatch,
     NamesWriter,
     bucket_name,
@@ -125,3 +126,49 @@ def test_a_batch_keeps_exactly_the_latest_of_each_path_and_role(records, cuts, f
         assert all(bucket_of(word & 0xFFFFFFFF) == bucket for word, _low in entries[at : at + count])
         at += count
     assert batch.packed() == ([0] * BUCKETS, b"")  # and the batch is empty again
+
+
+def _entries(data):
+    return [tuple(int.from_bytes(data[i : i + 8], "big") for i in (at, at + 8)) for at in range(0, len(data), ENTRY_SIZE)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=st.lists(RECORD, min_size=1, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=5),
+       threshold=st.integers(1, 4), flush=st.booleans())
+def test_names_kept_apart_and_joined_are_what_a_reader_needs(records, cuts, threshold, flush):
+    """An audit's ranges keep apart the names many of their records name; the parent joins
+    them (``HotNames``), packing early where it holds many (``flush``). Whatever the ranges,
+    a reader that looks up a path and role among all entries, and proves each candidate's
+    record (keeping those that name it), finds the same latest record and the same number
+    of records as one batch of all of them keeps."""
+    runs = [f"run-{i % 3}" for i in range(len(records))]
+    joined = HotNames()
+    entries = []
+    at = 0
+    for cut in sorted({min(c, len(records)) for c in cuts} | {len(records)}):
+        batch = NamesBatch()
+        batch.add(at, [_view(*r, run) for r, run in zip(records[at:cut], runs[at:cut], strict=True)])
+        _counts, data, hot = batch.packed_apart(threshold)
+        assert all(h.records >= threshold for h in hot)
+        entries += _entries(data)
+        joined.add(hot)
+        if flush:
+            entries += _entries(joined.packed()[1])
+        at = cut
+    entries += _entries(joined.packed()[1])
+    whole = _reference(0, records, runs)
+    named = {}
+    for leaf, ((_ended, inputs, outputs), run) in enumerate(zip(records, runs, strict=True)):
+        for role, names in ((INPUT, inputs), (OUTPUT, outputs), (RUN, [run])):
+            for name in names:
+                named.setdefault((name, role), set()).add(leaf)
+    for (name, role), leaves in named.items():
+        key = path_key(name)
+        mine = [(word >> 32, low >> 2) for word, low in entries
+                if word & 0xFFFFFFFF == key and low & 3 == role and low >> 2 in leaves]
+        expected = [(word >> 32, low >> 2) for word, low in whole
+                    if word & 0xFFFFFFFF == key and low & 3 == role and low >> 2 in leaves]
+        assert sum(count for count, _leaf in mine) == sum(count for count, _leaf in expected) == len(leaves)
+        latest = max(leaves, key=lambda leaf: (records[leaf][0], leaf))
+        assert latest in {leaf for _count, leaf in mine}
+    assert len(joined) == 0 and joined.packed() == ([0] * BUCKETS, b"")

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from .._model import BlockColumns, BlockHeader
 from .audit_rows import ExistingFiles, decode_views
 from .chain import verify_block_columns
-from .names import NamesBatch
+from .names import HOT_RECORDS, NamesBatch
 
 __all__ = ["CHUNK_RECORDS", "BulkResult", "audit_range"]
 
@@ -66,6 +66,7 @@ class BulkResult(NamedTuple):
     outputs: list[str]
     name_counts: list[int]
     names: bytes
+    hot: list  # names kept apart (:meth:`.names.NamesBatch.packed_apart`)
 
 
 def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool) -> BulkResult | None:
@@ -109,7 +110,7 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         prev = chunk[-1][1]
         at += len(chunk)
     return BulkResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)), compared,
-                      artifacts, found.found if found is not None else [], *batch.packed())
+                      artifacts, found.found if found is not None else [], *batch.packed_apart(HOT_RECORDS))
 
 
 def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: ExistingFiles | None,

@@ -40,19 +40,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .names import BUCKETS, ENTRY_SIZE
+from .names import BUCKETS, ENTRY_SIZE, HOT_RECORDS, Hot
 
 __all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
 
 MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
-# A worker's peak is about 40 MiB (the interpreter, a chunk of 1,000 bodies and its folded
-# index, up to 8 MiB of SQLite cache) and the parent's about 55 MiB: ten workers measured
-# 436-444 MiB summed over all eleven processes at 1M records, under the audit's 512 MiB goal.
-# The CPU per record is about 13-16 us in a worker (bulk check; 23 row by row) and about
-# 1.5 us in the parent (duplicate filter, log tree, pipes), so the parent keeps up with ten
-# busy workers.
+# Memory: a worker holds the interpreter (about 23 MiB with its imports), a chunk of 1,000
+# bodies and its folded index, and the names of its task's records (one entry per distinct
+# path, about 200 bytes each in Python until packed); the parent about 70 MiB. With ranges of
+# 25,000 records a worker peaked at 66-69 MiB, and ten workers (what a 16-core machine
+# starts) summed 755 MiB at 1M records, past the audit's 512 MiB goal; with 10,000, 41-43
+# MiB, 505 summed (bench/bench_audit_workers.py --workers 10). Smaller ranges write more
+# entries for a path that every task names (one a range: 100 at 1M records instead of 40),
+# which a reader of that path's latest record proves one by one.
+# CPU: about 20-27 us a record in a worker (bulk check; 34 row by row) and about 1.9 us in
+# the parent (duplicate filter, log tree, pipes), so the parent keeps up with ten busy workers.
 MAX_WORKERS = 10
-RECORDS_PER_TASK = 25_000  # a task's leaves and ids are about 2 MB in transit
+RECORDS_PER_TASK = 10_000  # a task's leaves and ids are under 1 MB in transit
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class RangeResult:
     outputs: list[str]  # output paths found on disk
     name_counts: list[int]  # the records' names (:mod:`.names`): entries per bucket
     names: bytes  # and the entries, packed
+    hot: list[Hot]  # less the names many of its records name, kept apart for the parent to join
 
 
 class RecordIds:
@@ -202,7 +207,7 @@ def _write_result(stream: IO[bytes], result: RangeResult | None) -> None:
     header = json.dumps({"first_prev": result.first_prev, "block_ids": result.block_ids,
                          "counts": result.counts, "compared": result.compared,
                          "artifacts": result.artifacts, "outputs": result.outputs,
-                         "name_counts": result.name_counts}).encode()
+                         "name_counts": result.name_counts, "hot": result.hot}).encode()
     stream.write(_FRAME.pack(len(header), len(result.leaves), len(result.ids), len(result.names)))
     stream.write(header)
     stream.write(result.leaves)
@@ -224,14 +229,19 @@ def _read_result(stream: IO[bytes]) -> RangeResult | None:
         names = _read_exactly(stream, sizes[3])
         result = RangeResult(header["first_prev"], header["block_ids"], header["counts"], leaves, ids,
                              header["compared"], header["artifacts"], header["outputs"],
-                             header["name_counts"], names)
+                             header["name_counts"], names, [Hot(*entry) for entry in header["hot"]])
     except (EOFError, ValueError, KeyError, TypeError, struct.error):
         return None
     if sum(result.counts) * 32 != len(leaves) or len(ids) != len(leaves) or \
             len(result.counts) != len(result.block_ids) or len(result.name_counts) != BUCKETS or \
-            sum(result.name_counts) * ENTRY_SIZE != len(names):
+            sum(result.name_counts) * ENTRY_SIZE != len(names) or not all(map(_well_formed, result.hot)):
         return None
     return result
+
+
+def _well_formed(hot: Hot) -> bool:
+    return type(hot.role) is int and 0 <= hot.role <= 2 and type(hot.name) is str and type(hot.low) is int \
+        and hot.low & 3 == hot.role and type(hot.records) is int and hot.records > 0 and type(hot.ended) is str
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
@@ -297,7 +307,8 @@ def _audit_rows(backend: Any, task: Task, files: bool) -> RangeResult | None:
         if expected != task.stop or backend.artifact_count(index, task.first_index) != checker.artifacts:
             return None
         return RangeResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)),
-                           checker.compared, checker.artifacts, found.found if found else [], *batch.packed())
+                           checker.compared, checker.artifacts, found.found if found else [],
+                           *batch.packed_apart(HOT_RECORDS))
     except Exception:  # noqa: BLE001 - the sequential audit in the parent names it exactly
         return None
 

@@ -31,7 +31,10 @@ read instead.)
 Each batch of records verified together (a task of the audit, a refresh) keeps, per path
 and role, the record that named it and ended last (then the latest in ledger order): what a
 reader's "last record to write / to read this file" needs, at one entry a batch for a file
-that every task reads or rewrites. A refresh that leaves more than a few entries for a path
+that every task reads or rewrites. An audit's ranges keep apart the names that many of
+their records name (:data:`HOT_RECORDS`), and its parent joins those of all ranges into
+one entry (:class:`HotNames`): such a file then has one entry after a fresh audit, not one
+a range. A refresh that leaves more than a few entries for a path
 it touched proves the records behind them and drops the older ones
 (:meth:`.verified.Verifier._compact_names`). A batch's entries are appended to one of 1,024
 files by the key's high bits (``names-KKK.bin``), so a look-up reads one file, a 1,024th
@@ -52,11 +55,11 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, chain, islice, repeat
-from operator import attrgetter, le, lshift, methodcaller, or_
+from itertools import accumulate, chain, compress, islice, repeat
+from operator import attrgetter, ge, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
-__all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "Candidate", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
+__all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "HOT_RECORDS", "Candidate", "Hot", "HotNames", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
            "candidates", "drop_entries", "kept", "path_key", "recover", "write_atomic"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
@@ -67,6 +70,7 @@ INPUT, OUTPUT, RUN = 0, 1, 2  # roles: a path read, a path written, the run a re
 _KEY = struct.Struct(">I")
 _PENDING = "names-pending"  # bucket files' sizes before an append not yet covered by a head
 ENTRY_SIZE = _ENTRY.size
+HOT_RECORDS = 32  # an audit's range keeps apart a name this many of its records name in one role
 _ended, _outputs, _inputs, _run_id = (attrgetter(name) for name in ("ended", "outputs", "inputs", "run_id"))
 _flat = chain.from_iterable
 _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path, in map()
@@ -170,17 +174,91 @@ class NamesBatch:
             return [0] * BUCKETS, b""
         roles = self._latest()
         self._clear()
-        crcs = list(map(zlib.crc32, _encoded([name for latest, _times in roles for name in latest])))
-        counts = [count for _latest, times in roles for count in times.values()]
-        lows = [low for latest, _times in roles for low in latest.values()]
-        shift = 32 - _BUCKET_BITS
-        buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
-        for crc, count, low in zip(crcs, counts, lows, strict=True):  # the one Python step an entry
-            bucket = buckets[crc >> shift]
-            bucket.append(count << 32 | crc)
-            bucket.append(low)
-        flat = list(_flat(buckets))
-        return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(flat)}Q", *flat)
+        return _pack(roles)
+
+    def packed_apart(self, threshold: int) -> tuple[list[int], bytes, list[Hot]]:
+        """:meth:`packed`, less the names that ``threshold`` or more records of the batch
+        named in one role: those come back apart, for an audit's parent to join with the
+        same name's of the other ranges into one entry (:class:`HotNames`). A file that
+        every task reads otherwise has an entry a range (100 at a million records), each a
+        record that a reader of its latest reader proves."""
+        if not self._leaves:
+            return [0] * BUCKETS, b"", []
+        roles = self._latest()
+        hot: list[Hot] = []
+        ended_of: dict[int, str] | None = None
+        for role, (latest, times) in enumerate(roles):
+            # Removed from both, so that their other keys stay in the same order.
+            for name in list(compress(times, map(ge, times.values(), repeat(threshold)))):
+                if ended_of is None:
+                    ended_of = dict(zip(self._leaves, self._ended, strict=True))
+                low = latest.pop(name)
+                hot.append(Hot(role, name, low, times.pop(name), ended_of[low >> 2]))
+        self._clear()
+        return (*_pack(roles), hot)
+
+
+class Hot(NamedTuple):
+    """A name many records of one batch named in one role, kept apart (:meth:`NamesBatch.packed_apart`)."""
+
+    role: int
+    name: str
+    low: int  # leaf << 2 | role of the latest of them (by end time, then ledger order)
+    records: int  # how many of them
+    ended: str  # that record's end time
+
+
+class HotNames:
+    """An audit's parent joins the names kept apart by its ranges (in ledger order): one entry
+    per name and role, the latest record of all and the sum of their counts, as a batch of
+    all of them would have kept. Packed (:meth:`packed`) once the audit is done, or when
+    :data:`MAX` names are held, so that memory stays bounded whatever the ledger's size."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[int, str], list] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, hot: Sequence[Hot]) -> None:
+        held = self._held
+        for role, name, low, records, ended in hot:
+            kept = held.get((role, name))
+            if kept is None:
+                held[(role, name)] = [low, records, ended]
+                continue
+            kept[1] += records
+            if (ended, low) >= (kept[2], kept[0]):  # a later range: ties go to it
+                kept[0], kept[2] = low, ended
+
+    def packed(self) -> tuple[list[int], bytes]:
+        held, self._held = self._held, {}
+        names = [name for _role, name in held]
+        return _pack_entries(names, [kept[1] for kept in held.values()], [kept[0] for kept in held.values()])
+
+
+def _pack(roles: list[tuple[dict[str, int], Counter[str]]]) -> tuple[list[int], bytes]:
+    names = [name for latest, _times in roles for name in latest]
+    counts = [count for _latest, times in roles for count in times.values()]
+    lows = [low for latest, _times in roles for low in latest.values()]
+    return _pack_entries(names, counts, lows)
+
+
+def _pack_entries(names: list[str], counts: list[int], lows: list[int]) -> tuple[list[int], bytes]:
+    """Entries ``(count << 32 | crc32(name), low)`` grouped by bucket in bucket order."""
+    if not names:
+        return [0] * BUCKETS, b""
+    crcs = list(map(zlib.crc32, _encoded(names)))
+    shift = 32 - _BUCKET_BITS
+    buckets: list[list[int]] = [[] for _ in range(BUCKETS)]
+    for crc, count, low in zip(crcs, counts, lows, strict=True):  # the one Python step an entry
+        bucket = buckets[crc >> shift]
+        bucket.append(count << 32 | crc)
+        bucket.append(low)
+    flat = list(_flat(buckets))
+    return [len(bucket) >> 1 for bucket in buckets], struct.pack(f">{len(flat)}Q", *flat)
 
 
 def _slices(counts: list[int], order: list[int]) -> Iterator[slice]:
@@ -228,15 +306,14 @@ class NamesWriter:
         batches, self._queued, self.queued_bytes = self._queued, [], 0
         starts = [[0, *accumulate(count * _ENTRY.size for count in counts)] for counts, _data in batches]
         views = [memoryview(data) for _counts, data in batches]
-        chunks = {}
-        for bucket in range(BUCKETS):
+        touched = [bucket for bucket in range(BUCKETS) if any(at[bucket + 1] > at[bucket] for at in starts)]
+        self._note(sorted(set(touched) - self._noted))
+        for bucket in touched:
+            # One file's part at a time: joining every file's before writing any copied the
+            # whole queue, 8 MiB of an audit's parent.
             parts = [view[at[bucket] : at[bucket + 1]] for view, at in zip(views, starts, strict=True)
                      if at[bucket + 1] > at[bucket]]
-            if parts:
-                chunks[bucket] = parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
-        self._note(sorted(set(chunks) - self._noted))
-        for bucket, chunk in chunks.items():
-            self._append(bucket, chunk)
+            self._append(bucket, parts[0] if len(parts) == 1 else memoryview(b"".join(parts)))
 
     def _note(self, buckets: list[int]) -> None:
         """Write down the sizes of files about to grow for the first time in this batch."""

@@ -31,7 +31,7 @@ from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
 from .names import FORMAT as NAMES_FORMAT
-from .names import INPUT, OUTPUT, RUN, bucket_of, drop_entries, path_key
+from .names import INPUT, OUTPUT, RUN, HotNames, bucket_of, drop_entries, path_key
 from .names import kept as names_kept
 from .trust import TreeHead, TreeWriter, TrustStore
 
@@ -372,6 +372,7 @@ class Verifier:
         compared = artifacts = 0
         found: list[str] = []
         seen: set[str] = set()
+        hot = HotNames()  # names many records of a range named, joined over the ranges
         prev: str | None = None
         try:
             answers = (_parallel.results_here if in_process else _parallel.results)(backend, tasks, files=files)
@@ -384,6 +385,9 @@ class Verifier:
                 for block_id, count in zip(result.block_ids, result.counts, strict=True):
                     writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
                     at += count
+                hot.add(result.hot)
+                if len(hot) >= hot.MAX:
+                    writer.add_packed_names(writer.size, 0, *hot.packed())
                 prev = result.block_ids[-1] if result.block_ids else prev
                 compared += result.compared
                 artifacts += result.artifacts
@@ -397,6 +401,8 @@ class Verifier:
             if writer.blocks != stop or backend.artifact_count(0) != 0 or \
                     backend.rows_outside_the_chain(writer.size, writer.blocks):
                 raise _Disagreement
+            if len(hot):
+                writer.add_packed_names(writer.size, 0, *hot.packed())
             if dedup.suspects:
                 self._check_duplicates(dedup.suspects)
             writer.commit(audited=True)
