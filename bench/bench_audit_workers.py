@@ -10,7 +10,8 @@ row-by-row check (``LINEAGE_AUDIT_BULK=0``) runs too, and the workers keeping no
 the tree (``LINEAGE_AUDIT_NAMES=0``: what those cost). Prints the medians, the ratios,
 records/s, the CPU time of the whole process tree (and how much of it the workers used), the
 peak resident set of the parent and of each worker (VmHWM, sampled every 20 ms) and their
-sum, and the load.
+sum, and the load; and once with the most workers the audit starts (ten, what a machine of
+ten cores or more gets), for its memory.
 
     python bench/bench_audit_workers.py --size 1000000 --rounds 3
 
@@ -32,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import BIN, build  # noqa: E402
+
+from lineage_ledger._log.audit_parallel import MAX_WORKERS  # noqa: E402
 
 GOAL_RATE = 300_000
 GOAL_RSS_MIB = 512
@@ -182,6 +185,13 @@ def main() -> None:
     print(f"ratio one process / workers: {base / mine:.2f}x; workers row by row / workers: {before / mine:.2f}x wall, "
           f"{before_cpu / cpu:.2f}x CPU; workers / workers without names: {mine / bare_wall:.2f}x wall, "
           f"{cpu / bare_cpu:.2f}x CPU ({(cpu - bare_cpu) * 1e6 / size:.1f} us a record for the names)")
+    most = run(url, directory, str(MAX_WORKERS), extra)  # what a machine of MAX_WORKERS or more cores starts
+    print(f"the most workers the audit starts ({MAX_WORKERS}, on a machine of {MAX_WORKERS} cores or more), run once "
+          f"here: {most.wall:.2f} s on {len(os.sched_getaffinity(0))} cores, CPU {most.cpu:.1f} s; peak RSS: parent "
+          f"{most.parent_peak / 1024:.0f} MiB, workers {' + '.join(f'{p / 1024:.0f}' for p in most.worker_peaks)} MiB; "
+          f"sum of the peaks {most.peaks_sum / 1024:.0f} MiB, largest simultaneous total "
+          f"{most.total_peak / 1024:.0f} MiB (goal <= {GOAL_RSS_MIB} MiB); its CPU spread over {MAX_WORKERS} cores "
+          f"would be {size / (most.cpu / MAX_WORKERS):,.0f} records/s (an estimate, not a measurement)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     verdict = "GOAL MET" if size / mine >= GOAL_RATE and worst.peaks_sum <= GOAL_RSS_MIB * 1024 else "GOAL MISSED"
     print(f"{verdict}: audit at {size:,} records {size / mine:,.0f} records/s (goal >= {GOAL_RATE:,}), "
