@@ -7,10 +7,11 @@ import getpass
 import os
 import platform
 import socket
+import stat
 import sys
 from typing import Any
 
-__all__ = ["current_environment", "state_root"]
+__all__ = ["current_environment", "others_control", "state_root"]
 
 
 def _container() -> str | None:
@@ -62,3 +63,43 @@ def state_root() -> str:
         return explicit
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "lineage-ledger")
+
+
+def others_control(base: str) -> str | None:
+    """Why another user could rename, replace or write the state root ``base`` (None if none
+    can). Each directory and link on the way is looked at as the kernel resolves the path:
+    each must be this user's or root's, and a directory writable by others must be sticky
+    (as /tmp is) and not the root itself. Otherwise they could move this user's state aside,
+    so that the next command trusts whatever it finds, or point the path elsewhere.
+
+    Everything kept in the state root goes through this: the verified tree heads
+    (``TrustStore``), ``reset-trust`` before it deletes one, and the stat cache. A component
+    that does not exist raises ``FileNotFoundError`` (callers create the root first)."""
+    uid = os.getuid()
+    absolute = base if os.path.isabs(base) else os.path.join(os.getcwd(), base)
+    pending = [part for part in reversed(absolute.split("/")) if part]
+    current, hops = "/", 0
+    while True:
+        st = os.lstat(current)  # a directory, resolved: checked with what is still to come
+        if st.st_uid not in (0, uid) or (not pending and st.st_uid != uid):
+            return f"{current} belongs to uid {st.st_uid}"
+        if st.st_mode & 0o022 and not (pending and st.st_mode & stat.S_ISVTX):
+            return f"{current} is writable by other users"
+        if not pending:
+            return None
+        part = pending.pop()
+        if part == "..":
+            current = os.path.dirname(current)
+        elif part != ".":
+            here = os.path.join(current, part)
+            link = os.lstat(here)
+            if not stat.S_ISLNK(link.st_mode):
+                current = here
+            elif link.st_uid not in (0, uid):
+                return f"{here} is a link of uid {link.st_uid}"
+            elif (hops := hops + 1) > 40:
+                return f"{here}: too many levels of symbolic links"
+            else:
+                target = os.readlink(here)
+                pending.extend(reversed([p for p in target.split("/") if p]))
+                current = "/" if target.startswith("/") else current

@@ -27,7 +27,6 @@ import json
 import mmap
 import os
 import shutil
-import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass
 from blake3 import blake3
 
 from .._canonical import format_time, utcnow
-from .._environment import state_root
+from .._environment import others_control, state_root
 from .._errors import ConfigError, HistoryRewritten
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
@@ -232,42 +231,6 @@ def _write_atomic(path: str, data: bytes) -> None:
     write_atomic(path, data, ".head-")
 
 
-def _others_control(base: str) -> str | None:
-    """Why another user could rename, replace or write the state root ``base`` (None if none
-    can). Each directory and link on the way is looked at as the kernel resolves the path:
-    each must be this user's or root's, and a directory writable by others must be sticky
-    (as /tmp is) and not the root itself. Otherwise they could move this user's state aside,
-    so that the next command trusts whatever it finds, or point the path elsewhere."""
-    uid = os.getuid()
-    absolute = base if os.path.isabs(base) else os.path.join(os.getcwd(), base)
-    pending = [part for part in reversed(absolute.split("/")) if part]
-    current, hops = "/", 0
-    while True:
-        st = os.lstat(current)  # a directory, resolved: checked with what is still to come
-        if st.st_uid not in (0, uid) or (not pending and st.st_uid != uid):
-            return f"{current} belongs to uid {st.st_uid}"
-        if st.st_mode & 0o022 and not (pending and st.st_mode & stat.S_ISVTX):
-            return f"{current} is writable by other users"
-        if not pending:
-            return None
-        part = pending.pop()
-        if part == "..":
-            current = os.path.dirname(current)
-        elif part != ".":
-            here = os.path.join(current, part)
-            link = os.lstat(here)
-            if not stat.S_ISLNK(link.st_mode):
-                current = here
-            elif link.st_uid not in (0, uid):
-                return f"{here} is a link of uid {link.st_uid}"
-            elif (hops := hops + 1) > 40:
-                return f"{here}: too many levels of symbolic links"
-            else:
-                target = os.readlink(here)
-                pending.extend(reversed([p for p in target.split("/") if p]))
-                current = "/" if target.startswith("/") else current
-
-
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
@@ -281,7 +244,7 @@ class TrustStore:
         self._names_held = 0
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
-            unsafe = _others_control(base)
+            unsafe = others_control(base)
             if unsafe is None:
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
                 st = os.lstat(self.directory)
