@@ -217,6 +217,38 @@ def test_audit_workers_read_postgres_too(postgres_url, tmp_path, monkeypatch):
     assert here[0] == "IndexTampered" and there == here
 
 
+@pytest.mark.postgres
+def test_a_postgres_ledger_opened_for_writing_is_audited_through_read_only_sessions(postgres_url, tmp_path,
+                                                                                      monkeypatch):
+    """The writer's back-end (SQLAlchemy) has no workers and no bulk check: its audit reads
+    through a read-only view of the same database, the workers' sessions, with the answer the
+    sequential audit gives."""
+    from lineage_ledger._log import audit_parallel as parallel
+    from lineage_ledger.backends._pg_reader import PostgresReader
+
+    records = [make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
+                           outputs=[artifact(f"/data/out-{i}", f"o{i}")]) for i in range(40)]
+    with open_ledger(postgres_url, state_dir=str(tmp_path / "w"), spool=str(tmp_path / "spool")) as ledger:
+        for start in range(0, 40, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    expected = _audit(postgres_url, tmp_path / "a", {"LINEAGE_AUDIT_WORKERS": "1"}, monkeypatch)
+    given: list[object] = []
+    real = parallel.results
+
+    def spied(backend, tasks, *, files):
+        given.append(backend)
+        return real(backend, tasks, files=files)
+
+    monkeypatch.setattr(parallel, "results", spied)
+    for name, value in PARALLEL.items():
+        monkeypatch.setenv(name, value)
+    with open_ledger(postgres_url, state_dir=str(tmp_path / "b"), spool=str(tmp_path / "spool")) as ledger:
+        assert not isinstance(ledger.backend, PostgresReader)
+        result = ledger.audit()
+    assert (result.head.root, result.index_rows, result.head.size) == expected and expected[2] == 40
+    assert len(given) == 1 and isinstance(given[0], PostgresReader)
+
+
 # -- the reader reads a URL as the writer does -------------------------------------------------
 ODD_URLS = [
     "postgresql://ledger:a/b@db.example/lab",  # a raw slash in the password
