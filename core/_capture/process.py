@@ -14,16 +14,8 @@ the GIL, made the engine's threads wait to take it back. Putting a frame in the 
 copy under the GIL, and the ring lives in a mapping that a ``kill -9`` of the engine's
 process right after ``post`` returns does not take away.
 
-Messages (see :mod:`._channel`) go over the child's standard input and output::
-
-    parent -> child   ring: R a report, F a report whose id the caller waits for
-                      M: ("nudge",) after an F: record now   M: ("flush", token, timeout)
-                      M: ("digest", token, path)
-                      end of input: take the rest of the ring, record, flush,
-                      answer ("closed", ok, failures, outputs)
-    child -> parent   M: ("ready",)   M: ("done", upto, {seq: (ok, id or error)}, failures)
-                      M: ("unreadable", first, last)   M: ("flushed", token, ok)
-                      M: ("digest", token, entry)   M: ("log", level, logger name, message)
+The messages and the encoding of a report are in :mod:`.wire`; what the child's replies do,
+and taking its work back when it is lost, in :mod:`.replies` (the reader thread's side).
 
 What each side can count on:
 
@@ -49,11 +41,9 @@ What each side can count on:
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -61,70 +51,30 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from datetime import datetime, timedelta, timezone
-from operator import attrgetter
 from typing import Any
 
 from .._environment import current_environment
-from .._errors import LedgerError
 from .._files.hashing import normalize_path
-from .channel import MESSAGE, Channel
+from .channel import Channel
 from .drain import at_threading_exit
+from .replies import _ChildReplies, _left
 from .ring import Ring
-from .task import TaskCapture, TaskRun, _settle
+from .task import TaskRun
+from .wire import _NUDGE, REPORT, REPORT_WITH_ID, _Pending, decode_report, encode_report
 
+# The protocol moved to .wire; decode_report, encode_report and REPORT_WITH_ID are still
+# importable from here, where the child and the tests have imported them from.
 __all__ = ["ProcessCapture", "decode_report"]
 
 log = logging.getLogger("lineage_ledger.capture")
 _LIVE: weakref.WeakSet[ProcessCapture] = weakref.WeakSet()
 _exiting = False  # past the exit hook: no new recording process
-# (sequence number, the encoded report, its future). The report is kept encoded: a bytes
-# object is not tracked by the engine's garbage collector, while a TaskRun and its dicts,
-# kept until acknowledged, would mostly outlive the young collections and count toward
-# the next full one (0.15 to 0.25 s with Parsl's heap).
-_Pending = tuple[int, bytes, "Future[str | None] | None"]
-
-REPORT, REPORT_WITH_ID = b"R", b"F"
+# Module globals read at each start, so that a test can shrink the ring for one capture.
 _RING_SIZE = 4 << 20  # about 16,000 reports
 _LARGEST_REPORT = 1 << 20  # larger reports (huge parameters) are recorded in this process
-_NUDGE = Channel.frame(MESSAGE, pickle.dumps(("nudge",), protocol=5))
-_FIELDS = ("task_id", "task_name", "status", "started", "ended", "inputs", "outputs", "known",
-           "code_digest", "parameters", "environment_extra", "attempt", "extra", "run_id", "known_outputs")
-_fields_of = attrgetter(*_FIELDS)
-_UTC = timezone.utc
-_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
-def encode_report(run: TaskRun) -> bytes | None:
-    """``run`` as the child decodes it; None if only this process can record it."""
-    started, ended = run.started, run.ended
-    # A datetime pickles its class (and a UTC one its tzinfo) by reference, at twice the cost
-    # of the rest of the report: UTC times go as whole microseconds since the epoch, which
-    # come back exactly. Other zones go as they are; a naive time is an error that Record
-    # must raise here, where the caller sees it.
-    if started.tzinfo is None or ended.tzinfo is None:
-        return None
-    fields = list(_fields_of(run))
-    if started.tzinfo is _UTC:
-        fields[3] = (started - _EPOCH) // _MICROSECOND
-    if ended.tzinfo is _UTC:
-        fields[4] = (ended - _EPOCH) // _MICROSECOND
-    try:
-        return pickle.dumps(fields, protocol=5)
-    except Exception:  # noqa: BLE001 - something in the report does not pickle
-        return None
-
-
-def decode_report(payload: bytes) -> TaskRun:
-    fields = pickle.loads(payload)
-    for i in (3, 4):
-        if isinstance(fields[i], int):
-            fields[i] = _EPOCH + timedelta(microseconds=fields[i])
-    return TaskRun(*fields)
-
-
-class ProcessCapture(TaskCapture):
+class ProcessCapture(_ChildReplies):
     """A :class:`TaskCapture` that records in a child process; same calls, same guarantees.
 
     ``start_timeout`` bounds how long :meth:`open` waits for the child to have opened the
@@ -141,22 +91,6 @@ class ProcessCapture(TaskCapture):
         self._state = threading.Condition()  # replies wake it
         self._reset_child_state()
         _LIVE.add(self)
-
-    def _reset_child_state(self) -> None:
-        self._channel: Channel | None = None
-        self._ring: Ring | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._ready = False
-        self._lost = False  # the child died or could not start: this process records
-        self._orphans_recorded = threading.Event()
-        self._closing = False
-        self._closed_reply: tuple[bool, int] | None = None
-        self._seq = 0  # reports put in the ring; guarded by the channel's send lock
-        self._unacked: deque[_Pending] = deque()
-        self._replies: dict[int, Any] = {}
-        self._tokens = itertools.count(1)
-        self._failed_in_child = 0
 
     @property
     def failures(self) -> int:
@@ -315,123 +249,7 @@ class ProcessCapture(TaskCapture):
         self._channel = channel
         self._reader.start()
 
-    # -- replies (the reader thread) ----------------------------------------------------------
-    def _read(self, channel: Channel) -> None:
-        try:
-            while (frame := channel.receive()) is not None:
-                if frame[0] == MESSAGE:
-                    message = Channel.message(frame[1])
-                    # A child let go by _end_child (still running when it gave up) speaks to a
-                    # state that is no longer its own: only its log lines are still passed on.
-                    if self._channel is channel or message[0] == "log":
-                        self._handle(message)
-        except Exception as err:  # noqa: BLE001 - a garbled reply ends the child's service
-            log.error("lineage-ledger: bad reply from the recording process: %s", err)
-            if self._process is not None and self._channel is channel:
-                self._process.kill()  # so that a writer waiting on a full ring gives up now
-        if self._channel is not channel:
-            return  # let go: what it had not journaled was taken back then (_end_child)
-        with self._state:
-            clean = self._closing and not self._unacked and self._closed_reply is not None
-        if not clean:
-            status = self._process.poll() if self._process is not None else None
-            self._child_lost("ended" if status is None else f"ended with status {status}")
-
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            _, upto, results, failures = message
-            self._failed_in_child = failures
-            unacked = self._unacked
-            # Only this thread takes from the left, and the deque's own operations are
-            # atomic: no lock that a writer waiting on a full ring might hold.
-            while unacked and unacked[0][0] <= upto:
-                seq, _payload, future = unacked.popleft()
-                if future is not None:
-                    ok, value = results.get(seq, (True, None))
-                    if ok:
-                        _settle(future, value)
-                    else:
-                        _settle(future, error=value if isinstance(value, BaseException) else LedgerError(value))
-        elif kind == "unreadable":
-            _, first, last = message
-            taken = []
-            for pending in [p for p in list(self._unacked) if first <= p[0] <= last]:
-                try:
-                    self._unacked.remove(pending)
-                except ValueError:  # taken by a concurrent _child_lost, which records it
-                    continue
-                taken.append(pending)
-            super()._record_batch(self._decoded(taken))
-        elif kind == "log":
-            _, level, name, text = message
-            logging.getLogger(name).log(level, "%s", text)
-        else:
-            with self._state:
-                if kind == "ready":
-                    self._ready = True
-                elif kind == "closed":
-                    self._closed_reply = (bool(message[1]), int(message[2]))
-                    self._failed_in_child = int(message[2])
-                    with self._lock:
-                        self._outputs.update(message[3])
-                else:  # "flushed" and "digest" answer a token
-                    self._replies[message[1]] = message[2]
-                self._state.notify_all()
-
-    def _child_lost(self, how: str) -> None:
-        """Take back what the child had not journaled and record it, and what follows, here."""
-        orphans = self._take_back()
-        if orphans is None:
-            return
-        log.error("lineage-ledger: the recording process %s; %d task(s) it had not journaled and "
-                  "all later ones are recorded in this process", how, len(orphans))
-        self._record_taken(orphans)
-
-    def _take_back(self) -> list[_Pending] | None:
-        """From now on this process records: the reports the child has not acknowledged, taken
-        from it; None if they were taken already (the child was lost before)."""
-        channel = self._channel
-        lock = channel.send_lock if channel is not None else threading.Lock()
-        # A writer holding the lock is in write(2) to a dead child: it fails at once (EPIPE).
-        with lock:
-            if self._lost:
-                return None
-            self._lost = True
-            taken = list(self._unacked)
-            self._unacked.clear()
-        with self._state:
-            self._state.notify_all()
-        return taken
-
-    def _record_taken(self, taken: list[_Pending]) -> None:
-        """Record (journal, then ship) reports taken back from the child, here and now."""
-        try:
-            super()._record_batch(self._decoded(taken))
-        finally:
-            self._orphans_recorded.set()
-
-    # -- asking and ending ------------------------------------------------------------------
-    def _ask(self, kind: str, argument: Any, deadline: float | None) -> tuple[bool, Any]:
-        """Send a request and wait for its answer; (False, None) if none comes in time."""
-        token = next(self._tokens)
-        channel = self._channel
-        try:
-            assert channel is not None
-            channel.send_message((kind, token, argument))
-        except (OSError, AssertionError) as err:
-            if self._closing:  # asked while another thread ends the child: no answer, no alarm
-                return False, None
-            self._child_lost(f"could not be written to ({err})")
-            return False, None
-        with self._state:
-            while token not in self._replies:
-                remaining = _left(deadline)
-                if self._lost or (remaining is not None and remaining <= 0):
-                    return False, None
-                self._state.wait(remaining)
-            return True, self._replies.pop(token)
-
+    # -- ending -------------------------------------------------------------------------------
     def _end_child(self, timeout: float) -> bool:
         """Close the child's input, wait for its last answer, and forget it."""
         process, channel, reader = self._process, self._channel, self._reader
@@ -477,25 +295,6 @@ class ProcessCapture(TaskCapture):
             self._reset_child_state()
         return lost or (reply is not None and reply[0])
 
-    def _decoded(self, pending: list[_Pending]) -> list[tuple[TaskRun, Future[str | None] | None]]:
-        """The reports this process takes back to record itself. They were pickled here, so
-        they unpickle here; one that does not (a class whose state does not round-trip) is
-        logged and counted as not recorded."""
-        runs: list[tuple[TaskRun, Future[str | None] | None]] = []
-        for _, payload, future in pending:
-            try:
-                runs.append((decode_report(payload), future))
-            except Exception as err:  # noqa: BLE001 - never into the engine unless asked
-                with self._lock:
-                    self._failed_here += 1
-                log.error("lineage-ledger: a task report does not unpickle in this process either; "
-                          "it is not recorded: %s", err)
-                if future is not None and self.raise_errors:
-                    _settle(future, error=err)
-                elif future is not None:
-                    _settle(future, None)
-        return runs
-
     def _after_fork(self) -> None:
         # The pipes belong to the parent: a forked copy holding them open would keep the
         # child from ever seeing its input end. Close our copies; record in this process.
@@ -519,10 +318,6 @@ def _close(stream: Any) -> None:
             stream.close()
     except OSError:
         pass
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _end_children_at_exit() -> None:
