@@ -1,7 +1,9 @@
-"""The stat cache's marshalled snapshot: old caches carried over, savers merged, damage ignored."""
+"""The stat cache's snapshot: old caches carried over (marshal snapshots ignored), savers merged,
+damage ignored."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import sqlite3
 
@@ -61,7 +63,10 @@ def test_a_damaged_snapshot_is_ignored_and_rebuilt(tmp_path, monkeypatch):
     (path,) = _files(tmp_path, ["a"])
     cache_file = str(tmp_path / "cache.db")
     Hasher(StatCache(cache_file)).hash_many([path])
-    for garbage in (b"\x00not marshal", b"", bytes(range(256))):
+    db = sqlite3.connect(cache_file)
+    (whole,) = db.execute("SELECT data FROM stat_snapshot").fetchone()
+    db.close()
+    for garbage in (b"\x00not marshal", b"", bytes(range(256)), whole[:-1], whole[:20], whole + b"\0"):
         db = sqlite3.connect(cache_file)
         with db:
             db.execute("UPDATE stat_snapshot SET data = ?", (garbage,))
@@ -70,3 +75,25 @@ def test_a_damaged_snapshot_is_ignored_and_rebuilt(tmp_path, monkeypatch):
         assert Hasher(StatCache(cache_file)).hash_many([path])[0].blake3 == blake3(b"a").hexdigest()
         assert reads == [path]  # not trusted: hashed again, and the snapshot rewritten
         monkeypatch.undo()
+
+
+def test_a_marshal_snapshot_from_an_older_version_is_not_read(tmp_path, monkeypatch):
+    """Older versions stored the snapshot with marshal, which can build code objects: it is not
+    loaded (an entry in it, here a fake digest, is not served) and is replaced on the next save."""
+    (path,) = _files(tmp_path, ["a"])
+    st = os.stat(path)
+    cache_file = str(tmp_path / "cache.db")
+    Hasher(StatCache(cache_file)).hash_many([path])
+    entries = {path: (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, "ab" * 32)}
+    db = sqlite3.connect(cache_file)
+    with db:
+        db.execute("UPDATE stat_snapshot SET data = ?", (marshal.dumps(entries, 4),))
+    db.close()
+    reads = _count_reads(monkeypatch)
+    assert Hasher(StatCache(cache_file)).hash_many([path])[0].blake3 == blake3(b"a").hexdigest()
+    assert reads == [path]
+    db = sqlite3.connect(cache_file)
+    (data,) = db.execute("SELECT data FROM stat_snapshot").fetchone()
+    db.close()
+    assert data != marshal.dumps(entries, 4) and StatCache(cache_file).get(path, entries[path][1:5]) == (
+        blake3(b"a").hexdigest())

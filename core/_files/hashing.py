@@ -6,7 +6,8 @@ before and after hashing, and rehashed if it changed meanwhile.
 
 The stat cache keys a digest by (path, size, mtime_ns, ctime_ns, inode). ctime is in the
 key because ``touch -r`` can restore an edited file's mtime but nothing a user runs can
-restore its ctime. Verification never uses the cache: it always rehashes.
+restore its ctime. Verification never uses the cache: it always rehashes. The cache file
+and the checks that keep other users out of it are in :mod:`.statcache`.
 
 A directory is hashed as its manifest (:mod:`._manifest`): :meth:`Hasher.hash` and
 :func:`hash_file` return a :class:`DirectoryArtifact` for one, so every caller that hashes
@@ -15,12 +16,8 @@ A directory is hashed as its manifest (:mod:`._manifest`): :meth:`Hasher.hash` a
 
 from __future__ import annotations
 
-import marshal
-import operator
 import os
-import sqlite3
 import stat as stat_module
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +25,7 @@ from blake3 import blake3
 
 from .._errors import ArtifactError, describe_os_error
 from .._model import Artifact, DirectoryArtifact
+from .statcache import StatCache, state_cache
 
 __all__ = [
     "Hasher", "StatCache", "cached_hasher", "hash_file", "hash_for_record", "lookup_paths", "normalize_path",
@@ -166,114 +164,6 @@ def walk_files(root: str, on_skip: Callable[[str, str], None] | None = None) -> 
     return walk_tree(root, on_skip=on_skip)
 
 
-# A cache entry: (path, size, mtime_ns, ctime_ns, inode, digest).
-_CacheRow = tuple[str, int, int, int, int, str]
-_MARSHAL_VERSION = 4
-
-
-class StatCache:
-    """Digests by file signature, kept in a small SQLite file (stdlib ``sqlite3``).
-
-    The entries are stored as one marshalled dictionary (table ``stat_snapshot``, one row
-    with a generation counter): loading it costs a third of reading one SQL row per file,
-    and loading is most of a warm pass over a large tree. Saving merges under SQLite's
-    write lock: if another process saved since this one loaded, its stored snapshot is
-    the base and only this process's new entries go over it, so concurrent savers keep
-    each other's entries (as the per-row ``INSERT OR REPLACE`` of old did). A snapshot that will not load (damaged, or written by
-    another Python's marshal format) is ignored and rebuilt. Caches from before the
-    snapshot (rows in ``stat_cache``) are read once and carried over on the next save.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._lock = threading.Lock()
-        self._dirty: dict[str, _CacheRow] = {}
-        self._generation = 0
-        try:
-            self._entries = self._load()
-        except sqlite3.DatabaseError:
-            # A cache is disposable: a damaged one is set aside and rebuilt, never trusted.
-            os.replace(path, path + ".damaged")
-            self._entries = self._load()
-
-    @staticmethod
-    def _connect(path: str) -> sqlite3.Connection:
-        db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS stat_snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
-                   " generation INTEGER NOT NULL, data BLOB NOT NULL)")
-        return db
-
-    def _load(self) -> dict[str, _CacheRow]:
-        db = self._connect(self.path)
-        try:
-            row = db.execute("SELECT generation, data FROM stat_snapshot WHERE id = 0").fetchone()
-            if row is not None:
-                self._generation = int(row[0])
-                return _unmarshal(row[1])
-            legacy = db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'stat_cache'"
-            ).fetchone()
-            if legacy is None:
-                return {}
-            rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, ino, digest FROM stat_cache").fetchall()
-            entries = dict(zip(map(_first, rows), rows, strict=True))
-            self._dirty.update(entries)  # carried into a snapshot on the next save
-            return entries
-        finally:
-            db.close()
-
-    def get(self, path: str, signature: tuple[int, int, int, int]) -> str | None:
-        entry = self._entries.get(path)
-        return entry[5] if entry is not None and entry[1:5] == signature else None
-
-    def put(self, path: str, signature: tuple[int, int, int, int], digest: str) -> None:
-        with self._lock:
-            self._entries[path] = self._dirty[path] = (path, *signature, digest)
-
-    def save(self) -> None:
-        with self._lock:
-            dirty, self._dirty = self._dirty, {}
-            entries = self._entries
-        if not dirty:
-            return
-        db = self._connect(self.path)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT generation, data FROM stat_snapshot WHERE id = 0").fetchone()
-            generation = 0 if row is None else int(row[0])
-            if generation != self._generation:
-                # Another process saved since we loaded: start from its entries.
-                entries = _unmarshal(row[1]) if row is not None else {}
-                entries.update(dirty)
-            db.execute(
-                "INSERT OR REPLACE INTO stat_snapshot (id, generation, data) VALUES (0, ?, ?)",
-                (generation + 1, marshal.dumps(entries, _MARSHAL_VERSION)),
-            )
-            db.execute("COMMIT")
-            self._generation = generation + 1
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
-
-
-def _unmarshal(data: object) -> dict[str, _CacheRow]:
-    """The snapshot's entries, or none if it is not one this code wrote."""
-    try:
-        entries = marshal.loads(data)  # type: ignore[arg-type]
-    except (ValueError, EOFError, TypeError):
-        return {}
-    if type(entries) is not dict or not {tuple}.issuperset(map(type, entries.values())):
-        return {}
-    if not {6}.issuperset(map(len, entries.values())):
-        return {}
-    return entries
-
-
-_first = operator.itemgetter(0)
 # Slot descriptors: setting them directly skips the frozen dataclass's __setattr__ check,
 # as Artifact._trusted does, at half its cost (one per file on a warm pass).
 _set_path, _set_digest, _set_size = (vars(Artifact)[name].__set__ for name in ("path", "blake3", "size"))
@@ -367,12 +257,9 @@ class Hasher:
 def cached_hasher() -> Hasher:
     """A hasher whose stat cache lives in this user's state directory (private, outside the
     working tree): what pre-run checks and captures hash directories with, so an unchanged
-    large directory costs a stat per file."""
-    from .._environment import state_root
-
-    root = state_root()
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    return Hasher(StatCache(os.path.join(root, "statcache.db")))
+    large directory costs a stat per file. Where another user controls that directory, the
+    hasher has no cache and reads every file (:func:`.statcache.state_cache`)."""
+    return Hasher(state_cache())  # None, after one warning, where other users control the root
 
 
 def hash_for_record(path: str):
