@@ -481,3 +481,37 @@ def test_a_stat_cache_another_user_could_write_is_not_read(tmp_path, public, how
     assert recorded == digest, "the record lists the digest nobody chose"
     assert "not using the stat cache" in result.stderr, result.stderr
     assert cache_file.read_bytes() == before  # left as found, for the account to look at
+
+
+# -- reset-trust -------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["their directory", "their link to the account's state"])
+def test_reset_trust_deletes_nothing_in_a_state_root_another_user_controls(tmp_path, public, how):
+    """``reset-trust`` deletes the ledger's directory under the state root. Where nobody
+    controls that root, what it would delete is whatever nobody put there: their directory
+    (with a head they made up, which it would report as forgotten), or, through a link of
+    theirs, the account's own trusted state kept elsewhere. It is refused, as verifying is."""
+    url = _ledger(tmp_path)
+    if how == "their directory":
+        root = public / "theirs"
+        directory = _ledger_dir(root, url)
+        forged = _forged_head(url)
+
+        def plant() -> str:
+            os.mkdir(root, 0o777)
+            os.mkdir(directory, 0o777)
+            (directory / "head.json").write_bytes(forged)
+            return "planted"
+
+        assert as_nobody(plant) == "planted"
+    else:
+        accounts = tmp_path / "accounts-state"
+        accounts.mkdir(mode=0o700)
+        _verify(tmp_path, url, {"LINEAGE_STATE_DIR": str(accounts)}).check_returncode()
+        directory = _ledger_dir(accounts, url)
+        root = public / "state"
+        as_nobody(lambda: os.symlink(accounts, root))
+    kept = _snapshot(directory)
+    result = run_cli("reset-trust", "--ledger", url, cwd=tmp_path, env={"LINEAGE_STATE_DIR": str(root)})
+    _refused(result, "refusing", "65534")
+    assert "forgot" not in result.stderr
+    assert _snapshot(directory) == kept and "head.json" in kept

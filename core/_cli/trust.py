@@ -146,10 +146,21 @@ def reset_trust(ledger_url) -> None:
 
     from lineage_ledger.backends import open_backend
 
+    from .._environment import others_control, state_root
     from .._log.trust import TreeHead, TrustStore
 
+    base = state_root()
     with open_backend(ledger_url, create=False) as backend:
-        directory = TrustStore.directory_for(backend.identity)
+        directory = TrustStore.directory_for(backend.identity, base)
+    try:
+        unsafe = others_control(base)
+    except FileNotFoundError:
+        unsafe = None  # no state root: nothing to delete below
+    if unsafe is not None:
+        # What is there may be theirs, or (through their link) the account's state kept
+        # elsewhere; and nothing kept there is trusted anyway (TrustStore refuses the root).
+        raise ConfigError(f"refusing to delete anything in {base}: {unsafe}, so what it holds may be another "
+                          "user's, or reached through their link (set LINEAGE_STATE_DIR to a private directory)")
     try:
         with open(os.path.join(directory, "head.json"), "rb") as handle:
             old: TreeHead | None = TreeHead.from_json(handle.read())
