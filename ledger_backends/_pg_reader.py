@@ -7,9 +7,10 @@ as for the writer (:class:`~.sql.SQLBackend`), which reads through psycopg's own
 anyway; only the connection is made here. The session is read-only
 (``default_transaction_read_only``), so nothing this object runs can write.
 
-The ledger's identity (the key of its trusted state and spool) must be the writer's, which
-SQLAlchemy renders: :func:`identity_of` renders the same string for URLs it can read
-plainly and asks SQLAlchemy only for anything else (tests compare the two).
+The ledger's identity (the key of its trusted state and spool) must be the writer's: both
+use :func:`identity_of`, SQLAlchemy's rendering of the URL without :data:`TUNING_KEYS`,
+rendered here for URLs it can read plainly and by SQLAlchemy only for anything else (tests
+compare the two).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lineage_ledger._errors import BackendError, BackendUnavailable, ConfigError, CorruptStore, MissingExtra
+from lineage_ledger._ledger.spool import note_earlier_name
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend, redact, safe_cause
@@ -32,12 +34,31 @@ from ._pg_watch import HANG_TIMEOUT_KEY, forget_watches_after_fork, guarded_conn
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sqlite_files import database_error, refusal
 
-__all__ = ["SESSION_SETUP", "PostgresReader", "identity_of", "set_up_session"]
+__all__ = ["SESSION_SETUP", "TUNING_KEYS", "PostgresReader", "identity_of", "set_up_session"]
 
 # libpq waits for ever by default on a server that takes the connection and never answers
 # (a hung host, a proxy): a pre-run check would then hang the workflow. A URL's own
 # ``connect_timeout`` wins.
 PG_CONNECT_TIMEOUT_S = 10
+
+# Query keys that say how long to wait for the server, how to keep the connection alive, how
+# to check the server and prove who we are, never which server, database, role or schema: the
+# ledger's name leaves them out, so that adding ``?connect_timeout=10`` (or moving to TLS) keeps
+# its spool (records a crash left behind are replayed, not stranded) and its trusted tree head.
+# A key left out wrongly would let two stores share a spool, so only keys that cannot change
+# the store reached are here. TLS and authentication settings either reach the same server or
+# fail; with them in the name a connection made without TLS would also start from a fresh
+# trusted head instead of the one verified over TLS, and ``sslpassword`` would be written to
+# the spool's URL file. Kept in the name: host, hostaddr, port, dbname, user, options (a
+# search_path names other tables), service and passfile (they can name a host or role),
+# target_session_attrs (picks among hosts), sslsni and sslnegotiation (a proxy may route by
+# them), client_encoding, and every key not listed.
+TUNING_KEYS = frozenset({
+    "connect_timeout", HANG_TIMEOUT_KEY, "application_name", "fallback_application_name",
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir", "sslcompression",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "channel_binding", "gssencmode", "require_auth",
+})
 
 # postgresql[+psycopg]://[user[:password]@]host[:port]/database[?key=value&...], every part
 # in characters that SQLAlchemy neither decodes nor quotes differently.
@@ -52,15 +73,22 @@ _SIMPLE_URL = re.compile(
 
 
 def _parsed(url: str) -> tuple[str, dict[str, Any]]:
-    """``(identity, connection arguments)`` exactly as the writer's SQLAlchemy reads ``url``:
-    SQLAlchemy's rendering (driver ``+psycopg``, password hidden, query keys sorted), and the
-    keyword arguments its psycopg dialect connects with (``user``, ``password``, ``host``,
-    ``port``, ``dbname`` and the query's own, percent-decoded). Plain URLs are read here;
-    anything else by SQLAlchemy (whose import only such URLs pay): never by libpq's own URI
-    parser, which reads some passwords differently."""
+    """``(rendering, connection arguments)`` exactly as the writer's SQLAlchemy reads ``url``
+    (see :func:`_read`); the rendering was the ledger's name before :data:`TUNING_KEYS`."""
+    _, rendering, args = _read(url)
+    return rendering, args
+
+
+def _read(url: str) -> tuple[str, str, dict[str, Any]]:
+    """``(identity, rendering, connection arguments)`` of ``url``: SQLAlchemy's rendering
+    (driver ``+psycopg``, password hidden, query keys sorted), the same without
+    :data:`TUNING_KEYS`, and the keyword arguments the writer's psycopg dialect connects with
+    (``user``, ``password``, ``host``, ``port``, ``dbname`` and the query's own,
+    percent-decoded). Plain URLs are read here; anything else by SQLAlchemy (whose import only
+    such URLs pay): never by libpq's own URI parser, which reads some passwords differently."""
     match = _SIMPLE_URL.match(url)
     if match is None:
-        return _parsed_by_sqlalchemy(url)
+        return _read_by_sqlalchemy(url)
     shown = "postgresql+psycopg://"
     args: dict[str, Any] = {"host": match["host"], "dbname": match["database"]}
     if match["user"] is not None:
@@ -73,19 +101,23 @@ def _parsed(url: str) -> tuple[str, dict[str, Any]]:
         shown += ":" + str(int(match["port"]))
         args["port"] = int(match["port"])
     shown += "/" + match["database"]
+    identity = shown
     if match["query"]:
         pairs = sorted((pair.partition("=") for pair in match["query"].split("&")), key=lambda p: p[0])
         shown += "?" + "&".join(f"{key}={value}" for key, _, value in pairs)
+        kept = [f"{key}={value}" for key, _, value in pairs if key not in TUNING_KEYS]
+        if kept:
+            identity += "?" + "&".join(kept)
         for key, _, value in pairs:
             args[key] = value if key not in args else (*_as_tuple(args[key]), value)
-    return shown, args
+    return identity, shown, args
 
 
 def _as_tuple(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def _parsed_by_sqlalchemy(url: str) -> tuple[str, dict[str, Any]]:
+def _read_by_sqlalchemy(url: str) -> tuple[str, str, dict[str, Any]]:
     import sqlalchemy as sa
 
     from .sql import _engine_url
@@ -96,7 +128,8 @@ def _parsed_by_sqlalchemy(url: str) -> tuple[str, dict[str, Any]]:
         args = parsed.translate_connect_args(username="user", database="dbname")
         args.update({key: (tuple(value) if isinstance(value, (list, tuple)) else value)
                      for key, value in parsed.query.items()})
-        return parsed.render_as_string(hide_password=True), args
+        identity = parsed.difference_update_query(TUNING_KEYS).render_as_string(hide_password=True)
+        return identity, parsed.render_as_string(hide_password=True), args
     except (sa.exc.ArgumentError, ValueError) as err:
         problem = redact(str(err), url)
     # Raised outside the handler, so that the parser's error (which may quote the password)
@@ -105,8 +138,13 @@ def _parsed_by_sqlalchemy(url: str) -> tuple[str, dict[str, Any]]:
 
 
 def identity_of(url: str) -> str:
-    """The URL as :class:`~.sql.SQLBackend` names its ledger: SQLAlchemy's rendering of it."""
-    return _parsed(url)[0]
+    """The name of the ledger at ``url``, what :class:`~.sql.SQLBackend` and
+    :class:`PostgresReader` give as ``identity``: SQLAlchemy's rendering of the URL without
+    :data:`TUNING_KEYS`. The rendering with them (the name before) is noted as an earlier
+    name, so that a spool directory an earlier release left under it is still replayed."""
+    identity, rendering, _ = _read(url)
+    note_earlier_name(identity, rendering)
+    return identity
 
 
 # Every query here is a short index look-up or a range scan, which PostgreSQL's JIT would
@@ -164,7 +202,8 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
             raise MissingExtra(f"the postgresql back-end needs {err.name!r}, which is not installed: "
                                "pip install 'lineage-ledger[postgres]'") from err
         self._psycopg = psycopg
-        self._identity, params = _parsed(url)
+        self._identity, rendering, params = _read(url)
+        note_earlier_name(self._identity, rendering)
         options = " ".join(_as_tuple(params.get("options") or ()))
         params["options"] = (options + " -c default_transaction_read_only=on").strip()
         params.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import stat
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -31,7 +32,8 @@ from .._model import Record, StoredRecord
 from .._terminal import printable
 
 __all__ = [
-    "Refused", "Segment", "SpoolWriter", "describe_quarantine", "spool_directory", "spool_path", "take_orphans",
+    "Refused", "Segment", "SpoolWriter", "describe_quarantine", "earlier_names", "note_earlier_name",
+    "spool_directory", "spool_path", "take_orphans",
 ]
 
 log = logging.getLogger("lineage_ledger")
@@ -42,8 +44,42 @@ _FILE_MODE = 0o600
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
-def spool_path(root: str, identity: str) -> str:
+def _keyed(root: str, identity: str) -> str:
     return os.path.join(os.path.abspath(root), blake3(identity.encode("utf-8")).hexdigest()[:16])
+
+
+# A ledger's name can change between releases: a PostgreSQL ledger was named by its whole URL,
+# connection-tuning keys (``connect_timeout``...) included, until they were left out. The
+# back-end that works the name out tells this module the earlier name of the URL it was given,
+# and the spool directory of that name is drained into the current one (below), so records a
+# crash left there under an earlier release are replayed, not stranded.
+_EARLIER: dict[str, frozenset[str]] = {}
+_EARLIER_LOCK = threading.Lock()
+
+
+def note_earlier_name(identity: str, earlier: str) -> None:
+    """Say that the ledger named ``identity`` was named ``earlier`` by an earlier release
+    (for the URL this process was given): its spool directory is drained into this name's."""
+    if earlier == identity or earlier in _EARLIER.get(identity, ()):
+        return
+    with _EARLIER_LOCK:
+        _EARLIER[identity] = _EARLIER.get(identity, frozenset()) | {earlier}
+
+
+def earlier_names(identity: str) -> frozenset[str]:
+    """The earlier names of ``identity`` this process was told of (see :func:`note_earlier_name`)."""
+    return _EARLIER.get(identity, frozenset())
+
+
+def spool_path(root: str, identity: str) -> str:
+    """The spool directory of the ledger named ``identity`` (not created). Segments that dead
+    processes left under an earlier name of it (:func:`note_earlier_name`) are moved into it
+    first, which creates it: every reader of the spool (replay, ``verify``'s count of waiting
+    records) then finds them where it looks."""
+    directory = _keyed(root, identity)
+    for earlier in _EARLIER.get(identity, ()):
+        _adopt(_keyed(root, earlier), directory, identity)
+    return directory
 
 
 def spool_directory(root: str, url: str) -> str:
@@ -55,6 +91,13 @@ def spool_directory(root: str, url: str) -> str:
     made 0700 again.
     """
     directory = spool_path(root, url)
+    _prepare(directory, url)
+    return directory
+
+
+def _prepare(directory: str, identity: str) -> None:
+    """Create ``directory`` (and the spool root) private, check it, and name the ledger in its
+    ``URL`` file (once: what ``spool status`` shows)."""
     try:
         _make_private_dir(os.path.dirname(directory), parents=True)
         _make_private_dir(directory)
@@ -67,10 +110,45 @@ def spool_directory(root: str, url: str) -> str:
         else:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 os.fchmod(fd, _FILE_MODE)
-                handle.write(url + "\n")
+                handle.write(identity + "\n")
     except OSError as err:
         raise SpoolError(f"cannot use the spool directory {directory}: {err.strerror or err}") from err
-    return directory
+
+
+def _adopt(earlier: str, directory: str, identity: str) -> None:
+    """Move the segments of dead processes from the directory of an earlier name into
+    ``directory``. Each is taken as replay takes it (locked, a regular file of this user with
+    one link, never a link) and renamed while locked, so neither a replayer nor its owner
+    (alive: its lock is held, and it is left alone) can see it half moved. The earlier
+    directory is left in place, emptied: a process of the earlier release, or one that still
+    names the ledger the earlier way, may have just made it and be about to write its first
+    segment there. Best effort: what cannot be moved stays there, with a warning, for the
+    next opener."""
+    try:
+        info = os.lstat(earlier)
+    except OSError:
+        return  # none: the usual case
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        log.warning("lineage-ledger: left %s alone: the spool directory of an earlier name of %s is not a "
+                    "directory of this user", printable(earlier), printable(identity))
+        return
+    reported: list[str] = []
+    try:
+        names = sorted(n for n in os.listdir(earlier) if n.endswith(_SUFFIX))
+        for name in names:
+            target = os.path.join(directory, name)
+            fd = _open_orphan(os.path.join(earlier, name), reported)
+            if fd is None:
+                continue
+            try:
+                _prepare(directory, identity)
+                if not os.path.lexists(target):  # names are unique (pid, random, sequence): never replaced
+                    os.rename(os.path.join(earlier, name), target)
+            finally:
+                os.close(fd)  # the lock goes once the segment is where replay looks
+    except (OSError, SpoolError) as err:
+        log.warning("lineage-ledger: could not move the spool of an earlier name of %s from %s: %s; its records "
+                    "wait there for the next opener", printable(identity), printable(earlier), printable(str(err)))
 
 
 def _make_private_dir(path: str, *, parents: bool = False) -> None:
