@@ -3,14 +3,15 @@
 :func:`open_ledger` picks the back-end by URL, and replays records a crashed process
 left in the spool. Appends build blocks on the current head and retry on
 :class:`AppendConflict`, which is how concurrent writers interleave without a lock
-server. Every answer is proved before it is given (``_verified``): the index row names a
-record, the record's bytes hash to its id, and the id is the leaf the verified tree holds
-at that place; a row that disagrees with its record raises :class:`IndexTampered`.
+server. Every answer is proved before it is given: the index row names a record, the
+record's bytes hash to its id, and the id is the leaf the verified tree holds at that
+place; a row that disagrees with its record raises :class:`IndexTampered`. Those look-ups
+and their proof are in :mod:`.proved` (:class:`~.proved.ProvedLookups`), the lineage walks
+built on them in :mod:`.lineage`; this module keeps writing, the tree head and the queries.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -20,46 +21,32 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._canonical import format_time
-from .._errors import AppendConflict, IndexTampered, LedgerError, RecordTampered
-from .._files.hashing import lookup_paths
+from .._errors import AppendConflict, IndexTampered, LedgerError
 from .._files.manifest import Manifest
 from .._log.chain import ChainSummary, ChainTip, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
-from .complete import Listing, StaleNames, check_latest, check_listing, listing, named_by_a_verified_record
+from .complete import Listing, listing
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
+from .proved import LookAhead as LookAhead  # defined here before the look-ups moved out
+from .proved import ProvedLookups
 from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
-    from lineage_ledger.backends import Backend, Located
+    from lineage_ledger.backends import Backend
 
 __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
-_DECODE_CACHE = 10_000  # decoded records kept (about 5 KiB each: 50,000 held 250 MiB in `depends --all`)
 log = logging.getLogger("lineage_ledger")
 
 
-@dataclass
-class LookAhead:
-    """Index rows read ahead for many paths (:meth:`Ledger.looking_ahead`): by (role, path),
-    the latest record (None: none) and the producers; and each path's key."""
-
-    latest: dict[tuple[str, str], tuple[Located, str] | None] = field(default_factory=dict)
-    places: dict[tuple[str, str], list[Located]] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-    bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
-    names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
-
-
-class Ledger(LineageQueries):
+class Ledger(ProvedLookups, LineageQueries):
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL, state_dir: str | None = None) -> None:
         self.backend = backend
         self.url: str = backend.url
@@ -178,58 +165,6 @@ class Ledger(LineageQueries):
         """Stored blocks as the back-end returns them, unverified (see :meth:`audit`)."""
         return self.backend.blocks(start, stop)
 
-    def _proved(self, located: Located) -> LedgerRecord | None:
-        """The record an index row names, once its bytes and place are proved; None for a
-        row appended after the verified head."""
-        stored = located.record
-        record = self._decoded.get(stored.id)
-        # A record decoded before was proved from its bytes then: the answer comes from those,
-        # so only the row's place is proved again (a record naming 10,000 outputs is not
-        # hashed once per output), and not even that where this very place was proved in
-        # this verifier's tree, which only ever grows (a look-up per output, twice).
-        verifier = self.verifier
-        place = (located.height, located.position)
-        if record is None or self._placed.get(stored.id) != (place, verifier):
-            if verifier.check(located, hash_body=record is None) is None:
-                return None
-            if len(self._placed) >= _DECODE_CACHE:
-                self._placed.clear()
-            self._placed[stored.id] = (place, verifier)
-        if record is None:
-            try:
-                record = Record.decode(stored.body)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}",
-                                     height=located.height) from exc
-            if len(self._decoded) >= _DECODE_CACHE:
-                self._decoded.clear()
-            self._decoded[stored.id] = record
-        return LedgerRecord(stored.id, record, located.height, located.position)
-
-    def _with_bodies(self, rows: Iterable[Located]) -> list[Located]:
-        """Rows a back-end returned without bodies (``find_places``), with the bodies of the
-        records not proved before fetched in one call; the others are answered from the
-        bytes proved then."""
-        rows = list(rows)
-        missing = {r.record.id for r in rows if not r.record.body and r.record.id not in self._decoded}
-        if not missing:
-            return rows
-        bodies = self.backend.bodies(sorted(missing))
-        filled = []
-        for row in rows:
-            body = bodies.get(row.record.id) if row.record.id in missing else None
-            if body is not None:
-                row = type(row)(row.height, row.position, StoredRecord(row.record.id, body))
-            filled.append(row)
-        return filled
-
-    def _proved_all(self, rows: Iterable[Located]) -> list[LedgerRecord]:
-        # The head is brought up to date once (then by tree_head(), which the pre-run checks
-        # call each time); a row past it makes Verifier.check look again.
-        if not self._head_current:
-            self.tree_head()
-        return [entry for entry in map(self._proved, rows) if entry is not None]
-
     def get(self, id_or_prefix: str) -> LedgerRecord:
         prefix = id_or_prefix.strip().lower()
         if len(prefix) < 4:
@@ -244,129 +179,9 @@ class Ledger(LineageQueries):
             raise LedgerError(f"id prefix {id_or_prefix!r} is ambiguous; give more digits")
         return matches[0]
 
-    def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
-              rows: Iterable[Located] | None = None) -> list[LedgerRecord]:
-        if rows is not None or path is None:  # one row, a page, or by digest: no list to complete
-            return self._matching(role, path, digest, self._proved_all(self._with_bodies(rows if rows is not None
-                                  else self.backend.find_places(role, path=None, digest=digest))))
-        for final in (False, True):
-            rows, bound = None, 0
-            batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
-            if batch is not None:
-                rows, bound = batch.places.get((role, path)), batch.bound
-            if rows is None:
-                bound = self._bound(refresh=final)
-                # The digest is matched against the proved record, not the index: an edited
-                # digest column can then change no answer (the audit reports it).
-                rows = self.backend.find_places(role, path=path)
-            found = self._proved_all(self._with_bodies(rows))
-            matching = self._matching(role, path, digest, found)
-            try:
-                check_listing(self, role, path, found, bound, final=final)
-            except StaleNames:
-                continue  # names kept past the bound: look again from a head read now
-            return matching
-        raise AssertionError("unreachable: the final look is never stale")
-
-    def _matching(self, role: Literal["in", "out"], path: str | None, digest: str | None,
-                  found: list[LedgerRecord]) -> list[LedgerRecord]:
-        """The proved records that name ``path`` (and/or ``digest``) in ``role``; a record the
-        index listed that does not raises :class:`IndexTampered`."""
-        matching = []
-        for entry in found:
-            side = entry.record.inputs if role == "in" else entry.record.outputs
-            if path is not None:
-                named = side.get(path)
-                agrees = named is not None
-                if named is not None and (digest is None or named["blake3"] == digest):
-                    matching.append(entry)
-            else:
-                agrees = any(e["blake3"] == digest for e in side.values())
-                if agrees:
-                    matching.append(entry)
-            if not agrees:
-                verb = "reading" if role == "in" else "writing"
-                raise IndexTampered(
-                    f"the index lists record {entry.id[:16]} (block {entry.height}) as {verb} "
-                    f"{path if path is not None else digest}, but the record does not say so",
-                    height=entry.height, path=path,
-                )
-        return matching
-
-    def _bound(self, *, refresh: bool = False) -> int:
-        """The verified tree's size, brought up to date, read before an index query: each
-        record below it was stored before the query, so the index must name it where it
-        names the path; one verified after (appended meanwhile) need not be in the answer."""
-        if refresh or not self._head_current:
-            self.tree_head()
-        head = self.verifier.store.head
-        return head.size if head is not None else 0
-
-    def query_path(self, path: str) -> str:
-        """The key the ledger knows ``path`` by, normalised as the CLI does: made absolute
-        (relative to the working directory); where symbolic links make its real path
-        differ, the spelling some record names (the path as given, else the real one)."""
-        batch: LookAhead | None = getattr(self._batch, "current", None)
-        if batch is not None and path in batch.keys:
-            return batch.keys[path]
-        keys = lookup_paths(path)
-        key = keys[0]
-        if len(keys) > 1:
-            for candidate in keys:
-                if (named_by_a_verified_record(self, candidate)
-                        or self.backend.find_page("out", path=candidate, limit=1)
-                        or self.backend.find_page("in", path=candidate, limit=1)):
-                    key = candidate
-                    break
-        if batch is not None:
-            batch.keys[path] = batch.keys[key] = key
-        return key
-
-    @contextlib.contextmanager
-    def looking_ahead(self, paths: Sequence[str]) -> Iterator[None]:
-        """Within the block, this thread's look-ups of ``paths`` (the last record to read
-        and to write each, and each one's producers) are answered from index rows read for
-        all of them at once, a few statements for thousands of files instead of three
-        each. Only the index rows are read ahead: every record an answer uses is proved
-        as before, and each path's key (symbolic links resolved) is worked out once."""
-        batch = LookAhead()
-        previous = getattr(self._batch, "current", None)
-        self._batch.current = batch
-        try:
-            keys = list(dict.fromkeys(self.query_path(p) for p in paths))
-            batch.bound = self._bound()
-            batch.names = self.verifier.store.names_many(keys) or {}
-            backend = self.backend
-            for role in ("out", "in"):
-                found = backend.find_latest_many(role, keys)
-                batch.latest.update({(role, k): found.get(k) for k in keys})
-            places = backend.find_places_many("out", keys)
-            batch.places.update({("out", k): places.get(k, []) for k in keys})
-            yield
-        finally:
-            self._batch.current = previous
-
     def record_bits(self) -> RecordBits:
         """An empty set of proved records (of this ledger's verified tree), a bit each."""
         return RecordBits(self.verifier.store.block_start)
-
-    @contextlib.contextmanager
-    def consumers_ahead(self, keys: Sequence[str]) -> Iterator[None]:
-        """Within the block, this thread's :meth:`consumers` of ``keys`` (keys as records
-        name them, not resolved again) are answered from their index rows, read for all of
-        them in a few statements: what `depends --all` asks of each page's outputs. Every
-        record an answer uses is proved as before."""
-        batch = LookAhead()
-        previous = getattr(self._batch, "current", None)
-        self._batch.current = batch
-        try:
-            unique = list(dict.fromkeys(keys))
-            batch.bound = self._bound()
-            readers = self.backend.find_places_many("in", unique)
-            batch.places.update({("in", k): readers.get(k, []) for k in unique})
-            yield
-        finally:
-            self._batch.current = previous
 
     def _query(self, path: str | None) -> str | None:
         return None if path is None else self.query_path(path)
@@ -437,35 +252,6 @@ class Ledger(LineageQueries):
                     best = (key, entry, role, side[path])
         return None if best is None else (best[1], best[2], best[3])
 
-    def _latest(self, role: Literal["in", "out"], path: str) -> list[LedgerRecord]:
-        """The record with ``path`` in ``role`` that ended last: one index step where the
-        back-end indexes end times (the record is proved, and must have ended when the
-        index says), else every such record."""
-        if not self.backend.keeps_end_times:
-            return self._find(role, path, None)  # every one, its list checked complete
-        for final in (False, True):
-            batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
-            if batch is not None and (role, path) in batch.latest:
-                found, bound = batch.latest[(role, path)], batch.bound
-            else:
-                bound = self._bound(refresh=final)
-                found = self.backend.find_latest(role, path)
-            entries: list[LedgerRecord] = []
-            if found is not None:
-                located, ended = found
-                entries = self._find(role, path, None, [located])
-                for entry in entries:
-                    if format_time(entry.record.ended) != ended:
-                        raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended "
-                                            f"at {format_time(entry.record.ended)}", height=entry.height, path=path)
-            try:
-                if found is None or entries:
-                    check_latest(self, role, path, entries[-1] if entries else None, bound, final=final)
-            except StaleNames:
-                continue  # names kept past the bound: look again from a head read now
-            return entries
-        raise AssertionError("unreachable: the final look is never stale")
-
     def run(self, run_id: str) -> list[LedgerRecord]:
         """Every record of a run, each proved, and counted against the names kept: a record
         row whose run id was edited (or deleted) is noticed, not left out."""
@@ -489,13 +275,6 @@ class Ledger(LineageQueries):
             counted.finish_page(count)
         return found, count
 
-    def _of_run(self, run_id: str, rows: list[Located]) -> list[LedgerRecord]:
-        found = self._proved_all(rows)
-        for entry in found:
-            if entry.record.run_id != run_id:
-                raise IndexTampered(f"the index lists record {entry.id[:16]} in run {run_id!r}, "
-                                    f"but it belongs to run {entry.record.run_id!r}", height=entry.height)
-        return found
 
     def recent(self, limit: int) -> list[LedgerRecord]:
         """The newest ``limit`` records of the verified head, oldest first."""
