@@ -58,7 +58,8 @@ def _warn_once(message: str) -> None:
 
 def _encode(entries: dict[str, _CacheRow]) -> bytes:
     """The snapshot of ``entries`` (keyed by their own path), column by column: each column
-    is one C-level pass, about as fast as marshal to read back (see docs/security.md)."""
+    is one C-level pass. Read back about as fast as marshal (10,000 to 1M entries: +0 to
+    +12%); written at 1.5-2.5x marshal's time, which only a pass that hashed something pays."""
     values = entries.values()
     unsigned = array("Q", map(_size, values))
     unsigned.extend(map(_ino, values))
