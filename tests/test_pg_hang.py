@@ -273,6 +273,6 @@ def test_the_limit_is_read_from_the_url_and_checked(server, create):
     for value in ("0", "2.5"):
         with open_backend(f"{url}?ll_hang_timeout={value}&connect_timeout=3", create=create) as backend:
             assert backend.head() is not None or create
-            assert backend.identity.endswith(f"connect_timeout=3&ll_hang_timeout={value}")
+            assert backend.identity == url.replace("postgresql://", "postgresql+psycopg://")  # neither key names it
     with pytest.raises(BackendUnavailable):  # still a back-end error, not a hang, when it is down
         open_backend("postgresql://ledger@127.0.0.1:1/x?ll_hang_timeout=1", create=create)

@@ -119,9 +119,7 @@ def run_while_locked(url: str, spool: Path, cwd: Path, n: int) -> None:
 
 @pytest.mark.parametrize("written, shipped", [
     ("", "connect_timeout=10&ll_hang_timeout=20"),
-    pytest.param("connect_timeout=10", "connect_timeout=3", marks=pytest.mark.xfail(
-        strict=True, reason="core/_ledger/deferred.py (_sql_identity) still names a PostgreSQL ledger by "
-                            "SQLAlchemy's whole rendering: the spool-first path keys its spool by the old name")),
+    ("connect_timeout=10", "connect_timeout=3"),
 ], ids=["added", "changed"])
 def test_a_run_left_in_the_spool_is_shipped_under_another_spelling(postgres_url, tmp_path, written, shipped):
     spool = tmp_path / "spool"

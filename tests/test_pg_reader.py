@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from lineage_ledger import BackendUnavailable, open_ledger
 from lineage_ledger.backends import open_backend
-from lineage_ledger.backends._pg_reader import PostgresReader, identity_of
+from lineage_ledger.backends._pg_reader import TUNING_KEYS, PostgresReader, identity_of
 from lineage_ledger.backends.sql import SQLBackend, _engine_url
 from tests.backend_conformance import chain_of
 from tests.conftest import run_cli
@@ -28,9 +28,14 @@ from tests.support.factories import artifact, make_record, make_records
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def sqlalchemy_identity(url: str) -> str:
+def sqlalchemy_rendering(url: str) -> str:
     """How the writer named a PostgreSQL ledger before the reader existed."""
     return sa.make_url(_engine_url(url)).render_as_string(hide_password=True)
+
+
+def sqlalchemy_identity(url: str) -> str:
+    """The name now: that rendering without the connection-tuning keys (tests/test_pg_identity.py)."""
+    return sa.make_url(_engine_url(url)).difference_update_query(TUNING_KEYS).render_as_string(hide_password=True)
 
 
 plain = st.text(alphabet="abcXYZ019_.~-", min_size=1, max_size=8)
@@ -274,8 +279,9 @@ def writer_connect_args(url: str) -> dict:
 def test_odd_urls_connect_as_the_writer_would(url):
     from lineage_ledger.backends._pg_reader import _parsed
 
-    identity, args = _parsed(url)
-    assert identity == sqlalchemy_identity(url) and args == writer_connect_args(url)
+    rendering, args = _parsed(url)
+    assert rendering == sqlalchemy_rendering(url) and args == writer_connect_args(url)
+    assert identity_of(url) == sqlalchemy_identity(url)
 
 
 @settings(max_examples=200, deadline=None)

@@ -123,10 +123,10 @@ def _sql_identity(url: str) -> str:
         ) from None
     except exc.ArgumentError as err:
         raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from None
-    try:
-        return engine.url.render_as_string(hide_password=True)
-    finally:
-        engine.dispose()
+    engine.dispose()
+    from lineage_ledger.backends._pg_reader import identity_of
+
+    return identity_of(url)  # the back-end's own name (without the keys that only tune the connection)
 
 
 class DeferredLedger:
