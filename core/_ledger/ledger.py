@@ -160,7 +160,7 @@ class Ledger(ProvedLookups, LineageQueries):
     def verify_chain(self) -> ChainSummary:
         return self.audit().summary
 
-    # -- reading (every answer proved against the verified tree) ----------------------------
+    # -- reading (every answer proved against the verified tree; the look-ups: .proved) -----
     def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
         """Stored blocks as the back-end returns them, unverified (see :meth:`audit`)."""
         return self.backend.blocks(start, stop)
@@ -274,7 +274,6 @@ class Ledger(ProvedLookups, LineageQueries):
             counted.add(found)
             counted.finish_page(count)
         return found, count
-
 
     def recent(self, limit: int) -> list[LedgerRecord]:
         """The newest ``limit`` records of the verified head, oldest first."""
