@@ -231,8 +231,6 @@ def test_the_trusted_head_is_kept_whatever_tuning_keys(postgres_url, tmp_path):
     assert verified_head(with_query(postgres_url, "connect_timeout=3&sslmode=prefer"), state, spool) == (3, False)
 
 
-@pytest.mark.xfail(strict=True, reason="core/_log/trust.py keys the trusted head by the identity and does not "
-                                       "look under the earlier names (lineage_ledger._ledger.spool.earlier_names)")
 def test_the_trusted_head_an_earlier_release_kept_is_used(postgres_url, tmp_path):
     from lineage_ledger._log.trust import TrustStore
 

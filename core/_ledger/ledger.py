@@ -34,7 +34,7 @@ from .complete import Listing, listing
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .proved import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .proved import ProvedLookups
-from .spool import describe_quarantine, spool_directory, spool_path, take_orphans
+from .spool import describe_quarantine, earlier_names, spool_directory, spool_path, take_orphans
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
@@ -136,7 +136,9 @@ class Ledger(ProvedLookups, LineageQueries):
         identity = self.backend.identity
         origin = getattr(self.backend, "origin", identity)
         if self.backend.shared_between_processes:
-            return TrustStore(identity, origin, self._state_dir)
+            # The names this ledger had before (a PostgreSQL URL with its tuning keys): the
+            # state kept under one of them is taken over, not audited afresh.
+            return TrustStore(identity, origin, self._state_dir, earlier=earlier_names(identity))
         # A store of this process only (memory://): its tree lives and dies with the process.
         self._private_state = tempfile.mkdtemp(prefix="lineage-trust-")
         # Removed with the ledger object too, for callers that never close it.

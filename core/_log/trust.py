@@ -27,9 +27,10 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 from blake3 import blake3
@@ -234,7 +235,7 @@ def _write_atomic(path: str, data: bytes) -> None:
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
-    def __init__(self, identity: str, origin: str, root: str | None = None) -> None:
+    def __init__(self, identity: str, origin: str, root: str | None = None, earlier: Iterable[str] = ()) -> None:
         self.identity = identity
         self.origin = origin
         base = root or state_root()
@@ -246,6 +247,7 @@ class TrustStore:
             os.makedirs(base, mode=0o700, exist_ok=True)
             unsafe = others_control(base)
             if unsafe is None:
+                self._adopt_earlier(base, earlier)
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
                 st = os.lstat(self.directory)
         except OSError as err:
@@ -264,6 +266,29 @@ class TrustStore:
         if st.st_mode & 0o077:
             os.chmod(self.directory, 0o700)  # read access given away: private again, nothing lost
         self.head = self._read_head()
+
+    def _adopt_earlier(self, base: str, earlier: Iterable[str]) -> None:
+        """Where nothing is kept under this identity yet, take over the state kept under an
+        earlier name of the same ledger (a PostgreSQL URL named with its connection-tuning
+        keys before they left the identity): renamed whole, so that the head verified before
+        is still what every later command checks consistency from, instead of a first audit
+        that would trust whatever the ledger holds now. Only a private directory of this user
+        whose head names this ledger's origin is taken; anything else is left where it is."""
+        if os.path.lexists(self.directory):
+            return
+        for name in earlier:
+            candidate = self.directory_for(name, base)
+            try:
+                st = os.lstat(candidate)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+                    continue
+                with open(os.path.join(candidate, "head.json"), "rb") as handle:
+                    if TreeHead.from_json(handle.read()).origin != self.origin:
+                        continue
+                os.rename(candidate, self.directory)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            return
 
     def _read_head(self) -> TreeHead | None:
         try:
