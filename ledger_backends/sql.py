@@ -37,13 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
-from lineage_ledger._errors import (
-    AppendConflict,
-    BackendError,
-    BackendUnavailable,
-    ConfigError,
-    MissingExtra,
-)
+from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError, MissingExtra
 from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
@@ -63,14 +57,7 @@ from ._sqlite_files import (
     refusal,
 )
 from ._sqlite_reader import SQLiteReader
-from .sqlite import (
-    INSERT_ARTIFACTS,
-    INSERT_BLOCKS,
-    INSERT_RECORDS,
-    append_rows,
-    enter_wal,
-    new_blocks,
-)
+from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, append_rows, enter_wal, new_blocks
 from .sqlite import create_private_file as _create_private_file
 from .sqlite import make_private_dirs as _make_private_dirs
 
@@ -195,7 +182,8 @@ class SQLBackend(_SQLReads, Backend):
                 kwargs["creator"] = lambda: _connect(uri)
         else:
             kwargs["pool_pre_ping"] = True
-            # Ours (see _pg_watch): libpq would refuse the key. It stays in the identity.
+            # Ours (see _pg_watch): libpq would refuse the key. Like the other keys that only
+            # tune the connection, it is not part of the identity (_pg_reader.TUNING_KEYS).
             self._hang_limit = hang_limit(engine_url.query.get(HANG_TIMEOUT_KEY), shown)
             engine_url = engine_url.difference_update_query([HANG_TIMEOUT_KEY])
             connect_args: dict[str, Any] = {}
@@ -232,7 +220,7 @@ class SQLBackend(_SQLReads, Backend):
     def identity(self) -> str:
         if self._sqlite:  # x.db, sqlite:///x.db and ./x.db from another directory: one file
             return "sqlite:///" + os.path.realpath(str(self._engine.url.database))
-        return identity_of(self.url)  # what PostgresReader says too (SQLAlchemy's rendering)
+        return identity_of(self.url)  # what PostgresReader says too (SQLAlchemy's rendering, less TUNING_KEYS)
 
     @property
     def origin(self) -> str:
