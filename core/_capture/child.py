@@ -7,7 +7,7 @@ thread ships to the back-end), and answers on its standard output once the batch
 journaled. When its input ends, it takes what is left in the ring, records, ships and
 exits. Its own warnings and errors go back to the engine's process as ``("log", ...)``
 messages, so they appear where the user looks. The protocol is described in
-:mod:`._capture_process`.
+:mod:`.wire` (the engine's side in :mod:`.process`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .channel import NOTHING_YET, Channel
-from .process import REPORT_WITH_ID, decode_report
+from .wire import REPORT_WITH_ID, decode_report
 from .ring import Ring
 from .task import TaskCapture, TaskRun
 
