@@ -24,9 +24,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from .channel import NOTHING_YET, Channel
-from .wire import REPORT_WITH_ID, decode_report
 from .ring import Ring
 from .task import TaskCapture, TaskRun
+from .wire import REPORT_WITH_ID, decode_report
 
 log = logging.getLogger("lineage_ledger.capture")
 
