@@ -39,7 +39,7 @@ _MEMBERS = ("""coalesce(string_agg(to_json(path)::text || ':{"blake3":' || to_js
 # altered to another type: an integer path or digest would come out bare (no match), yet a
 # ``jsonb`` digest holding the string would come out quoted, the same bytes, where the
 # row-by-row check reads its text with the quotes and fails. So the text is NULL unless the
-# five columns have the writer's types (sql.py), read from the catalog in the same statement.
+# five columns have the writer's types (_sql_schema.py), read from the catalog in the same statement.
 # (A column altered while this transaction runs cannot be: its lock on the table is held to
 # the end, and a rewrite by a transaction begun after its snapshot leaves the table empty to
 # it, which does not match either.)

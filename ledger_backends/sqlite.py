@@ -55,11 +55,11 @@ __all__ = ["SQLiteBackend"]
 ORIGIN_PREFIX = "lineage-ledger:"
 
 # The schema, as SQLAlchemy's ``metadata.create_all`` emits it for SQLite from the tables
-# in sql.py, statement for statement: SQLite keeps each statement's text in sqlite_master,
+# in _sql_schema.py, statement for statement: SQLite keeps each statement's text in sqlite_master,
 # so a ledger created here has the schema of one created there, byte for byte. (SQLAlchemy
 # creates a table's indexes in no fixed order, so only their order in the file may differ,
 # as it does between two of its own ledgers.) tests/test_sqlite_writer.py compares both:
-# a change to the tables in sql.py fails it until this list follows.
+# a change to the tables in _sql_schema.py fails it until this list follows.
 SCHEMA_DDL = (
     '\nCREATE TABLE ll_meta (\n\t"key" VARCHAR(64) NOT NULL, \n\tvalue TEXT NOT NULL, \n\tPRIMARY KEY ("key")\n)\n\n',
     "\nCREATE TABLE ll_blocks (\n\theight INTEGER NOT NULL, \n\tid VARCHAR(64) NOT NULL, \n\tfirst_seq BIGINT NOT NULL,"
