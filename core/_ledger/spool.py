@@ -23,13 +23,27 @@ import os
 import stat
 import threading
 import uuid
-from dataclasses import dataclass, field
 
 from blake3 import blake3
 
-from .._errors import SpoolCorrupt, SpoolError
-from .._model import Record, StoredRecord
+from .._errors import SpoolError
+from .._model import Record
 from .._terminal import printable
+
+# The file-level checks and replay live in two private modules (see their docstrings for
+# the seam); this module names the ledger's spool directory and writes to it, and re-exports
+# the public names so that ``from .spool import ...`` keeps working.
+from ._spool_files import (
+    _FILE_MODE,
+    _NOFOLLOW,
+    _SUFFIX,
+    Refused,
+    Segment,
+    _check_private_dir,
+    _make_private_dir,
+    _open_orphan,
+)
+from ._spool_replay import describe_quarantine, take_orphans
 
 __all__ = [
     "Refused", "Segment", "SpoolWriter", "describe_quarantine", "earlier_names", "note_earlier_name",
@@ -37,11 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("lineage_ledger")
-
-_SUFFIX = ".log"
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
 def _keyed(root: str, identity: str) -> str:
@@ -151,66 +160,6 @@ def _adopt(earlier: str, directory: str, identity: str) -> None:
                     "wait there for the next opener", printable(identity), printable(earlier), printable(str(err)))
 
 
-def _make_private_dir(path: str, *, parents: bool = False) -> None:
-    """Create ``path`` 0700 (its missing parents too with ``parents``; those get the usual
-    mode: they are not the spool's). An existing directory is left as it is here."""
-    if parents:
-        parent = os.path.dirname(path)
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)
-    try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        return
-    os.chmod(path, _DIR_MODE, follow_symlinks=False)  # the umask may have taken bits away
-
-
-def _check_private_dir(path: str) -> None:
-    """``path`` must be a directory of this user, not a link; make it 0700 if others may enter."""
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise SpoolError(f"the spool directory {path} is not a directory (a link?); refusing to use it")
-    if info.st_uid != os.geteuid():
-        raise SpoolError(f"the spool directory {path} belongs to uid {info.st_uid}, not to this user "
-                         f"(uid {os.geteuid()}); refusing to use it")
-    if stat.S_IMODE(info.st_mode) != _DIR_MODE:
-        log.warning("lineage-ledger: the spool directory %s was mode %04o; made it 0700 (a spool belongs "
-                    "to one user)", printable(path), stat.S_IMODE(info.st_mode))
-        os.chmod(path, _DIR_MODE, follow_symlinks=False)
-
-
-@dataclass
-class Segment:
-    """A locked segment file; ``delete`` after the back-end has its records.
-
-    ``records`` holds what replay parsed; ``fresh`` holds what this process wrote, as
-    (record, id, bytes), so ``record()`` never builds the index keys: the worker does,
-    in :meth:`stored`.
-    """
-
-    path: str
-    fd: int
-    records: list[StoredRecord] = field(default_factory=list)
-    fresh: list[tuple[Record, str, bytes]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.records) + len(self.fresh)
-
-    def stored(self) -> list[StoredRecord]:
-        if self.fresh:
-            self.records.extend(record.stored(body, record_id) for record, record_id, body in self.fresh)
-            self.fresh.clear()
-        return self.records
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    def delete(self) -> None:
-        try:
-            os.unlink(self.path)
-        finally:
-            os.close(self.fd)  # releases the lock only once the file is gone
-
 
 class SpoolWriter:
     """Appends record lines to the current segment of this process."""
@@ -268,225 +217,3 @@ class SpoolWriter:
 
     def close(self) -> Segment:
         return self.current
-
-
-def _parse(path: str, data: bytes) -> tuple[list[StoredRecord], list[bytes]]:
-    good: list[StoredRecord] = []
-    bad: list[bytes] = []
-    lines = data.split(b"\n")
-    tail = lines.pop()  # empty when the file ends with a newline; a torn write otherwise
-    if tail:
-        bad.append(tail)
-    for line in lines:
-        record_id, _, body = line.partition(b" ")
-        try:
-            text_id = record_id.decode("ascii")
-            if blake3(body).hexdigest() != text_id:
-                raise ValueError("bytes do not hash to the id")
-            good.append(StoredRecord.from_body(body))
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-            bad.append(line)
-    return good, bad
-
-
-class Refused(str):
-    """A path replay left alone (never read, copied or deleted), and why."""
-
-    reason: str
-
-    def __new__(cls, path: str, reason: str) -> Refused:
-        self = super().__new__(cls, path)
-        self.reason = reason
-        return self
-
-
-def _refuse(path: str, reason: str) -> Refused:
-    log.warning("lineage-ledger: left %s alone in the spool: %s", printable(path), printable(reason))
-    return Refused(path, reason)
-
-
-def _foreign(info: os.stat_result) -> str | None:
-    """Why the file behind ``info`` is not a segment replay may take; None if it is."""
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if info.st_uid != os.geteuid():
-        return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
-    if info.st_nlink != 1:
-        return f"it has {info.st_nlink} hard links (a segment has one)"
-    return None
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def take_orphans(directory: str) -> tuple[list[Segment], list[str]]:
-    """Lock and read every segment whose owner is gone.
-
-    Returns the segments (with records to ship) and what the caller must report: the
-    quarantine files written for damaged lines, and the paths replay refused (as
-    :class:`Refused`, with the reason; already logged as warnings). The caller ships the
-    records, then deletes the segments. A refused path is left where it is.
-    """
-    segments: list[Segment] = []
-    reported: list[str] = []
-    try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(_SUFFIX))
-    except FileNotFoundError:
-        return segments, reported
-    quarantine: _Quarantine | None = None
-    try:
-        for name in names:
-            path = os.path.join(directory, name)
-            fd = _open_orphan(path, reported)
-            if fd is None:
-                continue
-            try:
-                data = _read_all(fd)
-                good, bad = _parse(path, data)
-                if bad:
-                    if quarantine is None:
-                        quarantine = _Quarantine(directory)
-                    target = quarantine.keep(name, b"\n".join(bad) + b"\n")
-                    reported.append(target)
-                    if isinstance(target, Refused):
-                        os.close(fd)  # its good lines wait until their damaged ones can be kept
-                        continue
-            except BaseException:
-                os.close(fd)
-                raise
-            segments.append(Segment(path, fd, good))
-    except BaseException:
-        for segment in segments:
-            os.close(segment.fd)
-        raise
-    finally:
-        if quarantine is not None:
-            quarantine.close()
-    return segments, reported
-
-
-def _open_orphan(path: str, reported: list[str]) -> int | None:
-    """A descriptor, locked, of the segment at ``path`` if replay may take it; None if not
-    (a live owner holds it, it is gone, or it is refused: then it is added to ``reported``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
-    except FileNotFoundError:
-        return None  # shipped and removed by its owner meanwhile
-    except OSError as err:
-        if os.path.islink(path):
-            reported.append(_refuse(path, "a symbolic link (a segment is a regular file)"))
-        else:
-            reported.append(_refuse(path, f"cannot open it: {err.strerror or err}"))
-        return None
-    try:
-        why = _foreign(os.fstat(fd))
-        if why is not None:
-            os.close(fd)
-            reported.append(_refuse(path, why))
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None  # a live process owns it
-        opened = os.fstat(fd)
-        try:
-            now = os.lstat(path)
-        except FileNotFoundError:
-            now = None
-        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) or opened.st_nlink != 1:
-            os.close(fd)  # shipped and removed (or replaced) meanwhile
-            return None
-    except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        raise
-    return fd
-
-
-class _Quarantine:
-    """``quarantine/`` in a spool directory, used through a descriptor of the directory
-    itself: never a link, files created with ``O_EXCL|O_NOFOLLOW``, 0600."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, "quarantine")
-        self.fd: int | None = None
-        self.refused: str | None = None
-        try:
-            _make_private_dir(self.path)
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
-        except OSError as err:
-            if os.path.islink(self.path):
-                self.refused = f"{self.path} is a symbolic link"
-            else:
-                self.refused = f"cannot use {self.path}: {err.strerror or err}"
-            return
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            os.close(fd)
-            self.refused = f"{self.path} belongs to uid {info.st_uid}, not to this user"
-            return
-        if stat.S_IMODE(info.st_mode) != _DIR_MODE:
-            os.fchmod(fd, _DIR_MODE)
-        self.fd = fd
-
-    def keep(self, name: str, data: bytes) -> str:
-        """Write ``data`` to a new file for segment ``name``; its path, or a :class:`Refused`
-        naming the segment (left alone) when the damaged lines cannot be kept."""
-        segment = os.path.join(os.path.dirname(self.path), name)
-        if self.fd is None:
-            return _refuse(segment, f"it has damaged lines and the quarantine cannot take them: {self.refused}")
-        candidates = [name + ".damaged"] + [f"{name}.{uuid.uuid4().hex[:8]}.damaged" for _ in range(8)]
-        for candidate in candidates:
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _FILE_MODE,
-                             dir_fd=self.fd)
-            except FileExistsError:
-                continue  # kept before (a replay cut short), or planted: never appended to
-            except OSError as err:
-                return _refuse(segment, f"it has damaged lines and {self.path} cannot take them: "
-                                        f"{err.strerror or err}")
-            try:
-                os.fchmod(fd, _FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except OSError as err:
-                return _refuse(segment, f"it has damaged lines and {self.path} cannot take them: "
-                                        f"{err.strerror or err}")
-            finally:
-                os.close(fd)
-            return os.path.join(self.path, candidate)
-        return _refuse(segment, f"it has damaged lines and {self.path} has no free name for them")
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def describe_quarantine(paths: list[str]) -> SpoolCorrupt:
-    """The error to raise for what :func:`take_orphans` reported: quarantine files of
-    damaged lines, and paths left alone (:class:`Refused`)."""
-    kept = [p for p in paths if not isinstance(p, Refused)]
-    refused = [p for p in paths if isinstance(p, Refused)]
-    parts = []
-    if kept:
-        parts.append(
-            "the spool held damaged or torn lines (a write cut short by a crash, or an edited "
-            f"file); every complete record was shipped and the damaged bytes were kept in: {', '.join(kept)}"
-        )
-    if refused:
-        parts.append(
-            "the spool held files replay does not take (it takes only regular files of this user, never "
-            "links); they were left alone, not shipped: "
-            + "; ".join(f"{p} ({p.reason})" for p in refused)
-        )
-    return SpoolCorrupt("; ".join(parts) if parts else "the spool held nothing to report")

@@ -1,0 +1,156 @@
+"""How the spool's files are made, and taken by replay, safely: the checks that keep a spool
+private to one user.
+
+Split from :mod:`.spool` (which re-exports the public names) along this seam: everything
+here is about one file or directory and whom it belongs to (private directories, the
+:class:`Segment` a writer or a replayer holds locked, what replay may open and why it
+refuses the rest); naming the ledger's directory, writing and replaying are built on it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .._errors import SpoolError
+from .._model import Record, StoredRecord
+from .._terminal import printable
+
+log = logging.getLogger("lineage_ledger")
+
+_SUFFIX = ".log"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _make_private_dir(path: str, *, parents: bool = False) -> None:
+    """Create ``path`` 0700 (its missing parents too with ``parents``; those get the usual
+    mode: they are not the spool's). An existing directory is left as it is here."""
+    if parents:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, _DIR_MODE, follow_symlinks=False)  # the umask may have taken bits away
+
+
+def _check_private_dir(path: str) -> None:
+    """``path`` must be a directory of this user, not a link; make it 0700 if others may enter."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"the spool directory {path} is not a directory (a link?); refusing to use it")
+    if info.st_uid != os.geteuid():
+        raise SpoolError(f"the spool directory {path} belongs to uid {info.st_uid}, not to this user "
+                         f"(uid {os.geteuid()}); refusing to use it")
+    if stat.S_IMODE(info.st_mode) != _DIR_MODE:
+        log.warning("lineage-ledger: the spool directory %s was mode %04o; made it 0700 (a spool belongs "
+                    "to one user)", printable(path), stat.S_IMODE(info.st_mode))
+        os.chmod(path, _DIR_MODE, follow_symlinks=False)
+
+
+@dataclass
+class Segment:
+    """A locked segment file; ``delete`` after the back-end has its records.
+
+    ``records`` holds what replay parsed; ``fresh`` holds what this process wrote, as
+    (record, id, bytes), so ``record()`` never builds the index keys: the worker does,
+    in :meth:`stored`.
+    """
+
+    path: str
+    fd: int
+    records: list[StoredRecord] = field(default_factory=list)
+    fresh: list[tuple[Record, str, bytes]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.fresh)
+
+    def stored(self) -> list[StoredRecord]:
+        if self.fresh:
+            self.records.extend(record.stored(body, record_id) for record, record_id, body in self.fresh)
+            self.fresh.clear()
+        return self.records
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def delete(self) -> None:
+        try:
+            os.unlink(self.path)
+        finally:
+            os.close(self.fd)  # releases the lock only once the file is gone
+
+
+class Refused(str):
+    """A path replay left alone (never read, copied or deleted), and why."""
+
+    reason: str
+
+    def __new__(cls, path: str, reason: str) -> Refused:
+        self = super().__new__(cls, path)
+        self.reason = reason
+        return self
+
+
+def _refuse(path: str, reason: str) -> Refused:
+    log.warning("lineage-ledger: left %s alone in the spool: %s", printable(path), printable(reason))
+    return Refused(path, reason)
+
+
+def _foreign(info: os.stat_result) -> str | None:
+    """Why the file behind ``info`` is not a segment replay may take; None if it is."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
+    if info.st_nlink != 1:
+        return f"it has {info.st_nlink} hard links (a segment has one)"
+    return None
+
+
+def _open_orphan(path: str, reported: list[str]) -> int | None:
+    """A descriptor, locked, of the segment at ``path`` if replay may take it; None if not
+    (a live owner holds it, it is gone, or it is refused: then it is added to ``reported``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    except FileNotFoundError:
+        return None  # shipped and removed by its owner meanwhile
+    except OSError as err:
+        if os.path.islink(path):
+            reported.append(_refuse(path, "a symbolic link (a segment is a regular file)"))
+        else:
+            reported.append(_refuse(path, f"cannot open it: {err.strerror or err}"))
+        return None
+    try:
+        why = _foreign(os.fstat(fd))
+        if why is not None:
+            os.close(fd)
+            reported.append(_refuse(path, why))
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None  # a live process owns it
+        opened = os.fstat(fd)
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) or opened.st_nlink != 1:
+            os.close(fd)  # shipped and removed (or replaced) meanwhile
+            return None
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    return fd
