@@ -22,20 +22,16 @@ ledger this process may not write is read as ``SQLBackend`` reads it, by
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
-import threading
-import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable
 from lineage_ledger._model import StoredBlock
 
 from ._base import Backend
-from ._sql_reads import _IN, _OUT, SCHEMA_VERSION, _SQLReads
+from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sql_rebuild import Rebuilt, rebuild
 from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
@@ -48,135 +44,28 @@ from ._sqlite_files import (
     ledger_path,
     sqlite_file,
 )
+
+# The connection pool (with the fork rules) and the statements and rows both writers share
+# are in two private modules (see their docstrings for the seam); this module keeps the
+# writer class, and re-exports the shared names so that ``from .sqlite import ...`` (sql.py,
+# _sql_schema.py) keeps working. _BUSY_TIMEOUT_S stays read here: tests shorten it here.
+from ._sqlite_pool import _FORKED_MID_USE, _OPEN, ConnectionPool, _check_forked, _file_key
 from ._sqlite_reader import SQLiteReader
+from ._sqlite_writes import INSERT_ARTIFACTS as INSERT_ARTIFACTS
+from ._sqlite_writes import INSERT_BLOCKS as INSERT_BLOCKS
+from ._sqlite_writes import INSERT_RECORDS as INSERT_RECORDS
+from ._sqlite_writes import ORIGIN_PREFIX as ORIGIN_PREFIX
+from ._sqlite_writes import SCHEMA_DDL as SCHEMA_DDL
+from ._sqlite_writes import append_rows as append_rows
+from ._sqlite_writes import create_private_file as create_private_file
+from ._sqlite_writes import ended_of as ended_of
+from ._sqlite_writes import enter_wal as enter_wal
+from ._sqlite_writes import make_private_dirs as make_private_dirs
+from ._sqlite_writes import new_blocks as new_blocks
 
 __all__ = ["SQLiteBackend"]
 
-ORIGIN_PREFIX = "lineage-ledger:"
-
-# The schema, as SQLAlchemy's ``metadata.create_all`` emits it for SQLite from the tables
-# in _sql_schema.py, statement for statement: SQLite keeps each statement's text in sqlite_master,
-# so a ledger created here has the schema of one created there, byte for byte. (SQLAlchemy
-# creates a table's indexes in no fixed order, so only their order in the file may differ,
-# as it does between two of its own ledgers.) tests/test_sqlite_writer.py compares both:
-# a change to the tables in _sql_schema.py fails it until this list follows.
-SCHEMA_DDL = (
-    '\nCREATE TABLE ll_meta (\n\t"key" VARCHAR(64) NOT NULL, \n\tvalue TEXT NOT NULL, \n\tPRIMARY KEY ("key")\n)\n\n',
-    "\nCREATE TABLE ll_blocks (\n\theight INTEGER NOT NULL, \n\tid VARCHAR(64) NOT NULL, \n\tfirst_seq BIGINT NOT NULL,"
-    " \n\tcount INTEGER NOT NULL, \n\theader BLOB NOT NULL, \n\tPRIMARY KEY (height), \n\tUNIQUE (id)\n)\n\n",
-    "\nCREATE TABLE ll_records (\n\tseq INTEGER NOT NULL, \n\tid VARCHAR(64) NOT NULL, \n\theight BIGINT NOT NULL,"
-    " \n\tpos INTEGER NOT NULL, \n\trun_id TEXT NOT NULL, \n\tbody BLOB NOT NULL, \n\tPRIMARY KEY (seq),"
-    " \n\tUNIQUE (id)\n)\n\n",
-    "CREATE INDEX ll_records_run ON ll_records (run_id)",
-    "\nCREATE TABLE ll_artifacts (\n\tpath TEXT NOT NULL, \n\trole SMALLINT NOT NULL, \n\tseq BIGINT NOT NULL,"
-    " \n\tdigest VARCHAR(64) NOT NULL, \n\tended VARCHAR(32) DEFAULT '' NOT NULL,"
-    " \n\tCONSTRAINT ll_artifacts_pkey PRIMARY KEY (seq, role, path)\n)\n WITHOUT ROWID\n\n",
-    "CREATE INDEX ll_artifacts_path ON ll_artifacts (path, role, seq)",
-    "CREATE INDEX ll_artifacts_digest ON ll_artifacts (digest, role, seq)",
-    "CREATE INDEX ll_artifacts_latest ON ll_artifacts (path, role, ended, seq)",
-)
 _TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'"
-INSERT_BLOCKS = "INSERT INTO ll_blocks (height, id, first_seq, count, header) VALUES (?, ?, ?, ?, ?)"
-INSERT_RECORDS = "INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (?, ?, ?, ?, ?, ?)"
-INSERT_ARTIFACTS = "INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES (?, ?, ?, ?, ?)"
-
-
-# -- helpers SQLBackend shares (no SQLAlchemy here) ------------------------------------------
-def enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
-    """``PRAGMA journal_mode = WAL``, waiting up to ``timeout`` seconds for the file.
-
-    Leaving a rollback journal needs the file to itself, and SQLite answers "database is
-    locked" at once, without its busy handler, while another connection holds a write
-    transaction (waiting could deadlock): four processes opening a schema-2 ledger together
-    failed that way. The statement is repeated until it succeeds or the time is up."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def new_blocks(blocks: Sequence[StoredBlock], existing: dict[int, str]) -> list[StoredBlock]:
-    """The blocks not stored yet, given the ids ``existing`` holds by height: a block already
-    stored with its id is a repeat (a shipment retried) and is skipped; another id at its
-    height is :class:`AppendConflict`. What both writers check before they insert."""
-    fresh = []
-    for block in blocks:
-        if block.height in existing:
-            if existing[block.height] != block.id:
-                raise AppendConflict(f"height {block.height} is taken by another block")
-        else:
-            fresh.append(block)
-    return fresh
-
-
-def append_rows(blocks: Sequence[StoredBlock], seq: int) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """The rows of ``blocks`` for INSERT_BLOCKS, INSERT_RECORDS and INSERT_ARTIFACTS, the
-    first record at ``seq``: what both writers insert, so both write the same rows."""
-    block_rows, record_rows, artifact_rows = [], [], []
-    for block in blocks:
-        block_rows.append((block.height, block.id, seq, len(block.records), block.header))
-        for position, record in enumerate(block.records):
-            record_rows.append((seq, record.id, block.height, position, record.run_id, record.body))
-            ended = record.ended or ended_of(record.body)
-            for path, digest in record.inputs:
-                artifact_rows.append((path, _IN, seq, digest, ended))
-            for path, digest in record.outputs:
-                artifact_rows.append((path, _OUT, seq, digest, ended))
-            seq += 1
-    return block_rows, record_rows, artifact_rows
-
-
-def ended_of(body: bytes) -> str:
-    """The ``ended`` field of a record body (for records stored without it extracted)."""
-    try:
-        value = json.loads(body).get("ended", "")
-    except (ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""
-
-
-def make_private_dirs(directory: str, shown: str) -> None:
-    """Create ``directory`` and any missing parents 0700 (whatever the umask); directories
-    that exist, or that another process creates meanwhile, keep their mode."""
-    missing = []
-    current = os.path.abspath(directory)
-    while not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
-        os.chmod(path, 0o700)
-
-
-def create_private_file(path: str, shown: str) -> None:
-    """Create the ledger file 0600 before SQLite opens it (SQLite gives its -wal and -shm
-    files the database file's mode). An existing file is left as it is."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return
-    except OSError as err:
-        raise BackendUnavailable(f"{shown}: cannot create {path}: {err.strerror}") from err
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def plain_sqlite_file(url: str) -> str | None:
@@ -203,53 +92,7 @@ def _translated_write(what: str, shown: str) -> Iterator[None]:
         raise BackendError(f"{shown}: {what} failed: {err}") from err
 
 
-_OPEN: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
-# Files (device, inode) a forked child must not append to: see _forget_connections_after_fork.
-_FORKED_MID_USE: set[tuple[int, int]] = set()
-# The parent's connections that were in use at the fork, kept from the child's garbage
-# collector: closing one in the child would roll back the parent's transaction in shared memory.
-_PINNED: list[sqlite3.Connection] = []
-
-
-def _file_key(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _forget_connections_after_fork() -> None:
-    # A forked child must not use the parent's connections (one SQLite handle in two
-    # processes), nor a pool lock another thread of the parent held at the fork. It must
-    # close them, too: SQLite keeps one record per file of the locks its process holds,
-    # and the child inherits the parent's, so a connection the child opens while one of
-    # the parent's is still open in it takes no lock of its own; the parent, closing its
-    # last connection, then sees no other process, checkpoints and deletes the -wal, and
-    # every append the child commits after that goes into a deleted file (lost). An idle
-    # connection holds no transaction: closing it in the child changes nothing for the
-    # parent. One another thread was using at the fork may be inside a write, which
-    # closing would undo in the shared WAL index: it is kept open (pinned), and this
-    # child appends nothing to that file (its records wait in the spool).
-    _PROCESS[0] = os.getpid()
-    for backend in list(_OPEN):
-        backend._leave_parents_connections()
-
-
-_PROCESS = [os.getpid()]  # the process whose connections the pools hold
-
-
-def _check_forked() -> None:
-    """The fork hook's work, in a child forked by C code (no Python fork hook ran): every
-    ledger object's, not only the one in hand (a new one beside an old one is as unsafe)."""
-    if _PROCESS[0] != os.getpid():
-        _forget_connections_after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_connections_after_fork)
-
-
-class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
+class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
     """A writable SQLite ledger through :mod:`sqlite3`: see the module docstring.
 
     Attributes as ``SQLBackend``'s: ``read_only`` (false: a ledger this process may not
@@ -299,31 +142,8 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
             self.close()
             raise
 
-    # -- set-up ---------------------------------------------------------------------------
-    def _leave_parents_connections(self) -> None:
-        """In a forked child: close the parent's idle connections, pin those in use at the
-        fork (see _forget_connections_after_fork), and start an empty pool."""
-        if self._pool_pid == os.getpid():
-            return
-        idle = {id(conn) for conn in self._idle}
-        for conn in self._opened:
-            if id(conn) in idle:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            else:
-                _PINNED.append(conn)
-                key = _file_key(self._path) if hasattr(self, "_path") else None
-                if key is not None:
-                    _FORKED_MID_USE.add(key)
-        self._reset_pool()
 
-    def _reset_pool(self) -> None:
-        """An empty pool of this process (the parent's connections are left to the parent)."""
-        self._pool_lock = threading.Lock()
-        self._pool_pid = os.getpid()
-        self._idle: list[sqlite3.Connection] = []
-        self._opened: list[sqlite3.Connection] = []
-
+    # -- set-up (the pool's own methods are ConnectionPool's) ------------------------
     def _open_connection(self) -> sqlite3.Connection:
         conn = _connect(self._uri)
         try:
@@ -336,55 +156,6 @@ class SQLiteBackend(SQLiteFile, _SQLReads, Backend):
             conn.close()
             raise
         return conn
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection of this process that no other thread is using, for one statement
-        or transaction."""
-        pid = os.getpid()
-        _check_forked()
-        with self._pool_lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._open_connection()
-            with self._pool_lock:
-                self._opened.append(conn)
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction and not self._rolled_back(conn):
-                with self._pool_lock:  # unusable: dropped from the pool (and closed below)
-                    self._opened = [c for c in self._opened if c is not conn]
-            with self._pool_lock:
-                returned = any(c is conn for c in self._opened)
-                if returned:
-                    self._idle.append(conn)
-            if not returned and os.getpid() == pid:  # the pool was closed while we used it
-                conn.close()
-
-    @staticmethod
-    def _rolled_back(conn: sqlite3.Connection) -> bool:
-        """Roll back a transaction left open (an exception between BEGIN and the ``try``
-        that guards it: a signal handler's, say Airflow's task timeout): a connection goes
-        back to the pool with no transaction, else it would keep the write lock from every
-        other process and refuse every later BEGIN of this one."""
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        return not conn.in_transaction
-
-    @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        """``begin`` (``BEGIN`` or ``BEGIN IMMEDIATE``) ... ``COMMIT``, rolled back on error."""
-        with self._connection() as conn:
-            try:
-                conn.execute(begin)
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # a failed COMMIT too: the connection is used again
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
     @staticmethod
     def _stored_meta(conn: sqlite3.Connection) -> tuple[set[str], str | None, str | None]:
