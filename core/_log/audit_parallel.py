@@ -47,16 +47,16 @@ __all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
 MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
 # Memory: a worker holds the interpreter (about 23 MiB with its imports), a chunk of 1,000
 # bodies and its folded index, and the names of its task's records (one entry per distinct
-# path, about 200 bytes each in Python until packed); the parent about 70 MiB. With ranges of
-# 25,000 records a worker peaked at 66-69 MiB, and ten workers (what a 16-core machine
-# starts) summed 755 MiB at 1M records, past the audit's 512 MiB goal; with 10,000, 41-43
-# MiB, 505 summed (bench/bench_audit_workers.py --workers 10). Smaller ranges write more
-# entries for a path that every task names (one a range: 100 at 1M records instead of 40),
-# which a reader of that path's latest record proves one by one.
-# CPU: about 20-27 us a record in a worker (bulk check; 34 row by row) and about 1.9 us in
+# path, about 200 bytes each in Python until packed); the parent about 62 MiB. With ranges of
+# 25,000 records a worker peaked at 66-69 MiB, and ten workers (what a machine of ten cores or
+# more starts) summed 755 MiB at 1M records, past the audit's 512 MiB goal; with 10,000,
+# 44-45 MiB and 503 summed; with 8,000, 40-41 MiB and 466 summed, 447 at once (5,000: 37
+# MiB a worker). Names that many records of a range name are sent apart and joined by the
+# parent (names.HotNames), so smaller ranges do not give a file every task reads more entries.
+# CPU: about 20-30 us a record in a worker (bulk check; 34 row by row) and about 1.9 us in
 # the parent (duplicate filter, log tree, pipes), so the parent keeps up with ten busy workers.
 MAX_WORKERS = 10
-RECORDS_PER_TASK = 10_000  # a task's leaves and ids are under 1 MB in transit
+RECORDS_PER_TASK = 8_000  # a task's leaves and ids are about 0.5 MB in transit
 
 
 @dataclass(frozen=True)

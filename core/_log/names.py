@@ -180,7 +180,7 @@ class NamesBatch:
         """:meth:`packed`, less the names that ``threshold`` or more records of the batch
         named in one role: those come back apart, for an audit's parent to join with the
         same name's of the other ranges into one entry (:class:`HotNames`). A file that
-        every task reads otherwise has an entry a range (100 at a million records), each a
+        every task reads otherwise has an entry a range (125 at a million records), each a
         record that a reader of its latest reader proves."""
         if not self._leaves:
             return [0] * BUCKETS, b"", []
