@@ -20,6 +20,7 @@ from lineage_ledger._log import audit_parallel as parallel
 from lineage_ledger._log.names import BUCKETS
 from lineage_ledger.backends._sqlite_reader import SQLiteReader
 from tests.conftest import run_cli
+from tests.support.audit import watch_workers
 from tests.support.factories import artifact, make_record
 
 PARALLEL = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "8", "LINEAGE_AUDIT_WORKERS": "2"}
@@ -428,14 +429,7 @@ def test_a_ledger_opened_for_writing_is_audited_through_a_read_only_view(pristin
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE ll_artifacts SET digest = ? WHERE seq = 30 AND role = 1", ("cd" * 32,))
     expected = _audit(db, monkeypatch, workers=False, state=tmp_path / "a")
-    given: list[object] = []
-    real = parallel.results
-
-    def spied(backend, tasks, *, files):
-        given.append(backend)
-        return real(backend, tasks, files=files)
-
-    monkeypatch.setattr(parallel, "results", spied)
+    given = watch_workers(monkeypatch)
     for name, value in PARALLEL.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("LINEAGE_AUDIT_BULK", raising=False)
@@ -448,7 +442,7 @@ def test_a_ledger_opened_for_writing_is_audited_through_a_read_only_view(pristin
         except LedgerError as err:
             answer = (type(err).__name__, str(err))
     assert answer == expected
-    assert len(given) == 1 and isinstance(given[0], SQLiteReader)
+    assert len(given) == 1 and isinstance(given[0][0], SQLiteReader)
     assert (answer[0] == "IndexTampered") == tamper
 
 
@@ -468,18 +462,11 @@ def test_a_file_every_task_reads_has_one_entry_after_the_workers_audit(tmp_path,
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    given: list[object] = []
-    real = parallel.results
-
-    def spied(backend, tasks, *, files):
-        given.append(len(tasks))
-        return real(backend, tasks, files=files)
-
-    monkeypatch.setattr(parallel, "results", spied)
+    given = watch_workers(monkeypatch)
     with open_ledger(url, read_only=True) as ledger:
         ledger.audit()
         kept = ledger.verifier.store.names("/data/ref")
-        assert given == [3]  # three ranges, by the workers
+        assert [ranges for _backend, ranges in given] == [3]  # three ranges, by the workers
         assert [(c.role, c.records, c.leaf) for c in kept] == [(0, 120, 119)]
         assert [(c.role, c.records) for c in ledger.verifier.store.names("/data/out-7")] == [(1, 1)]
         assert len(ledger.consumers("/data/ref")) == 120

@@ -23,6 +23,7 @@ from lineage_ledger.backends._pg_reader import TUNING_KEYS, PostgresReader, iden
 from lineage_ledger.backends.sql import SQLBackend, _engine_url
 from tests.backend_conformance import chain_of
 from tests.conftest import run_cli
+from tests.support.audit import watch_workers
 from tests.support.factories import artifact, make_record, make_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,7 +229,6 @@ def test_a_postgres_ledger_opened_for_writing_is_audited_through_read_only_sessi
     """The writer's back-end (SQLAlchemy) has no workers and no bulk check: its audit reads
     through a read-only view of the same database, the workers' sessions, with the answer the
     sequential audit gives."""
-    from lineage_ledger._log import audit_parallel as parallel
     from lineage_ledger.backends._pg_reader import PostgresReader
 
     records = [make_record(i, run_id="run", inputs=[artifact("/data/ref", "ref")],
@@ -237,21 +237,14 @@ def test_a_postgres_ledger_opened_for_writing_is_audited_through_read_only_sessi
         for start in range(0, 40, 4):
             ledger.append_records([r.stored() for r in records[start : start + 4]])
     expected = _audit(postgres_url, tmp_path / "a", {"LINEAGE_AUDIT_WORKERS": "1"}, monkeypatch)
-    given: list[object] = []
-    real = parallel.results
-
-    def spied(backend, tasks, *, files):
-        given.append(backend)
-        return real(backend, tasks, files=files)
-
-    monkeypatch.setattr(parallel, "results", spied)
+    given = watch_workers(monkeypatch)
     for name, value in PARALLEL.items():
         monkeypatch.setenv(name, value)
     with open_ledger(postgres_url, state_dir=str(tmp_path / "b"), spool=str(tmp_path / "spool")) as ledger:
         assert not isinstance(ledger.backend, PostgresReader)
         result = ledger.audit()
     assert (result.head.root, result.index_rows, result.head.size) == expected and expected[2] == 40
-    assert len(given) == 1 and isinstance(given[0], PostgresReader)
+    assert len(given) == 1 and isinstance(given[0][0], PostgresReader)
 
 
 # -- the reader reads a URL as the writer does -------------------------------------------------
