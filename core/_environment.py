@@ -11,7 +11,7 @@ import stat
 import sys
 from typing import Any
 
-__all__ = ["current_environment", "others_control", "state_root"]
+__all__ = ["checked_makedirs", "current_environment", "others_control", "state_root"]
 
 
 def _container() -> str | None:
@@ -65,7 +65,7 @@ def state_root() -> str:
     return os.path.join(base, "lineage-ledger")
 
 
-def others_control(base: str) -> str | None:
+def others_control(base: str, *, missing_ok: bool = False) -> str | None:
     """Why another user could rename, replace or write the state root ``base`` (None if none
     can). Each directory and link on the way is looked at as the kernel resolves the path:
     each must be this user's or root's, and a directory writable by others must be sticky
@@ -74,7 +74,9 @@ def others_control(base: str) -> str | None:
 
     Everything kept in the state root goes through this: the verified tree heads
     (``TrustStore``), ``reset-trust`` before it deletes one, and the stat cache. A component
-    that does not exist raises ``FileNotFoundError`` (callers create the root first)."""
+    that does not exist raises ``FileNotFoundError``; with ``missing_ok`` the walk ends there
+    instead, and what it checked is the way to the directory the rest would be created in
+    (see :func:`checked_makedirs`)."""
     uid = os.getuid()
     absolute = base if os.path.isabs(base) else os.path.join(os.getcwd(), base)
     pending = [part for part in reversed(absolute.split("/")) if part]
@@ -92,7 +94,12 @@ def others_control(base: str) -> str | None:
             current = os.path.dirname(current)
         elif part != ".":
             here = os.path.join(current, part)
-            link = os.lstat(here)
+            try:
+                link = os.lstat(here)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+                return None  # created below ``current``, which was checked as a directory on the way
             if not stat.S_ISLNK(link.st_mode):
                 current = here
             elif link.st_uid not in (0, uid):
@@ -103,3 +110,17 @@ def others_control(base: str) -> str | None:
                 target = os.readlink(here)
                 pending.extend(reversed([p for p in target.split("/") if p]))
                 current = "/" if target.startswith("/") else current
+
+
+def checked_makedirs(base: str, mode: int = 0o700) -> str | None:
+    """Create the directory ``base`` (``mode``; missing parents as ``os.makedirs`` makes them)
+    unless another user controls the way to it: why not (from :func:`others_control`), or None
+    once it exists and none does. The way is checked before anything is created, so that a
+    refusal leaves no empty folders of this user's in another user's tree, and the whole path
+    again after, since another user could have made a missing part in between (in a sticky
+    directory, as /tmp). Raises ``OSError`` where the directory cannot be made."""
+    unsafe = others_control(base, missing_ok=True)
+    if unsafe is not None:
+        return unsafe
+    os.makedirs(base, mode=mode, exist_ok=True)
+    return others_control(base)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
 from lineage_ledger import Hasher, StatCache
 from lineage_ledger._files.hashing import cached_hasher
+from tests.conftest import run_cli
 
 FORGED = "ee" * 32
 
@@ -117,3 +121,87 @@ def test_no_cache_in_a_state_root_others_could_write(tmp_path, data, monkeypatch
     assert os.listdir(root) == []
     warnings = [r.getMessage() for r in caplog.records if "not caching file digests" in r.getMessage()]
     assert len(warnings) == 1 and f"{root} is writable by other users" in warnings[0], warnings
+
+
+# -- the folder the cache is kept in (``hash --cache``: .lineage/ in the project folder) -------
+@pytest.fixture
+def public():
+    """A folder all users may enter and add to, sticky, as /tmp (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="statcache-folder-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_no_cache_in_a_project_folder_others_could_write(tmp_path, caplog):
+    """The account's own project folder, opened to all and not sticky (a shared lab folder):
+    anyone could swap ``.lineage`` or the cache in it between the check of the file and its
+    opening. Files are hashed without the cache, one warning, nothing created there."""
+    project = tmp_path / "project"
+    project.mkdir()
+    project.chmod(0o777)
+    (project / "f").write_text("data")
+    with caplog.at_level(logging.WARNING, logger="lineage_ledger"):
+        cache = StatCache(str(project / ".lineage" / "statcache.db"))
+        digest = Hasher(cache).hash_many([project / "f"])[0].blake3
+        cache.save()
+    assert digest == blake3(b"data").hexdigest()
+    assert cache.refused is not None and f"{project} is writable by other users" in cache.refused
+    assert sorted(os.listdir(project)) == ["f"]
+    warnings = [r.getMessage() for r in caplog.records if "not using the stat cache" in r.getMessage()]
+    assert len(warnings) == 1 and f"{project} is writable by other users" in warnings[0], warnings
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another uid (65534) needs root; CI runs as root")
+@pytest.mark.parametrize("how", ["their .lineage link", "their .lineage", "their project folder, open to all"])
+def test_hash_keeps_no_cache_where_another_user_controls_its_folder(tmp_path, public, how):
+    """``lineage-ledger hash`` keeps its cache in ``.lineage/`` of the project folder. Where
+    nobody planted ``.lineage`` (a link, or a directory of theirs), or owns the project folder
+    and lets all write it, they could swap the cache between its check and its opening: it is
+    not used (one warning, every file read) and nothing is written through what they control."""
+    from tests.test_state_other_user import NOBODY, as_nobody
+
+    theirs = public / "theirs"
+    project = public / "project"
+    if how == "their project folder, open to all":
+        as_nobody(lambda: (os.mkdir(project), os.chmod(project, 0o777)))
+    else:
+        project.mkdir(mode=0o755)
+        project.chmod(0o1777)  # sticky, as /tmp: nobody may add entries, not replace the account's
+
+        def plant() -> str:
+            if how == "their .lineage":
+                os.mkdir(project / ".lineage")
+                os.chmod(project / ".lineage", 0o777)
+            else:
+                os.mkdir(theirs)
+                os.chmod(theirs, 0o777)
+                os.symlink(theirs, project / ".lineage")
+            return "planted"
+
+        assert as_nobody(plant) == "planted"
+    (project / "f").write_text("data")
+    result = run_cli("hash", "f", cwd=project, env={"LINEAGE_STATE_DIR": str(tmp_path / "state")})
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout.split()[0] == blake3(b"data").hexdigest()
+    assert result.stderr.count("not using the stat cache") == 1, result.stderr
+    why = {"their .lineage link": f"{project / '.lineage'} is a link of uid {NOBODY}",
+           "their .lineage": f"{project / '.lineage'} belongs to uid {NOBODY}",
+           "their project folder, open to all": f"{project} belongs to uid {NOBODY}"}[how]
+    assert why in result.stderr, result.stderr
+    if how == "their project folder, open to all":
+        assert sorted(os.listdir(project)) == ["f"]
+    else:
+        assert os.listdir(theirs if how == "their .lineage link" else project / ".lineage") == []
+
+
+def test_hash_keeps_its_cache_in_a_sticky_shared_folder(tmp_path, public):
+    """The checks refuse what others control, not shared folders as such: the account's own
+    ``.lineage`` in a folder all may write but that is sticky (as /tmp) is kept and used."""
+    project = public / "project"
+    project.mkdir(mode=0o755)
+    project.chmod(0o1777)
+    (project / "f").write_text("data")
+    first = run_cli("hash", "f", cwd=project, env={"LINEAGE_STATE_DIR": str(tmp_path / "state")}, check_rc=0)
+    assert "stat cache" not in first.stderr, first.stderr
+    assert stat.S_IMODE((project / ".lineage" / "statcache.db").stat().st_mode) == 0o600

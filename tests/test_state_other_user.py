@@ -301,6 +301,8 @@ def test_a_state_root_another_user_controls_is_refused(tmp_path, public, where):
     result = _verify(tmp_path, url, env)
     _refused(result, "refusing to keep the verified tree head", f"{theirs} belongs to uid 65534")
     assert not os.path.exists(_ledger_dir(root, url)), "the state was kept where nobody can move it"
+    # Checked before anything is made: no empty folders of the account's left in nobody's tree.
+    assert os.listdir(theirs) == [], os.listdir(theirs)
 
 
 @pytest.mark.parametrize("where", ROOTS)
@@ -413,16 +415,20 @@ def _cache_saying(cache_file: Path, target: Path, digest: str) -> Callable[[], s
     """What writes a stat cache at ``cache_file`` giving ``target`` a digest of the forger's
     choosing, keyed by its size, times and inode (anyone who can stat it reads them; read here,
     as the forger's child cannot enter pytest's private directory). Written by the code under
-    test, so that it is in the format that code reads."""
+    test, so that it is in the format that code reads, in a folder of the writer's own beside
+    the one it goes to (that code keeps no cache in a folder of another's), then moved there."""
     from lineage_ledger import StatCache
 
     st = os.stat(target)
     key, signature = os.path.realpath(target), (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def write() -> str:
-        cache = StatCache(str(cache_file))
+        own = tempfile.mkdtemp(dir=cache_file.parent.parent)
+        cache = StatCache(os.path.join(own, cache_file.name))
         cache.put(key, signature, digest)
         cache.save()
+        os.rename(os.path.join(own, cache_file.name), cache_file)
+        os.rmdir(own)
         return "written"
 
     return write
@@ -431,14 +437,16 @@ def _cache_saying(cache_file: Path, target: Path, digest: str) -> Callable[[], s
 FORGED = "ee" * 32
 
 
-def test_the_stat_cache_is_not_kept_in_a_state_root_another_user_controls(tmp_path, public):
-    """In a root nobody made, nobody could replace ``statcache.db`` with digests of their choosing,
-    which the account's next record of that directory would list as what its files held. The
-    cache only saves time: the run goes on without it (every file read), with one warning."""
-    theirs = public / "theirs"
-    as_nobody(lambda: os.mkdir(theirs, 0o777))
+@pytest.mark.parametrize("where", ROOTS)
+def test_the_stat_cache_is_not_kept_in_a_state_root_another_user_controls(tmp_path, public, where):
+    """In a root nobody made (or below a directory of theirs), nobody could replace
+    ``statcache.db`` with digests of their choosing, which the account's next record of that
+    directory would list as what its files held. The cache only saves time: the run goes on
+    without it (every file read), with one warning, and makes nothing in nobody's tree."""
+    env, _, theirs = _roots(public, where)
+    as_nobody(lambda: (os.mkdir(theirs), os.chmod(theirs, 0o777)))
     _, digest = _indir(tmp_path)
-    result, recorded = _run_on_indir(tmp_path, {"LINEAGE_STATE_DIR": str(theirs)})
+    result, recorded = _run_on_indir(tmp_path, env)
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert os.listdir(theirs) == [], (os.listdir(theirs), result.stderr)
     assert result.stderr.count("not caching file digests") == 1, result.stderr

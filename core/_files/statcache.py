@@ -5,10 +5,14 @@ A cache that another user could write would let them choose the digests the acco
 records for its files (any digest, keyed by a path and stat signature they can read). So
 the cache file is created 0600, and one that is not this user's own regular file, or that
 others could write, is neither read nor written: its entries are kept in memory for this
-process only, after one warning. The cache in the state root (:func:`state_cache`) is
-also refused where another user controls the root itself (as ``TrustStore`` refuses to
-keep trusted state there), and files are then hashed without it: a cache only saves time,
-so going without one is slower but never wrong, where refusing would stop a workflow.
+process only, after one warning. Since the file is checked and then opened by name, the
+same holds where another user controls the folder it is kept in or any folder above
+(:func:`.others_control`: ``hash --cache`` keeps it in the project's ``.lineage/``, which a
+shared lab folder lets others swap or plant as a link), checked before that folder is made.
+The cache in the state root (:func:`state_cache`) is refused where another user controls
+the root (as ``TrustStore`` refuses to keep trusted state there), and files are then hashed
+without it: a cache only saves time, so going without one is slower but never wrong, where
+refusing would stop a workflow.
 
 The entries are one snapshot in fixed binary columns (see :func:`_encode`): reading it
 builds strings, integers and tuples, nothing else. It used to be marshal, which can build
@@ -102,8 +106,8 @@ def _decode(data: object) -> dict[str, _CacheRow]:
 
 def _untrusted(path: str) -> str | None:
     """Why the cache file, or a journal SQLite would roll back into it, may hold what another
-    user wrote (None if it cannot). Checked by name: callers keep it in a directory only this
-    user can write (the state root), where nobody else can swap it after the check."""
+    user wrote (None if it cannot). Checked by name: ``StatCache`` checks first that no other
+    user controls the folder it is in, where nobody else could swap it after this check."""
     uid = os.getuid()
     for name in (path, path + "-journal", path + "-wal", path + "-shm"):
         try:
@@ -144,12 +148,23 @@ class StatCache:
     """
 
     def __init__(self, path: str) -> None:
+        from .._environment import checked_makedirs
+
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
         self._dirty: dict[str, _CacheRow] = {}
         self._generation = 0
         self._entries: dict[str, _CacheRow] = {}
+        # The file is checked, then opened, by name: that holds only in a folder no other user
+        # controls (``hash --cache`` keeps it in the project's .lineage/, which may be shared).
+        # 0o755, as before: .lineage/ also holds the ledger, which others may be meant to read.
+        folder = os.path.dirname(os.path.abspath(path))
+        self.refused = checked_makedirs(folder, 0o755)
+        if self.refused is not None:
+            _warn_once(f"not using the stat cache {path}: {self.refused}, so another user could swap it for one "
+                       "with digests of their choosing; files are hashed without it (keep it in a folder only "
+                       "this user can write)")
+            return
         self.refused = _untrusted(path)
         if self.refused is not None:
             _warn_once(f"not using the stat cache {path}: {self.refused}, so it may hold digests another user "
@@ -233,14 +248,13 @@ class StatCache:
 
 def state_cache() -> StatCache | None:
     """The stat cache in this user's state root (``statcache.db``), or None, after one
-    warning, where that root cannot be kept from other users (:func:`others_control`, the
+    warning, where that root cannot be kept from other users (:func:`.others_control`, the
     check ``TrustStore`` makes) or made: the caller then hashes every file."""
-    from .._environment import others_control, state_root
+    from .._environment import checked_makedirs, state_root
 
     root = state_root()
     try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        unsafe = others_control(root)
+        unsafe = checked_makedirs(root)  # checked before it is made: nothing left in another user's tree
     except OSError as err:
         _warn_once(f"not caching file digests in {root}: {err.strerror}; every file is read instead")
         return None

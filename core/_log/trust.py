@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from blake3 import blake3
 
 from .._canonical import format_time, utcnow
-from .._environment import others_control, state_root
+from .._environment import checked_makedirs, state_root
 from .._errors import ConfigError, HistoryRewritten
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
@@ -244,8 +244,7 @@ class TrustStore:
         self._names_maps: dict[str, tuple[tuple[int, int], bytes]] = {}
         self._names_held = 0
         try:
-            os.makedirs(base, mode=0o700, exist_ok=True)
-            unsafe = others_control(base)
+            unsafe = checked_makedirs(base)  # checked before it is made: nothing left in another user's tree
             if unsafe is None:
                 self._adopt_earlier(base, earlier)
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
