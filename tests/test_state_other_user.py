@@ -523,3 +523,39 @@ def test_reset_trust_deletes_nothing_in_a_state_root_another_user_controls(tmp_p
     _refused(result, "refusing", "65534")
     assert "forgot" not in result.stderr
     assert _snapshot(directory) == kept and "head.json" in kept
+
+
+@pytest.mark.parametrize("planted", ["their directory", "their link", "the account's link"])
+def test_reset_trust_refuses_what_it_cannot_remove_as_the_accounts_own(tmp_path, public, planted):
+    """The state root is the account's and private now, but while it was open to all nobody
+    planted the ledger's directory in it (or a link in its place; or the account made such a
+    link itself). Removing it would delete nobody's directory, or fail on the link while
+    reporting the head read through it as forgotten: refused (status 2), nothing removed."""
+    url = _ledger(tmp_path)
+    root = public / "state"
+    root.mkdir()
+    root.chmod(0o777)
+    directory = _ledger_dir(root, url)
+    target = tmp_path / "accounts-state" if planted == "the account's link" else public / "theirs"
+    forged = _forged_head(url)
+
+    def plant() -> str:
+        where = directory if planted == "their directory" else target
+        os.mkdir(where, 0o777)
+        os.chmod(where, 0o777)
+        (where / "head.json").write_bytes(forged)
+        if planted == "their link":
+            os.symlink(target, directory)
+        return "planted"
+
+    if planted == "the account's link":
+        target.mkdir(mode=0o700)
+        (target / "head.json").write_bytes(forged)
+        directory.symlink_to(target)
+    else:
+        assert as_nobody(plant) == "planted"
+    root.chmod(0o700)
+    result = run_cli("reset-trust", "--ledger", url, cwd=tmp_path, env={"LINEAGE_STATE_DIR": str(root)})
+    _refused(result, "refusing", str(directory), "65534" if planted == "their directory" else "a link")
+    assert "forgot" not in result.stderr
+    assert os.path.lexists(directory) and (directory / "head.json").read_bytes() == forged

@@ -143,6 +143,7 @@ def reset_trust(ledger_url) -> None:
     """Forget the tree head remembered for this ledger (after restoring it from a backup on
     purpose); the next command audits it again."""
     import shutil
+    import stat
 
     from lineage_ledger.backends import open_backend
 
@@ -162,11 +163,29 @@ def reset_trust(ledger_url) -> None:
         raise ConfigError(f"refusing to delete anything in {base}: {unsafe}, so what it holds may be another "
                           "user's, or reached through their link (set LINEAGE_STATE_DIR to a private directory)")
     try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        click.echo("nothing was remembered for this ledger", err=True)
+        return
+    # Only the account's own directory is removed: what else is there was planted while the
+    # root was open (or made by hand), and removing it would delete another user's files, or
+    # fail on a link (rmtree refuses those) while the head read through it was reported forgotten.
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        found = f"a link to {os.readlink(directory)}" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise ConfigError(f"refusing to reset the trust: {directory} is {found}, not a directory of this user's "
+                          "own; nothing was removed (look at it, and remove it by hand if it is yours)")
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"refusing to reset the trust: {directory} belongs to uid {st.st_uid}, not to this "
+                          "user; nothing was removed (another user may have planted it)")
+    try:
         with open(os.path.join(directory, "head.json"), "rb") as handle:
             old: TreeHead | None = TreeHead.from_json(handle.read())
     except (OSError, ValueError, KeyError, TypeError):
         old = None
-    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        shutil.rmtree(directory)
+    except OSError as err:
+        raise ConfigError(f"could not remove {directory} to reset the trust: {err}") from err
     if old is None:
         click.echo("nothing was remembered for this ledger", err=True)
     else:
