@@ -41,6 +41,7 @@ from lineage_ledger.backends.baash.access import AccessList, bind_unix
 from lineage_ledger.backends.baash.storage import SharedStore
 from tests.backend_conformance import chain_of
 from tests.support.factories import make_records
+from tests.support.users import as_user
 
 NOBODY = 65534
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -275,26 +276,6 @@ def test_socket_directories_are_private(tmp_path):
 
 
 # -- items 1-2 against a real service ----------------------------------------------------------
-def as_user(uid: int, gid: int, groups: list[int], action) -> dict:
-    """Run ``action()`` in a forked child that has dropped to ``uid``; its JSON-able result."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read)
-        try:
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-            result = action()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result = {"crashed": f"{type(exc).__name__}: {exc}"}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        output = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(output)
 
 
 def _attempt(call) -> list[str]:

@@ -31,6 +31,7 @@ from blake3 import blake3
 from lineage_ledger import open_ledger
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
+from tests.support.users import as_user
 
 NOBODY = 65534
 
@@ -40,24 +41,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another uid
 def as_nobody(action: Callable[[], object]) -> object:
     """``action()`` run in a forked child that has dropped to uid and gid 65534; its JSON-able
     result. An exception it raises fails the test: expected refusals go through ``_attempt``."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read)
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            result = action()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result = {"crashed": f"{type(exc).__name__}: {exc}"}
-        os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        output = pipe.read()
-    os.waitpid(pid, 0)
-    result = json.loads(output)
+    result = as_user(NOBODY, NOBODY, [], action)
     assert not (isinstance(result, dict) and "crashed" in result), result  # an attempt that was meant to work
     return result
 
