@@ -1,0 +1,100 @@
+"""Key files: a new key pair written to disk, and keys read back from their files.
+
+The private key file is 0600 whatever the umask, and neither file of a pair overwrites
+anything (a key lost to an overwrite cannot sign again, and a signature made with a replaced
+key proves nothing). Files are read with a size bound, and every error names the file but
+never the key it holds (see :mod:`._note_keys` for the key texts).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .._errors import ConfigError
+from ._note_keys import Signer, Verifier, generate_key, parse_signer, parse_verifier
+
+__all__ = ["load_signer", "load_verifier", "load_verifiers", "write_keypair"]
+
+_MAX_KEY_FILE = 4096
+
+
+def _create(path: str, data: str, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; refusing to overwrite a key file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed it; make it exactly this
+        os.write(fd, data.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
+    """Write a new key pair: ``path`` (private, 0600) and ``path + '.pub'`` (0644).
+
+    Neither file may exist. Returns the two paths.
+    """
+    private_path = os.fspath(path)
+    public_path = private_path + ".pub"
+    if os.path.lexists(public_path):
+        raise ConfigError(f"{public_path} exists; refusing to overwrite a key file")
+    private, public = generate_key(name)
+    _create(private_path, private + "\n", 0o600)
+    try:
+        _create(public_path, public + "\n", 0o644)
+    except ConfigError:
+        os.unlink(private_path)  # ours, just created: leave no half pair
+        raise
+    return private_path, public_path
+
+
+def _read_key_file(path: str | os.PathLike[str]) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {os.fspath(path)}: {exc.strerror}") from None
+    if len(data) > _MAX_KEY_FILE:
+        raise ConfigError(f"{os.fspath(path)} is too large to be a key file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{os.fspath(path)} is not a key file (not UTF-8 text)") from None
+
+
+def load_signer(path: str | os.PathLike[str]) -> Signer:
+    """The private key in ``path``; ``ConfigError`` if it is unreadable or malformed."""
+    try:
+        return parse_signer(_read_key_file(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+
+
+def load_verifier(path: str | os.PathLike[str]) -> Verifier:
+    """The public key in ``path`` (the ``.pub`` file); ``ConfigError`` if unreadable or malformed."""
+    text = _read_key_file(path)
+    if text.startswith("PRIVATE+KEY+"):
+        raise ConfigError(f"{os.fspath(path)} holds a private key; give the public key (.pub) file")
+    try:
+        return parse_verifier(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+
+
+def load_verifiers(path: str | os.PathLike[str]) -> list[Verifier]:
+    """Every public key in ``path``: one a line (a ``.pub`` file holds one; a list such as
+    BAASH's ``ranks.pub`` holds several). ``ConfigError`` if unreadable or malformed."""
+    text = _read_key_file(path)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{os.fspath(path)} holds no public key")
+    if any(line.startswith("PRIVATE+KEY+") for line in lines):
+        raise ConfigError(f"{os.fspath(path)} holds a private key; give the public key (.pub) file")
+    try:
+        return [parse_verifier(line) for line in lines]
+    except ConfigError as exc:
+        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
