@@ -188,13 +188,18 @@ CREATE INDEX ll_records_id ON ll_records (id);
 CREATE INDEX ll_records_run ON ll_records (run_id);"""
 
 
+@pytest.mark.parametrize("dedup", ["bloom", "table"])
 @pytest.mark.parametrize("copy", [5, 37])
-def test_a_record_stored_twice_fails_both_audits(pristine, tmp_path, monkeypatch, copy):
-    """The duplicate filter (a Bloom filter in the parent, fed from each worker's leaves in
-    one buffer) finds a record appended a second time, in another worker's range or in the
-    same one, and the exact look-up confirms it."""
+def test_a_record_stored_twice_fails_both_audits(pristine, tmp_path, monkeypatch, copy, dedup):
+    """The duplicate check finds a record appended a second time, in another worker's range
+    or in the same one: the Bloom filter (fed from each worker's leaves in one buffer) and the
+    exact look-up of its suspect, or, where the ledger is bigger than the filter is made for
+    (``LINEAGE_AUDIT_BLOOM_MAX``), the scratch table sorted on disk."""
     from lineage_ledger import build_block
     from lineage_ledger.backends import open_backend
+
+    if dedup == "table":
+        monkeypatch.setenv("LINEAGE_AUDIT_BLOOM_MAX", "0")
 
     db = tmp_path / "ledger.db"
     shutil.copy(pristine, db)

@@ -81,17 +81,6 @@ class RangeResult:
     hot: list[Hot]  # less the names many of its records name, kept apart for the parent to join
 
 
-class RecordIds:
-    """Record ids as hex, from 32 raw bytes each, made only when asked (duplicate suspects)."""
-
-    def __init__(self, raw: bytes, offset: int = 0) -> None:
-        self.raw, self.offset = raw, offset
-
-    def __getitem__(self, i: int) -> str:
-        at = (self.offset + i) * 32
-        return self.raw[at : at + 32].hex()
-
-
 def workers() -> int:
     """How many worker processes an audit may start (0 where it should not)."""
     configured = os.environ.get("LINEAGE_AUDIT_WORKERS", "").strip()

@@ -4,8 +4,9 @@ Three operations, after RFC 9162 and the Go checksum-database client:
 
 * :meth:`Verifier.audit` streams the whole ledger at the head it read first: every block's
   id, height, link, Merkle root and record hashes; every index row against the record it
-  names; duplicate record ids. Memory stays bounded (a block at a time, a few bytes per
-  record for the duplicate filter). It builds the log tree beside the remembered one and
+  names; duplicate record ids. Memory stays bounded (a block at a time; duplicates by a
+  Bloom filter of at most 32 MiB, or a scratch table sorted on disk: :mod:`.dedup`). It
+  builds the log tree beside the remembered one and
   replaces it only if the new tree extends the old (else :class:`HistoryRewritten`).
 * :meth:`Verifier.refresh` proves the ledger still holds the block the remembered head
   ended on, then verifies and adds only the blocks appended since; with nothing remembered
@@ -30,6 +31,7 @@ from .._model import BlockColumns, StoredRecord
 from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
+from .dedup import IdDedup
 from .names import FORMAT as NAMES_FORMAT
 from .names import INPUT, OUTPUT, RUN, HotNames, bucket_of, drop_entries, path_key
 from .names import kept as names_kept
@@ -56,37 +58,6 @@ class AuditResult:
     head: TreeHead
     index_rows: int | None  # rows compared, or None where the back-end keeps no separate index
     outputs: list[str] = field(default_factory=list)  # output paths that exist on disk
-
-
-class _Dedup:
-    """A Bloom filter over leaf hashes (64 bits a record, two probes): memory stays a few
-    bytes a record; the rare suspects are looked up exactly at the end."""
-
-    def __init__(self, expected: int) -> None:
-        self.bits = max(1 << 23, expected * 64)
-        self.table = bytearray(self.bits // 8 + 1)
-        self.suspects: list[str] = []  # record ids
-
-    def add(self, ids, leaves: list[bytes]) -> None:
-        self.add_packed(ids, b"".join(leaves))
-
-    def add_packed(self, ids, leaves: bytes) -> None:
-        """Leaves as one buffer, 32 bytes each (as a worker sends them). ``ids`` is indexed
-        only for a suspect (the parallel audit makes hex ids on demand)."""
-        table, bits, suspects = self.table, self.bits, self.suspects
-        # The probes are a leaf's first two 8-byte words, read in C for the whole buffer:
-        # half the parent's time of slicing and converting each leaf.
-        words = memoryview(leaves).cast("Q")
-        for i, (a, b) in enumerate(zip(words[0::4].tolist(), words[1::4].tolist(), strict=True)):
-            a %= bits
-            b %= bits
-            ma, mb = 1 << (a & 7), 1 << (b & 7)
-            a >>= 3
-            b >>= 3
-            if table[a] & ma and table[b] & mb:
-                suspects.append(ids[i])
-            table[a] |= ma
-            table[b] |= mb
 
 
 def _audit_source(backend: Backend) -> Backend | None:
@@ -334,12 +305,12 @@ class Verifier:
     def _audit_here(self, stop: int, records: int, files: bool) -> tuple[TreeWriter, int | None, list[str]]:
         """The audit in this process; raises the error that names the first problem."""
         backend = self.backend
-        dedup = _Dedup(records)
         checker = IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
         outputs = ExistingFiles() if files else None
+        writer = self.store.fresh_writer()
 
         def on_block(block, first: int, leaves: list[bytes], views) -> None:
-            dedup.add(block.ids, leaves)
+            dedup.add(bytes.fromhex("".join(block.ids)), b"".join(leaves))
             if checker is not None or outputs is not None:
                 if checker is not None:
                     checker.block(block, first, views)
@@ -347,13 +318,12 @@ class Verifier:
                     for view in views:
                         outputs.add(view.outputs)
 
-        writer = self.store.fresh_writer()
         try:
-            self._extend(writer, 0, stop, None, on_block)
-            if checker is not None:
-                checker.finish(writer.size, writer.blocks)
-            if dedup.suspects:
-                self._check_duplicates(dedup.suspects)
+            with IdDedup(records, writer.directory) as dedup:
+                self._extend(writer, 0, stop, None, on_block)
+                if checker is not None:
+                    checker.finish(writer.size, writer.blocks)
+                self._check_duplicates(dedup)
             writer.commit(audited=True)  # into the new directory, not yet adopted
         except BaseException:
             writer.close()
@@ -367,44 +337,11 @@ class Verifier:
         run here (``in_process``), reading through ``backend`` (this ledger's, or a read-only
         view of it); None where anything disagrees, so that the sequential audit runs and
         names the problem."""
-        dedup = _Dedup(records)
         writer = self.store.fresh_writer()
-        compared = artifacts = 0
-        found: list[str] = []
-        seen: set[str] = set()
-        hot = HotNames()  # names many records of a range named, joined over the ranges
-        prev: str | None = None
         try:
-            answers = (_parallel.results_here if in_process else _parallel.results)(backend, tasks, files=files)
-            for task, result in answers:
-                if result is None or result.first_prev != prev or task.first_index != writer.size:
-                    raise _Disagreement
-                leaves, at = result.leaves, 0
-                dedup.add_packed(_parallel.RecordIds(result.ids), leaves)
-                writer.add_packed_names(writer.size, len(leaves) // 32, result.name_counts, result.names)
-                for block_id, count in zip(result.block_ids, result.counts, strict=True):
-                    writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
-                    at += count
-                hot.add(result.hot)
-                if len(hot) >= hot.MAX:
-                    writer.add_packed_names(writer.size, 0, *hot.packed())
-                prev = result.block_ids[-1] if result.block_ids else prev
-                compared += result.compared
-                artifacts += result.artifacts
-                for path in result.outputs:
-                    if path not in seen:
-                        seen.add(path)
-                        found.append(path)
-            # Each worker counted the artifact rows of its own range (all roles) against what its
-            # records name; the ranges cover every sequence number from 0, so only rows below 0
-            # remain to be counted here (an index seek, not a scan of millions of rows).
-            if writer.blocks != stop or backend.artifact_count(0) != 0 or \
-                    backend.rows_outside_the_chain(writer.size, writer.blocks):
-                raise _Disagreement
-            if len(hot):
-                writer.add_packed_names(writer.size, 0, *hot.packed())
-            if dedup.suspects:
-                self._check_duplicates(dedup.suspects)
+            with IdDedup(records, writer.directory) as dedup:
+                answers = (_parallel.results_here if in_process else _parallel.results)(backend, tasks, files=files)
+                compared, found = self._join(writer, dedup, answers, stop, backend)
             writer.commit(audited=True)
         except _Disagreement:
             writer.close()
@@ -416,9 +353,48 @@ class Verifier:
             raise
         return writer, compared, found
 
-    def _check_duplicates(self, suspects: list[str]) -> None:
-        for record_id in suspects:
-            if len(self.backend.by_id_prefix(record_id, limit=2)) > 1:
+    def _join(self, writer: TreeWriter, dedup: IdDedup, answers, stop: int, backend: Backend) -> tuple[int, list[str]]:
+        """Add the ranges' leaves and names to the new tree, in order; (index rows compared,
+        outputs found on disk). Raises :class:`_Disagreement` where the ranges do not join."""
+        compared = artifacts = 0
+        found: list[str] = []
+        seen: set[str] = set()
+        hot = HotNames()  # names many records of a range named, joined over the ranges
+        prev: str | None = None
+        for task, result in answers:
+            if result is None or result.first_prev != prev or task.first_index != writer.size:
+                raise _Disagreement
+            leaves, at = result.leaves, 0
+            dedup.add(result.ids, leaves)
+            writer.add_packed_names(writer.size, len(leaves) // 32, result.name_counts, result.names)
+            for block_id, count in zip(result.block_ids, result.counts, strict=True):
+                writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
+                at += count
+            hot.add(result.hot)
+            if len(hot) >= hot.MAX:
+                writer.add_packed_names(writer.size, 0, *hot.packed())
+            prev = result.block_ids[-1] if result.block_ids else prev
+            compared += result.compared
+            artifacts += result.artifacts
+            for path in result.outputs:
+                if path not in seen:
+                    seen.add(path)
+                    found.append(path)
+        # Each worker counted the artifact rows of its own range (all roles) against what its
+        # records name; the ranges cover every sequence number from 0, so only rows below 0
+        # remain to be counted here (an index seek, not a scan of millions of rows).
+        if writer.blocks != stop or backend.artifact_count(0) != 0 or \
+                backend.rows_outside_the_chain(writer.size, writer.blocks):
+            raise _Disagreement
+        if len(hot):
+            writer.add_packed_names(writer.size, 0, *hot.packed())
+        self._check_duplicates(dedup)
+        return compared, found
+
+    def _check_duplicates(self, dedup: IdDedup) -> None:
+        for record_id in dedup.duplicates():
+            # A Bloom filter's suspect is looked up exactly; the scratch table's answer is exact.
+            if dedup.exact or len(self.backend.by_id_prefix(record_id, limit=2)) > 1:
                 raise ChainBroken(f"record {record_id[:16]} appears twice in the ledger")
 
     def _check_extends(self, old: TreeHead, writer: TreeWriter) -> None:
