@@ -128,8 +128,11 @@ def report_lines(report: Report) -> list[str]:
         lines.extend(f"  {_short(path)}" for path in absent.paths)
         if absent.more:
             lines.append(f"  ... and {absent.more} more")
+    if report.not_shown:
+        lines.append(f"\n... and {report.not_shown} more recorded outputs checked, not shown here "
+                     "(`verify-lineage PATH` shows one)")
     if report.audited_records:
-        lines.append(f"\naudited {report.audited_records} records, {len(report.targets)} recorded outputs")
+        lines.append(f"\naudited {report.audited_records} records, {report.outputs_checked} recorded outputs")
     if report.waiting:
         named = f", naming {', '.join(_short(p) for p in report.waiting_named)}" if report.waiting_named else ""
         lines.append(f"\nnote: {report.waiting} record(s) of this ledger wait in the spool, not yet in the ledger"
@@ -138,8 +141,10 @@ def report_lines(report: Report) -> list[str]:
     if report.ok:
         lines.append("verified")
     else:
-        lines.append(f"FAILED: {len(report.failures)} problem(s)")
+        lines.append(f"FAILED: {report.problems} problem(s)")
         lines.extend(f"  {type(f).__name__}: {printable(str(f))}" for f in report.failures)
+        if report.more_failures:
+            lines.append(f"  ... and {report.more_failures} more problem reports, not shown")
     return lines
 
 
@@ -181,9 +186,12 @@ def report_json(report: Report) -> dict[str, Any]:
             "origin": report.against.origin, "size": report.against.size, "root": report.against.root.hex(),
         },
         "targets": targets,
+        "outputs_checked": report.outputs_checked,  # an audit's recorded outputs on disk
+        "targets_not_shown": report.not_shown,  # of those, checked and not listed in targets
         "absent": [{"directory": a.directory, "paths": a.paths, "more": a.more} for a in report.absent],
         "failures": [
             {"error": type(f).__name__, "message": str(f), "height": f.height, "path": f.path}
             for f in report.failures
         ],
+        "failures_not_shown": report.more_failures,
     }

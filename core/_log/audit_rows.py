@@ -133,12 +133,23 @@ def _difference(row, record_id: str, height: int, position: int, view) -> str:
 
 class ExistingFiles:
     """Output paths that exist on disk, collected while the audit streams (one stat per
-    directory for the many paths whose directory is gone)."""
+    directory for the many paths whose directory is gone). Held for one range, or until
+    :meth:`take`: the audit keeps the whole ledger's in a :class:`~.found.FoundOutputs`."""
+
+    _DIRS = 65_536  # directories remembered (then forgotten, and stat'ed again)
 
     def __init__(self) -> None:
         self.found: list[str] = []
         self._seen: set[str] = set()
         self._dirs: dict[str, bool] = {}
+
+    def take(self) -> list[str]:
+        """The paths found since the last call (a path found again later is found again)."""
+        found, self.found = self.found, []
+        self._seen = set()
+        if len(self._dirs) > self._DIRS:
+            self._dirs = {}
+        return found
 
     def add(self, outputs) -> None:
         dirs, seen = self._dirs, self._seen

@@ -32,6 +32,7 @@ from . import audit_parallel as _parallel
 from .audit_rows import ExistingFiles, IndexChecker, decode_views
 from .chain import ChainSummary, verify_block_columns
 from .dedup import IdDedup
+from .found import FoundOutputs
 from .names import FORMAT as NAMES_FORMAT
 from .names import INPUT, OUTPUT, RUN, HotNames, bucket_of, drop_entries, path_key
 from .names import kept as names_kept
@@ -57,7 +58,8 @@ class AuditResult:
     summary: ChainSummary
     head: TreeHead
     index_rows: int | None  # rows compared, or None where the back-end keeps no separate index
-    outputs: list[str] = field(default_factory=list)  # output paths that exist on disk
+    # Output paths that exist on disk (``files=True``), kept on disk: close() it when done.
+    outputs: FoundOutputs = field(default_factory=FoundOutputs)
 
 
 def _audit_source(backend: Backend) -> Backend | None:
@@ -291,6 +293,7 @@ class Verifier:
                 writer.close()
                 store.adopt(writer)
             except BaseException:
+                found.close()
                 writer.close()
                 shutil.rmtree(writer.directory, ignore_errors=True)
                 raise
@@ -298,25 +301,30 @@ class Verifier:
         head = store.head
         assert head is not None
         if claim is not None:
-            head = self._check_endorsed(head, *claim)
+            try:
+                head = self._check_endorsed(head, *claim)
+            except BaseException:
+                found.close()
+                raise
         summary = ChainSummary(blocks=head.blocks, records=head.size, head=head.block_id, log_root=head.root)
         return AuditResult(summary, head, compared, found)
 
-    def _audit_here(self, stop: int, records: int, files: bool) -> tuple[TreeWriter, int | None, list[str]]:
+    def _audit_here(self, stop: int, records: int, files: bool) -> tuple[TreeWriter, int | None, FoundOutputs]:
         """The audit in this process; raises the error that names the first problem."""
         backend = self.backend
         checker = IndexChecker(backend) if backend.index_summaries(0, 0) is not None else None
-        outputs = ExistingFiles() if files else None
+        existing = ExistingFiles() if files else None
+        found = FoundOutputs()
         writer = self.store.fresh_writer()
 
         def on_block(block, first: int, leaves: list[bytes], views) -> None:
             dedup.add(bytes.fromhex("".join(block.ids)), b"".join(leaves))
-            if checker is not None or outputs is not None:
-                if checker is not None:
-                    checker.block(block, first, views)
-                if outputs is not None:
-                    for view in views:
-                        outputs.add(view.outputs)
+            if checker is not None:
+                checker.block(block, first, views)
+            if existing is not None:
+                for view in views:
+                    existing.add(view.outputs)
+                found.add(existing.take())
 
         try:
             with IdDedup(records, writer.directory) as dedup:
@@ -326,39 +334,43 @@ class Verifier:
                 self._check_duplicates(dedup)
             writer.commit(audited=True)  # into the new directory, not yet adopted
         except BaseException:
+            found.close()
             writer.close()
             shutil.rmtree(writer.directory, ignore_errors=True)
             raise
-        return writer, checker.compared if checker else None, outputs.found if outputs else []
+        return writer, checker.compared if checker else None, found
 
     def _audit_parallel(self, tasks: list[_parallel.Task], stop: int, records: int, files: bool,
-                        backend: Backend, in_process: bool = False) -> tuple[TreeWriter, int | None, list[str]] | None:
+                        backend: Backend, in_process: bool = False) -> tuple[TreeWriter, int | None, FoundOutputs] | None:
         """The audit by worker processes (see :mod:`._audit_parallel`), or by their bulk check
         run here (``in_process``), reading through ``backend`` (this ledger's, or a read-only
         view of it); None where anything disagrees, so that the sequential audit runs and
         names the problem."""
         writer = self.store.fresh_writer()
+        found = FoundOutputs()
         try:
             with IdDedup(records, writer.directory) as dedup:
                 answers = (_parallel.results_here if in_process else _parallel.results)(backend, tasks, files=files)
-                compared, found = self._join(writer, dedup, answers, stop, backend)
+                compared = self._join(writer, dedup, found, answers, stop, backend)
             writer.commit(audited=True)
         except _Disagreement:
+            found.close()
             writer.close()
             shutil.rmtree(writer.directory, ignore_errors=True)
             return None
         except BaseException:
+            found.close()
             writer.close()
             shutil.rmtree(writer.directory, ignore_errors=True)
             raise
         return writer, compared, found
 
-    def _join(self, writer: TreeWriter, dedup: IdDedup, answers, stop: int, backend: Backend) -> tuple[int, list[str]]:
-        """Add the ranges' leaves and names to the new tree, in order; (index rows compared,
-        outputs found on disk). Raises :class:`_Disagreement` where the ranges do not join."""
+    def _join(self, writer: TreeWriter, dedup: IdDedup, found: FoundOutputs, answers, stop: int,
+              backend: Backend) -> int:
+        """Add the ranges' leaves and names to the new tree, and the outputs they found on
+        disk to ``found``, in order; the index rows compared. Raises :class:`_Disagreement`
+        where the ranges do not join."""
         compared = artifacts = 0
-        found: list[str] = []
-        seen: set[str] = set()
         hot = HotNames()  # names many records of a range named, joined over the ranges
         prev: str | None = None
         for task, result in answers:
@@ -376,10 +388,7 @@ class Verifier:
             prev = result.block_ids[-1] if result.block_ids else prev
             compared += result.compared
             artifacts += result.artifacts
-            for path in result.outputs:
-                if path not in seen:
-                    seen.add(path)
-                    found.append(path)
+            found.add(result.outputs)
         # Each worker counted the artifact rows of its own range (all roles) against what its
         # records name; the ranges cover every sequence number from 0, so only rows below 0
         # remain to be counted here (an index seek, not a scan of millions of rows).
@@ -389,7 +398,7 @@ class Verifier:
         if len(hot):
             writer.add_packed_names(writer.size, 0, *hot.packed())
         self._check_duplicates(dedup)
-        return compared, found
+        return compared
 
     def _check_duplicates(self, dedup: IdDedup) -> None:
         for record_id in dedup.duplicates():

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .._errors import (
@@ -34,9 +33,11 @@ from .._ledger.ledger import Ledger, LineageNode, open_ledger
 from .._ledger.lineage import walk_lineage
 from .._log.chain import ChainSummary
 from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
+from .report import Absent, Report, TargetResult
 
 if TYPE_CHECKING:
     from .._log.checkpoint import Checkpoint
+    from .._log.found import FoundOutputs
 
 __all__ = [
     "Absent",
@@ -91,25 +92,6 @@ def verify_closure(node: LineageNode) -> None:
             )
 
 
-@dataclass
-class TargetResult:
-    path: str
-    check: ArtifactCheck
-    tree: LineageNode | None
-    files: dict[str, ArtifactCheck] = field(default_factory=dict)  # other files of the tree
-
-
-@dataclass
-class Absent:
-    """Files that records name below a directory given as a target and that are no longer
-    on disk. Like an audit, which passes over outputs cleaned up since (``temp()`` files),
-    this is no failure; it is said, so that a deleted result does not go unnoticed."""
-
-    directory: str
-    paths: list[str]  # the first few
-    more: int  # how many more (each proved, as the listed ones are)
-
-
 # Absent files listed by name; the rest are counted.
 _ABSENT_LISTED = 10
 _PATHS_PER_READ = 10_000
@@ -146,39 +128,6 @@ def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent |
                 break
             after = page[-1]
     return Absent(directory, listed, more) if listed or more else None
-
-
-@dataclass
-class Report:
-    chain: ChainSummary | None = None
-    targets: list[TargetResult] = field(default_factory=list)
-    failures: list[VerificationError] = field(default_factory=list)
-    audited_records: int = 0
-    index_rows: int | None = None  # index rows compared with their records in an audit
-    first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
-    waiting: int = 0  # records of this ledger waiting in this user's spool, not yet in the ledger
-    waiting_named: list[str] = field(default_factory=list)  # the targets' files they name
-    against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
-    # Lineage nodes by (path, digest), shared by the targets' trees: each walked once.
-    lineage_memo: dict = field(default_factory=dict, repr=False)
-    # Files already hashed in this run: trees share sources, each is read once.
-    checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
-    # Entries of the trees given that could not be read (a symbolic link loop...): (path, why).
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    # Recorded directories found above files no record names, by directory (or None).
-    containers: dict = field(default_factory=dict, repr=False)
-    # Per directory given: the files records name below it that are no longer on disk.
-    absent: list[Absent] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def fail(self, failure: VerificationError) -> None:
-        # Targets share lineage: report each problem once, however many trees show it.
-        key = (type(failure), failure.path, str(failure))
-        if all((type(f), f.path, str(f)) != key for f in self.failures):
-            self.failures.append(failure)
 
 
 def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]:
@@ -226,11 +175,12 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     targets = list(targets)
     audit = not targets
     paths: list[str] = []
+    found: FoundOutputs | None = None
     try:
         if audit:
             result = ledger.audit(files=files)
             report.chain, report.audited_records, report.index_rows = result.summary, result.summary.records, result.index_rows
-            paths = result.outputs
+            found = result.outputs
         else:
             head = ledger.tree_head()
             report.chain = ChainSummary(head.blocks, head.size, head.block_id, head.root)
@@ -238,15 +188,19 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
         if not audit:
             paths = _expand(ledger, targets, report)
     except VerificationError as failure:
+        if found is not None:
+            found.close()
         report.fail(failure)
         return report  # nothing read from a broken ledger can be trusted
+    if found is not None:
+        # Every recorded output on disk, read back a window at a time: bounded memory
+        # whatever the ledger's size (see .report).
+        report.bound()
+        with found:
+            for window in found.windows(_WINDOW):
+                _verify_window(ledger, window, report, files=files, audit=True)
     for start in range(0, len(paths), _WINDOW):
-        window = paths[start : start + _WINDOW]
-        # Many files (a directory's, an audit's outputs): their index rows read at once.
-        ahead = ledger.looking_ahead(window) if len(window) >= _LOOK_AHEAD else contextlib.nullcontext()
-        with ahead:
-            for path in window:
-                _verify_one(ledger, path, report, files=files, audit=audit)
+        _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False)
     from .._ledger.deferred import waiting_for
 
     checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
@@ -258,6 +212,19 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
 # and the fewest for which that pays (a statement per path and role costs about 15 us).
 _WINDOW = 2_000
 _LOOK_AHEAD = 16
+
+
+def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool) -> None:
+    # Many files (a directory's, an audit's outputs): their index rows read at once.
+    ahead = ledger.looking_ahead(window) if len(window) >= _LOOK_AHEAD else contextlib.nullcontext()
+    with ahead:
+        for path in window:
+            if audit:
+                problems = report.problems
+                _verify_one(ledger, path, report, files=files, audit=True)
+                report.counted(path, failed=report.problems > problems)
+            else:
+                _verify_one(ledger, path, report, files=files, audit=False)
 
 
 def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:

@@ -1,0 +1,136 @@
+"""What ``verify-lineage`` found: the :class:`Report`, and the bounds that keep an audit's
+report in bounded memory whatever the ledger's size.
+
+A targeted check keeps every target it was given, with its lineage tree. A full audit checks
+every recorded output still on disk, and a lab's ledger names millions: keeping a target and
+its tree for each took about 8 KB a file (a ledger of 20,000 records whose outputs exist:
+194 MiB; a million: gigabytes), and printing them all helps no one. So an audit keeps the
+first :data:`SHOWN` targets that verified and the first :data:`SHOWN` that failed, and counts
+the others; the caches its trees share (files hashed, lineage nodes walked, directories
+looked up) forget their oldest entries past :data:`CACHED`; and problems past
+:data:`FAILURES_KEPT` are counted, not kept. The exit status is the same: any problem fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._errors import VerificationError
+from .._ledger.ledger import LineageNode
+from .._log.chain import ChainSummary
+from .checks import ArtifactCheck
+
+if TYPE_CHECKING:
+    from .._log.checkpoint import Checkpoint
+
+__all__ = ["CACHED", "FAILURES_KEPT", "SHOWN", "Absent", "Bounded", "Report", "TargetResult"]
+
+SHOWN = 1_000  # an audit's targets kept with their trees, of those verified and of those failing
+FAILURES_KEPT = 10_000  # problems kept in full; more are counted
+CACHED = 10_000  # entries an audit's shared caches keep (a lineage node holds its record: a few KB)
+
+
+@dataclass
+class TargetResult:
+    path: str
+    check: ArtifactCheck
+    tree: LineageNode | None
+    files: dict[str, ArtifactCheck] = field(default_factory=dict)  # other files of the tree
+
+
+@dataclass
+class Absent:
+    """Files that records name below a directory given as a target and that are no longer
+    on disk. Like an audit, which passes over outputs cleaned up since (``temp()`` files),
+    this is no failure; it is said, so that a deleted result does not go unnoticed."""
+
+    directory: str
+    paths: list[str]  # the first few
+    more: int  # how many more (each proved, as the listed ones are)
+
+
+class Bounded(dict):
+    """A dict that forgets its oldest entry once it holds ``most``: a cache whose misses
+    only cost work again (a file hashed again, a lineage walked again). A hit through
+    :meth:`get` makes the entry the newest, so that a source every tree shares (a reference
+    genome) stays; ``in`` and ``[]`` (the lineage memo's use) do not reorder."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__()
+        self.most = most
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self and len(self) >= self.most:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        value = self.pop(key)
+        super().__setitem__(key, value)
+        return value
+
+
+@dataclass
+class Report:
+    chain: ChainSummary | None = None
+    targets: list[TargetResult] = field(default_factory=list)
+    failures: list[VerificationError] = field(default_factory=list)
+    audited_records: int = 0
+    index_rows: int | None = None  # index rows compared with their records in an audit
+    first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
+    waiting: int = 0  # records of this ledger waiting in this user's spool, not yet in the ledger
+    waiting_named: list[str] = field(default_factory=list)  # the targets' files they name
+    against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
+    # Lineage nodes by (path, digest), shared by the targets' trees: each walked once.
+    lineage_memo: dict = field(default_factory=dict, repr=False)
+    # Files already hashed in this run: trees share sources, each is read once.
+    checked: dict[str, ArtifactCheck] = field(default_factory=dict, repr=False)
+    # Entries of the trees given that could not be read (a symbolic link loop...): (path, why).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Recorded directories found above files no record names, by directory (or None).
+    containers: dict = field(default_factory=dict, repr=False)
+    # Per directory given: the files records name below it that are no longer on disk.
+    absent: list[Absent] = field(default_factory=list)
+    outputs_checked: int = 0  # an audit's recorded outputs found on disk and checked
+    not_shown: int = 0  # of those, the ones past SHOWN, counted only
+    more_failures: int = 0  # problems met past FAILURES_KEPT (one met twice may count twice)
+    _keys: set = field(default_factory=set, repr=False)
+    _shown: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # kept: verified, failing
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.more_failures
+
+    @property
+    def problems(self) -> int:
+        return len(self.failures) + self.more_failures
+
+    def fail(self, failure: VerificationError) -> None:
+        # Targets share lineage: report each problem once, however many trees show it.
+        key = (type(failure), failure.path, str(failure))
+        if key in self._keys:
+            return
+        if len(self.failures) >= FAILURES_KEPT:
+            self.more_failures += 1
+            return
+        self._keys.add(key)
+        self.failures.append(failure)
+
+    def bound(self) -> None:
+        """Make the caches an audit's many targets share forget their oldest entries."""
+        self.lineage_memo, self.checked, self.containers = Bounded(CACHED), Bounded(CACHED), Bounded(CACHED)
+
+    def counted(self, path: str, failed: bool) -> None:
+        """An audit checked ``path``: keep its target (the last one added) only while fewer
+        than :data:`SHOWN` of its kind (verified, failing) are kept."""
+        self.outputs_checked += 1
+        if not self.targets or self.targets[-1].path != path:
+            return  # nothing was added for it (its check raised)
+        if self._shown[failed] < SHOWN:
+            self._shown[failed] += 1
+        else:
+            self.targets.pop()
+            self.not_shown += 1
