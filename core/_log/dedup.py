@@ -7,8 +7,9 @@ the record ids of the ranges in ledger order, as the workers or the sequential a
 them, and answers once at the end (:meth:`IdDedup.duplicates`). Memory stays bounded
 whatever the ledger's size (``docs/verification.md``, "The full audit"):
 
-* up to :data:`BLOOM_RECORDS` records, a Bloom filter of 64 bits a record (32 MiB at most),
-  two probes taken from each leaf hash; its rare suspects (a few a million) are then looked
+* up to :data:`BLOOM_RECORDS` records, a Bloom filter of 64 bits a record (16 MiB at most,
+  so that ten workers and the parent stay under the audit's 512 MiB), with two probes taken
+  from each leaf hash; its rare suspects (a few a million) are then looked
   up exactly by the caller. About 1 us a record as the ranges arrive and nothing after them,
   which matters where ten workers finish a million records in a few seconds.
 * above it, every id goes into one table of a scratch SQLite database in the audit's own new
@@ -30,7 +31,7 @@ from pathlib import Path
 
 __all__ = ["BLOOM_RECORDS", "IdDedup"]
 
-BLOOM_RECORDS = 4_000_000  # 64 bits a record: 32 MiB of filter at most
+BLOOM_RECORDS = 2_000_000  # 64 bits a record: 16 MiB of filter at most
 
 # The ids of a range arrive as one buffer of 32 bytes each; a recursive query cuts it into
 # rows inside SQLite, a tenth of the cost of an executemany() of Python slices.

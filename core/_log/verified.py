@@ -5,7 +5,7 @@ Three operations, after RFC 9162 and the Go checksum-database client:
 * :meth:`Verifier.audit` streams the whole ledger at the head it read first: every block's
   id, height, link, Merkle root and record hashes; every index row against the record it
   names; duplicate record ids. Memory stays bounded (a block at a time; duplicates by a
-  Bloom filter of at most 32 MiB, or a scratch table sorted on disk: :mod:`.dedup`). It
+  Bloom filter of at most 16 MiB, or a scratch table sorted on disk: :mod:`.dedup`). It
   builds the log tree beside the remembered one and
   replaces it only if the new tree extends the old (else :class:`HistoryRewritten`).
 * :meth:`Verifier.refresh` proves the ledger still holds the block the remembered head
