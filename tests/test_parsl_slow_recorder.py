@@ -42,6 +42,35 @@ TRIES = 20
 #: How long the resumed recording process may take to journal and ship the tries: only
 #: a limit for a hang, on a busy 2-core machine; it takes well under a second here.
 RESUMED_BOUND_S = 60
+#: The waits that give up on the stopped recording process, shortened here: every one of
+#: them runs out in full whatever its length (nothing answers a stopped process), and at
+#: the plugin's own lengths (SHIP_WAIT, IDLE_SECONDS, END_WAIT: 5 s, 2 s, 3 s) they were
+#: most of this file's time. The plugin's defaults stay as they are.
+QUICK_SHIP_WAIT = 1.0
+QUICK_IDLE_SECONDS = 0.5
+QUICK_END_WAIT = 1.0
+
+
+class QuickLedger(ParslLedger):
+    """A ParslLedger whose end of a run (the memoizer's ``finish()``, each executor's
+    ``close()``, both called without a timeout) waits ``QUICK_SHIP_WAIT``, not ``SHIP_WAIT``."""
+
+    def close(self, timeout: float | None = QUICK_SHIP_WAIT) -> bool:
+        return super().close(timeout)
+
+    def finish(self, timeout: float | None = QUICK_SHIP_WAIT) -> bool:
+        return super().finish(timeout)
+
+
+@pytest.fixture
+def quick_end(monkeypatch):
+    """The shared recording process is ended after QUICK_IDLE_SECONDS unused, and its end
+    gives up on it after QUICK_END_WAIT (both read by the plugin when it uses them)."""
+    from lineage_ledger_parsl import _shared
+
+    assert _shared.END_WAIT > _shared.EXIT_WAIT >= 0  # the names this fixture sets are still the plugin's
+    monkeypatch.setattr(_shared, "IDLE_SECONDS", QUICK_IDLE_SECONDS)
+    monkeypatch.setattr(_shared, "END_WAIT", QUICK_END_WAIT)
 
 
 def double(x: int) -> int:
@@ -56,7 +85,7 @@ def records_of(db: Path, run_id: str) -> int:
 
 def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_tries_are(workdir, caplog):
     db = workdir / "ledger.db"
-    ledger = ParslLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
+    ledger = QuickLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
     config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
                     memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
     app = python_app(double)
@@ -74,13 +103,14 @@ def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_
         run_id = dfk.run_id
     finally:
         try:
-            dfk.cleanup()  # gives up on the stopped recording process after SHIP_WAIT
+            dfk.cleanup()  # gives up on the stopped recording process after QUICK_SHIP_WAIT
             before = records_of(db, dfk.run_id) if child is not None else None
         finally:
             if child is not None:
                 os.kill(child, signal.SIGCONT)
     # One after another, each try ended while nothing recorded: none waited for the
     # recording process (a wait of SHIP_WAIT / TRIES each would already cross this line).
+    # The bound is the plugin's SHIP_WAIT (5 s), as generous as before the wait was shortened.
     assert tries_s < SHIP_WAIT, f"{TRIES} tries took {tries_s:.1f}s with the recording process stopped"
 
     told = [r.getMessage() for r in caplog.records
@@ -107,7 +137,7 @@ def test_tries_the_recording_process_had_not_journaled_when_it_died_are_recorded
     until then Parsl's process keeps every report not journaled, and records it itself if the
     recording process dies (here: stopped, then killed with SIGKILL, 20 tries unjournaled)."""
     db = workdir / "ledger.db"
-    ledger = ParslLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
+    ledger = QuickLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
     config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
                     memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
     app = python_app(double)
@@ -138,9 +168,9 @@ def write_double(x: int, outputs: Any = ()) -> int:
 def _stopped_run(workdir: Path) -> tuple[ParslLedger, int, str]:
     """A run whose recording process is stopped after its first try; TRIES tries follow, and
     one more that writes a file (its record holds the file's digest, hashed in whichever
-    process records it), and ``dfk.cleanup()`` gives up on it after SHIP_WAIT. (The ledger,
+    process records it), and ``dfk.cleanup()`` gives up on it after QUICK_SHIP_WAIT. (The ledger,
     the stopped pid, the run.)"""
-    ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", spool=str(workdir / "spool"))
+    ledger = QuickLedger(f"sqlite:///{workdir / 'ledger.db'}", spool=str(workdir / "spool"))
     config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
                     memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
     app = python_app(double)
@@ -199,7 +229,7 @@ def tries_of(db: Path, run_id: str) -> list[str]:
     return sorted(json.loads(bytes(body) if not isinstance(body, str) else body)["task_id"] for (body,) in rows)
 
 
-def test_tries_are_not_lost_when_the_end_gives_up_on_a_recording_process_that_then_dies(workdir, caplog):
+def test_tries_are_not_lost_when_the_end_gives_up_on_a_recording_process_that_then_dies(workdir, caplog, quick_end):
     """The end of the recording process gives up on it (stopped: it journals nothing), and
     it is then killed. Its tries must still reach the ledger, each once: before, Parsl's
     process forgot the reports it had not journaled when it gave up, and the kill lost all
@@ -226,7 +256,7 @@ def _journaled_here(caplog) -> list[str]:
             if "it had not journaled are journaled here as well" in r.getMessage()]
 
 
-def test_tries_journaled_by_both_processes_are_in_the_ledger_once(workdir, caplog):
+def test_tries_journaled_by_both_processes_are_in_the_ledger_once(workdir, caplog, quick_end):
     """Given up on, the stopped recording process is resumed instead of killed: Parsl's
     process has journaled its tries (they are in the ledger before it resumes), and it
     journals and ships the same tries again. A record is built the same from the same
