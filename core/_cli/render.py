@@ -10,10 +10,21 @@ import os
 from typing import Any
 
 from .._ledger.ledger import LedgerRecord, LineageNode
+from .._ledger.lineage import Nested, run_nested, walk_lineage
 from .._terminal import printable
 from .._verification.verify import ArtifactCheck, Report
 
-__all__ = ["derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json", "report_lines"]
+__all__ = ["DEPTH_SHOWN", "derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json",
+           "report_lines"]
+
+# Generations of a tree shown. A file updated in place every day has a lineage as deep as
+# its age in days; shown whole, its lines would indent four columns more each generation
+# (quadratic text). Everything below is still walked and checked; it is only not printed.
+DEPTH_SHOWN = 50
+
+
+def _below(node: LineageNode) -> int:
+    return sum(1 for _ in walk_lineage(node)) - 1
 
 
 def _short(path: str, here: str | None = None) -> str:
@@ -68,24 +79,33 @@ def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = N
     here = os.getcwd()
     described = {} if described is None else described
 
-    def walk(node: LineageNode, prefix: str, last: bool, top: bool) -> None:
+    stack = [(root, "", True, True, 0)]  # preorder, without Python recursion
+    while stack:
+        node, prefix, last, top, depth = stack.pop()
         connector = "" if top else ("└── " if last else "├── ")
         repeat = id(node) in shown and node.parents
         label = _node_label(node, checks.get(node.path), here, described)
         lines.append(prefix + connector + label + ("  (see above)" if repeat else ""))
         if repeat:
-            return
+            continue
         shown.add(id(node))
         child_prefix = prefix + ("" if top else ("    " if last else "│   "))
-        for index, parent in enumerate(node.parents):
-            walk(parent, child_prefix, index == len(node.parents) - 1, False)
-
-    walk(root, "", True, True)
+        if node.parents and depth + 1 >= DEPTH_SHOWN:
+            lines.append(f"{child_prefix}└── ... and {_below(node)} more files further back in its lineage, "
+                         "not shown")
+            continue
+        for index in range(len(node.parents) - 1, -1, -1):
+            stack.append((node.parents[index], child_prefix, index == len(node.parents) - 1, False, depth + 1))
     return lines
 
 
 def derived_lines(path: str, tree: list, prefix: str = "") -> list[str]:
     lines = [_short(path)] if not prefix else []
+    run_nested(_derived_lines(tree, prefix, 0, lines))
+    return lines
+
+
+def _derived_lines(tree: list, prefix: str, depth: int, lines: list[str]) -> Nested[None]:
     for index, (consumer, outputs) in enumerate(tree):
         last = index == len(tree) - 1
         if consumer is None:  # the page ended: ``outputs`` is how many more there are
@@ -96,8 +116,24 @@ def derived_lines(path: str, tree: list, prefix: str = "") -> list[str]:
         for out_index, (out_path, subtree) in enumerate(outputs):
             out_last = out_index == len(outputs) - 1
             lines.append(inner + ("└── " if out_last else "├── ") + _short(out_path))
-            lines.extend(derived_lines(out_path, subtree, inner + ("    " if out_last else "│   ")))
-    return lines
+            below = inner + ("    " if out_last else "│   ")
+            if subtree and depth + 1 >= DEPTH_SHOWN:
+                lines.append(f"{below}└── ... and {_records_in(subtree)} more records further on, not shown")
+            elif subtree:
+                yield _derived_lines(subtree, below, depth + 1, lines)
+
+
+def _records_in(tree: list) -> int:
+    """The records of a derived tree (and the readers a page left out), counted without recursion."""
+    count, stack = 0, [tree]
+    while stack:
+        for consumer, outputs in stack.pop():
+            if consumer is None:
+                count += int(outputs)
+                continue
+            count += 1
+            stack.extend(subtree for _path, subtree in outputs)
+    return count
 
 
 def report_lines(report: Report) -> list[str]:
@@ -148,16 +184,28 @@ def report_lines(report: Report) -> list[str]:
     return lines
 
 
-def _node_json(node: LineageNode, checks: dict[str, ArtifactCheck], seen: set[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "path": node.path, "digest": node.digest, "kind": node.kind,
-        "record": node.producer.id if node.producer else None,
-        "status": checks[node.path].status.value if node.path in checks else None,
-    }
-    if id(node) not in seen:
+def _node_json(root: LineageNode, checks: dict[str, ArtifactCheck], seen: set[int]) -> dict[str, Any]:
+    def entry(node: LineageNode) -> dict[str, Any]:
+        return {
+            "path": node.path, "digest": node.digest, "kind": node.kind,
+            "record": node.producer.id if node.producer else None,
+            "status": checks[node.path].status.value if node.path in checks else None,
+        }
+
+    top = entry(root)
+    stack = [(root, top, 0)]  # preorder, without Python recursion: a node's inputs once
+    while stack:
+        node, out, depth = stack.pop()
+        if id(node) in seen:
+            continue
         seen.add(id(node))
-        out["inputs"] = [_node_json(p, checks, seen) for p in node.parents]
-    return out
+        if node.parents and depth + 1 >= DEPTH_SHOWN:
+            out["inputs"] = []
+            out["inputs_not_shown"] = _below(node)  # further back in its lineage
+            continue
+        out["inputs"] = inputs = [entry(parent) for parent in node.parents]
+        stack.extend(reversed([(parent, child, depth + 1) for parent, child in zip(node.parents, inputs, strict=True)]))
+    return top
 
 
 def lineage_json(root: LineageNode) -> dict[str, Any]:
