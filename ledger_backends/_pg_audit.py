@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from ._sql_reads import FIRST_BODY_BYTES
+
 __all__ = ["PostgresAuditReads"]
 
 # One record's artifact members, "PATH":{"blake3":"DIGEST"}, joined in the order the rows come
@@ -62,8 +64,8 @@ _INDEX_TEXT = f"""SELECT CASE WHEN {_TYPES_AS_WRITTEN}
     GROUP BY seq ORDER BY seq) AS per_record"""
 
 _RECORDS = "SELECT seq, id, height, pos, run_id, body FROM ll_records WHERE seq >= %s AND seq < %s ORDER BY seq"
-_BLOCKS = ("SELECT height, id, first_seq, count, header FROM ll_blocks"
-           " WHERE height >= ? AND height < ? ORDER BY height")
+_BLOCKS = ("SELECT b.height, b.id, b.first_seq, b.count, b.header, " + FIRST_BODY_BYTES +
+           " FROM ll_blocks b WHERE b.height >= ? AND b.height < ? ORDER BY b.height")
 # One snapshot for the records, the text and the count; read only, like every session here.
 _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
@@ -77,7 +79,8 @@ class PostgresAuditReads:
     _translated: Callable[[str], AbstractContextManager[None]]
 
     def audit_blocks(self, start: int, stop: int) -> list[tuple]:
-        """``(height, id, first_seq, count, header)`` of blocks ``start`` to ``stop``, as stored."""
+        """``(height, id, first_seq, count, header, first body's bytes)`` of blocks ``start`` to
+        ``stop``, as stored (the last column only sizes the worker's chunks)."""
         return self._fetch("reading blocks", _BLOCKS, (int(start), int(stop)))
 
     def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], bytes | None, int]:

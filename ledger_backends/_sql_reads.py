@@ -27,6 +27,11 @@ from ._sql_values import _IN, _OUT, _as_bytes, _as_int, _as_text
 
 __all__ = ["SCHEMA_VERSION"]
 
+# A block's first record's body length, read beside the block row (one key look-up): the
+# audit sizes its ranges and chunks by it, so that records naming thousands of paths each
+# come fewer at a time.
+FIRST_BODY_BYTES = "(SELECT length(r.body) FROM ll_records r WHERE r.seq = b.first_seq)"
+
 
 SCHEMA_VERSION = "3"
 # Read from this module's globals at each call (tests make it small to cross read boundaries).
@@ -131,6 +136,12 @@ class _SQLReads(_SQLLookups):
         """(height, record count) of every block row, unverified: for planning work only."""
         return [(int(h), int(c)) for h, c in self._fetch(
             "planning the audit", "SELECT height, count FROM ll_blocks ORDER BY height", ())]
+
+    def block_weights(self) -> list[tuple[int, int, int]]:
+        """(height, record count, bytes of its first record's body) of every block row,
+        unverified: for sizing the audit's ranges (a body grows with the paths it names)."""
+        return [(int(h), int(c), n if type(n) is int else 0) for h, c, n in self._fetch(
+            "planning the audit", f"SELECT b.height, b.count, {FIRST_BODY_BYTES} FROM ll_blocks b ORDER BY b.height", ())]
 
     def record_count(self) -> int:
         return int(self._fetch("counting records", "SELECT count(*) FROM ll_records", ())[0][0] or 0)

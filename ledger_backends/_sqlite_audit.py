@@ -44,9 +44,13 @@ class SQLiteAuditReads:
     display_url: str
 
     def audit_blocks(self, start: int, stop: int) -> list[tuple]:
-        """``(height, id, first_seq, count, header)`` of blocks ``start`` to ``stop``, as stored."""
-        return self._fetch("reading blocks", "SELECT height, id, first_seq, count, header FROM ll_blocks"
-                           " WHERE height >= ? AND height < ? ORDER BY height", (int(start), int(stop)))
+        """``(height, id, first_seq, count, header, first body's bytes)`` of blocks ``start`` to
+        ``stop``, as stored (the last column only sizes the worker's chunks)."""
+        from ._sql_reads import FIRST_BODY_BYTES
+
+        return self._fetch("reading blocks", "SELECT b.height, b.id, b.first_seq, b.count, b.header, "
+                           f"{FIRST_BODY_BYTES} FROM ll_blocks b WHERE b.height >= ? AND b.height < ? "
+                           "ORDER BY b.height", (int(start), int(stop)))
 
     def audit_chunk(self, start_seq: int, stop_seq: int) -> tuple[list[tuple], bytes, int]:
         """The record rows of sequence numbers ``start_seq`` to ``stop_seq``, as stored

@@ -36,9 +36,22 @@ from .audit_rows import ExistingFiles, decode_views
 from .chain import verify_block_columns
 from .names import HOT_RECORDS, NamesBatch
 
-__all__ = ["CHUNK_RECORDS", "BulkResult", "audit_range"]
+__all__ = ["CHUNK_RECORDS", "WIDE_BYTES", "BulkResult", "audit_range", "weight"]
 
+# Records whose bodies are longer count as several (:func:`weight`): a task-shaped record
+# (2-5 inputs, 1-3 outputs) is about 1 KB; one naming 1,000 outputs, about 130 KB. Without
+# this, 2,000 records of 1,000 outputs each (one range, chunks of 1,000 records) peaked at
+# 1.4 GB. A block is never split: one block of such records is still held whole.
+WIDE_BYTES = 2_048
 CHUNK_RECORDS = 1_000  # records compared at once: about 6 MB of a worker's peak (2,500: 15 MB; 5,000: 30 MB)
+
+
+def weight(count: int, first_body: int) -> int:
+    """A block's share of a range or chunk: its records, each counted once per
+    :data:`WIDE_BYTES` of its first record's body (a record naming 1,000 paths counts about
+    60), so that a worker holds about as many paths whatever the records' width."""
+    return max(0, count) * max(1, first_body // WIDE_BYTES)
+
 
 _run_id, _ended, _inputs, _outputs = (attrgetter(name) for name in ("run_id", "ended", "inputs", "outputs"))
 _ENCODER: Any = None
@@ -77,11 +90,12 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         return None
     index = first_index
     placed = []
-    for offset, (height, block_id, first_seq, count, header) in enumerate(headers):
+    for offset, (height, block_id, first_seq, count, header, first_body) in enumerate(headers):
         # The block rows must place each block's records right after the previous one's.
         if height != start + offset or first_seq != index or type(count) is not int or count < 0:
             return None
-        placed.append((start + offset, block_id, index, count, header))
+        size = weight(count, first_body if type(first_body) is int else 0)
+        placed.append((start + offset, block_id, index, count, header, size))
         index += count
     headers = placed
     first_prev = BlockHeader.decode(headers[0][4]).prev if headers else None
@@ -95,8 +109,8 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
     prev = first_prev
     at = 0
     while at < len(headers):
-        chunk = [headers[at]]
-        while sum(h[3] for h in chunk) < CHUNK_RECORDS and at + len(chunk) < len(headers):
+        chunk = [headers[at]]  # whole blocks, up to CHUNK_RECORDS records of task-shaped width
+        while sum(h[5] for h in chunk) < CHUNK_RECORDS and at + len(chunk) < len(headers):
             chunk.append(headers[at + len(chunk)])
         checked = _check_chunk(backend, chunk, prev, found, batch)
         if checked is None:
@@ -129,7 +143,7 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
     places_pos: list[int] = []
     leaves: list[bytes] = []
     at = 0
-    for height, block_id, _first, count, header in headers:
+    for height, block_id, _first, count, header, _size in headers:
         if type(block_id) is not str or type(header) is not bytes:
             return None  # the row-by-row check coerces and reports it
         block = BlockColumns(height, block_id, header, ids[at : at + count], bodies[at : at + count])

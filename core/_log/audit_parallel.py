@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from .audit_bulk import weight
 from .names import BUCKETS, ENTRY_SIZE, HOT_RECORDS, Hot
 
 __all__ = ["MIN_RECORDS", "RangeResult", "Task", "plan", "results"]
@@ -57,6 +58,7 @@ MIN_RECORDS = 200_000  # below this a worker's start costs more than it saves
 # the parent (duplicate filter, log tree, pipes), so the parent keeps up with ten busy workers.
 MAX_WORKERS = 10
 RECORDS_PER_TASK = 8_000  # a task's leaves and ids are about 0.5 MB in transit
+# Ranges are sized in records of task-shaped width (audit_bulk.weight).
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,13 @@ def _ranges(backend: Any, stop: int) -> list[Task]:
     tasks: list[Task] = []
     start = first = taken = index = 0
     height = -1
-    for height, count in backend.block_counts():
+    blocks = backend.block_weights() if hasattr(backend, "block_weights") else \
+        [(h, c, 0) for h, c in backend.block_counts()]
+    for height, count, first_body in blocks:
         if height >= stop:  # appended after the audit read the head: not part of it
             height = stop - 1
             break
-        taken += max(0, count)
+        taken += weight(count, first_body)
         index += max(0, count)
         if taken >= per_task:
             tasks.append(Task(start, height + 1, first))

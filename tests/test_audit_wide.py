@@ -1,0 +1,90 @@
+"""Records that each name many paths (a scatter step writing hundreds of chunk files): the
+audit sizes its ranges and a worker its chunks by the paths they hold, not by records alone
+(``audit_bulk.weight``: a record counts once per 2 KB of its block's first body). Before,
+2,000 records of 1,000 outputs each were one range in chunks of 1,000 records, and the audit
+peaked at 1.4 GB (``docs/benchmarks.md``, ninth stop). What it decides must not change."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lineage_ledger import open_ledger
+from lineage_ledger._errors import LedgerError
+from lineage_ledger._log import audit_bulk
+from lineage_ledger._log import audit_parallel as parallel
+from tests.support.factories import artifact, make_record
+
+OUTPUTS = 200  # paths a wide record names: a body of about 25 KB, weight 12
+PARALLEL = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "100", "LINEAGE_AUDIT_WORKERS": "2"}
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """20 narrow records, then 40 wide ones, then 20 narrow: blocks of 4."""
+    db = tmp_path_factory.mktemp("wide") / "ledger.db"
+    records = []
+    for i in range(80):
+        many = 20 <= i < 60
+        outputs = [artifact(f"/data/s{i}/chunk-{j:04d}.fa", f"{i}-{j}") for j in range(OUTPUTS if many else 1)]
+        records.append(make_record(i, run_id=f"run-{i // 20}", inputs=[artifact("/data/ref", "ref")], outputs=outputs))
+    with open_ledger(f"sqlite:///{db}", spool=str(db.parent / "spool")) as ledger:
+        for start in range(0, 80, 4):
+            ledger.append_records([r.stored() for r in records[start : start + 4]])
+    return db
+
+
+def test_wide_blocks_weigh_more_and_narrow_ones_do_not(wide):
+    with open_ledger(f"sqlite:///{wide}", read_only=True) as ledger:
+        weights = ledger.backend.block_weights()
+    assert len(weights) == 20 and all(count == 4 for _h, count, _n in weights)
+    shares = [audit_bulk.weight(count, first) for _h, count, first in weights]
+    assert shares[:5] == [4] * 5 and shares[15:] == [4] * 5  # task-shaped: one a record
+    assert all(share >= 4 * 10 for share in shares[5:15]), shares
+
+
+def test_ranges_hold_fewer_wide_records(wide, monkeypatch):
+    for name, value in PARALLEL.items():
+        monkeypatch.setenv(name, value)
+    with open_ledger(f"sqlite:///{wide}", read_only=True) as ledger:
+        tasks = parallel.plan(ledger.backend, 80, 20)
+    assert tasks is not None
+    sizes = [b.first_index for b in tasks[1:]] + [80]
+    records = [stop - t.first_index for t, stop in zip(tasks, sizes, strict=True)]
+    assert sum(records) == 80 and [t.start for t in tasks] == sorted({t.start for t in tasks})
+    # By records alone (100 a range) all 80 would be one range; by weight, the wide ones
+    # (about 48 each block) come two blocks (8 records) a range.
+    assert len(tasks) >= 5 and max(records) <= 28, records
+
+
+def _audit(db, state, monkeypatch, env):
+    for name in ("LINEAGE_AUDIT_PARALLEL_MIN", "LINEAGE_AUDIT_TASK_RECORDS", "LINEAGE_AUDIT_WORKERS",
+                 "LINEAGE_AUDIT_BULK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    try:
+        with open_ledger(f"sqlite:///{db}", read_only=True) as ledger:
+            result = ledger.audit()
+        return result.head.root, result.index_rows
+    except LedgerError as err:
+        return type(err).__name__
+
+
+def test_the_workers_give_the_sequential_answer_and_catch_a_changed_row(wide, tmp_path, monkeypatch):
+    sequential = {"LINEAGE_AUDIT_WORKERS": "1", "LINEAGE_AUDIT_BULK": "0"}
+    here = _audit(wide, tmp_path / "a", monkeypatch, sequential)
+    assert here == _audit(wide, tmp_path / "b", monkeypatch, PARALLEL)
+    assert here == _audit(wide, tmp_path / "c", monkeypatch, {"LINEAGE_AUDIT_WORKERS": "1"})
+    assert here[1] == 80
+    copy = tmp_path / "changed.db"
+    with sqlite3.connect(wide) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    with sqlite3.connect(copy) as conn:  # one chunk file's digest, in a wide record
+        changed = conn.execute("UPDATE ll_artifacts SET digest = ? WHERE path = ?",
+                               ("0" * 64, "/data/s41/chunk-0150.fa")).rowcount
+    assert changed == 1
+    assert _audit(copy, tmp_path / "d", monkeypatch, PARALLEL) == "IndexTampered"
+    assert _audit(copy, tmp_path / "e", monkeypatch, sequential) == "IndexTampered"
