@@ -1,23 +1,119 @@
-"""The benchmark scripts still run against the current API (tiny sizes; figures not checked)."""
+"""The benchmark scripts still run against the current API (tiny sizes; figures not checked).
+
+Each script is its own process and keeps about one core busy, so two run at a time: the
+Airflow one (a deployment: over a minute, the longest by far) first, the others in the order
+their tests will run (``session.items``, after pytest-randomly's shuffle), and each test
+waits for its own. A test therefore waits no longer than its script takes, as when it ran the
+script itself. Each script has a home and a state directory of its own, as each test has
+(conftest's ``private_state``).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
+#: Scripts at once: the machine's cores, at most two (the figures are not checked here).
+JOBS = max(1, min(2, os.cpu_count() or 1))
+#: Seconds one script may take, as before.
+SCRIPT_TIMEOUT = 300
+#: Started first, whenever its test comes: the longest by far. The others follow in test
+#: order, so each is under way (or done) by the time its test runs.
+FIRST = ("bench_airflow.py",)
+#: The scale benchmarks build their ledgers once into one cache directory in /tmp (by
+#: default), with no lock: two of them at once would build (and remove) the same directory.
+#: They take turns, and each keeps the cache the one before it built, as when all ran in turn.
+SHARED_CACHE = frozenset(script for script in SCRIPTS if "lineage-bench-scale" in (BENCH / script).read_text())
+
+
+class Runner:
+    """Runs the scripts ``JOBS`` at a time in the order given; ``result(script)`` waits for one."""
+
+    def __init__(self, order: list[str], homes: dict[str, Path]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="bench-smoke")
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._closed = False
+        self._cache_turn = threading.Lock()  # held by the SHARED_CACHE script that runs
+        self._futures: dict[str, Future] = {script: self._pool.submit(self._run, script, homes[script])
+                                            for script in order}
+
+    def _run(self, script: str, home: Path) -> subprocess.CompletedProcess:
+        if script in SHARED_CACHE:
+            with self._cache_turn:
+                return self._run_now(script, home)
+        return self._run_now(script, home)
+
+    def _run_now(self, script: str, home: Path) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "LINEAGE_STATE_DIR"}
+        env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
+                   XDG_DATA_HOME=str(home / ".local" / "share"), XDG_STATE_HOME=str(home / "state"))
+        command = [sys.executable, str(BENCH / script), "--quick", "--repeats", "1"]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the bench smoke module ended before this script started")
+            # its own process group: a script that runs out of time goes with what it started
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True)
+            self._running.add(process)
+        try:
+            out, err = process.communicate(timeout=SCRIPT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._kill(process)
+            out, err = process.communicate()
+            err += f"\n[bench smoke: {script} still running after {SCRIPT_TIMEOUT} s; killed]"
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def result(self, script: str) -> subprocess.CompletedProcess:
+        return self._futures[script].result(timeout=SCRIPT_TIMEOUT + 60)
+
+    def close(self) -> None:
+        """Nothing outlives the module: scripts not started are dropped, running ones killed."""
+        with self._lock:
+            self._closed = True
+            for process in self._running:
+                self._kill(process)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def runner(request, tmp_path_factory):
+    here = request.node.path
+    order = []  # this module's tests, in the order the session runs them
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.path == here and callspec is not None and "script" in callspec.params:
+            order.append(callspec.params["script"])
+    order = sorted(dict.fromkeys(order), key=lambda script: script not in FIRST)  # stable: test order kept
+    homes = {script: tmp_path_factory.mktemp(f"home-{script.removesuffix('.py')}") for script in order}
+    runner = Runner(order, homes)
+    yield runner
+    runner.close()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("bench_*.py")))
-def test_benchmark_runs_quick(script):
-    result = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300,
-    )
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_quick(script, runner):
+    result = runner.result(script)
     assert result.returncode == 0, result.stderr
     # Every script ends with its verdict; one that measures without a target says so.
     assert any(v in result.stdout for v in ("GOAL MET", "GOAL MISSED", "NO GOAL")), result.stdout
