@@ -391,10 +391,10 @@ def _tcp_listeners(pid: int) -> list[str]:
     return found
 
 
-def _send_raw(path: str, payload: bytes, framed: bool = True) -> bytes:
-    """Send bytes to a Unix socket; whatever comes back before it closes (or 3 s pass)."""
+def _send_raw(path: str, payload: bytes, framed: bool = True, wait: float = 3) -> bytes:
+    """Send bytes to a Unix socket; whatever comes back before it closes (or ``wait`` s pass)."""
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(3)
+        sock.settimeout(wait)
         sock.connect(path)
         try:
             sock.sendall(struct.pack(">I", len(payload)) + payload if framed else payload)
@@ -424,9 +424,11 @@ def test_pickles_sent_to_every_channel_run_nothing(group_service, tmp_path):
         refused = as_user(NOBODY, NOBODY, [NOBODY],
                           lambda p=payload: {"answer": _send_raw(service.info["socket"], p).decode("latin-1")})
         assert '"forbidden"' in refused["answer"], refused
-        # The control channel (only the owner can reach it): read when the job (re)starts.
-        _send_raw(control, payload)
-        _send_raw(control, payload, framed=False)
+        # The control channel (only the owner can reach it): read when the job (re)starts, so
+        # nothing comes back now. The connection waits in the listen queue with the bytes in
+        # it, however long this end waits before it closes (3 s each was 18 of this test's 20 s).
+        _send_raw(control, payload, wait=0.5)
+        _send_raw(control, payload, framed=False, wait=0.5)
     generation = backend.status()["job"]["generation"]
     os.kill(backend.status()["job"]["pids"][1], signal.SIGKILL)  # the restart reads the queued connections
     deadline = time.monotonic() + 90
