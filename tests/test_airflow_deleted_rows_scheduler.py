@@ -172,7 +172,7 @@ def assert_refused(record: dict, path: Path, because: str) -> None:
 
 def run_all(site: Deployment, run_id: str, conf: dict) -> dict[str, str]:
     for case in CASES:
-        site.cli("dags", "trigger", f"rows_{case}", "--run-id", run_id, "--conf", json.dumps(conf), timeout=180)
+        site.trigger(f"rows_{case}", run_id, conf)
     return {case: site.wait_for_run(f"rows_{case}", run_id) for case in CASES}
 
 
