@@ -98,10 +98,31 @@ def make_site(home: Path) -> AirflowSite:
             {"type": "file", "log_file_path": str(site.openlineage_events), "append": True}),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "lineage-ledger-tests",
     }
-    result = site.cli("db", "migrate", timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    database = home / "airflow.db"  # the default SQL_ALCHEMY_CONN: sqlite:///{AIRFLOW_HOME}/airflow.db
+    if database.resolve() in _migrated_here and database.exists():
+        return site  # the session's home again (the next module): migrated by this process already
+    if _migrated_copy and _migrated_copy[0].exists() and not database.exists():
+        shutil.copy2(_migrated_copy[0], database)  # a fresh home: the same rows, no path in them
+    else:
+        result = site.cli("db", "migrate", timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        if not _migrated_copy:
+            keep = Path(tempfile.mkdtemp(prefix="ll-airflow-migrated-"))
+            atexit.register(shutil.rmtree, keep, True)
+            shutil.copy2(database, keep / "airflow.db")
+            _migrated_copy.append(keep / "airflow.db")
+    _migrated_here.add(database.resolve())
     return site
+
+
+#: ``airflow db migrate`` starts a fresh Airflow (about 4 s) for each site. A site whose
+#: database this process migrated already (the session's private home, made again by each
+#: Airflow test module) is not migrated again; a site in a fresh home gets a copy of the
+#: first database this process migrated: its rows (the log templates, the default pool) name
+#: no path, so it is the database ``db migrate`` would make there.
+_migrated_here: set[Path] = set()
+_migrated_copy: list[Path] = []
 
 
 def openlineage_events(site: AirflowSite) -> Iterator[dict]:
