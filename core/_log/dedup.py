@@ -26,8 +26,9 @@ through the scratch table).
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
+
+from .found import scratch_table
 
 __all__ = ["BLOOM_RECORDS", "IdDedup"]
 
@@ -113,16 +114,9 @@ class _Table:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # A file of this audit's own (its directory is private and new); nothing in it is
-        # kept, so no journal and no syncs: a crash leaves only what the directory's
-        # removal takes away.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -4096", "temp_store = FILE"):
-            self.conn.execute(f"PRAGMA {pragma}")
-        self.conn.execute("CREATE TABLE ids (id BLOB NOT NULL)")
-        self.conn.execute("BEGIN")
+        # In the audit's new private state directory: a crash leaves only what that
+        # directory's removal takes away.
+        self.conn = scratch_table(str(path), "ids (id BLOB NOT NULL)")
 
     def add(self, ids: bytes) -> None:
         self.conn.execute(_APPEND, (ids, len(ids)))

@@ -23,7 +23,7 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
 
-__all__ = ["FoundOutputs"]
+__all__ = ["FoundOutputs", "scratch_table"]
 
 _SURROGATES = "surrogatepass"
 
@@ -49,13 +49,7 @@ class FoundOutputs:
 
     def _open(self) -> sqlite3.Connection:
         self._directory = tempfile.mkdtemp(prefix="lineage-audit-")  # 0700, this user's
-        conn = sqlite3.connect(os.path.join(self._directory, "found.db"), isolation_level=None,
-                               check_same_thread=False)
-        # Nothing here outlives the process that wrote it: no journal, no syncs.
-        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -4096", "temp_store = FILE"):
-            conn.execute(f"PRAGMA {pragma}")
-        conn.execute("CREATE TABLE found (path BLOB NOT NULL)")
-        conn.execute("BEGIN")
+        conn = scratch_table(os.path.join(self._directory, "found.db"), "found (path BLOB NOT NULL)")
         self._conn = conn
         self._cleanup = weakref.finalize(self, _remove, conn, self._directory)
         return conn
@@ -85,6 +79,19 @@ class FoundOutputs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def scratch_table(path: str, table: str) -> sqlite3.Connection:
+    """A new SQLite file at ``path`` (created here, never opened: in a private directory of
+    this process's own) holding one table, in an open transaction. Nothing in it outlives
+    the process that wrote it: no journal, no syncs, a few MiB of cache; SQLite sorts on disk."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -4096", "temp_store = FILE"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute(f"CREATE TABLE {table}")
+    conn.execute("BEGIN")
+    return conn
 
 
 def _remove(conn: sqlite3.Connection, directory: str) -> None:
