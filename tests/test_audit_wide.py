@@ -2,17 +2,23 @@
 audit sizes its ranges and a worker its chunks by the paths they hold, not by records alone
 (``audit_bulk.weight``: a record counts once per 2 KB of its block's first body). Before,
 2,000 records of 1,000 outputs each were one range in chunks of 1,000 records, and the audit
-peaked at 1.4 GB (``docs/benchmarks.md``, ninth stop). What it decides must not change."""
+peaked at 1.4 GB (``docs/benchmarks.md``, ninth stop). What it decides must not change.
+
+Whoever verifies a block holds it whole, so blocks are also cut by bytes when they are
+built (``chain.BLOCK_BYTES``): 600 such records appended at once were one block, and the
+audit peaked at 540 MB (tenth stop)."""
 
 from __future__ import annotations
 
 import sqlite3
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lineage_ledger import open_ledger
 from lineage_ledger._errors import LedgerError
-from lineage_ledger._log import audit_bulk
+from lineage_ledger._log import audit_bulk, chain
 from lineage_ledger._log import audit_parallel as parallel
 from tests.support.factories import artifact, make_record
 
@@ -88,3 +94,35 @@ def test_the_workers_give_the_sequential_answer_and_catch_a_changed_row(wide, tm
     assert changed == 1
     assert _audit(copy, tmp_path / "d", monkeypatch, PARALLEL) == "IndexTampered"
     assert _audit(copy, tmp_path / "e", monkeypatch, sequential) == "IndexTampered"
+
+
+@given(st.lists(st.integers(0, 3 * chain.BLOCK_BYTES), max_size=60), st.integers(1, 12))
+def test_blocks_are_cut_by_count_and_bytes(sizes, block_size):
+    spans = chain.block_spans(sizes, block_size)
+    assert [i for span in spans for i in range(span.start, span.stop)] == list(range(len(sizes)))
+    for span in spans:
+        count, held = span.stop - span.start, sum(sizes[span])
+        assert 1 <= count <= block_size
+        assert held <= chain.BLOCK_BYTES or count == 1  # a longer record is a block of its own
+    for span, after in zip(spans, spans[1:], strict=False):  # cut only where the next would not fit
+        assert span.stop - span.start == block_size or sum(sizes[span]) + sizes[after.start] > chain.BLOCK_BYTES
+
+
+def test_a_run_of_wide_records_appended_at_once_is_several_blocks(tmp_path, monkeypatch):
+    """24 records of about 200 KB (1,600 paths each), then one of 3 MB, in one append."""
+    records = [make_record(i, inputs=[artifact("/data/ref", "ref")],
+                           outputs=[artifact(f"/data/s{i}/chunk-{j:05d}.fa", f"{i}-{j}")
+                                    for j in range(1_600 if i < 24 else 24_000)]) for i in range(25)]
+    stored = [r.stored() for r in records]
+    assert 150_000 < len(stored[0].body) < 300_000 and len(stored[-1].body) > chain.BLOCK_BYTES
+    db = tmp_path / "ledger.db"
+    with open_ledger(f"sqlite:///{db}", spool=str(tmp_path / "spool")) as ledger:
+        assert ledger.append_records(stored) == 25  # block_size 1,000: by count, one block
+    with sqlite3.connect(db) as conn:
+        counts = [c for (c,) in conn.execute("SELECT count FROM ll_blocks ORDER BY height")]
+        held = [n for (n,) in conn.execute("SELECT sum(length(body)) FROM ll_records GROUP BY height ORDER BY height")]
+    assert sum(counts) == 25 and counts[-1] == 1 and len(counts) >= 4, counts
+    assert all(n <= chain.BLOCK_BYTES for n in held[:-1]), held
+    expected = _audit(db, tmp_path / "a", monkeypatch, {"LINEAGE_AUDIT_WORKERS": "1", "LINEAGE_AUDIT_BULK": "0"})
+    assert expected[1] == 25
+    assert _audit(db, tmp_path / "b", monkeypatch, PARALLEL) == expected

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import AppendConflict, IndexTampered, LedgerError
 from .._files.manifest import Manifest
-from .._log.chain import ChainSummary, ChainTip, build_block
+from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
 from .._log.trust import TreeHead, TrustStore
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
@@ -70,7 +70,8 @@ class Ledger(ProvedLookups, LineageQueries):
 
     # -- writing ------------------------------------------------------------------------
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
-        """Append records not yet in the ledger as blocks; returns how many were new."""
+        """Append records not yet in the ledger as blocks of at most ``block_size`` records
+        and :data:`~.._log.chain.BLOCK_BYTES` of bodies; returns how many were new."""
         unique = list({r.id: r for r in records}.values())
         for attempt in range(200):
             known = self.backend.known(r.id for r in unique)
@@ -79,8 +80,8 @@ class Ledger(ProvedLookups, LineageQueries):
                 return 0
             prev: ChainTip | None = self.backend.head()
             blocks: list[StoredBlock] = []
-            for start in range(0, len(fresh), block_size):
-                block = build_block(fresh[start : start + block_size], prev)
+            for span in block_spans([len(r.body) for r in fresh], block_size):
+                block = build_block(fresh[span], prev)
                 blocks.append(block.stored())
                 prev = block.header
             try:
