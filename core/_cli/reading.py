@@ -6,12 +6,13 @@ verified tree head (docs/verification.md)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import click
 
 from .._errors import LedgerError
 from .._files.hashing import normalize_path
-from .._ledger.ledger import Ledger
+from .._ledger.ledger import Ledger, LedgerRecord
 from .._terminal import json_text, printable
 from .common import json_option, ledger_option, open_read_only
 from .render import derived_lines, describe_record, lineage_json, lineage_lines
@@ -29,25 +30,25 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
     from .._files.manifest import is_manifest_record
 
     with open_read_only(ledger_url) as ledger:
+        entries: Iterable[LedgerRecord]
         if run_id and limit:
-            entries, total = ledger.run_last(run_id, limit)
-            truncated = total > len(entries)
+            page, total = ledger.run_last(run_id, limit)
+            entries = page[-limit:]
+            if total > len(entries):  # say so: a listing of 20 reads like the whole run
+                click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
         elif run_id:
             entries = ledger.run(run_id)
-            total, truncated = len(entries), False
         else:
-            # Directory manifests are records too, but no task: they are not listed.
-            total, want = ledger.tree_head().size, limit
-            while True:
-                fetched = ledger.recent(want)
-                entries = [e for e in fetched if not is_manifest_record(e.record)]
-                if not limit or len(entries) >= limit or len(fetched) < want:
-                    break
-                want *= 2
-            truncated = bool(limit) and total > len(fetched)
-        entries = entries[-limit:] if limit else entries
-        if truncated:  # say so: a listing that stops at 20 reads like the whole ledger
-            click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
+            # Directory manifests are records too, but no task: they are not listed. The
+            # records stream (Ledger.tail), proved as they are printed.
+            total = ledger.tree_head().size
+
+            def is_task(entry) -> bool:
+                return not is_manifest_record(entry.record)
+
+            shown, before, entries = ledger.tail(limit, is_task)
+            if before:  # say so: a listing of 20 reads like the whole ledger
+                click.echo(f"showing the last {shown} of {total} records; -n 0 shows all", err=True)
         for entry in entries:
             if as_json:
                 click.echo(json_text({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))

@@ -21,7 +21,8 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import AppendConflict, IndexTampered, LedgerError
@@ -279,21 +280,78 @@ class Ledger(ProvedLookups, LineageQueries):
         return found, count
 
     def recent(self, limit: int) -> list[LedgerRecord]:
-        """The newest ``limit`` records of the verified head, oldest first."""
+        """The newest ``limit`` records of the verified head (all where ``limit`` is 0),
+        oldest first, in a list (:meth:`tail` streams them)."""
+        return list(self.tail(limit)[2])
+
+    _TAIL_BLOCKS = 8  # blocks read at once
+    _HELD = 10_000  # records a tail keeps from its walk back (about 60 MB); past that, read again
+
+    def records_from(self, height: int = 0) -> Iterator[LedgerRecord]:
+        """Every record of the verified tree from block ``height`` on, in ledger order, each
+        proved as it is read, a few blocks at a time (memory stays bounded: a listing of a
+        million records is never held). A block the back-end leaves out, or one holding
+        fewer records than the verified tree says, is an error, not a shorter listing."""
+        stop = self.tree_head().blocks
+        while height < stop:
+            end = min(stop, height + self._TAIL_BLOCKS)
+            yield from self._proved_blocks(height, end)
+            height = end
+
+    def tail(self, limit: int, keep: Callable[[LedgerRecord], bool] | None = None
+             ) -> tuple[int | None, bool, Iterator[LedgerRecord]]:
+        """The last ``limit`` records that ``keep`` accepts (all of them where ``limit`` is 0),
+        oldest first, as ``(how many, whether records come before them, the records)``; the
+        count is None for all. Walks back from the head a few blocks at a time, proving what
+        it reads; up to :data:`_HELD` records it keeps what it read, past that only counts,
+        and the records are streamed again from where they begin (a listing of a million
+        records held them all: 6 KB a record)."""
+        def kept(entries: Iterator[LedgerRecord]) -> Iterator[LedgerRecord]:
+            return entries if keep is None else filter(keep, entries)
+
+        if not limit:
+            return None, False, kept(self.records_from(0))
+        hold = limit <= self._HELD
+        held: list[list[LedgerRecord]] = []  # each block's kept records, newest block first
+        count, height = 0, self.tree_head().blocks
+        while height > 0:
+            start = max(0, height - self._TAIL_BLOCKS)
+            blocks: list[list[LedgerRecord]] = [[] for _ in range(height - start)]
+            for entry in kept(self._proved_blocks(start, height)):
+                blocks[entry.height - start].append(entry)
+            for at in range(height - 1, start - 1, -1):
+                count += len(blocks[at - start])
+                if hold:
+                    held.append(blocks[at - start])
+                if count >= limit:
+                    skip = count - limit
+                    if hold:
+                        return limit, at > 0 or skip > 0, islice(chain.from_iterable(reversed(held)), skip, None)
+                    return limit, at > 0 or skip > 0, islice(kept(self.records_from(at)), skip, None)
+            height = start
+        if hold:
+            return count, False, chain.from_iterable(reversed(held))
+        return count, False, kept(self.records_from(0))
+
+    def _proved_blocks(self, start: int, stop: int) -> Iterator[LedgerRecord]:
         from lineage_ledger.backends import Located
 
-        head = self.tree_head()
-        entries: list[LedgerRecord] = []
-        stop = head.blocks
-        while stop > 0 and (not limit or len(entries) < limit):
-            start = max(0, stop - 8)
-            chunk = [
-                self._proved(Located(block.height, position, record))
-                for block in self.backend.blocks(start, stop)
-                for position, record in enumerate(block.records)
-            ]
-            entries, stop = [e for e in chunk if e is not None] + entries, start
-        return entries[-limit:] if limit else entries
+        store = self.verifier.store
+        expected = start
+        for block in self.backend.blocks(start, stop):
+            size = store.block_start(expected + 1) - store.block_start(expected)
+            if block.height != expected or len(block.records) != size:
+                raise IndexTampered(f"the back-end returned block {block.height} with {len(block.records)} records "
+                                    f"where the verified tree has block {expected} with {size}", height=expected)
+            for position, record in enumerate(block.records):
+                entry = self._proved(Located(block.height, position, record))
+                if entry is None:  # cannot happen below the verified head: a row is proved or raises
+                    raise IndexTampered(f"record {position} of block {block.height} is not in the verified tree",
+                                        height=block.height)
+                yield entry
+            expected += 1
+        if expected != stop:
+            raise IndexTampered(f"the back-end returned no block {expected} of the verified tree", height=expected)
 
     def inclusion_proof(self, entry: LedgerRecord) -> tuple[TreeHead, int, list[str]]:
         """(tree head, leaf index, RFC 9162 audit path) for a record read from this ledger."""

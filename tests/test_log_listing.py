@@ -1,0 +1,95 @@
+"""``lineage-ledger log``: the last N tasks, or all of them with ``-n 0``, streamed.
+
+``log -n 0`` of a 100,000-record ledger held every record decoded (645 MB, about 6 KB a
+record), so at a million records it would have run out of memory; it now reads a few
+blocks at a time (``Ledger.tail``, ``Ledger.records_from``). The listing must stay exactly
+what it was, directory manifests left out, and a block the back-end no longer returns must
+fail the listing, not shorten it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from lineage_ledger import open_ledger
+from lineage_ledger._errors import IndexTampered
+from lineage_ledger._files.manifest import MANIFEST_ENGINE, MANIFEST_RUN_PREFIX, is_manifest_record
+from lineage_ledger._ledger.ledger import Ledger
+from tests.conftest import run_cli
+from tests.support.factories import artifact, make_record
+
+BLOCKS, PER_BLOCK = 25, 7
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory):
+    """175 records in blocks of 7, every fifth a directory manifest (not a task)."""
+    root = tmp_path_factory.mktemp("log")
+    records = []
+    for i in range(BLOCKS * PER_BLOCK):
+        manifest = i % 5 == 2
+        records.append(make_record(i, engine=MANIFEST_ENGINE if manifest else "test",
+                                   run_id=f"{MANIFEST_RUN_PREFIX}d{i}" if manifest else "run-1",
+                                   outputs=[artifact(f"/data/out-{i}", str(i))]))
+    with open_ledger(f"sqlite:///{root}/ledger.db", spool=str(root / "spool"), state_dir=str(root / "st")) as ledger:
+        for start in range(0, len(records), PER_BLOCK):
+            ledger.append_records([r.stored() for r in records[start : start + PER_BLOCK]], block_size=PER_BLOCK)
+    tasks = [r.stored().id for r in records if not is_manifest_record(r)]
+    return root, [r.stored().id for r in records], tasks
+
+
+def _log(root, *args, rc=0):
+    result = run_cli("log", "--ledger", f"sqlite:///{root}/ledger.db", "--json", *args, cwd=root,
+                     env={"LINEAGE_STATE_DIR": str(root / "cli-state")}, check_rc=rc)
+    return result
+
+
+@pytest.mark.parametrize("limit", [1, 6, 20, 139, 140, 500])
+def test_the_last_n_tasks_oldest_first(listed, limit):
+    root, _all, tasks = listed
+    result = _log(root, "-n", str(limit))
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == tasks[-limit:]
+    assert ("showing the last" in result.stderr) == (limit < len(tasks)), result.stderr
+
+
+def test_every_task_with_n_0(listed):
+    root, _all, tasks = listed
+    result = _log(root, "-n", "0")
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == tasks
+    assert "showing" not in result.stderr
+
+
+@pytest.mark.parametrize("held", [3, 10_000])
+@pytest.mark.parametrize("limit", [0, 1, 5, 7, 8, 60, 175, 176])
+def test_tail_holds_or_reads_again_with_the_same_answer(listed, monkeypatch, held, limit):
+    """Past ``_HELD`` records the walk back keeps only counts and the records are read again."""
+    root, every, _tasks = listed
+    monkeypatch.setattr(Ledger, "_HELD", held)
+    with open_ledger(f"sqlite:///{root}/ledger.db", read_only=True, state_dir=str(root / "st")) as ledger:
+        count, before, entries = ledger.tail(limit)
+        ids = [entry.id for entry in entries]
+        assert ledger.recent(limit) == list(ledger.tail(limit)[2])
+    assert ids == (every[-limit:] if limit else every)
+    assert count == (None if not limit else min(limit, len(every)))
+    assert before == (0 < limit < len(every))
+
+
+def test_a_block_the_back_end_leaves_out_fails_the_listing(listed, tmp_path):
+    root, _all, _tasks = listed
+    copy = tmp_path / "ledger.db"
+    with sqlite3.connect(root / "ledger.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    state = tmp_path / "state"
+    env = {"LINEAGE_STATE_DIR": str(state)}
+    url = f"sqlite:///{copy}"
+    run_cli("verify", "--ledger", url, cwd=tmp_path, env=env, check_rc=0)  # remembered: 25 blocks
+    with sqlite3.connect(copy) as conn:  # block 12 and its records, gone from the store
+        conn.execute("DELETE FROM ll_artifacts WHERE seq IN (SELECT seq FROM ll_records WHERE height = 12)")
+        conn.execute("DELETE FROM ll_records WHERE height = 12")
+        conn.execute("DELETE FROM ll_blocks WHERE height = 12")
+    result = run_cli("log", "--ledger", url, "-n", "0", cwd=tmp_path, env=env, check_rc=1)
+    assert "block 12" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    with open_ledger(url, read_only=True, state_dir=str(state)) as ledger, pytest.raises(IndexTampered):
+        ledger.recent(0)
