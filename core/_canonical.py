@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["canonical_bytes", "format_time", "from_canonical", "parse_time", "reject_non_string_keys", "utcnow"]
+__all__ = ["canonical_bytes", "format_time", "from_canonical", "parse_time", "parse_time_text", "reject_non_string_keys", "utcnow"]
 
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -62,12 +62,14 @@ def utcnow() -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    if moment.tzinfo is timezone.utc:
+    if moment.tzinfo is _UTC:
         # The common case, without the replace() copy: "...SS.ffffff+00:00" has 32
-        # characters; a whole second (no fraction) falls through to the general path.
+        # characters, a whole second "...SS+00:00" 25 (isoformat leaves out a zero fraction).
         text = moment.isoformat()
         if len(text) == 32:
             return text[:26] + "Z"
+        if len(text) == 25:
+            return text[:19] + ".000000Z"
     if moment.tzinfo is None:
         raise ValueError("naive datetime: lineage-ledger stores timezone-aware UTC times only")
     if moment.tzinfo is not timezone.utc:
@@ -76,6 +78,25 @@ def format_time(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def parse_time_text(text: Any) -> tuple[datetime, str]:
+    """``(parse_time(text), format_time(of that))``: the same answers and errors, where
+    ``text`` is canonical at a third of the cost (one C parse and a comparison with what
+    :func:`format_time` writes back, instead of a regular expression, a parse, a copy and a
+    second formatting). A text written back unchanged has the canonical form."""
+    if type(text) is str:
+        try:
+            moment = _FROM_ISO(text)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is _UTC and format_time(moment) == text:
+                return moment, text
+    moment = parse_time(text)  # raises ValueError for a text that is not canonical
+    return moment, format_time(moment)
+
+
+_UTC = timezone.utc
+_FROM_ISO = datetime.fromisoformat
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 
 

@@ -19,7 +19,14 @@ from typing import Any, NamedTuple
 
 from blake3 import blake3
 
-from ._canonical import canonical_bytes, format_time, from_canonical, parse_time, reject_non_string_keys
+from ._canonical import (
+    canonical_bytes,
+    format_time,
+    from_canonical,
+    parse_time,
+    parse_time_text,
+    reject_non_string_keys,
+)
 
 __all__ = [
     "Artifact",
@@ -40,6 +47,7 @@ __all__ = [
 RECORD_VERSION = 1
 STATUSES = frozenset({"succeeded", "failed", "cached"})
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEX64_MATCH = _HEX64.match
 
 
 def digest_hex(data: bytes) -> str:
@@ -115,8 +123,19 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
     result: dict[str, dict[str, Any]] = {}
     aliases = False
     for path, entry in value.items():
-        if not isinstance(path, str) or "\x00" in path:
-            raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
+        if type(path) is not str or "\x00" in path:
+            if not isinstance(path, str) or "\x00" in path:
+                raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
+        if type(entry) is dict and entry.keys() == _ENTRY_KEYS:
+            # A file's entry as records and JSON hold it: the checks below, without the rest.
+            digest, size = entry["blake3"], entry["size"]
+            if type(digest) is not str or not _HEX64_MATCH(digest):
+                _check_hex(digest, f"digest of {path}")
+            if type(size) is not int or size < 0:
+                if not isinstance(size, int) or size < 0:
+                    raise ValueError(f"size of {path} must be a non-negative integer")
+            result[path] = {"blake3": digest, "size": size}
+            continue
         if isinstance(entry, Artifact):
             result[path] = entry.entry()
             continue
@@ -185,6 +204,12 @@ class Record:
 
     def _check_fields(self) -> None:
         """Every check but the key scan of ``parameters``, ``environment`` and ``extra``."""
+        self._check_values()
+        # Formatting rejects naive datetimes early, on the caller's line.
+        object.__setattr__(self, "_times", (format_time(self.started), format_time(self.ended)))
+
+    def _check_values(self) -> None:
+        """:meth:`_check_fields` but the times."""
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {sorted(STATUSES)}, got {self.status!r}")
         for name in ("engine", "run_id", "task_id", "task_name"):
@@ -199,8 +224,6 @@ class Record:
             raise ValueError("code_digest must be a string or None")
         if not isinstance(self.attempt, int) or self.attempt < 1:
             raise ValueError("attempt must be a positive integer")
-        # Formatting rejects naive datetimes early, on the caller's line.
-        object.__setattr__(self, "_times", (format_time(self.started), format_time(self.ended)))
 
     @classmethod
     def _from_json_values(cls, **fields: Any) -> Record:
@@ -272,8 +295,33 @@ class Record:
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
-        """Parse canonical bytes; raises ``ValueError`` if they are not canonical."""
-        record = cls._from_fields(from_canonical(data), decoded=True)
+        """Parse canonical bytes; raises ``ValueError`` if they are not canonical.
+
+        Every reader proves and decodes the records it answers from (a full audit, one per
+        output on disk), so the common case is built here in one go: every field present
+        (canonical bytes hold them all), each checked as :meth:`_from_fields` checks it, the
+        times parsed and their text checked as :func:`parse_time_text` does. Anything else
+        takes the general path, for its error. Either way the record must encode back to
+        ``data`` byte for byte. (tests/test_decode_fast.py: the same records and refusals
+        as the general path, by hypothesis.)"""
+        raw = from_canonical(data)
+        if type(raw) is not dict or raw.keys() != _BODY_KEYS or raw["v"] != RECORD_VERSION:
+            record = cls._from_fields(raw, decoded=True)
+        else:
+            record = object.__new__(cls)
+            set_field = object.__setattr__
+            for name in _PLAIN_FIELDS:
+                set_field(record, name, raw[name])
+            started, started_text = parse_time_text(raw["started"])
+            ended, ended_text = parse_time_text(raw["ended"])
+            set_field(record, "started", started)
+            set_field(record, "ended", ended)
+            set_field(record, "_canonical", None)
+            record._check_values()
+            set_field(record, "_times", (started_text, ended_text))
+            for name in ("parameters", "environment", "extra"):
+                if type(raw[name]) is not dict:
+                    raise ValueError(f"{name} must be a dict in JSON form")
         if record.encode() != data:
             raise ValueError("record bytes are not in canonical form")
         return record
@@ -397,3 +445,5 @@ class Block:
 
 
 _RECORD_FIELDS = frozenset(f for f in Record.__dataclass_fields__ if not f.startswith("_"))
+_BODY_KEYS = _RECORD_FIELDS | {"v"}  # what canonical bytes hold: Record.to_dict's keys
+_PLAIN_FIELDS = tuple(_RECORD_FIELDS - {"started", "ended"})  # set as they are decoded
