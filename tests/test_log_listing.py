@@ -93,3 +93,20 @@ def test_a_block_the_back_end_leaves_out_fails_the_listing(listed, tmp_path):
     assert "block 12" in result.stderr and "Traceback" not in result.stderr, result.stderr
     with open_ledger(url, read_only=True, state_dir=str(state)) as ledger, pytest.raises(IndexTampered):
         ledger.recent(0)
+
+
+def test_the_last_few_prove_only_what_they_show(listed, monkeypatch):
+    """``log`` (the last 20) of a million records proved the 8,000 around them (3.2 s; now 0.8)."""
+    root, every, _tasks = listed
+    proved: list[str] = []
+    original = Ledger._proved
+
+    def counting(self, located):
+        proved.append(located.record.id)
+        return original(self, located)
+
+    monkeypatch.setattr(Ledger, "_proved", counting)
+    with open_ledger(f"sqlite:///{root}/ledger.db", read_only=True, state_dir=str(root / "st")) as ledger:
+        count, before, entries = ledger.tail(3)
+        assert [entry.id for entry in entries] == every[-3:] and (count, before) == (3, True)
+    assert proved == every[-4:][::-1]  # the three shown, and one to know that records come before

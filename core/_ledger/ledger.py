@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from itertools import chain, islice
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import AppendConflict, IndexTampered, LedgerError
@@ -301,41 +301,52 @@ class Ledger(ProvedLookups, LineageQueries):
     def tail(self, limit: int, keep: Callable[[LedgerRecord], bool] | None = None
              ) -> tuple[int | None, bool, Iterator[LedgerRecord]]:
         """The last ``limit`` records that ``keep`` accepts (all of them where ``limit`` is 0),
-        oldest first, as ``(how many, whether records come before them, the records)``; the
-        count is None for all. Walks back from the head a few blocks at a time, proving what
-        it reads; up to :data:`_HELD` records it keeps what it read, past that only counts,
-        and the records are streamed again from where they begin (a listing of a million
-        records held them all: 6 KB a record)."""
+        oldest first, as ``(how many, whether such records come before them, the records)``;
+        the count is None for all. Walks back from the head proving what it reads: up to
+        :data:`_HELD` records, record by record from the newest (the last 20 of a million
+        prove about 20 records, not the blocks around them) and kept; past that, only counted
+        a few blocks at a time, and streamed again from where they begin (a listing of a
+        million records held them all: 6 KB a record)."""
         def kept(entries: Iterator[LedgerRecord]) -> Iterator[LedgerRecord]:
             return entries if keep is None else filter(keep, entries)
 
         if not limit:
             return None, False, kept(self.records_from(0))
-        hold = limit <= self._HELD
-        held: list[list[LedgerRecord]] = []  # each block's kept records, newest block first
+        if limit <= self._HELD:
+            found: list[LedgerRecord] = []  # newest first
+            for entry in kept(self._newest_first()):
+                if len(found) == limit:
+                    return limit, True, reversed(found)
+                found.append(entry)
+            return len(found), False, reversed(found)
         count, height = 0, self.tree_head().blocks
         while height > 0:
             start = max(0, height - self._TAIL_BLOCKS)
-            blocks: list[list[LedgerRecord]] = [[] for _ in range(height - start)]
+            blocks = [0] * (height - start)
             for entry in kept(self._proved_blocks(start, height)):
-                blocks[entry.height - start].append(entry)
+                blocks[entry.height - start] += 1
             for at in range(height - 1, start - 1, -1):
-                count += len(blocks[at - start])
-                if hold:
-                    held.append(blocks[at - start])
+                count += blocks[at - start]
                 if count >= limit:
                     skip = count - limit
-                    if hold:
-                        return limit, at > 0 or skip > 0, islice(chain.from_iterable(reversed(held)), skip, None)
-                    return limit, at > 0 or skip > 0, islice(kept(self.records_from(at)), skip, None)
+                    return limit, skip > 0 or at > 0, islice(kept(self.records_from(at)), skip, None)
             height = start
-        if hold:
-            return count, False, chain.from_iterable(reversed(held))
         return count, False, kept(self.records_from(0))
 
-    def _proved_blocks(self, start: int, stop: int) -> Iterator[LedgerRecord]:
-        from lineage_ledger.backends import Located
+    def _newest_first(self) -> Iterator[LedgerRecord]:
+        """The verified records from the newest back, each proved as it is read; blocks are
+        read one, then two, then up to :data:`_TAIL_BLOCKS` at a time."""
+        height, step = self.tree_head().blocks, 1
+        while height > 0:
+            start = max(0, height - step)
+            for block in reversed(list(self._stored_blocks(start, height))):
+                for position in range(len(block.records) - 1, -1, -1):
+                    yield self._proved_at(block, position)
+            height, step = start, min(2 * step, self._TAIL_BLOCKS)
 
+    def _stored_blocks(self, start: int, stop: int) -> Iterator[StoredBlock]:
+        """Blocks ``start`` to ``stop`` as stored, each with as many records as the verified
+        tree places in it; a block left out is an error, not a shorter answer."""
         store = self.verifier.store
         expected = start
         for block in self.backend.blocks(start, stop):
@@ -343,15 +354,24 @@ class Ledger(ProvedLookups, LineageQueries):
             if block.height != expected or len(block.records) != size:
                 raise IndexTampered(f"the back-end returned block {block.height} with {len(block.records)} records "
                                     f"where the verified tree has block {expected} with {size}", height=expected)
-            for position, record in enumerate(block.records):
-                entry = self._proved(Located(block.height, position, record))
-                if entry is None:  # cannot happen below the verified head: a row is proved or raises
-                    raise IndexTampered(f"record {position} of block {block.height} is not in the verified tree",
-                                        height=block.height)
-                yield entry
+            yield block
             expected += 1
         if expected != stop:
             raise IndexTampered(f"the back-end returned no block {expected} of the verified tree", height=expected)
+
+    def _proved_at(self, block: StoredBlock, position: int) -> LedgerRecord:
+        from lineage_ledger.backends import Located
+
+        entry = self._proved(Located(block.height, position, block.records[position]))
+        if entry is None:  # cannot happen below the verified head: a record is proved or raises
+            raise IndexTampered(f"record {position} of block {block.height} is not in the verified tree",
+                                height=block.height)
+        return entry
+
+    def _proved_blocks(self, start: int, stop: int) -> Iterator[LedgerRecord]:
+        for block in self._stored_blocks(start, stop):
+            for position in range(len(block.records)):
+                yield self._proved_at(block, position)
 
     def inclusion_proof(self, entry: LedgerRecord) -> tuple[TreeHead, int, list[str]]:
         """(tree head, leaf index, RFC 9162 audit path) for a record read from this ledger."""
