@@ -21,16 +21,14 @@ DEPTH = 1_500  # generations: past the default recursion limit (1,000) with room
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """state-0 (a source) -> task 1 -> state-1 -> task 2 -> ... -> state-DEPTH, each version
-    a file of its own on disk."""
-    base = tmp_path_factory.mktemp("deep")
+def build_chain(base, url: str, depth: int = DEPTH) -> str:
+    """state-0 (a source) -> task 1 -> state-1 -> task 2 -> ... -> state-``depth``, each
+    version a file of its own under ``base``, in the ledger at ``url`` (any back-end)."""
     (base / "f").mkdir()
     (base / "f" / "state-0").write_text("initial")
     previous = hash_file(str(base / "f" / "state-0"))
     records = []
-    for i in range(1, DEPTH + 1):
+    for i in range(1, depth + 1):
         out = base / "f" / f"state-{i}"
         out.write_text(f"state after step {i}")
         written = hash_file(str(out))
@@ -38,14 +36,19 @@ def chain(tmp_path_factory):
                               status="succeeded", started=T0 + timedelta(days=i), ended=T0 + timedelta(days=i, hours=1),
                               inputs={previous.path: previous.entry()}, outputs={written.path: written.entry()}))
         previous = written
-    url = f"sqlite:///{base}/ledger.db"
     with open_ledger(url, spool=str(base / "spool"), state_dir=str(base / "build-state")) as ledger:
         ledger.append_records([r.stored() for r in records], block_size=500)
-    return base, url
+    return url
 
 
-def _cli(base, url, tmp_path, *args, program="lineage-ledger"):
-    env = {"LINEAGE_STATE_DIR": str(tmp_path / "state")}
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    base = tmp_path_factory.mktemp("deep")
+    return base, build_chain(base, f"sqlite:///{base}/ledger.db")
+
+
+def _cli(base, url, tmp_path, *args, program="lineage-ledger", env=None):
+    env = {**(env or {}), "LINEAGE_STATE_DIR": str(tmp_path / "state")}
     return run_cli(*args, "--ledger", url, cwd=base, env=env, program=program) if program == "verify-lineage" \
         else run_cli(args[0], "--ledger", url, *args[1:], cwd=base, env=env)
 
@@ -61,22 +64,28 @@ def test_the_last_version_verifies_and_its_tree_is_cut_where_it_gets_deep(chain,
 
 
 def test_an_edit_far_back_in_the_chain_fails_the_last_version(chain, tmp_path):
-    """Only printing stops at DEPTH_SHOWN generations: the check goes to the source."""
     base, url = chain
-    edited = base / "f" / "state-10"  # 1,490 generations back
+    check_an_edit_far_back(base, url, tmp_path, DEPTH)
+
+
+def check_an_edit_far_back(base, url, tmp_path, depth, env=None):
+    """Only printing stops at DEPTH_SHOWN generations: the check goes to the source. The
+    version edited is ``depth - 10`` generations back from the last (``env``: more settings)."""
+    edited = base / "f" / "state-10"
     original = edited.read_text()
     edited.write_text("edited by hand")
     try:
-        result = _cli(base, url, tmp_path, str(base / "f" / f"state-{DEPTH}"), "--json", program="verify-lineage")
+        result = _cli(base, url, tmp_path, str(base / "f" / f"state-{depth}"), "--json", program="verify-lineage",
+                      env=env)
     finally:
         edited.write_text(original)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr
     report = json.loads(result.stdout)
     assert [f["path"] for f in report["failures"]] == [str(edited)]
-    node, depth = report["targets"][0]["lineage"], 0
+    node, shown = report["targets"][0]["lineage"], 0
     while node["inputs"]:
-        node, depth = node["inputs"][0], depth + 1
-    assert depth == DEPTH_SHOWN - 1 and node["inputs_not_shown"] == DEPTH + 1 - DEPTH_SHOWN
+        node, shown = node["inputs"][0], shown + 1
+    assert shown == DEPTH_SHOWN - 1 and node["inputs_not_shown"] == depth + 1 - DEPTH_SHOWN
 
 
 def test_the_full_audit_walks_every_chain(chain, tmp_path):
