@@ -342,6 +342,13 @@ class Backend(ABC):
         found = self.by_run(run_id)
         return found[-max(0, int(limit)):] if limit > 0 else [], len(found)
 
+    def by_run_page(self, run_id: str, offset: int, limit: int) -> list[Located]:
+        """Records ``offset`` to ``offset + limit`` of one run, in ledger order: a page of
+        ``log --run RUN -n 0``, so that a run of 100,000 tasks is never held whole. The
+        default slices :meth:`by_run`; back-ends with an index read only those."""
+        offset, limit = max(0, int(offset)), max(0, int(limit))
+        return self.by_run(run_id)[offset : offset + limit] if limit else []
+
     @abstractmethod
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
         """Records whose id starts with ``prefix`` (at most ``limit``)."""

@@ -269,6 +269,14 @@ class _SQLLookups:
                              (run_id, int(limit)))
         return last, count
 
+    def by_run_page(self, run_id: str, offset: int, limit: int) -> list[Located]:
+        """One page of the run's index range (``ll_records_run`` holds the sequence numbers
+        in order beside each run id), not the whole run."""
+        if int(limit) <= 0:
+            return []
+        return self._located("seq IN (SELECT seq FROM ll_records WHERE run_id = ? ORDER BY seq LIMIT ? OFFSET ?)",
+                             (run_id, int(limit), max(0, int(offset))))
+
     def by_id_prefix(self, prefix: str, limit: int = 2) -> list[Located]:
         """Records whose id starts with ``prefix`` (lower-case hex): one range of the ids'
         unique index, ``prefix <= id < successor``. (The check in Python keeps a collation

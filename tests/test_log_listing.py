@@ -110,3 +110,25 @@ def test_the_last_few_prove_only_what_they_show(listed, monkeypatch):
         count, before, entries = ledger.tail(3)
         assert [entry.id for entry in entries] == every[-3:] and (count, before) == (3, True)
     assert proved == every[-4:][::-1]  # the three shown, and one to know that records come before
+
+
+def test_a_run_streams_page_by_page_and_a_deleted_row_still_fails(listed, tmp_path, monkeypatch):
+    root, every, _tasks = listed
+    url = f"sqlite:///{root}/ledger.db"
+    runs = run_cli("log", "--ledger", url, "--run", "run-1", "-n", "0", "--json", cwd=root,
+                   env={"LINEAGE_STATE_DIR": str(root / "cli-state")}, check_rc=0)
+    with open_ledger(url, read_only=True, state_dir=str(root / "st")) as ledger:
+        whole = [entry.id for entry in ledger.run("run-1")]
+        pages = list(ledger.run_pages("run-1", size=9))
+    assert [json.loads(line)["id"] for line in runs.stdout.splitlines()] == whole == [e.id for p in pages for e in p]
+    assert len(whole) == 140 and all(len(page) == 9 for page in pages[:-1])
+    copy = tmp_path / "ledger.db"
+    with sqlite3.connect(root / "ledger.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    env = {"LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    run_cli("verify", "--ledger", f"sqlite:///{copy}", cwd=tmp_path, env=env, check_rc=0)
+    with sqlite3.connect(copy) as conn:  # one record's run id edited in its index row
+        assert conn.execute("UPDATE ll_records SET run_id = 'elsewhere' WHERE seq = 50").rowcount == 1
+    result = run_cli("log", "--ledger", f"sqlite:///{copy}", "--run", "run-1", "-n", "0", cwd=tmp_path, env=env,
+                     check_rc=1)
+    assert "run-1" in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from itertools import chain
 
 import click
 
@@ -37,7 +38,7 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
             if total > len(entries):  # say so: a listing of 20 reads like the whole run
                 click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
         elif run_id:
-            entries = ledger.run(run_id)
+            entries = chain.from_iterable(ledger.run_pages(run_id))  # streamed: a run may hold 100,000 tasks
         else:
             # Directory manifests are records too, but no task: they are not listed. The
             # records stream (Ledger.tail), proved as they are printed.

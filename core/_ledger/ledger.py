@@ -266,6 +266,27 @@ class Ledger(ProvedLookups, LineageQueries):
             counted.finish()
         return found
 
+    def run_pages(self, run_id: str, size: int = 1_000) -> Iterator[list[LedgerRecord]]:
+        """Every record of a run, as :meth:`run` gives them, a page of ``size`` at a time, so
+        that a run of 100,000 tasks is never held whole (``log --run RUN -n 0``). Each record
+        is proved as its page is read; the counts kept are checked once the last page has
+        been read, so a reader that stops early checks nothing, and one that prints as it
+        goes may learn of a deleted or edited row only at the end (an error, exit 1)."""
+        counted = self.listing("run", run_id)
+        offset = 0
+        while True:
+            rows = self.backend.by_run_page(run_id, offset, size)
+            found = self._of_run(run_id, rows)
+            if counted is not None:
+                counted.add(found)
+            if found:
+                yield found
+            if len(rows) < size:
+                break
+            offset += len(rows)
+        if counted is not None:
+            counted.finish()
+
     def run_last(self, run_id: str, limit: int) -> tuple[list[LedgerRecord], int]:
         """The last ``limit`` records of a run, each proved, and how many records the index
         says the run has: a run of 100,000 tasks is not proved whole to show its last

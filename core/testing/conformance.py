@@ -160,6 +160,11 @@ class BackendConformance:
             assert [place(f) for f in last] == whole[-limit:] and count == 12, limit
         assert backend.by_run_last("a", 0) == ([], 12)
         assert backend.by_run_last("nothing", 3) == ([], 0)
+        for size in (1, 5, 12, 50):  # pages of the run, read one after another, are the whole run
+            pages = [backend.by_run_page("a", offset, size) for offset in range(0, 13, size)]
+            assert [place(f) for page in pages for f in page] == whole, size
+            assert all(len(page) == size for page in pages[:-1]) and len(pages[-1]) < size, size
+        assert backend.by_run_page("a", 12, 5) == [] and backend.by_run_page("nothing", 0, 5) == []
 
     def test_records_at_ledger_positions(self, backend):
         """``records_at`` (where a back-end answers it) gives the records at ledger positions
