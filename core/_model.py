@@ -272,6 +272,11 @@ class Record:
     def id(self) -> str:
         return digest_hex(self.encode())
 
+    @property
+    def ended_text(self) -> str:
+        """``format_time(self.ended)``, as the record's bytes hold it (worked out once)."""
+        return self._times[1]
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         return cls._from_fields(data, decoded=False)

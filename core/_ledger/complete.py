@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from .._canonical import format_time
 from .._errors import IndexTampered, VerificationError
 from .._log.names import INPUT, OUTPUT, RUN, Candidate, path_key
 
@@ -84,6 +83,8 @@ def _leaf(ledger: Ledger, entry: LedgerRecord) -> int:
 
 def _fetch(ledger: Ledger, leaves: Sequence[int]) -> list[tuple[int, LedgerRecord]]:
     """The records at ``leaves`` of the verified tree, each proved."""
+    if not leaves:
+        return []  # the common case: the index listed every candidate
     proved = []
     for leaf, located in sorted(ledger.verifier.located_at(list(leaves)).items()):
         entry = ledger._proved(located)
@@ -119,18 +120,18 @@ def check_latest(ledger: Ledger, role: Role, path: str, answer: LedgerRecord | N
     if not candidates:
         return
     if answer is not None:
-        ended = format_time(answer.record.ended)
         at = _leaf(ledger, answer)
         candidates = [c for c in candidates if c.leaf != at]
         if not candidates:
             return
+        ended = answer.record.ended_text
     for leaf, entry in _fetch(ledger, [c.leaf for c in candidates]):
         side = _side(entry, role)
         if path not in side:
             continue  # another path with the same key
         if answer is None:
             raise _hidden(entry, role, path, "the index answered that no record did")
-        if (format_time(entry.record.ended), leaf) > (ended, at):
+        if (entry.record.ended_text, leaf) > (ended, at):
             raise _hidden(entry, role, path, f"it ended after record {answer.id[:16]}, which the index "
                                              "answered as the latest")
 
@@ -264,14 +265,18 @@ class Listing:
 # hash of the proved bytes, so what is kept here holds for any ledger that proved it.
 _CLASHES: dict[tuple[str, Role], frozenset[int]] = {}
 _CLASHES_KEPT = 10_000
+_NONE: frozenset[int] = frozenset()
 
 
 def _clashing_keys(entry: LedgerRecord, role: Role) -> frozenset[int]:
+    side = _side(entry, role)
+    if len(side) < 2:
+        return _NONE
     cached = _CLASHES.get((entry.id, role))
     if cached is None:
         seen: set[int] = set()
         twice: set[int] = set()
-        for key in map(path_key, _side(entry, role)):
+        for key in map(path_key, side):
             (twice if key in seen else seen).add(key)
         cached = frozenset(twice)
         if len(_CLASHES) >= _CLASHES_KEPT:

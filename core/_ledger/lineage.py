@@ -187,12 +187,16 @@ class LineageQueries:
                 return node
         node = LineageNode(path, digest, "produced", producer)
         memo[key] = node
-        memo[(path, None)] = memo.get((path, None), node)
+        if (path, None) not in memo:
+            memo[(path, None)] = node
         inputs = producer.record.inputs
+        # Only a record that names a path by an alias can lead elsewhere than the path as
+        # recorded: the others' inputs are not looked for on disk (a stat each, every record).
+        aliased = any("alias_of" in entry for entry in inputs.values())
         for input_path, entry in sorted(inputs.items()):
             if is_alias(entry):
                 continue  # the same file as its real path's entry
-            if not os.path.lexists(input_path):
+            if aliased and not os.path.lexists(input_path):
                 # Read through a symbolic link whose target has moved since: the path the task
                 # was given still leads to the file.
                 input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)

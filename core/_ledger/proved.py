@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
-from .._canonical import format_time
 from .._errors import IndexTampered, RecordTampered
 from .._files.hashing import lookup_paths
 from .._log.trust import TreeHead
@@ -41,6 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["LookAhead", "ProvedLookups"]
 
 _DECODE_CACHE = 10_000  # decoded records kept (about 5 KiB each: 50,000 held 250 MiB in `depends --all`)
+# Bodies read in one statement ahead of a look-up that needs one, within looking_ahead: the
+# next records its paths name. A statement per record was a tenth of a full audit's checks
+# of outputs on disk; more at once would hold more unproved bytes (a wide record's are large).
+_BODIES_AHEAD = 64
 
 
 @dataclass
@@ -53,6 +56,11 @@ class LookAhead:
     keys: dict[str, str] = field(default_factory=dict)
     bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
     names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
+    # The records those rows name, in the order the paths come, each once (see _bodies), and
+    # the bodies last read ahead of them, by id: unproved bytes until a look-up proves them.
+    ids: list[str] = field(default_factory=list)
+    order: dict[str, int] = field(default_factory=dict)  # each id's index in ids
+    bodies: dict[str, bytes] = field(default_factory=dict)
 
 
 class ProvedLookups:
@@ -107,7 +115,7 @@ class ProvedLookups:
         missing = {r.record.id for r in rows if not r.record.body and r.record.id not in self._decoded}
         if not missing:
             return rows
-        bodies = self.backend.bodies(sorted(missing))
+        bodies = self._bodies(missing)
         filled = []
         for row in rows:
             body = bodies.get(row.record.id) if row.record.id in missing else None
@@ -115,6 +123,27 @@ class ProvedLookups:
                 row = type(row)(row.height, row.position, StoredRecord(row.record.id, body))
             filled.append(row)
         return filled
+
+    def _bodies(self, missing: set[str]) -> dict[str, bytes]:
+        """The stored bodies of ``missing`` (ids): from those read ahead where this thread is
+        :meth:`looking_ahead`, else read now, with the next bodies the look-ahead's rows name
+        (up to :data:`_BODIES_AHEAD`, those not decoded already) in the same statement. Only
+        the last read are kept: what one holds, the look-ups of the next few paths use."""
+        batch: LookAhead | None = getattr(self._batch, "current", None)
+        if batch is None or not batch.order:
+            return self.backend.bodies(sorted(missing))
+        found = {i: batch.bodies[i] for i in missing if i in batch.bodies}
+        if len(found) == len(missing):
+            return found
+        wanted = sorted(missing - found.keys())
+        at = min((batch.order[i] for i in wanted if i in batch.order), default=None)
+        if at is not None:
+            decoded = self._decoded
+            ahead = [i for i in batch.ids[at : at + 4 * _BODIES_AHEAD] if i not in decoded and i not in missing]
+            wanted += ahead[: max(0, _BODIES_AHEAD - len(wanted))]
+        batch.bodies = self.backend.bodies(wanted)
+        found.update((i, batch.bodies[i]) for i in missing if i in batch.bodies)
+        return found
 
     def _proved_all(self, rows: Iterable[Located]) -> list[LedgerRecord]:
         # The head is brought up to date once (then by tree_head(), which the pre-run checks
@@ -223,6 +252,13 @@ class ProvedLookups:
                 batch.latest.update({(role, k): found.get(k) for k in keys})
             places = backend.find_places_many("out", keys)
             batch.places.update({("out", k): places.get(k, []) for k in keys})
+            # The records the look-ups will prove, in the order they will come to them.
+            order = batch.order
+            for key in keys:
+                latest = [batch.latest[(role, key)] for role in ("out", "in")]
+                for located in [*(found[0] for found in latest if found is not None), *batch.places[("out", key)]]:
+                    order.setdefault(located.record.id, len(order))
+            batch.ids = list(order)
             yield
         finally:
             self._batch.current = previous
@@ -264,9 +300,9 @@ class ProvedLookups:
                 located, ended = found
                 entries = self._find(role, path, None, [located])
                 for entry in entries:
-                    if format_time(entry.record.ended) != ended:
+                    if entry.record.ended_text != ended:
                         raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended "
-                                            f"at {format_time(entry.record.ended)}", height=entry.height, path=path)
+                                            f"at {entry.record.ended_text}", height=entry.height, path=path)
             try:
                 if found is None or entries:
                     check_latest(cast("Ledger", self), role, path, entries[-1] if entries else None, bound, final=final)
