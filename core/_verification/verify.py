@@ -75,9 +75,10 @@ def verify_artifact(ledger: Ledger, path: str) -> ArtifactCheck:
     return check
 
 
-def verify_closure(node: LineageNode) -> None:
-    """Raise LineageBroken for the first input consumed in a version nobody produced."""
-    for current in walk_lineage(node):
+def verify_closure(node: LineageNode | list[LineageNode]) -> None:
+    """Raise LineageBroken for the first input consumed in a version nobody produced
+    (``node``: a tree, or its nodes as :func:`walk_lineage` gives them)."""
+    for current in walk_lineage(node) if isinstance(node, LineageNode) else node:
         if current.kind == "broken":
             raise LineageBroken(
                 f"{current.path}: consumed as {_short(current.digest)}, but no recorded task "
@@ -262,21 +263,25 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     report.targets.append(result)
     if tree is None:
         return
+    nodes = list(walk_lineage(tree))  # walked once for both checks below
     try:
-        verify_closure(tree)
+        verify_closure(nodes)
     except LineageBroken as failure:
         report.fail(failure)
     if not files:
         return
-    for node in walk_lineage(tree):
+    for node in nodes:
         if node is tree or node.path in result.files:
             continue
-        try:
-            other = report.checked.get(node.path) or check_artifact(ledger, node.path)
-        except ArtifactError as err:
-            report.fail(ArtifactMismatch(str(err), path=node.path))
-            continue
-        report.checked[node.path] = result.files[node.path] = other
+        other = report.checked.get(node.path)  # a hit is made the newest entry
+        if other is None:
+            try:
+                other = check_artifact(ledger, node.path)
+            except ArtifactError as err:
+                report.fail(ArtifactMismatch(str(err), path=node.path))
+                continue
+            report.checked[node.path] = other
+        result.files[node.path] = other
         # Intermediate files may be gone (temp files, clean-ups); changed ones may not.
         if other.status is ArtifactStatus.MODIFIED:
             report.fail(ArtifactMismatch(_explain(other), path=node.path))
