@@ -78,9 +78,30 @@ def double(x: int) -> int:
 
 
 def records_of(db: Path, run_id: str) -> int:
-    """This run's records in the ledger, read straight from its table."""
+    """This run's records in the ledger, read straight from its table (0 before the
+    recording process has made it: the test must not make the ledger's file itself)."""
+    if not db.exists():
+        return 0
     with sqlite3.connect(db) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'll_records'").fetchone() is None:
+            return 0
         return int(conn.execute("SELECT count(*) FROM ll_records WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+
+def first_try_journaled(ledger: ParslLedger, db: Path, run_id: str) -> None:
+    """Wait until the run's first try is in the ledger, then flush: the recording process has
+    acknowledged it, so stopping it leaves exactly the later tries unjournaled. A flush right
+    after ``result()`` is not enough: Parsl completes the AppFuture from its own callback on
+    the executor's future, which may run before the ledger's callback on that future has
+    handed the report over (a try that ends between the executor's ``submit`` and Parsl
+    adding its callback: rare, more so on a busy machine). That flush had nothing to wait
+    for, the report reached the ring after the stop, and the test counted one try too many
+    that the recording process "had not journaled"."""
+    deadline = time.monotonic() + RESUMED_BOUND_S
+    while records_of(db, run_id) < 1:
+        assert time.monotonic() < deadline, "the first try never reached the ledger"
+        time.sleep(0.05)
+    assert ledger.flush(RESUMED_BOUND_S)  # the recording process is up and has the first try
 
 
 def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_tries_are(workdir, caplog):
@@ -93,7 +114,7 @@ def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_
     child = None
     try:
         assert app(0).result() == 0
-        assert ledger.flush(RESUMED_BOUND_S)  # the recording process is up and has the first try
+        first_try_journaled(ledger, db, dfk.run_id)
         child = ledger.capture.child_pid
         assert child is not None
         os.kill(child, signal.SIGSTOP)
@@ -144,7 +165,7 @@ def test_tries_the_recording_process_had_not_journaled_when_it_died_are_recorded
     dfk = parsl.load(config)
     try:
         assert app(0).result() == 0
-        assert ledger.flush(RESUMED_BOUND_S)
+        first_try_journaled(ledger, db, dfk.run_id)
         child = ledger.capture.child_pid
         assert child is not None
         os.kill(child, signal.SIGSTOP)
@@ -177,7 +198,7 @@ def _stopped_run(workdir: Path) -> tuple[ParslLedger, int, str]:
     dfk = parsl.load(config)
     try:
         assert app(0).result() == 0
-        assert ledger.flush(RESUMED_BOUND_S)
+        first_try_journaled(ledger, workdir / "ledger.db", dfk.run_id)
         child = ledger.capture.child_pid
         assert child is not None
         os.kill(child, signal.SIGSTOP)
