@@ -11,7 +11,8 @@ test_audit_wide), run end to end through the CLI on a real server, small:
 * wide records: the PostgreSQL reads weigh blocks as SQLite's do, and plan the same ranges.
 
 The ledgers are the SQLite tests' own, built here on PostgreSQL (or copied block by block
-where those tests build them only as SQLite files). About 10 s in all.
+where those tests build them only as SQLite files). About 9 s in all with the machine's load
+at 5 (two cores), besides the server's start, which the PostgreSQL tests share.
 """
 
 from __future__ import annotations
