@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,64 @@ def test_a_stopped_recording_process_holds_no_try_up_and_the_run_says_where_its_
         assert time.monotonic() < deadline, f"{records_of(db, run_id)} of {TRIES + 1} tries reached the ledger"
         time.sleep(0.1)
     assert records_of(db, run_id) == TRIES + 1
+
+
+class HeldLedger(QuickLedger):
+    """The report of its first try is held on the thread that ends the try until ``go``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reporting, self.go = threading.Event(), threading.Event()
+
+    def submit(self, run: Any) -> None:
+        if not self.reporting.is_set():
+            self.reporting.set()
+            self.go.wait(RESUMED_BOUND_S)
+        super().submit(run)
+
+
+#: Set by the test once Parsl watches the try: the try may end.
+MAY_END = threading.Event()
+
+
+def double_when_told(x: int) -> int:
+    MAY_END.wait(RESUMED_BOUND_S)
+    return 2 * x
+
+
+def test_parsl_sees_a_try_end_only_once_the_ledger_has_its_report(workdir):
+    """The future Parsl watches for a try (and completes its AppFuture from) was the
+    executor's own: done when the try returned, while the ledger's callback on it might not
+    have handed the report over yet. Parsl's callback runs after the ledger's only when it
+    was added before the try ended; on a busy machine the try could end between the two, and
+    then ``app(0).result(); ledger.flush()`` flushed nothing (this file's other tests stopped
+    the recording process with that try still to come: one try too many unjournaled), and a
+    dependent try's pre-launch check did not know its input was produced in this run. Here
+    the try ends once Parsl watches it, and its report is held until the test has looked
+    at what Parsl watches. A few seconds."""
+    db = workdir / "ledger.db"
+    ledger = HeldLedger(f"sqlite:///{db}", spool=str(workdir / "spool"))
+    config = Config(executors=[ledger.wrap(ThreadPoolExecutor(label="threads", max_threads=2))],
+                    memoizer=ledger.memoizer(), usage_tracking=0, run_dir=str(workdir / "runinfo"))
+    dfk = parsl.load(config)
+    MAY_END.clear()
+    try:
+        future = python_app(double_when_told)(21)
+        deadline = time.monotonic() + RESUMED_BOUND_S  # Parsl launches on a thread of its own
+        while (watched := future.task_record["exec_fu"]) is None:
+            assert time.monotonic() < deadline, "Parsl never launched the try"
+            time.sleep(0.01)
+        MAY_END.set()
+        assert ledger.reporting.wait(RESUMED_BOUND_S), "the try never ended"
+        assert not watched.done() and not future.done(), "Parsl sees the try end before the ledger has its report"
+        ledger.go.set()
+        assert future.result() == 42
+        assert ledger.flush(RESUMED_BOUND_S)
+        assert records_of(db, dfk.run_id) == 1
+    finally:
+        MAY_END.set()
+        ledger.go.set()
+        dfk.cleanup()
 
 
 def test_tries_the_recording_process_had_not_journaled_when_it_died_are_recorded_by_the_end_of_the_run(workdir, caplog):

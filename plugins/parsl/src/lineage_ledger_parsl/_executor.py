@@ -47,10 +47,8 @@ class LedgerExecutorMixin:
         future: Future = super().submit(func, resource_specification, *args, **kwargs)  # type: ignore[misc]
         try:
             try_ = _Try(self._lineage_ledger, task, func, args, kwargs, started, self.run_id)
-            if worker_hashing_used(task["func"] if task is not None else func):
-                # Digests come back with the result; Parsl must see the bare result.
-                return try_.unwrapping(future)
-            future.add_done_callback(try_.finished)
+            # Digests come back with the result when the worker hashes; Parsl must see the bare result.
+            return try_.relayed(future, unwrap=worker_hashing_used(task["func"] if task is not None else func))
         except Exception:  # noqa: BLE001 - recording must never break the workflow
             log.exception("lineage-ledger: could not watch a task try; it runs unrecorded")
         return future
@@ -98,13 +96,22 @@ class _Try:
         except Exception:  # noqa: BLE001
             log.exception("lineage-ledger: could not record a task try")
 
-    def unwrapping(self, inner: Future) -> Future:
+    def relayed(self, inner: Future, *, unwrap: bool) -> Future:
+        """The future Parsl watches: done as ``inner`` is, once this try's report is handed
+        over. Parsl completes the AppFuture and launches the tries that depend on it from
+        its callback. On ``inner`` itself, a try that ended between ``submit`` and Parsl
+        adding that callback ran ours on the worker's thread and Parsl's at once on its own:
+        ``result()`` could return before the ledger had the report (a flush right after
+        missed it), and a dependent's pre-launch check not know that its input was produced
+        in this run. ``unwrap``: the result carries the worker's digests, which Parsl must
+        not see."""
         outer: Future = Future()
         if hasattr(inner, "parsl_executor_task_id"):
             outer.parsl_executor_task_id = inner.parsl_executor_task_id  # type: ignore[attr-defined]
 
         def relay(done: Future) -> None:
             if done.cancelled():
+                self.finished(done)
                 outer.cancel()
                 return
             error = done.exception()
@@ -113,10 +120,11 @@ class _Try:
                 outer.set_exception(error)
                 return
             value = done.result()
-            known = None
-            if isinstance(value, WorkerDigests):
+            if unwrap and isinstance(value, WorkerDigests):
                 value, known = value.result, value.digests
-            self.finished(_settled(value), known)
+                self.finished(_settled(value), known)
+            else:
+                self.finished(done)
             outer.set_result(value)
 
         inner.add_done_callback(relay)
