@@ -51,29 +51,29 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
     if (keyfile or no_data or license_) and fmt != "ro-crate":
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
     try:
-        with _open(ledger_url) as ledger:
-            selection = select(ledger, targets, run_id)
+        with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
+            # A run is read again by each pass (a page at a time), never held whole.
             if fmt in ("prov-json", "prov-n"):
                 from ..exports._prov import write_prov
                 from ..exports._select import members
 
                 write_prov(selection, output, fmt, members(ledger, selection))
-                what = f"{len(selection.entries)} task(s)"
+                what = f"{selection.count} task(s)"
             elif fmt == "ro-crate":
                 from ..exports._rocrate import write_crate
 
                 crate = write_crate(ledger, selection, output, keyfile=keyfile, with_data=not no_data,
                                     license=license_)
-                what = f"{len(selection.entries)} task(s), {crate.files_copied} file(s) copied"
+                what = f"{selection.count} task(s), {crate.files_copied} file(s) copied"
             else:
                 from ..exports._openlineage import emit, events_for, write_events
 
-                events = events_for(selection, namespace)
+                count = 0
                 if output:
-                    write_events(events, output)
+                    count = write_events(events_for(selection, namespace), output)
                 if emit_url:
-                    emit(events, emit_url)
-                what = f"{len(events)} event(s)"
+                    count = emit(events_for(selection, namespace), emit_url)
+                what = f"{count} event(s)"
     except OSError as err:  # an output that cannot be written, a file that cannot be read
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"exported {what} as {fmt}" + (f" to {output}" if output else "")
@@ -97,8 +97,7 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
 
     if not targets and run_id is None:
         raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")
-    with _open(ledger_url) as ledger:
-        selection = select(ledger, targets, run_id)
+    with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
         model = build_graph(ledger, selection)
     try:
         write_graph(model, output, fmt, group=group)

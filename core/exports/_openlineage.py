@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -67,34 +68,30 @@ def _run_uuid(instant: datetime, key: str) -> str:
     return str(uuid.generate_static_uuid(instant, key.encode("utf-8")))
 
 
-def events_for(selection: Selection, namespace: str) -> list[Any]:
-    """START and COMPLETE/FAIL events for every selected task and for each workflow run."""
+def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
+    """START and COMPLETE/FAIL events for each workflow run, then for every selected task,
+    made as they are asked for (a run of 100,000 tasks is never held as events)."""
     base = require("openlineage.client.generated.base", "openlineage-python")
     facets = require("openlineage.client.facet_v2", "openlineage-python")
     blake3_facet = facet_class()
-    by_run: dict[str, list] = {}
-    for entry in selection.entries:
-        by_run.setdefault(entry.record.run_id, []).append(entry)
     parents = {}
-    events: list[Any] = []
-    for run_id, entries in by_run.items():
-        started = min(e.record.started for e in entries)
-        ended = max(e.record.ended for e in entries)
-        engine = entries[0].record.engine
+    # The workflow runs' events come first: their span and status are the selection's
+    # summaries (one pass, made when it was selected), not a list of each run's tasks.
+    for run_id, summary in selection.summaries.items():
+        started, ended, engine = summary.started, summary.ended, summary.engine
         run_uuid = _run_uuid(started, f"run:{run_id}")
         job = base.Job(namespace=namespace, name=f"{engine}.run", facets={
             "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
                                                           jobType="DAG")})
         parents[run_id] = facets.parent_run.ParentRunFacet(
             run=facets.parent_run.Run(runId=run_uuid), job=facets.parent_run.Job(namespace=namespace, name=job.name))
-        failed = any(e.record.status == "failed" for e in entries)
         run_facets = {"lineageLedger_run": _run_facet(base, {"run_id": run_id})}
-        events.append(base.RunEvent(eventType=base.EventType.START, eventTime=_time(started), producer=PRODUCER,
-                                    run=base.Run(runId=run_uuid, facets=run_facets), job=job))
-        events.append(base.RunEvent(eventType=base.EventType.FAIL if failed else base.EventType.COMPLETE,
-                                    eventTime=_time(ended), producer=PRODUCER,
-                                    run=base.Run(runId=run_uuid, facets=run_facets), job=job))
-    for entry in selection.entries:
+        yield base.RunEvent(eventType=base.EventType.START, eventTime=_time(started), producer=PRODUCER,
+                            run=base.Run(runId=run_uuid, facets=run_facets), job=job)
+        yield base.RunEvent(eventType=base.EventType.FAIL if summary.failed else base.EventType.COMPLETE,
+                            eventTime=_time(ended), producer=PRODUCER,
+                            run=base.Run(runId=run_uuid, facets=run_facets), job=job)
+    for entry in selection.records():
         record = entry.record
         run_uuid = _run_uuid(record.started, f"record:{entry.id}")
         job = base.Job(namespace=namespace, name=f"{record.engine}.{record.task_name}", facets={
@@ -142,8 +139,8 @@ def events_for(selection: Selection, namespace: str) -> list[Any]:
             eventTime=_time(record.ended), producer=PRODUCER,
             run=base.Run(runId=run_uuid, facets=end_facets), job=job, inputs=inputs,
             outputs=[] if record.status == "failed" else outputs)
-        events.extend([start, end])
-    return events
+        yield start
+        yield end
 
 
 def _run_facet(base: Any, fields: dict[str, Any]) -> Any:
@@ -157,15 +154,19 @@ def to_json(event: Any) -> str:
     return serde.Serde.to_json(event)
 
 
-def write_events(events: list[Any], path: str) -> None:
-    """One event per line (JSON Lines), in the order a receiver should get them."""
+def write_events(events: Iterable[Any], path: str) -> int:
+    """One event per line (JSON Lines), in the order a receiver should get them; how many."""
+    written = 0
     with open(path, "w", encoding="utf-8") as handle:
         for event in events:
             handle.write(json.dumps(json.loads(to_json(event)), sort_keys=True) + "\n")
+            written += 1
+    return written
 
 
-def emit(events: list[Any], url: str) -> None:
-    """POST every event to a Marquez-compatible endpoint (``URL/api/v1/lineage``)."""
+def emit(events: Iterable[Any], url: str) -> int:
+    """POST every event to a Marquez-compatible endpoint (``URL/api/v1/lineage``); how many."""
+    posted = 0
     http = require("openlineage.client.transport.http", "openlineage-python")
     transport = http.HttpTransport(http.HttpConfig(url=url, timeout=10.0, retry={"total": 2}))
     for event in events:
@@ -173,3 +174,5 @@ def emit(events: list[Any], url: str) -> None:
             transport.emit(event)
         except Exception as exc:  # noqa: BLE001 - requests' and HTTP errors become one message
             raise ConfigError(f"{url} did not take the OpenLineage events: {exc}") from exc
+        posted += 1
+    return posted

@@ -101,8 +101,15 @@ def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[st
 
 def write_prov(selection: Selection, path: str, fmt: str,
                contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
-    """Write PROV-JSON (``fmt="prov-json"``) or PROV-N (``fmt="prov-n"``) to ``path``."""
+    """Write PROV-JSON (``fmt="prov-json"``, streamed: :mod:`._prov_json`) or PROV-N
+    (``fmt="prov-n"``, through ``prov``'s whole document) to ``path``."""
+    if fmt == "prov-json":
+        require("prov.model", "prov")
+        from ._prov_json import write_prov_json
+
+        write_prov_json(selection, path, contains)
+        return
     doc = prov_document(selection, contains)
-    text = doc.serialize(format="json", indent=2) if fmt == "prov-json" else doc.get_provn()
+    text = doc.get_provn()
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text if text.endswith("\n") else text + "\n")
