@@ -74,14 +74,23 @@ class Selection:
 
     def __init__(self, entries: list[LedgerRecord] | None, head: TreeHead,
                  broken: set[tuple[str, str]] | None = None, *,
-                 source: Callable[[], Iterator[LedgerRecord]] | None = None) -> None:
+                 source: Callable[[], Iterator[LedgerRecord]] | None = None,
+                 find_broken: Callable[[Selection], set[tuple[str, str]]] | None = None) -> None:
         self._held, self._source = entries, source
         self.head = head
-        # Versions consumed that no recorded task produced although the path was produced:
-        # the file changed between being written and being read ("broken" lineage).
-        self.broken: set[tuple[str, str]] = broken if broken is not None else set()
+        self._broken = broken
+        self._find_broken = find_broken
         self._index: VersionIndex | None = None
         self._summaries: dict[str, RunSummary] | None = None
+
+    @property
+    def broken(self) -> set[tuple[str, str]]:
+        """Versions consumed that no recorded task produced although the path was produced:
+        the file changed between being written and being read ("broken" lineage). Looked
+        up when first asked (the graph asks; the exports do not)."""
+        if self._broken is None:
+            self._broken = self._find_broken(self) if self._find_broken is not None else set()
+        return self._broken
 
     def records(self) -> Iterator[LedgerRecord]:
         """The task records, in ledger order (read again from the ledger for a run)."""
@@ -244,14 +253,14 @@ def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = Non
 
 def _run_selection(ledger: Ledger, run_id: str, head: TreeHead) -> Selection:
     span = run_span(ledger, run_id)
-    selection = Selection(None, head, source=lambda: run_records(ledger, run_id, span))
+    selection = Selection(None, head, source=lambda: run_records(ledger, run_id, span),
+                          find_broken=lambda chosen: _broken_inputs(ledger, chosen))
     try:
         selection.scan()
         if not selection.summaries:
             any_record = next(iter(ledger.run_last(run_id, 1)[0]), None)
             raise ConfigError(f"no task record in the ledger describes {run_id!r}" if any_record
                               else f"no record in the ledger describes run {run_id!r}")
-        selection.broken = _broken_inputs(ledger, selection)
     except BaseException:
         selection.close()
         raise
