@@ -200,7 +200,9 @@ class LineageQueries:
                 # Read through a symbolic link whose target has moved since: the path the task
                 # was given still leads to the file.
                 input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)
-            node.parents.append((yield self._lineage(input_path, entry["blake3"], producer, memo)))
+            walked = (input_path, entry["blake3"])  # walked already (an audit's chains): no nested walk
+            node.parents.append(memo[walked] if walked in memo
+                                else (yield self._lineage(input_path, entry["blake3"], producer, memo)))
         return node
 
     def _inside_directory(self, path: str, digest: str, consumer, memo) -> Nested[LineageNode | None]:
