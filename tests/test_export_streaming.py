@@ -64,15 +64,21 @@ def _varied() -> list[Record]:
     ]
 
 
-def test_streamed_prov_json_is_what_prov_serializes(ledger, tmp_path):
+def test_streamed_prov_is_what_prov_serializes(ledger, tmp_path, monkeypatch):
+    import lineage_ledger.exports._prov as prov_module
+
+    monkeypatch.setattr(prov_module, "_PAGE", 2)  # PROV-N: pages of two tasks or versions
     ledger.append_records([r.stored() for r in _varied()], block_size=2)
     for targets, run in (((), "r"), (("/out/a.txt",), None), (("/out/a.txt",), "r")):
         with select(ledger, targets, run) as selection:
             contains = members(ledger, selection)
             write_prov(selection, str(tmp_path / "streamed.json"), "prov-json", contains)
-            expected = prov_document(selection, contains).serialize(format="json", indent=2)
+            write_prov(selection, str(tmp_path / "streamed.provn"), "prov-n", contains)
+            whole = prov_document(selection, contains)
+            expected, expected_n = whole.serialize(format="json", indent=2), whole.get_provn()
         written = (tmp_path / "streamed.json").read_text(encoding="utf-8")
         assert written == expected + "\n"
+        assert (tmp_path / "streamed.provn").read_text(encoding="utf-8") == expected_n + "\n"
         if not targets:
             assert '"ll:alias": [' in written and "xsd:long" in written and '"actedOnBehalfOf"' in written
 

@@ -13,13 +13,14 @@ name the same version are its ``ll:alias`` attributes, not entities of their own
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from . import require
 from ._names import file_key, task_label
 from ._select import Selection, artifacts
 
-__all__ = ["NAMESPACE", "prov_document", "write_prov"]
+__all__ = ["NAMESPACE", "prov_document", "prov_pages", "write_prov"]
 
 NAMESPACE = "https://lineage-ledger.invalid/ns#"  # a vocabulary name, never fetched
 _SIMPLE = (str, int, float, bool)
@@ -30,43 +31,65 @@ def _attribute(value: Any) -> Any:
     return value if isinstance(value, _SIMPLE) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> Any:
-    """A ``prov.model.ProvDocument`` describing the selected records; ``contains`` ({file
-    version: directory version}, :func:`._select.members`) adds ``hadMember`` statements."""
-    model = require("prov.model", "prov")
-    doc = model.ProvDocument()
-    doc.add_namespace("ll", NAMESPACE)
-    doc.add_namespace("task", "urn:lineage-ledger:record:")
-    doc.add_namespace("file", "urn:lineage-ledger:file:")
-    doc.add_namespace("agent", "urn:lineage-ledger:agent:")
-    doc.add_namespace("tree", "urn:lineage-ledger:tree:")
+class _Pages:
+    """``prov`` documents holding the statements in order: a new one past ``page`` tasks or
+    versions (never, where ``page`` is None). A statement names what an earlier one made by
+    its id, so a page needs nothing of the one before."""
+
+    def __init__(self, page: int | None) -> None:
+        self.model = require("prov.model", "prov")
+        self.page, self.count = page, 0
+        self.doc = self._new()
+
+    def _new(self) -> Any:
+        doc = self.model.ProvDocument()
+        for prefix, uri in (("ll", NAMESPACE), ("task", "urn:lineage-ledger:record:"),
+                            ("file", "urn:lineage-ledger:file:"), ("agent", "urn:lineage-ledger:agent:"),
+                            ("tree", "urn:lineage-ledger:tree:")):
+            doc.add_namespace(prefix, uri)
+        return doc
+
+    def next(self) -> Iterator[Any]:
+        """Count one task or version; past a page, hand the document over and start one."""
+        self.count += 1
+        if self.page is not None and self.count >= self.page:
+            yield self.doc
+            self.doc, self.count = self._new(), 0
+
+
+def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, str]] | None = None,
+               page: int | None = None) -> Iterator[Any]:
+    """``prov.model.ProvDocument``s describing the selected records, their statements in
+    order, each holding up to ``page`` tasks or file versions (all of them in one where
+    ``page`` is None); ``contains`` ({file version: directory version},
+    :func:`._select.members`) adds ``hadMember`` statements."""
+    pages = _Pages(page)
     head = selection.head
-    doc.entity("tree:head", {"prov:type": "ll:TreeHead", "ll:origin": head.origin, "ll:size": head.size,
-                             "ll:root": head.root})
-    entities: dict[tuple[str, str], Any] = {}
-    for version in selection.versions().values():
+    pages.doc.entity("tree:head", {"prov:type": "ll:TreeHead", "ll:origin": head.origin, "ll:size": head.size,
+                                   "ll:root": head.root})
+    for path, digest, size, is_dir, aliases in selection.index().versions():
         described: list[tuple[str, Any]] = [
-            ("prov:label", version.path), ("ll:path", version.path), ("ll:blake3", version.digest),
-            ("ll:size", version.size)]
-        if version.is_dir:
+            ("prov:label", path), ("ll:path", path), ("ll:blake3", digest), ("ll:size", size)]
+        if is_dir:
             described += [("prov:type", "ll:DirectoryVersion"), ("prov:type", "prov:Collection")]
         else:
             described.append(("prov:type", "ll:FileVersion"))
-        described += [("ll:alias", alias) for alias in version.aliases]
-        entities[(version.path, version.digest)] = doc.entity(
-            f"file:{file_key(version.path, version.digest)}", described)
+        described += [("ll:alias", alias) for alias in aliases]
+        pages.doc.entity(f"file:{file_key(path, digest)}", described)
+        yield from pages.next()
     for member, directory in (contains or {}).items():
-        doc.hadMember(entities[directory], entities[member])
-    agents: dict[str, Any] = {}
+        pages.doc.hadMember(f"file:{file_key(*directory)}", f"file:{file_key(*member)}")
+    agents: set[str] = set()
 
-    def agent(kind: str, name: str, prov_type: str) -> Any:
-        key = f"{kind}/{name}"
-        if key not in agents:
-            agents[key] = doc.agent(f"agent:{key}", {"prov:label": name, "prov:type": prov_type})
-        return agents[key]
+    def agent(kind: str, name: str, prov_type: str) -> str:
+        ident = f"agent:{kind}/{name}"
+        if ident not in agents:
+            agents.add(ident)
+            pages.doc.agent(ident, {"prov:label": name, "prov:type": prov_type})
+        return ident
 
-    for entry in selection.entries:
-        record = entry.record
+    for entry in selection.records():
+        doc, record = pages.doc, entry.record
         attributes = {
             "prov:label": task_label(record.engine, record.task_name), "prov:type": "ll:Task",
             "ll:record": entry.id, "ll:engine": record.engine, "ll:run_id": record.run_id,
@@ -88,28 +111,58 @@ def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[st
         host_name = record.environment.get("host")
         if isinstance(host_name, str) and host_name:
             doc.wasAssociatedWith(activity, agent("host", host_name, "ll:Host"))
-        inputs = artifacts(record.inputs)
-        for path, art in inputs:
-            doc.used(activity, entities[(path, art["blake3"])], record.started)
+        inputs = [f"file:{file_key(path, art['blake3'])}" for path, art in artifacts(record.inputs)]
+        for used in inputs:
+            doc.used(activity, used, record.started)
         for path, art in artifacts(record.outputs):
-            output = entities[(path, art["blake3"])]
+            output = f"file:{file_key(path, art['blake3'])}"
             doc.wasGeneratedBy(output, activity, record.ended)
-            for in_path, in_art in inputs:
-                doc.wasDerivedFrom(output, entities[(in_path, in_art["blake3"])], activity)
-    return doc
+            for used in inputs:
+                doc.wasDerivedFrom(output, used, activity)
+        yield from pages.next()
+    yield pages.doc
+
+
+def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> Any:
+    """The whole ``prov.model.ProvDocument`` of the selected records (:func:`prov_pages`)."""
+    return next(prov_pages(selection, contains))
+
+
+def _write_provn(selection: Selection, path: str, contains: dict[tuple[str, str], tuple[str, str]] | None) -> None:
+    """PROV-N as ``ProvDocument.get_provn`` writes the whole document (a header, a line per
+    statement, ``endDocument``), a page of statements at a time."""
+    with open(path, "w", encoding="utf-8") as handle:
+        first = True
+        for doc in prov_pages(selection, contains, page=_PAGE):
+            if first:
+                # The registered namespaces (an xsi one is added only for xsi-typed values,
+                # which no statement here has): the same on every page.
+                handle.write(_header(doc))
+                first = False
+            for statement in doc.get_records():
+                handle.write("\n  " + statement.get_provn())
+        handle.write("\nendDocument\n")
+
+
+def _header(doc: Any) -> str:
+    """``document`` and its prefix lines: an empty document's text less its last line."""
+    empty = type(doc)()
+    for namespace in doc.get_registered_namespaces():
+        empty.add_namespace(namespace)
+    return str(empty.get_provn()).rsplit("\n", 1)[0]
+
+
+_PAGE = 200  # tasks or versions per page of PROV-N (a task is about 18 statements of ~3 KB each in prov)
 
 
 def write_prov(selection: Selection, path: str, fmt: str,
                contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
     """Write PROV-JSON (``fmt="prov-json"``, streamed: :mod:`._prov_json`) or PROV-N
-    (``fmt="prov-n"``, through ``prov``'s whole document) to ``path``."""
+    (``fmt="prov-n"``, ``prov``'s text of each statement, a page of them at a time) to ``path``."""
     if fmt == "prov-json":
         require("prov.model", "prov")
         from ._prov_json import write_prov_json
 
         write_prov_json(selection, path, contains)
         return
-    doc = prov_document(selection, contains)
-    text = doc.get_provn()
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text if text.endswith("\n") else text + "\n")
+    _write_provn(selection, path, contains)
