@@ -11,7 +11,6 @@ verification recomputes every id from the stored bytes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 
 from blake3 import blake3
 
+from ._artifact import Artifact, DirectoryArtifact, _check_hex, artifact_map, is_alias
 from ._canonical import (
     canonical_bytes,
     format_time,
@@ -46,129 +46,10 @@ __all__ = [
 
 RECORD_VERSION = 1
 STATUSES = frozenset({"succeeded", "failed", "cached"})
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_HEX64_MATCH = _HEX64.match
 
 
 def digest_hex(data: bytes) -> str:
     return blake3(data).hexdigest()
-
-
-def _check_hex(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _HEX64.match(value):
-        raise ValueError(f"{what} must be 64 lowercase hex digits, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Artifact:
-    """A file as it was seen: its path and the BLAKE3 digest and size of its bytes."""
-
-    path: str
-    blake3: str
-    size: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, str) or "\x00" in self.path:
-            raise ValueError(f"artifact paths must be strings without NUL, got {self.path!r}")
-        _check_hex(self.blake3, f"digest of {self.path}")
-        if not isinstance(self.size, int) or self.size < 0:
-            raise ValueError(f"size of {self.path} must be a non-negative integer")
-
-    def entry(self) -> dict[str, Any]:
-        return {"blake3": self.blake3, "size": self.size}
-
-    @property
-    def is_dir(self) -> bool:
-        return False
-
-    @classmethod
-    def _trusted(cls, path: str, digest: str, size: int) -> Artifact:
-        """Build without validation, for digests this library itself computed and stored."""
-        artifact = object.__new__(cls)
-        object.__setattr__(artifact, "path", path)
-        object.__setattr__(artifact, "blake3", digest)
-        object.__setattr__(artifact, "size", size)
-        return artifact
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryArtifact(Artifact):
-    """A directory as it was seen: ``blake3`` is the digest of its manifest (``_manifest``),
-    ``size`` the bytes of its files. Its record entry says ``"type": "dir"``."""
-
-    manifest: Any = field(default=None, compare=False, repr=False)  # a _manifest.Manifest
-
-    def entry(self) -> dict[str, Any]:
-        return {"blake3": self.blake3, "size": self.size, "type": "dir"}
-
-    @property
-    def is_dir(self) -> bool:
-        return True
-
-
-# An entry is {"blake3", "size"} (a file, as records always had it), with "type": "dir" for a
-# directory, and "alias_of": PATH where the path is how a task named a file whose real path
-# (every symbolic link resolved) is the entry PATH of the same map.
-_ENTRY_KEYS = frozenset({"blake3", "size"})
-_OPTIONAL_KEYS = frozenset({"type", "alias_of"})
-
-
-def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "artifacts") -> dict[str, dict[str, Any]]:
-    """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style);
-    a directory's entry adds ``"type": "dir"``, a path as given that is the alias of a real
-    path adds ``"alias_of": real path``."""
-    if not isinstance(value, Mapping):
-        return {a.path: a.entry() for a in value}
-    result: dict[str, dict[str, Any]] = {}
-    aliases = False
-    for path, entry in value.items():
-        if type(path) is not str or "\x00" in path:
-            if not isinstance(path, str) or "\x00" in path:
-                raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
-        if type(entry) is dict and entry.keys() == _ENTRY_KEYS:
-            # A file's entry as records and JSON hold it: the checks below, without the rest.
-            digest, size = entry["blake3"], entry["size"]
-            if type(digest) is not str or not _HEX64_MATCH(digest):
-                _check_hex(digest, f"digest of {path}")
-            if type(size) is not int or size < 0:
-                if not isinstance(size, int) or size < 0:
-                    raise ValueError(f"size of {path} must be a non-negative integer")
-            result[path] = {"blake3": digest, "size": size}
-            continue
-        if isinstance(entry, Artifact):
-            result[path] = entry.entry()
-            continue
-        if not isinstance(entry, Mapping) or not (
-                entry.keys() == _ENTRY_KEYS or _ENTRY_KEYS <= set(entry) <= _ENTRY_KEYS | _OPTIONAL_KEYS):
-            raise ValueError(f"{what}[{path!r}] must be {{'blake3': hex, 'size': n}}")
-        digest, size = entry["blake3"], entry["size"]
-        # Artifact's own checks, inline: building one per entry was most of reading a record.
-        _check_hex(digest, f"digest of {path}")
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"size of {path} must be a non-negative integer")
-        normal = {"blake3": digest, "size": size}
-        if "type" in entry:
-            if entry["type"] != "dir":
-                raise ValueError(f"{what}[{path!r}]: type must be 'dir' (a file has none), got {entry['type']!r}")
-            normal["type"] = "dir"
-        if "alias_of" in entry:
-            target = entry["alias_of"]
-            if not isinstance(target, str) or target == path or "\x00" in target:
-                raise ValueError(f"{what}[{path!r}]: alias_of must name another path")
-            normal["alias_of"] = target
-            aliases = True
-        result[path] = normal
-    for path, entry in result.items() if aliases else ():
-        target = entry.get("alias_of")
-        if target is not None and (target not in result or "alias_of" in result[target]):
-            raise ValueError(f"{what}[{path!r}]: alias_of {target!r} is not a real path of the same record")
-    return result
-
-
-def is_alias(entry: Mapping[str, Any]) -> bool:
-    """True for the entry of a path as given that repeats the entry of its real path."""
-    return "alias_of" in entry
 
 
 @dataclass(frozen=True, slots=True)
