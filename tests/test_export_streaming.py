@@ -145,3 +145,22 @@ def test_a_run_export_holds_no_more_than_a_page(ledger, tmp_path):
         grown[fmt] = float(child.stdout.split()[-1])
     # Before streaming: 109 MiB and 22 MiB; streamed: about 8 and 4.
     assert grown["prov-json"] < 40 and grown["openlineage"] < 12, grown
+
+
+def test_a_run_the_index_cut_short_fails_the_export(ledger, tmp_path):
+    """The run is read from the blocks between its first and last record; where the index
+    no longer places its first records in the run, the names kept beside the verified tree
+    still count them: the export fails instead of leaving them out."""
+    import sqlite3
+
+    from lineage_ledger._errors import IndexTampered
+
+    ledger.append_records([_record(i, outputs={f"/o/{i}": _art(f"{i}")}).stored() for i in range(6)]
+                          + [_record(9, run="later").stored()], block_size=2)
+    ledger.tree_head()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("UPDATE ll_records SET run_id = 'elsewhere' WHERE seq IN (SELECT seq FROM ll_records"
+                     " WHERE run_id = 'r' ORDER BY seq LIMIT 3)")
+    with pytest.raises(IndexTampered, match="left out 3"):
+        with select(ledger, (), "r") as selection:
+            list(selection.records())

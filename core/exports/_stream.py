@@ -18,6 +18,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -78,6 +79,8 @@ class VersionIndex:
 
     def __init__(self) -> None:
         self._directory = tempfile.mkdtemp(prefix="lineage-export-")  # private: mode 0700
+        # Removed by close(), or when the index is dropped (a caller that never closed it).
+        self._remove = weakref.finalize(self, shutil.rmtree, self._directory, True)
         self._conn: sqlite3.Connection = scratch_table(
             os.path.join(self._directory, "versions.db"),
             "versions (seq INTEGER PRIMARY KEY, path TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,"
@@ -146,4 +149,4 @@ class VersionIndex:
 
     def close(self) -> None:
         self._conn.close()
-        shutil.rmtree(self._directory, ignore_errors=True)
+        self._remove()
