@@ -164,3 +164,23 @@ def test_a_run_the_index_cut_short_fails_the_export(ledger, tmp_path):
     with pytest.raises(IndexTampered, match="left out 3"):
         with select(ledger, (), "r") as selection:
             list(selection.records())
+
+
+def test_a_file_every_task_reads_is_one_example_of_each_parameter(ledger, tmp_path):
+    """RO-Crate: a reference every task of a step reads was listed as an example of the
+    step's input parameter once per task, and the parameter once per task in its
+    exampleOfWork (10,000 times each in a 10,000-task crate: a tenth of its metadata)."""
+    from lineage_ledger.exports._rocrate import write_crate
+
+    pytest.importorskip("rocrate", reason="the exports extra")
+    ledger.append_records([_record(i * 3, inputs={"/ref.fa": _art("ref"), f"/s/{i}": _art(f"{i}")},
+                                   outputs={f"/o/{i}": _art(f"o{i}")}).stored() for i in range(4)])
+    with select(ledger, (), "r") as selection:
+        write_crate(ledger, selection, str(tmp_path / "crate"), with_data=False)
+    graph = json.loads((tmp_path / "crate" / "ro-crate-metadata.json").read_text())["@graph"]
+    ref = next(e for e in graph if e.get("ledgerPath") == "/ref.fa")
+    used_as = ref["exampleOfWork"]
+    assert isinstance(used_as, dict) or len({p["@id"] for p in used_as}) == len(used_as), used_as
+    for parameter in (e for e in graph if e.get("@type") == "FormalParameter"):
+        examples = parameter["workExample"] if isinstance(parameter["workExample"], list) else [parameter["workExample"]]
+        assert len({x["@id"] for x in examples}) == len(examples), parameter

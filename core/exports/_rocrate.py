@@ -97,10 +97,8 @@ def _prepare_dir(path: str) -> None:
 
 
 def _has_links(directory: str) -> bool:
-    for folder, dirs, files in os.walk(directory):
-        if any(os.path.islink(os.path.join(folder, name)) for name in dirs + files):
-            return True
-    return False
+    return any(os.path.islink(os.path.join(folder, name))
+               for folder, dirs, files in os.walk(directory) for name in dirs + files)
 
 
 def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
@@ -224,6 +222,7 @@ class _Builder:
         # scans every entity (for sub-crates), which made a 10,000-task export quadratic.
         self.data_paths: set[str] = set()
         self.people: dict[str, Any] = {}
+        self.examples: set[tuple[str, str]] = set()  # (parameter, file or value) linked
 
     def entity(self, ident: str, props: dict[str, Any]) -> Any:
         return self.crate.add(self.model.ContextEntity(self.crate, ident, properties=props))
@@ -271,8 +270,11 @@ class _Builder:
         return self.params[ident]
 
     def example(self, parameter: Any, entity: Any) -> None:
-        parameter.append_to("workExample", entity)
-        entity.append_to("exampleOfWork", parameter)
+        # Once per pair: a reference all tasks of a step read was listed once per task.
+        if (parameter.id, entity.id) not in self.examples:
+            self.examples.add((parameter.id, entity.id))
+            parameter.append_to("workExample", entity)
+            entity.append_to("exampleOfWork", parameter)
 
     def tool(self, engine: str, name: str) -> Any:
         key = (engine, name)
