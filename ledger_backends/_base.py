@@ -147,6 +147,9 @@ class Backend(ABC):
     keeps_end_times: ClassVar[bool] = False
     #: False where every process has its own store (``memory://``).
     shared_between_processes: ClassVar[bool] = True
+    #: True where :meth:`by_run_page` reads only that page; otherwise the core reads a run
+    #: whole, once (each page of the default slices the whole run).
+    pages_runs: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         self.url = url

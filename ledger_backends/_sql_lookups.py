@@ -53,6 +53,7 @@ class _SQLLookups:
     _sqlite: bool
     #: ``_fetch(what, statement, params) -> rows``: each class reads through its own driver.
     _fetch: Callable[[str, str, tuple], list]
+    pages_runs = True  # by_run_page reads one page of the run's index range
 
     def known(self, record_ids: Iterable[str]) -> set[str]:
         ids = list(record_ids)

@@ -132,3 +132,16 @@ def test_a_run_streams_page_by_page_and_a_deleted_row_still_fails(listed, tmp_pa
     result = run_cli("log", "--ledger", f"sqlite:///{copy}", "--run", "run-1", "-n", "0", cwd=tmp_path, env=env,
                      check_rc=1)
     assert "run-1" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_back_end_without_run_pages_reads_the_run_once(tmp_path):
+    """Where ``by_run_page`` would slice the whole run each time (BAASH, Fabric, memory), the
+    run is read whole once and handed out in pages."""
+    with open_ledger("memory://runs", spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "st")) as ledger:
+        ledger.append_records([make_record(i, run_id="run-1").stored() for i in range(23)], block_size=5)
+        assert not ledger.backend.pages_runs
+        calls = []
+        by_run = ledger.backend.by_run
+        ledger.backend.by_run = lambda run_id: calls.append(run_id) or by_run(run_id)
+        pages = list(ledger.run_pages("run-1", size=10))
+    assert [len(page) for page in pages] == [10, 10, 3] and calls == ["run-1"]
