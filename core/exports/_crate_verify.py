@@ -21,7 +21,6 @@ cannot be read at all.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import tempfile
@@ -37,12 +36,12 @@ from .._files.hashing import hash_file
 from .._log.tree import BLAKE3, verify_inclusion
 from .._model import Record, is_alias
 from .._terminal import json_text, printable
+from ._crate_store import CrateStore, read_members
 
 __all__ = ["CrateReport", "verify_crate", "verify_crate_command"]
 
 _CHECKPOINT = "lineage-ledger/checkpoint.txt"
 _PROOFS = "lineage-ledger/proofs.json"
-_MAX_JSON = 1 << 30
 
 
 @dataclass
@@ -71,17 +70,6 @@ def _inside(crate: str, relative: str) -> str:
     if os.path.isabs(relative) or not full.startswith(os.path.realpath(crate) + os.sep):
         raise ConfigError(f"{relative!r} is not a path inside the crate")
     return full
-
-
-def _read_json(path: str, what: str) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_JSON + 1)
-        return json.loads(data)
-    except OSError as err:
-        raise ConfigError(f"cannot read the crate's {what}: {err.strerror}") from err
-    except ValueError as err:
-        raise ConfigError(f"the crate's {what} is not JSON: {err}") from err
 
 
 def _ids(value: Any) -> list[str]:
@@ -139,69 +127,83 @@ def _verify_directory(crate: str, pubkeys: tuple[str, ...]) -> CrateReport:
     from .._log.checkpoint import load_verifier, parse
 
     report = CrateReport(crate)
-    metadata = _read_json(_inside(crate, "ro-crate-metadata.json"), "ro-crate-metadata.json")
-    graph = metadata.get("@graph") if isinstance(metadata, dict) else None
-    if not isinstance(graph, list):
-        raise ConfigError("ro-crate-metadata.json has no @graph")
-    entities = {e["@id"]: e for e in graph if isinstance(e, dict) and isinstance(e.get("@id"), str)}
-    proofs = _read_json(_inside(crate, _PROOFS), "proofs.json")
+    store = CrateStore()  # the metadata and the records proved, on disk (a crate may be huge)
     try:
-        with open(_inside(crate, _CHECKPOINT), "rb") as handle:
-            note = handle.read((1 << 16) + 1)
-        report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
-    except OSError as err:
-        raise ConfigError(f"cannot read the crate's checkpoint: {err.strerror}") from err
-    except CheckpointInvalid as err:
-        report.failures.append(f"checkpoint: {err}")
-        return report  # nothing can be proved against a checkpoint that does not hold
-    proved = _check_records(crate, proofs, head, report)
-    described = _check_actions(entities, proved, report)
-    for record_id in sorted(set(proved) - described):
-        report.failures.append(f"record {record_id[:16]}: proved, but no action in the metadata describes it")
-    _check_payloads(crate, entities, report)
+        store.load_metadata(_inside(crate, "ro-crate-metadata.json"))
+        proofs = _inside(crate, _PROOFS)
+        try:
+            with open(_inside(crate, _CHECKPOINT), "rb") as handle:
+                note = handle.read((1 << 16) + 1)
+            report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
+        except OSError as err:
+            raise ConfigError(f"cannot read the crate's checkpoint: {err.strerror}") from err
+        except CheckpointInvalid as err:
+            for _ in read_members(proofs, "proofs.json", frozenset()):
+                pass  # a proofs.json that is no JSON is said first, as before
+            report.failures.append(f"checkpoint: {err}")
+            return report  # nothing can be proved against a checkpoint that does not hold
+        _check_records(crate, proofs, head, report, store)
+        _check_actions(store, store, report)
+        for record_id in store.undescribed():
+            report.failures.append(f"record {record_id[:16]}: proved, but no action in the metadata describes it")
+        _check_payloads(crate, store, report)
+    finally:
+        store.close()
     return report
 
 
-def _check_records(crate: str, proofs: Any, head: Any, report: CrateReport) -> dict[str, Record]:
-    listed = proofs.get("records") if isinstance(proofs, dict) else None
-    if not isinstance(listed, list):
+def _check_records(crate: str, proofs_path: str, head: Any, report: CrateReport, store: CrateStore) -> None:
+    """Each record proofs.json lists, read one at a time: hashed, decoded, its inclusion
+    proof checked; those that hold are kept in ``store``."""
+    scalars: dict[str, Any] = {}
+    listed = False
+    failures: list[str] = []
+    for key, kind, item in read_members(proofs_path, "proofs.json", frozenset({"records"})):
+        if key == "records":
+            listed = kind != "value"
+            if kind == "item":
+                _check_record(crate, item, head, failures, store)
+        else:
+            scalars[key] = item
+    if not listed:
         raise ConfigError("proofs.json lists no records")
-    if proofs.get("tree_size") != head.size or proofs.get("origin") != head.origin:
-        report.failures.append(f"proofs.json is for tree {proofs.get('origin')!r} of size {proofs.get('tree_size')}, "
-                               f"the checkpoint for {head.origin!r} of size {head.size}")
-    proved: dict[str, Record] = {}
-    for item in listed:
-        try:
-            record_id, index = str(item["id"]), item["leaf_index"]
-            path = _inside(crate, str(item["file"]))
-            proof = [bytes.fromhex(node) for node in item["inclusion_proof"]]
-        except (KeyError, TypeError, ValueError) as err:
-            report.failures.append(f"proofs.json: an entry is malformed ({type(err).__name__}: {err})")
-            continue
-        try:
-            with open(path, "rb") as handle:
-                body = handle.read()
-        except OSError as err:
-            report.failures.append(f"record {record_id[:16]}: its file {item['file']} cannot be read ({err.strerror})")
-            continue
-        actual = _blake3(body)
-        if actual != record_id:
-            report.failures.append(f"record {record_id[:16]}: {item['file']} was altered (its bytes hash to "
-                                   f"{actual[:16]}, not to the record id)")
-            continue
-        try:
-            record = Record.decode(body)
-        except (ValueError, KeyError, TypeError) as err:
-            report.failures.append(f"record {record_id[:16]}: not a canonical record ({err})")
-            continue
-        try:
-            verify_inclusion(BLAKE3, index, head.size, BLAKE3.leaf(bytes.fromhex(record_id)), proof, head.root)
-        except ProofFailed as err:
-            report.failures.append(f"record {record_id[:16]}: not in the checkpoint's tree: {err}")
-            continue
-        proved[record_id] = record
-    report.records = len(proved)
-    return proved
+    if scalars.get("tree_size") != head.size or scalars.get("origin") != head.origin:
+        report.failures.append(f"proofs.json is for tree {scalars.get('origin')!r} of size "
+                               f"{scalars.get('tree_size')}, the checkpoint for {head.origin!r} of size {head.size}")
+    report.failures.extend(failures)
+    report.records = store.proved_count()
+
+
+def _check_record(crate: str, item: Any, head: Any, failures: list[str], store: CrateStore) -> None:
+    try:
+        record_id, index = str(item["id"]), item["leaf_index"]
+        path = _inside(crate, str(item["file"]))
+        proof = [bytes.fromhex(node) for node in item["inclusion_proof"]]
+    except (KeyError, TypeError, ValueError) as err:
+        failures.append(f"proofs.json: an entry is malformed ({type(err).__name__}: {err})")
+        return
+    try:
+        with open(path, "rb") as handle:
+            body = handle.read()
+    except OSError as err:
+        failures.append(f"record {record_id[:16]}: its file {item['file']} cannot be read ({err.strerror})")
+        return
+    actual = _blake3(body)
+    if actual != record_id:
+        failures.append(f"record {record_id[:16]}: {item['file']} was altered (its bytes hash to "
+                        f"{actual[:16]}, not to the record id)")
+        return
+    try:
+        Record.decode(body)
+    except (ValueError, KeyError, TypeError) as err:
+        failures.append(f"record {record_id[:16]}: not a canonical record ({err})")
+        return
+    try:
+        verify_inclusion(BLAKE3, index, head.size, BLAKE3.leaf(bytes.fromhex(record_id)), proof, head.root)
+    except ProofFailed as err:
+        failures.append(f"record {record_id[:16]}: not in the checkpoint's tree: {err}")
+        return
+    store.prove(record_id, body)
 
 
 def _blake3(data: bytes) -> str:
@@ -210,7 +212,7 @@ def _blake3(data: bytes) -> str:
     return blake3(data).hexdigest()
 
 
-def _files_of(entities: dict[str, dict], refs: Any, what: str, failures: list[str]) -> dict[str, tuple[str, int]]:
+def _files_of(entities: CrateStore, refs: Any, what: str, failures: list[str]) -> dict[str, tuple[str, int]]:
     """{recorded path: (digest, size)} of the File and Dataset (directory) entities ``refs``
     points to."""
     found: dict[str, tuple[str, int]] = {}
@@ -228,17 +230,16 @@ def _files_of(entities: dict[str, dict], refs: Any, what: str, failures: list[st
     return found
 
 
-def _check_actions(entities: dict[str, dict], proved: dict[str, Record], report: CrateReport) -> set[str]:
-    described: set[str] = set()
+def _check_actions(entities: CrateStore, proved: CrateStore, report: CrateReport) -> None:
     for ident, entity in entities.items():
         if "CreateAction" not in _types(entity) or "identifier" not in entity:
             continue  # the workflow run's actions summarise; the tasks' carry the records
         record_id = str(entity["identifier"])
-        record = proved.get(record_id)
+        record = proved.proved(record_id)
         if record is None:
             report.failures.append(f"action {ident}: describes record {record_id[:16]}, which is not proved")
             continue
-        described.add(record_id)
+        proved.describe(record_id)
         what = f"action {ident[:24]}"
         # An alias entry repeats its real path's; the crate describes it as an alternateName.
         expected_in = {p: (a["blake3"], a["size"]) for p, a in record.inputs.items() if not is_alias(a)}
@@ -259,14 +260,13 @@ def _check_actions(entities: dict[str, dict], proved: dict[str, Record], report:
         status = str(entity.get("actionStatus", ""))
         if status.endswith("FailedActionStatus") != (record.status == "failed"):
             report.failures.append(f"{what}: its status differs from the proved record ({record.status})")
-    return described
 
 
 def _show(entry: tuple[str, int] | None) -> str:
     return "absent" if entry is None else f"{entry[0][:16]} ({entry[1]} bytes)"
 
 
-def _check_payloads(crate: str, entities: dict[str, dict], report: CrateReport) -> None:
+def _check_payloads(crate: str, entities: CrateStore, report: CrateReport) -> None:
     for ident, entity in entities.items():
         is_dir = "Dataset" in _types(entity)
         if not (is_dir or "File" in _types(entity)) or "blake3" not in entity or ident.startswith("#") \
