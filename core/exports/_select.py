@@ -20,7 +20,7 @@ from .._ledger.ledger import Ledger, LedgerRecord, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._log.trust import TreeHead
 from .._model import is_alias
-from ._stream import VersionIndex, run_records, run_span
+from ._stream import VersionIndex, run_records
 
 __all__ = ["FileVersion", "RunSummary", "Selection", "aliases_in", "artifacts", "file_statuses", "members", "select"]
 
@@ -252,8 +252,7 @@ def select(ledger: Ledger, targets: Iterable[str] = (), run_id: str | None = Non
 
 
 def _run_selection(ledger: Ledger, run_id: str, head: TreeHead) -> Selection:
-    span = run_span(ledger, run_id)
-    selection = Selection(None, head, source=lambda: run_records(ledger, run_id, span),
+    selection = Selection(None, head, source=lambda: run_records(ledger, run_id),
                           find_broken=lambda chosen: _broken_inputs(ledger, chosen))
     try:
         selection.scan()

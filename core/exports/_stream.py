@@ -3,9 +3,8 @@
 A run of 100,000 tasks (a Snakemake scatter) held whole, decoded, was 6 KB a record, and
 each format then built its whole document beside it: 650 MB for 10,000 tasks. Here:
 
-* :func:`run_records` reads a run's records in ledger order a few blocks at a time, each
-  proved as it is read (``Ledger.records_from``), between the first and the last block of
-  the run (:func:`run_span`), and counts them against the names kept beside the verified
+* :func:`run_records` reads a run's records in ledger order a page at a time
+  (``Ledger.run_pages``), each proved, counted against the names kept beside the verified
   tree as ``Ledger.run`` does, so an index that left records of the run out still fails;
 * :class:`VersionIndex` keeps every file version the records name (first mention, aliases,
   who read or wrote it) in a private scratch SQLite file, which sorts and de-duplicates on
@@ -26,52 +25,16 @@ from .._ledger.ledger import Ledger, LedgerRecord
 from .._log.found import scratch_table
 from .._model import Record, is_alias
 
-__all__ = ["VersionIndex", "run_records", "run_span"]
+__all__ = ["VersionIndex", "run_records"]
 
 
-def run_records(ledger: Ledger, run_id: str, span: tuple[int, int] | None = None) -> Iterator[LedgerRecord]:
-    """Every record of run ``run_id``, in ledger order, each proved, a few blocks at a time,
-    from the first to the last block of ``span`` (:func:`run_span`'s answer)."""
-    first, last = span if span is not None else run_span(ledger, run_id)
-    counted = ledger.listing("run", run_id)  # the bound and the counts, before reading
-    if last >= 0:
-        for entry in ledger.records_from(first):
-            if entry.height > last:
-                break
-            if entry.record.run_id == run_id:
-                if counted is not None:
-                    counted.add((entry,))
-                yield entry
-    if counted is not None:
-        counted.finish()  # a record of the run the index left out (outside the span) raises
+def run_records(ledger: Ledger, run_id: str) -> Iterator[LedgerRecord]:
+    """Every record of run ``run_id``, in ledger order, each proved, a page at a time
+    (``Ledger.run_pages``: the counts kept are checked once the last page is read)."""
+    for page in ledger.run_pages(run_id):
+        yield from page
 
 
-_WINDOW = 8  # blocks read at once, walking back
-
-
-def run_span(ledger: Ledger, run_id: str) -> tuple[int, int]:
-    """(first, last) block height holding records of the run; (0, -1) for none. The last
-    is the index's latest record of the run; the first is found walking back from it, a
-    few blocks at a time, until as many records of the run as the index counts are passed
-    (its whole list of the run, 200 MB of rows at 100,000 records, is never asked for)."""
-    latest, count = ledger.run_last(run_id, 1)
-    if not latest:
-        return 0, -1
-    last = latest[-1].height
-    seen, stop = 0, last + 1
-    while stop > 0:
-        start = max(0, stop - _WINDOW)
-        found: list[int] = []
-        for entry in ledger.records_from(start):
-            if entry.height >= stop:
-                break
-            if entry.record.run_id == run_id:
-                found.append(entry.height)
-        seen += len(found)
-        if seen >= count:
-            return (min(found) if found else start), last
-        stop = start
-    return 0, last
 class VersionIndex:
     """The file and directory versions of a selection, on disk: one row per (path, digest)
     in order of first mention, with its first-mentioned size and kind, whether a selected
