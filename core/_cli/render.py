@@ -70,12 +70,13 @@ def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
 
 
 def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None, *,
-                  described: dict[str, str] | None = None) -> list[str]:
+                  described: dict[str, str] | None = None, shown: set[int] | None = None) -> list[str]:
     """The tree as lines; ``described``: records' descriptions by id, shared by the trees
-    of one report."""
+    of one report; ``shown``: the nodes whose inputs were drawn already (by an earlier tree
+    of the report too), drawn again as one line, "(see above)"."""
     checks = checks or {}
     lines: list[str] = []
-    shown: set[int] = set()
+    shown = set() if shown is None else shown
     here = os.getcwd()
     described = {} if described is None else described
 
@@ -149,6 +150,10 @@ def report_lines(report: Report) -> list[str]:
     if report.against is not None:
         lines.append(f"extends checkpoint: {printable(report.against.origin)} size {report.against.size}")
     described: dict[str, str] = {}
+    # A version drawn with its inputs once, by any target's tree: an audit of a file kept
+    # in a thousand versions, each derived from the one before, drew every target's fifty
+    # generations (50,784 lines, 11 MB, for 1,100 versions).
+    shown: set[int] = set()
     for target in report.targets:
         lines.append("")
         if target.tree is None:
@@ -156,7 +161,7 @@ def report_lines(report: Report) -> list[str]:
             continue
         checks = dict(target.files)
         checks[target.path] = target.check
-        lines.extend(lineage_lines(target.tree, checks, described=described))
+        lines.extend(lineage_lines(target.tree, checks, described=described, shown=shown))
     for absent in report.absent:
         count = len(absent.paths) + absent.more
         lines.append(f"\nnote: {count} file(s) that records name under {_short(absent.directory)} are not on disk "
