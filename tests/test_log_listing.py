@@ -101,9 +101,9 @@ def test_the_last_few_prove_only_what_they_show(listed, monkeypatch):
     proved: list[str] = []
     original = Ledger._proved
 
-    def counting(self, located):
+    def counting(self, located, **options):
         proved.append(located.record.id)
-        return original(self, located)
+        return original(self, located, **options)
 
     monkeypatch.setattr(Ledger, "_proved", counting)
     with open_ledger(f"sqlite:///{root}/ledger.db", read_only=True, state_dir=str(root / "st")) as ledger:

@@ -281,7 +281,7 @@ class Ledger(ProvedLookups, LineageQueries):
         offset = 0
         while True:
             rows = self.backend.by_run_page(run_id, offset, size)
-            found = self._of_run(run_id, rows)
+            found = self._of_run(run_id, rows, keep=False)  # read once: not kept for later look-ups
             if counted is not None:
                 counted.add(found)
             if found:
@@ -388,7 +388,8 @@ class Ledger(ProvedLookups, LineageQueries):
     def _proved_at(self, block: StoredBlock, position: int) -> LedgerRecord:
         from lineage_ledger.backends import Located
 
-        entry = self._proved(Located(block.height, position, block.records[position]))
+        # Not kept for later look-ups: a listing reads each record once.
+        entry = self._proved(Located(block.height, position, block.records[position]), keep=False)
         if entry is None:  # cannot happen below the verified head: a record is proved or raises
             raise IndexTampered(f"record {position} of block {block.height} is not in the verified tree",
                                 height=block.height)

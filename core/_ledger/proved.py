@@ -79,9 +79,11 @@ class ProvedLookups:
         def tree_head(self) -> TreeHead: ...
 
     # -- a row proved ------------------------------------------------------------------------
-    def _proved(self, located: Located) -> LedgerRecord | None:
+    def _proved(self, located: Located, *, keep: bool = True) -> LedgerRecord | None:
         """The record an index row names, once its bytes and place are proved; None for a
-        row appended after the verified head."""
+        row appended after the verified head. ``keep``: remember the decoded record for
+        later look-ups; a listing that streams the ledger or a run reads each record once,
+        and kept them only to fill the cache (10,000 records, 60-75 MB) for nothing."""
         stored = located.record
         record = self._decoded.get(stored.id)
         # A record decoded before was proved from its bytes then: the answer comes from those,
@@ -93,18 +95,20 @@ class ProvedLookups:
         if record is None or self._placed.get(stored.id) != (place, verifier):
             if verifier.check(located, hash_body=record is None) is None:
                 return None
-            if len(self._placed) >= _DECODE_CACHE:
-                self._placed.clear()
-            self._placed[stored.id] = (place, verifier)
+            if keep:
+                if len(self._placed) >= _DECODE_CACHE:
+                    self._placed.clear()
+                self._placed[stored.id] = (place, verifier)
         if record is None:
             try:
                 record = Record.decode(stored.body)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}",
                                      height=located.height) from exc
-            if len(self._decoded) >= _DECODE_CACHE:
-                self._decoded.clear()
-            self._decoded[stored.id] = record
+            if keep:
+                if len(self._decoded) >= _DECODE_CACHE:
+                    self._decoded.clear()
+                self._decoded[stored.id] = record
         return LedgerRecord(stored.id, record, located.height, located.position)
 
     def _with_bodies(self, rows: Iterable[Located]) -> list[Located]:
@@ -145,12 +149,12 @@ class ProvedLookups:
         found.update((i, batch.bodies[i]) for i in missing if i in batch.bodies)
         return found
 
-    def _proved_all(self, rows: Iterable[Located]) -> list[LedgerRecord]:
+    def _proved_all(self, rows: Iterable[Located], *, keep: bool = True) -> list[LedgerRecord]:
         # The head is brought up to date once (then by tree_head(), which the pre-run checks
         # call each time); a row past it makes Verifier.check look again.
         if not self._head_current:
             self.tree_head()
-        return [entry for entry in map(self._proved, rows) if entry is not None]
+        return [entry for entry in (self._proved(row, keep=keep) for row in rows) if entry is not None]
 
     # -- the rows naming a path: proved, matched, checked complete -------------------------
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
@@ -311,8 +315,8 @@ class ProvedLookups:
             return entries
         raise AssertionError("unreachable: the final look is never stale")
 
-    def _of_run(self, run_id: str, rows: list[Located]) -> list[LedgerRecord]:
-        found = self._proved_all(rows)
+    def _of_run(self, run_id: str, rows: list[Located], *, keep: bool = True) -> list[LedgerRecord]:
+        found = self._proved_all(rows, keep=keep)
         for entry in found:
             if entry.record.run_id != run_id:
                 raise IndexTampered(f"the index lists record {entry.id[:16]} in run {run_id!r}, "
