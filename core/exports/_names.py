@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from blake3 import blake3
 
-__all__ = ["display_path", "file_key", "task_label"]
+__all__ = ["PROV_NAMESPACE", "display_path", "file_key", "prov_attribute", "task_label"]
+
+PROV_NAMESPACE = "https://lineage-ledger.invalid/ns#"  # the PROV exports' vocabulary name, never fetched
+_SIMPLE = (str, int, float, bool)
+
+
+def prov_attribute(value: Any) -> Any:
+    """PROV attribute values are literals: nested values are kept as JSON text (in both
+    PROV writers: the document built with ``prov``, and the streamed PROV-JSON)."""
+    return value if isinstance(value, _SIMPLE) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def file_key(path: str, digest: str) -> str:

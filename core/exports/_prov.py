@@ -12,23 +12,17 @@ name the same version are its ``ll:alias`` attributes, not entities of their own
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from . import require
-from ._names import file_key, task_label
+from ._names import PROV_NAMESPACE, file_key, task_label
+from ._names import prov_attribute as _attribute
 from ._select import Selection, artifacts
 
 __all__ = ["NAMESPACE", "prov_document", "prov_pages", "write_prov"]
 
-NAMESPACE = "https://lineage-ledger.invalid/ns#"  # a vocabulary name, never fetched
-_SIMPLE = (str, int, float, bool)
-
-
-def _attribute(value: Any) -> Any:
-    """PROV attribute values are literals: nested values are kept as JSON text."""
-    return value if isinstance(value, _SIMPLE) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+NAMESPACE = PROV_NAMESPACE
 
 
 class _Pages:

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii as _string  # what json.dumps uses by default
 from typing import IO, Any
 
+from ._names import PROV_NAMESPACE as NAMESPACE
 from ._names import file_key, task_label
-from ._prov import NAMESPACE, _attribute
+from ._names import prov_attribute as _attribute
 from ._select import Selection, artifacts
 
 __all__ = ["write_prov_json"]
