@@ -51,16 +51,13 @@ from ._model import (
     StoredRecord,
     artifact_map,
 )
+from ._verification.prerun import Policy, check_before_run, check_each, verify_before_run
 from ._verification.verify import (
     ArtifactCheck,
     ArtifactStatus,
-    Policy,
     Report,
     check_artifact,
-    check_before_run,
-    check_each,
     verify_artifact,
-    verify_before_run,
     verify_chain_of,
     verify_closure,
     verify_lineage,
