@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: the synthetic record and the common flags."""
+"""What the benchmark scripts share: the synthetic record, the common flags, and one fresh
+process timed with its peak resident set."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 
 from blake3 import blake3
@@ -36,3 +40,18 @@ def parse_args(doc: str | None, quick: str, *, quick_rounds: int, full_rounds: i
     args = parser.parse_args()
     args.rounds = args.repeats or (quick_rounds if args.quick else full_rounds)
     return args
+
+
+def timed_process(command: list[str], env: dict) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system: what a busy machine
+    inflates least) of one fresh process, which must exit 0 (its stderr's end says why not)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    error = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+    if process.stderr:
+        process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command[:3])} exited {os.waitstatus_to_exitcode(status)}: {error}")
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime

@@ -21,14 +21,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from lineage_ledger import Record, hash_file, open_ledger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed_process as timed  # noqa: E402
 
 BIN = Path(sys.executable).parent
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -63,21 +64,6 @@ def build(base: Path, n: int) -> str:
         if batch:
             ledger.append_records(batch, block_size=1000)
     return url
-
-
-def timed(command: list[str], env: dict) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system: what a busy machine
-    inflates least) of one fresh process, which must exit 0."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        error = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
-        raise SystemExit(f"{' '.join(command[:2])} exited {os.waitstatus_to_exitcode(status)}: {error}")
-    if process.stderr:
-        process.stderr.close()
-    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

@@ -21,14 +21,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import synthetic_record  # noqa: E402
+from _common import synthetic_record, timed_process  # noqa: E402
 
 from lineage_ledger import open_ledger  # noqa: E402
 
@@ -46,16 +44,7 @@ def build(base: Path, n: int) -> str:
 
 def timed(command: list[str], env: dict) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one fresh process, which must exit 0."""
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    error = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
-    if process.stderr:
-        process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command[:3])} exited {os.waitstatus_to_exitcode(status)}: {error}")
-    return elapsed, usage.ru_maxrss / 1024
+    return timed_process(command, env)[:2]
 
 
 def main() -> None:
