@@ -145,3 +145,18 @@ def test_a_back_end_without_run_pages_reads_the_run_once(tmp_path):
         ledger.backend.by_run = lambda run_id: calls.append(run_id) or by_run(run_id)
         pages = list(ledger.run_pages("run-1", size=10))
     assert [len(page) for page in pages] == [10, 10, 3] and calls == ["run-1"]
+
+
+def test_a_long_tail_read_again_stops_at_the_head_it_counted(listed, tmp_path, monkeypatch):
+    """Past ``_HELD`` the records are read again from where they begin: records appended
+    meanwhile are not listed (they were not counted)."""
+    root, every, _tasks = listed
+    copy = tmp_path / "ledger.db"
+    with sqlite3.connect(root / "ledger.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    monkeypatch.setattr(Ledger, "_HELD", 3)
+    with open_ledger(f"sqlite:///{copy}", spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "st")) as ledger:
+        count, _before, entries = ledger.tail(10)
+        ledger.append_records([make_record(1000 + i).stored() for i in range(7)], block_size=7)
+        assert ledger.tree_head().size == len(every) + 7
+        assert [entry.id for entry in entries] == every[-10:] and count == 10

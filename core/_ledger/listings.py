@@ -99,12 +99,14 @@ class Listings:
     _TAIL_BLOCKS = 8  # blocks read at once
     _HELD = 10_000  # records a tail keeps from its walk back (about 60 MB); past that, read again
 
-    def records_from(self, height: int = 0) -> Iterator[LedgerRecord]:
-        """Every record of the verified tree from block ``height`` on, in ledger order, each
-        proved as it is read, a few blocks at a time (memory stays bounded: a listing of a
-        million records is never held). A block the back-end leaves out, or one holding
-        fewer records than the verified tree says, is an error, not a shorter listing."""
-        stop = self.tree_head().blocks
+    def records_from(self, height: int = 0, stop: int | None = None) -> Iterator[LedgerRecord]:
+        """Every record of the verified tree from block ``height`` on (to block ``stop``, else
+        the head as verified when the listing starts), in ledger order, each proved as it is
+        read, a few blocks at a time (memory stays bounded: a listing of a million records is
+        never held). A block the back-end leaves out, or one holding fewer records than the
+        verified tree says, is an error, not a shorter listing."""
+        if stop is None:
+            stop = self.tree_head().blocks
         while height < stop:
             end = min(stop, height + self._TAIL_BLOCKS)
             yield from self._proved_blocks(height, end)
@@ -132,6 +134,7 @@ class Listings:
                 found.append(entry)
             return len(found), False, reversed(found)
         count, height = 0, self.tree_head().blocks
+        head = height  # read again up to the head counted, not past blocks appended since
         while height > 0:
             start = max(0, height - self._TAIL_BLOCKS)
             blocks = [0] * (height - start)
@@ -141,9 +144,9 @@ class Listings:
                 count += blocks[at - start]
                 if count >= limit:
                     skip = count - limit
-                    return limit, skip > 0 or at > 0, islice(kept(self.records_from(at)), skip, None)
+                    return limit, skip > 0 or at > 0, islice(kept(self.records_from(at, head)), skip, None)
             height = start
-        return count, False, kept(self.records_from(0))
+        return count, False, kept(self.records_from(0, head))
 
     def _newest_first(self) -> Iterator[LedgerRecord]:
         """The verified records from the newest back, each proved as it is read; blocks are
