@@ -204,3 +204,47 @@ def test_a_saved_endorsement_verifies_offline_and_becomes_a_checkpoint(fabric_ne
     (workdir / "not.json").write_text('{"format": "something else"}')
     result = verify("not.json", *cas)
     assert result.returncode == 2 and "not an endorsed tree head" in result.stderr
+
+
+
+def test_answers_asked_while_another_client_appends_wait_for_the_lagging_peer(fabric_network, tmp_path):
+    """An append returns once the gateway's own peer has committed; the other org's peer may
+    still be committing that block. An endorsed answer asked in that moment gets two
+    different payloads, which the gateway refuses ("ProposalResponsePayloads do not match",
+    seen once in CI): the client asks again until the peers agree, whether it names the
+    orgs or lets the gateway plan. Here one thread appends record after record while the
+    test asks for the endorsed head all along; every answer verifies and never goes back."""
+    import threading
+
+    from lineage_ledger.backends import open_backend
+    from lineage_ledger.backends.fabric._endorsement import verify_endorsed_answer
+
+    org1, _ = fabric_network.orgs
+    url = fabric_network.client_url(org1, "p1", "provider", "lagging", endorsers=fabric_network.endorsers())
+    records = make_records(16)
+    appended = threading.Event()
+
+    def append_one_by_one():
+        try:
+            for record in records:
+                append_to(url, tmp_path / "spool", [record], 1)
+        finally:
+            appended.set()
+
+    writer = threading.Thread(target=append_one_by_one)
+    backend = open_backend(url)
+    sizes = []
+    try:
+        roots = backend.endorsement_roots()
+        writer.start()
+        while not appended.is_set():
+            proposal, envelope = backend._client.endorsed_answer("lineage:TreeHead", b"lagging")
+            answer, _ = verify_endorsed_answer(proposal, envelope, roots=roots, quorum=2, chaincode="lineage")
+            sizes.append(int(answer.split(b"\t")[0] or 0))
+            sizes.append(backend.endorsed_tree_head().size)
+        writer.join()
+        assert backend.endorsed_tree_head().size == len(records)
+    finally:
+        writer.join()
+        backend.close()
+    assert sizes == sorted(sizes) and len(sizes) >= 4, sizes

@@ -267,8 +267,7 @@ class GatewayClient:
         arguments) and the endorsed, unsigned transaction envelope, whose endorsements the
         caller verifies (``_endorsement.py``)."""
         proposal = self._proposal(function, args)
-        if not organizations:
-            return proposal.signed.proposal_bytes, self._endorse(proposal)
+        # Without organizations the gateway plans alone, as it does for the policy's needs.
         request = gateway_pb2.EndorseRequest(transaction_id=proposal.transaction_id, channel_id=self.channel,
                                              proposed_transaction=proposal.signed,
                                              endorsing_organizations=organizations)
@@ -277,8 +276,10 @@ class GatewayClient:
                 return proposal.signed.proposal_bytes, self._call("Endorse", request).prepared_transaction
             except GatewayCallError as exc:
                 # Peers that answered from different states (one still committing the last
-                # block) make the gateway refuse: ask again once it has caught up. The
-                # chaincode's own refusal ("chaincode response 500, ...") would only repeat.
+                # block: "ProposalResponsePayloads do not match") make the gateway refuse,
+                # whether we named the orgs or it planned: ask again once they have caught
+                # up. The chaincode's own refusal ("chaincode response 500, ...") would only
+                # repeat.
                 if attempt == _ANSWER_RETRIES or "chaincode response" in exc.text:
                     raise
                 time.sleep(_LAGGING_PAUSE * (attempt + 1))
