@@ -108,3 +108,27 @@ def test_verify_lineage_of_a_directory_reads_ahead(tmp_path, monkeypatch):
     assert result.returncode == 1, result
     assert "out/part-009.txt" in result.stdout and "MODIFIED" in result.stdout
     assert result.stdout.count(" OK  <- ") == FILES - 1, result.stdout
+
+
+def test_a_producer_rows_end_time_plays_no_part_when_reading_ahead(tmp_path, monkeypatch):
+    """Reading ahead, the last writer of each file is found among its producers, proved and
+    their list checked complete (what its lineage needs anyway): no answer comes from the
+    index's end-time column, so an edited one changes none. One file at a time, the index's
+    latest-writer row is the answer, and the column disagreeing with its record fails it.
+    The full audit reports the row's record either way."""
+    url = _build(tmp_path)
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s1")) as ledger:
+        assert verify_lineage(ledger, [str(tmp_path / "out")]).ok
+    shutil.copytree(tmp_path / "s1", tmp_path / "s2")
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        assert conn.execute("UPDATE ll_artifacts SET ended = '2001-01-01T00:00:00.000000Z' WHERE role = 1 AND path = ?",
+                            (_part(tmp_path, 7),)).rowcount == 1
+    ahead = _report(url, tmp_path, tmp_path / "s1", ahead=True, monkeypatch=monkeypatch)
+    assert ahead["ok"] is True, ahead["failures"]
+    one_by_one = _report(url, tmp_path, tmp_path / "s2", ahead=False, monkeypatch=monkeypatch)
+    assert [f["error"] for f in one_by_one["failures"]] == ["IndexTampered"]
+    assert "ended at '2001-01-01T00:00:00.000000Z'" in one_by_one["failures"][0]["message"]
+    audit = run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage",
+                    env={"LINEAGE_STATE_DIR": str(tmp_path / "s3")})
+    assert audit.returncode == 1, audit.stdout + audit.stderr
+    assert "IndexTampered: the index row of record" in audit.stdout, audit.stdout

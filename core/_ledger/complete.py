@@ -233,7 +233,9 @@ class Listing:
         for leaf, entry in _fetch(self.ledger, missing):
             if self.path in _side(entry, self.role):
                 if must_list(leaf):
-                    raise _hidden(entry, self.role, self.path, "the index's list of them does not hold it")
+                    raise _hidden(entry, self.role, self.path,
+                                  "the index's list of them does not hold it" if self.lowest is not None
+                                  else "the index answered that no record did")
                 ours[leaf] = entry
         return ours
 

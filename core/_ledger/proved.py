@@ -56,6 +56,9 @@ class LookAhead:
     keys: dict[str, str] = field(default_factory=dict)
     bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
     names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
+    # By (role, path): every record naming it there, proved and its list checked complete,
+    # worked out once from ``places`` for the look-ups that ask (the latest, the producers).
+    found: dict[tuple[str, str], list] = field(default_factory=dict)
     # The records those rows name, in the order the paths come, each once (see _bodies), and
     # the bodies last read ahead of them, by id: unproved bytes until a look-up proves them.
     ids: list[str] = field(default_factory=list)
@@ -166,7 +169,12 @@ class ProvedLookups:
             rows, bound = None, 0
             batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
             if batch is not None:
+                known = batch.found.get((role, path))
+                if known is not None:
+                    return self._matching(role, path, digest, known)
                 rows, bound = batch.places.get((role, path)), batch.bound
+                if rows is None:
+                    batch = None  # not read ahead: nothing to keep for the next look-up
             if rows is None:
                 bound = self._bound(refresh=final)
                 # The digest is matched against the proved record, not the index: an edited
@@ -178,6 +186,8 @@ class ProvedLookups:
                 check_listing(cast("Ledger", self), role, path, found, bound, final=final)
             except StaleNames:
                 continue  # names kept past the bound: look again from a head read now
+            if batch is not None:
+                batch.found[(role, path)] = found
             return matching
         raise AssertionError("unreachable: the final look is never stale")
 
@@ -251,16 +261,17 @@ class ProvedLookups:
             batch.bound = self._bound()
             batch.names = self.verifier.store.names_many(keys) or {}
             backend = self.backend
-            for role in ("out", "in"):
-                found = backend.find_latest_many(role, keys)
-                batch.latest.update({(role, k): found.get(k) for k in keys})
+            # The last writer is found among the producers (see _latest): only the last
+            # reader needs an index row of its own.
+            readers = backend.find_latest_many("in", keys)
+            batch.latest.update({("in", k): readers.get(k) for k in keys})
             places = backend.find_places_many("out", keys)
             batch.places.update({("out", k): places.get(k, []) for k in keys})
             # The records the look-ups will prove, in the order they will come to them.
             order = batch.order
             for key in keys:
-                latest = [batch.latest[(role, key)] for role in ("out", "in")]
-                for located in [*(found[0] for found in latest if found is not None), *batch.places[("out", key)]]:
+                reader = batch.latest[("in", key)]
+                for located in [*batch.places[("out", key)], *((reader[0],) if reader is not None else ())]:
                     order.setdefault(located.record.id, len(order))
             batch.ids = list(order)
             yield
@@ -290,10 +301,14 @@ class ProvedLookups:
         """The record with ``path`` in ``role`` that ended last: one index step where the
         back-end indexes end times (the record is proved, and must have ended when the
         index says), else every such record."""
-        if not self.backend.keeps_end_times:
-            return self._find(role, path, None)  # every one, its list checked complete
+        batch: LookAhead | None = getattr(self._batch, "current", None)
+        if not self.backend.keeps_end_times or (batch is not None and (role, path) in batch.places):
+            # Every one, its list checked complete: where the rows were read ahead (a window
+            # of files), that list is what the producers' look-up of the lineage that follows
+            # needs too, so the latest costs no look-up and no check of its own.
+            return self._find(role, path, None)
         for final in (False, True):
-            batch: LookAhead | None = None if final else getattr(self._batch, "current", None)
+            batch = None if final else getattr(self._batch, "current", None)
             if batch is not None and (role, path) in batch.latest:
                 found, bound = batch.latest[(role, path)], batch.bound
             else:
