@@ -86,14 +86,14 @@ def show(record_id, ledger_url) -> None:
 def why(path, ledger_url, as_json) -> None:
     """Show the lineage of PATH: the tasks and files it derives from, back to the sources."""
     with open_read_only(ledger_url) as ledger:
-        tree = ledger.lineage(path)
+        tree = ledger.lineage(path, slim=True)
         if tree.kind == "source" and not ledger.consumers(tree.path):
             # A file no record names may lie in a recorded directory: its lineage is the directory's.
             inside = ledger.container_of(tree.path)
             if inside is None:
                 raise LedgerError(f"{path}: no record in the ledger read or wrote it")
             directory, _, _, entry = inside
-            tree = ledger.lineage(directory, entry["blake3"])
+            tree = ledger.lineage(directory, entry["blake3"], slim=True)
             if as_json:
                 click.echo(json_text({"path": normalize_path(path), "within": directory,
                                       "lineage": lineage_json(tree)}, indent=2))

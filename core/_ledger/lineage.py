@@ -16,7 +16,7 @@ from .._files.hashing import lookup_paths
 from .._files.manifest import MANIFEST_RUN_PREFIX, Manifest
 from .._model import Record, is_alias
 
-__all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "walk_lineage"]
+__all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "producer_summary", "walk_lineage"]
 
 
 @dataclass(frozen=True)
@@ -143,16 +143,23 @@ class LineageQueries:
         record_bits: Callable[[], RecordBits]
 
     def lineage(self, path: str, digest: str | None = None, *,
-                memo: dict[tuple[str, str | None], LineageNode] | None = None) -> LineageNode:
+                memo: dict[tuple[str, str | None], LineageNode] | None = None,
+                slim: bool = False) -> LineageNode:
         """The tree of file versions ``path`` was derived from, back to the sources.
 
         Trees of several targets share their nodes through one ``memo`` (a verification of
         10,000 outputs of one task walks their common input once). Walked without Python
         recursion (:func:`run_nested`): a file updated in place every day for three years
-        is a chain a thousand tasks deep, past the interpreter's recursion limit."""
-        return run_nested(self._lineage(self.query_path(path), digest, None, {} if memo is None else memo))
+        is a chain a thousand tasks deep, past the interpreter's recursion limit.
 
-    def _lineage(self, path, digest, consumer, memo) -> Nested[LineageNode]:
+        ``slim``: each node keeps of its producer only what a check or a drawing of the tree
+        uses (:func:`producer_summary`), once its inputs are walked; a summary made from
+        150,000 tasks' outputs held each of their records whole (1.2 GB). Exports, which
+        write the records out, walk without it."""
+        memo = {} if memo is None else memo
+        return run_nested(self._lineage(self.query_path(path), digest, None, memo, slim))
+
+    def _lineage(self, path, digest, consumer, memo, slim=False) -> Nested[LineageNode]:
         key = (path, digest)
         if key in memo:
             return memo[key]
@@ -181,7 +188,7 @@ class LineageQueries:
                 if self._produced_before(path, consumer):
                     node = LineageNode(path, digest, "broken")
                 else:
-                    node = (yield self._inside_directory(path, digest, consumer, memo)) \
+                    node = (yield self._inside_directory(path, digest, consumer, memo, slim)) \
                         or LineageNode(path, digest, "source")
                 memo[key] = node
                 return node
@@ -202,10 +209,12 @@ class LineageQueries:
                 input_path = next((a for a in _aliases_of(inputs, input_path) if os.path.lexists(a)), input_path)
             walked = (input_path, entry["blake3"])  # walked already (an audit's chains): no nested walk
             node.parents.append(memo[walked] if walked in memo
-                                else (yield self._lineage(input_path, entry["blake3"], producer, memo)))
+                                else (yield self._lineage(input_path, entry["blake3"], producer, memo, slim)))
+        if slim:
+            node.producer = producer_summary(producer)
         return node
 
-    def _inside_directory(self, path: str, digest: str, consumer, memo) -> Nested[LineageNode | None]:
+    def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies
         in holds: produced by that directory's producer. Its node has the directory's node
         as its one parent, so the lineage goes on through the directory."""
@@ -218,7 +227,7 @@ class LineageQueries:
         listed = manifest.lookup(os.path.relpath(path, directory).replace(os.sep, "/")) if manifest else None
         if listed is None or listed[1] != "file" or listed[2] != digest:
             return None
-        parent = yield self._lineage(directory, recorded["blake3"], consumer, memo)
+        parent = yield self._lineage(directory, recorded["blake3"], consumer, memo, slim)
         if parent.producer is None:
             return None
         return LineageNode(path, digest, "produced", parent.producer, [parent])
@@ -320,6 +329,19 @@ def _spellings(side: Mapping[str, Mapping[str, Any]], path: str) -> list[str]:
     entry = side.get(path)
     real = entry.get("alias_of", path) if entry is not None else path
     return [p for p in [real, *_aliases_of(side, real)] if p != path]
+
+
+def producer_summary(entry: LedgerRecord) -> LedgerRecord:
+    """``entry`` with only what a lineage's check and drawing use of its record: who ran
+    which task, when and how it ended, and an adoption's note. Its inputs are the node's
+    parents; its outputs, parameters and environment (often most of its bytes) are left
+    out, so the summary is not the record: its id is still the record's, to fetch it by."""
+    record = entry.record
+    summary = Record(engine=record.engine, run_id=record.run_id, task_id=record.task_id,
+                     task_name=record.task_name, status=record.status, started=record.started,
+                     ended=record.ended, attempt=record.attempt,
+                     extra=record.extra if is_adoption(record) else {})
+    return LedgerRecord(entry.id, summary, entry.height, entry.position)
 
 
 def is_adoption(record: Record) -> bool:

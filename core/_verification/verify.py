@@ -259,9 +259,9 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     # produced: a file edited and then read by a recorded task must show as broken. A file
     # inside a recorded directory has that directory's lineage.
     if check.within is not None:
-        tree = ledger.lineage(check.within[0], check.within[1], memo=report.lineage_memo)
+        tree = ledger.lineage(check.within[0], check.within[1], memo=report.lineage_memo, slim=True)
     elif check.status is not ArtifactStatus.UNRECORDED:
-        tree = ledger.lineage(path, check.expected, memo=report.lineage_memo)
+        tree = ledger.lineage(path, check.expected, memo=report.lineage_memo, slim=True)
     else:
         tree = None
     result = TargetResult(path, check, tree)
