@@ -1,19 +1,25 @@
-"""A JSON object's members read one at a time, and the elements of its big arrays one at a
-time: ``verify-lineage --crate`` of a crate of 100,000 tasks must not hold its metadata (70 MB
-of text a 10,000-task crate) parsed whole.
+"""JSON a piece at a time, both ways, for crates of 100,000 tasks (70 MB of metadata text a
+10,000-task crate), neither read nor written whole.
 
-Only the top level is walked here; every member's value (or array element) is parsed by
-``json``'s own decoder (``raw_decode``) from a buffer read in chunks. A crate is someone
-else's file: anything that is not a JSON object, or ends early, raises ``ValueError``.
+Reading (``verify-lineage --crate``, :func:`members`): a JSON object's members one at a time,
+and the elements of its big arrays one at a time. Only the top level is walked here; every
+member's value (or array element) is parsed by ``json``'s own decoder (``raw_decode``) from a
+buffer read in chunks. A crate is someone else's file: anything that is not a JSON object,
+or ends early, raises ``ValueError``.
+
+Writing (the crate's metadata, :func:`indented`): one value as ``json.dumps(document,
+indent=4, sort_keys=True, ensure_ascii=False)`` (``rocrate``'s call) writes it where it is
+nested in the document, so that a writer can give the document's text a part at a time.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from json.encoder import encode_basestring as _string  # json.dumps' for ensure_ascii=False
 from typing import IO, Any
 
-__all__ = ["members"]
+__all__ = ["INDENT", "indented", "members"]
 
 _CHUNK = 1 << 20
 _DECODER = json.JSONDecoder()
@@ -110,3 +116,32 @@ def members(handle: IO[str], arrays: frozenset[str], limit: int, *, texts: bool 
             reader.expect(",")
     if reader.peek() != "":
         raise ValueError("text after the JSON object")
+
+
+INDENT = " " * 4
+_DEPTH = 8
+_REFERENCE = ["{\n" + INDENT * (level + 1) + '"@id": ' for level in range(_DEPTH)]
+_CLOSE = ["\n" + INDENT * level + "}" for level in range(_DEPTH)]
+
+
+def indented(value: Any, level: int) -> str:
+    """``value`` as ``json.dumps(..., indent=4, sort_keys=True, ensure_ascii=False)`` writes it
+    ``level`` containers deep. json's own encoder with an indent is pure Python too (it has no
+    C path for it), so writing it here costs no more; the text is the same (tested against
+    json.dumps in tests/test_export_streaming.py)."""
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("@id"), str):  # a reference
+        return _REFERENCE[level] + _string(value["@id"]) + _CLOSE[level] if level < _DEPTH else (
+            "{\n" + INDENT * (level + 1) + '"@id": ' + _string(value["@id"]) + "\n" + INDENT * level + "}")
+    if isinstance(value, dict) and value:
+        if not all(isinstance(key, str) for key in value):  # json's key coercions, left to json
+            return json.dumps(value, indent=4, sort_keys=True, ensure_ascii=False).replace("\n", "\n" + INDENT * level)
+        inner = "\n" + INDENT * (level + 1)
+        return ("{" + inner + ("," + inner).join(f"{_string(key)}: {indented(item, level + 1)}"
+                                                 for key, item in sorted(value.items()))
+                + "\n" + INDENT * level + "}")
+    if isinstance(value, (list, tuple)) and value:
+        inner = "\n" + INDENT * (level + 1)
+        return "[" + inner + ("," + inner).join(indented(item, level + 1) for item in value) + "\n" + INDENT * level + "]"
+    return json.dumps(value)  # numbers, true, false, null, {} and [] (no indent: nothing to indent)

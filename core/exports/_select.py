@@ -163,6 +163,11 @@ class Selection:
         return {(path, digest): FileVersion(path, digest, size, is_dir, aliases)
                 for path, digest, size, is_dir, aliases in self.index().versions()}
 
+    def version(self, path: str, digest: str) -> FileVersion | None:
+        """One version of :meth:`versions`, looked up on disk (a writer that streams holds none)."""
+        found = self.index().version(path, digest)
+        return None if found is None else FileVersion(path, digest, *found)
+
     def producer_of(self) -> dict[tuple[str, str], LedgerRecord]:
         """The last selected record that wrote each version (a rerun that wrote the same bytes
         again is a later producer of the same version)."""

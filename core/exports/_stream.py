@@ -100,6 +100,16 @@ class VersionIndex:
         if current is not None:
             yield current[1], current[2], current[3], current[4], tuple(current[5])
 
+    def version(self, path: str, digest: str) -> tuple[int, bool, tuple[str, ...]] | None:
+        """(size, is_dir, aliases) of one version, as :meth:`versions` gives it; None if no
+        selected record names it."""
+        row = self._conn.execute("SELECT seq, size, is_dir FROM versions WHERE path = ? AND digest = ?",
+                                 (path, digest)).fetchone()
+        if row is None:
+            return None
+        aliases = self._conn.execute("SELECT alias FROM aliases WHERE version = ? ORDER BY rowid", (row[0],))
+        return row[1], bool(row[2]), tuple(alias for (alias,) in aliases)
+
     def unmade_inputs(self) -> Iterator[tuple[str, str]]:
         """The versions read that no selected record wrote."""
         yield from self._conn.execute("SELECT path, digest FROM versions WHERE was_read = 1 AND was_made = 0"
