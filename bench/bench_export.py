@@ -3,14 +3,16 @@
 A Snakemake scatter of N tasks is one run of N records: the exports of that run must hold a
 bounded amount of memory, whatever N. Each size's ledger holds that one run only (task-shaped
 records as ``bench_scale.py``'s, about 1 KB each, appended 5,000 at a time), built once in
-``--cache``. Every export format that streams (PROV-JSON, OpenLineage) runs as a fresh
-process, alternated with the baseline, ``lineage-ledger log --run RUN -n 0`` (which reads and
-prints every record of the same run), each round; peak RSS is the process's maximum
-resident set (``getrusage`` of the child).
+``--cache``. Every export format that streams (PROV-JSON, OpenLineage, the RO-Crate directory
+with its record files and proofs, the files themselves absent) runs as a fresh process,
+alternated with the baseline, ``lineage-ledger log --run RUN -n 0`` (which reads and prints
+every record of the same run), each round; peak RSS is the process's maximum resident set
+(``getrusage`` of the child), CPU its user and system time.
 
 Goal: each streamed export's peak RSS <= 200 MiB at every size (a held run was 650 MB at
-10,000 records). The growth from the smallest size to the largest is printed: below 10,000
-records the ledger's own cache of decoded records (10,000 of them) is still filling.
+10,000 records, the RO-Crate 616 MB). The growth from the smallest size to the largest is
+printed: below 10,000 records the ledger's own cache of decoded records (10,000 of them) is
+still filling.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 BIN = Path(sys.executable).parent
 RUN = "scatter"
 GOAL_MIB = 200
+STREAMED = ("export prov-json", "export openlineage", "export ro-crate")
 
 
 def _digest(text: str) -> str:
@@ -74,7 +77,7 @@ def build(cache: Path, size: int) -> str:
     return url
 
 
-def _run(command: list[str], env: dict) -> tuple[float, float]:
+def _run(command: list[str], env: dict) -> tuple[float, float, float]:
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: no output, then the command
@@ -86,7 +89,7 @@ def _run(command: list[str], env: dict) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed (wait status {status})")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -113,31 +116,36 @@ def main() -> None:
                                      "-o", os.path.join(scratch, "out.prov.json")],
                 "export openlineage": [cli, "export", "--ledger", url, "--run", RUN, "-f", "openlineage",
                                        "-o", os.path.join(scratch, "out.jsonl")],
+                "export ro-crate": [cli, "export", "--ledger", url, "--run", RUN, "-f", "ro-crate",
+                                    "-o", os.path.join(scratch, "crate")],
             }
             _run(variants["log --run (baseline)"], env)  # the first verification of this ledger
-            results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+            results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
             for _ in range(repeats):  # alternated: machine noise hits every variant alike
                 for name, command in variants.items():
                     results[name].append(_run(command, env))
                     for leftover in ("out.prov.json", "out.jsonl"):
                         if os.path.exists(os.path.join(scratch, leftover)):
                             os.unlink(os.path.join(scratch, leftover))
-            base = statistics.median(t for t, _ in results["log --run (baseline)"])
+                    shutil.rmtree(os.path.join(scratch, "crate"), ignore_errors=True)  # it needs a new directory
+            base = statistics.median(t for t, _, _ in results["log --run (baseline)"])
             for name, runs in results.items():
-                seconds = statistics.median(t for t, _ in runs)
-                peak = max(m for _, m in runs)
+                seconds = statistics.median(t for t, _, _ in runs)
+                cpu = statistics.median(c for _, _, c in runs)
+                peak = max(m for _, m, _ in runs)
                 peaks[(name, size)] = peak
-                print(f"{size:>9,} records  {name:<22} {seconds:7.2f} s ({seconds / base:4.2f}x log)  "
-                      f"peak RSS {peak:7.1f} MiB")
+                print(f"{size:>9,} records  {name:<22} {seconds:7.2f} s ({seconds / base:4.2f}x log, "
+                      f"CPU {cpu:6.2f} s)  peak RSS {peak:7.1f} MiB")
     small, large = min(sizes), max(sizes)
     met = True
-    for name in ("export prov-json", "export openlineage"):
+    for name in STREAMED:
         top = max(peaks[(name, size)] for size in sizes)
         ok = top <= GOAL_MIB
         met &= ok
         print(f"{name}: {peaks[(name, large)]:.1f} MiB at {large:,} records, {peaks[(name, small)]:.1f} at "
               f"{small:,} ({peaks[(name, large)] / peaks[(name, small)]:.2f}x); goal <= {GOAL_MIB} MiB: "
               f"{'met' if ok else 'missed'}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     print("GOAL MET" if met else "GOAL MISSED")
 
 
