@@ -223,8 +223,8 @@ def test_streamed_crate_is_the_one_rocrate_wrote(ledger, tmp_path, monkeypatch):
     from lineage_ledger.exports import _crate_graph, _rocrate
 
     monkeypatch.setattr(_rocrate, "utcnow", lambda: FROZEN)
-    monkeypatch.setattr(_crate_graph, "_BATCH", 3, raising=False)  # references inserted three at a time
-    monkeypatch.setattr(_crate_graph, "_PIECES", 2, raising=False)
+    monkeypatch.setattr(_crate_graph, "_BATCH", 3)  # references inserted three at a time,
+    monkeypatch.setattr(_crate_graph, "_GATHER", 1)  # more than one written as read
     monkeypatch.chdir(tmp_path)  # the paths are shown whole (display_path)
     ledger.append_records([r.stored() for r in _varied()], block_size=2)
     for n, ((targets, run), digest) in enumerate(CRATES.items()):

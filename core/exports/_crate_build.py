@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
+import re
 import shutil
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -50,8 +51,12 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+_UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_" (every code point checked)
+
+
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:80] or "x"
+    """``text`` with every character but letters, digits and ``-_.`` made ``-``, 80 at most."""
+    return _UNSAFE.sub("-", text[:80]) or "x"
 
 
 def _has_links(directory: str) -> bool:
@@ -108,6 +113,7 @@ class CrateBuilder:
         self.tools: dict[tuple[str, str], tuple[int, str, str]] = {}  # (seq, id, name)
         self.steps: dict[tuple[str, str], str] = {}
         self.params: dict[str, tuple[int, str]] = {}
+        self.slots: dict[tuple[str, str, str], str] = {}  # a parameter's id, made once
         self.people: set[str] = set()
         self.users: dict[str, set[Any]] = {}  # per run, up to two: is there exactly one?
         self.workflow_steps: dict[str, dict[str, Any]] = {}  # workflow.json's
@@ -234,7 +240,9 @@ class CrateBuilder:
         return self.tools[(engine, name)]
 
     def _formal(self, tool_seq: int, tool_id: str, role: str, slot: str, kind: str) -> tuple[int, str]:
-        ident = f"{tool_id}/{role}/{_slug(slot)}"
+        ident = self.slots.get((tool_id, role, slot))
+        if ident is None:
+            ident = self.slots[(tool_id, role, slot)] = f"{tool_id}/{role}/{_slug(slot)}"
         if ident not in self.params:
             self.params[ident] = (self.entity(ident, {
                 "@type": "FormalParameter", "name": f"{role} {slot}", "additionalType": kind,

@@ -22,6 +22,7 @@ gave, byte for byte (``tests/test_export_streaming.py`` compares the two):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -29,14 +30,14 @@ import sqlite3
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 from .._log.found import scratch_table
 from ._json_stream import INDENT, indented
 
 __all__ = ["CrateGraph"]
 
-_PIECES = 4096  # pieces of text gathered before a write
+_GATHER = 1000  # an entity with more references appended than this has its lists written as read
 _BATCH = 10_000  # references gathered before they are inserted
 _END = object()
 
@@ -50,6 +51,20 @@ class _Refs:
 
     def next_property(self, seq: int) -> str | None:
         return self.row[1] if self.row is not None and self.row[0] == seq else None
+
+    def gather(self, seq: int, limit: int) -> list[tuple[int, str, str]]:
+        """The next rows of entity ``seq``, up to ``limit`` of them."""
+        rows: list[tuple[int, str, str]] = []
+        while self.row is not None and self.row[0] == seq and len(rows) < limit:
+            rows.append(self.row)
+            self.row = next(self._rows, None)
+        return rows
+
+    def unread(self, rows: list[tuple[int, str, str]]) -> None:
+        """Put rows :meth:`gather` gave back in front."""
+        if rows:
+            self._rows = itertools.chain(rows[1:], [] if self.row is None else [self.row], self._rows)
+            self.row = rows[0]
 
     def take(self, seq: int, prop: str) -> Iterator[dict[str, str]]:
         while self.row is not None and self.row[0] == seq and self.row[1] == prop:
@@ -81,7 +96,9 @@ class CrateGraph:
 
     def add(self, body: dict[str, Any], *, data: bool = False) -> int:
         """Add an entity (or replace the one of its id, in its place); its seq."""
-        key, text = self.key(body["@id"]), json.dumps(body)
+        # Kept as the text it is written as when nothing is appended to it (most entities; the
+        # text is JSON, and compacting changes nothing that appending to a list relies on).
+        key, text = self.key(body["@id"]), indented(_compact(body), 2)
         try:
             seq = self.db.execute("INSERT INTO entities (key, body) VALUES (?, ?)", (key, text)).lastrowid
         except sqlite3.IntegrityError:  # rocrate: the entity map's value replaced, its place kept
@@ -97,7 +114,7 @@ class CrateGraph:
 
     def update(self, seq: int, body: dict[str, Any]) -> None:
         """New properties for an entity, its appended references kept."""
-        self.db.execute("UPDATE entities SET body = ? WHERE seq = ?", (json.dumps(body), seq))
+        self.db.execute("UPDATE entities SET body = ? WHERE seq = ?", (indented(_compact(body), 2), seq))
 
     def append(self, seq: int, prop: str, target: str) -> None:
         """Append a reference to entity ``target`` to the list ``prop`` of entity ``seq``."""
@@ -121,29 +138,35 @@ class CrateGraph:
         self.flush()
         entities = self.db.execute("SELECT seq, body FROM entities ORDER BY seq")
         refs = _Refs(iter(self.db.execute("SELECT entity, prop, target FROM refs ORDER BY entity, prop, rowid")))
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            out = ["{\n" + INDENT + '"@context": ' + indented(context, 1) + ",\n" + INDENT + '"@graph": [']
+        with open(path, "w", encoding="utf-8", newline="", buffering=1 << 20) as handle:
+            write = handle.write  # buffered by the file: a piece is a write
+            write("{\n" + INDENT + '"@context": ' + indented(context, 1) + ",\n" + INDENT + '"@graph": [')
             first = True
             for seq, body in entities:
-                out.append(("\n" if first else ",\n") + INDENT * 2)
+                write(("\n" if first else ",\n") + INDENT * 2)
                 first = False
-                self._entity(handle, out, seq, json.loads(body), refs)
-                if len(out) > _PIECES // 16:
-                    handle.write("".join(out))
-                    out.clear()
-            out.append("\n" + INDENT + "]\n}")
-            handle.write("".join(out))
+                if refs.next_property(seq) is None:
+                    write(body)
+                else:
+                    self._entity(write, seq, json.loads(body), refs)
+            write("\n" + INDENT + "]\n}")
         assert refs.row is None, "a reference to no entity"
 
     @staticmethod
-    def _entity(handle: IO[str], out: list[str], seq: int, body: dict[str, Any], refs: _Refs) -> None:
-        """One entity at nesting level 2: its properties and its references merged in sorted
-        order, each list compacted, the long ones written as they are read."""
-        if refs.next_property(seq) is None:  # most entities: their own properties only
-            out.append(indented({key: value[0] if isinstance(value, list) and len(value) == 1 and key != "@type"
-                                 else value for key, value in body.items()
-                                 if key == "@type" or not isinstance(value, list) or value}, 2))
+    def _entity(write: Callable[[str], Any], seq: int, body: dict[str, Any], refs: _Refs) -> None:
+        """One entity at nesting level 2 with references appended to it: its properties and
+        references merged in sorted order, each list compacted; when there are many, written
+        as they are read."""
+        gathered = refs.gather(seq, _GATHER)
+        if refs.next_property(seq) is None:  # a few: merged, then written as one value
+            lists: dict[str, list[Any]] = {}
+            for _, name, target in gathered:
+                if name not in lists:
+                    lists[name] = [] if name not in body else body[name] if isinstance(body[name], list) else [body[name]]
+                lists[name].append({"@id": target})
+            write(indented(_compact({**body, **lists}), 2))
             return
+        refs.unread(gathered)
         keys = sorted(body)
         at = written = 0
         while True:
@@ -159,7 +182,7 @@ class CrateGraph:
                 name, value = key, body[key]
                 at += 1
                 if name == "@type" or not isinstance(value, list):
-                    out.append(_member(written, name, indented(value, 3)))
+                    write(_member(written, name, indented(value, 3)))
                     written += 1
                     continue
                 items = iter(value)
@@ -169,21 +192,24 @@ class CrateGraph:
             if first is _END:
                 continue  # an empty list is left out
             if second is _END:
-                out.append(_member(written, name, indented(first, 3)))
+                write(_member(written, name, indented(first, 3)))
             else:
-                out.append(_member(written, name, "[\n" + INDENT * 4 + indented(first, 4)))
+                write(_member(written, name, "[\n" + INDENT * 4 + indented(first, 4)))
                 for item in _chain([second], items):
-                    out.append(",\n" + INDENT * 4 + indented(item, 4))
-                    if len(out) > _PIECES:
-                        handle.write("".join(out))
-                        out.clear()
-                out.append("\n" + INDENT * 3 + "]")
+                    write(",\n" + INDENT * 4 + indented(item, 4))
+                write("\n" + INDENT * 3 + "]")
             written += 1
-        out.append("\n" + INDENT * 2 + "}" if written else "{}")
+        write("\n" + INDENT * 2 + "}" if written else "{}")
 
     def close(self) -> None:
         self.db.close()
         self._remove()
+
+
+def _compact(body: dict[str, Any]) -> dict[str, Any]:
+    """RO-Crate 1.1 prefers single values to one-element lists, and no empty lists."""
+    return {key: value[0] if isinstance(value, list) and len(value) == 1 and key != "@type" else value
+            for key, value in body.items() if key == "@type" or not isinstance(value, list) or value}
 
 
 def _member(written: int, name: str, text: str) -> str:
