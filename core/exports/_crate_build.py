@@ -118,8 +118,8 @@ class CrateBuilder:
         self.users: dict[str, set[Any]] = {}  # per run, up to two: is there exactly one?
         self.workflow_steps: dict[str, dict[str, Any]] = {}  # workflow.json's
         self.workflow = 0
-        self._marks: list[tuple[str, int, int, int]] = []  # rows for run_files and controls, gathered
-        self._controls: list[tuple[str, str]] = []
+        self._marks: list[tuple[str, int, int, int]] = []  # rows for run_files and controls, gathered:
+        self._controls: list[tuple[str, str]] = []  # read only once every task is added
         db = graph.db
         # In order of first mention (rowid), as the builder's dict of File entities was.
         db.execute("CREATE TABLE files (path TEXT NOT NULL, digest TEXT NOT NULL, entity INTEGER NOT NULL,"
@@ -295,7 +295,9 @@ class CrateBuilder:
         if version.aliases:
             props["alternateName"] = [display_path(alias) for alias in version.aliases]
         relative = _data_path(shown) if self.with_data else ""
-        if self.with_data and not self._was_copied(relative) and _copy_version(version, self.dir, relative):
+        # (Absent from the disk: nothing is copied, and whether the place was taken is not asked.)
+        if (self.with_data and os.path.lexists(version.path) and not self._was_copied(relative)
+                and _copy_version(version, self.dir, relative)):
             self.graph.db.execute("INSERT INTO copied VALUES (?)", (relative,))
             self.copied += 1
             body = data_entity(relative, props, is_dir=version.is_dir)
@@ -333,8 +335,8 @@ class CrateBuilder:
             props["agent"] = _ref(f"#user-{_slug(next(iter(users)))}")
         seq = self.entity(ident, props)
         # Sources and results once, not per file; in order of first mention.
-        files = ("SELECT f.ident FROM run_files r JOIN files f ON f.rowid = r.file"
-                 " WHERE r.run = ? AND r.consumed = {} AND r.produced = {} ORDER BY r.file")
+        files = ("SELECT f.ident AS target, r.file AS place FROM run_files r JOIN files f ON f.rowid = r.file"
+                 " WHERE r.run = ? AND r.consumed = {} AND r.produced = {}")
         self.graph.append_selected(seq, "object", files.format(1, 0), (run_id,))
         self.graph.append_selected(seq, "result", files.format(0, 1), (run_id,))
         if len(users) == 1:
@@ -344,8 +346,8 @@ class CrateBuilder:
         organize = self.entity(f"#organize-{_slug(run_id)}", {
             "@type": "OrganizeAction", "name": f"{summary.engine} orchestrating run {run_id}",
             "instrument": _ref(engine), "result": _ref(ident), "startTime": start, "endTime": end})
-        self.graph.append_selected(organize, "object", "SELECT ident FROM controls WHERE run = ? ORDER BY rowid",
-                                   (run_id,))
+        self.graph.append_selected(organize, "object", "SELECT ident AS target, rowid AS place FROM controls"
+                                   " WHERE run = ?", (run_id,))
         self.graph.append(self.graph.root, "mentions", ident)
 
 

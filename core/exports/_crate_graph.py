@@ -128,9 +128,10 @@ class CrateGraph:
         self._appended.clear()
 
     def append_selected(self, seq: int, prop: str, select: str, params: tuple[Any, ...]) -> None:
-        """Append the ids a query of the scratch file gives (one column), in its order."""
+        """Append the ids a query of the scratch file gives (columns ``target`` and ``place``),
+        in order of place (rows are inserted, and given their rowids, in the order selected)."""
         self.flush()
-        self.db.execute(f"INSERT INTO refs (entity, prop, target) SELECT ?, ?, * FROM ({select})",
+        self.db.execute(f"INSERT INTO refs (entity, prop, target) SELECT ?, ?, target FROM ({select}) ORDER BY place",
                         (seq, prop, *params))
 
     def write(self, path: str, context: Any) -> None:

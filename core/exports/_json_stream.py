@@ -138,8 +138,9 @@ def indented(value: Any, level: int) -> str:
         if not all(isinstance(key, str) for key in value):  # json's key coercions, left to json
             return json.dumps(value, indent=4, sort_keys=True, ensure_ascii=False).replace("\n", "\n" + INDENT * level)
         inner = "\n" + INDENT * (level + 1)
-        return ("{" + inner + ("," + inner).join(f"{_string(key)}: {indented(item, level + 1)}"
-                                                 for key, item in sorted(value.items()))
+        return ("{" + inner + ("," + inner).join(
+            f"{_string(key)}: {_string(item) if type(item) is str else indented(item, level + 1)}"
+            for key, item in sorted(value.items()))
                 + "\n" + INDENT * level + "}")
     if isinstance(value, (list, tuple)) and value:
         inner = "\n" + INDENT * (level + 1)

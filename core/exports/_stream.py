@@ -103,12 +103,12 @@ class VersionIndex:
     def version(self, path: str, digest: str) -> tuple[int, bool, tuple[str, ...]] | None:
         """(size, is_dir, aliases) of one version, as :meth:`versions` gives it; None if no
         selected record names it."""
-        row = self._conn.execute("SELECT seq, size, is_dir FROM versions WHERE path = ? AND digest = ?",
-                                 (path, digest)).fetchone()
-        if row is None:
+        rows = self._conn.execute(
+            "SELECT v.size, v.is_dir, a.alias FROM versions v LEFT JOIN aliases a ON a.version = v.seq"
+            " WHERE v.path = ? AND v.digest = ? ORDER BY a.rowid", (path, digest)).fetchall()
+        if not rows:
             return None
-        aliases = self._conn.execute("SELECT alias FROM aliases WHERE version = ? ORDER BY rowid", (row[0],))
-        return row[1], bool(row[2]), tuple(alias for (alias,) in aliases)
+        return rows[0][0], bool(rows[0][1]), tuple(alias for _, _, alias in rows if alias is not None)
 
     def unmade_inputs(self) -> Iterator[tuple[str, str]]:
         """The versions read that no selected record wrote."""
