@@ -71,3 +71,30 @@ def test_unhashable_paths_raise_artifact_error(tmp_path, kind):
     with pytest.raises(ArtifactError) as caught:
         hash_file(path)
     assert caught.value.path == str(path)
+
+
+def test_resolving_keeps_agrees_with_resolving_each_path(tmp_path):
+    """``resolving_keeps`` (a directory resolved once, an lstat a file) names a path only
+    where resolving it alone gives it back unchanged: never a symbolic link, a file under a
+    linked directory, or one under a directory that is not there as named."""
+    from lineage_ledger._files.hashing import real_path, resolving_keeps
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.txt").write_text("a")
+    (real / "sub").mkdir()
+    (tmp_path / "linked").symlink_to(real)
+    (real / "link.txt").symlink_to(real / "a.txt")
+    (real / "dangling.txt").symlink_to(tmp_path / "nowhere")
+    paths = [str(p) for p in (
+        real / "a.txt", real / "sub", real / "link.txt", real / "dangling.txt", real / "missing.txt",
+        tmp_path / "linked" / "a.txt", tmp_path / "linked" / "missing.txt", tmp_path / "gone" / "x.txt",
+        real / "a.txt" / "below",
+    )]
+    kept = resolving_keeps(paths)
+    unchanged = {p for p in paths if real_path(p) == p}
+    assert kept <= unchanged  # what it leaves out is resolved one by one, as before
+    # all but a path below a file (an error to explain, left to the look-up of that path)
+    assert unchanged - kept <= {str(real / "a.txt" / "below")}
+    assert str(real / "a.txt") in kept and str(real / "missing.txt") in kept
+    assert not kept & {str(real / "link.txt"), str(real / "dangling.txt"), str(tmp_path / "linked" / "a.txt")}

@@ -74,14 +74,18 @@ def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
 
 
 def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None, *,
-                  described: dict[str, str] | None = None, shown: set[int] | None = None) -> list[str]:
+                  described: dict[str, str] | None = None, shown: set[int] | None = None,
+                  here: str | None = None, labels: dict[tuple[int, Any], str] | None = None) -> list[str]:
     """The tree as lines; ``described``: records' descriptions by id, shared by the trees
     of one report; ``shown``: the nodes whose inputs were drawn already (by an earlier tree
-    of the report too), drawn again as one line, "(see above)"."""
+    of the report too), drawn again as one line, "(see above)"; ``here``: the working
+    directory paths are shown relative to (asked once for a report's 10,000 trees);
+    ``labels``: each node's line by its check's status, shared by the trees of one report
+    (the input that 10,000 outputs of one task share is one node, drawn in each tree)."""
     checks = checks or {}
     lines: list[str] = []
     shown = set() if shown is None else shown
-    here = os.getcwd()
+    here = os.getcwd() if here is None else here
     described = {} if described is None else described
 
     stack = [(root, "", True, True, 0)]  # preorder, without Python recursion
@@ -97,7 +101,13 @@ def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = N
         count += 1
         connector = "" if top else ("└── " if last else "├── ")
         repeat = id(node) in shown and node.parents
-        label = _node_label(node, checks.get(node.path), here, described)
+        check = checks.get(node.path)
+        key = (id(node), None if check is None else check.status)
+        label = labels.get(key) if labels is not None else None
+        if label is None:
+            label = _node_label(node, check, here, described)
+            if labels is not None:
+                labels[key] = label
         lines.append(prefix + connector + label + ("  (see above)" if repeat else ""))
         if repeat:
             continue
@@ -166,14 +176,17 @@ def report_lines(report: Report) -> list[str]:
     # in a thousand versions, each derived from the one before, drew every target's fifty
     # generations (50,784 lines, 11 MB, for 1,100 versions).
     shown: set[int] = set()
+    here = os.getcwd()
+    labels: dict[tuple[int, Any], str] = {}  # the report's nodes stay alive while it is drawn
     for target in report.targets:
         lines.append("")
         if target.tree is None:
-            lines.append(f"{_short(target.path)} {target.check.status.value}")
+            lines.append(f"{_short(target.path, here)} {target.check.status.value}")
             continue
         checks = dict(target.files)
         checks[target.path] = target.check
-        lines.extend(lineage_lines(target.tree, checks, described=described, shown=shown))
+        lines.extend(lineage_lines(target.tree, checks, described=described, shown=shown, here=here,
+                                   labels=labels))
     for absent in report.absent:
         count = len(absent.paths) + absent.more
         lines.append(f"\nnote: {count} file(s) that records name under {_short(absent.directory)} are not on disk "

@@ -29,7 +29,7 @@ from .statcache import StatCache, state_cache
 
 __all__ = [
     "Hasher", "StatCache", "cached_hasher", "hash_file", "hash_for_record", "lookup_paths", "normalize_path",
-    "real_path", "walk_files",
+    "real_path", "resolving_keeps", "walk_files",
 ]
 
 MMAP_THRESHOLD = 4 << 20
@@ -86,6 +86,36 @@ def real_path(path: str | os.PathLike[str] | bytes) -> str:
     return _resolved(normalize_path(path))
 
 
+def resolving_keeps(paths: Iterable[str]) -> set[str]:
+    """Of absolute, normalised ``paths``, those that :func:`real_path` gives back unchanged,
+    found a directory at a time: a path whose directory resolves to itself, and which is not
+    a symbolic link itself (one ``lstat``) or is not there (a missing tail is kept), is its
+    own real path. The 10,000 files of one directory cost one resolution and 10,000 lstats
+    instead of 10,000 resolutions (an open, a readlink and a close each). Paths left out
+    may still be unchanged: :func:`lookup_paths` answers for them."""
+    kept: set[str] = set()
+    parents: dict[str, bool] = {}
+    for path in paths:
+        parent, _, name = path.rpartition("/")
+        if not name or name in (".", ".."):
+            continue
+        parent = parent or "/"
+        real = parents.get(parent)
+        if real is None:
+            real = parents[parent] = _resolved(parent) == parent
+        if not real:
+            continue
+        try:
+            if stat_module.S_ISLNK(os.lstat(path).st_mode):
+                continue
+        except FileNotFoundError:
+            pass  # realpath keeps a missing tail as given
+        except OSError:
+            continue
+        kept.add(path)
+    return kept
+
+
 def lookup_paths(path: str | os.PathLike[str] | bytes) -> list[str]:
     """Where the ledger may know ``path`` from: as given (made absolute, as records of old
     and the aliases of symlinked paths name it), then resolved, where that differs."""
@@ -128,9 +158,13 @@ def _digest(path: str, size: int) -> str:
 def hash_file(path: str | os.PathLike[str]) -> Artifact:
     """Hash one file (or directory: a :class:`DirectoryArtifact`) now, without any cache."""
     path = normalize_path(path)
-    if os.path.isdir(path):
+    try:
+        first = os.stat(path)
+    except OSError:
+        first = None  # _stat says why
+    if first is not None and stat_module.S_ISDIR(first.st_mode):
         return _hash_directory(path, Hasher())
-    return _hash_stable(path)[0]
+    return _hash_stable(path, first)[0]
 
 
 def _hash_directory(path: str, hasher: Hasher) -> DirectoryArtifact:
@@ -140,9 +174,11 @@ def _hash_directory(path: str, hasher: Hasher) -> DirectoryArtifact:
     return DirectoryArtifact(path, manifest.digest, manifest.size, manifest)
 
 
-def _hash_stable(path: str) -> tuple[Artifact, tuple[int, int, int, int]]:
-    for _ in range(_RETRIES):
-        before = _stat(path)
+def _hash_stable(path: str, first: os.stat_result | None = None) -> tuple[Artifact, tuple[int, int, int, int]]:
+    """The file's digest, and its stat signature, unchanged from before reading it to after
+    (``first``: a stat of it just taken, which spares the first attempt one)."""
+    for attempt in range(_RETRIES):
+        before = first if attempt == 0 and first is not None and stat_module.S_ISREG(first.st_mode) else _stat(path)
         digest = _digest(path, before.st_size)
         after = _stat(path)
         if _signature(before) == _signature(after):

@@ -210,8 +210,11 @@ class LineageQueries:
             walked = (input_path, entry["blake3"])  # walked already (an audit's chains): no nested walk
             node.parents.append(memo[walked] if walked in memo
                                 else (yield self._lineage(input_path, entry["blake3"], producer, memo, slim)))
-        if slim:
-            node.producer = producer_summary(producer)
+        if slim:  # one summary a record: the 10,000 outputs of one task share it
+            summary = memo.get(("summary", producer.id))
+            if summary is None:
+                summary = memo[("summary", producer.id)] = producer_summary(producer)
+            node.producer = summary
         return node
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
-from .._errors import IndexTampered, RecordTampered
-from .._files.hashing import lookup_paths
+from .._errors import ArtifactError, IndexTampered, RecordTampered
+from .._files.hashing import lookup_paths, normalize_path, resolving_keeps
 from .._log.trust import TreeHead
 from .._log.verified import Verifier
 from .._model import Record, StoredRecord
@@ -249,14 +249,26 @@ class ProvedLookups:
     @contextlib.contextmanager
     def looking_ahead(self, paths: Sequence[str]) -> Iterator[None]:
         """Within the block, this thread's look-ups of ``paths`` (the last record to read
-        and to write each, and each one's producers) are answered from index rows read for
-        all of them at once, a few statements for thousands of files instead of three
-        each. Only the index rows are read ahead: every record an answer uses is proved
+        each, and each one's producers, among which the last to write it) are answered from
+        index rows read for all of them at once, a few statements for thousands of files
+        instead of three each. Only the index rows are read ahead: every record an answer uses is proved
         as before, and each path's key (symbolic links resolved) is worked out once."""
         batch = LookAhead()
         previous = getattr(self._batch, "current", None)
         self._batch.current = batch
         try:
+            # A path whose real path is itself (most are) is its own key: found a directory
+            # at a time (resolving_keeps), not by resolving each path.
+            given: dict[str, str] = {}
+            for p in paths:
+                try:
+                    given[p] = normalize_path(p)
+                except ArtifactError:
+                    pass  # query_path says why
+            own = resolving_keeps(given.values())
+            for p, key in given.items():
+                if key in own:
+                    batch.keys[p] = batch.keys[key] = key
             keys = list(dict.fromkeys(self.query_path(p) for p in paths))
             batch.bound = self._bound()
             batch.names = self.verifier.store.names_many(keys) or {}

@@ -71,8 +71,8 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
     """
     path = ledger.query_path(path)
     seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
-    exists = os.path.lexists(path)
     if seen is None:
+        exists = os.path.lexists(path)
         inside = _check_inside(ledger, path, exists, containers)
         if inside is not None:
             return inside
@@ -80,9 +80,13 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
             raise ArtifactError(path, "no such file, and no record in the ledger mentions it")
         return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, _hash(path, hasher).blake3)
     entry, role, recorded = seen
-    if not exists:
+    try:
+        actual = _hash(path, hasher)
+    except ArtifactError:
+        if os.path.lexists(path):
+            raise  # there but unreadable (a dangling link, no permission): the caller says so
+        # Asked only when hashing failed (an lstat a file saved for the files that are there).
         return ArtifactCheck(path, ArtifactStatus.MISSING, recorded["blake3"], None, entry.id, role)
-    actual = _hash(path, hasher)
     was_dir = recorded.get("type") == "dir"
     if actual.blake3 == recorded["blake3"] and actual.is_dir == was_dir:
         return ArtifactCheck(path, ArtifactStatus.OK, recorded["blake3"], actual.blake3, entry.id, role)
