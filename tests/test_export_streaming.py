@@ -220,8 +220,14 @@ def test_streamed_crate_is_the_one_rocrate_wrote(ledger, tmp_path, monkeypatch):
     per run) is rocrate's text byte for byte, the lists of references read back a few rows at
     a time. Aliases, a directory, parameters, non-ASCII paths, a task with no user."""
     pytest.importorskip("rocrate", reason="the exports extra")
+    from importlib.metadata import version
+
     from lineage_ledger.exports import _crate_graph, _rocrate
 
+    if not version("rocrate").startswith("0.16."):
+        # rocrate writes the context and the descriptor: another release may word them
+        # otherwise, and the digests below were taken with 0.16.0's text.
+        pytest.skip(f"the digests are of rocrate 0.16's text; this is rocrate {version('rocrate')}")
     monkeypatch.setattr(_rocrate, "utcnow", lambda: FROZEN)
     monkeypatch.setattr(_crate_graph, "_BATCH", 3)  # references inserted three at a time,
     monkeypatch.setattr(_crate_graph, "_GATHER", 1)  # more than one written as read
