@@ -132,3 +132,41 @@ def test_a_producer_rows_end_time_plays_no_part_when_reading_ahead(tmp_path, mon
                     env={"LINEAGE_STATE_DIR": str(tmp_path / "s3")})
     assert audit.returncode == 1, audit.stdout + audit.stderr
     assert "IndexTampered: the index row of record" in audit.stdout, audit.stdout
+
+
+@pytest.mark.parametrize("what", list(TAMPERINGS))
+def test_a_pre_run_check_of_many_inputs_reads_ahead_and_answers_as_one_by_one(tmp_path, monkeypatch, what):
+    """A task with many inputs (a merge of the parts): the plugins' pre-run check reads their
+    index rows ahead, as verify-lineage does a directory's, and returns or raises exactly
+    what the look-ups one file at a time do."""
+    from lineage_ledger import VerificationError, check_before_run
+    from lineage_ledger._verification import prerun as prerun_module
+
+    url = _build(tmp_path)
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s1")) as ledger:
+        assert verify_lineage(ledger, [str(tmp_path / "out")]).ok
+    shutil.copytree(tmp_path / "s1", tmp_path / "s2")
+    tampering = TAMPERINGS[what]
+    if tampering is not None and tampering[0] == "file":
+        tampering[1](tmp_path)
+    elif tampering is not None:
+        with sqlite3.connect(tmp_path / "ledger.db") as conn:
+            assert conn.execute(tampering[1], tampering[2](tmp_path)).rowcount == 1
+    inputs = [_part(tmp_path, i) for i in range(FILES)] + [str(tmp_path / "merged.txt")]
+
+    def outcome(state, ahead: bool):
+        monkeypatch.setattr(prerun_module, "_LOOK_AHEAD", 16 if ahead else 10**9)
+        with open_ledger(url, read_only=True, state_dir=str(state)) as ledger:
+            try:
+                return "returned", sorted((c.path, c.status.value) for c in check_before_run(ledger, inputs, "warn"))
+            except VerificationError as failure:
+                return type(failure).__name__, str(failure)
+
+    ahead = outcome(tmp_path / "s1", True)
+    assert ahead == outcome(tmp_path / "s2", False)
+    if what == "nothing":
+        assert ahead == ("returned", [])
+    if what == "a part edited on disk":
+        assert ahead == ("returned", [(_part(tmp_path, 6), "MODIFIED")])
+    if what == "a producer row deleted":
+        assert ahead[0] == "IndexTampered"

@@ -7,6 +7,7 @@ Split from :mod:`.verify`, whose per-file check (:func:`.checks.check_artifact`)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from .._errors import ArtifactError, ArtifactMismatch, NoLedger, VerificationErr
 from .._files.hashing import Hasher, normalize_path
 from .._ledger.ledger import Ledger, open_ledger
 from .checks import ArtifactCheck, ArtifactStatus, _explain, _unreadable, check_artifact
+from .verify import _LOOK_AHEAD, _WINDOW
 
 __all__ = ["Policy", "check_before_run", "check_each", "verify_before_run"]
 
@@ -77,23 +79,29 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     tampered = []
     hasher: Hasher | None = None
     containers: dict = {}
-    for path in paths:
-        if not os.path.exists(path):
-            continue
-        try:
-            if hasher is None and os.path.isdir(path):
-                hasher = cached_hasher()
-            check = check_artifact(ledger, path, against="producer", hasher=hasher, containers=containers)
-        except ArtifactError as err:
-            try:
-                recorded = os.path.lexists(path) and ledger.last_seen(path) is not None
-            except ArtifactError:  # a name no record can hold (not UTF-8)
-                recorded = False
-            if not recorded:
-                continue  # vanished meanwhile, or nothing recorded could vouch for it anyway
-            check = _unreadable(normalize_path(path), err)
-        if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
-            tampered.append(check)
+    paths = list(paths)
+    for start in range(0, len(paths), _WINDOW):
+        window = paths[start : start + _WINDOW]
+        # A task with many inputs (a merge of thousands of chunks): their index rows read at
+        # once, as verify-lineage reads a directory's (10,000 inputs: 1.5-2.0 s -> 0.8 s).
+        with ledger.looking_ahead(window) if len(window) >= _LOOK_AHEAD else contextlib.nullcontext():
+            for path in window:
+                if not os.path.exists(path):
+                    continue
+                try:
+                    if hasher is None and os.path.isdir(path):
+                        hasher = cached_hasher()
+                    check = check_artifact(ledger, path, against="producer", hasher=hasher, containers=containers)
+                except ArtifactError as err:
+                    try:
+                        recorded = os.path.lexists(path) and ledger.last_seen(path) is not None
+                    except ArtifactError:  # a name no record can hold (not UTF-8)
+                        recorded = False
+                    if not recorded:
+                        continue  # vanished meanwhile, or nothing recorded could vouch for it anyway
+                    check = _unreadable(normalize_path(path), err)
+                if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
+                    tampered.append(check)
     if tampered:
         tampered = _not_yet_shipped(ledger, tampered)
     if tampered and policy == "strict":
