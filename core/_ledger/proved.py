@@ -251,8 +251,9 @@ class ProvedLookups:
         """Within the block, this thread's look-ups of ``paths`` (the last record to read
         each, and each one's producers, among which the last to write it) are answered from
         index rows read for all of them at once, a few statements for thousands of files
-        instead of three each. Only the index rows are read ahead: every record an answer uses is proved
-        as before, and each path's key (symbolic links resolved) is worked out once."""
+        instead of three each. Only the index rows are read ahead: every record an answer
+        uses is proved as before, and each path's key (symbolic links resolved) is worked
+        out once."""
         batch = LookAhead()
         previous = getattr(self._batch, "current", None)
         self._batch.current = batch
