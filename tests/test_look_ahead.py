@@ -73,19 +73,26 @@ TAMPERINGS = {
 }
 
 
-@pytest.mark.parametrize("what", list(TAMPERINGS))
-def test_reading_ahead_answers_as_reading_one_by_one(tmp_path, monkeypatch, what):
-    url = _build(tmp_path)
-    # Verified once while intact: later readers prove what they read against that head.
-    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s1")) as ledger:
-        assert verify_lineage(ledger, [str(tmp_path / "out")]).ok
-    shutil.copytree(tmp_path / "s1", tmp_path / "s2")
+def _tampered(base, what: str) -> str:
+    """The ledger of :func:`_build`, verified once while intact into two state directories
+    (``s1``, ``s2``: later readers prove what they read against that head), then tampered
+    with as ``TAMPERINGS[what]`` says. Returns its URL."""
+    url = _build(base)
+    with open_ledger(url, read_only=True, state_dir=str(base / "s1")) as ledger:
+        assert verify_lineage(ledger, [str(base / "out")]).ok
+    shutil.copytree(base / "s1", base / "s2")
     tampering = TAMPERINGS[what]
     if tampering is not None and tampering[0] == "file":
-        tampering[1](tmp_path)
+        tampering[1](base)
     elif tampering is not None:
-        with sqlite3.connect(tmp_path / "ledger.db") as conn:
-            assert conn.execute(tampering[1], tampering[2](tmp_path)).rowcount == 1
+        with sqlite3.connect(base / "ledger.db") as conn:
+            assert conn.execute(tampering[1], tampering[2](base)).rowcount == 1
+    return url
+
+
+@pytest.mark.parametrize("what", list(TAMPERINGS))
+def test_reading_ahead_answers_as_reading_one_by_one(tmp_path, monkeypatch, what):
+    url = _tampered(tmp_path, what)
     ahead = _report(url, tmp_path, tmp_path / "s1", ahead=True, monkeypatch=monkeypatch)
     one_by_one = _report(url, tmp_path, tmp_path / "s2", ahead=False, monkeypatch=monkeypatch)
     assert ahead == one_by_one
@@ -142,16 +149,7 @@ def test_a_pre_run_check_of_many_inputs_reads_ahead_and_answers_as_one_by_one(tm
     from lineage_ledger import VerificationError, check_before_run
     from lineage_ledger._verification import prerun as prerun_module
 
-    url = _build(tmp_path)
-    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s1")) as ledger:
-        assert verify_lineage(ledger, [str(tmp_path / "out")]).ok
-    shutil.copytree(tmp_path / "s1", tmp_path / "s2")
-    tampering = TAMPERINGS[what]
-    if tampering is not None and tampering[0] == "file":
-        tampering[1](tmp_path)
-    elif tampering is not None:
-        with sqlite3.connect(tmp_path / "ledger.db") as conn:
-            assert conn.execute(tampering[1], tampering[2](tmp_path)).rowcount == 1
+    url = _tampered(tmp_path, what)
     inputs = [_part(tmp_path, i) for i in range(FILES)] + [str(tmp_path / "merged.txt")]
 
     def outcome(state, ahead: bool):
