@@ -92,15 +92,25 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
     """Draw tasks and file versions as a DAG, each file coloured by its verification status
     (OK, MODIFIED, MISSING, broken). The HTML page is self-contained: open it offline, click
     a node to read its record."""
-    from ..exports._graph import build_graph, write_graph
     from ..exports._select import select
 
     if not targets and run_id is None:
         raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")
-    with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
-        model = build_graph(ledger, selection)
     try:
-        write_graph(model, output, fmt, group=group)
+        with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
+            if fmt == "dot":  # text for Graphviz: streamed, a page of the run at a time
+                from ..exports._graph_dot import write_dot
+
+                nodes, edges = write_dot(ledger, selection, output)
+            else:  # laid out here, every node held: refused past a bound, before any is loaded
+                from ..exports._graph import build_graph, too_big_to_draw, write_graph
+
+                refused = too_big_to_draw(selection, fmt)
+                if refused is not None:
+                    raise ConfigError(refused)
+                model = build_graph(ledger, selection)
+                write_graph(model, output, fmt, group=group)
+                nodes, edges = len(model.nodes), len(model.edges)
     except OSError as err:
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
-    click.echo(f"drew {len(model.nodes)} node(s) and {len(model.edges)} edge(s) to {output}", err=True)
+    click.echo(f"drew {nodes} node(s) and {edges} edge(s) to {output}", err=True)

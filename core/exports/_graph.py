@@ -23,20 +23,20 @@ from typing import Any
 
 from .._canonical import format_time, utcnow
 from .._ledger.ledger import Ledger
+from ._graph_dot import COLOURS, dot_id, dot_node, graph_title
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
 from ._select import Selection, artifacts, file_statuses, members
 
-__all__ = ["COLOURS", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "write_graph"]
+__all__ = ["COLOURS", "MAX_DRAWN", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "too_big_to_draw",
+           "write_graph"]
 
-COLOURS = {
-    "OK": "#2e7d32", "MODIFIED": "#ef6c00", "MISSING": "#6d4c41", "broken": "#c62828",
-    "superseded": "#9e9e9e", "UNRECORDED": "#9e9e9e",
-    "succeeded": "#1565c0", "cached": "#5e35b1", "failed": "#c62828",
-}
 # Worst first: a folded box takes the colour of its worst member.
 _SEVERITY = ["broken", "MODIFIED", "failed", "MISSING", "superseded", "UNRECORDED", "cached", "OK", "succeeded"]
 AUTO_GROUP_OVER = 300
+# The most tasks and file versions drawn (html, svg): the 1,201 nodes of tests/test_graph.py
+# open in a second; each node is a few KB of page and of the model held to lay it out.
+MAX_DRAWN = 5_000
 
 
 @dataclass
@@ -90,10 +90,25 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
         # The directory holds the file a task read from it (added after the sources took
         # their readers' rules, so a source directory takes a task's, not a file's).
         model.edges.append((f"f:{file_key(dir_path, dir_digest)}", f"f:{file_key(path, digest)}"))
-    runs = selection.runs
-    model.title = f"lineage of {len(selection.entries)} task(s) in run(s) {', '.join(runs[:3])}" + (
-        " ..." if len(runs) > 3 else "")
+    model.title = graph_title(selection)
     return model
+
+
+def too_big_to_draw(selection: Selection, fmt: str) -> str | None:
+    """Why the selection is not drawn as ``fmt`` (html, svg), or None: past :data:`MAX_DRAWN`
+    nodes the model, its three layouts and the page are gigabytes, and no browser draws
+    them. Counted from the selection's index (a run was read once, a page at a time, by
+    ``select``), before any of it is loaded."""
+    tasks = selection.count
+    versions = sum(1 for _ in selection.index().versions())
+    if tasks + versions <= MAX_DRAWN:
+        return None
+    runs = selection.runs
+    which = f"run {runs[0]!r}" if len(runs) == 1 else f"{len(runs)} runs"
+    return (f"the selection ({which}) holds {tasks:,} task(s) and {versions:,} file version(s): "
+            f"{tasks + versions:,} nodes, more than the {MAX_DRAWN:,} a {fmt} graph is laid out and drawn with. "
+            f"Write it as DOT instead (-f dot, streamed; lay it out with Graphviz: sfdp -Tsvg), "
+            f"or draw fewer: the lineage of some files (TARGET...), with --run RUN to keep that run's records only")
 
 
 def _group_key(node: dict[str, Any], by: str) -> str:
@@ -197,24 +212,15 @@ def render_svg(model: GraphModel, group: str = "auto") -> str:
     return "\n".join(parts)
 
 
-def _dot_id(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
 def render_dot(model: GraphModel) -> str:
     """Every node (Graphviz lays it out; `dot -Tsvg`), coloured as in the HTML page."""
     lines = ["digraph lineage {", "  rankdir=LR;", '  node [fontname="sans-serif", fontsize=10];',
-             f"  label={_dot_id(model.title)};"]
+             f"  label={dot_id(model.title)};"]
     for key, node in model.nodes.items():
-        colour = COLOURS.get(node["status"], "#607d8b")
-        shape = "box" if node["kind"] == "task" else "folder" if node.get("type") == "dir" else "note"
-        label = f"{node['label']}\n{node['status']}"
-        if node["kind"] == "file":
-            label += f" {node['digest'][:12]}"
-        lines.append(f"  {_dot_id(key)} [shape={shape}, color={_dot_id(colour)}, penwidth=2, "
-                     f"label={_dot_id(label)}];")
+        lines.append(dot_node(key, node["kind"], node["label"], node["status"], is_dir=node.get("type") == "dir",
+                              digest=node.get("digest", "")))
     for s, d in model.edges:
-        lines.append(f"  {_dot_id(s)} -> {_dot_id(d)};")
+        lines.append(f"  {dot_id(s)} -> {dot_id(d)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,144 @@
+"""``lineage-ledger graph -f dot``, streamed: every node and edge written as it is read.
+
+DOT is text for Graphviz (or any other tool) to lay out, so nothing here needs the whole
+graph at once: the file versions come back from the selection's on-disk index in order of
+first mention, the tasks and their edges from the run read again a page at a time. What
+must be remembered across versions (each path's status on disk, looked up once a path) is
+kept in a private scratch SQLite file beside the index, not in a dict that grows with the
+run. The bytes are those :func:`._graph.render_dot` writes of the model
+:func:`._graph.build_graph` builds of the same selection (tests/test_graph_large.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .._ledger.ledger import Ledger
+from .._log.found import scratch_table
+from ._names import display_path, file_key
+from ._select import Selection, artifacts, members
+
+if TYPE_CHECKING:
+    from .._verification.checks import ArtifactCheck
+
+__all__ = ["COLOURS", "dot_id", "graph_title", "write_dot"]
+
+COLOURS = {
+    "OK": "#2e7d32", "MODIFIED": "#ef6c00", "MISSING": "#6d4c41", "broken": "#c62828",
+    "superseded": "#9e9e9e", "UNRECORDED": "#9e9e9e",
+    "succeeded": "#1565c0", "cached": "#5e35b1", "failed": "#c62828",
+}
+_BUFFER = 1 << 20  # written a megabyte at a time
+
+
+def dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def graph_title(selection: Selection) -> str:
+    runs = selection.runs
+    return f"lineage of {selection.count} task(s) in run(s) {', '.join(runs[:3])}" + (
+        " ..." if len(runs) > 3 else "")
+
+
+def dot_node(key: str, kind: str, label: str, status: str, *, is_dir: bool = False, digest: str = "") -> str:
+    """One node's line: a task is a box, a file a note, a directory a folder."""
+    colour = COLOURS.get(status, "#607d8b")
+    shape = "box" if kind == "task" else "folder" if is_dir else "note"
+    text = f"{label}\n{status}"
+    if kind == "file":
+        text += f" {digest[:12]}"
+    return f"  {dot_id(key)} [shape={shape}, color={dot_id(colour)}, penwidth=2, label={dot_id(text)}];"
+
+
+class _PathChecks:
+    """Each path's check against the disk (the version the ledger last saw of it, and the
+    digest on disk), made once a path and kept on disk: a run names a path per task or more."""
+
+    def __init__(self, ledger: Ledger, directory: str) -> None:
+        self._ledger = ledger
+        self._conn: sqlite3.Connection = scratch_table(
+            os.path.join(directory, "graph-checks.db"),
+            "checks (path TEXT PRIMARY KEY, expected TEXT, actual TEXT, status TEXT NOT NULL)")
+
+    def status(self, path: str, digest: str) -> str:
+        """As :func:`._select.file_statuses` gives it, for a version not broken."""
+        row = self._conn.execute("SELECT expected, actual, status FROM checks WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            check = self._check(path)
+            row = (check.expected, check.actual, check.status.value)
+            self._conn.execute("INSERT INTO checks VALUES (?, ?, ?, ?)", (path, *row))
+        expected, actual, status = row
+        if digest == expected:
+            return str(status)
+        return "OK" if digest == actual else "superseded"  # OK: the disk holds this older version again
+
+    def _check(self, path: str) -> ArtifactCheck:
+        from .._verification.verify import check_artifact
+
+        return check_artifact(self._ledger, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_HEAD, _NODE, _EDGE = 0, 1, 2
+
+
+def _file_id(path: str, digest: str) -> str:
+    return dot_id(f"f:{file_key(path, digest)}")
+
+
+def _lines(ledger: Ledger, selection: Selection) -> Iterator[tuple[int, str]]:
+    """(what, line) of each line: the header, the file versions, the tasks, the edges."""
+    for line in ("digraph lineage {", "  rankdir=LR;", '  node [fontname="sans-serif", fontsize=10];',
+                 f"  label={dot_id(graph_title(selection))};"):
+        yield _HEAD, line
+    index = selection.index()
+    broken = selection.broken  # the versions read that nobody made although the path was made: few
+    checks = _PathChecks(ledger, index.directory)
+    try:
+        for path, digest, _size, is_dir, _aliases in index.versions():
+            status = "broken" if (path, digest) in broken else checks.status(path, digest)
+            label = display_path(path) + ("/" if is_dir else "")
+            yield _NODE, dot_node(f"f:{file_key(path, digest)}", "file", label, status, is_dir=is_dir, digest=digest)
+    finally:
+        checks.close()
+    for entry in selection.records():  # the tasks, then (read again) their edges
+        record = entry.record
+        yield _NODE, dot_node(f"t:{entry.id}", "task", f"{record.engine}:{record.task_name}", record.status)
+    for entry in selection.records():
+        task = dot_id(f"t:{entry.id}")
+        for path, art in artifacts(entry.record.inputs):
+            yield _EDGE, f"  {_file_id(path, art['blake3'])} -> {task};"
+        for path, art in artifacts(entry.record.outputs):
+            yield _EDGE, f"  {task} -> {_file_id(path, art['blake3'])};"
+    for (path, digest), (dir_path, dir_digest) in members(ledger, selection).items():
+        yield _EDGE, f"  {_file_id(dir_path, dir_digest)} -> {_file_id(path, digest)};"
+    yield _HEAD, "}"
+
+
+def write_dot(ledger: Ledger, selection: Selection, path: str) -> tuple[int, int]:
+    """Write the selection's graph as DOT to ``path``; (nodes, edges) written."""
+    nodes = edges = 0
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle = open(path, "w", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115 (closed below)
+    try:
+        with handle:
+            for what, line in _lines(ledger, selection):
+                nodes += what == _NODE
+                edges += what == _EDGE
+                handle.write(line)
+                handle.write("\n")
+    except BaseException:
+        # A run found cut short in the ledger (its counts are checked after the last page)
+        # leaves no half graph that looks whole.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return nodes, edges
