@@ -4,7 +4,8 @@ A Snakemake scatter of N tasks is one run of N records: the exports of that run 
 bounded amount of memory, whatever N. Each size's ledger holds that one run only (task-shaped
 records as ``bench_scale.py``'s, about 1 KB each, appended 5,000 at a time), built once in
 ``--cache``. Every export format that streams (PROV-JSON, OpenLineage, the RO-Crate directory
-with its record files and proofs, the files themselves absent) runs as a fresh process,
+with its record files and proofs, the files themselves absent) and ``graph -f dot`` (every
+task and file version, each path checked on disk) runs as a fresh process,
 alternated with the baseline, ``lineage-ledger log --run RUN -n 0`` (which reads and prints
 every record of the same run), each round; peak RSS is the process's maximum resident set
 (``getrusage`` of the child), CPU its user and system time.
@@ -35,7 +36,7 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 BIN = Path(sys.executable).parent
 RUN = "scatter"
 GOAL_MIB = 200
-STREAMED = ("export prov-json", "export openlineage", "export ro-crate")
+STREAMED = ("export prov-json", "export openlineage", "export ro-crate", "graph dot")
 
 
 def _digest(text: str) -> str:
@@ -118,13 +119,16 @@ def main() -> None:
                                        "-o", os.path.join(scratch, "out.jsonl")],
                 "export ro-crate": [cli, "export", "--ledger", url, "--run", RUN, "-f", "ro-crate",
                                     "-o", os.path.join(scratch, "crate")],
+                # Most of its time is each path's check against the disk (Ledger.last_seen).
+                "graph dot": [cli, "graph", "--ledger", url, "--run", RUN, "-f", "dot",
+                              "-o", os.path.join(scratch, "out.dot")],
             }
             _run(variants["log --run (baseline)"], env)  # the first verification of this ledger
             results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
             for _ in range(repeats):  # alternated: machine noise hits every variant alike
                 for name, command in variants.items():
                     results[name].append(_run(command, env))
-                    for leftover in ("out.prov.json", "out.jsonl"):
+                    for leftover in ("out.prov.json", "out.jsonl", "out.dot"):
                         if os.path.exists(os.path.join(scratch, leftover)):
                             os.unlink(os.path.join(scratch, leftover))
                     shutil.rmtree(os.path.join(scratch, "crate"), ignore_errors=True)  # it needs a new directory
