@@ -86,7 +86,8 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
 @click.option("-f", "--format", "fmt", type=click.Choice(GRAPH_FORMATS), default="html", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The file to write.")
 @click.option("--group", type=click.Choice(["auto", "rule", "run", "none"]), default="auto", show_default=True,
-              help="html: fold the tasks of one rule (or run) into one box; auto folds past 300 nodes.")
+              help="Fold the tasks of one rule (or run) into one box; auto folds past 300 nodes. Past "
+                   "5,000 nodes only svg (folded) and dot (every node) are drawn.")
 @ledger_option
 def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
     """Draw tasks and file versions as a DAG, each file coloured by its verification status
@@ -103,14 +104,15 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
 
                 nodes, edges = write_dot(ledger, selection, output)
             else:  # laid out here, every node held: refused past a bound, before any is loaded
-                from ..exports._graph import build_graph, too_big_to_draw, write_graph
+                from ..exports._graph import build_graph, draw_large, too_big_to_draw, write_graph
 
-                refused = too_big_to_draw(selection, fmt)
-                if refused is not None:
-                    raise ConfigError(refused)
-                model = build_graph(ledger, selection)
-                write_graph(model, output, fmt, group=group)
-                nodes, edges = len(model.nodes), len(model.edges)
+                counts = too_big_to_draw(selection)
+                if counts is not None:  # folded from the run read again, or refused
+                    nodes, edges = draw_large(ledger, selection, output, fmt, group, counts)
+                else:
+                    model = build_graph(ledger, selection)
+                    write_graph(model, output, fmt, group=group)
+                    nodes, edges = len(model.nodes), len(model.edges)
     except OSError as err:
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"drew {nodes} node(s) and {edges} edge(s) to {output}", err=True)

@@ -22,13 +22,14 @@ from importlib import resources
 from typing import Any
 
 from .._canonical import format_time, utcnow
+from .._errors import ConfigError
 from .._ledger.ledger import Ledger
 from ._graph_dot import COLOURS, dot_id, dot_node, graph_title
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
 from ._select import Selection, artifacts, file_statuses, members
 
-__all__ = ["COLOURS", "MAX_DRAWN", "GraphModel", "build_graph", "render_dot", "render_html", "render_svg", "too_big_to_draw",
+__all__ = ["COLOURS", "MAX_DRAWN", "GraphModel", "build_graph", "render_dot", "render_html", "draw_large", "render_svg", "svg_of_view", "too_big_to_draw",
            "write_graph"]
 
 # Worst first: a folded box takes the colour of its worst member.
@@ -94,21 +95,45 @@ def build_graph(ledger: Ledger, selection: Selection) -> GraphModel:
     return model
 
 
-def too_big_to_draw(selection: Selection, fmt: str) -> str | None:
-    """Why the selection is not drawn as ``fmt`` (html, svg), or None: past :data:`MAX_DRAWN`
-    nodes the model, its three layouts and the page are gigabytes, and no browser draws
-    them. Counted from the selection's index (a run was read once, a page at a time, by
-    ``select``), before any of it is loaded."""
-    tasks = selection.count
-    versions = sum(1 for _ in selection.index().versions())
-    if tasks + versions <= MAX_DRAWN:
-        return None
+def _counts(selection: Selection) -> tuple[int, int]:
+    """(tasks, file versions) of the selection, from its index: no record is held to count."""
+    return selection.count, sum(1 for _ in selection.index().versions())
+
+
+def too_big_to_draw(selection: Selection) -> tuple[int, int] | None:
+    """(tasks, file versions) when the selection has more than :data:`MAX_DRAWN` of them
+    together (the model, its three layouts and the page are then gigabytes that no browser
+    draws), else None. Counted from the selection's index (a run was read once, a page at a
+    time, by ``select``) before any of it is loaded."""
+    tasks, versions = _counts(selection)
+    return (tasks, versions) if tasks + versions > MAX_DRAWN else None
+
+
+def draw_large(ledger: Ledger, selection: Selection, path: str, fmt: str, group: str,
+               counts: tuple[int, int]) -> tuple[int, int]:
+    """An SVG folded by rule (``--group auto``, as a graph past 300 nodes is) or by run, from
+    the run read a page at a time; (boxes, edges) drawn. Raises ConfigError, saying what to
+    use instead, for HTML (its page holds every node, to open a box), ``--group none``, or a
+    selection of more boxes than :data:`MAX_DRAWN` folded."""
+    tasks, versions = counts
     runs = selection.runs
-    which = f"run {runs[0]!r}" if len(runs) == 1 else f"{len(runs)} runs"
-    return (f"the selection ({which}) holds {tasks:,} task(s) and {versions:,} file version(s): "
-            f"{tasks + versions:,} nodes, more than the {MAX_DRAWN:,} a {fmt} graph is laid out and drawn with. "
-            f"Write it as DOT instead (-f dot, streamed; lay it out with Graphviz: sfdp -Tsvg), "
-            f"or draw fewer: the lineage of some files (TARGET...), with --run RUN to keep that run's records only")
+    which = f"run {runs[0]!r}" if len(runs) == 1 else f"{len(runs):,} runs"
+    said = (f"the selection ({which}) holds {tasks:,} task(s) and {versions:,} file version(s): "
+            f"{tasks + versions:,} nodes, more than the {MAX_DRAWN:,} a graph is laid out and drawn with")
+    instead = ("write it as DOT instead (-f dot, streamed; lay it out with Graphviz: sfdp -Tsvg), or draw "
+               "fewer: the lineage of some files (TARGET...), with --run RUN to keep that run's records only")
+    if fmt == "html" or group == "none":
+        raise ConfigError(f"{said} ({'every node of it' if fmt == 'html' else '--group none'}). "
+                          f"Draw it folded (-f svg --group rule, or --group run), or {instead}")
+    from ._graph_fold import folded_view
+
+    by = "run" if group == "run" else "rule"
+    view = folded_view(ledger, selection, by, MAX_DRAWN)
+    if view is None:
+        raise ConfigError(f"{said}, and more boxes than that folded by {by}. "
+                          f"{instead[0].upper()}{instead[1:]}")
+    _write_text(path, svg_of_view(view, graph_title(selection)))
+    return len(view["nodes"]), len(view["edges"])
 
 
 def _group_key(node: dict[str, Any], by: str) -> str:
@@ -185,13 +210,17 @@ def render_html(model: GraphModel, group: str = "auto") -> str:
 
 def render_svg(model: GraphModel, group: str = "auto") -> str:
     views, default = _views(model, group)
-    view = views[default]
+    return svg_of_view(views[default], model.title)
+
+
+def svg_of_view(view: dict[str, Any], title: str) -> str:
+    """One laid-out view (:func:`_view`'s) as an SVG document."""
     width = max((n["x"] for n in view["nodes"]), default=0) + NODE_WIDTH + 20
     height = max((n["y"] for n in view["nodes"]), default=0) + NODE_HEIGHT + 20
     where = {n["id"]: n for n in view["nodes"]}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="-10 -10 {width} {height}" font-family="sans-serif" font-size="12">',
-             f"<title>{html.escape(model.title)}</title>"]
+             f"<title>{html.escape(title)}</title>"]
     for edge in view["edges"]:
         a, b = where[edge["from"]], where[edge["to"]]
         x1, y1 = a["x"] + NODE_WIDTH, a["y"] + NODE_HEIGHT // 2
@@ -228,6 +257,10 @@ def render_dot(model: GraphModel) -> str:
 def write_graph(model: GraphModel, path: str, fmt: str, *, group: str = "auto") -> None:
     text = render_html(model, group) if fmt == "html" else render_svg(model, group) if fmt == "svg" \
         else render_dot(model)
+    _write_text(path, text)
+
+
+def _write_text(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:

@@ -25,7 +25,7 @@ from ._select import Selection, artifacts, members
 if TYPE_CHECKING:
     from .._verification.checks import ArtifactCheck
 
-__all__ = ["COLOURS", "dot_id", "graph_title", "write_dot"]
+__all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "version_statuses", "write_dot"]
 
 COLOURS = {
     "OK": "#2e7d32", "MODIFIED": "#ef6c00", "MISSING": "#6d4c41", "broken": "#c62828",
@@ -86,6 +86,19 @@ class _PathChecks:
         self._conn.close()
 
 
+def version_statuses(ledger: Ledger, selection: Selection) -> Iterator[tuple[str, str, bool, str]]:
+    """(path, digest, is_dir, status) of each version, in order of first mention: the status
+    :func:`._select.file_statuses` gives it, each path checked on disk once."""
+    index = selection.index()
+    broken = selection.broken  # the versions read that nobody made although the path was made: few
+    checks = _PathChecks(ledger, index.directory)
+    try:
+        for path, digest, _size, is_dir, _aliases in index.versions():
+            yield path, digest, is_dir, "broken" if (path, digest) in broken else checks.status(path, digest)
+    finally:
+        checks.close()
+
+
 _HEAD, _NODE, _EDGE = 0, 1, 2
 
 
@@ -98,16 +111,9 @@ def _lines(ledger: Ledger, selection: Selection) -> Iterator[tuple[int, str]]:
     for line in ("digraph lineage {", "  rankdir=LR;", '  node [fontname="sans-serif", fontsize=10];',
                  f"  label={dot_id(graph_title(selection))};"):
         yield _HEAD, line
-    index = selection.index()
-    broken = selection.broken  # the versions read that nobody made although the path was made: few
-    checks = _PathChecks(ledger, index.directory)
-    try:
-        for path, digest, _size, is_dir, _aliases in index.versions():
-            status = "broken" if (path, digest) in broken else checks.status(path, digest)
-            label = display_path(path) + ("/" if is_dir else "")
-            yield _NODE, dot_node(f"f:{file_key(path, digest)}", "file", label, status, is_dir=is_dir, digest=digest)
-    finally:
-        checks.close()
+    for path, digest, is_dir, status in version_statuses(ledger, selection):
+        label = display_path(path) + ("/" if is_dir else "")
+        yield _NODE, dot_node(f"f:{file_key(path, digest)}", "file", label, status, is_dir=is_dir, digest=digest)
     for entry in selection.records():  # the tasks, then (read again) their edges
         record = entry.record
         yield _NODE, dot_node(f"t:{entry.id}", "task", f"{record.engine}:{record.task_name}", record.status)
