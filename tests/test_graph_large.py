@@ -119,3 +119,17 @@ def test_a_large_svg_is_drawn_folded(wide, tmp_path, group, boxes):
         assert sorted(titles) == ["20000 files: outputs of run wide [MISSING]", "wide ×500 [succeeded]"], titles
     else:
         assert "cli:step2 ×166 [succeeded]" in titles and "6680 files: cli:step1 [MISSING]" in titles, titles
+
+
+def test_a_fold_of_more_boxes_than_drawn_is_refused(wide):
+    """A run per task folded by run is as many boxes as nodes: the fold gives up past the bound
+    (here 1 box: the wide run is two, its tasks and their files) instead of laying them out."""
+    from lineage_ledger.exports._graph_fold import folded_view
+    from lineage_ledger.exports._select import select
+
+    with open_ledger(f"sqlite:///{wide}/ledger.db", spool=str(wide / "spool"),
+                     state_dir=str(wide / "state")) as ledger, select(ledger, (), "wide") as selection:
+        assert folded_view(ledger, selection, "run", 1) is None
+        view = folded_view(ledger, selection, "run", 2)
+    assert view is not None and [n["kind"] for n in view["nodes"]] == ["group", "group"]
+    assert view["edges"] == [{"from": "g:t|wide", "to": "g:f|outputs of run wide", "count": TASKS * OUTPUTS}]

@@ -10,6 +10,12 @@ that name the same version are its ``aliases``, not nodes. Three views are laid 
 coloured by the worst status inside it. The HTML page embeds the views and draws them with a
 small inlined script (no network: its Content-Security-Policy forbids any fetch); SVG and DOT
 show one view.
+
+The model holds every node, so it is built only for up to :data:`MAX_DRAWN` tasks and file
+versions (counted from the selection's index first). Past that, DOT is streamed
+(:mod:`._graph_dot`, every node), an SVG is drawn folded from the run read a page at a time
+(:mod:`._graph_fold`), and an HTML page, which keeps every node to open a folded box, is
+refused with what to use instead.
 """
 
 from __future__ import annotations
@@ -119,18 +125,20 @@ def draw_large(ledger: Ledger, selection: Selection, path: str, fmt: str, group:
     runs = selection.runs
     which = f"run {runs[0]!r}" if len(runs) == 1 else f"{len(runs):,} runs"
     said = (f"the selection ({which}) holds {tasks:,} task(s) and {versions:,} file version(s): "
-            f"{tasks + versions:,} nodes, more than the {MAX_DRAWN:,} a graph is laid out and drawn with")
-    instead = ("write it as DOT instead (-f dot, streamed; lay it out with Graphviz: sfdp -Tsvg), or draw "
-               "fewer: the lineage of some files (TARGET...), with --run RUN to keep that run's records only")
+            f"{tasks + versions:,} nodes, more than the {MAX_DRAWN:,} ")
+    instead = ("write it as DOT (-f dot, streamed; lay it out with Graphviz: sfdp -Tsvg), or draw fewer: "
+               "the lineage of some files (TARGET...), with --run RUN to keep that run's records only")
     if fmt == "html" or group == "none":
-        raise ConfigError(f"{said} ({'every node of it' if fmt == 'html' else '--group none'}). "
-                          f"Draw it folded (-f svg --group rule, or --group run), or {instead}")
+        where = ("an HTML page holds (it keeps every node, to open a folded box)" if fmt == "html"
+                 else "drawn unfolded (--group none)")
+        raise ConfigError(f"{said}{where}. Draw it folded as SVG (-f svg --group rule, or --group run), "
+                          f"{instead}")
     from ._graph_fold import folded_view
 
     by = "run" if group == "run" else "rule"
     view = folded_view(ledger, selection, by, MAX_DRAWN)
     if view is None:
-        raise ConfigError(f"{said}, and more boxes than that folded by {by}. "
+        raise ConfigError(f"{said}drawn, and more boxes than that folded by {by}. "
                           f"{instead[0].upper()}{instead[1:]}")
     _write_text(path, svg_of_view(view, graph_title(selection)))
     return len(view["nodes"]), len(view["edges"])

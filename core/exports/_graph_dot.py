@@ -12,6 +12,7 @@ run. The bytes are those :func:`._graph.render_dot` writes of the model
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from ._select import Selection, artifacts, members
 if TYPE_CHECKING:
     from .._verification.checks import ArtifactCheck
 
-__all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "version_statuses", "write_dot"]
+__all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "scratch_file", "version_statuses", "write_dot"]
 
 COLOURS = {
     "OK": "#2e7d32", "MODIFIED": "#ef6c00", "MISSING": "#6d4c41", "broken": "#c62828",
@@ -55,15 +56,24 @@ def dot_node(key: str, kind: str, label: str, status: str, *, is_dir: bool = Fal
     return f"  {dot_id(key)} [shape={shape}, color={dot_id(colour)}, penwidth=2, label={dot_id(text)}];"
 
 
+_made = itertools.count()
+
+
+def scratch_file(directory: str, name: str, table: str) -> tuple[sqlite3.Connection, str]:
+    """A new scratch SQLite file (``scratch_table``'s) in the selection's private directory,
+    named afresh each time: one selection may be drawn more than once."""
+    path = os.path.join(directory, f"{name}-{os.getpid()}-{next(_made)}.db")
+    return scratch_table(path, table), path
+
+
 class _PathChecks:
     """Each path's check against the disk (the version the ledger last saw of it, and the
     digest on disk), made once a path and kept on disk: a run names a path per task or more."""
 
     def __init__(self, ledger: Ledger, directory: str) -> None:
         self._ledger = ledger
-        self._conn: sqlite3.Connection = scratch_table(
-            os.path.join(directory, "graph-checks.db"),
-            "checks (path TEXT PRIMARY KEY, expected TEXT, actual TEXT, status TEXT NOT NULL)")
+        self._conn, self._path = scratch_file(
+            directory, "graph-checks", "checks (path TEXT PRIMARY KEY, expected TEXT, actual TEXT, status TEXT NOT NULL)")
 
     def status(self, path: str, digest: str) -> str:
         """As :func:`._select.file_statuses` gives it, for a version not broken."""
@@ -84,6 +94,7 @@ class _PathChecks:
 
     def close(self) -> None:
         self._conn.close()
+        os.unlink(self._path)
 
 
 def version_statuses(ledger: Ledger, selection: Selection) -> Iterator[tuple[str, str, bool, str]]:

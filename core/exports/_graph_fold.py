@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._ledger.ledger import Ledger
-from .._log.found import scratch_table
-from ._graph_dot import version_statuses
+from ._graph_dot import scratch_file, version_statuses
 from ._layout import layout
 from ._names import display_path, file_key
 from ._select import Selection, artifacts, members
@@ -117,10 +116,11 @@ def _chunks(cursor: sqlite3.Cursor) -> Iterator[Any]:
 def folded_view(ledger: Ledger, selection: Selection, by: str, most: int) -> dict[str, Any] | None:
     """The view of the selection folded ``by`` rule or run, laid out; None when it has more
     than ``most`` boxes (a run per task, folded by run)."""
-    conn = scratch_table(os.path.join(selection.index().directory, "graph-fold.db"),
-                         "files (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, path TEXT NOT NULL, digest TEXT NOT NULL,"
-                         " is_dir INTEGER NOT NULL, status TEXT NOT NULL, made_by TEXT, made_rule TEXT, made_run TEXT,"
-                         " read_rule TEXT, read_run TEXT)")
+    conn, scratch = scratch_file(
+        selection.index().directory, "graph-fold",
+        "files (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, path TEXT NOT NULL, digest TEXT NOT NULL,"
+        " is_dir INTEGER NOT NULL, status TEXT NOT NULL, made_by TEXT, made_rule TEXT, made_run TEXT,"
+        " read_rule TEXT, read_run TEXT)")
     try:
         boxes = _Boxes()
         _files(ledger, selection, by, boxes, conn)
@@ -150,6 +150,7 @@ def folded_view(ledger: Ledger, selection: Selection, by: str, most: int) -> dic
             counted[pair] = counted.get(pair, 0) + 1
     finally:
         conn.close()
+        os.unlink(scratch)
     nodes = boxes.nodes()
     edges = [(s, d, c) for (s, d), c in counted.items() if s != d]
     for key, (x, y) in layout(list(nodes), [(s, d) for s, d, _ in edges]).items():
