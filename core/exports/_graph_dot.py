@@ -15,16 +15,12 @@ import contextlib
 import itertools
 import os
 import sqlite3
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
 
 from .._ledger.ledger import Ledger
 from .._log.found import scratch_table
 from ._names import display_path, file_key
 from ._select import Selection, artifacts, members
-
-if TYPE_CHECKING:
-    from .._verification.checks import ArtifactCheck
 
 __all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "scratch_file", "version_statuses", "write_dot"]
 
@@ -34,6 +30,9 @@ COLOURS = {
     "succeeded": "#1565c0", "cached": "#5e35b1", "failed": "#c62828",
 }
 _BUFFER = 1 << 20  # written a megabyte at a time
+# Versions checked a window at a time, their paths' index rows read ahead together when
+# there are enough of them (as verify-lineage of many files does).
+_WINDOW, _LOOK_AHEAD = 5_000, 16
 
 
 def dot_id(text: str) -> str:
@@ -75,22 +74,28 @@ class _PathChecks:
         self._conn, self._path = scratch_file(
             directory, "graph-checks", "checks (path TEXT PRIMARY KEY, expected TEXT, actual TEXT, status TEXT NOT NULL)")
 
+    def settle(self, paths: Iterable[str]) -> None:
+        """Check the paths not checked yet, their index rows read ahead together
+        (``Ledger.looking_ahead``: the same answers, a few statements for a window of paths
+        instead of a few a path)."""
+        from .._verification.verify import check_artifact
+
+        new = [p for p in dict.fromkeys(paths)
+               if self._conn.execute("SELECT 1 FROM checks WHERE path = ?", (p,)).fetchone() is None]
+        ahead = self._ledger.looking_ahead(new) if len(new) >= _LOOK_AHEAD else contextlib.nullcontext()
+        with ahead:
+            for path in new:
+                check = check_artifact(self._ledger, path)
+                self._conn.execute("INSERT INTO checks VALUES (?, ?, ?, ?)",
+                                   (path, check.expected, check.actual, check.status.value))
+
     def status(self, path: str, digest: str) -> str:
-        """As :func:`._select.file_statuses` gives it, for a version not broken."""
-        row = self._conn.execute("SELECT expected, actual, status FROM checks WHERE path = ?", (path,)).fetchone()
-        if row is None:
-            check = self._check(path)
-            row = (check.expected, check.actual, check.status.value)
-            self._conn.execute("INSERT INTO checks VALUES (?, ?, ?, ?)", (path, *row))
-        expected, actual, status = row
+        """As :func:`._select.file_statuses` gives it, for a version not broken (its path settled)."""
+        expected, actual, status = self._conn.execute(
+            "SELECT expected, actual, status FROM checks WHERE path = ?", (path,)).fetchone()
         if digest == expected:
             return str(status)
         return "OK" if digest == actual else "superseded"  # OK: the disk holds this older version again
-
-    def _check(self, path: str) -> ArtifactCheck:
-        from .._verification.verify import check_artifact
-
-        return check_artifact(self._ledger, path)
 
     def close(self) -> None:
         self._conn.close()
@@ -104,8 +109,12 @@ def version_statuses(ledger: Ledger, selection: Selection) -> Iterator[tuple[str
     broken = selection.broken  # the versions read that nobody made although the path was made: few
     checks = _PathChecks(ledger, index.directory)
     try:
-        for path, digest, _size, is_dir, _aliases in index.versions():
-            yield path, digest, is_dir, "broken" if (path, digest) in broken else checks.status(path, digest)
+        versions = index.versions()
+        while window := [(path, digest, is_dir) for path, digest, _size, is_dir, _aliases
+                         in itertools.islice(versions, _WINDOW)]:
+            checks.settle(path for path, digest, _ in window if (path, digest) not in broken)
+            for path, digest, is_dir in window:
+                yield path, digest, is_dir, "broken" if (path, digest) in broken else checks.status(path, digest)
     finally:
         checks.close()
 
