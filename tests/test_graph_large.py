@@ -72,8 +72,9 @@ print((kib("VmHWM") - before) / 1024)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads and resets /proc/self's peak RSS")
 def test_a_dot_graph_holds_no_more_than_a_page(wide, tmp_path):
     """The model of 20,500 nodes, its DOT text held whole beside it, added about 70 MiB;
-    streamed, about 14 (the ledger's cache of the 500 records decoded, the scratch stores'
-    caches). The bound is generous; a held model is past it."""
+    streamed, about 25 (the ledger's cache of the 500 records decoded, the index rows of a
+    window of paths read ahead, the scratch stores' caches). The bound is generous; a held
+    model is past it."""
     out = tmp_path / "wide.dot"
     child = subprocess.run([sys.executable, "-c", _CHILD, f"sqlite:///{wide}/ledger.db", str(out)],
                            capture_output=True, text=True, timeout=300,
@@ -85,7 +86,7 @@ def test_a_dot_graph_holds_no_more_than_a_page(wide, tmp_path):
     assert text.startswith("digraph lineage {") and text.endswith("}\n")
     assert text.count(" [shape=note,") == TASKS * OUTPUTS and text.count(" [shape=box,") == TASKS
     assert text.count(" -> ") == TASKS * OUTPUTS
-    assert grown < 35, grown
+    assert grown < 40, grown
 
 
 @pytest.mark.parametrize(("fmt", "group"), [("html", "rule"), ("svg", "none")])
