@@ -134,3 +134,34 @@ def test_a_fold_of_more_boxes_than_drawn_is_refused(wide):
         view = folded_view(ledger, selection, "run", 2)
     assert view is not None and [n["kind"] for n in view["nodes"]] == ["group", "group"]
     assert view["edges"] == [{"from": "g:t|wide", "to": "g:f|outputs of run wide", "count": TASKS * OUTPUTS}]
+
+
+def test_broken_versions_are_found_alike_read_ahead_or_one_by_one(tmp_path, monkeypatch):
+    """The versions a run read that none of its records wrote are looked up a window at a
+    time, their index rows read ahead together: a version read after its file changed
+    (produced, but never in that version) is "broken", a source is not, either way."""
+    from lineage_ledger.exports import _select
+
+    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+    def entry(text: str) -> dict:
+        return {"blake3": blake3(text.encode()).hexdigest(), "size": len(text)}
+
+    sources = {str(tmp_path / f"src-{i:02d}.txt"): entry(f"s{i}") for i in range(20)}
+    made = str(tmp_path / "made.txt")
+    writer = Record(engine="test", run_id="first", task_id="w", task_name="write", status="succeeded",
+                    started=t0, ended=t0, outputs={made: entry("as written")})
+    reader = Record(engine="test", run_id="second", task_id="r", task_name="read", status="succeeded",
+                    started=t0 + timedelta(minutes=1), ended=t0 + timedelta(minutes=2),
+                    inputs={**sources, made: entry("edited by hand")},
+                    outputs={str(tmp_path / "out.txt"): entry("out")})
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "state")) as ledger:
+        ledger.append_records([writer.stored(), reader.stored()])
+    found = {}
+    for ahead in (True, False):
+        monkeypatch.setattr(_select, "_LOOK_AHEAD", 16 if ahead else 10**9)
+        with open_ledger(url, read_only=True, state_dir=str(tmp_path / "state")) as ledger:
+            with _select.select(ledger, [], "second") as selection:
+                found[ahead] = set(selection.broken)
+    assert found[True] == found[False] == {(made, entry("edited by hand")["blake3"])}

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from .._ledger.ledger import Ledger
 from .._log.found import scratch_table
 from ._names import display_path, file_key
-from ._select import Selection, artifacts, members
+from ._select import _LOOK_AHEAD, _WINDOW, Selection, artifacts, members
 
 __all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "scratch_file", "version_statuses", "write_dot"]
 
@@ -30,9 +30,6 @@ COLOURS = {
     "succeeded": "#1565c0", "cached": "#5e35b1", "failed": "#c62828",
 }
 _BUFFER = 1 << 20  # written a megabyte at a time
-# Versions checked a window at a time, their paths' index rows read ahead together when
-# there are enough of them (as verify-lineage of many files does).
-_WINDOW, _LOOK_AHEAD = 5_000, 16
 
 
 def dot_id(text: str) -> str:
