@@ -60,7 +60,7 @@ from operator import attrgetter, ge, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "HOT_RECORDS", "Candidate", "Hot", "HotNames", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "drop_entries", "kept", "path_key", "recover", "write_atomic"]
+           "candidates", "copy_names", "drop_entries", "kept", "path_key", "recover", "write_atomic"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
@@ -379,6 +379,26 @@ def recover(directory: str, size: int) -> None:
             if len(bucket_size) == 2 and all(word.isdigit() for word in bucket_size):
                 _cut(directory, int(bucket_size[0]), int(bucket_size[1]))
     os.unlink(path)
+
+
+def copy_names(source: str, target: str) -> None:
+    """Copy the bucket files and the pending note of one state directory into another
+    (private files; links are not followed), for :func:`recover` to cut back there."""
+    for name in [*map(bucket_name, range(BUCKETS)), _PENDING]:
+        try:
+            src = os.open(os.path.join(source, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            dst = os.open(os.path.join(target, name),
+                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                while os.sendfile(dst, src, None, 1 << 30):
+                    pass
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
 
 
 def _cut(directory: str, bucket: int, size: int) -> None:

@@ -15,7 +15,7 @@ from blake3 import blake3
 from .._canonical import format_time, utcnow
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
-from .names import NamesBatch, NamesWriter, write_atomic
+from .names import NamesBatch, NamesWriter, copy_names, write_atomic
 from .names import kept as names_kept
 from .names import recover as recover_names
 
@@ -135,6 +135,17 @@ class TreeWriter:
         self._named = first_leaf + len(views)
         if self._batch.records >= self._BATCH:
             self._queue_names(*self._batch.packed())
+
+    def carry_names(self, source: str, size: int) -> None:
+        """Start a fresh writer's names from those the state directory ``source`` keeps for
+        its head of ``size`` records (names of format :data:`NAMES_FORMAT`): an audit that
+        finds those same records again then names only the records after them. Call under
+        the state's lock, before anything is added."""
+        if self.size or self._named or self._batch.records:
+            raise ValueError("names are carried into a fresh writer only")
+        copy_names(source, self.directory)
+        recover_names(self.directory, size)  # a writer that died past that head: cut back
+        self._named = size
 
     def add_packed_names(self, first_leaf: int, records: int, counts, data: bytes) -> None:
         """Names an audit worker gathered and packed for ``records`` records from ``first_leaf``."""

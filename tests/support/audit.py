@@ -11,9 +11,9 @@ def watch_workers(monkeypatch) -> list[tuple[object, int]]:
     calls: list[tuple[object, int]] = []
     real = audit_parallel.results
 
-    def watched(backend, tasks, *, files):
+    def watched(backend, tasks, *, files, **options):
         calls.append((backend, len(tasks)))
-        return real(backend, tasks, files=files)
+        return real(backend, tasks, files=files, **options)
 
     monkeypatch.setattr(audit_parallel, "results", watched)
     return calls
