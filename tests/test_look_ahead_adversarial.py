@@ -228,7 +228,21 @@ CASES = {
     "a record's position column": (
         lambda b: _sql(b, f"UPDATE ll_records SET pos = pos - 1 WHERE seq = {_latest_seq(1, 'DESC')}",
                        _p(b, "moved/y.txt")), {TWICE_B, ("IndexTampered", None)}),
+    "two records' rows swapped between their places in ll_records": (
+        lambda b: _swap_records(b, 0, 1),
+        {TWICE_B, ("IndexTampered", "merged.txt"), *(("IndexTampered", f"out/p{i:02d}.txt") for i in range(PARTS))}),
 }
+
+
+def _swap_records(base: Path, first: int, second: int) -> None:
+    """The ``first`` and ``second`` records' rows (id, place, body) swapped: the index rows of
+    each now lead to the other."""
+    with sqlite3.connect(base / "ledger.db") as conn:
+        seqs = [seq for (seq,) in conn.execute("SELECT seq FROM ll_records ORDER BY seq")]
+        a, b = seqs[first], seqs[second]
+        conn.execute("UPDATE ll_records SET seq = -1 WHERE seq = ?", (a,))
+        conn.execute("UPDATE ll_records SET seq = ? WHERE seq = ?", (a, b))
+        conn.execute("UPDATE ll_records SET seq = ? WHERE seq = -1", (b,))
 
 
 # The same record found left out, explained as the check that found it: reading ahead, the
@@ -322,6 +336,23 @@ def test_recorded_files_gone_from_a_directory_are_read_ahead_as_one_by_one(tmp_p
     else:
         [absent] = ahead["absent"]
         assert (len(absent["paths"]), absent["more"]) == (10, 8) and ahead["failures"] == []
+
+
+def test_a_failed_producer_and_a_version_changed_before_it_was_read_break_lineage_either_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = _build(tmp_path)
+    bad, final = _write(tmp_path / "bad.txt", "bad"), _write(tmp_path / "final.txt", "final")
+    records = [*_task("fails", 40, [_p(tmp_path, "out/p01.txt")], [bad], status="failed"),
+               *_task("final", 41, [bad, _p(tmp_path, "merged.txt")], [final])]
+    _write(tmp_path / "merged.txt", "merged, edited")  # then read by a task, then put back
+    read = _write(tmp_path / "read.txt", "read")
+    _append(url, tmp_path, [*records, *_task("reads", 42, [_p(tmp_path, "merged.txt")], [read])])
+    _write(tmp_path / "merged.txt", "merged")
+    paths = [*_paths(tmp_path), final, read]
+    ahead = _verify(monkeypatch, url, tmp_path / "s1", paths, ahead=True)
+    assert ahead == _verify(monkeypatch, url, tmp_path / "s2", paths, ahead=False)
+    assert {(f["error"], _below(tmp_path, f["path"])) for f in ahead["failures"]} == {
+        TWICE_B, ("ArtifactMismatch", "merged.txt"), ("LineageBroken", "bad.txt"), ("LineageBroken", "merged.txt")}
 
 
 # -- where the two ways part, and no answer comes from the row either way ----------------------
