@@ -18,7 +18,7 @@ Where the two ways part, neither answers from the row in question: an edited end
 of a producer row (test_look_ahead pins that), and rows a look-up one file at a time never
 reads, which make a pre-run batch that reads them refuse (the plugins then check each file
 on their own and end where the small batch did). The xfail tests are bugs, each described
-in its reason. Each case takes about 0.3 s; the file 11-19 s at a load of 2-2.5.
+in its reason. Each case takes about 0.3 s; the file 10-21 s (load 1-2.5).
 """
 
 from __future__ import annotations
