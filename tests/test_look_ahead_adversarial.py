@@ -17,8 +17,11 @@ spellings included) is checked with reading ahead on and off.
 Where the two ways part, neither answers from the row in question: an edited end-time column
 of a producer row (test_look_ahead pins that), and rows a look-up one file at a time never
 reads, which make a pre-run batch that reads them refuse (the plugins then check each file
-on their own and end where the small batch did). The xfail tests are bugs, each described
-in its reason. Each case takes about 0.3 s; the file 10-21 s (load 1-2.5).
+on their own and end where the small batch did). The last five tests are the bugs this
+review found (each failed before its fix): a name that is not UTF-8 or holds a NUL byte among
+16 or more paths, an index row whose record row was deleted read ahead (raised out of
+verify_lineage), and a lineage walk that failed left half-built in the memo (a later target
+reaching it answered OK). Each case takes about 0.3 s; the file 7-21 s (load 1-2.5).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import pytest
 from lineage_ledger import VerificationError, check_before_run, check_each, open_ledger
 from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._cli.render import report_json
-from lineage_ledger._errors import ArtifactError, IndexTampered
 from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._model import Record
 from lineage_ledger._verification import prerun as prerun_module
@@ -458,10 +460,6 @@ def _latin1_file(directory: Path) -> str:
     return os.fsdecode(name)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reading ahead, Ledger.looking_ahead resolves every path's key first (query_path -> "
-    "normalize_path), and a name that is not UTF-8 raises ArtifactError out of the window: "
-    "verify-lineage of the directory exits 2 (bad input) where fewer files give 1 (UNREADABLE)"))
 def test_a_directory_of_many_files_with_a_name_not_utf8_is_checked_as_one_of_few(tmp_path):
     said = {}
     for count in (5, PARTS):
@@ -475,10 +473,6 @@ def test_a_directory_of_many_files_with_a_name_not_utf8_is_checked_as_one_of_few
     assert said[PARTS].returncode == 1 and "UNREADABLE" in said[PARTS].stdout, said[PARTS].stdout + said[PARTS].stderr
 
 
-@pytest.mark.xfail(strict=True, raises=ArtifactError, reason=(
-    "check_before_run of 16 paths or more raises ArtifactError from Ledger.looking_ahead "
-    "(query_path of a name that is not UTF-8); one by one such a file is skipped (nothing "
-    "recorded can vouch for it), as test_directories' pre-run test of 4 paths expects"))
 def test_a_pre_run_check_of_many_inputs_skips_a_name_not_utf8_as_of_few(tmp_path, monkeypatch):
     url = _build(tmp_path)
     _trusted(tmp_path, url, 2)
@@ -488,10 +482,6 @@ def test_a_pre_run_check_of_many_inputs_skips_a_name_not_utf8_as_of_few(tmp_path
     assert _pre_run(monkeypatch, url, tmp_path / "s1", paths, ahead=True) == one_by_one
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "resolving_keeps (core/_files/hashing.py) catches OSError from os.lstat, not the ValueError "
-    "a path with a NUL byte raises; one by one, check_before_run skips the path (os.path.exists "
-    "is False)"))
 def test_a_pre_run_check_of_many_inputs_skips_a_path_with_a_nul_byte_as_of_few(tmp_path, monkeypatch):
     url = _build(tmp_path)
     _trusted(tmp_path, url, 2)
@@ -501,11 +491,6 @@ def test_a_pre_run_check_of_many_inputs_skips_a_path_with_a_nul_byte_as_of_few(t
     assert _pre_run(monkeypatch, url, tmp_path / "s1", paths, ahead=True) == one_by_one
 
 
-@pytest.mark.xfail(strict=True, raises=IndexTampered, reason=(
-    "an index row whose record row was deleted: reading ahead, find_places_many / "
-    "find_latest_many raise IndexTampered (_dangling) when the window is read, outside "
-    "_verify_one's try, so verify_lineage raises instead of reporting it and answers none of "
-    "the window's other targets; one by one the failure is in the report with every other answer"))
 def test_a_deleted_record_row_is_reported_with_the_other_answers_reading_ahead_too(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url = _build(tmp_path)
@@ -522,11 +507,6 @@ def test_a_deleted_record_row_is_reported_with_the_other_answers_reading_ahead_t
     assert _verify(monkeypatch, url, tmp_path / "s1", paths, ahead=True) == one_by_one
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Ledger._lineage (core/_ledger/lineage.py) puts a node in the memo before walking its "
-    "inputs; a walk that raises (a tampered record further back) leaves it there without "
-    "parents, and a later target of the same verification that reaches it (a duplicate path, "
-    "or a file derived from it) is answered OK with its lineage cut short there"))
 def test_a_lineage_that_failed_is_not_answered_cut_short_for_a_later_target(tmp_path):
     src = _write(tmp_path / "src.txt", "source")
     a = _write(tmp_path / "a.txt", "a")

@@ -102,7 +102,11 @@ def resolving_keeps(paths: Iterable[str]) -> set[str]:
         parent = parent or "/"
         real = parents.get(parent)
         if real is None:
-            real = parents[parent] = _resolved(parent) == parent
+            try:
+                real = _resolved(parent) == parent
+            except ValueError:  # a NUL byte: left to lookup_paths, which says so
+                real = False
+            parents[parent] = real
         if not real:
             continue
         try:
@@ -110,7 +114,7 @@ def resolving_keeps(paths: Iterable[str]) -> set[str]:
                 continue
         except FileNotFoundError:
             pass  # realpath keeps a missing tail as given
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte
             continue
         kept.add(path)
     return kept

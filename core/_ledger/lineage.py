@@ -97,14 +97,25 @@ def run_nested(walk: Nested[T]) -> T:
     return value, which is sent back to the one that yielded it. Depth is only memory."""
     stack: list[Generator[Any, Any, Any]] = [walk]
     value: Any = None
+    error: BaseException | None = None
     while True:
         try:
-            inner = stack[-1].send(value)
+            if error is None:
+                inner = stack[-1].send(value)
+            else:  # raised by the walk it had yielded: raised there, as a call would have
+                failed, error = error, None
+                inner = stack[-1].throw(failed)
         except StopIteration as done:
             stack.pop()
             if not stack:
                 return done.value
             value = done.value
+            continue
+        except BaseException as exc:
+            stack.pop()
+            if not stack:
+                raise
+            error = exc
             continue
         stack.append(inner)
         value = None
@@ -194,8 +205,22 @@ class LineageQueries:
                 return node
         node = LineageNode(path, digest, "produced", producer)
         memo[key] = node
-        if (path, None) not in memo:
+        spelled = (path, None) not in memo
+        if spelled:
             memo[(path, None)] = node
+        try:
+            yield from self._walk_inputs(node, producer, memo, slim)
+        except BaseException:
+            # A walk that failed (a record further back that does not verify) leaves no node
+            # behind: another target that reaches it must fail the same way, not take it for
+            # a lineage that ends here.
+            memo.pop(key, None)
+            if spelled:
+                memo.pop((path, None), None)
+            raise
+        return node
+
+    def _walk_inputs(self, node: LineageNode, producer, memo, slim) -> Nested[None]:
         inputs = producer.record.inputs
         # Only a record that names a path by an alias can lead elsewhere than the path as
         # recorded: the others' inputs are not looked for on disk (a stat each, every record).
@@ -215,7 +240,6 @@ class LineageQueries:
             if summary is None:
                 summary = memo[("summary", producer.id)] = producer_summary(producer)
             node.producer = summary
-        return node
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies

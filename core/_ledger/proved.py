@@ -264,13 +264,13 @@ class ProvedLookups:
             for p in paths:
                 try:
                     given[p] = normalize_path(p)
-                except ArtifactError:
-                    pass  # query_path says why
+                except (ArtifactError, ValueError):
+                    pass  # query_path says why, when the path's own look-up comes to it
             own = resolving_keeps(given.values())
             for p, key in given.items():
                 if key in own:
                     batch.keys[p] = batch.keys[key] = key
-            keys = list(dict.fromkeys(self.query_path(p) for p in paths))
+            keys = list(dict.fromkeys(filter(None, map(self._key_ahead, given))))
             batch.bound = self._bound()
             batch.names = self.verifier.store.names_many(keys) or {}
             backend = self.backend
@@ -290,6 +290,15 @@ class ProvedLookups:
             yield
         finally:
             self._batch.current = previous
+
+    def _key_ahead(self, path: str) -> str | None:
+        """:meth:`query_path`, or None for a path whose key cannot be worked out (a name
+        that is not UTF-8, a NUL byte): it is read when its own look-up comes to it, which
+        then answers (or raises) as it would have without reading ahead."""
+        try:
+            return self.query_path(path)
+        except (ArtifactError, ValueError):
+            return None
 
     @contextlib.contextmanager
     def consumers_ahead(self, keys: Sequence[str]) -> Iterator[None]:

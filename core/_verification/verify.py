@@ -225,7 +225,15 @@ _LOOK_AHEAD = 16
 
 def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool) -> None:
     # Many files (a directory's, an audit's outputs): their index rows read at once.
-    ahead = ledger.looking_ahead(window) if len(window) >= _LOOK_AHEAD else contextlib.nullcontext()
+    ahead = contextlib.ExitStack()
+    if len(window) >= _LOOK_AHEAD:
+        try:
+            ahead.enter_context(ledger.looking_ahead(window))
+        except VerificationError:
+            # A row read ahead that does not verify (one that names a record the store does
+            # not hold): the window is checked path by path, so that the failure is reported
+            # against the path that reads it, beside every other path's answer.
+            pass
     with ahead:
         for path in window:
             if audit:
