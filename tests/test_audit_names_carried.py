@@ -138,3 +138,24 @@ trust.TreeWriter.commit = die
 with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
     ledger.tree_head()
 """
+
+
+def test_names_that_cannot_be_carried_are_gathered_afresh(tmp_path, monkeypatch):
+    """A bucket file of the remembered state that cannot be read (here a symbolic link,
+    which is never followed): the audit names every record again, none twice."""
+    for name, value in WORKERS.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "ledger.db"
+    url, state = f"sqlite:///{db}", str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        _append(ledger, 0, 6)
+    with open_ledger(url, state_dir=state, read_only=True) as ledger:
+        ledger.audit()
+        directory = ledger.verifier.store.directory
+    bucket = sorted(n for n in os.listdir(directory) if n.startswith("names-") and n.endswith(".bin"))[-1]
+    os.rename(os.path.join(directory, bucket), os.path.join(tmp_path, bucket))
+    os.symlink(os.path.join(tmp_path, bucket), os.path.join(directory, bucket))
+    with open_ledger(url, state_dir=state, read_only=True) as ledger:
+        assert ledger.audit().head.names == 2
+        assert _counts(ledger, "/data/ref") == 6 and len(ledger.consumers("/data/ref")) == 6
+    assert not os.path.islink(os.path.join(directory, bucket))

@@ -193,7 +193,10 @@ class FullAudit:
         so the names carried are those of the same records."""
         if old is None or not old.size or old.names != NAMES_FORMAT or writer.names_format != NAMES_FORMAT:
             return 0
-        writer.carry_names(self.store.directory, old.size)
+        try:
+            writer.carry_names(self.store.directory, old.size)
+        except OSError:  # a names file that cannot be read: every record is named afresh
+            return 0
         return old.size
 
     def _join(self, writer: TreeWriter, dedup: IdDedup, found: FoundOutputs, answers, stop: int,

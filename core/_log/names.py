@@ -60,7 +60,7 @@ from operator import attrgetter, ge, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY_SIZE", "FORMAT", "INPUT", "OUTPUT", "RUN", "HOT_RECORDS", "Candidate", "Hot", "HotNames", "NamesBatch", "NamesWriter", "bucket_name", "bucket_of",
-           "candidates", "copy_names", "drop_entries", "kept", "path_key", "recover", "write_atomic"]
+           "candidates", "copy_names", "drop_entries", "drop_names", "kept", "path_key", "recover", "write_atomic"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
@@ -399,6 +399,13 @@ def copy_names(source: str, target: str) -> None:
                 os.close(dst)
         finally:
             os.close(src)
+
+
+def drop_names(directory: str) -> None:
+    """Remove the bucket files and the pending note of a state directory."""
+    for name in [*map(bucket_name, range(BUCKETS)), _PENDING]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
 
 
 def _cut(directory: str, bucket: int, size: int) -> None:

@@ -15,7 +15,7 @@ from blake3 import blake3
 from .._canonical import format_time, utcnow
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
-from .names import NamesBatch, NamesWriter, copy_names, write_atomic
+from .names import NamesBatch, NamesWriter, copy_names, drop_names, write_atomic
 from .names import kept as names_kept
 from .names import recover as recover_names
 
@@ -143,8 +143,12 @@ class TreeWriter:
         the state's lock, before anything is added."""
         if self.size or self._named or self._batch.records:
             raise ValueError("names are carried into a fresh writer only")
-        copy_names(source, self.directory)
-        recover_names(self.directory, size)  # a writer that died past that head: cut back
+        try:
+            copy_names(source, self.directory)
+            recover_names(self.directory, size)  # a writer that died past that head: cut back
+        except BaseException:
+            drop_names(self.directory)  # nothing half copied: the records are named afresh
+            raise
         self._named = size
 
     def add_packed_names(self, first_leaf: int, records: int, counts, data: bytes) -> None:
