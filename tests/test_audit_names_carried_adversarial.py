@@ -11,7 +11,8 @@ records appended) and what a fresh state directory's first audit keeps; readers'
 must agree, and a deleted index row of an old or a new record must be noticed. A rewritten
 history must fail and leave the remembered state byte for byte as it was.
 
-About 15 s in all on the 2-core CI machine (most of it worker and CLI process starts).
+About 16-20 s in all on the 2-core machine (most of it worker and CLI process starts); the
+three xfail tests are bugs found here (their reasons say where).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def _leftovers(state: str) -> list[str]:
     return [name for name in os.listdir(state) if name.startswith(".audit-")]
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", ["workers", "in-process", "sequential"])  # row by row: the tests below
 def test_repeated_audits_after_appends_of_any_block_size_name_each_record_once(tmp_path, monkeypatch, mode):
     """Three audits with appends between them in blocks of 3, then 1, 4 and 7 (ranges of four
     records straddle the old head), a refresh, then one block of 40 (one range, whose
@@ -270,6 +271,17 @@ elif where == "names-written":  # the new state's names and head written, not ad
     def adopt(self, writer):
         die()
     trust.TrustStore.adopt = adopt
+elif where == "adopt":  # between the renames that swap the new state in
+    real_adopt, real_rename, renamed = trust.TrustStore.adopt, os.rename, []
+    def rename(source, target):
+        renamed.append(source)
+        if len(renamed) == 2:
+            die()
+        real_rename(source, target)
+    def adopt(self, writer):
+        os.rename = rename
+        real_adopt(self, writer)
+    trust.TrustStore.adopt = adopt
 with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
     ledger.tree_head() if where.startswith("refresh") else ledger.audit()
 """
@@ -300,6 +312,23 @@ def test_an_audit_killed_then_audited_again(tmp_path, monkeypatch, where):
     s.check_names(s.audit()[0])  # and once more, nothing appended
     s.deleted_row_is_noticed(2)
     s.deleted_row_is_noticed(s.size - 1)
+
+
+@pytest.mark.xfail(strict=True, reason="an audit killed before adopting its new state leaves the .audit-* directory "
+                   "(its tree and, now, a copy of every names file) beside the state directories for good")
+def test_what_a_killed_audit_left_is_removed_by_the_next(tmp_path, monkeypatch):
+    """TrustStore.fresh_writer makes ``.audit-XXXX`` beside the state directory; a SIGKILL
+    before adopt() leaves it, and nothing removes it: at a million records about 64 MB of
+    tree and, since the names are carried, about 50 MB of names files, per killed audit."""
+    _env(monkeypatch, WORKERS)
+    s = Setup(tmp_path)
+    s.append(3, 3)
+    s.audit()
+    s.append(2)
+    _kill(s, "names-written")
+    assert _leftovers(s.state)  # the control: the killed audit's directory, head and names written
+    s.check_names(s.audit()[0])
+    assert _leftovers(s.state) == []
 
 
 @pytest.mark.parametrize(("mode", "where"), [("workers-rows", "refresh"), ("in-process", "refresh"),
@@ -594,3 +623,20 @@ def _locked(path: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+@pytest.mark.xfail(strict=True, reason="TrustStore.adopt swaps the state in with two renames: killed between them, "
+                   "the remembered head is gone (left in <state>.old) and the next audit trusts what it finds")
+def test_an_audit_killed_while_adopting_keeps_the_remembered_head(tmp_path, monkeypatch):
+    """A repeated audit killed after adopt() moved the remembered state aside and before it
+    moved the new one in: the next command finds no remembered head, and a history rewritten
+    meanwhile passes as a first audit instead of failing with HistoryRewritten."""
+    _env(monkeypatch, WORKERS)
+    s = Setup(tmp_path)
+    s.append(3, 3)
+    s.audit()
+    s.append(2)
+    _kill(s, "adopt")
+    _rewrite(s, "replaced")
+    with pytest.raises(HistoryRewritten):
+        s.audit()
