@@ -33,6 +33,7 @@ import pytest
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
 from lineage_ledger._log.names import INPUT, OUTPUT, RUN
 from tests.conftest import run_cli
+from tests.support.audit import watch_workers
 from tests.support.factories import artifact, make_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,6 +178,7 @@ def test_repeated_audits_after_appends_of_any_block_size_name_each_record_once(t
     /data/ref is a hot name): the oracle's counts after each; then a fresh state's answers are
     the same, and a deleted row of an old record and of a new one is noticed."""
     _env(monkeypatch, MODES[mode])
+    calls = watch_workers(monkeypatch)
     s = Setup(tmp_path)
     s.append(3, 3, 3)
     s.check_names(s.audit()[0])
@@ -187,6 +189,7 @@ def test_repeated_audits_after_appends_of_any_block_size_name_each_record_once(t
     s.append(40)
     head, _ = s.audit()
     s.check_names(head)
+    assert len(calls) == (3 if mode == "workers" else 0)  # the way asked for was the way taken
     fresh_head, fresh = s.audit(str(tmp_path / "fresh"))
     assert fresh_head.root == head.root and _tallies(fresh)[0] == _tallies(s.directory)[0]
     assert s.answers(s.state) == s.answers(str(tmp_path / "fresh")) == (s.size, s.size // 3, [1, 1, 1], s.size)
@@ -560,19 +563,28 @@ def test_verify_lineage_without_targets_checks_files_and_carries_names(tmp_path)
 def test_postgresql_repeated_audit_names_each_record_once(postgres_url, tmp_path, monkeypatch):
     """The same on PostgreSQL, through its workers."""
     _env(monkeypatch, WORKERS)
+    calls = watch_workers(monkeypatch)
     state = str(tmp_path / "state")
     with open_ledger(postgres_url, spool=str(tmp_path / "spool"), state_dir=state + "-writer") as ledger:
-        ledger.append_records([_record(i) for i in range(6)], block_size=3)
+        ledger.append_records([_record(i) for i in range(9)], block_size=3)
     with open_ledger(postgres_url, state_dir=state, read_only=True) as ledger:
         ledger.audit()
     with open_ledger(postgres_url, spool=str(tmp_path / "spool"), state_dir=state + "-writer") as ledger:
-        ledger.append_records([_record(i) for i in range(6, 11)], block_size=5)
+        ledger.append_records([_record(i) for i in range(9, 14)], block_size=5)
     with open_ledger(postgres_url, state_dir=state, read_only=True) as ledger:
         head = ledger.audit().head
         found, _entries, top = _tallies(ledger.verifier.store.directory)
-        assert head.size == 11 and head.names == 2 and top < 11
-        assert found == _expected(11)
-        assert len(ledger.consumers("/data/ref")) == 11
+        assert head.size == 14 and head.names == 2 and top < 14
+        assert found == _expected(14)
+        assert len(ledger.consumers("/data/ref")) == 14
+    assert len(calls) == 2
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # a row of a carried record
+        conn.execute("DELETE FROM ll_artifacts WHERE seq = 2 AND role = 0 AND path = '/data/ref'")
+    with open_ledger(postgres_url, state_dir=state, read_only=True) as ledger, \
+            pytest.raises(IndexTampered, match="left out 1"):
+        ledger.consumers("/data/ref")
 
 
 @pytest.mark.xfail(strict=True, reason="FullAudit.audit reads the ledger's head before it takes the state's lock: "
