@@ -218,6 +218,28 @@ def test_audits_by_every_path_in_turn_carry_each_others_names(tmp_path, monkeypa
     s.deleted_row_is_noticed(s.size - 3, f"/data/out-{s.size - 3}", 1)
 
 
+def test_hot_names_joined_over_ranges_and_flushed_midway_are_counted_once(tmp_path, monkeypatch):
+    """Names kept apart by ranges (here any name two records of a range name) and joined by
+    the parent, packed whenever two are held (HotNames.MAX), ranges straddling the old head:
+    the carried counts plus the new ones are the oracle's."""
+    from lineage_ledger._log import audit_bulk, names
+
+    _env(monkeypatch, {**MODES["in-process"], "LINEAGE_AUDIT_TASK_RECORDS": "4"})
+    monkeypatch.setattr(audit_bulk, "HOT_RECORDS", 2)
+    monkeypatch.setattr(names.HotNames, "MAX", 2)
+    s = Setup(tmp_path)
+    s.append(3, 3, 3)
+    s.check_names(s.audit()[0])
+    s.append(1, 4, 7, 2)
+    s.check_names(s.audit()[0])
+    s.append(5)
+    s.refresh()
+    s.append(6, 6)
+    s.check_names(s.audit()[0])
+    s.deleted_row_is_noticed(1)
+    s.deleted_row_is_noticed(s.size - 1)
+
+
 def test_names_compacted_by_refreshes_are_carried_once(tmp_path, monkeypatch):
     """Twenty refreshes of one record each leave /data/ref's entries compacted (one entry
     standing for many records); the audit after them carries those counts, once, and a row
