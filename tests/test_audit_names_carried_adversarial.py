@@ -11,8 +11,11 @@ records appended) and what a fresh state directory's first audit keeps; readers'
 must agree, and a deleted index row of an old or a new record must be noticed. A rewritten
 history must fail and leave the remembered state byte for byte as it was.
 
-About 16-20 s in all on the 2-core machine (most of it worker and CLI process starts); the
-three xfail tests are bugs found here (their reasons say where).
+About 14-20 s in all on the 2-core machine (most of it worker and CLI process starts). Three
+tests are bugs this review found, each failing before its fix: the audit read the ledger's
+head before the state's lock (a head another process verified past it meanwhile was taken
+for a shrunk ledger); a killed audit's directory beside the state was never removed; killed
+between adopt()'s two renames, the remembered head was lost.
 """
 
 from __future__ import annotations
@@ -339,8 +342,6 @@ def test_an_audit_killed_then_audited_again(tmp_path, monkeypatch, where):
     s.deleted_row_is_noticed(s.size - 1)
 
 
-@pytest.mark.xfail(strict=True, reason="an audit killed before adopting its new state leaves the .audit-* directory "
-                   "(its tree and, now, a copy of every names file) beside the state directories for good")
 def test_what_a_killed_audit_left_is_removed_by_the_next(tmp_path, monkeypatch):
     """TrustStore.fresh_writer makes ``.audit-XXXX`` beside the state directory; a SIGKILL
     before adopt() leaves it, and nothing removes it: at a million records about 64 MB of
@@ -609,8 +610,6 @@ def test_postgresql_repeated_audit_names_each_record_once(postgres_url, tmp_path
         ledger.consumers("/data/ref")
 
 
-@pytest.mark.xfail(strict=True, reason="FullAudit.audit reads the ledger's head before it takes the state's lock: "
-                   "a head another process verified past it meanwhile is taken for a shrunk ledger")
 def test_a_refresh_past_the_head_the_audit_read_is_not_a_rewritten_history(tmp_path, monkeypatch):
     """The audit reads the ledger's head (10 records); before it takes the state's lock,
     another process appends 5 records and a third refreshes the remembered head to 15. The
@@ -659,8 +658,6 @@ def _locked(path: str) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="TrustStore.adopt swaps the state in with two renames: killed between them, "
-                   "the remembered head is gone (left in <state>.old) and the next audit trusts what it finds")
 def test_an_audit_killed_while_adopting_keeps_the_remembered_head(tmp_path, monkeypatch):
     """A repeated audit killed after adopt() moved the remembered state aside and before it
     moved the new one in: the next command finds no remembered head, and a history rewritten

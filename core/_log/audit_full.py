@@ -84,11 +84,14 @@ class FullAudit:
         """Verify everything up to the head read now; replace the remembered tree with it."""
         store, backend = self.store, self.backend
         claim = backend.endorsed_head() if endorsed else None  # before the head, as in refresh()
-        tip = backend.head()
-        stop = 0 if tip is None else tip.height + 1
-        records = backend.record_count() if stop else 0
         with store.locked():
             old = store.reload()
+            # The ledger's head is read under the lock, after the remembered one: read before
+            # it, another process could verify past it meanwhile, and the audit would take a
+            # remembered head larger than its snapshot for a ledger that shrank.
+            tip = backend.head()
+            stop = 0 if tip is None else tip.height + 1
+            records = backend.record_count() if stop else 0
             source = _audit_source(backend) if stop else None
             try:
                 reads = source or backend
