@@ -159,3 +159,26 @@ def test_names_that_cannot_be_carried_are_gathered_afresh(tmp_path, monkeypatch)
         assert ledger.audit().head.names == 2
         assert _counts(ledger, "/data/ref") == 6 and len(ledger.consumers("/data/ref")) == 6
     assert not os.path.islink(os.path.join(directory, bucket))
+
+
+def test_a_pending_note_cut_short_in_its_first_line_is_no_error(tmp_path, monkeypatch):
+    """A writer killed while writing the first line of ``names-pending`` ("extends " and no
+    size): the next writer treats the note as one that may have grown files (it raised
+    IndexError out of the audit and out of every refresh)."""
+    for name, value in WORKERS.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "ledger.db"
+    url, state = f"sqlite:///{db}", str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        _append(ledger, 0, 6)
+    with open_ledger(url, state_dir=state, read_only=True) as ledger:
+        ledger.audit()
+        directory = ledger.verifier.store.directory
+    with open(os.path.join(directory, "names-pending"), "w") as note:
+        note.write("extends ")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        _append(ledger, 6, 2)
+    with open_ledger(url, state_dir=state, read_only=True) as ledger:
+        assert ledger.audit().head.size == 8
+        assert _counts(ledger, "/data/ref") == 8
+    assert not os.path.exists(os.path.join(directory, "names-pending"))

@@ -371,7 +371,8 @@ def recover(directory: str, size: int) -> None:
     except FileNotFoundError:
         return
     first, *rest = lines
-    extends = int(first.split()[1]) if first.startswith("extends ") and first.split()[1].isdigit() else -1
+    words = first.split()
+    extends = int(words[1]) if len(words) == 2 and words[0] == "extends" and words[1].isdigit() else -1
     if extends >= size or extends < 0:
         # A part of a line: the writer died writing the note, before any file grew past it.
         sizes = [line.split() for line in rest]
