@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
-from tests.support.audit import watch_workers
+from tests.support.audit import KILLED_REFRESH, watch_workers
 from tests.support.factories import artifact, make_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +30,20 @@ def _records(first: int, count: int):
 def _append(ledger, first: int, count: int) -> None:
     for at in range(first, first + count, 2):  # blocks of two: several ranges to audit
         ledger.append_records(_records(at, min(2, first + count - at)))
+
+
+def _audited(tmp_path, monkeypatch, count: int):
+    """A ledger of ``count`` records, audited once through the workers: (file, URL, state
+    root, its state directory)."""
+    for name, value in WORKERS.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "ledger.db"
+    url, state = f"sqlite:///{db}", str(tmp_path / "state")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
+        _append(ledger, 0, count)
+    with open_ledger(url, state_dir=state, read_only=True) as ledger:
+        ledger.audit()
+        return db, url, state, ledger.verifier.store.directory
 
 
 def _counts(ledger, path: str) -> int:
@@ -96,15 +110,7 @@ def test_names_a_killed_refresh_left_past_the_head_are_not_carried(tmp_path, mon
 def test_a_rewritten_record_below_the_head_is_caught_and_its_names_are_not_adopted(tmp_path, monkeypatch):
     """The names carried are those of the remembered records: a history rewritten below the
     head fails the audit, and the remembered state (names included) stays as it was."""
-    for name, value in WORKERS.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "ledger.db"
-    url, state = f"sqlite:///{db}", str(tmp_path / "state")
-    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
-        _append(ledger, 0, 8)
-    with open_ledger(url, state_dir=state, read_only=True) as ledger:
-        ledger.audit()
-        directory = ledger.verifier.store.directory
+    db, url, state, directory = _audited(tmp_path, monkeypatch, 8)
     kept = _files(directory)
     os.unlink(db)
     with open_ledger(url, spool=str(tmp_path / "spool2"), state_dir=state + "-other") as ledger:
@@ -124,34 +130,12 @@ def _files(directory: str) -> dict[str, bytes]:
     return found
 
 
-KILLED_REFRESH = """
-import os, signal, sys
-from lineage_ledger import open_ledger
-from lineage_ledger._log import trust
-
-def die(self, *args, **kwargs):  # after the names are appended, before head.json
-    self._names.queue(*self._batch.packed())
-    self._names.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-trust.TreeWriter.commit = die
-with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
-    ledger.tree_head()
-"""
 
 
 def test_names_that_cannot_be_carried_are_gathered_afresh(tmp_path, monkeypatch):
     """A bucket file of the remembered state that cannot be read (here a symbolic link,
     which is never followed): the audit names every record again, none twice."""
-    for name, value in WORKERS.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "ledger.db"
-    url, state = f"sqlite:///{db}", str(tmp_path / "state")
-    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
-        _append(ledger, 0, 6)
-    with open_ledger(url, state_dir=state, read_only=True) as ledger:
-        ledger.audit()
-        directory = ledger.verifier.store.directory
+    db, url, state, directory = _audited(tmp_path, monkeypatch, 6)
     bucket = sorted(n for n in os.listdir(directory) if n.startswith("names-") and n.endswith(".bin"))[-1]
     os.rename(os.path.join(directory, bucket), os.path.join(tmp_path, bucket))
     os.symlink(os.path.join(tmp_path, bucket), os.path.join(directory, bucket))
@@ -165,15 +149,7 @@ def test_a_pending_note_cut_short_in_its_first_line_is_no_error(tmp_path, monkey
     """A writer killed while writing the first line of ``names-pending`` ("extends " and no
     size): the next writer treats the note as one that may have grown files (it raised
     IndexError out of the audit and out of every refresh)."""
-    for name, value in WORKERS.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "ledger.db"
-    url, state = f"sqlite:///{db}", str(tmp_path / "state")
-    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
-        _append(ledger, 0, 6)
-    with open_ledger(url, state_dir=state, read_only=True) as ledger:
-        ledger.audit()
-        directory = ledger.verifier.store.directory
+    db, url, state, directory = _audited(tmp_path, monkeypatch, 6)
     with open(os.path.join(directory, "names-pending"), "w") as note:
         note.write("extends ")
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:

@@ -17,6 +17,7 @@ from lineage_ledger import IndexTampered, open_ledger
 from lineage_ledger._log.names import RUN
 from lineage_ledger._log.trust import TrustStore
 from tests.conftest import run_cli
+from tests.support.audit import KILLED_REFRESH
 from tests.support.factories import artifact, make_record
 
 
@@ -532,20 +533,6 @@ def _names_files(directory):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KILLED_REFRESH = """
-import os, signal, sys
-from lineage_ledger import open_ledger
-from lineage_ledger._log import trust
-
-def die(self, *args, **kwargs):  # after the names are appended, before head.json
-    self._names.queue(*self._batch.packed())
-    self._names.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-trust.TreeWriter.commit = die
-with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
-    ledger.tree_head()
-"""
 
 
 def test_a_record_row_whose_run_id_was_edited_is_not_left_out_of_its_run(tmp_path):

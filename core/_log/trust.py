@@ -96,16 +96,11 @@ class TrustStore:
         for name in earlier:
             candidate = self.directory_for(name, base)
             try:
-                st = os.lstat(candidate)
-                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-                    continue
-                with open(os.path.join(candidate, "head.json"), "rb") as handle:
-                    if TreeHead.from_json(handle.read()).origin != self.origin:
-                        continue
-                os.rename(candidate, self.directory)
-            except (OSError, ValueError, KeyError, TypeError):
+                if self._ours(candidate):
+                    os.rename(candidate, self.directory)
+                    return
+            except OSError:
                 continue
-            return
 
     def _restore_interrupted(self) -> None:
         """Put back the state an :meth:`adopt` killed between its two renames left aside
@@ -113,21 +108,27 @@ class TrustStore:
         verified before would be lost, and the next command would trust whatever the ledger
         holds then as a first audit. Only a private directory of this user whose head names
         this ledger's origin is put back."""
-        if os.path.lexists(os.path.join(self.directory, "head.json")):
-            return
         old = self.directory + ".old"
+        if os.path.lexists(os.path.join(self.directory, "head.json")) or not self._ours(old):
+            return
         try:
-            st = os.lstat(old)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-                return
-            with open(os.path.join(old, "head.json"), "rb") as handle:
-                if TreeHead.from_json(handle.read()).origin != self.origin:
-                    return
             if os.path.lexists(self.directory):  # made by a command since: no head, nothing verified
                 shutil.rmtree(self.directory)
             os.rename(old, self.directory)
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError:
             return
+
+    def _ours(self, candidate: str) -> bool:
+        """Whether ``candidate`` is a private directory of this user whose head names this
+        ledger's origin."""
+        try:
+            st = os.lstat(candidate)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
+            with open(os.path.join(candidate, "head.json"), "rb") as handle:
+                return TreeHead.from_json(handle.read()).origin == self.origin
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def _read_head(self) -> TreeHead | None:
         try:

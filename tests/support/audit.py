@@ -17,3 +17,20 @@ def watch_workers(monkeypatch) -> list[tuple[object, int]]:
 
     monkeypatch.setattr(audit_parallel, "results", watched)
     return calls
+
+
+# A refresh killed (SIGKILL) after appending its names, before its head: python -c KILLED_REFRESH URL STATE
+KILLED_REFRESH = """
+import os, signal, sys
+from lineage_ledger import open_ledger
+from lineage_ledger._log import trust
+
+def die(self, *args, **kwargs):  # after the names are appended, before head.json
+    self._names.queue(*self._batch.packed())
+    self._names.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+trust.TreeWriter.commit = die
+with open_ledger(sys.argv[1], read_only=True, state_dir=sys.argv[2]) as ledger:
+    ledger.tree_head()
+"""
