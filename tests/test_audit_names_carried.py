@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
-from tests.support.audit import KILLED_REFRESH, watch_workers
+from tests.support.audit import KILLED_REFRESH, state_files, watch_workers
 from tests.support.factories import artifact, make_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,23 +111,13 @@ def test_a_rewritten_record_below_the_head_is_caught_and_its_names_are_not_adopt
     """The names carried are those of the remembered records: a history rewritten below the
     head fails the audit, and the remembered state (names included) stays as it was."""
     db, url, state, directory = _audited(tmp_path, monkeypatch, 8)
-    kept = _files(directory)
+    kept = state_files(directory)
     os.unlink(db)
     with open_ledger(url, spool=str(tmp_path / "spool2"), state_dir=state + "-other") as ledger:
         ledger.append_records([*_records(0, 2), *_records(100, 7)])  # same first two, then others
     with open_ledger(url, state_dir=state, read_only=True) as ledger, pytest.raises(HistoryRewritten):
         ledger.audit()
-    assert _files(directory) == kept
-
-
-def _files(directory: str) -> dict[str, bytes]:
-    found = {}
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and name != "lock":
-            with open(path, "rb") as handle:
-                found[name] = handle.read()
-    return found
+    assert state_files(directory) == kept
 
 
 

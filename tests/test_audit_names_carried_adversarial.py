@@ -36,7 +36,7 @@ import pytest
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
 from lineage_ledger._log.names import INPUT, OUTPUT, RUN
 from tests.conftest import run_cli
-from tests.support.audit import watch_workers
+from tests.support.audit import state_files, watch_workers
 from tests.support.factories import artifact, make_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,16 +158,6 @@ class Setup:
         finally:
             with sqlite3.connect(self.db) as conn:
                 conn.execute("INSERT INTO ll_artifacts VALUES (?, ?, ?, ?, ?)", row)
-
-
-def _files(directory: str) -> dict[str, bytes]:
-    found = {}
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and name != "lock":
-            with open(path, "rb") as handle:
-                found[name] = handle.read()
-    return found
 
 
 def _leftovers(state: str) -> list[str]:
@@ -332,9 +322,9 @@ def test_an_audit_killed_then_audited_again(tmp_path, monkeypatch, where):
     s.append(3, 3)
     s.audit()
     s.append(2, 5, 1)
-    kept = _files(s.directory)
+    kept = state_files(s.directory)
     _kill(s, where)
-    assert _files(s.directory) == kept
+    assert state_files(s.directory) == kept
     head, _ = s.audit(writable=True)
     s.check_names(head)
     s.check_names(s.audit()[0])  # and once more, nothing appended
@@ -465,7 +455,7 @@ def test_a_rewritten_history_keeps_the_remembered_state_byte_for_byte(tmp_path, 
     s.refresh()
     s.append(4)
     _kill(s, "refresh")
-    kept = _files(s.directory)
+    kept = state_files(s.directory)
     assert "names-pending" in kept
     saved = tmp_path / "saved.db"
     with sqlite3.connect(s.db) as source, sqlite3.connect(saved) as copy:
@@ -473,7 +463,7 @@ def test_a_rewritten_history_keeps_the_remembered_state_byte_for_byte(tmp_path, 
     _rewrite(s, how)
     with pytest.raises(HistoryRewritten, match=REWRITTEN[how]):
         s.audit()
-    assert _files(s.directory) == kept
+    assert state_files(s.directory) == kept
     assert _leftovers(os.path.dirname(s.directory)) == []
     with sqlite3.connect(saved) as copy, sqlite3.connect(s.db) as target:
         copy.backup(target)  # the ledger put back as it was
@@ -489,13 +479,13 @@ def test_an_index_cell_edited_then_restored(tmp_path, monkeypatch):
     s.append(3, 3, 3)
     s.audit()
     s.append(5)
-    kept = _files(s.directory)
+    kept = state_files(s.directory)
     digest = s.row(2)[3]
     with sqlite3.connect(s.db) as conn:
         conn.execute("UPDATE ll_artifacts SET digest = ? WHERE seq = 2 AND role = 0 AND path = '/data/ref'", ("0" * 64,))
     with pytest.raises(IndexTampered):
         s.audit()
-    assert _files(s.directory) == kept
+    assert state_files(s.directory) == kept
     with sqlite3.connect(s.db) as conn:
         conn.execute("UPDATE ll_artifacts SET digest = ? WHERE seq = 2 AND role = 0 AND path = '/data/ref'",
                      (digest,))

@@ -1,8 +1,22 @@
-"""Watching which way an audit went, without changing it."""
+"""Watching which way an audit went, without changing it, and what it left in a state directory."""
 
 from __future__ import annotations
 
+import os
+
 from lineage_ledger._log import audit_parallel
+
+
+def state_files(directory: str) -> dict[str, bytes]:
+    """Every file of a state directory but its lock, by name: what a failed audit must leave
+    byte for byte as it was."""
+    found = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and name != "lock":
+            with open(path, "rb") as handle:
+                found[name] = handle.read()
+    return found
 
 
 def watch_workers(monkeypatch) -> list[tuple[object, int]]:
