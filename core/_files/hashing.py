@@ -288,7 +288,8 @@ class Hasher:
     def hash_many(
         self, paths: Iterable[str], on_done: Callable[[Artifact], None] | None = None
     ) -> list[Artifact]:
-        """Hash several files, misses in parallel; results keep the order of ``paths``."""
+        """Hash several files (in threads only where storage is slow: see :data:`_SLOW_FILE`);
+        results keep the order of ``paths``."""
         ordered = list(map(normalize_path, paths))
         results: list[Artifact | None] = [None] * len(ordered)
         if self.cache is not None and not self.rehash:
