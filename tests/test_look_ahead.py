@@ -168,3 +168,42 @@ def test_a_pre_run_check_of_many_inputs_reads_ahead_and_answers_as_one_by_one(tm
         assert ahead == ("returned", [(_part(tmp_path, 6), "MODIFIED")])
     if what == "a producer row deleted":
         assert ahead[0] == "IndexTampered"
+
+
+@pytest.mark.parametrize("what", list(TAMPERINGS))
+def test_a_file_settled_from_the_rows_read_ahead_gets_the_general_answer(tmp_path, what):
+    """``last_seen`` of a file one record wrote and none read is settled from the rows read
+    ahead (``Ledger._last_seen_ahead``: no general look-up), and only there: the parts that
+    ``merge`` read, and a part whose row was tampered with, take the general look-ups. Either
+    way the answer (or the refusal) is the one a look-up without reading ahead gives."""
+    url = _tampered(tmp_path, what)
+    parts = [_part(tmp_path, i) for i in range(FILES)]
+
+    def answer(ledger, path):
+        try:
+            seen = ledger.last_seen(path)
+        except Exception as exc:  # noqa: BLE001 - the refusal is part of the answer compared
+            return type(exc).__name__
+        return None if seen is None else (seen[0].id, seen[1], seen[2]["blake3"])
+
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s2")) as ledger:
+        alone = {path: answer(ledger, path) for path in parts}
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "s1")) as ledger:
+        settled: dict[str, bool] = {}
+        with ledger.looking_ahead(parts):
+            for path in parts:
+                try:
+                    settled[path] = ledger._last_seen_ahead(ledger.query_path(path)) is not None
+                except Exception:  # noqa: BLE001 - it proves the row; a refusal is the general path's to give
+                    settled[path] = False
+            ahead = {path: answer(ledger, path) for path in parts}
+    assert ahead == alone
+    read_by_merge = {_part(tmp_path, i) for i in (5, 6, 7)}
+    assert not any(settled[p] for p in read_by_merge)
+    # The part whose producer row is gone (12), moved away (13) or doubled (20) is not settled.
+    unsettled = read_by_merge | {_part(tmp_path, i) for i in SETTLED_NOT.get(what, ())}
+    assert {p for p in parts if not settled[p]} == unsettled
+
+
+SETTLED_NOT = {"a producer row deleted": (12,), "a row moved to another path": (13,),
+               "a row added for another record": (20,)}

@@ -264,7 +264,7 @@ def recall(digest: str) -> Manifest | None:
 
 
 def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
-              on_skip: Callable[[str, str], None] | None = None) -> Iterator[str]:
+              on_skip: Callable[[str, str], None] | None = None, plain: set[str] | None = None) -> Iterator[str]:
     """Regular files below ``root``, sorted, for commands given a tree (``hash``,
     ``verify-lineage``): symlinks to files are followed; links to directories, dangling
     links and special files are passed over. A subdirectory that ``is_artifact`` says is a
@@ -272,7 +272,9 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
 
     An entry that cannot be read (a symbolic link loop, a directory without permission)
     is reported to ``on_skip(path, reason)`` and skipped; the walk goes on. The ledger's
-    own ``.lineage`` directories are skipped.
+    own ``.lineage`` directories are skipped. ``plain`` is given the files the directory's
+    listing said are regular files, not symbolic links (no system call more: the listing's
+    file types), which a look-up then need not ``lstat`` again (see ``resolving_keeps``).
     """
     def skip(path: str, err: OSError) -> None:
         if on_skip is None:
@@ -309,5 +311,7 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
                     files.append(entry.path)
             elif entry.is_file(follow_symlinks=False):
                 files.append(entry.path)
+                if plain is not None:
+                    plain.add(entry.path)
         files.reverse()
         yield from files

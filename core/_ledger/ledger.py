@@ -55,7 +55,7 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         # Decoded records by id. An entry exists only for bytes that hashed to the id and
         # were proved in the tree, so a hit is as good as a fresh check. Bounded.
         self._decoded: dict[str, Record] = {}
-        self._placed: dict[str, tuple[tuple[int, int], Verifier]] = {}  # id -> place proved, by whom
+        self._placed: dict[str, tuple[LedgerRecord, Verifier]] = {}  # id -> the row proved (its place), by whom
         self._state_dir = state_dir
         self._private_state: str | None = None
         self._verifier: Verifier | None = None
@@ -129,6 +129,9 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
     @property
     def verifier(self) -> Verifier:
         """The trusted tree head of this ledger for this user, and the checks against it."""
+        verifier = self._verifier
+        if verifier is not None:  # made once: read a few times for each row proved, no lock needed
+            return verifier
         with self._verified_lock:
             if self._verifier is None:
                 self._verifier = Verifier(self.backend, self._trust_store())
@@ -247,6 +250,10 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         spool replayed days later lands late in the ledger but must not count as newer.
         """
         path = self.query_path(path)
+        if roles == ("out", "in"):
+            settled = self._last_seen_ahead(path)
+            if settled is not None:
+                return settled
         best: tuple[Any, ...] | None = None
         for role in roles:
             for entry in self._latest(role, path):

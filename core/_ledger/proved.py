@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._errors import ArtifactError, IndexTampered, RecordTampered
 from .._files.hashing import lookup_paths, normalize_path, resolving_keeps
+from .._log.names import OUTPUT
 from .._log.trust import TreeHead
 from .._log.verified import Verifier
 from .._model import Record, StoredRecord
@@ -72,7 +73,7 @@ class ProvedLookups:
 
     backend: Backend
     _decoded: dict[str, Record]  # by id: only bytes that hashed to the id and were proved
-    _placed: dict[str, tuple[tuple[int, int], Verifier]]  # id -> place proved, by whom
+    _placed: dict[str, tuple[LedgerRecord, Verifier]]  # id -> the row proved (its place), by whom
     _head_current: bool
     _batch: threading.local  # index rows read ahead, for one thread (LookAhead)
     if TYPE_CHECKING:  # what Ledger gives (the verified tree head)
@@ -88,38 +89,42 @@ class ProvedLookups:
         later look-ups; a listing that streams the ledger or a run reads each record once,
         and kept them only to fill the cache (10,000 records, 60-75 MB) for nothing."""
         stored = located.record
+        verifier = self.verifier
+        # This very row proved before in this verifier's tree, which only ever grows: the
+        # answer is the one given then (a record naming 10,000 outputs is looked up once per
+        # output, twice each).
+        hit = self._placed.get(stored.id)
+        if hit is not None and hit[1] is verifier and hit[0].position == located.position \
+                and hit[0].height == located.height:
+            return hit[0]
         record = self._decoded.get(stored.id)
         # A record decoded before was proved from its bytes then: the answer comes from those,
-        # so only the row's place is proved again (a record naming 10,000 outputs is not
-        # hashed once per output), and not even that where this very place was proved in
-        # this verifier's tree, which only ever grows (a look-up per output, twice).
-        verifier = self.verifier
-        place = (located.height, located.position)
-        if record is None or self._placed.get(stored.id) != (place, verifier):
-            if verifier.check(located, hash_body=record is None) is None:
-                return None
-            if keep:
-                if len(self._placed) >= _DECODE_CACHE:
-                    self._placed.clear()
-                self._placed[stored.id] = (place, verifier)
+        # so only the row's place is proved again (not hashed once per output).
+        if verifier.check(located, hash_body=record is None) is None:
+            return None
         if record is None:
             try:
                 record = Record.decode(stored.body)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise RecordTampered(f"record {stored.id[:16]} is unreadable: {exc}",
                                      height=located.height) from exc
-            if keep:
-                if len(self._decoded) >= _DECODE_CACHE:
-                    self._decoded.clear()
-                self._decoded[stored.id] = record
-        return LedgerRecord(stored.id, record, located.height, located.position)
+        entry = LedgerRecord(stored.id, record, located.height, located.position)
+        if keep:
+            if len(self._decoded) >= _DECODE_CACHE or len(self._placed) >= _DECODE_CACHE:
+                # Together: an entry proved holds its record, which the bound counts once.
+                self._decoded.clear()
+                self._placed.clear()
+            self._decoded[stored.id] = record
+            self._placed[stored.id] = (entry, verifier)
+        return entry
 
     def _with_bodies(self, rows: Iterable[Located]) -> list[Located]:
         """Rows a back-end returned without bodies (``find_places``), with the bodies of the
         records not proved before fetched in one call; the others are answered from the
         bytes proved then."""
-        rows = list(rows)
-        missing = {r.record.id for r in rows if not r.record.body and r.record.id not in self._decoded}
+        rows = rows if type(rows) is list else list(rows)
+        decoded = self._decoded
+        missing = {r.record.id for r in rows if not r.record.body and r.record.id not in decoded}
         if not missing:
             return rows
         bodies = self._bodies(missing)
@@ -157,7 +162,12 @@ class ProvedLookups:
         # call each time); a row past it makes Verifier.check look again.
         if not self._head_current:
             self.tree_head()
-        return [entry for entry in (self._proved(row, keep=keep) for row in rows) if entry is not None]
+        found = []
+        for row in rows:
+            entry = self._proved(row, keep=keep)
+            if entry is not None:
+                found.append(entry)
+        return found
 
     # -- the rows naming a path: proved, matched, checked complete -------------------------
     def _find(self, role: Literal["in", "out"], path: str | None, digest: str | None,
@@ -247,13 +257,14 @@ class ProvedLookups:
         return key
 
     @contextlib.contextmanager
-    def looking_ahead(self, paths: Sequence[str]) -> Iterator[None]:
+    def looking_ahead(self, paths: Sequence[str], *, plain: Collection[str] = ()) -> Iterator[None]:
         """Within the block, this thread's look-ups of ``paths`` (the last record to read
         each, and each one's producers, among which the last to write it) are answered from
         index rows read for all of them at once, a few statements for thousands of files
         instead of three each. Only the index rows are read ahead: every record an answer
         uses is proved as before, and each path's key (symbolic links resolved) is worked
-        out once."""
+        out once. ``plain``: paths known to be regular files, not symbolic links (a walk's
+        listing said so), whose own key they are where their directory's is its own."""
         batch = LookAhead()
         previous = getattr(self._batch, "current", None)
         self._batch.current = batch
@@ -266,7 +277,7 @@ class ProvedLookups:
                     given[p] = normalize_path(p)
                 except (ArtifactError, ValueError):
                     pass  # query_path says why, when the path's own look-up comes to it
-            own = resolving_keeps(given.values())
+            own = resolving_keeps(given.values(), plain)
             for p, key in given.items():
                 if key in own:
                     batch.keys[p] = batch.keys[key] = key
@@ -351,6 +362,38 @@ class ProvedLookups:
                 continue  # names kept past the bound: look again from a head read now
             return entries
         raise AssertionError("unreachable: the final look is never stale")
+
+    def _last_seen_ahead(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
+        """:meth:`~.ledger.Ledger.last_seen` of ``path`` (a key) in the common case of a
+        window of files read ahead, settled from what the look-ahead read, without the
+        general look-ups: one index row says a record wrote the path, none says one read it,
+        and the names kept list that record's leaf alone (one record, in the output role,
+        below the bound). The row is proved as ever, and the record must name the path.
+        That is the answer the general path gives there, with every check it makes passed:
+        the list of producers is complete (check_listing), no verified record read the
+        path (check_latest), and no name is past the bound (no stale names). None where any
+        of that does not hold: the general path then answers, or raises."""
+        batch: LookAhead | None = getattr(self._batch, "current", None)
+        if batch is None or not self.backend.keeps_end_times:
+            return None
+        rows = batch.places.get(("out", path))
+        if rows is None or len(rows) != 1 or batch.latest.get(("in", path), rows) is not None:
+            return None  # (rows: a path whose readers were not read ahead)
+        names = batch.names.get(path)
+        if names is None or len(names) != 1:
+            return None
+        only = names[0]
+        if only.role != OUTPUT or only.records != 1 or only.leaf >= batch.bound:
+            return None
+        found = self._proved_all(self._with_bodies(rows))
+        if len(found) != 1:
+            return None
+        entry = found[0]
+        named = entry.record.outputs.get(path)
+        if named is None or self.verifier.store.block_start(entry.height) + entry.position != only.leaf:
+            return None
+        batch.found[("out", path)] = found  # the producers' look-up of the lineage that follows
+        return entry, "out", named
 
     def _of_run(self, run_id: str, rows: list[Located], *, keep: bool = True) -> list[LedgerRecord]:
         found = self._proved_all(rows, keep=keep)

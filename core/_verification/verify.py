@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .._errors import (
@@ -122,10 +122,11 @@ def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent |
     return Absent(directory, listed, more) if listed or more else None
 
 
-def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]:
+def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[str]) -> list[str]:
     """The targets, with each directory no record names walked: its files, and the
     directories inside it that a record names (checked whole, as directory artifacts).
-    Entries that cannot be read are noted in the report and skipped."""
+    Entries that cannot be read are noted in the report and skipped; ``plain`` is given the
+    files the walk saw as regular files (see :func:`walk_tree`)."""
     paths: list[str] = []
 
     def recorded(path: str) -> bool:
@@ -138,7 +139,7 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report) -> list[str]
         normal = ledger.query_path(target)
         # A directory a record names, or that lies in one, is checked whole (by its manifest).
         if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
-            walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip))
+            walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip, plain=plain))
             paths.extend(walked)
             try:
                 absent = _absent_under(ledger, normal, set(walked))
@@ -167,6 +168,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     targets = list(targets)
     audit = not targets
     paths: list[str] = []
+    plain: set[str] = set()  # of those, the files a directory's listing said are not links
     found: FoundOutputs | None = None
     try:
         if audit:
@@ -178,7 +180,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
             report.chain = ChainSummary(head.blocks, head.size, head.block_id, head.root)
         report.first_audit = ledger.verifier.audited_now and not audit
         if not audit:
-            paths = _expand(ledger, targets, report)
+            paths = _expand(ledger, targets, report, plain)
     except VerificationError as failure:
         if found is not None:
             found.close()
@@ -193,7 +195,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
                 _verify_window(ledger, window, report, files=files, audit=True)
     with _fewer_collections():
         for start in range(0, len(paths), _WINDOW):
-            _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False)
+            _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False, plain=plain)
     from .._ledger.deferred import waiting_for
 
     checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
@@ -224,12 +226,13 @@ _WINDOW = 5_000
 _LOOK_AHEAD = 16
 
 
-def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool) -> None:
+def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool,
+                   plain: Collection[str] = ()) -> None:
     # Many files (a directory's, an audit's outputs): their index rows read at once.
     ahead = contextlib.ExitStack()
     if len(window) >= _LOOK_AHEAD:
         try:
-            ahead.enter_context(ledger.looking_ahead(window))
+            ahead.enter_context(ledger.looking_ahead(window, plain=plain))
         except VerificationError:
             # A row read ahead that does not verify (one that names a record the store does
             # not hold): the window is checked path by path, so that the failure is reported
