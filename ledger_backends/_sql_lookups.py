@@ -236,11 +236,14 @@ class _SQLLookups:
                 f" WHERE a.role = ? AND a.path IN ({','.join('?' * len(chunk))}) ORDER BY a.path, a.seq",
                 (code, *chunk),
             )
+            made: dict[int, Located] = {}  # one row a record: the outputs of one task share it
             for path, seq, height, pos, record_id in rows:
-                if record_id is None:
-                    raise _dangling(seq)
-                found.setdefault(_as_text(path), []).append(
-                    Located(int(height), int(pos), StoredRecord(str(record_id), b"")))
+                located = made.get(seq)
+                if located is None:
+                    if record_id is None:
+                        raise _dangling(seq)
+                    located = made[seq] = Located(int(height), int(pos), StoredRecord(str(record_id), b""))
+                found.setdefault(_as_text(path), []).append(located)
         return found
 
     def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None,

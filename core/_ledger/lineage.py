@@ -208,6 +208,13 @@ class LineageQueries:
         spelled = (path, None) not in memo
         if spelled:
             memo[(path, None)] = node
+        walked = memo.get(("walked", producer.id)) if slim else None
+        if walked is not None:
+            # Another output of the same record, walked before: the same parents, the same
+            # summary (the 10,000 outputs of one task, 7.5 -> 4 us each).
+            node.parents.extend(walked[0])
+            node.producer = walked[1]
+            return node
         try:
             yield from self._walk_inputs(node, producer, memo, slim)
         except BaseException:
@@ -218,6 +225,8 @@ class LineageQueries:
             if spelled:
                 memo.pop((path, None), None)
             raise
+        if slim:
+            memo[("walked", producer.id)] = (tuple(node.parents), node.producer)
         return node
 
     def _walk_inputs(self, node: LineageNode, producer, memo, slim) -> Nested[None]:
