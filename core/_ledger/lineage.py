@@ -19,6 +19,57 @@ from .._model import Record, is_alias
 __all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "producer_summary", "walk_lineage"]
 
 
+# The lineage memo's own entries beside its nodes (which are keyed ``(path, digest)``): keyed by
+# these objects, which no record can name. Keyed by words ("walked", "summary"), a record
+# that read the relative path "summary" in a version spelled as another record's id had its
+# node taken for that record's summary, and verify-lineage crashed (exit 2).
+_WALKED = object()  # (_WALKED, record id): the parents and summary of a record walked
+_SUMMARY = object()  # (_SUMMARY, record id): producer_summary of a record
+_CONTAINERS = object()  # (_CONTAINERS, None): what container_of found for each directory
+
+
+class _Noted:
+    """A lineage memo as one walk from the top (:meth:`LineageQueries.lineage`) uses it, noting
+    the keys it adds: where the walk fails, they all go. Not only the node whose walk failed:
+    a node can complete inside a walk that then fails (in a loop through the ledger, a version
+    read again further back reaches the half-built node of the first), and kept, it answered a
+    later target OK with a lineage cut short."""
+
+    __slots__ = ("memo", "added")
+
+    def __init__(self, memo: Any) -> None:
+        self.memo = memo
+        self.added: list[Any] = []
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.memo
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.memo[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self.memo:
+            self.added.append(key)
+        self.memo[key] = value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.memo.get(key, default)
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        return self.memo.pop(key, default)
+
+    def setdefault(self, key: Any, default: Any) -> Any:
+        if key in self.memo:
+            return self.memo[key]
+        self[key] = default
+        return default
+
+    def forget(self) -> None:
+        for key in self.added:
+            self.memo.pop(key, None)
+        self.added.clear()
+
+
 @dataclass(frozen=True)
 class LedgerRecord:
     """A record read back from the ledger, with its id and place."""
@@ -178,9 +229,14 @@ class LineageQueries:
                 return node
             if slim:
                 candidates = self._find("out", path, digest)
-                if candidates and ("walked", candidates[-1].id) in memo:
+                if candidates and (_WALKED, candidates[-1].id) in memo:
                     return self._produced((path, digest), digest, candidates[-1], memo, slim)[0]
-        return run_nested(self._lineage(path, digest, None, memo, slim))
+        noted = _Noted(memo)
+        try:
+            return run_nested(self._lineage(path, digest, None, noted, slim))
+        except BaseException:
+            noted.forget()
+            raise
 
     def _produced(self, key: tuple[str, str | None], digest: str, producer: LedgerRecord, memo, slim: bool,
                   ) -> tuple[LineageNode, bool]:
@@ -194,7 +250,7 @@ class LineageQueries:
         memo[key] = node
         if (path, None) not in memo:
             memo[(path, None)] = node
-        walked = memo.get(("walked", producer.id)) if slim else None
+        walked = memo.get((_WALKED, producer.id)) if slim else None
         if walked is None:
             return node, False
         node.parents.extend(walked[0])
@@ -234,22 +290,16 @@ class LineageQueries:
                         or LineageNode(path, digest, "source")
                 memo[key] = node
                 return node
-        spelled = (path, None) not in memo
         node, complete = self._produced(key, digest, producer, memo, slim)
         if complete:
             return node
-        try:
-            yield from self._walk_inputs(node, producer, memo, slim)
-        except BaseException:
-            # A walk that failed (a record further back that does not verify) leaves no node
-            # behind: another target that reaches it must fail the same way, not take it for
-            # a lineage that ends here.
-            memo.pop(key, None)
-            if spelled:
-                memo.pop((path, None), None)
-            raise
+        # A walk that fails (a record further back that does not verify) leaves no node
+        # behind, this one or any made meanwhile (lineage() forgets what the walk added):
+        # another target that reaches one must fail the same way, not take it for a lineage
+        # that ends there.
+        yield from self._walk_inputs(node, producer, memo, slim)
         if slim:
-            memo[("walked", producer.id)] = (tuple(node.parents), node.producer)
+            memo[(_WALKED, producer.id)] = (tuple(node.parents), node.producer)
         return node
 
     def _walk_inputs(self, node: LineageNode, producer, memo, slim) -> Nested[None]:
@@ -268,16 +318,16 @@ class LineageQueries:
             node.parents.append(memo[walked] if walked in memo
                                 else (yield self._lineage(input_path, entry["blake3"], producer, memo, slim)))
         if slim:  # one summary a record: the 10,000 outputs of one task share it
-            summary = memo.get(("summary", producer.id))
+            summary = memo.get((_SUMMARY, producer.id))
             if summary is None:
-                summary = memo[("summary", producer.id)] = producer_summary(producer)
+                summary = memo[(_SUMMARY, producer.id)] = producer_summary(producer)
             node.producer = summary
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies
         in holds: produced by that directory's producer. Its node has the directory's node
         as its one parent, so the lineage goes on through the directory."""
-        containers = memo.setdefault(("containers", None), {})  # directory -> what container_of found
+        containers = memo.setdefault((_CONTAINERS, None), {})  # directory -> what container_of found
         found = self.container_of(path, containers)
         if found is None or found[2] != "out":
             return None
