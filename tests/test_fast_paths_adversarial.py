@@ -103,9 +103,13 @@ class _NoWalkedMemo(dict):
     nodes, the producers' summaries and the containers found, whatever their keys; the
     walks kept (a tuple now, whatever a later form) are dropped."""
 
+    dropped = 0  # walks refused (a test checks there were some: the reference is general)
+
     def __setitem__(self, key, value):
         if isinstance(value, (LineageNode, LedgerRecord, dict)):
             super().__setitem__(key, value)
+        else:
+            type(self).dropped += 1
 
 
 @dataclass
@@ -501,8 +505,10 @@ def test_every_output_of_a_record_shows_its_records_failures(tmp_path, monkeypat
     the 10 outputs of each record shows it in its own lineage (not only the first walked),
     in windows that split the outputs too, and the run exits 1."""
     url, bad, good = _outputs_of_two_records(tmp_path, 10)
+    monkeypatch.setattr(_NoWalkedMemo, "dropped", 0)
     fast, ahead, alone = _three_ways(monkeypatch, tmp_path, url, [str(tmp_path / "out")], window=window)
     assert fast == ahead == alone
+    assert _NoWalkedMemo.dropped >= 2 * 2  # each record's walk, refused in both general modes
     shown = {os.path.basename(t["path"]): _broken_below(t) for t in fast["targets"]}
     assert shown == {**{os.path.basename(p): set() for p in bad}, **{os.path.basename(p): {"mid2.txt"} for p in good}}
     # The failed producer is named once per output (the report keeps one failure per path).
