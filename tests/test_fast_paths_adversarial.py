@@ -427,6 +427,7 @@ def test_a_directory_walked_through_a_link_and_links_inside_it(tmp_path, monkeyp
     assert _p(tmp_path, "out/p00.txt") in settled
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("what", ["nothing", "a part's writer row pointed at a record that writes another file",
                                   "tb.txt's earlier writer's row deleted (two batches)"])
 def test_the_same_answers_on_postgresql(postgres_url, tmp_path, monkeypatch, what):
