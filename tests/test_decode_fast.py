@@ -157,3 +157,15 @@ def test_parse_time_text_is_parse_time_and_format_time(text):
 @given(times | whole, st.sampled_from([timezone.utc, timezone.max, timezone.min]))
 def test_format_time_of_a_whole_second_is_the_general_spelling(moment, zone):
     assert format_time(moment.astimezone(zone)) == _general(moment)
+
+
+@given(records, st.booleans())
+def test_a_summary_is_the_record_the_constructor_builds_of_its_fields(record, keep_extra):
+    """Record.summary (what a lineage keeps of each producer) skips the constructor's checks;
+    it must be the record the constructor builds of the same fields, byte for byte."""
+    expected = Record(engine=record.engine, run_id=record.run_id, task_id=record.task_id,
+                      task_name=record.task_name, status=record.status, started=record.started,
+                      ended=record.ended, attempt=record.attempt, extra=record.extra if keep_extra else {})
+    got = Record.decode(record.encode()).summary(keep_extra=keep_extra)
+    assert got == expected and got.encode() == expected.encode() and got.id == expected.id
+    assert got.ended_text == expected.ended_text

@@ -446,11 +446,7 @@ def producer_summary(entry: LedgerRecord) -> LedgerRecord:
     parents; its outputs, parameters and environment (often most of its bytes) are left
     out, so the summary is not the record: its id is still the record's, to fetch it by."""
     record = entry.record
-    summary = Record(engine=record.engine, run_id=record.run_id, task_id=record.task_id,
-                     task_name=record.task_name, status=record.status, started=record.started,
-                     ended=record.ended, attempt=record.attempt,
-                     extra=record.extra if is_adoption(record) else {})
-    return LedgerRecord(entry.id, summary, entry.height, entry.position)
+    return LedgerRecord(entry.id, record.summary(keep_extra=is_adoption(record)), entry.height, entry.position)
 
 
 def is_adoption(record: Record) -> bool:
