@@ -10,7 +10,8 @@ import os
 from typing import Any
 
 from .._ledger.ledger import LedgerRecord, LineageNode
-from .._ledger.lineage import Nested, run_nested, walk_lineage
+from .._ledger.lineage import walk_lineage
+from .._ledger.walks import Nested, run_nested
 from .._terminal import printable
 from .._verification.verify import ArtifactCheck, Report
 

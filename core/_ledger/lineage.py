@@ -8,66 +8,16 @@ A mixin of :class:`~._ledger.Ledger`: every answer comes from its proved look-up
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from .._files.hashing import lookup_paths
 from .._files.manifest import MANIFEST_RUN_PREFIX, Manifest
 from .._model import Record, is_alias
+from .walks import CONTAINERS, SUMMARY, WALKED, Nested, NotedMemo, run_nested
 
 __all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "producer_summary", "walk_lineage"]
-
-
-# The lineage memo's own entries beside its nodes (which are keyed ``(path, digest)``): keyed by
-# these objects, which no record can name. Keyed by words ("walked", "summary"), a record
-# that read the relative path "summary" in a version spelled as another record's id had its
-# node taken for that record's summary, and verify-lineage crashed (exit 2).
-_WALKED = object()  # (_WALKED, record id): the parents and summary of a record walked
-_SUMMARY = object()  # (_SUMMARY, record id): producer_summary of a record
-_CONTAINERS = object()  # (_CONTAINERS, None): what container_of found for each directory
-
-
-class _Noted:
-    """A lineage memo as one walk from the top (:meth:`LineageQueries.lineage`) uses it, noting
-    the keys it adds: where the walk fails, they all go. Not only the node whose walk failed:
-    a node can complete inside a walk that then fails (in a loop through the ledger, a version
-    read again further back reaches the half-built node of the first), and kept, it answered a
-    later target OK with a lineage cut short."""
-
-    __slots__ = ("memo", "added")
-
-    def __init__(self, memo: Any) -> None:
-        self.memo = memo
-        self.added: list[Any] = []
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self.memo
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.memo[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if key not in self.memo:
-            self.added.append(key)
-        self.memo[key] = value
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self.memo.get(key, default)
-
-    def pop(self, key: Any, default: Any = None) -> Any:
-        return self.memo.pop(key, default)
-
-    def setdefault(self, key: Any, default: Any) -> Any:
-        if key in self.memo:
-            return self.memo[key]
-        self[key] = default
-        return default
-
-    def forget(self) -> None:
-        for key in self.added:
-            self.memo.pop(key, None)
-        self.added.clear()
 
 
 @dataclass(frozen=True)
@@ -137,41 +87,6 @@ def walk_lineage(node: LineageNode) -> Iterator[LineageNode]:
             stack.extend(current.parents)
 
 
-# A walk written as generators that yield the walks they need (a child's subtree) and are
-# sent the result: run_nested keeps them on a list instead of Python's call stack.
-T = TypeVar("T")
-Nested = Generator[Any, Any, T]
-
-
-def run_nested(walk: Nested[T]) -> T:
-    """Run a walk whose nested walks are yielded: each yielded generator runs to its
-    return value, which is sent back to the one that yielded it. Depth is only memory."""
-    stack: list[Generator[Any, Any, Any]] = [walk]
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            if error is None:
-                inner = stack[-1].send(value)
-            else:  # raised by the walk it had yielded: raised there, as a call would have
-                failed, error = error, None
-                inner = stack[-1].throw(failed)
-        except StopIteration as done:
-            stack.pop()
-            if not stack:
-                return done.value
-            value = done.value
-            continue
-        except BaseException as exc:
-            stack.pop()
-            if not stack:
-                raise
-            error = exc
-            continue
-        stack.append(inner)
-        value = None
-
-
 MORE_COUNTED = 100_000  # consumers left out of a page that derived() counts exactly
 
 
@@ -229,9 +144,9 @@ class LineageQueries:
                 return node
             if slim:
                 candidates = self._find("out", path, digest)
-                if candidates and (_WALKED, candidates[-1].id) in memo:
+                if candidates and (WALKED, candidates[-1].id) in memo:
                     return self._produced((path, digest), digest, candidates[-1], memo, slim)[0]
-        noted = _Noted(memo)
+        noted = NotedMemo(memo)
         try:
             return run_nested(self._lineage(path, digest, None, noted, slim))
         except BaseException:
@@ -250,7 +165,7 @@ class LineageQueries:
         memo[key] = node
         if (path, None) not in memo:
             memo[(path, None)] = node
-        walked = memo.get((_WALKED, producer.id)) if slim else None
+        walked = memo.get((WALKED, producer.id)) if slim else None
         if walked is None:
             return node, False
         node.parents.extend(walked[0])
@@ -299,7 +214,7 @@ class LineageQueries:
         # that ends there.
         yield from self._walk_inputs(node, producer, memo, slim)
         if slim:
-            memo[(_WALKED, producer.id)] = (tuple(node.parents), node.producer)
+            memo[(WALKED, producer.id)] = (tuple(node.parents), node.producer)
         return node
 
     def _walk_inputs(self, node: LineageNode, producer, memo, slim) -> Nested[None]:
@@ -318,16 +233,16 @@ class LineageQueries:
             node.parents.append(memo[walked] if walked in memo
                                 else (yield self._lineage(input_path, entry["blake3"], producer, memo, slim)))
         if slim:  # one summary a record: the 10,000 outputs of one task share it
-            summary = memo.get((_SUMMARY, producer.id))
+            summary = memo.get((SUMMARY, producer.id))
             if summary is None:
-                summary = memo[(_SUMMARY, producer.id)] = producer_summary(producer)
+                summary = memo[(SUMMARY, producer.id)] = producer_summary(producer)
             node.producer = summary
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies
         in holds: produced by that directory's producer. Its node has the directory's node
         as its one parent, so the lineage goes on through the directory."""
-        containers = memo.setdefault((_CONTAINERS, None), {})  # directory -> what container_of found
+        containers = memo.setdefault((CONTAINERS, None), {})  # directory -> what container_of found
         found = self.container_of(path, containers)
         if found is None or found[2] != "out":
             return None
