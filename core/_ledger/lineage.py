@@ -135,6 +135,7 @@ class LineageQueries:
         write the records out, walk without it."""
         memo = {} if memo is None else memo
         path = self.query_path(path)
+        found = None  # the producers of this version, once looked up
         if digest is not None:
             # Without starting a walk (a generator run by run_nested: a third of a look-up
             # of 5 us) where none is needed: a version walked before, or one more output of
@@ -143,12 +144,12 @@ class LineageQueries:
             if node is not None:
                 return node
             if slim:
-                candidates = self._find("out", path, digest)
-                if candidates and (WALKED, candidates[-1].id) in memo:
-                    return self._produced((path, digest), digest, candidates[-1], memo, slim)[0]
+                found = self._find("out", path, digest)
+                if found and (WALKED, found[-1].id) in memo:
+                    return self._produced((path, digest), digest, found[-1], memo, slim)[0]
         noted = NotedMemo(memo)
-        try:
-            return run_nested(self._lineage(path, digest, None, noted, slim))
+        try:  # the producers found above are not looked up again
+            return run_nested(self._lineage(path, digest, None, noted, slim, found))
         except BaseException:
             noted.forget()
             raise
@@ -172,7 +173,8 @@ class LineageQueries:
         node.producer = walked[1]
         return node, True
 
-    def _lineage(self, path, digest, consumer, memo, slim=False) -> Nested[LineageNode]:
+    def _lineage(self, path, digest, consumer, memo, slim=False, looked_up=None) -> Nested[LineageNode]:
+        """``looked_up``: the producers of this version of ``path``, found already."""
         key = (path, digest)
         if key in memo:
             return memo[key]
@@ -185,7 +187,7 @@ class LineageQueries:
                 return node
             digest = producer.record.outputs[path]["blake3"]
         else:
-            candidates = self._find("out", path, digest)
+            candidates = looked_up if looked_up is not None else self._find("out", path, digest)
             if not candidates and consumer is not None:
                 # The producer may name the file by another spelling the consumer's record
                 # also has (its real path, or the path as given): try those.

@@ -377,8 +377,10 @@ class ProvedLookups:
         if batch is None or not self.backend.keeps_end_times:
             return None
         rows = batch.places.get(("out", path))
-        if rows is None or len(rows) != 1 or batch.latest.get(("in", path), rows) is not None:
-            return None  # (rows: a path whose readers were not read ahead)
+        if rows is None or len(rows) != 1:
+            return None  # no writer, or more than one: the general path
+        if ("in", path) not in batch.latest or batch.latest[("in", path)] is not None:
+            return None  # its readers were not read ahead, or the index names one
         names = batch.names.get(path)
         if names is None or len(names) != 1:
             return None

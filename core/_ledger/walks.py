@@ -66,8 +66,6 @@ class NotedMemo:
         self.added.clear()
 
 
-# A walk written as generators that yield the walks they need (a child's subtree) and are
-# sent the result: run_nested keeps them on a list instead of Python's call stack.
 T = TypeVar("T")
 Nested = Generator[Any, Any, T]
 
