@@ -81,7 +81,7 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
     """Normalise inputs/outputs to ``{path: {"blake3": hex, "size": n}}`` (in-toto style);
     a directory's entry adds ``"type": "dir"``, a path as given that is the alias of a real
     path adds ``"alias_of": real path``."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # the ABC's check costs 0.5 us
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
     aliases = False
