@@ -21,11 +21,11 @@ from blake3 import blake3
 from ._artifact import Artifact, DirectoryArtifact, _check_hex, artifact_map, is_alias
 from ._canonical import (
     canonical_bytes,
+    canonical_object,
     format_time,
     from_canonical,
     parse_time,
     parse_time_text,
-    canonical_object,
     reject_non_string_keys,
 )
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lineage_ledger import Artifact, Record
-from lineage_ledger._canonical import format_time, parse_time, parse_time_text, canonical_object
+from lineage_ledger._canonical import canonical_object, format_time, parse_time, parse_time_text
 from lineage_ledger._model import _RECORD_FIELDS, RECORD_VERSION
 
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)  # what a reader turns into RecordTampered
