@@ -1,7 +1,10 @@
-"""``verify-lineage DIR`` of the N outputs of one task against ``lineage-ledger hash --rehash DIR``.
+"""``verify-lineage DIR`` of N recorded files against ``lineage-ledger hash --rehash DIR``.
 
-Both read every file of DIR (N files of 4 KiB, written by one recorded task whose record names
-all N); verification also proves the record and checks each file's lineage. The baseline,
+Both read every file of DIR (N files of 4 KiB); verification also proves the records that wrote
+them and checks each file's lineage. ``--tasks one`` (the default): the N outputs of one
+recorded task, whose record names all N. ``--tasks each``: each file the one output of its own
+task (N records, all reading one source), as the results directory of a scatter step, where
+every record is fetched, proved and decoded. The baseline,
 ``hash --rehash``, is the cost of reading and hashing the files alone. Each round runs both
 commands as fresh processes, alternating which goes first; medians are printed.
 
@@ -26,7 +29,7 @@ from lineage_ledger import Hasher, Record, open_ledger
 BIN = Path(sys.executable).parent
 
 
-def build(base: Path, n: int, size: int = 4096) -> str:
+def build(base: Path, n: int, size: int = 4096, tasks: str = "one") -> str:
     out = base / "out"
     out.mkdir()
     for i in range(n):
@@ -34,11 +37,15 @@ def build(base: Path, n: int, size: int = 4096) -> str:
     (base / "input.txt").write_text("source")
     files = Hasher().hash_many([str(p) for p in sorted(out.iterdir())] + [str(base / "input.txt")])
     now = datetime.now(timezone.utc)
-    record = Record(engine="bench", run_id="r", task_id="split", task_name="split", status="succeeded",
-                    started=now, ended=now, inputs=files[-1:], outputs=files[:-1])
     url = f"sqlite:///{base}/ledger.db"
     with open_ledger(url, spool=str(base / "spool")) as ledger:
-        ledger.record(record)
+        if tasks == "one":
+            ledger.record(Record(engine="bench", run_id="r", task_id="split", task_name="split", status="succeeded",
+                                 started=now, ended=now, inputs=files[-1:], outputs=files[:-1]))
+        else:
+            ledger.append_records([Record(engine="bench", run_id="r", task_id=f"t{i}", task_name="split",
+                                          status="succeeded", started=now, ended=now, inputs=files[-1:],
+                                          outputs=[f]).stored() for i, f in enumerate(files[:-1])])
     return url
 
 
@@ -55,6 +62,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--rounds", "--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="500 files, 2 rounds")
+    parser.add_argument("--tasks", choices=("one", "each"), default="one",
+                        help="one task wrote every file (the goal's shape), or each file its own task")
     parser.add_argument("--bytes", type=int, default=4096,
                         help="bytes a file (the goal is set at 4 KiB: hashing then costs the least beside the checks)")
     args = parser.parse_args()
@@ -69,12 +78,12 @@ def main() -> None:
     env["LINEAGE_STATE_DIR"] = str(base / "state")
     env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
     try:
-        url = build(base, n, args.bytes)
+        url = build(base, n, args.bytes, args.tasks)
         verify = [str(BIN / "verify-lineage"), "--ledger", url, str(base / "out")]
         rehash = [str(BIN / "lineage-ledger"), "hash", "--rehash", "--cache", str(base / "cache.db"), str(base / "out")]
         timed(verify, env)  # the first verification on this account audits the (one-record) ledger
         timed(rehash, env)  # and the first run of each compiles its modules
-        print(f"{n:,} files of {args.bytes:,} bytes; load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds")
+        print(f"{n:,} files of {args.bytes:,} bytes, written by {'one task' if args.tasks == 'one' else 'a task each'}; load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds")
         times: dict[str, list[float]] = {"verify": [], "hash": []}
         for i in range(rounds):
             for which in (("verify", "hash") if i % 2 == 0 else ("hash", "verify")):

@@ -36,7 +36,10 @@ def canonical_bytes(obj: Any, *, check_keys: bool = True) -> bytes:
 
 
 def from_canonical(data: bytes) -> Any:
-    return json.loads(data.decode("utf-8"))
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:  # bytes no encoder here writes: unreadable, as other bad JSON is
+        raise ValueError("JSON nested too deeply") from None
 
 
 def canonical_object(data: bytes) -> dict[str, Any] | None:
@@ -68,7 +71,7 @@ def canonical_object(data: bytes) -> dict[str, Any] | None:
     try:
         value = decode(data)
         same = type(value) is dict and encode(value) == data
-    except (ValueError, TypeError, OverflowError):  # msgspec's errors are ValueErrors
+    except (ValueError, TypeError, OverflowError, RecursionError):  # msgspec's errors are ValueErrors
         return None
     return value if same else None
 
@@ -125,13 +128,15 @@ def parse_time_text(text: Any) -> tuple[datetime, str]:
     ``text`` is canonical at a third of the cost (one C parse and a comparison with what
     :func:`format_time` writes back, instead of a regular expression, a parse, a copy and a
     second formatting). A text written back unchanged has the canonical form."""
-    if type(text) is str:
+    if type(text) is str and _CANONICAL_TIME(text) is not None:
         try:
             moment = _FROM_ISO(text)
         except ValueError:
-            pass
+            pass  # no such day (02-30), or a Python whose parser does not read "Z"
         else:
-            if moment.tzinfo is _UTC and format_time(moment) == text:
+            # Each field's digits are in range and parsed as they stand, so format_time
+            # writes them back as they are: the text is canonical, without writing it.
+            if moment.tzinfo is _UTC:
                 return moment, text
     moment = parse_time(text)  # raises ValueError for a text that is not canonical
     return moment, format_time(moment)
@@ -140,6 +145,11 @@ def parse_time_text(text: Any) -> tuple[datetime, str]:
 _UTC = timezone.utc
 _FROM_ISO = datetime.fromisoformat
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+# The canonical spelling, each field in its range (ASCII digits: \d also matches others; an
+# hour of 24, which some parsers take for the next day, is not one).
+_CANONICAL_TIME = re.compile(
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z\Z"
+).match
 
 
 def parse_time(text: str) -> datetime:

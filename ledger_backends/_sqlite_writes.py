@@ -103,7 +103,7 @@ def ended_of(body: bytes) -> str:
     """The ``ended`` field of a record body (for records stored without it extracted)."""
     try:
         value = json.loads(body).get("ended", "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # unreadable: the readers say so
         return ""
     return value if isinstance(value, str) else ""
 

@@ -35,7 +35,7 @@ def decode_views(block) -> list[Any]:
     decoder, error = _DECODER or _load_decoder()
     try:
         return [decoder.decode(body) for body in block.bodies]
-    except error as err:
+    except (error, RecursionError) as err:  # nested past what a parser follows: unreadable too
         raise RecordTampered(f"block {block.height}: a record is not readable ({err})",
                              height=block.height) from err
 
