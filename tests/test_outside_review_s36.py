@@ -239,3 +239,20 @@ def test_log_of_the_run_with_an_empty_id_lists_only_that_run(tmp_path):
     listed = run_cli("log", "--json", "--run", "", "--ledger", db, cwd=tmp_path, check_rc=0).stdout
     runs = [json.loads(line)["run_id"] for line in listed.splitlines() if line.strip()]
     assert runs == [""], runs
+
+
+@pytest.mark.xfail(strict=True, reason="an origin a checkpoint cannot carry is found only when one is written")
+def test_an_origin_with_a_control_character_is_refused_by_name(tmp_path):
+    """Bug: the origin in ``ll_meta`` is read as it is: with a newline in it (edited, or
+    written by another tool), ``log`` and ``verify-lineage`` of an account that never saw
+    the ledger accept it and remember it, and ``checkpoint`` then stops with "unexpected
+    ValueError: a checkpoint's origin must be non-empty text without control characters",
+    exit 2. An empty origin is already refused on open ("the ledger's origin is missing
+    from ll_meta"); one a checkpoint cannot carry should be refused the same way, by name."""
+    db = _build(tmp_path, blocks=(2,))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ll_meta SET value = value || char(10) || 'x' WHERE key = 'origin'")
+    conn.close()
+    result = run_cli("checkpoint", "--ledger", db, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert "unexpected" not in result.stderr and "origin" in result.stderr, result.stderr
