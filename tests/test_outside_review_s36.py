@@ -279,3 +279,22 @@ def test_an_unchanged_link_inside_a_recorded_directory_verifies(tmp_path):
     assert whole.returncode == 0, whole
     one = run_cli("D/link", "--ledger", db, cwd=tmp_path, program="verify-lineage")
     assert one.returncode == 0, one.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="repair-index and migrate create a ledger at a mistyped or empty path")
+@pytest.mark.parametrize("command", ["repair-index", "migrate"])
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_maintenance_commands_never_create_the_ledger_they_mend(tmp_path, command, kind):
+    """Bug: the read commands answer "no ledger at PATH" (exit 2) for a mistyped or
+    zero-byte ledger (#14, item 6), but ``repair-index --ledger TYPO`` creates the directory
+    and an empty ledger and prints "rebuilt the index of 0 records ...", exit 0, and
+    ``migrate --ledger TYPO`` creates one and prints "already current", exit 0: the user is
+    told their ledger was repaired or is current. A zero-byte file (a ledger lost to a full
+    disk) is made a new empty ledger the same way. Both mend an existing ledger and should
+    refuse a path that holds none. (``spool ship`` with nothing waiting also creates one.)"""
+    path = tmp_path / "typo" / "ledger.db" if kind == "missing" else tmp_path / "empty.db"
+    if kind == "empty":
+        path.write_bytes(b"")
+    result = run_cli(command, "--ledger", path, cwd=tmp_path)
+    assert (not path.parent.exists()) if kind == "missing" else path.stat().st_size == 0, "a ledger was created"
+    assert result.returncode == 2 and f"no ledger at {path}" in result.stderr, result
