@@ -336,3 +336,27 @@ def test_a_negative_count_is_not_taken_for_a_tampered_index(tmp_path):
     db = _build(tmp_path, blocks=(3,))
     result = run_cli("log", "--run", "r", "-n", "-1", "--ledger", db, cwd=tmp_path)
     assert "index" not in result.stderr and result.returncode in (0, 2), result
+
+
+@pytest.mark.xfail(strict=True, reason="a relative XDG_STATE_HOME or LINEAGE_STATE_DIR is taken relative to the working directory")
+@pytest.mark.parametrize("variable", ["XDG_STATE_HOME", "LINEAGE_STATE_DIR"])
+def test_the_remembered_head_does_not_depend_on_the_working_directory(tmp_path, variable):
+    """Bug: ``state_root()`` uses ``$XDG_STATE_HOME`` (and ``$LINEAGE_STATE_DIR``) as given,
+    so a relative value (``XDG_STATE_HOME=.state`` in a shell profile) keeps one remembered
+    head per working directory: a history rewritten after a verification in ``one/`` passes
+    as a first audit, "verified" exit 0, from ``two/``. The XDG Base Directory spec says a
+    relative path in these variables is invalid and must be ignored (then
+    ``~/.local/state`` is used); ``LINEAGE_STATE_DIR`` could be refused (exit 2) or made
+    absolute once, but never be a different state per directory."""
+    db = _build(tmp_path)
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    relative = {variable: "state"}
+    first = run_cli("--ledger", db, cwd=tmp_path / "one", program="verify-lineage", env=relative)
+    if first.returncode == 2:  # a relative state directory refused: as good as one shared state
+        assert variable in first.stderr, first.stderr
+        return
+    assert first.returncode == 0, first
+    _rewrite_last_block(tmp_path, db)
+    again = run_cli("--ledger", db, cwd=tmp_path / "two", program="verify-lineage", env=relative)
+    assert again.returncode != 0, again.stdout
