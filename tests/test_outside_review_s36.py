@@ -3,7 +3,7 @@ input, unusual record content), made through the CLI as users run it, on real SQ
 
 Each test names one bug found. Those not fixed yet are marked ``xfail(strict=True)``: they
 fail today, and the mark goes when the fix lands (a strict xfail that passes fails the run).
-The whole file takes about 9 s on this 2-core machine (20 cases, mostly interpreter starts of
+The whole file takes about 9.5 s on this 2-core machine (22 cases, mostly interpreter starts of
 the CLI).
 """
 
