@@ -22,7 +22,8 @@ __all__ = ['depends', 'log_command', 'show', 'why']
 
 
 @click.command(name="log")
-@click.option("-n", "--limit", default=20, show_default=True, help="How many records, newest last; 0 for all.")
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many records, newest last; 0 for all.")
 @click.option("--run", "run_id", help="Only the records of this run.")
 @ledger_option
 @json_option
@@ -122,7 +123,7 @@ def _say_adopted(tree) -> None:
 
 @click.command()
 @click.argument("path")
-@click.option("-n", "--limit", default=50, show_default=True,
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=50, show_default=True,
               help="At most this many consumers of each file (the oldest); 0 lists them all.")
 @click.option("--all", "show_all", is_flag=True, help="List every consumer (same as --limit 0).")
 @ledger_option
@@ -135,7 +136,7 @@ def depends(path, limit, show_all, ledger_url) -> None:
             if inside is not None:  # what was derived from the recorded directory it lies in
                 click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(inside[0]))}:")
                 normal = path = inside[0]
-        if show_all or limit <= 0:
+        if show_all or limit == 0:
             _depends_streamed(ledger, normal, path)
             return
         tree = ledger.derived(normal, limit=limit)
