@@ -33,12 +33,12 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
 
     with open_read_only(ledger_url) as ledger:
         entries: Iterable[LedgerRecord]
-        if run_id and limit:
+        if run_id is not None and limit:  # an empty run id is a run too (Record accepts it)
             page, total = ledger.run_last(run_id, limit)
             entries = page[-limit:]
             if total > len(entries):  # say so: a listing of 20 reads like the whole run
                 click.echo(f"showing the last {len(entries)} of {total} records; -n 0 shows all", err=True)
-        elif run_id:
+        elif run_id is not None:
             entries = chain.from_iterable(ledger.run_pages(run_id))  # streamed: a run may hold 100,000 tasks
         else:
             # Directory manifests are records too, but no task: they are not listed. The
