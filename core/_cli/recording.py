@@ -212,8 +212,17 @@ def _age(now, then) -> str:
 def spool_ship(ledger_url, spool_root, timeout) -> None:
     """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
     the ledger did not take them (they keep waiting)."""
-    from .._ledger.deferred import WaitingInSpool, ship
+    from lineage_ledger.backends import open_backend
 
+    from .._ledger.deferred import WaitingInSpool, ledger_identity, ship, waiting_for
+
+    waiting, _ = waiting_for(spool_root, ledger_identity(ledger_url)[0], ())
+    if not waiting:
+        # Nothing to ship: a mistyped or zero-byte ledger path is "no ledger at PATH", as for
+        # the read commands, never a new empty ledger. Records waiting do create it: shipping
+        # is the write path of a spool-first run.
+        with open_backend(ledger_url, create=False):
+            pass
     try:
         shipped, left = ship(ledger_url, spool=spool_root, timeout=timeout)
     except WaitingInSpool as err:
