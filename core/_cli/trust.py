@@ -55,7 +55,9 @@ def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as
         raise click.UsageError("--pubkey needs --against CHECKPOINT")
     with open_read_only(ledger_url) as ledger:
         report = verify_lineage(ledger, targets)
-        if checkpoint is not None and report.ok:
+        # Whenever the ledger itself verified (report.chain), whatever its targets gave: a
+        # rewritten history is said beside a file that fails, not hidden behind it.
+        if checkpoint is not None and report.chain is not None:
             try:
                 report.against = verify_against(ledger, checkpoint)
             except VerificationError as failure:
@@ -84,7 +86,7 @@ def _read_checkpoint(path: str, pubkeys: tuple[str, ...], quorum: int | None = N
     verifiers = [v for key in pubkeys for v in load_verifiers(key)]
     checkpoint = parse(text, verifiers)
     if quorum is not None:
-        distinct = len({(v.name, v.key_id) for v in verifiers})
+        distinct = len({v.public_key for v in verifiers})  # one key under two names is one key
         if quorum > distinct:
             raise ConfigError(f"--quorum {quorum}: only {distinct} distinct public keys were given")
         signed = signed_by(text, verifiers)

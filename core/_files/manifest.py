@@ -267,8 +267,10 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
               on_skip: Callable[[str, str], None] | None = None, plain: set[str] | None = None) -> Iterator[str]:
     """Regular files below ``root``, sorted, for commands given a tree (``hash``,
     ``verify-lineage``): symlinks to files are followed; links to directories, dangling
-    links and special files are passed over. A subdirectory that ``is_artifact`` says is a
-    recorded directory is yielded itself, not descended into.
+    links and special files are passed over, except those ``is_artifact`` says a record
+    names (a recorded output replaced by a dangling link or a FIFO is yielded, for its
+    check to say so). A subdirectory that ``is_artifact`` says is a recorded directory is
+    yielded itself, not descended into.
 
     An entry that cannot be read (a symbolic link loop, a directory without permission)
     is reported to ``on_skip(path, reason)`` and skipped; the walk goes on. The ledger's
@@ -305,13 +307,19 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
             except OSError as err:
                 if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                     skip(entry.path, err)  # a loop, or a target it may not look at
+                elif is_artifact is not None and is_artifact(entry.path):
+                    files.append(entry.path)  # a recorded file, now a dangling link: checked
                 continue  # a dangling link: not a file
             if mode is not None:
                 if stat_module.S_ISREG(mode):
                     files.append(entry.path)
+                elif is_artifact is not None and is_artifact(entry.path):
+                    files.append(entry.path)  # a link a record names, to a directory or a FIFO
             elif entry.is_file(follow_symlinks=False):
                 files.append(entry.path)
                 if plain is not None:
                     plain.add(entry.path)
+            elif is_artifact is not None and is_artifact(entry.path):
+                files.append(entry.path)  # a recorded file, now a FIFO, a socket or a device
         files.reverse()
         yield from files

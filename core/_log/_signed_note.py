@@ -102,13 +102,14 @@ def _check_signatures(text: str, signatures: list[tuple[str, bytes, bytes]], ver
 
 def signed_by(note: str | bytes, verifiers: list[Verifier]) -> list[Verifier]:
     """The distinct keys among ``verifiers`` whose signature on ``note`` verifies (after
-    :func:`parse` with them has refused any failing one)."""
+    :func:`parse` with them has refused any failing one). Distinct by the public key
+    itself: one private key signs under any name it likes, and counts once (a quorum)."""
     text, signatures = _split_note(note)
     message = text.encode("utf-8")
     known = {(v.name, v.key_id): v for v in verifiers}
-    found: dict[tuple[str, bytes], Verifier] = {}
+    found: dict[bytes, Verifier] = {}
     for name, key_id, signature in signatures:
         verifier = known.get((name, key_id))
         if verifier is not None and verifier.verify(message, signature):
-            found[(name, key_id)] = verifier
+            found.setdefault(verifier.public_key, verifier)
     return list(found.values())

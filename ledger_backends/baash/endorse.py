@@ -236,21 +236,25 @@ def verify_endorsed(note: str | bytes, verifiers: Sequence[Verifier], quorum: in
     """The checkpoint in ``note`` if at least ``quorum`` of ``verifiers`` (default: more than
     two thirds of them) signed it; :class:`CheckpointInvalid` otherwise, or if any of their
     signatures fails (a changed size or root), as the signed-note rules say."""
-    keys = {(v.name, v.key_id): v for v in verifiers}
+    # Keys are counted by the public key itself: one private key signs under any name it
+    # likes, and a ranks.pub listing it twice under two names still holds one key.
+    keys: dict[bytes, list[Verifier]] = {}
+    for verifier in verifiers:
+        keys.setdefault(verifier.public_key, []).append(verifier)
     if not keys:
         raise CheckpointInvalid("no public keys of the ranks were given")
     need = quorum_of(len(keys)) if quorum is None else quorum
     if not 1 <= need <= len(keys):
         raise CheckpointInvalid(f"a quorum of {need} out of {len(keys)} rank keys is impossible")
     checkpoint = parse(note)  # strict: the body and the signature lines' form
-    open_note(note, list(keys.values()))  # any failing signature by a known key rejects the note
+    open_note(note, list(verifiers))  # any failing signature by a known key rejects the note
     signed = []
-    for key in keys.values():
+    for names in keys.values():
         try:
-            open_note(note, [key])
+            open_note(note, names)
         except CheckpointInvalid:  # no signature by this key (a bad one was refused above)
             continue
-        signed.append(key.name)
+        signed.append(names[0].name)
     if len(signed) < need:
         raise CheckpointInvalid(
             f"the tree head of {checkpoint.size} records is signed by {len(signed)} of the {len(keys)} ranks' keys "
