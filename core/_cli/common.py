@@ -14,7 +14,10 @@ from .._errors import LedgerError, VerificationError
 from .._ledger.ledger import DEFAULT_URL, Ledger, open_ledger
 from .._terminal import printable
 
-__all__ = ["Guarded", "guard", "json_option", "ledger_option", "open_read_only"]
+# The files SQLite keeps beside a ledger: writing over one loses or corrupts committed records.
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+__all__ = ["Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_output_over"]
 
 
 ledger_option = click.option(
@@ -64,3 +67,41 @@ def open_read_only(url: str) -> Ledger:
     """For commands that only read: nothing is created, replayed or written to the ledger."""
     return open_ledger(url, read_only=True)
 
+
+
+
+def refuse_output_over(output: str, ledger_url: str | None, *others: str) -> None:
+    """Raise :class:`click.UsageError` (exit 2) when ``output`` is the SQLite ledger that
+    ``ledger_url`` names (the default one for None), one of its -wal, -shm or -journal files,
+    or one of ``others`` (a key file): a read command's ``-o`` (a slip of tab completion)
+    must never write over what it reads. Called before anything is written."""
+    from urllib.parse import unquote
+
+    from lineage_ledger.backends._sqlite_files import sqlite_file
+
+    guarded: dict[str, str] = {}  # a resolved path -> what it is, for the message
+    given = sqlite_file(ledger_url or DEFAULT_URL)  # None: not an SQLite ledger, no file to guard
+    if given is not None:
+        # As given and percent-decoded (SQLAlchemy reads a URL's path so), followed through
+        # links or not (SQLite names its -wal file after the path it was given).
+        for path in {given, unquote(given)}:
+            for base in {os.path.abspath(path), os.path.realpath(path)}:
+                for suffix in _SIDE_FILES:
+                    guarded.setdefault(os.path.realpath(base + suffix), f"the ledger's {suffix} file" if suffix else "the ledger")
+    for other in others:
+        guarded.setdefault(os.path.realpath(other), printable(other))
+    target = os.path.realpath(output)
+    what = guarded.get(target)
+    if what is None:
+        what = next((name for path, name in guarded.items() if _same_file(path, target)), None)
+    if what is not None:
+        raise click.UsageError(f"-o {printable(output)} would write over {what} ({printable(target)}), "
+                               "which this command reads: give another path")
+
+
+def _same_file(one: str, two: str) -> bool:
+    """Whether two existing paths are one file (a hard link); False when either is missing."""
+    try:
+        return os.path.samefile(one, two)
+    except OSError:
+        return False
