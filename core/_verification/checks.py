@@ -131,6 +131,19 @@ def _check_inside(ledger: Ledger, path: str, exists: bool, containers: dict | No
         if listed is None:
             raise ArtifactError(path, f"no such file, and the recorded directory {directory} held none")
         return ArtifactCheck(path, ArtifactStatus.MISSING, expected, None, entry.id, role, within=within)
+    if listed is not None and listed[1] == "link":
+        # The manifest keeps a link as its target text, not followed (the directory's own
+        # check compares it so): the same here, not the hash of the file it leads to.
+        try:
+            target: str | None = os.readlink(path)
+        except OSError:
+            target = None  # not a link any more
+        if target == listed[2]:
+            return ArtifactCheck(path, ArtifactStatus.OK, None, None, entry.id, role, within=within)
+        now = "not a link" if target is None else f"a link to {target!r}"
+        return ArtifactCheck(path, ArtifactStatus.MODIFIED, None, None if target is not None else _digest_or_none(path),
+                             entry.id, role, within=within,
+                             reason=f"it was recorded as a link to {listed[2]!r}; it is {now} now")
     actual = hash_file(path)
     if listed is None:
         return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, actual.blake3, within=within)
@@ -139,6 +152,13 @@ def _check_inside(ledger: Ledger, path: str, exists: bool, containers: dict | No
     changes = part.diff(actual.manifest) if part is not None and actual.is_dir else None  # type: ignore[attr-defined]
     return ArtifactCheck(path, ArtifactStatus.MODIFIED, expected, actual.blake3, entry.id, role,
                          changes=changes, within=within)
+
+
+def _digest_or_none(path: str) -> str | None:
+    try:
+        return hash_file(path).blake3
+    except ArtifactError:
+        return None
 
 
 def _short(digest: str | None) -> str:
