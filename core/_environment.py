@@ -60,8 +60,16 @@ def state_root() -> str:
     """``$LINEAGE_STATE_DIR``, else ``$XDG_STATE_HOME/lineage-ledger``, else ``~/.local/state/lineage-ledger``."""
     explicit = os.environ.get("LINEAGE_STATE_DIR")
     if explicit:
+        # A relative one would be a different state in each working directory: a history
+        # rewritten after a verification in one would pass as a first audit from another.
+        if not os.path.isabs(explicit):
+            from ._errors import ConfigError
+
+            raise ConfigError(f"LINEAGE_STATE_DIR must be an absolute path, not {explicit!r}")
         return explicit
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME")
+    if not base or not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "lineage-ledger")
 
 
