@@ -144,13 +144,10 @@ def checkpoint(keyfile, output, ledger_url) -> None:
 def reset_trust(ledger_url) -> None:
     """Forget the tree head remembered for this ledger (after restoring it from a backup on
     purpose); the next command audits it again."""
-    import shutil
-    import stat
-
     from lineage_ledger.backends import open_backend
 
     from .._environment import others_control, state_root
-    from .._log.trust import TreeHead, TrustStore
+    from .._log.trust import TrustStore
 
     base = state_root()
     with open_backend(ledger_url, create=False) as backend:
@@ -164,11 +161,30 @@ def reset_trust(ledger_url) -> None:
         # elsewhere; and nothing kept there is trusted anyway (TrustStore refuses the root).
         raise ConfigError(f"refusing to delete anything in {base}: {unsafe}, so what it holds may be another "
                           "user's, or reached through their link (set LINEAGE_STATE_DIR to a private directory)")
+    # The state, and what an audit killed between its two renames left aside (TrustStore puts
+    # <directory>.old back when the state has no head: forgetting only the state would have
+    # the next command restore the head just forgotten).
+    forgotten = [head for path in (directory, directory + ".old") for head in _remove_state(path) if head]
+    if not forgotten:
+        click.echo("nothing was remembered for this ledger", err=True)
+    else:
+        old = forgotten[0]
+        click.echo(f"forgot the tree head of {old.size} records (root {old.root}) verified on {old.verified}",
+                   err=True)
+
+
+def _remove_state(directory: str) -> list:
+    """Remove ``directory``, a state of this user's own; ``[]`` if there is none, else
+    ``[its head or None]``."""
+    import shutil
+    import stat
+
+    from .._log.trust import TreeHead
+
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
-        click.echo("nothing was remembered for this ledger", err=True)
-        return
+        return []
     # Only the account's own directory is removed: what else is there was planted while the
     # root was open (or made by hand), and removing it would delete another user's files, or
     # fail on a link (rmtree refuses those) while the head read through it was reported forgotten.
@@ -188,11 +204,7 @@ def reset_trust(ledger_url) -> None:
         shutil.rmtree(directory)
     except OSError as err:
         raise ConfigError(f"could not remove {directory} to reset the trust: {err}") from err
-    if old is None:
-        click.echo("nothing was remembered for this ledger", err=True)
-    else:
-        click.echo(f"forgot the tree head of {old.size} records (root {old.root}) verified on {old.verified}",
-                   err=True)
+    return [old]
 
 
 
