@@ -44,9 +44,21 @@ class TreeHead:
 
     @classmethod
     def from_json(cls, data: bytes) -> TreeHead:
+        """The head ``head.json`` holds; ``ValueError`` for one of the wrong shape (edited by
+        hand, or damaged), which the readers then name, rather than fail on later."""
         raw = json.loads(data)
         # A head written before names were kept has no "names": 0, so it is audited once.
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        head = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        counts = (head.size, head.blocks, head.names)
+        if any(type(n) is not int or n < 0 for n in counts) or not isinstance(head.origin, str) \
+                or not _is_hex(head.root) or not (head.block_id is None if head.blocks == 0 else _is_hex(head.block_id)) \
+                or not isinstance(head.verified, str) or not isinstance(head.audited, str):
+            raise ValueError("a field is missing, of the wrong type, or out of range")
+        return head
+
+
+def _is_hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 class TreeWriter:

@@ -139,6 +139,7 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{self.directory}/head.json is unreadable ({err}); "
                               "run `lineage-ledger reset-trust` and verify again") from err
+        self._check_files(head)
         if head.origin != self.origin:
             raise HistoryRewritten(
                 f"{self.identity}: this ledger's origin is {self.origin!r}, but the ledger verified "
@@ -146,6 +147,24 @@ class TrustStore:
                 "`lineage-ledger reset-trust` and verify it again"
             )
         return head
+
+    def _check_files(self, head: TreeHead) -> None:
+        """The node and block files hold at least what ``head`` covers (they only grow, and
+        the head is written after them): one cut short is a damaged state, named as such,
+        not a ledger blamed for a node that reads short."""
+        need = {"starts.bin": head.blocks * _STARTS.size}
+        level, nodes = 0, head.size
+        while nodes:
+            need[f"level-{level:02d}.bin"] = nodes * _NODE
+            level, nodes = level + 1, nodes >> 1
+        for name, size in need.items():
+            try:
+                have = os.stat(os.path.join(self.directory, name)).st_size
+            except FileNotFoundError:
+                have = 0
+            if have < size:
+                raise ConfigError(f"{self.directory}/{name} is cut short ({have} of the {size} bytes its head "
+                                  "covers); run `lineage-ledger reset-trust` and verify again")
 
     @staticmethod
     def directory_for(identity: str, base: str | None = None) -> str:
