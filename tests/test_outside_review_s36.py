@@ -64,7 +64,6 @@ def _state_directory(db: str) -> str:
         return ledger.verifier.store.directory
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage checks --against only when every target verified")
 def test_a_rewritten_history_is_reported_even_when_a_target_fails(tmp_path):
     """Bug: ``verify-lineage --against CP TARGET`` skips the checkpoint whenever a target
     fails (``if checkpoint is not None and report.ok`` in ``_cli/trust.py``). A ledger whose
@@ -86,7 +85,6 @@ def test_a_rewritten_history_is_reported_even_when_a_target_fails(tmp_path):
     assert "HistoryRewritten" in result.stdout and "not an extension of the checkpoint" in result.stdout, result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="read commands' -o overwrites the ledger they read")
 @pytest.mark.parametrize("command", [
     ("export", "out1.txt", "-f", "prov-json", "-o"),
     ("graph", "out1.txt", "-o"),
@@ -105,7 +103,6 @@ def test_a_read_command_never_writes_its_output_over_the_ledger_it_reads(tmp_pat
     assert result.returncode == 2, result
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint -o overwrites the private key it signs with")
 def test_checkpoint_never_writes_over_its_signing_key(tmp_path):
     """Bug: ``lineage-ledger checkpoint --key KEY -o KEY`` signs, then writes the checkpoint
     over the private key, exit 0. ``keygen`` refuses to overwrite any key file because "a key
@@ -129,7 +126,6 @@ def _same_key_under(name: str, private_text: str) -> tuple[str, str]:
     return f"PRIVATE+KEY+{name}+{key_id}+{seed_b64}", f"{name}+{key_id}+{public_b64}"
 
 
-@pytest.mark.xfail(strict=True, reason="--quorum counts (name, key id) pairs, not distinct Ed25519 keys")
 def test_a_quorum_is_not_met_by_one_key_under_two_names(tmp_path):
     """Bug: ``verify-lineage --against CP --pubkey A.pub --pubkey B.pub --quorum 2`` counts
     keys by (name, key id). The same Ed25519 key published under two names is two of those,
@@ -154,7 +150,26 @@ def test_a_quorum_is_not_met_by_one_key_under_two_names(tmp_path):
     assert result.returncode != 0, result
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint writes head.json's size and root without checking them")
+def test_a_baash_quorum_is_not_met_by_one_key_under_two_names():
+    """The same for an endorsed BAASH tree head: a ranks.pub that lists one key under two
+    names holds one key, and that key's two signature lines are one endorsement."""
+    from lineage_ledger._canonical import utcnow
+    from lineage_ledger._errors import CheckpointInvalid
+    from lineage_ledger._log.checkpoint import Checkpoint, parse_verifier
+    from lineage_ledger.backends.baash.endorse import verify_endorsed
+
+    private_text, _ = generate_key("rank-0")
+    keys = [_same_key_under(name, private_text) for name in ("rank-0", "rank-1")]
+    other_private, other_public = generate_key("rank-2")
+    body = Checkpoint("baash://test", 3, b"\x01" * 32, utcnow()).body()
+    twice = sign_note(body, parse_signer(keys[0][0])) + sign_note(body, parse_signer(keys[1][0])).split("\n\n", 1)[1]
+    verifiers = [parse_verifier(public) for _, public in keys] + [parse_verifier(other_public)]
+    with pytest.raises(CheckpointInvalid, match="signed by 1 of the 2"):
+        verify_endorsed(twice, verifiers, 2)
+    both = twice + sign_note(body, parse_signer(other_private)).split("\n\n", 1)[1]
+    assert verify_endorsed(both, verifiers, 2).size == 3
+
+
 @pytest.mark.parametrize("edit", [{"size": 5}, {"root": "00" * 32}])
 def test_checkpoint_does_not_sign_a_head_its_own_tree_disagrees_with(tmp_path, edit):
     """Bug: ``checkpoint`` (and ``verify-lineage TARGET``'s "tree head" line) take size and
@@ -178,7 +193,6 @@ def test_checkpoint_does_not_sign_a_head_its_own_tree_disagrees_with(tmp_path, e
     assert result.returncode != 0, result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="a state file of the wrong shape raises an unexpected error, exit 2")
 @pytest.mark.parametrize("damage", ["size as text", "size negative", "starts.bin cut short"])
 def test_a_damaged_state_is_named_not_an_unexpected_error(tmp_path, damage):
     """Bug: a state file edited by hand, or cut short, stops every reader with "unexpected
@@ -205,7 +219,6 @@ def test_a_damaged_state_is_named_not_an_unexpected_error(tmp_path, damage):
     assert "unexpected" not in result.stderr and "reset-trust" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="reset-trust leaves <state>.old, which the next command puts back")
 def test_reset_trust_forgets_a_head_an_interrupted_audit_left_aside(tmp_path):
     """Bug: an audit killed between its two renames leaves the remembered state at
     ``<state>.old`` (and, by design, the next command puts it back). ``reset-trust`` run then,
@@ -225,7 +238,6 @@ def test_reset_trust_forgets_a_head_an_interrupted_audit_left_aside(tmp_path):
     assert after.returncode == 0, after
 
 
-@pytest.mark.xfail(strict=True, reason="log --run '' is taken as no --run (a falsy test in _cli/reading.py)")
 def test_log_of_the_run_with_an_empty_id_lists_only_that_run(tmp_path):
     """Bug: a record's run id may be empty (``Record`` and the ledger accept it, and
     ``export --run ''`` exports that run's one task), but ``lineage-ledger log --run ''``
@@ -258,7 +270,6 @@ def test_an_origin_with_a_control_character_is_refused_by_name(tmp_path):
     assert "unexpected" not in result.stderr and "origin" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a link inside a recorded directory is compared as a file's digest")
 def test_an_unchanged_link_inside_a_recorded_directory_verifies(tmp_path):
     """Bug: a recorded directory's manifest keeps a symbolic link as ``[path, "link",
     target]``, not followed (docs/directories.md). ``verify-lineage D`` is OK, but
@@ -279,9 +290,17 @@ def test_an_unchanged_link_inside_a_recorded_directory_verifies(tmp_path):
     assert whole.returncode == 0, whole
     one = run_cli("D/link", "--ledger", db, cwd=tmp_path, program="verify-lineage")
     assert one.returncode == 0, one.stdout
+    # A link pointed elsewhere, or replaced by the file it led to, is a change all the same.
+    os.remove(out / "link")
+    os.symlink("b", out / "link")
+    moved = run_cli("D/link", "--ledger", db, cwd=tmp_path, program="verify-lineage")
+    assert moved.returncode == 1 and "recorded as a link to 'a'" in moved.stdout, moved.stdout
+    os.remove(out / "link")
+    shutil.copy(out / "a", out / "link")
+    copied = run_cli("D/link", "--ledger", db, cwd=tmp_path, program="verify-lineage")
+    assert copied.returncode == 1 and "it is not a link now" in copied.stdout, copied.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="spool ship with nothing waiting creates a ledger at a mistyped or empty path")
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_spool_ship_with_nothing_waiting_creates_no_ledger(tmp_path, kind):
     """Bug: the read commands, ``repair-index`` and ``migrate`` answer "no ledger at PATH"
@@ -298,7 +317,6 @@ def test_spool_ship_with_nothing_waiting_creates_no_ledger(tmp_path, kind):
     assert (not path.parent.exists()) if kind == "missing" else path.stat().st_size == 0, "a ledger was created"
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage DIR passes over entries that are not regular files")
 @pytest.mark.parametrize("replacement", ["dangling link", "fifo"])
 def test_a_recorded_file_replaced_by_a_non_file_fails_the_directory_check(tmp_path, replacement):
     """Bug: a recorded output replaced by a dangling symbolic link (its data moved to an
@@ -325,7 +343,6 @@ def test_a_recorded_file_replaced_by_a_non_file_fails_the_directory_check(tmp_pa
     assert whole.returncode == 1, whole.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="log -n accepts a negative count, and --run then reports a tampered index")
 def test_a_negative_count_is_not_taken_for_a_tampered_index(tmp_path):
     """Bug: ``lineage-ledger log --run r -n -1`` on an intact ledger answers "verification
     failed: the index left out record ..., which belongs to run r: the index answered that
@@ -338,7 +355,6 @@ def test_a_negative_count_is_not_taken_for_a_tampered_index(tmp_path):
     assert "index" not in result.stderr and result.returncode in (0, 2), result
 
 
-@pytest.mark.xfail(strict=True, reason="a relative XDG_STATE_HOME or LINEAGE_STATE_DIR is taken relative to the working directory")
 @pytest.mark.parametrize("variable", ["XDG_STATE_HOME", "LINEAGE_STATE_DIR"])
 def test_the_remembered_head_does_not_depend_on_the_working_directory(tmp_path, variable):
     """Bug: ``state_root()`` uses ``$XDG_STATE_HOME`` (and ``$LINEAGE_STATE_DIR``) as given,

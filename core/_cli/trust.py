@@ -12,7 +12,7 @@ from .._canonical import utcnow
 from .._errors import CheckpointInvalid, ConfigError, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
-from .common import json_option, ledger_option, open_read_only
+from .common import json_option, ledger_option, open_read_only, refuse_output_over
 from .render import report_json, report_lines
 
 __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
@@ -125,6 +125,8 @@ def checkpoint(keyfile, output, ledger_url) -> None:
     """
     from .._log.checkpoint import Checkpoint, load_signer, sign
 
+    if output:  # never over the ledger it reads, nor over the key it signs with
+        refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
     signer = load_signer(keyfile) if keyfile else None
     with open_read_only(ledger_url) as ledger:
         head = ledger.tree_head()

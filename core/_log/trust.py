@@ -82,7 +82,8 @@ class TrustStore:
                               "run `lineage-ledger reset-trust` and verify again")
         if st.st_mode & 0o077:
             os.chmod(self.directory, 0o700)  # read access given away: private again, nothing lost
-        self.head = self._read_head()
+        self.head = None
+        self.reload()
 
     def _adopt_earlier(self, base: str, earlier: Iterable[str]) -> None:
         """Where nothing is kept under this identity yet, take over the state kept under an
@@ -185,7 +186,13 @@ class TrustStore:
         head = self._read_head()
         if head != self.head:
             self._maps.clear()  # files grew: map them again when next read
-        self.head = head
+            self.head = head
+            # The root the head states is the one its kept nodes give (O(log n) of them): an
+            # edited or damaged head is never published (checkpoint) nor trusted.
+            if head is not None and self.root_at(head.size) != head.root:
+                self.head = None
+                raise ConfigError(f"{self.directory}/head.json states a root its kept nodes do not give; "
+                                  "run `lineage-ledger reset-trust` and verify again")
         return head
 
     @contextlib.contextmanager
