@@ -253,7 +253,6 @@ def test_log_of_the_run_with_an_empty_id_lists_only_that_run(tmp_path):
     assert runs == [""], runs
 
 
-@pytest.mark.xfail(strict=True, reason="an origin a checkpoint cannot carry is found only when one is written")
 def test_an_origin_with_a_control_character_is_refused_by_name(tmp_path):
     """Bug: the origin in ``ll_meta`` is read as it is: with a newline in it (edited, or
     written by another tool), ``log`` and ``verify-lineage`` of an account that never saw

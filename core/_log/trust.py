@@ -33,7 +33,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from blake3 import blake3
 
 from .._environment import checked_makedirs, state_root
-from .._errors import ConfigError, HistoryRewritten
+from .._errors import ConfigError, CorruptStore, HistoryRewritten
+from ._note_keys import _CONTROL
 from .names import FORMAT as NAMES_FORMAT
 from .names import (
     Candidate,
@@ -53,6 +54,11 @@ class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
     def __init__(self, identity: str, origin: str, root: str | None = None, earlier: Iterable[str] = ()) -> None:
+        if not isinstance(origin, str) or not origin or _CONTROL.search(origin) or "\n" in origin:
+            # Every head remembered, and every checkpoint written, names it: one a checkpoint
+            # cannot carry is refused here by name, before it is remembered.
+            raise CorruptStore(f"{identity}: the ledger's origin {origin!r} in ll_meta has control characters "
+                               "or is empty; a ledger's origin is one line of text")
         self.identity = identity
         self.origin = origin
         base = root or state_root()
