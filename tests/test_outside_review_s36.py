@@ -375,3 +375,15 @@ def test_the_remembered_head_does_not_depend_on_the_working_directory(tmp_path, 
     _rewrite_last_block(tmp_path, db)
     again = run_cli("--ledger", db, cwd=tmp_path / "two", program="verify-lineage", env=relative)
     assert again.returncode != 0, again.stdout
+
+
+def test_a_checkpoint_of_no_records_with_another_root_is_named_so(tmp_path):
+    """A checkpoint of size 0 whose root is not the empty tree's: refused, exit 1, saying
+    so (it read "one or more of records 0 to -1 were changed")."""
+    db = _build(tmp_path, blocks=(2,))
+    origin = run_cli("checkpoint", "--ledger", db, cwd=tmp_path, check_rc=0).stdout.splitlines()[0]
+    other_root = base64.b64encode(bytes([7]) * 32).decode()
+    (tmp_path / "cp").write_text(f"{origin}\n0\n{other_root}\n")
+    result = run_cli("--ledger", db, "--against", tmp_path / "cp", cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 1, result
+    assert "empty tree's root" in result.stdout and "-1" not in result.stdout, result.stdout

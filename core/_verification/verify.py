@@ -319,6 +319,9 @@ def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
             f"the checkpoint covers {checkpoint.size} records, the ledger holds {head.size}: it shrank "
             f"(records {head.size} to {checkpoint.size - 1} are gone)")
     root = ledger.verifier.store.root_at(checkpoint.size)
+    if root != checkpoint.root.hex() and checkpoint.size == 0:
+        raise HistoryRewritten(f"the checkpoint says an empty ledger has the root {checkpoint.root.hex()}; "
+                               f"an empty tree's root is {root}: it is not a checkpoint of this ledger's start")
     if root != checkpoint.root.hex():
         raise HistoryRewritten(
             f"the ledger is not an extension of the checkpoint: its first {checkpoint.size} records hash "
