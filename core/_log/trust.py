@@ -93,7 +93,7 @@ class TrustStore:
                               "run `lineage-ledger reset-trust` and verify again")
         if st.st_mode & 0o077:
             os.chmod(self.directory, 0o700)  # read access given away: private again, nothing lost
-        self.head = None
+        self.head: TreeHead | None = None
         self.reload()
 
     def _adopt_earlier(self, base: str, earlier: Iterable[str]) -> None:
