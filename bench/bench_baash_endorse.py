@@ -20,6 +20,7 @@ load average is printed.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -64,10 +65,17 @@ def median_seconds(call, rounds: int) -> float:
 
 def main() -> None:
     args = parse_args(__doc__, "a short run: fewer rounds", quick_rounds=3, full_rounds=15)
+    storage = tempfile.mkdtemp(prefix="bench-endorse-")
+    try:
+        run(args, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)  # keys and notes of this run only
+
+
+def run(args, storage: str) -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     chain = make_chain(CHAIN_BLOCKS + ROUND_BLOCKS)
     history, round_blocks = chain[:CHAIN_BLOCKS], chain[CHAIN_BLOCKS:]
-    storage = tempfile.mkdtemp(prefix="bench-endorse-")
     ensure_origin(storage)
     ensure_keys(storage, 4)
     endorsers = [Endorser.load(storage, slot) for slot in range(4)]
