@@ -386,3 +386,19 @@ def test_a_checkpoint_of_no_records_with_another_root_is_named_so(tmp_path):
     result = run_cli("--ledger", db, "--against", tmp_path / "cp", cwd=tmp_path, program="verify-lineage")
     assert result.returncode == 1, result
     assert "empty tree's root" in result.stdout and "-1" not in result.stdout, result.stdout
+
+
+def test_a_private_key_other_users_may_read_is_refused(tmp_path):
+    """Noticed by the review: a private key made readable by others (``chmod 644``, a copy
+    with the default umask) was used to sign without a word. Refused now, as ssh refuses
+    such a key, exit 2, without showing any of it; at 0600 it signs again."""
+    db = _build(tmp_path, blocks=(2,))
+    key = tmp_path / "key"
+    run_cli("keygen", key, cwd=tmp_path, check_rc=0)
+    secret = key.read_text().strip().split("+", 4)[4]
+    os.chmod(key, 0o644)
+    result = run_cli("checkpoint", "--key", key, "--ledger", db, cwd=tmp_path)
+    assert result.returncode == 2 and "chmod 600" in result.stderr, result
+    assert secret[:12] not in result.stderr + result.stdout
+    os.chmod(key, 0o600)
+    run_cli("checkpoint", "--key", key, "--ledger", db, cwd=tmp_path, check_rc=0)

@@ -52,10 +52,13 @@ def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
     return private_path, public_path
 
 
-def _read_key_file(path: str | os.PathLike[str]) -> str:
+def _read_key_file(path: str | os.PathLike[str], modes: list[int] | None = None) -> str:
+    """The key file's text; ``modes`` is given the file's mode, as opened."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
+            if modes is not None:
+                modes.append(os.fstat(f.fileno()).st_mode)
     except OSError as exc:
         raise ConfigError(f"cannot read key file {os.fspath(path)}: {exc.strerror}") from None
     if len(data) > _MAX_KEY_FILE:
@@ -67,11 +70,19 @@ def _read_key_file(path: str | os.PathLike[str]) -> str:
 
 
 def load_signer(path: str | os.PathLike[str]) -> Signer:
-    """The private key in ``path``; ``ConfigError`` if it is unreadable or malformed."""
+    """The private key in ``path``; ``ConfigError`` if it is unreadable or malformed, or if
+    other users may read or write it (as ssh refuses such a key: anyone who read it signs as
+    its owner; ``keygen`` writes it 0600)."""
+    modes: list[int] = []
     try:
-        return parse_signer(_read_key_file(path))
+        signer = parse_signer(_read_key_file(path, modes))
     except ConfigError as exc:
         raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+    if modes and modes[0] & 0o077:
+        raise ConfigError(f"{os.fspath(path)}: a private key that other users may read or write (mode "
+                          f"{modes[0] & 0o777:o}) signs for whoever read it; `chmod 600 {os.fspath(path)}` "
+                          "if only you have had it, else make a new one (`lineage-ledger keygen`)")
+    return signer
 
 
 def load_verifier(path: str | os.PathLike[str]) -> Verifier:
