@@ -402,3 +402,11 @@ def test_a_private_key_other_users_may_read_is_refused(tmp_path):
     assert secret[:12] not in result.stderr + result.stdout
     os.chmod(key, 0o600)
     run_cli("checkpoint", "--key", key, "--ledger", db, cwd=tmp_path, check_rc=0)
+
+
+def test_read_commands_refuse_a_ledger_that_lives_in_one_process(tmp_path):
+    """Noticed by the review: ``verify-lineage --ledger memory://`` said "verified", exit 0,
+    of a ledger that is always empty in a process of its own. Read commands refuse it, exit 2."""
+    for args, program in ((("--ledger", "memory://"), "verify-lineage"), (("log", "--ledger", "memory://"), "lineage-ledger")):
+        result = run_cli(*args, cwd=tmp_path, program=program)
+        assert result.returncode == 2 and "only inside the process" in result.stderr, (program, result)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .._errors import LedgerError, VerificationError
+from .._errors import ConfigError, LedgerError, VerificationError
 from .._ledger.ledger import DEFAULT_URL, Ledger, open_ledger
 from .._terminal import printable
 
@@ -65,6 +65,10 @@ def guard(call: Callable[[], Any]) -> Any:
 
 def open_read_only(url: str) -> Ledger:
     """For commands that only read: nothing is created, replayed or written to the ledger."""
+    if url and url.partition(":")[0].lower() == "memory":
+        # Always empty in a process of its own: "verified" would vouch for nothing.
+        raise ConfigError(f"{url} keeps records only inside the process that wrote them; a command run on its "
+                          "own would find it empty: give the ledger's file or server URL")
     return open_ledger(url, read_only=True)
 
 
