@@ -128,7 +128,7 @@ def _difference(row, record_id: str, height: int, position: int, view) -> str:
         return f"place (block {row.height}, position {row.pos})"
     if row.run_id != view.run_id:
         return "run id"
-    return "artifact paths, digests or roles"
+    return "artifact rows (their paths, digests, roles or end times)"
 
 
 class ExistingFiles:
