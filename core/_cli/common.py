@@ -72,8 +72,6 @@ def open_read_only(url: str) -> Ledger:
     return open_ledger(url, read_only=True)
 
 
-
-
 def refuse_output_over(output: str, ledger_url: str | None, *others: str) -> None:
     """Raise :class:`click.UsageError` (exit 2) when ``output`` is the SQLite ledger that
     ``ledger_url`` names (the default one for None), one of its -wal, -shm or -journal files,
