@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["canonical_bytes", "format_time", "from_canonical", "parse_time", "parse_time_text", "canonical_object",
+__all__ = ["CONTROL", "canonical_bytes", "format_time", "from_canonical", "parse_time", "parse_time_text", "canonical_object",
            "reject_non_string_keys", "utcnow"]
 
 _ENCODER = json.JSONEncoder(
@@ -155,6 +155,8 @@ _FROM_ISO = datetime.fromisoformat
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 # The canonical spelling, each field in its range (ASCII digits: \d also matches others; an
 # hour of 24, which some parsers take for the next day, is not one).
+# Control characters a one-line text (a checkpoint's origin, a key's name) may not hold.
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _CANONICAL_TIME = re.compile(
     r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z\Z"
 ).match

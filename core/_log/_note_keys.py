@@ -19,12 +19,12 @@ import os
 import re
 from typing import Any
 
+from .._canonical import CONTROL as _CONTROL
 from .._errors import ConfigError
 
 __all__ = ["Signer", "Verifier", "generate_key", "parse_signer", "parse_verifier"]
 
 _ALG_ED25519 = 1
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}\Z")
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from blake3 import blake3
 
+from .._artifact import _HEX64_MATCH
 from .._canonical import format_time, utcnow
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
@@ -58,7 +59,7 @@ class TreeHead:
 
 
 def _is_hex(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and _HEX64_MATCH(value) is not None
 
 
 class TreeWriter:

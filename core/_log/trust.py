@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import mmap
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -33,6 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from blake3 import blake3
 
+from .._canonical import CONTROL
 from .._environment import checked_makedirs, state_root
 from .._errors import ConfigError, CorruptStore, HistoryRewritten
 from .names import FORMAT as NAMES_FORMAT
@@ -50,16 +50,11 @@ __all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
 _NAMES_HELD = 64 << 20  # bytes of name files a process keeps read
 
 
-# What a checkpoint's origin line may not hold (as _note_keys says; not imported from there:
-# it brings hashlib, 4.5 ms and 4 MB, into every reader).
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-
-
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
     def __init__(self, identity: str, origin: str, root: str | None = None, earlier: Iterable[str] = ()) -> None:
-        if not isinstance(origin, str) or not origin or _CONTROL.search(origin) or "\n" in origin:
+        if not isinstance(origin, str) or not origin or CONTROL.search(origin) or "\n" in origin:
             # Every head remembered, and every checkpoint written, names it: one a checkpoint
             # cannot carry is refused here by name, before it is remembered.
             raise CorruptStore(f"{identity}: the ledger's origin {origin!r} in ll_meta has control characters "
