@@ -9,7 +9,7 @@ import sys
 import click
 
 from .._canonical import canonical_bytes, utcnow
-from .._errors import ConfigError
+from .._errors import ConfigError, VerificationError
 from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from .._ledger.ledger import open_ledger
 from .._model import Artifact, digest_hex
@@ -57,7 +57,9 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     The record is made durable in the local spool first; a locked or unreachable ledger
     leaves it there (see `lineage-ledger spool`). SIGINT, SIGTERM and SIGHUP are passed on
     to COMMAND. Exit status: COMMAND's, 128+N if a signal N ended or interrupted it, 2 if
-    nothing ran (bad configuration or input, a spool that cannot be written).
+    nothing ran (bad configuration or input, a spool that cannot be written), 1 if COMMAND
+    succeeded but the ledger's history was rewritten since it was verified here (the record
+    waits in the spool: see `lineage-ledger reset-trust`).
 
     \b
     Example:
@@ -211,7 +213,8 @@ def _age(now, then) -> str:
               help="Seconds to wait for the ledger to take the records.")
 def spool_ship(ledger_url, spool_root, timeout) -> None:
     """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
-    the ledger did not take them (they keep waiting)."""
+    the ledger did not take them, 1 if its history was rewritten since it was verified here
+    (they keep waiting either way; see `lineage-ledger reset-trust`)."""
     from lineage_ledger.backends import open_backend
 
     from .._ledger.deferred import WaitingInSpool, ledger_identity, ship, waiting_for
@@ -229,6 +232,10 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
         click.echo(f"error: {printable(str(err))}; {err.left.records} record(s) wait in the spool "
                    f"{printable(err.left.directory)}", err=True)
         sys.exit(2)
+    except VerificationError as err:  # its history was rewritten since it was verified here
+        click.echo(f"verification failed: {printable(str(err))}", err=True)
+        click.echo(f"nothing was shipped: {waiting} record(s) wait in the spool", err=True)
+        sys.exit(1)
     click.echo(f"shipped {shipped} record(s)", err=True)
     if left.live:
         click.echo(f"{left.live} record(s) are held by running processes, which ship them", err=True)

@@ -5,8 +5,10 @@ hashed, the spool is opened and a write to it is tried, and only then does the c
 start. SIGINT, SIGTERM and SIGHUP received meanwhile are passed on to the command. When it
 ends, its record is journaled and synced in the local spool; shipping it to the ledger
 gets a short bounded wait, and a locked, read-only or unreachable ledger only leaves it
-waiting in the spool (``lineage-ledger spool ship``, or the next run, ships it). The exit
-status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
+waiting in the spool (``lineage-ledger spool ship``, or the next run, ships it). So does a
+ledger whose history was rewritten since this account verified it (it shrank or forked):
+nothing is appended to it, and ``run`` exits 1 where the command succeeded. Otherwise the
+exit status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lineage_ledger.backends._base import redact
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
 from .._environment import current_environment
-from .._errors import ArtifactError, ConfigError, LedgerError
+from .._errors import ArtifactError, ConfigError, LedgerError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
 from .._ledger.deferred import check_spool_writable, spool_first
 from .._ledger.recorder import Recorder
@@ -193,8 +195,18 @@ def run_and_record(
     finished = recorder.close(timeout=max(0.0, deadline - time.monotonic()) if shipped else 0.0)
     if finished:
         deferred.close()
+    refused = recorder.last_error if not shipped and isinstance(recorder.last_error, VerificationError) else None
     if shipped:
         click.echo(f"recorded {record_id[:12]} ({status})", err=True)
+    elif refused is not None:
+        # Its history was rewritten since this account verified it: the record is not put
+        # into a history nobody accepted. It waits, synced, for the user to look.
+        click.echo(f"verification failed: {printable(redact(str(refused), deferred.url))}", err=True)
+        click.echo(
+            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)} only; it was not "
+            f"appended to {printable(redact(deferred.url, deferred.url))}, which fails the consistency check above. "
+            "It waits there: once the ledger is as it should be (`verify-lineage`, and `lineage-ledger "
+            "reset-trust` if it was restored on purpose), `lineage-ledger spool ship` ships it", err=True)
     else:
         why = (f" ({printable(redact(str(recorder.last_error), deferred.url))})"
                if recorder.last_error is not None else " (locked or slow?)")
@@ -210,6 +222,8 @@ def run_and_record(
     elif problems:
         click.echo(f"error: declared output was not produced: {printable('; '.join(problems))}", err=True)
         code_out = 2
+    elif refused is not None and returncode == 0:
+        code_out = 1  # a verification failed (a failing command's own status says more)
     else:
         code_out = returncode
     if not finished:

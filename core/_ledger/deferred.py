@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError
+from .._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError, VerificationError
 from .._terminal import printable
 from .spool import spool_directory
 
@@ -143,6 +143,7 @@ class DeferredLedger:
         self._lock = threading.Lock()
         self._replayed = False
         self._spool_dir: str | None = None
+        self._confirmed: tuple[int, str] | None = None  # the remembered head found still stored
 
     @property
     def spool_dir(self) -> str:
@@ -156,7 +157,12 @@ class DeferredLedger:
         return self._ledger
 
     def ledger(self) -> Ledger:
-        """The real ledger, opened on first use (no replay here: see :meth:`append_records`)."""
+        """The real ledger, opened on first use (no replay here: see :meth:`append_records`).
+
+        Raises :class:`HistoryRewritten` (a :class:`VerificationError`) while it no longer
+        extends the tree head this account verified: every shipment goes through here, and
+        none appends to a history that fails that check (:mod:`._extends`); the records wait
+        in the spool."""
         with self._lock:
             if self._ledger is None:
                 from .ledger import Ledger, open_ledger
@@ -169,6 +175,9 @@ class DeferredLedger:
                     log.warning("lineage-ledger: %s names itself %r, its spool was keyed %r; records spooled "
                                 "for it are shipped by this process, or by `lineage-ledger spool ship`",
                                 self.url, self._ledger.backend.identity, self.identity)
+            from ._extends import check_extends
+
+            self._confirmed = check_extends(self._ledger, self._confirmed)
             return self._ledger
 
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:
@@ -382,7 +391,8 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
     """Ship what dead processes left in ``url``'s spool; ``(shipped, what still waits)``.
 
     Raises :class:`LedgerError` (the back-end's, or a timeout) when the back-end does not
-    take them; the records stay in the spool.
+    take them, :class:`HistoryRewritten` when the ledger no longer extends the tree head
+    this account verified; the records stay in the spool.
     """
     deferred = spool_first(url, spool=spool)
     result: dict[str, Any] = {}
@@ -402,7 +412,7 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
                        _scan(directory))
     deferred.close()
     error = result.get("error")
-    if isinstance(error, SpoolCorrupt):
+    if isinstance(error, (SpoolCorrupt, VerificationError)):  # a rewritten history: nothing appended
         raise error
     if isinstance(error, LedgerError):
         raise WaitingInSpool(str(error), _scan(directory)) from error

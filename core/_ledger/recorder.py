@@ -31,7 +31,7 @@ from typing import Protocol
 
 from blake3 import blake3
 
-from .._errors import LedgerError, SpoolError, SpoolFull
+from .._errors import LedgerError, SpoolError, SpoolFull, VerificationError
 from .._model import Record, StoredRecord
 from .spool import Segment, SpoolWriter
 
@@ -211,6 +211,9 @@ class Recorder:
             if self.last_error is None or str(err) != str(self.last_error):
                 log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
+            if isinstance(err, VerificationError):
+                with self._lock:  # a flush waits for no retry of this (see flush)
+                    self._shipped.notify_all()
             return False
         self.last_error = None
         try:
@@ -260,7 +263,10 @@ class Recorder:
         """Ship everything recorded so far; True if the back-end has it all in time.
 
         Journal only (``ship=False``): fsync the spool and return True at once; the
-        records are another process's to ship."""
+        records are another process's to ship. False at once, too, when the ledger failed a
+        verification (:attr:`last_error`: its history was rewritten since this account
+        verified it): the worker still retries, with its back-off, but only the user can
+        settle that (``lineage-ledger reset-trust``), not a longer wait."""
         if not self.ship:
             self.sync()
             return True
@@ -272,6 +278,8 @@ class Recorder:
             while self._shipped_total < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    return False
+                if isinstance(self.last_error, VerificationError):
                     return False
                 self._shipped.wait(timeout=min(0.5, remaining) if remaining else 0.5)
                 self._wake.set()

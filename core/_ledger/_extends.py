@@ -1,0 +1,89 @@
+"""Before records are shipped: the ledger still extends the tree head this account verified.
+
+The read commands refuse a ledger whose history was rewritten since this account last
+verified it (it shrank, or the block the remembered head ended on is no longer stored as
+it was): :class:`HistoryRewritten`, exit 1, "run `lineage-ledger reset-trust`". Appending
+to it anyway would put records into a history the user has not accepted, and bury the
+rewrite under new blocks (a shrunk ledger, once appended to, reads as a fork). So the
+shipping path (:class:`~.deferred.DeferredLedger`: ``run``, ``spool ship``, the engines'
+recorders and shippers) makes the check :meth:`Verifier.refresh` begins with, without
+verifying the blocks appended since (a reader's work, which grows with them): one look at
+the stored head, and one block read the first time a remembered head is confirmed. The
+records wait in the spool until the user looks, or resets the trust on purpose.
+
+Only a head that is remembered is checked, and nothing is created to find out: an account
+that never verified the ledger, or whose state cannot be used (the read commands say why),
+ships as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .._environment import state_root
+from .._errors import ConfigError, HistoryRewritten
+from .._log.trust import TrustStore
+from .spool import earlier_names
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = ["check_extends"]
+
+
+def _remembered(ledger: Ledger) -> TrustStore | None:
+    """This account's state of ``ledger`` where it holds a head (or an interrupted audit
+    left one aside), else None; nothing is created to find out."""
+    backend = ledger.backend
+    if not backend.shared_between_processes:
+        return None  # memory://: its state lives and dies with this process
+    try:
+        base = ledger._state_dir or state_root()
+    except ConfigError:
+        return None  # a relative LINEAGE_STATE_DIR: no state kept, the readers refuse it
+    for name in (backend.identity, *earlier_names(backend.identity)):
+        directory = TrustStore.directory_for(name, base)
+        if os.path.lexists(os.path.join(directory, "head.json")) or os.path.lexists(directory + ".old"):
+            break
+    else:
+        return None
+    try:
+        return ledger.verifier.store  # the state as every reader opens it (an earlier name's taken over)
+    except ConfigError:
+        return None
+
+
+def check_extends(ledger: Ledger, confirmed: tuple[int, str] | None = None) -> tuple[int, str] | None:
+    """Raise :class:`HistoryRewritten` where ``ledger`` no longer extends the tree head this
+    account remembers for it. Returns ``(blocks, last block id)`` of the head found still
+    stored (None where no head is remembered); pass it back as ``confirmed`` and that block
+    is not read again while the head stays the same."""
+    store = _remembered(ledger)
+    if store is None:
+        return None
+    try:
+        head = store.reload()  # an origin that changed raises HistoryRewritten here
+    except ConfigError:
+        return None  # a damaged state: the read commands name it and ask for reset-trust
+    if head is None or not head.blocks or head.block_id is None:
+        return None  # nothing verified, or an empty ledger: anything extends it
+    backend = ledger.backend
+    tip = backend.head()
+    stored = -1 if tip is None else tip.height
+    if tip is None or stored < head.blocks - 1:
+        raise HistoryRewritten(
+            f"{backend.identity}: the ledger shrank: {head.blocks} blocks ({head.size} records) were verified on "
+            f"{head.verified}, {stored + 1} are stored now, so nothing is appended to it. If it was restored "
+            "from a backup on purpose, run `lineage-ledger reset-trust` and verify it again")
+    key = (head.blocks, head.block_id)
+    if key == confirmed or (tip.height, tip.id) == (head.blocks - 1, head.block_id):
+        return key
+    kept = next(iter(backend.block_columns(head.blocks - 1, head.blocks)), None)
+    if kept is None or kept.id != head.block_id:
+        raise HistoryRewritten(
+            f"{backend.identity}: block {head.blocks - 1}, where the tree verified on {head.verified} ended "
+            f"({head.size} records, root {head.root}), is no longer stored as it was: history was rewritten, "
+            "so nothing is appended to it. Run `verify-lineage` (a full audit names the first changed "
+            "record); if the ledger was restored on purpose, run `lineage-ledger reset-trust`")
+    return key
