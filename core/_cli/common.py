@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
-from .._errors import ConfigError, LedgerError, VerificationError
+from .._errors import ArtifactError, ConfigError, LedgerError, VerificationError
 from .._ledger.ledger import DEFAULT_URL, Ledger, open_ledger
 from .._terminal import printable
 
 # The files SQLite keeps beside a ledger: writing over one loses or corrupts committed records.
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
-__all__ = ["Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_output_over"]
+__all__ = ["Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_not_a_directory",
+           "refuse_output_over"]
 
 
 ledger_option = click.option(
@@ -107,3 +108,21 @@ def _same_file(one: str, two: str) -> bool:
         return os.path.samefile(one, two)
     except OSError:
         return False
+
+
+def refuse_not_a_directory(paths: Iterable[str]) -> None:
+    """Raise :class:`ArtifactError` (exit 2) for a path the OS refuses as ENOTDIR although
+    its normal form names something that exists: ``out.txt/``, ``out.txt/.``, ``out.txt/..``.
+    Paths are normalised as records name them (``os.path.abspath``), which drops the slash
+    and the dots without looking: the answer would be about another file than the one
+    named. A path under a file that names nothing (``out.txt/x``) is left to the command
+    (it may ask about a path a record named when ``out.txt`` was a directory)."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except NotADirectoryError:
+            if os.path.lexists(os.path.abspath(path)):
+                raise ArtifactError(path, "not a directory (a '/' follows the name of a file; "
+                                          "give the path without it)") from None
+        except (OSError, ValueError):
+            continue  # missing, unreadable, a NUL in the name: each command says so itself

@@ -15,7 +15,7 @@ from .._errors import LedgerError
 from .._files.hashing import normalize_path
 from .._ledger.ledger import Ledger, LedgerRecord
 from .._terminal import json_text, printable
-from .common import json_option, ledger_option, open_read_only
+from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory
 from .render import derived_lines, describe_record, lineage_json, lineage_lines
 
 __all__ = ['depends', 'log_command', 'show', 'why']
@@ -86,6 +86,7 @@ def show(record_id, ledger_url) -> None:
 @json_option
 def why(path, ledger_url, as_json) -> None:
     """Show the lineage of PATH: the tasks and files it derives from, back to the sources."""
+    refuse_not_a_directory([path])
     with open_read_only(ledger_url) as ledger:
         tree = ledger.lineage(path, slim=True)
         if tree.kind == "source" and not ledger.consumers(tree.path):
@@ -129,6 +130,7 @@ def _say_adopted(tree) -> None:
 @ledger_option
 def depends(path, limit, show_all, ledger_url) -> None:
     """Show what was derived from PATH: its consumers, their outputs, and so on."""
+    refuse_not_a_directory([path])
     with open_read_only(ledger_url) as ledger:
         normal = ledger.query_path(path)
         if not ledger.has_consumers(normal):

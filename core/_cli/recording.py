@@ -14,7 +14,7 @@ from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_
 from .._ledger.ledger import open_ledger
 from .._model import Artifact, digest_hex
 from .._terminal import json_text, printable
-from .common import json_option, ledger_option
+from .common import json_option, ledger_option, refuse_not_a_directory
 
 __all__ = ['adopt', 'hash_command', 'run', 'spool']
 
@@ -67,6 +67,7 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     """
     from .run import run_and_record
 
+    refuse_not_a_directory([*inputs, *outputs])  # before anything runs
     parameters = _parse_params(params)
     try:
         canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs
@@ -89,6 +90,7 @@ def adopt(paths, note, ledger_url) -> None:
     """
     from .adopt import adopt as adopt_paths
 
+    refuse_not_a_directory(paths)
     with open_ledger(ledger_url) as ledger:
         entry, previous = adopt_paths(ledger, paths, note)
     for path, digest in previous.items():
@@ -111,6 +113,7 @@ def adopt(paths, note, ledger_url) -> None:
 def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
     """Print the BLAKE3 digest and size of files (directories are walked; an entry that
     cannot be read, such as a symbolic link loop, is reported and skipped)."""
+    refuse_not_a_directory(paths)
     files: list[str] = []
 
     def skipped(entry: str, reason: str) -> None:

@@ -12,7 +12,7 @@ from .._canonical import utcnow
 from .._errors import CheckpointInvalid, ConfigError, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
-from .common import json_option, ledger_option, open_read_only, refuse_output_over
+from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory, refuse_output_over
 from .render import report_json, report_lines
 
 __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
@@ -53,6 +53,7 @@ def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as
                    "as far as the file itself can be trusted", err=True)
     if pubkeys and not checkpoint_file:
         raise click.UsageError("--pubkey needs --against CHECKPOINT")
+    refuse_not_a_directory(targets)
     with open_read_only(ledger_url) as ledger:
         report = verify_lineage(ledger, targets)
         # Whenever the ledger itself verified (report.chain), whatever its targets gave: a
