@@ -155,7 +155,6 @@ def test_a_name_that_is_not_utf8_fails_alike_inside_a_directory_and_alone(tmp_pa
     assert alone.returncode == 1 and "UTF-8" in alone.stdout, alone
 
 
-@pytest.mark.xfail(strict=True, reason="ship() opens (creates) the ledger with nothing to ship")
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_the_librarys_ship_with_nothing_waiting_creates_no_ledger(tmp_path, kind):
     """Bug: ``ship(url)`` (the library's deferred shipping; the CLI's ``spool ship`` looks

@@ -389,12 +389,23 @@ def backlog(spool: str | None = None) -> list[SpoolBacklog]:
 
 def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) -> tuple[int, SpoolBacklog]:
     """Ship what dead processes left in ``url``'s spool; ``(shipped, what still waits)``.
+    With nothing waiting, the ledger is not opened (nor created).
 
     Raises :class:`LedgerError` (the back-end's, or a timeout) when the back-end does not
     take them, :class:`HistoryRewritten` when the ledger no longer extends the tree head
     this account verified; the records stay in the spool.
     """
     deferred = spool_first(url, spool=spool)
+    if not waiting_for(deferred.spool_root, deferred.identity, ())[0]:
+        # Nothing to ship: the ledger is not opened, so a mistyped path is not made a new
+        # empty ledger (nor a zero-byte file one), and no spool directory is made either.
+        from .spool import spool_path
+
+        deferred.close()
+        directory = spool_path(os.path.abspath(deferred.spool_root), deferred.identity)
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            return 0, _scan(directory)
+        return 0, SpoolBacklog(directory, deferred.identity)
     result: dict[str, Any] = {}
 
     def work() -> None:
