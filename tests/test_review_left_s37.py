@@ -168,7 +168,6 @@ def test_the_librarys_ship_with_nothing_waiting_creates_no_ledger(tmp_path, kind
     assert (not path.parent.exists()) if kind == "missing" else path.stat().st_size == 0, "a ledger was created"
 
 
-@pytest.mark.xfail(strict=True, reason="adopt creates the ledger before it hashes the paths")
 def test_adopt_of_a_missing_path_creates_no_ledger(tmp_path):
     """Bug (the same class, nearby): ``lineage-ledger adopt MISSING --ledger TYPO`` creates
     the directory and an empty ledger at TYPO, then stops "no such file", exit 2."""
@@ -178,7 +177,6 @@ def test_adopt_of_a_missing_path_creates_no_ledger(tmp_path):
     assert not path.parent.exists(), "a ledger was created"
 
 
-@pytest.mark.xfail(strict=True, reason="adopt replays the spool past a failed consistency check")
 def test_adopt_does_not_replay_the_spool_into_a_rewritten_history(tmp_path):
     """Bug (the same class, nearby): ``lineage-ledger adopt`` on a ledger that shrank since
     this account verified it fails the consistency check, exit 1, but only after opening the

@@ -9,7 +9,7 @@ import sys
 import click
 
 from .._canonical import canonical_bytes, utcnow
-from .._errors import ConfigError, VerificationError
+from .._errors import ConfigError, NoLedger, VerificationError
 from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from .._ledger.ledger import open_ledger
 from .._model import Artifact, digest_hex
@@ -88,10 +88,25 @@ def adopt(paths, note, ledger_url) -> None:
     Records who adopted what, when and why, so that `strict` pre-run checks accept the
     files from then on, a later edit is still caught, and `why PATH` shows the adoption.
     """
+    from lineage_ledger.backends import open_backend
+
     from .adopt import adopt as adopt_paths
 
     refuse_not_a_directory(paths)
-    with open_ledger(ledger_url) as ledger:
+    try:
+        with open_backend(ledger_url, create=False):
+            pass
+    except NoLedger:
+        # None there yet (a mistyped path, often): the paths are hashed before it is created,
+        # so that one that cannot be leaves nothing behind. Adopting into a new ledger is a
+        # write like any other.
+        for path in paths:
+            hash_file(path)
+    with open_ledger(ledger_url, replay=False) as ledger:
+        # The consistency check with the tree head verified here comes before anything is
+        # written: what waits in the spool is not shipped into a rewritten history (exit 1).
+        ledger.tree_head()
+        ledger.replay_spool()
         entry, previous = adopt_paths(ledger, paths, note)
     for path, digest in previous.items():
         now = entry.record.outputs[path]["blake3"]
