@@ -188,3 +188,23 @@ def test_adopt_does_not_replay_the_spool_into_a_rewritten_history(tmp_path):
     assert result.returncode == 1 and "reset-trust" in result.stderr, result
     assert _records(db) == before, "the spooled record was appended to the rewritten ledger"
     assert _waiting(tmp_path) == 1
+
+
+def test_an_engines_recorder_leaves_its_records_in_the_spool_of_a_rewritten_history(tmp_path):
+    """The engines' path (a spool-first recorder, through the Python API): nothing appended
+    to a ledger that shrank since this account verified it, and ``close()`` (what runs at a
+    task process's exit) gives up as soon as the ledger fails the check, not after the
+    whole timeout (it waited all of it, 20 s here: a retry does not settle a rewrite)."""
+    import time
+
+    db = _rewritten(tmp_path, "shrunk")
+    before = _records(db)
+    deferred = spool_first(f"sqlite:///{db}", spool=str(tmp_path / ".lineage" / "spool"))
+    recorder = Recorder(deferred, max_age=0.05)  # type: ignore[arg-type]
+    recorder.record(make_record(71, run_id="engine", outputs=[artifact("/data/71", "71")]))
+    started = time.monotonic()
+    assert recorder.close(timeout=20) is False
+    assert time.monotonic() - started < 10, "close() waited out its timeout"
+    assert "reset-trust" in str(recorder.last_error)
+    assert _records(db) == before
+    assert _waiting(tmp_path) == 1

@@ -92,6 +92,7 @@ class Recorder:
         self._shipped_total = 0  # of those, acknowledged by the back-end
         self._closing = False
         self._closed = False
+        self._refused = 0  # shipments the ledger failed a verification for (a rewritten history)
 
     def _begin(self) -> SpoolWriter:
         """Open this process's segment and start the worker: at construction, or (under the
@@ -212,7 +213,8 @@ class Recorder:
                 log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
             if isinstance(err, VerificationError):
-                with self._lock:  # a flush waits for no retry of this (see flush)
+                with self._lock:  # a flush or close waits for no retry of this (see flush)
+                    self._refused += 1
                     self._shipped.notify_all()
             return False
         self.last_error = None
@@ -297,7 +299,16 @@ class Recorder:
         if worker is None:  # a forked child that recorded nothing: nothing to ship
             _LIVE.discard(self)
             return True
-        worker.join(timeout)
+        refused = self._refused
+        deadline = time.monotonic() + timeout
+        while True:
+            # Until the worker is done, the time is up, or the ledger fails a verification
+            # again: a retry would not settle that (see flush), and a process's exit would
+            # wait out the whole timeout for nothing.
+            remaining = deadline - time.monotonic()
+            worker.join(max(0.0, min(0.05, remaining)))
+            if not worker.is_alive() or remaining <= 0 or self._refused != refused:
+                break
         done = not worker.is_alive()
         if not done:
             log.warning(
