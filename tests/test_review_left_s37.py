@@ -10,6 +10,7 @@ shipping through its Python API, where users meet it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -129,6 +130,11 @@ def test_a_trailing_slash_after_a_file_is_not_the_file(tmp_path, command):
     assert result.returncode == 2, result
     assert "out0.txt/" in result.stderr and "not a directory" in result.stderr, result.stderr
     assert _records(db) == before, "something was recorded"
+    # A link whose target runs through a file is refused by the OS as ENOTDIR too, but it is
+    # not named with a slash too many: each command answers it as before.
+    os.symlink(tmp_path / "out0.txt" / "x", tmp_path / "through")
+    linked = run_cli(*argv("through"), cwd=tmp_path, program=program)
+    assert "a '/' follows" not in linked.stderr, linked.stderr
     # A directory named with its slash is still a directory.
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f").write_text("f")

@@ -115,14 +115,22 @@ def refuse_not_a_directory(paths: Iterable[str]) -> None:
     its normal form names something that exists: ``out.txt/``, ``out.txt/.``, ``out.txt/..``.
     Paths are normalised as records name them (``os.path.abspath``), which drops the slash
     and the dots without looking: the answer would be about another file than the one
-    named. A path under a file that names nothing (``out.txt/x``) is left to the command
-    (it may ask about a path a record named when ``out.txt`` was a directory)."""
+    named. Where the normal form is refused too (``out.txt/x``, or a link whose target
+    runs through a file) the command answers as for any path that names nothing (it may
+    ask about one a record named when ``out.txt`` was a directory)."""
     for path in paths:
-        try:
-            os.stat(path)
-        except NotADirectoryError:
-            if os.path.lexists(os.path.abspath(path)):
+        if _not_a_directory(path):
+            normal = os.path.abspath(path)
+            if os.path.lexists(normal) and not _not_a_directory(normal):
                 raise ArtifactError(path, "not a directory (a '/' follows the name of a file; "
-                                          "give the path without it)") from None
-        except (OSError, ValueError):
-            continue  # missing, unreadable, a NUL in the name: each command says so itself
+                                          "give the path without it)")
+
+
+def _not_a_directory(path: str) -> bool:
+    try:
+        os.stat(path)
+    except NotADirectoryError:
+        return True
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name: the command says so
+        return False
+    return False
