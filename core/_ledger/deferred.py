@@ -396,16 +396,20 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
     this account verified; the records stay in the spool.
     """
     deferred = spool_first(url, spool=spool)
-    if not waiting_for(deferred.spool_root, deferred.identity, ())[0]:
-        # Nothing to ship: the ledger is not opened, so a mistyped path is not made a new
-        # empty ledger (nor a zero-byte file one), and no spool directory is made either.
-        from .spool import spool_path
+    from .spool import spool_path
 
+    directory = spool_path(os.path.abspath(deferred.spool_root), deferred.identity)
+    held = os.path.isdir(directory) and not os.path.islink(directory)
+    try:
+        segments = held and any(name.endswith(".log") for name in os.listdir(directory))
+    except OSError:
+        segments = True  # replay says what is wrong with it
+    if not segments:
+        # No segment at all (a torn one, no record in it, is still replay's to set aside):
+        # the ledger is not opened, so a mistyped path is not made a new empty ledger (nor
+        # a zero-byte file one), and no spool directory is made either.
         deferred.close()
-        directory = spool_path(os.path.abspath(deferred.spool_root), deferred.identity)
-        if os.path.isdir(directory) and not os.path.islink(directory):
-            return 0, _scan(directory)
-        return 0, SpoolBacklog(directory, deferred.identity)
+        return 0, _scan(directory) if held else SpoolBacklog(directory, deferred.identity)
     result: dict[str, Any] = {}
 
     def work() -> None:
