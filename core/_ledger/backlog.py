@@ -1,0 +1,168 @@
+"""What waits in the spool: per ledger, the records journaled and not yet shipped.
+
+:func:`backlog` is what ``lineage-ledger spool status`` shows; :func:`waiting_for` and
+:func:`waiting_digests` are what a verification and a pre-run check must not pass over in
+silence. Split from :mod:`.deferred` (which re-exports them): these only read, files of
+this user, and create nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .._errors import SpoolError
+
+__all__ = ["SpoolBacklog", "backlog", "waiting_digests", "waiting_for"]
+
+
+def _default_spool(spool: str | None) -> str:
+    from .ledger import DEFAULT_SPOOL
+
+    return spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
+
+
+@dataclass
+class SpoolBacklog:
+    """What waits in one ledger's spool directory."""
+
+    directory: str
+    url: str  # the ledger's identity, as the directory's URL file says
+    records: int = 0  # complete record lines waiting
+    live: int = 0  # of those, in segments a running process still holds (it ships them)
+    oldest: datetime | None = None  # the oldest waiting record's end time
+    quarantined: int = 0  # files of damaged lines set aside
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {"url": self.url, "directory": self.directory, "records": self.records, "live": self.live,
+                "oldest": self.oldest.isoformat() if self.oldest else None,
+                "oldest_age_s": round((now - self.oldest).total_seconds(), 3) if self.oldest else None,
+                "quarantined": self.quarantined}
+
+
+def _read_own(path: str) -> tuple[bytes, bool] | None:
+    """(contents, held by a running process) of a regular file of this user with one link,
+    opened without following a link; None for anything else, which is left alone (the spool
+    belongs to one user)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (released with the descriptor)
+            held = False
+        except BlockingIOError:
+            held = True
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), held
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _scan(directory: str) -> SpoolBacklog:
+    from .._canonical import parse_time
+
+    marker = _read_own(os.path.join(directory, "URL"))
+    found = SpoolBacklog(directory, marker[0].decode("utf-8", "replace").strip() if marker else "?")
+    quarantine = os.path.join(directory, "quarantine")
+    if os.path.isdir(quarantine) and not os.path.islink(quarantine):
+        found.quarantined = len(os.listdir(quarantine))
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".log"):
+            continue
+        read = _read_own(os.path.join(directory, name))
+        if read is None:
+            continue
+        data, held = read
+        lines = data.split(b"\n")[:-1]  # a torn last line is no record yet
+        if not lines:
+            continue
+        found.records += len(lines)
+        if held:
+            found.live += len(lines)
+        for line in lines:
+            try:
+                ended = parse_time(json.loads(line.partition(b" ")[2])["ended"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if found.oldest is None or ended < found.oldest:
+                found.oldest = ended
+    return found
+
+
+def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:
+    """(records waiting in this ledger's spool, which of ``paths`` they read or write): what a
+    verification must not pass over in silence. Reads only files of this user; creates nothing."""
+    from .spool import spool_path
+
+    directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return 0, []
+    wanted, named, count = set(paths), set(), 0
+    for name in sorted(os.listdir(directory)):
+        read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+        for line in (read[0].split(b"\n")[:-1] if read else ()):
+            count += 1
+            try:
+                body = json.loads(line.partition(b" ")[2])
+                named.update(wanted.intersection(body.get("inputs", {})).union(
+                    wanted.intersection(body.get("outputs", {}))))
+            except (ValueError, AttributeError, TypeError):
+                continue
+    return count, sorted(named)
+
+
+def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, dict[str, set[str]]]:
+    """(records waiting in this ledger's spool, {path: digests those records wrote to it})
+    for the outputs among ``paths``. Reads only files of this user; creates nothing."""
+    from .spool import spool_path
+
+    directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return 0, {}
+    wanted, count = set(paths), 0
+    written: dict[str, set[str]] = {}
+    for name in sorted(os.listdir(directory)):
+        read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+        for line in (read[0].split(b"\n")[:-1] if read else ()):
+            count += 1
+            try:
+                outputs = json.loads(line.partition(b" ")[2]).get("outputs", {})
+                for path in wanted.intersection(outputs):
+                    digest = outputs[path].get("blake3")
+                    if isinstance(digest, str):
+                        written.setdefault(path, set()).add(digest)
+            except (ValueError, AttributeError, TypeError):
+                continue
+    return count, written
+
+
+def backlog(spool: str | None = None) -> list[SpoolBacklog]:
+    """What waits in each ledger's directory under the spool root ``spool``."""
+    root = os.path.abspath(_default_spool(spool))
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise SpoolError(f"cannot read the spool {root}: {err.strerror or err}") from None
+    found = []
+    for name in names:
+        directory = os.path.join(root, name)
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            found.append(_scan(directory))
+    return found
