@@ -1,0 +1,89 @@
+"""An outside review of the engine plugins' pre-run checks, through the real ``snakemake``
+command on the bioinformatics-shaped workflow (``tests/support/bio_workflow``: a
+``directory()`` output, a ``temp()`` BAM, a rule with retries), by an attacker who can write
+the ledger file but not the user's state directory.
+
+Each test names one bug found; a bug not fixed yet is a strict xfail whose reason says where
+the fix lies. About 12 s a test on this 2-core machine (three Snakemake runs of 200 reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lineage_ledger import hash_file, open_ledger
+from tests.support import bio_workflow
+from tests.support.snakemake import require_snakemake, run
+from tests.support.tamper import tamper_keep_size_and_mtime
+
+pytestmark = pytest.mark.slow
+
+LOGGER = ("--logger", "ledger")
+
+
+def _workflow(tmp_path: Path) -> Path:
+    require_snakemake()
+    bio_workflow.require_tools()
+    workflow = bio_workflow.prepare(tmp_path / "wf", reads=200)
+    first = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-run-id", "first", cwd=workflow)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return workflow
+
+
+def _rewrite_last_block(workflow: Path, tmp_path: Path, run_id: str, path: Path, digest: str) -> None:
+    """The attacker's consistent rewrite of the last block: the same records of ``run_id``,
+    with ``path`` given ``digest`` wherever they name it, appended again (ids, Merkle root and
+    block id recomputed) after the block was deleted."""
+    db = workflow / ".lineage" / "ledger.db"
+    with open_ledger(f"sqlite:///{db}", read_only=True, state_dir=str(tmp_path / "forger-reads")) as ledger:
+        records = [entry.record for entry in ledger.run(run_id)]
+    forged = []
+    for record in records:
+        sides = {}
+        for side in ("inputs", "outputs"):
+            named = dict(getattr(record, side))
+            if str(path) in named:
+                named[str(path)] = {**named[str(path)], "blake3": digest}
+            sides[side] = named
+        forged.append(dataclasses.replace(record, **sides))
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        height, first = conn.execute("SELECT height, first_seq FROM ll_blocks ORDER BY height DESC LIMIT 1").fetchone()
+        conn.execute("DELETE FROM ll_artifacts WHERE seq >= ?", (first,))
+        conn.execute("DELETE FROM ll_records WHERE seq >= ?", (first,))
+        conn.execute("DELETE FROM ll_blocks WHERE height = ?", (height,))
+    with open_ledger(f"sqlite:///{db}", spool=str(tmp_path / "forger-spool"),
+                     state_dir=str(tmp_path / "forger-state")) as ledger:
+        ledger.append_records([record.stored() for record in forged])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core: a writer never remembers the blocks it appends (core/_ledger/ledger.py append_records "
+    "leaves the TrustStore alone), so the block a run appended after its check is trusted by the "
+    "next check whatever it holds: a consistent rewrite of it passes strict and verify-lineage"))
+def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_path):
+    """Bug: a ``strict`` run checks the ledger (its head, block 0, is remembered), reruns the
+    report and appends block 1 with the report's record. The attacker then edits
+    ``results/report.txt`` (size and mtime kept) and rewrites block 1 consistently, the
+    report's record giving the edited digest. The next ``strict`` run says "Nothing to be
+    done", exit 0, and ``verify-lineage results/report.txt`` says "verified": the remembered
+    head still ends on block 0, and block 1 is taken as a new extension, although this
+    account's own run wrote it. The docs' table (docs/security.md) promises detection only
+    from a remembered head; blocks appended since are trusted. Fix: the appender (the
+    recording process, under the state's lock) extends the remembered tree with the blocks
+    it has just appended when they follow the remembered head; or, less tight, the plugin
+    calls ``tree_head()`` on the ledger once its last records are shipped."""
+    workflow = _workflow(tmp_path)
+    second = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict",
+                 "--forcerun", "report", "--logger-ledger-run-id", "second", cwd=workflow)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = workflow / "results" / "report.txt"
+    tamper_keep_size_and_mtime(report)
+    _rewrite_last_block(workflow, tmp_path, "second", report, hash_file(str(report)).blake3)
+    strict = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
+    assert strict.returncode == 1, strict.stderr[-3000:]  # "Nothing to be done", exit 0
+    assert "HistoryRewritten" in strict.stderr, strict.stderr[-3000:]
