@@ -263,7 +263,7 @@ def test_names_compacted_by_refreshes_are_carried_once(tmp_path, monkeypatch):
 KILLED = """
 import os, signal, sys
 from lineage_ledger import open_ledger
-from lineage_ledger._log import audit_parallel, names, trust
+from lineage_ledger._log import audit_parallel, names_files, trust
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -276,7 +276,7 @@ if where == "refresh":  # after the refresh's names are appended, before its hea
         die()
     trust.TreeWriter.commit = commit
 elif where == "refresh-after-head":  # the refresh's head written, its names-pending note not yet removed
-    names.NamesWriter.committed = lambda self: die()
+    names_files.NamesWriter.committed = lambda self: die()
 elif where == "workers":  # while the workers run, after the first range is joined
     real = audit_parallel.results
     def results(*args, **kwargs):

@@ -17,12 +17,12 @@ from lineage_ledger._log.names import (
     RUN,
     HotNames,
     NamesBatch,
-    NamesWriter,
     bucket_name,
     bucket_of,
     candidates,
     path_key,
 )
+from lineage_ledger._log.names_files import NamesWriter
 
 PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/d/nul\0x", "/x/" + "long" * 50])
 TIMES = st.integers(0, 5).map(lambda s: f"2026-01-01T00:00:0{s}.{s:06d}Z")

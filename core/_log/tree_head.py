@@ -16,9 +16,10 @@ from .._artifact import _HEX64_MATCH
 from .._canonical import format_time, utcnow
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
-from .names import NamesBatch, NamesWriter, copy_names, drop_names, write_atomic
+from .names import NamesBatch
 from .names import kept as names_kept
-from .names import recover as recover_names
+from .names_files import NamesWriter, copy_names, drop_names, write_atomic
+from .names_files import recover as recover_names
 
 __all__ = ["TreeHead", "TreeWriter"]
 

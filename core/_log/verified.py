@@ -30,8 +30,9 @@ from .audit_full import AuditResult, FullAudit
 from .audit_rows import decode_views
 from .chain import verify_block_columns
 from .names import FORMAT as NAMES_FORMAT
-from .names import INPUT, OUTPUT, RUN, bucket_of, drop_entries, path_key
+from .names import INPUT, OUTPUT, RUN, bucket_of, path_key
 from .names import kept as names_kept
+from .names_files import drop_entries
 from .trust import TreeHead, TreeWriter, TrustStore
 
 if TYPE_CHECKING:
