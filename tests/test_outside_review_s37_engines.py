@@ -89,12 +89,8 @@ def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_p
     assert "HistoryRewritten" in strict.stderr, strict.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins/snakemake _preflight.collect checks every input of every job, so an intermediate "
-    "that a job of this run regenerates is checked as its reader's input: strict refuses the "
-    "very --forcerun that would repair it (docs: outputs about to be regenerated are not checked)"))
 def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(tmp_path):
-    """Bug: a file inside ``qc/A`` (a ``directory()``
+    """Bug (fixed in ``_preflight.collect``): a file inside ``qc/A`` (a ``directory()``
     output) is edited, mtimes kept. A ``strict`` run refuses, naming it, as it should. The
     user then forces its producer (``--forcerun qc/A``): Snakemake deletes ``qc/A`` and makes
     it again before ``report`` reads it, yet ``strict`` refused again, exit 1, because

@@ -93,6 +93,7 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
     """Inputs of every job, and outputs of the jobs that will not run again."""
     plan = Plan()
     checked: dict[str, None] = {}
+    regenerated: set[str] = set()
     for job in jobs:
         outputs = [f for f in job.output if _local(f)]
         kept = not needrun(job)
@@ -101,6 +102,8 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
             plan.producers[path] = f
             if kept:
                 checked[path] = None  # the run builds on it
+            else:
+                regenerated.add(path)
         if kept and outputs:
             # Snakemake's --rerun-triggers may leave code out; the plugin compares it anyway.
             digest = _code_now(job)
@@ -111,7 +114,10 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
                 path = os.path.abspath(f)
                 checked[path] = None
                 plan.consumers.setdefault(path, []).extend(outputs)
-    plan.checked = list(checked)
+    # An input that a job of this run makes again is deleted and rewritten before its readers
+    # run: what is on disk now is never read, so it is not checked (else strict refused the
+    # very --forcerun that repairs a tampered intermediate).
+    plan.checked = [path for path in checked if path not in regenerated]
     return plan
 
 
