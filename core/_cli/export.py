@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from .._errors import ConfigError
-from .common import ledger_option, refuse_output_over
+from .common import ledger_option, refuse_not_a_directory, refuse_output_over
 from .common import open_read_only as _open
 
 __all__ = ["export", "graph"]
@@ -52,6 +52,7 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
     if output is not None:  # before anything is written: never over the ledger or the key
         refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
+    refuse_not_a_directory(targets)  # out.txt/ is not out.txt
     try:
         with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
             # A run is read again by each pass (a page at a time), never held whole.
@@ -100,6 +101,7 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
     if not targets and run_id is None:
         raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")
     refuse_output_over(output, ledger_url)  # before anything is written
+    refuse_not_a_directory(targets)
     try:
         with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
             if fmt == "dot":  # text for Graphviz: streamed, a page of the run at a time

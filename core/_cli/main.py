@@ -1,7 +1,9 @@
 """The ``lineage-ledger`` and ``verify-lineage`` commands (a thin layer over the library).
 
 Exit status: 0 success or verified, 1 a verification failed, 2 a usage, configuration,
-input or back-end error. ``lineage-ledger run`` exits with its command's status.
+input or back-end error. ``lineage-ledger run`` exits with its command's status, or 1 where
+the command succeeded but the ledger's history was rewritten since this account verified
+it (the record waits in the spool).
 """
 
 from __future__ import annotations

@@ -105,12 +105,20 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         return Recorder(self, **options)
 
     def replay_spool(self) -> int:
-        """Ship what crashed processes left in the spool; raise if damaged lines were set aside."""
+        """Ship what crashed processes left in the spool; raise if damaged lines were set aside,
+        or (:class:`HistoryRewritten`, nothing shipped) where the ledger no longer extends the
+        tree head this account verified."""
         if not os.path.isdir(spool_path(self._spool_root, self.backend.identity)):
             return 0  # nothing was ever spooled here; do not create directories to find out
         segments, quarantined = take_orphans(self.spool_dir)
         shipped = 0
         try:
+            if any(map(len, segments)):
+                from ._extends import check_extends
+
+                # Nothing is replayed into a history this account saw shrink or fork: the
+                # segments stay where they are (unlocked below) until `reset-trust`.
+                check_extends(self)
             for segment in segments:
                 if len(segment):
                     shipped += self.append_records(segment.stored())

@@ -136,7 +136,15 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[s
         report.skipped.append((path, reason))
 
     for target in targets:
-        normal = ledger.query_path(target)
+        try:
+            normal = ledger.query_path(target)
+        except ArtifactError:
+            if not os.path.lexists(target):
+                raise  # names nothing: bad input (exit 2), as any missing path
+            # There, but its name is not valid UTF-8: no record can name it, so its check
+            # fails (UNREADABLE, exit 1), as it does where a directory's walk meets it.
+            paths.append(os.path.abspath(target))
+            continue
         # A directory a record names, or that lies in one, is checked whole (by its manifest).
         if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
             walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip, plain=plain))
