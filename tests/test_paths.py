@@ -102,7 +102,10 @@ def test_lineage_through_a_moved_link_finds_the_producer(cli, workdir):
 
 # -- the kernel's resolution of a path against os.path.realpath's ---------------------------
 _NAMES = ["a", "b", "c"]
-_LINK_TARGETS = st.sampled_from(["a", "b", "../a", "../../c", "/nonexistent", "a/b", ".", "..", "loop", "c/../a"])
+# "/ABSENT" is an absolute target that leads nowhere, made inside the test's own directory: a
+# file written through a link to a real "/nonexistent" was created there (as root, the suite
+# left /nonexistent on the machine, and later tests that take it for missing saw a file).
+_LINK_TARGETS = st.sampled_from(["a", "b", "../a", "../../c", "/ABSENT", "a/b", ".", "..", "loop", "c/../a"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,7 +127,7 @@ def test_resolved_paths_are_realpaths(tmp_path_factory, layout, query):
             elif kind == "file":
                 path.write_text("x")
             else:
-                os.symlink(target, path)
+                os.symlink(str(root / "absent" / "nowhere") if target == "/ABSENT" else target, path)
         except OSError:
             continue  # a name taken by something else, or under a file: skip it
     with contextlib.suppress(OSError):
