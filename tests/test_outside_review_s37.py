@@ -147,10 +147,6 @@ def test_a_plain_swap_of_the_ledger_file_is_caught(tmp_path):
     assert result.returncode == 1 and "HistoryRewritten" in result.stdout + result.stderr, result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/_log/verified.py Verifier.check: a record row deleted from a verified block reaches it "
-    "as a record with an empty id and body, and is reported as 'record  in block 1 does not "
-    "hash to its id' instead of as missing"))
 def test_log_names_a_deleted_record_row_as_missing(tmp_path, ledger_url):
     """Bug: a record row deleted from a verified block (its index rows left alone) makes
     ``lineage-ledger log`` fail, exit 1, as it should, but with "verification failed: record

@@ -246,6 +246,9 @@ class Verifier(FullAudit):
             raise IndexTampered(f"an index row places record {stored.id[:16]} at block {height}, "
                                 f"position {position}, past the end of that block", height=height)
         index = first + position
+        if stored.id == "" and stored.body == b"":  # what a store hands back for a row it lacks
+            raise RecordTampered(f"record {index} (block {height}, position {position}), which was verified, is "
+                                 "missing from the store: its block names it, no record row holds it", height=height)
         if hash_body and blake3(stored.body).hexdigest() != stored.id:
             raise RecordTampered(f"record {stored.id[:16]} in block {height} does not hash to its id",
                                  height=height)
