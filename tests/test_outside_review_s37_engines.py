@@ -109,17 +109,15 @@ def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(tmp_pat
     assert verify.returncode == 0, verify.stdout[-3000:]  # qc/A and the report made again
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins/snakemake _preflight.check returns at once when the SQLite file is missing "
-    "(surely_no_ledger, NoLedger) without asking whether this account remembers a head for it"))
 def test_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
-    """Bug: after a ``strict`` run verified the ledger (its head is remembered), a file in
-    ``qc/A`` is edited and the ledger deleted (whoever can write ``.lineage/`` can). The next
-    ``strict --forcerun report`` runs the report on the edited ``qc/A``, exit 0: the check takes
-    a missing file for "nothing was ever recorded". (The recording process then creates a new
-    ledger, whose records are refused as a replaced ledger: too late, the job ran.) The Parsl
-    plugin refuses here (it creates the ledger before its check, and meets the changed
-    origin); the core's ``verify_before_run`` has the same shortcut (``except NoLedger``)."""
+    """Bug (fixed in ``_preflight.gone_if_remembered``): after a ``strict`` run verified the
+    ledger (its head is remembered), a file in ``qc/A`` is edited and the ledger deleted
+    (whoever can write ``.lineage/`` can). The next ``strict --forcerun report`` ran the report
+    on the edited ``qc/A``, exit 0: the check took a missing file for "nothing was ever
+    recorded". (The recording process then creates a new ledger, whose records are refused as
+    a replaced ledger: too late, the job ran.) The Parsl plugin refuses here (it creates the
+    ledger before its check, and meets the changed origin); the core's ``verify_before_run``
+    has the same shortcut (``except NoLedger``)."""
     workflow = _workflow(tmp_path)
     checked = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
     assert checked.returncode == 0, checked.stderr[-3000:]  # verified: its head is remembered

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 #: lineage_ledger.DEFAULT_URL (core/_ledger/ledger.py), spelled here so that reading it imports nothing.
 DEFAULT_URL = ".lineage/ledger.db"
@@ -44,6 +45,24 @@ def surely_usable(url: str | None) -> bool:
     make it fail the core's configuration check (``lineage_ledger._ledger.deferred.ledger_identity``)."""
     path = plain_sqlite_path(url)
     return path is not None and not os.path.isdir(path)
+
+
+def maybe_remembered() -> bool:
+    """False where this account surely remembers no ledger: its state directory (as
+    ``lineage_ledger._environment.state_root`` places it) holds no ledger's directory. A
+    missing ledger file is then a first run, with nothing to import; else the core is asked
+    whether the missing file is a ledger verified here before (deleted, or moved away)."""
+    root = os.environ.get("LINEAGE_STATE_DIR")
+    if not root:
+        base = os.environ.get("XDG_STATE_HOME")
+        if not base or not os.path.isabs(base):
+            base = os.path.join(os.path.expanduser("~"), ".local", "state")
+        root = os.path.join(base, "lineage-ledger")
+    try:
+        with os.scandir(root) as entries:
+            return any(entry.is_dir() for entry in entries)
+    except OSError:
+        return not isinstance(sys.exc_info()[1], FileNotFoundError)  # unreadable: ask the core
 
 
 def surely_no_ledger(url: str | None) -> bool:
