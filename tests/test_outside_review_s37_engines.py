@@ -131,3 +131,32 @@ def test_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
     assert strict.returncode == 1, strict.stderr[-3000:]  # exit 0: the report ran on the edit
     assert "refusing to run" in strict.stderr and "ledger.db" in strict.stderr, strict.stderr[-3000:]
     assert report.read_bytes() == before
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "plugins/nextflow _preflight.check returns [] on NoLedger without asking whether this "
+    "account remembers a head for the missing ledger"))
+def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
+    """Bug: the same as Snakemake's above, through ``nextflow-ledger``: after the ledger was
+    verified (its head remembered), a COUNT output in ``work/`` is edited (size and mtime kept)
+    and the ledger deleted; ``nextflow-ledger run -resume --ledger-policy strict`` reuses the
+    edited cached output, exit 0 (with the ledger in place it refuses, naming the file)."""
+    import shutil
+
+    from tests.support import nextflow as nf
+
+    here = nf.copy_example(tmp_path / "example")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    verified = nf.run("verify-lineage", "results/report.txt", cwd=here)  # the head is remembered
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
+    shutil.copy2(count, tmp_path / "mtime")
+    count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
+    shutil.copystat(tmp_path / "mtime", count)
+    for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
+        (here / ".lineage" / name).unlink(missing_ok=True)
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
+    assert "refusing to run" in strict.stderr and "ledger.db" in strict.stderr, strict.stderr
+    assert "Launching" not in strict.stdout  # nothing ran
