@@ -69,8 +69,9 @@ with DAG(dag_id="deploy_many", schedule=None, catchup=False) as many:
 
 
 with DAG(dag_id="deploy_bench", schedule=None, catchup=False) as bench:
-    # bench/bench_airflow.py: short tasks, each reading one file and writing another.
-    for index in range(8):
+    # bench/bench_airflow.py: short tasks, each reading one file and writing another (8, or
+    # as many as its deployment's LINEAGE_BENCH_TASKS says: fewer in its --quick smoke run).
+    for index in range(int(os.environ.get("LINEAGE_BENCH_TASKS", "8"))):
         out = DATA / f"bench-{index}.txt"
         BashOperator(task_id=f"t{index}", bash_command=f"cat '{SEED}' > '{out}'",
                      inlets=[_file(SEED)], outlets=[_file(out)])
