@@ -38,11 +38,11 @@ SHARED_CACHE = frozenset(script for script in SCRIPTS if "lineage-bench-scale" i
 def extra_args(script: str, home: Path) -> list[str]:
     """Flags after ``--quick --repeats 1`` for the scripts whose quick sizes are a minute of
     work here: bench_export's (2,000 and 10,000 records, each exported four ways in fresh
-    processes) took 48 s, the longest but one. A run of 250 and 1,250 records takes the same
+    processes) took 48 s, the longest but one. A run of 201 and 1,001 records takes the same
     paths (more than a PROV page of 200 tasks, more than one block of 1,000), in a ledger
     built in the script's own home rather than the shared /tmp cache (as on a fresh machine)."""
     if script == "bench_export.py":
-        return ["--sizes", "250,1250", "--cache", str(home / "export-cache")]
+        return ["--sizes", "201,1001", "--cache", str(home / "export-cache")]
     return []
 
 
