@@ -62,9 +62,10 @@ def _rewrite_last_block(workflow: Path, tmp_path: Path, run_id: str, path: Path,
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "core: a writer never remembers the blocks it appends (core/_ledger/ledger.py append_records "
-    "leaves the TrustStore alone), so the block a run appended after its check is trusted by the "
-    "next check whatever it holds: a consistent rewrite of it passes strict and verify-lineage"))
+    "hardening (core): a writer never remembers the blocks it appends (core/_ledger/ledger.py "
+    "append_records leaves the TrustStore alone), so a consistent rewrite of the block this "
+    "account's own run appended passes the next strict check and verify-lineage, leaving no "
+    "trace (an appended forged record, which docs/security.md accepts, at least shows in log)"))
 def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_path):
     """Bug: a ``strict`` run checks the ledger (its head, block 0, is remembered), reruns the
     report and appends block 1 with the report's record. The attacker then edits
@@ -72,8 +73,10 @@ def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_p
     report's record giving the edited digest. The next ``strict`` run says "Nothing to be
     done", exit 0, and ``verify-lineage results/report.txt`` says "verified": the remembered
     head still ends on block 0, and block 1 is taken as a new extension, although this
-    account's own run wrote it. The docs' table (docs/security.md) promises detection only
-    from a remembered head; blocks appended since are trusted. Fix: the appender (the
+    account's own run wrote it. docs/security.md promises detection only from a remembered
+    head, and says anyone who may append can append a record claiming anything; but such a
+    record shows in ``log``, while this rewrite replaces the user's own record without a
+    trace. Fix: the appender (the
     recording process, under the state's lock) extends the remembered tree with the blocks
     it has just appended when they follow the remembered head; or, less tight, the plugin
     calls ``tree_head()`` on the ledger once its last records are shipped."""
@@ -133,14 +136,12 @@ def test_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
     assert report.read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins/nextflow _preflight.check returns [] on NoLedger without asking whether this "
-    "account remembers a head for the missing ledger"))
 def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
-    """Bug: the same as Snakemake's above, through ``nextflow-ledger``: after the ledger was
-    verified (its head remembered), a COUNT output in ``work/`` is edited (size and mtime kept)
-    and the ledger deleted; ``nextflow-ledger run -resume --ledger-policy strict`` reuses the
-    edited cached output, exit 0 (with the ledger in place it refuses, naming the file)."""
+    """Bug (fixed in ``_preflight.gone_if_remembered``): the same as Snakemake's above,
+    through ``nextflow-ledger``: after the ledger was verified (its head remembered), a COUNT
+    output in ``work/`` is edited (size and mtime kept) and the ledger deleted;
+    ``nextflow-ledger run -resume --ledger-policy strict`` reused the edited cached output,
+    exit 0 (with the ledger in place it refuses, naming the file)."""
     import shutil
 
     from tests.support import nextflow as nf
