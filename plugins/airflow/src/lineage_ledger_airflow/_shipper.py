@@ -125,6 +125,7 @@ class _Shipper:
         #: since is not synced again.
         self._synced: dict[str, int] = {}
         self.synced_total = 0  # fsyncs done, for the tests
+        self._refusal: str | None = None  # the failed verification last logged (once, not every round)
 
     def _ledger(self) -> Any:
         if self._deferred is None:
@@ -171,10 +172,22 @@ class _Shipper:
 
     def ship(self) -> None:
         """Ship what finished processes left; a locked or unreachable ledger only delays it."""
-        from lineage_ledger import LedgerError
+        from lineage_ledger import LedgerError, VerificationError
 
         try:
             shipped = self._ledger().ledger().replay_spool()
+        except VerificationError as err:
+            # The ledger failed a verification (its history rewritten or shrunk since this
+            # account verified it, the file replaced): the core appends nothing to it, and no
+            # retry settles that. The records wait for a repair; say so once (at DEBUG, as a
+            # locked ledger is, nobody under the scheduler's INFO log learnt why they wait).
+            said = f"{type(err).__name__}: {err}"
+            if said != self._refusal:
+                self._refusal = said
+                log.error("lineage-ledger: the records in the spool %s are not shipped; the ledger failed its "
+                          "own check (%s)", self._spool_dir or _settings.spool_root(), said)
+            self._reopen()
+            return
         except LedgerError as err:
             log.debug("lineage-ledger: records wait in the spool: %s", err)
             self._reopen()
@@ -183,6 +196,7 @@ class _Shipper:
             log.exception("lineage-ledger: could not ship the spool")
             self._reopen()
             return
+        self._refusal = None
         if shipped:
             log.info("lineage-ledger: shipped %d records from the spool", shipped)
 
