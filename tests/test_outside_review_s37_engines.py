@@ -161,3 +161,52 @@ def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
     assert "refusing to run" in strict.stderr and "ledger.db" in strict.stderr, strict.stderr
     assert "Launching" not in strict.stdout  # nothing ran
+
+
+PLANTED_JOURNAL = """
+import os, signal
+from lineage_ledger import TaskRun, utcnow
+from snakemake_logger_plugin_ledger._journal import PendingJournal
+
+journal = PendingJournal(".lineage/snakemake-pending", "planted", 0.0)
+now = utcnow()
+journal.add("1:1", TaskRun(task_id="1", task_name="report", status="succeeded", started=now, ended=now,
+                           outputs=[os.path.abspath("report.txt")], run_id="planted"))
+os.kill(os.getpid(), signal.SIGKILL)  # left as a killed run leaves it: unlocked, not done
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "plugins/snakemake _journal.orphaned opens every *.jsonl of .lineage/snakemake-pending "
+    "(following links, whoever owns it), and the run records its jobs as recovered ones"))
+def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
+    """Bug: ``.lineage/snakemake-pending`` is made with the umask's mode (0775 under the
+    group umask a shared SQLite ledger needs: its ``-wal``/``-shm`` are made in ``.lineage``).
+    Another user who can write there plants a journal naming a job that "wrote"
+    ``report.txt`` (which they edited). The victim's next ``snakemake --logger ledger`` run
+    records it as a job of an interrupted run, hashing the edited file: a record, appended by
+    the victim's process under the victim's name, that vouches for the edit, and the next
+    strict check passes it. The spool's reader takes only regular files of this user with one
+    link (``backlog._read_own``); the journal's should too, and its directory be 0700."""
+    import os
+    import pwd
+    import subprocess
+    import sys
+
+    from tests.support.snakemake import clean_env
+
+    require_snakemake()
+    if os.geteuid() != 0:
+        pytest.skip("planting a file owned by another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    (tmp_path / "report.txt").write_text("edited by someone else\n")
+    planted = subprocess.run([sys.executable, "-c", PLANTED_JOURNAL], cwd=tmp_path, env=clean_env())
+    assert planted.returncode < 0  # killed, as a crashed run is
+    (journal,) = (tmp_path / ".lineage" / "snakemake-pending").glob("*.jsonl")
+    os.chown(journal, nobody.pw_uid, nobody.pw_gid)  # as the other user would have made it
+    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
+    result = run("snakemake", "--cores", "1", *LOGGER, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open_ledger(str(tmp_path / ".lineage" / "ledger.db"), read_only=True) as ledger:
+        planted_records = list(ledger.run("planted"))
+    assert planted_records == [], planted_records  # recorded: the edit vouched for by the victim
