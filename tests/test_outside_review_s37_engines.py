@@ -176,18 +176,16 @@ os.kill(os.getpid(), signal.SIGKILL)  # left as a killed run leaves it: unlocked
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins/snakemake _journal.orphaned opens every *.jsonl of .lineage/snakemake-pending "
-    "(following links, whoever owns it), and the run records its jobs as recovered ones"))
 def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
-    """Bug: ``.lineage/snakemake-pending`` is made with the umask's mode (0775 under the
-    group umask a shared SQLite ledger needs: its ``-wal``/``-shm`` are made in ``.lineage``).
-    Another user who can write there plants a journal naming a job that "wrote"
-    ``report.txt`` (which they edited). The victim's next ``snakemake --logger ledger`` run
-    records it as a job of an interrupted run, hashing the edited file: a record, appended by
-    the victim's process under the victim's name, that vouches for the edit, and the next
-    strict check passes it. The spool's reader takes only regular files of this user with one
-    link (``backlog._read_own``); the journal's should too, and its directory be 0700."""
+    """Bug (fixed in ``_journal._own_journal``): ``.lineage/snakemake-pending`` was made
+    with the umask's mode (0775 under the group umask a shared SQLite ledger needs: its
+    ``-wal``/``-shm`` are made in ``.lineage``). Another user who can write there plants a
+    journal naming a job that "wrote" ``report.txt`` (which they edited). The victim's next
+    ``snakemake --logger ledger`` run recorded it as a job of an interrupted run, hashing the
+    edited file: a record, appended by the victim's process under the victim's name, that
+    vouches for the edit, and the next strict check passes it. The spool's reader takes only
+    regular files of this user with one link (``backlog._read_own``); the journal's reader now
+    does too, and its directory is 0700."""
     import os
     import pwd
     import subprocess
@@ -210,3 +208,33 @@ def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
     with open_ledger(str(tmp_path / ".lineage" / "ledger.db"), read_only=True) as ledger:
         planted_records = list(ledger.run("planted"))
     assert planted_records == [], planted_records  # recorded: the edit vouched for by the victim
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "plugins/nextflow cli._check_resume: with no session file in .lineage/nextflow/sessions it "
+    "checks nothing and lets -resume reuse every cached task, even under strict and although "
+    "the ledger holds the session's records"))
+def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_path):
+    """Bug: the wrapper lists each session's tasks in ``.lineage/nextflow/sessions/<id>.json``
+    (0700 directories) and checks before ``-resume`` only the files that list names. Whoever
+    can write ``.lineage/`` (a group-shared SQLite ledger needs it) can move ``nextflow/``
+    aside, without reading it; then ``nextflow-ledger run -resume --ledger-policy strict``
+    logs "no recorded task of session ... here; nothing checked before -resume" and reuses a
+    tampered cached output, exit 0. The ledger still holds the session's records, so strict
+    could refuse (or plan the check from those records) instead of checking nothing. The
+    session file is also read whoever owns it (``_state.load``)."""
+    import shutil
+
+    from tests.support import nextflow as nf
+
+    here = nf.copy_example(tmp_path / "example")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
+    shutil.copy2(count, tmp_path / "mtime")
+    count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
+    shutil.copystat(tmp_path / "mtime", count)
+    shutil.move(str(here / ".lineage" / "nextflow"), str(tmp_path / "moved-aside"))
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
+    assert "Launching" not in strict.stdout  # nothing ran

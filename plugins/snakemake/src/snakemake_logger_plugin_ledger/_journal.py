@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,12 +57,14 @@ class PendingJournal:
     """
 
     def __init__(self, directory: str, run_id: str, opened: float) -> None:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)  # private, like the spool
         self.directory = directory
         self.run_id = run_id
         self.path = os.path.join(directory, f"{run_id}.jsonl")
         self._lock = threading.Lock()
-        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run
+        # Never through a link planted under a name a fixed --logger-ledger-run-id makes known.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         # When the run began: after a crash, Snakemake's metadata newer than this names the
         # jobs it saw finish whose events never reached this handler.
@@ -112,9 +115,8 @@ def orphaned(directory: str, own_path: str) -> Iterator[tuple[str, IO[str]]]:
         path = os.path.join(directory, name)
         if not name.endswith(".jsonl") or path == own_path:
             continue
-        try:
-            handle = open(path, "r+", encoding="utf-8")  # noqa: SIM115 - handed to the caller
-        except OSError:
+        handle = _own_journal(path)
+        if handle is None:
             continue
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,6 +124,26 @@ def orphaned(directory: str, own_path: str) -> Iterator[tuple[str, IO[str]]]:
             handle.close()  # a live Snakemake holds it
             continue
         yield path, handle
+
+
+def _own_journal(path: str) -> IO[str] | None:
+    """``path`` opened for reading and locking if it is a regular file of this user with one
+    link, opened without following a link; else None, and it is left alone. Its jobs are
+    recorded by this user's run, as this user's: a journal someone else could write (a
+    group-writable ``.lineage``) would have the run vouch for whatever it names."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_nlink == 1:
+            return os.fdopen(fd, "r+", encoding="utf-8")
+    except OSError:
+        pass
+    os.close(fd)
+    log.warning("lineage-ledger: left alone %s: not a pending-jobs journal of this user", path)
+    return None
 
 
 @dataclass
