@@ -204,3 +204,64 @@ def test_nextflow_a_rewritten_history_strict_refuses_and_warn_keeps_its_records(
     assert "2 record(s) wait" in waiting.stdout, waiting.stdout + waiting.stderr  # Q's try and its publication
     audit = nf.run("verify-lineage", str(tmp_path / "results" / "q.txt"), cwd=tmp_path)
     assert audit.returncode == 1 and "HistoryRewritten" in audit.stdout, audit.stdout
+
+
+#: D writes a directory, E reads every file in it (a glob, as pipelines over per-sample files do).
+DIRECTORY_PIPELINE = """
+params.e = 1
+process D {
+  output:
+  path 'outdir'
+  script:
+  \"\"\"
+  mkdir -p outdir/sub
+  echo alpha 1 > outdir/a.txt
+  echo beta 1 > outdir/sub/b.txt
+  \"\"\"
+}
+process E {
+  input:
+  path d
+  output:
+  path 'e.txt'
+  script:
+  \"\"\"
+  cat ${d}/*.txt ${d}/sub/*.txt > e.txt
+  echo ${params.e} >> e.txt
+  \"\"\"
+}
+workflow {
+  D() | E
+}
+"""
+
+
+def test_nextflow_strict_resume_refuses_a_file_slipped_into_a_cached_output_directory(tmp_path):
+    """Bug (fixed in ``_appeared``, called by ``cli._check_resume``): D's directory output is
+    recorded file by file (the wrapper lists what the task wrote); the check before ``-resume`` rehashes those
+    files only. A file the attacker adds to ``outdir/sub`` (the directories' mtimes put back)
+    is in no record, so it was not reported: a strict ``-resume --e 2`` reused D, ran E on
+    the slipped-in file, exit 0, and E's record lists it as a source that ``verify-lineage``
+    accepts. The wrapper knows every file D wrote; one in D's work directory that it did not
+    write changed outside the workflow. (Editing a file inside the directory was refused.)"""
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    (tmp_path / "main.nf").write_text(DIRECTORY_PIPELINE)
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (sub,) = [p for p in (tmp_path / "work").glob("*/*/outdir/sub") if not p.parent.is_symlink()]  # not E's link
+    times = [(d, d.stat()) for d in (sub.parent, sub)]
+    slipped = sub / "c.txt"
+    slipped.write_text("gamma 666\n")
+    for directory, before in times:
+        os.utime(directory, ns=(before.st_atime_ns, before.st_mtime_ns))
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--e", "2", cwd=tmp_path)
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: E ran on c.txt
+    assert "refusing to run" in strict.stderr and str(slipped) in strict.stderr, strict.stderr
+    assert "Launching" not in strict.stdout
+    # Under rerun, D (whose directory it is) is moved aside and runs again: E reads what D wrote.
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", "--e", "2", cwd=tmp_path)
+    assert rerun.returncode == 0 and "Submitted process > D" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert not slipped.exists()
+    assert "666" not in _work_file(tmp_path, "e.txt", "2\n").read_text()

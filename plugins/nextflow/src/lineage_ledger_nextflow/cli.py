@@ -130,7 +130,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
     could not vouch for: the run's records list them as ``not_verified`` (``_unverified``)."""
     from lineage_ledger import ConfigError
 
-    from . import _log, _preflight
+    from . import _appeared, _log, _preflight
 
     log = _logger()
     session = command.resume_session or _log.last_session(launch_dir)
@@ -143,7 +143,11 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
             log.warning("lineage-ledger: no recorded task of session %s here; nothing checked before -resume",
                         session)
             return None
-        plan.tampered = _preflight.check(url, plan.checked)
+        # Files slipped into a task's work directory: no record names them, so the ledger's
+        # check cannot see them; the session's list of what each task wrote can (_appeared).
+        slipped = _appeared.appeared(plan.tasks)
+        plan.producers.update(slipped)
+        plan.tampered = _preflight.check(url, plan.checked) + _appeared.as_checks(slipped)
     except ConfigError as err:  # a URL no retry can fix: every record of the run would be lost too
         print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
         return 2
@@ -159,7 +163,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
         return _after_failed_check(command, launch_dir, url, plan, err, unverified)
     if not plan.tampered:
         return None
-    lines = "\n  ".join(_preflight.describe(c) for c in plan.tampered)
+    lines = "\n  ".join(_appeared.describe(c, _preflight.describe) for c in plan.tampered)
     if command.policy == "strict":
         print(f"nextflow-ledger: refusing to run (--ledger-policy strict); files changed outside the "
               f"workflow:\n  {lines}", file=sys.stderr)
@@ -179,24 +183,26 @@ def _after_failed_check(command: _args.Command, launch_dir: str, url: str, plan:
     readers' records as under warn: they read the same edit, and records listing it would make
     the next strict ``-resume`` pass it. Under warn every task that reads one of them lists
     it, and what it writes, as ``not_verified`` (``_unverified``)."""
-    from . import _preflight
+    from . import _appeared, _preflight
     from ._unverified import Unverified
 
     log = _logger()
     failed = f"{type(err).__name__}: {err}"
     existing = [p for p in plan.checked if os.path.exists(p)]
+    slipped = _appeared.as_checks({p: k for p, k in plan.producers.items() if p not in plan.checked})
     whole = True
     try:
         plan.tampered, plan.unverified, whole = _preflight.one_by_one(url, existing)
     except Exception as again:  # noqa: BLE001 - out of reach now: nothing vouches for any of them
         log.error("lineage-ledger: could not check the files one by one either (%s: %s)", type(again).__name__, again)
         plan.tampered, plan.unverified, whole = [], existing, False  # each one singled out: the safe side
+    plan.tampered += slipped  # changed whatever the ledger says: no record names them
     shown = " ".join(plan.unverified[:20]) + (" ..." if len(plan.unverified) > 20 else "")
     log.error("lineage-ledger: the ledger failed its own check (%s); checked one by one, it cannot vouch for "
               "%d of the %d file(s) the resumed run builds on: %s", failed, len(plan.unverified), len(existing), shown)
     if plan.tampered:
         log.warning("lineage-ledger: files changed outside the workflow:\n  %s",
-                    "\n  ".join(_preflight.describe(c) for c in plan.tampered))
+                    "\n  ".join(_appeared.describe(c, _preflight.describe) for c in plan.tampered))
     if command.policy == "rerun":
         # A ledger failed as a whole names no file: every one is rerun, none singled out (that
         # failure persists, so the next strict -resume refuses whatever these records list).

@@ -1,0 +1,66 @@
+"""Files that appeared in a cached task's work directory after the task ended.
+
+A task's outputs are recorded file by file: everything it wrote in its work directory, as
+the wrapper listed it when the task ended (``_workdir``), also inside a directory it declared
+as one output. The check before ``-resume`` rehashes those files against the ledger, and a
+file no record names is not reported, so a file slipped into such a directory (its mtime put
+back, so that Nextflow reuses the task) was read by the downstream tasks that run again (a
+glob over the directory) under ``strict``, and their records then list it as a source.
+
+The session's list says what each task wrote. A regular file in its work directory that the
+list does not name, outside Nextflow's own files and the staged inputs, was not written by
+the task: it changed outside the workflow, and counts as a changed output of that task
+(``strict`` refuses, ``rerun`` moves the task aside, ``warn`` names it).
+
+Limits: the links a task makes are not listed (``_workdir`` leaves them out of its outputs),
+so a symbolic link slipped in is not seen here; a session file written before the wrapper
+listed every file is compared all the same (every wrapper release here did).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+REASON = "appeared in the work directory of a task that did not write it (changed outside the workflow)"
+
+
+def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{path: task key}`` of the files in each task's work directory that it did not write."""
+    from ._workdir import _written_files, staged_files
+
+    found: dict[str, str] = {}
+    for key, task in tasks.items():
+        workdir = task["workdir"]
+        try:
+            with open(os.path.join(workdir, ".command.run"), encoding="utf-8", errors="replace") as handle:
+                staged = staged_files(handle.read())
+        except OSError:
+            continue  # not a work directory Nextflow can reuse: nothing to compare with
+        written = set(task.get("outputs", []))
+        for path in _written_files(workdir, staged):
+            if path not in written:
+                found[path] = key
+    return found
+
+
+def as_checks(found: dict[str, str]) -> list[Any]:
+    """The files of :func:`appeared` as the core's MODIFIED checks (no recorded digest)."""
+    from lineage_ledger import ArtifactCheck, ArtifactError, ArtifactStatus, hash_file
+
+    checks = []
+    for path in found:
+        try:
+            digest: str | None = hash_file(path).blake3
+        except ArtifactError:
+            digest = None
+        checks.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, None, digest, reason=REASON))
+    return checks
+
+
+def describe(changed: Any, default: Any) -> str:
+    """How the check before ``-resume`` names a changed file: ``default`` (``_preflight.describe``)
+    unless it is one of :func:`as_checks`."""
+    if changed.reason == REASON and changed.expected is None:
+        return f"{changed.path}: {REASON} (disk {(changed.actual or '-')[:16]})"
+    return str(default(changed))
