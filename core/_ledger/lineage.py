@@ -226,7 +226,13 @@ class LineageQueries:
         aliased = any("alias_of" in entry for entry in inputs.values())
         for input_path, entry in sorted(inputs.items()):
             if is_alias(entry):
-                continue  # the same file as its real path's entry
+                # The same file as its real path's entry, walked there (which takes a producer of
+                # this version under either name: _spellings). But a path a task produced, read
+                # through a link to bytes no task made under it, is a version of it nobody made,
+                # as after an edit in place: broken, though its real path is a source.
+                if self._alias_broken(input_path, entry["blake3"], producer):
+                    node.parents.append(LineageNode(input_path, entry["blake3"], "broken"))
+                continue
             if aliased and not os.path.lexists(input_path):
                 # Read through a symbolic link whose target has moved since: the path the task
                 # was given still leads to the file.
@@ -239,6 +245,11 @@ class LineageQueries:
             if summary is None:
                 summary = memo[(SUMMARY, producer.id)] = producer_summary(producer)
             node.producer = summary
+
+    def _alias_broken(self, alias: str, digest: str, consumer: LedgerRecord) -> bool:
+        """Whether ``consumer`` read ``alias`` (a path it named, a link to another file) in a
+        version no recorded task produced under that name while one produced another."""
+        return not self._find("out", alias, digest) and self._produced_before(alias, consumer)
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies
