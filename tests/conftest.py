@@ -47,11 +47,30 @@ def _caches_kept_from_the_real_home() -> dict[str, str]:
     return {name: value for name, value in kept.items() if name not in os.environ}
 
 
+def _compile_the_project() -> None:
+    """Byte-compile the project's own modules (core, the back-ends, the plugins) into their
+    ``__pycache__`` folders, as a first import does where writing bytecode is allowed.
+
+    The tests start hundreds of Python processes that import the project: the CLI, Snakemake
+    and its plugin, Airflow's task processes, Parsl's workers, nextflow-ledger. Where
+    PYTHONDONTWRITEBYTECODE is set (this machine's environment sets it) no process ever
+    writes a ``.pyc``, so in a fresh clone, as CI has, each of them compiled the project's
+    modules from source again: 0.47 s of CPU for a ``lineage-ledger log`` against 0.10 s.
+    ``compileall`` writes whatever that variable says, skips what is up to date, and takes
+    under a second on a fresh clone. Installed packages are compiled by pip already."""
+    import compileall
+
+    for folder in (ROOT / "core", ROOT / "ledger_backends", *sorted(ROOT.glob("plugins/*/src"))):
+        compileall.compile_dir(str(folder), quiet=2)
+
+
 def pytest_configure(config):
     """No test, engine or subprocess writes to the real home directory (Airflow's
     ``~/airflow``, Snakemake's caches, the trusted tree heads): HOME and the XDG base
     directories point into a temporary directory for the whole run, and each test gets
-    a home of its own below (``private_state``)."""
+    a home of its own below (``private_state``). The project's modules are byte-compiled
+    once for every process the tests start (``_compile_the_project``)."""
+    _compile_the_project()
     os.environ.update(_caches_kept_from_the_real_home())
     home = tempfile.mkdtemp(prefix="lineage-ledger-tests-home-")
     config.stash[_SESSION_HOME] = home
