@@ -170,6 +170,14 @@ class Backend(ABC):
         return self.identity
 
     @property
+    def trust_identity(self) -> str:
+        """What this user's remembered tree head of this store is kept under (its state
+        directory): :attr:`identity`, but for a ledger file, which is named by its path as
+        given (absolute, links not resolved). A link put where a verified ledger was then
+        still meets that ledger's head: a rewritten copy behind it is not a new ledger."""
+        return self.identity
+
+    @property
     def identity(self) -> str:
         """What names this store, the same however its URL was spelled, with no secret in it.
 

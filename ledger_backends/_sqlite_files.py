@@ -238,6 +238,10 @@ class SQLiteFile:
         return "sqlite:///" + os.path.realpath(self._path)
 
     @property
+    def trust_identity(self) -> str:  # the path as named: a link put there is not another ledger
+        return "sqlite:///" + os.path.abspath(self._path)
+
+    @property
     def origin(self) -> str:
         """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed."""
         assert self._origin is not None

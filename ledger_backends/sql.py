@@ -223,6 +223,12 @@ class SQLBackend(_SQLReads, Backend):
         return identity_of(self.url)  # what PostgresReader says too (SQLAlchemy's rendering, less TUNING_KEYS)
 
     @property
+    def trust_identity(self) -> str:  # a file by its path as named (see Backend.trust_identity)
+        if self._sqlite:
+            return "sqlite:///" + os.path.abspath(str(self._engine.url.database))
+        return self.identity
+
+    @property
     def origin(self) -> str:
         """``lineage-ledger:`` and 32 hex digits, made with the ledger and never changed: it
         names the ledger across copies and URLs (checkpoints carry it)."""

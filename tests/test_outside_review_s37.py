@@ -92,10 +92,6 @@ def test_depends_notices_a_deleted_reader_row_below_the_top(tmp_path, ledger_url
     assert "index left out" in below.stdout + below.stderr, below
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger_backends/sql.py SQLBackend.identity is the file's realpath, so the trusted state of "
-    "a SQLite ledger is looked up by where a symlink at its path points: a ledger swapped for a "
-    "symlink to a rewritten copy gets a fresh state, and a first-use audit trusts it"))
 def test_a_ledger_swapped_for_a_symlink_to_a_rewritten_copy_is_not_trusted(tmp_path):
     """Bug: this account verified ``.lineage/ledger.db`` (its head is remembered). Someone who
     can write ``.lineage/`` (a group-shared SQLite ledger must be: SQLite creates its ``-wal``
@@ -126,6 +122,36 @@ def test_a_ledger_swapped_for_a_symlink_to_a_rewritten_copy_is_not_trusted(tmp_p
     result = run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage")
     assert result.returncode == 1, result.stdout  # "verified", exit 0
     assert "HistoryRewritten" in result.stdout + result.stderr, result
+
+
+def test_a_ledger_link_pointed_at_a_rewritten_copy_is_not_trusted(tmp_path):
+    """The same attack where the ledger's path was a link already when this account verified
+    it (``.lineage/ledger.db -> store/ledger.db``): pointed at a rewritten copy, it is still
+    the ledger verified there (the state is kept by the path as named). A ledger moved and
+    linked back, the same history, passes."""
+    lineage, store = tmp_path / ".lineage", tmp_path / "store"
+    lineage.mkdir()
+    store.mkdir()
+    real = store / "ledger.db"
+    _chain(tmp_path, f"sqlite:///{real}", blocks=(2,))
+    db = lineage / "ledger.db"
+    os.symlink(real, db)
+    run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)  # remembered
+    moved = store / "moved.db"
+    os.replace(real, moved)  # moved on purpose, the link pointed at it: the same ledger
+    os.remove(db)
+    os.symlink(moved, db)
+    run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)
+    forged = store / "forged.db"
+    shutil.copy(moved, forged)
+    _empty(forged)
+    with open_ledger(f"sqlite:///{forged}", spool=str(tmp_path / "spool-forger"),
+                     state_dir=str(tmp_path / "forger-state")) as ledger:
+        ledger.append_records([make_record(7, run_id="r", outputs=[artifact("/forged", "x")]).stored()])
+    os.remove(db)
+    os.symlink(forged, db)
+    result = run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage")
+    assert result.returncode == 1 and "HistoryRewritten" in result.stdout + result.stderr, result
 
 
 def test_a_plain_swap_of_the_ledger_file_is_caught(tmp_path):

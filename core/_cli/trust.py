@@ -150,11 +150,11 @@ def reset_trust(ledger_url) -> None:
     from lineage_ledger.backends import open_backend
 
     from .._environment import others_control, state_root
-    from .._log.trust import TrustStore
+    from .._log.trust import TrustStore, trust_identity
 
     base = state_root()
     with open_backend(ledger_url, create=False) as backend:
-        directory = TrustStore.directory_for(backend.identity, base)
+        directory = TrustStore.directory_for(trust_identity(backend), base)
     try:
         unsafe = others_control(base)
     except FileNotFoundError:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .._environment import state_root
 from .._errors import ConfigError, HistoryRewritten
-from .._log.trust import TrustStore
+from .._log.trust import TrustStore, trust_identity
 from .spool import earlier_names
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def _remembered(ledger: Ledger) -> TrustStore | None:
         base = ledger._state_dir or state_root()
     except ConfigError:
         return None  # a relative LINEAGE_STATE_DIR: no state kept, the readers refuse it
-    for name in (backend.identity, *earlier_names(backend.identity)):
+    identity = trust_identity(backend)
+    for name in (identity, *earlier_names(identity)):
         directory = TrustStore.directory_for(name, base)
         if os.path.lexists(os.path.join(directory, "head.json")) or os.path.lexists(directory + ".old"):
             break

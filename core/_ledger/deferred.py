@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .._model import StoredRecord
     from .ledger import Ledger
 
-__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity",
+__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity", "trust_identity_of",
            "spool_first", "waiting_digests", "waiting_for"]
 
 log = logging.getLogger("lineage_ledger.spool")
@@ -78,6 +78,21 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
         backend = cls(url)
         return backend.identity, backend
     return _sql_identity(url), None
+
+
+def trust_identity_of(url: str) -> str:
+    """What this user's remembered head of the ledger at ``url`` is kept under, without
+    opening it (``Backend.trust_identity``): a SQLite file by its path as named."""
+    from lineage_ledger.backends import split_url
+
+    if split_url(url)[0] == "sqlite" and "%" not in url:
+        from lineage_ledger.backends._sqlite_files import sqlite_file
+
+        path = sqlite_file(url)
+        _sqlite_identity(url, path)  # the same refusals
+        return "sqlite:///" + os.path.abspath(str(path))
+    identity, backend = ledger_identity(url)
+    return backend.trust_identity if backend is not None else identity
 
 
 def _sqlite_identity(url: str, path: str | None) -> str:

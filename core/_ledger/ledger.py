@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._errors import AppendConflict, IndexTampered, LedgerError
 from .._files.manifest import Manifest
 from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
-from .._log.trust import TreeHead, TrustStore
+from .._log.trust import TreeHead, TrustStore, trust_identity
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
 from .complete import Listing, listing
@@ -146,7 +146,7 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
             return self._verifier
 
     def _trust_store(self) -> TrustStore:
-        identity = self.backend.identity
+        identity = trust_identity(self.backend)
         origin = getattr(self.backend, "origin", identity)
         if self.backend.shared_between_processes:
             # The names this ledger had before (a PostgreSQL URL with its tuning keys): the

@@ -29,6 +29,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from blake3 import blake3
 
@@ -45,9 +46,15 @@ from .names import (
 )
 from .tree_head import _EMPTY, _NODE, _STARTS, TreeHead, TreeWriter
 
-__all__ = ["TreeHead", "TrustStore", "TreeWriter", "state_root"]
+__all__ = ["TreeHead", "TreeWriter", "TrustStore", "state_root", "trust_identity"]
 
 _NAMES_HELD = 64 << 20  # bytes of name files a process keeps read
+
+
+def trust_identity(backend: Any) -> str:
+    """The name ``backend``'s remembered head is kept under (``Backend.trust_identity``: a
+    ledger file by its path as named, links not resolved; any other store by its identity)."""
+    return getattr(backend, "trust_identity", None) or backend.identity
 
 
 class TrustStore:

@@ -104,10 +104,10 @@ def gone_if_remembered(url: str) -> None:
     (or empty) ledger ``url``: it was deleted or moved away since, and taking it for "nothing
     recorded yet" let a strict run reuse every cached file changed meanwhile."""
     from lineage_ledger import HistoryRewritten
-    from lineage_ledger._ledger.deferred import ledger_identity
+    from lineage_ledger._ledger.deferred import trust_identity_of
     from lineage_ledger._log.trust import TrustStore
 
-    identity, _ = ledger_identity(url)
+    identity = trust_identity_of(url)
     directory = TrustStore.directory_for(identity)
     if os.path.exists(os.path.join(directory, "head.json")):
         raise HistoryRewritten(

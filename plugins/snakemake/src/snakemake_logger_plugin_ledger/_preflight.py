@@ -166,12 +166,12 @@ def gone_if_remembered(url: str | None) -> None:
     (or empty) ledger ``url``: it was deleted or moved away since, and taking it for "nothing
     recorded yet" let a strict run pass every file changed meanwhile."""
     from lineage_ledger import HistoryRewritten
-    from lineage_ledger._ledger.deferred import ledger_identity
+    from lineage_ledger._ledger.deferred import trust_identity_of
     from lineage_ledger._log.trust import TrustStore
 
     from ._urls import effective_url
 
-    identity, _ = ledger_identity(effective_url(url))
+    identity = trust_identity_of(effective_url(url))
     directory = TrustStore.directory_for(identity)
     if os.path.exists(os.path.join(directory, "head.json")):
         raise HistoryRewritten(
