@@ -185,13 +185,6 @@ def _work_file(tmp_path: Path, name: str, last_line: str) -> Path:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: the account that appends a block never remembers it (append_records leaves the TrustStore "
-    "alone; see tests/test_outside_review_s37_engines.py), so an older copy ending at the head the "
-    "last check remembered passes the next check; the check then calls a file whose records the copy "
-    "lost 'not recorded', which is not reported. Fix in core (remember the blocks this account "
-    "appends); a plugin-side stopgap: under strict, refuse a file the session's own list says a "
-    "recorded task made when no record names it and none waits in the spool"))
 def test_nextflow_strict_resume_notices_a_ledger_rolled_back_past_the_last_run(tmp_path):
     """Bug: a strict ``-resume --b 2`` checks the ledger (its head, the first run's block, is
     remembered), runs Q again and appends its record. The attacker puts back the copy of the
@@ -214,7 +207,8 @@ def test_nextflow_strict_resume_notices_a_ledger_rolled_back_past_the_last_run(t
     shutil.copy(tmp_path / "backup.db", db)
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--b", "2", cwd=tmp_path)
     unrecorded = nf.run("verify-lineage", str(q_txt), cwd=tmp_path)
-    assert unrecorded.returncode == 1 and "UNRECORDED" in unrecorded.stdout, unrecorded.stdout
+    # The writer's own blocks are remembered now: the rollback is named, not only the file.
+    assert unrecorded.returncode == 1 and "shrank" in unrecorded.stdout, unrecorded.stdout
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: Q reused on the edited q.txt
     assert "HistoryRewritten" in strict.stderr, strict.stderr
 

@@ -27,9 +27,18 @@ def path_of(uri: str) -> str | None:
     return normalize_path(path)
 
 
+#: The characters of a file name that a URI would read otherwise: '%' starts an escape (read
+#: back unquoted, ``b%41.csv`` named ``bA.csv``), '#' a fragment and '?' a query, which
+#: Airflow's Asset drops (``sample#1.csv`` named ``sample``: no record held the file, and a
+#: strict check passed it). Only these are escaped: the URIs of other names stay as they were
+#: (Assets compare by URI, and DAGs scheduled on them name them so).
+_ESCAPED = str.maketrans({"%": "%25", "#": "%23", "?": "%3F"})
+
+
 def file_uri(path: str | os.PathLike[str]) -> str:
-    """The ``file://`` URI of a path, made absolute (Assets compare by URI)."""
-    return "file://" + normalize_path(os.fspath(path))
+    """The ``file://`` URI of a path, made absolute (Assets compare by URI); :func:`path_of`
+    gives the path back."""
+    return "file://" + normalize_path(os.fspath(path)).translate(_ESCAPED)
 
 
 def file_paths(assets: Iterable[Any] | None) -> list[str]:
