@@ -163,6 +163,35 @@ def test_a_file_whose_name_holds_a_hash_sign_is_recorded_and_checked(site, run):
     assert used.stat().st_mtime_ns == before, "the strict reader ran on the edited file"
 
 
+@needs_airflow
+def test_airflow_a_rewritten_history_strict_refuses_and_warn_keeps_its_records(site, run, monkeypatch):
+    """Held up: the example DAG recorded and verified (``verify-lineage``), then the ledger's
+    last block rewritten consistently. The strict LedgerOperator refuses before it runs, its
+    error naming HistoryRewritten; a ``warn`` run succeeds, the DAG is not held up, and the
+    records the core will not append to a rewritten history wait in the spool;
+    ``verify-lineage`` agrees that the history was rewritten."""
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("lineage_example").dag.test().state == "success"
+    _tries.reset()
+    final = run.data / "final.txt"
+    assert run_cli("--ledger", run.url, final, program="verify-lineage", cwd=run.data).returncode == 0
+    _rewrite_last_block(run.data.parent, str(_sqlite(run.url)))
+    report = run.data / "report.txt"
+    before = report.stat().st_mtime_ns
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    assert site.load_dag("lineage_example").dag.test(mark_success_pattern="extract").state == "failed"
+    assert report.stat().st_mtime_ns == before, "the strict LedgerOperator ran on a rewritten history"
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "warn")
+    assert site.load_dag("lineage_example").dag.test(mark_success_pattern="extract").state == "success"
+    _tries.reset()
+    spool = run.vars["AIRFLOW__LINEAGE_LEDGER__SPOOL"]
+    # strict: summarize, the refused report; warn: summarize, report, combine.
+    assert "5 record(s) wait" in _spool_status(spool, run.data)
+    audit = run_cli("--ledger", run.url, final, program="verify-lineage", cwd=run.data)
+    assert audit.returncode == 1 and "HistoryRewritten" in audit.stdout, audit.stdout
+
+
 # -- Nextflow: nextflow-ledger's check before -resume -------------------------------------------
 
 def _nextflow_pipeline(tmp_path: Path, published: bool = True) -> Path:
@@ -274,7 +303,9 @@ def test_nextflow_strict_resume_refuses_a_file_slipped_into_a_cached_output_dire
     is in no record, so it was not reported: a strict ``-resume --e 2`` reused D, ran E on
     the slipped-in file, exit 0, and E's record lists it as a source that ``verify-lineage``
     accepts. The wrapper knows every file D wrote; one in D's work directory that it did not
-    write changed outside the workflow. (Editing a file inside the directory was refused.)"""
+    write changed outside the workflow. Likewise a file removed from the directory: Nextflow
+    checks only that ``outdir`` is there, and E ran without it (fixed in ``_appeared._vanished``).
+    (Editing a file inside the directory was refused.)"""
     from tests.support import nextflow as nf
 
     nf.require_nextflow()
@@ -283,16 +314,17 @@ def test_nextflow_strict_resume_refuses_a_file_slipped_into_a_cached_output_dire
     assert first.returncode == 0, first.stdout + first.stderr
     (sub,) = [p for p in (tmp_path / "work").glob("*/*/outdir/sub") if not p.parent.is_symlink()]  # not E's link
     times = [(d, d.stat()) for d in (sub.parent, sub)]
-    slipped = sub / "c.txt"
+    slipped, removed = sub / "c.txt", sub.parent / "a.txt"
     slipped.write_text("gamma 666\n")
+    removed.unlink()
     for directory, before in times:
         os.utime(directory, ns=(before.st_atime_ns, before.st_mtime_ns))
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--e", "2", cwd=tmp_path)
-    assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: E ran on c.txt
-    assert "refusing to run" in strict.stderr and str(slipped) in strict.stderr, strict.stderr
-    assert "Launching" not in strict.stdout
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: E ran on c.txt, without a.txt
+    assert "refusing to run" in strict.stderr and "Launching" not in strict.stdout, strict.stdout + strict.stderr
+    assert f"{slipped}: appeared" in strict.stderr and f"{removed}: vanished" in strict.stderr, strict.stderr
     # Under rerun, D (whose directory it is) is moved aside and runs again: E reads what D wrote.
     rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", "--e", "2", cwd=tmp_path)
     assert rerun.returncode == 0 and "Submitted process > D" in rerun.stdout, rerun.stdout + rerun.stderr
-    assert not slipped.exists()
+    assert not slipped.exists() and removed.exists()
     assert "666" not in _work_file(tmp_path, "e.txt", "2\n").read_text()

@@ -1,4 +1,4 @@
-"""Files that appeared in a cached task's work directory after the task ended.
+"""Files that appeared in (or vanished from) a cached task's work directory after it ended.
 
 A task's outputs are recorded file by file: everything it wrote in its work directory, as
 the wrapper listed it when the task ended (``_workdir``), also inside a directory it declared
@@ -12,6 +12,9 @@ list does not name, outside Nextflow's own files and the staged inputs, was not 
 the task: it changed outside the workflow, and counts as a changed output of that task
 (``strict`` refuses, ``rerun`` moves the task aside, ``warn`` names it).
 
+A file the task wrote inside a directory of its work directory (a directory output) that is
+gone now is a change too: Nextflow checks that the directory is there, not what it holds.
+
 Limits: the links a task makes are not listed (``_workdir`` leaves them out of its outputs),
 so a symbolic link slipped in is not seen here; a session file written before the wrapper
 listed every file is compared all the same (every wrapper release here did).
@@ -23,10 +26,12 @@ import os
 from typing import Any
 
 REASON = "appeared in the work directory of a task that did not write it (changed outside the workflow)"
+GONE = "vanished from a directory the task wrote (changed outside the workflow)"
 
 
 def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """``{path: task key}`` of the files in each task's work directory that it did not write."""
+    """``{path: task key}`` of the files in each task's work directory that it did not write,
+    and of those it wrote inside a directory there that are gone (see :func:`_vanished`)."""
     from ._workdir import _written_files, staged_files
 
     found: dict[str, str] = {}
@@ -41,7 +46,21 @@ def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
         for path in _written_files(workdir, staged):
             if path not in written:
                 found[path] = key
+        found.update(dict.fromkeys(_vanished(task, written), key))
     return found
+
+
+def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
+    """Files the task wrote inside a directory of its work directory (a directory output)
+    that are gone. Nextflow checks that a declared output is there, not what a directory
+    holds: a cached task hands the rest on, and a file removed from it went unnoticed. A file
+    directly in the work directory is left to Nextflow (a declared one that is missing makes
+    it run the task again); one that ``publishDir mode: 'move'`` took away was not removed
+    by anyone outside the workflow."""
+    workdir = task["workdir"]
+    moved = {source for source, _target in task.get("published", [])}
+    return [path for path in written
+            if os.path.dirname(path) != workdir and path not in moved and not os.path.lexists(path)]
 
 
 def as_checks(found: dict[str, str]) -> list[Any]:
@@ -54,13 +73,14 @@ def as_checks(found: dict[str, str]) -> list[Any]:
             digest: str | None = hash_file(path).blake3
         except ArtifactError:
             digest = None
-        checks.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, None, digest, reason=REASON))
+        reason = REASON if os.path.lexists(path) else GONE
+        checks.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, None, digest, reason=reason))
     return checks
 
 
 def describe(changed: Any, default: Any) -> str:
     """How the check before ``-resume`` names a changed file: ``default`` (``_preflight.describe``)
     unless it is one of :func:`as_checks`."""
-    if changed.reason == REASON and changed.expected is None:
-        return f"{changed.path}: {REASON} (disk {(changed.actual or '-')[:16]})"
+    if changed.reason in (REASON, GONE) and changed.expected is None:
+        return f"{changed.path}: {changed.reason} (disk {(changed.actual or '-')[:16]})"
     return str(default(changed))
