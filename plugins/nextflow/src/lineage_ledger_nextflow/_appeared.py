@@ -55,12 +55,18 @@ def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
     that are gone. Nextflow checks that a declared output is there, not what a directory
     holds: a cached task hands the rest on, and a file removed from it went unnoticed. A file
     directly in the work directory is left to Nextflow (a declared one that is missing makes
-    it run the task again); one that ``publishDir mode: 'move'`` took away was not removed
-    by anyone outside the workflow."""
+    it run the task again); so is a directory there that is gone as a whole (``publishDir
+    mode: 'move'`` or ``storeDir`` took it away, or Nextflow sees its declared output missing)."""
     workdir = task["workdir"]
     moved = {source for source, _target in task.get("published", [])}
-    return [path for path in written
-            if os.path.dirname(path) != workdir and path not in moved and not os.path.lexists(path)]
+    gone = []
+    for path in written:
+        if os.path.dirname(path) == workdir or path in moved or os.path.lexists(path):
+            continue
+        top = os.path.relpath(path, workdir).split(os.sep, 1)[0]
+        if os.path.isdir(os.path.join(workdir, top)):  # the directory is there, without the file
+            gone.append(path)
+    return gone
 
 
 def as_checks(found: dict[str, str]) -> list[Any]:
