@@ -90,8 +90,11 @@ def test_names_a_killed_refresh_left_past_the_head_are_not_carried(tmp_path, mon
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
         ledger.append_records(_records(0, 3))
         ledger.tree_head()
-        ledger.append_records(_records(3, 3))
         directory = ledger.verifier.store.directory
+    # Appended by another account's process: the head remembered here stays at 3 records
+    # (a writer extends only its own account's head), for the refresh below to extend.
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "other")) as ledger:
+        ledger.append_records(_records(3, 3))
     killed = subprocess.run([sys.executable, "-c", KILLED_REFRESH, url, state], cwd=ROOT, capture_output=True,
                             text=True)
     assert killed.returncode == -9, killed.stderr

@@ -506,8 +506,11 @@ def test_counts_a_killed_refresh_had_written_are_not_kept_twice(tmp_path):
     with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=state) as ledger:
         ledger.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored() for i in range(3)])
         ledger.tree_head()
-        ledger.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored() for i in range(3, 6)])
         directory = ledger.verifier.store.directory
+    # Appended by another account's process: the head remembered here stays at 3 records
+    # (a writer extends only its own account's head), for the refresh below to extend.
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "other")) as ledger:
+        ledger.append_records([make_record(i, inputs=[artifact("/data/ref", "r")]).stored() for i in range(3, 6)])
     before = _names_files(directory)
     killed = subprocess.run([sys.executable, "-c", KILLED_REFRESH, url, state], cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr

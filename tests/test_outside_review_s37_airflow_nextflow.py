@@ -164,6 +164,30 @@ def test_a_file_whose_name_holds_a_hash_sign_is_recorded_and_checked(site, run):
 
 
 @needs_airflow
+def test_a_strict_refusal_of_a_directory_names_the_files_inside(site, run, monkeypatch):
+    """Bug (fixed in ``_checks._explain``): a file edited inside ``qc`` (a directory Asset,
+    recorded with its manifest) and another slipped into it are refused by the strict
+    LedgerOperator, but its error said only "qc: MODIFIED since it was last written by record
+    ...": the plugin's own wording of the check left out what the core found inside (which
+    files changed, appeared or disappeared), which docs/airflow.md promises ("the error names
+    every changed file") and ``verify-lineage`` prints."""
+    from lineage_ledger_airflow import _tries
+
+    assert site.load_dag("ledger_directories").dag.test().state == "success"
+    qc = run.data / "qc"
+    before = qc.stat()
+    tamper_keep_size_and_mtime(qc / "B.txt")
+    (qc / "D.txt").write_text("reads=D\n")
+    os.utime(qc, ns=(before.st_atime_ns, before.st_mtime_ns))
+    monkeypatch.setenv("AIRFLOW__LINEAGE_LEDGER__POLICY", "strict")
+    assert site.load_dag("ledger_directories").dag.test(mark_success_pattern="qc").state == "failed"
+    _tries.reset()
+    (refused,) = airflow_tests.by_task(airflow_tests.dag_runs(run, "ledger_directories.")[-1])["report"]
+    error = refused.extra["airflow"]["error"]
+    assert "changed: B.txt" in error and "appeared: D.txt" in error, error
+
+
+@needs_airflow
 def test_airflow_a_rewritten_history_strict_refuses_and_warn_keeps_its_records(site, run, monkeypatch):
     """Held up: the example DAG recorded and verified (``verify-lineage``), then the ledger's
     last block rewritten consistently. The strict LedgerOperator refuses before it runs, its

@@ -63,11 +63,6 @@ def _rewrite_last_block(workflow: Path, tmp_path: Path, run_id: str, path: Path,
         ledger.append_records([record.stored() for record in forged])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hardening (core): a writer never remembers the blocks it appends (core/_ledger/ledger.py "
-    "append_records leaves the TrustStore alone), so a consistent rewrite of the block this "
-    "account's own run appended passes the next strict check and verify-lineage, leaving no "
-    "trace (an appended forged record, which docs/security.md accepts, at least shows in log)"))
 def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_path):
     """Bug: a ``strict`` run checks the ledger (its head, block 0, is remembered), reruns the
     report and appends block 1 with the report's record. The attacker then edits

@@ -55,7 +55,9 @@ def test_a_tampered_block_appended_after_a_check_is_refused_every_time(tmp_path)
     with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
         ledger.append_records([r.stored() for r in make_records(5)])
         ledger.tree_head()
-        ledger.append_records([r.stored() for r in make_records(5, start=5)])
+        # Appended by another account's process (a writer extends its own account's head only).
+        with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "other")) as other:
+            other.append_records([r.stored() for r in make_records(5, start=5)])
         with sqlite3.connect(f"{tmp_path}/ledger.db") as db:
             db.execute("UPDATE ll_records SET body = replace(body, 'step', 'stop') WHERE seq = 7")
         for _ in range(2):  # nothing of the bad block is kept after the failure

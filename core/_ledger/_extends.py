@@ -29,10 +29,10 @@ from .spool import earlier_names
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-__all__ = ["check_extends"]
+__all__ = ["check_extends", "remembered_store"]
 
 
-def _remembered(ledger: Ledger) -> TrustStore | None:
+def remembered_store(ledger: Ledger) -> TrustStore | None:
     """This account's state of ``ledger`` where it holds a head (or an interrupted audit
     left one aside), else None; nothing is created to find out."""
     backend = ledger.backend
@@ -60,7 +60,7 @@ def check_extends(ledger: Ledger, confirmed: tuple[int, str] | None = None) -> t
     account remembers for it. Returns ``(blocks, last block id)`` of the head found still
     stored (None where no head is remembered); pass it back as ``confirmed`` and that block
     is not read again while the head stays the same."""
-    store = _remembered(ledger)
+    store = remembered_store(ledger)
     if store is None:
         return None
     try:

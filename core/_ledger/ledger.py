@@ -87,11 +87,44 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
                 prev = block.header
             try:
                 self.backend.append(blocks)
-                return len(fresh)
             except AppendConflict:
                 # Another writer took the head; rebuild on theirs after a short random pause.
                 time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
+                continue
+            self._remember_appended()
+            return len(fresh)
         raise AppendConflict(f"{self.url}: gave up after 200 conflicting appends")
+
+    _REMEMBER_BLOCKS = 64  # blocks past the remembered head that a writer verifies after appending
+
+    def _remember_appended(self) -> None:
+        """After an append, where this account remembers a head for the ledger a few blocks
+        behind the tip: extend it over them (this process's blocks, and any appended just
+        before), as a reader would. A copy of the ledger taken before them and put back, or
+        a rewrite of them, then fails as "shrank" or "rewritten" at the next check, as for
+        blocks a reader verified; before, a writer's own blocks stayed unverified until a
+        reader came, and a rollback past them passed the next pre-run check. Nothing
+        remembered: nothing done (never an audit on the write path); far behind: left to the
+        next reader (the cost grows with the gap; about 10 ms for a block or two). The
+        append is done whatever happens here: a failure is only logged."""
+        if not self.backend.shared_between_processes:
+            return
+        from .._log.names import FORMAT as NAMES_FORMAT
+        from .._log.names import kept as names_kept
+        from ._extends import remembered_store
+
+        try:
+            store = remembered_store(self)
+            head = store.reload() if store is not None else None
+            if head is None or (head.names != NAMES_FORMAT and names_kept()):
+                return
+            tip = self.backend.head()
+            if tip is None or tip.height - (head.blocks - 1) > self._REMEMBER_BLOCKS:
+                return
+            self.verifier.refresh(endorsed=False)
+        except (LedgerError, OSError) as err:
+            log.warning("lineage-ledger: the blocks just appended to %s were not verified here: %s",
+                        self.backend.display_url, err)
 
     def record(self, record: Record) -> str:
         """Append one record synchronously (no spool); for scripts and tests."""
