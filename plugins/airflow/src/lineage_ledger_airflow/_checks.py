@@ -73,8 +73,15 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
 
 def _explain(check: ArtifactCheck) -> str:
     verb = "written" if check.role == "out" else "read"
-    return (f"{check.path}: MODIFIED since it was last {verb} by record {(check.record_id or '-')[:12]} "
+    text = (f"{check.path}: MODIFIED since it was last {verb} by record {(check.record_id or '-')[:12]} "
             f"(ledger {(check.expected or '-')[:12]}, disk {(check.actual or '-')[:12]})")
+    # A directory: the files inside that changed, appeared or disappeared, as the core's check
+    # found them (without them the error named the directory only); or why (a file became one).
+    if check.changes:
+        text += f"; inside it, {check.changes.describe()}"
+    if check.reason:
+        text += f"; {check.reason}"
+    return text
 
 
 def _changed(paths: list[str]) -> list[ArtifactCheck]:
