@@ -294,6 +294,7 @@ def test_nextflow_a_rewritten_history_strict_refuses_and_warn_keeps_its_records(
 DIRECTORY_PIPELINE = """
 params.e = 1
 process D {
+  publishDir 'results', mode: 'copy'
   output:
   path 'outdir'
   script:
@@ -343,10 +344,15 @@ def test_nextflow_strict_resume_refuses_a_file_slipped_into_a_cached_output_dire
     removed.unlink()
     for directory, before in times:
         os.utime(directory, ns=(before.st_atime_ns, before.st_mtime_ns))
+    published = tmp_path / "results" / "outdir"
+    tamper_keep_size_and_mtime(published / "sub" / "b.txt")
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--e", "2", cwd=tmp_path)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: E ran on c.txt, without a.txt
     assert "refusing to run" in strict.stderr and "Launching" not in strict.stdout, strict.stdout + strict.stderr
     assert f"{slipped}: appeared" in strict.stderr and f"{removed}: vanished" in strict.stderr, strict.stderr
+    # The published copy is recorded as a directory: the refusal names the file inside it that
+    # changed (fixed in _preflight.describe; it named the directory only).
+    assert f"{published}: changed" in strict.stderr and "changed: sub/b.txt" in strict.stderr, strict.stderr
     # Under rerun, D (whose directory it is) is moved aside and runs again: E reads what D wrote.
     rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", "--e", "2", cwd=tmp_path)
     assert rerun.returncode == 0 and "Submitted process > D" in rerun.stdout, rerun.stdout + rerun.stderr

@@ -174,5 +174,12 @@ def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:
 
 
 def describe(changed: Any) -> str:
-    return (f"{changed.path}: changed since the last recorded run "
+    text = (f"{changed.path}: changed since the last recorded run "
             f"(ledger {(changed.expected or '-')[:16]}, disk {(changed.actual or '-')[:16]})")
+    # A directory (a published one is recorded whole): the files inside that changed, appeared
+    # or disappeared, as the core's check found them; without them only the directory was named.
+    if getattr(changed, "changes", None):
+        text += f"; inside it, {changed.changes.describe()}"
+    if getattr(changed, "reason", None):
+        text += f"; {changed.reason}"
+    return text
