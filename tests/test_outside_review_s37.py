@@ -64,10 +64,6 @@ def ledger_url(request, tmp_path):
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/_ledger/ledger.py Ledger.consumers and lineage.py _derived: a page of readers looked up "
-    "by (path, digest) is never counted against the names kept (only `digest is None` is), so "
-    "below the top of `depends` (-n 50) a deleted reader row hides its whole subtree, exit 0"))
 def test_depends_notices_a_deleted_reader_row_below_the_top(tmp_path, ledger_url):
     """Bug: ``lineage-ledger depends in.txt`` (default ``-n 50``) after the index row saying
     that step2 read ``out1.txt`` was deleted prints ``out1.txt`` as a leaf, exit 0: step2,

@@ -245,6 +245,10 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         ``as_key``: ``path`` is a key already (as :meth:`query_path` gives it, or as a record
         names it), not to be resolved on disk again."""
         path = path if as_key else self._query(path)
+        if digest is not None and path is not None and not offset and limit is not None:
+            whole = self._every_version_read(path, digest, limit)
+            if whole is not None:
+                return whole
         if offset or limit is not None:
             # A first page shorter than asked is the whole list: counted against the names
             # kept, as a whole list is (a row deleted from it is noticed).
@@ -256,6 +260,22 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
                 counted.finish()
             return found
         return self._find("in", path, digest)
+
+    def _every_version_read(self, path: str, digest: str, limit: int) -> list[LedgerRecord] | None:
+        """The first page of the readers of version ``digest`` of ``path`` where every reader
+        of the path, whatever version, fits in that page: read whole by path, counted against
+        the names kept (which count readers by path, not by version: a page by version was
+        never checked, and a deleted row hid a subtree below the top of `depends`), then
+        matched by digest. None where they do not fit (a page by version, as before)."""
+        counted = self.listing("in", path)
+        if counted is None or self.count_consumers(path, at_most=limit, as_key=True) >= limit:
+            return None
+        found = self._find("in", path, None, self.backend.find_page("in", path=path, offset=0, limit=limit))
+        if len(found) >= limit:
+            return None
+        counted.add(found)
+        counted.finish()
+        return self._matching("in", path, digest, found)
 
     def listing(self, role: Literal["in", "out", "run"], path: str) -> Listing | None:
         """A count of the records naming ``path`` in ``role`` that a caller then lists page
