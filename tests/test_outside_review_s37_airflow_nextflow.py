@@ -3,9 +3,9 @@ an attacker who can write the ledger file and the data (not the user's state dir
 a new user would: real ``dag.test()`` runs of the example DAG (the fixture the Airflow tests
 use), real ``nextflow-ledger run ... -resume`` runs, the Airflow shipper on real spool files.
 
-Each test names one bug found; one not fixed yet is a strict xfail whose reason says where the
-fix lies. The last tests are what held up (kept so that it stays so). About 60 s on this 2-core
-machine: a ``dag.test()`` is about 2.5 s, a Nextflow run about 4 s.
+Each test names one bug found (committed as a strict xfail where the fix lay in the core, whose
+mark went with the fix), or what held up (kept so that it stays so). About 45 s on this 2-core
+machine at a load of 2, 70 s at 3 to 4: a ``dag.test()`` is 1 to 2.5 s, a Nextflow run 2 to 4 s.
 
 Tried and held (not all kept as tests): an index row's digest edited to the edited file's
 (Airflow and Nextflow refuse the file as MODIFIED, with the digest of the proved record, not the
@@ -93,7 +93,8 @@ def test_the_airflow_shipper_says_why_records_wait_on_a_rewritten_history(tmp_pa
 
 @needs_airflow
 def test_a_symlink_swap_of_an_intermediate_is_not_laundered_for_verify_lineage(site, run, monkeypatch):
-    """Bug: ``raw.csv`` (written by ``extract``) is replaced by a symbolic link to a file with
+    """Bug (fixed in the core's lineage walk, ``core/_ledger/lineage.py``): ``raw.csv``
+    (written by ``extract``) is replaced by a symbolic link to a file with
     other bytes. The strict LedgerOperator refuses it, naming raw.csv, and a ``warn`` run says
     it ran on a changed file, as after an edit in place. But after the warn run (or any run of
     the plain BashOperator that reads it, which no policy checks) ``verify-lineage report.txt``
@@ -239,7 +240,8 @@ def _work_file(tmp_path: Path, name: str, last_line: str) -> Path:
 
 
 def test_nextflow_strict_resume_notices_a_ledger_rolled_back_past_the_last_run(tmp_path):
-    """Bug: a strict ``-resume --b 2`` checks the ledger (its head, the first run's block, is
+    """Bug (fixed in the core: the account that appends a block remembers it): a strict
+    ``-resume --b 2`` checks the ledger (its head, the first run's block, is
     remembered), runs Q again and appends its record. The attacker puts back the copy of the
     ledger taken before that run (a backup, an rsync) and edits the new ``q.txt`` in its work
     directory (size and mtime kept). The next strict ``-resume --b 2`` reuses Q on the edited
