@@ -147,14 +147,13 @@ def checkpoint(keyfile, output, ledger_url) -> None:
 def reset_trust(ledger_url) -> None:
     """Forget the tree head remembered for this ledger (after restoring it from a backup on
     purpose); the next command audits it again."""
-    from lineage_ledger.backends import open_backend
-
     from .._environment import others_control, state_root
-    from .._log.trust import TrustStore, trust_identity
+    from .._ledger.deferred import trust_identity_of
+    from .._log.trust import TrustStore
 
     base = state_root()
-    with open_backend(ledger_url, create=False) as backend:
-        directory = TrustStore.directory_for(trust_identity(backend), base)
+    # Named without opening the ledger: one deleted on purpose is forgotten too.
+    directory = TrustStore.directory_for(trust_identity_of(ledger_url), base)
     try:
         unsafe = others_control(base)
     except FileNotFoundError:

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._errors import AppendConflict, IndexTampered, LedgerError
+from .._errors import AppendConflict, ConfigError, IndexTampered, LedgerError, NoLedger
 from .._files.manifest import Manifest
 from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
 from .._log.trust import TreeHead, TrustStore, trust_identity
@@ -347,6 +347,26 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         self.close()
 
 
+def _gone_if_remembered(url: str, state_dir: str | None) -> None:
+    """Raise :class:`HistoryRewritten` where this account remembers a verified head for the
+    ledger at ``url``, which is missing or empty now: deleted, emptied or moved away since,
+    the end of a shrink, not "nothing recorded yet" (a pre-run check took it for that)."""
+    from .._environment import state_root
+    from .._errors import HistoryRewritten
+    from .deferred import trust_identity_of
+
+    try:
+        identity = trust_identity_of(url)
+        directory = TrustStore.directory_for(identity, state_dir or state_root())
+    except ConfigError:
+        return  # no state kept (a relative LINEAGE_STATE_DIR): the missing ledger says the rest
+    if os.path.lexists(os.path.join(directory, "head.json")) or os.path.lexists(directory + ".old"):
+        raise HistoryRewritten(
+            f"{identity}: no ledger there, or an empty file, but this account verified one there before "
+            f"(its head is kept in {directory}): it was deleted, emptied or moved away. If that was "
+            "deliberate, run `lineage-ledger reset-trust` to forget it")
+
+
 def open_ledger(url: str | None = None, *, spool: str | None = None, replay: bool = True,
                 read_only: bool = False, state_dir: str | None = None) -> Ledger:
     """Open the ledger at ``url`` (default ``$LINEAGE_LEDGER_URL`` or ``.lineage/ledger.db``).
@@ -362,7 +382,11 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
     if url is None:
         url = os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
     spool_root = spool or os.environ.get("LINEAGE_SPOOL") or DEFAULT_SPOOL
-    backend = open_backend(url, create=False) if read_only else open_backend(url)
+    try:
+        backend = open_backend(url, create=False) if read_only else open_backend(url)
+    except NoLedger:
+        _gone_if_remembered(url, state_dir)
+        raise
     ledger = Ledger(backend, spool_root=spool_root, state_dir=state_dir)
     if replay and not read_only:
         try:
