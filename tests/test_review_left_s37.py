@@ -197,7 +197,7 @@ def test_adopt_does_not_replay_the_spool_into_a_rewritten_history(tmp_path):
     assert _waiting(tmp_path) == 1
 
 
-def test_an_engines_recorder_leaves_its_records_in_the_spool_of_a_rewritten_history(tmp_path):
+def test_an_engines_recorder_leaves_its_records_in_the_spool_of_a_rewritten_history(tmp_path, caplog):
     """The engines' path (a spool-first recorder, through the Python API): nothing appended
     to a ledger that shrank since this account verified it, and ``close()`` (what runs at a
     task process's exit) gives up as soon as the ledger fails the check, not after the
@@ -215,6 +215,10 @@ def test_an_engines_recorder_leaves_its_records_in_the_spool_of_a_rewritten_hist
     assert "reset-trust" in str(recorder.last_error)
     assert _records(db) == before
     assert _waiting(tmp_path) == 1
+    # Its last word says why (it said "not shipped within 20.0s ... shipped when the ledger is
+    # next opened": it never waited, and opening it ships nothing into a rewritten history).
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "failed a verification" in said and "next opened" not in said, said
 
 
 @pytest.mark.parametrize("how", ["shrunk", "forked"])

@@ -310,7 +310,15 @@ class Recorder:
             if not worker.is_alive() or remaining <= 0 or self._refused != refused:
                 break
         done = not worker.is_alive()
-        if not done:
+        if not done and isinstance(self.last_error, VerificationError):
+            # Not a wait that ran out, and opening the ledger again ships nothing into it.
+            log.warning(
+                "lineage-ledger: %d records not shipped: the ledger failed a verification (%s); they stay "
+                "in %s until it is repaired (`verify-lineage` names the problem; `lineage-ledger reset-trust` "
+                "if it was restored on purpose, then `lineage-ledger spool ship`)",
+                self.pending, self.last_error, self.ledger.spool_dir,
+            )
+        elif not done:
             log.warning(
                 "lineage-ledger: %d records not shipped within %.1fs; they stay in %s "
                 "and are shipped when the ledger is next opened",
