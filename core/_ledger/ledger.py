@@ -40,7 +40,7 @@ from .spool import describe_quarantine, earlier_names, spool_directory, spool_pa
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
-__all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "open_ledger"]
+__all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "gone_if_remembered", "open_ledger"]
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
@@ -347,10 +347,12 @@ class Ledger(ProvedLookups, LineageQueries, Listings):
         self.close()
 
 
-def _gone_if_remembered(url: str, state_dir: str | None) -> None:
+def gone_if_remembered(url: str, state_dir: str | None = None) -> None:
     """Raise :class:`HistoryRewritten` where this account remembers a verified head for the
     ledger at ``url``, which is missing or empty now: deleted, emptied or moved away since,
-    the end of a shrink, not "nothing recorded yet" (a pre-run check took it for that)."""
+    the end of a shrink, not "nothing recorded yet" (a pre-run check took it for that).
+    :func:`open_ledger` ``read_only`` makes this check; the plugins make it too where they
+    see no ledger file without opening one."""
     from .._environment import state_root
     from .._errors import HistoryRewritten
     from .deferred import trust_identity_of
@@ -385,7 +387,7 @@ def open_ledger(url: str | None = None, *, spool: str | None = None, replay: boo
     try:
         backend = open_backend(url, create=False) if read_only else open_backend(url)
     except NoLedger:
-        _gone_if_remembered(url, state_dir)
+        gone_if_remembered(url, state_dir)
         raise
     ledger = Ledger(backend, spool_root=spool_root, state_dir=state_dir)
     if replay and not read_only:

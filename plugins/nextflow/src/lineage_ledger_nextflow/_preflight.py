@@ -90,30 +90,12 @@ def check(url: str, paths: list[str]) -> list[Any]:
 
     try:  # the check only reads: nothing created, no spool replayed
         ledger = open_ledger(url, read_only=True)
-    except NoLedger:
-        gone_if_remembered(url)
+    except NoLedger:  # a ledger this account verified that is gone raised HistoryRewritten instead
         return []
     try:
         return check_before_run(ledger, paths, "warn")
     finally:
         ledger.close()
-
-
-def gone_if_remembered(url: str) -> None:
-    """Raise ``HistoryRewritten`` where this account remembers a verified head for the missing
-    (or empty) ledger ``url``: it was deleted or moved away since, and taking it for "nothing
-    recorded yet" let a strict run reuse every cached file changed meanwhile."""
-    from lineage_ledger import HistoryRewritten
-    from lineage_ledger._ledger.deferred import trust_identity_of
-    from lineage_ledger._log.trust import TrustStore
-
-    identity = trust_identity_of(url)
-    directory = TrustStore.directory_for(identity)
-    if os.path.exists(os.path.join(directory, "head.json")):
-        raise HistoryRewritten(
-            f"{identity}: no ledger there, but this account verified one there before (its head is "
-            f"kept in {directory}): it was deleted or moved away. If that was deliberate, remove "
-            f"{directory} to forget it")
 
 
 def one_by_one(url: str, paths: list[str]) -> tuple[list[Any], list[str], bool]:

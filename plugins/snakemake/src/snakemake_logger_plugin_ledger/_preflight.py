@@ -145,39 +145,23 @@ def check(url: str | None, plan: Plan) -> None:
 
     if surely_no_ledger(url):
         if maybe_remembered():
-            gone_if_remembered(url)
+            from lineage_ledger._ledger.ledger import gone_if_remembered
+
+            from ._urls import effective_url
+
+            gone_if_remembered(effective_url(url))  # a verified ledger gone: HistoryRewritten
         return  # no ledger file yet: nothing to check against, and nothing to import (see _urls)
     from lineage_ledger import NoLedger, check_before_run, open_ledger
 
     try:  # the check only reads: no ledger is created, no spool replayed, no SQLAlchemy imported
         ledger = open_ledger(url, read_only=True)
-    except NoLedger:
-        gone_if_remembered(url)
+    except NoLedger:  # (a ledger this account verified that is gone raised HistoryRewritten instead)
         return  # nothing was ever recorded there: nothing can vouch for, or against, a file
     try:
         plan.tampered = check_before_run(ledger, paths, "warn")
         plan.code_changed = code_changes(ledger, plan.kept_code)
     finally:
         ledger.close()
-
-
-def gone_if_remembered(url: str | None) -> None:
-    """Raise ``HistoryRewritten`` where this account remembers a verified head for the missing
-    (or empty) ledger ``url``: it was deleted or moved away since, and taking it for "nothing
-    recorded yet" let a strict run pass every file changed meanwhile."""
-    from lineage_ledger import HistoryRewritten
-    from lineage_ledger._ledger.deferred import trust_identity_of
-    from lineage_ledger._log.trust import TrustStore
-
-    from ._urls import effective_url
-
-    identity = trust_identity_of(effective_url(url))
-    directory = TrustStore.directory_for(identity)
-    if os.path.exists(os.path.join(directory, "head.json")):
-        raise HistoryRewritten(
-            f"{identity}: no ledger there, but this account verified one there before (its head is "
-            f"kept in {directory}): it was deleted or moved away. If that was deliberate, remove "
-            f"{directory} to forget it")
 
 
 def one_by_one(url: str | None, paths: list[str]) -> tuple[list[Any], list[str], bool]:
