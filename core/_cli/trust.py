@@ -148,7 +148,7 @@ def reset_trust(ledger_url) -> None:
     """Forget the tree head remembered for this ledger (after restoring it from a backup on
     purpose); the next command audits it again."""
     from .._environment import others_control, state_root
-    from .._ledger.deferred import trust_identity_of
+    from .._ledger.identity import trust_identity_of
     from .._log.trust import TrustStore
 
     base = state_root()

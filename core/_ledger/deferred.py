@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConfigError, LedgerError, SpoolCorrupt, SpoolError, VerificationError
+from .._errors import LedgerError, SpoolCorrupt, SpoolError, VerificationError
 from .._terminal import printable
 from .backlog import SpoolBacklog, _default_spool, _scan, backlog, waiting_digests, waiting_for
+from .identity import _sql_identity as _sql_identity  # re-exported: tests and callers import it from here
+from .identity import ledger_identity, redact, trust_identity_of
 from .spool import spool_directory
 
 if TYPE_CHECKING:
@@ -41,98 +42,10 @@ __all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check
 
 log = logging.getLogger("lineage_ledger.spool")
 
-_SQL_SCHEMES = frozenset({"sqlite", "postgresql"})
-
-
-def redact(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` (``scheme://user:password@host``) replaced by ``***``."""
-    match = re.match(r"^[^:/?#]+://[^:/@?#]*:([^@/?#]+)@", url)
-    return text.replace(match.group(1), "***") if match else text
-
-
 def _default_url(url: str | None) -> str:
     from .ledger import DEFAULT_URL
 
     return url if url is not None else os.environ.get("LINEAGE_LEDGER_URL", DEFAULT_URL)
-
-
-def ledger_identity(url: str) -> tuple[str, Backend | None]:
-    """``(identity, backend or None)`` for ``url`` without connecting to the back-end.
-
-    Raises :class:`ConfigError` (``UnknownScheme``, ``MissingExtra``, a malformed URL) for
-    what no retry can fix. The SQL back-end connects when constructed, so its identity is
-    worked out here the way it works it out (and compared when it opens); the other
-    back-ends connect only when used, so one is constructed and returned for shipping.
-    """
-    from lineage_ledger.backends import backend_class, split_url
-
-    scheme, _ = split_url(url)
-    if scheme == "sqlite" and "%" not in url:
-        # The embedded default, worked out as SQLAlchemy would without importing it (a third
-        # of a second that every short engine task would otherwise pay before its first record).
-        from lineage_ledger.backends._sqlite_files import sqlite_file
-
-        return _sqlite_identity(url, sqlite_file(url)), None
-    cls = backend_class(scheme)  # unknown scheme, missing extra
-    if scheme not in _SQL_SCHEMES:
-        backend = cls(url)
-        return backend.identity, backend
-    return _sql_identity(url), None
-
-
-def trust_identity_of(url: str) -> str:
-    """What this user's remembered head of the ledger at ``url`` is kept under, without
-    opening it (``Backend.trust_identity``): a SQLite file by its path as named."""
-    from lineage_ledger.backends import split_url
-
-    if split_url(url)[0] == "sqlite" and "%" not in url:
-        from lineage_ledger.backends._sqlite_files import sqlite_file
-
-        path = sqlite_file(url)
-        _sqlite_identity(url, path)  # the same refusals
-        return "sqlite:///" + os.path.abspath(str(path))
-    identity, backend = ledger_identity(url)
-    return backend.trust_identity if backend is not None else identity
-
-
-def _sqlite_identity(url: str, path: str | None) -> str:
-    """The identity of the SQLite file ``path`` that ``url`` names (None: it names none)."""
-    shown = redact(url, url)
-    if path is None:
-        raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
-    if os.path.isdir(path):
-        raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
-    return "sqlite:///" + os.path.realpath(path)
-
-
-def _sql_identity(url: str) -> str:
-    import sqlalchemy as sa
-    from sqlalchemy import exc
-
-    from lineage_ledger.backends.sql import _engine_url, _sqlite_path
-
-    shown = redact(url, url)
-    try:
-        engine_url = sa.make_url(_engine_url(url))
-    except exc.ArgumentError as err:
-        raise ConfigError(f"malformed ledger URL {shown!r}: {redact(str(err), url)}") from None
-    if engine_url.get_backend_name() == "sqlite":
-        return _sqlite_identity(url, _sqlite_path(engine_url))
-    try:
-        engine = sa.create_engine(engine_url)  # imports the driver; connects to nothing
-    except ModuleNotFoundError as err:
-        from .._errors import MissingExtra
-
-        raise MissingExtra(
-            f"the {engine_url.get_backend_name()} back-end needs {err.name!r}, which is not "
-            "installed: pip install 'lineage-ledger[postgres]'"
-        ) from None
-    except exc.ArgumentError as err:
-        raise ConfigError(f"bad ledger URL {shown!r}: {redact(str(err), url)}") from None
-    engine.dispose()
-    from lineage_ledger.backends._pg_reader import identity_of
-
-    return identity_of(url)  # the back-end's own name (without the keys that only tune the connection)
 
 
 class DeferredLedger:

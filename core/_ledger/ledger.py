@@ -355,7 +355,7 @@ def gone_if_remembered(url: str, state_dir: str | None = None) -> None:
     see no ledger file without opening one."""
     from .._environment import state_root
     from .._errors import HistoryRewritten
-    from .deferred import trust_identity_of
+    from .identity import trust_identity_of
 
     try:
         identity = trust_identity_of(url)
