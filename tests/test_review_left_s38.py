@@ -1,0 +1,237 @@
+"""Three trust and usability bugs left over from stop 37's reviews, each end to end through the CLI.
+
+1. ``lineage-ledger run`` and ``spool ship`` against a ledger that refuses writes for good
+   (a PostgreSQL role that may only read, a database in read-only mode, a read-only SQLite
+   file or directory, a schema this version does not know) said "it waits in the spool",
+   exit 0 (``run``) or 2 (``spool ship``, "try again"), as for a ledger that is only locked or
+   down: waiting never settles those. Now exit 1, saying why and that the record is safe in the
+   spool until ``lineage-ledger spool ship`` (fix: ``deferred.permanent_refusal``, used by
+   ``_cli/run.py`` and ``_cli/recording.py``). A server that is down keeps today's behaviour.
+2. ``verify-lineage DIR`` passed over a FIFO, a socket or a device node no record names in
+   silence. It now says it skipped each, and why (``_files/manifest.walk_tree``); one inside a
+   recorded directory fails that directory's check, naming it (``_files/manifest._entries``). A
+   FIFO is never opened.
+3. ``verify-lineage EMPTY_DIR`` (no file, nothing recorded under it) printed "verified", exit 0:
+   nothing was checked. It now says so and exits 1, as an unrecorded file target does
+   (``_cli/render.unchecked_directories``).
+
+About 15 s (the PostgreSQL cases start a server once per session).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+def _as_a_user() -> tuple[str, ...]:
+    """Root ignores file modes; the CLI runs without that power, as any user would."""
+    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
+
+
+def _waiting(workdir: Path) -> int:
+    result = run_cli("spool", "status", "--json", cwd=workdir, check_rc=0)
+    return sum(entry["records"] for entry in json.loads(result.stdout))
+
+
+def _sqlite_records(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM ll_records").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# -- 1. a ledger that refuses writes for good -------------------------------------------------
+def _assert_refused_for_good(result: subprocess.CompletedProcess, why: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    text = result.stderr
+    assert why in text, text
+    assert "lineage-ledger spool ship" in text and "Traceback" not in text, text
+    assert "waiting will not" in text, text  # not "locked or slow?": it will not pass by itself
+
+
+@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a permanent refusal (read-only) is told from a transient one; _cli/run.py and _cli/recording.py exit 1")
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir, what):
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
+    db = workdir / ".lineage" / "ledger.db"
+    target = db if what == "file" else db.parent
+    mode = stat.S_IMODE(target.stat().st_mode)
+    os.chmod(target, 0o444 if what == "file" else 0o555)
+    try:
+        result = run_cli("run", "--", "true", cwd=workdir, prefix=_as_a_user())
+        _assert_refused_for_good(result, "read-only")
+        assert "recorded" in result.stderr and "in the spool" in result.stderr
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_as_a_user())
+        _assert_refused_for_good(shipped, "read-only")
+        assert "1 record(s)" in shipped.stderr
+        failing = run_cli("run", "--", "false", cwd=workdir, prefix=_as_a_user())
+        assert failing.returncode == 1 and "read-only" in failing.stderr  # the command's own status
+        exited = run_cli("run", "--", "sh", "-c", "exit 3", cwd=workdir, prefix=_as_a_user())
+        assert exited.returncode == 3, exited.stderr
+    finally:
+        os.chmod(target, mode)
+    assert _waiting(workdir) == 3
+    run_cli("spool", "ship", cwd=workdir, check_rc=0)  # writable again: all of them go in
+    assert _sqlite_records(db) == 4 and _waiting(workdir) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a schema mismatch is a permanent refusal; _cli/run.py and _cli/recording.py exit 1")
+def test_run_into_a_ledger_of_another_schema_exits_1(workdir):
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)
+    db = workdir / ".lineage" / "ledger.db"
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE ll_meta SET value = '99' WHERE key = 'schema'")
+    conn.close()
+    result = run_cli("run", "--", "true", cwd=workdir)
+    _assert_refused_for_good(result, "ledger schema 99")
+    _assert_refused_for_good(run_cli("spool", "ship", cwd=workdir), "ledger schema 99")
+    assert _waiting(workdir) == 1
+
+
+def test_a_ledger_that_is_down_still_only_delays_the_record(workdir):
+    """The transient side of the split: nothing listens on port 1."""
+    url = "postgresql://nobody@127.0.0.1:1/ledger"
+    result = run_cli("run", "--ledger", url, "--", "true", cwd=workdir)
+    assert result.returncode == 0 and "waits" in result.stderr, result.stderr
+    shipped = run_cli("spool", "ship", "--ledger", url, cwd=workdir)
+    assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr, shipped.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: permission denied (42501) is a permanent refusal; _cli/run.py and _cli/recording.py exit 1")
+@pytest.mark.postgres
+def test_run_as_a_postgres_role_that_may_only_read_exits_1_and_keeps_the_record(workdir, postgres_url):
+    import psycopg
+
+    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)  # the owner makes it
+    role = "reader_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    reader = postgres_url.replace("ledger@", f"{role}@", 1)
+    result = run_cli("run", "--ledger", reader, "--", "true", cwd=workdir)
+    _assert_refused_for_good(result, "permission denied")
+    shipped = run_cli("spool", "ship", "--ledger", reader, cwd=workdir)
+    _assert_refused_for_good(shipped, "permission denied")
+    assert _waiting(workdir) == 1
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # the administrator grants it
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    run_cli("spool", "ship", "--ledger", reader, cwd=workdir, check_rc=0)
+    assert _waiting(workdir) == 0
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ll_records").fetchone()[0] == 2
+
+
+@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a read-only transaction (25006) is a permanent refusal; _cli/run.py exits 1")
+@pytest.mark.postgres
+def test_run_into_a_read_only_postgres_database_exits_1(workdir, postgres_url):
+    import psycopg
+
+    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    result = run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir)
+    _assert_refused_for_good(result, "read-only")
+    assert _waiting(workdir) == 1
+
+
+# -- 2. FIFOs, sockets and devices in a directory given to verify-lineage ---------------------
+def _special_files(directory: Path) -> dict[str, str]:
+    """A FIFO, a socket, a character device where this user may make one, and a link to
+    the FIFO; by name, with the word the report must use for each."""
+    os.mkfifo(directory / "pipe")
+    made = {"pipe": "FIFO"}
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(directory / "sock"))
+    made["sock"] = "socket"
+    try:
+        os.mknod(directory / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        made["null"] = "device"
+    except OSError:  # not root: no device node, the others still count
+        pass
+    os.symlink("pipe", directory / "to-pipe")
+    made["to-pipe"] = "FIFO"
+    return made
+
+
+@pytest.mark.xfail(strict=True, reason="core/_files/manifest.walk_tree passes over special files no record names in silence")
+def test_verify_says_which_special_files_of_a_directory_it_skipped(workdir):
+    data = workdir / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    run_cli("run", "-o", "data/a.txt", "--", "true", cwd=workdir, check_rc=0)
+    made = _special_files(data)
+    result = run_cli("data", cwd=workdir, program="verify-lineage")  # a FIFO opened would hang
+    assert result.returncode == 0, (result.stdout, result.stderr)  # what could be checked verified
+    assert "data/a.txt" in result.stdout and "verified" in result.stdout
+    for name, kind in made.items():
+        line = next((line for line in result.stderr.splitlines() if line.startswith(f"skipped data/{name}:")), None)
+        assert line is not None and kind in line, (name, result.stderr)
+    as_json = run_cli("data", "--json", cwd=workdir, program="verify-lineage")
+    skipped = {Path(entry["path"]).name: entry["reason"] for entry in json.loads(as_json.stdout)["skipped"]}
+    assert set(skipped) == set(made) and all(kind in skipped[name] for name, kind in made.items())
+
+
+@pytest.mark.xfail(strict=True, reason="core/_files/manifest._entries names the directory, not the special file inside it")
+def test_a_fifo_inside_a_recorded_directory_fails_its_check_naming_it(workdir):
+    out = workdir / "out"
+    out.mkdir()
+    (out / "x.txt").write_text("x")
+    run_cli("run", "-o", "out", "--", "true", cwd=workdir, check_rc=0)
+    os.mkfifo(out / "late-pipe")
+    for target in ("out", "."):
+        result = run_cli(target, cwd=workdir, program="verify-lineage")
+        assert result.returncode == 1, (target, result.stdout, result.stderr)
+        assert "late-pipe" in result.stdout and "FIFO" in result.stdout, (target, result.stdout)
+
+
+# -- 3. a directory with nothing in it to check -----------------------------------------------
+@pytest.mark.xfail(strict=True, reason="core/_cli/render.py (and the verify command's exit status): nothing checked is reported as verified")
+def test_verify_of_an_empty_directory_says_nothing_was_checked(workdir):
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # a ledger, nothing under empty/
+    (workdir / "empty").mkdir()
+    result = run_cli("empty", cwd=workdir, program="verify-lineage")
+    assert result.returncode == 1, (result.stdout, result.stderr)  # as for an unrecorded file
+    assert "nothing was checked" in result.stdout and "\nverified" not in result.stdout, result.stdout
+    data = json.loads(run_cli("empty", "--json", cwd=workdir, program="verify-lineage").stdout)
+    assert data["ok"] is False and data["nothing_checked"] == [str(workdir / "empty")]
+    # Beside a target that verifies, the empty one still fails the run, named.
+    (workdir / "a.txt").write_text("a")
+    run_cli("run", "-o", "a.txt", "--", "true", cwd=workdir, check_rc=0)
+    both = run_cli("a.txt", "empty", cwd=workdir, program="verify-lineage")
+    assert both.returncode == 1 and "empty" in both.stdout and "nothing was checked" in both.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="core/_files/manifest.walk_tree and core/_cli/render.py: nothing checked is reported as verified")
+def test_verify_of_a_directory_holding_only_a_fifo_says_nothing_was_checked(workdir):
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)
+    (workdir / "pipes").mkdir()
+    os.mkfifo(workdir / "pipes" / "p")
+    result = run_cli("pipes", cwd=workdir, program="verify-lineage")
+    assert result.returncode == 1 and "nothing was checked" in result.stdout, (result.stdout, result.stderr)
+    assert "skipped pipes/p:" in result.stderr
+
+
+def test_an_empty_recorded_directory_verifies(workdir):
+    """An empty directory a record names is checked (its manifest lists nothing): verified."""
+    (workdir / "none").mkdir()
+    run_cli("run", "-o", "none", "--", "true", cwd=workdir, check_rc=0)
+    result = run_cli("none", cwd=workdir, program="verify-lineage")
+    assert result.returncode == 0 and "nothing was checked" not in result.stdout, result.stdout
