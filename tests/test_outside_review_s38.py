@@ -32,7 +32,6 @@ def _recorded(base: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports: outputs opened with open(path, 'w')")
 @pytest.mark.parametrize(("command", "fmt"), SINGLE_FILE_EXPORTS)
 def test_an_export_never_writes_through_a_planted_link(tmp_path, command, fmt):
     """Bug: every single-file export (``export -f prov-json|prov-n|openlineage``, ``graph -f
@@ -52,7 +51,6 @@ def test_an_export_never_writes_through_a_planted_link(tmp_path, command, fmt):
     assert not (tmp_path / "planted").is_symlink() and (tmp_path / "planted").stat().st_size > 0
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports: outputs created under the umask")
 @pytest.mark.parametrize(("command", "fmt"), SINGLE_FILE_EXPORTS)
 def test_an_export_is_as_private_as_the_ledger(tmp_path, command, fmt):
     """Bug: the ledger is created 0600 whatever the umask (it holds every task's command
@@ -70,7 +68,6 @@ def test_an_export_is_as_private_as_the_ledger(tmp_path, command, fmt):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_rocrate.py: _prepare_dir, _write_zip")
 def test_a_crate_is_private_and_never_written_through_a_planted_link(tmp_path):
     """Bug: ``export -f ro-crate -o DIR`` accepted a symbolic link to an empty directory as
     DIR and wrote the crate into the link's target, and made a new crate directory (and a

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -33,6 +32,7 @@ from .._ledger.ledger import Ledger
 from ._graph_dot import COLOURS, dot_id, dot_node, graph_title
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
 from ._names import display_path, file_key
+from ._output import open_output
 from ._select import Selection, artifacts, file_statuses, members
 
 __all__ = ["COLOURS", "MAX_DRAWN", "GraphModel", "build_graph", "render_dot", "render_html", "draw_large", "render_svg", "svg_of_view", "too_big_to_draw",
@@ -269,7 +269,5 @@ def write_graph(model: GraphModel, path: str, fmt: str, *, group: str = "auto") 
 
 
 def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with open_output(path, parents=True) as handle:
         handle.write(text)

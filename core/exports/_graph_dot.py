@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from .._ledger.ledger import Ledger
 from .._log.found import scratch_table
 from ._names import display_path, file_key
+from ._output import open_output
 from ._select import _LOOK_AHEAD, _WINDOW, Selection, artifacts, members
 
 __all__ = ["COLOURS", "dot_id", "dot_node", "graph_title", "scratch_file", "version_statuses", "write_dot"]
@@ -148,20 +149,13 @@ def _lines(ledger: Ledger, selection: Selection) -> Iterator[tuple[int, str]]:
 def write_dot(ledger: Ledger, selection: Selection, path: str) -> tuple[int, int]:
     """Write the selection's graph as DOT to ``path``; (nodes, edges) written."""
     nodes = edges = 0
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle = open(path, "w", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115 (closed below)
-    try:
-        with handle:
-            for what, line in _lines(ledger, selection):
-                nodes += what == _NODE
-                edges += what == _EDGE
-                handle.write(line)
-                handle.write("\n")
-    except BaseException:
-        # A run found cut short in the ledger (its counts are checked after the last page)
-        # leaves no half graph that looks whole.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
+    # A run found cut short in the ledger (its counts are checked after the last page)
+    # leaves no half graph that looks whole: open_output renames the file into place only
+    # once every line is written.
+    with open_output(path, buffering=_BUFFER, parents=True) as handle:
+        for what, line in _lines(ledger, selection):
+            nodes += what == _NODE
+            edges += what == _EDGE
+            handle.write(line)
+            handle.write("\n")
     return nodes, edges

@@ -28,6 +28,7 @@ from typing import Any
 from .._canonical import format_time
 from .._errors import ConfigError
 from . import require
+from ._output import open_output
 from ._select import Selection, aliases_in, artifacts
 
 __all__ = ["FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
@@ -165,7 +166,7 @@ def _line(event: Any) -> str:
 def write_events(events: Iterable[Any], path: str) -> int:
     """One event per line (JSON Lines), in the order a receiver should get them; how many."""
     written = 0
-    with open(path, "w", encoding="utf-8") as handle:
+    with open_output(path) as handle:
         for event in events:
             handle.write(_line(event) + "\n")
             written += 1

@@ -18,6 +18,7 @@ from typing import Any
 from . import require
 from ._names import PROV_NAMESPACE, file_key, task_label
 from ._names import prov_attribute as _attribute
+from ._output import open_output
 from ._select import Selection, artifacts
 
 __all__ = ["NAMESPACE", "prov_document", "prov_pages", "write_prov"]
@@ -125,7 +126,7 @@ def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[st
 def _write_provn(selection: Selection, path: str, contains: dict[tuple[str, str], tuple[str, str]] | None) -> None:
     """PROV-N as ``ProvDocument.get_provn`` writes the whole document (a header, a line per
     statement, ``endDocument``), a page of statements at a time."""
-    with open(path, "w", encoding="utf-8") as handle:
+    with open_output(path) as handle:
         first = True
         for doc in prov_pages(selection, contains, page=_PAGE):
             if first:

@@ -25,6 +25,7 @@ from typing import IO, Any
 from ._names import PROV_NAMESPACE as NAMESPACE
 from ._names import file_key, task_label
 from ._names import prov_attribute as _attribute
+from ._output import open_output
 from ._select import Selection, artifacts
 
 __all__ = ["write_prov_json"]
@@ -168,7 +169,7 @@ def write_prov_json(selection: Selection, path: str,
                     anonymous += 1
                     ident = f"_:id{anonymous}"
                 section(name).add(ident, attributes)
-        with open(path, "w", encoding="utf-8") as out:
+        with open_output(path) as out:
             out.write("{\n" + _INDENT + '"prefix": ' + json.dumps(PREFIXES, indent=2).replace("\n", "\n" + _INDENT))
             for name, written in sections.items():
                 out.write(f",\n{_INDENT}{json.dumps(name)}: {{")

@@ -43,6 +43,7 @@ from .._ledger.ledger import Ledger, LedgerRecord
 from . import require
 from ._crate_build import CHECKPOINT, CRATE_DIR, PROFILES, PROOFS, TERMS, WORKFLOW, CrateBuilder, iso
 from ._crate_graph import CrateGraph
+from ._output import new_private_dir
 from ._select import Selection
 
 __all__ = ["CRATE_DIR", "PROFILES", "TERMS", "WrittenCrate", "write_crate"]
@@ -58,8 +59,7 @@ class WrittenCrate:
 
 
 def _prepare_dir(path: str) -> None:
-    if os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise ConfigError(f"{path}: exists and is not an empty directory; the crate needs a new one")
+    new_private_dir(path)  # 0700: it holds every record's body, as the ledger (0600) does
     os.makedirs(os.path.join(path, CRATE_DIR, "records"), exist_ok=True)
 
 
@@ -143,12 +143,18 @@ def _write_zip(ledger: Ledger, selection: Selection, path: str, **options: Any) 
         raise ConfigError(f"{path}: exists; the crate needs a new file")
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path)) or None) as scratch:
         built = write_crate(ledger, selection, os.path.join(scratch, "crate"), **options)
-        with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_DEFLATED) as archive:
-            for folder, dirs, files in sorted(os.walk(built.path)):
-                for name in sorted(dirs):  # an empty directory inside a carried directory counts in its digest
-                    full = os.path.join(folder, name)
-                    archive.write(full, os.path.relpath(full, built.path) + "/")
-                for name in sorted(files):
-                    full = os.path.join(folder, name)
-                    archive.write(full, os.path.relpath(full, built.path))
+        # A new file, never a link followed (O_EXCL), 0600 like the ledger whose records it holds.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for folder, dirs, files in sorted(os.walk(built.path)):
+                    for name in sorted(dirs):  # an empty directory inside a carried directory counts in its digest
+                        full = os.path.join(folder, name)
+                        archive.write(full, os.path.relpath(full, built.path) + "/")
+                    for name in sorted(files):
+                        full = os.path.join(folder, name)
+                        archive.write(full, os.path.relpath(full, built.path))
+        except BaseException:  # a full disk: no half zip that looks like a crate
+            os.unlink(path)
+            raise
     return WrittenCrate(path, built.files_copied, built.records)

@@ -1,0 +1,62 @@
+"""Where an export is written: a new private file beside ``-o PATH``, renamed onto it when whole.
+
+An export carries what the ledger holds (command lines, parameters, users, hosts), and the
+ledger is 0600 whatever the umask, so its exports are too: the owner widens one to share it.
+``-o`` may name a path in a directory others can write (a group's project directory), where
+a planted symbolic link would send a plain ``open(path, "w")`` to overwrite its target. The
+file is therefore made with ``O_EXCL`` under a fresh name (``mkstemp``: 0600, never a link)
+and renamed onto PATH, which replaces a link instead of following it. A failed export (a
+ledger found broken on a later page, a full disk) leaves PATH as it was and no part file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from typing import IO
+
+from .._errors import ConfigError
+
+__all__ = ["new_private_dir", "open_output"]
+
+
+@contextlib.contextmanager
+def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents: bool = False) -> Iterator[IO]:
+    """A writable handle whose bytes land at ``path`` only when the block ends without an
+    error; the file is 0600 and ``path`` (a link, a file) is replaced, never followed.
+    ``parents``: make missing directories above it (the graph does; exports refuse)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if parents:
+        os.makedirs(directory, exist_ok=True)
+    fd, part = tempfile.mkstemp(prefix=".lineage-export-", suffix=".part", dir=directory)
+    try:
+        with (os.fdopen(fd, "wb", buffering=buffering) if binary else
+              os.fdopen(fd, "w", encoding="utf-8", buffering=buffering)) as handle:
+            yield handle
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+
+
+def new_private_dir(path: str) -> None:
+    """``path`` as a directory for a crate: made 0700 when new; an existing one must be an
+    empty real directory (a link to one, wherever it points, is refused: the crate would be
+    written where ``-o`` does not say)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700, follow_symlinks=False)  # a umask may take bits away, never add any
+        return
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{path}: is a symbolic link; the crate needs a new directory (or an empty one), "
+                          "not a link to one")
+    if not stat.S_ISDIR(info.st_mode) or os.listdir(path):
+        raise ConfigError(f"{path}: exists and is not an empty directory; the crate needs a new one")
