@@ -88,3 +88,91 @@ def test_a_crate_is_private_and_never_written_through_a_planted_link(tmp_path):
                 preexec_fn=lambda: os.umask(0o022))
     assert stat.S_IMODE((tmp_path / "crate2").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "crate.zip").stat().st_mode) == 0o600
+
+
+# -- BAASH: the service a client reaches ---------------------------------------------------
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="another local user (nobody) needs root to fork as")
+
+
+def _impostor(socket_dir: Path, ready: int, report: int) -> None:  # pragma: no cover - the child
+    """As ``nobody``: make ``socket_dir`` (in world-writable /tmp, as anyone can) with a socket
+    where a BAASH service would be, take one connection and report what it was sent."""
+    import socket as socket_module
+
+    try:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        socket_dir.mkdir(mode=0o711)
+        listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+        listener.bind(str(socket_dir / "baash.sock"))
+        os.chmod(socket_dir / "baash.sock", 0o666)
+        listener.listen(1)
+        listener.settimeout(20)
+        os.write(ready, b"1")
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        received = b""
+        try:
+            while chunk := conn.recv(1 << 16):
+                received += chunk
+                if len(received) > 4 and len(received) >= 4 + int.from_bytes(received[:4], "big"):
+                    break
+        except OSError:
+            pass
+        os.write(report, received[:1 << 20])
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/client.py: _connect never checks the peer")
+@needs_root
+def test_a_baash_client_sends_nothing_to_a_service_another_user_planted(tmp_path):
+    """Bug: the client of ``baash:///PATH`` connected to whatever listened at PATH and sent its
+    request: it never asked the kernel who the service is (SO_PEERCRED), though the service
+    checks every client that way. Setup: a user's URL names the default socket
+    ``/tmp/lineage-ledger-baash-<uid>/baash.sock`` (no XDG_RUNTIME_DIR on an HPC node);
+    before their service starts (after a reboot cleaned /tmp), another user (``nobody``)
+    makes that directory in world-writable /tmp and listens there. Impact: every append sent
+    that user the whole block (each record's command line, parameters, paths, user and host),
+    and reads could be answered with a made-up chain. Now the client asks the kernel for the
+    service's uid before sending anything and admits only its own, root's, or that of the
+    owner of a socket directory that no one else could have made (every directory above it
+    writable only by root, the client or that owner); else a ``BackendError`` ('is not who it
+    should be'), and the records wait in the spool."""
+    from lineage_ledger import BackendError
+    from lineage_ledger.backends.baash.client import BaashBackend
+    from tests.backend_conformance import chain_of
+    from tests.support.factories import make_records
+
+    socket_dir = Path(f"/tmp/lineage-ledger-baash-s38-{os.getpid()}-{tmp_path.name[-8:]}")
+    ready_r, ready_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        _impostor(socket_dir, ready_w, report_w)
+    os.close(ready_w)
+    os.close(report_w)
+    try:
+        assert os.read(ready_r, 1) == b"1", "the impostor did not start"
+        secret = make_records(1)[0]
+        client = BaashBackend(f"baash://{socket_dir}/baash.sock", timeout=5)
+        with pytest.raises(BackendError) as refused:
+            client.append(chain_of([secret], 1))
+        client.close()
+        with os.fdopen(report_r, "rb") as report:
+            received = report.read()
+        report_r = -1
+        assert secret.id.encode() not in received, "the client sent the record to another user's socket"
+        assert received == b"", f"the client sent {len(received)} bytes to another user's socket"
+        assert "not who it should be" in str(refused.value) and f"uid {NOBODY}" in str(refused.value)
+    finally:
+        os.waitpid(pid, 0)
+        if report_r != -1:
+            os.close(report_r)
+        os.close(ready_r)
+        import shutil
+
+        shutil.rmtree(socket_dir, ignore_errors=True)
