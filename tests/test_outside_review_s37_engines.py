@@ -207,19 +207,16 @@ def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
     assert planted_records == [], planted_records  # recorded: the edit vouched for by the victim
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugins/nextflow cli._check_resume: with no session file in .lineage/nextflow/sessions it "
-    "checks nothing and lets -resume reuse every cached task, even under strict and although "
-    "the ledger holds the session's records"))
 def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_path):
-    """Bug: the wrapper lists each session's tasks in ``.lineage/nextflow/sessions/<id>.json``
-    (0700 directories) and checks before ``-resume`` only the files that list names. Whoever
-    can write ``.lineage/`` (a group-shared SQLite ledger needs it) can move ``nextflow/``
-    aside, without reading it; then ``nextflow-ledger run -resume --ledger-policy strict``
-    logs "no recorded task of session ... here; nothing checked before -resume" and reuses a
-    tampered cached output, exit 0. The ledger still holds the session's records, so strict
-    could refuse (or plan the check from those records) instead of checking nothing. The
-    session file is also read whoever owns it (``_state.load``)."""
+    """Bug (fixed in ``_recovered``): the wrapper lists each session's tasks in
+    ``.lineage/nextflow/sessions/<id>.json`` (0700 directories) and checked before ``-resume``
+    only the files that list names. Whoever can write ``.lineage/`` (a group-shared SQLite
+    ledger needs it) can move ``nextflow/`` aside, without reading it; then ``nextflow-ledger
+    run -resume --ledger-policy strict`` logged "no recorded task of session ... here; nothing
+    checked before -resume" and reused a tampered cached output, exit 0. The ledger still
+    holds the session's records: without the list the check is now planned from the work
+    directory and those records, and strict refuses naming the file; rerun runs its task
+    again. (The list is read only if it is this user's regular file: tests/test_nextflow_state.py.)"""
     import shutil
 
     from tests.support import nextflow as nf
@@ -235,3 +232,8 @@ def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_p
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
     assert "Launching" not in strict.stdout  # nothing ran
+    assert "planned from" in strict.stderr and str(count) in strict.stderr
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "Submitted process > COUNT (alpha)" in rerun.stdout and "Cached process > COUNT (beta)" in rerun.stdout
+    assert "alpha\t9" in count.read_text()  # recomputed in place

@@ -27,6 +27,7 @@ from typing import Any
 
 REASON = "appeared in the work directory of a task that did not write it (changed outside the workflow)"
 GONE = "vanished from a directory the task wrote (changed outside the workflow)"
+UNRECORDED = "written by a task the ledger holds no record of (nothing vouches for it)"
 
 
 def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -69,8 +70,9 @@ def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
     return gone
 
 
-def as_checks(found: dict[str, str]) -> list[Any]:
-    """The files of :func:`appeared` as the core's MODIFIED checks (no recorded digest)."""
+def as_checks(found: dict[str, str], tasks: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """The files of :func:`appeared` as the core's MODIFIED checks (no recorded digest);
+    ``tasks`` says which task the ledger holds no record of (``_recovered``)."""
     from lineage_ledger import ArtifactCheck, ArtifactError, ArtifactStatus, hash_file
 
     checks = []
@@ -80,6 +82,8 @@ def as_checks(found: dict[str, str]) -> list[Any]:
         except ArtifactError:
             digest = None
         reason = REASON if os.path.lexists(path) else GONE
+        if tasks is not None and tasks.get(found[path], {}).get("unrecorded"):
+            reason = UNRECORDED
         checks.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, None, digest, reason=reason))
     return checks
 
@@ -87,6 +91,6 @@ def as_checks(found: dict[str, str]) -> list[Any]:
 def describe(changed: Any, default: Any) -> str:
     """How the check before ``-resume`` names a changed file: ``default`` (``_preflight.describe``)
     unless it is one of :func:`as_checks`."""
-    if changed.reason in (REASON, GONE) and changed.expected is None:
+    if changed.reason in (REASON, GONE, UNRECORDED) and changed.expected is None:
         return f"{changed.path}: {changed.reason} (disk {(changed.actual or '-')[:16]})"
     return str(default(changed))

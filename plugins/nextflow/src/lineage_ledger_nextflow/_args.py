@@ -37,6 +37,7 @@ class Command:
         self.resume = False
         self.resume_session: str | None = None
         self.log_file: str | None = None  # -log, if the user gave one
+        self.work_dir: str | None = None  # run's -w / -work-dir, if the user gave one
         self.params: dict[str, str] = {}  # --name value pairs for the records
 
 
@@ -82,6 +83,8 @@ def parse(argv: list[str]) -> Command:
             value = arg.partition("=")[2] or (run[j + 1] if j + 1 < len(run) else "")
             if _UUID.match(value):
                 command.resume_session = value
+        elif arg in ("-w", "-work-dir") and j + 1 < len(run):
+            command.work_dir = run[j + 1]
         elif arg == "-params-file" and j + 1 < len(run):
             command.params["-params-file"] = os.path.abspath(run[j + 1])  # its values are not read
         elif arg.startswith("--") and len(arg) > 2:

@@ -59,11 +59,12 @@ class Plan:
     unverified: list[str] = field(default_factory=list)  # asked about, but the ledger failed its own check
 
 
-def plan(launch_dir: str, session: str) -> Plan:
-    """Every file the tasks of ``session`` that Nextflow may reuse consist of."""
+def plan(tasks: dict[str, dict[str, Any]]) -> Plan:
+    """Every file the tasks (``{key: task}`` as ``_state`` keeps them) that Nextflow may reuse
+    consist of."""
     result = Plan()
     checked: dict[str, None] = {}
-    for key, task in _state.load(launch_dir, session).items():
+    for key, task in tasks.items():
         workdir = task.get("workdir")
         if task.get("status") != "succeeded" or not workdir or not os.path.isfile(os.path.join(workdir, ".exitcode")):
             continue  # Nextflow reruns it anyway: its files are about to be replaced

@@ -8,15 +8,24 @@ directory, status, the real input files, the outputs and the published files. ``
 keeps the session id, so the file covers every task the resumed run may take from the cache.
 
 It holds paths and names only: the digests that vouch for them are in the ledger.
+
+The list is read only if it is a regular file of this user with one link, opened without
+following a link, and names the session asked for: ``.lineage`` may be writable by others
+(a group-shared SQLite ledger needs its directory so), who could put a list of their own, or
+one of another session, in its place. A list that is not there or not trusted is ``None``:
+the check is then planned from the work directory and the ledger (``_recovered``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import tempfile
 from typing import Any
 
+log = logging.getLogger("lineage_ledger.nextflow")
 STATE_DIR = os.path.join(".lineage", "nextflow")
 
 
@@ -35,16 +44,32 @@ def session_file(launch_dir: str, session: str) -> str:
     return os.path.join(launch_dir, STATE_DIR, "sessions", f"{session}.json")
 
 
-def load(launch_dir: str, session: str) -> dict[str, dict[str, Any]]:
-    """``{task key: task}`` of ``session``; empty when no run of it was recorded here."""
+def load(launch_dir: str, session: str) -> dict[str, dict[str, Any]] | None:
+    """``{task key: task}`` of ``session``; None when no list of it is here that this user
+    wrote (none, not a regular file of this user with one link, unreadable, or another
+    session's): the reason is logged, but for a list that is simply not there."""
+    path = session_file(launch_dir, session)
     try:
-        with open(session_file(launch_dir, session), encoding="utf-8") as handle:
-            data = json.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {session_file(launch_dir, session)}: {err}") from err
-    tasks = data.get("tasks") if isinstance(data, dict) else None
+        return None
+    except OSError as err:  # a link in its place (ELOOP), or no access
+        log.warning("lineage-ledger: not reading %s: %s", path, err.strerror or err)
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            log.warning("lineage-ledger: not reading %s: not a regular file of this user with one link", path)
+            return None
+        try:
+            data = json.loads(handle.read())
+        except (OSError, ValueError) as err:
+            log.warning("lineage-ledger: cannot read %s: %s", path, err)
+            return None
+    if not isinstance(data, dict) or data.get("session") != session:
+        log.warning("lineage-ledger: not reading %s: it is not the list of session %s", path, session)
+        return None
+    tasks = data.get("tasks")
     return {str(k): v for k, v in tasks.items() if isinstance(v, dict)} if isinstance(tasks, dict) else {}
 
 
@@ -52,10 +77,7 @@ def save(launch_dir: str, session: str, tasks: dict[str, dict[str, Any]]) -> Non
     """Merge ``tasks`` into the session's file (a rerun task replaces its entry), atomically."""
     path = session_file(launch_dir, session)
     private_dirs(os.path.dirname(path))
-    try:
-        merged = load(launch_dir, session)
-    except ValueError:
-        merged = {}  # unreadable: this run's tasks are what we know
+    merged = load(launch_dir, session) or {}  # none we trust: this run's tasks are what we know
     merged.update(tasks)
     fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".session.")  # mode 0600
     try:

@@ -130,7 +130,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
     could not vouch for: the run's records list them as ``not_verified`` (``_unverified``)."""
     from lineage_ledger import ConfigError
 
-    from . import _appeared, _log, _preflight
+    from . import _appeared, _log, _preflight, _recovered, _state
 
     log = _logger()
     session = command.resume_session or _log.last_session(launch_dir)
@@ -138,8 +138,22 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
         return None  # Nextflow will say there is nothing to resume
     plan = _preflight.Plan()
     try:
-        plan = _preflight.plan(launch_dir, session)
+        tasks = _state.load(launch_dir, session)
+        work_dir = None
+        if tasks is None:  # moved aside, or not this user's: the work directory and the ledger say instead
+            work_dir = _recovered.work_directory(command.work_dir, launch_dir)
+            log.warning("lineage-ledger: no list of the tasks of session %s that this user wrote (%s); the check "
+                        "before -resume is planned from %s and the ledger's records", session,
+                        _state.session_file(launch_dir, session), work_dir)
+            tasks = _recovered.tasks_from_work(url, work_dir)
+        plan = _preflight.plan(tasks)
         if not plan.tasks:
+            if work_dir is not None and command.policy == "strict" and _recovered.nextflow_cached(launch_dir, session):
+                print(f"nextflow-ledger: refusing to run (--ledger-policy strict): Nextflow keeps a cache of "
+                      f"session {session}, but nothing lists its tasks and no finished task is in {work_dir}, so "
+                      f"nothing checks what -resume would reuse; pass the work directory with -w, or run without "
+                      f"-resume", file=sys.stderr)
+                return 1
             log.warning("lineage-ledger: no recorded task of session %s here; nothing checked before -resume",
                         session)
             return None
@@ -147,7 +161,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
         # check cannot see them; the session's list of what each task wrote can (_appeared).
         slipped = _appeared.appeared(plan.tasks)
         plan.producers.update(slipped)
-        plan.tampered = _preflight.check(url, plan.checked) + _appeared.as_checks(slipped)
+        plan.tampered = _preflight.check(url, plan.checked) + _appeared.as_checks(slipped, plan.tasks)
     except ConfigError as err:  # a URL no retry can fix: every record of the run would be lost too
         print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
         return 2
@@ -189,7 +203,8 @@ def _after_failed_check(command: _args.Command, launch_dir: str, url: str, plan:
     log = _logger()
     failed = f"{type(err).__name__}: {err}"
     existing = [p for p in plan.checked if os.path.exists(p)]
-    slipped = _appeared.as_checks({p: k for p, k in plan.producers.items() if p not in plan.checked})
+    slipped = _appeared.as_checks({p: k for p, k in plan.producers.items() if p not in plan.checked},
+                                  plan.tasks)
     whole = True
     try:
         plan.tampered, plan.unverified, whole = _preflight.one_by_one(url, existing)

@@ -1,0 +1,119 @@
+"""The check before ``-resume`` without the session's list: planned from the work directory
+and the ledger's records.
+
+The wrapper's list of a session's tasks (``_state``) lives under ``.lineage/``, which others
+may be able to write (a group-shared SQLite ledger needs its directory so): they cannot read
+or edit the list, but they can move it aside. Without it the check used to find nothing to
+check, and ``-resume`` reused whatever the work directory held, under ``strict`` too. The
+ledger still holds the records of the session's tasks, and the work directory still holds
+the tasks, so the list is rebuilt from them:
+
+- every task directory of the work directory (``work/ab/cdef...``) whose ``.exitcode`` says
+  0 is a task Nextflow may reuse (of any session: checking more than the resumed session's
+  tasks is the safe side);
+- its record is the latest one whose ``task_id`` is the directory's hash, found through the
+  files in it (the ledger indexes records by the files they wrote): what it wrote, as
+  recorded, is what the check compares with what is there (a file slipped in, or gone,
+  counts as changed, as with the list); its publication's record names its published files;
+- a task the ledger holds no record of (it ran without the wrapper, or its record was lost)
+  vouches for nothing: each file it wrote counts as changed (``UNRECORDED``), so ``strict``
+  refuses rather than reuse it unchecked.
+
+The work directory is ``run``'s ``-w``/``-work-dir``, else ``$NXF_WORK``, else ``work`` in
+the launch directory; a ``workDir`` set in a configuration file is not read (pass ``-w``).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import zip_longest
+from typing import Any
+
+from ._workdir import read_workdir, task_key
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def work_directory(given: str | None, launch_dir: str) -> str:
+    """Where Nextflow keeps the task directories, as far as the command line and environment say."""
+    return os.path.realpath(os.path.join(launch_dir, given or os.environ.get("NXF_WORK") or "work"))
+
+
+def nextflow_cached(launch_dir: str, session: str) -> bool:
+    """Whether Nextflow keeps a cache of ``session`` here (what ``-resume`` reuses tasks from)."""
+    return os.path.isdir(os.path.join(launch_dir, ".nextflow", "cache", session))
+
+
+def finished_tasks(work_dir: str) -> list[str]:
+    """The task directories below ``work_dir`` whose task exited 0."""
+    found = []
+    for prefix in _hex_names(work_dir, 2):
+        for rest in _hex_names(os.path.join(work_dir, prefix), None):
+            path = os.path.join(work_dir, prefix, rest)
+            try:
+                with open(os.path.join(path, ".exitcode"), encoding="ascii", errors="replace") as handle:
+                    if handle.read().strip() == "0":
+                        found.append(path)
+            except OSError:
+                continue  # not a task's directory, or a task that never ended
+    return found
+
+
+def _hex_names(directory: str, length: int | None) -> list[str]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [n for n in names if (length is None or len(n) == length) and set(n) <= _HEX
+            and os.path.isdir(os.path.join(directory, n))]
+
+
+def tasks_from_work(url: str, work_dir: str) -> dict[str, dict[str, Any]]:
+    """``{task key: task}`` as ``_state`` keeps them, for the finished tasks of ``work_dir``
+    (see the module's docstring); a task without a record is marked ``unrecorded``."""
+    directories = finished_tasks(work_dir)
+    if not directories:
+        return {}
+    from lineage_ledger import NoLedger, open_ledger
+
+    try:
+        ledger = open_ledger(url, read_only=True)
+    except NoLedger:  # a verified ledger that is gone raised HistoryRewritten instead
+        ledger = None
+    try:
+        return {task_key(path): _task(ledger, path) for path in directories}
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _task(ledger: Any, workdir: str) -> dict[str, Any]:
+    key = task_key(workdir)
+    work = read_workdir(workdir)
+    task: dict[str, Any] = {"process": None, "name": None, "workdir": workdir, "status": "succeeded",
+                            "inputs": list(work.inputs), "outputs": [], "published": []}
+    found = _latest(ledger, key, work.outputs, "producers") if ledger is not None else None
+    if found is None:
+        # Nothing vouches for what it wrote: with no output listed, each file it wrote is
+        # found by _appeared, and counted as changed.
+        task["unrecorded"] = True
+        return task
+    record = found.record
+    task.update(process=record.task_name, name=record.extra.get("name"), status=record.status,
+                outputs=list(record.outputs))
+    publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
+    if publication is not None:
+        # Pairs as the list keeps them; only the sets of sources and of targets are used.
+        task["published"] = [[source, target] for source, target
+                             in zip_longest(publication.record.inputs, publication.record.outputs, fillvalue="")]
+    return task
+
+
+def _latest(ledger: Any, task_id: str, paths: list[str], role: str) -> Any:
+    """The latest record of ``task_id`` among the producers (or consumers) of ``paths``,
+    asked one path at a time until one names it (a file slipped in names none)."""
+    for path in paths:
+        found = [e for e in getattr(ledger, role)(path) if e.record.task_id == task_id]
+        if found:
+            return found[-1]
+    return None

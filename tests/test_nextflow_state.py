@@ -1,0 +1,98 @@
+"""The wrapper's list of a session's tasks (``_state``) is read only if this user wrote it.
+
+``.lineage`` may be writable by others (a group-shared SQLite ledger needs its directory so):
+they cannot read the list, but they can move it aside or put a file in its place. A list that
+is not a regular file of this user with one link, or that names another session, is not read;
+the check before ``-resume`` is then planned from the work directory and the ledger's records
+(``_recovered``), as when the list is gone (tests/test_outside_review_s37_engines.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import pytest
+from lineage_ledger_nextflow import _state
+
+from tests.support import nextflow as nf
+
+SESSION = "2f3de1ba-0000-4000-8000-000000000001"
+TASK = {"process": "ONE", "workdir": "/nowhere", "status": "succeeded", "inputs": [], "outputs": [], "published": []}
+
+
+def _write_list(launch: Path, session: str, named: str | None = None) -> Path:
+    _state.save(str(launch), session, {"ab" + "0" * 30: dict(TASK)})
+    path = Path(_state.session_file(str(launch), session))
+    if named is not None:  # the content of another session's list
+        data = json.loads(path.read_text())
+        data["session"] = named
+        path.write_text(json.dumps(data))
+    return path
+
+
+def test_this_users_list_is_read(tmp_path):
+    _write_list(tmp_path, SESSION)
+    assert list(_state.load(str(tmp_path), SESSION) or {}) == ["ab" + "0" * 30]
+    assert _state.load(str(tmp_path), "2f3de1ba-0000-4000-8000-00000000000f") is None  # none: not there
+
+
+def test_a_list_of_another_session_a_second_link_or_a_link_in_its_place_is_not_read(tmp_path, caplog):
+    path = _write_list(tmp_path, SESSION, named="2f3de1ba-0000-4000-8000-000000000002")
+    assert _state.load(str(tmp_path), SESSION) is None
+    assert "not the list of session" in caplog.text
+
+    path.unlink()
+    kept = _write_list(tmp_path / "elsewhere", SESSION)
+    os.link(kept, path)  # a second name, kept to be put back after the list was rewritten
+    assert _state.load(str(tmp_path), SESSION) is None
+    path.unlink()
+    path.symlink_to(kept)
+    assert _state.load(str(tmp_path), SESSION) is None
+    assert "not a regular file of this user with one link" in caplog.text
+    assert "Too many levels of symbolic links" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file owned by another user needs root to make")
+def test_a_list_owned_by_another_user_is_not_read_and_strict_checks_from_the_ledger(tmp_path):
+    """End to end: a list planted by another user (an empty one: no task to check) made strict
+    reuse a tampered cached output; it is not read, and the check is planned from the ledger."""
+    here = nf.copy_example(tmp_path / "example")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
+    shutil.copy2(count, tmp_path / "mtime")
+    count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
+    shutil.copystat(tmp_path / "mtime", count)
+    (listed,) = (here / ".lineage" / "nextflow" / "sessions").glob("*.json")
+    session = listed.stem
+    listed.write_text(json.dumps({"session": session, "tasks": {}}))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(listed, nobody.pw_uid, nobody.pw_gid)
+
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: the planted list was believed
+    assert "not a regular file of this user" in strict.stderr and str(count) in strict.stderr
+    assert "Launching" not in strict.stdout
+
+
+def test_a_resume_of_a_run_the_wrapper_never_recorded(tmp_path):
+    """A session run by ``nextflow`` alone has no list and no record: nothing vouches for its
+    cached tasks. Strict refuses, naming each file they wrote; warn names them and runs."""
+    here = nf.copy_example(tmp_path / "example")
+    plain = nf.run("nextflow", "run", "main.nf", cwd=here)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
+
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert f"{count}: written by a task the ledger holds no record of" in strict.stderr
+    assert "Launching" not in strict.stdout
+
+    warn = nf.run("nextflow-ledger", "run", "main.nf", "-resume", cwd=here)
+    assert warn.returncode == 0, warn.stdout + warn.stderr
+    assert f"{count}: written by a task the ledger holds no record of" in warn.stderr
+    assert "Cached process > COUNT (alpha)" in warn.stdout
