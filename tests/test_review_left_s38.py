@@ -63,7 +63,6 @@ def _assert_refused_for_good(result: subprocess.CompletedProcess, why: str) -> N
     assert "waiting will not" in text, text  # not "locked or slow?": it will not pass by itself
 
 
-@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a permanent refusal (read-only) is told from a transient one; _cli/run.py and _cli/recording.py exit 1")
 @pytest.mark.parametrize("what", ["file", "directory"])
 def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir, what):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
@@ -89,7 +88,6 @@ def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir
     assert _sqlite_records(db) == 4 and _waiting(workdir) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a schema mismatch is a permanent refusal; _cli/run.py and _cli/recording.py exit 1")
 def test_run_into_a_ledger_of_another_schema_exits_1(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)
     db = workdir / ".lineage" / "ledger.db"
@@ -112,7 +110,6 @@ def test_a_ledger_that_is_down_still_only_delays_the_record(workdir):
     assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr, shipped.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: permission denied (42501) is a permanent refusal; _cli/run.py and _cli/recording.py exit 1")
 @pytest.mark.postgres
 def test_run_as_a_postgres_role_that_may_only_read_exits_1_and_keeps_the_record(workdir, postgres_url):
     import psycopg
@@ -138,7 +135,6 @@ def test_run_as_a_postgres_role_that_may_only_read_exits_1_and_keeps_the_record(
         assert conn.execute("SELECT count(*) FROM ll_records").fetchone()[0] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="core/_ledger/deferred.py: a read-only transaction (25006) is a permanent refusal; _cli/run.py exits 1")
 @pytest.mark.postgres
 def test_run_into_a_read_only_postgres_database_exits_1(workdir, postgres_url):
     import psycopg

@@ -412,8 +412,8 @@ def test_run_and_spool_ship_never_import_sqlalchemy(workdir, tmp_path_factory):
     db = workdir / ".lineage" / "ledger.db"
     os.chmod(db, 0o444)  # the next record waits in the spool
     try:
-        result = probed("run", "--", "true")
-        assert result.returncode == 0 and "waits" in result.stderr, result.stderr
+        result = probed("run", "--", "true")  # read-only: exit 1, the record kept in the spool
+        assert result.returncode == 1 and "in the spool" in result.stderr, result.stderr
     finally:
         os.chmod(db, 0o600)
     result = probed("spool", "ship")

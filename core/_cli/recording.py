@@ -58,8 +58,10 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     leaves it there (see `lineage-ledger spool`). SIGINT, SIGTERM and SIGHUP are passed on
     to COMMAND. Exit status: COMMAND's, 128+N if a signal N ended or interrupted it, 2 if
     nothing ran (bad configuration or input, a spool that cannot be written), 1 if COMMAND
-    succeeded but the ledger's history was rewritten since it was verified here (the record
-    waits in the spool: see `lineage-ledger reset-trust`).
+    succeeded but the ledger refused the record for good (permission denied, read-only, a
+    schema this version does not write) or its history was rewritten since it was verified
+    here (see `lineage-ledger reset-trust`); the record stays in the spool either way, for
+    `lineage-ledger spool ship`.
 
     \b
     Example:
@@ -231,8 +233,10 @@ def _age(now, then) -> str:
               help="Seconds to wait for the ledger to take the records.")
 def spool_ship(ledger_url, spool_root, timeout) -> None:
     """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
-    the ledger did not take them, 1 if its history was rewritten since it was verified here
-    (they keep waiting either way; see `lineage-ledger reset-trust`)."""
+    the ledger did not take them for now (locked, busy, unreachable: try again later), 1 if
+    it refused them for good (permission denied, read-only, a schema this version does not
+    write) or its history was rewritten since it was verified here (see `lineage-ledger
+    reset-trust`). They keep waiting in the spool in every case."""
     from lineage_ledger.backends import open_backend
 
     from .._ledger.deferred import WaitingInSpool, ledger_identity, ship, waiting_for
@@ -247,6 +251,14 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
     try:
         shipped, left = ship(ledger_url, spool=spool_root, timeout=timeout)
     except WaitingInSpool as err:
+        if err.permanent is not None:
+            # Refused for good (permission denied, read-only, another schema): another try
+            # later fails the same way until someone changes the ledger or this account's rights.
+            click.echo(f"error: the ledger refused the records: {printable(str(err))}", err=True)
+            click.echo(f"{err.permanent}, and waiting will not change that: {err.left.records} record(s) stay, "
+                       f"safe, in the spool {printable(err.left.directory)}; once the ledger may be written, "
+                       "`lineage-ledger spool ship` ships them", err=True)
+            sys.exit(1)
         click.echo(f"error: {printable(str(err))}; {err.left.records} record(s) wait in the spool "
                    f"{printable(err.left.directory)}", err=True)
         sys.exit(2)

@@ -4,11 +4,14 @@ In order: the configuration is checked (a bad ledger URL is refused), the inputs
 hashed, the spool is opened and a write to it is tried, and only then does the command
 start. SIGINT, SIGTERM and SIGHUP received meanwhile are passed on to the command. When it
 ends, its record is journaled and synced in the local spool; shipping it to the ledger
-gets a short bounded wait, and a locked, read-only or unreachable ledger only leaves it
-waiting in the spool (``lineage-ledger spool ship``, or the next run, ships it). So does a
-ledger whose history was rewritten since this account verified it (it shrank or forked):
-nothing is appended to it, and ``run`` exits 1 where the command succeeded. Otherwise the
-exit status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
+gets a short bounded wait, and a locked, busy or unreachable ledger only leaves it
+waiting in the spool (``lineage-ledger spool ship``, or the next run, ships it). A ledger
+that refuses it for good (permission denied, a read-only database or SQLite file, a schema
+this version does not write: :func:`~.._ledger.deferred.permanent_refusal`) leaves it in
+the spool too, but that is an error, said at once, not after the wait: ``run`` exits 1
+where the command succeeded. So does a ledger whose history was rewritten since this
+account verified it (it shrank or forked): nothing is appended to it. Otherwise the exit
+status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .._capture.files import entries_of, manifest_records_of
 from .._environment import current_environment
 from .._errors import ArtifactError, ConfigError, LedgerError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
-from .._ledger.deferred import check_spool_writable, spool_first
+from .._ledger.deferred import check_spool_writable, permanent_refusal, spool_first
 from .._ledger.recorder import Recorder
 from .._model import Record
 from .._terminal import printable
@@ -117,6 +120,27 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _same_ledger(url: str) -> str:
+    """What to add to ``lineage-ledger spool ship`` for it to ship to ``url``: nothing for
+    the ledger it ships to by default."""
+    from .._ledger.ledger import DEFAULT_URL
+
+    return "" if url in (DEFAULT_URL, os.environ.get("LINEAGE_LEDGER_URL")) else " (with the same --ledger)"
+
+
+def _flush_unless_refused(recorder: Recorder, deadline: float) -> bool:
+    """Wait until the ledger has the record (True), the deadline passes, or the ledger
+    refuses it for good or fails its consistency check (False): a permission denied is not
+    waited out for ``--ship-wait``."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if recorder.flush(timeout=max(0.0, min(0.1, remaining))):
+            return True
+        error = recorder.last_error
+        if remaining <= 0 or isinstance(error, VerificationError) or permanent_refusal(error) is not None:
+            return False
+
+
 def run_and_record(
     command: tuple[str, ...], *, inputs: tuple[str, ...], outputs: tuple[str, ...], name: str | None,
     run_id: str | None, parameters: dict[str, str], ledger_url: str, wait: float,
@@ -190,14 +214,24 @@ def run_and_record(
     record_id = recorder.record_many([*manifest_records_of(in_artifacts + out_artifacts), record])[-1]
     recorder.sync()  # and the disk
     deadline = time.monotonic() + wait
-    shipped = recorder.flush(timeout=wait)
+    shipped = _flush_unless_refused(recorder, deadline)
     # Then what dead processes left in the spool is shipped, in what is left of the wait.
     finished = recorder.close(timeout=max(0.0, deadline - time.monotonic()) if shipped else 0.0)
     if finished:
         deferred.close()
     refused = recorder.last_error if not shipped and isinstance(recorder.last_error, VerificationError) else None
+    for_good = permanent_refusal(recorder.last_error) if not shipped and refused is None else None
     if shipped:
         click.echo(f"recorded {record_id[:12]} ({status})", err=True)
+    elif for_good is not None:
+        # Permission denied, read-only, another schema: no wait or retry settles it, so it is
+        # an error of this run (exit 1), not a delay. The record is synced in the spool.
+        click.echo(f"error: the ledger {printable(redact(deferred.url, deferred.url))} refused the record: "
+                   f"{printable(redact(str(recorder.last_error), deferred.url))}", err=True)
+        click.echo(
+            f"{for_good}, and waiting will not change that: recorded {record_id[:12]} ({status}) in the spool "
+            f"{printable(deferred.spool_dir)} only. It stays there, safe: once the ledger may be written, "
+            f"`lineage-ledger spool ship`{_same_ledger(ledger_url)} ships it", err=True)
     elif refused is not None:
         # Its history was rewritten since this account verified it: the record is not put
         # into a history nobody accepted. It waits, synced, for the user to look.
@@ -222,8 +256,8 @@ def run_and_record(
     elif problems:
         click.echo(f"error: declared output was not produced: {printable('; '.join(problems))}", err=True)
         code_out = 2
-    elif refused is not None and returncode == 0:
-        code_out = 1  # a verification failed (a failing command's own status says more)
+    elif (refused is not None or for_good is not None) and returncode == 0:
+        code_out = 1  # not recorded in the ledger (a failing command's own status says more)
     else:
         code_out = returncode
     if not finished:

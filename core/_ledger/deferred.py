@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from .._model import StoredRecord
     from .ledger import Ledger
 
-__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity", "trust_identity_of",
-           "spool_first", "waiting_digests", "waiting_for"]
+__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity",
+           "permanent_refusal", "spool_first", "trust_identity_of", "waiting_digests", "waiting_for"]
 
 log = logging.getLogger("lineage_ledger.spool")
 
@@ -169,8 +169,9 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
     """Ship what dead processes left in ``url``'s spool; ``(shipped, what still waits)``.
     With nothing waiting, the ledger is not opened (nor created).
 
-    Raises :class:`LedgerError` (the back-end's, or a timeout) when the back-end does not
-    take them, :class:`HistoryRewritten` when the ledger no longer extends the tree head
+    Raises :class:`WaitingInSpool` (the back-end's error, or a timeout) when the back-end
+    does not take them (its ``permanent`` says why waiting will not help, where it will
+    not), :class:`HistoryRewritten` when the ledger no longer extends the tree head
     this account verified; the records stay in the spool.
     """
     deferred = spool_first(url, spool=spool)
@@ -208,15 +209,65 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
     if isinstance(error, (SpoolCorrupt, VerificationError)):  # a rewritten history: nothing appended
         raise error
     if isinstance(error, LedgerError):
-        raise WaitingInSpool(str(error), _scan(directory)) from error
+        raise WaitingInSpool(str(error), _scan(directory), permanent_refusal(error)) from error
     if error is not None:
         raise error
     return int(result.get("shipped", 0)), _scan(directory)
 
 
 class WaitingInSpool(LedgerError):
-    """The back-end did not take the spooled records; ``left`` says what waits."""
+    """The back-end did not take the spooled records; ``left`` says what waits.
+    ``permanent``: why waiting will not settle it (see :func:`permanent_refusal`), or None."""
 
-    def __init__(self, message: str, left: SpoolBacklog) -> None:
+    def __init__(self, message: str, left: SpoolBacklog, permanent: str | None = None) -> None:
         super().__init__(message)
         self.left = left
+        self.permanent = permanent
+
+
+# PostgreSQL's SQLSTATEs of a refusal that no retry settles: insufficient_privilege,
+# read_only_sql_transaction (default_transaction_read_only, a hot standby), and an undefined
+# table or column (a schema this version does not write).
+_PERMANENT_SQLSTATES = {"42501": "permission denied", "25006": "the database is read-only",
+                        "42P01": "the ledger's tables are not those of this version",
+                        "42703": "the ledger's tables are not those of this version"}
+
+
+def permanent_refusal(err: BaseException | None) -> str | None:
+    """Why the ledger will not take records however long one waits, or None where it may
+    (locked, busy, down, unreachable, slow: a later shipment may get through).
+
+    Permanent: permission denied (a PostgreSQL role that may only read), a read-only
+    database (an SQLite file or directory this user may not write, a PostgreSQL database or
+    server in read-only mode), a schema or store this version cannot write (``ConfigError``,
+    ``CorruptStore``), and a back-end's ``AccessDenied``. The drivers' errors are found on
+    the cause chain the back-ends keep (:mod:`lineage_ledger.backends._base`); their text is
+    the fallback where a cause was redacted."""
+    from .._errors import ConfigError, CorruptStore
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConfigError):  # a schema to migrate or of another version, not a ledger
+            return "the ledger cannot be written by this version"
+        if isinstance(cause, CorruptStore):
+            return "the ledger database is damaged"
+        if any(kind.__name__ == "AccessDenied" for kind in type(cause).__mro__):  # BAASH, Fabric
+            return "permission denied"
+        sqlstate = getattr(cause, "sqlstate", None)  # psycopg
+        if isinstance(sqlstate, str) and sqlstate in _PERMANENT_SQLSTATES:
+            return _PERMANENT_SQLSTATES[sqlstate]
+        name = getattr(cause, "sqlite_errorname", None)  # sqlite3 (SQLITE_READONLY_*, SQLITE_PERM)
+        if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+            return "the ledger is read-only here"
+        if name in ("SQLITE_PERM", "SQLITE_AUTH"):
+            return "permission denied"
+        text = str(cause).lower()
+        if "opened for reading only" in text or "readonly database" in text or "read-only transaction" in text:
+            # The first: an SQLite ledger this user may not write, opened by its reader.
+            return "the ledger is read-only here (this user may not write its file or directory)"
+        if "permission denied" in text:
+            return "permission denied"
+        cause = cause.__cause__ or cause.__context__
+    return None
