@@ -127,7 +127,6 @@ def _impostor(socket_dir: Path, ready: int, report: int) -> None:  # pragma: no 
         os._exit(0)
 
 
-@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/client.py: _connect never checks the peer")
 @needs_root
 def test_a_baash_client_sends_nothing_to_a_service_another_user_planted(tmp_path):
     """Bug: the client of ``baash:///PATH`` connected to whatever listened at PATH and sent its

@@ -34,7 +34,7 @@ from lineage_ledger._errors import ConfigError
 from ._wire import ROLES, Enum, Int, List, WireError, canonical, decode
 
 __all__ = ["AccessList", "NEEDS", "PERMITS", "bind_unix", "needed_roles", "parse_allow", "peer_uid",
-           "private_dir"]
+           "private_dir", "service_uids"]
 
 PERMITS: dict[str, frozenset[str]] = {
     "admin": frozenset({"read", "register"}),
@@ -60,6 +60,30 @@ def peer_uid(sock: socket.socket) -> int:
     _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     return uid
+
+
+def service_uids(socket_path: str) -> set[int]:
+    """The uids a client takes for the service listening at ``socket_path``: its own, root's,
+    and the owner of the socket's directory where no one else could have made or filled that
+    directory: it and every directory above it (links resolved) belong to root, the client
+    or that owner and are writable by no one else. In world-writable /tmp anyone can make
+    ``/tmp/lineage-ledger-baash-<uid>/`` before the service does, so there only the client's
+    own service (or root's) is believed."""
+    me = os.getuid()
+    trusted = {me, 0}
+    directory = os.path.dirname(os.path.realpath(socket_path))
+    try:
+        owner = os.stat(directory).st_uid
+        while True:
+            info = os.stat(directory)
+            if info.st_uid not in (0, me, owner) or info.st_mode & 0o022:
+                return trusted
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return trusted | {owner}
+            directory = parent
+    except OSError:  # a directory we may not look at: nothing is known about it
+        return trusted
 
 
 def _check_entries(value: object, path: str) -> list[tuple[int, list[str]]]:

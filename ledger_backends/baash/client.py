@@ -25,6 +25,7 @@ from lineage_ledger._model import StoredBlock
 from lineage_ledger.backends._base import Backend, ChainHead, Located, Role
 
 from ._wire import ANSWERS, MAX_FRAME, WireError, block_to_wire, encode, receive, send_frame
+from .access import peer_uid, service_uids
 
 __all__ = ["AccessDenied", "Address", "BaashBackend", "BlockRejected", "parse_address", "parse_url"]
 
@@ -152,6 +153,16 @@ class BaashBackend(Backend):
         except OSError as exc:
             sock.close()
             raise BackendUnavailable(f"cannot reach the BAASH service at {self.path}: {exc}") from exc
+        # The service asks the kernel who we are; we ask who it is, before a byte is sent: a
+        # socket another user planted where the service would be (/tmp) must get no record.
+        uid = peer_uid(sock)
+        if uid not in service_uids(self.path):
+            sock.close()
+            raise BackendError(
+                f"the BAASH service at {self.path} is not who it should be: the process listening there runs as "
+                f"uid {uid}, which is neither this user, root, nor the owner of a socket directory that only "
+                f"its owner could have made (each directory above it writable by root or that owner alone); "
+                f"nothing was sent. Serve from a directory only the service's user can write (--socket)")
         return sock
 
     def _connect_tls(self, context: ssl.SSLContext) -> socket.socket:
