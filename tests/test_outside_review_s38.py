@@ -175,3 +175,40 @@ def test_a_baash_client_sends_nothing_to_a_service_another_user_planted(tmp_path
         import shutil
 
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.mark.mpi
+@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/storage.py: commit appends after a torn line")
+def test_a_torn_last_line_of_the_chain_log_is_not_glued_to_the_next_commit(tmp_path):
+    """Bug: ``chain.log`` is appended a line per block, and its reader ignores an unterminated
+    last line as a torn write (a crash or power loss while the line was written), but the next
+    commit appended with ``O_APPEND`` after that fragment: ``1 f577...`` + ``1 <id>\\n``
+    became one malformed line. Setup: a service commits a block and stops; a torn line for
+    height 1 is left at the end of the log; the service is started again and a client
+    appends. Impact: that commit, every later one and every later start of the service
+    failed with ``CorruptStore: line for height 1 is malformed``: the ledger was stuck for
+    good after one crash at the wrong moment. Now a commit first cuts the log back to its
+    last whole line."""
+    from lineage_ledger.backends import open_backend
+    from tests.backend_conformance import chain_of
+    from tests.support.baash import BaashService
+    from tests.support.factories import make_records
+
+    chain = chain_of(make_records(4), 2)
+    service = BaashService(tmp_path, 3)
+    try:
+        open_backend(service.url).append(chain[:1])
+    finally:
+        service.stop()
+    with open(service.storage / "chain.log", "ab") as log:
+        log.write(b"1 " + chain[1].id[:20].encode())  # the line of the next block, cut short
+    service = BaashService(tmp_path, 3)
+    try:
+        open_backend(service.url).append(chain[1:])
+    finally:
+        service.stop()
+    service = BaashService(tmp_path, 3)
+    try:
+        assert open_backend(service.url).head().height == 1
+    finally:
+        service.stop()
