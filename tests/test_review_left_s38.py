@@ -167,7 +167,6 @@ def _special_files(directory: Path) -> dict[str, str]:
     return made
 
 
-@pytest.mark.xfail(strict=True, reason="core/_files/manifest.walk_tree passes over special files no record names in silence")
 def test_verify_says_which_special_files_of_a_directory_it_skipped(workdir):
     data = workdir / "data"
     data.mkdir()
@@ -185,7 +184,6 @@ def test_verify_says_which_special_files_of_a_directory_it_skipped(workdir):
     assert set(skipped) == set(made) and all(kind in skipped[name] for name, kind in made.items())
 
 
-@pytest.mark.xfail(strict=True, reason="core/_files/manifest._entries names the directory, not the special file inside it")
 def test_a_fifo_inside_a_recorded_directory_fails_its_check_naming_it(workdir):
     out = workdir / "out"
     out.mkdir()

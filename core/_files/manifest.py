@@ -234,12 +234,29 @@ def _entries(root: str) -> Iterator[tuple[str, str, str]]:
             elif entry.is_file(follow_symlinks=False):
                 yield relative, entry.path, "file"
             else:
-                raise ArtifactError(entry.path, "is not a regular file, directory or link (a socket, "
-                                    "FIFO or device cannot be recorded)")
+                # Named with the directory it makes unrecordable (the error a check of that
+                # directory reports), and never opened: a FIFO would block the reader.
+                raise ArtifactError(root, f"{relative} inside it is {special_kind(entry.path)}: a directory "
+                                    "holding a socket, FIFO or device cannot be recorded")
 
 
 def _reason(err: OSError) -> str:
     return describe_os_error(err)
+
+
+def special_kind(path: str, mode: int | None = None) -> str:
+    """What a thing that is neither a regular file, a directory nor a link is, in words
+    (``mode``: its ``st_mode``, from ``lstat`` when not given). Never opens it."""
+    if mode is None:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return "not a regular file"
+    for test, words in ((stat_module.S_ISFIFO, "a FIFO (named pipe)"), (stat_module.S_ISSOCK, "a socket"),
+                        (stat_module.S_ISCHR, "a character device"), (stat_module.S_ISBLK, "a block device")):
+        if test(mode):
+            return words
+    return "not a regular file"
 
 
 # Manifests this process computed lately, by digest: a plugin that hashed a directory
@@ -269,8 +286,10 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
     ``verify-lineage``): symlinks to files are followed; links to directories, dangling
     links and special files are passed over, except those ``is_artifact`` says a record
     names (a recorded output replaced by a dangling link or a FIFO is yielded, for its
-    check to say so). A subdirectory that ``is_artifact`` says is a recorded directory is
-    yielded itself, not descended into.
+    check to say so). A special file (FIFO, socket, device), or a link to one, that is
+    passed over is reported to ``on_skip`` with what it is: a check of the tree must not
+    pass it over in silence. None is ever opened. A subdirectory that ``is_artifact``
+    says is a recorded directory is yielded itself, not descended into.
 
     An entry that cannot be read (a symbolic link loop, a directory without permission)
     is reported to ``on_skip(path, reason)`` and skipped; the walk goes on. The ledger's
@@ -283,6 +302,12 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
             raise ArtifactError(path, _reason(err)) from err
         on_skip(path, _reason(err))
 
+    def special(path: str, mode: int | None, link: bool) -> None:
+        # Not a file, and no record names it (none can): said, not checked, never opened.
+        if on_skip is not None:
+            kind = special_kind(path, mode)
+            specials.append((path, f"a symbolic link to {kind}, not a file" if link else f"{kind}, not a file"))
+
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -293,6 +318,7 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
             skip(directory, err)
             continue
         files = []
+        specials: list[tuple[str, str]] = []  # said in name order, as the files are yielded
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name == _SKIPPED:
@@ -315,11 +341,18 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
                     files.append(entry.path)
                 elif is_artifact is not None and is_artifact(entry.path):
                     files.append(entry.path)  # a link a record names, to a directory or a FIFO
+                elif not stat_module.S_ISDIR(mode):
+                    special(entry.path, mode, link=True)  # (links to directories are not followed)
             elif entry.is_file(follow_symlinks=False):
                 files.append(entry.path)
                 if plain is not None:
                     plain.add(entry.path)
             elif is_artifact is not None and is_artifact(entry.path):
                 files.append(entry.path)  # a recorded file, now a FIFO, a socket or a device
+            else:
+                special(entry.path, None, link=False)
         files.reverse()
+        for path, reason in reversed(specials):  # (collected only where on_skip is given)
+            assert on_skip is not None
+            on_skip(path, reason)
         yield from files
