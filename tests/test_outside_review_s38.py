@@ -178,7 +178,6 @@ def test_a_baash_client_sends_nothing_to_a_service_another_user_planted(tmp_path
 
 
 @pytest.mark.mpi
-@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/storage.py: commit appends after a torn line")
 def test_a_torn_last_line_of_the_chain_log_is_not_glued_to_the_next_commit(tmp_path):
     """Bug: ``chain.log`` is appended a line per block, and its reader ignores an unterminated
     last line as a torn write (a crash or power loss while the line was written), but the next

@@ -142,6 +142,10 @@ class SharedStore:
         lines = "".join(f"{b.height} {b.id}\n" for b in blocks).encode()
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            # The refresh above read every whole line; anything past them is a line a crash
+            # cut short (never committed). Appended to, it would glue onto our first line.
+            if os.fstat(fd).st_size > self._log_offset:
+                os.ftruncate(fd, self._log_offset)
             os.write(fd, lines)
             os.fsync(fd)
         finally:
