@@ -132,21 +132,49 @@ def test_problems_past_the_kept_ones_are_counted_and_still_fail(monkeypatch):
     assert not report.ok
 
 
-def test_a_bounded_cache_keeps_what_is_used_and_forgets_the_oldest():
-    cache = Bounded(3)
-    for key in "abc":
+def test_a_bounded_cache_keeps_what_is_used_and_forgets_the_oldest_half():
+    cache = Bounded(4)
+    for key in "abcd":
         cache[key] = key.upper()
     assert cache.get("a") == "A"  # used: now the newest
-    cache["d"] = "D"
-    assert "b" not in cache and set(cache) == {"a", "c", "d"}
     cache["d"] = "D2"  # an update does not evict
-    assert len(cache) == 3 and cache.get("zz", 7) == 7
+    assert len(cache) == 4
+    cache["e"] = "E"  # past the bound: the oldest go, down to half, in one pass
+    assert set(cache) == {"a", "e"} and cache["a"] == "A"
+    assert cache.get("zz", 7) == 7
+    for i in range(10_000):  # forgetting stays cheap however many were forgotten before
+        cache[i] = i
+    assert len(cache) <= 4 and 9_999 in cache
 
 
-def test_a_targeted_check_keeps_every_target(ledger_with_outputs, tmp_path):
-    """Only an audit bounds its report: targets given by name are all kept and shown."""
+def test_a_targeted_check_of_a_few_files_keeps_every_target(ledger_with_outputs, tmp_path):
+    """Files named one by one, up to SHOWN of them, are all kept and shown."""
     base, url = ledger_with_outputs
+    named = [str(base / "data" / f"sample-{i:05d}.out") for i in range(0, OUTPUTS, 7)]
     with open_ledger(url, read_only=True, state_dir=str(tmp_path / "state")) as ledger:
-        report = verify_lineage(ledger, [str(base / "data")])
+        report = verify_lineage(ledger, named)
     assert report.ok and report.not_shown == 0
-    assert len([t for t in report.targets if t.path.endswith(".out")]) == OUTPUTS
+    assert [t.path for t in report.targets] == named
+
+
+def test_a_directory_of_many_files_is_checked_in_bounded_memory(tmp_path):
+    """A results directory of more than SHOWN files is checked as an audit's outputs are:
+    the first SHOWN verified trees are kept, the rest counted (a million files kept a
+    million trees). What it decides must not change: a file edited among those not shown
+    still fails, is shown with its tree, and gives exit 1."""
+    base = tmp_path / "many"
+    base.mkdir()
+    url = build_outputs(base, f"sqlite:///{base}/ledger.db")
+    env = {"LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    clean = run_cli("--ledger", url, "data", cwd=base, env=env, program="verify-lineage")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    # reference.fa and the outputs: SHOWN kept, the rest counted
+    assert f"... and {OUTPUTS + 1 - SHOWN} more files checked, not shown here" in clean.stdout
+    late = base / "data" / f"sample-{OUTPUTS - 3:05d}.out"
+    late.write_text("edited by hand")
+    edited = run_cli("--ledger", url, "--json", "data", cwd=base, env=env, program="verify-lineage")
+    assert edited.returncode == 1, edited.stdout + edited.stderr
+    data = json.loads(edited.stdout)
+    assert [f["path"] for f in data["failures"]] == [str(late)]
+    assert str(late) in [t["path"] for t in data["targets"]]  # the failing one is kept
+    assert data["targets_not_shown"] == OUTPUTS + 1 - SHOWN - 1

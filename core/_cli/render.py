@@ -196,7 +196,8 @@ def report_lines(report: Report) -> list[str]:
         if absent.more:
             lines.append(f"  ... and {absent.more} more")
     if report.not_shown:
-        lines.append(f"\n... and {report.not_shown} more recorded outputs checked, not shown here "
+        checked = "recorded outputs" if report.audited_records else "files"  # an audit's, or a directory's
+        lines.append(f"\n... and {report.not_shown} more {checked} checked, not shown here "
                      "(`verify-lineage PATH` shows one)")
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {report.outputs_checked} recorded outputs")

@@ -32,7 +32,7 @@ from .._ledger.ledger import Ledger, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._log.chain import ChainSummary
 from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
-from .report import Absent, Report, TargetResult
+from .report import SHOWN, Absent, Report, TargetResult
 
 if TYPE_CHECKING:
     from .._log.checkpoint import Checkpoint
@@ -201,9 +201,16 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
         with found, _fewer_collections():
             for window in found.windows(_WINDOW):
                 _verify_window(ledger, window, report, files=files, audit=True)
+    # Many files (a results directory): checked as an audit's outputs are, in bounded memory,
+    # the first SHOWN of those verified and of those failing kept with their trees, the rest
+    # counted. Every failure is reported whatever is kept.
+    many = len(paths) > SHOWN
+    if many:
+        report.bound()
     with _fewer_collections():
         for start in range(0, len(paths), _WINDOW):
-            _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False, plain=plain)
+            _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False, plain=plain,
+                           bounded=many)
     from .._ledger.deferred import waiting_for
 
     checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
@@ -235,7 +242,7 @@ _LOOK_AHEAD = 16
 
 
 def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool,
-                   plain: Collection[str] = ()) -> None:
+                   plain: Collection[str] = (), bounded: bool = False) -> None:
     # Many files (a directory's, an audit's outputs): their index rows read at once.
     ahead = contextlib.ExitStack()
     if len(window) >= _LOOK_AHEAD:
@@ -252,6 +259,10 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
                 problems = report.problems
                 _verify_one(ledger, path, report, files=files, audit=True)
                 report.counted(path, failed=report.problems > problems)
+            elif bounded:
+                problems = report.problems
+                _verify_one(ledger, path, report, files=files, audit=False)
+                report.kept(path, failed=report.problems > problems)
             else:
                 _verify_one(ledger, path, report, files=files, audit=False)
 
