@@ -90,6 +90,46 @@ def test_a_crate_is_private_and_never_written_through_a_planted_link(tmp_path):
     assert stat.S_IMODE((tmp_path / "crate.zip").stat().st_mode) == 0o600
 
 
+
+@pytest.mark.xfail(strict=True, reason="core/exports/_crate_build.py: _data_path keeps '..' parts of a recorded path")
+def test_a_crate_never_copies_a_file_outside_itself(tmp_path):
+    """Bug: the RO-Crate export copies each recorded file into ``data/`` under its recorded
+    path, each part slugged, but a part ``..`` survived the slug: a record whose output path
+    climbs (``/BASE/lnk/../../..(n)/victim.txt``, ``lnk`` a link to a directory n levels
+    deep, so the path names a file of the writer's) was copied to ``crate/data/BASE/lnk/..
+    (n)/victim.txt``, which ``makedirs`` and the kernel resolve to a place outside the crate.
+    Setup: another writer of a shared ledger (BAASH, Fabric, PostgreSQL) appends such a
+    record (the ledger takes any path text) with its file's digest; the owner runs ``export
+    --run RUN -f ro-crate -o crate`` (data is copied by default) beside their own
+    ``victim.txt``. Impact: the owner's file was overwritten with the writer's bytes, exit 0
+    ('1 file(s) copied'); with more ``..`` any file the owner may write (``~/.bashrc``).
+    Now no part of a copy's place in the crate is ``.`` or ``..``, and a copy that would
+    land outside the crate is not made."""
+    from lineage_ledger import open_ledger
+    from tests.support.factories import artifact, make_record
+
+    home = tmp_path / "home"
+    home.mkdir()
+    victim = home / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "victim.txt").write_text("pwned\n")  # the writer's file, with the recorded digest
+    depth = len(Path(tmp_path).parts) - 1 + 3  # up from crate/data/<tmp_path>/lnk to home
+    deep = tmp_path.joinpath(*[f"d{i}" for i in range(depth)])
+    deep.mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(deep)
+    climbing = f"{tmp_path}/lnk" + "/.." * depth + "/victim.txt"
+    assert Path(climbing).read_text() == "pwned\n"
+    url = f"sqlite:///{home}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([make_record(0, run_id="shared", outputs=[artifact(climbing, "pwned\n")]).stored()])
+    result = run_cli("export", "--run", "shared", "-f", "ro-crate", "-o", "crate", cwd=home,
+                     env={"LINEAGE_LEDGER_URL": url})
+    assert victim.read_text() == "precious\n", "the crate export overwrote a file outside the crate"
+    assert result.returncode == 0, result.stderr
+    copied = [p for p in (home / "crate" / "data").rglob("*") if p.is_file()]
+    assert all(".." not in p.relative_to(home / "crate").parts for p in copied)
+
+
 # -- BAASH: the service a client reaches ---------------------------------------------------
 
 NOBODY = 65534
