@@ -55,6 +55,8 @@ def _first_run(tmp_path: Path) -> tuple[Path, Path, Path]:
     assert first.returncode == 0, first.stdout + first.stderr
     (outdir,) = (here / "work").glob("*/*/outdir")
     assert (outdir / "ref.txt").is_symlink()
+    (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]
+    assert make["outputs"][str(outdir / "ref.txt")]["alias_of"] == str(reference)  # the link, by its name
     return here, outdir, reference
 
 
@@ -64,10 +66,16 @@ def _keep_mtime(path: Path, change: callable) -> None:  # type: ignore[valid-typ
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/nextflow _workdir._written_files leaves links out of a task's "
-                   "outputs, so _appeared does not see a link slipped into a cached directory output")
 def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(tmp_path):
     here, outdir, _reference = _first_run(tmp_path)
+    # Untouched, the task's own link is no change: strict reuses MAKE, and USE's lineage verifies.
+    clean = nf.run("nextflow-ledger", "run", "main.nf", "--ref", str(_reference), "--use", "true", "-resume",
+                   "--ledger-policy", "strict", cwd=here)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "Cached process > MAKE" in clean.stdout and "Submitted process > USE" in clean.stdout
+    (used,) = (here / "work").glob("*/*/used.txt")
+    verified = nf.run("verify-lineage", str(used), cwd=here)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     planted = tmp_path / "elsewhere" / "planted.txt"
     planted.write_text("not made by the workflow\n")
     _keep_mtime(outdir, lambda: (outdir / "extra.txt").symlink_to(planted))  # Nextflow reuses MAKE
@@ -78,8 +86,6 @@ def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(t
     assert "Launching" not in strict.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/nextflow _workdir._written_files leaves links out of a task's "
-                   "outputs: the file a cached task's link leads to is checked only through a reader's record")
 def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(tmp_path):
     """No task read ``outdir/ref.txt`` yet, so only MAKE's record could vouch for it: an edit
     of the reference (size and mtime kept) went on to USE when a later ``-resume`` added it."""

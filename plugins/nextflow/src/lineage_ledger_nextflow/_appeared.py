@@ -15,9 +15,11 @@ the task: it changed outside the workflow, and counts as a changed output of tha
 A file the task wrote inside a directory of its work directory (a directory output) that is
 gone now is a change too: Nextflow checks that the directory is there, not what it holds.
 
-Limits: the links a task makes are not listed (``_workdir`` leaves them out of its outputs),
-so a symbolic link slipped in is not seen here; a session file written before the wrapper
-listed every file is compared all the same (every wrapper release here did).
+A symbolic link to a file counts as a file (``_workdir`` lists the links a task makes to
+files among its outputs), so a link slipped in is seen too. Limits: a link to a directory, or
+one that leads nowhere, is not listed, so one slipped in is not seen; a list written before
+the wrapper listed links makes a link its task made count as appeared (run that session once
+without ``-resume``, or under ``warn``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
     for path in written:
         if os.path.dirname(path) == workdir or path in moved or os.path.lexists(path):
             continue
+        if not path.startswith(workdir + os.sep):
+            continue  # the file a link of the task leads to, recorded beside it (``alias_of``)
         top = os.path.relpath(path, workdir).split(os.sep, 1)[0]
         if os.path.isdir(os.path.join(workdir, top)):  # the directory is there, without the file
             gone.append(path)

@@ -12,7 +12,12 @@ Nextflow runs each task in a directory of its own (``work/ab/cdef...``) and writ
 
 Inputs are recorded as the real files behind what was staged (a symbolic link is followed
 to its target, so an upstream task's output keeps the path its producer recorded); outputs
-are the files the task wrote itself: everything else in the directory.
+are the files the task wrote itself: everything else in the directory. A symbolic link the
+task made to a file (a reference put into a directory output without a copy) is an output
+too, under its own name, with the digest of the file it leads to: that is what a downstream
+task reads through it, and what the check before ``-resume`` compares (a link slipped in,
+retargeted, or whose file was edited, is then seen as a regular file's change is). A link to
+a directory, or one that leads nowhere, is not followed and not listed.
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:
 
 
 def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
-    """Regular files below ``workdir`` that are neither Nextflow's nor staged inputs."""
+    """Regular files below ``workdir``, and links to regular files, that are neither
+    Nextflow's nor staged inputs."""
     skip = {os.path.join(workdir, name) for name in staged}
     written = []
     for root, dirs, files in os.walk(workdir):
@@ -142,8 +148,8 @@ def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
             full = os.path.join(root, name)
             if full in skip or (root == workdir and name in WRAPPER_FILES):
                 continue
-            if os.path.islink(full) or not os.path.isfile(full):
-                continue  # a link the task made points at someone else's file
+            if not os.path.isfile(full):
+                continue  # a link to a directory or to nothing, a socket, a fifo
             written.append(full)
     return written
 
