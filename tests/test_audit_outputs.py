@@ -138,12 +138,17 @@ def test_a_bounded_cache_keeps_what_is_used_and_forgets_the_oldest_half():
         cache[key] = key.upper()
     assert cache.get("a") == "A"  # used: now the newest
     cache["d"] = "D2"  # an update does not evict
+    cache.trim()
     assert len(cache) == 4
-    cache["e"] = "E"  # past the bound: the oldest go, down to half, in one pass
+    cache["e"] = "E"
+    cache.trim()  # past the bound: the oldest go, down to half, in one pass
     assert set(cache) == {"a", "e"} and cache["a"] == "A"
     assert cache.get("zz", 7) == 7
     for i in range(10_000):  # forgetting stays cheap however many were forgotten before
         cache[i] = i
+        if i % 100 == 0:
+            cache.trim()
+    cache.trim()
     assert len(cache) <= 4 and 9_999 in cache
 
 

@@ -265,6 +265,7 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
                 report.kept(path, failed=report.problems > problems)
             else:
                 _verify_one(ledger, path, report, files=files, audit=False)
+    report.trim()
 
 
 def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
