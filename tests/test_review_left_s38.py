@@ -197,7 +197,6 @@ def test_a_fifo_inside_a_recorded_directory_fails_its_check_naming_it(workdir):
 
 
 # -- 3. a directory with nothing in it to check -----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="core/_cli/render.py (and the verify command's exit status): nothing checked is reported as verified")
 def test_verify_of_an_empty_directory_says_nothing_was_checked(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # a ledger, nothing under empty/
     (workdir / "empty").mkdir()
@@ -213,7 +212,6 @@ def test_verify_of_an_empty_directory_says_nothing_was_checked(workdir):
     assert both.returncode == 1 and "empty" in both.stdout and "nothing was checked" in both.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="core/_files/manifest.walk_tree and core/_cli/render.py: nothing checked is reported as verified")
 def test_verify_of_a_directory_holding_only_a_fifo_says_nothing_was_checked(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)
     (workdir / "pipes").mkdir()

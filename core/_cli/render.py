@@ -7,6 +7,7 @@ through :func:`printable` before it reaches a line for the terminal (issue 15).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._ledger.ledger import LedgerRecord, LineageNode
@@ -16,7 +17,7 @@ from .._terminal import printable
 from .._verification.verify import ArtifactCheck, Report
 
 __all__ = ["DEPTH_SHOWN", "NODES_SHOWN", "derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json",
-           "report_lines"]
+           "report_lines", "unchecked_directories"]
 
 # Generations of a tree shown. A file updated in place every day has a lineage as deep as
 # its age in days; shown whole, its lines would indent four columns more each generation
@@ -160,7 +161,42 @@ def _records_in(tree: list) -> int:
     return count
 
 
-def report_lines(report: Report) -> list[str]:
+def unchecked_directories(report: Report, given: Iterable[str]) -> list[str]:
+    """The directories among ``given`` (the targets as the user gave them) under which
+    nothing was checked: no file is in them (or only what was skipped: a FIFO, a loop), they
+    are not, nor lie in, a recorded directory, and no record names a file below them that is
+    gone (``report.absent``). Such a target is reported as not verified (exit 1), as a file
+    no record names is (UNRECORDED): "verified" would vouch for nothing (docs/directories.md)."""
+    given = [path for path in given if os.path.isdir(path)]
+    if not given:
+        return []
+    # Every directory at or above something checked, failed or found gone: one set, so that
+    # many targets each cost a look-up, not a scan of what the report holds.
+    reached: set[str] = set()
+    seen = [t.path for t in report.targets] + [f.path for f in report.failures if f.path]
+    for path in seen + [a.directory for a in report.absent]:
+        while path not in reached:
+            reached.add(path)
+            path = os.path.dirname(path)
+    unchecked = []
+    for target in given:
+        if {os.path.abspath(target), os.path.realpath(target)} & reached:
+            continue
+        if report.not_shown and _holds_a_file(target):
+            continue  # its files were checked and counted, past those a report keeps
+        unchecked.append(os.path.abspath(target))
+    return unchecked
+
+
+def _holds_a_file(directory: str) -> bool:
+    from .._files.manifest import walk_tree
+
+    return next(iter(walk_tree(directory, on_skip=lambda _path, _why: None)), None) is not None
+
+
+def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
+    """``unchecked``: the directories given under which nothing was checked
+    (:func:`unchecked_directories`); each fails the report."""
     lines: list[str] = []
     if report.chain is not None:
         c = report.chain
@@ -195,6 +231,9 @@ def report_lines(report: Report) -> list[str]:
         lines.extend(f"  {_short(path)}" for path in absent.paths)
         if absent.more:
             lines.append(f"  ... and {absent.more} more")
+    for directory in unchecked:
+        lines.append(f"\n{_short(directory, here)}: nothing was checked (no file in it, and no record names "
+                     "anything under it)")
     if report.not_shown:
         checked = "recorded outputs" if report.audited_records else "files"  # an audit's, or a directory's
         lines.append(f"\n... and {report.not_shown} more {checked} checked, not shown here "
@@ -206,11 +245,13 @@ def report_lines(report: Report) -> list[str]:
         lines.append(f"\nnote: {report.waiting} record(s) of this ledger wait in the spool, not yet in the ledger"
                      f"{named}: `lineage-ledger spool ship`, then verify again")
     lines.append("")
-    if report.ok:
+    if report.ok and not unchecked:
         lines.append("verified")
     else:
-        lines.append(f"FAILED: {report.problems} problem(s)")
+        lines.append(f"FAILED: {report.problems + len(unchecked)} problem(s)")
         lines.extend(f"  {type(f).__name__}: {printable(str(f))}" for f in report.failures)
+        lines.extend(f"  nothing was checked in {printable(d)}: no file in it, and no record names anything "
+                     "under it" for d in unchecked)
         if report.more_failures:
             lines.append(f"  ... and {report.more_failures} more problem reports, not shown")
     return lines
@@ -244,7 +285,7 @@ def lineage_json(root: LineageNode) -> dict[str, Any]:
     return _node_json(root, {}, set())
 
 
-def report_json(report: Report) -> dict[str, Any]:
+def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]:
     targets = []
     for target in report.targets:
         checks = dict(target.files)
@@ -255,7 +296,8 @@ def report_json(report: Report) -> dict[str, Any]:
         })
     chain = report.chain
     return {
-        "ok": report.ok,
+        "ok": report.ok and not unchecked,
+        "nothing_checked": list(unchecked),  # directories given with no file, nothing recorded under them
         "chain": None if chain is None else {
             "blocks": chain.blocks, "records": chain.records, "head": chain.head, "log_root": chain.log_root,
         },

@@ -13,7 +13,7 @@ from .._errors import CheckpointInvalid, ConfigError, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
 from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory, refuse_output_over
-from .render import report_json, report_lines
+from .render import report_json, report_lines, unchecked_directories
 
 __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
 
@@ -65,14 +65,15 @@ def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as
                 report.fail(failure)
     for entry, reason in report.skipped:  # entries of the trees given that could not be read
         click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
+    unchecked = unchecked_directories(report, targets)  # an empty directory: not "verified"
     if as_json:
-        data = report_json(report)
+        data = report_json(report, unchecked)
         if report.skipped:
             data["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
         click.echo(json_text(data, indent=2))
     else:
-        click.echo("\n".join(report_lines(report)))
-    sys.exit(0 if report.ok else 1)
+        click.echo("\n".join(report_lines(report, unchecked)))
+    sys.exit(0 if report.ok and not unchecked else 1)
 
 
 
