@@ -91,7 +91,6 @@ def test_a_crate_is_private_and_never_written_through_a_planted_link(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_crate_build.py: _data_path keeps '..' parts of a recorded path")
 def test_a_crate_never_copies_a_file_outside_itself(tmp_path):
     """Bug: the RO-Crate export copies each recorded file into ``data/`` under its recorded
     path, each part slugged, but a part ``..`` survived the slug: a record whose output path

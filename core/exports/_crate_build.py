@@ -55,8 +55,11 @@ _UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_" (eve
 
 
 def _slug(text: str) -> str:
-    """``text`` with every character but letters, digits and ``-_.`` made ``-``, 80 at most."""
-    return _UNSAFE.sub("-", text[:80]) or "x"
+    """``text`` with every character but letters, digits and ``-_.`` made ``-``, 80 at most;
+    never ``.`` or ``..``: a recorded path is any text a writer of the ledger chose, and a
+    ``..`` kept in a copy's place would climb out of the crate."""
+    slug = _UNSAFE.sub("-", text[:80]) or "x"
+    return slug.replace(".", "-") if slug in (".", "..") else slug
 
 
 def _has_links(directory: str) -> bool:
@@ -69,6 +72,8 @@ def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
     (manifest); the copy is hashed, so one changed during the copy is left out, not
     described wrongly."""
     target = os.path.join(crate_dir, relative)
+    if not _inside_crate(crate_dir, target):
+        return False
     if version.is_dir:
         if not os.path.isdir(version.path) or os.path.islink(version.path) or _has_links(version.path):
             return False
@@ -83,6 +88,13 @@ def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
         shutil.rmtree(target) if version.is_dir else os.unlink(target)
         return False
     return True
+
+
+def _inside_crate(crate_dir: str, target: str) -> bool:
+    """Whether ``target``'s directory, as far as it exists, resolves inside the crate (a
+    second guard: the slug already leaves no ``..``)."""
+    crate = os.path.realpath(crate_dir)
+    return os.path.commonpath([crate, os.path.realpath(os.path.dirname(target))]) == crate
 
 
 def _data_path(shown: str) -> str:
