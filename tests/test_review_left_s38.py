@@ -15,7 +15,7 @@
    nothing was checked. It now says so and exits 1, as an unrecorded file target does
    (``_cli/render.unchecked_directories``).
 
-About 15 s (the PostgreSQL cases start a server once per session).
+About 20 s at a load of 2 (the PostgreSQL cases start a server once per session).
 """
 
 from __future__ import annotations
