@@ -130,7 +130,6 @@ def test_a_crate_never_copies_a_file_outside_itself(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_graph.py: render_svg writes control characters as they are")
 def test_an_svg_graph_of_a_file_named_with_a_control_character_is_well_formed(tmp_path):
     """Bug: ``graph -f svg`` put file names into the SVG with ``html.escape`` only; a name
     holding a control character (``a\\x01b.txt``, which the ledger records) is not allowed in

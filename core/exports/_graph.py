@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -228,7 +229,7 @@ def svg_of_view(view: dict[str, Any], title: str) -> str:
     where = {n["id"]: n for n in view["nodes"]}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="-10 -10 {width} {height}" font-family="sans-serif" font-size="12">',
-             f"<title>{html.escape(title)}</title>"]
+             f"<title>{_xml(title)}</title>"]
     for edge in view["edges"]:
         a, b = where[edge["from"]], where[edge["to"]]
         x1, y1 = a["x"] + NODE_WIDTH, a["y"] + NODE_HEIGHT // 2
@@ -240,10 +241,10 @@ def svg_of_view(view: dict[str, Any], title: str) -> str:
         shape = 'rx="4"' if node["kind"] != "file" else 'rx="14"'
         label = node["label"] if len(node["label"]) <= 34 else "…" + node["label"][-33:]
         parts.append(
-            f'<g class="node {node["kind"]}{" dir" if node.get("type") == "dir" else ""}"><title>{html.escape(node["label"])} [{html.escape(node["status"])}]'
+            f'<g class="node {node["kind"]}{" dir" if node.get("type") == "dir" else ""}"><title>{_xml(node["label"])} [{_xml(node["status"])}]'
             f'</title><rect x="{node["x"]}" y="{node["y"]}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" {shape} '
             f'fill="{colour}" fill-opacity="0.15" stroke="{colour}" stroke-width="2"/>'
-            f'<text x="{node["x"] + 8}" y="{node["y"] + 21}">{html.escape(label)} · {html.escape(node["status"])}'
+            f'<text x="{node["x"] + 8}" y="{node["y"] + 21}">{_xml(label)} · {_xml(node["status"])}'
             f"</text></g>")
     parts.append("</svg>\n")
     return "\n".join(parts)
@@ -260,6 +261,18 @@ def render_dot(model: GraphModel) -> str:
         lines.append(f"  {dot_id(s)} -> {dot_id(d)};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+# What XML 1.0 does not allow in a document: C0 controls but tab, newline and carriage return,
+# and the surrogates a name that is not UTF-8 would bring (the ledger refuses those today).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    """``text`` escaped for SVG; a character XML cannot carry shown as ``\\xNN`` (a file
+    named with one would otherwise leave the whole picture not well-formed)."""
+    return html.escape(_NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                    else f"\\u{ord(m.group()):04x}", text))
 
 
 def write_graph(model: GraphModel, path: str, fmt: str, *, group: str = "auto") -> None:
