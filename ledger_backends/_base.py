@@ -213,6 +213,13 @@ class Backend(ABC):
                 block.height, block.id, block.header, [r.id for r in records], [r.body for r in records]
             )
 
+    def block_id_at(self, height: int) -> str | None:
+        """The id stored for block ``height`` (None where there is none): what a writer
+        compares with the block its remembered tree head ended on before each shipment.
+        The default reads the block; back-ends with a table of blocks read one row."""
+        block = next(iter(self.block_columns(height, height + 1)), None)
+        return None if block is None or block.height != height else block.id
+
     @abstractmethod
     def record_count(self) -> int:
         """How many records are stored, in blocks or not (verification compares)."""

@@ -56,6 +56,10 @@ class _SQLReads(_SQLLookups):
         rows = self._fetch("reading the head", "SELECT height, id FROM ll_blocks ORDER BY height DESC LIMIT 1", ())
         return None if not rows else ChainHead(int(rows[0][0]), rows[0][1])
 
+    def block_id_at(self, height: int) -> str | None:
+        rows = self._fetch("reading a block's id", "SELECT id FROM ll_blocks WHERE height = ?", (int(height),))
+        return None if not rows else rows[0][0] if type(rows[0][0]) is str else str(rows[0][0])
+
     def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[StoredBlock]:
         for height, block_id, header, rows in self._block_rows(start, stop):
             records = tuple(

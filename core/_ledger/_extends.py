@@ -8,8 +8,14 @@ rewrite under new blocks (a shrunk ledger, once appended to, reads as a fork). S
 shipping path (:class:`~.deferred.DeferredLedger`: ``run``, ``spool ship``, the engines'
 recorders and shippers) makes the check :meth:`Verifier.refresh` begins with, without
 verifying the blocks appended since (a reader's work, which grows with them): one look at
-the stored head, and one block read the first time a remembered head is confirmed. The
-records wait in the spool until the user looks, or resets the trust on purpose.
+the stored head, and one at the id of the block the remembered head ended on, before every
+shipment. The records wait in the spool until the user looks, or resets the trust on purpose.
+
+Every shipment, not once per remembered head: a long-running process (a scheduler, a
+DataFlowKernel) whose account's head lags more than 64 blocks behind (so its own appends do
+not move it: :meth:`Ledger._remember_appended`) confirmed that block once and then shipped
+into a fork made afterwards that left the ledger no shorter, for the rest of its life
+(tests/test_writer_fork_check.py). One indexed row a shipment (``Backend.block_id_at``).
 
 Only a head that is remembered is checked, and nothing is created to find out: an account
 that never verified the ledger, or whose state cannot be used (the read commands say why),
@@ -55,11 +61,10 @@ def remembered_store(ledger: Ledger) -> TrustStore | None:
         return None
 
 
-def check_extends(ledger: Ledger, confirmed: tuple[int, str] | None = None) -> tuple[int, str] | None:
+def check_extends(ledger: Ledger) -> tuple[int, str] | None:
     """Raise :class:`HistoryRewritten` where ``ledger`` no longer extends the tree head this
     account remembers for it. Returns ``(blocks, last block id)`` of the head found still
-    stored (None where no head is remembered); pass it back as ``confirmed`` and that block
-    is not read again while the head stays the same."""
+    stored (None where no head is remembered)."""
     store = remembered_store(ledger)
     if store is None:
         return None
@@ -78,10 +83,9 @@ def check_extends(ledger: Ledger, confirmed: tuple[int, str] | None = None) -> t
             f"{head.verified}, {stored + 1} are stored now, so nothing is appended to it. If it was restored "
             "from a backup on purpose, run `lineage-ledger reset-trust` and verify it again")
     key = (head.blocks, head.block_id)
-    if key == confirmed or (tip.height, tip.id) == (head.blocks - 1, head.block_id):
+    if (tip.height, tip.id) == (head.blocks - 1, head.block_id):
         return key
-    kept = next(iter(backend.block_columns(head.blocks - 1, head.blocks)), None)
-    if kept is None or kept.id != head.block_id:
+    if backend.block_id_at(head.blocks - 1) != head.block_id:
         raise HistoryRewritten(
             f"{backend.identity}: block {head.blocks - 1}, where the tree verified on {head.verified} ended "
             f"({head.size} records, root {head.root}), is no longer stored as it was: history was rewritten, "

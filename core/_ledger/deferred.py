@@ -62,7 +62,6 @@ class DeferredLedger:
         self._lock = threading.Lock()
         self._replayed = False
         self._spool_dir: str | None = None
-        self._confirmed: tuple[int, str] | None = None  # the remembered head found still stored
 
     @property
     def spool_dir(self) -> str:
@@ -96,7 +95,7 @@ class DeferredLedger:
                                 self.url, self._ledger.backend.identity, self.identity)
             from ._extends import check_extends
 
-            self._confirmed = check_extends(self._ledger, self._confirmed)
+            check_extends(self._ledger)
             return self._ledger
 
     def append_records(self, records: Sequence[StoredRecord], *, block_size: int = 1000) -> int:

@@ -104,10 +104,9 @@ class Verifier(FullAudit):
                 )
             if tip is None or (tip.height, tip.id) == (head.blocks - 1, head.block_id):
                 return head
-            if head.blocks:
-                kept = next(iter(backend.block_columns(head.blocks - 1, head.blocks)), None)
-                if kept is None or kept.id != head.block_id:
-                    raise self._forked(head)
+            # The block the head ended on, as it was (its id: one row, not the block's bodies).
+            if head.blocks and backend.block_id_at(head.blocks - 1) != head.block_id:
+                raise self._forked(head)
             with store.locked():
                 if store.reload() != head:
                     continue  # another process extended it meanwhile: look again
