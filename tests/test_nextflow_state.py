@@ -98,8 +98,6 @@ def test_a_resume_of_a_run_the_wrapper_never_recorded(tmp_path):
     assert "Cached process > COUNT (alpha)" in warn.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/nextflow cli._run_recorded saves only the tasks the run ran: "
-                   "after a -resume checked from the work directory the new list leaves the cached ones out")
 def test_the_list_written_after_a_run_without_one_still_covers_the_cached_tasks(tmp_path):
     """The list moved aside, a ``-resume`` that runs one task again (a changed parameter) writes
     a new list: it must name the tasks taken from the cache as well, or the next ``-resume``,
