@@ -269,3 +269,36 @@ def test_a_torn_last_line_of_the_chain_log_is_not_glued_to_the_next_commit(tmp_p
         assert open_backend(service.url).head().height == 1
     finally:
         service.stop()
+
+
+@pytest.mark.mpi
+@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/gateway.py: round() keeps a rank's signature unchecked")
+def test_one_lying_rank_does_not_stop_the_quorum_endorsing_the_tree_head(tmp_path):
+    """Bug: after a commit the gateway put under one note the signature line of every rank
+    that *reported* the tree head it holds, without checking the line; and a note with one
+    failing signature by a known key is refused whole (signed-note rules). Setup: 4 ranks
+    (f=1, a quorum is 3 of 4), rank 3 a liar (``--lying-signer 3``: it reports the agreed
+    head and signs another root); two appends; ``lineage-ledger baash checkpoint --keys
+    ranks.pub``. Impact: exit 1 ('signature ... does not verify') at every round, though
+    three honest ranks signed: one faulty rank, which BFT promises to tolerate, stopped the
+    endorsed head for good (ranks restarting on that checkpoint then endorse nothing either).
+    Now the gateway checks each line against the ranks' keys and leaves a failing one out."""
+    from lineage_ledger.backends import open_backend
+    from tests.backend_conformance import chain_of
+    from tests.support.baash import BaashService
+    from tests.support.factories import make_records
+
+    chain = chain_of(make_records(4), 2)
+    service = BaashService(tmp_path, 4, "--lying-signer", "3")
+    try:
+        backend = open_backend(service.url)
+        backend.append(chain[:1])
+        backend.append(chain[1:])
+        keys = service.storage / "keys" / "ranks.pub"
+        result = run_cli("baash", "checkpoint", "--ledger", service.url, "--keys", keys, "-o", tmp_path / "head",
+                         cwd=tmp_path)
+    finally:
+        service.stop()
+    assert result.returncode == 0, result.stderr
+    assert "tree head of 4 records" in result.stderr
+    assert (tmp_path / "head").read_text().count("\u2014 baash-rank-") == 3

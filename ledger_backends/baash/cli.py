@@ -73,6 +73,8 @@ def baash() -> None:
 @click.option("--vote-timeout", type=float, default=5.0, show_default=True, help="Seconds before a silent validator fails.")
 @click.option("--faulty-voter", type=int, multiple=True, help="Fault injection: this rank votes the opposite.")
 @click.option("--silent-voter", type=int, multiple=True, help="Fault injection: this rank never votes.")
+@click.option("--lying-signer", type=int, multiple=True,
+              help="Fault injection: this rank reports the tree head it holds but signs another.")
 @click.option("--restart-delay", type=float, default=0.0, help="Fault injection: wait this long before a restart.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {url, socket, pid} here once serving.")
 @click.option("--listen", metavar="[HOST:]PORT",
@@ -82,7 +84,7 @@ def baash() -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="The service's certificate (PEM), for --listen.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="The service's private key (PEM), for --listen.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
-          faulty_voter, silent_voter, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key) -> None:
+          faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     try:
         import mpi4py  # noqa: F401 - the ranks need it; fail here with the hint, not in mpiexec
@@ -103,6 +105,8 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
         rank_args += ["--faulty-voter", str(rank)]
     for rank in silent_voter:
         rank_args += ["--silent-voter", str(rank)]
+    for rank in lying_signer:
+        rank_args += ["--lying-signer", str(rank)]
     service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
                       allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay)

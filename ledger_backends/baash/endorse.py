@@ -221,10 +221,12 @@ class Endorser:
     def body(self, tracker: TreeTracker) -> str:
         return Checkpoint(self.origin, tracker.size, tracker.root()).body()
 
-    def sign(self, tracker: TreeTracker) -> tuple[int, str, str]:
-        """(size, root hex, signature line) of the tree head this rank holds."""
+    def sign(self, tracker: TreeTracker, *, lie: bool = False) -> tuple[int, str, str]:
+        """(size, root hex, signature line) of the tree head this rank holds; ``lie`` (fault
+        injection, ``--lying-signer``): the line signs another root than the one reported."""
         body = self.body(tracker)
-        return tracker.size, tracker.root().hex(), sign_note(body, self.signer)[len(body) + 1:]
+        signed = Checkpoint(self.origin, tracker.size, bytes(32)).body() if lie else body
+        return tracker.size, tracker.root().hex(), sign_note(signed, self.signer)[len(signed) + 1:]
 
 
 def assemble(body: str, lines: Sequence[str]) -> str:

@@ -42,6 +42,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="world rank that votes the opposite of what it found (fault injection)")
     parser.add_argument("--silent-voter", type=int, action="append", default=[],
                         help="world rank that never votes, as if hung (fault injection)")
+    parser.add_argument("--lying-signer", type=int, action="append", default=[],
+                        help="world rank that reports the tree head it holds but signs another (fault injection)")
     return parser.parse_args(argv)
 
 
@@ -54,6 +56,7 @@ class Validator:
         self.endorser = endorser  # signs the tree head after each commit (endorse.py)
         self.faulty = world.Get_rank() in args.faulty_voter
         self.silent = world.Get_rank() in args.silent_voter
+        self.lying = world.Get_rank() in args.lying_signer
         self.rounds: dict[int, list[Any]] = {}        # round id -> its blocks, until committed
         self.pbft: dict[tuple[int, int], dict[str, Any]] = {}
 
@@ -84,7 +87,8 @@ class Validator:
             self.rounds.pop(round_id, None)
             self.pbft = {k: v for k, v in self.pbft.items() if k[0] != round_id}
             # The acknowledgement carries this rank's signature of the tree head it now holds.
-            endorsement = self.endorser.sign(self.state.tree) if self.endorser is not None and count else ()
+            endorsement = (self.endorser.sign(self.state.tree, lie=self.lying)
+                           if self.endorser is not None and count else ())
             comm.send((round_id, *self.state.head, *endorsement), dest=source, tag=Tag.ACK)
         elif tag == Tag.LEDGER:
             comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
