@@ -30,10 +30,10 @@ from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
 from .._log.trust import TreeHead, TrustStore, trust_identity
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
+from .ahead import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .complete import Listing, listing
 from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
 from .listings import Listings
-from .proved import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .proved import ProvedLookups
 from .spool import describe_quarantine, earlier_names, spool_directory, spool_path, take_orphans
 

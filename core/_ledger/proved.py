@@ -5,8 +5,7 @@ row is proved before it becomes an answer (:meth:`ProvedLookups._proved`: the re
 bytes hash to its id, and the id is the leaf the verified tree holds at that place), the
 record must say what the row says (:meth:`~ProvedLookups._matching`), and a list must be as
 long as the names the verified tree keeps (:mod:`.complete`). Rows for many paths can be
-read ahead in a few statements (:meth:`~ProvedLookups.looking_ahead`); they are proved the
-same way when used.
+read ahead in a few statements (:mod:`.ahead`); they are proved the same way when used.
 
 Why a mixin of its own: the public queries of :class:`~.ledger.Ledger` (``producers``,
 ``consumers``, ``last_seen``, ``run``...) are short compositions of these few look-ups, and
@@ -16,18 +15,16 @@ writing and the tree head's upkeep, keeps it reviewable as a whole.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal, cast
 
-from .._errors import ArtifactError, IndexTampered, RecordTampered
-from .._files.hashing import lookup_paths, normalize_path, resolving_keeps
-from .._log.names import OUTPUT
+from .._errors import IndexTampered, RecordTampered
+from .._files.hashing import lookup_paths
 from .._log.trust import TreeHead
 from .._log.verified import Verifier
 from .._model import Record, StoredRecord
+from .ahead import _BODIES_AHEAD, LookAhead, LookingAhead
 from .complete import StaleNames, check_latest, check_listing, named_by_a_verified_record
 from .lineage import LedgerRecord
 
@@ -38,40 +35,12 @@ if TYPE_CHECKING:
     # casts below say to the type checker (a cast does nothing at run time).
     from .ledger import Ledger
 
-__all__ = ["LookAhead", "ProvedLookups"]
+__all__ = ["ProvedLookups"]
 
 _DECODE_CACHE = 10_000  # decoded records kept (about 5 KiB each: 50,000 held 250 MiB in `depends --all`)
-# Bodies read in one statement ahead of a look-up that needs one, within looking_ahead: the
-# next records its paths name. A statement per record was a tenth of a full audit's checks
-# of outputs on disk; more at once would hold more unproved bytes (a wide record's are large).
-_BODIES_AHEAD = 64
 
 
-@dataclass
-class LookAhead:
-    """Index rows read ahead for many paths (:meth:`Ledger.looking_ahead`): by (role, path),
-    the latest record (None: none) and the producers; and each path's key."""
-
-    latest: dict[tuple[str, str], tuple[Located, str] | None] = field(default_factory=dict)
-    places: dict[tuple[str, str], list[Located]] = field(default_factory=dict)
-    keys: dict[str, str] = field(default_factory=dict)
-    bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
-    names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
-    # By (role, path): every record naming it there, proved and its list checked complete,
-    # worked out once from ``places`` for the look-ups that ask (the latest, the producers).
-    found: dict[tuple[str, str], list] = field(default_factory=dict)
-    # The records those rows name, in the order the paths come, each once (see _bodies), and
-    # the bodies last read ahead of them, by id: unproved bytes until a look-up proves them.
-    ids: list[str] = field(default_factory=list)
-    order: dict[str, int] = field(default_factory=dict)  # each id's index in ids
-    bodies: dict[str, bytes] = field(default_factory=dict)
-    wanted: list[str] = field(default_factory=list)  # the keys read ahead, in the order given
-    # The last record to see each key, where the rows read ahead settle it (see
-    # ProvedLookups._settle_ahead), worked out for every key at the first look-up; None until then.
-    settled: dict[str, tuple[LedgerRecord, str, Mapping[str, Any]]] | None = None
-
-
-class ProvedLookups:
+class ProvedLookups(LookingAhead):
     """Index look-ups of a ledger, each row proved against its verified tree (a mixin of
     :class:`~.ledger.Ledger`, which makes the state below in its ``__init__``)."""
 
@@ -260,80 +229,6 @@ class ProvedLookups:
             batch.keys[path] = batch.keys[key] = key
         return key
 
-    @contextlib.contextmanager
-    def looking_ahead(self, paths: Sequence[str], *, plain: Collection[str] = ()) -> Iterator[None]:
-        """Within the block, this thread's look-ups of ``paths`` (the last record to read
-        each, and each one's producers, among which the last to write it) are answered from
-        index rows read for all of them at once, a few statements for thousands of files
-        instead of three each. Only the index rows are read ahead: every record an answer
-        uses is proved as before, and each path's key (symbolic links resolved) is worked
-        out once. ``plain``: paths known to be regular files, not symbolic links (a walk's
-        listing said so), whose own key they are where their directory's is its own."""
-        batch = LookAhead()
-        previous = getattr(self._batch, "current", None)
-        self._batch.current = batch
-        try:
-            # A path whose real path is itself (most are) is its own key: found a directory
-            # at a time (resolving_keeps), not by resolving each path.
-            given: dict[str, str] = {}
-            for p in paths:
-                try:
-                    given[p] = normalize_path(p)
-                except (ArtifactError, ValueError):
-                    pass  # query_path says why, when the path's own look-up comes to it
-            own = resolving_keeps(given.values(), plain)
-            for p, key in given.items():
-                if key in own:
-                    batch.keys[p] = batch.keys[key] = key
-            keys = list(dict.fromkeys(filter(None, map(self._key_ahead, given))))
-            batch.wanted = keys
-            batch.bound = self._bound()
-            batch.names = self.verifier.store.names_many(keys) or {}
-            backend = self.backend
-            # The last writer is found among the producers (see _latest): only the last
-            # reader needs an index row of its own.
-            readers = backend.find_latest_many("in", keys)
-            batch.latest.update({("in", k): readers.get(k) for k in keys})
-            places = backend.find_places_many("out", keys)
-            batch.places.update({("out", k): places.get(k, []) for k in keys})
-            # The records the look-ups will prove, in the order they will come to them.
-            order = batch.order
-            for key in keys:
-                reader = batch.latest[("in", key)]
-                for located in [*batch.places[("out", key)], *((reader[0],) if reader is not None else ())]:
-                    order.setdefault(located.record.id, len(order))
-            batch.ids = list(order)
-            yield
-        finally:
-            self._batch.current = previous
-
-    def _key_ahead(self, path: str) -> str | None:
-        """:meth:`query_path`, or None for a path whose key cannot be worked out (a name
-        that is not UTF-8, a NUL byte): it is read when its own look-up comes to it, which
-        then answers (or raises) as it would have without reading ahead."""
-        try:
-            return self.query_path(path)
-        except (ArtifactError, ValueError):
-            return None
-
-    @contextlib.contextmanager
-    def consumers_ahead(self, keys: Sequence[str]) -> Iterator[None]:
-        """Within the block, this thread's :meth:`consumers` of ``keys`` (keys as records
-        name them, not resolved again) are answered from their index rows, read for all of
-        them in a few statements: what `depends --all` asks of each page's outputs. Every
-        record an answer uses is proved as before."""
-        batch = LookAhead()
-        previous = getattr(self._batch, "current", None)
-        self._batch.current = batch
-        try:
-            unique = list(dict.fromkeys(keys))
-            batch.bound = self._bound()
-            readers = self.backend.find_places_many("in", unique)
-            batch.places.update({("in", k): readers.get(k, []) for k in unique})
-            yield
-        finally:
-            self._batch.current = previous
-
     # -- the latest record naming a path; a run's records ----------------------------------
     def _latest(self, role: Literal["in", "out"], path: str) -> list[LedgerRecord]:
         """The record with ``path`` in ``role`` that ended last: one index step where the
@@ -367,71 +262,6 @@ class ProvedLookups:
                 continue  # names kept past the bound: look again from a head read now
             return entries
         raise AssertionError("unreachable: the final look is never stale")
-
-    def _last_seen_ahead(self, path: str) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
-        """:meth:`~.ledger.Ledger.last_seen` of ``path`` (a key) in the common case of a
-        window of files read ahead, settled from what the look-ahead read, without the
-        general look-ups: one index row says a record wrote the path, none says one read it,
-        and the names kept list that record's leaf alone (one record, in the output role,
-        below the bound). The row is proved as ever, and the record must name the path.
-        That is the answer the general path gives there, with every check it makes passed:
-        the list of producers is complete (check_listing), no verified record read the
-        path (check_latest), and no name is past the bound (no stale names). None where any
-        of that does not hold: the general path then answers, or raises. The first look-up
-        settles every key of the window at once (:meth:`_settle_ahead`)."""
-        batch: LookAhead | None = getattr(self._batch, "current", None)
-        if batch is None or not self.backend.keeps_end_times:
-            return None
-        if batch.settled is None:
-            batch.settled = self._settle_ahead(batch)
-        return batch.settled.get(path)
-
-    def _settled_row(self, batch: LookAhead, key: str) -> tuple[Located, int] | None:
-        """The one index row that settles ``key`` (see :meth:`_last_seen_ahead`), and the
-        leaf the names kept give its record; None where the rows read ahead do not settle it."""
-        rows = batch.places.get(("out", key))
-        if rows is None or len(rows) != 1:
-            return None  # no writer, or more than one: the general path
-        if ("in", key) not in batch.latest or batch.latest[("in", key)] is not None:
-            return None  # its readers were not read ahead, or the index names one
-        names = batch.names.get(key)
-        if names is None or len(names) != 1:
-            return None
-        only = names[0]
-        if only.role != OUTPUT or only.records != 1 or only.leaf >= batch.bound:
-            return None
-        return rows[0], only.leaf
-
-    def _settle_ahead(self, batch: LookAhead) -> dict[str, tuple[LedgerRecord, str, Mapping[str, Any]]]:
-        """:meth:`_last_seen_ahead`'s answer for every key of the window it settles, worked
-        out in one loop: the records' bodies read :data:`_BODIES_AHEAD` to a statement, each
-        proved and decoded as :meth:`_proved` does. Per key, the look-ups through
-        ``_proved_all`` were a tenth of checking the outputs of 10,000 tasks. A row whose
-        record does not prove is left to the general path, which raises for it when (and
-        only when) its own path is looked up, as before."""
-        settled: dict[str, tuple[LedgerRecord, str, Mapping[str, Any]]] = {}
-        wanted = [(key, found) for key in batch.wanted if (found := self._settled_row(batch, key)) is not None]
-        if not wanted:
-            return settled
-        if not self._head_current:
-            self.tree_head()
-        start_of = self.verifier.store.block_start
-        for at in range(0, len(wanted), _BODIES_AHEAD):
-            part = wanted[at : at + _BODIES_AHEAD]
-            rows = self._with_bodies([row for _key, (row, _leaf) in part])
-            for (key, (_row, leaf)), row in zip(part, rows, strict=True):
-                try:
-                    entry = self._proved(row)
-                except (IndexTampered, RecordTampered):
-                    continue  # raised again by the general path, for this path alone
-                if entry is None:
-                    continue
-                named = entry.record.outputs.get(key)
-                if named is None or start_of(entry.height) + entry.position != leaf:
-                    continue
-                batch.found[("out", key)] = [entry]  # the producers' look-up of the lineage that follows
-                settled[key] = (entry, "out", named)
-        return settled
 
     def _of_run(self, run_id: str, rows: list[Located], *, keep: bool = True) -> list[LedgerRecord]:
         found = self._proved_all(rows, keep=keep)
