@@ -115,24 +115,25 @@ def run(argv: list[str]) -> int:
     launch_dir = os.getcwd()
     url = _args.absolute_url(command.ledger, launch_dir)
     unverified: list[Unverified] = []
-    recovered: dict[str, Any] = {}  # the session's tasks, as the check rebuilt them without its list
+    known: dict[str, Any] = {}  # the session's tasks the check started from (its list, or rebuilt)
     if command.resume and command.policy != "off":
         _logger()
-        refused = _check_resume(command, launch_dir, url, unverified, recovered)
+        refused = _check_resume(command, launch_dir, url, unverified, known)
         if refused is not None:
             return refused
-    return _run_recorded(command, nextflow, launch_dir, url, unverified[0] if unverified else None, recovered)
+    return _run_recorded(command, nextflow, launch_dir, url, unverified[0] if unverified else None, known)
 
 
 def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified: list[Unverified],
-                  recovered: dict[str, Any]) -> int | None:
+                  known: dict[str, Any]) -> int | None:
     """Apply the policy before a ``-resume``; an exit status when the run must not start.
 
     Under ``warn``, a ledger that failed its own check adds to ``unverified`` the files it
     could not vouch for: the run's records list them as ``not_verified`` (``_unverified``).
-    Without a list of the session's tasks, ``recovered`` gets the session and the tasks the
-    check found instead (``_recovered``): the list this run writes names them too, or the
-    next ``-resume``, trusting it, would check only the tasks this run ran."""
+    ``known`` gets the session and the tasks the check starts from (its list, or without one
+    the tasks ``_recovered`` found): the list this run writes names them too, or a list moved
+    aside before the run (or during it) would leave the next ``-resume``, trusting the new
+    one, checking only the tasks this run ran."""
     from lineage_ledger import ConfigError
 
     from . import _appeared, _log, _preflight, _recovered, _state
@@ -151,7 +152,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
                         "before -resume is planned from %s and the ledger's records", session,
                         _state.session_file(launch_dir, session), work_dir)
             tasks = _recovered.tasks_from_work(url, work_dir)
-            recovered.update(session=session, tasks=tasks)
+        known.update(session=session, tasks=tasks)
         plan = _preflight.plan(tasks)
         if not plan.tasks:
             if work_dir is not None and command.policy == "strict" and _recovered.nextflow_cached(launch_dir, session):
@@ -254,7 +255,7 @@ def _rerun(launch_dir: str, plan: Plan) -> int | None:
 
 
 def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str,
-                  unverified: Unverified | None = None, recovered: dict[str, Any] | None = None) -> int:
+                  unverified: Unverified | None = None, known: dict[str, Any] | None = None) -> int:
     log_file = os.path.join(launch_dir, command.log_file or ".nextflow.log")
     try:  # before Nextflow starts: it renames the previous run's log, which the follower skips
         stale_log: int | None = os.stat(log_file).st_ino
@@ -302,7 +303,7 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     except Exception as err:  # noqa: BLE001 - the ledger's own replay then covers it
         log.error("lineage-ledger: cannot sync the spool: %s", err)
     shipped = capture.close(timeout=SHIP_WAIT)
-    carried = recovered["tasks"] if recovered and recovered["session"] == recorder.session_id else {}
+    carried = known["tasks"] if known and known["session"] == recorder.session_id else {}
     if recorder.session_id is not None and (recorder.tasks or carried):
         try:
             _state.save(launch_dir, recorder.session_id, {**carried, **recorder.tasks})
