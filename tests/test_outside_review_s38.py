@@ -272,7 +272,6 @@ def test_a_torn_last_line_of_the_chain_log_is_not_glued_to_the_next_commit(tmp_p
 
 
 @pytest.mark.mpi
-@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/gateway.py: round() keeps a rank's signature unchecked")
 def test_one_lying_rank_does_not_stop_the_quorum_endorsing_the_tree_head(tmp_path):
     """Bug: after a commit the gateway put under one note the signature line of every rank
     that *reported* the tree head it holds, without checking the line; and a note with one

@@ -46,7 +46,7 @@ from lineage_ledger._log.tree import BLAKE3
 from lineage_ledger._model import StoredBlock
 
 __all__ = ["Endorser", "TreeTracker", "assemble", "ensure_keys", "ensure_origin", "load_verifiers", "quorum_of",
-           "read_endorsed", "save_endorsed", "verify_endorsed"]
+           "read_endorsed", "save_endorsed", "signs", "verify_endorsed"]
 
 _ORIGIN = re.compile(r"lineage-ledger:[0-9a-f]{32}\Z")
 
@@ -227,6 +227,18 @@ class Endorser:
         body = self.body(tracker)
         signed = Checkpoint(self.origin, tracker.size, bytes(32)).body() if lie else body
         return tracker.size, tracker.root().hex(), sign_note(signed, self.signer)[len(signed) + 1:]
+
+
+def signs(body: str, line: str, verifiers: Sequence[Verifier]) -> bool:
+    """Whether the signature ``line`` is a good signature of ``body`` by one of ``verifiers``.
+    The gateway asks before it puts a rank's line under the note: one failing line by a
+    known key refuses the whole note (the signed-note rules), so one lying rank would
+    otherwise stop the quorum of honest ones."""
+    try:
+        open_note(body + "\n" + line, verifiers)
+    except CheckpointInvalid:
+        return False
+    return True
 
 
 def assemble(body: str, lines: Sequence[str]) -> str:

@@ -22,12 +22,13 @@ import time
 from collections import Counter
 from typing import Any
 
+from lineage_ledger._errors import ConfigError
 from lineage_ledger._model import BlockHeader
 
 from ._mpi import Inbox, Tag
 from ._wire import TO_GATEWAY, WireError, receive, send
 from .consensus import ClusterCoordinator, Decision
-from .endorse import Endorser, assemble
+from .endorse import Endorser, assemble, load_verifiers, signs
 
 __all__ = ["Gateway"]
 
@@ -39,6 +40,12 @@ class Gateway:
                  endorser: Endorser | None = None) -> None:
         self.world, self.cluster, self.state, self.store, self.args = world, cluster, state, store, args
         self.endorser = endorser
+        self.verifiers = []  # the ranks' public keys: a rank's signature line is checked before it is kept
+        if endorser is not None:
+            try:
+                self.verifiers = load_verifiers(os.path.join(args.storage, "keys", "ranks.pub"))
+            except ConfigError as exc:  # then only the gateway's own line: it fails closed
+                print(f"baash gateway: cannot check the ranks' signatures: {exc}", file=sys.stderr)
         self.clusters = clusters
         self.inbox = inbox
         self.coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c,
@@ -148,6 +155,7 @@ class Gateway:
         self.state.extend(committed)
         mine = self.endorser.sign(self.state.tree) if self.endorser is not None and count else None
         signatures = [] if mine is None else [mine[2]]
+        body = "" if mine is None else self.endorser.body(self.state.tree)  # type: ignore[union-attr]
         acks, agreeing = 0, 0
         ack_inbox = Inbox([self.world], Tag.ACK)
         deadline = time.monotonic() + self.args.vote_timeout
@@ -160,11 +168,16 @@ class Gateway:
                 acks += 1
                 agreeing += (height, head) == self.state.head
                 if mine is not None and len(endorsement) == 3 and tuple(endorsement[:2]) == mine[:2]:
-                    signatures.append(endorsement[2])  # only for the tree head the gateway holds too
+                    # Only for the tree head the gateway holds too, and only a line that signs it.
+                    if signs(body, endorsement[2], self.verifiers):
+                        signatures.append(endorsement[2])
+                    else:
+                        print(f"baash gateway: rank {message[1]} reported tree head {mine[0]} but its signature "
+                              "does not verify; left out of the endorsement", file=sys.stderr)
         ways = Counter(d.how for d in decisions.values())
         timing = {"decide": decided - started, "persist": persisted - decided,
                   "commit": time.perf_counter() - persisted}
-        endorsed = "" if mine is None else assemble(self.endorser.body(self.state.tree), signatures)  # type: ignore[union-attr]
+        endorsed = "" if mine is None else assemble(body, signatures)
         return round_id, outcomes, {"acks": acks, "agreeing": agreeing, "ways": dict(ways), "timing": timing,
                                     "failed_validators": sorted(self.coordinator.failed)}, endorsed
 
