@@ -301,3 +301,31 @@ def test_one_lying_rank_does_not_stop_the_quorum_endorsing_the_tree_head(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "tree head of 4 records" in result.stderr
     assert (tmp_path / "head").read_text().count("\u2014 baash-rank-") == 3
+
+
+@pytest.mark.mpi
+@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/cli.py: checkpoint -o opens the path with open(path, 'w')")
+def test_baash_checkpoint_never_writes_through_a_planted_link(tmp_path):
+    """Bug: ``lineage-ledger baash checkpoint -o FILE`` opened FILE with ``open(path, "w")``,
+    following a symbolic link, as the exports did. Setup: ``head.checkpoint -> victim``
+    planted in a directory others may write; the owner saves the endorsed head there.
+    Impact: the victim file was overwritten with the note (exit 0). Now the note is written
+    to a new file beside FILE and renamed onto it: the link is replaced, its target kept."""
+    from lineage_ledger.backends import open_backend
+    from tests.backend_conformance import chain_of
+    from tests.support.baash import BaashService
+    from tests.support.factories import make_records
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "head.checkpoint").symlink_to(victim)
+    service = BaashService(tmp_path, 3)
+    try:
+        open_backend(service.url).append(chain_of(make_records(2), 2))
+        result = run_cli("baash", "checkpoint", "--ledger", service.url, "--keys",
+                         service.storage / "keys" / "ranks.pub", "-o", "head.checkpoint", cwd=tmp_path)
+    finally:
+        service.stop()
+    assert victim.read_text() == "precious\n", "the checkpoint was written through the planted link"
+    assert result.returncode == 0, result.stderr
+    assert "baash-rank-" in (tmp_path / "head.checkpoint").read_text()
