@@ -304,7 +304,6 @@ def test_one_lying_rank_does_not_stop_the_quorum_endorsing_the_tree_head(tmp_pat
 
 
 @pytest.mark.mpi
-@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/cli.py: checkpoint -o opens the path with open(path, 'w')")
 def test_baash_checkpoint_never_writes_through_a_planted_link(tmp_path):
     """Bug: ``lineage-ledger baash checkpoint -o FILE`` opened FILE with ``open(path, "w")``,
     following a symbolic link, as the exports did. Setup: ``head.checkpoint -> victim``
@@ -329,3 +328,34 @@ def test_baash_checkpoint_never_writes_through_a_planted_link(tmp_path):
     assert victim.read_text() == "precious\n", "the checkpoint was written through the planted link"
     assert result.returncode == 0, result.stderr
     assert "baash-rank-" in (tmp_path / "head.checkpoint").read_text()
+
+
+@pytest.mark.fabric
+@pytest.mark.timeout(600)
+def test_fabric_evidence_and_checkpoint_never_write_through_a_planted_link(request, tmp_path_factory, tmp_path):
+    """Bug: ``python -m lineage_ledger.backends.fabric endorsed-head --save FILE`` and
+    ``verify-endorsement ... -o FILE`` opened FILE with ``open(path, "w")``, following a
+    symbolic link. Setup: links to a 'victim' file planted at both names; a real two-org
+    network. Impact: the victim was overwritten with the evidence (the checkpoint), exit 0.
+    Now both are written to a new file beside FILE and renamed onto it."""
+    from tests.support.fabric import append_to, shared_network
+    from tests.support.factories import make_records
+
+    network = shared_network(request, tmp_path_factory)
+    org1, org2 = network.orgs
+    url = network.client_url(org1, "p1", "provider", "s38links")
+    append_to(url, tmp_path / "spool", make_records(4, run_id="s38"), 2)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in ("evidence.json", "endorsed.checkpoint"):
+        (tmp_path / name).symlink_to(victim)
+    saved = run_cli("-m", "lineage_ledger.backends.fabric", "endorsed-head", "--ledger", url, "--save",
+                    "evidence.json", program="python", cwd=tmp_path)
+    assert victim.read_text() == "precious\n", "--save wrote through the planted link"
+    assert saved.returncode == 0, saved.stderr
+    verified = run_cli("-m", "lineage_ledger.backends.fabric", "verify-endorsement", "evidence.json",
+                       "--ca", f"Org1MSP={org1.ca_cert}", "--ca", f"Org2MSP={org2.ca_cert}",
+                       "-o", "endorsed.checkpoint", program="python", cwd=tmp_path)
+    assert victim.read_text() == "precious\n", "-o wrote through the planted link"
+    assert verified.returncode == 0, verified.stderr
+    assert "4 records" in verified.stdout

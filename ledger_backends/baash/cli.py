@@ -206,7 +206,9 @@ def checkpoint(ledger, keys_file, quorum, output) -> None:
         raise CheckpointInvalid("the service has no endorsed tree head yet: its ranks sign after a commit")
     endorsed = verify_endorsed(note, verifiers, quorum)
     if output:
-        with open(output, "w", encoding="utf-8") as handle:
+        from lineage_ledger.exports._output import open_output  # never through a link planted at -o
+
+        with open_output(output) as handle:
             handle.write(note)
         click.echo(f"tree head of {endorsed.size} records, root {endorsed.root.hex()}, endorsed by a quorum of "
                    f"{quorum or quorum_of(len(verifiers))} of {len(verifiers)} ranks; "

@@ -84,6 +84,8 @@ def verify_evidence(data: Any, trust: Mapping[str, MSPTrust | Sequence[x509.Cert
 
 
 def save(path: str, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    from lineage_ledger.exports._output import open_output  # never through a link planted at --save
+
+    with open_output(path) as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
         handle.write("\n")

@@ -144,7 +144,9 @@ def verify_endorsement(evidence_file: str, cas: tuple[str, ...], quorum: int | N
         click.echo(f"endorsed by {', '.join(signers)} at {checkpoint.time}: {checkpoint.size} records, "
                    f"root {checkpoint.root.hex()}")
         if output:
-            with open(output, "w", encoding="utf-8") as handle:
+            from lineage_ledger.exports._output import open_output  # never through a link planted at -o
+
+            with open_output(output) as handle:
                 handle.write(checkpoint.body())
             click.echo(f"checkpoint written to {output}")
 
