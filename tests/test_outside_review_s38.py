@@ -148,6 +148,24 @@ def test_an_svg_graph_of_a_file_named_with_a_control_character_is_well_formed(tm
     assert any("a\\x01b.txt" in node.firstChild.data for node in document.getElementsByTagName("text"))
 
 
+
+@pytest.mark.xfail(strict=True, reason="core/_cli/trust.py: checkpoint opens -o with open(path, 'w') "
+                                       "(not this review's files; exports' open_output is the fix)")
+def test_the_cores_checkpoint_never_writes_through_a_planted_link(tmp_path):
+    """Bug: ``lineage-ledger checkpoint -o FILE`` opened FILE with ``open(path, "w")``,
+    following a symbolic link, as the exports and the BAASH/Fabric commands did. Setup:
+    ``head.checkpoint -> victim`` planted; the owner saves a checkpoint there. Impact: the
+    victim file is overwritten with the note (exit 0). Fix: in ``core/_cli/trust.py``'s
+    ``checkpoint``, write with ``lineage_ledger.exports._output.open_output(output)``."""
+    env = _recorded(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "head.checkpoint").symlink_to(victim)
+    result = run_cli("checkpoint", "-o", "head.checkpoint", cwd=tmp_path, env=env)
+    assert victim.read_text() == "precious\n", "the checkpoint was written through the planted link"
+    assert result.returncode == 0, result.stderr
+
+
 # -- BAASH: the service a client reaches ---------------------------------------------------
 
 NOBODY = 65534
