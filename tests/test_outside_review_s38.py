@@ -173,15 +173,16 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="another local user (n
 
 
 def _impostor(socket_dir: Path, ready: int, report: int) -> None:  # pragma: no cover - the child
-    """As ``nobody``: make ``socket_dir`` (in world-writable /tmp, as anyone can) with a socket
-    where a BAASH service would be, take one connection and report what it was sent."""
+    """As ``nobody``: make ``socket_dir`` (in world-writable /tmp, as anyone can; unless it is
+    there) with a socket where a BAASH service would be, take one connection and report what
+    it was sent."""
     import socket as socket_module
 
     try:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
-        socket_dir.mkdir(mode=0o711)
+        socket_dir.mkdir(mode=0o711, exist_ok=True)
         listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
         listener.bind(str(socket_dir / "baash.sock"))
         os.chmod(socket_dir / "baash.sock", 0o666)
@@ -377,3 +378,49 @@ def test_fabric_evidence_and_checkpoint_never_write_through_a_planted_link(reque
     assert victim.read_text() == "precious\n", "-o wrote through the planted link"
     assert verified.returncode == 0, verified.stderr
     assert "4 records" in verified.stdout
+
+
+@needs_root
+def test_a_baash_client_talks_to_another_users_service_in_a_directory_only_it_could_make(tmp_path):
+    """The other side of the check above: a group's service running as its own user
+    (``nobody`` here) in a directory that user owns, below directories only root may write
+    (``/srv/ledger/run``; here a root-owned 0755 directory, itself in sticky /var/tmp), is
+    believed, and the client sends its request."""
+    import shutil
+    import tempfile
+
+    from lineage_ledger import BackendError
+    from lineage_ledger.backends.baash.client import BaashBackend
+    from tests.backend_conformance import chain_of
+    from tests.support.factories import make_records
+
+    base = Path(tempfile.mkdtemp(prefix="s38-", dir="/var/tmp"))
+    base.chmod(0o755)
+    socket_dir = base / "run"
+    socket_dir.mkdir(mode=0o711)
+    os.chown(socket_dir, NOBODY, NOBODY)
+    ready_r, ready_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        _impostor(socket_dir, ready_w, report_w)
+    os.close(ready_w)
+    os.close(report_w)
+    try:
+        assert os.read(ready_r, 1) == b"1", "the service did not start"
+        record = make_records(1)[0]
+        client = BaashBackend(f"baash://{socket_dir}/baash.sock", timeout=5)
+        with pytest.raises(BackendError) as answered:  # the stand-in closes without an answer
+            client.append(chain_of([record], 1))
+        client.close()
+        with os.fdopen(report_r, "rb") as report:
+            received = report.read()
+        report_r = -1
+        assert "not who it should be" not in str(answered.value)
+        assert record.id.encode() in received
+    finally:
+        os.waitpid(pid, 0)
+        if report_r != -1:
+            os.close(report_r)
+        os.close(ready_r)
+        shutil.rmtree(base, ignore_errors=True)

@@ -66,22 +66,27 @@ def service_uids(socket_path: str) -> set[int]:
     """The uids a client takes for the service listening at ``socket_path``: its own, root's,
     and the owner of the socket's directory where no one else could have made or filled that
     directory: it and every directory above it (links resolved) belong to root, the client
-    or that owner and are writable by no one else. In world-writable /tmp anyone can make
-    ``/tmp/lineage-ledger-baash-<uid>/`` before the service does, so there only the client's
-    own service (or root's) is believed."""
+    or that owner, and none is writable by others, but for a sticky one (``/tmp``) whose
+    entry on the way belongs to root or the client (others cannot replace that entry). In
+    world-writable /tmp anyone can make ``/tmp/lineage-ledger-baash-<uid>/`` before the
+    service does, so there only the client's own service (or root's) is believed."""
     me = os.getuid()
     trusted = {me, 0}
     directory = os.path.dirname(os.path.realpath(socket_path))
     try:
         owner = os.stat(directory).st_uid
+        child: os.stat_result | None = None  # the entry below ``directory`` on the way down
         while True:
             info = os.stat(directory)
-            if info.st_uid not in (0, me, owner) or info.st_mode & 0o022:
+            if info.st_uid not in (0, me, owner):
+                return trusted
+            if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and child is not None
+                                             and child.st_uid in (0, me)):
                 return trusted
             parent = os.path.dirname(directory)
             if parent == directory:
                 return trusted | {owner}
-            directory = parent
+            directory, child = parent, info
     except OSError:  # a directory we may not look at: nothing is known about it
         return trusted
 
