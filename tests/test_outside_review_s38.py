@@ -424,3 +424,40 @@ def test_a_baash_client_talks_to_another_users_service_in_a_directory_only_it_co
             os.close(report_r)
         os.close(ready_r)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.mpi
+@needs_root
+@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/storage.py: SharedStore takes any storage directory")
+def test_a_baash_service_refuses_storage_others_can_write(tmp_path):
+    """Bug: ``baash serve --storage DIR`` made DIR 0700 when it created it or owned it, but
+    took a DIR owned by another user, or writable by others, as it was; the allow-list
+    inside it is refused in that case, the history was not. Setup: DIR made by another user
+    (``nobody``), mode 0777 (a scratch directory set up carelessly). Impact: anyone who may
+    write DIR can rename ``blocks/``, ``chain.log``, ``origin`` and ``keys/`` away and put a
+    history and rank keys of their own there, which the service loads as its ledger at its
+    next start (and its ranks endorse), with no place on the allow-list. Now the service
+    refuses to start (exit 2) on storage that is not its user's own or root's, or that
+    others can write."""
+    import subprocess
+    import sys
+
+    from tests.support.baash import require_mpi
+
+    require_mpi()
+    storage = tmp_path / "scratch"
+    storage.mkdir()
+    os.chown(storage, NOBODY, NOBODY)
+    storage.chmod(0o777)
+    script = Path(sys.executable).parent / "lineage-ledger"
+    process = subprocess.Popen(
+        [str(script), "baash", "serve", "--ranks", "2", "--storage", str(storage),
+         "--socket", str(tmp_path / "run" / "baash.sock")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # it is serving: the bug
+        os.killpg(process.pid, 15)
+        output, _ = process.communicate()
+    assert process.returncode == 2, output
+    assert "others can write" in output
