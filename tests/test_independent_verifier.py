@@ -24,6 +24,12 @@ VECTORS = Path(__file__).resolve().parent / "vectors"
 CLI = Path(sys.executable).parent / "lineage-ledger"
 
 
+def _environment(work: Path) -> dict[str, str]:
+    """The caller's environment without its LINEAGE_* settings, with a private state and home."""
+    kept = {key: value for key, value in os.environ.items() if not key.startswith("LINEAGE_")}
+    return {**kept, "LINEAGE_STATE_DIR": str(work / "state"), "HOME": str(work)}
+
+
 def _load(name: str) -> dict[str, Any]:
     return json.loads((VECTORS / name).read_text(encoding="utf-8"))
 
@@ -112,6 +118,15 @@ def test_any_byte_change_in_a_record_fails(record: dict[str, Any], data: Any) ->
         v.check_record(changed, record["id"])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_byte_change_in_the_signed_checkpoint_vector_fails(data: Any) -> None:
+    note = CHECKPOINT["note"].encode()
+    changed = _flip(note, data.draw(st.integers(0, len(note) - 1)), data.draw(st.integers(1, 255)))
+    with pytest.raises(v.Invalid):
+        v.verify_checkpoint(changed, [CHECKPOINT["public_key"]])
+
+
 def test_canonical_form_is_required_not_only_the_id() -> None:
     raw = TREE["records"][0]["canonical"]
     for variant in (raw.replace(",", ", ", 1), raw.replace('"v":1', '"v":1.0'),
@@ -156,7 +171,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     key pair, signed checkpoints at sizes 3 and 5, `show` of every record in ledger order
     and an RO-Crate of one run."""
     work = tmp_path_factory.mktemp("ledger")
-    env = {**os.environ, "LINEAGE_STATE_DIR": str(work / "state"), "HOME": str(work)}
+    env = _environment(work)
 
     def cli(*args: str) -> str:
         done = subprocess.run([str(CLI), *args], cwd=work, env=env, capture_output=True,
@@ -300,7 +315,7 @@ def _variants(note: bytes, private_key: str) -> dict[str, tuple[bytes, int]]:
 
 def test_the_verifier_and_the_cli_agree_on_edge_cases(ledger: dict[str, Any]) -> None:
     work, pub = ledger["work"], ledger["pub"]
-    env = {**os.environ, "LINEAGE_STATE_DIR": str(work / "state"), "HOME": str(work)}
+    env = _environment(work)
     verdicts, expected = {}, {}
     for what, (note, status) in _variants(ledger["cp5"], (work / "lab.key").read_text()).items():
         (work / "variant").write_bytes(note)
