@@ -428,7 +428,6 @@ def test_a_baash_client_talks_to_another_users_service_in_a_directory_only_it_co
 
 @pytest.mark.mpi
 @needs_root
-@pytest.mark.xfail(strict=True, reason="ledger_backends/baash/storage.py: SharedStore takes any storage directory")
 def test_a_baash_service_refuses_storage_others_can_write(tmp_path):
     """Bug: ``baash serve --storage DIR`` made DIR 0700 when it created it or owned it, but
     took a DIR owned by another user, or writable by others, as it was; the allow-list
@@ -460,4 +459,13 @@ def test_a_baash_service_refuses_storage_others_can_write(tmp_path):
         os.killpg(process.pid, 15)
         output, _ = process.communicate()
     assert process.returncode == 2, output
-    assert "others can write" in output
+    assert "refusing to use it" in output and "belongs to uid 65534" in output
+    storage.chmod(0o755)
+    os.chown(storage, 0, 0)
+    (tmp_path / "open").mkdir(mode=0o777)
+    (tmp_path / "open").chmod(0o777)
+    (tmp_path / "open" / "ledger").mkdir()  # root's own, but in a directory anyone may write
+    refused = subprocess.run(
+        [str(script), "baash", "serve", "--ranks", "2", "--storage", str(tmp_path / "open" / "ledger"),
+         "--socket", str(tmp_path / "run2" / "baash.sock")], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "others can write" in refused.stderr, refused.stderr

@@ -34,7 +34,7 @@ from lineage_ledger._errors import ConfigError
 from ._wire import ROLES, Enum, Int, List, WireError, canonical, decode
 
 __all__ = ["AccessList", "NEEDS", "PERMITS", "bind_unix", "needed_roles", "parse_allow", "peer_uid",
-           "private_dir", "service_uids"]
+           "private_dir", "service_uids", "unsafe_directory"]
 
 PERMITS: dict[str, frozenset[str]] = {
     "admin": frozenset({"read", "register"}),
@@ -62,33 +62,43 @@ def peer_uid(sock: socket.socket) -> int:
     return uid
 
 
+def unsafe_directory(directory: str, owners: set[int]) -> str | None:
+    """Why someone outside ``owners`` could have made, filled or swapped ``directory`` (links
+    resolved), or None: it and every directory above it must belong to one of ``owners`` and
+    be writable by no one else, but for a sticky one (``/tmp``) whose entry on the way
+    belongs to root or this process's user (no one else can replace that entry)."""
+    me = os.getuid()
+    path = os.path.realpath(directory)
+    child: os.stat_result | None = None  # the entry below ``path`` on the way down
+    try:
+        while True:
+            info = os.stat(path)
+            if info.st_uid not in owners:
+                return f"{path} belongs to uid {info.st_uid}"
+            if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and child is not None
+                                             and child.st_uid in (0, me)):
+                return f"others can write {path} (mode {stat.S_IMODE(info.st_mode):o})"
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path, child = parent, info
+    except OSError as exc:  # a directory we may not look at: nothing is known about it
+        return f"cannot look at {path}: {exc.strerror}"
+
+
 def service_uids(socket_path: str) -> set[int]:
     """The uids a client takes for the service listening at ``socket_path``: its own, root's,
     and the owner of the socket's directory where no one else could have made or filled that
-    directory: it and every directory above it (links resolved) belong to root, the client
-    or that owner, and none is writable by others, but for a sticky one (``/tmp``) whose
-    entry on the way belongs to root or the client (others cannot replace that entry). In
-    world-writable /tmp anyone can make ``/tmp/lineage-ledger-baash-<uid>/`` before the
-    service does, so there only the client's own service (or root's) is believed."""
-    me = os.getuid()
-    trusted = {me, 0}
+    directory (:func:`unsafe_directory`). In world-writable /tmp anyone can make
+    ``/tmp/lineage-ledger-baash-<uid>/`` before the service does, so there only the
+    client's own service (or root's) is believed."""
+    trusted = {os.getuid(), 0}
     directory = os.path.dirname(os.path.realpath(socket_path))
     try:
         owner = os.stat(directory).st_uid
-        child: os.stat_result | None = None  # the entry below ``directory`` on the way down
-        while True:
-            info = os.stat(directory)
-            if info.st_uid not in (0, me, owner):
-                return trusted
-            if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and child is not None
-                                             and child.st_uid in (0, me)):
-                return trusted
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                return trusted | {owner}
-            directory, child = parent, info
-    except OSError:  # a directory we may not look at: nothing is known about it
+    except OSError:
         return trusted
+    return trusted if unsafe_directory(directory, trusted | {owner}) else trusted | {owner}
 
 
 def _check_entries(value: object, path: str) -> list[tuple[int, list[str]]]:

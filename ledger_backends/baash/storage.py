@@ -21,10 +21,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from lineage_ledger._errors import CorruptStore
+from lineage_ledger._errors import ConfigError, CorruptStore
 from lineage_ledger._model import StoredBlock
 
 from ._wire import block_from_wire, block_to_wire, parse_json
+from .access import unsafe_directory
 
 __all__ = ["SharedStore"]
 
@@ -40,6 +41,13 @@ class SharedStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             if os.stat(directory).st_uid == os.getuid():
                 os.chmod(directory, 0o700)
+        # Whoever may write the storage (or swap it, through a directory above) could put a
+        # history and rank keys of their own in place of the ledger's, as the allow-list in it
+        # is refused then: only this user or root may own and write it.
+        unsafe = unsafe_directory(self.root, {os.getuid(), 0})
+        if unsafe is not None:
+            raise ConfigError(f"the BAASH storage {self.root}: {unsafe}; refusing to use it (only the service's "
+                              "user or root may own and write it and the directories above it)")
         self.ids: list[str] = []          # block id by height, as far as read
         self._log_offset = 0
         self.lookups = 0                  # how often storage was asked for a hash
