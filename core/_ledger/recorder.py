@@ -212,7 +212,7 @@ class Recorder:
             if self.last_error is None or str(err) != str(self.last_error):
                 log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
-            if isinstance(err, VerificationError):
+            if isinstance(err, VerificationError) or _for_good(err) is not None:
                 with self._lock:  # a flush or close waits for no retry of this (see flush)
                     self._refused += 1
                     self._shipped.notify_all()
@@ -281,7 +281,7 @@ class Recorder:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if isinstance(self.last_error, VerificationError):
+                if isinstance(self.last_error, VerificationError) or _for_good(self.last_error) is not None:
                     return False
                 self._shipped.wait(timeout=min(0.5, remaining) if remaining else 0.5)
                 self._wake.set()
@@ -317,6 +317,13 @@ class Recorder:
                 "in %s until it is repaired (`verify-lineage` names the problem; `lineage-ledger reset-trust` "
                 "if it was restored on purpose, then `lineage-ledger spool ship`)",
                 self.pending, self.last_error, self.ledger.spool_dir,
+            )
+        elif not done and (why := _for_good(self.last_error)) is not None:
+            # Permission denied, a read-only database: no wait or retry gets them in.
+            log.warning(
+                "lineage-ledger: %d records not shipped: the ledger refuses them for good (%s: %s); they stay in "
+                "%s, and `lineage-ledger spool ship` ships them once it takes writes",
+                self.pending, why, self.last_error, self.ledger.spool_dir,
             )
         elif not done:
             log.warning(
@@ -369,3 +376,15 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _for_good(err: BaseException | None) -> str | None:
+    """Why the ledger refuses records however long one waits (see
+    :func:`.deferred.permanent_refusal`), or None. A flush or close then waits no longer:
+    before, a process whose ledger a role might only read waited out its whole exit timeout,
+    then said the records would be shipped when the ledger was next opened."""
+    if err is None or isinstance(err, VerificationError):
+        return None
+    from .deferred import permanent_refusal
+
+    return permanent_refusal(err)
