@@ -167,7 +167,6 @@ def test_the_cores_checkpoint_never_writes_through_a_planted_link(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_crate_build.py: _copy_version copies a directory before checking it")
 def test_a_crate_describes_a_directory_it_cannot_copy_instead_of_failing(tmp_path):
     """Bug: a recorded directory still on disk was copied into the crate whole (``copytree``)
     and only then hashed; a named pipe in it made ``copyfile`` raise, and the whole export

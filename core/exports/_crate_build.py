@@ -14,6 +14,7 @@ import mimetypes
 import os
 import re
 import shutil
+import stat
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
@@ -51,6 +52,7 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+SKIPPED = ".lineage"  # the ledger's own state: not in a directory's manifest, not copied
 _UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_" (every code point checked)
 
 
@@ -62,9 +64,27 @@ def _slug(text: str) -> str:
     return slug.replace(".", "-") if slug in (".", "..") else slug
 
 
-def _has_links(directory: str) -> bool:
-    return any(os.path.islink(os.path.join(folder, name))
-               for folder, dirs, files in os.walk(directory) for name in dirs + files)
+def _copyable_dir(directory: str, size: int) -> bool:
+    """Whether ``directory`` holds real files and directories only (a link cannot go into a
+    zip; a FIFO, socket or device makes the copy fail or block) and, its ``.lineage`` left
+    out, no more bytes than its record says. A directory is copied before its copy is hashed,
+    so a record naming a large one (``/home``: any writer of a shared ledger may) would fill
+    the disk first."""
+    total = 0
+    for folder, dirs, files in os.walk(directory):
+        dirs[:] = [name for name in dirs if name != SKIPPED]
+        for name in dirs + [name for name in files if name != SKIPPED]:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except OSError:
+                return False
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+                if total > size:
+                    return False
+            elif not stat.S_ISDIR(info.st_mode):
+                return False
+    return total == size
 
 
 def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
@@ -75,10 +95,11 @@ def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
     if not _inside_crate(crate_dir, target):
         return False
     if version.is_dir:
-        if not os.path.isdir(version.path) or os.path.islink(version.path) or _has_links(version.path):
+        if (not os.path.isdir(version.path) or os.path.islink(version.path)
+                or not _copyable_dir(version.path, version.size)):
             return False
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copytree(version.path, target, symlinks=True, ignore=shutil.ignore_patterns(".lineage"))
+        shutil.copytree(version.path, target, symlinks=True, ignore=shutil.ignore_patterns(SKIPPED))
     else:
         if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
             return False
