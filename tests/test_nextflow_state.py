@@ -1,10 +1,11 @@
-"""The wrapper's list of a session's tasks (``_state``) is read only if this user wrote it.
+"""The wrapper's list of a session's tasks (``_state``): kept in this user's private state,
+read only if this user wrote it, and without it the check is planned from the work directory.
 
-``.lineage`` may be writable by others (a group-shared SQLite ledger needs its directory so):
-they cannot read the list, but they can move it aside or put a file in its place. A list that
-is not a regular file of this user with one link, or that names another session, is not read;
-the check before ``-resume`` is then planned from the work directory and the ledger's records
-(``_recovered``), as when the list is gone (tests/test_outside_review_s37_engines.py).
+It used to live in ``.lineage``, which may be writable by others (a group-shared SQLite ledger
+needs its directory so): they could move it aside or put a file in its place. A list that is
+not a regular file of this user with one link, or that names another session, is not read; the
+check before ``-resume`` is then planned from the work directory and the ledger's records
+(``_recovered``), as when the list is gone.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def test_a_list_owned_by_another_user_is_not_read_and_strict_checks_from_the_led
     shutil.copy2(count, tmp_path / "mtime")
     count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
     shutil.copystat(tmp_path / "mtime", count)
-    (listed,) = (here / ".lineage" / "nextflow" / "sessions").glob("*.json")
+    (listed,) = Path(_state.lists_dir(str(here))).glob("*.json")
     session = listed.stem
     listed.write_text(json.dumps({"session": session, "tasks": {}}))
     nobody = pwd.getpwnam("nobody")
@@ -102,13 +103,13 @@ def test_a_resume_of_a_run_the_wrapper_never_recorded(tmp_path):
 
 @pytest.mark.slow  # real Nextflow runs
 def test_the_list_written_after_a_run_without_one_still_covers_the_cached_tasks(tmp_path):
-    """The list moved aside, a ``-resume`` that runs one task again (a changed parameter) writes
+    """The list lost, a ``-resume`` that runs one task again (a changed parameter) writes
     a new list: it must name the tasks taken from the cache as well, or the next ``-resume``,
     trusting it, no longer checks them."""
     here = nf.copy_example(tmp_path / "example")
     first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
     assert first.returncode == 0, first.stdout + first.stderr
-    shutil.move(str(here / ".lineage" / "nextflow"), str(tmp_path / "moved-aside"))
+    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "moved-aside"))  # lost
     second = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--title", "counted again", cwd=here)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Submitted process > REPORT" in second.stdout and "Cached process > COUNT (alpha)" in second.stdout
@@ -124,6 +125,7 @@ def test_the_list_written_after_a_run_without_one_still_covers_the_cached_tasks(
 
 MOVES_THE_LIST = """
 params.tag = 'one'
+params.lists = '/nonexistent'
 process A {
   publishDir 'results', mode: 'copy'
   output: path 'a.txt'
@@ -134,7 +136,7 @@ process B {
   output: path 'b.txt'
   script:
   \"\"\"
-  mv ${launchDir}/.lineage/nextflow/sessions/*.json ${launchDir}/../aside/ 2>/dev/null || true
+  mv ${params.lists}/*.json ${launchDir}/../aside/ 2>/dev/null || true
   echo ${t} > b.txt
   \"\"\"
 }
@@ -148,23 +150,24 @@ workflow {
 @pytest.mark.slow  # real Nextflow runs
 def test_a_list_moved_aside_during_a_run_does_not_drop_the_cached_tasks_from_the_next(tmp_path):
     """The list is written at the end of a run, merged with the list there then. Moved aside
-    while the run went on (here by a task of the pipeline, standing for whoever can write
-    ``.lineage``), the new list named only the tasks that run ran: the next strict ``-resume``
-    trusted it and did not check the cached task's published file."""
+    while the run went on (here by a task of the pipeline, standing for whoever could when it
+    lived in ``.lineage``), the new list named only the tasks that run ran: the next strict
+    ``-resume`` trusted it and did not check the cached task's published file."""
     here = tmp_path / "pipeline"
     here.mkdir()
     (tmp_path / "aside").mkdir()
     (here / "main.nf").write_text(MOVES_THE_LIST)
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    lists = ("--lists", _state.lists_dir(str(here)))
+    first = nf.run("nextflow-ledger", "run", "main.nf", *lists, cwd=here)
     assert first.returncode == 0, first.stdout + first.stderr
-    second = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--tag", "two", cwd=here)
+    second = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--tag", "two", *lists, cwd=here)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Cached process > A" in second.stdout and list((tmp_path / "aside").glob("*.json"))  # moved meanwhile
     published = here / "results" / "a.txt"
     shutil.copy2(published, tmp_path / "mtime")
     published.write_text("omega\n")  # same size, different bytes
     shutil.copystat(tmp_path / "mtime", published)
-    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--tag", "two", "--ledger-policy", "strict",
-                    cwd=here)
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--tag", "two", *lists,
+                    "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: the new list left A out
     assert str(published) in strict.stderr and "Launching" not in strict.stdout

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from lineage_ledger_nextflow import _args
+from lineage_ledger_nextflow import _args, _state
 from lineage_ledger_nextflow._log import POLL_SECONDS, Handlers, LogFollower, last_session
 from lineage_ledger_nextflow._workdir import read_workdir, staged_files
 
@@ -185,11 +185,9 @@ def _recorded_session(tmp_path: Path) -> Path:
     now = datetime.now(timezone.utc)
     with TaskCapture(str(tmp_path / ".lineage" / "ledger.db"), engine="nextflow", raise_errors=True) as capture:
         capture.submit(TaskRun("abcdef", "P", "succeeded", now, now, outputs=[str(out)])).result()
-    sessions = tmp_path / ".lineage" / "nextflow" / "sessions"
-    sessions.mkdir(parents=True)
-    (sessions / f"{SESSION}.json").write_text(json.dumps({"session": SESSION, "tasks": {"abcdef": {
+    _state.save(str(tmp_path), SESSION, {"abcdef": {
         "process": "P", "name": "P", "workdir": str(work), "status": "succeeded", "inputs": [],
-        "outputs": [str(out)], "published": []}}}))
+        "outputs": [str(out)], "published": []}})  # the wrapper's list, where the wrapper keeps it
     return out
 
 
@@ -272,7 +270,10 @@ def test_failed_tries_wait_for_nextflows_note_in_either_order(tmp_path):
                      ("STOP", 1, "failed", None, 1)}
 
 
-def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never):
+@pytest.mark.parametrize("listed", [True, False], ids=["with-its-list", "planned-from-the-work-directory"])
+def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never, listed):
+    """Without the session's list (lost) the same check is planned from the work directory and
+    the ledger's records (``_recovered``): the readers' records name the source."""
     from lineage_ledger import TaskCapture, TaskRun
 
     source = tmp_path / "data" / "in.txt"
@@ -291,9 +292,8 @@ def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never):
             readers[key] = {"process": "READ", "name": f"READ ({key})", "workdir": str(work),
                             "status": "succeeded", "inputs": [str(source)], "outputs": [str(work / "out.txt")],
                             "published": []}
-    sessions = tmp_path / ".lineage" / "nextflow" / "sessions"
-    sessions.mkdir(parents=True)
-    (sessions / f"{SESSION}.json").write_text(json.dumps({"session": SESSION, "tasks": readers}))
+    if listed:
+        _state.save(str(tmp_path), SESSION, readers)
     stat = source.stat()
     source.write_text("source v2\n")  # same size, mtime put back
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -301,6 +301,7 @@ def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never):
     strict = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "strict", cwd=tmp_path,
                         nextflow=never)
     assert strict.returncode == 1 and f"{source}: changed since the last recorded run" in strict.stderr
+    assert ("planned from" in strict.stderr) is not listed
     rerun = ledger_cmd("run", "main.nf", "-resume", SESSION, "--ledger-policy", "rerun", cwd=tmp_path,
                        nextflow=never)
     assert rerun.returncode == 0, rerun.stderr

@@ -208,16 +208,19 @@ def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
 
 
 def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_path):
-    """Bug (fixed in ``_recovered``): the wrapper lists each session's tasks in
+    """Bug (fixed in ``_state`` and ``_recovered``): the wrapper listed each session's tasks in
     ``.lineage/nextflow/sessions/<id>.json`` (0700 directories) and checked before ``-resume``
     only the files that list names. Whoever can write ``.lineage/`` (a group-shared SQLite
-    ledger needs it) can move ``nextflow/`` aside, without reading it; then ``nextflow-ledger
+    ledger needs it) could move ``nextflow/`` aside, without reading it; then ``nextflow-ledger
     run -resume --ledger-policy strict`` logged "no recorded task of session ... here; nothing
-    checked before -resume" and reused a tampered cached output, exit 0. The ledger still
-    holds the session's records: without the list the check is now planned from the work
-    directory and those records, and strict refuses naming the file; rerun runs its task
-    again. (The list is read only if it is this user's regular file: tests/test_nextflow_state.py.)"""
+    checked before -resume" and reused a tampered cached output, exit 0. The lists now live in
+    this user's private state, out of reach of ``.lineage``'s other writers, and a list that is
+    gone (or not this user's) has the check planned from the work directory and the ledger's
+    records instead (tests/test_nextflow_state.py): strict refuses naming the file; rerun runs
+    its task again."""
     import shutil
+
+    from lineage_ledger_nextflow import _state
 
     from tests.support import nextflow as nf
 
@@ -228,7 +231,8 @@ def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_p
     shutil.copy2(count, tmp_path / "mtime")
     count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
     shutil.copystat(tmp_path / "mtime", count)
-    shutil.move(str(here / ".lineage" / "nextflow"), str(tmp_path / "moved-aside"))
+    assert not (here / ".lineage" / "nextflow").exists()  # no list there for .lineage's other writers to move
+    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "moved-aside"))  # lost all the same
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
     assert "Launching" not in strict.stdout  # nothing ran

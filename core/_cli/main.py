@@ -24,7 +24,7 @@ def cli() -> None:
 
 
 for command in (recording.run, recording.adopt, recording.hash_command, recording.spool,
-                reading.log_command, reading.show, reading.why, reading.depends,
+                reading.log_command, reading.show, reading.consistency, reading.why, reading.depends,
                 trust.verify, trust.keygen, trust.checkpoint, trust.reset_trust, trust.migrate, trust.repair_index,
                 export, graph):  # standard exports and the lineage picture load their formats when run
     cli.add_command(command)

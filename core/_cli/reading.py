@@ -5,6 +5,7 @@ verified tree head (docs/verification.md)."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable
 from itertools import chain
@@ -18,7 +19,7 @@ from .._terminal import json_text, printable
 from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory
 from .render import derived_lines, describe_record, lineage_json, lineage_lines
 
-__all__ = ['depends', 'log_command', 'show', 'why']
+__all__ = ['consistency', 'depends', 'log_command', 'show', 'why']
 
 
 @click.command(name="log")
@@ -63,20 +64,45 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
 
 @click.command()
 @click.argument("record_id")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Prove inclusion in the tree of the first SIZE records (a checkpoint's size) instead of "
+                   "the whole verified tree.")
 @ledger_option
-def show(record_id, ledger_url) -> None:
-    """Show one record (an id or a unique prefix), its place and its inclusion proof."""
+def show(record_id, size, ledger_url) -> None:
+    """Show one record (an id or a unique prefix), its place and its inclusion proof.
+
+    ``canonical_base64`` holds the record's exact stored bytes (their BLAKE3 hash is its id),
+    for a verifier that checks the record without encoding it again (docs/verification.md)."""
     with open_read_only(ledger_url) as ledger:
         entry = ledger.get(record_id)
-        head, index, proof = ledger.inclusion_proof(entry)
+        head, index, proof = ledger.inclusion_proof(entry, size=size)
         body = {
             "id": entry.id,
             "block": {"height": entry.height, "position": entry.position},
             "tree": {"origin": head.origin, "size": head.size, "root": head.root, "leaf_index": index,
                      "inclusion_proof": proof},
             "record": entry.record.to_dict(),
+            "canonical_base64": base64.b64encode(entry.record.encode()).decode("ascii"),
         }
         click.echo(json_text(body, indent=2, sort_keys=True))
+
+
+@click.command()
+@click.argument("old_size", type=click.IntRange(min=0))
+@click.argument("new_size", type=click.IntRange(min=0), required=False)
+@ledger_option
+def consistency(old_size, new_size, ledger_url) -> None:
+    """Print the RFC 9162 consistency proof from the tree of the first OLD_SIZE records (an
+    earlier checkpoint's size) to that of NEW_SIZE (default: the verified head), with both
+    roots: what shows, without this ledger, that the later tree extends the earlier."""
+    with open_read_only(ledger_url) as ledger:
+        old, new, proof = ledger.consistency_proof(old_size, new_size)
+        click.echo(json_text({
+            "origin": new.origin,
+            "old": {"size": old.size, "root": old.root},
+            "new": {"size": new.size, "root": new.root},
+            "consistency_proof": proof,
+        }, indent=2, sort_keys=True))
 
 
 

@@ -1,12 +1,12 @@
 """The check before ``-resume`` without the session's list: planned from the work directory
 and the ledger's records.
 
-The wrapper's list of a session's tasks (``_state``) lives under ``.lineage/``, which others
-may be able to write (a group-shared SQLite ledger needs its directory so): they cannot read
-or edit the list, but they can move it aside. Without it the check used to find nothing to
-check, and ``-resume`` reused whatever the work directory held, under ``strict`` too. The
-ledger still holds the records of the session's tasks, and the work directory still holds
-the tasks, so the list is rebuilt from them:
+The wrapper's list of a session's tasks (``_state``) may be missing: lost with the user's
+state, kept on another machine, or (before it moved to the private state) moved aside from
+``.lineage/`` by another user who could write there. Without it the check used to find
+nothing to check, and ``-resume`` reused whatever the work directory held, under ``strict``
+too. The ledger still holds the records of the session's tasks, and the work directory still
+holds the tasks, so the list is rebuilt from them:
 
 - every task directory of the work directory (``work/ab/cdef...``) whose ``.exitcode`` says
   0 is a task Nextflow may reuse (of any session: checking more than the resumed session's
@@ -100,7 +100,7 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
         return task
     record = found.record
     task.update(process=record.task_name, name=record.extra.get("name"), status=record.status,
-                outputs=list(record.outputs))
+                inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs))
     publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
     if publication is not None:
         # Pairs as the list keeps them; only the sets of sources and of targets are used.

@@ -307,8 +307,9 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     if recorder.session_id is not None and (recorder.tasks or carried):
         try:
             _state.save(launch_dir, recorder.session_id, {**carried, **recorder.tasks})
-        except OSError as err:
-            log.error("lineage-ledger: cannot save the session's tasks (the next -resume is not checked): %s", err)
+        except Exception as err:  # noqa: BLE001 - an unsafe state root, a full disk: Nextflow's status still goes out
+            log.error("lineage-ledger: cannot save the session's tasks (the next -resume is checked from the work "
+                      "directory and the ledger): %s", err)
     lost = capture.failures + len(late)
     print(f"lineage-ledger: recorded {recorder.recorded} task try(s) and {recorder.publications} publication(s)"
           f"{f', {recorder.cached_count} cached task(s) recorded by earlier runs' if recorder.cached_count else ''}"
