@@ -33,6 +33,7 @@ from blake3 import blake3
 
 from .._errors import LedgerError, SpoolError, SpoolFull, VerificationError
 from .._model import Record, StoredRecord
+from .refusal import permanent_refusal
 from .spool import Segment, SpoolWriter
 
 
@@ -380,11 +381,9 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def _for_good(err: BaseException | None) -> str | None:
     """Why the ledger refuses records however long one waits (see
-    :func:`.deferred.permanent_refusal`), or None. A flush or close then waits no longer:
+    :func:`.refusal.permanent_refusal`), or None. A flush or close then waits no longer:
     before, a process whose ledger a role might only read waited out its whole exit timeout,
     then said the records would be shipped when the ledger was next opened."""
     if err is None or isinstance(err, VerificationError):
         return None
-    from .deferred import permanent_refusal
-
     return permanent_refusal(err)

@@ -1,0 +1,54 @@
+"""Whether a ledger's refusal of records is for good: apart from :mod:`.deferred` so that the
+Recorder (which :mod:`.ledger` makes, which :mod:`.deferred` opens) asks it without an
+import cycle (``tests/test_layout.py``)."""
+
+from __future__ import annotations
+
+__all__ = ["permanent_refusal"]
+
+# PostgreSQL's SQLSTATEs of a refusal that no retry settles: insufficient_privilege,
+# read_only_sql_transaction (default_transaction_read_only, a hot standby), and an undefined
+# table or column (a schema this version does not write).
+_PERMANENT_SQLSTATES = {"42501": "permission denied", "25006": "the database is read-only",
+                        "42P01": "the ledger's tables are not those of this version",
+                        "42703": "the ledger's tables are not those of this version"}
+
+
+def permanent_refusal(err: BaseException | None) -> str | None:
+    """Why the ledger will not take records however long one waits, or None where it may
+    (locked, busy, down, unreachable, slow: a later shipment may get through).
+
+    Permanent: permission denied (a PostgreSQL role that may only read), a read-only
+    database (an SQLite file or directory this user may not write, a PostgreSQL database or
+    server in read-only mode), a schema or store this version cannot write (``ConfigError``,
+    ``CorruptStore``), and a back-end's ``AccessDenied``. The drivers' errors are found on
+    the cause chain the back-ends keep (:mod:`lineage_ledger.backends._base`); their text is
+    the fallback where a cause was redacted."""
+    from .._errors import ConfigError, CorruptStore
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConfigError):  # a schema to migrate or of another version, not a ledger
+            return "the ledger cannot be written by this version"
+        if isinstance(cause, CorruptStore):
+            return "the ledger database is damaged"
+        if any(kind.__name__ == "AccessDenied" for kind in type(cause).__mro__):  # BAASH, Fabric
+            return "permission denied"
+        sqlstate = getattr(cause, "sqlstate", None)  # psycopg
+        if isinstance(sqlstate, str) and sqlstate in _PERMANENT_SQLSTATES:
+            return _PERMANENT_SQLSTATES[sqlstate]
+        name = getattr(cause, "sqlite_errorname", None)  # sqlite3 (SQLITE_READONLY_*, SQLITE_PERM)
+        if isinstance(name, str) and name.startswith("SQLITE_READONLY"):
+            return "the ledger is read-only here"
+        if name in ("SQLITE_PERM", "SQLITE_AUTH"):
+            return "permission denied"
+        text = str(cause).lower()
+        if "opened for reading only" in text or "readonly database" in text or "read-only transaction" in text:
+            # The first: an SQLite ledger this user may not write, opened by its reader.
+            return "the ledger is read-only here (this user may not write its file or directory)"
+        if "permission denied" in text:
+            return "permission denied"
+        cause = cause.__cause__ or cause.__context__
+    return None
