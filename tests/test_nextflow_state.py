@@ -57,6 +57,21 @@ def test_a_list_of_another_session_a_second_link_or_a_link_in_its_place_is_not_r
     assert "Too many levels of symbolic links" in caplog.text
 
 
+def test_no_list_is_kept_or_read_where_others_could_write_the_way_to_it(tmp_path, monkeypatch, caplog):
+    """The lists live in the private state root, checked as the tree heads' is: a state root
+    others may write (not sticky) keeps none, and one found there is not read."""
+    _write_list(tmp_path, SESSION)
+    shared = tmp_path / "shared-state"
+    shared.mkdir()
+    monkeypatch.setenv("LINEAGE_STATE_DIR", str(shared))
+    _write_list(tmp_path, SESSION)
+    shared.chmod(0o777)
+    with pytest.raises(OSError, match="another user could move it aside or replace it"):
+        _write_list(tmp_path, SESSION)
+    assert _state.load(str(tmp_path), SESSION) is None
+    assert "is writable by other users" in caplog.text
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a file owned by another user needs root to make")
 @pytest.mark.slow  # real Nextflow runs
 def test_a_list_owned_by_another_user_is_not_read_and_strict_checks_from_the_ledger(tmp_path):
