@@ -2,8 +2,10 @@
 an attacker and as a new user would meet them: the real CLI, real ``mpiexec`` ranks.
 
 Each test names one bug found; a bug not fixed yet is a strict xfail whose reason says where
-the fix lies. The export tests take about 5 s; the BAASH ones (marked ``mpi``) start a
-service each, about 10 s apiece on this 2-core machine.
+the fix lies. The whole file takes about 27 s on this 2-core machine: the BAASH tests (marked
+``mpi``) start a real service each (2-5 s), the Fabric one uses the session's shared two-org
+network (``fabric``), the tests that act as another user (``nobody``) need root and skip
+otherwise.
 """
 
 from __future__ import annotations
