@@ -151,8 +151,6 @@ def test_an_svg_graph_of_a_file_named_with_a_control_character_is_well_formed(tm
 
 
 
-@pytest.mark.xfail(strict=True, reason="core/_cli/trust.py: checkpoint opens -o with open(path, 'w') "
-                                       "(not this review's files; exports' open_output is the fix)")
 def test_the_cores_checkpoint_never_writes_through_a_planted_link(tmp_path):
     """Bug: ``lineage-ledger checkpoint -o FILE`` opened FILE with ``open(path, "w")``,
     following a symbolic link, as the exports and the BAASH/Fabric commands did. Setup:
