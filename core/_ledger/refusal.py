@@ -4,6 +4,8 @@ import cycle (``tests/test_layout.py``)."""
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["permanent_refusal"]
 
 # PostgreSQL's SQLSTATEs of a refusal that no retry settles: insufficient_privilege,
@@ -50,5 +52,29 @@ def permanent_refusal(err: BaseException | None) -> str | None:
             return "the ledger is read-only here (this user may not write its file or directory)"
         if "permission denied" in text:
             return "permission denied"
+        login = _refused_login(text)
+        if login is not None:
+            return login
         cause = cause.__cause__ or cause.__context__
+    return None
+
+
+# The server's answers to a login it will not take, which psycopg raises at connection time
+# without a SQLSTATE: a role or database misspelled in the URL, a wrong password. Retrying
+# never gets a record in; taken for "the server is down", `run` said the record waited and
+# exited 0 after every task, and nothing ever reached the ledger.
+_LOGIN_REFUSED = (
+    (re.compile(r'fatal:\s+role "[^"]*" does not exist'), "the server has no such role: check the user in the URL"),
+    (re.compile(r'fatal:\s+database "[^"]*" does not exist'),
+     "the server has no such database: check the database in the URL"),
+    (re.compile(r"fatal:\s+(password|scram|md5|peer|ident|cert) authentication failed"),
+     "the server refused the login: check the user and password"),
+    (re.compile(r"fatal:\s+no pg_hba\.conf entry"), "the server does not let this user connect from here"),
+)
+
+
+def _refused_login(text: str) -> str | None:
+    for pattern, why in _LOGIN_REFUSED:
+        if pattern.search(text):
+            return why
     return None
