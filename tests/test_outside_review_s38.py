@@ -195,7 +195,6 @@ def test_a_crate_describes_a_directory_it_cannot_copy_instead_of_failing(tmp_pat
 
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_output.py: open_output renames a file over a FIFO or device")
 def test_an_export_to_a_pipe_or_device_writes_into_it(tmp_path):
     """Bug (in this review's own fix, open_output): ``-o`` is written to a new file beside it
     and renamed on, which for a named pipe or a device (``-o /dev/stdout``, a common idiom)

@@ -2,6 +2,7 @@
 
 An export carries what the ledger holds (command lines, parameters, users, hosts), and the
 ledger is 0600 whatever the umask, so its exports are too: the owner widens one to share it.
+A FIFO or a character device at PATH (``-o /dev/stdout``) is written into instead.
 ``-o`` may name a path in a directory others can write (a group's project directory), where
 a planted symbolic link would send a plain ``open(path, "w")`` to overwrite its target. The
 file is therefore made with ``O_EXCL`` under a fresh name (``mkstemp``: 0600, never a link)
@@ -28,6 +29,11 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
     """A writable handle whose bytes land at ``path`` only when the block ends without an
     error; the file is 0600 and ``path`` (a link, a file) is replaced, never followed.
     ``parents``: make missing directories above it (the graph does; exports refuse)."""
+    if _is_stream(path):  # ``-o /dev/stdout``, a named pipe: written into, never replaced
+        with (open(path, "wb", buffering=buffering) if binary else
+              open(path, "w", encoding="utf-8", buffering=buffering)) as stream:
+            yield stream
+        return
     directory = os.path.dirname(os.path.abspath(path))
     if parents:
         os.makedirs(directory, exist_ok=True)
@@ -41,6 +47,17 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
         with contextlib.suppress(OSError):
             os.unlink(part)
         raise
+
+
+def _is_stream(path: str) -> bool:
+    """Whether ``path`` (links followed) is a FIFO or a character device: writing into one
+    overwrites no file, and renaming a file onto its name would replace the pipe or device
+    (as root, ``/dev/stdout`` for the whole machine)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def new_private_dir(path: str) -> None:
