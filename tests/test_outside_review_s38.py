@@ -201,9 +201,8 @@ def test_an_export_to_a_pipe_or_device_writes_into_it(tmp_path):
     replaced the pipe or device's name by a regular file instead of writing into it; as
     root, ``-o /dev/stdout`` would have put a file in place of ``/dev/stdout`` for the whole
     machine. Setup: ``graph out.txt -f dot -o pipe`` with a reader on the FIFO ``pipe``.
-    Impact: the reader got nothing and the FIFO was gone. Now a path that is a FIFO or a
-    character device (links followed: writing into one overwrites no file) is written
-    directly."""
+    Impact: the reader got nothing and the FIFO was gone. Now a FIFO (links followed:
+    writing into one overwrites no file) and any path under /dev or /proc are written into."""
     import threading
 
     env = _recorded(tmp_path)
@@ -530,3 +529,22 @@ def test_a_baash_service_refuses_storage_others_can_write(tmp_path):
         [str(script), "baash", "serve", "--ranks", "2", "--storage", str(tmp_path / "open" / "ledger"),
          "--socket", str(tmp_path / "run2" / "baash.sock")], capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and "others can write" in refused.stderr, refused.stderr
+
+
+def test_an_export_to_dev_stdout_redirected_to_a_file_writes_the_file(tmp_path):
+    """The other form of ``-o /dev/stdout``: the shell sent standard output to a regular file
+    (``graph ... -o /dev/stdout > lineage.dot``). /dev/stdout then leads to a regular file,
+    and renaming a new file onto the name would (as root) have replaced ``/dev/stdout``
+    itself for the whole machine; a path under /dev is written into. (Not run against the
+    code before this fix, for that reason: reasoned from open_output.)"""
+    import subprocess
+    import sys
+
+    env = _recorded(tmp_path)
+    script = Path(sys.executable).parent / "lineage-ledger"
+    with open(tmp_path / "lineage.dot", "wb") as out:
+        done = subprocess.run([str(script), "graph", "out.txt", "-f", "dot", "-o", "/dev/stdout"], cwd=tmp_path,
+                              env={**os.environ, **env}, stdout=out, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "lineage.dot").read_text().startswith("digraph")
+    assert os.path.islink("/dev/stdout") or stat.S_ISCHR(os.lstat("/dev/stdout").st_mode)

@@ -2,7 +2,7 @@
 
 An export carries what the ledger holds (command lines, parameters, users, hosts), and the
 ledger is 0600 whatever the umask, so its exports are too: the owner widens one to share it.
-A FIFO or a character device at PATH (``-o /dev/stdout``) is written into instead.
+A path under ``/dev`` or ``/proc`` (``-o /dev/stdout``) or a FIFO is written into instead.
 ``-o`` may name a path in a directory others can write (a group's project directory), where
 a planted symbolic link would send a plain ``open(path, "w")`` to overwrite its target. The
 file is therefore made with ``O_EXCL`` under a fresh name (``mkstemp``: 0600, never a link)
@@ -50,14 +50,18 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
 
 
 def _is_stream(path: str) -> bool:
-    """Whether ``path`` (links followed) is a FIFO or a character device: writing into one
-    overwrites no file, and renaming a file onto its name would replace the pipe or device
-    (as root, ``/dev/stdout`` for the whole machine)."""
+    """Whether ``path`` is to be written into, not replaced: a name under ``/dev`` or
+    ``/proc`` (``/dev/stdout``, ``/dev/fd/3``, ``/dev/null``, whatever they lead to: a
+    terminal, a pipe, a file the shell redirected to; only root may put a link there, and
+    renaming a file onto one would replace it for the whole machine), or a FIFO anywhere
+    (links followed: writing into a pipe overwrites no file). A character device reached
+    through a link elsewhere (one planted to ``/dev/mem``) is replaced like any link."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
     try:
-        mode = os.stat(path).st_mode
+        return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def new_private_dir(path: str) -> None:
