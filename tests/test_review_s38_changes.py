@@ -1,0 +1,187 @@
+"""An outside review (an attacker's and a new user's) of what changed in session 38, by tests.
+
+Looked at, with what passed (no test here): ``verify-lineage DIR`` of 1,231 and 12,031 files
+(reports bounded past 1,000, caches trimmed between windows, the window's settled records,
+``_inputs_walked``) against the same files checked ten at a time, on 23 tamperings (edited,
+deleted, added and moved index rows, a record body, a record row moved past the head, a file
+edited among those not shown, the input 12,000 outputs share, links, aliases): every
+exit status and failure agreed. ``show --size`` and ``consistency`` refused every bad size
+and prefix with exit 2 and proved what they printed (a tampered body, a moved position:
+exit 1).
+
+The bugs found, each end to end through the CLI:
+
+1. A report bounded past 1,000 files (``verify-lineage out/ emptyrec/``) calls a recorded
+   empty directory, or a directory holding only one, "nothing was checked" (exit 1).
+2. An SQLite ledger file this user may not read (0600, another user's) is taken for one
+   that is only locked: ``run`` says the record waits, exit 0, at every run.
+3. ``-o /dev/shm/NAME`` (a world-writable directory under /dev) is written through: a
+   link planted there is followed, and the export is made under the umask (0644).
+
+About 5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from lineage_ledger import open_ledger
+from lineage_ledger._capture.files import entries_of, manifest_records_of
+from lineage_ledger._files.hashing import hash_file
+from lineage_ledger._model import Record
+from tests.conftest import run_cli
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+def _as_a_user() -> tuple[str, ...]:
+    """Root ignores file modes; the CLI runs without that power, as any user would."""
+    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
+
+
+def _task(name: str, ended: int, inputs: list[str], outputs: list[str]) -> list[Record]:
+    ins, outs = [hash_file(p) for p in inputs], [hash_file(p) for p in outputs]
+    record = Record(engine="test", run_id="r", task_id=name, task_name=name, status="succeeded",
+                    started=T0 + timedelta(seconds=ended - 1), ended=T0 + timedelta(seconds=ended),
+                    inputs=entries_of(ins), outputs=entries_of(outs))
+    return [*manifest_records_of(outs), record]
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+# -- 1. a bounded report and the directories under which nothing was checked -------------------
+@pytest.mark.xfail(strict=True, reason="core/_cli/render.py unchecked_directories: _holds_a_file past SHOWN targets")
+def test_a_recorded_empty_directory_given_after_1000_files_is_checked(tmp_path):
+    """Bug: ``verify-lineage DIR...`` of more than 1,000 files keeps the first 1,000 targets
+    and counts the rest (report.kept). ``render.unchecked_directories`` then decides whether a
+    directory given was checked by looking on disk for a file in it (``_holds_a_file``), but
+    a recorded directory is checked whole, as one target, whether or not it holds a file.
+    Setup: 1,001 recorded files in ``out/``; a task's outputs also include ``emptyrec/``
+    (recorded empty) and ``holder/inner/`` (recorded empty, in a directory no record names).
+    ``verify-lineage emptyrec`` and ``verify-lineage holder`` alone: verified, exit 0.
+    Impact: ``verify-lineage out emptyrec`` (or ``out holder``): "emptyrec: nothing was
+    checked", FAILED, exit 1, though it was checked and verified: the answer for a directory
+    depends on how many other files were given. Fix (core/_cli/render.py, trust.py): past
+    the kept targets, ask the ledger whether the directory is, lies in, or holds a recorded
+    artifact, as _expand's walk did (walk_tree with is_artifact)."""
+    ref = _write(tmp_path / "ref.txt", "reference")
+    records = []
+    for i in range(1001):
+        records += _task(f"t{i}", 10 + i, [ref], [_write(tmp_path / "out" / f"f{i:05d}.txt", f"out {i}")])
+    (tmp_path / "emptyrec").mkdir()
+    (tmp_path / "holder" / "inner").mkdir(parents=True)
+    records += _task("mkdirs", 5000, [ref], [str(tmp_path / "emptyrec"), str(tmp_path / "holder" / "inner")])
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "build-state")) as ledger:
+        ledger.append_records([r.stored() for r in records])
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    for given in ("emptyrec", "holder"):
+        alone = run_cli("verify", given, cwd=tmp_path, env=env)
+        assert alone.returncode == 0 and "nothing was checked" not in alone.stdout, alone.stdout
+        many = run_cli("verify", "out", given, cwd=tmp_path, env=env)
+        assert "nothing was checked" not in many.stdout, many.stdout[-600:]
+        assert many.returncode == 0, many.stdout[-600:]
+    # The other side: an empty directory no record names still fails after 1,000 files.
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("verify", "out", "empty", cwd=tmp_path, env=env)
+    assert empty.returncode == 1 and "empty: nothing was checked" in empty.stdout, empty.stdout[-600:]
+
+
+# -- 2. a ledger this user may not read is refused for good -------------------------------------
+@pytest.mark.xfail(strict=True, reason="core/_ledger/refusal.py: SQLITE_CANTOPEN of a file this user may not read")
+def test_run_into_an_sqlite_ledger_this_user_may_not_read_exits_1(workdir):
+    """Bug: ``permanent_refusal`` knows a read-only SQLite file (0444) and directory (0555),
+    but not a file this user may not read at all: SQLite says only "unable to open database
+    file" (SQLITE_CANTOPEN), which is taken for a ledger that is locked or down. Setup: the
+    ledger is another user's 0600 file (what ``run`` makes: here chmod 000, run without
+    root's powers). Impact: every ``run`` says "it waits there", exit 0, after the whole
+    --ship-wait, and ``spool ship`` says "try again" (2): the records never reach the
+    ledger and nothing says why (a misconfiguration hidden). Fix (core/_ledger/refusal.py):
+    a CANTOPEN whose file exists and that this user may not read (or whose directory this
+    user may not search) is "permission denied"; others stay transient."""
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
+    db = workdir / ".lineage" / "ledger.db"
+    os.chmod(db, 0)
+    try:
+        result = run_cli("run", "--ship-wait", "2", "--", "true", cwd=workdir, prefix=_as_a_user())
+        assert result.returncode == 1, (result.returncode, result.stderr)
+        assert "waiting will not" in result.stderr and "lineage-ledger spool ship" in result.stderr, result.stderr
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_as_a_user())
+        assert shipped.returncode == 1 and "waiting will not" in shipped.stderr, shipped.stderr
+    finally:
+        os.chmod(db, 0o600)
+    run_cli("spool", "ship", cwd=workdir, check_rc=0)  # readable again: the record goes in
+    listed = run_cli("log", "--json", cwd=workdir, check_rc=0)
+    assert listed.stdout.count('"task_name"') == 2, listed.stdout
+
+
+def test_a_ledger_in_a_missing_directory_still_only_delays(workdir):
+    """The transient side kept: SQLite cannot open a file whose directory is not there (a
+    network mount not yet up); nothing says waiting will not settle it."""
+    url = f"sqlite:///{workdir}/not-mounted/ledger.db"
+    result = run_cli("run", "--ledger", url, "--ship-wait", "1", "--", "true", cwd=workdir)
+    assert result.returncode in (0, 2) and "waiting will not" not in result.stderr, result.stderr
+
+
+# -- 3. -o under /dev, in a directory anyone may write ------------------------------------------
+def _recorded(base: Path) -> dict[str, str]:
+    env = {"LINEAGE_LEDGER_URL": f"sqlite:///{base}/ledger.db"}
+    (base / "in.txt").write_text("input\n")
+    run_cli("run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", "cat in.txt > out.txt",
+            cwd=base, env=env, check_rc=0)
+    return env
+
+
+@pytest.mark.xfail(strict=True, reason="core/exports/_output.py: any path under /dev is written into")
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_an_export_to_dev_shm_is_private_and_never_follows_a_link(tmp_path):
+    """Bug: ``open_output`` writes into any path under /dev or /proc (for ``-o /dev/stdout``),
+    with ``open(path, "w")``. /dev/shm is a directory anyone may write (1777), where people
+    put scratch files. Setup: a link ``/dev/shm/NAME.json -> victim`` planted there (by
+    another user: followed where fs.protected_symlinks is 0, as on this machine; here our
+    own, which that setting never stops); ``export -f prov-json -o /dev/shm/NAME.json``; and
+    an export to a new ``/dev/shm/NAME2.json``. Impact: the victim is overwritten with the
+    export; a new file is made under the umask (0644: any user reads the commands, users and
+    hosts the ledger keeps 0600), and a failed export leaves a half file. Fix
+    (core/exports/_output.py): only a path under /dev or /proc whose directory no one but
+    root and this user may write (/dev, /dev/fd, /proc/self/fd) is written into; one in
+    /dev/shm is made beside and renamed on, as anywhere else."""
+    env = _recorded(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    name = f"/dev/shm/lineage-review-{uuid.uuid4().hex[:8]}"
+    link, fresh = Path(name + ".json"), Path(name + "-new.json")
+    os.symlink(victim, link)
+    try:
+        run_cli("export", "out.txt", "-f", "prov-json", "-o", str(link), cwd=tmp_path, env=env, check_rc=0)
+        run_cli("export", "out.txt", "-f", "prov-json", "-o", str(fresh), cwd=tmp_path, env=env, check_rc=0)
+        assert victim.read_text() == "precious\n", "the export was written through the planted link"
+        assert not link.is_symlink() and link.read_text().startswith("{")
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600, oct(os.stat(fresh).st_mode)
+    finally:
+        for path in (link, fresh):
+            if os.path.lexists(path):
+                os.unlink(path)
+
+
+def test_dev_null_and_a_pipe_through_dev_fd_are_still_written_into(tmp_path):
+    """The side kept: ``-o /dev/null`` (a device in /dev) and ``-o /dev/fd/1`` (a pipe the
+    caller holds) are written into, never replaced."""
+    env = _recorded(tmp_path)
+    run_cli("export", "out.txt", "-f", "prov-json", "-o", "/dev/null", cwd=tmp_path, env=env, check_rc=0)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    piped = run_cli("export", "out.txt", "-f", "prov-json", "-o", "/dev/fd/1", cwd=tmp_path, env=env,
+                    check_rc=0, stdin=subprocess.DEVNULL)
+    assert piped.stdout.lstrip().startswith("{"), piped.stdout[:200]
