@@ -99,3 +99,23 @@ def test_an_inclusion_proof_in_a_tree_that_does_not_hold_the_record_is_refused(g
     assert result.returncode == 2 and "not in the tree of the first 3 records" in result.stderr, result.stderr
     past = run_cli("show", last, "--size", "99", cwd=cwd)
     assert past.returncode == 2 and "no tree of 99" in past.stderr, past.stderr
+
+
+def test_log_all_lists_the_leaves_in_order_and_rebuilds_the_checkpoints_root(tmp_path):
+    """`log --all --json` lists every record, directory manifests included, with its
+    leaf_index: the leaves in order, whose MTH is the checkpoint's root (`log` alone leaves
+    the manifests out, so its ids rebuild the wrong root for a ledger that recorded a
+    directory)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a\n")
+    run_cli("run", "-o", "d", "--", "true", cwd=tmp_path, check_rc=0)  # a directory: a manifest record too
+    _record(tmp_path, 1)
+    run_cli("keygen", "key", cwd=tmp_path, check_rc=0)
+    checkpoint = _checkpoint(tmp_path, "cp")
+    lines = run_cli("log", "-n", "0", "--all", "--json", cwd=tmp_path, check_rc=0).stdout.splitlines()
+    leaves = [json.loads(line) for line in lines if line.strip()]
+    assert [leaf["leaf_index"] for leaf in leaves] == list(range(checkpoint.size))
+    ids = [bytes.fromhex(leaf["id"]) for leaf in leaves]
+    assert verifier.tree_root(ids) == checkpoint.root
+    tasks = run_cli("log", "-n", "0", "--json", cwd=tmp_path, check_rc=0).stdout.splitlines()
+    assert len([t for t in tasks if t.strip()]) < len(leaves)  # the manifest is a leaf, not a task

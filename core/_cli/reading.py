@@ -26,10 +26,13 @@ __all__ = ['consistency', 'depends', 'log_command', 'show', 'why']
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="How many records, newest last; 0 for all.")
 @click.option("--run", "run_id", help="Only the records of this run.")
+@click.option("--all", "every", is_flag=True,
+              help="Directory manifests too: every record, so that the ids are the tree's leaves in order.")
 @ledger_option
 @json_option
-def log_command(limit, run_id, ledger_url, as_json) -> None:
-    """List recorded tasks (the last 20 unless -n says otherwise)."""
+def log_command(limit, run_id, every, ledger_url, as_json) -> None:
+    """List recorded tasks (the last 20 unless -n says otherwise). With --json each line
+    holds the record's ``leaf_index`` in the tree."""
     from .._files.manifest import is_manifest_record
 
     with open_read_only(ledger_url) as ledger:
@@ -47,14 +50,17 @@ def log_command(limit, run_id, ledger_url, as_json) -> None:
             total = ledger.tree_head().size
 
             def is_task(entry) -> bool:
-                return not is_manifest_record(entry.record)
+                return every or not is_manifest_record(entry.record)
 
             shown, before, entries = ledger.tail(limit, is_task)
             if before:  # say so: a listing of 20 reads like the whole ledger
                 click.echo(f"showing the last {shown} of {total} records; -n 0 shows all", err=True)
+        start_of = ledger.verifier.store.block_start
         for entry in entries:
             if as_json:
-                click.echo(json_text({"id": entry.id, "height": entry.height, **entry.record.to_dict()}))
+                click.echo(json_text({"id": entry.id, "height": entry.height,
+                                      "leaf_index": start_of(entry.height) + entry.position,
+                                      **entry.record.to_dict()}))
             else:
                 outs = ", ".join(printable(os.path.relpath(p)) for p, e in entry.record.outputs.items()
                                  if "alias_of" not in e) or "-"
