@@ -62,7 +62,6 @@ def _write(path: Path, text: str) -> str:
 
 
 # -- 1. a bounded report and the directories under which nothing was checked -------------------
-@pytest.mark.xfail(strict=True, reason="core/_cli/render.py unchecked_directories: _holds_a_file past SHOWN targets")
 def test_a_recorded_empty_directory_given_after_1000_files_is_checked(tmp_path):
     """Bug: ``verify-lineage DIR...`` of more than 1,000 files keeps the first 1,000 targets
     and counts the rest (report.kept). ``render.unchecked_directories`` then decides whether a

@@ -10,7 +10,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .._ledger.ledger import LedgerRecord, LineageNode
+from .._errors import LedgerError
+from .._ledger.ledger import Ledger, LedgerRecord, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._ledger.walks import Nested, run_nested
 from .._terminal import printable
@@ -161,12 +162,17 @@ def _records_in(tree: list) -> int:
     return count
 
 
-def unchecked_directories(report: Report, given: Iterable[str]) -> list[str]:
+def unchecked_directories(report: Report, given: Iterable[str], ledger: Ledger | None = None) -> list[str]:
     """The directories among ``given`` (the targets as the user gave them) under which
     nothing was checked: no file is in them (or only what was skipped: a FIFO, a loop), they
-    are not, nor lie in, a recorded directory, and no record names a file below them that is
-    gone (``report.absent``). Such a target is reported as not verified (exit 1), as a file
-    no record names is (UNRECORDED): "verified" would vouch for nothing (docs/directories.md)."""
+    are not, nor lie in, nor hold a recorded directory, and no record names a file below them
+    that is gone (``report.absent``). Such a target is reported as not verified (exit 1), as a
+    file no record names is (UNRECORDED): "verified" would vouch for nothing (docs/directories.md).
+
+    ``ledger``: where the report kept only some of its targets (past SHOWN files), what was
+    checked under a directory is worked out again as the check's walk found it, a recorded
+    directory included (checked whole, file or no file); without it, a directory holding no
+    file is taken as unchecked."""
     given = [path for path in given if os.path.isdir(path)]
     if not given:
         return []
@@ -182,16 +188,34 @@ def unchecked_directories(report: Report, given: Iterable[str]) -> list[str]:
     for target in given:
         if {os.path.abspath(target), os.path.realpath(target)} & reached:
             continue
-        if report.not_shown and _holds_a_file(target):
-            continue  # its files were checked and counted, past those a report keeps
+        if report.not_shown and _holds_a_target(target, ledger):
+            continue  # its targets were checked and counted, past those a report keeps
         unchecked.append(os.path.abspath(target))
     return unchecked
 
 
-def _holds_a_file(directory: str) -> bool:
+def _holds_a_target(directory: str, ledger: Ledger | None) -> bool:
+    """Whether the check of ``directory`` had something to check: it is, or lies in, a
+    recorded directory (checked whole), or its walk (as verify's) finds a file or a recorded
+    artifact in it. A look-up that fails answers no: the directory is then said unchecked
+    (exit 1), never taken as verified."""
     from .._files.manifest import walk_tree
 
-    return next(iter(walk_tree(directory, on_skip=lambda _path, _why: None)), None) is not None
+    def recorded(path: str) -> bool:
+        return ledger is not None and ledger.last_seen(path) is not None
+
+    try:
+        if ledger is not None:
+            normal = ledger.query_path(directory)
+            if recorded(normal) or ledger.container_of(normal) is not None:
+                return True
+        else:
+            normal = directory
+        found = walk_tree(normal, is_artifact=recorded if ledger is not None else None,
+                          on_skip=lambda _path, _why: None)
+        return next(iter(found), None) is not None
+    except (LedgerError, ValueError):
+        return False
 
 
 def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:

@@ -63,9 +63,11 @@ def verify(targets, checkpoint_file, pubkeys, quorum, crate_path, ledger_url, as
                 report.against = verify_against(ledger, checkpoint)
             except VerificationError as failure:
                 report.fail(failure)
+        # An empty directory: not "verified". With the ledger: past the targets a report
+        # keeps, a recorded directory is checked whole whether or not it holds a file.
+        unchecked = unchecked_directories(report, targets, ledger)
     for entry, reason in report.skipped:  # entries of the trees given that could not be read
         click.echo(f"skipped {printable(os.path.relpath(entry))}: {reason}", err=True)
-    unchecked = unchecked_directories(report, targets)  # an empty directory: not "verified"
     if as_json:
         data = report_json(report, unchecked)
         if report.skipped:
