@@ -143,7 +143,6 @@ def _recorded(base: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.xfail(strict=True, reason="core/exports/_output.py: any path under /dev is written into")
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
 def test_an_export_to_dev_shm_is_private_and_never_follows_a_link(tmp_path):
     """Bug: ``open_output`` writes into any path under /dev or /proc (for ``-o /dev/stdout``),

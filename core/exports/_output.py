@@ -2,7 +2,8 @@
 
 An export carries what the ledger holds (command lines, parameters, users, hosts), and the
 ledger is 0600 whatever the umask, so its exports are too: the owner widens one to share it.
-A path under ``/dev`` or ``/proc`` (``-o /dev/stdout``) or a FIFO is written into instead.
+A path under ``/dev`` or ``/proc`` (``-o /dev/stdout``) in a directory only root or this user
+may write, or a FIFO, is written into instead.
 ``-o`` may name a path in a directory others can write (a group's project directory), where
 a planted symbolic link would send a plain ``open(path, "w")`` to overwrite its target. The
 file is therefore made with ``O_EXCL`` under a fresh name (``mkstemp``: 0600, never a link)
@@ -52,16 +53,29 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
 def _is_stream(path: str) -> bool:
     """Whether ``path`` is to be written into, not replaced: a name under ``/dev`` or
     ``/proc`` (``/dev/stdout``, ``/dev/fd/3``, ``/dev/null``, whatever they lead to: a
-    terminal, a pipe, a file the shell redirected to; only root may put a link there, and
-    renaming a file onto one would replace it for the whole machine), or a FIFO anywhere
-    (links followed: writing into a pipe overwrites no file). A character device reached
-    through a link elsewhere (one planted to ``/dev/mem``) is replaced like any link."""
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    terminal, a pipe, a file the shell redirected to; renaming a file onto one would, as
+    root, replace it for the whole machine) in a directory no one but root and this user may
+    write, or a FIFO anywhere (links followed: writing into a pipe overwrites no file). A
+    character device reached through a link elsewhere (one planted to ``/dev/mem``) is
+    replaced like any link, and so is a name in ``/dev/shm`` (anyone may plant a link there):
+    a file there is made private beside it and renamed on, as anywhere else."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")) and _written_only_by_us(os.path.dirname(absolute)):
         return True
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def _written_only_by_us(directory: str) -> bool:
+    """Whether only root or this user may make or replace names in ``directory`` (links
+    followed: /dev/fd is this process's /proc/self/fd)."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return False
+    return info.st_uid in (0, os.geteuid()) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def new_private_dir(path: str) -> None:
