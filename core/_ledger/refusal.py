@@ -4,6 +4,8 @@ import cycle (``tests/test_layout.py``)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 __all__ = ["permanent_refusal"]
@@ -55,6 +57,9 @@ def permanent_refusal(err: BaseException | None) -> str | None:
         login = _refused_login(text)
         if login is not None:
             return login
+        unreadable = _unreadable_sqlite_file(str(cause))
+        if unreadable is not None:
+            return unreadable
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -77,4 +82,31 @@ def _refused_login(text: str) -> str | None:
     for pattern, why in _LOGIN_REFUSED:
         if pattern.search(text):
             return why
+    return None
+
+
+# SQLite says only "unable to open database file" (SQLITE_CANTOPEN, no errno) whether the
+# file is one this user may not read (another user's 0600 ledger: for good) or its directory
+# is not there yet (a mount not up: it may pass). The back-ends' message names the ledger
+# ("SHOWN: opening the ledger failed: unable to open database file"); opening that file
+# here (for reading, never blocking on a FIFO) tells the two apart.
+_CANTOPEN = re.compile(r"^(?P<shown>.+?): [^:]+ failed: unable to open database file\b")
+
+
+def _unreadable_sqlite_file(message: str) -> str | None:
+    matched = _CANTOPEN.match(message)
+    if matched is None:
+        return None
+    shown = matched["shown"]
+    path = shown[len("sqlite:///"):] if shown.startswith("sqlite:///") else shown
+    path = path.split("?", 1)[0]
+    if not path or path.startswith(":memory:"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied: this user may not open the ledger's file (or a directory above it)"
+        return None
+    os.close(fd)
     return None
