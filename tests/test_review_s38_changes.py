@@ -174,3 +174,28 @@ def test_dev_null_and_a_pipe_through_dev_fd_are_still_written_into(tmp_path):
     piped = run_cli("export", "out.txt", "-f", "prov-json", "-o", "/dev/fd/1", cwd=tmp_path, env=env,
                     check_rc=0, stdin=subprocess.DEVNULL)
     assert piped.stdout.lstrip().startswith("{"), piped.stdout[:200]
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(strict=True, reason="core/_ledger/refusal.py _LOGIN_REFUSED: a role without LOGIN")
+def test_run_as_a_postgres_role_that_may_not_log_in_exits_1(workdir, postgres_url):
+    """Bug: ``permanent_refusal`` knows the server's refusals of a login that psycopg raises
+    without a SQLSTATE (no such role or database, a failed password, no pg_hba entry) but not
+    'role "x" is not permitted to log in' (a role made NOLOGIN, a group role named in the
+    URL). Setup: such a role with every right on the ledger's tables. Impact: ``run`` said the
+    record waits, exit 0, at every run, as for a server that is down: nothing ever reached the
+    ledger and nothing said why. Fix (core/_ledger/refusal.py): that answer is a refusal for
+    good, saying to check the user in the URL."""
+    import psycopg
+
+    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)  # the owner makes it
+    role = "nologin_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+    url = postgres_url.replace("ledger@", f"{role}@", 1)
+    result = run_cli("run", "--ledger", url, "--ship-wait", "2", "--", "true", cwd=workdir)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "waiting will not" in result.stderr and "not permitted to log in" in result.stderr, result.stderr
+    shipped = run_cli("spool", "ship", "--ledger", url, cwd=workdir)
+    assert shipped.returncode == 1 and "waiting will not" in shipped.stderr, shipped.stderr
