@@ -17,6 +17,7 @@ The bugs found, each end to end through the CLI (each failed before its fix):
    that is only locked: ``run`` said the record waits, exit 0, at every run.
 3. ``-o /dev/shm/NAME`` (a world-writable directory under /dev) was written through: a
    link planted there was followed, and the export made under the umask (0644).
+4. A PostgreSQL role that may not log in (NOLOGIN) was taken for a server that is down.
 
 About 5 s.
 """
@@ -177,7 +178,6 @@ def test_dev_null_and_a_pipe_through_dev_fd_are_still_written_into(tmp_path):
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="core/_ledger/refusal.py _LOGIN_REFUSED: a role without LOGIN")
 def test_run_as_a_postgres_role_that_may_not_log_in_exits_1(workdir, postgres_url):
     """Bug: ``permanent_refusal`` knows the server's refusals of a login that psycopg raises
     without a SQLSTATE (no such role or database, a failed password, no pg_hba entry) but not

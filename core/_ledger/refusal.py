@@ -65,11 +65,14 @@ def permanent_refusal(err: BaseException | None) -> str | None:
 
 
 # The server's answers to a login it will not take, which psycopg raises at connection time
-# without a SQLSTATE: a role or database misspelled in the URL, a wrong password. Retrying
-# never gets a record in; taken for "the server is down", `run` said the record waited and
-# exited 0 after every task, and nothing ever reached the ledger.
+# without a SQLSTATE: a role or database misspelled in the URL, a role that may not log in
+# (NOLOGIN: a group role), a wrong password. Retrying never gets a record in; taken for "the
+# server is down", `run` said the record waited and exited 0 after every task, and nothing
+# ever reached the ledger.
 _LOGIN_REFUSED = (
     (re.compile(r'fatal:\s+role "[^"]*" does not exist'), "the server has no such role: check the user in the URL"),
+    (re.compile(r'fatal:\s+role "[^"]*" is not permitted to log in'),
+     "the server does not let this role log in: check the user in the URL"),
     (re.compile(r'fatal:\s+database "[^"]*" does not exist'),
      "the server has no such database: check the database in the URL"),
     (re.compile(r"fatal:\s+(password|scram|md5|peer|ident|cert) authentication failed"),
