@@ -14,6 +14,7 @@ ledger found broken on a later page, a full disk) leaves PATH as it was and no p
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -38,7 +39,14 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
     directory = os.path.dirname(os.path.abspath(path))
     if parents:
         os.makedirs(directory, exist_ok=True)
-    fd, part = tempfile.mkstemp(prefix=".lineage-export-", suffix=".part", dir=directory)
+    if not path:  # abspath("") is the working directory: its parent would take the part file
+        raise FileNotFoundError(errno.ENOENT, "an empty path names no file", path)
+    if os.path.isdir(path):  # else said of the part file, a name the user never gave
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file to write", path)
+    try:
+        fd, part = tempfile.mkstemp(prefix=".lineage-export-", suffix=".part", dir=directory)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot make a file in its directory {directory}: {err.strerror}", path) from err
     try:
         with (os.fdopen(fd, "wb", buffering=buffering) if binary else
               os.fdopen(fd, "w", encoding="utf-8", buffering=buffering)) as handle:
@@ -60,8 +68,9 @@ def _is_stream(path: str) -> bool:
     replaced like any link, and so is a name in ``/dev/shm`` (anyone may plant a link there):
     a file there is made private beside it and renamed on, as anywhere else."""
     absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/", "/proc/")) and _written_only_by_us(os.path.dirname(absolute)):
-        return True
+    if absolute.startswith(("/dev/", "/proc/")) and os.path.lexists(absolute) \
+            and _written_only_by_us(os.path.dirname(absolute)):
+        return True  # a new name there (/proc/self/cwd/NEW) is made private, as anywhere
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except OSError:
