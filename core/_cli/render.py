@@ -195,25 +195,28 @@ def unchecked_directories(report: Report, given: Iterable[str], ledger: Ledger |
 
 
 def _holds_a_target(directory: str, ledger: Ledger | None) -> bool:
-    """Whether the check of ``directory`` had something to check: it is, or lies in, a
-    recorded directory (checked whole), or its walk (as verify's) finds a file or a recorded
-    artifact in it. A look-up that fails answers no: the directory is then said unchecked
-    (exit 1), never taken as verified."""
+    """Whether the check of ``directory`` had something to check: a file in it (a target, or
+    in a recorded directory checked whole), or, with the ledger, it is, lies in or holds a
+    recorded directory (checked whole, file or no file). A look-up that fails answers no: the
+    directory is then said unchecked (exit 1), never taken as verified."""
     from .._files.manifest import walk_tree
 
+    def quiet(_path: str, _why: str) -> None:
+        pass
+
+    if next(iter(walk_tree(directory, on_skip=quiet)), None) is not None:
+        return True  # the common case, and no look-up for each directory on the way
+    if ledger is None:
+        return False
+
     def recorded(path: str) -> bool:
-        return ledger is not None and ledger.last_seen(path) is not None
+        return ledger.last_seen(path) is not None
 
     try:
-        if ledger is not None:
-            normal = ledger.query_path(directory)
-            if recorded(normal) or ledger.container_of(normal) is not None:
-                return True
-        else:
-            normal = directory
-        found = walk_tree(normal, is_artifact=recorded if ledger is not None else None,
-                          on_skip=lambda _path, _why: None)
-        return next(iter(found), None) is not None
+        normal = ledger.query_path(directory)
+        if recorded(normal) or ledger.container_of(normal) is not None:
+            return True
+        return next(iter(walk_tree(normal, is_artifact=recorded, on_skip=quiet)), None) is not None
     except (LedgerError, ValueError):
         return False
 
