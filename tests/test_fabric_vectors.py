@@ -38,8 +38,11 @@ def test_chaincode_go_tests_pass_on_the_vectors():
     go = go_binary()
     if go is None:
         pytest.skip("no Go toolchain")
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false"}
-    result = subprocess.run([go, "test", "-count=1", "./..."], cwd=CHAINCODE_SRC, env=env,
+    # Built as build_chaincode builds the chaincode the network runs (no cgo, -trimpath): Go's
+    # build cache keys on those settings, so with a cold cache (a fresh machine) the
+    # dependencies compile once for both, not twice (45 s -> 13 s after the chaincode build).
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+    result = subprocess.run([go, "test", "-trimpath", "-count=1", "./..."], cwd=CHAINCODE_SRC, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok" in result.stdout
