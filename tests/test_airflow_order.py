@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.airflow_site import airflow_installed
+from tests.support.airflow_site import MIGRATED_BY_PARENT, airflow_installed, migrated_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,10 @@ def test_digest_tests_then_dag_tests_in_a_fresh_home(tmp_path):
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LINEAGE_", "PYTEST_"))}
     env["HOME"] = str(home)
+    # The child copies this session's migrated metadata database into its fresh home, as any
+    # fresh home here gets one, instead of running `airflow db migrate` again (3.5 s): the
+    # database Airflow opens is still the one in the private home, or the test fails.
+    env[MIGRATED_BY_PARENT] = str(migrated_database())
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
          "tests/test_airflow_digests.py", "tests/test_airflow.py",

@@ -99,6 +99,9 @@ def make_site(home: Path) -> AirflowSite:
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "lineage-ledger-tests",
     }
     database = home / "airflow.db"  # the default SQL_ALCHEMY_CONN: sqlite:///{AIRFLOW_HOME}/airflow.db
+    handed = os.environ.get(MIGRATED_BY_PARENT)
+    if not _migrated_copy and handed and os.path.isfile(handed):
+        _migrated_copy.append(Path(handed))
     if database.resolve() in _migrated_here and database.exists():
         return site  # the session's home again (the next module): migrated by this process already
     if _migrated_copy and _migrated_copy[0].exists() and not database.exists():
@@ -123,6 +126,19 @@ def make_site(home: Path) -> AirflowSite:
 #: no path, so it is the database ``db migrate`` would make there.
 _migrated_here: set[Path] = set()
 _migrated_copy: list[Path] = []
+#: The database a parent test session migrated, for the pytest it starts (test_airflow_order):
+#: that child then copies it as a fresh home here does, instead of migrating one of its own.
+MIGRATED_BY_PARENT = "LINEAGE_TESTS_AIRFLOW_MIGRATED_DB"
+
+
+def migrated_database() -> Path:
+    """This process's freshly migrated metadata database (read only: copy it), migrated in a
+    throwaway home if no site was made yet."""
+    if not _migrated_copy:
+        scratch = tempfile.mkdtemp(prefix="ll-airflow-scratch-")
+        atexit.register(shutil.rmtree, scratch, True)
+        make_site(Path(scratch))
+    return _migrated_copy[0]
 
 
 def openlineage_events(site: AirflowSite) -> Iterator[dict]:
