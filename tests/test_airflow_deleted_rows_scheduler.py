@@ -116,7 +116,7 @@ def site(tmp_path_factory, postgres_server):
     config = site.home / "config"  # on the path of every Airflow process: the cluster policy
     config.mkdir(parents=True, exist_ok=True)
     (config / "airflow_local_settings.py").write_text("from lineage_ledger_airflow.policy import task_policy  # noqa: F401\n")
-    site.cli("db", "migrate")
+    site.migrate()
     site.start()
     try:
         site.wait_for_dags([f"rows_{case}" for case in CASES])

@@ -49,7 +49,7 @@ def deployment(tmp_path_factory, postgres_server, ledger_server):
     site.data.mkdir(parents=True)
     (site.data / "seed.txt").write_text("seed\n")
     site.configure({"XDG_STATE_HOME": str(base / "state")})
-    site.cli("db", "migrate")
+    site.migrate()
     site.start()
     try:
         site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many"])

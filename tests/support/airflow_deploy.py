@@ -138,6 +138,28 @@ class Deployment:
             name = conn.execute("SELECT current_database()").fetchone()[0]
             conn.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = \'30s\'')
 
+    def migrate(self) -> None:
+        """``airflow db migrate`` the metadata database, once per PostgreSQL server.
+
+        The first deployment on a server migrates its database and keeps a copy as a
+        template; the next one's database is made from that template (0.1 s against 4 s for
+        a fresh Airflow that migrates). The migrated rows name no path or setting of the
+        deployment (pg_dump of two migrations differ only in their timestamps)."""
+        import psycopg
+
+        server, _, name = self.metadata_dsn.rpartition("/")
+        template = _migrated_templates.get(server)
+        if template is None:
+            self.cli("db", "migrate")
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}_migrated" TEMPLATE "{name}"')
+            _migrated_templates[server] = f"{name}_migrated"
+            return
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        self._end_transactions_left_open()  # a database's settings are not copied from its template
+
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         full = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LINEAGE_"))}
         full.update(self.env)
@@ -296,6 +318,10 @@ class Deployment:
             "SELECT pid FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s AND state = 'running'",
             dag_id, run_id, task_id)
         return rows[0][0] if rows and rows[0][0] else None
+
+
+#: A migrated metadata database per PostgreSQL server (``postgresql://user@host:port``), by name.
+_migrated_templates: dict[str, str] = {}
 
 
 def airflow_key(record) -> tuple[str, str, str, int, int]:
