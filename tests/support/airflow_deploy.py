@@ -149,6 +149,10 @@ class Deployment:
 
         server, _, name = self.metadata_dsn.rpartition("/")
         template = _migrated_templates.get(server)
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            if template is not None and not conn.execute(  # a later server on the same port
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (template,)).fetchone():
+                template = None
         if template is None:
             self.cli("db", "migrate")
             with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
