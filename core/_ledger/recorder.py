@@ -213,8 +213,10 @@ class Recorder:
             if self.last_error is None or str(err) != str(self.last_error):
                 log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
             self.last_error = err
-            if isinstance(err, VerificationError) or _for_good(err) is not None:
-                with self._lock:  # a flush or close waits for no retry of this (see flush)
+            # A rewritten history, or a ledger that refuses writes for good (permission denied, a
+            # read-only database): a flush or close waits for no retry of either (see flush).
+            if isinstance(err, VerificationError) or permanent_refusal(err) is not None:
+                with self._lock:
                     self._refused += 1
                     self._shipped.notify_all()
             return False
@@ -282,7 +284,7 @@ class Recorder:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if isinstance(self.last_error, VerificationError) or _for_good(self.last_error) is not None:
+                if isinstance(self.last_error, VerificationError) or permanent_refusal(self.last_error) is not None:
                     return False
                 self._shipped.wait(timeout=min(0.5, remaining) if remaining else 0.5)
                 self._wake.set()
@@ -319,7 +321,7 @@ class Recorder:
                 "if it was restored on purpose, then `lineage-ledger spool ship`)",
                 self.pending, self.last_error, self.ledger.spool_dir,
             )
-        elif not done and (why := _for_good(self.last_error)) is not None:
+        elif not done and (why := permanent_refusal(self.last_error)) is not None:
             # Permission denied, a read-only database: no wait or retry gets them in.
             log.warning(
                 "lineage-ledger: %d records not shipped: the ledger refuses them for good (%s: %s); they stay in "
@@ -377,13 +379,3 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _for_good(err: BaseException | None) -> str | None:
-    """Why the ledger refuses records however long one waits (see
-    :func:`.refusal.permanent_refusal`), or None. A flush or close then waits no longer:
-    before, a process whose ledger a role might only read waited out its whole exit timeout,
-    then said the records would be shipped when the ledger was next opened."""
-    if err is None or isinstance(err, VerificationError):
-        return None
-    return permanent_refusal(err)
