@@ -32,7 +32,6 @@ def ledger(cli, workdir):
     (("log", "-n", "-1"), "--limit", "must be a non-negative whole number"),
     (("depends", "in.txt", "-n", "-5"), "--limit", "must be a non-negative whole number"),
 ])
-@pytest.mark.xfail(strict=True, reason="negative counts read as options; limits past 2**63 overflow")
 def test_a_negative_count_is_refused_saying_what_it_must_be(cli, ledger, args, name, rule):
     result = cli(*args)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -40,7 +39,6 @@ def test_a_negative_count_is_refused_saying_what_it_must_be(cli, ledger, args, n
     assert name in result.stderr and rule in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="negative counts read as options; limits past 2**63 overflow")
 def test_minus_zero_is_zero(cli, ledger):
     """"-0" is a number (0), not an option."""
     result = cli("consistency", "-0", "1")
@@ -53,8 +51,8 @@ def test_a_mistyped_option_is_still_called_one(cli, ledger):
 
 
 @pytest.mark.parametrize("args", [
-    pytest.param(("depends", "in.txt", "-n", HUGE), marks=pytest.mark.xfail(strict=True, reason="overflow")),
-    pytest.param(("log", "--run", "r1", "-n", HUGE), marks=pytest.mark.xfail(strict=True, reason="overflow")),
+    ("depends", "in.txt", "-n", HUGE),
+    ("log", "--run", "r1", "-n", HUGE),
     ("log", "-n", HUGE),
 ])
 def test_a_limit_past_a_database_integer_lists_everything(cli, ledger, args):
@@ -62,7 +60,7 @@ def test_a_limit_past_a_database_integer_lists_everything(cli, ledger, args):
     result = cli(*args)
     assert result.returncode == 0, (args, result.stdout, result.stderr)
     assert "unexpected" not in result.stderr, result.stderr
-    everything = cli(*args[:-1], "0", check_rc=0)
+    everything = cli(*args[:-1], "1000", check_rc=0)
     assert result.stdout == everything.stdout and result.stdout.strip(), (result.stdout, everything.stdout)
 
 

@@ -17,7 +17,7 @@ from .._terminal import printable
 # The files SQLite keeps beside a ledger: writing over one loses or corrupts committed records.
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
-__all__ = ["Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_not_a_directory",
+__all__ = ["COUNT_ARGUMENTS", "Count", "Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_not_a_directory",
            "refuse_output_over"]
 
 
@@ -27,6 +27,49 @@ ledger_option = click.option(
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+# The largest integer SQLite and PostgreSQL hold (a signed 64-bit one).
+_LARGEST = 2**63 - 1
+
+
+class Count(click.ParamType):
+    """A whole number of at least ``minimum`` (0 or 1) given on the command line: a tree
+    size or a listing's limit. Click reads "-1" as an option ("No such option: -1"); a
+    command that takes a Count as an argument passes ``context_settings=COUNT_ARGUMENTS``,
+    so that "-1" reaches here and is refused for what it is. ``limit``: a number past what
+    a database integer holds lists everything (it is no limit), instead of overflowing in
+    the driver."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int, *, limit: bool = False) -> None:
+        self.minimum = minimum
+        self.limit = limit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        rule = "a non-negative whole number (0 or more)" if self.minimum <= 0 else \
+            f"a positive whole number ({self.minimum} or more)"
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if text.startswith("-") and not text[1:].isdecimal():
+                # An unknown option that COUNT_ARGUMENTS let through as an argument.
+                raise click.NoSuchOption(text, ctx=ctx)
+            try:
+                number = int(text, 10)
+            except ValueError:
+                self.fail(f"must be {rule}, got {printable(text)!r}", param, ctx)
+            if not text.lstrip("+-").isdecimal():  # int() takes "1_000" too
+                self.fail(f"must be {rule}, got {printable(text)!r}", param, ctx)
+        if number < self.minimum:
+            self.fail(f"must be {rule}, got {number}", param, ctx)
+        return min(number, _LARGEST) if self.limit else number
+
+
+# For a command whose arguments are Counts: an option click does not know ("-1") is handed
+# on as an argument, which Count refuses (or names as an unknown option).
+COUNT_ARGUMENTS = {"ignore_unknown_options": True}
 
 
 

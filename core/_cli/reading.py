@@ -16,14 +16,14 @@ from .._errors import LedgerError
 from .._files.hashing import normalize_path
 from .._ledger.ledger import Ledger, LedgerRecord
 from .._terminal import json_text, printable
-from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory
+from .common import COUNT_ARGUMENTS, Count, json_option, ledger_option, open_read_only, refuse_not_a_directory
 from .render import derived_lines, describe_record, lineage_json, lineage_lines
 
 __all__ = ['consistency', 'depends', 'log_command', 'show', 'why']
 
 
 @click.command(name="log")
-@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("-n", "--limit", type=Count(0, limit=True), default=20, show_default=True,
               help="How many records, newest last; 0 for all.")
 @click.option("--run", "run_id", help="Only the records of this run.")
 @click.option("--all", "every", is_flag=True,
@@ -70,7 +70,7 @@ def log_command(limit, run_id, every, ledger_url, as_json) -> None:
 
 @click.command()
 @click.argument("record_id")
-@click.option("--size", type=click.IntRange(min=1), default=None,
+@click.option("--size", type=Count(1), default=None,
               help="Prove inclusion in the tree of the first SIZE records (a checkpoint's size) instead of "
                    "the whole verified tree.")
 @ledger_option
@@ -93,9 +93,9 @@ def show(record_id, size, ledger_url) -> None:
         click.echo(json_text(body, indent=2, sort_keys=True))
 
 
-@click.command()
-@click.argument("old_size", type=click.IntRange(min=0))
-@click.argument("new_size", type=click.IntRange(min=0), required=False)
+@click.command(context_settings=COUNT_ARGUMENTS)
+@click.argument("old_size", type=Count(0))
+@click.argument("new_size", type=Count(0), required=False)
 @ledger_option
 def consistency(old_size, new_size, ledger_url) -> None:
     """Print the RFC 9162 consistency proof from the tree of the first OLD_SIZE records (an
@@ -156,7 +156,7 @@ def _say_adopted(tree) -> None:
 
 @click.command()
 @click.argument("path")
-@click.option("-n", "--limit", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("-n", "--limit", type=Count(0, limit=True), default=50, show_default=True,
               help="At most this many consumers of each file (the oldest); 0 lists them all.")
 @click.option("--all", "show_all", is_flag=True, help="List every consumer (same as --limit 0).")
 @ledger_option

@@ -12,7 +12,14 @@ from .._canonical import utcnow
 from .._errors import CheckpointInvalid, ConfigError, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
-from .common import json_option, ledger_option, open_read_only, refuse_not_a_directory, refuse_output_over
+from .common import (
+    Count,
+    json_option,
+    ledger_option,
+    open_read_only,
+    refuse_not_a_directory,
+    refuse_output_over,
+)
 from .render import report_json, report_lines, unchecked_directories
 
 __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
@@ -24,7 +31,7 @@ __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
               help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
 @click.option("--pubkey", "pubkeys", multiple=True, type=click.Path(dir_okay=False),
               help="A public key the checkpoint must be signed by (repeatable; needs --against).")
-@click.option("--quorum", type=click.IntRange(min=1), default=None,
+@click.option("--quorum", type=Count(1), default=None,
               help="How many distinct keys of those given must have signed the checkpoint (default 1; "
                    "a BAASH checkpoint: more than two thirds of its ranks.pub).")
 @click.option("--crate", "crate_path", type=click.Path(),
