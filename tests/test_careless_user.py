@@ -54,7 +54,6 @@ def pipeline(cli, workdir):
 
 
 # -- make demo ----------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="demo.sh rewrites the CSV's CRLF endings as LF: the size changes")
 def test_the_demo_forges_a_file_of_the_same_size(tmp_path):
     """README's ``make demo`` (examples/cli/demo.sh) as a user runs it; the file it edits by
     hand keeps the size the ledger recorded, as its step 4 says."""

@@ -37,15 +37,18 @@ say "4. Someone 'fixes' a reading in data/clean.csv by hand, keeping size and mt
 cp -p data/clean.csv /tmp/ll-demo-ref.$$
 python - <<'PY'
 path = "data/clean.csv"
-text = open(path, encoding="utf-8").read()
+# newline="": the CSV's lines end in CRLF; text mode would write them back as LF, a byte less each.
+text = open(path, encoding="utf-8", newline="").read()
 lines = text.splitlines(keepends=True)
-station, day, value = lines[1].rstrip("\n").split(",")
-forged = f"{station},{day},{value[:-1]}{'9' if value[-1] != '9' else '8'}\n"  # same length
-lines[1] = forged
-open(path, "w", encoding="utf-8").write("".join(lines))
+body = lines[1].rstrip("\r\n")
+value = body[-1]
+lines[1] = body[:-1] + ("9" if value != "9" else "8") + lines[1][len(body):]  # one digit: same length
+open(path, "w", encoding="utf-8", newline="").write("".join(lines))
 PY
-touch -r /tmp/ll-demo-ref.$$ data/clean.csv && rm -f /tmp/ll-demo-ref.$$
-ls -l --time-style=full-iso data/clean.csv
+touch -r /tmp/ll-demo-ref.$$ data/clean.csv
+stat -c 'before: %s bytes, modified %y' /tmp/ll-demo-ref.$$
+stat -c 'after:  %s bytes, modified %y' data/clean.csv
+rm -f /tmp/ll-demo-ref.$$
 
 say "5. verify-lineage catches it (exit status 1), though size and mtime are unchanged"
 set +e
