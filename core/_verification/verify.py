@@ -255,22 +255,21 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
             pass
     with ahead:
         for path in window:
+            # Failing: a problem of its own, or one its tree shows that an earlier target's
+            # reported already (a shared source edited: reported once, failing for each).
+            problems = report.problems
+            failing = _verify_one(ledger, path, report, files=files, audit=audit)
             if audit:
-                problems = report.problems
-                _verify_one(ledger, path, report, files=files, audit=True)
-                report.counted(path, failed=report.problems > problems)
+                report.counted(path, failed=failing or report.problems > problems)
             elif bounded:
-                problems = report.problems
-                _verify_one(ledger, path, report, files=files, audit=False)
-                report.kept(path, failed=report.problems > problems)
-            else:
-                _verify_one(ledger, path, report, files=files, audit=False)
+                report.kept(path, failed=failing or report.problems > problems)
     report.trim()
 
 
-def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
+def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> bool:
+    """Check ``path`` and its lineage into ``report``; True where it fails."""
     try:
-        _verify_target(ledger, path, report, files=files, audit=audit)
+        return _verify_target(ledger, path, report, files=files, audit=audit)
     except VerificationError as failure:  # an index row that disagrees with its record
         report.fail(failure)
     except ArtifactError as err:
@@ -278,9 +277,12 @@ def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit
             raise  # a target that is not there and that no record names: bad input
         # There but unreadable (permission denied, a loop): that one cannot be checked.
         report.fail(ArtifactMismatch(_explain(_unreadable(path, err)), path=path))
+    return True
 
 
-def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> None:
+def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> bool:
+    """Check one target into ``report``; True where it fails: its own check, its lineage,
+    or a file of its tree (a problem an earlier target reported already counts here too)."""
     if not files:
         check = ArtifactCheck(path, ArtifactStatus.OK)
     else:
@@ -288,7 +290,8 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
         report.checked[path] = check
     # In an audit, a produced file that was cleaned up since is not a failure.
     tolerated = audit and check.status is ArtifactStatus.MISSING
-    if check.status is not ArtifactStatus.OK and not tolerated:
+    failing = check.status is not ArtifactStatus.OK and not tolerated
+    if failing:
         report.fail(ArtifactMismatch(_explain(check), path=path))
     # The tree starts at the version the ledger last saw, which need not be the last one
     # produced: a file edited and then read by a recorded task must show as broken. A file
@@ -302,14 +305,15 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
     result = TargetResult(path, check, tree)
     report.targets.append(result)
     if tree is None:
-        return
+        return failing
     nodes = list(walk_lineage(tree))  # walked once for both checks below
     try:
         verify_closure(nodes)
     except LineageBroken as failure:
         report.fail(failure)
+        failing = True
     if not files:
-        return
+        return failing
     for node in nodes:
         if node is tree or node.path in result.files:
             continue
@@ -319,12 +323,15 @@ def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, au
                 other = check_artifact(ledger, node.path)
             except ArtifactError as err:
                 report.fail(ArtifactMismatch(str(err), path=node.path))
+                failing = True
                 continue
             report.checked[node.path] = other
         result.files[node.path] = other
         # Intermediate files may be gone (temp files, clean-ups); changed ones may not.
         if other.status is ArtifactStatus.MODIFIED:
             report.fail(ArtifactMismatch(_explain(other), path=node.path))
+            failing = True
+    return failing
 
 
 def verify_against(ledger: Ledger, checkpoint: Checkpoint) -> Checkpoint:
