@@ -49,7 +49,6 @@ def _bodies(db: Path) -> list[dict]:
 
 
 # -- lineage-ledger run -------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="run loses the record when the command fills the spool's disk")
 def test_run_whose_command_fills_the_spools_disk_records_straight_into_the_ledger(workdir, small_disk):
     spool = small_disk / "spool"
     filler = small_disk / "filler"
@@ -74,7 +73,6 @@ def _hold_write_lock(db: Path) -> subprocess.Popen:
     return holder
 
 
-@pytest.mark.xfail(strict=True, reason="run says only 'cannot append to the spool' and exits 2 ('nothing ran')")
 def test_run_whose_record_neither_the_spool_nor_the_ledger_takes_says_it_is_lost(workdir, small_disk):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
     holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")

@@ -61,7 +61,8 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     succeeded but the ledger refused the record for good (permission denied, read-only, a
     schema this version does not write) or its history was rewritten since it was verified
     here (see `lineage-ledger reset-trust`); the record stays in the spool either way, for
-    `lineage-ledger spool ship`.
+    `lineage-ledger spool ship`. A record the spool cannot take when COMMAND ends (its disk
+    filled meanwhile) is appended to the ledger itself; 1 too if the ledger does not take it.
 
     \b
     Example:

@@ -12,6 +12,10 @@ the spool too, but that is an error, said at once, not after the wait: ``run`` e
 where the command succeeded. So does a ledger whose history was rewritten since this
 account verified it (it shrank or forked): nothing is appended to it. Otherwise the exit
 status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
+A record that the spool cannot take when the command ends (its disk filled while the command
+ran) is appended to the ledger itself, with a warning: the one place left to keep it. Where
+the ledger does not take it either, ``run`` says that it was not recorded, and exits 1 where
+the command succeeded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,9 +38,9 @@ from lineage_ledger.backends._base import redact
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
 from .._environment import current_environment
-from .._errors import ArtifactError, ConfigError, LedgerError, VerificationError
+from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
-from .._ledger.deferred import check_spool_writable, permanent_refusal, spool_first
+from .._ledger.deferred import DeferredLedger, check_spool_writable, permanent_refusal, spool_first
 from .._ledger.recorder import Recorder
 from .._model import Record
 from .._terminal import printable
@@ -141,6 +146,41 @@ def _flush_unless_refused(recorder: Recorder, deadline: float) -> bool:
             return False
 
 
+def _straight_into_the_ledger(deferred: DeferredLedger, records: list[Record], spool_error: SpoolError,
+                              status: str, wait: float) -> tuple[bool, bool]:
+    """Append ``records``, which the spool refused, to the ledger itself, waiting at most
+    ``wait`` seconds (2 at least: the record has nowhere else to go) and say what became of
+    them. (Not in the ledger, whether this process may wait for its threads at exit.)"""
+    outcome: dict[str, BaseException] = {}
+
+    def append() -> None:
+        try:
+            deferred.append_records([record.stored() for record in records])
+        except BaseException as err:  # noqa: BLE001 - said below, on the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=append, name="lineage-ledger-straight", daemon=True)
+    thread.start()
+    thread.join(max(wait, 2.0))
+    finished = not thread.is_alive()
+    if finished:
+        deferred.close()
+    record_id = records[-1].stored().id
+    spool = printable(redact(str(spool_error), deferred.url))
+    ledger = printable(redact(deferred.url, deferred.url))
+    if finished and "error" not in outcome:
+        click.echo(f"warning: {spool}; recorded {record_id[:12]} ({status}) straight into the ledger {ledger} "
+                   "instead", err=True)
+        return False, True
+    why = (printable(redact(str(outcome["error"]), deferred.url)) if "error" in outcome
+           else f"it did not take it within {max(wait, 2.0):g}s (locked or slow?)")
+    click.echo(f"error: the record of this run ({record_id[:12]}, {status}) was NOT recorded, and nothing keeps "
+               f"it: {spool}, and the ledger {ledger} did not take it either: {why}", err=True)
+    click.echo("the command's outputs are not vouched for by any record: once the spool has room, "
+               "`lineage-ledger adopt` them (or run the command again)", err=True)
+    return True, finished
+
+
 def run_and_record(
     command: tuple[str, ...], *, inputs: tuple[str, ...], outputs: tuple[str, ...], name: str | None,
     run_id: str | None, parameters: dict[str, str], ledger_url: str, wait: float,
@@ -210,8 +250,16 @@ def run_and_record(
     except ValueError as err:
         recorder.close(0)
         raise ConfigError(f"cannot record this task: {err}") from err
-    # Journaled (the kernel has it) after the manifests of its directories, in one write.
-    record_id = recorder.record_many([*manifest_records_of(in_artifacts + out_artifacts), record])[-1]
+    records = [*manifest_records_of(in_artifacts + out_artifacts), record]
+    try:
+        # Journaled (the kernel has it) after the manifests of its directories, in one write.
+        record_id = recorder.record_many(records)[-1]
+    except SpoolError as err:
+        # The command ran, and the spool cannot take its record now (its disk filled
+        # meanwhile, say): the ledger itself is the one place left to keep it.
+        recorder.close(0)
+        return _exit(*_straight_into_the_ledger(deferred, records, err, status, wait), interrupted=interrupted,
+                     killed_by=killed_by, problems=problems, returncode=returncode, forwarder=forwarder)
     recorder.sync()  # and the disk
     deadline = time.monotonic() + wait
     shipped = _flush_unless_refused(recorder, deadline)
@@ -248,6 +296,15 @@ def run_and_record(
             f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; the ledger "
             f"{printable(redact(deferred.url, deferred.url))} did not take it within {wait:g}s{why}. It waits there: "
             "`lineage-ledger spool ship` (or the next run) ships it", err=True)
+    return _exit(refused is not None or for_good is not None, finished, interrupted=interrupted,
+                 killed_by=killed_by, problems=problems, returncode=returncode, forwarder=forwarder)
+
+
+def _exit(not_in_ledger: bool, finished: bool, *, interrupted: int | None, killed_by: int | None,
+          problems: list[str], returncode: int, forwarder: _Forwarder) -> int:
+    """The exit status ``run`` ends with (see its docstring); leaves at once, without waiting
+    for a back-end, where a thread of this process may still be blocked in it (``finished``
+    false)."""
     forwarder.restore()
     if interrupted is not None:
         code_out = 128 + interrupted
@@ -256,7 +313,7 @@ def run_and_record(
     elif problems:
         click.echo(f"error: declared output was not produced: {printable('; '.join(problems))}", err=True)
         code_out = 2
-    elif (refused is not None or for_good is not None) and returncode == 0:
+    elif not_in_ledger and returncode == 0:
         code_out = 1  # not recorded in the ledger (a failing command's own status says more)
     else:
         code_out = returncode
