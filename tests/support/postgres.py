@@ -86,6 +86,36 @@ class PostgresServer:
                     raise RuntimeError(f"PostgreSQL did not start; see {self.base}/server.log") from None
                 time.sleep(0.1)
 
+    def standby(self) -> PostgresServer:
+        """A hot standby of this server (``pg_basebackup -R``: streaming replication) on a
+        port of its own, started and taking read-only sessions; :meth:`promote` makes it a
+        primary, as a failover does."""
+        standby = PostgresServer(self.bindir)
+        subprocess.run(
+            standby._as_user([os.path.join(self.bindir, "pg_basebackup"), "-D", standby.data, "-R", "-X", "stream", "-c", "fast",
+                              "-h", "127.0.0.1", "-p", str(self.port), "-U", "ledger", "--no-sync"]),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=standby.base, timeout=120,
+        )
+        return standby.start()
+
+    def in_recovery(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """``pg_ctl promote`` and wait until the server takes writes."""
+        subprocess.run(self._as_user([os.path.join(self.bindir, "pg_ctl"), "promote", "-D", self.data, "-w",
+                                      "-t", str(int(timeout))]),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base,
+                       timeout=timeout + 30)
+        deadline = time.monotonic() + timeout
+        while self.in_recovery():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby did not leave recovery; see {self.base}/server.log")
+            time.sleep(0.1)
+
     def dsn(self, database: str) -> str:
         return f"postgresql://ledger@127.0.0.1:{self.port}/{database}"
 
