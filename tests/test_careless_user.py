@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage_ledger._files.hashing import hash_file
+from lineage_ledger._files.hashing import Hasher, StatCache, hash_file
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,34 +76,53 @@ def test_the_demo_forges_a_file_of_the_same_size(tmp_path):
 
 
 # -- hash --cache -------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="a file that is no stat cache is moved to FILE.damaged and replaced")
 def test_hash_cache_naming_a_data_file_leaves_it_alone(cli, workdir):
     data = workdir / "raw.csv"
     data.write_bytes(b"station,day\r\nnorth,1\r\n" * 100)
-    before = hash_file(data)
     result = cli("hash", "raw.csv", "--cache", "raw.csv")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "raw.csv is not a stat cache" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert data.read_bytes() == b"station,day\r\nnorth,1\r\n" * 100
     assert not (workdir / "raw.csv.damaged").exists()
-    assert result.stdout.split()[0] == before.blake3, result.stdout  # the data's digest, not a cache's
-    assert "raw.csv" in result.stderr and "not a stat cache" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="hash --cache LEDGER creates the stat cache's table in the ledger")
+def _tables(database: Path) -> set[str]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def test_hash_cache_naming_the_ledger_writes_nothing_into_it(cli, pipeline):
     ledger = pipeline / ".lineage" / "ledger.db"
-
-    def tables() -> set[str]:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-            return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-    before = tables()
+    before = _tables(ledger)
     result = cli("hash", "raw.txt", "--cache", ".lineage/ledger.db")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, (result.stdout, result.stderr)
     assert "not a stat cache" in result.stderr, result.stderr
-    assert tables() == before
+    assert _tables(ledger) == before
     assert not (pipeline / ".lineage" / "ledger.db.damaged").exists()
     cli("verify", check_rc=0)
+
+
+def test_a_stat_cache_at_a_ledgers_path_leaves_the_ledger_alone(cli, pipeline):
+    """What the library's callers (plugins, the state root's cache) get for a path that holds
+    another database: the cache goes unused, the database keeps its tables."""
+    ledger = pipeline / ".lineage" / "ledger.db"
+    before = _tables(ledger)
+    hasher = Hasher(StatCache(str(ledger)))
+    assert hasher.hash(str(pipeline / "raw.txt")).blake3 == hash_file(pipeline / "raw.txt").blake3
+    hasher.cache.save()
+    assert _tables(ledger) == before
+    cli("verify", check_rc=0)
+
+
+def test_a_damaged_default_cache_is_still_rebuilt(cli, workdir):
+    """Without --cache, a garbled .lineage/statcache.db (zeros after a crash) is set aside and
+    rebuilt, as before: only a path the user gave is refused."""
+    (workdir / ".lineage").mkdir()
+    (workdir / ".lineage" / "statcache.db").write_bytes(bytes(4096))
+    (workdir / "raw.txt").write_text("raw\n")
+    result = cli("hash", "raw.txt", check_rc=0)
+    assert result.stdout.split()[0] == hash_file(workdir / "raw.txt").blake3
+    assert (workdir / ".lineage" / "statcache.db.damaged").read_bytes() == bytes(4096)
 
 
 # -- an empty path ------------------------------------------------------------------------------

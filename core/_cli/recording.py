@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from .._canonical import canonical_bytes, utcnow
 from .._errors import ConfigError, NoLedger, VerificationError
@@ -132,6 +133,15 @@ def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
     """Print the BLAKE3 digest and size of files (directories are walked; an entry that
     cannot be read, such as a symbolic link loop, is reported and skipped)."""
     refuse_not_a_directory(paths)
+    if click.get_current_context().get_parameter_source("cache_path") is not ParameterSource.DEFAULT:
+        # A slip (``--cache data.csv``, ``--cache .lineage/ledger.db``) would have the file
+        # moved aside as a damaged cache, or a table added to the database: refused, untouched.
+        from .._files.statcache import not_a_cache
+
+        reason = not_a_cache(cache_path)
+        if reason is not None:
+            raise click.BadParameter(f"{printable(cache_path)} {reason}: give a new file, or the cache's own",
+                                     param_hint="--cache")
     files: list[str] = []
 
     def skipped(entry: str, reason: str) -> None:

@@ -31,8 +31,9 @@ import sys
 import threading
 from array import array
 from itertools import chain
+from urllib.parse import quote
 
-__all__ = ["StatCache", "state_cache"]
+__all__ = ["StatCache", "not_a_cache", "state_cache"]
 
 log = logging.getLogger("lineage_ledger")
 
@@ -123,6 +124,43 @@ def _untrusted(path: str) -> str | None:
     return None
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_CACHE_TABLES = {"stat_snapshot", "stat_cache"}  # the snapshot, and the rows of older versions
+
+
+def not_a_cache(path: str) -> str | None:
+    """Why the existing file ``path`` is no stat cache (None if it is one, may be one or is
+    not there): a file that does not start as an SQLite database does, or a database that
+    holds tables of its own (a ledger). ``hash --cache PATH`` refuses such a PATH; a cache of
+    its own that is damaged past its header (zeros after a crash) is set aside and rebuilt
+    by :class:`StatCache`, which refuses only the second kind."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError:
+        return None  # not there (made anew), or said when it is opened
+    if header and header != _SQLITE_HEADER:
+        return "is not a stat cache (not an SQLite database)"
+    return _foreign_database(path) if header else None
+
+
+def _foreign_database(path: str) -> str | None:
+    """Why ``path``, an SQLite database, is not a stat cache: tables of its own."""
+    try:
+        # Read-only, by URI: nothing is created or written; a '?' or '%' in the name is quoted.
+        db = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=30)
+        try:
+            names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None  # not there, or damaged: the cache is made, or set aside and rebuilt
+    others = sorted(names - _CACHE_TABLES)
+    if others:
+        return f"is not a stat cache (an SQLite database with tables of its own: {', '.join(others[:3])})"
+    return None
+
+
 def _create_private(path: str) -> None:
     """Create the cache file 0600 before SQLite opens it (SQLite would make it 0644 under the
     usual umask, and makes its journals with the database file's mode)."""
@@ -169,6 +207,13 @@ class StatCache:
         if self.refused is not None:
             _warn_once(f"not using the stat cache {path}: {self.refused}, so it may hold digests another user "
                        "chose; files are hashed without it (remove it to cache again)")
+            return
+        self.refused = _foreign_database(path)
+        if self.refused is not None:
+            # ``--cache .lineage/ledger.db``, a slip: a database of other tables is never one
+            # to add the cache's table to, nor a damaged cache to move aside.
+            _warn_once(f"not using the stat cache {path}: it {self.refused}; files are hashed without it "
+                       "(give a new file, or the cache's own)")
             return
         try:
             if os.lstat(path).st_mode & 0o077:
