@@ -46,6 +46,7 @@ class JobRecorder:
         self._reports: dict[int, JobReport] = {}
         self._attempts: dict[int, int] = {}
         self._orphan_handles: list[IO[str]] = []
+        self._unjournaled: set[str] = set()  # jobs whose journal line could not be written
         self._lookup = JobLookup()
         self._closing = False
         self._cwd = ""  # the workflow's working directory, from start() on
@@ -135,7 +136,14 @@ class JobRecorder:
         key = f"{report.jobid}:{attempt}"
         line = json.dumps({"job": key, "run": run}, separators=(",", ":"), default=json_default)
         if self.journal is not None:
-            self.journal.add_line(line)
+            try:
+                self.journal.add_line(line)
+            except OSError as err:  # a full disk: the job is still recorded, only not journaled
+                if not self._unjournaled:
+                    log.warning("lineage-ledger: cannot write the pending-jobs journal %s (%s); jobs are still "
+                                "recorded, but one that cannot be recorded now is not kept for a later run",
+                                self.journal.path, err)
+                self._unjournaled.add(key)
         self._send(line)
         self.jobs_sent += 1
 
@@ -204,18 +212,31 @@ class JobRecorder:
         self.close_wait = time.perf_counter() - began  # how long Snakemake's exit waited for it
         for handle in self._orphan_handles:
             handle.close()
+        # A job that could not be recorded is kept for the next run by its journal line; one
+        # whose line could not be written either (a full disk under both) is lost: said so.
+        lost = [key for key in summary.get("failed_jobs", ()) if not key.startswith("orphan:")
+                and (self.journal is None or key in self._unjournaled)]
+        failures = int(summary.get("failures", 0))
         if summary.get("error"):
             log.warning("lineage-ledger: %s; the spool and the pending-jobs journal keep what was not "
                         "recorded for the next run", summary["error"])
-        elif summary.get("not_done") or not summary.get("all_recorded", True):
+        elif summary.get("not_done"):
             log.warning("lineage-ledger: %d job record(s) not written at exit; the spool and the "
-                        "pending-jobs journal keep them for the next run", summary.get("not_done", 0))
+                        "pending-jobs journal keep them for the next run", summary["not_done"])
+        elif not summary.get("all_recorded", True) and not failures:
+            log.warning("lineage-ledger: the spool could not be synced; the pending-jobs journal keeps this "
+                        "run's jobs for the next run")
         elif not summary.get("flushed", True):
             log.warning("lineage-ledger: the ledger did not take this run's last records in time (locked "
                         "or unreachable?); they wait in the spool, and `lineage-ledger spool ship` or "
                         "the next run ships them")
-        if summary.get("failures"):
-            log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above)",
-                        summary["failures"])
+        if lost:
+            log.warning("lineage-ledger: %d job(s) were NOT recorded and are NOT kept for a later run: neither "
+                        "the spool nor the pending-jobs journal could take them (see the errors above); their "
+                        "outputs are vouched for by no record: `lineage-ledger adopt` them, or run them again",
+                        len(lost))
+        if failures > len(lost):
+            log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above); the pending-jobs "
+                        "journal keeps them, and the next run records them", failures - len(lost))
         if self.journal is not None:
             self.journal.close(remove=bool(summary.get("all_recorded")))

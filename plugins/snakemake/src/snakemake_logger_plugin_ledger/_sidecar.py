@@ -53,6 +53,7 @@ class RecordingQueue:
         self._futures: set[Future[str | None]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self.failed: list[str] = []  # keys of the runs that could not be recorded (each one logged)
 
     def add(self, key: str, run: Any) -> Future[str | None]:
         done: Future[str | None] = Future()
@@ -83,6 +84,8 @@ class RecordingQueue:
                 done.set_result(record_id)
                 with self._lock:
                     self._futures.discard(done)
+                    if record_id is None:
+                        self.failed.append(key)
 
         future.add_done_callback(taken)
 
@@ -103,8 +106,10 @@ class RecordingQueue:
         # Spool first: a locked or unreachable ledger gets a short wait, not the whole timeout;
         # what it has not taken by then waits in the spool (`lineage-ledger spool ship`).
         flushed = self.capture.close(timeout=min(timeout, SHIP_WAIT))
+        with self._lock:
+            failed = list(self.failed)
         return {"not_done": len(not_done), "flushed": bool(flushed), "failures": self.capture.failures,
-                "all_recorded": bool(recorded and not not_done)}
+                "all_recorded": bool(recorded and not not_done), "failed_jobs": failed}
 
 
 def after(futures: list[Future[Any]], action: Callable[[], None]) -> None:
