@@ -260,7 +260,8 @@ def test_a_record_body_reads_back_only_with_valid_entries(digest, size):
 def test_record_bits_hold_exactly_the_records_added(places):
     """`depends` remembers the records it listed a bit each, by leaf index (a block's first
     leaf plus the position): it holds exactly what was added, as a set of places would."""
-    from lineage_ledger._ledger.lineage import LedgerRecord, RecordBits
+    from lineage_ledger._ledger.derived import RecordBits
+    from lineage_ledger._ledger.lineage import LedgerRecord
 
     def start(height: int) -> int:
         return height * 41  # blocks of 41 records: every (height, position) here is one leaf

@@ -445,14 +445,14 @@ def test_pages_of_consumers_join_up_to_every_consumer_once(tmp_path):
 
 def test_the_consumers_left_out_are_counted_only_so_far(tmp_path, monkeypatch):
     """A file ten million tasks read: the count of the rest stops at MORE_COUNTED."""
-    from lineage_ledger._ledger import lineage
+    from lineage_ledger._ledger import derived
 
     url = _build(tmp_path / "ledger.db")
     with open_ledger(url, read_only=True) as ledger:
         exact = ledger.derived("/data/ref", limit=2)[-1]
-        monkeypatch.setattr(lineage, "MORE_COUNTED", 3)
+        monkeypatch.setattr(derived, "MORE_COUNTED", 3)
         capped = ledger.derived("/data/ref", limit=2)[-1]
-        monkeypatch.setattr(lineage, "MORE_COUNTED", 7)
+        monkeypatch.setattr(derived, "MORE_COUNTED", 7)
         just = ledger.derived("/data/ref", limit=2)[-1]
     assert exact[0] is None and exact[1] == 7 and exact[1].exact and str(exact[1]) == "7"
     assert capped[0] is None and not capped[1].exact and str(capped[1]) == "more than 3"

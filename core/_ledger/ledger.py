@@ -33,7 +33,8 @@ from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
 from .ahead import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .complete import Listing, listing
-from .lineage import LedgerRecord, LineageNode, LineageQueries, RecordBits
+from .derived import DerivedQueries, RecordBits
+from .lineage import LedgerRecord, LineageNode, LineageQueries
 from .listings import Listings
 from .proved import ProvedLookups
 from .spool import describe_quarantine, earlier_names, spool_directory, spool_path, take_orphans
@@ -48,7 +49,7 @@ DEFAULT_SPOOL = ".lineage/spool"
 log = logging.getLogger("lineage_ledger")
 
 
-class Ledger(ProvedLookups, LineageQueries, Listings):
+class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings):
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL, state_dir: str | None = None) -> None:
         self.backend = backend
         self.url: str = backend.url
