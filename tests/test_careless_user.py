@@ -126,7 +126,6 @@ def test_a_damaged_default_cache_is_still_rebuilt(cli, workdir):
 
 
 # -- an empty path ------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="an empty path is taken for the working directory")
 @pytest.mark.parametrize("args", [
     ("run", "-i", "", "--", "true"),
     ("run", "-o", "", "--", "true"),

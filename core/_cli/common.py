@@ -158,10 +158,14 @@ def refuse_not_a_directory(paths: Iterable[str]) -> None:
     its normal form names something that exists: ``out.txt/``, ``out.txt/.``, ``out.txt/..``.
     Paths are normalised as records name them (``os.path.abspath``), which drops the slash
     and the dots without looking: the answer would be about another file than the one
-    named. Where the normal form is refused too (``out.txt/x``, or a link whose target
+    named. An empty path is refused too: ``os.path.abspath('')`` is the working directory,
+    which a command would record, adopt or check whole. Where the normal form is refused too (``out.txt/x``, or a link whose target
     runs through a file) the command answers as for any path that names nothing (it may
     ask about one a record named when ``out.txt`` was a directory)."""
     for path in paths:
+        if not path:  # "$OUT" with OUT unset: read as the working directory, it was recorded whole
+            raise ConfigError("an empty path names no file (a shell variable that is not set?): give a path, "
+                              "or '.' for the working directory")
         if _not_a_directory(path):
             normal = os.path.abspath(path)
             if os.path.lexists(normal) and not _not_a_directory(normal):
