@@ -29,6 +29,7 @@ __all__ = [
     "HistoryRewritten",
     "CheckpointInvalid",
     "RecordTampered",
+    "ServerInRecovery",
     "SpoolCorrupt",
     "SpoolError",
     "SpoolFull",
@@ -51,6 +52,7 @@ class LedgerError(Exception):
         │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
         ├── BackendError                the back-end failed (library errors are translated)
         │   ├── BackendUnavailable      cannot reach or open the store
+        │   │   └── ServerInRecovery    a standby in recovery: no writes until it is promoted
         │   ├── CorruptStore            the store exists but is not a readable ledger
         │   ├── AppendConflict          another writer took the height first; rebuild and retry
         │   ├── AccessDenied            (baash, fabric) this identity may not do that
@@ -108,6 +110,13 @@ class BackendError(LedgerError):
 
 class BackendUnavailable(BackendError):
     """The store cannot be reached or opened."""
+
+
+class ServerInRecovery(BackendUnavailable):
+    """The database server is a standby in recovery (a PostgreSQL hot standby, as during a
+    failover): it refuses writes as a read-only database does ("cannot execute INSERT in a
+    read-only transaction", SQLSTATE 25006), but only until it is promoted, so the records
+    wait in the spool instead of being refused for good."""
 
 
 class CorruptStore(BackendError):

@@ -37,7 +37,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
-from lineage_ledger._errors import AppendConflict, BackendError, BackendUnavailable, ConfigError, MissingExtra
+from lineage_ledger._errors import (
+    AppendConflict,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    MissingExtra,
+    ServerInRecovery,
+)
 from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
@@ -83,10 +90,17 @@ def _sqlite_path(engine_url: sa.URL) -> str | None:
     return None if database in (None, "", ":memory:") else database
 
 
+# PostgreSQL's read_only_sql_transaction: a database or server an administrator set
+# read-only (for good), or a hot standby (until it is promoted); pg_is_in_recovery() tells.
+_READ_ONLY_SQLSTATE = "25006"
+
+
 @contextlib.contextmanager
-def _translated(what: str, url: str):
+def _translated(what: str, url: str, in_recovery: Callable[[], bool] | None = None):
     """Turn SQLAlchemy and driver errors into the library's own, with the cause attached;
-    the URL's password never appears in the message or the cause."""
+    the URL's password never appears in the message or the cause. ``in_recovery``: asked
+    after a write refused as read-only (the failed transaction rolled back by then), whether
+    the server is a standby; if so the error is :class:`ServerInRecovery`."""
     shown = redact(url, url)
     try:
         yield
@@ -96,6 +110,11 @@ def _translated(what: str, url: str):
         )
     except exc.DatabaseError as err:
         text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
+        if in_recovery is not None and getattr(err.orig, "sqlstate", None) == _READ_ONLY_SQLSTATE \
+                and in_recovery():
+            raise ServerInRecovery(
+                f"{shown}: {what} failed: the server is a standby in recovery, which takes no writes until it is "
+                f"promoted (or give the primary's URL): {text}") from safe_cause(err, url)
         raise database_error(what, shown, text) from safe_cause(err, url)
     except exc.SQLAlchemyError as err:
         raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from safe_cause(err, url)
@@ -278,7 +297,7 @@ class SQLBackend(_SQLReads, Backend):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
     def _open_schema(self) -> None:
-        with _translated("opening the ledger", self.url):
+        with _translated("opening the ledger", self.url, self._in_recovery):
             with self._engine.connect() as conn:  # no write lock: read-only copies open
                 names, version, origin = stored_meta(conn)
             if version == SCHEMA_VERSION and origin:
@@ -316,9 +335,17 @@ class SQLBackend(_SQLReads, Backend):
         if self.read_only:
             raise ConfigError(f"{self.display_url}: opened read-only, cannot migrate it")
         if self.migrated_from is None:
-            with _translated("migrating the ledger", self.url):
+            with _translated("migrating the ledger", self.url, self._in_recovery):
                 self._prepare_schema()
         return self.migrated_from
+
+    def _in_recovery(self) -> bool:
+        """Whether the server is a standby (``pg_is_in_recovery()``); False if unknown."""
+        try:
+            with self._engine.connect() as conn:
+                return bool(conn.exec_driver_sql("SELECT pg_is_in_recovery()").scalar())
+        except Exception:  # noqa: BLE001 - unknown: the refusal stays what it said
+            return False
 
     @contextlib.contextmanager
     def _write(self):
@@ -343,7 +370,7 @@ class SQLBackend(_SQLReads, Backend):
     def append(self, blocks: Sequence[StoredBlock]) -> None:
         if not blocks:
             return
-        with _translated("append", self.url), self._write() as conn:
+        with _translated("append", self.url, self._in_recovery), self._write() as conn:
             heights = [b.height for b in blocks]
             existing = dict(
                 conn.execute(
@@ -371,7 +398,7 @@ class SQLBackend(_SQLReads, Backend):
     def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> Rebuilt:
         """As ``SQLiteBackend.rebuild_index``: one transaction; on PostgreSQL, a lock on the
         block table that lets readers in and keeps appenders out until it commits."""
-        with _translated("rebuilding the index", self.url), self._write() as conn:
+        with _translated("rebuilding the index", self.url, self._in_recovery), self._write() as conn:
             if not self._sqlite:
                 conn.exec_driver_sql("LOCK TABLE ll_blocks IN SHARE ROW EXCLUSIVE MODE")
             return rebuild(conn.exec_driver_sql, conn.exec_driver_sql, rows, self._sql)

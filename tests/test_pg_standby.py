@@ -69,7 +69,6 @@ def _records(url: str) -> int:
         return conn.execute("SELECT count(*) FROM ll_records").fetchone()[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a hot standby's 25006 is taken as a refusal for good")
 def test_run_against_a_standby_waits_and_ships_after_promotion(workdir, primary_and_standby):
     primary, url, make_standby, database = primary_and_standby
     run_cli("run", "--ledger", url, "--", "true", cwd=workdir, check_rc=0)  # the ledger, on the primary
@@ -106,7 +105,6 @@ RECORDER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="a recorder gives up at once on a hot standby")
 def test_a_recorder_keeps_waiting_on_a_standby_until_it_is_promoted(tmp_path, primary_and_standby):
     primary, url, make_standby, database = primary_and_standby
     run_cli("run", "--ledger", url, "--", "true", cwd=tmp_path, check_rc=0)

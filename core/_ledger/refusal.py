@@ -11,7 +11,8 @@ import re
 __all__ = ["permanent_refusal"]
 
 # PostgreSQL's SQLSTATEs of a refusal that no retry settles: insufficient_privilege,
-# read_only_sql_transaction (default_transaction_read_only, a hot standby), and an undefined
+# read_only_sql_transaction (default_transaction_read_only; a hot standby raises it too, but
+# the back-end tells one apart by pg_is_in_recovery(): ServerInRecovery), and an undefined
 # table or column (a schema this version does not write).
 _PERMANENT_SQLSTATES = {"42501": "permission denied", "25006": "the database is read-only",
                         "42P01": "the ledger's tables are not those of this version",
@@ -24,16 +25,21 @@ def permanent_refusal(err: BaseException | None) -> str | None:
 
     Permanent: permission denied (a PostgreSQL role that may only read), a read-only
     database (an SQLite file or directory this user may not write, a PostgreSQL database or
-    server in read-only mode), a schema or store this version cannot write (``ConfigError``,
+    server an administrator set read-only; not a hot standby, :class:`ServerInRecovery`,
+    which takes writes once a failover promotes it), a schema or store this version cannot write (``ConfigError``,
     ``CorruptStore``), and a back-end's ``AccessDenied``. The drivers' errors are found on
     the cause chain the back-ends keep (:mod:`lineage_ledger.backends._base`); their text is
     the fallback where a cause was redacted."""
-    from .._errors import ConfigError, CorruptStore
+    from .._errors import ConfigError, CorruptStore, ServerInRecovery
 
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, ServerInRecovery):
+            # A hot standby refuses writes with the read-only SQLSTATE below (on its cause),
+            # but only until a failover promotes it: the records wait.
+            return None
         if isinstance(cause, ConfigError):  # a schema to migrate or of another version, not a ledger
             return "the ledger cannot be written by this version"
         if isinstance(cause, CorruptStore):
