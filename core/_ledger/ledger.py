@@ -7,12 +7,12 @@ server. Every answer is proved before it is given: the index row names a record,
 record's bytes hash to its id, and the id is the leaf the verified tree holds at that
 place; a row that disagrees with its record raises :class:`IndexTampered`. Those look-ups
 and their proof are in :mod:`.proved` (:class:`~.proved.ProvedLookups`), the lineage walks
-built on them in :mod:`.lineage`; this module keeps writing, the tree head and the queries.
+built on them in :mod:`.lineage` and :mod:`.derived`, the proofs users ask for in
+:mod:`.proofs`; this module keeps writing, the tree head and the queries.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -36,6 +36,7 @@ from .complete import Listing, listing
 from .derived import DerivedQueries, RecordBits
 from .lineage import LedgerRecord, LineageNode, LineageQueries
 from .listings import Listings
+from .proofs import Proofs
 from .proved import ProvedLookups
 from .spool import describe_quarantine, earlier_names, spool_directory, spool_path, take_orphans
 
@@ -49,7 +50,7 @@ DEFAULT_SPOOL = ".lineage/spool"
 log = logging.getLogger("lineage_ledger")
 
 
-class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings):
+class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL, state_dir: str | None = None) -> None:
         self.backend = backend
         self.url: str = backend.url
@@ -325,45 +326,6 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings):
                 if best is None or key > best[0]:
                     best = (key, entry, role, side[path])
         return None if best is None else (best[1], best[2], best[3])
-
-    def inclusion_proof(self, entry: LedgerRecord, *, size: int | None = None) -> tuple[TreeHead, int, list[str]]:
-        """(tree head, leaf index, RFC 9162 audit path) for a record read from this ledger:
-        in the verified tree, or in that of its first ``size`` records (an earlier
-        checkpoint's), whose head then holds that size and root."""
-        from .._log.tree import BLAKE3
-        from .._log.tree import inclusion_proof as path_of
-
-        store = self.verifier.store
-        head = self._head_at(size)
-        index = store.block_start(entry.height) + entry.position
-        if index >= head.size:
-            raise LedgerError(f"record {entry.id[:16]} is leaf {index}: it is not in the tree of the first "
-                              f"{head.size} records")
-        return head, index, [node.hex() for node in path_of(store.node, index, head.size, BLAKE3)]
-
-    def consistency_proof(self, old_size: int, new_size: int | None = None) -> tuple[TreeHead, TreeHead, list[str]]:
-        """(old head, new head, RFC 9162 consistency proof) from the tree of the first
-        ``old_size`` records to that of ``new_size`` (default: the verified head), both
-        within the verified tree."""
-        from .._log.tree import BLAKE3
-        from .._log.tree import consistency_proof as proof_of
-
-        new = self._head_at(new_size)
-        if old_size > new.size:
-            raise LedgerError(f"no consistency proof from {old_size} records to {new.size}: the old tree must "
-                              "not be the larger")
-        old = self._head_at(old_size)
-        return old, new, [node.hex() for node in proof_of(self.verifier.store.node, old.size, new.size, BLAKE3)]
-
-    def _head_at(self, size: int | None) -> TreeHead:
-        """The verified head, or the head of its first ``size`` records (its root from
-        O(log n) verified nodes); a size past the verified tree is an error."""
-        head = self.tree_head()
-        if size is None or size == head.size:
-            return head
-        if not 0 <= size <= head.size:
-            raise LedgerError(f"the verified tree holds {head.size} records; there is no tree of {size}")
-        return dataclasses.replace(head, size=size, root=self.verifier.store.root_at(size))
 
     def close(self) -> None:
         self.backend.close()
