@@ -153,14 +153,20 @@ def test_an_empty_path_is_refused(cli, pipeline, args):
 
 
 # -- checkpoint -o ------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="checkpoint -o in a missing directory: 'unexpected FileNotFoundError'")
 def test_checkpoint_into_a_missing_directory_says_so(cli, pipeline):
     result = cli("checkpoint", "-o", "nodir/head.txt")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "unexpected" not in result.stderr, result.stderr
-    assert result.stderr.startswith("error: nodir/head.txt: ") and len(result.stderr.splitlines()) == 1, \
-        result.stderr
+    assert result.stderr.startswith("error: nodir/head.txt: cannot make a file in its directory") \
+        and len(result.stderr.splitlines()) == 1, result.stderr
     assert not (pipeline / "nodir").exists()
+
+
+def test_checkpoint_to_an_empty_path_is_refused(cli, pipeline):
+    """``-o "$OUT"`` with OUT unset printed the checkpoint, as if no -o had been given."""
+    result = cli("checkpoint", "-o", "")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "empty path" in result.stderr and result.stdout == "", (result.stdout, result.stderr)
 
 
 # -- export ---------------------------------------------------------------------------------------

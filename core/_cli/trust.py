@@ -136,6 +136,8 @@ def checkpoint(keyfile, output, ledger_url) -> None:
     """
     from .._log.checkpoint import Checkpoint, load_signer, sign
 
+    if output == "":  # "-o $OUT" with OUT unset: not standard output, as no -o would be
+        raise ConfigError("-o: an empty path names no file: give a path, or no -o for standard output")
     if output:  # never over the ledger it reads, nor over the key it signs with
         refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
     signer = load_signer(keyfile) if keyfile else None
@@ -148,8 +150,11 @@ def checkpoint(keyfile, output, ledger_url) -> None:
 
         # A new private file renamed onto OUTPUT: a link planted there is replaced, not
         # followed (tests/test_outside_review_s38.py).
-        with open_output(output) as handle:
-            handle.write(text)
+        try:
+            with open_output(output) as handle:
+                handle.write(text)
+        except OSError as err:  # a directory that is not there, one this user may not write, a full disk
+            raise ConfigError(f"{printable(output)}: {err.strerror}") from err
         click.echo(f"checkpoint of {head.size} records, root {head.root}, written to {output}", err=True)
     else:
         click.echo(text, nl=False)
