@@ -176,7 +176,6 @@ rule c:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the journal is removed when the failed records ended before the run did")
 def test_snakemake_keeps_a_job_the_full_spool_refused_early_for_the_next_run(tmp_path, small_disk):
     require_snakemake()
     workdir = tmp_path / "work"

@@ -96,7 +96,11 @@ class RecordingQueue:
         # Runs chained behind their temp inputs' producers are submitted while we wait.
         _, not_done = wait(futures, timeout=timeout)
         self._closed = True
-        recorded = all(f.done() and f.result() is not None for f in futures)
+        with self._lock:
+            # A run that failed long ago has left the futures: its key says it (an orphan's
+            # journal is not this run's: it is kept, or removed, on its own).
+            failed_here = any(not key.startswith("orphan:") for key in self.failed)
+        recorded = not failed_here and all(f.done() and f.result() is not None for f in futures)
         if recorded and not not_done:
             try:
                 self.capture.sync()  # the spool has every record, on disk: the journal may go
