@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lineage_ledger_nextflow import _state
 
 from tests.support import nextflow as nf
 
@@ -99,3 +100,132 @@ def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(tmp_p
     assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: USE read the edited reference
     assert f"{outdir / 'ref.txt'}: changed since the last recorded run" in strict.stderr
     assert "Launching" not in strict.stdout
+
+
+#: A directory output holding links that are not to files: one to a directory inside it
+#: (``current``), one to a directory elsewhere (``refs``), one that leads nowhere (``later``).
+DIRECTORY_LINKS = """
+params.refs = null
+process MAKE {
+  output: path 'outdir'
+  script:
+  \"\"\"
+  mkdir -p outdir/v1
+  echo made > outdir/v1/made.txt
+  ln -s v1 outdir/current
+  ln -s ${params.refs} outdir/refs
+  ln -s not-yet outdir/later
+  \"\"\"
+}
+process USE {
+  input: path d
+  output: path 'used.txt'
+  script: "cat ${d}/current/* ${d}/refs/* > used.txt"
+}
+workflow { USE(MAKE()) }
+"""
+
+
+def _relink(link: Path, target: str | Path) -> None:
+    """Point ``link`` at ``target``, its directory's mtime put back (Nextflow reuses the task)."""
+    _keep_mtime(link.parent, lambda: (link.unlink(), link.symlink_to(target)))
+
+
+def _replace_directory(directory: Path, content: dict[str, str], aside: Path) -> None:
+    """Move ``directory`` to ``aside`` and make a new one in its place: the same names, each
+    file's bytes replaced (same size) and its mtime put back."""
+    directory.rename(aside)
+    directory.mkdir()
+    for name, text in content.items():
+        (directory / name).write_text(text)
+        shutil.copystat(aside / name, directory / name)
+    shutil.copystat(aside, directory)
+
+
+@pytest.mark.xfail(strict=True, reason="plugins/nextflow _workdir leaves links to directories and links to "
+                   "nothing out of a task's outputs: re-pointed, dangling or slipped in, they pass strict -resume")
+def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(tmp_path):
+    """A link the task made to a directory, or one leading nowhere, is recorded as a link (its
+    target text, in the manifest of the directory output), never followed: pointed elsewhere,
+    made to dangle, or slipped in, the strict ``-resume`` refuses (also planned without the
+    session's list) and ``verify-lineage`` of the directory fails; a replaced directory it
+    leads to is seen where it was recorded (the files inside the output; the reader's inputs
+    for one elsewhere). Untouched, a strict ``-resume`` reuses both tasks."""
+    here = tmp_path / "pipeline"
+    here.mkdir()
+    (here / "main.nf").write_text(DIRECTORY_LINKS)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "a.txt").write_text("reference one\n")
+    resume = ("nextflow-ledger", "run", "main.nf", "--refs", str(refs), "-resume", "--ledger-policy", "strict")
+    first = nf.run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (outdir,) = [p for p in (here / "work").glob("*/*/outdir") if not p.is_symlink()]  # USE's is staged
+    (used,) = (here / "work").glob("*/*/used.txt")
+    (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]
+    assert make["outputs"][str(outdir)]["type"] == "dir"  # recorded whole, beside its files
+    assert str(outdir / "v1" / "made.txt") in make["outputs"]
+    assert not any(p.startswith(str(refs)) for p in make["outputs"])  # the link to elsewhere: not followed
+
+    clean = nf.run(*resume, cwd=here)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "Cached process > MAKE" in clean.stdout and "Cached process > USE" in clean.stdout
+    verified = nf.run("verify-lineage", str(outdir), str(used), cwd=here)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    def refused(*named: str) -> None:
+        strict = nf.run(*resume, cwd=here)
+        assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: the change went unseen
+        assert "Launching" not in strict.stdout
+        for text in named:
+            assert text in strict.stderr, strict.stderr
+
+    def fails(target: Path) -> None:
+        verify = nf.run("verify-lineage", str(target), cwd=here)
+        assert verify.returncode == 1, verify.stdout + verify.stderr
+
+    def restored() -> None:
+        verify = nf.run("verify-lineage", str(outdir), str(used), cwd=here)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    changed = f"{outdir}: changed since the last recorded run"
+    same = tmp_path / "same-refs"  # the same bytes: only the link's target differs
+    shutil.copytree(refs, same)
+    _relink(outdir / "refs", same)
+    refused(changed, "changed: refs")
+    fails(outdir)
+    _relink(outdir / "refs", refs)
+    restored()
+
+    _relink(outdir / "current", "v2")  # dangles now
+    refused(changed, "changed: current")
+    fails(outdir)
+    _relink(outdir / "current", "v1")
+    restored()
+
+    _keep_mtime(outdir, lambda: (outdir / "extra").symlink_to(tmp_path / "nowhere"))  # slipped in, dangling
+    refused(changed, "appeared: extra")
+    fails(outdir)
+    _keep_mtime(outdir, (outdir / "extra").unlink)
+    restored()
+
+    # The directory a link leads to, replaced: inside the output, its files were recorded...
+    _replace_directory(outdir / "v1", {"made.txt": "edam\n"}, tmp_path / "v1-aside")
+    refused(f"{outdir / 'v1' / 'made.txt'}: changed since the last recorded run")
+    fails(outdir)
+    fails(used)
+    shutil.rmtree(outdir / "v1")
+    (tmp_path / "v1-aside").rename(outdir / "v1")
+    restored()
+    # ... elsewhere, USE read its files through the link: its record vouches for them.
+    _replace_directory(refs, {"a.txt": "reference two\n"}, tmp_path / "refs-aside")
+    refused(f"{outdir / 'refs' / 'a.txt'}: changed since the last recorded run")
+    fails(used)
+    shutil.rmtree(refs)
+    (tmp_path / "refs-aside").rename(refs)
+    restored()
+
+    # Without the session's list, the check planned from the work directory and the records.
+    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "lists-aside"))
+    _relink(outdir / "refs", same)
+    refused(changed, "changed: refs")
