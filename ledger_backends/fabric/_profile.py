@@ -20,19 +20,30 @@
 
 Relative paths are taken from the profile's directory. Query parameters of the URL
 (``ledger``, ``channel``, ``chaincode``, ``timeout``) override the file.
+
+The private key is refused (:class:`ConfigError`) where another user could put their own key
+in its place: a key file that another user may write or owns, or a directory on its path that
+another user may write (without the sticky bit, as ``/tmp`` has) or owns; that user's key
+would sign for this workflow. A key that others may only read is taken with a warning, once a
+process: Fabric's own tools write keys 0644, and one that others have read signs for them too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
 from lineage_ledger._errors import ConfigError
 
-__all__ = ["ConnectionProfile", "parse_fabric_url"]
+__all__ = ["ConnectionProfile", "parse_fabric_url", "read_private_key"]
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
 _REQUIRED = ("endpoint", "tls_ca", "msp_id", "certificate", "private_key")
@@ -59,6 +70,75 @@ class ConnectionProfile:
             return path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"fabric profile: cannot read {path}: {exc.strerror}") from exc
+
+
+_WARNED: set[str] = set()
+
+
+def read_private_key(path: Path) -> bytes:
+    """The key file's bytes, once nothing shows that another user could have put it there
+    (see the module docstring); the mode looked at is that of the file opened."""
+    try:
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"fabric profile: cannot read {path}: {exc.strerror}") from exc
+    writer = _other_writer(info, f"the private key {path}")
+    absolute = os.path.abspath(path)
+    for directory in dict.fromkeys([*_parents(absolute), *_parents(os.path.realpath(absolute))]):
+        try:
+            writer = writer or _other_writer(os.stat(directory), f"the directory {directory}, which holds the "
+                                                                  f"private key {path},")
+        except OSError:
+            continue
+    if writer is not None:
+        raise ConfigError(f"fabric profile: {writer}: another user could put their own key in its place, and this "
+                          f"workflow would sign as them; make it writable by you only (chmod go-w), or move the "
+                          "key somewhere only you may write (and enrol again if someone else may have had it)")
+    readable = info.st_mode & 0o004 or info.st_mode & 0o040 and not _own_group(info.st_gid)
+    if readable and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        log.warning("lineage-ledger: other users may read the Fabric private key %s (mode %o): whoever has read it "
+                    "signs as you; chmod 600 %s", path, stat.S_IMODE(info.st_mode), path)
+    return data
+
+
+def _parents(path: str) -> list[str]:
+    parents: list[str] = []
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return parents
+        parents.append(parent)
+        path = parent
+
+
+def _other_writer(info: os.stat_result, what: str) -> str | None:
+    """Why a user other than this one (and root) may write what ``info`` describes, or None.
+    A group of this user alone (a user private group: the group named after the user, with
+    no other member) counts as this user, as ssh's strict modes count it on Debian."""
+    mine = os.geteuid()
+    if info.st_uid not in (mine, 0):
+        return f"{what} belongs to another user (uid {info.st_uid}), who may write it"
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX:
+        return None  # others may add files, not replace this user's
+    if mode & 0o002 or mode & 0o020 and not _own_group(info.st_gid):
+        return f"{what} is one other users may write (mode {mode:o})"
+    return None
+
+
+def _own_group(gid: int) -> bool:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
 def parse_fabric_url(url: str) -> ConnectionProfile:

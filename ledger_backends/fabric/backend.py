@@ -23,7 +23,7 @@ from lineage_ledger._model import StoredBlock, StoredRecord
 from lineage_ledger.backends._base import Backend, ChainHead, Located, Role
 
 from ._gateway import GatewayCallError, GatewayClient, Signer, TransactionInvalid
-from ._profile import ConnectionProfile, parse_fabric_url
+from ._profile import ConnectionProfile, parse_fabric_url, read_private_key
 from ._tree_head import EndorsedTreeHead, TreeHeadsMixin
 
 __all__ = ["AccessDenied", "EndorsedTreeHead", "FabricBackend", "InvalidBlock"]
@@ -89,7 +89,7 @@ class FabricBackend(TreeHeadsMixin, Backend):
         self.profile: ConnectionProfile = parse_fabric_url(url)
         profile = self.profile
         try:
-            signer = Signer(profile.msp_id, profile.read(profile.certificate), profile.read(profile.private_key))
+            signer = Signer(profile.msp_id, profile.read(profile.certificate), read_private_key(profile.private_key))
         except ValueError as exc:
             raise ConfigError(f"fabric profile: {exc}") from exc
         self._client = GatewayClient(profile.endpoint, profile.read(profile.tls_ca), signer, profile.channel,
