@@ -23,7 +23,7 @@ from typing import IO
 
 from .._errors import ConfigError
 
-__all__ = ["new_private_dir", "open_output"]
+__all__ = ["new_private_dir", "open_output", "remove_unfinished"]
 
 
 @contextlib.contextmanager
@@ -87,15 +87,22 @@ def _written_only_by_us(directory: str) -> bool:
     return info.st_uid in (0, os.geteuid()) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def new_private_dir(path: str) -> None:
+def new_private_dir(path: str) -> str | None:
     """``path`` as a directory for a crate: made 0700 when new; an existing one must be an
     empty real directory (a link to one, wherever it points, is refused: the crate would be
-    written where ``-o`` does not say)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    written where ``-o`` does not say). Returns the first directory it made (``path``, or a
+    missing one above it), None where ``path`` was there: what :func:`remove_unfinished`
+    takes away when the crate cannot be finished."""
+    parent = os.path.dirname(os.path.abspath(path))
+    first = parent
+    while not os.path.lexists(os.path.dirname(first)) and os.path.dirname(first) != first:
+        first = os.path.dirname(first)
+    made = None if os.path.lexists(first) else first
+    os.makedirs(parent, exist_ok=True)
     try:
         os.mkdir(path, 0o700)
         os.chmod(path, 0o700, follow_symlinks=False)  # a umask may take bits away, never add any
-        return
+        return made or path
     except FileExistsError:
         pass
     info = os.lstat(path)
@@ -104,3 +111,24 @@ def new_private_dir(path: str) -> None:
                           "not a link to one")
     if not stat.S_ISDIR(info.st_mode) or os.listdir(path):
         raise ConfigError(f"{path}: exists and is not an empty directory; the crate needs a new one")
+    return made
+
+
+def remove_unfinished(path: str, made: str | None) -> None:
+    """Take away a crate that failed half-way: the directories :func:`new_private_dir` made
+    (``made``), or else what was written into ``path``, which was empty: a second try needs no
+    clean-up, and no half crate reads as one. Best effort: the error that stopped it is what
+    the user is told."""
+    import shutil
+
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)  # never follows a link (fd-based on Linux)
+        return
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path):
+            entry = os.path.join(path, name)
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry)

@@ -43,7 +43,7 @@ from .._ledger.ledger import Ledger, LedgerRecord
 from . import require
 from ._crate_build import CHECKPOINT, CRATE_DIR, PROFILES, PROOFS, TERMS, WORKFLOW, CrateBuilder, iso
 from ._crate_graph import CrateGraph
-from ._output import new_private_dir
+from ._output import new_private_dir, remove_unfinished
 from ._select import Selection
 
 __all__ = ["CRATE_DIR", "PROFILES", "TERMS", "WrittenCrate", "write_crate"]
@@ -58,9 +58,15 @@ class WrittenCrate:
     records: int
 
 
-def _prepare_dir(path: str) -> None:
-    new_private_dir(path)  # 0700: it holds every record's body, as the ledger (0600) does
-    os.makedirs(os.path.join(path, CRATE_DIR, "records"), exist_ok=True)
+def _prepare_dir(path: str) -> str | None:
+    """The crate's directory made ready; what :func:`remove_unfinished` takes away on failure."""
+    made = new_private_dir(path)  # 0700: it holds every record's body, as the ledger (0600) does
+    try:
+        os.makedirs(os.path.join(path, CRATE_DIR, "records"), exist_ok=True)
+    except BaseException:
+        remove_unfinished(path, made)
+        raise
+    return made
 
 
 class _Proofs:
@@ -96,11 +102,23 @@ def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str
     ends in ``.zip`` (RO-Crate's packaging for sharing; a new file, never overwritten)."""
     if path.lower().endswith(".zip"):
         return _write_zip(ledger, selection, path, keyfile=keyfile, with_data=with_data, license=license)
-    rocrate = require("rocrate.rocrate", "rocrate")
-    from .._log.checkpoint import Checkpoint, load_signer, sign
+    require("rocrate.rocrate", "rocrate")  # a missing extra is said before anything is made
+    from .._log.checkpoint import load_signer
 
     signer = load_signer(keyfile) if keyfile else None
-    _prepare_dir(path)
+    made = _prepare_dir(path)
+    try:
+        return _write_crate_dir(ledger, selection, path, signer, with_data, license)
+    except BaseException:  # a file that cannot be read or copied, a full disk, ^C: no half crate
+        remove_unfinished(path, made)
+        raise
+
+
+def _write_crate_dir(ledger: Ledger, selection: Selection, path: str, signer: Any, with_data: bool,
+                     license: str | None) -> WrittenCrate:
+    from .._log.checkpoint import Checkpoint, sign
+
+    rocrate = require("rocrate.rocrate", "rocrate")
     head = ledger.tree_head()  # every selected record was proved in this head or an earlier one
     note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
     with open(os.path.join(path, CHECKPOINT), "w", encoding="utf-8") as handle:
