@@ -200,6 +200,35 @@ def test_manifest_is_stored_once_per_distinct_directory(url, spool, tmp_path):
         assert ledger.consumers(str(ref))[0].record.inputs[str(ref)]["type"] == "dir"
 
 
+def test_files_named_beside_their_directory_take_the_digests_its_manifest_lists(url, spool, tmp_path):
+    """A record naming a directory and files inside it (the Nextflow plugin's do): each file's
+    entry is its own digest (taken from the manifest just made, not read again); a file
+    reached through a link inside the directory is hashed by its real path, outside it."""
+    out = tmp_path / "outdir"
+    first = write(out / "a.txt", "alpha")
+    deep = write(out / "sub" / "b.txt", "beta beta")
+    elsewhere = write(tmp_path / "ref" / "r.txt", "reference")
+    os.symlink(elsewhere, out / "r.txt")
+    os.symlink(tmp_path / "ref", out / "refs")
+    now = datetime.now(timezone.utc)
+    named = [str(out), first, deep, str(out / "r.txt")]
+    with TaskCapture(url, engine="test", spool=spool, raise_errors=True) as capture:
+        capture.submit(TaskRun("t", "make", "succeeded", now, now, outputs=named)).result(30)
+    with open_ledger(url) as ledger:
+        (found,) = ledger.producers(first)
+    outputs = found.record.outputs
+    assert outputs[str(out)] == {**hash_file(out).entry()} and outputs[str(out)]["type"] == "dir"
+    for path in (first, deep, elsewhere):
+        assert outputs[path] == hash_file(path).entry()
+    assert outputs[str(out / "r.txt")] == {**hash_file(elsewhere).entry(), "alias_of": elsewhere}
+    assert ["refs", "link", str(tmp_path / "ref")] in ledger_manifest_entries(url, outputs[str(out)]["blake3"])
+
+
+def ledger_manifest_entries(url, digest: str) -> list[list]:
+    with open_ledger(url) as ledger:
+        return [list(entry) for entry in ledger.manifest(digest).entries]
+
+
 # -- the pre-run check -------------------------------------------------------------------------
 def _capture_dir_output(url, spool, tmp_path):
     raw = write(tmp_path / "raw.txt", "raw")

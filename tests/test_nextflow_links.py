@@ -142,8 +142,6 @@ def _replace_directory(directory: Path, content: dict[str, str], aside: Path) ->
     shutil.copystat(aside, directory)
 
 
-@pytest.mark.xfail(strict=True, reason="plugins/nextflow _workdir leaves links to directories and links to "
-                   "nothing out of a task's outputs: re-pointed, dangling or slipped in, they pass strict -resume")
 def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(tmp_path):
     """A link the task made to a directory, or one leading nowhere, is recorded as a link (its
     target text, in the manifest of the directory output), never followed: pointed elsewhere,

@@ -92,9 +92,29 @@ def test_work_directory_inputs_are_the_real_files_and_outputs_what_the_task_wrot
     (work / ".exitcode").write_text("0")
     found = read_workdir(str(work))
     assert found.inputs == [str(upstream / "made.txt"), str(source / "in put.txt")]
-    assert found.outputs == [str(work / "out.txt"), str(work / "sub" / "deep.txt")]
+    # A directory the task made is an output whole (first), beside its files.
+    assert found.outputs == [str(work / "sub"), str(work / "out.txt"), str(work / "sub" / "deep.txt")]
     assert found.conda == "/envs/tools" and found.exit_code == 0 and found.problems == []
     assert staged_files("no stage function") == {}
+
+
+def test_a_directory_no_manifest_can_hold_or_one_holding_a_staged_input_is_recorded_file_by_file(tmp_path):
+    work = tmp_path / "work" / "cc" / "3333"
+    (work / "in").mkdir(parents=True)
+    (work / ".command.sh").write_text("true\n")
+    (work / ".command.run").write_text(f"nxf_stage() {{\n    ln -s {tmp_path / 'src.txt'} in/src.txt\n}}\n")
+    os.symlink(tmp_path / "src.txt", work / "in" / "src.txt")  # the stager made in/ for it
+    (work / "in" / "mine.txt").write_text("mine\n")
+    (work / "pipes").mkdir()
+    (work / "pipes" / "kept.txt").write_text("kept\n")
+    os.mkfifo(work / "pipes" / "fifo")
+    (work / "links").mkdir()
+    os.symlink(tmp_path, work / "links" / "up")  # a link to a directory: in its manifest, not followed
+    os.symlink(tmp_path / "nowhere", work / "links" / "dangling")
+    found = read_workdir(str(work))
+    assert found.outputs == [str(work / "links"), str(work / "in" / "mine.txt"), str(work / "pipes" / "kept.txt")]
+    assert found.problems == [f"pipes: recorded file by file only: {os.path.join('pipes', 'fifo')} is not a "
+                              "regular file"]
 
 
 class Collected(Handlers):

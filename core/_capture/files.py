@@ -103,12 +103,18 @@ class TaskFiles:
         """Digests of ``paths`` (``given`` ones win) and the paths that are not on disk.
 
         Each path is recorded by its real path; one given through a symbolic link is
-        recorded as well, as an alias of it. A directory's manifest goes into ``manifests``."""
+        recorded as well, as an alias of it. A directory's manifest goes into ``manifests``;
+        a file below a directory hashed earlier in ``paths`` takes the digest its manifest
+        lists (a task that names a directory output and its files, as the Nextflow plugin's
+        records do, has each file read once, not twice)."""
         entries: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
+        hashed_directories: dict[str, Manifest] = {}  # real path -> manifest, hashed here
         for path in _unique(paths):
             real = os.path.realpath(path)
             entry = given.get(path) or given.get(real)
+            if entry is None and hashed_directories:
+                entry = _listed_file(hashed_directories, real)
             if entry is None or (entry.get("type") == "dir" and not self._have_manifest(entry, real, manifests)):
                 try:
                     artifact = self._hash_path(path)
@@ -120,6 +126,7 @@ class TaskFiles:
                 entry = artifact.entry()
                 if isinstance(artifact, DirectoryArtifact):
                     manifests[artifact.blake3] = artifact.manifest
+                    hashed_directories[real] = artifact.manifest
             entries[real] = _plain(entry)
             if real != path:
                 entries[path] = {**entries[real], "alias_of": real}
@@ -168,6 +175,23 @@ class TaskFiles:
                 entries[path] = _plain(remembered)
                 recalled[path] = source
         return unhashed, recalled
+
+
+def _listed_file(directories: Mapping[str, Manifest], real: str) -> dict[str, Any] | None:
+    """The digest entry of the regular file at ``real`` (a real path) as the manifest of a
+    directory above it lists it; None if none does. Every part of ``real`` below that
+    directory is a directory or the file itself, not a link (it is a real path), so the
+    manifest's entry names this very file, hashed a moment before."""
+    parent = os.path.dirname(real)
+    while True:
+        manifest = directories.get(parent)
+        if manifest is not None:
+            listed = manifest.lookup(os.path.relpath(real, parent).replace(os.sep, "/"))
+            return {"blake3": listed[2], "size": listed[3]} if listed is not None and listed[1] == "file" else None
+        above = os.path.dirname(parent)
+        if above == parent:
+            return None
+        parent = above
 
 
 def _plain(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,10 +16,11 @@ A file the task wrote inside a directory of its work directory (a directory outp
 gone now is a change too: Nextflow checks that the directory is there, not what it holds.
 
 A symbolic link to a file counts as a file (``_workdir`` lists the links a task makes to
-files among its outputs), so a link slipped in is seen too. Limits: a link to a directory, or
-one that leads nowhere, is not listed, so one slipped in is not seen; a list written before
-the wrapper listed links makes a link its task made count as appeared (run that session once
-without ``-resume``, or under ``warn``).
+files among its outputs), so a link slipped in is seen too. A link to a directory, or one
+that leads nowhere, is not looked at here: the manifest of the directory output it lies in
+(recorded whole beside its files, ``_workdir``) differs, which the ledger's check sees.
+Limits: a list written before the wrapper listed links makes a link its task made count as
+appeared (run that session once without ``-resume``, or under ``warn``).
 """
 
 from __future__ import annotations

@@ -16,8 +16,18 @@ are the files the task wrote itself: everything else in the directory. A symboli
 task made to a file (a reference put into a directory output without a copy) is an output
 too, under its own name, with the digest of the file it leads to: that is what a downstream
 task reads through it, and what the check before ``-resume`` compares (a link slipped in,
-retargeted, or whose file was edited, is then seen as a regular file's change is). A link to
-a directory, or one that leads nowhere, is not followed and not listed.
+retargeted, or whose file was edited, is then seen as a regular file's change is).
+
+A directory the task made at the top of its work directory (a ``path 'outdir'`` output) is
+an output as well, whole, beside its files: the core records it by its manifest, which lists
+every file, subdirectory and symbolic link in it, a link by its target text, never followed.
+A link to a directory (``ln -s /refs/index outdir/``) or one that leads nowhere is thereby
+recorded as the link it is: pointed elsewhere, made to dangle, or slipped in, the directory's
+manifest differs, and the check before ``-resume`` and ``verify-lineage`` of the directory
+see it. What such a link leads to outside the task's own files is not followed (no loop, no
+walk of whatever tree it names): a task that reads through it records the files it read. A
+directory that holds a staged input, or something that cannot be recorded (a socket, a FIFO,
+a device, an entry that cannot be read), is left to its files (``problems`` says why).
 """
 
 from __future__ import annotations
@@ -87,7 +97,13 @@ def read_workdir(path: str) -> WorkDir:
     except OSError:
         pass  # a task killed before it ended writes none
     work.inputs = _input_files(path, work.staged)
-    work.outputs = _written_files(path, work.staged)
+    written, unrecordable = _walk_written(path, work.staged)
+    # The directories first: the capture then takes their files' digests from the manifests
+    # instead of reading each file twice.
+    directories = _output_directories(path, work.staged, unrecordable)
+    work.outputs = directories + written
+    work.problems.extend(f"{os.path.basename(d)}: recorded file by file only: {why}"
+                         for d, why in sorted(unrecordable.items()))
     return work
 
 
@@ -140,18 +156,51 @@ def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:
 def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
     """Regular files below ``workdir``, and links to regular files, that are neither
     Nextflow's nor staged inputs."""
+    return _walk_written(workdir, staged)[0]
+
+
+def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """:func:`_written_files`, and ``{top-level directory: why}`` for each directory of
+    ``workdir`` whose manifest cannot be made (it holds a socket, a FIFO, a device or an
+    entry that cannot be read), in the same walk."""
     skip = {os.path.join(workdir, name) for name in staged}
     written = []
-    for root, dirs, files in os.walk(workdir):
+    unrecordable: dict[str, str] = {}
+
+    def top(path: str) -> str:
+        return os.path.join(workdir, os.path.relpath(path, workdir).split(os.sep, 1)[0])
+
+    def unreadable(err: OSError) -> None:
+        if err.filename and os.path.normpath(err.filename) != os.path.normpath(workdir):
+            unrecordable.setdefault(top(err.filename), f"{err.filename}: {err.strerror or err}")
+
+    for root, dirs, files in os.walk(workdir, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if os.path.join(root, d) not in skip)
         for name in sorted(files):
             full = os.path.join(root, name)
             if full in skip or (root == workdir and name in WRAPPER_FILES):
                 continue
             if not os.path.isfile(full):
-                continue  # a link to a directory or to nothing, a socket, a fifo
+                # A link to nothing is in the manifest of its directory; a socket, a FIFO or
+                # a device makes a directory's manifest impossible (the core refuses it).
+                if root != workdir and not os.path.islink(full):
+                    unrecordable.setdefault(top(full), f"{os.path.relpath(full, workdir)} is not a regular file")
+                continue
             written.append(full)
-    return written
+    return written, unrecordable
+
+
+def _output_directories(workdir: str, staged: dict[str, str], unrecordable: dict[str, str]) -> list[str]:
+    """The directories at the top of ``workdir`` the task made: not Nextflow's staging (a staged
+    directory, or one the stager made to put an input in), and not among ``unrecordable``."""
+    staging = {name.split(os.sep, 1)[0] for name in staged}
+    try:
+        with os.scandir(workdir) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except OSError:
+        return []
+    return [entry.path for entry in entries
+            if entry.name not in staging and entry.path not in unrecordable and entry.is_dir(follow_symlinks=False)]
 
 
 def _files_below(directory: str, *, follow: bool) -> list[str]:
