@@ -194,8 +194,6 @@ def _same_size_edit(path: Path, old: str, new: str, stamp: Path) -> None:
     shutil.copystat(stamp, path)
 
 
-@pytest.mark.xfail(strict=True, reason="_recovered.work_directory reads -w and NXF_WORK only: a workDir of "
-                   "nextflow.config is not found, so strict refuses an untouched -resume without the list")
 @pytest.mark.slow  # real Nextflow runs
 def test_a_work_directory_set_in_the_configuration_is_found_without_the_list(tmp_path):
     """Without the session's list, the check is planned from the work directory Nextflow uses:
@@ -223,8 +221,6 @@ def test_a_work_directory_set_in_the_configuration_is_found_without_the_list(tmp
     assert f"{count}: changed since the last recorded run" in strict.stderr and "Launching" not in strict.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="_recovered.work_directory takes no Command and asks no nextflow config: "
-                   "-c and -profile are not read")
 @pytest.mark.slow  # two JVMs (nextflow config)
 def test_the_work_directory_of_a_c_file_and_a_profile_is_the_one_nextflow_reports(tmp_path, monkeypatch):
     """``-c FILE`` (before or after ``run``) and ``-profile`` are passed to ``nextflow config``;

@@ -38,6 +38,11 @@ class Command:
         self.resume_session: str | None = None
         self.log_file: str | None = None  # -log, if the user gave one
         self.work_dir: str | None = None  # run's -w / -work-dir, if the user gave one
+        #: The options that choose the run's configuration, for ``nextflow config``: the
+        #: configuration files (``-c``/``-config`` before or after ``run``, ``-C``), as options
+        #: before ``config``, and ``-profile``, after it (``_recovered.configured_work_dir``).
+        self.config_files: list[str] = []
+        self.profile: list[str] = []
         self.params: dict[str, str] = {}  # --name value pairs for the records
 
 
@@ -77,6 +82,8 @@ def parse(argv: list[str]) -> Command:
     for j, arg in enumerate(top):
         if arg == "-log" and j + 1 < len(top):
             command.log_file = top[j + 1]
+        elif arg in ("-c", "-config", "-C") and j + 1 < len(top):
+            command.config_files += [arg, top[j + 1]]
     for j, arg in enumerate(run[1:], start=1):
         if arg == "-resume" or arg.startswith("-resume="):
             command.resume = True
@@ -85,6 +92,10 @@ def parse(argv: list[str]) -> Command:
                 command.resume_session = value
         elif arg in ("-w", "-work-dir") and j + 1 < len(run):
             command.work_dir = run[j + 1]
+        elif arg in ("-c", "-config") and j + 1 < len(run):
+            command.config_files += ["-c", run[j + 1]]  # run's (hidden) -c adds a file as the top-level one does
+        elif arg == "-profile" and j + 1 < len(run):
+            command.profile = [arg, run[j + 1]]
         elif arg == "-params-file" and j + 1 < len(run):
             command.params["-params-file"] = os.path.abspath(run[j + 1])  # its values are not read
         elif arg.startswith("--") and len(arg) > 2:

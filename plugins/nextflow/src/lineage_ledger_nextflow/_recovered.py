@@ -19,24 +19,84 @@ holds the tasks, so the list is rebuilt from them:
   vouches for nothing: each file it wrote counts as changed (``UNRECORDED``), so ``strict``
   refuses rather than reuse it unchecked.
 
-The work directory is ``run``'s ``-w``/``-work-dir``, else ``$NXF_WORK``, else ``work`` in
-the launch directory; a ``workDir`` set in a configuration file is not read (pass ``-w``).
+The work directory is the one Nextflow uses, in Nextflow's order: ``run``'s
+``-w``/``-work-dir``, else the ``workDir`` of the run's configuration, else ``$NXF_WORK``,
+else ``work``, relative to the launch directory. The configuration is Nextflow's to read (its
+files are Groovy, evaluated as code; several files, profiles, includes): the wrapper asks
+``nextflow config -o json`` with the run's configuration options (``-c``, ``-C``,
+``-profile``) and reads ``workDir`` from that JSON, never the files themselves. It asks only
+where a configuration file may be (one given, ``nextflow.config`` in the launch or the
+project directory, ``$NXF_HOME/config``, or a pipeline Nextflow fetches), since each question
+starts a JVM. A configuration that uses ``params`` in ``workDir`` is read without the
+command line's parameters (``nextflow config`` takes none): pass ``-w`` then.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import subprocess
 from itertools import zip_longest
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._workdir import read_workdir, task_key
 
+if TYPE_CHECKING:
+    from ._args import Command
+
+log = logging.getLogger("lineage_ledger.nextflow")
 _HEX = frozenset("0123456789abcdef")
+#: Seconds ``nextflow config`` may take (a JVM start, a few seconds; more on a loaded machine).
+CONFIG_TIMEOUT = 120
 
 
-def work_directory(given: str | None, launch_dir: str) -> str:
-    """Where Nextflow keeps the task directories, as far as the command line and environment say."""
+def work_directory(command: Command, launch_dir: str, nextflow: str | None) -> str:
+    """Where Nextflow keeps the task directories of this run (see the module's docstring)."""
+    given = command.work_dir or configured_work_dir(command, launch_dir, nextflow)
     return os.path.realpath(os.path.join(launch_dir, given or os.environ.get("NXF_WORK") or "work"))
+
+
+def configured_work_dir(command: Command, launch_dir: str, nextflow: str | None) -> str | None:
+    """The ``workDir`` the run's configuration sets, as ``nextflow config`` prints it; None
+    where none is set, no configuration file may set one, or Nextflow could not say (logged)."""
+    if nextflow is None or not command.run or not _may_be_configured(command, launch_dir):
+        return None
+    argv = [nextflow, *command.config_files, "config", "-o", "json", *command.profile, command.run[0]]
+    try:
+        done = subprocess.run(argv, cwd=launch_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=CONFIG_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("lineage-ledger: could not ask Nextflow for the run's workDir (%s)", err)
+        return None
+    # The JSON starts at its first line that opens an object (a warning may come before it).
+    start = next((i for i, line in enumerate(done.stdout.splitlines()) if line.startswith("{")), None)
+    try:
+        if done.returncode != 0 or start is None:
+            raise ValueError(f"exit status {done.returncode}")
+        value = json.loads("\n".join(done.stdout.splitlines()[start:])).get("workDir")
+    except (ValueError, AttributeError) as err:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
+        log.warning("lineage-ledger: `nextflow config` did not give the run's configuration (%s%s); the work "
+                    "directory is taken from -w, $NXF_WORK or work/", err, f": {said[0]}" if said else "")
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _may_be_configured(command: Command, launch_dir: str) -> bool:
+    """Whether a configuration file may set the run's ``workDir``: one given (``-c``, ``-C``),
+    ``nextflow.config`` in the launch directory or the pipeline's, ``$NXF_HOME/config``, or a
+    pipeline that is not a local path (a project Nextflow fetches or keeps in its assets)."""
+    if command.config_files:
+        return True
+    pipeline = os.path.join(launch_dir, command.run[0])
+    if not os.path.exists(pipeline):
+        return True
+    project = pipeline if os.path.isdir(pipeline) else os.path.dirname(pipeline)
+    home = os.environ.get("NXF_HOME") or os.path.join(os.path.expanduser("~"), ".nextflow")
+    return any(os.path.exists(path) for path in (
+        os.path.join(launch_dir, "nextflow.config"), os.path.join(project, "nextflow.config"),
+        os.path.join(home, "config")))
 
 
 def nextflow_cached(launch_dir: str, session: str) -> bool:

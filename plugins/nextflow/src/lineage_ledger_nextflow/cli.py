@@ -118,14 +118,14 @@ def run(argv: list[str]) -> int:
     known: dict[str, Any] = {}  # the session's tasks the check started from (its list, or rebuilt)
     if command.resume and command.policy != "off":
         _logger()
-        refused = _check_resume(command, launch_dir, url, unverified, known)
+        refused = _check_resume(command, launch_dir, url, unverified, known, nextflow)
         if refused is not None:
             return refused
     return _run_recorded(command, nextflow, launch_dir, url, unverified[0] if unverified else None, known)
 
 
 def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified: list[Unverified],
-                  known: dict[str, Any]) -> int | None:
+                  known: dict[str, Any], nextflow: str | None = None) -> int | None:
     """Apply the policy before a ``-resume``; an exit status when the run must not start.
 
     Under ``warn``, a ledger that failed its own check adds to ``unverified`` the files it
@@ -147,7 +147,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
         tasks = _state.load(launch_dir, session)
         work_dir = None
         if tasks is None:  # moved aside, or not this user's: the work directory and the ledger say instead
-            work_dir = _recovered.work_directory(command.work_dir, launch_dir)
+            work_dir = _recovered.work_directory(command, launch_dir, nextflow)
             log.warning("lineage-ledger: no list of the tasks of session %s that this user wrote (%s); the check "
                         "before -resume is planned from %s and the ledger's records", session,
                         _state.session_file(launch_dir, session), work_dir)
