@@ -9,6 +9,8 @@ from __future__ import annotations
 import click
 
 from .._errors import ConfigError
+from .._ledger.identity import redact
+from .._terminal import printable
 from .common import ledger_option, refuse_not_a_directory, refuse_output_over
 from .common import open_read_only as _open
 
@@ -48,6 +50,8 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         raise click.UsageError("give -o PATH" + (" or --emit URL" if fmt == "openlineage" else ""))
     if emit_url and fmt != "openlineage":
         raise click.UsageError("--emit is for --format openlineage")
+    if emit_url is not None:  # a mistyped URL is said before anything is written
+        _check_emit_url(emit_url)
     if (keyfile or no_data or license_) and fmt != "ro-crate":
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
     if output is not None:  # before anything is written: never over the ledger or the key
@@ -80,7 +84,23 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
     except OSError as err:  # an output that cannot be written, a file that cannot be read
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"exported {what} as {fmt}" + (f" to {output}" if output else "")
-               + (f", posted to {emit_url}" if emit_url else ""), err=True)
+               + (f", posted to {redact(emit_url, emit_url)}" if emit_url else ""), err=True)
+
+
+def _check_emit_url(url: str) -> None:
+    """Raise :class:`click.BadParameter` (exit 2) unless ``url`` is an http(s) URL with a
+    host: requests reads ``htp://host`` as a relative path and says 'No scheme supplied' of
+    its own ``api/v1/lineage``. The message never shows the URL's password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError as err:
+        raise click.BadParameter(f"{printable(redact(url, url))}: {err}", param_hint="--emit") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{printable(redact(url, url))} is not an http:// or https:// URL with a host "
+                                 "(the OpenLineage endpoint, e.g. http://marquez:5000)", param_hint="--emit")
 
 
 @click.command()

@@ -27,6 +27,7 @@ from typing import Any
 
 from .._canonical import format_time
 from .._errors import ConfigError
+from .._ledger.identity import redact
 from . import require
 from ._output import open_output
 from ._select import Selection, aliases_in, artifacts
@@ -182,6 +183,8 @@ def emit(events: Iterable[Any], url: str) -> int:
         try:
             transport.emit(event)
         except Exception as exc:  # noqa: BLE001 - requests' and HTTP errors become one message
-            raise ConfigError(f"{url} did not take the OpenLineage events: {exc}") from exc
+            # Never the URL's password: requests may repeat the URL in its message too.
+            raise ConfigError(f"{redact(url, url)} did not take the OpenLineage events: "
+                              f"{redact(str(exc), url)}") from exc
         posted += 1
     return posted
