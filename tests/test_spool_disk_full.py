@@ -201,8 +201,6 @@ def test_snakemake_keeps_a_job_the_full_spool_refused_early_for_the_next_run(tmp
 ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
-@pytest.mark.xfail(strict=True, reason="the recorder cannot rotate its segment, so it never ships, and logs a "
-                                       "traceback on every wake")
 def test_run_whose_spool_directory_turns_read_only_still_ships_its_record(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger and the spool directory exist
     directory, = (workdir / ".lineage" / "spool").iterdir()

@@ -4,8 +4,9 @@
 single ``write(2)`` (the bytes are in the kernel once it returns, so ``kill -9`` loses
 nothing) and puts it on an in-memory queue. A background thread wakes when a batch is
 full or ``max_age`` has passed, rotates the segment, fsyncs it, appends the batch to the
-ledger as blocks, and deletes the segment once the back-end has them. When the back-end
-is down, records wait in the spool; past ``max_pending`` unshipped records ``record()``
+ledger as blocks, and deletes the segment once the back-end has them (where no new
+segment can be made, a directory turned read-only, it ships the current one and empties
+it instead). When the back-end is down, records wait in the spool; past ``max_pending`` unshipped records ``record()``
 raises :class:`SpoolFull` instead of letting memory grow. At interpreter exit the worker
 gets ``exit_timeout`` seconds to flush; whatever is left is replayed by the next open.
 
@@ -33,7 +34,7 @@ from blake3 import blake3
 
 from .._errors import LedgerError, SpoolError, SpoolFull, VerificationError
 from .._model import Record, StoredRecord
-from .refusal import permanent_refusal
+from .refusal import permanent_refusal, say_unshipped
 from .spool import Segment, SpoolWriter
 
 
@@ -94,6 +95,7 @@ class Recorder:
         self._closing = False
         self._closed = False
         self._refused = 0  # shipments the ledger failed a verification for (a rewritten history)
+        self._in_place = False  # no new segment could be made: the current one ships in place
 
     def _begin(self) -> SpoolWriter:
         """Open this process's segment and start the worker: at construction, or (under the
@@ -195,13 +197,68 @@ class Recorder:
             return self._waiting
 
     # -- shipping -----------------------------------------------------------------------
-    def _take_batch(self) -> None:
+    def _take_batch(self) -> bool:
+        """Rotate the current segment out for shipping if it holds records and none waits;
+        True where it must be shipped in place instead (no new segment can be made)."""
         with self._lock:
             assert self._writer is not None  # the worker runs only once there is one
             # While a backlog waits (back-end down), keep appending to the current segment
             # instead of opening a new locked file on every wake: descriptors are finite.
-            if len(self._writer.current) and not self._unshipped:
+            if not len(self._writer.current) or self._unshipped:
+                return False
+            try:
                 self._unshipped.append(self._writer.rotate())
+            except SpoolError as err:  # a directory turned read-only, no inode left
+                if not self._in_place:  # said once, not on every wake
+                    log.warning("lineage-ledger: %s; shipping from the current segment instead", err)
+                self._in_place = True
+                return True
+            self._in_place = False
+            return False
+
+    def _failed_to_ship(self, err: Exception, count: int) -> bool:
+        """Say (once per distinct error) why ``count`` records wait; False."""
+        if self.last_error is None or str(err) != str(self.last_error):
+            log.warning("lineage-ledger: cannot ship %d records yet: %s", count, err)
+        self.last_error = err
+        # A rewritten history, or a ledger that refuses writes for good (permission denied, a
+        # read-only database): a flush or close waits for no retry of either (see flush).
+        if isinstance(err, VerificationError) or permanent_refusal(err) is not None:
+            with self._lock:
+                self._refused += 1
+                self._shipped.notify_all()
+        return False
+
+    def _ship_in_place(self) -> bool:
+        """Ship the current segment's records without rotating it (no new segment could be
+        made). Once the back-end has them they are cut from the file; where more came
+        meanwhile they stay in it: a replay after a crash ships them again, and the ledger
+        keeps one copy (``append_records`` skips the ids it holds)."""
+        with self._lock:
+            assert self._writer is not None
+            segment = self._writer.current
+            batch = list(segment.stored())
+        try:
+            segment.sync()
+            self.ledger.append_records(batch, block_size=self.batch_size)
+        except Exception as err:  # noqa: BLE001 - the worker must outlive any failure
+            return self._failed_to_ship(err, len(batch))
+        self.last_error = None
+        with self._lock:
+            del segment.records[: len(batch)]
+            if not len(segment):
+                try:
+                    os.ftruncate(segment.fd, 0)  # a file of this process: no new file needed
+                except OSError as err:  # shipped; a replay finds them in the ledger already
+                    log.warning("lineage-ledger: cannot empty spool segment %s: %s", segment.path, err)
+            self._acknowledged(len(batch))
+        return True
+
+    def _acknowledged(self, count: int) -> None:
+        """``count`` records are in the ledger (called under the lock)."""
+        self._waiting -= count
+        self._shipped_total += count
+        self._shipped.notify_all()
 
     def _ship_one(self) -> bool:
         """Ship the oldest unshipped segment; False if the back-end refused."""
@@ -210,16 +267,7 @@ class Recorder:
             segment.sync()
             self.ledger.append_records(segment.stored(), block_size=self.batch_size)
         except Exception as err:  # noqa: BLE001 - the worker must outlive any failure
-            if self.last_error is None or str(err) != str(self.last_error):
-                log.warning("lineage-ledger: cannot ship %d records yet: %s", len(segment), err)
-            self.last_error = err
-            # A rewritten history, or a ledger that refuses writes for good (permission denied, a
-            # read-only database): a flush or close waits for no retry of either (see flush).
-            if isinstance(err, VerificationError) or permanent_refusal(err) is not None:
-                with self._lock:
-                    self._refused += 1
-                    self._shipped.notify_all()
-            return False
+            return self._failed_to_ship(err, len(segment))
         self.last_error = None
         try:
             segment.delete()
@@ -227,9 +275,7 @@ class Recorder:
             log.warning("lineage-ledger: cannot remove spool segment %s: %s", segment.path, err)
         with self._lock:
             self._unshipped.pop(0)
-            self._waiting -= len(segment)
-            self._shipped_total += len(segment)
-            self._shipped.notify_all()
+            self._acknowledged(len(segment))
         after = getattr(self.ledger, "after_shipped", None)
         if after is not None:  # e.g. a DeferredLedger ships what dead processes left, once
             after()
@@ -250,16 +296,22 @@ class Recorder:
         """One wake-up: take a batch, ship what waits; returns the next back-off."""
         self._wake.wait(timeout=backoff or self.max_age)
         self._wake.clear()
-        self._take_batch()
+        in_place = self._take_batch()
         while self._unshipped:
             if not self._ship_one():
                 return min(max(backoff * 2, 0.2), 10.0)
+        if in_place and not self._ship_in_place():
+            return min(max(backoff * 2, 0.2), 10.0)
         backoff = 0.0
         if self._closing:
             with self._lock:
                 assert self._writer is not None
                 if not len(self._writer.current):
-                    self._writer.current.delete()  # an empty segment needs no replay
+                    try:
+                        self._writer.current.delete()  # an empty segment needs no replay
+                    except OSError as err:  # closed all the same; a replay removes it later
+                        log.warning("lineage-ledger: cannot remove spool segment %s: %s",
+                                    self._writer.current.path, err)
                     self._closed = True
                     self._shipped.notify_all()
         return backoff
@@ -313,27 +365,8 @@ class Recorder:
             if not worker.is_alive() or remaining <= 0 or self._refused != refused:
                 break
         done = not worker.is_alive()
-        if not done and isinstance(self.last_error, VerificationError):
-            # Not a wait that ran out, and opening the ledger again ships nothing into it.
-            log.warning(
-                "lineage-ledger: %d records not shipped: the ledger failed a verification (%s); they stay "
-                "in %s until it is repaired (`verify-lineage` names the problem; `lineage-ledger reset-trust` "
-                "if it was restored on purpose, then `lineage-ledger spool ship`)",
-                self.pending, self.last_error, self.ledger.spool_dir,
-            )
-        elif not done and (why := permanent_refusal(self.last_error)) is not None:
-            # Permission denied, a read-only database: no wait or retry gets them in.
-            log.warning(
-                "lineage-ledger: %d records not shipped: the ledger refuses them for good (%s: %s); they stay in "
-                "%s, and `lineage-ledger spool ship` ships them once it takes writes",
-                self.pending, why, self.last_error, self.ledger.spool_dir,
-            )
-        elif not done:
-            log.warning(
-                "lineage-ledger: %d records not shipped within %.1fs; they stay in %s "
-                "and are shipped when the ledger is next opened",
-                self.pending, timeout, self.ledger.spool_dir,
-            )
+        if not done:
+            say_unshipped(self.pending, self.last_error, self.ledger.spool_dir, timeout)
         _LIVE.discard(self)
         return done
 

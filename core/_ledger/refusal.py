@@ -1,14 +1,18 @@
-"""Whether a ledger's refusal of records is for good: apart from :mod:`.deferred` so that the
-Recorder (which :mod:`.ledger` makes, which :mod:`.deferred` opens) asks it without an
-import cycle (``tests/test_layout.py``)."""
+"""Whether a ledger's refusal of records is for good, and what a closing Recorder says of the
+records it leaves in the spool: apart from :mod:`.deferred` so that the Recorder (which
+:mod:`.ledger` makes, which :mod:`.deferred` opens) asks it without an import cycle
+(``tests/test_layout.py``)."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 
-__all__ = ["permanent_refusal"]
+__all__ = ["permanent_refusal", "say_unshipped"]
+
+log = logging.getLogger("lineage_ledger.recorder")
 
 # PostgreSQL's SQLSTATEs of a refusal that no retry settles: insufficient_privilege,
 # read_only_sql_transaction (default_transaction_read_only; a hot standby raises it too, but
@@ -68,6 +72,27 @@ def permanent_refusal(err: BaseException | None) -> str | None:
             return unreadable
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def say_unshipped(pending: int, error: BaseException | None, spool_dir: str, timeout: float) -> None:
+    """Warn, as a :class:`~.recorder.Recorder` closes, that ``pending`` records were not
+    shipped, and why they wait (``error``: the last shipment's)."""
+    from .._errors import VerificationError
+
+    if isinstance(error, VerificationError):
+        # Not a wait that ran out, and opening the ledger again ships nothing into it.
+        log.warning(
+            "lineage-ledger: %d records not shipped: the ledger failed a verification (%s); they stay "
+            "in %s until it is repaired (`verify-lineage` names the problem; `lineage-ledger reset-trust` "
+            "if it was restored on purpose, then `lineage-ledger spool ship`)", pending, error, spool_dir)
+    elif (why := permanent_refusal(error)) is not None:
+        # Permission denied, a read-only database: no wait or retry gets them in.
+        log.warning(
+            "lineage-ledger: %d records not shipped: the ledger refuses them for good (%s: %s); they stay in "
+            "%s, and `lineage-ledger spool ship` ships them once it takes writes", pending, why, error, spool_dir)
+    else:
+        log.warning("lineage-ledger: %d records not shipped within %.1fs; they stay in %s and are shipped when "
+                    "the ledger is next opened", pending, timeout, spool_dir)
 
 
 # The server's answers to a login it will not take, which psycopg raises at connection time

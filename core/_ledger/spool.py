@@ -174,6 +174,7 @@ class SpoolWriter:
         self._sequence += 1
         name = f"{self._prefix}-{self._sequence:08d}"
         temporary = os.path.join(self.directory, name + ".new")
+        fd = -1
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
             os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits away
@@ -183,6 +184,12 @@ class SpoolWriter:
             final = os.path.join(self.directory, name + _SUFFIX)
             os.rename(temporary, final)
         except OSError as err:
+            if fd >= 0:  # a recorder tries again on its next wake: no descriptor or file per try
+                os.close(fd)
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
             raise SpoolError(f"cannot create a spool segment in {self.directory}: {err}") from err
         return Segment(final, fd)
 
