@@ -27,7 +27,9 @@ manifest differs, and the check before ``-resume`` and ``verify-lineage`` of the
 see it. What such a link leads to outside the task's own files is not followed (no loop, no
 walk of whatever tree it names): a task that reads through it records the files it read. A
 directory that holds a staged input, or something that cannot be recorded (a socket, a FIFO,
-a device, an entry that cannot be read), is left to its files (``problems`` says why).
+a device, an entry that cannot be read), is left to its files (``problems`` says why). A link
+directly in the work directory that does not lead to a file lies in no such directory: it is
+not listed (following it could walk any tree, ``/tmp`` and its sockets included).
 """
 
 from __future__ import annotations
