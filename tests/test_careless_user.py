@@ -205,3 +205,34 @@ def test_a_mistyped_emit_url_is_refused_before_anything_is_written(cli, pipeline
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "--emit" in result.stderr and "http://" in result.stderr, result.stderr
     assert not (pipeline / "events.jsonl").exists()
+
+
+# -- "-" for standard output -----------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="-o - writes a file named '-'")
+@pytest.mark.parametrize("args, starts", [
+    (("checkpoint", "-o", "-"), "lineage-ledger:"),
+    (("export", "summary.txt", "-f", "prov-json", "-o", "-"), "{"),
+    (("export", "summary.txt", "-f", "openlineage", "-o", "-"), '{"'),
+    (("graph", "summary.txt", "-f", "dot", "-o", "-"), "digraph"),
+])
+def test_dash_is_standard_output(cli, pipeline, args, starts):
+    """``-o -`` is standard output, as for most tools; it was a private file named '-' (and
+    the message said 'written to -')."""
+    result = cli(*args)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout.startswith(starts), result.stdout[:200]
+    assert not (pipeline / "-").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="keygen - and a ro-crate -o - make files or a directory named '-'")
+@pytest.mark.parametrize("args", [
+    ("keygen", "-"),
+    ("export", "summary.txt", "-f", "ro-crate", "-o", "-"),
+])
+def test_dash_where_standard_output_cannot_serve_is_refused(cli, pipeline, args):
+    """A key pair is two files and a crate a directory: '-' (standard output) is refused,
+    exit 2, with nothing made."""
+    result = cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "standard output" in result.stderr, result.stderr
+    assert not (pipeline / "-").exists() and not (pipeline / "-.pub").exists()
