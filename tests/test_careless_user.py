@@ -208,7 +208,6 @@ def test_a_mistyped_emit_url_is_refused_before_anything_is_written(cli, pipeline
 
 
 # -- "-" for standard output -----------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="-o - writes a file named '-'")
 @pytest.mark.parametrize("args, starts", [
     (("checkpoint", "-o", "-"), "lineage-ledger:"),
     (("export", "summary.txt", "-f", "prov-json", "-o", "-"), "{"),
@@ -224,7 +223,6 @@ def test_dash_is_standard_output(cli, pipeline, args, starts):
     assert not (pipeline / "-").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="keygen - and a ro-crate -o - make files or a directory named '-'")
 @pytest.mark.parametrize("args", [
     ("keygen", "-"),
     ("export", "summary.txt", "-f", "ro-crate", "-o", "-"),

@@ -54,6 +54,9 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         _check_emit_url(emit_url)
     if (keyfile or no_data or license_) and fmt != "ro-crate":
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
+    if output == "-" and fmt == "ro-crate":
+        raise click.BadParameter("a crate is a directory or a .zip file, which standard output (-) cannot be: "
+                                 "give a path", param_hint="-o")
     if output is not None:  # before anything is written: never over the ledger or the key
         refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
     refuse_not_a_directory(targets)  # out.txt/ is not out.txt
@@ -83,7 +86,7 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
                 what = f"{count} event(s)"
     except OSError as err:  # an output that cannot be written, a file that cannot be read
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
-    click.echo(f"exported {what} as {fmt}" + (f" to {output}" if output else "")
+    click.echo(f"exported {what} as {fmt}" + (f" to {_shown(output)}" if output else "")
                + (f", posted to {redact(emit_url, emit_url)}" if emit_url else ""), err=True)
 
 
@@ -140,4 +143,9 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
                     nodes, edges = len(model.nodes), len(model.edges)
     except OSError as err:
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
-    click.echo(f"drew {nodes} node(s) and {edges} edge(s) to {output}", err=True)
+    click.echo(f"drew {nodes} node(s) and {edges} edge(s) to {_shown(output)}", err=True)
+
+
+def _shown(output: str) -> str:
+    """``-o`` as messages name it."""
+    return "standard output" if output == "-" else printable(output)

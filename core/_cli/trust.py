@@ -119,6 +119,9 @@ def keygen(keyfile, name) -> None:
 
     from .._log.checkpoint import write_keypair
 
+    if keyfile == "-":
+        raise click.BadParameter("a key pair is two files, KEYFILE and KEYFILE.pub, which standard output (-) "
+                                 "cannot be: give a file name", param_hint="KEYFILE")
     write_keypair(keyfile, name or f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
     click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
 
@@ -155,7 +158,8 @@ def checkpoint(keyfile, output, ledger_url) -> None:
                 handle.write(text)
         except OSError as err:  # a directory that is not there, one this user may not write, a full disk
             raise ConfigError(f"{printable(output)}: {err.strerror}") from err
-        click.echo(f"checkpoint of {head.size} records, root {head.root}, written to {output}", err=True)
+        shown = "standard output" if output == "-" else printable(output)
+        click.echo(f"checkpoint of {head.size} records, root {head.root}, written to {shown}", err=True)
     else:
         click.echo(text, nl=False)
 

@@ -1,4 +1,5 @@
-"""Where an export is written: a new private file beside ``-o PATH``, renamed onto it when whole.
+"""Where an export is written: a new private file beside ``-o PATH``, renamed onto it when whole
+(``-o -``: standard output).
 
 An export carries what the ledger holds (command lines, parameters, users, hosts), and the
 ledger is 0600 whatever the umask, so its exports are too: the owner widens one to share it.
@@ -17,6 +18,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import IO
@@ -31,6 +33,12 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
     """A writable handle whose bytes land at ``path`` only when the block ends without an
     error; the file is 0600 and ``path`` (a link, a file) is replaced, never followed.
     ``parents``: make missing directories above it (the graph does; exports refuse)."""
+    if path == "-":  # standard output, as for most tools: never a file named '-'
+        sys.stdout.flush()  # what click printed there first comes first
+        stream = sys.stdout.buffer if binary else sys.stdout
+        yield stream
+        stream.flush()
+        return
     if _is_stream(path):  # ``-o /dev/stdout``, a named pipe: written into, never replaced
         with (open(path, "wb", buffering=buffering) if binary else
               open(path, "w", encoding="utf-8", buffering=buffering)) as stream:
