@@ -234,3 +234,15 @@ def test_dash_where_standard_output_cannot_serve_is_refused(cli, pipeline, args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "standard output" in result.stderr, result.stderr
     assert not (pipeline / "-").exists() and not (pipeline / "-.pub").exists()
+
+
+# -- spool ship --spool ----------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="spool ship --spool FILE says 'shipped 0 record(s)', exit 0")
+def test_spool_ship_from_a_file_is_an_error_as_for_status(cli, pipeline):
+    """``spool status --spool FILE`` says the spool cannot be read (exit 2); ``spool ship``
+    said it shipped nothing, exit 0, as if nothing waited."""
+    status = cli("spool", "status", "--spool", "raw.txt")
+    assert status.returncode == 2 and "Not a directory" in status.stderr, status.stderr
+    result = cli("spool", "ship", "--spool", "raw.txt")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "cannot read the spool" in result.stderr and "Not a directory" in result.stderr, result.stderr
