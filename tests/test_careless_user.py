@@ -237,7 +237,6 @@ def test_dash_where_standard_output_cannot_serve_is_refused(cli, pipeline, args)
 
 
 # -- spool ship --spool ----------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="spool ship --spool FILE says 'shipped 0 record(s)', exit 0")
 def test_spool_ship_from_a_file_is_an_error_as_for_status(cli, pipeline):
     """``spool status --spool FILE`` says the spool cannot be read (exit 2); ``spool ship``
     said it shipped nothing, exit 0, as if nothing waited."""

@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from .._canonical import canonical_bytes, utcnow
-from .._errors import ConfigError, NoLedger, VerificationError
+from .._errors import ConfigError, NoLedger, SpoolError, VerificationError
 from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from .._ledger.ledger import open_ledger
 from .._model import Artifact, digest_hex
@@ -252,6 +252,9 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
 
     from .._ledger.deferred import WaitingInSpool, ledger_identity, ship, waiting_for
 
+    root = os.path.abspath(spool_root)
+    if os.path.exists(root) and not os.path.isdir(root):  # as `spool status` says: not "shipped 0"
+        raise SpoolError(f"cannot read the spool {printable(root)}: Not a directory")
     waiting, _ = waiting_for(spool_root, ledger_identity(ledger_url)[0], ())
     if not waiting:
         # Nothing to ship: a mistyped or zero-byte ledger path is "no ledger at PATH", as for
