@@ -245,3 +245,17 @@ def test_spool_ship_from_a_file_is_an_error_as_for_status(cli, pipeline):
     result = cli("spool", "ship", "--spool", "raw.txt")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "cannot read the spool" in result.stderr and "Not a directory" in result.stderr, result.stderr
+
+
+# -- keygen --name ---------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="keygen writes a key with a long name that no command reads back")
+def test_keygen_refuses_a_name_its_key_could_not_be_read_with(cli, pipeline):
+    """A key file is read with a bound (4096 bytes); keygen wrote a pair with a 5,000-character
+    name that checkpoint --key and verify --pubkey then refused as 'too large to be a key file'."""
+    result = cli("keygen", "lab.key", "--name", "x" * 5000)
+    assert result.returncode == 2, (result.stdout, result.stderr[:300])
+    assert "name" in result.stderr and "too long" in result.stderr, result.stderr[:300]
+    assert not (pipeline / "lab.key").exists() and not (pipeline / "lab.key.pub").exists()
+    cli("keygen", "lab.key", "--name", "x" * 1000, check_rc=0)  # a long name that fits is kept
+    cli("checkpoint", "--key", "lab.key", "-o", "head.txt", check_rc=0)
+    cli("verify", "--against", "head.txt", "--pubkey", "lab.key.pub", check_rc=0)
