@@ -219,7 +219,6 @@ def test_run_whose_spool_directory_turns_read_only_still_ships_its_record(workdi
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="jobs kept in the journal are recorded only by a later run that runs a job")
 def test_snakemake_records_what_the_journal_kept_even_when_the_next_run_has_nothing_to_do(tmp_path, small_disk):
     require_snakemake()
     workdir = tmp_path / "work"

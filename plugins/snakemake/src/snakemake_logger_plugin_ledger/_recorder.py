@@ -206,6 +206,11 @@ class JobRecorder:
         if self.sink is None or self._closing:
             return
         self._closing = True
+        if not self._recovered and self.journal is not None:
+            # No job ran ("Nothing to be done"): what an earlier run's journal kept is
+            # recorded all the same, not left for a later run that happens to run a job.
+            self._recovered = True
+            self._recover(os.path.dirname(self.journal.path), time.time())
         self._finish_unreported()
         began = time.perf_counter()
         summary = self.summary = self.sink.close()
