@@ -248,7 +248,6 @@ def test_spool_ship_from_a_file_is_an_error_as_for_status(cli, pipeline):
 
 
 # -- keygen --name ---------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="keygen writes a key with a long name that no command reads back")
 def test_keygen_refuses_a_name_its_key_could_not_be_read_with(cli, pipeline):
     """A key file is read with a bound (4096 bytes); keygen wrote a pair with a 5,000-character
     name that checkpoint --key and verify --pubkey then refused as 'too large to be a key file'."""

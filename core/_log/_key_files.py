@@ -43,6 +43,9 @@ def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
     if os.path.lexists(public_path):
         raise ConfigError(f"{public_path} exists; refusing to overwrite a key file")
     private, public = generate_key(name)
+    if len((private + "\n").encode("utf-8")) > _MAX_KEY_FILE:  # read back with this bound: never usable
+        raise ConfigError(f"the key name is too long ({len(name)} characters): its key file would be larger "
+                          f"than a key file may be ({_MAX_KEY_FILE} bytes); give a shorter --name")
     _create(private_path, private + "\n", 0o600)
     try:
         _create(public_path, public + "\n", 0o644)
