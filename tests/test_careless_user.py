@@ -258,3 +258,22 @@ def test_keygen_refuses_a_name_its_key_could_not_be_read_with(cli, pipeline):
     cli("keygen", "lab.key", "--name", "x" * 1000, check_rc=0)  # a long name that fits is kept
     cli("checkpoint", "--key", "lab.key", "-o", "head.txt", check_rc=0)
     cli("verify", "--against", "head.txt", "--pubkey", "lab.key.pub", check_rc=0)
+
+
+# -- -o over a target ------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="export/graph -o TARGET writes over the recorded file it describes")
+@pytest.mark.parametrize("args", [
+    ("export", "summary.txt", "-f", "prov-json", "-o", "summary.txt"),
+    ("export", "clean.txt", "summary.txt", "-f", "openlineage", "-o", "./clean.txt"),
+    ("graph", "summary.txt", "-f", "dot", "-o", "summary.txt"),
+    ("graph", "summary.txt", "-o", "summary.txt"),
+])
+def test_an_output_over_a_target_is_refused(cli, pipeline, args):
+    """A slip of tab completion (``export results/x.csv -f prov-json -o results/x.csv``)
+    replaced the recorded file with its own export: refused, exit 2, the file kept, as -o
+    over the ledger or the key is."""
+    before = (pipeline / "summary.txt").read_bytes(), (pipeline / "clean.txt").read_bytes()
+    result = cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "would write over" in result.stderr, result.stderr
+    assert ((pipeline / "summary.txt").read_bytes(), (pipeline / "clean.txt").read_bytes()) == before
