@@ -261,7 +261,6 @@ def test_keygen_refuses_a_name_its_key_could_not_be_read_with(cli, pipeline):
 
 
 # -- -o over a target ------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="export/graph -o TARGET writes over the recorded file it describes")
 @pytest.mark.parametrize("args", [
     ("export", "summary.txt", "-f", "prov-json", "-o", "summary.txt"),
     ("export", "clean.txt", "summary.txt", "-f", "openlineage", "-o", "./clean.txt"),

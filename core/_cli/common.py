@@ -119,8 +119,8 @@ def open_read_only(url: str) -> Ledger:
 def refuse_output_over(output: str, ledger_url: str | None, *others: str) -> None:
     """Raise :class:`click.UsageError` (exit 2) when ``output`` is the SQLite ledger that
     ``ledger_url`` names (the default one for None), one of its -wal, -shm or -journal files,
-    or one of ``others`` (a key file): a read command's ``-o`` (a slip of tab completion)
-    must never write over what it reads. Called before anything is written."""
+    or one of ``others`` (a key file, a file to export): a read command's ``-o`` (a slip of
+    tab completion) must never write over what it reads. Called before anything is written."""
     from urllib.parse import unquote
 
     from lineage_ledger.backends._sqlite_files import sqlite_file
@@ -159,9 +159,10 @@ def refuse_not_a_directory(paths: Iterable[str]) -> None:
     Paths are normalised as records name them (``os.path.abspath``), which drops the slash
     and the dots without looking: the answer would be about another file than the one
     named. An empty path is refused too: ``os.path.abspath('')`` is the working directory,
-    which a command would record, adopt or check whole. Where the normal form is refused too (``out.txt/x``, or a link whose target
-    runs through a file) the command answers as for any path that names nothing (it may
-    ask about one a record named when ``out.txt`` was a directory)."""
+    which a command would record, adopt or check whole. Where the normal form is refused
+    too (``out.txt/x``, or a link whose target runs through a file) the command answers as
+    for any path that names nothing (it may ask about one a record named when ``out.txt``
+    was a directory)."""
     for path in paths:
         if not path:  # "$OUT" with OUT unset: read as the working directory, it was recorded whole
             raise ConfigError("an empty path names no file (a shell variable that is not set?): give a path, "

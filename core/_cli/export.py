@@ -57,8 +57,8 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
     if output == "-" and fmt == "ro-crate":
         raise click.BadParameter("a crate is a directory or a .zip file, which standard output (-) cannot be: "
                                  "give a path", param_hint="-o")
-    if output is not None:  # before anything is written: never over the ledger or the key
-        refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
+    if output is not None:  # before anything is written: never over the ledger, the key or a target
+        refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []), *targets)
     refuse_not_a_directory(targets)  # out.txt/ is not out.txt
     try:
         with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
@@ -123,7 +123,7 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
 
     if not targets and run_id is None:
         raise ConfigError("name the files to draw (TARGET...) or a run (--run RUN)")
-    refuse_output_over(output, ledger_url)  # before anything is written
+    refuse_output_over(output, ledger_url, *targets)  # before anything is written
     refuse_not_a_directory(targets)
     try:
         with _open(ledger_url) as ledger, select(ledger, targets, run_id) as selection:
