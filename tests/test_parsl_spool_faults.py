@@ -108,7 +108,6 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="a try whose record the full spool refuses is lost (an error per try)")
 def test_a_parsl_run_whose_spool_disk_is_full_records_its_tries_in_the_ledger(tmp_path, full_disk):
     ledger = tmp_path / "ledger.db"
     stderr = run_parsl(tmp_path, str(ledger), full_disk / "spool")

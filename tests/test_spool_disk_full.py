@@ -91,7 +91,7 @@ def test_run_whose_record_neither_the_spool_nor_the_ledger_takes_says_it_is_lost
 
 
 # -- snakemake ----------------------------------------------------------------------------------
-# ``.lineage`` (the pending-jobs journal and the spool) is on the small disk; the ledger is not.
+# ``.lineage`` (the pending-jobs journal, the spool and the ledger) is on the small disk.
 # ``fill`` fills that disk as it ends, ``free`` empties it again: the jobs after it must be
 # recorded, and ``fill``'s record, which nothing could keep, must be said to be lost.
 FILL_THEN_FREE = """
@@ -143,9 +143,8 @@ def lineage_on_small_disk(tmp_path):
 def test_snakemake_goes_on_recording_once_the_disk_under_lineage_has_room_again(lineage_on_small_disk):
     workdir = lineage_on_small_disk
     (workdir / "Snakefile").write_text(FILL_THEN_FREE)
-    ledger = workdir / "ledger.db"
-    result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", str(ledger),
-                 cwd=workdir)
+    ledger = workdir / ".lineage" / "ledger.db"  # the default, on the small disk too
+    result = run("snakemake", "--cores", "1", "--logger", "ledger", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / "c.txt").exists()
     run_cli("spool", "ship", "--ledger", str(ledger), cwd=workdir, check_rc=0)  # what waited, if any
@@ -183,7 +182,7 @@ def test_snakemake_keeps_a_job_the_full_spool_refused_early_for_the_next_run(tmp
     filler = small_disk / "filler"
     subprocess.run(["sh", "-c", FILL.format(target=filler)], check=True)
     (workdir / "Snakefile").write_text(EARLY_FAILURE.replace("FILLER", str(filler)))
-    ledger = workdir / "ledger.db"
+    ledger = small_disk / "ledger.db"  # on the full disk too: nothing can take a's record as it ends
     env = {"LINEAGE_SPOOL": str(small_disk / "spool")}
     command = ("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", str(ledger))
     first = run(*command, "b.txt", cwd=workdir, env=clean_env(**env))
@@ -226,7 +225,7 @@ def test_snakemake_records_what_the_journal_kept_even_when_the_next_run_has_noth
     filler = small_disk / "filler"
     subprocess.run(["sh", "-c", FILL.format(target=filler)], check=True)
     (workdir / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
-    ledger = workdir / "ledger.db"
+    ledger = small_disk / "ledger.db"  # on the full disk too: nothing can take a's record as it ends
     env = {"LINEAGE_SPOOL": str(small_disk / "spool")}
     command = ("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", str(ledger))
     first = run(*command, cwd=workdir, env=clean_env(**env))

@@ -38,6 +38,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._environment import current_environment
+from .._errors import SpoolError, SpoolFull
 from .._files.hashing import Hasher, normalize_path
 from .._files.manifest import manifest_record
 from .._model import Record
@@ -90,6 +91,8 @@ class TaskCapture(TaskFiles):
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._deferred: DeferredLedger | None = None
+        self._straight: DeferredLedger | None = None  # records the spool cannot take go here
+        self._said_straight = False
         self._spool_dir: str | None = None
         self._recorder: Recorder | None = None
         self._worker: BatchWorker[tuple[TaskRun, Future[str | None] | None]] = BatchWorker(
@@ -172,6 +175,9 @@ class TaskCapture(TaskFiles):
             hashers, self._hashers = self._hashers, None
             recorder, self._recorder = self._recorder, None
             ledger, self._deferred = self._deferred, None
+            straight, self._straight = self._straight, None
+        if straight is not None:
+            straight.close()
         if hashers is not None:
             hashers.shutdown(wait=True)
         if recorder is not None:
@@ -271,8 +277,13 @@ class TaskCapture(TaskFiles):
         if not built:
             return
         try:
-            record_ids = self._ensure_open().record_many(records)
-        except Exception as err:  # noqa: BLE001 - e.g. the spool is full or its disk is
+            try:
+                record_ids = self._ensure_open().record_many(records)
+            except SpoolError as err:  # its disk is full, its directory read-only
+                if isinstance(err, SpoolFull):  # the back-end is behind: it would not take them now
+                    raise
+                record_ids = self._straight_into_the_ledger(records, err)
+        except Exception as err:  # noqa: BLE001 - never into the engine unless asked
             self._forget_manifests(records)
             for _, run, future in built:
                 self._not_recorded(run, future, err)
@@ -281,6 +292,25 @@ class TaskCapture(TaskFiles):
         for record, _, future in built:
             if future is not None:
                 _settle(future, ids[id(record)])
+
+    def _straight_into_the_ledger(self, records: list[Record], spool_error: SpoolError) -> list[str]:
+        """Append ``records``, which the spool refused, to the ledger itself, on this worker
+        (off the engine's threads): the one place left to keep them. Said once per capture."""
+        from .._ledger.deferred import spool_first
+
+        with self._lock:
+            if self._straight is None:
+                self._straight = spool_first(self.url, spool=self.spool)
+            straight, said, self._said_straight = self._straight, self._said_straight, True
+        stored = [record.stored() for record in records]
+        try:
+            straight.append_records(stored)
+        except Exception as err:
+            raise SpoolError(f"{spool_error}, and the ledger did not take it either: {err}") from err
+        if not said:
+            log.warning("lineage-ledger: %s; records go straight into the ledger %s instead while the spool "
+                        "cannot take them", spool_error, straight.url)
+        return [entry.id for entry in stored]
 
     def _manifest_records(self, files: FoundFiles | None) -> list[Record]:
         """Records of the manifests of ``files``' directories not journaled by this capture yet."""
@@ -330,7 +360,10 @@ class TaskCapture(TaskFiles):
 
     def _build(self, run: TaskRun, files: FoundFiles | None) -> Record:
         """``run``'s record; runs in submission order (a later task may recall these outputs)."""
-        self._ensure_open()  # recalling a deleted input may need the ledger
+        try:
+            self._ensure_open()  # recalling a deleted input may need the ledger
+        except SpoolError:  # the record is still built: where it can be kept is seen when it is journaled
+            pass
         extra = dict(jsonable(run.extra)) if run.extra else {}
         if files is None:
             inputs: dict[str, dict[str, Any]] = {}

@@ -237,9 +237,9 @@ class JobRecorder:
                         "the next run ships them")
         if lost:
             log.warning("lineage-ledger: %d job(s) were NOT recorded and are NOT kept for a later run: neither "
-                        "the spool nor the pending-jobs journal could take them (see the errors above); their "
-                        "outputs are vouched for by no record: `lineage-ledger adopt` them, or run them again",
-                        len(lost))
+                        "the spool, the ledger nor the pending-jobs journal could take them (see the errors "
+                        "above); their outputs are vouched for by no record: `lineage-ledger adopt` them, or run "
+                        "them again", len(lost))
         if failures > len(lost):
             log.warning("lineage-ledger: %d job(s) could not be recorded (see the errors above); the pending-jobs "
                         "journal keeps them, and the next run records them", failures - len(lost))
