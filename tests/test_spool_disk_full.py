@@ -238,3 +238,14 @@ def test_snakemake_records_what_the_journal_kept_even_when_the_next_run_has_noth
     recorded = [r["task_name"] for r in _bodies(ledger)] if ledger.exists() else []
     assert recorded == ["a"], (first.stderr[-2000:], second.stderr[-2000:])
     assert os.listdir(workdir / ".lineage" / "snakemake-pending") == []
+
+
+def test_run_whose_spool_directory_is_removed_meanwhile_still_ships_its_record(workdir):
+    """``rm -rf .lineage/spool`` while the command runs (a clean-up, a tmp reaper): the
+    record is journaled in a segment no name points to any more; it must still be shipped."""
+    run_cli("run", "--", "true", cwd=workdir, check_rc=0)
+    result = run_cli("run", "-n", "rm-spool", "--", "rm", "-rf", str(workdir / ".lineage" / "spool"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "did not take it" not in result.stderr, result.stderr[-3000:]
+    task, = [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "rm-spool"]
+    assert task["status"] == "succeeded"
