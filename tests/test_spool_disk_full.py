@@ -251,7 +251,6 @@ def test_run_whose_spool_directory_is_removed_meanwhile_still_ships_its_record(w
     assert task["status"] == "succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason="the record stays in a segment no name points to, and dies with run")
 def test_a_record_whose_spool_directory_is_removed_while_the_ledger_is_locked_waits_in_a_new_one(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)
     holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")

@@ -207,13 +207,22 @@ class Recorder:
             if not len(self._writer.current) or self._unshipped:
                 return False
             try:
-                self._unshipped.append(self._writer.rotate())
+                full = self._writer.rotate()
             except SpoolError as err:  # a directory turned read-only, no inode left
                 if not self._in_place:  # said once, not on every wake
                     log.warning("lineage-ledger: %s; shipping from the current segment instead", err)
                 self._in_place = True
                 return True
             self._in_place = False
+            if os.fstat(full.fd).st_nlink == 0:  # its name went with its directory: it dies with us
+                try:
+                    self._writer.append_stored(full.stored())  # into the segment just made again
+                except SpoolError as err:  # shipped from memory all the same
+                    log.warning("lineage-ledger: cannot journal again the records of %s: %s", full.path, err)
+                else:
+                    os.close(full.fd)
+                    return False
+            self._unshipped.append(full)
             return False
 
     def _failed_to_ship(self, err: Exception, count: int) -> bool:

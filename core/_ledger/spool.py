@@ -27,7 +27,7 @@ import uuid
 from blake3 import blake3
 
 from .._errors import SpoolError
-from .._model import Record
+from .._model import Record, StoredRecord
 from .._terminal import printable
 
 # The file-level checks and replay live in two private modules (see their docstrings for
@@ -176,7 +176,13 @@ class SpoolWriter:
         temporary = os.path.join(self.directory, name + ".new")
         fd = -1
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
+            except FileNotFoundError:  # the directory was removed (a clean-up): made again, private
+                _make_private_dir(os.path.dirname(self.directory), parents=True)  # as _prepare makes them
+                _make_private_dir(self.directory)
+                _check_private_dir(self.directory)  # never a link or another user's directory in its place
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
             os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits away
             # Lock before the file gets the name replay looks for, so no replayer can
             # mistake a segment being born for one whose owner died.
@@ -204,6 +210,11 @@ class SpoolWriter:
             parts += (record_id.encode("ascii"), b" ", body, b"\n")
         self._write(b"".join(parts))
         self.current.fresh.extend(entries)
+
+    def append_stored(self, records: list[StoredRecord]) -> None:
+        """Journal again, with one write, records a segment whose name was removed held."""
+        self._write(b"".join(b"%s %s\n" % (r.id.encode("ascii"), r.body) for r in records))
+        self.current.records.extend(records)
 
     def _write(self, data: bytes) -> None:
         fd = self.current.fd
