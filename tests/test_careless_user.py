@@ -296,7 +296,6 @@ def _busy_in(pid: int, directory: Path) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C is click's 'Aborted!', exit 1: 'verification failed'")
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds the process at work through /proc")
 def test_an_interrupted_command_exits_130_not_1(cli, workdir):
     """Exit 1 means a verification failed: a ``verify-lineage || alert`` must not read an

@@ -4,6 +4,7 @@ library errors into a message and an exit status, and read-only opening."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,8 +18,8 @@ from .._terminal import printable
 # The files SQLite keeps beside a ledger: writing over one loses or corrupts committed records.
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
-__all__ = ["COUNT_ARGUMENTS", "Count", "Guarded", "guard", "json_option", "ledger_option", "open_read_only", "refuse_not_a_directory",
-           "refuse_output_over"]
+__all__ = ["COUNT_ARGUMENTS", "Count", "Guarded", "GuardedCommand", "guard", "json_option", "ledger_option",
+           "open_read_only", "refuse_not_a_directory", "refuse_output_over"]
 
 
 ledger_option = click.option(
@@ -80,6 +81,14 @@ class Guarded(click.Group):
         return guard(lambda: super(Guarded, self).invoke(ctx))
 
 
+class GuardedCommand(click.Command):
+    """A command run on its own (``verify-lineage``) guarded as the group's commands are:
+    inside click's ``main``, which would otherwise take Ctrl-C for "Aborted!", exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return guard(lambda: super(GuardedCommand, self).invoke(ctx))
+
+
 
 def guard(call: Callable[[], Any]) -> Any:
     try:
@@ -90,7 +99,12 @@ def guard(call: Callable[[], Any]) -> Any:
     except LedgerError as err:
         click.echo(f"error: {printable(str(err))}", err=True)
         sys.exit(2)
-    except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+    except KeyboardInterrupt:
+        # Not click's "Aborted!", exit 1: that is "a verification failed" here, and a
+        # `verify-lineage || alert` would read Ctrl-C as tampering. 128+SIGINT, as run and shells.
+        click.echo("\ninterrupted", err=True)
+        sys.exit(128 + signal.SIGINT)
+    except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
         raise
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

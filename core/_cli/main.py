@@ -1,7 +1,7 @@
 """The ``lineage-ledger`` and ``verify-lineage`` commands (a thin layer over the library).
 
 Exit status: 0 success or verified, 1 a verification failed, 2 a usage, configuration,
-input or back-end error. ``lineage-ledger run`` exits with its command's status, or 1 where
+input or back-end error, 130 interrupted (Ctrl-C). ``lineage-ledger run`` exits with its command's status, or 1 where
 the command succeeded but the ledger's history was rewritten since this account verified
 it (the record waits in the spool).
 """

@@ -14,6 +14,7 @@ from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
 from .common import (
     Count,
+    GuardedCommand,
     json_option,
     ledger_option,
     open_read_only,
@@ -25,7 +26,7 @@ from .render import report_json, report_lines, unchecked_directories
 __all__ = ['checkpoint', 'keygen', 'migrate', 'reset_trust', 'verify']
 
 
-@click.command(name="verify")
+@click.command(name="verify", cls=GuardedCommand)
 @click.argument("targets", nargs=-1)
 @click.option("--against", "checkpoint_file", type=click.Path(dir_okay=False),
               help="A checkpoint: exit 0 only if the ledger is an append-only extension of it.")
