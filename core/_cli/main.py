@@ -1,9 +1,9 @@
 """The ``lineage-ledger`` and ``verify-lineage`` commands (a thin layer over the library).
 
 Exit status: 0 success or verified, 1 a verification failed, 2 a usage, configuration,
-input or back-end error, 130 interrupted (Ctrl-C). ``lineage-ledger run`` exits with its command's status, or 1 where
-the command succeeded but the ledger's history was rewritten since this account verified
-it (the record waits in the spool).
+input or back-end error, 130 interrupted (Ctrl-C). ``lineage-ledger run`` exits with its
+command's status, or 1 where the command succeeded but the ledger's history was rewritten
+since this account verified it (the record waits in the spool).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class _LazyGroup(click.Group):
         return self._load().get_command(ctx, cmd_name)
 
 
-# Lazy, so that the core never imports mpi4py (or the service) unless the command runs.
 # Lazy, so that the core never imports mpi4py (or the service) unless the command runs.
 cli.add_command(_LazyGroup("baash", "lineage_ledger.backends.baash.cli:baash",
                            "The BAASH MPI ledger service (needs lineage-ledger[mpi])."))
