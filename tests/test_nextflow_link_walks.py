@@ -102,8 +102,6 @@ def _verified(here: Path, *paths: Path, status: int = 0) -> None:
     assert verify.returncode == status, verify.stdout + verify.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="_workdir._files_below walks a staged directory with followlinks=True: "
-                   "the link to its parent loops to the kernel's limit and the one to / walks the file system")
 def test_links_to_the_parent_and_to_root_in_a_staged_directory_are_not_walked(tmp_path):
     """USE's record lists the files of the staged directory (the one ``current`` leads to
     once, by its real path), nothing from MAKE's work directory above it nor from ``/``; the
@@ -138,8 +136,6 @@ def test_links_to_the_parent_and_to_root_in_a_staged_directory_are_not_walked(tm
     _verified(here, used, outdir)
 
 
-@pytest.mark.xfail(strict=True, reason="_workdir leaves a link at the top of a work directory that does not "
-                   "lead to a file out of the task's outputs: re-pointed or dangling, it passes strict -resume")
 def test_a_link_at_the_top_of_a_work_directory_is_recorded_by_its_target(tmp_path):
     """MAKE's ``idx`` (a link to a directory) and ``later`` (to nothing) are in the manifest
     of MAKE's work directory, recorded whole, by their target text; nothing below ``refs`` is

@@ -117,6 +117,78 @@ def test_a_directory_no_manifest_can_hold_or_one_holding_a_staged_input_is_recor
                               "regular file"]
 
 
+def _stage(work: Path, staged: dict[str, Path]) -> None:
+    (work / ".command.sh").write_text("true\n")
+    lines = "".join(f"    ln -s {source} {name}\n" for name, source in staged.items())
+    (work / ".command.run").write_text(f"nxf_stage() {{\n{lines}}}\n")
+    for name, source in staged.items():
+        os.symlink(source, work / name)
+
+
+def test_a_staged_directory_is_walked_into_each_tree_once_never_above_itself(tmp_path):
+    """Links in a staged directory: to its parent, to ``/``, back into it, to the work
+    directory's parent, and two reference trees linking to each other (a cycle): each tree's
+    files are listed once, through the first link that reaches it; nothing above."""
+    made = tmp_path / "up" / "outdir"
+    (made / "v1").mkdir(parents=True)
+    (made / "v1" / "made.txt").write_text("made\n")
+    (tmp_path / "up" / "beside.txt").write_text("not in the directory\n")
+    for name, target in (("parent", ".."), ("root", "/"), ("current", "v1"), ("self", ".")):
+        os.symlink(target, made / name)
+    refs, more = tmp_path / "refs", tmp_path / "more"
+    refs.mkdir()
+    more.mkdir()
+    (refs / "a.txt").write_text("a\n")
+    (more / "b.txt").write_text("b\n")
+    os.symlink(more, refs / "more")
+    os.symlink(refs, more / "back")  # a cycle refs -> more -> refs
+    os.symlink(refs, made / "refs")
+    work = tmp_path / "work" / "dd" / "4444"
+    work.mkdir(parents=True)
+    os.symlink(tmp_path / "work", made / "work")  # holds the task's own directory
+    _stage(work, {"outdir": made})
+    found = read_workdir(str(work))
+    assert found.inputs == [str(made / "refs" / "a.txt"), str(made / "refs" / "more" / "b.txt"),
+                            str(made / "v1" / "made.txt")]
+    assert found.problems == []
+
+
+def test_a_staged_directory_that_holds_the_work_directory_is_not_listed(tmp_path):
+    work = tmp_path / "work" / "ee" / "5555"
+    work.mkdir(parents=True)
+    (tmp_path / "data.txt").write_text("data\n")
+    _stage(work, {"project": tmp_path, "everything": Path("/"), "data.txt": tmp_path / "data.txt"})
+    found = read_workdir(str(work))
+    assert found.inputs == [str(tmp_path / "data.txt")]
+    assert found.problems == [f"project: a staged directory that holds this work directory ({tmp_path}): its files "
+                              "are not listed",
+                              "everything: a staged directory that holds this work directory (/): its files are "
+                              "not listed"]
+
+
+def test_a_link_at_the_top_that_leads_to_no_file_makes_the_work_directory_an_output(tmp_path):
+    """A link to a directory or to nothing at the top: the work directory is an output, first
+    (its manifest keeps the link); a link to a file is an output of its own, as before. A FIFO
+    anywhere makes the whole directory unrecordable: the link is then said not recorded."""
+    work = tmp_path / "work" / "ff" / "6666"
+    work.mkdir(parents=True)
+    _stage(work, {})
+    (tmp_path / "ref.txt").write_text("ref\n")
+    os.symlink(tmp_path, work / "idx")
+    os.symlink("nowhere", work / "later")
+    os.symlink(tmp_path / "ref.txt", work / "ref.txt")
+    (work / "out.txt").write_text("out\n")
+    found = read_workdir(str(work))
+    assert found.outputs == [str(work), str(work / "out.txt"), str(work / "ref.txt")]
+    assert found.problems == []
+    (work / "pipes").mkdir()
+    os.mkfifo(work / "pipes" / "fifo")
+    found = read_workdir(str(work))
+    assert str(work) not in found.outputs
+    assert found.problems[0] == ("idx, later: a link that does not lead to a file, not recorded: the work directory "
+                                 f"cannot be recorded whole ({os.path.join('pipes', 'fifo')} is not a regular file)")
+
+
 class Collected(Handlers):
     def __init__(self):
         self.events = []

@@ -27,9 +27,22 @@ manifest differs, and the check before ``-resume`` and ``verify-lineage`` of the
 see it. What such a link leads to outside the task's own files is not followed (no loop, no
 walk of whatever tree it names): a task that reads through it records the files it read. A
 directory that holds a staged input, or something that cannot be recorded (a socket, a FIFO,
-a device, an entry that cannot be read), is left to its files (``problems`` says why). A link
-directly in the work directory that does not lead to a file lies in no such directory: it is
-not listed (following it could walk any tree, ``/tmp`` and its sockets included).
+a device, an entry that cannot be read), is left to its files (``problems`` says why).
+
+A link the task made directly in its work directory that does not lead to a file (a
+``path 'idx'`` output that is itself a link to a directory, a link to nothing) lies in no
+such directory: the work directory itself is then an output too, whole, so that its manifest
+keeps the link by its target text, never followed (following it could walk any tree, ``/``
+included). Records name no link by itself (a record's entry is compared with what its path
+leads to), so a manifest is the one place a link is kept as a link. Where the work directory
+cannot be recorded (it holds a FIFO, say), ``problems`` says the link is not recorded.
+
+A staged directory gives its files as inputs, links to files followed. A link in it to a
+directory is followed only into a tree not walked yet that holds none walked, nor the task's
+work directory: a link to the directory's own parent, to ``/``, back into it or around a
+cycle is not walked (what it is, is in the manifest of the directory's producer); a link to
+a reference elsewhere is, since the task may read through it. A staged directory that holds
+the work directory (``/``, the launch directory) is not listed (``problems`` says so).
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
 
 #: Files Nextflow's wrapper writes in every work directory; not the task's outputs.
@@ -53,6 +67,9 @@ _CONTAINER = re.compile(r"(?:docker|podman)\s+run\s.*?--name\s+\$NXF_BOXID\s+(\S
                         r"|(?:singularity|apptainer)\s+(?:exec|run)\s.*?\s(\S+)\s+/bin/(?:ba)?sh\b")
 #: The staging commands of each stageInMode, and the tail of their argument lists (SRC DST).
 _STAGE_COMMANDS = ("ln", "cp", "rsync")
+#: The directory a manifest leaves out at its top (the ledger's own state; see the core's
+#: ``_files.manifest``).
+_SKIPPED_BY_MANIFESTS = ".lineage"
 
 
 @dataclass
@@ -98,12 +115,20 @@ def read_workdir(path: str) -> WorkDir:
         work.exit_code = int(text) if text.lstrip("-").isdigit() else None
     except OSError:
         pass  # a task killed before it ended writes none
-    work.inputs = _input_files(path, work.staged)
-    written, unrecordable = _walk_written(path, work.staged)
+    work.inputs = _input_files(path, work.staged, work.problems)
+    written, unrecordable, loose = _walk_written(path, work.staged)
     # The directories first: the capture then takes their files' digests from the manifests
     # instead of reading each file twice.
     directories = _output_directories(path, work.staged, unrecordable)
-    work.outputs = directories + written
+    whole: list[str] = []
+    if loose:
+        why = _not_recordable_whole(path)
+        if why is None:
+            whole = [path]
+        else:
+            work.problems.append(f"{', '.join(loose)}: a link that does not lead to a file, not recorded: the work "
+                                 f"directory cannot be recorded whole ({why})")
+    work.outputs = whole + directories + written
     work.problems.extend(f"{os.path.basename(d)}: recorded file by file only: {why}"
                          for d, why in sorted(unrecordable.items()))
     return work
@@ -142,14 +167,20 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _input_files(workdir: str, staged: dict[str, str]) -> list[str]:
-    """The real files behind each staged input; a staged directory gives every file in it."""
+def _input_files(workdir: str, staged: dict[str, str], problems: list[str]) -> list[str]:
+    """The real files behind each staged input; a staged directory gives every file in it
+    (:func:`_files_below`), unless it holds the work directory (noted in ``problems``)."""
     files: dict[str, None] = {}
-    for source in staged.values():
+    here = os.path.realpath(workdir)
+    for name, source in staged.items():
         target = source if os.path.isabs(source) else os.path.join(workdir, source)
         real = os.path.realpath(target)
         if os.path.isdir(real):
-            files.update(dict.fromkeys(_files_below(real, follow=True)))
+            if _within(here, real):  # '/', the launch directory: the task's own files, and every other's
+                problems.append(f"{name}: a staged directory that holds this work directory ({real}): its files "
+                                "are not listed")
+                continue
+            files.update(dict.fromkeys(_files_below(real, fence=here)))
         else:
             files[real] = None  # a source that is gone is recalled from the ledger, or listed unhashed
     return list(files)
@@ -161,13 +192,15 @@ def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
     return _walk_written(workdir, staged)[0]
 
 
-def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """:func:`_written_files`, and ``{top-level directory: why}`` for each directory of
-    ``workdir`` whose manifest cannot be made (it holds a socket, a FIFO, a device or an
-    entry that cannot be read), in the same walk."""
+def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """:func:`_written_files`; ``{top-level directory: why}`` for each directory of ``workdir``
+    whose manifest cannot be made (it holds a socket, a FIFO, a device or an entry that cannot
+    be read); and the names of the links the task made at the top of ``workdir`` that do not
+    lead to a regular file (to a directory, to nothing): all in the same walk."""
     skip = {os.path.join(workdir, name) for name in staged}
     written = []
     unrecordable: dict[str, str] = {}
+    loose: list[str] = []
 
     def top(path: str) -> str:
         return os.path.join(workdir, os.path.relpath(path, workdir).split(os.sep, 1)[0])
@@ -178,18 +211,52 @@ def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict
 
     for root, dirs, files in os.walk(workdir, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if os.path.join(root, d) not in skip)
+        if root == workdir:  # a link to a directory is listed among dirs (and not walked)
+            loose.extend(d for d in dirs if os.path.islink(os.path.join(root, d)))
         for name in sorted(files):
             full = os.path.join(root, name)
             if full in skip or (root == workdir and name in WRAPPER_FILES):
                 continue
             if not os.path.isfile(full):
-                # A link to nothing is in the manifest of its directory; a socket, a FIFO or
-                # a device makes a directory's manifest impossible (the core refuses it).
-                if root != workdir and not os.path.islink(full):
+                # A link to nothing is in the manifest of its directory (at the top, in the work
+                # directory's); a socket, a FIFO or a device makes a directory's manifest
+                # impossible (the core refuses it).
+                if os.path.islink(full):
+                    if root == workdir:
+                        loose.append(name)
+                elif root != workdir:
                     unrecordable.setdefault(top(full), f"{os.path.relpath(full, workdir)} is not a regular file")
                 continue
             written.append(full)
-    return written, unrecordable
+    return written, unrecordable, sorted(loose)
+
+
+def _not_recordable_whole(workdir: str) -> str | None:
+    """Why no manifest of ``workdir`` can be made (the core's scan would refuse it: a socket,
+    a FIFO or a device anywhere in it, an entry that cannot be read, a name that is not
+    UTF-8), or None. Links are not followed, as the scan follows none."""
+    problem: list[str] = []
+
+    def unreadable(err: OSError) -> None:
+        problem.append(f"{err.filename}: {err.strerror or err}")
+
+    for root, dirs, files in os.walk(workdir, onerror=unreadable):
+        if root == workdir and _SKIPPED_BY_MANIFESTS in dirs:
+            dirs.remove(_SKIPPED_BY_MANIFESTS)
+        for name in [*dirs, *files]:
+            full = os.path.join(root, name)
+            try:
+                name.encode("utf-8")
+                mode = os.lstat(full).st_mode
+            except UnicodeEncodeError:
+                return f"{os.path.relpath(full, workdir)!r}: the name is not valid UTF-8"
+            except OSError as err:
+                return f"{full}: {err.strerror or err}"
+            if not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
+                return f"{os.path.relpath(full, workdir)} is not a regular file"
+        if problem:
+            return problem[0]
+    return problem[0] if problem else None
 
 
 def _output_directories(workdir: str, staged: dict[str, str], unrecordable: dict[str, str]) -> list[str]:
@@ -205,13 +272,34 @@ def _output_directories(workdir: str, staged: dict[str, str], unrecordable: dict
             if entry.name not in staging and entry.path not in unrecordable and entry.is_dir(follow_symlinks=False)]
 
 
-def _files_below(directory: str, *, follow: bool) -> list[str]:
+def _files_below(directory: str, *, fence: str | None = None) -> list[str]:
+    """Regular files below ``directory`` (a real path), links to files followed, in walk
+    order. A link to a directory is followed only into a tree that is neither in nor above
+    one walked already (``directory`` first) nor above ``fence`` (the task's work directory):
+    each tree is walked once, so no link to the directory's parent, to ``/`` or round a cycle
+    is walked, and what a link into the directory leads to is listed under its own name."""
+    trees = [directory]
     found: list[str] = []
-    for root, dirs, files in os.walk(directory, followlinks=follow):
-        dirs.sort()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                real = os.path.realpath(path)
+                if any(_within(real, tree) or _within(tree, real) for tree in trees) or \
+                        (fence is not None and _within(fence, real)):
+                    continue
+                trees.append(real)
+            kept.append(name)
+        dirs[:] = kept
         found.extend(os.path.join(root, name) for name in sorted(files)
                      if os.path.isfile(os.path.join(root, name)))
     return found
+
+
+def _within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (both real, normal paths)."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def task_key(workdir: str) -> str:
