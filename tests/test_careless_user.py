@@ -327,3 +327,26 @@ def test_an_interrupted_command_exits_130_not_1(cli, workdir):
         assert err.strip().splitlines()[-1] == "interrupted", (command, err[-500:])
     if not interrupted:
         pytest.skip("every command finished before it could be interrupted")
+
+
+# -- a reader that goes away ---------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="a closed pipe ('| head -1') exits 1, the status of a failed check")
+def test_output_cut_short_by_its_reader_is_not_a_failed_check(cli, workdir):
+    """``lineage-ledger hash DIR | head -1`` under ``set -o pipefail``: the reader leaving is
+    no failed check (exit 1 everywhere else). Exit 128+SIGPIPE, what a shell reports for a
+    writer the pipe ended, with nothing on standard error."""
+    tree = workdir / "tree"
+    tree.mkdir()
+    for i in range(3000):  # 3,000 lines of 90 bytes: more than a pipe holds
+        (tree / f"f{i}").write_text(str(i))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "hash", "tree"], cwd=workdir,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()  # what `head -1` does
+    err = process.stderr.read().decode()
+    process.wait(timeout=120)
+    assert first.split()[-1] == b"tree/f0", first
+    assert process.returncode == 128 + signal.SIGPIPE, (process.returncode, err[-500:])
+    assert err == "", err
