@@ -108,7 +108,7 @@ def guard(call: Callable[[], Any]) -> Any:
         raise
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        sys.exit(128 + signal.SIGPIPE)  # as a shell reports a writer the pipe ended; 1 is a failed check
     except RecursionError:
         click.echo("error: the lineage is too deep to walk (over ~900 tasks in one chain)", err=True)
         sys.exit(2)
