@@ -143,8 +143,6 @@ def test_links_to_the_parent_and_to_root_in_a_staged_directory_are_not_walked(tm
     _verified(here, used, outdir)
 
 
-@pytest.mark.xfail(strict=True, reason="_tasks._publish names a published link to a directory: its record hashes "
-                   "what the link leads to (/ here, and the record is lost)")
 def test_a_link_at_the_top_of_a_work_directory_is_recorded_by_its_target(tmp_path):
     """MAKE's ``idx`` (a link to a directory), ``sys`` (to ``/``) and ``later`` (to nothing)
     are in the manifest of MAKE's work directory, recorded whole, by their target text;

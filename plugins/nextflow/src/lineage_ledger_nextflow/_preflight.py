@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _state
+from ._workdir import a_link_to_no_file
 
 log = logging.getLogger("lineage_ledger.nextflow")
 
@@ -72,9 +73,13 @@ def plan(tasks: dict[str, dict[str, Any]]) -> Plan:
         for path in task.get("outputs", []):
             result.producers[path] = key
             checked[path] = None
-        for _source, target in task.get("published", []):
+        for source, target in task.get("published", []):
             result.producers[target] = key
-            checked[target] = None
+            # The published link to a link the task made that leads to no file is not recorded
+            # (_tasks), and its check would walk what it leads to: the work directory's
+            # manifest keeps the task's link.
+            if not (a_link_to_no_file(source) and os.path.islink(target)):
+                checked[target] = None
         for path in task.get("inputs", []):
             result.consumers.setdefault(path, []).append(key)
             checked[path] = None

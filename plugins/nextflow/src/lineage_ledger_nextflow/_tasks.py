@@ -27,7 +27,7 @@ from typing import Any
 
 from ._log import Completed, Handlers, Note, Published
 from ._unverified import Unverified
-from ._workdir import read_workdir, task_key
+from ._workdir import a_link_to_no_file, read_workdir, task_key
 
 log = logging.getLogger("lineage_ledger.nextflow")
 
@@ -162,7 +162,8 @@ class TaskRecorder(Handlers):
             task["published"] = [[i.source, i.target] for i in items]
             extra = {"workdir": task["workdir"], "hash": key, "published": {i.target: i.mode for i in items},
                      "nextflow_status": "PUBLISHED"}
-            inputs, outputs = self._vouched([i.source for i in items], [i.target for i in items], extra)
+            sources, targets = _published_files(task, items, extra)
+            inputs, outputs = self._vouched(sources, targets, extra)
             self.capture.post(TaskRun(
                 task_id=f"{key}/publish", task_name=f"{task['process']}:publish", status="succeeded",
                 started=now, ended=now, inputs=inputs, outputs=outputs, extra=extra,
@@ -176,6 +177,35 @@ class TaskRecorder(Handlers):
         if self.unverified is None:
             return inputs, outputs
         return self.unverified.apply(inputs, outputs, extra)
+
+
+def _published_files(task: Mapping[str, Any], items: list[Published],
+                     extra: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The sources and targets a publication record names. A link that does not lead to a
+    file (a ``path 'idx'`` output that is a link to a directory, a link to nothing, and its
+    published link) is not named: hashing it would walk whatever it leads to (``/``, say).
+    Its source is in the manifest of the work directory, recorded whole, which is named in
+    its place; ``extra.not_recorded`` names the rest. A copy Nextflow made of what such a
+    link leads to is a directory of its own, and named."""
+    sources: dict[str, None] = {}
+    targets: dict[str, None] = {}
+    left: list[str] = []
+    for item in items:
+        if not a_link_to_no_file(item.source):
+            sources[item.source] = None  # a file, a directory the task made: as ever
+            targets[item.target] = None
+            continue
+        if task["workdir"] in task.get("outputs", ()):
+            sources[task["workdir"]] = None
+        else:
+            left.append(item.source)
+        if os.path.islink(item.target):
+            left.append(item.target)  # symlink modes: a link to the link
+        else:
+            targets[item.target] = None
+    if left:
+        extra["not_recorded"] = {path: "a symbolic link that does not lead to a file: not followed" for path in left}
+    return list(sources), list(targets)
 
 
 def _split_name(name: str) -> tuple[str, str | None]:

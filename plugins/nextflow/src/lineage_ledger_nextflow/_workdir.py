@@ -302,6 +302,12 @@ def _within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
+def a_link_to_no_file(path: str) -> bool:
+    """A symbolic link that does not lead to a regular file (to a directory, to nothing):
+    recorded by its target text in a manifest only, never followed."""
+    return os.path.islink(path) and not os.path.isfile(path)
+
+
 def task_key(workdir: str) -> str:
     """The task's full hash, as its work directory spells it (``ab/cdef...`` -> ``abcdef...``)."""
     parent, leaf = os.path.split(os.path.normpath(workdir))
