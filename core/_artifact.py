@@ -6,12 +6,15 @@ Split out of :mod:`._model`, which re-exports every name here.
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Artifact", "DirectoryArtifact", "artifact_map", "is_alias"]
+__all__ = ["Artifact", "DirectoryArtifact", "artifact_map", "is_alias", "is_normal_path", "recorded_path",
+           "recorded_paths"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _HEX64_MATCH = _HEX64.match
@@ -70,6 +73,78 @@ class DirectoryArtifact(Artifact):
         return True
 
 
+# -- paths ------------------------------------------------------------------------------------
+# A record names each file by its normal absolute path, as `normalize_path` (the CLI, the
+# plugins, the look-ups) makes it: a new Record normalises what it is given; a stored record
+# with a path that is relative or has a "." or ".." component, an empty one or a trailing
+# slash (from a writer that did not go through Record) is not read: each reader's decode
+# refuses it, so it is reported as a failing record, never followed.
+def recorded_path(path: Any) -> Any:
+    """The path a new record names for ``path``: absolute against the working directory,
+    ``.``, ``..``, repeated and trailing slashes removed without looking at the disk
+    (``os.path.abspath``, as ``normalize_path``). Anything but a string without NUL is
+    handed back for :func:`artifact_map` to refuse."""
+    if type(path) is str and path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/":
+        return path  # the common case: already normal
+    if not isinstance(path, str) or "\x00" in path:
+        return path
+    return os.path.abspath(path)
+
+
+def is_normal_path(path: str) -> bool:
+    """True for an absolute path without a ``.``, ``..`` or empty component (``/a//b``) or
+    a trailing slash: what :func:`recorded_path` returns. (``//a``, which POSIX lets mean
+    something else than ``/a``, is normal: ``os.path.abspath`` keeps it.)"""
+    if path[:1] != "/":
+        return False
+    return "/." not in path and "//" not in path and path[-1:] != "/" or posixpath.normpath(path) == path
+
+
+def _not_normal(what: str, path: str) -> ValueError:
+    return ValueError(f"{what}: the path {path!r} is not normal (relative, a '.', '..' or empty component, or a "
+                      "trailing slash); records name files by their normal absolute path")
+
+
+def recorded_paths(value: Mapping[str, Any] | Sequence[Artifact], what: str) -> Any:
+    """``value`` (a record's inputs or outputs, as given to :class:`Record`) with every path
+    and ``alias_of`` target made what :func:`recorded_path` makes it; ``value`` itself when
+    nothing changes. Two spellings of one file (``b.txt`` and ``x/../b.txt``) in a mapping
+    become one entry, or a ``ValueError`` where their entries differ; in a list of artifacts
+    the later one is kept, as for one path given twice there."""
+    if type(value) is not dict and not isinstance(value, Mapping):
+        return {recorded_path(a.path): a.entry() for a in value}
+    if all(recorded_path(path) == path for path in value) and \
+            not any(isinstance(entry, Mapping) and "alias_of" in entry for entry in value.values()):
+        return value
+    result: dict[Any, Any] = {}
+    for path, entry in value.items():
+        normal = recorded_path(path)
+        if isinstance(entry, Mapping) and "alias_of" in entry:
+            entry = {**entry, "alias_of": recorded_path(entry["alias_of"])}
+        if normal in result and _plain(result[normal]) != _plain(entry):
+            raise ValueError(f"{what}: {path!r} is {normal!r}, named already with another digest or kind")
+        result.setdefault(normal, entry)
+    return result
+
+
+def _all_normal(paths: Mapping[Any, Any]) -> bool:
+    """True when every key is a string without NUL and a normal absolute path; False when
+    one may not be (each is then checked on its own: a "/." may be a hidden file's name).
+    A few scans of the paths joined by NUL: checking each path apart cost a quarter of
+    :func:`artifact_map`."""
+    try:
+        joined = "\x00".join(paths)
+    except TypeError:
+        return False
+    separators = len(paths) - 1
+    return joined[:1] == "/" and "/." not in joined and "//" not in joined and "/\x00" not in joined \
+        and joined[-1:] != "/" and joined.count("\x00") == separators and joined.count("\x00/") == separators
+
+
+def _plain(entry: Any) -> Any:
+    return entry.entry() if isinstance(entry, Artifact) else dict(entry) if isinstance(entry, Mapping) else entry
+
+
 # An entry is {"blake3", "size"} (a file, as records always had it), with "type": "dir" for a
 # directory, and "alias_of": PATH where the path is how a task named a file whose real path
 # (every symbolic link resolved) is the entry PATH of the same map.
@@ -85,10 +160,13 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
         return {a.path: a.entry() for a in value}
     result: dict[str, dict[str, Any]] = {}
     aliases = False
+    checked = _all_normal(value)  # the common case, for the whole map at once
     for path, entry in value.items():
-        if type(path) is not str or "\x00" in path:
+        if not checked:
             if not isinstance(path, str) or "\x00" in path:
                 raise ValueError(f"{what}: paths must be strings without NUL, got {path!r}")
+            if not is_normal_path(path):
+                raise _not_normal(what, path)
         if type(entry) is dict and entry.keys() == _ENTRY_KEYS:
             # A file's entry as records and JSON hold it: the checks below, without the rest.
             digest, size = entry["blake3"], entry["size"]

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from blake3 import blake3
 
-from ._artifact import Artifact, DirectoryArtifact, _check_hex, artifact_map, is_alias
+from ._artifact import Artifact, DirectoryArtifact, _check_hex, artifact_map, is_alias, recorded_paths
 from ._canonical import (
     canonical_bytes,
     canonical_object,
@@ -78,6 +78,10 @@ class Record:
     _times: tuple[str, str] = field(default=("", ""), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # A new record names its files by their normal absolute paths (see _artifact.recorded_path);
+        # a decoded one is only checked (a stored path that is not normal is refused).
+        object.__setattr__(self, "inputs", recorded_paths(self.inputs, "inputs"))
+        object.__setattr__(self, "outputs", recorded_paths(self.outputs, "outputs"))
         self._check_fields()
         for name in ("parameters", "environment", "extra"):
             value = getattr(self, name)
