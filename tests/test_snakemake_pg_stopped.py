@@ -63,7 +63,6 @@ def stopped(server: PostgresServer) -> Iterator[None]:
         _signal(server, signal.SIGCONT)
 
 
-@pytest.mark.xfail(strict=True, reason="the recording process's close waits for the connection attempt to time out")
 def test_a_snakemake_run_ends_soon_when_its_postgresql_server_stops_answering(server, tmp_path):
     require_snakemake()
     url = f"{server.create_database()}?connect_timeout={CONNECT_TIMEOUT}"

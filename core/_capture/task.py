@@ -182,8 +182,13 @@ class TaskCapture(TaskFiles):
             hashers.shutdown(wait=True)
         if recorder is not None:
             done = recorder.close(timeout) and done
-        if ledger is not None:
+        if ledger is not None and done:
             ledger.close()
+        elif ledger is not None:
+            # The recorder's thread may still be in the back-end (connecting to a server that
+            # says nothing, waiting for a lock) and holds the ledger's lock: closing here would
+            # wait out the driver's own timeout. Closed once it lets go; the records are spooled.
+            threading.Thread(target=ledger.close, name="lineage-ledger-close", daemon=True).start()
         return done
 
     def __enter__(self) -> TaskCapture:
