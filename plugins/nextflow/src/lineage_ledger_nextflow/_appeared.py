@@ -18,7 +18,8 @@ gone now is a change too: Nextflow checks that the directory is there, not what 
 A symbolic link to a file counts as a file (``_workdir`` lists the links a task makes to
 files among its outputs), so a link slipped in is seen too. A link to a directory, or one
 that leads nowhere, is not looked at here: the manifest of the directory output it lies in
-(recorded whole beside its files, ``_workdir``) differs, which the ledger's check sees.
+(recorded whole beside its files, ``_workdir``), or of the work directory for one the task
+made at its top, differs, which the ledger's check sees.
 Limits: a list written before the wrapper listed links makes a link its task made count as
 appeared (run that session once without ``-resume``, or under ``warn``).
 """
