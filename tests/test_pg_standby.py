@@ -72,9 +72,13 @@ def _records(url: str) -> int:
 def test_run_against_a_standby_waits_and_ships_after_promotion(workdir, primary_and_standby):
     primary, url, make_standby, database = primary_and_standby
     run_cli("run", "--ledger", url, "--", "true", cwd=workdir, check_rc=0)  # the ledger, on the primary
+    empty = primary.create_database().rsplit("/", 1)[1]  # a database with no ledger in it yet
     standby = make_standby()
     at_standby = standby.dsn(database)
     assert _records(at_standby) == 1  # replicated
+    # A ledger not made yet: its tables cannot be created on a standby either; that waits too.
+    new = run_cli("run", "--ledger", standby.dsn(empty), "--", "true", cwd=workdir)
+    assert new.returncode == 0 and "waits" in new.stderr and "standby" in new.stderr, new.stderr
 
     result = run_cli("run", "--ledger", at_standby, "--", "true", cwd=workdir)
     assert result.returncode == 0, (result.returncode, result.stderr)
@@ -82,12 +86,13 @@ def test_run_against_a_standby_waits_and_ships_after_promotion(workdir, primary_
     assert "standby" in result.stderr or "recovery" in result.stderr, result.stderr  # says why
     shipped = run_cli("spool", "ship", "--ledger", at_standby, "--timeout", "1", cwd=workdir)
     assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr, shipped.stderr  # try again later
-    assert _waiting(workdir) == 1
+    assert _waiting(workdir) == 2  # one for each ledger
 
     primary.stop()  # the failover: the primary is gone, the standby takes over
     standby.promote()
     run_cli("spool", "ship", "--ledger", at_standby, cwd=workdir, check_rc=0)
-    assert _waiting(workdir) == 0 and _records(at_standby) == 2
+    run_cli("spool", "ship", "--ledger", standby.dsn(empty), cwd=workdir, check_rc=0)
+    assert _waiting(workdir) == 0 and _records(at_standby) == 2 and _records(standby.dsn(empty)) == 1
     verified = run_cli("--ledger", at_standby, cwd=workdir, program="verify-lineage")
     assert verified.returncode == 0 and "verified" in verified.stdout, (verified.stdout, verified.stderr)
 
