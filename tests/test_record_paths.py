@@ -87,8 +87,6 @@ def test_readers_report_a_stored_path_with_dot_dot_as_a_failing_record(workdir, 
     assert "unexpected" not in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the full audit reads index fields only and passes such a record "
-                                       "(core/_log/audit_rows.py, lead-owned)")
 def test_a_full_audit_reports_a_stored_path_with_dot_dot(workdir):
     record_id = _other_writers_record(workdir)
     result = run_cli(cwd=workdir, program="verify-lineage")

@@ -32,12 +32,41 @@ def _index_view():
 
 
 def decode_views(block) -> list[Any]:
+    """What the index holds of each record body of ``block``; ``RecordTampered`` for a body
+    that is not readable, or that names a path which is not normal (see :func:`_check_paths`)."""
     decoder, error = _DECODER or _load_decoder()
     try:
-        return [decoder.decode(body) for body in block.bodies]
+        views = [decoder.decode(body) for body in block.bodies]
     except (error, RecursionError) as err:  # nested past what a parser follows: unreadable too
         raise RecordTampered(f"block {block.height}: a record is not readable ({err})",
                              height=block.height) from err
+    _check_paths(block, views)
+    return views
+
+
+def _check_paths(block, views: list[Any]) -> None:
+    """Every path the records of ``block`` name is normal and absolute, as every reader's
+    decode requires (``_artifact.is_normal_path``): a record naming ``/w/sub/../b.txt`` was
+    let through by the audit, and a look-up of ``/w/b.txt`` never finds it. One join and one
+    scan for the whole block (C speed); the paths are checked one by one only where the scan
+    flags something, to name the record."""
+    paths = [path for view in views for side in (view.inputs, view.outputs) for path in side]
+    if not paths:
+        return
+    joined, separators = "\x00".join(paths), len(paths) - 1
+    if joined[:1] == "/" and "/." not in joined and "//" not in joined and "/\x00" not in joined \
+            and joined[-1:] != "/" and joined.count("\x00") == separators == joined.count("\x00/"):
+        return  # "/." may be a hidden file's name: such a block is checked path by path
+    from .._artifact import is_normal_path
+
+    for position, (record_id, view) in enumerate(zip(block.ids, views, strict=True)):
+        for side in (view.inputs, view.outputs):
+            for path in side:
+                if "\x00" in path or not is_normal_path(path):
+                    raise RecordTampered(
+                        f"record {str(record_id)[:16]} (block {block.height}, position {position}) names the path "
+                        f"{path!r}, which is not normal (relative, a '.', '..' or empty component, or a trailing "
+                        "slash): records name files by their normal absolute path", height=block.height)
 
 
 _DECODER: tuple[Any, Any] | None = None
