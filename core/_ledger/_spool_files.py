@@ -81,6 +81,17 @@ class Segment:
     def sync(self) -> None:
         os.fsync(self.fd)
 
+    def drop_shipped(self, count: int) -> None:
+        """The first ``count`` records are in the ledger (shipped without a rotation): forget
+        them, and empty the file once none is left. Lines journaled meanwhile keep the shipped
+        ones in the file; a replay after a crash finds those in the ledger already."""
+        del self.records[:count]
+        if not len(self):
+            try:
+                os.ftruncate(self.fd, 0)  # a file of this process: no new file needed
+            except OSError as err:
+                log.warning("lineage-ledger: cannot empty spool segment %s: %s", printable(self.path), err)
+
     def delete(self) -> None:
         try:
             os.unlink(self.path)

@@ -214,15 +214,8 @@ class Recorder:
                 self._in_place = True
                 return True
             self._in_place = False
-            if os.fstat(full.fd).st_nlink == 0:  # its name went with its directory: it dies with us
-                try:
-                    self._writer.append_stored(full.stored())  # into the segment just made again
-                except SpoolError as err:  # shipped from memory all the same
-                    log.warning("lineage-ledger: cannot journal again the records of %s: %s", full.path, err)
-                else:
-                    os.close(full.fd)
-                    return False
-            self._unshipped.append(full)
+            if full is not None:  # (None: journaled again in the new segment, see rotate)
+                self._unshipped.append(full)
             return False
 
     def _failed_to_ship(self, err: Exception, count: int) -> bool:
@@ -254,12 +247,7 @@ class Recorder:
             return self._failed_to_ship(err, len(batch))
         self.last_error = None
         with self._lock:
-            del segment.records[: len(batch)]
-            if not len(segment):
-                try:
-                    os.ftruncate(segment.fd, 0)  # a file of this process: no new file needed
-                except OSError as err:  # shipped; a replay finds them in the ledger already
-                    log.warning("lineage-ledger: cannot empty spool segment %s: %s", segment.path, err)
+            segment.drop_shipped(len(batch))
             self._acknowledged(len(batch))
         return True
 

@@ -228,10 +228,20 @@ class SpoolWriter:
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
             raise SpoolError(f"cannot append to the spool {self.current.path}: {err.strerror or err}") from err
 
-    def rotate(self) -> Segment:
-        """Start a new segment; return the previous one with its records."""
+    def rotate(self) -> Segment | None:
+        """Start a new segment; return the previous one with its records. None where its
+        name was removed (with its directory, made again for the new one): it would die with
+        this process, so its records are journaled again in the new segment instead."""
         full, self.current = self.current, self._open_segment()
-        return full
+        if os.fstat(full.fd).st_nlink:
+            return full
+        try:
+            self.append_stored(full.stored())
+        except SpoolError as err:  # the caller ships it from memory all the same
+            log.warning("lineage-ledger: cannot journal again the records of %s: %s", printable(full.path), err)
+            return full
+        os.close(full.fd)
+        return None
 
     def close(self) -> Segment:
         return self.current
