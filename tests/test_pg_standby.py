@@ -143,3 +143,27 @@ def test_a_recorder_keeps_waiting_on_a_standby_until_it_is_promoted(tmp_path, pr
     assert any("closed done=True" in line for line in seen), seen
     assert not any("for good" in line for line in seen), seen
     assert _records(at_standby) == 2
+
+
+def test_a_parsl_run_against_a_standby_leaves_its_records_waiting_not_refused(workdir, cli, primary_and_standby):
+    """An engine's run end to end (the Parsl example pipeline, in a process of its own): its
+    records wait in the spool, said once as for a server that is down, not as a refusal for
+    good; after the failover they ship and verify."""
+    pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
+    from tests.test_parsl_backend_down import TRIES, assert_prompt_and_told, run_parsl, spooled
+
+    primary, url, make_standby, database = primary_and_standby
+    run_cli("run", "--ledger", url, "--", "true", cwd=workdir, check_rc=0)
+    standby = make_standby()
+    at_standby = standby.dsn(database)
+    report, stderr, elapsed = run_parsl(workdir, at_standby)
+    assert "for good" not in stderr, stderr[-3000:]
+    assert_prompt_and_told(report, stderr, elapsed)
+    assert list(spooled(cli, workdir / "spool").values()) == [TRIES]
+
+    primary.stop()
+    standby.promote()
+    cli("spool", "ship", "--ledger", at_standby, "--spool", workdir / "spool", check_rc=0)
+    assert spooled(cli, workdir / "spool") == {} and _records(at_standby) == 1 + TRIES
+    verified = run_cli("--ledger", at_standby, cwd=workdir, program="verify-lineage")
+    assert verified.returncode == 0, (verified.stdout, verified.stderr)
