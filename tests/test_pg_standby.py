@@ -167,3 +167,18 @@ def test_a_parsl_run_against_a_standby_leaves_its_records_waiting_not_refused(wo
     assert spooled(cli, workdir / "spool") == {} and _records(at_standby) == 1 + TRIES
     verified = run_cli("--ledger", at_standby, cwd=workdir, program="verify-lineage")
     assert verified.returncode == 0, (verified.stdout, verified.stderr)
+
+
+@pytest.mark.xfail(strict=True, reason="a read-only PostgreSQL database was said to be a file this user may not write")
+def test_a_database_an_administrator_set_read_only_is_still_refused_for_good_and_named_so(workdir, postgres_url):
+    """The other side of the split (tests/test_review_left_s38.py checks the exit status):
+    default_transaction_read_only is a refusal for good, named as the database's, not as
+    an SQLite file's ("this user may not write its file or directory")."""
+    import psycopg
+
+    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{postgres_url.rsplit("/", 1)[1]}" SET default_transaction_read_only = on')
+    result = run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir)
+    assert result.returncode == 1 and "waiting will not" in result.stderr, result.stderr
+    assert "the database is read-only" in result.stderr and "file or directory" not in result.stderr, result.stderr
