@@ -169,7 +169,6 @@ def test_a_parsl_run_against_a_standby_leaves_its_records_waiting_not_refused(wo
     assert verified.returncode == 0, (verified.stdout, verified.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="a read-only PostgreSQL database was said to be a file this user may not write")
 def test_a_database_an_administrator_set_read_only_is_still_refused_for_good_and_named_so(workdir, postgres_url):
     """The other side of the split (tests/test_review_left_s38.py checks the exit status):
     default_transaction_read_only is a refusal for good, named as the database's, not as

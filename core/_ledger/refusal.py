@@ -59,7 +59,9 @@ def permanent_refusal(err: BaseException | None) -> str | None:
         if name in ("SQLITE_PERM", "SQLITE_AUTH"):
             return "permission denied"
         text = str(cause).lower()
-        if "opened for reading only" in text or "readonly database" in text or "read-only transaction" in text:
+        if "read-only transaction" in text:  # PostgreSQL's text (a redacted cause has no SQLSTATE)
+            return _PERMANENT_SQLSTATES["25006"]
+        if "opened for reading only" in text or "readonly database" in text:
             # The first: an SQLite ledger this user may not write, opened by its reader.
             return "the ledger is read-only here (this user may not write its file or directory)"
         if "permission denied" in text:
