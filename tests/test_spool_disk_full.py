@@ -157,7 +157,6 @@ def test_snakemake_goes_on_recording_once_the_disk_under_lineage_has_room_again(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a done line the full journal refuses is logged with a traceback")
 def test_snakemake_records_straight_into_a_ledger_on_another_disk_and_says_so_plainly(lineage_on_small_disk):
     workdir = lineage_on_small_disk
     (workdir / "Snakefile").write_text(FILL_THEN_FREE)

@@ -54,6 +54,7 @@ class RecordingQueue:
         self._lock = threading.Lock()
         self._closed = False
         self.failed: list[str] = []  # keys of the runs that could not be recorded (each one logged)
+        self._unmarked: list[tuple[str, str | None]] = []  # recorded, but the journal could not say so
 
     def add(self, key: str, run: Any) -> Future[str | None]:
         done: Future[str | None] = Future()
@@ -77,7 +78,12 @@ class RecordingQueue:
             try:
                 record_id = f.result()
                 self.on_done(key, record_id)
-            except Exception:  # noqa: BLE001 - e.g. a full disk under the journal
+            except OSError as err:  # a full disk under the journal: the job is recorded all the same
+                log.warning("lineage-ledger: job %s is recorded, but the pending-jobs journal cannot say so yet: %s",
+                            key, err)
+                with self._lock:  # said again at the end: else a kept journal would have it recorded twice
+                    self._unmarked.append((key, record_id))
+            except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not mark job %s recorded", key)
             finally:
                 # Always resolved: jobs waiting on this one, and the exit, must not hang.
@@ -96,6 +102,14 @@ class RecordingQueue:
         # Runs chained behind their temp inputs' producers are submitted while we wait.
         _, not_done = wait(futures, timeout=timeout)
         self._closed = True
+        with self._lock:
+            unmarked, self._unmarked = self._unmarked, []
+        for key, record_id in unmarked:
+            try:
+                self.on_done(key, record_id)
+            except OSError as err:  # a later run may record this job again (a second record of it)
+                log.warning("lineage-ledger: the pending-jobs journal still cannot say job %s is recorded: %s",
+                            key, err)
         with self._lock:
             # A run that failed long ago has left the futures: its key says it (an orphan's
             # journal is not this run's: it is kept, or removed, on its own).
