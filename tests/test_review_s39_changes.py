@@ -53,9 +53,6 @@ def test_a_ledger_an_earlier_release_wrote_with_a_relative_path_is_not_called_ta
     assert verify.returncode == 0, (record_id, verify.stdout, verify.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "07e0305 refused empty paths but not --key '': 'checkpoint --key \"$KEY\"' with KEY unset writes an "
-    "unsigned checkpoint, exit 0, as if no --key were given (export -f ro-crate --key '' an unsigned crate)"))
 def test_an_empty_key_path_is_refused_not_an_unsigned_checkpoint(workdir, cli):
     cli("run", "--run-id", "r", "--", "true", check_rc=0)
     checkpoint = cli("checkpoint", "--key", "", "-o", "cp.txt")

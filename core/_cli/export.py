@@ -52,6 +52,9 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
         raise click.UsageError("--emit is for --format openlineage")
     if emit_url is not None:  # a mistyped URL is said before anything is written
         _check_emit_url(emit_url)
+    if keyfile == "":  # "--key $KEY" with KEY unset: not an unsigned crate, as no --key would be
+        raise ConfigError("--key: an empty path names no key file: give the private key's path, or no --key "
+                          "for a crate whose checkpoint is not signed")
     if (keyfile or no_data or license_) and fmt != "ro-crate":
         raise click.UsageError("--key, --license and --no-data are for --format ro-crate")
     if output == "-" and fmt == "ro-crate":

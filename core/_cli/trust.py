@@ -142,6 +142,9 @@ def checkpoint(keyfile, output, ledger_url) -> None:
 
     if output == "":  # "-o $OUT" with OUT unset: not standard output, as no -o would be
         raise ConfigError("-o: an empty path names no file: give a path, or no -o for standard output")
+    if keyfile == "":  # "--key $KEY" with KEY unset: not an unsigned checkpoint, as no --key would be
+        raise ConfigError("--key: an empty path names no key file: give the private key's path, or no --key "
+                          "for an unsigned checkpoint")
     if output:  # never over the ledger it reads, nor over the key it signs with
         refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
     signer = load_signer(keyfile) if keyfile else None
