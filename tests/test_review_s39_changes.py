@@ -63,9 +63,6 @@ def test_an_empty_key_path_is_refused_not_an_unsigned_checkpoint(workdir, cli):
     assert not (workdir / "crate").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "26943da/07e0305: hash --cache '' (CACHE unset) is 'unexpected FileNotFoundError', not the empty-path "
-    "refusal the other commands give"))
 def test_hash_with_an_empty_cache_path_is_refused_as_an_empty_path(workdir, cli):
     (workdir / "a.txt").write_text("a")
     hashed = cli("hash", "--cache", "", "a.txt")

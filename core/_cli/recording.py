@@ -15,7 +15,7 @@ from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_
 from .._ledger.ledger import open_ledger
 from .._model import Artifact, digest_hex
 from .._terminal import json_text, printable
-from .common import json_option, ledger_option, refuse_not_a_directory
+from .common import Seconds, json_option, ledger_option, refuse_not_a_directory
 
 __all__ = ['adopt', 'hash_command', 'run', 'spool']
 
@@ -47,7 +47,7 @@ def _code_digest(command: tuple[str, ...], declared: set[str]) -> str:
 @click.option("-n", "--name", help="Task name (default: the program's name).")
 @click.option("--run-id", envvar="LINEAGE_RUN_ID", help="Group tasks of one workflow run.")
 @click.option("-p", "--param", "params", multiple=True, help="A parameter KEY=VALUE to record.")
-@click.option("--ship-wait", "wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--ship-wait", "wait", type=Seconds(), default=2.0, show_default=True,
               envvar="LINEAGE_SHIP_WAIT",
               help="Seconds to wait for the ledger to take the record; after that it waits in the spool.")
 @ledger_option
@@ -133,6 +133,9 @@ def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
     """Print the BLAKE3 digest and size of files (directories are walked; an entry that
     cannot be read, such as a symbolic link loop, is reported and skipped)."""
     refuse_not_a_directory(paths)
+    if cache_path == "":  # "--cache $CACHE" with CACHE unset: a path, not the cache left out
+        raise ConfigError("--cache: an empty path names no file: give the cache's path, or no --cache for "
+                          "the default one (--rehash to read every file again)")
     if click.get_current_context().get_parameter_source("cache_path") is not ParameterSource.DEFAULT:
         # A slip (``--cache data.csv``, ``--cache .lineage/ledger.db``) would have the file
         # moved aside as a damaged cache, or a table added to the database: refused, untouched.
@@ -240,7 +243,7 @@ def _age(now, then) -> str:
 @spool.command(name="ship")
 @ledger_option
 @spool_option
-@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--timeout", type=Seconds(), default=60.0, show_default=True,
               help="Seconds to wait for the ledger to take the records.")
 def spool_ship(ledger_url, spool_root, timeout) -> None:
     """Ship the records waiting in the spool for the ledger. Exit 0 when all are in it, 2 if
