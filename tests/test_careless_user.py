@@ -360,7 +360,6 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason="signals during run's wait for the ledger are swallowed")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum):
     """The command is done and its record synced in the spool; ``run`` then waits up to
@@ -388,7 +387,6 @@ def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum):
     assert [entry["records"] for entry in json.loads(waiting.stdout)] == [1], waiting.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="nan seconds are taken; 1e300 is 'unexpected OverflowError'")
 def test_seconds_that_are_no_number_or_past_any_clock_are_handled(cli, workdir):
     url = f"postgresql://lab@127.0.0.1:{_closed_port()}/db"
     result = cli("run", "--ship-wait", "nan", "--", "touch", "ran.txt")

@@ -18,8 +18,8 @@ from .._terminal import printable
 # The files SQLite keeps beside a ledger: writing over one loses or corrupts committed records.
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
-__all__ = ["COUNT_ARGUMENTS", "Count", "Guarded", "GuardedCommand", "guard", "json_option", "ledger_option",
-           "open_read_only", "refuse_not_a_directory", "refuse_output_over"]
+__all__ = ["COUNT_ARGUMENTS", "Count", "Guarded", "GuardedCommand", "Seconds", "guard", "json_option",
+           "ledger_option", "open_read_only", "refuse_not_a_directory", "refuse_output_over"]
 
 
 ledger_option = click.option(
@@ -72,6 +72,26 @@ class Count(click.ParamType):
 # on as an argument, which Count refuses (or names as an unknown option).
 COUNT_ARGUMENTS = {"ignore_unknown_options": True}
 
+
+
+class Seconds(click.ParamType):
+    """A wait in seconds: 0 or more, ``inf`` for no end. Not a number (``nan``) is refused:
+    it compared as no number at all and waited for ever or failed deep inside; a wait past
+    what the clock functions take (``1e300``) is the longest they do (about 292 years)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+        import threading
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if math.isnan(number) or number < 0:
+            self.fail(f"{value!r} is not a number of seconds (0 or more; inf for no end)", param, ctx)
+        return min(number, threading.TIMEOUT_MAX)
 
 
 class Guarded(click.Group):

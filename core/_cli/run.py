@@ -71,10 +71,14 @@ def _sent_by_terminal() -> bool:
 
 
 class _Forwarder:
-    """Passes SIGINT, SIGTERM and SIGHUP on to the command; remembers the first one."""
+    """Passes SIGINT, SIGTERM and SIGHUP on to the command; remembers the first one. Once the
+    command is done (``finished``), one is for ``run`` itself: it is kept in ``late``, and
+    ends the wait for the ledger (the record is in the spool by then)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.late: int | None = None
+        self.finished = False
         self.process: subprocess.Popen[bytes] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -88,6 +92,10 @@ class _Forwarder:
         self._previous.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if self.finished:
+            if self.late is None:
+                self.late = signum
+            return
         if self.received is None:
             self.received = signum
         if self.process is not None:
@@ -133,16 +141,17 @@ def _same_ledger(url: str) -> str:
     return "" if url in (DEFAULT_URL, os.environ.get("LINEAGE_LEDGER_URL")) else " (with the same --ledger)"
 
 
-def _flush_unless_refused(recorder: Recorder, deadline: float) -> bool:
-    """Wait until the ledger has the record (True), the deadline passes, or the ledger
-    refuses it for good or fails its consistency check (False): a permission denied is not
-    waited out for ``--ship-wait``."""
+def _flush_unless_refused(recorder: Recorder, deadline: float, forwarder: _Forwarder) -> bool:
+    """Wait until the ledger has the record (True), the deadline passes, the ledger refuses it
+    for good or fails its consistency check, or a signal comes for ``run`` (False): a
+    permission denied is not waited out for ``--ship-wait``, nor is Ctrl-C."""
     while True:
         remaining = deadline - time.monotonic()
         if recorder.flush(timeout=max(0.0, min(0.1, remaining))):
             return True
         error = recorder.last_error
-        if remaining <= 0 or isinstance(error, VerificationError) or permanent_refusal(error) is not None:
+        if remaining <= 0 or forwarder.late is not None or isinstance(error, VerificationError) \
+                or permanent_refusal(error) is not None:
             return False
 
 
@@ -210,6 +219,7 @@ def run_and_record(
         returncode = _run(list(command), forwarder)
     finally:
         ended = utcnow()
+        forwarder.finished = True  # a signal from now on ends run's own wait, after the record is journaled
     interrupted = forwarder.received
     killed_by = -returncode if returncode < 0 else None
 
@@ -262,7 +272,7 @@ def run_and_record(
                      killed_by=killed_by, problems=problems, returncode=returncode, forwarder=forwarder)
     recorder.sync()  # and the disk
     deadline = time.monotonic() + wait
-    shipped = _flush_unless_refused(recorder, deadline)
+    shipped = _flush_unless_refused(recorder, deadline, forwarder)
     # Then what dead processes left in the spool is shipped, in what is left of the wait.
     finished = recorder.close(timeout=max(0.0, deadline - time.monotonic()) if shipped else 0.0)
     if finished:
@@ -289,6 +299,11 @@ def run_and_record(
             f"appended to {printable(redact(deferred.url, deferred.url))}, which fails the consistency check above. "
             "It waits there: once the ledger is as it should be (`verify-lineage`, and `lineage-ledger "
             "reset-trust` if it was restored on purpose), `lineage-ledger spool ship` ships it", err=True)
+    elif forwarder.late is not None:
+        click.echo(
+            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; interrupted "
+            f"({_signal_name(forwarder.late)}) while the ledger {printable(redact(deferred.url, deferred.url))} had "
+            "not taken it yet. It waits there: `lineage-ledger spool ship` (or the next run) ships it", err=True)
     else:
         why = (f" ({printable(redact(str(recorder.last_error), deferred.url))})"
                if recorder.last_error is not None else " (locked or slow?)")
@@ -296,6 +311,8 @@ def run_and_record(
             f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; the ledger "
             f"{printable(redact(deferred.url, deferred.url))} did not take it within {wait:g}s{why}. It waits there: "
             "`lineage-ledger spool ship` (or the next run) ships it", err=True)
+    if interrupted is None:
+        interrupted = forwarder.late  # run itself was interrupted: 128+N, as a shell says
     return _exit(refused is not None or for_good is not None, finished, interrupted=interrupted,
                  killed_by=killed_by, problems=problems, returncode=returncode, forwarder=forwarder)
 
