@@ -104,10 +104,6 @@ def test_a_path_with_two_leading_slashes_is_recorded_as_the_file(workdir, cli):
     assert "api-write" in cli("why", "api.txt", check_rc=0).stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ed2749f/a5a35ac: 'export --run R -f prov-json -o - | head -c 100' says 'error: -: Broken pipe', exit 2 "
-    "(bad input): export's OSError handler turns the reader leaving into a usage error before the CLI's "
-    "guard can make it 141 with nothing said, as 'hash DIR | head -1' is"))
 @pytest.mark.parametrize("command", [("export", "--run", "run-1", "-f", "prov-json", "-o", "-"),
                                      ("export", "--run", "run-1", "-f", "openlineage", "-o", "-"),
                                      ("graph", "--run", "run-1", "-f", "dot", "--group", "none", "-o", "-")],

@@ -87,6 +87,8 @@ def export(targets, run_id, fmt, output, keyfile, license_, no_data, emit_url, n
                 if emit_url:
                     count = emit(events_for(selection, namespace), emit_url)
                 what = f"{count} event(s)"
+    except BrokenPipeError:  # the reader of -o - went away (`| head`): the CLI's guard exits 141
+        raise
     except OSError as err:  # an output that cannot be written, a file that cannot be read
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"exported {what} as {fmt}" + (f" to {_shown(output)}" if output else "")
@@ -144,6 +146,8 @@ def graph(targets, run_id, fmt, output, group, ledger_url) -> None:
                     model = build_graph(ledger, selection)
                     write_graph(model, output, fmt, group=group)
                     nodes, edges = len(model.nodes), len(model.edges)
+    except BrokenPipeError:  # as in export
+        raise
     except OSError as err:
         raise ConfigError(f"{err.filename or output}: {err.strerror}") from err
     click.echo(f"drew {nodes} node(s) and {edges} edge(s) to {_shown(output)}", err=True)

@@ -160,6 +160,8 @@ def checkpoint(keyfile, output, ledger_url) -> None:
         try:
             with open_output(output) as handle:
                 handle.write(text)
+        except BrokenPipeError:  # the reader of -o - went away (`| head`): the CLI's guard exits 141
+            raise
         except OSError as err:  # a directory that is not there, one this user may not write, a full disk
             raise ConfigError(f"{printable(output)}: {err.strerror}") from err
         shown = "standard output" if output == "-" else printable(output)
