@@ -64,7 +64,7 @@ def test_ranges_and_workers_refuse_it_too(tmp_path, monkeypatch, workers):
     assert odd.id[:16] in str(raised.value)
 
 
-@pytest.mark.parametrize("path", ["/w/.cache/b.txt", "/w/.b", "/w/..b", "/w/b.", "//w/b"])
+@pytest.mark.parametrize("path", ["/w/.cache/b.txt", "/w/.b", "/w/..b", "/w/b."])
 def test_hidden_files_and_dots_inside_names_are_normal(tmp_path, path):
     url = _ledger_with(tmp_path, _stored(path, "outputs", 1))
     with open_ledger(url, read_only=True, state_dir=str(tmp_path / "reader")) as ledger:
