@@ -68,6 +68,7 @@ class Segment:
     fd: int
     records: list[StoredRecord] = field(default_factory=list)
     fresh: list[tuple[Record, str, bytes]] = field(default_factory=list)
+    named: bool = False  # the directory entry that names it is on disk (see sync)
 
     def __len__(self) -> int:
         return len(self.records) + len(self.fresh)
@@ -79,7 +80,21 @@ class Segment:
         return self.records
 
     def sync(self) -> None:
+        """The segment's lines on disk, and, the first time, the name replay finds it by: a
+        segment is renamed into place from its ``.new`` name, and without its directory
+        synced a power cut could keep the lines under the old name (which replay does not
+        read) or under none. One more ``fsync`` a segment, not a record."""
         os.fsync(self.fd)
+        if not self.named:
+            try:
+                directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return  # its directory was removed: nothing names it (the next rotation journals it again)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self.named = True
 
     def drop_shipped(self, count: int) -> None:
         """The first ``count`` records are in the ledger (shipped without a rotation): forget

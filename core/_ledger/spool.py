@@ -43,11 +43,11 @@ from ._spool_files import (
     _make_private_dir,
     _open_orphan,
 )
-from ._spool_replay import describe_quarantine, take_orphans
+from ._spool_replay import describe_quarantine, each_orphan, take_orphans
 
 __all__ = [
-    "Refused", "Segment", "SpoolWriter", "describe_quarantine", "earlier_names", "note_earlier_name",
-    "spool_directory", "spool_path", "take_orphans",
+    "Refused", "Segment", "SpoolWriter", "describe_quarantine", "each_orphan", "earlier_names",
+    "note_earlier_name", "spool_directory", "spool_path", "take_orphans",
 ]
 
 log = logging.getLogger("lineage_ledger")
