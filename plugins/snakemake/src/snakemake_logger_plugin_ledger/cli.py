@@ -4,7 +4,9 @@ Snakemake lets a plugin add flags only under its own prefix, so the two short fl
 this wrapper. It takes every ``snakemake`` argument and runs ``snakemake`` in its place
 (``exec``) with the ledger logger turned on:
 
-    --ledger URL             -> --logger-ledger-url URL (a relative path: this directory)
+    --ledger URL             -> --logger-ledger-url URL (a relative path: this directory);
+                                a URL with a password goes in $LINEAGE_LEDGER_URL instead,
+                                kept off the command line Snakemake prints and logs
     --ledger-policy POLICY   -> --logger-ledger-policy POLICY  (warn, strict, rerun, off)
 
 The check itself runs inside that ``snakemake`` process, on the DAG Snakemake has just built
@@ -19,6 +21,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from ._preflight import POLICIES
 
@@ -67,11 +70,42 @@ def _user_loggers(snakemake_args: list[str]) -> list[str]:
     return [str(name) for name in (args.logger or [])]
 
 
+def has_password(url: str | None) -> bool:
+    """Whether ``url`` holds a password (``scheme://user:PASSWORD@host/...``)."""
+    if url is None or "://" not in url:
+        return False
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # a port that is no number: the plugin says what is wrong with it
+        return "@" in url.partition("://")[2].partition("/")[0]
+
+
+def _user_url(snakemake_args: list[str]) -> str | None:
+    """The ledger URL the user set for the plugin itself (flag or profile)."""
+    from snakemake import cli
+
+    _, args = cli.parse_args(snakemake_args)
+    value = getattr(args, "logger_ledger_url", None)
+    return value if isinstance(value, str) and value else None  # unset: a dataclasses.MISSING
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ours, snakemake_args = split_args(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in snakemake_args):
         print("usage: snakemake-ledger [--ledger URL] [--ledger-policy {warn,strict,rerun,off}] "
               "[snakemake arguments...]\n\n" + (__doc__ or ""))
         sys.exit(0)
-    args = run_args(snakemake_args, absolute_url(ours.ledger), ours.ledger_policy)
+    url = absolute_url(ours.ledger)
+    if has_password(url):
+        # Snakemake prints its command line ("Command: ..." on a dry run) and keeps it in its
+        # log: a password put there as --logger-ledger-url is shown to whoever reads either.
+        # The plugin reads $LINEAGE_LEDGER_URL where it is given no URL setting, so the URL
+        # goes there; a URL setting of the user's own (a flag, a profile) would win over it.
+        if _user_url(snakemake_args) is not None:
+            print("snakemake-ledger: give the ledger once: --ledger or --logger-ledger-url (a flag or a "
+                  "profile), not both", file=sys.stderr)
+            sys.exit(2)
+        os.environ["LINEAGE_LEDGER_URL"] = url  # type: ignore[assignment]
+        url = None
+    args = run_args(snakemake_args, url, ours.ledger_policy)
     os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args])
