@@ -82,12 +82,12 @@ class DirectoryArtifact(Artifact):
 def recorded_path(path: Any) -> Any:
     """The path a new record names for ``path``: absolute against the working directory,
     ``.``, ``..``, repeated and trailing slashes removed without looking at the disk
-    (``os.path.abspath``, as ``normalize_path``). Anything but a string without NUL is
-    handed back for :func:`artifact_map` to refuse."""
+    (``os.path.abspath``, as ``normalize_path``). Anything but a non-empty string without
+    NUL is handed back for :func:`artifact_map` to refuse."""
     if type(path) is str and path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/":
         return path  # the common case: already normal
-    if not isinstance(path, str) or "\x00" in path:
-        return path
+    if not isinstance(path, str) or "\x00" in path or not path:
+        return path  # "" (a variable that was not set) is no path: not the working directory
     return os.path.abspath(path)
 
 

@@ -134,10 +134,6 @@ def test_standard_output_cut_short_by_its_reader_exits_141_as_hash_does(workdir,
     assert err == "", err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "7229a3b: Record() makes an empty path (a variable that was not set) the working directory "
-    "(os.path.abspath('')), so a record claims the directory it ran in with a file's digest, where the "
-    "CLI refuses an empty path since 07e0305"))
 def test_a_record_refuses_an_empty_path(workdir):
     entry = {"blake3": "a" * 64, "size": 3}
     for side in ("inputs", "outputs"):
