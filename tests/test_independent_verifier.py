@@ -139,6 +139,20 @@ def test_canonical_form_is_required_not_only_the_id() -> None:
         '"b":"é\u2028\x7f\\u0001\\n\\"\\\\"}').encode("utf-8")
 
 
+@pytest.mark.parametrize("path", ["data/x.csv", "/w/sub/../x.csv", "/w/./x.csv", "/w//x.csv", "/w/x/"])
+def test_a_record_naming_a_path_that_is_not_normal_fails_here_as_in_the_core(path: str) -> None:
+    """docs/verification.md section 1 (since 7229a3b): paths are absolute and normal."""
+    from lineage_ledger import Record
+
+    value = json.loads(TREE["records"][0]["canonical"])
+    value["outputs"] = {path: {"blake3": "ab" * 32, "size": 1}}
+    data = v.canonical(value)
+    with pytest.raises(v.Invalid, match="not absolute and normal"):
+        v.check_record(data)
+    with pytest.raises(ValueError, match="not normal"):
+        Record.decode(data)
+
+
 def test_checkpoint_vector_go_note_example_and_c2sp_example() -> None:
     seed = bytes.fromhex(CHECKPOINT["seed"])
     public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()

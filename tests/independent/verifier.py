@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import math
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,7 +143,9 @@ def check_record(data: bytes, record_id: str | None = None) -> dict[str, Any]:
     if value["code_digest"] is not None and not isinstance(value["code_digest"], str):
         raise Invalid("code_digest is neither a string nor null")
     for entries in (value["inputs"], value["outputs"]):
-        for entry in entries.values():
+        for path, entry in entries.items():
+            if not path.startswith("/") or posixpath.normpath(path) != path:
+                raise Invalid(f"the path {path!r} is not absolute and normal")
             _check_entry(entry, entries)
     for key in ("started", "ended"):
         if not isinstance(value[key], str) or not _TIME.fullmatch(value[key]):
