@@ -88,13 +88,17 @@ def recorded_path(path: Any) -> Any:
         return path  # the common case: already normal
     if not isinstance(path, str) or "\x00" in path or not path:
         return path  # "" (a variable that was not set) is no path: not the working directory
-    return os.path.abspath(path)
+    normal = os.path.abspath(path)
+    # abspath keeps exactly two leading slashes (POSIX leaves them to the system); Linux reads
+    # them as one, and every look-up asks for the real path: "//w/a" would be found by none.
+    return normal[1:] if normal[:2] == "//" else normal
 
 
 def is_normal_path(path: str) -> bool:
     """True for an absolute path without a ``.``, ``..`` or empty component (``/a//b``) or
     a trailing slash: what :func:`recorded_path` returns. (``//a``, which POSIX lets mean
-    something else than ``/a``, is normal: ``os.path.abspath`` keeps it.)"""
+    something else than ``/a``, is still read: ``os.path.abspath`` keeps it, and a capture
+    given ``//a`` stored it as the alias of its real path; a new Record makes it ``/a``.)"""
     if path[:1] != "/":
         return False
     return "/." not in path and "//" not in path and path[-1:] != "/" or posixpath.normpath(path) == path

@@ -87,10 +87,6 @@ def test_a_spool_root_another_user_owns_is_refused(workdir, cli):
     assert not any(root.iterdir()), "a spool directory was made inside another user's directory"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "7229a3b: Record() keeps a leading '//' (os.path.abspath does, as POSIX allows; Linux reads it as '/'), "
-    "and is_normal_path passes it, so Record(outputs={'//w/api.txt': ...}) is stored under a spelling no "
-    "look-up uses: verify-lineage api.txt says UNRECORDED and why knows nothing, as 'sub/../b.txt' did"))
 def test_a_path_with_two_leading_slashes_is_recorded_as_the_file(workdir, cli):
     (workdir / "api.txt").write_text("hi\n")
     made = make_record(1)
