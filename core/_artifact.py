@@ -96,11 +96,15 @@ def recorded_path(path: Any) -> Any:
 
 def is_normal_path(path: str) -> bool:
     """True for an absolute path without a ``.``, ``..`` or empty component (``/a//b``) or
-    a trailing slash: what :func:`recorded_path` returns. (``//a``, which POSIX lets mean
+    a trailing slash: what :func:`recorded_path` returns; and for a relative one without
+    them, as an earlier release stored it. (``//a``, which POSIX lets mean
     something else than ``/a``, is still read: ``os.path.abspath`` keeps it, and a capture
     given ``//a`` stored it as the alias of its real path; a new Record makes it ``/a``.)"""
     if path[:1] != "/":
-        return False
+        # A relative name an earlier release's Record stored as it was given ("raw.csv"):
+        # read as it stands, never resolved (no look-up asks for it), so that its ledgers
+        # still read and verify. New records never hold one: Record makes paths absolute.
+        return path != "" and path[-1:] != "/" and not {"", ".", ".."} & set(path.split("/"))
     return "/." not in path and "//" not in path and path[-1:] != "/" or posixpath.normpath(path) == path
 
 

@@ -39,10 +39,6 @@ def _earlier_release_record(workdir) -> str:
     return stored.id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "7229a3b/0b34436: a record an earlier release wrote through its own Record() with a relative path "
-    "(which it accepted) makes log, show, why and export exit 1 and verify report RecordTampered for "
-    "ever, with nothing said about what to do; the ledger was not touched"))
 def test_a_ledger_an_earlier_release_wrote_with_a_relative_path_is_not_called_tampered(workdir, cli):
     cli("run", "--", "true", check_rc=0)  # a ledger with a record of this release
     record_id = _earlier_release_record(workdir)
@@ -71,11 +67,6 @@ def test_hash_with_an_empty_cache_path_is_refused_as_an_empty_path(workdir, cli)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the spool root to another user (nobody)")
-@pytest.mark.xfail(strict=True, reason=(
-    "spool._prepare and ef923f3's re-creation check the ledger's spool directory (a link, another user's: "
-    "refused) but take its parent, the spool root, as they find it: in a root another user made, that user "
-    "can move the directory of waiting records away (spool status then says nothing waits) or swap in a "
-    "link to a directory of theirs between the check and each segment's open"))
 def test_a_spool_root_another_user_owns_is_refused(workdir, cli):
     root = workdir / ".lineage" / "spool"
     root.mkdir(parents=True)

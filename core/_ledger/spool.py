@@ -34,6 +34,7 @@ from .._terminal import printable
 # the seam); this module names the ledger's spool directory and writes to it, and re-exports
 # the public names so that ``from .spool import ...`` keeps working.
 from ._spool_files import (
+    _DIR_MODE,
     _FILE_MODE,
     _NOFOLLOW,
     _SUFFIX,
@@ -109,6 +110,7 @@ def _prepare(directory: str, identity: str) -> None:
     ``URL`` file (once: what ``spool status`` shows)."""
     try:
         _make_private_dir(os.path.dirname(directory), parents=True)
+        _check_spool_root(os.path.dirname(directory))
         _make_private_dir(directory)
         _check_private_dir(directory)
         marker = os.path.join(directory, "URL")
@@ -122,6 +124,28 @@ def _prepare(directory: str, identity: str) -> None:
                 handle.write(identity + "\n")
     except OSError as err:
         raise SpoolError(f"cannot use the spool directory {directory}: {err.strerror or err}") from err
+
+
+def _check_spool_root(root: str) -> None:
+    """The spool root (``.lineage/spool``) holds each ledger's directory: a user who may
+    rename in it may move a directory of waiting records away (``spool status`` then says
+    nothing waits, and nothing ships them) or put a link of theirs in its place between a
+    check and a segment's open. So it must be a directory, not a link, of this user (made
+    0700 when this user's and others may write it), or a sticky one (``/tmp``), in which
+    others may not rename what is this user's."""
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise SpoolError(f"the spool root {root} is not a directory (a link?); refusing to use it")
+    if info.st_mode & stat.S_ISVTX:
+        return
+    if info.st_uid != os.geteuid():
+        raise SpoolError(f"the spool root {root} belongs to uid {info.st_uid}, not to this user (uid "
+                         f"{os.geteuid()}), who could move the records waiting in it away; refusing to use it "
+                         "(give a spool of your own: --spool or LINEAGE_SPOOL)")
+    if info.st_mode & 0o022:
+        log.warning("lineage-ledger: the spool root %s was mode %04o; made it 0700 (a spool belongs to one user)",
+                    printable(root), stat.S_IMODE(info.st_mode))
+        os.chmod(root, _DIR_MODE, follow_symlinks=False)
 
 
 def _adopt(earlier: str, directory: str, identity: str) -> None:
@@ -180,6 +204,7 @@ class SpoolWriter:
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
             except FileNotFoundError:  # the directory was removed (a clean-up): made again, private
                 _make_private_dir(os.path.dirname(self.directory), parents=True)  # as _prepare makes them
+                _check_spool_root(os.path.dirname(self.directory))
                 _make_private_dir(self.directory)
                 _check_private_dir(self.directory)  # never a link or another user's directory in its place
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)

@@ -65,8 +65,9 @@ def _check_paths(block, views: list[Any]) -> None:
                 if "\x00" in path or not is_normal_path(path):
                     raise RecordTampered(
                         f"record {str(record_id)[:16]} (block {block.height}, position {position}) names the path "
-                        f"{path!r}, which is not normal (relative, a '.', '..' or empty component, or a trailing "
-                        "slash): records name files by their normal absolute path", height=block.height)
+                        f"{path!r}, which is not normal (a '.', '..' or empty component, or a trailing slash): "
+                        "its bytes hash to its id, but no lineage-ledger writes such a record; a writer that "
+                        "bypassed its checks did", height=block.height)
 
 
 _DECODER: tuple[Any, Any] | None = None
@@ -183,7 +184,7 @@ class ExistingFiles:
     def add(self, outputs) -> None:
         dirs, seen = self._dirs, self._seen
         for path in outputs:
-            if path in seen:
+            if path in seen or path[:1] != "/":  # a relative name of an earlier release: never resolved
                 continue
             directory = path.rpartition("/")[0] or "/"  # absolute, normal paths (C speed)
             present = dirs.get(directory)
