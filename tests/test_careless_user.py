@@ -397,3 +397,11 @@ def test_seconds_that_are_no_number_or_past_any_clock_are_handled(cli, workdir):
     cli("run", "--ledger", url, "--ship-wait", "0", "--", "true", check_rc=0)  # one record waits
     result = cli("spool", "ship", "--ledger", url, "--timeout", "1e300", prefix=("timeout", "-s", "INT", "5"))
     assert "unexpected" not in result.stderr and "Overflow" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [("spool", "status"), ("spool", "ship")])
+def test_an_empty_spool_path_is_refused_not_the_default_spool(cli, workdir, command):
+    """`--spool "$SPOOL"` with SPOOL unset showed or shipped the default spool, exit 0 (helper-86)."""
+    result = cli(*command, "--spool", "")
+    assert result.returncode == 2 and "empty path" in result.stderr, (result.returncode, result.stderr)
+    assert "shipped" not in result.stdout and "wait" not in result.stdout, result.stdout

@@ -192,9 +192,16 @@ def _hash_with_progress(hasher: Hasher, files: list[str]):
 
 
 
+def _a_spool(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    # "--spool $SPOOL" with SPOOL unset: the default spool was shown or shipped instead, silently.
+    if value == "":
+        raise click.BadParameter("an empty path names no spool (a shell variable that is not set?)")
+    return value
+
+
 spool_option = click.option(
     "--spool", "spool_root", envvar="LINEAGE_SPOOL", default=".lineage/spool", show_default=True,
-    help="The spool directory (records journaled here and not yet in a ledger).",
+    callback=_a_spool, help="The spool directory (records journaled here and not yet in a ledger).",
 )
 
 
