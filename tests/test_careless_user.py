@@ -323,6 +323,8 @@ def test_an_interrupted_command_exits_130_not_1(cli, workdir):
         finally:
             if process.poll() is None:
                 process.kill()
+        if process.returncode == 0:
+            continue  # it finished between the look and the signal (a busy machine): nothing to say
         interrupted += 1
         assert process.returncode == 128 + signal.SIGINT, (command, process.returncode, out[-500:], err[-500:])
         assert err.strip().splitlines()[-1] == "interrupted", (command, err[-500:])

@@ -29,6 +29,7 @@ wall time on a loaded machine (25-50 s at load 2-3).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -39,6 +40,7 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import open_ledger
+from lineage_ledger._canonical import canonical_bytes
 from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._cli.render import report_json
 from lineage_ledger._files.hashing import hash_file
@@ -69,8 +71,20 @@ def _task(name: str, ended: int, inputs=(), outputs=(), status: str = "succeeded
     outs = [hash_file(p) for p in outputs]
     record = Record(engine="test", run_id="r", task_id=name, task_name=name, status=status,
                     started=T0 + timedelta(seconds=ended - 1), ended=T0 + timedelta(seconds=ended),
-                    inputs={**entries_of(ins), **(raw_inputs or {})}, outputs=entries_of(outs))
+                    inputs=entries_of(ins), outputs=entries_of(outs))
+    if raw_inputs:
+        record = _as_written(record, inputs=raw_inputs)
     return [*manifest_records_of(outs), record]
+
+
+def _as_written(record: Record, **extra: dict) -> Record:
+    """``record`` with ``extra`` entries added to its inputs or outputs as a writer that
+    bypasses :class:`Record` (which makes paths absolute) stores them: a relative name such
+    as ``walked`` stays relative, as an earlier release's Record kept it, and reads back so."""
+    body = json.loads(record.encode())
+    for side, entries in extra.items():
+        body[side] = {**body[side], **entries}
+    return Record.decode(canonical_bytes(body))
 
 
 def _append(url: str, base: Path, records: list[Record]) -> None:
@@ -637,7 +651,7 @@ def test_a_relative_output_path_named_like_the_memo_containers_key(tmp_path, mon
     entry = {"containers": {"blake3": "ab" * 32, "size": 1}}
     [maker] = _task("maker", 1, [src], [made])
     [odd_writer] = _task("odd-writer", 2)
-    odd_writer = Record(**{**_fields(odd_writer), "outputs": entry})
+    odd_writer = _as_written(odd_writer, outputs=entry)
     url = f"sqlite:///{tmp_path}/ledger.db"
     _append(url, tmp_path, [maker, odd_writer, *_task("odd-reader", 3, [], [final], raw_inputs=entry)])
     _trust(tmp_path, url, [made])

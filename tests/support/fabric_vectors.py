@@ -24,7 +24,7 @@ TREE_VECTORS = ROOT / "tests" / "vectors" / "tree_blake3.json"
 
 def vector_records() -> list[Record]:
     """Records that exercise the canonical encoding: non-ASCII, escapes, nesting, nulls."""
-    paths = ["/data/plain.txt", "/données/été ☃.csv", 'odd "quoted"\\path\ttab', "/emoji/\U0001f9ec.fa"]
+    paths = ["/data/plain.txt", "/données/été ☃.csv", '/odd "quoted"\\path\ttab', "/emoji/\U0001f9ec.fa"]
     records = []
     for i in range(9):
         records.append(Record(
