@@ -24,6 +24,9 @@ Every plugin meets the same problems, so they are solved once here:
   and the manifest's own record is journaled with the task's (once per capture). Paths
   are recorded by their real path; a path given through a symbolic link is recorded too,
   as an alias of the real one, so that either finds the record after the link moves.
+
+Hashing a task's files is :mod:`.files`'s part, building its record :mod:`.records`'s;
+this module queues, journals and settles.
 """
 
 from __future__ import annotations
@@ -37,13 +40,12 @@ from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .._environment import current_environment
 from .._errors import SpoolError, SpoolFull
 from .._files.hashing import Hasher, normalize_path
-from .._files.manifest import manifest_record
 from .._model import Record
 from .drain import BatchWorker
-from .files import FoundFiles, TaskFiles
+from .files import FoundFiles
+from .records import TaskRecords
 from .report import TaskRun, code_digest, jsonable
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ __all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 log = logging.getLogger("lineage_ledger.capture")
 
 
-class TaskCapture(TaskFiles):
+class TaskCapture(TaskRecords):
     """Turns :class:`TaskRun` reports into ledger records without holding the engine up.
 
     ``submit`` only queues the report. One worker thread takes the queue in batches and
@@ -317,24 +319,6 @@ class TaskCapture(TaskFiles):
                         "cannot take them", spool_error, straight.url)
         return [entry.id for entry in stored]
 
-    def _manifest_records(self, files: FoundFiles | None) -> list[Record]:
-        """Records of the manifests of ``files``' directories not journaled by this capture yet."""
-        if files is None or not files.manifests:
-            return []
-        fresh = []
-        with self._lock:
-            for digest, manifest in files.manifests.items():
-                if digest not in self._journaled_manifests:
-                    self._journaled_manifests.add(digest)
-                    fresh.append(manifest_record(manifest))
-        return fresh
-
-    def _forget_manifests(self, records: list[Record]) -> None:
-        with self._lock:
-            for record in records:
-                if record.engine == "lineage-ledger" and record.task_name == "directory manifest":
-                    self._journaled_manifests.discard(record.task_id)
-
     def _not_recorded(self, run: TaskRun, future: Future[str | None] | None, err: Exception) -> None:
         if self.raise_errors and future is not None:
             _settle(future, error=err)
@@ -363,57 +347,6 @@ class TaskCapture(TaskFiles):
             self._forget_manifests(manifests)
             raise
 
-    def _build(self, run: TaskRun, files: FoundFiles | None) -> Record:
-        """``run``'s record; runs in submission order (a later task may recall these outputs)."""
-        try:
-            self._ensure_open()  # recalling a deleted input may need the ledger
-        except SpoolError:  # the record is still built: where it can be kept is seen when it is journaled
-            pass
-        extra = dict(jsonable(run.extra)) if run.extra else {}
-        if files is None:
-            inputs: dict[str, dict[str, Any]] = {}
-            outputs: dict[str, dict[str, Any]] = {}
-        else:
-            inputs, outputs = files.inputs, files.outputs
-            if files.gone:
-                unhashed, recalled = self._recall(files.gone, inputs)
-                if unhashed:
-                    extra["unhashed_inputs"] = unhashed
-                if recalled:  # digests of files already gone, taken from an earlier record: say so
-                    extra["recalled_inputs"] = recalled
-            if files.missing:
-                extra["missing_outputs"] = files.missing
-        # parameters and extra went through jsonable, the environment is ours: no key scan.
-        record = Record._from_json_values(
-            engine=self.engine,
-            run_id=run.run_id or self.run_id,
-            task_id=str(run.task_id),
-            task_name=str(run.task_name),
-            status=run.status,
-            started=run.started,
-            ended=run.ended,
-            inputs=inputs,
-            outputs=outputs,
-            code_digest=run.code_digest,
-            parameters=jsonable(run.parameters) if run.parameters else {},
-            environment=self._environment_of(run),
-            attempt=run.attempt,
-            extra=extra,
-        )
-        if outputs and run.status == "succeeded":
-            with self._lock:
-                self._outputs.update(outputs)
-        return record
-
-    def _environment_of(self, run: TaskRun) -> dict[str, Any]:
-        if run.environment_extra:
-            return current_environment(**jsonable(run.environment_extra))
-        # The process's environment does not change from task to task: build it once
-        # and share it (records never modify it).
-        environment = self._environment
-        if environment is None:
-            environment = self._environment = current_environment()
-        return environment
 
 def _settle(future: Future[str | None], result: str | None = None, *, error: BaseException | None = None) -> None:
     try:
