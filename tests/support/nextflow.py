@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,59 @@ def records(cwd: Path) -> list[dict[str, Any]]:
     result = run("lineage-ledger", "log", "-n", "0", "--json", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def pipeline_staging_a_directory(make: str, use: str, *, params: str = "") -> str:
+    """A pipeline whose MAKE makes ``outdir`` (``outdir/made.txt`` in it, then the shell lines
+    ``make``) and whose USE stages it as ``d`` and writes ``used.txt`` from what the shell
+    command ``use`` prints (``${d}`` names the staged directory). ``params``: lines before."""
+    return f"""{params}
+process MAKE {{
+  output: path 'outdir'
+  script:
+  \"\"\"
+  mkdir -p outdir
+  echo made > outdir/made.txt
+  {make}
+  \"\"\"
+}}
+process USE {{
+  input: path d
+  output: path 'used.txt'
+  script: "{use} > used.txt"
+}}
+workflow {{ USE(MAKE()) }}
+"""
+
+
+def keep_mtime(path: Path, change: Callable[[], object]) -> None:
+    """``change()``, then ``path``'s times put back (Nextflow's cache looks at the mtime)."""
+    before = os.lstat(path)
+    change()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+
+
+def relink(link: Path, target: str | Path) -> None:
+    """Point ``link`` at ``target``, its directory's mtime put back (Nextflow reuses the task)."""
+    def swap() -> None:
+        link.unlink()
+        link.symlink_to(target)
+
+    keep_mtime(link.parent, swap)
+
+
+def refused(cwd: Path, command: tuple[str, ...], *named: str, timeout: float = 180) -> None:
+    """``command`` (a strict ``-resume``) refuses, naming each of ``named``, Nextflow not started."""
+    strict = run(*command, cwd=cwd, timeout=timeout)
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: the change went unseen
+    assert "Launching" not in strict.stdout
+    for text in named:
+        assert text in strict.stderr, strict.stderr
+
+
+def manifest_entries(cwd: Path, digest: str) -> list[list[Any]]:
+    """The entries of the manifest of directory digest ``digest``, from its manifest record."""
+    listed = run("lineage-ledger", "log", "-n", "0", "--all", "--json", cwd=cwd)
+    assert listed.returncode == 0, listed.stderr
+    (found,) = [r for r in map(json.loads, listed.stdout.splitlines()) if r.get("run_id") == f"manifest:{digest}"]
+    return list(found["extra"]["manifest"]["entries"])
