@@ -84,7 +84,6 @@ def test_prov_json_reads_back_and_round_trips_through_every_serialization(odd):
     assert provn.count("activity(task:") == len(tasks)
 
 
-@pytest.mark.xfail(strict=True, reason="prov:type values are written as strings, not qualified names")
 def test_prov_types_are_qualified_names_not_strings(odd):
     """A PROV reader knows an agent is a person, a directory a collection, by a ``prov:type``
     whose value is a qualified name (``prov:Person``). Ours were the strings "prov:Person",

@@ -60,15 +60,16 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
     :func:`._select.members`) adds ``hadMember`` statements."""
     pages = _Pages(page)
     head = selection.head
-    pages.doc.entity("tree:head", {"prov:type": "ll:TreeHead", "ll:origin": head.origin, "ll:size": head.size,
+    type_of = pages.doc.valid_qualified_name  # a prov:type is a qualified name, never the string "prov:Person"
+    pages.doc.entity("tree:head", {"prov:type": type_of("ll:TreeHead"), "ll:origin": head.origin, "ll:size": head.size,
                                    "ll:root": head.root})
     for path, digest, size, is_dir, aliases in selection.index().versions():
         described: list[tuple[str, Any]] = [
             ("prov:label", path), ("ll:path", path), ("ll:blake3", digest), ("ll:size", size)]
         if is_dir:
-            described += [("prov:type", "ll:DirectoryVersion"), ("prov:type", "prov:Collection")]
+            described += [("prov:type", type_of("ll:DirectoryVersion")), ("prov:type", type_of("prov:Collection"))]
         else:
-            described.append(("prov:type", "ll:FileVersion"))
+            described.append(("prov:type", type_of("ll:FileVersion")))
         described += [("ll:alias", alias) for alias in aliases]
         pages.doc.entity(f"file:{file_key(path, digest)}", described)
         yield from pages.next()
@@ -80,13 +81,13 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
         ident = f"agent:{kind}/{name}"
         if ident not in agents:
             agents.add(ident)
-            pages.doc.agent(ident, {"prov:label": name, "prov:type": prov_type})
+            pages.doc.agent(ident, {"prov:label": name, "prov:type": type_of(prov_type)})
         return ident
 
     for entry in selection.records():
         doc, record = pages.doc, entry.record
         attributes = {
-            "prov:label": task_label(record.engine, record.task_name), "prov:type": "ll:Task",
+            "prov:label": task_label(record.engine, record.task_name), "prov:type": type_of("ll:Task"),
             "ll:record": entry.id, "ll:engine": record.engine, "ll:run_id": record.run_id,
             "ll:task_id": record.task_id, "ll:task_name": record.task_name, "ll:status": record.status,
             "ll:attempt": record.attempt, "ll:block_height": entry.height, "ll:block_position": entry.position,

@@ -15,6 +15,7 @@ are then joined in order. ``tests/test_export_streaming.py`` compares the output
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,17 @@ def _typed(value: Any) -> Any:
     from prov.serializers.provjson import encode_json_representation
 
     return encode_json_representation(value)
+
+
+@functools.cache
+def _kind(name: str) -> dict[str, str]:
+    """A ``prov:type`` value as ``prov`` writes a qualified name (``{"$": "prov:Person", "type":
+    "xsd:QName"}``): a type, which the plain string "prov:Person" is not to a PROV reader."""
+    from prov.model import PROV, Namespace
+
+    prefix, local = name.split(":", 1)
+    namespace = PROV if prefix == "prov" else Namespace(prefix, PREFIXES[prefix])
+    return _typed(namespace[local])  # type: ignore[no-any-return]
 
 
 def _time(moment: datetime.datetime) -> str:
@@ -85,7 +97,7 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
     activity_id = f"task:{entry.id}"
     attributes: dict[str, Any] = {
         "prov:startTime": _time(record.started), "prov:endTime": _time(record.ended),
-        "prov:label": task_label(record.engine, record.task_name), "prov:type": "ll:Task",
+        "prov:label": task_label(record.engine, record.task_name), "prov:type": _kind("ll:Task"),
         "ll:record": entry.id, "ll:engine": record.engine, "ll:run_id": record.run_id,
         "ll:task_id": record.task_id, "ll:task_name": record.task_name, "ll:status": record.status,
         "ll:attempt": _typed(record.attempt), "ll:block_height": _typed(entry.height),
@@ -100,7 +112,7 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
     def agent(kind: str, name: str, prov_type: str) -> Iterator[tuple[str, str | None, dict]]:
         ident = f"agent:{kind}/{name}"
         if ident not in agents:
-            agents[ident] = {"prov:label": name, "prov:type": prov_type}
+            agents[ident] = {"prov:label": name, "prov:type": _kind(prov_type)}
             yield "agent", ident, agents[ident]
 
     engine = f"agent:engine/{record.engine}"
@@ -131,12 +143,13 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
 
 def _entities(selection: Selection, section: _Section) -> None:
     head = selection.head
-    section.add("tree:head", {"prov:type": "ll:TreeHead", "ll:origin": head.origin, "ll:size": _typed(head.size),
+    section.add("tree:head", {"prov:type": _kind("ll:TreeHead"), "ll:origin": head.origin, "ll:size": _typed(head.size),
                               "ll:root": head.root})
     for path, digest, size, is_dir, aliases in selection.index().versions():
         described: dict[str, Any] = {"prov:label": path, "ll:path": path, "ll:blake3": digest,
                                      "ll:size": _typed(size)}
-        described["prov:type"] = ["ll:DirectoryVersion", "prov:Collection"] if is_dir else "ll:FileVersion"
+        described["prov:type"] = ([_kind("ll:DirectoryVersion"), _kind("prov:Collection")] if is_dir
+                                  else _kind("ll:FileVersion"))
         if aliases:
             described["ll:alias"] = list(dict.fromkeys(aliases)) if len(aliases) > 1 else aliases[0]
         section.add(f"file:{file_key(path, digest)}", described)
