@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from blake3 import blake3
 
-from ._artifact import Artifact, DirectoryArtifact, _check_hex, artifact_map, is_alias, recorded_paths
+from ._artifact import Artifact, DirectoryArtifact, _all_normal, _check_hex, artifact_map, is_alias, recorded_paths
 from ._canonical import (
     canonical_bytes,
     canonical_object,
@@ -28,6 +28,7 @@ from ._canonical import (
     parse_time_text,
     reject_non_string_keys,
 )
+from ._record_body import typed_body
 
 __all__ = [
     "Artifact",
@@ -213,6 +214,9 @@ class Record:
         takes the general path, for its error. Either way the record must encode back to
         ``data`` byte for byte. (tests/test_decode_fast.py: the same records and refusals
         as the general path, by hypothesis.)"""
+        checked = typed_body(data)
+        if checked is not None:
+            return cls._checked(checked, data)
         shown = canonical_object(data)
         raw = shown if shown is not None else from_canonical(data)
         if type(raw) is not dict or raw.keys() != _BODY_KEYS or raw["v"] != RECORD_VERSION:
@@ -240,6 +244,29 @@ class Record:
                 return record
         if record.encode() != data:
             raise ValueError("record bytes are not in canonical form")
+        return record
+
+    @classmethod
+    def _checked(cls, raw: dict[str, Any], data: bytes) -> Record:
+        """:meth:`decode` of ``data``, which :func:`typed_body` parsed into ``raw`` and found
+        canonical, with every field's type and value checked but the times' text and the
+        paths' form, checked here as the general path checks them."""
+        record = object.__new__(cls)
+        set_field = object.__setattr__
+        for name in _PLAIN_FIELDS:
+            set_field(record, name, raw[name])
+        started, started_text = parse_time_text(raw["started"])
+        ended, ended_text = parse_time_text(raw["ended"])
+        if started_text != raw["started"] or ended_text != raw["ended"]:
+            raise ValueError("record bytes are not in canonical form")
+        set_field(record, "started", started)
+        set_field(record, "ended", ended)
+        for name in ("inputs", "outputs"):
+            paths = raw[name]
+            if not _all_normal(paths):  # each path then checked on its own (raises, or the same map)
+                set_field(record, name, artifact_map(paths, name))
+        set_field(record, "_times", (started_text, ended_text))
+        set_field(record, "_canonical", data)
         return record
 
     def stored(self, body: bytes | None = None, record_id: str | None = None) -> StoredRecord:

@@ -1,4 +1,4 @@
-"""Record.decode's one-go path (core/_model.py) against the general one it short-cuts: the
+"""Record.decode's one-go paths (core/_model.py, core/_record_body.py) against the general one it short-cuts: the
 same records from the same bytes, and the same bytes refused. The reference below is written
 apart from the code under test: json.loads, the public Record constructor on parse_time's
 datetimes, and a canonical re-encoding whose times are formatted the general way (no fast
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from lineage_ledger import Artifact, Record
 from lineage_ledger._canonical import canonical_object, format_time, parse_time, parse_time_text
 from lineage_ledger._model import _RECORD_FIELDS, RECORD_VERSION
+from lineage_ledger._record_body import typed_body
 
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)  # what a reader turns into RecordTampered
 
@@ -113,6 +114,8 @@ def test_canonical_bytes_read_back_the_same(record):
     _same(data)
     # canonical_object's path is the one taken wherever nothing is in its way.
     assert (canonical_object(data) is not None) == (b"\\" not in data and not _has_float(json.loads(data)))
+    # The typed path (core/_record_body.py) too, for these records (every entry a file's).
+    assert (typed_body(data) is not None) == (canonical_object(data) is not None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -221,3 +224,19 @@ def test_records_spelled_by_msgspec_are_read_or_refused_alike(record, value, fie
     body = json.loads(record.encode()) | {field: value}
     for data in _spellings(body):
         _same(data)
+
+
+def test_directory_and_alias_entries_take_the_general_path_and_read_back():
+    """The typed path's entry holds a file's two keys: a directory's ``type`` or an alias's
+    ``alias_of`` is dropped by its decoder, so it must answer None (not a record without
+    them), and the general path reads the record whole."""
+    now = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    record = Record(engine="e", run_id="r", task_id="t", task_name="n", status="succeeded", started=now, ended=now,
+                    inputs={"/d/real": {"blake3": "a" * 64, "size": 1},
+                            "/d/link": {"blake3": "a" * 64, "size": 1, "alias_of": "/d/real"}},
+                    outputs={"/d/out": {"blake3": "b" * 64, "size": 2, "type": "dir"}})
+    data = record.encode()
+    assert canonical_object(data) is not None and typed_body(data) is None
+    again = Record.decode(data)
+    assert again.outputs["/d/out"]["type"] == "dir" and again.inputs["/d/link"]["alias_of"] == "/d/real"
+    assert again.encode() == data
