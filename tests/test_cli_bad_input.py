@@ -54,7 +54,6 @@ NOT_CHECKPOINTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a file that is no checkpoint was a failed verification, exit 1")
 @pytest.mark.parametrize("what", sorted(NOT_CHECKPOINTS))
 @pytest.mark.parametrize("pubkey", [False, True], ids=["unsigned-check", "with-pubkey"])
 def test_a_file_that_is_no_checkpoint_is_bad_input(cli, recorded, what, pubkey):

@@ -96,6 +96,13 @@ def _read_checkpoint(path: str, pubkeys: tuple[str, ...], quorum: int | None = N
     except OSError as err:
         raise ConfigError(f"cannot read checkpoint {path}: {err.strerror}") from err
     verifiers = [v for key in pubkeys for v in load_verifiers(key)]
+    # Read first as it is laid out, signatures unchecked: a file that is no checkpoint at all
+    # (random text, an empty file, a signature line laid out wrong) is bad input, exit 2. Only
+    # one that parses can fail a check (a signature that does not verify): exit 1.
+    try:
+        parse(text)
+    except CheckpointInvalid as err:
+        raise ConfigError(f"{printable(path)} is not a checkpoint: {err}") from None
     checkpoint = parse(text, verifiers)
     if quorum is not None:
         distinct = len({v.public_key for v in verifiers})  # one key under two names is one key
