@@ -18,7 +18,15 @@ from typing import Any, NamedTuple
 
 from blake3 import blake3
 
-from ._artifact import Artifact, DirectoryArtifact, _all_normal, _check_hex, artifact_map, is_alias, recorded_paths
+from ._artifact import (
+    Artifact,
+    DirectoryArtifact,
+    _all_normal,
+    _check_hex,
+    artifact_map,
+    is_alias,
+    recorded_paths,
+)
 from ._canonical import (
     canonical_bytes,
     canonical_object,

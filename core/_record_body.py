@@ -38,12 +38,12 @@ def _codec() -> Any:
 
     # Built by call, not by class statement: this module's annotations are strings (the
     # __future__ import), which msgspec would look up among the module's names.
-    Entry = TypedDict("Entry", {  # type: ignore[misc]  # a functional TypedDict built at run time
+    Entry = TypedDict("Entry", {  # type: ignore[misc]  # noqa: UP013 (see above)
         "blake3": Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")],
         "size": Annotated[int, msgspec.Meta(ge=0)],
     })
     # Every key of Record.to_dict(), each as the general path's checks want it.
-    Body = TypedDict("Body", {  # type: ignore[misc]
+    Body = TypedDict("Body", {  # type: ignore[misc]  # noqa: UP013
         "v": Literal[1],
         "engine": str, "run_id": str, "task_id": str, "task_name": str,
         "status": Literal["succeeded", "failed", "cached"],
