@@ -17,7 +17,7 @@ About 15 s at a load of 2.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import shutil
@@ -283,53 +283,97 @@ def test_an_output_over_a_target_is_refused(cli, pipeline, args):
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------------
-def _busy_in(pid: int, directory: Path) -> bool:
-    """Whether the process has a file of ``directory`` open or mapped: past its start-up, at work."""
-    inside = str(directory) + os.sep
+def _wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    """Poll ``condition`` until it holds; fail, naming ``what``, if the process ended first.
+    No time decides the outcome: the deadline only ends a test that would hang."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the command ended (exit {process.returncode}) before {what}: {out[-500:]} {err[-500:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the command never got to {what}")
+        time.sleep(0.01)
+
+
+def _reader_waits_on(fifo: Path) -> int | None:
+    """A writer's end of ``fifo``, once a reader has it open (the command is blocked reading it);
+    None while no reader has."""
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(inside):
-                    return True
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
-            return any(inside in line for line in maps)
-    except OSError:
-        return False
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # no reader yet
+            return None
+        raise
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds the process at work through /proc")
-def test_an_interrupted_command_exits_130_not_1(cli, workdir):
+@pytest.mark.parametrize("command", [("verify-lineage",), ("lineage-ledger", "verify")])
+def test_an_interrupted_verify_exits_130_not_1(cli, workdir, command):
     """Exit 1 means a verification failed: a ``verify-lineage || alert`` must not read an
     interrupt as tampering. Interrupted, a command says so and exits 128+SIGINT, as ``run``
-    and the shell do."""
-    tree = workdir / "tree"
-    tree.mkdir()
-    for i in range(10000):
-        (tree / f"f{i}").write_text(str(i) * 50)
-    cli("run", "-o", "tree", "--", "true", check_rc=0)
+    and the shell do. The command is certain to be at work when the signal comes: it reads
+    its checkpoint from a named pipe (as ``--against <(curl ...)`` does) that the test holds
+    open and writes nothing into. (It interrupted a verify of 10,000 files, and skipped
+    where that had finished before the signal.)"""
+    (workdir / "in.txt").write_text("data\n")
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    fifo = workdir / "checkpoint.fifo"
+    os.mkfifo(fifo)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
-    interrupted = 0
-    for command in (("verify-lineage",), ("lineage-ledger", "verify"), ("lineage-ledger", "hash", "--rehash")):
-        process = subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:], "tree"],
-                                   cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while process.poll() is None and not _busy_in(process.pid, tree) and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if process.poll() is not None:
-                continue  # done before it could be interrupted (a fast machine): nothing to say
-            process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        if process.returncode == 0:
-            continue  # it finished between the look and the signal (a busy machine): nothing to say
-        interrupted += 1
-        assert process.returncode == 128 + signal.SIGINT, (command, process.returncode, out[-500:], err[-500:])
-        assert err.strip().splitlines()[-1] == "interrupted", (command, err[-500:])
-    if not interrupted:
-        pytest.skip("every command finished before it could be interrupted")
+    process = subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:], "--against", str(fifo)],
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer: list[int] = []
+    try:
+        def reading() -> bool:
+            fd = _reader_waits_on(fifo)
+            if fd is not None:
+                writer.append(fd)
+            return fd is not None
+
+        _wait_for(reading, process, "it opened the checkpoint to read it")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        for fd in writer:
+            os.close(fd)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGINT, (command, process.returncode, out[-500:], err[-500:])
+    assert err.strip().splitlines()[-1] == "interrupted", (command, err[-500:])
+    assert "verification failed" not in out + err, (out, err)
+
+
+@pytest.mark.xfail(strict=True, reason="run said 'recorded ... (failed)' of an interrupted run, not that it was interrupted")
+def test_an_interrupted_run_exits_130_and_keeps_its_record(cli, workdir):
+    """Ctrl-C while ``run``'s command is certain to be running (it made a file, then sleeps a
+    minute): the signal is passed on to the command, ``run`` exits 128+SIGINT saying the run was
+    interrupted, and nothing is lost: the record is kept, ``failed`` with the signal in
+    ``extra`` (docs/guide.md), in the ledger or, waiting to be shipped, in the spool."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "run", "-n", "nap",
+                                "-o", "out.txt", "--", "sh", "-c", "touch started; exec sleep 60"],
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for((workdir / "started").exists, process, "its command started")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGINT, (process.returncode, out[-500:], err[-500:])
+    assert "interrupted by SIGINT" in err, err[-500:]
+    in_ledger = [r for r in _records(cli) if r.get("task_name") == "nap"]
+    waiting = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+    assert len(in_ledger) + sum(entry["records"] for entry in waiting) == 1, (in_ledger, waiting)
+    if in_ledger:
+        (record,) = in_ledger
+        assert record["status"] == "failed" and record["extra"]["interrupted"] is True, record
+        assert record["extra"]["signal"] == "SIGINT", record["extra"]
+    cli("spool", "ship", check_rc=0)  # what waited (if anything) reaches the ledger
+    (record,) = [r for r in _records(cli) if r.get("task_name") == "nap"]
+    assert record["status"] == "failed" and record["extra"]["signal"] == "SIGINT", record
 
 
 # -- a reader that goes away ---------------------------------------------------------------------------
