@@ -96,7 +96,6 @@ def test_rocrate_opens_the_crate_and_it_meets_the_run_crate_profiles(odd):
     assert sorted(os.listdir(path / unquote(directory.id))) == [".snakemake_timestamp", "a#b.txt", "c %20.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="names that slug alike take one place: later ones are not copied")
 def test_files_whose_names_differ_in_odd_characters_are_all_copied(odd):
     """'twin a b.txt', 'twin a#b.txt' and 'twin a%b.txt' were all copied to
     ``data/twin-a-b.txt``: the first took the place and the others, on disk with the recorded
@@ -117,7 +116,6 @@ def test_files_whose_names_differ_in_odd_characters_are_all_copied(odd):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage --crate does not percent-decode data entity ids")
 def test_a_crate_of_non_ascii_names_verifies_offline(odd):
     """'résumé café.txt' is carried as data/résumé-café.txt, its @id percent-encoded
     (data/r%C3%A9sum%C3%A9-caf%C3%A9.txt) as RO-Crate asks. verify-lineage --crate looked for
@@ -134,8 +132,6 @@ def _cli_run(where: Path, *steps: tuple[list[str], str]) -> None:
         run_cli("run", *args, "--run-id", "inside", "--", "sh", "-c", script, cwd=where, check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="a file of a copied directory is copied into the directory's copy (or the "
-                                       "directory onto the file's): the crate fails, or the export does")
 @pytest.mark.parametrize("directory_first", [True, False])
 def test_a_file_of_a_directory_and_the_directory_are_both_carried_whole(tmp_path, directory_first):
     """A task reads one file of a directory another task wrote ('out dir/a#b.txt'): its copy

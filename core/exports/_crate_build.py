@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import mimetypes
 import os
-import re
-import shutil
-import stat
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from .._files.hashing import hash_file
 from .._ledger.ledger import LedgerRecord
+from ._crate_copy import Places, copy_version, slug
 from ._crate_graph import CrateGraph
 from ._names import display_path, file_key
 from ._select import FileVersion, RunSummary, Selection, artifacts
@@ -52,79 +49,6 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
-SKIPPED = ".lineage"  # the ledger's own state: not in a directory's manifest, not copied
-_UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_" (every code point checked)
-
-
-def _slug(text: str) -> str:
-    """``text`` with every character but letters, digits and ``-_.`` made ``-``, 80 at most;
-    never ``.`` or ``..``: a recorded path is any text a writer of the ledger chose, and a
-    ``..`` kept in a copy's place would climb out of the crate."""
-    slug = _UNSAFE.sub("-", text[:80]) or "x"
-    return slug.replace(".", "-") if slug in (".", "..") else slug
-
-
-def _copyable_dir(directory: str, size: int) -> bool:
-    """Whether ``directory`` holds real files and directories only (a link cannot go into a
-    zip; a FIFO, socket or device makes the copy fail or block) and, its ``.lineage`` left
-    out, no more bytes than its record says. A directory is copied before its copy is hashed,
-    so a record naming a large one (``/home``: any writer of a shared ledger may) would fill
-    the disk first."""
-    total = 0
-    for folder, dirs, files in os.walk(directory):
-        dirs[:] = [name for name in dirs if name != SKIPPED]
-        for name in dirs + [name for name in files if name != SKIPPED]:
-            try:
-                info = os.lstat(os.path.join(folder, name))
-            except OSError:
-                return False
-            if stat.S_ISREG(info.st_mode):
-                total += info.st_size
-                if total > size:
-                    return False
-            elif not stat.S_ISDIR(info.st_mode):
-                return False
-    return total == size
-
-
-def _copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
-    """Copy the file (directory) into the crate if it still holds the recorded bytes
-    (manifest); the copy is hashed, so one changed during the copy is left out, not
-    described wrongly."""
-    target = os.path.join(crate_dir, relative)
-    if not _inside_crate(crate_dir, target):
-        return False
-    if version.is_dir:
-        if (not os.path.isdir(version.path) or os.path.islink(version.path)
-                or not _copyable_dir(version.path, version.size)):
-            return False
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copytree(version.path, target, symlinks=True, ignore=shutil.ignore_patterns(SKIPPED))
-    else:
-        if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
-            return False
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(version.path, target)
-    if hash_file(target).blake3 != version.digest:
-        shutil.rmtree(target) if version.is_dir else os.unlink(target)
-        return False
-    return True
-
-
-def _inside_crate(crate_dir: str, target: str) -> bool:
-    """Whether ``target``'s directory, as far as it exists, resolves inside the crate (a
-    second guard: the slug already leaves no ``..``)."""
-    crate = os.path.realpath(crate_dir)
-    return os.path.commonpath([crate, os.path.realpath(os.path.dirname(target))]) == crate
-
-
-def _data_path(shown: str) -> str:
-    """Where a version is copied in the crate: the path as shown (``display_path``), slugged."""
-    if os.path.isabs(shown):
-        shown = shown.lstrip(os.sep)
-    return "data/" + "/".join(_slug(part) for part in shown.split(os.sep))
-
-
 def data_entity(relative: str, props: dict[str, Any], *, is_dir: bool = False) -> dict[str, Any]:
     """A File (Dataset) entity at ``relative`` in the crate: its id as ``rocrate``'s
     ``add_file`` (``add_dataset``) makes it, quoted, a directory's ending in a slash."""
@@ -143,6 +67,7 @@ class CrateBuilder:
     def __init__(self, graph: CrateGraph, selection: Selection, crate_dir: str, with_data: bool) -> None:
         self.graph, self.selection, self.dir, self.with_data = graph, selection, crate_dir, with_data
         self.copied = 0
+        self.places = Places(graph.db)  # where copies are in the crate
         self.tools: dict[tuple[str, str], tuple[int, str, str]] = {}  # (seq, id, name)
         self.steps: dict[tuple[str, str], str] = {}
         self.params: dict[str, tuple[int, str]] = {}
@@ -159,7 +84,6 @@ class CrateBuilder:
                    " ident TEXT NOT NULL, PRIMARY KEY (path, digest))")
         db.execute("CREATE TABLE examples (parameter INTEGER NOT NULL, example INTEGER NOT NULL,"
                    " PRIMARY KEY (parameter, example)) WITHOUT ROWID")
-        db.execute("CREATE TABLE copied (relative TEXT PRIMARY KEY) WITHOUT ROWID")
         db.execute("CREATE TABLE run_files (run TEXT NOT NULL, file INTEGER NOT NULL, consumed INTEGER NOT NULL,"
                    " produced INTEGER NOT NULL, PRIMARY KEY (run, file)) WITHOUT ROWID")
         db.execute("CREATE TABLE controls (run TEXT NOT NULL, ident TEXT NOT NULL)")
@@ -236,7 +160,7 @@ class CrateBuilder:
         for key, value in sorted(record.parameters.items()):
             parameter = self._formal(tool_seq, tool_id, "param", key, "Text")
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            ident = f"#param-{entry.id[:16]}-{_slug(key)}"
+            ident = f"#param-{entry.id[:16]}-{slug(key)}"
             seq = self.entity(ident, {"@type": "PropertyValue", "name": key, "value": text})
             self._example(parameter, seq, ident)
             objects.append(_ref(ident))
@@ -267,7 +191,7 @@ class CrateBuilder:
 
     def _tool(self, engine: str, name: str) -> tuple[int, str, str]:
         if (engine, name) not in self.tools:
-            ident, label = f"#tool-{_slug(engine)}-{_slug(name)}", f"{engine}:{name}"
+            ident, label = f"#tool-{slug(engine)}-{slug(name)}", f"{engine}:{name}"
             seq = self.entity(ident, {"@type": "SoftwareApplication", "name": label, "input": [], "output": []})
             self.tools[(engine, name)] = (seq, ident, label)
         return self.tools[(engine, name)]
@@ -275,7 +199,7 @@ class CrateBuilder:
     def _formal(self, tool_seq: int, tool_id: str, role: str, slot: str, kind: str) -> tuple[int, str]:
         ident = self.slots.get((tool_id, role, slot))
         if ident is None:
-            ident = self.slots[(tool_id, role, slot)] = f"{tool_id}/{role}/{_slug(slot)}"
+            ident = self.slots[(tool_id, role, slot)] = f"{tool_id}/{role}/{slug(slot)}"
         if ident not in self.params:
             self.params[ident] = (self.entity(ident, {
                 "@type": "FormalParameter", "name": f"{role} {slot}", "additionalType": kind,
@@ -290,7 +214,7 @@ class CrateBuilder:
             self.graph.append(seq, "exampleOfWork", parameter[1])
 
     def _person(self, name: str) -> str:
-        ident = f"#user-{_slug(name)}"
+        ident = f"#user-{slug(name)}"
         if ident not in self.people:
             self.people.add(ident)
             self.entity(ident, {"@type": "Person", "name": name})
@@ -327,11 +251,11 @@ class CrateBuilder:
             props["encodingFormat"] = mimetypes.guess_type(version.path)[0] or "application/octet-stream"
         if version.aliases:
             props["alternateName"] = [display_path(alias) for alias in version.aliases]
-        relative = _data_path(shown) if self.with_data else ""
-        # (Absent from the disk: nothing is copied, and whether the place was taken is not asked.)
-        if (self.with_data and os.path.lexists(version.path) and not self._was_copied(relative)
-                and _copy_version(version, self.dir, relative)):
-            self.graph.db.execute("INSERT INTO copied VALUES (?)", (relative,))
+        # (Absent from the disk: nothing is copied, and no place is asked for.)
+        relative = self.places.place(version.path, shown) if self.with_data and os.path.lexists(version.path) \
+            else None
+        if relative is not None and copy_version(version, self.dir, relative):
+            self.places.take(relative)
             self.copied += 1
             body = data_entity(relative, props, is_dir=version.is_dir)
             seq = self.graph.add(body, data=True)
@@ -346,9 +270,6 @@ class CrateBuilder:
         assert row is not None
         return seq, body["@id"], row
 
-    def _was_copied(self, relative: str) -> bool:
-        return self.graph.db.execute("SELECT 1 FROM copied WHERE relative = ?", (relative,)).fetchone() is not None
-
     # -- the runs ------------------------------------------------------------------------------
     def finish(self) -> None:
         """Each run's CreateAction, its engine and its OrganizeAction, after every task."""
@@ -357,7 +278,7 @@ class CrateBuilder:
             self._run(run_id, summary)
 
     def _run(self, run_id: str, summary: RunSummary) -> None:
-        ident = f"#run-{_slug(run_id)}"
+        ident = f"#run-{slug(run_id)}"
         start, end = iso(summary.started), iso(summary.ended)
         props: dict[str, Any] = {
             "@type": "CreateAction", "name": f"run {run_id}", "instrument": _ref(WORKFLOW),
@@ -365,7 +286,7 @@ class CrateBuilder:
             "startTime": start, "endTime": end, "actionStatus": _FAILED if summary.failed else _COMPLETED}
         users = self.users.get(run_id, set())
         if len(users) == 1:
-            props["agent"] = _ref(f"#user-{_slug(next(iter(users)))}")
+            props["agent"] = _ref(f"#user-{slug(next(iter(users)))}")
         seq = self.entity(ident, props)
         # Sources and results once, not per file; in order of first mention.
         files = ("SELECT f.ident AS target, r.file AS place FROM run_files r JOIN files f ON f.rowid = r.file"
@@ -374,9 +295,9 @@ class CrateBuilder:
         self.graph.append_selected(seq, "result", files.format(0, 1), (run_id,))
         if len(users) == 1:
             self._person(next(iter(users)))
-        engine = f"#engine-{_slug(summary.engine)}"
+        engine = f"#engine-{slug(summary.engine)}"
         self.entity(engine, {"@type": "SoftwareApplication", "name": summary.engine})
-        organize = self.entity(f"#organize-{_slug(run_id)}", {
+        organize = self.entity(f"#organize-{slug(run_id)}", {
             "@type": "OrganizeAction", "name": f"{summary.engine} orchestrating run {run_id}",
             "instrument": _ref(engine), "result": _ref(ident), "startTime": start, "endTime": end})
         self.graph.append_selected(organize, "object", "SELECT ident AS target, rowid AS place FROM controls"

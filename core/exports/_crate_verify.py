@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote
 
 import click
 
@@ -275,7 +276,7 @@ def _check_payloads(crate: str, entities: CrateStore, report: CrateReport) -> No
         if "://" in ident:
             continue  # described by digest only, not carried
         try:
-            path = _inside(crate, ident)
+            path = _inside(crate, unquote(ident))  # an id is a URI: 'data/r%C3%A9sum%C3%A9.txt'
         except ConfigError as err:
             report.failures.append(f"file {ident}: {err}")
             continue

@@ -1,0 +1,139 @@
+"""Where a crate carries the files and directories it copies (``data/...``), and the copying.
+
+A copy's place is the path as shown (``display_path``), each part made safe (:func:`slug`),
+so different names may ask for one place: ``twin a b.txt`` and ``twin a#b.txt`` both for
+``data/twin-a-b.txt``; a file read from inside a directory for a place inside that
+directory's copy (``out dir/a#b.txt``: ``data/out-dir/a-b.txt``, a file the directory never
+held, which made its copy fail its manifest), or a directory for the place of a file of it
+copied first (``data/refs/`` over ``data/refs/genome.fa``: the export failed with 'File
+exists'). A place is free when no copy is at it, above it or below it; a version whose place
+is taken goes beside it, its first part tagged with a digest of its recorded path
+(``data/twin-a-b-1f2e3d4c.txt``, ``data/out-dir-1f2e3d4c/a-b.txt``), so no copy lands in,
+on or around another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import stat
+
+from blake3 import blake3
+
+from .._files.hashing import hash_file
+from ._select import FileVersion
+
+__all__ = ["SKIPPED", "Places", "copy_version", "slug"]
+
+SKIPPED = ".lineage"  # the ledger's own state: not in a directory's manifest, not copied
+_UNSAFE = re.compile(r"[^\w.-]")  # \w: what str.isalnum() accepts, and "_" (every code point checked)
+
+
+def slug(text: str) -> str:
+    """``text`` with every character but letters, digits and ``-_.`` made ``-``, 80 at most;
+    never ``.`` or ``..``: a recorded path is any text a writer of the ledger chose, and a
+    ``..`` kept in a copy's place would climb out of the crate."""
+    slug = _UNSAFE.sub("-", text[:80]) or "x"
+    return slug.replace(".", "-") if slug in (".", "..") else slug
+
+
+def _copyable_dir(directory: str, size: int) -> bool:
+    """Whether ``directory`` holds real files and directories only (a link cannot go into a
+    zip; a FIFO, socket or device makes the copy fail or block) and, its ``.lineage`` left
+    out, no more bytes than its record says. A directory is copied before its copy is hashed,
+    so a record naming a large one (``/home``: any writer of a shared ledger may) would fill
+    the disk first."""
+    total = 0
+    for folder, dirs, files in os.walk(directory):
+        dirs[:] = [name for name in dirs if name != SKIPPED]
+        for name in dirs + [name for name in files if name != SKIPPED]:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except OSError:
+                return False
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+                if total > size:
+                    return False
+            elif not stat.S_ISDIR(info.st_mode):
+                return False
+    return total == size
+
+
+def copy_version(version: FileVersion, crate_dir: str, relative: str) -> bool:
+    """Copy the file (directory) into the crate if it still holds the recorded bytes
+    (manifest); the copy is hashed, so one changed during the copy is left out, not
+    described wrongly."""
+    target = os.path.join(crate_dir, relative)
+    if not _inside_crate(crate_dir, target):
+        return False
+    if version.is_dir:
+        if (not os.path.isdir(version.path) or os.path.islink(version.path)
+                or not _copyable_dir(version.path, version.size)):
+            return False
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copytree(version.path, target, symlinks=True, ignore=shutil.ignore_patterns(SKIPPED))
+    else:
+        if not os.path.isfile(version.path) or os.path.getsize(version.path) != version.size:
+            return False
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(version.path, target)
+    if hash_file(target).blake3 != version.digest:
+        shutil.rmtree(target) if version.is_dir else os.unlink(target)
+        return False
+    return True
+
+
+def _inside_crate(crate_dir: str, target: str) -> bool:
+    """Whether ``target``'s directory, as far as it exists, resolves inside the crate (a
+    second guard: the slug already leaves no ``..``)."""
+    crate = os.path.realpath(crate_dir)
+    return os.path.commonpath([crate, os.path.realpath(os.path.dirname(target))]) == crate
+
+
+def _data_path(shown: str) -> str:
+    """Where a version is copied in the crate: the path as shown (``display_path``), slugged."""
+    if os.path.isabs(shown):
+        shown = shown.lstrip(os.sep)
+    return "data/" + "/".join(slug(part) for part in shown.split(os.sep))
+
+
+class Places:
+    """The places under ``data/`` that copies took, kept in the crate builder's scratch database."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.execute("CREATE TABLE copied (relative TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def place(self, path: str, shown: str) -> str | None:
+        """A free place for the version of ``path`` (shown as ``shown``); None if none is."""
+        first = _data_path(shown)
+        if self._free(first):
+            return first
+        beside = _beside(first, path)
+        return beside if self._free(beside) else None
+
+    def take(self, relative: str) -> None:
+        self.db.execute("INSERT INTO copied VALUES (?)", (relative,))
+
+    def _free(self, relative: str) -> bool:
+        """No copy at ``relative`` or a directory above it (``data/a`` for ``data/a/b``), and
+        none below it (``data/a/b`` for ``data/a``: '/' + 1 is '0')."""
+        parts = relative.split("/")
+        at_or_above = ["/".join(parts[:end]) for end in range(2, len(parts) + 1)]
+        found = self.db.execute(f"SELECT 1 FROM copied WHERE relative IN ({', '.join('?' * len(at_or_above))})"
+                                " OR (relative > ? AND relative < ?) LIMIT 1",
+                                (*at_or_above, relative + "/", relative + "0")).fetchone()
+        return found is None
+
+
+def _beside(relative: str, path: str) -> str:
+    """``relative`` with its first part below ``data/`` tagged with a digest of ``path``
+    (before a file's extension when it is the only part)."""
+    parts = relative.split("/")
+    tag = blake3(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    stem, extension = os.path.splitext(parts[1]) if len(parts) == 2 else (parts[1], "")
+    parts[1] = f"{stem}-{tag}{extension}"
+    return "/".join(parts)
