@@ -8,6 +8,7 @@ import pytest
 from blake3 import blake3
 
 from lineage_ledger import ArtifactError, Hasher, StatCache, hash_file, walk_files
+from lineage_ledger._files import _digest
 from lineage_ledger._files import hashing as _hashing
 
 
@@ -16,7 +17,7 @@ def test_small_and_large_files_hash_like_blake3(tmp_path, monkeypatch):
     small.write_bytes(b"abc" * 1000)
     big = tmp_path / "big"
     big.write_bytes(os.urandom(3 << 20))
-    monkeypatch.setattr(_hashing, "MMAP_THRESHOLD", 1 << 20)  # send "big" through mmap + threads
+    monkeypatch.setattr(_digest, "MMAP_THRESHOLD", 1 << 20)  # send "big" through mmap + threads
     assert hash_file(small).blake3 == blake3(small.read_bytes()).hexdigest()
     assert hash_file(big).blake3 == blake3(big.read_bytes()).hexdigest()
     assert hash_file(big).size == 3 << 20

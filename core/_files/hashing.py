@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from blake3 import blake3
-
 from .._errors import ArtifactError, describe_os_error
 from .._model import Artifact, DirectoryArtifact
+from ._digest import file_digest, signature
 from .statcache import StatCache, state_cache
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "real_path", "resolving_keeps", "walk_files",
 ]
 
-MMAP_THRESHOLD = 4 << 20
-_CHUNK = 1 << 20
 _RETRIES = 3
 
 
@@ -146,25 +143,12 @@ def _stat(path: str) -> os.stat_result:
     return st
 
 
-def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+_signature = signature
 
 
 def _digest(path: str, size: int) -> str:
     try:
-        if size >= MMAP_THRESHOLD:
-            hasher = blake3(max_threads=blake3.AUTO)
-            hasher.update_mmap(path)
-            return hasher.hexdigest()
-        hasher = blake3()
-        # A descriptor, not a file object: 9.8 against 12.5 us a file of 4 KiB.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            while chunk := os.read(fd, _CHUNK):
-                hasher.update(chunk)
-        finally:
-            os.close(fd)
-        return hasher.hexdigest()
+        return file_digest(path, size)
     except OSError as err:
         raise ArtifactError(path, describe_os_error(err)) from err
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._errors import ArtifactError
+from .._files.hash_ahead import HashAhead
 from .._files.hashing import Hasher, hash_file
 from .._files.manifest import Changes
 from .._ledger.ledger import Ledger
@@ -57,7 +58,8 @@ class ArtifactCheck:
 
 
 def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "producer"] = "any",
-                   hasher: Hasher | None = None, containers: dict | None = None) -> ArtifactCheck:
+                   hasher: Hasher | None = None, containers: dict | None = None,
+                   hashed: HashAhead | None = None) -> ArtifactCheck:
     """Compare a file or directory on disk with the last record that read or wrote it
     (always rehashes, unless a ``hasher`` with a stat cache is given for directories).
 
@@ -67,7 +69,8 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
     last read. A directory that differs names the files inside that changed, appeared or
     disappeared; a file no record names but that lies in a recorded directory is compared
     with that directory's manifest (``containers``: what :meth:`Ledger.container_of` found
-    for each directory so far, shared by the files of one tree).
+    for each directory so far, shared by the files of one tree). ``hashed``: files a child
+    process hashed meanwhile (:mod:`.hash_ahead`), taken where it has the file's digest.
     """
     path = ledger.query_path(path)
     seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
@@ -78,10 +81,10 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
             return inside
         if not exists:  # most likely a typo: say so as bad input, not as a failed check
             raise ArtifactError(path, "no such file, and no record in the ledger mentions it")
-        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, _hash(path, hasher).blake3)
+        return ArtifactCheck(path, ArtifactStatus.UNRECORDED, None, _hash(path, hasher, hashed).blake3)
     entry, role, recorded = seen
     try:
-        actual = _hash(path, hasher)
+        actual = _hash(path, hasher, hashed)
     except ArtifactError:
         if os.path.lexists(path):
             raise  # there but unreadable (a dangling link, no permission): the caller says so
@@ -98,7 +101,11 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
                          changes=_changes(ledger, recorded, actual), reason=reason)
 
 
-def _hash(path: str, hasher: Hasher | None) -> Artifact:
+def _hash(path: str, hasher: Hasher | None, hashed: HashAhead | None = None) -> Artifact:
+    if hashed is not None:
+        artifact = hashed.take(path)
+        if artifact is not None:
+            return artifact
     return hasher.hash(path) if hasher is not None and os.path.isdir(path) else hash_file(path)
 
 

@@ -26,6 +26,7 @@ from .._errors import (
     LineageBroken,
     VerificationError,
 )
+from .._files.hash_ahead import HashAhead, hash_ahead
 from .._files.hashing import lookup_paths
 from .._files.manifest import walk_tree
 from .._ledger.ledger import Ledger, LineageNode
@@ -243,8 +244,13 @@ _LOOK_AHEAD = 16
 
 def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool,
                    plain: Collection[str] = (), bounded: bool = False) -> None:
-    # Many files (a directory's, an audit's outputs): their index rows read at once.
+    # Many files (a directory's, an audit's outputs): hashed in a child process meanwhile
+    # (.hash_ahead: it starts first, and hashes while the index rows are read), and their
+    # index rows read at once.
     ahead = contextlib.ExitStack()
+    hashed = hash_ahead(window) if files else None
+    if hashed is not None:
+        ahead.enter_context(hashed)
     if len(window) >= _LOOK_AHEAD:
         try:
             ahead.enter_context(ledger.looking_ahead(window, plain=plain))
@@ -258,7 +264,7 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
             # Failing: a problem of its own, or one its tree shows that an earlier target's
             # reported already (a shared source edited: reported once, failing for each).
             problems = report.problems
-            failing = _verify_one(ledger, path, report, files=files, audit=audit)
+            failing = _verify_one(ledger, path, report, files=files, audit=audit, hashed=hashed)
             if audit:
                 report.counted(path, failed=failing or report.problems > problems)
             elif bounded:
@@ -266,10 +272,12 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
     report.trim()
 
 
-def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> bool:
-    """Check ``path`` and its lineage into ``report``; True where it fails."""
+def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool,
+                hashed: HashAhead | None = None) -> bool:
+    """Check ``path`` and its lineage into ``report``; True where it fails. ``hashed``: files
+    hashed ahead (a window's)."""
     try:
-        return _verify_target(ledger, path, report, files=files, audit=audit)
+        return _verify_target(ledger, path, report, files=files, audit=audit, hashed=hashed)
     except VerificationError as failure:  # an index row that disagrees with its record
         report.fail(failure)
     except ArtifactError as err:
@@ -280,13 +288,14 @@ def _verify_one(ledger: Ledger, path: str, report: Report, *, files: bool, audit
     return True
 
 
-def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool) -> bool:
+def _verify_target(ledger: Ledger, path: str, report: Report, *, files: bool, audit: bool,
+                   hashed: HashAhead | None = None) -> bool:
     """Check one target into ``report``; True where it fails: its own check, its lineage,
     or a file of its tree (a problem an earlier target reported already counts here too)."""
     if not files:
         check = ArtifactCheck(path, ArtifactStatus.OK)
     else:
-        check = report.checked.get(path) or check_artifact(ledger, path, containers=report.containers)
+        check = report.checked.get(path) or check_artifact(ledger, path, containers=report.containers, hashed=hashed)
         report.checked[path] = check
     # In an audit, a produced file that was cleaned up since is not a failure.
     tolerated = audit and check.status is ArtifactStatus.MISSING
