@@ -56,7 +56,9 @@ def log_command(limit, run_id, every, ledger_url, as_json) -> None:
             if before:  # say so: a listing of 20 reads like the whole ledger
                 click.echo(f"showing the last {shown} of {total} records; -n 0 shows all", err=True)
         start_of = ledger.verifier.store.block_start
+        listed = False
         for entry in entries:
+            listed = True
             if as_json:
                 click.echo(json_text({"id": entry.id, "height": entry.height,
                                       "leaf_index": start_of(entry.height) + entry.position,
@@ -65,6 +67,12 @@ def log_command(limit, run_id, every, ledger_url, as_json) -> None:
                 outs = ", ".join(printable(os.path.relpath(p)) for p, e in entry.record.outputs.items()
                                  if "alias_of" not in e) or "-"
                 click.echo(f"{describe_record(entry)}  -> {outs}")
+        if run_id is not None and not listed:
+            # As export, graph and show refuse a name nothing describes (a typo, another
+            # ledger): an empty listing, exit 0, read as a run that recorded nothing. Said
+            # after the listing, whose count against the names kept has run by then: a run
+            # whose rows were deleted is a failed check (exit 1), not an unknown one.
+            raise LedgerError(f"no record in the ledger describes run {run_id!r}")
 
 
 
@@ -175,7 +183,7 @@ def depends(path, limit, show_all, ledger_url) -> None:
             return
         tree = ledger.derived(normal, limit=limit)
         if not tree:
-            click.echo(f"{printable(path)}: nothing in the ledger was derived from it")
+            _say_nothing_derived(ledger, normal, path)
             return
         click.echo("\n".join(derived_lines(normal, tree)))
 
@@ -210,5 +218,16 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
     if counted is not None:
         counted.finish()
     if not printed:
-        click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
+        _say_nothing_derived(ledger, normal, shown)
+
+
+def _say_nothing_derived(ledger: Ledger, normal: str, shown: str) -> None:
+    """That nothing was derived from a file a record wrote (exit 0); a file no record read
+    or wrote (a typo, another ledger) is refused, exit 2, as ``why`` refuses it. Asked after
+    the readers were listed and counted: a file whose reader rows were deleted is a failed
+    check (exit 1), not an unknown file."""
+    # One step down the index, as has_consumers: a file a million tasks wrote is not read whole.
+    if not ledger.backend.find_page("out", path=normal, limit=1):
+        raise LedgerError(f"{shown}: no record in the ledger read or wrote it")
+    click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
 
