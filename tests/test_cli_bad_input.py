@@ -124,7 +124,6 @@ def test_depends_of_a_recorded_file_nothing_read_is_an_answer(cli, recorded):
 
 
 # -- keygen --name ----------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="an empty --name was taken as no --name: the default name")
 def test_keygen_refuses_an_empty_name(cli, workdir):
     result = cli("keygen", "lab.key", "--name", "")
     assert result.returncode == 2, (result.returncode, result.stderr)

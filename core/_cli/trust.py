@@ -119,7 +119,7 @@ def _read_checkpoint(path: str, pubkeys: tuple[str, ...], quorum: int | None = N
 
 @click.command()
 @click.argument("keyfile", type=click.Path(dir_okay=False))
-@click.option("--name", help="The key's name in signatures (default: lineage-ledger/USER@HOST).")
+@click.option("--name", help="The key's name in signatures, no spaces or '+' (default: lineage-ledger/USER@HOST).")
 def keygen(keyfile, name) -> None:
     """Write an ed25519 key pair for signing checkpoints: KEYFILE (private, 0600) and KEYFILE.pub."""
     import getpass
@@ -130,7 +130,10 @@ def keygen(keyfile, name) -> None:
     if keyfile == "-":
         raise click.BadParameter("a key pair is two files, KEYFILE and KEYFILE.pub, which standard output (-) "
                                  "cannot be: give a file name", param_hint="KEYFILE")
-    write_keypair(keyfile, name or f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
+    if name == "":  # "--name $NAME" with NAME unset: not the default name, which no --name gives
+        raise click.BadParameter("an empty name names no key: give a name (no spaces, no '+'), or no --name for "
+                                 "lineage-ledger/USER@HOST", param_hint="--name")
+    write_keypair(keyfile, name if name is not None else f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
     click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
 
 
