@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ from . import require
 from ._output import open_output
 from ._select import Selection, aliases_in, artifacts
 
-__all__ = ["FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
+__all__ = ["API_KEY", "FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
 
 FACET = "lineageLedger_blake3"
 SCHEMA_URL = "https://lineage-ledger.invalid/spec/facets/1-0-0/Blake3DatasetFacet.json#/$defs/Blake3DatasetFacet"
@@ -84,9 +85,10 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         run_uuid = _run_uuid(started, f"run:{run_id}")
         job = base.Job(namespace=namespace, name=f"{engine}.run", facets={
             "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
-                                                          jobType="DAG")})
+                                                          jobType="DAG", producer=PRODUCER)})
         parents[run_id] = facets.parent_run.ParentRunFacet(
-            run=facets.parent_run.Run(runId=run_uuid), job=facets.parent_run.Job(namespace=namespace, name=job.name))
+            run=facets.parent_run.Run(runId=run_uuid), job=facets.parent_run.Job(namespace=namespace, name=job.name),
+            producer=PRODUCER)
         run_facets = {"lineageLedger_run": _run_facet(base, {"run_id": run_id})}
         yield base.RunEvent(eventType=base.EventType.START, eventTime=_time(started), producer=PRODUCER,
                             run=base.Run(runId=run_uuid, facets=run_facets), job=job)
@@ -98,25 +100,28 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         run_uuid = _run_uuid(record.started, f"record:{entry.id}")
         job = base.Job(namespace=namespace, name=f"{record.engine}.{record.task_name}", facets={
             "jobType": facets.job_type_job.JobTypeJobFacet(processingType="BATCH", integration="LINEAGE_LEDGER",
-                                                          jobType="TASK")})
+                                                          jobType="TASK", producer=PRODUCER)})
         task_facets: dict[str, Any] = {
             "parent": parents[record.run_id],
             "processing_engine": facets.processing_engine_run.ProcessingEngineRunFacet(
-                version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine),
+                version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine,
+                producer=PRODUCER),
             "lineageLedger_run": _run_facet(base, {"record": entry.id, "task_id": record.task_id,
                                                    "attempt": record.attempt, "status": record.status}),
         }
         def dataset_facets(path: str, art: Any, given: dict[str, list[str]], record_id: str = entry.id) -> dict:
             found: dict[str, Any] = {
-                "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"]),
-                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=record_id),
+                "version": facets.dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=art["blake3"],
+                                                                                 producer=PRODUCER),
+                FACET: blake3_facet(blake3=art["blake3"], size=art["size"], record=record_id, producer=PRODUCER),
             }
             if art.get("type") == "dir":
-                found["datasetType"] = facets.dataset_type_dataset.DatasetTypeDatasetFacet(datasetType="DIRECTORY")
+                found["datasetType"] = facets.dataset_type_dataset.DatasetTypeDatasetFacet(datasetType="DIRECTORY",
+                                                                                           producer=PRODUCER)
             if given.get(path):
                 found["symlinks"] = facets.symlinks_dataset.SymlinksDatasetFacet(identifiers=[
                     facets.symlinks_dataset.Identifier(namespace="file", name=alias, type="SYMLINK")
-                    for alias in given[path]])
+                    for alias in given[path]], producer=PRODUCER)
             return found
 
         given_in, given_out = aliases_in(record.inputs), aliases_in(record.outputs)
@@ -126,7 +131,7 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
             base.OutputDataset(namespace="file", name=path, facets=dataset_facets(path, art, given_out), outputFacets={
                 "outputStatistics": facets.output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
                     # a directory's file count is in its manifest record, not in this one
-                    size=art["size"], fileCount=None if art.get("type") == "dir" else 1),
+                    size=art["size"], fileCount=None if art.get("type") == "dir" else 1, producer=PRODUCER),
             }) for path, art in sorted(artifacts(record.outputs))
         ]
         start = base.RunEvent(eventType=base.EventType.START, eventTime=_time(record.started), producer=PRODUCER,
@@ -135,7 +140,7 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         if record.status == "failed":
             end_facets["errorMessage"] = facets.error_message_run.ErrorMessageRunFacet(
                 message=f"{record.task_name} failed (recorded by lineage-ledger as record {entry.id})",
-                programmingLanguage="unknown")
+                programmingLanguage="unknown", producer=PRODUCER)
         end = base.RunEvent(
             eventType=base.EventType.FAIL if record.status == "failed" else base.EventType.COMPLETE,
             eventTime=_time(record.ended), producer=PRODUCER,
@@ -147,7 +152,7 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
 
 def _run_facet(base: Any, fields: dict[str, Any]) -> Any:
     """A run facet naming the ledger's record or run (additional properties of RunFacet)."""
-    facet = base.RunFacet()
+    facet = base.RunFacet(producer=PRODUCER)
     return facet.with_additional_properties(**fields)
 
 
@@ -174,17 +179,29 @@ def write_events(events: Iterable[Any], path: str) -> int:
     return written
 
 
+API_KEY = "OPENLINEAGE_API_KEY"  # what OpenLineage's own clients read for a token
+
+
 def emit(events: Iterable[Any], url: str) -> int:
-    """POST every event to a Marquez-compatible endpoint (``URL/api/v1/lineage``); how many."""
+    """POST every event to a Marquez-compatible endpoint (``URL/api/v1/lineage``); how many.
+
+    ``$OPENLINEAGE_API_KEY``, when set, goes as ``Authorization: Bearer KEY``; a password in
+    the URL as HTTP basic authentication (``requests`` does that). Neither is ever printed."""
     posted = 0
     http = require("openlineage.client.transport.http", "openlineage-python")
-    transport = http.HttpTransport(http.HttpConfig(url=url, timeout=10.0, retry={"total": 2}))
+    key = os.environ.get(API_KEY) or None
+    auth = http.ApiKeyTokenProvider({"api_key": key}) if key else http.TokenProvider({})
+    # The endpoint is joined to the URL (urljoin): without a final '/', the URL's last part
+    # was dropped (http://host/gw posted to http://host/api/v1/lineage).
+    base = url if url.endswith("/") else url + "/"
+    transport = http.HttpTransport(http.HttpConfig(url=base, timeout=10.0, retry={"total": 2}, auth=auth))
     for event in events:
         try:
             transport.emit(event)
         except Exception as exc:  # noqa: BLE001 - requests' and HTTP errors become one message
-            # Never the URL's password: requests may repeat the URL in its message too.
+            # Never the URL's password (requests may repeat the URL in its message) nor the key.
+            said = redact(str(exc), url)
             raise ConfigError(f"{redact(url, url)} did not take the OpenLineage events: "
-                              f"{redact(str(exc), url)}") from exc
+                              f"{said.replace(key, '***') if key else said}") from exc
         posted += 1
     return posted
