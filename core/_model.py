@@ -224,23 +224,23 @@ class Record:
         as the general path, by hypothesis.)"""
         checked = typed_body(data)
         if checked is not None:
-            return cls._checked(checked, data)
+            # Every field's type and value checked by the typed decoder but the times' text
+            # and the paths' form, checked here as the general path checks them.
+            record = cls._unchecked(checked)
+            if record._times != (checked["started"], checked["ended"]):
+                raise ValueError("record bytes are not in canonical form")
+            for name in ("inputs", "outputs"):
+                if not _all_normal(checked[name]):  # each path then checked on its own (raises, or the same map)
+                    object.__setattr__(record, name, artifact_map(checked[name], name))
+            object.__setattr__(record, "_canonical", data)
+            return record
         shown = canonical_object(data)
         raw = shown if shown is not None else from_canonical(data)
         if type(raw) is not dict or raw.keys() != _BODY_KEYS or raw["v"] != RECORD_VERSION:
             record = cls._from_fields(raw, decoded=True)
         else:
-            record = object.__new__(cls)
-            set_field = object.__setattr__
-            for name in _PLAIN_FIELDS:
-                set_field(record, name, raw[name])
-            started, started_text = parse_time_text(raw["started"])
-            ended, ended_text = parse_time_text(raw["ended"])
-            set_field(record, "started", started)
-            set_field(record, "ended", ended)
-            set_field(record, "_canonical", None)
+            record = cls._unchecked(raw)
             record._check_values()
-            set_field(record, "_times", (started_text, ended_text))
             for name in ("parameters", "environment", "extra"):
                 if type(raw[name]) is not dict:
                     raise ValueError(f"{name} must be a dict in JSON form")
@@ -248,33 +248,26 @@ class Record:
                 # data is the canonical bytes of raw, and the checks passed keep every value
                 # of raw as it is (the times' text, each artifact entry's keys and values):
                 # data is this record's encoding, without building it again.
-                set_field(record, "_canonical", data)
+                object.__setattr__(record, "_canonical", data)
                 return record
         if record.encode() != data:
             raise ValueError("record bytes are not in canonical form")
         return record
 
     @classmethod
-    def _checked(cls, raw: dict[str, Any], data: bytes) -> Record:
-        """:meth:`decode` of ``data``, which :func:`typed_body` parsed into ``raw`` and found
-        canonical, with every field's type and value checked but the times' text and the
-        paths' form, checked here as the general path checks them."""
+    def _unchecked(cls, raw: dict[str, Any]) -> Record:
+        """A record of every field of ``raw`` (a body's keys), the times parsed (raising
+        where they are not times) and their canonical text kept, nothing else checked."""
         record = object.__new__(cls)
         set_field = object.__setattr__
         for name in _PLAIN_FIELDS:
             set_field(record, name, raw[name])
         started, started_text = parse_time_text(raw["started"])
         ended, ended_text = parse_time_text(raw["ended"])
-        if started_text != raw["started"] or ended_text != raw["ended"]:
-            raise ValueError("record bytes are not in canonical form")
         set_field(record, "started", started)
         set_field(record, "ended", ended)
-        for name in ("inputs", "outputs"):
-            paths = raw[name]
-            if not _all_normal(paths):  # each path then checked on its own (raises, or the same map)
-                set_field(record, name, artifact_map(paths, name))
+        set_field(record, "_canonical", None)
         set_field(record, "_times", (started_text, ended_text))
-        set_field(record, "_canonical", data)
         return record
 
     def stored(self, body: bytes | None = None, record_id: str | None = None) -> StoredRecord:
