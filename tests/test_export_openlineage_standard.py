@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.support.odd_names import RUN, odd_workflow, recorded
-from tests.test_export import check_openlineage
+from tests.test_export import ROOT, check_openlineage
 
 pytest.importorskip("openlineage.client", reason="the exports extra")
 
@@ -155,3 +155,21 @@ def test_emit_authenticates_with_the_openlineage_api_key_and_never_prints_it(odd
     refused = run_cli(*emit, cwd=where, env={**env, "OPENLINEAGE_API_KEY": "wrong-s3cr3t"})
     assert refused.returncode == 2 and "did not take the OpenLineage events" in refused.stderr
     assert "401" in refused.stderr and "wrong-s3cr3t" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="lineageLedger_run says it is the core RunFacet and has no schema of its own")
+def test_the_ledger_run_facet_has_a_schema_of_its_own(odd):
+    """A custom facet's ``_schemaURL`` points to the schema of that facet. ``lineageLedger_run``
+    (the ledger's record, task id, attempt and status of a task; the ledger's run id of a
+    workflow run) said https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunFacet,
+    the core's generic run facet, and no schema in the repository described it."""
+    import jsonschema
+
+    _, _, events = odd
+    schema = json.loads((ROOT / "core" / "exports" / "schemas" / "run-facet.json").read_text(encoding="utf-8"))
+    definition = schema["$defs"]["LineageLedgerRunFacet"]["allOf"][1]
+    for event in events:
+        facet = event["run"]["facets"]["lineageLedger_run"]
+        assert facet["_schemaURL"] == schema["$id"] + "#/$defs/LineageLedgerRunFacet"
+        jsonschema.validate(facet, definition)
+        assert ("run_id" in facet) == event["job"]["name"].endswith(".run")
