@@ -146,3 +146,23 @@ def test_a_child_that_dies_or_cannot_start_leaves_the_files_to_the_caller(tmp_pa
     monkeypatch.setattr(hash_ahead_module.sys, "executable", str(tmp_path / "no-such-python"))
     with HashAhead(files) as ahead:
         assert ahead.take(files[0]) is None
+
+
+def test_the_child_imports_nothing_from_the_working_directory(tmp_path, monkeypatch):
+    """verify-lineage run in a shared folder where another user left a blake3.py (or a
+    stat.py, an os.py): the hashing child imports from this installation, never from the
+    folder, and still hashes the files."""
+    url, out = _build(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("blake3", "stat", "os"):
+        (shared / f"{name}.py").write_text(f"open({str(tmp_path / ('ran-' + name))!r}, 'w').close()\n")
+    answered = []
+    take = HashAhead.take
+    monkeypatch.setattr(HashAhead, "take", lambda self, path: answered.append(take(self, path)) or answered[-1])
+    monkeypatch.setattr(hash_ahead_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.chdir(shared)
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "state")) as ledger:
+        assert verify_lineage(ledger, [str(out)]).ok
+    assert sum(a is not None for a in answered) == N
+    assert not list(tmp_path.glob("ran-*"))

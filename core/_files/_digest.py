@@ -3,7 +3,7 @@ meanwhile: the one piece of hashing that :mod:`.hashing` and the hashing child o
 :mod:`.hash_ahead` share.
 
 This module imports nothing of the package, so that it runs as the child's script
-(``python -I _digest.py``) in a twentieth of the time importing the package would take: the
+(``python .../_digest.py``) in a twentieth of the time importing the package would take: the
 child starts while its parent reads the ledger. Errors are the system's (``OSError``); the
 package's callers turn them into their own.
 

@@ -55,9 +55,11 @@ class HashAhead:
             with tempfile.TemporaryFile() as listing:
                 listing.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
                 listing.seek(0)
-                # -I: the child's imports come from this interpreter's own installation, not
-                # from PYTHONPATH or the working directory.
-                self._child = subprocess.Popen([sys.executable, "-I", _CHILD], stdin=listing,
+                # Run by its path: the first place the child imports from is this package's
+                # own folder, never the working directory (another user's, perhaps). Not
+                # isolated (-I): BLAKE3 may be found where this process found it, in the
+                # user's site-packages or a PYTHONPATH a cluster's module system set.
+                self._child = subprocess.Popen([sys.executable, _CHILD], stdin=listing,
                                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             self._out = self._child.stdout
         except (OSError, ValueError, subprocess.SubprocessError):
