@@ -157,7 +157,6 @@ def test_emit_authenticates_with_the_openlineage_api_key_and_never_prints_it(odd
     assert "401" in refused.stderr and "wrong-s3cr3t" not in refused.stdout + refused.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="lineageLedger_run says it is the core RunFacet and has no schema of its own")
 def test_the_ledger_run_facet_has_a_schema_of_its_own(odd):
     """A custom facet's ``_schemaURL`` points to the schema of that facet. ``lineageLedger_run``
     (the ledger's record, task id, attempt and status of a task; the ledger's run id of a

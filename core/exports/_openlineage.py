@@ -6,7 +6,9 @@ datasets (namespace ``file``, name the absolute path: OpenLineage's naming for l
 files). Every dataset carries the standard ``version`` facet (the BLAKE3 digest) and the
 custom ``lineageLedger_blake3`` facet (digest, size and the record that saw it), whose
 JSON schema is ``schemas/blake3-facet.json``. Tasks point at their workflow run through
-the ``parent`` run facet; the workflow run has its own START and COMPLETE/FAIL events.
+the ``parent`` run facet; the workflow run has its own START and COMPLETE/FAIL events. The
+custom ``lineageLedger_run`` run facet names the ledger's record (task id, attempt, status)
+of a task, or the ledger's run id of a workflow run (``schemas/run-facet.json``).
 
 A directory artifact is one dataset (its digest is the manifest's, docs/directories.md) with
 the standard ``datasetType`` facet ``DIRECTORY``; a path through a symbolic link that names
@@ -33,11 +35,15 @@ from . import require
 from ._output import open_output
 from ._select import Selection, aliases_in, artifacts
 
-__all__ = ["API_KEY", "FACET", "SCHEMA_URL", "emit", "events_for", "facet_class", "write_events"]
+__all__ = ["API_KEY", "FACET", "RUN_FACET", "RUN_SCHEMA_URL", "SCHEMA_URL", "emit", "events_for", "facet_class",
+           "run_facet_class", "write_events"]
 
 FACET = "lineageLedger_blake3"
 SCHEMA_URL = "https://lineage-ledger.invalid/spec/facets/1-0-0/Blake3DatasetFacet.json#/$defs/Blake3DatasetFacet"
 PRODUCER = "https://lineage-ledger.invalid/lineage-ledger"
+RUN_FACET = "lineageLedger_run"
+RUN_SCHEMA_URL = ("https://lineage-ledger.invalid/spec/facets/1-0-0/LineageLedgerRunFacet.json"
+                  "#/$defs/LineageLedgerRunFacet")
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +95,7 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         parents[run_id] = facets.parent_run.ParentRunFacet(
             run=facets.parent_run.Run(runId=run_uuid), job=facets.parent_run.Job(namespace=namespace, name=job.name),
             producer=PRODUCER)
-        run_facets = {"lineageLedger_run": _run_facet(base, {"run_id": run_id})}
+        run_facets = {RUN_FACET: _run_facet(base, {"run_id": run_id})}
         yield base.RunEvent(eventType=base.EventType.START, eventTime=_time(started), producer=PRODUCER,
                             run=base.Run(runId=run_uuid, facets=run_facets), job=job)
         yield base.RunEvent(eventType=base.EventType.FAIL if summary.failed else base.EventType.COMPLETE,
@@ -106,7 +112,7 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
             "processing_engine": facets.processing_engine_run.ProcessingEngineRunFacet(
                 version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine,
                 producer=PRODUCER),
-            "lineageLedger_run": _run_facet(base, {"record": entry.id, "task_id": record.task_id,
+            RUN_FACET: _run_facet(base, {"record": entry.id, "task_id": record.task_id,
                                                    "attempt": record.attempt, "status": record.status}),
         }
         def dataset_facets(path: str, art: Any, given: dict[str, list[str]], record_id: str = entry.id) -> dict:
@@ -150,10 +156,33 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         yield end
 
 
+@functools.lru_cache(maxsize=1)
+def run_facet_class() -> type:
+    """The custom run facet naming the ledger's record (a task) or run (a workflow run), with a
+    schema of its own (``schemas/run-facet.json``), not the core's generic RunFacet."""
+    attr = require("attr", "openlineage-python")
+    base = require("openlineage.client.generated.base", "openlineage-python")
+
+    facet_base: Any = base.RunFacet
+
+    @attr.define
+    class LineageLedgerRunFacet(facet_base):
+        run_id: str | None = None  # a workflow run's; None fields are not written
+        record: str | None = None
+        task_id: str | None = None
+        attempt: int | None = None
+        status: str | None = None
+
+        @staticmethod
+        def _get_schema() -> str:
+            return RUN_SCHEMA_URL
+
+    return LineageLedgerRunFacet
+
+
 def _run_facet(base: Any, fields: dict[str, Any]) -> Any:
-    """A run facet naming the ledger's record or run (additional properties of RunFacet)."""
-    facet = base.RunFacet(producer=PRODUCER)
-    return facet.with_additional_properties(**fields)
+    """The ``lineageLedger_run`` facet of a task's run or a workflow run."""
+    return run_facet_class()(producer=PRODUCER, **fields)
 
 
 def to_json(event: Any) -> str:
