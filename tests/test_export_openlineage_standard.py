@@ -86,6 +86,14 @@ def test_events_are_openlineage_run_events(odd):
             p for p, a in task["inputs"].items() if "alias_of" not in a)
         if task["status"] != "failed":
             assert sorted(d["name"] for d in end["outputs"]) == sorted(task["outputs"])
+    try:  # the client's own naming of a local file (openlineage-python 1.30 and later)
+        from openlineage.client.naming.dataset import LocalFileSystem
+    except ImportError:
+        LocalFileSystem = None  # noqa: N806
+    if LocalFileSystem is not None:
+        for dataset in (d for e in events for d in e["inputs"] + e["outputs"]):
+            named = LocalFileSystem(path=dataset["name"])
+            assert (dataset["namespace"], dataset["name"]) == (named.get_namespace(), named.get_name())
     retries = [e for e in events if e["job"]["name"] == "snakemake.retry" and e["eventType"] != "START"]
     assert sorted(e["eventType"] for e in retries) == ["COMPLETE", "FAIL"]
     assert len({e["run"]["runId"] for e in retries}) == 2
