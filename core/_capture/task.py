@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import SpoolError, SpoolFull
 from .._files.hashing import Hasher, normalize_path
-from .._model import Record
+from .._model import Record, StoredRecord
 from .drain import BatchWorker
 from .files import FoundFiles
 from .records import TaskRecords
@@ -134,10 +134,15 @@ class TaskCapture(TaskRecords):
             # The interpreter is exiting and no worker will run: record it here instead.
             self._record_batch([(run, future)])
 
-    def record_now(self, run: TaskRun) -> str | None:
-        """Hash and journal ``run`` before returning: safe when the process ends with ``os._exit``."""
+    def record_now(self, run: TaskRun, *, straight_wait: float | None = None) -> str | None:
+        """Hash and journal ``run`` before returning: safe when the process ends with ``os._exit``.
+
+        A record the spool refuses (its disk full, its directory read-only) goes straight into
+        the ledger, as from the worker; ``straight_wait`` bounds the wait for the ledger in
+        seconds (None: the back-end's own timeouts), for an engine that kills a caller that
+        takes too long (Airflow's overtime) and would leave nothing said."""
         try:
-            return self._commit(run, self._hash_files(run))
+            return self._commit(run, self._hash_files(run), straight_wait)
         except Exception as err:  # noqa: BLE001 - never into the engine unless asked
             if self.raise_errors:
                 raise
@@ -284,12 +289,7 @@ class TaskCapture(TaskRecords):
         if not built:
             return
         try:
-            try:
-                record_ids = self._ensure_open().record_many(records)
-            except SpoolError as err:  # its disk is full, its directory read-only
-                if isinstance(err, SpoolFull):  # the back-end is behind: it would not take them now
-                    raise
-                record_ids = self._straight_into_the_ledger(records, err)
+            record_ids = self._journal(records)
         except Exception as err:  # noqa: BLE001 - never into the engine unless asked
             self._forget_manifests(records)
             for _, run, future in built:
@@ -300,9 +300,22 @@ class TaskCapture(TaskRecords):
             if future is not None:
                 _settle(future, ids[id(record)])
 
-    def _straight_into_the_ledger(self, records: list[Record], spool_error: SpoolError) -> list[str]:
-        """Append ``records``, which the spool refused, to the ledger itself, on this worker
-        (off the engine's threads): the one place left to keep them. Said once per capture."""
+    def _journal(self, records: list[Record], straight_wait: float | None = None) -> list[str]:
+        """Journal ``records`` with one write; where the spool refuses them, append them to the
+        ledger itself (waiting at most ``straight_wait`` seconds); their ids."""
+        try:
+            return self._ensure_open().record_many(records)
+        except SpoolError as err:  # its disk is full, its directory read-only
+            if isinstance(err, SpoolFull):  # the back-end is behind: it would not take them now
+                raise
+            return self._straight_into_the_ledger(records, err, straight_wait)
+
+    def _straight_into_the_ledger(self, records: list[Record], spool_error: SpoolError,
+                                  wait: float | None = None) -> list[str]:
+        """Append ``records``, which the spool refused, to the ledger itself: the one place
+        left to keep them. Said once per capture. Within ``wait`` seconds where one is given:
+        the append goes on in a thread, whose ledger is not used again; in a process that
+        lives on past the wait it may still land (a task process that ends ends it)."""
         from .._ledger.deferred import spool_first
 
         with self._lock:
@@ -311,7 +324,10 @@ class TaskCapture(TaskRecords):
             straight, said, self._said_straight = self._straight, self._said_straight, True
         stored = [record.stored() for record in records]
         try:
-            straight.append_records(stored)
+            if wait is None:
+                straight.append_records(stored)
+            else:
+                self._append_within(straight, stored, wait)
         except Exception as err:
             raise SpoolError(f"{spool_error}, and the ledger did not take it either: {err}") from err
         if not said:
@@ -337,12 +353,32 @@ class TaskCapture(TaskRecords):
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
-    def _commit(self, run: TaskRun, files: FoundFiles | None) -> str:
+    def _append_within(self, straight: DeferredLedger, stored: list[StoredRecord], wait: float) -> None:
+        outcome: list[BaseException] = []
+
+        def append() -> None:
+            try:
+                straight.append_records(stored)
+            except BaseException as err:  # noqa: BLE001 - raised on the caller's thread
+                outcome.append(err)
+
+        thread = threading.Thread(target=append, name="lineage-ledger-straight", daemon=True)
+        thread.start()
+        thread.join(wait)
+        if thread.is_alive():  # still waiting for a lock or a server: leave it that ledger
+            with self._lock:
+                if self._straight is straight:
+                    self._straight = None
+            raise TimeoutError(f"no answer within {wait:g}s (locked or slow?)")
+        if outcome:
+            raise outcome[0]
+
+    def _commit(self, run: TaskRun, files: FoundFiles | None, straight_wait: float | None = None) -> str:
         """Build ``run``'s record and journal it (after the manifests it needs)."""
         record = self._build(run, files)
         manifests = self._manifest_records(files)
         try:
-            return self._ensure_open().record_many([*manifests, record])[-1]
+            return self._journal([*manifests, record], straight_wait)[-1]
         except BaseException:
             self._forget_manifests(manifests)
             raise

@@ -275,9 +275,14 @@ def record_try(
     details = _details.pop(key, None) or Details()
     run = try_run(ti, status, state=state, error=error, known=known, code=code, parameters=parameters,
                   extra=extra, started=started, details=details, digest=digest_of)
-    record_id = capture().record_now(run)
+    # A record the spool cannot take (its disk full) goes straight into the ledger, within
+    # flush_timeout: a task process that waited out a locked SQLite ledger (60 s) would be
+    # killed for overtime (20 s) and say nothing.
+    record_id = capture().record_now(run, straight_wait=max(2.0, _settings.flush_timeout()))
     if record_id is None:
-        unclaim(key)
+        unclaim(key)  # the scheduler's sweep at the run's end tries again if this process has ended
+        log.error("lineage-ledger: try %d of %s is NOT recorded (the error above says why: a spool and a "
+                  "ledger that both refused it, say); its outputs are vouched for by no record", key[1], run.task_id)
     return record_id
 
 

@@ -28,16 +28,46 @@ from ._checks import check_inputs
 log = logging.getLogger("lineage_ledger.airflow")
 
 
+def dag_folder(dag: Any = None, task_group: Any = None) -> str | None:
+    """The folder of the DAG file the operator being made belongs to (``dag.folder``), or
+    None where no DAG is known yet (an operator made outside ``with DAG(...)``)."""
+    if dag is None and task_group is not None:
+        dag = getattr(task_group, "dag", None)
+    if dag is None:
+        try:
+            from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+            dag = DagContext.get_current()
+        except ImportError:  # pragma: no cover - moved in another Airflow release
+            return None
+    fileloc = getattr(dag, "fileloc", None)
+    return os.path.dirname(os.path.abspath(fileloc)) if fileloc else None
+
+
+def _in_folder(path: str | os.PathLike[str], folder: str | None, what: str) -> str:
+    """``path`` made absolute against the DAG file's ``folder``; a relative one without a DAG
+    is refused, as no working directory would name the same file in every process."""
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        if folder is None:
+            raise ValueError(f"LedgerOperator {what}: {text!r} is relative, and no DAG is known to resolve it "
+                             "against: make the operator inside 'with DAG(...)' (or pass dag=), or give an "
+                             "absolute path")
+        text = os.path.join(folder, text)
+    return normalize_path(text)
+
+
 class LedgerOperator(BaseOperator):
     """Run ``python_callable`` or ``bash_command`` with verified inputs and hashed outputs.
 
-    :param inputs: files the task reads (absolute paths; relative ones are resolved when
-        the DAG is parsed). They become ``file://`` inlets.
+    :param inputs: files the task reads; relative paths are the DAG file's folder's, whatever
+        the working directory of the process. They become ``file://`` inlets.
     :param outputs: files the task writes. They become ``file://`` outlets; one that the
         task did not produce fails it.
     :param python_callable: called as ``python_callable(*op_args, **op_kwargs)``; its
         return value is the task's XCom.
-    :param bash_command: run with ``bash -c`` (templated); a non-zero exit fails the task.
+    :param bash_command: run with ``bash -c`` (templated) in ``cwd``, by default the DAG
+        file's folder; a non-zero exit fails the task.
     :param policy: ``warn``, ``strict`` or ``rerun``; default ``[lineage_ledger] policy``.
         ``rerun`` runs the task on the changed inputs and records them as such: Airflow
         gives a running task no way to rerun its upstream producers (``airflow tasks clear
@@ -68,8 +98,12 @@ class LedgerOperator(BaseOperator):
             raise TypeError("python_callable must be callable")
         if policy is not None and policy not in ("warn", "strict", "rerun"):
             raise ValueError(f"policy must be warn, strict or rerun, not {policy!r}")
-        self.inputs = [normalize_path(os.fspath(p)) for p in inputs]
-        self.outputs = [normalize_path(os.fspath(p)) for p in outputs]
+        # Relative paths are the DAG file's folder's (Airflow's own rule for templates), not
+        # the working directory of whichever process parses the file: the DAG processor and
+        # each task process have their own, and the scheduler's is often "/".
+        folder = dag_folder(kwargs.get("dag"), kwargs.get("task_group"))
+        self.inputs = [_in_folder(p, folder, "inputs") for p in inputs]
+        self.outputs = [_in_folder(p, folder, "outputs") for p in outputs]
         kwargs["inlets"] = [*(Asset(uri=file_uri(p)) for p in self.inputs), *(kwargs.get("inlets") or [])]
         kwargs["outlets"] = [*(Asset(uri=file_uri(p)) for p in self.outputs), *(kwargs.get("outlets") or [])]
         super().__init__(**kwargs)
@@ -78,7 +112,8 @@ class LedgerOperator(BaseOperator):
         self.op_args = list(op_args or [])
         self.op_kwargs = dict(op_kwargs or {})
         self.env = dict(env) if env is not None else None
-        self.cwd = cwd
+        #: Where ``bash_command`` runs: the DAG file's folder unless told (relative to it).
+        self.cwd = _in_folder(cwd, folder, "cwd") if cwd is not None else folder
         self.policy = policy
         # Digests of this try, for the OpenLineage hooks that run after execute().
         self._input_digests: dict[str, dict[str, Any] | None] = {}
