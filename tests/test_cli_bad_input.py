@@ -156,7 +156,6 @@ CLOSED_WRITERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="with standard output closed, what it should hold went nowhere, exit 0")
 @pytest.mark.parametrize("what", sorted(CLOSED_WRITERS))
 def test_a_command_whose_standard_output_is_closed_fails(cli, recorded, what):
     before = (recorded / ".lineage" / "ledger.db").read_bytes()

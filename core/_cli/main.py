@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from .._closed_output import hold_closed_standard_streams
 from . import reading, recording, trust
 from .common import Guarded, guard
 from .export import export, graph
@@ -63,10 +64,14 @@ cli.add_command(_LazyGroup("fabric", "lineage_ledger.backends.fabric.cli:fabric"
 
 
 def main() -> None:
-    cli(prog_name="lineage-ledger")
+    hold_closed_standard_streams()
+    # Guarded here too, not only where a command runs: --help and --version write to a
+    # standard output that may be closed before any command is invoked.
+    guard(lambda: cli(prog_name="lineage-ledger"))
 
 
 
 def verify_main() -> None:
+    hold_closed_standard_streams()
     guard(lambda: trust.verify.main(prog_name="verify-lineage", standalone_mode=True))
 

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+from .._closed_output import names_closed_stdout
 from .._errors import ConfigError
 
 __all__ = ["new_private_dir", "open_output", "remove_unfinished"]
@@ -40,6 +41,8 @@ def open_output(path: str, *, binary: bool = False, buffering: int = -1, parents
         stream.flush()
         return
     if _is_stream(path):  # ``-o /dev/stdout``, a named pipe: written into, never replaced
+        if names_closed_stdout(path):  # else /dev/null, which holds descriptor 1 then, took it all
+            raise ConfigError(f"-o {path}: standard output is closed (>&-): nothing was written to it")
         with (open(path, "wb", buffering=buffering) if binary else
               open(path, "w", encoding="utf-8", buffering=buffering)) as stream:
             yield stream
