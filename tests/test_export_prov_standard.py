@@ -123,3 +123,27 @@ def test_export_of_a_ledger_that_fails_verification_is_refused(odd, tmp_path):
         assert result.returncode == 1, (fmt, result.stdout, result.stderr)
         assert "does not hash to its id" in result.stderr, result.stderr
         assert not Path(tmp_path / name).exists(), fmt
+
+
+@pytest.mark.xfail(strict=True, reason="task:/file: ids start with a hex digit and agent ids hold '/': not "
+                                       "xsd:QNames, so PROV-XML made from the export is schema-invalid")
+def test_identifiers_are_qualified_names_prov_xml_accepts(odd):
+    """PROV-XML types ``prov:id`` and ``prov:ref`` as ``xsd:QName``, whose local part is an
+    NCName: no leading digit, no '/'. ``prov`` writes our ids as they are (``task:9a2e...``,
+    ``file:80a7...-...``, ``agent:user/root``), so the PROV-XML of an export fails a
+    validating reader. PROV-JSON, PROV-N and PROV-O accept them; left for a decision, since
+    changing the ids changes what users join on (docs/exports.md's table)."""
+    lxml_etree = pytest.importorskip("lxml.etree", reason="prov[xml]")
+    _, _, out = odd
+    document = prov.read(str(out / "run.json"), format="json")
+    schema = lxml_etree.XMLSchema(lxml_etree.fromstring(
+        b'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"><xs:element name="e"><xs:complexType>'
+        b'<xs:attribute name="id" type="xs:QName"/></xs:complexType></xs:element></xs:schema>'))
+    prefixes = "".join(f' xmlns:{ns.prefix}="{ns.uri}"' for ns in document.get_registered_namespaces())
+    bad = []
+    for record in document.get_records():
+        if record.identifier is not None and not str(record.identifier).startswith("_:"):
+            element = lxml_etree.fromstring(f'<e{prefixes} id="{record.identifier}"/>'.encode())
+            if not schema.validate(element):
+                bad.append(str(record.identifier))
+    assert not bad, f"{len(bad)} ids are not xsd:QNames, e.g. {bad[:3]}"
