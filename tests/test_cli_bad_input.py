@@ -191,7 +191,6 @@ BAASH_NUMBERS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="baash serve took NaN, infinite, negative or zero waits and negative ranks")
 @pytest.mark.parametrize("option, value", BAASH_NUMBERS, ids=[f"{o}={v}" for o, v in BAASH_NUMBERS])
 def test_baash_serve_refuses_numbers_that_mean_nothing(cli, workdir, option, value):
     result = cli("baash", "serve", "--storage", "store", f"{option}={value}")
@@ -200,7 +199,6 @@ def test_baash_serve_refuses_numbers_that_mean_nothing(cli, workdir, option, val
     assert not (workdir / "store").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="baash serve took a fault-injection rank past the ranks it runs")
 @pytest.mark.parametrize("option", ["--faulty-voter", "--silent-voter", "--lying-signer"])
 def test_baash_serve_refuses_a_rank_it_does_not_run(cli, workdir, option):
     result = cli("baash", "serve", "--storage", "store", "--ranks", "4", option, "4")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -31,6 +32,30 @@ def _group(value: str | None) -> int | None:
         return grp.getgrnam(value).gr_gid
     except KeyError:
         raise click.BadParameter(f"no group named {value!r}", param_hint="--socket-group") from None
+
+
+class _Seconds(click.ParamType):
+    """A wait in seconds that means something here: a finite number, at least 0, or more than
+    0 with ``positive``. NaN compared as no number at all (a round that never waited, a vote
+    that never timed out), inf waited for ever, a negative wait passed at once, a vote timeout
+    of 0 failed every validator before it could answer."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        rule = "a finite number of seconds, more than 0" if self.positive else "a finite number of seconds, 0 or more"
+        if not math.isfinite(number) or number < 0 or (self.positive and number == 0):
+            self.fail(f"{value!r}: give {rule}", param, ctx)
+        return number
 
 
 def _client(ledger: str | None):
@@ -69,13 +94,13 @@ def baash() -> None:
 @click.option("--mode", type=click.Choice(["baash", "pbft", "replicate"]), default="baash", show_default=True,
               help="Consensus: BAASH, or the PBFT / plain-replication baselines of the benchmarks.")
 @click.option("--batch-blocks", type=click.IntRange(1), default=64, show_default=True, help="Blocks per round at most.")
-@click.option("--batch-time", type=float, default=0.002, show_default=True, help="Seconds a round waits to fill.")
-@click.option("--vote-timeout", type=float, default=5.0, show_default=True, help="Seconds before a silent validator fails.")
-@click.option("--faulty-voter", type=int, multiple=True, help="Fault injection: this rank votes the opposite.")
-@click.option("--silent-voter", type=int, multiple=True, help="Fault injection: this rank never votes.")
-@click.option("--lying-signer", type=int, multiple=True,
+@click.option("--batch-time", type=_Seconds(positive=False), default=0.002, show_default=True, help="Seconds a round waits to fill.")
+@click.option("--vote-timeout", type=_Seconds(positive=True), default=5.0, show_default=True, help="Seconds before a silent validator fails.")
+@click.option("--faulty-voter", type=click.IntRange(0), multiple=True, help="Fault injection: this rank votes the opposite.")
+@click.option("--silent-voter", type=click.IntRange(0), multiple=True, help="Fault injection: this rank never votes.")
+@click.option("--lying-signer", type=click.IntRange(0), multiple=True,
               help="Fault injection: this rank reports the tree head it holds but signs another.")
-@click.option("--restart-delay", type=float, default=0.0, help="Fault injection: wait this long before a restart.")
+@click.option("--restart-delay", type=_Seconds(positive=False), default=0.0, help="Fault injection: wait this long before a restart.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {url, socket, pid} here once serving.")
 @click.option("--listen", metavar="[HOST:]PORT",
               help="Also take clients of other nodes over TCP, with mutual TLS only (needs --tls-ca, --tls-cert, "
@@ -86,6 +111,12 @@ def baash() -> None:
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
           faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
+    for option, given in (("--faulty-voter", faulty_voter), ("--silent-voter", silent_voter),
+                          ("--lying-signer", lying_signer)):
+        for rank in given:
+            if rank >= ranks:  # a fault injected into no rank: the run would test nothing
+                raise click.BadParameter(f"rank {rank} is not one of the --ranks {ranks} (0 to {ranks - 1})",
+                                         param_hint=f"'{option}'")
     try:
         import mpi4py  # noqa: F401 - the ranks need it; fail here with the hint, not in mpiexec
     except ModuleNotFoundError as exc:
