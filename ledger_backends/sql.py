@@ -4,7 +4,8 @@ Tables are prefixed ``ll_`` so a ledger can share a PostgreSQL database. The blo
 height is the primary key: two writers building on the same head collide there, and the
 loser gets :class:`AppendConflict` and rebuilds. SQLite runs in WAL mode with a busy
 timeout and takes its write lock up front (``BEGIN IMMEDIATE``), because a read
-transaction that upgrades to a write fails at once instead of waiting for the lock.
+transaction that upgrades to a write fails at once instead of waiting for the lock (the
+engine, its connections' set-up and the translation of its errors are :mod:`._sql_engine`'s).
 
 Opened with ``create=False`` (what read commands do) the store is only read: a missing or
 empty file is :class:`NoLedger`, nothing is created, migrated or switched to WAL, and a
@@ -35,22 +36,27 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 
 from lineage_ledger._errors import (
-    AppendConflict,
-    BackendError,
     BackendUnavailable,
     ConfigError,
     MissingExtra,
-    ServerInRecovery,
 )
 from lineage_ledger._model import StoredBlock
 
 from . import READABLE_SCHEMES
 from ._base import Backend, redact, safe_cause
-from ._pg_reader import PG_CONNECT_TIMEOUT_S, PostgresReader, identity_of, set_up_session
-from ._pg_watch import HANG_TIMEOUT_KEY, guarded_connect, hang_limit
+from ._pg_reader import PG_CONNECT_TIMEOUT_S, PostgresReader, identity_of
+from ._pg_watch import HANG_TIMEOUT_KEY, hang_limit
+from ._sql_engine import (
+    _ENGINES,
+    _engine_url,
+    _sqlite_path,
+    _translated,
+    guard_postgres_connections,
+    set_up_sqlite_connections,
+)
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
 from ._sql_rebuild import Rebuilt, rebuild
 from ._sql_schema import blocks_table, prepare_schema, stored_meta
@@ -58,13 +64,12 @@ from ._sqlite_files import (
     _BUSY_TIMEOUT_S,
     _connect,
     _writable,
-    database_error,
     is_sqlite_url,
     read_only_uri,
     refusal,
 )
 from ._sqlite_reader import SQLiteReader
-from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, append_rows, enter_wal, new_blocks
+from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, append_rows, new_blocks
 from .sqlite import create_private_file as _create_private_file
 from .sqlite import make_private_dirs as _make_private_dirs
 
@@ -74,70 +79,6 @@ logger = logging.getLogger(__name__)
 
 # Serialises schema creation and migration between processes on PostgreSQL.
 _PG_SCHEMA_LOCK = 0x6C6C_7363_6865_6D61 & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _engine_url(url: str) -> str:
-    scheme, rest = url.split("://", 1) if "://" in url else ("sqlite", None)
-    if rest is None:  # a plain path
-        return "sqlite:///" + url
-    if scheme == "postgresql":  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
-        return "postgresql+psycopg://" + rest
-    return url
-
-
-def _sqlite_path(engine_url: sa.URL) -> str | None:
-    database = engine_url.database
-    return None if database in (None, "", ":memory:") else database
-
-
-# PostgreSQL's read_only_sql_transaction: a database or server an administrator set
-# read-only (for good), or a hot standby (until it is promoted); pg_is_in_recovery() tells.
-_READ_ONLY_SQLSTATE = "25006"
-
-
-@contextlib.contextmanager
-def _translated(what: str, url: str, in_recovery: Callable[[], bool] | None = None):
-    """Turn SQLAlchemy and driver errors into the library's own, with the cause attached;
-    the URL's password never appears in the message or the cause. ``in_recovery``: asked
-    after a write refused as read-only (the failed transaction rolled back by then), whether
-    the server is a standby; if so the error is :class:`ServerInRecovery`."""
-    shown = redact(url, url)
-    try:
-        yield
-    except exc.IntegrityError as err:
-        raise AppendConflict(f"{what}: another writer stored this height or record first") from safe_cause(
-            err, url
-        )
-    except exc.DatabaseError as err:
-        text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
-        if in_recovery is not None and getattr(err.orig, "sqlstate", None) == _READ_ONLY_SQLSTATE \
-                and in_recovery():
-            raise ServerInRecovery(
-                f"{shown}: {what} failed: the server is a standby in recovery, which takes no writes until it is "
-                f"promoted (or give the primary's URL): {text}") from safe_cause(err, url)
-        raise database_error(what, shown, text) from safe_cause(err, url)
-    except exc.SQLAlchemyError as err:
-        raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from safe_cause(err, url)
-
-
-_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
-
-
-def _forget_connections_after_fork() -> None:
-    # A forked child must not use the parent's pooled connections (one socket or SQLite
-    # handle shared by two processes). A PostgreSQL socket is left to the parent
-    # (dispose(close=False)): closing it here would end the parent's session. An SQLite
-    # handle must be closed here, though: SQLite keeps one record per file of the locks
-    # its process holds, the child inherits the parent's, and while an inherited handle
-    # is open the child's own connections take no lock; the parent, closing its last
-    # connection, then deletes the -wal under the child, and the child's acknowledged
-    # appends are lost (tests/test_sqlite_faults.py). An idle pooled handle holds no
-    # transaction, so closing it in the child changes nothing for the parent.
-    for engine in list(_ENGINES):
-        engine.dispose(close=engine.dialect.name == "sqlite")
-
-
-os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 class SQLBackend(_SQLReads, Backend):
@@ -227,9 +168,9 @@ class SQLBackend(_SQLReads, Backend):
         _ENGINES.add(self._engine)
         try:
             if self._sqlite:
-                self._setup_sqlite()
+                set_up_sqlite_connections(self._engine, read_only=self.read_only, busy_timeout_s=_BUSY_TIMEOUT_S)
             else:
-                self._setup_postgres()
+                guard_postgres_connections(self._engine, self._hang_limit)
             self._open_schema()
         except BaseException:
             self.close()
@@ -258,43 +199,6 @@ class SQLBackend(_SQLReads, Backend):
     def _remove_copy(self) -> None:
         if self._copy_cleanup is not None:
             self._copy_cleanup()
-
-    def _setup_postgres(self) -> None:
-        limit = self._hang_limit
-
-        @event.listens_for(self._engine, "do_connect")
-        def _connect_guarded(_dialect, _record, cargs, cparams):
-            # Every wait of the session (the pool's ping, appends, reads) is watched for a
-            # server that stopped answering: an error then, as the reader's, not a hang.
-            return guarded_connect(limit, *cargs, **cparams)
-
-        @event.listens_for(self._engine, "connect")
-        def _on_connect(dbapi_connection, _record):
-            # No JIT for look-ups (see _pg_reader), set outside any transaction of ours.
-            autocommit = dbapi_connection.autocommit
-            dbapi_connection.autocommit = True
-            try:
-                set_up_session(dbapi_connection.cursor())
-            finally:
-                dbapi_connection.autocommit = autocommit
-
-    def _setup_sqlite(self) -> None:
-        read_only = self.read_only
-
-        @event.listens_for(self._engine, "connect")
-        def _on_connect(dbapi_connection, _record):  # pragma: no cover - exercised via sqlite
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-            if not read_only:
-                enter_wal(dbapi_connection, _BUSY_TIMEOUT_S)
-                cursor.execute("PRAGMA synchronous = FULL")  # the spool is trimmed after this ack
-            cursor.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay in memory
-            cursor.close()
-
-        @event.listens_for(self._engine, "begin")
-        def _on_begin(conn):  # pragma: no cover - exercised via sqlite
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
     def _open_schema(self) -> None:
         with _translated("opening the ledger", self.url, self._in_recovery):
