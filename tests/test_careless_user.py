@@ -344,7 +344,6 @@ def test_an_interrupted_verify_exits_130_not_1(cli, workdir, command):
     assert "verification failed" not in out + err, (out, err)
 
 
-@pytest.mark.xfail(strict=True, reason="run said 'recorded ... (failed)' of an interrupted run, not that it was interrupted")
 def test_an_interrupted_run_exits_130_and_keeps_its_record(cli, workdir):
     """Ctrl-C while ``run``'s command is certain to be running (it made a file, then sleeps a
     minute): the signal is passed on to the command, ``run`` exits 128+SIGINT saying the run was

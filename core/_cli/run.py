@@ -239,6 +239,8 @@ def run_and_record(
             if not failed:
                 problems.append(str(err))
     status = "succeeded" if not failed and not problems else "failed"
+    # What run says of the record: an interrupted run says so (exit 128+N), as every command does.
+    said = status if interrupted is None else f"{status}; interrupted by {_signal_name(interrupted)}"
     extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
     if killed_by is not None:
         extra["killed_by_signal"] = _signal_name(killed_by)
@@ -280,14 +282,14 @@ def run_and_record(
     refused = recorder.last_error if not shipped and isinstance(recorder.last_error, VerificationError) else None
     for_good = permanent_refusal(recorder.last_error) if not shipped and refused is None else None
     if shipped:
-        click.echo(f"recorded {record_id[:12]} ({status})", err=True)
+        click.echo(f"recorded {record_id[:12]} ({said})", err=True)
     elif for_good is not None:
         # Permission denied, read-only, another schema: no wait or retry settles it, so it is
         # an error of this run (exit 1), not a delay. The record is synced in the spool.
         click.echo(f"error: the ledger {printable(redact(deferred.url, deferred.url))} refused the record: "
                    f"{printable(redact(str(recorder.last_error), deferred.url))}", err=True)
         click.echo(
-            f"{for_good}, and waiting will not change that: recorded {record_id[:12]} ({status}) in the spool "
+            f"{for_good}, and waiting will not change that: recorded {record_id[:12]} ({said}) in the spool "
             f"{printable(deferred.spool_dir)} only. It stays there, safe: once the ledger may be written, "
             f"`lineage-ledger spool ship`{_same_ledger(ledger_url)} ships it", err=True)
     elif refused is not None:
@@ -295,20 +297,20 @@ def run_and_record(
         # into a history nobody accepted. It waits, synced, for the user to look.
         click.echo(f"verification failed: {printable(redact(str(refused), deferred.url))}", err=True)
         click.echo(
-            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)} only; it was not "
+            f"recorded {record_id[:12]} ({said}) in the spool {printable(deferred.spool_dir)} only; it was not "
             f"appended to {printable(redact(deferred.url, deferred.url))}, which fails the consistency check above. "
             "It waits there: once the ledger is as it should be (`verify-lineage`, and `lineage-ledger "
             "reset-trust` if it was restored on purpose), `lineage-ledger spool ship` ships it", err=True)
     elif forwarder.late is not None:
         click.echo(
-            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; interrupted "
+            f"recorded {record_id[:12]} ({said}) in the spool {printable(deferred.spool_dir)}; interrupted "
             f"({_signal_name(forwarder.late)}) while the ledger {printable(redact(deferred.url, deferred.url))} had "
             "not taken it yet. It waits there: `lineage-ledger spool ship` (or the next run) ships it", err=True)
     else:
         why = (f" ({printable(redact(str(recorder.last_error), deferred.url))})"
                if recorder.last_error is not None else " (locked or slow?)")
         click.echo(
-            f"recorded {record_id[:12]} ({status}) in the spool {printable(deferred.spool_dir)}; the ledger "
+            f"recorded {record_id[:12]} ({said}) in the spool {printable(deferred.spool_dir)}; the ledger "
             f"{printable(redact(deferred.url, deferred.url))} did not take it within {wait:g}s{why}. It waits there: "
             "`lineage-ledger spool ship` (or the next run) ships it", err=True)
     if interrupted is None:
