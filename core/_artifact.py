@@ -48,15 +48,6 @@ class Artifact:
     def is_dir(self) -> bool:
         return False
 
-    @classmethod
-    def _trusted(cls, path: str, digest: str, size: int) -> Artifact:
-        """Build without validation, for digests this library itself computed and stored."""
-        artifact = object.__new__(cls)
-        object.__setattr__(artifact, "path", path)
-        object.__setattr__(artifact, "blake3", digest)
-        object.__setattr__(artifact, "size", size)
-        return artifact
-
 
 @dataclass(frozen=True, slots=True)
 class DirectoryArtifact(Artifact):

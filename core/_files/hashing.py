@@ -204,8 +204,8 @@ def walk_files(root: str, on_skip: Callable[[str, str], None] | None = None) -> 
     return walk_tree(root, on_skip=on_skip)
 
 
-# Slot descriptors: setting them directly skips the frozen dataclass's __setattr__ check,
-# as Artifact._trusted does, at half its cost (one per file on a warm pass).
+# Slot descriptors: setting them directly skips the frozen dataclass's __setattr__ check
+# at half the cost of object.__setattr__ (one per file on a warm pass).
 _set_path, _set_digest, _set_size = (vars(Artifact)[name].__set__ for name in ("path", "blake3", "size"))
 _new = object.__new__
 
