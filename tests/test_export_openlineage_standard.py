@@ -182,7 +182,6 @@ def test_the_ledger_run_facet_has_a_schema_of_its_own(odd):
         assert ("run_id" in facet) == event["job"]["name"].endswith(".run")
 
 
-@pytest.mark.xfail(strict=True, reason="a failed task's FAIL event carries no outputs")
 def test_a_failed_tasks_outputs_are_in_its_fail_event(tmp_path):
     """A command that wrote part.txt and then failed is recorded with part.txt as its output
     (PROV: wasGeneratedBy; the crate: the action's result). Its OpenLineage FAIL event said

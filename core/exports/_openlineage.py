@@ -150,8 +150,8 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
         end = base.RunEvent(
             eventType=base.EventType.FAIL if record.status == "failed" else base.EventType.COMPLETE,
             eventTime=_time(record.ended), producer=PRODUCER,
-            run=base.Run(runId=run_uuid, facets=end_facets), job=job, inputs=inputs,
-            outputs=[] if record.status == "failed" else outputs)
+            # A failed task's outputs are what it left (recorded, as PROV and the crate say).
+            run=base.Run(runId=run_uuid, facets=end_facets), job=job, inputs=inputs, outputs=outputs)
         yield start
         yield end
 
