@@ -25,8 +25,6 @@ from lineage_ledger._model import BlockColumns, Record, StoredRecord
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
 
-FIX = pytest.mark.xfail(strict=True, reason="the audit reads only the index's fields of a record body")
-
 
 def _body(seed: int = 1, alias: bool = True) -> dict:
     """A valid record body as a dict: three inputs (one a directory, one an alias, which a body
@@ -51,7 +49,10 @@ def _canonical(body: dict) -> bytes:
 
 def _stored(data: bytes) -> StoredRecord:
     """As a writer that bypasses Record stores it: id, body and index keys read from the body."""
-    body = json.loads(data)
+    try:
+        body = json.loads(data, parse_int=str)  # no digit limit: these keys hold no integer
+    except RecursionError:  # the parameters nested past what json follows: the rest is _body()'s
+        body = _body()
     keys = [(path, entry["blake3"]) for path, entry in body["inputs"].items()], \
         [(path, entry["blake3"]) for path, entry in body["outputs"].items()]
     return StoredRecord(blake3(data).hexdigest(), data, body["run_id"], tuple(keys[0]), tuple(keys[1]), body["ended"])
@@ -159,7 +160,6 @@ def _ledger_with(tmp_path, odd: bytes) -> tuple[str, StoredRecord]:
     return url, stored
 
 
-@FIX
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_the_audit_refuses_what_readers_refuse(tmp_path, case):
     url, stored = _ledger_with(tmp_path, REFUSED[case])
@@ -176,7 +176,6 @@ def test_the_audit_passes_what_readers_read(tmp_path, case):
         assert ledger.audit().summary.records == 391
 
 
-@FIX
 @pytest.mark.parametrize("env", [{}, {"LINEAGE_AUDIT_BULK": "0"},
                                  {"LINEAGE_AUDIT_PARALLEL_MIN": "1", "LINEAGE_AUDIT_TASK_RECORDS": "100",
                                   "LINEAGE_AUDIT_WORKERS": "2"}], ids=["bulk", "row-by-row", "workers"])
@@ -275,7 +274,6 @@ def _audit_accepts(bodies: list[bytes]) -> bool:
     return True
 
 
-@FIX
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(odd=_mutated(), place=st.integers(0, 2))
 def test_the_audit_and_readers_agree(odd, place):

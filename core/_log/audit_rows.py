@@ -8,39 +8,30 @@ Shared by the sequential audit (:mod:`.verified`) and its worker processes
 from __future__ import annotations
 
 import os
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IndexTampered, RecordTampered
+from .audit_records import check_suspects, decode_checked
 
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
 __all__ = ["ExistingFiles", "IndexChecker", "check_outside", "decode_views"]
 
-
-def _index_view():
-    """A decoder that reads only what the index holds from a record body (5x ``json``).
-
-    The structs are built with ``defstruct`` here, not declared at module level, so that
-    importing this module does not import msgspec (only an audit needs it)."""
-    import msgspec
-
-    digest = msgspec.defstruct("Digest", [("blake3", str)])
-    view = msgspec.defstruct("IndexView", [("run_id", str), ("ended", str), ("inputs", dict[str, digest]),
-                                           ("outputs", dict[str, digest])])
-    return msgspec.json.Decoder(view), msgspec.DecodeError
+_inputs, _outputs = attrgetter("inputs"), attrgetter("outputs")
 
 
 def decode_views(block) -> list[Any]:
-    """What the index holds of each record body of ``block``; ``RecordTampered`` for a body
-    that is not readable, or that names a path which is not normal (see :func:`_check_paths`)."""
-    decoder, error = _DECODER or _load_decoder()
-    try:
-        views = [decoder.decode(body) for body in block.bodies]
-    except (error, RecursionError) as err:  # nested past what a parser follows: unreadable too
-        raise RecordTampered(f"block {block.height}: a record is not readable ({err})",
-                             height=block.height) from err
-    _check_paths(block, views)
+    """What the index holds of each record body of ``block`` (and the rest of the body);
+    ``RecordTampered`` for a body that readers do not read: not readable, naming a path
+    which is not normal (see :func:`_check_paths`), or refused by
+    :meth:`Record.decode <lineage_ledger._model.Record.decode>` (see :mod:`.audit_records`)."""
+    views, suspects = decode_checked(block)
+    _check_paths(block, views)  # first: its message names the path
+    if suspects:
+        check_suspects(block, suspects)
     return views
 
 
@@ -50,7 +41,7 @@ def _check_paths(block, views: list[Any]) -> None:
     let through by the audit, and a look-up of ``/w/b.txt`` never finds it. One join and one
     scan for the whole block (C speed); the paths are checked one by one only where the scan
     flags something, to name the record."""
-    paths = [path for view in views for side in (view.inputs, view.outputs) for path in side]
+    paths = list(chain.from_iterable(chain(map(_inputs, views), map(_outputs, views))))  # C-level maps
     if not paths:
         return
     joined, separators = "\x00".join(paths), len(paths) - 1
@@ -68,15 +59,6 @@ def _check_paths(block, views: list[Any]) -> None:
                         f"{path!r}, which is not normal (a '.', '..' or empty component, or a trailing slash): "
                         "its bytes hash to its id, but no lineage-ledger writes such a record; a writer that "
                         "bypassed its checks did", height=block.height)
-
-
-_DECODER: tuple[Any, Any] | None = None
-
-
-def _load_decoder() -> tuple[Any, Any]:
-    global _DECODER
-    _DECODER = _index_view()
-    return _DECODER
 
 
 class IndexChecker:
