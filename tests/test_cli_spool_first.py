@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,50 +15,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-
-ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+from tests.support.faults import (
+    fill_disk,
+    hold_write_lock,
+    record_bodies,
+    small_tmpfs,
+    without_root_file_powers,
+)
 
 
 def _records(workdir, db=".lineage/ledger.db") -> list[dict]:
     """The records in the SQLite ledger, oldest first, read with sqlite3 (no lineage-ledger code)."""
-    conn = sqlite3.connect(Path(workdir) / db)
-    try:
-        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
+    return record_bodies(Path(workdir) / db)
 
 
 def _status(cli) -> list[dict]:
     return json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
 
 
-def _without_root_file_powers() -> tuple[str, ...]:
-    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
-
-
 # -- the spool must take the record before the command starts ---------------------------------
 @pytest.fixture
 def full_disk(tmp_path):
     """A directory on a full 64 KiB tmpfs (root only), else skip."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "64k") as mount:
         (mount / "spool").mkdir()
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:  # ENOSPC: the disk is full
-            pass
-        finally:
-            os.close(fd)
+        fill_disk(mount / "filler")
         yield mount / "spool"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_run_with_the_spool_on_a_full_disk_refuses_before_running(cli, workdir, full_disk):
@@ -76,7 +57,7 @@ def test_run_with_an_unwritable_spool_refuses_before_running(workdir, tmp_path):
     os.chmod(locked, 0o555)
     marker = workdir / "ran"
     try:
-        result = run_cli("run", "--", "touch", str(marker), cwd=workdir, prefix=_without_root_file_powers(),
+        result = run_cli("run", "--", "touch", str(marker), cwd=workdir, prefix=without_root_file_powers(),
                          env={"LINEAGE_SPOOL": str(locked / "spool")})
     finally:
         os.chmod(locked, 0o755)
@@ -86,21 +67,9 @@ def test_run_with_an_unwritable_spool_refuses_before_running(workdir, tmp_path):
 
 
 # -- a locked, read-only or unreachable ledger only delays shipping -----------------------------
-def _hold_write_lock(db: Path) -> subprocess.Popen:
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 def test_run_on_a_locked_ledger_leaves_the_record_in_the_spool_and_exits_at_once(cli, workdir):
     cli("run", "--", "true", check_rc=0)  # the ledger exists
-    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:
         began = time.monotonic()
         result = cli("run", "--", "sh", "-c", "exit 3")
@@ -127,12 +96,12 @@ def test_run_on_a_read_only_ledger_keeps_the_record_for_later(cli, workdir):
     os.chmod(db, 0o444)
     try:
         began = time.monotonic()
-        result = run_cli("run", "--", "true", cwd=workdir, prefix=_without_root_file_powers())
+        result = run_cli("run", "--", "true", cwd=workdir, prefix=without_root_file_powers())
         # Read-only is no delay: exit 1, the record kept (tests/test_review_left_s38.py).
         assert result.returncode == 1, (result.stdout, result.stderr)
         assert time.monotonic() - began < 15
         assert "in the spool" in result.stderr and "spool ship" in result.stderr
-        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_without_root_file_powers())
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=without_root_file_powers())
         assert shipped.returncode == 1 and "1 record(s) stay" in shipped.stderr
     finally:
         os.chmod(db, 0o644)
@@ -273,7 +242,7 @@ def test_a_pre_run_check_takes_an_output_whose_record_waits_in_the_spool(cli, wo
 
     (workdir / "in.txt").write_text("v1\n")
     cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
-    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:
         (workdir / "in.txt").write_text("v2\n")
         late = cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt")

@@ -21,6 +21,7 @@ pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugin
 
 from tests.conftest import run_cli  # noqa: E402
 from tests.support import parsl as support  # noqa: E402
+from tests.support.faults import fill_disk, hold_write_lock, small_tmpfs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -75,15 +76,8 @@ def test_a_locked_sqlite_ledger_delays_the_records_of_a_parsl_run(tmp_path):
     spool = tmp_path / "spool"
     run_cli("run", "--ledger", str(ledger), "--", "true", cwd=tmp_path, env={"LINEAGE_SPOOL": str(spool)},
             check_rc=0)
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(ledger)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = hold_write_lock(ledger)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         stderr = run_parsl(tmp_path, str(ledger), spool)
         assert "wait in the spool" in stderr, stderr[-3000:]
     finally:
@@ -96,16 +90,9 @@ def test_a_locked_sqlite_ledger_delays_the_records_of_a_parsl_run(tmp_path):
 @pytest.fixture
 def full_disk(tmp_path):
     """A full 1 MiB tmpfs (root only), else skip."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        subprocess.run(["sh", "-c", f"head -c 64000000 /dev/zero > {mount}/filler 2>/dev/null; true"], check=True)
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
+        fill_disk(mount / "filler")
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_parsl_run_whose_spool_disk_is_full_records_its_tries_in_the_ledger(tmp_path, full_disk):

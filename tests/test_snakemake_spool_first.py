@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 from blake3 import blake3
 
 from tests.conftest import run_cli
+from tests.support.faults import hold_write_lock, record_bodies
 from tests.support.snakemake import clean_env, require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -24,12 +22,7 @@ ONE_JOB = 'rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n'
 
 
 def _records(directory: Path) -> list[dict]:
-    conn = sqlite3.connect(directory / ".lineage" / "ledger.db")
-    try:
-        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
+    return record_bodies(directory / ".lineage" / "ledger.db")
 
 
 def _spool_status(directory: Path) -> list[dict]:
@@ -81,15 +74,8 @@ def test_a_locked_ledger_delays_shipping_and_the_records_ship_later(tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text(ONE_JOB)
     run_cli("run", "--", "true", cwd=tmp_path, check_rc=0)  # the ledger exists
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / ".lineage" / "ledger.db")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = hold_write_lock(tmp_path / ".lineage" / "ledger.db")
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         began = time.monotonic()
         result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-run-id", "locked",
                      cwd=tmp_path)

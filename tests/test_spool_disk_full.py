@@ -9,16 +9,13 @@ goes on recording once there is room again).
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.faults import hold_write_lock, record_bodies, small_tmpfs, without_root_file_powers
 from tests.support.snakemake import clean_env, require_snakemake, run
 
 FILL = "head -c 64000000 /dev/zero > {target} 2>/dev/null; true"  # fills the tmpfs, succeeds
@@ -27,25 +24,8 @@ FILL = "head -c 64000000 /dev/zero > {target} 2>/dev/null; true"  # fills the tm
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs at ``tmp_path / "small"`` (root only), else skip."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _bodies(db: Path) -> list[dict]:
-    """The records of an SQLite ledger, read with sqlite3 (no lineage-ledger code)."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT body FROM ll_records ORDER BY seq").fetchall()
-    finally:
-        conn.close()
-    return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
 
 
 # -- lineage-ledger run -------------------------------------------------------------------------
@@ -57,25 +37,13 @@ def test_run_whose_command_fills_the_spools_disk_records_straight_into_the_ledge
     assert result.returncode == 0, result.stderr  # the command succeeded and its record is kept
     assert "Traceback" not in result.stderr
     assert "No space left on device" in result.stderr and "straight into the ledger" in result.stderr
-    task, = [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "filler"]
+    task, = [r for r in record_bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "filler"]
     assert task["status"] == "succeeded"
-
-
-def _hold_write_lock(db: Path) -> subprocess.Popen:
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def test_run_whose_record_neither_the_spool_nor_the_ledger_takes_says_it_is_lost(workdir, small_disk):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
-    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:
         result = run_cli("run", "--ship-wait", "1", "-n", "filler", "--", "sh", "-c",
                          FILL.format(target=small_disk / "filler"), cwd=workdir,
@@ -87,7 +55,7 @@ def test_run_whose_record_neither_the_spool_nor_the_ledger_takes_says_it_is_lost
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "NOT recorded" in result.stderr and "No space left on device" in result.stderr
-    assert [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "filler"] == []
+    assert [r for r in record_bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "filler"] == []
 
 
 # -- snakemake ----------------------------------------------------------------------------------
@@ -128,15 +96,8 @@ rule c:
 def lineage_on_small_disk(tmp_path):
     """``tmp_path/.lineage`` on a 4 MiB tmpfs (root only), else skip."""
     require_snakemake()
-    mount = tmp_path / ".lineage"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / ".lineage", "4m"):
         yield tmp_path
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.slow
@@ -148,7 +109,7 @@ def test_snakemake_goes_on_recording_once_the_disk_under_lineage_has_room_again(
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / "c.txt").exists()
     run_cli("spool", "ship", "--ledger", str(ledger), cwd=workdir, check_rc=0)  # what waited, if any
-    recorded = {r["task_name"] for r in _bodies(ledger) if r["engine"] == "snakemake"}
+    recorded = {r["task_name"] for r in record_bodies(ledger) if r["engine"] == "snakemake"}
     assert {"a", "free", "c", "all"} <= recorded, result.stderr[-3000:]
     if "fill" not in recorded:  # nothing could keep it: the user is told it is lost, not that it waits
         told = [line for line in result.stderr.splitlines() if "NOT kept" in line]
@@ -166,7 +127,7 @@ def test_snakemake_records_straight_into_a_ledger_on_another_disk_and_says_so_pl
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     run_cli("spool", "ship", "--ledger", str(ledger), cwd=workdir, check_rc=0)  # what waited, if any
-    recorded = {r["task_name"] for r in _bodies(ledger) if r["engine"] == "snakemake"}
+    recorded = {r["task_name"] for r in record_bodies(ledger) if r["engine"] == "snakemake"}
     assert recorded == {"a", "fill", "free", "c", "all"}, result.stderr[-3000:]
 
 
@@ -206,18 +167,15 @@ def test_snakemake_keeps_a_job_the_full_spool_refused_early_for_the_next_run(tmp
     second = run(*command, "c.txt", cwd=workdir, env=clean_env(**env))  # any later run with a job
     assert second.returncode == 0, second.stderr[-3000:]
     run_cli("spool", "ship", "--ledger", str(ledger), cwd=workdir, env=env, check_rc=0)
-    recorded = {r["task_name"] for r in _bodies(ledger) if r["engine"] == "snakemake"}
+    recorded = {r["task_name"] for r in record_bodies(ledger) if r["engine"] == "snakemake"}
     assert recorded == {"a", "b", "c"}, (first.stderr[-2000:], second.stderr[-2000:])
 
 
 # -- a spool directory that cannot take a new file while a task runs ------------------------------
-ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
-
-
 def test_run_whose_spool_directory_turns_read_only_still_ships_its_record(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger and the spool directory exist
     directory, = (workdir / ".lineage" / "spool").iterdir()
-    prefix = ROOT_POWERS_OFF if os.geteuid() == 0 else ()  # root would write there all the same
+    prefix = without_root_file_powers()  # root would write there all the same
     try:
         # The segment of this run is open before the command starts; no new file can be made after.
         result = run_cli("run", "-n", "lock-spool", "--", "chmod", "500", str(directory), cwd=workdir,
@@ -227,7 +185,7 @@ def test_run_whose_spool_directory_turns_read_only_still_ships_its_record(workdi
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "did not take it" not in result.stderr, result.stderr[-3000:]  # the ledger was there all along
-    task, = [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "lock-spool"]
+    task, = [r for r in record_bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "lock-spool"]
     assert task["status"] == "succeeded"
 
 
@@ -249,7 +207,7 @@ def test_snakemake_records_what_the_journal_kept_even_when_the_next_run_has_noth
     second = run(*command, cwd=workdir, env=clean_env(**env))
     assert second.returncode == 0, second.stderr[-3000:]
     run_cli("spool", "ship", "--ledger", str(ledger), cwd=workdir, env=env)
-    recorded = [r["task_name"] for r in _bodies(ledger)] if ledger.exists() else []
+    recorded = [r["task_name"] for r in record_bodies(ledger)] if ledger.exists() else []
     assert recorded == ["a"], (first.stderr[-2000:], second.stderr[-2000:])
     assert os.listdir(workdir / ".lineage" / "snakemake-pending") == []
 
@@ -261,13 +219,13 @@ def test_run_whose_spool_directory_is_removed_meanwhile_still_ships_its_record(w
     result = run_cli("run", "-n", "rm-spool", "--", "rm", "-rf", str(workdir / ".lineage" / "spool"), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "did not take it" not in result.stderr, result.stderr[-3000:]
-    task, = [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "rm-spool"]
+    task, = [r for r in record_bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "rm-spool"]
     assert task["status"] == "succeeded"
 
 
 def test_a_record_whose_spool_directory_is_removed_while_the_ledger_is_locked_waits_in_a_new_one(workdir):
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)
-    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:
         result = run_cli("run", "--ship-wait", "1", "-n", "rm-spool", "--", "rm", "-rf",
                          str(workdir / ".lineage" / "spool"), cwd=workdir)
@@ -277,5 +235,5 @@ def test_a_record_whose_spool_directory_is_removed_while_the_ledger_is_locked_wa
     assert "waits there" in result.stderr, result.stderr[-3000:]
     shipped = run_cli("spool", "ship", cwd=workdir)
     assert shipped.returncode == 0 and "shipped 1 record(s)" in shipped.stderr, (result.stderr, shipped.stderr)
-    task, = [r for r in _bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "rm-spool"]
+    task, = [r for r in record_bodies(workdir / ".lineage" / "ledger.db") if r["task_name"] == "rm-spool"]
     assert task["status"] == "succeeded"

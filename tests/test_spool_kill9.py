@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.faults import hold_write_lock
 
 BIN = Path(sys.executable).parent
 
@@ -40,23 +41,11 @@ def _segments(workdir: Path) -> list[Path]:
     return sorted((workdir / ".lineage" / "spool").glob("*/*.log"))
 
 
-def _hold_write_lock(db: Path) -> subprocess.Popen:
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
-
-
 def test_a_segment_shipped_again_after_its_commit_is_kept_once(workdir):
     """The state a kill between the ledger's commit and the segment's removal leaves: the
     segment is still there, its records are in the ledger. Shipping it again adds nothing."""
     run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
-    holder = _hold_write_lock(workdir / ".lineage" / "ledger.db")
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:  # the record waits in the spool
         run_cli("run", "--ship-wait", "0", "-n", "twice", "--", "true", cwd=workdir, check_rc=0)
     finally:

@@ -19,16 +19,7 @@ from lineage_ledger import BackendUnavailable, build_block, open_ledger
 from lineage_ledger.backends import open_backend
 from lineage_ledger.backends.sqlite import SQLiteBackend
 from lineage_ledger.testing import chain_of, make_record, make_records
-
-
-def hold_write_lock(db) -> subprocess.Popen:
-    """Another process holding the ledger's write lock until its stdin closes."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
-                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
-                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
+from tests.support.faults import hold_write_lock
 
 
 def another_process_can_write(db) -> bool:

@@ -41,6 +41,7 @@ from lineage_ledger.backends.sql import SQLBackend
 from lineage_ledger.backends.sqlite import SQLiteBackend
 from lineage_ledger.testing import BackendConformance, artifact, chain_of, make_record, make_records
 from tests.conftest import run_cli
+from tests.support.faults import hold_write_lock
 from tests.test_sql_store import build_schema_2
 
 WRITER = [sys.executable, "-m", "lineage_ledger.testing.writer"]
@@ -227,16 +228,6 @@ def test_a_schema_2_ledger_is_migrated_once_then_appended_without_sqlalchemy(tmp
     with open_backend(url) as again:
         assert again.migrated_from is None and again.migrate() is None and again.record_count() == 10
     assert open_ledger(url, read_only=True).verify_chain().records == 10
-
-
-def hold_write_lock(db) -> subprocess.Popen:
-    """Another process holding the ledger's write lock until its stdin closes."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
-                               "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.read()\n",
-                               str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def test_a_locked_ledger_times_out_as_before_and_keeps_nothing_half_written(tmp_path, monkeypatch):
