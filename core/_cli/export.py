@@ -29,7 +29,8 @@ GRAPH_FORMATS = ("html", "svg", "dot")
               help="ro-crate: sign the crate's checkpoint with this private key (lineage-ledger keygen).")
 @click.option("--license", "license_", help="ro-crate: the data's license (a URL such as an SPDX one, or text).")
 @click.option("--no-data", is_flag=True, help="ro-crate: describe the files without copying them into the crate.")
-@click.option("--emit", "emit_url", help="openlineage: also POST the events to this Marquez-compatible URL.")
+@click.option("--emit", "emit_url", help="openlineage: also POST the events to this Marquez-compatible URL "
+              "(with $OPENLINEAGE_API_KEY, if set, as a Bearer token).")
 @click.option("--namespace", default="lineage-ledger", show_default=True,
               help="openlineage: the namespace of jobs and datasets.")
 @ledger_option
