@@ -25,7 +25,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from lineage_ledger import TaskCapture, utcnow
+from lineage_ledger import LedgerError, TaskCapture, utcnow
 
 from . import _settings, _shipper
 from ._assets import file_paths
@@ -199,16 +199,22 @@ def claimed(key: tuple[str, int]) -> bool:
     return os.path.exists(os.path.join(_marker_dir(capture()), _marker_name(key)))
 
 
-def claim(key: tuple[str, int]) -> bool:
-    """True for the first report of this try on this machine; False for every later one."""
+def claim(key: tuple[str, int], *, own: bool = False) -> bool:
+    """True for the first report of this try on this machine; False for every later one.
+
+    ``own``: the task process's own report. Where no marker can be made (the spool's disk
+    read-only, its directory unusable) it is recorded all the same, with a warning: its
+    record can still go straight into the ledger, and a lost record is worse than the rare
+    second one (another process's report of the same try). Any other report then raises:
+    without markers, the scheduler's sweep would record every try a second time."""
     with _lock:
         if key in _claimed:
             return False
         _claimed.add(key)
     name = _marker_name(key)
-    directory = _marker_dir(capture())
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
     try:
+        directory = _marker_dir(capture())
         try:
             fd = os.open(os.path.join(directory, name), flags, 0o644)
         except FileNotFoundError:  # the directory was removed since this process made it
@@ -216,6 +222,14 @@ def claim(key: tuple[str, int]) -> bool:
             fd = os.open(os.path.join(directory, name), flags, 0o644)
     except FileExistsError:
         return False
+    except (OSError, LedgerError) as err:
+        if not own:
+            with _lock:
+                _claimed.discard(key)
+            raise
+        log.warning("lineage-ledger: cannot mark try %d of %s as recorded on this machine (%s); recording it all "
+                    "the same", key[1], key[0].replace("\0", "/"), err)
+        return True
     os.close(fd)
     return True
 
@@ -227,7 +241,7 @@ def unclaim(key: tuple[str, int]) -> None:
     name = _marker_name(key)
     try:
         os.unlink(os.path.join(_marker_dir(capture()), name))
-    except OSError:
+    except (OSError, LedgerError):  # no marker was made, or none can be removed
         pass
 
 
@@ -268,7 +282,7 @@ def record_try(
     key = try_key(ti)
     if key[1] < 1:  # never started (e.g. an upstream-failed task marked failed by hand)
         return None
-    if not claim(key):
+    if not claim(key, own=type(ti).__name__ == "RuntimeTaskInstance"):  # the task process's own report
         log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
         return None
     started = _started.pop(key, None)
