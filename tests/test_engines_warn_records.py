@@ -220,6 +220,11 @@ def _output(record: dict, name: str) -> Path:
     return path
 
 
+def _with_stdout(made: Path) -> list[Path]:
+    """A task's file and its ``.command.out`` (its ``stdout``, an output of every task)."""
+    return [made, made.parent / ".command.out"]
+
+
 def test_nextflow_warn_resume_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_path):
     from tests.support import nextflow as nf
 
@@ -236,9 +241,9 @@ def test_nextflow_warn_resume_on_a_hidden_edit_of_a_source_does_not_vouch_for_it
     (p_run,), (q_run,) = _made(tmp_path, "P", seen), _made(tmp_path, "Q", seen)
     # Before the fix P's record listed src.txt with the edit's digest.
     p_txt = _output(p_run, "p.txt")
-    assert_not_vouched(p_run, [src], [p_txt])
+    assert_not_vouched(p_run, [src], _with_stdout(p_txt))
     q_txt = _output(q_run, "q.txt")
-    assert_not_vouched(q_run, [p_txt], [q_txt])
+    assert_not_vouched(q_run, [p_txt], _with_stdout(q_txt))
     (published,) = _made(tmp_path, "Q:publish", seen)  # the copy in results/ is made from it too
     assert_not_vouched(published, [q_txt], [tmp_path / "results" / "q.txt"])
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--a", "2",
@@ -263,7 +268,7 @@ def test_nextflow_warn_resume_on_a_hidden_edit_of_an_intermediate_does_not_vouch
     assert "IndexTampered" in warned.stderr and "Cached process > P" in warned.stdout, warned.stdout + warned.stderr
     assert not _made(tmp_path, "P", seen)
     (q_run,) = _made(tmp_path, "Q", seen)
-    assert_not_vouched(q_run, [p_txt], [_output(q_run, "q.txt")])
+    assert_not_vouched(q_run, [p_txt], _with_stdout(_output(q_run, "q.txt")))
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--b", "2",
                     cwd=tmp_path)
     assert strict.returncode == 1, strict.stdout + strict.stderr
@@ -307,10 +312,10 @@ def test_nextflow_rerun_resume_on_a_hidden_edit_of_a_source_leaves_the_next_stri
     assert "IndexTampered" in rerun.stderr, rerun.stderr
     (p_run,), (q_run,) = _made(tmp_path, "P", seen), _made(tmp_path, "Q", seen)
     p_txt = _output(p_run, "p.txt")
-    assert_not_vouched(p_run, [src], [p_txt])  # before the fix: src.txt listed with the edit's digest
+    assert_not_vouched(p_run, [src], _with_stdout(p_txt))  # before the fix: src.txt listed with the edit's digest
     assert p_run["extra"]["policy"] == "rerun", p_run["extra"]
     q_txt = _output(q_run, "q.txt")
-    assert_not_vouched(q_run, [p_txt], [q_txt])
+    assert_not_vouched(q_run, [p_txt], _with_stdout(q_txt))
     (published,) = _made(tmp_path, "Q:publish", seen)
     assert_not_vouched(published, [q_txt], [tmp_path / "results" / "q.txt"])
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=tmp_path)

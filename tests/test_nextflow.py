@@ -57,7 +57,7 @@ def test_every_task_and_publication_is_recorded(example_run):
     split_inputs = sorted(p for t in named["SPLIT"] for p in t["inputs"])
     assert split_inputs == [str(here / "data" / "alpha.txt"), str(here / "data" / "beta.txt")]
     # COUNT read SPLIT's output in SPLIT's work directory: the lineage links up.
-    split_outputs = {p for t in named["SPLIT"] for p in t["outputs"]}
+    split_outputs = {p for t in named["SPLIT"] for p in nf.files_written(t)}
     assert {p for t in named["COUNT"] for p in t["inputs"]} == split_outputs
     report = named["REPORT"][0]
     assert "sort" in report["extra"]["script"] and "# counted" in (here / "results" / "report.txt").read_text()
@@ -168,13 +168,13 @@ def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
     [broken] = named["BROKEN"]
     assert broken["status"] == "failed" and broken["extra"]["exit_status"] == 7
     assert "broken on purpose" in broken["extra"]["stderr_tail"]
-    assert broken["extra"]["error_action"] == "IGNORE" and broken["outputs"] == {}
+    assert broken["extra"]["error_action"] == "IGNORE" and nf.files_written(broken) == {}
     tries = sorted(named["FLAKY"], key=lambda r: r["attempt"])
     assert [(t["attempt"], t["status"], t["extra"]["exit_status"]) for t in tries] == [
         (1, "failed", 3), (2, "succeeded", 0)]
     assert tries[0]["extra"]["error_action"] == "RETRY"
     assert tries[0]["extra"]["workdir"] != tries[1]["extra"]["workdir"]
-    [(path, entry)] = tries[1]["outputs"].items()
+    [(path, entry)] = nf.files_written(tries[1]).items()
     assert path.endswith("flaky.txt") and entry["blake3"] == blake3(b"second try works\n").hexdigest()
     assert os.path.isfile(path)
     [published] = named["FLAKY:publish"]  # from the try that worked

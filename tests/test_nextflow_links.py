@@ -9,7 +9,6 @@ regular file's.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -61,12 +60,6 @@ def _first_run(tmp_path: Path) -> tuple[Path, Path, Path]:
     return here, outdir, reference
 
 
-def _keep_mtime(path: Path, change: callable) -> None:  # type: ignore[valid-type]
-    before = os.lstat(path)
-    change()
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
-
-
 def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(tmp_path):
     here, outdir, _reference = _first_run(tmp_path)
     # Untouched, the task's own link is no change: strict reuses MAKE, and USE's lineage verifies.
@@ -79,7 +72,7 @@ def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(t
     assert verified.returncode == 0, verified.stdout + verified.stderr
     planted = tmp_path / "elsewhere" / "planted.txt"
     planted.write_text("not made by the workflow\n")
-    _keep_mtime(outdir, lambda: (outdir / "extra.txt").symlink_to(planted))  # Nextflow reuses MAKE
+    nf.keep_mtime(outdir, lambda: (outdir / "extra.txt").symlink_to(planted))  # Nextflow reuses MAKE
     strict = nf.run("nextflow-ledger", "run", "main.nf", "--ref", str(_reference), "--use", "true", "-resume",
                     "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: USE read the planted file
@@ -104,31 +97,10 @@ def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(tmp_p
 
 #: A directory output holding links that are not to files: one to a directory inside it
 #: (``current``), one to a directory elsewhere (``refs``), one that leads nowhere (``later``).
-DIRECTORY_LINKS = """
-params.refs = null
-process MAKE {
-  output: path 'outdir'
-  script:
-  \"\"\"
-  mkdir -p outdir/v1
-  echo made > outdir/v1/made.txt
-  ln -s v1 outdir/current
-  ln -s ${params.refs} outdir/refs
-  ln -s not-yet outdir/later
-  \"\"\"
-}
-process USE {
-  input: path d
-  output: path 'used.txt'
-  script: "cat ${d}/current/* ${d}/refs/* > used.txt"
-}
-workflow { USE(MAKE()) }
-"""
-
-
-def _relink(link: Path, target: str | Path) -> None:
-    """Point ``link`` at ``target``, its directory's mtime put back (Nextflow reuses the task)."""
-    _keep_mtime(link.parent, lambda: (link.unlink(), link.symlink_to(target)))
+DIRECTORY_LINKS = nf.pipeline_staging_a_directory(
+    "mkdir -p outdir/v1; echo made > outdir/v1/made.txt; ln -s v1 outdir/current; "
+    "ln -s ${params.refs} outdir/refs; ln -s not-yet outdir/later",
+    "cat ${d}/current/* ${d}/refs/*", params="params.refs = null")
 
 
 def _replace_directory(directory: Path, content: dict[str, str], aside: Path) -> None:
@@ -147,8 +119,9 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     target text, in the manifest of the directory output), never followed: pointed elsewhere,
     made to dangle, or slipped in, the strict ``-resume`` refuses (also planned without the
     session's list) and ``verify-lineage`` of the directory fails; a replaced directory it
-    leads to is seen where it was recorded (the files inside the output; the reader's inputs
-    for one elsewhere). Untouched, a strict ``-resume`` reuses both tasks."""
+    leads to inside the output is seen (its files were recorded). One elsewhere is not walked
+    by the reader either: its record names the link by its target. Untouched, a strict
+    ``-resume`` reuses both tasks."""
     here = tmp_path / "pipeline"
     here.mkdir()
     (here / "main.nf").write_text(DIRECTORY_LINKS)
@@ -164,6 +137,9 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     assert make["outputs"][str(outdir)]["type"] == "dir"  # recorded whole, beside its files
     assert str(outdir / "v1" / "made.txt") in make["outputs"]
     assert not any(p.startswith(str(refs)) for p in make["outputs"])  # the link to elsewhere: not followed
+    (use,) = [r for r in nf.records(here) if r["task_name"] == "USE"]
+    assert not any(p.startswith(str(refs)) for p in use["inputs"])  # nor by the reader
+    assert use["extra"]["links_not_followed"] == {str(outdir / "refs"): str(refs)}
 
     clean = nf.run(*resume, cwd=here)
     assert clean.returncode == 0, clean.stdout + clean.stderr
@@ -189,25 +165,25 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     changed = f"{outdir}: changed since the last recorded run"
     same = tmp_path / "same-refs"  # the same bytes: only the link's target differs
     shutil.copytree(refs, same)
-    _relink(outdir / "refs", same)
+    nf.relink(outdir / "refs", same)
     refused(changed, "changed: refs")
     fails(outdir)
-    _relink(outdir / "refs", refs)
+    nf.relink(outdir / "refs", refs)
     restored()
 
-    _relink(outdir / "current", "v2")  # dangles now
+    nf.relink(outdir / "current", "v2")  # dangles now
     refused(changed, "changed: current")
     fails(outdir)
-    _relink(outdir / "current", "v1")
+    nf.relink(outdir / "current", "v1")
     restored()
 
-    _keep_mtime(outdir, lambda: (outdir / "extra").symlink_to(tmp_path / "nowhere"))  # slipped in, dangling
+    nf.keep_mtime(outdir, lambda: (outdir / "extra").symlink_to(tmp_path / "nowhere"))  # slipped in, dangling
     refused(changed, "appeared: extra")
     fails(outdir)
-    _keep_mtime(outdir, (outdir / "extra").unlink)
+    nf.keep_mtime(outdir, (outdir / "extra").unlink)
     restored()
 
-    # The directory a link leads to, replaced: inside the output, its files were recorded...
+    # The directory a link leads to, replaced: inside the output, its files were recorded.
     _replace_directory(outdir / "v1", {"made.txt": "edam\n"}, tmp_path / "v1-aside")
     refused(f"{outdir / 'v1' / 'made.txt'}: changed since the last recorded run")
     fails(outdir)
@@ -215,15 +191,7 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     shutil.rmtree(outdir / "v1")
     (tmp_path / "v1-aside").rename(outdir / "v1")
     restored()
-    # ... elsewhere, USE read its files through the link: its record vouches for them.
-    _replace_directory(refs, {"a.txt": "reference two\n"}, tmp_path / "refs-aside")
-    refused(f"{outdir / 'refs' / 'a.txt'}: changed since the last recorded run")
-    fails(used)
-    shutil.rmtree(refs)
-    (tmp_path / "refs-aside").rename(refs)
-    restored()
-
     # Without the session's list, the check planned from the work directory and the records.
     shutil.move(_state.lists_dir(str(here)), str(tmp_path / "lists-aside"))
-    _relink(outdir / "refs", same)
+    nf.relink(outdir / "refs", same)
     refused(changed, "changed: refs")

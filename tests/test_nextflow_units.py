@@ -125,15 +125,17 @@ def _stage(work: Path, staged: dict[str, Path]) -> None:
         os.symlink(source, work / name)
 
 
-def test_a_staged_directory_is_walked_into_each_tree_once_never_above_itself(tmp_path):
+def test_a_staged_directory_gives_its_own_files_and_names_its_links_out_of_it(tmp_path):
     """Links in a staged directory: to its parent, to ``/``, back into it, to the work
-    directory's parent, and two reference trees linking to each other (a cycle): each tree's
-    files are listed once, through the first link that reaches it; nothing above."""
+    directory's parent, to ``/usr``, to nothing (in it and out of it), and to a reference tree
+    (which links on to another): none is followed, the directory's own files are listed once,
+    and each link out of it is named by its target text; a link to a file is followed."""
     made = tmp_path / "up" / "outdir"
     (made / "v1").mkdir(parents=True)
     (made / "v1" / "made.txt").write_text("made\n")
     (tmp_path / "up" / "beside.txt").write_text("not in the directory\n")
-    for name, target in (("parent", ".."), ("root", "/"), ("current", "v1"), ("self", ".")):
+    for name, target in (("parent", ".."), ("root", "/"), ("current", "v1"), ("self", "."), ("system", "/usr"),
+                         ("later", "not-yet"), ("gone", str(tmp_path / "gone")), ("file", "v1/made.txt")):
         os.symlink(target, made / name)
     refs, more = tmp_path / "refs", tmp_path / "more"
     refs.mkdir()
@@ -141,15 +143,18 @@ def test_a_staged_directory_is_walked_into_each_tree_once_never_above_itself(tmp
     (refs / "a.txt").write_text("a\n")
     (more / "b.txt").write_text("b\n")
     os.symlink(more, refs / "more")
-    os.symlink(refs, more / "back")  # a cycle refs -> more -> refs
     os.symlink(refs, made / "refs")
+    os.symlink(tmp_path / "beside.txt", made / "beside.txt")
+    (tmp_path / "beside.txt").write_text("a file elsewhere\n")
     work = tmp_path / "work" / "dd" / "4444"
     work.mkdir(parents=True)
     os.symlink(tmp_path / "work", made / "work")  # holds the task's own directory
     _stage(work, {"outdir": made})
     found = read_workdir(str(work))
-    assert found.inputs == [str(made / "refs" / "a.txt"), str(made / "refs" / "more" / "b.txt"),
-                            str(made / "v1" / "made.txt")]
+    assert found.inputs == [str(made / "beside.txt"), str(made / "file"), str(made / "v1" / "made.txt")]
+    assert found.not_followed == {str(made / "parent"): "..", str(made / "refs"): str(refs),
+                                  str(made / "root"): "/", str(made / "system"): "/usr",
+                                  str(made / "work"): str(tmp_path / "work"), str(made / "gone"): str(tmp_path / "gone")}
     assert found.problems == []
 
 
@@ -166,27 +171,31 @@ def test_a_staged_directory_that_holds_the_work_directory_is_not_listed(tmp_path
                               "not listed"]
 
 
-def test_a_link_at_the_top_that_leads_to_no_file_makes_the_work_directory_an_output(tmp_path):
-    """A link to a directory or to nothing at the top: the work directory is an output, first
-    (its manifest keeps the link); a link to a file is an output of its own, as before. A FIFO
-    anywhere makes the whole directory unrecordable: the link is then said not recorded."""
+def test_a_link_at_the_top_that_leads_to_no_file_is_kept_by_its_target(tmp_path):
+    """A link to a directory or to nothing at the top is kept by its target text, never
+    followed, and the work directory is no output (Nextflow's own files are none); a link to a
+    file is an output of its own, as before, and so are ``.command.out`` and ``.command.env``
+    (the task's ``stdout`` and ``env`` outputs). A FIFO in a directory makes only that one
+    unrecordable whole."""
     work = tmp_path / "work" / "ff" / "6666"
     work.mkdir(parents=True)
     _stage(work, {})
+    for name in (".command.log", ".command.err", ".command.begin", ".exitcode", ".command.out", ".command.env"):
+        (work / name).write_text("0\n")
     (tmp_path / "ref.txt").write_text("ref\n")
     os.symlink(tmp_path, work / "idx")
     os.symlink("nowhere", work / "later")
     os.symlink(tmp_path / "ref.txt", work / "ref.txt")
     (work / "out.txt").write_text("out\n")
     found = read_workdir(str(work))
-    assert found.outputs == [str(work), str(work / "out.txt"), str(work / "ref.txt")]
+    assert found.outputs == [str(work / name) for name in (".command.env", ".command.out", "out.txt", "ref.txt")]
+    assert found.links == {"idx": str(tmp_path), "later": "nowhere"}
     assert found.problems == []
     (work / "pipes").mkdir()
     os.mkfifo(work / "pipes" / "fifo")
     found = read_workdir(str(work))
-    assert str(work) not in found.outputs
-    assert found.problems[0] == ("idx, later: a link that does not lead to a file, not recorded: the work directory "
-                                 f"cannot be recorded whole ({os.path.join('pipes', 'fifo')} is not a regular file)")
+    assert found.links == {"idx": str(tmp_path), "later": "nowhere"}
+    assert found.problems == [f"pipes: recorded file by file only: {os.path.join('pipes', 'fifo')} is not a regular file"]
 
 
 class Collected(Handlers):

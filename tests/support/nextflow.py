@@ -232,3 +232,13 @@ def manifest_entries(cwd: Path, digest: str) -> list[list[Any]]:
     assert listed.returncode == 0, listed.stderr
     (found,) = [r for r in map(json.loads, listed.stdout.splitlines()) if r.get("run_id") == f"manifest:{digest}"]
     return list(found["extra"]["manifest"]["entries"])
+
+
+#: Nextflow's files that hold a task's ``stdout`` and ``env`` outputs: every task's record
+#: lists its ``.command.out`` (and its ``.command.env`` where it has one).
+VALUE_FILES = (".command.out", ".command.env")
+
+
+def files_written(record: dict[str, Any]) -> dict[str, Any]:
+    """The outputs of a task's record other than its ``stdout`` and ``env`` values."""
+    return {path: entry for path, entry in record["outputs"].items() if os.path.basename(path) not in VALUE_FILES}

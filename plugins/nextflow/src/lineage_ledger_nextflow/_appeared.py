@@ -17,11 +17,17 @@ gone now is a change too: Nextflow checks that the directory is there, not what 
 
 A symbolic link to a file counts as a file (``_workdir`` lists the links a task makes to
 files among its outputs), so a link slipped in is seen too. A link to a directory, or one
-that leads nowhere, is not looked at here: the manifest of the directory output it lies in
-(recorded whole beside its files, ``_workdir``), or of the work directory for one the task
-made at its top, differs, which the ledger's check sees.
+that leads nowhere, inside a directory output is in that directory's manifest (recorded
+whole beside its files, ``_workdir``), which the ledger's check compares. One at the top of
+the work directory is in no manifest (the work directory is not recorded whole: Nextflow's
+own files are no output): the list (or, without one, the task's record, ``extra.links``)
+keeps its target text, and one pointed elsewhere, made to dangle, or slipped in, is a change.
+
 Limits: a list written before the wrapper listed links makes a link its task made count as
-appeared (run that session once without ``-resume``, or under ``warn``).
+appeared (run that session once without ``-resume``, or under ``warn``). A list or record
+made before ``.command.out`` and ``.command.env`` (the task's ``stdout`` and ``env`` outputs)
+were recorded names neither, nor its links (its work directory was recorded whole, and the
+ledger checks that): those are not looked at here.
 """
 
 from __future__ import annotations
@@ -32,12 +38,17 @@ from typing import Any
 REASON = "appeared in the work directory of a task that did not write it (changed outside the workflow)"
 GONE = "vanished from a directory the task wrote (changed outside the workflow)"
 UNRECORDED = "written by a task the ledger holds no record of (nothing vouches for it)"
+LINK = "a link "  # the start of the reasons of :func:`_links`
+#: Nextflow's files that hold the task's ``stdout`` and ``env`` outputs (outputs since lists
+#: and records name them; see the module's docstring).
+VALUE_OUTPUTS = (".command.out", ".command.env")
 
 
-def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+def appeared(tasks: dict[str, dict[str, Any]], links: dict[str, str] | None = None) -> dict[str, str]:
     """``{path: task key}`` of the files in each task's work directory that it did not write,
-    and of those it wrote inside a directory there that are gone (see :func:`_vanished`)."""
-    from ._workdir import _written_files, staged_files
+    of those it wrote inside a directory there that are gone (see :func:`_vanished`), and of
+    the links at its top that changed (``links`` gets ``{path: why}`` for each of those)."""
+    from ._workdir import _walk_written, staged_files
 
     found: dict[str, str] = {}
     for key, task in tasks.items():
@@ -48,11 +59,49 @@ def appeared(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
         except OSError:
             continue  # not a work directory Nextflow can reuse: nothing to compare with
         written = set(task.get("outputs", []))
-        for path in _written_files(workdir, staged):
-            if path not in written:
+        current = _lists_values(task) or bool(task.get("unrecorded"))
+        files, _unrecordable, loose = _walk_written(workdir, staged)
+        for path in files:
+            if path not in written and (current or os.path.relpath(path, workdir) not in VALUE_OUTPUTS):
                 found[path] = key
         found.update(dict.fromkeys(_vanished(task, written), key))
+        if current:
+            changed = _links(workdir, task.get("links") or {}, loose)
+            found.update(dict.fromkeys(changed, key))
+            if links is not None:
+                links.update(changed)
     return found
+
+
+def _lists_values(task: dict[str, Any]) -> bool:
+    """Whether the task's list (or record) names its ``.command.out``: one made since that
+    and its links were recorded (Nextflow writes a ``.command.out`` for every task)."""
+    return os.path.join(task["workdir"], VALUE_OUTPUTS[0]) in task.get("outputs", ())
+
+
+def _links(workdir: str, recorded: dict[str, str], loose: list[str]) -> dict[str, str]:
+    """``{path: why}`` of the links at the top of ``workdir`` that lead to no file (``loose``)
+    and differ from ``recorded`` (name -> target text): pointed elsewhere, made to dangle, or
+    slipped in. One that is gone is left to Nextflow, as a file there is."""
+    changed = {}
+    for name in loose:
+        path = os.path.join(workdir, name)
+        try:
+            now = os.readlink(path)
+        except OSError:
+            continue
+        if name not in recorded:
+            changed[path] = (f"{LINK}the task did not make, leading to {now!r}, appeared in its work directory "
+                             "(changed outside the workflow)")
+        elif recorded[name] != now:
+            changed[path] = (f"{LINK}the task made, recorded leading to {recorded[name]!r}, now leads to {now!r} "
+                             "(changed outside the workflow)")
+    for name, then in recorded.items():
+        path = os.path.join(workdir, name)
+        if name not in loose and os.path.islink(path):  # it leads to a file now
+            changed[path] = (f"{LINK}the task made, recorded leading to {then!r}, now leads to the file "
+                             f"{os.readlink(path)!r} (changed outside the workflow)")
+    return changed
 
 
 def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
@@ -76,18 +125,24 @@ def _vanished(task: dict[str, Any], written: set[str]) -> list[str]:
     return gone
 
 
-def as_checks(found: dict[str, str], tasks: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+def as_checks(found: dict[str, str], tasks: dict[str, dict[str, Any]] | None = None,
+              links: dict[str, str] | None = None) -> list[Any]:
     """The files of :func:`appeared` as the core's MODIFIED checks (no recorded digest);
-    ``tasks`` says which task the ledger holds no record of (``_recovered``)."""
+    ``tasks`` says which task the ledger holds no record of (``_recovered``); ``links`` why
+    each link changed (never hashed: it would walk what it leads to)."""
     from lineage_ledger import ArtifactCheck, ArtifactError, ArtifactStatus, hash_file
+
+    from ._workdir import a_link_to_no_file
 
     checks = []
     for path in found:
-        try:
-            digest: str | None = hash_file(path).blake3
-        except ArtifactError:
-            digest = None
-        reason = REASON if os.path.lexists(path) else GONE
+        digest: str | None = None
+        if not a_link_to_no_file(path):
+            try:
+                digest = hash_file(path).blake3
+            except ArtifactError:
+                pass
+        reason = (links or {}).get(path) or (REASON if os.path.lexists(path) else GONE)
         if tasks is not None and tasks.get(found[path], {}).get("unrecorded"):
             reason = UNRECORDED
         checks.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, None, digest, reason=reason))
@@ -97,6 +152,8 @@ def as_checks(found: dict[str, str], tasks: dict[str, dict[str, Any]] | None = N
 def describe(changed: Any, default: Any) -> str:
     """How the check before ``-resume`` names a changed file: ``default`` (``_preflight.describe``)
     unless it is one of :func:`as_checks`."""
+    if changed.expected is None and changed.reason and changed.reason.startswith(LINK):
+        return f"{changed.path}: {changed.reason}"
     if changed.reason in (REASON, GONE, UNRECORDED) and changed.expected is None:
         return f"{changed.path}: {changed.reason} (disk {(changed.actual or '-')[:16]})"
     return str(default(changed))

@@ -76,8 +76,8 @@ def plan(tasks: dict[str, dict[str, Any]]) -> Plan:
         for source, target in task.get("published", []):
             result.producers[target] = key
             # The published link to a link the task made that leads to no file is not recorded
-            # (_tasks), and its check would walk what it leads to: the work directory's
-            # manifest keeps the task's link.
+            # (_tasks), and its check would walk what it leads to: the task's link is compared
+            # by its target text (_appeared).
             if not (a_link_to_no_file(source) and os.path.islink(target)):
                 checked[target] = None
         for path in task.get("inputs", []):

@@ -160,7 +160,8 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
         return task
     record = found.record
     task.update(process=record.task_name, name=record.extra.get("name"), status=record.status,
-                inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs))
+                inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs),
+                links=dict(record.extra.get("links") or {}))
     publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
     if publication is not None:
         # Pairs as the list keeps them; only the sets of sources and of targets are used.

@@ -125,6 +125,10 @@ class TaskRecorder(Handlers):
             extra["stderr_tail"] = _tail(os.path.join(event.workdir, ".command.err"))
         if work.problems:
             extra["workdir_problems"] = work.problems
+        if work.links:
+            extra["links"] = work.links
+        if work.not_followed:
+            extra["links_not_followed"] = work.not_followed
         environment = {"container": work.container, "conda_env": work.conda}
         inputs, outputs = self._vouched(work.inputs, work.outputs, extra)
         now = datetime.now(timezone.utc)
@@ -143,6 +147,7 @@ class TaskRecorder(Handlers):
             self.tasks[key] = {
                 "process": process, "name": event.name, "workdir": event.workdir, "status": run.status,
                 "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
+                "links": dict(work.links),
             }
 
     def _publish(self) -> None:
@@ -184,9 +189,9 @@ def _published_files(task: Mapping[str, Any], items: list[Published],
     """The sources and targets a publication record names. A link that does not lead to a
     file (a ``path 'idx'`` output that is a link to a directory, a link to nothing, and its
     published link) is not named: hashing it would walk whatever it leads to (``/``, say).
-    Its source is in the manifest of the work directory, recorded whole, which is named in
-    its place; ``extra.not_recorded`` names the rest. A copy Nextflow made of what such a
-    link leads to is a directory of its own, and named."""
+    The task's record keeps its source by its target text (``extra.links``); ``extra.not_recorded``
+    names it here. A copy Nextflow made of what such a link leads to is a directory of its
+    own, and named."""
     sources: dict[str, None] = {}
     targets: dict[str, None] = {}
     left: list[str] = []
@@ -195,16 +200,14 @@ def _published_files(task: Mapping[str, Any], items: list[Published],
             sources[item.source] = None  # a file, a directory the task made: as ever
             targets[item.target] = None
             continue
-        if task["workdir"] in task.get("outputs", ()):
-            sources[task["workdir"]] = None
-        else:
-            left.append(item.source)
+        left.append(item.source)
         if os.path.islink(item.target):
             left.append(item.target)  # symlink modes: a link to the link
         else:
             targets[item.target] = None
     if left:
-        extra["not_recorded"] = {path: "a symbolic link that does not lead to a file: not followed" for path in left}
+        extra["not_recorded"] = {path: "a symbolic link that does not lead to a file: not followed (the task's "
+                                 "record keeps it by its target text, extra.links)" for path in left}
     return list(sources), list(targets)
 
 

@@ -25,24 +25,30 @@ A link to a directory (``ln -s /refs/index outdir/``) or one that leads nowhere 
 recorded as the link it is: pointed elsewhere, made to dangle, or slipped in, the directory's
 manifest differs, and the check before ``-resume`` and ``verify-lineage`` of the directory
 see it. What such a link leads to outside the task's own files is not followed (no loop, no
-walk of whatever tree it names): a task that reads through it records the files it read. A
-directory that holds a staged input, or something that cannot be recorded (a socket, a FIFO,
-a device, an entry that cannot be read), is left to its files (``problems`` says why).
+walk of whatever tree it names). A directory that holds a staged input, or something that
+cannot be recorded (a socket, a FIFO, a device, an entry that cannot be read), is left to its
+files (``problems`` says why).
+
+Nextflow's own files at the top (:data:`NEXTFLOW_FILES`: the wrapper, the script, the logs,
+``.exitcode``) are no output of the task and are in no record nor manifest: ``.command.run``
+exports the configuration's ``env`` scope (a token's digest would give a guessable token
+away), and a grid executor appends to ``.command.log`` after ``.exitcode`` is written. The
+script's digest is the record's ``code_digest``. ``.command.out`` and ``.command.env`` hold
+the task's ``stdout`` and ``env`` outputs, which ``-resume`` hands on from the cached
+directory: they are outputs. The work directory itself is therefore never recorded whole.
 
 A link the task made directly in its work directory that does not lead to a file (a
-``path 'idx'`` output that is itself a link to a directory, a link to nothing) lies in no
-such directory: the work directory itself is then an output too, whole, so that its manifest
-keeps the link by its target text, never followed (following it could walk any tree, ``/``
-included). Records name no link by itself (a record's entry is compared with what its path
-leads to), so a manifest is the one place a link is kept as a link. Where the work directory
-cannot be recorded (it holds a FIFO, say), ``problems`` says the link is not recorded.
+``path 'idx'`` output that is itself a link to a directory, a link to nothing) is kept by its
+target text in ``links`` (the record's ``extra.links``), never followed (following it could
+walk any tree, ``/`` included); the check before ``-resume`` compares it (``_appeared``).
 
 A staged directory gives its files as inputs, links to files followed. A link in it to a
-directory is followed only into a tree not walked yet that holds none walked, nor the task's
-work directory: a link to the directory's own parent, to ``/``, back into it or around a
-cycle is not walked (what it is, is in the manifest of the directory's producer); a link to
-a reference elsewhere is, since the task may read through it. A staged directory that holds
-the work directory (``/``, the launch directory) is not listed (``problems`` says so).
+directory, or to nothing, is not followed: the directory's own files are walked once, and
+what the link names elsewhere (its parent, ``/``, ``/usr``, a reference) is no input of the
+task (its producer's manifest keeps the link; stage a reference as an input of its own to
+have it checked). Such a link to outside the directory is named in ``not_followed`` (the
+record's ``extra.links_not_followed``). A staged directory that holds the work directory
+(``/``, the launch directory) is not listed (``problems`` says so).
 """
 
 from __future__ import annotations
@@ -50,13 +56,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 from dataclasses import dataclass, field
 
-#: Files Nextflow's wrapper writes in every work directory; not the task's outputs.
-WRAPPER_FILES = frozenset({".exitcode", ".command.sh", ".command.run", ".command.err", ".command.out",
-                           ".command.log", ".command.begin", ".command.trace", ".command.env",
-                           ".command.stub", ".command.in", ".command.ps"})
+#: Files Nextflow writes at the top of every work directory that are not the task's outputs
+#: (``.command.out`` and ``.command.env``, its ``stdout`` and ``env`` outputs, are).
+NEXTFLOW_FILES = frozenset({".exitcode", ".command.sh", ".command.run", ".command.err", ".command.log",
+                            ".command.begin", ".command.trace", ".command.stub", ".command.in", ".command.ps"})
 _STAGE_START = re.compile(r"^\s*nxf_stage\(\)\s*\{\s*$")
 # Nextflow 25.04 writes `source $(conda info --json | awk ...)/bin/activate ENV`: the words
 # between `source` and `activate` may hold spaces.
@@ -67,9 +72,6 @@ _CONTAINER = re.compile(r"(?:docker|podman)\s+run\s.*?--name\s+\$NXF_BOXID\s+(\S
                         r"|(?:singularity|apptainer)\s+(?:exec|run)\s.*?\s(\S+)\s+/bin/(?:ba)?sh\b")
 #: The staging commands of each stageInMode, and the tail of their argument lists (SRC DST).
 _STAGE_COMMANDS = ("ln", "cp", "rsync")
-#: The directory a manifest leaves out at its top (the ledger's own state; see the core's
-#: ``_files.manifest``).
-_SKIPPED_BY_MANIFESTS = ".lineage"
 
 
 @dataclass
@@ -81,6 +83,8 @@ class WorkDir:
     staged: dict[str, str] = field(default_factory=dict)  # name in the directory -> source as given
     inputs: list[str] = field(default_factory=list)  # the real files behind the staged ones
     outputs: list[str] = field(default_factory=list)  # files the task wrote
+    links: dict[str, str] = field(default_factory=dict)  # a link at the top to no file -> its target text
+    not_followed: dict[str, str] = field(default_factory=dict)  # a staged directory's link out of it -> target
     conda: str | None = None
     container: str | None = None
     started: float | None = None  # mtime of .command.begin (the task's script began)
@@ -115,20 +119,12 @@ def read_workdir(path: str) -> WorkDir:
         work.exit_code = int(text) if text.lstrip("-").isdigit() else None
     except OSError:
         pass  # a task killed before it ended writes none
-    work.inputs = _input_files(path, work.staged, work.problems)
+    work.inputs = _input_files(path, work.staged, work.problems, work.not_followed)
     written, unrecordable, loose = _walk_written(path, work.staged)
+    work.links = _targets(path, loose)
     # The directories first: the capture then takes their files' digests from the manifests
     # instead of reading each file twice.
-    directories = _output_directories(path, work.staged, unrecordable)
-    whole: list[str] = []
-    if loose:
-        why = _not_recordable_whole(path)
-        if why is None:
-            whole = [path]
-        else:
-            work.problems.append(f"{', '.join(loose)}: a link that does not lead to a file, not recorded: the work "
-                                 f"directory cannot be recorded whole ({why})")
-    work.outputs = whole + directories + written
+    work.outputs = _output_directories(path, work.staged, unrecordable) + written
     work.problems.extend(f"{os.path.basename(d)}: recorded file by file only: {why}"
                          for d, why in sorted(unrecordable.items()))
     return work
@@ -167,9 +163,22 @@ def _mtime(path: str) -> float | None:
         return None
 
 
-def _input_files(workdir: str, staged: dict[str, str], problems: list[str]) -> list[str]:
+def _targets(workdir: str, names: list[str]) -> dict[str, str]:
+    """``{name: target text}`` of the links ``names`` at the top of ``workdir``."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = os.readlink(os.path.join(workdir, name))
+        except OSError:
+            continue  # gone meanwhile: nothing to keep
+    return found
+
+
+def _input_files(workdir: str, staged: dict[str, str], problems: list[str],
+                 not_followed: dict[str, str] | None = None) -> list[str]:
     """The real files behind each staged input; a staged directory gives every file in it
-    (:func:`_files_below`), unless it holds the work directory (noted in ``problems``)."""
+    (:func:`_files_below`), unless it holds the work directory (noted in ``problems``); its
+    links out of it that are not followed go to ``not_followed``."""
     files: dict[str, None] = {}
     here = os.path.realpath(workdir)
     for name, source in staged.items():
@@ -180,21 +189,16 @@ def _input_files(workdir: str, staged: dict[str, str], problems: list[str]) -> l
                 problems.append(f"{name}: a staged directory that holds this work directory ({real}): its files "
                                 "are not listed")
                 continue
-            files.update(dict.fromkeys(_files_below(real, fence=here)))
+            files.update(dict.fromkeys(_files_below(real, not_followed)))
         else:
             files[real] = None  # a source that is gone is recalled from the ledger, or listed unhashed
     return list(files)
 
 
-def _written_files(workdir: str, staged: dict[str, str]) -> list[str]:
-    """Regular files below ``workdir``, and links to regular files, that are neither
-    Nextflow's nor staged inputs."""
-    return _walk_written(workdir, staged)[0]
-
-
 def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
-    """:func:`_written_files`; ``{top-level directory: why}`` for each directory of ``workdir``
-    whose manifest cannot be made (it holds a socket, a FIFO, a device or an entry that cannot
+    """Regular files below ``workdir``, and links to regular files, that are neither Nextflow's
+    (:data:`NEXTFLOW_FILES`, at the top) nor staged inputs; ``{top-level directory: why}`` for
+    each directory of ``workdir`` whose manifest cannot be made (it holds a socket, a FIFO, a device or an entry that cannot
     be read); and the names of the links the task made at the top of ``workdir`` that do not
     lead to a regular file (to a directory, to nothing): all in the same walk."""
     skip = {os.path.join(workdir, name) for name in staged}
@@ -215,7 +219,7 @@ def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict
             loose.extend(d for d in dirs if os.path.islink(os.path.join(root, d)))
         for name in sorted(files):
             full = os.path.join(root, name)
-            if full in skip or (root == workdir and name in WRAPPER_FILES):
+            if full in skip or (root == workdir and name in NEXTFLOW_FILES):
                 continue
             if not os.path.isfile(full):
                 # A link to nothing is in the manifest of its directory (at the top, in the work
@@ -231,34 +235,6 @@ def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict
     return written, unrecordable, sorted(loose)
 
 
-def _not_recordable_whole(workdir: str) -> str | None:
-    """Why no manifest of ``workdir`` can be made (the core's scan would refuse it: a socket,
-    a FIFO or a device anywhere in it, an entry that cannot be read, a name that is not
-    UTF-8), or None. Links are not followed, as the scan follows none."""
-    problem: list[str] = []
-
-    def unreadable(err: OSError) -> None:
-        problem.append(f"{err.filename}: {err.strerror or err}")
-
-    for root, dirs, files in os.walk(workdir, onerror=unreadable):
-        if root == workdir and _SKIPPED_BY_MANIFESTS in dirs:
-            dirs.remove(_SKIPPED_BY_MANIFESTS)
-        for name in [*dirs, *files]:
-            full = os.path.join(root, name)
-            try:
-                name.encode("utf-8")
-                mode = os.lstat(full).st_mode
-            except UnicodeEncodeError:
-                return f"{os.path.relpath(full, workdir)!r}: the name is not valid UTF-8"
-            except OSError as err:
-                return f"{full}: {err.strerror or err}"
-            if not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
-                return f"{os.path.relpath(full, workdir)} is not a regular file"
-        if problem:
-            return problem[0]
-    return problem[0] if problem else None
-
-
 def _output_directories(workdir: str, staged: dict[str, str], unrecordable: dict[str, str]) -> list[str]:
     """The directories at the top of ``workdir`` the task made: not Nextflow's staging (a staged
     directory, or one the stager made to put an input in), and not among ``unrecordable``."""
@@ -272,28 +248,27 @@ def _output_directories(workdir: str, staged: dict[str, str], unrecordable: dict
             if entry.name not in staging and entry.path not in unrecordable and entry.is_dir(follow_symlinks=False)]
 
 
-def _files_below(directory: str, *, fence: str | None = None) -> list[str]:
+def _files_below(directory: str, not_followed: dict[str, str] | None = None) -> list[str]:
     """Regular files below ``directory`` (a real path), links to files followed, in walk
-    order. A link to a directory is followed only into a tree that is neither in nor above
-    one walked already (``directory`` first) nor above ``fence`` (the task's work directory):
-    each tree is walked once, so no link to the directory's parent, to ``/`` or round a cycle
-    is walked, and what a link into the directory leads to is listed under its own name."""
-    trees = [directory]
+    order. A link to a directory, or to nothing, is not followed (no loop, no walk of ``/`` or
+    ``/usr``; what it leads to inside ``directory`` is walked anyway); one that leads out of
+    ``directory`` goes to ``not_followed`` with its target text."""
     found: list[str] = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        kept = []
-        for name in sorted(dirs):
+    for root, dirs, files in os.walk(directory):  # a link to a directory is in dirs, not walked
+        listed = set(files)
+        for name in [*sorted(dirs), *sorted(files)]:
             path = os.path.join(root, name)
-            if os.path.islink(path):
-                real = os.path.realpath(path)
-                if any(_within(real, tree) or _within(tree, real) for tree in trees) or \
-                        (fence is not None and _within(fence, real)):
+            if os.path.isfile(path):
+                if name in listed:
+                    found.append(path)
+                continue
+            if os.path.islink(path) and not _within(os.path.realpath(path), directory):
+                try:
+                    target = os.readlink(path)
+                except OSError:
                     continue
-                trees.append(real)
-            kept.append(name)
-        dirs[:] = kept
-        found.extend(os.path.join(root, name) for name in sorted(files)
-                     if os.path.isfile(os.path.join(root, name)))
+                if not_followed is not None:
+                    not_followed[path] = target
     return found
 
 

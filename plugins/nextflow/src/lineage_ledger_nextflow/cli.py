@@ -166,9 +166,10 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
             return None
         # Files slipped into a task's work directory: no record names them, so the ledger's
         # check cannot see them; the session's list of what each task wrote can (_appeared).
-        slipped = _appeared.appeared(plan.tasks)
+        relinked: dict[str, str] = {}
+        slipped = _appeared.appeared(plan.tasks, relinked)
         plan.producers.update(slipped)
-        plan.tampered = _preflight.check(url, plan.checked) + _appeared.as_checks(slipped, plan.tasks)
+        plan.tampered = _preflight.check(url, plan.checked) + _appeared.as_checks(slipped, plan.tasks, relinked)
     except ConfigError as err:  # a URL no retry can fix: every record of the run would be lost too
         print(f"nextflow-ledger: refusing to run: {err}", file=sys.stderr)
         return 2
