@@ -109,14 +109,7 @@ def test_a_link_at_the_top_of_a_work_directory_is_recorded_by_its_target(tmp_pat
     files through ``idx``. Re-pointed (to a copy with the same bytes, or to nothing), or
     slipped in, a link is refused by a strict ``-resume`` (also planned without the session's
     list); put back, the task is reused."""
-    here = tmp_path / "pipeline"
-    here.mkdir()
-    (here / "main.nf").write_text(TOP_LINKS)
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    (refs / "a.txt").write_text("reference one\n")
-    first = nf.run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here, timeout=HANG)
-    assert first.returncode == 0, first.stdout + first.stderr
+    here, refs, resume = nf.first_run_with_refs(tmp_path, TOP_LINKS, timeout=HANG)
     (idx,) = [p for p in (here / "work").glob("*/*/idx") if (p.parent / "later").is_symlink()]
     made_in, later = idx.parent, idx.parent / "later"
     (used,) = (here / "work").glob("*/*/used.txt")
@@ -133,7 +126,6 @@ def test_a_link_at_the_top_of_a_work_directory_is_recorded_by_its_target(tmp_pat
     assert sorted(published["extra"]["not_recorded"]) == sorted(
         str(p) for p in (idx, made_in / "sys", here / "results" / "idx", here / "results" / "sys"))
 
-    resume = ("nextflow-ledger", "run", "main.nf", "--refs", str(refs), "-resume", "--ledger-policy", "strict")
     clean = nf.run(*resume, cwd=here, timeout=HANG)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "Cached process > MAKE" in clean.stdout and "Cached process > USE" in clean.stdout

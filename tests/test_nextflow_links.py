@@ -122,15 +122,7 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     leads to inside the output is seen (its files were recorded). One elsewhere is not walked
     by the reader either: its record names the link by its target. Untouched, a strict
     ``-resume`` reuses both tasks."""
-    here = tmp_path / "pipeline"
-    here.mkdir()
-    (here / "main.nf").write_text(DIRECTORY_LINKS)
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    (refs / "a.txt").write_text("reference one\n")
-    resume = ("nextflow-ledger", "run", "main.nf", "--refs", str(refs), "-resume", "--ledger-policy", "strict")
-    first = nf.run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    here, refs, resume = nf.first_run_with_refs(tmp_path, DIRECTORY_LINKS)
     (outdir,) = [p for p in (here / "work").glob("*/*/outdir") if not p.is_symlink()]  # USE's is staged
     (used,) = (here / "work").glob("*/*/used.txt")
     (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]

@@ -73,18 +73,9 @@ NEXTFLOWS = {".command.run", ".command.sh", ".command.log", ".command.err", ".co
 
 def _first_run(tmp_path: Path) -> tuple[Path, Path, tuple[str, ...]]:
     """(launch directory, MAKE's work directory, the strict -resume command)."""
-    here = tmp_path / "pipeline"
-    here.mkdir()
-    (here / "main.nf").write_text(WRAPPED)
-    (here / "nextflow.config").write_text(CONFIG)
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    (refs / "a.txt").write_text("reference one\n")
-    first = nf.run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here, timeout=HANG)
-    assert first.returncode == 0, first.stdout + first.stderr
+    here, _refs, resume = nf.first_run_with_refs(tmp_path, WRAPPED, config=CONFIG, timeout=HANG)
     (made_in,) = [p.parent for p in (here / "work").glob("*/*/idx") if not (p.parent / "outdir").is_symlink()]
     assert "hunter2-secret" in (made_in / ".command.run").read_text()  # what the test is about
-    resume = ("nextflow-ledger", "run", "main.nf", "--refs", str(refs), "-resume", "--ledger-policy", "strict")
     return here, made_in, resume
 
 

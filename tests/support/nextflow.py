@@ -242,3 +242,21 @@ VALUE_FILES = (".command.out", ".command.env")
 def files_written(record: dict[str, Any]) -> dict[str, Any]:
     """The outputs of a task's record other than its ``stdout`` and ``env`` values."""
     return {path: entry for path, entry in record["outputs"].items() if os.path.basename(path) not in VALUE_FILES}
+
+
+def first_run_with_refs(tmp_path: Path, pipeline: str, *, config: str | None = None,
+                        timeout: float = 180) -> tuple[Path, Path, tuple[str, ...]]:
+    """``pipeline`` (and ``config``, as ``nextflow.config``) in ``tmp_path/pipeline``, run once
+    through ``nextflow-ledger`` with ``--refs`` a directory holding ``a.txt``; (the launch
+    directory, the references, the strict ``-resume`` command with the same ``--refs``)."""
+    here = tmp_path / "pipeline"
+    here.mkdir()
+    (here / "main.nf").write_text(pipeline)
+    if config is not None:
+        (here / "nextflow.config").write_text(config)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "a.txt").write_text("reference one\n")
+    first = run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here, timeout=timeout)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return here, refs, ("nextflow-ledger", "run", "main.nf", "--refs", str(refs), "-resume", "--ledger-policy", "strict")
