@@ -264,7 +264,6 @@ def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the
 # -- the ledger read-only while tasks finish -------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the shipper says a read-only ledger at DEBUG only: nobody is told")
 def test_a_read_only_ledger_while_tasks_finish_keeps_the_records_in_the_spool(site):
     """The ledger's folder mounted read-only (as a full disk remounted read-only by the
     kernel, or an administrator's read-only bind): every task succeeds, nothing ships, and

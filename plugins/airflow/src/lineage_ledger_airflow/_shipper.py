@@ -16,7 +16,8 @@ starts, the listener's ``on_starting`` hook starts a shipper thread in it:
 * while it holds the lease, it touches the file every :data:`INTERVAL` seconds, fsyncs the
   segments task processes journaled since the last round, and ships what finished
   processes left in the spool, as ``lineage-ledger spool ship`` does, one shipping at a
-  time (a locked or unreachable ledger leaves records waiting, nothing else).
+  time (a locked or unreachable ledger leaves records waiting, nothing else; one that
+  refuses writes for good, read-only say, is also said once).
 
 A task process that sees a fresh lease file (:func:`alive`) only journals its record (one
 ``write(2)``: in the kernel, so ``kill -9`` of the task loses nothing) and ends; the
@@ -173,6 +174,7 @@ class _Shipper:
     def ship(self) -> None:
         """Ship what finished processes left; a locked or unreachable ledger only delays it."""
         from lineage_ledger import LedgerError, VerificationError
+        from lineage_ledger._ledger.refusal import permanent_refusal
 
         try:
             shipped = self._ledger().ledger().replay_spool()
@@ -189,7 +191,17 @@ class _Shipper:
             self._reopen()
             return
         except LedgerError as err:
-            log.debug("lineage-ledger: records wait in the spool: %s", err)
+            # Locked, busy or down: a later round gets through, and says nothing meanwhile. A
+            # ledger that refuses writes for good (read-only, permission denied) is said once
+            # (nobody under the scheduler's INFO log learnt why the records waited).
+            why = permanent_refusal(err)
+            if why is None:
+                log.debug("lineage-ledger: records wait in the spool: %s", err)
+            elif f"{why}: {err}" != self._refusal:
+                self._refusal = f"{why}: {err}"
+                log.error("lineage-ledger: the records in the spool %s are not shipped: %s; they wait there and "
+                          "ship once the ledger can be written", self._spool_dir or _settings.spool_root(),
+                          self._refusal)
             self._reopen()
             return
         except Exception:  # noqa: BLE001 - logged; the next round tries again
