@@ -198,6 +198,34 @@ def test_a_link_at_the_top_that_leads_to_no_file_is_kept_by_its_target(tmp_path)
     assert found.problems == [f"pipes: recorded file by file only: {os.path.join('pipes', 'fifo')} is not a regular file"]
 
 
+def test_the_links_at_the_top_and_the_value_files_are_compared_with_the_list_that_names_them(tmp_path):
+    """A list that names the task's ``.command.out`` (every list since it is recorded) has its
+    links compared by target text, and a value file it does not name counts as appeared; an
+    older list (the work directory recorded whole: the ledger's check of it covers both) is
+    left alone, so an upgrade does not make every cached task look tampered with."""
+    from lineage_ledger_nextflow._appeared import appeared
+
+    work = tmp_path / "work" / "aa" / "7777"
+    work.mkdir(parents=True)
+    _stage(work, {})
+    (work / ".command.out").write_text("said\n")
+    (work / ".command.log").write_text("appended by the grid executor\n")
+    os.symlink(tmp_path, work / "idx")
+    current = {"workdir": str(work), "outputs": [str(work / ".command.out")], "links": {"idx": str(tmp_path)}}
+    older = {"workdir": str(work), "outputs": [str(work)]}
+    assert appeared({"t": current}) == {} and appeared({"t": older}) == {}
+    (work / ".command.env").write_text("FOO=planted\n")
+    os.symlink("/", work / "slipped")
+    links: dict[str, str] = {}
+    assert appeared({"t": current}, links) == {str(work / ".command.env"): "t", str(work / "slipped"): "t"}
+    assert links == {str(work / "slipped"): "a link the task did not make, leading to '/', appeared in its work "
+                                            "directory (changed outside the workflow)"}
+    assert appeared({"t": older}) == {}
+    os.unlink(work / "idx")
+    os.symlink(tmp_path / "copy", work / "idx")
+    assert str(work / "idx") in appeared({"t": current}) and appeared({"t": older}) == {}
+
+
 class Collected(Handlers):
     def __init__(self):
         self.events = []

@@ -17,10 +17,12 @@ the directory, never those of that tree: the reader's record names the link by i
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from lineage_ledger_nextflow import _state
 
 from tests.support import nextflow as nf
 
@@ -100,7 +102,8 @@ def test_nextflow_files_are_in_no_record_and_the_tasks_own_are(tmp_path):
 def test_a_late_append_to_the_log_is_no_change_and_the_tasks_own_changes_are(tmp_path):
     """A grid executor appends to ``.command.log`` after ``.exitcode``: a strict ``-resume``
     reuses both tasks all the same. The link re-pointed, or the task's ``stdout`` edited (its
-    size and mtime kept: Nextflow hands the edited value on), is refused."""
+    size and mtime kept: Nextflow hands the edited value on), is refused; also planned
+    without the session's list, which then passes another late append too."""
     here, made_in, resume = _first_run(tmp_path)
     with open(made_in / ".command.log", "a") as log:
         log.write("slurm: job 42 epilogue ran\n")
@@ -113,6 +116,16 @@ def test_a_late_append_to_the_log_is_no_change_and_the_tasks_own_changes_are(tmp
     nf.relink(made_in / "idx", tmp_path / "refs")
     nf.keep_mtime(made_in / ".command.out", lambda: (made_in / ".command.out").write_text("sail"))
     nf.refused(here, resume, f"{made_in / '.command.out'}: changed since the last recorded run")
+
+    # Without the session's list, the check planned from the work directory and the records.
+    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "lists-aside"))
+    nf.refused(here, resume, f"{made_in / '.command.out'}: changed since the last recorded run")
+    nf.keep_mtime(made_in / ".command.out", lambda: (made_in / ".command.out").write_text("said"))  # put back
+    with open(made_in / ".command.log", "a") as log:
+        log.write("slurm: a second epilogue\n")
+    clean = nf.run(*resume, cwd=here, timeout=HANG)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "Cached process > MAKE" in clean.stdout and "Cached process > USE" in clean.stdout
 
 
 def test_a_link_to_usr_in_a_staged_directory_is_named_not_walked(tmp_path):
