@@ -75,7 +75,7 @@ def check_prov(path: Path, tasks: int) -> None:
     records = list(document.get_records())
     activities = [r for r in records if isinstance(r, ProvActivity)]
     assert len(activities) == tasks
-    files = [r for r in records if isinstance(r, ProvEntity) and str(r.identifier).startswith("file:")]
+    files = [r for r in records if isinstance(r, ProvEntity) and str(r.identifier).startswith("file:v")]
     assert files
     for entity in files:
         attributes = {str(k): v for k, v in entity.attributes}
@@ -83,8 +83,8 @@ def check_prov(path: Path, tasks: int) -> None:
     kinds = {type(r) for r in records}
     assert {ProvUsage, ProvGeneration, ProvDerivation, ProvAgent} <= kinds
     agents = {str(r.identifier) for r in records if isinstance(r, ProvAgent)}
-    assert any(a.startswith("agent:engine/") for a in agents) and any(a.startswith("agent:user/") for a in agents)
-    assert any(a.startswith("agent:host/") for a in agents)
+    assert any(a.startswith("agent:engine-") for a in agents) and any(a.startswith("agent:user-") for a in agents)
+    assert any(a.startswith("agent:host-") for a in agents)
 
 
 def check_openlineage(events: list[dict]) -> None:
@@ -126,7 +126,7 @@ def export_everything(cli, where: Path, *selection: str, tasks: int, env: dict |
     if provn:
         cli("export", *selection, "--format", "prov-n", "-o", where / "out.provn", check_rc=0, **kw)
         text = (where / "out.provn").read_text()
-        assert text.startswith("document") and text.count("activity(task:") == tasks
+        assert text.startswith("document") and text.count("activity(task:r") == tasks
     cli("export", *selection, "--format", "openlineage", "-o", where / "out.jsonl", check_rc=0, **kw)
     events = [json.loads(line) for line in (where / "out.jsonl").read_text().splitlines()]
     task_events = [e for e in events if not e["job"]["name"].endswith(".run")]

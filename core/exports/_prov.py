@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import require
-from ._names import PROV_NAMESPACE, file_key, task_label
+from ._names import PROV_NAMESPACE, task_label
 from ._names import prov_attribute as _attribute
 from ._output import open_output
+from ._prov_ids import PREFIXES, agent_id, file_id, task_id
 from ._select import Selection, artifacts
 
 __all__ = ["NAMESPACE", "prov_document", "prov_pages", "write_prov"]
@@ -38,9 +39,7 @@ class _Pages:
 
     def _new(self) -> Any:
         doc = self.model.ProvDocument()
-        for prefix, uri in (("ll", NAMESPACE), ("task", "urn:lineage-ledger:record:"),
-                            ("file", "urn:lineage-ledger:file:"), ("agent", "urn:lineage-ledger:agent:"),
-                            ("tree", "urn:lineage-ledger:tree:")):
+        for prefix, uri in {"ll": NAMESPACE, **PREFIXES}.items():
             doc.add_namespace(prefix, uri)
         return doc
 
@@ -71,14 +70,14 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
         else:
             described.append(("prov:type", type_of("ll:FileVersion")))
         described += [("ll:alias", alias) for alias in aliases]
-        pages.doc.entity(f"file:{file_key(path, digest)}", described)
+        pages.doc.entity(file_id(path, digest), described)
         yield from pages.next()
     for member, directory in (contains or {}).items():
-        pages.doc.hadMember(f"file:{file_key(*directory)}", f"file:{file_key(*member)}")
+        pages.doc.hadMember(file_id(*directory), file_id(*member))
     agents: set[str] = set()
 
     def agent(kind: str, name: str, prov_type: str) -> str:
-        ident = f"agent:{kind}/{name}"
+        ident = agent_id(kind, name)
         if ident not in agents:
             agents.add(ident)
             pages.doc.agent(ident, {"prov:label": name, "prov:type": type_of(prov_type)})
@@ -96,7 +95,7 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
             attributes["ll:code_digest"] = record.code_digest
         if record.parameters:
             attributes["ll:parameters"] = _attribute(record.parameters)
-        activity = doc.activity(f"task:{entry.id}", record.started, record.ended, attributes)
+        activity = doc.activity(task_id(entry.id), record.started, record.ended, attributes)
         engine = agent("engine", record.engine, "prov:SoftwareAgent")
         doc.wasAssociatedWith(activity, engine)
         user_name = record.environment.get("user")
@@ -107,11 +106,11 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
         host_name = record.environment.get("host")
         if isinstance(host_name, str) and host_name:
             doc.wasAssociatedWith(activity, agent("host", host_name, "ll:Host"))
-        inputs = [f"file:{file_key(path, art['blake3'])}" for path, art in artifacts(record.inputs)]
+        inputs = [file_id(path, art["blake3"]) for path, art in artifacts(record.inputs)]
         for used in inputs:
             doc.used(activity, used, record.started)
         for path, art in artifacts(record.outputs):
-            output = f"file:{file_key(path, art['blake3'])}"
+            output = file_id(path, art["blake3"])
             doc.wasGeneratedBy(output, activity, record.ended)
             for used in inputs:
                 doc.wasDerivedFrom(output, used, activity)

@@ -24,15 +24,16 @@ from json.encoder import encode_basestring_ascii as _string  # what json.dumps u
 from typing import IO, Any
 
 from ._names import PROV_NAMESPACE as NAMESPACE
-from ._names import file_key, task_label
 from ._names import prov_attribute as _attribute
+from ._names import task_label
 from ._output import open_output
+from ._prov_ids import PREFIXES as _ID_PREFIXES
+from ._prov_ids import agent_id, file_id, task_id
 from ._select import Selection, artifacts
 
 __all__ = ["write_prov_json"]
 
-PREFIXES = {"ll": NAMESPACE, "task": "urn:lineage-ledger:record:", "file": "urn:lineage-ledger:file:",
-            "agent": "urn:lineage-ledger:agent:", "tree": "urn:lineage-ledger:tree:"}
+PREFIXES = {"ll": NAMESPACE, **_ID_PREFIXES}  # in the order _prov registers them, as prov writes them
 _INDENT = "  "
 
 
@@ -94,7 +95,7 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
     """(section, id or None for an anonymous one, attributes) of one task, in the order
     ``prov_document`` creates them; ``agents`` holds the agents made so far."""
     record = entry.record
-    activity_id = f"task:{entry.id}"
+    activity_id = task_id(entry.id)
     attributes: dict[str, Any] = {
         "prov:startTime": _time(record.started), "prov:endTime": _time(record.ended),
         "prov:label": task_label(record.engine, record.task_name), "prov:type": _kind("ll:Task"),
@@ -110,31 +111,31 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
     yield "activity", activity_id, attributes
 
     def agent(kind: str, name: str, prov_type: str) -> Iterator[tuple[str, str | None, dict]]:
-        ident = f"agent:{kind}/{name}"
+        ident = agent_id(kind, name)
         if ident not in agents:
             agents[ident] = {"prov:label": name, "prov:type": _kind(prov_type)}
             yield "agent", ident, agents[ident]
 
-    engine = f"agent:engine/{record.engine}"
+    engine = agent_id("engine", record.engine)
     yield from agent("engine", record.engine, "prov:SoftwareAgent")
     yield "wasAssociatedWith", None, {"prov:activity": activity_id, "prov:agent": engine}
     user_name = record.environment.get("user")
     if isinstance(user_name, str) and user_name:
         yield from agent("user", user_name, "prov:Person")
-        user = f"agent:user/{user_name}"
+        user = agent_id("user", user_name)
         yield "wasAssociatedWith", None, {"prov:activity": activity_id, "prov:agent": user}
         yield "actedOnBehalfOf", None, {"prov:delegate": engine, "prov:responsible": user,
                                         "prov:activity": activity_id}
     host_name = record.environment.get("host")
     if isinstance(host_name, str) and host_name:
         yield from agent("host", host_name, "ll:Host")
-        yield "wasAssociatedWith", None, {"prov:activity": activity_id, "prov:agent": f"agent:host/{host_name}"}
-    inputs = [f"file:{file_key(path, art['blake3'])}" for path, art in artifacts(record.inputs)]
+        yield "wasAssociatedWith", None, {"prov:activity": activity_id, "prov:agent": agent_id("host", host_name)}
+    inputs = [file_id(path, art["blake3"]) for path, art in artifacts(record.inputs)]
     started, ended = _time(record.started), _time(record.ended)
     for used in inputs:
         yield "used", None, {"prov:activity": activity_id, "prov:entity": used, "prov:time": started}
     for path, art in artifacts(record.outputs):
-        output = f"file:{file_key(path, art['blake3'])}"
+        output = file_id(path, art["blake3"])
         yield "wasGeneratedBy", None, {"prov:entity": output, "prov:activity": activity_id, "prov:time": ended}
         for used in inputs:
             yield "wasDerivedFrom", None, {"prov:generatedEntity": output, "prov:usedEntity": used,
@@ -152,7 +153,7 @@ def _entities(selection: Selection, section: _Section) -> None:
                                   else _kind("ll:FileVersion"))
         if aliases:
             described["ll:alias"] = list(dict.fromkeys(aliases)) if len(aliases) > 1 else aliases[0]
-        section.add(f"file:{file_key(path, digest)}", described)
+        section.add(file_id(path, digest), described)
 
 
 def write_prov_json(selection: Selection, path: str,
@@ -173,7 +174,7 @@ def write_prov_json(selection: Selection, path: str,
         _entities(selection, section("entity"))
         for member, directory in (contains or {}).items():
             section("hadMember").add(f"_:id{_next(sections)}", {
-                "prov:collection": f"file:{file_key(*directory)}", "prov:entity": f"file:{file_key(*member)}"})
+                "prov:collection": file_id(*directory), "prov:entity": file_id(*member)})
         agents: dict[str, dict[str, Any]] = {}
         anonymous = sections["hadMember"].members if "hadMember" in sections else 0
         for entry in selection.records():
