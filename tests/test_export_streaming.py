@@ -70,7 +70,10 @@ def test_streamed_prov_is_what_prov_serializes(ledger, tmp_path, monkeypatch):
     import lineage_ledger.exports._prov as prov_module
 
     monkeypatch.setattr(prov_module, "_PAGE", 2)  # PROV-N: pages of two tasks or versions
-    ledger.append_records([r.stored() for r in _varied()], block_size=2)
+    # And a user and a host whose agent ids escape ('/', '@', ' ', '_', ':', non-ASCII, a final '.').
+    escaped = _record(5, inputs={"/out/c.txt": _art("c")},
+                      environment={"user": "bo/ops@lab_1 x:y.", "host": "gpu-2.\u00e9."})
+    ledger.append_records([r.stored() for r in [*_varied(), escaped]], block_size=2)
     for targets, run in (((), "r"), (("/out/a.txt",), None), (("/out/a.txt",), "r")):
         with select(ledger, targets, run) as selection:
             contains = members(ledger, selection)
@@ -83,6 +86,8 @@ def test_streamed_prov_is_what_prov_serializes(ledger, tmp_path, monkeypatch):
         assert (tmp_path / "streamed.provn").read_text(encoding="utf-8") == expected_n + "\n"
         if not targets:
             assert '"ll:alias": [' in written and "xsd:long" in written and '"actedOnBehalfOf"' in written
+            assert '"agent:user-bo_2Fops_40lab_5F1_20x_3Ay_2E": {' in written
+            assert '"agent:host-gpu-2._C3_A9_2E": {' in written
 
 
 def test_openlineage_events_come_runs_first_then_tasks(ledger, tmp_path):
