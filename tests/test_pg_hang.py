@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from lineage_ledger.backends import open_backend
 from tests.backend_conformance import chain_of
 from tests.conftest import run_cli
 from tests.support.factories import make_records
-from tests.support.postgres import PostgresServer, find_server_binaries
+from tests.support.postgres import PostgresServer, own_server, stopped
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -45,36 +44,8 @@ HANG_BOUND = 45
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
-    server = PostgresServer(bindir).start()
-    yield server
-    signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
-    server.cleanup()
-
-
-def server_pids(server: PostgresServer) -> list[int]:
-    """The postmaster and every process it started (backends, checkpointer, ...)."""
-    postmaster = int(Path(server.data, "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True,
-                              check=True).stdout.split()
-    return [postmaster, *map(int, children)]
-
-
-def signal_server(server: PostgresServer, signum: int) -> None:
-    for pid in server_pids(server):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-@contextlib.contextmanager
-def stopped(server: PostgresServer) -> Iterator[None]:
-    signal_server(server, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        signal_server(server, signal.SIGCONT)
+    with own_server() as server:
+        yield server
 
 
 @contextlib.contextmanager

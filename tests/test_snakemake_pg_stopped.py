@@ -5,19 +5,14 @@ continues (``lineage-ledger spool ship``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.support.postgres import PostgresServer, find_server_binaries
+from tests.support.postgres import PostgresServer, own_server, stopped
 from tests.support.snakemake import require_snakemake, run
 
 pytest.importorskip("psycopg", reason="a postgresql:// ledger needs lineage-ledger[postgres]")
@@ -36,31 +31,8 @@ TWO_JOBS = ('rule b:\n    input: "a.txt"\n    output: "b.txt"\n    shell: "echo 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
     """A server of this module's own: stopping the session's would stop every other test."""
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
-    server = PostgresServer(bindir).start()
-    yield server
-    _signal(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
-    server.cleanup()
-
-
-def _signal(server: PostgresServer, signum: int) -> None:
-    postmaster = int(Path(server.data, "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True,
-                              check=True).stdout.split()
-    for pid in [postmaster, *map(int, children)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-@contextlib.contextmanager
-def stopped(server: PostgresServer) -> Iterator[None]:
-    _signal(server, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        _signal(server, signal.SIGCONT)
+    with own_server() as server:
+        yield server
 
 
 def test_a_snakemake_run_ends_soon_when_its_postgresql_server_stops_answering(server, tmp_path):

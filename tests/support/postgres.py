@@ -6,6 +6,7 @@ run as root, so under root the server runs as the ``postgres`` user (or ``nobody
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -16,8 +17,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["PostgresServer", "find_server_binaries"]
+import pytest
+
+__all__ = ["PostgresServer", "find_server_binaries", "own_server", "server_pids", "signal_server", "stopped"]
 
 
 def find_server_binaries() -> str | None:
@@ -152,3 +157,41 @@ class PostgresServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# -- a server that stops answering (its processes SIGSTOPped), for the hang tests -------------
+@contextlib.contextmanager
+def own_server() -> Iterator[PostgresServer]:
+    """A server of the caller's own (stopping the session's would stop every other test),
+    skipped where there is no server binary; never left stopped, as cleanup would wait on it."""
+    bindir = find_server_binaries()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
+    server = PostgresServer(bindir).start()
+    yield server
+    signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
+    server.cleanup()
+
+
+def server_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and every process it started (backends, checkpointer, ...)."""
+    postmaster = int(Path(server.data, "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True,
+                              check=True).stdout.split()
+    return [postmaster, *map(int, children)]
+
+
+def signal_server(server: PostgresServer, signum: int) -> None:
+    for pid in server_pids(server):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+@contextlib.contextmanager
+def stopped(server: PostgresServer) -> Iterator[None]:
+    """``server`` SIGSTOPped for the block: it keeps its connections and answers nothing."""
+    signal_server(server, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        signal_server(server, signal.SIGCONT)
