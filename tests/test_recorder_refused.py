@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 from tests.conftest import run_cli
+from tests.support.faults import without_root_file_powers
 
 SCRIPT = textwrap.dedent("""
     import logging, sys, time
@@ -37,7 +38,7 @@ def test_a_recorder_closes_at_once_on_a_ledger_that_refuses_writes_for_good(tmp_
     db = tmp_path / ".lineage" / "ledger.db"
     mode = stat.S_IMODE(db.stat().st_mode)
     os.chmod(db, 0o444)
-    as_a_user = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--") if os.geteuid() == 0 else ()
+    as_a_user = without_root_file_powers()
     try:
         result = subprocess.run(
             [*as_a_user, sys.executable, "-c", SCRIPT, f"sqlite:///{db}", str(tmp_path / ".lineage" / "spool")],

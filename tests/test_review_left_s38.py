@@ -32,13 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-
-ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
-
-
-def _as_a_user() -> tuple[str, ...]:
-    """Root ignores file modes; the CLI runs without that power, as any user would."""
-    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
+from tests.support.faults import without_root_file_powers
 
 
 def _waiting(workdir: Path) -> int:
@@ -71,15 +65,15 @@ def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir
     mode = stat.S_IMODE(target.stat().st_mode)
     os.chmod(target, 0o444 if what == "file" else 0o555)
     try:
-        result = run_cli("run", "--", "true", cwd=workdir, prefix=_as_a_user())
+        result = run_cli("run", "--", "true", cwd=workdir, prefix=without_root_file_powers())
         _assert_refused_for_good(result, "read-only")
         assert "recorded" in result.stderr and "in the spool" in result.stderr
-        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_as_a_user())
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=without_root_file_powers())
         _assert_refused_for_good(shipped, "read-only")
         assert "1 record(s)" in shipped.stderr
-        failing = run_cli("run", "--", "false", cwd=workdir, prefix=_as_a_user())
+        failing = run_cli("run", "--", "false", cwd=workdir, prefix=without_root_file_powers())
         assert failing.returncode == 1 and "read-only" in failing.stderr  # the command's own status
-        exited = run_cli("run", "--", "sh", "-c", "exit 3", cwd=workdir, prefix=_as_a_user())
+        exited = run_cli("run", "--", "sh", "-c", "exit 3", cwd=workdir, prefix=without_root_file_powers())
         assert exited.returncode == 3, exited.stderr
     finally:
         os.chmod(target, mode)

@@ -40,14 +40,9 @@ from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._model import Record
 from tests.conftest import run_cli
+from tests.support.faults import without_root_file_powers
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
-ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
-
-
-def _as_a_user() -> tuple[str, ...]:
-    """Root ignores file modes; the CLI runs without that power, as any user would."""
-    return ROOT_POWERS_OFF if os.geteuid() == 0 else ()
 
 
 def _task(name: str, ended: int, inputs: list[str], outputs: list[str]) -> list[Record]:
@@ -116,10 +111,10 @@ def test_run_into_an_sqlite_ledger_this_user_may_not_read_exits_1(workdir):
     db = workdir / ".lineage" / "ledger.db"
     os.chmod(db, 0)
     try:
-        result = run_cli("run", "--ship-wait", "2", "--", "true", cwd=workdir, prefix=_as_a_user())
+        result = run_cli("run", "--ship-wait", "2", "--", "true", cwd=workdir, prefix=without_root_file_powers())
         assert result.returncode == 1, (result.returncode, result.stderr)
         assert "waiting will not" in result.stderr and "lineage-ledger spool ship" in result.stderr, result.stderr
-        shipped = run_cli("spool", "ship", cwd=workdir, prefix=_as_a_user())
+        shipped = run_cli("spool", "ship", cwd=workdir, prefix=without_root_file_powers())
         assert shipped.returncode == 1 and "waiting will not" in shipped.stderr, shipped.stderr
     finally:
         os.chmod(db, 0o600)
