@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -259,6 +260,35 @@ def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the
             site.kill(name, signal.SIGKILL)
         subprocess.run(["mount", "-o", "remount,rw", str(small)], check=False)
         site.start("dag-processor", "scheduler")
+
+
+@pytest.mark.xfail(strict=True, reason="the shipper keeps its lease on the removed file: no shipper for good, a traceback every 2 s")
+def test_the_spool_removed_while_the_deployment_runs(site):
+    """``rm -rf`` of the spool (a clean-up job, an operator) under a running scheduler: the
+    next tasks' records are made in a new one and reach the ledger, and a job process holds
+    the shipper's lease there again, instead of failing every round on the removed one."""
+    logs = [site.home / f"{name}.log" for name in ("scheduler", "dag-processor")]
+    seen = {path: path.stat().st_size for path in logs}
+    lease = site.spool / ".airflow-shipper"
+    site.wait_for(lease.exists, "a shipper's lease")
+    shutil.rmtree(site.spool)
+    site.trigger("fault_many", "gone-1")
+    assert site.wait_for_run("fault_many", "gone-1") == "success"
+    wait_for_tries(site, "fault_many", "gone-1")
+
+    def fresh_lease() -> bool:
+        try:
+            return time.time() - lease.stat().st_mtime < 5
+        except FileNotFoundError:
+            return False
+
+    site.wait_for(fresh_lease, "a shipper to hold the lease in the new spool", timeout=60)
+    failures = 0
+    for path in logs:
+        with open(path, "rb") as handle:
+            handle.seek(seen[path])
+            failures += handle.read().count(b"the spool shipper failed")
+    assert failures <= 1, f"{failures} failed rounds of the shipper"
 
 
 # -- the ledger read-only while tasks finish -------------------------------------------------
