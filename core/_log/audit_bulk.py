@@ -27,7 +27,6 @@ only costs speed). So the bulk check can only ever accept what the row-by-row ch
 
 from __future__ import annotations
 
-import re
 from itertools import compress
 from operator import attrgetter, or_
 from typing import Any, NamedTuple
@@ -55,22 +54,29 @@ def weight(count: int, first_body: int) -> int:
 
 
 _run_id, _ended, _inputs, _outputs = (attrgetter(name) for name in ("run_id", "ended", "inputs", "outputs"))
-_ENCODER: Any = None
-# What the index holds of an entry is its digest: the view's entries (:mod:`.audit_records`)
-# are encoded whole, ``{"blake3":"HEX","size":N}`` with ``,"alias_of":"PATH"`` and
-# ``,"type":"dir"`` where the body has them (the struct's field order), and the rest after the
-# digest is cut, which leaves the index's form. Exact: outside the structure, ``msgspec``
-# writes every ``"`` inside a string escaped, so ``,"size":`` is only ever an entry's field.
-_ENTRY_REST = re.compile(rb',"size":[0-9]+(?:,"alias_of":"(?:[^"\\]|\\.)*")?(?:,"type":"dir")?').sub
+_CODEC: Any = None  # (the encoder, the struct of an index entry): msgspec's, built on first use
 
 
-def _encode(value: Any) -> bytes:
-    global _ENCODER
-    if _ENCODER is None:
+def _codec() -> Any:
+    global _CODEC
+    if _CODEC is None:
         import msgspec
 
-        _ENCODER = msgspec.json.Encoder()
-    return _ENCODER.encode(value)
+        _CODEC = msgspec.json.Encoder().encode, msgspec.defstruct("Digest", [("blake3", str)])
+    return _CODEC
+
+
+def _index_fold(seqs: tuple, views: list[Any], inputs: list[Any], outputs: list[Any]) -> bytes:
+    """What the index folds from the records' artifact rows (``audit_index_text``), as the
+    records' bodies say it: per record that names any artifact (the others have no rows),
+    its sequence number, end time, and inputs and outputs as ``{path: {"blake3": digest}}``
+    (the view's entries hold the whole entry: its digest alone is taken)."""
+    encode, digest = _codec()
+    naming: Any = compress(zip(seqs, map(_ended, views), inputs, outputs, strict=True),
+                           map(or_, map(len, inputs), map(len, outputs)))
+    return encode([(seq, ended, {path: digest(entry.blake3) for path, entry in ins.items()},
+                    {path: digest(entry.blake3) for path, entry in outs.items()})
+                   for seq, ended, ins, outs in naming])
 
 
 class BulkResult(NamedTuple):
@@ -166,10 +172,7 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
     if run_ids != tuple(map(_run_id, views)):
         return None
     inputs, outputs = list(map(_inputs, views)), list(map(_outputs, views))
-    # The records that name any artifact (the others have no rows to fold), in C-level maps.
-    named: list[tuple] = list(compress(zip(seqs, map(_ended, views), inputs, outputs, strict=True),
-                                       map(or_, map(len, inputs), map(len, outputs))))
-    if _ENTRY_REST(b"", _encode(named)) != index_text:
+    if _index_fold(seqs, views, inputs, outputs) != index_text:
         return None
     artifacts = sum(map(len, inputs)) + sum(map(len, outputs))
     if stored != artifacts:  # a row in the range that no record names (a role other than 0 or 1)
