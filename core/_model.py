@@ -199,7 +199,7 @@ class Record:
         """``decoded``: ``data`` came from a JSON parser, so every mapping key in it is a
         string and ``parameters``, ``environment`` and ``extra`` need no key scan (a tenth of
         reading a record)."""
-        if data.get("v") != RECORD_VERSION:
+        if not _is_version(data.get("v")):
             raise ValueError(f"unsupported record version {data.get('v')!r}")
         unknown = data.keys() - _RECORD_FIELDS - {"v"}
         if unknown:
@@ -236,7 +236,7 @@ class Record:
             return record
         shown = canonical_object(data)
         raw = shown if shown is not None else from_canonical(data)
-        if type(raw) is not dict or raw.keys() != _BODY_KEYS or raw["v"] != RECORD_VERSION:
+        if type(raw) is not dict or raw.keys() != _BODY_KEYS or not _is_version(raw["v"]):
             record = cls._from_fields(raw, decoded=True)
         else:
             record = cls._unchecked(raw)
@@ -386,6 +386,12 @@ class Block:
 
     def stored(self) -> StoredBlock:
         return StoredBlock(self.header.height, self.header.id, self.header.encode(), self.records)
+
+
+def _is_version(value: Any) -> bool:
+    """Whether a body's ``v`` is this version: the integer, not ``true`` (``True == 1``: a body
+    no writer writes, which the one-go path took without encoding it again)."""
+    return type(value) is int and value == RECORD_VERSION
 
 
 _RECORD_FIELDS = frozenset(f for f in Record.__dataclass_fields__ if not f.startswith("_"))

@@ -50,7 +50,6 @@ def _body(**changes) -> bytes:
 
 
 # -- a version that is true ---------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="Record.decode takes \"v\": true for version 1 (True == 1 in the one-go path)")
 def test_a_body_whose_version_is_true_is_refused_by_readers():
     data = _body().replace(b'"v":1', b'"v":true')
     assert b'"v":true' in data
@@ -58,7 +57,6 @@ def test_a_body_whose_version_is_true_is_refused_by_readers():
         Record.decode(data)
 
 
-@pytest.mark.xfail(strict=True, reason="Record.decode takes \"v\": true for version 1 (True == 1 in the one-go path)")
 def test_the_full_audit_refuses_a_record_whose_version_is_true(tmp_path):
     """A writer that bypassed Record stored it, its index rows as the body says: the audit
     said 'verified' (it asks Record.decode of what its own struct refuses)."""
