@@ -262,7 +262,6 @@ def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the
         site.start("dag-processor", "scheduler")
 
 
-@pytest.mark.xfail(strict=True, reason="the shipper keeps its lease on the removed file: no shipper for good, a traceback every 2 s")
 def test_the_spool_removed_while_the_deployment_runs(site):
     """``rm -rf`` of the spool (a clean-up job, an operator) under a running scheduler: the
     next tasks' records are made in a new one and reach the ledger, and a job process holds
@@ -270,7 +269,10 @@ def test_the_spool_removed_while_the_deployment_runs(site):
     logs = [site.home / f"{name}.log" for name in ("scheduler", "dag-processor")]
     seen = {path: path.stat().st_size for path in logs}
     lease = site.spool / ".airflow-shipper"
-    site.wait_for(lease.exists, "a shipper's lease")
+    # A job process holds the lease (only the holder touches the file again after making it;
+    # just after a restart of the job processes the file may be an old one nobody holds).
+    made = site.wait_for(lambda: lease.exists() and lease.stat().st_mtime_ns, "a lease file")
+    site.wait_for(lambda: lease.stat().st_mtime_ns > made, "a shipper to touch its lease", timeout=60)
     shutil.rmtree(site.spool)
     site.trigger("fault_many", "gone-1")
     assert site.wait_for_run("fault_many", "gone-1") == "success"
@@ -283,12 +285,13 @@ def test_the_spool_removed_while_the_deployment_runs(site):
             return False
 
     site.wait_for(fresh_lease, "a shipper to hold the lease in the new spool", timeout=60)
-    failures = 0
+    said = b""
     for path in logs:
         with open(path, "rb") as handle:
             handle.seek(seen[path])
-            failures += handle.read().count(b"the spool shipper failed")
-    assert failures <= 1, f"{failures} failed rounds of the shipper"
+            said += handle.read()
+    assert b"lease file" in said and b"was removed" in said  # the holder let the old lease go
+    assert said.count(b"the spool shipper failed") <= 1, said.decode(errors="replace")[-3000:]
 
 
 # -- the ledger read-only while tasks finish -------------------------------------------------

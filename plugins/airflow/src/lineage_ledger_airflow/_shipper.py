@@ -78,13 +78,33 @@ def start() -> bool:
     return True
 
 
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open at ``fd`` (not after ``rm -rf`` of the spool)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def _run() -> None:
     fd = -1
     held = False
     shipper = _Shipper()
     shipping: threading.Thread | None = None
+    failed: str | None = None  # the last failure said: a lasting one is said once, not every round
     while True:
         try:
+            if fd >= 0 and not _same_file(fd, lease_path()):
+                # The spool was removed (a clean-up job, an operator) or its lease file replaced:
+                # a lock on the old file leases nothing. Let it go, and take the lease of the
+                # spool that task processes now journal in (made again by the first of them).
+                if held:
+                    log.warning("lineage-ledger: the shipper's lease file %s was removed; taking the lease again",
+                                lease_path())
+                os.close(fd)
+                fd, held = -1, False
             if fd < 0:
                 root = _settings.spool_root()
                 os.makedirs(root, mode=0o700, exist_ok=True)
@@ -106,8 +126,13 @@ def _run() -> None:
                 if waiting and (shipping is None or not shipping.is_alive()):
                     shipping = threading.Thread(target=shipper.ship, name="lineage-ledger-airflow-ship", daemon=True)
                     shipping.start()
-        except Exception:  # noqa: BLE001 - the shipper must outlive any failure
-            log.exception("lineage-ledger: the spool shipper failed; retrying")
+            failed = None
+        except Exception as err:  # noqa: BLE001 - the shipper must outlive any failure
+            if f"{type(err).__name__}: {err}" != failed:
+                failed = f"{type(err).__name__}: {err}"
+                log.exception("lineage-ledger: the spool shipper failed; retrying (said again when it changes)")
+            else:
+                log.debug("lineage-ledger: the spool shipper failed again: %s", failed)
         time.sleep(INTERVAL)
 
 
