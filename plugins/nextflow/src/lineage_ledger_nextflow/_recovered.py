@@ -152,6 +152,8 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
     work = read_workdir(workdir)
     task: dict[str, Any] = {"process": None, "name": None, "workdir": workdir, "status": "succeeded",
                             "inputs": list(work.inputs), "outputs": [], "published": []}
+    if work.not_followed:  # said by the check before -resume (_not_followed); a record's replace them
+        task.update(links_not_followed=work.not_followed, links_not_followed_more=work.not_followed_more)
     found = _latest(ledger, key, work.outputs, "producers") if ledger is not None else None
     if found is None:
         # Nothing vouches for what it wrote: with no output listed, each file it wrote is
@@ -162,6 +164,9 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
     task.update(process=record.task_name, name=record.extra.get("name"), status=record.status,
                 inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs),
                 links=dict(record.extra.get("links") or {}))
+    if record.extra.get("links_not_followed"):  # said by the check before -resume (_not_followed)
+        task.update(links_not_followed=dict(record.extra["links_not_followed"]),
+                    links_not_followed_more=int(record.extra.get("links_not_followed_more") or 0))
     publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
     if publication is not None:
         # Pairs as the list keeps them; only the sets of sources and of targets are used.

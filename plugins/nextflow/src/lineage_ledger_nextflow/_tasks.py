@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._log import Completed, Handlers, Note, Published
+from ._not_followed import recorded_warning
 from ._unverified import Unverified
 from ._workdir import a_link_to_no_file, read_workdir, task_key
 
@@ -129,6 +130,8 @@ class TaskRecorder(Handlers):
             extra["links"] = work.links
         if work.not_followed:
             extra["links_not_followed"] = work.not_followed
+            if work.not_followed_more:
+                extra["links_not_followed_more"] = work.not_followed_more
         environment = {"container": work.container, "conda_env": work.conda}
         inputs, outputs = self._vouched(work.inputs, work.outputs, extra)
         now = datetime.now(timezone.utc)
@@ -142,6 +145,8 @@ class TaskRecorder(Handlers):
             attempt=attempt, extra=extra,
         )
         self.capture.post(run)
+        if work.not_followed:  # what they lead to is in no record: the user must know (_not_followed)
+            log.warning("%s", recorded_warning(event.name, event.workdir, work.not_followed, work.not_followed_more))
         with self._lock:
             self.recorded += 1
             self.tasks[key] = {
@@ -149,6 +154,9 @@ class TaskRecorder(Handlers):
                 "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
                 "links": dict(work.links),
             }
+            if work.not_followed:  # said again by the check before -resume
+                self.tasks[key].update(links_not_followed=dict(work.not_followed),
+                                       links_not_followed_more=work.not_followed_more)
 
     def _publish(self) -> None:
         from lineage_ledger import TaskRun

@@ -47,7 +47,8 @@ directory, or to nothing, is not followed: the directory's own files are walked 
 what the link names elsewhere (its parent, ``/``, ``/usr``, a reference) is no input of the
 task (its producer's manifest keeps the link; stage a reference as an input of its own to
 have it checked). Such a link to outside the directory is named in ``not_followed`` (the
-record's ``extra.links_not_followed``). A staged directory that holds the work directory
+record's ``extra.links_not_followed``): the first :data:`_not_followed.LIMIT` by path, the
+others counted in ``not_followed_more``. A staged directory that holds the work directory
 (``/``, the launch directory) is not listed (``problems`` says so).
 """
 
@@ -57,6 +58,8 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
+
+from ._not_followed import capped
 
 #: Files Nextflow writes at the top of every work directory that are not the task's outputs
 #: (``.command.out`` and ``.command.env``, its ``stdout`` and ``env`` outputs, are).
@@ -85,6 +88,7 @@ class WorkDir:
     outputs: list[str] = field(default_factory=list)  # files the task wrote
     links: dict[str, str] = field(default_factory=dict)  # a link at the top to no file -> its target text
     not_followed: dict[str, str] = field(default_factory=dict)  # a staged directory's link out of it -> target
+    not_followed_more: int = 0  # such links past those kept in not_followed (_not_followed.LIMIT)
     conda: str | None = None
     container: str | None = None
     started: float | None = None  # mtime of .command.begin (the task's script began)
@@ -119,7 +123,9 @@ def read_workdir(path: str) -> WorkDir:
         work.exit_code = int(text) if text.lstrip("-").isdigit() else None
     except OSError:
         pass  # a task killed before it ended writes none
-    work.inputs = _input_files(path, work.staged, work.problems, work.not_followed)
+    not_followed: dict[str, str] = {}
+    work.inputs = _input_files(path, work.staged, work.problems, not_followed)
+    work.not_followed, work.not_followed_more = capped(not_followed)  # thousands would make a huge record
     written, unrecordable, loose = _walk_written(path, work.staged)
     work.links = _targets(path, loose)
     # The directories first: the capture then takes their files' digests from the manifests

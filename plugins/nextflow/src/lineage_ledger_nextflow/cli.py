@@ -136,7 +136,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
     one, checking only the tasks this run ran."""
     from lineage_ledger import ConfigError
 
-    from . import _appeared, _log, _preflight, _recovered, _state
+    from . import _appeared, _log, _not_followed, _preflight, _recovered, _state
 
     log = _logger()
     session = command.resume_session or _log.last_session(launch_dir)
@@ -164,6 +164,10 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
             log.warning("lineage-ledger: no recorded task of session %s here; nothing checked before -resume",
                         session)
             return None
+        # Links not followed: nothing to compare them by, so said unchecked (under strict too: a
+        # note, not a refusal, since nothing was seen to change).
+        for line in _not_followed.not_checked_lines(plan.tasks):
+            log.warning("%s", line)
         # Files slipped into a task's work directory: no record names them, so the ledger's
         # check cannot see them; the session's list of what each task wrote can (_appeared).
         relinked: dict[str, str] = {}
