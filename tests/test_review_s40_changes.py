@@ -133,7 +133,6 @@ def _hashing_children() -> list[int]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="nothing stops the child where the look-ahead raises before the window's with")
 def test_the_hashing_child_is_stopped_when_the_window_fails_before_its_loop(tmp_path, monkeypatch):
     """SIGINT (a batch system's cancel, kill -INT: to this process, not its group) landing
     while the window's index rows are read ahead: the child hashing the window went on, and,

@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import weakref
 from typing import IO
 
 from .._model import Artifact
@@ -49,6 +50,7 @@ class HashAhead:
         self._lines: dict[int, str] = {}  # read, not yet taken: a path asked out of order
         self._out: IO[bytes] | None = None
         self._child: subprocess.Popen[bytes] | None = None
+        self._stop: weakref.finalize | None = None
         try:
             # The paths through a private, unnamed file: a pipe would make this process wait
             # until the child has started and read them (a pipe holds 64 KiB).
@@ -61,6 +63,10 @@ class HashAhead:
                 # user's site-packages or a PYTHONPATH a cluster's module system set.
                 self._child = subprocess.Popen([sys.executable, _CHILD], stdin=listing,
                                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            # Stopped when this object goes, or at exit, if no one closed it: a caller whose
+            # with-block was never entered (an interrupt or a store error just before it) left
+            # the child hashing, then waiting on its full pipe for as long as this process lived.
+            self._stop = weakref.finalize(self, _stop, self._child)
             self._out = self._child.stdout
         except (OSError, ValueError, subprocess.SubprocessError):
             self.close()  # no child: every file is hashed by the caller
@@ -108,19 +114,24 @@ class HashAhead:
 
     def close(self) -> None:
         self._out = None
-        child, self._child = self._child, None
-        if child is not None:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
+        self._child = None
+        if self._stop is not None:
+            self._stop()  # once: a finalizer that has run does nothing
 
     def __enter__(self) -> HashAhead:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop the hashing child (killed if it still runs) and let go of its pipe."""
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
 
 
 def hash_ahead(paths: list[str]) -> HashAhead | None:
