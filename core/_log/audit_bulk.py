@@ -96,10 +96,12 @@ class BulkResult(NamedTuple):
 
 
 def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool,
-                names_from: int = 0) -> BulkResult | None:
+                names_from: int = 0, checked_below: int = 0) -> BulkResult | None:
     """Verify blocks ``start`` to ``stop`` whose first record is leaf ``first_index``; None
     where anything did not compare equal. The names of the records from leaf ``names_from``
-    on are gathered (those before it are kept already: see :func:`name_from`)."""
+    on are gathered (those before it are kept already: see :func:`name_from`); the bodies of
+    those below leaf ``checked_below`` were checked already (see
+    :func:`.audit_records.decode_checked`)."""
     headers = backend.audit_blocks(start, stop)
     if len(headers) != stop - start:
         return None
@@ -127,7 +129,7 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         chunk = [headers[at]]  # whole blocks, up to CHUNK_RECORDS records of task-shaped width
         while sum(h[5] for h in chunk) < CHUNK_RECORDS and at + len(chunk) < len(headers):
             chunk.append(headers[at + len(chunk)])
-        checked = _check_chunk(backend, chunk, prev, found, batch, names_from)
+        checked = _check_chunk(backend, chunk, prev, found, batch, names_from, checked_below)
         if checked is None:
             return None
         compared += checked[0]
@@ -143,7 +145,8 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
 
 
 def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: ExistingFiles | None,
-                 batch: NamesBatch, names_from: int) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
+                 batch: NamesBatch, names_from: int,
+                 checked_below: int = 0) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
     """Check consecutive blocks; (records, artifact rows they name, leaves, ids) or None."""
     first = headers[0][2]
     stop = first + sum(h[3] for h in headers)
@@ -168,7 +171,7 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
         prev, at = block_id, at + count
     if seqs != tuple(range(first, stop)) or heights != tuple(places_height) or positions != tuple(places_pos):
         return None
-    views = decode_views(BlockColumns(headers[0][0], "", b"", ids, bodies))
+    views = decode_views(BlockColumns(headers[0][0], "", b"", ids, bodies), first, checked_below)
     if run_ids != tuple(map(_run_id, views)):
         return None
     inputs, outputs = list(map(_inputs, views)), list(map(_outputs, views))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import ChainBroken, HistoryRewritten
 from . import audit_parallel as _parallel
+from .audit_records import BODIES_FORMAT
 from .audit_rows import ExistingFiles, IndexChecker
 from .chain import ChainSummary
 from .dedup import IdDedup
@@ -171,9 +172,12 @@ class FullAudit:
         found = FoundOutputs()
         try:
             names_from = self._carry_names(writer, old)
+            # The records under a remembered head whose records were all checked by this rule:
+            # the same bytes, or the tree does not extend it and nothing is adopted.
+            checked_below = old.size if old is not None and old.bodies == BODIES_FORMAT else 0
             with IdDedup(records, writer.directory) as dedup:
                 answers = (_parallel.results_here if in_process else _parallel.results)(
-                    backend, tasks, files=files, names_from=names_from)
+                    backend, tasks, files=files, names_from=names_from, checked_below=checked_below)
                 compared = self._join(writer, dedup, found, answers, stop, backend, names_from)
             writer.commit(audited=True)
         except _Disagreement:

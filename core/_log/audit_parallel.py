@@ -142,10 +142,12 @@ def _ranges(backend: Any, stop: int) -> list[Task]:
     return tasks
 
 
-def results(backend: Any, tasks: list[Task], *, files: bool,
-            names_from: int = 0) -> Iterator[tuple[Task, RangeResult | None]]:
+def results(backend: Any, tasks: list[Task], *, files: bool, names_from: int = 0,
+            checked_below: int = 0) -> Iterator[tuple[Task, RangeResult | None]]:
     """Each task's result in order (None where its worker found something wrong or died),
-    with the names of the records from leaf ``names_from`` on (:func:`.audit_bulk.name_from`).
+    with the names of the records from leaf ``names_from`` on (:func:`.audit_bulk.name_from`),
+    the bodies of those below leaf ``checked_below`` checked already
+    (:func:`.audit_records.decode_checked`).
 
     Task ``i`` goes to worker ``i % n``, which answers its tasks in order on its own pipe, so
     reading the pipes round-robin gives the results in ledger order; a worker blocks on a full
@@ -163,7 +165,7 @@ def results(backend: Any, tasks: list[Task], *, files: bool,
             procs.append(proc)
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"url": url, "uri": uri, "files": files, "names_from": names_from,
-                                         "tasks": mine}).encode())
+                                         "checked_below": checked_below, "tasks": mine}).encode())
             proc.stdin.close()
         for i, task in enumerate(tasks):
             stream = procs[i % count].stdout
@@ -181,14 +183,14 @@ def results(backend: Any, tasks: list[Task], *, files: bool,
                 proc.stdout.close()
 
 
-def results_here(backend: Any, tasks: list[Task], *, files: bool,
-                 names_from: int = 0) -> Iterator[tuple[Task, RangeResult | None]]:
+def results_here(backend: Any, tasks: list[Task], *, files: bool, names_from: int = 0,
+                 checked_below: int = 0) -> Iterator[tuple[Task, RangeResult | None]]:
     """:func:`results` computed in this process, one range after another: the bulk check of a
     worker, for a ledger too small to pay for workers or a machine with one core (about
     two thirds of the CPU of the sequential audit's record-by-record check). None, and
     nothing after it, where a range did not compare equal; the sequential audit then runs."""
     for task in tasks:
-        result = audit_range(backend, task, files, rows=False, names_from=names_from)
+        result = audit_range(backend, task, files, rows=False, names_from=names_from, checked_below=checked_below)
         yield task, result
         if result is None:
             return
@@ -248,7 +250,8 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def audit_range(backend: Any, task: Task, files: bool, *, rows: bool = True, names_from: int = 0) -> RangeResult | None:
+def audit_range(backend: Any, task: Task, files: bool, *, rows: bool = True, names_from: int = 0,
+                checked_below: int = 0) -> RangeResult | None:
     """In a worker: verify blocks ``task.start`` to ``task.stop``; None if anything is wrong.
     The bulk check (:mod:`.audit_bulk`) first; where it does not find everything equal,
     the row-by-row check, which decides (``rows=False``: None, for a caller that runs the
@@ -257,15 +260,16 @@ def audit_range(backend: Any, task: Task, files: bool, *, rows: bool = True, nam
         from .audit_bulk import audit_range as bulk
 
         try:
-            result = bulk(backend, task.start, task.stop, task.first_index, files, names_from)
+            result = bulk(backend, task.start, task.stop, task.first_index, files, names_from, checked_below)
         except Exception:  # noqa: BLE001 - the row-by-row check below decides
             result = None
         if result is not None:
             return RangeResult(*result)
-    return _audit_rows(backend, task, files, names_from) if rows else None
+    return _audit_rows(backend, task, files, names_from, checked_below) if rows else None
 
 
-def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0) -> RangeResult | None:
+def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
+                checked_below: int = 0) -> RangeResult | None:
     """:func:`audit_range` record by record, exactly as the sequential audit checks."""
     from .._model import BlockHeader
     from .audit_bulk import name_from
@@ -289,7 +293,7 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0) -> R
             if expected == task.start:
                 first_prev = prev = BlockHeader.decode(block.header).prev
             _header, block_leaves = verify_block_columns(block, expected, prev)
-            views = decode_views(block)
+            views = decode_views(block, index, checked_below)
             checker.block(block, index, views)
             name_from(batch, index, views, names_from)
             if found is not None:
@@ -330,7 +334,8 @@ def _worker_main() -> None:
     try:
         for raw in job["tasks"]:
             task = Task(int(raw["start"]), int(raw["stop"]), int(raw["first_index"]))
-            _write_result(out, audit_range(backend, task, bool(job["files"]), names_from=int(job["names_from"])))
+            _write_result(out, audit_range(backend, task, bool(job["files"]), names_from=int(job["names_from"]),
+                                           checked_below=int(job.get("checked_below", 0))))
         out.flush()
     finally:
         backend.close()

@@ -41,7 +41,7 @@ from typing import Any
 
 from .._errors import RecordTampered
 
-__all__ = ["check_suspects", "decode_checked"]
+__all__ = ["BODIES_FORMAT", "check_suspects", "decode_checked"]
 
 _started, _ended = attrgetter("started"), attrgetter("ended")
 _inputs, _outputs, _blake3 = attrgetter("inputs"), attrgetter("outputs"), attrgetter("blake3")
@@ -55,6 +55,11 @@ _TIME = re.compile(_SURE_TIME + r"\Z").match
 _TIMES = re.compile(f"(?:{_SURE_TIME})*\\Z").match  # a block's times, joined: one C scan
 
 _CODEC: tuple[Any, Any, Any, Any] | None = None
+
+#: The rule a tree head's ``bodies`` says every record under it was checked by (0: not every
+#: record was). Bump it whenever :meth:`Record.decode` comes to refuse what it accepted: a
+#: head of the old rule then has its records checked again by the next audit.
+BODIES_FORMAT = 1
 
 
 def _exact_float(text: str) -> float:
@@ -107,17 +112,40 @@ def _structs(msgspec):  # unannotated: mypy takes a struct built at run time for
     return body, view
 
 
-def decode_checked(block) -> tuple[list[Any], list[int]]:
+def decode_checked(block, first_leaf: int = 0, checked_below: int = 0) -> tuple[list[Any], list[int]]:
     """The views of ``block``'s record bodies (``run_id``, ``ended``, ``inputs`` and
     ``outputs``, each entry with its ``blake3``), and the positions of the suspects, for
     :func:`check_suspects` once the paths are checked. ``RecordTampered`` for a body that
-    is not even readable as an index view."""
+    is not even readable as an index view.
+
+    ``block``'s first record is leaf ``first_leaf``; its records below leaf ``checked_below``
+    are read as the index view only: a repeated audit passes ``checked_below`` = the size of
+    a remembered head whose records were all checked by this rule (its ``bodies`` is
+    :data:`BODIES_FORMAT`), and adopts what it finds only where its tree holds that head's as
+    its prefix (``FullAudit._check_extends``): the same bytes, which were found readable.
+    (The names of those records are carried the same way.)"""
+    cut = min(len(block.bodies), checked_below - first_leaf)
+    if cut <= 0:
+        return _checked(block, 0)
+    _decode, _encode, view, _error = _CODEC or _codec()
+    try:
+        spared = list(map(view, block.bodies[:cut]))
+    except (ValueError, RecursionError):  # unreadable: the whole check names the record
+        return _checked(block, 0)
+    if cut == len(block.bodies):
+        return spared, []
+    views, suspects = _checked(block, cut)
+    return spared + views, suspects
+
+
+def _checked(block, start: int) -> tuple[list[Any], list[int]]:
+    """:func:`decode_checked` of the records of ``block`` from position ``start`` on."""
     decode, encode, _view, _error = _CODEC or _codec()
-    bodies = block.bodies
+    bodies = block.bodies if not start else block.bodies[start:]
     try:
         views: list[Any] = list(map(decode, bodies))
     except (ValueError, TypeError, RecursionError):  # msgspec's DecodeError is a ValueError
-        views = [_decode_one(decode, block, position) for position in range(len(bodies))]
+        views = [_decode_one(decode, body) for body in bodies]
     try:
         encoded = list(map(encode, views))
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -134,10 +162,10 @@ def decode_checked(block) -> tuple[list[Any], list[int]]:
             not _hex("".join(map(_blake3, chain.from_iterable(map(_values, chain(map(_inputs, fine),
                                                                               map(_outputs, fine))))))):
         suspects.update(i for i, view in enumerate(views) if i not in suspects and not _fine(view))
-    for position in suspects:
-        if views[position] is None:  # the typed decoder refused it: read the index view alone
-            views[position] = _view_of(block, position)
-    return views, sorted(suspects)
+    for i in suspects:
+        if views[i] is None:  # the typed decoder refused it: read the index view alone
+            views[i] = _view_of(block, start + i)
+    return views, sorted(start + i for i in suspects)
 
 
 def check_suspects(block, suspects: list[int]) -> None:
@@ -157,9 +185,9 @@ def check_suspects(block, suspects: list[int]) -> None:
                 height=block.height) from None
 
 
-def _decode_one(decode, block, position: int) -> Any:
+def _decode_one(decode, body: bytes) -> Any:
     try:
-        return decode(block.bodies[position])
+        return decode(body)
     except (ValueError, TypeError, RecursionError):
         return None
 

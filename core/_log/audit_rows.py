@@ -23,12 +23,13 @@ __all__ = ["ExistingFiles", "IndexChecker", "check_outside", "decode_views"]
 _inputs, _outputs = attrgetter("inputs"), attrgetter("outputs")
 
 
-def decode_views(block) -> list[Any]:
+def decode_views(block, first_leaf: int = 0, checked_below: int = 0) -> list[Any]:
     """What the index holds of each record body of ``block`` (and the rest of the body);
     ``RecordTampered`` for a body that readers do not read: not readable, naming a path
     which is not normal (see :func:`_check_paths`), or refused by
-    :meth:`Record.decode <lineage_ledger._model.Record.decode>` (see :mod:`.audit_records`)."""
-    views, suspects = decode_checked(block)
+    :meth:`Record.decode <lineage_ledger._model.Record.decode>` (see :mod:`.audit_records`, which
+    says what ``first_leaf`` and ``checked_below`` spare)."""
+    views, suspects = decode_checked(block, first_leaf, checked_below)
     _check_paths(block, views)  # first: its message names the path
     if suspects:
         check_suspects(block, suspects)

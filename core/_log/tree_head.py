@@ -14,6 +14,7 @@ from blake3 import blake3
 
 from .._artifact import _HEX64_MATCH
 from .._canonical import format_time, utcnow
+from .audit_records import BODIES_FORMAT
 from .merkle import _next_level
 from .names import FORMAT as NAMES_FORMAT
 from .names import NamesBatch
@@ -40,6 +41,10 @@ class TreeHead:
     verified: str = ""  # when (UTC, canonical spelling)
     audited: str = ""  # when the whole ledger was last read and checked
     names: int = 0  # the format of the names kept for every verified record (0: none)
+    # The rule every record under this head was checked by (audit_records.BODIES_FORMAT; 0:
+    # not every record was, as in a head of an earlier release): an audit checks again only
+    # the records after a head of the current rule.
+    bodies: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -51,7 +56,7 @@ class TreeHead:
         raw = json.loads(data)
         # A head written before names were kept has no "names": 0, so it is audited once.
         head = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
-        counts = (head.size, head.blocks, head.names)
+        counts = (head.size, head.blocks, head.names, head.bodies)
         if any(type(n) is not int or n < 0 for n in counts) or not isinstance(head.origin, str) \
                 or not _is_hex(head.root) or not (head.block_id is None if head.blocks == 0 else _is_hex(head.block_id)) \
                 or not isinstance(head.verified, str) or not isinstance(head.audited, str):
@@ -81,6 +86,9 @@ class TreeWriter:
         # Names are complete only where the tree extended had them for every record, and
         # every record added since gets them (checked at commit).
         self.names_format = NAMES_FORMAT if names_kept() and (head is None or head.names == NAMES_FORMAT) else 0
+        # Every block is added after its records' bodies were checked (audit_rows.decode_views),
+        # so the rule holds for the tree extended where it held for the head extended.
+        self.bodies_format = BODIES_FORMAT if head is None or head.bodies == BODIES_FORMAT else 0
         # Names a writer that died before its commit appended are cut back first (this
         # writer holds the state's lock), or its records would be counted twice.
         recover_names(directory, self.size)
@@ -192,7 +200,7 @@ class TreeWriter:
         now = format_time(utcnow())
         names = self.names_format if self._named == self.size else 0
         return TreeHead(self.origin, self.size, self.root(), self.blocks, self.block_id, now,
-                        now if audited else self.audited, names)
+                        now if audited else self.audited, names, self.bodies_format)
 
     def close(self) -> None:
         for handle in [*self._files, self._starts]:
