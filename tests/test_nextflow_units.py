@@ -437,3 +437,26 @@ def test_a_changed_source_reruns_the_tasks_that_read_it(tmp_path, never, listed)
     assert not (tmp_path / "work" / "ab" / "1111").exists() and not (tmp_path / "work" / "cd" / "2222").exists()
     assert len(list((tmp_path / ".lineage" / "nextflow" / "quarantine").glob("*/work/*/*/out.txt"))) == 2
     assert source.read_text() == "source v2\n"  # a source is the user's: never moved
+
+
+def test_the_check_names_links_not_followed_of_at_most_twenty_tasks_escaped():
+    """The check before ``-resume`` says, one line per task, which links it could not check:
+    the first three of each (a target's newline and escape sequence shown escaped, never a
+    line of its own), the count with those not kept; past 20 tasks, one line counts the rest.
+    A record made before the cap (every link named) is kept to 100 with the rest counted."""
+    from lineage_ledger_nextflow import _not_followed
+
+    tasks = {f"k{i:02}": {"name": f"USE ({i})", "workdir": f"/w/{i:02}", "links_not_followed": {
+        f"/w/{i:02}/d/l{j}": "/" for j in range(5)}, "links_not_followed_more": 7} for i in range(25)}
+    tasks["k00"]["links_not_followed"] = {"/w/00/d/evil": "/x\n\x1b[2Jfake line"}
+    tasks["plain"] = {"name": "MAKE", "workdir": "/w/m"}  # no such link: not named
+    lines = _not_followed.not_checked_lines(tasks)
+    assert len(lines) == 21, lines
+    assert lines[0].startswith("lineage-ledger: task USE (0) (/w/00): 8 symbolic link(s)"), lines[0]
+    assert "/w/00/d/evil -> /x\\x0a\\x1b[2Jfake line" in lines[0] and "\n" not in "".join(lines), lines[0]
+    assert "/w/01/d/l0 -> /, /w/01/d/l1 -> /, /w/01/d/l2 -> /, ... and 9 more;" in lines[1], lines[1]
+    assert "12 symbolic link(s)" in lines[1] and "not checked before -resume" in lines[1], lines[1]
+    assert lines[-1] == ("lineage-ledger: ... and 5 more task(s) with links not followed "
+                         "(extra.links_not_followed in their records)")
+    kept, more = _not_followed.capped({f"/d/l{j}": "/" for j in range(250)})
+    assert list(kept) == sorted(f"/d/l{j}" for j in range(250))[:100] and more == 150

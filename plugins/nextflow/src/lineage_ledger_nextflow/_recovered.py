@@ -40,6 +40,7 @@ import subprocess
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
+from ._not_followed import capped
 from ._workdir import read_workdir, task_key
 
 if TYPE_CHECKING:
@@ -165,8 +166,10 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
                 inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs),
                 links=dict(record.extra.get("links") or {}))
     if record.extra.get("links_not_followed"):  # said by the check before -resume (_not_followed)
-        task.update(links_not_followed=dict(record.extra["links_not_followed"]),
-                    links_not_followed_more=int(record.extra.get("links_not_followed_more") or 0))
+        # A record made before they were capped names every one: kept to the same size.
+        links, more = capped(record.extra["links_not_followed"])
+        task.update(links_not_followed=links,
+                    links_not_followed_more=more + int(record.extra.get("links_not_followed_more") or 0))
     publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
     if publication is not None:
         # Pairs as the list keeps them; only the sets of sources and of targets are used.
