@@ -23,8 +23,9 @@ __all__ = ["ClosedOutput", "hold_closed_standard_streams", "names_closed_stdout"
 
 _MESSAGE = ("standard output is closed (>&-): nothing was written to it; give -o FILE where the command "
             "takes one, or run it with a standard output")
-# The names of descriptor 1 (``/proc/<pid>/fd/1`` is checked for this process's pid).
-_FD_ONE = re.compile(r"/(?:dev|proc/(self|\d+))/fd/1")
+# The names of descriptor 1, its directory resolved (``/proc/<pid>/fd/1`` is checked for
+# this process's pid; a thread's ``/proc/<pid>/task/<tid>/fd`` is the process's table).
+_FD_ONE = re.compile(r"/(?:dev|proc/(self|thread-self|\d+)(?:/task/\d+)?)/fd/1")
 
 
 class _ClosedBinary(io.RawIOBase):
@@ -83,14 +84,17 @@ def hold_closed_standard_streams() -> None:
 
 
 def names_closed_stdout(path: str) -> bool:
-    """Whether ``path`` (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``, a link to one)
-    names this process's standard output while it is closed."""
+    """Whether ``path`` (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``, a link to one or
+    to their directory) names this process's standard output while it is closed."""
     if not getattr(sys.stdout, "closed_stream", False):
         return False
     current = os.path.abspath(path)
     for _ in range(40):  # as many links as the kernel follows
+        # Its directory as the kernel finds it: //dev/fd/1, LINK/1 (LINK -> /dev/fd) and
+        # /proc/thread-self/fd/1 all name /proc/<pid>/.../fd/1.
+        current = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
         found = _FD_ONE.fullmatch(current)
-        if found and found.group(1) in (None, "self", str(os.getpid())):
+        if found and found.group(1) in (None, "self", "thread-self", str(os.getpid())):
             return True
         try:
             target = os.readlink(current)

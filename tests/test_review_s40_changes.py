@@ -190,16 +190,12 @@ def recorded(cli, workdir):
 
 
 @pytest.mark.parametrize("path", [
-    pytest.param("/proc/thread-self/fd/1", marks=pytest.mark.xfail(
-        strict=True, reason="names_closed_stdout knows /proc/self and /proc/PID, not /proc/thread-self")),
-    pytest.param("//dev/fd/1", marks=pytest.mark.xfail(
-        strict=True, reason="names_closed_stdout: abspath keeps a leading //, which its pattern does not match")),
-    pytest.param("/proc/self/task/{tid}/fd/1", marks=pytest.mark.xfail(
-        strict=True, reason="names_closed_stdout knows /proc/self/fd, not /proc/self/task/TID/fd")),
+    "/proc/thread-self/fd/1", "//dev/fd/1", "/proc/self/task/{tid}/fd/1", "fd-link/1",
     "/dev/fd/../fd/1"])
 def test_export_to_descriptor_one_by_another_name_with_stdout_closed_fails(cli, recorded, path):
     if not os.path.exists("/proc/thread-self/fd"):
         pytest.skip("needs /proc/thread-self")
+    (recorded / "fd-link").symlink_to("/dev/fd")  # a link to descriptor 1's directory
     # {tid}: the process's main thread, whose id is its pid (the script is exec'ed by sh)
     command = 'exec "$0" "$@" >&-'
     if "{tid}" in path:
@@ -211,7 +207,6 @@ def test_export_to_descriptor_one_by_another_name_with_stdout_closed_fails(cli, 
 
 
 # -- a name of /dev/stdout that open_output took for a plain file ------------------------------------
-@pytest.mark.xfail(strict=True, reason="_is_stream: abspath keeps a leading //, and a link to /dev is not resolved")
 @pytest.mark.parametrize("spelling", ["//dev/stdout", "//dev/null", "link/null"])
 def test_open_output_writes_into_dev_stdout_however_it_is_spelled(tmp_path, monkeypatch, spelling):
     """-o //dev/stdout (POSIX keeps two leading slashes) or -o LINK/stdout with LINK -> /dev

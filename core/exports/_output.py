@@ -79,8 +79,12 @@ def _is_stream(path: str) -> bool:
     replaced like any link, and so is a name in ``/dev/shm`` (anyone may plant a link there):
     a file there is made private beside it and renamed on, as anywhere else."""
     absolute = os.path.abspath(path)
-    if absolute.startswith(("/dev/", "/proc/")) and os.path.lexists(absolute) \
-            and _written_only_by_us(os.path.dirname(absolute)):
+    # The directory as the kernel finds it: abspath keeps two leading slashes (//dev/stdout)
+    # and no link (LINK/stdout, LINK -> /dev), and either was taken for a plain file's name,
+    # which, renamed onto, replaced /dev/stdout for the whole machine (as root).
+    directory = os.path.realpath(os.path.dirname(absolute))
+    if (directory + "/").startswith(("/dev/", "/proc/")) and os.path.lexists(absolute) \
+            and _written_only_by_us(directory):
         return True  # a new name there (/proc/self/cwd/NEW) is made private, as anywhere
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
