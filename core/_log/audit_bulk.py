@@ -27,6 +27,7 @@ only costs speed). So the bulk check can only ever accept what the row-by-row ch
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from itertools import compress
 from operator import attrgetter, or_
 from typing import Any, NamedTuple
@@ -66,17 +67,25 @@ def _codec() -> Any:
     return _CODEC
 
 
-def _index_fold(seqs: tuple, views: list[Any], inputs: list[Any], outputs: list[Any]) -> bytes:
+def _index_fold(seqs: tuple, views: list[Any], inputs: list[Any], outputs: list[Any], plain: int = 0) -> bytes:
     """What the index folds from the records' artifact rows (``audit_index_text``), as the
     records' bodies say it: per record that names any artifact (the others have no rows),
-    its sequence number, end time, and inputs and outputs as ``{path: {"blake3": digest}}``
-    (the view's entries hold the whole entry: its digest alone is taken)."""
+    its sequence number, end time, and inputs and outputs as ``{path: {"blake3": digest}}``.
+    The first ``plain`` views hold the digests alone (the index view, for records checked
+    before: :func:`.audit_records.decode_checked`), encoded as they are; the others hold the
+    whole entry, whose digest alone is taken."""
     encode, digest = _codec()
     naming: Any = compress(zip(seqs, map(_ended, views), inputs, outputs, strict=True),
                            map(or_, map(len, inputs), map(len, outputs)))
-    return encode([(seq, ended, {path: digest(entry.blake3) for path, entry in ins.items()},
-                    {path: digest(entry.blake3) for path, entry in outs.items()})
-                   for seq, ended, ins, outs in naming])
+    if plain:
+        naming = list(naming)
+        split = bisect_left(naming, (seqs[0] + plain,))  # the first record from leaf first + plain
+        kept, naming = naming[:split], naming[split:]
+    else:
+        kept = []
+    return encode(kept + [(seq, ended, {path: digest(entry.blake3) for path, entry in ins.items()},
+                           {path: digest(entry.blake3) for path, entry in outs.items()})
+                          for seq, ended, ins, outs in naming])
 
 
 class BulkResult(NamedTuple):
@@ -175,7 +184,7 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
     if run_ids != tuple(map(_run_id, views)):
         return None
     inputs, outputs = list(map(_inputs, views)), list(map(_outputs, views))
-    if _index_fold(seqs, views, inputs, outputs) != index_text:
+    if _index_fold(seqs, views, inputs, outputs, max(0, min(len(views), checked_below - first))) != index_text:
         return None
     artifacts = sum(map(len, inputs)) + sum(map(len, outputs))
     if stored != artifacts:  # a row in the range that no record names (a role other than 0 or 1)
