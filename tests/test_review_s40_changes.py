@@ -296,8 +296,6 @@ def redirecting():
         server.server_close()
 
 
-@pytest.mark.xfail(strict=True, reason="export --emit follows redirects: a 301/302/303 turns each POST into a "
-                                       "bodiless GET, and the export says 'posted', exit 0")
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_emit_to_a_server_that_redirects_fails_and_sends_nothing_elsewhere(cli, recorded, redirecting, status):
     """An http:// URL whose server moved to https:// answers 301, a common answer: requests

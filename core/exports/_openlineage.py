@@ -223,14 +223,35 @@ def emit(events: Iterable[Any], url: str) -> int:
     # The endpoint is joined to the URL (urljoin): without a final '/', the URL's last part
     # was dropped (http://host/gw posted to http://host/api/v1/lineage).
     base = url if url.endswith("/") else url + "/"
-    transport = http.HttpTransport(http.HttpConfig(url=base, timeout=10.0, retry={"total": 2}, auth=auth))
+    transport = http.HttpTransport(http.HttpConfig(url=base, timeout=10.0, retry={"total": 2}, auth=auth,
+                                                   session=_session_not_redirected()))
     for event in events:
         try:
-            transport.emit(event)
+            response = transport.emit(event)
         except Exception as exc:  # noqa: BLE001 - requests' and HTTP errors become one message
             # Never the URL's password (requests may repeat the URL in its message) nor the key.
             said = redact(str(exc), url)
             raise ConfigError(f"{redact(url, url)} did not take the OpenLineage events: "
                               f"{said.replace(key, '***') if key else said}") from exc
+        if getattr(response, "is_redirect", False):
+            # Not followed: a 301/302/303 is followed with a GET and no body (an http:// URL
+            # whose server moved to https:// said 'posted' while no event reached anyone), a
+            # 307/308 posts the events to a host --emit does not name.
+            where = redact(response.headers.get("Location", ""), url)
+            raise ConfigError(f"{redact(url, url)} answered {response.status_code} with a redirect to "
+                              f"{where.replace(key, '***') if key else where}; not followed (the events go only "
+                              "where --emit says): give --emit the URL the server names")
         posted += 1
     return posted
+
+
+def _session_not_redirected() -> Any:
+    """A ``requests`` session that answers a redirect as it comes (``emit`` refuses it)."""
+    import requests  # openlineage-python's own dependency, there when its transport is
+
+    class NotRedirected(requests.Session):
+        def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs["allow_redirects"] = False
+            return super().request(method, url, *args, **kwargs)
+
+    return NotRedirected()
