@@ -14,6 +14,7 @@ on or around another.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -99,14 +100,24 @@ def _copy_file(version: FileVersion, target: str) -> bool:
             return False
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as copy:
-            left, offset = version.size + 1, 0
-            while left > 0:
-                sent = os.sendfile(copy.fileno(), fd, offset, min(left, 1 << 30))  # in the kernel, as shutil
-                if not sent:
-                    break
-                offset += sent
-                left -= sent
+            _copy_at_most(fd, copy.fileno(), version.size + 1)
     return True
+
+
+def _copy_at_most(source: int, sink: int, limit: int) -> None:
+    """Copy up to ``limit`` bytes from descriptor ``source`` to ``sink``: in the kernel where
+    it can (sendfile, as shutil does on Linux), else through a buffer (macOS sends to sockets only)."""
+    offset = 0
+    try:
+        while offset < limit and (sent := os.sendfile(sink, source, offset, min(limit - offset, 1 << 30))):
+            offset += sent
+        return
+    except OSError as err:
+        if offset or err.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP):
+            raise
+    while offset < limit and (chunk := os.pread(source, min(limit - offset, 1 << 20), offset)):
+        os.write(sink, chunk)  # a regular file takes all of it
+        offset += len(chunk)
 
 
 def _inside_crate(crate_dir: str, target: str) -> bool:
