@@ -222,9 +222,6 @@ def test_open_output_writes_into_dev_stdout_however_it_is_spelled(tmp_path, monk
     assert _is_stream(spelling)
 
 
-@pytest.mark.xfail(strict=True, reason="audit_records.BODIES_FORMAT not bumped when Record.decode came to refuse "
-                                       "\"v\": true (f0cc424): a head remembered by the build before keeps the "
-                                       "record under it unchecked")
 def test_a_repeated_audit_checks_again_what_the_build_before_the_version_fix_passed(tmp_path, monkeypatch):
     """The full audit remembers that every record under its head was checked by the current
     rule (BODIES_FORMAT) and parses only the records after it. A ledger audited by the build
