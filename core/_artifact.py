@@ -38,7 +38,7 @@ class Artifact:
         if not isinstance(self.path, str) or "\x00" in self.path:
             raise ValueError(f"artifact paths must be strings without NUL, got {self.path!r}")
         _check_hex(self.blake3, f"digest of {self.path}")
-        if not isinstance(self.size, int) or self.size < 0:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
             raise ValueError(f"size of {self.path} must be a non-negative integer")
 
     def entry(self) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
             if type(digest) is not str or not _HEX64_MATCH(digest):
                 _check_hex(digest, f"digest of {path}")
             if type(size) is not int or size < 0:
-                if not isinstance(size, int) or size < 0:
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                     raise ValueError(f"size of {path} must be a non-negative integer")
             result[path] = {"blake3": digest, "size": size}
             continue
@@ -185,7 +185,7 @@ def artifact_map(value: Mapping[str, Any] | Sequence[Artifact], what: str = "art
         digest, size = entry["blake3"], entry["size"]
         # Artifact's own checks, inline: building one per entry was most of reading a record.
         _check_hex(digest, f"digest of {path}")
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:  # not True (== 1)
             raise ValueError(f"size of {path} must be a non-negative integer")
         normal = {"blake3": digest, "size": size}
         if "type" in entry:

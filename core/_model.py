@@ -118,7 +118,9 @@ class Record:
         object.__setattr__(self, "outputs", artifact_map(self.outputs, "outputs"))
         if self.code_digest is not None and not isinstance(self.code_digest, str):
             raise ValueError("code_digest must be a string or None")
-        if not isinstance(self.attempt, int) or self.attempt < 1:
+        # Not a bool (True == 1): "attempt": true is a body no writer writes, which would be a
+        # second spelling, under another id, of the record whose attempt is 1.
+        if not isinstance(self.attempt, int) or isinstance(self.attempt, bool) or self.attempt < 1:
             raise ValueError("attempt must be a positive integer")
 
     @classmethod

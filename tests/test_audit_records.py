@@ -93,6 +93,8 @@ REFUSED = {
     "version 2": _edited(_set(("v",), 2)),
     "attempt 0": _edited(_set(("attempt",), 0)),
     "attempt a string": _edited(_set(("attempt",), "1")),
+    "attempt true (True == 1)": _edited(_set(("attempt",), True)),
+    "size true (True == 1)": _edited(_set(("inputs", "/w/in", "size"), True)),
     "engine a number": _edited(_set(("engine",), 5)),
     "task id null": _edited(_set(("task_id",), None)),
     "code digest a number": _edited(_set(("code_digest",), 5)),
@@ -130,7 +132,6 @@ REFUSED = {
 # Bodies that Record.decode accepts, off the audit's common path: they must still pass.
 ACCEPTED = {
     "canonical": _canonical(_body()),
-    "attempt true": _edited(_set(("attempt",), True)),
     "a float 1e+16": _text(b'"alpha":0.5', b'"alpha":1e+16'),
     "a newline in a parameter": _edited(_set(("parameters", "note"), "a\nb\\c\"d")),
     "February 29 of 2024": _edited(_set(("started",), "2024-02-29T00:00:01.000000Z")),

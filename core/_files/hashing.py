@@ -1,7 +1,7 @@
 """BLAKE3 digests of files, with a stat cache so unchanged files are not read again.
 
 Small files are read plainly (an mmap costs more than it saves below about a megabyte);
-large ones go through ``blake3.update_mmap`` with BLAKE3's own threads. A file is stat'ed
+large ones through an mmap, hashed in BLAKE3's own threads (see :mod:`._digest`). A file is stat'ed
 before and after hashing, and rehashed if it changed meanwhile.
 
 The stat cache keys a digest by (path, size, mtime_ns, ctime_ns, inode). ctime is in the

@@ -59,7 +59,8 @@ _CODEC: tuple[Any, Any, Any, Any] | None = None
 #: The rule a tree head's ``bodies`` says every record under it was checked by (0: not every
 #: record was). Bump it whenever :meth:`Record.decode` comes to refuse what it accepted: a
 #: head of the old rule then has its records checked again by the next audit.
-BODIES_FORMAT = 2  # 2: Record.decode refuses "v": true (f0cc424), which rule 1 let through
+BODIES_FORMAT = 3  # 2: Record.decode refuses "v": true (f0cc424), which rule 1 let through;
+# 3: and "attempt": true and an entry's "size": true, which rule 2 let through
 
 
 def _exact_float(text: str) -> float:

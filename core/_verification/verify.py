@@ -247,19 +247,18 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
     # Many files (a directory's, an audit's outputs): hashed in a child process meanwhile
     # (.hash_ahead: it starts first, and hashes while the index rows are read), and their
     # index rows read at once.
-    ahead = contextlib.ExitStack()
-    hashed = hash_ahead(window) if files else None
-    if hashed is not None:
-        ahead.enter_context(hashed)
-    if len(window) >= _LOOK_AHEAD:
-        try:
-            ahead.enter_context(ledger.looking_ahead(window, plain=plain))
-        except VerificationError:
-            # A row read ahead that does not verify (one that names a record the store does
-            # not hold): the window is checked path by path, so that the failure is reported
-            # against the path that reads it, beside every other path's answer.
-            pass
-    with ahead:
+    with contextlib.ExitStack() as ahead:  # the child stopped whatever is raised, here or below
+        hashed = hash_ahead(window) if files else None
+        if hashed is not None:
+            ahead.enter_context(hashed)
+        if len(window) >= _LOOK_AHEAD:
+            try:
+                ahead.enter_context(ledger.looking_ahead(window, plain=plain))
+            except VerificationError:
+                # A row read ahead that does not verify (one that names a record the store does
+                # not hold): the window is checked path by path, so that the failure is reported
+                # against the path that reads it, beside every other path's answer.
+                pass
         for path in window:
             # Failing: a problem of its own, or one its tree shows that an earlier target's
             # reported already (a shared source edited: reported once, failing for each).
