@@ -296,6 +296,32 @@ def _wait_for(condition, process: subprocess.Popen, what: str) -> None:
         time.sleep(0.01)
 
 
+def _interruptible() -> None:
+    """A child's Ctrl-C as a terminal's foreground job has it: SIGINT at its default. A shell
+    starts a job in the background (`cmd &`, `nohup ... &`, as CI may run the tests) with
+    SIGINT ignored, every descendant inherits that, and Python then leaves it ignored: the
+    signal the test sends would never reach the command (CI timed out after 120 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt_reader(process: subprocess.Popen) -> None:
+    """Ctrl-C to a command blocked reading a pipe, again while it still reads. CPython acts on
+    a signal between bytecodes: one that lands after the last check and before the blocking
+    read starts is acted on only when the read returns, never on a pipe nobody writes into
+    (2 of 30 signals here); a user then presses Ctrl-C again. The signal is sent again only
+    while the process still waits in the read, never while it handles the first."""
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            waiting_in = Path(f"/proc/{process.pid}/wchan").read_text()
+        except OSError:
+            return  # gone, or no /proc: communicate() has the answer
+        if "pipe_read" in waiting_in and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+
+
 def _reader_waits_on(fifo: Path) -> int | None:
     """A writer's end of ``fifo``, once a reader has it open (the command is blocked reading it);
     None while no reader has."""
@@ -321,7 +347,8 @@ def test_an_interrupted_verify_exits_130_not_1(cli, workdir, command):
     os.mkfifo(fifo)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     process = subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:], "--against", str(fifo)],
-                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_interruptible)
     writer: list[int] = []
     try:
         def reading() -> bool:
@@ -331,7 +358,7 @@ def test_an_interrupted_verify_exits_130_not_1(cli, workdir, command):
             return fd is not None
 
         _wait_for(reading, process, "it opened the checkpoint to read it")
-        process.send_signal(signal.SIGINT)
+        _interrupt_reader(process)
         out, err = process.communicate(timeout=120)
     finally:
         for fd in writer:
@@ -352,7 +379,8 @@ def test_an_interrupted_run_exits_130_and_keeps_its_record(cli, workdir):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     process = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "run", "-n", "nap",
                                 "-o", "out.txt", "--", "sh", "-c", "touch started; exec sleep 60"],
-                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_interruptible)
     try:
         _wait_for((workdir / "started").exists, process, "its command started")
         process.send_signal(signal.SIGINT)
@@ -415,7 +443,8 @@ def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     process = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "run", "--ledger", url,
                                 "--ship-wait", "inf", "-o", "out.txt", "--", "touch", "out.txt"], cwd=workdir,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_interruptible)
     try:
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline and not any(
