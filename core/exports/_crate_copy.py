@@ -92,8 +92,10 @@ def _copy_file(version: FileVersion, target: str) -> bool:
     changed file, which the hash of the copy leaves out."""
     try:
         fd = os.open(version.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # no effect on a file's reads
-    except OSError:
-        return False
+    except OSError as err:
+        if err.errno in _NOT_THE_FILE:
+            return False  # gone, or no file there now: left out, as a changed one is
+        raise  # there but unreadable (permission denied): the export fails and names it
     with os.fdopen(fd, "rb", buffering=0):  # closes the descriptor, whatever happens
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != version.size:
@@ -102,6 +104,10 @@ def _copy_file(version: FileVersion, target: str) -> bool:
         with open(target, "wb") as copy:
             _copy_at_most(fd, copy.fileno(), version.size + 1)
     return True
+
+
+# What opening a recorded file's path says when the file is no longer there to copy.
+_NOT_THE_FILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.ENXIO})
 
 
 def _copy_at_most(source: int, sink: int, limit: int) -> None:
