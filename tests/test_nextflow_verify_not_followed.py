@@ -129,7 +129,6 @@ def test_verify_and_why_say_what_was_never_hashed(run):
     assert marked["record"] == use["id"] and marked["links_not_followed"] == links, marked
 
 
-@pytest.mark.xfail(strict=True, reason="one warning per task try, no cap")
 def test_the_warning_is_said_for_a_few_tries_then_counted(run):
     """8 USE tries each stage the directory: 5 warnings in full, then one line counting the
     other 3; every try's record still names its links."""

@@ -5,7 +5,10 @@ what one leading out of the directory names (a reference tree, ``/usr``) is no i
 task, so an edit there is not caught before ``-resume``. That is a limit the user must know
 of, so it is said twice, through the wrapper's log (stderr of ``nextflow-ledger``):
 
-- when the task is recorded, one warning per task try (:func:`recorded_warning`);
+- when the task is recorded, one warning per task try (:func:`recorded_warning`) for the
+  first :data:`WARNINGS_SHOWN` tries, then one line at the end counting the others
+  (:func:`more_tries_line`): a workflow of 1,000 tasks each staging such a directory said
+  1,000 warnings, which buried everything else on the terminal;
 - by the check before ``-resume``, one line per task it looked at (:func:`not_checked_lines`),
   under every policy: the check cannot say those files changed or did not, so ``strict``
   does not refuse for them (nothing was seen to change), but never calls them checked either.
@@ -26,6 +29,8 @@ LIMIT = 100
 SHOWN = 3
 #: Tasks the check before ``-resume`` names, one line each; the others are counted.
 TASKS_SHOWN = 20
+#: Task tries whose warning is said when they are recorded; the others are counted at the end.
+WARNINGS_SHOWN = 5
 ADVICE = "stage a target as a path input of its own to have it checked"
 
 
@@ -54,6 +59,13 @@ def recorded_warning(name: str, workdir: str, links: Mapping[str, str], more: in
     return (f"lineage-ledger: task {printable(name)} ({printable(workdir)}): {count} symbolic link(s) in its "
             f"staged directory(ies) lead out of it and were not followed, so what they lead to is no input of its "
             f"record and an edit there goes unseen before -resume: {_shown(links, more)}; {ADVICE}")
+
+
+def more_tries_line(count: int) -> str:
+    """Said once the run is recorded: how many more task tries had such links than were warned of."""
+    return (f"lineage-ledger: ... and {count} more task try(s) whose staged directory(ies) hold symbolic links "
+            "out of them, not followed either: what they lead to is no input of their records "
+            "(extra.links_not_followed names them)")
 
 
 def not_checked_lines(tasks: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._log import Completed, Handlers, Note, Published
-from ._not_followed import recorded_warning
+from ._not_followed import WARNINGS_SHOWN, more_tries_line, recorded_warning
 from ._unverified import Unverified
 from ._workdir import a_link_to_no_file, read_workdir, task_key
 
@@ -54,6 +54,7 @@ class TaskRecorder(Handlers):
         self._notes: dict[str, Note] = {}  # a NOTE that came first
         self._retries: dict[str, int] = {}  # task name -> retries announced
         self._lock = threading.Lock()
+        self._not_followed_tries = 0  # task tries recorded with links not followed (the first few warned of)
 
     # -- the log's events ---------------------------------------------------------------
     def session(self, session: str) -> None:
@@ -91,10 +92,13 @@ class TaskRecorder(Handlers):
 
     # -- at the end ---------------------------------------------------------------------
     def finish(self) -> None:
-        """Failed tries Nextflow said nothing more about, then one publish record per task."""
+        """Failed tries Nextflow said nothing more about, how many tries with links not followed were
+        not warned of, then one publish record per task."""
         for event, attempt in list(self._failed.values()):
             self._record(event, attempt, None)
         self._failed.clear()
+        if self._not_followed_tries > WARNINGS_SHOWN:  # every try is recorded by now; said before a publication fails
+            log.warning("%s", more_tries_line(self._not_followed_tries - WARNINGS_SHOWN))
         self._publish()
 
     # -- records ------------------------------------------------------------------------
@@ -145,10 +149,13 @@ class TaskRecorder(Handlers):
             attempt=attempt, extra=extra,
         )
         self.capture.post(run)
-        if work.not_followed:  # what they lead to is in no record: the user must know (_not_followed)
-            log.warning("%s", recorded_warning(event.name, event.workdir, work.not_followed, work.not_followed_more))
         with self._lock:
             self.recorded += 1
+            if work.not_followed:  # what they lead to is in no record: the user must know (_not_followed)
+                self._not_followed_tries += 1
+                if self._not_followed_tries <= WARNINGS_SHOWN:  # the others counted by finish()
+                    log.warning("%s", recorded_warning(event.name, event.workdir, work.not_followed,
+                                                       work.not_followed_more))
             self.tasks[key] = {
                 "process": process, "name": event.name, "workdir": event.workdir, "status": run.status,
                 "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
