@@ -251,7 +251,6 @@ def test_a_crate_leaves_out_a_directory_whose_file_is_swapped_after_its_checks(t
 
 
 # -- 5. a crate's checkpoint that does not parse ----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="a crate's unparsable checkpoint is exit 1")
 def test_a_crate_checkpoint_that_is_no_checkpoint_is_bad_input_as_against_says(tmp_path):
     """``verify-lineage --against FILE`` of a file that is no checkpoint is bad input (exit 2);
     a crate whose checkpoint is no checkpoint said 'FAILED: checkpoint: ...', exit 1, as if a

@@ -3,8 +3,9 @@
 What is checked (the algorithms are docs/verification.md's; nothing here trusts the
 crate's own claims about itself):
 
-1. ``lineage-ledger/checkpoint.txt`` parses as a checkpoint (signed by a ``--pubkey`` key
-   when one is given);
+1. ``lineage-ledger/checkpoint.txt`` parses as a checkpoint (one that does not is a crate
+   that cannot be read, as for ``verify-lineage --against``), signed by a ``--pubkey`` key
+   when one is given;
 2. each record file hashes (BLAKE3) to the id ``proofs.json`` gives it, is a canonical
    record, and its inclusion proof leads from its leaf to the checkpoint's root;
 3. each task ``CreateAction`` names a proved record and says what the record says: the
@@ -16,7 +17,8 @@ crate's own claims about itself):
    to is proved.
 
 Exit status: 0 every check passed, 1 one failed (each failure is named), 2 the crate
-cannot be read at all.
+cannot be read at all (no metadata; metadata or proofs that are no JSON; a checkpoint that
+is no checkpoint).
 """
 
 from __future__ import annotations
@@ -135,9 +137,16 @@ def _verify_directory(crate: str, pubkeys: tuple[str, ...]) -> CrateReport:
         try:
             with open(_inside(crate, _CHECKPOINT), "rb") as handle:
                 note = handle.read((1 << 16) + 1)
-            report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
+            # As ``verify-lineage --against`` reads one: a note that is no checkpoint at all is a
+            # crate that cannot be read (exit 2, as metadata or proofs that are no JSON are);
+            # only one that parses can fail a check (no valid signature of a --pubkey): exit 1.
+            parse(note)
         except OSError as err:
             raise ConfigError(f"cannot read the crate's checkpoint: {err.strerror}") from err
+        except CheckpointInvalid as err:
+            raise ConfigError(f"the crate's {_CHECKPOINT} is not a checkpoint: {err}") from None
+        try:
+            report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
         except CheckpointInvalid as err:
             for _ in read_members(proofs, "proofs.json", frozenset()):
                 pass  # a proofs.json that is no JSON is said first, as before
