@@ -168,7 +168,6 @@ def test_the_child_imports_nothing_from_the_working_directory(tmp_path, monkeypa
     assert not list(tmp_path.glob("ran-*"))
 
 
-@pytest.mark.xfail(strict=True, reason="the child reads a large file through an mmap: truncated meanwhile, SIGBUS kills it")
 def test_a_large_file_truncated_while_the_child_reads_it_is_refused_and_the_child_goes_on(tmp_path):
     """Another user empties a large result while the child hashes it: the child answers
     "changed" for that file (the caller hashes it again itself) and goes on with the files
@@ -176,7 +175,7 @@ def test_a_large_file_truncated_while_the_child_reads_it_is_refused_and_the_chil
     was hashed again in the loop. Timed by /proc, as in tests/test_hashing.py."""
     from tests.support.midread import stop_while_reading
 
-    size = 64 << 20  # past _digest.MMAP_THRESHOLD
+    size = 64 << 20  # past _digest.LARGE
     big = tmp_path / "big.dat"
     block = os.urandom(1 << 20)
     small = []

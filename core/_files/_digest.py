@@ -16,41 +16,42 @@ the parent then hashes itself, for the answer or the error it gives on its own.
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import stat
 import sys
+from typing import Any
 
 from blake3 import blake3
 
-__all__ = ["MMAP_THRESHOLD", "file_digest", "signature"]
+__all__ = ["LARGE", "file_digest", "signature"]
 
-MMAP_THRESHOLD = 4 << 20  # below, plain reads: an mmap costs more than it saves (see .hashing)
+# From this size on, a file is read in blocks that BLAKE3 hashes in its own threads while
+# the next block is read; below, plainly (a thread and two buffers cost more than they save).
+LARGE = 4 << 20
 _CHUNK = 1 << 20
+_BLOCK = 2 << 20  # a large file's blocks: two of them, reused by each thread that hashes
+_buffers: Any = None  # a threading.local(), made by the first large file
 
 
 def file_digest(path: str, size: int) -> str:
     """The BLAKE3 hex digest of the file at ``path``, of ``size`` bytes when stat'ed (large
-    files through an mmap and BLAKE3's own threads). Raises ``OSError``.
+    files hashed in BLAKE3's own threads as they are read). Raises ``OSError``.
 
     Another user may have put something else at ``path`` since the stat; the caller's stat
     after the read says so, but the read must end for it to be asked: a FIFO's open waited
     for a writer for ever (the hashing child, and verify-lineage reading its pipe, with it),
     and a device (``/dev/zero``) never ends. So the file is opened without waiting (no
     effect on a regular file), and at most one byte more than ``size`` is read: a file that
-    grew is a changed one. An mmap of anything but a regular file fails."""
+    grew is a changed one.
+
+    Read, never mapped: another user who truncates a mapped file while it is hashed (``: >
+    big.dat``) takes the pages past its new end away, and the next touch of one killed this
+    process with SIGBUS, with nothing reported and nothing saved. A read past the new end
+    just ends, and the caller's stat says the file changed."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        if size >= MMAP_THRESHOLD:
-            hasher = blake3(max_threads=blake3.AUTO)
-            try:
-                mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except ValueError as err:  # emptied since the stat (or a device): not the file stat'ed
-                raise OSError(errno.EINVAL, str(err), path) from None
-            with mapped:
-                hasher.update(mapped)  # in BLAKE3's threads, without the interpreter lock
-            return hasher.hexdigest()
+        if size >= LARGE:
+            return _large_digest(fd, size)
         hasher = blake3()
         # A descriptor, not a file object: 9.8 against 12.5 us a file of 4 KiB; no fstat to
         # check its type (a tenth of the cost): the bound and the caller's stat do.
@@ -60,6 +61,52 @@ def file_digest(path: str, size: int) -> str:
             left -= len(chunk)
     finally:
         os.close(fd)
+    return hasher.hexdigest()
+
+
+def _large_digest(fd: int, size: int) -> str:
+    """Read ``fd`` (at most ``size`` + 1 bytes) into two buffers in turn while a thread has
+    BLAKE3 hash the other one (``update`` lets go of the interpreter lock, and hashes in
+    BLAKE3's own threads): copying a block out of the page cache costs about half what
+    hashing it does, and is done meanwhile. Only this thread touches the descriptor; the
+    hashing thread touches the buffers and the hasher, and has stopped before this returns."""
+    global _buffers
+    # Imported here: the hashing child, given small files mostly, starts 2 ms sooner.
+    import threading
+    from queue import SimpleQueue
+
+    if _buffers is None:
+        _buffers = threading.local()
+    hasher = blake3(max_threads=blake3.AUTO)
+    buffers: list[memoryview] | None = getattr(_buffers, "pair", None)
+    _buffers.pair = None  # not shared with a nested or interrupted call
+    if buffers is None:
+        buffers = [memoryview(bytearray(_BLOCK)), memoryview(bytearray(_BLOCK))]
+    full: SimpleQueue[tuple[memoryview, int] | None] = SimpleQueue()
+    free: SimpleQueue[memoryview] = SimpleQueue()
+    for buffer in buffers:
+        free.put(buffer)
+
+    def hash_blocks() -> None:
+        while (block := full.get()) is not None:
+            hasher.update(block[0][: block[1]])
+            free.put(block[0])
+
+    worker = threading.Thread(target=hash_blocks, name="blake3-blocks", daemon=True)
+    worker.start()
+    left = size + 1
+    try:
+        while left > 0:
+            buffer = free.get()
+            got = os.readv(fd, [buffer[: min(left, _BLOCK)]])
+            if not got:  # the end, where a file emptied or cut short since its stat ends
+                break
+            full.put((buffer, got))
+            left -= got
+    finally:
+        full.put(None)
+        worker.join()
+    _buffers.pair = buffers
     return hasher.hexdigest()
 
 

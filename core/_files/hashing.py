@@ -1,8 +1,9 @@
 """BLAKE3 digests of files, with a stat cache so unchanged files are not read again.
 
-Small files are read plainly (an mmap costs more than it saves below about a megabyte);
-large ones through an mmap, hashed in BLAKE3's own threads (see :mod:`._digest`). A file is stat'ed
-before and after hashing, and rehashed if it changed meanwhile.
+Small files are read plainly; large ones in blocks that BLAKE3 hashes in its own threads
+while the next is read, never through an mmap, which another user's truncation turns into a
+SIGBUS (see :mod:`._digest`). A file is stat'ed before and after hashing, and rehashed if it
+changed meanwhile.
 
 The stat cache keys a digest by (path, size, mtime_ns, ctime_ns, inode). ctime is in the
 key because ``touch -r`` can restore an edited file's mtime but nothing a user runs can
