@@ -100,7 +100,7 @@ def test_verify_and_why_say_what_was_never_hashed(run):
     assert len(links) == 2 and str(run.refs) in links.values(), links
 
     text = _verify(run, "results/used1.txt")
-    (use_line,) = [line for line in text.splitlines() if "nextflow:USE [" in line]
+    (use_line,) = [line for line in text.splitlines() if "<- " in line and "nextflow:USE [" in line]
     assert NEVER_HASHED in use_line, text
     (note,) = [line for line in text.splitlines() if line.startswith("note:") and NEVER_HASHED in line]
     assert use["id"][:12] in text and "2 symbolic link(s)" in text and f"-> {run.refs}" in text, text

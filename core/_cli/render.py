@@ -10,20 +10,24 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .._errors import LedgerError
-from .._ledger.ledger import Ledger, LedgerRecord, LineageNode
+from .._ledger.ledger import LedgerRecord, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._ledger.walks import Nested, run_nested
 from .._terminal import printable
+from .._verification.report import NotVerifiedFound, not_verified_in, not_verified_marks
 from .._verification.verify import ArtifactCheck, Report
+from .unchecked import unchecked_directories  # where trust.py has always found it
 
-__all__ = ["DEPTH_SHOWN", "NODES_SHOWN", "derived_lines", "describe_record", "lineage_json", "lineage_lines", "report_json",
-           "report_lines", "unchecked_directories"]
+__all__ = ["DEPTH_SHOWN", "NODES_SHOWN", "derived_lines", "describe_record", "lineage_json", "lineage_lines",
+           "not_verified_json", "not_verified_lines", "report_json", "report_lines", "unchecked_directories"]
 
 # Generations of a tree shown. A file updated in place every day has a lineage as deep as
 # its age in days; shown whole, its lines would indent four columns more each generation
 # (quadratic text). Everything below is still walked and checked; it is only not printed.
 DEPTH_SHOWN = 50
+# Links (or files) a note about a record's marks shows; the others are counted.
+MARKED_SHOWN = 3
+NEVER_HASHED = "part of what it read was never hashed: see the note below"
 # Files of one tree drawn. A summary derived from the outputs of 150,000 tasks drew every
 # one of them (45 MB of text); past this many the tree says how many more it holds. They are
 # still checked: a failing one is named under FAILED, and --json lists them all.
@@ -70,7 +74,8 @@ def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
         producer = described.get(node.producer.id)
         if producer is None:  # the 10,000 outputs of one task name it 10,000 times
             producer = described[node.producer.id] = describe_record(node.producer)
-        return f"{_short(node.path, here)} {digest}{status}  <- {producer}"
+        marked = f"  ({NEVER_HASHED})" if not_verified_marks(node.producer) else ""
+        return f"{_short(node.path, here)} {digest}{status}  <- {producer}{marked}"
     if node.kind == "broken":
         return f"{_short(node.path, here)} {digest}{status}  BROKEN: no recorded task produced this version"
     return f"{_short(node.path, here)} {digest}{status}  (source)"
@@ -78,11 +83,14 @@ def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
 
 def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None, *,
                   described: dict[str, str] | None = None, shown: set[int] | None = None,
-                  here: str | None = None, labels: dict[tuple[int, Any], str] | None = None) -> list[str]:
-    """The tree as lines; ``described``: records' descriptions by id, shared by the trees
-    of one report; ``shown``: the nodes whose inputs were drawn already (by an earlier tree
-    of the report too), drawn again as one line, "(see above)"; ``here``: the working
-    directory paths are shown relative to (asked once for a report's 10,000 trees);
+                  here: str | None = None, labels: dict[tuple[int, Any], str] | None = None,
+                  notes: bool = True) -> list[str]:
+    """The tree as lines (``notes``: then the note on what its records say was never hashed,
+    as ``why`` shows it; a report says it once for all its trees); ``described``: records'
+    descriptions by id, shared by the trees of one report; ``shown``: the nodes whose inputs
+    were drawn already (by an earlier tree of the report too), drawn again as one line, "(see
+    above)"; ``here``: the working directory paths are shown relative to (asked once for a
+    report's 10,000 trees);
     ``labels``: each node's line by its check's status, shared by the trees of one report
     (the input that 10,000 outputs of one task share is one node, drawn in each tree)."""
     checks = checks or {}
@@ -122,7 +130,65 @@ def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = N
             continue
         for index in range(len(node.parents) - 1, -1, -1):
             stack.append((node.parents[index], child_prefix, index == len(node.parents) - 1, False, depth + 1))
+    if notes:
+        lines.extend(not_verified_lines(not_verified_in([(root.path, root)]), here, targets=False))
     return lines
+
+
+def not_verified_lines(found: NotVerifiedFound, here: str | None = None, *, targets: bool = True) -> list[str]:
+    """The note on the records in the lineage that say part of what their task read (or
+    wrote) was never hashed (``report.not_verified_in``): each record, what it did not
+    verify, and the targets whose lineage holds it. A note, not a failure: nothing was seen
+    to change, but nothing vouches for that content either (docs/nextflow.md). ``targets``:
+    name them (a report's; ``why`` draws one tree)."""
+    if not found.records:
+        return []
+    here = os.getcwd() if here is None else here
+    lines = ["", f"note: part of what {len(found.records) + found.more} record(s) in the lineage read was never "
+                 "hashed, so the ledger does not vouch for it (not a failure: nothing was seen to change):"]
+    for note in found.records:
+        lines.append(f"  {describe_record(note.entry)}")
+        marks = note.marks
+        links = marks.get("links_not_followed")
+        if isinstance(links, dict) and links:
+            count = len(links) + _count(marks.get("links_not_followed_more"))
+            lines.append(f"    {count} symbolic link(s) in its staged directory(ies) lead out of it and were not "
+                         f"followed: what it read through them is in no record: "
+                         f"{_first(f'{_short(str(p), here)} -> {printable(str(links[p]))}' for p in sorted(links))}"
+                         f"{_more(count - min(len(links), MARKED_SHOWN))}")
+        files = marks.get("not_verified")
+        if isinstance(files, list) and files:
+            failed = f" (its check failed: {printable(str(marks['check_failed'])[:200])})" if marks.get("check_failed") else ""
+            lines.append(f"    {len(files)} file(s) it read or wrote that the ledger could not vouch for{failed}, "
+                         f"left out of its record: {_first(_short(str(p), here) for p in files)}"
+                         f"{_more(len(files) - min(len(files), MARKED_SHOWN))}")
+        if targets and note.targets:
+            lines.append(f"    in the lineage of: {', '.join(_short(t, here) for t in note.targets)}"
+                         f"{_more(note.more_targets)}")
+    if found.more:
+        lines.append(f"  ... and {found.more} more record(s) that say so, not shown")
+    return lines
+
+
+def _first(items: Iterable[str]) -> str:
+    return ", ".join(item for _, item in zip(range(MARKED_SHOWN), items, strict=False))
+
+
+def _more(count: int) -> str:
+    return f", ... and {count} more" if count > 0 else ""
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def not_verified_json(found: NotVerifiedFound) -> list[dict[str, Any]]:
+    """The records of :func:`not_verified_lines`, for ``--json``: id, who ran what, their marks
+    as recorded (``links_not_followed``, ``links_not_followed_more``, ``not_verified``,
+    ``check_failed``) and the targets whose lineage holds them."""
+    return [{"record": note.entry.id, "engine": note.entry.record.engine, "task_name": note.entry.record.task_name,
+             "run_id": note.entry.record.run_id, **note.marks, "targets": note.targets,
+             "targets_not_shown": note.more_targets} for note in found.records]
 
 
 def derived_lines(path: str, tree: list, prefix: str = "") -> list[str]:
@@ -162,65 +228,6 @@ def _records_in(tree: list) -> int:
     return count
 
 
-def unchecked_directories(report: Report, given: Iterable[str], ledger: Ledger | None = None) -> list[str]:
-    """The directories among ``given`` (the targets as the user gave them) under which
-    nothing was checked: no file is in them (or only what was skipped: a FIFO, a loop), they
-    are not, nor lie in, nor hold a recorded directory, and no record names a file below them
-    that is gone (``report.absent``). Such a target is reported as not verified (exit 1), as a
-    file no record names is (UNRECORDED): "verified" would vouch for nothing (docs/directories.md).
-
-    ``ledger``: where the report kept only some of its targets (past SHOWN files), what was
-    checked under a directory is worked out again as the check's walk found it, a recorded
-    directory included (checked whole, file or no file); without it, a directory holding no
-    file is taken as unchecked."""
-    given = [path for path in given if os.path.isdir(path)]
-    if not given:
-        return []
-    # Every directory at or above something checked, failed or found gone: one set, so that
-    # many targets each cost a look-up, not a scan of what the report holds.
-    reached: set[str] = set()
-    seen = [t.path for t in report.targets] + [f.path for f in report.failures if f.path]
-    for path in seen + [a.directory for a in report.absent]:
-        while path not in reached:
-            reached.add(path)
-            path = os.path.dirname(path)
-    unchecked = []
-    for target in given:
-        if {os.path.abspath(target), os.path.realpath(target)} & reached:
-            continue
-        if report.not_shown and _holds_a_target(target, ledger):
-            continue  # its targets were checked and counted, past those a report keeps
-        unchecked.append(os.path.abspath(target))
-    return unchecked
-
-
-def _holds_a_target(directory: str, ledger: Ledger | None) -> bool:
-    """Whether the check of ``directory`` had something to check: a file in it (a target, or
-    in a recorded directory checked whole), or, with the ledger, it is, lies in or holds a
-    recorded directory (checked whole, file or no file). A look-up that fails answers no: the
-    directory is then said unchecked (exit 1), never taken as verified."""
-    from .._files.manifest import walk_tree
-
-    def quiet(_path: str, _why: str) -> None:
-        pass
-
-    if next(iter(walk_tree(directory, on_skip=quiet)), None) is not None:
-        return True  # the common case, and no look-up for each directory on the way
-    if ledger is None:
-        return False
-
-    def recorded(path: str) -> bool:
-        return ledger.last_seen(path) is not None
-
-    try:
-        normal = ledger.query_path(directory)
-        if recorded(normal) or ledger.container_of(normal) is not None:
-            return True
-        return next(iter(walk_tree(normal, is_artifact=recorded, on_skip=quiet)), None) is not None
-    except (LedgerError, ValueError):
-        return False
-
-
 def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
     """``unchecked``: the directories given under which nothing was checked
     (:func:`unchecked_directories`); each fails the report."""
@@ -250,7 +257,7 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
         checks = dict(target.files)
         checks[target.path] = target.check
         lines.extend(lineage_lines(target.tree, checks, described=described, shown=shown, here=here,
-                                   labels=labels))
+                                   labels=labels, notes=False))
     for absent in report.absent:
         count = len(absent.paths) + absent.more
         lines.append(f"\nnote: {count} file(s) that records name under {_short(absent.directory)} are not on disk "
@@ -271,8 +278,12 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
         named = f", naming {', '.join(_short(p) for p in report.waiting_named)}" if report.waiting_named else ""
         lines.append(f"\nnote: {report.waiting} record(s) of this ledger wait in the spool, not yet in the ledger"
                      f"{named}: `lineage-ledger spool ship`, then verify again")
+    found = not_verified_in((target.path, target.tree) for target in report.targets)
+    lines.extend(not_verified_lines(found, here))
     lines.append("")
-    if report.ok and not unchecked:
+    if report.ok and not unchecked and found.records:
+        lines.append("verified, except what the note above says was never hashed")
+    elif report.ok and not unchecked:
         lines.append("verified")
     else:
         lines.append(f"FAILED: {report.problems + len(unchecked)} problem(s)")
@@ -309,10 +320,18 @@ def _node_json(root: LineageNode, checks: dict[str, ArtifactCheck], seen: set[in
 
 
 def lineage_json(root: LineageNode) -> dict[str, Any]:
-    return _node_json(root, {}, set())
+    """The tree (``why --json``); at its root, ``not_verified``: the records in it that say
+    part of what their task read was never hashed (:func:`not_verified_json`)."""
+    tree = _node_json(root, {}, set())
+    tree["not_verified"] = not_verified_json(not_verified_in([(root.path, root)]))
+    return tree
 
 
 def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]:
+    """``not_verified``: the records in the targets' lineage that say part of what their task
+    read was never hashed (:func:`not_verified_json`), and in each target the ids of those in
+    its lineage: a note, ``ok`` stays true."""
+    found = not_verified_in((target.path, target.tree) for target in report.targets)
     targets = []
     for target in report.targets:
         checks = dict(target.files)
@@ -320,6 +339,7 @@ def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]
         targets.append({
             "path": target.path, "check": target.check.to_json(),
             "lineage": _node_json(target.tree, checks, set()) if target.tree else None,
+            "not_verified": found.by_target.get(target.path, []),
         })
     chain = report.chain
     return {
@@ -343,4 +363,6 @@ def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]
             for f in report.failures
         ],
         "failures_not_shown": report.more_failures,
+        "not_verified": not_verified_json(found),
+        "not_verified_not_shown": found.more,
     }
