@@ -125,6 +125,7 @@ def keygen(keyfile, name) -> None:
     import getpass
     import socket
 
+    from .._log._note_keys import _valid_name
     from .._log.checkpoint import write_keypair
 
     if keyfile == "-":
@@ -133,6 +134,11 @@ def keygen(keyfile, name) -> None:
     if name == "":  # "--name $NAME" with NAME unset: not the default name, which no --name gives
         raise click.BadParameter("an empty name names no key: give a name (no spaces, no '+'), or no --name for "
                                  "lineage-ledger/USER@HOST", param_hint="--name")
+    if name is not None and not _valid_name(name):
+        # The name as typed: the command line's error handler escapes a line break or an escape
+        # sequence in it, once ('lab\x0akey'). The key module's own message quotes it with
+        # repr, whose backslashes that escaping doubled ('lab\\nkey').
+        raise ConfigError(f"invalid key name '{name}': it must be non-empty, without spaces or '+'")
     write_keypair(keyfile, name if name is not None else f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
     click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
 
