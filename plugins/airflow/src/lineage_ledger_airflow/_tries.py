@@ -25,9 +25,9 @@ from typing import Any
 
 from blake3 import blake3
 
-from lineage_ledger import LedgerError, TaskCapture, utcnow
+from lineage_ledger import LedgerError, utcnow
 
-from . import _settings, _shipper
+from . import _late, _settings, _shipper
 from ._assets import file_paths
 from ._digests import DigestMemo
 
@@ -40,7 +40,7 @@ log = logging.getLogger("lineage_ledger.airflow")
 
 ENGINE = "airflow"
 _lock = threading.Lock()
-_capture: TaskCapture | None = None
+_capture: _late.TryCapture | None = None
 _capture_pid = -1
 _memo: DigestMemo | None = None
 _memo_pid = -1
@@ -72,7 +72,7 @@ def listener_active() -> bool:
         return False
 
 
-def capture() -> TaskCapture:
+def capture() -> _late.TryCapture:
     """This process's capture (a forked task process gets its own)."""
     global _capture, _capture_pid
     with _lock:
@@ -82,7 +82,7 @@ def capture() -> TaskCapture:
                 _started.clear()
                 _details.clear()
             # A job process ships this spool: journal only (no shipping thread, never wait here).
-            _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
+            _capture = _late.TryCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
                                    ship=not _shipper.alive())
             _capture_pid = os.getpid()
         return _capture
@@ -124,7 +124,7 @@ MARKER_DAYS = 7.0
 SWEEP_EVERY_S = 3600.0
 
 
-def _marker_dir(cap: TaskCapture) -> str:
+def _marker_dir(cap: _late.TryCapture) -> str:
     # Open the capture's recorder first (it journals into the spool; the back-end is not
     # touched): its spool directory is then worked out once, not again for the markers.
     cap.open()
@@ -292,8 +292,14 @@ def record_try(
     # A record the spool cannot take (its disk full) goes straight into the ledger, within
     # flush_timeout: a task process that waited out a locked SQLite ledger (60 s) would be
     # killed for overtime (20 s) and say nothing.
-    record_id = capture().record_now(run, straight_wait=max(2.0, _settings.flush_timeout()))
-    if record_id is None:
+    cap, wait = capture(), max(2.0, _settings.flush_timeout())
+    cap.take_late()  # nothing of an earlier call
+    record_id = cap.record_now(run, straight_wait=wait)
+    if record_id is None and (late := cap.take_late()) is not None:
+        # The ledger has not answered yet, and the write goes on: it may still land.
+        # The try stays claimed meanwhile (no second record of it); see _late.
+        _late.await_outcome(key, run.task_id, late, wait, lambda: unclaim(key))
+    elif record_id is None:
         unclaim(key)  # the scheduler's sweep at the run's end tries again if this process has ended
         log.error("lineage-ledger: try %d of %s is NOT recorded (the error above says why: a spool and a "
                   "ledger that both refused it, say); its outputs are vouched for by no record", key[1], run.task_id)
@@ -339,12 +345,14 @@ def flush_before_exit() -> None:
     cap = _capture
     if cap is None or _capture_pid != os.getpid() or in_process_runner():
         return
-    if not cap.ship:
-        # The machine's shipper (in the scheduler or another Airflow job process) ships it
-        # once this process has ended. Make it survive a power cut first, and go: the
-        # record is durable before the task process ends, not a shipper's round later
-        # (a few ms on this path; the shipper's own fsync is a second line only).
-        cap.sync()
-        return
-    if not cap.flush(timeout=_settings.flush_timeout()):
-        log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")
+    try:
+        if not cap.ship:
+            # The machine's shipper (in the scheduler or another Airflow job process) ships it
+            # once this process has ended. Make it survive a power cut first, and go: the
+            # record is durable before the task process ends, not a shipper's round later
+            # (a few ms on this path; the shipper's own fsync is a second line only).
+            cap.sync()
+        elif not cap.flush(timeout=_settings.flush_timeout()):
+            log.warning("lineage-ledger: records not shipped in time; they stay in the spool for the next open")
+    finally:
+        _late.give_up()  # last: a write still waiting for the ledger ends with the process

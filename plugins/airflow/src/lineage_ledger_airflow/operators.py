@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -62,12 +63,16 @@ class LedgerOperator(BaseOperator):
 
     :param inputs: files the task reads; relative paths are the DAG file's folder's, whatever
         the working directory of the process. They become ``file://`` inlets.
-    :param outputs: files the task writes. They become ``file://`` outlets; one that the
-        task did not produce fails it.
+    :param outputs: files the task writes (relative: the DAG file's folder's, as ``inputs``).
+        They become ``file://`` outlets; one that the task did not produce fails it.
     :param python_callable: called as ``python_callable(*op_args, **op_kwargs)``; its
         return value is the task's XCom.
-    :param bash_command: run with ``bash -c`` (templated) in ``cwd``, by default the DAG
-        file's folder; a non-zero exit fails the task.
+    :param bash_command: run with ``bash -c`` (templated: ``{{ task.inputs[0] }}`` and
+        ``{{ task.outputs[0] }}`` are the absolute paths); a non-zero exit fails the task.
+    :param cwd: where ``bash_command`` runs (relative: the DAG file's folder's, so ``"."`` is
+        that folder). By default a new temporary directory, removed afterwards, as Airflow's
+        ``BashOperator`` does: the DAG folder may be read-only (a git DAG bundle's checkout),
+        and a command's scratch files do not belong there.
     :param policy: ``warn``, ``strict`` or ``rerun``; default ``[lineage_ledger] policy``.
         ``rerun`` runs the task on the changed inputs and records them as such: Airflow
         gives a running task no way to rerun its upstream producers (``airflow tasks clear
@@ -103,7 +108,11 @@ class LedgerOperator(BaseOperator):
         # each task process have their own, and the scheduler's is often "/".
         folder = dag_folder(kwargs.get("dag"), kwargs.get("task_group"))
         self.inputs = [_in_folder(p, folder, "inputs") for p in inputs]
-        self.outputs = [_in_folder(p, folder, "outputs") for p in outputs]
+        given = [os.fspath(p) for p in outputs]
+        self.outputs = [_in_folder(p, folder, "outputs") for p in given]
+        #: The outputs given as relative paths, by absolute path (a failure to produce one names both).
+        self.relative_outputs = {path: name for path, name in zip(self.outputs, given, strict=True)
+                                 if not os.path.isabs(name)}
         kwargs["inlets"] = [*(Asset(uri=file_uri(p)) for p in self.inputs), *(kwargs.get("inlets") or [])]
         kwargs["outlets"] = [*(Asset(uri=file_uri(p)) for p in self.outputs), *(kwargs.get("outlets") or [])]
         super().__init__(**kwargs)
@@ -112,8 +121,12 @@ class LedgerOperator(BaseOperator):
         self.op_args = list(op_args or [])
         self.op_kwargs = dict(op_kwargs or {})
         self.env = dict(env) if env is not None else None
-        #: Where ``bash_command`` runs: the DAG file's folder unless told (relative to it).
-        self.cwd = _in_folder(cwd, folder, "cwd") if cwd is not None else folder
+        #: Where ``bash_command`` runs: a temporary directory of its own unless told (a
+        #: relative ``cwd`` is the DAG file's folder's).
+        self.cwd = _in_folder(cwd, folder, "cwd") if cwd is not None else None
+        #: Declared outputs that the command wrote under their relative names in its
+        #: temporary working directory instead (found before it is removed).
+        self._written_in_temp: list[str] = []
         self.policy = policy
         # Digests of this try, for the OpenLineage hooks that run after execute().
         self._input_digests: dict[str, dict[str, Any] | None] = {}
@@ -130,21 +143,45 @@ class LedgerOperator(BaseOperator):
             return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
     def _run_command(self) -> None:
+        if self.cwd is not None:
+            self._run_in(self.cwd)
+            return
+        with tempfile.TemporaryDirectory(prefix="lineage-ledger-task-") as scratch:
+            try:
+                self._run_in(scratch)
+            finally:
+                self._written_in_temp = [path for path, relative in self.relative_outputs.items()
+                                         if not os.path.lexists(path)
+                                         and os.path.lexists(os.path.join(scratch, relative))]
+
+    def _run_in(self, cwd: str) -> None:
         env = {**os.environ, **(self.env or {})}
-        log.info("Running: %s", self.bash_command)
-        result = subprocess.run(["bash", "-c", self.bash_command], cwd=self.cwd, env=env,  # type: ignore[list-item]
+        log.info("Running in %s: %s", cwd, self.bash_command)
+        result = subprocess.run(["bash", "-c", self.bash_command], cwd=cwd, env=env,  # type: ignore[list-item]
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         for line in result.stdout.splitlines():
             log.info("%s", line)
         if result.returncode != 0:
             raise AirflowException(f"command exited with status {result.returncode}: {self.bash_command}")
 
+    def _not_produced(self, missing: list[str]) -> AirflowException:
+        """The error for declared outputs the task did not produce, saying where a command
+        wrote one under its relative name instead."""
+        message = f"declared outputs not produced: {', '.join(missing)}"
+        if stray := [p for p in missing if p in self._written_in_temp]:
+            names = ", ".join(repr(self.relative_outputs[p]) for p in stray)
+            message += (f". The command wrote {names} in its own temporary working directory, removed now: a "
+                        "relative output is the DAG file's folder's, the command's working directory is not. "
+                        "Write to '{{ task.outputs[N] }}' (the absolute path), or pass cwd='.' to run the "
+                        "command in the DAG's folder (which must then be writable)")
+        return AirflowException(message)
+
     def execute(self, context: Any) -> Any:
         ti = context["ti"]
         if not _settings.enabled():  # the ledger is switched off: run the task, nothing else
             result = self._run()
             if missing := [p for p in self.outputs if not os.path.exists(p)]:
-                raise AirflowException(f"declared outputs not produced: {', '.join(missing)}")
+                raise self._not_produced(missing)
             return result
         details = _tries.details_for(ti)
         details.code = code_digest(self._code())
@@ -196,7 +233,7 @@ class LedgerOperator(BaseOperator):
             extra = context["outlet_events"][Asset(uri=file_uri(path))].extra
             extra.update({"blake3": entry["blake3"], "size": entry["size"], "ledger": "lineage-ledger"})
         if missing:
-            raise AirflowException(f"declared outputs not produced: {', '.join(missing)}")
+            raise self._not_produced(missing)
 
     # -- OpenLineage (called by its provider's DefaultExtractor when it is installed) ----
     def _lineage(self, outputs: bool) -> Any:
