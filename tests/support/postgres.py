@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PostgresServer", "find_server_binaries", "own_server", "server_pids", "signal_server", "stopped"]
+__all__ = ["PostgresServer", "crash", "find_server_binaries", "own_server", "restart", "server_pids", "signal_server",
+           "stopped"]
 
 
 def find_server_binaries() -> str | None:
@@ -169,7 +170,8 @@ def own_server() -> Iterator[PostgresServer]:
         pytest.skip("no PostgreSQL server binary (initdb) on this machine")
     server = PostgresServer(bindir).start()
     yield server
-    signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
+    if server._postmaster_pid() is not None and server.process is not None:
+        signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
     server.cleanup()
 
 
@@ -195,3 +197,42 @@ def stopped(server: PostgresServer) -> Iterator[None]:
         yield
     finally:
         signal_server(server, signal.SIGCONT)
+
+
+# -- a server that goes away and comes back, for the deployment tests ------------------------
+def crash(server: PostgresServer, *, how: str) -> None:
+    """Take ``server`` down as a deployment loses it, and wait until its postmaster is gone.
+
+    ``how``: ``"kill"``, SIGKILL to the postmaster alone (the OOM killer's choice; the
+    backends it leaves notice and end on their own); ``"kill-all"``, SIGKILL to the
+    postmaster and every backend (the machine's power cut, as the clients see it); ``"fast"``,
+    a fast shutdown (SIGINT: ``pg_ctl stop -m fast``, what a package upgrade or a reboot does:
+    sessions are ended, in-flight transactions rolled back)."""
+    if how not in ("kill", "kill-all", "fast"):
+        raise ValueError(how)
+    pids = server_pids(server)
+    targets = pids if how == "kill-all" else pids[:1]
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT if how == "fast" else signal.SIGKILL)
+    if server.process is not None:
+        server.process.wait(timeout=60)
+        server.process = None
+
+
+def restart(server: PostgresServer, timeout: float = 60.0) -> PostgresServer:
+    """Start ``server`` again on its data and port after :func:`crash`. After a SIGKILL the
+    postmaster's orphaned backends still hold its shared memory for a moment, and it refuses
+    to start ("pre-existing shared memory block is still in use"): tried again until
+    ``timeout``; crash recovery (the WAL replayed) is part of the start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return server.start()
+        except RuntimeError:
+            if server.process is not None:
+                server.process.wait(timeout=30)
+                server.process = None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
