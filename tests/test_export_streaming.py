@@ -70,10 +70,13 @@ def test_streamed_prov_is_what_prov_serializes(ledger, tmp_path, monkeypatch):
     import lineage_ledger.exports._prov as prov_module
 
     monkeypatch.setattr(prov_module, "_PAGE", 2)  # PROV-N: pages of two tasks or versions
-    # And a user and a host whose agent ids escape ('/', '@', ' ', '_', ':', non-ASCII, a final '.').
-    escaped = _record(5, inputs={"/out/c.txt": _art("c")},
-                      environment={"user": "bo/ops@lab_1 x:y.", "host": "gpu-2.\u00e9."})
-    ledger.append_records([r.stored() for r in [*_varied(), escaped]], block_size=2)
+    # And a user and a host whose agent ids escape ('/', '@', ' ', '_', ':', non-ASCII, a final '.'),
+    # an extra map (ll:extra), and text XML cannot carry in a task name, a user, a path and extra.
+    escaped = _record(5, inputs={"/out/c.txt": _art("c"), "/out/ctl\x01.txt": _art("ctl")},
+                      environment={"user": "bo/ops@lab_1 x:y.", "host": "gpu-2.\u00e9."},
+                      extra={"argv": ["sh", "-c", "x\x02"], "returncode": None, "note": "\u00e9"})
+    odd = _record(6, task_name="st\x0bep", environment={"user": "bob\x01ops"}, outputs={"/out/e.txt": _art("e")})
+    ledger.append_records([r.stored() for r in [*_varied(), escaped, odd]], block_size=2)
     for targets, run in (((), "r"), (("/out/a.txt",), None), (("/out/a.txt",), "r")):
         with select(ledger, targets, run) as selection:
             contains = members(ledger, selection)
@@ -88,6 +91,10 @@ def test_streamed_prov_is_what_prov_serializes(ledger, tmp_path, monkeypatch):
             assert '"ll:alias": [' in written and "xsd:long" in written and '"actedOnBehalfOf"' in written
             assert '"agent:user-bo_2Fops_40lab_5F1_20x_3Ay_2E": {' in written
             assert '"agent:host-gpu-2._C3_A9_2E": {' in written
+            extras = [json.loads(activity["ll:extra"]) for activity in json.loads(written)["activity"].values()
+                      if "ll:extra" in activity]
+            assert extras == [{"argv": ["sh", "-c", "x\x02"], "returncode": None, "note": "\u00e9"}]  # exactly
+            assert '"prov:label": "bob\\\\x01ops"' in written and "/out/ctl\\\\x01.txt" in written
 
 
 def test_openlineage_events_come_runs_first_then_tasks(ledger, tmp_path):
@@ -213,10 +220,12 @@ def test_a_file_every_task_reads_is_one_example_of_each_parameter(ledger, tmp_pa
 # BLAKE3 of ro-crate-metadata.json as rocrate's whole crate wrote it (5dac635, rocrate 0.16)
 # for _varied's records, the clock stopped at FROZEN: the streamed crate must be that text.
 FROZEN = datetime(2026, 12, 5, 15, 0, 0, 123456, tzinfo=timezone.utc)
+# The context's ledgerExtra term is new since these were rocrate's own text: each text less its
+# two lines naming the term hashed to the digest pinned before (b1e8844c..., 93cb3a23..., f0511a24...).
 CRATES = {
-    ((), "r"): "b1e8844c969d7c52e86a5f7128095cce3c76f5ced5d2953f9d004591883e56af",
-    (("/out/a.txt",), None): "93cb3a230fb74a2c728d87e92ce9eb7baca8a41790ce673005b83c3cd33229a6",
-    (("/out/a.txt", "/out/c.txt"), None): "f0511a24f4b80eb8435d34b043bdcd3c57bdd5695a7602ed43a266155df6692f",
+    ((), "r"): "26a1f0cfff7aa06809e246a65f61e9d5ea734f98d3fc8e06ede51fe195436f78",
+    (("/out/a.txt",), None): "b9615482e78f8b55959e51a5a6fe2ac15fc0a0997033224b1930ecaceadb4c95",
+    (("/out/a.txt", "/out/c.txt"), None): "422484e215311d1ce21d2c0cf6cb37976b6cc4eab9cc946942ee52458d19e9cf",
 }
 
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from .._ledger.ledger import LedgerRecord
 from ._crate_copy import Places, copy_version, slug
 from ._crate_graph import CrateGraph
-from ._names import display_path, file_key
+from ._names import display_path, extra_text, file_key
 from ._select import FileVersion, RunSummary, Selection, artifacts
 
 __all__ = ["CHECKPOINT", "CRATE_DIR", "PROFILES", "PROOFS", "TERMS", "WORKFLOW", "CrateBuilder", "iso"]
@@ -31,7 +31,7 @@ CHECKPOINT = f"{CRATE_DIR}/checkpoint.txt"
 WORKFLOW = f"{CRATE_DIR}/workflow.json"
 VOCAB = "https://lineage-ledger.invalid/ns#"  # a vocabulary name, never fetched
 TERMS = {"blake3": f"{VOCAB}blake3", "ledgerPath": f"{VOCAB}ledgerPath", "treeSize": f"{VOCAB}treeSize",
-         "leafIndex": f"{VOCAB}leafIndex"}
+         "leafIndex": f"{VOCAB}leafIndex", "ledgerExtra": f"{VOCAB}ledgerExtra"}
 PROFILES = [
     "https://w3id.org/ro/wfrun/process/0.5",
     "https://w3id.org/ro/wfrun/workflow/0.5",
@@ -182,6 +182,8 @@ class CrateBuilder:
         }
         if record.status == "failed":
             props["error"] = f"the task failed (attempt {record.attempt})"
+        if record.extra:  # the record's own map, exactly: verify-lineage --crate compares it
+            props["ledgerExtra"] = extra_text(record.extra)
         user = record.environment.get("user")
         if isinstance(user, str) and user:
             props["agent"] = _ref(self._person(user))

@@ -9,7 +9,8 @@ crate's own claims about itself):
 2. each record file hashes (BLAKE3) to the id ``proofs.json`` gives it, is a canonical
    record, and its inclusion proof leads from its leaf to the checkpoint's root;
 3. each task ``CreateAction`` names a proved record and says what the record says: the
-   files it used and made (path, BLAKE3 digest, size), its times and status;
+   files it used and made (path, BLAKE3 digest, size), its times and status, and its
+   ``ledgerExtra`` where it has one (the record's ``extra`` map as JSON text);
 4. each ``File`` whose bytes are in the crate hashes to the digest it is described with
    (which step 3 tied to a proved record), and each ``Dataset`` (a directory artifact) in
    the crate to its manifest digest, as the core hashes a directory (docs/directories.md);
@@ -23,6 +24,7 @@ is no checkpoint).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -270,6 +272,18 @@ def _check_actions(entities: CrateStore, proved: CrateStore, report: CrateReport
         status = str(entity.get("actionStatus", ""))
         if status.endswith("FailedActionStatus") != (record.status == "failed"):
             report.failures.append(f"{what}: its status differs from the proved record ({record.status})")
+        if "ledgerExtra" in entity and not _same_extra(entity["ledgerExtra"], record.extra):
+            report.failures.append(f"{what}: its extra differs from the proved record {record_id[:16]}")
+
+
+def _same_extra(text: Any, extra: Any) -> bool:
+    """Whether an action's ``ledgerExtra`` is the JSON text of the record's ``extra`` map (a
+    crate exported before it was carried has none, which claims nothing)."""
+    try:
+        claimed = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return False
+    return isinstance(claimed, dict) and json.dumps(claimed, sort_keys=True) == json.dumps(extra, sort_keys=True)
 
 
 def _show(entry: tuple[str, int] | None) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -32,7 +31,7 @@ from .._errors import ConfigError
 from .._ledger.ledger import Ledger
 from ._graph_dot import COLOURS, dot_id, dot_node, graph_title
 from ._layout import NODE_HEIGHT, NODE_WIDTH, layout
-from ._names import display_path, file_key
+from ._names import display_path, file_key, xml_text
 from ._output import open_output
 from ._select import Selection, artifacts, file_statuses, members
 
@@ -263,16 +262,11 @@ def render_dot(model: GraphModel) -> str:
     return "\n".join(lines) + "\n"
 
 
-# What XML 1.0 does not allow in a document: C0 controls but tab, newline and carriage return,
-# and the surrogates a name that is not UTF-8 would bring (the ledger refuses those today).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
 def _xml(text: str) -> str:
-    """``text`` escaped for SVG; a character XML cannot carry shown as ``\\xNN`` (a file
-    named with one would otherwise leave the whole picture not well-formed)."""
-    return html.escape(_NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                                    else f"\\u{ord(m.group()):04x}", text))
+    """``text`` escaped for SVG; a character XML cannot carry shown as ``\\xNN``
+    (:func:`._names.xml_text`: a file named with one would otherwise leave the whole picture
+    not well-formed)."""
+    return html.escape(xml_text(text))
 
 
 def write_graph(model: GraphModel, path: str, fmt: str, *, group: str = "auto") -> None:

@@ -7,8 +7,9 @@ files). Every dataset carries the standard ``version`` facet (the BLAKE3 digest)
 custom ``lineageLedger_blake3`` facet (digest, size and the record that saw it), whose
 JSON schema is ``schemas/blake3-facet.json``. Tasks point at their workflow run through
 the ``parent`` run facet; the workflow run has its own START and COMPLETE/FAIL events. The
-custom ``lineageLedger_run`` run facet names the ledger's record (task id, attempt, status)
-of a task, or the ledger's run id of a workflow run (``schemas/run-facet.json``).
+custom ``lineageLedger_run`` run facet names the ledger's record (task id, attempt, status,
+and the record's ``extra`` map as JSON text) of a task, or the ledger's run id of a workflow
+run (``schemas/run-facet.json``).
 
 A directory artifact is one dataset (its digest is the manifest's, docs/directories.md) with
 the standard ``datasetType`` facet ``DIRECTORY``; a path through a symbolic link that names
@@ -32,6 +33,7 @@ from .._canonical import format_time
 from .._errors import ConfigError
 from .._ledger.identity import redact
 from . import require
+from ._names import extra_text
 from ._output import open_output
 from ._select import Selection, aliases_in, artifacts
 
@@ -113,7 +115,8 @@ def events_for(selection: Selection, namespace: str) -> Iterator[Any]:
                 version=str(record.environment.get(f"{record.engine}_version", "unknown")), name=record.engine,
                 producer=PRODUCER),
             RUN_FACET: _run_facet(base, {"record": entry.id, "task_id": record.task_id,
-                                                   "attempt": record.attempt, "status": record.status}),
+                                         "attempt": record.attempt, "status": record.status,
+                                         "extra": extra_text(record.extra) if record.extra else None}),
         }
         def dataset_facets(path: str, art: Any, given: dict[str, list[str]], record_id: str = entry.id) -> dict:
             found: dict[str, Any] = {
@@ -172,6 +175,7 @@ def run_facet_class() -> type:
         task_id: str | None = None
         attempt: int | None = None
         status: str | None = None
+        extra: str | None = None  # the record's extra map as JSON text (._names.extra_text)
 
         @staticmethod
         def _get_schema() -> str:

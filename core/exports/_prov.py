@@ -8,6 +8,11 @@ that ran it (a software agent acting for the user).
 A directory artifact is one entity of types ``ll:DirectoryVersion`` and ``prov:Collection``
 (its BLAKE3 is the manifest digest, docs/directories.md); paths through symbolic links that
 name the same version are its ``ll:alias`` attributes, not entities of their own.
+
+Every text value is one XML can carry (``prov``'s PROV-XML writer refuses a control character,
+and a name may hold one): such a character is written ``\\xNN`` (:func:`._names.xml_text`);
+the ids keep the exact text (an agent's id decodes to the exact name, a file's has a digest of
+the exact path, a task's is the record's id).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import require
-from ._names import PROV_NAMESPACE, task_label
+from ._names import PROV_NAMESPACE, extra_text, task_label, xml_text
 from ._names import prov_attribute as _attribute
 from ._output import open_output
 from ._prov_ids import PREFIXES, agent_id, file_id, task_id
@@ -60,8 +65,8 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
     pages = _Pages(page)
     head = selection.head
     type_of = pages.doc.valid_qualified_name  # a prov:type is a qualified name, never the string "prov:Person"
-    pages.doc.entity("tree:head", {"prov:type": type_of("ll:TreeHead"), "ll:origin": head.origin, "ll:size": head.size,
-                                   "ll:root": head.root})
+    pages.doc.entity("tree:head", {"prov:type": type_of("ll:TreeHead"), "ll:origin": _safe(head.origin),
+                                   "ll:size": head.size, "ll:root": head.root})
     for path, digest, size, is_dir, aliases in selection.index().versions():
         described: list[tuple[str, Any]] = [
             ("prov:label", path), ("ll:path", path), ("ll:blake3", digest), ("ll:size", size)]
@@ -70,7 +75,7 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
         else:
             described.append(("prov:type", type_of("ll:FileVersion")))
         described += [("ll:alias", alias) for alias in aliases]
-        pages.doc.entity(file_id(path, digest), described)
+        pages.doc.entity(file_id(path, digest), [(key, _safe(value)) for key, value in described])
         yield from pages.next()
     for member, directory in (contains or {}).items():
         pages.doc.hadMember(file_id(*directory), file_id(*member))
@@ -80,7 +85,7 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
         ident = agent_id(kind, name)
         if ident not in agents:
             agents.add(ident)
-            pages.doc.agent(ident, {"prov:label": name, "prov:type": type_of(prov_type)})
+            pages.doc.agent(ident, {"prov:label": _safe(name), "prov:type": type_of(prov_type)})
         return ident
 
     for entry in selection.records():
@@ -95,7 +100,10 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
             attributes["ll:code_digest"] = record.code_digest
         if record.parameters:
             attributes["ll:parameters"] = _attribute(record.parameters)
-        activity = doc.activity(task_id(entry.id), record.started, record.ended, attributes)
+        if record.extra:  # what the engine or plugin recorded beside (a command line, an error)
+            attributes["ll:extra"] = extra_text(record.extra)
+        activity = doc.activity(task_id(entry.id), record.started, record.ended,
+                                {key: _safe(value) for key, value in attributes.items()})
         engine = agent("engine", record.engine, "prov:SoftwareAgent")
         doc.wasAssociatedWith(activity, engine)
         user_name = record.environment.get("user")
@@ -116,6 +124,11 @@ def prov_pages(selection: Selection, contains: dict[tuple[str, str], tuple[str, 
                 doc.wasDerivedFrom(output, used, activity)
         yield from pages.next()
     yield pages.doc
+
+
+def _safe(value: Any) -> Any:
+    """A text value as PROV-XML can carry it (:func:`._names.xml_text`); others as they are."""
+    return xml_text(value) if isinstance(value, str) else value
 
 
 def prov_document(selection: Selection, contains: dict[tuple[str, str], tuple[str, str]] | None = None) -> Any:

@@ -24,8 +24,8 @@ from json.encoder import encode_basestring_ascii as _string  # what json.dumps u
 from typing import IO, Any
 
 from ._names import PROV_NAMESPACE as NAMESPACE
+from ._names import extra_text, task_label, xml_text
 from ._names import prov_attribute as _attribute
-from ._names import task_label
 from ._output import open_output
 from ._prov_ids import PREFIXES as _ID_PREFIXES
 from ._prov_ids import agent_id, file_id, task_id
@@ -67,9 +67,10 @@ def _time(moment: datetime.datetime) -> str:
 def _text(value: Any, depth: int) -> str:
     """``value`` as ``json.dumps(value, indent=2)`` writes it at nesting ``depth``; that
     pure-Python encoder (used whenever an indent is asked) was most of the export's time.
-    Strings go through the C encoder, as ``json.dumps`` without indent does."""
+    Strings go through the C encoder, as ``json.dumps`` without indent does, each character
+    XML cannot carry first made ``\\xNN`` (:func:`._names.xml_text`), as :mod:`._prov` does."""
     if isinstance(value, str):
-        return _string(value)
+        return _string(xml_text(value))
     if isinstance(value, dict) and value:
         inner = "\n" + _INDENT * (depth + 1)
         items = (f"{_string(key)}: {_text(item, depth + 1)}" for key, item in value.items())
@@ -108,6 +109,8 @@ def _task_statements(entry: Any, agents: dict[str, dict[str, Any]]) -> Iterator[
         attributes["ll:code_digest"] = record.code_digest
     if record.parameters:
         attributes["ll:parameters"] = _typed(_attribute(record.parameters))
+    if record.extra:
+        attributes["ll:extra"] = extra_text(record.extra)
     yield "activity", activity_id, attributes
 
     def agent(kind: str, name: str, prov_type: str) -> Iterator[tuple[str, str | None, dict]]:
