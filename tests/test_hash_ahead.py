@@ -8,35 +8,22 @@ import json
 import os
 import shutil
 import signal
-from datetime import datetime, timezone
 
 import pytest
 
-from lineage_ledger import Hasher, Record, open_ledger
+from lineage_ledger import open_ledger
 from lineage_ledger._files import hash_ahead as hash_ahead_module
 from lineage_ledger._files.hash_ahead import HashAhead
 from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._verification.verify import verify_lineage
 from tests.conftest import run_cli
+from tests.support.derived import results_from_one_source
 
 N = 1_200  # past hash_ahead's threshold, so a window of them is hashed by the child
 
 
 def _build(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    for i in range(N):
-        (out / f"sample-{i:05d}.vcf").write_text(f"##fileformat=VCFv4.2\n#{i}\n")
-    source = tmp_path / "reads.fq"
-    source.write_text("@r1\nACGT\n+\nIIII\n")
-    files = Hasher().hash_many([str(p) for p in sorted(out.iterdir())] + [str(source)])
-    now = datetime.now(timezone.utc)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "state")) as ledger:
-        ledger.append_records([
-            Record(engine="test", run_id="r", task_id=f"call{i}", task_name="call", status="succeeded",
-                   started=now, ended=now, inputs=files[-1:], outputs=[f]).stored()
-            for i, f in enumerate(files[:-1])])
+    url, out, _source = results_from_one_source(tmp_path, N)
     return url, out
 
 

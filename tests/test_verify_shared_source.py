@@ -12,35 +12,18 @@ trees each showed the edited source, and the failing ones past the first went un
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
-from lineage_ledger import Hasher, Record, open_ledger
 from lineage_ledger._verification.report import SHOWN
 from tests.conftest import run_cli
+from tests.support.derived import results_from_one_source
 
 N = SHOWN + 150
 
 
-def _build(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    for i in range(N):
-        (out / f"part-{i:05d}.txt").write_text(f"part {i}\n")
-    source = tmp_path / "reference.fa"
-    source.write_text(">chr1\nACGT\n")
-    files = Hasher().hash_many([str(p) for p in sorted(out.iterdir())] + [str(source)])
-    now = datetime.now(timezone.utc)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "state")) as ledger:
-        ledger.append_records([
-            Record(engine="test", run_id="r", task_id=f"t{i}", task_name="call", status="succeeded",
-                   started=now, ended=now, inputs=files[-1:], outputs=[f]).stored()
-            for i, f in enumerate(files[:-1])])
-    return url, out, source
-
-
 def test_every_file_derived_from_an_edited_source_counts_as_failing(tmp_path):
-    url, out, source = _build(tmp_path)
+    url, out, source = results_from_one_source(
+        tmp_path, N, results="out", file_name="part-{:05d}.txt", file_text="part {}\n",
+        source="reference.fa", source_text=">chr1\nACGT\n")
     env = {"LINEAGE_STATE_DIR": str(tmp_path / "state")}
     before = run_cli("--ledger", url, "--json", out, cwd=tmp_path, env=env, program="verify-lineage", check_rc=0)
     assert json.loads(before.stdout)["ok"] is True
