@@ -28,7 +28,7 @@ def _build(tmp_path):
 
 
 def _tamper(out):
-    (out / "sample-00010.vcf").write_text("##fileformat=VCFv4.2\n#X\n")  # same size, edited
+    (out / "sample-00010.vcf").write_text("##fileformat=VCFv4.2\n#1X\n")  # same size, edited
     (out / "sample-00500.vcf").unlink()
     (out / "sample-00600.vcf").unlink()
     (out / "sample-00600.vcf").mkdir()  # a directory where a file was
