@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 from .._errors import VerificationError
 from .._ledger.ledger import LedgerRecord, LineageNode
 from .._log.chain import ChainSummary
+from .._not_verified import NOT_VERIFIED_KEYS
 from .checks import ArtifactCheck
 
 if TYPE_CHECKING:
     from .._log.checkpoint import Checkpoint
 
-__all__ = ["CACHED", "FAILURES_KEPT", "NOT_VERIFIED_KEYS", "SHOWN", "Absent", "Bounded", "NotVerified", "NotVerifiedFound",
+__all__ = ["CACHED", "FAILURES_KEPT", "SHOWN", "Absent", "Bounded", "NotVerified", "NotVerifiedFound",
            "Report", "TargetResult", "not_verified_in", "not_verified_marks"]
 
 SHOWN = 1_000  # an audit's targets kept with their trees, of those verified and of those failing
@@ -161,14 +162,8 @@ class Report:
             self.not_shown += 1
 
 
-# -- what a lineage's records say they did not verify ----------------------------------------
+# -- what a lineage's records say they did not verify (``.._not_verified``) -------------------
 
-#: Keys of a record's ``extra`` that say part of what its task read, or wrote, was never
-#: hashed: a Nextflow task's links out of a staged directory, not followed (what they lead to
-#: is in no record); the files a ledger that failed its own check could not vouch for (Parsl,
-#: Snakemake, Airflow, Nextflow under ``warn``). A slim lineage keeps these of its producers
-#: (``producer_summary``), so that the checks of what such a task made can say so.
-NOT_VERIFIED_KEYS = ("links_not_followed", "links_not_followed_more", "not_verified", "check_failed")
 MARKS_KEPT = 100  # records with such marks a report lists; the others are counted
 TARGETS_NAMED = 5  # targets named for each of them; the others are counted
 
