@@ -48,6 +48,8 @@ def xml_text(text: str) -> str:
     writer, and any XML reader, takes; the SVG picture shows names so too. Text without such
     a character is returned as it is. A name that held the four characters ``\\x01`` reads
     the same: the ids (a user's, a file's) and the record keep the exact text."""
+    if text.isprintable():  # most text: no control character, surrogate or noncharacter (C speed)
+        return text
     return _NOT_XML.sub(_shown, text) if _NOT_XML.search(text) else text
 
 
