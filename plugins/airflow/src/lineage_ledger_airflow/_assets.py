@@ -20,6 +20,8 @@ from lineage_ledger import normalize_path
 
 log = logging.getLogger("lineage_ledger.airflow")
 _said: set[str] = set()
+# A forked task process says it again, in its own log (the scheduler may have said it first).
+os.register_at_fork(after_in_child=_said.clear)
 
 
 def path_of(uri: str) -> str | None:

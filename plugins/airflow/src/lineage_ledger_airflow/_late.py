@@ -18,6 +18,7 @@ anonymous: it cannot tell whether it landed).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -120,7 +121,8 @@ def _say_outcome(key: tuple[str, int], write: LateWrite) -> None:
         if entry is None or entry[1] is not write:
             return  # another write of the try
         del _pending[key]
-        given_up = _given_up.pop(key, None) is not None
+        given_up = key in _given_up
+        _given_up.discard(key)
     task_id, _, unclaim = entry
     if write.error is None:
         if given_up:  # the thread got there in the moment between give_up() and the exit
@@ -135,7 +137,20 @@ def _say_outcome(key: tuple[str, int], write: LateWrite) -> None:
                   "are vouched for by no record", key[1], task_id, write.error)
 
 
-_given_up: dict[tuple[str, int], None] = {}
+#: Tries said NOT recorded as the process ends, whose write had not ended by then.
+_given_up: set[tuple[str, int]] = set()
+
+
+def _forget_in_child() -> None:
+    """A forked child (a LocalExecutor worker, its task processes) has none of its parent's
+    writes: its last hook must not say the parent's tries are lost, nor unclaim them."""
+    global _pending_lock
+    _pending_lock = threading.Lock()  # perhaps held by another thread of the parent at the fork
+    _pending.clear()
+    _given_up.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def give_up() -> None:
@@ -145,7 +160,7 @@ def give_up() -> None:
         left = [(key, entry) for key, entry in _pending.items()
                 if key not in _given_up and not entry[1].ended()]
         for key, _ in left:
-            _given_up[key] = None
+            _given_up.add(key)
     for key, (task_id, _, unclaim) in left:
         unclaim()
         log.error("lineage-ledger: try %d of %s is NOT recorded: this process ends before the ledger took it; its "
