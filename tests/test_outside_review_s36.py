@@ -18,27 +18,16 @@ import sqlite3
 import pytest
 
 from lineage_ledger import open_ledger
-from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._log.checkpoint import generate_key, parse_signer, sign_note
 from tests.conftest import run_cli
+from tests.support.chains import task_chain
 from tests.support.factories import artifact, make_record
 
 
 def _build(base, blocks=(2, 2)) -> str:
     """A ledger of a chain of tasks, ``out{i}.txt`` made from the one before, cut into
     ``blocks``; every output is on disk. Returns its path."""
-    (base / "in.txt").write_text("input")
-    previous = hash_file(str(base / "in.txt"))
-    url, i = f"sqlite:///{base}/ledger.db", 0
-    for count in blocks:
-        records = []
-        for _ in range(count):
-            (base / f"out{i}.txt").write_text(f"out {i}")
-            made = hash_file(str(base / f"out{i}.txt"))
-            records.append(make_record(i, run_id="r", inputs=[previous], outputs=[made]))
-            previous, i = made, i + 1
-        with open_ledger(url, spool=str(base / "spool"), state_dir=str(base / "build-state")) as ledger:
-            ledger.append_records([r.stored() for r in records])
+    task_chain(base, f"sqlite:///{base}/ledger.db", blocks)
     return str(base / "ledger.db")
 
 

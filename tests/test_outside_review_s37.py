@@ -19,23 +19,8 @@ import pytest
 from lineage_ledger import open_ledger
 from lineage_ledger._files.hashing import hash_file
 from tests.conftest import run_cli
+from tests.support.chains import task_chain
 from tests.support.factories import artifact, make_record
-
-
-def _chain(base, url: str, blocks=(2, 2)) -> None:
-    """``in.txt`` -> step0 -> ``out0.txt`` -> step1 -> ``out1.txt`` ... in ``blocks``, every
-    file on disk, written through ``url``."""
-    (base / "in.txt").write_text("input")
-    previous, i = hash_file(str(base / "in.txt")), 0
-    for count in blocks:
-        records = []
-        for _ in range(count):
-            (base / f"out{i}.txt").write_text(f"out {i}")
-            made = hash_file(str(base / f"out{i}.txt"))
-            records.append(make_record(i, run_id="r", inputs=[previous], outputs=[made]))
-            previous, i = made, i + 1
-        with open_ledger(url, spool=str(base / "spool"), state_dir=str(base / "build-state")) as ledger:
-            ledger.append_records([r.stored() for r in records])
 
 
 def _execute(url: str, base, statement: str, *params) -> int:
@@ -75,7 +60,7 @@ def test_depends_notices_a_deleted_reader_row_below_the_top(tmp_path, ledger_url
     Fix: for a page looked up with a digest, read the path's rows as the unpaged ``_find``
     does (the listing is by path, the digest matched on the proved records), or count the
     page by path before filtering it by digest."""
-    _chain(tmp_path, ledger_url)
+    task_chain(tmp_path, ledger_url)
     whole = run_cli("depends", "in.txt", "--ledger", ledger_url, cwd=tmp_path, check_rc=0)
     assert "out3.txt" in whole.stdout  # the intact answer reaches the end of the chain
     deleted = _execute(ledger_url, tmp_path, "DELETE FROM ll_artifacts WHERE path = ? AND role = 0",
@@ -102,7 +87,7 @@ def test_a_ledger_swapped_for_a_symlink_to_a_rewritten_copy_is_not_trusted(tmp_p
     lineage = tmp_path / ".lineage"
     lineage.mkdir()
     db = lineage / "ledger.db"
-    _chain(tmp_path, f"sqlite:///{db}", blocks=(2,))
+    task_chain(tmp_path, f"sqlite:///{db}", blocks=(2,))
     run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)  # remembered
     forged = lineage / "other.db"
     shutil.copy(db, forged)
@@ -129,7 +114,7 @@ def test_a_ledger_link_pointed_at_a_rewritten_copy_is_not_trusted(tmp_path):
     lineage.mkdir()
     store.mkdir()
     real = store / "ledger.db"
-    _chain(tmp_path, f"sqlite:///{real}", blocks=(2,))
+    task_chain(tmp_path, f"sqlite:///{real}", blocks=(2,))
     db = lineage / "ledger.db"
     os.symlink(real, db)
     run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)  # remembered
@@ -156,7 +141,7 @@ def test_a_plain_swap_of_the_ledger_file_is_caught(tmp_path):
     lineage = tmp_path / ".lineage"
     lineage.mkdir()
     db = lineage / "ledger.db"
-    _chain(tmp_path, f"sqlite:///{db}", blocks=(2,))
+    task_chain(tmp_path, f"sqlite:///{db}", blocks=(2,))
     run_cli("--ledger", db, "out1.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)
     forged = lineage / "other.db"
     shutil.copy(db, forged)
@@ -175,7 +160,7 @@ def test_log_names_a_deleted_record_row_as_missing(tmp_path, ledger_url):
     in block 1 does not hash to its id": an empty id (two spaces) and a reason that is not
     what happened. The same on SQLite and PostgreSQL. It should name the place (block 1,
     position 0: record number 2) and say the record is missing from the ledger."""
-    _chain(tmp_path, ledger_url)
+    task_chain(tmp_path, ledger_url)
     run_cli("--ledger", ledger_url, "out3.txt", cwd=tmp_path, program="verify-lineage", check_rc=0)
     assert _execute(ledger_url, tmp_path, "DELETE FROM ll_records WHERE seq = ?", 2) == 1
     result = run_cli("log", "--ledger", ledger_url, cwd=tmp_path)
