@@ -23,6 +23,7 @@ import pytest
 
 from lineage_ledger import TaskRun, open_ledger, utcnow
 from tests.support.airflow_site import airflow_installed, private_airflow_home
+from tests.support.faults import fill_disk, small_tmpfs
 
 private_airflow_home()  # the plugin's package imports Airflow: never with ~/airflow
 
@@ -33,18 +34,10 @@ HOLD = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('BEGIN 
 
 @pytest.fixture
 def full_spool(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         (mount / "spool").mkdir()
-        subprocess.run(f"head -c 4000000 /dev/zero > '{mount}/filler'", shell=True, check=False,
-                       stderr=subprocess.DEVNULL)
+        fill_disk(mount / "filler")
         yield mount / "spool"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_late_write_is_not_the_forks_and_is_said_when_it_lands_after_all(tmp_path, full_spool, caplog):

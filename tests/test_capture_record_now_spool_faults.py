@@ -11,32 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lineage_ledger import TaskCapture, TaskRun, open_ledger, utcnow
+from tests.support.faults import fill_disk, hold_write_lock, small_tmpfs
 
 
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs at ``tmp_path / "small"``, filled to the last page (root only)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         (mount / "spool").mkdir()
-        subprocess.run(f"head -c 4000000 /dev/zero > '{mount}/filler'", shell=True, check=False,
-                       stderr=subprocess.DEVNULL)
+        fill_disk(mount / "filler")
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _names(db: Path) -> list[str]:
@@ -71,14 +61,7 @@ def test_record_now_puts_what_the_full_spool_refuses_straight_into_the_ledger(tm
 def test_record_now_says_a_record_neither_takes_is_lost_within_its_wait(tmp_path, full_disk, caplog):
     url = f"sqlite:///{tmp_path}/ledger.db"
     open_ledger(url, spool=str(tmp_path / "other-spool")).close()
-    code = ("import sqlite3, sys\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ledger.db")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder = hold_write_lock(tmp_path / "ledger.db")
     capture = TaskCapture(url, engine="test", spool=str(full_disk / "spool"), ship=False)
     try:
         with caplog.at_level(logging.WARNING, logger="lineage_ledger"):
