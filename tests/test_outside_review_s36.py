@@ -22,6 +22,7 @@ from lineage_ledger._log.checkpoint import generate_key, parse_signer, sign_note
 from tests.conftest import run_cli
 from tests.support.chains import task_chain
 from tests.support.factories import artifact, make_record
+from tests.support.rollback import drop_last_block
 
 
 def _build(base, blocks=(2, 2)) -> str:
@@ -34,12 +35,7 @@ def _build(base, blocks=(2, 2)) -> str:
 def _rewrite_last_block(base, db: str) -> None:
     """A careful attacker's rewrite: the last block replaced by one of as many records, with
     ids, Merkle root and block id recomputed, so the chain verifies on its own."""
-    with sqlite3.connect(db) as conn:
-        last, first = conn.execute("SELECT height, first_seq FROM ll_blocks ORDER BY height DESC LIMIT 1").fetchone()
-        count = conn.execute("SELECT count(*) FROM ll_records WHERE seq >= ?", (first,)).fetchone()[0]
-        conn.execute("DELETE FROM ll_artifacts WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_records WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_blocks WHERE height = ?", (last,))
+    count = drop_last_block(db)
     forged = [make_record(100 + i, run_id="forged", outputs=[artifact(f"/forged/{i}", "x")]) for i in range(count)]
     with open_ledger(f"sqlite:///{db}", spool=str(base / "spool-forger"), state_dir=str(base / "forger-state")) as ledger:
         ledger.append_records([r.stored() for r in forged])

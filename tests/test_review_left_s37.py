@@ -19,6 +19,7 @@ from lineage_ledger._ledger.deferred import ship, spool_first
 from lineage_ledger._ledger.recorder import Recorder
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
+from tests.support.rollback import drop_last_block
 from tests.test_outside_review_s36 import _build, _rewrite_last_block
 
 
@@ -29,22 +30,12 @@ def _records(db: str) -> int:
     return count
 
 
-def _shrink(db: str) -> None:
-    """The ledger restored from an older copy: its last block gone."""
-    with sqlite3.connect(db) as conn:
-        last, first = conn.execute("SELECT height, first_seq FROM ll_blocks ORDER BY height DESC LIMIT 1").fetchone()
-        conn.execute("DELETE FROM ll_artifacts WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_records WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_blocks WHERE height = ?", (last,))
-    conn.close()
-
-
 def _rewritten(tmp_path, how: str) -> str:
     """A ledger this account verified (4 records), then shrunk or forked behind its back."""
     db = _build(tmp_path)
     run_cli("log", "--ledger", db, cwd=tmp_path, check_rc=0)  # the remembered head: 4 records
     if how == "shrunk":
-        _shrink(db)
+        drop_last_block(db)  # restored from an older copy
     else:
         _rewrite_last_block(tmp_path, db)
     return db

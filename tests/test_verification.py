@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from lineage_ledger import IndexTampered, LedgerError, VerificationError, open_ledger
 from tests.conftest import run_cli
 from tests.support.factories import artifact, make_record
+from tests.support.rollback import drop_last_block
 
 TABLES = {  # table -> (its columns, a key that names one row)
     "ll_meta": (("key", "value"), ("key",)),
@@ -257,11 +258,7 @@ def test_readers_refuse_a_broken_ledger(tmp_path):
 def _rewrite_last_block(db, url):
     """What a careful attacker does: replace the last block with one whose ids, Merkle root and
     block id are all recomputed, so that the chain verifies on its own."""
-    with sqlite3.connect(db) as conn:
-        last, first = conn.execute("SELECT height, first_seq FROM ll_blocks ORDER BY height DESC LIMIT 1").fetchone()
-        conn.execute("DELETE FROM ll_artifacts WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_records WHERE seq >= ?", (first,))
-        conn.execute("DELETE FROM ll_blocks WHERE height = ?", (last,))
+    drop_last_block(db)
     forged = _pipeline_records()[6:]
     forged[0] = make_record(6, run_id="run-0", inputs=[artifact("/data/ref", "ref")],
                             outputs=[artifact("/data/step-6", "forged")])
