@@ -17,21 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.recorded import one_task_recorded
 
 SINGLE_FILE_EXPORTS = [
     ("export", "prov-json"), ("export", "prov-n"), ("export", "openlineage"),
     ("graph", "html"), ("graph", "svg"), ("graph", "dot"),
 ]
-
-
-def _recorded(base: Path) -> dict[str, str]:
-    """One task (``in.txt`` -> ``out.txt``) recorded through the CLI into ``base/ledger.db``;
-    the environment that names that ledger."""
-    env = {"LINEAGE_LEDGER_URL": f"sqlite:///{base}/ledger.db"}
-    (base / "in.txt").write_text("input\n")
-    run_cli("run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", "cat in.txt > out.txt",
-            cwd=base, env=env, check_rc=0)
-    return env
 
 
 @pytest.mark.parametrize(("command", "fmt"), SINGLE_FILE_EXPORTS)
@@ -43,7 +34,7 @@ def test_an_export_never_writes_through_a_planted_link(tmp_path, command, fmt):
     ``lineage-ledger graph out.txt -o lineage.html``. Impact: the victim file was truncated
     and overwritten with the export (exit 0, nothing said). Now the export is written to a new
     private file beside PATH and renamed onto it: the link is replaced, its target untouched."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     (tmp_path / "planted").symlink_to(victim)
@@ -61,7 +52,7 @@ def test_an_export_is_as_private_as_the_ledger(tmp_path, command, fmt):
     recorded, exported with umask 022. Impact: another user of the machine reads the records
     (argv, parameters, paths) that the ledger's mode kept from them. Now every export file is
     created 0600 (the owner widens it to share it)."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     out = tmp_path / f"export.{fmt}"
     result = run_cli(command, "out.txt", "-f", fmt, "-o", out, cwd=tmp_path, env=env,
                      preexec_fn=lambda: os.umask(0o022))
@@ -78,7 +69,7 @@ def test_a_crate_is_private_and_never_written_through_a_planted_link(tmp_path):
     ``crate.zip`` with umask 022. Impact: files appear in a directory the owner never named;
     the records are readable by every local user. Now a link is refused (exit 2, nothing
     written), a new crate directory is 0700 and a zip 0600."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "crate").symlink_to(elsewhere)
@@ -157,7 +148,7 @@ def test_the_cores_checkpoint_never_writes_through_a_planted_link(tmp_path):
     ``head.checkpoint -> victim`` planted; the owner saves a checkpoint there. Impact: the
     victim file is overwritten with the note (exit 0). Fix: in ``core/_cli/trust.py``'s
     ``checkpoint``, write with ``lineage_ledger.exports._output.open_output(output)``."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     (tmp_path / "head.checkpoint").symlink_to(victim)
@@ -205,7 +196,7 @@ def test_an_export_to_a_pipe_or_device_writes_into_it(tmp_path):
     writing into one overwrites no file) and any path under /dev or /proc are written into."""
     import threading
 
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     received: list[bytes] = []
@@ -540,7 +531,7 @@ def test_an_export_to_dev_stdout_redirected_to_a_file_writes_the_file(tmp_path):
     import subprocess
     import sys
 
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     script = Path(sys.executable).parent / "lineage-ledger"
     with open(tmp_path / "lineage.dot", "wb") as out:
         done = subprocess.run([str(script), "graph", "out.txt", "-f", "dot", "-o", "/dev/stdout"], cwd=tmp_path,

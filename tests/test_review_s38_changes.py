@@ -41,6 +41,7 @@ from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._model import Record
 from tests.conftest import run_cli
 from tests.support.faults import without_root_file_powers
+from tests.support.recorded import one_task_recorded
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -124,14 +125,6 @@ def test_run_into_an_sqlite_ledger_this_user_may_not_read_exits_1(workdir):
 
 
 # -- 3. -o under /dev, in a directory anyone may write ------------------------------------------
-def _recorded(base: Path) -> dict[str, str]:
-    env = {"LINEAGE_LEDGER_URL": f"sqlite:///{base}/ledger.db"}
-    (base / "in.txt").write_text("input\n")
-    run_cli("run", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", "cat in.txt > out.txt",
-            cwd=base, env=env, check_rc=0)
-    return env
-
-
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
 def test_an_export_to_dev_shm_is_private_and_never_follows_a_link(tmp_path):
     """Bug: ``open_output`` writes into any path under /dev or /proc (for ``-o /dev/stdout``),
@@ -145,7 +138,7 @@ def test_an_export_to_dev_shm_is_private_and_never_follows_a_link(tmp_path):
     (core/exports/_output.py): only a path under /dev or /proc whose directory no one but
     root and this user may write (/dev, /dev/fd, /proc/self/fd) is written into; one in
     /dev/shm is made beside and renamed on, as anywhere else."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     name = f"/dev/shm/lineage-review-{uuid.uuid4().hex[:8]}"
@@ -166,7 +159,7 @@ def test_an_export_to_dev_shm_is_private_and_never_follows_a_link(tmp_path):
 def test_dev_null_and_a_pipe_through_dev_fd_are_still_written_into(tmp_path):
     """The side kept: ``-o /dev/null`` (a device in /dev) and ``-o /dev/fd/1`` (a pipe the
     caller holds) are written into, never replaced."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     run_cli("export", "out.txt", "-f", "prov-json", "-o", "/dev/null", cwd=tmp_path, env=env, check_rc=0)
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
     piped = run_cli("export", "out.txt", "-f", "prov-json", "-o", "/dev/fd/1", cwd=tmp_path, env=env,
@@ -205,7 +198,7 @@ def test_a_new_export_through_proc_self_cwd_is_private(tmp_path):
     commands, users and hosts). Setup: ``export -f prov-json -o /proc/self/cwd/new.json``.
     Fix (core/exports/_output.py): only a name that is there (a device, /dev/stdout, a file
     the shell redirected to) is written into; a new one is made private and renamed on."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     run_cli("export", "out.txt", "-f", "prov-json", "-o", "/proc/self/cwd/new.json", cwd=tmp_path, env=env,
             check_rc=0)
     assert stat.S_IMODE(os.stat(tmp_path / "new.json").st_mode) == 0o600
@@ -217,7 +210,7 @@ def test_an_export_that_cannot_be_written_names_the_path_given(tmp_path, where):
     directory, or lies in one that is not there, fails (exit 2) with
     "error: /abs/nodir/.lineage-export-9hiigam6.part: No such file or directory": a name
     the user never gave and cannot find. Fix (core/exports/_output.py): the error names PATH."""
-    env = _recorded(tmp_path)
+    env = one_task_recorded(tmp_path)
     (tmp_path / "adir").mkdir()
     result = run_cli("export", "out.txt", "-f", "prov-json", "-o", where, cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr
