@@ -138,3 +138,48 @@ def test_the_warning_is_said_for_a_few_tries_then_counted(run):
     assert f"{TRIES - WARNED} more task try(s)" in counted and "links_not_followed" in counted, counted
     uses = [r for r in run.records if r["task_name"] == "USE"]
     assert len(uses) == TRIES and all(len(r["extra"]["links_not_followed"]) == 2 for r in uses)
+
+
+def _node(path: str, task: str | None = None, parents: list | None = None, **extra: Any):
+    """A lineage node as the ledger builds it; ``task``: its producer's record (``extra`` its marks)."""
+    from datetime import datetime, timezone
+
+    from lineage_ledger import Record
+    from lineage_ledger._ledger.lineage import LedgerRecord, LineageNode
+
+    if task is None:
+        return LineageNode(path, "0" * 64, "source", None, parents or [])
+    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    record = Record(engine="nextflow", run_id="r", task_id=task, task_name=task, status="succeeded", started=when,
+                    ended=when, inputs={}, outputs={}, extra=extra)
+    return LineageNode(path, "0" * 64, "produced", LedgerRecord(f"{task:0>64}", record, 0, 0), parents or [])
+
+
+def test_the_records_found_in_many_trees_are_bounded_and_shared():
+    """Without Nextflow: the walk that finds marked records in a report's trees names each
+    record once with the targets (the first 5) whose lineage holds it, lists at most 100
+    records and counts the others, finds one far down a chain 5,000 deep, and ends on a node
+    that is its own ancestor."""
+    from lineage_ledger._verification.report import MARKS_KEPT, TARGETS_NAMED, not_verified_in
+
+    links = {"/w/outdir/refs": "/refs"}
+    marked = _node("/w/used.txt", "USE", [_node("/w/outdir/made.txt", "MAKE")], links_not_followed=links)
+    targets = [(f"/r/{i}", _node(f"/r/{i}", f"P{i}", [marked])) for i in range(TARGETS_NAMED + 2)]
+    plain = ("/r/plain", _node("/r/plain", "PLAIN", [_node("/src")]))
+    chain = marked
+    for i in range(5000):
+        chain = _node(f"/c/{i}", f"C{i}", [chain])
+    looped = _node("/loop", "LOOP", [])
+    looped.parents.append(looped)
+    found = not_verified_in([*targets, plain, ("/c", chain), ("/loop", looped), ("/none", None)])
+    (note,) = found.records
+    assert note.entry.record.task_name == "USE" and note.marks == {"links_not_followed": links}
+    assert note.targets == [path for path, _ in targets[:TARGETS_NAMED]] and note.more_targets == 3
+    assert found.by_target["/r/plain"] == [] and found.by_target["/loop"] == [] and found.by_target["/none"] == []
+    assert found.by_target["/c"] == [note.entry.id] and found.more == 0
+
+    many = _node("/sum", "SUM", [_node(f"/p/{i}", f"M{i:04d}", not_verified=[f"/p/{i}"]) for i in range(MARKS_KEPT + 50)])
+    wide = not_verified_in([("/sum", many)])
+    assert len(wide.records) == MARKS_KEPT and wide.more == 50
+    assert wide.by_target["/sum"] == sorted(r.entry.id for r in wide.records)
+    assert [r.entry.record.task_name for r in wide.records] == [f"M{i:04d}" for i in range(MARKS_KEPT)]
