@@ -6,12 +6,69 @@ import functools
 import getpass
 import os
 import platform
+import re
 import socket
 import stat
 import sys
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-__all__ = ["checked_makedirs", "current_environment", "others_control", "state_root"]
+__all__ = ["ESCAPED", "checked_makedirs", "current_environment", "escape_fields", "escaped_text", "not_utf8",
+           "others_control", "state_root"]
+
+#: The key, in a record's ``environment`` or ``extra``, that names the fields written in the
+#: escape of :func:`escaped_text` (sorted): their text came from the OS and was not UTF-8.
+ESCAPED = "escaped"
+
+# A backslash, and a lone surrogate: what Python makes of a byte that is not UTF-8 in a name
+# the OS gives (surrogateescape: the byte 0xNN is U+DCNN), or of another source's broken text.
+_TO_ESCAPE = re.compile("[\\\\\ud800-\udfff]")
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code == 0x5C:
+        return "\\\\"
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def not_utf8(text: str) -> bool:
+    """Whether ``text`` holds what UTF-8 cannot carry: a lone surrogate, as a name that is not
+    UTF-8 gives (``surrogateescape``). Such text has no canonical bytes."""
+    if text.isascii():  # most text: at C speed
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def escaped_text(text: str) -> str:
+    """``text``, which came from the OS and is not UTF-8, as a record keeps it: each byte
+    that is not UTF-8 written ``\\xNN`` (two lowercase hex digits), each backslash ``\\\\``
+    (so that the escape is lossless), a lone surrogate no byte gives ``\\uNNNN``; every other
+    character as it is. Deterministic: the same bytes, the same text (docs/guide.md)."""
+    return _TO_ESCAPE.sub(_escape_one, text)
+
+
+def escape_fields(values: MutableMapping[str, Any], names: Iterable[str]) -> list[str]:
+    """Write the fields ``names`` of ``values`` (a string, or a list of strings as a command
+    line) that hold text that is not UTF-8 in the escape of :func:`escaped_text`, in place: a
+    list is escaped whole, each of its strings. Returns the names escaped, sorted; the caller
+    keeps them under :data:`ESCAPED`, so that a reader knows which text to read back to bytes.
+    Text that is UTF-8 is left exactly as it is (and a record of it, as it was)."""
+    done = []
+    for name in names:
+        value = values.get(name)
+        if isinstance(value, str):
+            if not_utf8(value):
+                values[name] = escaped_text(value)
+                done.append(name)
+        elif isinstance(value, list) and any(isinstance(v, str) and not_utf8(v) for v in value):
+            values[name] = [escaped_text(v) if isinstance(v, str) else v for v in value]
+            done.append(name)
+    return sorted(done)
 
 
 def _container() -> str | None:
@@ -46,13 +103,26 @@ def _static() -> dict[str, Any]:
     container = _container()
     if container:
         environment["container"] = container
+    # Names from the OS are bytes: a user, host or prefix that is not UTF-8 is kept escaped,
+    # never refused (the task it describes has run by the time its record is made).
+    escaped = escape_fields(environment, list(environment))
+    if escaped:
+        environment[ESCAPED] = escaped
     return environment
 
 
 def current_environment(**extra: Any) -> dict[str, Any]:
-    """The environment of this process, plus engine-specific entries."""
+    """The environment of this process, plus engine-specific entries (a task's conda env or
+    container); text that is not UTF-8 in either is escaped (:func:`escape_fields`)."""
     environment = dict(_static())
-    environment.update({k: v for k, v in extra.items() if v is not None})
+    given = {k: v for k, v in extra.items() if v is not None and k != ESCAPED}
+    escaped = escape_fields(given, list(given))
+    # An engine's entry that takes the place of an escaped one of this process is its own.
+    names = sorted({*escaped, *(n for n in environment.get(ESCAPED, ()) if n not in given)})
+    environment.update(given)
+    environment.pop(ESCAPED, None)
+    if names:
+        environment[ESCAPED] = names
     return environment
 
 

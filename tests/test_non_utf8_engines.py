@@ -27,7 +27,6 @@ def _records(cwd, ledger) -> list[dict]:
     return [json.loads(line) for line in shown.stdout.splitlines()]
 
 
-@pytest.mark.xfail(strict=True, reason="a user name that is not UTF-8 loses every record of the run")
 def test_snakemake_records_a_job_run_by_a_user_whose_name_is_not_utf8(tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
@@ -41,7 +40,6 @@ def test_snakemake_records_a_job_run_by_a_user_whose_name_is_not_utf8(tmp_path):
     assert record["environment"]["escaped"] == ["user"]
 
 
-@pytest.mark.xfail(strict=True, reason="a user name that is not UTF-8 loses every record of the run")
 def test_parsl_records_the_tasks_of_a_user_whose_name_is_not_utf8(tmp_path):
     pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}

@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from .._canonical import canonical_bytes, utcnow
+from .._environment import escape_fields, not_utf8
 from .._errors import ConfigError, NoLedger, SpoolError, VerificationError
 from .._files.hashing import Hasher, StatCache, hash_file, normalize_path, walk_files
 from .._ledger.ledger import open_ledger
@@ -37,7 +38,10 @@ def _code_digest(command: tuple[str, ...], declared: set[str]) -> str:
     for arg in command:
         if os.path.isfile(arg) and normalize_path(arg) not in declared:
             scripts[normalize_path(arg)] = hash_file(arg).blake3
-    return digest_hex(canonical_bytes({"argv": list(command), "files": scripts}))
+    # The command line as the record keeps it (escaped where it is not UTF-8: see run.py).
+    line = {"argv": list(command)}
+    escape_fields(line, ("argv",))
+    return digest_hex(canonical_bytes({"argv": line["argv"], "files": scripts}))
 
 
 
@@ -72,6 +76,11 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     from .run import run_and_record
 
     refuse_not_a_directory([*inputs, *outputs])  # before anything runs
+    # A name the user gives the task or run is what queries name it by: one that is not
+    # UTF-8 is refused before the command runs (retyped, it is), never changed.
+    for option, given in (("--name", name), ("--run-id (or LINEAGE_RUN_ID)", run_id)):
+        if given is not None and not_utf8(given):
+            raise ConfigError(f"{option}: {printable(given)} is not valid UTF-8 text; give a name that is")
     parameters = _parse_params(params)
     try:
         canonical_bytes(parameters)  # refuse unrecordable parameters before anything runs

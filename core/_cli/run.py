@@ -37,7 +37,7 @@ from lineage_ledger.backends._base import redact
 
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
-from .._environment import current_environment
+from .._environment import ESCAPED, current_environment, escape_fields, escaped_text, not_utf8
 from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
 from .._ledger.deferred import DeferredLedger, check_spool_writable, permanent_refusal, spool_first
@@ -199,6 +199,13 @@ def run_and_record(
     # What could not ship is said once, below, with the reason; not again by the recorder.
     logging.getLogger("lineage_ledger.recorder").setLevel(logging.ERROR)
     deferred = spool_first(ledger_url)  # a bad URL, scheme or extra: refused before anything runs
+    if not_utf8(deferred.identity):
+        # The ledger is named by its location, which is text: one that is not UTF-8 (the
+        # default ledger in a working directory whose name is not) has no name to key its
+        # spool, trust state and file by. Refused before the command runs: nothing is lost.
+        raise ConfigError(f"the ledger {printable(redact(deferred.url, deferred.url))} is at a path that is not "
+                          "valid UTF-8 text (the working directory's name, for the default one): give --ledger "
+                          "(or LINEAGE_LEDGER_URL) a ledger whose path is")
     in_artifacts = [hash_for_record(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
@@ -242,6 +249,14 @@ def run_and_record(
     # What run says of the record: an interrupted run says so (exit 128+N), as every command does.
     said = status if interrupted is None else f"{status}; interrupted by {_signal_name(interrupted)}"
     extra: dict[str, Any] = {"argv": list(command), "returncode": returncode, "cwd": os.getcwd()}
+    # A command line or working directory that is not UTF-8 is kept escaped: the command ran.
+    escaped = escape_fields(extra, ("argv", "cwd"))
+    task_name = name or os.path.basename(command[0])  # a name given with -n is UTF-8 (checked before)
+    if not_utf8(task_name):
+        task_name = escaped_text(task_name)
+        escaped.append("task_name")
+    if escaped:
+        extra[ESCAPED] = escaped
     if killed_by is not None:
         extra["killed_by_signal"] = _signal_name(killed_by)
     if interrupted is not None:
@@ -255,7 +270,7 @@ def run_and_record(
     try:
         record = Record(
             engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,
-            task_name=name or os.path.basename(command[0]), status=status, started=started, ended=ended,
+            task_name=task_name, status=status, started=started, ended=ended,
             inputs=entries_of(in_artifacts), outputs=entries_of(out_artifacts), code_digest=code,
             parameters=parameters, environment=current_environment(), extra=extra,
         )
