@@ -271,7 +271,7 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
     if report.not_shown:
         checked = "recorded outputs" if report.audited_records else "files"  # an audit's, or a directory's
         lines.append(f"\n... and {report.not_shown} more {checked} checked, not shown here "
-                     "(`verify-lineage PATH` shows one)")
+                     "(`verify-lineage PATH` shows one, with any note on what its lineage never hashed)")
     if report.audited_records:
         lines.append(f"\naudited {report.audited_records} records, {report.outputs_checked} recorded outputs")
     if report.waiting:
