@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -139,3 +140,18 @@ def test_a_script_named_on_the_command_line_that_is_not_utf8_is_refused_before_i
     assert done.returncode == 2, done.stderr
     assert "the file name is not valid UTF-8" in done.stderr and "unexpected" not in done.stderr
     assert not (workdir / "ran").exists()
+
+
+def test_a_host_name_that_is_not_utf8_is_recorded_escaped(workdir):
+    # A UTS namespace of its own (root, or user namespaces allowed): the host name is bytes.
+    script = ("import socket, subprocess, sys; socket.sethostname(b'h\\xff'); "
+              "sys.exit(subprocess.run(sys.argv[1:]).returncode)")
+    ledger = workdir / "ledger.db"
+    done = run_cli("run", "--ledger", str(ledger), "--", "touch", "ran", cwd=workdir,
+                   prefix=("unshare", "--uts", "--map-root-user", sys.executable, "-c", script))
+    if not (workdir / "ran").exists() and done.returncode != 0:
+        pytest.skip(f"no UTS namespace here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    [record] = _records(workdir, ledger)
+    assert record["environment"]["host"] == "h\\xff"
+    assert record["environment"]["escaped"] == ["host"]
