@@ -19,8 +19,6 @@ pytest.importorskip("psycopg", reason="a postgresql:// ledger needs lineage-ledg
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/ledger"  # nothing listens on port 1
 
 
-@pytest.mark.xfail(strict=True, reason="spool status takes a waiting directory manifest's epoch time for the "
-                   "oldest record's end: 'the oldest ended 20793.5 d ago', oldest_age_s about 1.8e9")
 def test_the_oldest_waiting_record_is_a_task_not_a_directory_manifest(cli, workdir):
     began = datetime.now(timezone.utc)
     made = cli("run", "--ledger", UNREACHABLE, "-n", "index", "-o", "ref", "--",

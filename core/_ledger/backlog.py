@@ -96,12 +96,24 @@ def _scan(directory: str) -> SpoolBacklog:
             found.live += len(lines)
         for line in lines:
             try:
-                ended = parse_time(json.loads(line.partition(b" ")[2])["ended"])
-            except (ValueError, KeyError, TypeError):
+                body = json.loads(line.partition(b" ")[2])
+                if _is_manifest(body):
+                    continue  # its time is the epoch by design (manifest_record): no task's end
+                ended = parse_time(body["ended"])
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             if found.oldest is None or ended < found.oldest:
                 found.oldest = ended
     return found
+
+
+def _is_manifest(body: dict) -> bool:
+    """Whether a spooled record body keeps a directory's manifest (as ``is_manifest_record``
+    says of a decoded record), read from the JSON without decoding the record."""
+    from .._files.manifest import MANIFEST_ENGINE, MANIFEST_RUN_PREFIX
+
+    run_id = body.get("run_id")
+    return body.get("engine") == MANIFEST_ENGINE and isinstance(run_id, str) and run_id.startswith(MANIFEST_RUN_PREFIX)
 
 
 def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:
