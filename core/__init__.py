@@ -29,6 +29,7 @@ from ._errors import (
     MissingExtra,
     NoLedger,
     ProofFailed,
+    RecordPending,
     RecordTampered,
     SpoolCorrupt,
     SpoolError,
@@ -71,7 +72,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "TaskCapture": "._capture.task", "TaskRun": "._capture.report", "code_digest": "._capture.report",
     "jsonable": "._capture.report", "ProcessCapture": "._capture.process", "Recorder": "._ledger.recorder",
-    "spool_first": "._ledger.deferred",
+    "spool_first": "._ledger.deferred", "PendingWrite": "._capture.pending",
 }
 
 
@@ -91,7 +92,7 @@ __all__ = [
     "BlockHeader", "ChainBroken", "CheckpointInvalid", "HistoryRewritten", "IndexTampered",
     "NoLedger", "ProofFailed", "ChainSummary", "ConfigError", "CorruptStore", "Hasher",
     "Ledger", "LedgerError", "LedgerRecord", "LineageBroken", "LineageNode", "MerkleBuilder",
-    "MerkleMismatch", "MissingExtra", "Policy", "ProcessCapture", "Record", "RecordTampered", "Recorder",
+    "MerkleMismatch", "MissingExtra", "PendingWrite", "Policy", "ProcessCapture", "Record", "RecordPending", "RecordTampered", "Recorder",
     "Report", "SpoolCorrupt", "SpoolError", "SpoolFull", "StatCache", "StoredBlock",
     "StoredRecord", "TaskCapture", "TaskRun", "UnknownScheme", "VerificationError", "build_block", "canonical_bytes", "code_digest",
     "check_artifact", "check_before_run", "check_each", "current_environment", "spool_first", "format_time", "hash_file",

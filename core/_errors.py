@@ -9,6 +9,10 @@ reach a user.
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._capture.pending import PendingWrite
 
 __all__ = [
     "AppendConflict",
@@ -28,6 +32,7 @@ __all__ = [
     "ProofFailed",
     "HistoryRewritten",
     "CheckpointInvalid",
+    "RecordPending",
     "RecordTampered",
     "ServerInRecovery",
     "SpoolCorrupt",
@@ -61,7 +66,9 @@ class LedgerError(Exception):
         │   └── TreeNotBuilt            (fabric) the ledger predates the chaincode's log tree
         ├── SpoolError                  the local write-behind journal
         │   ├── SpoolFull               backpressure: too many records not yet shipped
-        │   └── SpoolCorrupt            a torn or unreadable journal was set aside (nothing dropped)
+        │   ├── SpoolCorrupt            a torn or unreadable journal was set aside (nothing dropped)
+        │   └── RecordPending           the spool refused a record and the ledger had not taken it
+        │                               within the wait: its write goes on (``.write``)
         ├── WaitingInSpool              the back-end did not take the spooled records (spool ship)
         └── VerificationError           a check failed (CLI exit 1)
             ├── ChainBroken             a block's id, height or previous-block link is wrong
@@ -137,6 +144,19 @@ class SpoolFull(SpoolError):
 
 class SpoolCorrupt(SpoolError):
     """A journal had a torn or unreadable part; it was moved aside, not deleted."""
+
+
+class RecordPending(SpoolError):
+    """The spool refused a record (its disk full, its directory read-only), and the ledger,
+    its one place left, had not taken it when the caller's wait ran out: it is *not recorded
+    yet*, not lost. The write goes on in a thread of this process and lands if the ledger
+    takes it before the process ends; ``write`` (a :class:`~lineage_ledger.PendingWrite`:
+    ``done()``, ``error``, ``add_done_callback``) says how it ends.
+    :meth:`TaskCapture.record_now` raises it with ``raise_pending=True`` (or ``raise_errors``)."""
+
+    def __init__(self, message: str, write: PendingWrite) -> None:
+        super().__init__(message)
+        self.write = write
 
 
 class VerificationError(LedgerError):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from lineage_ledger import TaskRun, open_ledger, utcnow
+from lineage_ledger import RecordPending, TaskCapture, TaskRun, open_ledger, utcnow
 from tests.support.airflow_site import airflow_installed, private_airflow_home
 from tests.support.faults import fill_disk, small_tmpfs
 
@@ -49,13 +49,14 @@ def test_a_late_write_is_not_the_forks_and_is_said_when_it_lands_after_all(tmp_p
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        capture = _late.TryCapture(f"sqlite:///{db}", engine="airflow", spool=str(full_spool), ship=False)
+        capture = TaskCapture(f"sqlite:///{db}", engine="airflow", spool=str(full_spool), ship=False)
         now = utcnow()
         run = TaskRun(task_id="d/r/late", task_name="late", status="succeeded", started=now, ended=now)
         caplog.set_level(logging.INFO, logger="lineage_ledger.airflow")
-        assert capture.record_now(run, straight_wait=1) is None
-        write = capture.take_late()
-        assert write is not None and not write.ended()
+        with pytest.raises(RecordPending) as pending:  # the core's handle, as _tries takes it
+            capture.record_now(run, straight_wait=1, raise_pending=True)
+        write = pending.value.write
+        assert not write.done()
         unclaimed: list[int] = []
         _late.await_outcome(("d/r/late", 1), "d/r/late", write, 1, lambda: unclaimed.append(os.getpid()))
         read, written = os.pipe()
@@ -74,9 +75,9 @@ def test_a_late_write_is_not_the_forks_and_is_said_when_it_lands_after_all(tmp_p
         holder.stdin.close()
         holder.wait(timeout=30)
     deadline = time.monotonic() + 60
-    while not write.ended() and time.monotonic() < deadline:
+    while not write.done() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert write.ended() and write.error is None
+    assert write.done() and write.error is None
     said = [r.getMessage() for r in caplog.records if r.name == "lineage_ledger.airflow" and "d/r/late" in r.getMessage()]
     assert [m.split(":")[1].strip() for m in said] == [
         "try 1 of d/r/late is not recorded yet",

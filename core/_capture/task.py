@@ -12,6 +12,8 @@ Every plugin meets the same problems, so they are solved once here:
   Where another process ships the spool (an engine's long-lived shipper), ``ship=False``
   makes the capture journal only: no shipping thread, and :meth:`TaskCapture.flush` and
   :meth:`TaskCapture.close` only fsync the spool, never waiting for the back-end.
+* A record the spool refuses goes straight into the ledger; one whose write outlives
+  ``record_now``'s wait is *not recorded yet* (:class:`RecordPending`, :mod:`.pending`).
 * Inputs may be gone by the time a task is reported (Snakemake's ``temp()`` files and
   pipes). Their digests come from what the caller already knows, else from the last
   output this capture recorded at that path, else from the ledger's own last record of it;
@@ -40,11 +42,12 @@ from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .._errors import SpoolError, SpoolFull
+from .._errors import RecordPending, SpoolError, SpoolFull
 from .._files.hashing import Hasher, normalize_path
-from .._model import Record, StoredRecord
+from .._model import Record
 from .drain import BatchWorker
 from .files import FoundFiles
+from .pending import say_not_recorded_yet, write_in_thread
 from .records import TaskRecords
 from .report import TaskRun, code_digest, jsonable
 
@@ -110,7 +113,8 @@ class TaskCapture(TaskRecords):
 
     @property
     def failures(self) -> int:
-        """Tasks that could not be recorded; each one was logged."""
+        """Tasks that could not be recorded; each one was logged. One *not recorded yet* (its
+        write still goes on) counts until it lands."""
         return self._failed_here
 
     # -- the engine-facing calls --------------------------------------------------------
@@ -134,15 +138,24 @@ class TaskCapture(TaskRecords):
             # The interpreter is exiting and no worker will run: record it here instead.
             self._record_batch([(run, future)])
 
-    def record_now(self, run: TaskRun, *, straight_wait: float | None = None) -> str | None:
+    def record_now(self, run: TaskRun, *, straight_wait: float | None = None,
+                   raise_pending: bool = False) -> str | None:
         """Hash and journal ``run`` before returning: safe when the process ends with ``os._exit``.
 
         A record the spool refuses (its disk full, its directory read-only) goes straight into
         the ledger, as from the worker; ``straight_wait`` bounds the wait for the ledger in
         seconds (None: the back-end's own timeouts), for an engine that kills a caller that
-        takes too long (Airflow's overtime) and would leave nothing said."""
+        takes too long (Airflow's overtime) and would leave nothing said. A write that outlives
+        it goes on in a thread and may still land: by default the task is logged *not recorded
+        yet* (WARNING), then its outcome, and None returned; with ``raise_pending`` (or
+        ``raise_errors``) :class:`RecordPending` is raised instead, its ``write`` the caller's."""
         try:
             return self._commit(run, self._hash_files(run), straight_wait)
+        except RecordPending as pending:
+            if self.raise_errors or raise_pending:
+                raise
+            self._not_recorded_yet(run, pending)
+            return None
         except Exception as err:  # noqa: BLE001 - never into the engine unless asked
             if self.raise_errors:
                 raise
@@ -323,11 +336,18 @@ class TaskCapture(TaskRecords):
                 self._straight = spool_first(self.url, spool=self.spool)
             straight, said, self._said_straight = self._straight, self._said_straight, True
         stored = [record.stored() for record in records]
+        write = None if wait is None else write_in_thread(straight, stored)
+        if write is not None and not write.wait(wait):  # still waiting for a lock or a server
+            with self._lock:
+                if self._straight is straight:  # leave it that ledger
+                    self._straight = None
+            raise RecordPending(f"{spool_error}, and the ledger did not take it either: no answer within "
+                                f"{wait:g}s (locked or slow?); its write goes on in this process", write)
         try:
-            if wait is None:
+            if write is None:
                 straight.append_records(stored)
-            else:
-                self._append_within(straight, stored, wait)
+            elif write.error is not None:
+                raise write.error
         except Exception as err:
             raise SpoolError(f"{spool_error}, and the ledger did not take it either: {err}") from err
         if not said:
@@ -353,25 +373,14 @@ class TaskCapture(TaskRecords):
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
 
-    def _append_within(self, straight: DeferredLedger, stored: list[StoredRecord], wait: float) -> None:
-        outcome: list[BaseException] = []
+    def _not_recorded_yet(self, run: TaskRun, pending: RecordPending) -> None:
+        with self._lock:
+            self._failed_here += 1  # until it lands
+        say_not_recorded_yet(f"task {run.task_name} ({run.task_id})", pending, self._landed_late)
 
-        def append() -> None:
-            try:
-                straight.append_records(stored)
-            except BaseException as err:  # noqa: BLE001 - raised on the caller's thread
-                outcome.append(err)
-
-        thread = threading.Thread(target=append, name="lineage-ledger-straight", daemon=True)
-        thread.start()
-        thread.join(wait)
-        if thread.is_alive():  # still waiting for a lock or a server: leave it that ledger
-            with self._lock:
-                if self._straight is straight:
-                    self._straight = None
-            raise TimeoutError(f"no answer within {wait:g}s (locked or slow?)")
-        if outcome:
-            raise outcome[0]
+    def _landed_late(self) -> None:
+        with self._lock:
+            self._failed_here -= 1
 
     def _commit(self, run: TaskRun, files: FoundFiles | None, straight_wait: float | None = None) -> str:
         """Build ``run``'s record and journal it (after the manifests it needs)."""

@@ -10,9 +10,9 @@ wait is *not recorded yet*, and the same log says later whether it landed (``rec
 all``) or not (``NOT recorded``: refused at last, or the process ended first). Its try stays
 claimed meanwhile, so no other report of it writes a second record while it may still land.
 
-:class:`TryCapture` is the core's capture with one change: the thread of a straight write
-that outlives its wait is handed to the caller as a :class:`LateWrite` (the core leaves it
-anonymous: it cannot tell whether it landed).
+The core hands such a write to the plugin as :class:`lineage_ledger.RecordPending` (its
+``write``: ``done()``, ``error``, ``add_done_callback``); this module keeps what is Airflow's:
+the messages, the try's claim while the write may land, and the last hook's give-up.
 """
 
 from __future__ import annotations
@@ -21,101 +21,33 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from lineage_ledger import TaskCapture
+if TYPE_CHECKING:
+    from lineage_ledger import PendingWrite
 
 log = logging.getLogger("lineage_ledger.airflow")
 
 
-class LateWrite:
-    """One straight write that outlived its wait: its outcome, once it has one."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ended = False
-        self.error: BaseException | None = None
-        self._then: Callable[[LateWrite], None] | None = None
-
-    def end(self, error: BaseException | None) -> None:
-        with self._lock:
-            self._ended, self.error = True, error
-            then = self._then
-        if then is not None:
-            then(self)
-
-    def ended(self) -> bool:
-        with self._lock:
-            return self._ended
-
-    def then(self, callback: Callable[[LateWrite], None]) -> None:
-        """Call ``callback(self)`` when the write ends (now, if it has)."""
-        with self._lock:
-            self._then = callback
-            ended = self._ended
-        if ended:
-            callback(self)
-
-
-class TryCapture(TaskCapture):
-    """:class:`TaskCapture` whose straight writes that outlive their wait are kept track of."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._late_here = threading.local()
-
-    def take_late(self) -> LateWrite | None:
-        """The write of this thread's last ``record_now`` that outlived its wait, if any."""
-        late, self._late_here.write = getattr(self._late_here, "write", None), None
-        return late
-
-    def _append_within(self, straight: Any, stored: list[Any], wait: float) -> None:
-        # As the core's, with the thread's outcome kept (the core's own lock and ledger
-        # attribute: the stuck ledger is not used again).
-        write = LateWrite()
-        finished = threading.Event()
-
-        def append() -> None:
-            error: BaseException | None = None
-            try:
-                straight.append_records(stored)
-            except BaseException as err:  # noqa: BLE001 - given to the caller
-                error = err
-            finished.set()
-            write.end(error)
-
-        thread = threading.Thread(target=append, name="lineage-ledger-straight", daemon=True)
-        thread.start()
-        if not finished.wait(wait):  # still waiting for a lock or a server: leave it that ledger
-            with self._lock:
-                if self._straight is straight:  # type: ignore[has-type]  # the core's attribute
-                    self._straight = None
-            self._late_here.write = write
-            raise TimeoutError(f"no answer within {wait:g}s (locked or slow?)")
-        thread.join()
-        if write.error is not None:
-            raise write.error
-
-
 _pending_lock = threading.Lock()
 #: Tries whose record's write outlived its wait: what to say and do when its outcome is known.
-_pending: dict[tuple[str, int], tuple[str, LateWrite, Callable[[], None]]] = {}
+_pending: dict[tuple[str, int], tuple[str, PendingWrite, Callable[[], None]]] = {}
 
 
-def await_outcome(key: tuple[str, int], task_id: str, write: LateWrite, wait: float,
-                  unclaim: Callable[[], None]) -> None:
-    """Say that try ``key`` is not recorded yet, and say its outcome once there is one
-    (``unclaim`` lets a later report of the try record it, if the write failed)."""
+def await_outcome(key: tuple[str, int], task_id: str, write: PendingWrite, wait: float,
+                  unclaim: Callable[[], None], why: str = "") -> None:
+    """Say that try ``key`` is not recorded yet (``why``: the core's reason), and say its
+    outcome once there is one (``unclaim`` lets a later report of the try record it, if the
+    write failed)."""
     with _pending_lock:
         _pending[key] = (task_id, write, unclaim)
-    log.error("lineage-ledger: try %d of %s is not recorded yet: the ledger has not taken it within %gs (the "
-              "error above says why). Its write goes on in this process: the record lands if the ledger takes "
-              "it before this process ends, and this log then says 'recorded after all'; if it does not, this "
-              "log says so at ERROR", key[1], task_id, wait)
-    write.then(lambda ended: _say_outcome(key, ended))
+    log.error("lineage-ledger: try %d of %s is not recorded yet: the ledger has not taken it within %gs (%s). The "
+              "record lands if the ledger takes it before this process ends, and this log then says 'recorded after all'; if it does not, this log says so at ERROR",
+              key[1], task_id, wait, why or "locked or slow?")
+    write.add_done_callback(lambda ended: _say_outcome(key, ended))
 
 
-def _say_outcome(key: tuple[str, int], write: LateWrite) -> None:
+def _say_outcome(key: tuple[str, int], write: PendingWrite) -> None:
     with _pending_lock:
         entry = _pending.get(key)
         if entry is None or entry[1] is not write:
@@ -158,7 +90,7 @@ def give_up() -> None:
     write's thread ends with the process), and let a later report record it."""
     with _pending_lock:
         left = [(key, entry) for key, entry in _pending.items()
-                if key not in _given_up and not entry[1].ended()]
+                if key not in _given_up and not entry[1].done()]
         for key, _ in left:
             _given_up.add(key)
     for key, (task_id, _, unclaim) in left:

@@ -25,7 +25,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from lineage_ledger import LedgerError, utcnow
+from lineage_ledger import LedgerError, RecordPending, TaskCapture, utcnow
 
 from . import _late, _settings, _shipper
 from ._assets import file_paths
@@ -40,7 +40,7 @@ log = logging.getLogger("lineage_ledger.airflow")
 
 ENGINE = "airflow"
 _lock = threading.Lock()
-_capture: _late.TryCapture | None = None
+_capture: TaskCapture | None = None
 _capture_pid = -1
 _memo: DigestMemo | None = None
 _memo_pid = -1
@@ -72,7 +72,7 @@ def listener_active() -> bool:
         return False
 
 
-def capture() -> _late.TryCapture:
+def capture() -> TaskCapture:
     """This process's capture (a forked task process gets its own)."""
     global _capture, _capture_pid
     with _lock:
@@ -82,7 +82,7 @@ def capture() -> _late.TryCapture:
                 _started.clear()
                 _details.clear()
             # A job process ships this spool: journal only (no shipping thread, never wait here).
-            _capture = _late.TryCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
+            _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
                                    ship=not _shipper.alive())
             _capture_pid = os.getpid()
         return _capture
@@ -124,7 +124,7 @@ MARKER_DAYS = 7.0
 SWEEP_EVERY_S = 3600.0
 
 
-def _marker_dir(cap: _late.TryCapture) -> str:
+def _marker_dir(cap: TaskCapture) -> str:
     # Open the capture's recorder first (it journals into the spool; the back-end is not
     # touched): its spool directory is then worked out once, not again for the markers.
     cap.open()
@@ -293,13 +293,14 @@ def record_try(
     # flush_timeout: a task process that waited out a locked SQLite ledger (60 s) would be
     # killed for overtime (20 s) and say nothing.
     cap, wait = capture(), max(2.0, _settings.flush_timeout())
-    cap.take_late()  # nothing of an earlier call
-    record_id = cap.record_now(run, straight_wait=wait)
-    if record_id is None and (late := cap.take_late()) is not None:
+    try:
+        record_id = cap.record_now(run, straight_wait=wait, raise_pending=True)
+    except RecordPending as pending:
         # The ledger has not answered yet, and the write goes on: it may still land.
         # The try stays claimed meanwhile (no second record of it); see _late.
-        _late.await_outcome(key, run.task_id, late, wait, lambda: unclaim(key))
-    elif record_id is None:
+        _late.await_outcome(key, run.task_id, pending.write, wait, lambda: unclaim(key), str(pending))
+        return None
+    if record_id is None:
         unclaim(key)  # the scheduler's sweep at the run's end tries again if this process has ended
         log.error("lineage-ledger: try %d of %s is NOT recorded (the error above says why: a spool and a "
                   "ledger that both refused it, say); its outputs are vouched for by no record", key[1], run.task_id)
