@@ -52,3 +52,40 @@ def test_parsl_records_the_tasks_of_a_user_whose_name_is_not_utf8(tmp_path):
     records = _records(tmp_path, work / "ledger.db")
     assert sorted(r["task_name"] for r in records) == ["generate", "report", "square", "total"]
     assert {r["environment"]["user"] for r in records} == {"u\\xff"}
+
+
+@pytest.mark.xfail(strict=True, reason="an engine's parameter that is not UTF-8 loses the record")
+def test_snakemake_records_a_job_whose_parameter_and_command_are_not_utf8(tmp_path):
+    require_snakemake()
+    (tmp_path / "Snakefile").write_text(
+        'import os\nrule all:\n    output: "a.txt"\n    params: x=os.environ["ODD"]\n'
+        '    shell: "echo {params.x} > {output}"\n')
+    env = clean_env(ODD="v" + BYTE, LINEAGE_STATE_DIR=str(tmp_path / "state"))
+    done = run("snakemake-ledger", "-c1", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "could not record" not in done.stderr, done.stderr
+    [record] = _records(tmp_path, tmp_path / ".lineage" / "ledger.db")
+    assert record["parameters"]["x"] == "v\\xff"
+    assert "parameters.x" in record["extra"]["escaped"]
+
+
+@pytest.mark.xfail(strict=True, reason="an engine's text that is not UTF-8 loses the record")
+def test_a_capture_records_an_engines_text_that_is_not_utf8_escaped(tmp_path, Capture):  # noqa: N803
+    from lineage_ledger import TaskRun, open_ledger, utcnow
+
+    url, spool = f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "spool")
+    now = utcnow()
+    run_ = TaskRun(task_id="1", task_name="t" + BYTE, status="succeeded", started=now, ended=now,
+                   run_id="r" + BYTE, parameters={"k" + BYTE: "a", "k\\xff": "b", "plain": "p" + BYTE, "ok": "c\\d"},
+                   extra={"cmd": ["x", "y" + BYTE], "fine": "f"}, environment_extra={"conda_env": "/c" + BYTE})
+    with Capture(url, engine="test", spool=spool, raise_errors=True) as capture:
+        record_id = capture.record_now(run_)
+    with open_ledger(url, spool=spool) as ledger:
+        [record] = [entry.record for entry in ledger.recent(10) if entry.id == record_id]
+    assert record.task_name == "t\\xff" and record.run_id == "r\\xff"
+    # The key that is not UTF-8, and the one whose escape it could have been taken for, both escaped.
+    assert record.parameters == {"k\\xff": "a", "k\\\\xff": "b", "plain": "p\\xff", "ok": "c\\d"}
+    assert record.extra["cmd"] == ["x", "y\\xff"] and record.extra["fine"] == "f"
+    assert record.extra["escaped"] == ["cmd", "parameters.k\\\\xff", "parameters.k\\xff", "parameters.plain",
+                                       "run_id", "task_name"]
+    assert record.environment["conda_env"] == "/c\\xff" and "conda_env" in record.environment["escaped"]
