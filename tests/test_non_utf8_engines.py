@@ -54,7 +54,6 @@ def test_parsl_records_the_tasks_of_a_user_whose_name_is_not_utf8(tmp_path):
     assert {r["environment"]["user"] for r in records} == {"u\\xff"}
 
 
-@pytest.mark.xfail(strict=True, reason="an engine's parameter that is not UTF-8 loses the record")
 def test_snakemake_records_a_job_whose_parameter_and_command_are_not_utf8(tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text(
@@ -69,7 +68,6 @@ def test_snakemake_records_a_job_whose_parameter_and_command_are_not_utf8(tmp_pa
     assert "parameters.x" in record["extra"]["escaped"]
 
 
-@pytest.mark.xfail(strict=True, reason="an engine's text that is not UTF-8 loses the record")
 def test_a_capture_records_an_engines_text_that_is_not_utf8_escaped(tmp_path, Capture):  # noqa: N803
     from lineage_ledger import TaskRun, open_ledger, utcnow
 

@@ -19,6 +19,7 @@ from .._errors import SpoolError
 from .._files.manifest import manifest_record
 from .._model import Record
 from .files import FoundFiles, TaskFiles
+from .not_utf8 import escape_if_needed
 from .report import TaskRun, jsonable
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ class TaskRecords(TaskFiles):
         if outputs and run.status == "succeeded":
             with self._lock:
                 self._outputs.update(outputs)
-        return record
+        # Encoded here (the recorder uses these bytes); text that is not UTF-8 is escaped.
+        return escape_if_needed(record)
 
     def _environment_of(self, run: TaskRun) -> dict[str, Any]:
         if run.environment_extra:

@@ -17,7 +17,8 @@ __all__ = ["TaskRun", "code_digest", "jsonable"]
 
 def code_digest(code: str | bytes) -> str:
     """BLAKE3 of a task's code (a shell command, a script's source, a function's source)."""
-    return blake3(code.encode("utf-8") if isinstance(code, str) else code).hexdigest()
+    # surrogateescape: the bytes of code that is not UTF-8 (a shell command given such text).
+    return blake3(code.encode("utf-8", "surrogateescape") if isinstance(code, str) else code).hexdigest()
 
 
 def jsonable(value: Any, _depth: int = 0) -> Any:
