@@ -88,7 +88,6 @@ def _verify(run: Run, *args: str) -> Any:
     return json.loads(result.stdout) if "--json" in args else result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage and why say nothing of links not followed in the lineage")
 def test_verify_and_why_say_what_was_never_hashed(run):
     """``verify-lineage results/used1.txt``: exit 0, the USE line of the tree marked, a note
     naming USE's record and its two links, and a last line that is not a bare "verified";

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._files.hashing import lookup_paths
 from .._files.manifest import MANIFEST_RUN_PREFIX, Manifest
 from .._model import Record, is_alias
+from .._not_verified import NOT_VERIFIED_KEYS
 from .walks import CONTAINERS, SUMMARY, WALKED, Nested, NotedMemo, run_nested
 
 __all__ = ["LedgerRecord", "LineageNode", "LineageQueries", "is_adoption", "producer_summary", "walk_lineage"]
@@ -295,8 +296,26 @@ class LineageQueries:
                 key, parent = parent, os.path.dirname(parent)
         return None
 
+# The last record side whose aliases were indexed, and the index: _spellings is asked for
+# every input of a record that has no producer (each source), and scanning the whole side
+# each time made a record of 20,000 sources take a minute to verify (400 million steps).
+# The side is held, so its id cannot be reused while it is compared; records are not changed.
+_alias_index: tuple[Mapping[str, Mapping[str, Any]], dict[str, list[str]]] | None = None
+
+
 def _aliases_of(side: Mapping[str, Mapping[str, Any]], real: str) -> list[str]:
-    return [path for path, entry in side.items() if entry.get("alias_of") == real]
+    """The paths ``side`` (a record's inputs or outputs) names as aliases of ``real``."""
+    global _alias_index
+    last = _alias_index
+    if last is not None and last[0] is side:
+        return last[1].get(real, [])
+    index: dict[str, list[str]] = {}
+    for path, entry in side.items():
+        target = entry.get("alias_of")
+        if target is not None:
+            index.setdefault(target, []).append(path)
+    _alias_index = (side, index)
+    return index.get(real, [])
 
 
 def _spellings(side: Mapping[str, Mapping[str, Any]], path: str) -> list[str]:
@@ -308,11 +327,17 @@ def _spellings(side: Mapping[str, Mapping[str, Any]], path: str) -> list[str]:
 
 def producer_summary(entry: LedgerRecord) -> LedgerRecord:
     """``entry`` with only what a lineage's check and drawing use of its record: who ran
-    which task, when and how it ended, and an adoption's note. Its inputs are the node's
-    parents; its outputs, parameters and environment (often most of its bytes) are left
-    out, so the summary is not the record: its id is still the record's, to fetch it by."""
+    which task, when and how it ended, an adoption's note, and what the record says it did
+    not verify (``NOT_VERIFIED_KEYS`` of its extra: ``verify-lineage`` and ``why`` say so).
+    Its inputs are the node's parents; its outputs, parameters and environment (often most
+    of its bytes) are left out, so the summary is not the record: its id is still the
+    record's, to fetch it by."""
     record = entry.record
-    return LedgerRecord(entry.id, record.summary(keep_extra=is_adoption(record)), entry.height, entry.position)
+    summary = record.summary(keep_extra=is_adoption(record))
+    marks = {key: record.extra[key] for key in NOT_VERIFIED_KEYS if key in record.extra} if record.extra else None
+    if marks and not summary.extra:
+        object.__setattr__(summary, "extra", marks)  # a summary is built so (Record.summary)
+    return LedgerRecord(entry.id, summary, entry.height, entry.position)
 
 
 def is_adoption(record: Record) -> bool:
