@@ -155,3 +155,26 @@ def test_a_host_name_that_is_not_utf8_is_recorded_escaped(workdir):
     [record] = _records(workdir, ledger)
     assert record["environment"]["host"] == "h\\xff"
     assert record["environment"]["escaped"] == ["host"]
+
+
+@pytest.mark.xfail(strict=True, reason="adopt by a user whose name is not UTF-8: unexpected ValueError")
+def test_adopt_by_a_user_whose_name_is_not_utf8_is_recorded_escaped(workdir):
+    (workdir / "f.txt").write_text("x")
+    ledger = workdir / "ledger.db"
+    done = run_cli("adopt", "--ledger", str(ledger), "f.txt", cwd=workdir, env={"LOGNAME": "u" + BYTE},
+                   errors="surrogateescape")
+    assert done.returncode == 0, done.stderr
+    [record] = _records(workdir, ledger)
+    assert record["extra"]["adopted_by"].startswith("u\\xff@")
+    assert record["extra"]["escaped"] == ["adopted_by"]
+    assert record["environment"]["user"] == "u\\xff"
+
+
+@pytest.mark.xfail(strict=True, reason="adopt --note that is not UTF-8: unexpected ValueError")
+def test_an_adopt_note_that_is_not_utf8_is_refused(workdir):
+    (workdir / "f.txt").write_text("x")
+    ledger = workdir / "ledger.db"
+    done = run_cli("adopt", "--ledger", str(ledger), "f.txt", "--note", "n" + BYTE, cwd=workdir,
+                   errors="surrogateescape")
+    assert done.returncode == 2, done.stderr
+    assert "unexpected" not in done.stderr and "--note" in done.stderr and "not valid UTF-8" in done.stderr
