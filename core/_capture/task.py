@@ -113,8 +113,7 @@ class TaskCapture(TaskRecords):
 
     @property
     def failures(self) -> int:
-        """Tasks that could not be recorded; each one was logged. One *not recorded yet* (its
-        write still goes on) counts until it lands."""
+        """Tasks that could not be recorded, each one logged (one *not recorded yet*: until it lands)."""
         return self._failed_here
 
     # -- the engine-facing calls --------------------------------------------------------
@@ -326,9 +325,9 @@ class TaskCapture(TaskRecords):
     def _straight_into_the_ledger(self, records: list[Record], spool_error: SpoolError,
                                   wait: float | None = None) -> list[str]:
         """Append ``records``, which the spool refused, to the ledger itself: the one place
-        left to keep them. Said once per capture. Within ``wait`` seconds where one is given:
-        the append goes on in a thread, whose ledger is not used again; in a process that
-        lives on past the wait it may still land (a task process that ends ends it)."""
+        left to keep them. Said once per capture. Within ``wait`` seconds where one is given;
+        past it the append goes on in its thread (that ledger is not used again), and
+        :class:`RecordPending` hands it to the caller: it may still land."""
         from .._ledger.deferred import spool_first
 
         with self._lock:
