@@ -157,7 +157,6 @@ def test_a_host_name_that_is_not_utf8_is_recorded_escaped(workdir):
     assert record["environment"]["escaped"] == ["host"]
 
 
-@pytest.mark.xfail(strict=True, reason="adopt by a user whose name is not UTF-8: unexpected ValueError")
 def test_adopt_by_a_user_whose_name_is_not_utf8_is_recorded_escaped(workdir):
     (workdir / "f.txt").write_text("x")
     ledger = workdir / "ledger.db"
@@ -170,7 +169,6 @@ def test_adopt_by_a_user_whose_name_is_not_utf8_is_recorded_escaped(workdir):
     assert record["environment"]["user"] == "u\\xff"
 
 
-@pytest.mark.xfail(strict=True, reason="adopt --note that is not UTF-8: unexpected ValueError")
 def test_an_adopt_note_that_is_not_utf8_is_refused(workdir):
     (workdir / "f.txt").write_text("x")
     ledger = workdir / "ledger.db"

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
-from .._environment import current_environment
+from .._environment import ESCAPED, current_environment, escape_fields
 from .._files.hashing import hash_file
 from .._ledger.ledger import Ledger, LedgerRecord
 from .._model import Record
@@ -56,6 +56,8 @@ def adopt(ledger: Ledger, paths: Sequence[str], note: str | None = None) -> tupl
         previous[real] = None if seen is None else seen[2]["blake3"]
     now = utcnow()
     extra: dict[str, Any] = {"adopted_by": _who(), "previous": previous}
+    if escape_fields(extra, ("adopted_by",)):  # a user or host name that is not UTF-8 (docs/guide.md)
+        extra[ESCAPED] = ["adopted_by"]
     if note:
         extra["note"] = note
     record = Record(

@@ -106,6 +106,8 @@ def adopt(paths, note, ledger_url) -> None:
     from .adopt import adopt as adopt_paths
 
     refuse_not_a_directory(paths)
+    if note is not None and not_utf8(note):
+        raise ConfigError(f"--note: {printable(note)} is not valid UTF-8 text; give a note that is")
     try:
         with open_backend(ledger_url, create=False):
             pass
