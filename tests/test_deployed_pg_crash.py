@@ -172,10 +172,16 @@ def test_a_snakemake_run_loses_no_record_when_its_server_goes_down_mid_write(ser
 
 
 
-@pytest.mark.parametrize(("how", "target"), [("kill-all", None), ("fast", "out/2.txt")])
-def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path, how, target):
-    """The full audit (no target) or a targeted verify, caught in the middle of its reads: its
-    read of the records table waits on a lock the test holds (seen in pg_stat_activity), the
+#: The full audit through its worker processes (core/_log/audit_parallel.py), small as it is.
+WORKERS = {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "1", "LINEAGE_AUDIT_WORKERS": "2"}
+
+
+@pytest.mark.parametrize(("how", "target", "env"), [("kill-all", None, {}), ("fast", "out/2.txt", {}),
+                                                    ("fast", None, WORKERS)], ids=["audit", "target", "workers"])
+def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path, how, target, env):
+    """The full audit (no target), a targeted verify, or the full audit through its worker
+    processes, caught in the middle of its reads: its read of the records table (the workers'
+    of the artifacts table) waits on a lock the test holds (seen in pg_stat_activity), the
     server is taken down under it. Then the same verify, with the server back, passes: the
     interrupted one remembered nothing wrong."""
     import psycopg
@@ -187,11 +193,15 @@ def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path
                 "sh", "-c", f"echo {number} > out/{number}.txt", cwd=tmp_path, check_rc=0)
     args = ["--ledger", url, *([target] if target else [])]
     holder = psycopg.connect(url)
-    holder.execute("LOCK TABLE ll_records IN ACCESS EXCLUSIVE MODE")
-    verify = subprocess.Popen([str(BIN / "verify-lineage"), *args], cwd=tmp_path, env=clean_env(),
+    holder.execute(f"LOCK TABLE {'ll_artifacts' if env else 'll_records'} IN ACCESS EXCLUSIVE MODE")
+    verify = subprocess.Popen([str(BIN / "verify-lineage"), *args], cwd=tmp_path, env=clean_env(**env),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_blocked(server, url, verify)
+        if env:  # the workers are there, and one of them (or the parent) waits
+            children = subprocess.run(["ps", "-o", "args=", "--ppid", str(verify.pid)], capture_output=True,
+                                      text=True).stdout
+            assert "audit_parallel" in children, children
         crash(server, how=how)
         stdout, stderr = verify.communicate(timeout=WAIT_S)
     finally:
@@ -204,5 +214,5 @@ def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path
     assert verify.returncode == 2, (verify.returncode, stdout, stderr)
     assert "Traceback" not in stderr and "verified" not in (stdout + stderr).lower(), (stdout, stderr)
     assert url.split("@")[1] in stderr, stderr  # which ledger, without a password there is none to hide
-    again = run_cli(*args, program="verify-lineage", cwd=tmp_path)
+    again = run_cli(*args, program="verify-lineage", cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
