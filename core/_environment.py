@@ -115,6 +115,15 @@ def current_environment(**extra: Any) -> dict[str, Any]:
     """The environment of this process, plus engine-specific entries (a task's conda env or
     container); text that is not UTF-8 in either is escaped (:func:`escape_fields`)."""
     environment = dict(_static())
+    plain = ESCAPED not in environment
+    for key, value in extra.items():  # the common case, per task: ASCII text, nothing to escape
+        if value is not None:
+            environment[key] = value
+            if type(value) is not str or not value.isascii() or key == ESCAPED:
+                plain = False
+    if plain:
+        return environment
+    environment = dict(_static())
     given = {k: v for k, v in extra.items() if v is not None and k != ESCAPED}
     escaped = escape_fields(given, list(given))
     # An engine's entry that takes the place of an escaped one of this process is its own.
