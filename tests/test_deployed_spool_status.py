@@ -36,8 +36,6 @@ def test_the_oldest_waiting_record_is_a_task_not_a_directory_manifest(cli, workd
     assert " d ago" not in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="the run's end says '1 records not shipped within 0.0s': the plugin's "
-                   "5 s wait went to the flush, the recorder's close got what was left of it, none")
 def test_a_snakemake_run_says_how_its_records_wait_without_a_zero_second_wait(tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')

@@ -93,8 +93,11 @@ def say_unshipped(pending: int, error: BaseException | None, spool_dir: str, tim
             "lineage-ledger: %d records not shipped: the ledger refuses them for good (%s: %s); they stay in "
             "%s, and `lineage-ledger spool ship` ships them once it takes writes", pending, why, error, spool_dir)
     else:
-        log.warning("lineage-ledger: %d records not shipped within %.1fs; they stay in %s and are shipped when "
-                    "the ledger is next opened", pending, timeout, spool_dir)
+        # A capture's close spends its wait on the flush first and gives the recorder what is
+        # left, often nothing: "within 0.0s" would misstate the wait the caller gave.
+        waited = f"within {timeout:.1f}s" if timeout >= 0.05 else "yet"
+        log.warning("lineage-ledger: %d records not shipped %s; they stay in %s and are shipped when "
+                    "the ledger is next opened", pending, waited, spool_dir)
 
 
 # The server's answers to a login it will not take, which psycopg raises at connection time
