@@ -24,6 +24,7 @@ from lineage_ledger._errors import (
     LedgerError,
     NoLedger,
 )
+from lineage_ledger._ledger.identity import refuse_path_not_utf8
 
 from ._sql_reads import SCHEMA_VERSION
 
@@ -86,6 +87,7 @@ def ledger_path(given: str | None, shown: str) -> tuple[str, str]:
         raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
     if os.path.isdir(given):
         raise ConfigError(f"{shown}: {given} is a directory, not a ledger file")
+    refuse_path_not_utf8(os.path.realpath(given), shown)  # before its directory or file is made
     return given, os.path.abspath(given)  # "x/../a.db" is a.db to SQLite, x or not
 
 

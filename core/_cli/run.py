@@ -198,14 +198,10 @@ def run_and_record(
     """Run ``command`` and record it; returns the exit status ``run`` ends with."""
     # What could not ship is said once, below, with the reason; not again by the recorder.
     logging.getLogger("lineage_ledger.recorder").setLevel(logging.ERROR)
-    deferred = spool_first(ledger_url)  # a bad URL, scheme or extra: refused before anything runs
-    if not_utf8(deferred.identity):
-        # The ledger is named by its location, which is text: one that is not UTF-8 (the
-        # default ledger in a working directory whose name is not) has no name to key its
-        # spool, trust state and file by. Refused before the command runs: nothing is lost.
-        raise ConfigError(f"the ledger {printable(redact(deferred.url, deferred.url))} is at a path that is not "
-                          "valid UTF-8 text (the working directory's name, for the default one): give --ledger "
-                          "(or LINEAGE_LEDGER_URL) a ledger whose path is")
+    # A bad URL, scheme or extra, or a ledger at a path that is not UTF-8 (the default one in
+    # a working directory whose name is not: identity.refuse_path_not_utf8): refused before
+    # anything runs.
+    deferred = spool_first(ledger_url)
     in_artifacts = [hash_for_record(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))

@@ -14,7 +14,7 @@ from .._errors import ConfigError
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
-__all__ = ["ledger_identity", "redact", "trust_identity_of"]
+__all__ = ["ledger_identity", "redact", "refuse_path_not_utf8", "trust_identity_of"]
 
 _SQL_SCHEMES = frozenset({"sqlite", "postgresql"})
 
@@ -23,6 +23,22 @@ def redact(text: str, url: str) -> str:
     """``text`` with the password of ``url`` (``scheme://user:password@host``) replaced by ``***``."""
     match = re.match(r"^[^:/?#]+://[^:/@?#]*:([^@/?#]+)@", url)
     return text.replace(match.group(1), "***") if match else text
+
+
+def refuse_path_not_utf8(path: str, shown: str) -> None:
+    """:class:`ConfigError` where the ledger file ``path`` (absolute) is not UTF-8 text: the
+    default ledger in a working directory whose name is not, or a URL that names such a
+    path. A ledger is named by its path: its spool, this account's remembered tree head and
+    every message name it as text, which such a path cannot be. Every command refuses it
+    here, where its identity or its file is worked out, before anything is created."""
+    from .._environment import not_utf8
+    from .._terminal import printable
+
+    if not_utf8(path):
+        raise ConfigError(
+            f"the ledger {printable(shown)} is at {printable(path)}, a path that is not valid UTF-8 text (a "
+            "ledger is named by its path; for the default one, the working directory's name): give --ledger "
+            "(or LINEAGE_LEDGER_URL) a ledger whose path is")
 
 
 def ledger_identity(url: str) -> tuple[str, Backend | None]:
@@ -71,7 +87,9 @@ def _sqlite_identity(url: str, path: str | None) -> str:
         raise ConfigError(f"{shown}: give a file path, e.g. sqlite:///ledger.db")
     if os.path.isdir(path):
         raise ConfigError(f"{shown}: {path} is a directory, not a ledger file")
-    return "sqlite:///" + os.path.realpath(path)
+    real = os.path.realpath(path)
+    refuse_path_not_utf8(real, shown)
+    return "sqlite:///" + real
 
 
 def _sql_identity(url: str) -> str:
