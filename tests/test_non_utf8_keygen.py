@@ -12,8 +12,6 @@ Real ``lineage-ledger`` processes, given the bytes as a shell gives them.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import run_cli
 
 BYTE = "\udcff"  # the byte 0xff, as Python reads it from the OS (surrogateescape)
@@ -24,7 +22,6 @@ def _cli(workdir, *args, env=None, check_rc=None):
                    errors="surrogateescape", check_rc=check_rc)
 
 
-@pytest.mark.xfail(strict=True, reason="unexpected UnicodeEncodeError from the default key name")
 def test_keygen_by_a_user_whose_name_is_not_utf8_makes_a_key_that_signs(workdir):
     (workdir / "raw.txt").write_text("raw\n")
     _cli(workdir, "run", "-i", "raw.txt", "-o", "out.txt", "--", "cp", "raw.txt", "out.txt", check_rc=0)
@@ -36,7 +33,6 @@ def test_keygen_by_a_user_whose_name_is_not_utf8_makes_a_key_that_signs(workdir)
     _cli(workdir, "verify", "--against", "head.txt", "--pubkey", "lab.key.pub", check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="unexpected UnicodeEncodeError from --name")
 def test_keygen_refuses_a_name_given_that_is_not_utf8(workdir):
     done = _cli(workdir, "keygen", "lab.key", "--name", "n" + BYTE)
     assert done.returncode == 2, done.stderr
@@ -44,7 +40,6 @@ def test_keygen_refuses_a_name_given_that_is_not_utf8(workdir):
     assert not (workdir / "lab.key").exists() and not (workdir / "lab.key.pub").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the default name's refusal does not say to give --name")
 def test_keygen_for_a_user_whose_name_the_key_rule_refuses_says_to_give_a_name(workdir):
     done = _cli(workdir, "keygen", "lab.key", env={"LOGNAME": "a b", "USER": "x"})
     assert done.returncode == 2, done.stderr

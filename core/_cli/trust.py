@@ -125,6 +125,7 @@ def keygen(keyfile, name) -> None:
     import getpass
     import socket
 
+    from .._environment import escaped_text, not_utf8
     from .._log._note_keys import _valid_name
     from .._log.checkpoint import write_keypair
 
@@ -134,12 +135,23 @@ def keygen(keyfile, name) -> None:
     if name == "":  # "--name $NAME" with NAME unset: not the default name, which no --name gives
         raise click.BadParameter("an empty name names no key: give a name (no spaces, no '+'), or no --name for "
                                  "lineage-ledger/USER@HOST", param_hint="--name")
+    if name is not None and not_utf8(name):  # a name the user chooses is refused, as run -n's
+        raise ConfigError(f"--name: {printable(name)} is not valid UTF-8 text; give a name that is")
     if name is not None and not _valid_name(name):
         # The name as typed: the command line's error handler escapes a line break or an escape
         # sequence in it, once ('lab\x0akey'). The key module's own message quotes it with
         # repr, whose backslashes that escaping doubled ('lab\\nkey').
         raise ConfigError(f"invalid key name '{name}': it must be non-empty, without spaces or '+'")
-    write_keypair(keyfile, name if name is not None else f"lineage-ledger/{getpass.getuser()}@{socket.gethostname()}")
+    if name is None:
+        # A user or host name that is not UTF-8 is written in the escape records keep it in
+        # (docs/guide.md), as run and adopt do: the key is made, and its name says whose it is.
+        user, host = (escaped_text(text) if not_utf8(text) else text
+                      for text in (getpass.getuser(), socket.gethostname()))
+        name = f"lineage-ledger/{user}@{host}"
+        if not _valid_name(name):
+            raise ConfigError(f"the default key name '{name}' (from your user and host names) is not a valid "
+                              "key name (no spaces or '+'): give one with --name")
+    write_keypair(keyfile, name)
     click.echo(f"wrote {keyfile} (private; keep it so) and {keyfile}.pub (give this to verifiers)", err=True)
 
 
