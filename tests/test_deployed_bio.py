@@ -125,10 +125,6 @@ def test_retried_call_edited_bam_and_temp_files_as_a_lab_meets_them(tmp_path):
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage DIR, where Snakemake removed DIR with its temp() files: "
-                   "exit 2, 'no such file, and no record in the ledger mentions it', though records name "
-                   "the files that were in it; the same DIR left empty gives the documented note, exit 0 "
-                   "(core/_verification/verify.py _expand, lead-owned)")
 def test_verify_of_the_directory_snakemake_emptied_of_temp_files(tmp_path):
     """docs/directories.md: a directory under which records name files that are all gone is
     not an error; the note lists them. Snakemake removes ``mapped/`` itself once its temp()

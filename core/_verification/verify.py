@@ -157,6 +157,19 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[s
                 absent = None
             if absent is not None:
                 report.absent.append(absent)
+        elif not os.path.lexists(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
+            # Gone, and no record names it: a directory removed with every file records name
+            # in it (Snakemake's after deleting its temp() files, a deleted results folder)
+            # is answered as the same directory left empty; anything else is a typo (exit 2).
+            try:
+                absent = _absent_under(ledger, normal, set())
+            except VerificationError as failure:
+                report.fail(failure)
+                continue
+            if absent is None:
+                paths.append(normal)  # check_artifact says "no such file, and no record ... mentions it"
+            else:
+                report.absent.append(absent)
         else:
             paths.append(normal)
     return paths
