@@ -38,7 +38,6 @@ def _workdir(tmp_path):
     return here
 
 
-@pytest.mark.xfail(strict=True, reason="each job's record is refused after it ran; 'the next run records them'")
 @pytest.mark.parametrize("ledger", ["elsewhere", "default"])
 def test_a_run_in_a_directory_that_is_not_utf8_says_once_that_nothing_is_recorded(tmp_path, ledger):
     here = _workdir(tmp_path)
@@ -58,7 +57,6 @@ def test_a_run_in_a_directory_that_is_not_utf8_says_once_that_nothing_is_recorde
         assert shown.returncode == 2 and "no ledger" in shown.stderr.lower(), shown.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="strict runs the jobs; their records are refused after they ran")
 def test_strict_refuses_to_start_in_a_directory_that_is_not_utf8(tmp_path):
     here = _workdir(tmp_path)
     done = _snakemake(here, "--ledger-policy", "strict", LINEAGE_LEDGER_URL=str(tmp_path / "ledger.db"),
@@ -68,7 +66,6 @@ def test_strict_refuses_to_start_in_a_directory_that_is_not_utf8(tmp_path):
     assert not (here / "a.txt").exists()  # nothing ran
 
 
-@pytest.mark.xfail(strict=True, reason="each job's record is refused after it ran")
 def test_a_ledger_whose_path_is_not_utf8_is_said_once(tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text(SNAKEFILE)

@@ -183,9 +183,25 @@ class LogHandler(LogHandlerBase):
 
     def _workflow_started(self, now: float) -> None:
         """On Snakemake's main thread, in its workdir, before the DAG is built."""
+        if not self.active or self._nothing_recordable():
+            return
         if self.recorder is None:
             self._make_recorder()
         self.recorder.start(now)
+
+    def _nothing_recordable(self) -> bool:
+        """Whether no job of this run could be recorded here (a working directory or a ledger
+        whose path is not UTF-8: see _unrecordable); then recording stops before anything is
+        made, said once, instead of each job's record being refused after it ran."""
+        from ._unrecordable import SAID, why_nothing_is_recorded
+
+        reason = why_nothing_is_recorded(self.settings.url)
+        if reason is None:
+            return False
+        self.active = False
+        if self.settings.policy != "strict":  # strict: the policy hook refuses to start, saying why
+            log.warning("lineage-ledger: %s: %s; its jobs run unrecorded", SAID, reason)
+        return True
 
     def _say_if_policy_not_applied(self) -> None:
         hook = self.policy_hook

@@ -262,6 +262,7 @@ class PolicyHook(SnakemakeLogHook):
         self.started = False  # some execute() began while this hook was attached
         self.cpu = 0.0  # CPU seconds the check cost Snakemake's main thread
         self.warned_not_applied = False
+        self.unrecordable: str | None = None  # why no job of this run could be recorded here
         #: Under warn, the files a ledger that failed its own check could not vouch for: the
         #: recorder leaves them, and what jobs make from them, out of the records' lists.
         self.unverified: Unverified | None = None
@@ -272,10 +273,25 @@ class PolicyHook(SnakemakeLogHook):
             self.armed = self.started = True
             self.applied = False
             self.unverified = None
+            self.nothing_recordable()
         elif event == "rulegraph" and self.armed:
             self.armed = False
-            self.apply()  # a strict refusal propagates to Snakemake's logging call, by design
+            if self.unrecordable:
+                self.applied = True  # no file here has a record to check; the handler said why
+            else:
+                self.apply()  # a strict refusal propagates to Snakemake's logging call, by design
         return True
+
+    def nothing_recordable(self) -> None:
+        """At workflow start: where no job could be recorded (see _unrecordable), strict refuses
+        to start (the refusal propagates to Snakemake's logging call, before any job runs); the
+        other policies check nothing."""
+        from ._unrecordable import SAID, why_nothing_is_recorded
+
+        self.unrecordable = why_nothing_is_recorded(self.url)
+        if self.unrecordable is not None and self.policy == "strict":
+            raise refusal_class()(f"lineage-ledger: refusing to run (--logger-ledger-policy strict): {SAID}: "
+                                  f"{self.unrecordable}")
 
     def apply(self) -> None:
         import time
