@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from lineage_ledger.backends._base import redact
 
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
+from .._capture.pending import write_in_thread
 from .._environment import ESCAPED, current_environment, escape_fields, escaped_text, not_utf8
 from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
@@ -160,28 +160,18 @@ def _straight_into_the_ledger(deferred: DeferredLedger, records: list[Record], s
     """Append ``records``, which the spool refused, to the ledger itself, waiting at most
     ``wait`` seconds (2 at least: the record has nowhere else to go) and say what became of
     them. (Not in the ledger, whether this process may wait for its threads at exit.)"""
-    outcome: dict[str, BaseException] = {}
-
-    def append() -> None:
-        try:
-            deferred.append_records([record.stored() for record in records])
-        except BaseException as err:  # noqa: BLE001 - said below, on the main thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=append, name="lineage-ledger-straight", daemon=True)
-    thread.start()
-    thread.join(max(wait, 2.0))
-    finished = not thread.is_alive()
+    write = write_in_thread(deferred, [record.stored() for record in records])  # the capture's straight write
+    finished = write.wait(max(wait, 2.0))
     if finished:
         deferred.close()
-    record_id = records[-1].stored().id
+    record_id = write.record_id
     spool = printable(redact(str(spool_error), deferred.url))
     ledger = printable(redact(deferred.url, deferred.url))
-    if finished and "error" not in outcome:
+    if finished and write.error is None:
         click.echo(f"warning: {spool}; recorded {record_id[:12]} ({status}) straight into the ledger {ledger} "
                    "instead", err=True)
         return False, True
-    why = (printable(redact(str(outcome["error"]), deferred.url)) if "error" in outcome
+    why = (printable(redact(str(write.error), deferred.url)) if finished
            else f"it did not take it within {max(wait, 2.0):g}s (locked or slow?)")
     click.echo(f"error: the record of this run ({record_id[:12]}, {status}) was NOT recorded, and nothing keeps "
                f"it: {spool}, and the ledger {ledger} did not take it either: {why}", err=True)
