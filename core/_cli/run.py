@@ -194,6 +194,13 @@ def run_and_record(
     deferred = spool_first(ledger_url)
     in_artifacts = [hash_for_record(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
+    for path in out_paths:
+        # normalize_path checks the name as given: a relative one in a working directory whose
+        # name is not UTF-8 is not, absolute. Refused now, as a name that is not UTF-8 is, not
+        # after the command ran (its record would call it failed, the output "not produced").
+        if not_utf8(path):
+            raise ArtifactError(path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                                "the file name is not valid UTF-8; rename it to record it")
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
     # The spool must take the record before the command may run: its directory, a segment
     # of this process, and room on the disk.
