@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import run_cli
 
 BYTE = "\udcff"  # the byte 0xff, as Python reads it from the OS (surrogateescape)
@@ -36,7 +34,6 @@ def test_a_relative_output_in_a_directory_that_is_not_utf8_is_refused_before_the
     assert [json.loads(line)["task_name"] for line in shown.stdout.splitlines()] == ["first"]  # no 'failed' record
 
 
-@pytest.mark.xfail(strict=True, reason="unexpected ValueError from the code digest")
 def test_a_relative_script_in_a_directory_that_is_not_utf8_is_refused_as_a_script_named_so_is(workdir):
     # The code digest names each script file the command line names by its absolute path.
     here = workdir / ("d" + BYTE)
