@@ -89,14 +89,17 @@ def test_a_ledger_elsewhere_works_from_a_directory_that_is_not_utf8(workdir):
     run_cli("verify", cwd=here, env=env, errors="surrogateescape", check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="unexpected UnicodeEncodeError (spool key, PostgreSQL connect); see helper-108's report")
-@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:1/d" + BYTE, "memory://m" + BYTE])
-@pytest.mark.parametrize("name", ["run", "log", "spool ship"])
+_PG, _MEMORY = "postgresql://u@127.0.0.1:1/d" + BYTE, "memory://m" + BYTE
+# log opens a PostgreSQL ledger through its reader (ledger_backends/_pg_reader.py), which
+# connects before any name is worked out: outside this helper's files (see its report).
+URLS = [("run", _PG), ("run", _MEMORY), ("spool ship", _PG), ("spool ship", _MEMORY),
+        pytest.param("log", _PG, marks=pytest.mark.xfail(strict=True, reason="unexpected UnicodeEncodeError"))]
+
+
+@pytest.mark.parametrize(("name", "url"), URLS)
 def test_a_ledger_url_that_is_not_utf8_is_refused_as_a_bad_configuration(workdir, name, url):
     # Not a path: a URL given from bytes (an environment variable, a shell's $'...'). Nothing
     # connects to it (port 1 refuses at once, were it tried).
-    if name == "log" and url.startswith("memory"):
-        pytest.skip("log refuses memory:// for what it is, before its name is looked at")
     done = _call(name, workdir, "--ledger", url, state=workdir / "state")
     assert done.returncode == 2, done.stderr
     assert "unexpected" not in done.stderr and "not valid UTF-8" in done.stderr, done.stderr

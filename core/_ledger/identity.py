@@ -61,8 +61,20 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     cls = backend_class(scheme)  # unknown scheme, missing extra
     if scheme not in _SQL_SCHEMES:
         backend = cls(url)
-        return backend.identity, backend
-    return _sql_identity(url), None
+        return _named(backend.identity, url), backend
+    return _named(_sql_identity(url), url), None
+
+
+def _named(identity: str, url: str) -> str:
+    """``identity``, or :class:`ConfigError` where it is not UTF-8 text: a URL given from bytes
+    (an environment variable, a shell's ``$'...'``) that names no ledger the spool, the trust
+    state or a message can name."""
+    from .._environment import not_utf8
+    from .._terminal import printable
+
+    if not_utf8(identity):
+        raise ConfigError(f"the ledger URL {printable(redact(url, url))} is not valid UTF-8 text: give one that is")
+    return identity
 
 
 def trust_identity_of(url: str) -> str:
