@@ -93,6 +93,15 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
     to create, migrate or write anything: a missing ledger is :class:`NoLedger`. Back-ends
     whose constructor takes no ``create`` argument ignore it."""
     scheme, _ = split_url(url)
+    if scheme != "sqlite":  # a SQLite ledger's path is refused where its file is worked out
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            # A URL given from bytes (an environment variable, a shell's $'...'): no ledger the
+            # spool, the trust state or a message can name, refused before anything connects
+            # (a reader connected first, and failed on it with an unexpected encoding error).
+            raise ConfigError(f"the ledger URL {redact(url, url)} is not valid UTF-8 text: give --ledger (or "
+                              "LINEAGE_LEDGER_URL) one that is") from None
     if scheme == "sqlite" and not create:
         # Read-only SQLite without importing SQLAlchemy (most of a fresh reader's time).
         from ._sqlite_reader import SQLiteReader
