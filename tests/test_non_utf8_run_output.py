@@ -45,3 +45,16 @@ def test_a_relative_script_in_a_directory_that_is_not_utf8_is_refused_as_a_scrip
     assert "the file name is not valid UTF-8" in done.stderr and "d\\\\xff/s.sh" in done.stderr, done.stderr
     assert "unexpected" not in done.stderr, done.stderr
     assert not (here / "ran").exists()
+
+
+def test_other_commands_refuse_a_relative_name_in_a_directory_that_is_not_utf8(workdir):
+    """The check is on the absolute path (normalize_path), for every command, not only run's."""
+    here = workdir / ("d" + BYTE)
+    here.mkdir()
+    (here / "out").write_text("made by hand")
+    env = {"LINEAGE_STATE_DIR": str(workdir / "state"), "LINEAGE_LEDGER_URL": str(workdir / "ledger.db")}
+    for args in (["hash", "out"], ["adopt", "out"]):
+        done = run_cli(*args, cwd=here, env=env, errors="surrogateescape")
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "the file name is not valid UTF-8" in done.stderr and "unexpected" not in done.stderr, done.stderr
+    assert not (workdir / "ledger.db").exists()  # adopt refused it before making a ledger

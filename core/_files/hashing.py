@@ -46,12 +46,16 @@ def normalize_path(path: str | os.PathLike[str] | bytes) -> str:
         # is valid UTF-8: the common case of paths from walk_files, without the rework.
         return path
     raw = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
+    # The absolute path is checked, not the name as given: a relative name in a working
+    # directory whose name is not UTF-8 is not one either (run -o out ran the command, then
+    # failed to record it as produced).
+    absolute = os.path.abspath(raw)
     try:
-        raw.encode("utf-8")
+        absolute.encode("utf-8")
     except UnicodeEncodeError:
-        shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = absolute.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise ArtifactError(shown, "the file name is not valid UTF-8; rename it to record it") from None
-    return os.path.abspath(raw)
+    return absolute
 
 
 def _resolved(path: str) -> str:
