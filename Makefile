@@ -45,11 +45,16 @@ install-nextflow:
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/cli/demo.sh
 
+# Two test processes where there are two processors or more (pytest-xdist; tests/conftest.py
+# says which tests share a process), else one (-n 0). TEST_WORKERS=N sets it: more processes
+# run more engines at once (each Airflow site is a dozen processes); two is what CI times.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ $$n -lt 2 ]; then echo 0; else echo 2; fi)
+
 # pytest exits 5 when it collects nothing; say so plainly instead of a bare make error.
 # pytest-randomly (dev extra) runs the tests in a random order and prints the seed first:
 # PYTEST_ARGS="--randomly-seed=N" (or =last) repeats an order; PYTEST_ARGS="-p no:randomly" turns it off.
 test: $(STAMP)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 test-fast: $(STAMP)

@@ -166,3 +166,34 @@ def postgres_server():
 @pytest.fixture
 def postgres_url(postgres_server):
     return postgres_server.create_database()
+
+
+#: Tests that share a worker under pytest-xdist whatever their module, by what their
+#: module's name says they start: every Fabric network, every MPI job (ranks oversubscribe
+#: the processors), every Airflow site (a scheduler and a dozen processes) and every
+#: Nextflow JVM, so that two of them never compete with each other for two processors.
+_SHARED_WORKER = ("fabric", "baash", "airflow", "nextflow")
+
+
+def _work_unit(nodeid: str) -> str:
+    """The unit of work a test is in under pytest-xdist: its module (whose module-scoped
+    set-up, an Airflow site or a Fabric network, is then made once), or a service's group."""
+    module = nodeid.split("::", 1)[0]
+    name = os.path.basename(module)
+    return next((service for service in _SHARED_WORKER if service in name), module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs the tests in two processes where there are two processors or more
+    (pytest-xdist), a module or a service's group (``_work_unit``) at a time, those of the
+    most tests first. (Not ``--dist loadgroup`` with ``xdist_group`` marks: pytest-xdist 3.8
+    sets the group on a test's ``_nodeid``, which pytest 9 no longer reads, so the marks
+    grouped nothing.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
