@@ -1,7 +1,8 @@
 """Throughput of hashing one large file that is warm in the page cache.
 
 Measured, in the same run and interleaved round by round:
-  ours      lineage_ledger.hash_file(path)  (stat, BLAKE3 via mmap + threads, stat again)
+  ours      lineage_ledger.hash_file(path)  (stat, BLAKE3 via mmap + threads for a file no other
+            user can write, stat again)
   b3-mmap   blake3.blake3(max_threads=AUTO).update_mmap(path)  (the BLAKE3 ceiling)
   sha256sum the coreutils binary, run as a subprocess  (what users compare against)
   read      reading the file into one 1 MiB buffer, no hashing  (the I/O ceiling)

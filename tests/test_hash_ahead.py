@@ -172,6 +172,7 @@ def test_a_large_file_truncated_while_the_child_reads_it_is_refused_and_the_chil
         small.append(str(path))
     for _attempt in range(5):
         big.write_bytes(block * (size >> 20))
+        os.chmod(big, 0o666)  # a file another user can write, and so truncate (else it is mapped)
         with HashAhead([str(big), *small]) as ahead:
             assert ahead._child is not None
             caught = stop_while_reading(ahead._child.pid, str(big), size)

@@ -16,6 +16,8 @@ the parent then hashes itself, for the answer or the error it gives on its own.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import stat
 import sys
@@ -44,13 +46,20 @@ def file_digest(path: str, size: int) -> str:
     effect on a regular file), and at most one byte more than ``size`` is read: a file that
     grew is a changed one.
 
-    Read, never mapped: another user who truncates a mapped file while it is hashed (``: >
-    big.dat``) takes the pages past its new end away, and the next touch of one killed this
-    process with SIGBUS, with nothing reported and nothing saved. A read past the new end
-    just ends, and the caller's stat says the file changed."""
+    A large file is mapped only where no other user can write it (:func:`_only_ours`):
+    another user who truncates a mapped file while it is hashed (``: > big.dat``) takes the
+    pages past its new end away, and the next touch of one kills this process with SIGBUS,
+    with nothing reported and nothing saved. Any other large file is read (:func:`_large_digest`):
+    a read past the new end just ends, and the caller's stat says the file changed. Mapped is
+    1.6 times as fast on two processors (BLAKE3 hashes the page cache where it lies; a read
+    copies it first: ``bench/bench_hashing.py``, 0.61x of BLAKE3's own mmap read, 1.0x mapped).
+    This user's own processes can still truncate a mapped file of theirs under a check: the
+    check then dies with SIGBUS (docs/security.md)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if size >= LARGE:
+            if _only_ours(fd):
+                return _mapped_digest(fd, path)
             return _large_digest(fd, size)
         hasher = blake3()
         # A descriptor, not a file object: 9.8 against 12.5 us a file of 4 KiB; no fstat to
@@ -61,6 +70,28 @@ def file_digest(path: str, size: int) -> str:
             left -= len(chunk)
     finally:
         os.close(fd)
+    return hasher.hexdigest()
+
+
+def _only_ours(fd: int) -> bool:
+    """Whether the file open at ``fd`` is a regular file that no other user can write, so
+    none can truncate it: this user's, with no write permission for its group or others (an
+    ACL that lets another user write sets the group's write bit, its mask). Root can; root
+    is trusted."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _mapped_digest(fd: int, path: str) -> str:
+    """The digest of the file open at ``fd`` through an mmap, hashed in BLAKE3's own threads
+    without the interpreter lock."""
+    hasher = blake3(max_threads=blake3.AUTO)
+    try:
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except ValueError as err:  # emptied since the stat: not the file stat'ed
+        raise OSError(errno.EINVAL, str(err), path) from None
+    with mapped:
+        hasher.update(mapped)
     return hasher.hexdigest()
 
 
