@@ -23,7 +23,7 @@ import pytest
 
 from lineage_ledger import RecordPending, TaskCapture, TaskRun, open_ledger, utcnow
 from tests.support.airflow_site import airflow_installed, private_airflow_home
-from tests.support.faults import fill_disk, small_tmpfs
+from tests.support.faults import spool_on_a_full_disk
 
 private_airflow_home()  # the plugin's package imports Airflow: never with ~/airflow
 
@@ -34,10 +34,8 @@ HOLD = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('BEGIN 
 
 @pytest.fixture
 def full_spool(tmp_path):
-    with small_tmpfs(tmp_path / "small", "1m") as mount:
-        (mount / "spool").mkdir()
-        fill_disk(mount / "filler")
-        yield mount / "spool"
+    with spool_on_a_full_disk(tmp_path) as spool:
+        yield spool
 
 
 def test_a_late_write_is_not_the_forks_and_is_said_when_it_lands_after_all(tmp_path, full_spool, caplog):

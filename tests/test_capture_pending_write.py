@@ -20,16 +20,14 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import PendingWrite, RecordPending, SpoolError, TaskCapture, TaskRun, open_ledger, utcnow
-from tests.support.faults import fill_disk, hold_write_lock, small_tmpfs
+from tests.support.faults import hold_write_lock, spool_on_a_full_disk
 
 
 @pytest.fixture
 def full_spool(tmp_path):
     """A spool on a 1 MiB tmpfs filled to the last page (root only)."""
-    with small_tmpfs(tmp_path / "small", "1m") as mount:
-        (mount / "spool").mkdir()
-        fill_disk(mount / "filler")
-        yield mount / "spool"
+    with spool_on_a_full_disk(tmp_path) as spool:
+        yield spool
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.support.faults import (
-    fill_disk,
     hold_write_lock,
     record_bodies,
-    small_tmpfs,
+    spool_on_a_full_disk,
     without_root_file_powers,
 )
 
@@ -37,10 +36,8 @@ def _status(cli) -> list[dict]:
 @pytest.fixture
 def full_disk(tmp_path):
     """A directory on a full 64 KiB tmpfs (root only), else skip."""
-    with small_tmpfs(tmp_path / "tiny", "64k") as mount:
-        (mount / "spool").mkdir()
-        fill_disk(mount / "filler")
-        yield mount / "spool"
+    with spool_on_a_full_disk(tmp_path, "64k") as spool:
+        yield spool
 
 
 def test_run_with_the_spool_on_a_full_disk_refuses_before_running(cli, workdir, full_disk):

@@ -53,6 +53,16 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@contextlib.contextmanager
+def spool_on_a_full_disk(base: Path, size: str = "1m") -> Iterator[Path]:
+    """A spool directory on a tmpfs of ``size`` below ``base`` filled to its last page
+    (root only, else the test is skipped): the spool a task finds when its disk is full."""
+    with small_tmpfs(base / "full-disk", size) as mount:
+        (mount / "spool").mkdir()
+        fill_disk(mount / "filler")
+        yield mount / "spool"
+
+
 def fill_disk(filler: Path) -> None:
     """Write zeros to ``filler`` until its file system has no room left (ENOSPC)."""
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
