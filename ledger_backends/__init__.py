@@ -94,14 +94,11 @@ def open_backend(url: str, *, create: bool = True) -> Backend:
     whose constructor takes no ``create`` argument ignore it."""
     scheme, _ = split_url(url)
     if scheme != "sqlite":  # a SQLite ledger's path is refused where its file is worked out
-        try:
-            url.encode("utf-8")
-        except UnicodeEncodeError:
-            # A URL given from bytes (an environment variable, a shell's $'...'): no ledger the
-            # spool, the trust state or a message can name, refused before anything connects
-            # (a reader connected first, and failed on it with an unexpected encoding error).
-            raise ConfigError(f"the ledger URL {redact(url, url)} is not valid UTF-8 text: give --ledger (or "
-                              "LINEAGE_LEDGER_URL) one that is") from None
+        # Before anything connects (PostgreSQL's reader connected first, and failed on such a
+        # URL with an unexpected encoding error).
+        from lineage_ledger._ledger.identity import refuse_url_not_utf8
+
+        refuse_url_not_utf8(url, url)
     if scheme == "sqlite" and not create:
         # Read-only SQLite without importing SQLAlchemy (most of a fresh reader's time).
         from ._sqlite_reader import SQLiteReader

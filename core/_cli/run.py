@@ -180,14 +180,6 @@ def _straight_into_the_ledger(deferred: DeferredLedger, records: list[Record], s
     return True, finished
 
 
-def _refuse_not_utf8(paths: list[str]) -> None:
-    """:class:`ArtifactError` for the first of ``paths`` (absolute) that is not UTF-8."""
-    for path in paths:
-        if not_utf8(path):
-            raise ArtifactError(path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-                                "the file name is not valid UTF-8; rename it to record it")
-
-
 def run_and_record(
     command: tuple[str, ...], *, inputs: tuple[str, ...], outputs: tuple[str, ...], name: str | None,
     run_id: str | None, parameters: dict[str, str], ledger_url: str, wait: float,
@@ -202,11 +194,12 @@ def run_and_record(
     deferred = spool_first(ledger_url)
     in_artifacts = [hash_for_record(p) for p in inputs]  # bad inputs stop us before anything runs
     out_paths = [normalize_path(p) for p in outputs]  # a directory is recorded by its manifest
-    # normalize_path checks a name as given: a relative one in a working directory whose name
-    # is not UTF-8 is not, absolute. An output and a file the code digest names (as
-    # code_digest picks them) are refused now, as a name that is not UTF-8 is: not after the
-    # command ran (its record would call it failed, the output "not produced").
-    _refuse_not_utf8([*out_paths, *(os.path.abspath(arg) for arg in command if os.path.isfile(arg))])
+    # A file the code digest names (as code_digest picks them) whose absolute name is not UTF-8
+    # (a relative one in a working directory whose name is not) is refused now, by
+    # normalize_path, as an output's is: not after the command ran.
+    for arg in command:
+        if os.path.isfile(arg):
+            normalize_path(arg)
     code = code_digest(command, {a.path for a in in_artifacts} | set(out_paths))
     # The spool must take the record before the command may run: its directory, a segment
     # of this process, and room on the disk.

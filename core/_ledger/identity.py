@@ -14,7 +14,7 @@ from .._errors import ConfigError
 if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
-__all__ = ["ledger_identity", "redact", "refuse_path_not_utf8", "trust_identity_of"]
+__all__ = ["ledger_identity", "redact", "refuse_path_not_utf8", "refuse_url_not_utf8", "trust_identity_of"]
 
 _SQL_SCHEMES = frozenset({"sqlite", "postgresql"})
 
@@ -61,20 +61,21 @@ def ledger_identity(url: str) -> tuple[str, Backend | None]:
     cls = backend_class(scheme)  # unknown scheme, missing extra
     if scheme not in _SQL_SCHEMES:
         backend = cls(url)
-        return _named(backend.identity, url), backend
-    return _named(_sql_identity(url), url), None
+        return refuse_url_not_utf8(backend.identity, url), backend
+    return refuse_url_not_utf8(_sql_identity(url), url), None
 
 
-def _named(identity: str, url: str) -> str:
-    """``identity``, or :class:`ConfigError` where it is not UTF-8 text: a URL given from bytes
-    (an environment variable, a shell's ``$'...'``) that names no ledger the spool, the trust
-    state or a message can name."""
+def refuse_url_not_utf8(text: str, url: str) -> str:
+    """``text`` (``url``, or the identity worked out from it), or :class:`ConfigError` where
+    it is not UTF-8 text: a URL given from bytes (an environment variable, a shell's
+    ``$'...'``) names no ledger the spool, the trust state or a message can name."""
     from .._environment import not_utf8
     from .._terminal import printable
 
-    if not_utf8(identity):
-        raise ConfigError(f"the ledger URL {printable(redact(url, url))} is not valid UTF-8 text: give one that is")
-    return identity
+    if not_utf8(text):
+        raise ConfigError(f"the ledger URL {printable(redact(url, url))} is not valid UTF-8 text: give --ledger "
+                          "(or LINEAGE_LEDGER_URL) one that is")
+    return text
 
 
 def trust_identity_of(url: str) -> str:
