@@ -27,8 +27,9 @@ Every plugin meets the same problems, so they are solved once here:
   are recorded by their real path; a path given through a symbolic link is recorded too,
   as an alias of the real one, so that either finds the record after the link moves.
 
-Hashing a task's files is :mod:`.files`'s part, building its record :mod:`.records`'s;
-this module queues, journals and settles.
+Hashing a task's files is :mod:`.files`'s part, building its record :mod:`.records`'s,
+keeping it (the spool, else the ledger itself) :mod:`.journal`'s; this module queues,
+settles and closes.
 """
 
 from __future__ import annotations
@@ -42,13 +43,11 @@ from collections.abc import Mapping
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .._errors import RecordPending, SpoolError, SpoolFull
+from .._errors import RecordPending
 from .._files.hashing import Hasher, normalize_path
 from .._model import Record
 from .drain import BatchWorker
-from .files import FoundFiles
-from .pending import say_not_recorded_yet, write_in_thread
-from .records import TaskRecords
+from .journal import TaskJournal
 from .report import TaskRun, code_digest, jsonable
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ __all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 log = logging.getLogger("lineage_ledger.capture")
 
 
-class TaskCapture(TaskRecords):
+class TaskCapture(TaskJournal):
     """Turns :class:`TaskRun` reports into ledger records without holding the engine up.
 
     ``submit`` only queues the report. One worker thread takes the queue in batches and
@@ -312,48 +311,6 @@ class TaskCapture(TaskRecords):
             if future is not None:
                 _settle(future, ids[id(record)])
 
-    def _journal(self, records: list[Record], straight_wait: float | None = None) -> list[str]:
-        """Journal ``records`` with one write; where the spool refuses them, append them to the
-        ledger itself (waiting at most ``straight_wait`` seconds); their ids."""
-        try:
-            return self._ensure_open().record_many(records)
-        except SpoolError as err:  # its disk is full, its directory read-only
-            if isinstance(err, SpoolFull):  # the back-end is behind: it would not take them now
-                raise
-            return self._straight_into_the_ledger(records, err, straight_wait)
-
-    def _straight_into_the_ledger(self, records: list[Record], spool_error: SpoolError,
-                                  wait: float | None = None) -> list[str]:
-        """Append ``records``, which the spool refused, to the ledger itself: the one place
-        left to keep them. Said once per capture. Within ``wait`` seconds where one is given;
-        past it the append goes on in its thread (that ledger is not used again), and
-        :class:`RecordPending` hands it to the caller: it may still land."""
-        from .._ledger.deferred import spool_first
-
-        with self._lock:
-            if self._straight is None:
-                self._straight = spool_first(self.url, spool=self.spool)
-            straight, said, self._said_straight = self._straight, self._said_straight, True
-        stored = [record.stored() for record in records]
-        write = None if wait is None else write_in_thread(straight, stored)
-        if write is not None and not write.wait(wait):  # still waiting for a lock or a server
-            with self._lock:
-                if self._straight is straight:  # leave it that ledger
-                    self._straight = None
-            raise RecordPending(f"{spool_error}, and the ledger did not take it either: no answer within "
-                                f"{wait:g}s (locked or slow?); its write goes on in this process", write)
-        try:
-            if write is None:
-                straight.append_records(stored)
-            elif write.error is not None:
-                raise write.error
-        except Exception as err:
-            raise SpoolError(f"{spool_error}, and the ledger did not take it either: {err}") from err
-        if not said:
-            log.warning("lineage-ledger: %s; records go straight into the ledger %s instead while the spool "
-                        "cannot take them", spool_error, straight.url)
-        return [entry.id for entry in stored]
-
     def _not_recorded(self, run: TaskRun, future: Future[str | None] | None, err: Exception) -> None:
         if self.raise_errors and future is not None:
             _settle(future, error=err)
@@ -371,25 +328,6 @@ class TaskCapture(TaskRecords):
             self._failed_here += 1
         log.error("lineage-ledger: could not record task %s (%s): %s", run.task_name, run.task_id, err)
         return None
-
-    def _not_recorded_yet(self, run: TaskRun, pending: RecordPending) -> None:
-        with self._lock:
-            self._failed_here += 1  # until it lands
-        say_not_recorded_yet(f"task {run.task_name} ({run.task_id})", pending, self._landed_late)
-
-    def _landed_late(self) -> None:
-        with self._lock:
-            self._failed_here -= 1
-
-    def _commit(self, run: TaskRun, files: FoundFiles | None, straight_wait: float | None = None) -> str:
-        """Build ``run``'s record and journal it (after the manifests it needs)."""
-        record = self._build(run, files)
-        manifests = self._manifest_records(files)
-        try:
-            return self._journal([*manifests, record], straight_wait)[-1]
-        except BaseException:
-            self._forget_manifests(manifests)
-            raise
 
 
 def _settle(future: Future[str | None], result: str | None = None, *, error: BaseException | None = None) -> None:
