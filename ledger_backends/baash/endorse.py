@@ -21,6 +21,7 @@ uses, so endorsed checkpoints work with ``verify-lineage --against``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -105,14 +106,23 @@ def _private_dir(path: str) -> None:
 
 
 def _write_replace(path: str, text: str, mode: int) -> None:
+    """Write ``path`` whole or not at all. A failed write (a full disk) removes its temporary
+    file: left behind, it made every later write of this process fail on O_EXCL."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            data = memoryview(text.encode())
+            while data:  # a write cut short by a full disk returns a count, not ENOSPC
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def ensure_origin(storage: str) -> str:

@@ -15,6 +15,7 @@ itself and persists them there, so clients are answered throughout a restart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -130,6 +131,10 @@ class TransactionManager:
                 self._round(requests)
             except Exception as err:  # noqa: BLE001 - the front door must keep answering
                 log.exception("baash: round failed")
+                # The round may have reached storage before it failed: read it back, or every
+                # later append would be checked against a head storage has left behind.
+                with contextlib.suppress(Exception):
+                    self.resync()
                 for request in requests:
                     if not request.done.is_set():
                         request.finish("unavailable", f"internal error: {err}")

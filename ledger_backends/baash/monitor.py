@@ -346,7 +346,14 @@ class JobMonitor:
             raise JobDown("the MPI job answered a round with something else")
         if reply["checkpoint"]:
             self.endorsed = reply["checkpoint"]
-            save_endorsed(self.storage, self.endorsed)
+            try:
+                save_endorsed(self.storage, self.endorsed)
+            except OSError as err:
+                # The round is committed (storage and every rank hold it): failing it here left
+                # the daemon's index behind storage for good. The note is served from memory;
+                # the file keeps an older one, which the chain extends, until a save succeeds.
+                log.warning("baash: could not keep the endorsed tree head in %s/checkpoint: %s",
+                            self.storage, err)
         return reply["outcomes"], reply["info"]
 
     def ledgers(self) -> list[dict[str, Any]]:
