@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from lineage_ledger import BackendError, build_block
+from lineage_ledger import BackendError, build_block, verify_chain
 from lineage_ledger.backends import open_backend
+from tests.backend_conformance import chain_of
 from tests.support.baash import BaashService
 from tests.support.factories import make_records
 from tests.support.faults import fill_disk, small_tmpfs
@@ -100,3 +101,43 @@ def test_a_round_whose_endorsed_note_cannot_be_saved_is_committed_and_the_servic
     storage = mount / "storage"
     assert (storage / "checkpoint").read_text().splitlines()[1] == "6"
     assert not list(storage.glob("*.tmp"))
+
+
+def _line(height: int) -> int:
+    return len(f"{height} ") + 64 + 1  # "<height> <block id>\n"
+
+
+@pytest.mark.xfail(strict=True, reason="a chain.log line cut short by a full disk is taken as committed")
+def test_a_chain_log_line_cut_short_by_a_full_disk_commits_nothing_and_the_store_goes_on(tmp_path):
+    """Bug: ``SharedStore.commit`` wrote the round's ``chain.log`` lines with one ``os.write``
+    and did not look at its count. With the block files written (one free page each) but the
+    log needing a page more, the kernel wrote the part of the line that fit and returned
+    that count: commit returned as if committed (the gateway then acknowledged the append),
+    storage did not hold the block, and the next commit wrote the line of the height after
+    it, so every later refresh, commit and start failed with CorruptStore. Real tmpfs; the
+    store is the one the gateway and the daemon use (no MPI needed)."""
+    from lineage_ledger.backends.baash.storage import SharedStore
+
+    with small_tmpfs(tmp_path / "disk", "1m") as mount:
+        os.chmod(mount, 0o755)
+        store = SharedStore(str(mount / "storage"))
+        blocks = chain_of(make_records(80), 1)
+        size, height = 0, 0
+        while size + _line(height) <= PAGE:  # fill the log's first page, one block a commit
+            store.commit(blocks[height:height + 1])
+            size, height = size + _line(height), height + 1
+        assert size < PAGE < size + _line(height)  # the next line crosses into a new page
+        filler = _fill_leaving(mount, PAGE)      # room for the block file, not the log's page
+        try:
+            store.commit(blocks[height:height + 1])
+            committed = True
+        except OSError:
+            committed = False
+        store.refresh()
+        assert store.height == height + committed, "commit said committed, storage does not hold the block"
+        filler.unlink()
+        store.commit(blocks[height:height + 3])   # retried with the next ones, as the job does
+        assert store.height == height + 3
+        reopened = SharedStore(str(mount / "storage"))
+        assert [b.id for b in reopened.load()] == [b.id for b in blocks[:height + 3]]
+        assert verify_chain(list(reopened.load())).blocks == height + 3
