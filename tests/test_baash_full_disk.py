@@ -107,7 +107,6 @@ def _line(height: int) -> int:
     return len(f"{height} ") + 64 + 1  # "<height> <block id>\n"
 
 
-@pytest.mark.xfail(strict=True, reason="a chain.log line cut short by a full disk is taken as committed")
 def test_a_chain_log_line_cut_short_by_a_full_disk_commits_nothing_and_the_store_goes_on(tmp_path):
     """Bug: ``SharedStore.commit`` wrote the round's ``chain.log`` lines with one ``os.write``
     and did not look at its count. With the block files written (one free page each) but the

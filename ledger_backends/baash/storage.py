@@ -154,8 +154,16 @@ class SharedStore:
             # cut short (never committed). Appended to, it would glue onto our first line.
             if os.fstat(fd).st_size > self._log_offset:
                 os.ftruncate(fd, self._log_offset)
-            os.write(fd, lines)
-            os.fsync(fd)
+            try:
+                data = memoryview(lines)
+                while data:  # a full disk cuts a write short and returns the count, no error
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                # Lines only partly written commit nothing: take them back, so the caller's
+                # error is the whole truth and a retry appends where the log really ends.
+                os.ftruncate(fd, self._log_offset)
+                raise
         finally:
             os.close(fd)
         self.refresh()
