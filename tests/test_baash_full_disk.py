@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage_ledger import BackendError, build_block, verify_chain
+from lineage_ledger import BackendError, BackendUnavailable, build_block, verify_chain
 from lineage_ledger.backends import open_backend
 from tests.backend_conformance import chain_of
 from tests.support.baash import BaashService
@@ -101,6 +101,37 @@ def test_a_round_whose_endorsed_note_cannot_be_saved_is_committed_and_the_servic
     storage = mount / "storage"
     assert (storage / "checkpoint").read_text().splitlines()[1] == "6"
     assert not list(storage.glob("*.tmp"))
+
+
+@pytest.mark.xfail(strict=True, reason="a full storage disk stops the MPI job as if the daemon were gone and "
+                                       "blames a rank")
+def test_a_full_storage_disk_is_answered_unavailable_without_stopping_the_job(service_on_small_disk):
+    """Bug: with no room for a block file, the gateway's commit raised ENOSPC inside its
+    request loop, which took any OSError for the daemon's connection: it printed 'lost the
+    daemon (OSError(28, ...)); stopping the job', the job went down at every append, and the
+    daemon recorded a rank failure naming whichever rank's heartbeat closed first (rank 2,
+    its PID), excluding it at the restart though no rank had failed. The append must be
+    answered 'unavailable' naming the disk (a recorder keeps it in its spool), nothing
+    committed, the job and its ranks left as they are, and appends commit again once the
+    disk has room."""
+    service, mount = service_on_small_disk
+    writer = Appender(service.url)
+    assert writer.append() == "ok"
+    before = writer.backend.status()
+    filler = _fill_leaving(mount, 0)
+    try:
+        writer.backend.append([writer.block()])
+        raise AssertionError("an append to a full disk was answered committed")
+    except BackendUnavailable as err:
+        assert "No space left on device" in str(err), err
+    assert len(_stored_ids(mount)) == 1 and writer.backend.head().height == 0
+    after = writer.backend.status()
+    assert after["failures"] == [], after["failures"]
+    assert (after["job_up"], after["job"]["generation"]) == (True, before["job"]["generation"])
+    filler.unlink()
+    assert [writer.append() for _ in range(2)] == ["ok", "ok"]
+    assert len(_stored_ids(mount)) == 3
+    assert not list((mount / "storage").rglob("*.tmp"))  # the failed write left nothing behind
 
 
 def _line(height: int) -> int:
