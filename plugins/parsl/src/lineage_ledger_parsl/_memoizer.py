@@ -34,6 +34,7 @@ Everything else (lookup table, checkpoint files and modes) is ``BasicMemoizer``'
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -44,6 +45,7 @@ from parsl.dataflow.taskrecord import TaskRecord
 
 from lineage_ledger import (
     ArtifactCheck,
+    ArtifactError,
     ArtifactMismatch,
     LedgerError,
     VerificationError,
@@ -56,6 +58,7 @@ from lineage_ledger import (
 
 from ._session import ParslLedger
 from ._tasks import file_digest, task_files, unverified_digests
+from ._unrecordable import changes_key, not_utf8, shown, unnamed
 
 __all__ = ["LedgerMemoizer"]
 
@@ -74,6 +77,7 @@ class LedgerMemoizer(Memoizer):
         self.inner = inner if inner is not None else BasicMemoizer(**options)
         self.cache_hits = 0
         self.reruns = 0
+        self._said_unnamed = False  # a strict refusal of files the ledger cannot name was logged
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
@@ -112,7 +116,7 @@ class LedgerMemoizer(Memoizer):
         cached = self._inner_check(task, bool(inputs or outputs))
         tampered: list[str] = []
         unverified: dict[str, Any] = {}
-        if inputs or outputs:
+        if (inputs or outputs) and self.ledger.unrecordable is None:  # else: said at the start
             tampered, unverified = self._verify(task, inputs + outputs)
             # Files a tampered ledger could not vouch for count as changed under rerun.
             if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
@@ -175,7 +179,9 @@ class LedgerMemoizer(Memoizer):
         try:
             digest: str | None = hash_file(value.filepath).blake3
         except LedgerError:  # not there yet: key by name; the task itself will report it
-            digest = None
+            # A path the core will not hash (not UTF-8): keyed by its changes instead, so that
+            # an edited input is a miss, as it is by content, and never a stale hit.
+            digest = changes_key(value.filepath) if not_utf8(os.path.abspath(value.filepath)) else None
         return (_FILE_TAG, value.url, digest)
 
     def _verify(self, task: Mapping[str, Any], paths: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -186,6 +192,10 @@ class LedgerMemoizer(Memoizer):
         policy = self.ledger.policy
         # Files this process wrote in this run may not be in the ledger yet (write-behind).
         paths = [p for p in dict.fromkeys(paths) if not self.ledger.produced_here(p)]
+        left = unnamed(paths)
+        if left:  # the ledger cannot name them, so holds no record of them to compare with
+            self._unnamed(task, left)
+            paths = [p for p in paths if p not in left]
         if not paths:
             return [], {}
         try:
@@ -215,6 +225,23 @@ class LedgerMemoizer(Memoizer):
             self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
             raise refusal
         return tampered, {}
+
+    def _unnamed(self, task: Mapping[str, Any], left: list[str]) -> None:
+        """Files of ``task`` at paths that are not UTF-8: the try goes unrecorded (the run
+        says so at its start and end), and ``strict`` refuses it, as nothing can vouch for
+        them. The refusal is logged once per ledger; each refused try raises it."""
+        if self.ledger.policy != "strict":
+            return
+        refusal = ArtifactError(
+            shown(left[0]),
+            f"not valid UTF-8 text: lineage-ledger refuses to run task {task['id']} ({task['func_name']}) under "
+            "policy strict, as it can neither check nor record a file whose path is not (the ledger names a file "
+            "by its path, as text); rename it" + (f" ({len(left) - 1} more such files)" if len(left) > 1 else ""))
+        if not self._said_unnamed:
+            self._said_unnamed = True
+            log.error("lineage-ledger: %s", refusal)
+        self.ledger.not_recorded(left[0])  # the refusal cannot be recorded either
+        raise refusal
 
     def _one_by_one(self, task: Mapping[str, Any], paths: list[str], failed: str) -> tuple[list[ArtifactCheck], list[str]]:
         """Under warn or rerun, after the check of ``paths`` as one batch failed the ledger's

@@ -13,6 +13,7 @@ from lineage_ledger import ConfigError, ProcessCapture, TaskCapture, TaskRun, sp
 
 from . import _shared
 from ._tasks import file_digest, function_digest, task_files, task_parameters
+from ._unrecordable import SAID, shown, unnamed, why_nothing_is_recorded, working_directory_note
 
 if TYPE_CHECKING:
     from parsl.dataflow.memoization import BasicMemoizer
@@ -81,10 +82,26 @@ class ParslLedger:
             raise ConfigError(f"unknown record_in {record_in!r}; choose process or thread")
         self.policy = policy
         self.file_key = file_key
+        #: Why no try can be recorded (a ledger whose path is not UTF-8: see _unrecordable), or
+        #: None. Said once, here; no recording process is started, nothing checked or recorded.
+        self.unrecordable = why_nothing_is_recorded(url) if capture is None else None
+        if self.unrecordable is not None:
+            if policy == "strict":
+                raise ConfigError(f"lineage-ledger: refusing to run (policy strict): {SAID}: {self.unrecordable}")
+            log.warning("lineage-ledger: %s: %s; its tasks run unrecorded", SAID, self.unrecordable)
+        else:
+            note = working_directory_note()
+            if note is not None:
+                log.warning("lineage-ledger: %s", note)
+        #: Tries not recorded because the ledger cannot name their files (or itself), said at
+        #: the end of each run; ``_unrecorded_said``: how many of them were said so far.
+        self.unrecorded = 0
+        self._unrecorded_said = 0
+        self._unrecorded_example: str | None = None
         # threads: the pool that hashes and journals; spool: None -> $LINEAGE_SPOOL or .lineage/spool
         # One recording process for every ParslLedger of this process that records to the
         # same place (see _shared): a DataFlowKernel per test module must not start one each.
-        self._shared = capture is None and record_in == "process"
+        self._shared = capture is None and record_in == "process" and self.unrecordable is None
         self._where = (url, threads, spool)
         self._borrowed: tuple | None = None  # the shared capture's key while this ledger uses it
         self.capture: TaskCapture
@@ -124,7 +141,7 @@ class ParslLedger:
         to the recording process, which runs below Parsl's priority."""
         with self._lock:
             posted = self._posted
-        if posted == self._flushed:
+        if posted == self._flushed or self.unrecordable is not None:
             return True
         done = self.capture.flush(timeout)
         if done:
@@ -137,6 +154,8 @@ class ParslLedger:
 
         A shared recording process is not waited for here: it starts with the first try
         (the ring keeps reports until it is ready), while the DataFlowKernel gets going."""
+        if self.unrecordable is not None:
+            return  # said when made: nothing to open
         self._borrow()
         if not self._shared:
             self.capture.open()
@@ -145,6 +164,9 @@ class ParslLedger:
         """Flush. A recording process of its own ends here; a shared one when no ParslLedger
         has used it for a moment (``_shared.IDLE_SECONDS``), at the latest when this process
         exits. Each wrapped executor's shutdown calls this: the later calls only flush."""
+        self._say_unrecorded()
+        if self.unrecordable is not None:
+            return True  # nothing was opened
         if not self._shared:
             told = self._gave_up()  # the memoizer's close waited already, and said so
             flushed = self.capture.close(0 if told else timeout)
@@ -164,6 +186,7 @@ class ParslLedger:
         The records are in the spool already; if the back-end does not take them in time,
         say once where they wait and how they ship, and do not wait for it again unless
         more tries come."""
+        self._say_unrecorded()
         if self._gave_up():
             return False
         with self._lock:
@@ -174,6 +197,30 @@ class ParslLedger:
             self._gave_up_at = posted
         self._tell_waiting()
         return False
+
+    def not_recorded(self, path: str | None) -> None:
+        """Count a try not recorded because the ledger cannot name ``path`` (None: itself)."""
+        with self._lock:
+            self.unrecorded += 1
+            if path is not None and self._unrecorded_example is None:
+                self._unrecorded_example = shown(path)
+
+    def _say_unrecorded(self) -> None:
+        """At the end of a run, once: how many of its tries were not recorded (see :meth:`submit`)."""
+        with self._lock:
+            count = self.unrecorded - self._unrecorded_said
+            self._unrecorded_said = self.unrecorded
+            example = self._unrecorded_example
+        if count <= 0:
+            return
+        tries = "1 try" if count == 1 else f"{count} tries"
+        if self.unrecordable is not None:
+            log.warning("lineage-ledger: %s of this run not recorded (the ledger's own path is not UTF-8 text: see "
+                        "the start of the run)", tries)
+        else:
+            log.warning("lineage-ledger: %s of this run not recorded: their Files are at paths that are not valid "
+                        "UTF-8 text (%s, ...), and the ledger names a file by its path, as text: rename them to "
+                        "record them", tries, example)
 
     def _gave_up(self) -> bool:
         with self._lock:
@@ -294,7 +341,14 @@ class ParslLedger:
         )
 
     def submit(self, run: TaskRun) -> None:
-        """Hand a finished try to the capture; successful outputs count as produced."""
+        """Hand a finished try to the capture; successful outputs count as produced. A try
+        the ledger cannot name (a file, or the ledger, at a path that is not UTF-8) is only
+        counted: the capture would refuse it, task by task; the end of the run says how many."""
+        if self.unrecordable is not None or (
+            (run.inputs or run.outputs) and (left := unnamed([*run.inputs, *run.outputs]))
+        ):
+            self.not_recorded(None if self.unrecordable is not None else left[0])
+            return
         if run.outputs and run.status == "succeeded":
             self.produced(list(run.outputs))
         with self._lock:
