@@ -64,7 +64,6 @@ def _tasks(tmp_path) -> list[str]:
     return [r["task_name"] for r in record_bodies(tmp_path / "ledger.db") if r["engine"] == "test"]
 
 
-@pytest.mark.xfail(strict=True, reason="at exit a pending write dies with its process: the record is lost, and nothing says so")
 def test_a_pending_record_is_kept_in_the_spool_at_exit_and_shipped_later(tmp_path, disk, ledger):
     result = _record_then_exit(tmp_path, disk, ledger, "free")
     assert result.returncode == 0 and "returned None" in result.stdout, result.stderr
@@ -83,7 +82,6 @@ def test_a_pending_record_is_kept_in_the_spool_at_exit_and_shipped_later(tmp_pat
     assert again.returncode == 0 and _tasks(tmp_path) == ["late"], again.stderr  # once, not twice
 
 
-@pytest.mark.xfail(strict=True, reason="at exit a pending write dies with its process and nothing says so")
 def test_a_pending_record_the_spool_still_refuses_at_exit_is_said_not_recorded(tmp_path, disk, ledger):
     result = _record_then_exit(tmp_path, disk, ledger, "full")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
@@ -103,7 +101,6 @@ FILL_THEN_FREE_LATER = (
     "rm -f {filler}) >/dev/null 2>&1 & true")
 
 
-@pytest.mark.xfail(strict=True, reason="run says NOT recorded without trying the spool again, which has room by then")
 def test_run_keeps_in_the_spool_a_record_the_locked_ledger_did_not_take_once_the_disk_has_room(workdir):
     with small_tmpfs(workdir / "disk", "1m") as disk:
         run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists

@@ -14,8 +14,9 @@ account verified it (it shrank or forked): nothing is appended to it. Otherwise 
 status is the command's, or 128+N when a signal N ended or interrupted it, as a shell says.
 A record that the spool cannot take when the command ends (its disk filled while the command
 ran) is appended to the ledger itself, with a warning: the one place left to keep it. Where
-the ledger does not take it either, ``run`` says that it was not recorded, and exits 1 where
-the command succeeded.
+the ledger does not take it either, it is journaled in the spool after all where the spool
+has room again by then (for ``spool ship``); else ``run`` says that it was not recorded, and
+exits 1 where the command succeeded.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lineage_ledger.backends._base import redact
 
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
-from .._capture.pending import write_in_thread
+from .._capture.pending import keep_in_spool, write_in_thread
 from .._environment import ESCAPED, current_environment, escape_fields, escaped_text, not_utf8
 from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
@@ -156,10 +157,11 @@ def _flush_unless_refused(recorder: Recorder, deadline: float, forwarder: _Forwa
 
 
 def _straight_into_the_ledger(deferred: DeferredLedger, records: list[Record], spool_error: SpoolError,
-                              status: str, wait: float) -> tuple[bool, bool]:
+                              status: str, wait: float, ledger_url: str) -> tuple[bool, bool]:
     """Append ``records``, which the spool refused, to the ledger itself, waiting at most
-    ``wait`` seconds (2 at least: the record has nowhere else to go) and say what became of
-    them. (Not in the ledger, whether this process may wait for its threads at exit.)"""
+    ``wait`` seconds (2 at least: the record has nowhere else to go); where the ledger does not
+    take them, journal them in the spool after all if it has room by then, and say what became
+    of them. (Not in the ledger nor the spool, whether this process may wait for its threads at exit.)"""
     write = write_in_thread(deferred, [record.stored() for record in records])  # the capture's straight write
     finished = write.wait(max(wait, 2.0))
     if finished:
@@ -173,6 +175,17 @@ def _straight_into_the_ledger(deferred: DeferredLedger, records: list[Record], s
         return False, True
     why = (printable(redact(str(write.error), deferred.url)) if finished
            else f"it did not take it within {max(wait, 2.0):g}s (locked or slow?)")
+    try:
+        kept = keep_in_spool(write)  # the disk may have room again by now
+    except SpoolError as err:
+        why += f"; nor the spool at last: {printable(redact(str(err), deferred.url))}"
+    else:
+        click.echo(f"{'error' if finished else 'warning'}: {spool}, and the ledger {ledger} did not take the record "
+                   f"either: {why}", err=True)
+        click.echo(f"recorded {record_id[:12]} ({status}) after all: it waits in the spool {printable(kept)}, which "
+                   f"had room again; `lineage-ledger spool ship`{_same_ledger(ledger_url)} (or the next run) ships "
+                   "it", err=True)
+        return finished, finished  # refused by the ledger: an error of this run; locked: a delay
     click.echo(f"error: the record of this run ({record_id[:12]}, {status}) was NOT recorded, and nothing keeps "
                f"it: {spool}, and the ledger {ledger} did not take it either: {why}", err=True)
     click.echo("the command's outputs are not vouched for by any record: once the spool has room, "
@@ -277,7 +290,7 @@ def run_and_record(
         # The command ran, and the spool cannot take its record now (its disk filled
         # meanwhile, say): the ledger itself is the one place left to keep it.
         recorder.close(0)
-        return _exit(*_straight_into_the_ledger(deferred, records, err, status, wait), interrupted=interrupted,
+        return _exit(*_straight_into_the_ledger(deferred, records, err, status, wait, ledger_url), interrupted=interrupted,
                      killed_by=killed_by, problems=problems, returncode=returncode, forwarder=forwarder)
     recorder.sync()  # and the disk
     deadline = time.monotonic() + wait
