@@ -32,7 +32,7 @@ from ._base import Backend, redact, safe_cause
 from ._pg_audit import PostgresAuditReads
 from ._pg_watch import HANG_TIMEOUT_KEY, forget_watches_after_fork, guarded_connect, hang_limit
 from ._sql_reads import SCHEMA_VERSION, _SQLReads
-from ._sqlite_files import database_error, refusal
+from ._sqlite_files import database_error, driver_text, refusal
 
 __all__ = ["SESSION_SETUP", "TUNING_KEYS", "PostgresReader", "identity_of", "set_up_session"]
 
@@ -253,10 +253,10 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
         try:
             yield
         except psycopg.DatabaseError as err:
-            text = redact(str(err).strip(), self.url)
+            text = driver_text(err, self.url)
             raise database_error(what, self.display_url, text) from safe_cause(err, self.url)
         except psycopg.Error as err:
-            text = redact(str(err).strip(), self.url)
+            text = driver_text(err, self.url)
             raise BackendError(f"{self.display_url}: {what} failed: {text}") from safe_cause(err, self.url)
 
     def _borrow(self) -> Any:

@@ -24,7 +24,7 @@ from lineage_ledger._errors import AppendConflict, BackendError, ServerInRecover
 from ._base import redact, safe_cause
 from ._pg_reader import set_up_session
 from ._pg_watch import guarded_connect
-from ._sqlite_files import database_error
+from ._sqlite_files import database_error, driver_text
 from ._sqlite_writes import enter_wal
 
 __all__ = ["guard_postgres_connections", "set_up_sqlite_connections"]
@@ -63,7 +63,7 @@ def _translated(what: str, url: str, in_recovery: Callable[[], bool] | None = No
             err, url
         )
     except exc.DatabaseError as err:
-        text = redact(str(err.orig if getattr(err, "orig", None) else err).strip(), url)
+        text = driver_text(getattr(err, "orig", None) or err, url)
         if in_recovery is not None and getattr(err.orig, "sqlstate", None) == _READ_ONLY_SQLSTATE \
                 and in_recovery():
             raise ServerInRecovery(
@@ -71,7 +71,7 @@ def _translated(what: str, url: str, in_recovery: Callable[[], bool] | None = No
                 f"promoted (or give the primary's URL): {text}") from safe_cause(err, url)
         raise database_error(what, shown, text) from safe_cause(err, url)
     except exc.SQLAlchemyError as err:
-        raise BackendError(f"{shown}: {what} failed: {redact(str(err), url)}") from safe_cause(err, url)
+        raise BackendError(f"{shown}: {what} failed: {driver_text(err, url)}") from safe_cause(err, url)
 
 
 _ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -26,16 +27,37 @@ from lineage_ledger._errors import (
 )
 from lineage_ledger._ledger.identity import refuse_path_not_utf8
 
+from ._base import redact
 from ._sql_reads import SCHEMA_VERSION
 
-__all__ = ["SQLiteFile", "database_error", "is_sqlite_url", "read_only_uri", "refusal", "sqlite_file"]
+__all__ = ["SQLiteFile", "database_error", "driver_text", "is_sqlite_url", "read_only_uri", "refusal", "sqlite_file"]
 
 _BUSY_TIMEOUT_S = 60
 
 
 # -- errors -----------------------------------------------------------------------------------
+# A driver's message is prose: libpq breaks its lines and indents the hint ("Connection
+# refused\n\tIs the server running ..."), the server pads its severity ("FATAL:  role").
+# Every message of the command line shows a control character as an escape, so unfolded a
+# user read "refused\x0a\x09Is the server". Only ASCII whitespace is folded: the other
+# characters str.isspace() takes (\x1c-\x1f, NEL, U+2028) stay, to be shown escaped.
+_WHITESPACE = re.compile(r"[ \t\n\r\v\f]+")
+
+
+def driver_text(err: BaseException, url: str | None = None) -> str:
+    """``err``'s message for a user: its whitespace folded into single spaces, one line, and
+    ``url``'s password (if given) in no spelling. Redacted before folding as well as after:
+    a password with a run of spaces in it is found as written, and one the driver quoted
+    across a line break is found once folded."""
+    text = str(err)
+    if url is not None:
+        text = redact(text, url)
+    text = _WHITESPACE.sub(" ", text).strip()
+    return text if url is None else redact(text, url)
+
+
 def database_error(what: str, shown: str, text: str) -> LedgerError:
-    """The library's error for a database error whose (redacted) message is ``text``."""
+    """The library's error for a database error whose (redacted, one-line) message is ``text``."""
     lowered = text.lower()
     if any(s in lowered for s in ("not a database", "malformed", "corrupt", "disk image")):
         return CorruptStore(
@@ -224,9 +246,9 @@ def _translated(what: str, shown: str):
     try:
         yield
     except sqlite3.DatabaseError as err:
-        raise database_error(what, shown, str(err).strip()) from err
+        raise database_error(what, shown, driver_text(err)) from err
     except sqlite3.Error as err:
-        raise BackendError(f"{shown}: {what} failed: {err}") from err
+        raise BackendError(f"{shown}: {what} failed: {driver_text(err)}") from err
 
 
 class SQLiteFile:

@@ -41,6 +41,7 @@ from ._sqlite_files import (
     _translated,
     _writable,
     database_error,
+    driver_text,
     ledger_path,
     sqlite_file,
 )
@@ -87,9 +88,9 @@ def _translated_write(what: str, shown: str) -> Iterator[None]:
     except sqlite3.IntegrityError as err:
         raise AppendConflict(f"{what}: another writer stored this height or record first") from err
     except sqlite3.DatabaseError as err:
-        raise database_error(what, shown, str(err).strip()) from err
+        raise database_error(what, shown, driver_text(err)) from err
     except sqlite3.Error as err:
-        raise BackendError(f"{shown}: {what} failed: {err}") from err
+        raise BackendError(f"{shown}: {what} failed: {driver_text(err)}") from err
 
 
 class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
