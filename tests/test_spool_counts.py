@@ -1,0 +1,54 @@
+"""What the spool commands count: records, said as the tasks and directory manifests they are.
+
+A task whose input or output is a directory is kept with the directory's manifest record, so
+a 9-job run with three directory outputs leaves 12 records; users count tasks. Every count of
+records a user reads from ``spool status`` and ``spool ship`` says how many are tasks and how
+many directory manifests. Through the real CLI, a real SQLite ledger whose write lock another
+real process holds while the records wait.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.faults import hold_write_lock
+
+
+def _run(cli, name: str, output: str, make: str) -> None:
+    result = cli("run", "--ship-wait", "0", "-n", name, "-o", output, "--", "sh", "-c", make)
+    assert result.returncode == 0 and "waits" in result.stderr, result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="spool status and ship count directory manifests as records, without saying so")
+def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir):
+    cli("run", "--", "true", check_rc=0)  # the ledger exists
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        for name in ("a", "b", "c"):  # three tasks that write a directory each
+            _run(cli, name, f"out-{name}", f"mkdir -p out-{name} && echo {name} > out-{name}/x")
+        _run(cli, "d", "d.txt", "echo d > d.txt")  # and one that writes a file
+        text = cli("spool", "status", check_rc=0).stdout
+        assert "7 record(s) wait for " in text and "(4 tasks, 3 directory manifests)" in text, text
+        waiting, = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+        assert (waiting["records"], waiting["tasks"], waiting["manifests"]) == (7, 4, 3), waiting
+        locked = cli("spool", "ship", "--timeout", "1")
+        assert locked.returncode == 2, locked.stderr
+        assert "7 record(s) wait in the spool" in locked.stderr and "(4 tasks, 3 directory manifests)" in locked.stderr
+    finally:
+        holder.communicate("")
+    shipped = cli("spool", "ship", check_rc=0)
+    assert "shipped 7 record(s) (4 tasks, 3 directory manifests)" in shipped.stderr, shipped.stderr
+    # Run again with out-a unchanged: its manifest is journaled again, and is in the ledger already.
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        _run(cli, "a", "out-a", "mkdir -p out-a && echo a > out-a/x")
+        text = cli("spool", "status", check_rc=0).stdout
+        assert "2 record(s) wait for " in text and "(1 task, 1 directory manifest)" in text, text
+    finally:
+        holder.communicate("")
+    shipped = cli("spool", "ship", check_rc=0)
+    assert "shipped 1 record(s) (1 task)" in shipped.stderr, shipped.stderr  # the manifest was there
+    again = cli("spool", "ship", check_rc=0)
+    assert "shipped 0 record(s)" in again.stderr, again.stderr
