@@ -2,6 +2,8 @@
 
     nextflow-ledger [NEXTFLOW OPTIONS] run PIPELINE [RUN OPTIONS] --ledger URL --ledger-policy warn|strict|rerun|off
 
+0. A launch directory or ``-log`` name that is not UTF-8 text (``_unrecordable``): nothing of
+   the run can be recorded; said once, and Nextflow runs unrecorded (``strict`` refuses).
 1. With ``-resume``: check the files of the resumed session's tasks against the ledger and
    apply the policy (``_preflight``): ``strict`` refuses with exit status 1 before Nextflow
    starts, ``rerun`` moves the changed tasks' work directories aside, ``warn`` names them.
@@ -114,6 +116,23 @@ def run(argv: list[str]) -> int:
         return 2
     launch_dir = os.getcwd()
     url = _args.absolute_url(command.ledger, launch_dir)
+    from . import _unrecordable
+
+    # Before Nextflow starts: a name that is not UTF-8 (_unrecordable).
+    unrecordable = _unrecordable.why_nothing_is_recorded(launch_dir, command.log_file)
+    if unrecordable is not None:
+        if command.policy == "strict":
+            print(f"nextflow-ledger: refusing to run (--ledger-policy strict): {_unrecordable.SAID}: {unrecordable}",
+                  file=sys.stderr)
+            return 1
+        checked = "; nothing is checked before -resume either" if command.resume and command.policy != "off" else ""
+        _logger().warning("lineage-ledger: %s: %s%s; Nextflow runs unrecorded", _unrecordable.SAID, unrecordable,
+                          checked)
+        return _run_unrecorded(command, nextflow)
+    bad = _unrecordable.bad_ledger(url)
+    if bad is not None:
+        print(f"nextflow-ledger: refusing to run: {bad}", file=sys.stderr)
+        return 2
     unverified: list[Unverified] = []
     known: dict[str, Any] = {}  # the session's tasks the check started from (its list, or rebuilt)
     if command.resume and command.policy != "off":
@@ -257,6 +276,16 @@ def _rerun(launch_dir: str, plan: Plan) -> int | None:
               f"files aside: {err}", file=sys.stderr)
         return 1
     return None
+
+
+def _run_unrecorded(command: _args.Command, nextflow: str) -> int:
+    """Nextflow with the user's arguments, as it runs without the wrapper; its exit status."""
+    import signal
+
+    process = subprocess.Popen([nextflow, *command.top, "run", *command.run])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches Nextflow (same process group)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    return process.wait()
 
 
 def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: str,
