@@ -103,8 +103,6 @@ def test_a_round_whose_endorsed_note_cannot_be_saved_is_committed_and_the_servic
     assert not list(storage.glob("*.tmp"))
 
 
-@pytest.mark.xfail(strict=True, reason="a full storage disk stops the MPI job as if the daemon were gone and "
-                                       "blames a rank")
 def test_a_full_storage_disk_is_answered_unavailable_without_stopping_the_job(service_on_small_disk):
     """Bug: with no room for a block file, the gateway's commit raised ENOSPC inside its
     request loop, which took any OSError for the daemon's connection: it printed 'lost the

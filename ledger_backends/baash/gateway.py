@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from lineage_ledger._errors import ConfigError
+from lineage_ledger._errors import ConfigError, describe_os_error
 from lineage_ledger._model import BlockHeader
 
 from ._mpi import Inbox, Tag
@@ -146,7 +146,17 @@ class Gateway:
             head_id = blocks[end - 1].id
             outcomes.append(("committed", ""))
         committed = blocks[:count]
-        self.store.commit(committed)  # Protocol 4: shared storage, one look-up per block
+        try:
+            self.store.commit(committed)  # Protocol 4: shared storage, one look-up per block
+        except OSError as exc:
+            # Storage refused the round (a full or read-only disk): nothing of it is committed
+            # (the log line commits, and it is taken back). That is no rank's failure: answer
+            # the round's requests 'unavailable' (their recorders keep them) and keep the job.
+            why = f"shared storage could not keep the round: {describe_os_error(exc)} ({self.store.root})"
+            print(f"baash gateway: {why}", file=sys.stderr)
+            outcomes = [("unavailable", why) if status == "committed" else (status, message)
+                        for status, message in outcomes]
+            count, committed = 0, []
         persisted = time.perf_counter()
         carried = committed if self.args.mode == "replicate" else None
         size = self.world.Get_size()

@@ -13,6 +13,7 @@ back (in a Slurm allocation they would be the replacement nodes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -176,12 +177,30 @@ class JobMonitor:
     def _pump(self, proc: subprocess.Popen[str], generation: int) -> None:
         """Keep the job's output: the last lines in memory, all of it in DIR/logs/."""
         assert proc.stdout is not None
-        os.makedirs(os.path.join(self.storage, "logs"), exist_ok=True)
-        with open(os.path.join(self.storage, "logs", f"mpiexec-{generation}.log"), "a") as log_file:
-            for line in proc.stdout:
-                self.output.append(line.rstrip())
+        path = os.path.join(self.storage, "logs", f"mpiexec-{generation}.log")
+        log_file = None
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            log_file = open(path, "a")  # noqa: SIM115 - closed below, or dropped when it fails
+        except OSError as err:
+            log.warning("baash: cannot write the MPI job's output to %s: %s", path, err)
+        # Read to the end whatever happens to the file: a reader that stopped (a full disk)
+        # would leave the job blocked on a full pipe.
+        for line in proc.stdout:
+            self.output.append(line.rstrip())
+            if log_file is None:
+                continue
+            try:
                 log_file.write(line)
                 log_file.flush()
+            except OSError as err:
+                log.warning("baash: stopped writing the MPI job's output to %s: %s", path, err)
+                with contextlib.suppress(OSError):
+                    log_file.close()
+                log_file = None
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
 
     def _supervise(self) -> None:
         while not self._stopping:

@@ -108,8 +108,12 @@ class SharedStore:
             return None
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(json.dumps(block_to_wire(block), separators=(",", ":")).encode())
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(json.dumps(block_to_wire(block), separators=(",", ":")).encode())
+        except BaseException:
+            _discard([(tmp, path)])
+            raise
         return tmp, path
 
     @staticmethod
@@ -137,10 +141,18 @@ class SharedStore:
             blocks = [b for b in blocks if b.height >= len(self.ids)]
             if not blocks:
                 return
-        staged = [s for s in (self._stage(b) for b in blocks) if s is not None]
-        if staged:
-            with ThreadPoolExecutor(max_workers=min(16, len(staged))) as pool:
+        staged: list[tuple[str, str]] = []
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            try:
+                for block in blocks:
+                    entry = self._stage(block)
+                    if entry is not None:
+                        staged.append(entry)
                 list(pool.map(self._fsync, [tmp for tmp, _ in staged]))
+            except BaseException:
+                _discard(staged)  # a full disk: no half-written temporary file stays behind
+                raise
+            if staged:
                 for tmp, path in staged:
                     os.replace(tmp, path)
                 directories = {os.path.dirname(path) for _, path in staged} | {self.blocks_dir}
@@ -173,3 +185,11 @@ class SharedStore:
         self.refresh()
         for block_id in self.ids[start:]:
             yield self.get(block_id)
+
+
+def _discard(staged: Sequence[tuple[str, str]]) -> None:
+    for tmp, _ in staged:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
