@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.support.faults import hold_write_lock
 
 
@@ -21,7 +19,6 @@ def _run(cli, name: str, output: str, make: str) -> None:
     assert result.returncode == 0 and "waits" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="spool status and ship count directory manifests as records, without saying so")
 def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir):
     cli("run", "--", "true", check_rc=0)  # the ledger exists
     holder = hold_write_lock(workdir / ".lineage" / "ledger.db")

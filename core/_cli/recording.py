@@ -238,11 +238,12 @@ def spool_status(spool_root, as_json) -> None:
     if not found:
         click.echo("nothing waits in the spool")
     for entry in found:
-        line = f"{entry.records} record(s) wait for {printable(entry.url)}"
+        line = f"{entry.records} record(s) wait for {printable(entry.url)}{_kinds(entry.tasks, entry.manifests)}"
         if entry.oldest is not None:
             line += f", the oldest ended {_age(now, entry.oldest)} ago"
         if entry.live:
-            line += f" ({entry.live} held by running processes, which ship them)"
+            line += (f"; {entry.live} of them{_kinds(entry.live_tasks, entry.live_manifests)} held by running "
+                     "processes, which ship them")
         if entry.quarantined:
             line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {printable(entry.directory)}/quarantine"
         click.echo(line)
@@ -271,6 +272,7 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
     reset-trust`). They keep waiting in the spool in every case."""
     from lineage_ledger.backends import open_backend
 
+    from .._ledger.backlog import backlog_of
     from .._ledger.deferred import WaitingInSpool, ledger_identity, ship, waiting_for
 
     root = os.path.abspath(spool_root)
@@ -291,21 +293,36 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
             # later fails the same way until someone changes the ledger or this account's rights.
             click.echo(f"error: the ledger refused the records: {printable(str(err))}", err=True)
             click.echo(f"{err.permanent}, and waiting will not change that: {err.left.records} record(s) stay, "
-                       f"safe, in the spool {printable(err.left.directory)}; once the ledger may be written, "
+                       f"safe, in the spool {printable(err.left.directory)}{_kinds(err.left.tasks, err.left.manifests)};"
+                       " once the ledger may be written, "
                        "`lineage-ledger spool ship` ships them", err=True)
             sys.exit(1)
         click.echo(f"error: {printable(str(err))}; {err.left.records} record(s) wait in the spool "
-                   f"{printable(err.left.directory)}", err=True)
+                   f"{printable(err.left.directory)}{_kinds(err.left.tasks, err.left.manifests)}", err=True)
         sys.exit(2)
     except VerificationError as err:  # its history was rewritten since it was verified here
         click.echo(f"verification failed: {printable(str(err))}", err=True)
-        click.echo(f"nothing was shipped: {waiting} record(s) wait in the spool", err=True)
+        left = backlog_of(spool_root, ledger_identity(ledger_url)[0])
+        click.echo(f"nothing was shipped: {left.records} record(s) wait in the spool{_kinds(left.tasks, left.manifests)}",
+                   err=True)
         sys.exit(1)
-    click.echo(f"shipped {shipped} record(s)", err=True)
+    click.echo(f"shipped {shipped} record(s){_kinds(shipped.tasks, shipped.manifests)}", err=True)
     if left.live:
-        click.echo(f"{left.live} record(s) are held by running processes, which ship them", err=True)
+        click.echo(f"{left.live} record(s){_kinds(left.live_tasks, left.live_manifests)} are held by running "
+                   "processes, which ship them", err=True)
     waiting = left.records - left.live
     if waiting:
-        click.echo(f"error: {waiting} record(s) still wait in the spool {printable(left.directory)}", err=True)
+        click.echo(f"error: {waiting} record(s) still wait in the spool {printable(left.directory)}"
+                   f"{_kinds(left.tasks - left.live_tasks, left.manifests - left.live_manifests)}", err=True)
         sys.exit(2)
 
+
+def _kinds(tasks: int, manifests: int) -> str:
+    """What a count of records is made of, as users count: `` (9 tasks, 3 directory manifests)``.
+    A task that reads or writes a directory is kept with the directory's manifest record."""
+    if not tasks and not manifests:
+        return ""
+    parts = [f"{tasks} task{'s' if tasks != 1 else ''}"] if tasks or not manifests else []
+    if manifests:
+        parts.append(f"{manifests} directory manifest{'s' if manifests != 1 else ''}")
+    return f" ({', '.join(parts)})"

@@ -19,7 +19,7 @@ from typing import Any
 
 from .._errors import SpoolError
 
-__all__ = ["SpoolBacklog", "backlog", "waiting_digests", "waiting_for"]
+__all__ = ["SpoolBacklog", "backlog", "backlog_of", "orphan_kinds", "waiting_digests", "waiting_for"]
 
 
 def _default_spool(spool: str | None) -> str:
@@ -38,9 +38,23 @@ class SpoolBacklog:
     live: int = 0  # of those, in segments a running process still holds (it ships them)
     oldest: datetime | None = None  # the oldest waiting record's end time
     quarantined: int = 0  # files of damaged lines set aside
+    # Of ``records`` (and of ``live``), those that keep a directory's manifest: a task that reads
+    # or writes a directory is kept with its manifest's record; users count tasks.
+    manifests: int = 0
+    live_manifests: int = 0
+
+    @property
+    def tasks(self) -> int:
+        """The waiting records that are not directory manifests: the tasks' own."""
+        return self.records - self.manifests
+
+    @property
+    def live_tasks(self) -> int:
+        return self.live - self.live_manifests
 
     def to_json(self, now: datetime) -> dict[str, Any]:
-        return {"url": self.url, "directory": self.directory, "records": self.records, "live": self.live,
+        return {"url": self.url, "directory": self.directory, "records": self.records, "tasks": self.tasks,
+                "manifests": self.manifests, "live": self.live,
                 "oldest": self.oldest.isoformat() if self.oldest else None,
                 "oldest_age_s": round((now - self.oldest).total_seconds(), 3) if self.oldest else None,
                 "quarantined": self.quarantined}
@@ -98,6 +112,8 @@ def _scan(directory: str) -> SpoolBacklog:
             try:
                 body = json.loads(line.partition(b" ")[2])
                 if _is_manifest(body):
+                    found.manifests += 1
+                    found.live_manifests += held
                     continue  # its time is the epoch by design (manifest_record): no task's end
                 ended = parse_time(body["ended"])
             except (ValueError, KeyError, TypeError, AttributeError):
@@ -114,6 +130,38 @@ def _is_manifest(body: dict) -> bool:
 
     run_id = body.get("run_id")
     return body.get("engine") == MANIFEST_ENGINE and isinstance(run_id, str) and run_id.startswith(MANIFEST_RUN_PREFIX)
+
+
+def orphan_kinds(directory: str) -> dict[str, bool]:
+    """{record id: whether it keeps a directory's manifest} of the records in ``directory``'s
+    segments that no running process holds: what a replay would ship now. Reads only files of
+    this user; creates nothing."""
+    kinds: dict[str, bool] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return kinds
+    for name in names:
+        read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+        if read is None or read[1]:
+            continue
+        for line in read[0].split(b"\n")[:-1]:
+            record_id, _, body = line.partition(b" ")
+            try:
+                kinds[record_id.decode("ascii")] = _is_manifest(json.loads(body))
+            except (ValueError, AttributeError):
+                continue  # a damaged line: replay sets it aside
+    return kinds
+
+
+def backlog_of(spool: str | None, identity: str) -> SpoolBacklog:
+    """What waits in the spool of the ledger named ``identity``. Creates nothing."""
+    from .spool import spool_path
+
+    directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        return SpoolBacklog(directory, identity)
+    return _scan(directory)
 
 
 def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:

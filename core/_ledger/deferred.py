@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LedgerError, SpoolCorrupt, SpoolError, VerificationError
 from .._terminal import printable
-from .backlog import SpoolBacklog, _default_spool, _scan, backlog, waiting_digests, waiting_for
+from .backlog import SpoolBacklog, _default_spool, _scan, backlog, orphan_kinds, waiting_digests, waiting_for
 from .identity import _sql_identity as _sql_identity  # re-exported: tests and callers import it from here
 from .identity import ledger_identity, redact, trust_identity_of
 from .refusal import permanent_refusal as permanent_refusal  # re-exported: callers import it from here
@@ -165,7 +165,7 @@ def check_spool_writable(directory: str, reserve: int = 64 << 10) -> None:
             pass
 
 
-def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) -> tuple[int, SpoolBacklog]:
+def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) -> tuple[Shipped, SpoolBacklog]:
     """Ship what dead processes left in ``url``'s spool; ``(shipped, what still waits)``.
     With nothing waiting, the ledger is not opened (nor created).
 
@@ -188,12 +188,19 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
         # the ledger is not opened, so a mistyped path is not made a new empty ledger (nor
         # a zero-byte file one), and no spool directory is made either.
         deferred.close()
-        return 0, _scan(directory) if held else SpoolBacklog(directory, deferred.identity)
+        return Shipped(0), _scan(directory) if held else SpoolBacklog(directory, deferred.identity)
     result: dict[str, Any] = {}
 
-    def work() -> None:
+    def work(directory: str = directory) -> None:
         try:
-            result["shipped"] = deferred.ledger().replay_spool()
+            ledger = deferred.ledger()
+            # Which of the records it will take are directory manifests, and which of those the
+            # ledger has already (journaled again by a later run): said apart from the tasks.
+            kinds = orphan_kinds(directory)
+            known = ledger.backend.known(kinds) if any(kinds.values()) else set()
+            result["shipped"] = ledger.replay_spool()
+            result["manifests"] = sum(1 for record_id, manifest in kinds.items()
+                                      if manifest and record_id not in known)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             result["error"] = err
 
@@ -212,7 +219,23 @@ def ship(url: str | None, *, spool: str | None = None, timeout: float = 60.0) ->
         raise WaitingInSpool(str(error), _scan(directory), permanent_refusal(error)) from error
     if error is not None:
         raise error
-    return int(result.get("shipped", 0)), _scan(directory)
+    return Shipped(int(result.get("shipped", 0)), int(result.get("manifests", 0))), _scan(directory)
+
+
+class Shipped(int):
+    """How many records :func:`ship` appended (an ``int``); ``manifests`` of them keep a
+    directory's manifest, ``tasks`` are the rest: a user counts tasks."""
+
+    manifests: int
+
+    def __new__(cls, count: int, manifests: int = 0) -> Shipped:
+        self = super().__new__(cls, count)
+        self.manifests = min(manifests, count)  # another shipper may have taken some meanwhile
+        return self
+
+    @property
+    def tasks(self) -> int:
+        return int(self) - self.manifests
 
 
 class WaitingInSpool(LedgerError):
