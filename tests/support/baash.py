@@ -52,7 +52,8 @@ class BaashService:
         self.url = self.info["url"]
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:  # stop() closes it, also when the service did not start
+            self.log.flush()
         return (self.workdir / "service.log").read_text()
 
     def stop(self) -> None:
