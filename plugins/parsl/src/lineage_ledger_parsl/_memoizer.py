@@ -118,18 +118,22 @@ class LedgerMemoizer(Memoizer):
         unverified: dict[str, Any] = {}
         if (inputs or outputs) and self.ledger.unrecordable is None:  # else: said at the start
             tampered, unverified = self._verify(task, inputs + outputs)
-            # Files a tampered ledger could not vouch for count as changed under rerun.
-            if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
-                log.warning(
-                    "lineage-ledger: task %s (%s) runs again instead of reusing its cached result",
-                    task["id"], task["func_name"],
-                )
-                if tampered:
-                    marks["lineage_ledger_rerun"] = tampered
-                if unverified:
-                    unverified = {**unverified, "reran": True}
-                self.reruns += 1
-                cached = None
+        # An output of a cached result that is gone was deleted outside the workflow: the
+        # check above compares only the files that exist (a missing input is a miss anyway).
+        gone = self._outputs_gone(task, outputs) if cached is not None and outputs else []
+        tampered = [*tampered, *gone]
+        # Files a tampered ledger could not vouch for count as changed under rerun.
+        if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
+            log.warning(
+                "lineage-ledger: task %s (%s) runs again instead of reusing its cached result",
+                task["id"], task["func_name"],
+            )
+            if tampered:
+                marks["lineage_ledger_rerun"] = tampered
+            if unverified:
+                unverified = {**unverified, "reran": True}
+            self.reruns += 1
+            cached = None
         if unverified and cached is None:
             # The task runs (a miss: an edited input changes its content key, so a hidden edit
             # of a source is always one) on files the ledger could not vouch for. Its record
@@ -225,6 +229,31 @@ class LedgerMemoizer(Memoizer):
             self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
             raise refusal
         return tampered, {}
+
+    def _outputs_gone(self, task: Mapping[str, Any], outputs: list[str]) -> list[str]:
+        """The outputs of a cached result that are gone. ``strict`` refuses the reuse (recorded
+        as refused); ``warn`` and ``rerun`` say so, and then reuse it or run the task again as
+        for a file edited outside the workflow. Plain Parsl reuses it: the next task fails on
+        the missing file, far from the cause."""
+        gone = [p for p in dict.fromkeys(outputs) if not os.path.lexists(p)]
+        if not gone:
+            return []
+        policy = self.ledger.policy
+        if policy == "strict":
+            refusal = ArtifactMismatch(
+                f"lineage-ledger refuses to reuse the cached result of task {task['id']} ({task['func_name']}): "
+                "its outputs are gone (deleted outside the workflow since it ran): " + "; ".join(map(shown, gone))
+                + ". Run it again with policy rerun, or remove Parsl's checkpoint of it",
+                path=gone[0],
+            )
+            log.error("%s", refusal)
+            self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=gone)
+            raise refusal
+        for path in gone:
+            log.warning("lineage-ledger: %s, an output of task %s (%s), is gone (deleted outside the workflow); %s",
+                        shown(path), task["id"], task["func_name"],
+                        "the task runs again" if policy == "rerun" else "its cached result is reused all the same")
+        return gone
 
     def _unnamed(self, task: Mapping[str, Any], left: list[str]) -> None:
         """Files of ``task`` at paths that are not UTF-8: the try goes unrecorded (the run
