@@ -14,6 +14,8 @@ Real ``nextflow-ledger`` runs (tests/support/nextflow.py).
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +50,6 @@ def _first_run(tmp_path: Path) -> Path:
     return here
 
 
-@pytest.mark.xfail(strict=True, reason="the stored file is in no record: its lineage ends there as a source, and "
-                   "rerun runs only its readers again, on the edited file")
 def test_a_stored_output_is_the_tasks_and_rerun_makes_it_again(tmp_path):
     here = _first_run(tmp_path)
     stored = here / "store" / "made.txt"
@@ -69,3 +69,37 @@ def test_a_stored_output_is_the_tasks_and_rerun_makes_it_again(tmp_path):
     assert (here / "results" / "used.txt").read_text() == "made\nused\n"
     again = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+WRAPPER = """nxf_unstage_outputs() {
+    true
+    IFS=$'\\\\n'
+    for name in $(eval "ls -1d made.txt 'a b.txt' idx *.log" | sort | uniq); do
+        nxf_fs_move "$name" TARGET
+    done
+    unset IFS
+}
+"""
+
+
+def test_what_a_task_stored_is_read_from_its_wrapper(tmp_path):
+    """The patterns (quoted, globbed) and the target of ``nxf_unstage_outputs``; only what
+    changed since the task began; a directory whole, before its files; a scratch task's
+    target (its own work directory) is no store."""
+    from lineage_ledger_nextflow._stored import store_of, stored_outputs
+
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir()
+    store.mkdir()
+    for name in ("made.txt", "a b.txt", "old.log", "new.log", "other.txt"):
+        (store / name).write_text(name)
+    (store / "idx").mkdir()
+    (store / "idx" / "part.bin").write_text("p")
+    os.utime(store / "old.log", (1_000_000, 1_000_000))  # held before the task began
+    wrapper = WRAPPER.replace("TARGET", str(store))
+    assert store_of(wrapper) == (["made.txt", "a b.txt", "idx", "*.log"], str(store))
+    found = stored_outputs(str(work), wrapper, started=time.time() - 60)
+    assert found == [str(store / "idx"), str(store / "made.txt"), str(store / "a b.txt"),
+                     str(store / "idx" / "part.bin"), str(store / "new.log")]
+    assert stored_outputs(str(work), WRAPPER.replace("TARGET", str(work)), started=None) == []  # scratch
+    assert stored_outputs(str(work), "nxf_stage() {\n true\n}\n", started=None) == []

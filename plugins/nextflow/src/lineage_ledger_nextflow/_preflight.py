@@ -146,19 +146,27 @@ def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:
         task = result.tasks[key]
         workdir = task["workdir"]
         shutil.move(workdir, os.path.join(place, "work", key[:2], key[2:]))
-        for _source, target in task.get("published", []):
-            if os.path.lexists(target):
-                # Resumed runs do not overwrite published files by default: a stale or changed
-                # copy would stay. Moved aside, the rerun task publishes afresh.
-                relative = os.path.relpath(target, launch_dir)
-                if relative.startswith(".."):
-                    relative = os.path.join("_abs", target.lstrip(os.sep))
-                dest = os.path.join(place, "published", relative)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                shutil.move(target, dest)
+        # Resumed runs do not overwrite published files by default: a stale or changed copy
+        # would stay. Moved aside, the rerun task publishes afresh. Nextflow skips a storeDir
+        # task while its stored files are there (_stored): moved aside, it runs again.
+        for kind, paths in (("published", [target for _source, target in task.get("published", [])]),
+                            ("stored", task.get("stored") or [])):
+            for target in paths:
+                if os.path.lexists(target):  # a stored directory's files went with it
+                    _move_aside(launch_dir, target, os.path.join(place, kind))
         log.warning("lineage-ledger: task %s (%s) will run again; its work directory is now in %s",
                     task.get("name") or task.get("process"), workdir, place)
     return place
+
+
+def _move_aside(launch_dir: str, path: str, into: str) -> None:
+    """Move ``path`` to the same place below ``into`` (``_abs/...`` for one outside ``launch_dir``)."""
+    relative = os.path.relpath(path, launch_dir)
+    if relative.startswith(".."):
+        relative = os.path.join("_abs", path.lstrip(os.sep))
+    dest = os.path.join(into, relative)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(path, dest)
 
 
 def describe(changed: Any) -> str:

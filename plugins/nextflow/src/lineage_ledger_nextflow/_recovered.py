@@ -164,7 +164,8 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
     record = found.record
     task.update(process=record.task_name, name=record.extra.get("name"), status=record.status,
                 inputs=list(dict.fromkeys([*record.inputs, *work.inputs])), outputs=list(record.outputs),
-                links=dict(record.extra.get("links") or {}))
+                links=dict(record.extra.get("links") or {}),
+                stored=[p for p in record.extra.get("stored") or [] if isinstance(p, str)])
     if record.extra.get("links_not_followed"):  # said by the check before -resume (_not_followed)
         # A record made before they were capped names every one: kept to the same size.
         links, more = capped(record.extra["links_not_followed"])

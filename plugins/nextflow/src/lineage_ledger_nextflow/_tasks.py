@@ -132,6 +132,8 @@ class TaskRecorder(Handlers):
             extra["workdir_problems"] = work.problems
         if work.links:
             extra["links"] = work.links
+        if work.stored:  # moved aside with the work directory under rerun (_preflight.quarantine)
+            extra["stored"] = work.stored
         if work.not_followed:
             extra["links_not_followed"] = work.not_followed
             if work.not_followed_more:
@@ -159,7 +161,7 @@ class TaskRecorder(Handlers):
             self.tasks[key] = {
                 "process": process, "name": event.name, "workdir": event.workdir, "status": run.status,
                 "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
-                "links": dict(work.links),
+                "links": dict(work.links), "stored": list(work.stored),
             }
             if work.not_followed:  # said again by the check before -resume
                 self.tasks[key].update(links_not_followed=dict(work.not_followed),

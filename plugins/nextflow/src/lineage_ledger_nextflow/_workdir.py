@@ -60,6 +60,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ._not_followed import capped
+from ._stored import stored_outputs
 
 #: Files Nextflow writes at the top of every work directory that are not the task's outputs
 #: (``.command.out`` and ``.command.env``, its ``stdout`` and ``env`` outputs, are).
@@ -86,6 +87,7 @@ class WorkDir:
     staged: dict[str, str] = field(default_factory=dict)  # name in the directory -> source as given
     inputs: list[str] = field(default_factory=list)  # the real files behind the staged ones
     outputs: list[str] = field(default_factory=list)  # files the task wrote
+    stored: list[str] = field(default_factory=list)  # those of outputs it stored elsewhere (_stored: storeDir)
     links: dict[str, str] = field(default_factory=dict)  # a link at the top to no file -> its target text
     not_followed: dict[str, str] = field(default_factory=dict)  # a staged directory's link out of it -> target
     not_followed_more: int = 0  # such links past those kept in not_followed (_not_followed.LIMIT)
@@ -131,6 +133,8 @@ def read_workdir(path: str) -> WorkDir:
     # The directories first: the capture then takes their files' digests from the manifests
     # instead of reading each file twice.
     work.outputs = _output_directories(path, work.staged, unrecordable) + written
+    work.stored = stored_outputs(path, wrapper, work.started)  # storeDir took them out of the directory
+    work.outputs += work.stored
     work.problems.extend(f"{os.path.basename(d)}: recorded file by file only: {why}"
                          for d, why in sorted(unrecordable.items()))
     return work
