@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import threading
 import urllib.parse
 import weakref
@@ -164,6 +165,22 @@ def set_up_session(cursor: Any) -> None:
         pass
 
 
+def _ended_by_the_server(conn: Any) -> bool:
+    """Whether the server ended this idle session (a restart, ``idle_session_timeout``,
+    ``pg_terminate_backend``): it then sends its last error and closes, and the socket is
+    readable. Nothing else comes to an idle session in autocommit that LISTENs to nothing,
+    so this costs one poll, not a round trip as a ping would; a session this wrongly drops
+    is replaced by a new one. (A session whose route silently went is not told apart here:
+    its read fails, or the hang guard ends it.)"""
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # noqa: BLE001 - psycopg: no socket, the connection is lost
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
 _READERS: weakref.WeakSet[PostgresReader] = weakref.WeakSet()
 
 
@@ -261,11 +278,19 @@ class PostgresReader(PostgresAuditReads, _SQLReads, Backend):
 
     def _borrow(self) -> Any:
         pid = os.getpid()
-        with self._lock:
-            while self._idle:
-                owner, conn = self._idle.pop()
-                if owner == pid and not conn.closed:
-                    return conn
+        ended = []
+        try:
+            with self._lock:
+                while self._idle:
+                    owner, conn = self._idle.pop()
+                    if owner != pid or conn.closed:
+                        continue  # a parent's session is the parent's to close
+                    if not _ended_by_the_server(conn):
+                        return conn
+                    ended.append(conn)
+        finally:
+            for conn in ended:
+                conn.close()
         conn = guarded_connect(self._hang_limit, **self._params)
         set_up_session(conn.cursor())
         return conn

@@ -61,7 +61,6 @@ def reads(ledger, output: str) -> str:
     return producer.record.id
 
 
-@pytest.mark.xfail(strict=True, reason="the reader lends an idle session the server ended")
 def test_a_read_after_the_administrator_ended_the_sessions_works(postgres_server, tmp_path):
     url = postgres_server.create_database()
     database = url.rsplit("/", 1)[1]
@@ -73,7 +72,6 @@ def test_a_read_after_the_administrator_ended_the_sessions_works(postgres_server
         assert reads(ledger, output) == first
 
 
-@pytest.mark.xfail(strict=True, reason="the reader lends an idle session the server ended")
 def test_a_read_after_the_idle_session_timeout_works(postgres_server, tmp_path):
     url = postgres_server.create_database()
     database = url.rsplit("/", 1)[1]
@@ -91,7 +89,6 @@ def test_a_read_after_the_idle_session_timeout_works(postgres_server, tmp_path):
         assert reads(ledger, output) == first
 
 
-@pytest.mark.xfail(strict=True, reason="the reader lends an idle session the server ended")
 def test_a_read_after_the_server_restarted_works(tmp_path):
     with own_server() as server:
         url = server.create_database()
@@ -103,7 +100,6 @@ def test_a_read_after_the_server_restarted_works(tmp_path):
             assert reads(ledger, output) == first
 
 
-@pytest.mark.xfail(strict=True, reason="the reader lends an idle session the server ended")
 def test_every_idle_session_ended_is_replaced(postgres_server, tmp_path):
     """Threads left several sessions idle; a read after they were all ended works the first
     time (each dead one is dropped, not lent to the next reads in turn)."""
