@@ -21,6 +21,7 @@ and it accepts only peers of the daemon's own uid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import socket
@@ -34,7 +35,7 @@ from lineage_ledger._errors import ConfigError
 from ._wire import ROLES, Enum, Int, List, WireError, canonical, decode
 
 __all__ = ["AccessList", "NEEDS", "PERMITS", "bind_unix", "needed_roles", "parse_allow", "peer_uid",
-           "private_dir", "service_uids", "unsafe_directory"]
+           "private_dir", "service_uids", "unsafe_directory", "write_replace"]
 
 PERMITS: dict[str, frozenset[str]] = {
     "admin": frozenset({"read", "register"}),
@@ -112,6 +113,28 @@ def _check_entries(value: object, path: str) -> list[tuple[int, list[str]]]:
     return out
 
 
+def write_replace(path: str, data: bytes, mode: int) -> None:
+    """Write ``path`` whole or not at all, through a new file beside it (never a link's
+    target). A write cut short (a full disk returns a count, not an error) is finished or
+    fails; a failed one removes its temporary file: left behind, it made every later write
+    of the process fail on O_EXCL."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 _ACCESS_FILE = {"access": {"entries": _check_entries}}
 
 
@@ -123,13 +146,24 @@ class AccessList:
         self.owner = os.getuid() if owner is None else owner
         self._lock = threading.Lock()
         self.roles: dict[int, frozenset[str]] = {}
+        stored: dict[int, frozenset[str]] | None = None
         if path is not None:
-            self.roles.update(self._load(path))
+            stored = self._load(path)
+            self.roles.update(stored)
         for uid, roles in (overrides or {}).items():
-            self._set(uid, roles)
+            self._set(self.roles, uid, roles)
         if self.owner not in self.roles:
             self.roles[self.owner] = frozenset({"admin", "provider"})
-        self._save()
+        if path is not None and (stored != self.roles or not os.path.lexists(path)):
+            # Only a change is written: a restart on a full disk must still serve the ledger.
+            try:
+                self._save(self.roles)
+            except OSError as exc:
+                raise ConfigError(f"cannot write the BAASH allow-list {path}: {exc.strerror}; "
+                                  "refusing to start") from exc
+        elif path is not None and os.stat(path).st_mode & 0o077:
+            with contextlib.suppress(OSError):  # read-only storage: it is served as it is
+                os.chmod(path, 0o600)  # private, as a written one is
 
     def of(self, uid: int) -> frozenset[str]:
         return self.roles.get(uid, frozenset())
@@ -140,23 +174,27 @@ class AccessList:
 
     def register(self, uid: int, roles: Iterable[str]) -> frozenset[str]:
         with self._lock:
-            self._set(uid, set(roles))
-            self._save()
+            changed = dict(self.roles)
+            self._set(changed, uid, set(roles))
+            self._save(changed)  # kept first: a change that could not be saved is not made
+            self.roles = changed
             return self.of(uid)
 
     def revoke(self, uid: int) -> None:
         with self._lock:
-            self.roles.pop(uid, None)
-            self._save()
+            changed = {u: r for u, r in self.roles.items() if u != uid}
+            self._save(changed)
+            self.roles = changed
 
-    def _set(self, uid: int, roles: set[str]) -> None:
+    @staticmethod
+    def _set(table: dict[int, frozenset[str]], uid: int, roles: set[str]) -> None:
         unknown = roles - set(ROLES)
         if unknown:
             raise ConfigError(f"unknown role {sorted(unknown)[0]!r}; roles are {', '.join(ROLES)}")
         if roles:
-            self.roles[uid] = frozenset(roles)
+            table[uid] = frozenset(roles)
         else:
-            self.roles.pop(uid, None)
+            table.pop(uid, None)
 
     @staticmethod
     def _load(path: str) -> dict[int, frozenset[str]]:
@@ -181,19 +219,12 @@ class AccessList:
             raise ConfigError(f"the BAASH allow-list {path} is malformed: {exc}") from exc
         return {uid: frozenset(roles) for uid, roles in entries if roles}
 
-    def _save(self) -> None:
+    def _save(self, roles: dict[int, frozenset[str]]) -> None:
         if self.path is None:
             return
         body = canonical({"kind": "access", "v": 1,
-                          "entries": [[uid, sorted(roles)] for uid, roles in sorted(self.roles.items())]})
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+                          "entries": [[uid, sorted(r)] for uid, r in sorted(roles.items())]})
+        write_replace(self.path, body, 0o600)
 
 
 def parse_allow(values: Iterable[str]) -> dict[int, set[str]]:

@@ -21,7 +21,6 @@ uses, so endorsed checkpoints work with ``verify-lineage --against``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -45,6 +44,8 @@ from lineage_ledger._log.checkpoint import (
 )
 from lineage_ledger._log.tree import BLAKE3
 from lineage_ledger._model import StoredBlock
+
+from .access import write_replace
 
 __all__ = ["Endorser", "TreeTracker", "assemble", "ensure_keys", "ensure_origin", "load_verifiers", "quorum_of",
            "read_endorsed", "save_endorsed", "signs", "verify_endorsed"]
@@ -100,36 +101,18 @@ class TreeTracker:
 
 def _private_dir(path: str) -> None:
     os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.path.islink(path) or os.stat(path).st_uid != os.getuid():
+    info = os.lstat(path)
+    if os.path.islink(path) or info.st_uid != os.getuid():
         raise ConfigError(f"{path} must be a directory owned by uid {os.getuid()}, not a link")
-    os.chmod(path, 0o700)
-
-
-def _write_replace(path: str, text: str, mode: int) -> None:
-    """Write ``path`` whole or not at all. A failed write (a full disk) removes its temporary
-    file: left behind, it made every later write of this process fail on O_EXCL."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            data = memoryview(text.encode())
-            while data:  # a write cut short by a full disk returns a count, not ENOSPC
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if info.st_mode & 0o777 != 0o700:  # only a change: read-only storage is served as it is
+        os.chmod(path, 0o700)
 
 
 def ensure_origin(storage: str) -> str:
     """``DIR/origin``, made once: the ledger's name in its checkpoints."""
     path = os.path.join(storage, "origin")
     if not os.path.lexists(path):
-        _write_replace(path, f"lineage-ledger:{secrets.token_hex(16)}\n", 0o600)
+        write_replace(path, f"lineage-ledger:{secrets.token_hex(16)}\n".encode(), 0o600)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         text = os.read(fd, 256).decode("ascii", "replace").strip()
@@ -143,7 +126,7 @@ def ensure_origin(storage: str) -> str:
 def save_endorsed(storage: str, note: str) -> None:
     """Keep the last endorsed note in ``DIR/checkpoint`` (replaced atomically; losing the
     newest in a crash leaves an older one, which the chain still extends)."""
-    _write_replace(os.path.join(storage, "checkpoint"), note, 0o600)
+    write_replace(os.path.join(storage, "checkpoint"), note.encode(), 0o600)
 
 
 def read_endorsed(storage: str) -> str | None:
@@ -171,7 +154,15 @@ def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
         if not os.path.exists(path):
             write_keypair(path, f"baash-rank-{slot}")
         verifiers.append(load_verifier(path + ".pub"))
-    _write_replace(os.path.join(storage, "keys", "ranks.pub"), "".join(v.text() + "\n" for v in verifiers), 0o644)
+    listing = "".join(v.text() + "\n" for v in verifiers).encode()
+    path = os.path.join(storage, "keys", "ranks.pub")
+    try:
+        with open(path, "rb") as handle:
+            unchanged = handle.read(len(listing) + 1) == listing
+    except OSError:
+        unchanged = False
+    if not unchanged:  # written only when it changes: a start on a full disk needs no room
+        write_replace(path, listing, 0o644)
     return verifiers
 
 

@@ -37,10 +37,14 @@ class SharedStore:
         self.log_path = os.path.join(self.root, "chain.log")
         # Private whatever the umask: the blocks hold every record, parameters included, and
         # only the service's own uid reads them (clients go through the allow-listed socket).
-        for directory in (self.root, self.blocks_dir):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            if os.stat(directory).st_uid == os.getuid():
-                os.chmod(directory, 0o700)
+        try:
+            for directory in (self.root, self.blocks_dir):
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                info = os.stat(directory)
+                if info.st_uid == os.getuid() and info.st_mode & 0o777 != 0o700:
+                    os.chmod(directory, 0o700)  # only a change: read-only storage is served as it is
+        except OSError as exc:
+            raise ConfigError(f"the BAASH storage {self.root}: {exc.strerror}") from exc
         # Whoever may write the storage (or swap it, through a directory above) could put a
         # history and rank keys of their own in place of the ledger's, as the allow-list in it
         # is refused then: only this user or root may own and write it.
