@@ -43,7 +43,6 @@ def _project(tmp_path: Path) -> tuple[Path, str]:
     return project, url
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage . reports the ledger's own files and engines' state UNRECORDED")
 def test_own_files_and_engine_state_are_skipped(tmp_path: Path) -> None:
     project, url = _project(tmp_path)
     assert (project / "ledger.db").exists()
@@ -75,7 +74,6 @@ def test_a_recorded_file_in_engine_state_is_checked(tmp_path: Path) -> None:
     assert "skipped .snakemake" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="verify-lineage . reports the ledger's own files and engines' state UNRECORDED")
 def test_an_unrecorded_project_file_still_fails(tmp_path: Path) -> None:
     project, url = _project(tmp_path)
     (project / "notes.txt").write_text("not made by any task\n")
@@ -86,7 +84,6 @@ def test_an_unrecorded_project_file_still_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="verify-lineage . reports the ledger's own files and engines' state UNRECORDED")
 def test_real_snakemake_project_root(tmp_path: Path) -> None:
     """After a real ``snakemake`` run with the ledger plugin, ``verify-lineage .`` says nothing
     of ``.snakemake`` or the ledger's files; what fails is the project's own unrecorded

@@ -281,7 +281,8 @@ def recall(digest: str) -> Manifest | None:
 
 
 def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
-              on_skip: Callable[[str, str], None] | None = None, plain: set[str] | None = None) -> Iterator[str]:
+              on_skip: Callable[[str, str], None] | None = None, plain: set[str] | None = None,
+              skip_dir: Callable[[str], str | None] | None = None) -> Iterator[str]:
     """Regular files below ``root``, sorted, for commands given a tree (``hash``,
     ``verify-lineage``): symlinks to files are followed; links to directories, dangling
     links and special files are passed over, except those ``is_artifact`` says a record
@@ -296,6 +297,8 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
     own ``.lineage`` directories are skipped. ``plain`` is given the files the directory's
     listing said are regular files, not symbolic links (no system call more: the listing's
     file types), which a look-up then need not ``lstat`` again (see ``resolving_keeps``).
+    ``skip_dir``: a subdirectory for which it gives a reason is not walked; the reason goes
+    to ``on_skip`` (an engine's own state folder, for ``verify-lineage``).
     """
     def skip(path: str, err: OSError) -> None:
         if on_skip is None:
@@ -322,6 +325,11 @@ def walk_tree(root: str, *, is_artifact: Callable[[str], bool] | None = None,
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if entry.name == _SKIPPED:
+                    continue
+                reason = skip_dir(entry.path) if skip_dir is not None else None
+                if reason is not None:
+                    if on_skip is not None:
+                        specials.append((entry.path, reason))  # said in name order, with the others
                     continue
                 if is_artifact is not None and is_artifact(entry.path):
                     files.append(entry.path)

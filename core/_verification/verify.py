@@ -33,6 +33,7 @@ from .._ledger.ledger import Ledger, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._log.chain import ChainSummary
 from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
+from .not_data import OWN_DATABASE, own_files, state_folders
 from .report import SHOWN, Absent, Report, TargetResult
 from .tree_files import check_tree_files
 
@@ -137,6 +138,8 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[s
     def skip(path: str, reason: str) -> None:
         report.skipped.append((path, reason))
 
+    own = own_files(ledger)  # (and the engines' state folders: .not_data)
+
     for target in targets:
         try:
             normal = ledger.query_path(target)
@@ -149,7 +152,12 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[s
             continue
         # A directory a record names, or that lies in one, is checked whole (by its manifest).
         if os.path.isdir(normal) and not recorded(normal) and ledger.container_of(normal, report.containers) is None:
-            walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip, plain=plain))
+            walked = list(walk_tree(normal, is_artifact=recorded, on_skip=skip, plain=plain,
+                                    skip_dir=state_folders(ledger, recorded)))
+            for path in own.intersection(walked):
+                if not recorded(path):
+                    skip(path, OWN_DATABASE)
+                    walked.remove(path)
             paths.extend(walked)
             try:
                 absent = _absent_under(ledger, normal, set(walked))
