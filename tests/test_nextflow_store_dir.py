@@ -105,8 +105,6 @@ def test_what_a_task_stored_is_read_from_its_wrapper(tmp_path):
     assert stored_outputs(str(work), "nxf_stage() {\n true\n}\n", started=None) == []
 
 
-@pytest.mark.xfail(strict=True, reason="a run without -resume is not checked, and Nextflow skips the storing task: "
-                   "the edited stored file reaches the results under strict")
 def test_a_run_without_resume_checks_what_the_store_holds(tmp_path):
     """Nextflow skips a storeDir task on any run while its files are in the store, with
     ``-resume`` or without: a stored file edited since is refused by ``strict`` and made again
@@ -122,3 +120,23 @@ def test_a_run_without_resume_checks_what_the_store_holds(tmp_path):
     assert stored.read_text() == "made\n" and (here / "results" / "used.txt").read_text() == "made\nused\n"
     again = nf.run("nextflow-ledger", "run", "main.nf", "--ledger-policy", "strict", cwd=here)
     assert again.returncode == 0 and "[skipping] Stored process > MAKE" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("where", ["LINEAGE_STATE_DIR", "XDG_STATE_HOME", "HOME"])
+def test_the_list_of_what_was_stored_is_found_before_the_core_is_imported(tmp_path, monkeypatch, where):
+    """``stores_listed`` works out the core's state root itself (it runs before Nextflow
+    starts): it must find the list ``_state`` keeps, wherever the state root is."""
+    from lineage_ledger_nextflow import _state
+    from lineage_ledger_nextflow._stored import stores_listed
+
+    for name in ("LINEAGE_STATE_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(where, str(tmp_path / "state"))
+    launch, other = tmp_path / "launch", tmp_path / "other"
+    launch.mkdir()
+    other.mkdir()
+    assert not stores_listed(str(launch))
+    task = {"process": "MAKE", "workdir": "/nowhere", "status": "succeeded", "outputs": ["/s/m"], "stored": ["/s/m"]}
+    _state.save(str(launch), "2f3de1ba-0000-4000-8000-000000000001", {"ab" + "0" * 30: task})
+    assert stores_listed(str(launch)) and not stores_listed(str(other))
+    assert list(_state.load_stores(str(launch))) == ["ab" + "0" * 30]

@@ -145,7 +145,8 @@ def quarantine(launch_dir: str, result: Plan, keys: list[str]) -> str:
     for key in keys:
         task = result.tasks[key]
         workdir = task["workdir"]
-        shutil.move(workdir, os.path.join(place, "work", key[:2], key[2:]))
+        if os.path.lexists(workdir):  # a storeDir task's may be gone: its stored files are what counts
+            shutil.move(workdir, os.path.join(place, "work", key[:2], key[2:]))
         # Resumed runs do not overwrite published files by default: a stale or changed copy
         # would stay. Moved aside, the rerun task publishes afresh. Nextflow skips a storeDir
         # task while its stored files are there (_stored): moved aside, it runs again.

@@ -58,13 +58,31 @@ def session_file(launch_dir: str, session: str) -> str:
     return os.path.join(lists_dir(launch_dir), f"{session}.json")
 
 
+#: The name of the list of the tasks that stored files (``storeDir``), of every session
+#: launched from a directory: Nextflow skips them on any run while their files are there.
+STORES = "stores"
+
+
+def stores_file(launch_dir: str) -> str:
+    return os.path.join(lists_dir(launch_dir), f"{STORES}.json")
+
+
 def load(launch_dir: str, session: str) -> dict[str, dict[str, Any]] | None:
     """``{task key: task}`` of ``session``; None when no list of it is here that this user
     wrote (none, not a regular file of this user with one link, unreadable, or another
     session's): the reason is logged, but for a list that is simply not there."""
+    return _read(session_file(launch_dir, session), session)
+
+
+def load_stores(launch_dir: str) -> dict[str, dict[str, Any]]:
+    """``{task key: task}`` of the tasks launched from ``launch_dir`` that stored files, read
+    as a session's list is (``{}`` for none this user wrote)."""
+    return _read(stores_file(launch_dir), STORES) or {}
+
+
+def _read(path: str, session: str) -> dict[str, dict[str, Any]] | None:
     from lineage_ledger._environment import others_control
 
-    path = session_file(launch_dir, session)
     try:
         unsafe = others_control(os.path.dirname(path))
     except FileNotFoundError:
@@ -109,10 +127,17 @@ def save(launch_dir: str, session: str, tasks: dict[str, dict[str, Any]]) -> Non
                       "another user could move it aside or replace it (set LINEAGE_STATE_DIR to a private directory)")
     merged = load(launch_dir, session) or {}  # none we trust: this run's tasks are what we know
     merged.update(tasks)
+    _write(path, session, merged)
+    stored = {key: task for key, task in tasks.items() if task.get("stored")}
+    if stored:  # checked before every run (_check_stored), with -resume or without
+        _write(stores_file(launch_dir), STORES, {**load_stores(launch_dir), **stored})
+
+
+def _write(path: str, session: str, tasks: dict[str, dict[str, Any]]) -> None:
     fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".session.")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"session": session, "tasks": merged}, handle, indent=1, sort_keys=True)
+            json.dump({"session": session, "tasks": tasks}, handle, indent=1, sort_keys=True)
         os.replace(partial, path)
     except BaseException:
         os.unlink(partial)

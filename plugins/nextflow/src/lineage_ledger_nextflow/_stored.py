@@ -30,14 +30,18 @@ held before, from another task or an earlier run, is not this task's): its modif
 is no older than ``.command.begin``'s (a move keeps the time the task wrote the file; a copy
 takes a new one). A directory output is recorded whole with its files, as one in the work
 directory is; a link in the store that does not lead to a file is not followed.
+
+Since Nextflow skips such a task on a run without ``-resume`` too, what the store holds is
+checked before every run (``cli._check_stored``) against the records of the tasks that
+stored it, which the wrapper lists for the launch directory (``_state.load_stores``).
+:func:`stores_listed` looks whether there is such a list before Nextflow starts without
+importing the core (a run of a pipeline that stores nothing pays a ``stat``).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shlex
 
 #: The stage-out commands of each ``stageOutMode`` (``nxf_fs_move "$name" TARGET``).
 _MOVERS = ("nxf_fs_move", "nxf_fs_copy", "nxf_fs_rsync", "nxf_fs_rclone", "nxf_fs_fcp")
@@ -50,6 +54,8 @@ SLACK = 1.0
 def store_of(wrapper: str) -> tuple[list[str], str | None]:
     """(the declared output patterns, the directory they go to) from a ``.command.run``;
     ([], None) where it stores nothing."""
+    import shlex
+
     patterns: list[str] = []
     target: str | None = None
     inside = False
@@ -75,6 +81,8 @@ def store_of(wrapper: str) -> tuple[list[str], str | None]:
 def stored_outputs(workdir: str, wrapper: str, started: float | None) -> list[str]:
     """The paths the task stored outside ``workdir``: each directory (recorded whole) before
     its files, then the files; [] where it stores nothing (or into ``workdir``: ``scratch``)."""
+    import glob
+
     patterns, target = store_of(wrapper)
     if not patterns or target is None or not os.path.isabs(target):
         return []
@@ -107,3 +115,22 @@ def _files_in(directory: str) -> list[str]:
         dirs.sort()
         found.extend(os.path.join(root, name) for name in sorted(names) if os.path.isfile(os.path.join(root, name)))
     return found
+
+
+def stores_listed(launch_dir: str) -> bool:
+    """Whether this user's state may hold a list of the tasks launched from ``launch_dir``
+    that stored files (``_state.stores_file``), worked out as the core's ``state_root`` does,
+    without importing it: this runs before Nextflow starts. A setting the core refuses (a
+    relative ``$LINEAGE_STATE_DIR``) answers True: the check then says why."""
+    import hashlib
+
+    root = os.environ.get("LINEAGE_STATE_DIR")
+    if root and not os.path.isabs(root):
+        return True
+    if not root:
+        base = os.environ.get("XDG_STATE_HOME")
+        if not base or not os.path.isabs(base):
+            base = os.path.join(os.path.expanduser("~"), ".local", "state")
+        root = os.path.join(base, "lineage-ledger")
+    launch = hashlib.sha256(os.fsencode(os.path.realpath(launch_dir))).hexdigest()[:32]
+    return os.path.lexists(os.path.join(root, "nextflow", launch, "stores.json"))

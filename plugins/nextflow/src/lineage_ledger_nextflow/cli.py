@@ -135,16 +135,28 @@ def run(argv: list[str]) -> int:
         return 2
     unverified: list[Unverified] = []
     known: dict[str, Any] = {}  # the session's tasks the check started from (its list, or rebuilt)
+    stored: set[str] = set()  # what storeDir tasks stored, checked before any run (_stored_check)
+    if command.policy != "off":
+        from ._stored import stores_listed
+
+        if stores_listed(launch_dir):
+            _logger()
+            from ._stored_check import check_stored
+
+            refused = check_stored(command, launch_dir, url, stored)
+            if refused is not None:
+                return refused
     if command.resume and command.policy != "off":
         _logger()
-        refused = _check_resume(command, launch_dir, url, unverified, known, nextflow)
+        refused = _check_resume(command, launch_dir, url, unverified, known, nextflow, stored)
         if refused is not None:
             return refused
     return _run_recorded(command, nextflow, launch_dir, url, unverified[0] if unverified else None, known)
 
 
 def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified: list[Unverified],
-                  known: dict[str, Any], nextflow: str | None = None) -> int | None:
+                  known: dict[str, Any], nextflow: str | None = None, stored: frozenset[str] | set[str] = frozenset(),
+                  ) -> int | None:
     """Apply the policy before a ``-resume``; an exit status when the run must not start.
 
     Under ``warn``, a ledger that failed its own check adds to ``unverified`` the files it
@@ -173,6 +185,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
             tasks = _recovered.tasks_from_work(url, work_dir)
         known.update(session=session, tasks=tasks)
         plan = _preflight.plan(tasks)
+        plan.checked = [p for p in plan.checked if p not in stored]  # checked already (_stored_check)
         if not plan.tasks:
             if work_dir is not None and command.policy == "strict" and _recovered.nextflow_cached(launch_dir, session):
                 print(f"nextflow-ledger: refusing to run (--ledger-policy strict): Nextflow keeps a cache of "
