@@ -90,7 +90,7 @@ def test_directories_are_0700_and_files_0600_whatever_the_umask(tmp_path, mask):
         writer.append(record, stored.id, stored.body)
         # a torn segment left by a dead process: replay makes quarantine/ and a file in it
         dead = Path(directory) / "1-deadbeef-00000001.log"
-        fd = os.open(dead, os.O_WRONLY | os.O_CREAT, 0o666)
+        fd = os.open(dead, os.O_WRONLY | os.O_CREAT, 0o600)  # as a segment is made (one others may write is refused)
         os.write(fd, b"torn")
         os.close(fd)
         segments, reported = take_orphans(directory)
@@ -283,6 +283,7 @@ def test_planted_segment_in_a_group_writable_spool_cannot_vouch_for_a_tampered_f
 
         # Control: the same bytes in a segment of this user would have vouched for the file.
         os.chown(planted, os.geteuid(), os.getegid())
+        os.chmod(planted, 0o600)  # and private, as this user's segments are made (0664: refused too)
         cli("spool", "ship", "--timeout", "30", check_rc=0)
         assert not planted.exists()
         assert run_cli("out.txt", cwd=workdir, program="verify-lineage").returncode == 0

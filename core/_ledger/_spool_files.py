@@ -138,7 +138,35 @@ def _foreign(info: os.stat_result) -> str | None:
         return f"owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
     if info.st_nlink != 1:
         return f"it has {info.st_nlink} hard links (a segment has one)"
+    if info.st_mode & 0o022:  # a segment is made 0600: another user may have written these lines
+        who = {0o020: "its group", 0o002: "others"}.get(info.st_mode & 0o022, "its group and others")
+        return (f"writable by {who} (mode {stat.S_IMODE(info.st_mode):04o}): another user could have written its "
+                "lines; if they are yours, `chmod 600` it and ship again")
     return None
+
+
+def _lock_unless_owned(fd: int) -> bool:
+    """Take the exclusive lock of an open segment unless a process holds it exclusively (its
+    live owner, or another replayer); whether it was taken.
+
+    A reader (``spool status``, a verification's or a pre-run check's count of what waits)
+    holds a shared lock while it reads, and so did every reader before this release: a
+    segment whose only holders are readers belongs to no live process. Its lock is taken once
+    they are done, instead of the segment being left as a live one's (``spool ship`` then
+    said its records still waited, and exited 2)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only while nobody holds it exclusively
+    except BlockingIOError:
+        return False
+    # Readers only. Owners lock a segment before it is named, so none can come now; another
+    # replayer may take it first, and then it is gone when this lock is granted (checked after).
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return True
 
 
 def _open_orphan(path: str, reported: list[str]) -> int | None:
@@ -160,9 +188,7 @@ def _open_orphan(path: str, reported: list[str]) -> int | None:
             os.close(fd)
             reported.append(_refuse(path, why))
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_unless_owned(fd):
             os.close(fd)
             return None  # a live process owns it
         opened = os.fstat(fd)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .._errors import SpoolError
+from ._spool_files import _foreign
 
 __all__ = ["SpoolBacklog", "backlog", "backlog_of", "orphan_kinds", "waiting_digests", "waiting_for"]
 
@@ -61,20 +61,22 @@ class SpoolBacklog:
 
 
 def _read_own(path: str) -> tuple[bytes, bool] | None:
-    """(contents, held by a running process) of a regular file of this user with one link,
-    opened without following a link; None for anything else, which is left alone (the spool
-    belongs to one user)."""
+    """(contents, held by a running process) of a regular file of this user with one link that
+    no other user may write, opened without following a link; None for anything else, which
+    replay refuses and leaves alone (the spool belongs to one user)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        if _foreign(info) is not None:  # what replay would refuse, and leave alone
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (released with the descriptor)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             held = False
+            # Let go before reading: a shipper that meets a shared lock waits for it to go.
+            fcntl.flock(fd, fcntl.LOCK_UN)
         except BlockingIOError:
             held = True
         chunks = []

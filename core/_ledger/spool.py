@@ -9,7 +9,8 @@ its id is moved to ``quarantine/``, never dropped silently.
 
 The spool belongs to one user: its directories are 0700 and its files 0600 whatever the
 umask. Replay opens segments with ``O_NOFOLLOW`` and takes only regular files of this
-user with one link (checked with ``fstat`` on the open descriptor, not before opening);
+user with one link that no other user may write (checked with ``fstat`` on the open
+descriptor, not before opening);
 it never follows a link in ``quarantine/``, whose files it creates with ``O_EXCL``.
 Anything else is reported (a warning naming the path and why, and in the list that
 :func:`take_orphans` returns) and left alone: never read, copied or deleted.
