@@ -20,6 +20,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from lineage_ledger import open_ledger
 from tests.conftest import ROOT, run_cli
 
@@ -106,6 +108,7 @@ def test_spool_ship_killed_mid_ship_then_run_again_loses_and_doubles_nothing(tmp
     _all_once_and_nothing_waits(tmp_path, url, spool, records)
 
 
+@pytest.mark.xfail(strict=True, reason="spool status says nothing waits beside a segment replay refuses")
 def test_a_segment_of_this_user_that_others_may_write_is_not_shipped(tmp_path):
     url, spool = _leave_segments(tmp_path, 3, 10)
     segment, = _segments(spool)
@@ -114,6 +117,9 @@ def test_a_segment_of_this_user_that_others_may_write_is_not_shipped(tmp_path):
     assert shipped.returncode == 2, shipped.stderr
     assert str(segment) in shipped.stderr and "writable by its group" in shipped.stderr, shipped.stderr
     assert segment.exists() and _ids(tmp_path) == []  # left alone: not read into the ledger, not removed
+    # spool status does not say that nothing waits: it names what replay leaves alone.
+    status = run_cli("spool", "status", "--spool", spool, cwd=tmp_path, check_rc=0).stdout
+    assert "nothing waits" not in status and "1 file(s) that replay leaves alone" in status, status
     os.chmod(segment, 0o600)  # the user looked, and vouches for it
     run_cli("spool", "ship", "--ledger", url, "--spool", spool, cwd=tmp_path, check_rc=0)
     assert len(_ids(tmp_path)) == 3 and not segment.exists()
