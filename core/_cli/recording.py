@@ -231,7 +231,7 @@ def spool_status(spool_root, as_json) -> None:
     from .._ledger.deferred import backlog
 
     now = utcnow()
-    found = [entry for entry in backlog(spool_root) if entry.records or entry.quarantined]
+    found = [entry for entry in backlog(spool_root) if entry.records or entry.quarantined or entry.refused]
     if as_json:
         click.echo(json_text([entry.to_json(now) for entry in found], indent=2))
         return
@@ -244,6 +244,9 @@ def spool_status(spool_root, as_json) -> None:
         if entry.live:
             line += (f"; {entry.live} of them{_kinds(entry.live_tasks, entry.live_manifests)} held by running "
                      "processes, which ship them")
+        if entry.refused:
+            line += (f"; {entry.refused} file(s) that replay leaves alone in {printable(entry.directory)} (another "
+                     "user's, a link, or writable by others: `lineage-ledger spool ship` says which and why)")
         if entry.quarantined:
             line += f"; {entry.quarantined} quarantined file(s) of damaged lines in {printable(entry.directory)}/quarantine"
         click.echo(line)

@@ -188,8 +188,8 @@ def describe_quarantine(paths: list[str]) -> SpoolCorrupt:
         )
     if refused:
         parts.append(
-            "the spool held files replay does not take (it takes only regular files of this user, never "
-            "links); they were left alone, not shipped: "
+            "the spool held files replay does not take (it takes only regular files of this user that no "
+            "other user may write, never links); they were left alone, not shipped: "
             + "; ".join(f"{p} ({p.reason})" for p in refused)
         )
     return SpoolCorrupt("; ".join(parts) if parts else "the spool held nothing to report")

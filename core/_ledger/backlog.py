@@ -42,6 +42,7 @@ class SpoolBacklog:
     # or writes a directory is kept with its manifest's record; users count tasks.
     manifests: int = 0
     live_manifests: int = 0
+    refused: int = 0  # segment files replay leaves alone: another user's, a link, writable by others
 
     @property
     def tasks(self) -> int:
@@ -57,7 +58,7 @@ class SpoolBacklog:
                 "manifests": self.manifests, "live": self.live,
                 "oldest": self.oldest.isoformat() if self.oldest else None,
                 "oldest_age_s": round((now - self.oldest).total_seconds(), 3) if self.oldest else None,
-                "quarantined": self.quarantined}
+                "quarantined": self.quarantined, "refused": self.refused}
 
 
 def _read_own(path: str) -> tuple[bytes, bool] | None:
@@ -102,6 +103,7 @@ def _scan(directory: str) -> SpoolBacklog:
             continue
         read = _read_own(os.path.join(directory, name))
         if read is None:
+            found.refused += _left_alone(os.path.join(directory, name))
             continue
         data, held = read
         lines = data.split(b"\n")[:-1]  # a torn last line is no record yet
@@ -123,6 +125,15 @@ def _scan(directory: str) -> SpoolBacklog:
             if found.oldest is None or ended < found.oldest:
                 found.oldest = ended
     return found
+
+
+def _left_alone(path: str) -> bool:
+    """Whether replay leaves the segment file at ``path`` alone (and says why when it ships)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False  # shipped and removed meanwhile
+    return _foreign(info) is not None  # (a link is not a regular file)
 
 
 def _is_manifest(body: dict) -> bool:
