@@ -68,8 +68,6 @@ def _run(workdir: Path, policy: str) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.mark.xfail(strict=True, reason="the check reads only the ledger: an edit of a file whose record "
-                   "waits in the spool passes, and the cached result is reused")
 @pytest.mark.parametrize(("policy", "lock"), [("strict", "released"), ("strict", "held"), ("rerun", "released")])
 def test_an_output_edited_while_its_record_waits_in_the_spool_is_not_reused(tmp_path, policy, lock):
     ledger, spool = tmp_path / "ledger.db", tmp_path / "spool"

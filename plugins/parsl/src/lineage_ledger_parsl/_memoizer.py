@@ -57,6 +57,7 @@ from lineage_ledger import (
 )
 
 from ._session import ParslLedger
+from ._spooled import LeftInSpool, ship_left
 from ._tasks import file_digest, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
 
@@ -78,11 +79,15 @@ class LedgerMemoizer(Memoizer):
         self.cache_hits = 0
         self.reruns = 0
         self._said_unnamed = False  # a strict refusal of files the ledger cannot name was logged
+        self._left: LeftInSpool | None = None  # records of earlier runs the ledger has not taken
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
         self.ledger.new_run()
         self.inner.start(run_dir=run_dir, config_run_dir=config_run_dir)
+        # Records earlier runs left in the spool (a ledger that was locked or down) are
+        # shipped before the first check, or checked against (see _spooled).
+        self._left = ship_left(self.ledger) if self.ledger.unrecordable is None else None
 
     def close(self) -> None:
         try:
@@ -299,7 +304,14 @@ class LedgerMemoizer(Memoizer):
     def _check(self, paths: list[str], policy: str) -> list[ArtifactCheck]:
         # strict is applied by the caller, so that the refusal names the task as well as the files
         mode = "warn" if policy == "strict" else policy
-        return verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
+        checks = verify_before_run(self.ledger.capture.ledger, paths, mode)  # type: ignore[arg-type]
+        if self._left is not None:  # and against what waits in the spool, which the ledger lacks
+            for check in self._left.changed(paths, already=[c.path for c in checks]):
+                log.warning("lineage-ledger: %s changed outside the workflow (a record waiting in the spool wrote "
+                            "%s, disk %s)%s", check.path, (check.expected or "-")[:12], (check.actual or "-")[:12],
+                            "; its producer will run again" if policy == "rerun" else "")
+                checks.append(check)
+        return checks
 
     def _record(
         self, task: Mapping[str, Any], status: str, extra: dict[str, Any],
