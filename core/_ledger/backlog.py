@@ -161,10 +161,15 @@ def orphan_kinds(directory: str) -> dict[str, bool]:
         for line in read[0].split(b"\n")[:-1]:
             record_id, _, body = line.partition(b" ")
             try:
-                kinds[record_id.decode("ascii")] = _is_manifest(json.loads(body))
+                # Only a line that names the manifests' run is decoded: parsing every line took
+                # a fifth of the time of shipping 100,000 records.
+                kinds[record_id.decode("ascii")] = _MANIFEST_RUN in body and _is_manifest(json.loads(body))
             except (ValueError, AttributeError):
                 continue  # a damaged line: replay sets it aside
     return kinds
+
+
+_MANIFEST_RUN = b'"run_id":"manifest:'  # as a manifest's canonical body spells it
 
 
 def backlog_of(spool: str | None, identity: str) -> SpoolBacklog:
