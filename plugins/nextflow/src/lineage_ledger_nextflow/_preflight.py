@@ -87,6 +87,38 @@ def plan(tasks: dict[str, dict[str, Any]]) -> Plan:
     return result
 
 
+#: Seconds the records earlier runs left in the spool may take to ship before a check.
+SHIP_LEFT_WAIT = 60.0
+_shipped: set[str] = set()  # the ledgers whose spool this process shipped before its check
+
+
+def ship_left(url: str) -> None:
+    """Ship what earlier runs left in the ledger's spool before the check reads the ledger.
+
+    A run killed (SIGKILL, a lost machine) between journaling a task's record in the durable
+    spool and shipping it (about once a second), or whose ledger was out of reach, leaves the
+    record there. The check reads the ledger only: without this, that task counted as one the
+    ledger holds no record of, and ``strict`` refused every ``-resume`` (its refusal came
+    before any run could ship the spool). What still waits is said; a ledger URL no retry can
+    fix raises ``ConfigError``, which the caller refuses."""
+    if url in _shipped:
+        return
+    _shipped.add(url)
+    from lineage_ledger import ConfigError
+    from lineage_ledger._ledger.deferred import WaitingInSpool, ship
+
+    try:
+        ship(url, timeout=SHIP_LEFT_WAIT)
+    except ConfigError:
+        raise
+    except WaitingInSpool as err:
+        log.warning("lineage-ledger: records of earlier runs wait in the spool (%s): the check before the run "
+                    "does not see them, and counts their tasks as unrecorded (lineage-ledger spool ship)", err)
+    except Exception as err:  # noqa: BLE001 - the check says what is wrong with the ledger
+        log.warning("lineage-ledger: could not ship the records of earlier runs from the spool (%s: %s)",
+                    type(err).__name__, err)
+
+
 def check(url: str, paths: list[str]) -> list[Any]:
     """The MODIFIED files among ``paths``; no ledger yet means nothing to vouch against."""
     paths = [p for p in paths if os.path.exists(p)]

@@ -39,6 +39,7 @@ def check_stored(command: Command, launch_dir: str, url: str, checked: set[str])
 
     plan = _preflight.Plan()
     try:
+        _preflight.ship_left(url)  # a killed run's records, before anything reads the ledger
         for key, task in _state.load_stores(launch_dir).items():
             stored = [p for p in task.get("stored") or [] if isinstance(p, str) and os.path.lexists(p)]
             if task.get("status") != "succeeded" or not stored:

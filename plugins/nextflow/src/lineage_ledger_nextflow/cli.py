@@ -175,6 +175,7 @@ def _check_resume(command: _args.Command, launch_dir: str, url: str, unverified:
         return None  # Nextflow will say there is nothing to resume
     plan = _preflight.Plan()
     try:
+        _preflight.ship_left(url)  # a killed run's records, before anything reads the ledger
         tasks = _state.load(launch_dir, session)
         work_dir = None
         if tasks is None:  # moved aside, or not this user's: the work directory and the ledger say instead
