@@ -20,6 +20,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from lineage_ledger import open_ledger
 from tests.conftest import ROOT, run_cli
 
@@ -164,3 +166,34 @@ def test_spool_ship_takes_a_segment_that_a_reader_is_reading_at_that_moment(tmp_
     assert ship.returncode == 0, err
     assert "shipped 20 record(s)" in err, err
     _all_once_and_nothing_waits(tmp_path, url, spool, 20)
+
+
+def _leave_segments_for(url: str, spool: str, records: int, per: int) -> None:
+    subprocess.run([sys.executable, "-c", LEAVE_SEGMENTS, url, spool, str(records), str(per)], cwd=ROOT,
+                   check=True, timeout=300)
+
+
+def _size(url: str, tmp_path: Path) -> int:
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "reader-state")) as ledger:
+        return ledger.tree_head().size
+
+
+@pytest.mark.postgres
+def test_two_shippers_and_one_killed_mid_ship_on_a_postgresql_ledger(tmp_path, postgres_url):
+    records, spool = 1500, str(tmp_path / "spool")
+    _leave_segments_for(postgres_url, spool, records, 50)
+    before = len(_segments(spool))
+    doomed = _ship(postgres_url, spool)
+    deadline = time.monotonic() + 120
+    while len(_segments(spool)) == before and doomed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # until its first segment is in the ledger and removed
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=60)
+    assert doomed.returncode == -signal.SIGKILL and 0 < _size(postgres_url, tmp_path) < records  # mid-ship
+    first, second = _ship(postgres_url, spool), _ship(postgres_url, spool)
+    said = [process.communicate(timeout=300) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], said
+    # Every record once: a record appended twice would make the tree larger than the records left.
+    assert _size(postgres_url, tmp_path) == records
+    assert _segments(spool) == []
+    run_cli("verify", "--ledger", postgres_url, cwd=tmp_path, check_rc=0)
