@@ -138,3 +138,22 @@ def test_a_rank_endorses_a_restored_chain_only_if_it_extends_the_last_endorsed_h
 
     save_endorsed(storage, assemble(body, [line for _, _, line in endorsements][:2]))  # no quorum
     assert "does not verify" in endorser.check_restored(storage, CHAIN)
+
+
+def test_a_note_kept_before_the_job_grew_is_counted_over_the_keys_it_was_endorsed_under(storage):
+    """A service restarted with more ranks rewrites ranks.pub (7 keys: a quorum is 5); the
+    note its 4 ranks endorsed is counted over the 4 keys it was made under (checkpoint.keys,
+    kept with it, or for a note kept before that file existed, the ranks.pub the start is
+    about to replace), so the restored ranks go on endorsing. Before, each refused: 'signed
+    by 4 of the 7 ranks' keys; a quorum is 5' (tests/test_baash_resized.py runs the service)."""
+    body, endorsements = _endorsements(storage, CHAIN[:3])
+    note = assemble(body, [line for _, _, line in endorsements])
+    save_endorsed(storage, note)
+    assert os.path.exists(os.path.join(storage, "checkpoint.keys"))
+    os.unlink(os.path.join(storage, "checkpoint.keys"))  # as a service before this fix kept it
+    ensure_keys(storage, 7)
+    assert len(load_verifiers(os.path.join(storage, "keys", "ranks.pub"))) == 7
+    endorser = Endorser.load(storage, 5)
+    assert endorser is not None and endorser.check_restored(storage, CHAIN) is None
+    with pytest.raises(CheckpointInvalid, match="signed by 4 of the 7 ranks' keys"):  # what the ranks checked
+        verify_endorsed(note, load_verifiers(os.path.join(storage, "keys", "ranks.pub")))

@@ -32,8 +32,6 @@ def _note(service: BaashService, keys, cwd) -> tuple[int, str]:
     return result.returncode, saved.read_text() if result.returncode == 0 else result.stdout + result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a job grown past its storage's keys never endorses again: the kept note "
-                                       "is checked against the grown ranks.pub and has no quorum there")
 def test_a_service_restarted_with_more_ranks_goes_on_endorsing(tmp_path):
     """Bug: each start rewrites ``keys/ranks.pub`` with one key per rank of the new job, and a
     restored rank checks the kept note (``DIR/checkpoint``) against that file before it signs

@@ -125,8 +125,31 @@ def ensure_origin(storage: str) -> str:
 
 def save_endorsed(storage: str, note: str) -> None:
     """Keep the last endorsed note in ``DIR/checkpoint`` (replaced atomically; losing the
-    newest in a crash leaves an older one, which the chain still extends)."""
+    newest in a crash leaves an older one, which the chain still extends), and beside it, in
+    ``DIR/checkpoint.keys``, the ranks' keys it was endorsed under: a later start with more
+    ranks rewrites ``ranks.pub``, and a note of the smaller job has no quorum of those keys.
+    The note goes first: a crash between the two leaves a new note under the old keys, which
+    their ranks signed too, rather than an old note under keys it was never signed by."""
     write_replace(os.path.join(storage, "checkpoint"), note.encode(), 0o600)
+    with open(os.path.join(storage, "keys", "ranks.pub"), "rb") as handle:
+        keys = handle.read(1 << 20)
+    _write_if_changed(os.path.join(storage, "checkpoint.keys"), keys, 0o644)
+
+
+def endorsed_keys_path(storage: str) -> str:
+    """The keys the kept note's quorum is counted over (``ranks.pub`` where none was kept)."""
+    kept = os.path.join(storage, "checkpoint.keys")
+    return kept if os.path.lexists(kept) else os.path.join(storage, "keys", "ranks.pub")
+
+
+def _write_if_changed(path: str, data: bytes, mode: int) -> None:
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    write_replace(path, data, mode)
 
 
 def read_endorsed(storage: str) -> str | None:
@@ -155,14 +178,15 @@ def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
             write_keypair(path, f"baash-rank-{slot}")
         verifiers.append(load_verifier(path + ".pub"))
     listing = "".join(v.text() + "\n" for v in verifiers).encode()
-    path = os.path.join(storage, "keys", "ranks.pub")
-    try:
-        with open(path, "rb") as handle:
-            unchanged = handle.read(len(listing) + 1) == listing
-    except OSError:
-        unchanged = False
-    if not unchanged:  # written only when it changes: a start on a full disk needs no room
-        write_replace(path, listing, 0o644)
+    published = os.path.join(storage, "keys", "ranks.pub")
+    if os.path.lexists(os.path.join(storage, "checkpoint")) and not os.path.lexists(
+            os.path.join(storage, "checkpoint.keys")) and os.path.exists(published):
+        # A note kept before checkpoint.keys existed was endorsed under the ranks.pub about to
+        # be replaced: keep that for it, or a job grown since would find it has no quorum.
+        with open(published, "rb") as handle:
+            _write_if_changed(os.path.join(storage, "checkpoint.keys"), handle.read(1 << 20), 0o644)
+    # Written only when it changes: a start on a full disk needs no room.
+    _write_if_changed(published, listing, 0o644)
     return verifiers
 
 
@@ -206,7 +230,7 @@ class Endorser:
         if note is None:
             return None
         try:
-            endorsed = verify_endorsed(note, load_verifiers(os.path.join(storage, "keys", "ranks.pub")))
+            endorsed = verify_endorsed(note, load_verifiers(endorsed_keys_path(storage)))
         except (CheckpointInvalid, ConfigError) as exc:
             return f"the last endorsed tree head in {storage}/checkpoint does not verify: {exc}"
         tracker = TreeTracker()
