@@ -71,12 +71,26 @@ class LeftInSpool:
 
 def ship_left(ledger: ParslLedger) -> LeftInSpool | None:
     """At the start of a run: ship what earlier runs left in ``ledger``'s spool (at most
-    ``START_WAIT`` s); what still waits then, to check files against, or None."""
+    ``START_WAIT`` s); what still waits then, to check files against, or None. A spool with
+    no record waiting (the usual case; the recording process's own segment is empty or
+    shipped) is only listed: the ledger is not opened."""
+    from lineage_ledger._ledger.backlog import _scan
     from lineage_ledger._ledger.deferred import WaitingInSpool, ship, spool_first
+    from lineage_ledger._ledger.spool import spool_path
 
     capture = ledger.capture
     try:
-        shipped, left = ship(capture.url, spool=capture.spool, timeout=START_WAIT)
+        place = spool_first(capture.url, spool=capture.spool)
+        root, identity = place.spool_root, place.identity
+        place.close()
+        directory = spool_path(os.path.abspath(root), identity)
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            return None
+        left = _scan(directory)
+        if left.records > left.live:  # what dead processes left: theirs to ship is nobody's but ours
+            shipped, left = ship(capture.url, spool=capture.spool, timeout=START_WAIT)
+            if shipped:
+                log.info("lineage-ledger: shipped %d record(s) of earlier runs from the spool", shipped)
     except WaitingInSpool as err:
         left = err.left
         log.warning("lineage-ledger: records of earlier runs wait in the spool (%s); this run checks its files "
@@ -85,15 +99,4 @@ def ship_left(ledger: ParslLedger) -> LeftInSpool | None:
         log.warning("lineage-ledger: could not ship the records of earlier runs from the spool (%s: %s)",
                     type(err).__name__, err)
         return None
-    else:
-        if shipped:
-            log.info("lineage-ledger: shipped %d record(s) of earlier runs from the spool", shipped)
-    if not left.records:
-        return None
-    try:
-        place = spool_first(capture.url, spool=capture.spool)
-        root, identity = place.spool_root, place.identity
-        place.close()
-    except Exception:  # noqa: BLE001 - shipped above with the same URL: not expected
-        return None
-    return LeftInSpool(root, identity, left.records)
+    return LeftInSpool(root, identity, left.records) if left.records else None
