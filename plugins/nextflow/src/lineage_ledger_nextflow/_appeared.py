@@ -59,10 +59,11 @@ def appeared(tasks: dict[str, dict[str, Any]], links: dict[str, str] | None = No
         except OSError:
             continue  # not a work directory Nextflow can reuse: nothing to compare with
         written = set(task.get("outputs", []))
+        unnamed = set(task.get("not_utf8") or [])  # the task's own files no record can name (_workdir)
         current = _lists_values(task) or bool(task.get("unrecorded"))
         files, _unrecordable, loose = _walk_written(workdir, staged)
         for path in files:
-            if path not in written and (current or os.path.relpath(path, workdir) not in VALUE_OUTPUTS):
+            if path not in written and path not in unnamed and (current or os.path.relpath(path, workdir) not in VALUE_OUTPUTS):
                 found[path] = key
         found.update(dict.fromkeys(_vanished(task, written), key))
         if current:

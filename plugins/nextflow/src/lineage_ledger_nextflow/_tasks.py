@@ -27,6 +27,7 @@ from typing import Any
 
 from ._log import Completed, Handlers, Note, Published
 from ._not_followed import WARNINGS_SHOWN, more_tries_line, recorded_warning
+from ._unrecordable import shown
 from ._unverified import Unverified
 from ._workdir import a_link_to_no_file, read_workdir, task_key
 
@@ -55,6 +56,7 @@ class TaskRecorder(Handlers):
         self._retries: dict[str, int] = {}  # task name -> retries announced
         self._lock = threading.Lock()
         self._not_followed_tries = 0  # task tries recorded with links not followed (the first few warned of)
+        self._not_utf8_tries = 0  # task tries recorded with files whose path is not UTF-8 (the first few said)
 
     # -- the log's events ---------------------------------------------------------------
     def session(self, session: str) -> None:
@@ -99,6 +101,10 @@ class TaskRecorder(Handlers):
         self._failed.clear()
         if self._not_followed_tries > WARNINGS_SHOWN:  # every try is recorded by now; said before a publication fails
             log.warning("%s", more_tries_line(self._not_followed_tries - WARNINGS_SHOWN))
+        if self._not_utf8_tries > WARNINGS_SHOWN:
+            log.warning("lineage-ledger: ... and %d more task try(s) wrote or read files whose path is not valid UTF-8 "
+                        "text, in no record either (extra.not_utf8 of each record names them)",
+                        self._not_utf8_tries - WARNINGS_SHOWN)
         self._publish()
 
     # -- records ------------------------------------------------------------------------
@@ -134,6 +140,8 @@ class TaskRecorder(Handlers):
             extra["links"] = work.links
         if work.stored:  # moved aside with the work directory under rerun (_preflight.quarantine)
             extra["stored"] = work.stored
+        if work.not_utf8:  # in no input or output list: named here, escaped by the core (\xNN)
+            extra["not_utf8"] = work.not_utf8
         if work.not_followed:
             extra["links_not_followed"] = work.not_followed
             if work.not_followed_more:
@@ -153,6 +161,14 @@ class TaskRecorder(Handlers):
         self.capture.post(run)
         with self._lock:
             self.recorded += 1
+            if work.not_utf8:  # in no record: said (the first few tries; the others counted by finish())
+                self._not_utf8_tries += 1
+                if self._not_utf8_tries <= WARNINGS_SHOWN:
+                    log.warning("lineage-ledger: task %s (%s): %d file(s) whose path is not valid UTF-8 text are in "
+                                "no record (a record names files by their paths, as text): %s; rename them to record "
+                                "them", event.name, event.workdir, len(work.not_utf8),
+                                ", ".join(shown(p) for p in work.not_utf8[:3]) + (", ..." if len(work.not_utf8) > 3
+                                                                                  else ""))
             if work.not_followed:  # what they lead to is in no record: the user must know (_not_followed)
                 self._not_followed_tries += 1
                 if self._not_followed_tries <= WARNINGS_SHOWN:  # the others counted by finish()
@@ -161,7 +177,7 @@ class TaskRecorder(Handlers):
             self.tasks[key] = {
                 "process": process, "name": event.name, "workdir": event.workdir, "status": run.status,
                 "inputs": list(work.inputs), "outputs": list(work.outputs), "published": [],
-                "links": dict(work.links), "stored": list(work.stored),
+                "links": dict(work.links), "stored": list(work.stored), "not_utf8": list(work.not_utf8),
             }
             if work.not_followed:  # said again by the check before -resume
                 self.tasks[key].update(links_not_followed=dict(work.not_followed),

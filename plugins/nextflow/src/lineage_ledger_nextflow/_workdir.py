@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 from ._not_followed import capped
 from ._stored import stored_outputs
+from ._unrecordable import not_utf8, shown
 
 #: Files Nextflow writes at the top of every work directory that are not the task's outputs
 #: (``.command.out`` and ``.command.env``, its ``stdout`` and ``env`` outputs, are).
@@ -88,6 +89,7 @@ class WorkDir:
     inputs: list[str] = field(default_factory=list)  # the real files behind the staged ones
     outputs: list[str] = field(default_factory=list)  # files the task wrote
     stored: list[str] = field(default_factory=list)  # those of outputs it stored elsewhere (_stored: storeDir)
+    not_utf8: list[str] = field(default_factory=list)  # its files whose path is not UTF-8: in no record
     links: dict[str, str] = field(default_factory=dict)  # a link at the top to no file -> its target text
     not_followed: dict[str, str] = field(default_factory=dict)  # a staged directory's link out of it -> target
     not_followed_more: int = 0  # such links past those kept in not_followed (_not_followed.LIMIT)
@@ -135,9 +137,30 @@ def read_workdir(path: str) -> WorkDir:
     work.outputs = _output_directories(path, work.staged, unrecordable) + written
     work.stored = stored_outputs(path, wrapper, work.started)  # storeDir took them out of the directory
     work.outputs += work.stored
+    _leave_out_not_utf8(work, unrecordable)
     work.problems.extend(f"{os.path.basename(d)}: recorded file by file only: {why}"
                          for d, why in sorted(unrecordable.items()))
     return work
+
+
+def _leave_out_not_utf8(work: WorkDir, unrecordable: dict[str, str]) -> None:
+    """Take the paths that are not UTF-8 text out of ``work``'s inputs and outputs (a record
+    names files by their paths, as text: one such path cost the task's whole record) into
+    ``work.not_utf8``, and say so in ``problems``; a directory that holds one is recorded
+    file by file only (its manifest would name it)."""
+    odd = [p for p in [*work.inputs, *work.outputs] if not_utf8(p)]
+    if not odd:
+        return
+    for output in work.outputs:
+        if os.path.dirname(output) != work.path and output.startswith(work.path + os.sep) and not_utf8(output):
+            top = os.path.join(work.path, os.path.relpath(output, work.path).split(os.sep, 1)[0])
+            unrecordable.setdefault(top, f"{shown(os.path.relpath(output, work.path))}: the name is not valid UTF-8 text")
+    work.inputs = [p for p in work.inputs if not not_utf8(p)]
+    work.outputs = [p for p in work.outputs if not not_utf8(p) and p not in unrecordable]
+    work.stored = [p for p in work.stored if not not_utf8(p)]
+    work.not_utf8 = odd
+    work.problems.extend(f"{shown(p)}: the file name is not valid UTF-8 text: not recorded (rename it to record it)"
+                         for p in odd)
 
 
 def staged_files(wrapper: str) -> dict[str, str]:
@@ -225,6 +248,10 @@ def _walk_written(workdir: str, staged: dict[str, str]) -> tuple[list[str], dict
 
     for root, dirs, files in os.walk(workdir, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if os.path.join(root, d) not in skip)
+        for name in dirs if root != workdir else ():  # a manifest names every subdirectory
+            if not_utf8(name):
+                unrecordable.setdefault(top(root), f"{shown(os.path.relpath(os.path.join(root, name), workdir))}: "
+                                                   "the name is not valid UTF-8 text")
         if root == workdir:  # a link to a directory is listed among dirs (and not walked)
             loose.extend(d for d in dirs if os.path.islink(os.path.join(root, d)))
         for name in sorted(files):
