@@ -43,7 +43,6 @@ def shout(inputs: Any = (), outputs: Any = ()) -> str:
     return text
 
 
-@pytest.mark.xfail(strict=True, reason="a file written this run through a link is checked by its real name")
 def test_a_file_written_through_a_link_and_read_by_its_real_path_is_not_refused(workdir):
     real = workdir / "real"
     real.mkdir()

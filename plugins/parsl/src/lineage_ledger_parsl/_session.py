@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import threading
 from collections.abc import Collection, Mapping
@@ -115,6 +116,9 @@ class ParslLedger:
         # Paths written by a successful try in this process: the ledger may not have their
         # records yet (write-behind), so the pre-launch check must not call them modified.
         self._produced: set[str] = set()
+        self._produced_real: set[str] = set()  # their real paths (symbolic links resolved)
+        self._unresolved: list[str] = []  # produced paths whose real path is not worked out yet
+        self._resolving = threading.Lock()
         self._posted = self._flushed = 0  # tries handed to the capture; of those, known flushed
         # _posted when a bounded wait at the end of a run gave up: the run's next waits
         # (the memoizer's, then each executor's) do not wait for the same back-end again.
@@ -263,15 +267,32 @@ class ParslLedger:
     def produced(self, paths: list[str]) -> None:
         with self._lock:
             self._produced.update(paths)
+            self._unresolved.extend(paths)
 
     def new_run(self) -> None:
         """A new DataFlowKernel starts: what the last one wrote is in the ledger by now."""
         with self._lock:
             self._produced.clear()
+            self._produced_real.clear()
+            self._unresolved.clear()
 
     def produced_here(self, path: str) -> bool:
+        """Whether a try of this run wrote ``path``, by this name or another (through a symbolic
+        link): its record may still be on its way. Real paths are worked out on the launch
+        thread, never on the one that ends a try, each once."""
         with self._lock:
-            return path in self._produced
+            if path in self._produced:
+                return True
+            if not self._produced:
+                return False
+        real = os.path.realpath(path)
+        with self._resolving:  # one launch thread resolves; another waits for what it resolves
+            with self._lock:
+                pending, self._unresolved = self._unresolved, []
+            resolved = {os.path.realpath(p) for p in pending}
+            with self._lock:
+                self._produced_real.update(resolved)
+                return real in self._produced_real
 
     def task_run(
         self,
