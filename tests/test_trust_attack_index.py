@@ -48,7 +48,6 @@ PLANTED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="depends decides that a path is recorded from an index row nobody proved")
 @pytest.mark.parametrize("how", sorted(PLANTED))
 def test_depends_does_not_answer_from_a_row_naming_a_path_no_record_names(cli, workdir, chain, how):
     unknown = cli("depends", "z.txt")

@@ -225,9 +225,12 @@ def _say_nothing_derived(ledger: Ledger, normal: str, shown: str) -> None:
     """That nothing was derived from a file a record wrote (exit 0); a file no record read
     or wrote (a typo, another ledger) is refused, exit 2, as ``why`` refuses it. Asked after
     the readers were listed and counted: a file whose reader rows were deleted is a failed
-    check (exit 1), not an unknown file."""
-    # One step down the index, as has_consumers: a file a million tasks wrote is not read whole.
-    if not ledger.backend.find_page("out", path=normal, limit=1):
+    check (exit 1), not an unknown file. Whether a record wrote it is proved, as every answer
+    is: an index row planted to name a file no record names (or a producer row's path
+    changed) answered "nothing was derived from it", exit 0, from that row alone
+    (tests/test_trust_attack_index.py). The latest writer, one record proved, checked against
+    the names kept: a file a million tasks wrote is not read whole."""
+    if ledger.last_seen(normal, ("out",)) is None:
         raise LedgerError(f"{shown}: no record in the ledger read or wrote it")
     click.echo(f"{printable(shown)}: nothing in the ledger was derived from it")
 
