@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import struct
+import threading
 from typing import Any
 
 from lineage_ledger._model import StoredBlock, StoredRecord
@@ -56,7 +58,7 @@ __all__ = [
     "ANSWERS", "CLIENT_REQUESTS", "MAX_FRAME", "ROLES", "TO_DAEMON", "TO_GATEWAY", "VERSION", "TruncatedFrame",
     "WireError",
     "block_from_wire", "block_to_wire", "decode", "encode", "install_mpi_codec", "mpi_dumps", "mpi_loads",
-    "receive", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_frame",
+    "receive", "receive_large_gated", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_frame",
 ]
 
 VERSION = 1
@@ -91,11 +93,15 @@ def _recv_exact(sock: socket.socket, size: int, first: bool = False) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> bytes:
+def _announced(sock: socket.socket, limit: int) -> int:
     (size,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size, first=True))
     if size > limit:
         raise WireError(f"a frame of {size} bytes was announced; the limit is {limit}")
-    return _recv_exact(sock, size)
+    return int(size)
+
+
+def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> bytes:
+    return _recv_exact(sock, _announced(sock, limit))
 
 
 # -- blocks and records -------------------------------------------------------------------
@@ -257,6 +263,50 @@ def send(sock: socket.socket, kind: str, **fields: Any) -> None:
 
 def receive(sock: socket.socket, kinds: dict[str, dict[str, Check]], limit: int = MAX_FRAME) -> dict[str, Any]:
     return decode(recv_frame(sock, limit), kinds)
+
+
+LARGE_FRAME = 1 << 20           # frames above this are read and decoded a few at a time
+LARGE_FRAME_SECONDS = 120.0     # to send one: a client that trickles it does not hold the gate
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # one JSON string (canonical: ASCII, escaped)
+
+
+def _containers(payload: bytes) -> int:
+    """JSON objects and arrays in ``payload`` outside its strings (a record body is a string
+    full of braces); the strings are dropped only when the braces alone are too many."""
+    count = payload.count(b"{") + payload.count(b"[")
+    if count <= _most_containers(len(payload)):
+        return count
+    bare = _STRING.sub(b'""', payload)
+    return bare.count(b"{") + bare.count(b"[")
+
+
+def _most_containers(size: int) -> int:
+    # Each array of a well-formed request holds a 64-digit id or digest or more: a request
+    # cannot have more than one per 32 bytes. 20 million empty objects in 60 MiB are 1.6 GB.
+    return size // 32 + 1024
+
+
+def receive_large_gated(sock: socket.socket, kinds: dict[str, dict[str, Check]],
+                        gate: threading.Semaphore) -> dict[str, Any]:
+    """:func:`receive` for a service's clients. ``json.loads`` makes 20 million objects of a
+    60 MiB ``[{},{},...]`` (1.6 GB), and each connection has its thread: a large frame is read
+    and decoded only under ``gate`` (a few at once), and refused unparsed if it has more
+    objects and arrays than a request of that size can hold."""
+    size = _announced(sock, MAX_FRAME)
+    if size <= LARGE_FRAME:
+        return decode(_recv_exact(sock, size), kinds)
+    with gate:
+        previous = sock.gettimeout()
+        sock.settimeout(LARGE_FRAME_SECONDS)
+        try:
+            payload = _recv_exact(sock, size)
+        finally:
+            sock.settimeout(previous)
+        containers = _containers(payload)
+        if containers > _most_containers(size):
+            raise WireError(f"a frame of {size} bytes with {containers} JSON objects and arrays; no request "
+                            f"that size has more than {_most_containers(size)}")
+        return decode(payload, kinds)
 
 
 # -- between MPI ranks: tagged JSON instead of pickle --------------------------------------

@@ -21,7 +21,15 @@ import threading
 import time
 from typing import Any
 
-from ._wire import CLIENT_REQUESTS, MAX_FRAME, WireError, encode, receive, record_to_wire, send_frame
+from ._wire import (
+    CLIENT_REQUESTS,
+    MAX_FRAME,
+    WireError,
+    encode,
+    receive_large_gated,
+    record_to_wire,
+    send_frame,
+)
 from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
 from .endorse import ensure_keys, ensure_origin
 from .manager import JobDown, TransactionManager
@@ -63,6 +71,8 @@ class Service:
         self.started = time.time()
         self.refused = 0
         self.malformed = 0
+        # Large requests are read and decoded two at a time, whatever the number of connections.
+        self._large_frames = threading.BoundedSemaphore(2)
         service = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -106,7 +116,7 @@ class Service:
             return
         while True:
             try:
-                request = receive(sock, CLIENT_REQUESTS)
+                request = receive_large_gated(sock, CLIENT_REQUESTS, self._large_frames)
             except WireError as err:
                 # Frame boundaries may be lost: answer once, then hang up.
                 self.malformed += 1
