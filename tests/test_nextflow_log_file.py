@@ -32,8 +32,6 @@ def _run(here: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.xfail(strict=True, reason="the wrapper follows .nextflow.log whatever NXF_LOG_FILE says: no task is "
-                   "recorded")
 def test_the_log_named_by_nxf_log_file_is_followed_and_log_wins_over_it(tmp_path):
     nf.require_nextflow()
     here = tmp_path / "launch"

@@ -36,7 +36,9 @@ class Command:
         self.policy = policy
         self.resume = False
         self.resume_session: str | None = None
-        self.log_file: str | None = None  # -log, if the user gave one
+        #: Nextflow's log, where the user named it: ``-log``, else ``$NXF_LOG_FILE`` (Nextflow's
+        #: own order); None: ``.nextflow.log``. Every task is recorded from it (``_log``).
+        self.log_file: str | None = None
         self.work_dir: str | None = None  # run's -w / -work-dir, if the user gave one
         #: The options that choose the run's configuration, for ``nextflow config``: the
         #: configuration files (``-c``/``-config`` before or after ``run``, ``-C``), as options
@@ -84,6 +86,8 @@ def parse(argv: list[str]) -> Command:
             command.log_file = top[j + 1]
         elif arg in ("-c", "-config", "-C") and j + 1 < len(top):
             command.config_files += [arg, top[j + 1]]
+    if command.log_file is None:
+        command.log_file = os.environ.get("NXF_LOG_FILE") or None
     for j, arg in enumerate(run[1:], start=1):
         if arg == "-resume" or arg.startswith("-resume="):
             command.resume = True

@@ -51,7 +51,7 @@ def shown(text: str) -> str:
 
 
 def why_nothing_is_recorded(launch_dir: str, log_file: str | None) -> str | None:
-    """Why no task of a run launched from ``launch_dir`` (with ``-log log_file``, if given)
+    """Why no task of a run launched from ``launch_dir`` (its log at ``log_file``, if given)
     could be recorded; None where they can be."""
     if not_utf8(launch_dir):
         return (f"the launch directory {shown(launch_dir)} is not valid UTF-8 text: a task's files are named in the "
@@ -59,7 +59,7 @@ def why_nothing_is_recorded(launch_dir: str, log_file: str | None) -> str | None
                 "published files go to a directory of another name; run the pipeline from a directory whose path is "
                 "UTF-8 (rename it)")
     if log_file is not None and not_utf8(log_file):
-        return (f"the log file given with -log, {shown(log_file)}, is not valid UTF-8 text: every task is recorded "
+        return (f"the log file {shown(log_file)} (-log, else NXF_LOG_FILE) is not valid UTF-8 text: every task is recorded "
                 "from Nextflow's log, and Nextflow reads the name as text and writes its log under another name; "
                 "give -log a name that is UTF-8")
     return None
