@@ -61,7 +61,6 @@ def test_depends_does_not_answer_from_a_row_naming_a_path_no_record_names(cli, w
     assert "nothing in the ledger was derived" not in depends.stdout + depends.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="repair-index writes the index before it checks the remembered head")
 def test_repair_index_refuses_a_history_rewritten_since_it_was_verified(tmp_path):
     url = two_block_ledger(tmp_path)
     db = tmp_path / "ledger.db"
@@ -85,7 +84,6 @@ def test_repair_index_refuses_a_history_rewritten_since_it_was_verified(tmp_path
     assert repaired.returncode == 0 and "1 record rows corrected" in repaired.stderr, repaired.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="repair-index writes the index before it checks the remembered head")
 def test_repair_index_refuses_a_ledger_that_shrank_since_it_was_verified(tmp_path):
     url = two_block_ledger(tmp_path)
     db = tmp_path / "ledger.db"

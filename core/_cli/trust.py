@@ -9,7 +9,7 @@ import sys
 import click
 
 from .._canonical import utcnow
-from .._errors import CheckpointInvalid, ConfigError, VerificationError
+from .._errors import CheckpointInvalid, ConfigError, HistoryRewritten, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
 from .common import (
@@ -296,8 +296,13 @@ def repair_index(ledger_url) -> None:
         if not hasattr(backend, "rebuild_index"):
             raise ConfigError(f"{backend.display_url}: repair-index rebuilds the index of SQLite and PostgreSQL "
                               "ledgers only; this back-end keeps its index itself")
+        with open_read_only(ledger_url) as ledger:
+            remembered = ledger.verifier.store.head  # the head this account verified (None: never)
+        checked = _RememberedChain(backend, remembered)
         try:
-            done = backend.rebuild_index(lambda stop: verified_index(backend, stop))
+            done = backend.rebuild_index(lambda stop: verified_index(checked, stop))
+        except HistoryRewritten:
+            raise  # says itself what happened and what to do; nothing was written
         except VerificationError as err:
             raise type(err)(f"{err} -- the records themselves do not verify, so the index was left as it was: "
                             "restore the ledger from a backup", height=err.height, path=err.path) from err
@@ -312,3 +317,40 @@ def repair_index(ledger_url) -> None:
     with open_read_only(ledger_url) as ledger:
         result = ledger.audit()
     click.echo(f"verified: {result.head.size} records, root {result.head.root}", err=True)
+
+
+class _RememberedChain:
+    """The back-end as ``verified_index`` reads it, each block it yields held to the tree head
+    this account verified before: the block that head ended on must still be stored with the
+    same id (``verified_index`` then checks that its header hashes to it, and the links below
+    it, so every record the head covers is the one verified), and no fewer blocks. Checked in
+    the rebuild's own write transaction, as it streams: a ledger rewritten or cut short since
+    it was verified raises ``HistoryRewritten`` and nothing is written. Before, the index was
+    rebuilt from the records stored now, committed, and only the audit after it failed
+    (tests/test_trust_attack_index.py): the rows that still told of the old history were
+    gone."""
+
+    def __init__(self, backend, head) -> None:
+        self._backend = backend
+        self._head = head
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def block_columns(self, start: int, stop: int):
+        head, seen = self._head, start
+        for block in self._backend.block_columns(start, stop):
+            if head is not None and block.height == head.blocks - 1 and block.id != head.block_id:
+                raise HistoryRewritten(
+                    f"{self._backend.identity}: block {block.height}, where the tree verified on {head.verified} "
+                    f"ended ({head.size} records, root {head.root}), is no longer stored as it was: history was "
+                    "rewritten, and repair-index changed nothing. If the ledger was restored on purpose, run "
+                    "`lineage-ledger reset-trust`, then repair-index again", height=block.height)
+            seen = block.height + 1
+            yield block
+        if head is not None and seen < head.blocks:
+            raise HistoryRewritten(
+                f"{self._backend.identity}: the ledger shrank: {head.blocks} blocks ({head.size} records) were "
+                f"verified on {head.verified}, {seen} are stored now, and repair-index changed nothing. If it "
+                "was restored from a backup on purpose, run `lineage-ledger reset-trust`, then repair-index again",
+                height=seen)
