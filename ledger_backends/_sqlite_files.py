@@ -9,6 +9,8 @@ included, and nothing is written: see :func:`read_only_uri`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import shutil
@@ -30,7 +32,8 @@ from lineage_ledger._ledger.identity import refuse_path_not_utf8
 from ._base import redact
 from ._sql_reads import SCHEMA_VERSION
 
-__all__ = ["SQLiteFile", "database_error", "driver_text", "is_sqlite_url", "read_only_uri", "refusal", "sqlite_file"]
+__all__ = ["SQLiteFile", "database_error", "driver_text", "is_sqlite_url", "read_only_uri", "refusal",
+           "refuse_without_locks", "sqlite_file"]
 
 _BUSY_TIMEOUT_S = 60
 
@@ -125,6 +128,54 @@ def _writable(path: str) -> bool:
     except OSError:
         return False
     return os.access(path, os.W_OK) and bool(mode & 0o222)
+
+
+# SQLite takes a lock request that fails with ENOLCK (NFS without its lock daemon) for a lock
+# another process holds ("a random NFS retry error") and waits out its busy timeout before
+# saying "database is locked": a minute for a writer, two for verify-lineage, and no wait
+# gets the lock. A lock taken and dropped on a file of our own beside the ledger tells at
+# once. Never on the ledger's own files: closing any descriptor of a file drops every POSIX
+# lock this process holds on it, those of this process's SQLite connections included.
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}
+_LOCKS_WORK: set[int] = set()  # the devices whose file system gave this process a lock
+
+
+def refuse_without_locks(path: str, shown: str) -> None:
+    """:class:`BackendUnavailable` at once where the file system of ``path`` (the ledger)
+    gives no file locks, which SQLite needs. Asked once a process and device, through a
+    file made and removed in the ledger's directory; not where this user may not write
+    there (a reader of another's ledger: SQLite's own wait, then its error)."""
+    directory = os.path.dirname(path)
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        return  # SQLite's own error says what is wrong
+    if device in _LOCKS_WORK or not _writable(directory):
+        return
+    problem = _lock_problem(directory)
+    if problem is None:
+        _LOCKS_WORK.add(device)
+        return
+    raise BackendUnavailable(
+        f"{shown}: opening the ledger failed: the file system of {directory} gives no file locks ({problem}), "
+        "which SQLite needs to keep a ledger whole: keep the ledger on a local disk, have the file system's "
+        "locks work (NFS: its lock daemon), or use a PostgreSQL server")
+
+
+def _lock_problem(directory: str) -> str | None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ll-lock-probe-", dir=directory)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except OSError as err:  # EAGAIN or EACCES: held by another process (it has locks, then)
+        return os.strerror(err.errno) if err.errno in _NO_LOCKS else None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def _sqlite_uri(path: str, **params: str) -> str:
@@ -224,6 +275,7 @@ def read_only_uri(path: str, shown: str) -> tuple[str, str, str | None]:
     has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
     writable = _writable(path) and _writable(os.path.dirname(os.path.abspath(path)))
     if writable and (not os.path.exists(shm) or _writable(shm)):
+        refuse_without_locks(os.path.abspath(path), shown)  # "ro" reads take part in the locking
         uri = _sqlite_uri(path, mode="ro")
         error = _probe(uri)
         if error is None or not _cannot_open_read_only(error):

@@ -67,6 +67,7 @@ from ._sqlite_files import (
     is_sqlite_url,
     read_only_uri,
     refusal,
+    refuse_without_locks,
 )
 from ._sqlite_reader import SQLiteReader
 from .sqlite import INSERT_ARTIFACTS, INSERT_BLOCKS, INSERT_RECORDS, append_rows, new_blocks
@@ -129,6 +130,7 @@ class SQLBackend(_SQLReads, Backend):
             path = os.path.abspath(path)  # "x/../a.db" is a.db to SQLite, x or not
             parent = os.path.dirname(path)
             _make_private_dirs(parent, shown)
+            refuse_without_locks(path, shown)
             if os.path.exists(path):
                 # A copy we may not write (or whose directory cannot take the WAL files):
                 # read it, as a read-only open would.

@@ -43,6 +43,7 @@ from ._sqlite_files import (
     database_error,
     driver_text,
     ledger_path,
+    refuse_without_locks,
     sqlite_file,
 )
 
@@ -134,6 +135,7 @@ class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
         shown = self.display_url
         _, path = ledger_path(plain_sqlite_file(url), shown)
         make_private_dirs(os.path.dirname(path), shown)
+        refuse_without_locks(path, shown)  # before an empty ledger file is left there
         create_private_file(path, shown)
         self._path = path
         self._uri = _sqlite_uri(path)
