@@ -85,3 +85,44 @@ def test_verify_lineage_against_an_endorsed_head_catches_a_rewritten_tail(tmp_pa
         assert "history was rewritten" in logs or "endorsing no tree head" in logs, logs[-2000:]
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "not-a-block", "body-edited"])
+def test_a_hole_or_an_edited_block_in_storage_is_never_served_as_verified(tmp_path, damage):
+    """A block file of the middle of the chain removed, replaced by other JSON, or its record
+    body edited in place (its id kept) while the service is down: the restarted service
+    refuses to start naming the block, or serves it and ``verify-lineage`` exits 1
+    naming the tampered record. Never a start that serves a chain with a hole, never 0."""
+    from lineage_ledger.backends import open_backend
+    from tests.support.factories import make_records
+
+    (tmp_path / "svc").mkdir()
+    service = BaashService(tmp_path / "svc", 2)
+    try:
+        backend = open_backend(service.url)
+        for start in range(3):
+            records = [r.stored() for r in make_records(1, run_id="hole", start=start)]
+            backend.append([build_block(records, backend.head()).stored()])
+    finally:
+        service.stop()
+    middle = (service.storage / "chain.log").read_text().splitlines()[1].split()[1]
+    block_file = service.storage / "blocks" / middle[:2] / f"{middle}.json"
+    if damage == "deleted":
+        block_file.unlink()
+    elif damage == "not-a-block":
+        block_file.write_text('{"kind":"block"}')
+    else:
+        text = block_file.read_text()
+        assert '\\"i\\":1' in text
+        block_file.write_text(text.replace('\\"i\\":1', '\\"i\\":7'))
+    if damage != "body-edited":
+        with pytest.raises(RuntimeError, match=f"error: .*cannot read block {middle[:16]}"):
+            BaashService(tmp_path / "svc", 2)  # the service exited, saying which block
+        return
+    service = BaashService(tmp_path / "svc", 2)
+    try:
+        result = run_cli("--ledger", service.url, program="verify-lineage", cwd=tmp_path)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "RecordTampered: block 1" in result.stdout, result.stdout
+    finally:
+        service.stop()
