@@ -1,0 +1,49 @@
+"""The private key that signs checkpoints, when another user owns it (helper-117).
+
+``checkpoint --key`` refuses a private key that other users may read or write (mode 0640,
+0604: "signs for whoever read it", as ssh refuses one), but signed with a key file of mode
+0600 that another user owns, given directly or through a link of the account's own: that
+user can read it (and chmod it) whenever they like, so it signs for them as much as for the
+account. As root (CI), the other user is uid 65534; as another account, a file it does not
+own cannot be made (skipped).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to uid 65534 needs root; CI runs as root")
+
+
+@pytest.fixture
+def recorded(cli, workdir):
+    (workdir / "in.txt").write_text("data\n")
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    cli("keygen", "lab.key", "--name", "lab/key", check_rc=0)
+    return workdir
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason="load_signer checks the key file's mode, not its owner")
+@pytest.mark.parametrize("given", ["the file", "a link to it"])
+def test_a_private_key_another_user_owns_is_refused(cli, recorded, given):
+    os.chown(recorded / "lab.key", NOBODY, NOBODY)
+    assert (recorded / "lab.key").stat().st_mode & 0o777 == 0o600
+    if given == "a link to it":
+        (recorded / "mine.key").symlink_to(recorded / "lab.key")
+    key = "lab.key" if given == "the file" else "mine.key"
+    result = cli("checkpoint", "--key", key, "-o", "head.cp")
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "uid 65534" in result.stderr and key in result.stderr, result.stderr
+    assert "PRIVATE+KEY" not in result.stderr + result.stdout
+    assert not (recorded / "head.cp").exists()
+
+
+def test_the_accounts_own_key_still_signs(cli, recorded):
+    """The other side: a 0600 key of the account's own, through a link of its own too."""
+    (recorded / "mine.key").symlink_to(recorded / "lab.key")
+    cli("checkpoint", "--key", "mine.key", "-o", "head.cp", check_rc=0)
+    cli("verify", "--against", "head.cp", "--pubkey", "lab.key.pub", check_rc=0)
