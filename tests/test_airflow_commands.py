@@ -92,8 +92,6 @@ def verified(env: dict[str, str], path: Path) -> int:
                    cwd=path.parent).returncode
 
 
-@pytest.mark.xfail(strict=True, reason="airflow tasks test ran the task and wrote its outlet, and the plugin "
-                                       "recorded nothing (try number 0 read as never started), without a word")
 def test_a_task_run_by_airflow_tasks_test_is_recorded(site, tmp_path):
     env = settings(tmp_path)
     airflow(site, env, "tasks", "test", DAG_ID, "stamp")
@@ -105,9 +103,6 @@ def test_a_task_run_by_airflow_tasks_test_is_recorded(site, tmp_path):
     assert verified(env, stamp) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="airflow tasks test on an existing run reported that run's last try "
-                                       "number, whose record was there: the new output was left unrecorded and "
-                                       "read as tampered with")
 def test_airflow_tasks_test_on_an_existing_run_is_a_record_of_its_own(site, tmp_path):
     env = settings(tmp_path)
     airflow(site, env, "dags", "test", DAG_ID, "2026-01-01")
@@ -128,9 +123,6 @@ def test_airflow_tasks_test_on_an_existing_run_is_a_record_of_its_own(site, tmp_
     assert os.path.exists(stamp)
 
 
-@pytest.mark.xfail(strict=True, reason="a LedgerOperator command that overran execution_timeout left the programs it "
-                                       "started running: they wrote the declared output after the try was recorded "
-                                       "failed")
 def test_a_timed_out_commands_children_end_with_its_try(site, tmp_path):
     env = settings(tmp_path)
     result = site.cli("dags", "test", "commands_timeout", env=env)

@@ -161,8 +161,6 @@ def said_once(text: str, what: str) -> list[str]:
     return lines
 
 
-@pytest.mark.xfail(strict=True, reason="an outlet named by bytes that are not UTF-8 was recorded as a different "
-                                       "file (U+FFFD for the byte), a missing output, with nothing said")
 def test_a_plain_operators_outlet_that_is_not_utf8_is_said_and_left_out(site):
     site.trigger("nu_plain", "plain-1")
     assert site.wait_for_run("nu_plain", "plain-1") == "success"
@@ -178,8 +176,6 @@ def test_a_plain_operators_outlet_that_is_not_utf8_is_said_and_left_out(site):
     assert "not_utf8_files" in record["extra"]["escaped"]
 
 
-@pytest.mark.xfail(strict=True, reason="a LedgerOperator output that is not UTF-8 broke the DAG file (ArtifactError "
-                                       "as it was parsed): the task never ran")
 def test_a_ledger_operator_output_that_is_not_utf8_runs_under_warn_and_is_said(site):
     site.wait_for_dags(["nu_op_warn"], timeout=60)
     site.trigger("nu_op_warn", "warn-1")
@@ -194,8 +190,6 @@ def test_a_ledger_operator_output_that_is_not_utf8_runs_under_warn_and_is_said(s
     assert record["extra"]["not_utf8_files"] == {"inputs": [], "outputs": [shown(site, b"op-" + BAD)]}
 
 
-@pytest.mark.xfail(strict=True, reason="a LedgerOperator output that is not UTF-8 broke the DAG file: no refusal "
-                                       "that says why")
 def test_strict_refuses_a_ledger_operator_whose_output_cannot_be_recorded(site):
     site.wait_for_dags(["nu_op_strict"], timeout=60)
     site.trigger("nu_op_strict", "strict-1")
@@ -212,8 +206,6 @@ def test_strict_refuses_a_ledger_operator_whose_output_cannot_be_recorded(site):
     assert record["extra"]["not_utf8_files"] == {"inputs": [], "outputs": [shown(site, b"strict-" + BAD)]}
 
 
-@pytest.mark.xfail(strict=True, reason="a LedgerOperator cwd that is not UTF-8 broke the DAG file, though no record "
-                                       "names it")
 def test_a_working_directory_that_is_not_utf8_does_not_matter(site):
     site.wait_for_dags(["nu_op_cwd"], timeout=60)
     site.trigger("nu_op_cwd", "cwd-1")
@@ -224,7 +216,6 @@ def test_a_working_directory_that_is_not_utf8_does_not_matter(site):
     assert "not_utf8_files" not in record["extra"]
 
 
-@pytest.mark.xfail(strict=True, reason="a relative path in a DAG folder that is not UTF-8 broke the DAG file")
 def test_relative_paths_in_a_dag_folder_that_is_not_utf8_are_left_out_not_refused(tmp_path):
     """In process: Airflow 3.3's own DAG processor dies on a DAG file in such a folder (its
     message to the parsing child cannot encode the path), so no deployment runs one; the
@@ -242,8 +233,6 @@ def test_relative_paths_in_a_dag_folder_that_is_not_utf8_are_left_out_not_refuse
     assert task.inlets[0].uri == f"file://{tmp_path}/dags-%FF/in.txt"  # an Asset URI is ASCII
 
 
-@pytest.mark.xfail(strict=True, reason="a ledger whose path is not UTF-8: every try logged two errors (and the "
-                                       "scheduler more), and a strict LedgerOperator without inputs ran unrecorded")
 def test_a_ledger_whose_path_is_not_utf8_is_said_once_and_strict_refuses(site):
     """The scheduler (and so every task process it starts) names a ledger whose path is not
     UTF-8: the default one under an AIRFLOW_HOME whose name is not, say. Nothing can be
@@ -268,7 +257,10 @@ def test_a_ledger_whose_path_is_not_utf8_is_said_once_and_strict_refuses(site):
         with open(site.home / "scheduler.log", "rb") as handle:
             handle.seek(seen)
             scheduler = handle.read().decode(errors="replace")
-        assert scheduler.count("nothing is recorded") == 1, scheduler[-4000:]
+        # Once by the scheduler, and at most once by each of the two task processes (whose
+        # first lines, before their task log opens, land in the scheduler's log).
+        assert 1 <= scheduler.count("nothing is recorded") <= 3, scheduler[-4000:]
+        assert "NOT recorded" not in scheduler and "Traceback" not in scheduler, scheduler[-4000:]
         assert not os.path.lexists(bad)  # nothing was made for it
     finally:
         site.kill("scheduler")

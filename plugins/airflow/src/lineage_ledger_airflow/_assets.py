@@ -24,8 +24,9 @@ _said: set[str] = set()
 os.register_at_fork(after_in_child=_said.clear)
 
 
-def path_of(uri: str) -> str | None:
-    """The absolute path a ``file://`` URI names, or None for any other URI.
+def local_path(uri: str) -> str | None:
+    """The absolute path a ``file://`` URI names, or None for any other URI; its name may be
+    one no record can hold (a byte that is not UTF-8, percent-encoded: ``%FF``).
 
     ``file:///data/x`` and ``file://localhost/data/x`` name ``/data/x``; a URI naming another
     host is not a local file and is left alone. ``file:data/x`` names ``/data/x``, as Airflow's
@@ -36,10 +37,33 @@ def path_of(uri: str) -> str | None:
     parts = urlsplit(uri)
     if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
         return None
-    path = unquote(parts.path)
+    # Bytes that are not UTF-8 stay the bytes they were (U+DC80..U+DCFF, as os.fsdecode gives
+    # them), never U+FFFD, which named another file: a byte of the name was lost.
+    path = unquote(parts.path, errors="surrogateescape")
     if not path or "\x00" in path:
         return None
-    return normalize_path(path if path.startswith("/") else "/" + path)
+    return os.path.abspath(path if path.startswith("/") else "/" + path)
+
+
+def not_utf8(path: str) -> bool:
+    """Whether ``path`` holds a byte that is not UTF-8 (a lone surrogate): no record can name it."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown(path: str) -> str:
+    """``path`` with each byte that is not UTF-8 written ``\\xNN``, as records write them."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def path_of(uri: str) -> str | None:
+    """The path a ``file://`` URI names as a record holds it (:func:`local_path`), or None for
+    any other URI and for a name that is not UTF-8 (:func:`not_utf8_paths` lists those)."""
+    path = local_path(uri)
+    return None if path is None or not_utf8(path) else normalize_path(path)
 
 
 def _not_recorded_because(uri: str) -> str | None:
@@ -51,8 +75,12 @@ def _not_recorded_because(uri: str) -> str | None:
         return (f"Airflow reads {parts.netloc!r} as the name of a host (file://HOST/PATH), so it names "
                 f"{unquote(parts.path) or '/'} on that machine, not a file here; a relative path has no file:// "
                 "URI: give the absolute one, file:///...")
-    if path_of(uri) is None:
+    path = local_path(uri)
+    if path is None:
         return "it names no path"
+    if not_utf8(path):
+        return (f"it names {shown(path)}, whose name is not valid UTF-8 text, and a record names files by their "
+                "paths, as text: rename it to record it")
     return None
 
 
@@ -83,9 +111,13 @@ _ESCAPED = str.maketrans({"%": "%25", "#": "%23", "?": "%3F"})
 
 
 def file_uri(path: str | os.PathLike[str]) -> str:
-    """The ``file://`` URI of a path, made absolute (Assets compare by URI); :func:`path_of`
-    gives the path back."""
-    return "file://" + normalize_path(os.fspath(path)).translate(_ESCAPED)
+    """The ``file://`` URI of a path, made absolute (Assets compare by URI); :func:`local_path`
+    gives the path back. A byte of the name that is not UTF-8 is percent-encoded (``%FF``):
+    an Asset's URI is text that Airflow keeps in its database."""
+    text = os.path.abspath(os.fspath(path)).translate(_ESCAPED)
+    if not_utf8(text):
+        text = "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+    return "file://" + text
 
 
 def file_paths(assets: Iterable[Any] | None) -> list[str]:
@@ -102,4 +134,16 @@ def file_paths(assets: Iterable[Any] | None) -> list[str]:
             _relative_spelling(asset, uri)
         elif (why := _not_recorded_because(uri)) is not None:
             _say_once(uri, f"the file Asset {uri!r} is not recorded: {why}")
+    return list(paths)
+
+
+def not_utf8_paths(assets: Iterable[Any] | None) -> list[str]:
+    """Local paths of the ``file://`` Assets among ``assets`` whose names are not UTF-8, which
+    no record can name (:func:`file_paths` leaves them out, and says so once)."""
+    paths: dict[str, None] = {}
+    for asset in assets or ():
+        uri = getattr(asset, "uri", None)
+        path = local_path(uri) if isinstance(uri, str) else None
+        if path is not None and not_utf8(path):
+            paths[path] = None
     return list(paths)

@@ -10,12 +10,17 @@ from typing import Any
 from lineage_ledger import ArtifactCheck, LedgerError, VerificationError, check_before_run, normalize_path
 
 from . import _settings, _tries
+from ._assets import not_utf8, shown
 
 log = logging.getLogger("lineage_ledger.airflow")
 
 
-def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[ArtifactCheck]:
+def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any, outputs: Iterable[str] = ()) -> list[ArtifactCheck]:
     """Verify the files a task is about to read against the ledger, before it runs.
+
+    A file among ``paths`` or the task's ``outputs`` whose name is not UTF-8 can be in no
+    record: ``strict`` refuses the task (one error, naming them), the other policies let it
+    run (the listener says once which files its record leaves out).
 
     Returns the files changed outside the workflow (``warn`` and ``rerun``). Under
     ``strict`` a changed file fails the task without retries (``AirflowFailException``:
@@ -35,7 +40,22 @@ def check_inputs(paths: Iterable[str], policy: str | None, *, ti: Any) -> list[A
     policy = (policy or _settings.default_policy()).lower()
     if policy not in _settings.POLICIES:
         raise AirflowFailException(f"lineage-ledger: unknown policy {policy!r}; choose warn, strict or rerun")
-    existing = [normalize_path(p) for p in paths if os.path.exists(p)]
+    if (nothing := _settings.why_nothing_is_recorded()) is not None:
+        if policy == "strict":
+            details.refused = True
+            raise AirflowFailException(f"lineage-ledger refused to run {task}: nothing can be recorded: {nothing} "
+                                       "(policy strict)")
+        return []  # no ledger to check against; the listener said so once
+    paths = list(paths)
+    if policy == "strict" and (unnamed := [p for p in (*paths, *outputs) if not_utf8(p)]):
+        details.refused = True
+        details.extra["refused_by"] = "strict"
+        names = ", ".join(shown(p) for p in unnamed)
+        raise AirflowFailException(
+            f"lineage-ledger refused to run {task}: {names} {'is' if len(unnamed) == 1 else 'are'} not valid UTF-8 "
+            "text, and a record names files by their paths, as text, so no record could vouch for "
+            f"{'it' if len(unnamed) == 1 else 'them'} (policy strict): rename {'it' if len(unnamed) == 1 else 'them'}")
+    existing = [normalize_path(p) for p in paths if not not_utf8(p) and os.path.exists(p)]
     if not existing:
         return []
     try:

@@ -56,3 +56,48 @@ def flush_timeout() -> float:
 
 def enabled() -> bool:
     return _conf_get("enabled", "True").strip().lower() not in ("false", "0", "no", "off")
+
+
+def why_nothing_is_recorded() -> str | None:
+    """Why no try can be recorded into the configured ledger, or None where it can: a ledger
+    whose path (or URL) is not UTF-8 text, which the core refuses (a ledger is named by its
+    path); the default one under an ``AIRFLOW_HOME`` whose name is not, say. Read without
+    opening anything, so every hook can ask."""
+    url = ledger_url()
+    path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else None
+    if path is not None and (_not_utf8(path) or _not_utf8(os.path.realpath(path))):
+        shown = os.path.abspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return (f"the ledger {shown} is at a path that is not valid UTF-8 text, and a ledger is named by its path: "
+                "set [lineage_ledger] url (AIRFLOW__LINEAGE_LEDGER__URL) to a ledger whose path is")
+    if _not_utf8(url):  # not shown: a URL may hold a password
+        return ("the ledger's URL ([lineage_ledger] url, AIRFLOW__LINEAGE_LEDGER__URL) is not valid UTF-8 text: "
+                "set it to one that is")
+    return None
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_said: set[str] = set()
+os.register_at_fork(after_in_child=_said.clear)  # a forked task process says it in its own log
+
+
+def recording() -> bool:
+    """Whether this process records tries: the plugin is enabled and its ledger can take
+    records. Where it cannot (:func:`why_nothing_is_recorded`), this process says so once, at
+    ERROR, and records nothing; the tasks run as they would without the plugin (a ``strict``
+    check refuses them: :func:`._checks.check_inputs`)."""
+    if not enabled():
+        return False
+    why = why_nothing_is_recorded()
+    if why is None:
+        return True
+    if why not in _said:
+        _said.add(why)
+        log.error("lineage-ledger: nothing is recorded: %s", why)
+    return False

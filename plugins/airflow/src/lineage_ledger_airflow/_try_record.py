@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from typing import Any
 
 from lineage_ledger import ArtifactError, TaskRun, code_digest, jsonable, utcnow
 
-from ._assets import file_paths
+from ._assets import file_paths, not_utf8_paths
 
 log = logging.getLogger("lineage_ledger.airflow")
 
@@ -82,7 +83,31 @@ def try_key(ti: Any) -> tuple[str, int]:
     """
     map_index = getattr(ti, "map_index", -1)
     natural = f"{ti.dag_id}\0{ti.run_id}\0{ti.task_id}\0{-1 if map_index is None else int(map_index)}"
-    return natural, int(getattr(ti, "try_number", 0) or 0)
+    number = int(getattr(ti, "try_number", 0) or 0)
+    if by_tasks_test(ti):
+        # Airflow gives a task run by `airflow tasks test` no try of its own: 0 on a temporary
+        # run, which read as "never started", or the existing run's last try, whose record it
+        # then took for its own. It ran, and wrote its outlets: a key of its own, try 1 at least.
+        return f"{natural}\0tasks-test\0{_TEST_RUN}", max(1, number)
+    return natural, number
+
+
+#: What tells this process's `airflow tasks test` run (one task, in this process) apart from
+#: every other report of the task instance, earlier test runs' included.
+_TEST_RUN = uuid.uuid4().hex
+
+
+def by_tasks_test(ti: Any) -> bool:
+    """Whether ``ti`` is run by ``airflow tasks test``: in the command's own process (Airflow's
+    in-process runner), which sets ``AIRFLOW_TEST_MODE``. ``dag.test()`` and ``airflow dags
+    test`` give every task a try of its own, and do not set it."""
+    if os.environ.get("AIRFLOW_TEST_MODE", "").lower() != "true" or type(ti).__name__ != "RuntimeTaskInstance":
+        return False
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # pragma: no cover
+        return False
+    return type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms"
 
 
 def own_ti_id(ti: Any) -> str:
@@ -150,6 +175,8 @@ def airflow_facts(ti: Any, state: str, error: BaseException | str | None) -> dic
     # the scheduler's own sweep at the end of a DAG run says so (see _reconcile).
     facts["reported_by"] = getattr(ti, "reported_by", None) or (
         "task" if type(ti).__name__ == "RuntimeTaskInstance" else "server")
+    if by_tasks_test(ti):
+        facts["test_mode"] = True  # `airflow tasks test`: Airflow keeps no try of it
     if error is not None:
         facts["error"] = f"{type(error).__name__}: {error}"[:2000] if isinstance(error, BaseException) else str(error)[:2000]
     return facts
@@ -205,6 +232,12 @@ def try_run(
         # pre-run check would let them pass.
         extra = {**(extra or {}), "refused_inputs": {p: all_known.get(p) for p in inputs}}
         inputs = []
+    unnamed = {"inputs": not_utf8_paths(getattr(task, "inlets", None)),
+               "outputs": not_utf8_paths(getattr(task, "outlets", None))}
+    if any(unnamed.values()):
+        # Files whose names are not UTF-8 are in no record's inputs or outputs (file_paths
+        # said so once); the record lists them here, escaped by the core (extra["escaped"]).
+        extra = {**(extra or {}), "not_utf8_files": unnamed}
     code = code if code is not None else details.code
     parameters = parameters if parameters is not None else details.parameters
     extra = {**details.extra, **(extra or {})}

@@ -32,7 +32,7 @@ class LedgerListener:
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
         try:
-            if _settings.enabled():
+            if _settings.recording():
                 _tries.note_start(task_instance)
         except Exception:  # noqa: BLE001 - never break the task
             log.exception("lineage-ledger: could not note the start of %s", getattr(task_instance, "task_id", "?"))
@@ -52,7 +52,7 @@ class LedgerListener:
         """A scheduler, DAG processor or triggerer starts: ship the machine's spool from here
         (task processes then only journal; see :mod:`._shipper`)."""
         try:
-            if _settings.enabled() and type(component).__name__ == "Job":
+            if _settings.recording() and type(component).__name__ == "Job":
                 from . import _shipper
 
                 _shipper.start()
@@ -78,7 +78,7 @@ class LedgerListener:
         """In the scheduler, at the end of a run: record the tries no task process recorded
         (EmptyOperator, a killed task process); see :mod:`._reconcile`."""
         try:
-            if _settings.enabled():
+            if _settings.recording():
                 from ._reconcile import record_unreported
 
                 record_unreported(dag_run)
@@ -87,7 +87,7 @@ class LedgerListener:
 
     def _record(self, ti: Any, status: str, state: str, error: Any) -> None:
         try:
-            if _settings.enabled():
+            if _settings.recording():
                 _tries.record_try(ti, status, state=state, error=error)
         except Exception:  # noqa: BLE001 - never break the task
             log.exception("lineage-ledger: could not record %s", getattr(ti, "task_id", "?"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import subprocess
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -20,11 +19,12 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from lineage_ledger import code_digest, normalize_path
+from lineage_ledger import code_digest
 
 from . import _openlineage, _settings, _tries
-from ._assets import file_uri
+from ._assets import file_uri, not_utf8
 from ._checks import check_inputs
+from ._command import Command
 
 log = logging.getLogger("lineage_ledger.airflow")
 
@@ -45,17 +45,22 @@ def dag_folder(dag: Any = None, task_group: Any = None) -> str | None:
     return os.path.dirname(os.path.abspath(fileloc)) if fileloc else None
 
 
-def _in_folder(path: str | os.PathLike[str], folder: str | None, what: str) -> str:
+def _in_folder(path: str | bytes | os.PathLike[Any], folder: str | None, what: str) -> str:
     """``path`` made absolute against the DAG file's ``folder``; a relative one without a DAG
-    is refused, as no working directory would name the same file in every process."""
-    text = os.fspath(path)
+    is refused, as no working directory would name the same file in every process.
+
+    A name that is not UTF-8 is kept (``os.fsdecode``'s text): the operator runs on it as it
+    would without the ledger, and the file is left out of its records, said once by the
+    listener; ``strict`` refuses the task (:func:`._checks.check_inputs`). Refused here, it
+    broke the DAG file as Airflow parsed it, and every DAG in it with it."""
+    text = os.fsdecode(path)
     if not os.path.isabs(text):
         if folder is None:
             raise ValueError(f"LedgerOperator {what}: {text!r} is relative, and no DAG is known to resolve it "
                              "against: make the operator inside 'with DAG(...)' (or pass dag=), or give an "
                              "absolute path")
         text = os.path.join(folder, text)
-    return normalize_path(text)
+    return os.path.abspath(text)
 
 
 class LedgerOperator(BaseOperator):
@@ -86,8 +91,8 @@ class LedgerOperator(BaseOperator):
     def __init__(
         self,
         *,
-        inputs: Collection[str | os.PathLike[str]] = (),
-        outputs: Collection[str | os.PathLike[str]] = (),
+        inputs: Collection[str | bytes | os.PathLike[Any]] = (),
+        outputs: Collection[str | bytes | os.PathLike[Any]] = (),
         python_callable: Callable[..., Any] | None = None,
         bash_command: str | None = None,
         op_args: Sequence[Any] | None = None,
@@ -108,7 +113,7 @@ class LedgerOperator(BaseOperator):
         # each task process have their own, and the scheduler's is often "/".
         folder = dag_folder(kwargs.get("dag"), kwargs.get("task_group"))
         self.inputs = [_in_folder(p, folder, "inputs") for p in inputs]
-        given = [os.fspath(p) for p in outputs]
+        given = [os.fsdecode(p) for p in outputs]
         self.outputs = [_in_folder(p, folder, "outputs") for p in given]
         #: The outputs given as relative paths, by absolute path (a failure to produce one names both).
         self.relative_outputs = {path: name for path, name in zip(self.outputs, given, strict=True)
@@ -123,10 +128,12 @@ class LedgerOperator(BaseOperator):
         self.env = dict(env) if env is not None else None
         #: Where ``bash_command`` runs: a temporary directory of its own unless told (a
         #: relative ``cwd`` is the DAG file's folder's).
-        self.cwd = _in_folder(cwd, folder, "cwd") if cwd is not None else None
+        self.cwd = _in_folder(cwd, folder, "cwd") if cwd is not None else None  # in no record: any name
         #: Declared outputs that the command wrote under their relative names in its
         #: temporary working directory instead (found before it is removed).
         self._written_in_temp: list[str] = []
+        #: The shell command running now, for on_kill.
+        self._command: Command | None = None
         self.policy = policy
         # Digests of this try, for the OpenLineage hooks that run after execute().
         self._input_digests: dict[str, dict[str, Any] | None] = {}
@@ -157,12 +164,22 @@ class LedgerOperator(BaseOperator):
     def _run_in(self, cwd: str) -> None:
         env = {**os.environ, **(self.env or {})}
         log.info("Running in %s: %s", cwd, self.bash_command)
-        result = subprocess.run(["bash", "-c", self.bash_command], cwd=cwd, env=env,  # type: ignore[list-item]
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-        for line in result.stdout.splitlines():
+        # A process group of its own, ended with the try (a timeout, a kill): see _command.
+        self._command = Command(self.bash_command, cwd, env)  # type: ignore[arg-type]
+        try:
+            status, output = self._command.run()
+        finally:
+            self._command = None
+        for line in output.splitlines():
             log.info("%s", line)
-        if result.returncode != 0:
-            raise AirflowException(f"command exited with status {result.returncode}: {self.bash_command}")
+        if status != 0:
+            raise AirflowException(f"command exited with status {status}: {self.bash_command}")
+
+    def on_kill(self) -> None:
+        """Airflow ends this try from outside (marked failed, cleared, its time is up): the
+        command's whole process group goes with it."""
+        if self._command is not None:
+            self._command.end()
 
     def _not_produced(self, missing: list[str]) -> AirflowException:
         """The error for declared outputs the task did not produce, saying where a command
@@ -188,7 +205,7 @@ class LedgerOperator(BaseOperator):
         details.parameters = {"operator": _tries.operator_path(self), "op_args": self.op_args, "op_kwargs": self.op_kwargs,
                               "kind": "bash" if self.bash_command is not None else "python"}
         details.extra["ledger_operator"] = {"policy": self.policy or "default"}
-        records_itself = not _tries.listener_active()
+        records_itself = not _tries.listener_active() and _settings.recording()
         if records_itself:
             _tries.note_start(ti)
         status, error = "failed", None
@@ -205,11 +222,13 @@ class LedgerOperator(BaseOperator):
                 _tries.flush_before_exit()
 
     def _execute_verified(self, context: Any, details: _tries.Details) -> Any:
-        check_inputs(self.inputs, self.policy, ti=context["ti"])
-        # The start hook hashed the inputs already (they were just verified unchanged).
+        check_inputs(self.inputs, self.policy, ti=context["ti"], outputs=self.outputs)
+        # The start hook hashed the inputs already (they were just verified unchanged). A
+        # name that is not UTF-8 is not hashed: no record or lineage event can name it.
         seen = _tries.started_digests(context["ti"])
         self._input_digests = {
-            p: seen.get(p) or (_tries.digest_of(p) if os.path.exists(p) else None) for p in self.inputs
+            p: seen.get(p) or (_tries.digest_of(p) if os.path.exists(p) else None)
+            for p in self.inputs if not not_utf8(p)
         }
         details.known.update({p: e for p, e in self._input_digests.items() if e})
         result = self._run()
@@ -225,7 +244,7 @@ class LedgerOperator(BaseOperator):
     def _hash_outputs(self, context: Any, details: _tries.Details) -> None:
         missing = [p for p in self.outputs if not os.path.exists(p)]
         for path in self.outputs:
-            if path in missing:
+            if path in missing or not_utf8(path):  # said by the listener; in no record
                 continue
             entry = _tries.digest_of(path)  # remembered: the consumers' start hooks reuse it
             self._output_digests[path] = entry
@@ -240,9 +259,9 @@ class LedgerOperator(BaseOperator):
         if not _openlineage.available():
             _openlineage.hint_once()
             return None
-        inputs = self._input_digests or {p: None for p in self.inputs}
+        inputs = self._input_digests or {p: None for p in self.inputs if not not_utf8(p)}
         produced = self._output_digests if outputs else {}
-        return _openlineage.operator_lineage(inputs, {p: produced.get(p) for p in self.outputs})
+        return _openlineage.operator_lineage(inputs, {p: produced.get(p) for p in self.outputs if not not_utf8(p)})
 
     def get_openlineage_facets_on_start(self) -> Any:
         return self._lineage(outputs=False)

@@ -24,7 +24,7 @@ import functools
 import logging
 from typing import Any
 
-from ._assets import file_paths
+from ._assets import file_paths, not_utf8_paths
 from ._checks import check_inputs
 
 log = logging.getLogger("lineage_ledger.airflow")
@@ -32,10 +32,16 @@ log = logging.getLogger("lineage_ledger.airflow")
 _WRAPPED = "_lineage_ledger_checked"
 
 
+def _inputs(inlets: Any) -> list[str]:
+    """The local files of a task's inlets, those whose names are not UTF-8 too (no record can
+    name them, and strict refuses them)."""
+    return [*file_paths(inlets), *not_utf8_paths(inlets)]
+
+
 def _verify_then(task: Any, original: Any) -> Any:
     @functools.wraps(original)
     def pre_execute(context: Any, *args: Any, **kwargs: Any) -> Any:
-        check_inputs(file_paths(task.inlets), None, ti=context["ti"])
+        check_inputs(_inputs(task.inlets), None, ti=context["ti"], outputs=not_utf8_paths(task.outlets))
         return original(context, *args, **kwargs)
 
     setattr(pre_execute, _WRAPPED, True)
@@ -49,7 +55,7 @@ def _checked_hook(hook: Any) -> Any:
 
     def pre_execute(context: Any) -> Any:
         ti = context["ti"]
-        check_inputs(file_paths(getattr(ti.task, "inlets", None)), None, ti=ti)
+        check_inputs(_inputs(getattr(ti.task, "inlets", None)), None, ti=ti, outputs=not_utf8_paths(getattr(ti.task, "outlets", None)))
         return hook(context) if hook is not None else None
 
     setattr(pre_execute, _WRAPPED, True)
@@ -66,7 +72,7 @@ def _mapped_policy(task: Any) -> None:
         return
     partial = task.partial_kwargs
     # Inlets cannot be mapped (Airflow refuses them in expand()): the partial ones are all.
-    if not file_paths(partial.get("inlets")) or getattr(partial.get("pre_execute"), _WRAPPED, False):
+    if not _inputs(partial.get("inlets")) or getattr(partial.get("pre_execute"), _WRAPPED, False):
         return
     partial["pre_execute"] = _checked_hook(partial.get("pre_execute"))
 
@@ -82,6 +88,6 @@ def task_policy(task: Any) -> None:
         return
     if isinstance(task, LedgerOperator) or getattr(task.pre_execute, _WRAPPED, False):
         return
-    if not file_paths(getattr(task, "inlets", None)):
+    if not _inputs(getattr(task, "inlets", None)):
         return
     task.pre_execute = _verify_then(task, task.pre_execute)
