@@ -85,7 +85,6 @@ def test_a_cached_task_whose_output_was_deleted_is_refused_redone_or_named(workd
         assert record.extra["modified_outside_workflow"] == [str(out)]
 
 
-@pytest.mark.xfail(strict=True, reason="every cached output the submit host does not see counts as gone")
 def test_with_worker_hashing_an_output_the_submit_host_does_not_see_is_not_called_gone(workdir, caplog):
     """``WorkerHashingStaging`` is for workers whose files the submit host may not see (no
     shared file system): there a cached result's outputs are never on the submit host, and

@@ -58,6 +58,7 @@ from lineage_ledger import (
 
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
+from ._staging import worker_hashing_used
 from ._tasks import file_digest, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
 
@@ -239,7 +240,10 @@ class LedgerMemoizer(Memoizer):
         """The outputs of a cached result that are gone. ``strict`` refuses the reuse (recorded
         as refused); ``warn`` and ``rerun`` say so, and then reuse it or run the task again as
         for a file edited outside the workflow. Plain Parsl reuses it: the next task fails on
-        the missing file, far from the cause."""
+        the missing file, far from the cause. Not with ``WorkerHashingStaging``, whose workers'
+        files the submit host may not see."""
+        if worker_hashing_used(task["func"]):
+            return []  # the submit host may not see the workers' files (no shared file system)
         gone = [p for p in dict.fromkeys(outputs) if not os.path.lexists(p)]
         if not gone:
             return []
