@@ -1,4 +1,6 @@
-"""nextflow-ledger follows the log Nextflow really writes: ``-log``, else ``$NXF_LOG_FILE``.
+"""nextflow-ledger reads what Nextflow really writes where Nextflow's settings move it: the
+log (``-log``, else ``$NXF_LOG_FILE``), and the history that names the session ``-resume``
+takes (``$NXF_CACHE_DIR``).
 
 Every task is recorded from Nextflow's log. ``NXF_LOG_FILE`` is Nextflow's documented setting
 of where that log goes (``-log`` wins over it); the wrapper followed ``.nextflow.log`` whatever
@@ -49,8 +51,6 @@ def test_the_log_named_by_nxf_log_file_is_followed_and_log_wins_over_it(tmp_path
     assert [r["task_name"] for r in nf.records(here)] == ["MAKE", "MAKE"]
 
 
-@pytest.mark.xfail(strict=True, reason="the wrapper reads .nextflow/history in the launch directory: with "
-                   "NXF_CACHE_DIR set it finds no session and checks nothing, under strict too")
 def test_a_resume_with_nxf_cache_dir_set_is_checked(tmp_path):
     """``NXF_CACHE_DIR`` moves Nextflow's ``.nextflow`` (its history, which names the session
     ``-resume`` takes, and its cache): the session is read there."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ._args import PUBLISH_LOGGER
 
-__all__ = ["PUBLISH_LOGGER", "Completed", "Handlers", "LogFollower", "Note", "Published", "last_session",
+__all__ = ["PUBLISH_LOGGER", "Completed", "Handlers", "LogFollower", "Note", "Published", "cache_dir", "last_session",
            "log_inode", "parse_line"]
 log = logging.getLogger("lineage_ledger.nextflow")
 
@@ -181,10 +181,19 @@ def log_inode(path: str) -> int | None:
         return None
 
 
+def cache_dir(launch_dir: str) -> str:
+    """Nextflow's own directory for runs launched from ``launch_dir`` (its history, its task
+    cache): ``$NXF_CACHE_DIR`` (relative: to the launch directory), else ``.nextflow`` there.
+    Read from ``.nextflow`` whatever that said, a ``-resume`` found no session and checked
+    nothing, under ``strict`` too."""
+    return os.path.join(launch_dir, os.environ.get("NXF_CACHE_DIR") or ".nextflow")
+
+
 def last_session(launch_dir: str) -> str | None:
-    """The session ``-resume`` without an id resumes: the last line of ``.nextflow/history``."""
+    """The session ``-resume`` without an id resumes: the last line of the history in
+    :func:`cache_dir`."""
     try:
-        with open(os.path.join(launch_dir, ".nextflow", "history"), encoding="utf-8", errors="replace") as f:
+        with open(os.path.join(cache_dir(launch_dir), "history"), encoding="utf-8", errors="replace") as f:
             lines = [line for line in f.read().splitlines() if line.strip()]
     except OSError:
         return None

@@ -102,7 +102,9 @@ def _may_be_configured(command: Command, launch_dir: str) -> bool:
 
 def nextflow_cached(launch_dir: str, session: str) -> bool:
     """Whether Nextflow keeps a cache of ``session`` here (what ``-resume`` reuses tasks from)."""
-    return os.path.isdir(os.path.join(launch_dir, ".nextflow", "cache", session))
+    from ._log import cache_dir
+
+    return os.path.isdir(os.path.join(cache_dir(launch_dir), "cache", session))
 
 
 def finished_tasks(work_dir: str) -> list[str]:
