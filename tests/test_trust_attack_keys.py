@@ -27,7 +27,6 @@ def recorded(cli, workdir):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="load_signer checks the key file's mode, not its owner")
 @pytest.mark.parametrize("given", ["the file", "a link to it"])
 def test_a_private_key_another_user_owns_is_refused(cli, recorded, given):
     os.chown(recorded / "lab.key", NOBODY, NOBODY)

@@ -55,13 +55,13 @@ def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
     return private_path, public_path
 
 
-def _read_key_file(path: str | os.PathLike[str], modes: list[int] | None = None) -> str:
-    """The key file's text; ``modes`` is given the file's mode, as opened."""
+def _read_key_file(path: str | os.PathLike[str], opened: list[os.stat_result] | None = None) -> str:
+    """The key file's text; ``opened`` is given the file's status, as opened (through any link)."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
-            if modes is not None:
-                modes.append(os.fstat(f.fileno()).st_mode)
+            if opened is not None:
+                opened.append(os.fstat(f.fileno()))
     except OSError as exc:
         raise ConfigError(f"cannot read key file {os.fspath(path)}: {exc.strerror}") from None
     if len(data) > _MAX_KEY_FILE:
@@ -75,15 +75,22 @@ def _read_key_file(path: str | os.PathLike[str], modes: list[int] | None = None)
 def load_signer(path: str | os.PathLike[str]) -> Signer:
     """The private key in ``path``; ``ConfigError`` if it is unreadable or malformed, or if
     other users may read or write it (as ssh refuses such a key: anyone who read it signs as
-    its owner; ``keygen`` writes it 0600)."""
-    modes: list[int] = []
+    its owner; ``keygen`` writes it 0600): its mode gives it to them, or another user owns it
+    (the file, or where a link leads: its owner may read and chmod it whenever they like;
+    root reads it whatever its mode, so mode 0600 alone said nothing;
+    tests/test_trust_attack_keys.py)."""
+    opened: list[os.stat_result] = []
     try:
-        signer = parse_signer(_read_key_file(path, modes))
+        signer = parse_signer(_read_key_file(path, opened))
     except ConfigError as exc:
         raise ConfigError(f"{os.fspath(path)}: {exc}") from None
-    if modes and modes[0] & 0o077:
+    mode = opened[0].st_mode if opened else 0
+    if opened and opened[0].st_uid != os.geteuid():
+        raise ConfigError(f"{os.fspath(path)}: a private key that another user owns (uid {opened[0].st_uid}) "
+                          "signs for that user too; use a key of your own (`lineage-ledger keygen`)")
+    if mode & 0o077:
         raise ConfigError(f"{os.fspath(path)}: a private key that other users may read or write (mode "
-                          f"{modes[0] & 0o777:o}) signs for whoever read it; `chmod 600 {os.fspath(path)}` "
+                          f"{mode & 0o777:o}) signs for whoever read it; `chmod 600 {os.fspath(path)}` "
                           "if only you have had it, else make a new one (`lineage-ledger keygen`)")
     return signer
 
