@@ -206,8 +206,6 @@ def test_a_revoke_that_failed_on_a_full_disk_can_be_made_once_there_is_room(serv
     assert not list((mount / "storage").glob("*.tmp"))
 
 
-@pytest.mark.xfail(strict=True, reason="a round the daemon commits itself while the job is down fails as an "
-                                       "'internal error' with a traceback on a full disk")
 def test_a_full_disk_while_the_job_is_down_is_answered_unavailable_naming_the_disk(tmp_path):
     """While the MPI job is down (a rank was killed; ``--restart-delay`` holds it down) the
     daemon validates and commits rounds to storage itself. With no room there, its commit

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from lineage_ledger._errors import ConfigError, describe_os_error
+from lineage_ledger._errors import ConfigError
 from lineage_ledger._model import BlockHeader
 
 from ._mpi import Inbox, Tag
@@ -152,7 +152,7 @@ class Gateway:
             # Storage refused the round (a full or read-only disk): nothing of it is committed
             # (the log line commits, and it is taken back). That is no rank's failure: answer
             # the round's requests 'unavailable' (their recorders keep them) and keep the job.
-            why = f"shared storage could not keep the round: {describe_os_error(exc)} ({self.store.root})"
+            why = self.store.refusal(exc)
             print(f"baash gateway: {why}", file=sys.stderr)
             outcomes = [("unavailable", why) if status == "committed" else (status, message)
                         for status, message in outcomes]

@@ -258,7 +258,12 @@ class TransactionManager:
                 continue
             count = end
             outcomes.append(("committed", ""))
-        self.store.commit(blocks[:count])
+        try:
+            self.store.commit(blocks[:count])
+        except OSError as exc:  # a full or read-only disk: nothing committed, the recorders keep it
+            log.warning("baash: %s", self.store.refusal(exc))
+            return [("unavailable", self.store.refusal(exc)) if status == "committed" else (status, message)
+                    for status, message in outcomes]
         self.stats["storage_rounds"] += 1
         self.stats["storage_blocks"] += count
         return outcomes

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from lineage_ledger._errors import ConfigError, CorruptStore
+from lineage_ledger._errors import ConfigError, CorruptStore, describe_os_error
 from lineage_ledger._model import StoredBlock
 
 from ._wire import block_from_wire, block_to_wire, parse_json
@@ -183,6 +183,10 @@ class SharedStore:
         finally:
             os.close(fd)
         self.refresh()
+
+    def refusal(self, exc: OSError) -> str:
+        """What a client is told when storage refuses a round (a full or read-only disk)."""
+        return f"shared storage could not keep the round: {describe_os_error(exc)} ({self.root})"
 
     def load(self, start: int = 0) -> Iterator[StoredBlock]:
         """Blocks from height ``start`` on, as committed (for restoring a rank or the daemon)."""
