@@ -204,6 +204,9 @@ def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple
     return count, sorted(named)
 
 
+_FEW = 64  # files asked of, up to which lines that name none of them are not decoded
+
+
 def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, dict[str, set[str]]]:
     """(records waiting in this ledger's spool, {path: digests those records wrote to it})
     for the outputs among ``paths``. Reads only files of this user; creates nothing."""
@@ -214,10 +217,15 @@ def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> t
         return 0, {}
     wanted, count = set(paths), 0
     written: dict[str, set[str]] = {}
+    # A pre-run check asks of a few files, and may ask once per task: a line that names
+    # none of them (as JSON writes a name, or escaped: then parsed) is not decoded.
+    needles = [json.dumps(p, ensure_ascii=False).encode() for p in wanted] if len(wanted) <= _FEW else None
     for name in sorted(os.listdir(directory)):
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
         for line in (read[0].split(b"\n")[:-1] if read else ()):
             count += 1
+            if needles is not None and b"\\" not in line and not any(n in line for n in needles):
+                continue
             try:
                 outputs = json.loads(line.partition(b" ")[2]).get("outputs", {})
                 for path in wanted.intersection(outputs):

@@ -23,6 +23,11 @@ from .._model import Artifact
 __all__ = ["ArtifactCheck", "ArtifactStatus", "check_artifact"]
 
 
+# The reason of a file found MODIFIED against a record still waiting in the spool (no
+# record in the ledger names it yet): see prerun._against_spool.
+WAITING = "its record waits in the spool"
+
+
 class ArtifactStatus(str, enum.Enum):
     OK = "OK"
     MODIFIED = "MODIFIED"
@@ -174,6 +179,9 @@ def _short(digest: str | None) -> str:
 
 def _explain(check: ArtifactCheck) -> str:
     inside = f" (in the recorded directory {check.within[0]})" if check.within else ""
+    if check.status is ArtifactStatus.MODIFIED and check.reason == WAITING:
+        return (f"{check.path}: MODIFIED since a task wrote it, whose record waits in the spool, not shipped "
+                f"yet (spool {_short(check.expected)}, disk {_short(check.actual)})")
     if check.status is ArtifactStatus.MODIFIED:
         verb = "written by" if check.role == "out" else "read by"
         text = (f"{check.path}: MODIFIED since it was last {verb} record {_short(check.record_id)}{inside} "

@@ -16,7 +16,7 @@ from typing import Literal
 from .._errors import ArtifactError, ArtifactMismatch, NoLedger, VerificationError
 from .._files.hashing import Hasher, normalize_path
 from .._ledger.ledger import Ledger, open_ledger
-from .checks import ArtifactCheck, ArtifactStatus, _explain, _unreadable, check_artifact
+from .checks import WAITING, ArtifactCheck, ArtifactStatus, _explain, _unreadable, check_artifact
 from .verify import _LOOK_AHEAD, _WINDOW
 
 __all__ = ["Policy", "check_before_run", "check_each", "verify_before_run"]
@@ -77,6 +77,7 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     from .._files.hashing import cached_hasher
 
     tampered = []
+    unrecorded: list[ArtifactCheck] = []  # no record in the ledger names them (yet?)
     hasher: Hasher | None = None
     containers: dict = {}
     paths = list(paths)
@@ -102,8 +103,10 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
                     check = _unreadable(normalize_path(path), err)
                 if check.status in (ArtifactStatus.MODIFIED, ArtifactStatus.UNREADABLE):
                     tampered.append(check)
-    if tampered:
-        tampered = _not_yet_shipped(ledger, tampered)
+                elif check.status is ArtifactStatus.UNRECORDED and check.actual is not None:
+                    unrecorded.append(check)
+    if tampered or unrecorded:
+        tampered = _against_spool(ledger, tampered, unrecorded)
     if tampered and policy == "strict":
         raise ArtifactMismatch(
             "refusing to run on files changed outside the workflow:\n  "
@@ -113,21 +116,37 @@ def check_before_run(ledger: Ledger, paths: Iterable[str], policy: Policy = "war
     return tampered
 
 
-def _not_yet_shipped(ledger: Ledger, changed: list[ArtifactCheck]) -> list[ArtifactCheck]:
-    """``changed`` less the files whose content a record still waiting in this user's spool
-    wrote: a task of this workflow made them while the back-end was down, locked or slow,
-    and its record is on its way (a false alarm otherwise, refused under ``strict``). Only
-    read when something differs, so a clean check never scans the spool."""
+def _against_spool(ledger: Ledger, changed: list[ArtifactCheck],
+                   unrecorded: list[ArtifactCheck]) -> list[ArtifactCheck]:
+    """The records still waiting in this user's spool (a task of this workflow made them
+    while the back-end was down, locked or slow, and they are on their way), compared with:
+
+    * ``changed`` (differs from the ledger): a file whose content a waiting record wrote is
+      dropped, a false alarm otherwise, refused under ``strict``;
+    * ``unrecorded`` (no record in the ledger names it): a file a waiting record wrote, that
+      no longer holds what any waiting record wrote, is MODIFIED. Its record not shipped
+      yet, it counted as a file no record names, and ``strict`` let a task run on it.
+
+    Read only where some file differs from the ledger or is not in it: a clean check of
+    recorded files never reads the spool (and lines that name none of the files asked of
+    are not decoded: :func:`~.._ledger.backlog.waiting_digests`)."""
     from .._ledger.deferred import waiting_digests
 
     try:
-        count, written = waiting_digests(ledger._spool_root, ledger.backend.identity, [c.path for c in changed])
+        count, written = waiting_digests(ledger._spool_root, ledger.backend.identity,
+                                         [c.path for c in changed] + [c.path for c in unrecorded])
     except OSError:
         return changed
-    if count:
+    if count and (changed or written):
         _plugin_log.warning("lineage-ledger: %d record(s) of this ledger wait in the spool (run "
                             "`lineage-ledger spool ship`); files they wrote are checked against them", count)
-    return [c for c in changed if not (c.actual and c.actual in written.get(c.path, ()))]
+    kept = [c for c in changed if not (c.actual and c.actual in written.get(c.path, ()))]
+    for check in unrecorded:
+        digests = written.get(check.path)
+        if digests and check.actual not in digests:
+            kept.append(ArtifactCheck(check.path, ArtifactStatus.MODIFIED, min(digests), check.actual, None, "out",
+                                      reason=WAITING))
+    return kept
 
 
 def verify_before_run(ledger: Ledger | str | None, paths: Iterable[str], policy: Policy = "warn") -> list[ArtifactCheck]:
