@@ -111,13 +111,21 @@ with DAG(dag_id="fault_uris", schedule=None, catchup=False):
                  outlets=[_file(DATA / "uri-ok.txt"), Asset(uri="file://rel-host/x.csv"), Asset(uri="file:rel-x.csv")])
 
 
+with DAG(dag_id="fault_marked_failed", schedule=None, catchup=False):
+    # A subshell the command starts, still running when the try is marked failed.
+    LedgerOperator(task_id="long", outputs=[str(DATA / "marked.txt")],
+                   bash_command=f"(echo $BASHPID > '{DATA}/marked.pid'; sleep 40; echo late > '{DATA}/marked.txt'); "
+                                "echo done")
+
+
 with DAG(dag_id="fault_late", schedule=None, catchup=False):
     # The task process dies without reporting (kill -9 by its own command): the scheduler's
     # sweep at the run's end records the try.
     BashOperator(task_id="vanish", bash_command="kill -9 $PPID", outlets=[_file(DATA / "late.txt")])
 '''
 
-DAGS = ("fault_fill", "fault_many", "fault_worker_kill", "fault_relative", "fault_ro_dags", "fault_uris", "fault_late")
+DAGS = ("fault_fill", "fault_many", "fault_worker_kill", "fault_relative", "fault_ro_dags", "fault_uris", "fault_late",
+        "fault_marked_failed")
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
@@ -488,6 +496,37 @@ def test_sigkill_of_the_worker_mid_task_leaves_no_success_record_for_the_killed_
     found = by_try(records_of(site, "fault_worker_kill", "worker-1"))
     assert [r["status"] for r in found.get(("victim", 1), [])] in ([], ["failed"]), found.get(("victim", 1))
     assert [r["status"] for r in found[("victim", 2)]] == ["succeeded"]
+
+
+def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
+    """Marked failed through the REST API (the UI's "mark failed") while its command runs:
+    Airflow's supervisor signals the task process, whose on_kill ends the command's own process
+    group (the command runs in a session of its own, so that a timeout ends it too): the
+    subshell it started never writes the declared output."""
+    import urllib.request
+
+    site.trigger("fault_marked_failed", "marked-1")
+    pid_file = site.data / "marked.pid"
+    site.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the command's subshell", timeout=120)
+    subshell = int(pid_file.read_text())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{site.api_port}/api/v2/dags/fault_marked_failed/dagRuns/marked-1/taskInstances/long",
+        data=json.dumps({"new_state": "failed"}).encode(), method="PATCH",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+    assert site.wait_for_run("fault_marked_failed", "marked-1") == "failed"
+
+    def gone() -> bool:  # ended (a zombie nobody reaps counts: it runs nothing)
+        try:
+            with open(f"/proc/{subshell}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    site.wait_for(gone, "the subshell to end with its try", timeout=60)
+    time.sleep(3)
+    assert not (site.data / "marked.txt").exists()
 
 
 # -- relative paths in a DAG -------------------------------------------------------------------
