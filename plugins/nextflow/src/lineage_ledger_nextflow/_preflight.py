@@ -88,7 +88,7 @@ def plan(tasks: dict[str, dict[str, Any]]) -> Plan:
 
 
 #: Seconds the records earlier runs left in the spool may take to ship before a check.
-SHIP_LEFT_WAIT = 60.0
+SHIP_LEFT_WAIT = 15.0
 _shipped: set[str] = set()  # the ledgers whose spool this process shipped before its check
 
 
@@ -112,8 +112,9 @@ def ship_left(url: str) -> None:
     except ConfigError:
         raise
     except WaitingInSpool as err:
-        log.warning("lineage-ledger: records of earlier runs wait in the spool (%s): the check before the run "
-                    "does not see them, and counts their tasks as unrecorded (lineage-ledger spool ship)", err)
+        log.warning("lineage-ledger: records of earlier runs still wait in the spool (%s): the check compares "
+                    "the files they name with them, but a task found without the session's list counts as "
+                    "unrecorded until they ship (lineage-ledger spool ship)", err)
     except Exception as err:  # noqa: BLE001 - the check says what is wrong with the ledger
         log.warning("lineage-ledger: could not ship the records of earlier runs from the spool (%s: %s)",
                     type(err).__name__, err)
