@@ -27,7 +27,9 @@ def test_a_file_edited_while_its_record_waits_is_modified(tmp_path: Path, name: 
     try:
         # Another task first, so that the spool holds a line naming something else too.
         run_cli("run", "-o", "other.txt", "--", "sh", "-c", "echo other > other.txt", cwd=tmp_path)
-        done = run_cli("run", "-o", name, "--", "sh", "-c", 'echo made > "$1"', "sh", name, cwd=tmp_path)
+        # cp: no quote in the command line, so that the line holds a backslash only where the name does.
+        (tmp_path / "made.txt").write_text("made\n")
+        done = run_cli("run", "-o", name, "--", "cp", "made.txt", name, cwd=tmp_path)
         assert "spool" in done.stderr, done.stderr
         assert verify_before_run(url, [str(out)], "warn") == []  # as its waiting record wrote it
         out.write_text("edited by hand\n")
