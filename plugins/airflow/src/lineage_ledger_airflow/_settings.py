@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -62,8 +63,12 @@ def why_nothing_is_recorded() -> str | None:
     """Why no try can be recorded into the configured ledger, or None where it can: a ledger
     whose path (or URL) is not UTF-8 text, which the core refuses (a ledger is named by its
     path); the default one under an ``AIRFLOW_HOME`` whose name is not, say. Read without
-    opening anything, so every hook can ask."""
-    url = ledger_url()
+    opening anything, so every hook can ask (worked out once per URL and process)."""
+    return _why_for(ledger_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _why_for(url: str) -> str | None:
     path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else None
     if path is not None and (_not_utf8(path) or _not_utf8(os.path.realpath(path))):
         shown = os.path.abspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
