@@ -14,7 +14,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 ONE_JOB = 'rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n'
 
 
-@pytest.mark.xfail(strict=True, reason="the plugin closes with \"locked or unreachable?\" after the core said the ledger refuses them for good")
 def test_a_ledger_that_refuses_for_good_is_not_called_locked(postgres_url, tmp_path):
     require_snakemake()
     (tmp_path / "Snakefile").write_text(ONE_JOB)

@@ -232,8 +232,10 @@ class JobRecorder:
             log.warning("lineage-ledger: the spool could not be synced; the pending-jobs journal keeps this "
                         "run's jobs for the next run")
         elif not summary.get("flushed", True):
-            log.warning("lineage-ledger: the ledger did not take this run's last records in time (locked "
-                        "or unreachable?); they wait in the spool, and `lineage-ledger spool ship` or "
+            # Why is the core's to say, in the line just before this one (locked, down, or a
+            # refusal for good such as a role that does not exist): no guess here.
+            log.warning("lineage-ledger: the ledger did not take this run's last records before the run "
+                        "ended (why: see above); they wait in the spool, and `lineage-ledger spool ship` or "
                         "the next run ships them")
         if lost:
             log.warning("lineage-ledger: %d job(s) were NOT recorded and are NOT kept for a later run: neither "
