@@ -52,7 +52,6 @@ def test_the_accounts_own_key_still_signs(cli, recorded):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="keygen's write is not guarded: unexpected OSError, an empty key file left")
 def test_keygen_on_a_full_disk_says_so_and_leaves_no_key_file(cli, workdir, tmp_path):
     """A disk full while the key is written: 'unexpected OSError: [Errno 28]' and an empty
     private key file left behind, so that keygen refused the same name once there was room

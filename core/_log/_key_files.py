@@ -27,10 +27,17 @@ def _create(path: str, data: str, mode: int) -> None:
         raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed it; make it exactly this
-        os.write(fd, data.encode("utf-8"))
+        with os.fdopen(fd, "wb", closefd=False) as handle:  # every byte, however many writes it takes
+            handle.write(data.encode("utf-8"))
         os.fsync(fd)
-    finally:
+    except OSError as exc:
+        # A full disk, a quota: the file just made (ours, empty or cut short) goes, so that the
+        # same name can be given again once there is room; it was left, and keygen then refused
+        # it ("exists"), after an "unexpected OSError" naming no file.
         os.close(fd)
+        os.unlink(path)
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    os.close(fd)
 
 
 def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
