@@ -16,7 +16,6 @@ from tests.support.baash import BaashService
 pytestmark = pytest.mark.mpi
 
 
-@pytest.mark.xfail(strict=True, reason="block files, chain.log, logs and checkpoint.keys are 0644 or 0755")
 def test_every_file_under_the_storage_is_private(tmp_path):
     service = BaashService(tmp_path, 2)
     try:

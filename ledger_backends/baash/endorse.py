@@ -133,7 +133,7 @@ def save_endorsed(storage: str, note: str) -> None:
     write_replace(os.path.join(storage, "checkpoint"), note.encode(), 0o600)
     with open(os.path.join(storage, "keys", "ranks.pub"), "rb") as handle:
         keys = handle.read(1 << 20)
-    _write_if_changed(os.path.join(storage, "checkpoint.keys"), keys, 0o644)
+    _write_if_changed(os.path.join(storage, "checkpoint.keys"), keys, 0o600)
 
 
 def endorsed_keys_path(storage: str) -> str:
@@ -176,6 +176,7 @@ def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
         path = key_path(storage, slot)
         if not os.path.exists(path):
             write_keypair(path, f"baash-rank-{slot}")
+            os.chmod(path + ".pub", 0o600)  # private as all of the storage (keygen's is 0644, to publish)
         verifiers.append(load_verifier(path + ".pub"))
     listing = "".join(v.text() + "\n" for v in verifiers).encode()
     published = os.path.join(storage, "keys", "ranks.pub")
@@ -184,9 +185,9 @@ def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
         # A note kept before checkpoint.keys existed was endorsed under the ranks.pub about to
         # be replaced: keep that for it, or a job grown since would find it has no quorum.
         with open(published, "rb") as handle:
-            _write_if_changed(os.path.join(storage, "checkpoint.keys"), handle.read(1 << 20), 0o644)
+            _write_if_changed(os.path.join(storage, "checkpoint.keys"), handle.read(1 << 20), 0o600)
     # Written only when it changes: a start on a full disk needs no room.
-    _write_if_changed(published, listing, 0o644)
+    _write_if_changed(published, listing, 0o600)
     return verifiers
 
 

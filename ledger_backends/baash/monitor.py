@@ -180,8 +180,9 @@ class JobMonitor:
         path = os.path.join(self.storage, "logs", f"mpiexec-{generation}.log")
         log_file = None
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            log_file = open(path, "a")  # noqa: SIM115 - closed below, or dropped when it fails
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            # Private (the job's output names hosts and paths): opened so, not umask's 0644.
+            log_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "a")
         except OSError as err:
             log.warning("baash: cannot write the MPI job's output to %s: %s", path, err)
         # Read to the end whatever happens to the file: a reader that stopped (a full disk)

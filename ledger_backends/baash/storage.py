@@ -110,10 +110,12 @@ class SharedStore:
         if self.has(block.id):
             self.writes_skipped += 1
             return None
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Private, as every file under the storage (not only through its directory's 0700).
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as handle:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(json.dumps(block_to_wire(block), separators=(",", ":")).encode())
         except BaseException:
             _discard([(tmp, path)])
@@ -164,7 +166,7 @@ class SharedStore:
                     directories.add(self.root)  # the log is about to be created there
                 list(pool.map(self._fsync, sorted(directories)))
         lines = "".join(f"{b.height} {b.id}\n" for b in blocks).encode()
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             # The refresh above read every whole line; anything past them is a line a crash
             # cut short (never committed). Appended to, it would glue onto our first line.
