@@ -265,3 +265,17 @@ def test_a_ledger_whose_path_is_not_utf8_is_said_once_and_strict_refuses(site):
     finally:
         site.kill("scheduler")
         site.start("scheduler")
+
+
+def test_a_file_uri_keeps_the_bytes_of_a_name_that_is_not_utf8():
+    """In process: the URI LedgerOperator makes of such a name is ASCII (as Airflow keeps it), and
+    reads back as the same bytes, never U+FFFD; a name given as bytes is the same file."""
+    from airflow.sdk import Asset
+    from lineage_ledger_airflow._assets import file_paths, file_uri, local_path, not_utf8_paths
+
+    name = os.fsdecode(b"/data/r\xc3\xa9sum\xc3\xa9-\xff.csv")  # UTF-8 and one byte that is not
+    uri = file_uri(name)
+    assert uri == "file:///data/résumé-%FF.csv" and uri == file_uri(os.fsencode(name))
+    assert os.fsencode(local_path(uri)) == b"/data/r\xc3\xa9sum\xc3\xa9-\xff.csv"
+    asset = Asset(uri=uri)
+    assert file_paths([asset]) == [] and not_utf8_paths([asset]) == [name]

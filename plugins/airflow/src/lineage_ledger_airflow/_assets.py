@@ -110,11 +110,11 @@ def _relative_spelling(asset: Any, uri: str) -> None:
 _ESCAPED = str.maketrans({"%": "%25", "#": "%23", "?": "%3F"})
 
 
-def file_uri(path: str | os.PathLike[str]) -> str:
+def file_uri(path: str | bytes | os.PathLike[Any]) -> str:
     """The ``file://`` URI of a path, made absolute (Assets compare by URI); :func:`local_path`
     gives the path back. A byte of the name that is not UTF-8 is percent-encoded (``%FF``):
     an Asset's URI is text that Airflow keeps in its database."""
-    text = os.path.abspath(os.fspath(path)).translate(_ESCAPED)
+    text = os.path.abspath(os.fsdecode(path)).translate(_ESCAPED)
     if not_utf8(text):
         text = "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
     return "file://" + text
