@@ -31,6 +31,27 @@ pytestmark = [
 ]
 
 
+#: A producer that writes new bytes every run, and a strict reader right after it.
+FRESH_DAG = '''
+import os
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Asset
+from lineage_ledger_airflow import LedgerOperator
+
+DATA = Path(os.environ["LINEAGE_EXAMPLE_DATA"]).resolve()
+
+with DAG(dag_id="deploy_fresh", schedule=None, catchup=False):
+    make = BashOperator(task_id="make", bash_command=f"date +%s%N > '{DATA}/fresh.txt'",
+                        outlets=[Asset(uri=f"file://{DATA}/fresh.txt")])
+    use = LedgerOperator(task_id="use", policy="strict", inputs=[str(DATA / "fresh.txt")],
+                         outputs=[str(DATA / "fresh-used.txt")],
+                         bash_command="cp '{{ task.inputs[0] }}' '{{ task.outputs[0] }}'")
+    make >> use
+'''
+
+
 @pytest.fixture(scope="module")
 def ledger_server():
     bindir = find_server_binaries()
@@ -49,10 +70,11 @@ def deployment(tmp_path_factory, postgres_server, ledger_server):
     site.data.mkdir(parents=True)
     (site.data / "seed.txt").write_text("seed\n")
     site.configure({"XDG_STATE_HOME": str(base / "state")})
+    (site.home / "dags" / "deploy_fresh.py").write_text(FRESH_DAG)
     site.migrate()
     site.start()
     try:
-        site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many"])
+        site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many", "deploy_fresh"])
         yield site
     finally:
         site.stop()
@@ -289,3 +311,19 @@ def test_locked_sqlite_ledger_while_tasks_finish(deployment, tmp_path):
         for name in ("scheduler", "dag-processor"):
             site.kill(name, signal.SIGKILL)
         site.start("dag-processor", "scheduler")  # back on the PostgreSQL ledger for the other tests
+
+
+def test_a_strict_reader_right_after_its_producer_passes_new_bytes(deployment):
+    """The producer writes other bytes each run, and its record is journaled in the spool for
+    the shipper (every 2 s) while the scheduler starts the strict reader within a second: the
+    reader's check must pass what the producer just wrote, whether its record is in the ledger
+    yet or still waits in the spool, run after run."""
+    for number in range(1, 5):
+        run_id = f"fresh-{number}"
+        deployment.trigger("deploy_fresh", run_id)
+        state = deployment.wait_for_run("deploy_fresh", run_id)
+        log = deployment.home / "logs" / "dag_id=deploy_fresh" / f"run_id={run_id}" / "task_id=use" / "attempt=1.log"
+        assert state == "success", log.read_text(errors="replace")[-3000:] if log.exists() else state
+        assert (deployment.data / "fresh-used.txt").read_bytes() == (deployment.data / "fresh.txt").read_bytes()
+        records = assert_every_try_recorded_once(deployment, "deploy_fresh", run_id)
+        assert not any(rec.extra.get("refused_by") for rec in records.values())
