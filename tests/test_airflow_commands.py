@@ -51,6 +51,12 @@ with DAG(dag_id="{DAG_ID}", schedule=None, catchup=False):
     BashOperator(task_id="stamp", outlets=[Asset(uri=f"file://{{DATA}}/stamp.txt")],
                  bash_command=f"mkdir -p '{{DATA}}' && date +%s%N > '{{DATA}}/stamp.txt'")
 
+with DAG(dag_id="commands_policy", schedule=None, catchup=False):
+    # A plain operator reading a file whose name is not UTF-8, under the cluster policy.
+    BashOperator(task_id="read", inlets=[Asset(uri=f"file://{{DATA}}/in-%FF")],
+                 outlets=[Asset(uri=f"file://{{DATA}}/read.txt")],
+                 bash_command=f"cat '{{DATA}}'/in-$'\\\\xff' > '{{DATA}}/read.txt'")
+
 with DAG(dag_id="commands_timeout", schedule=None, catchup=False):
     # A subshell the command starts (a process of its own) overruns the task's time.
     LedgerOperator(task_id="slow", outputs=[str(DATA / "late.txt")], execution_timeout=timedelta(seconds=2),
@@ -136,3 +142,33 @@ def test_a_timed_out_commands_children_end_with_its_try(site, tmp_path):
     while time.monotonic() < deadline and not late.exists():
         time.sleep(1)
     assert not late.exists(), "the timed-out command's child wrote its output after the try was recorded failed"
+
+
+@pytest.mark.parametrize("policy", ["strict", "warn"])
+def test_the_cluster_policy_and_an_inlet_whose_name_is_not_utf8(site, tmp_path, policy):
+    """Under the cluster policy, strict refuses a plain operator whose inlet no record can name,
+    before its command runs, naming the file; warn runs it, and its record lists the file in
+    not_utf8_files."""
+    env = settings(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(os.fsencode(data) + b"/in-\xff", "w") as handle:
+        handle.write("input\n")
+    settings_dir = tmp_path / "local_settings"
+    settings_dir.mkdir()
+    (settings_dir / "airflow_local_settings.py").write_text(
+        "from lineage_ledger_airflow.policy import task_policy  # noqa: F401\n")
+    env.update({"AIRFLOW__LINEAGE_LEDGER__POLICY": policy, "PYTHONPATH": str(settings_dir)})
+    result = site.cli("dags", "test", "commands_policy", env=env)
+    said = result.stdout + result.stderr
+    shown = f"{data}/in-\\xff"
+    [record] = records(env)
+    assert record.extra["not_utf8_files"] == {"inputs": [shown], "outputs": []}
+    if policy == "strict":
+        assert result.returncode != 0 and "lineage-ledger refused to run commands_policy.read" in said, said[-3000:]
+        assert not (data / "read.txt").exists()
+        assert record.status == "failed" and record.extra["refused_by"] == "strict"
+    else:
+        assert result.returncode == 0, said[-3000:]
+        assert (data / "read.txt").read_text() == "input\n"
+        assert record.status == "succeeded" and list(record.outputs) == [str(data / "read.txt")]
