@@ -45,7 +45,6 @@ def recorded(cli, workdir):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="an OSError writing the state is 'unexpected OSError', no place named")
 def test_a_full_disk_under_the_state_is_named_and_recovered_from(cli, recorded, tmp_path):
     with small_tmpfs(tmp_path / "small", "1m") as mount:
         env = {"LINEAGE_STATE_DIR": str(mount / "state")}
@@ -63,7 +62,6 @@ def test_a_full_disk_under_the_state_is_named_and_recovered_from(cli, recorded, 
         cli("verify", env=env, check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="opening the state's lock through a link is 'unexpected OSError'")
 def test_a_lock_that_is_a_dangling_link_is_named(cli, recorded, private_state):
     cli("verify", check_rc=0)
     state = _state_of(private_state / "lineage-ledger")
@@ -80,7 +78,6 @@ def test_a_lock_that_is_a_dangling_link_is_named(cli, recorded, private_state):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="the state's files are read through links, whoever owns where they lead")
 def test_a_head_that_is_a_link_to_another_users_file_is_not_trusted(cli, recorded, private_state):
     cli("verify", check_rc=0)
     state = _state_of(private_state / "lineage-ledger")

@@ -22,6 +22,7 @@ Writers take ``lock`` (``flock``). The directory is private to its user (0700, f
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -144,12 +145,29 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
+    def _own_file(self, name: str, st: os.stat_result) -> None:
+        """A file of the state is this user's own regular file, which no other user may write:
+        one read through a link, or another user's, could be rewritten by them at will (a head
+        of a shorter tree lets a rewrite past it pass), as the directory's own check says."""
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise ConfigError(f"{self.directory}/{name} is not a file of this user's own that only it may write "
+                              "(a link, another user's file, or one others may write), so it is not trusted; "
+                              "run `lineage-ledger reset-trust` and verify again")
+
     def _read_head(self) -> TreeHead | None:
         try:
-            with open(os.path.join(self.directory, "head.json"), "rb") as handle:
-                head = TreeHead.from_json(handle.read())
+            fd = os.open(os.path.join(self.directory, "head.json"), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:  # a link in its place
+                self._own_file("head.json", os.lstat(os.path.join(self.directory, "head.json")))
+            raise ConfigError(f"{self.directory}/head.json is unreadable ({err.strerror}); "
+                              "run `lineage-ledger reset-trust` and verify again") from err
+        try:
+            with open(fd, "rb") as handle:
+                self._own_file("head.json", os.fstat(handle.fileno()))
+                head = TreeHead.from_json(handle.read())
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{self.directory}/head.json is unreadable ({err}); "
                               "run `lineage-ledger reset-trust` and verify again") from err
@@ -173,7 +191,9 @@ class TrustStore:
             level, nodes = level + 1, nodes >> 1
         for name, size in need.items():
             try:
-                have = os.stat(os.path.join(self.directory, name)).st_size
+                st = os.lstat(os.path.join(self.directory, name))
+                self._own_file(name, st)
+                have = st.st_size
             except FileNotFoundError:
                 have = 0
             if have < size:
@@ -211,7 +231,11 @@ class TrustStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive while a writer extends or replaces the tree (readers need no lock)."""
-        fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:  # a link in its place (ELOOP), a full or read-only disk
+            raise ConfigError(f"cannot take the lock {self.directory}/lock: {err.strerror}; if it is a link or not "
+                              "this user's file, run `lineage-ledger reset-trust` and verify again") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -337,9 +361,10 @@ class TrustStore:
         # process may have appended to it or replaced it (a compaction) since it was read,
         # and bytes kept from before would lack what this head's records named.
         try:
-            st = os.stat(os.path.join(self.directory, name))
+            st = os.lstat(os.path.join(self.directory, name))
         except FileNotFoundError:
             return b""
+        self._own_file(name, st)
         cached = self._names_maps.get(name)
         if cached is None or cached[0] != (st.st_ino, st.st_size):
             with open(os.path.join(self.directory, name), "rb") as handle:

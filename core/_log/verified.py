@@ -19,12 +19,16 @@ Three operations, after RFC 9162 and the Go checksum-database client:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from .._errors import ChainBroken, HistoryRewritten, IndexTampered, RecordTampered
+from .._errors import ChainBroken, ConfigError, HistoryRewritten, IndexTampered, RecordTampered
 from .._model import BlockColumns, StoredRecord
 from .audit_full import AuditResult, FullAudit
 from .audit_rows import decode_views
@@ -55,18 +59,43 @@ class Verifier(FullAudit):
         self.audited_now = False  # set when this process had to audit the whole ledger
 
     # -- keeping the head current ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _state_disk(self) -> Iterator[None]:
+        """A state that cannot be written (a full disk, a quota, read-only, not this user's to
+        write) named as the state's: it ended in "unexpected OSError: [Errno 28] No space left
+        on device", and a user looked at the ledger's disk (tests/test_trust_attack_state.py). The head is replaced only
+        after its files are written, so nothing verified before is lost."""
+        try:
+            yield
+        except OSError as err:
+            # Only the state's own files (or a write that names no file: a close, a flush): a
+            # file the audit hashes that cannot be read is the audit's finding, not the state's.
+            where = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes)) else None
+            root = os.path.dirname(self.store.directory)
+            if (err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+                    or (where is not None and os.path.commonpath([root, os.path.abspath(where)]) != root)):
+                raise
+            raise ConfigError(f"cannot keep the verified tree head in {self.store.directory}: {err.strerror}"
+                              f"{f' ({where})' if where else ''}; make room there or give it back to this user, "
+                              "or set LINEAGE_STATE_DIR to another private directory") from err
+
+    def audit(self, *, files: bool = False, endorsed: bool = True) -> AuditResult:
+        with self._state_disk():
+            return super().audit(files=files, endorsed=endorsed)
+
     def refresh(self, *, endorsed: bool = True) -> TreeHead:
         """Bring the verified head up to date; where the back-end's other parties sign a tree
         head (Fabric's peers), it must be this tree's at that size (``endorsed=False``: the
         caller compares it itself)."""
-        if not endorsed:
-            return self._refresh(endorsed=False)
-        # Read first, so that the verified head read after it covers at least its size.
-        claim = self.backend.endorsed_head()
-        head = self._refresh()
-        if claim is not None:
-            head = self._check_endorsed(head, *claim)
-        return head
+        with self._state_disk():
+            if not endorsed:
+                return self._refresh(endorsed=False)
+            # Read first, so that the verified head read after it covers at least its size.
+            claim = self.backend.endorsed_head()
+            head = self._refresh()
+            if claim is not None:
+                head = self._check_endorsed(head, *claim)
+            return head
 
     def _check_endorsed(self, head: TreeHead, size: int, root: str) -> TreeHead:
         """The tree head the back-end's other parties sign must be this tree's at that size."""
