@@ -49,6 +49,14 @@ with DAG(dag_id="deploy_fresh", schedule=None, catchup=False):
                          outputs=[str(DATA / "fresh-used.txt")],
                          bash_command="cp '{{ task.inputs[0] }}' '{{ task.outputs[0] }}'")
     make >> use
+
+with DAG(dag_id="deploy_clear", schedule=None, catchup=False):
+    made = BashOperator(task_id="make", bash_command=f"echo made > '{DATA}/clear.txt'",
+                        outlets=[Asset(uri=f"file://{DATA}/clear.txt")])
+    read = LedgerOperator(task_id="read", policy="strict", inputs=[str(DATA / "clear.txt")],
+                          outputs=[str(DATA / "clear-read.txt")],
+                          bash_command="cp '{{ task.inputs[0] }}' '{{ task.outputs[0] }}'")
+    made >> read
 '''
 
 
@@ -74,7 +82,8 @@ def deployment(tmp_path_factory, postgres_server, ledger_server):
     site.migrate()
     site.start()
     try:
-        site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many", "deploy_fresh"])
+        site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many", "deploy_fresh",
+                            "deploy_clear"])
         yield site
     finally:
         site.stop()
@@ -327,3 +336,39 @@ def test_a_strict_reader_right_after_its_producer_passes_new_bytes(deployment):
         assert (deployment.data / "fresh-used.txt").read_bytes() == (deployment.data / "fresh.txt").read_bytes()
         records = assert_every_try_recorded_once(deployment, "deploy_fresh", run_id)
         assert not any(rec.extra.get("refused_by") for rec in records.values())
+
+
+def test_a_reader_cleared_after_its_input_was_edited_is_refused_under_strict(deployment):
+    """Cleared through the REST API (the UI's "Clear") after its input was edited outside the
+    workflow: the reader's next try checks again and refuses, and its record says so; the
+    producer cleared with it makes the file again, and the reader then runs."""
+    import urllib.request
+
+    def clear(task_ids: list[str]) -> None:
+        body = {"dag_run_id": "clear-1", "task_ids": task_ids, "dry_run": False, "only_failed": False}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{deployment.api_port}/api/v2/dags/deploy_clear/clearTaskInstances",
+            data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+
+    deployment.trigger("deploy_clear", "clear-1")
+    assert deployment.wait_for_run("deploy_clear", "clear-1") == "success"
+    assert_every_try_recorded_once(deployment, "deploy_clear", "clear-1")
+    with open(deployment.data / "clear.txt", "a") as handle:
+        handle.write("edited\n")
+    clear(["read"])
+    deployment.wait_for(lambda: deployment.run_state("deploy_clear", "clear-1") not in ("success", None),
+                        "the cleared run to start again", timeout=60)
+    assert deployment.wait_for_run("deploy_clear", "clear-1") == "failed"
+    records = assert_every_try_recorded_once(deployment, "deploy_clear", "clear-1")
+    refused = records[("deploy_clear", "clear-1", "read", -1, 2)]
+    assert refused.status == "failed" and refused.extra["refused_by"] == "strict"
+    assert refused.extra["modified_inputs"] == [str(deployment.data / "clear.txt")]
+    assert (deployment.data / "clear-read.txt").read_text() == "made\n"  # the edit was never read
+    clear(["make", "read"])
+    deployment.wait_for(lambda: deployment.run_state("deploy_clear", "clear-1") not in ("failed", None),
+                        "the cleared run to start again", timeout=60)
+    assert deployment.wait_for_run("deploy_clear", "clear-1") == "success"
+    records = assert_every_try_recorded_once(deployment, "deploy_clear", "clear-1")
+    assert records[("deploy_clear", "clear-1", "read", -1, 3)].status == "succeeded"
