@@ -65,7 +65,9 @@ def test_printable_escapes_controls_bidi_and_backslashes_and_nothing_else():
     for code in sorted(BIDI):
         assert printable(chr(code)) == f"\\u{code:04x}"
     assert printable("\\x1b") == "\\\\x1b"  # a typed backslash cannot pass for an escape
-    assert printable("\udcff") == "\\udcff"  # a non-UTF-8 byte of a file name
+    # A non-UTF-8 byte of a file name: shown as the byte, as records keep it (\xNN).
+    assert printable("caf\udce9") == "caf\\xe9" and printable("\udcff") == "\\xff"
+    assert printable("\ud800") == "\\ud800"  # a lone surrogate no byte gives
     assert not _raw_controls(printable("".join(chr(c) for c in range(0x3000))))
 
 

@@ -32,11 +32,12 @@ def refuse_path_not_utf8(path: str, shown: str) -> None:
     every message name it as text, which such a path cannot be. Every command refuses it
     here, where its identity or its file is worked out, before anything is created."""
     from .._environment import not_utf8
-    from .._terminal import printable
 
     if not_utf8(path):
+        # Raw text: whoever shows the message escapes it once (the CLI's printable shows the
+        # byte as \xNN); escaped here too, every backslash came out doubled ("wd-\\xff").
         raise ConfigError(
-            f"the ledger {printable(shown)} is at {printable(path)}, a path that is not valid UTF-8 text (a "
+            f"the ledger {shown} is at {path}, a path that is not valid UTF-8 text (a "
             "ledger is named by its path; for the default one, the working directory's name): give --ledger "
             "(or LINEAGE_LEDGER_URL) a ledger whose path is")
 
@@ -70,10 +71,9 @@ def refuse_url_not_utf8(text: str, url: str) -> str:
     it is not UTF-8 text: a URL given from bytes (an environment variable, a shell's
     ``$'...'``) names no ledger the spool, the trust state or a message can name."""
     from .._environment import not_utf8
-    from .._terminal import printable
 
     if not_utf8(text):
-        raise ConfigError(f"the ledger URL {printable(redact(url, url))} is not valid UTF-8 text: give --ledger "
+        raise ConfigError(f"the ledger URL {redact(url, url)} is not valid UTF-8 text: give --ledger "
                           "(or LINEAGE_LEDGER_URL) one that is")
     return text
 
