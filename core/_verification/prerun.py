@@ -138,8 +138,10 @@ def _against_spool(ledger: Ledger, changed: list[ArtifactCheck],
     except OSError:
         return changed
     if count and (changed or written):
-        _plugin_log.warning("lineage-ledger: %d record(s) of this ledger wait in the spool (run "
-                            "`lineage-ledger spool ship`); files they wrote are checked against them", count)
+        # INFO: in a healthy deployment a task often starts before its producer's record is
+        # shipped (a shipper ships it within seconds); a file that differs is said anyway.
+        _plugin_log.info("lineage-ledger: %d record(s) of this ledger wait in the spool (`lineage-ledger "
+                         "spool ship` ships them); files they wrote are checked against them", count)
     kept = [c for c in changed if not (c.actual and c.actual in written.get(c.path, ()))]
     for check in unrecorded:
         digests = written.get(check.path)
