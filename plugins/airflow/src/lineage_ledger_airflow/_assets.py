@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from lineage_ledger import normalize_path
+from lineage_ledger._environment import not_utf8 as not_utf8  # the core's test, for callers of this module
 
 log = logging.getLogger("lineage_ledger.airflow")
 _said: set[str] = set()
@@ -44,14 +45,6 @@ def local_path(uri: str) -> str | None:
         return None
     return os.path.abspath(path if path.startswith("/") else "/" + path)
 
-
-def not_utf8(path: str) -> bool:
-    """Whether ``path`` holds a byte that is not UTF-8 (a lone surrogate): no record can name it."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def shown(path: str) -> str:

@@ -23,6 +23,7 @@ import os
 import stat
 
 from lineage_ledger import DEFAULT_URL
+from lineage_ledger._environment import not_utf8 as not_utf8  # the core's test, for callers of this module
 
 __all__ = ["SAID", "changes_key", "not_utf8", "shown", "unnamed", "why_nothing_is_recorded",
            "working_directory_note"]
@@ -30,16 +31,6 @@ __all__ = ["SAID", "changes_key", "not_utf8", "shown", "unnamed", "why_nothing_i
 #: What the plugin says, once, before the reason no try of a run can be recorded.
 SAID = "nothing of this run can be recorded"
 
-
-def not_utf8(text: str) -> bool:
-    """Whether ``text`` holds a byte that is not UTF-8 (a lone surrogate, ``surrogateescape``)."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def shown(text: str) -> str:
