@@ -197,3 +197,28 @@ def pytest_xdist_make_scheduler(config, log):
             return _work_unit(nodeid)
 
     return ByWorkUnit(config, log)
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with each lone surrogate (a byte of a name that is not UTF-8, as Python reads
+    it) written ``\\xNN``: what a report may carry between processes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under pytest-xdist a worker sends each report to the controller as UTF-8 (execnet): a
+    captured log line or a failure's text holding a name that is not UTF-8 (the tests of
+    such names) made the worker fail to encode it, INTERNALERROR, and the rest of its tests
+    never ran. The report's text is made UTF-8 here, each such byte shown ``\\xNN``."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, _utf8_safe(content)) for title, content in report.sections]
+    if report.longrepr is not None:
+        shown = str(report.longrepr)
+        if _utf8_safe(shown) != shown:
+            report.longrepr = _utf8_safe(shown)
