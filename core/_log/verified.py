@@ -73,7 +73,8 @@ class Verifier(FullAudit):
             where = os.fsdecode(err.filename) if isinstance(err.filename, (str, bytes)) else None
             root = os.path.dirname(self.store.directory)
             if (err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-                    or (where is not None and os.path.commonpath([root, os.path.abspath(where)]) != root)):
+                    or (where is not None and os.path.commonpath([root, os.path.abspath(where)]) != root)
+                    or (where is None and not _state_cannot_take(self.store.directory, err.errno))):
                 raise
             raise ConfigError(f"cannot keep the verified tree head in {self.store.directory}: {err.strerror}"
                               f"{f' ({where})' if where else ''}; make room there or give it back to this user, "
@@ -289,3 +290,19 @@ class Verifier(FullAudit):
                 f"an index row places record {stored.id[:16]} at block {height}, position {position}, "
                 "but the verified tree holds another record there", height=height)
         return index
+
+
+def _state_cannot_take(directory: str, code: int | None) -> bool:
+    """Whether the state's own disk is what refused a write that names no file (a flush or a
+    close): full, read-only, or not this user's to write. The audit spills what it found to a
+    temporary folder elsewhere (its outputs, its duplicate ids), whose full disk is not the
+    state's to be blamed for."""
+    try:
+        if code in (errno.EACCES, errno.EPERM):
+            return not os.access(directory, os.W_OK)
+        fs = os.statvfs(directory)
+    except OSError:
+        return True
+    if code == errno.EROFS:
+        return bool(fs.f_flag & os.ST_RDONLY)
+    return fs.f_bavail * fs.f_frsize < (1 << 20)  # ENOSPC, EDQUOT: less than a MiB left there
