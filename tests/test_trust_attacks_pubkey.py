@@ -1,0 +1,102 @@
+"""The public key that ``verify-lineage --against CHECKPOINT --pubkey FILE`` trusts, when
+another user can write it (helper-122).
+
+A checkpoint proves the ledger only grew since it was signed, as far as the key it is checked
+with is the signer's. A ``.pub`` file that another user may write (its mode, its owner, a
+directory on its way that they may write, a link to a file of theirs) is one they can swap
+for their own key; with it they sign a checkpoint of a ledger they rewrote, and the check
+passed (exit 0, "extends checkpoint"). As the private key's check does, the public key is
+now refused (exit 2, naming the file and why), before any signature is checked.
+
+As root (CI), the other user is uid 65534 / gid 65534; as another account, a file it does
+not own cannot be made (skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to uid 65534 needs root; CI runs as root")
+
+
+@pytest.fixture
+def published(cli, workdir):
+    """A ledger, the owner's key pair and a checkpoint signed with it; then the ledger is
+    rewritten (replaced by another history) and its rewriter signs a checkpoint of it with a
+    key of their own, ``forged.cp``, whose public key is ``attacker.key.pub``."""
+    keys = workdir / "keys"
+    keys.mkdir(mode=0o755)
+    (workdir / "in.txt").write_text("data\n")
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    cli("keygen", keys / "lab.key", "--name", "lab/key", check_rc=0)
+    cli("checkpoint", "--key", keys / "lab.key", "-o", "good.cp", check_rc=0)
+    shutil.rmtree(workdir / ".lineage")
+    (workdir / "in.txt").write_text("other data\n")
+    theirs = {"XDG_STATE_HOME": str(workdir / "attacker")}  # the rewriter's own account and state
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", env=theirs, check_rc=0)
+    cli("keygen", "attacker.key", "--name", "lab/key", env=theirs, check_rc=0)
+    cli("checkpoint", "--key", "attacker.key", "-o", "forged.cp", env=theirs, check_rc=0)
+    return workdir
+
+
+def _verify(cli, workdir, pubkey):
+    """A reviewer's check, with a state of their own (nothing remembered of this ledger)."""
+    return cli("verify", "--against", "forged.cp", "--pubkey", pubkey,
+               env={"XDG_STATE_HOME": str(workdir / "reviewer")})
+
+
+def _swap_in_attackers_key(path):
+    path.write_text((path.parent.parent / "attacker.key.pub").read_text())  # keys/lab.key.pub
+
+
+def test_the_owners_key_refuses_the_forged_checkpoint(cli, published):
+    """The other side: with the owner's own key, untouched, the forgery fails (exit 1)."""
+    result = _verify(cli, published, published / "keys" / "lab.key.pub")
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "no signature by a trusted key" in result.stderr, result.stderr
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason="a public key another user may write is trusted")
+@pytest.mark.parametrize("how", ["mode 0666", "mode 0620, another group", "owned by uid 65534",
+                                 "a directory others may write", "a link to a file of uid 65534"])
+def test_a_public_key_another_user_can_write_is_refused(cli, published, how):
+    keys = published / "keys"
+    pub = keys / "lab.key.pub"
+    given = pub
+    if how == "mode 0666":
+        pub.chmod(0o666)
+    elif how == "mode 0620, another group":
+        os.chown(pub, -1, NOBODY)
+        pub.chmod(0o620)
+    elif how == "owned by uid 65534":
+        os.chown(pub, NOBODY, NOBODY)
+    elif how == "a directory others may write":
+        keys.chmod(0o777)
+    else:
+        os.chown(pub, NOBODY, NOBODY)
+        given = published / "mine.pub"
+        given.symlink_to(pub)
+    _swap_in_attackers_key(pub)  # what the other user could do, done here as root
+    result = _verify(cli, published, given)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "extends checkpoint" not in result.stdout, result.stdout
+    assert str(given) in result.stderr and "other users may write" in result.stderr, result.stderr
+
+
+@needs_root
+def test_a_public_key_of_root_in_a_sticky_directory_is_trusted(cli, published, tmp_path):
+    """Not refused: a key root owns (installed by an administrator), and one of the account's
+    own in a sticky directory (/tmp): no other user may replace either."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    shutil.copy(published / "attacker.key.pub", sticky / "trusted.pub")
+    (sticky / "trusted.pub").chmod(0o644)
+    result = _verify(cli, published, sticky / "trusted.pub")
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    assert "extends checkpoint" in result.stdout, result.stdout
