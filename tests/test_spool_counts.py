@@ -10,7 +10,9 @@ real process holds while the records wait.
 from __future__ import annotations
 
 import json
+import logging
 
+from lineage_ledger import verify_before_run
 from tests.support.faults import hold_write_lock
 
 
@@ -19,7 +21,7 @@ def _run(cli, name: str, output: str, make: str) -> None:
     assert result.returncode == 0 and "waits" in result.stderr, result.stderr
 
 
-def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir):
+def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir, caplog):
     cli("run", "--", "true", check_rc=0)  # the ledger exists
     holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
     try:
@@ -30,6 +32,20 @@ def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir):
         assert "7 record(s) wait for " in text and "(4 tasks, 3 directory manifests)" in text, text
         waiting, = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
         assert (waiting["records"], waiting["tasks"], waiting["manifests"]) == (7, 4, 3), waiting
+        # verify-lineage's note on what waits counts the same way (a file whose record waits
+        # is not in the ledger yet: UNRECORDED, exit 1, and the note says why).
+        verified = cli("out-a", program="verify-lineage")
+        assert verified.returncode == 1, verified.stdout + verified.stderr
+        assert ("note: 7 record(s) (4 tasks, 3 directory manifests) of this ledger wait in the spool"
+                in verified.stdout), verified.stdout
+        told = json.loads(cli("out-a", "--json", program="verify-lineage").stdout)["waiting_in_spool"]
+        assert (told["records"], told["tasks"], told["manifests"]) == (7, 4, 3), told
+        assert told["naming"] == [str(workdir / "out-a")], told
+        # And the plugins' pre-run check, which compares out-a with the record that waits.
+        with caplog.at_level(logging.INFO):
+            assert verify_before_run(f"sqlite:///{workdir}/.lineage/ledger.db", [str(workdir / "out-a")], "strict") == []
+        assert any("7 record(s) (4 tasks, 3 directory manifests) of this ledger wait in the spool" in r.getMessage()
+                   for r in caplog.records), caplog.text
         locked = cli("spool", "ship", "--timeout", "1")
         assert locked.returncode == 2, locked.stderr
         assert "7 record(s) wait in the spool" in locked.stderr and "(4 tasks, 3 directory manifests)" in locked.stderr

@@ -405,7 +405,7 @@ def test_a_record_waiting_in_the_spool_is_reported_not_passed_over(tmp_path):
         locker.close()
     verified = run_cli("a.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage")
     assert verified.returncode == 0, verified
-    assert "1 record(s) of this ledger wait in the spool" in verified.stdout and "a.txt" in verified.stdout
+    assert "1 record(s) (1 task) of this ledger wait in the spool" in verified.stdout and "a.txt" in verified.stdout
     run_cli("spool", "ship", "--ledger", url, cwd=tmp_path, check_rc=0)
     again = run_cli("b.txt", "--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
     assert "wait in the spool" not in again.stdout

@@ -281,8 +281,7 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
     root = os.path.abspath(spool_root)
     if os.path.exists(root) and not os.path.isdir(root):  # as `spool status` says: not "shipped 0"
         raise SpoolError(f"cannot read the spool {printable(root)}: Not a directory")
-    waiting, _ = waiting_for(spool_root, ledger_identity(ledger_url)[0], ())
-    if not waiting:
+    if not waiting_for(spool_root, ledger_identity(ledger_url)[0], ())[0]:
         # Nothing to ship: a mistyped or zero-byte ledger path is "no ledger at PATH", as for
         # the read commands, never a new empty ledger. Records waiting do create it: shipping
         # is the write path of a spool-first run.
@@ -321,11 +320,6 @@ def spool_ship(ledger_url, spool_root, timeout) -> None:
 
 
 def _kinds(tasks: int, manifests: int) -> str:
-    """What a count of records is made of, as users count: `` (9 tasks, 3 directory manifests)``.
-    A task that reads or writes a directory is kept with the directory's manifest record."""
-    if not tasks and not manifests:
-        return ""
-    parts = [f"{tasks} task{'s' if tasks != 1 else ''}"] if tasks or not manifests else []
-    if manifests:
-        parts.append(f"{manifests} directory manifest{'s' if manifests != 1 else ''}")
-    return f" ({', '.join(parts)})"
+    from .._ledger.backlog import kinds_text
+
+    return kinds_text(tasks, manifests)

@@ -276,7 +276,10 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
         lines.append(f"\naudited {report.audited_records} records, {report.outputs_checked} recorded outputs")
     if report.waiting:
         named = f", naming {', '.join(_short(p) for p in report.waiting_named)}" if report.waiting_named else ""
-        lines.append(f"\nnote: {report.waiting} record(s) of this ledger wait in the spool, not yet in the ledger"
+        from .._ledger.backlog import kinds_text
+
+        kinds = kinds_text(report.waiting - report.waiting_manifests, report.waiting_manifests)
+        lines.append(f"\nnote: {report.waiting} record(s){kinds} of this ledger wait in the spool, not yet in the ledger"
                      f"{named}: `lineage-ledger spool ship`, then verify again")
     found = not_verified_in((target.path, target.tree) for target in report.targets)
     lines.extend(not_verified_lines(found, here))
@@ -350,7 +353,8 @@ def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]
         },
         "tree_head": None if chain is None else {"size": chain.records, "root": chain.log_root},
         "index_rows": report.index_rows,
-        "waiting_in_spool": {"records": report.waiting, "naming": report.waiting_named},
+        "waiting_in_spool": {"records": report.waiting, "tasks": report.waiting - report.waiting_manifests,
+                             "manifests": report.waiting_manifests, "naming": report.waiting_named},
         "against": None if report.against is None else {
             "origin": report.against.origin, "size": report.against.size, "root": report.against.root.hex(),
         },

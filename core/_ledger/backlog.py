@@ -14,12 +14,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import SpoolError
 from ._spool_files import _foreign
 
-__all__ = ["SpoolBacklog", "backlog", "backlog_of", "orphan_kinds", "waiting_digests", "waiting_for"]
+__all__ = ["SpoolBacklog", "Waiting", "backlog", "backlog_of", "kinds_text", "orphan_kinds", "waiting_digests", "waiting_for"]
 
 
 def _default_spool(spool: str | None) -> str:
@@ -182,40 +182,82 @@ def backlog_of(spool: str | None, identity: str) -> SpoolBacklog:
     return _scan(directory)
 
 
-def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, list[str]]:
+class Waiting(NamedTuple):
+    """How many records of a ledger wait in the spool, as users count them: ``records`` in
+    all, ``manifests`` of which keep a directory's manifest (a task that reads or writes a
+    directory is kept with one), the rest the tasks' own."""
+
+    records: int = 0
+    manifests: int = 0
+
+    @property
+    def tasks(self) -> int:
+        return self.records - self.manifests
+
+    def __bool__(self) -> bool:  # "nothing waits", not "a pair": a tuple of two is always true
+        return self.records > 0
+
+    @property
+    def kinds(self) -> str:
+        """`` (9 tasks, 3 directory manifests)``, as every count of records is told."""
+        return kinds_text(self.tasks, self.manifests)
+
+
+def kinds_text(tasks: int, manifests: int) -> str:
+    """What a count of records is made of, as users count: `` (9 tasks, 3 directory manifests)``.
+    A task that reads or writes a directory is kept with the directory's manifest record."""
+    if not tasks and not manifests:
+        return ""
+    parts = [f"{tasks} task{'s' if tasks != 1 else ''}"] if tasks or not manifests else []
+    if manifests:
+        parts.append(f"{manifests} directory manifest{'s' if manifests != 1 else ''}")
+    return f" ({', '.join(parts)})"
+
+
+def _is_manifest_line(body: bytes) -> bool:
+    """Whether a spooled line's body keeps a directory's manifest; only a body that names the
+    manifests' run is decoded (see :func:`orphan_kinds`)."""
+    try:
+        return _MANIFEST_RUN in body and _is_manifest(json.loads(body))
+    except (ValueError, AttributeError):
+        return False
+
+
+def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[Waiting, list[str]]:
     """(records waiting in this ledger's spool, which of ``paths`` they read or write): what a
     verification must not pass over in silence. Reads only files of this user; creates nothing."""
     from .spool import spool_path
 
     directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
     if not os.path.isdir(directory) or os.path.islink(directory):
-        return 0, []
-    wanted, named, count = set(paths), set(), 0
+        return Waiting(), []
+    wanted, named, count, manifests = set(paths), set(), 0, 0
     for name in sorted(os.listdir(directory)):
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
         for line in (read[0].split(b"\n")[:-1] if read else ()):
             count += 1
             try:
                 body = json.loads(line.partition(b" ")[2])
+                manifests += _is_manifest(body)
                 named.update(wanted.intersection(body.get("inputs", {})).union(
                     wanted.intersection(body.get("outputs", {}))))
             except (ValueError, AttributeError, TypeError):
                 continue
-    return count, sorted(named)
+    return Waiting(count, manifests), sorted(named)
 
 
 _FEW = 64  # files asked of, up to which lines that name none of them are not decoded
 
 
-def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[int, dict[str, set[str]]]:
+def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> tuple[Waiting, dict[str, set[str]]]:
     """(records waiting in this ledger's spool, {path: digests those records wrote to it})
     for the outputs among ``paths``. Reads only files of this user; creates nothing."""
     from .spool import spool_path
 
     directory = spool_path(os.path.abspath(_default_spool(spool)), identity)
     if not os.path.isdir(directory) or os.path.islink(directory):
-        return 0, {}
-    wanted, count = set(paths), 0
+        return Waiting(), {}
+    wanted, count, manifests = set(paths), 0, 0
     written: dict[str, set[str]] = {}
     # A pre-run check asks of a few files, and may ask once per task: a line that names
     # none of them (as JSON writes a name, or escaped: then parsed) is not decoded.
@@ -224,6 +266,7 @@ def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> t
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
         for line in (read[0].split(b"\n")[:-1] if read else ()):
             count += 1
+            manifests += _is_manifest_line(line.partition(b" ")[2])
             if needles is not None and b"\\" not in line and not any(n in line for n in needles):
                 continue
             try:
@@ -234,7 +277,7 @@ def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> t
                         written.setdefault(path, set()).add(digest)
             except (ValueError, AttributeError, TypeError):
                 continue
-    return count, written
+    return Waiting(count, manifests), written
 
 
 def backlog(spool: str | None = None) -> list[SpoolBacklog]:

@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LedgerError, SpoolCorrupt, SpoolError, VerificationError
 from .._terminal import printable
-from .backlog import SpoolBacklog, _default_spool, _scan, backlog, orphan_kinds, waiting_digests, waiting_for
+from .backlog import (
+    SpoolBacklog,
+    Waiting,
+    _default_spool,
+    _scan,
+    backlog,
+    orphan_kinds,
+    waiting_digests,
+    waiting_for,
+)
 from .identity import _sql_identity as _sql_identity  # re-exported: tests and callers import it from here
 from .identity import ledger_identity, redact, trust_identity_of
 from .refusal import permanent_refusal as permanent_refusal  # re-exported: callers import it from here
@@ -38,7 +47,7 @@ if TYPE_CHECKING:
     from .._model import StoredRecord
     from .ledger import Ledger
 
-__all__ = ["DeferredLedger", "SpoolBacklog", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity",
+__all__ = ["DeferredLedger", "SpoolBacklog", "Waiting", "WaitingInSpool", "backlog", "check_spool_writable", "ledger_identity",
            "permanent_refusal", "spool_first", "trust_identity_of", "waiting_digests", "waiting_for"]
 
 log = logging.getLogger("lineage_ledger.spool")

@@ -140,8 +140,8 @@ def _against_spool(ledger: Ledger, changed: list[ArtifactCheck],
     if count and (changed or written):
         # INFO: in a healthy deployment a task often starts before its producer's record is
         # shipped (a shipper ships it within seconds); a file that differs is said anyway.
-        _plugin_log.info("lineage-ledger: %d record(s) of this ledger wait in the spool (`lineage-ledger "
-                         "spool ship` ships them); files they wrote are checked against them", count)
+        _plugin_log.info("lineage-ledger: %d record(s)%s of this ledger wait in the spool (`lineage-ledger "
+                         "spool ship` ships them); files they wrote are checked against them", count.records, count.kinds)
     kept = [c for c in changed if not (c.actual and c.actual in written.get(c.path, ()))]
     for check in unrecorded:
         digests = written.get(check.path)

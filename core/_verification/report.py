@@ -93,6 +93,7 @@ class Report:
     index_rows: int | None = None  # index rows compared with their records in an audit
     first_audit: bool = False  # a targeted check that had to audit first (nothing remembered)
     waiting: int = 0  # records of this ledger waiting in this user's spool, not yet in the ledger
+    waiting_manifests: int = 0  # of those, the directory manifests kept with their tasks' records
     waiting_named: list[str] = field(default_factory=list)  # the targets' files they name
     against: Checkpoint | None = None  # the checkpoint the ledger was proved to extend
     # Lineage nodes by (path, digest), shared by the targets' trees: each walked once.

@@ -236,8 +236,12 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
                            bounded=many)
     from .._ledger.deferred import waiting_for
 
-    checked = [t.path for t in report.targets] + [p for t in report.targets for p in t.files]
-    report.waiting, report.waiting_named = waiting_for(ledger._spool_root, ledger.backend.identity, checked)
+    # The targets as given too: a directory no record names yet is walked, and a waiting
+    # record that wrote it names the directory, not the files the walk found.
+    checked = [os.path.abspath(t) for t in targets] + [t.path for t in report.targets] + \
+        [p for t in report.targets for p in t.files]
+    waiting, report.waiting_named = waiting_for(ledger._spool_root, ledger.backend.identity, checked)
+    report.waiting, report.waiting_manifests = waiting.records, waiting.manifests
     return report
 
 
