@@ -15,17 +15,14 @@ postgres: the session's, and one of this module's own that asks a role for its p
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import time
 import urllib.parse
 
 import pytest
 
 from lineage_ledger.backends._sqlite_files import driver_text
 from tests.conftest import run_cli
-from tests.support.postgres import PostgresServer, find_server_binaries
+from tests.support import postgres
 
 # Spaces, a tab, percent-escapes and an '@': a password whose spellings must all stay hidden.
 PASSWORD = "s3 cr\tet@p%w"
@@ -51,33 +48,8 @@ def a_port_where_nothing_listens() -> int:
 @pytest.fixture(scope="module")
 def password_server():
     """A server of its own that asks role 'secretive' for a password (the session's trusts every role)."""
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
-    import psycopg
-    from psycopg import sql
-
-    server = PostgresServer(bindir).start()
-    try:
-        with open(os.path.join(server.data, "pg_hba.conf"), "w") as hba:
-            hba.write("local all all trust\nhost all ledger 127.0.0.1/32 trust\n"
-                      "host all all 127.0.0.1/32 scram-sha-256\n")
-        os.kill(server._postmaster_pid(), signal.SIGHUP)
-        with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE secretive LOGIN PASSWORD {}").format(sql.Literal(PASSWORD)))
-            conn.execute("CREATE DATABASE secretdb OWNER secretive")
-        deadline = time.monotonic() + 30
-        while True:  # until the reloaded pg_hba.conf asks for the password
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={server.port} dbname=secretdb user=secretive "
-                                "password=nothing", connect_timeout=5).close()
-            except psycopg.OperationalError:
-                break
-            assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
-            time.sleep(0.1)
+    with postgres.password_server(PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 # The read commands a user runs: the reader (psycopg alone) opens the ledger for each.

@@ -23,33 +23,14 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import open_ledger
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
+from tests.support.spool import leave_segments
 
 BIN = Path(sys.executable).parent
 
-LEAVE_SEGMENTS = textwrap.dedent("""
-    import os, sys
-    from lineage_ledger import open_ledger
-    from lineage_ledger._ledger.spool import SpoolWriter
-    from tests.support.factories import make_record
-    url, spool, records, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    with open_ledger(url, spool=spool) as ledger:
-        directory = ledger.spool_dir
-    writer = SpoolWriter(directory)
-    for i in range(records):
-        record = make_record(i)
-        stored = record.stored()
-        writer.append(record, stored.id, stored.body)
-        if (i + 1) % per == 0:
-            writer.rotate()
-    os._exit(0)  # dies without shipping: every segment is an orphan
-""")
-
-
 def _leave_segments(tmp_path: Path, records: int, per: int) -> tuple[str, str]:
     url, spool = f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "spool")
-    subprocess.run([sys.executable, "-c", LEAVE_SEGMENTS, url, spool, str(records), str(per)], cwd=ROOT,
-                   check=True, timeout=300)
+    leave_segments(url, spool, records, per)
     return url, spool
 
 
@@ -178,11 +159,6 @@ def test_spool_ship_takes_a_segment_that_a_reader_is_reading_at_that_moment(tmp_
     _all_once_and_nothing_waits(tmp_path, url, spool, 20)
 
 
-def _leave_segments_for(url: str, spool: str, records: int, per: int) -> None:
-    subprocess.run([sys.executable, "-c", LEAVE_SEGMENTS, url, spool, str(records), str(per)], cwd=ROOT,
-                   check=True, timeout=300)
-
-
 def _size(url: str, tmp_path: Path) -> int:
     with open_ledger(url, read_only=True, state_dir=str(tmp_path / "reader-state")) as ledger:
         return ledger.tree_head().size
@@ -191,7 +167,7 @@ def _size(url: str, tmp_path: Path) -> int:
 @pytest.mark.postgres
 def test_two_shippers_and_one_killed_mid_ship_on_a_postgresql_ledger(tmp_path, postgres_url):
     records, spool = 1500, str(tmp_path / "spool")
-    _leave_segments_for(postgres_url, spool, records, 50)
+    leave_segments(postgres_url, spool, records, 50)
     before = len(_segments(spool))
     doomed = _ship(postgres_url, spool)
     deadline = time.monotonic() + 120

@@ -19,26 +19,9 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import open_ledger
+from tests.support.spool import leave_segments
 
 RECORDS, PER_SEGMENT = 100_000, 500
-
-WRITER = textwrap.dedent("""
-    import os, sys
-    from lineage_ledger import open_ledger
-    from lineage_ledger._ledger.spool import SpoolWriter
-    from tests.support.factories import make_record
-    url, spool, records, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    with open_ledger(url, spool=spool) as ledger:
-        directory = ledger.spool_dir
-    writer = SpoolWriter(directory)
-    for i in range(records):
-        record = make_record(i)
-        stored = record.stored()
-        writer.append(record, stored.id, stored.body)
-        if (i + 1) % per == 0:
-            writer.rotate()
-    os._exit(0)  # dies without shipping: every segment is an orphan for replay
-""")
 
 MEASURED = textwrap.dedent("""
     import resource, subprocess, sys
@@ -52,10 +35,8 @@ MEASURED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_spool_ship_holds_one_segment_at_a_time(tmp_path):
-    root = Path(__file__).resolve().parent.parent
     url, spool = f"sqlite:///{tmp_path / 'ledger.db'}", str(tmp_path / "spool")
-    subprocess.run([sys.executable, "-c", WRITER, url, spool, str(RECORDS), str(PER_SEGMENT)], cwd=root,
-                   check=True, timeout=600)
+    leave_segments(url, spool, RECORDS, PER_SEGMENT)
     assert len(list(Path(spool).rglob("*.log"))) >= RECORDS // PER_SEGMENT
 
     script = Path(sys.executable).parent / "lineage-ledger"

@@ -10,13 +10,11 @@ import logging
 import os
 import posixpath
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
-import time
 import traceback
 import urllib.parse
 
@@ -32,8 +30,8 @@ from lineage_ledger.backends import _sqlite_files as sqlite_files
 from lineage_ledger.backends import sql as sqlmod
 from lineage_ledger.backends.sql import SQLBackend
 from tests.backend_conformance import chain_of
+from tests.support import postgres
 from tests.support.factories import artifact, make_record, make_records
-from tests.support.postgres import PostgresServer, find_server_binaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_ROOT = os.geteuid() == 0
@@ -574,33 +572,8 @@ WRONG = "Wr0ng:p@ss/%40+x"
 @pytest.fixture(scope="module")
 def password_server():
     """A server of its own (it is stopped by a test) that asks role 'secretive' for a password."""
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
-    import psycopg
-    from psycopg import sql
-
-    server = PostgresServer(bindir).start()
-    try:
-        with open(os.path.join(server.data, "pg_hba.conf"), "w") as hba:
-            hba.write("local all all trust\nhost all ledger 127.0.0.1/32 trust\n"
-                      "host all all 127.0.0.1/32 scram-sha-256\n")
-        os.kill(server._postmaster_pid(), signal.SIGHUP)
-        with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE secretive LOGIN PASSWORD {}").format(sql.Literal(PASSWORD)))
-            conn.execute("CREATE DATABASE secretdb OWNER secretive")
-        deadline = time.monotonic() + 10
-        while True:  # until the reloaded pg_hba.conf asks for the password
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={server.port} dbname=secretdb user=secretive "
-                                "password=nothing", connect_timeout=2).close()
-            except psycopg.OperationalError:
-                break
-            assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
-            time.sleep(0.1)
+    with postgres.password_server(PASSWORD) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def secret_url(server, password: str) -> str:

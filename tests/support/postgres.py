@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PostgresServer", "crash", "find_server_binaries", "own_server", "restart", "server_pids", "signal_server",
-           "stopped"]
+__all__ = ["PostgresServer", "crash", "find_server_binaries", "own_server", "password_server", "restart", "server_pids",
+           "signal_server", "stopped"]
 
 
 def find_server_binaries() -> str | None:
@@ -168,11 +168,45 @@ def own_server() -> Iterator[PostgresServer]:
     bindir = find_server_binaries()
     if bindir is None:
         pytest.skip("no PostgreSQL server binary (initdb) on this machine")
-    server = PostgresServer(bindir).start()
-    yield server
-    if server._postmaster_pid() is not None and server.process is not None:
-        signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
-    server.cleanup()
+    server = PostgresServer(bindir)
+    try:  # a failed start or a failed test must not leave a server (or its files) behind
+        yield server.start()
+    finally:
+        if server._postmaster_pid() is not None and server.process is not None:
+            signal_server(server, signal.SIGCONT)  # never leave it stopped: cleanup would wait on it
+        server.cleanup()
+
+
+
+@contextlib.contextmanager
+def password_server(password: str, *, role: str = "secretive", database: str = "secretdb") -> Iterator[PostgresServer]:
+    """A server of the caller's own that asks ``role`` for ``password`` over TCP (the
+    session's server trusts every role, so no test of a password could fail against it);
+    ``database`` is made, owned by ``role``. Role 'ledger' stays trusted for the set-up."""
+    import psycopg
+    from psycopg import sql
+
+    with own_server() as server:
+        with open(os.path.join(server.data, "pg_hba.conf"), "w") as hba:
+            hba.write("local all all trust\nhost all ledger 127.0.0.1/32 trust\n"
+                      "host all all 127.0.0.1/32 scram-sha-256\n")
+        os.kill(server._postmaster_pid(), signal.SIGHUP)
+        with psycopg.connect(server.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+        # The reload is asynchronous: wait until a wrong password is refused, so that no test
+        # reads a refusal it expects from a server that still trusts everyone.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(host="127.0.0.1", port=server.port, dbname=database, user=role,
+                                password=password + "-not-it", connect_timeout=10).close()
+            except psycopg.OperationalError:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pg_hba.conf was not reloaded; see {server.base}/server.log")
+            time.sleep(0.1)
+        yield server
 
 
 def server_pids(server: PostgresServer) -> list[int]:
