@@ -48,7 +48,6 @@ WANTED = {"a": [(1, "succeeded")], "b": [(1, "failed"), (2, "failed"), (3, "succ
           "d": [(1, "failed"), (2, "succeeded")], "e": [(1, "succeeded")], "f": [(1, "succeeded")]}
 
 
-@pytest.mark.xfail(strict=True, reason="attempts counted per task name: a scatter's tasks of one name share the count")
 def test_retries_of_tasks_of_one_name_get_their_own_attempt_numbers(tmp_path):
     nf.require_nextflow()
     here = tmp_path / "pipeline"

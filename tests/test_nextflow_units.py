@@ -460,3 +460,32 @@ def test_the_check_names_links_not_followed_of_at_most_twenty_tasks_escaped():
                          "(extra.links_not_followed in their records)")
     kept, more = _not_followed.capped({f"/d/l{j}": "/" for j in range(250)})
     assert list(kept) == sorted(f"/d/l{j}" for j in range(250))[:100] and more == 150
+
+
+def test_a_retry_of_one_of_several_tasks_of_one_name_is_matched_by_its_script(tmp_path):
+    """Retries of tasks that share a name (a constant tag) wait together: the one whose
+    .command.sh matches is the one retried; where nothing tells them apart, the number is
+    said to be a guess (``_attempts``; the real run is tests/test_nextflow_deployed_retries.py)."""
+    from lineage_ledger_nextflow._attempts import Attempts
+
+    def workdir(name: str, script: str) -> str:
+        path = tmp_path / name
+        path.mkdir()
+        (path / ".command.sh").write_text(script)
+        return str(path)
+
+    attempts = Attempts()
+    for short, retry in (("aa/000001", False), ("aa/000002", False), ("bb/000003", True), ("cc/000004", True),
+                         ("dd/000005", True), ("ee/000006", False)):
+        attempts.submitted(short, retry)
+    assert attempts.of("aa/000001", "S (t)", workdir("x1", "x")) == (1, False)
+    assert attempts.of("aa/000002", "S (t)", workdir("y1", "y")) == (1, False)
+    attempts.retried("S (t)", 1, str(tmp_path / "x1"))
+    attempts.retried("S (t)", 1, str(tmp_path / "y1"))
+    assert attempts.of("bb/000003", "S (t)", workdir("x2", "x")) == (2, False)  # both waited at N = 1
+    attempts.retried("S (t)", 2, str(tmp_path / "x2"))  # x failed again: y's retry (N=1) and x's (N=2) wait
+    assert attempts.of("cc/000004", "S (t)", workdir("x3", "x")) == (3, False)  # x's script: x's retry
+    attempts.retried("S (t)", 3, str(tmp_path / "x3"))
+    assert attempts.of("dd/000005", "S (t)", workdir("z", "other")) == (2, True)  # no script matches: a guess
+    assert attempts.of("ee/000006", "S (t)", workdir("w", "w")) == (1, False)  # a first try stays 1
+    assert attempts.of("ff/000007", "T", workdir("t", "t")) == (1, False)  # no submission line seen: by name

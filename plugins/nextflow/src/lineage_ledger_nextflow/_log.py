@@ -9,6 +9,7 @@ lines of it say what the wrapper needs, as they happen:
     ... INFO  nextflow.processor.TaskProcessor - [df/1c15d7] NOTE: Process `FLAKY` terminated with an
         error exit status (3) -- Execution is retried (1)
     ... INFO  nextflow.Session - [79/5caccd] Cached process > SPLIT (beta)
+    ... INFO  nextflow.Session - [28/5cd1b1] Re-submitted process > FLAKY (beta)   (Submitted: a first try)
     ... TRACE nextflow.processor.PublishDir - publishing file: SRC -[COPY]-> DST
 
 The last kind is logged at TRACE level only: the wrapper turns that level on for that one
@@ -46,6 +47,7 @@ _COMPLETED = re.compile(r"Task completed > TaskHandler\[id: (?P<id>[^;]*); name:
 _NOTE = re.compile(r"\[(?P<hash>[0-9a-f]{2}/[0-9a-f]{6})\] NOTE: Process `(?P<process>[^`]*)` .*?-- "
                    r"(?P<action>Error is ignored|Execution is retried \((?P<retry>\d+)\))")
 _CACHED = re.compile(r"\[(?P<hash>[0-9a-f]{2}/[0-9a-f]{6})\] Cached process > (?P<name>.*)$")
+_SUBMITTED = re.compile(r"\[(?P<hash>[0-9a-f]{2}/[0-9a-f]{6})\] (?P<how>Submitted|Re-submitted) process > ")
 _PUBLISHED = re.compile(r"PublishDir - publishing file: (?P<src>.+?) -\[(?P<mode>[A-Za-z_]+)\]-> (?P<dst>.+)$")
 
 
@@ -85,6 +87,7 @@ class Handlers:
     def completed(self, event: Completed) -> None: ...
     def note(self, event: Note) -> None: ...
     def cached(self, short_hash: str, name: str) -> None: ...
+    def submitted(self, short_hash: str, retry: bool) -> None: ...
     def published(self, event: Published) -> None: ...
 
 
@@ -109,6 +112,10 @@ def parse_line(line: str, handlers: Handlers) -> None:
             retry = m.group("retry")
             handlers.note(Note(m.group("hash"), m.group("process"), "RETRY" if retry else "IGNORE",
                                int(retry) if retry else None))
+    elif "ubmitted process > " in line:
+        m = _SUBMITTED.search(line)
+        if m:
+            handlers.submitted(m.group("hash"), m.group("how") == "Re-submitted")
     elif "] Cached process > " in line:
         m = _CACHED.search(line)
         if m:

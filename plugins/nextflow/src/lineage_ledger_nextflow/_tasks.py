@@ -4,8 +4,8 @@ One record per task try that ran. A try that exited 0 is recorded when the task 
 it. A failed try waits for Nextflow's ``NOTE`` line about it (``Error is ignored``,
 ``Execution is retried (N)``), which gives its error action; tries still waiting at the end
 (``terminate``, ``finish``) are recorded then, without one. A retried task's tries each have a
-work directory and a record; the attempt number counts the retries Nextflow announced for
-that task name. Tasks taken from the cache ran in an earlier run, which recorded them.
+work directory and a record; its attempt number comes from the log's submission and retry
+lines (:mod:`._attempts`). Tasks taken from the cache ran in an earlier run, which recorded them.
 
 The files a task's ``publishDir`` published get a second record once Nextflow has exited
 (publishing runs after the task ends, on a thread pool): ``PROCESS:publish``, reading the
@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from ._attempts import Attempts
 from ._log import Completed, Handlers, Note, Published
 from ._not_followed import WARNINGS_SHOWN, more_tries_line, recorded_warning
 from ._unrecordable import shown
@@ -53,7 +54,8 @@ class TaskRecorder(Handlers):
         self._published: list[Published] = []
         self._failed: dict[str, tuple[Completed, int]] = {}  # short hash -> try waiting for its NOTE
         self._notes: dict[str, Note] = {}  # a NOTE that came first
-        self._retries: dict[str, int] = {}  # task name -> retries announced
+        self._attempts = Attempts()  # which attempt of its task each try is
+        self._guessed: set[str] = set()  # short hashes of tries whose attempt number is a guess
         self._lock = threading.Lock()
         self._not_followed_tries = 0  # task tries recorded with links not followed (the first few warned of)
         self._not_utf8_tries = 0  # task tries recorded with files whose path is not UTF-8 (the first few said)
@@ -68,12 +70,17 @@ class TaskRecorder(Handlers):
     def published(self, event: Published) -> None:
         self._published.append(event)
 
+    def submitted(self, short_hash: str, retry: bool) -> None:
+        self._attempts.submitted(short_hash, retry)
+
     def completed(self, event: Completed) -> None:
-        attempt = self._retries.get(event.name, 0) + 1
+        short = _short_hash(event.workdir)
+        attempt, guessed = self._attempts.of(short, event.name, event.workdir)
+        if guessed:
+            self._guessed.add(short)
         if event.exit == 0 and event.status == "COMPLETED" and event.error is None:
             self._record(event, attempt, None)
             return
-        short = _short_hash(event.workdir)
         note = self._notes.pop(short, None)
         if note is None:
             self._failed[short] = (event, attempt)
@@ -88,8 +95,10 @@ class TaskRecorder(Handlers):
             self._failed_with(waiting[0], waiting[1], event)
 
     def _failed_with(self, event: Completed, attempt: int, note: Note) -> None:
-        if note.retry is not None:
-            self._retries[event.name] = note.retry
+        if note.retry is not None:  # N failed tries of this task so far: this one was attempt N
+            self._attempts.retried(event.name, note.retry, event.workdir)
+            attempt = note.retry
+            self._guessed.discard(note.short_hash)
         self._record(event, attempt, note.action)
 
     # -- at the end ---------------------------------------------------------------------
@@ -130,6 +139,8 @@ class TaskRecorder(Handlers):
         }
         if event.error is not None:
             extra["error"] = event.error
+        if _short_hash(event.workdir) in self._guessed:  # tries of one name whose numbers differ: see _attempts
+            extra["attempt_guessed"] = True
         if work.script is not None:
             extra["script"] = work.script[:SCRIPT_KEPT].decode("utf-8", "replace")
         if not succeeded:

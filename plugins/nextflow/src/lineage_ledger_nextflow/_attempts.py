@@ -1,0 +1,73 @@
+"""Which attempt of its task each try is, from Nextflow's log.
+
+Nextflow logs every try it submits, by the short hash of its work directory, as
+``[ab/cdef01] Submitted process > NAME`` (a first try) or ``Re-submitted process > NAME`` (a
+retry), and every failed try it retries as ``[ab/cdef01] NOTE: ... -- Execution is retried
+(N)``, N being the number of that task's failed tries so far: the failed try was attempt N and
+its retry is attempt N + 1. Task names are not unique: a scatter over samples with a constant
+``tag`` (or with one that repeats) runs many tasks of one name. Counting retries per name, as
+the wrapper did, gave a first try of one sample the attempt number of another sample's retry
+(six tasks of one tag, two of them retried: records said attempt 2 of three first tries).
+
+So a first try is attempt 1, whatever its name. A retry is the next attempt of one of its
+name's failed tries Nextflow said it retries and whose retry has not been seen yet; where
+those differ in N, the one that ran the same script (``.command.sh``: the task's inputs
+substituted, so the same sample) is the one; where that still leaves a choice, the lowest N
+is taken and the record says the number is a guess (``extra.attempt_guessed``). A try whose
+submission the log did not show (a log that began mid-run) is counted per name, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Attempts:
+    """Filled from the log's events on the follower's thread (one thread: no lock)."""
+
+    #: short hash -> whether that try was a retry (Re-submitted), from the submission lines.
+    _retry: dict[str, bool] = field(default_factory=dict)
+    #: task name -> failed tries said retried, whose retry is not seen yet: (N, work directory).
+    _waiting: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: task name -> the highest N said of it (the old count, for a try whose submission was not seen).
+    _by_name: dict[str, int] = field(default_factory=dict)
+
+    def submitted(self, short_hash: str, retry: bool) -> None:
+        self._retry[short_hash] = retry
+
+    def retried(self, name: str, failed_tries: int, workdir: str) -> None:
+        """Nextflow retries the try in ``workdir``, its task's failed try number ``failed_tries``."""
+        self._waiting.setdefault(name, []).append((failed_tries, workdir))
+        self._by_name[name] = max(self._by_name.get(name, 0), failed_tries)
+
+    def of(self, short_hash: str, name: str, workdir: str) -> tuple[int, bool]:
+        """(attempt, guessed) of the try in ``workdir`` that just ended."""
+        retry = self._retry.pop(short_hash, None)
+        if retry is None:
+            return self._by_name.get(name, 0) + 1, False
+        if not retry:
+            return 1, False
+        waiting = self._waiting.get(name) or []
+        if not waiting:  # a retry of a try said retried before the log was followed
+            return self._by_name.get(name, 0) + 1, True
+        candidates = list(range(len(waiting)))
+        if len({waiting[i][0] for i in candidates}) > 1:
+            script = _script(workdir)
+            same = [i for i in candidates if script is not None and _script(waiting[i][1]) == script]
+            candidates = same or candidates
+        chosen = min(candidates, key=lambda i: waiting[i][0])
+        guessed = len({waiting[i][0] for i in candidates}) > 1
+        failed_tries = waiting.pop(chosen)[0]
+        if not waiting:
+            del self._waiting[name]
+        return failed_tries + 1, guessed
+
+
+def _script(workdir: str) -> bytes | None:
+    try:
+        with open(os.path.join(workdir, ".command.sh"), "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
