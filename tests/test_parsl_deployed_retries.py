@@ -78,7 +78,6 @@ def _tries(url, run_id):
                        for e in ledger.run(run_id)), key=lambda t: t[:3])
 
 
-@pytest.mark.xfail(strict=True, reason="a retry is refused: its own failed try's output counts as changed outside")
 @pytest.mark.parametrize("policy", ["strict", "warn"])
 def test_a_retry_after_a_failed_try_wrote_part_of_its_output_runs(workdir, caplog, policy):
     url = f"sqlite:///{workdir / 'ledger.db'}"
@@ -97,7 +96,6 @@ def test_a_retry_after_a_failed_try_wrote_part_of_its_output_runs(workdir, caplo
     run_cli("--ledger", url, str(workdir / "out.txt"), program="verify-lineage", cwd=workdir, check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="a retry is refused: its own failed try's output counts as changed outside")
 @pytest.mark.slow
 def test_an_htex_worker_killed_after_writing_part_of_an_output_is_retried_under_strict(workdir, monkeypatch):
     support.worker_environment(monkeypatch)

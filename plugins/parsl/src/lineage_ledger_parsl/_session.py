@@ -362,7 +362,8 @@ class ParslLedger:
         )
 
     def submit(self, run: TaskRun) -> None:
-        """Hand a finished try to the capture; successful outputs count as produced. A try
+        """Hand a finished try to the capture; the outputs of a try that ran count as produced
+        (see :func:`_ran`). A try
         the ledger cannot name (a file, or the ledger, at a path that is not UTF-8) is only
         counted: the capture would refuse it, task by task; the end of the run says how many."""
         if self.unrecordable is not None or (
@@ -370,11 +371,20 @@ class ParslLedger:
         ):
             self.not_recorded(None if self.unrecordable is not None else left[0])
             return
-        if run.outputs and run.status == "succeeded":
+        if run.outputs and _ran(run):
             self.produced(list(run.outputs))
         with self._lock:
             self._posted += 1
         self.capture.post(run)
+
+
+def _ran(run: TaskRun) -> bool:
+    """Whether ``run`` is a try that an executor ran, and so may have written its outputs: a
+    success, or a failure other than a refusal of the memoizer. A failed try's partial output
+    is the workflow's doing, and its record names it; until that record reaches the ledger
+    (write-behind), the retry's check would call the file changed outside the workflow, and
+    ``strict`` refused every retry (tests/test_parsl_deployed_retries.py)."""
+    return run.status == "succeeded" or (run.status == "failed" and "refused_by" not in run.extra)
 
 
 def _leave_out_unverified(
