@@ -61,7 +61,6 @@ def test_the_owners_key_refuses_the_forged_checkpoint(cli, published):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="a public key another user may write is trusted")
 @pytest.mark.parametrize("how", ["mode 0666", "mode 0620, another group", "owned by uid 65534",
                                  "a directory others may write", "a link to a file of uid 65534"])
 def test_a_public_key_another_user_can_write_is_refused(cli, published, how):

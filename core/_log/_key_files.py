@@ -9,6 +9,7 @@ never the key it holds (see :mod:`._note_keys` for the key texts).
 from __future__ import annotations
 
 import os
+import stat
 
 from .._errors import ConfigError
 from ._note_keys import Signer, Verifier, generate_key, parse_signer, parse_verifier
@@ -102,9 +103,75 @@ def load_signer(path: str | os.PathLike[str]) -> Signer:
     return signer
 
 
+def _group_is_private(gid: int, uid: int) -> bool:
+    """Whether group ``gid`` is ``uid``'s own (a user private group, as Debian and Ubuntu give
+    each account, whose umask 002 makes files group-writable): named after the user, with no
+    other member listed."""
+    import grp
+    import pwd
+
+    try:
+        user, group = pwd.getpwuid(uid).pw_name, grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return group.gr_name == user and set(group.gr_mem) <= {user}
+
+
+def _writable_by_others(st: os.stat_result, uid: int) -> bool:
+    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and not _group_is_private(st.st_gid, uid)))
+
+
+def _who_else_writes(path: str | os.PathLike[str], opened: os.stat_result) -> str | None:
+    """Why another user could have written the key just read from ``path`` (its status
+    ``opened``), None if none could: they own the file (or the file a link leads to), its
+    mode lets them write it, or a directory on its way (links resolved) is theirs or one they
+    may write and is not sticky, where they could put a file of theirs in its place. Root's
+    files and directories are trusted (an administrator installs keys in /etc). A pipe
+    (``--pubkey <(...)``) is judged by its owner and mode only: no other user can open it."""
+    uid = os.geteuid()
+    if opened.st_uid not in (0, uid):
+        return f"it belongs to uid {opened.st_uid}"
+    if _writable_by_others(opened, uid):
+        return f"its mode is {opened.st_mode & 0o777:o}"
+    if not stat.S_ISREG(opened.st_mode):
+        return None
+    real = os.path.realpath(path)
+    try:
+        found = os.stat(real)
+    except OSError:
+        found = None
+    if found is None or (found.st_dev, found.st_ino) != (opened.st_dev, opened.st_ino):
+        return f"{real} was replaced while it was read"
+    directory = os.path.dirname(real)
+    while True:
+        st = os.stat(directory)
+        if st.st_uid not in (0, uid):
+            return f"the directory {directory} belongs to uid {st.st_uid}"
+        if _writable_by_others(st, uid) and not st.st_mode & stat.S_ISVTX:
+            return f"the directory {directory} is writable by them (mode {st.st_mode & 0o777:o})"
+        if directory == "/":
+            return None
+        directory = os.path.dirname(directory)
+
+
+def _read_public_key_file(path: str | os.PathLike[str]) -> str:
+    """The text of a public key file that no other user could have written. A key they may
+    swap for theirs is refused (tests/test_trust_attacks_pubkey.py): with it they sign a
+    checkpoint of a ledger they rewrote, and ``verify-lineage --against --pubkey`` passed it."""
+    opened: list[os.stat_result] = []
+    text = _read_key_file(path, opened)
+    unsafe = _who_else_writes(path, opened[0])
+    if unsafe is not None:
+        raise ConfigError(f"{os.fspath(path)}: a public key that other users may write ({unsafe}): they could "
+                          "swap in a key of their own and sign a checkpoint of a rewritten ledger with it; keep "
+                          "the key where only you (or root) may write it")
+    return text
+
+
 def load_verifier(path: str | os.PathLike[str]) -> Verifier:
-    """The public key in ``path`` (the ``.pub`` file); ``ConfigError`` if unreadable or malformed."""
-    text = _read_key_file(path)
+    """The public key in ``path`` (the ``.pub`` file); ``ConfigError`` if unreadable or
+    malformed, or if another user could have written it (:func:`_read_public_key_file`)."""
+    text = _read_public_key_file(path)
     if text.startswith("PRIVATE+KEY+"):
         raise ConfigError(f"{os.fspath(path)} holds a private key; give the public key (.pub) file")
     try:
@@ -115,8 +182,9 @@ def load_verifier(path: str | os.PathLike[str]) -> Verifier:
 
 def load_verifiers(path: str | os.PathLike[str]) -> list[Verifier]:
     """Every public key in ``path``: one a line (a ``.pub`` file holds one; a list such as
-    BAASH's ``ranks.pub`` holds several). ``ConfigError`` if unreadable or malformed."""
-    text = _read_key_file(path)
+    BAASH's ``ranks.pub`` holds several). ``ConfigError`` if unreadable or malformed, or if
+    another user could have written it."""
+    text = _read_public_key_file(path)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ConfigError(f"{os.fspath(path)} holds no public key")
