@@ -73,7 +73,6 @@ def source(workdir):
     return workdir
 
 
-@pytest.mark.xfail(strict=True, reason="the reader of a stdout the bash app rewrote in this run is refused")
 @pytest.mark.parametrize("form", ["path", "file"])
 def test_a_reader_of_stdout_rewritten_in_this_run_is_not_refused(source, form):
     def stdout():
@@ -85,7 +84,6 @@ def test_a_reader_of_stdout_rewritten_in_this_run_is_not_refused(source, form):
     assert records["count"].status == "succeeded" and records["double"].status == "succeeded"
 
 
-@pytest.mark.xfail(strict=True, reason="a stdout File is keyed by content, not recorded as an output")
 def test_a_stdout_file_is_an_output_reused_from_the_checkpoint_and_checked(source):
     out = str(source / "count.txt")
     first, outcome = _run(source, 2, File(out))

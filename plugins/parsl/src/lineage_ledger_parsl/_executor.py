@@ -24,7 +24,7 @@ from lineage_ledger import ConfigError, utcnow
 
 from ._session import ParslLedger
 from ._staging import WorkerDigests, worker_hashing_used
-from ._tasks import calling_task_record
+from ._tasks import calling_task_record, stream_paths
 
 __all__ = ["LedgerExecutorMixin", "wrap_executor"]
 
@@ -86,6 +86,9 @@ class _Try:
         # record_in="thread", on the capture's worker).
         try:
             status, extra = _outcome(future)
+            logs = stream_paths(self.kwargs)
+            if logs:  # written by this try, though not recorded: a reader must not find them changed
+                self.ledger.produced(logs)
             if known:
                 extra["hashed_on"] = "worker"
             run = self.ledger.task_run(

@@ -59,7 +59,7 @@ from lineage_ledger import (
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._staging import worker_hashing_used
-from ._tasks import file_digest, task_files, unverified_digests
+from ._tasks import STREAMS, file_digest, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
 
 __all__ = ["LedgerMemoizer"]
@@ -171,7 +171,7 @@ class LedgerMemoizer(Memoizer):
         proxy: dict[str, Any] = dict(task)
         proxy["args"] = tuple(self._key(v, output=False) for v in task["args"])
         proxy["kwargs"] = {
-            k: self._key(v, output=(k == "outputs")) for k, v in task["kwargs"].items()
+            k: self._key(v, output=(k == "outputs" or k in STREAMS)) for k, v in task["kwargs"].items()
         }
         cached = self.inner.check_memo(proxy)  # type: ignore[arg-type]
         task["hashsum"] = proxy.get("hashsum")

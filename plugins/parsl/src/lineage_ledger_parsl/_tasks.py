@@ -41,18 +41,45 @@ def local_path(value: Any) -> str | None:
 def task_files(args: Iterable[Any], kwargs: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(inputs, outputs): every local ``File`` among the arguments.
 
-    Files in ``outputs=`` are outputs; every other ``File`` (positional, ``inputs=``, other
-    keywords) is an input. ``stdout``/``stderr`` are not: they are logs, not data.
+    Files in ``outputs=`` are outputs, and so is a ``File`` given as a bash app's ``stdout``
+    or ``stderr`` (Parsl opens it ``"w"``: a file the app makes); every other ``File``
+    (positional, ``inputs=``, other keywords) is an input. A stream given as a path (a
+    string, or ``(path, mode)``, appended to by default) is a log, not data: see
+    :func:`stream_paths`.
     """
     inputs: list[str] = []
     outputs: list[str] = []
     for value in args:
         _collect(value, inputs)
     for key, value in kwargs.items():
-        if key in ("stdout", "stderr"):
+        if key in STREAMS:
+            if isinstance(value, File):
+                _collect(value, outputs)
             continue
         _collect(value, outputs if key == "outputs" else inputs)
     return inputs, outputs
+
+
+STREAMS = ("stdout", "stderr")
+
+
+def stream_paths(kwargs: Mapping[str, Any]) -> list[str]:
+    """The files a bash app's ``stdout``/``stderr`` given as paths (not ``File``s) name, as
+    absolute paths: not recorded, but written by the try all the same, so an app that reads
+    one later in the run must not find it changed outside the workflow."""
+    paths: list[str] = []
+    for key in STREAMS:
+        value = kwargs.get(key)
+        if isinstance(value, File):  # an output (task_files)
+            continue
+        if isinstance(value, tuple) and len(value) == 2:  # (path, mode); the path may be a File
+            value = local_path(value[0]) if isinstance(value[0], File) else value[0]
+        if isinstance(value, (str, os.PathLike)):
+            try:
+                paths.append(os.path.abspath(os.fspath(value)))
+            except (TypeError, ValueError):  # bytes, or a NUL: Parsl reports it itself
+                continue
+    return paths
 
 
 def _collect(value: Any, into: list[str]) -> None:
