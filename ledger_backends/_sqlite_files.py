@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 import urllib.parse
@@ -163,9 +164,8 @@ def refuse_without_locks(path: str, shown: str) -> None:
 
 
 def _lock_problem(directory: str) -> str | None:
-    try:
-        fd, name = tempfile.mkstemp(prefix=".ll-lock-probe-", dir=directory)
-    except OSError:
+    fd, name = _probe_file(directory)
+    if fd is None:
         return None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -174,8 +174,68 @@ def _lock_problem(directory: str) -> str | None:
         return os.strerror(err.errno) if err.errno in _NO_LOCKS else None
     finally:
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(name)
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            _remove_stale_probes(directory)
+
+
+# A probe killed between making its file and removing it (SIGKILL from an engine or the OOM
+# killer; on NFS, where the lock call is a call to the server, the window is long) left its
+# file beside the ledger for good, and ``verify-lineage .`` failed on it. Where the file
+# system makes files without a name (O_TMPFILE: local disks), nothing is left to remove.
+# Elsewhere (NFS, FUSE) the name says which process on which host made it, and each named
+# probe removes this user's probes whose process is gone (or, from another host or an older
+# release, that are a day old: a probe lives for one lock call).
+_PROBE = ".ll-lock-probe-"
+_PROBE_NAME = re.compile(re.escape(_PROBE) + r"(?:(\d+)@([A-Za-z0-9._-]*)-)?[a-z0-9_]{8}")
+_STALE_AFTER_S = 24 * 3600
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", os.uname().nodename)[:64]
+
+
+def _probe_file(directory: str) -> tuple[int | None, str | None]:
+    """(a descriptor open for writing, the file's name or None where it has none)."""
+    with contextlib.suppress(OSError, AttributeError):  # a file system or kernel without O_TMPFILE
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
+    try:
+        return tempfile.mkstemp(prefix=f"{_PROBE}{os.getpid()}@{_host()}-", dir=directory)
+    except OSError:
+        return None, None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: another user's process, alive
+        return False
+    return False
+
+
+def _remove_stale_probes(directory: str) -> None:
+    host, uid, now = _host(), os.geteuid(), time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = _PROBE_NAME.fullmatch(entry.name) if entry.name.startswith(_PROBE) else None
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+            continue  # only a file this user's probe could have made
+        pid, made_on = match.group(1), match.group(2)
+        if (pid is not None and made_on == host and _gone(int(pid))) or now - info.st_mtime > _STALE_AFTER_S:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _sqlite_uri(path: str, **params: str) -> str:

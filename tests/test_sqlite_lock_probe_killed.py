@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from lineage_ledger.backends._sqlite_files import _host
 from tests.conftest import run_cli
 from tests.support.fuse import fuse_mount
 
@@ -68,7 +69,6 @@ def release(control: Path) -> None:
     os.close(os.open(control / "gate", os.O_WRONLY))
 
 
-@pytest.mark.xfail(strict=True, reason="a probe killed in its lock call leaves its file beside the ledger for good")
 def test_a_probe_killed_in_its_lock_call_is_cleaned_up_by_the_next(slow_lock, tmp_path):
     mount, back, control = slow_lock
     work = tmp_path / "work"
@@ -93,3 +93,47 @@ def test_a_probe_killed_in_its_lock_call_is_cleaned_up_by_the_next(slow_lock, tm
     assert again.returncode == 0, again.stderr
     assert "gives no file locks (No locks available)" in again.stderr, again.stderr
     assert probes(back) == []
+
+
+ENOLCK = """
+def lock(self, path, fh, cmd, lock):
+    raise FuseOSError(errno.ENOLCK)
+"""
+
+
+def test_a_probe_removes_only_this_users_probes_of_processes_that_are_gone(tmp_path):
+    """What a later probe removes is what no live probe can still be using: a file of this
+    user's, named as a probe of a process on this host that is gone, or a day old."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = _host()
+    day_old = time.time() - 2 * 24 * 3600
+    with fuse_mount(tmp_path, ENOLCK) as (mount, back, _server):
+        planted = {  # name: (removed?, made a day ago?)
+            f".ll-lock-probe-{dead.pid}@{host}-abcd_123": (True, False),
+            f".ll-lock-probe-{os.getpid()}@{host}-abcd_123": (False, False),  # alive: the test itself
+            f".ll-lock-probe-{dead.pid}@not-{host}-abcd_123": (False, False),  # another host's: may be alive
+            f".ll-lock-probe-{dead.pid}@not-{host}-efgh_456": (True, True),
+            ".ll-lock-probe-abcd_123": (False, False),  # an older release's: whose, unknown
+            ".ll-lock-probe-efgh_456": (True, True),
+            ".ll-lock-probe-notes.txt": (False, True),  # not a probe's name
+        }
+        for name, (_removed, old) in planted.items():
+            (back / name).write_text("")
+            if old:
+                os.utime(back / name, (day_old, day_old))
+        target = back / "kept.txt"
+        target.write_text("kept\n")
+        os.symlink(target, back / f".ll-lock-probe-{dead.pid}@{host}-link_123")  # not a regular file
+        expected = sorted([name for name, (removed, _old) in planted.items() if not removed]
+                          + ["kept.txt", f".ll-lock-probe-{dead.pid}@{host}-link_123"])
+        if os.geteuid() == 0:  # another user's file, named as a probe of a dead process of this host
+            other = back / f".ll-lock-probe-{dead.pid}@{host}-other_12"
+            other.write_text("")
+            os.chown(other, 65534, 65534)
+            expected = sorted([*expected, other.name])
+
+        result = run_cli("run", "--ledger", mount / "ledger.db", "--", "true", cwd=tmp_path)
+        assert "gives no file locks (No locks available)" in result.stderr, result.stderr
+        assert sorted(os.listdir(back)) == expected
+        assert target.read_text() == "kept\n"
