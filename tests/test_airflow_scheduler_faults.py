@@ -296,8 +296,6 @@ def _has_open(pid: int, path: Path) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="_late.give_up() drops a write still waiting for the ledger as the task "
-                   "process ends, even where the spool has room again by then")
 def test_a_record_given_up_as_the_task_ends_waits_in_the_spool_once_it_has_room(site):
     """The spool's disk is full as the task ends and the ledger is locked: the record goes
     straight at the ledger and waits (flush_timeout, 5 s). The disk gets room during that

@@ -12,7 +12,11 @@ claimed meanwhile, so no other report of it writes a second record while it may 
 
 The core hands such a write to the plugin as :class:`lineage_ledger.RecordPending` (its
 ``write``: ``done()``, ``error``, ``add_done_callback``); this module keeps what is Airflow's:
-the messages, the try's claim while the write may land, and the last hook's give-up.
+the messages, the try's claim while the write may land, and the last hook's give-up: a
+write still going on as the task process ends is journaled in the spool after all where the
+spool takes it now (the core's :func:`keep_in_spool`, which its ``atexit`` does for other
+engines; a task process ends with ``os._exit``, which runs no ``atexit``), and shipped later;
+only where the spool still refuses it is it said NOT recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from lineage_ledger._capture.pending import keep_in_spool
 
 if TYPE_CHECKING:
     from lineage_ledger import PendingWrite
@@ -54,12 +60,18 @@ def _say_outcome(key: tuple[str, int], write: PendingWrite) -> None:
             return  # another write of the try
         del _pending[key]
         given_up = key in _given_up
+        kept = key in _kept
         _given_up.discard(key)
+        _kept.discard(key)
     task_id, _, unclaim = entry
     if write.error is None:
         if given_up:  # the thread got there in the moment between give_up() and the exit
-            log.error("lineage-ledger: try %d of %s is recorded after all, after this log said it was not: the "
-                      "ledger took it as this process ended", key[1], task_id)
+            if kept:
+                log.warning("lineage-ledger: try %d of %s is recorded after all: the ledger took it as this process "
+                            "ended (its copy in the spool is not shipped twice)", key[1], task_id)
+            else:
+                log.error("lineage-ledger: try %d of %s is recorded after all, after this log said it was not: the "
+                          "ledger took it as this process ended", key[1], task_id)
         else:
             log.warning("lineage-ledger: try %d of %s is recorded after all: the ledger took it late", key[1], task_id)
         return
@@ -71,6 +83,8 @@ def _say_outcome(key: tuple[str, int], write: PendingWrite) -> None:
 
 #: Tries said NOT recorded as the process ends, whose write had not ended by then.
 _given_up: set[tuple[str, int]] = set()
+#: Of those, the ones journaled in the spool after all (shipped from there).
+_kept: set[tuple[str, int]] = set()
 
 
 def _forget_in_child() -> None:
@@ -80,20 +94,35 @@ def _forget_in_child() -> None:
     _pending_lock = threading.Lock()  # perhaps held by another thread of the parent at the fork
     _pending.clear()
     _given_up.clear()
+    _kept.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def give_up() -> None:
-    """The process is ending: say each try whose write has not ended as NOT recorded (the
-    write's thread ends with the process), and let a later report record it."""
+    """The process is ending (its write's thread ends with it): keep each try whose write has
+    not ended in the spool after all, where it takes it now (its disk has room again), for the
+    machine's shipper to ship; else say it NOT recorded, and let a later report record it."""
     with _pending_lock:
         left = [(key, entry) for key, entry in _pending.items()
                 if key not in _given_up and not entry[1].done()]
         for key, _ in left:
             _given_up.add(key)
-    for key, (task_id, _, unclaim) in left:
-        unclaim()
-        log.error("lineage-ledger: try %d of %s is NOT recorded: this process ends before the ledger took it; its "
-                  "outputs are vouched for by no record", key[1], task_id)
+    for key, (task_id, write, unclaim) in left:
+        try:
+            directory = keep_in_spool(write)
+        except Exception as err:  # noqa: BLE001 - said below; a plugin never fails the task
+            if write.done() and write.error is None:
+                continue  # it landed meanwhile, and said so
+            unclaim()
+            log.error("lineage-ledger: try %d of %s is NOT recorded: this process ends before the ledger took it, and "
+                      "the spool cannot take it either (%s); its outputs are vouched for by no record",
+                      key[1], task_id, err)
+            continue
+        # Kept claimed: the record ships from the spool, so no other report writes a second one.
+        with _pending_lock:
+            _kept.add(key)
+        log.warning("lineage-ledger: try %d of %s waits in the spool %s: this process ends before the ledger took "
+                    "it, so it was journaled there after all; the machine's shipper (or `lineage-ledger spool ship`) "
+                    "ships it", key[1], task_id, directory)
