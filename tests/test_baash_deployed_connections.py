@@ -147,7 +147,6 @@ def _append_and_read(url: str, run_id: str, parameters: object = None) -> int:
         backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason="no cap on connections per client: the daemon runs out of descriptors")
 def test_one_clients_connections_do_not_deny_the_others(tmp_path, public_dir):
     """Bug: an allowed client (nobody as 'user') opened 1,500 idle connections: the daemon,
     at a login session's 1,024 descriptors, could accept no more, its accept loop spun, and
@@ -168,7 +167,6 @@ def test_one_clients_connections_do_not_deny_the_others(tmp_path, public_dir):
     assert "refused a connection from uid 65534" in service.output()
 
 
-@pytest.mark.xfail(strict=True, reason="a refused client's connection is drained for as long as it trickles")
 def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
     """Bug: a uid that is not on the allow-list (nobody, in the socket's group) was answered
     'forbidden', then its connection was drained for up to 1 MiB with a 2 s wait per read:
@@ -189,7 +187,6 @@ def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
         service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="one client's trickled large frames hold both slots of the large-frame gate")
 def test_a_client_trickling_large_requests_does_not_hold_up_the_others(tmp_path, public_dir):
     """Bug: requests over 1 MiB are read two at a time, each within 120 s. One allowed client
     (nobody as 'user') announced a 2 MiB frame on two connections and sent its body a byte
@@ -205,3 +202,43 @@ def test_a_client_trickling_large_requests_does_not_hold_up_the_others(tmp_path,
     finally:
         _release(flooder)
         service.stop()
+
+
+
+def test_a_certificate_past_its_cap_is_told_why_over_tls(tmp_path):
+    """The cap per client over TLS counts a certificate (after the handshake; a host before
+    it): alice's 5th and 6th connections at a cap of 4 are answered 'unavailable' naming
+    her certificate and the option, while bob, from the same host, is served."""
+    import socket
+    import ssl
+
+    from lineage_ledger.backends.baash._wire import ANSWERS, encode, receive, send_frame
+    from lineage_ledger.backends.baash.tls import client_context
+    from tests.support.baash import Pki, tls_url
+
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.issue("ledger-service", server=True)
+    service = BaashService(tmp_path, 2, "--listen", "0", "--tls-ca", str(pki.ca), "--tls-cert", str(cert),
+                           "--tls-key", str(key), "--max-client-connections", "4")
+    held: list[ssl.SSLSocket] = []
+    try:
+        host, port = service.info["tls"].rsplit(":", 1)
+        context = client_context(str(pki.ca), *map(str, pki.issue("alice", units=("user",))))
+        answers = []
+        for _ in range(6):
+            conn = context.wrap_socket(socket.create_connection((host, int(port)), timeout=20),
+                                       server_hostname="localhost")
+            held.append(conn)
+            send_frame(conn, encode("ping"))
+            answers.append(receive(conn, ANSWERS))
+        assert [a["kind"] for a in answers] == ["pong"] * 4 + ["error"] * 2, answers
+        assert all(a["status"] == "unavailable" and "OU=user,CN=alice" in a["message"]
+                   and "--max-client-connections 4" in a["message"] for a in answers[4:]), answers[4:]
+        bob = BaashBackend(tls_url(service.info["tls"], pki.ca, *pki.issue("bob", units=("user",))), timeout=20)
+        assert bob.whoami()["roles"] == ["user"]
+        assert bob.status()["connections"]["refused_over_cap"] == 2
+    finally:
+        for conn in held:
+            conn.close()
+        service.stop()
+    assert "refused a connection from certificate 'OU=user,CN=alice'" in service.output()

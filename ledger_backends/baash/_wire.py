@@ -29,7 +29,7 @@ import math
 import re
 import socket
 import struct
-import threading
+from contextlib import AbstractContextManager
 from typing import Any
 
 from lineage_ledger._model import StoredBlock, StoredRecord
@@ -287,7 +287,7 @@ def _most_containers(size: int) -> int:
 
 
 def receive_large_gated(sock: socket.socket, kinds: dict[str, dict[str, Check]],
-                        gate: threading.Semaphore) -> dict[str, Any]:
+                        gate: AbstractContextManager[Any]) -> dict[str, Any]:
     """:func:`receive` for a service's clients. ``json.loads`` makes 20 million objects of a
     60 MiB ``[{},{},...]`` (1.6 GB), and each connection has its thread: a large frame is read
     and decoded only under ``gate`` (a few at once), and refused unparsed if it has more

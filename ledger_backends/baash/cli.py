@@ -108,8 +108,14 @@ def baash() -> None:
 @click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA (PEM) whose client certificates are admitted.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="The service's certificate (PEM), for --listen.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="The service's private key (PEM), for --listen.")
+@click.option("--max-connections", type=click.IntRange(1), default=512, show_default=True,
+              help="Client connections held at once, in all (fewer if ulimit -n does not fit them).")
+@click.option("--max-client-connections", type=click.IntRange(1), default=64, show_default=True,
+              help="Client connections one client (a uid, a certificate, a host mid-handshake) may hold at once; "
+                   "past that it is answered 'unavailable' and its records wait in its spool.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
-          faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key) -> None:
+          faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key,
+          max_connections, max_client_connections) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     for option, given in (("--faulty-voter", faulty_voter), ("--silent-voter", silent_voter),
                           ("--lying-signer", lying_signer)):
@@ -140,7 +146,8 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
         rank_args += ["--lying-signer", str(rank)]
     service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
                       allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
-                      batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay)
+                      batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay,
+                      max_connections=max_connections, max_client_connections=max_client_connections)
 
     def ready(svc) -> None:
         line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info,

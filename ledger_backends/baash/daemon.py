@@ -31,6 +31,7 @@ from ._wire import (
     send_frame,
 )
 from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
+from .admission import PER_CLIENT, TOTAL, Admission, fit_descriptors, turn_away
 from .endorse import ensure_keys, ensure_origin
 from .manager import JobDown, TransactionManager
 from .monitor import JobMonitor
@@ -57,11 +58,27 @@ def refusal(peer: Peer, op: str | None, permission: str | None) -> str:
     return f"{peer.name} may not use {what}: it needs the role {' or '.join(roles)} {peer.how_to_gain}"
 
 
+class _LargeGate:
+    """A slot of the service's gate for large frames, and the one slot of this client."""
+
+    def __init__(self, shared: threading.BoundedSemaphore, mine: threading.Lock) -> None:
+        self.shared, self.mine = shared, mine
+
+    def __enter__(self) -> None:
+        self.mine.acquire()
+        self.shared.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.shared.release()
+        self.mine.release()
+
+
 class Service:
     def __init__(self, *, ranks: int, storage: str, socket_path: str, rank_args: list[str],
                  socket_group: int | None = None, allow: dict[int, set[str]] | None = None,
                  batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2,
-                 restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None) -> None:
+                 restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None,
+                 max_connections: int = TOTAL, max_client_connections: int = PER_CLIENT) -> None:
         self.store = SharedStore(storage)
         self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
         self.origin = ensure_origin(self.store.root)  # before the job starts: its ranks sign with these
@@ -71,17 +88,39 @@ class Service:
         self.started = time.time()
         self.refused = 0
         self.malformed = 0
-        # Large requests are read and decoded two at a time, whatever the number of connections.
+        # Descriptors beside the clients': each rank's heartbeat, block files, mpiexec's pipes.
+        total = fit_descriptors(max_connections, reserve=128 + 4 * ranks)
+        self.admission = Admission(min(max_client_connections, total), total)
+        # Large requests are read and decoded two at a time, whatever the number of connections,
+        # and one at a time per client: one client trickling two cannot hold every large append up.
         self._large_frames = threading.BoundedSemaphore(2)
+        self._large_per_client: dict[str, threading.Lock] = {}
         service = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock: socket.socket = self.request
-                service.serve_connection(sock, uid_peer(peer_uid(sock)))
+                peer = uid_peer(peer_uid(sock))
+                try:
+                    service.serve_connection(sock, peer)
+                finally:
+                    service.admission.release(peer.name)  # counted by process_request
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                # Counted before a thread is made: past its cap a client is told why and hung up on.
+                key = uid_peer(peer_uid(request)).name
+                why = service.admission.admit(key)
+                if why is not None:
+                    turn_away(request, why)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    service.admission.release(key)
+                    raise
 
             def server_bind(self) -> None:
                 self.socket.close()
@@ -96,7 +135,8 @@ class Service:
         self.tls: TLSListener | None = None
         if tls is not None:
             host, port, context = tls
-            self.tls = TLSListener((host, port), context, self.serve_connection, self._refused_handshake)
+            self.tls = TLSListener((host, port), context, self.serve_connection, self._refused_handshake,
+                                   self.admission)
 
     def roles(self, peer: Peer) -> frozenset[str]:
         """A certificate's roles are fixed; a uid's are read from the allow-list at each request."""
@@ -114,9 +154,10 @@ class Service:
         if not self.allows(peer, None):
             self.refuse(sock, peer)
             return
+        mine = self._large_per_client.setdefault(peer.name, threading.Lock())
         while True:
             try:
-                request = receive_large_gated(sock, CLIENT_REQUESTS, self._large_frames)
+                request = receive_large_gated(sock, CLIENT_REQUESTS, _LargeGate(self._large_frames, mine))
             except WireError as err:
                 # Frame boundaries may be lost: answer once, then hang up.
                 self.malformed += 1
@@ -137,7 +178,7 @@ class Service:
     def refuse(self, sock: socket.socket, peer: Peer) -> None:
         """A peer without a role: say why, read nothing it sends, hang up."""
         self.refused += 1
-        log.warning("baash: refused a connection from %s (no role here)", peer.name)
+        self.admission.note(peer.name, "no role here")  # logged once a minute per client, not per connection
         with contextlib.suppress(OSError):
             send_frame(sock, _error("forbidden", refusal(peer, None, "read")))
         drain_and_close(sock)  # let its request land, so it reads our answer, not a reset
@@ -216,6 +257,8 @@ class Service:
             "storage": {"root": self.store.root, "height": self.store.height, "lookups": self.store.lookups,
                         "writes_skipped": self.store.writes_skipped},
             "uptime": time.time() - self.started, "refused_connections": self.refused,
+            "connections": {"held": self.admission.count, "refused_over_cap": self.admission.refused,
+                            "max": self.admission.total, "max_per_client": self.admission.per_client},
             "malformed_requests": self.malformed, "control": self.monitor.control,
             "tls": None if self.tls is None else self.tls.endpoint,
         }

@@ -22,24 +22,31 @@ and check the service's certificate against the same CA and the host name (or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import socketserver
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lineage_ledger._errors import ConfigError
 
-from ._wire import ROLES
+from ._wire import ROLES, encode, send_frame
+
+if TYPE_CHECKING:
+    from .admission import Admission
 
 __all__ = ["Peer", "TLSListener", "certificate_peer", "client_context", "parse_listen", "server_context", "uid_peer"]
 
 log = logging.getLogger("lineage_ledger.baash")
 HANDSHAKE_SECONDS = 10.0  # a client that connects and says nothing must not hold a thread
 REFUSED_DRAIN = 1 << 20
+REFUSED_SECONDS = 2.0  # a refused client's connection is closed this long after its answer, at most
 
 
 @dataclass(frozen=True)
@@ -112,12 +119,18 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def drain_and_close(sock: socket.socket) -> None:
     """Hang up so that the peer reads what was sent (an answer, a TLS alert), not a reset:
-    half-close, then read and drop what it still sends until it closes."""
+    half-close, then read and drop what it still sends until it closes, for
+    :data:`REFUSED_SECONDS` in all (a wait per read let a peer that sent a byte now and
+    then hold the connection, and a thread, for as long as it liked)."""
+    deadline = time.monotonic() + REFUSED_SECONDS
     try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(2.0)
         drained = 0
         while drained < REFUSED_DRAIN:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -129,16 +142,30 @@ def drain_and_close(sock: socket.socket) -> None:
 
 
 class TLSListener:
-    """A threaded TCP server: handshake with a client certificate, then ``serve(sock, peer)``."""
+    """A threaded TCP server: handshake with a client certificate, then ``serve(sock, peer)``.
+    Connections count against ``admission`` by host until the handshake names the client,
+    then by its certificate."""
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext,
-                 serve: Callable[[socket.socket, Peer], None], on_refused: Callable[[str], None]) -> None:
+                 serve: Callable[[socket.socket, Peer], None], on_refused: Callable[[str], None],
+                 admission: Admission | None = None) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                self.key = f"host {self.client_address[0]}"  # what the connection counts under
+                if admission is not None and admission.admit(self.key) is not None:
+                    self.request.close()  # before a handshake there is no channel to say why on
+                    return
+                try:
+                    self._handle()
+                finally:
+                    if admission is not None and self.key:
+                        admission.release(self.key)
+
+            def _handle(self) -> None:
                 raw: socket.socket = self.request
-                raw.settimeout(HANDSHAKE_SECONDS)
+                raw.settimeout(HANDSHAKE_SECONDS)  # CPython's handshake takes it as a deadline for all of it
                 tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
                 try:
                     tls.do_handshake()
@@ -153,8 +180,17 @@ class TLSListener:
                     on_refused(f"a TLS client from {self.client_address[0]} sent no certificate")
                     drain_and_close(tls)
                     return
+                peer = certificate_peer(der)
+                if admission is not None:
+                    why = admission.rekey(self.key, peer.name)
+                    self.key = "" if why is not None else peer.name
+                    if why is not None:
+                        with contextlib.suppress(OSError):
+                            send_frame(tls, encode("error", status="unavailable", message=why))
+                        drain_and_close(tls)
+                        return
                 try:
-                    serve(tls, certificate_peer(der))
+                    serve(tls, peer)
                 finally:
                     tls.close()
 
