@@ -74,7 +74,9 @@ __all__ = [
 ]
 
 _SIZE = re.compile(r"(?:0|[1-9][0-9]{0,19})\Z")
-_TIME = re.compile(r"time (\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{6}))?Z\Z")
+# ASCII digits: ``\d`` takes any Unicode digit, and ``int`` reads them (a time line in
+# Arabic-Indic digits passed; tests/test_trust_attacks_notes.py).
+_TIME = re.compile(r"time ([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{6}))?Z\Z")
 
 
 def _format_time(moment: datetime) -> str:
