@@ -251,6 +251,8 @@ def test_a_task_that_fills_the_spools_disk_is_recorded_straight_into_the_ledger(
     assert str(site.data / "fill.txt") in record["outputs"]
 
 
+@pytest.mark.xfail(strict=True, reason="the run's sweep found the try claimed while its task process waited, and "
+                   "nothing sweeps it again once the process has given the try up: the record is lost")
 def test_a_task_whose_record_neither_the_spool_nor_the_ledger_takes_says_so_in_its_log(site):
     lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
     lock.execute("BEGIN EXCLUSIVE")  # the ledger takes nothing either while the disk is full
@@ -267,15 +269,19 @@ def test_a_task_whose_record_neither_the_spool_nor_the_ledger_takes_says_so_in_i
         # ends with the write, which dies with it.
         assert "not recorded yet" in text and "this process ends before the ledger took it" in text, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
-        # The scheduler's sweep at the run's end tries again (the try was given up), on
-        # the same full disk and locked ledger: nothing takes it there either.
+        # The run's sweep found the task process alive (it was waiting for the ledger) and
+        # sweeps the run again once it has ended: the try, given up by then, is recorded by
+        # the scheduler, which lives on, on the same full disk and locked ledger: its write
+        # waits in the scheduler's process.
         time.sleep(5)
     finally:
         free_the_disk(site)
         lock.rollback()
         lock.close()
-    time.sleep(6)  # a record that went anywhere is shipped within a few rounds
-    assert records_of(site, "fault_fill", "neither-1") == []
+    # Before: never; the run's only sweep had found the try claimed, and the record was lost.
+    record = wait_for_tries(site, "fault_fill", "neither-1")[("fill", 1)]
+    assert record["extra"]["airflow"]["reported_by"] == "scheduler" and record["status"] == "succeeded"
+    assert str(site.data / "fill.txt") in record["outputs"]
     # Recording goes on once there is room.
     site.trigger("fault_many", "after-full-1")
     assert site.wait_for_run("fault_many", "after-full-1") == "success"
