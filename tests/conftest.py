@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import PostgresServer, find_server_binaries
+from tests.support.postgres import own_server
 
 ROOT = Path(__file__).resolve().parent.parent
 _SESSION_HOME = pytest.StashKey[str]()
@@ -155,12 +155,8 @@ def cli(workdir):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine; .ci/run installs Debian's postgresql")
-    server = PostgresServer(bindir).start()
-    yield server
-    server.cleanup()
+    with own_server() as server:
+        yield server
 
 
 @pytest.fixture

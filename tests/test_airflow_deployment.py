@@ -22,7 +22,7 @@ from lineage_ledger import open_ledger
 from tests.conftest import run_cli
 from tests.support.airflow_deploy import Deployment, airflow_key
 from tests.support.airflow_site import airflow_installed
-from tests.support.postgres import PostgresServer, find_server_binaries
+from tests.support.postgres import own_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,12 +62,8 @@ with DAG(dag_id="deploy_clear", schedule=None, catchup=False):
 
 @pytest.fixture(scope="module")
 def ledger_server():
-    bindir = find_server_binaries()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine; .ci/run installs Debian's postgresql")
-    server = PostgresServer(bindir).start()
-    yield server
-    server.cleanup()
+    with own_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

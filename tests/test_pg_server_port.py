@@ -36,7 +36,6 @@ def data_directory(server: PostgresServer) -> str:
         return conn.execute("SHOW data_directory").fetchone()[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a port taken between its pick and the server's bind fails the start")
 def test_a_port_taken_by_another_listener_before_the_server_binds_it(bindir):
     server = PostgresServer(bindir)
     with socket.socket() as taken:
@@ -50,7 +49,6 @@ def test_a_port_taken_by_another_listener_before_the_server_binds_it(bindir):
             server.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason="a port taken by another test run's server: that server is taken for this one")
 def test_a_port_taken_by_another_runs_server_is_not_taken_for_this_one(bindir, postgres_server):
     server = PostgresServer(bindir)
     server.port = postgres_server.port  # the other run's server got there first

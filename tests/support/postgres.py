@@ -40,6 +40,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    """The port picked for a server was taken before it bound it."""
+
+
 class PostgresServer:
     def __init__(self, bindir: str) -> None:
         self.bindir = bindir
@@ -64,33 +68,76 @@ class PostgresServer:
         return ["setpriv", f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups", *argv]
 
     def start(self) -> PostgresServer:
+        """Start the server, on a port of its own: the port picked for it may be taken by
+        the time it binds it (another run's server, any listener; see
+        tests/test_pg_server_port.py), and then a new one is picked, on the first start
+        only. A restart keeps its port, which the clients were given."""
         if not os.path.exists(self.data):
             subprocess.run(
                 self._as_user([os.path.join(self.bindir, "initdb"), "-D", self.data, "-A", "trust",
                                "-U", "ledger", "--no-sync", "-E", "UTF8"]),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base,
             )
-        self.process = subprocess.Popen(
-            self._as_user([os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
-                           "-h", "127.0.0.1", "-k", self.base, "-c", "fsync=off"]),
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.base, "server.log"), "ab"),
-            cwd=self.base,
-        )
-        self._wait_ready()
-        return self
+        for _ in range(10):
+            try:
+                self._launch()
+                self._wait_ready()
+                self._started = True
+                return self
+            except _PortTaken:
+                if getattr(self, "_started", False):
+                    raise RuntimeError(f"port {self.port} of the PostgreSQL server at {self.data} is taken by "
+                                       "another process") from None
+                self.port = _free_port()
+        raise RuntimeError(f"no free port for PostgreSQL after 10 tries; see {self.base}/server.log")
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _launch(self) -> None:
+        log = os.path.join(self.base, "server.log")
+        self._log_from = os.path.getsize(log) if os.path.exists(log) else 0
+        with open(log, "ab") as stderr:
+            self.process = subprocess.Popen(
+                self._as_user([os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
+                               "-h", "127.0.0.1", "-k", self.base, "-c", "fsync=off"]),
+                stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.base,
+            )
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        """Until this server answers on its port: a server that answers there with another
+        data directory is another's, and this one could not bind the port."""
         import psycopg
 
         deadline = time.monotonic() + timeout
         while True:
             try:
-                psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
-                return
+                with psycopg.connect(self.dsn("postgres"), connect_timeout=5) as conn:
+                    answering = conn.execute("SHOW data_directory").fetchone()[0]
             except psycopg.OperationalError:
-                if time.monotonic() > deadline or (self.process and self.process.poll() is not None):
+                if self.process and self.process.poll() is not None:
+                    self.process = None
+                    if self._could_not_bind():
+                        raise _PortTaken from None
+                    raise RuntimeError(f"PostgreSQL did not start; see {self.base}/server.log") from None
+                if time.monotonic() > deadline:
                     raise RuntimeError(f"PostgreSQL did not start; see {self.base}/server.log") from None
                 time.sleep(0.1)
+                continue
+            if os.path.realpath(answering) == os.path.realpath(self.data):
+                return
+            if self.process is not None:  # this one cannot have bound the port: it ends, or is ended
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                self.process = None
+            raise _PortTaken
+
+    def _could_not_bind(self) -> bool:
+        with open(os.path.join(self.base, "server.log"), "rb") as log:
+            log.seek(self._log_from)
+            said = log.read()
+        return b"could not bind" in said or b"could not create any TCP/IP sockets" in said
 
     def standby(self) -> PostgresServer:
         """A hot standby of this server (``pg_basebackup -R``: streaming replication) on a
@@ -167,7 +214,7 @@ def own_server() -> Iterator[PostgresServer]:
     skipped where there is no server binary; never left stopped, as cleanup would wait on it."""
     bindir = find_server_binaries()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binary (initdb) on this machine")
+        pytest.skip("no PostgreSQL server binary (initdb) on this machine; .ci/run installs Debian's postgresql")
     server = PostgresServer(bindir)
     try:  # a failed start or a failed test must not leave a server (or its files) behind
         yield server.start()
