@@ -95,6 +95,12 @@ def test_a_forked_childs_append_survives_the_parent_closing_its_ledger(tmp_path,
     db = tmp_path / "ledger.db"
     backend = open_backend(str(db))
     backend.append(chain_of(make_records(2), 2))
+    child_appends_across_the_parent_closing(backend, db, fork, reopen)
+
+
+def child_appends_across_the_parent_closing(backend, db, fork=os.fork, reopen: str | None = None) -> None:
+    """A child forked with ``backend`` (of the ledger ``db``) open appends, the parent
+    closes it, the child appends again and dies by SIGKILL: both appends are in ``db``."""
     first_done, parent_closed = os.pipe(), os.pipe()
     pid = fork()
     if pid == 0:  # the child: appends, waits for the parent's close, appends, dies by SIGKILL
@@ -204,26 +210,7 @@ def test_a_forked_childs_append_through_sqlalchemy_survives_the_parent_closing_i
     backend = open_backend(url)
     assert type(backend).__name__ == "SQLBackend"
     backend.append(chain_of(make_records(2), 2))
-    first_done, parent_closed = os.pipe(), os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            append_one(backend, 7)
-            os.write(first_done[1], b"1")
-            os.read(parent_closed[0], 1)
-            append_one(backend, 8)
-            os.write(first_done[1], b"2")
-            os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(1)
-    assert os.read(first_done[0], 1) == b"1"
-    backend.close()
-    os.write(parent_closed[1], b"1")
-    acknowledged = os.read(first_done[0], 1)
-    os.waitpid(pid, 0)
-    assert acknowledged == b"2"
-    with open_ledger(str(tmp_path / "ledger.db"), read_only=True) as ledger:
-        assert ledger.verify_chain().records == 4
+    child_appends_across_the_parent_closing(backend, tmp_path / "ledger.db")
 
 
 # -- a ledger not yet in WAL mode, opened while another process writes -----------------------------
