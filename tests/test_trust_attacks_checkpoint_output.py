@@ -1,0 +1,76 @@
+"""What ``lineage-ledger checkpoint -o FILE`` writes over (helper-122).
+
+A checkpoint file is the evidence that a ledger never rewrote its history. ``checkpoint -o``
+replaced whatever FILE held:
+
+- a checkpoint this ledger does not extend (its history was rewritten, then checkpointed by
+  an account that had not verified it before, or after ``reset-trust``): the proof of the
+  old history was replaced by a checkpoint of the new one, exit 0. It is now kept, and the
+  command fails (exit 1) as ``verify-lineage --against FILE`` would; one this ledger extends
+  is replaced as before, and a checkpoint of another ledger is kept too (exit 2);
+- the public key of the ``--key`` it signs with (``-o lab.key.pub``, a slip of tab
+  completion): the key verifiers need was gone, and no command makes it again from the
+  private key. It is refused (exit 2), as the private key itself was.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.state_other_user import rewrite_last_block, two_block_ledger
+
+
+@pytest.fixture
+def checkpointed(cli, tmp_path):
+    """A ledger of two blocks, the owner's key, and ``head.cp``, its signed checkpoint."""
+    url = two_block_ledger(tmp_path)
+    cli("keygen", "lab.key", "--name", "lab/key", check_rc=0)
+    cli("checkpoint", "--key", "lab.key", "-o", "head.cp", "--ledger", url, check_rc=0)
+    return url, (tmp_path / "head.cp").read_bytes()
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint -o replaces a checkpoint the ledger does not extend")
+@pytest.mark.parametrize("who", ["another account", "the same one after reset-trust"])
+def test_a_checkpoint_the_ledger_does_not_extend_is_kept(cli, tmp_path, checkpointed, who):
+    url, kept = checkpointed
+    rewrite_last_block(tmp_path, url)
+    env = {"XDG_STATE_HOME": str(tmp_path / "other-account")} if who == "another account" else {}
+    if who != "another account":
+        cli("reset-trust", "--ledger", url, check_rc=0)
+    result = cli("checkpoint", "--key", "lab.key", "-o", "head.cp", "--ledger", url, env=env)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "head.cp" in result.stderr and "not an extension" in result.stderr, result.stderr
+    assert (tmp_path / "head.cp").read_bytes() == kept
+    # what the kept file goes on saying, to anyone
+    cli("verify", "--against", "head.cp", "--pubkey", "lab.key.pub", "--ledger", url, env=env, check_rc=1)
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint -o replaces a checkpoint of another ledger")
+def test_a_checkpoint_of_another_ledger_is_kept(cli, tmp_path, checkpointed):
+    other = tmp_path / "other"
+    other.mkdir()
+    url = two_block_ledger(other)
+    result = cli("checkpoint", "--key", "lab.key", "-o", "head.cp", "--ledger", url)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "head.cp" in result.stderr and "another ledger" in result.stderr, result.stderr
+    assert (tmp_path / "head.cp").read_bytes() == checkpointed[1]
+
+
+def test_a_checkpoint_the_ledger_extends_is_replaced(cli, tmp_path, checkpointed):
+    """The other side (a checkpoint kept up to date in one file): replaced, as before."""
+    url, kept = checkpointed
+    (tmp_path / "in.txt").write_text("more\n")
+    cli("run", "--ledger", url, "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    cli("checkpoint", "--key", "lab.key", "-o", "head.cp", "--ledger", url, check_rc=0)
+    assert (tmp_path / "head.cp").read_bytes() != kept
+    assert b"\n7\n" in (tmp_path / "head.cp").read_bytes()
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint -o writes over the public key of the --key it signs with")
+def test_the_public_key_of_the_signing_key_is_not_written_over(cli, tmp_path, checkpointed):
+    url, _ = checkpointed
+    public = (tmp_path / "lab.key.pub").read_bytes()
+    result = cli("checkpoint", "--key", "lab.key", "-o", "lab.key.pub", "--ledger", url)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "would write over" in result.stderr, result.stderr
+    assert (tmp_path / "lab.key.pub").read_bytes() == public
