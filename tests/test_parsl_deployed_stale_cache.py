@@ -89,7 +89,6 @@ def _tries(url: str, run_id: str) -> dict[str, list]:
         return found
 
 
-@pytest.mark.xfail(strict=True, reason="a cached result is reused with an output another run rewrote")
 @pytest.mark.parametrize("policy", ["strict", "rerun", "warn"])
 def test_a_cached_result_is_not_reused_with_an_output_a_later_run_rewrote(workdir, policy):
     url, run = _program(workdir)

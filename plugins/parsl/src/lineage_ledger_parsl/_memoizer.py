@@ -59,6 +59,7 @@ from lineage_ledger import (
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._staging import worker_hashing_used
+from ._stale import stale_outputs
 from ._tasks import STREAMS, file_digest, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
 
@@ -127,7 +128,11 @@ class LedgerMemoizer(Memoizer):
         # An output of a cached result that is gone was deleted outside the workflow: the
         # check above compares only the files that exist (a missing input is a miss anyway).
         gone = self._outputs_gone(task, outputs) if cached is not None and outputs else []
-        tampered = [*tampered, *gone]
+        # An output that another run rewrote since this result was made passes the check above
+        # (the ledger's last record of it is that run's): compared with what this key made.
+        stale = self._outputs_stale(task, outputs, skip=[*tampered, *gone, *unverified.get("not_verified", ())]) \
+            if cached is not None and outputs else []
+        tampered = [*tampered, *gone, *stale]
         # Files a tampered ledger could not vouch for count as changed under rerun.
         if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
             log.warning(
@@ -263,6 +268,48 @@ class LedgerMemoizer(Memoizer):
                         shown(path), task["id"], task["func_name"],
                         "the task runs again" if policy == "rerun" else "its cached result is reused all the same")
         return gone
+
+    def _outputs_stale(self, task: Mapping[str, Any], outputs: list[str], skip: list[str]) -> list[str]:
+        """The outputs of a cached result that are not the ones it made (see _stale). ``strict``
+        refuses the reuse (recorded as refused); ``warn`` and ``rerun`` say so, and reuse it or
+        run the task again, as for a file edited outside the workflow."""
+        left = set(skip)
+        paths = [p for p in dict.fromkeys(outputs)
+                 if p not in left and not self.ledger.produced_here(p) and os.path.exists(p)]
+        paths = [p for p in paths if p not in unnamed(paths)]
+        if not paths or self.ledger.unrecordable is not None:
+            return []
+        policy = self.ledger.policy
+        try:
+            stale = stale_outputs(self.ledger.capture.ledger, task.get("hashsum"), paths)
+        except LedgerError as err:
+            log.error("lineage-ledger: could not tell whether the outputs of task %s are the ones its cached "
+                      "result made: %s", task["id"], err)
+            if policy == "strict":
+                failed = f"{type(err).__name__}: {err}"[:2000]
+                self._record(task, "failed", {"error": failed, "refused_by": "strict", "check_failed": failed},
+                             leave_out=paths, left_out_as="not_verified")
+                raise
+            return []
+        if not stale:
+            return []
+        said = "; ".join(map(str, stale))
+        if policy == "strict":
+            refusal = ArtifactMismatch(
+                f"lineage-ledger refuses to reuse the cached result of task {task['id']} ({task['func_name']}): "
+                f"its outputs are not the ones it made (a later run of the workflow rewrote them): {said}. "
+                "Run it again with policy rerun, or remove Parsl's checkpoint of it",
+                path=stale[0].path,
+            )
+            log.error("%s", refusal)
+            found = [s.path for s in stale]
+            self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=found)
+            raise refusal
+        for item in stale:
+            log.warning("lineage-ledger: %s, an output of task %s (%s), is not the one its cached result made "
+                        "(a later run of the workflow rewrote it); %s", item, task["id"], task["func_name"],
+                        "the task runs again" if policy == "rerun" else "its cached result is reused all the same")
+        return [s.path for s in stale]
 
     def _unnamed(self, task: Mapping[str, Any], left: list[str]) -> None:
         """Files of ``task`` at paths that are not UTF-8: the try goes unrecorded (the run
