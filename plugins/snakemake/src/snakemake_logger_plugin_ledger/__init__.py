@@ -115,6 +115,7 @@ class LogHandler(LogHandlerBase):
         self.policy_hook: Any = None
         self.temp_hook: Any = None
         self.recent_errors: deque[tuple[float, str]] = deque(maxlen=32)  # Snakemake's error texts
+        self.touch: bool | None = None  # a --touch run, once the first job event says (see _outside)
         if self.active:
             _refuse_a_bad_configuration(self.settings.url)
             from ._eager import TempOutputHook
@@ -166,6 +167,8 @@ class LogHandler(LogHandlerBase):
             return
         began = time.thread_time()
         try:
+            if self._touch_only():
+                return
             if self.recorder is None:
                 self._make_recorder()
             self._say_if_policy_not_applied()
@@ -175,6 +178,18 @@ class LogHandler(LogHandlerBase):
             self.active = False
         finally:
             self.listener_cpu += time.thread_time() - began
+
+    def _touch_only(self) -> bool:
+        """``--touch`` runs no job; its jobs' "finished" events would record the files' current
+        digests as their rules' products, an edited file included: nothing is recorded."""
+        if self.touch is None:
+            from ._outside import touch_run
+
+            self.touch = touch_run()
+            if self.touch:
+                log.warning("lineage-ledger: --touch runs no job (it only marks outputs up to date): nothing "
+                            "is recorded, and the ledger keeps what the jobs last wrote")
+        return self.touch
 
     def _make_recorder(self) -> None:
         from ._recorder import JobRecorder

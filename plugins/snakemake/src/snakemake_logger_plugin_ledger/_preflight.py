@@ -44,6 +44,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._code_check import CodeChange, code_changes, code_now, describe_code
+
 if TYPE_CHECKING:
     from ._unverified import Unverified
 
@@ -76,17 +78,7 @@ class Plan:
     # a kept job's first output (abs path) -> (rule, the rule's code digest now, the output)
     kept_code: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
     code_changed: list[CodeChange] = field(default_factory=list)
-
-
-@dataclass
-class CodeChange:
-    """A kept output whose producer ran other code than its rule has now."""
-
-    path: str
-    rule: str
-    recorded: str  # the code digest in the producer's record
-    current: str  # the rule's code digest now
-    output: Any  # the output as the DAG names it (for rerun)
+    elsewhere: dict[str, str] = field(default_factory=dict)  # changed, made in a directory no DAG job makes
 
 
 def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
@@ -106,7 +98,7 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
                 regenerated.add(path)
         if kept and outputs:
             # Snakemake's --rerun-triggers may leave code out; the plugin compares it anyway.
-            digest = _code_now(job)
+            digest = code_now(job)
             if digest:
                 plan.kept_code[os.path.abspath(outputs[0])] = (str(job.rule.name), digest, outputs[0])
         for f in job.input:
@@ -124,15 +116,6 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
 def _local(f: Any) -> bool:
     flags = getattr(f, "flags", {}) or {}
     return not (getattr(f, "is_storage", False) or "pipe" in flags or "service" in flags)
-
-
-def _code_now(job: Any) -> str | None:
-    from ._jobs import rule_code
-
-    try:
-        return rule_code(job).get("code_digest")
-    except Exception:  # noqa: BLE001 - a rule we cannot read is not a code change
-        return None
 
 
 def check(url: str | None, plan: Plan) -> None:
@@ -160,6 +143,10 @@ def check(url: str | None, plan: Plan) -> None:
     try:
         plan.tampered = check_before_run(ledger, paths, "warn")
         plan.code_changed = code_changes(ledger, plan.kept_code)
+        if plan.tampered:
+            from ._outside import made_elsewhere
+
+            plan.elsewhere = made_elsewhere(ledger, plan.tampered, plan.producers)
     finally:
         ledger.close()
 
@@ -175,28 +162,6 @@ def one_by_one(url: str | None, paths: list[str]) -> tuple[list[Any], list[str],
         return check_each(ledger, paths)
     finally:
         ledger.close()
-
-
-def code_changes(ledger: Any, kept_code: dict[str, tuple[str, str, Any]]) -> list[CodeChange]:
-    """Kept outputs whose last producer's record names other code than the rule has now.
-
-    Only records that say their digest is the rule's code (``extra.code_of == "rule"``) are
-    compared: older records digested the command as run, and recovered ones Snakemake's
-    metadata; comparing those would call every kept job changed.
-    """
-    changed = []
-    for path, (rule, current, output) in kept_code.items():
-        if not os.path.exists(path):
-            continue
-        seen = ledger.last_seen(path, ("out",))
-        if seen is None:
-            continue
-        record = seen[0].record
-        if (record.extra or {}).get("code_of") != "rule" or record.task_name != rule:
-            continue
-        if record.code_digest and record.code_digest != current:
-            changed.append(CodeChange(path, rule, record.code_digest, current, output))
-    return changed
 
 
 def forced_outputs(plan: Plan) -> list[Any]:
@@ -232,12 +197,6 @@ def describe(changed: Any) -> str:
     if reason:
         text += f"; {reason}"
     return text
-
-
-def describe_code(change: CodeChange) -> str:
-    return (f"{change.path}: made by other code than rule {change.rule} has now (recorded code "
-            f"{change.recorded[:16]}, rule now {change.current[:16]}); Snakemake keeps it because "
-            f"--rerun-triggers leaves code out")
 
 
 def refusal_class() -> type[Exception]:
@@ -307,10 +266,13 @@ class PolicyHook(SnakemakeLogHook):
         if not getattr(workflow, "is_main_process", True):
             self.applied = True  # a job's own Snakemake process (group or remote job): the parent checked
             return
+        from ._outside import touch_run
+
         began = time.thread_time()
         plan = Plan()
+        touch = touch_run()  # --touch runs no job: what it marks up to date is checked as kept
         try:
-            plan = collect(list(dag.jobs), dag.needrun)
+            plan = collect(list(dag.jobs), (lambda job: False) if touch else dag.needrun)
             check(self.url, plan)
         except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
             if self.policy == "strict":
@@ -339,10 +301,22 @@ class PolicyHook(SnakemakeLogHook):
             reasons.append("outputs kept although their rule's code changed:\n  "
                            + "\n  ".join(describe_code(c) for c in plan.code_changed))
         text = "\n".join(reasons)
-        if self.policy == "strict":
-            raise refusal_class()(f"lineage-ledger: refusing to run (--logger-ledger-policy strict); {text}")
+        if plan.elsewhere:
+            from ._outside import describe_elsewhere
+
+            text += "\n" + describe_elsewhere(plan.elsewhere)
+        if self.policy == "strict" or self.policy == "rerun" and plan.elsewhere and not touch:
+            # rerun cannot make those again in this DAG, and their readers would record the edit
+            raise refusal_class()(f"lineage-ledger: refusing to run (--logger-ledger-policy {self.policy}); {text}")
         log.warning("lineage-ledger: %s", text)
-        if self.policy == "rerun":
+        if plan.elsewhere:  # warn: their readers' records leave them, and what is made of them, out
+            from ._unverified import Unverified
+
+            self.unverified = Unverified(plan.elsewhere, "ArtifactMismatch: changed outside the workflow, "
+                                         "inside a directory an earlier job wrote", self.policy)
+        if self.policy == "rerun" and touch:
+            log.warning("lineage-ledger: --touch makes nothing again: their producers are not forced")
+        elif self.policy == "rerun":
             self.force(workflow, dag, plan)
 
     def after_failed_check(self, workflow: Any, dag: Any, plan: Plan, err: BaseException) -> None:

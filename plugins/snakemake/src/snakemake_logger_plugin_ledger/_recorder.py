@@ -48,6 +48,9 @@ class JobRecorder:
         self._orphan_handles: list[IO[str]] = []
         self._unjournaled: set[str] = set()  # jobs whose journal line could not be written
         self._lookup = JobLookup()
+        # a pipe() -> the files its producer read (through its own pipes too): a pipe is never
+        # hashed, so its reader's record lists them instead, and the lineage goes on through it
+        self._pipe_sources: dict[str, list[str]] = {}
         self._closing = False
         self._cwd = ""  # the workflow's working directory, from start() on
         self.jobs_sent = 0
@@ -88,6 +91,10 @@ class JobRecorder:
         if event == "job_info":
             report = JobReport.from_event(record, self._cwd)
             self._reports[report.jobid] = report
+            pipes = [r.path for r in report.outputs if "pipe" in r.flags]
+            if pipes:  # its reader runs in the same group, started with it: its job_info is here first
+                carried = list(dict.fromkeys(self._carried(report)))
+                self._pipe_sources.update(dict.fromkeys(pipes, carried))
         elif event == "job_finished":
             self._finished(int(record.__dict__["job_id"]), record.created)
         else:
@@ -125,8 +132,22 @@ class JobRecorder:
                  **error_details(report, get("shellcmd"), self.recent_errors, record.created)}
         self._enqueue(report, report.task_run("failed", record.created, error=error))
 
+    def _carried(self, report: JobReport) -> list[str]:
+        """The files that reached ``report``'s job: its hashable inputs, and what its pipes carried."""
+        # (a reader's job_info names a pipe without Snakemake's "(pipe)" flag: known by its path)
+        files: list[str] = []
+        for ref in report.inputs:
+            files.extend(self._pipe_sources.get(ref.path, [ref.path] if ref.hashable else []))
+        return files
+
     # -- recording ----------------------------------------------------------------------
     def _enqueue(self, report: JobReport, run: dict[str, Any]) -> None:
+        via = {r.path: self._pipe_sources[r.path] for r in report.inputs if r.path in self._pipe_sources}
+        if via:  # what the pipes carried is what the job read; a pipe itself is never hashed
+            carried = [p for paths in via.values() for p in paths]
+            run["inputs"] = list(dict.fromkeys([*(p for p in run["inputs"] if p not in via), *carried]))
+            streams = [p for p in run["extra"].get("streams", []) if p not in via]
+            run["extra"] = {**run["extra"], "via_pipe": via, "streams": [*streams, *via]}
         unverified = getattr(self.policy_hook, "unverified", None)
         if unverified is not None:  # a job that read a file the ledger could not vouch for lists neither
             unverified.apply(run)
