@@ -66,7 +66,6 @@ def _kill_a_rank_while_appending(backend: BaashBackend, kill: int) -> None:
     assert not errors, errors
 
 
-@pytest.mark.xfail(strict=True, reason="the restarted job shrinks below a quorum of the ranks' keys")
 def test_the_tree_head_stays_endorsed_after_ranks_are_killed(tmp_path):
     """Bug: each failure restarted the job one rank smaller (the failed rank's slot left out,
     as on a cluster with spare nodes); after a second kill the 4-rank service ran on 2 ranks

@@ -6,9 +6,10 @@ order the kernel saw the hang-ups; see :mod:`.liveness`), a rank's beats stop (h
 process manager tears the whole job down when one rank dies), or a round is overdue. The
 monitor then kills what is left of the job, every rank included, excludes the failed
 rank's slot, and starts a job one rank smaller; ranks restore their chains from shared
-storage. On one machine there are no spare nodes, so once fewer than ``min_ranks`` would
-remain, the excluded slots are taken
-back (in a Slurm allocation they would be the replacement nodes).
+storage. On one machine there are no spare nodes, so once fewer than ``min_ranks``, or
+fewer than a quorum of the ranks' keys, would remain, the excluded slots are taken back
+(in a Slurm allocation they would be the replacement nodes): a job of 2 of 4 ranks signed
+every new tree head with 2 of the 4 keys, which no client takes as endorsed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
-from .endorse import read_endorsed, save_endorsed
+from .endorse import quorum_of, read_endorsed, save_endorsed
 from .liveness import RankWatch
 from .manager import JobDown
 
@@ -120,7 +121,7 @@ class JobMonitor:
 
     def _launch(self) -> None:
         size = self.ranks - self.excluded
-        if size < self.min_ranks:
+        if size < max(self.min_ranks, quorum_of(self.ranks)):  # fewer could endorse no head
             self.excluded, size = 0, self.ranks
         command = [*mpiexec_command(), "-n", str(size), sys.executable, "-m", "lineage_ledger.backends.baash.rank",
                    "--storage", self.storage, "--control", self.control, *self.rank_args]
