@@ -29,7 +29,6 @@ def checkpointed(cli, tmp_path):
     return url, (tmp_path / "head.cp").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint -o replaces a checkpoint the ledger does not extend")
 @pytest.mark.parametrize("who", ["another account", "the same one after reset-trust"])
 def test_a_checkpoint_the_ledger_does_not_extend_is_kept(cli, tmp_path, checkpointed, who):
     url, kept = checkpointed
@@ -45,7 +44,6 @@ def test_a_checkpoint_the_ledger_does_not_extend_is_kept(cli, tmp_path, checkpoi
     cli("verify", "--against", "head.cp", "--pubkey", "lab.key.pub", "--ledger", url, env=env, check_rc=1)
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint -o replaces a checkpoint of another ledger")
 def test_a_checkpoint_of_another_ledger_is_kept(cli, tmp_path, checkpointed):
     other = tmp_path / "other"
     other.mkdir()
@@ -66,7 +64,6 @@ def test_a_checkpoint_the_ledger_extends_is_replaced(cli, tmp_path, checkpointed
     assert b"\n7\n" in (tmp_path / "head.cp").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint -o writes over the public key of the --key it signs with")
 def test_the_public_key_of_the_signing_key_is_not_written_over(cli, tmp_path, checkpointed):
     url, _ = checkpointed
     public = (tmp_path / "lab.key.pub").read_bytes()

@@ -173,11 +173,13 @@ def checkpoint(keyfile, output, ledger_url) -> None:
     if keyfile == "":  # "--key $KEY" with KEY unset: not an unsigned checkpoint, as no --key would be
         raise ConfigError("--key: an empty path names no key file: give the private key's path, or no --key "
                           "for an unsigned checkpoint")
-    if output:  # never over the ledger it reads, nor over the key it signs with
-        refuse_output_over(output, ledger_url, *([keyfile] if keyfile else []))
+    if output:  # never over the ledger it reads, nor over the key pair it signs with
+        refuse_output_over(output, ledger_url, *([keyfile, keyfile + ".pub"] if keyfile else []))
     signer = load_signer(keyfile) if keyfile else None
     with open_read_only(ledger_url) as ledger:
         head = ledger.tree_head()
+        if output:
+            _keep_a_checkpoint_not_extended(output, ledger)
     note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
     text = sign(note, signer) if signer else note.body()
     if output:
@@ -197,6 +199,35 @@ def checkpoint(keyfile, output, ledger_url) -> None:
     else:
         click.echo(text, nl=False)
 
+
+
+def _keep_a_checkpoint_not_extended(output: str, ledger) -> None:
+    """Refuse to replace ``output`` where it holds a checkpoint of another ledger (exit 2) or
+    one that ``ledger`` does not extend (``HistoryRewritten``, exit 1): that file is the proof
+    of the history it covers, and a checkpoint of a rewritten history was written over it, exit
+    0, by an account that had not verified the ledger before, or after ``reset-trust``
+    (tests/test_trust_attacks_checkpoint_output.py). One it extends is replaced, as a
+    checkpoint kept up to date in one file is; a file that is no checkpoint, as before."""
+    import stat
+
+    from .._log.checkpoint import MAX_NOTE_BYTES, parse
+
+    try:
+        if output == "-" or not stat.S_ISREG(os.lstat(output).st_mode):
+            return  # standard output, a stream; a link is replaced, not followed: its target stays
+        with open(output, "rb") as handle:
+            old = parse(handle.read(MAX_NOTE_BYTES + 1))
+    except (OSError, CheckpointInvalid):
+        return  # nothing there, or no checkpoint: what open_output makes of it, as before
+    if old.origin != ledger.tree_head().origin:
+        raise ConfigError(f"{printable(output)} holds a checkpoint of another ledger ({printable(old.origin)}, "
+                          f"{old.size} records): it was kept; write this one elsewhere")
+    try:
+        verify_against(ledger, old)
+    except HistoryRewritten as err:
+        raise HistoryRewritten(f"{printable(output)} holds a checkpoint of {old.size} records that this ledger "
+                               f"does not extend, and it was kept: {err}. Write this one elsewhere (and remove that "
+                               "file by hand only if the ledger was restored on purpose)") from None
 
 
 @click.command(name="reset-trust")
