@@ -206,7 +206,6 @@ def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_compared_wit
 
 
 
-@pytest.mark.xfail(strict=True, reason="rerun forces no reader of a changed source whose reader writes a pipe")
 def test_rerun_runs_again_the_pipe_writer_of_a_changed_source(tmp_path):
     """A source read by a rule whose output is a ``pipe()``: ``rerun`` named it changed, then
     forced nothing (the plan left pipe outputs out of its readers' outputs), and the run ended

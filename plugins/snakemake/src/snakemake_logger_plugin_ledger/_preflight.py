@@ -101,11 +101,14 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
             digest = code_now(job)
             if digest:
                 plan.kept_code[os.path.abspath(outputs[0])] = (str(job.rule.name), digest, outputs[0])
+        # Forcing a reader forces what it writes, a pipe() included (Snakemake then runs the pipe's
+        # reader with it): a rule whose only output is a pipe is still a reader to force.
+        forceable = [f for f in job.output if not getattr(f, "is_storage", False)]
         for f in job.input:
             if _local(f):
                 path = os.path.abspath(f)
                 checked[path] = None
-                plan.consumers.setdefault(path, []).extend(outputs)
+                plan.consumers.setdefault(path, []).extend(forceable)
     # An input that a job of this run makes again is deleted and rewritten before its readers
     # run: what is on disk now is never read, so it is not checked (else strict refused the
     # very --forcerun that repairs a tampered intermediate).
