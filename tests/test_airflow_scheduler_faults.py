@@ -251,8 +251,6 @@ def test_a_task_that_fills_the_spools_disk_is_recorded_straight_into_the_ledger(
     assert str(site.data / "fill.txt") in record["outputs"]
 
 
-@pytest.mark.xfail(strict=True, reason="the run's sweep found the try claimed while its task process waited, and "
-                   "nothing sweeps it again once the process has given the try up: the record is lost")
 def test_a_task_whose_record_neither_the_spool_nor_the_ledger_takes_says_so_in_its_log(site):
     lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
     lock.execute("BEGIN EXCLUSIVE")  # the ledger takes nothing either while the disk is full

@@ -117,7 +117,9 @@ def give_up() -> None:
                 continue  # it landed meanwhile, and said so
             unclaim()
             log.error("lineage-ledger: try %d of %s is NOT recorded: this process ends before the ledger took it, and "
-                      "the spool cannot take it either (%s); its outputs are vouched for by no record",
+                      "the spool cannot take it either (%s); its outputs are vouched for by no record unless the "
+                      "scheduler's sweep records the try (it does once this process has ended, where it runs on "
+                      "this machine)",
                       key[1], task_id, err)
             continue
         # Kept claimed: the record ships from the spool, so no other report writes a second one.

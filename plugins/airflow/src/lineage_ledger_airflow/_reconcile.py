@@ -16,12 +16,20 @@ it, so the run can end while the last task is still writing its record.
 
 A try run on another machine (a remote executor) is left alone: its markers live on that
 machine, and this machine cannot tell whether its process is alive.
+
+A run whose sweep found a task process of this machine still alive is swept once more when
+those processes have ended (:func:`_sweep_later`, a thread of the scheduler): a task process
+whose record neither its spool nor the ledger took gives its try up as it ends (``_late``),
+after the run's sweep had found it claimed, and nothing came back to it; the record was lost
+although the scheduler, which lives on, could still record it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,7 +86,10 @@ def _tries_of(dag_run: Any) -> list[Any]:
                 select(model).where(model.dag_id == dag_run.dag_id, model.run_id == dag_run.run_id)))
         return rows
 
-    session = object_session(dag_run)
+    try:
+        session = object_session(dag_run)
+    except Exception:  # noqa: BLE001 - a later sweep's stand-in for the run: no ORM object
+        session = None
     if session is not None:
         return read(session)
     from airflow.utils.session import create_session
@@ -106,22 +117,25 @@ def _completed_by_scheduler(row: Any, task: Any) -> bool:
     return getattr(row, "operator", None) == "EmptyOperator"
 
 
-def record_unreported(dag_run: Any) -> int:
-    """Record the run's finished tries that no process recorded; how many were recorded."""
+def record_unreported(dag_run: Any, *, again: bool = True) -> int:
+    """Record the run's finished tries that no process recorded; how many were recorded.
+    ``again``: sweep the run once more when the task processes still alive have ended."""
     dag = getattr(dag_run, "dag", None)
     host = _this_host()
     recorded = 0
+    alive: set[int] = set()
     for row in _tries_of(dag_run):
         state = _value(row.state)
         if (row.try_number or 0) < 1 or state not in RECORDED_STATES:
             continue
         key = (_tries.try_key(row)[0], int(row.try_number))
-        if _tries.claimed(key):
-            continue
         if row.hostname and row.hostname != host:
             continue  # another machine's try: its markers are there
         if row.hostname and row.pid and process_alive(int(row.pid)):
-            continue  # still in its overtime: it records itself
+            alive.add(int(row.pid))
+            continue  # still in its overtime: it records itself (or gives its try up: swept again)
+        if _tries.claimed(key):
+            continue
         task = None
         if dag is not None:
             try:
@@ -145,4 +159,57 @@ def record_unreported(dag_run: Any) -> int:
     if recorded:
         log.info("lineage-ledger: recorded %d tries of %s/%s that no task process recorded",
                  recorded, dag_run.dag_id, dag_run.run_id)
+    if alive and again:
+        _sweep_later(dag_run.dag_id, dag_run.run_id, dag, alive)
     return recorded
+
+
+#: A run's task process still alive this long after its sweep is not waited for any more.
+LATER_GIVE_UP_S = 1800.0
+LATER_POLL_S = 1.0
+_later_lock = threading.Lock()
+#: Runs to sweep again: (dag id, run id) -> (the DAG, the task processes waited for, give up at).
+_later: dict[tuple[str, str], tuple[Any, set[int], float]] = {}
+_later_thread: threading.Thread | None = None
+
+
+def _sweep_later(dag_id: str, run_id: str, dag: Any, pids: set[int]) -> None:
+    """Sweep the run again once the task processes ``pids`` have ended."""
+    global _later_thread
+    with _later_lock:
+        known = _later.get((dag_id, run_id), (dag, set(), 0.0))[1]
+        _later[(dag_id, run_id)] = (dag, known | pids, time.monotonic() + LATER_GIVE_UP_S)
+        if _later_thread is None:
+            _later_thread = threading.Thread(target=_sweep_when_ended, name="lineage-ledger-later-sweep", daemon=True)
+            _later_thread.start()
+
+
+def _sweep_when_ended() -> None:
+    global _later_thread
+    while True:
+        time.sleep(LATER_POLL_S)
+        now = time.monotonic()
+        with _later_lock:
+            due = [(key, entry[0]) for key, entry in _later.items()
+                   if now > entry[2] or not any(process_alive(pid) for pid in entry[1])]
+            for key, _ in due:
+                del _later[key]
+            if not due and not _later:
+                _later_thread = None  # under the lock: the next _sweep_later starts another
+                return
+        for (dag_id, run_id), dag in due:
+            try:
+                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), again=False)
+            except Exception:  # noqa: BLE001 - never break the scheduler
+                log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
+
+
+def _forget_in_child() -> None:
+    """A forked child (a LocalExecutor worker) has no sweeping thread and sweeps no run."""
+    global _later_lock, _later_thread
+    _later_lock = threading.Lock()
+    _later.clear()
+    _later_thread = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
