@@ -71,3 +71,23 @@ def test_the_public_key_of_the_signing_key_is_not_written_over(cli, tmp_path, ch
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "would write over" in result.stderr, result.stderr
     assert (tmp_path / "lab.key.pub").read_bytes() == public
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoint writes a checkpoint no reader accepts")
+def test_a_checkpoint_no_reader_accepts_is_not_written(cli, tmp_path, checkpointed):
+    """A ledger's origin is read from the ledger (ll_meta), which whoever may write the ledger
+    can set: one of 70,000 characters made a checkpoint over the 64 KiB a note may be, written
+    with exit 0, and refused by every reader (verify-lineage --against: exit 2) when the proof
+    was needed. What the command writes is read back first: nothing is written, exit 2."""
+    import sqlite3
+
+    url, kept = checkpointed
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("UPDATE ll_meta SET value = ? WHERE key = 'origin'", ("lineage-ledger:" + "o" * 70_000,))
+    env = {"XDG_STATE_HOME": str(tmp_path / "other-account")}  # the owner's state knew the old origin
+    result = cli("checkpoint", "--key", "lab.key", "-o", "new.cp", "--ledger", url, env=env)
+    assert result.returncode == 2, (result.returncode, result.stdout[:200], result.stderr[:2000])
+    assert "65536" in result.stderr, result.stderr[:2000]
+    assert not (tmp_path / "new.cp").exists()
+    result = cli("checkpoint", "--key", "lab.key", "--ledger", url, env=env)  # to standard output: nothing
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stdout[:200])
