@@ -219,3 +219,61 @@ def test_rerun_runs_again_the_pipe_writer_of_a_changed_source(tmp_path):
     assert {r.task_name for r in records(workflow, "rerun")} >= {"decompress", "upper"}
     strict = snakemake(workflow, "--logger-ledger-policy", "strict", "--logger-ledger-run-id", "strict")
     assert strict.returncode == 0, strict.stderr[-3000:]
+
+
+QC = textwrap.dedent('''\
+    SAMPLES = ["a", "b", "c"]
+
+    rule all:
+        input: "merged.txt"
+
+    checkpoint qc:
+        input: expand("data/{s}.txt", s=SAMPLES)
+        output: "passing.txt"
+        shell: "for f in {input}; do basename $f .txt; done > {output}"
+
+    rule up:
+        input: "data/{s}.txt"
+        output: "up/{s}.txt"
+        shell: "tr a-z A-Z < {input} > {output}"
+
+    def passing(wildcards):
+        with open(checkpoints.qc.get().output[0]) as f:
+            return expand("up/{s}.txt", s=f.read().split())
+
+    rule merge:
+        input: passing
+        output: "merged.txt"
+        shell: "cat {input} > {output}"
+    ''')
+
+
+@pytest.mark.xfail(strict=True, reason="a checkpoint's output read by an input function is never checked")
+def test_a_checkpoint_output_edited_by_hand_does_not_silently_reshape_a_strict_run(tmp_path):
+    """A QC checkpoint writes the list of samples that pass; an input function reads it. The
+    list edited by hand (a sample dropped, mtime put back): no job of the next DAG reads it as
+    an input, so ``strict`` checked nothing, Snakemake re-ran the merge without the sample,
+    and ``verify-lineage`` of the result said verified."""
+    require_snakemake()
+    workflow = tmp_path / "wf"
+    (workflow / "data").mkdir(parents=True)
+    for sample in "abc":
+        (workflow / "data" / f"{sample}.txt").write_text(f"reads {sample}\n")
+    (workflow / "Snakefile").write_text(QC)
+    first = snakemake(workflow, "--logger-ledger-run-id", "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    passing = workflow / "passing.txt"
+    stat = passing.stat()
+    passing.write_text("a\nc\n")
+    os.utime(passing, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    strict = snakemake(workflow, "--logger-ledger-policy", "strict", "--logger-ledger-run-id", "strict")
+    assert strict.returncode == 1, strict.stdout[-2000:] + strict.stderr[-2000:]
+    assert "passing.txt" in strict.stderr
+    assert "READS B" in (workflow / "merged.txt").read_text()  # nothing ran
+    rerun = snakemake(workflow, "--logger-ledger-policy", "rerun", "--logger-ledger-run-id", "rerun")
+    assert rerun.returncode == 1, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "--forcerun passing.txt" in rerun.stderr
+    forced = snakemake(workflow, "--logger-ledger-policy", "strict", "--forcerun", "passing.txt",
+                       "--logger-ledger-run-id", "forced")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert (workflow / "merged.txt").read_text() == "READS A\nREADS B\nREADS C\n"
