@@ -24,8 +24,8 @@ from ._wire import encode, send_frame
 __all__ = ["PER_CLIENT", "TOTAL", "Admission", "fit_descriptors", "turn_away"]
 
 log = logging.getLogger("lineage_ledger.baash")
-PER_CLIENT = 64
-TOTAL = 512
+PER_CLIENT = 256  # a workflow's concurrent steps of one user, each with its back-end object
+TOTAL = 1024
 LOG_EVERY = 60.0  # seconds between two log lines about one client's refused connections
 
 

@@ -108,9 +108,9 @@ def baash() -> None:
 @click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA (PEM) whose client certificates are admitted.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="The service's certificate (PEM), for --listen.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="The service's private key (PEM), for --listen.")
-@click.option("--max-connections", type=click.IntRange(1), default=512, show_default=True,
+@click.option("--max-connections", type=click.IntRange(1), default=1024, show_default=True,
               help="Client connections held at once, in all (fewer if ulimit -n does not fit them).")
-@click.option("--max-client-connections", type=click.IntRange(1), default=64, show_default=True,
+@click.option("--max-client-connections", type=click.IntRange(1), default=256, show_default=True,
               help="Client connections one client (a uid, a certificate, a host mid-handshake) may hold at once; "
                    "past that it is answered 'unavailable' and its records wait in its spool.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,

@@ -28,7 +28,9 @@ def require_mpi() -> None:
 class BaashService:
     """``lineage-ledger baash serve`` on a Unix socket in the test's directory."""
 
-    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, socket: Path | None = None) -> None:
+    def __init__(self, workdir: Path, ranks: int = 4, *extra: str, socket: Path | None = None,
+                 launcher: tuple[str, ...] = ()) -> None:
+        """``launcher``: a command the service runs under (``prlimit --nofile=1024:1024 --``)."""
         require_mpi()
         self.workdir = workdir
         self.storage = workdir / "shared-storage"
@@ -39,7 +41,7 @@ class BaashService:
         script = Path(sys.executable).parent / "lineage-ledger"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
         self.proc = subprocess.Popen(
-            [str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
+            [*launcher, str(script), "baash", "serve", "--ranks", str(ranks), "--storage", str(self.storage),
              "--socket", str(self.socket), "--ready-file", str(self.ready), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + 120
