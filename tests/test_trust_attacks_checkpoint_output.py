@@ -73,7 +73,6 @@ def test_the_public_key_of_the_signing_key_is_not_written_over(cli, tmp_path, ch
     assert (tmp_path / "lab.key.pub").read_bytes() == public
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint writes a checkpoint no reader accepts")
 def test_a_checkpoint_no_reader_accepts_is_not_written(cli, tmp_path, checkpointed):
     """A ledger's origin is read from the ledger (ll_meta), which whoever may write the ledger
     can set: one of 70,000 characters made a checkpoint over the 64 KiB a note may be, written
