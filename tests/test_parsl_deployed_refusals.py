@@ -34,7 +34,6 @@ def two(outputs=()) -> int:
     return len(outputs)
 
 
-@pytest.mark.xfail(strict=True, reason="a refused try lists the outputs it never wrote")
 @pytest.mark.parametrize("cache", [True, False])
 def test_a_refused_try_lists_no_outputs_and_the_untouched_sibling_verifies(workdir, cache):
     url = f"sqlite:///{workdir / 'ledger.db'}"

@@ -369,9 +369,17 @@ class LedgerMemoizer(Memoizer):
         leave_out: Collection[str] | Mapping[str, Collection[str]] = (),
         left_out_as: str = "modified_outside_workflow",
     ) -> None:
-        """Record a try that never reaches an executor: a cache hit, or a refusal under strict."""
+        """Record a try that never reaches an executor: a cache hit, or a refusal under strict.
+        A refusal wrote nothing: its record lists no outputs (``outputs_not_written`` names
+        them), or the ledger would name a failed try as their latest producer, and
+        ``verify-lineage`` of an untouched output fail (tests/test_parsl_deployed_refusals.py)."""
         try:
             now = utcnow()
+            if status == "failed":
+                groups = dict(leave_out) if isinstance(leave_out, Mapping) else {left_out_as: leave_out}
+                dropped = {p for paths in groups.values() for p in paths}
+                unwritten = [p for p in task_files(task["args"], task["kwargs"])[1] if p not in dropped]
+                leave_out = {**groups, "outputs_not_written": unwritten}
             run = self.ledger.task_run(
                 task, task["func"], task["args"], task["kwargs"], status=status,
                 started=now, ended=now, run_id=task["dfk"].run_id, extra=extra, leave_out=leave_out,
