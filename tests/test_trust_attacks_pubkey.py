@@ -99,3 +99,22 @@ def test_a_public_key_of_root_in_a_sticky_directory_is_trusted(cli, published, t
     result = _verify(cli, published, sticky / "trusted.pub")
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
     assert "extends checkpoint" in result.stdout, result.stdout
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason="a private key in a directory others may write signs")
+@pytest.mark.parametrize("how", ["a directory others may write", "a directory of uid 65534"])
+def test_a_private_key_others_could_have_put_there_is_refused(cli, published, how):
+    """The private key's own mode and owner were checked, not the directory it is in: one that
+    another user may write is one where they put a key pair of their own, whose public half
+    the owner then hands out (and whose checkpoints they forge); signing with it said nothing."""
+    keys = published / "keys"
+    if how == "a directory others may write":
+        keys.chmod(0o777)
+    else:
+        os.chown(keys, NOBODY, NOBODY)
+    result = cli("checkpoint", "--key", keys / "lab.key", "-o", "new.cp",
+                 env={"XDG_STATE_HOME": str(published / "reviewer")})  # the ledger as it is now
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert str(keys / "lab.key") in result.stderr and "other users may write" in result.stderr, result.stderr
+    assert not (published / "new.cp").exists()
