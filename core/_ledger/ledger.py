@@ -316,8 +316,15 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
     ) -> tuple[LedgerRecord, str, Mapping[str, Any]] | None:
         """The latest record that read or wrote ``path``: (record, role, entry).
 
-        "Latest" is by the time the task ended, then by ledger order: a crashed process's
-        spool replayed days later lands late in the ledger but must not count as newer.
+        "Latest" is by time, then by ledger order: a crashed process's spool replayed days
+        later lands late in the ledger but must not count as newer. Within a role, the
+        latest is the record whose task ended last (what the index answers). Between the
+        latest reader and the latest writer, each counts from when it saw the file: a writer
+        when it ended (its outputs are hashed then), a reader when it started (inputs are
+        hashed before the task runs, or, hashed later, hold what a writer that ended
+        meanwhile left). A long task that read the file, and ended after a short task
+        rewrote it, did not see it last (tests/test_time_order_overlap.py). At the same
+        time the writer is the later (a reader hashed before it started), then ledger order.
         """
         path = self.query_path(path)
         if roles == ("out", "in"):
@@ -326,11 +333,17 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 return settled
         best: tuple[Any, ...] | None = None
         for role in roles:
+            latest: LedgerRecord | None = None
             for entry in self._latest(role, path):
-                side = entry.record.outputs if role == "out" else entry.record.inputs
-                key = (entry.record.ended, entry.order, role == "out")
-                if best is None or key > best[0]:
-                    best = (key, entry, role, side[path])
+                if latest is None or (entry.record.ended, entry.order) > (latest.record.ended, latest.order):
+                    latest = entry
+            if latest is None:
+                continue
+            seen = latest.record.ended if role == "out" else latest.record.started
+            key = (seen, role == "out", latest.order)
+            if best is None or key > best[0]:
+                side = latest.record.outputs if role == "out" else latest.record.inputs
+                best = (key, latest, role, side[path])
         return None if best is None else (best[1], best[2], best[3])
 
     def close(self) -> None:
