@@ -34,7 +34,6 @@ workflow { NESTED(); GLOBBED() }
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a published file in a folder of its work directory is matched to no task")
 def test_published_files_in_folders_of_the_work_directory_are_recorded_and_checked(tmp_path):
     nf.require_nextflow()
     here = tmp_path / "pipeline"

@@ -198,10 +198,10 @@ class TaskRecorder(Handlers):
         from lineage_ledger import TaskRun
 
         by_task: dict[str, dict[tuple[str, str], Published]] = {}
+        by_workdir = {task["workdir"]: key for key, task in self.tasks.items()}
         for item in self._published:
-            key = task_key(os.path.dirname(item.source))
-            task = self.tasks.get(key)
-            if task is None or not item.source.startswith(task["workdir"] + os.sep):
+            key = _owner(item.source, by_workdir)
+            if key is None:
                 continue  # a cached task's files, published (again) from what an earlier run recorded
             by_task.setdefault(key, {})[(item.source, item.target)] = item  # logged twice at times
         now = datetime.now(timezone.utc)
@@ -253,6 +253,22 @@ def _published_files(task: Mapping[str, Any], items: list[Published],
         extra["not_recorded"] = {path: "a symbolic link that does not lead to a file: not followed (the task's "
                                  "record keeps it by its target text, extra.links)" for path in left}
     return list(sources), list(targets)
+
+
+def _owner(source: str, by_workdir: Mapping[str, str]) -> str | None:
+    """The key of the task whose work directory holds the published ``source``: its parent
+    folder, or one above it (an output ``path 'out/*.txt'`` is published from a folder of
+    the work directory; taken for the work directory, it matched no task and its
+    publication was not recorded)."""
+    folder = os.path.dirname(os.path.normpath(source))
+    while True:
+        key = by_workdir.get(folder)
+        if key is not None:
+            return key
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
