@@ -102,7 +102,6 @@ def test_a_public_key_of_root_in_a_sticky_directory_is_trusted(cli, published, t
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="a private key in a directory others may write signs")
 @pytest.mark.parametrize("how", ["a directory others may write", "a directory of uid 65534"])
 def test_a_private_key_others_could_have_put_there_is_refused(cli, published, how):
     """The private key's own mode and owner were checked, not the directory it is in: one that

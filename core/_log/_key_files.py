@@ -86,7 +86,7 @@ def load_signer(path: str | os.PathLike[str]) -> Signer:
     its owner; ``keygen`` writes it 0600): its mode gives it to them, or another user owns it
     (the file, or where a link leads: its owner may read and chmod it whenever they like;
     root reads it whatever its mode, so mode 0600 alone said nothing;
-    tests/test_trust_attack_keys.py)."""
+    tests/test_trust_attack_keys.py), or a directory on its way is one they may write."""
     opened: list[os.stat_result] = []
     try:
         signer = parse_signer(_read_key_file(path, opened))
@@ -100,6 +100,11 @@ def load_signer(path: str | os.PathLike[str]) -> Signer:
         raise ConfigError(f"{os.fspath(path)}: a private key that other users may read or write (mode "
                           f"{mode & 0o777:o}) signs for whoever read it; `chmod 600 {os.fspath(path)}` "
                           "if only you have had it, else make a new one (`lineage-ledger keygen`)")
+    unsafe = _who_else_writes(path, opened[0]) if opened else None
+    if unsafe is not None:  # a directory on its way: tests/test_trust_attacks_pubkey.py
+        raise ConfigError(f"{os.fspath(path)}: a private key in a place other users may write ({unsafe}): they "
+                          "could have put a key pair of their own there, whose public key you would hand out; "
+                          "keep it where only you (or root) may write it")
     return signer
 
 
