@@ -84,3 +84,45 @@ def test_a_large_append_whose_records_are_full_of_brackets_commits(tmp_path):
         assert next(iter(backend.blocks(0, 1))).records[0].body == record.body
     finally:
         service.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="frames up to 1 MiB are parsed whole on every connection at once")
+def test_many_requests_just_under_the_large_frame_size_are_refused_in_bounded_memory(tmp_path):
+    """Bug: only frames over 1 MiB went through the gate and the count of JSON objects; a
+    frame of 1 MiB less 3 bytes of ``[{},{},...]`` (350,000 empty objects) was parsed whole
+    on each connection at once. An allowed client, a read-only admin too, sent 100 of them
+    on 100 connections and the daemon grew by 1.5 GB (about 4 GB at the 256 connections one
+    client may hold). Now every frame is counted, and frames over 64 KiB are gated."""
+    service = BaashService(tmp_path, 2)
+    try:
+        daemon = service.proc.pid
+        before = _peak_kib(daemon)
+        payload = b"[" + b"{}," * ((1 << 20) // 3 - 2) + b"{}]"
+        assert len(payload) <= 1 << 20
+        connections = []
+        for _ in range(100):  # all connected first, then all sent at once
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(300)
+            conn.connect(str(service.socket))
+            connections.append(conn)
+        start = threading.Barrier(len(connections))
+        answers: list[bytes] = []
+
+        def send(conn: socket.socket) -> None:
+            start.wait()
+            conn.sendall(struct.pack(">I", len(payload)) + payload)
+            answers.append(conn.recv(1 << 16))
+
+        senders = [threading.Thread(target=send, args=(conn,)) for conn in connections]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        for conn in connections:
+            conn.close()
+        assert len(answers) == 100 and all(b"bad_request" in a for a in answers), answers[:2]
+        peak_mib = (_peak_kib(daemon) - before) // 1024
+        print(f"\ndaemon peak memory grew by {peak_mib} MiB for 100 x 1 MiB malformed requests")
+        assert peak_mib < 256, f"the daemon grew by {peak_mib} MiB"
+    finally:
+        service.stop()
