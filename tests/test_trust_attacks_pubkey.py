@@ -117,3 +117,25 @@ def test_a_private_key_others_could_have_put_there_is_refused(cli, published, ho
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert str(keys / "lab.key") in result.stderr and "other users may write" in result.stderr, result.stderr
     assert not (published / "new.cp").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="a list of public keys over 4 KiB is refused as too large")
+def test_a_list_of_many_public_keys_is_read(cli, published):
+    """``--pubkey`` takes a list of keys, one a line (BAASH's ranks.pub: a key per rank). Read
+    with the bound of one key file (4 KiB), a list of about 60 keys or more was refused
+    ("too large to be a key file", exit 2): a service of 64 ranks could not be checked."""
+    from lineage_ledger._log.checkpoint import generate_key
+
+    keys = published / "keys"
+    strangers = [generate_key(f"baash-rank-{n}")[1] for n in range(99)]
+    listing = keys / "ranks.pub"
+    listing.write_text("".join(f"{key}\n" for key in [*strangers, (keys / "lab.key.pub").read_text().strip()]))
+    assert listing.stat().st_size > 4096
+    result = cli("verify", "--against", "good.cp", "--pubkey", listing,
+                 env={"XDG_STATE_HOME": str(published / "reviewer")})
+    # signed by the owner's key, the last of the 100: checked, and of another ledger than this one now
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "too large" not in result.stderr and "the checkpoint is of ledger" in result.stdout + result.stderr, result.stderr
+    result = cli("verify", "--against", "forged.cp", "--pubkey", listing,
+                 env={"XDG_STATE_HOME": str(published / "reviewer")})
+    assert result.returncode == 1 and "no signature by a trusted key" in result.stderr, result.stderr
