@@ -184,13 +184,9 @@ def test_what_a_pipe_carried_is_in_the_lineage_of_what_its_reader_wrote(tmp_path
     assert "data/s1.txt" in verified.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="core: check_before_run compares a file inside a produced directory "
-                   "with its last reader, not its producer; patch helper-118-inside-produced-dir.patch")
-def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_compared_with_its_producer(tmp_path):
+def edited_chunk_read_by_an_unchecked_run(tmp_path: Path) -> Path:
     """A run with the policy off (or without the plugin's check: another engine's plugin, a
-    ``lineage-ledger run``) reran the reader of an edited chunk and recorded the edit as read.
-    The chunk was made by the checkpoint, whoever read it since: ``verify-lineage`` says
-    MODIFIED, and ``strict`` must refuse as it does for any other workflow product."""
+    ``lineage-ledger run``) reran the reader of an edited chunk and recorded the edit as read."""
     workflow = checkpoint_workflow(tmp_path)
     chunk = workflow / "chunks" / "c2.txt"
     chunk.write_text("forged\n")
@@ -200,10 +196,30 @@ def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_compared_wit
     reader = next(r for r in records(workflow, "off") if r.task_name == "upper")
     assert any(p.endswith("chunks/c2.txt") for p in reader.inputs)  # the edit, as read: no check ran
     assert run("verify-lineage", "merged.txt", cwd=workflow).returncode == 1
+    return workflow
+
+
+def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_refused_by_strict(tmp_path):
+    """The chunk was made by the checkpoint, whoever read it since: ``strict`` refuses, as
+    ``verify-lineage`` says MODIFIED (the checkpoint's directory, which the check now adds)."""
+    workflow = edited_chunk_read_by_an_unchecked_run(tmp_path)
     strict = snakemake(workflow, "--logger-ledger-policy", "strict", "--logger-ledger-run-id", "strict")
     assert strict.returncode == 1, strict.stdout[-2000:] + strict.stderr[-2000:]
-    assert "chunks/c2.txt" in strict.stderr
+    assert "inside it, changed: c2.txt" in strict.stderr
 
+
+@pytest.mark.xfail(strict=True, reason="core: check_before_run compares a file inside a produced directory "
+                   "with its last reader, not its producer; patch helper-118-inside-produced-dir.patch")
+def test_the_core_check_compares_a_chunk_with_the_checkpoint_that_wrote_it(tmp_path):
+    """The check the plugins call, asked about the chunk itself (as the plugin asks about each
+    input of a job): it compared the chunk with its last reader's record, the unchecked run
+    that read the edit, and found nothing changed."""
+    from lineage_ledger import ArtifactMismatch, check_before_run
+
+    workflow = edited_chunk_read_by_an_unchecked_run(tmp_path)
+    with open_ledger(str(workflow / ".lineage" / "ledger.db"), read_only=True) as ledger:
+        with pytest.raises(ArtifactMismatch, match="c2.txt"):
+            check_before_run(ledger, [str(workflow / "chunks" / "c2.txt")], "strict")
 
 
 def test_rerun_runs_again_the_pipe_writer_of_a_changed_source(tmp_path):
@@ -248,7 +264,6 @@ QC = textwrap.dedent('''\
     ''')
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint's output read by an input function is never checked")
 def test_a_checkpoint_output_edited_by_hand_does_not_silently_reshape_a_strict_run(tmp_path):
     """A QC checkpoint writes the list of samples that pass; an input function reads it. The
     list edited by hand (a sample dropped, mtime put back): no job of the next DAG reads it as

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Collection
 from typing import Any
 
 log = logging.getLogger("lineage_ledger.snakemake")
@@ -36,15 +37,19 @@ def touch_run() -> bool:
         return False
 
 
-def made_elsewhere(ledger: Any, tampered: list[Any], producers: dict[str, Any]) -> dict[str, str]:
-    """The changed files no job of the DAG produces that lie in a directory a recorded job
-    wrote (a checkpoint's output): path -> that directory. A changed file with no producer
-    that lies in no recorded output is a source; it is not named here."""
+def made_elsewhere(ledger: Any, tampered: list[Any], producers: dict[str, Any],
+                   checkpoints: Collection[str] = ()) -> dict[str, str]:
+    """The changed files no job of the DAG produces: a complete checkpoint's output (path ->
+    itself), or a file inside a directory a recorded job wrote (path -> that directory). A
+    changed file with no producer that lies in no recorded output is a source; not named here."""
     found: dict[str, str] = {}
     memo: dict[str, Any] = {}
     for changed in tampered:
         path = changed.path
         if path in producers:
+            continue
+        if path in checkpoints:
+            found[path] = path
             continue
         try:
             container = ledger.container_of(path, memo)
@@ -61,9 +66,10 @@ def describe_elsewhere(found: dict[str, str]) -> str:
     cwd = os.getcwd()
     shown = " ".join(_shell_word(os.path.relpath(d, cwd) if d.startswith(cwd + os.sep) else d)
                      for d in directories)
-    files = "\n  ".join(f"{path} (inside {found[path]})" for path in sorted(found))
-    return (f"changed files that a job of an earlier run wrote inside its directory output (a checkpoint's), "
-            f"which no job of this run's DAG makes again:\n  {files}\n"
+    files = "\n  ".join(path + (" (a checkpoint's output)" if found[path] == path else f" (inside {found[path]})")
+                         for path in sorted(found))
+    return (f"changed files that a job of an earlier run wrote (a checkpoint), which no job of this run's DAG "
+            f"makes again:\n  {files}\n"
             f"run `snakemake --forcerun {shown} ...` to make them again")
 
 

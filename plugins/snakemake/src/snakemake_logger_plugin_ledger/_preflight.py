@@ -78,11 +78,14 @@ class Plan:
     # a kept job's first output (abs path) -> (rule, the rule's code digest now, the output)
     kept_code: dict[str, tuple[str, str, Any]] = field(default_factory=dict)
     code_changed: list[CodeChange] = field(default_factory=list)
-    elsewhere: dict[str, str] = field(default_factory=dict)  # changed, made in a directory no DAG job makes
+    elsewhere: dict[str, str] = field(default_factory=dict)  # changed, made where no DAG job makes it again
+    checkpoints: set[str] = field(default_factory=set)  # complete checkpoints' outputs: no DAG job makes them
 
 
-def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
-    """Inputs of every job, and outputs of the jobs that will not run again."""
+def collect(jobs: Iterable[Any], needrun: Any, checkpoint_outputs: Iterable[Any] = ()) -> Plan:
+    """Inputs of every job, outputs of the jobs that will not run again, and the outputs of
+    complete checkpoints (``checkpoint_outputs``): Snakemake read them to build this DAG,
+    through input functions that no job's inputs show, and dropped their jobs from it."""
     plan = Plan()
     checked: dict[str, None] = {}
     regenerated: set[str] = set()
@@ -112,6 +115,12 @@ def collect(jobs: Iterable[Any], needrun: Any) -> Plan:
     # An input that a job of this run makes again is deleted and rewritten before its readers
     # run: what is on disk now is never read, so it is not checked (else strict refused the
     # very --forcerun that repairs a tampered intermediate).
+    for f in checkpoint_outputs:
+        if _local(f):
+            path = os.path.abspath(f)
+            if path not in regenerated:
+                checked[path] = None
+                plan.checkpoints.add(path)
     plan.checked = [path for path in checked if path not in regenerated]
     return plan
 
@@ -149,7 +158,7 @@ def check(url: str | None, plan: Plan) -> None:
         if plan.tampered:
             from ._outside import made_elsewhere
 
-            plan.elsewhere = made_elsewhere(ledger, plan.tampered, plan.producers)
+            plan.elsewhere = made_elsewhere(ledger, plan.tampered, plan.producers, plan.checkpoints)
     finally:
         ledger.close()
 
@@ -275,7 +284,8 @@ class PolicyHook(SnakemakeLogHook):
         plan = Plan()
         touch = touch_run()  # --touch runs no job: what it marks up to date is checked as kept
         try:
-            plan = collect(list(dag.jobs), (lambda job: False) if touch else dag.needrun)
+            plan = collect(list(dag.jobs), (lambda job: False) if touch else dag.needrun,
+                           getattr(getattr(workflow, "checkpoints", None), "created_output", ()))
             check(self.url, plan)
         except Exception as err:  # noqa: BLE001 - an unreadable ledger: strict refuses, others say so
             if self.policy == "strict":
