@@ -119,7 +119,6 @@ def test_a_private_key_others_could_have_put_there_is_refused(cli, published, ho
     assert not (published / "new.cp").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a list of public keys over 4 KiB is refused as too large")
 def test_a_list_of_many_public_keys_is_read(cli, published):
     """``--pubkey`` takes a list of keys, one a line (BAASH's ranks.pub: a key per rank). Read
     with the bound of one key file (4 KiB), a list of about 60 keys or more was refused

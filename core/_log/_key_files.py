@@ -17,6 +17,9 @@ from ._note_keys import Signer, Verifier, generate_key, parse_signer, parse_veri
 __all__ = ["load_signer", "load_verifier", "load_verifiers", "write_keypair"]
 
 _MAX_KEY_FILE = 4096
+#: A list of public keys, one a line (BAASH's ranks.pub: one a rank, ~70 bytes each): 4 KiB
+#: refused about 60 of them (tests/test_trust_attacks_pubkey.py); this is BAASH's own bound.
+_MAX_KEY_LIST = 1 << 20
 
 
 def _create(path: str, data: str, mode: int) -> None:
@@ -63,16 +66,17 @@ def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
     return private_path, public_path
 
 
-def _read_key_file(path: str | os.PathLike[str], opened: list[os.stat_result] | None = None) -> str:
+def _read_key_file(path: str | os.PathLike[str], opened: list[os.stat_result] | None = None,
+                   limit: int = _MAX_KEY_FILE) -> str:
     """The key file's text; ``opened`` is given the file's status, as opened (through any link)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(_MAX_KEY_FILE + 1)
+            data = f.read(limit + 1)
             if opened is not None:
                 opened.append(os.fstat(f.fileno()))
     except OSError as exc:
         raise ConfigError(f"cannot read key file {os.fspath(path)}: {exc.strerror}") from None
-    if len(data) > _MAX_KEY_FILE:
+    if len(data) > limit:
         raise ConfigError(f"{os.fspath(path)} is too large to be a key file")
     try:
         return data.decode("utf-8")
@@ -159,12 +163,12 @@ def _who_else_writes(path: str | os.PathLike[str], opened: os.stat_result) -> st
         directory = os.path.dirname(directory)
 
 
-def _read_public_key_file(path: str | os.PathLike[str]) -> str:
+def _read_public_key_file(path: str | os.PathLike[str], limit: int = _MAX_KEY_FILE) -> str:
     """The text of a public key file that no other user could have written. A key they may
     swap for theirs is refused (tests/test_trust_attacks_pubkey.py): with it they sign a
     checkpoint of a ledger they rewrote, and ``verify-lineage --against --pubkey`` passed it."""
     opened: list[os.stat_result] = []
-    text = _read_key_file(path, opened)
+    text = _read_key_file(path, opened, limit)
     unsafe = _who_else_writes(path, opened[0])
     if unsafe is not None:
         raise ConfigError(f"{os.fspath(path)}: a public key that other users may write ({unsafe}): they could "
@@ -189,7 +193,7 @@ def load_verifiers(path: str | os.PathLike[str]) -> list[Verifier]:
     """Every public key in ``path``: one a line (a ``.pub`` file holds one; a list such as
     BAASH's ``ranks.pub`` holds several). ``ConfigError`` if unreadable or malformed, or if
     another user could have written it."""
-    text = _read_public_key_file(path)
+    text = _read_public_key_file(path, _MAX_KEY_LIST)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ConfigError(f"{os.fspath(path)} holds no public key")
