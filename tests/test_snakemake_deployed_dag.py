@@ -292,3 +292,42 @@ def test_a_checkpoint_output_edited_by_hand_does_not_silently_reshape_a_strict_r
                        "--logger-ledger-run-id", "forced")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert (workflow / "merged.txt").read_text() == "READS A\nREADS B\nREADS C\n"
+
+
+TEMP_DIRECTORY = textwrap.dedent('''\
+    rule all:
+        input: "final.txt"
+
+    rule unpack:
+        input: "in.txt"
+        output: temp(directory("unpacked"))
+        shell: "mkdir -p {output} && cp {input} {output}/a && echo b > {output}/b"
+
+    rule use:
+        input: "unpacked"
+        output: "final.txt"
+        shell: "cat {input}/a {input}/b > {output}"
+    ''')
+
+
+@pytest.mark.xfail(strict=True, reason="a temp() directory's manifest stays in Snakemake's process")
+def test_a_temp_directory_is_recorded_before_snakemake_deletes_it(tmp_path):
+    """A ``temp(directory())`` output was hashed in Snakemake's process before its deletion,
+    but the recording process got only its digest, not the manifest a directory's record
+    needs: it hashed again, found it deleted, and both records left it out (its producer as
+    a missing output, its reader as an unhashed input). ``verify-lineage`` of the result said
+    verified with no input at all."""
+    require_snakemake()
+    workflow = tmp_path / "wf"
+    workflow.mkdir()
+    (workflow / "in.txt").write_text("x\n")
+    (workflow / "Snakefile").write_text(TEMP_DIRECTORY)
+    result = snakemake(workflow, "--logger-ledger-run-id", "tempdir")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (workflow / "unpacked").exists()  # deleted by Snakemake, as asked
+    by_rule = {r.task_name: r for r in records(workflow, "tempdir")}
+    unpacked = str(workflow / "unpacked")
+    assert by_rule["unpack"].outputs[unpacked]["type"] == "dir"
+    assert by_rule["use"].inputs[unpacked] == by_rule["unpack"].outputs[unpacked]
+    verified = run("verify-lineage", "final.txt", cwd=workflow)
+    assert "in.txt" in verified.stdout, verified.stdout[-3000:]
