@@ -192,7 +192,7 @@ def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
 
 
 def test_a_client_trickling_large_requests_does_not_hold_up_the_others(tmp_path, public_dir):
-    """Bug: requests over 1 MiB are read two at a time, each within 120 s. One allowed client
+    """Bug: requests over 1 MiB (now 64 KiB) are read two at a time, each within 120 s. One allowed client
     (nobody as 'user') announced a 2 MiB frame on two connections and sent its body a byte
     every half second: both places were its own for 120 s, and the service's own user's
     append of a 1.5 MiB record (a step with large parameters) waited past its client's

@@ -86,7 +86,6 @@ def test_a_large_append_whose_records_are_full_of_brackets_commits(tmp_path):
         service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="frames up to 1 MiB are parsed whole on every connection at once")
 def test_many_requests_just_under_the_large_frame_size_are_refused_in_bounded_memory(tmp_path):
     """Bug: only frames over 1 MiB went through the gate and the count of JSON objects; a
     frame of 1 MiB less 3 bytes of ``[{},{},...]`` (350,000 empty objects) was parsed whole

@@ -265,7 +265,7 @@ def receive(sock: socket.socket, kinds: dict[str, dict[str, Check]], limit: int 
     return decode(recv_frame(sock, limit), kinds)
 
 
-LARGE_FRAME = 1 << 20           # frames above this are read and decoded a few at a time
+LARGE_FRAME = 64 << 10          # frames above this are read and decoded a few at a time
 LARGE_FRAME_SECONDS = 120.0     # to send one: a client that trickles it does not hold the gate
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # one JSON string (canonical: ASCII, escaped)
 
@@ -289,12 +289,14 @@ def _most_containers(size: int) -> int:
 def receive_large_gated(sock: socket.socket, kinds: dict[str, dict[str, Check]],
                         gate: AbstractContextManager[Any]) -> dict[str, Any]:
     """:func:`receive` for a service's clients. ``json.loads`` makes 20 million objects of a
-    60 MiB ``[{},{},...]`` (1.6 GB), and each connection has its thread: a large frame is read
-    and decoded only under ``gate`` (a few at once), and refused unparsed if it has more
-    objects and arrays than a request of that size can hold."""
+    60 MiB ``[{},{},...]`` (1.6 GB), and each connection has its thread: a frame over
+    :data:`LARGE_FRAME` is read and decoded only under ``gate`` (a few at once), and any frame
+    is refused unparsed if it has more objects and arrays than a request of that size can
+    hold (frames just under 1 MiB, when only larger ones were checked and gated, were parsed
+    on every connection at once: 100 of them took 1.6 GB)."""
     size = _announced(sock, MAX_FRAME)
     if size <= LARGE_FRAME:
-        return decode(_recv_exact(sock, size), kinds)
+        return _decode_request(_recv_exact(sock, size), kinds)
     with gate:
         previous = sock.gettimeout()
         sock.settimeout(LARGE_FRAME_SECONDS)
@@ -302,11 +304,15 @@ def receive_large_gated(sock: socket.socket, kinds: dict[str, dict[str, Check]],
             payload = _recv_exact(sock, size)
         finally:
             sock.settimeout(previous)
-        containers = _containers(payload)
-        if containers > _most_containers(size):
-            raise WireError(f"a frame of {size} bytes with {containers} JSON objects and arrays; no request "
-                            f"that size has more than {_most_containers(size)}")
-        return decode(payload, kinds)
+        return _decode_request(payload, kinds)
+
+
+def _decode_request(payload: bytes, kinds: dict[str, dict[str, Check]]) -> dict[str, Any]:
+    containers = _containers(payload)
+    if containers > _most_containers(len(payload)):
+        raise WireError(f"a frame of {len(payload)} bytes with {containers} JSON objects and arrays; no request "
+                        f"that size has more than {_most_containers(len(payload))}")
+    return decode(payload, kinds)
 
 
 # -- between MPI ranks: tagged JSON instead of pickle --------------------------------------
