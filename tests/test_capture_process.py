@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -284,12 +285,21 @@ def _waiting_in_spool(spool) -> int:
     return sum(entry["records"] for entry in json.loads(out))
 
 
+def _record_ids_in_spool(spool) -> int:
+    """How many different records the spool's segments hold (a line: the record's id, a
+    space, its bytes)."""
+    lines = b"".join(path.read_bytes() for path in Path(spool).glob("*/*.log")).splitlines()
+    return len({line.split(b" ", 1)[0] for line in lines if line})
+
+
 @pytest.mark.parametrize("kind", ["process", "thread"])
 def test_a_close_with_the_back_end_down_keeps_to_its_limit_and_loses_nothing(tmp_path, kind):
     """``close(timeout)`` bounds the whole close. It gave the full limit to the flush, then
     again to the recording process's end and to the recorder's release, so with the back-end
     down a close of 8 s took 16 s or more (a Parsl run's end waited two minutes that way). The
-    bound asserted is loose on purpose: not a speed goal, only the line the old code crossed."""
+    bound asserted is loose on purpose: not a speed goal, only the line the old code crossed
+    (twice the limit), with room for a busy machine (a close of 8 s took 13.2 s under load 8
+    on 2 cores)."""
     from lineage_ledger import TaskCapture
 
     spool = tmp_path / "spool"
@@ -301,17 +311,22 @@ def test_a_close_with_the_back_end_down_keeps_to_its_limit_and_loses_nothing(tmp
         capture.post(task(i))
     child = getattr(capture, "_process", None)  # the recording process, where there is one
     started = time.monotonic()
-    shipped = capture.close(timeout=8)
+    shipped = capture.close(timeout=12)
     took = time.monotonic() - started
     assert not shipped  # nothing could reach the ledger ...
-    assert took < 13, took  # ... and the close kept (about) to its limit (the old one: 16 s)
+    assert took < 22, took  # ... and the close kept (about) to its limit (the old one: 24 s or more)
     # A recording process that was late (a busy machine) takes what is left in the ring and
     # ends on its own: wait for it, then every record waits in the spool for the next ship.
     deadline = time.monotonic() + 90
     while child is not None and child.poll() is None:
         assert time.monotonic() < deadline, "the recording process did not end"
         time.sleep(0.1)
-    assert _waiting_in_spool(spool) == 3
+    # Every record waits in the spool. Where the recording process was still at work when the
+    # close gave up (a busy machine), this process journaled what the child had not yet
+    # acknowledged, and the late child journaled the same records again, as designed: the
+    # ledger keeps each once. So each record waits once or twice, and none is missing.
+    waiting = _waiting_in_spool(spool)
+    assert _record_ids_in_spool(spool) == 3 and 3 <= waiting <= 6, waiting
 
 
 def test_a_frame_sent_after_the_output_closed_goes_nowhere(tmp_path):
