@@ -138,3 +138,18 @@ def test_a_list_of_many_public_keys_is_read(cli, published):
     result = cli("verify", "--against", "forged.cp", "--pubkey", listing,
                  env={"XDG_STATE_HOME": str(published / "reviewer")})
     assert result.returncode == 1 and "no signature by a trusted key" in result.stderr, result.stderr
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason="baash checkpoint --keys reads a list another user may write "
+                                       "(patch helper-122-baash-keys)")
+def test_baash_checkpoint_refuses_keys_another_user_may_write(cli, published, tmp_path):
+    """docs/baash.md: ``--keys`` must come from somewhere the service cannot rewrite for you.
+    ``lineage-ledger baash checkpoint`` read them with BAASH's own reader, which checks no
+    owner: the service's own ranks.pub (owned by its account) vouched for whatever it endorsed.
+    Refused before the service is asked (its socket need not exist here)."""
+    listing = published / "keys" / "lab.key.pub"
+    os.chown(listing, NOBODY, NOBODY)
+    result = cli("baash", "checkpoint", "--ledger", f"baash://{tmp_path / 'no-such.sock'}", "--keys", listing)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "other users may write" in result.stderr and "cannot reach" not in result.stderr, result.stderr
