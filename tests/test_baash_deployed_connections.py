@@ -14,14 +14,17 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from lineage_ledger import build_block
 from lineage_ledger._model import Record
+from lineage_ledger.backends.baash._wire import encode, send_frame
 from lineage_ledger.backends.baash.admission import PER_CLIENT
 from lineage_ledger.backends.baash.client import BaashBackend
 from tests.support.baash import BaashService
@@ -213,10 +216,9 @@ def test_a_certificate_past_its_cap_is_told_why_over_tls(tmp_path):
     """The cap per client over TLS counts a certificate (after the handshake; a host before
     it): alice's 5th and 6th connections at a cap of 4 are answered 'unavailable' naming
     her certificate and the option, while bob, from the same host, is served."""
-    import socket
     import ssl
 
-    from lineage_ledger.backends.baash._wire import ANSWERS, encode, receive, send_frame
+    from lineage_ledger.backends.baash._wire import ANSWERS, receive
     from lineage_ledger.backends.baash.tls import client_context
     from tests.support.baash import Pki, tls_url
 
@@ -246,3 +248,43 @@ def test_a_certificate_past_its_cap_is_told_why_over_tls(tmp_path):
             conn.close()
         service.stop()
     assert "refused a connection from certificate 'OU=user,CN=alice'" in service.output()
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) // 1024
+
+
+@pytest.mark.xfail(strict=True, reason="each 'blocks' answer is built whole and held while its reader does not read")
+def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
+    """Bug: a `blocks` answer (a page of up to 32 MiB) was joined into one buffer and held
+    by its connection's thread until the client read it. A reader (any allowed client, a
+    read-only admin too) that asked for the first page of a 36 MiB ledger on 60 connections
+    and never read grew the daemon from 111 MiB to 2.6 GB resident, for as long as it kept
+    them open (about 8 GB at the 256 connections one client may hold). Now a page is sent a
+    block at a time from the encoded blocks the daemon keeps anyway."""
+    service = BaashService(tmp_path, 2)
+    backend = BaashBackend(service.url, timeout=120)
+    connections: list[socket.socket] = []
+    try:
+        for i in range(40):  # blocks of one record with 900 KiB of parameters
+            body = make_records(1, run_id=f"large{i}")[0].to_dict()
+            body["parameters"] = {"blob": "x" * (900 << 10)}
+            backend.append([build_block([Record.from_dict(body).stored()], backend.head()).stored()])
+        daemon = service.proc.pid
+        before = _rss_mib(daemon)
+        request = encode("blocks", start=0, stop=None)
+        for _ in range(60):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(str(service.socket))
+            send_frame(conn, request)  # and never read the answer
+            connections.append(conn)
+        time.sleep(5)  # the daemon's threads answer as far as the sockets' buffers take
+        grew = _rss_mib(daemon) - before
+        assert backend.record_count() == 40  # others are served meanwhile
+        assert grew < 512, f"the daemon's resident memory grew by {grew} MiB"
+    finally:
+        for conn in connections:
+            conn.close()
+        backend.close()
+        service.stop()
