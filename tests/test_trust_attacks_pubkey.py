@@ -153,3 +153,35 @@ def test_baash_checkpoint_refuses_keys_another_user_may_write(cli, published, tm
     result = cli("baash", "checkpoint", "--ledger", f"baash://{tmp_path / 'no-such.sock'}", "--keys", listing)
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "other users may write" in result.stderr and "cannot reach" not in result.stderr, result.stderr
+
+
+def _grant_write(path, uid: int) -> None:
+    """An access ACL that lets ``uid`` write ``path`` (setfacl -m u:UID:rw), set as its
+    extended attribute: the mode then shows the ACL's mask in its group bits (0664), with
+    the file's own group unchanged. Skipped where the file system keeps no ACLs."""
+    import errno
+    import struct
+
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), (0x02, 6, uid), (0x04, 4, undefined), (0x10, 6, undefined), (0x20, 4, undefined)]
+    try:
+        os.setxattr(path, "system.posix_acl_access",
+                    struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries))
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip(f"no ACLs on this file system ({err.strerror})")
+        raise
+
+
+@pytest.mark.xfail(strict=True, reason="group write from an ACL passes as the user's private group's")
+def test_a_public_key_an_acl_lets_another_user_write_is_refused(cli, published):
+    """Group write is allowed where the file's group is the account's private one (umask 002
+    on Debian and Ubuntu); an ACL granting another user write shows as that same group bit
+    (its mask), the file's group unchanged: taken for the private group's, the key passed."""
+    pub = published / "keys" / "lab.key.pub"
+    _grant_write(pub, NOBODY if os.geteuid() != NOBODY else 0)
+    assert pub.stat().st_mode & 0o777 == 0o664
+    _swap_in_attackers_key(pub)
+    result = _verify(cli, published, pub)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "other users may write" in result.stderr and "ACL" in result.stderr, result.stderr
