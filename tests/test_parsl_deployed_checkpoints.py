@@ -4,10 +4,10 @@ A Parsl checkpoint (``runinfo/NNN/checkpoint/tasks.pkl``) is a pickle, and loadi
 runs code. ``BasicMemoizer`` loads every checkpoint under ``runinfo`` at ``parsl.load``.
 Where another user can write one (group-writable under a group ``umask 002``, or owned by
 someone else), that user's code ran in the next run of the workflow. The ledger's memoizer
-now loads only checkpoints that no one else can write (the file, its directory, the run's
-directory and ``runinfo``), says which it left out and why, and makes what Parsl writes in
-its run (those same files and directories) not writable by others, so that a group umask
-does not cost the cache.
+now loads only checkpoints that no one else can have written (the file is this user's and
+only theirs to write; its directory and the run's are this user's), says which it left out
+and why, and makes what Parsl writes in its run not writable by others, so that a group
+umask does not cost the cache (``runinfo`` itself, which a group may share, is left as it is).
 """
 
 from __future__ import annotations
@@ -54,22 +54,27 @@ def _writable_by_others(path) -> bool:
     return bool(os.stat(path).st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint others can write is unpickled")
-def test_a_checkpoint_another_user_can_write_is_not_loaded(workdir, caplog):
+@pytest.mark.parametrize("whose", ["group-writable", "another user's"])
+def test_a_checkpoint_another_user_can_write_is_not_loaded(workdir, caplog, whose):
+    if whose == "another user's" and os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
     assert _run(workdir) == (6, False)
     checkpoint = workdir / "runinfo" / "000" / "checkpoint" / "tasks.pkl"
     marker = workdir / "planted-code-ran"
     with open(checkpoint, "ab") as handle:  # what a group member with write access appends
         pickle.dump({"hash": "x", "exception": None, "result": _Planted(str(marker))}, handle)
-    checkpoint.chmod(0o664)
+    if whose == "group-writable":
+        checkpoint.chmod(0o664)
+    else:
+        os.chown(checkpoint, 65534, 65534)
     again = _run(workdir)
     assert not marker.exists(), "code another user wrote into a checkpoint ran"
     assert again == (6, False), "the checkpoint was loaded"
     said = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage() and r.levelname == "ERROR"]
-    assert said and str(checkpoint.parent) in said[0] and "group" in said[0]
+    assert said and str(checkpoint.parent) in said[0]
+    assert ("writable by its group" if whose == "group-writable" else "owned by another user (uid 65534)") in said[0]
 
 
-@pytest.mark.xfail(strict=True, reason="Parsl's checkpoints are written group-writable under a group umask")
 def test_under_a_group_umask_the_checkpoints_stay_private_and_are_reused(workdir):
     old = os.umask(0o002)
     try:
@@ -77,6 +82,6 @@ def test_under_a_group_umask_the_checkpoints_stay_private_and_are_reused(workdir
     finally:
         os.umask(old)
     run = workdir / "runinfo" / "000"
-    for path in (run / "checkpoint" / "tasks.pkl", run / "checkpoint", run, workdir / "runinfo"):
+    for path in (run / "checkpoint" / "tasks.pkl", run / "checkpoint", run):
         assert not _writable_by_others(path), f"{path} is writable by others"
     assert _run(workdir) == (6, True)

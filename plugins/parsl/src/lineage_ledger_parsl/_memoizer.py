@@ -56,6 +56,7 @@ from lineage_ledger import (
     verify_before_run,
 )
 
+from ._checkpoints import keep_private, start_loading_private
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._staging import worker_hashing_used
@@ -86,7 +87,7 @@ class LedgerMemoizer(Memoizer):
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
         self.ledger.new_run()
-        self.inner.start(run_dir=run_dir, config_run_dir=config_run_dir)
+        start_loading_private(self.inner, run_dir=run_dir, config_run_dir=config_run_dir)  # pickles: see there
         # Records earlier runs left in the spool (a ledger that was locked or down) are
         # shipped before the first check, or checked against (see _spooled).
         self._left = ship_left(self.ledger) if self.ledger.unrecordable is None else None
@@ -94,6 +95,7 @@ class LedgerMemoizer(Memoizer):
     def close(self) -> None:
         try:
             self.inner.close()
+            keep_private(getattr(self.inner, "run_dir", None))
         finally:
             self.ledger.finish()  # a bounded wait: the records are in the spool already
 
@@ -128,8 +130,7 @@ class LedgerMemoizer(Memoizer):
         # An output of a cached result that is gone was deleted outside the workflow: the
         # check above compares only the files that exist (a missing input is a miss anyway).
         gone = self._outputs_gone(task, outputs) if cached is not None and outputs else []
-        # An output that another run rewrote since this result was made passes the check above
-        # (the ledger's last record of it is that run's): compared with what this key made.
+        # An output a later run rewrote passes the check above (it is the last record's): see _stale.
         stale = self._outputs_stale(task, outputs, skip=[*tampered, *gone, *unverified.get("not_verified", ())]) \
             if cached is not None and outputs else []
         tampered = [*tampered, *gone, *stale]
