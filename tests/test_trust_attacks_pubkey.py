@@ -173,7 +173,6 @@ def _grant_write(path, uid: int) -> None:
         raise
 
 
-@pytest.mark.xfail(strict=True, reason="group write from an ACL passes as the user's private group's")
 def test_a_public_key_an_acl_lets_another_user_write_is_refused(cli, published):
     """Group write is allowed where the file's group is the account's private one (umask 002
     on Debian and Ubuntu); an ACL granting another user write shows as that same group bit

@@ -126,8 +126,31 @@ def _group_is_private(gid: int, uid: int) -> bool:
     return group.gr_name == user and set(group.gr_mem) <= {user}
 
 
-def _writable_by_others(st: os.stat_result, uid: int) -> bool:
-    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and not _group_is_private(st.st_gid, uid)))
+def _has_acl(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` carries an access ACL (POSIX or NFSv4), whose mask the mode's group bits
+    then show: group write may be another user's, granted by name."""
+    for name in ("system.posix_acl_access", "system.nfs4_acl"):
+        try:
+            os.getxattr(path, name)
+        except OSError:
+            continue  # none (ENODATA), or a file system without them (ENOTSUP)
+        return True
+    return False
+
+
+def _others_write(st: os.stat_result, uid: int, path: str | os.PathLike[str]) -> str | None:
+    """How another user may write the file or directory ``path`` (status ``st``), else None."""
+    mode = f"mode {st.st_mode & 0o777:o}"
+    if st.st_mode & 0o002:
+        return mode
+    if st.st_mode & 0o020:
+        # The account's private group writes for it alone, unless an ACL's mask is what shows
+        # (tests/test_trust_attacks_pubkey.py: an ACL's write for uid 65534 passed as that group's).
+        if _has_acl(path):
+            return f"{mode}, its group bits an ACL's mask: see getfacl"
+        if not _group_is_private(st.st_gid, uid):
+            return mode
+    return None
 
 
 def _who_else_writes(path: str | os.PathLike[str], opened: os.stat_result) -> str | None:
@@ -140,10 +163,11 @@ def _who_else_writes(path: str | os.PathLike[str], opened: os.stat_result) -> st
     uid = os.geteuid()
     if opened.st_uid not in (0, uid):
         return f"it belongs to uid {opened.st_uid}"
-    if _writable_by_others(opened, uid):
-        return f"its mode is {opened.st_mode & 0o777:o}"
-    if not stat.S_ISREG(opened.st_mode):
-        return None
+    if not stat.S_ISREG(opened.st_mode):  # a pipe: no ACL, no directory entry to replace
+        return None if not opened.st_mode & 0o022 else f"its mode is {opened.st_mode & 0o777:o}"
+    others = _others_write(opened, uid, path)
+    if others is not None:
+        return f"its {others}"
     real = os.path.realpath(path)
     try:
         found = os.stat(real)
@@ -156,8 +180,9 @@ def _who_else_writes(path: str | os.PathLike[str], opened: os.stat_result) -> st
         st = os.stat(directory)
         if st.st_uid not in (0, uid):
             return f"the directory {directory} belongs to uid {st.st_uid}"
-        if _writable_by_others(st, uid) and not st.st_mode & stat.S_ISVTX:
-            return f"the directory {directory} is writable by them (mode {st.st_mode & 0o777:o})"
+        others = None if st.st_mode & stat.S_ISVTX else _others_write(st, uid, directory)
+        if others is not None:
+            return f"the directory {directory} is writable by them ({others})"
         if directory == "/":
             return None
         directory = os.path.dirname(directory)
