@@ -125,12 +125,7 @@ class PostgresServer:
                 return
             if self.process is not None:  # this one cannot have bound the port: it ends, or is ended
                 self.process.send_signal(signal.SIGINT)
-                try:
-                    self.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-                self.process = None
+                self._wait_for_end()
             raise _PortTaken
 
     def _could_not_bind(self) -> bool:
@@ -194,6 +189,10 @@ class PostgresServer:
                 os.kill(pid, signal.SIGQUIT if immediate else signal.SIGINT)
             except ProcessLookupError:
                 pass
+        self._wait_for_end()
+
+    def _wait_for_end(self) -> None:
+        """Wait for the server process to end (killed after 30 s), and forget it."""
         if self.process is not None:
             try:
                 self.process.wait(timeout=30)
