@@ -255,7 +255,6 @@ def _rss_mib(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) // 1024
 
 
-@pytest.mark.xfail(strict=True, reason="each 'blocks' answer is built whole and held while its reader does not read")
 def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
     """Bug: a `blocks` answer (a page of up to 32 MiB) was joined into one buffer and held
     by its connection's thread until the client read it. A reader (any allowed client, a

@@ -28,6 +28,7 @@ from ._wire import (
     encode,
     receive_large_gated,
     record_to_wire,
+    send_blocks_page,
     send_frame,
 )
 from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
@@ -167,7 +168,11 @@ class Service:
             except (ConnectionError, OSError):
                 return
             try:
-                send_frame(sock, self.answer(request, peer))
+                reply = self.answer(request, peer)
+                if isinstance(reply, bytes):
+                    send_frame(sock, reply)
+                else:
+                    send_blocks_page(sock, reply)
             except OSError:
                 return
 
@@ -183,7 +188,9 @@ class Service:
             send_frame(sock, _error("forbidden", refusal(peer, None, "read")))
         drain_and_close(sock)  # let its request land, so it reads our answer, not a reset
 
-    def answer(self, request: dict[str, Any], peer: Peer) -> bytes:
+    def answer(self, request: dict[str, Any], peer: Peer) -> bytes | list[str]:
+        """The answer's frame, or for ``blocks`` the page's blocks as the daemon keeps them
+        encoded (sent a block at a time, never joined: see :func:`send_blocks_page`)."""
         op = request["kind"]
         permission = NEEDS[op]
         if not self.allows(peer, permission):
@@ -206,7 +213,7 @@ class Service:
                     if page and size > MAX_FRAME // 2:
                         break
                     page.append(text)
-                return b'{"blocks":[' + ",".join(page).encode() + b'],"kind":"blocks","v":1}'
+                return page
             if op == "record_count":
                 return encode("count", count=index.record_count())
             if op == "known":
