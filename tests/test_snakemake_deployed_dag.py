@@ -310,7 +310,6 @@ TEMP_DIRECTORY = textwrap.dedent('''\
     ''')
 
 
-@pytest.mark.xfail(strict=True, reason="a temp() directory's manifest stays in Snakemake's process")
 def test_a_temp_directory_is_recorded_before_snakemake_deletes_it(tmp_path):
     """A ``temp(directory())`` output was hashed in Snakemake's process before its deletion,
     but the recording process got only its digest, not the manifest a directory's record

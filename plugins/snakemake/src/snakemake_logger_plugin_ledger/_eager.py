@@ -63,9 +63,17 @@ def _core_entry(path: str) -> dict[str, Any] | None:
     from lineage_ledger import ArtifactError, hash_file
 
     try:
-        return hash_file(path).entry()
+        artifact = hash_file(path)
     except ArtifactError:
         return None  # missing or unreadable: the record says so when it hashes
+    entry = artifact.entry()
+    manifest = getattr(artifact, "manifest", None)
+    if manifest is not None:
+        # A directory's record needs its manifest, which stays in this process: it travels
+        # with the digest to the recording process (_journal.decode_run), or that process
+        # hashes again and finds a temp() directory deleted.
+        entry["manifest"] = manifest.to_json()
+    return entry
 
 
 class TempOutputHook(SnakemakeLogHook):

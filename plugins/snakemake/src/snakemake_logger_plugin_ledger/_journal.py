@@ -46,7 +46,28 @@ def decode_run(data: dict[str, Any]) -> TaskRun:
     values = dict(data)
     for key in ("started", "ended"):
         values[key] = parse_time(values[key])
+    values["known"] = {path: _manifest_remembered(entry) for path, entry in (values.get("known") or {}).items()}
     return TaskRun(**values)
+
+
+def _manifest_remembered(entry: dict[str, Any]) -> dict[str, Any]:
+    """A directory's digest entry hashed in Snakemake's process (a ``temp()`` directory, see
+    _eager) carries its manifest: the capture here records a directory from its digest only
+    where it has the manifest (else it hashes again, and a deleted one is missing). Taken
+    only if it is the manifest of that very digest."""
+    if not isinstance(entry, dict) or "manifest" not in entry:
+        return entry
+    entry = dict(entry)
+    raw = entry.pop("manifest")
+    from lineage_ledger._files.manifest import Manifest, remember
+
+    try:
+        manifest = Manifest.from_json(raw)
+    except ValueError:
+        return entry  # not one: the capture hashes the directory again, as before
+    if manifest.digest == entry.get("blake3"):
+        remember(manifest)
+    return entry
 
 
 class PendingJournal:
