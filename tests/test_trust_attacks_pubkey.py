@@ -187,7 +187,6 @@ def test_a_public_key_an_acl_lets_another_user_write_is_refused(cli, published):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="keygen writes a key pair where checkpoint then refuses it")
 def test_keygen_refuses_a_directory_others_may_write(cli, workdir):
     """keygen wrote the pair into a directory another user may write (exit 0), where the key
     is refused on first use; it now says so at once (exit 2) and leaves nothing there."""

@@ -60,6 +60,13 @@ def write_keypair(path: str | os.PathLike[str], name: str) -> tuple[str, str]:
     _create(private_path, private + "\n", 0o600)
     try:
         _create(public_path, public + "\n", 0o644)
+        # Where another user may write, the pair would be refused on first use (load_signer,
+        # load_verifier): said now, and nothing left there (tests/test_trust_attacks_pubkey.py).
+        unsafe = _who_else_writes(private_path, os.stat(private_path))
+        if unsafe is not None:
+            os.unlink(public_path)
+            raise ConfigError(f"{private_path}: a key pair in a place other users may write ({unsafe}) is one they "
+                              "could replace with their own; write it where only you (or root) may write")
     except ConfigError:
         os.unlink(private_path)  # ours, just created: leave no half pair
         raise
