@@ -68,3 +68,16 @@ def test_the_independent_verifier_refuses_it_too(signed):
     name = write(_bent(body, ARABIC_INDIC, True))
     with pytest.raises(verifier.Invalid):
         verifier.parse_checkpoint(Path(name).read_bytes())
+
+
+@pytest.mark.xfail(strict=True, reason="a checkpoint with CRLF line ends is refused without saying why")
+def test_a_checkpoint_with_crlf_line_ends_says_so(cli, signed, workdir):
+    """A checkpoint kept in a git repository and checked out with core.autocrlf (Windows) has
+    CRLF line ends: refused, as Go's note.Open refuses it (exit 2), with 'no control characters
+    other than newlines', which names neither the cause nor the cure."""
+    body, write = signed
+    name = write(body)
+    (workdir / name).write_bytes((workdir / name).read_bytes().replace(b"\n", b"\r\n"))
+    result = cli("verify", "--against", name, "--pubkey", "lab.key.pub")
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "CRLF" in result.stderr and "dos2unix" in result.stderr, result.stderr
