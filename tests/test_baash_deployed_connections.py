@@ -30,7 +30,8 @@ from lineage_ledger.backends.baash.client import BaashBackend
 from tests.support.baash import BaashService
 from tests.support.factories import make_records
 
-pytestmark = [pytest.mark.mpi, pytest.mark.skipif(os.geteuid() != 0, reason="another uid's client needs root")]
+pytestmark = pytest.mark.mpi
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a client running as another uid (nobody) needs root")
 
 NOBODY = 65534
 LOGIN_NOFILE = 1024
@@ -152,6 +153,7 @@ def _append_and_read(url: str, run_id: str, parameters: object = None) -> int:
         backend.close()
 
 
+@needs_root
 def test_one_clients_connections_do_not_deny_the_others(tmp_path, public_dir):
     """Bug: an allowed client (nobody as 'user') opened 1,500 idle connections: the daemon,
     at a login session's 1,024 descriptors, could accept no more, its accept loop spun, and
@@ -174,6 +176,7 @@ def test_one_clients_connections_do_not_deny_the_others(tmp_path, public_dir):
     assert "may open 1024 descriptors (ulimit -n); it takes" in service.output()  # fewer than the default
 
 
+@needs_root
 def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
     """Bug: a uid that is not on the allow-list (nobody, in the socket's group) was answered
     'forbidden', then its connection was drained for up to 1 MiB with a 2 s wait per read:
@@ -194,6 +197,7 @@ def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
         service.stop()
 
 
+@needs_root
 def test_a_client_trickling_large_requests_does_not_hold_up_the_others(tmp_path, public_dir):
     """Bug: requests over 1 MiB (now 64 KiB) are read two at a time, each within 120 s. One allowed client
     (nobody as 'user') announced a 2 MiB frame on two connections and sent its body a byte
