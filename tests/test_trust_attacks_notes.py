@@ -70,7 +70,6 @@ def test_the_independent_verifier_refuses_it_too(signed):
         verifier.parse_checkpoint(Path(name).read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint with CRLF line ends is refused without saying why")
 def test_a_checkpoint_with_crlf_line_ends_says_so(cli, signed, workdir):
     """A checkpoint kept in a git repository and checked out with core.autocrlf (Windows) has
     CRLF line ends: refused, as Go's note.Open refuses it (exit 2), with 'no control characters

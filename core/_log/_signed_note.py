@@ -50,6 +50,9 @@ def _split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]
         text = note.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointInvalid("a note must be valid UTF-8") from None
+    if "\r\n" in text:  # a git checkout with core.autocrlf (Windows): say so (tests/test_trust_attacks_notes.py)
+        raise CheckpointInvalid("its lines end in CRLF, where a note's end in a line feed alone (a copy converted "
+                                "for Windows: convert it back, e.g. with dos2unix, and verify again)")
     if _CONTROL.search(text):
         raise CheckpointInvalid("a note may hold no control characters other than newlines")
     if not text.endswith("\n"):
