@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from lineage_ledger._model import Record
 from lineage_ledger.backends.baash._wire import encode, send_frame
 from lineage_ledger.backends.baash.admission import PER_CLIENT
 from lineage_ledger.backends.baash.client import BaashBackend
+from tests.backend_conformance import chain_of
 from tests.support.baash import BaashService
 from tests.support.factories import make_records
 
@@ -289,5 +291,37 @@ def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
     finally:
         for conn in connections:
             conn.close()
+        backend.close()
+        service.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="every ledgers request asks the job to verify every rank's chain")
+def test_readers_asking_every_ranks_ledger_at_once_ask_the_job_once(tmp_path):
+    """Bug: each `ledgers` request (any reader's) had every rank verify its whole chain,
+    under the lock that rounds take too, one request after another: 8 connections asking
+    in a loop on a ledger of 1,000 blocks made each append wait 2.3-2.9 s instead of a few
+    milliseconds, and the wait grows with the chain and the connections (a request past
+    60 s made the daemon take the job for hung and restart it). Now requests that arrive
+    while one is asked, or while the chain and the job are unchanged, share its answer."""
+    service = BaashService(tmp_path, 2)
+    backend = BaashBackend(service.url, timeout=120)
+    try:
+        backend.append(chain_of(make_records(2000), 10))
+        asked_before = backend.status()["ledgers_asked"]
+        readers = [BaashBackend(service.url, timeout=120) for _ in range(8)]
+        reports: list[list[dict]] = []
+        threads = [threading.Thread(target=lambda r=reader: reports.extend(r.ledgers() for _ in range(5)))
+                   for reader in readers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(reports) == 40 and all(len(r) == 2 and all(rank["valid"] for rank in r) for r in reports)
+        asked = backend.status()["ledgers_asked"] - asked_before
+        assert asked <= 2, f"the job was asked for every rank's ledger {asked} times for 40 requests of one chain"
+        _append_and_read(service.url, "after")  # a new head: asked again, and it shows the new head
+        head = backend.head()
+        assert head is not None and backend.ledgers()[0]["head"] == head.id
+    finally:
         backend.close()
         service.stop()

@@ -89,6 +89,7 @@ class Service:
         self.started = time.time()
         self.refused = 0
         self.malformed = 0
+        self.ledgers_asked = 0  # times the job was asked for every rank's verified ledger
         # Descriptors beside the clients': each rank's heartbeat, block files, mpiexec's pipes.
         total = fit_descriptors(max_connections, reserve=128 + 4 * ranks)
         self.admission = Admission(min(max_client_connections, total), total)
@@ -228,6 +229,7 @@ class Service:
             if op == "status":
                 return encode("status", status=self.status())
             if op == "ledgers":
+                self.ledgers_asked += 1
                 return encode("ledgers", ledgers=self.monitor.ledgers())
             if op == "ping":
                 return encode("pong")
@@ -267,6 +269,7 @@ class Service:
             "connections": {"held": self.admission.count, "refused_over_cap": self.admission.refused,
                             "max": self.admission.total, "max_per_client": self.admission.per_client},
             "malformed_requests": self.malformed, "control": self.monitor.control,
+            "ledgers_asked": self.ledgers_asked,
             "tls": None if self.tls is None else self.tls.endpoint,
         }
 
