@@ -13,7 +13,6 @@ exit) in a process of its own, so that its exit counts too.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ pytest.importorskip("psycopg", reason="a postgresql:// ledger needs lineage-ledg
 
 from lineage_ledger import open_ledger  # noqa: E402
 from tests.support import parsl as support  # noqa: E402
+from tests.support.faults import refused_port  # noqa: E402
 
 #: A generous bound on the whole program (Python and Parsl start-up, four tiny tasks,
 #: cleanup, exit): about 5 s here; the bug made it over 120 s. Not a speed goal (those are
@@ -52,13 +52,6 @@ PROGRAM = """
     print(json.dumps({{"run_id": dfk.run_id, "summary": summary, "child": child,
                       "work_s": worked - started, "cleanup_s": time.monotonic() - worked}}), flush=True)
 """
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (connection refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_parsl(workdir, url: str) -> tuple[dict, str, float]:
@@ -100,8 +93,8 @@ def assert_prompt_and_told(report: dict, stderr: str, elapsed: float) -> None:
 
 
 def test_a_ledger_that_refuses_connections_costs_the_run_seconds_and_no_record(workdir, cli):
-    url = f"postgresql://ledger@127.0.0.1:{closed_port()}/nothing"
-    report, stderr, elapsed = run_parsl(workdir, url)
+    with refused_port() as port:
+        report, stderr, elapsed = run_parsl(workdir, f"postgresql://ledger@127.0.0.1:{port}/nothing")
     assert_prompt_and_told(report, stderr, elapsed)
     waiting = spooled(cli, workdir / "spool")
     assert list(waiting.values()) == [TRIES], waiting  # every try journaled, none shipped

@@ -15,7 +15,6 @@ postgres: the session's, and one of this module's own that asks a role for its p
 from __future__ import annotations
 
 import json
-import socket
 import urllib.parse
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from lineage_ledger.backends._sqlite_files import driver_text
 from tests.conftest import run_cli
 from tests.support import postgres
+from tests.support.faults import refused_port
 
 # Spaces, a tab, percent-escapes and an '@': a password whose spellings must all stay hidden.
 PASSWORD = "s3 cr\tet@p%w"
@@ -39,10 +39,11 @@ def assert_no_password(result, password: str) -> None:
         assert spelling not in shown, shown
 
 
-def a_port_where_nothing_listens() -> int:
-    with socket.socket() as sock:  # bound, then closed: nothing listens there now
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def refused():
+    """A loopback port where every connection is refused (held by this test meanwhile)."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def read(program: str, args: tuple[str, ...], url: str, cwd) -> object:
 
 
 @pytest.mark.parametrize(("program", "args"), READERS)
-def test_nothing_listening_reads_as_one_line(tmp_path, program, args):
-    port = a_port_where_nothing_listens()
+def test_nothing_listening_reads_as_one_line(tmp_path, program, args, refused):
+    port = refused
     url = f"postgresql://bob:{quoted(PASSWORD)}@127.0.0.1:{port}/ledger"
     result = read(program, args, url, tmp_path)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -129,10 +130,10 @@ def test_a_control_character_the_server_quotes_stays_escaped(tmp_path, postgres_
     assert "\x1b" not in result.stderr
 
 
-def test_run_keeps_its_record_and_says_why_in_one_clean_line(tmp_path):
+def test_run_keeps_its_record_and_says_why_in_one_clean_line(tmp_path, refused):
     """The writer's side (SQLAlchemy's engine): the record waits in the spool and the reason
     ``run`` gives is the driver's message on one line, without the password."""
-    port = a_port_where_nothing_listens()
+    port = refused
     url = f"postgresql://bob:{quoted(PASSWORD)}@127.0.0.1:{port}/ledger"
     result = run_cli("run", "--ledger", url, "--", "true", cwd=tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)

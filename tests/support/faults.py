@@ -84,3 +84,15 @@ def record_bodies(db: Path) -> list[dict]:
     finally:
         conn.close()
     return [json.loads(bytes(body) if not isinstance(body, str) else body) for (body,) in rows]
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where a connection is refused, for as long as the block runs: bound
+    by this process and never listened on, so no other process can take it meanwhile (a port
+    bound and closed at once could be another test run's server by the time it is dialled)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
