@@ -295,7 +295,6 @@ def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
         service.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="every ledgers request asks the job to verify every rank's chain")
 def test_readers_asking_every_ranks_ledger_at_once_ask_the_job_once(tmp_path):
     """Bug: each `ledgers` request (any reader's) had every rank verify its whole chain,
     under the lock that rounds take too, one request after another: 8 connections asking

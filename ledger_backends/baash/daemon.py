@@ -90,6 +90,8 @@ class Service:
         self.refused = 0
         self.malformed = 0
         self.ledgers_asked = 0  # times the job was asked for every rank's verified ledger
+        self._ledgers_lock = threading.Lock()
+        self._ledgers_last: tuple[Any, list[Any]] | None = None  # ((generation, head), reports)
         # Descriptors beside the clients': each rank's heartbeat, block files, mpiexec's pipes.
         total = fit_descriptors(max_connections, reserve=128 + 4 * ranks)
         self.admission = Admission(min(max_client_connections, total), total)
@@ -229,8 +231,7 @@ class Service:
             if op == "status":
                 return encode("status", status=self.status())
             if op == "ledgers":
-                self.ledgers_asked += 1
-                return encode("ledgers", ledgers=self.monitor.ledgers())
+                return encode("ledgers", ledgers=self.ledgers())
             if op == "ping":
                 return encode("pong")
             if op == "checkpoint":
@@ -253,6 +254,22 @@ class Service:
         except Exception as err:  # noqa: BLE001 - the front door keeps answering
             log.exception("baash: %s failed", op)
             return _error("failed", f"{op} failed in the service: {type(err).__name__}: {err}")
+
+    def ledgers(self) -> list[Any]:
+        """Every rank's verified ledger. Each rank verifies its whole chain, under the lock
+        rounds take: one request at a time asks the job, and requests that find the job and
+        the chain as the last answer found them get that answer (readers asking in a loop
+        made every append wait for all their requests in turn)."""
+        key = (self.monitor.generation, self.manager.index.head())
+        with self._ledgers_lock:
+            last = self._ledgers_last
+            if last is not None and last[0] == key:
+                return last[1]
+            self.ledgers_asked += 1
+            reports = self.monitor.ledgers()
+            # A rank that did not answer, or whose chain failed, is asked again next time.
+            self._ledgers_last = (key, reports) if all(r.get("valid") for r in reports) else None
+            return reports
 
     def status(self) -> dict[str, Any]:
         head = self.manager.index.head()
