@@ -148,6 +148,15 @@ def state_root() -> str:
         return explicit
     base = os.environ.get("XDG_STATE_HOME")
     if not base or not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
+        home = os.environ.get("HOME")
+        if home is not None and not os.path.isabs(home):
+            # As a relative LINEAGE_STATE_DIR: HOME=. kept a state in each working directory,
+            # and an empty HOME one in /.local (tests/test_trust_attacks_state_home.py).
+            from ._errors import ConfigError
+
+            raise ConfigError(f"HOME ({home!r}) is not an absolute path: the verified tree heads kept below it "
+                              "would be another state in each working directory; set HOME, or LINEAGE_STATE_DIR "
+                              "(or XDG_STATE_HOME), to an absolute path")
         base = os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "lineage-ledger")
 

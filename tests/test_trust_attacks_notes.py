@@ -57,8 +57,6 @@ def test_a_time_line_in_digits_other_than_ascii_is_refused(cli, signed, digits, 
     cli("verify", "--against", write(body, "ascii.cp"), "--pubkey", "lab.key.pub", check_rc=0)
 
 
-@pytest.mark.xfail(strict=True, reason="tests/independent/verifier.py reads the year with \\d and strptime's %Y, "
-                                       "which take any Unicode digit (patch helper-122-independent-ascii-time)")
 def test_the_independent_verifier_refuses_it_too(signed):
     """It refused other digits in the month, day and time (strptime reads those in ASCII
     only), but not in the year."""

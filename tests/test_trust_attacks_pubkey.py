@@ -141,8 +141,6 @@ def test_a_list_of_many_public_keys_is_read(cli, published):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="baash checkpoint --keys reads a list another user may write "
-                                       "(patch helper-122-baash-keys)")
 def test_baash_checkpoint_refuses_keys_another_user_may_write(cli, published, tmp_path):
     """docs/baash.md: ``--keys`` must come from somewhere the service cannot rewrite for you.
     ``lineage-ledger baash checkpoint`` read them with BAASH's own reader, which checks no

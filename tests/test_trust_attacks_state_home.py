@@ -36,7 +36,6 @@ def _refused(result, home):
     assert f"HOME ({home!r})" in result.stderr and "LINEAGE_STATE_DIR" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a relative HOME keeps one state per working directory")
 @pytest.mark.parametrize("home", ["state-home", "."])
 def test_a_home_that_is_not_absolute_keeps_no_state_per_working_directory(cli, workdir, ledger, home):
     env = {"HOME": home, "XDG_STATE_HOME": "", "LINEAGE_LEDGER_URL": ledger}

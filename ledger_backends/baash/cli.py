@@ -233,9 +233,12 @@ def checkpoint(ledger, keys_file, quorum, output) -> None:
     The note works with `verify-lineage --against FILE --pubkey RANK.pub`.
     """
     from lineage_ledger._errors import CheckpointInvalid
+    from lineage_ledger._log.checkpoint import load_verifiers
 
-    from .endorse import load_verifiers, quorum_of, verify_endorsed
+    from .endorse import quorum_of, verify_endorsed
 
+    # The core's reader: it refuses a list another user (the service's account) could have
+    # written (tests/test_trust_attacks_pubkey.py); BAASH's own reads the service's storage.
     verifiers = load_verifiers(keys_file)
     if quorum is not None and quorum > len(verifiers):
         raise ConfigError(f"--quorum {quorum} is more than the {len(verifiers)} keys in {keys_file}")

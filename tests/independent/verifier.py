@@ -42,7 +42,7 @@ def sha256_hash(data: bytes) -> bytes:
 
 # -- 1. records -----------------------------------------------------------------------
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # ASCII: \d takes any digit
 _ENTRY_KEYS = {"blake3", "size", "type", "alias_of"}
 _TASK_TYPES = {"engine": str, "run_id": str, "task_id": str, "task_name": str,
                "parameters": dict, "environment": dict, "extra": dict, "inputs": dict,
@@ -240,7 +240,7 @@ def verify_consistency(old_size: int, old_root: bytes, new_size: int, new_root: 
 
 # -- 5. checkpoints and keys ----------------------------------------------------------
 _DASH = "\u2014 "
-_NOTE_TIME = re.compile(r"time (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{6})?Z")
+_NOTE_TIME = re.compile(r"time ([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]{6})?Z")
 
 
 @dataclass(frozen=True)
