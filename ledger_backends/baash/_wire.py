@@ -58,8 +58,7 @@ __all__ = [
     "ANSWERS", "CLIENT_REQUESTS", "MAX_FRAME", "ROLES", "TO_DAEMON", "TO_GATEWAY", "VERSION", "TruncatedFrame",
     "WireError",
     "block_from_wire", "block_to_wire", "decode", "encode", "install_mpi_codec", "mpi_dumps", "mpi_loads",
-    "receive", "receive_large_gated", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_blocks_page",
-    "send_frame",
+    "receive", "receive_large_gated", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_frame",
 ]
 
 VERSION = 1
@@ -78,23 +77,6 @@ def send_frame(sock: socket.socket, payload: bytes) -> None:
     if len(payload) > MAX_FRAME:
         raise WireError(f"message of {len(payload)} bytes is over the {MAX_FRAME}-byte frame limit")
     sock.sendall(_LENGTH.pack(len(payload)) + payload)
-
-
-def send_blocks_page(sock: socket.socket, blocks: list[str]) -> None:
-    """A ``blocks`` answer, ``{"blocks":[...],"kind":"blocks","v":1}``, of blocks already
-    encoded as JSON (ASCII) text, sent one block at a time. Joined into one buffer, a page
-    of up to 32 MiB was held by its connection's thread until the client read it: 60
-    readers that never read grew the daemon by 2.7 GB."""
-    head, tail = b'{"blocks":[', b'],"kind":"blocks","v":1}'
-    size = len(head) + sum(len(text) for text in blocks) + max(len(blocks) - 1, 0) + len(tail)
-    if size > MAX_FRAME:
-        raise WireError(f"message of {size} bytes is over the {MAX_FRAME}-byte frame limit")
-    sock.sendall(_LENGTH.pack(size) + head)
-    for i, text in enumerate(blocks):
-        if i:
-            sock.sendall(b",")
-        sock.sendall(text.encode("ascii"))  # ASCII: as many bytes as characters
-    sock.sendall(tail)
 
 
 def _recv_exact(sock: socket.socket, size: int, first: bool = False) -> bytes:
