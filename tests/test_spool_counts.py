@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+
+import pytest
 
 from lineage_ledger import verify_before_run
 from tests.support.faults import hold_write_lock
@@ -65,3 +68,21 @@ def test_spool_status_and_ship_say_tasks_and_directory_manifests(cli, workdir, c
     assert "shipped 1 record(s) (1 task)" in shipped.stderr, shipped.stderr  # the manifest was there
     again = cli("spool", "ship", check_rc=0)
     assert "shipped 0 record(s)" in again.stderr, again.stderr
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime (libfaketime) is not installed")
+def test_a_record_from_a_clock_ahead_counts_as_waiting_since_it_was_journaled(cli, workdir):
+    """A host whose clock was an hour ahead left its record in the spool (the ledger locked):
+    that record "ended" in the future, and ``spool status --json`` gave a negative
+    ``oldest_age_s`` for as long as it waited, so an alert on stuck records never fired. It is
+    waiting since its segment was written, at the latest."""
+    cli("run", "--", "true", check_rc=0)  # the ledger exists
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        ahead = cli("run", "--ship-wait", "0", "-n", "fast", "-o", "f.txt", "--", "sh", "-c", "echo f > f.txt",
+                    prefix=(shutil.which("faketime"), "-f", "+1h"))
+        assert ahead.returncode == 0 and "waits" in ahead.stderr, ahead.stderr
+        waiting, = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+        assert waiting["tasks"] == 1 and 0 <= waiting["oldest_age_s"] < 600, waiting
+    finally:
+        holder.communicate("")
