@@ -178,3 +178,24 @@ def test_a_read_of_an_edited_file_does_not_vouch_for_the_edit(Capture, tmp_path,
     write(tmp_path / "src.txt", "new source")
     with pytest.raises(ArtifactMismatch, match="src.txt: MODIFIED since it was last read by"):
         verify_before_run(url, [src], "strict")
+
+
+def test_a_naive_time_is_refused_when_the_task_run_is_made_not_dropped_by_the_worker(tmp_path):
+    """A TaskRun with a naive time was accepted by post(), then the capture's worker logged an
+    error and dropped the record: the task was never recorded, and the caller never knew. The
+    caller is told where it made the mistake, and a run with aware times is recorded."""
+    from datetime import datetime, timezone
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    naive = datetime.now()
+    with pytest.raises(ValueError, match="naive datetime"):
+        TaskRun(task_id="t", task_name="t", status="succeeded", started=naive, ended=naive)
+    with pytest.raises(TypeError, match="must be a datetime"):
+        TaskRun(task_id="t", task_name="t", status="succeeded", started="2026-12-06T10:00:00Z", ended=utcnow())
+    aware = naive.astimezone()  # the local zone, made explicit: stored as UTC
+    with TaskCapture(url, engine="test", run_id="r", spool=str(tmp_path / "spool")) as capture:
+        capture.post(TaskRun(task_id="t", task_name="t", status="succeeded", started=aware, ended=aware))
+        capture.flush()
+    with open_ledger(url, read_only=True) as ledger:
+        record, = [entry.record for entry in ledger.run("r")]
+        assert record.started == aware.astimezone(timezone.utc)

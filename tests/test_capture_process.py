@@ -52,8 +52,10 @@ def test_a_report_comes_out_of_the_wire_format_as_it_went_in(started, ended, att
     back = capture_process.decode_report(payload)
     assert back == run
     assert back.started.utcoffset() == started.utcoffset()
-    naive = TaskRun("7", "step", "failed", started.replace(tzinfo=None), ended)
-    assert capture_process.encode_report(naive) is None  # recorded here, where Record raises
+    with pytest.raises(ValueError, match="naive datetime"):  # said where the run is made
+        TaskRun("7", "step", "failed", started.replace(tzinfo=None), ended)
+    run.started = started.replace(tzinfo=None)  # made naive afterwards: recorded here, where Record raises
+    assert capture_process.encode_report(run) is None
 
 
 def test_records_in_another_process_with_this_processs_environment(url, spool, tmp_path, monkeypatch):

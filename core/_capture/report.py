@@ -69,3 +69,14 @@ class TaskRun:
     #: Digests of the outputs, when the caller has them. Given (not None), ``known`` serves the
     #: inputs only: a file a task updates in place was read with one digest and written with another.
     known_outputs: Mapping[str, Mapping[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        # Said to the caller here, not by the capture's worker later: a time it cannot store
+        # made the worker log an error and drop the record, the task never recorded.
+        for name in ("started", "ended"):
+            moment = getattr(self, name)
+            if not isinstance(moment, datetime):
+                raise TypeError(f"TaskRun.{name} must be a datetime, not {type(moment).__name__}")
+            if moment.tzinfo is None or moment.utcoffset() is None:
+                raise ValueError(f"TaskRun.{name} is a naive datetime ({moment.isoformat()}): lineage-ledger "
+                                 "stores timezone-aware times only (datetime.now(timezone.utc), lineage_ledger.utcnow())")
