@@ -208,8 +208,6 @@ def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_refused_by_s
     assert "inside it, changed: c2.txt" in strict.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="core: check_before_run compares a file inside a produced directory "
-                   "with its last reader, not its producer; patch helper-118-inside-produced-dir.patch")
 def test_the_core_check_compares_a_chunk_with_the_checkpoint_that_wrote_it(tmp_path):
     """The check the plugins call, asked about the chunk itself (as the plugin asks about each
     input of a job): it compared the chunk with its last reader's record, the unchecked run

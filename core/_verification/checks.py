@@ -78,7 +78,16 @@ def check_artifact(ledger: Ledger, path: str, *, against: Literal["any", "produc
     process hashed meanwhile (:mod:`.hash_ahead`), taken where it has the file's digest.
     """
     path = ledger.query_path(path)
-    seen = (ledger.last_seen(path, ("out",)) if against == "producer" else None) or ledger.last_seen(path)
+    seen = ledger.last_seen(path, ("out",)) if against == "producer" else None
+    if seen is None and against == "producer" and os.path.lexists(path):
+        # A file a task wrote inside its directory output (a checkpoint's chunk) was produced
+        # by that task, whoever read it since: a reader that recorded an edit of it (a run
+        # without the check) must not make the edit look produced. Compared with the
+        # directory's manifest where it lists the file; else with its last read, as a source.
+        inside = _check_inside(ledger, path, True, containers)
+        if inside is not None and inside.role == "out" and inside.status is not ArtifactStatus.UNRECORDED:
+            return inside
+    seen = seen or ledger.last_seen(path)
     if seen is None:
         exists = os.path.lexists(path)
         inside = _check_inside(ledger, path, exists, containers)
