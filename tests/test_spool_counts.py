@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,27 @@ def test_a_record_from_a_clock_ahead_counts_as_waiting_since_it_was_journaled(cl
         assert waiting["tasks"] == 1 and 0 <= waiting["oldest_age_s"] < 600, waiting
     finally:
         holder.communicate("")
+
+
+def test_a_record_journaled_twice_counts_once(cli, workdir):
+    """A record can be journaled twice: the recording process and its engine's both keep one
+    that was not acknowledged when the back-end went down (tests/test_capture_process.py).
+    ``spool status`` said "6 record(s) wait (6 tasks)" for 3 distinct records, and ``spool
+    ship`` then "shipped 3". Here the second copy is the same segment under another name."""
+    cli("run", "--", "true", check_rc=0)  # the ledger exists
+    holder = hold_write_lock(workdir / ".lineage" / "ledger.db")
+    try:
+        _run(cli, "a", "a.txt", "echo a > a.txt")
+        _run(cli, "b", "b.txt", "echo b > b.txt")
+    finally:
+        holder.communicate("")
+    waiting, = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+    segments = sorted(p for p in Path(waiting["directory"]).iterdir() if p.suffix == ".log")
+    assert waiting["records"] == 2 and segments, waiting
+    copy = segments[0].with_name("zz-" + segments[0].name)
+    shutil.copy2(segments[0], copy)
+    copy.chmod(0o600)
+    again, = json.loads(cli("spool", "status", "--json", check_rc=0).stdout)
+    assert (again["records"], again["tasks"]) == (2, 2), again
+    shipped = cli("spool", "ship", check_rc=0)
+    assert "shipped 2 record(s) (2 tasks)" in shipped.stderr, shipped.stderr

@@ -105,3 +105,20 @@ def test_real_snakemake_project_root(tmp_path: Path) -> None:
     assert result.returncode == 1
     results = _cli(project, "verify-lineage", "results", ledger=url)
     assert results.returncode == 0, results.stdout + results.stderr
+
+
+def test_a_lock_probe_left_beside_the_ledger_is_skipped_elsewhere_not(tmp_path: Path) -> None:
+    """The SQLite back-end's lock probe, left by a process killed in its lock call (on NFS,
+    where nothing can make it nameless, within the day before the next probe removes it, or
+    by an older release), is this ledger's own leftover: skipped, as its database is. A file
+    of that name elsewhere in the project is not the ledger's, and fails as any other."""
+    project, url = _project(tmp_path)
+    (project / ".ll-lock-probe-4242@login1-abcd1234").write_bytes(b"")
+    result = _cli(project, "verify-lineage", ".", ledger=url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("skipped .ll-lock-probe-4242@login1-abcd1234: a lock probe the SQLite back-end left beside this "
+            "ledger") in result.stderr, result.stderr
+    (project / "results" / ".ll-lock-probe-abcd1234").write_bytes(b"")
+    elsewhere = _cli(project, "verify-lineage", ".", ledger=url)
+    assert elsewhere.returncode == 1 and "results/.ll-lock-probe-abcd1234: UNRECORDED" in elsewhere.stdout, \
+        elsewhere.stdout + elsewhere.stderr

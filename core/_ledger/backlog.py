@@ -101,6 +101,7 @@ def _scan(directory: str) -> SpoolBacklog:
     quarantine = os.path.join(directory, "quarantine")
     if os.path.isdir(quarantine) and not os.path.islink(quarantine):
         found.quarantined = len(os.listdir(quarantine))
+    seen: set[bytes] = set()
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".log"):
             continue
@@ -109,7 +110,7 @@ def _scan(directory: str) -> SpoolBacklog:
             found.refused += _left_alone(os.path.join(directory, name))
             continue
         data, held = read
-        lines = data.split(b"\n")[:-1]  # a torn last line is no record yet
+        lines = _distinct(data, seen)
         if not lines:
             continue
         found.records += len(lines)
@@ -138,6 +139,20 @@ def _scan(directory: str) -> SpoolBacklog:
         if found.oldest is None or oldest < found.oldest:
             found.oldest = oldest
     return found
+
+
+def _distinct(data: bytes, seen: set[bytes]) -> list[bytes]:
+    """The complete lines of a segment (a torn last line is no record yet) whose record is
+    not in ``seen`` (lines of this directory read before), which then holds them. A record
+    can be journaled twice: a recording process and its engine's both keep one that was not
+    acknowledged when the back-end went down (shipping keeps it once); users count records."""
+    lines = []
+    for line in data.split(b"\n")[:-1]:
+        record_id = line.partition(b" ")[0]
+        if record_id not in seen:
+            seen.add(record_id)
+            lines.append(line)
+    return lines
 
 
 def _left_alone(path: str) -> bool:
@@ -245,9 +260,10 @@ def waiting_for(spool: str | None, identity: str, paths: Sequence[str]) -> tuple
     if not os.path.isdir(directory) or os.path.islink(directory):
         return Waiting(), []
     wanted, named, count, manifests = set(paths), set(), 0, 0
+    seen: set[bytes] = set()
     for name in sorted(os.listdir(directory)):
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
-        for line in (read[0].split(b"\n")[:-1] if read else ()):
+        for line in (_distinct(read[0], seen) if read else ()):
             count += 1
             try:
                 body = json.loads(line.partition(b" ")[2])
@@ -271,13 +287,14 @@ def waiting_digests(spool: str | None, identity: str, paths: Sequence[str]) -> t
     if not os.path.isdir(directory) or os.path.islink(directory):
         return Waiting(), {}
     wanted, count, manifests = set(paths), 0, 0
+    seen: set[bytes] = set()
     written: dict[str, set[str]] = {}
     # A pre-run check asks of a few files, and may ask once per task: a line that names
     # none of them (as JSON writes a name, or escaped: then parsed) is not decoded.
     needles = [json.dumps(p, ensure_ascii=False).encode() for p in wanted] if len(wanted) <= _FEW else None
     for name in sorted(os.listdir(directory)):
         read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
-        for line in (read[0].split(b"\n")[:-1] if read else ()):
+        for line in (_distinct(read[0], seen) if read else ()):
             count += 1
             manifests += _is_manifest_line(line.partition(b" ")[2])
             if needles is not None and b"\\" not in line and not any(n in line for n in needles):

@@ -25,9 +25,10 @@ from .._files.hashing import lookup_paths
 if TYPE_CHECKING:
     from .._ledger.ledger import Ledger
 
-__all__ = ["OWN_DATABASE", "own_files", "state_folders"]
+__all__ = ["OWN_DATABASE", "OWN_PROBE", "own_files", "own_probes", "state_folders"]
 
 OWN_DATABASE = "this ledger's own database"
+OWN_PROBE = "a lock probe the SQLite back-end left beside this ledger (its process was killed)"
 
 # Folders engines and tools keep their own state in, by name, wherever they lie.
 _STATE = {
@@ -37,6 +38,10 @@ _STATE = {
 }
 _SQLITE = "sqlite:///"
 _JOURNALS = ("", "-wal", "-shm", "-journal")
+# The SQLite back-end's lock probe (ledger_backends/_sqlite_files.py): unnamed where the file
+# system allows, else removed by the next probe once its process is gone; one from an older
+# release, or another host's within a day, can still lie beside the ledger.
+_PROBE = ".ll-lock-probe-"
 
 
 def own_files(ledger: Ledger) -> frozenset[str]:
@@ -49,6 +54,13 @@ def own_files(ledger: Ledger) -> frozenset[str]:
             base = identity[len(_SQLITE):]
             found.update(base + suffix for suffix in _JOURNALS)
     return frozenset(found)
+
+
+def own_probes(ledger: Ledger, paths: list[str]) -> list[str]:
+    """Of ``paths``, the SQLite back-end's lock probes beside the ledger's database."""
+    folders = {os.path.dirname(p) + os.sep for p in own_files(ledger)}
+    return [p for p in paths if _PROBE in p and os.path.basename(p).startswith(_PROBE)
+            and any(p.startswith(f) and os.sep not in p[len(f):] for f in folders)]
 
 
 def state_folders(ledger: Ledger, recorded: Callable[[str], bool]) -> Callable[[str], str | None]:

@@ -33,7 +33,7 @@ from .._ledger.ledger import Ledger, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._log.chain import ChainSummary
 from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable, check_artifact
-from .not_data import OWN_DATABASE, own_files, state_folders
+from .not_data import OWN_DATABASE, OWN_PROBE, own_files, own_probes, state_folders
 from .report import SHOWN, Absent, Report, TargetResult
 from .tree_files import check_tree_files
 
@@ -157,6 +157,10 @@ def _expand(ledger: Ledger, targets: Iterable[str], report: Report, plain: set[s
             for path in own.intersection(walked):
                 if not recorded(path):
                     skip(path, OWN_DATABASE)
+                    walked.remove(path)
+            for path in own_probes(ledger, walked):
+                if not recorded(path):
+                    skip(path, OWN_PROBE)
                     walked.remove(path)
             paths.extend(walked)
             try:
