@@ -90,3 +90,23 @@ def test_a_checkpoint_no_reader_accepts_is_not_written(cli, tmp_path, checkpoint
     assert not (tmp_path / "new.cp").exists()
     result = cli("checkpoint", "--key", "lab.key", "--ledger", url, env=env)  # to standard output: nothing
     assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stdout[:200])
+
+
+def test_an_exported_crate_whose_checkpoint_no_reader_accepts_is_not_written(cli, tmp_path, checkpointed):
+    """The same origin, through ``export --format ro-crate --key``: the crate's checkpoint.txt
+    was the same unreadable note, written with exit 0, and ``verify-lineage --crate`` refused
+    the crate when it was needed. Now exit 2, no crate left, as ``checkpoint`` does."""
+    import sqlite3
+
+    url, _ = checkpointed
+    (tmp_path / "top.txt").write_text("top\\n")
+    cli("run", "--ledger", url, "-o", "top.txt", "--", "true", check_rc=0)
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:
+        conn.execute("UPDATE ll_meta SET value = ? WHERE key = 'origin'", ("lineage-ledger:" + "o" * 70_000,))
+    env = {"XDG_STATE_HOME": str(tmp_path / "other-account")}  # the owner's state knew the old origin
+    for crate in ("crate", "crate.zip"):
+        result = cli("export", "top.txt", "--format", "ro-crate", "--key", "lab.key", "-o", crate,
+                     "--ledger", url, env=env)
+        assert result.returncode == 2, (result.returncode, result.stdout[:200], result.stderr[:2000])
+        assert "65536" in result.stderr and "nothing was written" in result.stderr, result.stderr[:2000]
+        assert not (tmp_path / crate).exists()

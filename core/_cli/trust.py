@@ -166,7 +166,7 @@ def checkpoint(keyfile, output, ledger_url) -> None:
     Publish it anywhere (a git repository, a paper's supplement); later,
     `verify-lineage --against FILE` proves the ledger only grew since.
     """
-    from .._log.checkpoint import Checkpoint, load_signer, parse, sign
+    from .._log.checkpoint import checkpoint_text, load_signer
 
     if output == "":  # "-o $OUT" with OUT unset: not standard output, as no -o would be
         raise ConfigError("-o: an empty path names no file: give a path, or no -o for standard output")
@@ -180,16 +180,8 @@ def checkpoint(keyfile, output, ledger_url) -> None:
         head = ledger.tree_head()
         if output:
             _keep_a_checkpoint_not_extended(output, ledger)
-    note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
-    text = sign(note, signer) if signer else note.body()
-    try:  # read back as every reader will, before anything is written: a proof none accepts is none
-        parse(text, [signer.verifier] if signer else [])
-    except CheckpointInvalid as err:
-        # An origin of 70,000 characters (ll_meta, set by whoever may write the ledger) made a
-        # note over 64 KiB, written with exit 0 (tests/test_trust_attacks_checkpoint_output.py).
-        raise ConfigError(f"the checkpoint of {head.size} records of the ledger {printable(head.origin[:80])}"
-                          f"{'...' if len(head.origin) > 80 else ''} would not be read back ({err}); nothing "
-                          "was written") from None
+    # Read back as every reader will, before anything is written (checkpoint_text).
+    text = checkpoint_text(head.origin, head.size, bytes.fromhex(head.root), utcnow(), signer)
     if output:
         from ..exports._output import open_output
 

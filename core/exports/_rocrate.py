@@ -116,13 +116,15 @@ def write_crate(ledger: Ledger, selection: Selection, path: str, *, keyfile: str
 
 def _write_crate_dir(ledger: Ledger, selection: Selection, path: str, signer: Any, with_data: bool,
                      license: str | None) -> WrittenCrate:
-    from .._log.checkpoint import Checkpoint, sign
+    from .._log.checkpoint import checkpoint_text
 
     rocrate = require("rocrate.rocrate", "rocrate")
     head = ledger.tree_head()  # every selected record was proved in this head or an earlier one
-    note = Checkpoint(head.origin, head.size, bytes.fromhex(head.root), utcnow())
+    # Read back first: a crate whose checkpoint no reader accepts proves nothing (an origin
+    # too long for a note: ConfigError, and the half-made crate is removed).
+    text = checkpoint_text(head.origin, head.size, bytes.fromhex(head.root), utcnow(), signer)
     with open(os.path.join(path, CHECKPOINT), "w", encoding="utf-8") as handle:
-        handle.write(sign(note, signer) if signer else note.body())
+        handle.write(text)
 
     crate = rocrate.ROCrate(version="1.1")  # the Workflow Run Crate profiles 0.5 build on RO-Crate 1.1
     crate.metadata.extra_terms.update(TERMS)
