@@ -195,3 +195,24 @@ def test_keygen_refuses_a_directory_others_may_write(cli, workdir):
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "other users may write" in result.stderr and str(shared) in result.stderr, result.stderr
     assert list(shared.iterdir()) == []
+
+
+def test_a_crate_is_checked_against_a_list_of_public_keys(cli, workdir):
+    """``verify-lineage --crate C --pubkey LIST`` read one key where ``--against`` reads a list
+    (a BAASH service's ``ranks.pub``, a key a line): a crate signed by one key of the list
+    failed as "not a key file" (exit 2). It is checked against every key of the list now; a
+    list without the signing key fails the check (exit 1)."""
+    from lineage_ledger._log.checkpoint import generate_key
+
+    (workdir / "in.txt").write_text("data\n")
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    cli("keygen", "lab.key", "--name", "lab/key", check_rc=0)
+    cli("export", "out.txt", "--format", "ro-crate", "--key", "lab.key", "-o", "crate", check_rc=0)
+    strangers = [generate_key(f"baash-rank-{n}")[1] for n in range(3)]
+    (workdir / "ranks.pub").write_text("".join(f"{key}\n" for key in [*strangers, (workdir / "lab.key.pub").read_text().strip()]))
+    (workdir / "others.pub").write_text("".join(f"{key}\n" for key in strangers))
+    checked = cli("verify", "--crate", "crate", "--pubkey", "ranks.pub")
+    assert checked.returncode == 0 and "signature checked" in checked.stdout + checked.stderr, \
+        (checked.returncode, checked.stdout, checked.stderr)
+    refused = cli("verify", "--crate", "crate", "--pubkey", "others.pub")
+    assert refused.returncode == 1, (refused.returncode, refused.stdout, refused.stderr)

@@ -129,7 +129,7 @@ def _extract(archive_path: str, target: str) -> None:
 
 
 def _verify_directory(crate: str, pubkeys: tuple[str, ...]) -> CrateReport:
-    from .._log.checkpoint import load_verifier, parse
+    from .._log.checkpoint import load_verifiers, parse
 
     report = CrateReport(crate)
     store = CrateStore()  # the metadata and the records proved, on disk (a crate may be huge)
@@ -148,7 +148,8 @@ def _verify_directory(crate: str, pubkeys: tuple[str, ...]) -> CrateReport:
         except CheckpointInvalid as err:
             raise ConfigError(f"the crate's {_CHECKPOINT} is not a checkpoint: {err}") from None
         try:
-            report.checkpoint = head = parse(note, [load_verifier(key) for key in pubkeys])
+            # A list of keys (a BAASH service's ranks.pub: one a line) as for --against.
+            report.checkpoint = head = parse(note, [v for key in pubkeys for v in load_verifiers(key)])
         except CheckpointInvalid as err:
             for _ in read_members(proofs, "proofs.json", frozenset()):
                 pass  # a proofs.json that is no JSON is said first, as before
