@@ -216,3 +216,15 @@ def test_a_crate_is_checked_against_a_list_of_public_keys(cli, workdir):
         (checked.returncode, checked.stdout, checked.stderr)
     refused = cli("verify", "--crate", "crate", "--pubkey", "others.pub")
     assert refused.returncode == 1, (refused.returncode, refused.stdout, refused.stderr)
+
+
+def test_a_public_key_saved_with_a_byte_order_mark_is_refused_saying_so(cli, published):
+    """A ``.pub`` an editor saved as "UTF-8 with BOM" was read as a key named with U+FEFF, and
+    refused as "the public key's id ... does not match its name and key", which sends a user
+    looking for a forged key. Still refused (exit 2), saying what is wrong."""
+    keys = published / "keys"
+    bom = keys / "bom.pub"
+    bom.write_bytes(b"\xef\xbb\xbf" + (keys / "lab.key.pub").read_bytes())
+    result = cli("verify", "--against", "good.cp", "--pubkey", bom, env={"XDG_STATE_HOME": str(published / "reviewer")})
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "byte-order mark" in result.stderr and "does not match" not in result.stderr, result.stderr

@@ -132,8 +132,18 @@ def _split_key(text: str, fields: int) -> list[str] | None:
     return parts if len(parts) == fields else None
 
 
+def _no_byte_order_mark(text: str) -> None:
+    """A key file an editor saved as "UTF-8 with BOM" read as a key named with U+FEFF, whose id
+    then "does not match its name and key": say what is wrong instead (still refused, as Go's
+    note package refuses it)."""
+    if text.startswith("\ufeff"):
+        raise ConfigError("the key starts with a byte-order mark (U+FEFF: an editor saved it as UTF-8 "
+                          "with BOM); save it without one")
+
+
 def parse_verifier(text: str) -> Verifier:
     """A verifier from its key text ``name+hex id+base64(0x01 || public key)``."""
+    _no_byte_order_mark(text)
     parts = _split_key(text.strip(), 3)
     if parts is None or parts[0] == "PRIVATE":
         raise ConfigError("not a public key (expected <name>+<8 hex digits>+<base64 key>)")
@@ -151,6 +161,7 @@ def parse_verifier(text: str) -> Verifier:
 
 def parse_signer(text: str) -> Signer:
     """A signer from its key text ``PRIVATE+KEY+name+hex id+base64(0x01 || seed)``."""
+    _no_byte_order_mark(text)
     parts = _split_key(text.strip(), 5)
     malformed = "not a private key (expected PRIVATE+KEY+<name>+<8 hex digits>+<base64 key>)"
     if parts is None or parts[:2] != ["PRIVATE", "KEY"]:
