@@ -18,7 +18,7 @@ import pytest
 from lineage_ledger import build_block
 from lineage_ledger.backends.baash.client import BaashBackend
 from tests.conftest import run_cli
-from tests.support.baash import BaashService
+from tests.support.baash import BaashService, job_back
 from tests.support.factories import make_records
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
@@ -51,14 +51,7 @@ def _kill_a_rank_while_appending(backend: BaashBackend, kill: int) -> None:
     try:
         time.sleep(0.5)  # commits, and their endorsements, under way
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            status = backend.status()
-            if status["job_up"] and status["job"]["generation"] > generation:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"the MPI job did not come back: {backend.status()}")
+        job_back(backend, generation)
         time.sleep(0.5)
     finally:
         stop.set()

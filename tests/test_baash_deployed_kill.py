@@ -14,27 +14,16 @@ import os
 import random
 import signal
 import threading
-import time
 
 import pytest
 
 from lineage_ledger.backends import open_backend
 from tests.conftest import run_cli
-from tests.support.baash import BaashService
+from tests.support.baash import BaashService, job_back
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 STEPS = 8
-
-
-def _job_back(backend, generation: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = backend.status()
-        if status["job_up"] and status["job"]["generation"] > generation:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"the MPI job did not come back: {backend.status()}")
 
 
 def test_run_steps_record_through_a_rank_killed_mid_write(tmp_path):
@@ -64,7 +53,7 @@ def test_run_steps_record_through_a_rank_killed_mid_write(tmp_path):
             if killer is not None:
                 killer.join()
         for generation, _rank in kills:
-            _job_back(probe, generation)
+            job_back(probe, generation)
         ok = run_cli(f"f{STEPS}.txt", program="verify-lineage", cwd=work, env=env)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert probe.record_count() == STEPS, ok.stdout + ok.stderr

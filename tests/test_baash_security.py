@@ -14,7 +14,6 @@ import socket
 import stat
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -410,6 +409,8 @@ def _send_raw(path: str, payload: bytes, framed: bool = True, wait: float = 3) -
 @pytest.mark.mpi
 @needs_root
 def test_pickles_sent_to_every_channel_run_nothing(group_service, tmp_path):
+    from tests.support.baash import job_back
+
     service = group_service
     marker = tmp_path / "pickle-ran"
     payloads = [pickle.dumps(Exploit(marker), protocol=p) for p in (0, 2, pickle.HIGHEST_PROTOCOL)]
@@ -431,14 +432,7 @@ def test_pickles_sent_to_every_channel_run_nothing(group_service, tmp_path):
         _send_raw(control, payload, framed=False, wait=0.5)
     generation = backend.status()["job"]["generation"]
     os.kill(backend.status()["job"]["pids"][1], signal.SIGKILL)  # the restart reads the queued connections
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        status = backend.status()
-        if status["job_up"] and status["job"]["generation"] > generation:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"the job did not come back:\n{service.output()}")
+    job_back(backend, generation, 90, said=service.output)
     backend.append(CHAIN)  # still serving: appends commit and read back
     assert [b.id for b in backend.blocks()] == [b.id for b in CHAIN]
     assert not marker.exists(), "a pickle sent to the service was unpickled"

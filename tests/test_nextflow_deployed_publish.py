@@ -35,12 +35,7 @@ workflow { NESTED(); GLOBBED() }
 
 
 def test_published_files_in_folders_of_the_work_directory_are_recorded_and_checked(tmp_path):
-    nf.require_nextflow()
-    here = tmp_path / "pipeline"
-    here.mkdir()
-    (here / "main.nf").write_text(PIPELINE)
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    here, first = nf.first_run(tmp_path, PIPELINE)
     assert "recorded 2 task try(s) and 2 publication(s)" in first.stderr, first.stderr
     published = [here / "results" / "sub" / "deeper" / "x.txt", here / "results" / "out" / "a.txt",
                  here / "results" / "out" / "b.txt"]

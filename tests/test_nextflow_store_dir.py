@@ -41,13 +41,7 @@ workflow { USE(MAKE()) }
 
 
 def _first_run(tmp_path: Path) -> Path:
-    nf.require_nextflow()
-    here = tmp_path / "pipeline"
-    here.mkdir()
-    (here / "main.nf").write_text(PIPELINE)
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
-    return here
+    return nf.first_run(tmp_path, PIPELINE)[0]
 
 
 def test_a_stored_output_is_the_tasks_and_rerun_makes_it_again(tmp_path):

@@ -4,7 +4,7 @@ Before a writer or an in-place reader opens an SQLite ledger, a lock is taken an
 a file of its own beside the ledger (``_sqlite_files.refuse_without_locks``: a file system
 without locks is refused at once). The file was made by ``mkstemp`` and removed after the
 lock call, so a process killed in between (SIGKILL from an engine or the OOM killer, a node
-lost) left a ``.ll-lock-probe-XXXXXXXX`` beside the ledger for good: one more on every such
+lost) left its ``.ll-lock-probe-`` file (a random suffix) beside the ledger for good: one more on every such
 death, and ``verify-lineage .`` at the root of a project that keeps its ledger there
 failed on it as a file no record names. The window is long where the lock call is slow:
 NFS, where a lock is a call to the server.

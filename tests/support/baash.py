@@ -135,3 +135,16 @@ class Pki:
 def tls_url(endpoint: str, ca: Path, cert: Path, key: Path) -> str:
     """``baash+tls://`` for a service's TLS endpoint and a client's files."""
     return f"baash+tls://{endpoint}?ca={ca}&cert={cert}&key={key}"
+
+
+def job_back(backend, generation: int, timeout: float = 120, said=None) -> dict:
+    """The service's status once its MPI job runs again at a later generation than
+    ``generation`` (after a rank was killed); AssertionError after ``timeout`` seconds,
+    with ``said()`` (the service's output, say) or the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = backend.status()
+        if status["job_up"] and status["job"]["generation"] > generation:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"the MPI job did not come back: {said() if said else backend.status()}")

@@ -166,6 +166,18 @@ def run(program: str, *args: str, cwd: Path, timeout: float = 180) -> subprocess
                           timeout=timeout)
 
 
+def first_run(tmp_path: Path, pipeline: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``pipeline`` (a main.nf's text) in ``tmp_path/pipeline``, run once through
+    ``nextflow-ledger``, which must exit 0: (its directory, the run)."""
+    require_nextflow()
+    here = tmp_path / "pipeline"
+    here.mkdir()
+    (here / "main.nf").write_text(pipeline)
+    first = run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
+    return here, first
+
+
 def copy_example(dest: Path) -> Path:
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns(".nextflow*", ".lineage", "results", "work"))
     return dest
