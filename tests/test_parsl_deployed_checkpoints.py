@@ -85,3 +85,61 @@ def test_under_a_group_umask_the_checkpoints_stay_private_and_are_reused(workdir
     for path in (run / "checkpoint" / "tasks.pkl", run / "checkpoint", run):
         assert not _writable_by_others(path), f"{path} is writable by others"
     assert _run(workdir) == (6, True)
+
+
+# Run as another user (nobody) with the descriptor of a shared runinfo/: plants its own
+# checkpoint beside ours, then swaps the two directories' names as fast as it can (one atomic
+# exchange each time, so both names always exist), until killed.
+_SWAPPER = r"""
+import ctypes, os, sys
+runinfo, payload = int(sys.argv[1]), bytes.fromhex(sys.argv[2])
+os.mkdir("evil", 0o755, dir_fd=runinfo)
+evil = os.open("evil", os.O_DIRECTORY, dir_fd=runinfo)
+os.mkdir("checkpoint", 0o755, dir_fd=evil)
+checkpoint = os.open("checkpoint", os.O_DIRECTORY, dir_fd=evil)
+planted = os.open("tasks.pkl", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=checkpoint)
+os.write(planted, payload)
+os.close(planted)
+renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+print("ready", flush=True)
+while True:
+    renameat2(runinfo, b"000", runinfo, b"evil", 2)  # RENAME_EXCHANGE
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
+                    reason="needs root and setpriv to run a second account (nobody)")
+@pytest.mark.xfail(strict=True, reason="the owner check and Parsl's load are two looks at one path")
+def test_a_checkpoint_swapped_between_the_check_and_the_load_is_not_loaded(workdir, caplog):
+    """A group shares ``runinfo/`` (others may write it): another member swaps their own run
+    directory for ours between the owner check and the load. The check and Parsl's load were
+    two looks at one path, so the check saw ours and Parsl unpickled theirs: their code ran in
+    our process. The memoizer now opens each checkpoint once, checks the opened file (and the
+    directories it was opened through) and loads those very bytes."""
+    import subprocess
+
+    assert _run(workdir) == (6, False)
+    runinfo = workdir / "runinfo"
+    runinfo.chmod(0o777)
+    marker = workdir / "planted-code-ran"
+    payload = pickle.dumps({"hash": "x", "exception": None, "result": _Planted(str(marker))})
+    folder = os.open(runinfo, os.O_DIRECTORY)
+    swapper = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", _SWAPPER,
+         str(folder), payload.hex()], pass_fds=(folder,), stdout=subprocess.PIPE, text=True)
+    os.close(folder)
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline().strip() == "ready"
+        ledger = ParslLedger(f"sqlite:///{workdir / 'ledger.db'}", policy="strict")
+        loads = 0
+        while loads < 2000 and not marker.exists():
+            loads += 1
+            # What parsl.load does with the memoizer: start it with a fresh run directory.
+            memoizer = ledger.memoizer(checkpoint_mode="task_exit")
+            memoizer.start(run_dir=str(workdir / f"run-{loads}"), config_run_dir=str(runinfo))
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert not marker.exists(), f"code another user swapped in ran in our process (load {loads})"
+    refused = [r.getMessage() for r in caplog.records if "not loading the Parsl checkpoint" in r.getMessage()]
+    assert refused and "owned by another user (uid 65534)" in refused[0], "the swap never happened"
