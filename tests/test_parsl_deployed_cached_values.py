@@ -62,7 +62,6 @@ def _rewrite_checkpoints(workdir, value: int) -> int:
     return count
 
 
-@pytest.mark.xfail(strict=True, reason="a value loaded from Parsl's checkpoint is reused unchecked")
 def test_a_cached_value_no_recorded_try_made_is_refused_rerun_or_said(workdir, caplog):
     caplog.set_level(logging.WARNING, logger="lineage_ledger")
     # Plain Parsl checkpoints the value; no record of the ledger made it.

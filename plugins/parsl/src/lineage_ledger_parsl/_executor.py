@@ -25,6 +25,7 @@ from lineage_ledger import ConfigError, utcnow
 from ._session import ParslLedger
 from ._staging import WorkerDigests, worker_hashing_used
 from ._tasks import calling_task_record, stream_paths
+from ._values import result_digest
 
 __all__ = ["LedgerExecutorMixin", "wrap_executor"]
 
@@ -85,7 +86,11 @@ class _Try:
         # only cheap bookkeeping here; hashing happens in the recording process (or, with
         # record_in="thread", on the capture's worker).
         try:
-            status, extra = _outcome(future)
+            status, extra, value = _outcome(future)
+            if status == "succeeded" and self.task is not None:
+                digest = result_digest(self.task, value)  # the checkpoint entry Parsl will write of it
+                if digest is not None:
+                    extra["memo_result"] = digest
             logs = stream_paths(self.kwargs)
             if logs:  # written by this try, though not recorded: a reader must not find them changed
                 self.ledger.produced(logs)
@@ -140,17 +145,17 @@ def _settled(value: Any) -> Future:
     return future
 
 
-def _outcome(future: Future) -> tuple[str, dict[str, Any]]:
+def _outcome(future: Future) -> tuple[str, dict[str, Any], Any]:
     # One result() call: each Future method takes the future's lock, on Parsl's thread.
     try:
         value = future.result()
     except CancelledError:
-        return "failed", {"error": "cancelled"}
+        return "failed", {"error": "cancelled"}, None
     except BaseException as error:  # noqa: BLE001 - the app's failure, recorded as such
-        return "failed", {"error": f"{type(error).__name__}: {error}"[:2000]}
+        return "failed", {"error": f"{type(error).__name__}: {error}"[:2000]}, None
     if isinstance(value, RemoteExceptionWrapper):
-        return "failed", {"error": f"{value.e_type.__name__}: {value.e_value}"[:2000]}
-    return "succeeded", {}
+        return "failed", {"error": f"{value.e_type.__name__}: {value.e_value}"[:2000]}, None
+    return "succeeded", {}, value
 
 
 def _wrapper_class(cls: type) -> type:

@@ -56,13 +56,13 @@ from lineage_ledger import (
     verify_before_run,
 )
 
-from ._checkpoints import keep_private, start_loading_private
+from ._checkpoints import RunSaid, keep_private, start_loading_private
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
-from ._staging import worker_hashing_used
-from ._stale import stale_outputs
+from ._stale import outputs_gone, stale_outputs
 from ._tasks import STREAMS, file_digest, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
+from ._values import CachedValues, entry_digest, memo_result
 
 __all__ = ["LedgerMemoizer"]
 
@@ -83,11 +83,14 @@ class LedgerMemoizer(Memoizer):
         self.reruns = 0
         self._said_unnamed = False  # a strict refusal of files the ledger cannot name was logged
         self._left: LeftInSpool | None = None  # records of earlier runs the ledger has not taken
+        self._values = CachedValues({})  # what was loaded from checkpoints (see _values)
+        self._run_said = RunSaid()  # which run wrote the checkpoint: its records vouch for its values
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
         self.ledger.new_run()
-        start_loading_private(self.inner, run_dir=run_dir, config_run_dir=config_run_dir)  # pickles: see there
+        loaded = start_loading_private(self.inner, run_dir=run_dir, config_run_dir=config_run_dir)  # pickles
+        self._values = CachedValues(loaded)
         # Records earlier runs left in the spool (a ledger that was locked or down) are
         # shipped before the first check, or checked against (see _spooled).
         self._left = ship_left(self.ledger) if self.ledger.unrecordable is None else None
@@ -100,7 +103,18 @@ class LedgerMemoizer(Memoizer):
             self.ledger.finish()  # a bounded wait: the records are in the spool already
 
     def update_memo_result(self, task: TaskRecord, r: Any) -> None:
+        if self.inner.checkpoint_mode is not None:
+            self._run_said.say(self.inner.run_dir, task["dfk"].run_id)
         self.inner.update_memo_result(task, r)
+
+    def entry_digest(self, task: Mapping[str, Any], value: Any) -> str | None:
+        """The digest of the checkpoint entry Parsl writes for ``task``'s ``value``, where it
+        checkpoints one (see _values), else None."""
+        hashsum = task.get("hashsum")
+        if self.inner.checkpoint_mode is None or not self.inner.memoize or not task.get("memoize") \
+                or not isinstance(hashsum, str):
+            return None
+        return entry_digest(hashsum, value)
 
     def update_memo_exception(self, task: TaskRecord, e: BaseException) -> None:
         self.inner.update_memo_exception(task, e)
@@ -123,13 +137,19 @@ class LedgerMemoizer(Memoizer):
         marks.pop("lineage_ledger_unverified", None)
         inputs, outputs = task_files(task["args"], task["kwargs"])
         cached = self._inner_check(task, bool(inputs or outputs))
+        # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
+        unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
+            else None
+        if unvouched is not None and self.ledger.policy == "rerun":
+            self.reruns += 1
+            cached = None
         tampered: list[str] = []
         unverified: dict[str, Any] = {}
         if (inputs or outputs) and self.ledger.unrecordable is None:  # else: said at the start
             tampered, unverified = self._verify(task, inputs + outputs)
         # An output of a cached result that is gone was deleted outside the workflow: the
         # check above compares only the files that exist (a missing input is a miss anyway).
-        gone = self._outputs_gone(task, outputs) if cached is not None and outputs else []
+        gone = outputs_gone(self, task, outputs) if cached is not None and outputs else []
         # An output a later run rewrote passes the check above (it is the last record's): see _stale.
         stale = self._outputs_stale(task, outputs, skip=[*tampered, *gone, *unverified.get("not_verified", ())]) \
             if cached is not None and outputs else []
@@ -156,6 +176,7 @@ class LedgerMemoizer(Memoizer):
             marks["lineage_ledger_unverified"] = {**unverified, "read": {p: file_digest(p) for p in read}}
         if cached is not None:
             self.cache_hits += 1
+            vouched = {"result_not_verified": unvouched} if unvouched else memo_result(self, task, cached)
             if unverified:
                 # Reused, not rerun: the files are what is on disk now. Their digests are kept
                 # apart like those of a try that ran on such files, never listed as read or
@@ -163,10 +184,10 @@ class LedgerMemoizer(Memoizer):
                 # try that ran on it); unverified outputs alone leave the verified inputs listed.
                 left_out = _cached_left_out(inputs, outputs, unverified["not_verified"])
                 digests = unverified_digests(inputs, outputs, left_out)
-                self._record(task, "cached", {"from_memo": True, **unverified, "not_verified_digests": digests},
+                self._record(task, "cached", {"from_memo": True, **vouched, **unverified, "not_verified_digests": digests},
                              leave_out={"not_verified": left_out, "modified_outside_workflow": tampered})
             else:
-                self._record(task, "cached", {"from_memo": True}, leave_out=tampered)
+                self._record(task, "cached", {"from_memo": True, **vouched}, leave_out=tampered)
         return cached
 
     # -- internals ---------------------------------------------------------------------
@@ -241,34 +262,6 @@ class LedgerMemoizer(Memoizer):
             self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=tampered)
             raise refusal
         return tampered, {}
-
-    def _outputs_gone(self, task: Mapping[str, Any], outputs: list[str]) -> list[str]:
-        """The outputs of a cached result that are gone. ``strict`` refuses the reuse (recorded
-        as refused); ``warn`` and ``rerun`` say so, and then reuse it or run the task again as
-        for a file edited outside the workflow. Plain Parsl reuses it: the next task fails on
-        the missing file, far from the cause. Not with ``WorkerHashingStaging``, whose workers'
-        files the submit host may not see."""
-        if worker_hashing_used(task["func"]):
-            return []  # the submit host may not see the workers' files (no shared file system)
-        gone = [p for p in dict.fromkeys(outputs) if not os.path.lexists(p)]
-        if not gone:
-            return []
-        policy = self.ledger.policy
-        if policy == "strict":
-            refusal = ArtifactMismatch(
-                f"lineage-ledger refuses to reuse the cached result of task {task['id']} ({task['func_name']}): "
-                "its outputs are gone (deleted outside the workflow since it ran): " + "; ".join(map(shown, gone))
-                + ". Run it again with policy rerun, or remove Parsl's checkpoint of it",
-                path=gone[0],
-            )
-            log.error("%s", refusal)
-            self._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=gone)
-            raise refusal
-        for path in gone:
-            log.warning("lineage-ledger: %s, an output of task %s (%s), is gone (deleted outside the workflow); %s",
-                        shown(path), task["id"], task["func_name"],
-                        "the task runs again" if policy == "rerun" else "its cached result is reused all the same")
-        return gone
 
     def _outputs_stale(self, task: Mapping[str, Any], outputs: list[str], skip: list[str]) -> list[str]:
         """The outputs of a cached result that are not the ones it made (see _stale). ``strict``
@@ -398,3 +391,4 @@ def _cached_left_out(inputs: list[str], outputs: list[str], unverified: Collecti
     if any(p in doubtful for p in inputs):
         doubtful.update(outputs)
     return sorted(doubtful)
+

@@ -13,12 +13,22 @@ check above is all there is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from lineage_ledger import LedgerError, hash_file
+from lineage_ledger import ArtifactMismatch, LedgerError, hash_file
 
-__all__ = ["StaleOutput", "stale_outputs"]
+from ._staging import worker_hashing_used
+from ._unrecordable import shown
+
+if TYPE_CHECKING:
+    from ._memoizer import LedgerMemoizer
+
+__all__ = ["StaleOutput", "outputs_gone", "stale_outputs"]
+
+log = logging.getLogger("lineage_ledger.parsl")
 
 _MADE = ("succeeded", "cached")  # a failed try's partial output is not what the result made
 
@@ -61,3 +71,32 @@ def stale_outputs(ledger: Any, memo_hash: str | None, paths: Iterable[str]) -> l
 
 def _made(record: Any, memo_hash: str) -> bool:
     return record.status in _MADE and (record.extra or {}).get("memo_hash") == memo_hash
+
+
+def outputs_gone(memoizer: LedgerMemoizer, task: Mapping[str, Any], outputs: list[str]) -> list[str]:
+    """The outputs of a cached result that are gone. ``strict`` refuses the reuse (recorded
+    as refused); ``warn`` and ``rerun`` say so, and then reuse it or run the task again as
+    for a file edited outside the workflow. Plain Parsl reuses it: the next task fails on
+    the missing file, far from the cause. Not with ``WorkerHashingStaging``, whose workers'
+    files the submit host may not see."""
+    if worker_hashing_used(task["func"]):
+        return []  # the submit host may not see the workers' files (no shared file system)
+    gone = [p for p in dict.fromkeys(outputs) if not os.path.lexists(p)]
+    if not gone:
+        return []
+    policy = memoizer.ledger.policy
+    if policy == "strict":
+        refusal = ArtifactMismatch(
+            f"lineage-ledger refuses to reuse the cached result of task {task['id']} ({task['func_name']}): "
+            "its outputs are gone (deleted outside the workflow since it ran): " + "; ".join(map(shown, gone))
+            + ". Run it again with policy rerun, or remove Parsl's checkpoint of it",
+            path=gone[0],
+        )
+        log.error("%s", refusal)
+        memoizer._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "strict"}, leave_out=gone)
+        raise refusal
+    for path in gone:
+        log.warning("lineage-ledger: %s, an output of task %s (%s), is gone (deleted outside the workflow); %s",
+                    shown(path), task["id"], task["func_name"],
+                    "the task runs again" if policy == "rerun" else "its cached result is reused all the same")
+    return gone
