@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import socket
 import struct
-from contextlib import AbstractContextManager
+import time
 from typing import Any
 
 from lineage_ledger._model import StoredBlock, StoredRecord
@@ -58,7 +57,7 @@ __all__ = [
     "ANSWERS", "CLIENT_REQUESTS", "MAX_FRAME", "ROLES", "TO_DAEMON", "TO_GATEWAY", "VERSION", "TruncatedFrame",
     "WireError",
     "block_from_wire", "block_to_wire", "decode", "encode", "install_mpi_codec", "mpi_dumps", "mpi_loads",
-    "receive", "receive_large_gated", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_frame",
+    "receive", "record_from_wire", "record_to_wire", "recv_frame", "send", "send_frame",
 ]
 
 VERSION = 1
@@ -73,16 +72,44 @@ class TruncatedFrame(WireError):
 
 
 # -- frames -------------------------------------------------------------------------------
-def send_frame(sock: socket.socket, payload: bytes) -> None:
+def send_frame(sock: socket.socket, payload: bytes, deadline: float | None = None) -> None:
+    """One frame; with ``deadline`` (``time.monotonic()``), all of it by then or TimeoutError."""
     if len(payload) > MAX_FRAME:
         raise WireError(f"message of {len(payload)} bytes is over the {MAX_FRAME}-byte frame limit")
-    sock.sendall(_LENGTH.pack(len(payload)) + payload)
+    data = _LENGTH.pack(len(payload)) + payload
+    if deadline is None:
+        sock.sendall(data)
+    else:
+        send_by(sock, data, deadline)
 
 
-def _recv_exact(sock: socket.socket, size: int, first: bool = False) -> bytes:
-    """``size`` bytes; ConnectionError on a close before the first byte of a frame, else TruncatedFrame."""
+def _left(sock: socket.socket, deadline: float) -> None:
+    """Give the socket's next operation what is left until ``deadline``, or raise TimeoutError.
+    A timeout per operation let a peer that took a byte (or sent one) now and then hold the
+    connection for as long as it liked."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the peer took longer than it may")
+    sock.settimeout(left)
+
+
+def send_by(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """``sock.sendall(data)``, all of it by ``deadline`` (``time.monotonic()``) or TimeoutError
+    (then the connection is out of step: close it). Sent in pieces, each given what is left:
+    an SSL socket's ``sendall`` gives its timeout to each piece."""
+    view = memoryview(data)
+    while view:
+        _left(sock, deadline)
+        view = view[sock.send(view[:1 << 18]):]
+
+
+def _recv_exact(sock: socket.socket, size: int, first: bool = False, deadline: float | None = None) -> bytes:
+    """``size`` bytes; ConnectionError on a close before the first byte of a frame, else TruncatedFrame;
+    with ``deadline`` (``time.monotonic()``), TimeoutError if they have not all come by then."""
     chunks: list[bytes] = []
     while size:
+        if deadline is not None:
+            _left(sock, deadline)
         chunk = sock.recv(min(size, 1 << 20))
         if not chunk:
             if chunks or not first:
@@ -93,8 +120,8 @@ def _recv_exact(sock: socket.socket, size: int, first: bool = False) -> bytes:
     return b"".join(chunks)
 
 
-def _announced(sock: socket.socket, limit: int) -> int:
-    (size,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size, first=True))
+def _announced(sock: socket.socket, limit: int, deadline: float | None = None) -> int:
+    (size,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size, first=True, deadline=deadline))
     if size > limit:
         raise WireError(f"a frame of {size} bytes was announced; the limit is {limit}")
     return int(size)
@@ -263,56 +290,6 @@ def send(sock: socket.socket, kind: str, **fields: Any) -> None:
 
 def receive(sock: socket.socket, kinds: dict[str, dict[str, Check]], limit: int = MAX_FRAME) -> dict[str, Any]:
     return decode(recv_frame(sock, limit), kinds)
-
-
-LARGE_FRAME = 64 << 10          # frames above this are read and decoded a few at a time
-LARGE_FRAME_SECONDS = 120.0     # to send one: a client that trickles it does not hold the gate
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # one JSON string (canonical: ASCII, escaped)
-
-
-def _containers(payload: bytes) -> int:
-    """JSON objects and arrays in ``payload`` outside its strings (a record body is a string
-    full of braces); the strings are dropped only when the braces alone are too many."""
-    count = payload.count(b"{") + payload.count(b"[")
-    if count <= _most_containers(len(payload)):
-        return count
-    bare = _STRING.sub(b'""', payload)
-    return bare.count(b"{") + bare.count(b"[")
-
-
-def _most_containers(size: int) -> int:
-    # Each array of a well-formed request holds a 64-digit id or digest or more: a request
-    # cannot have more than one per 32 bytes. 20 million empty objects in 60 MiB are 1.6 GB.
-    return size // 32 + 1024
-
-
-def receive_large_gated(sock: socket.socket, kinds: dict[str, dict[str, Check]],
-                        gate: AbstractContextManager[Any]) -> dict[str, Any]:
-    """:func:`receive` for a service's clients. ``json.loads`` makes 20 million objects of a
-    60 MiB ``[{},{},...]`` (1.6 GB), and each connection has its thread: a frame over
-    :data:`LARGE_FRAME` is read and decoded only under ``gate`` (a few at once), and any frame
-    is refused unparsed if it has more objects and arrays than a request of that size can
-    hold (frames just under 1 MiB, when only larger ones were checked and gated, were parsed
-    on every connection at once: 100 of them took 1.6 GB)."""
-    size = _announced(sock, MAX_FRAME)
-    if size <= LARGE_FRAME:
-        return _decode_request(_recv_exact(sock, size), kinds)
-    with gate:
-        previous = sock.gettimeout()
-        sock.settimeout(LARGE_FRAME_SECONDS)
-        try:
-            payload = _recv_exact(sock, size)
-        finally:
-            sock.settimeout(previous)
-        return _decode_request(payload, kinds)
-
-
-def _decode_request(payload: bytes, kinds: dict[str, dict[str, Check]]) -> dict[str, Any]:
-    containers = _containers(payload)
-    if containers > _most_containers(len(payload)):
-        raise WireError(f"a frame of {len(payload)} bytes with {containers} JSON objects and arrays; no request "
-                        f"that size has more than {_most_containers(len(payload))}")
-    return decode(payload, kinds)
 
 
 # -- between MPI ranks: tagged JSON instead of pickle --------------------------------------

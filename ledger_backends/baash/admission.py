@@ -93,16 +93,17 @@ class Admission:
         self.release(old)
         return self.admit(new)
 
-    def note(self, key: str, why: str) -> None:
-        """Log a client's refusals at most once a minute (a flood must not fill the log)."""
+    def note(self, key: str, why: str, done: str = "refused") -> None:
+        """Log what was ``done`` to a client's connections at most once a minute per client
+        and kind (a flood must not fill the log)."""
         now = time.monotonic()
-        last, since = self._logged.get(key, (float("-inf"), 0))
+        last, since = self._logged.get(f"{done} {key}", (float("-inf"), 0))
         if now - last < LOG_EVERY:
-            self._logged[key] = (last, since + 1)
+            self._logged[f"{done} {key}"] = (last, since + 1)
             return
-        self._logged[key] = (now, 0)
-        more = f" ({since} more refused since the last line)" if since else ""
-        log.warning("baash: refused a connection from %s: %s%s", key, why, more)
+        self._logged[f"{done} {key}"] = (now, 0)
+        more = f" ({since} more {done} since the last line)" if since else ""
+        log.warning("baash: %s a connection from %s: %s%s", done, key, why, more)
 
 
 def turn_away(sock: socket.socket, why: str) -> None:

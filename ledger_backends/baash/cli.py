@@ -113,9 +113,17 @@ def baash() -> None:
 @click.option("--max-client-connections", type=click.IntRange(1), default=256, show_default=True,
               help="Client connections one client (a uid, a certificate, a host mid-handshake) may hold at once; "
                    "past that it is answered 'unavailable' and its records wait in its spool.")
+@click.option("--idle-timeout", type=_Seconds(positive=True), default=120.0, show_default=True,
+              help="Seconds a client connection may go without sending a request (and a request over 64 KiB "
+                   "may take to arrive) before it is closed; the client opens another when it next calls.")
+@click.option("--send-timeout", type=_Seconds(positive=True), default=120.0, show_default=True,
+              help="Seconds a client may take to read an answer before its connection is closed.")
+@click.option("--ledgers-timeout", type=_Seconds(positive=True), default=10.0, show_default=True,
+              help="Seconds every rank may verify its chain for one 'ledgers' request; past that the request is "
+                   "answered 'unavailable' with how far each got, and the next goes on from there.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
           faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key,
-          max_connections, max_client_connections) -> None:
+          max_connections, max_client_connections, idle_timeout, send_timeout, ledgers_timeout) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     for option, given in (("--faulty-voter", faulty_voter), ("--silent-voter", silent_voter),
                           ("--lying-signer", lying_signer)):
@@ -147,7 +155,8 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
     service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
                       allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay,
-                      max_connections=max_connections, max_client_connections=max_client_connections)
+                      max_connections=max_connections, max_client_connections=max_client_connections,
+                      idle_timeout=idle_timeout, send_timeout=send_timeout, ledgers_timeout=ledgers_timeout)
 
     def ready(svc) -> None:
         line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info,

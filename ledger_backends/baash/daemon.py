@@ -22,15 +22,8 @@ import threading
 import time
 from typing import Any
 
-from ._wire import (
-    CLIENT_REQUESTS,
-    MAX_FRAME,
-    WireError,
-    encode,
-    receive_large_gated,
-    record_to_wire,
-    send_frame,
-)
+from ._requests import IDLE_SECONDS, receive_large_gated
+from ._wire import CLIENT_REQUESTS, MAX_FRAME, WireError, encode, record_to_wire, send_by, send_frame
 from .access import NEEDS, PERMITS, AccessList, bind_unix, needed_roles, peer_uid
 from .admission import PER_CLIENT, TOTAL, Admission, fit_descriptors, turn_away
 from .endorse import ensure_keys, ensure_origin
@@ -43,27 +36,27 @@ __all__ = ["Service"]
 
 log = logging.getLogger("lineage_ledger.baash")
 READ_PAGE = 256  # blocks per `blocks` answer; the client pages
+SEND_SECONDS = 120.0  # to take one answer (--send-timeout): a client that never reads is cut off
+LEDGERS_SECONDS = 10.0  # every rank's verification for one `ledgers` request (--ledgers-timeout)
 
 
 def _located(items: list[Any]) -> list[Any]:
     return [[x.height, x.position, record_to_wire(x.record)] for x in items]
 
 
-def send_blocks_page(sock: socket.socket, blocks: list[str]) -> None:
+def send_blocks_page(sock: socket.socket, blocks: list[str], deadline: float) -> None:
     """A ``blocks`` answer, ``{"blocks":[...],"kind":"blocks","v":1}``, of blocks already
-    encoded as JSON (ASCII) text, sent one block at a time. Joined into one buffer, a page
-    of up to 32 MiB was held by its connection's thread until the client read it: 60
-    readers that never read grew the daemon by 2.7 GB."""
+    encoded as JSON (ASCII) text, sent one block at a time, all of it by ``deadline``. Joined
+    into one buffer, a page of up to 32 MiB was held by its connection's thread until the
+    client read it: 60 readers that never read grew the daemon by 2.7 GB."""
     head, tail = b'{"blocks":[', b'],"kind":"blocks","v":1}'
     size = len(head) + sum(len(text) for text in blocks) + max(len(blocks) - 1, 0) + len(tail)
     if size > MAX_FRAME:
         raise WireError(f"message of {size} bytes is over the {MAX_FRAME}-byte frame limit")
-    sock.sendall(struct.pack(">I", size) + head)
+    send_by(sock, struct.pack(">I", size) + head, deadline)
     for i, text in enumerate(blocks):
-        if i:
-            sock.sendall(b",")
-        sock.sendall(text.encode("ascii"))  # ASCII: as many bytes as characters
-    sock.sendall(tail)
+        send_by(sock, (b"," if i else b"") + text.encode("ascii"), deadline)  # ASCII: a byte a character
+    send_by(sock, tail, deadline)
 
 
 def _error(status: str, message: str) -> bytes:
@@ -96,17 +89,26 @@ class Service:
                  socket_group: int | None = None, allow: dict[int, set[str]] | None = None,
                  batch_blocks: int = 64, batch_time: float = 0.002, min_ranks: int = 2,
                  restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None,
-                 max_connections: int = TOTAL, max_client_connections: int = PER_CLIENT) -> None:
+                 max_connections: int = TOTAL, max_client_connections: int = PER_CLIENT,
+                 idle_timeout: float = IDLE_SECONDS, send_timeout: float = SEND_SECONDS,
+                 ledgers_timeout: float = LEDGERS_SECONDS) -> None:
         self.store = SharedStore(storage)
         self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
         self.origin = ensure_origin(self.store.root)  # before the job starts: its ranks sign with these
         self.rank_keys = [key.text() for key in ensure_keys(self.store.root, ranks)]
+        rank_args = [*rank_args, "--ledgers-seconds", repr(float(ledgers_timeout))]
         self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay)
         self.manager = TransactionManager(self.store, self.monitor, batch_blocks=batch_blocks, batch_time=batch_time)
         self.started = time.time()
         self.refused = 0
         self.malformed = 0
         self.ledgers_asked = 0  # times the job was asked for every rank's verified ledger
+        # A connection that sends no request, or takes no answer, for this long is closed: an
+        # allowed client sitting on its places (or on answers it never read) kept them for good,
+        # and the owner's and everyone else's appends were refused once the caps were reached.
+        self.idle_timeout, self.send_timeout, self.ledgers_timeout = idle_timeout, send_timeout, ledgers_timeout
+        self.closed_idle = 0
+        self.closed_unread = 0
         self._ledgers_lock = threading.Lock()
         self._ledgers_last: tuple[Any, list[Any]] | None = None  # ((generation, head), reports)
         # Descriptors beside the clients': each rank's heartbeat, block files, mpiexec's pipes.
@@ -178,21 +180,33 @@ class Service:
         mine = self._large_per_client.setdefault(peer.name, threading.Lock())
         while True:
             try:
-                request = receive_large_gated(sock, CLIENT_REQUESTS, _LargeGate(self._large_frames, mine))
+                request = receive_large_gated(sock, CLIENT_REQUESTS, _LargeGate(self._large_frames, mine),
+                                              idle=self.idle_timeout)
             except WireError as err:
                 # Frame boundaries may be lost: answer once, then hang up.
                 self.malformed += 1
                 with contextlib.suppress(OSError):
                     send_frame(sock, _error("bad_request", f"malformed request: {err}"))
                 return
+            except TimeoutError:
+                self.closed_idle += 1
+                self.admission.note(peer.name, f"no request came within {self.idle_timeout:g} s (--idle-timeout)",
+                                    "closed")
+                return
             except (ConnectionError, OSError):
                 return
             try:
                 reply = self.answer(request, peer)
+                deadline = time.monotonic() + self.send_timeout
                 if isinstance(reply, bytes):
-                    send_frame(sock, reply)
+                    send_frame(sock, reply, deadline)
                 else:
-                    send_blocks_page(sock, reply)
+                    send_blocks_page(sock, reply, deadline)
+            except TimeoutError:
+                self.closed_unread += 1
+                self.admission.note(peer.name, f"it did not take its answer within {self.send_timeout:g} s "
+                                               "(--send-timeout)", "closed")
+                return
             except OSError:
                 return
 
@@ -283,10 +297,18 @@ class Service:
             if last is not None and last[0] == key:
                 return last[1]
             self.ledgers_asked += 1
-            reports = self.monitor.ledgers()
+            reports = self.monitor.ledgers(self.ledgers_timeout)
             # A rank that did not answer, or whose chain failed, is asked again next time.
             self._ledgers_last = (key, reports) if all(r.get("valid") for r in reports) else None
-            return reports
+        pending = [r for r in reports if r.get("pending")]
+        if pending:
+            # Each rank goes on from where it stopped at the next request (its verifier is
+            # kept): a very large chain is answered after a few requests, not by a job
+            # restarted as hung after 60 s (which started the verification over).
+            got = ", ".join(f"rank {r['rank']} {r['verified']:,} of {r['blocks']:,} blocks" for r in pending)
+            raise JobDown(f"every rank's ledger is still being verified ({got}) after the {self.ledgers_timeout:g} s "
+                          f"one request may take (--ledgers-timeout); ask again: each request goes on from there")
+        return reports
 
     def status(self) -> dict[str, Any]:
         head = self.manager.index.head()
@@ -301,7 +323,9 @@ class Service:
                         "writes_skipped": self.store.writes_skipped},
             "uptime": time.time() - self.started, "refused_connections": self.refused,
             "connections": {"held": self.admission.count, "refused_over_cap": self.admission.refused,
-                            "max": self.admission.total, "max_per_client": self.admission.per_client},
+                            "max": self.admission.total, "max_per_client": self.admission.per_client,
+                            "closed_idle": self.closed_idle, "closed_unread": self.closed_unread,
+                            "idle_timeout": self.idle_timeout, "send_timeout": self.send_timeout},
             "malformed_requests": self.malformed, "control": self.monitor.control,
             "ledgers_asked": self.ledgers_asked,
             "tls": None if self.tls is None else self.tls.endpoint,

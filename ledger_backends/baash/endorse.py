@@ -220,13 +220,18 @@ class Endorser:
             return None
         return cls(ensure_origin(storage), load_signer(path))
 
-    def check_restored(self, storage: str, blocks: Sequence[StoredBlock]) -> str | None:
+    def check_restored(self, storage: str, blocks: Sequence[StoredBlock], *, verified: bool = False,
+                       chain_error: str | None = None) -> str | None:
         """Why this rank must not endorse the chain it restored from storage, or None: the
-        chain must verify, and extend the last endorsed tree head (``DIR/checkpoint``)."""
-        try:
-            verify_chain(blocks)
-        except LedgerError as exc:
-            return f"the chain in shared storage does not verify: {exc}"
+        chain must verify, and extend the last endorsed tree head (``DIR/checkpoint``).
+        ``verified``: the rank verified it already, and found ``chain_error`` (None: none)."""
+        if not verified:
+            try:
+                verify_chain(blocks)
+            except LedgerError as exc:
+                chain_error = str(exc)
+        if chain_error is not None:
+            return f"the chain in shared storage does not verify: {chain_error}"
         note = read_endorsed(storage)
         if note is None:
             return None

@@ -47,6 +47,7 @@ class Gateway:
             except ConfigError as exc:  # then only the gateway's own line: it fails closed
                 print(f"baash gateway: cannot check the ranks' signatures: {exc}", file=sys.stderr)
         self.clusters = clusters
+        self._asked_ledgers = 0
         self.inbox = inbox
         self.coordinator = ClusterCoordinator(cluster, Inbox([cluster], Tag.VOTE), state, store, f=args.f, c=args.c,
                                               mode=args.mode, vote_timeout=args.vote_timeout, tags=Tag)
@@ -192,15 +193,21 @@ class Gateway:
                                     "failed_validators": sorted(self.coordinator.failed)}, endorsed
 
     def ledgers(self) -> list[dict[str, Any]]:
-        size = self.world.Get_size()
+        """Every rank's report (:meth:`ChainState.summary`), each rank verifying for at most
+        ``--ledgers-seconds``. Requests are numbered: the late report of a rank that missed
+        an earlier request's wait is not taken for this one's."""
+        self._asked_ledgers += 1
+        ask, seconds, size = self._asked_ledgers, self.args.ledgers_seconds, self.world.Get_size()
         for rank in range(1, size):
-            self.world.send(None, dest=rank, tag=Tag.LEDGER)
-        reports: dict[int, dict[str, Any]] = {0: {**self.state.summary(), "rank": 0}}
+            self.world.send((ask, seconds), dest=rank, tag=Tag.LEDGER)
+        reports: dict[int, dict[str, Any]] = {0: {**self.state.summary(seconds), "rank": 0}}
         inbox = Inbox([self.world], Tag.SUMMARY)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + seconds + 30
         while len(reports) < size:
             message = inbox.next(deadline)
             if message is None:
                 break
-            reports[message[1]] = {**message[3], "rank": message[1]}
+            answered, report = message[3]
+            if answered == ask:
+                reports[message[1]] = {**report, "rank": message[1]}
         return [reports.get(r, {"rank": r, "valid": False, "error": "no answer"}) for r in range(size)]

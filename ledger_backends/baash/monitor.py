@@ -377,8 +377,11 @@ class JobMonitor:
                             self.storage, err)
         return reply["outcomes"], reply["info"]
 
-    def ledgers(self) -> list[dict[str, Any]]:
-        reply = self._ask("ledgers", 60.0)
+    def ledgers(self, seconds: float) -> list[dict[str, Any]]:
+        """Every rank's report; each rank verifies for at most ``seconds`` (the gateway first
+        its own chain, then waits for the others'): past twice that and a minute, the job is
+        taken for hung."""
+        reply = self._ask("ledgers", 2 * seconds + 60.0)
         if reply["kind"] != "ledgers":
             raise JobDown("the MPI job answered a ledger request with something else")
         return reply["ledgers"]

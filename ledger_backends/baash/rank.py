@@ -38,6 +38,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clusters", type=int, default=1)
     parser.add_argument("--mode", choices=("baash", "pbft", "replicate"), default="baash")
     parser.add_argument("--vote-timeout", type=float, default=5.0)
+    parser.add_argument("--ledgers-seconds", type=float, default=10.0,
+                        help="how long a rank verifies its chain for one 'ledgers' request at most")
     parser.add_argument("--faulty-voter", type=int, action="append", default=[],
                         help="world rank that votes the opposite of what it found (fault injection)")
     parser.add_argument("--silent-voter", type=int, action="append", default=[],
@@ -91,7 +93,8 @@ class Validator:
                            if self.endorser is not None and count else ())
             comm.send((round_id, *self.state.head, *endorsement), dest=source, tag=Tag.ACK)
         elif tag == Tag.LEDGER:
-            comm.send(self.state.summary(), dest=source, tag=Tag.SUMMARY)
+            ask, seconds = body
+            comm.send((ask, self.state.summary(seconds)), dest=source, tag=Tag.SUMMARY)
         elif tag == Tag.SYNC:
             self.state.extend(self.store.load(self.state.head[0]))
             comm.send((-1, *self.state.head), dest=source, tag=Tag.ACK)
@@ -160,8 +163,11 @@ class Validator:
 
 
 def restore(store: SharedStore) -> ChainState:
+    """The chain in shared storage, verified (once: a ``ledgers`` request then verifies only
+    the blocks committed since)."""
     state = ChainState()
     state.extend(store.load())
+    state.summary()
     return state
 
 
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     state = restore(store)
     endorser = Endorser.load(args.storage, rank)
-    refusal = endorser.check_restored(args.storage, state.blocks) if endorser is not None else None
+    refusal = (endorser.check_restored(args.storage, state.blocks, verified=True, chain_error=state.chain_error)
+               if endorser is not None else None)
     if refusal is not None:  # keep serving, but sign no tree head of this chain
         print(f"baash rank {rank}: endorsing no tree head: {refusal}", file=sys.stderr)
         endorser = None

@@ -12,10 +12,12 @@ same vote and the coordinator counts equal digests. An invalid block gets the NU
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lineage_ledger import LedgerError, StoredBlock, StoredRecord, verify_block, verify_chain
+from lineage_ledger import LedgerError, StoredBlock, StoredRecord, verify_block
+from lineage_ledger._log.chain import ChainVerifier, columns_of
 from lineage_ledger._model import digest_hex
 
 from .endorse import TreeTracker
@@ -23,6 +25,7 @@ from .endorse import TreeTracker
 __all__ = ["NULL_VOTE", "ChainState", "Verdict", "check_block", "vote_for"]
 
 NULL_VOTE = "null"
+VERIFY_PIECE = 64  # blocks a ledger report verifies between two looks at the clock
 
 
 def vote_for(block_id: str, valid: bool) -> str:
@@ -69,6 +72,11 @@ class ChainState:
     blocks: list[StoredBlock] = field(default_factory=list)
     record_ids: set[str] = field(default_factory=set)
     tree: TreeTracker = field(default_factory=TreeTracker)  # the tree head a rank endorses
+    # The core's verifier, fed the blocks as far as reports have verified them: blocks in
+    # memory never change, so a report verifies only those added since the last one.
+    verifier: ChainVerifier = field(default_factory=ChainVerifier)
+    verified: int = 0
+    chain_error: str | None = None  # the first problem found: it stays (appends only add)
 
     @property
     def head(self) -> tuple[int, str | None]:
@@ -97,12 +105,26 @@ class ChainState:
             verdicts[i] = check_block(blocks[i], base_height + i, prev, self.record_ids, earlier)
         return verdicts
 
-    def summary(self) -> dict[str, object]:
-        """What the identical-ledgers check compares: verified by the core, or the error."""
+    def summary(self, seconds: float | None = None) -> dict[str, object]:
+        """What the identical-ledgers check compares: the chain verified by the core, or the
+        error. Verified from where the last report stopped, for ``seconds`` at most: past
+        them, a report that says so (``pending``) and how far it got; the next goes on."""
+        deadline = None if seconds is None else time.monotonic() + seconds
         try:
-            checked = verify_chain(self.blocks)
-            return {"valid": True, "blocks": checked.blocks, "records": checked.records,
-                    "head": checked.head, "log_root": checked.log_root}
+            while self.chain_error is None and self.verified < len(self.blocks):
+                piece = self.blocks[self.verified:self.verified + VERIFY_PIECE]
+                self.verifier.feed(columns_of(piece))
+                self.verified += len(piece)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
         except LedgerError as err:
-            return {"valid": False, "blocks": len(self.blocks), "error": str(err),
-                    "head": self.blocks[-1].id if self.blocks else None}
+            self.chain_error = str(err)
+        head = self.blocks[-1].id if self.blocks else None
+        if self.chain_error is not None:
+            return {"valid": False, "blocks": len(self.blocks), "error": self.chain_error, "head": head}
+        if self.verified < len(self.blocks):
+            return {"valid": False, "pending": True, "verified": self.verified, "blocks": len(self.blocks),
+                    "head": head, "error": f"verified {self.verified} of {len(self.blocks)} blocks so far"}
+        checked = self.verifier.summary()
+        return {"valid": True, "blocks": checked.blocks, "records": checked.records,
+                "head": checked.head, "log_root": checked.log_root}
