@@ -28,7 +28,6 @@ def _append(backend: BaashBackend, run_id: str) -> None:
     backend.append([build_block(records, backend.head()).stored()])
 
 
-@pytest.mark.xfail(strict=True, reason="a note below a quorum replaced the endorsed one, in memory and on storage")
 def test_a_rank_killed_before_signing_leaves_the_endorsed_head_and_later_ones(tmp_path):
     """Bug: the gateway sends the daemon the note of each round with the signatures it got,
     however few, and the daemon served it and kept it in DIR/checkpoint in place of the last

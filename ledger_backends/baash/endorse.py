@@ -136,6 +136,16 @@ def save_endorsed(storage: str, note: str) -> None:
     _write_if_changed(os.path.join(storage, "checkpoint.keys"), keys, 0o600)
 
 
+def short_of_quorum(storage: str, note: str) -> str | None:
+    """Why ``note`` is no endorsement under the ranks' keys (``DIR/keys/ranks.pub``), or None:
+    a quorum of them signed it."""
+    try:
+        verify_endorsed(note, load_verifiers(os.path.join(storage, "keys", "ranks.pub")))
+    except (CheckpointInvalid, ConfigError) as exc:
+        return str(exc)
+    return None
+
+
 def endorsed_keys_path(storage: str) -> str:
     """The keys the kept note's quorum is counted over (``ranks.pub`` where none was kept)."""
     kept = os.path.join(storage, "checkpoint.keys")

@@ -31,7 +31,7 @@ from typing import Any
 
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
-from .endorse import quorum_of, read_endorsed, save_endorsed
+from .endorse import quorum_of, read_endorsed, save_endorsed, short_of_quorum
 from .liveness import RankWatch
 from .manager import JobDown
 
@@ -365,22 +365,23 @@ class JobMonitor:
             self._sock = None  # out of step with the job: restart it
             self._wake.set()
             raise JobDown("the MPI job answered a round with something else")
-        if reply["checkpoint"]:
+        # Only a quorum's note replaces the last (one a rank died before signing made restored ranks endorse nothing).
+        short = short_of_quorum(self.storage, reply["checkpoint"]) if reply["checkpoint"] else "no note"
+        if short is None:
             self.endorsed = reply["checkpoint"]
             try:
                 save_endorsed(self.storage, self.endorsed)
             except OSError as err:
-                # The round is committed (storage and every rank hold it): failing it here left
-                # the daemon's index behind storage for good. The note is served from memory;
-                # the file keeps an older one, which the chain extends, until a save succeeds.
+                # The round is committed (storage and every rank hold it): failing it here left the
+                # daemon's index behind storage for good. Served from memory; the file keeps an older note.
                 log.warning("baash: could not keep the endorsed tree head in %s/checkpoint: %s",
                             self.storage, err)
+        elif reply["checkpoint"]:
+            log.warning("baash: round %d's tree head is not endorsed (%s); the last endorsed one stays", round_id, short)
         return reply["outcomes"], reply["info"]
 
     def ledgers(self, seconds: float) -> list[dict[str, Any]]:
-        """Every rank's report; each rank verifies for at most ``seconds`` (the gateway first
-        its own chain, then waits for the others'): past twice that and a minute, the job is
-        taken for hung."""
+        """Every rank's report, each verified for ``seconds`` at most: past twice that and a minute, a hung job."""
         reply = self._ask("ledgers", 2 * seconds + 60.0)
         if reply["kind"] != "ledgers":
             raise JobDown("the MPI job answered a ledger request with something else")
