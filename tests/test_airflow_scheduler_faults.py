@@ -286,8 +286,6 @@ def test_a_task_whose_record_neither_the_spool_nor_the_ledger_takes_says_so_in_i
     wait_for_tries(site, "fault_many", "after-full-1")
 
 
-@pytest.mark.xfail(strict=True, reason="the run's second sweep is kept in the scheduler's memory only: a scheduler "
-                   "killed before it loses it, and the try's record with it")
 def test_a_scheduler_killed_before_a_runs_second_sweep_does_it_when_started_again(site):
     """As above (the disk full and the ledger locked as the task ends), but the scheduler is
     killed with -9 (alone: its workers and the task process live on) between the run's end,

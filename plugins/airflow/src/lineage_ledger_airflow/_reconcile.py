@@ -22,6 +22,13 @@ those processes have ended (:func:`_sweep_later`, a thread of the scheduler): a 
 whose record neither its spool nor the ledger took gives its try up as it ends (``_late``),
 after the run's sweep had found it claimed, and nothing came back to it; the record was lost
 although the scheduler, which lives on, could still record it.
+
+That second sweep is owed exactly where a task's record found no durable place (the spool's
+disk full or read-only, the ledger locked), so it cannot be written down there either; a
+scheduler killed with -9 (the OOM killer, a restart) before it lost it, and the try's record
+with it. A scheduler that starts therefore sweeps again the runs that ended shortly before
+the previous scheduler of this machine stopped (:func:`resume_when_scheduler`): the
+metadata database says which, and the tries' markers say what is recorded already.
 """
 
 from __future__ import annotations
@@ -203,6 +210,65 @@ def _sweep_when_ended() -> None:
                 record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), again=False)
             except Exception:  # noqa: BLE001 - never break the scheduler
                 log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
+
+
+#: How far back, before the previous scheduler's last heartbeat, a scheduler that starts
+#: sweeps again the runs that ended (a second sweep is owed for as long as it waits).
+RESUME_BEFORE_S = LATER_GIVE_UP_S
+#: ... and never further back than this (the tries' markers say what is recorded for 7 days).
+RESUME_AT_MOST_S = 86400.0
+
+
+def resume_when_scheduler(component: Any, wait_s: float = 120.0) -> None:
+    """In a job process that turns out to be a scheduler (Airflow names the job's type only
+    after ``on_starting``), sweep again the runs a scheduler before it may have owed a second
+    sweep: those that ended since :data:`RESUME_BEFORE_S` before the last heartbeat of the
+    previous scheduler of this machine. A try recorded already is claimed, and skipped."""
+    def resume() -> None:
+        deadline = time.monotonic() + wait_s
+        while getattr(component, "job_type", None) in (None, "undefined") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if getattr(component, "job_type", None) != "SchedulerJob":
+            return
+        try:
+            runs = _runs_owed(getattr(component, "start_date", None))
+        except Exception:  # noqa: BLE001 - never break the scheduler
+            log.exception("lineage-ledger: could not read which runs a scheduler before this one owed a sweep")
+            return
+        for dag_id, run_id, dag in runs:
+            try:
+                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag))
+            except Exception:  # noqa: BLE001
+                log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
+
+    threading.Thread(target=resume, name="lineage-ledger-resume-sweeps", daemon=True).start()
+
+
+def _runs_owed(started: Any) -> list[tuple[str, str, Any]]:
+    """The ended runs a previous scheduler of this machine may have owed a second sweep,
+    each with the DAG it was made from (its outlets name the files a try wrote)."""
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.jobs.job import Job
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    now = datetime.now(timezone.utc)
+    started = started if isinstance(started, datetime) else now
+    with create_session() as session:
+        last = session.scalar(select(func.max(Job.latest_heartbeat)).where(
+            Job.job_type == "SchedulerJob", Job.hostname == _this_host(), Job.start_date < started))
+        if last is None:
+            return []  # the first scheduler of this machine: nobody owed anything
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=timezone.utc)
+        since = max(last - timedelta(seconds=RESUME_BEFORE_S), now - timedelta(seconds=RESUME_AT_MOST_S))
+        found = list(session.scalars(select(DagRun).where(
+            DagRun.state.in_(("success", "failed")), DagRun.end_date >= since)))
+        bag = DBDagBag()
+        return [(run.dag_id, run.run_id, bag.get_dag_for_run(run, session)) for run in found]
 
 
 def _forget_in_child() -> None:

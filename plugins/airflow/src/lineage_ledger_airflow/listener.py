@@ -53,9 +53,10 @@ class LedgerListener:
         (task processes then only journal; see :mod:`._shipper`)."""
         try:
             if _settings.recording() and type(component).__name__ == "Job":
-                from . import _shipper
+                from . import _reconcile, _shipper
 
                 _shipper.start()
+                _reconcile.resume_when_scheduler(component)
         except Exception:  # noqa: BLE001 - never break the component
             log.exception("lineage-ledger: could not start the spool shipper")
 
