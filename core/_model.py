@@ -36,6 +36,7 @@ from ._canonical import (
     parse_time_text,
     reject_non_string_keys,
 )
+from ._order import order_end, order_start
 from ._record_body import typed_body
 
 __all__ = [
@@ -192,6 +193,19 @@ class Record:
         """``format_time(self.ended)``, as the record's bytes hold it (worked out once)."""
         return self._times[1]
 
+    @property
+    def order_end_text(self) -> str:
+        """When the task ended in the ledger's order (:mod:`._order`): its end, or just after
+        the latest record its recorder had seen when it started, if that is later. What the
+        index keeps as its end time, and what "the last to write a file" compares."""
+        return order_end(self._times[1], self.extra)
+
+    @property
+    def order_start_text(self) -> str:
+        """When the task started in the ledger's order (:mod:`._order`): where a reader's
+        digests of its inputs were taken."""
+        return order_start(self._times[0], self.extra)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         return cls._from_fields(data, decoded=False)
@@ -282,7 +296,7 @@ class Record:
             self.run_id,
             tuple([(p, e["blake3"]) for p, e in self.inputs.items()]),
             tuple([(p, e["blake3"]) for p, e in self.outputs.items()]),
-            self._times[1],
+            self.order_end_text,
         )
 
 
@@ -297,7 +311,8 @@ class StoredRecord:
     run_id: str = ""
     inputs: tuple[tuple[str, str], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
-    # The task's end, canonical UTC text, for "which record saw this path last". Derived
+    # The task's end in the ledger's order (Record.order_end_text), canonical UTC text, for
+    # "which record saw this path last". Derived
     # from the body like the index keys; not compared (a store may not hand it back).
     ended: str = field(default="", compare=False)
 

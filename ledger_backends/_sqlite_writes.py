@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from lineage_ledger._errors import AppendConflict, BackendUnavailable
 from lineage_ledger._model import StoredBlock
+from lineage_ledger._order import order_end
 
 from ._sql_reads import _IN, _OUT
 
@@ -100,12 +101,16 @@ def append_rows(blocks: Sequence[StoredBlock], seq: int) -> tuple[list[tuple], l
 
 
 def ended_of(body: bytes) -> str:
-    """The ``ended`` field of a record body (for records stored without it extracted)."""
+    """The end of a record body's task in the ledger's order (``Record.order_end_text``), for
+    records stored without it extracted."""
     try:
-        value = json.loads(body).get("ended", "")
+        raw = json.loads(body)
+        value, extra = raw.get("ended", ""), raw.get("extra")
     except (ValueError, AttributeError, RecursionError):  # unreadable: the readers say so
         return ""
-    return value if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return order_end(value, extra if isinstance(extra, dict) else None)
 
 
 def make_private_dirs(directory: str, shown: str) -> None:

@@ -321,7 +321,7 @@ def test_verify_lineage_audits_through_the_workers(pristine, tmp_path):
 
 
 _GOOD_HEADER = json.dumps({"first_prev": None, "block_ids": [], "counts": [], "compared": 0, "artifacts": 0,
-                           "outputs": [], "name_counts": [0] * BUCKETS, "hot": []}).encode()
+                           "outputs": [], "name_counts": [0] * BUCKETS, "hot": [], "latest": ""}).encode()
 
 
 def test_a_well_formed_empty_worker_answer_is_read():
@@ -340,6 +340,9 @@ def test_a_well_formed_empty_worker_answer_is_read():
         _GOOD_HEADER.replace(b'"hot": []', hot) for hot in (
             b'"hot": [[0, "/a", 5, 1, "t"]]', b'"hot": [[3, "/a", 7, 1, "t"]]', b'"hot": [[0, "/a", 4, 0, "t"]]',
             b'"hot": [[0, 1, 4, 1, "t"]]', b'"hot": [[0, "/a", 4, 1]]', b'"hot": [[0, "/a", 4, 1, null]]'))),
+    # the latest end of its records (TreeHead.latest) that is not a text, or missing
+    *(parallel._FRAME.pack(len(header), 0, 0, 0) + header for header in (
+        _GOOD_HEADER.replace(b'"latest": ""', b'"latest": 5'), _GOOD_HEADER.replace(b', "latest": ""', b''))),
 ])
 def test_a_malformed_worker_answer_is_a_refusal(frame):
     assert parallel._read_result(io.BytesIO(frame)) is None

@@ -20,11 +20,11 @@ The clocks are real: the CLI runs under ``faketime`` (libfaketime) where it is i
 and the Python API records the same tasks with the end times such hosts would give them,
 into SQLite and into a PostgreSQL server the tests start.
 
-The right order is not in the records as they are (see the report of helper-123, session 43:
-a record must say which ledger size its recorder had seen when the task started, so that a
-task that started after another's record was in the ledger counts as later whatever the
-clocks say, end times deciding only between tasks that could not have seen each other).
-Until then these stay strict xfails.
+Fixed by the ledger's own order (``lineage_ledger._order``): a recorder notes, before a task
+starts, the latest record it has seen in the ledger (a verified head, its own shipments, the
+hint its account's earlier processes left), and the record says it started after that. A
+record that had seen another is later than it, whatever the clocks say; between records that
+could not have seen each other the clocks still decide (tests/test_time_order_late_ship.py).
 
 About 10 s (the PostgreSQL case starts a server once per session).
 """
@@ -32,19 +32,17 @@ About 10 s (the PostgreSQL case starts a server once per session).
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from lineage_ledger import open_ledger
+from lineage_ledger import TaskCapture, TaskRun, open_ledger, utcnow
 from lineage_ledger._capture.files import entries_of, manifest_records_of
 from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._model import Record
+from lineage_ledger._order import AFTER_KEY
 from tests.conftest import run_cli
-
-_ORDER_BY_END_TIME = ("the latest record is chosen by end time, which a fast clock on another host, or a clock "
-                      "stepped back, puts first: the file is compared with the older version")
 
 FAKETIME = shutil.which("faketime")
 needs_faketime = pytest.mark.skipif(FAKETIME is None, reason="faketime (libfaketime) is not installed")
@@ -67,7 +65,6 @@ def _verify(base: Path, env: dict[str, str]):
     pytest.param("+10m", None, id="first-host-10-minutes-fast"),
     pytest.param(None, "-2m", id="clock-stepped-back-2-minutes"),
 ])
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_ORDER_BY_END_TIME)
 def test_an_old_version_put_back_fails_whatever_the_clocks(tmp_path, first_clock, second_clock):
     """Two ``lineage-ledger run``s write ``out.txt``, one after the other, the first under a
     clock ahead of the second's. The file as the second run left it verifies; put back to
@@ -85,54 +82,49 @@ def test_an_old_version_put_back_fails_whatever_the_clocks(tmp_path, first_clock
     assert "MODIFIED" in restored.stdout, restored.stdout
 
 
-T_REAL = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
-
-
-def _records_from_two_hosts(base: Path, fast: timedelta) -> list:
-    """What two hosts record when host A's clock is ``fast`` ahead: A writes ``out.txt``
-    (v1) at 12:00 by the wall, its record says 12:00 + ``fast``; host B writes it (v2) at
-    12:01 by the wall, and says so. A's record reaches the ledger first, as it did.
-    ``out.txt`` is left as B wrote it."""
+def _skewed_ledger_verdicts(base: Path, url: str, fast: timedelta, monkeypatch) -> tuple[int, int]:
+    """Host A, whose clock is ``fast`` ahead, writes ``out.txt`` (v1), and its record reaches
+    the ledger at ``url``. Then host B, with a right clock, checks the ledger before its task
+    (as a pre-run check does: the verified head, in its own state) and writes ``out.txt`` (v2)
+    through the engines' recording path (TaskCapture). Returns the exit status of
+    ``verify-lineage out.txt`` of the file as B left it, and of it put back to A's version."""
     out = base / "out.txt"
-    records: list = []
-    for host, text, started, ended in (("host-a", "v1\n", T_REAL + fast, T_REAL + fast + timedelta(seconds=1)),
-                                       ("host-b", "v2\n", T_REAL + timedelta(minutes=1),
-                                        T_REAL + timedelta(minutes=1, seconds=1))):
-        out.write_text(text)
-        written = [hash_file(str(out))]
-        records.append([*manifest_records_of(written), Record(
-            engine="test", run_id=f"run-{host}", task_id="write", task_name="write", status="succeeded",
-            started=started, ended=ended, outputs=entries_of(written), environment={"host": host})])
-    return records
-
-
-def _skewed_ledger_verdicts(base: Path, url: str, fast: timedelta) -> tuple[int, int]:
-    """The exit status of ``verify-lineage out.txt`` of the file as the later task left it,
-    and of it put back to the earlier task's version, on the ledger at ``url``."""
-    for number, records in enumerate(_records_from_two_hosts(base, fast)):
-        # Each host appends its own record, in the order the tasks ran.
-        with open_ledger(url, spool=str(base / f"spool-{number}"), state_dir=str(base / f"state-{number}")) as ledger:
-            ledger.append_records([r.stored() for r in records])
+    out.write_text("v1\n")
+    written = [hash_file(str(out))]
+    a_time = utcnow() + fast
+    with open_ledger(url, spool=str(base / "spool-a"), state_dir=str(base / "state-a")) as ledger:
+        ledger.append_records([r.stored() for r in [*manifest_records_of(written), Record(
+            engine="test", run_id="run-host-a", task_id="write", task_name="write", status="succeeded",
+            started=a_time, ended=a_time + timedelta(seconds=1), outputs=entries_of(written),
+            environment={"host": "host-a"})]])
+    monkeypatch.setenv("LINEAGE_STATE_DIR", str(base / "state-b"))
+    with open_ledger(url, spool=str(base / "spool-b"), state_dir=str(base / "state-b")) as ledger:
+        ledger.tree_head()  # host B's check before its task
+    started = utcnow()
+    out.write_text("v2\n")
+    with TaskCapture(url, engine="test", spool=str(base / "spool-b"), run_id="run-host-b") as capture:
+        capture.record_now(TaskRun(task_id="write", task_name="write", status="succeeded", started=started,
+                                   ended=utcnow(), outputs=[str(out)]))
     env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(base / "state")}
+    shown = run_cli("log", "--json", "--run", "run-host-b", cwd=base, env=env, check_rc=0)
+    assert AFTER_KEY in shown.stdout, shown.stdout  # B's record says what it had seen
     current = _verify(base, env)
-    (base / "out.txt").write_text("v1\n")
+    out.write_text("v1\n")
     restored = _verify(base, env)
     assert "out.txt" in current.stdout and "out.txt" in restored.stdout, (current.stdout, restored.stdout)
     return current.returncode, restored.returncode
 
 
 # A year ahead (a clock set to the wrong year, a guest restored with a stale offset): the
-# record stays "the latest" for that year, whatever is written and recorded after it.
+# record stayed "the latest" for that year, whatever was written and recorded after it.
 FAST = [pytest.param(timedelta(minutes=10), id="10-minutes-fast"), pytest.param(timedelta(days=365), id="a-year-fast")]
 
 
 @pytest.mark.parametrize("fast", FAST)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_ORDER_BY_END_TIME)
-def test_sqlite_a_fast_clock_on_another_host_does_not_pass_an_old_version(tmp_path, fast):
-    assert _skewed_ledger_verdicts(tmp_path, f"sqlite:///{tmp_path}/ledger.db", fast) == (0, 1)
+def test_sqlite_a_fast_clock_on_another_host_does_not_pass_an_old_version(tmp_path, fast, monkeypatch):
+    assert _skewed_ledger_verdicts(tmp_path, f"sqlite:///{tmp_path}/ledger.db", fast, monkeypatch) == (0, 1)
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_ORDER_BY_END_TIME)
-def test_postgresql_a_fast_clock_on_another_host_does_not_pass_an_old_version(tmp_path, postgres_url):
-    assert _skewed_ledger_verdicts(tmp_path, postgres_url, timedelta(minutes=10)) == (0, 1)
+def test_postgresql_a_fast_clock_on_another_host_does_not_pass_an_old_version(tmp_path, postgres_url, monkeypatch):
+    assert _skewed_ledger_verdicts(tmp_path, postgres_url, timedelta(minutes=10), monkeypatch) == (0, 1)

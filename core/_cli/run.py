@@ -38,12 +38,15 @@ from lineage_ledger.backends._base import redact
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
 from .._capture.pending import keep_in_spool, write_in_thread
+from .._capture.task import seen_in_spool
 from .._environment import ESCAPED, current_environment, escape_fields, escaped_text, not_utf8
 from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
 from .._ledger.deferred import DeferredLedger, check_spool_writable, permanent_refusal, spool_first
 from .._ledger.recorder import Recorder
+from .._ledger.seen import seen_before
 from .._model import Record
+from .._order import AFTER_KEY
 from .._terminal import printable
 
 __all__ = ["run_and_record"]
@@ -222,6 +225,7 @@ def run_and_record(
     except LedgerError:
         recorder.close(0)
         raise
+    seen_in_spool(deferred)  # before the command starts: what this account saw of the ledger
     before = {path: _stat_key(path) for path in out_paths}
 
     forwarder = _Forwarder()
@@ -272,6 +276,9 @@ def run_and_record(
         extra["outputs_not_written"] = unchanged
     if problems:
         extra["problems"] = problems
+    after = seen_before(deferred.identity, started)
+    if after is not None:
+        extra[AFTER_KEY] = after  # later than every record seen in the ledger before it started
     try:
         record = Record(
             engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,

@@ -124,14 +124,14 @@ def check_latest(ledger: Ledger, role: Role, path: str, answer: LedgerRecord | N
         candidates = [c for c in candidates if c.leaf != at]
         if not candidates:
             return
-        ended = answer.record.ended_text
+        ended = answer.record.order_end_text
     for leaf, entry in _fetch(ledger, [c.leaf for c in candidates]):
         side = _side(entry, role)
         if path not in side:
             continue  # another path with the same key
         if answer is None:
             raise _hidden(entry, role, path, "the index answered that no record did")
-        if (entry.record.ended_text, leaf) > (ended, at):
+        if (entry.record.order_end_text, leaf) > (ended, at):
             raise _hidden(entry, role, path, f"it ended after record {answer.id[:16]}, which the index "
                                              "answered as the latest")
 

@@ -95,6 +95,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 # Another writer took the head; rebuild on theirs after a short random pause.
                 time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
                 continue
+            self._saw(max(r.ended for r in fresh))
             self._remember_appended()
             return len(fresh)
         raise AppendConflict(f"{self.url}: gave up after 200 conflicting appends")
@@ -206,13 +207,29 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         with self._verified_lock:
             head = verifier.refresh()
             self._head_current = True
-            return head
+        self._saw(head.latest)
+        return head
+
+    def _saw(self, latest: str) -> None:
+        """Every record that ended by ``latest`` (in the ledger's order) is in the ledger now:
+        a reading for the records this process's tasks, and this account's later ones, make
+        (:mod:`.seen`). The hint is left only where this account spools for the ledger."""
+        from .seen import note_seen, write_hint
+
+        identity = self.backend.identity
+        note_seen(identity, latest)
+        if latest and self.backend.shared_between_processes:
+            directory = spool_path(self._spool_root, identity)
+            if os.path.isdir(directory):
+                write_hint(directory, latest)
 
     def audit(self, *, files: bool = False) -> AuditResult:
         """Read and verify the whole ledger, index included, in bounded memory."""
         verifier = self.verifier
         with self._verified_lock:
-            return verifier.audit(files=files)
+            result = verifier.audit(files=files)
+        self._saw(result.head.latest)
+        return result
 
     def verify_chain(self) -> ChainSummary:
         return self.audit().summary
@@ -317,7 +334,10 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         """The latest record that read or wrote ``path``: (record, role, entry).
 
         "Latest" is by time, then by ledger order: a crashed process's spool replayed days
-        later lands late in the ledger but must not count as newer. Within a role, the
+        later lands late in the ledger but must not count as newer. The times are the
+        records' times in the ledger's order (:mod:`.._order`): a record whose recorder had
+        seen another in the ledger when its task started is later than it, whatever the
+        hosts' clocks said (tests/test_time_order_skew.py). Within a role, the
         latest is the record whose task ended last (what the index answers). Between the
         latest reader and the latest writer, each counts from when it saw the file: a writer
         when it ended (its outputs are hashed then), a reader when it started (inputs are
@@ -335,11 +355,12 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         for role in roles:
             latest: LedgerRecord | None = None
             for entry in self._latest(role, path):
-                if latest is None or (entry.record.ended, entry.order) > (latest.record.ended, latest.order):
+                if latest is None or (entry.record.order_end_text, entry.order) > \
+                        (latest.record.order_end_text, latest.order):
                     latest = entry
             if latest is None:
                 continue
-            seen = latest.record.ended if role == "out" else latest.record.started
+            seen = latest.record.order_end_text if role == "out" else latest.record.order_start_text
             key = (seen, role == "out", latest.order)
             if best is None or key > best[0]:
                 side = latest.record.outputs if role == "out" else latest.record.inputs

@@ -252,9 +252,9 @@ class ProvedLookups(LookingAhead):
                 located, ended = found
                 entries = self._find(role, path, None, [located])
                 for entry in entries:
-                    if entry.record.ended_text != ended:
+                    if entry.record.order_end_text != ended:
                         raise IndexTampered(f"the index says record {entry.id[:16]} ended at {ended!r}; it ended "
-                                            f"at {entry.record.ended_text}", height=entry.height, path=path)
+                                            f"at {entry.record.order_end_text}", height=entry.height, path=path)
             try:
                 if found is None or entries:
                     check_latest(cast("Ledger", self), role, path, entries[-1] if entries else None, bound, final=final)

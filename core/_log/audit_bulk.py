@@ -102,6 +102,7 @@ class BulkResult(NamedTuple):
     name_counts: list[int]
     names: bytes
     hot: list  # names kept apart (:meth:`.names.NamesBatch.packed_apart`)
+    latest: str = ""  # the latest end, in the ledger's order, of the range's records ("" for none)
 
 
 def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bool,
@@ -132,13 +133,14 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
     leaves: list[bytes] = []
     ids: list[str] = []
     compared = artifacts = 0
+    latest = [""]
     prev = first_prev
     at = 0
     while at < len(headers):
         chunk = [headers[at]]  # whole blocks, up to CHUNK_RECORDS records of task-shaped width
         while sum(h[5] for h in chunk) < CHUNK_RECORDS and at + len(chunk) < len(headers):
             chunk.append(headers[at + len(chunk)])
-        checked = _check_chunk(backend, chunk, prev, found, batch, names_from, checked_below)
+        checked = _check_chunk(backend, chunk, prev, found, batch, names_from, checked_below, latest)
         if checked is None:
             return None
         compared += checked[0]
@@ -150,12 +152,13 @@ def audit_range(backend: Any, start: int, stop: int, first_index: int, files: bo
         prev = chunk[-1][1]
         at += len(chunk)
     return BulkResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)), compared,
-                      artifacts, found.found if found is not None else [], *batch.packed_apart(HOT_RECORDS))
+                      artifacts, found.found if found is not None else [], *batch.packed_apart(HOT_RECORDS),
+                      latest[0])
 
 
 def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: ExistingFiles | None,
-                 batch: NamesBatch, names_from: int,
-                 checked_below: int = 0) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
+                 batch: NamesBatch, names_from: int, checked_below: int = 0,
+                 latest: list[str] | None = None) -> tuple[int, int, list[bytes], tuple[str, ...]] | None:
     """Check consecutive blocks; (records, artifact rows they name, leaves, ids) or None."""
     first = headers[0][2]
     stop = first + sum(h[3] for h in headers)
@@ -193,6 +196,8 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
         for paths in outputs:
             found.add(paths)
     name_from(batch, first, views, names_from)
+    if latest is not None and views:
+        latest[0] = max(latest[0], max(map(_ended, views)))
     return len(views), artifacts, leaves, ids
 
 

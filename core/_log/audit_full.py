@@ -225,6 +225,7 @@ class FullAudit:
             for block_id, count in zip(result.block_ids, result.counts, strict=True):
                 writer.add_block(block_id, [leaves[i : i + 32] for i in range(at * 32, (at + count) * 32, 32)])
                 at += count
+            writer.latest = max(writer.latest, result.latest)
             hot.add(result.hot)
             if len(hot) >= hot.MAX:
                 writer.add_packed_names(writer.size, 0, *hot.packed())

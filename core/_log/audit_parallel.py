@@ -81,6 +81,7 @@ class RangeResult:
     name_counts: list[int]  # the records' names (:mod:`.names`): entries per bucket
     names: bytes  # and the entries, packed
     hot: list[Hot]  # less the names many of its records name, kept apart for the parent to join
+    latest: str = ""  # the latest end, in the ledger's order, of its records (.tree_head.TreeHead.latest)
 
 
 def workers() -> int:
@@ -206,7 +207,7 @@ def _write_result(stream: IO[bytes], result: RangeResult | None) -> None:
     header = json.dumps({"first_prev": result.first_prev, "block_ids": result.block_ids,
                          "counts": result.counts, "compared": result.compared,
                          "artifacts": result.artifacts, "outputs": result.outputs,
-                         "name_counts": result.name_counts, "hot": result.hot}).encode()
+                         "name_counts": result.name_counts, "hot": result.hot, "latest": result.latest}).encode()
     stream.write(_FRAME.pack(len(header), len(result.leaves), len(result.ids), len(result.names)))
     stream.write(header)
     stream.write(result.leaves)
@@ -228,12 +229,14 @@ def _read_result(stream: IO[bytes]) -> RangeResult | None:
         names = _read_exactly(stream, sizes[3])
         result = RangeResult(header["first_prev"], header["block_ids"], header["counts"], leaves, ids,
                              header["compared"], header["artifacts"], header["outputs"],
-                             header["name_counts"], names, [Hot(*entry) for entry in header["hot"]])
+                             header["name_counts"], names, [Hot(*entry) for entry in header["hot"]],
+                             header["latest"])
     except (EOFError, ValueError, KeyError, TypeError, struct.error):
         return None
     if sum(result.counts) * 32 != len(leaves) or len(ids) != len(leaves) or \
             len(result.counts) != len(result.block_ids) or len(result.name_counts) != BUCKETS or \
-            sum(result.name_counts) * ENTRY_SIZE != len(names) or not all(map(_well_formed, result.hot)):
+            sum(result.name_counts) * ENTRY_SIZE != len(names) or not all(map(_well_formed, result.hot)) or \
+            type(result.latest) is not str:
         return None
     return result
 
@@ -289,6 +292,7 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
         prev: str | None = None
         index = task.first_index
         expected = task.start
+        latest = ""
         for block in backend.block_columns(task.start, task.stop):
             if expected == task.start:
                 first_prev = prev = BlockHeader.decode(block.header).prev
@@ -296,6 +300,8 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
             views = decode_views(block, index, checked_below)
             checker.block(block, index, views)
             name_from(batch, index, views, names_from)
+            if views:
+                latest = max(latest, max(view.ended for view in views))
             if found is not None:
                 for view in views:
                     found.add(view.outputs)
@@ -310,7 +316,7 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
             return None
         return RangeResult(first_prev, block_ids, counts, b"".join(leaves), bytes.fromhex("".join(ids)),
                            checker.compared, checker.artifacts, found.found if found else [],
-                           *batch.packed_apart(HOT_RECORDS))
+                           *batch.packed_apart(HOT_RECORDS), latest)
     except Exception:  # noqa: BLE001 - the sequential audit in the parent names it exactly
         return None
 

@@ -40,6 +40,7 @@ from operator import attrgetter, methodcaller, ne
 from typing import Any
 
 from .._errors import RecordTampered
+from .._order import AFTER_KEY
 
 __all__ = ["BODIES_FORMAT", "check_suspects", "decode_checked"]
 
@@ -108,8 +109,10 @@ def _structs(msgspec):  # unannotated: mypy takes a struct built at run time for
         ("v", Literal[1]),
     ], forbid_unknown_fields=True, gc=False)
     digest = msgspec.defstruct("Digest", [("blake3", str)])
+    # Of ``extra``, the one key the index's end time depends on (_order.AFTER_KEY), of any type.
+    after = msgspec.defstruct("After", [("after", Any, None)], rename={"after": AFTER_KEY}, frozen=True)
     view = msgspec.defstruct("IndexView", [("run_id", str), ("ended", str), ("inputs", dict[str, digest]),
-                                           ("outputs", dict[str, digest])])
+                                           ("outputs", dict[str, digest]), ("extra", after, after())])
     return body, view
 
 

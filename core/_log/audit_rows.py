@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IndexTampered, RecordTampered
+from .._order import AFTER_KEY, order_end
 from .audit_records import check_suspects, decode_checked
 
 if TYPE_CHECKING:
@@ -33,7 +34,23 @@ def decode_views(block, first_leaf: int = 0, checked_below: int = 0) -> list[Any
     _check_paths(block, views)  # first: its message names the path
     if suspects:
         check_suspects(block, suspects)
+    if any(map(_says_after, block.bodies)):
+        _order_ends(views)
     return views
+
+
+_says_after = methodcaller("__contains__", f'"{AFTER_KEY}":'.encode())  # one C scan a body
+
+
+def _order_ends(views: list[Any]) -> None:
+    """Each view's ``ended`` made its end in the ledger's order (:func:`.._order.order_end`),
+    after the body checks that read the time as written: what the index keeps, and the names
+    kept, compare. Only for a block where some body names the key."""
+    for view in views:
+        extra = view.extra
+        after = extra.get(AFTER_KEY) if type(extra) is dict else extra.after
+        if after is not None:
+            view.ended = order_end(view.ended, {AFTER_KEY: after})
 
 
 def _check_paths(block, views: list[Any]) -> None:

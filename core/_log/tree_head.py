@@ -9,6 +9,7 @@ import json
 import os
 import struct
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 
 from blake3 import blake3
 
@@ -27,6 +28,7 @@ __all__ = ["TreeHead", "TreeWriter"]
 _NODE = 32
 _EMPTY = blake3(b"").digest()
 _STARTS = struct.Struct("<Q")
+_ended = attrgetter("ended")  # a view's end in the ledger's order (audit_rows.decode_views)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class TreeHead:
     # not every record was, as in a head of an earlier release): an audit checks again only
     # the records after a head of the current rule.
     bodies: int = 0
+    # The latest end, in the ledger's order (.._order), of the records verified under this
+    # head ("" unknown: a head of an earlier release, or an empty ledger). A recorder that
+    # read it before its task started marks its record as later (.._ledger.seen).
+    latest: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -59,7 +65,8 @@ class TreeHead:
         counts = (head.size, head.blocks, head.names, head.bodies)
         if any(type(n) is not int or n < 0 for n in counts) or not isinstance(head.origin, str) \
                 or not _is_hex(head.root) or not (head.block_id is None if head.blocks == 0 else _is_hex(head.block_id)) \
-                or not isinstance(head.verified, str) or not isinstance(head.audited, str):
+                or not isinstance(head.verified, str) or not isinstance(head.audited, str) \
+                or not isinstance(head.latest, str):
             raise ValueError("a field is missing, of the wrong type, or out of range")
         return head
 
@@ -83,6 +90,7 @@ class TreeWriter:
         self.blocks = head.blocks if head else 0
         self.block_id = head.block_id if head else None
         self.audited = head.audited if head else ""
+        self.latest = head.latest if head else ""  # see TreeHead.latest
         # Names are complete only where the tree extended had them for every record, and
         # every record added since gets them (checked at commit).
         self.names_format = NAMES_FORMAT if names_kept() and (head is None or head.names == NAMES_FORMAT) else 0
@@ -151,6 +159,8 @@ class TreeWriter:
     def add_names(self, first_leaf: int, views) -> None:
         """The names of the verified records ``first_leaf`` on (decoded by
         :func:`.audit_rows.decode_views`); call for every block added, in order."""
+        if views:
+            self.latest = max(self.latest, max(map(_ended, views)))
         if first_leaf != self._named:
             self.names_format = 0  # a gap: these names can no longer vouch for completeness
         self._batch.add(first_leaf, views)
@@ -200,7 +210,7 @@ class TreeWriter:
         now = format_time(utcnow())
         names = self.names_format if self._named == self.size else 0
         return TreeHead(self.origin, self.size, self.root(), self.blocks, self.block_id, now,
-                        now if audited else self.audited, names, self.bodies_format)
+                        now if audited else self.audited, names, self.bodies_format, self.latest)
 
     def close(self) -> None:
         for handle in [*self._files, self._starts]:

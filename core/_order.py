@@ -1,0 +1,84 @@
+"""Which of two records came later, when the clocks that timed them disagree.
+
+"The last record that read or wrote a file" (what ``verify-lineage`` and every pre-run check
+compare the file with) is decided by the tasks' times: a writer counts from when it ended, a
+reader from when it started (``Ledger.last_seen``). Those times come from the clock of the
+host that ran each recorder. A host whose clock is ten minutes fast, or a clock that NTP
+stepped back, put an older write first, and the file put back to the old version passed
+(tests/test_time_order_skew.py).
+
+The ledger itself gives an order no clock can upset: a recorder that had verified a record
+in the ledger before its task started runs after that record's task ended. So a recorder
+notes, when a task starts, the latest *order time* among the records it has seen in the
+ledger (:mod:`._ledger.seen`), and writes it into the record, in ``extra`` under
+:data:`AFTER_KEY` (inside the hashed body, so it cannot be changed afterwards; a reserved
+key rather than a new field, so that records stay version 1 and every earlier reader reads
+them). A record's order times are then its own times, moved to just after that moment where
+they are earlier (a hybrid logical clock)::
+
+    order_start = max(started, after + 1 us)      order_end = max(ended, after + 1 us)
+
+A record that had seen another is therefore later than it whatever the clocks say, and
+between records that could not have seen each other the clocks decide, as before. (A
+record replayed late from a crashed host's spool keeps its own times: ledger order alone
+would wrongly make it the newest, tests/test_time_order_late_ship.py.)
+
+The index keeps each record's ``order_end`` as its end time (``StoredRecord.ended``), so
+that the look-up of a file's latest writer or reader, the names kept beside the verified
+tree and the audit's comparison of the index with the records all use the same order. For
+a record without the key (every record written before it existed) the order times are its
+own times: nothing changes for existing ledgers.
+
+A value under the key that is not a canonical UTC time is ignored (the same by every
+reader); recorders only ever write one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+__all__ = ["AFTER_KEY", "after_of", "just_after", "order_end", "order_start"]
+
+#: The reserved ``extra`` key: the latest order time among the records the recorder had seen in
+#: the ledger when the task started (canonical UTC text).
+AFTER_KEY = "lineage_ledger.after"
+
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z").match
+_STEP = timedelta(microseconds=1)
+
+
+def after_of(extra: Mapping[str, Any] | None) -> str | None:
+    """The time a record says its task started after, where it says one a reader can use."""
+    if not extra:
+        return None
+    after = extra.get(AFTER_KEY)
+    if type(after) is not str or _CANONICAL(after) is None:
+        return None
+    return after
+
+
+def just_after(text: str) -> str:
+    """The canonical time one microsecond after ``text`` (a canonical time); ``text`` itself
+    at the end of the calendar."""
+    from ._canonical import format_time, parse_time
+
+    try:
+        return format_time(parse_time(text) + _STEP)
+    except (ValueError, OverflowError):
+        return text
+
+
+def order_end(ended: str, extra: Mapping[str, Any] | None) -> str:
+    """A record's end in the ledger's order (canonical texts compare as the times do)."""
+    after = after_of(extra)
+    if after is None or after < ended:
+        return ended
+    return max(ended, just_after(after))
+
+
+def order_start(started: str, extra: Mapping[str, Any] | None) -> str:
+    """A record's start in the ledger's order: where a reader's digest of a file was taken."""
+    return order_end(started, extra)

@@ -1,0 +1,125 @@
+"""The ledger's own order (``lineage_ledger._order``) kept everywhere a record's end time is.
+
+A record whose recorder had seen another in the ledger before its task started says so
+(``extra["lineage_ledger.after"]``), and its end in the ledger's order is then just after the
+latest it saw. tests/test_time_order_skew.py shows the answer it fixes; here, that the same
+order is what the index keeps, what the audit and the targeted reads compare, what
+``repair-index`` rebuilds, what the trusted head remembers, and that an index row edited back to
+the record's own end time is caught. About 20 s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lineage_ledger import open_ledger, utcnow
+from lineage_ledger._canonical import format_time
+from lineage_ledger._capture.files import entries_of
+from lineage_ledger._files.hashing import hash_file
+from lineage_ledger._model import Record
+from lineage_ledger._order import AFTER_KEY, just_after, order_end
+from tests.conftest import run_cli
+
+FAST = timedelta(minutes=10)
+
+
+def _write(base: Path, text: str, when, extra=None, run_id="run") -> Record:
+    out = base / "out.txt"
+    out.write_text(text)
+    return Record(engine="test", run_id=run_id, task_id="write", task_name="write", status="succeeded",
+                  started=when, ended=when + timedelta(seconds=1), outputs=entries_of([hash_file(str(out))]),
+                  extra=extra or {})
+
+
+@pytest.fixture
+def skewed(tmp_path):
+    """A ledger where a fast host wrote ``out.txt`` v1 and a host that had seen its record
+    then wrote v2 (its record says so); ``out.txt`` as v2 left it. (url, env, v2's record)"""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    fast = _write(tmp_path, "v1\n", utcnow() + FAST, run_id="fast")
+    later = _write(tmp_path, "v2\n", utcnow(), {AFTER_KEY: fast.order_end_text}, run_id="later")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        ledger.append_records([fast.stored()])
+        ledger.append_records([later.stored()])
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    return url, env, later
+
+
+def test_the_index_keeps_the_end_in_the_ledgers_order_and_the_audit_agrees(tmp_path, skewed):
+    url, env, later = skewed
+    assert later.order_end_text == just_after(later.extra[AFTER_KEY]) > later.ended_text
+    with sqlite3.connect(f"{tmp_path}/ledger.db") as conn:
+        kept = conn.execute("SELECT ended FROM ll_artifacts WHERE seq = 1").fetchone()[0]
+    assert kept == later.order_end_text
+    audit = run_cli("verify", "--json", cwd=tmp_path, env=env)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    head = json.loads(next((tmp_path / "state").rglob("head.json")).read_text())
+    assert head["latest"] == later.order_end_text  # the trusted head remembers the latest it verified
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("workers", [{"LINEAGE_AUDIT_WORKERS": "1"},
+                                     {"LINEAGE_AUDIT_PARALLEL_MIN": "0", "LINEAGE_AUDIT_TASK_RECORDS": "1",
+                                      "LINEAGE_AUDIT_WORKERS": "2"}], ids=["in-process", "workers"])
+def test_an_index_row_edited_back_to_the_records_own_end_is_caught(tmp_path, skewed, workers):
+    """The row says the task ended when its clock said: the index would then answer v1's
+    record as the latest. The audit names the row, and the targeted read refuses it."""
+    url, env, later = skewed
+    with sqlite3.connect(f"{tmp_path}/ledger.db") as conn:
+        conn.execute("UPDATE ll_artifacts SET ended = ? WHERE seq = 1", (later.ended_text,))
+    audit = run_cli("verify", cwd=tmp_path, env={**env, **workers})
+    assert audit.returncode == 1 and "index" in audit.stdout.lower(), audit.stdout + audit.stderr
+    repaired = run_cli("repair-index", cwd=tmp_path, env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    with sqlite3.connect(f"{tmp_path}/ledger.db") as conn:
+        assert conn.execute("SELECT ended FROM ll_artifacts WHERE seq = 1").fetchone()[0] == later.order_end_text
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "out.txt").write_text("v1\n")
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 1
+
+
+def test_a_targeted_read_refuses_the_edited_row(tmp_path, skewed):
+    url, env, later = skewed
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0  # the state: verified once
+    with sqlite3.connect(f"{tmp_path}/ledger.db") as conn:
+        conn.execute("UPDATE ll_artifacts SET ended = ? WHERE seq = 1", (later.ended_text,))
+    refused = run_cli("verify", "out.txt", cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "index" in refused.stdout.lower(), refused.stdout + refused.stderr
+
+
+def test_an_adoption_after_a_fast_clocks_record_is_the_latest(tmp_path):
+    """``adopt`` accepts a file as it is now; a record from a clock a year ahead stayed "the
+    latest" past it, and the adopted file kept failing for that year."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        ledger.append_records([_write(tmp_path, "v1\n", utcnow() + timedelta(days=365)).stored()])
+    (tmp_path / "out.txt").write_text("fixed by hand\n")
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 1
+    adopted = run_cli("adopt", "out.txt", cwd=tmp_path, env=env)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0
+
+
+_TIMES = st.datetimes(min_value=utcnow().replace(year=2000, tzinfo=None),
+                      max_value=utcnow().replace(year=2100, tzinfo=None)).map(
+    lambda moment: format_time(moment.replace(tzinfo=utcnow().tzinfo)))
+
+
+@given(ended=_TIMES, after=_TIMES | st.none() | st.integers() | st.text(max_size=30))
+def test_the_end_in_the_ledgers_order(ended, after):
+    """Never before the record's own end; after what it saw where it saw a time; else its own."""
+    moved = order_end(ended, {} if after is None else {AFTER_KEY: after})
+    assert moved >= ended
+    if isinstance(after, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", after, re.ASCII):
+        assert moved == max(ended, just_after(after)) > after
+    else:
+        assert moved == ended
