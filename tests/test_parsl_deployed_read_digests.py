@@ -42,7 +42,6 @@ def slow_copy(started: str, go: str, inputs=(), outputs=()) -> None:
         handle.write(data)
 
 
-@pytest.mark.xfail(strict=True, reason="inputs are hashed after the try ends")
 def test_an_input_rewritten_while_its_task_runs_is_recorded_as_the_task_read_it(workdir, cli):
     source, made = workdir / "in.txt", workdir / "out.txt"
     source.write_text("v1\n")

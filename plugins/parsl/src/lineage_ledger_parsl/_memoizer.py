@@ -60,7 +60,7 @@ from ._checkpoints import RunSaid, keep_private, start_loading_private
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
-from ._tasks import STREAMS, file_digest, task_files, unverified_digests
+from ._tasks import STREAMS, file_digest, read_digests, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
 from ._values import CachedValues, entry_digest, memo_result
 
@@ -135,8 +135,12 @@ class LedgerMemoizer(Memoizer):
         marks: dict[str, Any] = task  # type: ignore[assignment]
         marks.pop("lineage_ledger_rerun", None)
         marks.pop("lineage_ledger_unverified", None)
+        marks.pop("lineage_ledger_read", None)
         inputs, outputs = task_files(task["args"], task["kwargs"])
-        cached = self._inner_check(task, bool(inputs or outputs))
+        hashed: dict[str, Any] = {}  # the inputs' digests its content key was made of
+        cached = self._inner_check(task, bool(inputs or outputs), hashed)
+        if inputs and self.ledger.unrecordable is None:  # as the try is handed them: see read_digests
+            marks["lineage_ledger_read"] = read_digests(inputs, hashed)
         # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
         unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
             else None
@@ -191,30 +195,31 @@ class LedgerMemoizer(Memoizer):
         return cached
 
     # -- internals ---------------------------------------------------------------------
-    def _inner_check(self, task: TaskRecord, has_files: bool) -> Future[Any] | None:
+    def _inner_check(self, task: TaskRecord, has_files: bool, hashed: dict[str, Any]) -> Future[Any] | None:
         if not has_files or not task["memoize"]:
             return self.inner.check_memo(task)
         # BasicMemoizer hashes what it is given: show it memoizable keys for the Files.
         proxy: dict[str, Any] = dict(task)
-        proxy["args"] = tuple(self._key(v, output=False) for v in task["args"])
+        proxy["args"] = tuple(self._key(v, output=False, hashed=hashed) for v in task["args"])
         proxy["kwargs"] = {
-            k: self._key(v, output=(k == "outputs" or k in STREAMS)) for k, v in task["kwargs"].items()
+            k: self._key(v, output=(k == "outputs" or k in STREAMS), hashed=hashed) for k, v in task["kwargs"].items()
         }
         cached = self.inner.check_memo(proxy)  # type: ignore[arg-type]
         task["hashsum"] = proxy.get("hashsum")
         return cached
 
-    def _key(self, value: Any, *, output: bool) -> Any:
+    def _key(self, value: Any, *, output: bool, hashed: dict[str, Any]) -> Any:
         if isinstance(value, list):
-            return [self._key(v, output=output) for v in value]
+            return [self._key(v, output=output, hashed=hashed) for v in value]
         if isinstance(value, tuple):
-            return tuple(self._key(v, output=output) for v in value)
+            return tuple(self._key(v, output=output, hashed=hashed) for v in value)
         if not isinstance(value, File):
             return value
         if output or self.ledger.file_key == "path" or value.scheme != "file":
             return (_FILE_TAG, value.url)
         try:
-            digest: str | None = hash_file(value.filepath).blake3
+            found = hashed[os.path.abspath(value.filepath)] = hash_file(value.filepath)
+            digest: str | None = found.blake3
         except LedgerError:  # not there yet: key by name; the task itself will report it
             # A path the core will not hash (not UTF-8): keyed by its changes instead, so that
             # an edited input is a miss, as it is by content, and never a stale hit.

@@ -345,6 +345,8 @@ class ParslLedger:
                 inputs, outputs = _leave_out_unverified(unverified["read"], inputs, outputs, known, details)
         else:
             task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
+        # The inputs as the memoizer handed them to the try (see read_digests); outputs hashed as it ends.
+        read = task.get("lineage_ledger_read") if task is not None and not known else None
         return TaskRun(
             task_id=task_id,
             task_name=name,
@@ -353,7 +355,8 @@ class ParslLedger:
             ended=ended or utcnow(),
             inputs=inputs,
             outputs=outputs,
-            known=dict(known) if known else {},
+            known=dict(read or known or {}),
+            known_outputs={} if read else None,
             code_digest=function_digest(task["func"] if task is not None else func),
             parameters=task_parameters(args, kwargs) if args or kwargs else {},
             attempt=attempt,

@@ -105,6 +105,26 @@ def file_digest(path: str) -> dict[str, Any] | None:
     return {"blake3": found.blake3, "size": found.size}
 
 
+def read_digests(inputs: list[str], hashed: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``known`` digests of a try's input files as they are right before the try is handed
+    to its executor (the memoizer's check, on Parsl's launch thread): a file rewritten while
+    the task runs must not be recorded with bytes the task never read (the recording process
+    hashes a try's files when it ends; tests/test_parsl_deployed_read_digests.py). ``hashed``:
+    those the content key was made of, not read again. Directories, and files not there yet or
+    that cannot be hashed, are left to the recording process, as before."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in dict.fromkeys(inputs):
+        artifact = hashed.get(path)
+        if artifact is None and not os.path.isdir(path):
+            try:
+                artifact = hash_file(path)
+            except LedgerError:  # not there (yet), unreadable, or a path the ledger cannot name
+                continue
+        if artifact is not None and not artifact.is_dir:
+            found[path] = artifact.entry()
+    return found
+
+
 def unverified_digests(inputs: list[str], outputs: list[str], unverified: Iterable[str]) -> dict[str, Any]:
     """``not_verified_digests`` of a try that lists none of ``unverified``: ``{"inputs": {path:
     digest}, "outputs": {...}}`` for those among ``inputs`` and ``outputs``, as they are now
