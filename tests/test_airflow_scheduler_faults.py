@@ -470,6 +470,42 @@ def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the
         site.start("dag-processor", "scheduler")
 
 
+@pytest.mark.xfail(strict=True, reason="without try markers the scheduler's sweep raises instead of recording the "
+                   "try whose task process gave it up: its record is lost")
+def test_a_read_only_spool_and_a_locked_ledger_as_a_task_ends_the_scheduler_records_it(site):
+    """The spool's disk read-only and the SQLite ledger's write lock held by another process
+    as a task ends: the task's record has no durable place, and its process gives it up as it
+    ends (said NOT recorded in its log, 'unless the scheduler's sweep records the try'). The
+    scheduler, which lives on, must record it once the ledger lets go, once, although no try
+    marker can be made (it asks the ledger instead). Before, its sweep raised ('could not
+    sweep'), and the record was lost without a word in the task's log saying so."""
+    small = Path(site.env["LINEAGE_TEST_SMALL_DISK"])
+    for name in ("scheduler", "dag-processor"):
+        site.kill(name, signal.SIGKILL)
+    restart = _remount_read_only(site, small)
+    lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
+    try:
+        site.start(*restart, "dag-processor", "scheduler")
+        lock.execute("BEGIN EXCLUSIVE")
+        site.trigger("fault_fill", "ro-locked-1")  # its filler cannot be written: the disk is read-only
+        assert site.wait_for_run("fault_fill", "ro-locked-1") == "success"
+        text = hooks_done(site, "fault_fill", "ro-locked-1", "fill")
+        assert "Read-only file system" in text and "NOT recorded" in text, text[-3000:]
+        time.sleep(3)  # the scheduler's second sweep meets the lock still held
+        lock.rollback()
+        record = wait_for_tries(site, "fault_fill", "ro-locked-1")[("fill", 1)]  # before: never
+        assert record["extra"]["airflow"]["reported_by"] == "scheduler" and record["status"] == "succeeded"
+        assert str(site.data / "fill.txt") in record["outputs"]
+    finally:
+        lock.close()
+        for name in ("scheduler", "dag-processor"):
+            site.kill(name, signal.SIGKILL)
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=False)
+        site.start("dag-processor", "scheduler")
+    time.sleep(4)  # the scheduler started again sweeps the run again: no second record
+    wait_for_tries(site, "fault_fill", "ro-locked-1")
+
+
 def test_the_spool_removed_while_the_deployment_runs(site):
     """``rm -rf`` of the spool (a clean-up job, an operator) under a running scheduler: the
     next tasks' records are made in a new one and reach the ledger, and a job process holds
