@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +66,34 @@ def test_a_rank_killed_before_signing_leaves_the_endorsed_head_and_later_ones(tm
         backend.close()
         service.stop()
     assert "endorsing no tree head" not in service.output()
+
+
+@pytest.mark.xfail(strict=True, reason="a rank key others may read crashed its rank at every start of the job")
+def test_a_rank_key_others_may_read_is_named_at_start_and_does_not_stop_the_job(tmp_path):
+    """Bug: a rank's private key that others may read (an admin's `chmod -R g+r` on the
+    storage, to share the job's logs) made that rank die at start (the core refuses to sign
+    with such a key), and the job with it. A running service whose rank then failed never got
+    its job back (each try waited 90 s for the ranks); `baash serve` waited 120 s, then ended
+    with 'unexpected RuntimeError' and a traceback's pieces. Now the service refuses to start
+    at once (exit 2), naming the key and what to do; a running job's rank signs nothing with
+    it and keeps validating, and the job comes back."""
+    service = BaashService(tmp_path, 2, "--vote-timeout", "2")
+    backend = BaashBackend(service.url, timeout=120)
+    key = service.storage / "keys" / "rank-1"
+    try:
+        _append(backend, "before")
+        status = backend.status()
+        key.chmod(0o640)
+        os.kill(status["job"]["pids"][1], signal.SIGKILL)
+        job_back(backend, status["job"]["generation"], timeout=60, said=service.output)
+        _append(backend, "after")  # validated and committed by the job, rank 1 signing nothing
+        assert backend.record_count() == 4
+    finally:
+        backend.close()
+        service.stop()
+    assert f"{key}: a private key that other users may read" in service.output()
+    script = Path(sys.executable).parent / "lineage-ledger"  # at most 60 s: it waited 120 s, then ended
+    serve = subprocess.run([str(script), "baash", "serve", "--ranks", "2", "--storage", str(service.storage),
+                            "--socket", str(tmp_path / "again.sock")], capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 2, serve.stderr
+    assert f"{key}: a private key that other users may read" in serve.stderr and "chmod 600" in serve.stderr
