@@ -75,7 +75,6 @@ def journaled_jobs(workflow: Path) -> int:
         p.read_text() for p in (workflow / ".lineage" / "snakemake-pending").glob("*.jsonl")))
 
 
-@pytest.mark.xfail(strict=True, reason="the recovered job's manifest stays in Snakemake's process")
 def test_a_temp_directory_of_a_killed_run_is_recovered_with_its_manifest(tmp_path):
     require_snakemake()
     (tmp_path / "in.txt").write_text("x\n")

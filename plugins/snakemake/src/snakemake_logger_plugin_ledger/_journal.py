@@ -33,11 +33,25 @@ def encode_run(run: TaskRun) -> dict[str, Any]:
     return {
         "task_id": run.task_id, "task_name": run.task_name, "status": run.status,
         "started": fmt(run.started), "ended": fmt(run.ended),
-        "inputs": list(run.inputs), "outputs": list(run.outputs), "known": dict(run.known),
+        "inputs": list(run.inputs), "outputs": list(run.outputs),
+        "known": {path: _manifest_carried(entry) for path, entry in run.known.items()},
         "code_digest": run.code_digest, "parameters": dict(run.parameters),
         "environment_extra": dict(run.environment_extra), "attempt": run.attempt,
         "extra": dict(run.extra), "run_id": run.run_id,
     }
+
+
+def _manifest_carried(entry: Any) -> Any:
+    """A directory's digest entry with its manifest, where this process remembers it (decoded
+    from a journal line by :func:`decode_run`): a job recovered from a killed run's journal is
+    sent on to the recording process, which needs the manifest of a ``temp()`` directory
+    Snakemake has deleted since, or it records the directory as missing."""
+    if not isinstance(entry, dict) or entry.get("type") != "dir" or "manifest" in entry:
+        return dict(entry) if isinstance(entry, dict) else entry
+    from lineage_ledger._files.manifest import recall
+
+    manifest = recall(str(entry.get("blake3")))
+    return {**entry, "manifest": manifest.to_json()} if manifest is not None else dict(entry)
 
 
 def decode_run(data: dict[str, Any]) -> TaskRun:
