@@ -188,6 +188,7 @@ def ensure_keys(storage: str, ranks: int) -> list[Verifier]:
             write_keypair(path, f"baash-rank-{slot}")
             os.chmod(path + ".pub", 0o600)  # private as all of the storage (keygen's is 0644, to publish)
         verifiers.append(load_verifier(path + ".pub"))
+        load_signer(path)  # ConfigError now, naming the key, rather than a rank that dies at each start
     listing = "".join(v.text() + "\n" for v in verifiers).encode()
     published = os.path.join(storage, "keys", "ranks.pub")
     if os.path.lexists(os.path.join(storage, "checkpoint")) and not os.path.lexists(

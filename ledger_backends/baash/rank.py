@@ -18,6 +18,8 @@ from typing import Any
 
 from mpi4py import MPI
 
+from lineage_ledger._errors import ConfigError
+
 from ._mpi import Inbox, Tag
 from ._wire import install_mpi_codec
 from .consensus import ClusterCoordinator, quorum_of
@@ -183,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     store = SharedStore(args.storage)
     started = time.monotonic()
     state = restore(store)
-    endorser = Endorser.load(args.storage, rank)
+    try:
+        endorser = Endorser.load(args.storage, rank)
+    except ConfigError as exc:  # a key others may read: sign nothing with it, but keep validating
+        print(f"baash rank {rank}: endorsing no tree head: {exc}", file=sys.stderr)
+        endorser = None
     refusal = (endorser.check_restored(args.storage, state.blocks, verified=True, chain_error=state.chain_error)
                if endorser is not None else None)
     if refusal is not None:  # keep serving, but sign no tree head of this chain
