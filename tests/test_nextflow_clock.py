@@ -52,7 +52,6 @@ def _on_head(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comp
 
 
 @pytest.mark.skipif(FAKETIME is None, reason="faketime (libfaketime) is not installed")
-@pytest.mark.xfail(strict=True, reason="task records timed by the file server's clock, the head's recorders by theirs")
 def test_a_task_is_timed_by_the_head_nodes_clock_as_the_other_recorders_there(tmp_path):
     nextflow = nf.require_nextflow()
     here = tmp_path / "pipeline"

@@ -7,6 +7,18 @@ it. A failed try waits for Nextflow's ``NOTE`` line about it (``Error is ignored
 work directory and a record; its attempt number comes from the log's submission and retry
 lines (:mod:`._attempts`). Tasks taken from the cache ran in an earlier run, which recorded them.
 
+A record's times are the head node's, where the wrapper runs, as every other record of the
+run (the publications) and every other recorder there: a try ended when the wrapper read its
+end in the log, and started its run time before that, as the work directory's
+``.command.begin`` and ``.exitcode`` give it. Those two files' own times are the file server's
+clock (it sets their modification times), kept in ``extra.file_server_times``. Taken as the
+record's times they made a run keep two clocks: with the file server an hour ahead, a task
+that read a file counted as having seen it an hour after a colleague's later rewrite on the
+head node, so ``verify-lineage`` failed the new file and passed the old one put back
+(tests/test_nextflow_clock.py). The log is read every 0.2 s, so a try's head time is a
+little late; its files are read and hashed only then too, so the record says what they held
+at that time.
+
 The files a task's ``publishDir`` published get a second record once Nextflow has exited
 (publishing runs after the task ends, on a thread pool): ``PROCESS:publish``, reading the
 files in the work directory and writing the published copies or links. ``verify-lineage``
@@ -22,7 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._attempts import Attempts
@@ -52,7 +64,7 @@ class TaskRecorder(Handlers):
         self.recorded = 0
         self.publications = 0
         self._published: list[Published] = []
-        self._failed: dict[str, tuple[Completed, int]] = {}  # short hash -> try waiting for its NOTE
+        self._failed: dict[str, tuple[Completed, int, datetime]] = {}  # short hash -> try waiting for its NOTE
         self._notes: dict[str, Note] = {}  # a NOTE that came first
         self._attempts = Attempts()  # which attempt of its task each try is
         self._guessed: set[str] = set()  # short hashes of tries whose attempt number is a guess
@@ -74,39 +86,40 @@ class TaskRecorder(Handlers):
         self._attempts.submitted(short_hash, retry)
 
     def completed(self, event: Completed) -> None:
+        seen = datetime.now(timezone.utc)  # when the try ended, by the head node's clock (the module's docstring)
         short = _short_hash(event.workdir)
         attempt, guessed = self._attempts.of(short, event.name, event.workdir)
         if guessed:
             self._guessed.add(short)
         if event.exit == 0 and event.status == "COMPLETED" and event.error is None:
-            self._record(event, attempt, None)
+            self._record(event, attempt, None, seen)
             return
         note = self._notes.pop(short, None)
         if note is None:
-            self._failed[short] = (event, attempt)
+            self._failed[short] = (event, attempt, seen)
         else:
-            self._failed_with(event, attempt, note)
+            self._failed_with(event, attempt, note, seen)
 
     def note(self, event: Note) -> None:
         waiting = self._failed.pop(event.short_hash, None)
         if waiting is None:
             self._notes[event.short_hash] = event
         else:
-            self._failed_with(waiting[0], waiting[1], event)
+            self._failed_with(*waiting[:2], event, waiting[2])
 
-    def _failed_with(self, event: Completed, attempt: int, note: Note) -> None:
+    def _failed_with(self, event: Completed, attempt: int, note: Note, seen: datetime) -> None:
         if note.retry is not None:  # N failed tries of this task so far: this one was attempt N
             self._attempts.retried(event.name, note.retry, event.workdir)
             attempt = note.retry
             self._guessed.discard(note.short_hash)
-        self._record(event, attempt, note.action)
+        self._record(event, attempt, note.action, seen)
 
     # -- at the end ---------------------------------------------------------------------
     def finish(self) -> None:
         """Failed tries Nextflow said nothing more about, how many tries with links not followed were
         not warned of, then one publish record per task."""
-        for event, attempt in list(self._failed.values()):
-            self._record(event, attempt, None)
+        for event, attempt, seen in list(self._failed.values()):
+            self._record(event, attempt, None, seen)
         self._failed.clear()
         if self._not_followed_tries > WARNINGS_SHOWN:  # every try is recorded by now; said before a publication fails
             log.warning("%s", more_tries_line(self._not_followed_tries - WARNINGS_SHOWN))
@@ -117,13 +130,13 @@ class TaskRecorder(Handlers):
         self._publish()
 
     # -- records ------------------------------------------------------------------------
-    def _record(self, event: Completed, attempt: int, error_action: str | None) -> None:
+    def _record(self, event: Completed, attempt: int, error_action: str | None, seen: datetime) -> None:
         try:
-            self._record_try(event, attempt, error_action)
+            self._record_try(event, attempt, error_action, seen)
         except Exception:  # noqa: BLE001 - one task's record, never the pipeline
             log.exception("lineage-ledger: could not record task %s (%s)", event.name, event.workdir)
 
-    def _record_try(self, event: Completed, attempt: int, error_action: str | None) -> None:
+    def _record_try(self, event: Completed, attempt: int, error_action: str | None, seen: datetime) -> None:
         from lineage_ledger import TaskRun, code_digest
 
         work = read_workdir(event.workdir)
@@ -141,6 +154,10 @@ class TaskRecorder(Handlers):
             extra["error"] = event.error
         if _short_hash(event.workdir) in self._guessed:  # tries of one name whose numbers differ: see _attempts
             extra["attempt_guessed"] = True
+        server_times = {name: _utc(stamp).strftime("%Y-%m-%dT%H:%M:%S.%fZ") for name, stamp in
+                        (("command_begin", work.started), ("exitcode", work.ended)) if stamp is not None}
+        if server_times:
+            extra["file_server_times"] = server_times
         if work.script is not None:
             extra["script"] = work.script[:SCRIPT_KEPT].decode("utf-8", "replace")
         if not succeeded:
@@ -159,10 +176,9 @@ class TaskRecorder(Handlers):
                 extra["links_not_followed_more"] = work.not_followed_more
         environment = {"container": work.container, "conda_env": work.conda}
         inputs, outputs = self._vouched(work.inputs, work.outputs, extra)
-        now = datetime.now(timezone.utc)
         run = TaskRun(
             task_id=key, task_name=process, status="succeeded" if succeeded else "failed",
-            started=_utc(work.started) or now, ended=_utc(work.ended) or now,
+            started=seen - _ran_for(work.started, work.ended), ended=seen,
             inputs=inputs, outputs=outputs,
             code_digest=code_digest(work.script) if work.script is not None else None,
             parameters={"params": self.params, "tag": tag},
@@ -282,8 +298,16 @@ def _short_hash(workdir: str) -> str:
     return f"{key[:2]}/{key[2:8]}"
 
 
-def _utc(stamp: float | None) -> datetime | None:
-    return datetime.fromtimestamp(stamp, timezone.utc) if stamp is not None else None
+def _utc(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, timezone.utc)
+
+
+def _ran_for(began: float | None, ended: float | None) -> timedelta:
+    """How long a try ran, by the file server's clock (a difference of two of its times is
+    right whatever its offset); none where a file is missing or a clock stepped back."""
+    if began is None or ended is None or ended < began:
+        return timedelta(0)
+    return timedelta(seconds=ended - began)
 
 
 def _tail(path: str) -> str | None:
