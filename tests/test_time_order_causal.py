@@ -123,3 +123,21 @@ def test_the_end_in_the_ledgers_order(ended, after):
         assert moved == max(ended, just_after(after)) > after
     else:
         assert moved == ended
+
+
+def test_run_after_a_verification_in_another_process_is_later(tmp_path):
+    """The account verified the ledger (its trusted state remembers the fast record), but has
+    never recorded into it (no spool, no hint): ``lineage-ledger run`` still starts from what
+    the state remembers, and its output is the latest whatever the fast host's clock said."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state"),
+           "LINEAGE_SPOOL": str(tmp_path / "fresh-spool")}
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        ledger.append_records([_write(tmp_path, "v1\n", utcnow() + FAST).stored()])
+    assert run_cli("verify", cwd=tmp_path, env=env).returncode == 0
+    assert not (tmp_path / "fresh-spool").exists()
+    run_cli("run", "-o", "out.txt", "--", "sh", "-c", "printf 'v2\\n' > out.txt", cwd=tmp_path, env=env, check_rc=0)
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "out.txt").write_text("v1\n")
+    restored = run_cli("verify", "out.txt", cwd=tmp_path, env=env)
+    assert restored.returncode == 1 and "MODIFIED" in restored.stdout, restored.stdout

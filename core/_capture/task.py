@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import RecordPending
 from .._files.hashing import Hasher, normalize_path
+from .._ledger.seen import reading_at_start
 from .._model import Record
 from .drain import BatchWorker
 from .journal import TaskJournal
@@ -58,18 +59,6 @@ if TYPE_CHECKING:
 __all__ = ["TaskCapture", "TaskRun", "code_digest", "jsonable"]
 
 log = logging.getLogger("lineage_ledger.capture")
-
-
-def seen_in_spool(deferred: DeferredLedger) -> None:
-    """A reading (:mod:`.._ledger.seen`) from what this account's earlier processes left in
-    the spool's hint: the tasks that start from now on started after those records."""
-    from .._ledger.seen import note_seen, read_hint
-
-    try:
-        directory = deferred.spool_dir
-    except Exception:  # noqa: BLE001 - the spool's own checks say what is wrong, when it is used
-        return
-    note_seen(deferred.identity, read_hint(directory))
 
 
 class TaskCapture(TaskJournal):
@@ -282,7 +271,7 @@ class TaskCapture(TaskJournal):
                     deferred.close()
                     raise
                 self._deferred = deferred
-                seen_in_spool(deferred)
+                reading_at_start(deferred)
             return self._recorder
 
     def _ledger_for_lookup(self) -> Ledger | None:

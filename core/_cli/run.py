@@ -38,13 +38,12 @@ from lineage_ledger.backends._base import redact
 from .._canonical import utcnow
 from .._capture.files import entries_of, manifest_records_of
 from .._capture.pending import keep_in_spool, write_in_thread
-from .._capture.task import seen_in_spool
 from .._environment import ESCAPED, current_environment, escape_fields, escaped_text, not_utf8
 from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, VerificationError
 from .._files.hashing import hash_for_record, normalize_path
 from .._ledger.deferred import DeferredLedger, check_spool_writable, permanent_refusal, spool_first
 from .._ledger.recorder import Recorder
-from .._ledger.seen import seen_before
+from .._ledger.seen import reading_at_start, seen_before
 from .._model import Record
 from .._order import AFTER_KEY
 from .._terminal import printable
@@ -225,7 +224,7 @@ def run_and_record(
     except LedgerError:
         recorder.close(0)
         raise
-    seen_in_spool(deferred)  # before the command starts: what this account saw of the ledger
+    reading_at_start(deferred)  # before the command starts: what this account saw of the ledger
     before = {path: _stat_key(path) for path in out_paths}
 
     forwarder = _Forwarder()

@@ -74,6 +74,11 @@ class DeferredLedger:
         self._spool_dir: str | None = None
 
     @property
+    def url_given(self) -> str:
+        """The URL as given, secrets included: for opening and looking up, never for showing."""
+        return self._url
+
+    @property
     def spool_dir(self) -> str:
         if self._spool_dir is None:
             self._spool_dir = spool_directory(self.spool_root, self.identity)

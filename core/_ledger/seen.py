@@ -10,8 +10,10 @@ the moments come from *readings*, each taken before the tasks it serves start:
 * records this process shipped (:meth:`.deferred.DeferredLedger.append_records`): the
   latest order end among them, once the back-end took them;
 * the hint file ``latest-seen`` in the ledger's spool directory (private, this account's),
-  where each of the two above also leaves its value: what this account's earlier processes
-  saw, read by a recorder when it opens (``lineage-ledger run`` before its command starts).
+  where each of the two above also leaves its value, and the head this account's trusted
+  state remembers (``head.json``): what this account's earlier processes saw, read by a
+  recorder when it opens (:func:`reading_at_start`; ``lineage-ledger run`` before its
+  command starts).
 
 A task that started at ``started`` (by this host's clock, as the readings are taken) gets the
 latest value of a reading taken at or before then (:func:`seen_before`). A reading taken
@@ -26,11 +28,15 @@ import bisect
 import os
 import threading
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .._canonical import format_time, utcnow
 from .._order import AFTER_KEY, after_of
 
-__all__ = ["HINT", "note_seen", "read_hint", "seen_before", "write_hint"]
+if TYPE_CHECKING:
+    from .deferred import DeferredLedger
+
+__all__ = ["HINT", "note_seen", "read_hint", "reading_at_start", "seen_before", "write_hint"]
 
 HINT = "latest-seen"
 _KEEP = 256  # readings kept per ledger: a task that started before the oldest gets none
@@ -107,3 +113,42 @@ def write_hint(spool_dir: str, latest: str | None) -> None:
             os.unlink(temporary)
         except OSError:
             pass
+
+
+def reading_at_start(deferred: DeferredLedger) -> None:
+    """A reading from what this account's earlier processes left: the spool's hint and the
+    trusted state's head, both read without the back-end (a recorder opens before it is
+    reached). Tasks that start from now on started after those records were in the ledger."""
+    try:
+        directory = deferred.spool_dir
+    except Exception:  # noqa: BLE001 - the spool's own checks say what is wrong, when it is used
+        directory = None
+    latest = [read_hint(directory) if directory else None, _remembered_latest(deferred.url_given)]
+    note_seen(deferred.identity, max((value for value in latest if value), default=None))
+
+
+def _remembered_latest(url: str) -> str | None:
+    """``latest`` of the head this account remembers for the ledger at ``url`` (None where
+    none, or where the file is not this account's alone: the readers say why)."""
+    import stat
+
+    from .._environment import state_root
+    from .._log.trust import TreeHead, TrustStore
+    from .identity import trust_identity_of
+
+    try:
+        directory = TrustStore.directory_for(trust_identity_of(url), state_root())
+        fd = os.open(os.path.join(directory, "head.json"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except Exception:  # noqa: BLE001 - no state, a relative LINEAGE_STATE_DIR, a URL the recorder refuses
+        return None
+    try:
+        status = os.fstat(fd)
+        if status.st_uid != os.geteuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            head = TreeHead.from_json(handle.read(1 << 16))
+    except (OSError, ValueError, TypeError):
+        return None
+    finally:
+        os.close(fd)
+    return after_of({AFTER_KEY: head.latest})
