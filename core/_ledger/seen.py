@@ -2,29 +2,35 @@
 
 A record may say it is later than every record whose task ended by the moment ``after``
 (``extra[AFTER_KEY]``) only if its task started after those records were in the ledger. So
-the moments come from *readings*, each taken before the tasks it serves start:
+each value comes from a *reading*: the latest order end among records known to be in the
+ledger, and the moment by which they were:
 
 * a verified tree head in this process (:meth:`.ledger.Ledger.tree_head`: a pre-run check,
-  ``verify-lineage``, ``adopt``): its :attr:`~.._log.tree_head.TreeHead.latest`, read when
+  ``verify-lineage``, ``adopt``): its :attr:`~.._log.tree_head.TreeHead.latest`, dated when
   the refresh ended;
-* records this process shipped (:meth:`.deferred.DeferredLedger.append_records`): the
-  latest order end among them, once the back-end took them;
-* the hint file ``latest-seen`` in the ledger's spool directory (private, this account's),
-  where each of the two above also leaves its value, and the head this account's trusted
-  state remembers (``head.json``): what this account's earlier processes saw, read by a
-  recorder when it opens (:func:`reading_at_start`; ``lineage-ledger run`` before its
-  command starts).
+* records this process shipped (:meth:`.ledger.Ledger.append_records`): the latest order end
+  among them, dated once the back-end took them;
+* what this account's earlier processes saw, read by a recorder when it opens
+  (:func:`reading_at_start`), each dated when it was taken: the hint file ``latest-seen`` in
+  the ledger's spool directory (private, this account's), where each of the two above also
+  leaves its value, and the head the trusted state remembers (``head.json``, dated by its
+  ``verified`` time), each dated when it was taken or when it is read, whichever is earlier.
+  Not simply "now": the engines' recorders open when their first task ends (Snakemake's in
+  a process of its own, beside the one whose pre-run check read the head), and the tasks
+  that started after the reading still get it. Not simply the date written: a clock stepped
+  back since, or another process's clock ahead, would date it past the tasks it serves.
 
-A task that started at ``started`` (by this host's clock, as the readings are taken) gets the
-latest value of a reading taken at or before then (:func:`seen_before`). A reading taken
-late only ever makes the value smaller (a lower bound), which leaves the clocks to decide, as
-before; a value the ledger had not reached would order a task after records it never saw,
-and that no reading here gives.
+A task that started at ``started`` gets the latest value among the readings dated at or
+before then (:func:`seen_before`): every record behind it was in the ledger before the task
+started, so the task ran after theirs. Times are this host's clock, as ``started`` is (the
+state directory is per account; one shared between hosts whose clocks differ dates a reading
+by another clock, which can only make a task count as later than a record that landed while
+it ran: a failure to check, never a pass). A reading missed leaves the clocks to decide, as
+before.
 """
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 from datetime import datetime
@@ -39,44 +45,48 @@ if TYPE_CHECKING:
 __all__ = ["HINT", "note_seen", "read_hint", "reading_at_start", "seen_before", "write_hint"]
 
 HINT = "latest-seen"
-_KEEP = 256  # readings kept per ledger: a task that started before the oldest gets none
+_KEEP = 256  # readings kept per ledger (the latest dates): a task that started before them all gets none
 
 _lock = threading.Lock()
-_readings: dict[str, tuple[list[str], list[str]]] = {}  # identity -> (when read, latest), both increasing
+_readings: dict[str, list[tuple[str, str]]] = {}  # identity -> [(dated, latest)]
 
 
-def note_seen(identity: str, latest: str | None, when: datetime | None = None) -> None:
+def _time(value: object) -> str | None:
+    return after_of({AFTER_KEY: value})
+
+
+def note_seen(identity: str, latest: str | None, dated: str | datetime | None = None) -> None:
     """Every record whose task ended by ``latest`` (in the ledger's order) was in the ledger
-    ``identity`` by ``when`` (now where not given)."""
-    if not latest or after_of({AFTER_KEY: latest}) is None:
+    ``identity`` by ``dated`` (now where not given)."""
+    value = _time(latest)
+    now = format_time(utcnow())
+    at = format_time(dated) if isinstance(dated, datetime) else now if dated is None else _time(dated)
+    if value is None or at is None:
         return
-    at = format_time(when or utcnow())
+    # Never later than now: the file read now held it, whatever clock dated it (one stepped
+    # back since, another process's under a clock ahead); earlier where it says so.
+    at = min(at, now)
     with _lock:
-        times, values = _readings.setdefault(identity, ([], []))
-        if values and latest <= values[-1]:
-            return  # nothing seen that the last reading had not
-        if times and at < times[-1]:
-            at = times[-1]  # a clock stepped back since: no reading moves earlier than the last
-        times.append(at)
-        values.append(latest)
-        if len(times) > _KEEP:
-            del times[: _KEEP // 2], values[: _KEEP // 2]
+        readings = _readings.setdefault(identity, [])
+        if any(when <= at and seen >= value for when, seen in readings):
+            return  # an earlier or same reading says as much
+        readings.append((at, value))
+        if len(readings) > _KEEP:
+            readings.sort()
+            del readings[: _KEEP // 2]
 
 
 def seen_before(identity: str, started: datetime) -> str | None:
-    """The latest order time this process had seen in ledger ``identity`` by ``started``."""
+    """The latest order time this process knows was in ledger ``identity`` by ``started``."""
     at = format_time(started)
     with _lock:
-        found = _readings.get(identity)
-        if not found:
-            return None
-        times, values = found
-        index = bisect.bisect_right(times, at)
-        return values[index - 1] if index else None
+        values = [value for when, value in _readings.get(identity, ()) if when <= at]
+    return max(values) if values else None
 
 
-def read_hint(spool_dir: str) -> str | None:
-    """What this account's processes left in the spool directory's hint (None: none, or unreadable)."""
+def read_hint(spool_dir: str) -> tuple[str, str] | None:
+    """(latest, dated) that this account's processes left in the spool directory's hint
+    (None: none, or unreadable)."""
     try:
         fd = os.open(os.path.join(spool_dir, HINT), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -84,27 +94,29 @@ def read_hint(spool_dir: str) -> str | None:
     try:
         if os.fstat(fd).st_uid != os.geteuid():
             return None  # the spool directory is private; a file of another account is not ours
-        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        fields = os.read(fd, 128).decode("ascii", "replace").split()
     except OSError:
         return None
     finally:
         os.close(fd)
-    return after_of({AFTER_KEY: text})
+    if len(fields) != 2 or _time(fields[0]) is None or _time(fields[1]) is None:
+        return None
+    return fields[0], fields[1]
 
 
 def write_hint(spool_dir: str, latest: str | None) -> None:
-    """Raise the hint to ``latest`` (best effort: a hint that could not be written is only a
-    lower bound that stays lower; the spool's own checks say what is wrong with the directory)."""
-    if not latest or not os.path.isdir(spool_dir):
+    """Raise the hint to ``latest``, dated now (best effort: a hint that could not be written
+    leaves the next process knowing less, which leaves the clocks to decide)."""
+    if not latest or _time(latest) is None or not os.path.isdir(spool_dir):
         return
     current = read_hint(spool_dir)
-    if current is not None and current >= latest:
+    if current is not None and current[0] >= latest:
         return
     temporary = os.path.join(spool_dir, f".{HINT}-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, (latest + "\n").encode("ascii"))
+            os.write(fd, f"{latest} {format_time(utcnow())}\n".encode("ascii"))
         finally:
             os.close(fd)
         os.replace(temporary, os.path.join(spool_dir, HINT))
@@ -116,20 +128,20 @@ def write_hint(spool_dir: str, latest: str | None) -> None:
 
 
 def reading_at_start(deferred: DeferredLedger) -> None:
-    """A reading from what this account's earlier processes left: the spool's hint and the
-    trusted state's head, both read without the back-end (a recorder opens before it is
-    reached). Tasks that start from now on started after those records were in the ledger."""
+    """The readings this account's earlier processes left: the spool's hint and the trusted
+    state's head, both read without the back-end (a recorder opens before it is reached)."""
     try:
         directory = deferred.spool_dir
     except Exception:  # noqa: BLE001 - the spool's own checks say what is wrong, when it is used
         directory = None
-    latest = [read_hint(directory) if directory else None, _remembered_latest(deferred.url_given)]
-    note_seen(deferred.identity, max((value for value in latest if value), default=None))
+    for found in (read_hint(directory) if directory else None, _remembered(deferred.url_given)):
+        if found is not None:
+            note_seen(deferred.identity, *found)
 
 
-def _remembered_latest(url: str) -> str | None:
-    """``latest`` of the head this account remembers for the ledger at ``url`` (None where
-    none, or where the file is not this account's alone: the readers say why)."""
+def _remembered(url: str) -> tuple[str, str] | None:
+    """(latest, verified) of the head this account remembers for the ledger at ``url`` (None
+    where none, or where the file is not this account's alone: the readers say why)."""
     import stat
 
     from .._environment import state_root
@@ -151,4 +163,6 @@ def _remembered_latest(url: str) -> str | None:
         return None
     finally:
         os.close(fd)
-    return after_of({AFTER_KEY: head.latest})
+    if _time(head.latest) is None or _time(head.verified) is None:
+        return None
+    return head.latest, head.verified
