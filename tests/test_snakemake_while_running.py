@@ -46,7 +46,6 @@ def wait_for(path: Path, process: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="inputs are hashed after the job ends: the rewrite is recorded as read")
 def test_an_input_rewritten_while_the_job_runs_is_recorded_as_read_at_start(tmp_path):
     require_snakemake()
     (tmp_path / "a.txt").write_text("v1\n")

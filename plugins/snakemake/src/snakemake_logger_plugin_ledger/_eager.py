@@ -12,6 +12,10 @@ that ``logger.info`` call, before ``DAG.finish``. It hashes only the job's ``tem
 outputs (usually few and small; every other file is hashed off Snakemake's threads as
 before) and keeps the digests for the job's record, which takes them as ``known``.
 
+On ``job_info``, logged before Snakemake starts the job, it takes a ``stat`` of each of the
+job's input files (no reading): the recording process hashes them as of that moment (see
+:mod:`._started`).
+
 The same filter tells the plugin when ``Workflow.execute`` begins (``workflow_started``), so
 that it starts its recording process while Snakemake builds the DAG.
 """
@@ -27,8 +31,9 @@ from typing import Any
 
 from blake3 import blake3
 
-from ._jobs import JobLookup
+from ._jobs import JobLookup, parse_files
 from ._preflight import SnakemakeLogHook
+from ._started import stat_inputs
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -81,6 +86,10 @@ class TempOutputHook(SnakemakeLogHook):
         super().__init__()
         self.on_workflow_started = on_workflow_started
         self.digests: dict[str, dict[str, Any]] = {}  # abs path -> {"blake3", "size"}; taken by records
+        self.input_stats: dict[int, dict[str, list[int]]] = {}  # job id -> its inputs' stats at its start
+        # job id -> the outputs of the group job it belongs to: written by the group's own jobs,
+        # after the group's job_info events (a cluster runs them later, in one submission)
+        self._group_outputs: dict[int, set[str]] = {}
         self._lookup = JobLookup()
         self._failed = False
         self.cpu = 0.0  # CPU seconds spent here, on Snakemake's main thread
@@ -100,6 +109,16 @@ class TempOutputHook(SnakemakeLogHook):
                 self.on_workflow_started(record.created)
             except Exception:  # noqa: BLE001 - the first job event tries again
                 log.exception("lineage-ledger: could not start recording at workflow start")
+        elif event == "group_info":
+            try:
+                self._note_group(record)
+            except Exception:  # noqa: BLE001 - never into Snakemake
+                log.exception("lineage-ledger: could not read a group job's outputs")
+        elif event == "job_info":
+            try:
+                self._stat_inputs(record)
+            except Exception:  # noqa: BLE001 - never into Snakemake; its inputs are hashed after it ends
+                log.exception("lineage-ledger: could not stat a job's inputs at its start")
         elif event == "job_finished" and not self._failed:
             try:
                 self._hash_temp_outputs(int(record.__dict__["job_id"]))
@@ -120,6 +139,25 @@ class TempOutputHook(SnakemakeLogHook):
                 entry = _core_entry(path)  # a directory, or a path through a symbolic link
             if entry is not None:
                 self.digests[path] = entry
+
+    def _note_group(self, record: logging.LogRecord) -> None:
+        jobs = list(record.__dict__.get("jobs") or ())
+        outputs = {os.path.abspath(f) for job in jobs for f in job.output}
+        for job in jobs:
+            self._group_outputs[int(job.jobid)] = outputs
+
+    def _stat_inputs(self, record: logging.LogRecord) -> None:
+        """Before Snakemake starts the job (see _started): a stat of each input file, but not
+        of one another job of its group writes (what is there now is the last run's)."""
+        get = record.__dict__.get
+        jobid = int(get("jobid"))  # type: ignore[arg-type]
+        made_in_group = self._group_outputs.pop(jobid, set())
+        files = [ref.path for ref in parse_files(get("input")) if ref.hashable and ref.path not in made_in_group]
+        if files:
+            self.input_stats[jobid] = stat_inputs(files)
+
+    def take_input_stats(self, jobid: int) -> dict[str, list[int]]:
+        return self.input_stats.pop(jobid, None) or {}
 
     def take(self, paths: list[str]) -> dict[str, dict[str, Any]]:
         """The digests kept for ``paths``, removed from the hook."""

@@ -91,6 +91,7 @@ class JobRecorder:
         if event == "job_info":
             report = JobReport.from_event(record, self._cwd)
             self._reports[report.jobid] = report
+            self._send_start(report.jobid)
             pipes = [r.path for r in report.outputs if "pipe" in r.flags]
             if pipes:  # its reader runs in the same group, started with it: its job_info is here first
                 carried = list(dict.fromkeys(self._carried(report)))
@@ -102,6 +103,12 @@ class JobRecorder:
 
     def close(self) -> None:
         self._shutdown()
+
+    def _send_start(self, jobid: int) -> None:
+        """The inputs' stats taken before the job started: the recording process hashes them now."""
+        stats = self.temp_hook.take_input_stats(jobid) if self.temp_hook is not None else {}
+        if stats:
+            self._send(json.dumps({"start": jobid, "inputs": stats}, separators=(",", ":")))
 
     # -- the events ---------------------------------------------------------------------
     def _finished(self, jobid: int, ended: float) -> None:

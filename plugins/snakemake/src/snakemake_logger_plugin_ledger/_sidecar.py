@@ -173,6 +173,7 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
     from lineage_ledger import TaskCapture
 
     from ._journal import decode_run
+    from ._started import StartedInputs
     from ._unverified import fill_digests
 
     journal_fd = config.get("journal_fd")
@@ -188,11 +189,16 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
                           threads=int(config.get("threads", 4)))
     queue = RecordingQueue(capture, mark_done)
     orphans = Orphans()
+    started = StartedInputs()
     jobs = 0
     for line in lines:
-        jobs += 1
         try:
             message = json.loads(line)
+            if "start" in message:  # a job starts: its inputs are hashed now
+                started.start(message)
+                continue
+            jobs += 1
+            started.apply(message["run"])
             fill_digests(message["run"])
             future = queue.add(message["job"], decode_run(message["run"]))
             if message.get("orphan"):
@@ -204,6 +210,7 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
         out.write(json.dumps(summary) + "\n")
         out.flush()
         return summary
+    started.close()
     summary = queue.close(float(config.get("flush_timeout", 300.0)))
     orphans.retire()
     usage = resource.getrusage(resource.RUSAGE_SELF)

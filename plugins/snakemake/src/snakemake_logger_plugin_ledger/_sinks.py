@@ -64,8 +64,10 @@ class InProcessSink:
         from lineage_ledger import TaskCapture
 
         from ._journal import decode_run
+        from ._started import StartedInputs
 
         self._decode = decode_run
+        self.started = StartedInputs()
         self.journal = journal
         capture = TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
                               threads=int(config.get("threads", 4)))
@@ -81,12 +83,17 @@ class InProcessSink:
         from ._unverified import fill_digests
 
         message = json.loads(line)
+        if "start" in message:
+            self.started.start(message)
+            return
+        self.started.apply(message["run"])
         fill_digests(message["run"])
         future = self.queue.add(message["job"], self._decode(message["run"]))
         if message.get("orphan"):
             self.orphans.add(message["orphan"], future)
 
     def close(self) -> dict[str, Any]:
+        self.started.close()
         summary = self.queue.close(self.timeout)
         self.orphans.retire()
         return summary

@@ -1,0 +1,144 @@
+"""A job's input files as they were when it started, and those that changed while it ran.
+
+A job's record was made from digests taken after the job ended: an input rewritten by another
+process while the job ran was recorded with its new digest. Its lineage then said the output
+was made from bytes the job never saw, and ``verify-lineage`` of the output passed with the
+rewritten file in place.
+
+Two steps, so that Snakemake's process hashes nothing:
+
+- :func:`stat_inputs` runs in the plugin's filter on Snakemake's logger, synchronously in the
+  ``job_info`` logging call that Snakemake makes before it starts the job (``run_job_pre``):
+  one ``stat`` per input file, no reading.
+- :class:`StartedInputs`, in the recording process, hashes those files as soon as it hears of
+  the job (a ``{"start": jobid, "inputs": {path: stat}}`` line), on a thread of its own. A digest
+  counts as the file at the start only if the file's stat is still the one taken before the job
+  started. When the job ends (:meth:`StartedInputs.apply`), an input whose stat is unchanged
+  takes its start digest (no second read); one that changed is hashed again, and where its
+  bytes differ the record keeps the digest at the start, names the file in
+  ``extra["inputs_changed_while_running"]`` (``{path: {"at_start": entry or None, "now": entry
+  or None}}``) and the change is logged. ``at_start`` is None where the file changed between
+  the job's start and the moment it was hashed: the record then keeps the earliest digest taken.
+
+Directories are hashed after the job as before (their stat says nothing of the files in them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger("lineage_ledger.snakemake")
+
+#: Seconds the end of a job waits for its inputs' start digests before hashing as before.
+WAIT = 600.0
+
+
+def stat_key(path: str) -> list[int] | None:
+    """What says a regular file was not written: size, mtime, ctime, inode, device; None for
+    anything else (not there, a directory, a pipe)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def stat_inputs(paths: list[str]) -> dict[str, list[int]]:
+    """The stat of each regular file among ``paths`` (on Snakemake's thread: a stat each)."""
+    return {path: key for path in paths if (key := stat_key(path)) is not None}
+
+
+def _entry_if_unchanged(path: str, key: list[int]) -> tuple[dict[str, Any] | None, bool]:
+    """(the file's digest entry, whether it is the file as ``key`` saw it)."""
+    from lineage_ledger import LedgerError, hash_file
+
+    if stat_key(path) != key:
+        entry = _entry(path, hash_file, LedgerError)
+        return entry, False
+    entry = _entry(path, hash_file, LedgerError)
+    return entry, entry is not None and stat_key(path) == key
+
+
+def _entry(path: str, hash_file: Any, error: Any) -> dict[str, Any] | None:
+    try:
+        artifact = hash_file(path)
+    except (error, OSError):
+        return None
+    return {"blake3": artifact.blake3, "size": artifact.size}
+
+
+class StartedInputs:
+    """Start digests by Snakemake job id, taken on a thread of this (the recording) process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[int, tuple[dict[str, list[int]], Future[dict[str, Any]]]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self, message: dict[str, Any]) -> None:
+        stats = {str(p): list(k) for p, k in dict(message.get("inputs") or {}).items()}
+        if not stats:
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="lineage-started")
+            future = self._pool.submit(self._hash, stats)
+            self._jobs[int(message["start"])] = (stats, future)
+
+    @staticmethod
+    def _hash(stats: dict[str, list[int]]) -> dict[str, Any]:
+        return {path: _entry_if_unchanged(path, key) for path, key in stats.items()}
+
+    def apply(self, run: dict[str, Any]) -> None:
+        """Give ``run`` (a ``TaskRun`` message) its inputs' start digests as ``known``; name
+        those that changed while it ran."""
+        jobid = (run.get("extra") or {}).get("snakemake_jobid")
+        with self._lock:
+            taken = self._jobs.pop(jobid, None) if isinstance(jobid, int) else None
+        if taken is None:
+            return  # its start was not seen (a recovered job): hashed after it ended, as before
+        stats, future = taken
+        try:
+            at_start = future.result(timeout=WAIT)
+        except Exception as err:  # noqa: BLE001 - the job is still recorded, hashed as before
+            log.warning("lineage-ledger: could not hash the inputs of job %s at its start: %s", jobid, err)
+            return
+        known = dict(run.get("known") or {})
+        changed: dict[str, Any] = {}
+        for path in run.get("inputs") or ():
+            if path not in stats or path in known:
+                continue
+            entry, was_at_start = at_start.get(path, (None, False))
+            now_key = stat_key(path)
+            if now_key is None or (was_at_start and now_key == stats[path]):
+                if entry is not None:  # unchanged, or deleted since (a temp() input): as it started
+                    known[path] = entry
+                continue
+            from lineage_ledger import LedgerError, hash_file
+
+            now = _entry(path, hash_file, LedgerError)
+            if was_at_start and now is not None and now["blake3"] == entry["blake3"]:
+                known[path] = entry  # touched, or its mode changed: the same bytes
+                continue
+            changed[path] = {"at_start": entry if was_at_start else None, "now": now}
+            if entry is not None:
+                known[path] = entry  # what it was at the start, or as near to it as was hashed
+        run["known"] = known
+        if changed:
+            run["extra"] = {**(run.get("extra") or {}), "inputs_changed_while_running": changed}
+            log.warning("lineage-ledger: job %s (%s): input(s) changed while the job ran, recorded as they were "
+                        "when it started; its outputs may have been made from either version: %s",
+                        jobid, run.get("task_name"), ", ".join(sorted(changed)))
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
