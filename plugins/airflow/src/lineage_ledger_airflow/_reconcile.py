@@ -40,6 +40,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from lineage_ledger import LedgerError
+
 from . import _tries
 
 log = logging.getLogger("lineage_ledger.airflow")
@@ -124,13 +126,19 @@ def _completed_by_scheduler(row: Any, task: Any) -> bool:
     return getattr(row, "operator", None) == "EmptyOperator"
 
 
-def record_unreported(dag_run: Any, *, again: bool = True) -> int:
+def record_unreported(dag_run: Any, *, again: bool = True, ask_ledger: bool = False) -> int:
     """Record the run's finished tries that no process recorded; how many were recorded.
-    ``again``: sweep the run once more when the task processes still alive have ended."""
+    ``again``: sweep the run once more when the task processes still alive have ended.
+    ``ask_ledger`` (a thread's sweep, never the scheduler's loop): a try no marker claims is
+    looked for in the ledger before it is recorded (one read of the run's records), and
+    where no marker can be made (the spool's disk read-only) it is recorded all the same.
+    The scheduler's own sweep leaves such a run to a thread instead."""
     dag = getattr(dag_run, "dag", None)
     host = _this_host()
     recorded = 0
     alive: set[int] = set()
+    unmarkable = False
+    in_ledger: set[tuple[str, int]] | None = None
     for row in _tries_of(dag_run):
         state = _value(row.state)
         if (row.try_number or 0) < 1 or state not in RECORDED_STATES:
@@ -142,8 +150,11 @@ def record_unreported(dag_run: Any, *, again: bool = True) -> int:
             if int(row.pid) != os.getpid():  # dag.test() runs its tasks here: they have recorded themselves
                 alive.add(int(row.pid))
             continue  # still in its overtime: it records itself (or gives its try up: swept again)
-        if _tries.claimed(key):
-            continue
+        try:
+            if _tries.claimed(key):
+                continue
+        except (OSError, LedgerError):
+            pass  # no marker can be read or made: below
         task = None
         if dag is not None:
             try:
@@ -153,23 +164,69 @@ def record_unreported(dag_run: Any, *, again: bool = True) -> int:
         ran = bool(row.hostname or row.pid)
         if not ran and not _completed_by_scheduler(row, task):
             continue  # marked success or failed by hand: it never ran (not recorded, as documented)
-        if ran:
-            error = "the task process ended without reporting this try (killed?)"
-        else:
-            error = None  # completed by the scheduler (EmptyOperator): no process ever ran
-        status = RECORDED_STATES[state]
-        record_id = _tries.record_try(
-            _stand_in(row, task), status, state=state, error=error if status == "failed" else None,
-            extra=None if ran else {"completed_by_scheduler": True},
-        )
+        if ask_ledger:
+            if in_ledger is None:
+                in_ledger = _tries_in_ledger(dag_run.dag_id, dag_run.run_id)
+            if key in in_ledger:
+                continue  # its record is in the ledger: no marker says so where none could be made
+        try:
+            record_id = _record(row, task, state, ran, unmarked=False)
+        except (OSError, LedgerError) as err:
+            # No try marker can be made (the spool's disk read-only): without one, only the
+            # ledger can say whether this try is recorded already, and the scheduler's loop
+            # must not wait for it. A thread asks it, and records the try if it is not there.
+            if not ask_ledger:
+                unmarkable = True
+                continue
+            log.debug("lineage-ledger: no marker for try %d of %s: %s", key[1], key[0], err)
+            record_id = _record(row, task, state, ran, unmarked=True)
         if record_id is not None:
             recorded += 1
     if recorded:
         log.info("lineage-ledger: recorded %d tries of %s/%s that no task process recorded",
                  recorded, dag_run.dag_id, dag_run.run_id)
-    if alive and again:
+    if (alive or unmarkable) and again:
         _sweep_later(dag_run.dag_id, dag_run.run_id, dag, alive)
     return recorded
+
+
+def _record(row: Any, task: Any, state: str, ran: bool, *, unmarked: bool) -> str | None:
+    if ran:
+        error = "the task process ended without reporting this try (killed?)"
+    else:
+        error = None  # completed by the scheduler (EmptyOperator): no process ever ran
+    status = RECORDED_STATES[state]
+    return _tries.record_try(
+        _stand_in(row, task), status, state=state, error=error if status == "failed" else None,
+        extra=None if ran else {"completed_by_scheduler": True}, unmarked=unmarked,
+    )
+
+
+def _tries_in_ledger(dag_id: str, run_id: str) -> set[tuple[str, int]]:
+    """The tries of a run that the ledger has a record of, by :func:`_tries.try_key`; an
+    empty set (said) where the ledger cannot be read: a second record of a try is better
+    than none."""
+    from lineage_ledger import open_ledger
+
+    from . import _settings
+
+    found: set[tuple[str, int]] = set()
+    try:
+        ledger = open_ledger(_settings.ledger_url(), spool=_settings.spool_root(), read_only=True)
+        try:
+            for item in ledger.run(f"{dag_id}/{run_id}"):
+                facts = (item.record.extra or {}).get("airflow") or {}
+                if facts.get("test_mode") or not isinstance(facts.get("try_number"), int):
+                    continue
+                found.add(_tries.try_key(SimpleNamespace(
+                    dag_id=facts.get("dag_id"), run_id=facts.get("run_id"), task_id=facts.get("task_id"),
+                    map_index=facts.get("map_index", -1), try_number=facts["try_number"])))
+        finally:
+            ledger.close()
+    except Exception as err:  # noqa: BLE001 - then every unmarked try is recorded
+        log.warning("lineage-ledger: cannot read the records of %s/%s from the ledger (%s); a try no marker "
+                    "claims is recorded, perhaps a second time", dag_id, run_id, err)
+    return found
 
 
 #: A run's task process still alive this long after its sweep is not waited for any more.
@@ -207,7 +264,8 @@ def _sweep_when_ended() -> None:
                 return
         for (dag_id, run_id), dag in due:
             try:
-                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), again=False)
+                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), again=False,
+                                  ask_ledger=True)
             except Exception:  # noqa: BLE001 - never break the scheduler
                 log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
 
@@ -237,7 +295,7 @@ def resume_when_scheduler(component: Any, wait_s: float = 120.0) -> None:
             return
         for dag_id, run_id, dag in runs:
             try:
-                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag))
+                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), ask_ledger=True)
             except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
 

@@ -277,12 +277,15 @@ def record_try(
     code: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    unmarked: bool = False,
 ) -> str | None:
-    """Record this try once (None if another report already did, or if recording failed)."""
+    """Record this try once (None if another report already did, or if recording failed).
+    ``unmarked``: record it where no marker can be made, as the task's own report is (the
+    scheduler's sweep, which found no record of it in the ledger)."""
     key = try_key(ti)
     if key[1] < 1:  # never started (e.g. an upstream-failed task marked failed by hand)
         return None
-    if not claim(key, own=type(ti).__name__ == "RuntimeTaskInstance"):  # the task process's own report
+    if not claim(key, own=unmarked or type(ti).__name__ == "RuntimeTaskInstance"):  # the task's own report
         log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
         return None
     started = _started.pop(key, None)
