@@ -470,8 +470,6 @@ def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the
         site.start("dag-processor", "scheduler")
 
 
-@pytest.mark.xfail(strict=True, reason="without try markers the scheduler's sweep raises instead of recording the "
-                   "try whose task process gave it up: its record is lost")
 def test_a_read_only_spool_and_a_locked_ledger_as_a_task_ends_the_scheduler_records_it(site):
     """The spool's disk read-only and the SQLite ledger's write lock held by another process
     as a task ends: the task's record has no durable place, and its process gives it up as it
