@@ -91,7 +91,6 @@ def test_a_cached_value_no_recorded_try_made_is_refused_rerun_or_said(workdir, c
     assert records[-1].extra.get("result_not_verified")
 
 
-@pytest.mark.xfail(strict=True, reason="a join app's outer app is recorded by nothing, so its cached value is not checked")
 def test_a_join_apps_cached_value_is_checked_too(workdir):
     """A join app's outer app runs on Parsl's internal executor, which records nothing: its
     value, reused from the checkpoint on the next run (its inner apps never launched), was

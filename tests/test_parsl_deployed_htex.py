@@ -90,8 +90,10 @@ def test_four_workers_record_each_try_once_with_the_workers_digests(workdir, mon
     tries = collections.Counter((r.task_id, r.attempt) for r in records)
     assert max(tries.values()) == 1, f"a try recorded twice: {tries.most_common(3)}"
     by_name = collections.Counter(r.task_name for r in records)
-    # 12 parts, 1 gather, 4 + 2 squares (the join app itself runs on Parsl's internal executor)
-    assert by_name == {"part": 12, "gather": 1, "square": 6}
+    # 12 parts, 1 gather, 4 + 2 squares, and the join app, which runs on Parsl's internal
+    # executor: the memoizer records its end (extra["join"])
+    assert by_name == {"part": 12, "gather": 1, "square": 6, "both": 1}
+    assert [r.extra.get("join") for r in records if r.task_name == "both"] == [True]
     assert all(r.status == "succeeded" for r in records)
     for record in records:
         if record.task_name == "part":

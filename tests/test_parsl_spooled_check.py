@@ -47,6 +47,9 @@ PROGRAM = """
             dst.write(src.read())
         return "copied"
 
+    def triple(x):
+        return 3 * x
+
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     ledger = ParslLedger({url!r}, policy=sys.argv[1], spool={spool!r})
     dfk = parsl.load(pipeline.make_config({workdir!r}, "threads", ledger))
@@ -55,6 +58,8 @@ PROGRAM = """
         print("result", future.result(), "from_memo" if future.task_record["from_memo"] else "ran", flush=True)
     except Exception as err:
         print("refused", type(err).__name__, err, flush=True)
+    value = python_app(triple, cache=True)(2)  # a value, vouched for by a record that may wait in the spool
+    print("value", value.exception() or value.result(), "from_memo" if value.task_record["from_memo"] else "ran")
     dfk.cleanup()
 """
 
@@ -90,6 +95,8 @@ def test_an_output_edited_while_its_record_waits_in_the_spool_is_not_reused(tmp_
     finally:
         if holder.poll() is None:
             holder.communicate("")
+    # The value run 1 checkpointed is reused: its try's record vouches for it, shipped or waiting.
+    assert "value 6 from_memo" in second.stdout, second.stdout + second.stderr[-3000:]
     if policy == "strict":
         assert "refused ArtifactMismatch" in second.stdout and str(out) in second.stdout, \
             second.stdout + second.stderr[-3000:]

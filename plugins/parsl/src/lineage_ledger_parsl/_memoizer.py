@@ -62,7 +62,7 @@ from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
 from ._tasks import STREAMS, file_digest, read_digests, task_files, unverified_digests
 from ._unrecordable import changes_key, not_utf8, shown, unnamed
-from ._values import CachedValues, entry_digest, memo_result
+from ._values import CachedValues, entry_digest, memo_result, record_join
 
 __all__ = ["LedgerMemoizer"]
 
@@ -89,8 +89,7 @@ class LedgerMemoizer(Memoizer):
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
         self.ledger.new_run()
-        loaded = start_loading_private(self.inner, run_dir=run_dir, config_run_dir=config_run_dir)  # pickles
-        self._values = CachedValues(loaded)
+        self._values = CachedValues(start_loading_private(self.inner, run_dir=run_dir, config_run_dir=config_run_dir))
         # Records earlier runs left in the spool (a ledger that was locked or down) are
         # shipped before the first check, or checked against (see _spooled).
         self._left = ship_left(self.ledger) if self.ledger.unrecordable is None else None
@@ -105,6 +104,8 @@ class LedgerMemoizer(Memoizer):
     def update_memo_result(self, task: TaskRecord, r: Any) -> None:
         if self.inner.checkpoint_mode is not None:
             self._run_said.say(self.inner.run_dir, task["dfk"].run_id)
+        if task.get("join") and not task.get("from_memo"):  # its outer app ran where no ledger records
+            record_join(self, task, r)
         self.inner.update_memo_result(task, r)
 
     def entry_digest(self, task: Mapping[str, Any], value: Any) -> str | None:
@@ -141,12 +142,6 @@ class LedgerMemoizer(Memoizer):
         cached = self._inner_check(task, bool(inputs or outputs), hashed)
         if inputs and self.ledger.unrecordable is None:  # as the try is handed them: see read_digests
             marks["lineage_ledger_read"] = read_digests(inputs, hashed)
-        # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
-        unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
-            else None
-        if unvouched is not None and self.ledger.policy == "rerun":
-            self.reruns += 1
-            cached = None
         tampered: list[str] = []
         unverified: dict[str, Any] = {}
         if (inputs or outputs) and self.ledger.unrecordable is None:  # else: said at the start
@@ -158,6 +153,12 @@ class LedgerMemoizer(Memoizer):
         stale = self._outputs_stale(task, outputs, skip=[*tampered, *gone, *unverified.get("not_verified", ())]) \
             if cached is not None and outputs else []
         tampered = [*tampered, *gone, *stale]
+        # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
+        unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
+            else None
+        if unvouched is not None and self.ledger.policy == "rerun" and not (tampered or unverified):
+            self.reruns += 1
+            cached = None
         # Files a tampered ledger could not vouch for count as changed under rerun.
         if (tampered or unverified) and cached is not None and self.ledger.policy == "rerun":
             log.warning(

@@ -16,6 +16,7 @@ The spool is read for each check only then, a run that met a ledger it cannot wr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -67,6 +68,33 @@ class LeftInSpool:
             if actual not in digests:
                 found.append(ArtifactCheck(path, ArtifactStatus.MODIFIED, expected=sorted(digests)[0], actual=actual))
         return found
+
+
+    def vouches(self, memo_hash: str, digest: str) -> bool:
+        """Whether a try recorded here (``succeeded`` or ``cached``) made the checkpoint entry
+        ``digest`` under ``memo_hash`` (see _values): the run that checkpointed a value ended
+        while the ledger was locked or down, and its records still wait."""
+        from lineage_ledger._ledger.backlog import _distinct, _read_own
+        from lineage_ledger._ledger.spool import spool_path
+
+        directory = spool_path(os.path.abspath(self.root), self.identity)
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            return False
+        needle, seen = digest.encode(), set[bytes]()
+        for name in sorted(os.listdir(directory)):
+            read = _read_own(os.path.join(directory, name)) if name.endswith(".log") else None
+            for line in (_distinct(read[0], seen) if read else ()):
+                if needle not in line:  # a digest is written as it is: no line without it is decoded
+                    continue
+                try:
+                    body = json.loads(line.partition(b" ")[2])
+                    extra = body.get("extra") or {}
+                    if body.get("status") in ("succeeded", "cached") and extra.get("memo_hash") == memo_hash \
+                            and extra.get("memo_result") == digest:
+                        return True
+                except (ValueError, AttributeError, TypeError):
+                    continue
+        return False
 
 
 def ship_left(ledger: ParslLedger) -> LeftInSpool | None:

@@ -26,18 +26,20 @@ import logging
 import pickle
 from collections.abc import Mapping
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
-from lineage_ledger import ArtifactMismatch, LedgerError
+from lineage_ledger import ArtifactMismatch, LedgerError, utcnow
 
 from ._checkpoints import Loaded
+from ._tasks import task_files
 
 if TYPE_CHECKING:
     from ._memoizer import LedgerMemoizer
 
-__all__ = ["CachedValues", "entry_digest", "memo_result", "result_digest"]
+__all__ = ["CachedValues", "entry_digest", "memo_result", "record_join", "result_digest"]
 
 log = logging.getLogger("lineage_ledger.parsl")
 
@@ -84,6 +86,9 @@ class CachedValues:
         try:
             if self._vouched(ledger.capture.ledger, task["hashsum"], entry):
                 return None
+            left = memoizer._left  # the run that made it ended with the ledger locked or down
+            if left is not None and left.vouches(task["hashsum"], entry.versions[-1][1]):
+                return None
         except LedgerError as err:
             log.error("lineage-ledger: could not tell whether the cached value of task %s (%s) is one a recorded try "
                       "made: %s", task["id"], task["func_name"], err)
@@ -128,6 +133,8 @@ def _recorded_executor(task: Mapping[str, Any]) -> bool:
     """Whether the executor that runs ``task`` records its tries (is wrapped by a ledger)."""
     from ._executor import LedgerExecutorMixin
 
+    if task.get("join"):  # the memoizer records its outer app's end: see record_join
+        return True
     executors = getattr(task.get("dfk"), "executors", {})
     return isinstance(executors.get(task.get("executor")), LedgerExecutorMixin)
 
@@ -137,3 +144,31 @@ def memo_result(memoizer: LedgerMemoizer, task: Mapping[str, Any], cached: Futur
     this run): the entry Parsl checkpoints for it again, which a later run may reuse."""
     digest = memoizer.entry_digest(task, cached.result()) if cached.done() and not cached.exception() else None
     return {"memo_result": digest} if digest else {}
+
+
+def record_join(memoizer: LedgerMemoizer, task: Mapping[str, Any], value: Any) -> None:
+    """A join app ran, and the values of its inner apps are joined: record its outer app, which
+    ran on Parsl's internal executor (wrapped by no ledger), as a ``succeeded`` try
+    (``extra["join"]``), with the digest of the entry Parsl checkpoints for its value. Its
+    ``outputs=`` are the inner apps' to record (their tries wrote them): named in
+    ``extra["made_by_inner_apps"]``, not listed. Before, a join app's value reused from the
+    checkpoint was checked by nothing (tests/test_parsl_deployed_cached_values.py)."""
+    try:
+        now = utcnow()
+        started = _aware(task.get("try_time_launched")) or _aware(task.get("time_invoked")) or now
+        extra: dict[str, Any] = {"join": True}
+        digest = memoizer.entry_digest(task, value)
+        if digest is not None:
+            extra["memo_result"] = digest
+        run = memoizer.ledger.task_run(
+            task, task["func"], task["args"], task["kwargs"], status="succeeded", started=min(started, now),
+            ended=now, run_id=task["dfk"].run_id, extra=extra,
+            leave_out=task_files(task["args"], task["kwargs"])[1], left_out_as="made_by_inner_apps")
+        memoizer.ledger.submit(run)
+    except Exception:  # noqa: BLE001 - recording must never break the workflow
+        log.exception("lineage-ledger: could not record join app %s", task.get("id"))
+
+
+def _aware(moment: Any) -> datetime | None:
+    """Parsl's task times are naive local times."""
+    return moment.astimezone(timezone.utc) if isinstance(moment, datetime) else None
