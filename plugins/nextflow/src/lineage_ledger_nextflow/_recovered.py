@@ -173,19 +173,36 @@ def _task(ledger: Any, workdir: str) -> dict[str, Any]:
         links, more = capped(record.extra["links_not_followed"])
         task.update(links_not_followed=links,
                     links_not_followed_more=more + int(record.extra.get("links_not_followed_more") or 0))
-    publication = _latest(ledger, f"{key}/publish", list(record.outputs), "consumers")
-    if publication is not None:
+    # Every publication of the task: a -resume records what it publishes for a cached task
+    # (another place, _republished) as a publication of its own, the earlier ones still there.
+    for publication in _all_found(ledger, f"{key}/publish", list(record.outputs), "consumers"):
         # Pairs as the list keeps them; only the sets of sources and of targets are used.
-        task["published"] = [[source, target] for source, target
-                             in zip_longest(publication.record.inputs, publication.record.outputs, fillvalue="")]
+        task["published"] += [[source, target] for source, target
+                              in zip_longest(publication.record.inputs, publication.record.outputs, fillvalue="")]
     return task
 
 
 def _latest(ledger: Any, task_id: str, paths: list[str], role: str) -> Any:
     """The latest record of ``task_id`` among the producers (or consumers) of ``paths``,
     asked one path at a time until one names it (a file slipped in names none)."""
+    found = _found(ledger, task_id, paths, role)
+    return found[-1] if found else None
+
+
+def _all_found(ledger: Any, task_id: str, paths: list[str], role: str) -> list[Any]:
+    """The records of ``task_id`` among the producers (or consumers) of any of ``paths``,
+    each once, oldest first (each publication names what it published only)."""
+    found: dict[str, Any] = {}
+    for path in paths:
+        found.update((e.id, e) for e in getattr(ledger, role)(path) if e.record.task_id == task_id)
+    return sorted(found.values(), key=lambda e: e.order)
+
+
+def _found(ledger: Any, task_id: str, paths: list[str], role: str) -> list[Any]:
+    """The records of ``task_id`` among the producers (or consumers) of the first of ``paths``
+    that any of them names, oldest first."""
     for path in paths:
         found = [e for e in getattr(ledger, role)(path) if e.record.task_id == task_id]
         if found:
-            return found[-1]
-    return None
+            return found
+    return []

@@ -22,7 +22,8 @@ at that time.
 The files a task's ``publishDir`` published get a second record once Nextflow has exited
 (publishing runs after the task ends, on a thread pool): ``PROCESS:publish``, reading the
 files in the work directory and writing the published copies or links. ``verify-lineage``
-on a published file therefore walks back through the task that made it to the sources.
+on a published file therefore walks back through the task that made it to the sources. What a
+``-resume`` publishes for its cached tasks is recorded too where it is theirs (:mod:`._republished`).
 
 Records go through :class:`lineage_ledger.TaskCapture`: ``post`` returns at once, the
 capture's worker hashes and writes each record to the durable spool first, then the ledger.
@@ -40,6 +41,7 @@ from typing import Any
 from ._attempts import Attempts
 from ._log import Completed, Handlers, Note, Published
 from ._not_followed import WARNINGS_SHOWN, more_tries_line, recorded_warning
+from ._republished import cached_owner, said_more, say_kept, worth_recording
 from ._unrecordable import shown
 from ._unverified import Unverified
 from ._workdir import a_link_to_no_file, read_workdir, task_key
@@ -61,6 +63,12 @@ class TaskRecorder(Handlers):
         self.session_id: str | None = None
         self.tasks: dict[str, dict[str, Any]] = {}  # key -> what the session file keeps
         self.cached_count = 0
+        self._cached: dict[str, str] = {}  # short hash -> name of the tasks taken from the cache
+        #: The session's list before the run (key -> task), whose published targets were checked
+        #: then; None: no check (``off``), and a cached task's publications are not recorded.
+        self.listed: Mapping[str, Any] | None = None
+        #: key -> [source, target] pairs recorded for cached tasks, for the session's list.
+        self.republished: dict[str, list[list[str]]] = {}
         self.recorded = 0
         self.publications = 0
         self._published: list[Published] = []
@@ -78,6 +86,7 @@ class TaskRecorder(Handlers):
 
     def cached(self, short_hash: str, name: str) -> None:
         self.cached_count += 1
+        self._cached[short_hash] = name
 
     def published(self, event: Published) -> None:
         self._published.append(event)
@@ -215,11 +224,13 @@ class TaskRecorder(Handlers):
 
         by_task: dict[str, dict[tuple[str, str], Published]] = {}
         by_workdir = {task["workdir"]: key for key, task in self.tasks.items()}
+        again: dict[str, dict[tuple[str, str], Published]] = {}  # cached tasks' work directories -> publications
         for item in self._published:
             key = _owner(item.source, by_workdir)
-            if key is None:
-                continue  # a cached task's files, published (again) from what an earlier run recorded
-            by_task.setdefault(key, {})[(item.source, item.target)] = item  # logged twice at times
+            if key is not None:
+                by_task.setdefault(key, {})[(item.source, item.target)] = item  # logged twice at times
+            elif self.listed is not None and (workdir := cached_owner(item.source, self._cached)) is not None:
+                again.setdefault(workdir, {})[(item.source, item.target)] = item
         now = datetime.now(timezone.utc)
         for key, found in by_task.items():
             items = list(found.values())
@@ -233,7 +244,37 @@ class TaskRecorder(Handlers):
                 task_id=f"{key}/publish", task_name=f"{task['process']}:publish", status="succeeded",
                 started=now, ended=now, inputs=inputs, outputs=outputs, extra=extra,
             ))
-        self.publications = len(by_task)
+        self.publications = len(by_task) + self._publish_cached(again)
+
+    def _publish_cached(self, again: Mapping[str, Mapping[tuple[str, str], Published]]) -> int:
+        """A publication record for each cached task with targets to record (:mod:`._republished`)."""
+        from lineage_ledger import TaskRun
+
+        listed = self.listed or {}
+        said = made = 0
+        now = datetime.now(timezone.utc)
+        for workdir, found in again.items():
+            key = task_key(workdir)
+            name = self._cached[_short_hash(workdir)]
+            task = listed.get(key) or {}
+            pairs, digests, kept = worth_recording(list(found), task.get("published") or [])
+            said = say_kept(name, kept, said)
+            if not pairs:
+                continue
+            items = [found[pair] for pair in pairs]
+            process = task.get("process") or _split_name(name)[0]
+            extra = {"workdir": workdir, "hash": key, "published": {i.target: i.mode for i in items},
+                     "nextflow_status": "PUBLISHED", "cached": True}
+            sources, targets = _published_files({"workdir": workdir}, items, extra)
+            inputs, outputs = self._vouched(sources, targets, extra)
+            self.capture.post(TaskRun(
+                task_id=f"{key}/publish", task_name=f"{process}:publish", status="succeeded", started=now, ended=now,
+                inputs=inputs, outputs=outputs, extra=extra, known=digests,
+            ))
+            self.republished[key] = [[i.source, i.target] for i in items]
+            made += 1
+        said_more(said)
+        return made
 
 
     def _vouched(self, inputs: list[str], outputs: list[str], extra: dict[str, Any]) -> tuple[list[str], list[str]]:

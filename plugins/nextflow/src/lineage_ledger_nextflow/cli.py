@@ -329,6 +329,8 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
     capture = TaskCapture(url, engine="nextflow")
     futures: list[Future[str | None]] = []
     recorder = TaskRecorder(_Poster(capture, futures), command.params, unverified)
+    if command.policy != "off":  # a cached task's publications are recorded against the list (_republished)
+        recorder.listed = (known or {}).get("tasks") or {}
     follower = _log.LogFollower(log_file, recorder, stale=stale_log)
     try:
         capture.open()  # while the JVM starts: a URL no retry can fix stops the run now
@@ -352,6 +354,10 @@ def _run_recorded(command: _args.Command, nextflow: str, launch_dir: str, url: s
         log.error("lineage-ledger: cannot sync the spool: %s", err)
     shipped = capture.close(timeout=SHIP_WAIT)
     carried = known["tasks"] if known and known["session"] == recorder.session_id else {}
+    for key, pairs in recorder.republished.items():  # checked by the next -resume as any published file
+        if key in carried:
+            earlier = [list(p) for p in carried[key].get("published") or []]
+            carried = {**carried, key: {**carried[key], "published": earlier + [p for p in pairs if p not in earlier]}}
     if recorder.session_id is not None and (recorder.tasks or carried):
         try:
             _state.save(launch_dir, recorder.session_id, {**carried, **recorder.tasks})
