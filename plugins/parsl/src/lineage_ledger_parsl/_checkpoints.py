@@ -197,7 +197,7 @@ class RunSaid:
                 return
             try:
                 write_run_id(run_dir, run_id)
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 - recording must never break the workflow
                 log.error("lineage-ledger: could not say beside Parsl's checkpoint which run wrote it (%s): the "
                           "values it holds will not be vouched for", err)
             self.run_id = run_id

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
-from lineage_ledger import ArtifactMismatch, LedgerError, utcnow
+from lineage_ledger import ArtifactMismatch, utcnow
 
 from ._checkpoints import Loaded
 from ._tasks import task_files
@@ -89,9 +89,9 @@ class CachedValues:
             left = memoizer._left  # the run that made it ended with the ledger locked or down
             if left is not None and left.vouches(task["hashsum"], entry.versions[-1][1]):
                 return None
-        except LedgerError as err:
+        except Exception as err:  # noqa: BLE001 - a ledger out of reach, or a record it cannot read
             log.error("lineage-ledger: could not tell whether the cached value of task %s (%s) is one a recorded try "
-                      "made: %s", task["id"], task["func_name"], err)
+                      "made: %s: %s", task["id"], task["func_name"], type(err).__name__, err)
             if ledger.policy == "strict":
                 failed = f"{type(err).__name__}: {err}"[:2000]
                 memoizer._record(task, "failed", {"error": failed, "refused_by": "strict", "check_failed": failed})
