@@ -141,3 +141,32 @@ def test_run_after_a_verification_in_another_process_is_later(tmp_path):
     (tmp_path / "out.txt").write_text("v1\n")
     restored = run_cli("verify", "out.txt", cwd=tmp_path, env=env)
     assert restored.returncode == 1 and "MODIFIED" in restored.stdout, restored.stdout
+
+
+def test_a_child_forked_while_the_readings_lock_was_held_still_records():
+    """Airflow's scheduler forks its task processes while its recorder's worker may hold the
+    readings' lock: the child must not wait on a lock no thread of it will release."""
+    import os
+    import signal
+    import time
+
+    from lineage_ledger._ledger import seen
+
+    seen.note_seen("fork-test", format_time(utcnow()))
+    with seen._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: one look-up, then out, whatever happens
+            try:
+                os._exit(0 if seen.seen_before("fork-test", utcnow() + timedelta(seconds=1)) else 3)
+            finally:
+                os._exit(4)
+    deadline = time.monotonic() + 30  # the child's work is one look-up; a busy machine's margin
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child waited on the readings' lock")

@@ -51,6 +51,17 @@ _lock = threading.Lock()
 _readings: dict[str, list[tuple[str, str]]] = {}  # identity -> [(dated, latest)]
 
 
+def _after_fork_in_child() -> None:
+    # A fork while another thread held the lock (Airflow's scheduler forks its task
+    # processes while its recorder's worker builds records) would leave it held for good in
+    # the child; the readings themselves hold for the child too (taken before it existed).
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _time(value: object) -> str | None:
     return after_of({AFTER_KEY: value})
 
