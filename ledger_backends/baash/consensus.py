@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .validation import NULL_VOTE, ChainState, check_block, vote_for
+from .validation import NULL_VOTE, ChainState, RoundIds, check_block, vote_for
 
 __all__ = ["ClusterCoordinator", "Decision", "quorum_of"]
 
@@ -49,6 +49,7 @@ class ClusterCoordinator:
         self.f, self.c, self.mode, self.vote_timeout, self.tags = f, c, mode, vote_timeout, tags
         self.members = list(range(1, comm.Get_size()))
         self.failed: set[int] = set()   # validators that missed a vote, this job's lifetime
+        self._round_ids: RoundIds | None = None  # the round's ids so far, for blocks storage decides
 
     def layout(self) -> tuple[list[list[int]], list[int]]:
         """Disjoint sub-clusters of 3f+1 (fewer if the cluster is small) and the idle ranks."""
@@ -133,6 +134,7 @@ class ClusterCoordinator:
         if height != self.state.head[0]:
             return Decision(False, "storage", voters, 0, "shared storage and this rank disagree on the head")
         prev = blocks[i - 1].id if i > 0 else (self.store.ids[-1] if self.store.ids else None)
-        earlier = [r.id for b in blocks[:i] for r in b.records]
-        verdict = check_block(blocks[i], height + i, prev, self.state.record_ids, earlier)
+        if self._round_ids is None or self._round_ids.blocks is not blocks:
+            self._round_ids = RoundIds(blocks)  # one per round: blocks fall back in order, each O(1) more
+        verdict = check_block(blocks[i], height + i, prev, self.state.record_ids, self._round_ids.before(i))
         return Decision(verdict.valid, "storage", voters, 0, verdict.reason)

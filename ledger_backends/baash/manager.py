@@ -242,7 +242,7 @@ class TransactionManager:
         prev = self.store.ids[-1] if self.store.ids else None
         outcomes: list[tuple[str, str]] = []
         count = 0
-        seen: list[str] = []
+        seen: set[str] = set()
         for start, end in groups:
             if count != start:
                 outcomes.append(("conflict", "built on a block that was refused in the same round"))
@@ -251,7 +251,7 @@ class TransactionManager:
             for i in range(start, end):
                 verdicts.append(check_block(blocks[i], base + i, blocks[i - 1].id if i else prev,
                                             self.index.known(r.id for r in blocks[i].records), seen))
-                seen.extend(r.id for r in blocks[i].records)
+                seen.update(r.id for r in blocks[i].records)
             bad = [v for v in verdicts if not v.valid]
             if bad:
                 outcomes.append(("rejected", bad[0].reason))

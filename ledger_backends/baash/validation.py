@@ -22,7 +22,7 @@ from lineage_ledger._model import digest_hex
 
 from .endorse import TreeTracker
 
-__all__ = ["NULL_VOTE", "ChainState", "Verdict", "check_block", "vote_for"]
+__all__ = ["NULL_VOTE", "ChainState", "RoundIds", "Verdict", "check_block", "vote_for"]
 
 NULL_VOTE = "null"
 VERIFY_PIECE = 64  # blocks a ledger report verifies between two looks at the clock
@@ -44,16 +44,19 @@ def check_block(
     expected_height: int,
     expected_prev: str | None,
     known: set[str] | frozenset[str],
-    earlier_in_round: Iterable[str] = (),
+    earlier_in_round: set[str] | frozenset[str] = frozenset(),
 ) -> Verdict:
-    """Validate one block against a ledger state; never raises for a bad block."""
+    """Validate one block against a ledger state; never raises for a bad block.
+    ``earlier_in_round``: the record ids of the round's blocks before this one, a set the
+    caller grows block by block (copied here for each block, it made a round of n blocks
+    cost n squared: 49 s for 16,000 blocks, and a request may carry 65,536)."""
     try:
         verify_block(block, expected_height, expected_prev)
     except LedgerError as err:
         return Verdict(False, str(err))
-    seen: set[str] = set(earlier_in_round)
+    seen: set[str] = set()
     for position, record in enumerate(block.records):
-        if record.id in known or record.id in seen:
+        if record.id in known or record.id in earlier_in_round or record.id in seen:
             return Verdict(False, f"block {expected_height}: record {record.id[:16]} is already in the ledger")
         seen.add(record.id)
         try:
@@ -63,6 +66,21 @@ def check_block(
         if (parsed.run_id, parsed.inputs, parsed.outputs) != (record.run_id, record.inputs, record.outputs):
             return Verdict(False, f"block {expected_height}: record {position}'s index keys do not match its body")
     return Verdict(True)
+
+
+class RoundIds:
+    """The record ids of a round's blocks before block i, grown as i grows (rebuilt if it goes back)."""
+
+    def __init__(self, blocks: Sequence[StoredBlock]) -> None:
+        self.blocks, self.upto, self.ids = blocks, 0, set[str]()
+
+    def before(self, i: int) -> set[str]:
+        if i < self.upto:
+            self.upto, self.ids = 0, set()
+        for block in self.blocks[self.upto:i]:
+            self.ids.update(r.id for r in block.records)
+        self.upto = max(self.upto, i)
+        return self.ids
 
 
 @dataclass
@@ -99,10 +117,10 @@ class ChainState:
         """Validate ``blocks[i]`` for each i in ``indices``, the round chained on this state."""
         verdicts = {}
         base_height, base_prev = self.head
-        for i in indices:
+        earlier = RoundIds(blocks)
+        for i in sorted(set(indices)):
             prev = blocks[i - 1].id if i > 0 else base_prev
-            earlier = [r.id for b in blocks[:i] for r in b.records]
-            verdicts[i] = check_block(blocks[i], base_height + i, prev, self.record_ids, earlier)
+            verdicts[i] = check_block(blocks[i], base_height + i, prev, self.record_ids, earlier.before(i))
         return verdicts
 
     def summary(self, seconds: float | None = None) -> dict[str, object]:
