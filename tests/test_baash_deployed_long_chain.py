@@ -22,8 +22,6 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 BLOCKS = 30_000
 
 
-@pytest.mark.xfail(strict=True, reason="a round's validation was quadratic in its blocks; the job had to be up, "
-                                       "chain restored, within the start timeout")
 def test_a_long_chain_in_one_request_and_then_restored_is_served(tmp_path):
     """Bug: each validator checked a block of a round against the record ids of the blocks
     before it by copying them, for each block: one request of n blocks cost n squared (16,000

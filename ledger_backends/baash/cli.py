@@ -121,9 +121,13 @@ def baash() -> None:
 @click.option("--ledgers-timeout", type=_Seconds(positive=True), default=10.0, show_default=True,
               help="Seconds every rank may verify its chain for one 'ledgers' request; past that the request is "
                    "answered 'unavailable' with how far each got, and the next goes on from there.")
+@click.option("--start-timeout", type=_Seconds(positive=True), default=90.0, show_default=True,
+              help="Seconds the MPI job's ranks may take to start and connect; each then restores the chain "
+                   "from storage for as long as that takes, while it beats.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
           faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key,
-          max_connections, max_client_connections, idle_timeout, send_timeout, ledgers_timeout) -> None:
+          max_connections, max_client_connections, idle_timeout, send_timeout, ledgers_timeout,
+          start_timeout) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
     for option, given in (("--faulty-voter", faulty_voter), ("--silent-voter", silent_voter),
                           ("--lying-signer", lying_signer)):
@@ -156,7 +160,8 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
                       allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay,
                       max_connections=max_connections, max_client_connections=max_client_connections,
-                      idle_timeout=idle_timeout, send_timeout=send_timeout, ledgers_timeout=ledgers_timeout)
+                      idle_timeout=idle_timeout, send_timeout=send_timeout, ledgers_timeout=ledgers_timeout,
+                      start_timeout=start_timeout)
 
     def ready(svc) -> None:
         line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info,

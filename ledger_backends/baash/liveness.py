@@ -27,7 +27,7 @@ from typing import Any
 
 from ._wire import TO_DAEMON, WireError, receive, send
 
-__all__ = ["RankWatch", "beat_forever"]
+__all__ = ["RankWatch", "beat_forever", "is_rank_process", "process_gone", "resident_memory"]
 
 BEAT_EVERY = 0.5
 
@@ -107,8 +107,47 @@ class RankWatch:
         late = [r for r, t in self.last_beat.items() if r not in self.ended and now - t > limit]
         return late[0] if late else None
 
+    def start_problem(self, limit: float) -> str | None:
+        """While a job starts: why it cannot (a rank died, or stopped beating), or None."""
+        if self.ended:
+            return f"rank {self.first_dead()} died while the job started"
+        late = self.overdue(limit)
+        return None if late is None else f"rank {late} stopped beating while the job started"
+
     def close(self) -> None:
         with self._lock:
             self._hangup_set.close()
         for sock in self.sockets:
             sock.close()
+
+
+# -- the ranks' processes, from /proc ------------------------------------------------------
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (or is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def is_rank_process(pid: int) -> bool:
+    """Still one of our ranks (not a recycled PID)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"lineage_ledger.backends.baash.rank" in cmdline.read()
+    except OSError:
+        return False
+
+
+def resident_memory(pids: list[int]) -> list[int | None]:
+    """Resident memory of each process in bytes (None where it cannot be read)."""
+    sizes: list[int | None] = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            sizes.append(kb * 1024)
+        except (OSError, StopIteration, ValueError):
+            sizes.append(None)
+    return sizes

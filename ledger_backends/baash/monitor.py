@@ -32,7 +32,7 @@ from typing import Any
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
 from .endorse import quorum_of, read_endorsed, save_endorsed, short_of_quorum
-from .liveness import RankWatch
+from .liveness import RankWatch, is_rank_process, process_gone, resident_memory
 from .manager import JobDown
 
 __all__ = ["JobMonitor"]
@@ -53,11 +53,15 @@ def mpiexec_command() -> list[str]:
 
 class JobMonitor:
     def __init__(self, ranks: int, storage: str, rank_args: list[str], *, min_ranks: int = 2,
-                 round_timeout: float = 60.0, heartbeat_timeout: float = 20.0, restart_delay: float = 0.0) -> None:
+                 round_timeout: float = 60.0, heartbeat_timeout: float = 20.0, restart_delay: float = 0.0,
+                 start_timeout: float = 90.0) -> None:
         self.ranks, self.storage, self.rank_args = ranks, storage, rank_args
         self.min_ranks, self.round_timeout, self.heartbeat_timeout = min_ranks, round_timeout, heartbeat_timeout
         self.restart_delay = restart_delay  # benchmarks hold the job down to measure storage validation
-        self.launch_timeout = 90.0
+        # For the ranks to start and connect; then each restores the chain from storage for as
+        # long as that takes, while it beats (a fixed limit on both kept a long chain's job down).
+        self.launch_timeout = start_timeout
+        self.restoring = False
         self.excluded = 0
         self.up = False
         # Set while no rank can write to shared storage: cleared when a job comes up (its
@@ -95,7 +99,7 @@ class JobMonitor:
     def start(self, wait: float = 120.0) -> None:
         self._thread.start()
         deadline = time.monotonic() + wait
-        while not self.up and time.monotonic() < deadline:
+        while not self.up and (time.monotonic() < deadline or self.restoring):
             time.sleep(0.05)
         if not self.up:
             raise RuntimeError("the MPI job did not start: " + " | ".join(list(self.output)[-8:]))
@@ -146,8 +150,13 @@ class JobMonitor:
             except TimeoutError:
                 if self._proc.poll() is not None or self._stopping:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the MPI job did not start within {self.launch_timeout:.0f} s") from None
+                why = self.watch.start_problem(self.heartbeat_timeout)  # a rank that died: at once
+                self.restoring = why is None and len(self.watch.last_beat) >= size
+                if why is None and not self.restoring and time.monotonic() > deadline:
+                    why = (f"the MPI job did not start within {self.launch_timeout:g} s (--start-timeout): "
+                           f"{len(self.watch.last_beat)} of {size} ranks connected")
+                if why is not None:
+                    raise RuntimeError(why) from None
                 continue
             if peer_uid(sock) != os.getuid():
                 log.warning("baash: dropped a control connection from uid %d", peer_uid(sock))
@@ -170,6 +179,7 @@ class JobMonitor:
                 continue
             hello = first
             break
+        self.restoring = False
         self._sock = sock
         self.info = {**{k: v for k, v in hello.items() if k != "kind"}, "generation": self.generation, "size": size}
         self._last_seen = time.monotonic()
@@ -212,6 +222,7 @@ class JobMonitor:
                 self.storage_free.clear()
                 self.up = True
             except (RuntimeError, OSError, EOFError, ConnectionError) as err:
+                self.restoring = False
                 log.error("baash: starting the MPI job failed: %s", err)
                 self._kill_job()
                 time.sleep(1.0)
@@ -226,14 +237,6 @@ class JobMonitor:
             self._note_failure()
             if self.restart_delay:
                 self._stopped.wait(self.restart_delay)
-
-    @staticmethod
-    def _gone(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-        except (OSError, IndexError):
-            return True
 
     def _wait_for_failure(self) -> None:
         proc = self._proc
@@ -291,16 +294,16 @@ class JobMonitor:
             except ProcessLookupError:
                 pass
             proc.wait()
-        ranks = [pid for pid in self.info.get("pids", []) if self._is_rank(pid)]
+        ranks = [pid for pid in self.info.get("pids", []) if is_rank_process(pid)]
         for pid in ranks:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while any(not self._gone(pid) for pid in ranks) and time.monotonic() < deadline:
+        while any(not process_gone(pid) for pid in ranks) and time.monotonic() < deadline:
             time.sleep(0.01)
-        left = [pid for pid in ranks if not self._gone(pid)]
+        left = [pid for pid in ranks if not process_gone(pid)]
         if left:  # SIGKILL was delivered; a rank stuck in the kernel can only finish the write it is in
             log.warning("baash: ranks %s were still present 10 s after SIGKILL", left)
         self.storage_free.set()
@@ -308,15 +311,6 @@ class JobMonitor:
     def wait_storage_free(self, timeout: float) -> bool:
         """Wait until no rank of the last job can write to shared storage; False on timeout."""
         return self.storage_free.wait(timeout)
-
-    @staticmethod
-    def _is_rank(pid: int) -> bool:
-        """Still one of our ranks (not a recycled PID)?"""
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                return b"lineage_ledger.backends.baash.rank" in cmdline.read()
-        except OSError:
-            return False
 
     # -- the control connection ------------------------------------------------------------
     def _read(self, sock: socket.socket) -> None:
@@ -388,13 +382,5 @@ class JobMonitor:
         return reply["ledgers"]
 
     def rank_memory(self) -> list[int | None]:
-        """Resident memory of each rank in bytes, from /proc (None where it cannot be read)."""
-        sizes: list[int | None] = []
-        for pid in self.info.get("pids", []):
-            try:
-                with open(f"/proc/{pid}/status") as status:
-                    kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-                sizes.append(kb * 1024)
-            except (OSError, StopIteration, ValueError):
-                sizes.append(None)
-        return sizes
+        """Resident memory of each rank in bytes (None where it cannot be read)."""
+        return resident_memory(self.info.get("pids", []))

@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = world.Split(color=rank % clusters, key=rank)  # coordinators: world ranks 0..clusters-1
     cluster.Set_errhandler(MPI.ERRORS_RETURN)
     store = SharedStore(args.storage)
+    # Beat before restoring: the daemon then waits for a long chain's restore while every rank
+    # beats, and names a rank that dies meanwhile, instead of a fixed time for both.
+    beat_forever(args.control, rank, os.getpid())
     started = time.monotonic()
     state = restore(store)
     try:
@@ -195,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:  # keep serving, but sign no tree head of this chain
         print(f"baash rank {rank}: endorsing no tree head: {refusal}", file=sys.stderr)
         endorser = None
-    beat_forever(args.control, rank, os.getpid())  # before the gather: the daemon sees every rank first
     pids = world.gather((os.getpid(), time.monotonic() - started), root=0)
     inbox = Inbox([cluster, world])
     try:
