@@ -137,7 +137,6 @@ os._exit(0)  # killed before its cleanup: no checkpoint written
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the run's id is written beside a checkpoint Parsl has not written yet")
 def test_a_run_killed_before_its_dfk_exit_checkpoint_leaves_nothing_that_stops_the_next(workdir):
     """With ``checkpoint_mode="dfk_exit"`` Parsl writes ``tasks.pkl`` at cleanup. A run killed
     before it must leave no ``checkpoint/`` directory without one: Parsl (and the memoizer)

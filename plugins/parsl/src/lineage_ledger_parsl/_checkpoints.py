@@ -183,17 +183,22 @@ def _who_else(status: os.stat_result, *, is_file: bool) -> str | None:
 
 
 class RunSaid:
-    """Writes beside a run's checkpoint, once per run, which run wrote it (:data:`RUN_FILE`)."""
+    """Writes beside a run's checkpoint, once per run, which run wrote it (:data:`RUN_FILE`),
+    once Parsl has written the checkpoint: a ``checkpoint/`` directory without ``tasks.pkl``
+    fails the next ``parsl.load`` (``BadCheckpoint``, Parsl's and ours), and with
+    ``dfk_exit`` (or ``periodic``, ``manual``) Parsl writes it late, never in a run killed
+    before (tests/test_parsl_deployed_cached_values.py). A run killed between the two leaves
+    values nothing vouches for: ``strict`` refuses them once."""
 
     def __init__(self) -> None:
         self.run_id: str | None = None
         self._lock = threading.Lock()
 
-    def say(self, run_dir: str, run_id: str) -> None:
-        if self.run_id == run_id:
+    def say(self, run_dir: str | None, run_id: str | None) -> None:
+        if self.run_id == run_id or not run_dir or not run_id:
             return
         with self._lock:  # results end on several threads
-            if self.run_id == run_id:
+            if self.run_id == run_id or not os.path.isfile(os.path.join(run_dir, "checkpoint", _CHECKPOINT)):
                 return
             try:
                 write_run_id(run_dir, run_id)
@@ -206,7 +211,6 @@ class RunSaid:
 def write_run_id(run_dir: str, run_id: str) -> None:
     """Say beside the run's checkpoint which run wrote it (see :data:`RUN_FILE`)."""
     folder = os.path.join(run_dir, "checkpoint")
-    os.makedirs(folder, exist_ok=True)
     handle = os.open(os.path.join(folder, RUN_FILE),
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(handle, "w") as said:

@@ -45,7 +45,6 @@ from parsl.dataflow.taskrecord import TaskRecord
 
 from lineage_ledger import (
     ArtifactCheck,
-    ArtifactError,
     ArtifactMismatch,
     LedgerError,
     VerificationError,
@@ -61,7 +60,7 @@ from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
 from ._tasks import STREAMS, file_digest, read_digests, task_files, unverified_digests
-from ._unrecordable import changes_key, not_utf8, shown, unnamed
+from ._unrecordable import changes_key, not_utf8, refuse_unnamed, unnamed
 from ._values import CachedValues, entry_digest, memo_result, record_join
 
 __all__ = ["LedgerMemoizer"]
@@ -85,6 +84,7 @@ class LedgerMemoizer(Memoizer):
         self._left: LeftInSpool | None = None  # records of earlier runs the ledger has not taken
         self._values = CachedValues({})  # what was loaded from checkpoints (see _values)
         self._run_said = RunSaid()  # which run wrote the checkpoint: its records vouch for its values
+        self._run_id: str | None = None
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
@@ -97,16 +97,18 @@ class LedgerMemoizer(Memoizer):
     def close(self) -> None:
         try:
             self.inner.close()
+            self._run_said.say(getattr(self.inner, "run_dir", None), self._run_id)  # dfk_exit: written now
             keep_private(getattr(self.inner, "run_dir", None))
         finally:
             self.ledger.finish()  # a bounded wait: the records are in the spool already
 
     def update_memo_result(self, task: TaskRecord, r: Any) -> None:
-        if self.inner.checkpoint_mode is not None:
-            self._run_said.say(self.inner.run_dir, task["dfk"].run_id)
         if task.get("join") and not task.get("from_memo"):  # its outer app ran where no ledger records
             record_join(self, task, r)
         self.inner.update_memo_result(task, r)
+        self._run_id = task["dfk"].run_id
+        if self.inner.checkpoint_mode == "task_exit":  # written by now (others: at close, see RunSaid)
+            self._run_said.say(self.inner.run_dir, self._run_id)
 
     def entry_digest(self, task: Mapping[str, Any], value: Any) -> str | None:
         """The digest of the checkpoint entry Parsl writes for ``task``'s ``value``, where it
@@ -123,6 +125,7 @@ class LedgerMemoizer(Memoizer):
     def checkpoint(self) -> None:
         """Parsl's manual checkpoint (``checkpoint_mode="manual"``)."""
         self.inner.checkpoint()
+        self._run_said.say(getattr(self.inner, "run_dir", None), self._run_id)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else a caller reaches for (memo_lookup_table, checkpoint_queue, ...).
@@ -312,21 +315,8 @@ class LedgerMemoizer(Memoizer):
         return [s.path for s in stale]
 
     def _unnamed(self, task: Mapping[str, Any], left: list[str]) -> None:
-        """Files of ``task`` at paths that are not UTF-8: the try goes unrecorded (the run
-        says so at its start and end), and ``strict`` refuses it, as nothing can vouch for
-        them. The refusal is logged once per ledger; each refused try raises it."""
-        if self.ledger.policy != "strict":
-            return
-        refusal = ArtifactError(
-            shown(left[0]),
-            f"not valid UTF-8 text: lineage-ledger refuses to run task {task['id']} ({task['func_name']}) under "
-            "policy strict, as it can neither check nor record a file whose path is not (the ledger names a file "
-            "by its path, as text); rename it" + (f" ({len(left) - 1} more such files)" if len(left) > 1 else ""))
-        if not self._said_unnamed:
-            self._said_unnamed = True
-            log.error("lineage-ledger: %s", refusal)
-        self.ledger.not_recorded(left[0])  # the refusal cannot be recorded either
-        raise refusal
+        said, self._said_unnamed = self._said_unnamed, self._said_unnamed or self.ledger.policy == "strict"
+        refuse_unnamed(self.ledger, task, left, said=said)
 
     def _one_by_one(self, task: Mapping[str, Any], paths: list[str], failed: str) -> tuple[list[ArtifactCheck], list[str]]:
         """Under warn or rerun, after the check of ``paths`` as one batch failed the ledger's

@@ -19,13 +19,18 @@ app's ``File``s are often absolute, elsewhere, and those tries are recorded as u
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
+from collections.abc import Mapping
+from typing import Any
 
-from lineage_ledger import DEFAULT_URL
+from lineage_ledger import DEFAULT_URL, ArtifactError
 from lineage_ledger._environment import not_utf8 as not_utf8  # the core's test, for callers of this module
 
-__all__ = ["SAID", "changes_key", "not_utf8", "shown", "unnamed", "why_nothing_is_recorded",
+log = logging.getLogger("lineage_ledger.parsl")
+
+__all__ = ["SAID", "changes_key", "not_utf8", "refuse_unnamed", "shown", "unnamed", "why_nothing_is_recorded",
            "working_directory_note"]
 
 #: What the plugin says, once, before the reason no try of a run can be recorded.
@@ -104,3 +109,21 @@ def changes_key(path: str) -> str | None:
 def _signature(found: os.stat_result) -> bytes:
     return repr((found.st_mode, found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino,
                  found.st_dev)).encode()
+
+
+def refuse_unnamed(ledger: Any, task: Mapping[str, Any], left: list[str], *, said: bool) -> None:
+    """Files of ``task`` at paths that are not UTF-8: the try goes unrecorded (the run
+    says so at its start and end), and ``strict`` refuses it, as nothing can vouch for
+    them. The refusal is logged once per ledger (``said``: it was already); each refused
+    try raises it."""
+    if ledger.policy != "strict":
+        return
+    refusal = ArtifactError(
+        shown(left[0]),
+        f"not valid UTF-8 text: lineage-ledger refuses to run task {task['id']} ({task['func_name']}) under "
+        "policy strict, as it can neither check nor record a file whose path is not (the ledger names a file "
+        "by its path, as text); rename it" + (f" ({len(left) - 1} more such files)" if len(left) > 1 else ""))
+    if not said:
+        log.error("lineage-ledger: %s", refusal)
+    ledger.not_recorded(left[0])  # the refusal cannot be recorded either
+    raise refusal
