@@ -33,7 +33,6 @@ BATCHED = textwrap.dedent('''\
     ''')
 
 
-@pytest.mark.xfail(strict=True, reason="Snakemake's metadata cache still says the last job's output has none")
 def test_every_job_of_a_quiet_batch_is_recorded(tmp_path):
     require_snakemake()
     (tmp_path / "src").mkdir()

@@ -91,7 +91,20 @@ def metadata_end(job: Any, since: float) -> float | None:
     # A temp() output may already be deleted; its metadata record outlives it.
     if not outputs or not all(os.path.exists(f) for f in outputs if "temp" not in f.flags):
         return None
+    fresh_metadata(persistence)
     meta = persistence.metadata(outputs[0])
     if meta is None or meta.incomplete or meta.endtime is None or meta.endtime < since:
         return None
     return float(meta.endtime)
+
+
+def fresh_metadata(persistence: Any) -> None:
+    """Drop Snakemake's in-memory cache of its metadata, as Snakemake does itself before each
+    change of it: under ``--batch`` it still held "no metadata" for the last job's output (read
+    while the DAG was built), and that job was never recorded. It only costs re-reading files."""
+    clear = getattr(persistence, "_clear_cache", None)
+    if callable(clear):
+        try:
+            clear()
+        except Exception:  # noqa: BLE001 - a Snakemake without it: read what it has
+            log.debug("lineage-ledger: could not clear Snakemake's metadata cache", exc_info=True)
