@@ -255,7 +255,8 @@ def test_a_ledgers_request_past_its_time_says_so_and_keeps_the_job(service):
                 break
             except BackendUnavailable as exc:
                 said.append(str(exc))
-                _append_eventually(service.url, f"between-{len(said)}", within=30)
+                if len(said) == 1:  # the job keeps committing between two requests
+                    _append_eventually(service.url, "between", within=30)
         else:
             raise AssertionError(f"every rank's ledger was not verified after 200 requests: {said[-2:]}")
         assert said and "verified" in said[0] and "--ledgers-timeout" in said[0], said[:1]
