@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ._as_read import inputs_as_read
 from ._attempts import Attempts
 from ._log import Completed, Handlers, Note, Published
 from ._not_followed import WARNINGS_SHOWN, more_tries_line, recorded_warning
@@ -79,6 +80,7 @@ class TaskRecorder(Handlers):
         self._lock = threading.Lock()
         self._not_followed_tries = 0  # task tries recorded with links not followed (the first few warned of)
         self._not_utf8_tries = 0  # task tries recorded with files whose path is not UTF-8 (the first few said)
+        self._changed_tries = 0  # task tries with inputs changed after they began (the first few said)
 
     # -- the log's events ---------------------------------------------------------------
     def session(self, session: str) -> None:
@@ -136,6 +138,10 @@ class TaskRecorder(Handlers):
             log.warning("lineage-ledger: ... and %d more task try(s) wrote or read files whose path is not valid UTF-8 "
                         "text, in no record either (extra.not_utf8 of each record names them)",
                         self._not_utf8_tries - WARNINGS_SHOWN)
+        if self._changed_tries > WARNINGS_SHOWN:
+            log.warning("lineage-ledger: ... and %d more task try(s) whose inputs changed while they ran, in no "
+                        "record as read either (extra.changed_while_running of each record names them)",
+                        self._changed_tries - WARNINGS_SHOWN)
         self._publish()
 
     # -- records ------------------------------------------------------------------------
@@ -184,7 +190,11 @@ class TaskRecorder(Handlers):
             if work.not_followed_more:
                 extra["links_not_followed_more"] = work.not_followed_more
         environment = {"container": work.container, "conda_env": work.conda}
-        inputs, outputs = self._vouched(work.inputs, work.outputs, extra)
+        read, known, changed = inputs_as_read(work)  # never what was there after the task began (_as_read)
+        inputs, outputs = self._vouched(read, work.outputs, extra)
+        if changed:
+            extra["not_verified"] = sorted({*extra.get("not_verified", ()), *changed})
+            extra["changed_while_running"] = changed
         run = TaskRun(
             task_id=key, task_name=process, status="succeeded" if succeeded else "failed",
             started=seen - _ran_for(work.started, work.ended), ended=seen,
@@ -192,7 +202,7 @@ class TaskRecorder(Handlers):
             code_digest=code_digest(work.script) if work.script is not None else None,
             parameters={"params": self.params, "tag": tag},
             environment_extra={k: v for k, v in environment.items() if v is not None},
-            attempt=attempt, extra=extra,
+            attempt=attempt, extra=extra, known=known, known_outputs={},
         )
         self.capture.post(run)
         with self._lock:
@@ -205,6 +215,14 @@ class TaskRecorder(Handlers):
                                 "them", event.name, event.workdir, len(work.not_utf8),
                                 ", ".join(shown(p) for p in work.not_utf8[:3]) + (", ..." if len(work.not_utf8) > 3
                                                                                   else ""))
+            if changed:  # left out of the record: the user must know why
+                self._changed_tries += 1
+                if self._changed_tries <= WARNINGS_SHOWN:
+                    log.warning("lineage-ledger: task %s (%s): %d input file(s) changed while it ran, or before it was "
+                                "read (modified after its .command.begin): what it read is in no record: %s; a "
+                                "publishDir that writes over a task's own input, or a task that writes to its input, "
+                                "does this", event.name, event.workdir, len(changed),
+                                ", ".join(shown(p) for p in changed[:3]) + (", ..." if len(changed) > 3 else ""))
             if work.not_followed:  # what they lead to is in no record: the user must know (_not_followed)
                 self._not_followed_tries += 1
                 if self._not_followed_tries <= WARNINGS_SHOWN:  # the others counted by finish()
