@@ -609,6 +609,8 @@ def test_sigkill_of_the_worker_mid_task_leaves_no_success_record_for_the_killed_
     assert [r["status"] for r in found[("victim", 2)]] == ["succeeded"]
 
 
+@pytest.mark.xfail(strict=True, reason="the API server's report of a try marked failed by hand waits in its own "
+                   "spool segment, locked while it runs: never shipped")
 def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
     """Marked failed through the REST API (the UI's "mark failed") while its command runs:
     Airflow's supervisor signals the task process, whose on_kill ends the command's own process
@@ -616,8 +618,9 @@ def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
     subshell it started never writes the declared output."""
     import urllib.request
 
-    site.trigger("fault_marked_failed", "marked-1")
     pid_file = site.data / "marked.pid"
+    pid_file.unlink(missing_ok=True)
+    site.trigger("fault_marked_failed", "marked-1")
     site.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the command's subshell", timeout=120)
     subshell = int(pid_file.read_text())
     request = urllib.request.Request(
@@ -638,6 +641,42 @@ def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
     site.wait_for(gone, "the subshell to end with its try", timeout=60)
     time.sleep(3)
     assert not (site.data / "marked.txt").exists()
+    # One record of the try reaches the ledger (before: the API server's report, kept in its
+    # own spool segment, which nobody ships while it runs).
+    record = wait_for_tries(site, "fault_marked_failed", "marked-1")[("long", 1)]
+    assert record["status"] == "failed" and str(site.data / "marked.txt") not in record["outputs"], record
+
+
+@pytest.mark.xfail(strict=True, reason="the API server records a try marked success by hand as succeeded, with the "
+                   "file at its outlet, and keeps it in its own spool segment, never shipped while it runs")
+def test_a_try_marked_success_while_it_runs_vouches_for_no_file_it_did_not_write(site):
+    """Marked success by hand (the UI's "mark success") while its command runs: Airflow ends
+    the task process, and the try is 'success' in the metadata database, but the command never
+    wrote its output. A file an earlier run left at the output's path must not be recorded as
+    this try's product (a later strict check would then pass it)."""
+    import urllib.request
+
+    stale = site.data / "marked.txt"
+    stale.write_text("left by an earlier run\n")
+    pid_file = site.data / "marked.pid"
+    pid_file.unlink(missing_ok=True)
+    site.trigger("fault_marked_failed", "success-1")
+    site.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the command's subshell", timeout=120)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{site.api_port}/api/v2/dags/fault_marked_failed/dagRuns/success-1/taskInstances/long",
+        data=json.dumps({"new_state": "success"}).encode(), method="PATCH",
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 200
+    assert site.wait_for_run("fault_marked_failed", "success-1") == "success"
+    text = hooks_done(site, "fault_marked_failed", "success-1", "long")
+    record = wait_for_tries(site, "fault_marked_failed", "success-1")[("long", 1)]  # before: never shipped
+    # The task process's own report: it was ended (failed); the file is not its product.
+    assert record["extra"]["airflow"]["reported_by"] == "task" and record["status"] == "failed", (record, text[-2000:])
+    assert stale.read_text() == "left by an earlier run\n"
+    assert str(stale) not in record["outputs"], record
+    stale.unlink()  # the test of a try marked failed (any order) expects neither file
+    pid_file.unlink()
 
 
 # -- relative paths in a DAG -------------------------------------------------------------------
