@@ -609,8 +609,6 @@ def test_sigkill_of_the_worker_mid_task_leaves_no_success_record_for_the_killed_
     assert [r["status"] for r in found[("victim", 2)]] == ["succeeded"]
 
 
-@pytest.mark.xfail(strict=True, reason="the API server's report of a try marked failed by hand waits in its own "
-                   "spool segment, locked while it runs: never shipped")
 def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
     """Marked failed through the REST API (the UI's "mark failed") while its command runs:
     Airflow's supervisor signals the task process, whose on_kill ends the command's own process
@@ -647,8 +645,6 @@ def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
     assert record["status"] == "failed" and str(site.data / "marked.txt") not in record["outputs"], record
 
 
-@pytest.mark.xfail(strict=True, reason="the API server records a try marked success by hand as succeeded, with the "
-                   "file at its outlet, and keeps it in its own spool segment, never shipped while it runs")
 def test_a_try_marked_success_while_it_runs_vouches_for_no_file_it_did_not_write(site):
     """Marked success by hand (the UI's "mark success") while its command runs: Airflow ends
     the task process, and the try is 'success' in the metadata database, but the command never

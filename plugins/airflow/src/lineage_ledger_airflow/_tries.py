@@ -81,11 +81,23 @@ def capture() -> TaskCapture:
                 _claimed.clear()
                 _started.clear()
                 _details.clear()
-            # A job process ships this spool: journal only (no shipping thread, never wait here).
+            # A job process ships this spool: a task process journals only (no shipping thread,
+            # never wait here). A process that lives on (the API server, reporting a try marked
+            # failed by hand) ships its own: it keeps its spool segment locked while it runs,
+            # and no shipper takes a segment whose writer is alive.
             _capture = TaskCapture(_settings.ledger_url(), engine=ENGINE, spool=_settings.spool_root(), threads=2,
-                                   ship=not _shipper.alive())
+                                   ship=not (_shipper.alive() and _in_task_process()))
             _capture_pid = os.getpid()
         return _capture
+
+
+def _in_task_process() -> bool:
+    """Whether this process runs tasks for Airflow's supervisor (it ends right after its hooks)."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # pragma: no cover
+        return False
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
 
 
 def memo() -> DigestMemo:

@@ -39,6 +39,16 @@ class LedgerListener:
 
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        if previous_state is None and type(task_instance).__name__ == "TaskInstance":
+            # Marked success by hand (the UI, the REST API: the API server calls this with no
+            # previous state). No task process vouches for the files at its outlets: one that
+            # was running is ended, and reports what it did itself (failed); a record saying
+            # succeeded here claimed the try before it, listing whatever an earlier run left
+            # there as this try's product, which every later strict check then passed.
+            log.info("lineage-ledger: %s was marked success by hand; not recorded as succeeded (what its task "
+                     "process did, if it ran, is recorded by that process or the scheduler's sweep)",
+                     getattr(task_instance, "task_id", "?"))
+            return
         self._record(task_instance, "succeeded", "success", None)
 
     @hookimpl
