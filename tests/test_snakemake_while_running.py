@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from blake3 import blake3
 
@@ -84,3 +85,44 @@ def test_an_input_rewritten_while_the_job_runs_is_recorded_as_read_at_start(tmp_
                  "--forcerun", "slow", cwd=tmp_path)
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "a.txt" in strict.stderr
+
+
+def recording_process(pid: int) -> psutil.Process | None:
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "snakemake_logger_plugin_ledger._sidecar" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:  # a job's shell that ended meanwhile
+            continue
+    return None
+
+
+def test_an_input_rewritten_before_it_could_be_hashed_is_not_recorded_as_read(tmp_path):
+    """The recording process stopped (SIGSTOP, as one starved of CPU would be) while the job
+    starts and the input is rewritten: no digest it can take is what the job read."""
+    require_snakemake()
+    (tmp_path / "a.txt").write_text("v1\n")
+    (tmp_path / "Snakefile").write_text(READS_THEN_WAITS)
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1", "--logger", "ledger", "--logger-ledger-run-id", "late"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        recorder = None
+        deadline = time.monotonic() + 120
+        while recorder is None:
+            assert time.monotonic() < deadline and process.poll() is None, "no recording process"
+            recorder = recording_process(process.pid)
+        recorder.suspend()
+        wait_for(tmp_path / "read.flag", process)
+        (tmp_path / "a.txt").write_text("v2, before the recording process could hash it\n")
+        recorder.resume()
+        (tmp_path / "go.flag").touch()
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    (slow,) = [r for r in records(tmp_path, "late") if r.task_name == "slow"]
+    a_txt = str(tmp_path / "a.txt")
+    assert slow.extra["inputs_changed_while_running"][a_txt]["at_start"] is None
+    assert a_txt not in slow.inputs and a_txt in slow.extra["not_verified"]

@@ -18,7 +18,8 @@ Two steps, so that Snakemake's process hashes nothing:
   bytes differ the record keeps the digest at the start, names the file in
   ``extra["inputs_changed_while_running"]`` (``{path: {"at_start": entry or None, "now": entry
   or None}}``) and the change is logged. ``at_start`` is None where the file changed between
-  the job's start and the moment it was hashed: the record then keeps the earliest digest taken.
+  the job's start and the moment it was hashed: no digest is then what the job read, and the
+  record leaves it out of its inputs and names it in ``extra["not_verified"]``.
 
 Directories are hashed after the job as before (their stat says nothing of the files in them).
 """
@@ -142,11 +143,18 @@ class StartedInputs:
                 known[path] = entry  # touched, or its mode changed: the same bytes
                 continue
             changed[path] = {"at_start": entry if was_at_start else None, "now": now}
-            if entry is not None:
-                known[path] = entry  # what it was at the start, or as near to it as was hashed
+            if was_at_start:
+                known[path] = entry  # what it was when the job started
         run["known"] = known
         if changed:
-            run["extra"] = {**(run.get("extra") or {}), "inputs_changed_while_running": changed}
+            extra = {**(run.get("extra") or {}), "inputs_changed_while_running": changed}
+            # Changed before it could be hashed: no digest is what the job read. Left out of the
+            # inputs and named as not verified, as the Nextflow plugin does with such an input.
+            unknown = [path for path, entry in changed.items() if entry["at_start"] is None]
+            if unknown:
+                run["inputs"] = [p for p in run["inputs"] if p not in unknown]
+                extra["not_verified"] = sorted({*extra.get("not_verified", ()), *unknown})
+            run["extra"] = extra
             log.warning("lineage-ledger: job %s (%s): input(s) changed while the job ran, recorded as they were "
                         "when it started; its outputs may have been made from either version: %s",
                         jobid, run.get("task_name"), ", ".join(sorted(changed)))
