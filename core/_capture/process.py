@@ -125,11 +125,13 @@ class ProcessCapture(_ChildReplies):
 
     def submit(self, run: TaskRun) -> Future[str | None]:
         future: Future[str | None] = Future()
+        run = self._stamped(run)  # here, not in the child: the same record whichever builds it
         if not self._send(run, future):
             super()._record_or_queue(run, future)
         return future
 
     def post(self, run: TaskRun) -> None:
+        run = self._stamped(run)
         if not self._send(run, None):
             super()._record_or_queue(run, None)
 

@@ -17,15 +17,12 @@ from typing import TYPE_CHECKING, Any
 from .._environment import current_environment
 from .._errors import SpoolError
 from .._files.manifest import manifest_record
-from .._ledger.seen import seen_before
 from .._model import Record
-from .._order import AFTER_KEY
 from .files import FoundFiles, TaskFiles
 from .not_utf8 import escape_if_needed
 from .report import TaskRun, jsonable
 
 if TYPE_CHECKING:
-    from .._ledger.deferred import DeferredLedger
     from .._ledger.recorder import Recorder
 
 __all__ = ["TaskRecords"]
@@ -39,7 +36,6 @@ class TaskRecords(TaskFiles):
     run_id: str
     _lock: threading.Lock
     _environment: dict[str, Any] | None
-    _deferred: DeferredLedger | None
     if TYPE_CHECKING:
         def _ensure_open(self) -> Recorder: ...
 
@@ -50,12 +46,6 @@ class TaskRecords(TaskFiles):
         except SpoolError:  # the record is still built: where it can be kept is seen when it is journaled
             pass
         extra = dict(jsonable(run.extra)) if run.extra else {}
-        deferred = self._deferred
-        if deferred is not None and AFTER_KEY not in extra:
-            # What this process had seen of the ledger when the task started (.._order).
-            after = seen_before(deferred.identity, run.started)
-            if after is not None:
-                extra[AFTER_KEY] = after
         if files is None:
             inputs: dict[str, dict[str, Any]] = {}
             outputs: dict[str, dict[str, Any]] = {}

@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import RecordPending
 from .._files.hashing import Hasher, normalize_path
-from .._ledger.seen import reading_at_start
+from .._ledger.seen import reading_at_start, seen_before
 from .._model import Record
+from .._order import AFTER_KEY
 from .drain import BatchWorker
 from .journal import TaskJournal
 from .report import TaskRun, code_digest, jsonable
@@ -96,6 +97,7 @@ class TaskCapture(TaskJournal):
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._deferred: DeferredLedger | None = None
+        self._identity: str | None = None  # the ledger's, once worked out ("" where it cannot be)
         self._straight: DeferredLedger | None = None  # records the spool cannot take go here
         self._said_straight = False
         self._spool_dir: str | None = None
@@ -124,13 +126,49 @@ class TaskCapture(TaskJournal):
     def submit(self, run: TaskRun) -> Future[str | None]:
         """Queue ``run``; hashing and journaling happen on the capture's worker."""
         future: Future[str | None] = Future()
-        self._record_or_queue(run, future)
+        self._record_or_queue(self._stamped(run), future)
         return future
 
     def post(self, run: TaskRun) -> None:
         """Queue ``run`` like :meth:`submit`, without a future, for callers that never wait
         on one record (:meth:`flush` still waits for it); failures are logged as ever."""
-        self._record_or_queue(run, None)
+        self._record_or_queue(self._stamped(run), None)
+
+    def _stamped(self, run: TaskRun) -> TaskRun:
+        """``run``, its ``extra`` saying what this process had seen of the ledger when the
+        task started (:mod:`.._order`): set here, in the engine's process, as the report
+        arrives, so that whichever process builds its record (a recording process, or this
+        one taking its reports back) builds the same bytes, one id. Never raises."""
+        if AFTER_KEY in run.extra:
+            return run
+        try:
+            identity = self._seen_identity()
+            after = seen_before(identity, run.started) if identity else None
+        except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
+            return run
+        if after is not None:
+            run.extra = {**run.extra, AFTER_KEY: after}  # a new mapping: the engine's is left as it is
+        return run
+
+    def _seen_identity(self) -> str | None:
+        """The ledger's identity (worked out once, without connecting), after taking what this
+        account's earlier processes saw of it (:func:`.._ledger.seen.reading_at_start`)."""
+        identity = self._identity
+        if identity is None:
+            from .._ledger.backlog import _default_spool
+            from .._ledger.deferred import _default_url
+            from .._ledger.identity import ledger_identity
+            from .._ledger.spool import spool_path
+
+            identity = ""
+            try:
+                url = _default_url(self.url)
+                identity = ledger_identity(url)[0]
+                reading_at_start(identity, url, spool_path(_default_spool(self.spool), identity))
+            except Exception:  # noqa: BLE001 - a bad URL is said where the record is made
+                pass
+            self._identity = identity
+        return identity or None
 
     def _record_or_queue(self, run: TaskRun, future: Future[str | None] | None) -> None:
         if not self._worker.put((run, future)):
@@ -149,6 +187,7 @@ class TaskCapture(TaskJournal):
         yet* (WARNING), then its outcome, and None returned; with ``raise_pending`` (or
         ``raise_errors``) :class:`RecordPending` is raised instead, its ``write`` the caller's."""
         try:
+            run = self._stamped(run)
             return self._commit(run, self._hash_files(run), straight_wait)
         except RecordPending as pending:
             if self.raise_errors or raise_pending:
@@ -271,7 +310,6 @@ class TaskCapture(TaskJournal):
                     deferred.close()
                     raise
                 self._deferred = deferred
-                reading_at_start(deferred)
             return self._recorder
 
     def _ledger_for_lookup(self) -> Ledger | None:

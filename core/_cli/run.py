@@ -224,7 +224,7 @@ def run_and_record(
     except LedgerError:
         recorder.close(0)
         raise
-    reading_at_start(deferred)  # before the command starts: what this account saw of the ledger
+    reading_at_start(deferred.identity, deferred.url_given, deferred.spool_dir)  # before the command starts: what this account saw of the ledger
     before = {path: _stat_key(path) for path in out_paths}
 
     forwarder = _Forwarder()

@@ -34,13 +34,9 @@ from __future__ import annotations
 import os
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from .._canonical import format_time, utcnow
 from .._order import AFTER_KEY, after_of
-
-if TYPE_CHECKING:
-    from .deferred import DeferredLedger
 
 __all__ = ["HINT", "note_seen", "read_hint", "reading_at_start", "seen_before", "write_hint"]
 
@@ -138,16 +134,13 @@ def write_hint(spool_dir: str, latest: str | None) -> None:
             pass
 
 
-def reading_at_start(deferred: DeferredLedger) -> None:
-    """The readings this account's earlier processes left: the spool's hint and the trusted
-    state's head, both read without the back-end (a recorder opens before it is reached)."""
-    try:
-        directory = deferred.spool_dir
-    except Exception:  # noqa: BLE001 - the spool's own checks say what is wrong, when it is used
-        directory = None
-    for found in (read_hint(directory) if directory else None, _remembered(deferred.url_given)):
+def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
+    """The readings this account's earlier processes left for ledger ``identity`` (at ``url``):
+    the hint in its spool directory and the trusted state's head, both read without the
+    back-end (a recorder starts before it is reached), neither created."""
+    for found in (read_hint(spool_dir), _remembered(url)):
         if found is not None:
-            note_seen(deferred.identity, *found)
+            note_seen(identity, *found)
 
 
 def _remembered(url: str) -> tuple[str, str] | None:
