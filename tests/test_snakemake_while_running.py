@@ -140,7 +140,6 @@ READS_A_DIRECTORY = textwrap.dedent('''\
     ''')
 
 
-@pytest.mark.xfail(strict=True, reason="directory inputs are hashed after the job ends")
 def test_a_file_of_an_input_directory_rewritten_while_the_job_runs_is_caught(tmp_path):
     """An index directory (a bwa index, say) read by the job; one of its files rewritten meanwhile."""
     require_snakemake()

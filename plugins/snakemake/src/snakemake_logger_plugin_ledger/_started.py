@@ -21,7 +21,9 @@ Two steps, so that Snakemake's process hashes nothing:
   the job's start and the moment it was hashed: no digest is then what the job read, and the
   record leaves it out of its inputs and names it in ``extra["not_verified"]``.
 
-Directories are hashed after the job as before (their stat says nothing of the files in them).
+A directory is hashed at the start and again at the end, through this user's stat cache (a
+file in it that did not change costs a stat); its stat says nothing of the files in it, so a
+change between the job's start and the first hash of it goes unseen.
 """
 
 from __future__ import annotations
@@ -39,21 +41,46 @@ log = logging.getLogger("lineage_ledger.snakemake")
 WAIT = 600.0
 
 
-def stat_key(path: str) -> list[int] | None:
+#: The "stat" of a directory: its own stat says nothing of the files in it.
+DIRECTORY = [-1]
+
+
+def stat_key(path: str, directories: bool = False) -> list[int] | None:
     """What says a regular file was not written: size, mtime, ctime, inode, device; None for
-    anything else (not there, a directory, a pipe)."""
+    anything else (not there, a pipe; a directory, unless ``directories``: then DIRECTORY)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
-        return None
+        return list(DIRECTORY) if directories and stat.S_ISDIR(st.st_mode) else None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
 def stat_inputs(paths: list[str]) -> dict[str, list[int]]:
-    """The stat of each regular file among ``paths`` (on Snakemake's thread: a stat each)."""
-    return {path: key for path in paths if (key := stat_key(path)) is not None}
+    """The stat of each regular file among ``paths``, DIRECTORY for each directory (on
+    Snakemake's thread: a stat each)."""
+    return {path: key for path in paths if (key := stat_key(path, True)) is not None}
+
+
+def _directory_entry(path: str, lock: threading.Lock) -> dict[str, Any] | None:
+    """A directory's digest entry through this user's stat cache (a file that did not change
+    costs a stat), its manifest remembered in this process: the capture records the directory
+    from the digest only where it has the manifest."""
+    from lineage_ledger import LedgerError
+    from lineage_ledger._files.hashing import cached_hasher
+    from lineage_ledger._files.manifest import remember
+
+    try:
+        with lock:  # one hasher's stat cache at a time
+            artifact = cached_hasher().hash(path)
+    except (LedgerError, OSError):
+        return None
+    manifest = getattr(artifact, "manifest", None)
+    if manifest is None:
+        return None
+    remember(manifest)
+    return dict(artifact.entry())
 
 
 def _entry_if_unchanged(path: str, key: list[int]) -> tuple[dict[str, Any] | None, bool]:
@@ -83,6 +110,7 @@ class StartedInputs:
         self._jobs: dict[int, tuple[dict[str, list[int]], Future[dict[str, Any]]]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._seen: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}  # (path, stat) -> entry
+        self._directories = threading.Lock()
 
     def start(self, message: dict[str, Any]) -> None:
         stats = {str(p): list(k) for p, k in dict(message.get("inputs") or {}).items()}
@@ -99,6 +127,10 @@ class StartedInputs:
         # not once a job: its stat (size, mtime, ctime, inode) is the key, as in the core's cache.
         found: dict[str, Any] = {}
         for path, key in stats.items():
+            if key == DIRECTORY:
+                entry = _directory_entry(path, self._directories)
+                found[path] = (entry, entry is not None)
+                continue
             memo = (path, tuple(key))
             with self._lock:
                 entry = self._seen.get(memo)
@@ -131,14 +163,15 @@ class StartedInputs:
             if path not in stats or path in known:
                 continue
             entry, was_at_start = at_start.get(path, (None, False))
-            now_key = stat_key(path)
-            if now_key is None or (was_at_start and now_key == stats[path]):
+            directory = stats[path] == DIRECTORY
+            now_key = stat_key(path, directory)
+            if now_key is None or (was_at_start and now_key == stats[path] and not directory):
                 if entry is not None:  # unchanged, or deleted since (a temp() input): as it started
                     known[path] = entry
                 continue
             from lineage_ledger import LedgerError, hash_file
 
-            now = _entry(path, hash_file, LedgerError)
+            now = _directory_entry(path, self._directories) if directory else _entry(path, hash_file, LedgerError)
             if was_at_start and now is not None and now["blake3"] == entry["blake3"]:
                 known[path] = entry  # touched, or its mode changed: the same bytes
                 continue
