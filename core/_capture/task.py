@@ -45,12 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import RecordPending
 from .._files.hashing import Hasher, normalize_path
-from .._ledger.seen import reading_at_start, seen_before
 from .._model import Record
-from .._order import AFTER_KEY
 from .drain import BatchWorker
 from .journal import TaskJournal
 from .report import TaskRun, code_digest, jsonable
+from .seen_stamp import stamp_seen
 
 if TYPE_CHECKING:
     from .._ledger.deferred import DeferredLedger
@@ -97,7 +96,6 @@ class TaskCapture(TaskJournal):
         self._failed_here = 0  # tasks this process could not record (each one logged)
         self._lock = threading.Lock()
         self._deferred: DeferredLedger | None = None
-        self._identity: str | None = None  # the ledger's, once worked out ("" where it cannot be)
         self._straight: DeferredLedger | None = None  # records the spool cannot take go here
         self._said_straight = False
         self._spool_dir: str | None = None
@@ -135,40 +133,9 @@ class TaskCapture(TaskJournal):
         self._record_or_queue(self._stamped(run), None)
 
     def _stamped(self, run: TaskRun) -> TaskRun:
-        """``run``, its ``extra`` saying what this process had seen of the ledger when the
-        task started (:mod:`.._order`): set here, in the engine's process, as the report
-        arrives, so that whichever process builds its record (a recording process, or this
-        one taking its reports back) builds the same bytes, one id. Never raises."""
-        if AFTER_KEY in run.extra:
-            return run
-        try:
-            identity = self._seen_identity()
-            after = seen_before(identity, run.started) if identity else None
-        except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
-            return run
-        if after is not None:
-            run.extra = {**run.extra, AFTER_KEY: after}  # a new mapping: the engine's is left as it is
-        return run
-
-    def _seen_identity(self) -> str | None:
-        """The ledger's identity (worked out once, without connecting), after taking what this
-        account's earlier processes saw of it (:func:`.._ledger.seen.reading_at_start`)."""
-        identity = self._identity
-        if identity is None:
-            from .._ledger.backlog import _default_spool
-            from .._ledger.deferred import _default_url
-            from .._ledger.identity import ledger_identity
-            from .._ledger.spool import spool_path
-
-            identity = ""
-            try:
-                url = _default_url(self.url)
-                identity = ledger_identity(url)[0]
-                reading_at_start(identity, url, spool_path(_default_spool(self.spool), identity))
-            except Exception:  # noqa: BLE001 - a bad URL is said where the record is made
-                pass
-            self._identity = identity
-        return identity or None
+        """``run`` stamped with what this process had seen of the ledger when the task started
+        (:mod:`.seen_stamp`): here, as the report arrives from the engine."""
+        return stamp_seen(run, self.url, self.spool)
 
     def _record_or_queue(self, run: TaskRun, future: Future[str | None] | None) -> None:
         if not self._worker.put((run, future)):

@@ -1,0 +1,61 @@
+"""A task's report stamped, in the engine's process, with what that process had seen of the
+ledger when the task started (``extra["lineage_ledger.after"]``; the order of
+:mod:`lineage_ledger._order`).
+
+Stamped where the report arrives from the engine, never where its record is built: the same
+report may be built into a record by more than one process (a recording process, and the
+engine's process taking back the reports it had not acknowledged; a killed run's journal
+replayed by the next run), and each must build the same bytes, one id. A report that says
+already is left as it is, so that a report stamped by the engine's process keeps that value
+wherever it goes.
+"""
+
+from __future__ import annotations
+
+from .._ledger.seen import reading_at_start, seen_before
+from .._order import AFTER_KEY
+from .report import TaskRun
+
+__all__ = ["stamp_seen"]
+
+# (url as given, spool as given) -> the ledger's identity ("" where it cannot be worked out).
+_IDENTITIES: dict[tuple[str | None, str | None], str] = {}
+
+
+def stamp_seen(run: TaskRun, url: str | None = None, spool: str | None = None) -> TaskRun:
+    """``run``, its ``extra`` naming the latest record this process knew was in the ledger at
+    ``url`` (``LINEAGE_LEDGER_URL`` or the default when None) before ``run.started``, where it
+    knew one. A new mapping: the engine's own ``extra`` is left as it is. Never raises."""
+    if AFTER_KEY in run.extra:
+        return run
+    try:
+        identity = _identity(url, spool)
+        after = seen_before(identity, run.started) if identity else None
+    except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
+        return run
+    if after is not None:
+        run.extra = {**run.extra, AFTER_KEY: after}
+    return run
+
+
+def _identity(url: str | None, spool: str | None) -> str:
+    """The identity of the ledger at ``url`` (worked out once a process, without connecting),
+    after taking what this account's earlier processes saw of it (their readings are dated:
+    taken late, they still serve the tasks that started after them)."""
+    key = (url, spool)
+    identity = _IDENTITIES.get(key)
+    if identity is None:
+        from .._ledger.backlog import _default_spool
+        from .._ledger.deferred import _default_url
+        from .._ledger.identity import ledger_identity
+        from .._ledger.spool import spool_path
+
+        identity = ""
+        try:
+            given = _default_url(url)
+            identity = ledger_identity(given)[0]
+            reading_at_start(identity, given, spool_path(_default_spool(spool), identity))
+        except Exception:  # noqa: BLE001 - a bad URL is said where the record is made
+            pass
+        _IDENTITIES[key] = identity
+    return identity
