@@ -12,14 +12,18 @@ wherever it goes.
 
 from __future__ import annotations
 
+import time
+
 from .._ledger.seen import reading_at_start, seen_before
 from .._order import AFTER_KEY
 from .report import TaskRun
 
 __all__ = ["stamp_seen"]
 
-# (url as given, spool as given) -> the ledger's identity ("" where it cannot be worked out).
-_IDENTITIES: dict[tuple[str | None, str | None], str] = {}
+# (url as given, spool as given) -> (the ledger's identity, "" where it cannot be worked out;
+# when what earlier processes left was last read, monotonic seconds).
+_IDENTITIES: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+_READ_AGAIN = 60.0  # a long-lived engine process (a scheduler) takes later readings too
 
 
 def stamp_seen(run: TaskRun, url: str | None = None, spool: str | None = None) -> TaskRun:
@@ -40,22 +44,24 @@ def stamp_seen(run: TaskRun, url: str | None = None, spool: str | None = None) -
 
 def _identity(url: str | None, spool: str | None) -> str:
     """The identity of the ledger at ``url`` (worked out once a process, without connecting),
-    after taking what this account's earlier processes saw of it (their readings are dated:
-    taken late, they still serve the tasks that started after them)."""
+    after taking what this account's other processes saw of it, again each minute (their
+    readings are dated: taken late, they still serve the tasks that started after them)."""
     key = (url, spool)
-    identity = _IDENTITIES.get(key)
-    if identity is None:
+    known = _IDENTITIES.get(key)
+    now = time.monotonic()
+    if known is not None and (not known[0] or now - known[1] < _READ_AGAIN):
+        return known[0]
+    identity = ""
+    try:
         from .._ledger.backlog import _default_spool
         from .._ledger.deferred import _default_url
         from .._ledger.identity import ledger_identity
         from .._ledger.spool import spool_path
 
-        identity = ""
-        try:
-            given = _default_url(url)
-            identity = ledger_identity(given)[0]
-            reading_at_start(identity, given, spool_path(_default_spool(spool), identity))
-        except Exception:  # noqa: BLE001 - a bad URL is said where the record is made
-            pass
-        _IDENTITIES[key] = identity
+        given = _default_url(url)
+        identity = known[0] if known is not None else ledger_identity(given)[0]
+        reading_at_start(identity, given, spool_path(_default_spool(spool), identity))
+    except Exception:  # noqa: BLE001 - a bad URL is said where the record is made
+        pass
+    _IDENTITIES[key] = (identity, now)
     return identity
