@@ -16,12 +16,17 @@ Under ``rerun`` (the last two tests) each file of the failed batch is checked ag
 own: only the edited source fails, so only its readers run again, and they read the same
 edit, so their records leave it out the same way (before the fix every file of the batch
 counted as changed, and the readers' records listed the edit: the next strict run passed it).
+
+Each engine's first run and audit are made once for the module (``Recorded``) and put back,
+at the same path with the same bytes, mtimes and remembered state, before each test.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +58,31 @@ def assert_not_vouched(record: dict, read: list[Path], made: list[Path]) -> None
     assert set(digests["outputs"]) == {str(p) for p in made}, digests
     for path in read:  # what the task really read: the edit
         assert digests["inputs"][str(path)]["blake3"] == hash_file(str(path)).blake3
+
+
+class Recorded:
+    """A project as its first run and ``verify-lineage`` left it, made once for the module's
+    tests of one engine and put back, byte for byte and at the same absolute path (the paths
+    its records and Nextflow's cache name), before each: ``restore`` also puts back the
+    state directory that audit and run remembered the ledger's head in, so every test starts
+    where a first run and audit of its own left it (the names beside the verified tree
+    included), and changes only its own copy."""
+
+    def __init__(self, base: Path, make: Callable[[Path], None]) -> None:
+        self.project, self.state, self.pristine = base / "project", base / "state", base / "pristine"
+        self.project.mkdir()
+        with pytest.MonkeyPatch.context() as patch:  # the session's home is no place for this state
+            patch.setenv("XDG_STATE_HOME", str(self.state))
+            make(self.project)
+        for where in (self.project, self.state):  # links (Nextflow's staged inputs) kept as links
+            shutil.copytree(where, self.pristine / where.name, symlinks=True)
+
+    def restore(self, monkeypatch: pytest.MonkeyPatch) -> Path:
+        for where in (self.project, self.state):  # copy2 keeps each file's mtime to the nanosecond
+            shutil.rmtree(where, ignore_errors=True)
+            shutil.copytree(self.pristine / where.name, where, symlinks=True)
+        monkeypatch.setenv("XDG_STATE_HOME", str(self.state))
+        return self.project
 
 
 # -- Snakemake ----------------------------------------------------------------------------------
@@ -88,30 +118,42 @@ def _snakemake(tmp_path: Path, *args: str):
     return run("snakemake", "--cores", "1", "--logger", "ledger", *args, cwd=tmp_path)
 
 
-def _snakemake_recorded_and_audited(tmp_path: Path) -> Path:
-    from tests.support.snakemake import require_snakemake
+def _snakemake_recorded_and_audited(tmp_path: Path) -> None:
     from tests.support.snakemake import run as snakemake_run
 
-    require_snakemake()
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "src.txt").write_text("some text 1\n")
     first = _snakemake(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     audit = snakemake_run("verify-lineage", "c.txt", cwd=tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    return tmp_path / ".lineage" / "ledger.db"
+
+
+@pytest.fixture(scope="module")
+def snakemake_first(tmp_path_factory) -> Recorded:
+    from tests.support.snakemake import require_snakemake
+
+    require_snakemake()
+    return Recorded(tmp_path_factory.mktemp("snakemake"), _snakemake_recorded_and_audited)
+
+
+@pytest.fixture
+def snakemake_audited(snakemake_first, monkeypatch) -> Path:
+    """The Snakemake project, recorded and audited, in its first run's state."""
+    return snakemake_first.restore(monkeypatch)
 
 
 def _by_rule(db: Path, run_id: str) -> dict[str, dict]:
     return {r["task_name"]: r for r in recorded(db) if r["run_id"] == run_id}
 
 
-def test_snakemake_warn_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_path):
-    db = _snakemake_recorded_and_audited(tmp_path)
-    src, b, c = tmp_path / "src.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+def test_snakemake_warn_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(snakemake_audited):
+    here = snakemake_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
+    src, b, c = here / "src.txt", here / "b.txt", here / "c.txt"
     tamper_keep_size_and_mtime(src)
     delete_rows(db, src)
-    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "b",
+    warned = _snakemake(here, "--logger-ledger-policy", "warn", "--forcerun", "b",
                         "--logger-ledger-run-id", "warned")
     assert warned.returncode == 0, warned.stderr[-3000:]
     assert "IndexTampered" in warned.stderr, warned.stderr[-3000:]
@@ -121,38 +163,40 @@ def test_snakemake_warn_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_p
     assert_not_vouched(rules["b"], [src], [b])
     assert_not_vouched(rules["c"], [b], [c])  # built on what was made from the edit
     c_before = c.stat().st_mtime_ns
-    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "b")
+    strict = _snakemake(here, "--logger-ledger-policy", "strict", "--forcerun", "b")
     # Before the fix the strict run passed the edit: the warn run's record vouched for it.
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
     assert c.stat().st_mtime_ns == c_before
 
 
-def test_snakemake_warn_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(tmp_path):
-    db = _snakemake_recorded_and_audited(tmp_path)
-    b, c = tmp_path / "b.txt", tmp_path / "c.txt"
+def test_snakemake_warn_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(snakemake_audited):
+    here = snakemake_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
+    b, c = here / "b.txt", here / "c.txt"
     tamper_keep_size_and_mtime(b)
     delete_rows(db, b)
-    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "c",
+    warned = _snakemake(here, "--logger-ledger-policy", "warn", "--forcerun", "c",
                         "--logger-ledger-run-id", "warned")
     assert warned.returncode == 0, warned.stderr[-3000:]
     assert "IndexTampered" in warned.stderr, warned.stderr[-3000:]
     rules = _by_rule(db, "warned")
     assert "b" not in rules and rules["c"]["status"] == "succeeded", rules
     assert_not_vouched(rules["c"], [b], [c])
-    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "c")
+    strict = _snakemake(here, "--logger-ledger-policy", "strict", "--forcerun", "c")
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
 
 
-def test_snakemake_warn_vouches_for_what_it_made_afresh_from_verified_files(tmp_path):
+def test_snakemake_warn_vouches_for_what_it_made_afresh_from_verified_files(snakemake_audited):
     """A file the failed check could not vouch for, rewritten in the run by a job that read
     nothing unverified (d: no inputs), is that job's product: its reader (e) lists it."""
-    db = _snakemake_recorded_and_audited(tmp_path)
-    src, d, e = tmp_path / "src.txt", tmp_path / "d.txt", tmp_path / "e.txt"
+    here = snakemake_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
+    src, d, e = here / "src.txt", here / "d.txt", here / "e.txt"
     tamper_keep_size_and_mtime(src)
     delete_rows(db, src)
-    warned = _snakemake(tmp_path, "--logger-ledger-policy", "warn", "--forcerun", "d",
+    warned = _snakemake(here, "--logger-ledger-policy", "warn", "--forcerun", "d",
                         "--logger-ledger-run-id", "warned")
     assert warned.returncode == 0 and "IndexTampered" in warned.stderr, warned.stderr[-3000:]
     rules = _by_rule(db, "warned")
@@ -196,10 +240,9 @@ workflow {
 """
 
 
-def _nextflow_recorded_and_audited(tmp_path: Path) -> Path:
+def _nextflow_recorded_and_audited(tmp_path: Path) -> None:
     from tests.support import nextflow as nf
 
-    nf.require_nextflow()
     (tmp_path / "main.nf").write_text(PIPELINE)
     (tmp_path / "src.txt").write_text("some text 1\n")
     first = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
@@ -207,7 +250,20 @@ def _nextflow_recorded_and_audited(tmp_path: Path) -> Path:
     q = next(p for p in (tmp_path / "work").glob("*/*/q.txt") if not p.is_symlink())
     audit = nf.run("verify-lineage", str(q), cwd=tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    return tmp_path / ".lineage" / "ledger.db"
+
+
+@pytest.fixture(scope="module")
+def nextflow_first(tmp_path_factory) -> Recorded:
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    return Recorded(tmp_path_factory.mktemp("nextflow"), _nextflow_recorded_and_audited)
+
+
+@pytest.fixture
+def nextflow_audited(nextflow_first, monkeypatch) -> Path:
+    """The Nextflow project (its NXF_HOME inside), recorded and audited, in its first run's state."""
+    return nextflow_first.restore(monkeypatch)
 
 
 def _made(tmp_path: Path, name: str, seen: int) -> list[dict]:
@@ -225,67 +281,70 @@ def _with_stdout(made: Path) -> list[Path]:
     return [made, made.parent / ".command.out"]
 
 
-def test_nextflow_warn_resume_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(tmp_path):
+def test_nextflow_warn_resume_on_a_hidden_edit_of_a_source_does_not_vouch_for_it(nextflow_audited):
     from tests.support import nextflow as nf
 
-    db = _nextflow_recorded_and_audited(tmp_path)
+    here = nextflow_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
     seen = len(recorded(db))
-    src = tmp_path / "src.txt"
+    src = here / "src.txt"
     tamper_keep_size_and_mtime(src)
     delete_rows(db, src)
     # A new params.a changes P's script: Nextflow runs P (and Q, its input changed) again.
     warned = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "warn", "--a", "2",
-                    cwd=tmp_path)
+                    cwd=here)
     assert warned.returncode == 0, warned.stdout + warned.stderr
     assert "IndexTampered" in warned.stderr and "Submitted process > P" in warned.stdout, warned.stdout + warned.stderr
-    (p_run,), (q_run,) = _made(tmp_path, "P", seen), _made(tmp_path, "Q", seen)
+    (p_run,), (q_run,) = _made(here, "P", seen), _made(here, "Q", seen)
     # Before the fix P's record listed src.txt with the edit's digest.
     p_txt = _output(p_run, "p.txt")
     assert_not_vouched(p_run, [src], _with_stdout(p_txt))
     q_txt = _output(q_run, "q.txt")
     assert_not_vouched(q_run, [p_txt], _with_stdout(q_txt))
-    (published,) = _made(tmp_path, "Q:publish", seen)  # the copy in results/ is made from it too
-    assert_not_vouched(published, [q_txt], [tmp_path / "results" / "q.txt"])
+    (published,) = _made(here, "Q:publish", seen)  # the copy in results/ is made from it too
+    assert_not_vouched(published, [q_txt], [here / "results" / "q.txt"])
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--a", "2",
-                    cwd=tmp_path)
+                    cwd=here)
     # Before the fix the strict -resume passed the edit and reused P.
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
 
 
-def test_nextflow_warn_resume_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(tmp_path):
+def test_nextflow_warn_resume_on_a_hidden_edit_of_an_intermediate_does_not_vouch_for_it(nextflow_audited):
     from tests.support import nextflow as nf
 
-    db = _nextflow_recorded_and_audited(tmp_path)
+    here = nextflow_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
     seen = len(recorded(db))
-    p_txt = next(p for p in (tmp_path / "work").glob("*/*/p.txt") if not p.is_symlink())
+    p_txt = next(p for p in (here / "work").glob("*/*/p.txt") if not p.is_symlink())
     tamper_keep_size_and_mtime(p_txt)
     delete_rows(db, p_txt)
     # A new params.b changes Q's script only: P is reused, Q runs again on the edited p.txt.
     warned = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "warn", "--b", "2",
-                    cwd=tmp_path)
+                    cwd=here)
     assert warned.returncode == 0, warned.stdout + warned.stderr
     assert "IndexTampered" in warned.stderr and "Cached process > P" in warned.stdout, warned.stdout + warned.stderr
-    assert not _made(tmp_path, "P", seen)
-    (q_run,) = _made(tmp_path, "Q", seen)
+    assert not _made(here, "P", seen)
+    (q_run,) = _made(here, "Q", seen)
     assert_not_vouched(q_run, [p_txt], _with_stdout(_output(q_run, "q.txt")))
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", "--b", "2",
-                    cwd=tmp_path)
+                    cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
 
 
 # -- rerun: a source whose own check fails is read again, but not vouched for ----------------------
 
-def test_snakemake_rerun_on_a_hidden_edit_of_a_source_leaves_the_next_strict_run_refusing(tmp_path):
+def test_snakemake_rerun_on_a_hidden_edit_of_a_source_leaves_the_next_strict_run_refusing(snakemake_audited):
     """Under rerun the ledger's failed check makes the jobs that read a source run again, but
     they read the same edit: their records, listing it, make the next strict run pass it."""
-    db = _snakemake_recorded_and_audited(tmp_path)
-    src = tmp_path / "src.txt"
+    here = snakemake_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
+    src = here / "src.txt"
     tamper_keep_size_and_mtime(src)
     delete_rows(db, src)
-    src, b, c = tmp_path / "src.txt", tmp_path / "b.txt", tmp_path / "c.txt"
-    rerun = _snakemake(tmp_path, "--logger-ledger-policy", "rerun", "--logger-ledger-run-id", "rerun")
+    src, b, c = here / "src.txt", here / "b.txt", here / "c.txt"
+    rerun = _snakemake(here, "--logger-ledger-policy", "rerun", "--logger-ledger-run-id", "rerun")
     assert rerun.returncode == 0 and "IndexTampered" in rerun.stderr, rerun.stderr[-3000:]
     rules = _by_rule(db, "rerun")
     # Each file checked on its own: only src.txt fails its check, so only its readers run again
@@ -294,30 +353,31 @@ def test_snakemake_rerun_on_a_hidden_edit_of_a_source_leaves_the_next_strict_run
     assert_not_vouched(rules["b"], [src], [b])  # before the fix: src.txt listed with the edit's digest
     assert_not_vouched(rules["c"], [b], [c])
     assert rules["b"]["extra"]["policy"] == "rerun", rules["b"]["extra"]
-    strict = _snakemake(tmp_path, "--logger-ledger-policy", "strict", "--forcerun", "b")
+    strict = _snakemake(here, "--logger-ledger-policy", "strict", "--forcerun", "b")
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr[-3000:]
 
 
-def test_nextflow_rerun_resume_on_a_hidden_edit_of_a_source_leaves_the_next_strict_resume_refusing(tmp_path):
+def test_nextflow_rerun_resume_on_a_hidden_edit_of_a_source_leaves_the_next_strict_resume_refusing(nextflow_audited):
     from tests.support import nextflow as nf
 
-    db = _nextflow_recorded_and_audited(tmp_path)
+    here = nextflow_audited  # where the first run and audit were made, put back as they left it
+    db = here / ".lineage" / "ledger.db"
     seen = len(recorded(db))
-    src = tmp_path / "src.txt"
+    src = here / "src.txt"
     tamper_keep_size_and_mtime(src)
     delete_rows(db, src)
-    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=tmp_path)
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
     assert rerun.returncode == 0 and "Submitted process > P" in rerun.stdout, rerun.stdout + rerun.stderr
     assert "IndexTampered" in rerun.stderr, rerun.stderr
-    (p_run,), (q_run,) = _made(tmp_path, "P", seen), _made(tmp_path, "Q", seen)
+    (p_run,), (q_run,) = _made(here, "P", seen), _made(here, "Q", seen)
     p_txt = _output(p_run, "p.txt")
     assert_not_vouched(p_run, [src], _with_stdout(p_txt))  # before the fix: src.txt listed with the edit's digest
     assert p_run["extra"]["policy"] == "rerun", p_run["extra"]
     q_txt = _output(q_run, "q.txt")
     assert_not_vouched(q_run, [p_txt], _with_stdout(q_txt))
-    (published,) = _made(tmp_path, "Q:publish", seen)
-    assert_not_vouched(published, [q_txt], [tmp_path / "results" / "q.txt"])
-    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=tmp_path)
+    (published,) = _made(here, "Q:publish", seen)
+    assert_not_vouched(published, [q_txt], [here / "results" / "q.txt"])
+    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "refusing to run" in strict.stderr and "IndexTampered" in strict.stderr, strict.stderr
