@@ -13,12 +13,13 @@ wherever it goes.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from .._ledger.seen import reading_at_start, seen_before
 from .._order import AFTER_KEY
 from .report import TaskRun
 
-__all__ = ["stamp_seen"]
+__all__ = ["after_for", "stamp_seen"]
 
 # (url as given, spool as given) -> (the ledger's identity, "" where it cannot be worked out;
 # when what earlier processes left was last read, monotonic seconds).
@@ -32,14 +33,20 @@ def stamp_seen(run: TaskRun, url: str | None = None, spool: str | None = None) -
     knew one. A new mapping: the engine's own ``extra`` is left as it is. Never raises."""
     if AFTER_KEY in run.extra:
         return run
-    try:
-        identity = _identity(url, spool)
-        after = seen_before(identity, run.started) if identity else None
-    except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
-        return run
+    after = after_for(run.started, url, spool)
     if after is not None:
         run.extra = {**run.extra, AFTER_KEY: after}
     return run
+
+
+def after_for(started: datetime, url: str | None = None, spool: str | None = None) -> str | None:
+    """The value :func:`stamp_seen` gives a task that started at ``started``: for an engine's
+    process that sends its reports in a form of its own (Snakemake's journal lines). Never raises."""
+    try:
+        identity = _identity(url, spool)
+        return seen_before(identity, started) if identity else None
+    except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
+        return None
 
 
 def _identity(url: str | None, spool: str | None) -> str:

@@ -82,8 +82,12 @@ class TaskCapture(TaskJournal):
         raise_errors: bool = False,
         recorder_options: Mapping[str, Any] | None = None,
         ship: bool = True,
+        stamp_seen: bool = True,
     ) -> None:
         self.url = url
+        #: False: the engine's own process stamps its reports (:mod:`.seen_stamp`), or leaves
+        #: them unstamped on purpose; this capture never adds what its own process had seen.
+        self.stamp_seen = stamp_seen
         self.engine = engine
         self.run_id = run_id or os.environ.get("LINEAGE_RUN_ID") or uuid.uuid4().hex
         self.threads = max(1, threads)  # threads that may hash files at the same time
@@ -135,7 +139,7 @@ class TaskCapture(TaskJournal):
     def _stamped(self, run: TaskRun) -> TaskRun:
         """``run`` stamped with what this process had seen of the ledger when the task started
         (:mod:`.seen_stamp`): here, as the report arrives from the engine."""
-        return stamp_seen(run, self.url, self.spool)
+        return stamp_seen(run, self.url, self.spool) if self.stamp_seen else run
 
     def _record_or_queue(self, run: TaskRun, future: Future[str | None] | None) -> None:
         if not self._worker.put((run, future)):

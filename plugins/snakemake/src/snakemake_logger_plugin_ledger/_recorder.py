@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import deque
@@ -158,6 +159,7 @@ class JobRecorder:
         unverified = getattr(self.policy_hook, "unverified", None)
         if unverified is not None:  # a job that read a file the ledger could not vouch for lists neither
             unverified.apply(run)
+        self._stamp_seen(report, run)
         attempt = self._attempts[report.jobid] = self._attempts.get(report.jobid, 0) + 1
         run["attempt"] = attempt
         run["run_id"] = self.run_id  # journaled: a later run records it under this run's id
@@ -174,6 +176,24 @@ class JobRecorder:
                 self._unjournaled.add(key)
         self._send(line)
         self.jobs_sent += 1
+
+    def _stamp_seen(self, report: JobReport, run: dict[str, Any]) -> None:
+        """What this process had seen of the ledger when the job started (the core's order of
+        records, ``lineage_ledger._order``): stamped here, before the line is journaled, so
+        that the recording process and a later run recovering the line build one record.
+        Only where the ledger is imported already (a pre-run check ran, whose verified head is
+        the reading): a run with the policy off stays without it, recorded by its clocks, and
+        the recording process never adds its own (``stamp_seen=False``)."""
+        if "lineage_ledger" not in sys.modules:
+            return
+        from datetime import datetime, timezone
+
+        from lineage_ledger._capture.seen_stamp import after_for
+        from lineage_ledger._order import AFTER_KEY
+
+        after = after_for(datetime.fromtimestamp(report.started, timezone.utc), self.settings.url)
+        if after is not None and AFTER_KEY not in run["extra"]:
+            run["extra"] = {**run["extra"], AFTER_KEY: after}
 
     def _send(self, line: str) -> None:
         try:

@@ -186,7 +186,7 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
             os.write(journal_fd, (json.dumps({"done": key}) + "\n").encode())
 
     capture = TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
-                          threads=int(config.get("threads", 4)))
+                          threads=int(config.get("threads", 4)), stamp_seen=False)
     queue = RecordingQueue(capture, mark_done)
     orphans = Orphans()
     started = StartedInputs()

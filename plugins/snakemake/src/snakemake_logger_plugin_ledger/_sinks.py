@@ -70,7 +70,7 @@ class InProcessSink:
         self.started = StartedInputs()
         self.journal = journal
         capture = TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
-                              threads=int(config.get("threads", 4)))
+                              threads=int(config.get("threads", 4)), stamp_seen=False)
         self.queue = RecordingQueue(capture, self._done)
         self.orphans = Orphans()
         self.timeout = float(config.get("flush_timeout", 300.0))
