@@ -118,6 +118,21 @@ with DAG(dag_id="fault_marked_failed", schedule=None, catchup=False):
                                 "echo done")
 
 
+def _stubborn(ti, **_):
+    """Ignores the signals Airflow ends a try with, until its supervisor kills it (-9)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (DATA / "stubborn.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+    (DATA / "stubborn.txt").write_text("written by the try\\n")
+
+
+with DAG(dag_id="fault_marked_stubborn", schedule=None, catchup=False):
+    PythonOperator(task_id="stubborn", python_callable=_stubborn, outlets=[_file(DATA / "stubborn.txt")])
+
+
 with DAG(dag_id="fault_late", schedule=None, catchup=False):
     # The task process dies without reporting (kill -9 by its own command): the scheduler's
     # sweep at the run's end records the try.
@@ -125,7 +140,7 @@ with DAG(dag_id="fault_late", schedule=None, catchup=False):
 '''
 
 DAGS = ("fault_fill", "fault_many", "fault_worker_kill", "fault_relative", "fault_ro_dags", "fault_uris", "fault_late",
-        "fault_marked_failed")
+        "fault_marked_failed", "fault_marked_stubborn")
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
@@ -673,6 +688,37 @@ def test_a_try_marked_success_while_it_runs_vouches_for_no_file_it_did_not_write
     assert str(stale) not in record["outputs"], record
     stale.unlink()  # the test of a try marked failed (any order) expects neither file
     pid_file.unlink()
+
+
+@pytest.mark.xfail(strict=True, reason="the scheduler's sweep records a try marked success by hand, killed before it "
+                   "reported, as succeeded with the file an earlier run left at its outlet")
+def test_a_try_marked_success_and_killed_before_it_reports_vouches_for_nothing(site):
+    """As above, but the task ignores the signals that end it, so Airflow kills it with -9
+    and it never reports: the scheduler's sweep records the try. It must not record it as
+    succeeded with the file an earlier run left at its outlet (the try never wrote it)."""
+    import urllib.request
+
+    stale, pid_file = site.data / "stubborn.txt", site.data / "stubborn.pid"
+    stale.write_text("left by an earlier run\n")
+    pid_file.unlink(missing_ok=True)
+    try:
+        site.trigger("fault_marked_stubborn", "stubborn-1")
+        pid = int(site.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task", timeout=120))
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{site.api_port}/api/v2/dags/fault_marked_stubborn/dagRuns/stubborn-1/taskInstances/"
+            "stubborn", data=json.dumps({"new_state": "success"}).encode(), method="PATCH",
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200
+        assert site.wait_for_run("fault_marked_stubborn", "stubborn-1") == "success"
+        site.wait_for(lambda: not Path(f"/proc/{pid}").exists(), "Airflow to kill the task", timeout=120)
+        record = wait_for_tries(site, "fault_marked_stubborn", "stubborn-1")[("stubborn", 1)]
+        assert record["extra"]["airflow"]["reported_by"] == "scheduler", record
+        assert record["status"] == "failed" and str(stale) not in record["outputs"], record
+        assert "by hand" in record["extra"]["airflow"]["error"], record
+    finally:
+        stale.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
 
 
 # -- relative paths in a DAG -------------------------------------------------------------------
