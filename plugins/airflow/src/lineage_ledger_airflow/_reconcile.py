@@ -196,6 +196,12 @@ def _record(row: Any, task: Any, state: str, ran: bool, *, unmarked: bool) -> st
     else:
         error = None  # completed by the scheduler (EmptyOperator): no process ever ran
     status = RECORDED_STATES[state]
+    if ran and state == "success" and _tries.marked_success_by_hand(_tries.try_key(row)):
+        # Airflow has it as success because someone said so, and ended its task process,
+        # which never reported: nothing vouches for its outlets. Recorded as what it was
+        # (a try ended before it finished), listing only the files it wrote.
+        status = "failed"
+        error = "marked success by hand; its task process was ended without reporting what it did"
     return _tries.record_try(
         _stand_in(row, task), status, state=state, error=error if status == "failed" else None,
         extra=None if ran else {"completed_by_scheduler": True}, unmarked=unmarked,

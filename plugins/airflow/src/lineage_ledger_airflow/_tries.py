@@ -246,6 +246,29 @@ def claim(key: tuple[str, int], *, own: bool = False) -> bool:
     return True
 
 
+def _by_hand_name(key: tuple[str, int]) -> str:
+    return blake3(f"{key[0]}\0{key[1]}\0by-hand".encode()).hexdigest()[:40]
+
+
+def note_marked_success_by_hand(key: tuple[str, int]) -> None:
+    """Leave word for the scheduler's sweep that this try was marked success by hand: a task
+    process killed before it reported (it ignored the signals that end it) did not vouch for
+    its outlets, and the sweep must not record it as succeeded. Removed with the markers."""
+    try:
+        fd = os.open(os.path.join(_marker_dir(capture()), _by_hand_name(key)), os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+    except (OSError, LedgerError) as err:  # then the sweep records it as Airflow has it; said
+        log.warning("lineage-ledger: cannot note that try %d of %s was marked success by hand (%s)", key[1],
+                    key[0].replace("\0", "/"), err)
+
+
+def marked_success_by_hand(key: tuple[str, int]) -> bool:
+    try:
+        return os.path.exists(os.path.join(_marker_dir(capture()), _by_hand_name(key)))
+    except (OSError, LedgerError):
+        return False
+
+
 def unclaim(key: tuple[str, int]) -> None:
     """Let a later report try again when this one could not be written."""
     with _lock:

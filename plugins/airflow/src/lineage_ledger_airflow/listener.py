@@ -48,6 +48,11 @@ class LedgerListener:
             log.info("lineage-ledger: %s was marked success by hand; not recorded as succeeded (what its task "
                      "process did, if it ran, is recorded by that process or the scheduler's sweep)",
                      getattr(task_instance, "task_id", "?"))
+            try:
+                if _settings.recording():
+                    _tries.note_marked_success_by_hand(_tries.try_key(task_instance))
+            except Exception:  # noqa: BLE001 - never break the API server
+                log.exception("lineage-ledger: could not note %s as marked by hand", getattr(task_instance, "task_id", "?"))
             return
         self._record(task_instance, "succeeded", "success", None)
 
