@@ -17,20 +17,19 @@ own: only the edited source fails, so only its readers run again, and they read 
 edit, so their records leave it out the same way (before the fix every file of the batch
 counted as changed, and the readers' records listed the edit: the next strict run passed it).
 
-Each engine's first run and audit are made once for the module (``Recorded``) and put back,
-at the same path with the same bytes, mtimes and remembered state, before each test.
+Each engine's first run and audit are made once for the module and put back, at the same path
+with the same bytes, mtimes and remembered state, before each test (``tests/support/first_run.py``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.first_run import FirstRun
 from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
 
 pytestmark = pytest.mark.slow
@@ -59,30 +58,6 @@ def assert_not_vouched(record: dict, read: list[Path], made: list[Path]) -> None
     for path in read:  # what the task really read: the edit
         assert digests["inputs"][str(path)]["blake3"] == hash_file(str(path)).blake3
 
-
-class Recorded:
-    """A project as its first run and ``verify-lineage`` left it, made once for the module's
-    tests of one engine and put back, byte for byte and at the same absolute path (the paths
-    its records and Nextflow's cache name), before each: ``restore`` also puts back the
-    state directory that audit and run remembered the ledger's head in, so every test starts
-    where a first run and audit of its own left it (the names beside the verified tree
-    included), and changes only its own copy."""
-
-    def __init__(self, base: Path, make: Callable[[Path], None]) -> None:
-        self.project, self.state, self.pristine = base / "project", base / "state", base / "pristine"
-        self.project.mkdir()
-        with pytest.MonkeyPatch.context() as patch:  # the session's home is no place for this state
-            patch.setenv("XDG_STATE_HOME", str(self.state))
-            make(self.project)
-        for where in (self.project, self.state):  # links (Nextflow's staged inputs) kept as links
-            shutil.copytree(where, self.pristine / where.name, symlinks=True)
-
-    def restore(self, monkeypatch: pytest.MonkeyPatch) -> Path:
-        for where in (self.project, self.state):  # copy2 keeps each file's mtime to the nanosecond
-            shutil.rmtree(where, ignore_errors=True)
-            shutil.copytree(self.pristine / where.name, where, symlinks=True)
-        monkeypatch.setenv("XDG_STATE_HOME", str(self.state))
-        return self.project
 
 
 # -- Snakemake ----------------------------------------------------------------------------------
@@ -130,17 +105,17 @@ def _snakemake_recorded_and_audited(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def snakemake_first(tmp_path_factory) -> Recorded:
+def snakemake_first(tmp_path_factory) -> FirstRun:
     from tests.support.snakemake import require_snakemake
 
     require_snakemake()
-    return Recorded(tmp_path_factory.mktemp("snakemake"), _snakemake_recorded_and_audited)
+    return FirstRun(tmp_path_factory.mktemp("snakemake"), _snakemake_recorded_and_audited)
 
 
 @pytest.fixture
 def snakemake_audited(snakemake_first, monkeypatch) -> Path:
     """The Snakemake project, recorded and audited, in its first run's state."""
-    return snakemake_first.restore(monkeypatch)
+    return snakemake_first.put_back(monkeypatch)
 
 
 def _by_rule(db: Path, run_id: str) -> dict[str, dict]:
@@ -253,17 +228,17 @@ def _nextflow_recorded_and_audited(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def nextflow_first(tmp_path_factory) -> Recorded:
+def nextflow_first(tmp_path_factory) -> FirstRun:
     from tests.support import nextflow as nf
 
     nf.require_nextflow()
-    return Recorded(tmp_path_factory.mktemp("nextflow"), _nextflow_recorded_and_audited)
+    return FirstRun(tmp_path_factory.mktemp("nextflow"), _nextflow_recorded_and_audited)
 
 
 @pytest.fixture
 def nextflow_audited(nextflow_first, monkeypatch) -> Path:
     """The Nextflow project (its NXF_HOME inside), recorded and audited, in its first run's state."""
-    return nextflow_first.restore(monkeypatch)
+    return nextflow_first.put_back(monkeypatch)
 
 
 def _made(tmp_path: Path, name: str, seen: int) -> list[dict]:
