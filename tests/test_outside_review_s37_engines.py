@@ -5,8 +5,8 @@ the Nextflow example, by an attacker who can write the ledger file (and, for a s
 ledger, its directory ``.lineage``) but not the user's state directory.
 
 Each test names one bug found; a bug not fixed yet is a strict xfail whose reason says where
-the fix lies. Seven tests, about 45 s in all on this 2-core machine, none over 9 s (up to
-three engine runs each).
+the fix lies. The Snakemake tests that start from the workflow's first recorded run share
+it: made once for the module and put back before each (``tests/support/first_run.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from lineage_ledger import hash_file, open_ledger
 from tests.support import bio_workflow
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import require_snakemake, run
 from tests.support.tamper import tamper_keep_size_and_mtime
 
@@ -28,13 +29,24 @@ pytestmark = pytest.mark.slow
 LOGGER = ("--logger", "ledger")
 
 
-def _workflow(tmp_path: Path) -> Path:
-    require_snakemake()
-    bio_workflow.require_tools()
-    workflow = bio_workflow.prepare(tmp_path / "wf", reads=200)
+def _first_run(workflow: Path) -> None:
+    bio_workflow.prepare(workflow, reads=200)
     first = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-run-id", "first", cwd=workflow)
     assert first.returncode == 0, first.stderr[-3000:]
-    return workflow
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The workflow's first recorded run, made once (tests/support/first_run.py)."""
+    require_snakemake()
+    bio_workflow.require_tools()
+    return FirstRun(tmp_path_factory.mktemp("bio"), _first_run, project="wf")
+
+
+@pytest.fixture
+def workflow(first_run, monkeypatch) -> Path:
+    """The workflow as its first run left it, its state included."""
+    return first_run.put_back(monkeypatch)
 
 
 def _rewrite_last_block(workflow: Path, tmp_path: Path, run_id: str, path: Path, digest: str) -> None:
@@ -63,7 +75,7 @@ def _rewrite_last_block(workflow: Path, tmp_path: Path, run_id: str, path: Path,
         ledger.append_records([record.stored() for record in forged])
 
 
-def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_path):
+def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(workflow, tmp_path):
     """Bug: a ``strict`` run checks the ledger (its head, block 0, is remembered), reruns the
     report and appends block 1 with the report's record. The attacker then edits
     ``results/report.txt`` (size and mtime kept) and rewrites block 1 consistently, the
@@ -77,7 +89,6 @@ def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_p
     recording process, under the state's lock) extends the remembered tree with the blocks
     it has just appended when they follow the remembered head; or, less tight, the plugin
     calls ``tree_head()`` on the ledger once its last records are shipped."""
-    workflow = _workflow(tmp_path)
     second = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict",
                  "--forcerun", "report", "--logger-ledger-run-id", "second", cwd=workflow)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -89,7 +100,7 @@ def test_a_rewrite_of_the_block_the_last_run_appended_is_refused_by_strict(tmp_p
     assert "HistoryRewritten" in strict.stderr, strict.stderr[-3000:]
 
 
-def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(tmp_path):
+def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(workflow):
     """Bug (fixed in ``_preflight.collect``): a file inside ``qc/A`` (a ``directory()``
     output) is edited, mtimes kept. A ``strict`` run refuses, naming it, as it should. The
     user then forces its producer (``--forcerun qc/A``): Snakemake deletes ``qc/A`` and makes
@@ -97,7 +108,6 @@ def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(tmp_pat
     ``qc/A`` is also ``report``'s input and ``collect`` checked every input.
     docs/snakemake.md: "Outputs about to be regenerated are not checked"; under strict the
     only way out was another policy."""
-    workflow = _workflow(tmp_path)
     flagstat = workflow / "qc" / "A" / "flagstat.txt"
     tamper_keep_size_and_mtime(flagstat)
     refused = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
@@ -109,7 +119,7 @@ def test_strict_lets_a_forced_run_regenerate_a_tampered_directory_output(tmp_pat
     assert verify.returncode == 0, verify.stdout[-3000:]  # qc/A and the report made again
 
 
-def test_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
+def test_strict_refuses_when_the_ledger_it_verified_is_gone(workflow):
     """Bug (fixed in ``_preflight.gone_if_remembered``): after a ``strict`` run verified the
     ledger (its head is remembered), a file in ``qc/A`` is edited and the ledger deleted
     (whoever can write ``.lineage/`` can). The next ``strict --forcerun report`` ran the report
@@ -118,7 +128,6 @@ def test_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
     a replaced ledger: too late, the job ran.) The Parsl plugin refuses here (it creates the
     ledger before its check, and meets the changed origin); the core's ``verify_before_run``
     has the same shortcut (``except NoLedger``)."""
-    workflow = _workflow(tmp_path)
     checked = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
     assert checked.returncode == 0, checked.stderr[-3000:]  # verified: its head is remembered
     tamper_keep_size_and_mtime(workflow / "qc" / "A" / "flagstat.txt")
