@@ -1,0 +1,74 @@
+"""Attacks on the ledger's own order (``lineage_ledger._order``, ``_ledger/seen.py``): ways a
+record's ``after`` made a task count as later than a record that landed while it ran.
+
+1. Several hosts, one state directory (a home directory on NFS, the default place of the
+   trusted state and the spool on a cluster). A verification on the login node, whose clock is
+   behind the compute node's, leaves its reading (``head.json``, the ``latest-seen`` hint)
+   dated by its own clock. A long-lived recorder on the compute node (a Parsl DataFlowKernel,
+   Airflow's scheduler: they read those files again each minute) took the reading as dated
+   before a task that was already running when the reading was taken, and stamped the task
+   as later than a record that landed while it ran. The task read the old version of a file
+   that record then rewrote: ``verify-lineage`` of the correct file fails (MODIFIED, exit 1)
+   and the old version put back passes (exit 0). ``seen.py`` said of this: "a failure to
+   check, never a pass".
+
+About 3 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from lineage_ledger import TaskCapture, TaskRun, open_ledger, utcnow
+from lineage_ledger._capture.files import entries_of
+from lineage_ledger._files.hashing import hash_file
+from lineage_ledger._model import Record
+from tests.conftest import run_cli
+
+FAKETIME = shutil.which("faketime")
+needs_faketime = pytest.mark.skipif(FAKETIME is None, reason="faketime (libfaketime) is not installed")
+
+
+def _write(base: Path, text: str, run_id: str) -> list:
+    ref = base / "ref.txt"
+    ref.write_text(text)
+    now = utcnow()
+    return [Record(engine="test", run_id=run_id, task_id="write", task_name="write", status="succeeded",
+                   started=now - timedelta(milliseconds=10), ended=now,
+                   outputs=entries_of([hash_file(str(ref))])).stored()]
+
+
+@needs_faketime
+@pytest.mark.xfail(strict=True, reason="a reading another host dated by a clock behind serves a task that was "
+                                       "already running when it was taken (helper-131-shared-state.patch)")
+def test_a_reading_from_a_host_whose_clock_is_behind_does_not_reorder_a_running_reader(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    spool, state = str(tmp_path / "spool"), str(tmp_path / "state")  # shared by both "hosts"
+    monkeypatch.setenv("LINEAGE_STATE_DIR", state)
+    monkeypatch.setenv("LINEAGE_SPOOL", spool)
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": state, "LINEAGE_SPOOL": spool}
+    with open_ledger(url, spool=spool, state_dir=str(tmp_path / "writer")) as ledger:
+        ledger.append_records(_write(tmp_path, "v1\n", "write-v1"))
+        # The compute node: a long task starts and reads ref.txt (v1), its recorder open.
+        started = utcnow()
+        read = hash_file(str(tmp_path / "ref.txt"))
+        # While it runs, another task on the compute node rewrites ref.txt (v2).
+        ledger.append_records(_write(tmp_path, "v2\n", "write-v2"))
+    # ... and the user verifies the ledger on the login node, whose clock is 5 minutes behind.
+    run_cli("verify", cwd=tmp_path, env=env, prefix=(FAKETIME or "faketime", "-f", "-5m"), check_rc=0)
+    # The long task ends; its recorder (a long-lived engine process) reads the account's files.
+    capture = TaskCapture(url, engine="test", spool=spool, raise_errors=True)
+    try:
+        capture.record_now(TaskRun(task_id="long-read", task_name="long-read", status="succeeded",
+                                   started=started, ended=utcnow(), inputs=[str(tmp_path / "ref.txt")],
+                                   known={str(tmp_path / "ref.txt"): entries_of([read])[str(tmp_path / "ref.txt")]}))
+    finally:
+        capture.close()
+    current = run_cli("verify", "ref.txt", cwd=tmp_path, env=env)
+    (tmp_path / "ref.txt").write_text("v1\n")
+    restored = run_cli("verify", "ref.txt", cwd=tmp_path, env=env)
+    assert (current.returncode, restored.returncode) == (0, 1), current.stdout + restored.stdout
