@@ -33,6 +33,7 @@ import pytest
 
 from tests import test_airflow as airflow_tests  # sets a private AIRFLOW_HOME before Airflow is imported
 from tests.support.airflow_site import airflow_installed
+from tests.support.first_run import FirstRun
 from tests.support.tamper import delete_rows, tamper_keep_size_and_mtime
 
 #: The names switch, passed on to the engines' subprocesses (the helpers that start them drop
@@ -180,15 +181,33 @@ def _nextflow(program: str, *args: str, cwd: Path) -> subprocess.CompletedProces
                           text=True, timeout=180)
 
 
-@pytest.mark.slow
-def test_nextflow_strict_resume_refuses_a_work_output_whose_rows_were_deleted(tmp_path):
+def _first_nextflow_run(here: Path) -> None:
     from tests.support import nextflow as nf
 
-    nf.require_nextflow()
-    here = nf.copy_example(tmp_path / "example")
+    here.rmdir()  # made by FirstRun; the example's copy makes it
+    nf.copy_example(here)
     first = _nextflow("nextflow-ledger", "run", "main.nf", cwd=here)
     assert first.returncode == 0, first.stdout + first.stderr
 
+
+@pytest.fixture(scope="module")
+def nextflow_first(tmp_path_factory) -> FirstRun:
+    """The example's first run through nextflow-ledger, made once (tests/support/first_run.py)."""
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("nextflow"), _first_nextflow_run, project="example")
+
+
+@pytest.fixture
+def nextflow_example(nextflow_first, monkeypatch) -> Path:
+    """The Nextflow example as its first run left it, its state included."""
+    return nextflow_first.put_back(monkeypatch)
+
+
+@pytest.mark.slow
+def test_nextflow_strict_resume_refuses_a_work_output_whose_rows_were_deleted(nextflow_example):
+    here = nextflow_example
     # The control: a strict -resume with nothing changed reuses every task.
     control = _nextflow("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert control.returncode == 0, control.stdout + control.stderr
@@ -209,17 +228,13 @@ def test_nextflow_strict_resume_refuses_a_work_output_whose_rows_were_deleted(tm
 
 
 @pytest.mark.slow
-def test_nextflow_rerun_resume_runs_again_the_tasks_a_tampered_ledger_cannot_vouch_for(tmp_path):
+def test_nextflow_rerun_resume_runs_again_the_tasks_a_tampered_ledger_cannot_vouch_for(nextflow_example):
     """Under rerun, the files the ledger was asked about count as changed when it fails its
     own check: the tasks that made them (or read them, for a source) have their work
     directories moved aside and run again, so the hidden edit is rewritten."""
     from lineage_ledger import hash_file
-    from tests.support import nextflow as nf
 
-    nf.require_nextflow()
-    here = nf.copy_example(tmp_path / "example")
-    first = _nextflow("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    here = nextflow_example
     db = here / ".lineage" / "ledger.db"
     first_records = len(recorded(db))
 
