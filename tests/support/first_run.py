@@ -25,9 +25,10 @@ __all__ = ["FirstRun"]
 
 class FirstRun:
     """``make(project)`` run once in ``base/project`` with ``XDG_STATE_HOME`` at ``base/state``
-    (not the session's home, which other tests share), then kept in ``base/pristine``."""
+    (not the session's home, which other tests share), then kept in ``base/pristine``; what
+    ``make`` returns is not kept."""
 
-    def __init__(self, base: Path, make: Callable[[Path], None], project: str = "project") -> None:
+    def __init__(self, base: Path, make: Callable[[Path], object], project: str = "project") -> None:
         self.project, self.state, self.pristine = base / project, base / "state", base / "pristine"
         self.project.mkdir()
         with pytest.MonkeyPatch.context() as patch:
