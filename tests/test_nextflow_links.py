@@ -16,6 +16,7 @@ import pytest
 from lineage_ledger_nextflow import _state
 
 from tests.support import nextflow as nf
+from tests.support.first_run import FirstRun
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,14 @@ workflow {
 """
 
 
-def _first_run(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """The pipeline run once (MAKE only); (launch directory, MAKE's outdir, the reference)."""
+def _made(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(launch directory, MAKE's outdir, the reference) of the first run in ``tmp_path``."""
+    (outdir,) = (tmp_path / "pipeline" / "work").glob("*/*/outdir")
+    return tmp_path / "pipeline", outdir, tmp_path / "elsewhere" / "ref.txt"
+
+
+def _run_once(tmp_path: Path) -> None:
+    """The pipeline run once (MAKE only)."""
     here = tmp_path / "pipeline"
     here.mkdir()
     (here / "main.nf").write_text(PIPELINE)
@@ -53,15 +60,29 @@ def _first_run(tmp_path: Path) -> tuple[Path, Path, Path]:
     reference.write_text("reference one\n")
     first = nf.run("nextflow-ledger", "run", "main.nf", "--ref", str(reference), cwd=here)
     assert first.returncode == 0, first.stdout + first.stderr
-    (outdir,) = (here / "work").glob("*/*/outdir")
+    _here, outdir, _reference = _made(tmp_path)
     assert (outdir / "ref.txt").is_symlink()
     (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]
     assert make["outputs"][str(outdir / "ref.txt")]["alias_of"] == str(reference)  # the link, by its name
-    return here, outdir, reference
 
 
-def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(tmp_path):
-    here, outdir, _reference = _first_run(tmp_path)
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The pipeline's first run, made once for the tests that start from it (its launch
+    directory and the reference outside it, with its state: tests/support/first_run.py)."""
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("links"), _run_once, project="first")
+
+
+def _first_run(first_run: FirstRun, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path, Path]:
+    """The first run put back: (its directory, in place of tmp_path; launch directory, MAKE's
+    outdir, the reference)."""
+    root = first_run.put_back(monkeypatch)
+    return (root, *_made(root))
+
+
+def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(first_run, monkeypatch):
+    root, here, outdir, _reference = _first_run(first_run, monkeypatch)
     # Untouched, the task's own link is no change: strict reuses MAKE, and USE's lineage verifies.
     clean = nf.run("nextflow-ledger", "run", "main.nf", "--ref", str(_reference), "--use", "true", "-resume",
                    "--ledger-policy", "strict", cwd=here)
@@ -70,7 +91,7 @@ def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(t
     (used,) = (here / "work").glob("*/*/used.txt")
     verified = nf.run("verify-lineage", str(used), cwd=here)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    planted = tmp_path / "elsewhere" / "planted.txt"
+    planted = root / "elsewhere" / "planted.txt"
     planted.write_text("not made by the workflow\n")
     nf.keep_mtime(outdir, lambda: (outdir / "extra.txt").symlink_to(planted))  # Nextflow reuses MAKE
     strict = nf.run("nextflow-ledger", "run", "main.nf", "--ref", str(_reference), "--use", "true", "-resume",
@@ -80,11 +101,11 @@ def test_a_link_slipped_into_a_cached_directory_output_is_refused_under_strict(t
     assert "Launching" not in strict.stdout
 
 
-def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(tmp_path):
+def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(first_run, monkeypatch):
     """No task read ``outdir/ref.txt`` yet, so only MAKE's record could vouch for it: an edit
     of the reference (size and mtime kept) went on to USE when a later ``-resume`` added it."""
-    here, outdir, reference = _first_run(tmp_path)
-    stamp = tmp_path / "mtime"
+    root, here, outdir, reference = _first_run(first_run, monkeypatch)
+    stamp = root / "mtime"
     shutil.copy2(reference, stamp)
     reference.write_text("reference two\n")  # same size, different bytes
     shutil.copystat(stamp, reference)
