@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import nextflow as nf
+from tests.support.first_run import FirstRun
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +41,21 @@ workflow { USE(MAKE()) }
 """
 
 
-def _first_run(tmp_path: Path) -> Path:
-    return nf.first_run(tmp_path, PIPELINE)[0]
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The pipeline's first run, made once for the tests that start from it, put back with
+    its state before each (tests/support/first_run.py)."""
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("stored"), lambda root: nf.first_run(root, PIPELINE), project="first")
 
 
-def test_a_stored_output_is_the_tasks_and_rerun_makes_it_again(tmp_path):
-    here = _first_run(tmp_path)
+def _first_run(first_run: FirstRun, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The launch directory of the first run, put back as it left it."""
+    return first_run.put_back(monkeypatch) / "pipeline"
+
+
+def test_a_stored_output_is_the_tasks_and_rerun_makes_it_again(first_run, monkeypatch):
+    here = _first_run(first_run, monkeypatch)
     stored = here / "store" / "made.txt"
     (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]
     assert str(stored) in make["outputs"], make["outputs"]
@@ -99,11 +109,11 @@ def test_what_a_task_stored_is_read_from_its_wrapper(tmp_path):
     assert stored_outputs(str(work), "nxf_stage() {\n true\n}\n", started=None) == []
 
 
-def test_a_run_without_resume_checks_what_the_store_holds(tmp_path):
+def test_a_run_without_resume_checks_what_the_store_holds(first_run, monkeypatch):
     """Nextflow skips a storeDir task on any run while its files are in the store, with
     ``-resume`` or without: a stored file edited since is refused by ``strict`` and made again
     under ``rerun`` before Nextflow starts, as before a ``-resume``."""
-    here = _first_run(tmp_path)
+    here = _first_run(first_run, monkeypatch)
     stored = here / "store" / "made.txt"
     nf.keep_mtime(stored, lambda: stored.write_text("MADE\n"))
     nf.refused(here, ("nextflow-ledger", "run", "main.nf", "--ledger-policy", "strict"), str(stored),
