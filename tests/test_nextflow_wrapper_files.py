@@ -25,6 +25,7 @@ import pytest
 from lineage_ledger_nextflow import _state
 
 from tests.support import nextflow as nf
+from tests.support.first_run import FirstRun
 
 pytestmark = pytest.mark.slow  # real Nextflow runs
 
@@ -73,16 +74,36 @@ NEXTFLOWS = {".command.run", ".command.sh", ".command.log", ".command.err", ".co
              ".command.trace"}
 
 
-def _first_run(tmp_path: Path) -> tuple[Path, Path, tuple[str, ...]]:
-    """(launch directory, MAKE's work directory, the strict -resume command)."""
-    here, _refs, resume = nf.first_run_with_refs(tmp_path, WRAPPED, config=CONFIG, timeout=HANG)
+def _made_in(here: Path) -> Path:
+    """MAKE's work directory."""
     (made_in,) = [p.parent for p in (here / "work").glob("*/*/idx") if not (p.parent / "outdir").is_symlink()]
-    assert "hunter2-secret" in (made_in / ".command.run").read_text()  # what the test is about
-    return here, made_in, resume
+    return made_in
 
 
-def test_nextflow_files_are_in_no_record_and_the_tasks_own_are(tmp_path):
-    here, made_in, _resume = _first_run(tmp_path)
+def _run_once(tmp_path: Path) -> None:
+    here, _refs, _resume = nf.first_run_with_refs(tmp_path, WRAPPED, config=CONFIG, timeout=HANG)
+    assert "hunter2-secret" in (_made_in(here) / ".command.run").read_text()  # what the test is about
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The pipeline's first run, made once for the tests that start from it, put back with
+    its state before each (tests/support/first_run.py)."""
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("wrapped"), _run_once, project="first")
+
+
+def _first_run(first_run: FirstRun, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path, tuple[str, ...]]:
+    """(the first run's directory, in place of tmp_path; launch directory, MAKE's work
+    directory, the strict -resume command)."""
+    root = first_run.put_back(monkeypatch)
+    here = root / "pipeline"
+    resume = ("nextflow-ledger", "run", "main.nf", "--refs", str(root / "refs"), "-resume", "--ledger-policy", "strict")
+    return root, here, _made_in(here), resume
+
+
+def test_nextflow_files_are_in_no_record_and_the_tasks_own_are(first_run, monkeypatch):
+    root, here, made_in, _resume = _first_run(first_run, monkeypatch)
     everything = [json.loads(line) for line in
                   nf.run("lineage-ledger", "log", "-n", "0", "--all", "--json", cwd=here).stdout.splitlines()]
     for record in everything:
@@ -96,29 +117,29 @@ def test_nextflow_files_are_in_no_record_and_the_tasks_own_are(tmp_path):
     entries = [entry[:2] for entry in nf.manifest_entries(here, make["outputs"][str(outdir)]["blake3"])]
     assert [".command.log", "file"] in entries and ["sub/.exitcode", "file"] in entries  # the task's own
     assert {str(made_in / ".command.out"), str(made_in / ".command.env")} <= set(make["outputs"])
-    assert make["extra"]["links"] == {"idx": str(tmp_path / "refs")}  # the link, by its target text
+    assert make["extra"]["links"] == {"idx": str(root / "refs")}  # the link, by its target text
 
 
-def test_a_late_append_to_the_log_is_no_change_and_the_tasks_own_changes_are(tmp_path):
+def test_a_late_append_to_the_log_is_no_change_and_the_tasks_own_changes_are(first_run, monkeypatch):
     """A grid executor appends to ``.command.log`` after ``.exitcode``: a strict ``-resume``
     reuses both tasks all the same. The link re-pointed, or the task's ``stdout`` edited (its
     size and mtime kept: Nextflow hands the edited value on), is refused; also planned
     without the session's list, which then passes another late append too."""
-    here, made_in, resume = _first_run(tmp_path)
+    root, here, made_in, resume = _first_run(first_run, monkeypatch)
     with open(made_in / ".command.log", "a") as log:
         log.write("slurm: job 42 epilogue ran\n")
     clean = nf.run(*resume, cwd=here, timeout=HANG)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "Cached process > MAKE" in clean.stdout and "Cached process > USE" in clean.stdout
 
-    nf.relink(made_in / "idx", tmp_path / "elsewhere")
-    nf.refused(here, resume, f"{made_in / 'idx'}: ", str(tmp_path / "elsewhere"))
-    nf.relink(made_in / "idx", tmp_path / "refs")
+    nf.relink(made_in / "idx", root / "elsewhere")
+    nf.refused(here, resume, f"{made_in / 'idx'}: ", str(root / "elsewhere"))
+    nf.relink(made_in / "idx", root / "refs")
     nf.keep_mtime(made_in / ".command.out", lambda: (made_in / ".command.out").write_text("sail"))
     nf.refused(here, resume, f"{made_in / '.command.out'}: changed since the last recorded run")
 
     # Without the session's list, the check planned from the work directory and the records.
-    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "lists-aside"))
+    shutil.move(_state.lists_dir(str(here)), str(root / "lists-aside"))
     nf.refused(here, resume, f"{made_in / '.command.out'}: changed since the last recorded run")
     nf.keep_mtime(made_in / ".command.out", lambda: (made_in / ".command.out").write_text("said"))  # put back
     with open(made_in / ".command.log", "a") as log:
