@@ -54,8 +54,6 @@ def _write(base: Path, text: str, run_id: str, ref: Path | None = None) -> list:
 
 
 @needs_faketime
-@pytest.mark.xfail(strict=True, reason="a reading another host dated by a clock behind serves a task that was "
-                                       "already running when it was taken (helper-131-shared-state.patch)")
 def test_a_reading_from_a_host_whose_clock_is_behind_does_not_reorder_a_running_reader(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/ledger.db"
     spool, state = str(tmp_path / "spool"), str(tmp_path / "state")  # shared by both "hosts"

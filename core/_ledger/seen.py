@@ -13,19 +13,21 @@ ledger, and the moment by which they were:
 * what this account's earlier processes saw, read by a recorder when it opens
   (:func:`reading_at_start`), each dated when it was taken: the hint file ``latest-seen`` in
   the ledger's spool directory (private, this account's), where each of the two above also
-  leaves its value, and the head the trusted state remembers (``head.json``, dated by its
-  ``verified`` time), each dated when it was taken or when it is read, whichever is earlier.
-  Not simply "now": the engines' recorders open when their first task ends (Snakemake's in
-  a process of its own, beside the one whose pre-run check read the head), and the tasks
-  that started after the reading still get it. Not simply the date written: a clock stepped
-  back since, or another process's clock ahead, would date it past the tasks it serves.
+  leaves its value, dated when it was taken or when it is read, whichever is earlier, where
+  this host (in this boot) wrote it; and the head the trusted state remembers
+  (``head.json``), dated when it is read. Not simply "now": the engines' recorders open when
+  their first task ends, and the tasks that started after the reading still get it. Not
+  simply the date written: a clock stepped back since, or another process's clock ahead,
+  would date it past the tasks it serves. And never a date another host's clock gave: a
+  home directory on NFS holds one state and one spool for a cluster's nodes, and a
+  verification on a login node whose clock is behind dated its reading before a task that
+  was already running on a compute node when it was taken; that task, stamped later than a
+  record that landed while it ran, passed the old version of a file that record rewrote
+  (tests/test_time_order_attack.py).
 
 A task that started at ``started`` gets the latest value among the readings dated at or
 before then (:func:`seen_before`): every record behind it was in the ledger before the task
-started, so the task ran after theirs. Times are this host's clock, as ``started`` is (the
-state directory is per account; one shared between hosts whose clocks differ dates a reading
-by another clock, which can only make a task count as later than a record that landed while
-it ran: a failure to check, never a pass). A reading missed leaves the clocks to decide, as
+started, so the task ran after theirs. Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
 before.
 """
 
@@ -91,9 +93,25 @@ def seen_before(identity: str, started: datetime) -> str | None:
     return max(values) if values else None
 
 
+def _this_host() -> str:
+    """What tells this host, in this boot, from the others that share the spool directory
+    (a home on NFS): a hint dated by another's clock (or before a reboot) is dated when read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as handle:
+            found = handle.read(64).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        import platform
+
+        found = platform.node()
+    return "".join(found.split())[:64] or "-"
+
+
+_HOST = _this_host()
+
+
 def read_hint(spool_dir: str) -> tuple[str, str] | None:
     """(latest, dated) that this account's processes left in the spool directory's hint
-    (None: none, or unreadable)."""
+    (None: none, or unreadable); dated now where another host (or boot) left it."""
     try:
         fd = os.open(os.path.join(spool_dir, HINT), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -106,9 +124,9 @@ def read_hint(spool_dir: str) -> tuple[str, str] | None:
         return None
     finally:
         os.close(fd)
-    if len(fields) != 2 or _time(fields[0]) is None or _time(fields[1]) is None:
+    if len(fields) not in (2, 3) or _time(fields[0]) is None or _time(fields[1]) is None:
         return None
-    return fields[0], fields[1]
+    return fields[0], fields[1] if fields[2:] == [_HOST] else format_time(utcnow())
 
 
 def write_hint(spool_dir: str, latest: str | None) -> None:
@@ -123,7 +141,7 @@ def write_hint(spool_dir: str, latest: str | None) -> None:
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, f"{latest} {format_time(utcnow())}\n".encode("ascii"))
+            os.write(fd, f"{latest} {format_time(utcnow())} {_HOST}\n".encode("ascii"))
         finally:
             os.close(fd)
         os.replace(temporary, os.path.join(spool_dir, HINT))
@@ -144,8 +162,9 @@ def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
 
 
 def _remembered(url: str) -> tuple[str, str] | None:
-    """(latest, verified) of the head this account remembers for the ledger at ``url`` (None
-    where none, or where the file is not this account's alone: the readers say why)."""
+    """(latest, now) of the head this account remembers for the ledger at ``url`` (None
+    where none, or where the file is not this account's alone: the readers say why). Dated
+    when read, not by its ``verified`` time: any host of the account may have verified it."""
     import stat
 
     from .._environment import state_root
@@ -167,6 +186,6 @@ def _remembered(url: str) -> tuple[str, str] | None:
         return None
     finally:
         os.close(fd)
-    if _time(head.latest) is None or _time(head.verified) is None:
+    if _time(head.latest) is None:
         return None
-    return head.latest, head.verified
+    return head.latest, format_time(utcnow())
