@@ -57,6 +57,12 @@ def after_of(extra: Mapping[str, Any] | None) -> str | None:
     after = extra.get(AFTER_KEY)
     if type(after) is not str or _CANONICAL(after) is None:
         return None
+    from ._canonical import parse_time
+
+    try:  # the pattern's digits, and a day the calendar has (2026-12-32 is no time)
+        parse_time(after)
+    except ValueError:
+        return None
     return after
 
 

@@ -170,3 +170,10 @@ def test_a_child_forked_while_the_readings_lock_was_held_still_records():
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError("the forked child waited on the readings' lock")
+
+
+@pytest.mark.parametrize("value", ["2026-12-32T00:00:00.000000Z", "2026-02-30T12:00:00.000000Z",
+                                   "2026-12-06T24:00:00.000000Z"])
+def test_a_time_the_calendar_does_not_have_is_ignored(value):
+    """The pattern alone let such a value through: the index and the trusted head held it."""
+    assert order_end("2026-12-06T12:00:00.000000Z", {AFTER_KEY: value}) == "2026-12-06T12:00:00.000000Z"
