@@ -45,3 +45,13 @@ class FirstRun:
             shutil.copytree(self.pristine / where.name, where, symlinks=True)
         monkeypatch.setenv("XDG_STATE_HOME", str(self.state))
         return self.project
+
+
+def nextflow_example_run(root: Path) -> None:
+    """The Nextflow example copied to ``root/example`` and run once through ``nextflow-ledger``
+    (exit 0 asserted): the first run many Nextflow tests start from."""
+    from tests.support import nextflow as nf
+
+    here = nf.copy_example(root / "example")
+    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert first.returncode == 0, first.stdout + first.stderr
