@@ -20,6 +20,7 @@ import pytest
 from lineage_ledger_nextflow import _args, _recovered, _state
 
 from tests.support import nextflow as nf
+from tests.support.first_run import FirstRun, nextflow_example_run
 
 SESSION = "2f3de1ba-0000-4000-8000-000000000001"
 TASK = {"process": "ONE", "workdir": "/nowhere", "status": "succeeded", "inputs": [], "outputs": [], "published": []}
@@ -72,18 +73,26 @@ def test_no_list_is_kept_or_read_where_others_could_write_the_way_to_it(tmp_path
     assert "is writable by other users" in caplog.text
 
 
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory) -> FirstRun:
+    """The example's first run through nextflow-ledger, made once for the tests that start
+    from it, put back with its state before each (tests/support/first_run.py)."""
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("example-run"), nextflow_example_run, project="first")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a file owned by another user needs root to make")
 @pytest.mark.slow  # real Nextflow runs
-def test_a_list_owned_by_another_user_is_not_read_and_strict_checks_from_the_ledger(tmp_path):
+def test_a_list_owned_by_another_user_is_not_read_and_strict_checks_from_the_ledger(example_run, monkeypatch):
     """End to end: a list planted by another user (an empty one: no task to check) made strict
     reuse a tampered cached output; it is not read, and the check is planned from the ledger."""
-    here = nf.copy_example(tmp_path / "example")
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    root = example_run.put_back(monkeypatch)  # the example run once through nextflow-ledger
+    here = root / "example"
     count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
-    shutil.copy2(count, tmp_path / "mtime")
+    shutil.copy2(count, root / "mtime")
     count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
-    shutil.copystat(tmp_path / "mtime", count)
+    shutil.copystat(root / "mtime", count)
     (listed,) = Path(_state.lists_dir(str(here))).glob("*.json")
     session = listed.stem
     listed.write_text(json.dumps({"session": session, "tasks": {}}))
@@ -117,21 +126,20 @@ def test_a_resume_of_a_run_the_wrapper_never_recorded(tmp_path):
 
 
 @pytest.mark.slow  # real Nextflow runs
-def test_the_list_written_after_a_run_without_one_still_covers_the_cached_tasks(tmp_path):
+def test_the_list_written_after_a_run_without_one_still_covers_the_cached_tasks(example_run, monkeypatch):
     """The list lost, a ``-resume`` that runs one task again (a changed parameter) writes
     a new list: it must name the tasks taken from the cache as well, or the next ``-resume``,
     trusting it, no longer checks them."""
-    here = nf.copy_example(tmp_path / "example")
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
-    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "moved-aside"))  # lost
+    root = example_run.put_back(monkeypatch)  # the example run once through nextflow-ledger
+    here = root / "example"
+    shutil.move(_state.lists_dir(str(here)), str(root / "moved-aside"))  # lost
     second = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--title", "counted again", cwd=here)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Submitted process > REPORT" in second.stdout and "Cached process > COUNT (alpha)" in second.stdout
     published = here / "results" / "counts" / "beta.count"  # read by no task that ran again
-    shutil.copy2(published, tmp_path / "mtime")
+    shutil.copy2(published, root / "mtime")
     published.write_text(published.read_text().replace("15", "51"))  # same size, different bytes
-    shutil.copystat(tmp_path / "mtime", published)
+    shutil.copystat(root / "mtime", published)
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--title", "counted again",
                     "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # 0: the new list left COUNT out
