@@ -20,7 +20,7 @@ import pytest
 
 from lineage_ledger import hash_file, open_ledger
 from tests.support import bio_workflow
-from tests.support.first_run import FirstRun
+from tests.support.first_run import FirstRun, nextflow_example_run
 from tests.support.snakemake import require_snakemake, run
 from tests.support.tamper import tamper_keep_size_and_mtime
 
@@ -142,7 +142,17 @@ def test_strict_refuses_when_the_ledger_it_verified_is_gone(workflow):
     assert report.read_bytes() == before
 
 
-def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory) -> FirstRun:
+    """The Nextflow example's first run through nextflow-ledger, made once for the two tests
+    that start from it, put back with its state before each (tests/support/first_run.py)."""
+    from tests.support import nextflow as nf
+
+    nf.require_nextflow()
+    return FirstRun(tmp_path_factory.mktemp("example-run"), nextflow_example_run, project="first")
+
+
+def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(example_run, monkeypatch):
     """Bug (fixed in ``_preflight.gone_if_remembered``): the same as Snakemake's above,
     through ``nextflow-ledger``: after the ledger was verified (its head remembered), a COUNT
     output in ``work/`` is edited (size and mtime kept) and the ledger deleted;
@@ -152,15 +162,14 @@ def test_nextflow_strict_refuses_when_the_ledger_it_verified_is_gone(tmp_path):
 
     from tests.support import nextflow as nf
 
-    here = nf.copy_example(tmp_path / "example")
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    root = example_run.put_back(monkeypatch)  # the example run once through nextflow-ledger
+    here = root / "example"
     verified = nf.run("verify-lineage", "results/report.txt", cwd=here)  # the head is remembered
     assert verified.returncode == 0, verified.stdout + verified.stderr
     count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
-    shutil.copy2(count, tmp_path / "mtime")
+    shutil.copy2(count, root / "mtime")
     count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
-    shutil.copystat(tmp_path / "mtime", count)
+    shutil.copystat(root / "mtime", count)
     for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
         (here / ".lineage" / name).unlink(missing_ok=True)
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
@@ -216,7 +225,7 @@ def test_a_pending_journal_another_user_planted_is_not_recorded(tmp_path):
     assert planted_records == [], planted_records  # recorded: the edit vouched for by the victim
 
 
-def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_path):
+def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(example_run, monkeypatch):
     """Bug (fixed in ``_state`` and ``_recovered``): the wrapper listed each session's tasks in
     ``.lineage/nextflow/sessions/<id>.json`` (0700 directories) and checked before ``-resume``
     only the files that list names. Whoever can write ``.lineage/`` (a group-shared SQLite
@@ -233,15 +242,14 @@ def test_nextflow_strict_checks_a_resume_whose_session_list_was_moved_away(tmp_p
 
     from tests.support import nextflow as nf
 
-    here = nf.copy_example(tmp_path / "example")
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+    root = example_run.put_back(monkeypatch)  # the example run once through nextflow-ledger
+    here = root / "example"
     count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
-    shutil.copy2(count, tmp_path / "mtime")
+    shutil.copy2(count, root / "mtime")
     count.write_text(count.read_text().replace("9", "8"))  # same size, different bytes
-    shutil.copystat(tmp_path / "mtime", count)
+    shutil.copystat(root / "mtime", count)
     assert not (here / ".lineage" / "nextflow").exists()  # no list there for .lineage's other writers to move
-    shutil.move(_state.lists_dir(str(here)), str(tmp_path / "moved-aside"))  # lost all the same
+    shutil.move(_state.lists_dir(str(here)), str(root / "moved-aside"))  # lost all the same
     strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr  # exit 0: the edit was reused
     assert "Launching" not in strict.stdout  # nothing ran
