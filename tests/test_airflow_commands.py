@@ -60,7 +60,8 @@ with DAG(dag_id="commands_policy", schedule=None, catchup=False):
 with DAG(dag_id="commands_timeout", schedule=None, catchup=False):
     # A subshell the command starts (a process of its own) overruns the task's time.
     LedgerOperator(task_id="slow", outputs=[str(DATA / "late.txt")], execution_timeout=timedelta(seconds=2),
-                   bash_command=f"mkdir -p '{{DATA}}'; (sleep 20; echo late > '{{DATA}}/late.txt'); echo done")
+                   bash_command=f"mkdir -p '{{DATA}}'; (echo $BASHPID > '{{DATA}}/late.pid'; sleep 20; "
+                                f"echo late > '{{DATA}}/late.txt'); echo done")
 '''
 
 
@@ -137,11 +138,26 @@ def test_a_timed_out_commands_children_end_with_its_try(site, tmp_path):
     late = tmp_path / "data" / "late.txt"
     [record] = records(env)
     assert record.status == "failed" and record.extra["outputs_not_written"] == [str(late)]
-    # The program would have written the file 20 s after it started: wait that long and more.
+    # The program would have written the file 20 s after it started: wait that long and more,
+    # or until the subshell that would write it (its pid written first) has ended: then
+    # nothing can write it any more.
+    pid_file = tmp_path / "data" / "late.pid"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not late.exists():
-        time.sleep(1)
+    while time.monotonic() < deadline and not late.exists() and _running(pid_file):
+        time.sleep(0.2)
     assert not late.exists(), "the timed-out command's child wrote its output after the try was recorded failed"
+
+
+def _running(pid_file: Path) -> bool:
+    """Whether the process whose pid ``pid_file`` holds still runs (a zombie has ended); True
+    while the file is not there or not complete, so that only the deadline ends the wait."""
+    try:
+        with open(f"/proc/{int(pid_file.read_text())}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except ValueError:
+        return True
+    except FileNotFoundError:
+        return not pid_file.exists()
 
 
 @pytest.mark.parametrize("policy", ["strict", "warn"])

@@ -20,6 +20,7 @@ import pytest
 from blake3 import blake3
 
 from lineage_ledger import hash_file, open_ledger
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import BIN, clean_env, copy_example, require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -54,16 +55,28 @@ def recorded_example(directory: Path) -> Path:
     return directory
 
 
+def _recorded_in(directory: Path) -> None:
+    directory.rmdir()  # made by FirstRun; copy_example makes it
+    recorded_example(directory)
+
+
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """Recorded once per module, for the tests that only read it."""
-    return recorded_example(tmp_path_factory.mktemp("snakemake") / "example")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The example recorded once per module (tests/support/first_run.py), kept as it was."""
+    require_snakemake()
+    return FirstRun(tmp_path_factory.mktemp("snakemake"), _recorded_in, project="example")
 
 
 @pytest.fixture
-def workflow(tmp_path):
-    """Recorded for this test alone: it may edit files and run again."""
-    return recorded_example(tmp_path / "example")
+def recorded(first_run, monkeypatch):
+    """The recorded example, for the tests that only read it."""
+    return first_run.put_back(monkeypatch)
+
+
+@pytest.fixture
+def workflow(first_run, monkeypatch):
+    """The recorded example, put back for this test alone: it may edit files and run again."""
+    return first_run.put_back(monkeypatch)
 
 
 class TestExampleRun:
