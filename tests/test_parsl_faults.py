@@ -144,3 +144,34 @@ def test_an_htex_worker_killed_inside_an_app_records_the_lost_try_and_the_retry(
     assert tries[1].outputs[str(out)]["blake3"] == hash_file(str(out)).blake3
     assert tries[1].extra.get("hashed_on") == "worker"
     assert Path(out).read_text() == "survived\n"
+
+
+def fails_without_writing(outputs=()) -> str:
+    raise RuntimeError("gave up before writing anything")
+
+
+def test_a_failed_try_lists_only_the_outputs_it_wrote(workdir, monkeypatch):
+    """A try that fails without writing its output names the file left there before it (a
+    previous run's, perhaps edited since) as not written, never as its output: its record
+    vouched for those bytes, and counted them as produced in this run. The outputs are judged
+    as the try ends: hashed later, a retry's bytes were taken for the failed try's (the htex
+    test above failed so under load)."""
+    from lineage_ledger_parsl import ParslLedger
+    from parsl.app.app import python_app
+    from parsl.data_provider.files import File
+
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    out = workdir / "out.txt"
+    out.write_text("left by an earlier run, then edited\n")
+    old = time.time() - 60
+    os.utime(out, (old, old))
+    pipeline = support.load_pipeline()
+    with support.loaded(pipeline.make_config(str(workdir), "threads", ParslLedger(url, policy="warn"))) as dfk:
+        future = python_app(fails_without_writing)(outputs=[File(str(out))])
+        with pytest.raises(Exception, match="gave up"):
+            future.result()
+        run_id = dfk.run_id
+    with open_ledger(url) as opened:
+        [failed] = [e.record for e in opened.run(run_id)]
+    assert failed.status == "failed" and str(out) not in failed.outputs, failed.outputs
+    assert failed.extra["outputs_not_written"] == [str(out)], failed.extra

@@ -345,6 +345,8 @@ class ParslLedger:
                 inputs, outputs = _leave_out_unverified(unverified["read"], inputs, outputs, known, details)
         else:
             task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
+        if status == "failed" and outputs and "refused_by" not in details:
+            outputs = _written_by_the_try(outputs, started, details)
         # The inputs as the memoizer handed them to the try (see read_digests); outputs hashed as it ends.
         read = task.get("lineage_ledger_read") if task is not None and not known else None
         return TaskRun(
@@ -379,6 +381,29 @@ class ParslLedger:
         with self._lock:
             self._posted += 1
         self.capture.post(run)
+
+
+def _written_by_the_try(outputs: list[str], started: datetime, details: dict[str, Any]) -> list[str]:
+    """The outputs a failed try wrote, judged as it ends (a stat each): those changed since it
+    started (a second's slack for coarse file-system clocks). A failed try vouches only for
+    what it wrote: an older file at an output's path is not its product, and a file its retry
+    writes after it is not either, but the capture hashes a try's files once its record is
+    made, by when a retry may have run: a try whose worker was killed before it wrote
+    anything was recorded with its retry's output (tests/test_parsl_faults.py, under load).
+    The others are named in ``extra["outputs_not_written"]``."""
+    since = started.timestamp() - 1.0
+    written = []
+    for path in outputs:
+        try:
+            if os.stat(path).st_mtime >= since:
+                written.append(path)
+        except OSError:
+            pass  # not there: nothing written (the capture would call it missing)
+    if len(written) < len(outputs):
+        kept = set(written)
+        unwritten = [p for p in outputs if p not in kept]
+        details["outputs_not_written"] = sorted({*details.get("outputs_not_written", ()), *unwritten})
+    return written
 
 
 def _ran(run: TaskRun) -> bool:
