@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from itertools import chain
-from operator import attrgetter, methodcaller
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IndexTampered, RecordTampered
@@ -34,18 +34,15 @@ def decode_views(block, first_leaf: int = 0, checked_below: int = 0) -> list[Any
     _check_paths(block, views)  # first: its message names the path
     if suspects:
         check_suspects(block, suspects)
-    if any(map(_says_after, block.bodies)):
-        _order_ends(views)
+    _order_ends(views)
     return views
-
-
-_says_after = methodcaller("__contains__", f'"{AFTER_KEY}":'.encode())  # one C scan a body
 
 
 def _order_ends(views: list[Any]) -> None:
     """Each view's ``ended`` made its end in the ledger's order (:func:`.._order.order_end`),
     after the body checks that read the time as written: what the index keeps, and the names
-    kept, compare. Only for a block where some body names the key."""
+    kept, compare. A look at each view's ``extra`` (a dict, or the index view's one field):
+    0.1 us a record, where a substring scan of each body cost 1 us, and of the joined block 0.5."""
     for view in views:
         extra = view.extra
         after = extra.get(AFTER_KEY) if type(extra) is dict else extra.after
