@@ -147,6 +147,11 @@ def test_every_try_retries_mapped_empty_and_failed(deployment):
     site = deployment
     doomed = site.data / "doomed.txt"
     doomed.write_text("left by an earlier run\n")  # the failing task never writes it
+    # An earlier run's file is older than the try: one written within the second before the
+    # try started counted as written by it (the 1 s slack for coarse file-system clocks), and
+    # this test failed so when the run started at once (CI of 4abab06).
+    earlier = time.time() - 60
+    os.utime(doomed, (earlier, earlier))
     site.trigger("deploy_tries", "tries-1")
     assert site.wait_for_run("deploy_tries", "tries-1") == "failed"  # doomed fails
     records = assert_every_try_recorded_once(site, "deploy_tries", "tries-1")
