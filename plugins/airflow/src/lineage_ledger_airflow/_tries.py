@@ -77,10 +77,6 @@ def capture() -> TaskCapture:
     global _capture, _capture_pid
     with _lock:
         if _capture is None or _capture_pid != os.getpid():
-            if _capture_pid not in (-1, os.getpid()):  # a forked child: the parent's tries are not ours
-                _claimed.clear()
-                _started.clear()
-                _details.clear()
             # A job process ships this spool: a task process journals only (no shipping thread,
             # never wait here). A process that lives on (the API server, reporting a try marked
             # failed by hand) ships its own: it keeps its spool segment locked while it runs,
@@ -98,6 +94,28 @@ def _in_task_process() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+
+
+def _forget_in_child() -> None:
+    """A forked child (a LocalExecutor worker, a task process) starts with none of its
+    parent's tries, capture or memo, and a lock no thread holds.
+
+    Done at the fork, not at the child's first use of the capture: by then a task process has
+    noted its own try (the inputs hashed at its start, a strict check's refusal), and that
+    first use dropped them with the parent's. It did wherever the parent had recorded before
+    it forked (a LocalExecutor worker spawned after the scheduler's first sweep): a refused
+    try was recorded without ``refused_by`` or ``modified_inputs``, and every try's inputs
+    were hashed as it ended instead of as it started."""
+    global _lock, _capture, _capture_pid, _memo, _memo_pid
+    _lock = threading.Lock()
+    _capture, _capture_pid = None, -1
+    _memo, _memo_pid = None, -1
+    _claimed.clear()
+    _started.clear()
+    _details.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def memo() -> DigestMemo:
