@@ -195,7 +195,6 @@ def writes_then_fails_once(marker: str, outputs=()) -> str:
     return "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="a failed try's outputs are hashed after its retry rewrote them")
 def test_a_failed_try_is_recorded_with_the_bytes_it_left_not_its_retrys(workdir):
     """A try that wrote part of its output, then failed, is recorded with that output; the
     recording process hashed it once the record was made, by when the retry had rewritten it

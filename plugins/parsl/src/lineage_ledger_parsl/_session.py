@@ -345,8 +345,9 @@ class ParslLedger:
                 inputs, outputs = _leave_out_unverified(unverified["read"], inputs, outputs, known, details)
         else:
             task_id, name, attempt = "unknown", getattr(func, "__name__", "app"), 1
+        left: dict[str, dict[str, Any]] | None = None  # a failed try's outputs, hashed as it ends
         if status == "failed" and outputs and "refused_by" not in details:
-            outputs = _written_by_the_try(outputs, started, details)
+            outputs, left = _written_by_the_try(outputs, started, details)
         # The inputs as the memoizer handed them to the try (see read_digests); outputs hashed as it ends.
         read = task.get("lineage_ledger_read") if task is not None and not known else None
         return TaskRun(
@@ -358,7 +359,7 @@ class ParslLedger:
             inputs=inputs,
             outputs=outputs,
             known=dict(read or known or {}),
-            known_outputs={} if read else None,
+            known_outputs=left if left is not None else {} if read else None,
             code_digest=function_digest(task["func"] if task is not None else func),
             parameters=task_parameters(args, kwargs) if args or kwargs else {},
             attempt=attempt,
@@ -383,27 +384,42 @@ class ParslLedger:
         self.capture.post(run)
 
 
-def _written_by_the_try(outputs: list[str], started: datetime, details: dict[str, Any]) -> list[str]:
+def _written_by_the_try(
+    outputs: list[str], started: datetime, details: dict[str, Any],
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The outputs a failed try wrote, judged as it ends (a stat each): those changed since it
-    started (a second's slack for coarse file-system clocks). A failed try vouches only for
-    what it wrote: an older file at an output's path is not its product, and a file its retry
-    writes after it is not either, but the capture hashes a try's files once its record is
-    made, by when a retry may have run: a try whose worker was killed before it wrote
-    anything was recorded with its retry's output (tests/test_parsl_faults.py, under load).
-    The others are named in ``extra["outputs_not_written"]``."""
+    started (a second's slack for coarse file-system clocks), and their digests, taken here.
+
+    A failed try vouches only for what it wrote: an older file at an output's path is not its
+    product (named in ``extra["outputs_not_written"]``). And what it wrote is hashed now, on the
+    thread that ends the try, before Parsl hears of the failure and launches the retry: the
+    recording process hashes a try's files once it gets to its record, by when the retry may
+    have rewritten them, and the failed try was recorded with its retry's bytes (a worker
+    killed before writing, with its retry's output: tests/test_parsl_faults.py). A directory
+    (no manifest at hand for the capture) or a file that cannot be read is left out, named in
+    ``extra["outputs_not_hashed"]``: hashed later it could be the retry's. Failed tries are
+    rare; only their outputs are hashed on Parsl's thread."""
     since = started.timestamp() - 1.0
-    written = []
-    for path in outputs:
+    written, unwritten, unhashed = [], [], []
+    digests: dict[str, dict[str, Any]] = {}
+    for path in dict.fromkeys(outputs):
         try:
-            if os.stat(path).st_mtime >= since:
-                written.append(path)
+            if os.stat(path).st_mtime < since:
+                unwritten.append(path)
+                continue
         except OSError:
-            pass  # not there: nothing written (the capture would call it missing)
-    if len(written) < len(outputs):
-        kept = set(written)
-        unwritten = [p for p in outputs if p not in kept]
+            continue  # not there: nothing written (the capture would call it missing)
+        digest = None if os.path.isdir(path) else file_digest(path)
+        if digest is None:
+            unhashed.append(path)
+            continue
+        written.append(path)
+        digests[path] = digest
+    if unwritten:
         details["outputs_not_written"] = sorted({*details.get("outputs_not_written", ()), *unwritten})
-    return written
+    if unhashed:
+        details["outputs_not_hashed"] = sorted(unhashed)
+    return written, digests
 
 
 def _ran(run: TaskRun) -> bool:
