@@ -26,7 +26,8 @@ from parsl.config import Config  # noqa: E402
 from parsl.data_provider.files import File  # noqa: E402
 from parsl.executors import ThreadPoolExecutor  # noqa: E402
 
-from lineage_ledger import code_digest, open_ledger  # noqa: E402
+from lineage_ledger import ArtifactMismatch, code_digest, open_ledger  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 from tests.support import parsl as support  # noqa: E402
 
 BODY = '''
@@ -186,3 +187,82 @@ def test_a_failed_try_is_recorded_as_its_own_try_before_parsl_retries(workdir):
     with open_ledger(url) as opened:
         tries = sorted((e.record.attempt, e.record.status) for e in opened.run(run_id))
     assert tries == [(1, "failed"), (2, "succeeded")]
+
+
+# -- a cached result made by other code than the app has now --
+
+CACHED_BODY = '''
+def weigh(x, note="", outputs=()):
+    with open(outputs[0], "w") as handle:
+        handle.write(str(x * {factor}))
+    return x * {factor}
+'''
+CACHED_APP = "from parsl.app.app import python_app\n\n@python_app(cache=True, ignore_for_cache=['note'])" + CACHED_BODY
+
+
+def load_weigh(directory: Path, factor: int):
+    """``weigh`` as a user's module has it after an edit: another file each time (no stale
+    line cache), one module name, as Parsl keys an app (by name and module, not its code)."""
+    path = directory / f"weigh_{factor}.py"
+    path.write_text(CACHED_APP.format(factor=factor))
+    spec = importlib.util.spec_from_file_location("parsl_code_weigh", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.weigh
+
+
+def weigh_digest(factor: int) -> str:
+    return code_digest(textwrap.dedent(CACHED_BODY.format(factor=factor)).lstrip("\n"))
+
+
+def run_weigh(workdir: Path, url: str, policy: str, factor: int, *, edited_to: int | None = None):
+    """One DataFlowKernel (Parsl's checkpoint on) calling ``weigh(2)`` of the code with
+    ``factor``; with ``edited_to``, the app is then edited in the same run (a notebook cell run
+    again) and called again. Returns [(value or error, from_memo)] and the run's records."""
+    ledger = ParslLedger(url, policy=policy)
+    out = File(str(workdir / "weighed.txt"))
+    outcomes = []
+    with support.loaded(support.load_pipeline().make_config(str(workdir), "threads", ledger)) as dfk:
+        for made in [factor] if edited_to is None else [factor, edited_to]:
+            future = load_weigh(workdir, made)(2, note=f"policy {policy}", outputs=[out])
+            error = future.exception()
+            outcomes.append((error if error is not None else future.result(), future.task_record["from_memo"]))
+        run_id = dfk.run_id
+    with open_ledger(url) as opened:
+        return outcomes, sorted((e.record for e in opened.run(run_id)), key=lambda r: int(r.task_id))
+
+
+@pytest.mark.xfail(strict=True, reason="a cached result is recorded with the code the app has now")
+def test_a_cached_result_made_by_other_code_is_refused_rerun_or_said(workdir, caplog):
+    """Parsl keys a cached result by the app's name and module, never its code: an app edited
+    between runs (or within one, in a notebook) reused the old code's result, and its
+    ``cached`` record named the new code as having made it, under ``strict`` too. Now the code
+    that made a cached result is the one its record names, and it is compared with the app's:
+    ``strict`` refuses the reuse, ``rerun`` runs the app again, ``warn`` says so and reuses it."""
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    old, new = weigh_digest(21), weigh_digest(22)
+    # Edited within the run: the first call ran the old code; strict refuses its result to the new.
+    outcomes, records = run_weigh(workdir, url, "strict", 21, edited_to=22)
+    assert outcomes[0] == (42, False)
+    assert isinstance(outcomes[1][0], ArtifactMismatch), f"strict reused the old code's result: {outcomes[1]!r}"
+    assert "code" in str(outcomes[1][0])
+    assert [(r.status, r.code_digest) for r in records] == [("succeeded", old), ("failed", new)]
+    assert records[1].extra["refused_by"] == "strict"
+    # A later run of the new code: the result in Parsl's checkpoint is the old code's.
+    outcomes, records = run_weigh(workdir, url, "strict", 22)
+    assert isinstance(outcomes[0][0], ArtifactMismatch), f"strict reused the old code's result: {outcomes[0]!r}"
+    caplog.set_level(logging.WARNING, logger="lineage_ledger")
+    caplog.clear()
+    outcomes, records = run_weigh(workdir, url, "warn", 22)
+    assert outcomes == [(42, True)]
+    assert any("weigh" in r.getMessage() and "code" in r.getMessage() for r in caplog.records), caplog.text
+    [cached] = records
+    assert cached.status == "cached" and cached.code_digest == old, "the new code is named as having made it"
+    assert cached.extra["code_now"] == new
+    # rerun runs the new code; its result is reused under strict after that.
+    assert run_weigh(workdir, url, "rerun", 22)[0] == [(44, False)]
+    outcomes, records = run_weigh(workdir, url, "strict", 22)
+    assert outcomes == [(44, True)] and records[0].code_digest == new
+    run_cli("--ledger", url, str(workdir / "weighed.txt"), program="verify-lineage", cwd=workdir, check_rc=0)
