@@ -119,7 +119,8 @@ def test_a_recorder_keeps_waiting_on_a_standby_until_it_is_promoted(tmp_path, pr
         [sys.executable, "-c", RECORDER, at_standby, str(tmp_path / "spool")], cwd=os.getcwd(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True).start()  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in child.stdout], daemon=True)  # type: ignore[union-attr]
+    reader.start()
     seen = []
     try:
         while True:  # until the recorder has tried the standby once, and been refused
@@ -135,11 +136,10 @@ def test_a_recorder_keeps_waiting_on_a_standby_until_it_is_promoted(tmp_path, pr
         if child.poll() is None:
             child.kill()
             child.wait()
-    while True:
-        try:
-            seen.append(lines.get(timeout=5))
-        except queue.Empty:
-            break
+    # The child has ended: its output ends, and with it the reader (not a wait of 5 s for silence).
+    reader.join(timeout=60)
+    while not lines.empty():
+        seen.append(lines.get_nowait())
     assert any("closed done=True" in line for line in seen), seen
     assert not any("for good" in line for line in seen), seen
     assert _records(at_standby) == 2
