@@ -299,11 +299,14 @@ def resume_when_scheduler(component: Any, wait_s: float = 120.0) -> None:
         except Exception:  # noqa: BLE001 - never break the scheduler
             log.exception("lineage-ledger: could not read which runs a scheduler before this one owed a sweep")
             return
+        recorded = 0
         for dag_id, run_id, dag in runs:
             try:
-                record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), ask_ledger=True)
+                recorded += record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), ask_ledger=True)
             except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
+        log.info("lineage-ledger: resumed the sweeps a scheduler before this one owed: %d runs swept again, "
+                 "%d tries recorded", len(runs), recorded)
 
     threading.Thread(target=resume, name="lineage-ledger-resume-sweeps", daemon=True).start()
 
