@@ -234,7 +234,6 @@ def run_weigh(workdir: Path, url: str, policy: str, factor: int, *, edited_to: i
         return outcomes, sorted((e.record for e in opened.run(run_id)), key=lambda r: int(r.task_id))
 
 
-@pytest.mark.xfail(strict=True, reason="a cached result is recorded with the code the app has now")
 def test_a_cached_result_made_by_other_code_is_refused_rerun_or_said(workdir, caplog):
     """Parsl keys a cached result by the app's name and module, never its code: an app edited
     between runs (or within one, in a notebook) reused the old code's result, and its
@@ -247,12 +246,13 @@ def test_a_cached_result_made_by_other_code_is_refused_rerun_or_said(workdir, ca
     outcomes, records = run_weigh(workdir, url, "strict", 21, edited_to=22)
     assert outcomes[0] == (42, False)
     assert isinstance(outcomes[1][0], ArtifactMismatch), f"strict reused the old code's result: {outcomes[1]!r}"
-    assert "code" in str(outcomes[1][0])
+    assert "made by other code" in str(outcomes[1][0])
     assert [(r.status, r.code_digest) for r in records] == [("succeeded", old), ("failed", new)]
     assert records[1].extra["refused_by"] == "strict"
     # A later run of the new code: the result in Parsl's checkpoint is the old code's.
     outcomes, records = run_weigh(workdir, url, "strict", 22)
     assert isinstance(outcomes[0][0], ArtifactMismatch), f"strict reused the old code's result: {outcomes[0]!r}"
+    assert "made by other code" in str(outcomes[0][0]) and records[0].extra["code_made_by"] == old
     caplog.set_level(logging.WARNING, logger="lineage_ledger")
     caplog.clear()
     outcomes, records = run_weigh(workdir, url, "warn", 22)

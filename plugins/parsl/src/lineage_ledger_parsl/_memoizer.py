@@ -56,6 +56,7 @@ from lineage_ledger import (
 )
 
 from ._checkpoints import RunSaid, keep_private, start_loading_private
+from ._code_check import MADE_BY, MadeBy
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
@@ -85,6 +86,7 @@ class LedgerMemoizer(Memoizer):
         self._values = CachedValues({})  # what was loaded from checkpoints (see _values)
         self._run_said = RunSaid()  # which run wrote the checkpoint: its records vouch for its values
         self._run_id: str | None = None
+        self._made_by = MadeBy()  # the code that made each value of the table this run
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
@@ -106,6 +108,7 @@ class LedgerMemoizer(Memoizer):
         if task.get("join") and not task.get("from_memo"):  # its outer app ran where no ledger records
             record_join(self, task, r)
         self.inner.update_memo_result(task, r)
+        self._made_by.ended(task, succeeded=True)
         self._run_id = task["dfk"].run_id
         if self.inner.checkpoint_mode == "task_exit":  # written by now (others: at close, see RunSaid)
             self._run_said.say(self.inner.run_dir, self._run_id)
@@ -121,6 +124,7 @@ class LedgerMemoizer(Memoizer):
 
     def update_memo_exception(self, task: TaskRecord, e: BaseException) -> None:
         self.inner.update_memo_exception(task, e)
+        self._made_by.ended(task, succeeded=False)
 
     def checkpoint(self) -> None:
         """Parsl's manual checkpoint (``checkpoint_mode="manual"``)."""
@@ -140,6 +144,7 @@ class LedgerMemoizer(Memoizer):
         marks.pop("lineage_ledger_rerun", None)
         marks.pop("lineage_ledger_unverified", None)
         marks.pop("lineage_ledger_read", None)
+        marks.pop(MADE_BY, None)
         inputs, outputs = task_files(task["args"], task["kwargs"])
         hashed: dict[str, Any] = {}  # the inputs' digests its content key was made of
         cached = self._inner_check(task, bool(inputs or outputs), hashed)
@@ -159,7 +164,10 @@ class LedgerMemoizer(Memoizer):
         # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
         unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
             else None
-        if unvouched is not None and self.ledger.policy == "rerun" and not (tampered or unverified):
+        # Made by other code than the app has now? (strict raises here; see _code_check)
+        code = self._made_by.check(self, marks, cached) if cached is not None and unvouched is None \
+            and self.ledger.unrecordable is None else None
+        if (unvouched is not None or code is not None) and self.ledger.policy == "rerun" and not (tampered or unverified):
             self.reruns += 1
             cached = None
         # Files a tampered ledger could not vouch for count as changed under rerun.
@@ -185,6 +193,8 @@ class LedgerMemoizer(Memoizer):
         if cached is not None:
             self.cache_hits += 1
             vouched = {"result_not_verified": unvouched} if unvouched else memo_result(self, task, cached)
+            if code is not None:
+                vouched["code_now"] = code[1]
             if unverified:
                 # Reused, not rerun: the files are what is on disk now. Their digests are kept
                 # apart like those of a try that ran on such files, never listed as read or

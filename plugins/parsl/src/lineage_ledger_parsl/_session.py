@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lineage_ledger import ConfigError, ProcessCapture, TaskCapture, TaskRun, spool_first, utcnow
 
 from . import _shared
+from ._code_check import MADE_BY
 from ._tasks import file_digest, function_digest, task_files, task_parameters
 from ._unrecordable import SAID, shown, unnamed, why_nothing_is_recorded, working_directory_note
 
@@ -360,7 +361,9 @@ class ParslLedger:
             outputs=outputs,
             known=dict(read or known or {}),
             known_outputs=left if left is not None else {} if read else None,
-            code_digest=function_digest(task["func"] if task is not None else func),
+            # A cache hit: the code that made the value (see _code_check), else the app's own.
+            code_digest=(task.get(MADE_BY) if task is not None and status == "cached" else None)
+            or function_digest(task["func"] if task is not None else func),
             parameters=task_parameters(args, kwargs) if args or kwargs else {},
             attempt=attempt,
             extra=details,

@@ -72,7 +72,7 @@ class CachedValues:
 
     def __init__(self, loaded: Mapping[str, Loaded]) -> None:
         self.loaded = dict(loaded)
-        self._runs: dict[str, set[tuple[str, str]]] = {}
+        self._runs: dict[str, dict[tuple[str, str], set[str | None]]] = {}
 
     def check(self, memoizer: LedgerMemoizer, task: Mapping[str, Any], cached: Future) -> str | None:
         """Where ``cached`` (the future Parsl's table handed out for ``task``) was loaded from a
@@ -111,20 +111,41 @@ class CachedValues:
                     "the task runs again" if ledger.policy == "rerun" else "its cached result is reused all the same")
         return entry.folder
 
-    def _vouched(self, ledger: Any, memo_hash: str, entry: Loaded) -> bool:
-        digest = entry.versions[-1][1]
-        return any(made == digest and run_id is not None and (memo_hash, digest) in self._made_in(ledger, run_id)
-                   for run_id, made in entry.versions)
+    def code_of(self, memoizer: LedgerMemoizer, task: Mapping[str, Any], cached: Future) -> set[str | None]:
+        """The code digests of the recorded tries that vouch for ``cached``, a value loaded from
+        a checkpoint (see _code_check); empty where none does, or it is not the ledger's to say
+        (a value made in this run, a ledger out of reach: :meth:`check` said so)."""
+        entry = self.loaded.get(task.get("hashsum") or "")
+        if entry is None or entry.future is not cached or not _recorded_executor(task):
+            return set()
+        try:
+            return self._vouching(memoizer.ledger.capture.ledger, task["hashsum"], entry)
+        except Exception as err:  # noqa: BLE001 - check() logged and applied the policy to it
+            log.debug("lineage-ledger: no code digest for the cached value of task %s: %s", task.get("id"), err)
+            return set()
 
-    def _made_in(self, ledger: Any, run_id: str) -> set[tuple[str, str]]:
+    def _vouched(self, ledger: Any, memo_hash: str, entry: Loaded) -> bool:
+        return bool(self._vouching(ledger, memo_hash, entry))
+
+    def _vouching(self, ledger: Any, memo_hash: str, entry: Loaded) -> set[str | None]:
+        """The code digests of the recorded tries that made ``entry``'s value (none: not vouched for)."""
+        digest = entry.versions[-1][1]
+        codes: set[str | None] = set()
+        for run_id, made in entry.versions:
+            if made == digest and run_id is not None:
+                codes |= self._made_in(ledger, run_id).get((memo_hash, digest), set())
+        return codes
+
+    def _made_in(self, ledger: Any, run_id: str) -> dict[tuple[str, str], set[str | None]]:
         made = self._runs.get(run_id)
         if made is None:
-            made = set()
+            made = {}
             for page in ledger.run_pages(run_id):
                 for found in page:
                     extra = found.record.extra or {}
                     if found.record.status in _VOUCHING and extra.get("memo_hash") and extra.get("memo_result"):
-                        made.add((str(extra["memo_hash"]), str(extra["memo_result"])))
+                        key = (str(extra["memo_hash"]), str(extra["memo_result"]))
+                        made.setdefault(key, set()).add(found.record.code_digest)
             self._runs[run_id] = made
         return made
 
