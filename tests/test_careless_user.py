@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest
 
 from lineage_ledger._files.hashing import Hasher, StatCache, hash_file
 from tests.conftest import run_cli
+from tests.support.faults import refused_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_POWERS_OFF = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
@@ -426,20 +426,22 @@ def test_output_cut_short_by_its_reader_is_not_a_failed_check(cli, workdir):
 
 
 # -- run's wait for the ledger, and the seconds given -----------------------------------------------
-def _closed_port() -> int:
-    """A local TCP port nothing listens on: a PostgreSQL URL there is refused at once, every try."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture
+def closed_port():
+    """A local TCP port nothing listens on: a PostgreSQL URL there is refused at once, every try.
+    Held bound (never listened on) for the whole test: a port bound and closed at once may be
+    another test's PostgreSQL server by the time it is dialled (they start on ports of their own)."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum):
+def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum, closed_port):
     """The command is done and its record synced in the spool; ``run`` then waits up to
     --ship-wait for an unreachable ledger. Ctrl-C or a SIGTERM there were passed on to the
     finished command and ignored: the wait ran out (for ever with --ship-wait inf). Now the
     wait ends, the record stays in the spool, and run exits 128+N."""
-    url = f"postgresql://lab@127.0.0.1:{_closed_port()}/db"
+    url = f"postgresql://lab@127.0.0.1:{closed_port}/db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     process = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "run", "--ledger", url,
                                 "--ship-wait", "inf", "-o", "out.txt", "--", "touch", "out.txt"], cwd=workdir,
@@ -461,8 +463,8 @@ def test_run_stops_waiting_for_the_ledger_when_signalled(workdir, signum):
     assert [entry["records"] for entry in json.loads(waiting.stdout)] == [1], waiting.stdout
 
 
-def test_seconds_that_are_no_number_or_past_any_clock_are_handled(cli, workdir):
-    url = f"postgresql://lab@127.0.0.1:{_closed_port()}/db"
+def test_seconds_that_are_no_number_or_past_any_clock_are_handled(cli, workdir, closed_port):
+    url = f"postgresql://lab@127.0.0.1:{closed_port}/db"
     result = cli("run", "--ship-wait", "nan", "--", "touch", "ran.txt")
     assert result.returncode == 2 and "--ship-wait" in result.stderr, (result.returncode, result.stderr)
     assert not (workdir / "ran.txt").exists()
