@@ -278,8 +278,6 @@ def end_of_hooks(log_path) -> float | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="a scheduler started on another ledger records the tries of runs recorded "
-                   "into the first one again, as the scheduler's report")
 def test_locked_sqlite_ledger_while_tasks_finish(deployment, tmp_path):
     site = deployment
     sqlite_url = f"sqlite:///{tmp_path}/ledger.db"
