@@ -74,3 +74,8 @@ def test_an_input_changed_after_the_task_began_is_not_recorded_as_read(tmp_path)
     assert nf.run("verify-lineage", "data/log.txt", cwd=here).returncode == 1
     shown = nf.run("verify-lineage", "results/db.txt", cwd=here)
     assert "(see above)" not in shown.stdout, shown.stdout  # no lineage of the file from itself
+
+    # The release updated in place by hand (same path, same size, its mtime put back, so
+    # Nextflow would reuse UPDATE): the check before a strict -resume names it, nothing runs.
+    nf.keep_mtime(db, lambda: db.write_text(db.read_text().replace("added", "adder")))
+    nf.refused(here, ("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict"), str(db))
