@@ -47,42 +47,64 @@ def wait_for(path: Path, process: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def test_an_input_rewritten_while_the_job_runs_is_recorded_as_read_at_start(tmp_path):
-    require_snakemake()
-    (tmp_path / "a.txt").write_text("v1\n")
-    (tmp_path / "Snakefile").write_text(READS_THEN_WAITS)
+def run_rewriting_while_it_runs(workflow: Path, run_id: str, rewritten: Path, data: bytes) -> str:
+    """The workflow in ``workflow`` run once, ``data`` written over ``rewritten`` while its job
+    waits, after it read its input (a second later: the usual case, a rewrite well after the
+    job began). Its stderr; exit 0 asserted."""
     process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "1", "--logger", "ledger", "--logger-ledger-run-id", "long"],
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [str(BIN / "snakemake"), "--cores", "1", "--logger", "ledger", "--logger-ledger-run-id", run_id],
+        cwd=workflow, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(tmp_path / "read.flag", process)
+        wait_for(workflow / "read.flag", process)
         time.sleep(1.0)  # not an assertion: the usual case, a rewrite well after the job began
-        (tmp_path / "a.txt").write_text("v2: rewritten by another process while the job ran\n")
-        (tmp_path / "go.flag").touch()
+        rewritten.write_bytes(data)
+        (workflow / "go.flag").touch()
         _, stderr = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr[-3000:]
-    assert (tmp_path / "out.txt").read_text() == "v1\n"  # what the job read
+    return stderr
 
-    (slow,) = [r for r in records(tmp_path, "long") if r.task_name == "slow"]
-    a_txt = str(tmp_path / "a.txt")
-    changed = slow.extra["inputs_changed_while_running"]
-    assert changed[a_txt]["now"]["blake3"] == blake3(b"v2: rewritten by another process while the job ran\n"
-                                                     ).hexdigest()
-    # The record never vouches for the rewritten bytes as what the job read.
-    assert slow.inputs.get(a_txt, {}).get("blake3") != changed[a_txt]["now"]["blake3"]
-    if a_txt in slow.inputs:  # hashed before the rewrite (the usual case): what the job read
-        assert slow.inputs[a_txt]["blake3"] == blake3(b"v1\n").hexdigest()
-    assert "changed while the job ran" in stderr
+
+#: Runs a test may take to meet the usual case. The recording process hashes a job's inputs as
+#: soon as it hears of the job; on a busy machine it can come to them only after the rewrite a
+#: second later: no digest is then what the job read (the next test's case, asserted as such
+#: where it can be told), and what the test is about is not shown by that run.
+ATTEMPTS = 3
+REWRITTEN = b"v2: rewritten by another process while the job ran\n"
+
+
+def test_an_input_rewritten_while_the_job_runs_is_recorded_as_read_at_start(tmp_path):
+    require_snakemake()
+    for attempt in range(ATTEMPTS):
+        workflow = tmp_path / f"run{attempt}"
+        workflow.mkdir()
+        (workflow / "a.txt").write_text("v1\n")
+        (workflow / "Snakefile").write_text(READS_THEN_WAITS)
+        stderr = run_rewriting_while_it_runs(workflow, "long", workflow / "a.txt", REWRITTEN)
+        assert (workflow / "out.txt").read_text() == "v1\n"  # what the job read
+
+        (slow,) = [r for r in records(workflow, "long") if r.task_name == "slow"]
+        a_txt = str(workflow / "a.txt")
+        changed = slow.extra["inputs_changed_while_running"]
+        assert changed[a_txt]["now"]["blake3"] == blake3(REWRITTEN).hexdigest()
+        # The record never vouches for the rewritten bytes as what the job read.
+        assert slow.inputs.get(a_txt, {}).get("blake3") != changed[a_txt]["now"]["blake3"]
+        assert "changed while the job ran" in stderr
+        if changed[a_txt]["at_start"] is not None:
+            break  # hashed before the rewrite (the usual case)
+        assert a_txt not in slow.inputs and a_txt in slow.extra["not_verified"]  # hashed after it
+    else:
+        pytest.fail(f"a.txt was hashed after its rewrite in each of {ATTEMPTS} runs")
+    assert slow.inputs[a_txt]["blake3"] == blake3(b"v1\n").hexdigest()  # what the job read
 
     # The output's lineage no longer passes with the rewritten input in place ...
-    verified = run("verify-lineage", "out.txt", cwd=tmp_path)
+    verified = run("verify-lineage", "out.txt", cwd=workflow)
     assert verified.returncode == 1, verified.stdout + verified.stderr
     # ... and the next strict run does not take the rewritten file as what the job read.
     strict = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-policy", "strict",
-                 "--forcerun", "slow", cwd=tmp_path)
+                 "--forcerun", "slow", cwd=workflow)
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "a.txt" in strict.stderr
 
@@ -111,6 +133,7 @@ def test_an_input_rewritten_before_it_could_be_hashed_is_not_recorded_as_read(tm
         deadline = time.monotonic() + 120
         while recorder is None:
             assert time.monotonic() < deadline and process.poll() is None, "no recording process"
+            time.sleep(0.01)  # not a busy loop: Snakemake needs the processors to start
             recorder = recording_process(process.pid)
         recorder.suspend()
         wait_for(tmp_path / "read.flag", process)
@@ -141,25 +164,20 @@ READS_A_DIRECTORY = textwrap.dedent('''\
 
 
 def test_a_file_of_an_input_directory_rewritten_while_the_job_runs_is_caught(tmp_path):
-    """An index directory (a bwa index, say) read by the job; one of its files rewritten meanwhile."""
+    """An index directory (a bwa index, say) read by the job; one of its files rewritten meanwhile.
+    (A directory hashed only after the rewrite, on a busy machine, shows the rewritten files as
+    at the start: a change before its first hash goes unseen, as docs/snakemake.md says.)"""
     require_snakemake()
-    (tmp_path / "ref").mkdir()
-    (tmp_path / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
-    (tmp_path / "Snakefile").write_text(READS_A_DIRECTORY)
-    process = subprocess.Popen(
-        [str(BIN / "snakemake"), "--cores", "1", "--logger", "ledger", "--logger-ledger-run-id", "dir"],
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(tmp_path / "read.flag", process)
-        time.sleep(1.0)  # not an assertion: the usual case, a rewrite well after the job began
-        (tmp_path / "ref" / "genome.fa").write_text(">chr1\nTTTT rewritten\n")
-        (tmp_path / "go.flag").touch()
-        _, stderr = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, stderr[-3000:]
-    (slow,) = [r for r in records(tmp_path, "dir") if r.task_name == "slow"]
-    assert str(tmp_path / "ref") in slow.extra["inputs_changed_while_running"]
-    verified = run("verify-lineage", "out.txt", cwd=tmp_path)
+    for attempt in range(ATTEMPTS):
+        workflow = tmp_path / f"run{attempt}"
+        (workflow / "ref").mkdir(parents=True)
+        (workflow / "ref" / "genome.fa").write_text(">chr1\nACGT\n")
+        (workflow / "Snakefile").write_text(READS_A_DIRECTORY)
+        run_rewriting_while_it_runs(workflow, "dir", workflow / "ref" / "genome.fa", b">chr1\nTTTT rewritten\n")
+        (slow,) = [r for r in records(workflow, "dir") if r.task_name == "slow"]
+        if str(workflow / "ref") in slow.extra.get("inputs_changed_while_running", {}):
+            break
+    else:
+        pytest.fail(f"ref/ was not seen to change while the job ran in any of {ATTEMPTS} runs")
+    verified = run("verify-lineage", "out.txt", cwd=workflow)
     assert verified.returncode == 1, verified.stdout + verified.stderr
