@@ -52,13 +52,13 @@ import os
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from itertools import accumulate, chain, compress, islice, repeat
 from operator import attrgetter, ge, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
 __all__ = ["BUCKETS", "ENTRY", "ENTRY_SIZE", "FORMAT", "HOT_RECORDS", "INPUT", "OUTPUT", "PENDING", "RUN", "Candidate", "Hot",
-           "HotNames", "NamesBatch", "bucket_name", "bucket_of", "candidates", "kept", "path_key"]
+           "HotNames", "NamesBatch", "bucket_name", "bucket_of", "candidates", "candidates_of", "kept", "path_key", "path_keys"]
 
 FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
 _BUCKET_BITS = 10
@@ -86,6 +86,11 @@ class Candidate(NamedTuple):
 
 def path_key(path: str) -> int:
     return zlib.crc32(_encode(path))
+
+
+def path_keys(paths: list[str]) -> list[int]:
+    """:func:`path_key` of each of ``paths``, encoded together (see :func:`_encoded`)."""
+    return list(map(zlib.crc32, _encoded(paths)))
 
 
 def kept() -> bool:
@@ -270,6 +275,27 @@ def _encoded(paths: list[str]) -> Iterator[bytes] | list[bytes]:
     one encoding of them all, split at NUL, which no path holds (one per path where one does)."""
     parts = "\0".join(paths).encode("utf-8", "surrogatepass").split(b"\0")
     return parts if len(parts) == len(paths) else map(_encode, paths)
+
+
+def candidates_of(data: bytes | Any, keys: Collection[int], size: int) -> dict[int, list[Candidate]]:
+    """:func:`candidates` of each of ``keys`` in one bucket file's bytes (the same lists),
+    worked out in one pass over its entries where that is the cheaper: where the file holds
+    fewer than :data:`_ONE_PASS` entries a key asked (a window of thousands of files asks
+    most of each file of a small ledger: a search per key was 3 us, an entry is read in
+    0.3), else a search per key, as :func:`candidates` (the 3,000 entries a file holds at a
+    million records would cost more read whole than 5 keys' searches)."""
+    whole = len(data) - len(data) % ENTRY.size  # an entry a killed writer left half-written: ignored
+    if whole > _ONE_PASS * ENTRY.size * len(keys):
+        return {key: candidates(data, key, size) for key in keys}
+    found: dict[int, list[Candidate]] = {key: [] for key in keys}
+    for word, leaf_role in ENTRY.iter_unpack(memoryview(data)[:whole]):
+        listed = found.get(word & 0xFFFFFFFF)
+        if listed is not None and leaf_role >> 2 < size:
+            listed.append(Candidate(leaf_role >> 2, leaf_role & 3, word >> 32))
+    return found
+
+
+_ONE_PASS = 6  # entries of a bucket file a key asked, past which each key is searched for instead
 
 
 def candidates(data: bytes | Any, key: int, size: int) -> list[Candidate]:

@@ -42,12 +42,16 @@ from .names import (
     Candidate,
     bucket_name,
     bucket_of,
-    candidates,
-    path_key,
+    candidates_of,
+    path_keys,
 )
 from .tree_head import _EMPTY, _NODE, _STARTS, TreeHead, TreeWriter
 
 __all__ = ["TreeHead", "TreeWriter", "TrustStore", "state_root", "trust_identity"]
+
+# The files of the tree's levels by level, named once: a verification of 10,000 files reads
+# a leaf of each record it proves.
+_LEVEL_FILES = tuple(f"level-{level:02d}.bin" for level in range(64))
 
 _NAMES_HELD = 64 << 20  # bytes of name files a process keeps read
 
@@ -295,7 +299,7 @@ class TrustStore:
         head = self.head
         if head is None or index < 0 or (index + 1) << level > head.size:
             raise IndexError(f"no complete node ({level}, {index}) in a tree of {head.size if head else 0}")
-        data = self._map(f"level-{level:02d}.bin")
+        data = self._map(_LEVEL_FILES[level] if level < len(_LEVEL_FILES) else f"level-{level:02d}.bin")
         start = index * _NODE
         return bytes(data[start : start + _NODE])
 
@@ -343,17 +347,19 @@ class TrustStore:
         head = self.head
         if head is None or head.names != NAMES_FORMAT:
             return None
-        by_file: dict[int, list[tuple[str, int]]] = {}
-        for path in paths:
-            key = path_key(path)
-            by_file.setdefault(bucket_of(key), []).append((path, key))
+        paths = list(paths)
+        keys = path_keys(paths)
+        by_file: dict[int, list[int]] = {}  # bucket -> the places in paths of its keys
+        for at, bucket in enumerate(map(bucket_of, keys)):
+            by_file.setdefault(bucket, []).append(at)
         found: dict[str, list[Candidate]] = {}
-        for bucket, wanted in by_file.items():
+        for bucket, places in by_file.items():
             data = self._names_file(bucket_name(bucket))
-            for path, key in wanted:
-                # Past the head too: a reader that finds entries there knows its head is
-                # behind what another process kept (see complete.StaleNames).
-                found[path] = candidates(data, key, 1 << 62) if data else []
+            # Past the head too: a reader that finds entries there knows its head is behind
+            # what another process kept (see complete.StaleNames).
+            listed = candidates_of(data, {keys[at] for at in places}, 1 << 62) if data else {}
+            for at in places:
+                found[paths[at]] = listed[keys[at]].copy() if data else []  # a list a path: a caller may change it
         return found
 
     def _names_file(self, name: str) -> bytes:

@@ -31,6 +31,8 @@ def check_tree_files(ledger: Ledger, nodes: list[LineageNode], tree: LineageNode
     """Check the files of ``nodes`` (a target's tree, walked) into ``result``, ``window``
     nodes at a time, reading ahead where at least ``at_least`` are not checked yet; True
     where one fails."""
+    if len(nodes) < at_least:  # fewer files than are read ahead (the tree of most targets): one pass
+        return _check(ledger, nodes, tree, result, report, None)
     failing = False
     for start in range(0, len(nodes), window):
         part = nodes[start : start + window]
