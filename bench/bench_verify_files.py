@@ -8,7 +8,8 @@ every record is fetched, proved and decoded. The baseline,
 ``hash --rehash``, is the cost of reading and hashing the files alone. Each round runs both
 commands as fresh processes, alternating which goes first; medians are printed.
 
-Goal (issue #14): verify-lineage / hash --rehash <= 1.5 at N = 10,000.
+Goal (issue #14): verify-lineage / hash --rehash <= 1.5 at N = 10,000. ``--against DIR`` also times
+verify-lineage with another version of the package first on PYTHONPATH, in the same rounds.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def build(base: Path, n: int, size: int = 4096, tasks: str = "one") -> str:
     return url
 
 
-CPU: dict[str, list[float]] = {"verify": [], "hash": []}  # user + system seconds of each timed run
+CPU: dict[str, list[float]] = {"verify": [], "hash": [], "against": []}  # user + system seconds of each timed run
 
 
 def timed(command: list[str], env: dict, which: str | None = None) -> float:
@@ -75,6 +76,10 @@ def main() -> None:
                         help="one task wrote every file (the goal's shape), or each file its own task")
     parser.add_argument("--bytes", type=int, default=4096,
                         help="bytes a file (the goal is set at 4 KiB: hashing then costs the least beside the checks)")
+    parser.add_argument("--against", metavar="DIR",
+                        help="also time verify-lineage run with DIR first on PYTHONPATH (a folder holding another "
+                             "version's lineage_ledger package, as a copy of the last stop's code), in turn with the "
+                             "others: on a shared machine only figures taken in turn compare")
     args = parser.parse_args()
     n, rounds = (500, min(args.rounds, 2)) if args.quick else (args.files, args.rounds)
     base = Path(tempfile.mkdtemp(prefix="bench-verify-files-"))
@@ -92,14 +97,25 @@ def main() -> None:
         rehash = [str(BIN / "lineage-ledger"), "hash", "--rehash", "--cache", str(base / "cache.db"), str(base / "out")]
         timed(verify, env)  # the first verification on this account audits the (one-record) ledger
         timed(rehash, env)  # and the first run of each compiles its modules
+        other = None
+        if args.against:
+            other = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.abspath(args.against),
+                                                                       env.get("PYTHONPATH")]))}
+            timed(verify, other)
         print(f"{n:,} files of {args.bytes:,} bytes, written by {'one task' if args.tasks == 'one' else 'a task each'}; load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds")
-        times: dict[str, list[float]] = {"verify": [], "hash": []}
+        times: dict[str, list[float]] = {"verify": [], "hash": [], "against": []}
+        kinds = ["verify", "hash", *(["against"] if other is not None else [])]
         for i in range(rounds):
-            for which in (("verify", "hash") if i % 2 == 0 else ("hash", "verify")):
-                times[which].append(timed(verify if which == "verify" else rehash, env, which))
+            for which in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:  # each goes first in turn
+                command = rehash if which == "hash" else verify
+                times[which].append(timed(command, other if which == "against" else env, which))
         v, h = statistics.median(times["verify"]), statistics.median(times["hash"])
         print(f"verify-lineage DIR: median {v:.3f} s  {[round(t, 3) for t in times['verify']]}")
         print(f"hash --rehash DIR:  median {h:.3f} s  {[round(t, 3) for t in times['hash']]}")
+        if other is not None:
+            a = statistics.median(times["against"])
+            print(f"verify-lineage DIR, {args.against}: median {a:.3f} s  {[round(t, 3) for t in times['against']]}"
+                  f"  ratio {a / h:.3f}; CPU median {statistics.median(CPU['against']):.3f} s")
         print(f"ratio {v / h:.3f} (goal <= 1.5); load average at end {os.getloadavg()[0]:.2f}")
         # CPU time moves less with the machine's load than wall time does: context, not the goal.
         cv, ch = statistics.median(CPU["verify"]), statistics.median(CPU["hash"])
