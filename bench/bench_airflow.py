@@ -19,6 +19,11 @@ goal's figure) and from "Post Execute" to the last line (the success hook and
 Goal: median(with) - median(without) <= 30 ms per task process.
 One warm-up run per variant is not counted (none with --quick).
 
+``LINEAGE_BENCH_AGAINST=DIR`` adds a third variant in turn, ``against``: the scheduler with
+``DIR`` first on PYTHONPATH, a directory holding ``lineage_ledger`` (with its ``backends``)
+and ``lineage_ledger_airflow`` as an earlier commit had them (``git archive``), to find
+which change a regression came from on the same machine and load.
+
 ``--dag-test``: sets up its own AIRFLOW_HOME (SQLite, ``airflow db migrate`` once), loads
 ``examples/airflow/lineage_example.py`` with LINEAGE_EXAMPLE_ROWS rows of source data
 (200,000 by default: a 4.5 MB CSV; 2,000 with --quick), warms up with one ``dag.test()``,
@@ -107,6 +112,8 @@ def main_scheduler(args) -> None:
                         "LINEAGE_BENCH_TASKS": str(tasks)})
         shadow = _shadow_package(tmp / "without-plugin")
         variants = {"with": {}, "without": {"PYTHONPATH": str(shadow.parent)}}
+        if os.environ.get("LINEAGE_BENCH_AGAINST"):
+            variants["against"] = {"PYTHONPATH": os.environ["LINEAGE_BENCH_AGAINST"]}
         site.cli("db", "migrate")
         site.start("api-server", "dag-processor")
         site.wait_for_dags(["deploy_bench"])
@@ -116,10 +123,12 @@ def main_scheduler(args) -> None:
         end_s: dict[str, list[float]] = {v: [] for v in variants}
         loads = [os.getloadavg()[0]]
         runs = 0
+        recording_runs = 0  # runs with a plugin that records (this tree's or the one against)
 
         def one_run(variant: str, keep: bool) -> None:
-            nonlocal runs
+            nonlocal runs, recording_runs
             runs += 1
+            recording_runs += variant != "without"
             site.kill("scheduler")
             site.start("scheduler", extra_env=variants[variant])
             run_id = f"{variant}-{runs}"
@@ -166,10 +175,20 @@ def main_scheduler(args) -> None:
     added_span = (statistics.median(span_s["with"]) - statistics.median(span_s["without"])) * 1000
     added_task = (statistics.median(task_s["with"]) - statistics.median(task_s["without"])) * 1000
     added_end = (statistics.median(end_s["with"]) - statistics.median(end_s["without"])) * 1000
-    print(f"  records in the ledger: {with_records} ({tasks} per run with the plugin)")
+    # One record a try of the runs with a plugin, no more: a scheduler that started for a run
+    # recorded the tries of the runs before it without the plugin, as its own reports, once.
+    expected = tasks * recording_runs
+    print(f"  records in the ledger: {with_records} (expected {expected}: {tasks} per run with a plugin)"
+          + ("" if with_records == expected else "  <- NOT ONE RECORD A TRY"))
     print(f"  added: supervisor's workload duration {added:+.1f} ms (ratio {ratio:.3f}; it notices a "
           f"process's exit on a 1 s poll, so single tasks differ by 0 or 1 s); task duration {added_task:+.1f} ms; "
           f"Post Execute to the last line (the success hook, before_stopping) {added_end:+.1f} ms")
+    if "against" in variants:
+        print(f"  against {os.environ['LINEAGE_BENCH_AGAINST']}: first to last log line "
+              f"{(statistics.median(span_s['against']) - statistics.median(span_s['without'])) * 1000:+.1f} ms "
+              f"over without; this tree {(statistics.median(span_s['with']) - statistics.median(span_s['against'])) * 1000:+.1f} ms"
+              f" over it (Post Execute to the last line "
+              f"{(statistics.median(end_s['with']) - statistics.median(end_s['against'])) * 1000:+.1f} ms)")
     print(f"added per task process, first to last log line (the hooks run last): {added_span:+.1f} ms  "
           f"(goal <= +30 ms)  -> {'GOAL MET' if added_span <= 30 else 'GOAL MISSED'}")
 
