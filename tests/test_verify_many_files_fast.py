@@ -109,3 +109,49 @@ def test_a_directory_of_many_tasks_outputs_verifies_and_the_collector_is_put_bac
             assert target.check.record_id == ids[path] and target.check.role == "out"
             assert target.check.status is (ArtifactStatus.MODIFIED if path.endswith("00007.txt") else ArtifactStatus.OK)
             assert target.tree is not None and [p.path for p in target.tree.parents] == [str(tmp_path / "input.txt")]
+
+
+def test_a_window_that_leaves_cycles_past_the_bound_has_them_collected(monkeypatch):
+    """With the collector off, a window's end frees objects in cycles once the young
+    generation has grown past the bound (here 0), so that an audit of a million files would
+    stay in bounded memory if a check ever made them; under the bound, none is collected."""
+    import weakref
+
+    from lineage_ledger._verification import verify as verify_module
+
+    class Node:
+        pass
+
+    def cycle() -> weakref.ref:
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        return weakref.ref(node)
+
+    with verify_module._fewer_collections():
+        assert not gc.isenabled()
+        kept = cycle()
+        monkeypatch.setattr(verify_module, "_YOUNG_MOST", 10**9)
+        verify_module._collect_window()
+        assert kept() is not None
+        monkeypatch.setattr(verify_module, "_YOUNG_MOST", 0)
+        verify_module._collect_window()
+        assert kept() is None
+
+
+def test_objects_a_process_froze_stay_frozen():
+    """The windows' objects are moved to the oldest generation by freezing and thawing, only
+    where the process had frozen nothing itself; its own frozen objects stay frozen."""
+    from lineage_ledger._verification import verify as verify_module
+
+    if gc.get_freeze_count() == 0:  # (nothing else in this process froze objects)
+        with verify_module._fewer_collections():
+            pass
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with verify_module._fewer_collections():
+            pass
+        assert gc.get_freeze_count() == frozen and gc.isenabled()
+    finally:
+        gc.unfreeze()
