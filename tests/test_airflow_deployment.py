@@ -206,21 +206,24 @@ def _running(pid: int) -> bool:
 
 def test_heartbeat_timeout_one_record_under_its_own_ids(deployment):
     site = deployment
-    site.trigger("deploy_heartbeat", "hb-1")
-    pid = site.wait_for(lambda: site.task_pid("deploy_heartbeat", "hb-1", "silent"), "the task process's pid")
-    supervisor = _parent_of(pid)
-    try:
-        # The task stops its supervisor: no heartbeats. The scheduler fails the try after
-        # the timeout (8 s here) and archives it for the retry.
-        site.wait_for(lambda: site.query(
-            "SELECT 1 FROM task_instance_history WHERE dag_id = 'deploy_heartbeat' AND run_id = 'hb-1'"),
-            "the scheduler to fail try 1", timeout=90)
-    finally:
-        os.kill(supervisor, signal.SIGCONT)  # the task process may now report try 1 too
-    assert site.wait_for_run("deploy_heartbeat", "hb-1") == "success"
-    # Try 1's own task process may report it as well once resumed (that report must be
-    # dropped): once it has ended, whatever it left is shipped before the records are counted.
-    site.wait_for(lambda: not _running(pid), "try 1's task process to end", timeout=120)
+    # The short timeout for this test's run alone: the deployment's own is long, so that no
+    # other test's try is failed by it under a CI's load (a busy task missed 8 s once).
+    with site.heartbeat_timeout(8):
+        site.trigger("deploy_heartbeat", "hb-1")
+        pid = site.wait_for(lambda: site.task_pid("deploy_heartbeat", "hb-1", "silent"), "the task process's pid")
+        supervisor = _parent_of(pid)
+        try:
+            # The task stops its supervisor: no heartbeats. The scheduler fails the try after
+            # the timeout (8 s here) and archives it for the retry.
+            site.wait_for(lambda: site.query(
+                "SELECT 1 FROM task_instance_history WHERE dag_id = 'deploy_heartbeat' AND run_id = 'hb-1'"),
+                "the scheduler to fail try 1", timeout=90)
+        finally:
+            os.kill(supervisor, signal.SIGCONT)  # the task process may now report try 1 too
+        assert site.wait_for_run("deploy_heartbeat", "hb-1") == "success"
+        # Try 1's own task process may report it as well once resumed (that report must be
+        # dropped): once it has ended, whatever it left is shipped before the records are counted.
+        site.wait_for(lambda: not _running(pid), "try 1's task process to end", timeout=120)
     ship(site)
     records = assert_every_try_recorded_once(site, "deploy_heartbeat", "hb-1")
     first = records[("deploy_heartbeat", "hb-1", "silent", -1, 1)]

@@ -604,20 +604,21 @@ def test_sigkill_of_the_worker_mid_task_leaves_no_success_record_for_the_killed_
     must not say that try 1 succeeded."""
     pid_file = site.data / "victim.pid"
     pid_file.unlink(missing_ok=True)
-    site.trigger("fault_worker_kill", "worker-1")
-    pid = int(site.wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the task to start", timeout=120))
-    supervisor = _parent_of(pid)
-    os.kill(supervisor, signal.SIGKILL)
-    assert site.wait_for_run("fault_worker_kill", "worker-1", timeout=240) == "success"  # try 2 succeeds
-    tries = {t.try_number: t.state for t in site.tries("fault_worker_kill", "worker-1")}
-    assert tries[2] == "success" and tries[1] != "success", tries  # Airflow failed the killed try
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # try 1's orphaned task process ends on its own
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(1)
+    with site.heartbeat_timeout(8):  # for this run alone (the deployment's own is long)
+        site.trigger("fault_worker_kill", "worker-1")
+        pid = int(site.wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the task to start", timeout=120))
+        supervisor = _parent_of(pid)
+        os.kill(supervisor, signal.SIGKILL)
+        assert site.wait_for_run("fault_worker_kill", "worker-1", timeout=240) == "success"  # try 2 succeeds
+        tries = {t.try_number: t.state for t in site.tries("fault_worker_kill", "worker-1")}
+        assert tries[2] == "success" and tries[1] != "success", tries  # Airflow failed the killed try
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # try 1's orphaned task process ends on its own
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
     time.sleep(5)  # whatever it journaled is shipped within a few rounds
     found = by_try(records_of(site, "fault_worker_kill", "worker-1"))
     assert [r["status"] for r in found.get(("victim", 1), [])] in ([], ["failed"]), found.get(("victim", 1))

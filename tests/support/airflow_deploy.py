@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TEST_DAGS = Path(__file__).resolve().parent / "airflow_dags" / "deploy"
 TERMINAL_RUN_STATES = ("success", "failed")
+#: The scheduler fails a running try whose supervisor has not heartbeaten for this long. Long:
+#: under a CI's load a busy task's supervisor (or the one api-server worker that takes its
+#: heartbeats) can miss a few seconds, and 8 s here failed tries that would have passed. A
+#: test of the timeout itself shortens it for its own run (:meth:`Deployment.heartbeat_timeout`).
+HEARTBEAT_TIMEOUT_S = 120
 
 
 def free_port() -> int:
@@ -96,7 +102,7 @@ class Deployment:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API_AUTH__JWT_SECRET": "lineage-ledger-tests-jwt-secret-0123456789",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "8",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             # A scheduler killed with -9 may leave tasks it had queued that no worker took; its
@@ -197,6 +203,19 @@ class Deployment:
             self.groups.append(self.processes[name].pid)
         if "api-server" in names:
             self.wait_for_api()
+
+    @contextmanager
+    def heartbeat_timeout(self, seconds: int = 8) -> Iterator[None]:
+        """The scheduler started again with a short heartbeat timeout for the block (a test
+        of what Airflow does when a try's heartbeats stop), and with the deployment's own
+        after it: every other test's tries keep the long one."""
+        self.kill("scheduler")
+        self.start("scheduler", extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(seconds)})
+        try:
+            yield
+        finally:
+            self.kill("scheduler")
+            self.start("scheduler")
 
     def wait_for_api(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
