@@ -194,6 +194,11 @@ class Record:
         return self._times[1]
 
     @property
+    def started_text(self) -> str:
+        """When the task started, by its recorder's clock (canonical UTC text)."""
+        return self._times[0]
+
+    @property
     def order_end_text(self) -> str:
         """When the task ended in the ledger's order (:mod:`._order`): its end, or just after
         the latest record its recorder had seen when it started, if that is later. What the

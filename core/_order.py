@@ -16,20 +16,25 @@ key rather than a new field, so that records stay version 1 and every earlier re
 them). A record's order times are then its own times, moved to just after that moment where
 they are earlier (a hybrid logical clock)::
 
-    order_end = max(ended, after + 1 us)          order_start = started
+    order_start = max(started, after + 1 us)      order_end = max(ended, after + 1 us)
 
-A record that had seen another ends after it whatever the clocks say, and between records
-that could not have seen each other the clocks decide, as before.
+A record that had seen another is therefore later than it whatever the clocks say, and
+between records that could not have seen each other the clocks decide, as before.
 
-A reader's start (where its digest of a file was taken) is not moved. What its recorder had
-seen says nothing of the file it read: moved past a record from a clock ahead that named
-another file, a reader counted as later than a writer of its file on a right clock that
-started before that record landed and ended after the reader started, and the version the
-reader read, put back, passed (tests/test_time_order_attack.py). Unmoved, a reader whose
-clock is behind counts as earlier than the writer of the version it read, whose digest is
-that same version: the file is compared with the same bytes. What stays (a strict xfail
-there): two writers of one file at once, one of which had seen a record from a clock ahead,
-are ordered by that record's time, not by when each ended. (A
+A time cannot say *which* records were seen: one record from a clock ahead, naming another
+file, moved a reader of ``f`` past a writer of ``f`` on a right clock that started before that
+record landed and ended after the reader started, and the version the reader read, put back,
+passed (tests/test_time_order_attack.py). So a record also says how many records its
+recorder had verified in the ledger when the task started (:data:`SEEN_KEY`, the tree's size
+then): a record at a place below that count was seen, exactly. Between the latest writer and
+the latest reader of a file (``Ledger.last_seen``) the places decide first: the one that saw
+the other is later. Where neither saw the other by place, a reader that carries a count is
+compared by its own start (what it saw by time is then no proof it saw that writer), and one
+without a count by its moved start, as before. A count at or past the record's own place is
+no count (no record sees itself or what came after it).
+
+What stays (a strict xfail there): two writers of one file at once, one of which had seen a
+record from a clock ahead, are ordered by that record's time, not by when each ended. (A
 record replayed late from a crashed host's spool keeps its own times: ledger order alone
 would wrongly make it the newest, tests/test_time_order_late_ship.py.)
 
@@ -50,11 +55,15 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["AFTER_KEY", "after_of", "just_after", "order_end", "order_start"]
+__all__ = ["AFTER_KEY", "SEEN_KEY", "after_of", "just_after", "order_end", "order_start", "seen_of"]
 
 #: The reserved ``extra`` key: the latest order time among the records the recorder had seen in
 #: the ledger when the task started (canonical UTC text).
 AFTER_KEY = "lineage_ledger.after"
+
+#: The reserved ``extra`` key: how many records (the verified tree's size) the recorder knew
+#: were in the ledger when the task started; an integer.
+SEEN_KEY = "lineage_ledger.seen"
 
 _CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z").match
 _STEP = timedelta(microseconds=1)
@@ -97,4 +106,15 @@ def order_end(ended: str, extra: Mapping[str, Any] | None) -> str:
 
 def order_start(started: str, extra: Mapping[str, Any] | None) -> str:
     """A record's start in the ledger's order: where a reader's digest of a file was taken."""
-    return started
+    return order_end(started, extra)
+
+
+def seen_of(extra: Mapping[str, Any] | None, leaf: int) -> int | None:
+    """How many records the record at place ``leaf`` says its recorder had seen: None where it
+    says none a reader can use (not an integer, none, or not below its own place)."""
+    if not extra:
+        return None
+    seen = extra.get(SEEN_KEY)
+    if type(seen) is not int or not 0 < seen <= leaf:
+        return None
+    return seen

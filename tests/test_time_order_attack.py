@@ -18,8 +18,11 @@ record's ``after`` made a task count as later than a record that landed while it
    rewrites ``f.txt``. The two never saw each other, so "the clocks decide" (``_order.py``):
    they say the writer ended after the reader started; but the reader's moved time wins, and
    ``verify-lineage f.txt`` fails on the right file and passes the old one put back. Before
-   the ledger's order the clocks got this right. Fixed in the twenty-third stop: a reader's
-   start is never moved (what it saw says nothing of the file it read).
+   the ledger's order the clocks got this right. Fixed in the twenty-third stop: a record
+   says how many records its recorder had verified (``lineage_ledger.seen``); the writer is
+   past that count, so the two never saw each other and the reader's own start is compared
+   with the writer's end (tests/test_time_order_attack_readers.py shows why the start may not
+   simply stay unmoved).
 3. The same with two writers of ``f.txt`` at once: the short one saw the fast record and is
    moved past the long one, which really ended last. Not fixed (a strict xfail): telling
    them apart needs what each writer saw of ``f.txt`` itself, not of the ledger.
@@ -97,6 +100,11 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_tasks_with_right_clocks
         ledger.append_records([Record(engine="test", run_id="fast", task_id="g", task_name="g", status="succeeded",
                                       started=fast - timedelta(seconds=1), ended=fast,
                                       outputs=entries_of([hash_file(str(g))])).stored()])
+        # The reader's pre-run check verifies the ledger, the fast record included (how a
+        # recorder learns of another host's records: a verified head, which says how many
+        # records it holds; a recorder that only shipped records itself knows no count, and
+        # its readers are ordered by the time alone, as before).
+        ledger.tree_head()
         reader_started = utcnow()  # the reader starts, after the fast record landed, and reads v1
         read = entries_of([hash_file(str(f))])
         f.write_text("v2\n")  # the writer rewrites f.txt and ends

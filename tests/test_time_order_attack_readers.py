@@ -36,12 +36,13 @@ fails where it did not, and a record the reader had seen (``after``) said so:
    the last task to read it saw) fails ``verify-lineage`` and a ``strict`` pre-run check; v0
    put back passes both.
 
-1 and 2 need what the reader had seen *by place* (the count of records its recorder had
-verified, which ``docs/design-notes.md`` plans): a writer below that count was seen, so the
-reader is later; times alone cannot tell 1 and 2 from the case 4b3f850 fixed
-(``tests/test_time_order_attack.py``'s 2), where the reader's ``after`` also lies past the
-writer's end but the writer landed after the reader started. 3 needs the look-up of the
-latest reader to ask for the readers whose order end is at or after the latest one's start.
+1 and 2 needed what the reader had seen *by place*, which times alone cannot tell from the
+case 4b3f850 fixed (``tests/test_time_order_attack.py``'s 2: the reader's ``after`` also lies
+past the writer's end and its start before it, but the writer landed after the reader
+started). Fixed the same stop: a record says how many records its recorder had verified
+(``extra["lineage_ledger.seen"]``), and a reader counts after a writer whose place in the ledger
+is below that count (``Ledger._later_of``). 3 stays (a strict xfail): it needs the look-up of
+the latest reader to ask for the readers whose order end is at or after the latest one's start.
 
 About 6 s.
 """
@@ -70,8 +71,6 @@ def _env(base: Path, url: str) -> dict[str, str]:
     return {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(base / "state")}
 
 
-@pytest.mark.xfail(strict=True, reason="a reader's unmoved start no longer puts right two writers of its file that "
-                                       "a fast clock ordered wrongly (see the module's 1; needs the count)")
 def test_a_reader_after_two_writers_one_on_a_fast_clock_is_the_last_to_see_the_file(tmp_path):
     url, spool = f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "spool")
     f, g = tmp_path / "f.txt", tmp_path / "g.txt"
@@ -102,8 +101,6 @@ def test_a_reader_after_two_writers_one_on_a_fast_clock_is_the_last_to_see_the_f
 
 
 @needs_faketime
-@pytest.mark.xfail(strict=True, reason="a reader of a directory on a clock behind falls before the directory's "
-                                       "writer though it saw a later writer of a file inside (see the module's 2)")
 def test_a_directory_put_back_under_a_reader_on_a_clock_behind_fails(tmp_path):
     env = _env(tmp_path, f"sqlite:///{tmp_path}/ledger.db")
     run_cli("run", "-o", "d", "--", "sh", "-c", "mkdir d && echo 1 > d/x && echo 1 > d/y", cwd=tmp_path, env=env,

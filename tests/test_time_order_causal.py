@@ -25,7 +25,7 @@ from lineage_ledger._canonical import format_time
 from lineage_ledger._capture.files import entries_of
 from lineage_ledger._files.hashing import hash_file
 from lineage_ledger._model import Record
-from lineage_ledger._order import AFTER_KEY, just_after, order_end
+from lineage_ledger._order import AFTER_KEY, SEEN_KEY, just_after, order_end, seen_of
 from tests.conftest import run_cli
 
 FAST = timedelta(minutes=10)
@@ -177,3 +177,49 @@ def test_a_child_forked_while_the_readings_lock_was_held_still_records():
 def test_a_time_the_calendar_does_not_have_is_ignored(value):
     """The pattern alone let such a value through: the index and the trusted head held it."""
     assert order_end("2026-12-06T12:00:00.000000Z", {AFTER_KEY: value}) == "2026-12-06T12:00:00.000000Z"
+
+
+def test_run_after_a_verification_says_how_many_records_it_had_seen(tmp_path):
+    """The count beside the time (``lineage_ledger.seen``): the trusted state's head gives it to
+    ``lineage-ledger run``, and the hint the run leaves carries it to the account's next process."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state"),
+           "LINEAGE_SPOOL": str(tmp_path / "spool")}
+    with open_ledger(url, spool=str(tmp_path / "other-spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        ledger.append_records([_write(tmp_path, "v1\n", utcnow(), run_id="a").stored()])
+        ledger.append_records([_write(tmp_path, "v2\n", utcnow(), run_id="b").stored()])
+    assert run_cli("verify", cwd=tmp_path, env=env).returncode == 0
+    run_cli("run", "-o", "out.txt", "--", "sh", "-c", "printf 'v3\\n' > out.txt", cwd=tmp_path, env=env, check_rc=0)
+    run_cli("run", "-o", "out.txt", "--", "sh", "-c", "printf 'v4\\n' > out.txt", cwd=tmp_path, env=env, check_rc=0)
+    with open_ledger(url, spool=str(tmp_path / "other-spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        runs = [r.record for r in ledger.recent(10) if r.record.engine == "cli"]
+    assert sorted(r.extra[SEEN_KEY] for r in runs) == [2, 3]  # the second saw the first, shipped and verified
+    hint = next((tmp_path / "spool").rglob("latest-seen")).read_text().split()
+    assert len(hint) == 4 and int(hint[3]) >= 3, hint
+
+
+def test_a_count_past_the_records_own_place_is_no_count(tmp_path):
+    """A reader whose record claims to have seen records after its own place (forged, or a
+    recorder's error) gains nothing by it: a later writer of its file, whose end the clocks put
+    after the reader's start, is still the last to have seen the file."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    now = utcnow()
+    first = _write(tmp_path, "v1\n", now - timedelta(seconds=30), run_id="first")
+    read = Record(engine="test", run_id="reader", task_id="read", task_name="read", status="succeeded",
+                  started=now - timedelta(seconds=20), ended=now - timedelta(seconds=19),
+                  inputs=entries_of([hash_file(str(tmp_path / "out.txt"))]), extra={SEEN_KEY: 10**6})
+    second = _write(tmp_path, "v2\n", now - timedelta(seconds=10), run_id="second")
+    with open_ledger(url, spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "writer")) as ledger:
+        for record in (first, read, second):
+            ledger.append_records([record.stored()])
+    assert run_cli("verify", "out.txt", cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "out.txt").write_text("v1\n")
+    restored = run_cli("verify", "out.txt", cwd=tmp_path, env=env)
+    assert restored.returncode == 1 and "MODIFIED" in restored.stdout, restored.stdout
+
+
+@given(st.one_of(st.integers(-5, 12), st.booleans(), st.text(max_size=3), st.none(), st.floats(0, 12)), st.integers(0, 10))
+def test_a_count_is_an_integer_above_zero_and_at_most_the_records_place(value, leaf):
+    found = seen_of({SEEN_KEY: value}, leaf)
+    assert found == (value if type(value) is int and 0 < value <= leaf else None)

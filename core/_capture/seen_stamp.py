@@ -1,6 +1,6 @@
 """A task's report stamped, in the engine's process, with what that process had seen of the
-ledger when the task started (``extra["lineage_ledger.after"]``; the order of
-:mod:`lineage_ledger._order`).
+ledger when the task started (``extra["lineage_ledger.after"]`` and ``["lineage_ledger.seen"]``;
+the order of :mod:`lineage_ledger._order`).
 
 Stamped where the report arrives from the engine, never where its record is built: the same
 report may be built into a record by more than one process (a recording process, and the
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
-from .._ledger.seen import reading_at_start, seen_before
-from .._order import AFTER_KEY
+from .._ledger.seen import reading_at_start, seen_values
+from .._order import AFTER_KEY, SEEN_KEY
 from .report import TaskRun
 
-__all__ = ["after_for", "stamp_seen"]
+__all__ = ["seen_for", "stamp_seen"]
 
 # (url as given, spool as given) -> (the ledger's identity, "" where it cannot be worked out;
 # when what earlier processes left was last read, monotonic seconds).
@@ -28,25 +29,28 @@ _READ_AGAIN = 60.0  # a long-lived engine process (a scheduler) takes later read
 
 
 def stamp_seen(run: TaskRun, url: str | None = None, spool: str | None = None) -> TaskRun:
-    """``run``, its ``extra`` naming the latest record this process knew was in the ledger at
-    ``url`` (``LINEAGE_LEDGER_URL`` or the default when None) before ``run.started``, where it
-    knew one. A new mapping: the engine's own ``extra`` is left as it is. Never raises."""
-    if AFTER_KEY in run.extra:
+    """``run``, its ``extra`` naming the latest record, and how many records, this process
+    knew were in the ledger at ``url`` (``LINEAGE_LEDGER_URL`` or the default when None)
+    before ``run.started``, where it knew any. A new mapping: the engine's own ``extra`` is
+    left as it is. Never raises."""
+    if AFTER_KEY in run.extra or SEEN_KEY in run.extra:
         return run
-    after = after_for(run.started, url, spool)
-    if after is not None:
-        run.extra = {**run.extra, AFTER_KEY: after}
+    values = seen_for(run.started, url, spool)
+    if values:
+        run.extra = {**run.extra, **values}
     return run
 
 
-def after_for(started: datetime, url: str | None = None, spool: str | None = None) -> str | None:
-    """The value :func:`stamp_seen` gives a task that started at ``started``: for an engine's
-    process that sends its reports in a form of its own (Snakemake's journal lines). Never raises."""
+def seen_for(started: datetime, url: str | None = None, spool: str | None = None) -> dict[str, Any]:
+    """The keys :func:`stamp_seen` gives a task that started at ``started`` (none, one or
+    both): for an engine's process that sends its reports in a form of its own (Snakemake's
+    journal lines). Never raises."""
     try:
         identity = _identity(url, spool)
-        return seen_before(identity, started) if identity else None
-    except Exception:  # noqa: BLE001 - the record is made without it: ordered by its clock
-        return None
+        return seen_values(identity, started) if identity else {}
+    except Exception:  # noqa: BLE001 - the record is made without them: ordered by its clock
+        return {}
+
 
 
 def _identity(url: str | None, spool: str | None) -> str:

@@ -27,9 +27,8 @@ from .._capture.files import entries_of, manifest_records_of
 from .._environment import ESCAPED, current_environment, escape_fields
 from .._files.hashing import hash_file
 from .._ledger.ledger import Ledger, LedgerRecord
-from .._ledger.seen import seen_before
+from .._ledger.seen import seen_values
 from .._model import Record
-from .._order import AFTER_KEY
 
 __all__ = ["adopt"]
 
@@ -64,9 +63,7 @@ def adopt(ledger: Ledger, paths: Sequence[str], note: str | None = None) -> tupl
         extra["note"] = note
     # Later than every record the look-ups above verified, whatever their hosts' clocks said:
     # an adoption from a clock behind one of theirs must still be the latest (.._order).
-    after = seen_before(ledger.backend.identity, now)
-    if after is not None:
-        extra[AFTER_KEY] = after
+    extra.update(seen_values(ledger.backend.identity, now))
     record = Record(
         engine="lineage-ledger", run_id=uuid.uuid4().hex, task_id=uuid.uuid4().hex, task_name="adopt",
         status="succeeded", started=now, ended=now, outputs=outputs, environment=current_environment(),

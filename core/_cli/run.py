@@ -43,9 +43,8 @@ from .._errors import ArtifactError, ConfigError, LedgerError, SpoolError, Verif
 from .._files.hashing import hash_for_record, normalize_path
 from .._ledger.deferred import DeferredLedger, check_spool_writable, permanent_refusal, spool_first
 from .._ledger.recorder import Recorder
-from .._ledger.seen import reading_at_start, seen_before
+from .._ledger.seen import reading_at_start, seen_values
 from .._model import Record
-from .._order import AFTER_KEY
 from .._terminal import printable
 
 __all__ = ["run_and_record"]
@@ -275,9 +274,7 @@ def run_and_record(
         extra["outputs_not_written"] = unchanged
     if problems:
         extra["problems"] = problems
-    after = seen_before(deferred.identity, started)
-    if after is not None:
-        extra[AFTER_KEY] = after  # later than every record seen in the ledger before it started
+    extra.update(seen_values(deferred.identity, started))  # later than every record seen before it started
     try:
         record = Record(
             engine="cli", run_id=run_id or uuid.uuid4().hex, task_id=uuid.uuid4().hex,

@@ -32,6 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
 from .._log.trust import TreeHead, TrustStore, trust_identity
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
+from .._order import seen_of
 from .ahead import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .complete import Listing, listing
 from .derived import DerivedQueries, RecordBits
@@ -126,10 +127,12 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
             tip = self.backend.head()
             if tip is None or tip.height - (head.blocks - 1) > self._REMEMBER_BLOCKS:
                 return
-            self.verifier.refresh(endorsed=False)
+            head = self.verifier.refresh(endorsed=False)
         except (LedgerError, OSError) as err:
             log.warning("lineage-ledger: the blocks just appended to %s were not verified here: %s",
                         self.backend.display_url, err)
+            return
+        self._saw(head.latest, head.size)
 
     def record(self, record: Record) -> str:
         """Append one record synchronously (no spool); for scripts and tests."""
@@ -207,28 +210,29 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         with self._verified_lock:
             head = verifier.refresh()
             self._head_current = True
-        self._saw(head.latest)
+        self._saw(head.latest, head.size)
         return head
 
-    def _saw(self, latest: str) -> None:
-        """Every record that ended by ``latest`` (in the ledger's order) is in the ledger now:
-        a reading for the records this process's tasks, and this account's later ones, make
-        (:mod:`.seen`). The hint is left only where this account spools for the ledger."""
+    def _saw(self, latest: str, size: int = 0) -> None:
+        """Every record that ended by ``latest`` (in the ledger's order), and the first
+        ``size`` records (0: not known), are in the ledger now: a reading for the records this
+        process's tasks, and this account's later ones, make (:mod:`.seen`). The hint is left
+        only where this account spools for the ledger."""
         from .seen import note_seen, write_hint
 
         identity = self.backend.identity
-        note_seen(identity, latest)
+        note_seen(identity, latest, size=size)
         if latest and self.backend.shared_between_processes:
             directory = spool_path(self._spool_root, identity)
             if os.path.isdir(directory):
-                write_hint(directory, latest)
+                write_hint(directory, latest, size)
 
     def audit(self, *, files: bool = False) -> AuditResult:
         """Read and verify the whole ledger, index included, in bounded memory."""
         verifier = self.verifier
         with self._verified_lock:
             result = verifier.audit(files=files)
-        self._saw(result.head.latest)
+        self._saw(result.head.latest, result.head.size)
         return result
 
     def verify_chain(self) -> ChainSummary:
@@ -337,7 +341,9 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         later lands late in the ledger but must not count as newer. The times are the
         records' times in the ledger's order (:mod:`.._order`): a record whose recorder had
         seen another in the ledger when its task started is later than it, whatever the
-        hosts' clocks said (tests/test_time_order_skew.py). Within a role, the
+        hosts' clocks said (tests/test_time_order_skew.py); between a writer and a reader,
+        the one whose recorder had verified the other's place in the ledger is later
+        (:meth:`_later_of`). Within a role, the
         latest is the record whose task ended last (what the index answers). Between the
         latest reader and the latest writer, each counts from when it saw the file: a writer
         when it ended (its outputs are hashed then), a reader when it started (inputs are
@@ -351,21 +357,36 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
             settled = self._last_seen_ahead(path)
             if settled is not None:
                 return settled
-        best: tuple[Any, ...] | None = None
+        found: dict[Literal["out", "in"], LedgerRecord] = {}
         for role in roles:
             latest: LedgerRecord | None = None
             for entry in self._latest(role, path):
                 if latest is None or (entry.record.order_end_text, entry.order) > \
                         (latest.record.order_end_text, latest.order):
                     latest = entry
-            if latest is None:
-                continue
-            seen = latest.record.order_end_text if role == "out" else latest.record.order_start_text
-            key = (seen, role == "out", latest.order)
-            if best is None or key > best[0]:
-                side = latest.record.outputs if role == "out" else latest.record.inputs
-                best = (key, latest, role, side[path])
-        return None if best is None else (best[1], best[2], best[3])
+            if latest is not None:
+                found[role] = latest
+        if not found:
+            return None
+        role = self._later_of(found["out"], found["in"]) if len(found) == 2 else next(iter(found))
+        entry = found[role]
+        return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[path]
+
+    def _later_of(self, writer: LedgerRecord, reader: LedgerRecord) -> Literal["out", "in"]:
+        """Which of a file's latest writer and latest reader saw it last (:mod:`.._order`): the
+        one whose recorder had seen the other's place in the ledger; else the writer's end
+        against the reader's start (its own where it carries a count, else moved)."""
+        block_start = self.verifier.store.block_start
+        w_leaf = block_start(writer.height) + writer.position
+        r_leaf = block_start(reader.height) + reader.position
+        r_seen, w_seen = seen_of(reader.record.extra, r_leaf), seen_of(writer.record.extra, w_leaf)
+        if r_seen is not None and w_leaf < r_seen:
+            return "in"
+        if w_seen is not None and r_leaf < w_seen:
+            return "out"
+        record = reader.record
+        start = record.started_text if r_seen is not None else record.order_start_text
+        return "out" if (writer.record.order_end_text, True, writer.order) > (start, False, reader.order) else "in"
 
     def close(self) -> None:
         self.backend.close()

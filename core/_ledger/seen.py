@@ -25,9 +25,13 @@ ledger, and the moment by which they were:
   record that landed while it ran, passed the old version of a file that record rewrote
   (tests/test_time_order_attack.py).
 
-A task that started at ``started`` gets the latest value among the readings dated at or
-before then (:func:`seen_before`): every record behind it was in the ledger before the task
-started, so the task ran after theirs. Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
+A reading also says how many records (the verified tree's size) were in the ledger by then,
+where it knows (a verified head does; an append alone does not): a record below that count
+in the ledger was seen, exactly, whatever its time says (:data:`.._order.SEEN_KEY`).
+
+A task that started at ``started`` gets the latest value and the largest count among the
+readings dated at or before then (:func:`seen_before`): every record behind them was in the
+ledger before the task started, so the task ran after theirs. Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
 before.
 """
 
@@ -38,15 +42,15 @@ import threading
 from datetime import datetime
 
 from .._canonical import format_time, utcnow
-from .._order import AFTER_KEY, after_of
+from .._order import AFTER_KEY, SEEN_KEY, after_of
 
-__all__ = ["HINT", "note_seen", "read_hint", "reading_at_start", "seen_before", "write_hint"]
+__all__ = ["HINT", "note_seen", "read_hint", "reading_at_start", "seen_before", "seen_values", "write_hint"]
 
 HINT = "latest-seen"
 _KEEP = 256  # readings kept per ledger (the latest dates): a task that started before them all gets none
 
 _lock = threading.Lock()
-_readings: dict[str, list[tuple[str, str]]] = {}  # identity -> [(dated, latest)]
+_readings: dict[str, list[tuple[str, str, int]]] = {}  # identity -> [(dated, latest or "", size)]
 
 
 def _after_fork_in_child() -> None:
@@ -64,33 +68,49 @@ def _time(value: object) -> str | None:
     return after_of({AFTER_KEY: value})
 
 
-def note_seen(identity: str, latest: str | None, dated: str | datetime | None = None) -> None:
-    """Every record whose task ended by ``latest`` (in the ledger's order) was in the ledger
-    ``identity`` by ``dated`` (now where not given)."""
-    value = _time(latest)
+def note_seen(identity: str, latest: str | None, dated: str | datetime | None = None, size: int = 0) -> None:
+    """Every record whose task ended by ``latest`` (in the ledger's order), and the first
+    ``size`` records of the ledger (0: not known), were in the ledger ``identity`` by
+    ``dated`` (now where not given)."""
+    value = _time(latest) or ""
+    size = size if type(size) is int and size > 0 else 0
     now = format_time(utcnow())
     at = format_time(dated) if isinstance(dated, datetime) else now if dated is None else _time(dated)
-    if value is None or at is None:
+    if (not value and not size) or at is None:
         return
     # Never later than now: the file read now held it, whatever clock dated it (one stepped
     # back since, another process's under a clock ahead); earlier where it says so.
     at = min(at, now)
     with _lock:
         readings = _readings.setdefault(identity, [])
-        if any(when <= at and seen >= value for when, seen in readings):
+        if any(when <= at and seen >= value and count >= size for when, seen, count in readings):
             return  # an earlier or same reading says as much
-        readings.append((at, value))
+        readings.append((at, value, size))
         if len(readings) > _KEEP:
             readings.sort()
             del readings[: _KEEP // 2]
 
 
-def seen_before(identity: str, started: datetime) -> str | None:
-    """The latest order time this process knows was in ledger ``identity`` by ``started``."""
+def seen_before(identity: str, started: datetime) -> tuple[str | None, int]:
+    """The latest order time, and the most records (0: none known), this process knows were
+    in ledger ``identity`` by ``started``."""
     at = format_time(started)
     with _lock:
-        values = [value for when, value in _readings.get(identity, ()) if when <= at]
-    return max(values) if values else None
+        found = [(value, size) for when, value, size in _readings.get(identity, ()) if when <= at]
+    latest = max((value for value, _size in found if value), default=None)
+    return latest, max((size for _value, size in found), default=0)
+
+
+def seen_values(identity: str, started: datetime) -> dict[str, str | int]:
+    """The ``extra`` keys of a record whose task started at ``started`` (:func:`seen_before`):
+    :data:`AFTER_KEY` and :data:`SEEN_KEY`, each left out where not known."""
+    after, seen = seen_before(identity, started)
+    values: dict[str, str | int] = {}
+    if after is not None:
+        values[AFTER_KEY] = after
+    if seen > 0:
+        values[SEEN_KEY] = seen
+    return values
 
 
 def _this_host() -> str:
@@ -109,9 +129,10 @@ def _this_host() -> str:
 _HOST = _this_host()
 
 
-def read_hint(spool_dir: str) -> tuple[str, str] | None:
-    """(latest, dated) that this account's processes left in the spool directory's hint
-    (None: none, or unreadable); dated now where another host (or boot) left it."""
+def read_hint(spool_dir: str) -> tuple[str, str, int] | None:
+    """(latest, dated, size) that this account's processes left in the spool directory's hint
+    (None: none, or unreadable); dated now where another host (or boot) left it; size 0
+    where it says none (a hint of an earlier release)."""
     try:
         fd = os.open(os.path.join(spool_dir, HINT), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -124,24 +145,28 @@ def read_hint(spool_dir: str) -> tuple[str, str] | None:
         return None
     finally:
         os.close(fd)
-    if len(fields) not in (2, 3) or _time(fields[0]) is None or _time(fields[1]) is None:
+    if len(fields) not in (2, 3, 4) or _time(fields[0]) is None or _time(fields[1]) is None:
         return None
-    return fields[0], fields[1] if fields[2:] == [_HOST] else format_time(utcnow())
+    size = int(fields[3]) if len(fields) == 4 and fields[3].isdigit() and len(fields[3]) < 19 else 0
+    return fields[0], fields[1] if fields[2:3] == [_HOST] else format_time(utcnow()), size
 
 
-def write_hint(spool_dir: str, latest: str | None) -> None:
-    """Raise the hint to ``latest``, dated now (best effort: a hint that could not be written
-    leaves the next process knowing less, which leaves the clocks to decide)."""
+def write_hint(spool_dir: str, latest: str | None, size: int = 0) -> None:
+    """Raise the hint to ``latest`` and ``size`` records, dated now (best effort: a hint that
+    could not be written leaves the next process knowing less, which leaves the clocks to
+    decide)."""
     if not latest or _time(latest) is None or not os.path.isdir(spool_dir):
         return
     current = read_hint(spool_dir)
-    if current is not None and current[0] >= latest:
+    if current is not None and current[0] >= latest and current[2] >= size:
         return
+    if current is not None:
+        latest, size = max(latest, current[0]), max(size, current[2])
     temporary = os.path.join(spool_dir, f".{HINT}-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, f"{latest} {format_time(utcnow())} {_HOST}\n".encode("ascii"))
+            os.write(fd, f"{latest} {format_time(utcnow())} {_HOST} {max(0, int(size))}\n".encode("ascii"))
         finally:
             os.close(fd)
         os.replace(temporary, os.path.join(spool_dir, HINT))
@@ -161,8 +186,8 @@ def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
             note_seen(identity, *found)
 
 
-def _remembered(url: str) -> tuple[str, str] | None:
-    """(latest, now) of the head this account remembers for the ledger at ``url`` (None
+def _remembered(url: str) -> tuple[str, str, int] | None:
+    """(latest, now, size) of the head this account remembers for the ledger at ``url`` (None
     where none, or where the file is not this account's alone: the readers say why). Dated
     when read, not by its ``verified`` time: any host of the account may have verified it."""
     import stat
@@ -188,4 +213,4 @@ def _remembered(url: str) -> tuple[str, str] | None:
         os.close(fd)
     if _time(head.latest) is None:
         return None
-    return head.latest, format_time(utcnow())
+    return head.latest, format_time(utcnow()), head.size

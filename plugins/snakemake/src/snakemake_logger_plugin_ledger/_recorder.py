@@ -188,12 +188,12 @@ class JobRecorder:
             return
         from datetime import datetime, timezone
 
-        from lineage_ledger._capture.seen_stamp import after_for
-        from lineage_ledger._order import AFTER_KEY
+        from lineage_ledger._capture.seen_stamp import seen_for
+        from lineage_ledger._order import AFTER_KEY, SEEN_KEY
 
-        after = after_for(datetime.fromtimestamp(report.started, timezone.utc), self.settings.url)
-        if after is not None and AFTER_KEY not in run["extra"]:
-            run["extra"] = {**run["extra"], AFTER_KEY: after}
+        values = seen_for(datetime.fromtimestamp(report.started, timezone.utc), self.settings.url)
+        if values and AFTER_KEY not in run["extra"] and SEEN_KEY not in run["extra"]:
+            run["extra"] = {**run["extra"], **values}
 
     def _send(self, line: str) -> None:
         try:
