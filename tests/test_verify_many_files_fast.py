@@ -155,3 +155,36 @@ def test_objects_a_process_froze_stay_frozen():
         assert gc.get_freeze_count() == frozen and gc.isenabled()
     finally:
         gc.unfreeze()
+
+
+def test_threads_that_verify_at_once_leave_the_collector_running():
+    """Two threads whose checks overlap (one starts, the other starts, the first ends, then
+    the second): the collector is off while either checks, and on again after both, not
+    left off by the second having found it off."""
+    import threading
+
+    from lineage_ledger._verification import verify as verify_module
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with verify_module._fewer_collections():
+            first_in.set()
+            second_in.wait(30)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(30)
+        with verify_module._fewer_collections():
+            second_in.set()
+            first_out.wait(30)
+            seen.append(gc.isenabled())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert seen == [False]
+    assert gc.isenabled()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -266,16 +267,26 @@ def _fewer_collections() -> Iterator[None]:
     at it, instead of being scanned by the first collection of the young generation once the
     collector runs again: 160,000 objects, 87 ms, after 10,000 tasks' outputs. Not where the
     process has frozen objects of its own: thawing them is not ours to do."""
-    enabled = gc.isenabled()
-    gc.disable()
+    with _quiet_lock:
+        if _quiet[0] == 0:  # the first in: the collector as the process had it, to put back
+            _quiet[1] = gc.isenabled()
+            gc.disable()
+        _quiet[0] += 1
     try:
         yield
     finally:
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
-        if enabled:
-            gc.enable()
+        with _quiet_lock:
+            _quiet[0] -= 1
+            if _quiet[0] == 0:  # the last out (threads may verify at once: one put back is the state before any)
+                if gc.get_freeze_count() == 0:
+                    gc.freeze()
+                    gc.unfreeze()
+                if _quiet[1]:
+                    gc.enable()
+
+
+_quiet_lock = threading.Lock()
+_quiet: list = [0, False]  # threads within _fewer_collections; whether the collector ran before the first
 
 
 # Container objects made and not freed since the last collection past which a window's end
