@@ -80,9 +80,6 @@ def publish(inputs=(), outputs=()) -> None:
         dst.write(src.read())
 
 
-@pytest.mark.xfail(strict=True, reason="core/_ledger/lineage.py takes a later write of a file by the task that read "
-                                       "it, or by its downstream, for a change after a write: patch "
-                                       "helper-135-in-place.patch")
 def test_an_app_that_updates_its_file_in_place_verifies(workdir, cli):
     """A file updated in place: by one app given it as its input and its output (a database),
     or by an app whose output the next one publishes over it (Nextflow's ``publishDir`` over

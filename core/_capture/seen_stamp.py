@@ -12,6 +12,7 @@ wherever it goes.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -22,9 +23,10 @@ from .report import TaskRun
 
 __all__ = ["seen_for", "stamp_seen"]
 
-# (url as given, spool as given) -> (the ledger's identity, "" where it cannot be worked out;
-# when what earlier processes left was last read, monotonic seconds).
-_IDENTITIES: dict[tuple[str | None, str | None], tuple[str, float]] = {}
+# (url as given, spool as given, what they default to and resolve against) -> (the ledger's
+# identity, "" where it cannot be worked out; when what earlier processes left was last read,
+# monotonic seconds).
+_IDENTITIES: dict[tuple[str | None, ...], tuple[str, float]] = {}
 _READ_AGAIN = 60.0  # a long-lived engine process (a scheduler) takes later readings too
 
 
@@ -57,7 +59,13 @@ def _identity(url: str | None, spool: str | None) -> str:
     """The identity of the ledger at ``url`` (worked out once a process, without connecting),
     after taking what this account's other processes saw of it, again each minute (their
     readings are dated: taken late, they still serve the tasks that started after them)."""
-    key = (url, spool)
+    # What the default URL and spool resolve against is part of the key: a process that moved to
+    # another project (os.chdir, a notebook's %cd) or set LINEAGE_LEDGER_URL records elsewhere.
+    try:
+        here = os.getcwd()
+    except OSError:  # the working directory was removed: a relative default names nothing
+        here = ""
+    key = (url, spool, os.environ.get("LINEAGE_LEDGER_URL"), os.environ.get("LINEAGE_SPOOL"), here)
     known = _IDENTITIES.get(key)
     now = time.monotonic()
     if known is not None and (not known[0] or now - known[1] < _READ_AGAIN):

@@ -255,9 +255,14 @@ class LineageQueries:
     def _produced_before(self, path: str, consumer: LedgerRecord | None) -> bool:
         """Whether a version of ``path`` other than the one consumed was produced: the
         consumed one then changed after it was written (a broken lineage). An adoption
-        recorded after the consumer read the file does not count: what it read was a source."""
+        recorded after the consumer read the file does not count: what it read was a source.
+        Nor does a write that came after the read whatever the clocks say: the consumer's own
+        (a task that updates a file in place read one version and wrote the next), or one
+        appended after it by a task that read what the consumer wrote (a publication over the
+        task's input, Nextflow's ``publishDir``: tests/test_parsl_deployed_read_digests.py)."""
         return any(
-            not (consumer is not None and p.order > consumer.order and is_adoption(p.record))
+            not (consumer is not None and (p.id == consumer.id or (
+                p.order > consumer.order and (is_adoption(p.record) or _read_its_output(p, consumer)))))
             for p in self._find("out", path, None)
         )
 
@@ -301,6 +306,15 @@ class LineageQueries:
 # each time made a record of 20,000 sources take a minute to verify (400 million steps).
 # The side is held, so its id cannot be reused while it is compared; records are not changed.
 _alias_index: tuple[Mapping[str, Mapping[str, Any]], dict[str, list[str]]] | None = None
+
+
+def _read_its_output(producer: LedgerRecord, consumer: LedgerRecord) -> bool:
+    """Whether ``producer`` read a version of a file that ``consumer`` wrote (so wrote after
+    ``consumer`` read, whatever the clocks say; asked only of one appended after it, so that an
+    earlier task that read an identical earlier version does not count)."""
+    made = consumer.record.outputs
+    return any(path in made and made[path].get("blake3") == entry.get("blake3")
+               for path, entry in producer.record.inputs.items())
 
 
 def _aliases_of(side: Mapping[str, Mapping[str, Any]], real: str) -> list[str]:
