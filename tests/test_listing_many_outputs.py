@@ -74,8 +74,13 @@ def test_the_kept_clashes_answer_as_the_scan_did(outputs, asked):
     """_names_another_with_key (a set of clashing keys kept per record) against the scan it
     replaced: any other path of the side with the asked path's key."""
     # Paths as records name them (absolute and normal: Record makes any other so, since 7229a3b).
-    record = make_record(0, outputs=[artifact(p, p) for p in outputs if "\x00" not in p and p[:1] == "/"
-                                     and is_normal_path(p)])
+    # One spelling of each: a Record makes "//a" "/a" (and "//" "/"), and two outputs that
+    # become one path are refused (found by hypothesis: ["/", "//"]).
+    spelled: dict[str, str] = {}
+    for p in outputs:
+        if "\x00" not in p and p[:1] == "/" and is_normal_path(p):
+            spelled.setdefault("/" + p.lstrip("/"), p)
+    record = make_record(0, outputs=[artifact(p, p) for p in spelled.values()])
     entry = LedgerRecord(record.id, record, 0, 0)
     key = path_key(asked)
     for role in ("out", "in"):
