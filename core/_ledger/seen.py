@@ -158,10 +158,15 @@ def write_hint(spool_dir: str, latest: str | None, size: int = 0) -> None:
     if not latest or _time(latest) is None or not os.path.isdir(spool_dir):
         return
     current = read_hint(spool_dir)
-    if current is not None and current[0] >= latest and current[2] >= size:
+    if current is not None and current[0] >= latest and current[2] == (size or current[2]):
         return
     if current is not None:
-        latest, size = max(latest, current[0]), max(size, current[2])
+        # The time only rises; the count is the one just verified (0: none, the hint's stays),
+        # even where it is lower: a count is of one history, and a ledger restored from a
+        # backup (reset-trust) holds fewer records than the hint said, its places then taken
+        # by records that came after (tests/test_time_order_attack_counts.py). A lower count
+        # from a verification that raced a later one only says less.
+        latest, size = max(latest, current[0]), size or current[2]
     temporary = os.path.join(spool_dir, f".{HINT}-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -181,9 +186,14 @@ def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
     """The readings this account's earlier processes left for ledger ``identity`` (at ``url``):
     the hint in its spool directory and the trusted state's head, both read without the
     back-end (a recorder starts before it is reached), neither created."""
-    for found in (read_hint(spool_dir), _remembered(url)):
-        if found is not None:
-            note_seen(identity, *found)
+    hint, remembered = read_hint(spool_dir), _remembered(url)
+    if remembered is not None:
+        note_seen(identity, *remembered)
+    if hint is not None:
+        # The hint's count only where the trusted state remembers a head, and no more than its
+        # size: after a restore and reset-trust the hint may still count the history before it.
+        latest, dated, size = hint
+        note_seen(identity, latest, dated, size=min(size, remembered[2]) if remembered is not None else 0)
 
 
 def _remembered(url: str) -> tuple[str, str, int] | None:
