@@ -108,7 +108,7 @@ def run_rewriting_while_it_runs(workflow: Path, run_id: str, rewritten: Path, da
 
 #: Runs a test may take to meet the usual case. The recording process hashes a job's inputs as
 #: soon as it hears of the job; on a busy machine it came to them only after a rewrite a second
-#: later in about half the runs at load 11-14 on 2 cores (it runs at nice 5): no digest is then
+#: later in about half the runs at load 11-14 on 2 cores (it ran whole at nice 5 then): no digest is then
 #: what the job read (the next test's case, asserted as such where it can be told), and what
 #: the test is about is not shown by that run. The rewrite now waits for the recording process
 #: to be idle too; a run that still comes too late is run again.
@@ -228,7 +228,6 @@ def threads_of(process: psutil.Process) -> list[tuple[int, str, int]]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
-@pytest.mark.xfail(strict=True, reason="the whole recording process runs at nice 5, start digests included")
 def test_the_start_digests_run_at_snakemakes_priority_and_the_recording_below_it(tmp_path):
     """On a busy head node the start digests came after a rewrite a second later in 3 of 6 runs
     (load 11-14 on 2 cores): the whole recording process ran at nice 5, so the protection became

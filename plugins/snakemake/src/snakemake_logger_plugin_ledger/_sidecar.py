@@ -30,7 +30,10 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from queue import SimpleQueue
 from typing import Any
+
+from ._started import StartedInputs, name_thread
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -168,13 +171,34 @@ class Orphans:
                     pass
 
 
-def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
-    """Record every job line of ``lines``; print the summary to ``out``."""
-    from lineage_ledger import TaskCapture
+#: How far below Snakemake's priority (nice) the recording's threads run: the records can wait
+#: a moment; the scheduler thread and the jobs are the run. Not the start digests (:func:`serve`).
+NICE = 5
 
-    from ._journal import decode_run
-    from ._started import StartedInputs
-    from ._unverified import fill_digests
+
+def lower_priority(name: str) -> None:
+    """Name the calling thread and, on Linux, lower its priority alone: there a thread's nice
+    value is its own (``setpriority`` of its thread id), and the threads it starts inherit it."""
+    name_thread(name)
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere a nice value is the whole process's: the start digests must not wait
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICE)
+    except OSError:
+        pass
+
+
+def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
+    """Record every job line of ``lines``; print the summary to ``out``.
+
+    Two priorities. This (the reading) thread and the threads that take the start digests run
+    at Snakemake's: a digest taken after the job's input was rewritten is no digest of what the
+    job read (``extra.not_verified``), and a busy head node came to them too late when the whole
+    process ran niced. Job lines go to a recording thread that lowers its own priority, and
+    with it that of the capture's threads it starts (hashing outputs, building and shipping
+    records)."""
+    from lineage_ledger import TaskCapture  # and what the start digests hash with
 
     journal_fd = config.get("journal_fd")
     write_lock = threading.Lock()
@@ -185,34 +209,37 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
         with write_lock:  # O_APPEND: one write(2) per line, whole
             os.write(journal_fd, (json.dumps({"done": key}) + "\n").encode())
 
-    capture = TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
-                          threads=int(config.get("threads", 4)), stamp_seen=False)
-    queue = RecordingQueue(capture, mark_done)
-    orphans = Orphans()
     started = StartedInputs()
-    jobs = 0
+    threading.Thread(target=_warm_up, args=(config.get("url"), started), name="lineage-warm-up", daemon=True).start()
+    recording = _Recording(lambda: TaskCapture(config.get("url"), engine="snakemake", run_id=config["run_id"],
+                                               threads=int(config.get("threads", 4)), stamp_seen=False),
+                           mark_done, started)
+    job_lines: SimpleQueue[str | None] = SimpleQueue()
+    recorder = threading.Thread(target=recording.run, args=(job_lines,), name="lineage-record", daemon=True)
+    recorder.start()
     for line in lines:
-        try:
-            message = json.loads(line)
-            if "start" in message:  # a job starts: its inputs are hashed now
-                started.start(message)
-                continue
-            jobs += 1
-            started.apply(message["run"])
-            fill_digests(message["run"])
-            future = queue.add(message["job"], decode_run(message["run"]))
-            if message.get("orphan"):
-                orphans.add(message["orphan"], future)
-        except (ValueError, KeyError, TypeError) as err:
-            log.error("lineage-ledger: recording process got a bad line (%s): %.200s", err, line)
-    if not jobs:  # "Nothing to be done", or a refused run: no ledger opened
-        summary: dict[str, Any] = {"not_done": 0, "flushed": True, "failures": 0, "all_recorded": True}
+        if line.startswith('{"start":'):  # a job starts: its inputs are hashed now, here
+            try:
+                started.start(json.loads(line))
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("lineage-ledger: recording process got a bad line (%s): %.200s", err, line)
+            continue
+        job_lines.put(line)
+    job_lines.put(None)
+    started.first_hashed.set()  # the warm-up need not wait any more
+    recorder.join()
+    queue = recording.queue
+    if queue is None:  # "Nothing to be done", or a refused run: no ledger opened (or no capture: logged)
+        summary: dict[str, Any] = {"not_done": 0, "flushed": True, "failures": recording.errors,
+                                   "all_recorded": not recording.errors}
         out.write(json.dumps(summary) + "\n")
         out.flush()
         return summary
     started.close()
     summary = queue.close(float(config.get("flush_timeout", 300.0)))
-    orphans.retire()
+    if recording.errors:  # a job line that could not be taken: the journal keeps its job
+        summary["all_recorded"] = False
+    recording.orphans.retire()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     summary["cpu"] = usage.ru_utime + usage.ru_stime
     out.write(json.dumps(summary) + "\n")
@@ -220,8 +247,50 @@ def serve(config: dict[str, Any], lines: Any, out: Any) -> dict[str, Any]:
     return summary
 
 
-def _warm_up(url: str | None) -> None:
-    """Import the ledger back-end (SQLAlchemy for SQLite) while Snakemake builds its DAG."""
+class _Recording:
+    """The recording thread's side of :func:`serve`: job lines in, records queued, in order."""
+
+    def __init__(self, make_capture: Callable[[], Any], mark_done: Callable[[str, str | None], None],
+                 started: Any) -> None:
+        self.make_capture = make_capture
+        self.mark_done = mark_done
+        self.started = started
+        self.queue: RecordingQueue | None = None
+        self.orphans = Orphans()
+        self.errors = 0  # job lines that could not be taken (each one logged)
+
+    def run(self, job_lines: SimpleQueue[str | None]) -> None:
+        from ._journal import decode_run
+        from ._unverified import fill_digests
+
+        lower_priority("ledger-record")
+        while (line := job_lines.get()) is not None:
+            try:
+                message = json.loads(line)
+                if "start" in message:  # spelled otherwise than the plugin does: still a start
+                    self.started.start(message)
+                    continue
+                self.started.first_hashed.set()  # a job ended: its record needs the back-end now
+                if self.queue is None:
+                    self.queue = RecordingQueue(self.make_capture(), self.mark_done)
+                self.started.apply(message["run"])
+                fill_digests(message["run"])
+                future = self.queue.add(message["job"], decode_run(message["run"]))
+                if message.get("orphan"):
+                    self.orphans.add(message["orphan"], future)
+            except (ValueError, KeyError, TypeError) as err:
+                log.error("lineage-ledger: recording process got a bad line (%s): %.200s", err, line)
+            except Exception:  # noqa: BLE001 - the other jobs are still recorded; the journal keeps this one
+                self.errors += 1
+                log.exception("lineage-ledger: recording process could not take a job line: %.200s", line)
+
+
+def _warm_up(url: str | None, started: Any) -> None:
+    """Import the ledger back-end (SQLAlchemy for SQLite) once the first job's start digests are
+    taken (or a job has ended), at the recording's lower priority: an import holds the GIL, and
+    a niced thread that holds it stalls the start digests' threads too."""
+    lower_priority("ledger-warm-up")
+    started.first_hashed.wait()
     try:
         from lineage_ledger import DEFAULT_URL
         from lineage_ledger.backends import backend_class, split_url
@@ -237,14 +306,7 @@ def main() -> None:
     # closes its handlers, which ends our input: finish recording what was sent, then exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Below Snakemake and its jobs in the CPU scheduler's eyes: the records can wait a
-    # moment; the scheduler thread and the jobs are the run.
-    try:
-        os.nice(5)
-    except OSError:
-        pass
     config = json.loads(sys.argv[1])
-    threading.Thread(target=_warm_up, args=(config.get("url"),), daemon=True).start()
     summary = serve(config, sys.stdin, sys.stdout)
     if summary.get("all_recorded") and not summary.get("failures"):
         os._exit(0)  # without waiting for the warm-up import, which nothing needs any more

@@ -57,6 +57,15 @@ def stat_key(path: str, directories: bool = False) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+def name_thread(name: str) -> None:
+    """Name the calling thread where ``ps -L`` and ``top -H`` show it (Linux; 15 characters)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:  # not Linux, or no /proc: only a name
+        pass
+
+
 def stat_inputs(paths: list[str]) -> dict[str, list[int]]:
     """The stat of each regular file among ``paths``, DIRECTORY for each directory (on
     Snakemake's thread: a stat each)."""
@@ -111,6 +120,9 @@ class StartedInputs:
         self._pool: ThreadPoolExecutor | None = None
         self._seen: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}  # (path, stat) -> entry
         self._directories = threading.Lock()
+        #: Set once the first job's start digests are taken: the recording process's warm-up
+        #: import of the back-end waits for it (:mod:`._sidecar`).
+        self.first_hashed = threading.Event()
 
     def start(self, message: dict[str, Any]) -> None:
         stats = {str(p): list(k) for p, k in dict(message.get("inputs") or {}).items()}
@@ -118,9 +130,18 @@ class StartedInputs:
             return
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(2, thread_name_prefix="lineage-started")
-            future = self._pool.submit(self._hash, stats)
+                # Started from the recording process's reading thread, at Snakemake's priority:
+                # a thread's nice value is inherited by the threads it starts.
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="lineage-started",
+                                                initializer=name_thread, initargs=("ledger-start",))
+            future = self._pool.submit(self._hash_then_say, stats)
             self._jobs[int(message["start"])] = (stats, future)
+
+    def _hash_then_say(self, stats: dict[str, list[int]]) -> dict[str, Any]:
+        try:
+            return self._hash(stats)
+        finally:
+            self.first_hashed.set()
 
     def _hash(self, stats: dict[str, list[int]]) -> dict[str, Any]:
         # A reference genome read by every job of a scatter is read once while it stays put,
