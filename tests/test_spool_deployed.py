@@ -183,3 +183,26 @@ def test_two_shippers_and_one_killed_mid_ship_on_a_postgresql_ledger(tmp_path, p
     assert _size(postgres_url, tmp_path) == records
     assert _segments(spool) == []
     run_cli("verify", "--ledger", postgres_url, cwd=tmp_path, check_rc=0)
+
+
+def test_a_segment_another_shipper_removes_as_it_is_opened_is_not_refused(tmp_path, monkeypatch):
+    """Two ``spool ship`` processes: one ships a segment and removes it just after the other
+    opened it. The second then saw a file with no links and refused it ("it has 0 hard links
+    (a segment has one)"), and exited 2 though nothing was wrong (seen in a CI run of
+    test_two_spool_ship_processes_at_once_ship_every_record_once, load 8-14). Gone is gone."""
+    from lineage_ledger._ledger import _spool_files
+
+    _url, spool = _leave_segments(tmp_path, 20, 10)
+    segment = str(_segments(spool)[0])
+    real_open = os.open
+
+    def open_then_removed(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if path == segment:
+            os.unlink(path)  # the other shipper, done with it
+        return fd
+
+    monkeypatch.setattr(_spool_files.os, "open", open_then_removed)
+    reported: list[str] = []
+    assert _spool_files._open_orphan(segment, reported) is None
+    assert reported == []

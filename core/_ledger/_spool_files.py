@@ -183,7 +183,11 @@ def _open_orphan(path: str, reported: list[str]) -> int | None:
             reported.append(_refuse(path, f"cannot open it: {err.strerror or err}"))
         return None
     try:
-        why = _foreign(os.fstat(fd))
+        info = os.fstat(fd)
+        if info.st_nlink == 0:
+            os.close(fd)  # another replayer shipped and removed it as it was opened: gone, not foreign
+            return None
+        why = _foreign(info)
         if why is not None:
             os.close(fd)
             reported.append(_refuse(path, why))
