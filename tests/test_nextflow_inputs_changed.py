@@ -79,3 +79,25 @@ def test_an_input_changed_after_the_task_began_is_not_recorded_as_read(tmp_path)
     # Nextflow would reuse UPDATE): the check before a strict -resume names it, nothing runs.
     nf.keep_mtime(db, lambda: db.write_text(db.read_text().replace("added", "adder")))
     nf.refused(here, ("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict"), str(db))
+
+
+def test_an_input_replaced_as_it_is_hashed_is_left_out_and_named(tmp_path):
+    """Nextflow's publishDir replaces a file by deleting it and copying the new one: an input
+    outside the work directory found gone as the wrapper hashed it (or there again, newer) was
+    left to the capture, which hashed it later (the new release) or left it out with no note (a
+    CI run at load 8-14: UPDATE's record had neither the last release nor ``not_verified``).
+    It is left out and named, as a file changed after the task began."""
+    import os
+
+    from lineage_ledger_nextflow._as_read import inputs_as_read
+    from lineage_ledger_nextflow._workdir import WorkDir
+
+    work_dir = tmp_path / "work" / "ab" / "cdef"
+    work_dir.mkdir(parents=True)
+    gone, kept = tmp_path / "results" / "db.txt", tmp_path / "data" / "ref.txt"
+    kept.parent.mkdir()
+    kept.write_text("ref\n")
+    began = os.stat(kept).st_mtime + 1
+    work = WorkDir(str(work_dir), inputs=[str(gone), str(kept)], started=began)
+    read, known, changed = inputs_as_read(work)  # db.txt deleted by the publication, not yet copied
+    assert (read, sorted(known), changed) == ([str(kept)], [str(kept)], [str(gone)])

@@ -51,7 +51,12 @@ def inputs_as_read(work: WorkDir) -> tuple[list[str], dict[str, dict[str, Any]],
             artifact = hash_file(path)  # first, then its time: a change after this shows in it
             modified = os.stat(path).st_mtime
         except (OSError, ArtifactError):
-            continue  # gone, or unreadable: the capture recalls it or says so
+            if _replaced_since(path, began):
+                # Gone, or there again and newer, as it is hashed: Nextflow's publishDir
+                # replaces a file by deleting it and copying the new one. Left to the capture,
+                # it was hashed later (the new release, or gone: left out with no note).
+                changed.append(path)
+            continue  # unreadable, not replaced: the capture says so
         if modified > began:
             changed.append(path)
         elif not artifact.is_dir:
@@ -60,3 +65,13 @@ def inputs_as_read(work: WorkDir) -> tuple[list[str], dict[str, dict[str, Any]],
         return list(work.inputs), known, []
     left_out = set(changed)
     return [p for p in work.inputs if p not in left_out], known, changed
+
+
+def _replaced_since(path: str, began: float) -> bool:
+    """Whether ``path`` is gone, or was modified after ``began``, now."""
+    try:
+        return os.stat(path).st_mtime > began
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
