@@ -187,9 +187,6 @@ def test_a_count_stamped_before_a_restore_was_noticed_does_not_order_a_reader_af
 
 
 @needs_faketime
-@pytest.mark.xfail(strict=True, reason="the hint kept an older count beside a later time from an append: a reader "
-                   "with that count is ordered by its own start, behind a fast writer it had seen by time, and the "
-                   "writer's version put back passes verify-lineage")
 def test_a_count_older_than_the_time_beside_it_does_not_put_a_reader_behind_a_writer_it_saw(tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.db"
     env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state"),

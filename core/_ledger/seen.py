@@ -29,9 +29,11 @@ A reading also says how many records (the verified tree's size) were in the ledg
 where it knows (a verified head does; an append alone does not): a record below that count
 in the ledger was seen, exactly, whatever its time says (:data:`.._order.SEEN_KEY`).
 
-A task that started at ``started`` gets the latest value and the largest count among the
-readings dated at or before then (:func:`seen_before`): every record behind them was in the
-ledger before the task started, so the task ran after theirs. Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
+A task that started at ``started`` gets the latest value among the readings dated at or
+before then, and the largest count among those of them that carry that value
+(:func:`seen_before`): every record behind them was in the ledger before the task started,
+so the task ran after theirs. A count from an older reading than the time says less than the
+time does, and would order a reader by its own start (:mod:`.._order`). Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
 before.
 """
 
@@ -98,7 +100,10 @@ def seen_before(identity: str, started: datetime) -> tuple[str | None, int]:
     with _lock:
         found = [(value, size) for when, value, size in _readings.get(identity, ()) if when <= at]
     latest = max((value for value, _size in found if value), default=None)
-    return latest, max((size for _value, size in found), default=0)
+    # The count of a reading as recent as the time: one taken before a later time (an append,
+    # which knows no count) says less than the time does, and a reader with a count is ordered
+    # by its own start, not by the time (.._order).
+    return latest, max((size for value, size in found if value == latest), default=0)
 
 
 def seen_values(identity: str, started: datetime) -> dict[str, str | int]:
@@ -158,15 +163,14 @@ def write_hint(spool_dir: str, latest: str | None, size: int = 0) -> None:
     if not latest or _time(latest) is None or not os.path.isdir(spool_dir):
         return
     current = read_hint(spool_dir)
-    if current is not None and current[0] >= latest and current[2] == (size or current[2]):
+    # The hint is one reading, its count taken with its time: a later time replaces it whole,
+    # with the count that came with it (0: none known). A count kept beside a later time from
+    # an append (which knows none) made a reader count as having seen no more records than
+    # that, and its own start, on a clock behind, fell before a fast writer it had seen by
+    # time (tests/test_time_order_attack_counts.py). The same time: the count just verified,
+    # even where lower (a count is of one history; reading_at_start caps it as well).
+    if current is not None and (current[0] > latest or current[0] == latest and current[2] == (size or current[2])):
         return
-    if current is not None:
-        # The time only rises; the count is the one just verified (0: none, the hint's stays),
-        # even where it is lower: a count is of one history, and a ledger restored from a
-        # backup (reset-trust) holds fewer records than the hint said, its places then taken
-        # by records that came after (tests/test_time_order_attack_counts.py). A lower count
-        # from a verification that raced a later one only says less.
-        latest, size = max(latest, current[0]), size or current[2]
     temporary = os.path.join(spool_dir, f".{HINT}-{os.getpid()}-{threading.get_ident()}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
