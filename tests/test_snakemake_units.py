@@ -217,6 +217,7 @@ def test_an_sqlite_url_is_judged_without_the_core_and_every_other_url_goes_to_it
     assert _refuse_a_bad_configuration("l.db") is None
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
 def test_the_recording_process_imports_its_back_end_only_after_the_first_start_digests(tmp_path):
     """The recording process imported its back-end (SQLAlchemy and the driver, for PostgreSQL) as
     it started, on another thread: the import holds the GIL, and on a busy head node it held up
