@@ -33,8 +33,8 @@ keeps the old count, and :func:`~lineage_ledger._ledger.seen.write_hint` only ev
    a verified head whose ``latest`` is at least its order end, so a reader whose count covers
    a writer has an ``after`` at or past that writer's order end. Here the writer ended after
    the reader's ``after`` (the old history's latest): the count is of another history.
-   Not fixed (``Ledger._later_of``, lead-owned): /work/scratch/s45/patches/
-   helper-137-count-against-time.patch; strict xfail.
+   Fixed in ``Ledger._later_of``: a count covers only a record whose order end is at or
+   before the counting record's ``after``.
 
 3. **A count older than the time beside it.** The hint is one line: a time and a count. An
    append (which knows no count) raised the time and kept the count of an older verified
@@ -137,9 +137,6 @@ def test_a_count_from_before_a_restore_does_not_order_a_reader_after_a_later_wri
     assert long_task.extra.get(SEEN_KEY, 1) == 1, (remembered, long_task.extra)
 
 
-@pytest.mark.xfail(strict=True, reason="a count stamped from the trusted head of a history the ledger no "
-                   "longer has (restored, not yet noticed) covers a writer that landed after the reader started: "
-                   "the version the reader read, put back, passes verify-lineage (patch helper-137-count-against-time)")
 def test_a_count_stamped_before_a_restore_was_noticed_does_not_order_a_reader_after_a_later_writer(tmp_path):
     url = f"sqlite:///{tmp_path}/ledger.db"
     env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state"),

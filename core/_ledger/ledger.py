@@ -32,7 +32,7 @@ from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
 from .._log.trust import TreeHead, TrustStore, trust_identity
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
-from .._order import seen_of
+from .._order import after_of, seen_of
 from .ahead import LookAhead as LookAhead  # defined here before the look-ups moved out
 from .complete import Listing, listing
 from .derived import DerivedQueries, RecordBits
@@ -380,9 +380,15 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         w_leaf = block_start(writer.height) + writer.position
         r_leaf = block_start(reader.height) + reader.position
         r_seen, w_seen = seen_of(reader.record.extra, r_leaf), seen_of(writer.record.extra, w_leaf)
-        if r_seen is not None and w_leaf < r_seen:
+        # A count is of the history its recorder verified: every record below it was in a head
+        # whose latest is at or past its order end, and the record's ``after`` is at least that
+        # latest. A count that covers a record whose order end is past the ``after`` counted
+        # another history (a ledger restored since: tests/test_time_order_attack_counts.py).
+        if r_seen is not None and w_leaf < r_seen and \
+                writer.record.order_end_text <= (after_of(reader.record.extra) or ""):
             return "in"
-        if w_seen is not None and r_leaf < w_seen:
+        if w_seen is not None and r_leaf < w_seen and \
+                reader.record.order_end_text <= (after_of(writer.record.extra) or ""):
             return "out"
         record = reader.record
         start = record.started_text if r_seen is not None else record.order_start_text
