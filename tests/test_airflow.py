@@ -327,24 +327,21 @@ def test_a_failed_try_lists_only_the_outlets_it_wrote(site, run):
     assert "outputs_not_written" not in noisy.extra
 
 
-def test_records_survive_os_exit_of_the_task_process(site, run):
-    """Task processes end with ``os._exit``: no thread is joined, no atexit handler runs.
-
-    A child process runs the DAG in-process (``dag.test()``), then queues one more try of
-    ``summarize`` and runs it through Airflow's own supervisor: a forked task process that
-    ends with ``os._exit``. Then the child itself leaves with ``os._exit(0)``.
-    The supervised try must be in the ledger already (shipped before its process ended);
-    the in-process tries must come back from the spool when the ledger is opened again.
-    """
-    script = textwrap.dedent(f"""
+def _next_try_supervised(site: AirflowSite, task_id: str, *, between: str = "", exit_code: bool = True) -> str:
+    """A script for a child process: ``lineage_example`` run in-process (``dag.test()``: the
+    process records), then ``between`` (code), then one more try of ``task_id`` queued and run
+    through Airflow's own supervisor, a forked task process that ends with ``os._exit``. It
+    prints "supervised exit code N run RUN_ID" and leaves with ``os._exit`` (N, or 0 where
+    ``exit_code`` is false: a try that is meant to fail)."""
+    return textwrap.dedent(f"""
         import importlib.util, os
         from sqlalchemy import select
-        spec = importlib.util.spec_from_file_location("exit_dag", {str(site.dags / "lineage_example.py")!r})
+        spec = importlib.util.spec_from_file_location("next_try_dag", {str(site.dags / "lineage_example.py")!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         dagrun = module.dag.test()
         assert dagrun.state == "success", dagrun.state
-
+    """) + between + textwrap.dedent(f"""
         from airflow.executors.workloads import BundleInfo
         from airflow.models.taskinstance import TaskInstance
         from airflow.sdk.api.datamodels._generated import TaskInstance as WorkloadTI
@@ -354,7 +351,7 @@ def test_records_survive_os_exit_of_the_task_process(site, run):
         with create_session() as session:
             ti = session.scalars(select(TaskInstance).where(
                 TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
-                TaskInstance.task_id == "summarize")).one()
+                TaskInstance.task_id == {task_id!r})).one()
             ti.try_number += 1
             ti.state = TaskInstanceState.QUEUED
             session.commit()
@@ -365,9 +362,21 @@ def test_records_survive_os_exit_of_the_task_process(site, run):
         client = InProcessTestSupervisor._api_client(module.dag)
         code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
                               dag_rel_path="lineage_example.py", token="", client=client)
-        print("supervised exit code", code, flush=True)
-        os._exit(code)
+        print("supervised exit code", code, "run", dagrun.run_id, flush=True)
+        os._exit({"code" if exit_code else "0"})
     """)
+
+
+def test_records_survive_os_exit_of_the_task_process(site, run):
+    """Task processes end with ``os._exit``: no thread is joined, no atexit handler runs.
+
+    A child process runs the DAG in-process (``dag.test()``), then queues one more try of
+    ``summarize`` and runs it through Airflow's own supervisor: a forked task process that
+    ends with ``os._exit``. Then the child itself leaves with ``os._exit(0)``.
+    The supervised try must be in the ledger already (shipped before its process ended);
+    the in-process tries must come back from the spool when the ledger is opened again.
+    """
+    script = _next_try_supervised(site, "summarize")
     # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
     env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
@@ -394,40 +403,10 @@ def test_a_task_process_forked_from_a_process_that_recorded_keeps_its_refusal(si
     dropped them all, its own included. Here the parent records through ``dag.test()``, then
     Airflow's supervisor forks the strict ``report`` task's next try after ``raw.csv`` was
     edited; its record must say it was refused and why."""
-    script = textwrap.dedent(f"""
-        import importlib.util, os
-        from sqlalchemy import select
-        spec = importlib.util.spec_from_file_location("forked_dag", {str(site.dags / "lineage_example.py")!r})
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        dagrun = module.dag.test()  # records in this process: its capture exists
-        assert dagrun.state == "success", dagrun.state
-
-        with open({str(run.data / "raw.csv")!r}, "a") as handle:
-            handle.write("edited,by,hand\\n")
-        os.environ["AIRFLOW__LINEAGE_LEDGER__POLICY"] = "strict"
-        from airflow.executors.workloads import BundleInfo
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.sdk.api.datamodels._generated import TaskInstance as WorkloadTI
-        from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
-        from airflow.utils.session import create_session
-        from airflow.utils.state import TaskInstanceState
-        with create_session() as session:
-            ti = session.scalars(select(TaskInstance).where(
-                TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
-                TaskInstance.task_id == "report")).one()
-            ti.try_number += 1
-            ti.state = TaskInstanceState.QUEUED
-            session.commit()
-            workload_ti = WorkloadTI(id=ti.id, task_id=ti.task_id, dag_id=ti.dag_id, run_id=ti.run_id,
-                                     try_number=ti.try_number, map_index=ti.map_index,
-                                     dag_version_id=ti.dag_version_id)
-        client = InProcessTestSupervisor._api_client(module.dag)
-        code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
-                              dag_rel_path="lineage_example.py", token="", client=client)
-        print("supervised exit code", code, "run", dagrun.run_id, flush=True)
-        os._exit(0)
-    """)
+    edit = (f"with open({str(run.data / 'raw.csv')!r}, 'a') as handle:\n"
+            "    handle.write('edited,by,hand\\n')\n"
+            "os.environ['AIRFLOW__LINEAGE_LEDGER__POLICY'] = 'strict'\n")
+    script = _next_try_supervised(site, "report", between=edit, exit_code=False)
     env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and "supervised exit code" in result.stdout, \

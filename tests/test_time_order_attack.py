@@ -57,6 +57,23 @@ def _write(base: Path, text: str, run_id: str, ref: Path | None = None) -> list:
                    outputs=entries_of([hash_file(str(ref))])).stored()]
 
 
+def _append_fast_record(ledger, g: Path) -> None:
+    """A record of ``g.txt`` from a host whose clock is ten minutes fast."""
+    fast = utcnow() + timedelta(minutes=10)
+    g.write_text("g\n")
+    ledger.append_records([Record(engine="test", run_id="fast", task_id="g", task_name="g", status="succeeded",
+                                  started=fast - timedelta(seconds=1), ended=fast,
+                                  outputs=entries_of([hash_file(str(g))])).stored()])
+
+
+def _passes_and_fails_put_back(base: Path, env: dict[str, str], path: Path, old: str) -> None:
+    """``verify-lineage`` passes ``path`` as it is, and fails it with ``old`` put back."""
+    current = run_cli("verify", path.name, cwd=base, env=env)
+    path.write_text(old)
+    restored = run_cli("verify", path.name, cwd=base, env=env)
+    assert (current.returncode, restored.returncode) == (0, 1), current.stdout + restored.stdout
+
+
 @needs_faketime
 def test_a_reading_from_a_host_whose_clock_is_behind_does_not_reorder_a_running_reader(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/ledger.db"
@@ -81,10 +98,7 @@ def test_a_reading_from_a_host_whose_clock_is_behind_does_not_reorder_a_running_
                                    known={str(tmp_path / "ref.txt"): entries_of([read])[str(tmp_path / "ref.txt")]}))
     finally:
         capture.close()
-    current = run_cli("verify", "ref.txt", cwd=tmp_path, env=env)
-    (tmp_path / "ref.txt").write_text("v1\n")
-    restored = run_cli("verify", "ref.txt", cwd=tmp_path, env=env)
-    assert (current.returncode, restored.returncode) == (0, 1), current.stdout + restored.stdout
+    _passes_and_fails_put_back(tmp_path, env, tmp_path / "ref.txt", "v1\n")
 
 
 def test_a_record_from_a_fast_clock_does_not_reorder_two_tasks_with_right_clocks(tmp_path):
@@ -95,11 +109,7 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_tasks_with_right_clocks
         f.write_text("v1\n")
         ledger.append_records(_write(tmp_path, "v1\n", "write-v1", f))
         writer_started = utcnow()  # the writer of v2 starts: the fast record is not in the ledger yet
-        fast = utcnow() + timedelta(minutes=10)
-        g.write_text("g\n")
-        ledger.append_records([Record(engine="test", run_id="fast", task_id="g", task_name="g", status="succeeded",
-                                      started=fast - timedelta(seconds=1), ended=fast,
-                                      outputs=entries_of([hash_file(str(g))])).stored()])
+        _append_fast_record(ledger, g)
         # The reader's pre-run check verifies the ledger, the fast record included (how a
         # recorder learns of another host's records: a verified head, which says how many
         # records it holds; a recorder that only shipped records itself knows no count, and
@@ -116,10 +126,7 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_tasks_with_right_clocks
                                        ended=utcnow(), inputs=[str(f)], known=read))
         finally:
             capture.close()
-    current = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
-    f.write_text("v1\n")
-    restored = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
-    assert (current.returncode, restored.returncode) == (0, 1), current.stdout + restored.stdout
+    _passes_and_fails_put_back(tmp_path, env, f, "v1\n")
 
 
 @pytest.mark.xfail(strict=True, reason="a writer's order end moved on by a fast host's record beats a concurrent "
@@ -132,11 +139,7 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_concurrent_writers_with
         f.write_text("v1\n")
         ledger.append_records(_write(tmp_path, "v1\n", "write-v1", f))
         long_started = utcnow()  # a long writer starts: the fast record is not in the ledger yet
-        fast = utcnow() + timedelta(minutes=10)
-        g.write_text("g\n")
-        ledger.append_records([Record(engine="test", run_id="fast", task_id="g", task_name="g", status="succeeded",
-                                      started=fast - timedelta(seconds=1), ended=fast,
-                                      outputs=entries_of([hash_file(str(g))])).stored()])
+        _append_fast_record(ledger, g)
         short_started = utcnow()  # a short writer starts after it landed, writes f.txt and ends
         f.write_text("short\n")
         capture = TaskCapture(url, engine="test", spool=spool, raise_errors=True)
@@ -148,7 +151,4 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_concurrent_writers_with
                                        started=long_started, ended=utcnow(), outputs=[str(f)]))
         finally:
             capture.close()
-    current = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
-    f.write_text("short\n")
-    restored = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
-    assert (current.returncode, restored.returncode) == (0, 1), current.stdout + restored.stdout
+    _passes_and_fails_put_back(tmp_path, env, f, "short\n")

@@ -53,12 +53,14 @@ About 7 s at load 10 (some thirty short ``lineage-ledger`` processes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,31 @@ from tests.conftest import run_cli
 
 FAKETIME = shutil.which("faketime")
 needs_faketime = pytest.mark.skipif(FAKETIME is None, reason="faketime (libfaketime) is not installed")
+
+
+@contextlib.contextmanager
+def _long_reader(base: Path, env: dict[str, str]) -> Iterator[None]:
+    """``lineage-ledger run -i f.txt -o g.txt``, a long task: f.txt's digest is taken before the
+    command starts, which copies it to g.txt and runs on until the block ends; it must succeed."""
+    script = Path(sys.executable).parent / "lineage-ledger"
+    long_env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")} | env
+    reader = subprocess.Popen(
+        [str(script), "run", "-i", "f.txt", "-o", "g.txt", "--", "sh", "-c",
+         "cp f.txt g.txt; while [ ! -e go ]; do sleep 0.05; done"],
+        cwd=base, env=long_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (base / "g.txt").exists():
+            assert reader.poll() is None and time.monotonic() < deadline, reader.communicate()
+            time.sleep(0.05)
+        yield
+        (base / "go").touch()
+        out, err = reader.communicate(timeout=120)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0, (out, err)
 
 
 def _copy_database(source: Path, target: Path) -> None:
@@ -102,27 +129,10 @@ def test_a_count_from_before_a_restore_does_not_order_a_reader_after_a_later_wri
     run_cli("verify", cwd=tmp_path, env=env, check_rc=0)  # "and verify again": one record, trusted
 
     # A long task reads f.txt (v0: its digest is taken before the command starts) and runs on.
-    script = Path(sys.executable).parent / "lineage-ledger"
-    long_env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")} | env
-    reader = subprocess.Popen(
-        [str(script), "run", "-i", "f.txt", "-o", "g.txt", "--", "sh", "-c",
-         "cp f.txt g.txt; while [ ! -e go ]; do sleep 0.05; done"],
-        cwd=tmp_path, env=long_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "g.txt").exists():
-            assert reader.poll() is None and time.monotonic() < deadline, reader.communicate()
-            time.sleep(0.05)
+    with _long_reader(tmp_path, env):
         _write(tmp_path, env, "f.txt", "v1")  # place 1: the real last write of f.txt
         for n in range(remembered - 2):  # places 2 .. remembered-1: the long reader lands at `remembered`
             _write(tmp_path, env, f"x{n}.txt", f"x{n}")
-        (tmp_path / "go").touch()
-        out, err = reader.communicate(timeout=120)
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
-    assert reader.returncode == 0, (out, err)
 
     with open_ledger(url, spool=str(tmp_path / "other-spool"), state_dir=str(tmp_path / "other-state")) as ledger:
         cli = [r.record for r in ledger.recent(20) if r.record.engine == "cli"]
@@ -149,17 +159,7 @@ def test_a_count_stamped_before_a_restore_was_noticed_does_not_order_a_reader_af
     _copy_database(tmp_path / "backup.db", tmp_path / "ledger.db")  # restored; the account has not noticed yet
 
     # A long task reads f.txt (v0): stamped with the count its account's trusted head says (5).
-    script = Path(sys.executable).parent / "lineage-ledger"
-    long_env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")} | env
-    reader = subprocess.Popen(
-        [str(script), "run", "-i", "f.txt", "-o", "g.txt", "--", "sh", "-c",
-         "cp f.txt g.txt; while [ ! -e go ]; do sleep 0.05; done"],
-        cwd=tmp_path, env=long_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "g.txt").exists():
-            assert reader.poll() is None and time.monotonic() < deadline, reader.communicate()
-            time.sleep(0.05)
+    with _long_reader(tmp_path, env):
         # Meanwhile f.txt is rewritten (v1) and three more tasks record: the ledger's rewrite is
         # found and their records wait in the spool (exit 1), as docs/guide.md says; the user
         # then does what the message says: reset-trust, spool ship (places 1-4).
@@ -169,13 +169,7 @@ def test_a_count_stamped_before_a_restore_was_noticed_does_not_order_a_reader_af
         assert [r.returncode for r in refused] == [1] * 4, [r.stderr for r in refused]
         run_cli("reset-trust", cwd=tmp_path, env=env, check_rc=0)
         run_cli("spool", "ship", cwd=tmp_path, env=env, check_rc=0)
-        (tmp_path / "go").touch()  # the long task ends and lands at place 5, its count 5 "covering" place 1
-        out, err = reader.communicate(timeout=120)
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
-    assert reader.returncode == 0, (out, err)
+    # The long task ended and landed at place 5, its count 5 "covering" place 1.
 
     right = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
     (tmp_path / "f.txt").write_text("v0\n")

@@ -54,7 +54,6 @@ def seen_for(started: datetime, url: str | None = None, spool: str | None = None
         return {}
 
 
-
 def _identity(url: str | None, spool: str | None) -> str:
     """The identity of the ledger at ``url`` (worked out once a process, without connecting),
     after taking what this account's other processes saw of it, again each minute (their

@@ -33,8 +33,8 @@ A task that started at ``started`` gets the latest value among the readings date
 before then, and the largest count among those of them that carry that value
 (:func:`seen_before`): every record behind them was in the ledger before the task started,
 so the task ran after theirs. A count from an older reading than the time says less than the
-time does, and would order a reader by its own start (:mod:`.._order`). Times are this host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as
-before.
+time does, and would order a reader by its own start (:mod:`.._order`). Times are this
+host's clock, as ``started`` is. A reading missed leaves the clocks to decide, as before.
 """
 
 from __future__ import annotations
