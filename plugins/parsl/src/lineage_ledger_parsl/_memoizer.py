@@ -57,6 +57,7 @@ from lineage_ledger import (
 
 from ._checkpoints import RunSaid, keep_private, start_loading_private
 from ._code_check import MADE_BY, MadeBy
+from ._ignored import ignored_inputs_changed
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
@@ -160,7 +161,10 @@ class LedgerMemoizer(Memoizer):
         # An output a later run rewrote passes the check above (it is the last record's): see _stale.
         stale = self._outputs_stale(task, outputs, skip=[*tampered, *gone, *unverified.get("not_verified", ())]) \
             if cached is not None and outputs else []
-        tampered = [*tampered, *gone, *stale]
+        # An input the app leaves out of its memo key that changed since the result was made: see _ignored.
+        ignored = ignored_inputs_changed(self, task, cached, skip=[*tampered, *unverified.get("not_verified", ())]) \
+            if cached is not None else []
+        tampered = [*tampered, *gone, *stale, *ignored]
         # A value loaded from a checkpoint: made by a recorded try? (strict raises here)
         unvouched = self._values.check(self, task, cached) if cached is not None and self.ledger.unrecordable is None \
             else None
