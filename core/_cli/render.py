@@ -14,7 +14,7 @@ from .._ledger.ledger import LedgerRecord, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._ledger.walks import Nested, run_nested
 from .._terminal import printable
-from .._verification.report import NotVerifiedFound, not_verified_in, not_verified_marks
+from .._verification.report import NotVerifiedFound, TargetResult, not_verified_in, not_verified_marks
 from .._verification.verify import ArtifactCheck, Report
 from .unchecked import unchecked_directories  # where trust.py has always found it
 
@@ -79,6 +79,16 @@ def _node_label(node: LineageNode, check: ArtifactCheck | None, here: str,
     if node.kind == "broken":
         return f"{_short(node.path, here)} {digest}{status}  BROKEN: no recorded task produced this version"
     return f"{_short(node.path, here)} {digest}{status}  (source)"
+
+
+def _target_checks(target: TargetResult) -> dict[str, ArtifactCheck]:
+    """Each file's check in a target's tree, the target's own under the path it was given and
+    the path it was checked as: a target reached through a link (``dlink/out.txt`` of a link
+    ``dlink`` to ``data/``) is checked, and its tree drawn, as the real ``data/out.txt``."""
+    checks = dict(target.files)
+    checks.setdefault(target.check.path, target.check)
+    checks[target.path] = target.check
+    return checks
 
 
 def lineage_lines(root: LineageNode, checks: dict[str, ArtifactCheck] | None = None, *,
@@ -254,8 +264,7 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
         if target.tree is None:
             lines.append(f"{_short(target.path, here)} {target.check.status.value}")
             continue
-        checks = dict(target.files)
-        checks[target.path] = target.check
+        checks = _target_checks(target)
         lines.extend(lineage_lines(target.tree, checks, described=described, shown=shown, here=here,
                                    labels=labels, notes=False))
     for absent in report.absent:
@@ -337,8 +346,7 @@ def report_json(report: Report, unchecked: Sequence[str] = ()) -> dict[str, Any]
     found = not_verified_in((target.path, target.tree) for target in report.targets)
     targets = []
     for target in report.targets:
-        checks = dict(target.files)
-        checks[target.path] = target.check
+        checks = _target_checks(target)
         targets.append({
             "path": target.path, "check": target.check.to_json(),
             "lineage": _node_json(target.tree, checks, set()) if target.tree else None,

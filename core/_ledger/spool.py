@@ -110,8 +110,7 @@ def _prepare(directory: str, identity: str) -> None:
     """Create ``directory`` (and the spool root) private, check it, and name the ledger in its
     ``URL`` file (once: what ``spool status`` shows)."""
     try:
-        _make_private_dir(os.path.dirname(directory), parents=True)
-        _check_spool_root(os.path.dirname(directory))
+        _make_spool_root(os.path.dirname(directory))
         _make_private_dir(directory)
         _check_private_dir(directory)
         marker = os.path.join(directory, "URL")
@@ -127,13 +126,24 @@ def _prepare(directory: str, identity: str) -> None:
         raise SpoolError(f"cannot use the spool directory {directory}: {err.strerror or err}") from err
 
 
+def _make_spool_root(root: str) -> None:
+    """Make the spool root (and its folder where missing), nothing inside a folder refused."""
+    folder = os.path.dirname(root) or "."
+    if os.path.isdir(folder):
+        _check_spool_root_folder(folder)  # before anything is made in it
+    _make_private_dir(root, parents=True)
+    _check_spool_root(root)
+
+
 def _check_spool_root(root: str) -> None:
     """The spool root (``.lineage/spool``) holds each ledger's directory: a user who may
     rename in it may move a directory of waiting records away (``spool status`` then says
     nothing waits, and nothing ships them) or put a link of theirs in its place between a
     check and a segment's open. So it must be a directory, not a link, of this user (made
     0700 when this user's and others may write it), or a sticky one (``/tmp``), in which
-    others may not rename what is this user's."""
+    others may not rename what is this user's. Its folder (``.lineage``) is checked too: one who
+    may rename there may move the whole spool root away (:func:`_check_spool_root_folder`)."""
+    _check_spool_root_folder(os.path.dirname(root) or ".")
     info = os.lstat(root)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise SpoolError(f"the spool root {root} is not a directory (a link?); refusing to use it")
@@ -147,6 +157,31 @@ def _check_spool_root(root: str) -> None:
         log.warning("lineage-ledger: the spool root %s was mode %04o; made it 0700 (a spool belongs to one user)",
                     printable(root), stat.S_IMODE(info.st_mode))
         os.chmod(root, _DIR_MODE, follow_symlinks=False)
+
+
+def _check_spool_root_folder(folder: str) -> None:
+    """The folder that holds the spool root (``.lineage``, beside the ledger) must be one no
+    other user may rename in: this user's or root's, or sticky. One of another user is refused
+    (they made ``.lineage`` first, in a project folder all may write); one of this user's that
+    others may write loses that permission, with a warning (the group's write bit is kept: the
+    group recipe of docs/security.md shares the ledger's folder with the group, whose members
+    may write the ledger too). Links are followed: the folder renamed in is the real one."""
+    info = os.stat(folder)
+    if info.st_mode & stat.S_ISVTX:
+        return
+    if info.st_uid not in (os.geteuid(), 0):
+        raise SpoolError(f"the spool root's folder {folder} belongs to uid {info.st_uid}, not to this user (uid "
+                         f"{os.geteuid()}), who could move the records waiting in it away; refusing to use it "
+                         "(give a spool of your own: --spool or LINEAGE_SPOOL)")
+    if info.st_mode & stat.S_IWOTH:
+        if info.st_uid != os.geteuid():
+            raise SpoolError(f"the spool root's folder {folder} may be written by every user, who could move the "
+                             "records waiting in it away; refusing to use it (give a spool of your own: --spool "
+                             "or LINEAGE_SPOOL)")
+        mode = stat.S_IMODE(info.st_mode)
+        log.warning("lineage-ledger: the spool root's folder %s was mode %04o, so others may write it (and move "
+                    "the waiting records away); made it %04o", printable(folder), mode, mode & ~stat.S_IWOTH)
+        os.chmod(folder, mode & ~stat.S_IWOTH)
 
 
 def _adopt(earlier: str, directory: str, identity: str) -> None:
@@ -204,8 +239,7 @@ class SpoolWriter:
             try:
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)
             except FileNotFoundError:  # the directory was removed (a clean-up): made again, private
-                _make_private_dir(os.path.dirname(self.directory), parents=True)  # as _prepare makes them
-                _check_spool_root(os.path.dirname(self.directory))
+                _make_spool_root(os.path.dirname(self.directory))  # as _prepare makes them
                 _make_private_dir(self.directory)
                 _check_private_dir(self.directory)  # never a link or another user's directory in its place
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW, _FILE_MODE)

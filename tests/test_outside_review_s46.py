@@ -1,0 +1,121 @@
+"""An outside review (session 46) of the command line as a new user meets it, from the docs:
+``run``, ``spool status``/``spool ship`` and ``verify-lineage`` in a project folder that
+another local user can write. Each test names one bug found. The tests that give a folder
+to another user (``nobody``) need root and skip otherwise; the file takes about 5 s.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+_NOBODY = 65534
+
+
+def _spool_root(workdir):
+    return workdir / ".lineage" / "spool"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the project's .lineage to another user (nobody)")
+def test_a_spool_inside_another_users_lineage_folder_is_refused(workdir, cli):
+    # nobody made .lineage first, in a project folder both may write. Anyone who may rename in
+    # .lineage may move .lineage/spool, and the records waiting in it, away: spool status then
+    # says that nothing waits and nothing ships them (seen by hand: a record waiting for a
+    # locked ledger vanished, exit 0 everywhere). The spool root's own check (its owner) came
+    # too late: the root was this user's, its folder was not.
+    lineage = workdir / ".lineage"
+    lineage.mkdir()
+    os.chown(lineage, _NOBODY, _NOBODY)
+    lineage.chmod(0o755)
+    ran = cli("run", "-o", "out.txt", "--", "sh", "-c", "echo ran > out.txt")
+    assert ran.returncode == 2, (ran.returncode, ran.stdout, ran.stderr)
+    assert str(_NOBODY) in ran.stderr and "--spool" in ran.stderr, ran.stderr
+    assert not (workdir / "out.txt").exists(), "the command ran though its record had no safe spool"
+    assert not _spool_root(workdir).exists(), "a spool was made inside another user's folder"
+
+
+def test_a_spool_in_a_lineage_folder_others_may_write_is_made_safe(workdir, cli):
+    # A .lineage of this user that every user may write (not sticky): anyone may rename the
+    # spool in it away. It loses the others' write permission, with a warning, as a spool root
+    # others may write is made 0700; the group's is kept (the group recipe of docs/security.md).
+    lineage = workdir / ".lineage"
+    lineage.mkdir()
+    lineage.chmod(0o777)
+    ran = cli("run", "-o", "out.txt", "--", "sh", "-c", "echo ran > out.txt")
+    assert ran.returncode == 0, (ran.returncode, ran.stdout, ran.stderr)
+    assert stat.S_IMODE(lineage.stat().st_mode) == 0o775, oct(lineage.stat().st_mode)
+    assert "others may write" in ran.stderr, ran.stderr
+    assert cli("out.txt", program="verify-lineage").returncode == 0
+
+
+def test_a_new_lineage_folder_is_never_made_writable_by_others(workdir, cli):
+    # Under umask 000 the folders made for the spool took the umask's mode: .lineage came out
+    # 0777 and every local user could move the waiting records away.
+    ran = cli("run", "-o", "out.txt", "--", "sh", "-c", "echo ran > out.txt", prefix=("sh", "-c", 'umask 000; exec "$@"', "sh"))
+    assert ran.returncode == 0, (ran.returncode, ran.stdout, ran.stderr)
+    mode = stat.S_IMODE((workdir / ".lineage").stat().st_mode)
+    assert not mode & 0o002, oct(mode)
+    assert "others may write" not in ran.stderr, ran.stderr
+
+
+def test_a_folder_reached_through_a_link_shows_each_files_status(workdir, cli):
+    # verify-lineage dlink (a link to data/, no trailing slash): the report named each file by its
+    # real path and left its status out ("data/out.txt 55e6b2bdf1ec  <- ..." where the same check
+    # of data/ said MODIFIED), and --json gave the lineage's first node "status": null. The exit
+    # status was right; the line that says which file changed was not.
+    import json
+
+    (workdir / "data").mkdir()
+    (workdir / "data" / "in.txt").write_text("in\n")
+    cli("run", "-i", "data/in.txt", "-o", "data/out.txt", "--", "cp", "data/in.txt", "data/out.txt", check_rc=0)
+    (workdir / "dlink").symlink_to("data")
+    (workdir / "data" / "out.txt").write_text("edited\n")
+    for target in ("dlink", "data"):
+        verified = cli(target, program="verify-lineage")
+        assert verified.returncode == 1, (target, verified.returncode, verified.stdout, verified.stderr)
+        tree_line = next(line for line in verified.stdout.splitlines() if line.startswith("data/out.txt"))
+        assert " MODIFIED " in tree_line, (target, verified.stdout)
+        report = json.loads(cli("--json", target, program="verify-lineage").stdout)
+        statuses = {t["lineage"]["path"]: t["lineage"]["status"] for t in report["targets"] if t["lineage"]}
+        assert statuses[str(workdir / "data" / "out.txt")] == "MODIFIED", (target, statuses)
+
+
+def _read_through_a_link_then_by_the_real_path(workdir, cli):
+    """Task A reads data/f.txt through the link dl (v1: recorded under both spellings), then
+    f.txt becomes v2 and task B reads it by its real path (recorded under that one alone)."""
+    (workdir / "data").mkdir()
+    (workdir / "dl").symlink_to("data")
+    (workdir / "data" / "f.txt").write_text("v1\n")
+    cli("run", "-n", "A", "-i", "dl/f.txt", "-o", "a.out", "--", "cp", "data/f.txt", "a.out", check_rc=0)
+    (workdir / "data" / "f.txt").write_text("v2\n")
+    cli("run", "-n", "B", "-i", "data/f.txt", "-o", "b.out", "--", "cp", "data/f.txt", "b.out", check_rc=0)
+
+
+@pytest.mark.xfail(strict=True, reason="query_path (core/_ledger/proved.py, the lead's) takes the spelling as given "
+                   "first: the alias names only the records made through the link; patch "
+                   "/work/scratch/s46/patches/helper-141-real-path-first.patch")
+def test_a_file_reached_through_a_link_is_checked_against_its_last_reader_by_any_spelling(workdir, cli):
+    # verify-lineage dl/f.txt answered from the records that named dl/f.txt (A, v1), not from
+    # the last one that read the file (B, v2): the honest v2 failed (MODIFIED, exit 1) and v1
+    # put back passed (exit 0), where verify-lineage data/f.txt said the opposite, as it should.
+    _read_through_a_link_then_by_the_real_path(workdir, cli)
+    for target in ("data/f.txt", "dl/f.txt", "dl"):
+        honest = cli(target, program="verify-lineage")
+        assert honest.returncode == 0, (target, honest.returncode, honest.stdout, honest.stderr)
+    (workdir / "data" / "f.txt").write_text("v1\n")  # the version only A read, put back
+    for target in ("data/f.txt", "dl/f.txt", "dl"):
+        put_back = cli(target, program="verify-lineage")
+        assert put_back.returncode == 1 and "MODIFIED" in put_back.stdout, (target, put_back.returncode,
+                                                                            put_back.stdout, put_back.stderr)
+
+
+@pytest.mark.xfail(strict=True, reason="query_path (core/_ledger/proved.py, the lead's) takes the spelling as given "
+                   "first; patch /work/scratch/s46/patches/helper-141-real-path-first.patch")
+def test_depends_through_a_link_lists_the_readers_of_the_real_path(workdir, cli):
+    # depends dl/f.txt listed A alone: B, which read the same file by its real path, was left out.
+    _read_through_a_link_then_by_the_real_path(workdir, cli)
+    for target in ("data/f.txt", "dl/f.txt"):
+        listed = cli("depends", target, check_rc=0).stdout
+        assert "cli:A" in listed and "cli:B" in listed, (target, listed)
