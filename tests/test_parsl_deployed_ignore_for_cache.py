@@ -117,3 +117,58 @@ def test_a_cache_hit_is_not_reused_on_an_ignored_input_rewritten_since(workdir, 
         lies = [entry.record.id for entry in ledger.consumers(str(ref), second)
                 if (entry.record.outputs.get(str(out)) or {}).get("blake3") == first_out]
     assert lies == []
+
+
+IN_ONE_RUN = """
+    import sys
+    sys.path.insert(0, {example!r})
+    import parsl, pipeline
+    from parsl.app.app import python_app
+    from parsl.data_provider.files import File
+    from lineage_ledger_parsl import ParslLedger
+
+    def write(text, after=None, outputs=()):
+        with open(outputs[0].filepath, "w") as handle:
+            handle.write(text)
+        return text
+
+    def use(ref=None, outputs=()):
+        with open(ref.filepath) as source:
+            text = source.read()
+        with open(outputs[0].filepath, "w") as handle:
+            handle.write(text.upper())
+        return text
+
+    ledger = ParslLedger({url!r}, policy="strict")
+    dfk = parsl.load(pipeline.make_config({workdir!r}, "threads", ledger, checkpoint=False))
+    write_app, use_app = python_app(write, cache=True), python_app(use, cache=True, ignore_for_cache=["ref"])
+    first = write_app("first", outputs=[File({ref!r})])
+    used = use_app(ref=first.outputs[0], outputs=[File({out!r})])
+    second = write_app("second", after=used, outputs=[File({ref!r})])  # once the first use has read it
+    again = use_app(ref=second.outputs[0], outputs=[File({out!r})])
+    print(used.result(), flush=True)
+    try:
+        print(again.result(), flush=True)
+    except Exception as error:
+        print("refused: " + type(error).__name__ + ": " + str(error), flush=True)
+    dfk.cleanup()
+"""
+
+
+def test_a_hit_in_the_same_run_on_an_ignored_input_rewritten_since_is_refused_under_strict(workdir):
+    """The same, within one run: ``use`` runs on the first text, ``ref.txt`` is rewritten, and
+    ``use`` is called again, a hit in Parsl's table on the value made seconds ago, whose record
+    may not be in the ledger yet (write-behind). Before, it was reused under strict."""
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    ref, out = workdir / "ref.txt", workdir / "out.txt"
+    (workdir / "run.py").write_text(textwrap.dedent(IN_ONE_RUN.format(
+        example=str(support.EXAMPLE_DIR), url=url, workdir=str(workdir), ref=str(ref), out=str(out))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    env["LINEAGE_STATE_DIR"] = str(workdir / "state")
+    done = subprocess.run([sys.executable, str(workdir / "run.py")], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    used, again = done.stdout.strip().splitlines()[-2:]
+    assert used == "first"
+    assert again.startswith("refused: ArtifactMismatch") and "ignore_for_cache" in again and str(ref) in again, again
+    assert ref.read_text() == "second" and out.read_text() == "FIRST"

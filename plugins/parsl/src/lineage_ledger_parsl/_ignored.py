@@ -32,7 +32,7 @@ from ._unrecordable import unnamed
 if TYPE_CHECKING:
     from ._memoizer import LedgerMemoizer
 
-__all__ = ["ignored_inputs", "ignored_inputs_changed"]
+__all__ = ["MadeHere", "ignored_inputs", "ignored_inputs_changed"]
 
 log = logging.getLogger("lineage_ledger.parsl")
 
@@ -45,6 +45,32 @@ def ignored_inputs(task: Mapping[str, Any]) -> list[str]:
     return task_files((), {k: kwargs[k] for k in ignored if k in kwargs})[0]
 
 
+class MadeHere:
+    """The bytes of the ignored inputs each memo key's latest result of this run was made
+    from, as its try was handed them (the memoizer's check: ``lineage_ledger_read``). A hit
+    in the same run reuses a value made minutes ago, whose record may still be on its way to
+    the ledger (write-behind): the ledger alone would know nothing of it."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, dict[str, str | None]] = {}
+
+    def succeeded(self, task: Mapping[str, Any]) -> None:
+        """``task`` ended with the value Parsl now keeps under its memo key."""
+        memo_hash, paths = task.get("hashsum"), ignored_inputs(task)
+        if not isinstance(memo_hash, str) or not paths:
+            return
+        read = task.get("lineage_ledger_read") or {}
+        self._by_key[memo_hash] = {p: (read.get(p) or {}).get("blake3") for p in paths}
+
+    def made_from(self, memo_hash: str, path: str) -> str | None:
+        """The digest ``path`` had when this run's latest result of ``memo_hash`` was made
+        (None: not made in this run, or the file was not hashed then)."""
+        return (self._by_key.get(memo_hash) or {}).get(path)
+
+    def made_here(self, memo_hash: str) -> bool:
+        return memo_hash in self._by_key
+
+
 def ignored_inputs_changed(memoizer: LedgerMemoizer, task: Mapping[str, Any], cached: Future[Any],
                            skip: list[str]) -> list[str]:
     """The ignored inputs (see :func:`ignored_inputs`) of a cache hit (``cached``) whose bytes
@@ -52,15 +78,20 @@ def ignored_inputs_changed(memoizer: LedgerMemoizer, task: Mapping[str, Any], ca
     try recorded as refused); ``warn`` and ``rerun`` log each one and return them."""
     memo_hash = task.get("hashsum")
     left = set(skip)
-    paths = [p for p in dict.fromkeys(ignored_inputs(task)) if p not in left and os.path.isfile(p)]
+    paths = [p for p in dict.fromkeys(ignored_inputs(task)) if p not in left and os.path.exists(p)]
     paths = [p for p in paths if p not in unnamed(paths)]
     if not paths or not isinstance(memo_hash, str) or memoizer.ledger.unrecordable is not None:
         return []
     policy = memoizer.ledger.policy
     try:
-        value = cached.result() if cached.done() and not cached.exception() else None
-        made_value = memoizer.entry_digest(task, value) if cached.done() and not cached.exception() else None
-        changed = _changed(memoizer.ledger.capture.ledger, memo_hash, made_value, paths)
+        here = memoizer.made_here
+        if here.made_here(memo_hash):  # the value Parsl keeps was made in this run: its bytes are known
+            changed = [(p, disk, [made]) for p in paths if (made := here.made_from(memo_hash, p)) is not None
+                       and (disk := _disk(p)) is not None and disk != made]
+        else:
+            value = cached.result() if cached.done() and not cached.exception() else None
+            made_value = memoizer.entry_digest(task, value) if cached.done() and not cached.exception() else None
+            changed = _changed(memoizer.ledger.capture.ledger, memo_hash, made_value, paths)
     except LedgerError as err:
         log.error("lineage-ledger: could not tell whether the files task %s leaves out of its memo key are the "
                   "ones its cached result was made from: %s", task["id"], err)
@@ -102,9 +133,8 @@ def _changed(ledger: Any, memo_hash: str, made_value: str | None,
     by one made from ``b``, is not reused when the file goes back to ``a``."""
     found: list[tuple[str, str, list[str]]] = []
     for path in paths:
-        try:
-            disk = hash_file(path).blake3
-        except LedgerError:  # gone or unreadable now: the task itself, or the other checks, say so
+        disk = _disk(path)
+        if disk is None:
             continue
         key = ledger.query_path(path)
         tries = [entry.record for entry in ledger.consumers(key, as_key=True)
@@ -115,3 +145,10 @@ def _changed(ledger: Any, memo_hash: str, made_value: str | None,
         if made and disk not in made:
             found.append((path, disk, made))
     return found
+
+
+def _disk(path: str) -> str | None:
+    try:
+        return hash_file(path).blake3
+    except LedgerError:  # gone or unreadable now: the task itself, or the other checks, say so
+        return None

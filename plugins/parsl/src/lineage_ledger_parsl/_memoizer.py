@@ -57,7 +57,7 @@ from lineage_ledger import (
 
 from ._checkpoints import RunSaid, keep_private, start_loading_private
 from ._code_check import MADE_BY, MadeBy
-from ._ignored import ignored_inputs_changed
+from ._ignored import MadeHere, ignored_inputs_changed
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
@@ -88,6 +88,7 @@ class LedgerMemoizer(Memoizer):
         self._run_said = RunSaid()  # which run wrote the checkpoint: its records vouch for its values
         self._run_id: str | None = None
         self._made_by = MadeBy()  # the code that made each value of the table this run
+        self.made_here = MadeHere()  # the ignored inputs each value of the table this run was made from
 
     # -- the Memoizer interface ------------------------------------------------------
     def start(self, *, run_dir: str, config_run_dir: str) -> None:
@@ -110,6 +111,8 @@ class LedgerMemoizer(Memoizer):
             record_join(self, task, r)
         self.inner.update_memo_result(task, r)
         self._made_by.ended(task, succeeded=True)
+        if not task.get("from_memo"):
+            self.made_here.succeeded(task)
         self._run_id = task["dfk"].run_id
         if self.inner.checkpoint_mode == "task_exit":  # written by now (others: at close, see RunSaid)
             self._run_said.say(self.inner.run_dir, self._run_id)
