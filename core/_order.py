@@ -33,8 +33,12 @@ compared by its own start (what it saw by time is then no proof it saw that writ
 without a count by its moved start, as before. A count at or past the record's own place is
 no count (no record sees itself or what came after it).
 
-What stays (a strict xfail there): two writers of one file at once, one of which had seen a
-record from a clock ahead, are ordered by that record's time, not by when each ended. (A
+Within one role the same holds (``Ledger._last_in_role``): of two writers of one file at once,
+one of which had seen a record from a clock ahead, the one that really ended last is the later
+where the other carries a count that does not cover it; a reader counts from its start, so a
+short task that read a source after a long one started reading it saw it last. What stays (a
+strict xfail in tests/test_time_order_attack.py): a recorder that never verified the ledger (it
+only shipped records) stamps no count, and its records are ordered by their moved times. (A
 record replayed late from a crashed host's spool keeps its own times: ledger order alone
 would wrongly make it the newest, tests/test_time_order_late_ship.py.)
 

@@ -343,6 +343,15 @@ class Backend(ABC):
         record :meth:`find` returns."""
         return None
 
+    def find_ended_since(self, role: Role, path: str, since: str, offset: int,
+                         limit: int) -> list[tuple[Located, str]]:
+        """The records that read or wrote ``path`` and ended at ``since`` or later, with the
+        end time the index claims for each, latest first (end time, then ledger order):
+        ``limit`` of them from ``offset``. Which of those saw the file last is worked out by
+        the core (a reader counts from its start, :meth:`lineage_ledger.Ledger.last_seen`).
+        Asked only where :attr:`keeps_end_times` is true, as :meth:`find_latest` is."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of end times")
+
     def endorsed_head(self) -> tuple[int, str] | None:
         """(tree size, root hex) that parties other than this client vouch for (Fabric: the
         endorsing peers' signed tree head, signatures proved; BAASH: its quorum), or None

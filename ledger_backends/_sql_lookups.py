@@ -194,6 +194,27 @@ class _SQLLookups:
             raise _dangling(seq)
         return Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b"")), _as_text(ended)
 
+    def find_ended_since(self, role: Role, path: str, since: str, offset: int,
+                         limit: int) -> list[tuple[Located, str]]:
+        """The records that read or wrote ``path`` and ended at ``since`` or later (as the
+        index keeps end times), latest first (end time, then ledger order), ``limit`` of them
+        from ``offset``: one range of ``ll_artifacts_latest``, from its top down."""
+        rows = self._fetch(
+            "query",
+            "SELECT a.seq, r.height, r.pos, r.id, a.ended FROM"
+            " (SELECT seq, ended FROM ll_artifacts WHERE path = ? AND role = ? AND ended >= ?"
+            " ORDER BY ended DESC, seq DESC LIMIT ? OFFSET ?) a LEFT JOIN ll_records r ON r.seq = a.seq"
+            " ORDER BY a.ended DESC, a.seq DESC",
+            (path, _IN if role == "in" else _OUT, since, max(0, int(limit)), max(0, int(offset))),
+        )
+        found = []
+        for seq, height, pos, record_id, ended in rows:
+            if record_id is None:
+                raise _dangling(seq)
+            found.append((Located(_as_int(height), _as_int(pos), StoredRecord(_as_text(record_id), b"")),
+                          _as_text(ended)))
+        return found
+
     def find_latest_many(self, role: Role, paths: Sequence[str]) -> dict[str, tuple[Located, str]]:
         """:meth:`find_latest` of many paths, ``_ID_CHUNK`` a statement: each path one step
         down ``ll_artifacts_latest``, inside the database."""

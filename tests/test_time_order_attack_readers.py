@@ -41,8 +41,9 @@ case 4b3f850 fixed (``tests/test_time_order_attack.py``'s 2: the reader's ``afte
 past the writer's end and its start before it, but the writer landed after the reader
 started). Fixed the same stop: a record says how many records its recorder had verified
 (``extra["lineage_ledger.seen"]``), and a reader counts after a writer whose place in the ledger
-is below that count (``Ledger._later_of``). 3 stays (a strict xfail): it needs the look-up of
-the latest reader to ask for the readers whose order end is at or after the latest one's start.
+is below that count (``Ledger._later_of``). 3 fixed in the twenty-fourth stop: the look-up of
+the latest reader also reads the readers whose order end is at or after the latest one's start
+(``Ledger._last_in_role``; tests/test_time_order_latest_in_role.py).
 
 About 6 s.
 """
@@ -113,8 +114,6 @@ def test_a_directory_put_back_under_a_reader_on_a_clock_behind_fails(tmp_path):
     assert restored.returncode == 1 and "MODIFIED" in restored.stdout, restored.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the latest reader is the one that ended last, not the one that started last "
-                                       "(see the module's 3; not a regression)")
 def test_the_reader_that_started_last_saw_a_source_last(tmp_path, monkeypatch):
     url, spool = f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "spool")
     monkeypatch.setenv("LINEAGE_STATE_DIR", str(tmp_path / "state"))

@@ -52,6 +52,11 @@ DEFAULT_SPOOL = ".lineage/spool"
 log = logging.getLogger("lineage_ledger")
 
 
+def _by_end(entry: LedgerRecord) -> tuple[str, tuple[int, int]]:
+    """What the index orders a path's records by: the order end, then ledger order."""
+    return entry.record.order_end_text, entry.order
+
+
 class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
     def __init__(self, backend: Backend, *, spool_root: str = DEFAULT_SPOOL, state_dir: str | None = None) -> None:
         self.backend = backend
@@ -359,39 +364,85 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 return settled
         found: dict[Literal["out", "in"], LedgerRecord] = {}
         for role in roles:
-            latest: LedgerRecord | None = None
-            for entry in self._latest(role, path):
-                if latest is None or (entry.record.order_end_text, entry.order) > \
-                        (latest.record.order_end_text, latest.order):
-                    latest = entry
-            if latest is not None:
-                found[role] = latest
+            last = self._last_in_role(role, path)
+            if last is not None:
+                found[role] = last
         if not found:
             return None
         role = self._later_of(found["out"], found["in"]) if len(found) == 2 else next(iter(found))
         entry = found[role]
         return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[path]
 
+    def _last_in_role(self, role: Literal["in", "out"], path: str) -> LedgerRecord | None:
+        """The record that saw ``path`` last among those that read it (``in``) or wrote it
+        (``out``): a reader when it started, a writer when it ended (:meth:`_saw_at`), and one
+        whose recorder had verified the other's place in the ledger later than it, whatever
+        the times (:meth:`_saw_place`). The index answers the one that ended last; a record
+        that saw the file later ended at or after the time that one saw it, so only those are
+        read, latest end first, until their ends fall below the time the best so far saw the
+        file: a long task's reader, and the short one that started after it and read the file
+        a user edited meanwhile (tests/test_time_order_attack_readers.py), or a writer moved
+        on by a record from a fast clock and the writer that really ended after it
+        (tests/test_time_order_attack.py)."""
+        entries, whole = self._latest(role, path)
+        if not entries:
+            return None
+        best = max(entries, key=_by_end)
+        later = iter(sorted(entries, key=_by_end, reverse=True)) if whole else \
+            self._ended_since(role, path, self._saw_at(role, best))
+        for entry in later:
+            if entry.record.order_end_text < self._saw_at(role, best):
+                break  # it ended before the best so far saw the file; those below it too
+            if entry.id != best.id and self._later_in_role(role, entry, best):
+                best = entry
+        return best
+
+    def _leaf_of(self, entry: LedgerRecord) -> int:
+        return self.verifier.store.block_start(entry.height) + entry.position
+
+    def _saw_at(self, role: Literal["in", "out"], entry: LedgerRecord) -> str:
+        """When ``entry`` saw the file (:mod:`.._order`): a reader at its start, a writer at its
+        end; its own time where it carries a count of records seen, else the time moved past
+        the records it had seen; never past its order end (a record whose clock said it ended
+        before it started)."""
+        record = entry.record
+        counted = seen_of(record.extra, self._leaf_of(entry)) is not None
+        if role == "in":
+            at = record.started_text if counted else record.order_start_text
+        else:
+            at = record.ended_text if counted else record.order_end_text
+        return min(at, record.order_end_text)
+
+    def _saw_place(self, entry: LedgerRecord, other: LedgerRecord) -> bool:
+        """Whether ``entry``'s recorder had verified ``other``'s place in the ledger before its
+        task started: its count covers it, and ``other`` ended by the time ``entry`` says it
+        started after. A count is of the history its recorder verified: every record below
+        it was in a head whose latest is at or past its order end, and the record's
+        ``after`` is at least that latest; a count that covers a record whose order end is
+        past the ``after`` counted another history (a ledger restored since:
+        tests/test_time_order_attack_counts.py)."""
+        seen = seen_of(entry.record.extra, self._leaf_of(entry))
+        return seen is not None and self._leaf_of(other) < seen and \
+            other.record.order_end_text <= (after_of(entry.record.extra) or "")
+
+    def _later_in_role(self, role: Literal["in", "out"], entry: LedgerRecord, best: LedgerRecord) -> bool:
+        """Whether ``entry`` saw the file after ``best`` did, both in ``role``: by place first,
+        then by the times each saw it, then by ledger order."""
+        if self._saw_place(entry, best):
+            return True
+        if self._saw_place(best, entry):
+            return False
+        return (self._saw_at(role, entry), entry.order) > (self._saw_at(role, best), best.order)
+
     def _later_of(self, writer: LedgerRecord, reader: LedgerRecord) -> Literal["out", "in"]:
         """Which of a file's latest writer and latest reader saw it last (:mod:`.._order`): the
         one whose recorder had seen the other's place in the ledger; else the writer's end
         against the reader's start (its own where it carries a count, else moved)."""
-        block_start = self.verifier.store.block_start
-        w_leaf = block_start(writer.height) + writer.position
-        r_leaf = block_start(reader.height) + reader.position
-        r_seen, w_seen = seen_of(reader.record.extra, r_leaf), seen_of(writer.record.extra, w_leaf)
-        # A count is of the history its recorder verified: every record below it was in a head
-        # whose latest is at or past its order end, and the record's ``after`` is at least that
-        # latest. A count that covers a record whose order end is past the ``after`` counted
-        # another history (a ledger restored since: tests/test_time_order_attack_counts.py).
-        if r_seen is not None and w_leaf < r_seen and \
-                writer.record.order_end_text <= (after_of(reader.record.extra) or ""):
+        if self._saw_place(reader, writer):
             return "in"
-        if w_seen is not None and r_leaf < w_seen and \
-                reader.record.order_end_text <= (after_of(writer.record.extra) or ""):
+        if self._saw_place(writer, reader):
             return "out"
-        record = reader.record
-        start = record.started_text if r_seen is not None else record.order_start_text
+        start = self._saw_at("in", reader)
         return "out" if (writer.record.order_end_text, True, writer.order) > (start, False, reader.order) else "in"
 
     def close(self) -> None:

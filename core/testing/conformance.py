@@ -125,6 +125,29 @@ class BackendConformance:
                     place(f) for f in places.get(path, [])], (role, path)
         assert backend.find_latest_many("in", []) == {} and backend.find_places_many("out", []) == {}
 
+    def test_records_ended_since_a_time_come_latest_first_a_page_at_a_time(self, backend):
+        """``find_ended_since`` (where a back-end keeps end times): the records naming a path
+        in a role that ended at a time or later, by end time then ledger order, newest first,
+        paged; each with the end time ``find_latest`` gives the first."""
+        if not backend.keeps_end_times:
+            pytest.skip("this back-end keeps no index of end times")
+        records = make_records(40, run_id="a")  # /data/in-0 is read by records 0, 5, ..., 35
+        backend.append(chain_of(records, 6))
+        readers = [r for r in records if "/data/in-0" in r.inputs]
+        since = readers[3].order_end_text
+        expected = [(r.order_end_text, r.stored().id) for r in reversed(readers[3:])]
+
+        def ids(rows):
+            return [(ended, located.record.id) for located, ended in rows]
+
+        assert ids(backend.find_ended_since("in", "/data/in-0", since, 0, 100)) == expected
+        pages = [ids(backend.find_ended_since("in", "/data/in-0", since, offset, 2)) for offset in range(0, 6, 2)]
+        assert [row for page in pages for row in page] == expected and [len(p) for p in pages] == [2, 2, 1]
+        latest = backend.find_latest("in", "/data/in-0")
+        assert latest is not None and ids([latest]) == expected[:1]
+        assert backend.find_ended_since("out", "/data/in-0", since, 0, 10) == []
+        assert backend.find_ended_since("in", "/data/in-0", "9999-01-01T00:00:00.000000Z", 0, 10) == []
+
     def test_paths_under_a_directory_are_listed_once_in_byte_order(self, backend):
         """``paths_under`` (where the back-end keeps an index): every path an index row names
         below the directory, each once, in byte order, paged by ``after``; none outside it."""
