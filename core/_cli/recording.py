@@ -4,6 +4,7 @@ and the ``spool`` group (records journaled locally and not yet in the ledger).""
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 
 import click
@@ -79,6 +80,9 @@ def run(inputs, outputs, name, run_id, params, wait, ledger_url, command) -> Non
     # A name the user gives the task or run is what queries name it by: one that is not
     # UTF-8 is refused before the command runs (retyped, it is), never changed.
     for option, given in (("--name", name), ("--run-id (or LINEAGE_RUN_ID)", run_id)):
+        if given == "":  # "--run-id $RUN" with RUN unset: never a run of its own (an empty variable is unset)
+            raise ConfigError(f"{option.split()[0]}: an empty name names nothing: give one, or leave the option "
+                              "out (the program's name, a run of its own)")
         if given is not None and not_utf8(given):
             raise ConfigError(f"{option}: {printable(given)} is not valid UTF-8 text; give a name that is")
     parameters = _parse_params(params)
@@ -164,10 +168,11 @@ def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
     for path in paths:
         normal = normalize_path(path)
         files.extend(walk_files(normal, on_skip=skipped) if os.path.isdir(normal) and not as_dirs else [normal])
-    hasher = Hasher(StatCache(cache_path), rehash=rehash)
+    hasher = Hasher(_stat_cache(cache_path), rehash=rehash)
     artifacts = [hasher.hash(f) for f in files] if as_dirs else _hash_with_progress(hasher, files)
     if as_dirs:
-        hasher.cache.save()  # type: ignore[union-attr]  # a cache is always given here
+        if hasher.cache is not None:
+            hasher.cache.save()
     for artifact in artifacts:
         if as_json:
             kind = {"type": "dir"} if artifact.is_dir else {}
@@ -176,6 +181,34 @@ def hash_command(paths, rehash, cache_path, as_dirs, as_json) -> None:
             shown = printable(os.path.relpath(artifact.path)) + ("/" if artifact.is_dir else "")
             click.echo(f"{artifact.blake3}  {artifact.size:>12}  {shown}")
 
+
+
+class _SparedCache(StatCache):
+    """The stat cache, whose save never fails a command: it is disposable."""
+
+    def save(self) -> None:
+        try:
+            super().save()
+        except (OSError, sqlite3.Error) as err:
+            _not_using(self.path, err)
+
+
+def _stat_cache(path: str) -> StatCache | None:
+    """The stat cache at ``path``, or None (with a warning) where it cannot be opened: a project
+    copied read-only (an archive, a colleague's folder), a full disk. Its files are hashed
+    without it; ``hash`` exited 2, "unexpected OSError: Read-only file system", and printed no
+    digest."""
+    try:
+        return _SparedCache(path)
+    except (OSError, sqlite3.Error) as err:
+        _not_using(path, err)
+        return None
+
+
+def _not_using(path: str, err: BaseException) -> None:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    click.echo(f"warning: not using the stat cache {printable(path)}: {printable(reason)}; files are hashed "
+               "without it", err=True)
 
 
 def _hash_with_progress(hasher: Hasher, files: list[str]):
