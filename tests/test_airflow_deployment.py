@@ -57,6 +57,17 @@ with DAG(dag_id="deploy_clear", schedule=None, catchup=False):
                           outputs=[str(DATA / "clear-read.txt")],
                           bash_command="cp '{{ task.inputs[0] }}' '{{ task.outputs[0] }}'")
     made >> read
+
+with DAG(dag_id="deploy_move", schedule=None, catchup=False):
+    # "held" waits for the test's go-ahead, so the site can move its ledger mid-run.
+    first = BashOperator(task_id="first", bash_command=f"echo first > '{DATA}/move-first.txt'",
+                         outlets=[Asset(uri=f"file://{DATA}/move-first.txt")])
+    held = BashOperator(task_id="held", outlets=[Asset(uri=f"file://{DATA}/move-held.txt")],
+                        bash_command=f"for i in $(seq 900); do [ -e '{DATA}/move-go' ] && break; sleep 0.2; done; "
+                                     f"echo held > '{DATA}/move-held.txt'")
+    last = BashOperator(task_id="last", bash_command=f"echo last > '{DATA}/move-last.txt'",
+                        outlets=[Asset(uri=f"file://{DATA}/move-last.txt")])
+    first >> held >> last
 '''
 
 
@@ -79,7 +90,7 @@ def deployment(tmp_path_factory, postgres_server, ledger_server):
     site.start()
     try:
         site.wait_for_dags(["deploy_tries", "deploy_kill", "deploy_heartbeat", "deploy_many", "deploy_fresh",
-                            "deploy_clear"])
+                            "deploy_clear", "deploy_move"])
         yield site
     finally:
         site.stop()
@@ -409,3 +420,53 @@ def test_a_reader_cleared_after_its_input_was_edited_is_refused_under_strict(dep
     assert deployment.wait_for_run("deploy_clear", "clear-1") == "success"
     records = assert_every_try_recorded_once(deployment, "deploy_clear", "clear-1")
     assert records[("deploy_clear", "clear-1", "read", -1, 3)].status == "succeeded"
+
+
+def test_a_run_in_progress_when_the_site_moves_its_ledger_is_not_recorded_again(deployment, tmp_path):
+    """The site moves its ledger (PostgreSQL to SQLite here; the markers of recorded tries
+    are kept per ledger, either way) while a run is in progress: its first task recorded
+    into the old ledger, the second still running (it waits for the test's go-ahead) when
+    the scheduler is killed and started on the new ledger, the third run by that scheduler.
+    The second task's process, started before the move, records into the old ledger. Before,
+    the new scheduler's sweep at the run's end found no marker of the first two tries beside
+    the new ledger and recorded both again there, as its own report of a task process that
+    ended without reporting ("killed?"): two tries that ran and reported, recorded twice."""
+    site = deployment
+    sqlite_url = f"sqlite:///{tmp_path}/ledger.db"
+    open_ledger(sqlite_url, spool=str(tmp_path / "empty-spool")).close()
+    run_id = "move-1"
+    site.trigger("deploy_move", run_id)
+    site.wait_for(lambda: site.task_pid("deploy_move", run_id, "held"), "the held task to run", timeout=120)
+    site.wait_for(lambda: ledger_records(site, "deploy_move", run_id), "the first task's record", timeout=60)
+    try:
+        site.kill("scheduler", group=False)  # its worker supervising "held" lives on, on the old ledger
+        site.kill("dag-processor")
+        offset = (site.home / "scheduler.log").stat().st_size
+        site.start("dag-processor", "scheduler", extra_env={"AIRFLOW__LINEAGE_LEDGER__URL": sqlite_url})
+        (site.data / "move-go").write_text("go\n")
+        assert site.wait_for_run("deploy_move", run_id) == "success"
+        tries = {t.task_id: t for t in site.tries("deploy_move", run_id)}
+        assert sorted(tries) == ["first", "held", "last"] and {t.try_number for t in tries.values()} == {1}
+
+        def swept() -> str | None:  # the sweep runs in the scheduler's loop, before it logs the run's end
+            with open(site.home / "scheduler.log", "rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode(errors="replace")
+            return text if f"DagRun Finished: dag_id=deploy_move, logical_date=None, run_id={run_id}," in text else None
+
+        said = site.wait_for(swept, "the scheduler's sweep of the run", timeout=60)
+        assert f"of deploy_move/{run_id} that no task process recorded" not in said, said[-3000:]
+        ship(site)
+        ship(site, sqlite_url)
+        new = site.wait_for(lambda: by_try(ledger_records(site, "deploy_move", run_id, sqlite_url)),
+                            "the last task's record", timeout=60)
+        old = by_try(ledger_records(site, "deploy_move", run_id))
+        assert {k[2]: len(v) for k, v in new.items()} == {"last": 1}, {k: [r.airflow for r in v] for k, v in new.items()}
+        assert {k[2]: len(v) for k, v in old.items()} == {"first": 1, "held": 1}
+        for task_id, recs in [*old.items(), *new.items()]:
+            (rec,) = recs
+            assert rec.status == "succeeded" and rec.airflow["reported_by"] == "task", (task_id, rec.airflow)
+    finally:
+        for name in ("scheduler", "dag-processor"):
+            site.kill(name, signal.SIGKILL)
+        site.start("dag-processor", "scheduler")  # back on the PostgreSQL ledger for the other tests

@@ -222,11 +222,34 @@ def _marker_name(key: tuple[str, int]) -> str:
 
 
 def claimed(key: tuple[str, int]) -> bool:
-    """Whether some process on this machine has recorded (or is recording) this try."""
+    """Whether some process on this machine has recorded (or is recording) this try, into
+    this ledger or another one of the same spool (see :func:`_claimed_for_another_ledger`)."""
     with _lock:
         if key in _claimed:
             return True
-    return os.path.exists(os.path.join(_marker_dir(capture()), _marker_name(key)))
+    directory = _marker_dir(capture())
+    name = _marker_name(key)
+    return os.path.exists(os.path.join(directory, name)) or _claimed_for_another_ledger(directory, name)
+
+
+def _claimed_for_another_ledger(directory: str, name: str) -> bool:
+    """Whether a try's marker is beside another ledger of this spool root.
+
+    The markers are kept per ledger (in its spool directory). A site that moves its ledger
+    (SQLite to PostgreSQL, or back) while a run is in progress restarts its scheduler on the
+    new one; the run's tries that reported before, or from task processes started before the
+    move, are claimed beside the old ledger only. Before, the new scheduler's sweep at the
+    run's end found no marker of them and recorded each one again, into the new ledger, as a
+    task process that ended without reporting (tests/test_airflow_deployment.py). A try
+    recorded into any ledger by a process of this machine was reported: it is not the sweep's
+    to record again. Only the sweep asks, for a try its own ledger has no marker of."""
+    root = os.path.dirname(os.path.dirname(directory))  # <root>/<ledger's spool>/airflow-tries
+    own = os.path.dirname(directory)
+    try:
+        others = [entry.path for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False) and entry.path != own]
+    except OSError:
+        return False
+    return any(os.path.exists(os.path.join(other, "airflow-tries", name)) for other in others)
 
 
 def claim(key: tuple[str, int], *, own: bool = False) -> bool:
