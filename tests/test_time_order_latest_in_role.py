@@ -131,3 +131,33 @@ def test_many_short_readers_during_a_long_one_are_read_a_page_or_two_at_most(tmp
     # The newest short reader is the second row (after the long one): its start is past every
     # other's end, so the first page settles it.
     assert asked == [(0, proved._SINCE_PAGE)], asked
+
+
+def test_readers_that_all_started_and_ended_at_one_time_are_not_read_past_the_latest(tmp_path, monkeypatch):
+    """A scatter step's records, stamped with one time (bench/bench_verify_files.py's): every
+    reader of the source ended when the latest one saw it, but none later in the ledger, so
+    none is read past the first page."""
+    from lineage_ledger import Record
+    from lineage_ledger._ledger import proved
+
+    source = tmp_path / "input.txt"
+    source.write_text("source")
+    read = entries_of([hash_file(str(source))])
+    now = utcnow()
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([Record(engine="bench", run_id="r", task_id=f"t{i}", task_name="split",
+                                      status="succeeded", started=now, ended=now, inputs=read).stored()
+                               for i in range(200)])
+    asked: list[tuple[int, int]] = []
+    with open_ledger(url, read_only=True) as ledger:
+        original = type(ledger.backend).find_ended_since
+
+        def counting(self, role, path, since, offset, limit):
+            asked.append((offset, limit))
+            return original(self, role, path, since, offset, limit)
+
+        monkeypatch.setattr(type(ledger.backend), "find_ended_since", counting)
+        found = ledger.last_seen(str(source))
+    assert found is not None and found[0].record.task_id == "t199", found
+    assert asked == [(0, proved._SINCE_PAGE)], asked

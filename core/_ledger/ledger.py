@@ -391,8 +391,10 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         later = iter(sorted(entries, key=_by_end, reverse=True)) if whole else \
             self._ended_since(role, path, self._saw_at(role, best))
         for entry in later:
-            if entry.record.order_end_text < self._saw_at(role, best):
-                break  # it ended before the best so far saw the file; those below it too
+            # Ended before the best so far saw the file (or then, and before it in the ledger):
+            # neither it nor any below it in this order can have seen the file later.
+            if (entry.record.order_end_text, entry.order) < (self._saw_at(role, best), best.order):
+                break
             if entry.id != best.id and self._later_in_role(role, entry, best):
                 best = entry
         return best
