@@ -24,14 +24,15 @@ log = logging.getLogger("lineage_ledger")
 _SUFFIX = ".log"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
-_PARENT_MODE = 0o775  # less the umask; the group's write bit is the group recipe's (docs/security.md)
+_PARENT_MODE = 0o700  # as the SQLite back-end makes the ledger's folder (docs/security.md)
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
 def _make_private_dir(path: str, *, parents: bool = False) -> None:
-    """Create ``path`` 0700 (its missing parents too with ``parents``; those get the usual
-    mode, never writable by others whatever the umask: another user who may rename in the
-    spool root's folder may move the spool away). An existing directory is left as it is here."""
+    """Create ``path`` 0700 (its missing parent too with ``parents``, as the SQLite back-end makes
+    the ledger's folder: ``.lineage`` came out 0755, or 0777 under umask 000, where ``run``, which
+    opens the spool first, made it, and another user who may rename in it may move the spool
+    away). An existing directory is left as it is here."""
     if parents:
         parent = os.path.dirname(path)
         if parent and not os.path.isdir(parent):
