@@ -172,7 +172,8 @@ def _check_spool_root_folder(folder: str) -> None:
     if info.st_uid not in (os.geteuid(), 0):
         raise SpoolError(f"the spool root's folder {folder} belongs to uid {info.st_uid}, not to this user (uid "
                          f"{os.geteuid()}), who could move the records waiting in it away; refusing to use it "
-                         "(give a spool of your own: --spool or LINEAGE_SPOOL)")
+                         "(give a spool of your own: --spool or LINEAGE_SPOOL; records that wait in it already "
+                         "ship once its spool folder is moved there: `lineage-ledger spool ship --spool DIR`)")
     if info.st_mode & stat.S_IWOTH:
         if info.st_uid != os.geteuid():
             raise SpoolError(f"the spool root's folder {folder} may be written by every user, who could move the "
