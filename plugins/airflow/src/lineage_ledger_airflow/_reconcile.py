@@ -151,7 +151,7 @@ def record_unreported(dag_run: Any, *, again: bool = True, ask_ledger: bool = Fa
                 alive.add(int(row.pid))
             continue  # still in its overtime: it records itself (or gives its try up: swept again)
         try:
-            if _tries.claimed(key):
+            if _tries.claimed(key, str(getattr(row, "task_instance_id", None) or getattr(row, "id", None) or "")):
                 continue
         except (OSError, LedgerError):
             pass  # no marker can be read or made: below

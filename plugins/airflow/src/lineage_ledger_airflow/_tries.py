@@ -33,7 +33,7 @@ from ._digests import DigestMemo
 
 # What a try's record says. The operators and the checks use Details, operator_path and
 # try_key through this module, as before they moved.
-from ._try_record import Details, Started, as_utc, stat_key, try_key, try_run
+from ._try_record import Details, Started, as_utc, own_ti_id, stat_key, try_key, try_run
 from ._try_record import operator_path as operator_path
 
 log = logging.getLogger("lineage_ledger.airflow")
@@ -221,18 +221,20 @@ def _marker_name(key: tuple[str, int]) -> str:
     return blake3(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:40]
 
 
-def claimed(key: tuple[str, int]) -> bool:
+def claimed(key: tuple[str, int], ti_id: str | None = None) -> bool:
     """Whether some process on this machine has recorded (or is recording) this try, into
-    this ledger or another one of the same spool (see :func:`_claimed_for_another_ledger`)."""
+    this ledger, or (the try's task-instance id ``ti_id`` given) into another one of the same
+    spool (see :func:`_claimed_for_another_ledger`)."""
     with _lock:
         if key in _claimed:
             return True
     directory = _marker_dir(capture())
     name = _marker_name(key)
-    return os.path.exists(os.path.join(directory, name)) or _claimed_for_another_ledger(directory, name)
+    return os.path.exists(os.path.join(directory, name)) or (
+        bool(ti_id) and _claimed_for_another_ledger(directory, name, str(ti_id)))
 
 
-def _claimed_for_another_ledger(directory: str, name: str) -> bool:
+def _claimed_for_another_ledger(directory: str, name: str, ti_id: str) -> bool:
     """Whether a try's marker is beside another ledger of this spool root.
 
     The markers are kept per ledger (in its spool directory). A site that moves its ledger
@@ -242,24 +244,37 @@ def _claimed_for_another_ledger(directory: str, name: str) -> bool:
     run's end found no marker of them and recorded each one again, into the new ledger, as a
     task process that ended without reporting (tests/test_airflow_deployment.py). A try
     recorded into any ledger by a process of this machine was reported: it is not the sweep's
-    to record again. Only the sweep asks, for a try its own ledger has no marker of."""
+    to record again. Only the sweep asks, for a try its own ledger has no marker of.
+
+    The marker must name the try's own task-instance id (a marker holds the id its report
+    gave): two Airflow sites on one machine whose spool root is shared (``LINEAGE_SPOOL``)
+    and whose ledgers differ run the same DAGs under the same run ids, staging beside
+    production, and a try of one must not pass for the other's killed one."""
     root = os.path.dirname(os.path.dirname(directory))  # <root>/<ledger's spool>/airflow-tries
     own = os.path.dirname(directory)
     try:
         others = [entry.path for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False) and entry.path != own]
     except OSError:
         return False
-    return any(os.path.exists(os.path.join(other, "airflow-tries", name)) for other in others)
+    for other in others:
+        try:
+            with open(os.path.join(other, "airflow-tries", name), "rb") as handle:
+                if handle.read(200).decode(errors="replace") == ti_id:
+                    return True
+        except OSError:  # none there (most), or unreadable: not this try's
+            continue
+    return False
 
 
-def claim(key: tuple[str, int], *, own: bool = False) -> bool:
+def claim(key: tuple[str, int], *, own: bool = False, ti_id: str = "") -> bool:
     """True for the first report of this try on this machine; False for every later one.
 
     ``own``: the task process's own report. Where no marker can be made (the spool's disk
     read-only, its directory unusable) it is recorded all the same, with a warning: its
     record can still go straight into the ledger, and a lost record is worse than the rare
     second one (another process's report of the same try). Any other report then raises:
-    without markers, the scheduler's sweep would record every try a second time."""
+    without markers, the scheduler's sweep would record every try a second time. The marker
+    holds ``ti_id``, the try's task-instance id (see :func:`_claimed_for_another_ledger`)."""
     with _lock:
         if key in _claimed:
             return False
@@ -283,7 +298,12 @@ def claim(key: tuple[str, int], *, own: bool = False) -> bool:
         log.warning("lineage-ledger: cannot mark try %d of %s as recorded on this machine (%s); recording it all "
                     "the same", key[1], key[0].replace("\0", "/"), err)
         return True
-    os.close(fd)
+    try:
+        os.write(fd, ti_id.encode())
+    except OSError as err:  # the marker stands all the same; a sweep on another ledger records it again
+        log.debug("lineage-ledger: cannot write the task-instance id into the marker of %s: %s", key, err)
+    finally:
+        os.close(fd)
     return True
 
 
@@ -361,7 +381,8 @@ def record_try(
     key = try_key(ti)
     if key[1] < 1:  # never started (e.g. an upstream-failed task marked failed by hand)
         return None
-    if not claim(key, own=unmarked or type(ti).__name__ == "RuntimeTaskInstance"):  # the task's own report
+    if not claim(key, own=unmarked or type(ti).__name__ == "RuntimeTaskInstance",  # the task's own report
+                 ti_id=own_ti_id(ti)):
         log.debug("lineage-ledger: %s try %s already recorded", key[0], key[1])
         return None
     started = _started.pop(key, None)
