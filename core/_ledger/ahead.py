@@ -44,6 +44,7 @@ class LookAhead:
     latest: dict[tuple[str, str], tuple[Located, str] | None] = field(default_factory=dict)
     places: dict[tuple[str, str], list[Located]] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
+    spellings: dict[str, list[str]] = field(default_factory=dict)  # query_paths of paths behind links
     bound: int = 0  # the verified tree's size before the rows were read (see Ledger._bound)
     names: dict[str, list] = field(default_factory=dict)  # each key's names (complete.py), read with the rows
     # By (role, path): every record naming it there, proved and its list checked complete,

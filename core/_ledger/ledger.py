@@ -270,8 +270,15 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         return None if path is None else self.query_path(path)
 
     def producers(self, path: str | None = None, digest: str | None = None) -> list[LedgerRecord]:
-        """Records that output ``path`` (and/or ``digest``), oldest first."""
-        return self._find("out", self._query(path), digest)
+        """Records that output ``path`` (and/or ``digest``), oldest first: under every
+        spelling some record names it by (:meth:`query_paths`), each record once."""
+        if path is None:
+            return self._find("out", None, digest)
+        keys = self.query_paths(path)
+        if len(keys) == 1:
+            return self._find("out", keys[0], digest)
+        found = {entry.id: entry for key in keys for entry in self._find("out", key, digest)}
+        return sorted(found.values(), key=lambda entry: entry.order)
 
     def consumers(self, path: str | None = None, digest: str | None = None, *,
                   offset: int = 0, limit: int | None = None, as_key: bool = False) -> list[LedgerRecord]:
@@ -357,21 +364,25 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         rewrote it, did not see it last (tests/test_time_order_overlap.py). At the same
         time the writer is the later (a reader hashed before it started), then ledger order.
         """
-        path = self.query_path(path)
-        if roles == ("out", "in"):
-            settled = self._last_seen_ahead(path)
+        keys = self.query_paths(path)
+        if roles == ("out", "in") and len(keys) == 1:
+            settled = self._last_seen_ahead(keys[0])
             if settled is not None:
                 return settled
-        found: dict[Literal["out", "in"], LedgerRecord] = {}
+        # Behind a symbolic link, each spelling some record names (query_paths): a task that
+        # read the file by its real path names that one alone, and saw it after one that
+        # named the link (tests/test_outside_review_s46.py).
+        found: dict[Literal["out", "in"], tuple[LedgerRecord, str]] = {}
         for role in roles:
-            last = self._last_in_role(role, path)
-            if last is not None:
-                found[role] = last
+            for key in keys:
+                last = self._last_in_role(role, key)
+                if last is not None and (role not in found or self._later_in_role(role, last, found[role][0])):
+                    found[role] = (last, key)
         if not found:
             return None
-        role = self._later_of(found["out"], found["in"]) if len(found) == 2 else next(iter(found))
-        entry = found[role]
-        return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[path]
+        role = self._later_of(found["out"][0], found["in"][0]) if len(found) == 2 else next(iter(found))
+        entry, key = found[role]
+        return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[key]
 
     def _last_in_role(self, role: Literal["in", "out"], path: str) -> LedgerRecord | None:
         """The record that saw ``path`` last among those that read it (``in``) or wrote it

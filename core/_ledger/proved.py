@@ -217,18 +217,33 @@ class ProvedLookups(LookingAhead):
         batch: LookAhead | None = getattr(self._batch, "current", None)
         if batch is not None and path in batch.keys:
             return batch.keys[path]
-        keys = lookup_paths(path)
-        key = keys[0]
-        if len(keys) > 1:
-            for candidate in keys:
-                if (named_by_a_verified_record(cast("Ledger", self), candidate)
-                        or self.backend.find_page("out", path=candidate, limit=1)
-                        or self.backend.find_page("in", path=candidate, limit=1)):
-                    key = candidate
-                    break
+        key = self.query_paths(path)[0]
         if batch is not None:
             batch.keys[path] = batch.keys[key] = key
         return key
+
+    def query_paths(self, path: str) -> list[str]:
+        """Every key the ledger may know ``path`` by that some record names, in the order
+        :meth:`query_path` prefers them (the first is its answer); the path as given alone
+        where no symbolic link makes its real path differ, or where no record names either.
+        A task that read a file through a link names both spellings (the link's with
+        ``alias_of``); one that read it by its real path, or a record of the Python API or of
+        an earlier release, names one: the latest record to see the file may be under either."""
+        batch: LookAhead | None = getattr(self._batch, "current", None)
+        if batch is not None and path in batch.keys and path not in batch.spellings:
+            return [batch.keys[path]]  # a key of its own (a walk's listing said so), or worked out
+        if batch is not None and path in batch.spellings:
+            return batch.spellings[path]
+        keys = lookup_paths(path)
+        named = keys
+        if len(keys) > 1:
+            named = [candidate for candidate in keys
+                     if (named_by_a_verified_record(cast("Ledger", self), candidate)
+                         or self.backend.find_page("out", path=candidate, limit=1)
+                         or self.backend.find_page("in", path=candidate, limit=1))] or keys[:1]
+            if batch is not None:  # and for the key query_path answers, which callers pass on
+                batch.spellings[path] = batch.spellings[named[0]] = named
+        return named
 
     # -- the latest record naming a path; a run's records ----------------------------------
     def _latest(self, role: Literal["in", "out"], path: str) -> tuple[list[LedgerRecord], bool]:
