@@ -187,7 +187,7 @@ def _work_unit(nodeid: str) -> str:
 
 
 #: The services' groups in the order they are started, the longest first (measured at load
-#: 11-15, one process each: two of the Airflow group's 13 modules took 700 s, the whole BAASH
+#: 11-15, one process each: 18 tests of the Airflow group's 85 took 718 s, the whole BAASH
 #: group 855 s, the Fabric group 765 s; each of them far longer than any module).
 #: Longest first: a long unit given out late runs alone at the end while the other process has
 #: nothing left to do, and the run waits for it. The modules come after them, those of the
