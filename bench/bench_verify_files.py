@@ -80,6 +80,11 @@ def main() -> None:
                         help="also time verify-lineage run with DIR first on PYTHONPATH (a folder holding another "
                              "version's lineage_ledger package, as a copy of the last stop's code), in turn with the "
                              "others: on a shared machine only figures taken in turn compare")
+    parser.add_argument("--verify-ahead", choices=("auto", "always", "never"), default="auto",
+                        help="LINEAGE_VERIFY_AHEAD for verify-lineage (auto: a second process where a processor "
+                             "is idle as it starts; always: whatever the load, as when this script runs at a "
+                             "real-time priority on a shared machine, `chrt -r 10`, where /proc/loadavg counts "
+                             "the others' tasks that wait)")
     args = parser.parse_args()
     n, rounds = (500, min(args.rounds, 2)) if args.quick else (args.files, args.rounds)
     base = Path(tempfile.mkdtemp(prefix="bench-verify-files-"))
@@ -91,6 +96,8 @@ def main() -> None:
            if not k.startswith("LINEAGE_") and k != "PYTHONDONTWRITEBYTECODE"}
     env["LINEAGE_STATE_DIR"] = str(base / "state")
     env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+    if args.verify_ahead != "auto":
+        env["LINEAGE_VERIFY_AHEAD"] = args.verify_ahead  # the code before it ignores it
     try:
         url = build(base, n, args.bytes, args.tasks)
         verify = [str(BIN / "verify-lineage"), "--ledger", url, str(base / "out")]
@@ -102,7 +109,9 @@ def main() -> None:
             other = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.abspath(args.against),
                                                                        env.get("PYTHONPATH")]))}
             timed(verify, other)
-        print(f"{n:,} files of {args.bytes:,} bytes, written by {'one task' if args.tasks == 'one' else 'a task each'}; load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds")
+        print(f"{n:,} files of {args.bytes:,} bytes, written by {'one task' if args.tasks == 'one' else 'a task each'}; "
+              f"load average at start {os.getloadavg()[0]:.2f}; {rounds} rounds; verify-ahead {args.verify_ahead}; "
+              f"scheduling policy {os.sched_getscheduler(0)} (0 normal, 1 FIFO, 2 round-robin)")
         times: dict[str, list[float]] = {"verify": [], "hash": [], "against": []}
         kinds = ["verify", "hash", *(["against"] if other is not None else [])]
         for i in range(rounds):

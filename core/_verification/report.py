@@ -143,6 +143,11 @@ class Report:
             if isinstance(cache, Bounded):
                 cache.trim()
 
+    @property
+    def shown_verified(self) -> int:
+        """Targets kept with their trees of those that verified (at most :data:`SHOWN`)."""
+        return self._shown[0]
+
     def counted(self, path: str, failed: bool) -> None:
         """An audit checked ``path``: keep its target (the last one added) only while fewer
         than :data:`SHOWN` of its kind (verified, failing) are kept."""

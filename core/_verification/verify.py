@@ -37,10 +37,12 @@ from .checks import ArtifactCheck, ArtifactStatus, _explain, _short, _unreadable
 from .not_data import OWN_DATABASE, OWN_PROBE, own_files, own_probes, state_folders
 from .report import SHOWN, Absent, Report, TargetResult
 from .tree_files import check_tree_files
+from .verify_ahead import Answer, verify_ahead
 
 if TYPE_CHECKING:
     from .._log.checkpoint import Checkpoint
     from .._log.found import FoundOutputs
+    from .._log.tree_head import TreeHead
 
 __all__ = [
     "Absent",
@@ -206,6 +208,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     paths: list[str] = []
     plain: set[str] = set()  # of those, the files a directory's listing said are not links
     found: FoundOutputs | None = None
+    head: TreeHead | None = None
     try:
         if audit:
             result = ledger.audit(files=files)
@@ -235,10 +238,21 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     many = len(paths) > SHOWN
     if many:
         report.bound()
-    with _fewer_collections():
-        for start in range(0, len(paths), _WINDOW):
-            _verify_window(ledger, paths[start : start + _WINDOW], report, files=files, audit=False, plain=plain,
-                           bounded=many)
+    # The last part verified meanwhile by a second process, where that pays (.verify_ahead).
+    ahead = verify_ahead(ledger, paths, plain, head, SHOWN) if many and files and head is not None else None
+    with contextlib.ExitStack() as stack, _fewer_collections():
+        mine = len(paths) if ahead is None else stack.enter_context(ahead).first
+        for start in range(0, mine, _WINDOW):
+            _verify_window(ledger, paths[start : min(start + _WINDOW, mine)], report, files=files, audit=False,
+                           plain=plain, bounded=many)
+        for start in range(mine, len(paths), _WINDOW):
+            window = paths[start : start + _WINDOW]
+            verified = ahead.verdicts(len(window)) if ahead is not None else [False] * len(window)
+            if report.shown_verified < SHOWN:
+                verified = [False] * len(window)  # kept with its tree: verified here
+            report.not_shown += sum(verified)  # verified there, with no problem: counted, as here
+            _verify_window(ledger, [p for p, done in zip(window, verified, strict=True) if not done], report,
+                           files=files, audit=False, plain=plain, bounded=many)
     from .._ledger.deferred import waiting_for
 
     # The targets as given too: a directory no record names yet is walked, and a waiting
@@ -315,12 +329,15 @@ _LOOK_AHEAD = 16
 
 
 def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: bool, audit: bool,
-                   plain: Collection[str] = (), bounded: bool = False) -> None:
+                   plain: Collection[str] = (), bounded: bool = False, hash_files_ahead: bool = True,
+                   answer: Answer | None = None) -> None:
+    """``answer``: told of each path whether it verified with no problem met (the second
+    process of .verify_ahead, which hashes its files itself: ``hash_files_ahead`` False)."""
     # Many files (a directory's, an audit's outputs): hashed in a child process meanwhile
     # (.hash_ahead: it starts first, and hashes while the index rows are read), and their
     # index rows read at once.
     with contextlib.ExitStack() as ahead:  # the child stopped whatever is raised, here or below
-        hashed = hash_ahead(window) if files else None
+        hashed = hash_ahead(window) if files and hash_files_ahead else None
         if hashed is not None:
             ahead.enter_context(hashed)
         if len(window) >= _LOOK_AHEAD:
@@ -336,6 +353,9 @@ def _verify_window(ledger: Ledger, window: list[str], report: Report, *, files: 
             # reported already (a shared source edited: reported once, failing for each).
             problems = report.problems
             failing = _verify_one(ledger, path, report, files=files, audit=audit, hashed=hashed)
+            if answer is not None:
+                answer(path, not failing and report.problems == problems and bool(report.targets)
+                       and report.targets[-1].path == path)
             if audit:
                 report.counted(path, failed=failing or report.problems > problems)
             elif bounded:
