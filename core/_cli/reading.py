@@ -14,6 +14,7 @@ import click
 
 from .._errors import LedgerError
 from .._files.hashing import normalize_path
+from .._ledger.derived import RecordBits
 from .._ledger.ledger import Ledger, LedgerRecord
 from .._terminal import json_text, printable
 from .common import COUNT_ARGUMENTS, Count, json_option, ledger_option, open_read_only, refuse_not_a_directory
@@ -173,13 +174,21 @@ def depends(path, limit, show_all, ledger_url) -> None:
     refuse_not_a_directory([path])
     with open_read_only(ledger_url) as ledger:
         normal = ledger.query_path(path)
-        if not ledger.has_consumers(normal):
+        # Behind a symbolic link, the readers under every spelling records name it by.
+        keys = ledger.query_paths(path)
+        if not any(ledger.has_consumers(key) for key in keys):
             inside = ledger.container_of(normal)
             if inside is not None:  # what was derived from the recorded directory it lies in
                 click.echo(f"{printable(path)} lies in the recorded directory {printable(os.path.relpath(inside[0]))}:")
                 normal = path = inside[0]
+                keys = [normal]
         if show_all or limit == 0:
-            _depends_streamed(ledger, normal, path)
+            seen = ledger.record_bits()
+            printed = False
+            for key in keys:
+                printed = _depends_streamed(ledger, key, path, seen=seen, printed=printed)
+            if not printed:
+                _say_nothing_derived(ledger, normal, path)
             return
         tree = ledger.derived(normal, limit=limit)
         if not tree:
@@ -189,11 +198,13 @@ def depends(path, limit, show_all, ledger_url) -> None:
 
 
 
-def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) -> None:
-    """Every consumer, a page at a time, printed as it is proved: memory stays bounded for a
-    file a million tasks read."""
-    seen = ledger.record_bits()
-    offset, printed = 0, False
+def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500, *, seen: RecordBits | None = None,
+                      printed: bool = False) -> bool:
+    """Every consumer of key ``normal``, a page at a time, printed as it is proved: memory
+    stays bounded for a file a million tasks read. ``seen``: records listed already (under
+    another spelling of the path), not listed again. Whether anything was printed, by now."""
+    seen = ledger.record_bits() if seen is None else seen
+    offset = 0
     counted = ledger.listing("in", normal)  # every reader, counted against the names kept
     while True:
         consumers = ledger.consumers(normal, offset=offset, limit=page, as_key=True)
@@ -217,8 +228,7 @@ def _depends_streamed(ledger: Ledger, normal: str, shown: str, page: int = 500) 
         offset += page
     if counted is not None:
         counted.finish()
-    if not printed:
-        _say_nothing_derived(ledger, normal, shown)
+    return printed
 
 
 def _say_nothing_derived(ledger: Ledger, normal: str, shown: str) -> None:

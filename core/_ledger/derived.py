@@ -65,6 +65,7 @@ class DerivedQueries:
 
     if TYPE_CHECKING:  # the look-ups of Ledger this builds on
         query_path: Callable[[str], str]
+        query_paths: Callable[[str], list[str]]
         consumers: Callable[..., list[LedgerRecord]]
         count_consumers: Callable[..., int]
         listing: Callable[..., Any]
@@ -81,8 +82,34 @@ class DerivedQueries:
         """
         seen = self.record_bits() if _seen is None else _seen
         if _seen is None:
-            path = self.query_path(path)
+            keys = self.query_paths(path)
+            if len(keys) > 1:
+                return self._derived_spellings(keys, digest, seen, limit)
+            path = keys[0]
         return run_nested(self._derived(path, digest, seen, limit))
+
+    def _derived_spellings(self, keys: list[str], digest: str | None, seen: RecordBits,
+                           limit: int | None) -> list[tuple[LedgerRecord, list]]:
+        """:meth:`derived` of a path behind a symbolic link that records name by several
+        spellings (:meth:`query_paths`): a task that read it through the link names both, one
+        that read it by its real path one. Each spelling's readers, each record once (``seen``),
+        oldest first; with ``limit``, the oldest ``limit`` and how many more (a record under
+        both spellings may be counted twice in that number)."""
+        found: list[tuple[Any, Any]] = []
+        more, exact = 0, True
+        for key in keys:
+            for consumer, children in run_nested(self._derived(key, digest, seen, limit)):
+                if consumer is None:
+                    more, exact = more + int(children), exact and children.exact
+                else:
+                    found.append((consumer, children))
+        found.sort(key=lambda item: item[0].order)
+        if limit and len(found) > limit:
+            more += len(found) - limit
+            del found[limit:]
+        if more:
+            found.append((None, More(more, exact=exact)))
+        return found
 
     def _derived(self, path: str, digest: str | None, seen: RecordBits,
                  limit: int | None) -> Nested[list[tuple[LedgerRecord, list]]]:
