@@ -27,6 +27,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -71,14 +72,22 @@ def _parsl_chain(workdir: Path, url: str, policy: str = "strict"):
         return raw, squares, dfk.run_id
 
 
-def _statuses(url: str, run_id: str) -> dict[str, list[str]]:
+def _statuses(url: str, run_id: str, tasks: tuple[str, ...]) -> dict[str, list[str]]:
+    """The statuses the ledger holds for each task of run ``run_id``, once it holds a record of
+    each of ``tasks``. The DataFlowKernel's cleanup waits a few seconds for the recording
+    process to ship; under load it may leave the records to land a little later (nothing is
+    lost: they are on their way through the spool), so the records are waited for."""
     from lineage_ledger import open_ledger
 
-    found: dict[str, list[str]] = {}
-    with open_ledger(url) as ledger:
-        for entry in ledger.run(run_id):
-            found.setdefault(entry.record.task_name, []).append(entry.record.status)
-    return found
+    deadline = time.monotonic() + 120
+    while True:
+        found: dict[str, list[str]] = {}
+        with open_ledger(url) as ledger:
+            for entry in ledger.run(run_id):
+                found.setdefault(entry.record.task_name, []).append(entry.record.status)
+        if set(tasks) <= set(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(workdir):
@@ -90,13 +99,13 @@ def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(w
     raw_txt, squares_txt = workdir / "raw.txt", workdir / "squares.txt"
     generate, square, first = _parsl_chain(workdir, url)
     assert square.result() == 20
-    assert _statuses(url, first) == {"generate": ["succeeded"], "square": ["succeeded"]}
+    assert _statuses(url, first, ("generate", "square")) == {"generate": ["succeeded"], "square": ["succeeded"]}
 
     # The control: nothing changed, both results come from the checkpoint as before.
     generate, square, control = _parsl_chain(workdir, url)
     assert square.result() == 20
     assert generate.task_record["from_memo"] and square.task_record["from_memo"]
-    assert _statuses(url, control) == {"generate": ["cached"], "square": ["cached"]}
+    assert _statuses(url, control, ("generate", "square")) == {"generate": ["cached"], "square": ["cached"]}
 
     tamper_keep_size_and_mtime(raw_txt)
     delete_rows(workdir / "ledger.db", raw_txt)
@@ -108,7 +117,7 @@ def test_parsl_strict_memoizer_refuses_an_intermediate_whose_rows_were_deleted(w
         generate.result()
     assert square.exception() is not None  # its dependency failed: it never ran
     assert squares_txt.stat().st_mtime_ns == squares_before
-    assert _statuses(url, third) == {"generate": ["failed"]}  # the refused try, recorded as such
+    assert _statuses(url, third, ("generate",)) == {"generate": ["failed"]}  # the refused try, recorded as such
     with open_ledger(url) as ledger:
         (refused,) = [e.record for e in ledger.run(third)]
     assert refused.extra["refused_by"] == "strict" and "IndexTampered" in refused.extra["check_failed"]
