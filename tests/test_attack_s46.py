@@ -37,15 +37,13 @@ def _link_moved_after_a_read_through_it(workdir, cli):
     (workdir / "dl").symlink_to("data2")
 
 
-_MOVED_LINK = ("query_paths takes every spelling some record names, and a record that named dl/f.txt "
-               "while dl pointed at data1 (its entry's alias_of says data1/f.txt) is taken as a record of "
-               "data2/f.txt once dl points there: the latest record of dl/f.txt is A's read of data1's v1 "
-               "(the same before 814909d, which took the first named spelling). A record under the link's "
-               "spelling whose alias_of is not the path's real path now should not count for it")
+# Found (strict xfails first): query_paths took every spelling some record names, and a record
+# that named dl/f.txt while dl pointed at data1 (its entry's alias_of says data1/f.txt) was taken
+# as a record of data2/f.txt once dl pointed there (the same before 814909d). Fixed: under a
+# link's spelling, a record whose alias_of is not the path's real path now does not count
+# (Ledger._through_link).
 
 
-@pytest.mark.xfail(strict=True, reason=_MOVED_LINK + ": the honest v2, written by B, fails (MODIFIED, exit 1) "
-                   "through dl/f.txt and dl, and passes as data2/f.txt and in the plugins' pre-run check through dl")
 def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
     from lineage_ledger import check_before_run
 
@@ -57,9 +55,6 @@ def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
         assert honest.returncode == 0, (target, honest.returncode, honest.stdout, honest.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=_MOVED_LINK + ": data1's v1 written over data2/f.txt, a version no "
-                   "record of data2/f.txt names, passes verify-lineage dl/f.txt and dl (exit 0), where "
-                   "verify-lineage data2/f.txt and the plugins' pre-run check through dl report it MODIFIED")
 def test_a_version_only_the_old_link_target_had_fails_through_the_moved_link(workdir, cli):
     from lineage_ledger import check_before_run
 
@@ -79,12 +74,6 @@ def test_a_version_only_the_old_link_target_had_fails_through_the_moved_link(wor
 # -- many readers at once --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="every reader of a source that N long tasks read at once is fetched, proved "
-                   "and decoded past the latest by end (600 of 600 rows here; 10,000: last_seen 0.577 s of CPU "
-                   "against 0.001 s for 97eeb16; each pre-run check of the source in a warm process 0.13 s against 0.001 s, "
-                   "once per task that reads it: quadratic over a scatter step): the range of ended >= the time the latest by end saw the file "
-                   "holds them all, and nothing in the index orders readers by the time they saw it (their start); "
-                   "an index column for that time would make the latest reader one step again")
 def test_readers_that_ran_at_once_are_not_all_proved_to_find_the_latest(tmp_path, monkeypatch):
     """A scatter step of N long tasks that all read one source, each started a millisecond
     after the one before and each running an hour: every reader ended after every other
@@ -92,7 +81,8 @@ def test_readers_that_ran_at_once_are_not_all_proved_to_find_the_latest(tmp_path
     it, and all N were read past it, fetched, proved and decoded (N = 10,000: 0.577 s of CPU for
     ``last_seen`` of the source against 0.001 s for 97eeb16; verify-lineage of the source
     0.92-1.04 s of CPU against 0.39-0.48 s; ``check_before_run`` of the source, warm, 0.13 s
-    against 0.001 s, and an engine checks it before each task that reads it; load 5-9)."""
+    against 0.001 s, and an engine checks it before each task that reads it; load 5-9). Fixed:
+    at most ``_SINCE_MOST`` rows are read past the latest by end."""
     from lineage_ledger._ledger import proved
 
     readers = 600

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["ProvedLookups"]
 
 _SINCE_PAGE = 8  # rows of a file's latest records read at first by _ended_since (most need one page)
+# The most rows _ended_since reads past the latest by end: the answer is then the best of the
+# 32 latest by end (all the records of a file that a scatter step's long tasks read at once).
+_SINCE_MOST = 32
 _DECODE_CACHE = 10_000  # decoded records kept (about 5 KiB each: 50,000 held 250 MiB in `depends --all`)
 
 
@@ -48,6 +51,7 @@ class ProvedLookups(LookingAhead):
     backend: Backend
     _decoded: dict[str, Record]  # by id: only bytes that hashed to the id and were proved
     _placed: dict[str, tuple[LedgerRecord, Verifier]]  # id -> the row proved (its place), by whom
+    _link_targets: dict[str, str]  # a path behind a symbolic link -> its real path (query_paths)
     _head_current: bool
     _batch: threading.local  # index rows read ahead, for one thread (LookAhead)
     if TYPE_CHECKING:  # what Ledger gives (the verified tree head)
@@ -237,6 +241,9 @@ class ProvedLookups(LookingAhead):
         keys = lookup_paths(path)
         named = keys
         if len(keys) > 1:
+            if len(self._link_targets) >= _DECODE_CACHE:
+                self._link_targets.clear()
+            self._link_targets[keys[0]] = keys[1]
             named = [candidate for candidate in keys
                      if (named_by_a_verified_record(cast("Ledger", self), candidate)
                          or self.backend.find_page("out", path=candidate, limit=1)
@@ -285,9 +292,12 @@ class ProvedLookups(LookingAhead):
         naming the path, and ended when its index row says. Only where the back-end indexes
         end times. (Their list is not checked complete against the names kept, which keep
         each batch's latest by end alone: a row deleted here leaves the answer that the
-        latest by end gives, checked complete by :meth:`_latest`; the audit finds the row.)"""
+        latest by end gives, checked complete by :meth:`_latest`; the audit finds the row.)
+        At most :data:`_SINCE_MOST` rows: a scatter step of long tasks that all read one source
+        at once ended each after every other started, and proving every reader on each pre-run
+        check of the source made the checks of a step quadratic (tests/test_attack_s46.py)."""
         offset, page = 0, _SINCE_PAGE
-        while True:
+        while offset < _SINCE_MOST:
             rows = self.backend.find_ended_since(role, path, since, offset, page)
             claimed = {(located.height, located.position): ended for located, ended in rows}
             # A row appended after the verified head proves to nothing: it is left out, as by
@@ -300,7 +310,7 @@ class ProvedLookups(LookingAhead):
                 yield entry
             if len(rows) < page:
                 return
-            offset, page = offset + page, min(page * 4, 256)
+            offset, page = offset + page, _SINCE_MOST - offset - page
 
     def _of_run(self, run_id: str, rows: list[Located], *, keep: bool = True) -> list[LedgerRecord]:
         found = self._proved_all(rows, keep=keep)
