@@ -95,7 +95,12 @@ def test_the_right_password_still_reads_the_ledger(tmp_path, password_server):
     """The other side: the fixture's role and password do open the ledger (so the wrong one
     above failed for its password, not for a server or URL that nothing could open)."""
     url = f"postgresql://secretive:{quoted(PASSWORD)}@127.0.0.1:{password_server.port}/secretdb"
-    run_cli("run", "--ledger", url, "--", "true", cwd=tmp_path, check_rc=0)
+    # `run` waits 2 s by default (--ship-wait) for the ledger to take the record, then leaves it
+    # in the spool and exits 0: on a loaded machine it could still be on its way when the reader
+    # opens the ledger (NoLedger, exit 2).
+    # The wait is generous, below run_cli's 120 s so that a failure shows `run`'s own message.
+    made = run_cli("run", "--ledger", url, "--ship-wait", "90", "--", "true", cwd=tmp_path, check_rc=0)
+    assert "did not take it within" not in made.stderr, made.stderr
     result = read("verify-lineage", (), url, tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert_no_password(result, PASSWORD)

@@ -33,8 +33,18 @@ def as_role(url: str, grants: str) -> str:
 
 
 def record(url: str, cwd, name: str) -> object:
-    return run_cli("run", "--ledger", url, "-i", "in.txt", "-o", name, "--", "sh", "-c", f"cat in.txt > {name}",
+    """``run`` writing ``name`` into the ledger at ``url``. It waits 2 s by default (--ship-wait) for
+    the ledger to take the record, then leaves it in the spool and exits 0: on a loaded machine
+    the owner's first record (it makes the tables the roles are granted rights on) could still
+    be on its way. The wait is generous, below run_cli's 120 s so that a failure shows `run`'s
+    own message; a refusal for good (the reader role) ends it at once."""
+    return run_cli("run", "--ledger", url, "--ship-wait", "90", "-i", "in.txt", "-o", name, "--", "sh", "-c", f"cat in.txt > {name}",
                    cwd=cwd)
+
+
+def assert_landed(result) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "did not take it within" not in result.stderr, result.stderr
 
 
 def waiting(cwd) -> list[int]:
@@ -49,7 +59,7 @@ def table_rows(url: str) -> dict[str, list]:
 
 def test_a_reader_role_reads_and_verifies_and_its_writes_wait_in_the_spool(postgres_url, tmp_path):
     (tmp_path / "in.txt").write_text("in\n")
-    assert record(postgres_url, tmp_path, "a.txt").returncode == 0  # the owner makes the ledger
+    assert_landed(record(postgres_url, tmp_path, "a.txt"))  # the owner makes the ledger
     reader = as_role(postgres_url, "SELECT")
     verified = run_cli("--ledger", reader, "a.txt", cwd=tmp_path, program="verify-lineage")
     assert verified.returncode == 0 and "verified" in verified.stdout, (verified.stdout, verified.stderr)
@@ -75,11 +85,10 @@ def test_a_reader_role_reads_and_verifies_and_its_writes_wait_in_the_spool(postg
 
 def test_an_append_only_role_records_and_verifies_but_may_not_rewrite_the_index(postgres_url, tmp_path):
     (tmp_path / "in.txt").write_text("in\n")
-    assert record(postgres_url, tmp_path, "a.txt").returncode == 0
+    assert_landed(record(postgres_url, tmp_path, "a.txt"))
     appender = as_role(postgres_url, "SELECT, INSERT")
     for name in ("b.txt", "c.txt"):
-        result = record(appender, tmp_path, name)
-        assert result.returncode == 0, result.stderr
+        assert_landed(record(appender, tmp_path, name))
     assert waiting(tmp_path) == []
     verified = run_cli("--ledger", appender, "a.txt", "b.txt", "c.txt", cwd=tmp_path, program="verify-lineage")
     assert verified.returncode == 0, (verified.stdout, verified.stderr)

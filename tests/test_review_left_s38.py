@@ -34,6 +34,18 @@ import pytest
 from tests.conftest import run_cli
 from tests.support.faults import without_root_file_powers
 
+#: `run` waits 2 s by default (--ship-wait) for the ledger to take its record, then leaves it
+#: in the spool and exits 0: on a loaded machine a setup record (the first makes the ledger's
+#: tables) could still be on its way when the test chmods, counts or verifies. The wait is
+#: generous, below run_cli's 120 s limit so that `run`'s own message is what a failure shows.
+LANDED = ("--ship-wait", "90")
+
+
+def _recorded(*args: str, cwd: Path, ledger: tuple[str, ...] = ()) -> None:
+    """``lineage-ledger run [ledger] ARGS``, its record in the ledger before the test goes on."""
+    result = run_cli("run", *ledger, *LANDED, *args, cwd=cwd, check_rc=0)
+    assert "did not take it within" not in result.stderr, result.stderr
+
 
 def _waiting(workdir: Path) -> int:
     result = run_cli("spool", "status", "--json", cwd=workdir, check_rc=0)
@@ -59,7 +71,7 @@ def _assert_refused_for_good(result: subprocess.CompletedProcess, why: str) -> N
 
 @pytest.mark.parametrize("what", ["file", "directory"])
 def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir, what):
-    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
+    _recorded("--", "true", cwd=workdir)  # the ledger exists
     db = workdir / ".lineage" / "ledger.db"
     target = db if what == "file" else db.parent
     mode = stat.S_IMODE(target.stat().st_mode)
@@ -83,7 +95,7 @@ def test_run_into_a_read_only_sqlite_ledger_exits_1_and_keeps_the_record(workdir
 
 
 def test_run_into_a_ledger_of_another_schema_exits_1(workdir):
-    run_cli("run", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("--", "true", cwd=workdir)
     db = workdir / ".lineage" / "ledger.db"
     conn = sqlite3.connect(db)
     with conn:
@@ -108,7 +120,7 @@ def test_a_ledger_that_is_down_still_only_delays_the_record(workdir):
 def test_run_as_a_postgres_role_that_may_only_read_exits_1_and_keeps_the_record(workdir, postgres_url):
     import psycopg
 
-    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)  # the owner makes it
+    _recorded("--", "true", cwd=workdir, ledger=("--ledger", postgres_url))  # the owner makes it
     role = "reader_" + uuid.uuid4().hex[:8]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
@@ -133,7 +145,7 @@ def test_run_as_a_postgres_role_that_may_only_read_exits_1_and_keeps_the_record(
 def test_run_into_a_read_only_postgres_database_exits_1(workdir, postgres_url):
     import psycopg
 
-    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)
+    _recorded("--", "true", cwd=workdir, ledger=("--ledger", postgres_url))
     database = postgres_url.rsplit("/", 1)[1]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
@@ -165,7 +177,7 @@ def test_verify_says_which_special_files_of_a_directory_it_skipped(workdir):
     data = workdir / "data"
     data.mkdir()
     (data / "a.txt").write_text("a")
-    run_cli("run", "-o", "data/a.txt", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("-o", "data/a.txt", "--", "true", cwd=workdir)
     made = _special_files(data)
     result = run_cli("data", cwd=workdir, program="verify-lineage")  # a FIFO opened would hang
     assert result.returncode == 0, (result.stdout, result.stderr)  # what could be checked verified
@@ -182,7 +194,7 @@ def test_a_fifo_inside_a_recorded_directory_fails_its_check_naming_it(workdir):
     out = workdir / "out"
     out.mkdir()
     (out / "x.txt").write_text("x")
-    run_cli("run", "-o", "out", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("-o", "out", "--", "true", cwd=workdir)
     os.mkfifo(out / "late-pipe")
     for target in ("out", "."):
         result = run_cli(target, cwd=workdir, program="verify-lineage")
@@ -192,7 +204,7 @@ def test_a_fifo_inside_a_recorded_directory_fails_its_check_naming_it(workdir):
 
 # -- 3. a directory with nothing in it to check -----------------------------------------------
 def test_verify_of_an_empty_directory_says_nothing_was_checked(workdir):
-    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # a ledger, nothing under empty/
+    _recorded("--", "true", cwd=workdir)  # a ledger, nothing under empty/
     (workdir / "empty").mkdir()
     result = run_cli("empty", cwd=workdir, program="verify-lineage")
     assert result.returncode == 1, (result.stdout, result.stderr)  # as for an unrecorded file
@@ -201,13 +213,13 @@ def test_verify_of_an_empty_directory_says_nothing_was_checked(workdir):
     assert data["ok"] is False and data["nothing_checked"] == [str(workdir / "empty")]
     # Beside a target that verifies, the empty one still fails the run, named.
     (workdir / "a.txt").write_text("a")
-    run_cli("run", "-o", "a.txt", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("-o", "a.txt", "--", "true", cwd=workdir)
     both = run_cli("a.txt", "empty", cwd=workdir, program="verify-lineage")
     assert both.returncode == 1 and "empty" in both.stdout and "nothing was checked" in both.stdout
 
 
 def test_verify_of_a_directory_holding_only_a_fifo_says_nothing_was_checked(workdir):
-    run_cli("run", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("--", "true", cwd=workdir)
     (workdir / "pipes").mkdir()
     os.mkfifo(workdir / "pipes" / "p")
     result = run_cli("pipes", cwd=workdir, program="verify-lineage")
@@ -218,6 +230,6 @@ def test_verify_of_a_directory_holding_only_a_fifo_says_nothing_was_checked(work
 def test_an_empty_recorded_directory_verifies(workdir):
     """An empty directory a record names is checked (its manifest lists nothing): verified."""
     (workdir / "none").mkdir()
-    run_cli("run", "-o", "none", "--", "true", cwd=workdir, check_rc=0)
+    _recorded("-o", "none", "--", "true", cwd=workdir)
     result = run_cli("none", cwd=workdir, program="verify-lineage")
     assert result.returncode == 0 and "nothing was checked" not in result.stdout, result.stdout

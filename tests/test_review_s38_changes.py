@@ -108,7 +108,12 @@ def test_run_into_an_sqlite_ledger_this_user_may_not_read_exits_1(workdir):
     ledger and nothing says why (a misconfiguration hidden). Fix (core/_ledger/refusal.py):
     a CANTOPEN whose file exists and that this user may not read (or whose directory this
     user may not search) is "permission denied"; others stay transient."""
-    run_cli("run", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
+    # `run` waits 2 s by default (--ship-wait) for the ledger to take the record, then leaves it
+    # in the spool and exits 0: on a loaded machine it could still be on its way when the ledger file is
+    # made unreadable (then two records waited).
+    # The wait is generous, below run_cli's 120 s so that a failure shows `run`'s own message.
+    made = run_cli("run", "--ship-wait", "90", "--", "true", cwd=workdir, check_rc=0)  # the ledger exists
+    assert "did not take it within" not in made.stderr, made.stderr
     db = workdir / ".lineage" / "ledger.db"
     os.chmod(db, 0)
     try:
@@ -178,7 +183,13 @@ def test_run_as_a_postgres_role_that_may_not_log_in_exits_1(workdir, postgres_ur
     good, saying to check the user in the URL."""
     import psycopg
 
-    run_cli("run", "--ledger", postgres_url, "--", "true", cwd=workdir, check_rc=0)  # the owner makes it
+    # `run` waits 2 s by default (--ship-wait) for the ledger to take the record, then leaves it
+    # in the spool and exits 0: on a loaded machine it could still be on its way when the role is
+    # granted its rights on the ledger's tables (none made yet).
+    # The wait is generous, below run_cli's 120 s so that a failure shows `run`'s own message.
+    made = run_cli("run", "--ledger", postgres_url, "--ship-wait", "90", "--", "true", cwd=workdir,
+                   check_rc=0)  # the owner makes it
+    assert "did not take it within" not in made.stderr, made.stderr
     role = "nologin_" + uuid.uuid4().hex[:8]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} NOLOGIN")
