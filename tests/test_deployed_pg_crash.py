@@ -101,6 +101,16 @@ def ledger_records(url: str, cwd: Path, run_id: str) -> list[dict]:
     return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
 
 
+def landed(*args: str, cwd: Path) -> None:
+    """``lineage-ledger run ARGS``, its record in the ledger before the test goes on. ``run`` waits
+    2 s by default (--ship-wait), then leaves the record in the spool and exits 0: on a loaded
+    machine a setup record could still be on its way when the test counts what waits in the
+    spool or locks the ledger's tables. The wait is generous, below run_cli's 120 s so that a
+    failure shows `run`'s own message."""
+    result = run_cli("run", "--ship-wait", "90", *args, cwd=cwd, check_rc=0)
+    assert "did not take it within" not in result.stderr, result.stderr
+
+
 def spooled(cwd: Path) -> int:
     status = json.loads(run_cli("spool", "status", "--json", cwd=cwd, check_rc=0).stdout)
     return sum(entry["records"] for entry in status)
@@ -116,7 +126,7 @@ def test_a_snakemake_run_loses_no_record_when_its_server_goes_down_mid_write(ser
 
     require_snakemake()
     url = server.create_database()
-    run_cli("run", "--ledger", url, "--", "true", cwd=tmp_path, check_rc=0)  # the ledger exists
+    landed("--ledger", url, "--", "true", cwd=tmp_path)  # the ledger exists
     (tmp_path / "Snakefile").write_text(CHAIN)
     process = subprocess.Popen(
         [str(BIN / "snakemake"), "--cores", "1", "--logger", "ledger", "--logger-ledger-url", url,
@@ -189,8 +199,8 @@ def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path
     url = server.create_database()
     (tmp_path / "out").mkdir()
     for number in range(3):
-        run_cli("run", "--ledger", url, "-n", f"step{number}", "-o", f"out/{number}.txt", "--",
-                "sh", "-c", f"echo {number} > out/{number}.txt", cwd=tmp_path, check_rc=0)
+        landed("--ledger", url, "-n", f"step{number}", "-o", f"out/{number}.txt", "--",
+               "sh", "-c", f"echo {number} > out/{number}.txt", cwd=tmp_path)
     args = ["--ledger", url, *([target] if target else [])]
     holder = psycopg.connect(url)
     holder.execute(f"LOCK TABLE {'ll_artifacts' if env else 'll_records'} IN ACCESS EXCLUSIVE MODE")
