@@ -28,10 +28,15 @@ from lineage_ledger import open_ledger  # noqa: E402
 from tests.support import parsl as support  # noqa: E402
 from tests.support.faults import refused_port  # noqa: E402
 
-#: A generous bound on the whole program (Python and Parsl start-up, four tiny tasks,
-#: cleanup, exit): about 5 s here; the bug made it over 120 s. Not a speed goal (those are
-#: in bench/), only the line between "waits a bounded moment" and "waits for the back-end".
-BOUND_S = 30
+#: How much longer than the same program against a live ledger, timed in the same test (a
+#: control run), a run against a ledger that is down may take: the plugin's end waits
+#: SHIP_WAIT (5 s) for shipping, and the rest is noise. The bug made it 120 s longer (60 s in
+#: the memoizer's close, 60 s in the executor's shutdown). Relative to the control, not a
+#: fixed time: on the shared CI machine at load 20 the whole program took 134 s (the run in
+#: test_pg_standby; Python and Parsl start-up, four tiny tasks, cleanup, exit: about 5 s when idle). Not a
+#: speed goal (those are in bench/), only the line between "waits a bounded moment" and
+#: "waits for the back-end".
+MARGIN_S = 30
 TRIES = 4  # the example pipeline: generate, square, total, report
 
 PROGRAM = """
@@ -77,38 +82,67 @@ def run_parsl(workdir, url: str) -> tuple[dict, str, float]:
     return report, result.stderr, elapsed
 
 
+def control_run_s(workdir, url: str) -> float:
+    """Seconds the same program takes to exit against the live ledger at ``url``, run in a
+    folder of its own under ``workdir`` (its outputs and spool apart from the run it is
+    compared with)."""
+    control = workdir / "control"
+    control.mkdir()
+    report, stderr, elapsed = run_parsl(control, url)
+    # Only its time counts: whether a live ledger took its records within the plugin's short
+    # wait depends on the load (they wait in its spool otherwise), not on the bug.
+    assert report["summary"] == {"count": 5, "sum_of_squares": 55}, stderr[-3000:]
+    return elapsed
+
+
 def spooled(cli, spool) -> dict[str, int]:
     """Records waiting in the spool, per ledger (``lineage-ledger spool status``)."""
     result = cli("spool", "status", "--spool", spool, "--json", check_rc=0)
     return {entry["url"]: entry["records"] for entry in json.loads(result.stdout)}
 
 
-def assert_prompt_and_told(report: dict, stderr: str, elapsed: float) -> None:
+#: The bound for a caller that has timed no control run (test_pg_standby's, until it does):
+#: the whole program's 5 s when idle, with room.
+UNCONTROLLED_BOUND_S = 30
+
+
+def assert_prompt_and_told(report: dict, stderr: str, elapsed: float, control_s: float | None = None) -> None:
+    """The run ended within MARGIN_S of the control run (``control_run_s``) and said once
+    where its records wait."""
     assert report["summary"] == {"count": 5, "sum_of_squares": 55}
-    assert elapsed < BOUND_S, f"the run took {elapsed:.0f}s (cleanup {report['cleanup_s']:.0f}s): {stderr[-2000:]}"
-    told = [line for line in stderr.splitlines() if "wait in the spool" in line]
+    bound = UNCONTROLLED_BOUND_S if control_s is None else control_s + MARGIN_S
+    assert elapsed < bound, (
+        f"the run took {elapsed:.0f}s (cleanup {report['cleanup_s']:.0f}s), more than {bound:.0f}s "
+        f"(the control run against a live ledger: {control_s if control_s is None else round(control_s)}s): "
+        f"{stderr[-2000:]}")
+    # One of the plugin's two lines (plugins/parsl/.../_session.py): "they wait in the spool",
+    # or, where its recording process had not even journaled the tries when the run ended (at
+    # load 8 here), that they are on their way into the spool and how they ship from there.
+    told = [line for line in stderr.splitlines() if "the ledger did not take this run's records in time" in line]
     assert len(told) == 1, stderr[-3000:]  # one line, saying where they are and how they ship
     assert "lineage-ledger spool ship" in told[0] and "next" in told[0]
     assert "Bad file descriptor" not in stderr and "FileNotFoundError" not in stderr, stderr[-3000:]
 
 
 def test_a_ledger_that_refuses_connections_costs_the_run_seconds_and_no_record(workdir, cli):
+    control_s = control_run_s(workdir, f"sqlite:///{workdir / 'control.db'}")  # no server here
     with refused_port() as port:
         report, stderr, elapsed = run_parsl(workdir, f"postgresql://ledger@127.0.0.1:{port}/nothing")
-    assert_prompt_and_told(report, stderr, elapsed)
+    assert_prompt_and_told(report, stderr, elapsed, control_s)
     waiting = spooled(cli, workdir / "spool")
     assert list(waiting.values()) == [TRIES], waiting  # every try journaled, none shipped
 
 
 @pytest.mark.postgres
 def test_records_of_a_run_while_postgres_was_down_ship_once_it_is_back(workdir, cli, postgres_server):
+    control_s = control_run_s(workdir, postgres_server.create_database())
     url = postgres_server.create_database()
     postgres_server.stop()  # its port now refuses connections
     try:
         report, stderr, elapsed = run_parsl(workdir, url)
     finally:
         postgres_server.start()  # same data, same port: other tests use this server
-    assert_prompt_and_told(report, stderr, elapsed)
+    assert_prompt_and_told(report, stderr, elapsed, control_s)
     assert list(spooled(cli, workdir / "spool").values()) == [TRIES]
 
     # What the log line says to do: nothing was lost, the ledger takes all of it now.
