@@ -157,15 +157,18 @@ def test_a_parsl_run_against_a_standby_leaves_its_records_waiting_not_refused(wo
     records wait in the spool, said once as for a server that is down, not as a refusal for
     good; after the failover they ship and verify."""
     pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
-    from tests.test_parsl_backend_down import TRIES, assert_prompt_and_told, run_parsl, spooled
+    from tests.test_parsl_backend_down import TRIES, assert_prompt_and_told, control_run_s, run_parsl, spooled
 
     primary, url, make_standby, database = primary_and_standby
+    # The same program against a live ledger (a database of its own on the primary), timed
+    # for the bound on the run against the standby (134 s at load 20: a fixed 30 s failed).
+    control_s = control_run_s(workdir, primary.create_database())
     run_cli("run", "--ledger", url, *LANDED, "--", "true", cwd=workdir, check_rc=0)
     standby = make_standby()
     at_standby = standby.dsn(database)
     report, stderr, elapsed = run_parsl(workdir, at_standby)
     assert "for good" not in stderr, stderr[-3000:]
-    assert_prompt_and_told(report, stderr, elapsed)
+    assert_prompt_and_told(report, stderr, elapsed, control_s)
     assert list(spooled(cli, workdir / "spool").values()) == [TRIES]
 
     primary.stop()
