@@ -37,13 +37,13 @@ def _link_moved_after_a_read_through_it(workdir, cli):
     (workdir / "dl").symlink_to("data2")
 
 
-# Found (strict xfails first): query_paths took every spelling some record names, and a record
-# that named dl/f.txt while dl pointed at data1 (its entry's alias_of says data1/f.txt) was taken
-# as a record of data2/f.txt once dl pointed there (the same before 814909d). Fixed: under a
-# link's spelling, a record whose alias_of is not the path's real path now does not count
-# (Ledger._through_link).
+_MOVED_LINK = ("a record that named dl/f.txt while dl pointed at data1 (its entry's alias_of says data1/f.txt) "
+               "is taken as a record of data2/f.txt once dl points there (the same before 814909d). Not fixed: "
+               "leaving such records out broke tests/test_paths.py's data moved with the link following it, "
+               "which the path alone cannot tell from this; it needs the content (an alias_of and digest check)")
 
 
+@pytest.mark.xfail(strict=True, reason=_MOVED_LINK)
 def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
     from lineage_ledger import check_before_run
 
@@ -55,6 +55,7 @@ def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
         assert honest.returncode == 0, (target, honest.returncode, honest.stdout, honest.stderr)
 
 
+@pytest.mark.xfail(strict=True, reason=_MOVED_LINK)
 def test_a_version_only_the_old_link_target_had_fails_through_the_moved_link(workdir, cli):
     from lineage_ledger import check_before_run
 

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import AppendConflict, ConfigError, IndexTampered, LedgerError, NoLedger
@@ -66,7 +66,6 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         # were proved in the tree, so a hit is as good as a fresh check. Bounded.
         self._decoded: dict[str, Record] = {}
         self._placed: dict[str, tuple[LedgerRecord, Verifier]] = {}  # id -> the row proved (its place), by whom
-        self._link_targets: dict[str, str] = {}  # a path behind a symbolic link -> its real path, as last resolved
         self._state_dir = state_dir
         self._private_state: str | None = None
         self._verifier: Verifier | None = None
@@ -366,7 +365,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         time the writer is the later (a reader hashed before it started), then ledger order.
         """
         keys = self.query_paths(path)
-        if roles == ("out", "in") and len(keys) == 1 and keys[0] not in self._link_targets:
+        if roles == ("out", "in") and len(keys) == 1:
             settled = self._last_seen_ahead(keys[0])
             if settled is not None:
                 return settled
@@ -376,7 +375,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         found: dict[Literal["out", "in"], tuple[LedgerRecord, str]] = {}
         for role in roles:
             for key in keys:
-                last = self._last_in_role(role, key, self._through_link(role, key))
+                last = self._last_in_role(role, key)
                 if last is not None and (role not in found or self._later_in_role(role, last, found[role][0])):
                     found[role] = (last, key)
         if not found:
@@ -385,25 +384,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         entry, key = found[role]
         return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[key]
 
-    def _through_link(self, role: Literal["in", "out"], key: str) -> Callable[[LedgerRecord], bool] | None:
-        """For a key behind a symbolic link (it resolves to another path): which of the records
-        naming it count for the file it names now. A record made through the link names the
-        target it resolved to then (``alias_of``); one whose target was another, before the link
-        was pointed elsewhere, saw another file (tests/test_attack_s46.py). A record naming the
-        link with no target (the Python API's, an earlier release's) counts. None: every record."""
-        real = self._link_targets.get(key)
-        if real is None:
-            return None
-
-        def counts(entry: LedgerRecord) -> bool:
-            side = entry.record.outputs if role == "out" else entry.record.inputs
-            named = side.get(key)
-            return named is None or named.get("alias_of", real) == real
-
-        return counts
-
-    def _last_in_role(self, role: Literal["in", "out"], path: str,
-                      counts: Callable[[LedgerRecord], bool] | None = None) -> LedgerRecord | None:
+    def _last_in_role(self, role: Literal["in", "out"], path: str) -> LedgerRecord | None:
         """The record that saw ``path`` last among those that read it (``in``) or wrote it
         (``out``): a reader when it started, a writer when it ended (:meth:`_saw_at`), and one
         whose recorder had verified the other's place in the ledger later than it, whatever
@@ -414,10 +395,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         a user edited meanwhile (tests/test_time_order_attack_readers.py), or a writer moved
         on by a record from a fast clock and the writer that really ended after it
         (tests/test_time_order_attack.py)."""
-        if counts is None:
-            entries, whole = self._latest(role, path)
-        else:  # behind a link: the records that count, of every one (a complete list, checked)
-            entries, whole = [entry for entry in self._find(role, path, None) if counts(entry)], True
+        entries, whole = self._latest(role, path)
         if not entries:
             return None
         best = max(entries, key=_by_end)

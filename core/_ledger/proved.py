@@ -51,7 +51,6 @@ class ProvedLookups(LookingAhead):
     backend: Backend
     _decoded: dict[str, Record]  # by id: only bytes that hashed to the id and were proved
     _placed: dict[str, tuple[LedgerRecord, Verifier]]  # id -> the row proved (its place), by whom
-    _link_targets: dict[str, str]  # a path behind a symbolic link -> its real path (query_paths)
     _head_current: bool
     _batch: threading.local  # index rows read ahead, for one thread (LookAhead)
     if TYPE_CHECKING:  # what Ledger gives (the verified tree head)
@@ -241,9 +240,6 @@ class ProvedLookups(LookingAhead):
         keys = lookup_paths(path)
         named = keys
         if len(keys) > 1:
-            if len(self._link_targets) >= _DECODE_CACHE:
-                self._link_targets.clear()
-            self._link_targets[keys[0]] = keys[1]
             named = [candidate for candidate in keys
                      if (named_by_a_verified_record(cast("Ledger", self), candidate)
                          or self.backend.find_page("out", path=candidate, limit=1)

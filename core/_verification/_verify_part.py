@@ -13,7 +13,7 @@ if __name__ == "__main__":
     try:
         task = json.loads(sys.stdin.buffer.read().decode("utf-8", "surrogatepass"))
         sys.path[:] = [p for p in task["sys_path"] if isinstance(p, str)]
-        from lineage_ledger._verification.verify_ahead import serve
+        from lineage_ledger._verification.verify_child import serve
 
         serve(task)
     except (BrokenPipeError, KeyboardInterrupt):

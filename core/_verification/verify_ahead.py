@@ -15,7 +15,7 @@ child that failed to start, died, or answered anything unexpected) is verified h
 would have been without the child: every failure is found, explained and reported by this
 process. And only where the path is one the report counts and does not show (past
 :data:`~.report.SHOWN` verified): a path kept with its tree is verified here. The child
-answers only when it runs the parent's own package (the file of ``lineage_ledger`` is the
+answers only when it runs the parent's own package (the folder of ``lineage_ledger`` is the
 same), on the same ledger, from the same verified tree head (size and root); else it
 answers nothing and this process verifies every path.
 
@@ -35,13 +35,13 @@ import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Collection
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .._ledger.ledger import Ledger
     from .._log.tree_head import TreeHead
 
-__all__ = ["AT_LEAST", "VerifyAhead", "serve", "split_at", "verify_ahead"]
+__all__ = ["AT_LEAST", "PACKAGE", "VerifyAhead", "split_at", "verify_ahead"]
 
 # Paths from which a second process pays: it starts in about 0.2 s of CPU (an interpreter,
 # the package, the ledger opened and its head read), what verifying 1,500 outputs of their
@@ -52,8 +52,10 @@ AT_LEAST = 4_000
 _START_COST = 1_500
 _SLOWER = 1.15
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_verify_part.py")
+# The package this module belongs to (its folder, links resolved): the child answers only where
+# it is the parent's. Worked out from this file, not by importing the package from inside it.
+PACKAGE = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 _SCHEMES = ("sqlite", "postgresql")  # ledgers another process opens as this one does
-_FLUSH_EVERY = 256  # verdicts the child writes at once
 
 
 def split_at(count: int, shown: int) -> int:
@@ -70,8 +72,6 @@ class VerifyAhead:
 
     def __init__(self, ledger: Ledger, paths: list[str], first: int, plain: Collection[str], head: TreeHead,
                  state_dir: str) -> None:
-        import lineage_ledger
-
         self.first = first
         self._expected = len(paths) - first
         self._answered = 0
@@ -81,7 +81,7 @@ class VerifyAhead:
         self._head_read = False
         theirs = paths[first:]
         task = {
-            "sys_path": sys.path, "package": os.path.realpath(lineage_ledger.__file__),
+            "sys_path": sys.path, "package": PACKAGE,
             "url": ledger.backend.url, "spool": ledger._spool_root, "state_dir": state_dir,
             "head": [head.size, head.root], "paths": theirs,
             "plain": [i for i, path in enumerate(theirs) if path in plain],
@@ -185,51 +185,6 @@ def _idle_processor() -> bool:
     except (OSError, ValueError, IndexError):
         return True
     return runnable < processors
-
-
-# -- the child ------------------------------------------------------------------------------
-
-def serve(task: dict[str, Any]) -> None:
-    """The child's work (run by ``_verify_part.py``): verify ``task["paths"]`` as
-    :func:`.verify.verify_lineage` verifies a directory's files, writing ``head`` once the
-    tree head is the parent's, then ``+`` or ``-`` a path, in their order."""
-    import lineage_ledger
-
-    from .._ledger.ledger import open_ledger
-    from .report import Report
-    from .verify import _WINDOW, _fewer_collections, _verify_window
-
-    if os.path.realpath(lineage_ledger.__file__) != task["package"]:
-        return  # another copy of the package than the parent's: no answer
-    # The verdicts through a descriptor of their own; anything printed goes where the
-    # parent sends the child's errors, never into them.
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    paths: list[str] = task["paths"]
-    plain = {paths[i] for i in task["plain"]}
-    with open_ledger(task["url"], spool=task["spool"], read_only=True, state_dir=task["state_dir"]) as ledger:
-        head = ledger.tree_head()
-        if [head.size, head.root] != task["head"]:
-            return  # not the head the parent verifies against: no answer
-        answers.write(b"head\n")
-        answers.flush()
-        report = Report()
-        report.bound()
-        pending = [0]
-
-        def answer(_path: str, verified: bool) -> None:
-            answers.write(b"+\n" if verified else b"-\n")
-            pending[0] += 1
-            if pending[0] >= _FLUSH_EVERY:
-                answers.flush()
-                pending[0] = 0
-
-        with _fewer_collections():
-            for start in range(0, len(paths), _WINDOW):
-                _verify_window(ledger, paths[start : start + _WINDOW], report, files=True, audit=False,
-                               plain=plain, bounded=True, hash_files_ahead=False, answer=answer)
-                answers.flush()
-    answers.close()
 
 
 Answer = Callable[[str, bool], None]
