@@ -19,6 +19,7 @@ from lineage_ledger import Record, TaskCapture, TaskRun, open_ledger, utcnow
 from lineage_ledger._capture.files import entries_of
 from lineage_ledger._files.hashing import hash_file
 from tests.conftest import run_cli
+from tests.test_time_order_latest_in_role import last_seen_counting
 
 # -- a link moved to another folder ------------------------------------------------------------
 
@@ -97,17 +98,8 @@ def test_readers_that_ran_at_once_are_not_all_proved_to_find_the_latest(tmp_path
                                       status="succeeded", started=began + timedelta(milliseconds=i),
                                       ended=began + timedelta(hours=1, milliseconds=i), inputs=read).stored()
                                for i in range(readers)])
-    fetched: list[int] = []
-    with open_ledger(url, read_only=True) as ledger:
-        original = type(ledger.backend).find_ended_since
-
-        def counting(self, role, path, since, offset, limit):
-            rows = original(self, role, path, since, offset, limit)
-            fetched.append(len(rows))
-            return rows
-
-        monkeypatch.setattr(type(ledger.backend), "find_ended_since", counting)
-        found = ledger.last_seen(str(source))
+    found, asked = last_seen_counting(url, str(source), monkeypatch)
+    fetched = [rows for _offset, _limit, rows in asked]
     assert found is not None and found[0].record.task_id == f"t{readers - 1}", found
     assert sum(fetched) <= 4 * proved._SINCE_PAGE, (sum(fetched), fetched)
 

@@ -50,6 +50,22 @@ def _source_edited_while_a_long_task_read_it(base: Path, shorts: int = 1) -> tup
     return url, s
 
 
+def last_seen_counting(url: str, path: str, monkeypatch) -> tuple:
+    """``last_seen(path)`` of a read-only ledger at ``url``, and (offset, limit, rows) of each
+    look-up past the latest by end (``find_ended_since``) it made."""
+    asked: list[tuple[int, int, int]] = []
+    with open_ledger(url, read_only=True) as ledger:
+        original = type(ledger.backend).find_ended_since
+
+        def counting(self, role, path, since, offset, limit):
+            rows = original(self, role, path, since, offset, limit)
+            asked.append((offset, limit, len(rows)))
+            return rows
+
+        monkeypatch.setattr(type(ledger.backend), "find_ended_since", counting)
+        return ledger.last_seen(path), asked
+
+
 def _env(base: Path, url: str) -> dict[str, str]:
     return {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(base / "state")}
 
@@ -117,20 +133,11 @@ def test_many_short_readers_during_a_long_one_are_read_a_page_or_two_at_most(tmp
     url, s = _source_edited_while_a_long_task_read_it(tmp_path, shorts=40)
     from lineage_ledger._ledger import proved
 
-    asked: list[tuple[int, int]] = []
-    with open_ledger(url, read_only=True) as ledger:
-        original = type(ledger.backend).find_ended_since
-
-        def counting(self, role, path, since, offset, limit):
-            asked.append((offset, limit))
-            return original(self, role, path, since, offset, limit)
-
-        monkeypatch.setattr(type(ledger.backend), "find_ended_since", counting)
-        found = ledger.last_seen(str(s))
+    found, asked = last_seen_counting(url, str(s), monkeypatch)
     assert found is not None and found[1] == "in" and found[0].record.task_id == "short-39", found
     # The newest short reader is the second row (after the long one): its start is past every
     # other's end, so the first page settles it.
-    assert asked == [(0, proved._SINCE_PAGE)], asked
+    assert [(offset, limit) for offset, limit, _rows in asked] == [(0, proved._SINCE_PAGE)], asked
 
 
 def test_readers_that_all_started_and_ended_at_one_time_are_not_read_past_the_latest(tmp_path, monkeypatch):
@@ -149,15 +156,6 @@ def test_readers_that_all_started_and_ended_at_one_time_are_not_read_past_the_la
         ledger.append_records([Record(engine="bench", run_id="r", task_id=f"t{i}", task_name="split",
                                       status="succeeded", started=now, ended=now, inputs=read).stored()
                                for i in range(200)])
-    asked: list[tuple[int, int]] = []
-    with open_ledger(url, read_only=True) as ledger:
-        original = type(ledger.backend).find_ended_since
-
-        def counting(self, role, path, since, offset, limit):
-            asked.append((offset, limit))
-            return original(self, role, path, since, offset, limit)
-
-        monkeypatch.setattr(type(ledger.backend), "find_ended_since", counting)
-        found = ledger.last_seen(str(source))
+    found, asked = last_seen_counting(url, str(source), monkeypatch)
     assert found is not None and found[0].record.task_id == "t199", found
-    assert asked == [(0, proved._SINCE_PAGE)], asked
+    assert [(offset, limit) for offset, limit, _rows in asked] == [(0, proved._SINCE_PAGE)], asked

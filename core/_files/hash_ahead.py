@@ -31,7 +31,7 @@ from typing import IO
 
 from .._model import Artifact
 
-__all__ = ["HashAhead", "hash_ahead"]
+__all__ = ["HashAhead", "hash_ahead", "stop_child"]
 
 # Fewer files than this are hashed in the loop: starting the child costs about 30 ms of CPU
 # (an interpreter and BLAKE3), what hashing 3,000 small files costs.
@@ -66,7 +66,7 @@ class HashAhead:
             # Stopped when this object goes, or at exit, if no one closed it: a caller whose
             # with-block was never entered (an interrupt or a store error just before it) left
             # the child hashing, then waiting on its full pipe for as long as this process lived.
-            self._stop = weakref.finalize(self, _stop, self._child)
+            self._stop = weakref.finalize(self, stop_child, self._child)
             self._out = self._child.stdout
         except (OSError, ValueError, subprocess.SubprocessError):
             self.close()  # no child: every file is hashed by the caller
@@ -125,8 +125,8 @@ class HashAhead:
         self.close()
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """Stop the hashing child (killed if it still runs) and let go of its pipe."""
+def stop_child(child: subprocess.Popen[bytes]) -> None:
+    """Stop a child process of ours (the hashing child, verify_ahead's) (killed if it still runs) and let go of its pipe."""
     if child.poll() is None:
         child.kill()
     child.wait()

@@ -233,10 +233,11 @@ class ProvedLookups(LookingAhead):
         ``alias_of``); one that read it by its real path, or a record of the Python API or of
         an earlier release, names one: the latest record to see the file may be under either."""
         batch: LookAhead | None = getattr(self._batch, "current", None)
-        if batch is not None and path in batch.keys and path not in batch.spellings:
-            return [batch.keys[path]]  # a key of its own (a walk's listing said so), or worked out
-        if batch is not None and path in batch.spellings:
-            return batch.spellings[path]
+        if batch is not None:
+            if path in batch.spellings:
+                return batch.spellings[path]
+            if path in batch.keys:
+                return [batch.keys[path]]  # a key of its own (a walk's listing said so), or worked out
         keys = lookup_paths(path)
         named = keys
         if len(keys) > 1:

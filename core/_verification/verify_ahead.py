@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import IO, TYPE_CHECKING
 
+from .._files.hash_ahead import stop_child
+
 if TYPE_CHECKING:
     from .._ledger.ledger import Ledger
     from .._log.tree_head import TreeHead
@@ -94,7 +96,7 @@ class VerifyAhead:
                 listing.seek(0)
                 self._child = subprocess.Popen([sys.executable, _CHILD], stdin=listing,
                                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            self._stop = weakref.finalize(self, _stop, self._child)
+            self._stop = weakref.finalize(self, stop_child, self._child)
             self._out = self._child.stdout
         except (OSError, ValueError, subprocess.SubprocessError):
             self.close()  # no child: every path is verified here
@@ -139,14 +141,6 @@ class VerifyAhead:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.kill()
-    child.wait()
-    if child.stdout is not None:
-        child.stdout.close()
 
 
 def verify_ahead(ledger: Ledger, paths: list[str], plain: Collection[str], head: TreeHead,
