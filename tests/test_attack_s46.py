@@ -38,13 +38,6 @@ def _link_moved_after_a_read_through_it(workdir, cli):
     (workdir / "dl").symlink_to("data2")
 
 
-_MOVED_LINK = ("a record that named dl/f.txt while dl pointed at data1 (its entry's alias_of says data1/f.txt) "
-               "is taken as a record of data2/f.txt once dl points there (the same before 814909d). Not fixed: "
-               "leaving such records out broke tests/test_paths.py's data moved with the link following it, "
-               "which the path alone cannot tell from this; it needs the content (an alias_of and digest check)")
-
-
-@pytest.mark.xfail(strict=True, reason=_MOVED_LINK)
 def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
     from lineage_ledger import check_before_run
 
@@ -56,7 +49,6 @@ def test_the_honest_file_through_a_moved_link_verifies(workdir, cli):
         assert honest.returncode == 0, (target, honest.returncode, honest.stdout, honest.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=_MOVED_LINK)
 def test_a_version_only_the_old_link_target_had_fails_through_the_moved_link(workdir, cli):
     from lineage_ledger import check_before_run
 
@@ -71,6 +63,27 @@ def test_a_version_only_the_old_link_target_had_fails_through_the_moved_link(wor
         linked = cli(target, program="verify-lineage")
         assert linked.returncode == 1 and "MODIFIED" in linked.stdout, (target, linked.returncode,
                                                                          linked.stdout, linked.stderr)
+
+
+def test_a_link_pointed_back_counts_the_read_made_through_it_before(workdir, cli):
+    """dl -> data2: A1 reads dl/f.txt (v2); dl -> data1: A2 reads it (v1); dl -> data2 again. The
+    latest record under dl/f.txt (A2's) saw data1's file; A1's, older, saw the one dl names now."""
+    for name, text in (("data1", "v1\n"), ("data2", "v2\n")):
+        (workdir / name).mkdir()
+        (workdir / name / "f.txt").write_text(text)
+    for run, target in (("A1", "data2"), ("A2", "data1"), (None, "data2")):
+        if (workdir / "dl").is_symlink():
+            (workdir / "dl").unlink()
+        (workdir / "dl").symlink_to(target)
+        if run:
+            cli("run", "-n", run, "-i", "dl/f.txt", "-o", f"{run}.out", "--", "cp", "dl/f.txt", f"{run}.out",
+                check_rc=0)
+    honest = cli("dl/f.txt", program="verify-lineage")
+    assert honest.returncode == 0, (honest.stdout, honest.stderr)
+    (workdir / "data2" / "f.txt").write_text("v1\n")  # the version only data1 had
+    for target in ("dl/f.txt", "data2/f.txt"):
+        put_back = cli(target, program="verify-lineage")
+        assert put_back.returncode == 1 and "MODIFIED" in put_back.stdout, (target, put_back.stdout)
 
 
 # -- many readers at once --------------------------------------------------------------------

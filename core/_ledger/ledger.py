@@ -376,6 +376,8 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         for role in roles:
             for key in keys:
                 last = self._last_in_role(role, key)
+                if last is not None and key != keys[-1]:
+                    last = self._through_link(role, key, keys[-1], last)
                 if last is not None and (role not in found or self._later_in_role(role, last, found[role][0])):
                     found[role] = (last, key)
         if not found:
@@ -384,7 +386,26 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         entry, key = found[role]
         return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[key]
 
-    def _last_in_role(self, role: Literal["in", "out"], path: str) -> LedgerRecord | None:
+    def _through_link(self, role: Literal["in", "out"], key: str, real: str, last: LedgerRecord) -> LedgerRecord | None:
+        """The latest record under ``key``, a link's spelling of ``real``, that saw the file the
+        link names now. A record made through the link names the target it resolved to then
+        (``alias_of``); one whose target was another, before the link was pointed elsewhere, saw
+        another file (tests/test_attack_s46.py). Asked only where some record names ``real``
+        (:meth:`query_paths` gives both spellings): where none does, the data may have moved
+        with its link following it (tests/test_paths.py), and every record under the link's
+        spelling counts. A record naming the link with no target (the Python API's, an earlier
+        release's) counts. The latest is read first; the whole list only where it is stale."""
+
+        def counts(entry: LedgerRecord) -> bool:
+            named = (entry.record.outputs if role == "out" else entry.record.inputs).get(key)
+            return named is None or named.get("alias_of", real) == real
+
+        if counts(last):
+            return last
+        return self._last_in_role(role, key, [entry for entry in self._find(role, key, None) if counts(entry)])
+
+    def _last_in_role(self, role: Literal["in", "out"], path: str,
+                      among: list[LedgerRecord] | None = None) -> LedgerRecord | None:
         """The record that saw ``path`` last among those that read it (``in``) or wrote it
         (``out``): a reader when it started, a writer when it ended (:meth:`_saw_at`), and one
         whose recorder had verified the other's place in the ledger later than it, whatever
@@ -394,8 +415,8 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         file: a long task's reader, and the short one that started after it and read the file
         a user edited meanwhile (tests/test_time_order_attack_readers.py), or a writer moved
         on by a record from a fast clock and the writer that really ended after it
-        (tests/test_time_order_attack.py)."""
-        entries, whole = self._latest(role, path)
+        (tests/test_time_order_attack.py). ``among``: every record to choose from (a whole list)."""
+        entries, whole = self._latest(role, path) if among is None else (among, True)
         if not entries:
             return None
         best = max(entries, key=_by_end)
