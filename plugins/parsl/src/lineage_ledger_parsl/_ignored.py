@@ -14,13 +14,21 @@ made from: a hit whose ignored input is none of them is treated like a file chan
 workflow. ``strict`` refuses the reuse (recorded as refused), ``rerun`` runs the task again,
 ``warn`` says so and reuses it, its ``cached`` record not listing the file. Where no
 recorded try of the key read the file (a checkpoint older than the ledger), nothing is said.
+
+A hit in the same run is compared with the bytes the value's try was handed (``MadeHere``): a
+file's digest is taken then for its record anyway (``read_digests``); an ignored directory's
+is taken for this check alone (``keep_handed_directories``), since a directory is otherwise
+hashed by the recording process when the try ends.
+
+``ignore_for_cache=["outputs"]`` is refused (``refuse_ignored_outputs``): Parsl's own
+``make_hash`` fails on it, with or without the ledger.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +40,13 @@ from ._unrecordable import unnamed
 if TYPE_CHECKING:
     from ._memoizer import LedgerMemoizer
 
-__all__ = ["MadeHere", "ignored_inputs", "ignored_inputs_changed"]
+__all__ = ["HANDED_DIRECTORIES", "MadeHere", "ignored_inputs", "ignored_inputs_changed", "keep_handed_directories",
+           "refuse_ignored_outputs"]
 
 log = logging.getLogger("lineage_ledger.parsl")
+
+# The task record's mark: {path: digest} of the ignored input directories as the try was handed them.
+HANDED_DIRECTORIES = "lineage_ledger_ignored_directories"
 
 
 def ignored_inputs(task: Mapping[str, Any]) -> list[str]:
@@ -59,8 +71,8 @@ class MadeHere:
         memo_hash, paths = task.get("hashsum"), ignored_inputs(task)
         if not isinstance(memo_hash, str) or not paths:
             return
-        read = task.get("lineage_ledger_read") or {}
-        self._by_key[memo_hash] = {p: (read.get(p) or {}).get("blake3") for p in paths}
+        read, directories = task.get("lineage_ledger_read") or {}, task.get(HANDED_DIRECTORIES) or {}
+        self._by_key[memo_hash] = {p: (read.get(p) or {}).get("blake3") or directories.get(p) for p in paths}
 
     def made_from(self, memo_hash: str, path: str) -> str | None:
         """The digest ``path`` had when this run's latest result of ``memo_hash`` was made
@@ -69,6 +81,41 @@ class MadeHere:
 
     def made_here(self, memo_hash: str) -> bool:
         return memo_hash in self._by_key
+
+
+def keep_handed_directories(task: MutableMapping[str, Any]) -> None:
+    """Marks ``task`` (about to be handed to its executor) with the digests its ignored input
+    directories have now, for :class:`MadeHere`. ``read_digests`` leaves directories to the
+    recording process, which hashes them as the try ends: without this, a hit later in the run
+    on a directory rewritten since was reused unchecked, even under ``strict``
+    (tests/test_parsl_s47_ignore_for_cache.py). Only apps that ignore a directory pay for it."""
+    if not isinstance(task.get("hashsum"), str):  # not memoized: no later hit can reuse its value
+        return
+    paths = [p for p in dict.fromkeys(ignored_inputs(task)) if os.path.isdir(p)]
+    found = {p: digest for p in paths if p not in unnamed(paths) and (digest := _disk(p)) is not None}
+    if found:
+        task[HANDED_DIRECTORIES] = found
+
+
+def refuse_ignored_outputs(memoizer: LedgerMemoizer, task: Mapping[str, Any]) -> None:
+    """Refuses a memoized try whose app leaves ``outputs`` out of its memo key. Parsl's
+    ``make_hash`` deletes that keyword twice, once as ignored and once as the outputs, and the
+    try failed with a bare ``KeyError: 'outputs'`` (with or without the ledger). It could not
+    be honoured either: a value reused for other output files leaves those unwritten. The
+    memoizer keys output ``File``s by their URL; the refusal says so, under every policy,
+    and is recorded (the try wrote nothing)."""
+    if "outputs" not in (task.get("ignore_for_cache") or ()) or not task.get("memoize") \
+            or not getattr(memoizer.inner, "memoize", True):
+        return
+    refusal = ValueError(
+        f"lineage-ledger refuses to run task {task['id']} ({task['func_name']}): its app leaves its outputs out of "
+        "its memo key (ignore_for_cache=['outputs']), which Parsl's make_hash cannot do (it fails with KeyError: "
+        "'outputs', with or without the ledger), and a cached result reused for other output files would leave "
+        "them unwritten. Remove 'outputs' from ignore_for_cache: the memoizer keys output Files by their URL")
+    log.error("%s", refusal)
+    if memoizer.ledger.unrecordable is None:
+        memoizer._record(task, "failed", {"error": str(refusal)[:2000], "refused_by": "ignore_for_cache"})
+    raise refusal
 
 
 def ignored_inputs_changed(memoizer: LedgerMemoizer, task: Mapping[str, Any], cached: Future[Any],

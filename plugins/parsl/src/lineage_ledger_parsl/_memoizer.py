@@ -57,7 +57,13 @@ from lineage_ledger import (
 
 from ._checkpoints import RunSaid, keep_private, start_loading_private
 from ._code_check import MADE_BY, MadeBy
-from ._ignored import MadeHere, ignored_inputs_changed
+from ._ignored import (
+    HANDED_DIRECTORIES,
+    MadeHere,
+    ignored_inputs_changed,
+    keep_handed_directories,
+    refuse_ignored_outputs,
+)
 from ._session import ParslLedger
 from ._spooled import LeftInSpool, ship_left
 from ._stale import outputs_gone, stale_outputs
@@ -145,10 +151,10 @@ class LedgerMemoizer(Memoizer):
         # What this check tells the try's record; the DataFlowKernel keeps one record for
         # every try of a task, so a mark left by the last try's check must not stick.
         marks: dict[str, Any] = task  # type: ignore[assignment]
-        marks.pop("lineage_ledger_rerun", None)
-        marks.pop("lineage_ledger_unverified", None)
-        marks.pop("lineage_ledger_read", None)
-        marks.pop(MADE_BY, None)
+        for mark in ("lineage_ledger_rerun", "lineage_ledger_unverified", "lineage_ledger_read", MADE_BY,
+                     HANDED_DIRECTORIES):
+            marks.pop(mark, None)
+        refuse_ignored_outputs(self, task)  # before Parsl's make_hash fails on it
         inputs, outputs = task_files(task["args"], task["kwargs"])
         hashed: dict[str, Any] = {}  # the inputs' digests its content key was made of
         cached = self._inner_check(task, bool(inputs or outputs), hashed)
@@ -197,6 +203,8 @@ class LedgerMemoizer(Memoizer):
             checked = set(unverified["not_verified"])
             read = [p for p in dict.fromkeys(inputs) if p in checked]
             marks["lineage_ledger_unverified"] = {**unverified, "read": {p: file_digest(p) for p in read}}
+        if cached is None and self.ledger.unrecordable is None:  # the try runs: what a later hit is compared with
+            keep_handed_directories(marks)
         if cached is not None:
             self.cache_hits += 1
             vouched = {"result_not_verified": unvouched} if unvouched else memo_result(self, task, cached)
