@@ -107,6 +107,9 @@ class JobReport:
     resources: dict[str, Any]
     shellcmd: str | None
     details: dict[str, Any] = field(default_factory=dict)
+    #: Its ``benchmark:`` file: Snakemake writes it when the job's code ends, a product of the
+    #: job like its log (a resources report may read it).
+    benchmarks: list[FileRef] = field(default_factory=list)
 
     @classmethod
     def from_event(cls, record: logging.LogRecord, cwd: str | None = None) -> JobReport:
@@ -123,6 +126,7 @@ class JobReport:
             threads=get("threads"),
             resources=_resources(get("resources")),
             shellcmd=get("shellcmd"),
+            benchmarks=parse_files([get("benchmark")] if get("benchmark") else [], cwd),
         )
 
     def parameters(self) -> dict[str, Any]:
@@ -168,10 +172,12 @@ class JobReport:
             extra["streams"] = streams  # pipes: consumed as they were written, never on disk to hash
         if error:
             extra["error"] = dict(error)
-        # Log files are outputs of the job: the record vouches for them like any product. A
-        # failed try vouches for its logs only; what is at its output paths by the time it is
-        # hashed is Snakemake's clean-up or a retry's work, not this try's product.
-        outputs = [r.path for r in (*self.outputs, *self.logs) if r.hashable]
+        # Log and benchmark files are outputs of the job: the record vouches for them like any
+        # product (else a report made from them traced back to them as sources, and an edit
+        # passed every check). A failed try vouches for its logs only; what is at its output
+        # paths by the time it is hashed is Snakemake's clean-up or a retry's work, not this
+        # try's product (Snakemake writes no benchmark for a failed try).
+        outputs = [r.path for r in (*self.outputs, *self.logs, *self.benchmarks) if r.hashable]
         if status == "failed":
             extra["declared_outputs"] = [r.path for r in self.outputs]
             # ... and only the logs this try wrote: an older one left at the path is not its product.

@@ -99,6 +99,16 @@ def collect(jobs: Iterable[Any], needrun: Any, checkpoint_outputs: Iterable[Any]
                 checked[path] = None  # the run builds on it
             else:
                 regenerated.add(path)
+        if outputs:
+            # Its log and benchmark files are its products too (its record lists them): one
+            # that a reader takes as input (MultiQC reads tools' logs) is made again by forcing
+            # this job, not its readers, which would read the edit again and leave it in place.
+            # They are checked where a job reads them, as inputs, and not otherwise.
+            for f in by_products(job):
+                path = os.path.abspath(f)
+                plan.producers.setdefault(path, outputs[0])
+                if not kept:
+                    regenerated.add(path)
         if kept and outputs:
             # Snakemake's --rerun-triggers may leave code out; the plugin compares it anyway.
             digest = code_now(job)
@@ -123,6 +133,15 @@ def collect(jobs: Iterable[Any], needrun: Any, checkpoint_outputs: Iterable[Any]
                 plan.checkpoints.add(path)
     plan.checked = [path for path in checked if path not in regenerated]
     return plan
+
+
+def by_products(job: Any) -> list[Any]:
+    """The job's local ``log:`` and ``benchmark:`` files (Snakemake writes both for it)."""
+    files = list(getattr(job, "log", None) or ())
+    benchmark = getattr(job, "benchmark", None)
+    if benchmark:
+        files.append(benchmark)
+    return [f for f in files if _local(f)]
 
 
 def _local(f: Any) -> bool:

@@ -1,0 +1,139 @@
+"""An outside review (session 47) of the Snakemake plugin as a lab deploys it: a workflow shaped
+like public bioinformatics ones, whose QC step reads files Snakemake writes beside a job's
+outputs: its ``log:`` files (MultiQC reads tools' logs) and its ``benchmark:`` files (a
+resources report). Through the real ``snakemake --logger ledger`` and ``verify-lineage``.
+
+- A ``log:`` file that a downstream job reads, edited by hand with its mtime put back:
+  ``strict`` refuses; ``rerun`` must run the job whose log it is (as for any output it
+  wrote), so that the log is the job's product again. It forced the reader instead, as for a
+  source: the reader read the edit again, nothing repaired it, and ``strict`` kept refusing.
+- A ``benchmark:`` file is written by the job, like its outputs. No record listed it, so the
+  report made from it traced back to it as a "(source)", and an edit made before the report
+  first ran passed ``strict`` and ``verify-lineage``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.support.snakemake import require_snakemake, run
+
+pytestmark = pytest.mark.slow
+
+LOGGER = ("--logger", "ledger")
+
+# Two samples "aligned" (split), each with a log and a benchmark file; a QC step that reads
+# the logs, a resources report that reads the benchmarks.
+QC_WORKFLOW = textwrap.dedent('''\
+    SAMPLES = ["x", "y"]
+
+    rule all:
+        input: expand("aligned/{s}.txt", s=SAMPLES)
+
+    rule align:
+        input: "data/{s}.txt"
+        output: "aligned/{s}.txt"
+        log: "logs/align.{s}.log"
+        benchmark: "benchmarks/align.{s}.tsv"
+        shell: "sort -n {input} > {output}; echo aligned {wildcards.s} $(wc -l < {input}) > {log}"
+
+    rule multiqc:
+        input: expand("logs/align.{s}.log", s=SAMPLES)
+        output: "qc/multiqc.txt"
+        shell: "cat {input} > {output}"
+
+    rule resources:
+        input: expand("benchmarks/align.{s}.tsv", s=SAMPLES)
+        output: "qc/resources.txt"
+        shell: "cut -f1 {input} > {output}"
+    ''')
+
+
+def qc_workflow(tmp_path: Path) -> Path:
+    workflow = tmp_path / "wf"
+    (workflow / "data").mkdir(parents=True)
+    (workflow / "data" / "x.txt").write_text("".join(f"{n}\n" for n in range(200, 0, -1)))
+    (workflow / "data" / "y.txt").write_text("".join(f"{n}\n" for n in range(50, 0, -1)))
+    (workflow / "Snakefile").write_text(QC_WORKFLOW)
+    return workflow
+
+
+def snakemake(workflow: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # (--logger takes several names: targets go before it)
+    return run("snakemake", "--cores", "1", *args, *LOGGER, cwd=workflow)
+
+
+def edit_keeping_mtime(path: Path, text: str) -> None:
+    """A hand edit that Snakemake cannot see: the file's times put back."""
+    before = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def lineage_kinds(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """Every file ``verify-lineage --json`` reached: path -> "produced" (a record made it) or
+    "source"."""
+    found: dict[str, str] = {}
+
+    def walk(node: dict) -> None:
+        found[node["path"]] = node["kind"]
+        for child in node.get("inputs", []):
+            walk(child)
+
+    for target in json.loads(result.stdout)["targets"]:
+        if target.get("lineage"):
+            walk(target["lineage"])
+    return found
+
+
+def test_rerun_makes_an_edited_log_file_again_where_its_reader_only_read_the_edit(tmp_path):
+    require_snakemake()
+    workflow = qc_workflow(tmp_path)
+    first = snakemake(workflow, "qc/multiqc.txt")
+    assert first.returncode == 0, first.stderr[-3000:]
+    log_file = workflow / "logs" / "align.x.log"
+    recorded = log_file.read_text()
+    edit_keeping_mtime(log_file, "aligned x 9999\n")  # a QC figure improved by hand
+
+    refused = snakemake(workflow, "--logger-ledger-policy", "strict", "qc/multiqc.txt")
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "logs/align.x.log" in refused.stderr
+
+    rerun = snakemake(workflow, "--logger-ledger-policy", "rerun", "qc/multiqc.txt")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The job whose log it is ran again: the log is its product again, and so is the QC report.
+    assert log_file.read_text() == recorded, rerun.stderr[-3000:]
+    assert "aligned x 9999" not in (workflow / "qc" / "multiqc.txt").read_text()
+    verified = run_cli("qc/multiqc.txt", program="verify-lineage", cwd=workflow)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+
+
+def test_a_benchmark_file_is_recorded_as_its_jobs_product_and_an_edit_of_it_is_refused(tmp_path):
+    require_snakemake()
+    workflow = qc_workflow(tmp_path)
+    first = snakemake(workflow)  # the samples aligned; the resources report not made yet
+    assert first.returncode == 0, first.stderr[-3000:]
+    benchmark = workflow / "benchmarks" / "align.y.tsv"
+    lines = benchmark.read_text().splitlines()
+    edit_keeping_mtime(benchmark, "\n".join([lines[0], "0.0001" + lines[1][lines[1].index("\t"):]]) + "\n")
+
+    refused = snakemake(workflow, "--logger-ledger-policy", "strict", "qc/resources.txt")
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "benchmarks/align.y.tsv" in refused.stderr
+    assert not (workflow / "qc" / "resources.txt").exists()
+
+    # Made again by the job that writes it, the report's lineage goes back to the data.
+    remade = snakemake(workflow, "--logger-ledger-policy", "rerun", "qc/resources.txt")
+    assert remade.returncode == 0, remade.stderr[-3000:]
+    verified = run_cli("--json", "qc/resources.txt", program="verify-lineage", cwd=workflow)
+    assert verified.returncode == 0, verified.stdout[-3000:]
+    reached = lineage_kinds(verified)
+    assert reached[str(benchmark)] == "produced", reached
+    assert reached[str(workflow / "data" / "y.txt")] == "source", reached
