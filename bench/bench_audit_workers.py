@@ -15,6 +15,11 @@ ten cores or more gets), for its memory.
 
     python bench/bench_audit_workers.py --size 1000000 --rounds 3
 
+``--before DIR`` also runs the code laid out in ``DIR`` (``DIR/lineage_ledger``: ``git archive
+REV core ledger_backends``, as ``lineage_ledger`` and ``lineage_ledger/backends``) with the same
+workers, through ``PYTHONPATH``, in the same rounds, and prints the ratio; ``--runs`` picks
+which of the runs go (``--runs ours,before --no-most``: the comparison alone).
+
 Ledgers come from ``bench_scale.py``'s cache (built there on first use).
 """
 
@@ -80,7 +85,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def run(url: str, cwd: Path, workers: str | None, extra: dict[str, str]) -> Run:
+def run(url: str, cwd: Path, workers: str | None, extra: dict[str, str], code: str | None = None) -> Run:
     """One ``verify-lineage`` in a fresh process, sampled every 20 ms for the resident set
     and CPU of it and its workers (a worker's VmHWM is its own peak, so sampling misses
     nothing of the peaks; the simultaneous total is as sampled)."""
@@ -88,6 +93,8 @@ def run(url: str, cwd: Path, workers: str | None, extra: dict[str, str]) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     env["LINEAGE_STATE_DIR"] = state
     env.update(extra)
+    if code is not None:  # another copy of the package, ahead of the installed one (workers inherit it)
+        env["PYTHONPATH"] = code
     if workers is not None:
         env["LINEAGE_AUDIT_WORKERS"] = workers
     seen: dict[int, tuple[int, int, float]] = {}
@@ -131,7 +138,12 @@ def main() -> None:
     parser.add_argument("--workers", default=None, help="LINEAGE_AUDIT_WORKERS for ours (default: one per core, at most 10)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lineage-bench-scale"))
     parser.add_argument("--quick", action="store_true", help="a 2,000-record ledger, 1 round (smoke test)")
+    parser.add_argument("--before", default=None, help="a folder holding lineage_ledger as it was, run in turn with ours")
+    parser.add_argument("--runs", default="one,sequential,rows,bare,ours",
+                        help="which runs go each round: one,sequential,rows,bare,ours (and before, with --before)")
+    parser.add_argument("--no-most", action="store_true", help="skip the run with the most workers")
     args = parser.parse_args()
+    runs = set(args.runs.split(",")) | ({"before", "ours"} if args.before else {"ours"})
     size, rounds = (2000, 1) if args.quick else (args.size, args.rounds)
     url, directory = build(Path(args.cache), size)
     print(f"ledger of {size:,} records; cores {len(os.sched_getaffinity(0))}; "
@@ -145,32 +157,55 @@ def main() -> None:
     rows: list[Run] = []
     bare: list[Run] = []
     ours: list[Run] = []
+    before: list[Run] = []
     for _ in range(rounds):
-        one.append(run(url, directory, "1", extra))
-        sequential.append(run(url, directory, "1", {**extra, "LINEAGE_AUDIT_BULK": "0"}))
-        rows.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_BULK": "0"}))
-        bare.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_NAMES": "0"}))
+        said = []
+        if "before" in runs:
+            before.append(run(url, directory, env_workers, extra, code=args.before))
+            said.append(f"before {before[-1].wall:.2f} s (CPU {before[-1].cpu:.1f} s)")
+        if "one" in runs:
+            one.append(run(url, directory, "1", extra))
+            said.append(f"one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s)")
+        if "sequential" in runs:
+            sequential.append(run(url, directory, "1", {**extra, "LINEAGE_AUDIT_BULK": "0"}))
+            said.append(f"one process record by record {sequential[-1].wall:.2f} s (CPU {sequential[-1].cpu:.1f} s)")
+        if "rows" in runs:
+            rows.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_BULK": "0"}))
+            said.append(f"workers row by row {rows[-1].wall:.2f} s (CPU {rows[-1].cpu:.1f} s)")
+        if "bare" in runs:
+            bare.append(run(url, directory, env_workers, {**extra, "LINEAGE_AUDIT_NAMES": "0"}))
+            said.append(f"workers without names {bare[-1].wall:.2f} s (CPU {bare[-1].cpu:.1f} s)")
         ours.append(run(url, directory, env_workers, extra))
-        print(f"  one process {one[-1].wall:.2f} s (CPU {one[-1].cpu:.1f} s), one process record by record "
-              f"{sequential[-1].wall:.2f} s (CPU {sequential[-1].cpu:.1f} s), workers row by row {rows[-1].wall:.2f} s "
-              f"(CPU {rows[-1].cpu:.1f} s), workers without names {bare[-1].wall:.2f} s (CPU {bare[-1].cpu:.1f} s), "
-              f"workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s); load {os.getloadavg()[0]:.2f}", flush=True)
-    base, mine = statistics.median(r.wall for r in one), statistics.median(r.wall for r in ours)
-    print(f"one process: {base:.2f} s ({size / base:,.0f} records/s), CPU {statistics.median(r.cpu for r in one):.1f} s, "
-          f"peak RSS {max(r.parent_peak for r in one) / 1024:.0f} MiB")
-    seq_wall = statistics.median(r.wall for r in sequential)
-    print(f"one process, record by record (LINEAGE_AUDIT_BULK=0, what one process ran before): {seq_wall:.2f} s "
-          f"({size / seq_wall:,.0f} records/s), CPU {statistics.median(r.cpu for r in sequential):.1f} s, "
-          f"peak RSS {max(r.parent_peak for r in sequential) / 1024:.0f} MiB; time of one process now / then: "
-          f"{base / seq_wall:.2f}x")
-    before = statistics.median(r.wall for r in rows)
-    before_cpu = statistics.median(r.cpu for r in rows)
-    print(f"workers, row by row (LINEAGE_AUDIT_BULK=0, the previous workers): {before:.2f} s "
-          f"({size / before:,.0f} records/s), CPU {before_cpu:.1f} s in all ({before_cpu * 1e6 / size:.1f} us a record)")
-    bare_wall, bare_cpu = statistics.median(r.wall for r in bare), statistics.median(r.cpu for r in bare)
-    print(f"workers keeping no names (LINEAGE_AUDIT_NAMES=0): {bare_wall:.2f} s ({size / bare_wall:,.0f} records/s), "
-          f"CPU {bare_cpu:.1f} s in all ({bare_cpu * 1e6 / size:.1f} us a record)")
+        said.append(f"workers {ours[-1].wall:.2f} s (CPU {ours[-1].cpu:.1f} s)")
+        print(f"  {', '.join(said)}; load {os.getloadavg()[0]:.2f}", flush=True)
+    mine = statistics.median(r.wall for r in ours)
     cpu = statistics.median(r.cpu for r in ours)
+    if before:
+        then, then_cpu = statistics.median(r.wall for r in before), statistics.median(r.cpu for r in before)
+        print(f"before ({args.before}): {then:.2f} s ({size / then:,.0f} records/s), CPU {then_cpu:.1f} s "
+              f"({then_cpu * 1e6 / size:.1f} us a record); ours {mine:.2f} s ({size / mine:,.0f} records/s), CPU "
+              f"{cpu:.1f} s ({cpu * 1e6 / size:.1f} us a record); ours / before: {mine / then:.3f} wall, "
+              f"{cpu / then_cpu:.3f} CPU (medians of {rounds} rounds in turn)")
+    if one:
+        base = statistics.median(r.wall for r in one)
+        print(f"one process: {base:.2f} s ({size / base:,.0f} records/s), CPU {statistics.median(r.cpu for r in one):.1f} s, "
+              f"peak RSS {max(r.parent_peak for r in one) / 1024:.0f} MiB; ratio one process / workers: {base / mine:.2f}x")
+    if sequential:
+        seq_wall = statistics.median(r.wall for r in sequential)
+        print(f"one process, record by record (LINEAGE_AUDIT_BULK=0, what one process ran before): {seq_wall:.2f} s "
+              f"({size / seq_wall:,.0f} records/s), CPU {statistics.median(r.cpu for r in sequential):.1f} s, "
+              f"peak RSS {max(r.parent_peak for r in sequential) / 1024:.0f} MiB")
+    if rows:
+        then, then_cpu = statistics.median(r.wall for r in rows), statistics.median(r.cpu for r in rows)
+        print(f"workers, row by row (LINEAGE_AUDIT_BULK=0, the previous workers): {then:.2f} s "
+              f"({size / then:,.0f} records/s), CPU {then_cpu:.1f} s in all ({then_cpu * 1e6 / size:.1f} us a record); "
+              f"workers row by row / workers: {then / mine:.2f}x wall, {then_cpu / cpu:.2f}x CPU")
+    if bare:
+        bare_wall, bare_cpu = statistics.median(r.wall for r in bare), statistics.median(r.cpu for r in bare)
+        print(f"workers keeping no names (LINEAGE_AUDIT_NAMES=0): {bare_wall:.2f} s ({size / bare_wall:,.0f} records/s), "
+              f"CPU {bare_cpu:.1f} s in all ({bare_cpu * 1e6 / size:.1f} us a record); workers / workers without names: "
+              f"{mine / bare_wall:.2f}x wall, {cpu / bare_cpu:.2f}x CPU ({(cpu - bare_cpu) * 1e6 / size:.1f} us a record "
+              "for the names)")
     worker_cpu = statistics.median(r.worker_cpu for r in ours)
     print(f"workers:     {mine:.2f} s ({size / mine:,.0f} records/s), CPU {cpu:.1f} s in all "
           f"({cpu * 1e6 / size:.1f} us a record; workers {worker_cpu:.1f} s as sampled, the parent the rest), "
@@ -182,9 +217,16 @@ def main() -> None:
           f"{max(r.total_peak for r in ours) / 1024:.0f} MiB (goal <= {GOAL_RSS_MIB} MiB)")
     print(f"  CPU-bound rate: {size / (cpu / len(os.sched_getaffinity(0))):,.0f} records/s "
           f"(records / (CPU seconds / cores): what these cores would do with nothing else running and the work split evenly)")
-    print(f"ratio one process / workers: {base / mine:.2f}x; workers row by row / workers: {before / mine:.2f}x wall, "
-          f"{before_cpu / cpu:.2f}x CPU; workers / workers without names: {mine / bare_wall:.2f}x wall, "
-          f"{cpu / bare_cpu:.2f}x CPU ({(cpu - bare_cpu) * 1e6 / size:.1f} us a record for the names)")
+    if not args.no_most:
+        _most(url, directory, extra, size)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    verdict = "GOAL MET" if size / mine >= GOAL_RATE and worst.peaks_sum <= GOAL_RSS_MIB * 1024 else "GOAL MISSED"
+    print(f"{verdict}: audit at {size:,} records {size / mine:,.0f} records/s (goal >= {GOAL_RATE:,}), "
+          f"peak RSS {worst.peaks_sum / 1024:.0f} MiB summed over processes (goal <= {GOAL_RSS_MIB} MiB)")
+
+
+def _most(url: str, directory: Path, extra: dict[str, str], size: int) -> None:
+    """Once with the most workers the audit starts, for its memory."""
     most = run(url, directory, str(MAX_WORKERS), extra)  # what a machine of MAX_WORKERS or more cores starts
     print(f"the most workers the audit starts ({MAX_WORKERS}, on a machine of {MAX_WORKERS} cores or more), run once "
           f"here: {most.wall:.2f} s on {len(os.sched_getaffinity(0))} cores, CPU {most.cpu:.1f} s; peak RSS: parent "
@@ -192,10 +234,6 @@ def main() -> None:
           f"sum of the peaks {most.peaks_sum / 1024:.0f} MiB, largest simultaneous total "
           f"{most.total_peak / 1024:.0f} MiB (goal <= {GOAL_RSS_MIB} MiB); its CPU spread over {MAX_WORKERS} cores "
           f"would be {size / (most.cpu / MAX_WORKERS):,.0f} records/s (an estimate, not a measurement)")
-    print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    verdict = "GOAL MET" if size / mine >= GOAL_RATE and worst.peaks_sum <= GOAL_RSS_MIB * 1024 else "GOAL MISSED"
-    print(f"{verdict}: audit at {size:,} records {size / mine:,.0f} records/s (goal >= {GOAL_RATE:,}), "
-          f"peak RSS {worst.peaks_sum / 1024:.0f} MiB summed over processes (goal <= {GOAL_RSS_MIB} MiB)")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@ compares it with one the database folded from the index; at 1M records that was 
 * the record rows: their sequence numbers must be the leaf indexes, their height and
   position columns the block and place the chain puts them at (one list comparison
   each), their run ids those of the bodies (one more);
-* the artifact rows: SQLite folds them into one JSON text in C
-  (``audit_index_text``: per sequence number with rows, the end time and the inputs and
-  outputs as objects, members in primary-key order), and ``msgspec`` encodes the same
-  structure from the decoded bodies in one call; the two must be the same bytes. The
-  encoding is injective (an object's members are unique, strings are escaped), so equal
-  bytes mean each record's index rows are exactly the paths, digests, roles and end time
-  its body names; a record body whose keys are not sorted, or any value of an unexpected
-  type, makes them differ.
+* the artifact rows: SQLite joins their columns in C, in primary-key order (the paths,
+  digests and end times each joined by NUL, ``seq * 2 + role`` by commas, and whether
+  every row has the writer's types: ``_sqlite_audit.audit_chunk``), and
+  :func:`index_columns` joins the same columns from the decoded bodies with C-level maps;
+  they must be equal. The bodies' columns have exactly one separator fewer than the rows
+  they name, and the range has that many rows, so equal texts mean each row is exactly the
+  path, digest, role and end time its record's body names, in its place; a record body
+  whose keys are not sorted, or any value of an unexpected type, makes them differ.
+  PostgreSQL's reads fold the rows into one JSON text instead (``_pg_audit``), which
+  ``msgspec`` encodes from the bodies in one call (:func:`_index_fold`): equal bytes mean
+  the same, as the encoding is injective (an object's members are unique, strings are
+  escaped).
 * the number of artifact rows in the range (any role) must be the number the bodies name;
 * chain, Merkle roots and record hashes: :func:`.chain.verify_block_columns`, as always.
 
@@ -28,8 +32,8 @@ only costs speed). So the bulk check can only ever accept what the row-by-row ch
 from __future__ import annotations
 
 from bisect import bisect_left
-from itertools import compress
-from operator import attrgetter, or_
+from itertools import chain, compress, repeat
+from operator import add, attrgetter, methodcaller, or_
 from typing import Any, NamedTuple
 
 from .._model import BlockColumns, BlockHeader
@@ -37,7 +41,7 @@ from .audit_rows import ExistingFiles, decode_views
 from .chain import verify_block_columns
 from .names import HOT_RECORDS, NamesBatch
 
-__all__ = ["CHUNK_RECORDS", "WIDE_BYTES", "BulkResult", "audit_range", "name_from", "weight"]
+__all__ = ["CHUNK_RECORDS", "WIDE_BYTES", "BulkResult", "audit_range", "index_columns", "name_from", "weight"]
 
 # Records whose bodies are longer count as several (:func:`weight`): a task-shaped record
 # (2-5 inputs, 1-3 outputs) is about 1 KB; one naming 1,000 outputs, about 130 KB. Without
@@ -55,6 +59,7 @@ def weight(count: int, first_body: int) -> int:
 
 
 _run_id, _ended, _inputs, _outputs = (attrgetter(name) for name in ("run_id", "ended", "inputs", "outputs"))
+_blake3, _values = attrgetter("blake3"), methodcaller("values")
 _CODEC: Any = None  # (the encoder, the struct of an index entry): msgspec's, built on first use
 
 
@@ -68,7 +73,7 @@ def _codec() -> Any:
 
 
 def _index_fold(seqs: tuple, views: list[Any], inputs: list[Any], outputs: list[Any], plain: int = 0) -> bytes:
-    """What the index folds from the records' artifact rows (``audit_index_text``), as the
+    """What the index folds from the records' artifact rows (PostgreSQL's ``audit_chunk``), as the
     records' bodies say it: per record that names any artifact (the others have no rows),
     its sequence number, end time, and inputs and outputs as ``{path: {"blake3": digest}}``.
     The first ``plain`` views hold the digests alone (the index view, for records checked
@@ -86,6 +91,30 @@ def _index_fold(seqs: tuple, views: list[Any], inputs: list[Any], outputs: list[
     return encode(kept + [(seq, ended, {path: digest(entry.blake3) for path, entry in ins.items()},
                            {path: digest(entry.blake3) for path, entry in outs.items()})
                           for seq, ended, ins, outs in naming])
+
+
+def index_columns(first: int, views: list[Any], inputs: list[Any], outputs: list[Any]) -> tuple | None:
+    """The columns SQLite joins from the artifact rows of records ``first`` on
+    (``_sqlite_audit.audit_chunk``), as their bodies say them: ``(paths, digests, ends,
+    keys)``, one entry a path each record names, inputs then outputs, each map in its
+    body's order (sorted, as the index's primary key is). None where a value holds a
+    separator (then equal texts would not mean equal rows; the row-by-row check decides).
+    C-level maps throughout: about a tenth less than encoding the JSON fold."""
+    ins, outs = list(map(len, inputs)), list(map(len, outputs))
+    rows = sum(ins) + sum(outs)
+    if not rows:
+        return b"", "", "", ""
+    sides = list(chain.from_iterable(zip(inputs, outputs, strict=True)))  # a dict iterates over its paths
+    paths = "\x00".join(chain.from_iterable(sides))
+    digests = "\x00".join(map(_blake3, chain.from_iterable(map(_values, sides))))
+    ends = "\x00".join(chain.from_iterable(map(repeat, map(_ended, views), map(add, ins, outs))))
+    if not paths.count("\x00") == digests.count("\x00") == ends.count("\x00") == rows - 1:
+        return None
+    stop = first + len(views)  # one key a row: seq * 2 for an input, seq * 2 + 1 for an output
+    keys = ",".join(map(str, chain.from_iterable(chain.from_iterable(zip(
+        map(repeat, range(2 * first, 2 * stop, 2), ins), map(repeat, range(2 * first + 1, 2 * stop, 2), outs),
+        strict=True)))))
+    return paths.encode(), digests, ends, keys
 
 
 class BulkResult(NamedTuple):
@@ -162,7 +191,7 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
     """Check consecutive blocks; (records, artifact rows they name, leaves, ids) or None."""
     first = headers[0][2]
     stop = first + sum(h[3] for h in headers)
-    rows, index_text, stored = backend.audit_chunk(first, stop)
+    rows, index, stored = backend.audit_chunk(first, stop)
     if len(rows) != stop - first:
         return None
     if not rows:
@@ -187,14 +216,16 @@ def _check_chunk(backend: Any, headers: list[tuple], prev: str | None, found: Ex
     if run_ids != tuple(map(_run_id, views)):
         return None
     inputs, outputs = list(map(_inputs, views)), list(map(_outputs, views))
-    if _index_fold(seqs, views, inputs, outputs, max(0, min(len(views), checked_below - first))) != index_text:
-        return None
     artifacts = sum(map(len, inputs)) + sum(map(len, outputs))
     if stored != artifacts:  # a row in the range that no record names (a role other than 0 or 1)
         return None
+    if type(index) is tuple:  # SQLite's joined columns, the last saying whether every row has its types
+        if not index[-1] or index_columns(first, views, inputs, outputs) != index[:-1]:
+            return None
+    elif _index_fold(seqs, views, inputs, outputs, max(0, min(len(views), checked_below - first))) != index:
+        return None
     if found is not None:
-        for paths in outputs:
-            found.add(paths)
+        found.add(chain.from_iterable(outputs))  # a dict iterates over its paths
     name_from(batch, first, views, names_from)
     if latest is not None and views:
         latest[0] = max(latest[0], max(map(_ended, views)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .._errors import ChainBroken, HistoryRewritten
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from lineage_ledger.backends import Backend
 
 __all__ = ["AuditResult", "FullAudit"]
+
+_outputs = attrgetter("outputs")
 
 
 class _Disagreement(Exception):
@@ -143,8 +147,7 @@ class FullAudit:
             if checker is not None:
                 checker.block(block, first, views)
             if existing is not None:
-                for view in views:
-                    existing.add(view.outputs)
+                existing.add(chain.from_iterable(map(_outputs, views)))
                 found.add(existing.take())
 
         try:

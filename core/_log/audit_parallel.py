@@ -38,6 +38,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import IO, Any
 
 from .audit_bulk import weight
@@ -303,8 +304,7 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
             if views:
                 latest = max(latest, max(view.ended for view in views))
             if found is not None:
-                for view in views:
-                    found.add(view.outputs)
+                found.add(chain.from_iterable(view.outputs for view in views))
             block_ids.append(block.id)
             counts.append(len(block_leaves))
             leaves.extend(block_leaves)

@@ -8,8 +8,8 @@ Shared by the sequential audit (:mod:`.verified`) and its worker processes
 from __future__ import annotations
 
 import os
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, compress
+from operator import attrgetter, itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IndexTampered, RecordTampered
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["ExistingFiles", "IndexChecker", "check_outside", "decode_views"]
 
 _inputs, _outputs = attrgetter("inputs"), attrgetter("outputs")
+_rpartition, _head = methodcaller("rpartition", "/"), itemgetter(0)
 
 
 def decode_views(block, first_leaf: int = 0, checked_below: int = 0) -> list[Any]:
@@ -179,14 +180,24 @@ class ExistingFiles:
         return found
 
     def add(self, outputs) -> None:
-        dirs, seen = self._dirs, self._seen
-        for path in outputs:
+        """The output paths of any number of records (one iterable of paths, in order).
+        The directories are looked up with C-level maps, one ``isdir`` per new directory;
+        paths are looked at one by one only where their directory exists (on a ledger whose
+        outputs are gone, none: a third of the cost of a loop over every path)."""
+        paths = list(outputs)
+        if not paths:
+            return
+        dirs = self._dirs
+        parents = list(map(_head, map(_rpartition, paths)))  # "" for a path in "/"
+        for directory in set(parents).difference(dirs):
+            dirs[directory] = os.path.isdir(directory or "/")
+        present = list(map(dirs.__getitem__, parents))
+        if not any(present):
+            return
+        seen = self._seen
+        for path in compress(paths, present):
             if path in seen or path[:1] != "/":  # a relative name of an earlier release: never resolved
                 continue
-            directory = path.rpartition("/")[0] or "/"  # absolute, normal paths (C speed)
-            present = dirs.get(directory)
-            if present is None:
-                present = dirs[directory] = os.path.isdir(directory)
-            if present and os.path.lexists(path):
+            if os.path.lexists(path):
                 seen.add(path)
                 self.found.append(path)
