@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import run_cli
-from tests.support.snakemake import require_snakemake, run
+from tests.support.snakemake import BIN, clean_env, require_snakemake, run
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +140,92 @@ def test_a_benchmark_file_is_recorded_as_its_jobs_product_and_an_edit_of_it_is_r
     reached = lineage_kinds(verified)
     assert reached[str(benchmark)] == "produced", reached
     assert reached[str(workflow / "data" / "y.txt")] == "source", reached
+
+
+# make waits for the test's word (so that the recording process can be stopped first); later
+# runs after it and waits to be killed, as a batch system's time limit kills a whole job.
+MAKE_THEN_KILLED = textwrap.dedent('''\
+    rule all:
+        input: "later.txt"
+
+    rule make:
+        input: "in.txt"
+        output: "made.txt"
+        shell: "for i in $(seq 600); do [ -e go.flag ] && break; sleep 0.1; done && tr a-z A-Z < {input} > {output}"
+
+    rule later:
+        input: "made.txt"
+        output: "later.txt"
+        shell: "touch later.flag && sleep 600 && touch {output}"
+
+    rule use:
+        input: "made.txt"
+        output: "final.txt"
+        shell: "cat {input} > {output}"
+    ''')
+
+
+def wait_until(condition, process: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert process.poll() is None, f"snakemake ended before {what}"
+        assert time.monotonic() < deadline, f"{what}: not in time"
+        time.sleep(0.05)
+
+
+def recording_process(process: subprocess.Popen[str]) -> psutil.Process | None:
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if "snakemake_logger_plugin_ledger._sidecar" in " ".join(child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def journaled_jobs(workflow: Path) -> int:
+    return sum(text.count('"job":') for text in (
+        p.read_text() for p in (workflow / ".lineage" / "snakemake-pending").glob("*.jsonl")))
+
+
+def test_an_output_edited_after_a_killed_run_is_not_recorded_as_the_killed_jobs_product(tmp_path):
+    require_snakemake()
+    (tmp_path / "in.txt").write_text("reads\n")
+    (tmp_path / "Snakefile").write_text(MAKE_THEN_KILLED)
+    (tmp_path / "go.flag").touch()
+    first = snakemake(tmp_path, "final.txt")  # the lab's first run: made.txt is make's product
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / "go.flag").unlink()
+    (tmp_path / "in.txt").write_text("more reads\n")  # new data: make runs again, and is killed
+    process = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1", *LOGGER, "--logger-ledger-run-id", "killed"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True)
+    try:
+        found: list[psutil.Process | None] = []
+        wait_until(lambda: found.append(recording_process(process)) or found[-1] is not None, process,
+                   "the recording process started")
+        found[-1].suspend()  # SIGSTOP: as a recording process still hashing a large BAM would be
+        (tmp_path / "go.flag").touch()
+        wait_until(lambda: (tmp_path / "later.flag").exists() and journaled_jobs(tmp_path) >= 1, process,
+                   "make finished and was journaled")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # snakemake, its job and the recording process
+        process.wait(timeout=30)
+
+    # Before the next run, someone "fixes" the output of the job the kill cut short of a record.
+    made = tmp_path / "made.txt"
+    assert made.read_text() == "MORE READS\n"
+    made.write_text("MORE READS, EDITED\n")
+    ended = made.stat().st_mtime
+    os.utime(made, (ended + 5, ended + 5))  # plainly after the job ended, as any edit is
+
+    assert run("snakemake", "--unlock", cwd=tmp_path).returncode == 0
+    resumed = snakemake(tmp_path, "--logger-ledger-run-id", "resumed", "--rerun-incomplete", "final.txt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "left by an interrupted run" in resumed.stderr
+    # The recovered record of make leaves the edited file out (it names it in not_verified):
+    # no record vouches for the edit, and what was made from it does not verify.
+    verified = run_cli("made.txt", "final.txt", program="verify-lineage", cwd=tmp_path)
+    assert verified.returncode == 1, verified.stdout[-3000:]
+    assert "made.txt" in verified.stdout and "no recorded task produced" in verified.stdout, verified.stdout

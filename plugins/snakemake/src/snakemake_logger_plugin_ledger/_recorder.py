@@ -211,7 +211,7 @@ class JobRecorder:
         for path, handle in orphaned(directory, self.journal.path if self.journal else ""):
             # Imported only when there is an orphan: they import lineage_ledger.
             from ._journal import encode_run, read_journal
-            from ._recovery import jobs_from_metadata
+            from ._recovery import jobs_from_metadata, leave_out_changed_since
 
             self._orphan_handles.append(handle)  # locked until this run ends
             left = read_journal(path, handle)
@@ -223,6 +223,7 @@ class JobRecorder:
                             len(runs), left.run_id)
             for number, run in enumerate(runs):
                 run.extra = {**run.extra, "recovered_after_interruption": True}
+                leave_out_changed_since(run)
                 run.run_id = run.run_id or left.run_id
                 self._send(json.dumps({"job": f"orphan:{path}:{number}", "run": encode_run(run),
                                        "orphan": path}, separators=(",", ":"), default=str))

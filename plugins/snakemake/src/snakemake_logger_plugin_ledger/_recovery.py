@@ -108,3 +108,49 @@ def fresh_metadata(persistence: Any) -> None:
             clear()
         except Exception:  # noqa: BLE001 - a Snakemake without it: read what it has
             log.debug("lineage-ledger: could not clear Snakemake's metadata cache", exc_info=True)
+
+
+#: Seconds a recovered output's mtime may pass its job's end before it counts as changed since:
+#: file systems keep coarse times (FAT: 2 s), and the end is the event's or metadata's time.
+CHANGED_SINCE_SLACK = 2.0
+
+
+def leave_out_changed_since(run: TaskRun) -> None:
+    """A recovered job's outputs are hashed by the next run, not when the job ended: one
+    modified after the job's end (a hand "fix" of what the killed run left) is not its product.
+    It is left out of the record's outputs and named in ``extra.not_verified`` and
+    ``extra.changed_after_interruption`` (path -> its mtime), so that no record vouches for the
+    edit: ``verify-lineage`` of it, and of what is made from it, fails. A digest taken at the
+    job's end (``known``: a temp() output) is the job's own and stays."""
+    deadline = run.ended.timestamp() + CHANGED_SINCE_SLACK
+    known = run.known_outputs if run.known_outputs is not None else run.known
+    changed: dict[str, str] = {}
+    for path in run.outputs:
+        if path in known:
+            continue
+        modified = _last_modified(path)
+        if modified is not None and modified > deadline:
+            changed[path] = utc(modified).isoformat()
+    if changed:
+        log.warning("lineage-ledger: %d output(s) of job %s (%s) of the interrupted run were modified after it "
+                    "ended, and its record leaves them out: %s", len(changed), run.task_id, run.task_name,
+                    " ".join(sorted(changed)))
+        run.outputs = [p for p in run.outputs if p not in changed]
+        not_verified = sorted({*run.extra.get("not_verified", ()), *changed})
+        run.extra = {**run.extra, "changed_after_interruption": changed, "not_verified": not_verified}
+
+
+def _last_modified(path: str) -> float | None:
+    """The latest mtime of ``path``, or of anything inside it for a directory (not following links)."""
+    try:
+        latest = os.lstat(path).st_mtime
+    except OSError:
+        return None  # gone: the capture says so as for any missing output
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                try:
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    continue
+    return latest
