@@ -175,15 +175,19 @@ def postgres_url(postgres_server):
 #: module's name says they start: every Fabric network, every MPI job (ranks oversubscribe
 #: the processors), every Airflow site (a scheduler and a dozen processes) and every
 #: Nextflow JVM, so that two of them never compete with each other for two processors.
-_SHARED_WORKER = ("fabric", "baash", "airflow", "nextflow")
+#: A benchmark script's smoke test (tests/test_bench_smoke.py) goes by the script's name.
+SERVICE_GROUPS = ("fabric", "baash", "airflow", "nextflow")
 
 
 def _work_unit(nodeid: str) -> str:
     """The unit of work a test is in under pytest-xdist: its module (whose module-scoped
     set-up, an Airflow site or a Fabric network, is then made once), or a service's group."""
-    module = nodeid.split("::", 1)[0]
+    module, _, test = nodeid.partition("::")
     name = os.path.basename(module)
-    return next((service for service in _SHARED_WORKER if service in name), module)
+    script = test.partition("[")[2]  # test_service_benchmark_runs_quick[bench_fabric.py]
+    if script.startswith("bench_"):
+        name += " " + script
+    return next((service for service in SERVICE_GROUPS if service in name), module)
 
 
 #: The services' groups in the order they are started, the longest first (measured at load

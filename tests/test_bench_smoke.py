@@ -1,10 +1,15 @@
 """The benchmark scripts still run against the current API (tiny sizes; figures not checked).
 
-Each script is its own process and keeps about one core busy, so two run at a time: the
-Airflow one (a deployment: over a minute, the longest by far) first, the others in the order
-their tests will run (``session.items``, after pytest-randomly's shuffle), and each test
-waits for its own. A test therefore waits no longer than its script takes, as when it ran the
-script itself. Each script has a home and a state directory of its own, as each test has
+A script that starts one of the services the test processes take turns with (an Airflow
+site, a Fabric network, a BAASH job, a Nextflow JVM: conftest's ``SERVICE_GROUPS``, named in
+the script's name) is run by its own test, in that service's group (conftest's ``_work_unit``
+reads the script in the test's id): it never runs beside another such service in the other
+test process, nor beside a second script.
+
+The others each keep about one core busy, so two run at a time, in the order their tests
+will run (``session.items``, after pytest-randomly's shuffle), and each test waits for its
+own. A test therefore waits no longer than its script takes, as when it ran the script
+itself. Each script has a home and a state directory of its own, as each test has
 (conftest's ``private_state``).
 """
 
@@ -20,15 +25,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SERVICE_GROUPS
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
+#: Run by their own tests, each in its service's group.
+SERVICE_SCRIPTS = [script for script in SCRIPTS if any(service in script for service in SERVICE_GROUPS)]
+#: Run two at a time by the module's runner.
+OTHER_SCRIPTS = [script for script in SCRIPTS if script not in SERVICE_SCRIPTS]
 #: Scripts at once: the machine's cores, at most two (the figures are not checked here).
 JOBS = max(1, min(2, os.cpu_count() or 1))
 #: Seconds one script may take, as before.
 SCRIPT_TIMEOUT = 300
-#: Started first, whenever its test comes: the longest by far. The others follow in test
-#: order, so each is under way (or done) by the time its test runs.
-FIRST = ("bench_airflow.py",)
 #: The scale benchmarks build their ledgers once into one cache directory in /tmp (by
 #: default), with no lock: two of them at once would build (and remove) the same directory.
 #: They take turns, and each keeps the cache the one before it built, as when all ran in turn.
@@ -44,6 +52,41 @@ def extra_args(script: str, home: Path) -> list[str]:
     if script == "bench_export.py":
         return ["--sizes", "201,1001", "--cache", str(home / "export-cache")]
     return []
+
+
+def start_script(script: str, home: Path) -> subprocess.Popen:
+    """``script --quick --repeats 1`` in a process group of its own (a script that runs out of
+    time goes with what it started), with ``home`` as its home and state directory."""
+    env = {k: v for k, v in os.environ.items() if k != "LINEAGE_STATE_DIR"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
+               XDG_DATA_HOME=str(home / ".local" / "share"), XDG_STATE_HOME=str(home / "state"))
+    command = [sys.executable, str(BENCH / script), "--quick", "--repeats", "1", *extra_args(script, home)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def kill_script(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def finish_script(script: str, process: subprocess.Popen) -> subprocess.CompletedProcess:
+    """Wait for a script (killed after SCRIPT_TIMEOUT seconds) and return what it did."""
+    try:
+        out, err = process.communicate(timeout=SCRIPT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        kill_script(process)
+        out, err = process.communicate()
+        err += f"\n[bench smoke: {script} still running after {SCRIPT_TIMEOUT} s; killed]"
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def assert_ran(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    # Every script ends with its verdict; one that measures without a target says so.
+    assert any(v in result.stdout for v in ("GOAL MET", "GOAL MISSED", "NO GOAL")), result.stdout
 
 
 class Runner:
@@ -65,34 +108,16 @@ class Runner:
         return self._run_now(script, home)
 
     def _run_now(self, script: str, home: Path) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "LINEAGE_STATE_DIR"}
-        env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
-                   XDG_DATA_HOME=str(home / ".local" / "share"), XDG_STATE_HOME=str(home / "state"))
-        command = [sys.executable, str(BENCH / script), "--quick", "--repeats", "1", *extra_args(script, home)]
         with self._lock:
             if self._closed:
                 raise RuntimeError("the bench smoke module ended before this script started")
-            # its own process group: a script that runs out of time goes with what it started
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, start_new_session=True)
+            process = start_script(script, home)
             self._running.add(process)
         try:
-            out, err = process.communicate(timeout=SCRIPT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._kill(process)
-            out, err = process.communicate()
-            err += f"\n[bench smoke: {script} still running after {SCRIPT_TIMEOUT} s; killed]"
+            return finish_script(script, process)
         finally:
             with self._lock:
                 self._running.discard(process)
-        return subprocess.CompletedProcess(command, process.returncode, out, err)
-
-    @staticmethod
-    def _kill(process: subprocess.Popen) -> None:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def result(self, script: str) -> subprocess.CompletedProcess:
         return self._futures[script].result(timeout=SCRIPT_TIMEOUT + 60)
@@ -102,7 +127,7 @@ class Runner:
         with self._lock:
             self._closed = True
             for process in self._running:
-                self._kill(process)
+                kill_script(process)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -112,9 +137,9 @@ def runner(request, tmp_path_factory):
     order = []  # this module's tests, in the order the session runs them
     for item in request.session.items:
         callspec = getattr(item, "callspec", None)
-        if item.path == here and callspec is not None and "script" in callspec.params:
+        if item.path == here and callspec is not None and callspec.params.get("script") in OTHER_SCRIPTS:
             order.append(callspec.params["script"])
-    order = sorted(dict.fromkeys(order), key=lambda script: script not in FIRST)  # stable: test order kept
+    order = list(dict.fromkeys(order))
     homes = {script: tmp_path_factory.mktemp(f"home-{script.removesuffix('.py')}") for script in order}
     runner = Runner(order, homes)
     yield runner
@@ -122,9 +147,18 @@ def runner(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", OTHER_SCRIPTS)
 def test_benchmark_runs_quick(script, runner):
-    result = runner.result(script)
-    assert result.returncode == 0, result.stderr
-    # Every script ends with its verdict; one that measures without a target says so.
-    assert any(v in result.stdout for v in ("GOAL MET", "GOAL MISSED", "NO GOAL")), result.stdout
+    assert_ran(runner.result(script))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SCRIPT_TIMEOUT + 60)
+@pytest.mark.parametrize("script", SERVICE_SCRIPTS)
+def test_service_benchmark_runs_quick(script, tmp_path):
+    process = start_script(script, tmp_path)
+    try:
+        result = finish_script(script, process)
+    finally:
+        kill_script(process)  # what it started, whatever ended the test
+    assert_ran(result)
