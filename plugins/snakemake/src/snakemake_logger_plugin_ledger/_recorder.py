@@ -214,6 +214,10 @@ class JobRecorder:
             from ._recovery import jobs_from_metadata, leave_out_changed_since
 
             self._orphan_handles.append(handle)  # locked until this run ends
+            try:  # its last write: before the kill, by the clock of the outputs' file system
+                journal_written: float | None = os.fstat(handle.fileno()).st_mtime
+            except OSError:
+                journal_written = None
             left = read_journal(path, handle)
             runs = list(left.pending)
             if left.opened is not None:
@@ -223,7 +227,7 @@ class JobRecorder:
                             len(runs), left.run_id)
             for number, run in enumerate(runs):
                 run.extra = {**run.extra, "recovered_after_interruption": True}
-                leave_out_changed_since(run)
+                leave_out_changed_since(run, journal_written)
                 run.run_id = run.run_id or left.run_id
                 self._send(json.dumps({"job": f"orphan:{path}:{number}", "run": encode_run(run),
                                        "orphan": path}, separators=(",", ":"), default=str))

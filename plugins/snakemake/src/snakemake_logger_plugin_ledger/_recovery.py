@@ -115,14 +115,22 @@ def fresh_metadata(persistence: Any) -> None:
 CHANGED_SINCE_SLACK = 2.0
 
 
-def leave_out_changed_since(run: TaskRun) -> None:
+def leave_out_changed_since(run: TaskRun, journal_written: float | None) -> None:
     """A recovered job's outputs are hashed by the next run, not when the job ended: one
     modified after the job's end (a hand "fix" of what the killed run left) is not its product.
     It is left out of the record's outputs and named in ``extra.not_verified`` and
     ``extra.changed_after_interruption`` (path -> its mtime), so that no record vouches for the
     edit: ``verify-lineage`` of it, and of what is made from it, fails. A digest taken at the
-    job's end (``known``: a temp() output) is the job's own and stays."""
+    job's end (``known``: a temp() output) is the job's own and stays.
+
+    The job's end is by this host's clock, an output's mtime by its file server's. An mtime
+    also past the killed run's last write to its journal (``journal_written``, by the clock of
+    the file system that holds the working directory, as a rule the outputs' own) is after the
+    kill, so a file server whose clock runs ahead does not make the outputs of every
+    recovered job look edited."""
     deadline = run.ended.timestamp() + CHANGED_SINCE_SLACK
+    if journal_written is not None:
+        deadline = max(deadline, journal_written + CHANGED_SINCE_SLACK)
     known = run.known_outputs if run.known_outputs is not None else run.known
     changed: dict[str, str] = {}
     for path in run.outputs:
