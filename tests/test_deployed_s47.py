@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from lineage_ledger import open_ledger
 from tests.conftest import run_cli
 from tests.support.snakemake import BIN, clean_env, require_snakemake, run
 
@@ -220,6 +221,12 @@ def test_an_output_edited_after_a_killed_run_is_not_recorded_as_the_killed_jobs_
     assert "left by an interrupted run" in resumed.stderr
     # The recovered record of make leaves the edited file out (it names it in not_verified):
     # no record vouches for the edit, and what was made from it does not verify.
+    with open_ledger(str(tmp_path / ".lineage" / "ledger.db")) as ledger:
+        recovered = [e.record for e in ledger.run("killed") if e.record.task_name == "make"]
+    assert len(recovered) == 1 and recovered[0].extra["recovered_after_interruption"] is True
+    assert str(made) not in recovered[0].outputs
+    assert recovered[0].extra["not_verified"] == [str(made)]
+    assert list(recovered[0].extra["changed_after_interruption"]) == [str(made)]
     verified = run_cli("made.txt", "final.txt", program="verify-lineage", cwd=tmp_path)
     assert verified.returncode == 1, verified.stdout[-3000:]
     assert "made.txt" in verified.stdout and "no recorded task produced" in verified.stdout, verified.stdout

@@ -20,7 +20,7 @@ from typing import Any
 
 from lineage_ledger import TaskRun, code_digest
 
-from ._jobs import _current_dag, utc
+from ._jobs import _current_dag, utc, utc_text
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
@@ -138,7 +138,7 @@ def leave_out_changed_since(run: TaskRun, journal_written: float | None) -> None
             continue
         modified = _last_modified(path)
         if modified is not None and modified > deadline:
-            changed[path] = utc(modified).isoformat()
+            changed[path] = utc_text(modified)
     if changed:
         log.warning("lineage-ledger: %d output(s) of job %s (%s) of the interrupted run were modified after it "
                     "ended, and its record leaves them out: %s", len(changed), run.task_id, run.task_name,
