@@ -42,7 +42,7 @@ from typing import Any
 
 from lineage_ledger import LedgerError
 
-from . import _tries
+from . import _moved, _tries
 
 log = logging.getLogger("lineage_ledger.airflow")
 
@@ -196,10 +196,13 @@ def record_unreported(dag_run: Any, *, again: bool = True, ask_ledger: bool = Fa
 def _owed_path(dag_id: str, run_id: str) -> str:
     """The note that a second sweep of this run is owed, beside this ledger's try markers
     (40 hex digits: removed with them after :data:`_tries.MARKER_DAYS`)."""
+    return os.path.join(_tries._marker_dir(_tries.capture()), owed_name(dag_id, run_id))
+
+
+def owed_name(dag_id: str, run_id: str) -> str:
     from blake3 import blake3
 
-    name = blake3(f"{dag_id}\0{run_id}\0owed".encode()).hexdigest()[:40]
-    return os.path.join(_tries._marker_dir(_tries.capture()), name)
+    return blake3(f"{dag_id}\0{run_id}\0owed".encode()).hexdigest()[:40]
 
 
 def _note_owed(dag_id: str, run_id: str, owed: bool) -> None:
@@ -208,7 +211,13 @@ def _note_owed(dag_id: str, run_id: str, owed: bool) -> None:
     try:
         path = _owed_path(dag_id, run_id)
         if owed:
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+            try:  # which site owes it (see _moved.site_token); an empty note where it cannot say
+                os.write(fd, _moved.site_token())
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         else:
             os.unlink(path)
     except FileNotFoundError:
@@ -254,8 +263,9 @@ def _tries_in_ledger(dag_id: str, run_id: str) -> set[tuple[str, int]]:
     from . import _settings
 
     found: set[tuple[str, int]] = set()
-    try:
-        ledger = open_ledger(_settings.ledger_url(), spool=_settings.spool_root(), read_only=True)
+    try:  # the capture's ledger: another one where the run was owed there (see _moved)
+        ledger = open_ledger(_tries.capture().url or _settings.ledger_url(), spool=_settings.spool_root(),
+                             read_only=True)
         try:
             for item in ledger.run(f"{dag_id}/{run_id}"):
                 facts = (item.record.extra or {}).get("airflow") or {}
@@ -346,9 +356,13 @@ def resume_when_scheduler(component: Any, wait_s: float = 120.0) -> None:
             log.exception("lineage-ledger: could not read which runs a scheduler before this one owed a sweep")
             return
         recorded = 0
-        for dag_id, run_id, dag in runs:
+        for dag_id, run_id, dag, moved_from in runs:
             try:
-                recorded += record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag), ask_ledger=True)
+                if moved_from is None:
+                    recorded += record_unreported(SimpleNamespace(dag_id=dag_id, run_id=run_id, dag=dag),
+                                                  ask_ledger=True)
+                else:
+                    recorded += _moved.sweep_owed_there(dag_id, run_id, dag, moved_from)
             except Exception:  # noqa: BLE001
                 log.exception("lineage-ledger: could not sweep the tries of %s/%s again", dag_id, run_id)
         log.info("lineage-ledger: resumed the sweeps a scheduler before this one owed: %d runs swept again, "
@@ -357,9 +371,11 @@ def resume_when_scheduler(component: Any, wait_s: float = 120.0) -> None:
     threading.Thread(target=resume, name="lineage-ledger-resume-sweeps", daemon=True).start()
 
 
-def _runs_owed(started: Any) -> list[tuple[str, str, Any]]:
+def _runs_owed(started: Any) -> list[tuple[str, str, Any, str | None]]:
     """The ended runs a previous scheduler of this machine may have owed a second sweep,
-    each with the DAG it was made from (its outlets name the files a try wrote)."""
+    each with the DAG it was made from (its outlets name the files a try wrote), and the
+    spool directory of the ledger it was owed on where that is another one than this
+    scheduler's (the site moved its ledger since: see _moved), else None."""
     from datetime import datetime, timedelta, timezone
 
     from airflow.jobs.job import Job
@@ -378,10 +394,14 @@ def _runs_owed(started: Any) -> list[tuple[str, str, Any]]:
         if last.tzinfo is None:
             last = last.replace(tzinfo=timezone.utc)
         since = max(last - timedelta(seconds=RESUME_BEFORE_S), now - timedelta(seconds=RESUME_AT_MOST_S))
-        found = [run for run in session.scalars(select(DagRun).where(
-            DagRun.state.in_(("success", "failed")), DagRun.end_date >= since)) if is_owed(run.dag_id, run.run_id)]
+        found: list[tuple[Any, str | None]] = []
+        for run in session.scalars(select(DagRun).where(DagRun.state.in_(("success", "failed")),
+                                                         DagRun.end_date >= since)):
+            if is_owed(run.dag_id, run.run_id):
+                found.append((run, None))
+            found.extend((run, there) for there in _moved.owed_elsewhere(run.dag_id, run.run_id))
         bag = DBDagBag()
-        return [(run.dag_id, run.run_id, bag.get_dag_for_run(run, session)) for run in found]
+        return [(run.dag_id, run.run_id, bag.get_dag_for_run(run, session), there) for run, there in found]
 
 
 def _forget_in_child() -> None:

@@ -72,9 +72,17 @@ def listener_active() -> bool:
         return False
 
 
+#: A thread's capture in place of the process's: the sweep of a run owed on a ledger the site
+#: has moved from records and marks its tries there (see _moved).
+_routed = threading.local()
+
+
 def capture() -> TaskCapture:
-    """This process's capture (a forked task process gets its own)."""
+    """This process's capture (a forked task process gets its own), or this thread's (_moved)."""
     global _capture, _capture_pid
+    routed: TaskCapture | None = getattr(_routed, "capture", None)
+    if routed is not None:
+        return routed
     with _lock:
         if _capture is None or _capture_pid != os.getpid():
             # A job process ships this spool: a task process journals only (no shipping thread,
