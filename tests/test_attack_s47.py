@@ -270,3 +270,50 @@ def test_a_read_through_a_link_pointed_elsewhere_does_not_count_whatever_the_lin
     put_back = cli(read, program="verify-lineage")
     assert (honest.returncode, honest_strict, put_back.returncode, _refused_under_strict(workdir / read)) == \
         (0, False, 1, True), honest.stdout + put_back.stdout
+
+
+_APPENDER = """
+import sqlite3, sys
+from datetime import timedelta
+from lineage_ledger import open_ledger, utcnow
+from lineage_ledger._ledger.seen import seen_before
+from lineage_ledger._model import Record
+
+path, name = sys.argv[1], sys.argv[2]
+with open_ledger(f"sqlite:///{path}", spool=sys.argv[3], state_dir=sys.argv[3]) as ledger:
+    for n in range(25):
+        now = utcnow()
+        stored = Record(engine="test", run_id=name, task_id=f"{name}-{n}", task_name="t", status="succeeded",
+                        started=now - timedelta(milliseconds=1), ended=now).stored()
+        ledger.append_records([stored])
+        _latest, count = seen_before(ledger.backend.identity, utcnow())
+        with sqlite3.connect(path) as conn:
+            (seq,), (total,) = (conn.execute("SELECT seq FROM ll_records WHERE id = ?", (stored.id,)).fetchone(),
+                                conn.execute("SELECT count(*) FROM ll_records").fetchone())
+        print(seq, count, total)
+"""
+
+
+def test_the_count_an_append_leaves_covers_its_records_and_no_more_with_four_processes_appending(tmp_path):
+    """Four processes append 25 records each, one at a time, at once (retrying on
+    AppendConflict). After each append, the count of records seen that the process would stamp
+    on its next task covers its own record and is no more than the ledger held once it was
+    noted (a count too high would claim records that landed later)."""
+    path = str(tmp_path / "ledger.db")
+    with open_ledger(f"sqlite:///{path}", spool=str(tmp_path / "spool"), state_dir=str(tmp_path / "s")) as ledger:
+        ledger.append_records([Record(engine="test", run_id="first", task_id="0", task_name="t", status="succeeded",
+                                      started=utcnow(), ended=utcnow()).stored()])
+    appenders = [subprocess.Popen([sys.executable, "-c", _APPENDER, path, f"p{n}", str(tmp_path / f"state{n}")],
+                                  stdout=subprocess.PIPE, text=True) for n in range(4)]
+    try:
+        lines = [line.split() for process in appenders for line in process.communicate(timeout=120)[0].splitlines()]
+    finally:
+        for process in appenders:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert [process.returncode for process in appenders] == [0, 0, 0, 0]
+    assert len(lines) == 100
+    wrong = [(seq, count, total) for seq, count, total in (map(int, line) for line in lines)
+             if not seq < count <= total]
+    assert not wrong, wrong
