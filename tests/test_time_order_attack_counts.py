@@ -61,11 +61,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from lineage_ledger import open_ledger
+from lineage_ledger._canonical import format_time, utcnow
 from lineage_ledger._order import SEEN_KEY
 from tests.conftest import run_cli
 
@@ -195,3 +197,36 @@ def test_a_count_older_than_the_time_beside_it_does_not_put_a_reader_behind_a_wr
     (tmp_path / "f.txt").write_text("v1\n")  # the fast writer's version put back
     put_back = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
     assert put_back.returncode == 1 and "MODIFIED" in put_back.stdout, put_back.stdout
+
+
+@needs_faketime
+def test_reset_trust_forgets_the_time_a_record_from_a_fast_clock_left_before_the_restore(tmp_path):
+    """4. The hint's *time* outlived a restore too (its count was ignored without a remembered
+    head): a record from a clock ten minutes fast, in the history the backup does not hold,
+    left its end in the hint; after ``reset-trust`` (before any verification: no count) a task
+    that read ``f.txt`` was stamped past it, so the write of ``f.txt`` by another host's task after it counted as earlier, and the
+    right file failed while the version read put back passed. ``reset-trust`` now removes the
+    hint of the default spool."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    env = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "state"),
+           "LINEAGE_SPOOL": str(tmp_path / "spool")}
+    _write(tmp_path, env, "f.txt", "v0")
+    run_cli("verify", cwd=tmp_path, env=env, check_rc=0)
+    _copy_database(tmp_path / "ledger.db", tmp_path / "backup.db")
+    run_cli("run", "-o", "fast.txt", "--", "sh", "-c", "echo fast > fast.txt", cwd=tmp_path, env=env,
+            prefix=(FAKETIME or "faketime", "-f", "+10m"), check_rc=0)
+    [hint] = (tmp_path / "spool").rglob("latest-seen")
+    assert hint.read_text().split()[0] > format_time(utcnow() + timedelta(minutes=5)), hint.read_text()
+
+    _copy_database(tmp_path / "backup.db", tmp_path / "ledger.db")  # restored on purpose
+    run_cli("reset-trust", cwd=tmp_path, env=env, check_rc=0)
+    assert not hint.exists()  # and no verification since: no head remembered, no count
+    run_cli("run", "-i", "f.txt", "-o", "g.txt", "--", "cp", "f.txt", "g.txt", cwd=tmp_path, env=env, check_rc=0)
+    other = {"LINEAGE_LEDGER_URL": url, "LINEAGE_STATE_DIR": str(tmp_path / "other-state"),
+             "LINEAGE_SPOOL": str(tmp_path / "other-spool")}  # another host's task: no hint of ours
+    _write(tmp_path, other, "f.txt", "v1")
+
+    right = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
+    (tmp_path / "f.txt").write_text("v0\n")
+    put_back = run_cli("verify", "f.txt", cwd=tmp_path, env=env)
+    assert (right.returncode, put_back.returncode) == (0, 1), (right.stdout, put_back.stdout)

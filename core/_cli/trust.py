@@ -9,7 +9,7 @@ import sys
 import click
 
 from .._canonical import utcnow
-from .._errors import CheckpointInvalid, ConfigError, HistoryRewritten, VerificationError
+from .._errors import CheckpointInvalid, ConfigError, HistoryRewritten, LedgerError, VerificationError
 from .._terminal import json_text, printable
 from .._verification.verify import verify_against, verify_lineage
 from .common import (
@@ -255,12 +255,33 @@ def reset_trust(ledger_url) -> None:
     # <directory>.old back when the state has no head: forgetting only the state would have
     # the next command restore the head just forgotten).
     forgotten = [head for path in (directory, directory + ".old") for head in _remove_state(path) if head]
+    _forget_hint(ledger_url)
     if not forgotten:
         click.echo("nothing was remembered for this ledger", err=True)
     else:
         old = forgotten[0]
         click.echo(f"forgot the tree head of {old.size} records (root {old.root}) verified on {old.verified}",
                    err=True)
+
+
+def _forget_hint(ledger_url: str) -> None:
+    """Remove the hint this account's processes left in the ledger's spool directory (the
+    default spool: ``LINEAGE_SPOOL`` or ``.lineage/spool``): the latest time and count they
+    saw, of the history before the restore. Left, its time still moved the next tasks' records
+    past records that are gone (a record from a fast clock among them; its count was already
+    ignored without a remembered head). Best effort: a hint left is read as before."""
+    from .._ledger.backlog import _default_spool
+    from .._ledger.deferred import _default_url
+    from .._ledger.identity import ledger_identity
+    from .._ledger.seen import HINT
+    from .._ledger.spool import _keyed
+
+    try:
+        hint = os.path.join(_keyed(_default_spool(None), ledger_identity(_default_url(ledger_url))[0]), HINT)
+        if os.lstat(hint).st_uid == os.getuid():
+            os.unlink(hint)
+    except (OSError, LedgerError):
+        pass
 
 
 def _remove_state(directory: str) -> list:

@@ -96,12 +96,16 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 blocks.append(block.stored())
                 prev = block.header
             try:
-                self.backend.append(blocks)
+                size = self.backend.append(blocks)
             except AppendConflict:
                 # Another writer took the head; rebuild on theirs after a short random pause.
                 time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
                 continue
-            self._saw(max(r.ended for r in fresh))
+            # The records through ours are in the ledger now: a count for this process's later
+            # tasks, where the back-end said it (a recorder that only ships verifies nothing,
+            # and its tasks' records were otherwise ordered by the time alone: a short writer
+            # moved past a long one by a record from a fast clock, tests/test_time_order_attack.py).
+            self._saw(max(r.ended for r in fresh), size if type(size) is int else 0)
             self._remember_appended()
             return len(fresh)
         raise AppendConflict(f"{self.url}: gave up after 200 conflicting appends")
@@ -223,9 +227,19 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         ``size`` records (0: not known), are in the ledger now: a reading for the records this
         process's tasks, and this account's later ones, make (:mod:`.seen`). The hint is left
         only where this account spools for the ledger."""
-        from .seen import note_seen, write_hint
+        from .._canonical import utcnow
+        from .seen import note_seen, seen_before, write_hint
 
         identity = self.backend.identity
+        if size:
+            # A count is the whole ledger now (a verified head's size, or the records through
+            # this process's blocks, appended at the tip): it covers every record the earlier
+            # readings said was there, so it goes with the latest of their times too. Paired with
+            # its own time alone, a count older than the latest time (an append of records from
+            # a clock behind one appended before) ordered a reader by its own start, before a
+            # writer it had seen (tests/test_attack_s47.py).
+            known, _count = seen_before(identity, utcnow())
+            latest = max(latest, known) if latest and known else latest or known or ""
         note_seen(identity, latest, size=size)
         if latest and self.backend.shared_between_processes:
             directory = spool_path(self._spool_root, identity)
@@ -367,17 +381,22 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         keys = self.query_paths(path)
         if roles == ("out", "in") and len(keys) == 1:
             settled = self._last_seen_ahead(keys[0])
-            if settled is not None:
+            # (A record that named the path through a link then, alias_of, saw another file: the
+            # look-up below decides whether it counts.)
+            if settled is not None and "alias_of" not in settled[2]:
                 return settled
         # Behind a symbolic link, each spelling some record names (query_paths): a task that
         # read the file by its real path names that one alone, and saw it after one that
         # named the link (tests/test_outside_review_s46.py).
         found: dict[Literal["out", "in"], tuple[LedgerRecord, str]] = {}
+        real = keys[-1]
+        lineage: dict[str, bool] = {}  # the real path's own records, by role: asked only where one is stale
         for role in roles:
-            for key in keys:
-                last = self._last_in_role(role, key)
-                if last is not None and key != keys[-1]:
-                    last = self._through_link(role, key, keys[-1], last)
+            lasts = {key: self._last_in_role(role, key) for key in keys}
+            for key, last in lasts.items():
+                if last is not None and not self._through_target(role, key, real, last) \
+                        and self._has_own_lineage(role, real, lasts[real] if role == "out" else None, lineage):
+                    last = self._last_through_target(role, key, real, last)
                 if last is not None and (role not in found or self._later_in_role(role, last, found[role][0])):
                     found[role] = (last, key)
         if not found:
@@ -386,23 +405,51 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         entry, key = found[role]
         return entry, role, (entry.record.outputs if role == "out" else entry.record.inputs)[key]
 
-    def _through_link(self, role: Literal["in", "out"], key: str, real: str, last: LedgerRecord) -> LedgerRecord | None:
-        """The latest record under ``key``, a link's spelling of ``real``, that saw the file the
-        link names now. A record made through the link names the target it resolved to then
-        (``alias_of``); one whose target was another, before the link was pointed elsewhere, saw
-        another file (tests/test_attack_s46.py). Asked only where some record names ``real``
-        (:meth:`query_paths` gives both spellings): where none does, the data may have moved
-        with its link following it (tests/test_paths.py), and every record under the link's
-        spelling counts. A record naming the link with no target (the Python API's, an earlier
-        release's) counts. The latest is read first; the whole list only where it is stale."""
-
-        def counts(entry: LedgerRecord) -> bool:
-            named = (entry.record.outputs if role == "out" else entry.record.inputs).get(key)
-            return named is None or named.get("alias_of", real) == real
-
-        if counts(last):
+    def _last_through_target(self, role: Literal["in", "out"], key: str, real: str,
+                             last: LedgerRecord | None = None) -> LedgerRecord | None:
+        """The latest record under ``key`` that saw the file at ``real`` (:meth:`_through_target`):
+        the latest, or where it saw another target, the latest of the whole list of those that
+        did not."""
+        last = self._last_in_role(role, key) if last is None else last
+        if last is None or self._through_target(role, key, real, last):
             return last
-        return self._last_in_role(role, key, [entry for entry in self._find(role, key, None) if counts(entry)])
+        return self._last_in_role(role, key, [entry for entry in self._find(role, key, None)
+                                              if self._through_target(role, key, real, entry)])
+
+    def _has_own_lineage(self, role: Literal["in", "out"], real: str, last_writer: LedgerRecord | None,
+                         known: dict[str, bool]) -> bool:
+        """Whether a record wrote ``real`` as the file there (not through a link to another
+        target), or for a reader's role, read it so: then records that saw another target
+        through a link do not count for it (:meth:`_through_target`). ``known`` keeps the
+        answers of one look-up."""
+        if "out" not in known:
+            known["out"] = self._last_through_target("out", real, real, last_writer) is not None
+        if role == "out" or known["out"]:
+            return known["out"]
+        if "in" not in known:
+            known["in"] = self._last_through_target("in", real, real) is not None
+        return known["in"]
+
+    @staticmethod
+    def _through_target(role: Literal["in", "out"], key: str, real: str, entry: LedgerRecord) -> bool:
+        """Whether ``entry``, a record under ``key`` (a link's spelling of ``real``, or ``real``
+        itself), saw the file at ``real``. A record made through a link names the target it
+        resolved to then (``alias_of``); one that names another target saw the file there (a
+        link pointed elsewhere since, or removed and a real folder put in its place). A record
+        naming a link with no target (the Python API's, an earlier release's) counts.
+
+        Whether a record that saw another target counts (:meth:`last_seen`) the path alone cannot
+        tell: the link was pointed at another folder since (that record saw another file,
+        tests/test_attack_s46.py), or the data moved with its link following it (the same file,
+        tests/test_paths.py). A record that *wrote* the real path tells: the file there has a
+        lineage of its own, and the records through the old target do not count (for a reader,
+        a record that read the real path tells as well). Where none did, every record under the
+        link's spelling counts: a producer through the old target still answers for data moved
+        with its link, and an edit read there since is compared with it
+        (tests/test_attack_s47.py). The latest is asked first; the whole list only where it is
+        stale."""
+        named = (entry.record.outputs if role == "out" else entry.record.inputs).get(key)
+        return named is None or named.get("alias_of", real) == real
 
     def _last_in_role(self, role: Literal["in", "out"], path: str,
                       among: list[LedgerRecord] | None = None) -> LedgerRecord | None:

@@ -75,6 +75,12 @@ class ProvedLookups(LookingAhead):
                 and hit[0].height == located.height:
             return hit[0]
         record = self._decoded.get(stored.id)
+        if record is None and not stored.body:
+            # A row :meth:`_with_bodies` left without its body, the record decoded then, and the
+            # cache cleared since, as it filled partway through the same list: the body is read
+            # now (hashed as it was stored; one that is empty there fails as any other would).
+            stored = StoredRecord(stored.id, self.backend.bodies([stored.id]).get(stored.id, b""))
+            located = type(located)(located.height, located.position, stored)
         # A record decoded before was proved from its bytes then: the answer comes from those,
         # so only the row's place is proved again (not hashed once per output).
         if verifier.check(located, hash_body=record is None) is None:

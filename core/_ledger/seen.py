@@ -194,10 +194,13 @@ def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
     if remembered is not None:
         note_seen(identity, *remembered)
     if hint is not None:
-        # The hint's count only where the trusted state remembers a head, and no more than its
-        # size: after a restore and reset-trust the hint may still count the history before it.
+        # The hint's count only where the trusted state remembers a head of at least as many
+        # records: after a restore and reset-trust the hint may still count the history before
+        # it. A larger count (an append past the head leaves one) is dropped whole, not cut to
+        # the head's size: a count below the time it came with orders a reader by its own start,
+        # before a fast writer the time says it saw (tests/test_time_order_attack_counts.py).
         latest, dated, size = hint
-        note_seen(identity, latest, dated, size=min(size, remembered[2]) if remembered is not None else 0)
+        note_seen(identity, latest, dated, size=size if remembered is not None and size <= remembered[2] else 0)
 
 
 def _remembered(url: str) -> tuple[str, str, int] | None:
