@@ -162,3 +162,54 @@ def test_ignore_for_cache_of_outputs_is_refused_saying_why(workdir, policy):
     assert refused.extra["refused_by"] == "ignore_for_cache"
     assert "make_hash" in refused.extra["error"]
     assert str(out) not in refused.outputs and refused.extra["outputs_not_written"] == [str(out)]
+
+
+DIRECTORY_ACROSS_RUNS = """
+    import sys
+    sys.path.insert(0, {example!r})
+    import parsl, pipeline
+    from parsl.app.app import python_app
+    from parsl.data_provider.files import File
+    from lineage_ledger_parsl import ParslLedger
+
+    def write(text, outputs=()):
+        import os
+        os.makedirs(outputs[0].filepath, exist_ok=True)
+        with open(os.path.join(outputs[0].filepath, "part.txt"), "w") as handle:
+            handle.write(text)
+        return text
+
+    def use(ref=None, outputs=()):
+        import os
+        with open(os.path.join(ref.filepath, "part.txt")) as source:
+            text = source.read()
+        with open(outputs[0].filepath, "w") as handle:
+            handle.write(text.upper())
+        return text
+
+    ledger = ParslLedger({url!r}, policy="strict")
+    dfk = parsl.load(pipeline.make_config({workdir!r}, "threads", ledger))
+    python_app(write, cache=True)(sys.argv[1], outputs=[File({ref!r})]).result()
+    used = python_app(use, cache=True, ignore_for_cache=["ref"])(ref=File({ref!r}), outputs=[File({out!r})])
+    try:
+        print(used.result(), flush=True)
+    except Exception as error:
+        print("refused: " + type(error).__name__ + ": " + str(error), flush=True)
+    dfk.cleanup()
+"""
+
+
+def test_an_ignored_directory_rewritten_by_a_later_run_is_refused_under_strict(workdir):
+    """Across runs (Parsl's checkpoint on, a Python process each): the second run's ``write``
+    rewrites ``refdir/`` (recorded, so the check of the last record passes) and ``use`` is a
+    hit on the value made from the first text: compared with the directory's digest the
+    key's succeeded try read, as for a file."""
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    ref, out = workdir / "refdir", workdir / "out.txt"
+    (workdir / "run.py").write_text(textwrap.dedent(DIRECTORY_ACROSS_RUNS.format(
+        example=str(support.EXAMPLE_DIR), url=url, workdir=str(workdir), ref=str(ref), out=str(out))))
+    assert _run(workdir, "first")[-1] == "first"
+    again = _run(workdir, "second")[-1]
+    assert (ref / "part.txt").read_text() == "second"
+    assert again.startswith("refused: ArtifactMismatch") and "ignore_for_cache" in again and str(ref) in again, again
+    assert out.read_text() == "FIRST"
