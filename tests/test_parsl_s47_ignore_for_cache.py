@@ -54,18 +54,20 @@ DIRECTORY_IN_ONE_RUN = """
 
     ledger = ParslLedger({url!r}, policy=sys.argv[1])
     dfk = parsl.load(pipeline.make_config({workdir!r}, sys.argv[2], ledger, checkpoint=False))
-    write_app, use_app = python_app(write, cache=True), python_app(use, cache=True, ignore_for_cache=["ref"])
-    first = write_app("first", outputs=[File({ref!r})])
-    used = use_app(ref=first.outputs[0], outputs=[File({out!r})])
-    second = write_app("second", after=used, outputs=[File({ref!r})])  # once the first use has read it
-    again = use_app(ref=second.outputs[0], outputs=[File({out!r})])
-    print(used.result(), flush=True)
-    try:
-        print(again.result(), flush=True)
-    except Exception as error:
-        print("refused: " + type(error).__name__ + ": " + str(error), flush=True)
-    print(dfk.run_id, flush=True)
-    dfk.cleanup()
+    try:  # cleaned up whatever happens: a HighThroughputExecutor's interchange outlives a dead program
+        write_app, use_app = python_app(write, cache=True), python_app(use, cache=True, ignore_for_cache=["ref"])
+        first = write_app("first", outputs=[File({ref!r})])
+        used = use_app(ref=first.outputs[0], outputs=[File({out!r})])
+        second = write_app("second", after=used, outputs=[File({ref!r})])  # once the first use has read it
+        again = use_app(ref=second.outputs[0], outputs=[File({out!r})])
+        print(used.result(), flush=True)
+        try:
+            print(again.result(), flush=True)
+        except Exception as error:
+            print("refused: " + type(error).__name__ + ": " + str(error), flush=True)
+        print(dfk.run_id, flush=True)
+    finally:
+        dfk.cleanup()
 """
 
 
