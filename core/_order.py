@@ -36,11 +36,13 @@ no count (no record sees itself or what came after it).
 Within one role the same holds (``Ledger._last_in_role``): of two writers of one file at once,
 one of which had seen a record from a clock ahead, the one that really ended last is the later
 where the other carries a count that does not cover it; a reader counts from its start, so a
-short task that read a source after a long one started reading it saw it last. A recorder
-that never verified the ledger (it only shipped records) counts what its own appends left
-(the back-end says how many records it holds through the blocks stored); one that neither
-verified nor appended, and learnt a time from another process's hint, stamps no count, and
-its records are ordered by their moved times. (A
+short task that read a source after a long one started reading it saw it last. What stays (a
+strict xfail in tests/test_time_order_attack.py): a recorder that never verified the ledger (it
+only shipped records) stamps no count, and its records are ordered by their moved times. A
+count is only as good as it is fresh: a reader that carries one is compared by its own start
+with what the count does not cover, and one taken at an append, long before the task started,
+put a reader before a writer from a fast clock that landed after it (tests/test_attack_s47.py);
+counts come from verifying (engines verify before each task). (A
 record replayed late from a crashed host's spool keeps its own times: ledger order alone
 would wrongly make it the newest, tests/test_time_order_late_ship.py.)
 

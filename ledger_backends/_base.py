@@ -192,12 +192,8 @@ class Backend(ABC):
         return f"{scheme}://{netloc}{slash}{path}"
 
     @abstractmethod
-    def append(self, blocks: Sequence[StoredBlock]) -> int | None:
-        """Store ``blocks`` (consecutive, on the current head) in one atomic step. Returns
-        how many records the ledger holds through the last block stored, where the back-end
-        knows it without another look-up (None otherwise, and where every block was stored
-        already): the appending process's count of records in the ledger, which orders the
-        records of its later tasks (:mod:`lineage_ledger._ledger.seen`)."""
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
+        """Store ``blocks`` (consecutive, on the current head) in one atomic step."""
 
     @abstractmethod
     def head(self) -> ChainHead | None:

@@ -56,7 +56,7 @@ class MemoryBackend(Backend):
         with _STORES_LOCK:
             self._store = _STORES.setdefault(name, _Store())
 
-    def append(self, blocks: Sequence[StoredBlock]) -> int | None:
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
         store = self._store
         with store.lock:
             staged: list[StoredBlock] = []
@@ -75,7 +75,6 @@ class MemoryBackend(Backend):
                 staged.append(block)
             for block in staged:
                 store.index(block)
-            return len(store.where) if staged else None
 
     def head(self) -> ChainHead | None:
         with self._store.lock:

@@ -273,9 +273,9 @@ class SQLBackend(_SQLReads, Backend):
         """Statements go to the driver as written: '?' for sqlite3, '%s' for psycopg."""
         return text if self._sqlite else text.replace("?", "%s")
 
-    def append(self, blocks: Sequence[StoredBlock]) -> int | None:
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
         if not blocks:
-            return None
+            return
         with _translated("append", self.url, self._in_recovery), self._write() as conn:
             heights = [b.height for b in blocks]
             existing = dict(
@@ -285,7 +285,7 @@ class SQLBackend(_SQLReads, Backend):
             )
             fresh = new_blocks(blocks, existing)
             if not fresh:
-                return None
+                return
             below = conn.execute(
                 sa.select(blocks_table.c.first_seq + blocks_table.c.count).where(
                     blocks_table.c.height == fresh[0].height - 1
@@ -300,7 +300,6 @@ class SQLBackend(_SQLReads, Backend):
                 conn.exec_driver_sql(self._sql(INSERT_RECORDS), record_rows)
             if artifact_rows:
                 conn.exec_driver_sql(self._sql(INSERT_ARTIFACTS), artifact_rows)
-            return seq + len(record_rows)  # once the transaction commits
 
     def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> Rebuilt:
         """As ``SQLiteBackend.rebuild_index``: one transaction; on PostgreSQL, a lock on the

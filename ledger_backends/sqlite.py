@@ -209,10 +209,10 @@ class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
         return self.migrated_from
 
     # -- writes ---------------------------------------------------------------------------
-    def append(self, blocks: Sequence[StoredBlock]) -> int | None:
+    def append(self, blocks: Sequence[StoredBlock]) -> None:
         """``SQLBackend.append``, statement for statement, through :mod:`sqlite3`."""
         if not blocks:
-            return None
+            return
         if _FORKED_MID_USE and _file_key(self._path) in _FORKED_MID_USE:
             raise BackendUnavailable(
                 f"{self.display_url}: this process was forked while another thread was using the ledger, and"
@@ -225,7 +225,7 @@ class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
                                          heights).fetchall())
             fresh = new_blocks(blocks, existing)
             if not fresh:
-                return None
+                return
             below = conn.execute("SELECT first_seq + count FROM ll_blocks WHERE height = ?",
                                  (fresh[0].height - 1,)).fetchone()
             seq = 0 if below is None or below[0] is None else int(below[0])
@@ -235,7 +235,6 @@ class SQLiteBackend(SQLiteFile, _SQLReads, ConnectionPool, Backend):
                 conn.executemany(INSERT_RECORDS, record_rows)
             if artifact_rows:
                 conn.executemany(INSERT_ARTIFACTS, artifact_rows)
-            return seq + len(record_rows)  # once the transaction commits
 
     def rebuild_index(self, rows: Callable[[int], Iterable[tuple[list[tuple], list[tuple]]]]) -> Rebuilt:
         """``lineage-ledger repair-index``: in one transaction, under the write lock (no

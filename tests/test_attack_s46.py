@@ -117,6 +117,61 @@ def test_readers_that_ran_at_once_are_not_all_proved_to_find_the_latest(tmp_path
     assert sum(fetched) <= 4 * proved._SINCE_PAGE, (sum(fetched), fetched)
 
 
+def test_readers_through_a_link_that_followed_its_data_are_not_all_proved(tmp_path, monkeypatch):
+    """N tasks read data/x.txt through data -> store/v1; the data moves to store/v2 and the link
+    follows. Every record under data/x.txt names store/v1/x.txt as its target, not the real
+    path now, and no record names store/v2/x.txt: they all count (the same file), and a look-up
+    needs none of their whole list. The first version of the rule proved all N readers at each
+    look-up, looking for one that read the real path."""
+    from lineage_ledger._ledger.proved import ProvedLookups
+
+    readers = 300
+    (tmp_path / "store" / "v1").mkdir(parents=True)
+    (tmp_path / "store" / "v1" / "x.txt").write_text("x")
+    (tmp_path / "data").symlink_to(tmp_path / "store" / "v1")
+    read = entries_of([hash_file(str(tmp_path / "data" / "x.txt"))])
+    assert any("alias_of" in entry for entry in read.values()), read
+    began = utcnow() - timedelta(hours=1)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with open_ledger(url, spool=str(tmp_path / "spool")) as ledger:
+        ledger.append_records([Record(engine="bench", run_id="r", task_id=f"t{i}", task_name="read",
+                                      status="succeeded", started=began + timedelta(seconds=i),
+                                      ended=began + timedelta(seconds=i, milliseconds=5), inputs=read).stored()
+                               for i in range(readers)])
+    (tmp_path / "store" / "v1").rename(tmp_path / "store" / "v2")
+    (tmp_path / "data").unlink()
+    (tmp_path / "data").symlink_to(tmp_path / "store" / "v2")
+    proved = []
+    original = ProvedLookups._proved
+
+    def counting(self, located, **kw):
+        proved.append(located.record.id)
+        return original(self, located, **kw)
+
+    monkeypatch.setattr(ProvedLookups, "_proved", counting)
+    with open_ledger(url, read_only=True, state_dir=str(tmp_path / "state")) as ledger:
+        found = ledger.last_seen(str(tmp_path / "data" / "x.txt"))
+        assert found is not None and found[0].record.task_id == f"t{readers - 1}", found
+        assert len(proved) < readers // 4, len(proved)
+        # The link pointed at another folder whose file a task wrote by its real path: the N
+        # readers through the old target do not count, and are not all proved to find that out
+        # (10,000 such readers: 2.1 s a look-up, helper-149).
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "x.txt").write_text("other")
+        ledger_w = open_ledger(url, spool=str(tmp_path / "spool"))
+        with ledger_w:
+            ledger_w.append_records([Record(engine="bench", run_id="w", task_id="w", task_name="write",
+                                            status="succeeded", started=utcnow(), ended=utcnow(),
+                                            outputs=entries_of([hash_file(str(tmp_path / "other" / "x.txt"))])
+                                            ).stored()])
+        (tmp_path / "data").unlink()
+        (tmp_path / "data").symlink_to(tmp_path / "other")
+        proved.clear()
+        found = ledger.last_seen(str(tmp_path / "data" / "x.txt"))
+        assert found is not None and found[0].record.task_id == "w", found
+        assert len(proved) < readers // 4, len(proved)
+
+
 # -- the index's rows of readers past the latest, edited -------------------------------------
 
 

@@ -28,9 +28,12 @@ record's ``after`` made a task count as later than a record that landed while it
    short writer's recorder had verified the ledger (as every engine's pre-run check does): its
    count of records seen does not cover the long writer, so each counts from its own end, and
    the look-up of the latest writer reads the writers that ended after the moved one's own end
-   (``Ledger._last_in_role``). A recorder that never verified (it only shipped records, the
-   fast one among them) knows the count its append left (the back-end says how many records
-   it holds through the blocks appended; a strict xfail until the twenty-fifth stop).
+   (``Ledger._last_in_role``). A recorder that never verified (it only shipped records) knows
+   no count, and its writer is still ordered by its moved end (a strict xfail). The count its
+   own appends leave was tried (the twenty-fifth stop) and withdrawn: by the time its next
+   task starts other processes may have appended more, and a count that old orders a reader
+   by its own start, before a writer from a fast clock that it saw, where the time alone moved
+   it past (tests/test_attack_s47.py).
 
 About 4 s.
 """
@@ -134,7 +137,12 @@ def test_a_record_from_a_fast_clock_does_not_reorder_two_tasks_with_right_clocks
     _passes_and_fails_put_back(tmp_path, env, f, "v1\n")
 
 
-@pytest.mark.parametrize("verified", [True, False])
+@pytest.mark.parametrize("verified", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(
+        strict=True, reason="a recorder that never verified the ledger (it only shipped records) knows no count "
+                            "of records seen: its writer is ordered by its moved end (see the module's 3)")),
+])
 def test_a_record_from_a_fast_clock_does_not_reorder_two_concurrent_writers_with_right_clocks(tmp_path, verified):
     url, spool = f"sqlite:///{tmp_path}/ledger.db", str(tmp_path / "spool")
     f, g = tmp_path / "f.txt", tmp_path / "g.txt"
