@@ -49,9 +49,6 @@ def _signal(pids: list[int], signum: int) -> None:
         os.kill(pid, signum)
 
 
-@pytest.mark.xfail(strict=True, reason="the monitor counts a rank's silence from the last beat its reader read, "
-                   "also while the daemon itself was off the CPU: it kills a live job and logs a rank failure "
-                   "(patch: /work/scratch/s47/patches/helper-146-baash-off-cpu.patch)")
 def test_a_daemon_off_the_cpu_past_the_heartbeat_timeout_takes_no_rank_for_hung(service):
     """Bug: the monitor counted a rank's silence from the last beat its reader thread had
     read, whether or not the daemon had been running since. Every process of the service

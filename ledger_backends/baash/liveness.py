@@ -27,9 +27,12 @@ from typing import Any
 
 from ._wire import TO_DAEMON, WireError, receive, send
 
-__all__ = ["RankWatch", "beat_forever", "is_rank_process", "process_gone", "resident_memory"]
+__all__ = ["Hearing", "RankWatch", "beat_forever", "is_rank_process", "process_gone", "resident_memory"]
 
 BEAT_EVERY = 0.5
+#: The daemon looks at its ranks every 0.05 s (about 1 s while a job starts): a look later
+#: than this means the daemon itself was off the CPU (a loaded machine, Ctrl-Z, a paused VM).
+OFF_CPU_GAP = 3.0
 
 
 def beat_forever(control: str, rank: int, pid: int) -> threading.Thread:
@@ -51,6 +54,27 @@ def beat_forever(control: str, rank: int, pid: int) -> threading.Thread:
     thread = threading.Thread(target=run, name="baash-heartbeat", daemon=True)
     thread.start()
     return thread
+
+
+class Hearing:
+    """Since when the daemon has been listening without a break.
+
+    A silence is a rank's only while the daemon could hear it. A daemon off the CPU past the
+    heartbeat timeout came back to beats queued unread on every connection (or to ranks that
+    were off the CPU too and had not run yet), and took a live job for hung: it killed it,
+    restarted it and logged a rank failure that never happened. Silence is counted from the
+    later of a rank's last beat and the end of the daemon's last break (``since``)."""
+
+    def __init__(self) -> None:
+        self.since = self._last = time.monotonic()
+
+    def tick(self) -> float:
+        """Called at each look at the ranks; returns ``since``."""
+        now = time.monotonic()
+        if now - self._last > OFF_CPU_GAP:
+            self.since = now
+        self._last = now
+        return self.since
 
 
 @dataclass
@@ -102,16 +126,17 @@ class RankWatch:
             return order[0]
         return min(self.ended, key=self.ended.__getitem__) if self.ended else None
 
-    def overdue(self, limit: float) -> int | None:
+    def overdue(self, limit: float, heard_since: float = 0.0) -> int | None:
+        """A rank silent for over ``limit`` seconds since ``heard_since`` (``Hearing.tick``), or None."""
         now = time.monotonic()
-        late = [r for r, t in self.last_beat.items() if r not in self.ended and now - t > limit]
+        late = [r for r, t in self.last_beat.items() if r not in self.ended and now - max(t, heard_since) > limit]
         return late[0] if late else None
 
-    def start_problem(self, limit: float) -> str | None:
+    def start_problem(self, limit: float, heard_since: float = 0.0) -> str | None:
         """While a job starts: why it cannot (a rank died, or stopped beating), or None."""
         if self.ended:
             return f"rank {self.first_dead()} died while the job started"
-        late = self.overdue(limit)
+        late = self.overdue(limit, heard_since)
         return None if late is None else f"rank {late} stopped beating while the job started"
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
 from .endorse import quorum_of, read_endorsed, save_endorsed, short_of_quorum
-from .liveness import RankWatch, is_rank_process, process_gone, resident_memory
+from .liveness import Hearing, RankWatch, is_rank_process, process_gone, resident_memory
 from .manager import JobDown
 
 __all__ = ["JobMonitor"]
@@ -144,13 +144,15 @@ class JobMonitor:
         self.watch.close()  # the last job's connections (and its epoll set), if a launch failed
         self.watch = RankWatch(changed=self._wake)
         deadline = time.monotonic() + self.launch_timeout
+        hearing = Hearing()
         while True:  # every rank's heartbeat connection, then the gateway's control connection
             try:
                 sock, _ = self._listener.accept()
             except TimeoutError:
                 if self._proc.poll() is not None or self._stopping:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
-                why = self.watch.start_problem(self.heartbeat_timeout)  # a rank that died: at once
+                # a rank that died: at once
+                why = self.watch.start_problem(self.heartbeat_timeout, hearing.tick())
                 self.restoring = why is None and len(self.watch.last_beat) >= size
                 if why is None and not self.restoring and time.monotonic() > deadline:
                     why = (f"the MPI job did not start within {self.launch_timeout:g} s (--start-timeout): "
@@ -242,14 +244,17 @@ class JobMonitor:
         proc = self._proc
         assert proc is not None
         self._hung = None
+        hearing = Hearing()  # what the daemon could not hear, being off the CPU, is no one's silence
         while not self._stopping:
             if self.watch.ended or proc.poll() is not None or self._sock is None:
                 break
-            self._hung = self.watch.overdue(self.heartbeat_timeout)
+            heard_since = hearing.tick()
+            self._hung = self.watch.overdue(self.heartbeat_timeout, heard_since)
             if self._hung is not None:
                 self.output.append(f"baash monitor: rank {self._hung} stopped beating")
                 break
-            if not self._in_round and time.monotonic() - self._last_seen > self.heartbeat_timeout:
+            gateway_silent = time.monotonic() - max(self._last_seen, heard_since)
+            if not self._in_round and gateway_silent > self.heartbeat_timeout:
                 self.output.append("baash monitor: gateway heartbeat overdue")
                 break
             self._wake.wait(0.05)
