@@ -213,7 +213,12 @@ def test_an_output_edited_after_a_killed_run_is_not_recorded_as_the_killed_jobs_
     assert made.read_text() == "MORE READS\n"
     made.write_text("MORE READS, EDITED\n")
     ended = made.stat().st_mtime
-    os.utime(made, (ended + 5, ended + 5))  # plainly after the job ended, as any edit is
+    edited = ended + 5
+    os.utime(made, (edited, edited))  # plainly after the job ended, as any edit is
+    # Not in the future when the next run starts: Snakemake itself refuses an input newer than
+    # the output a job just made ("clock skew"), as in a fresh-clone CI where the job ran at once.
+    while time.time() < edited + 0.5:
+        time.sleep(0.1)
 
     assert run("snakemake", "--unlock", cwd=tmp_path).returncode == 0
     resumed = snakemake(tmp_path, "--logger-ledger-run-id", "resumed", "--rerun-incomplete", "final.txt")

@@ -29,6 +29,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -78,20 +79,30 @@ class TrustStore:
         self._maps: dict[str, tuple[int, mmap.mmap | bytes]] = {}
         self._names_maps: dict[str, tuple[tuple[int, int], bytes]] = {}
         self._names_held = 0
-        try:
-            unsafe = checked_makedirs(base)  # checked before it is made: nothing left in another user's tree
-            if unsafe is None:
-                self._adopt_earlier(base, earlier)
-                self._restore_interrupted()
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-                st = os.lstat(self.directory)
-        except OSError as err:
-            raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
-                              "(set LINEAGE_STATE_DIR to a private directory)") from err
+        for attempt in range(400):
+            try:
+                unsafe = checked_makedirs(base)  # checked before it is made: nothing left in another user's tree
+                if unsafe is None:
+                    self._adopt_earlier(base, earlier)
+                    self._restore_interrupted()
+                    os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                    st = os.lstat(self.directory)
+                break
+            except FileNotFoundError as err:
+                # Another process's adopt() renamed the directory away and not yet the new one
+                # in (microseconds): looked at in between, it was "not a directory of this user"
+                # or gone (tests/test_trust_lock_swap.py). Tried again; some 4 s at the most.
+                if attempt == 399:
+                    raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
+                                      "(set LINEAGE_STATE_DIR to a private directory)") from err
+                time.sleep(0.01)
+            except OSError as err:
+                raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
+                                  "(set LINEAGE_STATE_DIR to a private directory)") from err
         if unsafe is not None:
             raise ConfigError(f"refusing to keep the verified tree head in {base}: {unsafe}, so another user "
                               "could move it aside or replace it (set LINEAGE_STATE_DIR to a private directory)")
-        if not os.path.isdir(self.directory) or os.path.islink(self.directory) or st.st_uid != os.getuid():
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise ConfigError(f"{self.directory}: not a directory of this user; refusing to trust it")
         if st.st_mode & 0o022:
             # Others could have removed or replaced what it holds: made private, it would be
@@ -130,12 +141,31 @@ class TrustStore:
         old = self.directory + ".old"
         if os.path.lexists(os.path.join(self.directory, "head.json")) or not self._ours(old):
             return
+        # An adopt() in progress holds the lock, which is in <directory>.old between its two
+        # renames: what it set aside is not to be put back (its second rename then failed).
+        # A killed one holds nothing.
         try:
+            fd = os.open(os.path.join(old, "lock"), os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = None
+        except OSError:
+            return
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise FileNotFoundError(errno.ENOENT, "being swapped in", self.directory) from None
             if os.path.lexists(self.directory):  # made by a command since: no head, nothing verified
                 shutil.rmtree(self.directory)
             os.rename(old, self.directory)
+        except FileNotFoundError:
+            raise
         except OSError:
             return
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _ours(self, candidate: str) -> bool:
         """Whether ``candidate`` is a private directory of this user whose head names this
@@ -234,14 +264,43 @@ class TrustStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive while a writer extends or replaces the tree (readers need no lock)."""
+        """Exclusive while a writer extends or replaces the tree (readers need no lock).
+
+        :meth:`adopt` swaps the directory by two renames and then moves the lock file into
+        the new one, under the lock: a process that opened the lock between the renames found
+        no directory (ENOENT: two workflows' first audits at once failed with exit 2,
+        tests/test_trust_lock_swap.py), and one that opened it just after them made a lock
+        file of its own, which the move then replaced. So an open that finds no directory is
+        tried again, and a lock taken on a file that is no longer the directory's lock is let
+        go and taken again."""
+        path = os.path.join(self.directory, "lock")
+        for attempt in range(400):  # the swap takes microseconds; some 4 s at the most
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except FileNotFoundError as err:
+                if attempt < 399 and os.path.isdir(os.path.dirname(self.directory)):
+                    time.sleep(0.01)
+                    continue
+                raise ConfigError(f"cannot take the lock {path}: {err.strerror}; run `lineage-ledger reset-trust` "
+                                  "and verify again") from err
+            except OSError as err:  # a link in its place (ELOOP), a full or read-only disk
+                raise ConfigError(f"cannot take the lock {path}: {err.strerror}; if it is a link or not "
+                                  "this user's file, run `lineage-ledger reset-trust` and verify again") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
+                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                    break
+            except FileNotFoundError:
+                pass  # the directory swapped away meanwhile: taken again below
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # replaced while we waited: the lock is the file there now
+        else:
+            raise ConfigError(f"cannot take the lock {path}: it was replaced again and again; is another "
+                              "process removing the state? (run `lineage-ledger reset-trust` and verify again)")
         try:
-            fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as err:  # a link in its place (ELOOP), a full or read-only disk
-            raise ConfigError(f"cannot take the lock {self.directory}/lock: {err.strerror}; if it is a link or not "
-                              "this user's file, run `lineage-ledger reset-trust` and verify again") from err
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
