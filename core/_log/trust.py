@@ -91,7 +91,7 @@ class TrustStore:
             except FileNotFoundError as err:
                 # Another process's adopt() renamed the directory away and not yet the new one
                 # in (microseconds): looked at in between, it was "not a directory of this user"
-                # or gone (tests/test_trust_lock_swap.py). Tried again; some 4 s at the most.
+                # or gone (tests/test_parsl_deployed_ledgers.py). Tried again; some 4 s at the most.
                 if attempt == 399:
                     raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
                                       "(set LINEAGE_STATE_DIR to a private directory)") from err
@@ -269,7 +269,7 @@ class TrustStore:
         :meth:`adopt` swaps the directory by two renames and then moves the lock file into
         the new one, under the lock: a process that opened the lock between the renames found
         no directory (ENOENT: two workflows' first audits at once failed with exit 2,
-        tests/test_trust_lock_swap.py), and one that opened it just after them made a lock
+        tests/test_parsl_deployed_ledgers.py), and one that opened it just after them made a lock
         file of its own, which the move then replaced. So an open that finds no directory is
         tried again, and a lock taken on a file that is no longer the directory's lock is let
         go and taken again."""
