@@ -196,7 +196,7 @@ def reading_at_start(identity: str, url: str, spool_dir: str) -> None:
     if hint is not None:
         # The hint's count only where the trusted state remembers a head of at least as many
         # records: after a restore and reset-trust the hint may still count the history before
-        # it. A larger count (an append past the head leaves one) is dropped whole, not cut to
+        # it. A larger count (a verification kept in another state directory) is dropped whole, not cut to
         # the head's size: a count below the time it came with orders a reader by its own start,
         # before a fast writer the time says it saw (tests/test_time_order_attack_counts.py).
         latest, dated, size = hint

@@ -63,6 +63,15 @@ def trust_identity(backend: Any) -> str:
     return getattr(backend, "trust_identity", None) or backend.identity
 
 
+def _is_file_at(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is the one at ``path`` now (not one renamed away or replaced)."""
+    try:
+        held, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
@@ -288,15 +297,12 @@ class TrustStore:
                                   "this user's file, run `lineage-ledger reset-trust` and verify again") from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                held, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
-                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                if _is_file_at(fd, path):
                     break
-            except FileNotFoundError:
-                pass  # the directory swapped away meanwhile: taken again below
             except BaseException:
                 os.close(fd)
                 raise
-            os.close(fd)  # replaced while we waited: the lock is the file there now
+            os.close(fd)  # replaced or swapped away while we waited: the lock is the file there now
         else:
             raise ConfigError(f"cannot take the lock {path}: it was replaced again and again; is another "
                               "process removing the state? (run `lineage-ledger reset-trust` and verify again)")
