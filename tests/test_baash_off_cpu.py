@@ -1,10 +1,11 @@
 """BAASH's failure detector when the daemon itself is off the CPU.
 
 The daemon takes a rank for hung when it has not heard the rank's heartbeat (one every
-0.5 s) for the monitor's heartbeat timeout, 20 s. On a loaded machine (or after Ctrl-Z of
-``baash serve``, or a paused VM) the daemon is the one that may not run for that long: it
-must not blame a rank for a silence it could not hear. A rank that does stop while the
-daemon runs is still found by the same timeout.
+0.5 s) for the heartbeat timeout (20 s unless ``--heartbeat-timeout``; 8 s here, to keep
+the waits short). On a loaded machine (or after Ctrl-Z of ``baash serve``, or a paused VM)
+the daemon is the one that may not run for that long: it must not blame a rank for a
+silence it could not hear. A rank that does stop while the daemon runs is still found by
+the same timeout.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from tests.support.factories import make_records
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
-#: The monitor's heartbeat timeout (``JobMonitor``'s default; ``baash serve`` has no option for it).
-HEARTBEAT_TIMEOUT_S = 20
+#: The service's --heartbeat-timeout: past the 3 s gap in its looks at which the daemon counts
+#: itself off the CPU, and long enough that a rank's beats (every 0.5 s) are not late under load.
+HEARTBEAT_TIMEOUT_S = 8
 #: How long the daemon keeps looking at its ranks, awake, while they are still stopped: the
 #: monitor looks every 0.05 s, so the unfixed daemon blames one within this.
 AWAKE_ALONE_S = 1.0
@@ -33,7 +35,7 @@ AWAKE_ALONE_S = 1.0
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory) -> Iterator[tuple[BaashService, BaashBackend]]:
-    service = BaashService(tmp_path_factory.mktemp("baash-off-cpu"), 2)
+    service = BaashService(tmp_path_factory.mktemp("baash-off-cpu"), 2, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S))
     backend = BaashBackend(service.url, timeout=120)
     yield service, backend
     backend.close()
@@ -52,11 +54,11 @@ def _signal(pids: list[int], signum: int) -> None:
 def test_a_daemon_off_the_cpu_past_the_heartbeat_timeout_takes_no_rank_for_hung(service):
     """Bug: the monitor counted a rank's silence from the last beat its reader thread had
     read, whether or not the daemon had been running since. Every process of the service
-    stopped for 22 s and the daemon given the CPU back first (ranks beating again 1 s later):
-    the monitor saw 22 s without a beat, took the job for hung, killed it and logged a rank
-    failure. (The daemon alone stopped for 22 s, its ranks beating all along: the same in 2
-    of 3 tries, as its reader threads and the monitor raced for the queued beats.) Now a
-    silence counts only from the end of the daemon's own break."""
+    stopped for 2 s past the heartbeat timeout and the daemon given the CPU back first (ranks
+    beating again 1 s later): the monitor saw no beat for longer than the timeout, took the
+    job for hung, killed it and logged a rank failure. (The daemon alone stopped so, its ranks
+    beating all along: the same in 2 of 3 tries, as its reader threads and the monitor raced
+    for the queued beats.) Now a silence counts only from the end of the daemon's own break."""
     svc, backend = service
     _append(backend, "before")
     status = backend.status()

@@ -100,6 +100,9 @@ def baash() -> None:
 @click.option("--silent-voter", type=click.IntRange(0), multiple=True, help="Fault injection: this rank never votes.")
 @click.option("--lying-signer", type=click.IntRange(0), multiple=True,
               help="Fault injection: this rank reports the tree head it holds but signs another.")
+@click.option("--stalled-round", type=click.IntRange(1), multiple=True,
+              help="Fault injection: the gateway takes round N (1: the service's first) and never answers it, "
+                   "its heartbeats going on, as if wedged in MPI or on hung storage.")
 @click.option("--restart-delay", type=_Seconds(positive=False), default=0.0, help="Fault injection: wait this long before a restart.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), help="Write {url, socket, pid} here once serving.")
 @click.option("--listen", metavar="[HOST:]PORT",
@@ -124,11 +127,17 @@ def baash() -> None:
 @click.option("--start-timeout", type=_Seconds(positive=True), default=90.0, show_default=True,
               help="Seconds the MPI job's ranks may take to start and connect; each then restores the chain "
                    "from storage for as long as that takes, while it beats.")
+@click.option("--heartbeat-timeout", type=_Seconds(positive=True), default=20.0, show_default=True,
+              help="Seconds a rank may go without a heartbeat (one each 0.5 s) while the daemon runs before it "
+                   "is taken for hung and the job restarted without it.")
 def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clusters, mode, batch_blocks, batch_time, vote_timeout,
-          faulty_voter, silent_voter, lying_signer, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key,
+          faulty_voter, silent_voter, lying_signer, stalled_round, restart_delay, ready_file, listen, tls_ca, tls_cert, tls_key,
           max_connections, max_client_connections, idle_timeout, send_timeout, ledgers_timeout,
-          start_timeout) -> None:
+          start_timeout, heartbeat_timeout) -> None:
     """Run the daemon and the MPI job until SIGTERM or Ctrl-C."""
+    if heartbeat_timeout < 2:  # four beats: less would take a rank for hung between two of them
+        raise click.BadParameter(f"{heartbeat_timeout:g} s: give 2 s or more (a rank beats every 0.5 s)",
+                                 param_hint="'--heartbeat-timeout'")
     for option, given in (("--faulty-voter", faulty_voter), ("--silent-voter", silent_voter),
                           ("--lying-signer", lying_signer)):
         for rank in given:
@@ -156,12 +165,14 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
         rank_args += ["--silent-voter", str(rank)]
     for rank in lying_signer:
         rank_args += ["--lying-signer", str(rank)]
+    for number in stalled_round:
+        rank_args += ["--stalled-round", str(number)]
     service = Service(ranks=ranks, storage=storage, socket_path=socket_path, socket_group=_group(socket_group),
                       allow=allowed, rank_args=rank_args, tls=_tls(listen, tls_ca, tls_cert, tls_key),
                       batch_blocks=batch_blocks, batch_time=batch_time, restart_delay=restart_delay,
                       max_connections=max_connections, max_client_connections=max_client_connections,
                       idle_timeout=idle_timeout, send_timeout=send_timeout, ledgers_timeout=ledgers_timeout,
-                      start_timeout=start_timeout)
+                      start_timeout=start_timeout, heartbeat_timeout=heartbeat_timeout)
 
     def ready(svc) -> None:
         line = json.dumps({"url": svc.url, "socket": svc.socket_path, "pid": os.getpid(), "job": svc.monitor.info,

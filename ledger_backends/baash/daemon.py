@@ -91,14 +91,15 @@ class Service:
                  restart_delay: float = 0.0, tls: tuple[str, int, Any] | None = None,
                  max_connections: int = TOTAL, max_client_connections: int = PER_CLIENT,
                  idle_timeout: float = IDLE_SECONDS, send_timeout: float = SEND_SECONDS,
-                 ledgers_timeout: float = LEDGERS_SECONDS, start_timeout: float = 90.0) -> None:
+                 ledgers_timeout: float = LEDGERS_SECONDS, start_timeout: float = 90.0,
+                 heartbeat_timeout: float = 20.0) -> None:
         self.store = SharedStore(storage)
         self.access = AccessList(os.path.join(self.store.root, "access.json"), overrides=allow)
         self.origin = ensure_origin(self.store.root)  # before the job starts: its ranks sign with these
         self.rank_keys = [key.text() for key in ensure_keys(self.store.root, ranks)]
         rank_args = [*rank_args, "--ledgers-seconds", repr(float(ledgers_timeout))]
         self.monitor = JobMonitor(ranks, self.store.root, rank_args, min_ranks=min_ranks, restart_delay=restart_delay,
-                                  start_timeout=start_timeout)
+                                  start_timeout=start_timeout, heartbeat_timeout=heartbeat_timeout)
         self.manager = TransactionManager(self.store, self.monitor, batch_blocks=batch_blocks, batch_time=batch_time)
         self.started = time.time()
         self.refused = 0

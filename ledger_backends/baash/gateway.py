@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -66,6 +67,8 @@ class Gateway:
                     send(sock, "heartbeat", at=time.time())
                     continue
                 request = receive(sock, TO_GATEWAY)
+                if request["kind"] == "round" and request["round_id"] in self.args.stalled_round:
+                    threading.Event().wait()  # fault injection: wedged for good; only the daemon ends it
                 if request["kind"] == "round":
                     round_id, outcomes, info, endorsed = self.round(request["round_id"], request["blocks"],
                                                                     [tuple(g) for g in request["groups"]])

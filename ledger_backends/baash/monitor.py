@@ -14,10 +14,9 @@ every new tree head with 2 of the 4 keys, which no client takes as endorsed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shlex
+import select
 import shutil
 import signal
 import socket
@@ -29,8 +28,10 @@ import time
 from collections import deque
 from typing import Any
 
+from ._launch import YIELD_SETTINGS, keep_output, mpiexec_command
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
+from .deadlines import AwakeDeadline, RoundBudget, round_bytes
 from .endorse import quorum_of, read_endorsed, save_endorsed, short_of_quorum
 from .liveness import Hearing, RankWatch, is_rank_process, process_gone, resident_memory
 from .manager import JobDown
@@ -38,25 +39,15 @@ from .manager import JobDown
 __all__ = ["JobMonitor"]
 
 log = logging.getLogger("lineage_ledger.baash")
-YIELD_SETTINGS = {"MPIR_CVAR_CH4_PROGRESS_THROTTLE": "1", "MPIR_CVAR_POLLS_BEFORE_YIELD": "100",
-                  "MPIR_CVAR_ENABLE_GPU": "0"}
-
-
-def mpiexec_command() -> list[str]:
-    """``$BAASH_MPIEXEC`` if set (e.g. ``srun --mpi=pmi2``), else the ``mpiexec`` next to Python."""
-    configured = os.environ.get("BAASH_MPIEXEC")
-    if configured:
-        return shlex.split(configured)
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return [local if os.path.exists(local) else "mpiexec", "-launcher", "fork"]
-
-
 class JobMonitor:
     def __init__(self, ranks: int, storage: str, rank_args: list[str], *, min_ranks: int = 2,
-                 round_timeout: float = 60.0, heartbeat_timeout: float = 20.0, restart_delay: float = 0.0,
+                 round_timeout: float | None = None, heartbeat_timeout: float = 20.0, restart_delay: float = 0.0,
                  start_timeout: float = 90.0) -> None:
         self.ranks, self.storage, self.rank_args = ranks, storage, rank_args
-        self.min_ranks, self.round_timeout, self.heartbeat_timeout = min_ranks, round_timeout, heartbeat_timeout
+        self.min_ranks, self.heartbeat_timeout = min_ranks, heartbeat_timeout
+        # A round's bound grows with its blocks and bytes (deadlines.py); ``round_timeout``
+        # replaces only its fixed part (the protocol's waits), to shorten a test.
+        self.round_budget = RoundBudget.for_ranks(rank_args, fixed=round_timeout)
         self.restart_delay = restart_delay  # benchmarks hold the job down to measure storage validation
         # For the ranks to start and connect; then each restores the chain from storage for as
         # long as that takes, while it beats (a fixed limit on both kept a long chain's job down).
@@ -86,6 +77,7 @@ class JobMonitor:
         self._down_since: float | None = None
         self._last_seen = time.monotonic()
         self._in_round = False
+        self._round_lost = False  # a round given up on as unanswered: its failure was in a round
         self._replies: deque[Any] = deque()
         # The control channel: a Unix socket in a fresh 0700 directory, which no other user
         # can enter; a peer of another uid (root aside, who is trusted anyway) is dropped too.
@@ -131,14 +123,12 @@ class JobMonitor:
                    "--storage", self.storage, "--control", self.control, *self.rank_args]
         self.generation += 1
         env = dict(os.environ)
-        # MPICH spins in its progress loop; with more ranks than cores (4 on 2 in CI) a spinning
-        # rank takes the core from the one it waits for. The ranks already poll with sleeps;
-        # these make MPICH's own waits yield (usleep in progress, sched_yield after 100 polls).
         for name, value in YIELD_SETTINGS.items():
             env.setdefault(name, value)
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True, env=env)
-        self._pump_thread = threading.Thread(target=self._pump, args=(self._proc, self.generation), daemon=True)
+        path = os.path.join(self.storage, "logs", f"mpiexec-{self.generation}.log")
+        self._pump_thread = threading.Thread(target=keep_output, args=(self._proc, path, self.output), daemon=True)
         self._pump_thread.start()
         self._listener.settimeout(1.0)
         self.watch.close()  # the last job's connections (and its epoll set), if a launch failed
@@ -187,35 +177,6 @@ class JobMonitor:
         self._last_seen = time.monotonic()
         threading.Thread(target=self._read, args=(sock,), daemon=True).start()
 
-    def _pump(self, proc: subprocess.Popen[str], generation: int) -> None:
-        """Keep the job's output: the last lines in memory, all of it in DIR/logs/."""
-        assert proc.stdout is not None
-        path = os.path.join(self.storage, "logs", f"mpiexec-{generation}.log")
-        log_file = None
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            # Private (the job's output names hosts and paths): opened so, not umask's 0644.
-            log_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "a")
-        except OSError as err:
-            log.warning("baash: cannot write the MPI job's output to %s: %s", path, err)
-        # Read to the end whatever happens to the file: a reader that stopped (a full disk)
-        # would leave the job blocked on a full pipe.
-        for line in proc.stdout:
-            self.output.append(line.rstrip())
-            if log_file is None:
-                continue
-            try:
-                log_file.write(line)
-                log_file.flush()
-            except OSError as err:
-                log.warning("baash: stopped writing the MPI job's output to %s: %s", path, err)
-                with contextlib.suppress(OSError):
-                    log_file.close()
-                log_file = None
-        if log_file is not None:
-            with contextlib.suppress(OSError):
-                log_file.close()
-
     def _supervise(self) -> None:
         while not self._stopping:
             started = time.monotonic()
@@ -263,7 +224,7 @@ class JobMonitor:
     def _note_failure(self) -> None:
         self.up = False
         self._down_since = time.monotonic()
-        in_round = self._in_round
+        in_round, self._round_lost = self._in_round or self._round_lost, False
         proc, pump = self._proc, self._pump_thread
         if proc is not None:  # let MPICH's process manager finish its own teardown first
             try:
@@ -342,14 +303,20 @@ class JobMonitor:
             self._in_round = True
             try:
                 send(sock, kind, **fields)
-                deadline = time.monotonic() + timeout
+                # Only the daemon's own time counts: stopped or starved past the bound, it came
+                # back to an answer its reader thread had not read yet (or to ranks stopped with
+                # it) and restarted a live job. An answer that arrived unread is waited for.
+                deadline = AwakeDeadline(timeout)
                 while not self._replies:
                     if self._sock is not sock or not self.up:
                         raise JobDown("the MPI job died during the request")
-                    if time.monotonic() > deadline:
+                    if deadline.passed() and not _unread(sock):
+                        self.output.append(f"baash monitor: no answer to {kind!r} within its {timeout:.1f} s "
+                                           f"({deadline.away:.1f} s off the CPU not counted)")
+                        self._round_lost = True  # read by _note_failure once this round has ended
                         self._sock = None  # a hung job: the supervisor restarts it
                         self._wake.set()
-                        raise JobDown("the MPI job did not answer in time")
+                        raise JobDown(f"the MPI job did not answer {kind!r} within {timeout:.1f} s")
                     time.sleep(0.0005)
                 return self._replies.popleft()
             except OSError as err:
@@ -358,7 +325,8 @@ class JobMonitor:
                 self._in_round = False
 
     def run_round(self, round_id: int, blocks: list[Any], groups: list[tuple[int, int]]) -> tuple[Any, Any]:
-        reply = self._ask("round", self.round_timeout, round_id=round_id, blocks=[block_to_wire(b) for b in blocks],
+        bound = self.round_bound(blocks)
+        reply = self._ask("round", bound, round_id=round_id, blocks=[block_to_wire(b) for b in blocks],
                           groups=[list(g) for g in groups])
         if reply["kind"] != "result" or reply["round_id"] != round_id or len(reply["outcomes"]) != len(groups):
             self._sock = None  # out of step with the job: restart it
@@ -379,6 +347,10 @@ class JobMonitor:
             log.warning("baash: round %d's tree head is not endorsed (%s); the last endorsed one stays", round_id, short)
         return reply["outcomes"], reply["info"]
 
+    def round_bound(self, blocks: list[Any]) -> float:
+        """Seconds the job may take to answer a round of these blocks (deadlines.RoundBudget)."""
+        return self.round_budget.seconds(len(blocks), round_bytes(blocks), self.info.get("size", self.ranks))
+
     def ledgers(self, seconds: float) -> list[dict[str, Any]]:
         """Every rank's report, each verified for ``seconds`` at most: past twice that and a minute, a hung job."""
         reply = self._ask("ledgers", 2 * seconds + 60.0)
@@ -389,3 +361,11 @@ class JobMonitor:
     def rank_memory(self) -> list[int | None]:
         """Resident memory of each rank in bytes (None where it cannot be read)."""
         return resident_memory(self.info.get("pids", []))
+
+
+def _unread(sock: socket.socket) -> bool:
+    """Whether the job's connection holds bytes the reader thread has not taken yet."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile: the loop sees that next
+        return False

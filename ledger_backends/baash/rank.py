@@ -46,6 +46,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="world rank that votes the opposite of what it found (fault injection)")
     parser.add_argument("--silent-voter", type=int, action="append", default=[],
                         help="world rank that never votes, as if hung (fault injection)")
+    parser.add_argument("--stalled-round", type=int, action="append", default=[],
+                        help="round number the gateway takes and never answers, its heartbeats going on "
+                             "(fault injection: a gateway wedged in MPI or on hung storage)")
     parser.add_argument("--lying-signer", type=int, action="append", default=[],
                         help="world rank that reports the tree head it holds but signs another (fault injection)")
     return parser.parse_args(argv)
