@@ -1,0 +1,241 @@
+"""Issue #14's acceptance, re-run as its author would (helper-153, forty-eighth session).
+
+Everything goes through the commands a user runs (``tests.conftest.run_cli``) on real SQLite
+ledgers recorded with ``lineage-ledger run``. Each test edits what an attacker who can write
+the database file edits (the index tables, or the tail of the chain, rewritten consistently
+by the product's own append), after the user's account verified the ledger once, and
+requires what the issue requires: an index row that disagrees with its record is a failure
+(exit 1), never an answer; a rewritten history fails in every command.
+
+The strict xfails are findings of this session, each failing on the code it was written
+against; their reasons say what a user meets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+#: The readers of ``v.txt``: five tasks (r1..r5), each writing its own ``o<i>.txt``.
+READERS = 5
+
+
+def _record(cwd: Path, name: str, inputs: list[str], outputs: list[str], *, env: dict | None = None,
+            command: str | None = None) -> str:
+    """One task recorded by ``lineage-ledger run``; returns its record id (12 hex digits)."""
+    args = ["run", "-n", name]
+    for path in inputs:
+        args += ["-i", path]
+    for path in outputs:
+        args += ["-o", path]
+    shell = command or "; ".join(f"cat {' '.join(inputs)} > {out}; echo {out} >> {out}" for out in outputs)
+    result = run_cli(*args, "--", "sh", "-c", shell, cwd=cwd, env=env, check_rc=0)
+    return result.stderr.split("recorded ", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """``src.txt -> w -> v.txt``, then five readers of ``v.txt``: a file version with more
+    readers than ``depends -n 3`` shows. Returns the directory and the record ids by task."""
+    work = tmp_path_factory.mktemp("acceptance-s48")
+    state = tmp_path_factory.mktemp("acceptance-s48-builder-state")
+    env = {"LINEAGE_STATE_DIR": str(state)}
+    (work / "src.txt").write_text("source\n")
+    ids = {"w": _record(work, "w", ["src.txt"], ["v.txt"], env=env)}
+    for i in range(1, READERS + 1):
+        ids[f"r{i}"] = _record(work, f"r{i}", ["v.txt"], [f"o{i}.txt"], env=env)
+    return work, ids
+
+
+def _verified_copy(work: Path, directory: Path, env: dict | None = None) -> str:
+    database = directory / "ledger.db"
+    shutil.copyfile(work / ".lineage" / "ledger.db", database)
+    url = f"sqlite:///{database}"
+    run_cli("--ledger", url, cwd=work, env=env, program="verify-lineage", check_rc=0)
+    return url
+
+
+@pytest.fixture
+def ledger(recorded, tmp_path) -> tuple[Path, str, dict[str, str]]:
+    """A copy of the recorded ledger that this test's account has verified once (its head is
+    remembered): the state a workstation is in when someone edits the database."""
+    work, ids = recorded
+    return work, _verified_copy(work, tmp_path), ids
+
+
+def _edit(url: str, sql: str) -> None:
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    with connection:
+        connection.executescript(sql)
+    connection.close()
+
+
+def _seq_of(url: str, record_prefix: str) -> int:
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        (seq,) = connection.execute("SELECT seq FROM ll_records WHERE id LIKE ?", (record_prefix + "%",)).fetchone()
+    finally:
+        connection.close()
+    return int(seq)
+
+
+# -- index rows of one reader, edited: depends must not drop it -------------------------------
+EDITS_OF_A_READERS_ROW = {
+    "digest": "UPDATE ll_artifacts SET digest = '{zeros}' WHERE seq = {seq} AND role = 0",
+    "path": "UPDATE ll_artifacts SET path = path || '.moved' WHERE seq = {seq} AND role = 0",
+    "deleted": "DELETE FROM ll_artifacts WHERE seq = {seq} AND role = 0",
+    "seq past the head": "UPDATE ll_artifacts SET seq = 1000000 WHERE seq = {seq} AND role = 0",
+}
+
+
+def _reader_hidden(ledger, edit: str, *args: str):
+    work, url, ids = ledger
+    before = run_cli("depends", "--ledger", url, *args, cwd=work, check_rc=0)
+    assert ids["r2"] in before.stdout  # r2 is among the oldest readers shown
+    _edit(url, EDITS_OF_A_READERS_ROW[edit].format(zeros="0" * 64, seq=_seq_of(url, ids["r2"])))
+    return run_cli("depends", "--ledger", url, *args, cwd=work), ids["r2"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "helper-153 (s48): `depends -n N FILE` walks to a file version read by more than N tasks and "
+    "lists a page of its readers looked up by (path, digest), which no count or candidate checks: "
+    "one reader's index row edited (digest or path), deleted, or moved past the head hides that "
+    "task from the answer, exit 0"))
+@pytest.mark.parametrize("edit", sorted(EDITS_OF_A_READERS_ROW))
+def test_depends_of_a_source_lists_every_oldest_reader_of_the_version_it_walks_to(ledger, edit):
+    result, hidden = _reader_hidden(ledger, edit, "-n", "3", "src.txt")
+    assert result.returncode == 1 or (result.returncode == 0 and hidden in result.stdout), (
+        result.returncode, result.stdout, result.stderr)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "helper-153 (s48): `depends -n N FILE` with more than N readers: a reader's index row moved "
+    "to a sequence number past the verified head is left out as if appended meanwhile, and the "
+    "index's count of the rest, which still counts that row, matches the names kept: the task is "
+    "hidden from the page, exit 0 (the docs say a row naming a record the store does not hold "
+    "raises IndexTampered)"))
+def test_depends_full_first_page_of_a_file_hides_no_reader_whose_row_moved_past_the_head(ledger):
+    result, hidden = _reader_hidden(ledger, "seq past the head", "-n", "3", "v.txt")
+    assert result.returncode == 1 or (result.returncode == 0 and hidden in result.stdout), (
+        result.returncode, result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("edit", ["path", "deleted"])
+def test_depends_full_first_page_of_a_file_refuses_a_readers_row_deleted_or_moved(ledger, edit):
+    # The same page as above with the row gone from the path: the count of the rest catches it.
+    result, _ = _reader_hidden(ledger, edit, "-n", "3", "v.txt")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "IndexTampered" in result.stderr or "index" in result.stderr.lower()
+
+
+# -- every read command on edited index rows: exit 1 or the answer of the intact ledger -------
+EDITS = {
+    "producer's output path": "UPDATE ll_artifacts SET path = path || '.x' WHERE seq = {w} AND role = 1",
+    "reader's role flipped": "UPDATE ll_artifacts SET role = 1 WHERE seq = {r5} AND role = 0",
+    "end time moved back": "UPDATE ll_artifacts SET ended = '2020-01-01T00:00:00.000000Z' WHERE seq = {r5}",
+    "record's height": "UPDATE ll_records SET height = 0 WHERE seq = {r5}",
+    "record's position": "UPDATE ll_records SET pos = 1 WHERE seq = {r5}",
+    "record's run id": "UPDATE ll_records SET run_id = (SELECT run_id FROM ll_records WHERE seq = {w}) "
+                       "WHERE seq = {r5}",
+    "producer's rows deleted": "DELETE FROM ll_artifacts WHERE seq = {w}",
+    "a row added": "INSERT INTO ll_artifacts SELECT path, 1, {r5}, digest, ended FROM ll_artifacts "
+                   "WHERE seq = {w} AND role = 1",
+}
+
+
+def _read(name: str, work: Path, url: str, ids: dict[str, str], env: dict | None = None):
+    """One read command of the issue's list, as a user types it."""
+    if name == "verify-lineage":
+        return run_cli("--ledger", url, work / "o5.txt", work / "v.txt", cwd=work, env=env, program=name)
+    command, *args = {"why": ["why", "o5.txt"], "depends": ["depends", "src.txt"], "log": ["log", "-n", "0"],
+                      "show": ["show", ids["r5"]]}[name]
+    return run_cli(command, "--ledger", url, *args, cwd=work, env=env)
+
+
+READS = ("why", "depends", "log", "show", "verify-lineage")
+
+
+@pytest.fixture(scope="module")
+def answers_before(recorded, tmp_path_factory) -> dict[str, str]:
+    """What each read command answers on the intact ledger (once for the module)."""
+    work, ids = recorded
+    env = {"LINEAGE_STATE_DIR": str(tmp_path_factory.mktemp("acceptance-s48-intact-state"))}
+    url = _verified_copy(work, tmp_path_factory.mktemp("acceptance-s48-intact"), env)
+    answers = {name: _read(name, work, url, ids, env) for name in READS}
+    assert all(result.returncode == 0 for result in answers.values()), answers
+    return {name: result.stdout for name, result in answers.items()}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_every_read_command_answers_as_before_or_refuses_an_edited_index(ledger, answers_before, edit):
+    work, url, ids = ledger
+    seqs = {name: _seq_of(url, record) for name, record in ids.items()}
+    _edit(url, EDITS[edit].format(**seqs))
+    for name in READS:
+        after = _read(name, work, url, ids)
+        assert after.returncode in (0, 1), (name, after.returncode, after.stderr)
+        if after.returncode == 0:  # an answer: the intact ledger's, to the byte
+            assert after.stdout == answers_before[name], (name, after.stdout, answers_before[name])
+    # and the full audit names the edit
+    assert run_cli("--ledger", url, cwd=work, program="verify-lineage").returncode == 1
+
+
+# -- a consistent rewrite of the tail -------------------------------------------------------
+def test_a_tail_rewritten_by_the_products_own_append_fails_everywhere(tmp_path):
+    """The last block deleted and a forged record appended by another account: a chain that is
+    consistent in itself. The account that verified before fails in every command, exit 1,
+    until reset-trust; a fresh account fails against a signed checkpoint published before."""
+    work, user, other = tmp_path / "work", tmp_path / "user-state", tmp_path / "attacker-state"
+    work.mkdir()
+    (work / "a.txt").write_text("a\n")
+    as_user, as_other = {"LINEAGE_STATE_DIR": str(user)}, {"LINEAGE_STATE_DIR": str(other)}
+    for i in range(3):
+        _record(work, f"t{i}", ["a.txt"], [f"b{i}.txt"], env=as_user)
+    run_cli("keygen", "lab.key", cwd=work, env=as_user, check_rc=0)
+    run_cli("checkpoint", "--key", "lab.key", "-o", "cp.txt", cwd=work, env=as_user, check_rc=0)
+
+    _edit(f"sqlite:///{work}/.lineage/ledger.db",
+          "DELETE FROM ll_artifacts WHERE seq = 2; DELETE FROM ll_records WHERE seq = 2; "
+          "DELETE FROM ll_blocks WHERE height = 2")
+    _record(work, "t2", ["a.txt"], ["b2.txt"], env=as_other, command="echo forged > b2.txt")
+    _record(work, "t3", ["a.txt"], ["b3.txt"], env=as_other)  # and it grew past the checkpoint
+    assert run_cli(program="verify-lineage", cwd=work, env=as_other).returncode == 0  # consistent in itself
+
+    for args, program in ((["b2.txt"], "verify-lineage"), ([], "verify-lineage"), (["why", "b2.txt"], None),
+                          (["depends", "a.txt"], None), (["log"], None), (["checkpoint"], None)):
+        result = run_cli(*args, cwd=work, env=as_user, program=program or "lineage-ledger")
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "rewritten" in result.stdout + result.stderr
+    fresh = {"LINEAGE_STATE_DIR": str(tmp_path / "fresh-state")}
+    against = run_cli("--against", "cp.txt", "--pubkey", "lab.key.pub", cwd=work, env=fresh, program="verify-lineage")
+    assert against.returncode == 1, (against.stdout, against.stderr)
+    assert "not an extension of the checkpoint" in against.stdout
+
+    run_cli("reset-trust", cwd=work, env=as_user, check_rc=0)  # a deliberate restore, say
+    assert run_cli(program="verify-lineage", cwd=work, env=as_user).returncode == 0
+    assert run_cli("--against", "cp.txt", "--pubkey", "lab.key.pub", cwd=work, env=as_user,
+                   program="verify-lineage").returncode == 1
+
+
+# -- schema 2: the one command the refusal names --------------------------------------------
+@pytest.mark.xfail(strict=True, reason=(
+    "helper-153 (s48): `lineage-ledger migrate` of a schema-2 SQLite ledger exits 2 with "
+    "'must be migrated ... run `lineage-ledger migrate`': the command first opens the ledger "
+    "for reading to refuse a mistyped path (core/_cli/trust.py), and that read refuses schema 2; "
+    "only a writer (`lineage-ledger run`) migrates it"))
+def test_the_migrate_command_that_readers_name_migrates_a_schema_2_ledger(tmp_path):
+    from tests.backend_conformance import chain_of
+    from tests.test_sql_store import build_schema_2, mixed_records
+
+    database = tmp_path / "old.db"
+    build_schema_2(f"sqlite:///{database}", chain_of(mixed_records(), 7))
+    refused = run_cli("log", "--ledger", str(database), cwd=tmp_path)
+    assert refused.returncode == 2 and "lineage-ledger migrate --ledger" in refused.stderr
+    migrated = run_cli("migrate", "--ledger", str(database), cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert run_cli("--ledger", str(database), cwd=tmp_path, program="verify-lineage").returncode == 0
