@@ -10,6 +10,7 @@ read from the record bodies (see :meth:`SQLiteAuditReads.audit_chunk`).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
 __all__ = ["SQLiteAuditReads"]
@@ -33,13 +34,18 @@ _MAP_BYTES = 1 << 40  # map the whole file (SQLite caps it at its compiled maxim
 # primary key's order because SQLite reads them from it (a sorted subquery, ``ORDER BY``,
 # ran as a co-routine and cost a third more); should a plan ever read them in another
 # order, the texts differ and the row-by-row check decides: order costs speed, never a
-# wrong answer.
+# wrong answer. The type guard counts the rows that pass it with an aggregate's FILTER
+# (SQLite 3.30 or later): its condition is evaluated as jumps, where sum() of the same
+# condition computes a value per row; about 0.9 us a record less (a sixth of the query).
 _INDEX_COLUMNS = """SELECT CAST(coalesce(group_concat(path, char(0)), '') AS BLOB),
     coalesce(group_concat(digest, char(0)), ''), coalesce(group_concat(ended, char(0)), ''),
     coalesce(group_concat(seq * 2 + role, ','), ''), count(*),
-    coalesce(sum(role IN (0, 1) AND typeof(path) = 'text' AND typeof(digest) = 'text'
-                 AND typeof(ended) = 'text'), 0) = count(*)
+    count(*) FILTER (WHERE role IN (0, 1) AND typeof(path) = 'text' AND typeof(digest) = 'text'
+                     AND typeof(ended) = 'text') = count(*)
   FROM ll_artifacts WHERE seq >= ? AND seq < ?"""
+# Before SQLite 3.30 (no FILTER): the same guard as a sum.
+_INDEX_COLUMNS_SUM = _INDEX_COLUMNS.replace(
+    "count(*) FILTER (WHERE role", "coalesce(sum(role").replace("'text')", "'text'), 0)")
 
 
 class SQLiteAuditReads:
@@ -85,7 +91,8 @@ class SQLiteAuditReads:
                 records = conn.execute("SELECT seq, id, height, pos, run_id, body FROM ll_records"
                                        " WHERE seq >= ? AND seq < ? ORDER BY seq",
                                        (int(start_seq), int(stop_seq))).fetchall()
-                *columns, rows, typed = conn.execute(_INDEX_COLUMNS, (int(start_seq), int(stop_seq))).fetchone()
+                query = _INDEX_COLUMNS if sqlite3.sqlite_version_info >= (3, 30) else _INDEX_COLUMNS_SUM
+                *columns, rows, typed = conn.execute(query, (int(start_seq), int(stop_seq))).fetchone()
                 conn.execute("COMMIT")
             finally:
                 conn.close()

@@ -48,6 +48,7 @@ _started, _ended = attrgetter("started"), attrgetter("ended")
 _inputs, _outputs, _blake3 = attrgetter("inputs"), attrgetter("outputs"), attrgetter("blake3")
 _values = methodcaller("values")
 _HEX = b"0123456789abcdef"
+_HEX_NUL = _HEX + b"\x00"
 # Canonical times (``_canonical.format_time``) of days every year has: day 29 of February is
 # a suspect, decided by Record.decode (which asks the calendar).
 _SURE_TIME = (r"[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
@@ -116,7 +117,8 @@ def _structs(msgspec):  # unannotated: mypy takes a struct built at run time for
     return body, view
 
 
-def decode_checked(block, first_leaf: int = 0, checked_below: int = 0) -> tuple[list[Any], list[int]]:
+def decode_checked(block, first_leaf: int = 0, checked_below: int = 0,
+                   digests: list[str] | None = None) -> tuple[list[Any], list[int]]:
     """The views of ``block``'s record bodies (``run_id``, ``ended``, ``inputs`` and
     ``outputs``, each entry with its ``blake3``), and the positions of the suspects, for
     :func:`check_suspects` once the paths are checked. ``RecordTampered`` for a body that
@@ -127,22 +129,28 @@ def decode_checked(block, first_leaf: int = 0, checked_below: int = 0) -> tuple[
     a remembered head whose records were all checked by this rule (its ``bodies`` is
     :data:`BODIES_FORMAT`), and adopts what it finds only where its tree holds that head's as
     its prefix (``FullAudit._check_extends``): the same bytes, which were found readable.
-    (The names of those records are carried the same way.)"""
+    (The names of those records are carried the same way.)
+
+    ``digests``, where given, gets the digests of every entry joined by NUL, record by record,
+    inputs then outputs, each map in its body's order (as the bulk check compares them with
+    the index: ``audit_bulk.index_columns``), where the check of them as lowercase hex joined
+    them so: every record of the block checked (none spared) and none a suspect; else
+    nothing. Joining them once for both costs 1.3 us a record less."""
     cut = min(len(block.bodies), checked_below - first_leaf)
     if cut <= 0:
-        return _checked(block, 0)
+        return _checked(block, 0, digests)
     _decode, _encode, view, _error = _CODEC or _codec()
     try:
         spared = list(map(view, block.bodies[:cut]))
     except (ValueError, RecursionError):  # unreadable: the whole check names the record
-        return _checked(block, 0)
+        return _checked(block, 0, digests)
     if cut == len(block.bodies):
         return spared, []
     views, suspects = _checked(block, cut)
     return spared + views, suspects
 
 
-def _checked(block, start: int) -> tuple[list[Any], list[int]]:
+def _checked(block, start: int, digests: list[str] | None = None) -> tuple[list[Any], list[int]]:
     """:func:`decode_checked` of the records of ``block`` from position ``start`` on."""
     decode, encode, _view, _error = _CODEC or _codec()
     bodies = block.bodies if not start else block.bodies[start:]
@@ -161,11 +169,18 @@ def _checked(block, start: int) -> tuple[list[Any], list[int]]:
     joined = b"".join(bodies)
     if b"\\" in joined or b'"alias_of":' in joined:
         suspects.update(i for i, body in enumerate(map(bytes, bodies)) if b"\\" in body or b'"alias_of":' in body)
-    fine = [view for i, view in enumerate(views) if i not in suspects] if suspects else views
-    if not _TIMES("".join([*map(_started, fine), *map(_ended, fine)])) or \
-            not _hex("".join(map(_blake3, chain.from_iterable(map(_values, chain(map(_inputs, fine),
-                                                                              map(_outputs, fine))))))):
+    hexes: str | None = None  # the digests joined by NUL, where every view is checked at once
+    if suspects:
+        fine = [view for i, view in enumerate(views) if i not in suspects]
+        hexed = _hex("".join(map(_blake3, chain.from_iterable(map(_values, chain(map(_inputs, fine),
+                                                                                 map(_outputs, fine)))))))
+    else:  # every view decoded: their digests joined as the bulk check compares them
+        fine = views
+        hexes, hexed = _hex_joined(list(map(_inputs, views)), list(map(_outputs, views)))
+    if not _TIMES("".join([*map(_started, fine), *map(_ended, fine)])) or not hexed:
         suspects.update(i for i, view in enumerate(views) if i not in suspects and not _fine(view))
+    elif hexes is not None and digests is not None:
+        digests.append(hexes)
     for i in suspects:
         if views[i] is None:  # the typed decoder refused it: read the index view alone
             views[i] = _view_of(block, start + i)
@@ -219,6 +234,17 @@ def _view_of(block, position: int) -> Any:
 def _hex(digests: str) -> bool:
     """Every character lowercase hex (one past ASCII encodes to bytes that are not hex either)."""
     return not digests.encode().translate(None, _HEX)
+
+
+def _hex_joined(inputs: list[Any], outputs: list[Any]) -> tuple[str, bool]:
+    """The digests of these maps joined by NUL, record by record (inputs, then outputs), and
+    whether every one is lowercase hex: every character hex or NUL, and exactly one NUL
+    between two digests, so none holds one (each is 64 characters: the typed struct's rule)."""
+    entries = sum(map(len, inputs)) + sum(map(len, outputs))
+    digests = "\x00".join(map(_blake3, chain.from_iterable(map(_values, chain.from_iterable(
+        zip(inputs, outputs, strict=True))))))
+    return digests, not entries or (not digests.encode().translate(None, _HEX_NUL)
+                                    and digests.count("\x00") == entries - 1)
 
 
 def _fine(view: Any) -> bool:
