@@ -139,6 +139,55 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture
+def shared_workdir(request, tmp_path_factory, monkeypatch):
+    """A fresh working directory, as ``workdir``, but at one absolute path for every test of
+    the module (in this test process), emptied before each: where ``made_once`` puts back
+    what it made. A module uses it by overriding ``workdir`` with a fixture that returns it."""
+    key = request.module.__name__
+    place = _SHARED_PLACES.get(key)
+    if place is None:
+        place = _SHARED_PLACES[key] = tmp_path_factory.mktemp("shared-work")
+    shutil.rmtree(place, ignore_errors=True)
+    place.mkdir()
+    monkeypatch.chdir(place)
+    monkeypatch.delenv("LINEAGE_LEDGER_URL", raising=False)
+    monkeypatch.delenv("LINEAGE_SPOOL", raising=False)
+    return place
+
+
+#: A module's shared working directory (``shared_workdir``) and what ``made_once`` made there.
+_SHARED_PLACES: dict[str, Path] = {}
+_MADE: dict[tuple[str, str], Path] = {}
+
+
+def made_once(build, name: str):
+    """A fixture, ``name``, for the tests that start from what ``build(cli, workdir)`` makes
+    with the command line (a recorded step, a key, a checkpoint): made once per module, then
+    put back for each test as it was, the working directory and the remembered state
+    (``private_state``) copied back byte for byte. Records name absolute paths, so the
+    module's working directory is ``shared_workdir``, at the same path for each test.
+    The tests only start from it: each gets a copy of its own to change."""
+
+    @pytest.fixture(name=name)
+    def fixture(request, cli, workdir, private_state, tmp_path_factory):
+        assert workdir == _SHARED_PLACES.get(request.module.__name__), "made_once needs workdir = shared_workdir"
+        key = (request.module.__name__, name)
+        made = _MADE.get(key)
+        if made is None:
+            build(cli, workdir)
+            made = tmp_path_factory.mktemp(f"made-{name}")
+            shutil.copytree(workdir, made / "work", symlinks=True)
+            shutil.copytree(private_state, made / "state", symlinks=True)
+            _MADE[key] = made
+        else:
+            shutil.copytree(made / "work", workdir, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(made / "state", private_state, symlinks=True, dirs_exist_ok=True)
+        return workdir
+
+    return fixture
+
+
 def run_cli(*args, cwd, env=None, program: str = "lineage-ledger", check_rc: int | None = None,
             prefix: tuple[str, ...] = (), **kw):
     """Run a console script of this project as a user would, in a subprocess."""

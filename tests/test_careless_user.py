@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger._files.hashing import Hasher, StatCache, hash_file
-from tests.conftest import run_cli
+from tests.conftest import made_once, run_cli
 from tests.support.faults import refused_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +49,20 @@ def _records(cli) -> list[dict]:
 
 
 @pytest.fixture
-def pipeline(cli, workdir):
-    """Two recorded steps: raw.txt -> clean.txt -> summary.txt."""
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``pipeline`` is made once and put back there."""
+    return shared_workdir
+
+
+def _two_recorded_steps(cli, workdir):
     (workdir / "raw.txt").write_text("raw\n")
     cli("run", "-i", "raw.txt", "-o", "clean.txt", "--", "cp", "raw.txt", "clean.txt", check_rc=0)
     cli("run", "-i", "clean.txt", "-o", "summary.txt", "--", "cp", "clean.txt", "summary.txt", check_rc=0)
-    return workdir
+
+
+#: Two recorded steps, raw.txt -> clean.txt -> summary.txt: made once for the module's tests
+#: that start from them, and put back for each (conftest's made_once).
+pipeline = made_once(_two_recorded_steps, "pipeline")
 
 
 # -- make demo ----------------------------------------------------------------------------------

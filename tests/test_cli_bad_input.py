@@ -23,19 +23,29 @@ import json
 
 import pytest
 
+from tests.conftest import made_once
+
 EM = "\u2014"
 # Runs the console script with its standard output closed, as `command >&-` does in a shell.
 STDOUT_CLOSED = ("sh", "-c", 'exec "$0" "$@" >&-')
 
 
 @pytest.fixture
-def recorded(cli, workdir):
-    """One recorded step (in.txt -> out.txt), a key pair and a checkpoint signed with it."""
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``recorded`` is made once and put back there."""
+    return shared_workdir
+
+
+def _one_step_a_key_and_a_checkpoint(cli, workdir):
     (workdir / "in.txt").write_text("data\n")
     cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
     cli("keygen", "lab.key", "--name", "lab/key", check_rc=0)
     cli("checkpoint", "--key", "lab.key", "-o", "head.cp", check_rc=0)
-    return workdir
+
+
+#: One recorded step (in.txt -> out.txt), a key pair and a checkpoint signed with it: four
+#: commands, made once for the module's 38 tests that start from them (conftest's made_once).
+recorded = made_once(_one_step_a_key_and_a_checkpoint, "recorded")
 
 
 # -- verify-lineage --against a file that is no checkpoint ---------------------------------------
