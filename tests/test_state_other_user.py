@@ -52,8 +52,11 @@ def test_another_user_can_neither_read_nor_write_the_state(tmp_path, public):
         os.umask(old)
     directory = ledger_dir(root, url)
     files = sorted(p.name for p in directory.iterdir())
-    # what the attempts below cover: the head, the nodes, the block starts, the names, the lock
-    assert {"head.json", "level-00.bin", "starts.bin", "lock"} <= set(files), files
+    # what the attempts below cover: the head, the nodes, the block starts, the names, and the
+    # lock, beside the directory (a full audit swaps the directory; the lock stays)
+    assert {"head.json", "level-00.bin", "starts.bin"} <= set(files), files
+    lock = root / f"{directory.name}.lock"
+    assert lock.is_file() and lock.stat().st_mode & 0o077 == 0, oct(lock.stat().st_mode)
     assert any(name.startswith("names-") for name in files), files
     before = snapshot(directory)
 
@@ -77,13 +80,15 @@ def test_another_user_can_neither_read_nor_write_the_state(tmp_path, public):
     root.chmod(0o711)
     directory.chmod(0o711)
 
-    def each_file() -> dict[str, list[str]]:
-        return {name: [_attempt(lambda n=name: os.open(directory / n, os.O_RDONLY)),
-                       _attempt(lambda n=name: os.open(directory / n, os.O_WRONLY | os.O_APPEND)),
-                       _attempt(lambda n=name: os.open(directory / n, os.O_WRONLY | os.O_TRUNC))]
-                for name in files}
+    paths = {**{name: directory / name for name in files}, "lock": lock}
 
-    assert as_nobody(each_file) == {name: ["EACCES"] * 3 for name in files}
+    def each_file() -> dict[str, list[str]]:
+        return {name: [_attempt(lambda p=path: os.open(p, os.O_RDONLY)),
+                       _attempt(lambda p=path: os.open(p, os.O_WRONLY | os.O_APPEND)),
+                       _attempt(lambda p=path: os.open(p, os.O_WRONLY | os.O_TRUNC))]
+                for name, path in paths.items()}
+
+    assert as_nobody(each_file) == {name: ["EACCES"] * 3 for name in paths}
     directory.chmod(0o700)
     root.chmod(0o700)
     assert snapshot(directory) == before

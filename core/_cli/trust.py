@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -253,8 +254,10 @@ def reset_trust(ledger_url) -> None:
                           "user's, or reached through their link (set LINEAGE_STATE_DIR to a private directory)")
     # The state, and what an audit killed between its two renames left aside (TrustStore puts
     # <directory>.old back when the state has no head: forgetting only the state would have
-    # the next command restore the head just forgotten).
-    forgotten = [head for path in (directory, directory + ".old") for head in _remove_state(path) if head]
+    # the next command restore the head just forgotten). Under the state's lock, so that an
+    # audit swapping a new state in meanwhile neither restores nor adopts over what is removed.
+    with _state_lock(directory + ".lock", exists=os.path.isdir(base)):
+        forgotten = [head for path in (directory, directory + ".old") for head in _remove_state(path) if head]
     _forget_hint(ledger_url)
     if not forgotten:
         click.echo("nothing was remembered for this ledger", err=True)
@@ -282,6 +285,42 @@ def _forget_hint(ledger_url: str) -> None:
             os.unlink(hint)
     except (OSError, LedgerError):
         pass
+
+
+@contextlib.contextmanager
+def _state_lock(path: str, exists: bool):
+    """The lock beside a state directory (TrustStore.locked's), held; a link or another
+    kind of file in its place (in the account's own private root, so the account's own doing
+    or a damaged root's) is removed first, the link and not what it names."""
+    import fcntl
+    import stat
+
+    if not exists:  # no state root: nothing to lock or remove
+        yield
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            os.unlink(path)
+        elif not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise ConfigError(f"refusing to reset the trust: the lock {path} is not a file of this user's own; "
+                              "nothing was removed (look at it, and remove it by hand if it is yours)")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise ConfigError(f"cannot take the lock {path} to reset the trust: {err.strerror}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            click.echo(f"waiting for the audit or refresh that holds {path} to finish", err=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _remove_state(directory: str) -> list:

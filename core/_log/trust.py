@@ -16,7 +16,10 @@ whose bodies were hashed, in blocks whose headers, links and Merkle roots were c
 So a reader proves a record is in the verified tree by comparing one leaf, and the root at
 any earlier size (a checkpoint) comes from O(log n) stored nodes. Files only grow; the head
 names how much of them is valid, and is replaced atomically, so readers need no lock.
-Writers take ``lock`` (``flock``). The directory is private to its user (0700, files 0600).
+Writers take ``<directory>.lock`` (``flock``), a file beside the directory, not in it: a full
+audit swaps a new directory in, and a lock inside the directory swapped would be a different
+file before and after the swap (two writers each held "the" lock; see :meth:`TrustStore.adopt`).
+The directories are private to their user (0700, files 0600), as is the root that holds them.
 """
 
 from __future__ import annotations
@@ -72,6 +75,38 @@ def _is_file_at(fd: int, path: str) -> bool:
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_renameat2: Any = None
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap the directories ``first`` and ``second`` in one step; False where this system or
+    file system cannot (then nothing was changed). Raises FileNotFoundError if one is missing."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes  # imported here: only a full audit swaps a state in
+
+        call: Any = False
+        try:
+            call = ctypes.CDLL(None, use_errno=True).renameat2
+            call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+            call.restype = ctypes.c_int
+        except (AttributeError, OSError):  # not Linux, or a C library without it (glibc < 2.28)
+            call = False
+        _renameat2 = call
+    if _renameat2 is False:
+        return False
+    import ctypes
+
+    at_cwd = -100  # AT_FDCWD
+    if _renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the exchange
+        return False
+    raise OSError(err, os.strerror(err), second)
+
+
 class TrustStore:
     """The state directory of one ledger (by its identity) for the current user."""
 
@@ -88,19 +123,18 @@ class TrustStore:
         self._maps: dict[str, tuple[int, mmap.mmap | bytes]] = {}
         self._names_maps: dict[str, tuple[tuple[int, int], bytes]] = {}
         self._names_held = 0
+        self.lock_path = self.directory + ".lock"
         for attempt in range(400):
             try:
                 unsafe = checked_makedirs(base)  # checked before it is made: nothing left in another user's tree
                 if unsafe is None:
-                    self._adopt_earlier(base, earlier)
-                    self._restore_interrupted()
-                    os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                    self._settle(base, earlier)
                     st = os.lstat(self.directory)
                 break
             except FileNotFoundError as err:
-                # Another process's adopt() renamed the directory away and not yet the new one
-                # in (microseconds): looked at in between, it was "not a directory of this user"
-                # or gone (tests/test_parsl_deployed_ledgers.py). Tried again; some 4 s at the most.
+                # Another process's adopt() on a file system without an atomic exchange renamed
+                # the directory away and not yet the new one in (microseconds; _settle waits for
+                # it where it sees it). Tried again; some 4 s at the most.
                 if attempt == 399:
                     raise ConfigError(f"cannot keep the verified tree head in {self.directory}: {err.strerror} "
                                       "(set LINEAGE_STATE_DIR to a private directory)") from err
@@ -141,40 +175,51 @@ class TrustStore:
             except OSError:
                 continue
 
+    def _settle(self, base: str, earlier: Iterable[str]) -> None:
+        """Make this ledger's directory where there is none, taking over an earlier name's
+        state or putting back what a killed :meth:`adopt` set aside, under the lock: done by a
+        process while another swaps the state in, it would take the swap's half-done state
+        for a killed one. A directory with a head is there already (the common case: no lock)."""
+        if os.path.lexists(os.path.join(self.directory, "head.json")):
+            return
+        deadline = time.monotonic() + 60
+        while True:
+            fd = self._open_lock()
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    # A writer holds it. Between an adopt's two renames (an .old with this
+                    # ledger's head, no directory) wait for its second; else (an audit at work,
+                    # perhaps in this very process) go on: a directory made empty here is one
+                    # its rename replaces, and the head is read again under the lock by
+                    # whatever writes.
+                    between = not os.path.lexists(self.directory) and self._ours(self.directory + ".old")
+                    if between and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                    return
+                self._adopt_earlier(base, earlier)
+                self._restore_interrupted()
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                return
+            finally:
+                os.close(fd)
+
     def _restore_interrupted(self) -> None:
         """Put back the state an :meth:`adopt` killed between its two renames left aside
         (``<directory>.old``, with nothing or no head at ``<directory>``): else the head
         verified before would be lost, and the next command would trust whatever the ledger
         holds then as a first audit. Only a private directory of this user whose head names
-        this ledger's origin is put back."""
+        this ledger's origin is put back. Call under the lock (so no adopt is in progress)."""
         old = self.directory + ".old"
         if os.path.lexists(os.path.join(self.directory, "head.json")) or not self._ours(old):
             return
-        # An adopt() in progress holds the lock, which is in <directory>.old between its two
-        # renames: what it set aside is not to be put back (its second rename then failed).
-        # A killed one holds nothing.
-        try:
-            fd = os.open(os.path.join(old, "lock"), os.O_RDWR | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            fd = None
-        except OSError:
-            return
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise FileNotFoundError(errno.ENOENT, "being swapped in", self.directory) from None
+        with contextlib.suppress(OSError):
             if os.path.lexists(self.directory):  # made by a command since: no head, nothing verified
                 shutil.rmtree(self.directory)
             os.rename(old, self.directory)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            return
-        finally:
-            if fd is not None:
-                os.close(fd)
 
     def _ours(self, candidate: str) -> bool:
         """Whether ``candidate`` is a private directory of this user whose head names this
@@ -252,6 +297,7 @@ class TrustStore:
         """Read-only view of a tree being built in ``directory`` (its head not yet written)."""
         view = cls.__new__(cls)
         view.identity, view.origin, view.directory = "", origin, directory
+        view.lock_path = directory + ".lock"
         view._maps = {}
         view._names_maps = {}
         view._names_held = 0
@@ -271,42 +317,41 @@ class TrustStore:
                                   "run `lineage-ledger reset-trust` and verify again")
         return head
 
+    def _open_lock(self) -> int:
+        """The lock file beside the directory, opened (made, private, where there is none)."""
+        path = self.lock_path
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:  # a link in its place (ELOOP), a full or read-only disk
+            raise ConfigError(f"cannot take the lock {path}: {err.strerror}; if it is a link or not "
+                              "this user's file, run `lineage-ledger reset-trust` and verify again") from err
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive while a writer extends or replaces the tree (readers need no lock).
 
-        :meth:`adopt` swaps the directory by two renames and then moves the lock file into
-        the new one, under the lock: a process that opened the lock between the renames found
-        no directory (ENOENT: two workflows' first audits at once failed with exit 2,
-        tests/test_parsl_deployed_ledgers.py), and one that opened it just after them made a lock
-        file of its own, which the move then replaced. So an open that finds no directory is
-        tried again, and a lock taken on a file that is no longer the directory's lock is let
-        go and taken again."""
-        path = os.path.join(self.directory, "lock")
-        for attempt in range(400):  # the swap takes microseconds; some 4 s at the most
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            except FileNotFoundError as err:
-                if attempt < 399 and os.path.isdir(os.path.dirname(self.directory)):
-                    time.sleep(0.01)
-                    continue
-                raise ConfigError(f"cannot take the lock {path}: {err.strerror}; run `lineage-ledger reset-trust` "
-                                  "and verify again") from err
-            except OSError as err:  # a link in its place (ELOOP), a full or read-only disk
-                raise ConfigError(f"cannot take the lock {path}: {err.strerror}; if it is a link or not "
-                                  "this user's file, run `lineage-ledger reset-trust` and verify again") from err
+        The lock is a file beside the directory, which nothing renames: a lock inside the
+        directory moved with each swap of :meth:`adopt`, and a process that opened it between
+        the swap's renames found no directory (two workflows' first audits at once failed with
+        exit 2, tests/test_parsl_deployed_ledgers.py) or made a lock of its own there, and two
+        writers then each held one. One removed by hand while held is taken again."""
+        for _ in range(100):
+            fd = self._open_lock()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if _is_file_at(fd, path):
+                if _is_file_at(fd, self.lock_path):
                     break
             except BaseException:
                 os.close(fd)
                 raise
-            os.close(fd)  # replaced or swapped away while we waited: the lock is the file there now
+            os.close(fd)  # removed or replaced while we waited: the lock is the file there now
         else:
-            raise ConfigError(f"cannot take the lock {path}: it was replaced again and again; is another "
-                              "process removing the state? (run `lineage-ledger reset-trust` and verify again)")
+            raise ConfigError(f"cannot take the lock {self.lock_path}: it was replaced again and again; is "
+                              "another process removing it? (run `lineage-ledger reset-trust` and verify again)")
         try:
+            # What an adopt killed between its renames set aside, put back before anything
+            # reads the head under this lock (else an audit now would start as a first one).
+            self._restore_interrupted()
             yield
         finally:
             os.close(fd)
@@ -328,14 +373,26 @@ class TrustStore:
         return TreeWriter(fresh, None, self.origin)
 
     def adopt(self, writer: TreeWriter) -> None:
-        """Replace this ledger's state with what ``writer`` built (call under :meth:`locked`)."""
-        old = self.directory + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(self.directory, old)
-        os.rename(writer.directory, self.directory)
-        with contextlib.suppress(OSError):
-            os.rename(os.path.join(old, "lock"), os.path.join(self.directory, "lock"))
-        shutil.rmtree(old, ignore_errors=True)
+        """Replace this ledger's state with what ``writer`` built (call under :meth:`locked`).
+
+        One atomic exchange of the two directories where the file system has it (Linux's
+        ``renameat2(RENAME_EXCHANGE)``: ext4, XFS, Btrfs, tmpfs), so that a reader, which takes
+        no lock, finds the old state or the new one and never none. Elsewhere (NFS) two
+        renames; a reader between them waits in :meth:`_settle`, and one killed between
+        them is put back by the next writer."""
+        try:
+            exchanged = _exchange(writer.directory, self.directory)
+        except FileNotFoundError:  # nothing there (removed by hand): the new state is all
+            exchanged = False
+        if exchanged:  # the old state is where the new one was built
+            shutil.rmtree(writer.directory, ignore_errors=True)
+        else:
+            old = self.directory + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.directory, old)
+            os.rename(writer.directory, self.directory)
+            shutil.rmtree(old, ignore_errors=True)
         self.reload()
 
     def forget(self) -> TreeHead | None:
@@ -343,8 +400,7 @@ class TrustStore:
         head = self.head
         with self.locked():
             for name in os.listdir(self.directory):
-                if name != "lock":
-                    os.unlink(os.path.join(self.directory, name))
+                os.unlink(os.path.join(self.directory, name))
         self.reload()
         return head
 
