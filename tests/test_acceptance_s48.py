@@ -157,6 +157,22 @@ def test_depends_full_first_page_of_a_file_refuses_a_readers_row_deleted_or_move
     assert "IndexTampered" in result.stderr or "index" in result.stderr.lower()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "helper-153 (s48): `show ID` of a verified record whose row was deleted from the store (or "
+    "whose id column was edited) answers 'no record with id ...', exit 2, as for an id never "
+    "recorded; `log`, `why` and `depends` on the same ledger exit 1 naming the record as verified "
+    "and missing"))
+@pytest.mark.parametrize("edit", ["deleted", "id edited"])
+def test_show_of_a_verified_record_removed_from_the_store_is_a_failure_not_no_such_record(ledger, edit):
+    work, url, ids = ledger
+    seq = _seq_of(url, ids["r2"])
+    _edit(url, f"DELETE FROM ll_artifacts WHERE seq = {seq}; DELETE FROM ll_records WHERE seq = {seq}"
+          if edit == "deleted" else f"UPDATE ll_records SET id = 'ffff' || substr(id, 5) WHERE seq = {seq}")
+    assert run_cli("log", "--ledger", url, "-n", "0", cwd=work).returncode == 1  # the others say so
+    result = run_cli("show", "--ledger", url, ids["r2"], cwd=work)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+
+
 # -- every read command on edited index rows: exit 1 or the answer of the intact ledger -------
 EDITS = {
     "producer's output path": "UPDATE ll_artifacts SET path = path || '.x' WHERE seq = {w} AND role = 1",
