@@ -24,7 +24,7 @@ range size (the tests use them to run small ledgers through this path); ``LINEAG
 makes the workers check row by row only (the benchmark's comparison). Where no workers start,
 the same ranges are checked in this process (:func:`results_here`), by the bulk check only:
 where it finds anything unequal, the sequential audit runs.
-Workers are ``python -m lineage_ledger._log.audit_parallel`` on pipes, not :mod:`multiprocessing`:
+Workers are Python processes on pipes (:func:`worker_command`), not :mod:`multiprocessing`:
 nothing is pickled, and a caller's unguarded ``__main__`` script is never run again.
 """
 
@@ -101,6 +101,34 @@ def workers() -> int:
     return count if count > 1 else 0
 
 
+# A worker's first steps (``python -c``). Not ``-m lineage_ledger._log.audit_parallel``: Python
+# puts the current directory first on sys.path for ``-m`` and ``-c`` alike, and a json.py (or
+# msgspec.py, sqlite3.py...) in the directory the audit was started in, which another local
+# user may be able to write, was imported by every worker as code
+# (tests/test_audit_s48_worker_start.py); that entry ("" for ``-c``) is taken off before
+# anything is imported (site's imports come before Python adds it). The package's
+# ``__init__`` is not run: it imports the whole library, none of which a worker runs (2.4 MiB
+# and 50 ms of CPU a worker); a bare module stands for the package, at the folders the
+# parent imported it from (argument 1), so its subpackages import as they do in the parent.
+_BOOT = """import sys
+if sys.path[:1] == [""]:
+    del sys.path[0]
+import json, types
+package = types.ModuleType("lineage_ledger")
+package.__path__ = json.loads(sys.argv[1])
+sys.modules["lineage_ledger"] = package
+from lineage_ledger._log.audit_parallel import _worker_entry
+_worker_entry()
+"""
+
+
+def worker_command() -> list[str]:
+    """The command that starts an audit worker (:data:`_BOOT`)."""
+    import lineage_ledger
+
+    return [sys.executable, "-c", _BOOT, json.dumps(list(lineage_ledger.__path__))]
+
+
 def plan(backend: Any, records: int, stop: int) -> list[Task] | None:
     """Ranges of blocks for the workers, or None where the audit should run in this process.
     The block rows' counts only place the ranges; the workers check what they claim."""
@@ -156,14 +184,14 @@ def results(backend: Any, tasks: list[Task], *, files: bool, names_from: int = 0
     pipe until its turn comes, which bounds memory whatever the ledger's size."""
     count = min(workers(), len(tasks))
     url, uri = backend.worker_spec()
+    command = worker_command()
     procs = []
     try:
         for w in range(count):
             mine = [{"start": t.start, "stop": t.stop, "first_index": t.first_index}
                     for t in tasks[w::count]]
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "lineage_ledger._log.audit_parallel"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, close_fds=True)
             procs.append(proc)
             assert proc.stdin is not None
             proc.stdin.write(json.dumps({"url": url, "uri": uri, "files": files, "names_from": names_from,
@@ -322,7 +350,7 @@ def _audit_rows(backend: Any, task: Task, files: bool, names_from: int = 0,
 
 
 def _worker_main() -> None:
-    """``python -m lineage_ledger._log.audit_parallel``: read the job (JSON) from standard input,
+    """In a worker (:func:`worker_command`): read the job (JSON) from standard input,
     write one frame a task to standard output. Only the parent process holds these pipes."""
     # No cyclic garbage is made here: the collector would only rescan every decoded record.
     gc.disable()
@@ -347,8 +375,13 @@ def _worker_main() -> None:
         backend.close()
 
 
-if __name__ == "__main__":
+def _worker_entry() -> None:
+    """A worker process's work (:data:`_BOOT` calls it)."""
     try:
         _worker_main()
     except BrokenPipeError:  # the parent stopped reading: it has what it needs
         pass
+
+
+if __name__ == "__main__":  # as earlier releases started workers
+    _worker_entry()
