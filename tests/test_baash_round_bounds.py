@@ -81,6 +81,24 @@ def test_a_dead_round_of_one_block_is_noticed_within_its_own_bound(tmp_path):
         service.stop()
 
 
+def test_the_validators_of_a_large_round_are_waited_for(tmp_path):
+    """Bug: the coordinator waited for a validator's votes for the vote timeout whatever the
+    round's size, though a validator decodes every block of the round and checks its share.
+    Under load (here: a vote timeout of 0.2 s) the validator of a round of 3,000 blocks missed
+    it; the coordinator counted it failed for the rest of the job and had shared storage
+    decide all 3,000 blocks, one at a time. Now the wait grows with the round's blocks."""
+    service = BaashService(tmp_path, 2, "--vote-timeout", "0.2")
+    backend = BaashBackend(service.url, timeout=300)
+    try:
+        backend.append(_chain(3000, "voted"))
+        status = backend.status()
+        assert status["decided_by"] == {"quorum": 3000}, status["decided_by"]
+        assert status["failures"] == [] and backend.record_count() == 3000
+    finally:
+        backend.close()
+        service.stop()
+
+
 @pytest.fixture
 def start_monitor(tmp_path) -> Iterator:
     """A 2-rank job under the daemon's monitor in this process, its round bound's fixed part

@@ -5,7 +5,9 @@ A round's time is not a constant (it was 60 s whatever the round). It is the pro
 waits, each bounded by the vote timeout (the gateway's catch-up sync, the votes, an
 extension per missing voter, the other clusters' decisions, the acknowledgements), plus
 work that grows with the round: every rank of a cluster is sent the whole round and
-decodes it (bytes), and the validators check every block (blocks). On one node the ranks
+decodes it (bytes), and the validators check every block (blocks; their votes are waited
+for 5 ms a block more than the vote timeout, ``consensus.VOTE_SECONDS_PER_BLOCK``, inside
+the work counted here for 2 ranks or more). On one node the ranks
 share the cores, so the work is counted once per rank. Measured on 2 loaded cores (load
 4-6, 2 ranks): 1.6 ms a one-record block end to end, 0.2 s a MiB a rank; the constants
 below are several times that, for a machine far busier than this one. A request may carry

@@ -28,7 +28,7 @@ from lineage_ledger._model import BlockHeader
 
 from ._mpi import Inbox, Tag
 from ._wire import TO_GATEWAY, WireError, receive, send
-from .consensus import ClusterCoordinator, Decision
+from .consensus import VOTE_SECONDS_PER_BLOCK, ClusterCoordinator, Decision
 from .endorse import Endorser, assemble, load_verifiers, signs
 
 __all__ = ["Gateway"]
@@ -96,7 +96,7 @@ class Gateway:
                 self.world.send((round_id, blocks, shares[k]), dest=k, tag=Tag.ROUND)
         decisions = self.coordinator.decide(round_id, blocks, shares[0])
         waiting = {k for k in range(1, self.clusters) if shares[k]}
-        deadline = time.monotonic() + 4 * self.args.vote_timeout
+        deadline = time.monotonic() + 4 * self.args.vote_timeout + len(blocks) * VOTE_SECONDS_PER_BLOCK
         decision_inbox = Inbox([self.world], Tag.DECISION)
         while waiting:
             message = decision_inbox.next(deadline)
