@@ -41,7 +41,7 @@ LOGIN_NOFILE = 1024
 # Run as nobody with the system's python3 (-I: nothing of this checkout). It opens up to N
 # connections (each waits at most 3 s for the backlog), sends nothing or trickles one byte on each
 # every 0.5 s (after announcing a frame of ANNOUNCE bytes if that is not 0), and reports what it saw as JSON lines; it holds its connections until its
-# standard input closes.
+# standard input closes. Trickling stops after TRICKLE_FOR seconds, or once the service has closed them all.
 FLOODER = r"""
 import json, select, socket, sys, time
 path, count, trickle_for, announce = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
@@ -91,7 +91,7 @@ for s in held:
     answers.append(data[4:].decode("ascii", "replace"))
 print(json.dumps({"opened": len(held), "connect_error": error, "answers": answers}), flush=True)
 end = time.monotonic() + trickle_for
-while time.monotonic() < end:
+while time.monotonic() < end and held:  # until the service has closed every one (a send fails), at most that long
     trickle()
     time.sleep(0.5)
 if trickle_for:
@@ -184,7 +184,8 @@ def test_refused_clients_connections_are_closed_quickly(tmp_path, public_dir):
     'forbidden', then its connection was drained for up to 1 MiB with a 2 s wait per read:
     one byte every half second held each of its connections (and a thread) for days, and
     300 of them were still open after 15 s. Now a refused connection is closed within
-    2 s whatever it sends, and counts against the caps meanwhile."""
+    2 s whatever it sends, and counts against the caps meanwhile. (The client trickles for
+    up to 15 s, and reports as soon as the service has closed every connection.)"""
     service = _service(tmp_path, public_dir)
     flooder = _flood(str(service.socket), 300, trickle_for=15)
     try:
