@@ -279,3 +279,39 @@ def test_the_migrate_command_that_readers_name_migrates_a_schema_2_ledger(tmp_pa
     migrated = run_cli("migrate", "--ledger", url, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
     assert run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage").returncode == 0
+
+
+# -- a read-only mount of a copy taken with its -wal ------------------------------------------
+def test_a_copy_with_its_wal_on_a_read_only_mount_verifies_every_record_and_writes_nothing(tmp_path):
+    """Item 6: the copy is taken while another process holds the ledger open, so the last
+    records are in ``ledger.db-wal`` only; the directory is then bind-mounted read-only (in a
+    mount namespace of the command's own, so nothing outlives it)."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount (util-linux)")
+    work, copy, mounted = tmp_path / "work", tmp_path / "copy", tmp_path / "mnt"
+    for directory in (work, copy, mounted):
+        directory.mkdir()
+    (work / "a.txt").write_text("a\n")
+    state = {"LINEAGE_STATE_DIR": str(tmp_path / "state")}
+    _record(work, "t0", ["a.txt"], ["b0.txt"], env=state)
+    holder = sqlite3.connect(work / ".lineage" / "ledger.db")  # keeps the WAL from being checkpointed away
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM ll_records").fetchall()
+        for i in range(1, 4):
+            _record(work, f"t{i}", ["a.txt"], [f"b{i}.txt"], env=state)
+        for name in ("ledger.db", "ledger.db-wal"):
+            shutil.copyfile(work / ".lineage" / name, copy / name)
+    finally:
+        holder.close()
+    assert (copy / "ledger.db-wal").stat().st_size > 0
+    before = {path.name: path.read_bytes() for path in copy.iterdir()}
+    mount = f"mount --bind {copy} {mounted} && mount -o remount,ro,bind {mounted} && exec \"$0\" \"$@\""
+    probe = run_cli("--version", cwd=tmp_path, prefix=("unshare", "--mount", "sh", "-c", mount))
+    if probe.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {probe.stderr.strip()[-200:]}")
+    result = run_cli("--ledger", f"sqlite:///{mounted}/ledger.db", cwd=work, env={"LINEAGE_STATE_DIR": str(tmp_path / "s2")},
+                     program="verify-lineage", prefix=("unshare", "--mount", "sh", "-c", mount))
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "4 records" in result.stdout, result.stdout
+    assert {path.name: path.read_bytes() for path in copy.iterdir()} == before  # no -shm, nothing changed
