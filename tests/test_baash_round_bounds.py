@@ -184,3 +184,13 @@ def test_a_daemon_off_the_cpu_during_a_round_does_not_take_the_job_for_hung(star
                                    f"{list(job.output)[-5:]}")
     assert result["outcomes"] == [("committed", "")], result
     assert job.failures == [] and job.generation == 1, job.failures
+
+
+@pytest.mark.parametrize("option, value", [("--heartbeat-timeout", "1"), ("--heartbeat-timeout", "nan"),
+                                           ("--stalled-round", "0")])
+def test_baash_serve_refuses_a_heartbeat_timeout_or_stalled_round_that_means_nothing(cli, workdir, option, value):
+    """A heartbeat timeout under 2 s (four beats) would take ranks for hung between beats; round 0 never comes."""
+    result = cli("baash", "serve", "--storage", "store", f"{option}={value}")
+    assert result.returncode == 2, (option, value, result.returncode, result.stderr[-800:])
+    assert f"Invalid value for '{option}'" in result.stderr, result.stderr[-800:]
+    assert not (workdir / "store").exists()
