@@ -16,6 +16,10 @@ check), unless the line says otherwise:
 * ``checkpoint``      ``lineage-ledger checkpoint``; ``consistency proof`` (the Python API,
                       an internal path: ``consistency_proof`` from the 10% head to the head).
 
+``--worker-cpu [--before DIR]``: only an audit worker's CPU a record at the largest size, in
+turn with the code in ``DIR`` (``DIR/lineage_ledger``, as ``bench_audit_workers.py --before``
+takes it), and the rate it projects for ten workers on 16 cores.
+
 The baseline is the same operation on the smallest ledger, in the same run: the ratio
 column is time(size) / time(10k); the goal at 1M is <= 2 for targeted operations.
 
@@ -198,7 +202,16 @@ def main() -> None:
                         help="rounds of each full audit (default: --rounds; one is minutes at 10M records)")
     parser.add_argument("--postgres", action="store_true",
                         help="ledgers in a PostgreSQL server this script starts (its data kept in --cache)")
+    parser.add_argument("--worker-cpu", action="store_true",
+                        help="only an audit worker's CPU a record at the largest size (see worker_cpu)")
+    parser.add_argument("--before", default=None,
+                        help="with --worker-cpu: a folder holding lineage_ledger as it was, run in turn with ours")
+    parser.add_argument("--ranges", default="10,60,110", help="with --worker-cpu: which of the ledger's ranges")
     args = parser.parse_args()
+    if args.worker_cpu:
+        url, _directory = build(Path(args.cache), int(args.sizes.split(",")[-1]))
+        worker_cpu(url, args.rounds, args.before, args.ranges)
+        return
     sizes = [2000, 10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     rounds = args.rounds if args.quick and args.rounds != 5 else (2 if args.quick else args.rounds)
     cache = Path(args.cache)
@@ -208,6 +221,64 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+
+
+# One process's part of a worker's work: the bulk check of some of the ledger's ranges,
+# in process, as a worker runs them (collector off, its own read-only connection, the frame it
+# writes): CPU time a record, the best of two passes. (A worker's start, about 0.1 s, is
+# not in it.)
+_WORKER_CPU = """import gc, os, sys, time
+from lineage_ledger._log import audit_parallel
+from lineage_ledger.backends import open_backend
+gc.disable()
+backend = open_backend(sys.argv[1], create=False)
+url, uri = backend.worker_spec()
+ranges = audit_parallel._ranges(backend, backend.head().height + 1)
+backend.close()
+from lineage_ledger.backends._sqlite_reader import SQLiteReader
+backend = SQLiteReader(url, _uri=uri)
+tasks = [ranges[int(at)] for at in sys.argv[2].split(",") if int(at) < len(ranges)] or ranges[:2]
+sink, best = open(os.devnull, "wb"), float("inf")
+for _ in range(2):
+    started, records = time.process_time(), 0
+    for task in tasks:
+        result = audit_parallel.audit_range(backend, task, True)
+        assert result is not None, task
+        records += len(result.leaves) // 32
+        audit_parallel._write_result(sink, result)
+    best = min(best, (time.process_time() - started) * 1e6 / records)
+print(best)
+"""
+
+
+def worker_cpu(url: str, rounds: int, before: str | None, ranges: str) -> None:
+    """An audit worker's CPU a record (``_WORKER_CPU``), ours and, with ``before``, the code in
+    that folder (through ``PYTHONPATH``), in turn, in fresh processes; medians, the ratio, and
+    what it would make of the audit's rate on a machine of 16 cores (ten workers)."""
+    codes = {"ours": None} if before is None else {"before": before, "ours": None}
+    found: dict[str, list[float]] = {name: [] for name in codes}
+    print(f"a worker's CPU a record, ranges {ranges}; load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    for turn in range(rounds):
+        for name, code in (codes.items() if turn % 2 == 0 else reversed(codes.items())):
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("LINEAGE_")}
+            if code is not None:
+                env["PYTHONPATH"] = code
+            out = subprocess.run([sys.executable, "-c", _WORKER_CPU, url, ranges], env=env, cwd=tempfile.gettempdir(),
+                                 capture_output=True, text=True, check=True)
+            found[name].append(float(out.stdout))
+        print("  " + ", ".join(f"{name} {found[name][-1]:.2f} us" for name in codes)
+              + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+    ours = statistics.median(found["ours"])
+    said = f"ours {ours:.2f} us a record (median of {rounds})"
+    if before is not None:
+        then = statistics.median(found["before"])
+        said += f", before {then:.2f} us: {ours / then:.3f}"
+    print(said)
+    # Ten workers on 16 cores: the busiest verifies 13 of a million records' 125 ranges
+    # (104,000 records), after about 0.55 s of serial work (the parent before the first
+    # range and after the last, a worker's start): docs/benchmarks.md, twenty-fifth stop.
+    print(f"  ten workers on cores like these: about {1e6 / (0.55 + 104_000 * ours * 1e-6):,.0f} records/s "
+          f"(a projection; 300,000 needs {(1e6 / 300_000 - 0.55) / 104_000 * 1e6:.1f} us a record or less)")
 
 
 def _postgres(cache: Path) -> Any:
