@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 BLOCKS = 20_000
 #: Blocks a request. A request is one consensus round; its bound grows with its blocks
-#: (deadlines.RoundBudget: 149 s for 10,000 one-record blocks on 2 ranks). It was 60 s for
+#: (deadlines.RoundBudget: 263 s for 10,000 one-record blocks on 2 ranks). It was 60 s for
 #: any round, and a round of 10,000 took longer at load 13-18 (the job restarted, and the
 #: test ran past its 300 s), so requests were of 5,000.
 REQUEST = 10_000

@@ -7,10 +7,11 @@ extension per missing voter, the other clusters' decisions, the acknowledgements
 work that grows with the round: every rank of a cluster is sent the whole round and
 decodes it (bytes), and the validators check every block (blocks; their votes are waited
 for 5 ms a block more than the vote timeout, ``consensus.VOTE_SECONDS_PER_BLOCK``, inside
-the work counted here for 2 ranks or more). On one node the ranks
+the work counted here). On one node the ranks
 share the cores, so the work is counted once per rank. Measured on 2 loaded cores (load
 4-6, 2 ranks): 1.6 ms a one-record block end to end, 0.2 s a MiB a rank; the constants
-below are several times that, for a machine far busier than this one. A request may carry
+below are ten times that, for a machine far busier (a round of 10,000 blocks with its ranks
+given a fifth of the time at load 22 took 149 s, 7.4 ms a block and rank). A request may carry
 65,536 blocks (64 MiB): a fixed 60 s killed a live job on one large request under load and
 started it over, while a dead round of one small block went unnoticed for a minute.
 """
@@ -28,10 +29,11 @@ __all__ = ["AwakeDeadline", "RoundBudget", "round_bytes"]
 
 #: Slack on top of the protocol's waits: a round of one block whose every wait ran out.
 GRACE_S = 5.0
-#: Work per block and per rank (about 0.8 ms measured at load 4-6 on 2 cores).
-SECONDS_PER_BLOCK_PER_RANK = 0.005
-#: Work per MiB of the round's blocks and per rank (about 0.2 s measured there).
-SECONDS_PER_MIB_PER_RANK = 1.0
+#: Work per block and per rank: about 0.8 ms measured at load 4-6 on 2 cores, 7.4 ms with the
+#: ranks given a fifth of the time at load 22 (a round of 10,000 blocks took 149 s).
+SECONDS_PER_BLOCK_PER_RANK = 0.01
+#: Work per MiB of the round's blocks and per rank (about 0.2 s measured at load 4-6).
+SECONDS_PER_MIB_PER_RANK = 2.0
 #: No round is given longer than the longest wait a client may ask for (the wire's 3,600 s).
 LONGEST_ROUND_S = 3600.0
 
