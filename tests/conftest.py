@@ -228,11 +228,24 @@ def postgres_url(postgres_server):
 SERVICE_GROUPS = ("fabric", "baash", "airflow", "nextflow")
 
 
+#: Modules named after a service that start none of it: the plugins' and clients' parts on real
+#: files, in the test process or processes of its own, with no Airflow site (scheduler, API
+#: server), Fabric network, MPI job or JVM. Each is a unit of its own, so the Airflow group,
+#: the longest unit of the run (in a CI at load 10, still running when the other process had
+#: done the BAASH and Nextflow groups), does not carry them.
+STARTS_NO_SERVICE = frozenset({
+    "test_airflow_digests.py", "test_airflow_journal_only.py", "test_airflow_late.py", "test_airflow_shipper.py",
+    "test_baash_checkpoint.py", "test_fabric_client.py", "test_nextflow_units.py",
+})
+
+
 def _work_unit(nodeid: str) -> str:
     """The unit of work a test is in under pytest-xdist: its module (whose module-scoped
     set-up, an Airflow site or a Fabric network, is then made once), or a service's group."""
     module, _, test = nodeid.partition("::")
     name = os.path.basename(module)
+    if name in STARTS_NO_SERVICE:
+        return module
     script = test.partition("[")[2]  # test_service_benchmark_runs_quick[bench_fabric.py]
     if script.startswith("bench_"):
         name += " " + script
