@@ -211,12 +211,18 @@ def _read(name: str, work: Path, url: str, ids: dict[str, str], env: dict | None
     """One read command of the issue's list, as a user types it."""
     if name == "verify-lineage":
         return run_cli("--ledger", url, work / "o5.txt", work / "v.txt", cwd=work, env=env, program=name)
+    if name == "pre-run check":  # what the plugins call before a task of three inputs runs
+        inputs = [str(work / f) for f in ("v.txt", "o5.txt", "src.txt")]
+        check = (f"import sys; from lineage_ledger import verify_before_run; "
+                 f"problems = verify_before_run({url!r}, {inputs!r}, 'strict'); print(problems); "
+                 f"sys.exit(1 if problems else 0)")
+        return run_cli("-c", check, cwd=work, env=env, program="python")
     command, *args = {"why": ["why", "o5.txt"], "depends": ["depends", "src.txt"], "log": ["log", "-n", "0"],
                       "show": ["show", ids["r5"]]}[name]
     return run_cli(command, "--ledger", url, *args, cwd=work, env=env)
 
 
-READS = ("why", "depends", "log", "show", "verify-lineage")
+READS = ("why", "depends", "log", "show", "verify-lineage", "pre-run check")
 
 
 @pytest.fixture(scope="module")
