@@ -28,6 +28,7 @@ __all__ = [
     "MerkleMismatch",
     "MissingExtra",
     "NoLedger",
+    "NeedsMigration",
     "IndexTampered",
     "ProofFailed",
     "HistoryRewritten",
@@ -52,7 +53,8 @@ class LedgerError(Exception):
         ├── ConfigError                 bad URL, settings or arguments (CLI exit 2)
         │   ├── UnknownScheme           no back-end registered for the URL's scheme
         │   ├── MissingExtra            the back-end's optional dependencies are not installed
-        │   └── NoLedger                a read found no ledger at the URL (nothing is created)
+        │   ├── NoLedger                a read found no ledger at the URL (nothing is created)
+        │   └── NeedsMigration          a read found a ledger of an older schema (``migrate`` it)
         ├── ArtifactError               a file cannot be hashed: missing, a directory, a symlink
         │                               loop, unreadable, or a name that is not UTF-8 (exit 2)
         ├── BackendError                the back-end failed (library errors are translated)
@@ -100,6 +102,11 @@ class MissingExtra(ConfigError):
 
 class NoLedger(ConfigError):
     """A command that only reads found no ledger (a missing or empty file); it creates none."""
+
+
+class NeedsMigration(ConfigError):
+    """A command that only reads found a ledger of an older schema: ``lineage-ledger migrate``
+    (or any command that writes) brings it to the current one, once."""
 
 
 class ArtifactError(LedgerError):

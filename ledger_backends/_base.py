@@ -269,10 +269,12 @@ class Backend(ABC):
         return found[offset:] if limit is None else found[offset : offset + max(0, int(limit))]
 
     def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None,
-                    at_most: int | None = None) -> int:
+                    at_most: int | None = None, below: int | None = None) -> int:
         """How many records :meth:`find` would return, or ``at_most`` where there are more.
         Back-ends with an index count its rows (which differs from ``len(find(...))`` only on
-        an index edited behind their back)."""
+        an index edited behind their back), and with ``below``, only rows of the first
+        ``below`` records (a verified head's): a row moved past them counts no more. Here the
+        answer is computed from the records, so there is no row to move."""
         found = len(self.find(role, path=path, digest=digest))
         return found if at_most is None else min(found, max(0, at_most))
 

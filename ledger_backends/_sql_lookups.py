@@ -268,11 +268,16 @@ class _SQLLookups:
         return found
 
     def count_found(self, role: Role, *, path: str | None = None, digest: str | None = None,
-                    at_most: int | None = None) -> int:
+                    at_most: int | None = None, below: int | None = None) -> int:
         """Counted on the artifacts index alone: the records it names. (A row whose record
         was deleted behind our back still counts; readers verify what they read.) With
-        ``at_most``, the count stops there: a file ten million tasks read costs no more."""
+        ``at_most``, the count stops there: a file ten million tasks read costs no more.
+        With ``below``, rows of the first ``below`` records only (sequence numbers are places
+        in the ledger): a reader's row moved past the verified head no longer counts for it,
+        and the count then falls short of the names kept (one more range condition)."""
         condition, params = self._artifact_condition(role, path, digest)
+        if below is not None:
+            condition, params = f"{condition} AND seq < ?", (*params, int(below))
         distinct = "" if path is not None else "DISTINCT "
         if at_most is None:
             statement = f"SELECT count({distinct}seq) FROM ll_artifacts WHERE {condition}"

@@ -26,6 +26,7 @@ from lineage_ledger._errors import (
     ConfigError,
     CorruptStore,
     LedgerError,
+    NeedsMigration,
     NoLedger,
 )
 from lineage_ledger._ledger.identity import refuse_path_not_utf8
@@ -80,7 +81,7 @@ def refusal(shown: str, *, sqlite: bool, tables: set[str], version: str | None, 
             return ConfigError(f"{shown}: this database is not a lineage ledger")
         return NoLedger(f"no ledger at {where}")
     if version == "2":
-        return ConfigError(
+        return NeedsMigration(
             f"{shown}: this ledger has schema 2 and must be migrated to schema {SCHEMA_VERSION} once: "
             f"run `lineage-ledger migrate --ledger {shown}` (with write access to it)"
         )

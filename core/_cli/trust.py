@@ -364,8 +364,13 @@ def migrate(ledger_url) -> None:
     """Bring a ledger written by an older lineage-ledger to the current layout (once)."""
     from lineage_ledger.backends import open_backend
 
-    with open_backend(ledger_url, create=False):  # a mistyped path: "no ledger at PATH", nothing created
-        pass
+    from .._errors import NeedsMigration
+
+    try:
+        with open_backend(ledger_url, create=False):  # a mistyped path: "no ledger at PATH", nothing created
+            pass
+    except NeedsMigration:
+        pass  # what this command is for: the writer below migrates it
     with open_backend(ledger_url) as backend:
         changed = backend.migrate() if hasattr(backend, "migrate") else False
     click.echo("migrated" if changed else "already current", err=True)

@@ -30,12 +30,13 @@ from .._errors import AppendConflict, ConfigError, IndexTampered, LedgerError, N
 from .._files.hashing import lookup_paths
 from .._files.manifest import Manifest
 from .._log.chain import ChainSummary, ChainTip, block_spans, build_block
+from .._log.merkle import leaf_hash
 from .._log.trust import TreeHead, TrustStore, trust_identity
 from .._log.verified import AuditResult, Verifier
 from .._model import Record, StoredBlock, StoredRecord
 from .._order import after_of, seen_of
 from .ahead import LookAhead as LookAhead  # defined here before the look-ups moved out
-from .complete import Listing, listing
+from .complete import _REMEDY, Listing, listing
 from .derived import DerivedQueries, RecordBits
 from .lineage import LedgerRecord, LineageNode, LineageQueries
 from .listings import Listings
@@ -262,10 +263,31 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
             if not entry.id.startswith(prefix):
                 raise IndexTampered(f"the index answers record {entry.id[:16]} for the prefix {prefix!r}")
         if not matches:
-            raise LedgerError(f"no record with id {id_or_prefix!r}")
+            self._no_record(prefix, id_or_prefix)
         if len(matches) > 1:
             raise LedgerError(f"id prefix {id_or_prefix!r} is ambiguous; give more digits")
         return matches[0]
+
+    def _no_record(self, prefix: str, given: str) -> None:
+        """Raise for an id the store has no row for: IndexTampered where the verified tree
+        holds that record (a full id's leaf is among its leaves) or the store holds fewer
+        record rows than the tree (rows deleted), else "no record" (a negative answer from
+        the id column: a row whose id was edited is found by the full audit, or by the full
+        id, not by a prefix; no verified index of ids is kept)."""
+        head = self.tree_head()
+        if len(prefix) == 64 and all(c in "0123456789abcdef" for c in prefix):
+            index = self.verifier.store.find_leaf(leaf_hash(prefix))
+            if index is not None:
+                raise IndexTampered(f"record {prefix[:16]} is record {index} of the verified tree, but the store "
+                                    "has no row with its id (deleted, or its id column edited)")
+        stored = self.backend.record_count()
+        if stored < head.size:
+            raise IndexTampered(f"the store holds {stored} record rows, and {head.size} records were verified: "
+                                "verified records were deleted from it (the one asked for may be among them)")
+        if len(prefix) == 64:
+            raise LedgerError(f"no record with id {given!r} (none in the verified tree of {head.size} records)")
+        raise LedgerError(f"no record with id {given!r} among the stored ids (a prefix is not checked against the "
+                          "verified tree: give the full id, or audit the ledger with verify-lineage)")
 
     def record_bits(self) -> RecordBits:
         """An empty set of proved records (of this ledger's verified tree), a bit each."""
@@ -296,6 +318,10 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
             whole = self._every_version_read(path, digest, limit)
             if whole is not None:
                 return whole
+            page = self._find("in", path, digest,
+                              self.backend.find_page("in", path=path, digest=digest, offset=0, limit=limit))
+            self._check_version_page(path, digest, limit, page)
+            return page
         if offset or limit is not None:
             # A first page shorter than asked is the whole list: counted against the names
             # kept, as a whole list is (a row deleted from it is noticed).
@@ -324,6 +350,31 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         counted.finish()
         return self._matching("in", path, digest, found)
 
+    def _check_version_page(self, path: str, digest: str, limit: int, page: list[LedgerRecord]) -> None:
+        """The first page of the readers of version ``digest`` of ``path``, where the path has
+        more readers than fit in a page: the names keep readers by path, not by version, so
+        the path's own first page is read too and counted against them, and its readers of
+        this version must open the version's page, in the same order. An index row of one of
+        them deleted, moved, or with its digest or path edited hid that task from `depends`
+        (helper-153, s48). Readers of the version past the path's first page are checked by
+        the full audit (docs/verification.md, "What stays for the full audit")."""
+        from .derived import MORE_COUNTED
+
+        counted = self.listing("in", path)
+        if counted is None:
+            return
+        first = self._find("in", path, None, self.backend.find_page("in", path=path, offset=0, limit=limit))
+        counted.add(first)
+        total = self.count_consumers(path, at_most=limit + MORE_COUNTED + 1, as_key=True, below=counted.bound)
+        counted.finish_first_page(total, exact=total <= limit + MORE_COUNTED)
+        ours = [entry.id for entry in first if entry.record.inputs[path]["blake3"] == digest]
+        listed = [entry.id for entry in page[:len(ours)]]
+        if listed != ours:
+            hidden = next(i for at, i in enumerate(ours) if at >= len(listed) or listed[at] != i)
+            raise IndexTampered(
+                f"the index's page of the tasks that read version {digest[:16]} of {path} leaves out record "
+                f"{hidden[:16]}, one of the path's oldest readers, which read that version. {_REMEDY}", path=path)
+
     def listing(self, role: Literal["in", "out", "run"], path: str) -> Listing | None:
         """A count of the records naming ``path`` in ``role`` that a caller then lists page
         by page: :meth:`Listing.add` each page's records, :meth:`Listing.finish` at the end
@@ -337,13 +388,17 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         return bool(self.backend.find_page("in", path=self._query(path), limit=1))
 
     def count_consumers(self, path: str | None = None, digest: str | None = None, *,
-                        at_most: int | None = None, as_key: bool = False) -> int:
+                        at_most: int | None = None, as_key: bool = False, below: int | None = None) -> int:
         """How many records the index says read ``path`` (a count, not a verified answer),
-        counting no further than ``at_most``."""
+        counting no further than ``at_most``, and with ``below``, among the first ``below``
+        records only (a listing's bound: what its names count)."""
         key = path if as_key else self._query(path)
-        if at_most is None:
-            return self.backend.count_found("in", path=key, digest=digest)
-        return self.backend.count_found("in", path=key, digest=digest, at_most=at_most)
+        options: dict[str, int] = {}
+        if at_most is not None:
+            options["at_most"] = at_most
+        if below is not None:
+            options["below"] = below
+        return self.backend.count_found("in", path=key, digest=digest, **options)
 
     def producer(self, path: str | None = None, digest: str | None = None) -> LedgerRecord | None:
         found = self.producers(path, digest)
@@ -453,7 +508,12 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
         (tests/test_attack_s47.py). The latest is asked first; the whole list only where it is
         stale."""
         named = (entry.record.outputs if role == "out" else entry.record.inputs).get(key)
-        return named is None or named.get("alias_of", real) == real
+        if named is None:
+            return True
+        # A record naming the path with no target named it as a real path then: where that
+        # spelling is a link now, it saw the file at the spelling's own place, not at ``real``
+        # (a real folder replaced by a link to another folder).
+        return named.get("alias_of", key) == real
 
     def _last_in_role(self, role: Literal["in", "out"], path: str,
                       among: list[LedgerRecord] | None = None) -> LedgerRecord | None:

@@ -427,6 +427,20 @@ class TrustStore:
     def leaf(self, index: int) -> bytes:
         return self.node(0, index)
 
+    def find_leaf(self, leaf: bytes) -> int | None:
+        """The index of the verified leaf ``leaf``, or None: a scan of the leaves (32 bytes a
+        record, mapped), for a record the store has no row for."""
+        head = self.head
+        if head is None or not head.size or len(leaf) != _NODE:
+            return None
+        data = self._map(_LEVEL_FILES[0])
+        end, at = head.size * _NODE, data.find(leaf)
+        while 0 <= at < end:
+            if at % _NODE == 0:
+                return at // _NODE
+            at = data.find(leaf, at + 1)
+        return None
+
     def block_start(self, height: int) -> int:
         """The leaf index of block ``height``'s first record (``size`` for ``height == blocks``)."""
         head = self.head
