@@ -55,6 +55,7 @@ from typing import Any
 
 from .._environment import current_environment
 from .._files.hashing import normalize_path
+from .._launch import module_command
 from .channel import Channel
 from .drain import at_threading_exit
 from .replies import _ChildReplies, _left
@@ -231,7 +232,7 @@ class ProcessCapture(_ChildReplies):
             ring = Ring.create(_RING_SIZE)
             config["ring"] = {"fd": ring.fd, "size": ring.size}
             process = subprocess.Popen(
-                [sys.executable, "-m", "lineage_ledger._capture.child", json.dumps(config)],
+                module_command("lineage_ledger._capture.child", json.dumps(config)),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
                 pass_fds=(ring.fd,),
             )

@@ -21,12 +21,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from typing import Any
+
+from lineage_ledger._launch import module_command
 
 from ._launch import YIELD_SETTINGS, keep_output, mpiexec_command
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
@@ -119,8 +120,10 @@ class JobMonitor:
         size = self.ranks - self.excluded
         if size < max(self.min_ranks, quorum_of(self.ranks)):  # fewer could endorse no head
             self.excluded, size = 0, self.ranks
-        command = [*mpiexec_command(), "-n", str(size), sys.executable, "-m", "lineage_ledger.backends.baash.rank",
-                   "--storage", self.storage, "--control", self.control, *self.rank_args]
+        # Not ``-m``: it put the directory mpiexec starts in first on sys.path (lineage_ledger._launch).
+        command = [*mpiexec_command(), "-n", str(size),
+                   *module_command("lineage_ledger.backends.baash.rank", "--storage", self.storage,
+                                   "--control", self.control, *self.rank_args)]
         self.generation += 1
         env = dict(os.environ)
         for name, value in YIELD_SETTINGS.items():

@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from typing import IO, Any
+
+from lineage_ledger._launch import module_command
 
 from ._sidecar import Orphans, RecordingQueue
 
@@ -15,7 +16,7 @@ log = logging.getLogger("lineage_ledger.snakemake")
 
 
 class SidecarSink:
-    """Sends each job line to ``python -m snakemake_logger_plugin_ledger._sidecar``."""
+    """Sends each job line to the sidecar process (``snakemake_logger_plugin_ledger._sidecar``)."""
 
     def __init__(self, config: dict[str, Any], journal_fd: int | None) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +25,8 @@ class SidecarSink:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         fds = (journal_fd,) if journal_fd is not None else ()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "snakemake_logger_plugin_ledger._sidecar",
-             json.dumps({**config, "journal_fd": journal_fd})],
+            # Not ``-m``: it put the workflow's directory first on sys.path (lineage_ledger._launch).
+            module_command("snakemake_logger_plugin_ledger._sidecar", json.dumps({**config, "journal_fd": journal_fd})),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env, text=True,
         )
         self.timeout = float(config.get("flush_timeout", 300.0))
