@@ -270,7 +270,8 @@ def report_lines(report: Report, unchecked: Sequence[str] = ()) -> list[str]:
     for absent in report.absent:
         count = len(absent.paths) + absent.more
         lines.append(f"\nnote: {count} file(s) that records name under {_short(absent.directory)} are not on disk "
-                     "(deleted or moved since; not a failure):")
+                     "(deleted or moved since; not a failure; each proved by its record, the list read from "
+                     "the index, whose completeness only the full audit checks):")
         lines.extend(f"  {_short(path)}" for path in absent.paths)
         if absent.more:
             lines.append(f"  ... and {absent.more} more")
