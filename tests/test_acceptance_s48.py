@@ -7,8 +7,11 @@ by the product's own append), after the user's account verified the ledger once,
 requires what the issue requires: an index row that disagrees with its record is a failure
 (exit 1), never an answer; a rewritten history fails in every command.
 
-The strict xfails are findings of this session, each failing on the code it was written
-against; their reasons say what a user meets.
+Findings of this session, each failing on the code before 92862e1 (which fixed all but the
+one still marked, a strict xfail whose reason says what a user meets): ``depends -n N`` hid a
+reader of a walked file version, or of a full first page, whose index row was edited, deleted
+or moved past the head; ``show`` of a verified record gone from the store said "no record";
+``lineage-ledger migrate`` refused the schema-2 ledger it is named to migrate.
 """
 
 from __future__ import annotations
@@ -105,22 +108,15 @@ def _reader_hidden(ledger, edit: str, *args: str):
     return run_cli("depends", "--ledger", url, *args, cwd=work), ids["r2"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): `depends -n N FILE` walks to a file version read by more than N tasks and "
-    "lists a page of its readers looked up by (path, digest), which no count or candidate checks: "
-    "one reader's index row edited (digest or path), deleted, or moved past the head hides that "
-    "task from the answer, exit 0"))
 @pytest.mark.parametrize("edit", sorted(EDITS_OF_A_READERS_ROW))
 def test_depends_of_a_source_lists_every_oldest_reader_of_the_version_it_walks_to(ledger, edit):
+    # The page of one version's readers was looked up by (path, digest) and checked by nothing.
     result, hidden = _reader_hidden(ledger, edit, "-n", "3", "src.txt")
     assert result.returncode == 1 or (result.returncode == 0 and hidden in result.stdout), (
         result.returncode, result.stdout, result.stderr)
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): the same on PostgreSQL: `depends -n 3 src.txt` walks to v.txt, read by 5 "
-    "tasks, and one reader's digest column edited hides that task from the page, exit 0"))
 def test_depends_on_postgres_lists_every_oldest_reader_of_the_version_it_walks_to(tmp_path, postgres_url):
     import psycopg
 
@@ -137,13 +133,8 @@ def test_depends_on_postgres_lists_every_oldest_reader_of_the_version_it_walks_t
         result.returncode, result.stdout, result.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): `depends -n N FILE` with more than N readers: a reader's index row moved "
-    "to a sequence number past the verified head is left out as if appended meanwhile, and the "
-    "index's count of the rest, which still counts that row, matches the names kept: the task is "
-    "hidden from the page, exit 0 (the docs say a row naming a record the store does not hold "
-    "raises IndexTampered)"))
 def test_depends_full_first_page_of_a_file_hides_no_reader_whose_row_moved_past_the_head(ledger):
+    # The row past the head was left out as appended meanwhile, yet counted in the rest.
     result, hidden = _reader_hidden(ledger, "seq past the head", "-n", "3", "v.txt")
     assert result.returncode == 1 or (result.returncode == 0 and hidden in result.stdout), (
         result.returncode, result.stdout, result.stderr)
@@ -157,22 +148,20 @@ def test_depends_full_first_page_of_a_file_refuses_a_readers_row_deleted_or_move
     assert "IndexTampered" in result.stderr or "index" in result.stderr.lower()
 
 
-SHOW_NO_SUCH_RECORD = pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): `show ID` of a verified record whose row was deleted from the store (or "
-    "whose id column was edited) answers 'no record with id ...', exit 2, as for an id never "
-    "recorded; `log`, `why` and `depends` on the same ledger exit 1 naming the record as verified "
-    "and missing"))
-
-
-@pytest.mark.parametrize("edit", [pytest.param("deleted", marks=SHOW_NO_SUCH_RECORD),
-                                  pytest.param("id edited", marks=SHOW_NO_SUCH_RECORD)])
+@pytest.mark.parametrize("edit", ["deleted", "id edited"])
 def test_show_of_a_verified_record_removed_from_the_store_is_a_failure_not_no_such_record(ledger, edit):
+    """Found by helper-153 (s48): `show` answered 'no record with id ...', exit 2, as for an id
+    never recorded, where log/why/depends exit 1; fixed in 92862e1 for a full id (a prefix's
+    'no record' now says the stored ids were not checked)."""
     work, url, ids = ledger
     seq = _seq_of(url, ids["r2"])
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    (full_id,) = connection.execute("SELECT id FROM ll_records WHERE seq = ?", (seq,)).fetchone()
+    connection.close()
     _edit(url, f"DELETE FROM ll_artifacts WHERE seq = {seq}; DELETE FROM ll_records WHERE seq = {seq}"
           if edit == "deleted" else f"UPDATE ll_records SET id = 'ffff' || substr(id, 5) WHERE seq = {seq}")
     assert run_cli("log", "--ledger", url, "-n", "0", cwd=work).returncode == 1  # the others say so
-    result = run_cli("show", "--ledger", url, ids["r2"], cwd=work)
+    result = run_cli("show", "--ledger", url, full_id, cwd=work)
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
 
 
@@ -289,13 +278,9 @@ def test_a_tail_rewritten_by_the_products_own_append_fails_everywhere(tmp_path):
 
 
 # -- schema 2: the one command the refusal names --------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): `lineage-ledger migrate` of a schema-2 ledger (SQLite, PostgreSQL) exits 2 with "
-    "'must be migrated ... run `lineage-ledger migrate`': the command first opens the ledger "
-    "for reading to refuse a mistyped path (core/_cli/trust.py), and that read refuses schema 2; "
-    "only a writer (`lineage-ledger run`) migrates it"))
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_the_migrate_command_that_readers_name_migrates_a_schema_2_ledger(tmp_path, request, backend):
+    # It opened the ledger for reading first (to refuse a mistyped path), and readers refuse schema 2.
     from tests.backend_conformance import chain_of
     from tests.test_sql_store import build_schema_2, mixed_records
 
