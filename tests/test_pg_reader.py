@@ -163,7 +163,8 @@ def test_read_commands_keep_the_writers_trusted_state(postgres_url, tmp_path):
     verify = [os.path.join(os.path.dirname(sys.executable), "verify-lineage"), "--ledger", postgres_url]
     first = subprocess.run(verify, capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert os.listdir(state) == [os.path.basename(writer_state)]
+    # One state, the writer's, and its lock beside it.
+    assert sorted(os.listdir(state)) == [os.path.basename(writer_state), os.path.basename(writer_state) + ".lock"]
     import psycopg
 
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # the tail, rewritten and re-chained
