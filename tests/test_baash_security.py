@@ -274,6 +274,42 @@ def test_socket_directories_are_private(tmp_path):
         bind_unix(str(tmp_path / "planted" / "s.sock"))
 
 
+@pytest.mark.parametrize("mode", [0o755, 0o1777, 0o775])
+def test_an_existing_socket_directory_keeps_its_mode(tmp_path, mode):
+    """A socket named in a directory that exists (a home, /tmp as root): its mode was made
+    0700, closing it to every other user (/tmp for the whole machine). Now it is left as it is,
+    used where no other user may write it, refused where they may."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(mode)
+    if mode & 0o022:
+        with pytest.raises(ConfigError, match="can be written by other users"):
+            bind_unix(str(existing / "s.sock"))
+        assert not (existing / "s.sock").exists()
+    else:
+        with bind_unix(str(existing / "s.sock")):
+            assert stat.S_IMODE((existing / "s.sock").stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777])
+def test_an_existing_storage_directory_keeps_its_mode(tmp_path, mode):
+    """``--storage`` naming a directory that exists (``.``, a home, /tmp as root): it was made
+    0700. Now its mode is left as it is; one others may write is refused before anything is
+    made in it. What the service makes (blocks/) is private."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(mode)
+    if mode & 0o022:
+        with pytest.raises(ConfigError, match="refusing to use it"):
+            SharedStore(str(existing))
+        assert list(existing.iterdir()) == []
+    else:
+        SharedStore(str(existing))
+        assert stat.S_IMODE((existing / "blocks").stat().st_mode) == 0o700
+    assert stat.S_IMODE(existing.stat().st_mode) == mode
+
+
 # -- items 1-2 against a real service ----------------------------------------------------------
 
 

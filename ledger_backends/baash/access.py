@@ -252,17 +252,30 @@ def resolve_user(who: str) -> int:
 
 
 def private_dir(path: str, *, group: int | None = None) -> str:
-    """Create (or take over) ``path`` as a directory only this uid (and ``group``, to reach
-    sockets by name) can enter: mode 0700, or 0710 with the group. An existing one must be a
-    real directory owned by this uid; anything else (a link, another owner) is refused."""
+    """Create ``path`` as a directory only this uid (and ``group``, to reach sockets by name)
+    can enter: mode 0700, or 0710 with the group. An existing one must be a real directory
+    owned by this uid that no other user can write; its mode is left as it is. (It was
+    taken over, made 0700: ``--socket /tmp/baash.sock`` run as root made /tmp 0700 for
+    the whole machine, and a socket in a home directory closed the home to everyone.)
+    Anything else (a link, another owner, a directory others may write) is refused."""
     try:
         os.mkdir(path, 0o700)
+        made = True
     except FileExistsError:
-        pass
+        made = False
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise ConfigError(f"{path} exists but is not a directory owned by uid {os.getuid()} "
                           f"(found uid {info.st_uid}, mode {info.st_mode:o}); refusing to use it")
+    if not made:
+        group_may_write = info.st_mode & stat.S_IWGRP and (group is None or info.st_gid != group)
+        if info.st_mode & stat.S_IWOTH or group_may_write:
+            raise ConfigError(
+                f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}), who could replace "
+                "the socket there; refusing to use it, and its mode is left as it is: name a socket in a "
+                "directory only this user can write (a new one is made 0700; without --socket, "
+                "$XDG_RUNTIME_DIR/lineage-ledger-baash)")
+        return path
     os.chmod(path, 0o700, follow_symlinks=False)
     if group is not None:
         os.chown(path, -1, group, follow_symlinks=False)

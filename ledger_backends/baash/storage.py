@@ -35,28 +35,39 @@ class SharedStore:
         self.root = os.path.abspath(root)
         self.blocks_dir = os.path.join(self.root, "blocks")
         self.log_path = os.path.join(self.root, "chain.log")
+        # Whoever may write the storage (or swap it, through a directory above) could put a
+        # history and rank keys of their own in place of the ledger's, as the allow-list in it
+        # is refused then: only this user or root may own and write it. An existing one is
+        # checked before anything is made in it (`--storage /tmp` is refused, nothing left).
+        existed = os.path.isdir(self.root)
+        if existed:
+            self._refuse_unsafe()
         # Private whatever the umask: the blocks hold every record, parameters included, and
         # only the service's own uid reads them (clients go through the allow-listed socket).
+        # A root that existed is the user's (a home, /tmp as root): its mode is left as it is
+        # (it was made 0700, which closed /tmp to every other user of the machine).
         try:
             for directory in (self.root, self.blocks_dir):
                 os.makedirs(directory, mode=0o700, exist_ok=True)
                 info = os.stat(directory)
-                if info.st_uid == os.getuid() and info.st_mode & 0o777 != 0o700:
+                ours = directory == self.blocks_dir or not existed
+                if ours and info.st_uid == os.getuid() and info.st_mode & 0o777 != 0o700:
                     os.chmod(directory, 0o700)  # only a change: read-only storage is served as it is
         except OSError as exc:
             raise ConfigError(f"the BAASH storage {self.root}: {exc.strerror}") from exc
-        # Whoever may write the storage (or swap it, through a directory above) could put a
-        # history and rank keys of their own in place of the ledger's, as the allow-list in it
-        # is refused then: only this user or root may own and write it.
-        unsafe = unsafe_directory(self.root, {os.getuid(), 0})
-        if unsafe is not None:
-            raise ConfigError(f"the BAASH storage {self.root}: {unsafe}; refusing to use it (only the service's "
-                              "user or root may own and write it and the directories above it)")
+        if not existed:
+            self._refuse_unsafe()
         self.ids: list[str] = []          # block id by height, as far as read
         self._log_offset = 0
         self.lookups = 0                  # how often storage was asked for a hash
         self.writes_skipped = 0           # blocks found already stored by that look-up
         self._lock = threading.Lock()     # the daemon's threads share one store
+
+    def _refuse_unsafe(self) -> None:
+        unsafe = unsafe_directory(self.root, {os.getuid(), 0})
+        if unsafe is not None:
+            raise ConfigError(f"the BAASH storage {self.root}: {unsafe}; refusing to use it (only the service's "
+                              "user or root may own and write it and the directories above it)")
 
     # -- the chain's order ---------------------------------------------------------------
     def refresh(self) -> list[str]:
