@@ -19,15 +19,19 @@ import shutil
 
 import pytest
 
+from tests.conftest import made_once
+
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to uid 65534 needs root; CI runs as root")
 
 
 @pytest.fixture
-def published(cli, workdir):
-    """A ledger, the owner's key pair and a checkpoint signed with it; then the ledger is
-    rewritten (replaced by another history) and its rewriter signs a checkpoint of it with a
-    key of their own, ``forged.cp``, whose public key is ``attacker.key.pub``."""
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``published`` is made once and put back there."""
+    return shared_workdir
+
+
+def _published(cli, workdir):
     keys = workdir / "keys"
     keys.mkdir(mode=0o755)
     (workdir / "in.txt").write_text("data\n")
@@ -40,7 +44,13 @@ def published(cli, workdir):
     cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", env=theirs, check_rc=0)
     cli("keygen", "attacker.key", "--name", "lab/key", env=theirs, check_rc=0)
     cli("checkpoint", "--key", "attacker.key", "-o", "forged.cp", env=theirs, check_rc=0)
-    return workdir
+
+
+#: A ledger, the owner's key pair and a checkpoint signed with it; then the ledger is rewritten
+#: (replaced by another history) and its rewriter signs a checkpoint of it with a key of their
+#: own, ``forged.cp``, whose public key is ``attacker.key.pub``. Six commands, made once for
+#: the module's tests that start from them (conftest's made_once).
+published = made_once(_published, "published")
 
 
 def _verify(cli, workdir, pubkey):
