@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from lineage_ledger._launch import module_command
+
 from ._preflight import POLICIES
 
 
@@ -108,4 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["LINEAGE_LEDGER_URL"] = url  # type: ignore[assignment]
         url = None
     args = run_args(snakemake_args, url, ours.ledger_policy)
-    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args])
+    # Not ``-m snakemake``: it put the workflow's directory first on sys.path, and a json.py
+    # planted in a shared project folder ran at start-up (plain `snakemake` imports nothing
+    # from there; lineage_ledger._launch, tests/test_attack_s48.py).
+    os.execv(sys.executable, module_command("snakemake", *args))
