@@ -63,11 +63,10 @@ def test_snakemake_with_the_ledger_logger_imports_nothing_planted_in_the_project
     assert "all" in shown.stdout, shown.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snakemake-ledger execs `python -m snakemake` (plugins/snakemake/.../cli.py), which puts the "
-    "workflow's directory first on sys.path: a json.py planted in a shared project folder runs as the "
-    "user at start-up (plain `snakemake` with the same logger imports nothing from there)"))
 def test_snakemake_ledger_wrapper_imports_nothing_planted_in_the_project(tmp_path):
+    """snakemake-ledger exec'd ``python -m snakemake``, which put the workflow's directory first on
+    sys.path: a json.py planted in a shared project folder ran as the user at start-up (failing
+    before 817d142; plain ``snakemake`` with the same logger imported nothing from there)."""
     project, marker = _planted_project(tmp_path)
     url = f"sqlite:///{tmp_path}/ledger.db"
     result = run_cli("--ledger", url, "-c1", cwd=project, program="snakemake-ledger")
@@ -164,12 +163,11 @@ def test_reset_trust_during_an_audits_swap_waits_for_it_then_forgets(workdir, pr
 
 
 @needs_strace
-@pytest.mark.xfail(strict=True, reason=(
-    "reset-trust removes the state file by file (shutil.rmtree in directory order) while readers take no "
-    "lock: a command started meanwhile reads head.json still there with starts.bin already gone and fails, "
-    "exit 2, 'starts.bin is cut short (0 of the 8 bytes its head covers); run `lineage-ledger reset-trust`' "
-    "(removing head.json first, or renaming the directory aside before removing it, leaves it no head)"))
 def test_a_command_started_while_reset_trust_removes_the_state_verifies(workdir, private_state):
+    """reset-trust removed the state file by file (shutil.rmtree in directory order) while readers
+    take no lock: a command started meanwhile read head.json still there with starts.bin gone and
+    failed, exit 2, 'starts.bin is cut short ... run `lineage-ledger reset-trust`' (failing before
+    817d142, which renames the state aside first)."""
     state = _recorded_and_verified(workdir, private_state)
     order = [entry.name for entry in os.scandir(state)]
     before_head = order.index("head.json")  # the files rmtree removes before it
