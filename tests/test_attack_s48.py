@@ -89,6 +89,13 @@ def _strace_works() -> bool:
 needs_strace = pytest.mark.skipif(not _strace_works(), reason="needs strace, allowed to trace (ptrace)")
 
 
+def _within_the_hold(held_since: float) -> None:
+    """Skip where the command run against a held process took longer than the hold (a machine
+    under heavy load): what it met is then not known."""
+    if time.monotonic() - held_since > HELD - 0.5:
+        pytest.skip(f"the command took longer than the {HELD} s hold: the machine is too loaded to tell")
+
+
 def _recorded_and_verified(workdir: Path, private_state: Path) -> Path:
     """One recorded step, audited once; returns the state directory."""
     (workdir / "in.txt").write_text("data\n")
@@ -152,7 +159,10 @@ def test_reset_trust_during_an_audits_swap_waits_for_it_then_forgets(workdir, pr
     state = _recorded_and_verified(workdir, private_state)
     audit, _ = _audit_held_after_its_swap(workdir, state, swap)
     try:
+        held_since = time.monotonic()
         reset = run_cli("reset-trust", cwd=workdir, check_rc=0)
+        if "waiting for the audit" not in reset.stderr:  # it found the lock free: within the hold, wrongly
+            _within_the_hold(held_since)
     finally:
         out, err = audit.communicate(timeout=120)
     assert audit.returncode == 0, (out, err)
@@ -225,7 +235,9 @@ def test_a_command_that_read_the_head_before_the_state_changed_verifies(workdir,
             assert reader.poll() is None, reader.communicate()
             assert time.monotonic() < deadline, "the reader never opened the head"
             time.sleep(0.05)  # polling a file strace writes: no event to wait on
+        held_since = time.monotonic()
         run_cli(meanwhile, cwd=workdir, check_rc=0)
+        _within_the_hold(held_since)
     finally:
         out, err = reader.communicate(timeout=120)
     assert (reader.returncode, "cut short" in err) == (0, False), (out, err)
