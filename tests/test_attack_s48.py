@@ -1,7 +1,9 @@
 """helper-154's attack on the forty-eighth session's changes (22b0303, 92862e1, c714193).
 
-Each finding is a strict xfail whose reason says what a user meets; each passing test is a
-property the session's changes promise that no other test checked.
+Each finding was a strict xfail whose reason said what a user met, until fixed (five: the
+snakemake-ledger start, reset-trust's removal under a reader, a head read just before it,
+renameat2 refused with EPERM, a file rewritten by its real path and read through a link); each
+other test is a property the session's changes promise that no other test checked.
 """
 
 from __future__ import annotations
@@ -208,18 +210,13 @@ def test_a_command_started_while_reset_trust_removes_the_state_verifies(workdir,
     assert "verified" in reader.stdout, reader.stdout
 
 
-READ_THE_HEAD_BEFORE_RESET = pytest.mark.xfail(strict=True, reason=(
-    "a command that read the head just before reset-trust moved the state away then finds the state's files "
-    "gone and fails, exit 2, 'starts.bin is cut short (0 of the 8 bytes its head covers); run `lineage-ledger "
-    "reset-trust`' (what it is told to run is what just ran): a head whose directory went away under it is "
-    "a state that changed, to be read again (as after an audit's exchange, which this same reader survives)"))
-
-
 @needs_strace
-@pytest.mark.parametrize("meanwhile", [pytest.param("reset-trust", marks=READ_THE_HEAD_BEFORE_RESET), "verify"])
+@pytest.mark.parametrize("meanwhile", ["reset-trust", "verify"])
 def test_a_command_that_read_the_head_before_the_state_changed_verifies(workdir, private_state, meanwhile):
     """A targeted verify held just after it opened head.json while reset-trust, or a full audit
-    (which swaps a new state in and removes the old one), runs to its end."""
+    (which swaps a new state in and removes the old one), runs to its end. (Under reset-trust it
+    failed, exit 2, "starts.bin is cut short ... run `lineage-ledger reset-trust`", until the head
+    was read again where its directory moved away: helper-154's strict xfail, fixed.)"""
     state = _recorded_and_verified(workdir, private_state)
     log = Path(tempfile.mkdtemp(prefix="strace-", dir=workdir.parent)) / "reader.log"  # this test's own
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
@@ -259,13 +256,11 @@ def test_a_full_audit_where_renameat2_is_refused_with_eperm_swaps_by_two_renames
 
 
 # -- links: an honest file read through a link --------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "a file written through a link (W: lnk/v.txt, v1), rewritten by its real path by a recorded task (W2: "
-    "real/v.txt, v2) and read through the link (R: lnk/v.txt, v2) fails verify-lineage, exit 1, 'LineageBroken: "
-    "lnk/v.txt: consumed as v2, but no recorded task produced that version', though W2 did: "
-    "Lineage._alias_broken asks for a producer of v2 under the link's spelling only (the real path's producer "
-    "is not looked at); fails on the code before this session too"))
 def test_a_file_rewritten_by_its_real_path_and_read_through_a_link_verifies(workdir, cli):
+    """W writes lnk/v.txt (v1) through a link, W2 rewrites real/v.txt (v2) by its real path, R reads
+    lnk/v.txt (v2): verify-lineage failed the honest file, "consumed as v2, but no recorded task
+    produced that version", looking for a producer under the link's spelling only (helper-154's
+    strict xfail; it failed before this session too)."""
     (workdir / "real").mkdir()
     (workdir / "lnk").symlink_to("real")
     (workdir / "src.txt").write_text("source\n")

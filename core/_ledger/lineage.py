@@ -213,7 +213,7 @@ class LineageQueries:
                 # this version under either name: _spellings). But a path a task produced, read
                 # through a link to bytes no task made under it, is a version of it nobody made,
                 # as after an edit in place: broken, though its real path is a source.
-                if self._alias_broken(input_path, entry["blake3"], producer):
+                if self._alias_broken(input_path, entry["blake3"], producer, entry["alias_of"]):
                     node.parents.append(LineageNode(input_path, entry["blake3"], "broken"))
                 continue
             if aliased and not os.path.lexists(input_path):
@@ -229,10 +229,13 @@ class LineageQueries:
                 summary = memo[(SUMMARY, producer.id)] = producer_summary(producer)
             node.producer = summary
 
-    def _alias_broken(self, alias: str, digest: str, consumer: LedgerRecord) -> bool:
-        """Whether ``consumer`` read ``alias`` (a path it named, a link to another file) in a
-        version no recorded task produced under that name while one produced another."""
-        return not self._find("out", alias, digest) and self._produced_before(alias, consumer)
+    def _alias_broken(self, alias: str, digest: str, consumer: LedgerRecord, real: str) -> bool:
+        """Whether ``consumer`` read ``alias`` (a path it named, a link to ``real``) in a
+        version no recorded task produced, under that name or by the real path it read (a
+        task that rewrote the file by its real path made it: tests/test_attack_s48.py), while
+        one produced another under that name."""
+        return not self._find("out", alias, digest) and not self._find("out", real, digest) \
+            and self._produced_before(alias, consumer)
 
     def _inside_directory(self, path: str, digest: str, consumer, memo, slim) -> Nested[LineageNode | None]:
         """A file no task produced by itself, read in the version a recorded directory it lies
