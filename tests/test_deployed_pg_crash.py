@@ -209,7 +209,7 @@ def test_verify_lineage_whose_server_goes_away_mid_read_says_so(server, tmp_path
     try:
         wait_until_blocked(server, url, verify)
         if env:  # the workers are there, and one of them (or the parent) waits
-            children = subprocess.run(["ps", "-o", "args=", "--ppid", str(verify.pid)], capture_output=True,
+            children = subprocess.run(["ps", "-ww", "-o", "args=", "--ppid", str(verify.pid)], capture_output=True,
                                       text=True).stdout
             assert "audit_parallel" in children, children
         crash(server, how=how)

@@ -124,9 +124,10 @@ _worker_entry()
 
 def worker_command() -> list[str]:
     """The command that starts an audit worker (:data:`_BOOT`)."""
-    import lineage_ledger
-
-    return [sys.executable, "-c", _BOOT, json.dumps(list(lineage_ledger.__path__))]
+    # The package this module is in, imported already (no import of the top package here:
+    # this layer does not import the one above it, tests/test_layout.py).
+    package = sys.modules[__name__.partition(".")[0]]
+    return [sys.executable, "-c", _BOOT, json.dumps(list(package.__path__))]
 
 
 def plan(backend: Any, records: int, stop: int) -> list[Task] | None:

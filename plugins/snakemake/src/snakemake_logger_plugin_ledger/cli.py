@@ -23,8 +23,6 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from lineage_ledger._launch import module_command
-
 from ._preflight import POLICIES
 
 
@@ -113,4 +111,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Not ``-m snakemake``: it put the workflow's directory first on sys.path, and a json.py
     # planted in a shared project folder ran at start-up (plain `snakemake` imports nothing
     # from there; lineage_ledger._launch, tests/test_attack_s48.py).
-    os.execv(sys.executable, module_command("snakemake", *args))
+    from ._sinks import _BOOT
+
+    os.execv(sys.executable, [sys.executable, "-c", _BOOT, "snakemake", *args])
