@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.faults import needs_strace
 
 # -- c714193: no code from the directory a workflow runs in -----------------------------------
 PLANTED = ("json", "msgspec", "blake3")
@@ -79,16 +79,6 @@ def test_snakemake_ledger_wrapper_imports_nothing_planted_in_the_project(tmp_pat
 
 # -- 22b0303: the full audit's swap, killed or raced ------------------------------------------
 HELD = 5  # seconds strace holds the audit just after its swap's rename
-
-
-def _strace_works() -> bool:
-    if shutil.which("strace") is None:
-        return False
-    probe = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=none", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
-needs_strace = pytest.mark.skipif(not _strace_works(), reason="needs strace, allowed to trace (ptrace)")
 
 
 def _within_the_hold(held_since: float) -> None:

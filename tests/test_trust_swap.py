@@ -17,7 +17,6 @@ tmpfs, XFS, Btrfs), and the two renames where the file system lacks it (NFS; str
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,18 +25,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.faults import needs_strace
 
 HELD = 10  # seconds the audit is held in its swap: longer than a command used to wait for it
 
 
-def _strace_works() -> bool:
-    if shutil.which("strace") is None:
-        return False
-    probe = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=none", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _strace_works(), reason="needs strace, allowed to trace (ptrace)")
+pytestmark = needs_strace
 
 
 def _state_of(root: Path) -> Path:

@@ -375,11 +375,10 @@ def migrate(ledger_url) -> None:
 
     from .._errors import NeedsMigration
 
-    try:
-        with open_backend(ledger_url, create=False):  # a mistyped path: "no ledger at PATH", nothing created
-            pass
-    except NeedsMigration:
-        pass  # what this command is for: the writer below migrates it
+    # A mistyped path: "no ledger at PATH", nothing created. A ledger of an older schema is
+    # what this command is for: the writer below migrates it.
+    with contextlib.suppress(NeedsMigration), open_backend(ledger_url, create=False):
+        pass
     with open_backend(ledger_url) as backend:
         changed = backend.migrate() if hasattr(backend, "migrate") else False
     click.echo("migrated" if changed else "already current", err=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -96,3 +97,15 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+def _strace_works() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    probe = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=none", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+#: Tests that hold a process in a system call with strace's syscall delays (a window of
+#: microseconds made seconds long, so that what runs in it does not depend on luck).
+needs_strace = pytest.mark.skipif(not _strace_works(), reason="needs strace, allowed to trace (ptrace)")
