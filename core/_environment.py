@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import functools
-import getpass
 import os
-import platform
 import re
-import socket
 import stat
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -83,6 +80,8 @@ def _container() -> str | None:
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry inside some containers
@@ -91,6 +90,11 @@ def _user() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _static() -> dict[str, Any]:
+    # The probe's modules are imported when a task is recorded, not by every process that
+    # reads a ledger (a CLI start).
+    import platform
+    import socket
+
     environment: dict[str, Any] = {
         "host": socket.gethostname(),
         "user": _user(),

@@ -11,24 +11,48 @@ from __future__ import annotations
 import click
 
 from .._closed_output import hold_closed_standard_streams
-from . import reading, recording, trust
 from .common import Guarded, guard
-from .export import export, graph
 
 __all__ = ["cli", "main", "verify_main"]
 
+# Each command's module is imported when the command runs (or --help lists them): a
+# process started for one command loads that command's code alone, not the recording,
+# reading, trust and export modules together (a CLI start is most of a targeted verify's
+# time, and the tests start the CLI thousands of times). Exports and the lineage picture
+# load their formats only when run.
+_COMMANDS = {
+    "run": "recording:run", "adopt": "recording:adopt", "hash": "recording:hash_command",
+    "spool": "recording:spool", "log": "reading:log_command", "show": "reading:show",
+    "consistency": "reading:consistency", "why": "reading:why", "depends": "reading:depends",
+    "verify": "trust:verify", "keygen": "trust:keygen", "checkpoint": "trust:checkpoint",
+    "reset-trust": "trust:reset_trust", "migrate": "trust:migrate", "repair-index": "trust:repair_index",
+    "export": "export:export", "graph": "export:graph",
+}
 
-@click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"]})
+
+def _command(target: str) -> click.Command:
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), attr)
+
+
+class _Commands(Guarded):
+    """The top group: its own commands imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            self.add_command(_command(_COMMANDS[cmd_name]), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lineage-ledger")
 def cli() -> None:
     """A provenance ledger for scientific workflows: record what ran on which bytes, verify it later."""
-
-
-for command in (recording.run, recording.adopt, recording.hash_command, recording.spool,
-                reading.log_command, reading.show, reading.consistency, reading.why, reading.depends,
-                trust.verify, trust.keygen, trust.checkpoint, trust.reset_trust, trust.migrate, trust.repair_index,
-                export, graph):  # standard exports and the lineage picture load their formats when run
-    cli.add_command(command)
 
 
 class _LazyGroup(click.Group):
@@ -73,5 +97,5 @@ def main() -> None:
 
 def verify_main() -> None:
     hold_closed_standard_streams()
-    guard(lambda: trust.verify.main(prog_name="verify-lineage", standalone_mode=True))
+    guard(lambda: _command(_COMMANDS["verify"]).main(prog_name="verify-lineage", standalone_mode=True))
 

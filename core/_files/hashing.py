@@ -21,7 +21,6 @@ import os
 import stat as stat_module
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from .._errors import ArtifactError, describe_os_error
 from .._model import Artifact, DirectoryArtifact
@@ -316,6 +315,10 @@ class Hasher:
                 break  # a small file that took long: waiting on storage
         if done < len(misses):
             rest = misses[done:]
+            # Imported here: threads are for storage that makes a reader wait, and a
+            # process that hashes a few files (a CLI start) need not load the pool.
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
                 for index, artifact in zip(rest, pool.map(hasher, [ordered[i] for i in rest]), strict=True):
                     results[index] = artifact
