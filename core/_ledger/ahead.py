@@ -34,6 +34,11 @@ __all__ = ["LookAhead", "LookingAhead"]
 # next records its paths name. A statement per record was a tenth of a full audit's checks
 # of outputs on disk; more at once would hold more unproved bytes (a wide record's are large).
 _BODIES_AHEAD = 64
+# Bodies read in one statement by the loop that settles a window (_settle_ahead): there every
+# row read is proved and decoded at once, and its record kept (the decode cache holds 10,000),
+# so a larger batch holds no more unproved bytes for long; 64 a statement was 160 statements
+# for 10,000 tasks' outputs.
+_SETTLE_BODIES = 500  # the SQL back-ends read 500 ids a statement
 
 
 @dataclass
@@ -107,7 +112,9 @@ class LookingAhead:
             for p, key in given.items():
                 if key in own:
                     batch.keys[p] = batch.keys[key] = key
-            keys = list(dict.fromkeys(filter(None, map(self._key_ahead, given))))
+            # Most paths are their own keys by now (set above): only the others are worked out.
+            known = batch.keys
+            keys = list(dict.fromkeys(filter(None, [known.get(p) or self._key_ahead(p) for p in given])))
             batch.wanted = keys
             batch.bound = self._bound()
             batch.names = self.verifier.store.names_many(keys) or {}
@@ -119,11 +126,13 @@ class LookingAhead:
             places = backend.find_places_many("out", keys)
             batch.places.update({("out", k): places.get(k, []) for k in keys})
             # The records the look-ups will prove, in the order they will come to them.
-            order = batch.order
+            order, latest, placed = batch.order, batch.latest, batch.places
             for key in keys:
-                reader = batch.latest[("in", key)]
-                for located in [*batch.places[("out", key)], *((reader[0],) if reader is not None else ())]:
+                for located in placed[("out", key)]:
                     order.setdefault(located.record.id, len(order))
+                reader = latest[("in", key)]
+                if reader is not None:
+                    order.setdefault(reader[0].record.id, len(order))
             batch.ids = list(order)
             yield
         finally:
@@ -204,12 +213,13 @@ class LookingAhead:
         if not self._head_current:
             self.tree_head()
         start_of = self.verifier.store.block_start
-        for at in range(0, len(wanted), _BODIES_AHEAD):
-            part = wanted[at : at + _BODIES_AHEAD]
+        proved, producers = self._proved, batch.found
+        for at in range(0, len(wanted), _SETTLE_BODIES):
+            part = wanted[at : at + _SETTLE_BODIES]
             rows = self._with_bodies([row for _key, (row, _leaf) in part])
             for (key, (_row, leaf)), row in zip(part, rows, strict=True):
                 try:
-                    entry = self._proved(row)
+                    entry = proved(row)
                 except (IndexTampered, RecordTampered):
                     continue  # raised again by the general path, for this path alone
                 if entry is None:
@@ -217,6 +227,6 @@ class LookingAhead:
                 named = entry.record.outputs.get(key)
                 if named is None or start_of(entry.height) + entry.position != leaf:
                     continue
-                batch.found[("out", key)] = [entry]  # the producers' look-up of the lineage that follows
+                producers[("out", key)] = [entry]  # the producers' look-up of the lineage that follows
                 settled[key] = (entry, "out", named)
         return settled
