@@ -6,22 +6,40 @@ STAMP := $(VENV)/.installed
 PLUGINS := plugins/snakemake plugins/parsl plugins/airflow plugins/nextflow
 PLUGIN_SRC := $(addsuffix /src,$(PLUGINS))
 
-.PHONY: install install-airflow install-fabric install-nextflow demo test test-fast lint bench bench-airflow clean
+.PHONY: install lock install-airflow install-fabric install-nextflow demo test test-fast lint bench bench-airflow clean
 
 # One resolve for the core, every back-end's extra, the three engines and their plugins, so
-# that pip sees every constraint at once (Airflow 3.3, Snakemake 9 and Parsl share this venv).
+# that every constraint is seen at once (Airflow 3.3, Snakemake 9 and Parsl share this venv).
+# uv installs it (on a clean machine in a fraction of pip's time: it fetches in parallel),
+# held to constraints.txt, pip's resolution, which the tests pass with; where uv cannot be
+# installed or fails, pip does the same install. `make lock` rewrites constraints.txt.
 # Plugins are their own src-layout distributions, installed editable: Snakemake finds its
 # logger plugin as a top-level module. setuptools leaves an egg-info in src/ beside the
 # package; Airflow would then see the plugin's entry point twice, so it is removed.
 # setuptools serves the core/ -> lineage_ledger mapping with an import hook and says so in
 # an "Editable installation" note on every install; that note (and only it) is filtered.
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+EDITABLES := -e '.[all,dev]' -e plugins/snakemake -e plugins/parsl -e 'plugins/airflow[openlineage]' -e plugins/nextflow
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet -e '.[all,dev]' \
-		-e plugins/snakemake -e plugins/parsl -e 'plugins/airflow[openlineage]' -e plugins/nextflow
+	if $(BIN)/python -m pip install --quiet uv && \
+		PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m uv pip install --quiet \
+			--python $(BIN)/python -c constraints.txt $(EDITABLES); then :; \
+	else \
+		echo "uv could not install the environment; pip installs it"; \
+		PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet \
+			-c constraints.txt $(EDITABLES); \
+	fi
 	rm -rf $(addsuffix /*.egg-info,$(PLUGIN_SRC))
 	touch $(STAMP)
+
+# pip resolves the install afresh in a new environment; its versions become constraints.txt.
+lock:
+	rm -rf build/lock && $(PYTHON) -m venv build/lock
+	build/lock/bin/python -m pip install --quiet --upgrade pip
+	PYTHONWARNINGS='ignore:Editable installation:UserWarning' build/lock/bin/python -m pip install --quiet $(EDITABLES)
+	{ sed -n '/^#/p' constraints.txt; build/lock/bin/python -m pip freeze --exclude-editable | sort; } > build/lock/constraints.txt
+	mv build/lock/constraints.txt constraints.txt && rm -rf build/lock $(addsuffix /*.egg-info,$(PLUGIN_SRC))
 
 install: $(STAMP)
 
