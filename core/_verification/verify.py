@@ -243,9 +243,7 @@ def verify_lineage(ledger: Ledger, targets: Iterable[str] = (), *, files: bool =
     with contextlib.ExitStack() as stack, _fewer_collections():
         mine = len(paths) if ahead is None else stack.enter_context(ahead).first
         for start, end in _windows(0, mine):
-            # Beside a second process verifying, files are hashed here, as there (.verify_ahead).
-            _verify_window(ledger, paths[start:end], report, files=files, audit=False, plain=plain, bounded=many,
-                           hash_files_ahead=ahead is None)
+            _verify_window(ledger, paths[start:end], report, files=files, audit=False, plain=plain, bounded=many)
         for start in range(mine, len(paths), _WINDOW):
             window = paths[start : start + _WINDOW]
             verified = ahead.verdicts(len(window)) if ahead is not None else [False] * len(window)

@@ -50,12 +50,9 @@ __all__ = ["AT_LEAST", "PACKAGE", "VerifyAhead", "split_at", "verify_ahead"]
 # own tasks costs; and the first SHOWN paths are verified here whatever (kept with their trees).
 AT_LEAST = 4_000
 # What the child's start costs, in paths this process verifies meanwhile (see AT_LEAST), and
-# how much longer a path takes the child than this process. Both hash their files themselves:
-# with two processes verifying, both processors are busy, and a third that hashes this one's
-# files (.hash_ahead) only added its start and the digests' pipe (verify-lineage DIR of 10,000
-# tasks' outputs at load 2-3, in turn: 2.74 s against 3.31 s, CPU 2.80 s against 3.13 s).
+# how much longer a path takes the child (it hashes its files itself: no third process).
 _START_COST = 1_500
-_SLOWER = 1.0
+_SLOWER = 1.15
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_verify_part.py")
 # The package this module belongs to (its folder, links resolved): the child answers only where
 # it is the parent's. Worked out from this file, not by importing the package from inside it.
