@@ -181,6 +181,7 @@ class ParslLedger:
         flushed = self.finish(timeout)
         key, self._borrowed = self._borrowed, None
         if key is not None:
+            assert isinstance(self.capture, ProcessCapture)  # a borrowed capture is the shared process
             _shared.release(key, self.capture)
         return flushed
 
