@@ -15,8 +15,6 @@ PLUGIN_SRC := $(addsuffix /src,$(PLUGINS))
 # installed or fails, pip does the same install. `make lock` rewrites constraints.txt.
 # Byte-compiled at install as pip does (uv does not by default): where PYTHONDONTWRITEBYTECODE
 # is set, as on this machine, every process would compile Airflow or Click from source again.
-# tools/quick_editable.py then swaps setuptools' import hook for a lighter one (35 ms of CPU
-# at every Python start in this environment, and the tests start Python thousands of times).
 # Plugins are their own src-layout distributions, installed editable: Snakemake finds its
 # logger plugin as a top-level module. setuptools leaves an egg-info in src/ beside the
 # package; Airflow would then see the plugin's entry point twice, so it is removed.
@@ -35,7 +33,6 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) constraints.txt
 			-c constraints.txt $(EDITABLES); \
 	fi
 	rm -rf $(addsuffix /*.egg-info,$(PLUGIN_SRC))
-	$(BIN)/python tools/quick_editable.py
 	touch $(STAMP)
 
 # pip resolves the install afresh in a new environment; its versions become constraints.txt.
@@ -86,7 +83,7 @@ test-fast: $(STAMP)
 # mypy cannot follow setuptools' editable import hook for the core/ -> lineage_ledger mapping,
 # so it checks a copy laid out as the installed package, with the plugins beside it.
 lint: $(STAMP)
-	$(BIN)/ruff check core ledger_backends tests bench examples tools $(PLUGIN_SRC)
+	$(BIN)/ruff check core ledger_backends tests bench examples $(PLUGIN_SRC)
 	rm -rf build/typecheck && mkdir -p build/typecheck
 	cp -r core build/typecheck/lineage_ledger && cp -r ledger_backends build/typecheck/lineage_ledger/backends
 	cd build/typecheck && ../../$(BIN)/mypy -p lineage_ledger
