@@ -16,108 +16,33 @@ __version__ = "0.1.0"
 # Every public name is imported on first use (PEP 562), so that a process pays only for
 # what it touches: ``verify-lineage FILE`` in a fresh process does not import the full
 # audit, the capture machinery (threads, shared memory, the recording process) or the
-# environment probe, and each CLI start the tests make is cheaper. Which module holds a
-# name is said once, here; the block under TYPE_CHECKING says the same to type checkers.
+# environment probe. The module that holds each name; the block under TYPE_CHECKING says the
+# same to type checkers, and tests/test_layout.py checks that the two agree.
 _HOME = {
-    "._canonical": (
-        "canonical_bytes",
-        "format_time",
-        "parse_time",
-        "utcnow",
-    ),
-    "._environment": ('current_environment',),
-    "._errors": (
-        "AppendConflict",
-        "ArtifactError",
-        "ArtifactMismatch",
-        "BackendError",
-        "BackendUnavailable",
-        "ChainBroken",
-        "CheckpointInvalid",
-        "ConfigError",
-        "CorruptStore",
-        "HistoryRewritten",
-        "IndexTampered",
-        "LedgerError",
-        "LineageBroken",
-        "MerkleMismatch",
-        "MissingExtra",
-        "NeedsMigration",
-        "NoLedger",
-        "ProofFailed",
-        "RecordPending",
-        "RecordTampered",
-        "SpoolCorrupt",
-        "SpoolError",
-        "SpoolFull",
-        "UnknownScheme",
-        "VerificationError",
-    ),
-    "._files.hashing": (
-        "Hasher",
-        "StatCache",
-        "hash_file",
-        "normalize_path",
-        "walk_files",
-    ),
-    "._files.manifest": ('Manifest',),
-    "._ledger.ledger": (
-        "DEFAULT_URL",
-        "Ledger",
-        "LedgerRecord",
-        "LineageNode",
-        "open_ledger",
-    ),
-    "._log.chain": (
-        "ChainSummary",
-        "build_block",
-        "verify_block",
-        "verify_chain",
-    ),
-    "._log.merkle": (
-        "MerkleBuilder",
-        "inclusion_proof",
-        "merkle_root",
-        "verify_inclusion",
-    ),
-    "._model": (
-        "Artifact",
-        "Block",
-        "BlockHeader",
-        "DirectoryArtifact",
-        "Record",
-        "StoredBlock",
-        "StoredRecord",
-        "artifact_map",
-    ),
-    "._verification.prerun": (
-        "Policy",
-        "check_before_run",
-        "check_each",
-        "verify_before_run",
-    ),
-    "._verification.verify": (
-        "ArtifactCheck",
-        "ArtifactStatus",
-        "Report",
-        "check_artifact",
-        "verify_artifact",
-        "verify_chain_of",
-        "verify_closure",
-        "verify_lineage",
-    ),
-    "._capture.task": ('TaskCapture',),
-    "._capture.report": (
-        "TaskRun",
-        "code_digest",
-        "jsonable",
-    ),
-    "._capture.process": ('ProcessCapture',),
-    "._ledger.recorder": ('Recorder',),
-    "._ledger.deferred": ('spool_first',),
-    "._capture.pending": ('PendingWrite',),
+    "._canonical": "canonical_bytes format_time parse_time utcnow",
+    "._environment": "current_environment",
+    "._errors": ("AppendConflict ArtifactError ArtifactMismatch BackendError BackendUnavailable "
+        "ChainBroken CheckpointInvalid ConfigError CorruptStore HistoryRewritten "
+        "IndexTampered LedgerError LineageBroken MerkleMismatch MissingExtra "
+        "NeedsMigration NoLedger ProofFailed RecordPending RecordTampered SpoolCorrupt "
+        "SpoolError SpoolFull UnknownScheme VerificationError"),
+    "._files.hashing": "Hasher StatCache hash_file normalize_path walk_files",
+    "._files.manifest": "Manifest",
+    "._ledger.ledger": "DEFAULT_URL Ledger LedgerRecord LineageNode open_ledger",
+    "._log.chain": "ChainSummary build_block verify_block verify_chain",
+    "._log.merkle": "MerkleBuilder inclusion_proof merkle_root verify_inclusion",
+    "._model": "Artifact Block BlockHeader DirectoryArtifact Record StoredBlock StoredRecord artifact_map",
+    "._verification.prerun": "Policy check_before_run check_each verify_before_run",
+    "._verification.verify": ("ArtifactCheck ArtifactStatus Report check_artifact verify_artifact "
+        "verify_chain_of verify_closure verify_lineage"),
+    "._capture.task": "TaskCapture",
+    "._capture.report": "TaskRun code_digest jsonable",
+    "._capture.process": "ProcessCapture",
+    "._ledger.recorder": "Recorder",
+    "._ledger.deferred": "spool_first",
+    "._capture.pending": "PendingWrite",
 }
-_LAZY = {name: module for module, names in _HOME.items() for name in names}
+_LAZY = {name: module for module, names in _HOME.items() for name in names.split()}
 
 if TYPE_CHECKING:
     from ._canonical import (

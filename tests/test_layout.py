@@ -100,3 +100,18 @@ def test_the_checker_sees_imports_inside_functions():
     graph = _graph()
     assert "lineage_ledger._ledger.recorder" in graph["lineage_ledger._ledger.ledger"]
     assert "lineage_ledger._files.manifest" in graph["lineage_ledger._files.hashing"]
+
+
+def test_the_packages_lazy_names_are_the_ones_type_checkers_see_and_all_exports():
+    """lineage_ledger imports its public names on first use (``_HOME``) and tells type checkers
+    the same names in a TYPE_CHECKING block: the two, and ``__all__``, name the same things
+    from the same modules, and each name is there."""
+    tree = ast.parse(open(os.path.join(CORE, "__init__.py"), encoding="utf-8").read())
+    (checking,) = [node for node in tree.body if isinstance(node, ast.If)
+                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"]
+    typed = {alias.name: "." * node.level + (node.module or "")
+             for node in checking.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert typed == lineage_ledger._LAZY
+    assert sorted(lineage_ledger.__all__) == sorted(typed)
+    for name in lineage_ledger.__all__:
+        assert getattr(lineage_ledger, name) is not None, name

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import random
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -47,12 +51,7 @@ __all__ = ["DEFAULT_URL", "Ledger", "LedgerRecord", "LineageNode", "gone_if_reme
 
 DEFAULT_URL = ".lineage/ledger.db"
 DEFAULT_SPOOL = ".lineage/spool"
-def _log() -> Any:
-    # logging, random, shutil and tempfile are imported where used: a CLI start that
-    # reads a few records needs none of them (each CLI start is most of a targeted verify).
-    import logging
-
-    return logging.getLogger("lineage_ledger")
+log = logging.getLogger("lineage_ledger")
 
 
 def _by_end(entry: LedgerRecord) -> tuple[str, tuple[int, int]]:
@@ -102,8 +101,6 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 self.backend.append(blocks)
             except AppendConflict:
                 # Another writer took the head; rebuild on theirs after a short random pause.
-                import random
-
                 time.sleep(random.uniform(0, min(0.05, 0.001 * (attempt + 1))))
                 continue
             # No count: the records through ours are in the ledger now, but this process's later
@@ -143,7 +140,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                 return
             head = self.verifier.refresh(endorsed=False)
         except (LedgerError, OSError) as err:
-            _log().warning("lineage-ledger: the blocks just appended to %s were not verified here: %s",
+            log.warning("lineage-ledger: the blocks just appended to %s were not verified here: %s",
                         self.backend.display_url, err)
             return
         self._saw(head.latest, head.size)
@@ -188,7 +185,7 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
                     if os.path.exists(segment.path):
                         os.close(segment.fd)
         if shipped:
-            _log().info("lineage-ledger: replayed %d records from %s", shipped, self.spool_dir)
+            log.info("lineage-ledger: replayed %d records from %s", shipped, self.spool_dir)
         if quarantined:
             raise describe_quarantine(quarantined)
         return shipped
@@ -213,9 +210,6 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
             # state kept under one of them is taken over, not audited afresh.
             return TrustStore(identity, origin, self._state_dir, earlier=earlier_names(identity))
         # A store of this process only (memory://): its tree lives and dies with the process.
-        import shutil
-        import tempfile
-
         self._private_state = tempfile.mkdtemp(prefix="lineage-trust-")
         # Removed with the ledger object too, for callers that never close it.
         weakref.finalize(self, shutil.rmtree, self._private_state, True)
@@ -599,8 +593,6 @@ class Ledger(ProvedLookups, LineageQueries, DerivedQueries, Listings, Proofs):
     def close(self) -> None:
         self.backend.close()
         if self._private_state is not None:
-            import shutil
-
             shutil.rmtree(self._private_state, ignore_errors=True)
             self._private_state = None
 

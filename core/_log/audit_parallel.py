@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,8 +184,6 @@ def results(backend: Any, tasks: list[Task], *, files: bool, names_from: int = 0
     reading the pipes round-robin gives the results in ledger order; a worker blocks on a full
     pipe until its turn comes, which bounds memory whatever the ledger's size."""
     count = min(workers(), len(tasks))
-    import subprocess  # here: a process that only reads a few records never starts workers
-
     url, uri = backend.worker_spec()
     command = worker_command()
     procs = []

@@ -57,6 +57,16 @@ __all__ = ["TreeHead", "TreeWriter", "TrustStore", "state_root", "trust_identity
 # a leaf of each record it proves.
 _LEVEL_FILES = tuple(f"level-{level:02d}.bin" for level in range(64))
 
+def _covered(head: TreeHead) -> dict[str, int]:
+    """The files of the state that ``head`` covers, and the bytes it needs of each."""
+    need = {"starts.bin": head.blocks * _STARTS.size}
+    level, nodes = 0, head.size
+    while nodes:
+        need[_LEVEL_FILES[level] if level < len(_LEVEL_FILES) else f"level-{level:02d}.bin"] = nodes * _NODE
+        level, nodes = level + 1, nodes >> 1
+    return need
+
+
 _NAMES_HELD = 64 << 20  # bytes of name files a process keeps read
 
 
@@ -302,12 +312,7 @@ class TrustStore:
         """The node and block files hold at least what ``head`` covers (they only grow, and
         the head is written after them): one cut short is a damaged state, named as such,
         not a ledger blamed for a node that reads short."""
-        need = {"starts.bin": head.blocks * _STARTS.size}
-        level, nodes = 0, head.size
-        while nodes:
-            need[f"level-{level:02d}.bin"] = nodes * _NODE
-            level, nodes = level + 1, nodes >> 1
-        for name, size in need.items():
+        for name, size in _covered(head).items():
             try:
                 st = os.lstat(os.path.join(self.directory, name))
                 self._own_file(name, st)
@@ -451,11 +456,8 @@ class TrustStore:
         removes it later in this command (after an audit let the lock go) leaves this
         process the state it read, instead of a file not found half-way through
         (tests/test_attack_s48.py). About twenty files at a million records."""
-        self._map("starts.bin")
-        level, nodes = 0, head.size
-        while nodes:
-            self._map(_LEVEL_FILES[level] if level < len(_LEVEL_FILES) else f"level-{level:02d}.bin")
-            level, nodes = level + 1, nodes >> 1
+        for name in _covered(head):
+            self._map(name)
 
     def _map(self, name: str) -> mmap.mmap | bytes:
         cached = self._maps.get(name)
