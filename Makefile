@@ -11,8 +11,9 @@ PLUGIN_SRC := $(addsuffix /src,$(PLUGINS))
 # One resolve for the core, every back-end's extra, the three engines and their plugins, so
 # that every constraint is seen at once (Airflow 3.3, Snakemake 9 and Parsl share this venv).
 # uv installs it (on a clean machine in a fraction of pip's time: it fetches in parallel),
-# held to constraints.txt, pip's resolution, which the tests pass with; where uv cannot be
-# installed or fails, pip does the same install. `make lock` rewrites constraints.txt.
+# held to constraints.txt, pip's resolution on Python 3.11, which the tests pass with; where
+# uv cannot be installed or that set cannot be (another Python whose wheels differ), pip
+# resolves the install itself, as before the pins. `make lock` rewrites constraints.txt.
 # Byte-compiled at install as pip does (uv does not by default): where PYTHONDONTWRITEBYTECODE
 # is set, as on this machine, every process would compile Airflow or Click from source again.
 # Plugins are their own src-layout distributions, installed editable: Snakemake finds its
@@ -28,9 +29,9 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS)) constraints.txt
 		PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m uv pip install --quiet \
 			--compile-bytecode --python $(BIN)/python -c constraints.txt $(EDITABLES); then :; \
 	else \
-		echo "uv could not install the environment; pip installs it"; \
+		echo "uv could not install the pinned environment; pip resolves and installs it"; \
 		PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(BIN)/python -m pip install --quiet \
-			-c constraints.txt $(EDITABLES); \
+			$(EDITABLES); \
 	fi
 	rm -rf $(addsuffix /*.egg-info,$(PLUGIN_SRC))
 	touch $(STAMP)
