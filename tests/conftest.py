@@ -15,7 +15,7 @@ from hypothesis import settings
 from tests.support.postgres import own_server
 
 # Hypothesis fails an example that takes over 200 ms by default: a timing assertion, which
-# a busy CI machine (two test processes and the engines they start on 2 cores) can trip
+# a busy CI machine (three test processes and the engines they start on 2 cores) can trip
 # where the property holds. Examples are still bounded by the test's own timeouts.
 settings.register_profile("lineage-ledger", deadline=None)
 settings.load_profile("lineage-ledger")
@@ -269,7 +269,7 @@ def _work_unit_order(unit: str, tests: int) -> tuple[int, int]:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``make test`` runs the tests in two processes where there are two processors or more
+    """``make test`` runs the tests in several processes where there are two processors or more
     (pytest-xdist), a module or a service's group (``_work_unit``) at a time, in the order of
     ``_work_unit_order``. (Not ``--dist loadgroup`` with ``xdist_group`` marks: pytest-xdist
     3.8 sets the group on a test's ``_nodeid``, which pytest 9 no longer reads, so the marks
