@@ -3,6 +3,11 @@
 ``--touch``, and ``pipe()`` outputs in a group job. Each test edits a file by hand between runs
 the way a user would (an edit whose mtime is put back, or a fresh ``touch``) and asks what the
 next ``strict`` run and ``verify-lineage`` say.
+
+The tests that start from the same recorded run (the checkpoint workflow's first run, the
+piped workflow's, the unchecked run that read an edited chunk) share it: it is made once for
+the module and put back, with its ledger, metadata and mtimes, before each of them
+(``tests/support/first_run.py``), so each still edits and runs again its own copy.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lineage_ledger import open_ledger
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -61,24 +67,35 @@ def edit_keep_times(path: Path, text: str) -> None:
     os.utime(path.parent, ns=(dir_stat.st_atime_ns, dir_stat.st_mtime_ns))
 
 
-def checkpoint_workflow(tmp_path: Path) -> Path:
-    require_snakemake()
-    workflow = tmp_path / "wf"
-    (workflow / "data").mkdir(parents=True)
+def record_checkpoint_workflow(workflow: Path) -> None:
+    """The checkpoint workflow written to ``workflow`` (an empty directory) and run once (run
+    id ``first``)."""
+    (workflow / "data").mkdir()
     (workflow / "data" / "reads.txt").write_text("acgt\nttga\ncccc\n")
     (workflow / "Snakefile").write_text(CHECKPOINT)
     first = snakemake(workflow, "--logger-ledger-run-id", "first")
     assert first.returncode == 0, first.stderr[-3000:]
     assert {r.task_name for r in records(workflow, "first")} == {"split", "upper", "merge", "target"}
-    return workflow
 
 
-def test_a_checkpoint_chunk_edited_by_hand_is_not_accepted_after_a_rerun_run(tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint_first_run(tmp_path_factory) -> FirstRun:
+    require_snakemake()
+    return FirstRun(tmp_path_factory.mktemp("checkpoint"), record_checkpoint_workflow, project="wf")
+
+
+@pytest.fixture
+def checkpoint_workflow(checkpoint_first_run, monkeypatch) -> Path:
+    """The checkpoint workflow as its first run left it, this test's own to edit and run."""
+    return checkpoint_first_run.put_back(monkeypatch)
+
+
+def test_a_checkpoint_chunk_edited_by_hand_is_not_accepted_after_a_rerun_run(checkpoint_workflow):
     """A chunk the checkpoint wrote, edited by hand: no job of the DAG makes it (Snakemake
     reads the checkpoint's directory as done), so ``rerun`` forced its readers, which read the
     edit, and their records made it the ledger's latest view: the next ``strict`` run ran on
     it without a word, while ``verify-lineage`` of the result said MODIFIED."""
-    workflow = checkpoint_workflow(tmp_path)
+    workflow = checkpoint_workflow
     edit_keep_times(workflow / "chunks" / "c2.txt", "forged\n")
     rerun = snakemake(workflow, "--logger-ledger-policy", "rerun", "--logger-ledger-run-id", "rerun")
     out = rerun.stdout + rerun.stderr
@@ -99,10 +116,10 @@ def test_a_checkpoint_chunk_edited_by_hand_is_not_accepted_after_a_rerun_run(tmp
     assert verified.returncode == 0, verified.stdout[-3000:]
 
 
-def test_a_checkpoint_chunk_edited_and_touched_is_not_accepted_after_a_warn_run(tmp_path):
+def test_a_checkpoint_chunk_edited_and_touched_is_not_accepted_after_a_warn_run(checkpoint_workflow):
     """The same chunk edited with a new mtime: Snakemake reruns its reader under ``warn``, and
     that record must not make the edit the ledger's latest view of the chunk."""
-    workflow = checkpoint_workflow(tmp_path)
+    workflow = checkpoint_workflow
     chunk = workflow / "chunks" / "c2.txt"
     chunk.write_text("forged\n")
     os.utime(chunk)  # newer than up/c2.txt: Snakemake runs upper and merge again
@@ -117,11 +134,11 @@ def test_a_checkpoint_chunk_edited_and_touched_is_not_accepted_after_a_warn_run(
     assert "chunks/c2.txt" in strict.stderr
 
 
-def test_touch_records_no_job_and_does_not_vouch_for_an_edited_output(tmp_path):
+def test_touch_records_no_job_and_does_not_vouch_for_an_edited_output(checkpoint_workflow):
     """``--touch`` runs no job: it only sets mtimes. Its jobs were recorded as succeeded with
     the files' current digests, so an output edited by hand and then touched (``--touch
     --forcerun``) became the rule's product, and ``strict`` ran on it from then on."""
-    workflow = checkpoint_workflow(tmp_path)
+    workflow = checkpoint_workflow
     merged = workflow / "merged.txt"
     edit_keep_times(merged, "forged\n")
     touched = snakemake(workflow, "--touch", "--forcerun", "merge", "--logger-ledger-run-id", "touch")
@@ -156,23 +173,33 @@ PIPED = textwrap.dedent('''\
     ''')
 
 
-def piped_workflow(tmp_path: Path) -> Path:
-    require_snakemake()
-    workflow = tmp_path / "wf"
-    (workflow / "data").mkdir(parents=True)
+def record_piped_workflow(workflow: Path) -> None:
+    """The piped workflow written to ``workflow`` and run once (run id ``piped``)."""
+    (workflow / "data").mkdir()
     (workflow / "data" / "s1.txt").write_text("acgt\n")
     (workflow / "data" / "ref.txt").write_text("ref\n")
     (workflow / "Snakefile").write_text(PIPED)
     result = snakemake(workflow, "--logger-ledger-run-id", "piped")
     assert result.returncode == 0, result.stderr[-3000:]
-    return workflow
 
 
-def test_what_a_pipe_carried_is_in_the_lineage_of_what_its_reader_wrote(tmp_path):
+@pytest.fixture(scope="module")
+def piped_first_run(tmp_path_factory) -> FirstRun:
+    require_snakemake()
+    return FirstRun(tmp_path_factory.mktemp("piped"), record_piped_workflow, project="wf")
+
+
+@pytest.fixture
+def piped_workflow(piped_first_run, monkeypatch) -> Path:
+    """The piped workflow as its first run left it, this test's own to edit and run."""
+    return piped_first_run.put_back(monkeypatch)
+
+
+def test_what_a_pipe_carried_is_in_the_lineage_of_what_its_reader_wrote(piped_workflow):
     """A ``pipe()`` is never hashed: the reader's record listed only its other inputs, so
     ``verify-lineage`` of its output said verified without the file the pipe carried, and
     ``why``/``depends`` never linked them."""
-    workflow = piped_workflow(tmp_path)
+    workflow = piped_workflow
     assert (workflow / "upper" / "s1.txt").read_text() == "ACGT\nref\n"
     reader = next(r for r in records(workflow, "piped") if r.task_name == "upper")
     source = str(workflow / "data" / "s1.txt")
@@ -184,10 +211,10 @@ def test_what_a_pipe_carried_is_in_the_lineage_of_what_its_reader_wrote(tmp_path
     assert "data/s1.txt" in verified.stdout
 
 
-def edited_chunk_read_by_an_unchecked_run(tmp_path: Path) -> Path:
+def record_edited_chunk_read_by_an_unchecked_run(workflow: Path) -> None:
     """A run with the policy off (or without the plugin's check: another engine's plugin, a
     ``lineage-ledger run``) reran the reader of an edited chunk and recorded the edit as read."""
-    workflow = checkpoint_workflow(tmp_path)
+    record_checkpoint_workflow(workflow)
     chunk = workflow / "chunks" / "c2.txt"
     chunk.write_text("forged\n")
     os.utime(chunk)
@@ -196,35 +223,49 @@ def edited_chunk_read_by_an_unchecked_run(tmp_path: Path) -> Path:
     reader = next(r for r in records(workflow, "off") if r.task_name == "upper")
     assert any(p.endswith("chunks/c2.txt") for p in reader.inputs)  # the edit, as read: no check ran
     assert run("verify-lineage", "merged.txt", cwd=workflow).returncode == 1
-    return workflow
 
 
-def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_refused_by_strict(tmp_path):
+@pytest.fixture(scope="module")
+def unchecked_first_run(tmp_path_factory) -> FirstRun:
+    require_snakemake()
+    return FirstRun(tmp_path_factory.mktemp("unchecked"), record_edited_chunk_read_by_an_unchecked_run,
+                    project="wf")
+
+
+@pytest.fixture
+def edited_chunk_read_by_an_unchecked_run(unchecked_first_run, monkeypatch) -> Path:
+    """The checkpoint workflow after the unchecked run read its edited chunk, this test's own."""
+    return unchecked_first_run.put_back(monkeypatch)
+
+
+def test_a_checkpoint_chunk_read_since_by_an_unchecked_run_is_still_refused_by_strict(
+        edited_chunk_read_by_an_unchecked_run):
     """The chunk was made by the checkpoint, whoever read it since: ``strict`` refuses, as
     ``verify-lineage`` says MODIFIED (the checkpoint's directory, which the check now adds)."""
-    workflow = edited_chunk_read_by_an_unchecked_run(tmp_path)
+    workflow = edited_chunk_read_by_an_unchecked_run
     strict = snakemake(workflow, "--logger-ledger-policy", "strict", "--logger-ledger-run-id", "strict")
     assert strict.returncode == 1, strict.stdout[-2000:] + strict.stderr[-2000:]
     assert "inside it, changed: c2.txt" in strict.stderr
 
 
-def test_the_core_check_compares_a_chunk_with_the_checkpoint_that_wrote_it(tmp_path):
+def test_the_core_check_compares_a_chunk_with_the_checkpoint_that_wrote_it(
+        edited_chunk_read_by_an_unchecked_run):
     """The check the plugins call, asked about the chunk itself (as the plugin asks about each
     input of a job): it compared the chunk with its last reader's record, the unchecked run
     that read the edit, and found nothing changed."""
     from lineage_ledger import ArtifactMismatch, check_before_run
 
-    workflow = edited_chunk_read_by_an_unchecked_run(tmp_path)
+    workflow = edited_chunk_read_by_an_unchecked_run
     with open_ledger(str(workflow / ".lineage" / "ledger.db"), read_only=True) as ledger:
         with pytest.raises(ArtifactMismatch, match="c2.txt"):
             check_before_run(ledger, [str(workflow / "chunks" / "c2.txt")], "strict")
 
 
-def test_rerun_runs_again_the_pipe_writer_of_a_changed_source(tmp_path):
+def test_rerun_runs_again_the_pipe_writer_of_a_changed_source(piped_workflow):
     """A source read by a rule whose output is a ``pipe()``: ``rerun`` named it changed, then
     forced nothing (the plan left pipe outputs out of its readers' outputs), and the run ended
     successfully on the old result, every time."""
-    workflow = piped_workflow(tmp_path)
+    workflow = piped_workflow
     edit_keep_times(workflow / "data" / "s1.txt", "ggcc\n")
     rerun = snakemake(workflow, "--logger-ledger-policy", "rerun", "--logger-ledger-run-id", "rerun")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
