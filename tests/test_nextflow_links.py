@@ -10,6 +10,7 @@ regular file's.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -117,11 +118,43 @@ def test_an_edit_of_the_file_a_tasks_link_leads_to_is_refused_under_strict(first
 
 
 #: A directory output holding links that are not to files: one to a directory inside it
-#: (``current``), one to a directory elsewhere (``refs``), one that leads nowhere (``later``).
+#: (``current``), one to a directory elsewhere (``refs``), one that leads nowhere (``later``),
+#: and one to nothing outside it (``gone``); USE reads through ``current`` and ``refs``.
 DIRECTORY_LINKS = nf.pipeline_staging_a_directory(
     "mkdir -p outdir/v1; echo made > outdir/v1/made.txt; ln -s v1 outdir/current; "
-    "ln -s ${params.refs} outdir/refs; ln -s not-yet outdir/later",
+    "ln -s ${params.refs} outdir/refs; ln -s not-yet outdir/later; ln -s /nonexistent-lineage-ledger-target outdir/gone",
     "cat ${d}/current/* ${d}/refs/*", params="params.refs = null")
+
+HANG = 240
+NOT_FOLLOWED = "were not followed"  # in the warning said once per task when it is recorded
+NOT_CHECKED = "not checked before -resume"  # in the check's note
+
+
+def _resume(root: Path) -> tuple[str, ...]:
+    """The strict ``-resume`` of DIRECTORY_LINKS's run in ``root`` (``--refs`` as its first run)."""
+    return ("nextflow-ledger", "run", "main.nf", "--refs", str(root / "refs"), "-resume", "--ledger-policy", "strict")
+
+
+@pytest.fixture(scope="module")
+def directory_links(tmp_path_factory) -> tuple[FirstRun, dict[str, subprocess.CompletedProcess[str]]]:
+    """DIRECTORY_LINKS run once through nextflow-ledger, then once more as an untouched strict
+    ``-resume``, for the two tests that start there (each used to make both runs itself), put
+    back with its state before each (tests/support/first_run.py): (the kept runs, what the
+    first run and the untouched ``-resume`` said)."""
+    nf.require_nextflow()
+    said: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def make(root: Path) -> None:
+        here, refs = root / "pipeline", root / "refs"  # as nf.first_run_with_refs makes them
+        here.mkdir()
+        (here / "main.nf").write_text(DIRECTORY_LINKS)
+        refs.mkdir()
+        (refs / "a.txt").write_text("reference one\n")
+        said["first"] = nf.run("nextflow-ledger", "run", "main.nf", "--refs", str(refs), cwd=here, timeout=HANG)
+        assert said["first"].returncode == 0, said["first"].stdout + said["first"].stderr
+        said["clean"] = nf.run(*_resume(root), cwd=here, timeout=HANG)  # its tests read what it said
+
+    return FirstRun(tmp_path_factory.mktemp("directory-links"), make, project="first"), said
 
 
 def _replace_directory(directory: Path, content: dict[str, str], aside: Path) -> None:
@@ -135,7 +168,8 @@ def _replace_directory(directory: Path, content: dict[str, str], aside: Path) ->
     shutil.copystat(aside, directory)
 
 
-def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(tmp_path):
+def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(directory_links, monkeypatch,
+                                                                              tmp_path):
     """A link the task made to a directory, or one leading nowhere, is recorded as a link (its
     target text, in the manifest of the directory output), never followed: pointed elsewhere,
     made to dangle, or slipped in, the strict ``-resume`` refuses (also planned without the
@@ -143,7 +177,9 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     leads to inside the output is seen (its files were recorded). One elsewhere is not walked
     by the reader either: its record names the link by its target. Untouched, a strict
     ``-resume`` reuses both tasks."""
-    here, refs, resume = nf.first_run_with_refs(tmp_path, DIRECTORY_LINKS)
+    kept, said = directory_links
+    root = kept.put_back(monkeypatch)  # DIRECTORY_LINKS run once, then resumed untouched
+    here, refs, resume = root / "pipeline", root / "refs", _resume(root)
     (outdir,) = [p for p in (here / "work").glob("*/*/outdir") if not p.is_symlink()]  # USE's is staged
     (used,) = (here / "work").glob("*/*/used.txt")
     (make,) = [r for r in nf.records(here) if r["task_name"] == "MAKE"]
@@ -152,9 +188,10 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     assert not any(p.startswith(str(refs)) for p in make["outputs"])  # the link to elsewhere: not followed
     (use,) = [r for r in nf.records(here) if r["task_name"] == "USE"]
     assert not any(p.startswith(str(refs)) for p in use["inputs"])  # nor by the reader
-    assert use["extra"]["links_not_followed"] == {str(outdir / "refs"): str(refs)}
+    assert use["extra"]["links_not_followed"] == {
+        str(outdir / "gone"): "/nonexistent-lineage-ledger-target", str(outdir / "refs"): str(refs)}
 
-    clean = nf.run(*resume, cwd=here)
+    clean = said["clean"]  # the untouched strict -resume
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "Cached process > MAKE" in clean.stdout and "Cached process > USE" in clean.stdout
     verified = nf.run("verify-lineage", str(outdir), str(used), cwd=here)
@@ -208,3 +245,49 @@ def test_links_to_directories_and_to_nothing_in_a_directory_output_are_checked(t
     shutil.move(_state.lists_dir(str(here)), str(tmp_path / "lists-aside"))
     nf.relink(outdir / "refs", same)
     refused(changed, "changed: refs")
+
+
+def _lines(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def test_links_not_followed_are_said_when_recorded_and_before_resume(directory_links, monkeypatch):
+    """The first run warns once, for USE only, naming both links out of the staged directory
+    (``refs`` and ``gone``) and the advice; a strict ``-resume`` passes (a note, not a refusal)
+    and says USE's links were not checked, also after the reference read through ``refs`` was
+    edited (the accepted limit: nothing vouches for it), and also without the session's list
+    (the note comes from the record). (It was in test_nextflow_links_not_followed, with a
+    pipeline of its own, the same as DIRECTORY_LINKS but for its links inside.)"""
+    kept, said = directory_links
+    root = kept.put_back(monkeypatch)  # DIRECTORY_LINKS run once, then resumed untouched
+    here, refs, resume = root / "pipeline", root / "refs", _resume(root)
+    (outdir,) = [p for p in (here / "work").glob("*/*/outdir") if not p.is_symlink()]
+    records = {r["task_name"]: r for r in nf.records(here) if r["engine"] == "nextflow"}
+    assert records["USE"]["extra"]["links_not_followed"] == {
+        str(outdir / "gone"): "/nonexistent-lineage-ledger-target", str(outdir / "refs"): str(refs)}
+    assert "links_not_followed_more" not in records["USE"]["extra"]  # all of them named
+    (warning,) = _lines(said["first"].stderr, NOT_FOLLOWED)  # USE's; MAKE staged no directory
+    assert "task USE" in warning and "2 symbolic link(s)" in warning, warning
+    assert f"{outdir / 'refs'} -> {refs}" in warning, warning
+    assert "as a path input of its own" in warning, warning
+
+    def noted(stderr: str) -> None:
+        (note,) = _lines(stderr, NOT_CHECKED)
+        assert "USE" in note and "2 symbolic link(s)" in note and f"{outdir / 'refs'} -> {refs}" in note, stderr
+        assert "MAKE" not in note, note
+
+    clean = said["clean"]  # the untouched strict -resume
+    assert clean.returncode == 0, clean.stdout + clean.stderr  # a note, not a refusal
+    assert "Cached process > USE" in clean.stdout
+    noted(clean.stderr)
+
+    # The accepted limit: an edit of the reference read through the link is not caught, but said unchecked.
+    nf.keep_mtime(refs / "a.txt", lambda: (refs / "a.txt").write_text("reference two\n"))
+    edited = nf.run(*resume, cwd=here, timeout=HANG)
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    noted(edited.stderr)
+
+    shutil.move(_state.lists_dir(str(here)), str(root / "lists-aside"))  # planned from the records
+    unlisted = nf.run(*resume, cwd=here, timeout=HANG)
+    assert unlisted.returncode == 0, unlisted.stdout + unlisted.stderr
+    noted(unlisted.stderr)
