@@ -1,10 +1,10 @@
 """Links a Nextflow task makes that lead out of its files: never walked, recorded as links.
 
 A downstream task that stages a directory records the files in it as inputs. A link in that
-directory to its own parent, or to ``/``, must not be walked: the parent holds the directory
-again (files repeated until the kernel's link limit), and ``/`` is the whole file system
-(other users' files, hours, and no record at the end); the reader's record names it by its
-target. A link the task made at the top of its work directory (a ``path 'idx'`` output that
+directory to its own parent, or to ``/`` or ``/usr``, must not be walked: the parent holds
+the directory again (files repeated until the kernel's link limit), and ``/`` is the whole
+file system (other users' files, hours, and no record at the end); the reader's record names
+it by its target. A link the task made at the top of its work directory (a ``path 'idx'`` output that
 is itself a link to a directory, or a link to nothing) is recorded as the link it is, by its
 target text, in the task's record (``extra.links``; the work directory is not recorded
 whole, Nextflow's own files being no output): re-pointed, made to dangle, or slipped in, it
@@ -27,9 +27,10 @@ pytestmark = pytest.mark.slow  # real Nextflow runs
 HANG = 150
 
 #: MAKE's directory output holds a link to its own parent (MAKE's work directory, which
-#: holds the directory again) and one to ``/``; USE stages the directory and reads from it.
+#: holds the directory again), one to ``/`` and one to ``/usr`` (a large tree elsewhere: a
+#: walk of it takes minutes); USE stages the directory and reads from it.
 LOOPS = nf.pipeline_staging_a_directory("mkdir -p outdir/v1; echo made > outdir/v1/made.txt; ln -s .. outdir/up; "
-                                        "ln -s / outdir/root; ln -s v1 outdir/current",
+                                        "ln -s / outdir/root; ln -s /usr outdir/sys; ln -s v1 outdir/current",
                                         "cat ${d}/current/made.txt ${d}/v1/made.txt")
 
 
@@ -68,10 +69,12 @@ def _verified(here: Path, *paths: Path, status: int = 0) -> None:
 
 def test_links_to_the_parent_and_to_root_in_a_staged_directory_are_not_walked(tmp_path):
     """USE's record lists the files of the staged directory (the one ``current`` leads to
-    once, by its real path), nothing from MAKE's work directory above it nor from ``/``; the
-    run records at once (before: the wrapper walked ``/`` and the parent's loop, and never
-    wrote USE's record). MAKE's manifest keeps both links by their target text; an untouched
-    strict ``-resume`` reuses both tasks, and ``root`` re-pointed is refused."""
+    once, by its real path), nothing from MAKE's work directory above it nor from ``/`` or
+    ``/usr``, and names those links by their targets; the run records at once (before: the
+    wrapper walked ``/`` and the parent's loop, and never wrote USE's record). MAKE's manifest
+    keeps the links by their target text; an untouched strict ``-resume`` reuses both tasks,
+    and ``root`` re-pointed is refused. (The link to ``/usr`` was a test of its own in
+    test_nextflow_wrapper_files, with two Nextflow runs of its own.)"""
     here = tmp_path / "pipeline"
     here.mkdir()
     (here / "main.nf").write_text(LOOPS)
@@ -82,10 +85,12 @@ def test_links_to_the_parent_and_to_root_in_a_staged_directory_are_not_walked(tm
     (used,) = (here / "work").glob("*/*/used.txt")
     records = {r["task_name"]: r for r in nf.records(here) if r["engine"] == "nextflow"}
     made = [str(outdir / "made.txt"), str(outdir / "v1" / "made.txt")]
-    assert list(records["USE"]["inputs"]) == made  # once, by its real path; nothing above nor from /
-    assert records["USE"]["extra"]["links_not_followed"] == {str(outdir / "up"): "..", str(outdir / "root"): "/"}
+    assert list(records["USE"]["inputs"]) == made  # once, by its real path; nothing above nor from / or /usr
+    assert records["USE"]["extra"]["links_not_followed"] == {
+        str(outdir / "up"): "..", str(outdir / "root"): "/", str(outdir / "sys"): "/usr"}
     entries = nf.manifest_entries(here, records["MAKE"]["outputs"][str(outdir)]["blake3"])
     assert ["up", "link", ".."] in entries and ["root", "link", "/"] in entries
+    assert ["sys", "link", "/usr"] in entries
     assert ["current", "link", "v1"] in entries
 
     resume = ("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict")
