@@ -1,9 +1,10 @@
-"""Exports of the engines' example runs (Snakemake, Parsl, Airflow) pass their validators.
+"""Exports of the engines' example runs (Parsl, Airflow) pass their validators.
 
 Each example runs once with its real engine and the project's plugin, as the engine tests
 run it; then every export format is written through the CLI and checked (see
 ``tests/test_export.py``), and the crate is verified offline with ``verify-lineage --crate``.
-The CLI example is covered there.
+The CLI example is covered there; the Snakemake example's exports in tests/test_snakemake.py
+(``test_the_example_runs_exports_pass_their_validators``), on the run its tests share.
 """
 
 from __future__ import annotations
@@ -23,30 +24,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_ids(cli, env: dict | None = None) -> dict[str, int]:
+def run_ids(cli, env: dict | None = None) -> dict[str, int]:
+    """How many records each run of the ledger holds, by run id (``log --json``)."""
     lines = cli("log", "--json", "-n", "0", check_rc=0, **({"env": env} if env else {})).stdout.splitlines()
     counts: dict[str, int] = {}
     for line in lines:
         record = json.loads(line)
         counts[record["run_id"]] = counts.get(record["run_id"], 0) + 1
     return counts
-
-
-def test_snakemake_example_exports(tmp_path):
-    from tests.support.snakemake import copy_example, require_snakemake, run
-
-    require_snakemake()
-    directory = copy_example(tmp_path / "example")
-    done = run("snakemake", "--cores", "2", "--logger", "ledger", "--logger-ledger-run-id", "sm", cwd=directory)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    def cli(*args, **kw):
-        return run_cli(*args, cwd=directory, **kw)
-
-    runs = _run_ids(cli)
-    assert list(runs) == ["sm"]
-    (tmp_path / "out").mkdir()
-    export_everything(cli, tmp_path / "out", "--run", "sm", tasks=runs["sm"], provn=False)
 
 
 def test_parsl_example_exports(tmp_path):
@@ -63,7 +48,7 @@ def test_parsl_example_exports(tmp_path):
         return run_cli("--ledger", url, *args, cwd=tmp_path, **kw) if args[0] in ("--crate",) else \
             run_cli(*args[:1], "--ledger", url, *args[1:], cwd=tmp_path, **kw)
 
-    runs = _run_ids(cli, {"LINEAGE_SPOOL": str(tmp_path / "spool")})
+    runs = run_ids(cli, {"LINEAGE_SPOOL": str(tmp_path / "spool")})
     (run_id, tasks), = runs.items()
     (tmp_path / "out").mkdir()
     export_everything(cli, tmp_path / "out", "--run", run_id, tasks=tasks, provn=False)
@@ -86,7 +71,7 @@ def test_airflow_example_exports(tmp_path):
             return run_cli(*args, cwd=tmp_path, **kw)
         return run_cli(args[0], "--ledger", url, *args[1:], cwd=tmp_path, **kw)
 
-    runs = _run_ids(cli)
+    runs = run_ids(cli)
     (run_id, tasks), = runs.items()
     assert run_id.startswith("lineage_example/") and tasks == 4
     (tmp_path / "out").mkdir()

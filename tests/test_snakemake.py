@@ -20,8 +20,11 @@ import pytest
 from blake3 import blake3
 
 from lineage_ledger import hash_file, open_ledger
+from tests.conftest import run_cli
 from tests.support.first_run import FirstRun
 from tests.support.snakemake import BIN, clean_env, copy_example, require_snakemake, run
+from tests.test_export import export_everything
+from tests.test_export_engines import run_ids
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +133,17 @@ class TestExampleRun:
             assert f"data/{sample}.txt" in result.stdout
             assert f"results/{sample}.counts.tsv" in result.stdout
         assert "(source)" in result.stdout and "verified" in result.stdout
+
+    def test_the_example_runs_exports_pass_their_validators(self, recorded, tmp_path):
+        """Every export format of the example's run, through the CLI, checked by its validator
+        (tests/test_export_engines.py does the same for the Parsl and Airflow examples)."""
+
+        def cli(*args, **kw):
+            return run_cli(*args, cwd=recorded, **kw)
+
+        runs = run_ids(cli)
+        assert list(runs) == ["first"]
+        export_everything(cli, tmp_path, "--run", "first", tasks=runs["first"], provn=False)
 
     def test_an_edited_intermediate_is_caught_and_rerun(self, workflow):
         counts = workflow / "results" / "beta.counts.tsv"
