@@ -1,8 +1,9 @@
 """nextflow-ledger with real Nextflow 25.04.4 runs (skipped, with the reason, where it is not built).
 
-A JVM start costs seconds on a small machine, so the runs are few: one recorded example run
-shared by the read-only checks, one directory for the tamper-and-resume sequence, one for a
-failing pipeline.
+A JVM start costs seconds on a small machine, so the runs are few: one recorded example run,
+shared by the read-only checks and (put back as it was, tests/support/first_run.py) the
+tamper-and-resume sequence, and one run of a pipeline of failing, retried, containerised and
+conda tasks, shared by the checks of each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from blake3 import blake3
 
 from tests.support import nextflow as nf
+from tests.support.first_run import FirstRun
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +31,29 @@ def _by_name(records):
     return named
 
 
+TITLE = ("--title", "counted")
+
+
 @pytest.fixture(scope="module")
-def example_run(tmp_path_factory):
+def example_first_run(tmp_path_factory) -> tuple[FirstRun, subprocess.CompletedProcess[str]]:
+    """The example run once through nextflow-ledger (``--title counted``), kept to be put back
+    before each test that uses it: (the kept run, what the run said)."""
     nf.require_nextflow()
-    here = nf.copy_example(tmp_path_factory.mktemp("nf") / "example")
-    result = nf.run("nextflow-ledger", "run", "main.nf", "--title", "counted", cwd=here)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return here, result
+    said: list[subprocess.CompletedProcess[str]] = []
+
+    def make(root: Path) -> None:
+        here = nf.copy_example(root / "example")
+        said.append(nf.run("nextflow-ledger", "run", "main.nf", *TITLE, cwd=here))
+        assert said[0].returncode == 0, said[0].stdout + said[0].stderr
+
+    return FirstRun(tmp_path_factory.mktemp("nf"), make, project="first"), said[0]
+
+
+@pytest.fixture
+def example_run(example_first_run, monkeypatch) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The example's launch directory as its first run left it, and what that run said."""
+    first_run, result = example_first_run
+    return first_run.put_back(monkeypatch) / "example", result
 
 
 def test_every_task_and_publication_is_recorded(example_run):
@@ -111,10 +129,8 @@ def test_nextflow_starts_before_the_wrapper_imports_and_sqlite_needs_no_sqlalche
     assert [r["task_name"] for r in nf.records(tmp_path)] == ["ONE"]
 
 
-def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
-    here = nf.copy_example(tmp_path / "example")
-    first = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
-    assert first.returncode == 0, first.stdout + first.stderr
+def test_tampered_work_output_plain_resume_strict_and_rerun(example_run, tmp_path):
+    here, _ = example_run  # the example run once through nextflow-ledger
     count = next(p for p in (here / "work").glob("*/*/alpha.count") if not p.is_symlink())
     reference = tmp_path / "mtime"
     shutil.copy2(count, reference)
@@ -123,18 +139,18 @@ def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
     shutil.copystat(reference, count)
     assert count.stat().st_size == size
 
-    plain = nf.run("nextflow", "run", "main.nf", "-resume", cwd=here)  # Nextflow alone: the cache is reused
+    plain = nf.run("nextflow", "run", "main.nf", *TITLE, "-resume", cwd=here)  # Nextflow alone: the cache is reused
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "Cached process > COUNT (alpha)" in plain.stdout and "Submitted process" not in plain.stdout
 
     report_before = (here / "results" / "report.txt").read_bytes()
-    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    strict = nf.run("nextflow-ledger", "run", "main.nf", *TITLE, "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "refusing to run" in strict.stderr and str(count) in strict.stderr
     assert "Launching" not in strict.stdout  # nothing ran
     assert (here / "results" / "report.txt").read_bytes() == report_before
 
-    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", *TITLE, "-resume", "--ledger-policy", "rerun", cwd=here)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "Submitted process > COUNT (alpha)" in rerun.stdout
     assert "Cached process > COUNT (beta)" in rerun.stdout and "Cached process > SPLIT (alpha)" in rerun.stdout
@@ -149,9 +165,9 @@ def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
     shutil.copy2(published, reference)
     published.write_text(published.read_text().replace("15", "51"))
     shutil.copystat(reference, published)
-    strict = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "strict", cwd=here)
+    strict = nf.run("nextflow-ledger", "run", "main.nf", *TITLE, "-resume", "--ledger-policy", "strict", cwd=here)
     assert strict.returncode == 1 and str(published) in strict.stderr and str(count) not in strict.stderr
-    rerun = nf.run("nextflow-ledger", "run", "main.nf", "-resume", "--ledger-policy", "rerun", cwd=here)
+    rerun = nf.run("nextflow-ledger", "run", "main.nf", *TITLE, "-resume", "--ledger-policy", "rerun", cwd=here)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "Submitted process > COUNT (beta)" in rerun.stdout and "Cached process > COUNT (alpha)" in rerun.stdout
     assert published.read_text() == "beta\t15\n"
@@ -159,12 +175,8 @@ def test_tampered_work_output_plain_resume_strict_and_rerun(tmp_path):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
-    nf.require_nextflow()
-    (tmp_path / "main.nf").write_text(nf.FAILING_PIPELINE)
-    result = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr  # 'ignore' lets the run finish
-    named = _by_name(nf.records(tmp_path))
+def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(mixed_run):
+    here, named = mixed_run
     [broken] = named["BROKEN"]
     assert broken["status"] == "failed" and broken["extra"]["exit_status"] == 7
     assert "broken on purpose" in broken["extra"]["stderr_tail"]
@@ -178,12 +190,12 @@ def test_failed_and_retried_tasks_are_recorded_with_their_exit_status(tmp_path):
     assert path.endswith("flaky.txt") and entry["blake3"] == blake3(b"second try works\n").hexdigest()
     assert os.path.isfile(path)
     [published] = named["FLAKY:publish"]  # from the try that worked
-    target = str(tmp_path / "results" / "flaky.txt")
+    target = str(here / "results" / "flaky.txt")
     assert Path(target).is_symlink() and published["inputs"] == {path: entry}
     link = published["outputs"][target]  # the core notes what a symbolic link stands for
     assert (link["blake3"], link["size"], link.get("alias_of")) == (entry["blake3"], entry["size"], path)
     assert published["extra"]["published"] == {target: "SYMLINK"}
-    verified = nf.run("verify-lineage", "results/flaky.txt", cwd=tmp_path)
+    verified = nf.run("verify-lineage", "results/flaky.txt", cwd=here)
     assert verified.returncode == 0 and "FLAKY:publish" in verified.stdout, verified.stdout + verified.stderr
 
 
@@ -213,20 +225,31 @@ trace.fields = 'task_id,hash,name,status,exit,container'
 """
 
 
-def test_container_and_conda_env_as_nextflow_wrote_them(tmp_path):
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
+    """One run of the failing pipeline's tasks and the containerised and conda ones, side by
+    side (the container and conda settings touch only the tasks that name an image or an
+    environment): (its launch directory, its records by task name). Its tests only read it."""
+    nf.require_nextflow()
+    here = tmp_path_factory.mktemp("mixed")
+    (here / "main.nf").write_text(nf.FAILING_PIPELINE.replace("workflow {\n", "workflow {\n  BOXED()\n  ENV()\n")
+                                  + ENVIRONMENTS_PIPELINE.split("workflow {")[0])
+    (here / "nextflow.config").write_text(ENVIRONMENTS_CONFIG)
+    (here / "envs" / "tools").mkdir(parents=True)  # a prebuilt environment's path: Nextflow builds nothing
+    result = nf.run("nextflow-ledger", "run", "main.nf", cwd=here)
+    assert result.returncode == 0, result.stdout + result.stderr  # 'ignore' lets the run finish
+    return here, _by_name(nf.records(here))
+
+
+def test_container_and_conda_env_as_nextflow_wrote_them(mixed_run):
     """The image and the environment come from the wrapper script the real Nextflow writes; the
     image must be what Nextflow's own trace file says. No docker daemon or conda is needed: a try
     that cannot start its container or environment fails (ignored), its wrapper is the same.
     (A task really running in a container is not tested here.)"""
-    (tmp_path / "main.nf").write_text(ENVIRONMENTS_PIPELINE)
-    (tmp_path / "nextflow.config").write_text(ENVIRONMENTS_CONFIG)
-    env_dir = tmp_path / "envs" / "tools"  # a prebuilt environment's path: Nextflow builds nothing
-    env_dir.mkdir(parents=True)
-    result = nf.run("nextflow-ledger", "run", "main.nf", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = (tmp_path / "trace.tsv").read_text().splitlines()
+    here, named = mixed_run
+    env_dir = here / "envs" / "tools"
+    rows = (here / "trace.tsv").read_text().splitlines()
     trace = {row["name"]: row for row in (dict(zip(rows[0].split("\t"), line.split("\t"), strict=True)) for line in rows[1:])}
-    named = _by_name(nf.records(tmp_path))
     [boxed], [conda] = named["BOXED"], named["ENV"]
     assert trace["BOXED"]["container"] == "quay.io/biocontainers/samtools:1.17--h00cdaf9_0"
     assert boxed["extra"]["container"] == boxed["environment"]["container"] == trace["BOXED"]["container"]
