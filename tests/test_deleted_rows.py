@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from lineage_ledger import IndexTampered, open_ledger
 from lineage_ledger._log.names import RUN
 from lineage_ledger._log.trust import TrustStore
-from tests.conftest import run_cli
+from tests.conftest import made_once, run_cli
 from tests.support.audit import KILLED_REFRESH
 from tests.support.factories import artifact, make_record
 
@@ -27,31 +28,45 @@ def _edit(db, statement, *args):
     assert changed, statement
 
 
-def _two_tasks(tmp_path):
-    """raw.txt -> mid.txt -> final.txt, recorded with the CLI, then audited once."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    (tmp_path / "raw.txt").write_text("raw\n")
-    run_cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", url, "--", "sh", "-c", "cat raw.txt > mid.txt",
-            cwd=tmp_path, check_rc=0)
-    run_cli("run", "-i", "mid.txt", "-o", "final.txt", "--ledger", url, "--", "sh", "-c",
-            "cat mid.txt > final.txt", cwd=tmp_path, check_rc=0)
-    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", check_rc=0)
-    return url
+@pytest.fixture
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``two_tasks`` is made once and put back there."""
+    return shared_workdir
+
+
+def _url(directory: Path) -> str:
+    return f"sqlite:///{directory / 'ledger.db'}"
+
+
+def _record_two_tasks(cli, workdir: Path) -> None:
+    url = _url(workdir)
+    (workdir / "raw.txt").write_text("raw\n")
+    cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", url, "--", "sh", "-c", "cat raw.txt > mid.txt",
+        check_rc=0)
+    cli("run", "-i", "mid.txt", "-o", "final.txt", "--ledger", url, "--", "sh", "-c", "cat mid.txt > final.txt",
+        check_rc=0)
+    cli("--ledger", url, program="verify-lineage", check_rc=0)
+
+
+#: raw.txt -> mid.txt -> final.txt in ``ledger.db``, recorded with the CLI, then audited once
+#: (its head remembered): made once for the module's tests that start from it (three command
+#: processes each), put back for each with the remembered state (conftest's made_once).
+two_tasks = made_once(_record_two_tasks, "two_tasks")
 
 
 @pytest.mark.parametrize("name", ["mid.txt", "raw.txt"])
-def test_an_edited_file_whose_rows_were_deleted_is_not_taken_for_a_source(tmp_path, name):
+def test_an_edited_file_whose_rows_were_deleted_is_not_taken_for_a_source(two_tasks, name):
     """The worst case: edit a file, then delete every index row that names it, so that no
     record seems to know it. An output (mid.txt) and a source only ever read (raw.txt)."""
-    url = _two_tasks(tmp_path)
-    (tmp_path / name).write_text("edited by hand\n")
-    changed = run_cli(name, "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    work, url = two_tasks, _url(two_tasks)
+    (work / name).write_text("edited by hand\n")
+    changed = run_cli(name, "--ledger", url, cwd=work, program="verify-lineage")
     assert changed.returncode == 1  # caught from the rows, before any were deleted
-    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ?", str(tmp_path / name))
-    hidden = run_cli(name, "--ledger", url, cwd=tmp_path, program="verify-lineage")
+    _edit(work / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ?", str(work / name))
+    hidden = run_cli(name, "--ledger", url, cwd=work, program="verify-lineage")
     assert hidden.returncode == 1, hidden
     assert "IndexTampered" in hidden.stdout + hidden.stderr and "left out record" in hidden.stdout + hidden.stderr
-    why = run_cli("why", name, "--ledger", url, cwd=tmp_path)
+    why = run_cli("why", name, "--ledger", url, cwd=work)
     assert why.returncode == 1 and "left out record" in why.stderr, why
 
 
@@ -72,26 +87,26 @@ def test_a_hidden_newer_version_is_not_answered_by_an_older_one(tmp_path, statem
     assert result.returncode == 1 and "left out record" in result.stdout + result.stderr, result
 
 
-def test_the_pre_run_check_refuses_under_strict(tmp_path):
+def test_the_pre_run_check_refuses_under_strict(two_tasks):
     """What the plugins call before a task runs, with the strict policy."""
     from lineage_ledger import check_before_run
 
-    url = _two_tasks(tmp_path)
-    (tmp_path / "mid.txt").write_text("edited by hand\n")
-    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(tmp_path / "mid.txt"))
-    with open_ledger(url, spool=str(tmp_path / "spool"), replay=False) as ledger, pytest.raises(IndexTampered):
-        check_before_run(ledger, [str(tmp_path / "mid.txt")], policy="strict")
+    work, url = two_tasks, _url(two_tasks)
+    (work / "mid.txt").write_text("edited by hand\n")
+    _edit(work / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(work / "mid.txt"))
+    with open_ledger(url, spool=str(work / "spool"), replay=False) as ledger, pytest.raises(IndexTampered):
+        check_before_run(ledger, [str(work / "mid.txt")], policy="strict")
 
 
 @pytest.mark.parametrize("earlier", [None, 1])
-def test_a_state_kept_before_names_audits_once_then_checks(tmp_path, earlier):
+def test_a_state_kept_before_names_audits_once_then_checks(two_tasks, earlier):
     """A head remembered by an earlier version (no names kept, or names without counts): the
     next command reads the ledger once and keeps the names, then deleted rows are noticed as
     for any other head."""
     from lineage_ledger._log.names import FORMAT
 
-    url = _two_tasks(tmp_path)
-    with open_ledger(url, spool=str(tmp_path / "spool"), replay=False) as ledger:
+    work, url = two_tasks, _url(two_tasks)
+    with open_ledger(url, spool=str(work / "spool"), replay=False) as ledger:
         ledger.tree_head()
         directory = ledger.verifier.store.directory
     head_file = os.path.join(directory, "head.json")
@@ -108,13 +123,13 @@ def test_a_state_kept_before_names_audits_once_then_checks(tmp_path, earlier):
     with open(head_file, "w") as handle:
         json.dump(raw, handle)
     verified = raw["verified"]
-    run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path, check_rc=0)
+    run_cli("why", "mid.txt", "--ledger", url, cwd=work, check_rc=0)
     with open(head_file) as handle:
         again = json.load(handle)
     assert again["names"] == FORMAT and again["audited"] > verified  # read once more, whole
     assert any(name.startswith("names-") for name in os.listdir(directory))
-    _edit(tmp_path / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(tmp_path / "mid.txt"))
-    result = run_cli("why", "mid.txt", "--ledger", url, cwd=tmp_path)
+    _edit(work / "ledger.db", "DELETE FROM ll_artifacts WHERE path = ? AND role = 1", str(work / "mid.txt"))
+    result = run_cli("why", "mid.txt", "--ledger", url, cwd=work)
     assert result.returncode == 1 and "left out record" in result.stderr, result
 
 
