@@ -6,7 +6,9 @@ What tests/test_snakemake_bio.py does not already cover: a try that fails and is
 (both tries in the ledger, the lineage through the one that succeeded), an intermediate
 file edited by hand (a BAM re-headered in place, its mtime put back) that ``strict`` refuses
 and ``rerun`` redoes, along with the ``temp()`` file upstream of it, and ``verify-lineage``
-of the final outputs and of the directory Snakemake emptied of its ``temp()`` files.
+of the final outputs and of the directory Snakemake emptied of its ``temp()`` files. The
+first run (the retried call included) is made once for the module and put back before each
+test (``tests/support/first_run.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.support import bio_workflow
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -65,15 +68,30 @@ def reheader_in_place(bam: Path, old: str, new: str) -> None:
     os.utime(bam, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def test_retried_call_edited_bam_and_temp_files_as_a_lab_meets_them(tmp_path):
-    require_snakemake()
-    bio_workflow.require_tools()
-    workflow = bio_workflow.prepare(tmp_path / "wf")
-
-    # 1. bcftools_call fails once (a transient failure after it wrote a VCF) and is retried.
+def run_with_a_retried_call(workflow: Path) -> None:
+    """The workflow prepared in ``workflow`` and run once (run id ``first``), its
+    bcftools_call failing once (a transient failure after it wrote a VCF) and retried."""
+    bio_workflow.prepare(workflow)
     (workflow / "fail-once").touch()
     first = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-run-id", "first", cwd=workflow)
     assert first.returncode == 0, first.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    require_snakemake()
+    bio_workflow.require_tools()
+    return FirstRun(tmp_path_factory.mktemp("bio"), run_with_a_retried_call, project="wf")
+
+
+@pytest.fixture
+def workflow(first_run, monkeypatch) -> Path:
+    """The workflow as its first run left it, this test's own to edit and run again."""
+    return first_run.put_back(monkeypatch)
+
+
+def test_retried_call_edited_bam_and_temp_files_as_a_lab_meets_them(workflow):
+    # 1. bcftools_call failed once (a transient failure after it wrote a VCF) and was retried.
     recs = tries(workflow, "first")
     calls = sorted((r for r in recs if r["task_name"] == "bcftools_call"), key=lambda r: r["attempt"])
     assert [(r["attempt"], r["status"]) for r in calls] == [(1, "failed"), (2, "succeeded")]
@@ -125,15 +143,10 @@ def test_retried_call_edited_bam_and_temp_files_as_a_lab_meets_them(tmp_path):
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr
 
 
-def test_verify_of_the_directory_snakemake_emptied_of_temp_files(tmp_path):
+def test_verify_of_the_directory_snakemake_emptied_of_temp_files(workflow):
     """docs/directories.md: a directory under which records name files that are all gone is
     not an error; the note lists them. Snakemake removes ``mapped/`` itself once its temp()
     BAMs are deleted: the answer must not depend on whether the empty directory is left."""
-    require_snakemake()
-    bio_workflow.require_tools()
-    workflow = bio_workflow.prepare(tmp_path / "wf")
-    first = run("snakemake", "--cores", "2", *LOGGER, cwd=workflow)
-    assert first.returncode == 0, first.stderr[-3000:]
     assert not (workflow / "mapped").exists()  # Snakemake removed it
     gone = run_cli("mapped", program="verify-lineage", cwd=workflow)
     (workflow / "mapped").mkdir()

@@ -2,7 +2,9 @@
 
 tests/support/bio_workflow: 9 jobs on simulated reads, the bwa index and a QC directory per
 sample as ``directory()`` outputs, a ``temp()`` BAM, a rule with ``retries``; its data
-directory is a symbolic link, as a lab's shared data often is (issue 17).
+directory is a symbolic link, as a lab's shared data often is (issue 17). The first run is
+made once for the module and put back before each test, the data store beside the workflow
+included (``tests/support/first_run.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from lineage_ledger import hash_file, open_ledger
 from tests.support import bio_workflow
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -35,16 +38,34 @@ def edit_keep_times(path: Path, text: str) -> None:
     os.utime(path.parent, ns=(dir_stat.st_atime_ns, dir_stat.st_mtime_ns))
 
 
-def test_bio_workflow_records_directories_and_catches_an_edit_inside_one(tmp_path):
+LOGGER = ("--logger", "ledger")
+
+
+def run_in_a_lab(lab: Path) -> None:
+    """The workflow in ``lab/wf``, its data in ``lab/store/v1`` behind the link ``wf/data``,
+    run once with the ledger (run id ``first``)."""
+    workflow = bio_workflow.prepare(lab / "wf", data_dir=lab / "store" / "v1")
+    first = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-run-id", "first", cwd=workflow)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
     require_snakemake()
     bio_workflow.require_tools()
-    store = tmp_path / "store" / "v1"
-    workflow = bio_workflow.prepare(tmp_path / "wf", data_dir=store)
-    logger = ["--logger", "ledger"]
+    return FirstRun(tmp_path_factory.mktemp("bio"), run_in_a_lab, project="lab")
+
+
+@pytest.fixture
+def lab(first_run, monkeypatch) -> Path:
+    """The lab as the first run left it, this test's own to edit and run again."""
+    return first_run.put_back(monkeypatch)
+
+
+def test_bio_workflow_records_directories_and_catches_an_edit_inside_one(lab):
+    workflow = lab / "wf"
 
     # 1. Every job is recorded, directories included, with the digests of what is on disk.
-    first = run("snakemake", "--cores", "2", *logger, "--logger-ledger-run-id", "first", cwd=workflow)
-    assert first.returncode == 0, first.stderr[-3000:]
     recs = records(workflow, "first")
     counts: dict[str, int] = {}
     for rec in recs:
@@ -76,12 +97,12 @@ def test_bio_workflow_records_directories_and_catches_an_edit_inside_one(tmp_pat
     verify = run("verify-lineage", "--ledger", ".lineage/ledger.db", "results/report.txt", cwd=workflow)
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "flagstat.txt" in verify.stdout + verify.stderr
-    strict = run("snakemake", "--cores", "2", *logger, "--logger-ledger-policy", "strict", cwd=workflow)
+    strict = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
     assert strict.returncode == 1, strict.stderr[-3000:]
     assert "refusing to run" in strict.stderr and f"{workflow / 'qc' / 'A'}: changed" in strict.stderr
     assert "flagstat.txt" in strict.stderr  # the file inside, by name
     assert flagstat.read_bytes() == edited  # nothing ran
-    rerun = run("snakemake", "--cores", "2", *logger, "--logger-ledger-policy", "rerun",
+    rerun = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "rerun",
                 "--logger-ledger-run-id", "rerun", cwd=workflow)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert b"forged" not in flagstat.read_bytes()
@@ -93,16 +114,11 @@ def test_bio_workflow_records_directories_and_catches_an_edit_inside_one(tmp_pat
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_bio_workflow_verifies_after_its_data_link_moves(tmp_path):
+def test_bio_workflow_verifies_after_its_data_link_moves(lab):
     """data/ is a symbolic link; the data moves and the link follows it: nothing changed."""
-    require_snakemake()
-    bio_workflow.require_tools()
-    store = tmp_path / "store" / "v1"
-    workflow = bio_workflow.prepare(tmp_path / "wf", data_dir=store)
-    logger = ["--logger", "ledger"]
-    first = run("snakemake", "--cores", "2", *logger, cwd=workflow)
-    assert first.returncode == 0, first.stderr[-3000:]
-    moved = tmp_path / "store" / "v2"
+    workflow, store = lab / "wf", lab / "store" / "v1"
+    assert (workflow / "data").readlink() == store
+    moved = lab / "store" / "v2"
     shutil.move(str(store), str(moved))
     (workflow / "data").unlink()
     os.symlink(moved, workflow / "data")
@@ -110,5 +126,5 @@ def test_bio_workflow_verifies_after_its_data_link_moves(tmp_path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     missing = [line for line in verify.stdout.splitlines() if "MISSING" in line]
     assert all("mapped/" in line for line in missing), missing  # only the temp() BAMs, deleted by design
-    strict = run("snakemake", "--cores", "2", *logger, "--logger-ledger-policy", "strict", cwd=workflow)
+    strict = run("snakemake", "--cores", "2", *LOGGER, "--logger-ledger-policy", "strict", cwd=workflow)
     assert strict.returncode == 0 and "Nothing to be done" in strict.stderr, strict.stderr[-3000:]
