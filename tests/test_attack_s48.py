@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import made_once, run_cli
 from tests.support.faults import needs_strace
 
 # -- c714193: no code from the directory a workflow runs in -----------------------------------
@@ -88,14 +88,35 @@ def _within_the_hold(held_since: float) -> None:
         pytest.skip(f"the command took longer than the {HELD} s hold: the machine is too loaded to tell")
 
 
-def _recorded_and_verified(workdir: Path, private_state: Path) -> Path:
-    """One recorded step, audited once; returns the state directory."""
+@pytest.fixture
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``recorded`` is made once and put back there."""
+    return shared_workdir
+
+
+def _record_and_verify(cli, workdir: Path) -> None:
     (workdir / "in.txt").write_text("data\n")
-    run_cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", cwd=workdir, check_rc=0)
-    run_cli("verify", cwd=workdir, check_rc=0)
+    cli("run", "-i", "in.txt", "-o", "out.txt", "--", "cp", "in.txt", "out.txt", check_rc=0)
+    cli("verify", check_rc=0)
+
+
+#: One recorded step, audited once: made once for the module's tests that start from it (two
+#: command processes each), put back for each, its remembered state too (conftest's made_once).
+recorded = made_once(_record_and_verify, "recorded")
+
+
+def _state(private_state: Path) -> Path:
+    """The state directory of the one ledger the test's commands remember."""
     root = private_state / "lineage-ledger"
     (state,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return state
+
+
+def _recorded_and_verified(workdir: Path, private_state: Path) -> Path:
+    """``recorded`` made in the test itself, for the test that needs the state's files in the
+    order the commands wrote them (a copy may list them in another); returns the state directory."""
+    _record_and_verify(lambda *args, **kw: run_cli(*args, cwd=workdir, **kw), workdir)
+    return _state(private_state)
 
 
 def _audit_held_after_its_swap(workdir: Path, state: Path, swap: str) -> tuple[subprocess.Popen, Path]:
@@ -122,11 +143,11 @@ def _audit_held_after_its_swap(workdir: Path, state: Path, swap: str) -> tuple[s
 
 
 @needs_strace
-def test_an_audit_killed_just_after_its_exchange_leaves_a_state_every_command_reads(workdir, private_state):
+def test_an_audit_killed_just_after_its_exchange_leaves_a_state_every_command_reads(workdir, recorded, private_state):
     """kill -9 of a full audit between its exchange of the directories and the removal of the
     old state: the new state is complete in place; the old one, left where the new was built,
     is neither read nor restored, and the next full audit removes it."""
-    state = _recorded_and_verified(workdir, private_state)
+    state = _state(private_state)
     run_cli("run", "-i", "out.txt", "-o", "a.txt", "--", "cp", "out.txt", "a.txt", cwd=workdir, check_rc=0)
     audit, log = _audit_held_after_its_swap(workdir, state, "exchange")
     (tracee,) = {int(line.split()[0]) for line in log.read_text().splitlines() if "(DELAYED)" in line}
@@ -144,11 +165,11 @@ def test_an_audit_killed_just_after_its_exchange_leaves_a_state_every_command_re
 
 
 @needs_strace
-def test_reset_trust_during_an_audits_swap_waits_for_it_then_forgets(workdir, private_state, swap="exchange"):
+def test_reset_trust_during_an_audits_swap_waits_for_it_then_forgets(workdir, recorded, private_state, swap="exchange"):
     """reset-trust run while a full audit is held just after its exchange says it waits, and only after the
     audit let the lock go removes the state: neither the new state nor the one set aside
     survives it (the audit's own later check then audits afresh, as the next command would)."""
-    state = _recorded_and_verified(workdir, private_state)
+    state = _state(private_state)
     audit, _ = _audit_held_after_its_swap(workdir, state, swap)
     try:
         held_since = time.monotonic()
@@ -202,12 +223,12 @@ def test_a_command_started_while_reset_trust_removes_the_state_verifies(workdir,
 
 @needs_strace
 @pytest.mark.parametrize("meanwhile", ["reset-trust", "verify"])
-def test_a_command_that_read_the_head_before_the_state_changed_verifies(workdir, private_state, meanwhile):
+def test_a_command_that_read_the_head_before_the_state_changed_verifies(workdir, recorded, private_state, meanwhile):
     """A targeted verify held just after it opened head.json while reset-trust, or a full audit
     (which swaps a new state in and removes the old one), runs to its end. (Under reset-trust it
     failed, exit 2, "starts.bin is cut short ... run `lineage-ledger reset-trust`", until the head
     was read again where its directory moved away: helper-154's strict xfail, fixed.)"""
-    state = _recorded_and_verified(workdir, private_state)
+    state = _state(private_state)
     log = Path(tempfile.mkdtemp(prefix="strace-", dir=workdir.parent)) / "reader.log"  # this test's own
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
     script = Path(sys.executable).parent / "lineage-ledger"
@@ -232,12 +253,11 @@ def test_a_command_that_read_the_head_before_the_state_changed_verifies(workdir,
 
 
 @needs_strace
-def test_a_full_audit_where_renameat2_is_refused_with_eperm_swaps_by_two_renames(workdir, private_state):
+def test_a_full_audit_where_renameat2_is_refused_with_eperm_swaps_by_two_renames(workdir, recorded, private_state):
     """renameat2 refused with EPERM (a seccomp filter that does not know it: older container
     runtimes, systemd's SystemCallFilter with an errno): the full audit failed, exit 2, 'cannot
     keep the verified tree head ... Operation not permitted', where the two renames work (failing
     from 22b0303 to a2a82d9; passing before 22b0303)."""
-    _recorded_and_verified(workdir, private_state)
     result = run_cli("verify", cwd=workdir, prefix=("strace", "-f", "-qq", "-o", "/dev/null",
                                                     "-e", "inject=renameat2:error=EPERM"))
     assert result.returncode == 0, result.stderr
