@@ -48,8 +48,8 @@ def run(directory: Path, policy: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__, "20 jobs, 1 round", quick_rounds=1)
-    n = 20 if args.quick else 200
+    args = parse_args(__doc__, "4 jobs, 1 round", quick_rounds=1)
+    n = 4 if args.quick else 200  # --quick: the test suite's smoke run, whose figures nobody reads
     print(f"pre-run check: finished workflow of {n} jobs run again, {args.rounds} rounds, "
           f"load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="ll-bench-snakemake-check-") as tmp:
