@@ -10,13 +10,16 @@ login session on most clusters (systemd's default), here the hard one too.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from pathlib import Path
@@ -262,6 +265,20 @@ def _rss_mib(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) // 1024
 
 
+def _answered_as_far_as_the_buffers_take(connections: list[socket.socket]) -> None:
+    """Until every connection holds answer bytes it has not read, as many at two looks in a row:
+    the daemon took up each request and wrote what the socket's buffers take (the old code
+    joined the whole page before it wrote a byte). It was a fixed 5 s wait."""
+    deadline, before = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        unread = [struct.unpack("i", fcntl.ioctl(conn, termios.FIONREAD, bytes(4)))[0] for conn in connections]
+        if all(unread) and unread == before:
+            return
+        before = unread
+        time.sleep(0.25)
+    raise AssertionError(f"the daemon did not answer every connection: unread bytes {before}")
+
+
 def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
     """Bug: a `blocks` answer (a page of up to 32 MiB) was joined into one buffer and held
     by its connection's thread until the client read it. A reader (any allowed client, a
@@ -285,7 +302,7 @@ def test_readers_that_never_read_their_answers_do_not_grow_the_daemon(tmp_path):
             conn.connect(str(service.socket))
             send_frame(conn, request)  # and never read the answer
             connections.append(conn)
-        time.sleep(5)  # the daemon's threads answer as far as the sockets' buffers take
+        _answered_as_far_as_the_buffers_take(connections)
         grew = _rss_mib(daemon) - before
         assert backend.record_count() == 40  # others are served meanwhile
         assert grew < 512, f"the daemon's resident memory grew by {grew} MiB"
