@@ -12,10 +12,14 @@ Now a run first ships what earlier runs left in the spool (bounded), and a file 
 record still waiting there wrote (the ledger still locked) is checked against that record.
 
 Real Parsl programs in processes of their own; the lock is a real SQLite ``BEGIN IMMEDIATE``.
+Run 1 (under the lock, its tries left in the spool) is made once for the module and put back
+before each case (``tests/support/first_run.py``); the ``held`` case takes the lock again
+before run 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +31,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.support import parsl as support
 from tests.support.faults import hold_write_lock
+from tests.support.first_run import FirstRun
 
 pytest.importorskip("parsl", reason="the Parsl plugin needs parsl (make install installs it)")
 pytest.importorskip("lineage_ledger_parsl", reason="make install installs plugins/parsl")
@@ -73,27 +78,45 @@ def _run(workdir: Path, policy: str) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.mark.parametrize(("policy", "lock"), [("strict", "released"), ("strict", "held"), ("rerun", "released")])
-def test_an_output_edited_while_its_record_waits_in_the_spool_is_not_reused(tmp_path, policy, lock):
-    ledger, spool = tmp_path / "ledger.db", tmp_path / "spool"
-    src, out = tmp_path / "src.txt", tmp_path / "out.txt"
+def run_with_the_ledger_locked(workdir: Path) -> None:
+    """Run 1 (strict) while another process holds the ledger's write lock: its tries wait in
+    the spool, its results in Parsl's checkpoint."""
+    ledger, spool = workdir / "ledger.db", workdir / "spool"
+    src, out = workdir / "src.txt", workdir / "out.txt"
     src.write_text("one\ntwo\n")
-    (tmp_path / "run.py").write_text(textwrap.dedent(PROGRAM.format(
-        example=str(support.EXAMPLE_DIR), url=f"sqlite:///{ledger}", spool=str(spool), workdir=str(tmp_path),
+    (workdir / "run.py").write_text(textwrap.dedent(PROGRAM.format(
+        example=str(support.EXAMPLE_DIR), url=f"sqlite:///{ledger}", spool=str(spool), workdir=str(workdir),
         src=str(src), out=str(out))))
-    run_cli("run", "--ledger", str(ledger), "--", "true", cwd=tmp_path, env={"LINEAGE_SPOOL": str(spool),
-            "LINEAGE_STATE_DIR": str(tmp_path / "state")}, check_rc=0)
+    run_cli("run", "--ledger", str(ledger), "--", "true", cwd=workdir, env={"LINEAGE_SPOOL": str(spool),
+            "LINEAGE_STATE_DIR": str(workdir / "state")}, check_rc=0)
     holder = hold_write_lock(ledger)
     try:
-        first = _run(tmp_path, "strict")
+        first = _run(workdir, "strict")
         assert "result copied ran" in first.stdout, first.stdout + first.stderr[-3000:]
         assert "wait in the spool" in first.stderr, first.stderr[-3000:]  # not in the ledger: locked
-        if lock == "released":
-            holder.communicate("")
+    finally:
+        holder.communicate("")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    return FirstRun(tmp_path_factory.mktemp("spooled"), run_with_the_ledger_locked)
+
+
+@pytest.mark.parametrize(("policy", "lock"), [("strict", "released"), ("strict", "held"), ("rerun", "released")])
+def test_an_output_edited_while_its_record_waits_in_the_spool_is_not_reused(first_run, monkeypatch, policy, lock):
+    tmp_path = first_run.put_back(monkeypatch)  # run 1's tries still wait in the spool
+    out = tmp_path / "out.txt"
+    holder = hold_write_lock(tmp_path / "ledger.db") if lock == "held" else None
+    try:
+        if holder is not None:  # run 1's tries put back as they waited, none shipped since
+            status = run_cli("spool", "status", "--json", cwd=tmp_path, check_rc=0,
+                             env={"LINEAGE_SPOOL": str(tmp_path / "spool"), "LINEAGE_STATE_DIR": str(tmp_path / "state")})
+            assert sum(entry["records"] for entry in json.loads(status.stdout)) >= 2, status.stdout
         out.write_text("edited outside the workflow\n")
         second = _run(tmp_path, policy)
     finally:
-        if holder.poll() is None:
+        if holder is not None:
             holder.communicate("")
     # The value run 1 checkpointed is reused: its try's record vouches for it, shipped or waiting.
     assert "value 6 from_memo" in second.stdout, second.stdout + second.stderr[-3000:]
