@@ -14,6 +14,9 @@ from lineage_ledger import verify_before_run
 from tests.conftest import run_cli
 from tests.support.faults import hold_write_lock
 
+#: The ledger is locked throughout: waiting the default 2 s for it to take each record only
+#: delays the spooling these tests start from.
+QUICK = ("--ship-wait", "0.1")
 NAMES = ["café-ü.txt", 'q"uote.txt', "back\\slash.txt", "plain.txt"]
 
 
@@ -26,10 +29,10 @@ def test_a_file_edited_while_its_record_waits_is_modified(tmp_path: Path, name: 
     holder = hold_write_lock(tmp_path / ".lineage" / "ledger.db")
     try:
         # Another task first, so that the spool holds a line naming something else too.
-        run_cli("run", "-o", "other.txt", "--", "sh", "-c", "echo other > other.txt", cwd=tmp_path)
+        run_cli("run", *QUICK, "-o", "other.txt", "--", "sh", "-c", "echo other > other.txt", cwd=tmp_path)
         # cp: no quote in the command line, so that the line holds a backslash only where the name does.
         (tmp_path / "made.txt").write_text("made\n")
-        done = run_cli("run", "-o", name, "--", "cp", "made.txt", name, cwd=tmp_path)
+        done = run_cli("run", *QUICK, "-o", name, "--", "cp", "made.txt", name, cwd=tmp_path)
         assert "spool" in done.stderr, done.stderr
         assert verify_before_run(url, [str(out)], "warn") == []  # as its waiting record wrote it
         out.write_text("edited by hand\n")
