@@ -1,5 +1,6 @@
 """What waits in the spool while a PostgreSQL ledger is down, as an operator is told it: by
-``lineage-ledger spool status``, and by the lines a Snakemake run ends with.
+``lineage-ledger spool status``. (The lines a Snakemake run ends with, without a wait of zero
+seconds: tests/test_snakemake_spool_first.py::test_an_unreachable_ledger_leaves_the_records_in_the_spool.)
 
 A directory output is kept in the ledger with a manifest record whose times are the epoch
 (its bytes depend on the manifest alone, core/_files/manifest.py). While such a record waits
@@ -14,8 +15,6 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
-from tests.support.snakemake import require_snakemake, run
 
 pytest.importorskip("psycopg", reason="a postgresql:// ledger needs lineage-ledger[postgres]")
 
@@ -35,12 +34,3 @@ def test_the_oldest_waiting_record_is_a_task_not_a_directory_manifest(cli, workd
     text = cli("spool", "status", check_rc=0).stdout
     assert " d ago" not in text, text
 
-
-def test_a_snakemake_run_says_how_its_records_wait_without_a_zero_second_wait(tmp_path):
-    require_snakemake()
-    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
-    result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", UNREACHABLE, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    told = [line for line in result.stderr.splitlines() if line.startswith("lineage-ledger:")]
-    assert any("wait in the spool" in line and "lineage-ledger spool ship" in line for line in told), told
-    assert not any("within 0.0s" in line for line in told), told

@@ -241,18 +241,6 @@ def test_a_failing_job_is_recorded_as_failed_and_a_profile_turns_the_plugin_on(t
     assert list(broken.outputs) == [str(tmp_path / "broken.log")]  # a failed try vouches for its log only
 
 
-def test_an_unusable_ledger_url_stops_snakemake_before_any_job(tmp_path):
-    """A URL no retry can fix (here an unknown scheme) would lose the whole run's records:
-    refused before anything runs, exit 2 (issue 16; tests/test_snakemake_spool_first.py has more)."""
-    require_snakemake()
-    (tmp_path / "Snakefile").write_text('rule a:\n    output: "a.txt"\n    shell: "echo a > {output}"\n')
-    result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", "nosuch://x",
-                 cwd=tmp_path, env=clean_env())
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert not (tmp_path / "a.txt").exists()
-    assert "refusing to run" in result.stderr and "nosuch" in result.stderr
-
-
 SLOW = """
 N = config.get("jobs", 40)
 

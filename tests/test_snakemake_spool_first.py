@@ -34,6 +34,8 @@ def _spool_status(directory: Path) -> list[dict]:
     ("sqlite:/no-slashes.db", "malformed ledger URL"),
 ])
 def test_a_ledger_url_that_cannot_work_stops_snakemake_before_any_job(tmp_path, url, message):
+    """A URL no retry can fix (an unknown scheme, a malformed URL) would lose the whole run's
+    records: refused before anything runs, exit 2 (issue 16)."""
     require_snakemake()
     (tmp_path / "Snakefile").write_text(ONE_JOB)
     result = run("snakemake", "--cores", "1", "--logger", "ledger", "--logger-ledger-url", url, cwd=tmp_path)
@@ -57,6 +59,9 @@ def test_a_missing_extra_stops_snakemake_before_any_job(tmp_path):
 
 
 def test_an_unreachable_ledger_leaves_the_records_in_the_spool(tmp_path):
+    """The run ends as usual, its records wait in the spool, and its last lines say so and how
+    they ship, without a wait of zero seconds ("within 0.0s": tests/test_deployed_spool_status.py's
+    case, merged here, the same run)."""
     require_snakemake()
     (tmp_path / "Snakefile").write_text(ONE_JOB)
     url = "postgresql://nobody@127.0.0.1:1/ledger"  # nothing listens on port 1
@@ -65,6 +70,9 @@ def test_an_unreachable_ledger_leaves_the_records_in_the_spool(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - began < 60
     assert (tmp_path / "a.txt").exists() and "wait in the spool" in result.stderr
+    told = [line for line in result.stderr.splitlines() if line.startswith("lineage-ledger:")]
+    assert any("wait in the spool" in line and "lineage-ledger spool ship" in line for line in told), told
+    assert not any("within 0.0s" in line for line in told), told
     waiting, = _spool_status(tmp_path)
     assert waiting["records"] == 1 and "127.0.0.1:1/ledger" in waiting["url"]
     assert os.listdir(tmp_path / ".lineage" / "snakemake-pending") == []  # in the spool: the journal let go
