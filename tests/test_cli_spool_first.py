@@ -77,7 +77,7 @@ def test_run_on_a_locked_ledger_leaves_the_record_in_the_spool_and_exits_at_once
         waiting, = _status(cli)
         assert waiting["records"] == 1 and waiting["live"] == 0 and waiting["oldest_age_s"] >= 0
         assert waiting["url"] == f"sqlite:///{os.path.realpath(workdir)}/.lineage/ledger.db"
-        shipped = cli("spool", "ship", "--timeout", "2")
+        shipped = cli("spool", "ship", "--timeout", "0.5")  # the lock is held throughout: any wait ends so
         assert shipped.returncode == 2 and "1 record(s) wait" in shipped.stderr
     finally:
         holder.communicate("")
@@ -111,7 +111,8 @@ def test_run_on_a_read_only_ledger_keeps_the_record_for_later(cli, workdir):
 def test_run_against_an_unreachable_ledger_runs_and_spools(cli, workdir):
     url = "postgresql://nobody@127.0.0.1:1/ledger"  # nothing listens on port 1
     marker = workdir / "ran"
-    result = cli("run", "--ledger", url, "--", "touch", str(marker))
+    # Nothing listens: the wait for the ledger (2 s by default) ends the same way, only later.
+    result = cli("run", "--ledger", url, "--ship-wait", "0.2", "--", "touch", str(marker))
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert marker.exists() and "waits" in result.stderr
     waiting, = _status(cli)
