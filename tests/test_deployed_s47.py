@@ -10,6 +10,9 @@ resources report). Through the real ``snakemake --logger ledger`` and ``verify-l
 - A ``benchmark:`` file is written by the job, like its outputs. No record listed it, so the
   report made from it traced back to it as a "(source)", and an edit made before the report
   first ran passed ``strict`` and ``verify-lineage``.
+
+Both start from the same first run (the QC report made, the resources report not), made once
+for the module and put back before each (``tests/support/first_run.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 
 from lineage_ledger import open_ledger
 from tests.conftest import run_cli
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import BIN, clean_env, require_snakemake, run
 
 pytestmark = pytest.mark.slow
@@ -74,6 +78,27 @@ def snakemake(workflow: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run("snakemake", "--cores", "1", *args, *LOGGER, cwd=workflow)
 
 
+def qc_report_made(workflow: Path) -> None:
+    """The QC workflow's first run: both samples aligned (each with its log and benchmark
+    file) and the QC report made from the logs; the resources report not made yet."""
+    qc_workflow(workflow.parent)
+    first = snakemake(workflow, "qc/multiqc.txt")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (workflow / "qc" / "resources.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    require_snakemake()
+    return FirstRun(tmp_path_factory.mktemp("qc"), qc_report_made, project="wf")
+
+
+@pytest.fixture
+def qc_run(first_run, monkeypatch) -> Path:
+    """The QC workflow as its first run left it, this test's own to edit and run again."""
+    return first_run.put_back(monkeypatch)
+
+
 def edit_keeping_mtime(path: Path, text: str) -> None:
     """A hand edit that Snakemake cannot see: the file's times put back."""
     before = path.stat()
@@ -97,11 +122,8 @@ def lineage_kinds(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
     return found
 
 
-def test_rerun_makes_an_edited_log_file_again_where_its_reader_only_read_the_edit(tmp_path):
-    require_snakemake()
-    workflow = qc_workflow(tmp_path)
-    first = snakemake(workflow, "qc/multiqc.txt")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_rerun_makes_an_edited_log_file_again_where_its_reader_only_read_the_edit(qc_run):
+    workflow = qc_run
     log_file = workflow / "logs" / "align.x.log"
     recorded = log_file.read_text()
     edit_keeping_mtime(log_file, "aligned x 9999\n")  # a QC figure improved by hand
@@ -115,11 +137,8 @@ def test_rerun_makes_an_edited_log_file_again_where_its_reader_only_read_the_edi
     assert verified.returncode == 0, verified.stdout[-3000:]
 
 
-def test_a_benchmark_file_is_recorded_as_its_jobs_product_and_an_edit_of_it_is_refused(tmp_path):
-    require_snakemake()
-    workflow = qc_workflow(tmp_path)
-    first = snakemake(workflow)  # the samples aligned; the resources report not made yet
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_benchmark_file_is_recorded_as_its_jobs_product_and_an_edit_of_it_is_refused(qc_run):
+    workflow = qc_run  # the samples aligned; the resources report not made yet
     benchmark = workflow / "benchmarks" / "align.y.tsv"
     # The benchmark is the align job's product, made from the data (not a source of its own).
     verified = run_cli("--json", benchmark, program="verify-lineage", cwd=workflow)
