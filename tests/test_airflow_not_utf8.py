@@ -140,6 +140,21 @@ def site(tmp_path_factory, postgres_server):
         site.stop()
 
 
+#: The runs of the tests of one task each, by DAG: triggered together once the site is up, so
+#: that the scheduler runs them side by side (PARALLELISM 4) rather than one test's after another's.
+TOGETHER = {"nu_plain": "plain-1", "nu_op_warn": "warn-1", "nu_op_strict": "strict-1", "nu_op_cwd": "cwd-1"}
+
+
+@pytest.fixture(scope="module")
+def runs(site) -> dict[str, str]:
+    """Each of those runs' end state, by DAG: all have ended (a test that starts the scheduler
+    again finds none of them in flight)."""
+    site.wait_for_dags(TOGETHER, timeout=120)
+    for dag_id, run_id in TOGETHER.items():
+        site.trigger(dag_id, run_id)
+    return {dag_id: site.wait_for_run(dag_id, run_id) for dag_id, run_id in TOGETHER.items()}
+
+
 def raw(site: Deployment, name: bytes) -> bytes:
     """The path of a file under the data folder, as bytes."""
     return os.fsencode(site.data) + b"/" + name
@@ -161,9 +176,8 @@ def said_once(text: str, what: str) -> list[str]:
     return lines
 
 
-def test_a_plain_operators_outlet_that_is_not_utf8_is_said_and_left_out(site):
-    site.trigger("nu_plain", "plain-1")
-    assert site.wait_for_run("nu_plain", "plain-1") == "success"
+def test_a_plain_operators_outlet_that_is_not_utf8_is_said_and_left_out(site, runs):
+    assert runs["nu_plain"] == "success"
     assert os.path.exists(raw(site, b"plain-" + BAD))
     text = hooks_done(site, "nu_plain", "plain-1", "write")
     said_once(text, "not valid UTF-8")
@@ -176,10 +190,8 @@ def test_a_plain_operators_outlet_that_is_not_utf8_is_said_and_left_out(site):
     assert "not_utf8_files" in record["extra"]["escaped"]
 
 
-def test_a_ledger_operator_output_that_is_not_utf8_runs_under_warn_and_is_said(site):
-    site.wait_for_dags(["nu_op_warn"], timeout=60)
-    site.trigger("nu_op_warn", "warn-1")
-    assert site.wait_for_run("nu_op_warn", "warn-1") == "success"
+def test_a_ledger_operator_output_that_is_not_utf8_runs_under_warn_and_is_said(site, runs):
+    assert runs["nu_op_warn"] == "success"
     assert os.path.exists(raw(site, b"op-" + BAD))
     text = hooks_done(site, "nu_op_warn", "warn-1", "write")
     said_once(text, "not valid UTF-8")
@@ -190,10 +202,8 @@ def test_a_ledger_operator_output_that_is_not_utf8_runs_under_warn_and_is_said(s
     assert record["extra"]["not_utf8_files"] == {"inputs": [], "outputs": [shown(site, b"op-" + BAD)]}
 
 
-def test_strict_refuses_a_ledger_operator_whose_output_cannot_be_recorded(site):
-    site.wait_for_dags(["nu_op_strict"], timeout=60)
-    site.trigger("nu_op_strict", "strict-1")
-    assert site.wait_for_run("nu_op_strict", "strict-1") == "failed"
+def test_strict_refuses_a_ledger_operator_whose_output_cannot_be_recorded(site, runs):
+    assert runs["nu_op_strict"] == "failed"
     tries = site.tries("nu_op_strict", "strict-1")
     assert [(t.task_id, t.try_number, t.state) for t in tries] == [("write", 1, "failed")]  # no retries
     assert not os.path.exists(raw(site, b"strict-" + BAD)) and not (site.data / "strict-ok.txt").exists()
@@ -206,10 +216,8 @@ def test_strict_refuses_a_ledger_operator_whose_output_cannot_be_recorded(site):
     assert record["extra"]["not_utf8_files"] == {"inputs": [], "outputs": [shown(site, b"strict-" + BAD)]}
 
 
-def test_a_working_directory_that_is_not_utf8_does_not_matter(site):
-    site.wait_for_dags(["nu_op_cwd"], timeout=60)
-    site.trigger("nu_op_cwd", "cwd-1")
-    assert site.wait_for_run("nu_op_cwd", "cwd-1") == "success", task_log(site, "nu_op_cwd", "cwd-1", "write")[-4000:]
+def test_a_working_directory_that_is_not_utf8_does_not_matter(site, runs):
+    assert runs["nu_op_cwd"] == "success", task_log(site, "nu_op_cwd", "cwd-1", "write")[-4000:]
     assert os.path.exists(raw(site, b"cwd-" + BAD + b"/scratch.txt"))
     record = wait_for_tries(site, "nu_op_cwd", "cwd-1")[("write", 1)]
     assert record["status"] == "succeeded" and list(record["outputs"]) == [str(site.data / "cwd-out.txt")]
@@ -233,6 +241,7 @@ def test_relative_paths_in_a_dag_folder_that_is_not_utf8_are_left_out_not_refuse
     assert task.inlets[0].uri == f"file://{tmp_path}/dags-%FF/in.txt"  # an Asset URI is ASCII
 
 
+@pytest.mark.usefixtures("runs")  # ended: the scheduler started again below kills none of them in flight
 def test_a_ledger_whose_path_is_not_utf8_is_said_once_and_strict_refuses(site):
     """The scheduler (and so every task process it starts) names a ledger whose path is not
     UTF-8: the default one under an AIRFLOW_HOME whose name is not, say. Nothing can be
