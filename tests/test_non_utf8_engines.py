@@ -19,25 +19,14 @@ from tests.support.parsl import EXAMPLE_DIR
 from tests.support.snakemake import clean_env, require_snakemake, run
 
 BYTE = "\udcff"  # the byte 0xff, as Python reads it from the OS (surrogateescape)
-SNAKEFILE = 'rule all:\n    output: "a.txt"\n    shell: "echo hi > {output}"\n'
+#: A job whose parameter (and so its command) holds the byte of ``$ODD``.
+SNAKEFILE = ('import os\nrule all:\n    output: "a.txt"\n    params: x=os.environ["ODD"]\n'
+             '    shell: "echo {params.x} > {output}"\n')
 
 
 def _records(cwd, ledger) -> list[dict]:
     shown = run_cli("log", "--json", "-n", "0", "--ledger", str(ledger), cwd=cwd, check_rc=0)
     return [json.loads(line) for line in shown.stdout.splitlines()]
-
-
-def test_snakemake_records_a_job_run_by_a_user_whose_name_is_not_utf8(tmp_path):
-    require_snakemake()
-    (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    env = clean_env(LOGNAME="u" + BYTE, LINEAGE_STATE_DIR=str(tmp_path / "state"))
-    done = run("snakemake-ledger", "-c1", cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "could not record" not in done.stderr, done.stderr
-    [record] = _records(tmp_path, tmp_path / ".lineage" / "ledger.db")
-    assert record["task_name"] == "all"
-    assert record["environment"]["user"] == "u\\xff"
-    assert record["environment"]["escaped"] == ["user"]
 
 
 def test_parsl_records_the_tasks_of_a_user_whose_name_is_not_utf8(tmp_path):
@@ -54,18 +43,23 @@ def test_parsl_records_the_tasks_of_a_user_whose_name_is_not_utf8(tmp_path):
     assert {r["environment"]["user"] for r in records} == {"u\\xff"}
 
 
-def test_snakemake_records_a_job_whose_parameter_and_command_are_not_utf8(tmp_path):
+def test_snakemake_records_a_job_whose_user_parameter_and_command_are_not_utf8(tmp_path):
+    """One Snakemake run serves both checks (each was a run of its own): the job run by a user
+    whose name is not UTF-8 is recorded, the name escaped in the environment; its parameter
+    and command, not UTF-8 either, are escaped in the record."""
     require_snakemake()
-    (tmp_path / "Snakefile").write_text(
-        'import os\nrule all:\n    output: "a.txt"\n    params: x=os.environ["ODD"]\n'
-        '    shell: "echo {params.x} > {output}"\n')
-    env = clean_env(ODD="v" + BYTE, LINEAGE_STATE_DIR=str(tmp_path / "state"))
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    env = clean_env(LOGNAME="u" + BYTE, ODD="v" + BYTE, LINEAGE_STATE_DIR=str(tmp_path / "state"))
     done = run("snakemake-ledger", "-c1", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "could not record" not in done.stderr, done.stderr
     [record] = _records(tmp_path, tmp_path / ".lineage" / "ledger.db")
+    assert record["task_name"] == "all"
+    assert record["environment"]["user"] == "u\\xff"
+    assert record["environment"]["escaped"] == ["user"]
     assert record["parameters"]["x"] == "v\\xff"
     assert "parameters.x" in record["extra"]["escaped"]
+    assert (tmp_path / "a.txt").read_bytes() == b"v\xff\n"  # the command ran with the parameter's byte
 
 
 def test_a_capture_records_an_engines_text_that_is_not_utf8_escaped(tmp_path, Capture):  # noqa: N803
