@@ -6,10 +6,12 @@ and a ledger whose records do not verify is left as it was."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.support.first_run import FirstRun
 
 
 def _edit(db, statement, *args):
@@ -24,17 +26,33 @@ def _rows(db):
                 conn.execute("SELECT seq, id, height, pos, run_id, body FROM ll_records ORDER BY seq").fetchall())
 
 
-@pytest.fixture
-def ledger(tmp_path):
+def _recorded_and_audited(project: Path) -> None:
     """raw.txt -> mid.txt -> final.txt in run "run-a", recorded with the CLI, then audited."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
-    (tmp_path / "raw.txt").write_text("raw\n")
+    url, env = f"sqlite:///{project / 'ledger.db'}", _env(project)
+    (project / "raw.txt").write_text("raw\n")
     for source, target in (("raw.txt", "mid.txt"), ("mid.txt", "final.txt")):
         run_cli("run", "-i", source, "-o", target, "--ledger", url, "--", "sh", "-c", f"cat {source} > {target}",
-                cwd=tmp_path, env=env, check_rc=0)
-    run_cli("--ledger", url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
-    return tmp_path, url, env
+                cwd=project, env=env, check_rc=0)
+    run_cli("--ledger", url, cwd=project, program="verify-lineage", env=env, check_rc=0)
+
+
+def _env(project: Path) -> dict[str, str]:
+    # FirstRun's state directory, beside the project: what the audit remembered.
+    return {"XDG_STATE_HOME": str(project.parent / "state"), "LINEAGE_RUN_ID": "run-a"}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> FirstRun:
+    """The recorded and audited pipeline, made once for the module (tests/support/first_run.py)."""
+    return FirstRun(tmp_path_factory.mktemp("repair"), _recorded_and_audited)
+
+
+@pytest.fixture
+def ledger(first_run, monkeypatch):
+    """The pipeline as its first run and audit left it, put back for this test: its
+    directory, URL and environment."""
+    project = first_run.put_back(monkeypatch)
+    return project, f"sqlite:///{project / 'ledger.db'}", _env(project)
 
 
 def test_deleted_and_edited_index_rows_are_rebuilt_and_reads_answer_again(ledger):
@@ -83,8 +101,9 @@ def test_no_ledger_and_other_back_ends_are_refused_with_exit_2(tmp_path):
 
 @pytest.mark.postgres
 def test_a_postgresql_ledger_is_repaired_the_same_way(postgres_url, tmp_path):
-    """The same repair through SQLAlchemy on a real PostgreSQL server, while the block table
-    is locked against appends."""
+    """The same repairs through SQLAlchemy on a real PostgreSQL server, while the block table
+    is locked against appends: deleted and edited index rows rebuilt, then record rows no
+    block places removed (was test_a_postgresql_ledger_loses_the_record_rows_no_block_places)."""
     import psycopg
 
     env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
@@ -105,6 +124,42 @@ def test_a_postgresql_ledger_is_repaired_the_same_way(postgres_url, tmp_path):
             == before
         assert conn.execute("SELECT run_id FROM ll_records").fetchall() == [("run-a",)]
     run_cli("why", "mid.txt", "--ledger", postgres_url, cwd=tmp_path, env=env, check_rc=0)
+
+    # The same ledger then loses the record rows no block places (as
+    # test_record_rows_no_block_places_are_removed_and_counted on SQLite): planted rows past the chain,
+    # before it, in no block, and a block row below height 0 are removed and counted, the index is
+    # what the writer stored, and the audit passes. (One recorded and audited run serves both.)
+    select = ("SELECT seq, id, height, pos, run_id FROM ll_records ORDER BY seq",
+              "SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY seq, role, path")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pristine = [conn.execute(s).fetchall() for s in select]
+        body = conn.execute("SELECT body FROM ll_records WHERE seq = 0").fetchone()[0]
+        for seq, char, height in ((1, "a", 0), (40, "b", 5), (-3, "c", 0)):
+            conn.execute("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (%s, %s, %s, 1, 'x', %s)",
+                         (seq, char * 64, height, body))
+        conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 1, 'ab', '')")
+        conn.execute("INSERT INTO ll_blocks (height, id, first_seq, count, header)"
+                     " SELECT -1, %s, -3, 1, header FROM ll_blocks WHERE height = 0", ("d" * 64,))
+    assert run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
+    repaired = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert repaired.returncode == 0, repaired
+    assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
+    assert "1 block rows below height 0" in repaired.stderr, repaired
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert [conn.execute(s).fetchall() for s in select] == pristine
+        assert conn.execute("SELECT min(height) FROM ll_blocks").fetchone()[0] == 0
+    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
+    # Then the only record moved to sequence number 5, its block row pointing there: refused,
+    # and nothing changed (deleting rows past the chain would delete that record).
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("ll_records", "ll_artifacts"):
+            conn.execute(f"UPDATE {table} SET seq = 5 WHERE seq = 0")  # noqa: S608
+        conn.execute("UPDATE ll_blocks SET first_seq = 5 WHERE height = 0")
+        moved = [conn.execute(s).fetchall() for s in select]
+    refused = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
+    assert refused.returncode == 1 and "block 0" in refused.stderr and "from a backup" in refused.stderr, refused
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert [conn.execute(s).fetchall() for s in select] == moved
 
 
 def _plant_records(db):
@@ -157,51 +212,6 @@ def test_records_stored_out_of_place_are_refused_and_never_deleted(ledger):
     assert "block 1" in refused.stderr and "restore the ledger from a backup" in refused.stderr, refused
     assert "Traceback" not in refused.stderr
     assert _rows(db) == before
-
-
-@pytest.mark.postgres
-def test_a_postgresql_ledger_loses_the_record_rows_no_block_places(postgres_url, tmp_path):
-    """The same on PostgreSQL: planted record rows (past the chain, before it, in no block)
-    and a block row below height 0 are removed and counted, the index is what the writer stored, and the audit passes."""
-    import psycopg
-
-    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "LINEAGE_RUN_ID": "run-a"}
-    (tmp_path / "raw.txt").write_text("raw\n")
-    run_cli("run", "-i", "raw.txt", "-o", "mid.txt", "--ledger", postgres_url, "--", "sh", "-c",
-            "cat raw.txt > mid.txt", cwd=tmp_path, env=env, check_rc=0)
-    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
-    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
-    select = ("SELECT seq, id, height, pos, run_id FROM ll_records ORDER BY seq",
-              "SELECT path, role, seq, digest, ended FROM ll_artifacts ORDER BY seq, role, path")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pristine = [conn.execute(s).fetchall() for s in select]
-        body = conn.execute("SELECT body FROM ll_records WHERE seq = 0").fetchone()[0]
-        for seq, char, height in ((1, "a", 0), (40, "b", 5), (-3, "c", 0)):
-            conn.execute("INSERT INTO ll_records (seq, id, height, pos, run_id, body) VALUES (%s, %s, %s, 1, 'x', %s)",
-                         (seq, char * 64, height, body))
-        conn.execute("INSERT INTO ll_artifacts (path, role, seq, digest, ended) VALUES ('/planted', 1, 1, 'ab', '')")
-        conn.execute("INSERT INTO ll_blocks (height, id, first_seq, count, header)"
-                     " SELECT -1, %s, -3, 1, header FROM ll_blocks WHERE height = 0", ("d" * 64,))
-    assert run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env).returncode == 1
-    repaired = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
-    assert repaired.returncode == 0, repaired
-    assert "removed 3 record rows that no verified block places" in repaired.stderr, repaired
-    assert "1 block rows below height 0" in repaired.stderr, repaired
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        assert [conn.execute(s).fetchall() for s in select] == pristine
-        assert conn.execute("SELECT min(height) FROM ll_blocks").fetchone()[0] == 0
-    run_cli("--ledger", postgres_url, cwd=tmp_path, program="verify-lineage", env=env, check_rc=0)
-    # Then the only record moved to sequence number 5, its block row pointing there: refused,
-    # and nothing changed (deleting rows past the chain would delete that record).
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("ll_records", "ll_artifacts"):
-            conn.execute(f"UPDATE {table} SET seq = 5 WHERE seq = 0")  # noqa: S608
-        conn.execute("UPDATE ll_blocks SET first_seq = 5 WHERE height = 0")
-        moved = [conn.execute(s).fetchall() for s in select]
-    refused = run_cli("repair-index", "--ledger", postgres_url, cwd=tmp_path, env=env)
-    assert refused.returncode == 1 and "block 0" in refused.stderr and "from a backup" in refused.stderr, refused
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        assert [conn.execute(s).fetchall() for s in select] == moved
 
 
 def test_the_sqlalchemy_back_end_on_sqlite_repairs_the_same_rows(ledger):
