@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.first_run import FirstRun
 from tests.support.snakemake import clean_env, copy_example, require_snakemake
 from tests.support.snakemake import run as run_engine
 
@@ -27,10 +28,9 @@ def _cli(cwd: Path, *args: str, ledger: str | None = None) -> subprocess.Complet
                           text=True, timeout=120)
 
 
-def _project(tmp_path: Path) -> tuple[Path, str]:
+def _made(project: Path) -> None:
     """A folder holding a ledger of its own (not under .lineage), an engine's state, a git
     repository's data and one recorded task."""
-    project = tmp_path / "project"
     (project / "results").mkdir(parents=True)
     (project / "data.txt").write_text("source\n")
     url = f"sqlite:///{project / 'ledger.db'}"
@@ -40,11 +40,23 @@ def _project(tmp_path: Path) -> tuple[Path, str]:
     for folder, name in ((".snakemake/metadata", "cmVzdWx0cw=="), (".nextflow/history", "x"), (".git", "HEAD")):
         (project / folder).mkdir(parents=True, exist_ok=True)
         (project / folder / name).write_text("engine state\n")
-    return project, url
 
 
-def test_own_files_and_engine_state_are_skipped(tmp_path: Path) -> None:
-    project, url = _project(tmp_path)
+@pytest.fixture(scope="module")
+def first_project(tmp_path_factory) -> FirstRun:
+    """The project, made once for the module (tests/support/first_run.py)."""
+    return FirstRun(tmp_path_factory.mktemp("verify-dir"), _made)
+
+
+@pytest.fixture
+def recorded_project(first_project, monkeypatch) -> tuple[Path, str]:
+    """The project as it was made, put back for this test; its path and ledger URL."""
+    where = first_project.put_back(monkeypatch)
+    return where, f"sqlite:///{where / 'ledger.db'}"
+
+
+def test_own_files_and_engine_state_are_skipped(recorded_project: tuple[Path, str]) -> None:
+    project, url = recorded_project
     assert (project / "ledger.db").exists()
     result = _cli(project, "verify-lineage", ".", ledger=url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -60,8 +72,8 @@ def test_own_files_and_engine_state_are_skipped(tmp_path: Path) -> None:
     assert {"ledger.db", ".snakemake", ".nextflow", ".git"} <= skipped
 
 
-def test_a_recorded_file_in_engine_state_is_checked(tmp_path: Path) -> None:
-    project, url = _project(tmp_path)
+def test_a_recorded_file_in_engine_state_is_checked(recorded_project: tuple[Path, str]) -> None:
+    project, url = recorded_project
     made = _cli(project, "lineage-ledger", "run", "-i", "data.txt", "-o", ".snakemake/kept.txt", "--",
                 "sh", "-c", "cat data.txt > .snakemake/kept.txt", ledger=url)
     assert made.returncode == 0, made.stderr
@@ -74,8 +86,8 @@ def test_a_recorded_file_in_engine_state_is_checked(tmp_path: Path) -> None:
     assert "skipped .snakemake" not in result.stderr
 
 
-def test_an_unrecorded_project_file_still_fails(tmp_path: Path) -> None:
-    project, url = _project(tmp_path)
+def test_an_unrecorded_project_file_still_fails(recorded_project: tuple[Path, str]) -> None:
+    project, url = recorded_project
     (project / "notes.txt").write_text("not made by any task\n")
     result = _cli(project, "verify-lineage", ".", ledger=url)
     assert result.returncode == 1
@@ -107,12 +119,12 @@ def test_real_snakemake_project_root(tmp_path: Path) -> None:
     assert results.returncode == 0, results.stdout + results.stderr
 
 
-def test_a_lock_probe_left_beside_the_ledger_is_skipped_elsewhere_not(tmp_path: Path) -> None:
+def test_a_lock_probe_left_beside_the_ledger_is_skipped_elsewhere_not(recorded_project: tuple[Path, str]) -> None:
     """The SQLite back-end's lock probe, left by a process killed in its lock call (on NFS,
     where nothing can make it nameless, within the day before the next probe removes it, or
     by an older release), is this ledger's own leftover: skipped, as its database is. A file
     of that name elsewhere in the project is not the ledger's, and fails as any other."""
-    project, url = _project(tmp_path)
+    project, url = recorded_project
     (project / ".ll-lock-probe-4242@login1-abcd1234").write_bytes(b"")
     result = _cli(project, "verify-lineage", ".", ledger=url)
     assert result.returncode == 0, result.stdout + result.stderr
