@@ -260,6 +260,13 @@ class Record:
         if type(raw) is not dict or raw.keys() != _BODY_KEYS or not _is_version(raw["v"]):
             record = cls._from_fields(raw, decoded=True)
         else:
+            # inputs and outputs are maps in canonical bytes. _check_values also takes a list
+            # of entries (what a record may be built from) and makes the map of it, so a body
+            # holding a list ("inputs":[]) would be taken, below, as the encoding of the record
+            # with the map: a second spelling under another id, which the audit refuses.
+            for name in ("inputs", "outputs"):
+                if type(raw[name]) is not dict:
+                    raise ValueError(f"record bytes are not in canonical form: {name} is not a map")
             record = cls._unchecked(raw)
             record._check_values()
             for name in ("parameters", "environment", "extra"):
