@@ -7,8 +7,7 @@ in its spool directory. A site that moves its ledger (SQLite to PostgreSQL, or b
 its scheduler on the new one, which looked for notes beside the new ledger only: a sweep owed
 on the old one was never done, and a try whose task process gave it up as it ended (its
 record found no durable place: the spool's disk full, the ledger locked) was lost, though
-the scheduler could still record it (tests/test_airflow_scheduler_faults.py,
-test_a_second_sweep_owed_on_the_ledger_the_site_moved_from_is_done_there).
+the scheduler could still record it (tests/test_airflow_s47_moved_ledger.py).
 
 Now a starting scheduler also reads the notes beside the other ledgers of its spool root,
 and does each owed sweep for the ledger it is owed on: the run's tries that no process of
