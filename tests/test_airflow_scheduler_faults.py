@@ -1,8 +1,7 @@
 """The Airflow plugin under the real scheduler (LocalExecutor) when the machine misbehaves:
 the spool's disk fills as a task ends, or turns read-only; the ledger is read-only while
 tasks finish; the LocalExecutor worker that supervises a task is killed with SIGKILL
-mid-task; a DAG names its files with relative paths; and the site moves its ledger while
-the scheduler owes a run a second sweep on the old one.
+mid-task; and a DAG names its files with relative paths.
 
 The deployment is the one of ``tests/support/airflow_deploy.py`` (scheduler, DAG processor
 and API server as separate processes, a PostgreSQL metadata database), with an SQLite ledger
@@ -342,61 +341,6 @@ def _has_open(pid: int, path: Path) -> bool:
         return False
 
 
-def test_a_second_sweep_owed_on_the_ledger_the_site_moved_from_is_done_there(site, tmp_path):
-    """As above, but the site then moves its ledger: the scheduler (and DAG processor) start
-    on another one. The note of the owed sweep was read beside the new ledger only, so the
-    sweep was never done and the try's record was lost, recorded nowhere. Now the new
-    scheduler does it for the ledger it was owed on: the try is recorded into the old ledger,
-    with the run's other records, and its log says so; the new ledger gets nothing of that
-    run. (Its own module until stop 50, test_airflow_s47_moved_ledger.py, which started a
-    deployment of its own for this one test.)"""
-    new_url = f"sqlite:///{tmp_path}/new-ledger.db"
-    open_ledger(new_url, spool=str(tmp_path / "empty-spool")).close()
-    run_id = "moved-1"
-    lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
-    lock.execute("BEGIN EXCLUSIVE")
-    try:
-        site.trigger("fault_fill", run_id)
-        assert site.wait_for_run("fault_fill", run_id) == "success"
-        pid = _pid_of(site, "fault_fill", run_id, "fill")
-        assert pid and _has_open(pid, sqlite_path(site)), "the task process no longer waits for the ledger"
-        site.kill("scheduler", group=False)  # its sweep of the run is done; the second one is owed
-        text = hooks_done(site, "fault_fill", run_id, "fill")
-        assert "NOT recorded" in text, text[-3000:]
-    finally:
-        free_the_disk(site)
-        lock.rollback()
-        lock.close()
-    site.kill("dag-processor")  # the site moves its ledger: both start on the new one
-    offset = (site.home / "scheduler.log").stat().st_size
-    try:
-        site.start("dag-processor", "scheduler", extra_env={"AIRFLOW__LINEAGE_LEDGER__URL": new_url})
-        # Before: never (the try's record was lost); now in the old ledger, by the new scheduler.
-        record = wait_for_tries(site, "fault_fill", run_id, timeout=180)[("fill", 1)]
-        assert record["extra"]["airflow"]["reported_by"] == "scheduler" and record["status"] == "succeeded"
-        assert str(site.data / "fill.txt") in record["outputs"]
-
-        def said() -> str | None:
-            with open(site.home / "scheduler.log", "rb") as handle:
-                handle.seek(offset)
-                text = handle.read().decode(errors="replace")
-            return text if "resumed the sweeps a scheduler before this one owed" in text else None
-
-        log = site.wait_for(said, "the scheduler to resume the sweeps owed", timeout=120)
-        assert f"the site moved its ledger: recorded 1 tries of fault_fill/{run_id}" in log, log[-3000:]
-        assert str(sqlite_path(site)) in log.split("the site moved its ledger", 1)[1], log[-3000:]
-        # Nothing of the run in the new ledger: its records stay together in the old one.
-        run_cli("spool", "ship", "--ledger", new_url, "--spool", site.spool, "--timeout", "60", cwd=site.home,
-                check_rc=0)
-        listed = run_cli("log", "--ledger", new_url, "--json", "-n", "1000", cwd=site.home)
-        runs = {json.loads(line)["run_id"] for line in listed.stdout.splitlines() if line.strip()}
-        assert f"fault_fill/{run_id}" not in runs, runs
-    finally:
-        for name in ("scheduler", "dag-processor"):
-            site.kill(name, signal.SIGKILL)
-        site.start("dag-processor", "scheduler")  # back on the module's ledger for the other tests
-
-
 def test_a_record_given_up_as_the_task_ends_waits_in_the_spool_once_it_has_room(site):
     """The spool's disk is full as the task ends and the ledger is locked: the record goes
     straight at the ledger and waits (flush_timeout, 5 s). The disk gets room during that
@@ -443,30 +387,22 @@ def test_a_late_record_of_a_long_lived_process_is_not_said_lost(site):
         site.trigger("fault_late", "late-1")
         assert site.wait_for_run("fault_late", "late-1") == "failed"
         # Said while the lock is still held (the wait is flush_timeout, 5 s).
-        site.wait_for(lambda: (text := job_logs_since(site, seen)) and "fault_late/late-1/vanish" in text
-                      and "recorded" in text.split("fault_late/late-1/vanish", 1)[1] and text,
-                      "the scheduler to say what became of the killed try", timeout=120)
+        said = site.wait_for(lambda: (text := job_logs_since(site, seen)) and "fault_late/late-1/vanish" in text
+                             and "recorded" in text.split("fault_late/late-1/vanish", 1)[1] and text,
+                             "the scheduler to say what became of the killed try", timeout=120)
     finally:
         lock.rollback()
         lock.close()
         free_the_disk(site)
-
-    def settled() -> tuple[list[str], list[dict]] | None:
-        """What the job logs say of the try and its records, once it has landed and been said
-        to, or been said lost (a write still waiting lands within a moment of the release)."""
-        lines = [line for line in job_logs_since(site, seen).splitlines() if "fault_late/late-1/vanish" in line]
-        records = by_try(records_of(site, "fault_late", "late-1")).get(("vanish", 1), [])
-        landed = records and [line for line in lines if "is recorded after all" in line]
-        lost = not records and [line for line in lines if "NOT recorded" in line]
-        return (lines, records) if landed or lost else None
-
-    lines, records = site.wait_for(settled, "the killed try's record to land, or be said lost", timeout=60)
+    time.sleep(8)  # a write still waiting lands within a moment of the release, and is said
+    said = job_logs_since(site, seen)
+    records = by_try(records_of(site, "fault_late", "late-1")).get(("vanish", 1), [])
+    lines = [line for line in said.splitlines() if "fault_late/late-1/vanish" in line]
     if records:  # it landed: nothing may have called it lost
         assert len(records) == 1 and records[0]["extra"]["airflow"]["reported_by"] in ("scheduler", "server")
         assert not [line for line in lines if "NOT recorded" in line], lines
         assert [line for line in lines if "not recorded yet" in line], lines
-        # (not the "not recorded yet" line, which names the words it would use)
-        assert [line for line in lines if "is recorded after all" in line], lines
+        assert [line for line in lines if "recorded after all" in line], lines
     else:  # refused for good: then it says so, and nothing lands later
         assert [line for line in lines if "NOT recorded" in line], lines
         time.sleep(10)
@@ -522,30 +458,16 @@ def _remount_read_only(site, mount: Path) -> list[str]:
         time.sleep(0.5)
 
 
-def test_a_read_only_spool_and_a_locked_ledger_as_a_task_ends_the_scheduler_records_it(site):
+def test_a_read_only_spool_as_tasks_finish_sends_their_records_straight_into_the_ledger(site):
     """The spool's disk remounted read-only (as the kernel does after a disk error): no
-    segment, no try marker and no shipper's lease can be written.
-
-    First, the ledger free: each task process's own report goes straight into the ledger, once.
-
-    Then the SQLite ledger's write lock held by another process as a task ends: the task's
-    record has no durable place, and its process gives it up as it ends (said NOT recorded in
-    its log, 'unless the scheduler's sweep records the try'). The scheduler, which lives on,
-    must record it once the ledger lets go, once, although no try marker can be made (it asks
-    the ledger instead). Before, its sweep raised ('could not sweep'), and the record was lost
-    without a word in the task's log saying so.
-
-    (Two tests until stop 50, test_a_read_only_spool_as_tasks_finish_sends_their_records_
-    straight_into_the_ledger the first part: one read-only remount, and one restart of the job
-    processes around it, serves both.)"""
+    segment, no try marker and no shipper's lease can be written. Each task process's own
+    report goes straight into the ledger, once."""
     small = Path(site.env["LINEAGE_TEST_SMALL_DISK"])
     for name in ("scheduler", "dag-processor"):  # nothing may hold a file open for writing there
         site.kill(name, signal.SIGKILL)
     restart = _remount_read_only(site, small)
-    lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
     try:
         site.start(*restart, "dag-processor", "scheduler")
-        # -- the ledger free: every task's own report goes straight into it
         site.trigger("fault_many", "rospool-1")
         assert site.wait_for_run("fault_many", "rospool-1") == "success"
         for index in range(3):
@@ -556,7 +478,27 @@ def test_a_read_only_spool_and_a_locked_ledger_as_a_task_ends_the_scheduler_reco
         assert {r["extra"]["airflow"]["reported_by"] for r in records.values()} == {"task"}
         time.sleep(6)  # the scheduler's sweep at the run's end must not record them a second time
         wait_for_tries(site, "fault_many", "rospool-1")
-        # -- the ledger locked as the task ends: the scheduler records the try given up
+    finally:
+        for name in ("scheduler", "dag-processor"):
+            site.kill(name, signal.SIGKILL)
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=False)
+        site.start("dag-processor", "scheduler")
+
+
+def test_a_read_only_spool_and_a_locked_ledger_as_a_task_ends_the_scheduler_records_it(site):
+    """The spool's disk read-only and the SQLite ledger's write lock held by another process
+    as a task ends: the task's record has no durable place, and its process gives it up as it
+    ends (said NOT recorded in its log, 'unless the scheduler's sweep records the try'). The
+    scheduler, which lives on, must record it once the ledger lets go, once, although no try
+    marker can be made (it asks the ledger instead). Before, its sweep raised ('could not
+    sweep'), and the record was lost without a word in the task's log saying so."""
+    small = Path(site.env["LINEAGE_TEST_SMALL_DISK"])
+    for name in ("scheduler", "dag-processor"):
+        site.kill(name, signal.SIGKILL)
+    restart = _remount_read_only(site, small)
+    lock = sqlite3.connect(sqlite_path(site), timeout=5, check_same_thread=False)
+    try:
+        site.start(*restart, "dag-processor", "scheduler")
         lock.execute("BEGIN EXCLUSIVE")
         site.trigger("fault_fill", "ro-locked-1")  # its filler cannot be written: the disk is read-only
         assert site.wait_for_run("fault_fill", "ro-locked-1") == "success"
@@ -676,7 +618,7 @@ def test_sigkill_of_the_worker_mid_task_leaves_no_success_record_for_the_killed_
                 os.kill(pid, 0)
             except ProcessLookupError:
                 break
-            time.sleep(0.2)
+            time.sleep(1)
     time.sleep(5)  # whatever it journaled is shipped within a few rounds
     found = by_try(records_of(site, "fault_worker_kill", "worker-1"))
     assert [r["status"] for r in found.get(("victim", 1), [])] in ([], ["failed"]), found.get(("victim", 1))
@@ -711,7 +653,8 @@ def test_a_ledger_operator_marked_failed_ends_its_commands_children(site):
             return True
 
     site.wait_for(gone, "the subshell to end with its try", timeout=60)
-    assert not (site.data / "marked.txt").exists()  # its only writer has ended: no margin to wait
+    time.sleep(3)
+    assert not (site.data / "marked.txt").exists()
     # One record of the try reaches the ledger (before: the API server's report, kept in its
     # own spool segment, which nobody ships while it runs).
     record = wait_for_tries(site, "fault_marked_failed", "marked-1")[("long", 1)]

@@ -284,7 +284,7 @@ class Deployment:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"DAGs {sorted(wanted - have)} were not parsed:\n{self.log_tail('dag-processor')}")
-            time.sleep(0.25)  # one query: every module's start waits here, a second a look was too long
+            time.sleep(1)
 
     def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any] | None = None) -> None:
         """A manual run, no logical date, as ``airflow dags trigger DAG --run-id RUN`` makes
@@ -314,9 +314,7 @@ class Deployment:
                 raise AssertionError(f"{dag_id}/{run_id} still {state} after {timeout} s:\n{self.log_tail('scheduler')}")
             time.sleep(0.25)  # one query: a run's end is seen within a quarter second, not a second
 
-    def wait_for(self, predicate, what: str, timeout: float = 120.0, every: float = 0.25):
-        """``predicate()``'s first true value. A look every quarter second: most are a query or
-        a file read; a caller whose look starts a process (the CLI) passes a longer ``every``."""
+    def wait_for(self, predicate, what: str, timeout: float = 120.0, every: float = 0.5):
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
