@@ -10,17 +10,32 @@ the wrapper did, gave a first try of one sample the attempt number of another sa
 (six tasks of one tag, two of them retried: records said attempt 2 of three first tries).
 
 So a first try is attempt 1, whatever its name. A retry is the next attempt of one of its
-name's failed tries Nextflow said it retries and whose retry has not been seen yet; where
-those differ in N, the one that ran the same script (``.command.sh``: the task's inputs
-substituted, so the same sample) is the one; where that still leaves a choice, the lowest N
-is taken and the record says the number is a guess (``extra.attempt_guessed``). A try whose
-submission the log did not show (a log that began mid-run) is counted per name, as before.
+name's failed tries Nextflow said it retries and whose retry has not been seen yet. Where
+several wait, the one that ran the same script (``.command.sh``: the task's inputs
+substituted, so the same sample) is the one, even where their N are the same: taking the
+first of those instead took another sample's failed try whenever the samples' retries ended
+in another order than their failures were noted, and the sample's own failed try, left
+waiting, was later matched against its next retry beside a higher N: a number said to be a
+guess, or a wrong one (under load, tests/test_nextflow_deployed_retries.py). Where the
+script still leaves a choice, the lowest N is taken and, where the N differ, the record says
+the number is a guess (``extra.attempt_guessed``). A try whose submission the log did not show
+(a log that began mid-run) is counted per name, as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class _Waiting(NamedTuple):
+    """A failed try Nextflow said it retries, whose retry has not ended yet."""
+
+    failed_tries: int  # N: this try was attempt N
+    workdir: str
+    script: bytes | None  # the digest of its .command.sh, read when it was said retried (None: unreadable)
 
 
 @dataclass
@@ -29,8 +44,8 @@ class Attempts:
 
     #: short hash -> whether that try was a retry (Re-submitted), from the submission lines.
     _retry: dict[str, bool] = field(default_factory=dict)
-    #: task name -> failed tries said retried, whose retry is not seen yet: (N, work directory).
-    _waiting: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: task name -> failed tries said retried, whose retry is not seen yet.
+    _waiting: dict[str, list[_Waiting]] = field(default_factory=dict)
     #: task name -> the highest N said of it (the old count, for a try whose submission was not seen).
     _by_name: dict[str, int] = field(default_factory=dict)
 
@@ -39,7 +54,9 @@ class Attempts:
 
     def retried(self, name: str, failed_tries: int, workdir: str) -> None:
         """Nextflow retries the try in ``workdir``, its task's failed try number ``failed_tries``."""
-        self._waiting.setdefault(name, []).append((failed_tries, workdir))
+        # Its script is read once, now: a scatter with many retries would otherwise read every
+        # waiting try's script again at each retry that ends.
+        self._waiting.setdefault(name, []).append(_Waiting(failed_tries, workdir, _script_digest(workdir)))
         self._by_name[name] = max(self._by_name.get(name, 0), failed_tries)
 
     def of(self, short_hash: str, name: str, workdir: str) -> tuple[int, bool]:
@@ -53,21 +70,21 @@ class Attempts:
         if not waiting:  # a retry of a try said retried before the log was followed
             return self._by_name.get(name, 0) + 1, True
         candidates = list(range(len(waiting)))
-        if len({waiting[i][0] for i in candidates}) > 1:
-            script = _script(workdir)
-            same = [i for i in candidates if script is not None and _script(waiting[i][1]) == script]
+        if len(waiting) > 1:  # whatever their N: the entry taken must be this task's (the module's docstring)
+            script = _script_digest(workdir)
+            same = [i for i in candidates if script is not None and waiting[i].script == script]
             candidates = same or candidates
-        chosen = min(candidates, key=lambda i: waiting[i][0])
-        guessed = len({waiting[i][0] for i in candidates}) > 1
-        failed_tries = waiting.pop(chosen)[0]
+        chosen = min(candidates, key=lambda i: waiting[i].failed_tries)
+        guessed = len({waiting[i].failed_tries for i in candidates}) > 1
+        failed_tries = waiting.pop(chosen).failed_tries
         if not waiting:
             del self._waiting[name]
         return failed_tries + 1, guessed
 
 
-def _script(workdir: str) -> bytes | None:
+def _script_digest(workdir: str) -> bytes | None:
     try:
         with open(os.path.join(workdir, ".command.sh"), "rb") as handle:
-            return handle.read()
+            return hashlib.sha256(handle.read()).digest()
     except OSError:
         return None
