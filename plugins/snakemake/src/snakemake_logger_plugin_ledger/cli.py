@@ -2,7 +2,7 @@
 
 Snakemake lets a plugin add flags only under its own prefix, so the two short flags live in
 this wrapper. It takes every ``snakemake`` argument and runs ``snakemake`` in its place
-(``exec``) with the ledger logger turned on:
+(``exec``, through :mod:`._run`) with the ledger added to the user's loggers:
 
     --ledger URL             -> --logger-ledger-url URL (a relative path: this directory);
                                 a URL with a password goes in $LINEAGE_LEDGER_URL instead,
@@ -18,6 +18,7 @@ that produce them (for a changed source, the jobs that read it) to run again.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -46,30 +47,6 @@ def absolute_url(url: str | None) -> str | None:
     return url
 
 
-def run_args(snakemake_args: list[str], url: str | None, policy: str | None) -> list[str]:
-    """Snakemake's arguments plus the ledger logger and its settings.
-
-    Appended last, so that they win over the same settings given earlier; ``--logger`` keeps
-    the user's other loggers. Without ``--ledger-policy`` the plugin's own setting applies
-    (flag, profile, ``SNAKEMAKE_LOGGER_LEDGER_POLICY``), which defaults to ``warn``.
-    """
-    loggers = _user_loggers(snakemake_args)
-    extra = ["--logger", *dict.fromkeys([*loggers, "ledger"])]
-    if url is not None:
-        extra += ["--logger-ledger-url", url]
-    if policy is not None:
-        extra += ["--logger-ledger-policy", policy]
-    return [*snakemake_args, *extra]
-
-
-def _user_loggers(snakemake_args: list[str]) -> list[str]:
-    """The loggers the user asked for, profiles included (Snakemake's own argument handling)."""
-    from snakemake import cli
-
-    _, args = cli.parse_args(snakemake_args)
-    return [str(name) for name in (args.logger or [])]
-
-
 def has_password(url: str | None) -> bool:
     """Whether ``url`` holds a password (``scheme://user:PASSWORD@host/...``)."""
     if url is None or "://" not in url:
@@ -80,15 +57,6 @@ def has_password(url: str | None) -> bool:
         return "@" in url.partition("://")[2].partition("/")[0]
 
 
-def _user_url(snakemake_args: list[str]) -> str | None:
-    """The ledger URL the user set for the plugin itself (flag or profile)."""
-    from snakemake import cli
-
-    _, args = cli.parse_args(snakemake_args)
-    value = getattr(args, "logger_ledger_url", None)
-    return value if isinstance(value, str) and value else None  # unset: a dataclasses.MISSING
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ours, snakemake_args = split_args(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in snakemake_args):
@@ -96,21 +64,21 @@ def main(argv: Sequence[str] | None = None) -> None:
               "[snakemake arguments...]\n\n" + (__doc__ or ""))
         sys.exit(0)
     url = absolute_url(ours.ledger)
+    options: dict[str, object] = {"url": url, "policy": ours.ledger_policy}
     if has_password(url):
         # Snakemake prints its command line ("Command: ..." on a dry run) and keeps it in its
         # log: a password put there as --logger-ledger-url is shown to whoever reads either.
         # The plugin reads $LINEAGE_LEDGER_URL where it is given no URL setting, so the URL
-        # goes there; a URL setting of the user's own (a flag, a profile) would win over it.
-        if _user_url(snakemake_args) is not None:
-            print("snakemake-ledger: give the ledger once: --ledger or --logger-ledger-url (a flag or a "
-                  "profile), not both", file=sys.stderr)
-            sys.exit(2)
+        # goes there; a URL setting of the user's own (a flag, a profile) would win over it,
+        # and is refused (by _run, once Snakemake has parsed the arguments and profiles).
         os.environ["LINEAGE_LEDGER_URL"] = url  # type: ignore[assignment]
-        url = None
-    args = run_args(snakemake_args, url, ours.ledger_policy)
-    # Not ``-m snakemake``: it put the workflow's directory first on sys.path, and a json.py
-    # planted in a shared project folder ran at start-up (plain `snakemake` imports nothing
-    # from there; lineage_ledger._launch, tests/test_attack_s48.py).
+        options = {**options, "url": None, "url_in_environment": True}
+    # Exec'd at once: a password on this process's command line is readable (ps) while it
+    # lives. Not ``-m snakemake``: it put the workflow's directory first on sys.path, and a
+    # json.py planted in a shared project folder ran at start-up (plain `snakemake` imports
+    # nothing from there; lineage_ledger._launch, tests/test_attack_s48.py). Snakemake's CLI is
+    # imported there only (_run), not here too: it costs about 1.5 s of CPU.
     from ._sinks import _BOOT
 
-    os.execv(sys.executable, [sys.executable, "-c", _BOOT, "snakemake", *args])
+    os.execv(sys.executable, [sys.executable, "-c", _BOOT, "snakemake_logger_plugin_ledger._run",
+                              json.dumps(options), *snakemake_args])
