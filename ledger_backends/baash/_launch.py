@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shlex
 import subprocess
 import sys
 from collections import deque
 
-__all__ = ["YIELD_SETTINGS", "keep_output", "mpiexec_command"]
+__all__ = ["YIELD_SETTINGS", "keep_output", "mpiexec_command", "wait_exited"]
 
 log = logging.getLogger("lineage_ledger.baash")
 
@@ -57,3 +58,28 @@ def keep_output(proc: subprocess.Popen[str], path: str, lines: deque[str]) -> No
     if log_file is not None:
         with contextlib.suppress(OSError):
             log_file.close()
+
+
+def wait_exited(proc: subprocess.Popen[str], timeout: float) -> bool:
+    """Whether ``proc`` exited within ``timeout`` seconds, woken by its exit itself.
+
+    ``Popen.wait(timeout)`` polls, sleeping up to 50 ms between looks: that much of every stop
+    and every restart went by after mpiexec had already exited. A pidfd becomes readable the
+    moment the process exits (Linux 5.3). The pid stays ``proc``'s until it is reaped, which
+    only ``poll``/``wait`` do, from the one thread that waits for this job.
+    """
+    if proc.poll() is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # an older kernel (or not Linux): Popen's own wait
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        select.select([pidfd], [], [], timeout)  # retried with the time left if a signal interrupts it
+    finally:
+        os.close(pidfd)
+    return proc.poll() is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import socket
 import socketserver
@@ -155,6 +156,9 @@ class Service:
                 pass  # bind_unix listens
 
         self.server = Server(socket_path, Handler)
+        # Rung by stop() to end the accept loop at once: serve_forever's 0.2 s tick was in every stop.
+        self._door_bell, self._door_ringer = socket.socketpair()
+        self._door: threading.Thread | None = None
         self.socket_path = socket_path
         self.url = f"baash://{socket_path}"
         self.tls: TLSListener | None = None
@@ -333,31 +337,62 @@ class Service:
             "tls": None if self.tls is None else self.tls.endpoint,
         }
 
-    def start(self) -> None:
-        self.monitor.start()
+    def start(self, interrupted: threading.Event | None = None) -> None:
+        """Start the job, then open the doors; once ``interrupted`` is set (a SIGTERM while the
+        ranks restore a long chain) return at once, the doors unopened, for stop() to end it."""
+        self.monitor.start(until=interrupted)
+        if interrupted is not None and interrupted.is_set():
+            return
         self.manager.start()
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        self._door = threading.Thread(target=self._serve_front_door, name="baash-door", daemon=True)
+        self._door.start()
         if self.tls is not None:
             self.tls.start()
 
+    def _serve_front_door(self) -> None:
+        """Accept clients on the Unix socket until stop() rings the door bell."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.server.socket, selectors.EVENT_READ)
+            selector.register(self._door_bell, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._door_bell in ready:
+                    return
+                self.server.handle_request()  # the listener is readable: accepts without waiting
+
     def stop(self) -> None:
-        if self.tls is not None:
-            self.tls.stop()
-        self.server.shutdown()
+        """Cleanly, promptly: no new client is let in; the round in flight is decided and stored
+        (the manager's stop waits for it); the job is told to stop and its exit waited for
+        (JobMonitor.stop). The TLS listener's shutdown (serve_forever's 0.2 s tick) runs beside."""
+        tls_closing = None
+        if self.tls is not None and self._door is not None:  # started: a listener never served would not shut down
+            tls_closing = threading.Thread(target=self.tls.stop, name="baash-tls-stop", daemon=True)
+            tls_closing.start()
+        with contextlib.suppress(OSError):
+            self._door_ringer.send(b"\0")
+        if self._door is not None:
+            self._door.join(timeout=10)
         self.server.server_close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.socket_path)
-        except OSError:
-            pass
         self.manager.stop()
         self.monitor.stop()
+        if tls_closing is not None:
+            tls_closing.join(timeout=10)
+        self._door_bell.close()
+        self._door_ringer.close()
 
     def run_until_signalled(self, ready: Any = None) -> None:
+        """Serve until SIGTERM or SIGINT, which may come while the job still starts."""
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        self.start()
-        if ready is not None:
+        try:
+            self.start(interrupted=stop)
+        except BaseException:
+            self.stop()  # a job that did not start is killed, not left behind
+            raise
+        if ready is not None and not stop.is_set():
             ready(self)
         stop.wait()
         self.stop()

@@ -75,7 +75,8 @@ class TransactionManager:
         with self.cond:
             self._stopping = True
             self.cond.notify_all()
-        self.thread.join(timeout=10)
+        if self.thread.ident is not None:  # started (a service stopped while its job started was not)
+            self.thread.join(timeout=10)
 
     def resync(self) -> int:
         """Bring the read index up to what shared storage holds (after a crash mid-commit)."""

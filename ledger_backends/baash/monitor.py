@@ -14,6 +14,7 @@ every new tree head with 2 of the 4 keys, which no client takes as endorsed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -29,7 +30,7 @@ from typing import Any
 
 from lineage_ledger._launch import module_command
 
-from ._launch import YIELD_SETTINGS, keep_output, mpiexec_command
+from ._launch import YIELD_SETTINGS, keep_output, mpiexec_command, wait_exited
 from ._wire import TO_DAEMON, TruncatedFrame, WireError, block_to_wire, receive, send
 from .access import bind_unix, peer_uid
 from .deadlines import AwakeDeadline, RoundBudget, round_bytes
@@ -86,34 +87,56 @@ class JobMonitor:
         self.control = os.path.join(self._control_dir, "control.sock")
         self._listener = bind_unix(self.control)
         self._wake = threading.Event()
+        # Rung by stop(): wakes the supervisor waiting for ranks to connect (it looked once a second).
+        self._stop_bell, self._stop_ringer = socket.socketpair()
         self._thread = threading.Thread(target=self._supervise, name="baash-monitor", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, wait: float = 120.0) -> None:
+    def start(self, wait: float = 120.0, until: threading.Event | None = None) -> None:
+        """Start the job and wait until it is up; return early, the job still starting, once
+        ``until`` is set (a SIGTERM while the ranks restore a long chain: stop() ends it)."""
         self._thread.start()
         deadline = time.monotonic() + wait
+        interrupted = until or threading.Event()
         while not self.up and (time.monotonic() < deadline or self.restoring):
-            time.sleep(0.05)
+            if interrupted.wait(0.05):
+                return
         if not self.up:
             raise RuntimeError("the MPI job did not start: " + " | ".join(list(self.output)[-8:]))
 
     def stop(self) -> None:
+        """A job that is up is told to stop (no round is in flight: the manager stopped first)
+        and mpiexec's exit waited for (10 s, then it is killed); one still starting is killed.
+        Every wait here wakes on the event it waits for, none on a tick."""
         self._stopping = True
         self._stopped.set()
         self._wake.set()
-        with self._lock:
-            if self._sock is not None:
-                try:
-                    send(self._sock, "stop")
-                except OSError:
-                    pass
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            self._stop_ringer.send(b"\0")
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=15)  # it leaves its loop at once: each of its waits wakes on the stop
+        proc = self._proc
+        if proc is not None:
+            told = False
+            with self._lock:
+                if self._sock is not None:
+                    with contextlib.suppress(OSError):
+                        send(self._sock, "stop")
+                        told = True
+            asked = time.monotonic()
+            if told and wait_exited(proc, 10.0):
+                log.info("baash: the MPI job stopped (mpiexec exited with status %s %.2f s after it was told to)",
+                         proc.returncode, time.monotonic() - asked)
+                self._proc = None
+                self.storage_free.set()  # every rank is gone: mpiexec waits for its ranks
+            else:
                 self._kill_job()
-        self._thread.join(timeout=15)
-        self._listener.close()
+        self.up = False
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=2.0)  # the job's last lines, into its log file
+        self.watch.close()
+        for sock in (self._listener, self._stop_bell, self._stop_ringer):
+            sock.close()
         shutil.rmtree(self._control_dir, ignore_errors=True)
 
     def _launch(self) -> None:
@@ -133,16 +156,20 @@ class JobMonitor:
         path = os.path.join(self.storage, "logs", f"mpiexec-{self.generation}.log")
         self._pump_thread = threading.Thread(target=keep_output, args=(self._proc, path, self.output), daemon=True)
         self._pump_thread.start()
-        self._listener.settimeout(1.0)
+        self._listener.settimeout(1.0)  # a guard: the select below says when it is readable
         self.watch.close()  # the last job's connections (and its epoll set), if a launch failed
         self.watch = RankWatch(changed=self._wake)
         deadline = time.monotonic() + self.launch_timeout
         hearing = Hearing()
         while True:  # every rank's heartbeat connection, then the gateway's control connection
             try:
+                if self._listener not in select.select([self._listener, self._stop_bell], [], [], 1.0)[0]:
+                    raise TimeoutError  # nothing to accept: a second went by, or stop() rang
                 sock, _ = self._listener.accept()
             except TimeoutError:
-                if self._proc.poll() is not None or self._stopping:
+                if self._stopping:
+                    raise RuntimeError("the service is stopping") from None
+                if self._proc.poll() is not None:
                     raise RuntimeError("mpiexec exited before the gateway rank connected") from None
                 # a rank that died: at once
                 why = self.watch.start_problem(self.heartbeat_timeout, hearing.tick())
@@ -189,9 +216,10 @@ class JobMonitor:
                 self.up = True
             except (RuntimeError, OSError, EOFError, ConnectionError) as err:
                 self.restoring = False
-                log.error("baash: starting the MPI job failed: %s", err)
+                if not self._stopping:
+                    log.error("baash: starting the MPI job failed: %s", err)
                 self._kill_job()
-                time.sleep(1.0)
+                self._stopped.wait(1.0)
                 continue
             if self.failures and self.failures[-1].get("restart_seconds") is None:
                 down = self._down_since if self._down_since is not None else started
@@ -230,10 +258,7 @@ class JobMonitor:
         in_round, self._round_lost = self._in_round or self._round_lost, False
         proc, pump = self._proc, self._pump_thread
         if proc is not None:  # let MPICH's process manager finish its own teardown first
-            try:
-                proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                pass
+            wait_exited(proc, 2.0)
         # Which rank died is read before the daemon kills the rest: those hang-ups are ours, and
         # a failure no rank caused (a round past its timeout) then names none.
         rank = self.watch.first_dead() if self._hung is None else self._hung
