@@ -9,6 +9,9 @@ command; the cost itself is measured by ``bench/bench_snakemake.py``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,20 @@ def test_snakemakes_cli_is_imported_once_per_run(tmp_path):
     imports = [line for line in result.stderr.splitlines()
                if line.startswith("import time:") and line.split("|")[-1].strip() == "snakemake.cli"]
     assert len(imports) == 1, imports
+
+
+def test_the_recording_process_does_not_import_snakemakes_plugin_interface():
+    """The recording process (``_sidecar``, a Python process of its own each run) imported the
+    package's handler, and with it Snakemake's logger-plugin interface (about 0.04 s of CPU a
+    run, for nothing); the package now reaches its handler only when Snakemake's registry asks."""
+    probe = ("import json, sys, snakemake_logger_plugin_ledger._sidecar\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('snakemake'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    loaded = json.loads(result.stdout)
+    assert "snakemake_logger_plugin_ledger._sidecar" in loaded
+    assert [m for m in loaded if not m.startswith("snakemake_logger_plugin_ledger")] == [], loaded
+    # Snakemake's registry still finds the handler and its settings on the package.
+    from snakemake_interface_logger_plugins.registry import LoggerPluginRegistry
+
+    plugin = LoggerPluginRegistry().get_plugin("ledger")
+    assert plugin.log_handler.__name__ == "LogHandler" and plugin.settings_cls is not None
