@@ -18,8 +18,16 @@ in another order than their failures were noted, and the sample's own failed try
 waiting, was later matched against its next retry beside a higher N: a number said to be a
 guess, or a wrong one (under load, tests/test_nextflow_deployed_retries.py). Where the
 script still leaves a choice, the lowest N is taken and, where the N differ, the record says
-the number is a guess (``extra.attempt_guessed``). A try whose submission the log did not show
-(a log that began mid-run) is counted per name, as before.
+the number is a guess (``extra.attempt_guessed``).
+
+Scripts that name the attempt (``${task.attempt}``, a memory setting that grows with it)
+differ from try to try: no waiting try's script is a retry's, and where several wait the one
+taken may be another task's, even where every N is the same and the number right. What is
+left waiting is then not known to be the tries still to come: until the name has no try
+waiting, a retry that no script matched is said to be a guess, even where one try waits (it
+was recorded as that try's next attempt, a wrong number said of nothing:
+tests/test_nextflow_attempts_order.py). A try whose submission the log did not show (a log
+that began mid-run) is counted per name, as before.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ class Attempts:
     _waiting: dict[str, list[_Waiting]] = field(default_factory=dict)
     #: task name -> the highest N said of it (the old count, for a try whose submission was not seen).
     _by_name: dict[str, int] = field(default_factory=dict)
+    #: task names whose waiting tries lost one to a retry nothing told apart from the others:
+    #: those left may not be the ones still to come (the module's docstring).
+    _unsure: set[str] = field(default_factory=set)
 
     def submitted(self, short_hash: str, retry: bool) -> None:
         self._retry[short_hash] = retry
@@ -70,15 +81,20 @@ class Attempts:
         if not waiting:  # a retry of a try said retried before the log was followed
             return self._by_name.get(name, 0) + 1, True
         candidates = list(range(len(waiting)))
-        if len(waiting) > 1:  # whatever their N: the entry taken must be this task's (the module's docstring)
+        told = False  # whether its script told which waiting try is its own
+        if len(waiting) > 1 or name in self._unsure:  # whatever their N: the try taken must be its own
             script = _script_digest(workdir)
             same = [i for i in candidates if script is not None and waiting[i].script == script]
+            told = bool(same)
             candidates = same or candidates
         chosen = min(candidates, key=lambda i: waiting[i].failed_tries)
-        guessed = len({waiting[i].failed_tries for i in candidates}) > 1
+        guessed = len({waiting[i].failed_tries for i in candidates}) > 1 or (not told and name in self._unsure)
+        if not told and len(candidates) > 1:
+            self._unsure.add(name)
         failed_tries = waiting.pop(chosen).failed_tries
-        if not waiting:
+        if not waiting:  # every try said retried has had its retry: those to come are told afresh
             del self._waiting[name]
+            self._unsure.discard(name)
         return failed_tries + 1, guessed
 
 
