@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineage_ledger.snakemake")
 
-POLICIES = ("off", "warn", "strict", "rerun")
 SNAKEMAKE_LOGGER = "snakemake.logging"
 
 

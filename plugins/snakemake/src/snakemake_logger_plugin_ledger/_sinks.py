@@ -6,22 +6,12 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from typing import IO, Any
 
+from ._boot import module_command
 from ._sidecar import Orphans, RecordingQueue
 
 log = logging.getLogger("lineage_ledger.snakemake")
-
-
-# lineage_ledger._launch's boot: the current directory off sys.path, then the module as -m runs it.
-_BOOT = """import sys
-if sys.path[:1] == [""]:
-    del sys.path[0]
-import runpy
-sys.argv = sys.argv[1:]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
 
 
 class SidecarSink:
@@ -34,10 +24,8 @@ class SidecarSink:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         fds = (journal_fd,) if journal_fd is not None else ()
         self.process = subprocess.Popen(
-            # Not ``-m``: it put the workflow's directory first on sys.path (lineage_ledger._launch,
-            # written again here: importing the library would load it into Snakemake's process).
-            [sys.executable, "-c", _BOOT, "snakemake_logger_plugin_ledger._sidecar",
-             json.dumps({**config, "journal_fd": journal_fd})],
+            # Not ``-m``: it put the workflow's directory first on sys.path (see _boot).
+            module_command("snakemake_logger_plugin_ledger._sidecar", json.dumps({**config, "journal_fd": journal_fd})),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds, env=env, text=True,
         )
         self.timeout = float(config.get("flush_timeout", 300.0))

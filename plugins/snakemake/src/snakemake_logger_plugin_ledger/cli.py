@@ -24,7 +24,10 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from ._preflight import POLICIES
+from ._boot import module_command
+
+#: --ledger-policy's choices (the plugin's ``policy`` setting's)
+POLICIES = ("off", "warn", "strict", "rerun")
 
 
 def split_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -78,7 +81,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     # json.py planted in a shared project folder ran at start-up (plain `snakemake` imports
     # nothing from there; lineage_ledger._launch, tests/test_attack_s48.py). Snakemake's CLI is
     # imported there only (_run), not here too: it costs about 1.5 s of CPU.
-    from ._sinks import _BOOT
-
-    os.execv(sys.executable, [sys.executable, "-c", _BOOT, "snakemake_logger_plugin_ledger._run",
-                              json.dumps(options), *snakemake_args])
+    command = module_command("snakemake_logger_plugin_ledger._run", json.dumps(options), *snakemake_args)
+    os.execv(command[0], command)
