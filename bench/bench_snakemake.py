@@ -12,6 +12,16 @@ logger plugin (its QueueHandler formats every log record for the plugins' listen
 
 Goal (issue #3): median wall time with the plugin / median without <= 1.05.
 
+A second part measures what every run pays whatever its size (start-up, the pre-run check,
+the recording process, the final flush), which CI pays on each of its dozens of Snakemake
+runs: a one-rule workflow (``tr`` of a source file) run by plain ``snakemake``, by
+``snakemake --logger ledger`` and by ``snakemake-ledger``, on an empty ledger (a fresh
+directory) and on a non-empty one (a directory where one untimed ledger run recorded the job,
+its output then removed: the rule runs again, and the check reads the ledger for the source
+file). The three run in turn, alternating order; CPU is the whole process tree's (Snakemake,
+the recording process, the job), with the load. ``snakemake-ledger`` cost about twice the
+CPU of plain ``snakemake`` here until it stopped importing Snakemake's CLI twice (helper-163).
+
 Wall time on a loaded 2-core machine is noisy, so two CPU times are shown too: that of the
 whole process tree (user + sys of snakemake and its jobs, ``getrusage(RUSAGE_CHILDREN)``),
 and that of the snakemake process alone (its own ``getrusage(RUSAGE_SELF)`` at exit, written
@@ -115,6 +125,77 @@ def one_run(directory: Path, n: int, variant: str, plugins: Path) -> tuple[float
     return elapsed, cpu, float((directory / "self-cpu.txt").read_text()), cost
 
 
+ONE_RULE = """
+rule all:
+    input: "src.txt"
+    output: "out.txt"
+    shell: "tr a-z A-Z < {input} > {output}"
+"""
+
+#: variant -> the command (console scripts of this environment), in the workflow's directory
+ONE_RULE_VARIANTS = {
+    "plain": ["snakemake", "--cores", "1"],
+    "--logger ledger": ["snakemake", "--cores", "1", "--logger", "ledger"],
+    "snakemake-ledger": ["snakemake-ledger", "--cores", "1"],
+}
+
+
+def one_rule_workflow(directory: Path, recorded: bool) -> None:
+    """The one-rule workflow in ``directory``; ``recorded``: after one ledger run there (its
+    records name this directory's files), its output removed."""
+    directory.mkdir(parents=True)
+    (directory / "Snakefile").write_text(ONE_RULE)
+    (directory / "src.txt").write_text("some text\n")
+    if recorded:
+        subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--logger", "ledger"],
+                       cwd=directory, env=bench_env(), check=True, capture_output=True)
+        (directory / "out.txt").unlink()
+
+
+def bench_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LINEAGE_", "SNAKEMAKE_LOGGER_"))}
+
+
+def one_rule_run(directory: Path, variant: str, recorded: bool) -> tuple[float, float]:
+    """Wall and process-tree CPU seconds of one run of ``variant`` (see one_rule_workflow)."""
+    one_rule_workflow(directory, recorded)
+    program, *args = ONE_RULE_VARIANTS[variant]
+    command = [str(Path(sys.executable).parent / program), *args]
+    cpu_before, start = children_cpu(), time.perf_counter()
+    result = subprocess.run(command, cwd=directory, env=bench_env(), capture_output=True, text=True)
+    elapsed, cpu = time.perf_counter() - start, children_cpu() - cpu_before
+    if result.returncode != 0 or not (directory / "out.txt").exists():
+        raise SystemExit(f"{variant} failed:\n" + result.stderr[-3000:])
+    if variant != "plain":
+        check_recorded(directory, int(recorded))  # and the earlier run's record
+    return elapsed, cpu
+
+
+def one_rule_costs(rounds: int, quick: bool) -> None:
+    """The fixed cost of a run: see the module's docstring."""
+    variants = list(ONE_RULE_VARIANTS)
+    print(f"\none-rule workflow, {rounds} rounds, load {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(prefix="ll-bench-snakemake-one-") as tmp:
+        for recorded in ((False,) if quick else (False, True)):
+            label = "non-empty ledger" if recorded else "empty ledger"
+            walls: dict[str, list[float]] = {v: [] for v in variants}
+            cpus: dict[str, list[float]] = {v: [] for v in variants}
+            for round_no in range(rounds):
+                for variant in variants if round_no % 2 == 0 else variants[::-1]:
+                    name = f"{label.replace(' ', '-')}-{round_no}-{variant.strip('-').replace(' ', '-')}"
+                    wall, cpu = one_rule_run(Path(tmp) / name, variant, recorded)
+                    walls[variant].append(wall)
+                    cpus[variant].append(cpu)
+            plain_wall, plain_cpu = statistics.median(walls["plain"]), statistics.median(cpus["plain"])
+            for variant in variants:
+                wall, cpu = statistics.median(walls[variant]), statistics.median(cpus[variant])
+                print(f"{label}, {variant}: median wall {wall:.2f} s, CPU {cpu:.2f} s"
+                      + ("" if variant == "plain" else
+                         f" (CPU / plain {cpu / plain_cpu:.2f}x, {cpu - plain_cpu:+.2f} s; wall / plain "
+                         f"{wall / plain_wall:.2f}x)"))
+            print(f"  load {os.getloadavg()[0]:.1f}")
+
+
 def check_recorded(directory: Path, n: int) -> None:
     from lineage_ledger import open_ledger
 
@@ -177,6 +258,7 @@ def main() -> None:
     ratio = wall["ledger"] / wall["plain"]
     print(f"with / without = {ratio:.3f}   (goal <= 1.05; {(wall['ledger'] - wall['plain']) / n * 1e3:+.1f} ms per job)")
     print("GOAL MET" if ratio <= 1.05 else "GOAL MISSED")
+    one_rule_costs(args.rounds, args.quick)
 
 
 if __name__ == "__main__":
