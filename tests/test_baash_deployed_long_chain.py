@@ -63,7 +63,8 @@ def test_a_long_chain_restored_past_the_start_timeout_is_served(tmp_path):
     backend = BaashBackend(again.url, timeout=300)
     try:
         status = backend.status()
-        print(f"\n{BLOCKS:,} blocks restored by each rank in {status['job']['restore_seconds']:.1f} s at most")
+        restored_in = status["job"]["restore_seconds"]
+        print(f"\n{BLOCKS:,} blocks restored by each rank in {restored_in:.1f} s at most")
         assert status["job_up"] and status["job"]["head"] == [BLOCKS, head.id], status["job"]
         assert all(rank["valid"] and rank["head"] == head.id for rank in backend.ledgers())
         backend.append([build_block([make_records(1, run_id="after")[0].stored()], backend.head()).stored()])
@@ -71,3 +72,6 @@ def test_a_long_chain_restored_past_the_start_timeout_is_served(tmp_path):
     finally:
         backend.close()
         again.stop()
+    if restored_in <= 2:  # served, but the second bug was not met: say so rather than pass quietly
+        pytest.skip(f"this machine restored the chain in {restored_in:.1f} s, within the start timeout of 2 s: "
+                    "a restore longer than the start timeout was not exercised")
