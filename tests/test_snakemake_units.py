@@ -14,7 +14,8 @@ pytest.importorskip("snakemake_logger_plugin_ledger", reason="`make install` ins
 from snakemake_logger_plugin_ledger._jobs import parse_files  # noqa: E402
 from snakemake_logger_plugin_ledger._journal import PendingJournal, orphaned, read_journal  # noqa: E402
 from snakemake_logger_plugin_ledger._preflight import Plan, forced_outputs  # noqa: E402
-from snakemake_logger_plugin_ledger.cli import absolute_url, run_args, split_args  # noqa: E402
+from snakemake_logger_plugin_ledger._run import ledger_flags, with_ledger  # noqa: E402
+from snakemake_logger_plugin_ledger.cli import absolute_url, split_args  # noqa: E402
 
 from lineage_ledger import ArtifactCheck, ArtifactStatus, TaskRun, utcnow  # noqa: E402
 
@@ -28,12 +29,14 @@ def test_our_flags_come_out_and_the_rest_is_snakemakes():
         split_args(["--ledger-policy", "sometimes"])
 
 
-def test_the_wrapper_turns_its_flags_into_the_plugins_settings(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no workflow profile here
-    args = run_args(["--cores", "2", "--logger", "ledger"], "/l.db", "strict")
-    assert args == ["--cores", "2", "--logger", "ledger", "--logger", "ledger",
-                    "--logger-ledger-url", "/l.db", "--logger-ledger-policy", "strict"]
-    assert run_args(["--cores", "1"], None, None) == ["--cores", "1", "--logger", "ledger"]
+def test_the_wrapper_adds_the_ledger_to_the_users_loggers_and_its_flags_before_a_double_dash():
+    """What ``_run`` (the exec'd half of ``snakemake-ledger``) does to Snakemake's arguments; the
+    real command with a profile's logger and a ``--`` is run by test_snakemake_ledger_wrapper."""
+    assert with_ledger(["witness", "ledger"]) == ["witness", "ledger"]
+    assert with_ledger(None) == ["ledger"]
+    extra = ["--logger-ledger-url", "/l.db"]
+    assert ledger_flags(["--cores", "2", "all"], extra) == ["--cores", "2", "all", *extra]
+    assert ledger_flags(["--cores", "2", "--", "all"], extra) == ["--cores", "2", *extra, "--", "all"]
 
 
 def test_relative_ledger_paths_mean_the_invocation_directory(tmp_path, monkeypatch):
