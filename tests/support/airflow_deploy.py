@@ -34,6 +34,11 @@ TERMINAL_RUN_STATES = ("success", "failed")
 #: heartbeats) can miss a few seconds, and 8 s here failed tries that would have passed. A
 #: test of the timeout itself shortens it for its own run (:meth:`Deployment.heartbeat_timeout`).
 HEARTBEAT_TIMEOUT_S = 120
+#: How a scheduler started for a test of the heartbeat timeout runs its tries: heartbeats every
+#: second and a check for missed ones every 2 s (as every deployment did before), so that under
+#: load only the try the test silences outlives its 8 s, and is found soon after.
+HEARTBEAT_TEST_ENV = {"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+                      "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2"}
 
 
 def free_port() -> int:
@@ -103,7 +108,6 @@ class Deployment:
             "AIRFLOW__API_AUTH__JWT_SECRET": "lineage-ledger-tests-jwt-secret-0123456789",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             # A scheduler killed with -9 may leave tasks it had queued that no worker took; its
             # successor resets them once the dead one has missed heartbeats for this long and
@@ -112,7 +116,12 @@ class Deployment:
             # second) room before it could be taken for dead.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "20",
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
-            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            # A running try's supervisor heartbeats the api-server this often (Airflow's default):
+            # each heartbeat is a request and a database write, and at 1 s one running task cost
+            # about 2 CPU-s a minute (api-server, supervisor, PostgreSQL) beside a 120 s timeout.
+            # A try marked failed or success by hand learns it at its next heartbeat. The tests of
+            # the timeout itself heartbeat every second (HEARTBEAT_TEST_ENV).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
@@ -203,6 +212,19 @@ class Deployment:
             self.groups.append(self.processes[name].pid)
         if "api-server" in names:
             self.wait_for_api()
+            self.warm_execution_api()
+
+    def warm_execution_api(self, timeout: float = 300.0) -> None:
+        """Have the api-server build its task execution API now, while the DAG processor parses.
+
+        Airflow's execution API (a Cadwyn app) builds its versioned routes on its first request,
+        seconds of CPU: left to the first task of a module, it held that task's first call
+        (``PATCH .../run``) for 29 s at load 11, past the supervisor's 5 s timeout (it sent it
+        again and again), and the module's first run waited for it. Any request builds it; the
+        health route reads nothing and changes nothing."""
+        url = f"http://127.0.0.1:{self.api_port}/execution/health"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            assert response.status == 200, response.status
 
     @contextmanager
     def heartbeat_timeout(self, seconds: int = 8) -> Iterator[None]:
@@ -210,7 +232,8 @@ class Deployment:
         of what Airflow does when a try's heartbeats stop), and with the deployment's own
         after it: every other test's tries keep the long one."""
         self.kill("scheduler")
-        self.start("scheduler", extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(seconds)})
+        self.start("scheduler", extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(seconds),
+                                           **HEARTBEAT_TEST_ENV})
         try:
             yield
         finally:
