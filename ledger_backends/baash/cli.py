@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import logging
@@ -187,6 +188,14 @@ def serve(ranks, storage, socket_path, socket_group, allow, faults, extend, clus
         sys.stderr.flush()
 
     service.run_until_signalled(ready)
+    # Stopped: the job has ended, the sockets are closed, and what the service keeps is in
+    # shared storage (fsync'd at each round). Freeing the daemon's objects one by one at
+    # exit (its read index and every module) took 70-150 ms of each stop, after all that.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
+            stream.flush()
+    os._exit(0)
 
 
 def _tls(listen: str | None, ca: str | None, cert: str | None, key: str | None):
