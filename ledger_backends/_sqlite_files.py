@@ -8,6 +8,7 @@ included, and nothing is written: see :func:`read_only_uri`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -17,6 +18,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -34,7 +36,7 @@ from lineage_ledger._ledger.identity import refuse_path_not_utf8
 from ._base import redact
 from ._sql_reads import SCHEMA_VERSION
 
-__all__ = ["SQLiteFile", "database_error", "driver_text", "is_sqlite_url", "read_only_uri", "refusal",
+__all__ = ["SQLiteFile", "database_error", "driver_text", "is_sqlite_url", "read_only_uri", "refusal", "remove_live_probes",
            "refuse_without_locks", "sqlite_file"]
 
 _BUSY_TIMEOUT_S = 60
@@ -164,10 +166,39 @@ def refuse_without_locks(path: str, shown: str) -> None:
         "locks work (NFS: its lock daemon), or use a PostgreSQL server")
 
 
+# The named probes of this process that exist now. A process that ends while one of its
+# threads is inside a probe (``run`` giving up its wait while its shipping thread retries the
+# ledger: the thread stops wherever it is at exit) left that probe's file beside the ledger
+# until another probe of this user found its process gone; at exit, they are removed.
+_LIVE_PROBES: set[str] = set()
+_LIVE_PROBES_LOCK = threading.Lock()
+_REMOVE_AT_EXIT: list[bool] = []
+
+
+def remove_live_probes() -> None:
+    """Remove the probe files this process's threads have made and not removed yet: at exit,
+    and by a process that leaves with ``os._exit`` while a thread may be inside a probe."""
+    with _LIVE_PROBES_LOCK:
+        names = list(_LIVE_PROBES)
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _live(name: str) -> None:
+    with _LIVE_PROBES_LOCK:
+        if not _REMOVE_AT_EXIT:
+            atexit.register(remove_live_probes)
+            _REMOVE_AT_EXIT.append(True)
+        _LIVE_PROBES.add(name)
+
+
 def _lock_problem(directory: str) -> str | None:
     fd, name = _probe_file(directory)
     if fd is None:
         return None
+    if name is not None:
+        _live(name)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return None
@@ -178,6 +209,8 @@ def _lock_problem(directory: str) -> str | None:
         if name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+            with _LIVE_PROBES_LOCK:
+                _LIVE_PROBES.discard(name)
             _remove_stale_probes(directory)
 
 

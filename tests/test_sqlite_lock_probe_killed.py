@@ -95,6 +95,37 @@ def test_a_probe_killed_in_its_lock_call_is_cleaned_up_by_the_next(slow_lock, tm
     assert probes(back) == []
 
 
+def test_a_process_that_ends_while_its_thread_probes_leaves_no_probe(slow_lock, tmp_path):
+    """``run`` gives up its wait for the ledger (``--ship-wait``) and leaves at once (without
+    waiting for its shipping thread, which may be blocked in the back-end) while that thread is
+    inside a probe: the thread is stopped where it is, and its probe's file stayed beside the
+    ledger (a CI run met it: "no empty ledger file left behind" found one). A process that
+    leaves so removes its own probes first. (The thread here waits in the lock call until the
+    test lets the file system answer: once ``run`` has said what became of its record.)"""
+    mount, back, control = slow_lock
+    work = tmp_path / "work"
+    work.mkdir()
+    ledger = mount / "ledger.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEAGE_")}
+    said = tmp_path / "stderr"
+    with open(said, "wb") as stderr:
+        ended = subprocess.Popen([str(Path(sys.executable).parent / "lineage-ledger"), "run", "--ledger",
+                                  str(ledger), "--ship-wait", "1", "--", "true"], cwd=work, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(control / "entered", ended)
+        assert len(probes(back)) == 1  # the probe's own file, made before its lock call
+        deadline = time.monotonic() + 120
+        while b"in the spool" not in said.read_bytes():  # then it leaves, the probe still waiting
+            assert ended.poll() is None and time.monotonic() < deadline, said.read_bytes()
+            time.sleep(0.05)
+    finally:
+        release(control)
+        ended.wait(timeout=120)
+    assert ended.returncode == 0, said.read_bytes()
+    assert probes(back) == []  # before: the waiting probe's file
+
+
 ENOLCK = """
 def lock(self, path, fh, cmd, lock):
     raise FuseOSError(errno.ENOLCK)

@@ -362,6 +362,11 @@ def _exit(not_in_ledger: bool, finished: bool, *, interrupted: int | None, kille
     if not finished:
         # The recorder's worker may be blocked in the back-end (a lock held elsewhere): leave
         # without letting interpreter shutdown wait on it. The record is synced in the spool.
+        # A lock probe of that thread's would stay beside the ledger: removed first (only where
+        # the SQLite back-end was loaded).
+        sqlite_files = sys.modules.get("lineage_ledger.backends._sqlite_files")
+        if sqlite_files is not None:
+            sqlite_files.remove_live_probes()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code_out)
