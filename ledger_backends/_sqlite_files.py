@@ -172,7 +172,6 @@ def refuse_without_locks(path: str, shown: str) -> None:
 # until another probe of this user found its process gone; at exit, they are removed.
 _LIVE_PROBES: set[str] = set()
 _LIVE_PROBES_LOCK = threading.Lock()
-_REMOVE_AT_EXIT: list[bool] = []
 
 
 def remove_live_probes() -> None:
@@ -185,12 +184,7 @@ def remove_live_probes() -> None:
             os.unlink(name)
 
 
-def _live(name: str) -> None:
-    with _LIVE_PROBES_LOCK:
-        if not _REMOVE_AT_EXIT:
-            atexit.register(remove_live_probes)
-            _REMOVE_AT_EXIT.append(True)
-        _LIVE_PROBES.add(name)
+atexit.register(remove_live_probes)
 
 
 def _lock_problem(directory: str) -> str | None:
@@ -198,7 +192,8 @@ def _lock_problem(directory: str) -> str | None:
     if fd is None:
         return None
     if name is not None:
-        _live(name)
+        with _LIVE_PROBES_LOCK:
+            _LIVE_PROBES.add(name)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return None
