@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import textwrap
 import zipfile
 
 if sys.version_info >= (3, 11):
@@ -48,6 +49,46 @@ def builder(scratch: Path) -> str:
     return str(scratch / "bin" / "python")
 
 
+#: What ``python -m build --no-isolation`` does for one project, with every hook called in this
+#: one interpreter: ``build`` runs each hook (the requirements of the sdist, the sdist, the
+#: requirements of the wheel, the wheel) in a fresh process of its own, which imports setuptools
+#: each time: 3.3 s of CPU a project here against 1.2 s. As ``build`` does, the build system's
+#: requirements must be installed, and the wheel is built from the unpacked sdist (a file the
+#: sdist leaves out fails the wheel).
+BUILD = textwrap.dedent("""
+    import importlib, os, sys, tarfile, tempfile
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    from build import check_dependency
+
+    project, outdir = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    with open(os.path.join(project, "pyproject.toml"), "rb") as handle:
+        system = tomllib.load(handle)["build-system"]
+    module, _, attribute = system["build-backend"].partition(":")
+    backend = importlib.import_module(module)
+    for name in filter(None, attribute.split(".")):
+        backend = getattr(backend, name)
+
+    def require(requirements):
+        missing = [chain for requirement in requirements for chain in check_dependency(requirement)]
+        if missing:
+            sys.exit(f"missing build dependencies: {missing}")
+
+    require(system["requires"])
+    os.chdir(project)
+    require(backend.get_requires_for_build_sdist({}))
+    sdist = backend.build_sdist(outdir, {})
+    with tempfile.TemporaryDirectory() as unpacked:
+        with tarfile.open(os.path.join(outdir, sdist)) as archive:
+            archive.extractall(unpacked, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        os.chdir(os.path.join(unpacked, sdist[: -len(".tar.gz")]))
+        require(backend.get_requires_for_build_wheel({}))
+        backend.build_wheel(outdir, {})
+""")
+
+
 @pytest.fixture(scope="module")
 def distributions(tmp_path_factory):
     """Wheels and sdists of the core and every plugin, built with setuptools >= 77 from a
@@ -57,9 +98,10 @@ def distributions(tmp_path_factory):
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES, symlinks=True)
     python = builder(base / "tools")
     dist = base / "dist"
+    dist.mkdir()
     for project in [source, *(source / "plugins" / p.name for p in PLUGINS)]:
-        built = subprocess.run([python, "-m", "build", "--no-isolation", "--outdir", str(dist), str(project)],
-                               capture_output=True, text=True, timeout=600)
+        built = subprocess.run([python, "-c", BUILD, str(project), str(dist)], capture_output=True, text=True,
+                               timeout=600)
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         warnings = [line for line in (built.stdout + built.stderr).splitlines()
                     if "warning" in line.lower() and "byte-compiling is disabled" not in line]
