@@ -122,6 +122,20 @@ class Deployment:
             # A try marked failed or success by hand learns it at its next heartbeat. The tests of
             # the timeout itself heartbeat every second (HEARTBEAT_TEST_ENV).
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "5",
+            # Every task process imports its DAG file before the try starts, within Airflow's
+            # 30 s; past it the start fails ("Dag not found during start up"), the try is put up
+            # for reschedule, which a plain operator never leaves, and its run hangs. The CI of
+            # stop 51 (three test processes on two cores) took 30.3 s over deploy_tries.py and
+            # failed a test so. The DAG processor's own limit must stay above the import's.
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "150",
+            "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "180",
+            # A task process reports its state, then runs the listener's hooks, and Airflow
+            # kills it 20 s after that report (task_success_overtime). The plugin's own work
+            # there is designed to fit well inside (flush_timeout; the tests of a locked
+            # ledger time the hooks themselves), but on a machine loaded as that CI was a
+            # killed try leaves its record to the scheduler's sweep, which knows less of it
+            # (a retried try's state, say), and the tests asserting the task's own record fail.
+            "AIRFLOW__CORE__TASK_SUCCESS_OVERTIME": "60",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
@@ -285,6 +299,13 @@ class Deployment:
 
     def log_tail(self, name: str, chars: int = 4000) -> str:
         path = self.home / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def try_log(self, dag_id: str, run_id: str, task_id: str, attempt: int, chars: int = 4000) -> str:
+        """The end of one try's task log (what its supervisor and task process said), for a
+        failure message: empty where there is none."""
+        path = (self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+                / f"attempt={attempt}.log")
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     # -- the metadata database -------------------------------------------------------
