@@ -19,6 +19,10 @@ goal's figure) and from "Post Execute" to the last line (the success hook and
 Goal: median(with) - median(without) <= 30 ms per task process.
 One warm-up run per variant is not counted (none with --quick).
 
+``LINEAGE_BENCH_AIRFLOW_METADATA=DSN`` names a PostgreSQL database Airflow's metadata is
+already migrated in, used instead of a server started here and ``airflow db migrate`` (the test
+suite's smoke run gives one made from the migrated template its Airflow tests share).
+
 ``LINEAGE_BENCH_AGAINST=DIR`` adds a third variant in turn, ``against``: the scheduler with
 ``DIR`` first on PYTHONPATH, a directory holding ``lineage_ledger`` (with its ``backends``)
 and ``lineage_ledger_airflow`` as an earlier commit had them (``git archive``), to find
@@ -86,6 +90,8 @@ def main() -> None:
         main_scheduler(parse_args(__doc__, "1 round of each variant", quick_rounds=1, full_rounds=5))
 
 
+#: A migrated metadata database to use (see the module's docstring).
+METADATA_ENV = "LINEAGE_BENCH_AIRFLOW_METADATA"
 WORKLOAD = re.compile(r"Workload finished.*?duration=([0-9.]+).*?workload_id=([0-9a-f-]+)")
 
 
@@ -94,14 +100,17 @@ def main_scheduler(args) -> None:
     from tests.support.airflow_deploy import Deployment
     from tests.support.postgres import PostgresServer, find_server_binaries
 
-    bindir = find_server_binaries()
-    if bindir is None:
-        print("no PostgreSQL server binaries (initdb): the scheduler benchmark needs them; NO GOAL measured")
-        return
-    metadata = PostgresServer(bindir).start()
+    migrated = os.environ.get(METADATA_ENV)
+    metadata = None
+    if not migrated:
+        bindir = find_server_binaries()
+        if bindir is None:
+            print("no PostgreSQL server binaries (initdb): the scheduler benchmark needs them; NO GOAL measured")
+            return
+        metadata = PostgresServer(bindir).start()
     tmp = Path(tempfile.mkdtemp(prefix="bench-airflow-"))
     try:
-        site = Deployment(home=tmp / "home", metadata_dsn=metadata.create_database(),
+        site = Deployment(home=tmp / "home", metadata_dsn=migrated or metadata.create_database(),
                           ledger_url=f"sqlite:///{tmp}/ledger.db", spool=tmp / "spool", data=tmp / "data")
         site.data.mkdir(parents=True)
         (site.data / "seed.txt").write_text("sample,value\n" + "".join(f"s{i},{i}\n" for i in range(1000)))
@@ -114,7 +123,8 @@ def main_scheduler(args) -> None:
         variants = {"with": {}, "without": {"PYTHONPATH": str(shadow.parent)}}
         if os.environ.get("LINEAGE_BENCH_AGAINST"):
             variants["against"] = {"PYTHONPATH": os.environ["LINEAGE_BENCH_AGAINST"]}
-        site.cli("db", "migrate")
+        if not migrated:
+            site.cli("db", "migrate")
         site.start("api-server", "dag-processor")
         site.wait_for_dags(["deploy_bench"])
         process_s: dict[str, list[float]] = {v: [] for v in variants}
@@ -158,7 +168,8 @@ def main_scheduler(args) -> None:
         site.stop()
         with_records = _count_records(site.ledger_url, site.spool)
     finally:
-        metadata.cleanup()
+        if metadata is not None:
+            metadata.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"deploy_bench under airflow scheduler (LocalExecutor, PostgreSQL metadata DB), {tasks} tasks a run, "
