@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import made_once, run_cli
 
 
 def _pipeline(cli, workdir):
@@ -19,8 +19,20 @@ def _pipeline(cli, workdir):
         "--", "sh", "-c", "head -n 1 sorted.txt > top.txt", check_rc=0)
 
 
-def test_run_records_and_verify_passes_with_the_tree(cli, workdir):
-    _pipeline(cli, workdir)
+@pytest.fixture
+def workdir(shared_workdir):
+    """At one path for the module's tests: ``pipeline`` is made once and put back there."""
+    return shared_workdir
+
+
+#: The two recorded steps most tests here start from, made once per module and put back for
+#: each (conftest's made_once: 18 tests ran these two ``run`` processes each). The test of an
+#: edit that keeps mtime and size runs them itself: the copies have new inodes and ctimes, on
+#: which the stat cache it tests is keyed, so a copy would rehash whatever the cache did.
+pipeline = made_once(_pipeline, "pipeline")
+
+
+def test_run_records_and_verify_passes_with_the_tree(cli, workdir, pipeline):
     result = cli("top.txt", program="verify-lineage", check_rc=0)
     assert "verified" in result.stdout
     lines = result.stdout.splitlines()
@@ -47,8 +59,7 @@ def test_edit_keeping_mtime_and_size_is_caught(cli, workdir):
     assert any(f["path"].endswith("sorted.txt") for f in data["failures"])
 
 
-def test_tampered_database_row_is_detected(cli, workdir):
-    _pipeline(cli, workdir)
+def test_tampered_database_row_is_detected(cli, workdir, pipeline):
     db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
     db.execute("UPDATE ll_records SET body = replace(body, 'asc', 'dsc')")
     db.commit()
@@ -64,8 +75,7 @@ def test_tampered_database_row_is_detected(cli, workdir):
     "UPDATE ll_blocks SET header = replace(header, 'merkle_root', 'merkle_rooT')",
     "UPDATE ll_records SET seq = seq + 100 WHERE seq = 0",
 ])
-def test_rows_removed_or_rewritten_are_detected(cli, workdir, statement):
-    _pipeline(cli, workdir)
+def test_rows_removed_or_rewritten_are_detected(cli, workdir, statement, pipeline):
     db = sqlite3.connect(workdir / ".lineage" / "ledger.db")
     db.execute(statement)
     db.commit()
@@ -86,8 +96,7 @@ def test_failed_command_is_recorded_as_failed_with_its_exit_status(cli, workdir)
     assert log[-1]["outputs"] == {}
 
 
-def test_log_show_why_depends_hash(cli, workdir):
-    _pipeline(cli, workdir)
+def test_log_show_why_depends_hash(cli, workdir, pipeline):
     log = cli("log", check_rc=0).stdout.splitlines()
     assert len(log) == 2 and "cli:sort" in log[0] and "cli:head" in log[1]
     entries = [json.loads(line) for line in cli("log", "--json", "--run", "r1", check_rc=0).stdout.splitlines()]
@@ -156,8 +165,7 @@ def test_missing_extra_gives_the_install_hint(workdir):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_or_truncated_database(cli, workdir, damage):
-    _pipeline(cli, workdir)
+def test_corrupt_or_truncated_database(cli, workdir, damage, pipeline):
     db = workdir / ".lineage" / "ledger.db"
     if damage == "garbage":
         db.write_bytes(b"this is not a database at all" * 100)
@@ -169,8 +177,7 @@ def test_corrupt_or_truncated_database(cli, workdir, damage):
     assert "corrupt or truncated" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_truncated_spool_is_reported_and_nothing_is_lost(cli, workdir):
-    _pipeline(cli, workdir)
+def test_truncated_spool_is_reported_and_nothing_is_lost(cli, workdir, pipeline):
     from lineage_ledger import open_ledger
 
     # Another spelling of the same file must find the same spool (keyed by the store's identity).
@@ -196,8 +203,7 @@ def _without_root_file_powers() -> dict:
 
 # A directory is an input like a file now (tests/test_directories.py); a FIFO is not.
 @pytest.mark.parametrize("case", ["missing", "fifo", "symlink loop", "non-UTF-8 name", "permission denied"])
-def test_unhashable_inputs_stop_before_running(cli, workdir, case):
-    _pipeline(cli, workdir)
+def test_unhashable_inputs_stop_before_running(cli, workdir, case, pipeline):
     extra: dict = {}
     if case == "missing":
         target, expected = "nope.txt", "no such file"
@@ -234,8 +240,7 @@ def test_directory_given_as_ledger_file(cli, workdir):
     assert result.returncode == 2 and "is a directory" in result.stderr
 
 
-def test_unrecorded_target_fails_verification(cli, workdir):
-    _pipeline(cli, workdir)
+def test_unrecorded_target_fails_verification(cli, workdir, pipeline):
     (workdir / "stray.txt").write_text("nobody made me")
     result = cli("stray.txt", program="verify-lineage")
     assert result.returncode == 1 and "UNRECORDED" in result.stdout
@@ -251,15 +256,13 @@ def test_import_is_light():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
-def test_unknown_missing_target_is_a_usage_error(cli, workdir):
-    _pipeline(cli, workdir)
+def test_unknown_missing_target_is_a_usage_error(cli, workdir, pipeline):
     result = cli("reslts/final.txt", program="verify-lineage")
     assert result.returncode == 2 and "no record in the ledger mentions it" in result.stderr
 
 
-def test_forged_row_outside_any_block_cannot_vouch_for_an_edited_file(cli, workdir):
+def test_forged_row_outside_any_block_cannot_vouch_for_an_edited_file(cli, workdir, pipeline):
     """A self-consistent record slipped into the tables, outside the chain, is not trusted."""
-    _pipeline(cli, workdir)
     sorted_file = workdir / "sorted.txt"
     sorted_file.write_text("forged\n")
     from lineage_ledger import Record, hash_file, utcnow
@@ -300,8 +303,7 @@ def test_output_of_a_failed_task_does_not_verify(cli, workdir):
     assert verify.returncode == 1 and "produced by a failed task" in verify.stdout
 
 
-def test_file_edited_then_read_by_a_recorded_task_is_broken_lineage(cli, workdir):
-    _pipeline(cli, workdir)
+def test_file_edited_then_read_by_a_recorded_task_is_broken_lineage(cli, workdir, pipeline):
     (workdir / "sorted.txt").write_text("edited by hand\n")
     cli("run", "-i", "sorted.txt", "-o", "copy.txt", "--", "cp", "sorted.txt", "copy.txt", check_rc=0)
     result = cli("verify", "--json", "sorted.txt")
@@ -316,8 +318,7 @@ def test_unrecordable_parameter_is_refused_before_running(cli, workdir):
     assert not marker.exists()
 
 
-def test_directory_target_skips_links_to_directories(cli, workdir):
-    _pipeline(cli, workdir)
+def test_directory_target_skips_links_to_directories(cli, workdir, pipeline):
     os.symlink(workdir, workdir / "loop-to-self")
     os.symlink(workdir / "gone", workdir / "dangling")
     result = cli("verify", "--json", "raw.txt", "sorted.txt", "top.txt")
@@ -345,11 +346,10 @@ def test_last_seen_goes_by_task_time_not_arrival(workdir):
     assert older.ended < newer.ended == BASE_TIME + timedelta(seconds=3)
 
 
-def test_read_only_ledger_copy_verifies(cli, workdir, tmp_path_factory):
+def test_read_only_ledger_copy_verifies(cli, workdir, tmp_path_factory, pipeline):
     """An archived, read-only copy of a ledger (and a read-only directory) still verifies."""
     import shutil
 
-    _pipeline(cli, workdir)
     archive = tmp_path_factory.mktemp("archive")
     shutil.copy(workdir / ".lineage" / "ledger.db", archive / "ledger.db")
     os.chmod(archive / "ledger.db", 0o444)
