@@ -7,8 +7,9 @@ by the product's own append), after the user's account verified the ledger once,
 requires what the issue requires: an index row that disagrees with its record is a failure
 (exit 1), never an answer; a rewritten history fails in every command.
 
-Findings of this session, each failing on the code before 92862e1 (which fixed all but the
-one still marked, a strict xfail whose reason says what a user meets): ``depends -n N`` hid a
+Findings of this session, each failing on the code before 92862e1 (which fixed all but one:
+``verify-lineage DIR`` of a gone output whose index row was deleted, fixed in the fifty-second
+session by counting the directory's listing against the names kept): ``depends -n N`` hid a
 reader of a walked file version, or of a full first page, whose index row was edited, deleted
 or moved past the head; ``show`` of a verified record gone from the store said "no record";
 ``lineage-ledger migrate`` refused the schema-2 ledger it is named to migrate.
@@ -165,11 +166,6 @@ def test_show_of_a_verified_record_removed_from_the_store_is_a_failure_not_no_su
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "helper-153 (s48): `verify-lineage DIR` names the files that verified records wrote under DIR "
-    "and that are gone from disk (the note 'N file(s) ... are not on disk', JSON 'absent'); with the "
-    "gone file's output row deleted from the index the note and 'absent' drop it, exit 0: the "
-    "listing of DIR is read from the index alone, not checked against the names kept"))
 def test_a_gone_output_whose_index_row_was_deleted_is_still_named_by_verify_of_its_directory(tmp_path):
     (tmp_path / "src.txt").write_text("s\n")
     (tmp_path / "res").mkdir()
@@ -183,6 +179,41 @@ def test_a_gone_output_whose_index_row_was_deleted_is_still_named_by_verify_of_i
     after = run_cli("--json", "res", cwd=tmp_path, program="verify-lineage")
     assert after.returncode == 1 or (after.returncode == 0 and "o1.txt" in after.stdout), (
         after.returncode, after.stdout, after.stderr)
+
+
+# Edits of the index row of an output below the directory verified, o1.txt (gone from disk).
+DIRECTORY_EDITS = {
+    "deleted": "DELETE FROM ll_artifacts WHERE role = 1 AND seq = {seq} AND path LIKE '%/o1.txt'",
+    "moved out of the directory": "UPDATE ll_artifacts SET path = replace(path, '/res/', '/elsewhere/') "
+                                  "WHERE role = 1 AND seq = {seq} AND path LIKE '%/o1.txt'",
+    "renamed within the directory": "UPDATE ll_artifacts SET path = path || '.x' "
+                                    "WHERE role = 1 AND seq = {seq} AND path LIKE '%/o1.txt'",
+    "role flipped": "UPDATE ll_artifacts SET role = 0 WHERE role = 1 AND seq = {seq} AND path LIKE '%/o1.txt'",
+    "a row added": "INSERT INTO ll_artifacts SELECT replace(path, 'o1.txt', 'ghost.txt'), role, seq, digest, ended "
+                   "FROM ll_artifacts WHERE role = 1 AND seq = {seq} AND path LIKE '%/o1.txt'",
+    "every row of the record deleted, its files gone": "DELETE FROM ll_artifacts WHERE seq = {seq}",
+}
+
+
+@pytest.mark.parametrize("edit", list(DIRECTORY_EDITS))
+def test_an_edited_index_row_below_a_verified_directory_fails_or_the_gone_file_is_named(tmp_path, edit):
+    """Each edit of the row that says a verified record wrote res/o1.txt, a file gone since:
+    ``verify-lineage res`` exits 1 saying the index disagrees, or names o1.txt as not on disk;
+    never exit 0 without it."""
+    (tmp_path / "res" / "deep").mkdir(parents=True)
+    (tmp_path / "res" / "src.txt").write_text("s\n")
+    ids = [_record(tmp_path, f"t{i}", ["res/src.txt"], [f"res/o{i}.txt", f"res/deep/d{i}.txt"]) for i in range(3)]
+    run_cli(cwd=tmp_path, program="verify-lineage", check_rc=0)
+    (tmp_path / "res" / "o1.txt").unlink()
+    if edit.startswith("every row"):
+        (tmp_path / "res" / "deep" / "d1.txt").unlink()  # two levels down: counted at every depth
+    url = f"sqlite:///{tmp_path}/.lineage/ledger.db"
+    _edit(url, DIRECTORY_EDITS[edit].format(seq=_seq_of(url, ids[1])))
+    after = run_cli("--json", "res", cwd=tmp_path, program="verify-lineage")
+    if after.returncode == 1:
+        assert "index" in after.stdout + after.stderr, (after.stdout, after.stderr)
+    else:
+        assert after.returncode == 0 and "o1.txt" in after.stdout, (after.returncode, after.stdout, after.stderr)
 
 
 # -- every read command on edited index rows: exit 1 or the answer of the intact ledger -------

@@ -272,7 +272,7 @@ def _read_result(stream: IO[bytes]) -> RangeResult | None:
 
 
 def _well_formed(hot: Hot) -> bool:
-    return type(hot.role) is int and 0 <= hot.role <= 2 and type(hot.name) is str and type(hot.low) is int \
+    return type(hot.role) is int and 0 <= hot.role <= 3 and type(hot.name) is str and type(hot.low) is int \
         and hot.low & 3 == hot.role and type(hot.records) is int and hot.records > 0 and type(hot.ended) is str
 
 

@@ -17,7 +17,16 @@ belong to (two big-endian 64-bit words an entry, see ``ENTRY``):
   only ever a *candidate*, whose record the reader fetches and proves before believing it
   names the path; only missing entries would be harmful, and a hash never makes one go missing.
 * ``leaf << 2 | role``: the leaf index of the latest of those records (below), and the role:
-  ``INPUT``, ``OUTPUT`` or ``RUN``.
+  ``INPUT``, ``OUTPUT``, ``RUN`` or ``DIRECTORY``.
+
+A directory (format 3) has an entry of role ``DIRECTORY`` per batch whose records name a path
+below it, at any depth, in either role: ``count`` is how many (record, path, role) of the
+batch lie below it (the index rows the batch put there), and the leaf is one of those records
+(a batch's last in ledger order; where an audit joins its ranges', the one that ended last),
+which a reader proves names a path below it before it counts the entry. ``verify-lineage
+DIR`` lists the files below DIR from the index; a file whose every row was deleted drops out
+of that listing, which the sum of DIR's counts against the counts of the paths listed notices
+(:mod:`lineage_ledger._ledger.complete_dirs`). The root's key is the empty string's.
 
 The counts make a whole list checkable (format 2): the records a back-end's index lists as
 reading or writing a path, or as a run's, must be as many as the counts of the entries add
@@ -52,19 +61,20 @@ import os
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import accumulate, chain, compress, islice, repeat
-from operator import attrgetter, ge, le, lshift, methodcaller, or_
+from operator import attrgetter, ge, itemgetter, le, lshift, methodcaller, or_
 from typing import Any, NamedTuple
 
-__all__ = ["BUCKETS", "ENTRY", "ENTRY_SIZE", "FORMAT", "HOT_RECORDS", "INPUT", "OUTPUT", "PENDING", "RUN", "Candidate", "Hot",
-           "HotNames", "NamesBatch", "bucket_name", "bucket_of", "candidates", "candidates_of", "kept", "path_key", "path_keys"]
+__all__ = ["BUCKETS", "DIRECTORY", "ENTRY", "ENTRY_SIZE", "FORMAT", "HOT_RECORDS", "INPUT", "OUTPUT", "PENDING", "RUN",
+           "Candidate", "Hot", "HotNames", "NamesBatch", "bucket_name", "bucket_of", "candidates", "candidates_of",
+           "directories_of", "kept", "parent_of", "path_key", "path_keys"]
 
-FORMAT = 2  # the version of these files a head records (0: none kept; 1: no counts, audited again)
+FORMAT = 3  # the version of these files a head records (0: none kept; 1: no counts; 2: no directories; audited again)
 _BUCKET_BITS = 10
 BUCKETS = 1 << _BUCKET_BITS  # a look-up reads a 1,024th of the entries: 50 KB at 1M records
 ENTRY = struct.Struct(">QQ")  # count << 32 | key, leaf << 2 | role (big-endian: one integer's bytes)
-INPUT, OUTPUT, RUN = 0, 1, 2  # roles: a path read, a path written, the run a record belongs to
+INPUT, OUTPUT, RUN, DIRECTORY = 0, 1, 2, 3  # roles: a path read, written, the run of a record, a directory
 _KEY = struct.Struct(">I")
 PENDING = "names-pending"  # bucket files' sizes before an append not yet covered by a head
 ENTRY_SIZE = ENTRY.size
@@ -76,7 +86,7 @@ _encode = methodcaller("encode", "utf-8", "surrogatepass")  # a C call per path,
 
 class Candidate(NamedTuple):
     leaf: int
-    role: int  # INPUT, OUTPUT or RUN
+    role: int  # INPUT, OUTPUT, RUN or DIRECTORY
     records: int = 1  # records of its batch naming the path in this role (the leaf the latest)
 
     @property
@@ -147,7 +157,8 @@ class NamesBatch:
         self.records += len(views)
 
     def _latest(self) -> list[tuple[dict[str, int], Counter[str]]]:
-        """For each role (``INPUT``, ``OUTPUT``, ``RUN``): path (run id) -> ``leaf << 2 | role``
+        """For each role (``INPUT``, ``OUTPUT``, ``RUN``, then ``DIRECTORY``: see
+        :func:`_directories`): path (run id) -> ``leaf << 2 | role``
         of the record that named it in that role and ended last, then the latest in ledger
         order, and path -> how many records named it so, in the dict's order. A dict built
         from the pairs in that order keeps the last value of each path; the order is ledger
@@ -157,6 +168,8 @@ class NamesBatch:
         on the same column, so that its keys are in the dict's order (first seen)."""
         leaves, ended, writes, reads = self._leaves, self._ended, self._writes, self._reads
         written, read, runs = self._written, self._read, self._runs
+        # Ledger order: a directory's entry keeps the last record of the batch naming a path below it.
+        directories = _directories(((read, _per_path(leaves, reads)), (written, _per_path(leaves, writes))))
         if not all(map(le, ended, islice(ended, 1, None))):
             order = sorted(range(len(ended)), key=ended.__getitem__)
             written = list(_flat(map(written.__getitem__, _slices(writes, order))))
@@ -168,7 +181,8 @@ class NamesBatch:
         as_run = map(or_, shifted, repeat(RUN))
         return [(dict(zip(read, _flat(map(repeat, shifted, reads)), strict=True)), Counter(read)),
                 (dict(zip(written, _flat(map(repeat, as_output, writes)), strict=True)), Counter(written)),
-                (dict(zip(runs, as_run, strict=True)), Counter(runs))]
+                (dict(zip(runs, as_run, strict=True)), Counter(runs)),
+                directories]
 
     def packed(self) -> tuple[list[int], bytes]:
         """(entries per bucket, the entries grouped by bucket in bucket order); then empty.
@@ -240,6 +254,73 @@ class HotNames:
         held, self._held = self._held, {}
         names = [name for _role, name in held]
         return _pack_entries(names, [kept[1] for kept in held.values()], [kept[0] for kept in held.values()])
+
+
+_split = methodcaller("rpartition", "/")
+_first = itemgetter(0)
+_absolute = methodcaller("startswith", "/")
+
+
+def parent_of(path: str) -> str:
+    """The directory ``path`` lies in, as a directory's entries name it: no trailing slash,
+    the root the empty string."""
+    return path.rpartition("/")[0]
+
+
+def directories_of(paths: Iterable[str]) -> set[str]:
+    """Every directory that absolute ``paths`` lie below, at any depth (the root as ``""``)."""
+    found: set[str] = set()
+    for path in paths:
+        if not path.startswith("/"):
+            continue
+        directory = parent_of(path)
+        while directory not in found:
+            found.add(directory)
+            if not directory:
+                break
+            directory = parent_of(directory)
+    return found
+
+
+def _per_path(leaves: list[int], per_record: list[int]) -> list[int]:
+    """``leaf << 2`` of each path of a flat column (``per_record[i]`` paths for record ``i``)."""
+    return list(_flat(map(repeat, map(lshift, leaves, repeat(2)), per_record)))
+
+
+def _directories(columns: Iterable[tuple[list[str], list[int]]]) -> tuple[dict[str, int], Counter[str]]:
+    """``DIRECTORY`` entries of a batch from its flat columns of paths and ``leaf << 2`` (one
+    per path, in ledger order): each directory's rows below it, and the last record of the
+    batch in ledger order that names a path below it. Paths are counted by the directory they
+    lie in, in C (a :class:`~collections.Counter`, and a dict over the column that keeps each
+    directory's last leaf), and only those distinct directories are walked up in Python: a
+    batch's paths share a few thousand of them."""
+    direct: Counter[str] = Counter()
+    last: dict[str, int] = {}
+    for paths, lows in columns:
+        if not all(map(_absolute, paths)):  # a relative name (none a recorder writes): below no directory
+            kept_at = list(map(_absolute, paths))
+            paths, lows = list(compress(paths, kept_at)), list(compress(lows, kept_at))
+        parents = list(map(_first, map(_split, paths)))
+        direct.update(parents)
+        for parent, low in dict(zip(parents, lows, strict=True)).items():
+            if low > last.get(parent, -1):
+                last[parent] = low
+    rows: Counter[str] = Counter()
+    latest: dict[str, int] = {}  # in the same key order as rows (see _pack)
+    for parent, count in direct.items():
+        low = last[parent] | DIRECTORY
+        directory = parent
+        while True:
+            if directory in latest:
+                rows[directory] += count
+                latest[directory] = max(latest[directory], low)
+            else:
+                rows[directory] = count
+                latest[directory] = low
+            if not directory:
+                break
+            directory = parent_of(directory)
+    return latest, rows
 
 
 def _pack(roles: list[tuple[dict[str, int], Counter[str]]]) -> tuple[list[int], bytes]:

@@ -33,8 +33,8 @@ from .._model import BlockColumns, StoredRecord
 from .audit_full import AuditResult, FullAudit
 from .audit_rows import decode_views
 from .chain import verify_block_columns
+from .names import DIRECTORY, INPUT, OUTPUT, RUN, bucket_of, directories_of, path_key
 from .names import FORMAT as NAMES_FORMAT
-from .names import INPUT, OUTPUT, RUN, bucket_of, path_key
 from .names import kept as names_kept
 from .names_files import drop_entries
 from .trust import TreeHead, TreeWriter, TrustStore
@@ -172,6 +172,7 @@ class Verifier(FullAudit):
                         touched.update((path, OUTPUT) for path in view.outputs)
                         touched.update((path, INPUT) for path in view.inputs)
                         touched.add((view.run_id, RUN))
+                        touched.update((directory, DIRECTORY) for directory in directories_of([*view.outputs, *view.inputs]))
             writer.add_names(writer.size, views)
             writer.add_block(block.id, leaves)
             prev = block.id
@@ -183,7 +184,8 @@ class Verifier(FullAudit):
     def _compact_names(self, touched: set[tuple[str, int]]) -> None:
         """Each refresh keeps the last writer and the last reader of every path its records
         name, and the last record of each run (see :mod:`.names`), so a file every task
-        reads or rewrites, or a long run, gains an entry a task. Past ``_NAMES_KEPT`` of
+        reads or rewrites, a long run, or a directory tasks write in, gains an entry a task.
+        Past ``_NAMES_KEPT`` of
         them, the records behind them are proved and read, and the older ones that name the
         path are dropped, their counts added to the latest's: readers need only the latest,
         and the sum. An entry whose record also names another path with the same key stays
@@ -203,7 +205,8 @@ class Verifier(FullAudit):
                 self.check(located)
                 view = decode_views(BlockColumns(located.height, "", b"", [located.record.id],
                                                  [located.record.body]))[0]
-                side = {view.run_id: None} if role == RUN else view.outputs if role == OUTPUT else view.inputs
+                side = {view.run_id: None} if role == RUN else view.outputs if role == OUTPUT else view.inputs \
+                    if role == INPUT else dict.fromkeys(directories_of([*view.outputs, *view.inputs]))
                 if name in side:
                     shared = any(other != name and path_key(other) == key for other in side)
                     naming.append((view.ended, leaf, shared))

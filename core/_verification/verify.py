@@ -30,6 +30,8 @@ from .._errors import (
 from .._files.hash_ahead import HashAhead, hash_ahead
 from .._files.hashing import lookup_paths
 from .._files.manifest import walk_tree
+from .._ledger.complete import StaleNames
+from .._ledger.complete_dirs import directory_count
 from .._ledger.ledger import Ledger, LineageNode
 from .._ledger.lineage import walk_lineage
 from .._log.chain import ChainSummary
@@ -100,16 +102,38 @@ def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent |
     walk does not descend into recorded directories), read from the index a page at a time
     under each spelling of the directory (as given, and resolved: a record names a file by
     both), each proved by the record that last saw it: an index row that names a path no
-    record does raises ``IndexTampered``, never counts."""
+    record does raises ``IndexTampered``, never counts. The listing itself is counted against
+    the names kept for the directory (:mod:`.._ledger.complete_dirs`): one that leaves out a
+    path verified records name below it raises ``IndexTampered`` too. Another process that
+    verifies meanwhile may move the counts: the listing is read again, a few times."""
+    for attempt in range(_LISTING_TRIES):
+        try:
+            return _absent_listed(ledger, directory, present, refresh=attempt > 0, final=attempt == _LISTING_TRIES - 1)
+        except StaleNames:
+            continue
+    raise AssertionError("unreachable: the last try does not raise StaleNames")
+
+
+_LISTING_TRIES = 5
+
+
+def _absent_listed(ledger: Ledger, directory: str, present: set[str], *, refresh: bool, final: bool) -> Absent | None:
     listed: list[str] = []
     more = 0
     counted: set[str] = set()  # below the directory: a file under both spellings counts once
     for base in lookup_paths(directory):
         after = ""
+        tally = directory_count(ledger, base, refresh=refresh, final=final)
+        if tally is not None:
+            # The files the walk found count as listed: each is verified on its own (a deleted
+            # row of one on disk fails there), so the listing is checked for the gone ones only.
+            tally.add([p for p in present if p.startswith(base + "/")], final=final)
         while True:
             page = ledger.backend.paths_under(base, after, _PATHS_PER_READ)
             if page is None:  # a back-end without an index to ask
                 return None
+            if tally is not None:
+                tally.add([p for p in page if p not in present], final=final)
             gone = [p for p in page if p not in present and p[len(base):] not in counted and not os.path.lexists(p)]
             for start in range(0, len(gone), _WINDOW):
                 window = gone[start : start + _WINDOW]
@@ -125,6 +149,8 @@ def _absent_under(ledger: Ledger, directory: str, present: set[str]) -> Absent |
             if len(page) < _PATHS_PER_READ:
                 break
             after = page[-1]
+        if tally is not None:
+            tally.finish()
     return Absent(directory, listed, more) if listed or more else None
 
 
