@@ -123,11 +123,13 @@ def _absent_listed(ledger: Ledger, directory: str, present: set[str], *, refresh
     counted: set[str] = set()  # below the directory: a file under both spellings counts once
     for base in lookup_paths(directory):
         after = ""
+        # The bound and the directory's counts read before the index is asked: a record verified
+        # after that need not be in its listing, and is not counted.
         tally = directory_count(ledger, base, refresh=refresh, final=final)
         if tally is not None:
             # The files the walk found count as listed: each is verified on its own (a deleted
             # row of one on disk fails there), so the listing is checked for the gone ones only.
-            tally.add([p for p in present if p.startswith(base + "/")], final=final)
+            tally.add([p for p in present if p.startswith(base.rstrip("/") + "/")], final=final)
         while True:
             page = ledger.backend.paths_under(base, after, _PATHS_PER_READ)
             if page is None:  # a back-end without an index to ask
