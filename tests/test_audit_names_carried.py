@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
+from lineage_ledger._log.names import FORMAT as NAMES_FORMAT
 from tests.support.audit import KILLED_REFRESH, state_files, watch_workers
 from tests.support.factories import artifact, make_record
 
@@ -66,7 +67,7 @@ def test_a_repeated_audit_names_old_and_new_records_once(tmp_path, monkeypatch, 
         _append(ledger, 10, 5)
     with open_ledger(url, state_dir=state, read_only=True) as ledger:
         head = ledger.audit().head
-        assert head.size == 15 and head.names == 2  # every record named: the carried ones too
+        assert head.size == 15 and head.names == NAMES_FORMAT  # every record named: the carried ones too
         # Carried and named again would count 25; not carried, 5.
         assert _counts(ledger, "/data/ref") == 15
         assert len(ledger.consumers("/data/ref")) == 15
@@ -133,7 +134,7 @@ def test_names_that_cannot_be_carried_are_gathered_afresh(tmp_path, monkeypatch)
     os.rename(os.path.join(directory, bucket), os.path.join(tmp_path, bucket))
     os.symlink(os.path.join(tmp_path, bucket), os.path.join(directory, bucket))
     with open_ledger(url, state_dir=state, read_only=True) as ledger:
-        assert ledger.audit().head.names == 2
+        assert ledger.audit().head.names == NAMES_FORMAT
         assert _counts(ledger, "/data/ref") == 6 and len(ledger.consumers("/data/ref")) == 6
     assert not os.path.islink(os.path.join(directory, bucket))
 

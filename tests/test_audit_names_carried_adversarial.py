@@ -34,7 +34,8 @@ from collections import Counter
 import pytest
 
 from lineage_ledger import HistoryRewritten, IndexTampered, open_ledger
-from lineage_ledger._log.names import INPUT, OUTPUT, RUN
+from lineage_ledger._log.names import DIRECTORY, INPUT, OUTPUT, RUN
+from lineage_ledger._log.names import FORMAT as NAMES_FORMAT
 from tests.conftest import run_cli
 from tests.support.audit import state_files, watch_workers
 from tests.support.factories import artifact, make_record
@@ -60,13 +61,16 @@ def _record(i: int, *, tag: str = ""):
 
 
 def _expected(count: int) -> Counter:
-    """The oracle: how many of records 0 .. count-1 name each (key, role)."""
+    """The oracle: how many of records 0 .. count-1 name each (key, role); a directory's: how
+    many (record, path, role) below it."""
     found: Counter = Counter()
     for i in range(count):
         found[zlib.crc32(b"/data/ref"), INPUT] += 1
         found[zlib.crc32(f"/data/in-{i % 3}".encode()), INPUT] += 1
         found[zlib.crc32(f"/data/out-{i}".encode()), OUTPUT] += 1
         found[zlib.crc32(f"run-{i // 7}".encode()), RUN] += 1
+        for directory in (b"/data", b""):  # the directories its three paths lie below (the root's name: "")
+            found[zlib.crc32(directory), DIRECTORY] += 3
     return found
 
 
@@ -130,7 +134,7 @@ class Setup:
     def check_names(self, head, directory: str | None = None) -> None:
         """Every record named once: the oracle's counts, nothing past the head."""
         found, _entries, top = _tallies(directory or self.directory)
-        assert head.size == self.size and head.names == 2
+        assert head.size == self.size and head.names == NAMES_FORMAT
         assert found == _expected(self.size)
         assert top < head.size
 
@@ -589,7 +593,7 @@ def test_postgresql_repeated_audit_names_each_record_once(postgres_url, tmp_path
     with open_ledger(postgres_url, state_dir=state, read_only=True) as ledger:
         head = ledger.audit().head
         found, _entries, top = _tallies(ledger.verifier.store.directory)
-        assert head.size == 14 and head.names == 2 and top < 14
+        assert head.size == 14 and head.names == NAMES_FORMAT and top < 14
         assert found == _expected(14)
         assert len(ledger.consumers("/data/ref")) == 14
     assert len(calls) == 2

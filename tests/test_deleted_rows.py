@@ -98,7 +98,7 @@ def test_the_pre_run_check_refuses_under_strict(two_tasks):
         check_before_run(ledger, [str(work / "mid.txt")], policy="strict")
 
 
-@pytest.mark.parametrize("earlier", [None, 1])
+@pytest.mark.parametrize("earlier", [None, 1, 2])
 def test_a_state_kept_before_names_audits_once_then_checks(two_tasks, earlier):
     """A head remembered by an earlier version (no names kept, or names without counts): the
     next command reads the ledger once and keeps the names, then deleted rows are noticed as
@@ -112,7 +112,7 @@ def test_a_state_kept_before_names_audits_once_then_checks(two_tasks, earlier):
     head_file = os.path.join(directory, "head.json")
     with open(head_file) as handle:
         raw = json.load(handle)
-    assert raw["names"] == FORMAT == 2
+    assert raw["names"] == FORMAT == 3
     if earlier is None:
         del raw["names"]
         for name in os.listdir(directory):

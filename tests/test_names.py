@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from lineage_ledger._log.names import (
     BUCKETS,
+    DIRECTORY,
     ENTRY_SIZE,
     INPUT,
     OUTPUT,
@@ -20,11 +21,13 @@ from lineage_ledger._log.names import (
     bucket_name,
     bucket_of,
     candidates,
+    directories_of,
     path_key,
 )
 from lineage_ledger._log.names_files import NamesWriter
 
-PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/d/nul\0x", "/x/" + "long" * 50])
+PATHS = st.sampled_from(["/d/a", "/d/b", "/d/ref.fa", "/d/é", "/d/\udcff", "/d/nul\0x", "/x/" + "long" * 50,
+                         "/d/e/f/g", "/d/e/h", "/top", "relative/name"])
 TIMES = st.integers(0, 5).map(lambda s: f"2026-01-01T00:00:0{s}.{s:06d}Z")
 RECORD = st.tuples(TIMES, st.lists(PATHS, max_size=3, unique=True), st.lists(PATHS, max_size=3, unique=True))
 
@@ -101,6 +104,13 @@ def _reference(first_leaf, records, runs):
                 times[name, role] = times.get((name, role), 0) + 1
                 if (name, role) not in latest or (ended, leaf) >= latest[name, role]:
                     latest[name, role] = (ended, leaf)
+    # A directory: every (record, path, role) below it at any depth counted; the last record
+    # in ledger order that named one kept.
+    for leaf, (_ended, inputs, outputs) in enumerate(records, first_leaf):
+        for path in (*inputs, *outputs):
+            for directory in directories_of([path]):
+                times[directory, DIRECTORY] = times.get((directory, DIRECTORY), 0) + 1
+                latest[directory, DIRECTORY] = ("", leaf)
     return sorted((times[name, role] << 32 | path_key(name), leaf << 2 | role)
                   for (name, role), (_e, leaf) in latest.items())
 
@@ -162,13 +172,23 @@ def test_names_kept_apart_and_joined_are_what_a_reader_needs(records, cuts, thre
         for role, names in ((INPUT, inputs), (OUTPUT, outputs), (RUN, [run])):
             for name in names:
                 named.setdefault((name, role), set()).add(leaf)
+    below: dict[str, int] = {}  # a directory's (record, path, role) below it
+    for leaf, (_ended, inputs, outputs) in enumerate(records):
+        for path in (*inputs, *outputs):
+            for directory in directories_of([path]):
+                named.setdefault((directory, DIRECTORY), set()).add(leaf)
+                below[directory] = below.get(directory, 0) + 1
     for (name, role), leaves in named.items():
         key = path_key(name)
         mine = [(word >> 32, low >> 2) for word, low in entries
                 if word & 0xFFFFFFFF == key and low & 3 == role and low >> 2 in leaves]
         expected = [(word >> 32, low >> 2) for word, low in whole
                     if word & 0xFFFFFFFF == key and low & 3 == role and low >> 2 in leaves]
-        assert sum(count for count, _leaf in mine) == sum(count for count, _leaf in expected) == len(leaves)
+        total = below[name] if role == DIRECTORY else len(leaves)
+        assert sum(count for count, _leaf in mine) == sum(count for count, _leaf in expected) == total
+        if role == DIRECTORY:  # any record naming a path below it, which a reader proves
+            assert mine
+            continue
         latest = max(leaves, key=lambda leaf: (records[leaf][0], leaf))
         assert latest in {leaf for _count, leaf in mine}
     assert len(joined) == 0 and joined.packed() == ([0] * BUCKETS, b"")
