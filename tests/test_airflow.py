@@ -242,7 +242,8 @@ def test_tampered_intermediate_cluster_policy_fails_plain_bash_operator(site, ru
     settings_dir.mkdir()
     (settings_dir / "airflow_local_settings.py").write_text(
         "from lineage_ledger_airflow.policy import task_policy  # noqa: F401\n")
-    env = {**run.vars, "AIRFLOW__LINEAGE_LEDGER__POLICY": "strict", "PYTHONPATH": str(settings_dir)}
+    env = {**run.vars, "AIRFLOW__LINEAGE_LEDGER__POLICY": "strict", "PYTHONPATH": str(settings_dir),
+           "AIRFLOW__OPENLINEAGE__DISABLED": "True"}  # its events are another test's (about 4 of 22 CPU-s)
     second = site.cli("dags", "test", "lineage_example", "--mark-success-pattern", "extract", env=env)
     assert second.returncode != 0
     assert str(raw) in second.stdout + second.stderr
@@ -327,13 +328,13 @@ def test_a_failed_try_lists_only_the_outlets_it_wrote(site, run):
     assert "outputs_not_written" not in noisy.extra
 
 
-def _next_try_supervised(site: AirflowSite, task_id: str, *, between: str = "", exit_code: bool = True) -> str:
+def _next_tries_supervised(site: AirflowSite, steps: list[tuple[str, str]]) -> str:
     """A script for a child process: ``lineage_example`` run in-process (``dag.test()``: the
-    process records), then ``between`` (code), then one more try of ``task_id`` queued and run
-    through Airflow's own supervisor, a forked task process that ends with ``os._exit``. It
-    prints "supervised exit code N run RUN_ID" and leaves with ``os._exit`` (N, or 0 where
-    ``exit_code`` is false: a try that is meant to fail)."""
-    return textwrap.dedent(f"""
+    process records), then for each ``(code, task_id)`` of ``steps``: ``code``, then one more
+    try of ``task_id`` queued and run through Airflow's own supervisor, a forked task process
+    that ends with ``os._exit``. It prints "supervised TASK_ID exit code N run RUN_ID" for
+    each and leaves with ``os._exit`` (the last one's N)."""
+    script = textwrap.dedent(f"""
         import importlib.util, os
         from sqlalchemy import select
         spec = importlib.util.spec_from_file_location("next_try_dag", {str(site.dags / "lineage_example.py")!r})
@@ -341,33 +342,64 @@ def _next_try_supervised(site: AirflowSite, task_id: str, *, between: str = "", 
         spec.loader.exec_module(module)
         dagrun = module.dag.test()
         assert dagrun.state == "success", dagrun.state
-    """) + between + textwrap.dedent(f"""
         from airflow.executors.workloads import BundleInfo
         from airflow.models.taskinstance import TaskInstance
         from airflow.sdk.api.datamodels._generated import TaskInstance as WorkloadTI
         from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, supervise_task
         from airflow.utils.session import create_session
         from airflow.utils.state import TaskInstanceState
-        with create_session() as session:
-            ti = session.scalars(select(TaskInstance).where(
-                TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
-                TaskInstance.task_id == {task_id!r})).one()
-            ti.try_number += 1
-            ti.state = TaskInstanceState.QUEUED
-            session.commit()
-            workload_ti = WorkloadTI(id=ti.id, task_id=ti.task_id, dag_id=ti.dag_id, run_id=ti.run_id,
-                                     try_number=ti.try_number, map_index=ti.map_index,
-                                     dag_version_id=ti.dag_version_id)
-        # Airflow's in-process Execution API stands in for the API server (as in dag.test()).
-        client = InProcessTestSupervisor._api_client(module.dag)
-        code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
-                              dag_rel_path="lineage_example.py", token="", client=client)
-        print("supervised exit code", code, "run", dagrun.run_id, flush=True)
-        os._exit({"code" if exit_code else "0"})
+
+        def next_try(task_id):
+            with create_session() as session:
+                ti = session.scalars(select(TaskInstance).where(
+                    TaskInstance.dag_id == "lineage_example", TaskInstance.run_id == dagrun.run_id,
+                    TaskInstance.task_id == task_id)).one()
+                ti.try_number += 1
+                ti.state = TaskInstanceState.QUEUED
+                session.commit()
+                workload_ti = WorkloadTI(id=ti.id, task_id=ti.task_id, dag_id=ti.dag_id, run_id=ti.run_id,
+                                         try_number=ti.try_number, map_index=ti.map_index,
+                                         dag_version_id=ti.dag_version_id)
+            # Airflow's in-process Execution API stands in for the API server (as in dag.test()).
+            client = InProcessTestSupervisor._api_client(module.dag)
+            code = supervise_task(ti=workload_ti, bundle_info=BundleInfo(name="dags-folder"),
+                                  dag_rel_path="lineage_example.py", token="", client=client)
+            print("supervised", task_id, "exit code", code, "run", dagrun.run_id, flush=True)
+            return code
     """)
+    for code, task_id in steps:
+        script += code + f"code = next_try({task_id!r})\n"
+    return script + "os._exit(code)\n"
 
 
-def test_records_survive_os_exit_of_the_task_process(site, run):
+@pytest.fixture(scope="module")
+def supervised(site, tmp_path_factory) -> tuple[Run, subprocess.CompletedProcess]:
+    """One child process for the next tries that Airflow's supervisor forks (a fresh Airflow
+    in a child costs more than the tries: one child serves both tests below): after its
+    ``dag.test()`` of ``lineage_example`` (the child records), ``raw.csv`` is edited and the
+    policy made strict, and the strict ``report`` task's next try is forked and refused; then,
+    the policy back to warn, ``summarize``'s next try is forked, and the child leaves with
+    ``os._exit`` (that try's exit code) right after it."""
+    current = Run(tmp_path_factory.mktemp("supervised"))
+    edit = (f"with open({str(current.data / 'raw.csv')!r}, 'a') as handle:\n"
+            "    handle.write('edited,by,hand\\n')\n"
+            "os.environ['AIRFLOW__LINEAGE_LEDGER__POLICY'] = 'strict'\n")
+    script = _next_tries_supervised(site, [(edit, "report"),
+                                           ("os.environ['AIRFLOW__LINEAGE_LEDGER__POLICY'] = 'warn'\n", "summarize")])
+    # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
+    env = {**os.environ, **current.vars, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    return current, result
+
+
+def _said(result: subprocess.CompletedProcess, task_id: str) -> str:
+    """The child's line about ``task_id``'s supervised try, or the end of its output."""
+    lines = [line for line in result.stdout.splitlines() if line.startswith(f"supervised {task_id} exit code ")]
+    assert len(lines) == 1, result.stdout[-2000:] + result.stderr[-4000:]
+    return lines[0]
+
+
+def test_records_survive_os_exit_of_the_task_process(site, supervised):
     """Task processes end with ``os._exit``: no thread is joined, no atexit handler runs.
 
     A child process runs the DAG in-process (``dag.test()``), then queues one more try of
@@ -375,12 +407,10 @@ def test_records_survive_os_exit_of_the_task_process(site, run):
     ends with ``os._exit``. Then the child itself leaves with ``os._exit(0)``.
     The supervised try must be in the ledger already (shipped before its process ended);
     the in-process tries must come back from the spool when the ledger is opened again.
+    (The child forked ``report``'s refused try before: see the ``supervised`` fixture.)
     """
-    script = _next_try_supervised(site, "summarize")
-    # OpenLineage's emitting worker processes would outlive an os._exit and hold the pipes open.
-    env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0 and "supervised exit code 0" in result.stdout, \
+    run, result = supervised
+    assert result.returncode == 0 and _said(result, "summarize").startswith("supervised summarize exit code 0 "), \
         result.stdout[-2000:] + result.stderr[-4000:]
 
     spool = run.vars["AIRFLOW__LINEAGE_LEDGER__SPOOL"]
@@ -391,10 +421,11 @@ def test_records_survive_os_exit_of_the_task_process(site, run):
     tasks = by_task(run.records("lineage_example."))  # opens with replay: the spool comes back
     assert sorted(tasks) == sorted(TASKS)
     assert [r.attempt for r in tasks["summarize"]] == [1, 2]
-    assert all(len(tasks[name]) == 1 for name in ("extract", "report", "combine"))
+    assert [r.attempt for r in tasks["report"]] == [1, 2]
+    assert all(len(tasks[name]) == 1 for name in ("extract", "combine"))
 
 
-def test_a_task_process_forked_from_a_process_that_recorded_keeps_its_refusal(site, run):
+def test_a_task_process_forked_from_a_process_that_recorded_keeps_its_refusal(site, supervised):
     """A task process forked from one that had recorded tries (a LocalExecutor worker the
     scheduler spawned after its end-of-run sweep, as CI met it twice in the deployment
     tests) forgot what its own try had noted before its first record: the refusal of a
@@ -402,17 +433,11 @@ def test_a_task_process_forked_from_a_process_that_recorded_keeps_its_refusal(si
     The forked child took the parent's tries for its own at its first use of the capture and
     dropped them all, its own included. Here the parent records through ``dag.test()``, then
     Airflow's supervisor forks the strict ``report`` task's next try after ``raw.csv`` was
-    edited; its record must say it was refused and why."""
-    edit = (f"with open({str(run.data / 'raw.csv')!r}, 'a') as handle:\n"
-            "    handle.write('edited,by,hand\\n')\n"
-            "os.environ['AIRFLOW__LINEAGE_LEDGER__POLICY'] = 'strict'\n")
-    script = _next_try_supervised(site, "report", between=edit, exit_code=False)
-    env = {**os.environ, "AIRFLOW__OPENLINEAGE__DISABLED": "true"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0 and "supervised exit code" in result.stdout, \
-        result.stdout[-2000:] + result.stderr[-4000:]
-    tasks = by_task(r for r in run.records("lineage_example.")
-                    if r.record.run_id.endswith(result.stdout.rsplit(" run ", 1)[1].strip()))
+    edited (the first fork of the ``supervised`` fixture's child); its record must say it was
+    refused and why."""
+    run, result = supervised
+    said = _said(result, "report")
+    tasks = by_task(r for r in run.records("lineage_example.") if r.record.run_id.endswith(said.rsplit(" run ", 1)[1]))
     assert [r.attempt for r in tasks["report"]] == [1, 2]
     refused = tasks["report"][1]
     raw = str(run.data / "raw.csv")
