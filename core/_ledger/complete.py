@@ -306,9 +306,10 @@ def named_by_a_verified_record(ledger: Ledger, path: str) -> bool:
     """Whether a verified record names ``path`` (either role), from the names kept and the
     records proved, not from the index: which spelling of a path behind a symbolic link the
     ledger knows must not be the index's to say (with a spelling's rows deleted, the look-up
-    fell back to another spelling, for which nothing was ever kept)."""
+    fell back to another spelling, for which nothing was ever kept). A run's or a directory's
+    entry under the same key (a collision) names no file: not fetched."""
     bound = ledger._bound()
-    leaves = [c.leaf for c in ledger.verifier.store.names(path) or () if c.leaf < bound and c.role != RUN]
+    leaves = [c.leaf for c in ledger.verifier.store.names(path) or () if c.leaf < bound and c.role in (INPUT, OUTPUT)]
     return any(path in entry.record.outputs or path in entry.record.inputs
                for _leaf, entry in _fetch(ledger, leaves))
 
