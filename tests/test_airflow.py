@@ -243,7 +243,7 @@ def test_tampered_intermediate_cluster_policy_fails_plain_bash_operator(site, ru
     (settings_dir / "airflow_local_settings.py").write_text(
         "from lineage_ledger_airflow.policy import task_policy  # noqa: F401\n")
     env = {**run.vars, "AIRFLOW__LINEAGE_LEDGER__POLICY": "strict", "PYTHONPATH": str(settings_dir),
-           "AIRFLOW__OPENLINEAGE__DISABLED": "True"}  # its events are another test's (about 4 of 22 CPU-s)
+           "AIRFLOW__OPENLINEAGE__DISABLED": "True"}  # its events are another test's (1.5-4 of 17-22 CPU-s)
     second = site.cli("dags", "test", "lineage_example", "--mark-success-pattern", "extract", env=env)
     assert second.returncode != 0
     assert str(raw) in second.stdout + second.stderr
