@@ -89,11 +89,14 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     """A test run whose interpreter never exits (a thread that is joined at exit and never
     ends, say) would hold CI until its time limit. Past ``EXIT_GRACE`` seconds, print every
-    thread's stack and exit with status 1."""
+    thread's stack and exit with status 1. Not in an xdist worker: one that has run its last
+    test waits, idle, until every other worker is done (minutes, where one runs a long module
+    last), and then the controller ends it, killing it if it does not leave within seconds."""
     home = config.stash.get(_SESSION_HOME, None)
     if home:
         shutil.rmtree(home, ignore_errors=True)
-    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=sys.__stderr__)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        faulthandler.dump_traceback_later(EXIT_GRACE, exit=True, file=sys.__stderr__)
 
 
 @pytest.fixture(autouse=True)
