@@ -338,7 +338,7 @@ def test_a_well_formed_empty_worker_answer_is_read():
     # names kept apart that are not (role, name, leaf << 2 | role, records, end time)
     *(parallel._FRAME.pack(len(header), 0, 0, 0) + header for header in (
         _GOOD_HEADER.replace(b'"hot": []', hot) for hot in (
-            b'"hot": [[0, "/a", 5, 1, "t"]]', b'"hot": [[3, "/a", 7, 1, "t"]]', b'"hot": [[0, "/a", 4, 0, "t"]]',
+            b'"hot": [[0, "/a", 5, 1, "t"]]', b'"hot": [[4, "/a", 4, 1, "t"]]', b'"hot": [[0, "/a", 4, 0, "t"]]',
             b'"hot": [[0, 1, 4, 1, "t"]]', b'"hot": [[0, "/a", 4, 1]]', b'"hot": [[0, "/a", 4, 1, null]]'))),
     # the latest end of its records (TreeHead.latest) that is not a text, or missing
     *(parallel._FRAME.pack(len(header), 0, 0, 0) + header for header in (
